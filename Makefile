@@ -1,0 +1,31 @@
+# kit — every target creates .venv on first use and reuses it afterwards.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.kit-installed
+DATA   ?=
+BUDGET ?=
+RECIPE_ARGS := $(if $(DATA),--data $(DATA)) $(if $(BUDGET),--budget $(BUDGET))
+
+.PHONY: setup test bench recipe-simple recipe-medium recipe-strong recipe-boss clean-venv
+
+$(STAMP): pyproject.toml
+	@echo "kit: creating $(VENV) (first run only; a few minutes)" >&2
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/kit bench
+
+recipe-simple recipe-medium recipe-strong recipe-boss: recipe-%: $(STAMP)
+	$(BIN)/kit recipe run recipes/$*.toml $(RECIPE_ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,60 @@
+"""The `kit` command: argument parsing only; every subcommand calls into kit's modules.
+
+Each file in this package registers one group of subcommands; results go to stdout,
+logs and progress to stderr, a KitError becomes one line on stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Each module defines register(subparsers) and attaches func=handler(args) -> int | None.
+GROUPS = ["data", "train", "predict", "kaggle", "bench"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kit",
+        description="Speaker-identification Kaggle kit: data, training, ensembling, submission.",
+    )
+    parser.add_argument("--version", action="version", version=f"kit {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for group in GROUPS:
+        try:
+            module = importlib.import_module(f"kit.cli.{group}")
+        except ModuleNotFoundError as e:
+            if e.name == f"kit.cli.{group}":
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def _version() -> str:
+    from kit import __version__
+
+    return __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    from kit.errors import KitError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        code = args.func(args)
+    except KitError as e:
+        print(f"kit: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kit: interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""`kit data info|check|synth|download`: look at, validate, generate or fetch competition data."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(sub) -> None:
+    data = sub.add_parser("data", help="competition data: info, check, synth, download")
+    dsub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+
+    p = dsub.add_parser("info", help="speakers, utterances, n_mels, frame lengths, size")
+    p.add_argument("dir", help="data dir (holds metadata.json, testdata.json, mapping.json)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_info)
+
+    p = dsub.add_parser("check", help="read every feature file and report the first problem")
+    p.add_argument("dir")
+    p.add_argument("--workers", type=int, default=None, help="parallel readers (default: 2 x cores, max 8)")
+    p.set_defaults(func=cmd_check)
+
+    p = dsub.add_parser("synth", help="generate a synthetic competition in the real layout")
+    p.add_argument("--out", required=True, help="data dir to write (answer key goes beside it)")
+    p.add_argument("--preset", default="demo", choices=["tiny", "demo", "full"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="overwrite an existing data dir")
+    p.set_defaults(func=cmd_synth)
+
+    p = dsub.add_parser("download", help="download and unpack the competition data from Kaggle")
+    p.add_argument("--competition", default="ml2022spring-hw4")
+    p.add_argument("--out", required=True, help="where to unpack; the data dir is found inside")
+    p.set_defaults(func=cmd_download)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import json
+
+    from kit.data import data_info
+
+    info = data_info(args.dir)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"data dir     {info['data_dir']}")
+    print(f"speakers     {info['speakers']}")
+    print(f"n_mels       {info['n_mels']}")
+    ups = info["utterances_per_speaker"]
+    print(f"per speaker  {ups['min']}-{ups['max']} training utterances")
+    print(f"{'split':<6} {'utterances':>10} {'min':>6} {'median':>8} {'max':>6}   (frames)")
+    for name in ("train", "test"):
+        s = info[name]
+        print(f"{name:<6} {s['count']:>10} {s['min']:>6} {s['median']:>8g} {s['max']:>6}")
+    print(f"total size   {_human(info['total_bytes'])}")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from kit.data import check_data
+
+    layout = check_data(args.dir, workers=args.workers, progress=sys.stderr.isatty())
+    print(f"ok: {args.dir}: {len(layout.speakers)} speakers, {len(layout.train)} train and "
+          f"{len(layout.test)} test utterances, n_mels {layout.n_mels}")
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from kit.synth import generate
+
+    answers = generate(args.out, preset=args.preset, seed=args.seed, force=args.force)
+    print(f"wrote {args.out} and answer key {answers}")
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from kit.kaggle import download
+
+    data_dir = download(args.competition, args.out)
+    print(f"data ready: {data_dir}")
+    return 0
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)

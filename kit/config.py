@@ -1,0 +1,204 @@
+"""The dataclasses a recipe member fills in: the one place each default lives.
+
+Recipes override these defaults; the CLI (`--set section.key=value`) overrides the recipe.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kit.errors import KitError
+
+
+@dataclass
+class DataConfig:
+    data_dir: str = "data/demo"
+    segment_len: int = 128          # frames per random training crop
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    store_dtype: str = "float16"    # float16 | float32
+
+
+@dataclass
+class ModelConfig:
+    encoder: str = "transformer"    # transformer | conformer
+    d_model: int = 80
+    n_layers: int = 1
+    n_heads: int = 2
+    ffn_dim: int = 256
+    dropout: float = 0.1
+    conv_kernel: int = 15           # conformer depthwise conv kernel
+    pooling: str = "mean"           # mean | sap | sap+mean
+    head: str = "mlp"               # mlp (course sample) | linear | amsoftmax
+    head_bn: bool = False           # BatchNorm before the linear head
+    am_s: float = 30.0
+    am_m: float = 0.2
+    margin_warmup_steps: int = 0    # AM-Softmax m ramps 0 -> am_m over this many steps
+    n_mels: int = 40                # filled in from the data
+    n_classes: int = 600            # filled in from the data
+
+
+@dataclass
+class AugmentConfig:
+    specaugment: bool = False
+    freq_masks: int = 2
+    freq_width: int = 8
+    time_masks: int = 2
+    time_width: int = 20
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 1000
+    max_steps: int = 70000
+    max_epochs: float = 0.0         # > 0: budget in epochs instead of steps
+    grad_clip: float = 3.0
+    ema: bool = False
+    ema_decay: float = 0.999
+    eval_every: int = 2000
+    patience: int = 0               # evaluations without improvement before stopping; 0 = off
+    average_last: int = 0           # average the last N checkpoints at the end; 0 = off
+    mixed_precision: str = "auto"   # auto | no | bf16 | fp16
+    seed: int = 0
+    max_minutes: float = 0.0        # > 0: stop cleanly with a checkpoint after this long
+
+
+@dataclass
+class InferConfig:
+    window: int = 256               # frames per sliding window
+    hop: int = 128                  # frames between window starts
+    full: bool = False              # one window = the whole utterance
+    average: str = "probs"          # probs | logits
+    batch_size: int = 256
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _coerce(value: Any, target_type: type, where: str) -> Any:
+    if target_type is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
+        raise KitError(f"{where}: expected true/false, got {value!r}")
+    if target_type in (int, float):
+        if isinstance(value, bool):
+            raise KitError(f"{where}: expected a number, got {value!r}")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise KitError(f"{where}: expected a number, got {value!r}") from None
+        if target_type is int:
+            if number != int(number):
+                raise KitError(f"{where}: expected an integer, got {value!r}")
+            return int(number)
+        return number
+    return str(value)
+
+
+def _fill(cls: type, values: dict, where: str):
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise KitError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    kwargs = {}
+    for name, value in values.items():
+        f = known[name]
+        if dataclasses.is_dataclass(f.default_factory if f.default_factory is not dataclasses.MISSING else None):
+            if not isinstance(value, dict):
+                raise KitError(f"{where}.{name}: expected a table")
+            kwargs[name] = _fill(f.default_factory, value, f"{where}.{name}")
+        else:
+            kwargs[name] = _coerce(value, type(f.default), f"{where}.{name}")
+    return cls(**kwargs)
+
+
+def from_dict(values: dict, where: str = "config") -> RunConfig:
+    """Build a RunConfig from nested dicts, refusing unknown keys and ill-typed values."""
+    return _fill(RunConfig, values, where)
+
+
+def merge(base: dict, override: dict) -> dict:
+    """Deep-merge `override` into a copy of `base` (tables merge, scalars replace)."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """Turn ["train.lr=3e-4", "model.encoder=conformer"] into nested dicts."""
+    result: dict = {}
+    for item in items:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise KitError(f"override {item!r}: expected section.key=value, e.g. train.lr=3e-4")
+        dotted, value = item.split("=", 1)
+        node = result
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return result
+
+
+def load_toml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise KitError(f"{path}: file not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise KitError(f"{path}: malformed TOML ({e})") from None
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    s = str(v).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{s}"'
+
+
+def dump_toml(values: dict) -> str:
+    """Serialise nested dicts of scalars/lists (what a RunConfig holds) as TOML."""
+    lines: list[str] = []
+
+    def emit(table: dict, prefix: str) -> None:
+        scalars = {k: v for k, v in table.items() if not isinstance(v, dict)}
+        tables = {k: v for k, v in table.items() if isinstance(v, dict)}
+        if prefix and scalars:
+            lines.append(f"[{prefix}]")
+        for k, v in scalars.items():
+            lines.append(f"{k} = {_toml_value(v)}")
+        if scalars:
+            lines.append("")
+        for k, v in tables.items():
+            emit(v, f"{prefix}.{k}" if prefix else k)
+
+    emit(values, "")
+    return "\n".join(lines).rstrip() + "\n"
