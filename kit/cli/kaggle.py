@@ -1,0 +1,139 @@
+"""`kit submit`, `kit scores` and `kit kaggle serve`: send a CSV, read the ledger, rehearse offline.
+
+Argument parsing and printing only; the work is in kit.kaggle (client) and kit.kaggle_server (stand-in).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+DEFAULT_COMPETITION = "ml2022spring-hw4"   # kit.kaggle.DEFAULT_COMPETITION, not imported to keep --help fast
+
+
+def _log(line: str) -> None:
+    print(f"kit: {line}", file=sys.stderr, flush=True)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("submit", help="validate a submission CSV, send it to Kaggle, record it in the ledger")
+    p.add_argument("csv", help="submission CSV (Id,Category); its manifest NAME.json beside it names the data dir")
+    p.add_argument("-m", "--message", required=True, help="submission description shown on Kaggle")
+    p.add_argument("--competition", default=DEFAULT_COMPETITION)
+    p.add_argument("--data", default=None, help="data dir to validate against (default: from the manifest)")
+    p.add_argument("--wait", action="store_true", help="poll until Kaggle has scored it (COMPLETE or ERROR)")
+    p.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the score (default 1800)")
+    p.add_argument("--ledger", default="submissions/ledger.csv")
+    p.add_argument("--endpoint", default=None,
+                   help="a local stand-in URL (`kit kaggle serve`) instead of Kaggle; also KIT_KAGGLE_ENDPOINT")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("scores", help="refresh pending submissions and show public vs private scores")
+    p.add_argument("--competition", default=None, help="only this competition (default: all in the ledger)")
+    p.add_argument("--ledger", default="submissions/ledger.csv")
+    p.add_argument("--no-refresh", action="store_true", help="do not ask Kaggle about PENDING rows")
+    p.add_argument("--endpoint", default=None, help="a local stand-in URL instead of Kaggle")
+    p.set_defaults(func=cmd_scores)
+
+    k = sub.add_parser("kaggle", help="offline rehearsal: a local stand-in for the Kaggle API")
+    ksub = k.add_subparsers(dest="kaggle_command", metavar="ACTION", required=True)
+    p = ksub.add_parser("serve", help="serve a (synthetic) competition on 127.0.0.1 for the real client")
+    p.add_argument("--data", required=True, help="data dir to serve (zipped like the real download)")
+    p.add_argument("--answers", default=None,
+                   help="answer key Id,Category,Usage (default: the one `kit data synth` recorded)")
+    p.add_argument("--competition", default=None, help=f"competition name (default: from the synth marker, "
+                                                        f"else {DEFAULT_COMPETITION})")
+    p.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (0: any free port)")
+    p.add_argument("--pending-polls", type=int, default=1, help="answer PENDING for a submission's first K polls")
+    p.add_argument("--fail", action="append", default=[], metavar="METHOD:STATUS[:COUNT[:RETRY_AFTER]]",
+                   help="inject faults, e.g. CreateSubmission:429:2:1 or upload:500 (repeatable)")
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from kit.kaggle import submit
+
+    row = submit(args.csv, args.message, args.competition, data_dir=args.data, wait=args.wait,
+                 ledger=args.ledger, endpoint=args.endpoint, timeout=args.timeout, log=_log)
+    scores = f" public {row['public']} private {row['private']}" if row["public"] else ""
+    print(f"submitted {args.csv} to {args.competition} ({row['target']}): ref {row['ref']} "
+          f"{row['status']}{scores}")
+    return 0
+
+
+def cmd_scores(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from kit.errors import KitError
+    from kit.kaggle import plot_scores, read_ledger, refresh_ledger, score_table
+
+    ledger = Path(args.ledger)
+    if not ledger.is_file():
+        raise KitError(f"{ledger}: no ledger yet (`kit submit` writes it)")
+    if not args.no_refresh and (read_ledger(ledger)["status"] == "PENDING").any():
+        try:
+            n = refresh_ledger(ledger, args.competition, args.endpoint, log=_log)
+            if n:
+                _log(f"updated {n} pending submission(s)")
+        except KitError as e:   # the table is still worth showing
+            _log(f"could not refresh pending submissions: {e}")
+    table = score_table(ledger, args.competition)
+    if table.empty:
+        print("no submissions in the ledger" + (f" for {args.competition}" if args.competition else ""))
+        return 0
+    print(f"{'public':>8} {'private':>8} {'gap':>8}  {'status':<8} {'time':<20} {'file':<28} message")
+    for _, r in table.iterrows():
+        gap = f"{r['gap']:+.5f}" if r["gap"] == r["gap"] else ""
+        print(f"{r['public'] or '-':>8} {r['private'] or '-':>8} {gap or '-':>8}  {r['status']:<8} "
+              f"{r['time']:<20} {Path(r['file']).name:<28} {r['message']}")
+    print("gap = public - private: positive means the public leaderboard flattered that submission")
+    png = plot_scores(table, ledger.with_name("scores.png"))
+    if png:
+        print(f"wrote {png}")
+    return 0
+
+
+def _parse_fault(spec: str):
+    from kit.errors import KitError
+
+    parts = spec.split(":")
+    try:
+        method, status = parts[0], int(parts[1])
+        count = int(parts[2]) if len(parts) > 2 else 1
+        retry_after = float(parts[3]) if len(parts) > 3 else None
+    except (IndexError, ValueError):
+        raise KitError(f"--fail {spec!r}: expected METHOD:STATUS[:COUNT[:RETRY_AFTER]], e.g. CreateSubmission:429:2:1")
+    return method, status, count, retry_after
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from kit.errors import KitError
+    from kit.kaggle_server import StandIn
+
+    marker = Path(args.data) / ".kit-synth.json"
+    synth = json.loads(marker.read_text()) if marker.is_file() else {}
+    answers = args.answers or synth.get("answers")
+    if not answers:
+        raise KitError(f"{args.data}: no answer key; pass --answers KEY.csv (Id,Category,Usage)")
+    competition = args.competition or synth.get("competition") or DEFAULT_COMPETITION
+    faults = [_parse_fault(f) for f in args.fail]
+    try:
+        server = StandIn(args.data, answers, competition=competition, port=args.port,
+                         pending_polls=args.pending_polls, faults=faults, log=_log)
+    except (FileNotFoundError, OSError) as e:
+        raise KitError(f"cannot start the stand-in: {e}") from None
+    url = server.url
+    print(f"local Kaggle stand-in for {competition} on {url} (Ctrl-C to stop)", flush=True)
+    print("any credentials work, e.g. KAGGLE_USERNAME=rehearsal KAGGLE_KEY=anything", flush=True)
+    print(f"  kit submit SUB.csv -m MESSAGE --competition {competition} --wait --endpoint {url}", flush=True)
+    print(f"  KAGGLE_API_ENVIRONMENT=LOCALHOST HTTP_PROXY={url} NO_PROXY= kaggle competitions submit "
+          f"-c {competition} -f SUB.csv -m MESSAGE", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0

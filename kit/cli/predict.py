@@ -1,0 +1,105 @@
+"""`kit predict | ensemble | validate | score`: windows → probabilities → votes → checked CSV.
+
+Argument parsing and printing only; the work is in kit.infer, kit.ensemble, kit.submission.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(sub) -> None:
+    p = sub.add_parser("predict", help="sliding-window prediction of a run's validation and test sets")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run dir(s) (hold config.toml and checkpoints)")
+    p.add_argument("--window", type=int, default=None, help="frames per window (default: the run's infer.window)")
+    p.add_argument("--hop", type=int, default=None, help="frames between window starts (default: infer.hop)")
+    p.add_argument("--full", action=argparse.BooleanOptionalAction, default=None,
+                   help="one window = the whole utterance (default: infer.full)")
+    p.add_argument("--average", choices=["logits", "probs"], default=None,
+                   help="average window probabilities, or logits then softmax (default: infer.average)")
+    p.add_argument("--which", choices=["best", "last", "avg"], default="best", help="checkpoint to use")
+    p.add_argument("--batch-size", type=int, default=None, help="windows per batch (default: infer.batch_size)")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("ensemble", help="hard/soft vote over predicted runs -> submissions/NAME.csv")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run dirs already predicted with `kit predict`")
+    p.add_argument("--vote", choices=["hard", "soft"], default="hard")
+    p.add_argument("--weights", default=None,
+                   help="'auto' (greedy selection on validation) or W1,W2,... (default: equal)")
+    p.add_argument("--name", default=None, help="submission name (default: <vote>-<n>members-<time>)")
+    p.add_argument("--out", default="submissions", help="folder for NAME.csv and NAME.json")
+    p.set_defaults(func=cmd_ensemble)
+
+    p = sub.add_parser("validate", help="check a submission CSV the way Kaggle would")
+    p.add_argument("csv", metavar="SUB.csv")
+    p.add_argument("--data", required=True, help="competition data dir (testdata.json, mapping.json)")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("score", help="score a submission against an answer key (synthetic data)")
+    p.add_argument("csv", metavar="SUB.csv")
+    p.add_argument("--answers", required=True, help="answer key CSV: Id,Category,Usage")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_score)
+
+
+def _pct(x) -> str:
+    return "    -" if x is None else f"{100 * x:5.1f}%"
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from kit.infer import predict_run
+
+    progress = sys.stderr.isatty()
+    print(f"{'run':<40} {'centre':>7} {'full':>7} {'sliding':>7}  {'val':>5} {'test':>5} {'secs':>6}")
+    for run in args.runs:
+        r = predict_run(run, window=args.window, hop=args.hop, full=args.full, average=args.average,
+                        which=args.which, batch_size=args.batch_size, progress=progress)
+        chosen = "full" if r["full"] else f"sliding (window {r['window']}, hop {r['hop']})"
+        print(f"{run:<40} {_pct(r['val_acc_centre']):>7} {_pct(r['val_acc_full']):>7} "
+              f"{_pct(r['val_acc']):>7}  {r['n_val']:>5} {r['n_test']:>5} {r['seconds']:>6.1f}")
+        print(f"  wrote val_probs.npy, test_probs.npy, ids.json ({chosen}, {r['average']} averaged, "
+              f"{r['which']} checkpoint)", file=sys.stderr)
+    return 0
+
+
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    from kit.ensemble import ensemble_runs, parse_weights
+
+    r = ensemble_runs(args.runs, vote=args.vote, weights=parse_weights(args.weights),
+                      name=args.name, out_dir=args.out)
+    width = max(len(row["member"]) for row in r["table"])
+    print(f"{'member':<{width}} {'weight':>7} {'val acc':>8}")
+    for row in r["table"]:
+        print(f"{row['member']:<{width}} {row['weight']:>7.3f} {_pct(row['val_acc']):>8}")
+    print(f"wrote {r['csv']} and {r['manifest']}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from kit.submission import validate_submission
+
+    problems = validate_submission(args.csv, args.data)
+    for line in problems:
+        print(f"kit: error: {line}", file=sys.stderr)
+    if problems:
+        return 2
+    print(f"ok: {args.csv} is a valid submission for {args.data}")
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    import json
+
+    from kit.submission import score_submission
+
+    r = score_submission(args.csv, args.answers)
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return 0
+    print(f"{'split':<8} {'acc':>7} {'95% CI (Wilson)':>17} {'correct':>9}")
+    for name in ("public", "private", "overall"):
+        s = r[name]
+        print(f"{name:<8} {_pct(s['acc']):>7}   [{_pct(s['ci_low'])}, {_pct(s['ci_high'])}] "
+              f"{s['correct']:>5}/{s['n']}")
+    print(f"gap public - private: {100 * r['gap']:+.1f} points")
+    return 0

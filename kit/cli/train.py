@@ -1,0 +1,115 @@
+"""`kit train` (one model into a run dir) and `kit recipe run` (a whole zoo, then predict,
+ensemble and submit); argument parsing and printing only.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="data dir (default: the config's data.data_dir)")
+    p.add_argument("--out", required=True, help="run dir to write (config, split, checkpoints, metrics)")
+    p.add_argument("--config", help="member TOML: [data] [model] [augment] [train] [infer] overrides")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one setting, e.g. --set train.lr=3e-4 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
+    p.add_argument("--max-minutes", type=float, help="stop cleanly with a checkpoint after this long")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train one model into a run dir")
+    _add_train_args(p)
+    p.set_defaults(func=cmd_train)
+
+    recipe = sub.add_parser("recipe", help="run a recipe: train its members, predict, ensemble, submit")
+    rsub = recipe.add_subparsers(dest="recipe_command", metavar="ACTION", required=True)
+    p = rsub.add_parser("run", help="run recipes/<tier>.toml end to end (re-running continues)")
+    p.add_argument("file", help="recipe TOML, e.g. recipes/boss.toml")
+    p.add_argument("--data", help="data dir (default: data/demo, generated when missing)")
+    p.add_argument("--budget", choices=["quick", "full"],
+                   help="default: quick on synthetic data, full on real data")
+    p.add_argument("--runs", default="runs", help="where run dirs go: RUNS/<recipe>/<member> (default: runs)")
+    p.add_argument("--only", nargs="+", metavar="MEMBER", help="train only these members")
+    p.add_argument("--no-after", action="store_true", help="train only: skip predict, ensemble and submit")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_recipe_run)
+
+
+def resolve_train_config(args: argparse.Namespace):
+    """The RunConfig `kit train` uses: saved config (on --resume) or --config, then --set."""
+    from kit.config import RunConfig, from_dict, load_toml, merge, parse_overrides, to_dict
+
+    out = Path(args.out)
+    if args.config:
+        values = load_toml(args.config)
+        where = args.config
+    elif args.resume and (out / "config.toml").is_file():
+        values = load_toml(out / "config.toml")
+        where = str(out / "config.toml")
+    else:
+        values, where = {"name": out.name}, "config"
+    values = merge(to_dict(from_dict(values, where=where)), parse_overrides(args.overrides))
+    cfg = from_dict(values, where="--set")
+    if args.data:
+        cfg.data.data_dir = args.data
+    if args.max_minutes is not None:
+        cfg.train.max_minutes = args.max_minutes
+    if cfg.name == RunConfig.name:
+        cfg.name = out.name
+    return cfg
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from kit.train import train
+
+    cfg = resolve_train_config(args)
+    summary = train(cfg, args.out, resume=args.resume, progress=not args.no_progress and sys.stderr.isatty())
+    from accelerate.state import PartialState
+
+    if PartialState().is_main_process:
+        print(json.dumps(summary, indent=2))
+    return 0
+
+
+def train_main(argv: list[str]) -> int:
+    """`python -m kit.train` / `accelerate launch -m kit.train`: the same arguments as `kit train`."""
+    from kit.errors import KitError
+
+    parser = argparse.ArgumentParser(prog="python -m kit.train", description="train one model (DDP-ready)")
+    _add_train_args(parser)
+    try:
+        return cmd_train(parser.parse_args(argv))
+    except KitError as e:
+        print(f"kit: error: {e}", file=sys.stderr)
+        return 2
+
+
+def cmd_recipe_run(args: argparse.Namespace) -> int:
+    from kit.recipe import run_recipe
+
+    def log(message: str) -> None:
+        print(f"kit: {message}", file=sys.stderr, flush=True)
+
+    result = run_recipe(args.file, data=args.data, budget=args.budget, runs=args.runs, only=args.only,
+                        after=not args.no_after, progress=not args.no_progress and sys.stderr.isatty(), log=log)
+    print(f"recipe {result['recipe']}  budget {result['budget']}  data {result['data']}")
+    print(f"{'member':<22} {'params':>9} {'val acc':>8} {'steps':>7} {'minutes':>8}  note")
+    for m in result["members"]:
+        acc = m.get("val_acc")
+        print(f"{m['name']:<22} {m.get('params', 0):>9,} {acc if acc is None else f'{acc:.4f}':>8} "
+              f"{m.get('step', 0):>7} {m.get('minutes', 0.0):>8.1f}  {m.get('note', '')}")
+    ens = result.get("ensemble")
+    if ens:
+        print(f"ensemble ({ens['vote']}) val acc: {ens['val_acc']:.4f}   csv: {ens['csv']}")
+    sub = result.get("submission")
+    if sub:
+        print(f"submission: {sub.get('csv', ens and ens['csv'])}  public {sub.get('public')}  "
+              f"private {sub.get('private')}  ({sub.get('where', sub.get('status', ''))})")
+    for note in result.get("notes", []):
+        print(f"note: {note}")
+    print(f"wall time: {result['minutes']:.1f} min")
+    return 0

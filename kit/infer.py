@@ -1,0 +1,239 @@
+"""Sliding-window prediction: every whole utterance cut into windows, batched, averaged.
+
+`predict_run` writes val_probs.npy, test_probs.npy and ids.json into a run dir; the
+window arithmetic (`sliding_windows`) is a pure function so it is easy to test.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from kit.data import PAD_VALUE, FeatureStore, load_split
+from kit.errors import KitError
+from kit.fsio import save_numpy, write_json
+
+AVERAGES = ("probs", "logits")
+
+
+# ---------------------------------------------------------------- where the windows go
+def sliding_windows(lengths, window: int, hop: int):
+    """Windows of `window` frames every `hop` frames over each utterance.
+
+    The last window is aligned to the utterance end so every frame is covered; an
+    utterance no longer than a window is one window of its own length (padded and masked
+    later). Returns (utt_index, start, valid_len), each (n_windows,) int64, windows of an
+    utterance consecutive and in time order.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if window < 1 or hop < 1:
+        raise KitError(f"window {window} and hop {hop} must both be at least 1 frame")
+    if hop > window:
+        raise KitError(f"hop {hop} > window {window} would skip frames; use hop <= window")
+    room = np.maximum(lengths - window, 0)                         # (N,) frames past one window
+    n_win = -(-room // hop) + 1                                    # (N,) ceil(room / hop) + 1
+    utt = np.repeat(np.arange(len(lengths), dtype=np.int64), n_win)  # (W,)
+    first = np.cumsum(n_win) - n_win                                 # (N,) first window of each
+    k = np.arange(len(utt), dtype=np.int64) - first[utt]            # (W,) window number within its utterance
+    start = np.minimum(k * hop, room[utt])
+    valid = np.minimum(lengths[utt], window)
+    return utt, start, valid
+
+
+def centre_windows(lengths, window: int):
+    """One window of `window` frames at the centre of each utterance (the whole of a short one)."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    return (np.arange(len(lengths), dtype=np.int64), np.maximum(lengths - window, 0) // 2,
+            np.minimum(lengths, window))
+
+
+def full_windows(lengths):
+    """The whole utterance as one window."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    return np.arange(len(lengths), dtype=np.int64), np.zeros_like(lengths), lengths.copy()
+
+
+def batch_plan(valid_len, batch_size: int, max_frames: int):
+    """Split windows into batches of similar length: returns a list of window-index arrays.
+
+    Windows are sorted longest first so each batch pads to nearly its own length; a batch
+    holds at most `batch_size` windows and at most `max_frames` padded frames (long
+    full-length utterances get smaller batches instead of exhausting memory).
+    """
+    valid_len = np.asarray(valid_len)
+    order = np.argsort(-valid_len, kind="stable")
+    batches, i = [], 0
+    while i < len(order):
+        longest = int(valid_len[order[i]])
+        take = max(1, min(batch_size, max_frames // max(longest, 1)))
+        batches.append(order[i:i + take])
+        i += take
+    return batches
+
+
+def gather_windows(store: FeatureStore, store_index, start, valid_len):
+    """Cut windows out of the store's contiguous array in one gather.
+
+    Returns x (B, T, D) float32 with PAD_VALUE beyond each valid length, and lengths (B,).
+    """
+    store_index = np.asarray(store_index, dtype=np.int64)
+    T = int(valid_len.max())
+    steps = np.arange(T)                                                       # (T,)
+    rows = (store.offsets[store_index] + start)[:, None] + np.minimum(steps[None, :], valid_len[:, None] - 1)
+    x = np.asarray(store.features[rows], dtype=np.float32)                     # (B, T, D)
+    x[steps[None, :] >= valid_len[:, None]] = PAD_VALUE
+    return x, valid_len.astype(np.int64)
+
+
+# ---------------------------------------------------------------- running the model
+def _model_device(model):
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        import torch
+
+        return torch.device("cpu")
+
+
+def predict_windows(model, store: FeatureStore, index, windows, average: str = "probs",
+                    batch_size: int = 256, max_frames: int | None = None, n_classes: int | None = None,
+                    progress: bool = False, desc: str = "predicting") -> np.ndarray:
+    """Run `windows` (utt, start, valid over positions in `index`) through the model in batches
+    and average per utterance. Returns probabilities (len(index), C) float32, rows summing to 1.
+    """
+    import torch
+    from tqdm import tqdm
+
+    if average not in AVERAGES:
+        raise KitError(f"average {average!r}: choose one of {', '.join(AVERAGES)}")
+    index = np.asarray(index, dtype=np.int64)
+    utt, start, valid = windows
+    if len(index) == 0:
+        return np.zeros((0, n_classes or 0), dtype=np.float32)
+    max_frames = max_frames or batch_size * int(np.median(valid))
+    device = _model_device(model)
+    model.eval()
+    sums = None                                                   # (N, C) float64 sums over windows
+    counts = np.bincount(utt, minlength=len(index)).astype(np.float64)  # (N,)
+    batches = batch_plan(valid, batch_size, max_frames)
+    with torch.inference_mode():
+        for b in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False, mininterval=0.5):
+            x, lengths = gather_windows(store, index[utt[b]], start[b], valid[b])
+            logits = model(torch.from_numpy(x).to(device), torch.from_numpy(lengths).to(device))  # (B, C)
+            out = logits.float().softmax(-1) if average == "probs" else logits.float()
+            out = out.double().cpu().numpy()
+            if sums is None:
+                sums = np.zeros((len(index), out.shape[1]), dtype=np.float64)
+            np.add.at(sums, utt[b], out)
+    mean = sums / counts[:, None]                                 # (N, C)
+    if average == "logits":
+        mean = np.exp(mean - mean.max(axis=1, keepdims=True))
+    mean /= mean.sum(axis=1, keepdims=True)
+    return mean.astype(np.float32)
+
+
+def predict_index(model, store: FeatureStore, index, mode: str = "sliding", window: int = 256,
+                  hop: int = 128, average: str = "probs", batch_size: int = 256, n_classes=None,
+                  progress: bool = False, desc: str = "predicting") -> np.ndarray:
+    """Probabilities (len(index), C) for store utterances `index`; mode sliding | centre | full."""
+    lengths = store.lengths[np.asarray(index, dtype=np.int64)]
+    if mode == "sliding":
+        windows = sliding_windows(lengths, window, hop)
+    elif mode == "centre":
+        windows = centre_windows(lengths, window)
+    elif mode == "full":
+        windows = full_windows(lengths)
+    else:
+        raise KitError(f"inference mode {mode!r}: choose sliding, centre or full")
+    return predict_windows(model, store, index, windows, average, batch_size,
+                           max_frames=batch_size * window, n_classes=n_classes,
+                           progress=progress, desc=desc)
+
+
+def predict_one_by_one(model, store: FeatureStore, index) -> np.ndarray:
+    """The course sample's inference: each whole utterance alone, batch size 1. The baseline
+    the batched path is benchmarked against. Returns probabilities (len(index), C) float32."""
+    import torch
+
+    device = _model_device(model)
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for i in np.asarray(index, dtype=np.int64):
+            x = torch.from_numpy(np.array(store.utterance(int(i)), dtype=np.float32))[None]  # (1, L, D)
+            lengths = torch.tensor([x.shape[1]], dtype=torch.long)
+            out.append(model(x.to(device), lengths.to(device)).float().softmax(-1)[0].cpu().numpy())
+    return np.stack(out).astype(np.float32) if out else np.zeros((0, 0), dtype=np.float32)
+
+
+def accuracy(probs: np.ndarray, labels) -> float | None:
+    labels = np.asarray(labels)
+    if len(labels) == 0:
+        return None
+    return float((probs.argmax(axis=1) == labels).mean())
+
+
+# ---------------------------------------------------------------- one run dir
+def predict_run(run_dir: str | os.PathLike, store: FeatureStore | None = None, window: int | None = None,
+                hop: int | None = None, full: bool | None = None, average: str | None = None,
+                which: str = "best", batch_size: int | None = None, progress: bool = True) -> dict:
+    """Predict a run's validation and test utterances; write val_probs.npy, test_probs.npy and
+    ids.json into the run dir. None settings come from the run's cfg.infer.
+
+    Returns val accuracies for sliding-window, centre-crop and full-length inference.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.toml").is_file():
+        raise KitError(f"{run_dir}: not a run dir (no config.toml); train one with `kit train`")
+    from kit.train import load_model
+
+    model, cfg = load_model(run_dir, which)       # which: best | last | avg (train.average_last)
+    inf = cfg.infer
+    window = int(inf.window if window is None else window)
+    hop = int(inf.hop if hop is None else hop)
+    full = bool(inf.full if full is None else full)
+    average = inf.average if average is None else average
+    batch_size = int(inf.batch_size if batch_size is None else batch_size)
+    if batch_size < 1:
+        raise KitError(f"batch size {batch_size}: must be at least 1")
+    if not full:
+        sliding_windows([1], window, hop)                     # refuse bad window/hop before any work
+    if store is None:
+        store = FeatureStore.open(cfg.data.data_dir, dtype=cfg.data.store_dtype, progress=progress)
+    if len(store.speakers) != cfg.model.n_classes:
+        raise KitError(f"{run_dir}: the model has {cfg.model.n_classes} classes but "
+                       f"{store.layout.data_dir} has {len(store.speakers)} speakers")
+    split = load_split(run_dir / "split.json", store)
+    val_labels = store.labels[split.val]
+    common = dict(window=window, hop=hop, average=average, batch_size=batch_size,
+                  n_classes=cfg.model.n_classes, progress=progress)
+
+    t0 = time.perf_counter()
+    mode = "full" if full else "sliding"
+    val_probs = predict_index(model, store, split.val, mode=mode, desc="val", **common)
+    val_centre = predict_index(model, store, split.val, mode="centre", desc="val centre", **common)
+    val_full = val_probs if full else predict_index(model, store, split.val, mode="full",
+                                                    desc="val full", **common)
+    test_probs = predict_index(model, store, store.test_index, mode=mode, desc="test", **common)
+    seconds = time.perf_counter() - t0
+
+    save_numpy(run_dir / "val_probs.npy", val_probs)
+    save_numpy(run_dir / "test_probs.npy", test_probs)
+    result = {
+        "val_acc": accuracy(val_probs, val_labels),
+        "val_acc_centre": accuracy(val_centre, val_labels),
+        "val_acc_full": accuracy(val_full, val_labels),
+    }
+    write_json(run_dir / "ids.json", {
+        "val": [store.paths[i] for i in split.val],
+        "val_labels": [int(v) for v in val_labels],
+        "test": [store.paths[i] for i in store.test_index],
+        "window": window, "hop": hop, "full": full, "average": average, "which": which,
+        "data_dir": str(Path(store.layout.data_dir).resolve()),
+        **result,
+    })
+    return {**result, "run_dir": str(run_dir), "n_val": int(len(split.val)), "n_test": int(store.n_test),
+            "window": window, "hop": hop, "full": full, "average": average, "which": which,
+            "seconds": seconds}

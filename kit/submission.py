@@ -1,0 +1,174 @@
+"""Submission CSV checks (what Kaggle would reject) and local scoring against an answer key.
+
+`validate_submission` lists every problem in one line each; `score_submission` gives public,
+private and overall accuracy with Wilson 95% intervals, for synthetic competitions' keys.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from pathlib import Path
+
+from kit.errors import KitError
+
+HEADER = ["Id", "Category"]
+MAX_PROBLEMS = 10
+
+
+def _read_rows(path: Path, what: str) -> list[list[str]]:
+    """Rows of a CSV file (header included); KitError with one line if it is not a readable CSV."""
+    if not path.is_file():
+        raise KitError(f"{path}: {what} not found")
+    data = path.read_bytes()
+    if not data.strip():
+        raise KitError(f"{path}: empty file, expected a CSV with header {','.join(HEADER)}")
+    if b"\x00" in data:
+        raise KitError(f"{path}: not a CSV (binary content)")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise KitError(f"{path}: not a CSV (not UTF-8 text)") from None
+    try:
+        rows = list(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error as e:
+        raise KitError(f"{path}: not a CSV ({e})") from None
+    while rows and not rows[-1]:          # trailing blank lines are harmless
+        rows.pop()
+    if not rows:
+        raise KitError(f"{path}: empty file, expected a CSV with header {','.join(HEADER)}")
+    return rows
+
+
+def _cap(problems: list[str]) -> list[str]:
+    if len(problems) <= MAX_PROBLEMS:
+        return problems
+    return problems[:MAX_PROBLEMS] + [f"... and {len(problems) - MAX_PROBLEMS} more problems"]
+
+
+def _show(values, limit: int = 3) -> str:
+    values = list(values)
+    shown = ", ".join(values[:limit])
+    return shown + (f" (+{len(values) - limit} more)" if len(values) > limit else "")
+
+
+def validate_submission(csv_path: str | os.PathLike, data_dir: str | os.PathLike) -> list[str]:
+    """Problems that would make Kaggle reject `csv_path` for the competition in data_dir.
+
+    Empty list = ok. One line per problem (at most ~10, then a count). Checks the header,
+    row count, unique Ids, Ids = the test feature_paths, Categories = known speaker ids.
+    """
+    from kit.data import read_layout
+
+    csv_path = Path(csv_path)
+    layout = read_layout(data_dir)                     # a bad data dir is the caller's KitError
+    try:
+        rows = _read_rows(csv_path, "submission")
+    except KitError as e:
+        return [str(e)]
+    if all(len(row) <= 1 for row in rows):
+        return [f"{csv_path}: not a CSV (no comma-separated columns; expected {','.join(HEADER)})"]
+    problems: list[str] = []
+    header, body = rows[0], rows[1:]
+    if header != HEADER:
+        hint = " (an index column? write with index=False)" if header[:1] == [""] else ""
+        problems.append(f"{csv_path}: header is {','.join(header)!r}, expected exactly "
+                        f"{','.join(HEADER)!r}{hint}")
+    expected = [u.path for u in layout.test]
+    if len(body) != len(expected):
+        problems.append(f"{csv_path}: {len(body)} rows, expected {len(expected)} (one per test utterance)")
+
+    known_ids, speakers = set(expected), set(layout.speakers)
+    seen: set[str] = set()
+    duplicated: list[str] = []
+    misshapen: list[tuple[int, int]] = []          # (line, number of fields)
+    row_problems: list[str] = []                   # after the whole-file ones, so the cap keeps those
+    for line, row in enumerate(body, start=2):
+        if len(row) != 2:
+            misshapen.append((line, len(row)))
+            continue
+        uid, category = row
+        if uid in seen:
+            duplicated.append(uid)
+        seen.add(uid)
+        if uid not in known_ids:
+            row_problems.append(f"{csv_path}:{line}: Id {uid!r} is not a test utterance in {layout.data_dir}")
+        if category not in speakers:
+            row_problems.append(f"{csv_path}:{line}: Category {category!r} is not a speaker in mapping.json")
+    if misshapen:
+        line, n = misshapen[0]
+        problems.append(f"{csv_path}: {len(misshapen)} row(s) without exactly 2 fields "
+                        f"(first at line {line}: {n} fields)")
+    if duplicated:
+        problems.append(f"{csv_path}: {len(duplicated)} duplicate Id(s): {_show(duplicated)}")
+    missing = [p for p in expected if p not in seen]
+    if missing:
+        problems.append(f"{csv_path}: {len(missing)} test utterance(s) missing: {_show(missing)}")
+    return _cap(problems + row_problems)
+
+
+def require_valid(csv_path: str | os.PathLike, data_dir: str | os.PathLike) -> None:
+    """Raise KitError with the first problem (and how many there are) if the CSV is invalid."""
+    problems = validate_submission(csv_path, data_dir)
+    if problems:
+        more = f" (+{len(problems) - 1} more; see `kit validate {csv_path} --data {data_dir}`)" \
+            if len(problems) > 1 else ""
+        raise KitError(problems[0] + more)
+
+
+# ---------------------------------------------------------------- scoring
+def wilson_interval(correct: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval for a proportion: sane at 0%, 100% and small n."""
+    if n == 0:
+        return (float("nan"), float("nan"))
+    p = correct / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def _summary(correct: int, n: int) -> dict:
+    low, high = wilson_interval(correct, n)
+    return {"acc": correct / n if n else float("nan"), "correct": correct, "n": n,
+            "ci_low": low, "ci_high": high}
+
+
+def score_submission(csv_path: str | os.PathLike, answers_path: str | os.PathLike) -> dict:
+    """Accuracy of a submission against an answer key `Id,Category,Usage` (Public/Private).
+
+    Returns {"public", "private", "overall": {acc, correct, n, ci_low, ci_high}, "gap"}, with
+    gap = public - private accuracy. The submission must cover exactly the key's Ids.
+    """
+    csv_path, answers_path = Path(csv_path), Path(answers_path)
+    sub_rows = _read_rows(csv_path, "submission")
+    key_rows = _read_rows(answers_path, "answer key")
+    if sub_rows[0] != HEADER:
+        raise KitError(f"{csv_path}: header is {','.join(sub_rows[0])!r}, expected {','.join(HEADER)!r}")
+    if key_rows[0][:3] != ["Id", "Category", "Usage"]:
+        raise KitError(f"{answers_path}: header is {','.join(key_rows[0])!r}, expected 'Id,Category,Usage'")
+    key = {}
+    for line, row in enumerate(key_rows[1:], start=2):
+        if len(row) < 3 or row[2] not in ("Public", "Private"):
+            raise KitError(f"{answers_path}:{line}: expected Id,Category,Usage with Usage Public or Private")
+        key[row[0]] = (row[1], row[2])
+    sub = {}
+    for line, row in enumerate(sub_rows[1:], start=2):
+        if len(row) != 2:
+            raise KitError(f"{csv_path}:{line}: {len(row)} fields, expected 2 (Id,Category)")
+        if row[0] in sub:
+            raise KitError(f"{csv_path}:{line}: duplicate Id {row[0]!r}")
+        sub[row[0]] = row[1]
+    missing, extra = set(key) - set(sub), set(sub) - set(key)
+    if missing or extra:
+        raise KitError(f"{csv_path}: does not match {answers_path}: {len(missing)} Id(s) missing, "
+                       f"{len(extra)} unknown (e.g. {_show(sorted(missing or extra), 1)})")
+    tally = {"Public": [0, 0], "Private": [0, 0]}
+    for uid, (truth, usage) in key.items():
+        tally[usage][0] += sub[uid] == truth
+        tally[usage][1] += 1
+    public, private = _summary(*tally["Public"]), _summary(*tally["Private"])
+    overall = _summary(tally["Public"][0] + tally["Private"][0], len(key))
+    return {"public": public, "private": private, "overall": overall,
+            "gap": public["acc"] - private["acc"]}

@@ -1,0 +1,362 @@
+"""The training loop: random crops from the FeatureStore -> model -> AdamW, one plain loop through
+accelerate (CPU, one GPU or DDP), with validation, early stopping, checkpoints, resume and logs.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from kit.config import RunConfig, dump_toml, from_dict, load_toml, to_dict
+from kit.data import FeatureStore, save_split, split_for
+from kit.errors import KitError
+from kit.fsio import save_torch, write_csv, write_json, write_text
+from kit.models import build_model, count_params
+
+METRIC_COLUMNS = ["step", "epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"]
+EVAL_FRAMES = 64 * 1024          # frames per validation batch (B * T_max), whole utterances
+
+
+# ---------------------------------------------------------------- loading a finished run
+def load_config(run_dir: str | Path) -> RunConfig:
+    path = Path(run_dir) / "config.toml"
+    if not path.is_file():
+        raise KitError(f"{path}: missing; is {run_dir} a kit run dir?")
+    return from_dict(load_toml(path), where=str(path))
+
+
+def load_model(run_dir: str | Path, which: str = "best"):
+    """(model in eval mode on CPU, RunConfig) from run_dir/config.toml and run_dir/<which>.pt."""
+    if which not in ("best", "last", "avg"):
+        raise KitError(f"checkpoint {which!r}: choose best, last or avg")
+    cfg = load_config(run_dir)
+    path = Path(run_dir) / f"{which}.pt"
+    if not path.is_file():
+        raise KitError(f"{path}: missing (train the run first{', with train.average_last > 0' if which == 'avg' else ''})")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    model = build_model(cfg.model, cfg.augment)
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), cfg
+
+
+# ---------------------------------------------------------------- helpers
+def resolve_precision(name: str) -> str:
+    """auto -> bf16 on a GPU that supports it, fp16 on other CUDA GPUs, "no" on CPU."""
+    if name != "auto":
+        if name not in ("no", "bf16", "fp16"):
+            raise KitError(f"train.mixed_precision {name!r}: choose auto, no, bf16 or fp16")
+        return name
+    if not torch.cuda.is_available():
+        return "no"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def total_steps(cfg: RunConfig, n_train: int, world: int) -> int:
+    """The step budget: train.max_epochs x (n_train / global batch) when set, else train.max_steps."""
+    if cfg.train.max_epochs > 0:
+        return max(1, math.ceil(cfg.train.max_epochs * n_train / (cfg.train.batch_size * world)))
+    return cfg.train.max_steps
+
+
+def _float_state(model: torch.nn.Module) -> dict:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def average_state_dicts(states: list[dict]) -> dict:
+    """Mean of float tensors (WeSpeaker's average_model); integer buffers come from the last one."""
+    out = {}
+    for k, v in states[-1].items():
+        out[k] = torch.stack([s[k].float() for s in states]).mean(0).to(v.dtype) if v.is_floating_point() else v
+    return out
+
+
+@torch.no_grad()
+def evaluate(model, store: FeatureStore, index: np.ndarray, accelerator) -> tuple[float, float]:
+    """(loss, accuracy) on whole utterances in length-sorted padded batches; shards across ranks."""
+    was_training = model.training
+    model.eval()
+    rank, world = accelerator.process_index, accelerator.num_processes
+    index = np.asarray(index)[rank::world]
+    order = index[np.argsort(store.lengths[index], kind="stable")]
+    loss_sum = torch.zeros((), device=accelerator.device)
+    correct = torch.zeros((), device=accelerator.device)
+    start = 0
+    while start < len(order):
+        t_max = int(store.lengths[order[start]])
+        end = start + 1
+        while end < len(order) and (end - start + 1) * int(store.lengths[order[end]]) <= EVAL_FRAMES:
+            end += 1
+        batch = order[start:end]
+        t_max = int(store.lengths[batch].max())
+        x, lengths = store.crop_batch(batch, t_max, None, random=False)     # (B, T, D), whole utterances
+        y = torch.from_numpy(store.labels[batch]).to(accelerator.device)
+        with accelerator.autocast():
+            logits = model(x.to(accelerator.device), lengths.to(accelerator.device)).float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum")
+        correct += (logits.argmax(-1) == y).sum()
+        start = end
+    count = torch.tensor(float(len(index)), device=accelerator.device)
+    totals = accelerator.reduce(torch.stack([loss_sum, correct.float(), count]), reduction="sum")
+    model.train(was_training)
+    n = max(float(totals[2]), 1.0)
+    return float(totals[0]) / n, float(totals[1]) / n
+
+
+def plot_curves(metrics: list[dict], path: Path) -> None:
+    """Loss and accuracy against step, train and validation, as one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from kit.fsio import atomic_path
+
+    steps = [m["step"] for m in metrics]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.plot(steps, [m["train_loss"] for m in metrics], label="train")
+    ax1.plot(steps, [m["val_loss"] for m in metrics], label="val")
+    ax1.set(xlabel="step", ylabel="loss")
+    ax2.plot(steps, [m["train_acc"] for m in metrics], label="train")
+    ax2.plot(steps, [m["val_acc"] for m in metrics], label="val")
+    ax2.set(xlabel="step", ylabel="accuracy")
+    for ax in (ax1, ax2):
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=80)
+    plt.close(fig)
+
+
+def _make_accelerator(precision: str):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    # Several runs in one process (a recipe, the tests) may ask for different precisions; the
+    # shared state is reset between them. Never under DDP: the process group must survive.
+    state = AcceleratorState._shared_state
+    if state and state.get("mixed_precision") not in (None, precision) and \
+            str(state.get("distributed_type", "NO")).endswith("NO"):
+        AcceleratorState._reset_state()
+    return Accelerator(mixed_precision=precision)
+
+
+# ---------------------------------------------------------------- the loop
+def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: bool = True,
+          store: FeatureStore | None = None, stop_after: int | None = None) -> dict:
+    """Train one model into run_dir and return its summary.
+
+    stop_after: a test hook that stops as if interrupted after that many steps (last.pt kept,
+    no summary), so resuming can be checked against an uninterrupted run.
+    """
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import CosineLRScheduler
+    from accelerate.utils import gather_object
+    from timm.utils import ModelEmaV3
+    from tqdm import tqdm
+
+    run_dir = Path(run_dir)
+    began = time.time()
+    accelerator = _make_accelerator(resolve_precision(cfg.train.mixed_precision))
+    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)      # denormals slow CPU training ~10x after a few thousand steps
+    main = accelerator.is_main_process
+
+    store = store or FeatureStore.open(cfg.data.data_dir, cfg.data.store_dtype, progress=progress and main)
+    cfg.data.data_dir = str(Path(store.layout.data_dir).resolve())
+    cfg.model.n_mels, cfg.model.n_classes = store.n_mels, len(store.speakers)
+    split = split_for(store, cfg.data.val_fraction, cfg.data.split_seed)
+    if len(split.val) == 0:
+        raise KitError(f"{cfg.data.data_dir}: the validation split is empty (data.val_fraction {cfg.data.val_fraction})")
+    steps_total = total_steps(cfg, len(split.train), world)
+
+    torch.manual_seed(cfg.train.seed)               # identical initial weights on every rank
+    model = build_model(cfg.model, cfg.augment)
+    n_params = count_params(model)
+    optimizer = create_optimizer_v2(model, "adamw", lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    # Stepped with the 1-based number of the update about to happen, so neither the first
+    # update (warm-up from 0) nor the last (cosine end) runs at lr 0.
+    scheduler = CosineLRScheduler(optimizer, t_initial=steps_total + 1, warmup_t=min(cfg.train.warmup_steps, steps_total),
+                                  warmup_lr_init=0.0, t_in_epochs=False)
+    ema = ModelEmaV3(model, decay=cfg.train.ema_decay) if cfg.train.ema else None
+    torch.manual_seed(cfg.train.seed * 1000 + rank)  # different dropout/SpecAugment draws per rank
+    rng = np.random.default_rng([cfg.train.seed, rank])  # different crops per rank
+
+    step, best_acc, best_step, bad_evals, seconds_before = 0, -1.0, 0, 0, 0.0
+    metrics: list[dict] = []
+    avg_keep: list[dict] = []       # the last N evaluated weights, for train.average_last
+    last_path = run_dir / "last.pt"
+    if resume and last_path.is_file():
+        ckpt = torch.load(last_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(ckpt.get("train_model", ckpt["model"]))
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        if ema is not None:
+            ema.module.load_state_dict(ckpt["model"])
+        step, best_acc, best_step = ckpt["step"], ckpt["best_val_acc"], ckpt["best_step"]
+        bad_evals, seconds_before = ckpt["bad_evals"], ckpt["seconds"]
+        torch.set_rng_state(ckpt["rng_torch"][rank])
+        rng.bit_generator.state = json.loads(ckpt["rng_numpy"][rank])
+        avg_keep = list(ckpt.get("avg_keep", []))
+        metrics = [m for m in _read_metrics(run_dir / "metrics.csv") if m["step"] <= step]
+    elif main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in ("summary.json", "best.pt", "avg.pt"):       # a fresh run replaces an old one
+            (run_dir / stale).unlink(missing_ok=True)
+    if main:
+        write_text(run_dir / "config.toml", dump_toml(to_dict(cfg)))
+        save_split(split, run_dir / "split.json", store)
+
+    model, optimizer = accelerator.prepare(model, optimizer)
+    net = accelerator.unwrap_model(model)
+
+    def eval_model():
+        return ema.module if ema is not None else net
+
+    def checkpoint(path: Path, extra: dict | None = None) -> None:
+        """last.pt: everything resume needs, RNG states of every rank included."""
+        rng_torch, rng_numpy = [torch.get_rng_state()], [json.dumps(rng.bit_generator.state)]
+        if world > 1:
+            rng_torch, rng_numpy = gather_object(rng_torch), gather_object(rng_numpy)
+        if not main:
+            return
+        state = {"model": _float_state(eval_model()), "step": step, "best_val_acc": best_acc,
+                 "best_step": best_step, "bad_evals": bad_evals, "seconds": seconds(),
+                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "rng_torch": list(rng_torch), "rng_numpy": list(rng_numpy), "avg_keep": avg_keep}
+        if ema is not None:
+            state["train_model"] = _float_state(net)
+        save_torch({**state, **(extra or {})}, path)
+
+    def seconds() -> float:
+        return seconds_before + time.time() - began
+
+    train_idx, labels = split.train, store.labels
+    seg, bs = cfg.data.segment_len, cfg.train.batch_size
+    run_loss = run_correct = run_count = 0.0
+    stopped = "budget"
+    model.train()
+    bar = tqdm(total=steps_total, initial=step, desc=cfg.name, disable=not (progress and main),
+               leave=False, dynamic_ncols=True, mininterval=1.0)
+    while step < steps_total:
+        batch = train_idx[rng.integers(0, len(train_idx), bs)]
+        x, lengths = store.crop_batch(batch, seg, rng)                      # (B, T, D), (B,)
+        x, lengths = x.to(device), lengths.to(device)
+        y = torch.from_numpy(labels[batch]).to(device)                      # (B,)
+        net.set_step(step)
+        scheduler.step_update(step + 1)
+        logits = model(x, lengths, y).float()                               # (B, n_classes)
+        loss = F.cross_entropy(logits, y)
+        accelerator.backward(loss)
+        if cfg.train.grad_clip > 0:
+            accelerator.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.update(net, step=step)
+        step += 1
+        run_loss += loss.item() * len(batch)
+        run_correct += float((logits.argmax(-1) == y).sum())
+        run_count += len(batch)
+        bar.update(1)
+        lr = optimizer.param_groups[0]["lr"]
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{run_loss / run_count:.3f}", acc=f"{run_correct / run_count:.3f}", lr=f"{lr:.2e}")
+
+        time_up = cfg.train.max_minutes > 0 and time.time() - began > cfg.train.max_minutes * 60
+        if world > 1:       # every rank must take the same decision
+            time_up = bool(accelerator.reduce(torch.tensor(float(time_up), device=device), "max"))
+        if step % cfg.train.eval_every == 0 or step == steps_total or time_up:
+            val_loss, val_acc = evaluate(eval_model(), store, split.val, accelerator)
+            metrics.append({"step": step, "epoch": step * bs * world / len(train_idx), "lr": lr,
+                            "train_loss": run_loss / run_count, "train_acc": run_correct / run_count,
+                            "val_loss": val_loss, "val_acc": val_acc, "seconds": seconds()})
+            run_loss = run_correct = run_count = 0.0
+            if cfg.train.average_last > 0:      # every rank holds the same weights, so each keeps them
+                avg_keep = (avg_keep + [_float_state(eval_model())])[-cfg.train.average_last:]
+            improved = val_acc > best_acc
+            if improved:
+                best_acc, best_step, bad_evals = val_acc, step, 0
+            else:
+                bad_evals += 1
+            if main:
+                write_csv(run_dir / "metrics.csv", _frame(metrics))
+                if improved:
+                    save_torch({"model": _float_state(eval_model()), "step": step, "val_acc": val_acc},
+                               run_dir / "best.pt")
+            checkpoint(last_path)
+            if cfg.train.patience > 0 and bad_evals >= cfg.train.patience:
+                stopped = "early_stop"
+                break
+            if time_up:
+                stopped = "time"
+                break
+        if stop_after is not None and step >= stop_after:
+            if step % cfg.train.eval_every:
+                checkpoint(last_path)
+            bar.close()
+            return {"step": step, "stopped_reason": "interrupted", "best_val_acc": best_acc}
+    bar.close()
+
+    summary = {"name": cfg.name, "params": n_params, "best_val_acc": best_acc, "best_step": best_step,
+               "step": step, "total_steps": steps_total, "stopped_reason": stopped, "seconds": seconds(),
+               "n_train": int(len(split.train)), "n_val": int(len(split.val)), "device": str(device),
+               "processes": world, "mixed_precision": accelerator.mixed_precision}
+    if cfg.train.average_last > 0:
+        summary.update(_average(avg_keep, cfg, store, split, accelerator, run_dir, main))
+    if main:
+        if metrics:
+            plot_curves(metrics, run_dir / "curves.png")
+        write_json(run_dir / "summary.json", summary)
+    accelerator.wait_for_everyone()
+    return summary
+
+
+def _average(states: list[dict], cfg: RunConfig, store, split, accelerator, run_dir: Path, main: bool) -> dict:
+    """avg.pt from the last N evaluation checkpoints, scored on validation beside best.pt."""
+    n = len(states)
+    if n == 0:
+        return {}
+    model = build_model(cfg.model, cfg.augment).to(accelerator.device)
+    model.load_state_dict(average_state_dicts(states))
+    _, acc = evaluate(model, store, split.val, accelerator)
+    if main:
+        save_torch({"model": _float_state(model), "averaged": n}, run_dir / "avg.pt")
+    return {"avg_val_acc": acc, "averaged": n}
+
+
+def _frame(metrics: list[dict]):
+    import pandas as pd
+
+    return pd.DataFrame(metrics, columns=METRIC_COLUMNS)
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    import pandas as pd
+
+    return pd.read_csv(path).to_dict("records")
+
+
+def read_summary(run_dir: str | Path) -> dict | None:
+    """The finished run's summary.json, or None when the run has not finished."""
+    path = Path(run_dir) / "summary.json"
+    if not path.is_file():
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+if __name__ == "__main__":        # `accelerate launch -m kit.train ...` / `python -m kit.train ...`
+    import sys
+
+    from kit.cli.train import train_main
+
+    sys.exit(train_main(sys.argv[1:]))

@@ -1,0 +1,155 @@
+"""Hard and soft votes with known answers, Caruana weight selection, and ensembling run dirs."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kit.cli import main
+from kit.ensemble import ensemble_runs, hard_vote, select_weights, soft_vote
+from kit.errors import KitError
+from kit.fsio import sha256_file
+from kit.submission import validate_submission
+
+SPEAKERS = ["id10001", "id10002", "id10003"]
+TEST_IDS = [f"uttr-t{i}.pt" for i in range(4)]
+VAL_IDS = [f"uttr-v{i}.pt" for i in range(6)]
+VAL_LABELS = [0, 1, 2, 0, 1, 2]
+
+
+def onehotish(pred, c=3, p=0.6):
+    """Probabilities putting `p` on each predicted class and the rest spread evenly."""
+    out = np.full((len(pred), c), (1 - p) / (c - 1))
+    out[np.arange(len(pred)), pred] = p
+    return out
+
+
+# ---------------------------------------------------------------- votes on hand-made arrays
+def test_hard_vote_majority():
+    a, b, c = onehotish([0, 1, 2]), onehotish([0, 2, 2]), onehotish([1, 1, 0])
+    assert hard_vote([a, b, c]).tolist() == [0, 1, 2]
+
+
+def test_hard_vote_tie_goes_to_larger_summed_probability_then_lowest_class():
+    a = np.array([[0.9, 0.1, 0.0], [0.6, 0.4, 0.0]])
+    b = np.array([[0.0, 0.6, 0.4], [0.4, 0.6, 0.0]])
+    # row 0: one vote each for 0 and 1; summed probs 0.9 vs 0.7 -> 0
+    # row 1: one vote each; summed probs 1.0 vs 1.0 -> lowest class, 0
+    assert hard_vote([a, b]).tolist() == [0, 0]
+    assert hard_vote([b, a]).tolist() == [0, 0]                # member order does not matter
+    # class 2 gets no vote, so its larger summed probability cannot win the 0-vs-1 tie
+    c = np.array([[0.5, 0.0, 0.5]])               # argmax 0 (first of the two maxima)
+    d = np.array([[0.0, 0.5, 0.5]])               # argmax 1
+    assert hard_vote([c, d]).tolist() == [0]
+
+
+def test_hard_vote_weighted():
+    a, b, c = onehotish([0, 0]), onehotish([1, 1]), onehotish([1, 2])
+    assert hard_vote([a, b, c]).tolist() == [1, 0]             # row 1: three-way tie, equal sums -> 0
+    assert hard_vote([a, b, c], weights=[3, 1, 1]).tolist() == [0, 0]
+    # 0.1 + 0.2 ties 0.3 exactly as counts would; summed probability decides
+    w = [0.3, 0.1, 0.2]
+    assert hard_vote([a, b, c], weights=w).tolist() == [0, 0]
+
+
+def test_soft_vote_weighted_mean():
+    a = np.array([[0.8, 0.2], [0.3, 0.7]])
+    b = np.array([[0.2, 0.8], [0.5, 0.5]])
+    np.testing.assert_allclose(soft_vote([a, b]), [[0.5, 0.5], [0.4, 0.6]])
+    np.testing.assert_allclose(soft_vote([a, b], weights=[3, 1]), [[0.65, 0.35], [0.35, 0.65]])
+    with pytest.raises(KitError, match="2 weights given for 3"):
+        soft_vote([a, b, a], weights=[1, 2])
+
+
+def test_select_weights_prefers_the_better_member():
+    labels = np.array(VAL_LABELS)
+    good = onehotish([0, 1, 2, 0, 1, 0])            # 5/6 right
+    bad = onehotish([1, 2, 0, 0, 1, 2])             # 3/6 right
+    w = select_weights([bad, good], labels)
+    assert w[1] > w[0] and w.sum() == pytest.approx(1)
+    assert select_weights([bad, good], labels, vote="hard")[1] > 0.5
+
+
+# ---------------------------------------------------------------- run dirs on disk
+@pytest.fixture
+def layout_dir(tmp_path):
+    d = tmp_path / "data"
+    d.mkdir()
+    meta = {"n_mels": 40, "speakers": {s: [{"feature_path": p, "mel_len": 50}
+                                           for p, lab in zip(VAL_IDS, VAL_LABELS) if lab == k]
+                                       for k, s in enumerate(SPEAKERS)}}
+    test = {"n_mels": 40, "utterances": [{"feature_path": p, "mel_len": 50} for p in TEST_IDS]}
+    mapping = {"speaker2id": {s: i for i, s in enumerate(SPEAKERS)},
+               "id2speaker": {str(i): s for i, s in enumerate(SPEAKERS)}}
+    for name, obj in (("metadata.json", meta), ("testdata.json", test), ("mapping.json", mapping)):
+        (d / name).write_text(json.dumps(obj))
+    return d
+
+
+def make_run(root, name, val_pred, test_probs, data_dir, val_ids=VAL_IDS):
+    run = root / name
+    run.mkdir()
+    np.save(run / "val_probs.npy", onehotish(val_pred).astype(np.float32))
+    np.save(run / "test_probs.npy", np.asarray(test_probs, dtype=np.float32))
+    (run / "ids.json").write_text(json.dumps({
+        "val": val_ids, "val_labels": VAL_LABELS, "test": TEST_IDS, "window": 256, "hop": 128,
+        "full": False, "average": "probs", "which": "best", "data_dir": str(data_dir)}))
+    return run
+
+
+def test_ensemble_writes_valid_csv_and_manifest(tmp_path, layout_dir):
+    r1 = make_run(tmp_path, "r1", [0, 1, 2, 0, 1, 0], onehotish([0, 1, 2, 2]), layout_dir)
+    r2 = make_run(tmp_path, "r2", [0, 1, 2, 1, 1, 2], onehotish([0, 1, 1, 2]), layout_dir)
+    r3 = make_run(tmp_path, "r3", [1, 1, 2, 0, 2, 2], onehotish([1, 1, 2, 0]), layout_dir)
+    out = tmp_path / "subs"
+    r = ensemble_runs([r1, r2, r3], vote="hard", name="three", out_dir=out)
+
+    frame = pd.read_csv(r["csv"])
+    assert list(frame.columns) == ["Id", "Category"]
+    assert frame["Id"].tolist() == TEST_IDS
+    assert frame["Category"].tolist() == ["id10001", "id10002", "id10003", "id10003"]
+    assert validate_submission(r["csv"], layout_dir) == []
+    # val: r1 5/6, r2 5/6, r3 4/6, each wrong in a different place, so the majority is always right
+    assert [row["val_acc"] for row in r["table"][:3]] == pytest.approx([5 / 6, 5 / 6, 4 / 6])
+    assert r["table"][-1]["member"].startswith("ensemble") and r["val_acc"] == pytest.approx(6 / 6)
+
+    manifest = json.loads(r["manifest"].read_text())
+    assert manifest["members"] == [str(r1), str(r2), str(r3)] and manifest["vote"] == "hard"
+    assert manifest["csv_sha256"] == sha256_file(r["csv"])
+    assert manifest["member_test_probs_sha256"][0] == sha256_file(r1 / "test_probs.npy")
+    assert manifest["member_settings"][0]["window"] == 256
+
+
+def test_auto_weights_never_read_test_data(tmp_path, layout_dir):
+    rng = np.random.default_rng(0)
+    runs = [make_run(tmp_path, "a", [0, 1, 2, 0, 1, 0], onehotish([0, 1, 2, 2]), layout_dir),
+            make_run(tmp_path, "b", [1, 2, 0, 0, 1, 2], onehotish([0, 1, 1, 2]), layout_dir)]
+    first = ensemble_runs(runs, vote="soft", weights="auto", name="w1", out_dir=tmp_path / "s")
+    for run in runs:                                  # garbage test predictions, same validation
+        np.save(run / "test_probs.npy", rng.random((len(TEST_IDS), 3)).astype(np.float32))
+    second = ensemble_runs(runs, vote="soft", weights="auto", name="w2", out_dir=tmp_path / "s")
+    assert first["weights"] == second["weights"] and first["weights"][0] > first["weights"][1]
+
+
+def test_mismatched_splits_and_missing_predictions_are_refused(tmp_path, layout_dir):
+    r1 = make_run(tmp_path, "r1", [0] * 6, onehotish([0] * 4), layout_dir)
+    other = list(reversed(VAL_IDS))
+    r2 = make_run(tmp_path, "r2", [0] * 6, onehotish([0] * 4), layout_dir, val_ids=other)
+    with pytest.raises(KitError, match="r1 and .*r2 were validated on different splits"):
+        ensemble_runs([r1, r2], out_dir=tmp_path / "s")
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    with pytest.raises(KitError, match="run `kit predict .*bare` first"):
+        ensemble_runs([r1, bare], out_dir=tmp_path / "s")
+
+
+def test_cli_ensemble_prints_table(tmp_path, layout_dir, capsys):
+    r1 = make_run(tmp_path, "r1", [0, 1, 2, 0, 1, 0], onehotish([0, 1, 2, 2]), layout_dir)
+    r2 = make_run(tmp_path, "r2", [0, 1, 2, 1, 1, 2], onehotish([0, 1, 1, 2]), layout_dir)
+    out = tmp_path / "subs"
+    assert main(["ensemble", str(r1), str(r2), "--vote", "soft", "--weights", "1,3", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "ensemble (soft vote)" in text and "0.750" in text
+    [csv] = out.glob("soft-2members-*.csv")
+    assert validate_submission(csv, layout_dir) == []
+    assert main(["ensemble", str(r1), "--weights", "x,y", "--out", str(out)]) == 2

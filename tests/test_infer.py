@@ -1,0 +1,139 @@
+"""Sliding-window prediction: window arithmetic, batched = one-by-one, a trained run predicted."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from kit.cli import main
+from kit.config import RunConfig
+from kit.data import FeatureStore
+from kit.errors import KitError
+from kit.infer import (batch_plan, centre_windows, predict_index, predict_one_by_one, predict_run,
+                       sliding_windows)
+from kit.models import build_model
+
+
+# ---------------------------------------------------------------- window arithmetic
+@pytest.mark.parametrize("window, hop", [(8, 4), (8, 8), (8, 3), (5, 1)])
+def test_sliding_windows_cover_every_frame(window, hop):
+    lengths = np.array([1, 3, 7, 8, 9, 12, 16, 17, 40])
+    utt, start, valid = sliding_windows(lengths, window, hop)
+    for i, n in enumerate(lengths):
+        mine = utt == i
+        covered = np.zeros(n, dtype=int)
+        for s, v in zip(start[mine], valid[mine]):
+            assert 0 <= s and s + v <= n                       # inside the utterance
+            covered[s:s + v] += 1
+        assert covered.min() >= 1                                # every frame seen
+        assert mine.sum() == max(1, int(np.ceil((n - window) / hop)) + 1)   # no spare windows
+        assert np.all(np.diff(start[mine]) > 0)                  # in time order, no duplicates
+        assert start[mine][-1] + valid[mine][-1] == n            # last window ends at the end
+
+
+def test_short_utterance_is_one_window_and_bad_settings_are_refused():
+    utt, start, valid = sliding_windows([5, 100], window=10, hop=5)
+    assert (utt[0], start[0], valid[0]) == (0, 0, 5) and (utt == 0).sum() == 1
+    with pytest.raises(KitError, match="hop 20 > window 10"):
+        sliding_windows([50], window=10, hop=20)
+    _, start, valid = centre_windows([5, 30], window=10)
+    assert start.tolist() == [0, 10] and valid.tolist() == [5, 10]
+
+
+def test_batch_plan_groups_similar_lengths_within_budget():
+    valid = np.array([10, 300, 20, 300, 15, 290, 10])
+    batches = batch_plan(valid, batch_size=3, max_frames=600)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(7))      # each window once
+    for b in batches:
+        assert len(b) <= 3 and len(b) * valid[b].max() <= 600
+    assert sorted(valid[batches[0]].tolist()) == [300, 300]                # longest together
+
+
+# ---------------------------------------------------------------- batched prediction
+@pytest.fixture(scope="module")
+def store(tiny_data, tmp_path_factory):
+    # the cache goes outside tiny_data, which is shared and read-only
+    return FeatureStore.open(tiny_data, dtype="float32", cache_dir=tmp_path_factory.mktemp("cache"),
+                             progress=False)
+
+
+def tiny_model(store, pooling="mean"):
+    cfg = RunConfig().model
+    cfg.d_model, cfg.ffn_dim, cfg.n_mels, cfg.n_classes, cfg.pooling = 16, 32, store.n_mels, len(store.speakers), pooling
+    torch.manual_seed(0)
+    return build_model(cfg).eval()
+
+
+def test_batched_full_length_matches_one_by_one(store):
+    model = tiny_model(store, pooling="sap")
+    index = store.test_index
+    batched = predict_index(model, store, index, mode="full", batch_size=7, window=64)
+    single = predict_one_by_one(model, store, index)
+    assert batched.shape == single.shape == (len(index), len(store.speakers))
+    np.testing.assert_allclose(batched, single, atol=1e-5)      # padding is fully masked
+
+
+@pytest.mark.parametrize("average", ["probs", "logits"])
+def test_sliding_window_average_is_a_distribution(store, average):
+    model = tiny_model(store)
+    index = store.test_index
+    probs = predict_index(model, store, index, mode="sliding", window=40, hop=20, average=average,
+                          batch_size=16)
+    assert probs.dtype == np.float32 and probs.shape == (len(index), len(store.speakers))
+    np.testing.assert_allclose(probs.sum(axis=1), 1, atol=1e-5)
+    # the same windows in another batching give the same answer
+    again = predict_index(model, store, index, mode="sliding", window=40, hop=20, average=average,
+                          batch_size=3)
+    np.testing.assert_allclose(probs, again, atol=1e-5)
+
+
+# ---------------------------------------------------------------- a trained run
+@pytest.fixture(scope="module")
+def trained_run(store, tmp_path_factory):
+    from kit.train import train
+
+    cfg = RunConfig()
+    cfg.data.data_dir = str(store.layout.data_dir)
+    cfg.data.store_dtype = "float32"
+    cfg.data.val_fraction = 0.25
+    cfg.model.d_model, cfg.model.ffn_dim = 32, 64
+    cfg.train.max_steps, cfg.train.eval_every, cfg.train.warmup_steps = 30, 15, 5
+    cfg.train.batch_size, cfg.train.mixed_precision = 16, "no"
+    cfg.infer.window, cfg.infer.hop = 64, 32
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    train(cfg, run, progress=False, store=store)
+    return run
+
+
+def test_predict_run_writes_probabilities_and_ids(trained_run, store):
+    r = predict_run(trained_run, store=store, progress=False)
+    val, test = np.load(trained_run / "val_probs.npy"), np.load(trained_run / "test_probs.npy")
+    ids = json.loads((trained_run / "ids.json").read_text())
+    c = len(store.speakers)
+    assert val.dtype == test.dtype == np.float32
+    assert val.shape == (len(ids["val"]), c) and test.shape == (store.n_test, c)
+    np.testing.assert_allclose(val.sum(axis=1), 1, atol=1e-5)
+    np.testing.assert_allclose(test.sum(axis=1), 1, atol=1e-5)
+    assert ids["test"] == [store.paths[i] for i in store.test_index]
+    assert len(ids["val_labels"]) == len(ids["val"]) == r["n_val"] > 0
+    assert (ids["window"], ids["hop"], ids["full"], ids["average"]) == (64, 32, False, "probs")
+    for key in ("val_acc", "val_acc_centre", "val_acc_full"):
+        assert 0.0 <= r[key] <= 1.0
+    assert r["val_acc"] == pytest.approx(float((val.argmax(1) == np.array(ids["val_labels"])).mean()))
+
+
+def test_cli_predict_full_then_ensemble(trained_run, store, tmp_path, capsys, monkeypatch):
+    import kit.infer
+
+    # the CLI opens the store from the run's config; point it at this module's cache
+    monkeypatch.setattr(kit.infer.FeatureStore, "open", classmethod(lambda cls, *a, **k: store))
+    assert main(["predict", str(trained_run), "--full", "--average", "logits", "--batch-size", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "centre" in out and str(trained_run) in out
+    ids = json.loads((trained_run / "ids.json").read_text())
+    assert ids["full"] is True and ids["average"] == "logits"
+    assert ids["val_acc"] == ids["val_acc_full"]
+    subs = tmp_path / "subs"
+    assert main(["ensemble", str(trained_run), str(trained_run), "--vote", "soft", "--name", "x",
+                 "--out", str(subs)]) == 0
+    assert main(["validate", str(subs / "x.csv"), "--data", str(store.layout.data_dir)]) == 0

@@ -1,0 +1,408 @@
+"""The Kaggle flow end to end: the real `kaggle` client against the local stand-in.
+
+Each test gets its own stand-in on a free port, its own HOME/KAGGLE_CONFIG_DIR and fake credentials;
+retry and poll delays are milliseconds (KIT_KAGGLE_BACKOFF / KIT_KAGGLE_POLL).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from kit.cli import main
+from kit.errors import KitError
+from kit.fsio import sha256_file
+from kit.kaggle import _call, append_ledger, extract_zip, read_ledger, recipe_submit
+from kit.kaggle_server import StandIn
+from kit.submission import score_submission
+
+FAKE_KEY = "kitfakekey-DO-NOT-PRINT-4242"
+FAKE_TOKEN = "kitfaketoken-NEVER-SHOWN-9191"
+COMP = "ml2022spring-hw4"
+
+
+@pytest.fixture
+def kaggle_env(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    home.mkdir()
+    for name in ("KAGGLE_API_TOKEN", "KIT_KAGGLE_ENDPOINT", "HTTP_PROXY", "http_proxy",
+                 "KAGGLE_API_ENVIRONMENT", "XDG_CONFIG_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    # A usual corporate setting that would route the client around the stand-in; kit must clear it.
+    monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
+    monkeypatch.setenv("no_proxy", "localhost,127.0.0.1")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(home / "kaggle-config"))
+    monkeypatch.setenv("KAGGLE_USERNAME", "kit-test")
+    monkeypatch.setenv("KAGGLE_KEY", FAKE_KEY)
+    monkeypatch.setenv("KIT_KAGGLE_BACKOFF", "0.01")
+    monkeypatch.setenv("KIT_KAGGLE_POLL", "0.01")
+    monkeypatch.setenv("KIT_KAGGLE_RETRIES", "3")
+    return home
+
+
+@pytest.fixture
+def standin(tiny_data, tiny_answers):
+    with StandIn(tiny_data, tiny_answers, competition=COMP) as server:
+        yield server
+
+
+def write_submission(folder: Path, answers: Path, data_dir: Path, name: str = "sub", wrong_every: int = 4) -> Path:
+    """A valid CSV from the answer key with every `wrong_every`-th answer changed, plus its manifest."""
+    rows = list(csv.reader(answers.open()))[1:]
+    speakers = sorted({r[1] for r in rows})
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.csv"
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["Id", "Category"])
+        for i, (uid, spk, _) in enumerate(rows):
+            wrong = wrong_every and i % wrong_every == 0
+            w.writerow([uid, speakers[(speakers.index(spk) + 1) % len(speakers)] if wrong else spk])
+    path.with_suffix(".json").write_text(json.dumps(
+        {"members": ["runs/simple/m0", "runs/simple/m1"], "weights": [0.5, 0.5], "vote": "soft",
+         "data_dir": str(data_dir)}))
+    return path
+
+
+@pytest.fixture
+def sub(tmp_path, tiny_data, tiny_answers) -> Path:
+    return write_submission(tmp_path / "submissions", tiny_answers, tiny_data)
+
+
+def kit(capsys, *args) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def submit_args(sub: Path, standin: StandIn, *extra):
+    return ["submit", sub, "-m", "test run", "--ledger", sub.parent / "ledger.csv", "--endpoint", standin.url, *extra]
+
+
+def ledger_rows(sub: Path) -> list[dict]:
+    return read_ledger(sub.parent / "ledger.csv").to_dict("records")
+
+
+def one_error_line(err: str) -> str:
+    lines = [ln for ln in err.splitlines() if ln.startswith("kit: error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+# ---------------------------------------------------------------- the happy path
+def test_submit_wait_records_scores_in_ledger(kaggle_env, standin, sub, tiny_answers, capsys):
+    standin.pending_polls = 2
+    code, out, err = kit(capsys, *submit_args(sub, standin, "--wait"))
+    assert code == 0, err
+    expected = score_submission(sub, tiny_answers)
+    [row] = ledger_rows(sub)
+    assert row["status"] == "COMPLETE" and row["target"] == "local stand-in"
+    assert float(row["public"]) == pytest.approx(expected["public"]["acc"], abs=1e-5)
+    assert float(row["private"]) == pytest.approx(expected["private"]["acc"], abs=1e-5)
+    assert row["sha256"] == sha256_file(sub) and row["competition"] == COMP
+    assert row["members"] == "runs/simple/m0;runs/simple/m1" and row["vote"] == "soft"
+    assert row["ref"] in out and "COMPLETE" in out
+    assert "PENDING" in err                                   # it really waited through PENDING polls
+    assert standin.calls.count("ListSubmissions") >= 3
+
+
+def test_invalid_csv_is_refused_before_sending(kaggle_env, standin, sub, capsys):
+    sub.write_text("Id,Category\nnot-a-test-file.pt,id00001\n")
+    code, _, err = kit(capsys, *submit_args(sub, standin))
+    assert code == 2
+    assert "rows, expected" in one_error_line(err)
+    assert standin.calls == [] and not (sub.parent / "ledger.csv").exists()
+
+
+def test_submit_without_manifest_needs_data_dir(kaggle_env, standin, sub, tiny_data, capsys):
+    sub.with_suffix(".json").unlink()
+    code, _, err = kit(capsys, *submit_args(sub, standin))
+    assert code == 2 and "--data DIR" in one_error_line(err)
+    code, _, err = kit(capsys, *submit_args(sub, standin, "--data", tiny_data))
+    assert code == 0, err
+    assert ledger_rows(sub)[0]["status"] == "PENDING"
+
+
+# ---------------------------------------------------------------- errors, each with the real client
+def assert_failed_row(sub: Path, reason_part: str) -> None:
+    [row] = ledger_rows(sub)
+    assert row["status"] == "FAILED" and reason_part in row["error"] and row["ref"] == ""
+    assert sub.is_file()                                      # the CSV is never lost
+
+
+def test_no_credentials(kaggle_env, standin, sub, monkeypatch, capsys):
+    monkeypatch.delenv("KAGGLE_USERNAME")
+    monkeypatch.delenv("KAGGLE_KEY")
+    code, out, err = kit(capsys, *submit_args(sub, standin))
+    line = one_error_line(err)
+    assert code == 2 and out == ""
+    assert "kaggle.json" in line and "KAGGLE_USERNAME" in line and "KAGGLE_API_TOKEN" in line
+    assert "Authentication required" not in err               # the client's own help stays out of our output
+    assert_failed_row(sub, "no Kaggle credentials")
+    assert standin.calls == []
+
+
+def test_401_is_a_credentials_message(kaggle_env, standin, sub, capsys):
+    standin.inject("StartSubmissionUpload", 401)
+    code, _, err = kit(capsys, *submit_args(sub, standin))
+    assert code == 2 and "refused the credentials (HTTP 401)" in one_error_line(err)
+    assert_failed_row(sub, "HTTP 401")
+
+
+def test_404_wrong_competition(kaggle_env, standin, sub, capsys):
+    code, _, err = kit(capsys, *submit_args(sub, standin, "--competition", "ml2099spring-nope"))
+    assert code == 2 and "competition not found (HTTP 404)" in one_error_line(err)
+    assert_failed_row(sub, "HTTP 404")
+
+
+def test_429_is_retried_honouring_retry_after(kaggle_env, standin, sub, capsys):
+    standin.inject("CreateSubmission", 429, count=2, retry_after=0.2)
+    code, _, err = kit(capsys, *submit_args(sub, standin, "--wait"))
+    assert code == 0, err
+    retries = [ln for ln in err.splitlines() if "HTTP 429 to CreateSubmission" in ln]
+    assert len(retries) == 2 and all("in 0.2s" in ln for ln in retries)   # Retry-After, not the 0.01 backoff
+    assert ledger_rows(sub)[0]["status"] == "COMPLETE"
+    assert standin.calls.count("CreateSubmission") == 3
+
+
+def test_500_then_success(kaggle_env, standin, sub, capsys):
+    standin.inject("StartSubmissionUpload", 500, count=2)
+    standin.inject("ListSubmissions", 503, count=1)
+    code, _, err = kit(capsys, *submit_args(sub, standin, "--wait"))
+    assert code == 0, err
+    assert ledger_rows(sub)[0]["status"] == "COMPLETE"
+    assert "HTTP 500" in err and "HTTP 503" in err
+
+
+def test_500_forever_gives_up(kaggle_env, standin, sub, capsys):
+    standin.inject("StartSubmissionUpload", 500, count=1000)
+    code, _, err = kit(capsys, *submit_args(sub, standin))
+    assert code == 2 and "HTTP 500 to StartSubmissionUpload after 4 attempts" in one_error_line(err)
+    assert standin.calls.count("StartSubmissionUpload") == 4
+    assert_failed_row(sub, "HTTP 500")
+
+
+def test_connection_refused(kaggle_env, sub, capsys):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]                             # closed again: nothing listens there
+    code, _, err = kit(capsys, "submit", sub, "-m", "x", "--ledger", sub.parent / "ledger.csv",
+                       "--endpoint", f"http://127.0.0.1:{port}")
+    assert code == 2 and "cannot reach" in one_error_line(err)
+    assert_failed_row(sub, "connection refused")
+
+
+def test_upload_failure_is_a_failure_not_ref_zero(kaggle_env, standin, sub, capsys):
+    standin.inject("upload", 500, count=1000)
+    code, _, err = kit(capsys, *submit_args(sub, standin))
+    assert code == 2 and "upload of sub.csv failed" in one_error_line(err)
+    assert "CreateSubmission" not in standin.calls
+    assert_failed_row(sub, "upload")
+
+
+def test_one_failed_upload_is_retried(kaggle_env, standin, sub, capsys):
+    standin.inject("upload", 500, count=1)
+    code, _, err = kit(capsys, *submit_args(sub, standin))
+    assert code == 0, err
+    assert standin.calls.count("upload") == 2 and ledger_rows(sub)[0]["status"] == "PENDING"
+
+
+def test_submission_scored_error(kaggle_env, standin, sub, capsys):
+    standin.score_errors(1, reason="Evaluation failed: injected")
+    code, _, err = kit(capsys, *submit_args(sub, standin, "--wait"))
+    assert code == 2 and "ERROR: Evaluation failed: injected" in one_error_line(err)
+    [row] = ledger_rows(sub)
+    assert row["status"] == "ERROR" and row["error"] == "Evaluation failed: injected" and row["ref"]
+
+
+def test_wait_is_bounded(kaggle_env, standin, sub, capsys):
+    standin.pending_polls = 10**6
+    code, _, err = kit(capsys, *submit_args(sub, standin, "--wait", "--timeout", "0.05"))
+    assert code == 2 and "still PENDING after 0.05s" in one_error_line(err)
+    assert ledger_rows(sub)[0]["status"] == "PENDING"
+
+
+def test_standin_scores_a_bad_file_error_with_reason(kaggle_env, standin, tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("Id,Category\nuttr-unknown.pt,id00001\n")       # kit would refuse it; Kaggle scores it
+    done = _call("submit", {"competition": COMP, "file": str(bad), "message": "bad", "wait": True,
+                            "timeout": 5, "poll": 0.01}, standin.url)
+    assert done["status"] == "ERROR" and "missing" in done["error"] and done["public"] == ""
+
+
+def test_listing_follows_pages(kaggle_env, standin, sub, capsys):
+    assert kit(capsys, *submit_args(sub, standin))[0] == 0
+    first = standin.submissions[0]["ref"]
+    for i in range(70):                                        # bury it under two pages of later submissions
+        standin.submissions.append(dict(standin.submissions[0], ref=5000 + i, polls=0))
+    found = _call("list", {"competition": COMP, "refs": [first]}, standin.url)["submissions"]
+    assert first in {s["ref"] for s in found} and len(found) == 71
+    assert standin.calls.count("ListSubmissions") == 2
+
+
+# ---------------------------------------------------------------- ledger, scores, secrets
+def test_credentials_never_appear(kaggle_env, standin, sub, monkeypatch, capsys):
+    outputs = []
+    outputs.append(kit(capsys, *submit_args(sub, standin, "--wait")))
+    standin.inject("CreateSubmission", 401)
+    outputs.append(kit(capsys, *submit_args(sub, standin)))
+    standin.inject("StartSubmissionUpload", 500, count=1000)
+    outputs.append(kit(capsys, *submit_args(sub, standin)))
+    outputs.append(kit(capsys, "scores", "--ledger", sub.parent / "ledger.csv", "--endpoint", standin.url))
+    # An access token instead of username/key: the client introspects it, then sends it as Bearer.
+    standin.faults.clear()
+    monkeypatch.delenv("KAGGLE_USERNAME")
+    monkeypatch.delenv("KAGGLE_KEY")
+    monkeypatch.setenv("KAGGLE_API_TOKEN", FAKE_TOKEN)
+    outputs.append(kit(capsys, *submit_args(sub, standin, "--wait")))
+    standin.inject("ListSubmissions", 401)
+    outputs.append(kit(capsys, *submit_args(sub, standin, "--wait")))
+    assert [o[0] for o in outputs] == [0, 2, 2, 0, 0, 2]
+    assert "IntrospectToken" in standin.calls
+    text = "".join(o[1] + o[2] for o in outputs) + (sub.parent / "ledger.csv").read_text()
+    assert FAKE_KEY not in text and FAKE_TOKEN not in text and "kit-test:" not in text
+
+
+def test_scores_refreshes_pending_and_sorts_by_public(kaggle_env, standin, tmp_path, tiny_data, tiny_answers,
+                                                      capsys):
+    folder = tmp_path / "submissions"
+    good = write_submission(folder, tiny_answers, tiny_data, "good", wrong_every=10)
+    poor = write_submission(folder, tiny_answers, tiny_data, "poor", wrong_every=2)
+    ledger = folder / "ledger.csv"
+    for path in (poor, good):                                  # no --wait: both stay PENDING in the ledger
+        assert kit(capsys, "submit", path, "-m", path.stem, "--ledger", ledger, "--endpoint", standin.url)[0] == 0
+    assert set(read_ledger(ledger)["status"]) == {"PENDING"}
+    code, out, err = kit(capsys, "scores", "--ledger", ledger, "--endpoint", standin.url)
+    assert code == 0, err
+    assert set(read_ledger(ledger)["status"]) == {"COMPLETE"}
+    lines = [ln for ln in out.splitlines() if "COMPLETE" in ln]
+    assert "good.csv" in lines[0] and "poor.csv" in lines[1]    # best public score first
+    rows = read_ledger(ledger).set_index("message")
+    gap = float(rows.loc["good", "public"]) - float(rows.loc["good", "private"])
+    assert f"{gap:+.5f}" in lines[0]
+    assert (folder / "scores.png").stat().st_size > 1000
+
+
+def test_concurrent_appends_keep_every_row(tmp_path):
+    ledger = tmp_path / "ledger.csv"
+
+    def writer(k: int) -> None:
+        for i in range(8):
+            append_ledger(ledger, {"time": "t", "competition": COMP, "file": f"w{k}-{i}.csv", "status": "PENDING"})
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    files = list(read_ledger(ledger)["file"])
+    assert sorted(files) == sorted(f"w{k}-{i}.csv" for k in range(4) for i in range(8))
+
+
+def test_two_kit_submit_processes_at_once(kaggle_env, standin, tmp_path, tiny_data, tiny_answers):
+    folder = tmp_path / "submissions"
+    subs = [write_submission(folder, tiny_answers, tiny_data, f"s{k}") for k in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-m", "kit", "submit", s, "-m", s.stem, "--ledger",
+                               folder / "ledger.csv", "--endpoint", standin.url, "--wait"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for s in subs]
+    results = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], results
+    frame = read_ledger(folder / "ledger.csv")
+    assert sorted(frame["message"]) == ["s0", "s1"] and set(frame["status"]) == {"COMPLETE"}
+
+
+# ---------------------------------------------------------------- download
+def test_download_unpacks_validates_and_skips_on_rerun(kaggle_env, standin, tmp_path, tiny_data, monkeypatch,
+                                                       capsys):
+    monkeypatch.setenv("KIT_KAGGLE_ENDPOINT", standin.url)
+    standin.inject("download", 500, count=1)                   # one failed transfer, then success
+    out_dir = tmp_path / "download"
+    code, out, err = kit(capsys, "data", "download", "--competition", COMP, "--out", out_dir)
+    assert code == 0, err
+    data_dir = out_dir / "Dataset"
+    assert f"data ready: {data_dir}" in out
+    assert sorted(p.name for p in data_dir.iterdir()) == sorted(p.name for p in tiny_data.iterdir()
+                                                                if not p.name.startswith("."))
+    calls = list(standin.calls)
+    code, out, _ = kit(capsys, "data", "download", "--competition", COMP, "--out", out_dir)
+    assert code == 0 and f"data ready: {data_dir}" in out
+    assert standin.calls == calls                              # complete already: nothing fetched again
+    code, _, err = kit(capsys, "data", "download", "--competition", "nope", "--out", tmp_path / "other")
+    assert code == 2 and "HTTP 404" in one_error_line(err)
+
+
+def test_extract_refuses_members_escaping_the_target(tmp_path):
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as zf:
+        zf.writestr("Dataset/metadata.json", "{}")
+        zf.writestr("../escaped.txt", "gotcha")
+    with pytest.raises(KitError, match="outside"):
+        extract_zip(evil, tmp_path / "out")
+    assert not (tmp_path / "escaped.txt").exists()
+    link = tmp_path / "link.zip"
+    with zipfile.ZipFile(link, "w") as zf:
+        info = zipfile.ZipInfo("Dataset/link")
+        info.external_attr = 0o120777 << 16
+        zf.writestr(info, "/etc/passwd")
+    with pytest.raises(KitError, match="symbolic link"):
+        extract_zip(link, tmp_path / "out2")
+
+
+# ---------------------------------------------------------------- the recipes' submit step
+def test_recipe_submit_rehearses_on_the_standin(kaggle_env, sub, tiny_data, monkeypatch):
+    monkeypatch.delenv("KAGGLE_USERNAME")
+    monkeypatch.delenv("KAGGLE_KEY")
+    result = recipe_submit(sub, "recipe simple", tiny_data, submissions_dir=sub.parent)
+    assert result["status"] == "COMPLETE" and result["target"] == "local stand-in", result
+    assert result["public"] and result["private"] and result["row"]["ref"] == result["ref"]
+    assert ledger_rows(sub)[0]["message"] == "recipe simple"
+
+
+def test_recipe_submit_skips_real_data_without_credentials(kaggle_env, sub, tiny_data, tmp_path, monkeypatch):
+    monkeypatch.delenv("KAGGLE_USERNAME")
+    monkeypatch.delenv("KAGGLE_KEY")
+    real = tmp_path / "real"
+    shutil.copytree(tiny_data, real, ignore=shutil.ignore_patterns(".kit-synth.json", ".kit-cache"))
+    result = recipe_submit(sub, "recipe simple", real, submissions_dir=sub.parent)
+    assert result["status"] == "SKIPPED" and "kaggle.json" in result["reason"]
+    assert not (sub.parent / "ledger.csv").exists()
+
+
+# ---------------------------------------------------------------- `kit kaggle serve` and the bare client
+def test_kaggle_serve_cli_with_fault_and_the_kaggle_cli(kaggle_env, sub, tiny_data):
+    serve = subprocess.Popen([sys.executable, "-m", "kit", "kaggle", "serve", "--data", tiny_data, "--port", "0",
+                              "--pending-polls", "0", "--fail", "CreateSubmission:500:1"],
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        url = serve.stdout.readline().split(" on ")[1].split()[0]
+        code = subprocess.run([sys.executable, "-m", "kit", "submit", sub, "-m", "via serve", "--wait",
+                               "--ledger", sub.parent / "ledger.csv", "--endpoint", url],
+                              capture_output=True, text=True, timeout=120)
+        assert code.returncode == 0, code.stderr
+        # The bare `kaggle` CLI, pointed at the stand-in the way the serve banner says, lists it too.
+        env = dict(os.environ, KAGGLE_API_ENVIRONMENT="LOCALHOST", HTTP_PROXY=url, http_proxy=url,
+                   NO_PROXY="", no_proxy="")
+        listing = subprocess.run([str(Path(sys.executable).with_name("kaggle")), "competitions", "submissions",
+                                  "-c", COMP, "-v"], capture_output=True, text=True, timeout=120, env=env)
+        assert listing.returncode == 0, listing.stderr
+        assert "via serve" in listing.stdout and "COMPLETE" in listing.stdout
+        by_hand = subprocess.run([str(Path(sys.executable).with_name("kaggle")), "competitions", "submit", COMP,
+                                  "-f", str(sub), "-m", "by hand"], capture_output=True, text=True, timeout=120,
+                                 env=env)
+        assert by_hand.returncode == 0 and "submissions remaining today" in by_hand.stdout, by_hand.stdout
+        board = subprocess.run([str(Path(sys.executable).with_name("kaggle")), "competitions", "leaderboard",
+                                COMP, "-s"], capture_output=True, text=True, timeout=120, env=env)
+        assert board.returncode == 0 and "kit-test" in board.stdout, board.stdout
+    finally:
+        serve.terminate()
+        serve.wait(timeout=30)

@@ -1,0 +1,207 @@
+"""Tests of the synthetic competition (kit.synth): layout, answer key, determinism, safety.
+
+Also the log-mel front end users apply to their own wav files.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import wave
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from kit import synth
+from kit.cli import main
+from kit.data import PAD_VALUE, FeatureStore, read_layout
+from kit.errors import KitError
+
+
+def file_hashes(data_dir: Path) -> dict[str, str]:
+    """sha256 of every file the generator wrote except the marker (it names an absolute path)."""
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(data_dir.iterdir()) if p.is_file() and p.name != synth.MARKER}
+
+
+# ---------------------------------------------------------------- layout
+def test_layout_round_trips_through_feature_store(tiny_data, tmp_path):
+    layout = read_layout(tiny_data)
+    assert layout.n_mels == 40 and len(layout.speakers) == 8
+    assert len(layout.train) == 96 and len(layout.test) == 20
+    store = FeatureStore.open(tiny_data, dtype="float32", cache_dir=tmp_path, progress=False)
+    for i, path in enumerate(store.paths):
+        original = torch.load(tiny_data / path, weights_only=True)
+        assert original.dtype == torch.float32 and original.shape == (store.lengths[i], 40)
+        assert np.array_equal(store.utterance(i), original.numpy())
+    # A centred crop longer than every utterance is the whole utterance, then -20 padding.
+    index = np.array([0, store.n_train, len(store.paths) - 1])
+    x, lengths = store.crop_batch(index, 256, np.random.default_rng(0), random=False)
+    for row, i in enumerate(index):
+        original = torch.load(tiny_data / store.paths[i], weights_only=True)
+        assert lengths[row] == len(original)
+        assert torch.equal(x[row, :len(original)], original)
+        assert (x[row, len(original):] == PAD_VALUE).all()
+
+
+def test_layout_looks_like_the_competition(tiny_data):
+    meta = json.loads((tiny_data / "metadata.json").read_text())
+    mapping = json.loads((tiny_data / "mapping.json").read_text())
+    testdata = json.loads((tiny_data / "testdata.json").read_text())
+    assert meta["n_mels"] == 40 and testdata["n_mels"] == 40
+    assert all(re.fullmatch(r"id1\d{4}", s) for s in meta["speakers"])
+    assert mapping["speaker2id"] == {s: i for i, s in enumerate(meta["speakers"])}
+    assert mapping["id2speaker"] == {str(i): s for s, i in mapping["speaker2id"].items()}
+    entries = [u for utts in meta["speakers"].values() for u in utts] + testdata["utterances"]
+    assert all(re.fullmatch(r"uttr-[0-9a-f]{32}\.pt", u["feature_path"]) for u in entries)
+    assert sorted(p.name for p in tiny_data.glob("uttr-*.pt")) == sorted(u["feature_path"] for u in entries)
+    x = torch.load(tiny_data / entries[0]["feature_path"], weights_only=True)
+    assert -21 < float(x.min()) and float(x.max()) < 8          # natural-log mel range
+
+
+def test_test_utterances_are_shuffled_across_speakers(tiny_answers):
+    key = pd.read_csv(tiny_answers)
+    runs = (key["Category"] != key["Category"].shift()).sum()   # blocks of the same speaker
+    assert key["Category"].nunique() == 8
+    assert runs > 12                                             # grouped would give 8
+
+
+def test_utterances_differ_in_length_and_content(tiny_data):
+    layout = read_layout(tiny_data)
+    lengths = [u.mel_len for u in layout.train]
+    assert min(lengths) < 90 and max(lengths) > 150
+    spk = layout.train[0].speaker
+    a, b = [torch.load(tiny_data / u.path, weights_only=True) for u in layout.train if u.speaker == spk][:2]
+    assert a.shape != b.shape or not torch.equal(a, b)
+
+
+# ---------------------------------------------------------------- answer key and marker
+def test_answer_key_sits_outside_the_data_dir(tiny_data, tiny_answers):
+    assert tiny_answers == tiny_data.parent / f"{tiny_data.name}_answers.csv"
+    assert tiny_data.resolve() not in tiny_answers.resolve().parents
+    assert not list(tiny_data.glob("*.csv"))
+    key = pd.read_csv(tiny_answers)
+    assert list(key.columns) == ["Id", "Category", "Usage"]
+    layout = read_layout(tiny_data)
+    assert sorted(key["Id"]) == sorted(u.path for u in layout.test)
+    assert set(key["Category"]) <= set(layout.speakers)
+    assert key["Usage"].value_counts().to_dict() == {"Public": 10, "Private": 10}
+    marker = json.loads((tiny_data / synth.MARKER).read_text())
+    assert marker == {"preset": "tiny", "seed": 0, "answers": str(tiny_answers.resolve()),
+                      "competition": "ml2022spring-hw4", "speakers": 8, "test": 20}
+
+
+def test_answer_key_labels_match_the_voices(tiny_data, tiny_answers):
+    """Each test utterance is closer (mean log-mel) to its own speaker's training mean more often than chance."""
+    layout = read_layout(tiny_data)
+    def mean(path):
+        return torch.load(tiny_data / path, weights_only=True).mean(0).numpy()
+    centroids = np.stack([np.mean([mean(u.path) for u in layout.train if u.speaker == s], 0)
+                          for s in layout.speakers])                       # (S, 40)
+    key = pd.read_csv(tiny_answers)
+    guesses = [layout.speakers[int(np.argmin(((centroids - mean(p)) ** 2).sum(1)))] for p in key["Id"]]
+    assert np.mean(np.array(guesses) == key["Category"].to_numpy()) > 2 / 8   # chance is 1/8
+
+
+# ---------------------------------------------------------------- determinism, overwrite, interruption
+def test_same_seed_same_files_other_seed_other_files(tiny_data, tmp_path):
+    again = tmp_path / "again"
+    synth.generate(again, preset="tiny", seed=0)
+    assert file_hashes(again) == file_hashes(tiny_data)
+    assert (tmp_path / "again_answers.csv").read_bytes() == (tiny_data.parent / "tiny_answers.csv").read_bytes()
+
+    synth.generate(again, preset="tiny", seed=1, force=True)
+    other = file_hashes(again)
+    assert not set(other) & set(file_hashes(tiny_data))             # new random file names
+    assert sorted(other.values()) != sorted(file_hashes(tiny_data).values())
+    assert json.loads((again / synth.MARKER).read_text())["seed"] == 1
+    # force replaced the old dir: nothing of seed 0 is left behind.
+    assert len(list(again.glob("uttr-*.pt"))) == 116
+
+
+def test_refuses_to_overwrite_a_non_empty_dir(tmp_path, capsys):
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / "metadata.json").write_text("{}")
+    with pytest.raises(KitError, match="not empty.*--force"):
+        synth.generate(out, preset="tiny")
+    assert main(["data", "synth", "--out", str(out), "--preset", "tiny"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(out) in err[0] and "--force" in err[0]
+    # Even --force will not wipe a folder that holds something other than competition data.
+    (out / "thesis.tex").write_text("years of work")
+    with pytest.raises(KitError, match="thesis.tex"):
+        synth.generate(out, preset="tiny", force=True)
+    assert (out / "thesis.tex").exists()
+
+
+def test_an_empty_existing_dir_is_fine(tmp_path):
+    out = tmp_path / "empty"
+    out.mkdir()
+    key = synth.generate(out, preset="tiny", seed=3)
+    assert key.is_file() and (out / "metadata.json").is_file()
+
+
+def test_interrupted_generation_leaves_no_data_dir(tmp_path, monkeypatch):
+    def crash(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(synth, "_write_layout", crash)
+    with pytest.raises(KeyboardInterrupt):
+        synth.generate(tmp_path / "data", preset="tiny")
+    assert list(tmp_path.iterdir()) == []                        # no data dir, no temp dir, no key
+
+
+def test_unknown_preset_is_a_kit_error(tmp_path):
+    with pytest.raises(KitError, match="preset 'huge'"):
+        synth.generate(tmp_path / "x", preset="huge")
+
+
+# ---------------------------------------------------------------- log-mel front end
+def write_wav(path: Path, x: np.ndarray, rate: int, channels: int = 1) -> None:
+    pcm = np.clip(np.round(x * 32767), -32768, 32767).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm.tobytes())
+
+
+def mel_bin_of(freq: float) -> int:
+    fb = synth._mel_fb()                                          # (201, 40)
+    return int(np.argmax(fb[int(round(freq / (synth.SAMPLE_RATE / synth.N_FFT)))]))
+
+
+def test_logmel_of_a_sine_wav(tmp_path):
+    t = np.arange(16000) / 16000
+    write_wav(tmp_path / "sine.wav", 0.25 * np.sin(2 * np.pi * 1000 * t), 16000)
+    x = synth.wav_to_features(tmp_path / "sine.wav")
+    assert x.dtype == torch.float32 and x.shape == (101, 40)     # 1 + 16000 // 160 frames
+    peak = x[10:-10].mean(0)
+    assert int(peak.argmax()) == mel_bin_of(1000)
+    assert float(peak.max()) > 0 > float(peak.min())             # energy in one band only
+    # Power doubles per 3 dB: twice the amplitude adds log(4) where the tone is.
+    write_wav(tmp_path / "loud.wav", 0.5 * np.sin(2 * np.pi * 1000 * t), 16000)
+    louder = synth.wav_to_features(tmp_path / "loud.wav")
+    b = mel_bin_of(1000)
+    assert np.allclose(louder[10:-10, b] - x[10:-10, b], np.log(4), atol=0.01)
+
+
+def test_logmel_floor_resampling_and_stereo(tmp_path):
+    silence = synth.logmel(np.zeros(8000))
+    assert silence.shape == (51, 40) and torch.allclose(silence, torch.full_like(silence, np.log(1e-9)))
+    t = np.arange(8000) / 8000                                   # 1 s at 8 kHz, stereo
+    tone = 0.25 * np.sin(2 * np.pi * 1000 * t)
+    write_wav(tmp_path / "stereo8k.wav", np.stack([tone, tone], 1).reshape(-1), 8000, channels=2)
+    x = synth.wav_to_features(tmp_path / "stereo8k.wav")
+    assert x.shape == (101, 40) and int(x[10:-10].mean(0).argmax()) == mel_bin_of(1000)
+
+
+def test_unreadable_wav_is_a_kit_error(tmp_path):
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF1234WAVEjunk")
+    with pytest.raises(KitError, match="bad.wav"):
+        synth.wav_to_features(bad)
