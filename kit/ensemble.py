@@ -67,12 +67,13 @@ def vote_predictions(probs_list, vote: str, weights=None) -> np.ndarray:
 def select_weights(val_probs_list, val_labels, vote: str = "soft", rounds: int | None = None) -> np.ndarray:
     """Greedy forward selection with replacement (Caruana et al. 2004) on validation only.
 
-    Starting from the best single member, each round adds the member (again, if it helps)
-    that gives the bag the best validation accuracy, ties broken by the bag's log-loss; the
-    best bag seen is kept. Returns weights (M,) summing to 1 (zero for members never picked).
+    Each round adds to the bag the member (repeats allowed) that gives the best validation
+    accuracy of the bag's vote, ties broken by the bag's log-loss; the best bag seen is kept,
+    so the result is never worse on validation than the best single member.
+    Returns weights (M,) summing to 1 (zero for members never picked).
     """
     labels = np.asarray(val_labels, dtype=np.int64)
-    probs = [np.asarray(p, dtype=np.float64) for p in val_probs_list]
+    probs = [np.asarray(p, dtype=np.float64) for p in val_probs_list]     # M x (N, C)
     m = len(probs)
     if m == 0:
         raise KitError("no ensemble members to weight")
@@ -80,23 +81,28 @@ def select_weights(val_probs_list, val_labels, vote: str = "soft", rounds: int |
         raise KitError("--weights auto needs a validation split, and these runs have none")
     rounds = rounds or max(10, 4 * m)
     rows = np.arange(len(labels))
+    onehots = [np.eye(p.shape[1])[p.argmax(axis=1)] for p in probs]      # M x (N, C) each member's vote
 
-    def score(counts: np.ndarray) -> tuple[float, float]:
-        members = [p for p, c in zip(probs, counts) if c > 0]
-        w = counts[counts > 0]
-        pred = hard_vote(members, w) if vote == "hard" else soft_vote(members, w).argmax(axis=1)
-        nll = -np.log(np.clip(soft_vote(members, w)[rows, labels], 1e-12, None)).mean()
+    # The bag is kept as running sums, so trying a member costs one (N, C) pass, not a re-vote.
+    def score(prob_sum: np.ndarray, vote_sum: np.ndarray, size: int) -> tuple[float, float]:
+        if vote == "hard":   # same rule as hard_vote: most votes, ties by summed probability
+            tied = vote_sum == vote_sum.max(axis=1, keepdims=True)
+            pred = np.where(tied, prob_sum, -np.inf).argmax(axis=1)
+        else:
+            pred = prob_sum.argmax(axis=1)
+        nll = -np.log(np.clip(prob_sum[rows, labels] / size, 1e-12, None)).mean()
         return float((pred == labels).mean()), -float(nll)        # larger is better for both
 
     counts = np.zeros(m)
+    prob_sum, vote_sum = np.zeros_like(probs[0]), np.zeros_like(probs[0])
     best_counts, best_score = None, None
-    for _ in range(rounds):
-        candidates = []
-        for k in range(m):
-            trial = counts.copy()
-            trial[k] += 1
-            candidates.append((score(trial), -k, trial))          # -k: on a full tie, lowest index
-        s, _, counts = max(candidates, key=lambda t: (t[0], t[1]))
+    for r in range(rounds):
+        trials = [(score(prob_sum + probs[k], vote_sum + onehots[k], r + 1), -k) for k in range(m)]
+        s, neg_k = max(trials)                                    # on a full tie, the lowest index
+        k = -neg_k
+        counts[k] += 1
+        prob_sum += probs[k]
+        vote_sum += onehots[k]
         if best_score is None or s > best_score:
             best_score, best_counts = s, counts.copy()
     return best_counts / best_counts.sum()
@@ -128,7 +134,8 @@ def load_member(run_dir: str | os.PathLike) -> Member:
         ids = json.loads(files[0].read_text(encoding="utf-8"))
         val, test = np.load(files[1]), np.load(files[2])
     except (ValueError, OSError) as e:
-        raise KitError(f"{run_dir}: unreadable prediction files ({e}); run `kit predict {run_dir}` again") from None
+        raise KitError(f"{run_dir}: unreadable prediction files ({e}); "
+                       f"run `kit predict {run_dir}` again") from None
     for key in ("val", "val_labels", "test"):
         if key not in ids:
             raise KitError(f"{files[0]}: lacks {key!r}; run `kit predict {run_dir}` again")
@@ -215,6 +222,8 @@ def ensemble_runs(run_dirs, vote: str = "hard", weights=None, name: str | None =
         raise KitError(f"{members[0].run_dir}: {members[0].test_probs.shape[1]} classes but "
                        f"{data_dir} maps {len(speakers)} speakers")
     name = name or f"{vote}-{len(members)}members-{time.strftime('%Y%m%d-%H%M%S')}"
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        raise KitError(f"--name {name!r}: give a plain file name (no folders, not starting with '.')")
     out_dir = Path(out_dir)
     csv_path, manifest_path = out_dir / f"{name}.csv", out_dir / f"{name}.json"
     frame = pd.DataFrame({"Id": members[0].ids["test"], "Category": [speakers[int(k)] for k in pred]})
@@ -227,11 +236,11 @@ def ensemble_runs(run_dirs, vote: str = "hard", weights=None, name: str | None =
         "vote": vote,
         "weights": [float(x) for x in w],
         "weights_mode": "auto" if isinstance(weights, str) else ("given" if weights is not None else "equal"),
-        "members": [str(m.run_dir) for m in members],
+        "members": [str(m.run_dir.resolve()) for m in members],
         "member_settings": [{k: m.ids.get(k) for k in ("window", "hop", "full", "average", "which")}
                             for m in members],
         "member_test_probs_sha256": [sha256_file(m.run_dir / "test_probs.npy") for m in members],
-        "csv": str(csv_path),
+        "csv": str(csv_path.resolve()),
         "csv_sha256": sha256_file(csv_path),
         "data_dir": data_dir,
         "n_val": int(len(labels)),

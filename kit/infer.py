@@ -55,19 +55,26 @@ def full_windows(lengths):
     return np.arange(len(lengths), dtype=np.int64), np.zeros_like(lengths), lengths.copy()
 
 
-def batch_plan(valid_len, batch_size: int, max_frames: int):
+CPU_MAX_AREA = 16 * 256 * 256     # windows x frames^2 per batch on CPU: attention scores stay in cache
+
+
+def batch_plan(valid_len, batch_size: int, max_frames: int, max_area: int | None = None):
     """Split windows into batches of similar length: returns a list of window-index arrays.
 
     Windows are sorted longest first so each batch pads to nearly its own length; a batch
-    holds at most `batch_size` windows and at most `max_frames` padded frames (long
-    full-length utterances get smaller batches instead of exhausting memory).
+    holds at most `batch_size` windows, `max_frames` padded frames and, if given, `max_area`
+    windows x frames^2. On CPU attention is memory-bound: measured on the demo set, 16 windows
+    of 256 frames ran 1.6x faster than 256 of them, and full-length batches 2.5x faster.
     """
     valid_len = np.asarray(valid_len)
     order = np.argsort(-valid_len, kind="stable")
     batches, i = [], 0
     while i < len(order):
-        longest = int(valid_len[order[i]])
-        take = max(1, min(batch_size, max_frames // max(longest, 1)))
+        longest = max(int(valid_len[order[i]]), 1)
+        take = min(batch_size, max_frames // longest)
+        if max_area:
+            take = min(take, max_area // (longest * longest))
+        take = max(1, take)
         batches.append(order[i:i + take])
         i += take
     return batches
@@ -117,7 +124,7 @@ def predict_windows(model, store: FeatureStore, index, windows, average: str = "
     model.eval()
     sums = None                                                   # (N, C) float64 sums over windows
     counts = np.bincount(utt, minlength=len(index)).astype(np.float64)  # (N,)
-    batches = batch_plan(valid, batch_size, max_frames)
+    batches = batch_plan(valid, batch_size, max_frames, CPU_MAX_AREA if device.type == "cpu" else None)
     with torch.inference_mode():
         for b in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False, mininterval=0.5):
             x, lengths = gather_windows(store, index[utt[b]], start[b], valid[b])
@@ -178,18 +185,25 @@ def accuracy(probs: np.ndarray, labels) -> float | None:
 # ---------------------------------------------------------------- one run dir
 def predict_run(run_dir: str | os.PathLike, store: FeatureStore | None = None, window: int | None = None,
                 hop: int | None = None, full: bool | None = None, average: str | None = None,
-                which: str = "best", batch_size: int | None = None, progress: bool = True) -> dict:
+                which: str = "best", batch_size: int | None = None, progress: bool = True,
+                device: str = "auto") -> dict:
     """Predict a run's validation and test utterances; write val_probs.npy, test_probs.npy and
     ids.json into the run dir. None settings come from the run's cfg.infer.
 
-    Returns val accuracies for sliding-window, centre-crop and full-length inference.
+    Returns val_acc (of the chosen mode) and val accuracies of centre-crop, full-length and
+    sliding-window inference, so the caller can show what the windows buy.
     """
     run_dir = Path(run_dir)
     if not (run_dir / "config.toml").is_file():
         raise KitError(f"{run_dir}: not a run dir (no config.toml); train one with `kit train`")
+    import torch
+
     from kit.train import load_model
 
     model, cfg = load_model(run_dir, which)       # which: best | last | avg (train.average_last)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
     inf = cfg.infer
     window = int(inf.window if window is None else window)
     hop = int(inf.hop if hop is None else hop)
@@ -198,8 +212,9 @@ def predict_run(run_dir: str | os.PathLike, store: FeatureStore | None = None, w
     batch_size = int(inf.batch_size if batch_size is None else batch_size)
     if batch_size < 1:
         raise KitError(f"batch size {batch_size}: must be at least 1")
-    if not full:
-        sliding_windows([1], window, hop)                     # refuse bad window/hop before any work
+    sliding_windows([1], window, hop)                         # refuse bad window/hop before any work
+    if average not in AVERAGES:
+        raise KitError(f"average {average!r}: choose one of {', '.join(AVERAGES)}")
     if store is None:
         store = FeatureStore.open(cfg.data.data_dir, dtype=cfg.data.store_dtype, progress=progress)
     if len(store.speakers) != cfg.model.n_classes:
@@ -210,21 +225,23 @@ def predict_run(run_dir: str | os.PathLike, store: FeatureStore | None = None, w
     common = dict(window=window, hop=hop, average=average, batch_size=batch_size,
                   n_classes=cfg.model.n_classes, progress=progress)
 
+    # Validation three ways (it is small) so the table shows what the windows buy.
     t0 = time.perf_counter()
+    val = {m: predict_index(model, store, split.val, mode=m, desc=f"val {m}", **common)
+           for m in ("centre", "full", "sliding")}
     mode = "full" if full else "sliding"
-    val_probs = predict_index(model, store, split.val, mode=mode, desc="val", **common)
-    val_centre = predict_index(model, store, split.val, mode="centre", desc="val centre", **common)
-    val_full = val_probs if full else predict_index(model, store, split.val, mode="full",
-                                                    desc="val full", **common)
+    val_probs = val[mode]
+    t1 = time.perf_counter()
     test_probs = predict_index(model, store, store.test_index, mode=mode, desc="test", **common)
-    seconds = time.perf_counter() - t0
+    t2 = time.perf_counter()
 
     save_numpy(run_dir / "val_probs.npy", val_probs)
     save_numpy(run_dir / "test_probs.npy", test_probs)
     result = {
         "val_acc": accuracy(val_probs, val_labels),
-        "val_acc_centre": accuracy(val_centre, val_labels),
-        "val_acc_full": accuracy(val_full, val_labels),
+        "val_acc_centre": accuracy(val["centre"], val_labels),
+        "val_acc_full": accuracy(val["full"], val_labels),
+        "val_acc_sliding": accuracy(val["sliding"], val_labels),
     }
     write_json(run_dir / "ids.json", {
         "val": [store.paths[i] for i in split.val],
@@ -236,4 +253,4 @@ def predict_run(run_dir: str | os.PathLike, store: FeatureStore | None = None, w
     })
     return {**result, "run_dir": str(run_dir), "n_val": int(len(split.val)), "n_test": int(store.n_test),
             "window": window, "hop": hop, "full": full, "average": average, "which": which,
-            "seconds": seconds}
+            "val_seconds": t1 - t0, "test_seconds": t2 - t1}

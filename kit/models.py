@@ -232,6 +232,13 @@ class SpeakerNet(nn.Module):
         if hasattr(self.head, "set_step"):
             self.head.set_step(step)
 
+    def without_margin(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Training logits with the AM-Softmax margin added back: what prediction would score,
+        so training accuracy is comparable across heads."""
+        if isinstance(self.head, AMSoftmaxHead):
+            return logits + self.head.s * self.head.m * F.one_hot(labels, logits.shape[1]).to(logits.dtype)
+        return logits
+
     def embed(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         if self.specaug is not None:
             x = self.specaug(x, lengths)                                    # no-op in eval

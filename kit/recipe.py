@@ -109,44 +109,86 @@ def ensure_data(data: str | None, log) -> Path:
     return demo
 
 
-def _train_parallel(jobs: list[tuple[str, RunConfig, Path, bool]], n_gpus: int, log) -> None:
-    """One member per GPU at once, each a `python -m kit.train` subprocess on its own device."""
-    pending, running = list(jobs), {}
+def _run_parallel(tasks: list[tuple[str, Path, list[list[str]]]], slots: list[dict], log) -> None:
+    """Run each member's commands (train, then predict) one after another in a worker process
+    slot (a GPU, or a CPU core on one thread), several members at once: tiny models scale far
+    better this way than with DDP. Output goes to <run_dir>/train.log."""
+    pending, running = list(tasks), {}
     while pending or running:
-        free = [g for g in range(n_gpus) if g not in running]
-        while pending and free:
-            name, cfg, run_dir, resume = pending.pop(0)
-            gpu = free.pop(0)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            member_toml = run_dir / "member.toml"
-            from kit.fsio import write_text
-
-            write_text(member_toml, dump_toml(to_dict(cfg)))
-            cmd = [sys.executable, "-m", "kit.train", "--out", str(run_dir), "--config", str(member_toml),
-                   "--no-progress"] + (["--resume"] if resume else [])
-            log(f"training {name} on GPU {gpu}")
-            env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(gpu)}
-            log_file = open(run_dir / "train.log", "a")
-            running[gpu] = (name, subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT), log_file)
-        time.sleep(2)   # polling child processes, not timing anything
-        for gpu, (name, proc, log_file) in list(running.items()):
-            if proc.poll() is not None:
-                log_file.close()
-                del running[gpu]
+        for slot in [i for i in range(len(slots)) if i not in running]:
+            if not pending:
+                break
+            name, run_dir, cmds = pending.pop(0)
+            log(f"training {name} -> {run_dir} ({slots[slot]['label']}; log in {run_dir / 'train.log'})")
+            running[slot] = [name, run_dir, cmds, None, None]
+        for slot, state in list(running.items()):
+            name, run_dir, cmds, proc, out = state
+            if proc is not None and proc.poll() is None:
+                continue
+            if proc is not None:
+                out.close()
                 if proc.returncode != 0:
-                    raise KitError(f"member {name} failed (exit {proc.returncode}); see {run_dir_of(jobs, name)}/train.log")
+                    for other in running.values():
+                        if other[3] is not None and other[3].poll() is None:
+                            other[3].terminate()
+                    tail = (run_dir / "train.log").read_text(errors="replace").strip().splitlines()[-1:]
+                    raise KitError(f"member {name} failed (exit {proc.returncode}): {' '.join(tail)[:300]} "
+                                   f"(full log: {run_dir / 'train.log'})")
+            if not cmds:
+                log(f"{name} finished")
+                del running[slot]
+                continue
+            env = {**os.environ, **{k: v for k, v in slots[slot].items() if k != "label"}}
+            out = open(run_dir / "train.log", "a")
+            proc = subprocess.Popen(cmds[0], env=env, stdout=out, stderr=subprocess.STDOUT)
+            running[slot] = [name, run_dir, cmds[1:], proc, out]
+        time.sleep(0.5)   # polling the children, not timing anything
 
 
-def run_dir_of(jobs, name) -> Path:
-    return next(j[2] for j in jobs if j[0] == name)
+def _is_predicted(run_dir: Path, which: str) -> bool:
+    """val/test probabilities written after the checkpoint they come from."""
+    ckpt = run_dir / f"{which}.pt"
+    probs = [run_dir / "val_probs.npy", run_dir / "test_probs.npy"]
+    return ckpt.is_file() and all(p.is_file() and p.stat().st_mtime >= ckpt.stat().st_mtime for p in probs)
+
+
+def _slots(workers: int | None, n_jobs: int) -> list[dict]:
+    """Where members train at once: one per GPU when there are several, else one per CPU core
+    (each on one thread); a single slot means in-process, one after another."""
+    import torch
+
+    n_gpus = torch.cuda.device_count()
+    if n_gpus > 0:
+        n = min(workers or n_gpus, n_gpus, n_jobs)
+        return [{"CUDA_VISIBLE_DEVICES": str(g), "label": f"GPU {g}"} for g in range(n)]
+    n = min(workers or os.cpu_count() or 1, n_jobs)
+    return [{"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "label": f"CPU worker {i}"} for i in range(n)]
+
+
+def _member_task(recipe: Recipe, job, on_cpu: bool, after: bool) -> tuple[str, Path, list[list[str]]]:
+    """The commands a worker runs for one member: train it, then (when the recipe predicts) predict it."""
+    from kit.fsio import write_text
+
+    name, cfg, run_dir, resume = job
+    if on_cpu:
+        cfg.train.cpu_threads = 1           # one core each; more threads only fight each other
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(run_dir / "member.toml", dump_toml(to_dict(cfg)))
+    cmds = [[sys.executable, "-m", "kit.train", "--out", str(run_dir), "--config", str(run_dir / "member.toml"),
+             "--no-progress"] + (["--resume"] if resume else [])]
+    if after and recipe.after["predict"]:
+        cmds.append([sys.executable, "-m", "kit", "predict", str(run_dir), "--which", recipe.after["which"]])
+    return name, run_dir, cmds
 
 
 def run_recipe(path: str | Path, data: str | None = None, budget: str | None = None, runs: str = "runs",
-               only: list[str] | None = None, after: bool = True, progress: bool = True, log=None) -> dict:
+               only: list[str] | None = None, after: bool = True, progress: bool = True, log=None,
+               workers: int | None = None) -> dict:
     """Train the recipe's members (skipping finished ones, resuming half-finished ones), then
-    predict, ensemble and submit as its [after] table says. Returns everything the CLI prints."""
-    import torch
+    predict, ensemble and submit as its [after] table says. Returns everything the CLI prints.
 
+    workers: members trained at once (default: one per GPU, or one per CPU core on a CPU).
+    """
     from kit.data import FeatureStore
     from kit.train import read_summary, train
 
@@ -165,16 +207,17 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
     store = FeatureStore.open(data_dir, member_config(recipe, chosen[0], budget).data.store_dtype, progress=progress)
 
     root = Path(runs) / recipe.name
-    jobs = []
+    jobs, skipped = [], set()
     for name in chosen:
         run_dir = root / name
         if read_summary(run_dir) is not None:
             log(f"{name}: already finished in {run_dir}, skipped")
+            skipped.add(name)
             continue
         jobs.append((name, member_config(recipe, name, budget, data_dir), run_dir, (run_dir / "last.pt").is_file()))
-    n_gpus = torch.cuda.device_count()
-    if n_gpus > 1 and len(jobs) > 1:
-        _train_parallel(jobs, n_gpus, log)
+    slots = _slots(workers, len(jobs))
+    if len(slots) > 1:
+        _run_parallel([_member_task(recipe, job, "CPU" in slots[0]["label"], after) for job in jobs], slots, log)
     else:
         for name, cfg, run_dir, resume in jobs:
             log(f"training {name} -> {run_dir}{' (resuming)' if resume else ''}")
@@ -187,7 +230,9 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
         run_dirs.append(root / name)
         result["members"].append({"name": name, "run_dir": str(root / name), "params": s.get("params", 0),
                                   "val_acc": s.get("best_val_acc"), "step": s.get("step", 0),
-                                  "minutes": s.get("seconds", 0.0) / 60, "stopped": s.get("stopped_reason")})
+                                  "minutes": s.get("seconds", 0.0) / 60,
+                                  "note": "finished earlier" if name in skipped else
+                                  {"budget": ""}.get(s.get("stopped_reason"), s.get("stopped_reason", "not trained"))})
     if after:
         _after(recipe, run_dirs, store, data_dir, result, progress, log)
     result["minutes"] = (time.time() - began) / 60
@@ -205,9 +250,10 @@ def _after(recipe: Recipe, run_dirs: list[Path], store, data_dir: Path, result: 
         result["notes"].append(f"prediction skipped: kit.infer.predict_run is not available ({e})")
         return
     for run_dir, member in zip(run_dirs, result["members"]):
+        if _is_predicted(run_dir, plan["which"]):       # by its worker, or by an earlier run
+            continue
         log(f"predicting {member['name']}")
-        pred = predict_run(run_dir, store=store, which=plan["which"], progress=progress)
-        member["pred"] = pred
+        member["pred"] = predict_run(run_dir, store=store, which=plan["which"], progress=progress)
     if plan["ensemble"] == "none":
         return
     try:

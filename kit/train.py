@@ -67,6 +67,17 @@ def _float_state(model: torch.nn.Module) -> dict:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
+def weights_digest(model: torch.nn.Module) -> str:
+    """A fingerprint of the weights: DDP ranks (and repeated runs) can be compared by it."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for name, value in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def average_state_dicts(states: list[dict]) -> dict:
     """Mean of float tensors (WeSpeaker's average_model); integer buffers come from the last one."""
     out = {}
@@ -143,20 +154,23 @@ def _make_accelerator(precision: str):
     if state and state.get("mixed_precision") not in (None, precision) and \
             str(state.get("distributed_type", "NO")).endswith("NO"):
         AcceleratorState._reset_state()
-    return Accelerator(mixed_precision=precision)
+    # cpu=True without a GPU so the env vars of a CPU launch (WORLD_SIZE, RANK) select gloo DDP
+    return Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
 
 
 # ---------------------------------------------------------------- the loop
 def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: bool = True,
           store: FeatureStore | None = None, stop_after: int | None = None) -> dict:
-    """Train one model into run_dir and return its summary.
+    """Train one model into run_dir and return its summary (also written as summary.json).
+
+    cfg is completed in place from the data: data_dir (absolute), n_mels and n_classes.
 
     stop_after: a test hook that stops as if interrupted after that many steps (last.pt kept,
     no summary), so resuming can be checked against an uninterrupted run.
     """
+    from accelerate.utils import gather_object
     from timm.optim import create_optimizer_v2
     from timm.scheduler import CosineLRScheduler
-    from accelerate.utils import gather_object
     from timm.utils import ModelEmaV3
     from tqdm import tqdm
 
@@ -166,9 +180,13 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     if device.type == "cpu":
         torch.set_flush_denormal(True)      # denormals slow CPU training ~10x after a few thousand steps
+        if cfg.train.cpu_threads > 0:
+            torch.set_num_threads(cfg.train.cpu_threads)
     main = accelerator.is_main_process
 
-    store = store or FeatureStore.open(cfg.data.data_dir, cfg.data.store_dtype, progress=progress and main)
+    if store is None:
+        with accelerator.main_process_first():      # one rank packs the store, the others reuse it
+            store = FeatureStore.open(cfg.data.data_dir, cfg.data.store_dtype, progress=progress and main)
     cfg.data.data_dir = str(Path(store.layout.data_dir).resolve())
     cfg.model.n_mels, cfg.model.n_classes = store.n_mels, len(store.speakers)
     split = split_for(store, cfg.data.val_fraction, cfg.data.split_seed)
@@ -177,19 +195,20 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
     steps_total = total_steps(cfg, len(split.train), world)
 
     torch.manual_seed(cfg.train.seed)               # identical initial weights on every rank
-    model = build_model(cfg.model, cfg.augment)
+    model = build_model(cfg.model, cfg.augment).to(device)     # on the device first: EMA copies it
     n_params = count_params(model)
     optimizer = create_optimizer_v2(model, "adamw", lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     # Stepped with the 1-based number of the update about to happen, so neither the first
     # update (warm-up from 0) nor the last (cosine end) runs at lr 0.
-    scheduler = CosineLRScheduler(optimizer, t_initial=steps_total + 1, warmup_t=min(cfg.train.warmup_steps, steps_total),
-                                  warmup_lr_init=0.0, t_in_epochs=False)
+    scheduler = CosineLRScheduler(optimizer, t_initial=steps_total + 1, warmup_lr_init=0.0,
+                                  warmup_t=min(cfg.train.warmup_steps, steps_total), t_in_epochs=False)
     ema = ModelEmaV3(model, decay=cfg.train.ema_decay) if cfg.train.ema else None
     torch.manual_seed(cfg.train.seed * 1000 + rank)  # different dropout/SpecAugment draws per rank
     rng = np.random.default_rng([cfg.train.seed, rank])  # different crops per rank
 
     step, best_acc, best_step, bad_evals, seconds_before = 0, -1.0, 0, 0, 0.0
     metrics: list[dict] = []
+    run_loss = run_correct = run_count = 0.0     # train loss/accuracy since the last evaluation
     avg_keep: list[dict] = []       # the last N evaluated weights, for train.average_last
     last_path = run_dir / "last.pt"
     if resume and last_path.is_file():
@@ -202,8 +221,11 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
         step, best_acc, best_step = ckpt["step"], ckpt["best_val_acc"], ckpt["best_step"]
         bad_evals, seconds_before = ckpt["bad_evals"], ckpt["seconds"]
         torch.set_rng_state(ckpt["rng_torch"][rank])
+        if device.type == "cuda" and ckpt.get("rng_cuda"):
+            torch.cuda.set_rng_state(ckpt["rng_cuda"][rank])
         rng.bit_generator.state = json.loads(ckpt["rng_numpy"][rank])
         avg_keep = list(ckpt.get("avg_keep", []))
+        run_loss, run_correct, run_count = ckpt.get("running", [0.0, 0.0, 0.0])
         metrics = [m for m in _read_metrics(run_dir / "metrics.csv") if m["step"] <= step]
     elif main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -219,27 +241,28 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
     def eval_model():
         return ema.module if ema is not None else net
 
-    def checkpoint(path: Path, extra: dict | None = None) -> None:
+    def checkpoint(path: Path) -> None:
         """last.pt: everything resume needs, RNG states of every rank included."""
         rng_torch, rng_numpy = [torch.get_rng_state()], [json.dumps(rng.bit_generator.state)]
+        rng_cuda = [torch.cuda.get_rng_state()] if device.type == "cuda" else []
         if world > 1:
-            rng_torch, rng_numpy = gather_object(rng_torch), gather_object(rng_numpy)
+            rng_torch, rng_numpy, rng_cuda = gather_object(rng_torch), gather_object(rng_numpy), gather_object(rng_cuda)
         if not main:
             return
         state = {"model": _float_state(eval_model()), "step": step, "best_val_acc": best_acc,
                  "best_step": best_step, "bad_evals": bad_evals, "seconds": seconds(),
                  "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "rng_torch": list(rng_torch), "rng_numpy": list(rng_numpy), "avg_keep": avg_keep}
+                 "rng_torch": list(rng_torch), "rng_numpy": list(rng_numpy), "rng_cuda": list(rng_cuda),
+                 "avg_keep": avg_keep, "running": [run_loss, run_correct, run_count]}
         if ema is not None:
             state["train_model"] = _float_state(net)
-        save_torch({**state, **(extra or {})}, path)
+        save_torch(state, path)
 
     def seconds() -> float:
         return seconds_before + time.time() - began
 
     train_idx, labels = split.train, store.labels
     seg, bs = cfg.data.segment_len, cfg.train.batch_size
-    run_loss = run_correct = run_count = 0.0
     stopped = "budget"
     model.train()
     bar = tqdm(total=steps_total, initial=step, desc=cfg.name, disable=not (progress and main),
@@ -262,7 +285,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
             ema.update(net, step=step)
         step += 1
         run_loss += loss.item() * len(batch)
-        run_correct += float((logits.argmax(-1) == y).sum())
+        run_correct += float((net.without_margin(logits.detach(), y).argmax(-1) == y).sum())
         run_count += len(batch)
         bar.update(1)
         lr = optimizer.param_groups[0]["lr"]
@@ -307,7 +330,8 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
     summary = {"name": cfg.name, "params": n_params, "best_val_acc": best_acc, "best_step": best_step,
                "step": step, "total_steps": steps_total, "stopped_reason": stopped, "seconds": seconds(),
                "n_train": int(len(split.train)), "n_val": int(len(split.val)), "device": str(device),
-               "processes": world, "mixed_precision": accelerator.mixed_precision}
+               "processes": world, "mixed_precision": accelerator.mixed_precision,
+               "weights_sha1": weights_digest(eval_model())}
     if cfg.train.average_last > 0:
         summary.update(_average(avg_keep, cfg, store, split, accelerator, run_dir, main))
     if main:

@@ -60,7 +60,7 @@ def frame_mlp_accuracy(store, split, steps: int, segment_len: int = 200, seed: i
     correct = 0
     with torch.no_grad():
         for i in split.val:
-            x = torch.from_numpy(np.asarray(store.utterance(i), np.float32))[None]
+            x = torch.from_numpy(np.array(store.utterance(i), np.float32))[None]   # (1, L, D)
             correct += int(head(embed(x)).argmax(1).item() == store.labels[i])
     return correct / len(split.val)
 
@@ -69,11 +69,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("data_dir")
     p.add_argument("--mlp-steps", type=int, default=0, help="also train a small frame model")
+    p.add_argument("--dtype", default="float32", choices=["float16", "float32"], help="store dtype")
     args = p.parse_args(argv)
 
     from kit.data import FeatureStore, make_split
 
-    store = FeatureStore.open(args.data_dir, dtype="float32", progress=False)
+    store = FeatureStore.open(args.data_dir, dtype=args.dtype, progress=False)
     y = store.labels[:store.n_train]
     split = make_split(y, 0.1, seed=0)
     t = time.time()

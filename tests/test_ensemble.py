@@ -47,9 +47,11 @@ def test_hard_vote_weighted():
     a, b, c = onehotish([0, 0]), onehotish([1, 1]), onehotish([1, 2])
     assert hard_vote([a, b, c]).tolist() == [1, 0]             # row 1: three-way tie, equal sums -> 0
     assert hard_vote([a, b, c], weights=[3, 1, 1]).tolist() == [0, 0]
-    # 0.1 + 0.2 ties 0.3 exactly as counts would; summed probability decides
-    w = [0.3, 0.1, 0.2]
-    assert hard_vote([a, b, c], weights=w).tolist() == [0, 0]
+    # row 0: class 1 gets 0.1 + 0.2 (= 0.30000000000000004 in floats), class 0 gets 0.3: a tie,
+    # which the confident member a (0.9 on class 0) wins on summed probability
+    a = onehotish([0, 0], p=0.9)
+    assert hard_vote([a, b, c], weights=[0.3, 0.1, 0.2]).tolist() == [0, 0]
+    assert hard_vote([a, b, c], weights=[0.3, 0.1, 0.21]).tolist() == [1, 0]   # a real majority
 
 
 def test_soft_vote_weighted_mean():
@@ -68,6 +70,21 @@ def test_select_weights_prefers_the_better_member():
     w = select_weights([bad, good], labels)
     assert w[1] > w[0] and w.sum() == pytest.approx(1)
     assert select_weights([bad, good], labels, vote="hard")[1] > 0.5
+
+
+@pytest.mark.parametrize("mode", ["soft", "hard"])
+def test_selected_bag_is_at_least_as_good_as_the_best_member(mode):
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 5, 200)
+    members = []
+    for skill in (0.3, 0.5, 0.4, 0.2):                # noisy members of different quality
+        logits = rng.normal(size=(200, 5))
+        logits[np.arange(200), labels] += 3 * skill
+        members.append(np.exp(logits) / np.exp(logits).sum(1, keepdims=True))
+    w = select_weights(members, labels, vote=mode)
+    pred = hard_vote(members, w) if mode == "hard" else soft_vote(members, w).argmax(1)
+    best_single = max((p.argmax(1) == labels).mean() for p in members)
+    assert (pred == labels).mean() >= best_single
 
 
 # ---------------------------------------------------------------- run dirs on disk

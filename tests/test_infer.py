@@ -47,6 +47,8 @@ def test_batch_plan_groups_similar_lengths_within_budget():
     for b in batches:
         assert len(b) <= 3 and len(b) * valid[b].max() <= 600
     assert sorted(valid[batches[0]].tolist()) == [300, 300]                # longest together
+    for b in batch_plan(valid, batch_size=8, max_frames=10_000, max_area=300 * 300):
+        assert len(b) == 1 or len(b) * valid[b].max() ** 2 <= 300 * 300     # attention area capped
 
 
 # ---------------------------------------------------------------- batched prediction
@@ -59,7 +61,8 @@ def store(tiny_data, tmp_path_factory):
 
 def tiny_model(store, pooling="mean"):
     cfg = RunConfig().model
-    cfg.d_model, cfg.ffn_dim, cfg.n_mels, cfg.n_classes, cfg.pooling = 16, 32, store.n_mels, len(store.speakers), pooling
+    cfg.d_model, cfg.ffn_dim, cfg.pooling = 16, 32, pooling
+    cfg.n_mels, cfg.n_classes = store.n_mels, len(store.speakers)
     torch.manual_seed(0)
     return build_model(cfg).eval()
 
@@ -117,12 +120,13 @@ def test_predict_run_writes_probabilities_and_ids(trained_run, store):
     assert ids["test"] == [store.paths[i] for i in store.test_index]
     assert len(ids["val_labels"]) == len(ids["val"]) == r["n_val"] > 0
     assert (ids["window"], ids["hop"], ids["full"], ids["average"]) == (64, 32, False, "probs")
-    for key in ("val_acc", "val_acc_centre", "val_acc_full"):
+    for key in ("val_acc", "val_acc_centre", "val_acc_full", "val_acc_sliding"):
         assert 0.0 <= r[key] <= 1.0
+    assert r["val_acc"] == r["val_acc_sliding"]                 # the default mode is sliding
     assert r["val_acc"] == pytest.approx(float((val.argmax(1) == np.array(ids["val_labels"])).mean()))
 
 
-def test_cli_predict_full_then_ensemble(trained_run, store, tmp_path, capsys, monkeypatch):
+def test_cli_predict_full_then_ensemble(trained_run, store, tiny_answers, tmp_path, capsys, monkeypatch):
     import kit.infer
 
     # the CLI opens the store from the run's config; point it at this module's cache
@@ -137,3 +141,13 @@ def test_cli_predict_full_then_ensemble(trained_run, store, tmp_path, capsys, mo
     assert main(["ensemble", str(trained_run), str(trained_run), "--vote", "soft", "--name", "x",
                  "--out", str(subs)]) == 0
     assert main(["validate", str(subs / "x.csv"), "--data", str(store.layout.data_dir)]) == 0
+    # the local score agrees with the saved probabilities and the answer key
+    import pandas as pd
+
+    key = pd.read_csv(tiny_answers).set_index("Id").loc[ids["test"]]
+    pred = [store.speakers[k] for k in np.load(trained_run / "test_probs.npy").argmax(1)]
+    capsys.readouterr()
+    assert main(["score", str(subs / "x.csv"), "--answers", str(tiny_answers), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["overall"]["correct"] == int((key["Category"].to_numpy() == np.array(pred)).sum())
+    assert r["public"]["n"] + r["private"]["n"] == store.n_test

@@ -109,3 +109,10 @@ def test_bad_names_are_refused():
         build_model(small(pooling="max"))
     with pytest.raises(KitError, match="divisible"):
         build_model(small(d_model=15, n_heads=2))
+
+
+def test_training_accuracy_sees_logits_without_the_margin():
+    model = build_model(small(head="amsoftmax", am_s=10.0, am_m=0.3)).eval()
+    x, lengths = padded_batch()
+    labels = torch.tensor([0, 1, 2])
+    torch.testing.assert_close(model.without_margin(model(x, lengths, labels), labels), model(x, lengths))

@@ -81,7 +81,8 @@ def test_each_problem_is_detected(tmp_path, layout_dir, mutate, expected):
 
 
 def test_unreadable_files_give_one_line(tmp_path, layout_dir):
-    assert validate_submission(tmp_path / "missing.csv", layout_dir) == [f"{tmp_path / 'missing.csv'}: submission not found"]
+    missing = tmp_path / "missing.csv"
+    assert validate_submission(missing, layout_dir) == [f"{missing}: submission not found"]
     [line] = validate_submission(write(tmp_path / "empty.csv", ""), layout_dir)
     assert "empty file" in line
     binary = tmp_path / "probs.npy"

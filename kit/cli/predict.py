@@ -50,15 +50,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from kit.infer import predict_run
 
     progress = sys.stderr.isatty()
-    print(f"{'run':<40} {'centre':>7} {'full':>7} {'sliding':>7}  {'val':>5} {'test':>5} {'secs':>6}")
-    for run in args.runs:
+    for n, run in enumerate(args.runs):
         r = predict_run(run, window=args.window, hop=args.hop, full=args.full, average=args.average,
                         which=args.which, batch_size=args.batch_size, progress=progress)
+        if n == 0:             # after the first run, so an early error is the only output
+            print(f"{'run':<40} {'centre':>7} {'full':>8} {'sliding':>8}  {'val':>5} {'test':>5} {'test s':>7}")
+        mark = {m: "*" if (m == "full") == r["full"] else " " for m in ("full", "sliding")}
+        print(f"{run:<40} {_pct(r['val_acc_centre']):>7} {_pct(r['val_acc_full']):>7}{mark['full']} "
+              f"{_pct(r['val_acc_sliding']):>7}{mark['sliding']}  {r['n_val']:>5} {r['n_test']:>5} "
+              f"{r['test_seconds']:>7.1f}")
         chosen = "full" if r["full"] else f"sliding (window {r['window']}, hop {r['hop']})"
-        print(f"{run:<40} {_pct(r['val_acc_centre']):>7} {_pct(r['val_acc_full']):>7} "
-              f"{_pct(r['val_acc']):>7}  {r['n_val']:>5} {r['n_test']:>5} {r['seconds']:>6.1f}")
-        print(f"  wrote val_probs.npy, test_probs.npy, ids.json ({chosen}, {r['average']} averaged, "
+        print(f"{run}: wrote val_probs.npy, test_probs.npy, ids.json ({chosen}, {r['average']} averaged, "
               f"{r['which']} checkpoint)", file=sys.stderr)
+    print("val accuracy of centre-crop, full-length and sliding-window inference; * = saved")
     return 0
 
 

@@ -9,6 +9,12 @@ import sys
 from pathlib import Path
 
 
+DDP_HELP = """one model on several devices (DDP), same arguments:
+  GPUs: accelerate launch --multi_gpu --num_processes N -m kit.train --data DIR --out RUN ...
+  CPU:  torchrun --nproc_per_node 2 -m kit.train --data DIR --out RUN ...
+train.batch_size is per process; train.max_steps counts optimizer steps."""
+
+
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="data dir (default: the config's data.data_dir)")
     p.add_argument("--out", required=True, help="run dir to write (config, split, checkpoints, metrics)")
@@ -21,7 +27,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("train", help="train one model into a run dir")
+    p = sub.add_parser("train", help="train one model into a run dir", epilog=DDP_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_train_args(p)
     p.set_defaults(func=cmd_train)
 
@@ -34,6 +41,8 @@ def register(sub) -> None:
                    help="default: quick on synthetic data, full on real data")
     p.add_argument("--runs", default="runs", help="where run dirs go: RUNS/<recipe>/<member> (default: runs)")
     p.add_argument("--only", nargs="+", metavar="MEMBER", help="train only these members")
+    p.add_argument("--workers", type=int, help="members trained at once (default: one per GPU, "
+                   "or one per CPU core on a CPU; 1 = one after another in this process)")
     p.add_argument("--no-after", action="store_true", help="train only: skip predict, ensemble and submit")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_recipe_run)
@@ -95,7 +104,8 @@ def cmd_recipe_run(args: argparse.Namespace) -> int:
         print(f"kit: {message}", file=sys.stderr, flush=True)
 
     result = run_recipe(args.file, data=args.data, budget=args.budget, runs=args.runs, only=args.only,
-                        after=not args.no_after, progress=not args.no_progress and sys.stderr.isatty(), log=log)
+                        after=not args.no_after, workers=args.workers,
+                        progress=not args.no_progress and sys.stderr.isatty(), log=log)
     print(f"recipe {result['recipe']}  budget {result['budget']}  data {result['data']}")
     print(f"{'member':<22} {'params':>9} {'val acc':>8} {'steps':>7} {'minutes':>8}  note")
     for m in result["members"]:
@@ -107,8 +117,10 @@ def cmd_recipe_run(args: argparse.Namespace) -> int:
         print(f"ensemble ({ens['vote']}) val acc: {ens['val_acc']:.4f}   csv: {ens['csv']}")
     sub = result.get("submission")
     if sub:
-        print(f"submission: {sub.get('csv', ens and ens['csv'])}  public {sub.get('public')}  "
-              f"private {sub.get('private')}  ({sub.get('where', sub.get('status', ''))})")
+        print(f"submission: {ens['csv']}  {sub.get('status')} on {sub.get('target') or '-'}  "
+              f"public {sub.get('public')}  private {sub.get('private')}")
+        if sub.get("reason"):
+            print(f"submission note: {sub['reason']}")
     for note in result.get("notes", []):
         print(f"note: {note}")
     print(f"wall time: {result['minutes']:.1f} min")

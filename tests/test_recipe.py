@@ -1,0 +1,131 @@
+"""Recipes: the shipped tiers parse; a tiny two-member recipe trains, skips finished members on a
+re-run and prints its table; typos are refused naming the file."""
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from kit.cli import main
+from kit.errors import KitError
+from kit.recipe import load_recipe, member_config, run_recipe
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+
+TINY = """
+name = "tiny"
+
+[base.data]
+segment_len = 48
+store_dtype = "float32"
+
+[base.model]
+d_model = 16
+ffn_dim = 32
+n_heads = 2
+
+[base.train]
+batch_size = 16
+lr = 3e-3
+warmup_steps = 2
+max_steps = 1000
+cpu_threads = 1
+
+[[members]]
+name = "mean"
+
+[[members]]
+name = "sap-am"
+model.pooling = "sap"
+model.head = "amsoftmax"
+budget.quick.train.max_steps = 12
+
+[budget.full]
+train.max_steps = 500
+
+[budget.quick]
+train.max_steps = 10
+train.eval_every = 5
+
+[after]
+predict = false
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "recipe.toml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_shipped_recipes_parse_and_boss_is_a_diverse_zoo():
+    for tier in ("simple", "medium", "strong", "boss"):
+        recipe = load_recipe(RECIPES / f"{tier}.toml")
+        assert recipe.name == tier and recipe.after["submit"]
+    boss = load_recipe(RECIPES / "boss.toml")
+    full = [member_config(boss, name, "full") for name, _, _ in boss.members]
+    assert len(full) >= 6
+    assert len({c.model.n_layers for c in full}) > 1
+    assert {c.model.pooling for c in full} >= {"sap", "sap+mean"}
+    assert len({(c.model.am_s, c.model.am_m) for c in full}) > 1
+    assert {c.augment.specaugment for c in full} == {True, False}
+    assert len({c.data.segment_len for c in full}) > 1
+    assert boss.after["ensemble"] == "hard"
+    simple = member_config(load_recipe(RECIPES / "simple.toml"), "sample", "full")
+    assert (simple.model.d_model, simple.model.n_layers, simple.model.n_heads, simple.model.ffn_dim,
+            simple.model.pooling, simple.model.head, simple.data.segment_len, simple.train.max_steps) == \
+        (80, 1, 2, 256, "mean", "mlp", 128, 70000)
+
+
+def test_budgets_layer_in_order(tmp_path):
+    recipe = load_recipe(write(tmp_path, TINY))
+    assert member_config(recipe, "mean", "full").train.max_steps == 500
+    assert member_config(recipe, "mean", "quick").train.max_steps == 10
+    assert member_config(recipe, "sap-am", "quick").train.max_steps == 12      # the member's own budget wins
+    assert member_config(recipe, "sap-am", "quick").model.pooling == "sap"
+
+
+@pytest.mark.parametrize("snippet,message", [
+    ('epochs = 3\n', "unknown key(s) epochs"),
+    ('[[members]]\nname = "x"\nmodel.d_modle = 3\n', "member x.model: unknown key(s) d_modle"),
+    ('[after]\nvote = "hard"\n', "[after] unknown key(s) vote"),
+    ('[budget.fast]\ntrain.max_steps = 3\n', "unknown budget(s) fast"),
+])
+def test_typos_are_refused_naming_the_file(tmp_path, snippet, message):
+    path = write(tmp_path, 'name = "t"\n[[members]]\nname = "a"\n' + snippet)
+    with pytest.raises(KitError) as err:
+        load_recipe(path)
+    assert str(path) in str(err.value) and message in str(err.value)
+
+
+def test_tiny_recipe_trains_its_members_and_skips_them_when_rerun(tiny_data, tmp_path, capsys):
+    path = write(tmp_path, TINY)
+    runs = tmp_path / "runs"
+    logs: list[str] = []
+    result = run_recipe(path, data=str(tiny_data), runs=str(runs), progress=False, log=logs.append, workers=1)
+    assert result["budget"] == "quick"                     # tiny_data is synthetic
+    assert [m["name"] for m in result["members"]] == ["mean", "sap-am"]
+    assert [m["step"] for m in result["members"]] == [10, 12]
+    for name in ("mean", "sap-am"):
+        assert (runs / "tiny" / name / "best.pt").is_file()
+
+    code = main(["recipe", "run", str(path), "--data", str(tiny_data), "--runs", str(runs), "--no-progress",
+                 "--workers", "1"])
+    out, err = capsys.readouterr()
+    assert code == 0
+    assert "already finished" in err and "finished earlier" in out     # nothing retrained
+    assert "sap-am" in out and "val acc" in out
+
+
+def test_members_train_side_by_side_in_worker_processes(tiny_data, tmp_path):
+    # two CPU workers, one member each, as `make recipe-boss` does on a 2-core machine
+    runs = tmp_path / "runs"
+    logs: list[str] = []
+    result = run_recipe(write(tmp_path, TINY), data=str(tiny_data), runs=str(runs), progress=False,
+                        log=logs.append, workers=2)
+    assert [m["step"] for m in result["members"]] == [10, 12]
+    assert sum("CPU worker" in line for line in logs) == 2
+    for name in ("mean", "sap-am"):
+        assert (runs / "tiny" / name / "summary.json").is_file()
+        assert "cpu_threads = 1" in (runs / "tiny" / name / "config.toml").read_text()

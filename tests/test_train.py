@@ -1,0 +1,116 @@
+"""Training: a tiny run learns and fills its run dir; resume equals an uninterrupted run exactly;
+load_model round-trips; early stopping, time and epoch budgets, checkpoint averaging."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from kit.config import from_dict, merge, parse_overrides
+from kit.data import FeatureStore, load_split, split_for
+from kit.train import METRIC_COLUMNS, average_state_dicts, load_model, read_summary, train
+
+
+def tiny_cfg(data_dir, *overrides: str):
+    base = {"data": {"data_dir": str(data_dir), "segment_len": 64, "store_dtype": "float32"},
+            "model": {"d_model": 32, "ffn_dim": 64, "n_heads": 2},
+            "train": {"batch_size": 16, "lr": 3e-3, "warmup_steps": 5, "max_steps": 150, "eval_every": 25,
+                      "cpu_threads": 1}}
+    return from_dict(merge(base, parse_overrides(list(overrides))))
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_data, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("train") / "run"
+    summary = train(tiny_cfg(tiny_data), run_dir, progress=False)
+    return run_dir, summary
+
+
+def test_tiny_training_learns_above_chance(tiny_run):
+    _, summary = tiny_run
+    # 8 speakers: chance is 0.125 on the 8 held-out utterances
+    assert summary["best_val_acc"] >= 0.375
+    assert summary["step"] == 150 and summary["stopped_reason"] == "budget"
+
+
+def test_run_dir_holds_what_later_commands_need(tiny_run, tiny_data):
+    run_dir, summary = tiny_run
+    for name in ("config.toml", "split.json", "last.pt", "best.pt", "metrics.csv", "curves.png", "summary.json"):
+        assert (run_dir / name).is_file(), name
+    assert (run_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    assert list(metrics.columns) == METRIC_COLUMNS
+    assert metrics["step"].tolist() == [25, 50, 75, 100, 125, 150]
+    assert metrics["val_acc"].max() == pytest.approx(summary["best_val_acc"])
+    store = FeatureStore.open(tiny_data, "float32", progress=False)
+    saved, shared = load_split(run_dir / "split.json", store), split_for(store, 0.1, 0)
+    assert saved.val.tolist() == shared.val.tolist()       # the split every recipe member shares
+    assert read_summary(run_dir) == summary
+
+
+def test_load_model_round_trip(tiny_run):
+    run_dir, summary = tiny_run
+    model, cfg = load_model(run_dir, "best")
+    assert not model.training
+    assert (cfg.model.n_mels, cfg.model.n_classes) == (40, 8)        # filled in from the data
+    best = torch.load(run_dir / "best.pt", weights_only=True)
+    assert best["step"] == summary["best_step"]
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, best["model"][name])
+    logits = model(torch.randn(2, 50, 40), torch.tensor([50, 30]))
+    assert logits.shape == (2, 8)
+
+
+def _state(path):
+    return torch.load(path, weights_only=True)["model"]
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_data, tmp_path):
+    # dropout, SpecAugment, EMA, margin warm-up and averaging all carry state across the break
+    settings = ["train.max_steps=20", "train.eval_every=5", "model.dropout=0.2", "augment.specaugment=true",
+                "train.ema=true", "train.ema_decay=0.9", "model.head=amsoftmax", "model.margin_warmup_steps=15",
+                "train.average_last=2"]
+    straight = train(tiny_cfg(tiny_data, *settings), tmp_path / "straight", progress=False)
+    interrupted = train(tiny_cfg(tiny_data, *settings), tmp_path / "resumed", progress=False, stop_after=12)
+    assert interrupted["stopped_reason"] == "interrupted" and read_summary(tmp_path / "resumed") is None
+    resumed = train(tiny_cfg(tiny_data, *settings), tmp_path / "resumed", resume=True, progress=False)
+    assert resumed["step"] == straight["step"] == 20
+    for name in ("last.pt", "best.pt", "avg.pt"):
+        a, b = _state(tmp_path / "straight" / name), _state(tmp_path / "resumed" / name)
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    cols = ["step", "train_loss", "val_loss", "val_acc"]
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "straight" / "metrics.csv")[cols],
+                                  pd.read_csv(tmp_path / "resumed" / "metrics.csv")[cols])
+
+
+def test_early_stopping_after_patience(tiny_data, tmp_path):
+    # lr 0: validation never improves after the first evaluation
+    summary = train(tiny_cfg(tiny_data, "train.lr=0", "train.patience=2", "train.eval_every=5"),
+                    tmp_path / "run", progress=False)
+    assert summary["stopped_reason"] == "early_stop"
+    assert summary["step"] == 15 and summary["best_step"] == 5
+
+
+def test_epoch_budget_and_time_budget(tiny_data, tmp_path):
+    by_epochs = train(tiny_cfg(tiny_data, "train.max_epochs=2", "train.eval_every=100"), tmp_path / "e",
+                      progress=False)
+    assert by_epochs["total_steps"] == 11                      # ceil(2 epochs x 88 utterances / 16)
+    timed = train(tiny_cfg(tiny_data, "train.max_minutes=1e-9"), tmp_path / "t", progress=False)
+    assert timed["stopped_reason"] == "time" and timed["step"] == 1
+    assert (tmp_path / "t" / "last.pt").is_file() and (tmp_path / "t" / "best.pt").is_file()
+
+
+def test_average_of_last_checkpoints(tiny_data, tmp_path):
+    summary = train(tiny_cfg(tiny_data, "train.max_steps=30", "train.eval_every=10", "train.average_last=2"),
+                    tmp_path / "run", progress=False)
+    assert summary["averaged"] == 2 and 0.0 <= summary["avg_val_acc"] <= 1.0
+    model, _ = load_model(tmp_path / "run", "avg")
+    assert model(torch.randn(1, 20, 40), torch.tensor([20])).shape == (1, 8)
+
+
+def test_average_state_dicts_means_floats_and_keeps_counters():
+    a = {"w": torch.tensor([1.0, 3.0]), "n": torch.tensor(4)}
+    b = {"w": torch.tensor([3.0, 5.0]), "n": torch.tensor(9)}
+    out = average_state_dicts([a, b])
+    assert torch.equal(out["w"], torch.tensor([2.0, 4.0])) and int(out["n"]) == 9
