@@ -81,11 +81,17 @@ def select_weights(val_probs_list, val_labels, vote: str = "soft", rounds: int |
         raise KitError("--weights auto needs a validation split, and these runs have none")
     rounds = rounds or max(10, 4 * m)
     rows = np.arange(len(labels))
-    onehots = [np.eye(p.shape[1])[p.argmax(axis=1)] for p in probs]      # M x (N, C) each member's vote
+    votes = [p.argmax(axis=1) for p in probs]                            # M x (N,) each member's vote
 
     # The bag is kept as running sums, so trying a member costs one (N, C) pass, not a re-vote.
-    def score(prob_sum: np.ndarray, vote_sum: np.ndarray, size: int) -> tuple[float, float]:
+    counts = np.zeros(m)
+    bag_probs, bag_votes = np.zeros_like(probs[0]), np.zeros_like(probs[0])   # (N, C)
+
+    def score(k: int, size: int) -> tuple[float, float]:
+        prob_sum = bag_probs + probs[k]                                  # (N, C)
         if vote == "hard":   # same rule as hard_vote: most votes, ties by summed probability
+            vote_sum = bag_votes.copy()
+            vote_sum[rows, votes[k]] += 1
             tied = vote_sum == vote_sum.max(axis=1, keepdims=True)
             pred = np.where(tied, prob_sum, -np.inf).argmax(axis=1)
         else:
@@ -93,16 +99,13 @@ def select_weights(val_probs_list, val_labels, vote: str = "soft", rounds: int |
         nll = -np.log(np.clip(prob_sum[rows, labels] / size, 1e-12, None)).mean()
         return float((pred == labels).mean()), -float(nll)        # larger is better for both
 
-    counts = np.zeros(m)
-    prob_sum, vote_sum = np.zeros_like(probs[0]), np.zeros_like(probs[0])
     best_counts, best_score = None, None
     for r in range(rounds):
-        trials = [(score(prob_sum + probs[k], vote_sum + onehots[k], r + 1), -k) for k in range(m)]
-        s, neg_k = max(trials)                                    # on a full tie, the lowest index
+        s, neg_k = max((score(k, r + 1), -k) for k in range(m))  # on a full tie, the lowest index
         k = -neg_k
         counts[k] += 1
-        prob_sum += probs[k]
-        vote_sum += onehots[k]
+        bag_probs += probs[k]
+        bag_votes[rows, votes[k]] += 1
         if best_score is None or s > best_score:
             best_score, best_counts = s, counts.copy()
     return best_counts / best_counts.sum()
@@ -161,7 +164,8 @@ def check_compatible(members: list[Member]) -> None:
 
 
 def _speakers(member: Member) -> tuple[list[str], str]:
-    """Class index -> speaker id string, from the data dir the member was predicted on."""
+    """Class index -> speaker id string, from the data dir the member was predicted on,
+    after checking that its test list is that data dir's (so the CSV will be valid)."""
     from kit.data import read_layout
 
     data_dir = member.ids.get("data_dir")
@@ -169,7 +173,14 @@ def _speakers(member: Member) -> tuple[list[str], str]:
         from kit.config import from_dict, load_toml
 
         data_dir = from_dict(load_toml(member.run_dir / "config.toml")).data.data_dir
-    return read_layout(data_dir).speakers, str(data_dir)
+    layout = read_layout(data_dir)
+    if member.ids["test"] != [u.path for u in layout.test]:
+        raise KitError(f"{member.run_dir}: its test predictions do not follow {data_dir}/testdata.json; "
+                       f"run `kit predict {member.run_dir}` again")
+    if len(layout.speakers) != member.test_probs.shape[1]:
+        raise KitError(f"{member.run_dir}: {member.test_probs.shape[1]} classes but "
+                       f"{data_dir}/mapping.json has {len(layout.speakers)} speakers")
+    return layout.speakers, str(data_dir)
 
 
 def parse_weights(text: str | None):
@@ -218,9 +229,6 @@ def ensemble_runs(run_dirs, vote: str = "hard", weights=None, name: str | None =
     pred = vote_predictions([m.test_probs for m in members], vote, w)          # (n_test,)
 
     speakers, data_dir = _speakers(members[0])
-    if len(speakers) != members[0].test_probs.shape[1]:
-        raise KitError(f"{members[0].run_dir}: {members[0].test_probs.shape[1]} classes but "
-                       f"{data_dir} maps {len(speakers)} speakers")
     name = name or f"{vote}-{len(members)}members-{time.strftime('%Y%m%d-%H%M%S')}"
     if not name or "/" in name or "\\" in name or name.startswith("."):
         raise KitError(f"--name {name!r}: give a plain file name (no folders, not starting with '.')")
@@ -229,7 +237,7 @@ def ensemble_runs(run_dirs, vote: str = "hard", weights=None, name: str | None =
     frame = pd.DataFrame({"Id": members[0].ids["test"], "Category": [speakers[int(k)] for k in pred]})
     write_csv(csv_path, frame)
     problems = validate_submission(csv_path, data_dir)
-    if problems:                   # would mean the members were predicted on other data
+    if problems:                   # a safety net: _speakers checked ids and classes already
         raise KitError(f"{csv_path}: written but invalid for {data_dir}: {problems[0]}")
     write_json(manifest_path, {
         "name": name,

@@ -230,13 +230,18 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
         run_dirs.append(root / name)
         result["members"].append({"name": name, "run_dir": str(root / name), "params": s.get("params", 0),
                                   "val_acc": s.get("best_val_acc"), "step": s.get("step", 0),
-                                  "minutes": s.get("seconds", 0.0) / 60,
-                                  "note": "finished earlier" if name in skipped else
-                                  {"budget": ""}.get(s.get("stopped_reason"), s.get("stopped_reason", "not trained"))})
+                                  "minutes": s.get("seconds", 0.0) / 60, "note": _note(s, name in skipped)})
     if after:
         _after(recipe, run_dirs, store, data_dir, result, progress, log)
     result["minutes"] = (time.time() - began) / 60
     return result
+
+
+def _note(summary: dict, skipped: bool) -> str:
+    if skipped:
+        return "finished earlier"
+    reason = summary.get("stopped_reason", "not trained")
+    return "" if reason == "budget" else reason
 
 
 def _after(recipe: Recipe, run_dirs: list[Path], store, data_dir: Path, result: dict, progress: bool, log) -> None:

@@ -160,6 +160,15 @@ def test_mismatched_splits_and_missing_predictions_are_refused(tmp_path, layout_
         ensemble_runs([r1, bare], out_dir=tmp_path / "s")
 
 
+def test_predictions_for_other_data_are_refused(tmp_path, layout_dir):
+    run = make_run(tmp_path, "r1", [0] * 6, onehotish([0] * 4), layout_dir)
+    ids = json.loads((run / "ids.json").read_text())
+    (run / "ids.json").write_text(json.dumps({**ids, "test": list(reversed(TEST_IDS))}))
+    with pytest.raises(KitError, match="do not follow .*testdata.json"):
+        ensemble_runs([run], out_dir=tmp_path / "s")
+    assert not (tmp_path / "s").exists()                  # nothing half-written
+
+
 def test_cli_ensemble_prints_table(tmp_path, layout_dir, capsys):
     r1 = make_run(tmp_path, "r1", [0, 1, 2, 0, 1, 0], onehotish([0, 1, 2, 2]), layout_dir)
     r2 = make_run(tmp_path, "r2", [0, 1, 2, 1, 1, 2], onehotish([0, 1, 1, 2]), layout_dir)
