@@ -339,9 +339,15 @@ def _pack(layout: Layout, root: Path, dtype: str, workers: int | None, progress:
         np.save(tmp / "labels.npy", labels)
         write_json(tmp / "done.json", {"version": STORE_VERSION, "dtype": dtype,
                                        "utterances": len(utts), "frames": int(lengths.sum())})
-        if root.exists():        # a concurrent packer won the race, or a stale half-store
+        if (root / "done.json").is_file():   # a concurrent packer finished first: use its store
+            return
+        if root.exists():                     # a stale half-store (no done.json)
             shutil.rmtree(root, ignore_errors=True)
-        os.replace(tmp, root)
+        try:
+            os.replace(tmp, root)
+        except OSError:
+            if not (root / "done.json").is_file():
+                raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

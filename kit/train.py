@@ -199,7 +199,8 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
     n_params = count_params(model)
     optimizer = create_optimizer_v2(model, "adamw", lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     # Stepped with the 1-based number of the update about to happen, so neither the first
-    # update (warm-up from 0) nor the last (cosine end) runs at lr 0.
+    # update (warm-up from 0) nor the last (cosine end) runs at lr 0. It holds no state beyond
+    # the step, so resume rebuilds it: a resumed run may then extend train.max_steps.
     scheduler = CosineLRScheduler(optimizer, t_initial=steps_total + 1, warmup_lr_init=0.0,
                                   warmup_t=min(cfg.train.warmup_steps, steps_total), t_in_epochs=False)
     ema = ModelEmaV3(model, decay=cfg.train.ema_decay) if cfg.train.ema else None
@@ -215,7 +216,6 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
         ckpt = torch.load(last_path, map_location="cpu", weights_only=True)
         model.load_state_dict(ckpt.get("train_model", ckpt["model"]))
         optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
         if ema is not None:
             ema.module.load_state_dict(ckpt["model"])
         step, best_acc, best_step = ckpt["step"], ckpt["best_val_acc"], ckpt["best_step"]
@@ -251,9 +251,9 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
             return
         state = {"model": _float_state(eval_model()), "step": step, "best_val_acc": best_acc,
                  "best_step": best_step, "bad_evals": bad_evals, "seconds": seconds(),
-                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "optimizer": optimizer.state_dict(),
                  "rng_torch": list(rng_torch), "rng_numpy": list(rng_numpy), "rng_cuda": list(rng_cuda),
-                 "avg_keep": avg_keep, "running": [run_loss, run_correct, run_count]}
+                 "avg_keep": avg_keep, "running": [float(run_loss), float(run_correct), run_count]}
         if ema is not None:
             state["train_model"] = _float_state(net)
         save_torch(state, path)
@@ -284,21 +284,23 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
         if ema is not None:
             ema.update(net, step=step)
         step += 1
-        run_loss += loss.item() * len(batch)
-        run_correct += float((net.without_margin(logits.detach(), y).argmax(-1) == y).sum())
+        # summed on the device: reading a value back every step would stall a GPU
+        run_loss = run_loss + loss.detach() * len(batch)
+        run_correct = run_correct + (net.without_margin(logits.detach(), y).argmax(-1) == y).sum()
         run_count += len(batch)
         bar.update(1)
         lr = optimizer.param_groups[0]["lr"]
-        if step % 10 == 0:
-            bar.set_postfix(loss=f"{run_loss / run_count:.3f}", acc=f"{run_correct / run_count:.3f}", lr=f"{lr:.2e}")
+        if step % 10 == 0 and not bar.disable:
+            bar.set_postfix(loss=f"{float(run_loss) / run_count:.3f}", acc=f"{float(run_correct) / run_count:.3f}",
+                            lr=f"{lr:.2e}")
 
         time_up = cfg.train.max_minutes > 0 and time.time() - began > cfg.train.max_minutes * 60
-        if world > 1:       # every rank must take the same decision
+        if world > 1 and cfg.train.max_minutes > 0:     # every rank must take the same decision
             time_up = bool(accelerator.reduce(torch.tensor(float(time_up), device=device), "max"))
         if step % cfg.train.eval_every == 0 or step == steps_total or time_up:
             val_loss, val_acc = evaluate(eval_model(), store, split.val, accelerator)
             metrics.append({"step": step, "epoch": step * bs * world / len(train_idx), "lr": lr,
-                            "train_loss": run_loss / run_count, "train_acc": run_correct / run_count,
+                            "train_loss": float(run_loss) / run_count, "train_acc": float(run_correct) / run_count,
                             "val_loss": val_loss, "val_acc": val_acc, "seconds": seconds()})
             run_loss = run_correct = run_count = 0.0
             if cfg.train.average_last > 0:      # every rank holds the same weights, so each keeps them

@@ -176,7 +176,7 @@ def write_wav(path: Path, x: np.ndarray, rate: int, channels: int = 1) -> None:
 
 
 def mel_bin_of(freq: float) -> int:
-    fb = synth._mel_fb()                                          # (201, 40)
+    fb = synth._front_end().mel_scale.fb.numpy()                  # (201, 40)
     return int(np.argmax(fb[int(round(freq / (synth.SAMPLE_RATE / synth.N_FFT)))]))
 
 

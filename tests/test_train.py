@@ -114,3 +114,24 @@ def test_average_state_dicts_means_floats_and_keeps_counters():
     b = {"w": torch.tensor([3.0, 5.0]), "n": torch.tensor(9)}
     out = average_state_dicts([a, b])
     assert torch.equal(out["w"], torch.tensor([2.0, 4.0])) and int(out["n"]) == 9
+
+
+def test_cli_train_then_resume_with_a_longer_budget(tiny_data, tmp_path, capsys):
+    import json
+
+    from kit.cli import main
+
+    run = tmp_path / "run"
+    common = ["--set", "model.d_model=16", "--set", "model.ffn_dim=32", "--set", "data.segment_len=48",
+              "--set", "train.eval_every=10", "--set", "train.warmup_steps=2", "--set", "train.cpu_threads=1"]
+    assert main(["train", "--data", str(tiny_data), "--out", str(run), "--no-progress",
+                 "--set", "train.max_steps=10", *common]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["step"] == 10 and first["name"] == "run"
+    # --resume without --config reuses the run's saved config; --set extends the budget
+    assert main(["train", "--out", str(run), "--resume", "--no-progress", "--set", "train.max_steps=20"]) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert second["step"] == 20 and second["params"] == first["params"]
+    metrics = pd.read_csv(run / "metrics.csv")
+    assert metrics["step"].tolist() == [10, 20]
+    assert metrics["lr"].iloc[1] > 0            # the schedule stretched to the new budget
