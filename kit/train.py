@@ -20,6 +20,7 @@ from kit.models import build_model, count_params
 
 METRIC_COLUMNS = ["step", "epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"]
 EVAL_FRAMES = 64 * 1024          # frames per validation batch (B * T_max), whole utterances
+EVAL_AREA = 16 * 1024 * 1024     # B * T_max^2: bounds attention scores (5 GB peak RSS without it)
 
 
 # ---------------------------------------------------------------- loading a finished run
@@ -100,7 +101,8 @@ def evaluate(model, store: FeatureStore, index: np.ndarray, accelerator) -> tupl
     while start < len(order):
         t_max = int(store.lengths[order[start]])
         end = start + 1
-        while end < len(order) and (end - start + 1) * int(store.lengths[order[end]]) <= EVAL_FRAMES:
+        while end < len(order) and (end - start + 1) * int(store.lengths[order[end]]) <= EVAL_FRAMES \
+                and (end - start + 1) * int(store.lengths[order[end]]) ** 2 <= EVAL_AREA:
             end += 1
         batch = order[start:end]
         t_max = int(store.lengths[batch].max())
@@ -267,6 +269,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
     model.train()
     bar = tqdm(total=steps_total, initial=step, desc=cfg.name, disable=not (progress and main),
                leave=False, dynamic_ncols=True, mininterval=1.0)
+    loop_began, eval_seconds, steps_before = time.time(), 0.0, step   # steps/s excludes evaluation
     while step < steps_total:
         batch = train_idx[rng.integers(0, len(train_idx), bs)]
         x, lengths = store.crop_batch(batch, seg, rng)                      # (B, T, D), (B,)
@@ -298,6 +301,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
         if world > 1 and cfg.train.max_minutes > 0:     # every rank must take the same decision
             time_up = bool(accelerator.reduce(torch.tensor(float(time_up), device=device), "max"))
         if step % cfg.train.eval_every == 0 or step == steps_total or time_up:
+            eval_began = time.time()
             val_loss, val_acc = evaluate(eval_model(), store, split.val, accelerator)
             metrics.append({"step": step, "epoch": step * bs * world / len(train_idx), "lr": lr,
                             "train_loss": float(run_loss) / run_count, "train_acc": float(run_correct) / run_count,
@@ -316,6 +320,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
                     save_torch({"model": _float_state(eval_model()), "step": step, "val_acc": val_acc},
                                run_dir / "best.pt")
             checkpoint(last_path)
+            eval_seconds += time.time() - eval_began
             if cfg.train.patience > 0 and bad_evals >= cfg.train.patience:
                 stopped = "early_stop"
                 break
@@ -333,7 +338,9 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
                "step": step, "total_steps": steps_total, "stopped_reason": stopped, "seconds": seconds(),
                "n_train": int(len(split.train)), "n_val": int(len(split.val)), "device": str(device),
                "processes": world, "mixed_precision": accelerator.mixed_precision,
-               "weights_sha1": weights_digest(eval_model())}
+               "weights_sha1": weights_digest(eval_model()),
+               "train_seconds": time.time() - loop_began - eval_seconds,   # this session's steps only
+               "train_steps": step - steps_before}
     if cfg.train.average_last > 0:
         summary.update(_average(avg_keep, cfg, store, split, accelerator, run_dir, main))
     if main:
