@@ -176,6 +176,41 @@ def bench_training(data_dir, store, cfg, steps: int, workers: int = 0) -> dict:
                 note=f"{steps} steps; kit precision {summary.get('mixed_precision')}")
 
 
+def _zoo_child(data_dir: str, steps: int, batch_size: int, seed: int) -> None:
+    """Run in a subprocess: one zoo member as `kit recipe run` trains it on a CPU (1 thread)."""
+    from kit.data import FeatureStore
+    from kit.train import train
+
+    store = FeatureStore.open(data_dir, "float16", progress=False)
+    cfg = strong_config(data_dir, batch_size)
+    cfg.train.cpu_threads, cfg.train.seed = 1, seed
+    cfg.train.max_steps, cfg.train.eval_every, cfg.train.average_last = steps, steps, 0
+    cfg.train.warmup_steps = min(cfg.train.warmup_steps, steps)
+    with tempfile.TemporaryDirectory() as tmp:
+        s = train(cfg, Path(tmp) / "run", progress=False, store=store)
+    print(json.dumps({"steps": s["train_steps"], "window": s["loop_window"]}))
+
+
+def bench_zoo(data_dir, baseline_rate: float, steps: int, batch_size: int, members: int) -> dict:
+    """Utterances/s training a zoo on a CPU: kit trains `members` at once, one thread each (as
+    `kit recipe run` does); the course loop trains them one after another (its rate is per model).
+    Measured from the first member's first step to the last member's last step."""
+    code = "from kit.bench import _zoo_child; _zoo_child({!r}, {}, {}, {})"
+    procs = [subprocess.Popen([sys.executable, "-c", code.format(str(data_dir), steps, batch_size, seed)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for seed in range(members)]
+    results = []
+    for p in procs:
+        out, err = p.communicate()
+        if p.returncode != 0:
+            raise KitError(f"zoo benchmark member failed: {err.strip().splitlines()[-1] if err.strip() else p.returncode}")
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    span = max(r["window"][1] for r in results) - min(r["window"][0] for r in results)
+    rate = sum(r["steps"] for r in results) * batch_size / span
+    return _row(f"zoo training ({members} members at once, 1 thread each, vs one after another)",
+                "utterances/s", baseline_rate, rate, 1.5, note=f"{steps} steps per member")
+
+
 # ---------------------------------------------------------------- 3. prediction
 def course_predict(model, data_dir, index_paths: list[str]):
     """The course sample's inference: a DataLoader of batch size 1 that torch.loads each test
@@ -338,6 +373,10 @@ def run_bench(preset: str = "demo", data: str | None = None, out: str | Path = "
     log("2/5 training throughput")
     cfg = strong_config(data_dir, batch)
     result["rows"].append(bench_training(data_dir, store, cfg, steps, workers))
+    if not on_gpu and (os.cpu_count() or 1) > 1:
+        log("2b/5 zoo training throughput")
+        result["rows"].append(bench_zoo(data_dir, result["rows"][-1]["baseline"], 2 * steps, batch,
+                                        members=min(os.cpu_count(), 4)))
     log("3/5 prediction")
     result["rows"].extend(bench_prediction(data_dir, store, strong_config(data_dir, batch),
                                            limit=64 if quick else None))

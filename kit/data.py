@@ -285,6 +285,19 @@ class FeatureStore:
         o = int(self.offsets[i])
         return self.features[o:o + int(self.lengths[i])]
 
+    @property
+    def tensor(self):
+        """The packed features as a torch tensor sharing the memory map (read-only: never written)."""
+        if getattr(self, "_tensor", None) is None:
+            import warnings
+
+            import torch
+
+            with warnings.catch_warnings():     # torch warns that the memory map is read-only
+                warnings.simplefilter("ignore", UserWarning)
+                self._tensor = torch.from_numpy(self.features)                  # (F, D)
+        return self._tensor
+
     def crop_batch(self, index: np.ndarray, segment_len: int, rng: np.random.Generator,
                    random: bool = True):
         """Fixed-length crops of a batch in one gather: returns (x (B,T,D) float32, lengths (B,)).
@@ -299,11 +312,12 @@ class FeatureStore:
         room = np.maximum(lens - segment_len, 0)
         starts = rng.integers(0, room + 1) if random else room // 2    # (B,)
         steps = np.arange(segment_len)                                 # (T,)
-        valid = steps[None, :] < lens[:, None]                         # (B, T)
         rows = self.offsets[index, None] + starts[:, None] + np.minimum(steps[None, :], lens[:, None] - 1)
-        x = np.asarray(self.features[rows], dtype=np.float32)          # (B, T, D)
-        x[~valid] = PAD_VALUE
-        return torch.from_numpy(x), torch.from_numpy(np.minimum(lens, segment_len).astype(np.int64))
+        x = self.tensor[torch.from_numpy(rows)].float()                # (B, T, D); torch's half->float is SIMD
+        valid = steps[None, :] < lens[:, None]                         # (B, T)
+        if not valid.all():
+            x.masked_fill_(torch.from_numpy(~valid)[..., None], PAD_VALUE)
+        return x, torch.from_numpy(np.minimum(lens, segment_len).astype(np.int64))
 
 
 def _pack(layout: Layout, root: Path, dtype: str, workers: int | None, progress: bool) -> None:

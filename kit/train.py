@@ -333,6 +333,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
             bar.close()
             return {"step": step, "stopped_reason": "interrupted", "best_val_acc": best_acc}
     bar.close()
+    loop_window = [loop_began, time.time()]      # wall-clock span of the steps, for zoo benchmarks
 
     summary = {"name": cfg.name, "params": n_params, "best_val_acc": best_acc, "best_step": best_step,
                "step": step, "total_steps": steps_total, "stopped_reason": stopped, "seconds": seconds(),
@@ -340,7 +341,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
                "processes": world, "mixed_precision": accelerator.mixed_precision,
                "weights_sha1": weights_digest(eval_model()),
                "train_seconds": time.time() - loop_began - eval_seconds,   # this session's steps only
-               "train_steps": step - steps_before}
+               "train_steps": step - steps_before, "loop_window": loop_window}
     if cfg.train.average_last > 0:
         summary.update(_average(avg_keep, cfg, store, split, accelerator, run_dir, main))
     if main:

@@ -1,0 +1,53 @@
+"""kit bench: the course-sample baselines do the same work as kit's paths, and rows are ratios."""
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kit.bench import (bench_feeding, bench_prediction, course_collate, course_dataset, course_predict,
+                       strong_config, to_markdown)
+from kit.data import FeatureStore
+from kit.infer import predict_index
+from kit.models import build_model
+
+STRONG = Path(__file__).resolve().parents[1] / "recipes" / "strong.toml"
+
+
+def test_course_dataset_crops_and_pads_like_the_sample(tiny_data):
+    ds = course_dataset(tiny_data, segment_len=64)
+    x, lengths, y = course_collate([ds[i] for i in range(len(ds))])
+    assert x.shape[0] == len(ds) and x.shape[2] == 40
+    assert int(lengths.max()) <= 64 and x.shape[1] == int(lengths.max())
+    short = int(lengths.argmin())
+    if int(lengths[short]) < x.shape[1]:
+        assert torch.all(x[short, int(lengths[short]):] == -20)
+    assert y.min() >= 0 and y.max() < 8                # tiny has 8 speakers
+
+
+def test_feeding_row_is_a_ratio_of_batches_per_second(tiny_data):
+    store = FeatureStore.open(tiny_data, "float16", progress=False)
+    row = bench_feeding(tiny_data, store, batches=5, batch_size=4, segment_len=32)
+    assert row["baseline"] > 0 and row["kit"] > 0
+    assert np.isclose(row["ratio"], row["kit"] / row["baseline"])
+    assert row["met"] == (row["ratio"] >= 20.0)
+
+
+def test_course_prediction_matches_kit_full_length_prediction(tiny_data):
+    """The baseline and kit's batched full-length path predict the same classes."""
+    store = FeatureStore.open(tiny_data, "float32", progress=False)
+    cfg = strong_config(tiny_data, 8, recipe=STRONG)
+    cfg.model.n_mels, cfg.model.n_classes = store.n_mels, len(store.speakers)
+    torch.manual_seed(0)
+    model = build_model(cfg.model).eval()
+    index = store.test_index
+    course = course_predict(model, tiny_data, [store.paths[i] for i in index])
+    kit = predict_index(model, store, index, mode="full", n_classes=cfg.model.n_classes).argmax(1)
+    assert course == kit.tolist()
+
+
+def test_prediction_rows_and_markdown(tiny_data):
+    store = FeatureStore.open(tiny_data, "float16", progress=False)
+    rows = bench_prediction(tiny_data, store, strong_config(tiny_data, 8, recipe=STRONG), limit=6)
+    assert len(rows) == 2 and all(r["unit"] == "utterances/s" and r["ratio"] > 0 for r in rows)
+    text = to_markdown({"machine": "test", "data": str(tiny_data), "rows": rows, "scaling": []})
+    assert text.count("| prediction") == 2
