@@ -289,6 +289,9 @@ def bench_memory(data_dir, steps: int, batch_size: int) -> dict:
                note=f"store {r['store_bytes'] / 2**20:.0f} MiB + model {r['model_bytes'] / 2**20:.1f} MiB; "
                     "ratio = 1.5x(store+model) / peak RSS, >= 1 meets the target")
     row["baseline_label"] = "1.5 x (store + model)"
+    if r["store_bytes"] < 2**30:     # the torch runtime alone is ~0.9 GiB RSS: judge on --preset full
+        row["met"] = None
+        row["note"] += "; target judged on --preset full only (torch's own RSS dominates small stores)"
     return row
 
 
