@@ -14,7 +14,8 @@ from kit.config import RunConfig, dump_toml, from_dict, load_toml, merge, to_dic
 from kit.errors import KitError
 
 TOP_KEYS = {"name", "description", "base", "members", "budget", "after"}
-AFTER_DEFAULTS = {"predict": True, "ensemble": "hard", "submit": False, "message": "", "which": "best"}
+AFTER_DEFAULTS = {"predict": True, "ensemble": "hard", "weights": "equal", "submit": False, "message": "",
+                  "which": "best"}
 BUDGETS = ("full", "quick")
 SYNTH_MARKER = ".kit-synth.json"
 
@@ -51,6 +52,9 @@ def load_recipe(path: str | Path) -> Recipe:
     after = {**AFTER_DEFAULTS, **after}
     if after["ensemble"] not in ("hard", "soft", "none"):
         raise KitError(f"{path}: [after] ensemble {after['ensemble']!r}: choose hard, soft or none")
+    if after["weights"] not in ("equal", "auto"):
+        raise KitError(f"{path}: [after] weights {after['weights']!r}: choose equal or auto "
+                       "(auto = greedy selection on the validation split)")
 
     members, seen = [], set()
     raw_members = raw.get("members", [])
@@ -267,9 +271,12 @@ def _after(recipe: Recipe, run_dirs: list[Path], store, data_dir: Path, result: 
         result["notes"].append(f"ensemble skipped: kit.ensemble.ensemble_runs is not available ({e})")
         return
     log(f"ensembling {len(run_dirs)} member(s) by {plan['ensemble']} vote")
-    ens = ensemble_runs(run_dirs, vote=plan["ensemble"], weights=None, name=recipe.name, out_dir="submissions")
+    weights = "auto" if plan["weights"] == "auto" else None
+    ens = ensemble_runs(run_dirs, vote=plan["ensemble"], weights=weights, name=recipe.name, out_dir="submissions")
     result["ensemble"] = {"vote": plan["ensemble"], "val_acc": ens["val_acc"], "csv": str(ens["csv"]),
-                          "manifest": str(ens["manifest"]), "table": ens.get("table")}
+                          "manifest": str(ens["manifest"]), "table": ens.get("table"),
+                          "weights_mode": plan["weights"],
+                          "weights": [float(w) for w in ens["weights"]] if ens.get("weights") is not None else None}
     if not plan["submit"]:
         return
     try:

@@ -91,6 +91,7 @@ def test_budgets_layer_in_order(tmp_path):
     ('[[members]]\nname = "x"\nmodel.d_modle = 3\n', "member x.model: unknown key(s) d_modle"),
     ('[after]\nvote = "hard"\n', "[after] unknown key(s) vote"),
     ('[budget.fast]\ntrain.max_steps = 3\n', "unknown budget(s) fast"),
+    ('[after]\nweights = "best"\n', "[after] weights 'best': choose equal or auto"),
 ])
 def test_typos_are_refused_naming_the_file(tmp_path, snippet, message):
     path = write(tmp_path, 'name = "t"\n[[members]]\nname = "a"\n' + snippet)

@@ -114,6 +114,9 @@ def cmd_recipe_run(args: argparse.Namespace) -> int:
               f"{m.get('step', 0):>7} {m.get('minutes', 0.0):>8.1f}  {m.get('note', '')}")
     ens = result.get("ensemble")
     if ens:
+        if ens.get("weights_mode") == "auto" and ens.get("weights"):
+            picked = ", ".join(f"{m['name']} {w:.2f}" for m, w in zip(result["members"], ens["weights"]) if w > 0)
+            print(f"weights (chosen on validation): {picked}")
         print(f"ensemble ({ens['vote']}) val acc: {ens['val_acc']:.4f}   csv: {ens['csv']}")
     sub = result.get("submission")
     if sub:
