@@ -417,7 +417,26 @@ def recipe_submit(csv_path, message: str, data_dir, competition: str = DEFAULT_C
             return _recipe_attempt(csv_path, message, data_dir, comp, ledger, server.url, env, log, STAND_IN)
 
 
+def _already_submitted(ledger, csv_path, competition: str, target: str) -> dict | None:
+    """The ledger row of an earlier successful submission of the same file bytes, if any: a
+    re-run recipe must not spend another of the day's Kaggle submissions on an identical CSV."""
+    frame = read_ledger(ledger)
+    if not len(frame) or not Path(csv_path).is_file():
+        return None
+    digest = sha256_file(csv_path)
+    same = frame[(frame["sha256"] == digest) & (frame["competition"] == competition) &
+                 (frame["target"] == target) & frame["status"].isin(["COMPLETE", "PENDING"])]
+    return same.iloc[-1].to_dict() if len(same) else None
+
+
 def _recipe_attempt(csv_path, message, data_dir, competition, ledger, endpoint, env, log, target) -> dict:
+    earlier = _already_submitted(ledger, csv_path, competition, target)
+    if earlier is not None:
+        return {"status": earlier["status"], "public": earlier.get("public") or None,
+                "private": earlier.get("private") or None, "ref": earlier.get("ref") or None,
+                "target": target, "row": earlier,
+                "reason": f"identical file already submitted at {earlier['time']} (ref {earlier['ref']}); "
+                          "not sent again"}
     before = len(read_ledger(ledger))
     # The stand-in scores at once, so poll it briskly; real Kaggle keeps the usual interval.
     poll = None if target == KAGGLE or "KIT_KAGGLE_POLL" in os.environ else 0.2

@@ -366,6 +366,9 @@ def test_recipe_submit_rehearses_on_the_standin(kaggle_env, sub, tiny_data, monk
     assert result["status"] == "COMPLETE" and result["target"] == "local stand-in", result
     assert result["public"] and result["private"] and result["row"]["ref"] == result["ref"]
     assert ledger_rows(sub)[0]["message"] == "recipe simple"
+    again = recipe_submit(sub, "recipe simple, re-run", tiny_data, submissions_dir=sub.parent)
+    assert again["ref"] == result["ref"] and "already submitted" in again["reason"]
+    assert len(ledger_rows(sub)) == 1                     # an identical CSV is not sent twice
 
 
 def test_recipe_submit_skips_real_data_without_credentials(kaggle_env, sub, tiny_data, tmp_path, monkeypatch):
