@@ -388,9 +388,20 @@ def read_summary(run_dir: str | Path) -> dict | None:
         return json.load(f)
 
 
+def end_distributed() -> None:
+    """Tear down the DDP process group before exit; gloo otherwise aborts (SIGABRT) at teardown."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 if __name__ == "__main__":        # `accelerate launch -m kit.train ...` / `python -m kit.train ...`
     import sys
 
     from kit.cli.train import train_main
 
-    sys.exit(train_main(sys.argv[1:]))
+    try:
+        code = train_main(sys.argv[1:])
+    finally:
+        end_distributed()
+    sys.exit(code)

@@ -22,7 +22,7 @@ def _rank_main(rank: int, world: int, port: int, data_dir: str, run_dir: str, re
                       LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world), OMP_NUM_THREADS="1")
     from kit.config import from_dict
     from kit.data import FeatureStore
-    from kit.train import train
+    from kit.train import end_distributed, train
 
     crop = FeatureStore.crop_batch
     first: list[str] = []
@@ -41,6 +41,7 @@ def _rank_main(rank: int, world: int, port: int, data_dir: str, run_dir: str, re
                                "cpu_threads": 1}})
     summary = train(cfg, run_dir, progress=False)
     Path(result_dir, f"{rank}.json").write_text(json.dumps({**summary, "first_batch": first[0]}))
+    end_distributed()
 
 
 def test_two_cpu_ranks_share_weights_but_not_crops(tiny_data, tmp_path):
