@@ -211,6 +211,49 @@ def bench_zoo(data_dir, baseline_rate: float, steps: int, batch_size: int, membe
                 "utterances/s", baseline_rate, rate, 1.5, note=f"{steps} steps per member")
 
 
+def bench_long_run(data_dir, store, cfg, steps: int, window: int) -> dict:
+    """Steps/s in the first and last `window` steps of a long run: the course loop (no
+    flush-denormal guard) vs kit's train(). A slowdown late in a run (CPU denormals) shows as a
+    last/first speed ratio well below 1."""
+    import pandas as pd
+    import torch
+    import torch.nn.functional as F
+
+    from kit.models import build_model
+    from kit.train import train
+
+    cfg.model.n_mels, cfg.model.n_classes = store.n_mels, len(store.speakers)
+    bs, seg = cfg.train.batch_size, cfg.data.segment_len
+    saved = torch.set_flush_denormal(False)
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
+    loader = _cycle(course_loader(data_dir, bs, seg, 0))
+    marks = [time.perf_counter()]
+    for step in range(1, steps + 1):
+        x, lengths, y = next(loader)
+        F.cross_entropy(model(x, lengths, y), y).backward()
+        opt.step()
+        opt.zero_grad()
+        if step % window == 0:
+            marks.append(time.perf_counter())
+    torch.set_flush_denormal(saved)
+    course = [window / (b - a) for a, b in zip(marks, marks[1:])]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg.train.max_steps, cfg.train.max_epochs, cfg.train.eval_every = steps, 0, window
+        cfg.train.patience, cfg.train.average_last = 0, 0
+        train(cfg, Path(tmp) / "run", progress=False, store=store)
+        spent = pd.read_csv(Path(tmp) / "run" / "metrics.csv")["step_seconds"].to_numpy()
+    kit = [window / d for d in np.diff(np.concatenate([[0.0], spent]))]
+    row = _row(f"long run ({steps} steps): last/first {window}-step window speed", "x", course[-1] / course[0],
+               kit[-1] / kit[0], None,
+               note=f"steps/s per window, course {[round(c, 1) for c in course]}, kit {[round(k, 1) for k in kit]}")
+    row["ratio"] = row["kit"] / row["baseline"]
+    return row
+
+
 # ---------------------------------------------------------------- 3. prediction
 def course_predict(model, data_dir, index_paths: list[str]):
     """The course sample's inference: a DataLoader of batch size 1 that torch.loads each test
@@ -355,7 +398,7 @@ def ensure_synth(preset: str, root: Path, log) -> Path:
 
 def run_bench(preset: str = "demo", data: str | None = None, out: str | Path = ".", quick: bool = False,
               train_steps: int | None = None, workers: int = 0, cache: str | Path = "data",
-              log=lambda m: None) -> dict:
+              long_steps: int = 0, log=lambda m: None) -> dict:
     """All benchmark rows on one data dir (synthetic `preset` unless `data` is given)."""
     import torch
 
@@ -380,6 +423,10 @@ def run_bench(preset: str = "demo", data: str | None = None, out: str | Path = "
         log("2b/5 zoo training throughput")
         result["rows"].append(bench_zoo(data_dir, result["rows"][-1]["baseline"], 2 * steps, batch,
                                         members=min(os.cpu_count(), 4)))
+    if long_steps > 0:
+        log(f"2c/5 long run: {long_steps} steps of each loop (catches a late slowdown)")
+        result["rows"].append(bench_long_run(data_dir, store, strong_config(data_dir, batch), long_steps,
+                                             max(long_steps // 10, 1)))
     log("3/5 prediction")
     result["rows"].extend(bench_prediction(data_dir, store, strong_config(data_dir, batch),
                                            limit=64 if quick else None))

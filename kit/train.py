@@ -18,7 +18,7 @@ from kit.errors import KitError
 from kit.fsio import save_torch, write_csv, write_json, write_text
 from kit.models import build_model, count_params
 
-METRIC_COLUMNS = ["step", "epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"]
+METRIC_COLUMNS = ["step", "epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "step_seconds"]
 EVAL_FRAMES = 64 * 1024          # frames per validation batch (B * T_max), whole utterances
 EVAL_AREA = 16 * 1024 * 1024     # B * T_max^2: bounds attention scores (5 GB peak RSS without it)
 
@@ -305,7 +305,8 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
             val_loss, val_acc = evaluate(eval_model(), store, split.val, accelerator)
             metrics.append({"step": step, "epoch": step * bs * world / len(train_idx), "lr": lr,
                             "train_loss": float(run_loss) / run_count, "train_acc": float(run_correct) / run_count,
-                            "val_loss": val_loss, "val_acc": val_acc, "seconds": seconds()})
+                            "val_loss": val_loss, "val_acc": val_acc, "seconds": seconds(),
+                            "step_seconds": eval_began - loop_began - eval_seconds})   # this session, no eval
             run_loss = run_correct = run_count = 0.0
             if cfg.train.average_last > 0:      # every rank holds the same weights, so each keeps them
                 avg_keep = (avg_keep + [_float_state(eval_model())])[-cfg.train.average_last:]

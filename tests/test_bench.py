@@ -51,3 +51,14 @@ def test_prediction_rows_and_markdown(tiny_data):
     assert len(rows) == 2 and all(r["unit"] == "utterances/s" and r["ratio"] > 0 for r in rows)
     text = to_markdown({"machine": "test", "data": str(tiny_data), "rows": rows, "scaling": []})
     assert text.count("| prediction") == 2
+
+
+def test_long_run_reports_per_window_speeds_of_both_loops(tiny_data):
+    from kit.bench import bench_long_run
+
+    store = FeatureStore.open(tiny_data, "float16", progress=False)
+    cfg = strong_config(tiny_data, 4, recipe=STRONG)
+    cfg.data.segment_len, cfg.model.d_model, cfg.model.ffn_dim = 32, 16, 32
+    row = bench_long_run(tiny_data, store, cfg, steps=12, window=4)
+    assert row["baseline"] > 0 and row["kit"] > 0 and np.isclose(row["ratio"], row["kit"] / row["baseline"])
+    assert row["note"].count("[") == 2 and row["met"] is None        # three windows per loop, no verdict

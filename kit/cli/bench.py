@@ -15,6 +15,9 @@ def register(sub) -> None:
     p.add_argument("--quick", action="store_true", help="fewer steps and batches (a smoke run)")
     p.add_argument("--train-steps", type=int, default=None, help="training steps per timing")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers for the baseline")
+    p.add_argument("--long", type=int, default=0, metavar="STEPS",
+                   help="also run both training loops STEPS steps (e.g. 6000) and compare their speed in the "
+                        "first and last tenth: catches a late slowdown such as CPU denormals")
     p.set_defaults(func=cmd_bench)
 
 
@@ -22,6 +25,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from kit.bench import run_bench, to_markdown
 
     result = run_bench(args.preset, args.data, args.out, args.quick, args.train_steps, args.workers,
-                       args.cache, log=lambda m: print(f"bench: {m}", file=sys.stderr, flush=True))
+                       args.cache, args.long, log=lambda m: print(f"bench: {m}", file=sys.stderr, flush=True))
     print(to_markdown(result))
     return 0
