@@ -246,7 +246,7 @@ def bench_long_run(data_dir, store, cfg, steps: int, window: int) -> dict:
         cfg.train.patience, cfg.train.average_last = 0, 0
         train(cfg, Path(tmp) / "run", progress=False, store=store)
         spent = pd.read_csv(Path(tmp) / "run" / "metrics.csv")["step_seconds"].to_numpy()
-    kit = [window / d for d in np.diff(np.concatenate([[0.0], spent]))]
+    kit = [float(window / d) for d in np.diff(np.concatenate([[0.0], spent]))]
     row = _row(f"long run ({steps} steps): last/first {window}-step window speed", "x", course[-1] / course[0],
                kit[-1] / kit[0], None,
                note=f"steps/s per window, course {[round(c, 1) for c in course]}, kit {[round(k, 1) for k in kit]}")
