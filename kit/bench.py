@@ -93,6 +93,14 @@ def _row(name: str, unit: str, baseline: float, kit: float, target: float | None
             "met": (ratio >= target) if target else None, "note": note}
 
 
+def _fixed_budget(cfg, steps: int, eval_every: int | None = None):
+    """Make cfg a plain run of exactly `steps` steps: no epochs, early stop or averaging."""
+    cfg.train.max_steps, cfg.train.max_epochs, cfg.train.eval_every = steps, 0, eval_every or steps
+    cfg.train.patience, cfg.train.average_last = 0, 0
+    cfg.train.warmup_steps = min(cfg.train.warmup_steps, steps)
+    return cfg
+
+
 # ---------------------------------------------------------------- 1. data feeding
 def bench_feeding(data_dir, store, batches: int = 100, batch_size: int = 32, segment_len: int = 128,
                   workers: int = 0) -> dict:
@@ -165,9 +173,7 @@ def bench_training(data_dir, store, cfg, steps: int, workers: int = 0) -> dict:
     torch.set_flush_denormal(saved_denormal)
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg.train.max_steps, cfg.train.max_epochs = steps, 0
-        cfg.train.eval_every, cfg.train.patience, cfg.train.average_last = steps, 0, 0
-        cfg.train.warmup_steps = min(cfg.train.warmup_steps, steps)
+        _fixed_budget(cfg, steps)
         summary = train(cfg, Path(tmp) / "run", progress=False, store=store)
     t_kit = summary["train_seconds"]
     return _row(f"training ({cfg.model.encoder}, d_model {cfg.model.d_model}, {cfg.model.n_layers} layers, "
@@ -184,8 +190,7 @@ def _zoo_child(data_dir: str, steps: int, batch_size: int, seed: int) -> None:
     store = FeatureStore.open(data_dir, "float16", progress=False)
     cfg = strong_config(data_dir, batch_size)
     cfg.train.cpu_threads, cfg.train.seed = 1, seed
-    cfg.train.max_steps, cfg.train.eval_every, cfg.train.average_last = steps, steps, 0
-    cfg.train.warmup_steps = min(cfg.train.warmup_steps, steps)
+    _fixed_budget(cfg, steps)
     with tempfile.TemporaryDirectory() as tmp:
         s = train(cfg, Path(tmp) / "run", progress=False, store=store)
     print(json.dumps({"steps": s["train_steps"], "window": s["loop_window"]}))
@@ -242,8 +247,7 @@ def bench_long_run(data_dir, store, cfg, steps: int, window: int) -> dict:
     course = [window / (b - a) for a, b in zip(marks, marks[1:])]
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg.train.max_steps, cfg.train.max_epochs, cfg.train.eval_every = steps, 0, window
-        cfg.train.patience, cfg.train.average_last = 0, 0
+        _fixed_budget(cfg, steps, eval_every=window)
         train(cfg, Path(tmp) / "run", progress=False, store=store)
         spent = pd.read_csv(Path(tmp) / "run" / "metrics.csv")["step_seconds"].to_numpy()
     kit = [float(window / d) for d in np.diff(np.concatenate([[0.0], spent]))]
@@ -306,8 +310,7 @@ def _train_child(data_dir: str, steps: int, batch_size: int) -> None:
 
     store = FeatureStore.open(data_dir, "float16", progress=False)
     cfg = strong_config(data_dir, batch_size)
-    cfg.train.max_steps, cfg.train.eval_every = steps, steps
-    cfg.train.warmup_steps = min(cfg.train.warmup_steps, steps)
+    _fixed_budget(cfg, steps)
     from kit.models import build_model, count_params
     from kit.train import train
 
@@ -353,8 +356,7 @@ def bench_scaling(data_dirs: dict, cfg_for, steps: int, predict_limit: int) -> l
         store = FeatureStore.open(data_dir, "float16", progress=False)
         cfg = cfg_for(data_dir)
         cfg.model.n_mels, cfg.model.n_classes = store.n_mels, len(store.speakers)
-        cfg.train.max_steps, cfg.train.eval_every = steps, steps
-        cfg.train.warmup_steps = min(cfg.train.warmup_steps, steps)
+        _fixed_budget(cfg, steps)
         with tempfile.TemporaryDirectory() as tmp:
             s = train(cfg, Path(tmp) / "run", progress=False, store=store)
         torch.manual_seed(0)

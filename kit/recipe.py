@@ -227,7 +227,7 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
             log(f"training {name} -> {run_dir}{' (resuming)' if resume else ''}")
             train(cfg, run_dir, resume=resume, progress=progress, store=store)
 
-    result = {"recipe": recipe.name, "budget": budget, "data": str(data_dir), "members": [], "notes": []}
+    result = {"recipe": recipe.name, "budget": budget, "data": str(data_dir), "members": []}
     run_dirs = []
     for name in chosen:
         s = read_summary(root / name) or {}
@@ -249,14 +249,13 @@ def _note(summary: dict, skipped: bool) -> str:
 
 
 def _after(recipe: Recipe, run_dirs: list[Path], store, data_dir: Path, result: dict, progress: bool, log) -> None:
-    """predict -> ensemble -> submit, each guarded so a missing stage says so instead of crashing."""
+    """predict -> ensemble -> submit, as far as the recipe's [after] table asks."""
+    from kit.ensemble import ensemble_runs
+    from kit.infer import predict_run
+    from kit.kaggle import recipe_submit
+
     plan = recipe.after
     if not plan["predict"]:
-        return
-    try:
-        from kit.infer import predict_run
-    except ImportError as e:
-        result["notes"].append(f"prediction skipped: kit.infer.predict_run is not available ({e})")
         return
     for run_dir, member in zip(run_dirs, result["members"]):
         if _is_predicted(run_dir, plan["which"]):       # by its worker, or by an earlier run
@@ -264,11 +263,6 @@ def _after(recipe: Recipe, run_dirs: list[Path], store, data_dir: Path, result: 
         log(f"predicting {member['name']}")
         member["pred"] = predict_run(run_dir, store=store, which=plan["which"], progress=progress)
     if plan["ensemble"] == "none":
-        return
-    try:
-        from kit.ensemble import ensemble_runs
-    except ImportError as e:
-        result["notes"].append(f"ensemble skipped: kit.ensemble.ensemble_runs is not available ({e})")
         return
     log(f"ensembling {len(run_dirs)} member(s) by {plan['ensemble']} vote")
     weights = "auto" if plan["weights"] == "auto" else None
@@ -278,11 +272,6 @@ def _after(recipe: Recipe, run_dirs: list[Path], store, data_dir: Path, result: 
                           "weights_mode": plan["weights"],
                           "weights": [float(w) for w in ens["weights"]] if ens.get("weights") is not None else None}
     if not plan["submit"]:
-        return
-    try:
-        from kit.kaggle import recipe_submit
-    except ImportError as e:
-        result["notes"].append(f"submission skipped: kit.kaggle.recipe_submit is not available ({e})")
         return
     message = plan["message"] or f"kit recipe {recipe.name} ({result['budget']} budget)"
     log(f"submitting {ens['csv']}")

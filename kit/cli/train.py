@@ -124,7 +124,5 @@ def cmd_recipe_run(args: argparse.Namespace) -> int:
               f"public {sub.get('public')}  private {sub.get('private')}")
         if sub.get("reason"):
             print(f"submission note: {sub['reason']}")
-    for note in result.get("notes", []):
-        print(f"note: {note}")
     print(f"wall time: {result['minutes']:.1f} min")
     return 0
