@@ -298,6 +298,16 @@ class FeatureStore:
                 self._tensor = torch.from_numpy(self.features)                  # (F, D)
         return self._tensor
 
+    def to_device(self, device) -> "FeatureStore":
+        """Copy the packed features onto `device` (a GPU) once, so every crop is gathered there:
+        no host-to-device copy of batches. Index arithmetic stays on the host (a few KiB a batch)."""
+        import torch
+
+        device = torch.device(device)
+        if self.tensor.device != device:
+            self._tensor = self.tensor.to(device)
+        return self
+
     def crop_batch(self, index: np.ndarray, segment_len: int, rng: np.random.Generator,
                    random: bool = True):
         """Fixed-length crops of a batch in one gather: returns (x (B,T,D) float32, lengths (B,)).
@@ -313,11 +323,12 @@ class FeatureStore:
         starts = rng.integers(0, room + 1) if random else room // 2    # (B,)
         steps = np.arange(segment_len)                                 # (T,)
         rows = self.offsets[index, None] + starts[:, None] + np.minimum(steps[None, :], lens[:, None] - 1)
-        x = self.tensor[torch.from_numpy(rows)].float()                # (B, T, D); torch's half->float is SIMD
+        device = self.tensor.device
+        x = self.tensor[torch.from_numpy(rows).to(device)].float()     # (B, T, D); torch's half->float is SIMD
         valid = steps[None, :] < lens[:, None]                         # (B, T)
         if not valid.all():
-            x.masked_fill_(torch.from_numpy(~valid)[..., None], PAD_VALUE)
-        return x, torch.from_numpy(np.minimum(lens, segment_len).astype(np.int64))
+            x.masked_fill_(torch.from_numpy(~valid)[..., None].to(device), PAD_VALUE)
+        return x, torch.from_numpy(np.minimum(lens, segment_len).astype(np.int64)).to(device)
 
 
 def _pack(layout: Layout, root: Path, dtype: str, workers: int | None, progress: bool) -> None:

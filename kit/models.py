@@ -12,6 +12,7 @@ from torch import nn
 
 from kit.config import AugmentConfig, ModelConfig
 from kit.errors import KitError
+from kit.layers import use_fast_dropout
 
 ENCODERS = ("transformer", "conformer")
 POOLINGS = ("mean", "sap", "sap+mean")
@@ -161,16 +162,21 @@ class AMSoftmaxHead(nn.Module):
         self.weight = nn.Parameter(torch.empty(n_classes, e))
         nn.init.xavier_uniform_(self.weight)
         self.s, self.m_max, self.warmup_steps = s, m, warmup_steps
-        self.m = m if warmup_steps <= 0 else 0.0
+        # A tensor, not a float, so a compiled model does not recompile as the margin ramps.
+        self.register_buffer("margin", torch.tensor(m if warmup_steps <= 0 else 0.0), persistent=False)
+
+    @property
+    def m(self) -> float:
+        return float(self.margin)
 
     def set_step(self, step: int) -> None:
         ramp = 1.0 if self.warmup_steps <= 0 else min(1.0, step / self.warmup_steps)
-        self.m = self.m_max * ramp
+        self.margin.fill_(self.m_max * ramp)
 
     def forward(self, emb: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         cos = F.normalize(self.bn(emb).float(), dim=-1) @ F.normalize(self.weight.float(), dim=-1).T   # (B, C)
         if labels is not None:
-            cos = cos - self.m * F.one_hot(labels, cos.shape[1]).to(cos.dtype)
+            cos = cos - self.margin * F.one_hot(labels, cos.shape[1]).to(cos.dtype)
         return self.s * cos
 
 
@@ -236,7 +242,7 @@ class SpeakerNet(nn.Module):
         """Training logits with the AM-Softmax margin added back: what prediction would score,
         so training accuracy is comparable across heads."""
         if isinstance(self.head, AMSoftmaxHead):
-            return logits + self.head.s * self.head.m * F.one_hot(labels, logits.shape[1]).to(logits.dtype)
+            return logits + self.head.s * self.head.margin * F.one_hot(labels, logits.shape[1]).to(logits.dtype)
         return logits
 
     def embed(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -248,15 +254,17 @@ class SpeakerNet(nn.Module):
         return self.head(self.embed(x, lengths), labels)                    # (B, n_classes)
 
 
-def build_model(cfg: ModelConfig, augment: AugmentConfig | None = None) -> SpeakerNet:
-    """The model a ModelConfig names; pass the AugmentConfig to get in-model SpecAugment."""
+def build_model(cfg: ModelConfig, augment: AugmentConfig | None = None, fast_dropout: bool = False) -> SpeakerNet:
+    """The model a ModelConfig names; pass the AugmentConfig to get in-model SpecAugment.
+    fast_dropout swaps in kit.layers' CPU-cheap dropout (same parameters and maths)."""
     for name, value, allowed in (("encoder", cfg.encoder, ENCODERS), ("pooling", cfg.pooling, POOLINGS),
                                  ("head", cfg.head, HEADS)):
         if value not in allowed:
             raise KitError(f"model.{name} {value!r}: choose one of {', '.join(allowed)}")
     if cfg.d_model % cfg.n_heads:
         raise KitError(f"model.d_model {cfg.d_model} must be divisible by model.n_heads {cfg.n_heads}")
-    return SpeakerNet(cfg, augment)
+    model = SpeakerNet(cfg, augment)
+    return use_fast_dropout(model) if fast_dropout else model
 
 
 def count_params(model: nn.Module) -> int:

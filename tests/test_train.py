@@ -135,3 +135,24 @@ def test_cli_train_then_resume_with_a_longer_budget(tiny_data, tmp_path, capsys)
     metrics = pd.read_csv(run / "metrics.csv")
     assert metrics["step"].tolist() == [10, 20]
     assert metrics["lr"].iloc[1] > 0            # the schedule stretched to the new budget
+
+
+def test_compiled_training_saves_plain_checkpoints(tiny_data, tmp_path, monkeypatch):
+    """train.compile wraps the model in torch.compile (backend forced to eager here: inductor takes
+    minutes on a CPU); checkpoints hold the plain module's keys, with the AM-Softmax margin ramping."""
+    compiled = []
+    real_compile = torch.compile
+
+    def eager_compile(model, **kw):
+        compiled.append(model)
+        return real_compile(model, backend="eager")
+
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    cfg = tiny_cfg(tiny_data, "train.compile=true", "train.max_steps=30", "train.eval_every=15",
+                   "model.head=amsoftmax", "model.margin_warmup_steps=20", "model.am_s=10")
+    summary = train(cfg, tmp_path / "run", progress=False)
+    assert len(compiled) == 1 and summary["step"] == 30
+    saved = torch.load(tmp_path / "run" / "best.pt", weights_only=True)["model"]
+    assert not any(k.startswith("_orig_mod") for k in saved)
+    model, _ = load_model(tmp_path / "run", "best")
+    assert set(model.state_dict()) == set(saved)
