@@ -88,6 +88,7 @@ def _timed(fn, repeats: int = 1) -> float:
 
 def _row(name: str, unit: str, baseline: float, kit: float, target: float | None, higher_is_better=True,
          note: str = "") -> dict:
+    baseline, kit = float(baseline), float(kit)         # numpy scalars would not serialise as json
     ratio = (kit / baseline if higher_is_better else baseline / kit) if baseline and kit else float("nan")
     return {"name": name, "unit": unit, "baseline": baseline, "kit": kit, "ratio": ratio, "target": target,
             "met": (ratio >= target) if target else None, "note": note}
@@ -139,47 +140,149 @@ def strong_config(data_dir, batch_size: int, recipe: str | Path = "recipes/stron
     return cfg
 
 
-def bench_training(data_dir, store, cfg, steps: int, workers: int = 0) -> dict:
-    """Utterances/s: kit's train() vs a course-style loop on the same model and batch size."""
+def course_train(model, data_dir, cfg, steps: int, workers: int = 0, device=None, on_step=None) -> None:
+    """The sample's loop: per-file DataLoader, fp32, plain AdamW, no flush-denormal guard.
+    on_step(step) is called after every update (steps count from 1)."""
     import torch
     import torch.nn.functional as F
 
-    from kit.models import build_model
-    from kit.train import train
-
-    cfg.model.n_mels, cfg.model.n_classes = store.n_mels, len(store.speakers)
-    bs, seg = cfg.train.batch_size, cfg.data.segment_len
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-    def course_loop():
-        # The sample's loop: per-file DataLoader, fp32, plain AdamW, no flush-denormal guard.
-        torch.manual_seed(0)
-        model = build_model(cfg.model).to(device)
-        model.train()
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
-        loader = _cycle(course_loader(data_dir, bs, seg, workers))
-        for _ in range(steps):
+    device = device or torch.device("cpu")
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
+    loader = _cycle(course_loader(data_dir, cfg.train.batch_size, cfg.data.segment_len, workers))
+    saved = torch.set_flush_denormal(False)
+    try:
+        for step in range(1, steps + 1):
             x, lengths, y = next(loader)
             x, lengths, y = x.to(device), lengths.to(device), y.to(device)
-            loss = F.cross_entropy(model(x, lengths, y), y)
-            loss.backward()
+            F.cross_entropy(model(x, lengths, y), y).backward()
             opt.step()
             opt.zero_grad()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+            if on_step is not None:
+                on_step(step)
+    finally:
+        torch.set_flush_denormal(saved)
 
-    saved_denormal = torch.set_flush_denormal(False)
-    t_base = _timed(course_loop)
-    torch.set_flush_denormal(saved_denormal)
 
+def _second_half_rate(fn, steps: int, batch_size: int, device) -> float:
+    """Utterances/s over the second half of `steps` steps of fn(on_step): the steady state,
+    after workers, allocator and any compilation have warmed up."""
+    import torch
+
+    marks = {}
+
+    def on_step(step):
+        if step in (steps // 2, steps):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            marks[step] = time.perf_counter()
+
+    fn(on_step)
+    return (steps - steps // 2) * batch_size / (marks[steps] - marks[steps // 2])
+
+
+def _kit_rate(cfg, store, steps: int) -> tuple[float, dict]:
+    """Utterances/s of kit's train() over the second half of `steps` steps (evaluation excluded)."""
+    import pandas as pd
+
+    from kit.train import train
+
+    _fixed_budget(cfg, steps, eval_every=steps // 2)
     with tempfile.TemporaryDirectory() as tmp:
-        _fixed_budget(cfg, steps)
         summary = train(cfg, Path(tmp) / "run", progress=False, store=store)
-    t_kit = summary["train_seconds"]
-    return _row(f"training ({cfg.model.encoder}, d_model {cfg.model.d_model}, {cfg.model.n_layers} layers, "
-                f"batch {bs}, {seg} frames)", "utterances/s", steps * bs / t_base, steps * bs / t_kit,
-                5.0 if device.type == "cuda" else 1.5,
-                note=f"{steps} steps; kit precision {summary.get('mixed_precision')}")
+        spent = pd.read_csv(Path(tmp) / "run" / "metrics.csv")["step_seconds"].to_numpy()
+    return (steps - steps // 2) * cfg.train.batch_size / (spent[-1] - spent[0]), summary
+
+
+def fast_path_stages(device_type: str, bf16: bool, compile_too: bool) -> list[tuple[str, dict]]:
+    """kit's training fast paths, switched on one at a time: (label, settings) where each stage's
+    settings include the earlier ones'. The first stage is kit's loop with every path off."""
+    stages = [("kit loop, every fast path off (packed store, fp32, torch dropout, AdamW)",
+               {"data.store_on_gpu": False, "train.fast_dropout": False, "train.fused_optimizer": False,
+                "train.mixed_precision": "no", "train.compile": False})]
+    if device_type == "cuda":
+        stages.append(("+ packed store kept on the GPU", {"data.store_on_gpu": True}))
+    stages.append(("+ kit's dropout (cheap random numbers on a CPU)", {"train.fast_dropout": True}))
+    stages.append(("+ fused AdamW", {"train.fused_optimizer": True}))
+    if bf16:
+        stages.append(("+ bf16 autocast", {"train.mixed_precision": "bf16"}))
+    if compile_too:
+        stages.append(("+ torch.compile", {"train.compile": True}))
+    if device_type == "cuda":
+        stages.append(("+ 4x larger batch", {"train.batch_size": "x4"}))
+    settings, out = {}, []
+    for label, change in stages:
+        settings = {**settings, **change}
+        out.append((label, settings))
+    return out
+
+
+def _apply(cfg, settings: dict):
+    import copy
+
+    cfg = copy.deepcopy(cfg)
+    for key, value in settings.items():
+        section, name = key.split(".")
+        if value == "x4":
+            value = getattr(getattr(cfg, section), name) * 4
+        setattr(getattr(cfg, section), name, value)
+    return cfg
+
+
+def _is_default(settings: dict, device_type: str) -> bool:
+    """Whether a stage's settings are what `kit train` uses by default on this device."""
+    from kit.config import RunConfig
+    from kit.train import resolve_precision
+
+    defaults = RunConfig()
+    for key, value in settings.items():
+        section, name = key.split(".")
+        if key == "train.batch_size" or (key == "data.store_on_gpu" and device_type != "cuda"):
+            continue
+        want = getattr(getattr(defaults, section), name)
+        if key == "train.mixed_precision":
+            value, want = resolve_precision(value), resolve_precision(want)
+        if value != want:
+            return False
+    return True
+
+
+def bench_training(data_dir, store, cfg, steps: int, workers: int = 0, compile_too: bool | None = None) -> list[dict]:
+    """Utterances/s of the same model and batch: the course-style loop, then kit's loop with its
+    fast paths switched on one at a time (each row a ratio to the course loop). The row whose
+    settings are kit's defaults carries the target: 1.5x on a CPU, 5x on a GPU."""
+    import torch
+
+    from kit.models import build_model
+    from kit.train import resolve_precision
+
+    cfg.model.n_mels, cfg.model.n_classes = store.n_mels, len(store.speakers)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    bs, seg = cfg.train.batch_size, cfg.data.segment_len
+    compile_too = device.type == "cuda" if compile_too is None else compile_too
+
+    def course(on_step):
+        torch.manual_seed(0)
+        course_train(build_model(cfg.model).to(device), data_dir, cfg, steps, workers, device, on_step)
+
+    base = _second_half_rate(course, steps, bs, device)
+    shape = f"{cfg.model.encoder}, d_model {cfg.model.d_model}, {cfg.model.n_layers} layers, batch {bs}, {seg} frames"
+    rows = [_row(f"training: course-style loop ({shape})", "utterances/s", base, base, None,
+                 note=f"per-file DataLoader (workers={workers}), fp32, torch dropout, AdamW; second half of {steps} steps")]
+    bf16 = resolve_precision("auto") == "bf16"
+    target_set = False
+    for label, settings in fast_path_stages(device.type, bf16, compile_too):
+        stage = _apply(cfg, settings)
+        rate, summary = _kit_rate(stage, store, steps)
+        row = _row(f"training: {label}", "utterances/s", base, rate, None,
+                   note=f"precision {summary['mixed_precision']}, batch {stage.train.batch_size}")
+        if not target_set and _is_default(settings, device.type):       # what `kit train` runs
+            target_set = True
+            row["name"] += " = kit's defaults"
+            row["target"] = 5.0 if device.type == "cuda" else 1.5
+            row["met"] = bool(row["ratio"] >= row["target"])
+        rows.append(row)
+    return rows
 
 
 def _zoo_child(data_dir: str, steps: int, batch_size: int, seed: int) -> None:
@@ -222,28 +325,15 @@ def bench_long_run(data_dir, store, cfg, steps: int, window: int) -> dict:
     last/first speed ratio well below 1."""
     import pandas as pd
     import torch
-    import torch.nn.functional as F
 
     from kit.models import build_model
     from kit.train import train
 
     cfg.model.n_mels, cfg.model.n_classes = store.n_mels, len(store.speakers)
-    bs, seg = cfg.train.batch_size, cfg.data.segment_len
-    saved = torch.set_flush_denormal(False)
     torch.manual_seed(0)
-    model = build_model(cfg.model)
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
-    loader = _cycle(course_loader(data_dir, bs, seg, 0))
     marks = [time.perf_counter()]
-    for step in range(1, steps + 1):
-        x, lengths, y = next(loader)
-        F.cross_entropy(model(x, lengths, y), y).backward()
-        opt.step()
-        opt.zero_grad()
-        if step % window == 0:
-            marks.append(time.perf_counter())
-    torch.set_flush_denormal(saved)
+    course_train(build_model(cfg.model), data_dir, cfg, steps,
+                 on_step=lambda step: marks.append(time.perf_counter()) if step % window == 0 else None)
     course = [window / (b - a) for a, b in zip(marks, marks[1:])]
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -276,12 +366,44 @@ def course_predict(model, data_dir, index_paths: list[str]):
     return preds
 
 
-def bench_prediction(data_dir, store, cfg, limit: int | None = None) -> list[dict]:
-    """Utterances/s over the test set: batched sliding windows (the run's window/hop, and
-    non-overlapping windows) vs the course's one utterance at a time."""
+def forward_flops(model, n_mels: int):
+    """FLOPs of one forward pass over a (1, L) utterance as a function of L, fitted as
+    a + b L + c L^2 from three counted passes: exact for these models (linear layers and convs
+    grow with L, attention with L^2). Attention is counted through torch's math kernel."""
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    lengths, counts = (64, 128, 256), []
+    for L in lengths:
+        with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH), torch.inference_mode():
+            model(torch.zeros(1, L, n_mels), torch.tensor([L]))
+        counts.append(counter.get_total_flops())
+    coef = np.polyfit(lengths, counts, 2)
+    return lambda L: np.polyval(coef, np.asarray(L, dtype=np.float64))
+
+
+def matmul_peak(seconds: float = 0.5, n: int = 1024) -> float:
+    """FLOP/s of large fp32 matrix products on this CPU (all of torch's threads): about the most
+    arithmetic any model code can get out of it."""
     import torch
 
-    from kit.infer import predict_index
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    count, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        count += 1
+    return 2 * n ** 3 * count / (time.perf_counter() - t0)
+
+
+def bench_prediction(data_dir, store, cfg, limit: int | None = None) -> list[dict]:
+    """Utterances/s over the test set: batched sliding windows (the run's window/hop, and
+    non-overlapping windows) vs the course's one utterance at a time. On a CPU, one more row
+    says how far any batching could go: kit's windows' arithmetic at the machine's matmul peak."""
+    import torch
+
+    from kit.infer import predict_index, sliding_windows
     from kit.models import build_model
 
     torch.manual_seed(0)
@@ -291,13 +413,27 @@ def bench_prediction(data_dir, store, cfg, limit: int | None = None) -> list[dic
     paths = [store.paths[i] for i in index]
     inf = cfg.infer
     t_base = _timed(lambda: course_predict(model, data_dir, paths))
-    rows = []
+    rows, kit_times = [], {}
     for hop in (inf.hop, inf.window):
-        t_kit = _timed(lambda: predict_index(model, store, index, mode="sliding", window=inf.window, hop=hop,
-                                             batch_size=inf.batch_size, n_classes=cfg.model.n_classes), 2)
+        kit_times[hop] = _timed(lambda: predict_index(model, store, index, mode="sliding", window=inf.window, hop=hop,
+                                                      batch_size=inf.batch_size, n_classes=cfg.model.n_classes), 2)
         rows.append(_row(f"prediction ({len(index)} test utterances, window {inf.window}/hop {hop})",
-                         "utterances/s", len(index) / t_base, len(index) / t_kit, 10.0,
+                         "utterances/s", len(index) / t_base, len(index) / kit_times[hop], 10.0,
                          note="baseline: DataLoader batch 1, torch.load per file, whole utterance"))
+    if next(model.parameters()).device.type == "cpu":
+        flops = forward_flops(model, store.n_mels)
+        lengths = store.lengths[index]
+        base_flops = float(flops(lengths).sum())
+        kit_flops = float(flops(sliding_windows(lengths, inf.window, inf.window)[2]).sum())
+        peak = matmul_peak()
+        t_kit = kit_times[inf.window]
+        row = _row(f"prediction ceiling: kit's window {inf.window}/hop {inf.window} arithmetic at this CPU's "
+                   "fp32 matmul peak", "utterances/s", len(index) / t_base, len(index) * peak / kit_flops, None,
+                   note=f"arithmetic: course {base_flops / 1e9:.1f} GFLOP at {base_flops / t_base / 1e9:.0f} GFLOP/s, "
+                        f"kit {kit_flops / 1e9:.1f} GFLOP at {kit_flops / t_kit / 1e9:.0f} GFLOP/s; "
+                        f"matmul peak {peak / 1e9:.0f} GFLOP/s: no batching can beat this ratio without "
+                        "doing less arithmetic")
+        rows.append(row)
     return rows
 
 
@@ -400,7 +536,7 @@ def ensure_synth(preset: str, root: Path, log) -> Path:
 
 def run_bench(preset: str = "demo", data: str | None = None, out: str | Path = ".", quick: bool = False,
               train_steps: int | None = None, workers: int = 0, cache: str | Path = "data",
-              long_steps: int = 0, log=lambda m: None) -> dict:
+              long_steps: int = 0, compile_too: bool | None = None, log=lambda m: None) -> dict:
     """All benchmark rows on one data dir (synthetic `preset` unless `data` is given)."""
     import torch
 
@@ -411,7 +547,7 @@ def run_bench(preset: str = "demo", data: str | None = None, out: str | Path = "
     log(f"opening the store of {data_dir}")
     store = FeatureStore.open(data_dir, "float16", progress=False)
     on_gpu = torch.cuda.is_available()
-    steps = train_steps or (20 if quick else (300 if on_gpu else 60))
+    steps = train_steps or (20 if quick else (300 if on_gpu else 80))
     batch = 64 if on_gpu else 32
     result = {"machine": machine_description(), "data": str(data_dir), "preset": None if data else preset,
               "time": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": []}
@@ -420,10 +556,11 @@ def run_bench(preset: str = "demo", data: str | None = None, out: str | Path = "
     result["rows"].append(bench_feeding(data_dir, store, batches=30 if quick else 100, workers=workers))
     log("2/5 training throughput")
     cfg = strong_config(data_dir, batch)
-    result["rows"].append(bench_training(data_dir, store, cfg, steps, workers))
+    training = bench_training(data_dir, store, cfg, steps, workers, compile_too)
+    result["rows"].extend(training)
     if not on_gpu and (os.cpu_count() or 1) > 1:
         log("2b/5 zoo training throughput")
-        result["rows"].append(bench_zoo(data_dir, result["rows"][-1]["baseline"], 2 * steps, batch,
+        result["rows"].append(bench_zoo(data_dir, training[0]["baseline"], 2 * steps, batch,
                                         members=min(os.cpu_count(), 4)))
     if long_steps > 0:
         log(f"2c/5 long run: {long_steps} steps of each loop (catches a late slowdown)")
@@ -454,7 +591,7 @@ def to_markdown(result: dict) -> str:
     for r in result["rows"]:
         met = "" if r["met"] is None else ("yes" if r["met"] else "NO")
         lines.append(f"| {r['name']} | {r['baseline']:.1f} | {r['kit']:.1f} {r['unit']} | "
-                     f"{r['ratio']:.2f}x | {r['target'] or ''}x | {met} |")
+                     f"{r['ratio']:.2f}x | {str(r['target']) + 'x' if r['target'] else ''} | {met} |")
     notes = [f"- {r['name']}: {r['note']}" for r in result["rows"] if r.get("note")]
     if notes:
         lines += [""] + notes

@@ -48,9 +48,46 @@ def test_course_prediction_matches_kit_full_length_prediction(tiny_data):
 def test_prediction_rows_and_markdown(tiny_data):
     store = FeatureStore.open(tiny_data, "float16", progress=False)
     rows = bench_prediction(tiny_data, store, strong_config(tiny_data, 8, recipe=STRONG), limit=6)
-    assert len(rows) == 2 and all(r["unit"] == "utterances/s" and r["ratio"] > 0 for r in rows)
+    assert len(rows) == 3 and all(r["unit"] == "utterances/s" and r["ratio"] > 0 for r in rows)
+    ceiling = rows[2]
+    assert ceiling["name"].startswith("prediction ceiling") and ceiling["met"] is None
+    assert ceiling["ratio"] > rows[1]["ratio"]             # nothing runs faster than the matmul peak
     text = to_markdown({"machine": "test", "data": str(tiny_data), "rows": rows, "scaling": []})
-    assert text.count("| prediction") == 2
+    assert text.count("| prediction") == 3
+
+
+def test_forward_flops_fit_matches_a_counted_pass(tiny_data):
+    """The a + bL + cL^2 fit predicts the counted FLOPs of a length it was not fitted on."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from kit.bench import forward_flops
+
+    cfg = strong_config(tiny_data, 8, recipe=STRONG)
+    cfg.model.n_mels, cfg.model.n_classes = 40, 8
+    model = build_model(cfg.model).eval()
+    with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH), torch.inference_mode():
+        model(torch.zeros(1, 400, 40), torch.tensor([400]))
+    assert np.isclose(forward_flops(model, 40)(400), counter.get_total_flops(), rtol=1e-6)
+
+
+def test_training_rows_switch_fast_paths_on_one_at_a_time(tiny_data):
+    from kit.bench import bench_training, fast_path_stages
+
+    stages = fast_path_stages("cpu", bf16=True, compile_too=False)
+    assert [s["train.fast_dropout"] for _, s in stages] == [False, True, True, True]
+    assert stages[-1][1]["train.mixed_precision"] == "bf16" and stages[0][1]["train.mixed_precision"] == "no"
+    gpu = fast_path_stages("cuda", bf16=True, compile_too=True)
+    assert [label.split()[1] for label, _ in gpu[1:]] == ["packed", "kit's", "fused", "bf16", "torch.compile", "4x"]
+
+    store = FeatureStore.open(tiny_data, "float16", progress=False)
+    cfg = strong_config(tiny_data, 4, recipe=STRONG)
+    cfg.data.segment_len, cfg.model.d_model, cfg.model.ffn_dim = 32, 16, 32
+    rows = bench_training(tiny_data, store, cfg, steps=6)
+    assert rows[0]["name"].startswith("training: course-style loop") and rows[0]["ratio"] == 1.0
+    assert all(r["baseline"] == rows[0]["baseline"] and r["kit"] > 0 for r in rows)
+    targets = [r for r in rows if r["target"]]
+    assert len(targets) == 1 and targets[0]["name"].endswith("= kit's defaults")   # one verdict, on the defaults
 
 
 def test_long_run_reports_per_window_speeds_of_both_loops(tiny_data):

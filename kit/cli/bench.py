@@ -18,6 +18,8 @@ def register(sub) -> None:
     p.add_argument("--long", type=int, default=0, metavar="STEPS",
                    help="also run both training loops STEPS steps (e.g. 6000) and compare their speed in the "
                         "first and last tenth: catches a late slowdown such as CPU denormals")
+    p.add_argument("--compile", dest="compile_too", action=argparse.BooleanOptionalAction, default=None,
+                   help="also time training with torch.compile (default: on a GPU only; a CPU compiles for minutes)")
     p.set_defaults(func=cmd_bench)
 
 
@@ -25,6 +27,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from kit.bench import run_bench, to_markdown
 
     result = run_bench(args.preset, args.data, args.out, args.quick, args.train_steps, args.workers,
-                       args.cache, args.long, log=lambda m: print(f"bench: {m}", file=sys.stderr, flush=True))
+                       args.cache, args.long, args.compile_too, log=lambda m: print(f"bench: {m}", file=sys.stderr, flush=True))
     print(to_markdown(result))
     return 0
