@@ -52,6 +52,40 @@ class _MaskedConv(nn.Module):
         return self.conv(x if self.mask is None else x * self.mask)
 
 
+def depthwise_conv_time_major(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """A 'same'-padded depthwise Conv1d on x (B, T, C) without leaving that layout: K shifted
+    multiply-adds. weight (C, 1, K) as nn.Conv1d(groups=C) holds it."""
+    T, K = x.shape[1], weight.shape[-1]
+    xp = F.pad(x, (0, 0, (K - 1) // 2, K // 2))                           # (B, T + K - 1, C)
+    w = weight[:, 0, :]                                                    # (C, K)
+    out = xp[:, :T] * w[:, 0]
+    for k in range(1, K):
+        out = out + xp[:, k:k + T] * w[:, k]
+    return out if bias is None else out + bias
+
+
+class _ConvModuleTimeMajor(nn.Module):
+    """torchaudio's Conformer convolution module; at inference computed in (B, T, C) layout, the
+    pointwise convs as matrix products and the depthwise conv as shifted adds. Same parameters
+    and names, same maths (tested against torchaudio's). Why: on this CPU that made the module
+    1.7x faster in fp32 inference (torch's Conv1d took 5x longer than the equivalent Linear
+    for the 64->128 pointwise conv); in training, bf16 included, it was no faster, so training
+    keeps torchaudio's path. Installed by swapping the class of torchaudio's module (its
+    attributes stay), so torchaudio is not imported with kit."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:                    # x (B, T, D)
+        if self.training:                                                  # torchaudio's own forward
+            return self.sequential(self.layer_norm(x).transpose(1, 2)).transpose(1, 2)
+        pw1, _, dw, norm, act, pw2, drop = self.sequential
+        B, T, _ = x.shape
+        h = F.glu(F.linear(self.layer_norm(x), pw1.weight[..., 0], pw1.bias), dim=-1)   # (B, T, C)
+        if dw.mask is not None:
+            h = h * dw.mask.transpose(1, 2)                                  # (B, 1, T) -> (B, T, 1)
+        h = depthwise_conv_time_major(h, dw.conv.weight, dw.conv.bias)
+        h = act(norm(h.reshape(B * T, -1)).view(B, T, -1))                 # BatchNorm over B*T frames, as on (B, C, T)
+        return drop(F.linear(h, pw2.weight[..., 0], pw2.bias))             # (B, T, D)
+
+
 class ConformerEncoder(nn.Module):
     """Linear prenet then torchaudio's Conformer; its depthwise convs are masked (torchaudio's aren't)."""
 
@@ -70,6 +104,8 @@ class ConformerEncoder(nn.Module):
             seq = layer.conv_module.sequential              # pointwise, GLU, depthwise, norm, ...
             seq[2] = _MaskedConv(seq[2])
             self.masked.append(seq[2])
+            if isinstance(seq[3], nn.BatchNorm1d):          # torchaudio's default; GroupNorm keeps its own path
+                layer.conv_module.__class__ = _ConvModuleTimeMajor
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         T = x.shape[1]

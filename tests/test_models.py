@@ -116,3 +116,31 @@ def test_training_accuracy_sees_logits_without_the_margin():
     x, lengths = padded_batch()
     labels = torch.tensor([0, 1, 2])
     torch.testing.assert_close(model.without_margin(model(x, lengths, labels), labels), model(x, lengths))
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_conformer_conv_module_matches_torchaudios(training):
+    """kit computes the Conformer's convolution module in (B, T, C) layout at inference: same
+    outputs and gradients as torchaudio's own module, same state_dict."""
+    import copy
+
+    from torchaudio.models.conformer import _ConvolutionModule
+
+    cfg = ModelConfig(encoder="conformer", d_model=32, n_layers=2, n_heads=4, ffn_dim=64, conv_kernel=15,
+                      dropout=0.0, n_mels=8, n_classes=5)
+    torch.manual_seed(0)
+    kit_model = build_model(cfg)
+    reference = copy.deepcopy(kit_model)
+    for layer in reference.encoder.conformer.conformer_layers:
+        layer.conv_module.__class__ = _ConvolutionModule
+    x, lengths = torch.randn(3, 40, 8), torch.tensor([40, 25, 9])       # padding masked before the conv
+    kit_model.train(training)
+    reference.train(training)
+    out, want = kit_model(x, lengths), reference(x, lengths)
+    assert torch.allclose(out, want, atol=1e-5)
+    out.sum().backward()
+    want.sum().backward()
+    ref_params = dict(reference.named_parameters())
+    for name, p in kit_model.named_parameters():
+        assert torch.allclose(p.grad, ref_params[name].grad, atol=1e-5), name
+    assert list(kit_model.state_dict()) == list(reference.state_dict())
