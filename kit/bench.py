@@ -52,6 +52,23 @@ def course_dataset(data_dir: str | Path, segment_len: int = 128):
     return CourseDataset()
 
 
+def course_model(model_cfg, like=None):
+    """kit's model with torch's and torchaudio's stock layers, as the course sample's code would
+    build it (kit's CPU dropout off, torchaudio's Conformer convolution module). `like`: copy
+    that model's weights."""
+    import copy
+
+    from kit.models import build_model
+
+    model = copy.deepcopy(like) if like is not None else build_model(model_cfg)
+    if model_cfg.encoder == "conformer":
+        from torchaudio.models.conformer import _ConvolutionModule
+
+        for layer in model.encoder.conformer.conformer_layers:
+            layer.conv_module.__class__ = _ConvolutionModule
+    return model
+
+
 def course_collate(batch):
     """The sample's collate: pad with -20 to the longest item in the batch."""
     import torch
@@ -253,7 +270,6 @@ def bench_training(data_dir, store, cfg, steps: int, workers: int = 0, compile_t
     settings are kit's defaults carries the target: 1.5x on a CPU, 5x on a GPU."""
     import torch
 
-    from kit.models import build_model
     from kit.train import resolve_precision
 
     cfg.model.n_mels, cfg.model.n_classes = store.n_mels, len(store.speakers)
@@ -263,7 +279,7 @@ def bench_training(data_dir, store, cfg, steps: int, workers: int = 0, compile_t
 
     def course(on_step):
         torch.manual_seed(0)
-        course_train(build_model(cfg.model).to(device), data_dir, cfg, steps, workers, device, on_step)
+        course_train(course_model(cfg.model).to(device), data_dir, cfg, steps, workers, device, on_step)
 
     base = _second_half_rate(course, steps, bs, device)
     shape = f"{cfg.model.encoder}, d_model {cfg.model.d_model}, {cfg.model.n_layers} layers, batch {bs}, {seg} frames"
@@ -326,13 +342,12 @@ def bench_long_run(data_dir, store, cfg, steps: int, window: int) -> dict:
     import pandas as pd
     import torch
 
-    from kit.models import build_model
     from kit.train import train
 
     cfg.model.n_mels, cfg.model.n_classes = store.n_mels, len(store.speakers)
     torch.manual_seed(0)
     marks = [time.perf_counter()]
-    course_train(build_model(cfg.model), data_dir, cfg, steps,
+    course_train(course_model(cfg.model), data_dir, cfg, steps,
                  on_step=lambda step: marks.append(time.perf_counter()) if step % window == 0 else None)
     course = [window / (b - a) for a, b in zip(marks, marks[1:])]
 
@@ -412,7 +427,7 @@ def bench_prediction(data_dir, store, cfg, limit: int | None = None) -> list[dic
     index = store.test_index[:limit] if limit else store.test_index
     paths = [store.paths[i] for i in index]
     inf = cfg.infer
-    t_base = _timed(lambda: course_predict(model, data_dir, paths))
+    t_base = _timed(lambda: course_predict(course_model(cfg.model, like=model), data_dir, paths))
     rows, kit_times = [], {}
     for hop in (inf.hop, inf.window):
         kit_times[hop] = _timed(lambda: predict_index(model, store, index, mode="sliding", window=inf.window, hop=hop,

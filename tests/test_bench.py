@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kit.bench import (bench_feeding, bench_prediction, course_collate, course_dataset, course_predict,
+from kit.bench import (bench_feeding, bench_prediction, course_collate, course_dataset, course_model, course_predict,
                        strong_config, to_markdown)
 from kit.data import FeatureStore
 from kit.infer import predict_index
@@ -40,7 +40,7 @@ def test_course_prediction_matches_kit_full_length_prediction(tiny_data):
     torch.manual_seed(0)
     model = build_model(cfg.model).eval()
     index = store.test_index
-    course = course_predict(model, tiny_data, [store.paths[i] for i in index])
+    course = course_predict(course_model(cfg.model, like=model), tiny_data, [store.paths[i] for i in index])
     kit = predict_index(model, store, index, mode="full", n_classes=cfg.model.n_classes).argmax(1)
     assert course == kit.tolist()
 
