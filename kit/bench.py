@@ -143,7 +143,7 @@ def bench_feeding(data_dir, store, batches: int = 100, batch_size: int = 32, seg
 
 
 # ---------------------------------------------------------------- 2. training throughput
-def strong_config(data_dir, batch_size: int, recipe: str | Path = "recipes/strong.toml"):
+def strong_config(data_dir, batch_size: int, recipe: str | Path = "strong"):
     """The strong tier's Conformer as users train it on this device: the full budget's shape on a
     GPU, the quick budget's (64 wide, 2 layers) on a CPU. Default thread count for both loops."""
     import torch
@@ -434,7 +434,7 @@ def bench_prediction(data_dir, store, cfg, limit: int | None = None) -> list[dic
         kit_times[hop] = _timed(lambda: predict_index(model, store, index, mode="sliding", window=inf.window, hop=hop,
                                                       batch_size=inf.batch_size, n_classes=cfg.model.n_classes), 2)
         rows.append(_row(f"prediction ({len(index)} test utterances, window {inf.window}/hop {hop})",
-                         "utterances/s", len(index) / t_base, len(index) / kit_times[hop], 10.0,
+                         "utterances/s", len(index) / t_base, len(index) / kit_times[hop], None,
                          note="baseline: DataLoader batch 1, torch.load per file, whole utterance"))
     if next(model.parameters()).device.type == "cpu":
         flops = forward_flops(model, store.n_mels)

@@ -25,19 +25,21 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    encoder: str = "transformer"    # transformer | conformer
-    d_model: int = 80
-    n_layers: int = 1
+    encoder: str = "transformer"    # transformer | conformer | resnet | ecapa (kit.models.ENCODERS)
+    d_model: int = 80               # transformer/conformer width; also the mlp head's hidden width
+    n_layers: int = 1               # transformer/conformer layers
     n_heads: int = 2
     ffn_dim: int = 256
-    dropout: float = 0.1
+    dropout: float = 0.1            # transformer/conformer dropout (the CNNs have none)
     conv_kernel: int = 15           # conformer depthwise conv kernel
-    pooling: str = "mean"           # mean | sap | sap+mean
-    head: str = "mlp"               # mlp (course sample) | linear | amsoftmax
-    head_bn: bool = False           # BatchNorm before the linear head
-    am_s: float = 30.0
-    am_m: float = 0.2
-    margin_warmup_steps: int = 0    # AM-Softmax m ramps 0 -> am_m over this many steps
+    channels: int = 32              # CNN width: resnet's first-stage channels (x2 per stage), ecapa's channels
+    resnet_depth: int = 34          # resnet: 10 | 18 | 34, i.e. BasicBlocks per stage 1111 | 2222 | 3463
+    pooling: str = "mean"           # mean | sap | sap+mean | stats | astp (kit.models.POOLINGS)
+    head: str = "mlp"               # mlp (course sample) | linear | amsoftmax | aamsoftmax (kit.models.HEADS)
+    head_bn: bool = False           # BatchNorm before the linear or margin head
+    am_s: float = 30.0              # margin heads' scale s
+    am_m: float = 0.2               # margin: amsoftmax s*(cos - m), aamsoftmax s*cos(theta + m) (radians)
+    margin_warmup_steps: int = 0    # a margin head's m ramps 0 -> am_m over this many steps
     n_mels: int = 40                # filled in from the data
     n_classes: int = 600            # filled in from the data
 
@@ -67,7 +69,10 @@ class TrainConfig:
     average_last: int = 0           # average the last N checkpoints at the end; 0 = off
     mixed_precision: str = "auto"   # auto | no | bf16 | fp16
     seed: int = 0
-    max_minutes: float = 0.0        # > 0: stop cleanly with a checkpoint after this long
+    minutes: float = 0.0            # > 0: a time budget; the step total (at most max_steps), warm-up and
+                                    # evaluations are fitted to it from the measured step rate, so the run
+                                    # ends annealed; counts the time of every session of a resumed run
+    max_minutes: float = 0.0        # > 0: stop cleanly with a checkpoint after this long (this session)
     fused_optimizer: bool = True    # torch's fused AdamW (one kernel for all parameters)
     compile: bool = False           # torch.compile the training model (GPU; minutes of compile on a CPU)
     fast_dropout: bool = True       # kit.layers' dropout: a CPU training step of the strong Conformer
@@ -80,7 +85,9 @@ class TrainConfig:
 class InferConfig:
     window: int = 256               # frames per sliding window
     hop: int = 128                  # frames between window starts
-    full: bool = False              # one window = the whole utterance
+    mode: str = "auto"              # auto (whole utterance or sliding windows, whichever has the lower
+                                    # calibrated validation loss) | sliding | full
+    full: bool = False              # true: one window = the whole utterance (overrides mode)
     average: str = "probs"          # probs | logits
     batch_size: int = 256
 

@@ -1,7 +1,10 @@
-"""Ensembling predicted run dirs: hard and soft (weighted) votes, weights chosen on validation.
+"""Ensembling predicted run dirs: plain hard/soft votes, and a calibrated, cross-fitted choice.
 
 `ensemble_runs` reads each member's val/test probabilities (written by `kit predict`) and
-writes a submission CSV plus a JSON manifest saying exactly what went into it.
+writes a submission CSV plus a JSON manifest saying exactly what went into it. With
+weights "auto" each member is temperature-scaled and the combination (best single member,
+hard vote, equal or NLL-weighted soft vote) is chosen by out-of-fold validation accuracy,
+so the reported gain over the best member is honest.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import numpy as np
 from kit.errors import KitError
 from kit.fsio import sha256_file, write_csv, write_json
 
-VOTES = ("hard", "soft")
+VOTES = ("hard", "soft", "auto")
 
 
 # ---------------------------------------------------------------- votes
@@ -111,6 +114,272 @@ def select_weights(val_probs_list, val_labels, vote: str = "soft", rounds: int |
     return best_counts / best_counts.sum()
 
 
+# ---------------------------------------------------------------- calibration
+T_RANGE = (0.05, 20.0)           # temperatures fit_temperature may return
+PROB_FLOOR = 1e-30               # float32 softmax underflows to 0; log(0) would poison the sums
+
+
+def log_probs(probs) -> np.ndarray:
+    """Member probabilities (N, C) -> log-probabilities (N, C) float64, zeros floored."""
+    return np.log(np.maximum(np.asarray(probs, dtype=np.float64), PROB_FLOOR))
+
+
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def calibrate(logp, temperature: float) -> np.ndarray:
+    """Temperature-scaled log-probabilities: log of p^(1/T) renormalised, (N, C) -> (N, C)."""
+    return _log_softmax(np.asarray(logp, dtype=np.float64) / float(temperature))
+
+
+def mean_nll(logp, labels) -> float:
+    """Mean negative log-likelihood of `labels` under log-probabilities (N, C)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    return float(-np.asarray(logp)[np.arange(len(labels)), labels].mean())
+
+
+def fit_temperature(logp, labels, t_range=T_RANGE, tol: float = 1e-8) -> float:
+    """The temperature T in t_range minimising the NLL of softmax(logp / T) on `labels`.
+
+    With beta = 1/T the NLL is convex (its derivative is mean(E_p[logp] - logp[label]), its
+    second derivative the mean variance of logp under p), so a Newton step kept inside a
+    shrinking bracket finds the minimum in a handful of passes over the (N, C) array.
+    """
+    logp = np.asarray(logp, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(labels) == 0:
+        return 1.0
+    picked = logp[np.arange(len(labels)), labels]                    # (N,)
+
+    def slope(beta: float) -> tuple[float, float]:
+        p = np.exp(_log_softmax(beta * logp))                          # (N, C)
+        mean = (p * logp).sum(axis=1)                                  # (N,) E_p[logp]
+        var = (p * logp * logp).sum(axis=1) - mean * mean              # (N,) Var_p[logp]
+        return float((mean - picked).mean()), float(np.maximum(var, 0).mean())
+
+    lo, hi = 1.0 / t_range[1], 1.0 / t_range[0]                       # beta bracket
+    g_lo, g_hi = slope(lo)[0], slope(hi)[0]
+    if g_lo >= 0:
+        return float(t_range[1])
+    if g_hi <= 0:
+        return float(t_range[0])
+    beta = min(max(1.0, lo), hi)
+    for _ in range(100):
+        g, h = slope(beta)
+        if abs(g) < tol:
+            break
+        if g > 0:
+            hi = beta
+        else:
+            lo = beta
+        step = beta - g / h if h > 0 else None
+        # Newton when it stays inside the bracket, else the geometric midpoint (the bracket spans 400x)
+        beta = step if step is not None and lo < step < hi else float(np.sqrt(lo * hi))
+        if hi / lo < 1 + 1e-12:
+            break
+    return float(1.0 / beta)
+
+
+# ---------------------------------------------------------------- pooling and weights
+POOLS = ("geo", "mean")   # geo: weighted mean of log-probs, renormalised; mean: of probabilities
+
+
+def pool_log_probs(cal_logps, weights, pool: str) -> np.ndarray:
+    """Pooled log-probabilities (N, C) of M calibrated members (M arrays (N, C)), weights (M,)."""
+    w = np.asarray(weights, dtype=np.float64)
+    w = w / w.sum()
+    if pool == "geo":
+        z = sum(wk * lp for wk, lp in zip(w, cal_logps) if wk > 0)     # (N, C)
+        return _log_softmax(z)
+    if pool == "mean":
+        p = sum(wk * np.exp(lp) for wk, lp in zip(w, cal_logps) if wk > 0)
+        return np.log(np.maximum(p, PROB_FLOOR))
+    raise KitError(f"pool {pool!r}: choose one of {', '.join(POOLS)}")
+
+
+def fit_weights(cal_logps, labels, pool: str = "geo", steps: int = 300, tol: float = 1e-9) -> np.ndarray:
+    """Weights on the simplex (M,) minimising the NLL of the pooled calibrated members.
+
+    mean pool: EM for mixture weights (each step provably lowers the NLL, no step size).
+    geo pool: the NLL is convex in the weights; exponentiated gradient with a step that
+    halves whenever a step would raise the loss.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    m, rows = len(cal_logps), np.arange(len(labels))
+    w = np.full(m, 1.0 / m)
+    if m == 1 or len(labels) == 0:
+        return w
+    picked = np.stack([lp[rows, labels] for lp in cal_logps])         # (M, N) log p_k(label)
+    if pool == "mean":
+        pk = np.exp(picked)                                             # (M, N)
+        last = np.inf
+        for _ in range(steps):
+            mix = np.maximum(w @ pk, PROB_FLOOR)                         # (N,)
+            loss = -np.log(mix).mean()
+            w = w * (pk / mix).mean(axis=1)
+            w /= w.sum()
+            if last - loss < tol:
+                break
+            last = loss
+        return w
+    if pool != "geo":
+        raise KitError(f"pool {pool!r}: choose one of {', '.join(POOLS)}")
+
+    def loss_grad(w):
+        lp = pool_log_probs(cal_logps, w, "geo")                         # (N, C), w sums to 1
+        p = np.exp(lp)
+        grad = np.array([((p * l).sum(axis=1) - pk).mean() for l, pk in zip(cal_logps, picked)])
+        return float(-lp[rows, labels].mean()), grad
+
+    loss, grad = loss_grad(w)
+    eta = 1.0
+    for _ in range(steps):
+        trial = w * np.exp(-eta * (grad - grad.min()))                  # shift: same step, no overflow
+        trial /= trial.sum()
+        t_loss, t_grad = loss_grad(trial)
+        if t_loss > loss:
+            eta /= 2
+            if eta < 1e-6:
+                break
+            continue
+        done = loss - t_loss < tol
+        w, loss, grad = trial, t_loss, t_grad
+        eta *= 1.5
+        if done:
+            break
+    return w
+
+
+# ---------------------------------------------------------------- honest choice of a combination
+METHODS = ("single", "hard", "equal", "weighted")    # simplest first: an accuracy tie goes to the earlier
+AUTO_METHODS = {"auto": METHODS, "soft": ("single", "equal", "weighted"), "hard": ("single", "hard")}
+DEFAULT_POOL = "geo"
+
+
+def fold_ids(labels, folds: int = 5) -> np.ndarray:
+    """Deterministic stratified folds (N,): utterances sorted by label, then dealt out in turn."""
+    labels = np.asarray(labels, dtype=np.int64)
+    ids = np.empty(len(labels), dtype=np.int64)
+    ids[np.argsort(labels, kind="stable")] = np.arange(len(labels)) % folds
+    return ids
+
+
+def fit_methods(logps, labels, methods=METHODS, pool: str = DEFAULT_POOL) -> dict:
+    """Fit per-member temperatures, then each method's weights, on (val) log-probs.
+
+    logps: M arrays (N, C) of raw member log-probabilities. Returns {"temperatures": (M,),
+    "weights": {method: (M,)}}: single = one-hot on the most accurate member (ties: lower
+    calibrated NLL, then lower index), hard and equal = equal, weighted = fit_weights.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    temps = np.array([fit_temperature(lp, labels) for lp in logps])
+    cal = [calibrate(lp, t) for lp, t in zip(logps, temps)]
+    m = len(logps)
+    weights = {}
+    for method in methods:
+        if method == "single":
+            score = [((lp.argmax(axis=1) == labels).sum(), -mean_nll(lp, labels)) for lp in cal]
+            weights[method] = np.eye(m)[max(range(m), key=lambda k: (score[k], -k))]
+        elif method in ("hard", "equal"):
+            weights[method] = np.full(m, 1.0 / m)
+        elif method == "weighted":
+            weights[method] = fit_weights(cal, labels, pool)
+        else:
+            raise KitError(f"method {method!r}: choose from {', '.join(METHODS)}")
+    return {"temperatures": temps, "weights": weights}
+
+
+def apply_method(method: str, weights, temperatures, logps, pool: str = DEFAULT_POOL):
+    """Predictions (N,) and log-probabilities (N, C) of a fitted method on raw member log-probs
+    (log-probabilities are None for the hard vote, which has no probabilities of its own)."""
+    return _combine(method, weights, [calibrate(lp, t) for lp, t in zip(logps, temperatures)], pool)
+
+
+def _combine(method: str, weights, cal, pool: str):
+    """apply_method on members already calibrated (cal: M arrays (N, C))."""
+    if method == "single":
+        lp = cal[int(np.argmax(weights))]
+        return lp.argmax(axis=1), lp
+    if method == "hard":
+        return hard_vote([np.exp(lp) for lp in cal], weights), None
+    lp = pool_log_probs(cal, weights, pool)
+    return lp.argmax(axis=1), lp
+
+
+def crossfit(logps, labels, methods=METHODS, pool: str = DEFAULT_POOL, folds=5) -> dict:
+    """Out-of-fold (OOF) predictions of each method: for each fold, temperatures and weights
+    are fitted on the other folds only, then the fold is predicted.
+
+    folds: a number of stratified folds, or fold ids (N,). Returns {"folds": (N,),
+    "oof_pred": {method: (N,)}, "oof_acc": {method: float}, "oof_nll": {method: float | None},
+    "chosen": the method with the highest OOF accuracy, ties to the simpler one (METHODS order)}.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    n = len(labels)
+    fold = fold_ids(labels, min(int(folds), n)) if np.isscalar(folds) else np.asarray(folds, dtype=np.int64)
+    if len(fold) != n or len(np.unique(fold)) < 2:
+        raise KitError(f"cross-fitting needs at least 2 non-empty folds; got {len(np.unique(fold))} fold(s) "
+                       f"of {n} validation utterance(s) (--folds {folds if np.isscalar(folds) else '?'})")
+    pred = {m: np.zeros(n, dtype=np.int64) for m in methods}
+    picked = {m: np.zeros(n) for m in methods}                          # log p(label), OOF
+    for f in np.unique(fold):
+        train, held = fold != f, fold == f
+        fit = fit_methods([lp[train] for lp in logps], labels[train], methods, pool)
+        cal = [calibrate(lp[held], t) for lp, t in zip(logps, fit["temperatures"])]
+        for m in methods:
+            p, lp = _combine(m, fit["weights"][m], cal, pool)
+            pred[m][held] = p
+            if lp is not None:      # the held-out labels are read here only, to score
+                picked[m][held] = lp[np.arange(held.sum()), labels[held]]
+    correct = {m: int((pred[m] == labels).sum()) for m in methods}
+    chosen = max(methods, key=lambda m: (correct[m], -methods.index(m)))
+    return {"folds": fold, "oof_pred": pred, "oof_acc": {m: correct[m] / n for m in methods},
+            "oof_nll": {m: None if m == "hard" else float(-picked[m].mean()) for m in methods},
+            "chosen": chosen}
+
+
+def auto_ensemble(val_probs_list, labels, test_probs_list=None, methods=METHODS, pool: str = DEFAULT_POOL,
+                  folds=5) -> dict:
+    """The calibrated, cross-fitted ensemble: choose the method by OOF accuracy, fit it on the
+    whole validation split, predict test.
+
+    Returns {"method", "temperatures", "weights" (M,), "oof_acc", "candidates": {method:
+    {oof_acc, oof_nll, val_acc (in-sample, fitted on all of validation), weights}},
+    "val_pred", "val_acc", "test_pred" (None without test)}.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(labels) < 2:
+        raise KitError("the calibrated cross-fitted ensemble needs a validation split; these runs have "
+                       f"{len(labels)} validation utterance(s)")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise KitError(f"method {unknown[0]!r}: choose from {', '.join(METHODS)}")
+    methods = tuple(m for m in METHODS if m in methods)               # keep the simplicity order
+    logps = [log_probs(p) for p in val_probs_list]
+    cv = crossfit(logps, labels, methods, pool, folds)
+    fit = fit_methods(logps, labels, methods, pool)
+    candidates = {}
+    cal = [calibrate(lp, t) for lp, t in zip(logps, fit["temperatures"])]
+    for m in methods:
+        p, _ = _combine(m, fit["weights"][m], cal, pool)
+        candidates[m] = {"oof_acc": cv["oof_acc"][m], "oof_nll": cv["oof_nll"][m],
+                         "val_acc": float((p == labels).mean()),
+                         "weights": [float(x) for x in fit["weights"][m]]}
+        if m == cv["chosen"]:
+            val_pred = p
+    method = cv["chosen"]
+    w = fit["weights"][method]
+    test_pred = None
+    if test_probs_list is not None:
+        test_pred, _ = apply_method(method, w, fit["temperatures"], [log_probs(p) for p in test_probs_list], pool)
+    return {"method": method, "pool": pool, "folds": int(len(np.unique(cv["folds"]))),
+            "temperatures": [float(t) for t in fit["temperatures"]], "weights": w,
+            "oof_acc": cv["oof_acc"][method], "candidates": candidates,
+            "val_pred": val_pred, "val_acc": candidates[method]["val_acc"], "test_pred": test_pred}
+
+
 # ---------------------------------------------------------------- members on disk
 @dataclass
 class Member:
@@ -193,40 +462,70 @@ def parse_weights(text: str | None):
         raise KitError(f"--weights {text!r}: give 'auto' or comma-separated numbers like 1,0.5,2") from None
 
 
+def member_mode(ids: dict) -> str:
+    """How a member's test probabilities were made: sliding | full (old ids.json: from "full")."""
+    return ids.get("mode") or ("full" if ids.get("full") else "sliding")
+
+
 def ensemble_runs(run_dirs, vote: str = "hard", weights=None, name: str | None = None,
-                  out_dir: str | os.PathLike = "submissions") -> dict:
+                  out_dir: str | os.PathLike = "submissions", pool: str = DEFAULT_POOL, folds: int = 5) -> dict:
     """Vote over predicted run dirs and write OUT/NAME.csv (Id,Category) and OUT/NAME.json.
 
-    Returns {csv, manifest, table: [{member, val_acc}, ..., ensemble row], val_acc, weights}.
+    vote hard | soft with weights None (equal) or a list: that plain vote of the members'
+    probabilities, as written by `kit predict`.
+    weights "auto", or vote "auto": the calibrated, cross-fitted ensemble (`auto_ensemble`).
+    Each member gets a temperature fitted on validation; the combination method is chosen by
+    out-of-fold accuracy over `folds` folds of the validation split (temperatures and weights
+    fitted on the other folds each time), then refitted on all of validation for the test
+    predictions. The candidates: vote auto -> single, hard, equal, weighted; soft -> single,
+    equal, weighted (calibrated soft votes, `pool` geo or mean); hard -> single, hard.
+
+    Returns {csv, manifest, table: [{member, val_acc, weight, ...}, ..., ensemble row],
+    val_acc (the written vote's in-sample validation accuracy), weights (M,), and for the
+    auto mode also oof_acc (honest), method, temperatures, candidates}.
     """
     import pandas as pd
 
     from kit.submission import validate_submission
 
     if vote not in VOTES:
-        raise KitError(f"--vote {vote!r}: choose hard or soft")
+        raise KitError(f"--vote {vote!r}: choose {', '.join(VOTES)}")
+    if isinstance(weights, str) and weights != "auto":
+        raise KitError(f"weights {weights!r}: give 'auto' or a list of numbers")
+    if vote == "auto" and weights not in (None, "auto"):
+        raise KitError("--vote auto chooses its own weights; leave out --weights or give --weights auto")
+    if pool not in POOLS:
+        raise KitError(f"pool {pool!r}: choose one of {', '.join(POOLS)}")
     if not run_dirs:
         raise KitError("no run dirs given to ensemble")
+    auto = vote == "auto" or weights == "auto"
     members = [load_member(d) for d in run_dirs]
     check_compatible(members)
     labels = members[0].val_labels
     val_list = [m.val_probs for m in members]
-    if isinstance(weights, str):
-        if weights != "auto":
-            raise KitError(f"weights {weights!r}: give 'auto' or a list of numbers")
-        w = select_weights(val_list, labels, vote=vote)
-    else:
-        w = _weights(weights, len(members))
-        w = w / w.sum()
 
     def acc(pred):
         return float((pred == labels).mean()) if len(labels) else None
 
-    table = [{"member": str(m.run_dir), "val_acc": acc(m.val_probs.argmax(axis=1)), "weight": float(wk)}
-             for m, wk in zip(members, w)]
-    val_acc = acc(vote_predictions(val_list, vote, w)) if len(labels) else None
-    table.append({"member": f"ensemble ({vote} vote)", "val_acc": val_acc, "weight": float(w.sum())})
-    pred = vote_predictions([m.test_probs for m in members], vote, w)          # (n_test,)
+    extra = {}
+    if auto:
+        fit = auto_ensemble(val_list, labels, [m.test_probs for m in members], AUTO_METHODS[vote], pool, folds)
+        w, pred = np.asarray(fit["weights"], dtype=np.float64), fit["test_pred"]
+        val_acc, label = fit["val_acc"], f"ensemble ({'auto' if vote == 'auto' else 'auto ' + vote}: {fit['method']})"
+        extra = {k: fit[k] for k in ("method", "pool", "folds", "temperatures", "oof_acc", "candidates")}
+    else:
+        w = _weights(weights, len(members))
+        w = w / w.sum()
+        val_acc = acc(vote_predictions(val_list, vote, w)) if len(labels) else None
+        pred = vote_predictions([m.test_probs for m in members], vote, w)          # (n_test,)
+        label = f"ensemble ({vote} vote)"
+    table = [{"member": str(m.run_dir), "val_acc": acc(m.val_probs.argmax(axis=1)), "weight": float(wk),
+              "mode": member_mode(m.ids)} for m, wk in zip(members, w)]
+    if auto:
+        for row, t in zip(table, extra["temperatures"]):
+            row["temperature"] = t
+    table.append({"member": label, "val_acc": val_acc, "weight": float(w.sum()),
+                  **({"oof_acc": extra["oof_acc"]} if auto else {})})
 
     speakers, data_dir = _speakers(members[0])
     name = name or f"{vote}-{len(members)}members-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -243,10 +542,11 @@ def ensemble_runs(run_dirs, vote: str = "hard", weights=None, name: str | None =
         "name": name,
         "vote": vote,
         "weights": [float(x) for x in w],
-        "weights_mode": "auto" if isinstance(weights, str) else ("given" if weights is not None else "equal"),
+        "weights_mode": "auto" if auto else ("given" if weights is not None else "equal"),
+        **extra,
         "members": [str(m.run_dir.resolve()) for m in members],
-        "member_settings": [{k: m.ids.get(k) for k in ("window", "hop", "full", "average", "which")}
-                            for m in members],
+        "member_settings": [{**{k: m.ids.get(k) for k in ("window", "hop", "full", "average", "which")},
+                             "mode": member_mode(m.ids)} for m in members],
         "member_test_probs_sha256": [sha256_file(m.run_dir / "test_probs.npy") for m in members],
         "csv": str(csv_path.resolve()),
         "csv_sha256": sha256_file(csv_path),
@@ -257,4 +557,4 @@ def ensemble_runs(run_dirs, vote: str = "hard", weights=None, name: str | None =
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     })
     return {"csv": csv_path, "manifest": manifest_path, "table": table, "val_acc": val_acc,
-            "weights": [float(x) for x in w]}
+            "weights": [float(x) for x in w], **extra}

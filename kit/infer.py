@@ -183,19 +183,48 @@ def accuracy(probs: np.ndarray, labels) -> float | None:
 
 
 # ---------------------------------------------------------------- one run dir
+MODES = ("sliding", "full", "auto")     # auto: whichever of full and sliding validates better
+
+
+def choose_mode(val: dict, labels) -> tuple[str, dict]:
+    """Pick full or sliding for a member: lower validation NLL after temperature scaling (a
+    temperature fixes over/under-confidence, which the ensemble calibrates away anyway), ties
+    to sliding. val: mode -> probabilities (N, C). Returns (mode, {mode: calibrated NLL})."""
+    from kit.ensemble import calibrate, fit_temperature, log_probs, mean_nll
+
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(labels) == 0:
+        return "sliding", {}
+    nll = {}
+    for m, probs in val.items():
+        lp = log_probs(probs)
+        nll[m] = mean_nll(calibrate(lp, fit_temperature(lp, labels)), labels)
+    return ("full" if nll["full"] < nll["sliding"] else "sliding"), nll
+
+
 def predict_run(run_dir: str | os.PathLike, store: FeatureStore | None = None, window: int | None = None,
                 hop: int | None = None, full: bool | None = None, average: str | None = None,
                 which: str = "best", batch_size: int | None = None, progress: bool = True,
-                device: str = "auto") -> dict:
+                device: str = "auto", mode: str | None = None) -> dict:
     """Predict a run's validation and test utterances; write val_probs.npy, test_probs.npy and
     ids.json into the run dir. None settings come from the run's cfg.infer.
 
-    Returns val_acc (of the chosen mode) and val accuracies of centre-crop, full-length and
-    sliding-window inference, so the caller can show what the windows buy.
+    mode: sliding | full | auto (auto: the one of full and sliding with the lower calibrated
+    validation NLL, see choose_mode). None: full=True -> full, full=False -> sliding, full=None
+    -> cfg.infer.mode if the config has one, else cfg.infer.full. Validation is predicted in
+    all three ways (centre, full, sliding) and each saved as val_probs_<way>.npy; val_probs.npy
+    and test_probs.npy are in the chosen mode.
+
+    Returns val_acc (of the chosen mode), val accuracies of centre-crop, full-length and
+    sliding-window inference, so the caller can show what the windows buy, and the mode.
     """
     run_dir = Path(run_dir)
     if not (run_dir / "config.toml").is_file():
         raise KitError(f"{run_dir}: not a run dir (no config.toml); train one with `kit train`")
+    if mode is not None and full is not None:
+        raise KitError("give either mode or full, not both")
+    if mode is not None and mode not in MODES:
+        raise KitError(f"inference mode {mode!r}: choose one of {', '.join(MODES)}")
     import torch
 
     from kit.train import load_model
@@ -207,7 +236,13 @@ def predict_run(run_dir: str | os.PathLike, store: FeatureStore | None = None, w
     inf = cfg.infer
     window = int(inf.window if window is None else window)
     hop = int(inf.hop if hop is None else hop)
-    full = bool(inf.full if full is None else full)
+    if mode is None:
+        if full is None:
+            mode = "full" if inf.full else inf.mode
+        else:
+            mode = "full" if full else "sliding"
+    if mode not in MODES:
+        raise KitError(f"{run_dir}: infer.mode {mode!r}: choose one of {', '.join(MODES)}")
     average = inf.average if average is None else average
     batch_size = int(inf.batch_size if batch_size is None else batch_size)
     if batch_size < 1:
@@ -229,12 +264,17 @@ def predict_run(run_dir: str | os.PathLike, store: FeatureStore | None = None, w
     t0 = time.perf_counter()
     val = {m: predict_index(model, store, split.val, mode=m, desc=f"val {m}", **common)
            for m in ("centre", "full", "sliding")}
-    mode = "full" if full else "sliding"
+    requested = mode
+    chosen, nll = choose_mode({m: val[m] for m in ("full", "sliding")}, val_labels)
+    if mode == "auto":
+        mode = chosen
     val_probs = val[mode]
     t1 = time.perf_counter()
     test_probs = predict_index(model, store, store.test_index, mode=mode, desc="test", **common)
     t2 = time.perf_counter()
 
+    for m, probs in val.items():
+        save_numpy(run_dir / f"val_probs_{m}.npy", probs)
     save_numpy(run_dir / "val_probs.npy", val_probs)
     save_numpy(run_dir / "test_probs.npy", test_probs)
     result = {
@@ -242,15 +282,18 @@ def predict_run(run_dir: str | os.PathLike, store: FeatureStore | None = None, w
         "val_acc_centre": accuracy(val["centre"], val_labels),
         "val_acc_full": accuracy(val["full"], val_labels),
         "val_acc_sliding": accuracy(val["sliding"], val_labels),
+        "val_nll_full": nll.get("full"),            # after temperature scaling; None without validation
+        "val_nll_sliding": nll.get("sliding"),
     }
+    settings = {"window": window, "hop": hop, "full": mode == "full", "mode": mode, "mode_requested": requested,
+                "average": average, "which": which}
     write_json(run_dir / "ids.json", {
         "val": [store.paths[i] for i in split.val],
         "val_labels": [int(v) for v in val_labels],
         "test": [store.paths[i] for i in store.test_index],
-        "window": window, "hop": hop, "full": full, "average": average, "which": which,
+        **settings,
         "data_dir": str(Path(store.layout.data_dir).resolve()),
         **result,
     })
     return {**result, "run_dir": str(run_dir), "n_val": int(len(split.val)), "n_test": int(store.n_test),
-            "window": window, "hop": hop, "full": full, "average": average, "which": which,
-            "val_seconds": t1 - t0, "test_seconds": t2 - t1}
+            **settings, "val_seconds": t1 - t0, "test_seconds": t2 - t1}

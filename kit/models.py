@@ -1,43 +1,47 @@
-"""Speaker-ID models built from a ModelConfig: encoder -> pooling -> head, each swappable by name.
+"""Speaker-ID models built from a ModelConfig: encoder -> pooling -> head, each picked by name
+from one registry per part (ENCODERS, POOLINGS, HEADS below).
 
 Every model is called as `model(x, lengths, labels=None) -> logits` with x (B, T, n_mels) padded
 with -20 beyond `lengths`; `model.embed(x, lengths)` returns the pooled embedding (B, E).
+An encoder maps (x, lengths) -> (h (B, T', D), lengths at T') and has `out_dim` D; a pooling maps
+(h, lengths) -> (B, E) and has `out_dim` E; a head maps (emb, labels=None) -> (B, n_classes).
 """
 from __future__ import annotations
-
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kit.cnn import EcapaEncoder, ResNetEncoder
 from kit.config import AugmentConfig, ModelConfig
 from kit.errors import KitError
+from kit.heads import AAMSoftmaxHead, AMSoftmaxHead, LinearHead, MarginHead, MLPHead
 from kit.layers import use_fast_dropout
-
-ENCODERS = ("transformer", "conformer")
-POOLINGS = ("mean", "sap", "sap+mean")
-HEADS = ("mlp", "linear", "amsoftmax")
+from kit.pooling import (AttentiveStatsPooling, MeanPooling, SapMeanPooling, SelfAttentionPooling, StatsPooling,
+                         valid_mask)
 
 
-def valid_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
-    """(B, T) bool, True on real frames."""
-    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+# ---------------------------------------------------------------- encoders: (B,T,n_mels) -> (B,T',D)
+def _check_attention_width(cfg: ModelConfig) -> None:
+    if cfg.d_model % cfg.n_heads:
+        raise KitError(f"model.d_model {cfg.d_model} must be divisible by model.n_heads {cfg.n_heads}")
 
 
-# ---------------------------------------------------------------- encoders: (B,T,n_mels) -> (B,T,D)
 class TransformerEncoder(nn.Module):
     """The course sample: Linear prenet then nn.TransformerEncoder, padding masked out of attention."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        _check_attention_width(cfg)
+        self.out_dim = cfg.d_model
         self.prenet = nn.Linear(cfg.n_mels, cfg.d_model)
         layer = nn.TransformerEncoderLayer(cfg.d_model, cfg.n_heads, cfg.ffn_dim, cfg.dropout, batch_first=True)
         # No nested-tensor fast path: it changes numerics between padded and unpadded batches.
         self.encoder = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.prenet(x)                                                  # (B, T, D)
-        return self.encoder(h, src_key_padding_mask=~valid_mask(lengths, x.shape[1]))
+        return self.encoder(h, src_key_padding_mask=~valid_mask(lengths, x.shape[1])), lengths
 
 
 class _MaskedConv(nn.Module):
@@ -95,6 +99,8 @@ class ConformerEncoder(nn.Module):
 
         if cfg.conv_kernel % 2 == 0:
             raise KitError(f"model.conv_kernel {cfg.conv_kernel}: the conformer needs an odd kernel size")
+        _check_attention_width(cfg)
+        self.out_dim = cfg.d_model
         self.prenet = nn.Linear(cfg.n_mels, cfg.d_model)
         self.conformer = Conformer(input_dim=cfg.d_model, num_heads=cfg.n_heads, ffn_dim=cfg.ffn_dim,
                                    num_layers=cfg.n_layers, depthwise_conv_kernel_size=cfg.conv_kernel,
@@ -107,7 +113,7 @@ class ConformerEncoder(nn.Module):
             if isinstance(seq[3], nn.BatchNorm1d):          # torchaudio's default; GroupNorm keeps its own path
                 layer.conv_module.__class__ = _ConvModuleTimeMajor
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         T = x.shape[1]
         t_max = int(lengths.max())              # torchaudio builds its mask to max(lengths) frames
         x = x[:, :t_max]                                                    # (B, T', n_mels)
@@ -119,101 +125,7 @@ class ConformerEncoder(nn.Module):
         finally:
             for m in self.masked:
                 m.mask = None
-        return F.pad(h, (0, 0, 0, T - t_max))                               # (B, T, D)
-
-
-# ---------------------------------------------------------------- pooling: (B,T,D) -> (B,E)
-class MeanPooling(nn.Module):
-    def __init__(self, d: int):
-        super().__init__()
-        self.out_dim = d
-
-    def forward(self, h: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        m = valid_mask(lengths, h.shape[1]).unsqueeze(-1).to(h.dtype)      # (B, T, 1)
-        return (h * m).sum(1) / m.sum(1).clamp(min=1)
-
-
-class SelfAttentionPooling(nn.Module):
-    """SAP: a small scorer gives each frame a weight; padded frames get none."""
-
-    def __init__(self, d: int, hidden: int | None = None):
-        super().__init__()
-        hidden = hidden or d
-        self.score = nn.Sequential(nn.Linear(d, hidden), nn.Tanh(), nn.Linear(hidden, 1))
-        self.out_dim = d
-
-    def forward(self, h: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        s = self.score(h).squeeze(-1)                                      # (B, T)
-        s = s.masked_fill(~valid_mask(lengths, h.shape[1]), float("-inf"))
-        w = torch.softmax(s.float(), dim=1).to(h.dtype)                    # (B, T)
-        return torch.einsum("bt,btd->bd", w, h)
-
-
-class SapMeanPooling(nn.Module):
-    """SAP and mean branches concatenated (E = 2D). Concatenated rather than summed so the head
-    can weigh the salient-frame summary and the plain average separately, as attentive statistics
-    pooling does; it costs only D more head inputs."""
-
-    def __init__(self, d: int):
-        super().__init__()
-        self.sap, self.mean = SelfAttentionPooling(d), MeanPooling(d)
-        self.out_dim = 2 * d
-
-    def forward(self, h: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.sap(h, lengths), self.mean(h, lengths)], dim=-1)   # (B, 2D)
-
-
-# ---------------------------------------------------------------- heads: (B,E) -> (B,n_classes)
-class MLPHead(nn.Module):
-    """The course sample's head."""
-
-    def __init__(self, e: int, d: int, n_classes: int):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(e, d), nn.ReLU(), nn.Linear(d, n_classes))
-
-    def forward(self, emb: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        return self.net(emb)
-
-
-class LinearHead(nn.Module):
-    def __init__(self, e: int, n_classes: int, bn: bool):
-        super().__init__()
-        self.bn = nn.BatchNorm1d(e) if bn else nn.Identity()
-        self.fc = nn.Linear(e, n_classes)
-
-    def forward(self, emb: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        return self.fc(self.bn(emb))
-
-
-class AMSoftmaxHead(nn.Module):
-    """Additive-margin softmax: s * (cos - m) on the true class when labels are given, else s * cos.
-
-    The margin can ramp linearly from 0 to m over `warmup_steps` (WeSpeaker's schedule); the
-    trainer calls set_step(step) every step.
-    """
-
-    def __init__(self, e: int, n_classes: int, s: float, m: float, warmup_steps: int = 0, bn: bool = False):
-        super().__init__()
-        self.bn = nn.BatchNorm1d(e) if bn else nn.Identity()
-        self.weight = nn.Parameter(torch.empty(n_classes, e))
-        nn.init.xavier_uniform_(self.weight)
-        self.s, self.m_max, self.warmup_steps = s, m, warmup_steps
-        # A tensor, not a float, so a compiled model does not recompile as the margin ramps.
-        self.register_buffer("margin", torch.tensor(m if warmup_steps <= 0 else 0.0), persistent=False)
-
-    @property
-    def m(self) -> float:
-        return float(self.margin)
-
-    def set_step(self, step: int) -> None:
-        ramp = 1.0 if self.warmup_steps <= 0 else min(1.0, step / self.warmup_steps)
-        self.margin.fill_(self.m_max * ramp)
-
-    def forward(self, emb: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        cos = F.normalize(self.bn(emb).float(), dim=-1) @ F.normalize(self.weight.float(), dim=-1).T   # (B, C)
-        if labels is not None:
-            cos = cos - self.margin * F.one_hot(labels, cos.shape[1]).to(cos.dtype)
-        return self.s * cos
+        return F.pad(h, (0, 0, 0, T - t_max)), lengths                      # (B, T, D)
 
 
 # ---------------------------------------------------------------- SpecAugment
@@ -253,38 +165,64 @@ class SpecAugment(nn.Module):
         return torch.where(cells, fill.expand_as(x), x)
 
 
+# ---------------------------------------------------------------- registries: name -> builder
+# Encoders are built as cls(cfg), poolings as cls(encoder.out_dim), heads as builder(pooling.out_dim, cfg).
+ENCODERS = {
+    "transformer": TransformerEncoder,
+    "conformer": ConformerEncoder,
+    "resnet": ResNetEncoder,
+    "ecapa": EcapaEncoder,
+}
+POOLINGS = {
+    "mean": MeanPooling,
+    "sap": SelfAttentionPooling,
+    "sap+mean": SapMeanPooling,
+    "stats": StatsPooling,
+    "astp": AttentiveStatsPooling,
+}
+HEADS = {
+    "mlp": lambda e, cfg: MLPHead(e, cfg.d_model, cfg.n_classes),
+    "linear": lambda e, cfg: LinearHead(e, cfg.n_classes, cfg.head_bn),
+    "amsoftmax": lambda e, cfg: AMSoftmaxHead(e, cfg.n_classes, cfg.am_s, cfg.am_m, cfg.margin_warmup_steps,
+                                              cfg.head_bn),
+    "aamsoftmax": lambda e, cfg: AAMSoftmaxHead(e, cfg.n_classes, cfg.am_s, cfg.am_m, cfg.margin_warmup_steps,
+                                                cfg.head_bn),
+}
+
+
+def check_names(cfg: ModelConfig) -> None:
+    """KitError naming the choices when cfg names an encoder, pooling or head no registry has."""
+    for part, registry in (("encoder", ENCODERS), ("pooling", POOLINGS), ("head", HEADS)):
+        name = getattr(cfg, part)
+        if name not in registry:
+            raise KitError(f"model.{part} {name!r}: choose one of {', '.join(registry)}")
+
+
 # ---------------------------------------------------------------- the whole model
 class SpeakerNet(nn.Module):
     def __init__(self, cfg: ModelConfig, augment: AugmentConfig | None = None):
         super().__init__()
-        self.encoder = TransformerEncoder(cfg) if cfg.encoder == "transformer" else ConformerEncoder(cfg)
-        d = cfg.d_model
-        self.pooling = {"mean": MeanPooling, "sap": SelfAttentionPooling, "sap+mean": SapMeanPooling}[cfg.pooling](d)
-        e = self.pooling.out_dim
-        if cfg.head == "mlp":
-            self.head = MLPHead(e, d, cfg.n_classes)
-        elif cfg.head == "linear":
-            self.head = LinearHead(e, cfg.n_classes, cfg.head_bn)
-        else:
-            self.head = AMSoftmaxHead(e, cfg.n_classes, cfg.am_s, cfg.am_m, cfg.margin_warmup_steps, cfg.head_bn)
+        check_names(cfg)
+        self.encoder = ENCODERS[cfg.encoder](cfg)
+        self.pooling = POOLINGS[cfg.pooling](self.encoder.out_dim)
+        self.head = HEADS[cfg.head](self.pooling.out_dim, cfg)
         self.specaug = SpecAugment(augment) if augment is not None and augment.specaugment else None
 
     def set_step(self, step: int) -> None:
-        """Tell step-scheduled parts (the AM-Softmax margin) where training is."""
-        if hasattr(self.head, "set_step"):
-            self.head.set_step(step)
+        """Tell step-scheduled parts (a margin head's margin) where training is."""
+        if isinstance(self.head, MarginHead):
+            self.head.update(step)
 
     def without_margin(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Training logits with the AM-Softmax margin added back: what prediction would score,
+        """Training logits with a margin head's margin taken out: what prediction would score,
         so training accuracy is comparable across heads."""
-        if isinstance(self.head, AMSoftmaxHead):
-            return logits + self.head.s * self.head.margin * F.one_hot(labels, logits.shape[1]).to(logits.dtype)
-        return logits
+        return self.head.remove_margin(logits, labels) if isinstance(self.head, MarginHead) else logits
 
     def embed(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         if self.specaug is not None:
             x = self.specaug(x, lengths)                                    # no-op in eval
-        return self.pooling(self.encoder(x, lengths), lengths)             # (B, E)
+        h, lengths = self.encoder(x, lengths)                               # (B, T', D), lengths at T'
+        return self.pooling(h, lengths)                                     # (B, E)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         return self.head(self.embed(x, lengths), labels)                    # (B, n_classes)
@@ -293,12 +231,6 @@ class SpeakerNet(nn.Module):
 def build_model(cfg: ModelConfig, augment: AugmentConfig | None = None, fast_dropout: bool = False) -> SpeakerNet:
     """The model a ModelConfig names; pass the AugmentConfig to get in-model SpecAugment.
     fast_dropout swaps in kit.layers' CPU-cheap dropout (same parameters and maths)."""
-    for name, value, allowed in (("encoder", cfg.encoder, ENCODERS), ("pooling", cfg.pooling, POOLINGS),
-                                 ("head", cfg.head, HEADS)):
-        if value not in allowed:
-            raise KitError(f"model.{name} {value!r}: choose one of {', '.join(allowed)}")
-    if cfg.d_model % cfg.n_heads:
-        raise KitError(f"model.d_model {cfg.d_model} must be divisible by model.n_heads {cfg.n_heads}")
     model = SpeakerNet(cfg, augment)
     return use_fast_dropout(model) if fast_dropout else model
 

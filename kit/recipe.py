@@ -31,9 +31,25 @@ class Recipe:
     description: str = ""
 
 
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"      # shipped with the package
+
+
+def resolve_recipe(name: str | Path) -> Path:
+    """A recipe file: a path that exists, else a recipe shipped with kit by name ("boss" or
+    "recipes/boss.toml" work from any directory after a plain install)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = RECIPES_DIR / (path.stem + ".toml")
+    if shipped.is_file() and path.suffix in ("", ".toml") and path.parent in (Path("."), Path("recipes")):
+        return shipped
+    names = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.toml")))
+    raise KitError(f"{name}: file not found (recipes shipped with kit: {names})")
+
+
 def load_recipe(path: str | Path) -> Recipe:
     """Parse and validate a recipe TOML; every member's config is checked before any training."""
-    path = Path(path)
+    path = resolve_recipe(path)
     raw = load_toml(path)
     unknown = sorted(set(raw) - TOP_KEYS)
     if unknown:
@@ -50,8 +66,8 @@ def load_recipe(path: str | Path) -> Recipe:
     if bad:
         raise KitError(f"{path}: [after] unknown key(s) {', '.join(bad)}; known: {', '.join(AFTER_DEFAULTS)}")
     after = {**AFTER_DEFAULTS, **after}
-    if after["ensemble"] not in ("hard", "soft", "none"):
-        raise KitError(f"{path}: [after] ensemble {after['ensemble']!r}: choose hard, soft or none")
+    if after["ensemble"] not in ("auto", "hard", "soft", "none"):
+        raise KitError(f"{path}: [after] ensemble {after['ensemble']!r}: choose auto, hard, soft or none")
     if after["weights"] not in ("equal", "auto"):
         raise KitError(f"{path}: [after] weights {after['weights']!r}: choose equal or auto "
                        "(auto = greedy selection on the validation split)")
@@ -185,13 +201,37 @@ def _member_task(recipe: Recipe, job, on_cpu: bool, after: bool) -> tuple[str, P
     return name, run_dir, cmds
 
 
+def member_minutes(total_minutes: float, spent_seconds: float, n_jobs: int, n_slots: int) -> float:
+    """Training minutes per member so that the whole recipe fits `total_minutes` of wall time:
+    what is left after `spent_seconds`, less the end (ensemble, report, submission), shared by
+    the members that train `n_slots` at a time, less each member's start-up and prediction."""
+    left = total_minutes * 60 - spent_seconds - AFTER_SECONDS
+    rounds = -(-n_jobs // n_slots)                      # members one after another in a slot
+    per_member = left / rounds * (1 - PREDICT_SHARE) - START_SECONDS
+    if per_member < 10:
+        raise KitError(f"--minutes {total_minutes:g}: too little time for {n_jobs} member(s) "
+                       f"{n_slots} at a time; give more minutes or fewer members (--only)")
+    return per_member / 60
+
+
+# What a member costs besides training, measured on the 2-core CPU (hard preset, quick budget):
+START_SECONDS = 8          # a worker process: python, torch and kit imports, data mapped
+PREDICT_SHARE = 0.08       # validation (two ways) and test prediction, as a share of a member's time
+AFTER_SECONDS = 25         # the ensemble (cross-fitted), the report and its plot, a local submission
+
+
 def run_recipe(path: str | Path, data: str | None = None, budget: str | None = None, runs: str = "runs",
                only: list[str] | None = None, after: bool = True, progress: bool = True, log=None,
-               workers: int | None = None) -> dict:
+               workers: int | None = None, minutes: float | None = None,
+               per_member_minutes: float | None = None, submit: bool | None = None,
+               submissions: str | Path = "submissions") -> dict:
     """Train the recipe's members (skipping finished ones, resuming half-finished ones), then
     predict, ensemble and submit as its [after] table says. Returns everything the CLI prints.
 
     workers: members trained at once (default: one per GPU, or one per CPU core on a CPU).
+    minutes: a wall-clock allowance for the whole recipe, shared among the members left to train
+    (each member's train.minutes); per_member_minutes: the same per member. Either replaces the
+    members' own train.minutes; each member fits its LR schedule to its time.
     """
     from kit.data import FeatureStore
     from kit.train import read_summary, train
@@ -199,6 +239,8 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
     log = log or (lambda message: None)
     began = time.time()
     recipe = load_recipe(path)
+    if submit is not None:
+        recipe.after["submit"] = submit
     data_dir = ensure_data(data, log)
     budget = budget or ("quick" if is_synthetic(data_dir) else "full")
     if budget not in BUDGETS:
@@ -220,6 +262,11 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
             continue
         jobs.append((name, member_config(recipe, name, budget, data_dir), run_dir, (run_dir / "last.pt").is_file()))
     slots = _slots(workers, len(jobs))
+    if jobs and (minutes or per_member_minutes):
+        each = per_member_minutes or member_minutes(minutes, time.time() - began, len(jobs), len(slots))
+        log(f"time budget: {each:.2f} training minutes per member, {len(slots)} at a time")
+        for _, cfg, _, _ in jobs:
+            cfg.train.minutes = each
     if len(slots) > 1:
         _run_parallel([_member_task(recipe, job, "CPU" in slots[0]["label"], after) for job in jobs], slots, log)
     else:
@@ -236,9 +283,18 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
                                   "val_acc": s.get("best_val_acc"), "step": s.get("step", 0),
                                   "minutes": s.get("seconds", 0.0) / 60, "note": _note(s, name in skipped)})
     if after:
-        _after(recipe, run_dirs, store, data_dir, result, progress, log)
+        _after(recipe, run_dirs, store, data_dir, result, progress, log, submissions)
     result["minutes"] = (time.time() - began) / 60
     return result
+
+
+def _read_ids(run_dir: Path) -> dict:
+    import json
+
+    try:
+        return json.loads((run_dir / "ids.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
 
 
 def _note(summary: dict, skipped: bool) -> str:
@@ -248,11 +304,13 @@ def _note(summary: dict, skipped: bool) -> str:
     return "" if reason == "budget" else reason
 
 
-def _after(recipe: Recipe, run_dirs: list[Path], store, data_dir: Path, result: dict, progress: bool, log) -> None:
+def _after(recipe: Recipe, run_dirs: list[Path], store, data_dir: Path, result: dict, progress: bool, log,
+           submissions: str | Path = "submissions") -> None:
     """predict -> ensemble -> submit, as far as the recipe's [after] table asks."""
     from kit.ensemble import ensemble_runs
     from kit.infer import predict_run
     from kit.kaggle import recipe_submit
+    from kit.report import format_report, report_runs
 
     plan = recipe.after
     if not plan["predict"]:
@@ -262,15 +320,23 @@ def _after(recipe: Recipe, run_dirs: list[Path], store, data_dir: Path, result: 
             continue
         log(f"predicting {member['name']}")
         member["pred"] = predict_run(run_dir, store=store, which=plan["which"], progress=progress)
+    for run_dir, member in zip(run_dirs, result["members"]):     # the table shows predicted accuracy
+        ids = _read_ids(run_dir)
+        if ids.get("val_acc") is not None:
+            member["val_acc"], member["mode"] = ids["val_acc"], ids.get("mode", "full" if ids.get("full") else "sliding")
     if plan["ensemble"] == "none":
         return
     log(f"ensembling {len(run_dirs)} member(s) by {plan['ensemble']} vote")
     weights = "auto" if plan["weights"] == "auto" else None
-    ens = ensemble_runs(run_dirs, vote=plan["ensemble"], weights=weights, name=recipe.name, out_dir="submissions")
+    ens = ensemble_runs(run_dirs, vote=plan["ensemble"], weights=weights, name=recipe.name, out_dir=submissions)
     result["ensemble"] = {"vote": plan["ensemble"], "val_acc": ens["val_acc"], "csv": str(ens["csv"]),
                           "manifest": str(ens["manifest"]), "table": ens.get("table"),
-                          "weights_mode": plan["weights"],
+                          "weights_mode": plan["weights"], "method": ens.get("method"),
+                          "val_acc_oof": ens.get("oof_acc"),
                           "weights": [float(w) for w in ens["weights"]] if ens.get("weights") is not None else None}
+    report = report_runs(run_dirs, ensemble_result=ens)       # also draws NAME_report.png beside the CSV
+    result["report"] = format_report(report)
+    result["report_png"] = report.get("png")
     if not plan["submit"]:
         return
     message = plan["message"] or f"kit recipe {recipe.name} ({result['budget']} budget)"

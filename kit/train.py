@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from kit.budget import SKIP_STEPS
 from kit.config import RunConfig, dump_toml, from_dict, load_toml, to_dict
 from kit.data import FeatureStore, save_split, split_for
 from kit.errors import KitError
@@ -96,24 +97,26 @@ def average_state_dicts(states: list[dict]) -> dict:
 
 
 @torch.no_grad()
-def evaluate(model, store: FeatureStore, index: np.ndarray, accelerator) -> tuple[float, float]:
-    """(loss, accuracy) on whole utterances in length-sorted padded batches; shards across ranks."""
+def evaluate(model, store: FeatureStore, index: np.ndarray, accelerator,
+             max_frames: int | None = None) -> tuple[float, float]:
+    """(loss, accuracy) on whole utterances (or their centre `max_frames` frames) in
+    length-sorted padded batches; shards across ranks."""
     was_training = model.training
     model.eval()
     rank, world = accelerator.process_index, accelerator.num_processes
     index = np.asarray(index)[rank::world]
-    order = index[np.argsort(store.lengths[index], kind="stable")]
+    frames = store.lengths if max_frames is None else np.minimum(store.lengths, max_frames)
+    order = index[np.argsort(frames[index], kind="stable")]
     loss_sum = torch.zeros((), device=accelerator.device)
     correct = torch.zeros((), device=accelerator.device)
     start = 0
     while start < len(order):
-        t_max = int(store.lengths[order[start]])
         end = start + 1
-        while end < len(order) and (end - start + 1) * int(store.lengths[order[end]]) <= EVAL_FRAMES \
-                and (end - start + 1) * int(store.lengths[order[end]]) ** 2 <= EVAL_AREA:
+        while end < len(order) and (end - start + 1) * int(frames[order[end]]) <= EVAL_FRAMES \
+                and (end - start + 1) * int(frames[order[end]]) ** 2 <= EVAL_AREA:
             end += 1
         batch = order[start:end]
-        t_max = int(store.lengths[batch].max())
+        t_max = int(frames[batch].max())
         x, lengths = store.crop_batch(batch, t_max, None, random=False)     # (B, T, D), whole utterances
         y = torch.from_numpy(store.labels[batch]).to(accelerator.device)
         with accelerator.autocast():
@@ -180,8 +183,9 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
     """
     from accelerate.utils import gather_object
     from timm.optim import create_optimizer_v2
-    from timm.scheduler import CosineLRScheduler
     from timm.utils import ModelEmaV3
+
+    from kit.budget import StepPlan, lr_at
     from tqdm import tqdm
 
     run_dir = Path(run_dir)
@@ -205,17 +209,18 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
     if len(split.val) == 0:
         raise KitError(f"{cfg.data.data_dir}: the validation split is empty (data.val_fraction {cfg.data.val_fraction})")
     steps_total = total_steps(cfg, len(split.train), world)
+    if cfg.train.minutes > 0:           # a time budget: the step total is fitted as the run goes
+        plan = StepPlan.timed(cfg.train.minutes * 60, steps_total, cfg.train.warmup_steps)
+    else:
+        plan = StepPlan.fixed(steps_total, cfg.train.warmup_steps, cfg.train.eval_every)
 
     torch.manual_seed(cfg.train.seed)               # identical initial weights on every rank
     model = build_model(cfg.model, cfg.augment, cfg.train.fast_dropout).to(device)     # on the device first: EMA copies it
     n_params = count_params(model)
     optimizer = create_optimizer_v2(model, "adamw", lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
                                     fused=cfg.train.fused_optimizer or None)
-    # Stepped with the 1-based number of the update about to happen, so neither the first
-    # update (warm-up from 0) nor the last (cosine end) runs at lr 0. It holds no state beyond
-    # the step, so resume rebuilds it: a resumed run may then extend train.max_steps.
-    scheduler = CosineLRScheduler(optimizer, t_initial=steps_total + 1, warmup_lr_init=0.0,
-                                  warmup_t=min(cfg.train.warmup_steps, steps_total), t_in_epochs=False)
+    # The learning rate is a function of the step and the plan (kit.budget.lr_at), so resume
+    # rebuilds it: a resumed run may extend train.max_steps.
     ema = ModelEmaV3(model, decay=cfg.train.ema_decay) if cfg.train.ema else None
     torch.manual_seed(cfg.train.seed * 1000 + rank)  # different dropout/SpecAugment draws per rank
     rng = np.random.default_rng([cfg.train.seed, rank])  # different crops per rank
@@ -239,6 +244,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
         rng.bit_generator.state = json.loads(ckpt["rng_numpy"][rank])
         avg_keep = list(ckpt.get("avg_keep", []))
         run_loss, run_correct, run_count = ckpt.get("running", [0.0, 0.0, 0.0])
+        plan.load_state_dict(ckpt.get("plan", {}))
         metrics = [m for m in _read_metrics(run_dir / "metrics.csv") if m["step"] <= step]
     elif main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -268,7 +274,8 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
                  "best_step": best_step, "bad_evals": bad_evals, "seconds": seconds(),
                  "optimizer": optimizer.state_dict(),
                  "rng_torch": list(rng_torch), "rng_numpy": list(rng_numpy), "rng_cuda": list(rng_cuda),
-                 "avg_keep": avg_keep, "running": [float(run_loss), float(run_correct), run_count]}
+                 "avg_keep": avg_keep, "running": [float(run_loss), float(run_correct), run_count],
+                 "plan": plan.state_dict()}
         if ema is not None:
             state["train_model"] = _float_state(net)
         save_torch(state, path)
@@ -280,16 +287,26 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
     seg, bs = cfg.data.segment_len, cfg.train.batch_size
     stopped = "budget"
     model.train()
-    bar = tqdm(total=steps_total, initial=step, desc=cfg.name, disable=not (progress and main),
+    bar = tqdm(total=plan.total, initial=step, desc=cfg.name, disable=not (progress and main),
                leave=False, dynamic_ncols=True, mininterval=1.0)
     loop_began, eval_seconds, steps_before = time.time(), 0.0, step   # steps/s excludes evaluation
-    while step < steps_total:
+    timer = [0.0, 0.0]             # [time, evaluation seconds] when the session's timed steps began
+    # Before the first evaluation is timed, guess its cost in training steps: a forward pass
+    # over the validation frames is about a third of a training step over as many frames.
+    # A time-budgeted run evaluates centre crops of at most 2 x segment_len frames: whole long
+    # utterances through attention cost a 3.5-minute CPU run more than half its time (measured).
+    eval_frames = 2 * seg if plan.is_timed else None
+    eval_guess = len(split.val) * float(np.mean(np.minimum(store.lengths[split.val], eval_frames or 10**9))) \
+        / (3 * bs * seg)
+    while step < plan.total:
         batch = train_idx[rng.integers(0, len(train_idx), bs)]
         x, lengths = store.crop_batch(batch, seg, rng)                      # (B, T, D), (B,)
         x, lengths = x.to(device), lengths.to(device)
         y = torch.from_numpy(labels[batch]).to(device)                      # (B,)
         net.set_step(step)
-        scheduler.step_update(step + 1)
+        lr = lr_at(step + 1, plan.total, plan.warmup, cfg.train.lr)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
         logits = model(x, lengths, y).float()                               # (B, n_classes)
         loss = F.cross_entropy(logits, y)
         accelerator.backward(loss)
@@ -305,7 +322,8 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
         run_correct = run_correct + (net.without_margin(logits.detach(), y).argmax(-1) == y).sum()
         run_count += len(batch)
         bar.update(1)
-        lr = optimizer.param_groups[0]["lr"]
+        if plan.is_timed:
+            _fit_plan(plan, step, step - steps_before, timer, eval_seconds, seconds(), accelerator, bar, eval_guess)
         if step % 10 == 0 and not bar.disable:
             bar.set_postfix(loss=f"{float(run_loss) / run_count:.3f}", acc=f"{float(run_correct) / run_count:.3f}",
                             lr=f"{lr:.2e}")
@@ -313,9 +331,9 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
         time_up = cfg.train.max_minutes > 0 and time.time() - began > cfg.train.max_minutes * 60
         if world > 1 and cfg.train.max_minutes > 0:     # every rank must take the same decision
             time_up = bool(accelerator.reduce(torch.tensor(float(time_up), device=device), "max"))
-        if step % cfg.train.eval_every == 0 or step == steps_total or time_up:
+        if plan.eval_due(step) or time_up:
             eval_began = time.time()
-            val_loss, val_acc = evaluate(eval_model(), store, split.val, accelerator)
+            val_loss, val_acc = evaluate(eval_model(), store, split.val, accelerator, eval_frames)
             metrics.append({"step": step, "epoch": step * bs * world / len(train_idx), "lr": lr,
                             "train_loss": float(run_loss) / run_count, "train_acc": float(run_correct) / run_count,
                             "val_loss": val_loss, "val_acc": val_acc, "seconds": seconds(),
@@ -334,6 +352,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
                     save_torch({"model": _float_state(eval_model()), "step": step, "val_acc": val_acc},
                                run_dir / "best.pt")
             checkpoint(last_path)
+            plan.evaluated(time.time() - eval_began)
             eval_seconds += time.time() - eval_began
             if cfg.train.patience > 0 and bad_evals >= cfg.train.patience:
                 stopped = "early_stop"
@@ -342,7 +361,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
                 stopped = "time"
                 break
         if stop_after is not None and step >= stop_after:
-            if step % cfg.train.eval_every:
+            if not plan.eval_due(step):
                 checkpoint(last_path)
             bar.close()
             return {"step": step, "stopped_reason": "interrupted", "best_val_acc": best_acc}
@@ -350,7 +369,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
     loop_window = [loop_began, time.time()]      # wall-clock span of the steps, for zoo benchmarks
 
     summary = {"name": cfg.name, "params": n_params, "best_val_acc": best_acc, "best_step": best_step,
-               "step": step, "total_steps": steps_total, "stopped_reason": stopped, "seconds": seconds(),
+               "step": step, "total_steps": plan.total, "stopped_reason": stopped, "seconds": seconds(),
                "n_train": int(len(split.train)), "n_val": int(len(split.val)), "device": str(device),
                "processes": world, "mixed_precision": accelerator.mixed_precision,
                "weights_sha1": weights_digest(eval_model()),
@@ -364,6 +383,23 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
         write_json(run_dir / "summary.json", summary)
     accelerator.wait_for_everyone()
     return summary
+
+
+def _fit_plan(plan, step: int, session_steps: int, timer: list, eval_seconds: float, spent: float,
+              accelerator, bar, eval_guess: float) -> None:
+    """Re-fit a time-budgeted plan to the measured step rate (every rank gets the same total).
+    eval_guess: an evaluation's cost in training steps, used until one has been measured."""
+    if session_steps == SKIP_STEPS:
+        timer[:] = [time.time(), eval_seconds]
+    if not plan.fit_due(session_steps):
+        return
+    step_seconds = (time.time() - timer[0] - (eval_seconds - timer[1])) / (session_steps - SKIP_STEPS)
+    total = plan.fit(step, spent, step_seconds, eval_guess * step_seconds)
+    if accelerator.num_processes > 1:         # ranks measure slightly different rates
+        plan.set_total(int(round(float(accelerator.reduce(
+            torch.tensor(float(total), device=accelerator.device), "mean")))))
+    bar.total = plan.total
+    bar.refresh()
 
 
 def _average(states: list[dict], cfg: RunConfig, store, split, accelerator, run_dir: Path, main: bool) -> dict:

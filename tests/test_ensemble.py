@@ -1,4 +1,5 @@
-"""Hard and soft votes with known answers, Caruana weight selection, and ensembling run dirs."""
+"""Hard and soft votes with known answers, Caruana weight selection, temperature scaling, the
+cross-fitted choice of a combination, and ensembling run dirs."""
 import json
 
 import numpy as np
@@ -6,7 +7,8 @@ import pandas as pd
 import pytest
 
 from kit.cli import main
-from kit.ensemble import ensemble_runs, hard_vote, select_weights, soft_vote
+from kit.ensemble import (auto_ensemble, calibrate, crossfit, ensemble_runs, fit_temperature, fit_weights,
+                          fold_ids, hard_vote, load_member, log_probs, member_mode, select_weights, soft_vote)
 from kit.errors import KitError
 from kit.fsio import sha256_file
 from kit.submission import validate_submission
@@ -85,6 +87,90 @@ def test_selected_bag_is_at_least_as_good_as_the_best_member(mode):
     pred = hard_vote(members, w) if mode == "hard" else soft_vote(members, w).argmax(1)
     best_single = max((p.argmax(1) == labels).mean() for p in members)
     assert (pred == labels).mean() >= best_single
+
+
+# ---------------------------------------------------------------- calibration and honest choice
+def softmax(z):
+    z = z - z.max(axis=1, keepdims=True)
+    return np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+
+
+def member_with_errors(rng, labels, c, error_rate, right_margin, wrong_margin):
+    """Probabilities of a member that is wrong on a random `error_rate` of utterances, with
+    margin `right_margin` on the label when right and `wrong_margin` on a random other class when wrong."""
+    n = len(labels)
+    rows = np.arange(n)
+    z = rng.normal(0, 0.3, (n, c))
+    wrong = rng.random(n) < error_rate
+    other = (labels + rng.integers(1, c, n)) % c
+    z[rows, labels] += np.where(wrong, 0, right_margin)
+    z[rows, other] += np.where(wrong, wrong_margin, 0)
+    return softmax(z)
+
+
+@pytest.mark.parametrize("true_t", [0.4, 1.0, 3.0])
+def test_fit_temperature_recovers_a_known_temperature(true_t):
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 3, (4000, 10))                      # the member's logits
+    truth = softmax(z / true_t)                           # the labels really come from softmax(z / T)
+    labels = (truth.cumsum(axis=1) > rng.random((4000, 1))).argmax(axis=1)
+    t = fit_temperature(log_probs(softmax(z)), labels)
+    assert t == pytest.approx(true_t, rel=0.08)
+    calibrated = np.exp(calibrate(log_probs(softmax(z)), t))
+    np.testing.assert_allclose(calibrated.sum(axis=1), 1)
+    assert (calibrated.argmax(axis=1) == z.argmax(axis=1)).all()     # scaling never changes the argmax
+
+
+def test_fit_weights_favour_the_informative_member():
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 6, 400)
+    good = member_with_errors(rng, labels, 6, 0.2, 3, 1)
+    noise = softmax(rng.normal(0, 1, (400, 6)))
+    for pool in ("geo", "mean"):
+        w = fit_weights([log_probs(noise), log_probs(good)], labels, pool)
+        assert w.sum() == pytest.approx(1) and (w >= 0).all() and w[1] > 0.8
+
+
+def test_crossfit_never_reads_the_held_out_fold_labels():
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 5, 120)
+    logps = [log_probs(member_with_errors(rng, labels, 5, 0.4, 3, 1.5)) for _ in range(3)]
+    folds = fold_ids(labels, 5)
+    assert sorted(np.bincount(folds).tolist()) == [24] * 5
+    first = crossfit(logps, labels, folds=folds)
+    held = folds == 0
+    shuffled = labels.copy()
+    shuffled[held] = (labels[held] + 1 + rng.integers(0, 4, held.sum())) % 5     # every held-out label changed
+    second = crossfit(logps, shuffled, folds=folds)
+    for method, pred in first["oof_pred"].items():
+        np.testing.assert_array_equal(second["oof_pred"][method][held], pred[held])
+    # the other folds were fitted on the changed labels, so their predictions may move; fold 0's score does
+    assert first["oof_acc"] != second["oof_acc"]
+
+
+def test_calibrated_vote_of_complementary_members_beats_the_best_member():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, 300)
+    # each member is wrong on a different random third, and only mildly sure when wrong
+    members = [member_with_errors(rng, labels, 10, 0.35, 4, 1) for _ in range(3)]
+    best = max((m.argmax(axis=1) == labels).mean() for m in members)
+    r = auto_ensemble(members, labels, test_probs_list=members)
+    assert r["method"] in ("equal", "weighted")
+    assert r["oof_acc"] > best + 0.1
+    assert r["oof_acc"] >= max(c["oof_acc"] for c in r["candidates"].values())
+    assert r["candidates"]["single"]["oof_acc"] <= best
+    assert (r["test_pred"] == r["val_pred"]).all()           # fitted on all of validation, applied to test
+
+
+def test_one_dominant_member_among_noise_falls_back_to_the_single_member():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 10, 300)
+    dominant = member_with_errors(rng, labels, 10, 0.2, 4, 4)
+    noise = [softmax(rng.normal(0, 3, (300, 10))) for _ in range(2)]
+    r = auto_ensemble([noise[0], dominant, noise[1]], labels)
+    assert r["method"] == "single" and r["weights"].tolist() == [0, 1, 0]
+    assert r["candidates"]["hard"]["oof_acc"] < r["oof_acc"]
+    assert r["temperatures"][0] > 5 and r["temperatures"][2] > 5    # noise is flattened
 
 
 # ---------------------------------------------------------------- run dirs on disk
@@ -179,3 +265,49 @@ def test_cli_ensemble_prints_table(tmp_path, layout_dir, capsys):
     [csv] = out.glob("soft-2members-*.csv")
     assert validate_submission(csv, layout_dir) == []
     assert main(["ensemble", str(r1), "--weights", "x,y", "--out", str(out)]) == 2
+
+
+def test_auto_ensemble_of_run_dirs_records_its_choice(tmp_path, layout_dir):
+    # make_run writes an ids.json of before the inference mode was recorded: no "mode" key
+    r1 = make_run(tmp_path, "r1", [0, 1, 2, 0, 1, 0], onehotish([0, 1, 2, 2]), layout_dir)
+    r2 = make_run(tmp_path, "r2", [0, 1, 2, 1, 1, 2], onehotish([0, 1, 1, 2]), layout_dir)
+    r3 = make_run(tmp_path, "r3", [1, 1, 2, 0, 2, 2], onehotish([1, 1, 2, 0]), layout_dir)
+    assert "mode" not in load_member(r1).ids and member_mode(load_member(r1).ids) == "sliding"
+    r = ensemble_runs([r1, r2, r3], vote="auto", name="auto", out_dir=tmp_path / "s", folds=3)
+    manifest = json.loads(r["manifest"].read_text())
+    assert manifest["weights_mode"] == "auto" and manifest["method"] == r["method"]
+    assert manifest["folds"] == 3 and manifest["pool"] == "geo"
+    assert len(manifest["temperatures"]) == 3 and all(t > 0 for t in manifest["temperatures"])
+    assert set(manifest["candidates"]) == {"single", "hard", "equal", "weighted"}
+    for c in manifest["candidates"].values():
+        assert 0 <= c["oof_acc"] <= 1 and 0 <= c["val_acc"] <= 1 and sum(c["weights"]) == pytest.approx(1)
+    best_oof = max(c["oof_acc"] for c in manifest["candidates"].values())
+    assert manifest["oof_acc"] == best_oof == r["oof_acc"]
+    assert manifest["member_settings"][0]["mode"] == "sliding"
+    assert r["table"][-1]["oof_acc"] == r["oof_acc"] and "temperature" in r["table"][0]
+    assert validate_submission(r["csv"], layout_dir) == []
+    # soft + auto chooses among the soft family only; hard + auto between one member and the hard vote
+    soft = ensemble_runs([r1, r2, r3], vote="soft", weights="auto", name="s", out_dir=tmp_path / "s")
+    hard = ensemble_runs([r1, r2, r3], vote="hard", weights="auto", name="h", out_dir=tmp_path / "s")
+    assert set(soft["candidates"]) == {"single", "equal", "weighted"}
+    assert set(hard["candidates"]) == {"single", "hard"}
+    with pytest.raises(KitError, match="--vote auto chooses its own weights"):
+        ensemble_runs([r1, r2], vote="auto", weights=[1, 2], out_dir=tmp_path / "s")
+
+
+def test_old_full_length_ids_json_reads_as_full_mode(tmp_path, layout_dir):
+    run = make_run(tmp_path, "r1", [0] * 6, onehotish([0] * 4), layout_dir)
+    ids = json.loads((run / "ids.json").read_text())
+    (run / "ids.json").write_text(json.dumps({**ids, "full": True}))
+    assert member_mode(load_member(run).ids) == "full"
+
+
+def test_cli_ensemble_auto_prints_the_out_of_fold_choice(tmp_path, layout_dir, capsys):
+    r1 = make_run(tmp_path, "r1", [0, 1, 2, 0, 1, 0], onehotish([0, 1, 2, 2]), layout_dir)
+    r2 = make_run(tmp_path, "r2", [0, 1, 2, 1, 1, 2], onehotish([0, 1, 1, 2]), layout_dir)
+    out = tmp_path / "subs"
+    assert main(["ensemble", str(r1), str(r2), "--vote", "auto", "--folds", "3", "--pool", "mean",
+                 "--name", "a", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "out-of-fold val acc of each method" in text and "ensemble (auto:" in text
+    assert json.loads((out / "a.json").read_text())["pool"] == "mean"

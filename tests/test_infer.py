@@ -9,7 +9,7 @@ from kit.cli import main
 from kit.config import RunConfig
 from kit.data import FeatureStore
 from kit.errors import KitError
-from kit.infer import (batch_plan, centre_windows, predict_index, predict_one_by_one, predict_run,
+from kit.infer import (batch_plan, centre_windows, choose_mode, predict_index, predict_one_by_one, predict_run,
                        sliding_windows)
 from kit.models import build_model
 
@@ -49,6 +49,21 @@ def test_batch_plan_groups_similar_lengths_within_budget():
     assert sorted(valid[batches[0]].tolist()) == [300, 300]                # longest together
     for b in batch_plan(valid, batch_size=8, max_frames=10_000, max_area=300 * 300):
         assert len(b) == 1 or len(b) * valid[b].max() ** 2 <= 300 * 300     # attention area capped
+
+
+def test_choose_mode_prefers_the_lower_calibrated_nll_and_ties_to_sliding():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 200)
+    z = rng.normal(0, 1, (200, 4))
+    sharp = z.copy()
+    sharp[np.arange(200), labels] += 3                       # informative
+    softmax = lambda a: np.exp(a) / np.exp(a).sum(axis=1, keepdims=True)   # noqa: E731
+    mode, nll = choose_mode({"full": softmax(sharp), "sliding": softmax(z)}, labels)
+    assert mode == "full" and nll["full"] < nll["sliding"]
+    # over-confidence alone does not lose: the NLL is compared after temperature scaling
+    assert choose_mode({"full": softmax(5 * sharp), "sliding": softmax(z)}, labels)[0] == "full"
+    assert choose_mode({"full": softmax(z), "sliding": softmax(z)}, labels)[0] == "sliding"
+    assert choose_mode({"full": softmax(z[:0]), "sliding": softmax(z[:0])}, labels[:0]) == ("sliding", {})
 
 
 # ---------------------------------------------------------------- batched prediction
@@ -119,11 +134,28 @@ def test_predict_run_writes_probabilities_and_ids(trained_run, store):
     np.testing.assert_allclose(test.sum(axis=1), 1, atol=1e-5)
     assert ids["test"] == [store.paths[i] for i in store.test_index]
     assert len(ids["val_labels"]) == len(ids["val"]) == r["n_val"] > 0
-    assert (ids["window"], ids["hop"], ids["full"], ids["average"]) == (64, 32, False, "probs")
+    assert (ids["window"], ids["hop"], ids["average"]) == (64, 32, "probs")
     for key in ("val_acc", "val_acc_centre", "val_acc_full", "val_acc_sliding"):
         assert 0.0 <= r[key] <= 1.0
-    assert r["val_acc"] == r["val_acc_sliding"]                 # the default mode is sliding
+    assert ids["mode_requested"] == "auto"                     # the default: chosen on validation
+    assert r["val_acc"] == r[f"val_acc_{ids['mode']}"] and ids["full"] == (ids["mode"] == "full")
     assert r["val_acc"] == pytest.approx(float((val.argmax(1) == np.array(ids["val_labels"])).mean()))
+
+
+def test_predict_run_auto_mode_chooses_on_validation_and_saves_every_way(trained_run, store):
+    r = predict_run(trained_run, store=store, progress=False, mode="auto")
+    ids = json.loads((trained_run / "ids.json").read_text())
+    assert ids["mode_requested"] == "auto" and r["mode"] == ids["mode"] in ("full", "sliding")
+    assert ids["full"] == (ids["mode"] == "full")
+    assert ids["mode"] == ("full" if ids["val_nll_full"] < ids["val_nll_sliding"] else "sliding")
+    labels = np.array(ids["val_labels"])
+    for way in ("centre", "full", "sliding"):
+        probs = np.load(trained_run / f"val_probs_{way}.npy")
+        assert ids[f"val_acc_{way}"] == pytest.approx(float((probs.argmax(1) == labels).mean()))
+    np.testing.assert_array_equal(np.load(trained_run / "val_probs.npy"),
+                                  np.load(trained_run / f"val_probs_{ids['mode']}.npy"))
+    with pytest.raises(KitError, match="either mode or full"):
+        predict_run(trained_run, store=store, progress=False, mode="auto", full=True)
 
 
 def test_cli_predict_full_then_ensemble(trained_run, store, tiny_answers, tmp_path, capsys, monkeypatch):
@@ -135,7 +167,7 @@ def test_cli_predict_full_then_ensemble(trained_run, store, tiny_answers, tmp_pa
     out = capsys.readouterr().out
     assert "centre" in out and str(trained_run) in out
     ids = json.loads((trained_run / "ids.json").read_text())
-    assert ids["full"] is True and ids["average"] == "logits"
+    assert ids["full"] is True and ids["mode"] == "full" and ids["average"] == "logits"
     assert ids["val_acc"] == ids["val_acc_full"]
     subs = tmp_path / "subs"
     assert main(["ensemble", str(trained_run), str(trained_run), "--vote", "soft", "--name", "x",

@@ -1,6 +1,6 @@
-"""`kit predict | ensemble | validate | score`: windows → probabilities → votes → checked CSV.
+"""`kit predict | ensemble | report | validate | score`: windows → probabilities → votes → checked CSV.
 
-Argument parsing and printing only; the work is in kit.infer, kit.ensemble, kit.submission.
+Argument parsing and printing only; the work is in kit.infer, kit.ensemble, kit.report, kit.submission.
 """
 from __future__ import annotations
 
@@ -13,22 +13,52 @@ def register(sub) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN", help="run dir(s) (hold config.toml and checkpoints)")
     p.add_argument("--window", type=int, default=None, help="frames per window (default: the run's infer.window)")
     p.add_argument("--hop", type=int, default=None, help="frames between window starts (default: infer.hop)")
-    p.add_argument("--full", action=argparse.BooleanOptionalAction, default=None,
-                   help="one window = the whole utterance (default: infer.full)")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--full", action=argparse.BooleanOptionalAction, default=None,
+                     help="one window = the whole utterance (default: infer.full)")
+    how.add_argument("--mode", choices=["sliding", "full", "auto"], default=None,
+                     help="test inference: sliding windows, the whole utterance, or auto = whichever of "
+                          "the two has the lower validation NLL after temperature scaling, per run "
+                          "(default: infer.mode if the config has it, else infer.full)")
     p.add_argument("--average", choices=["logits", "probs"], default=None,
                    help="average window probabilities, or logits then softmax (default: infer.average)")
     p.add_argument("--which", choices=["best", "last", "avg"], default="best", help="checkpoint to use")
     p.add_argument("--batch-size", type=int, default=None, help="windows per batch (default: infer.batch_size)")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("ensemble", help="hard/soft vote over predicted runs -> submissions/NAME.csv")
+    p = sub.add_parser("ensemble", help="hard/soft vote over predicted runs -> submissions/NAME.csv",
+                       description="Vote over predicted runs. With --weights auto (or --vote auto) each member "
+                                   "is temperature-scaled on validation and the combination is chosen by "
+                                   "out-of-fold (cross-fitted) validation accuracy, then refitted on all of "
+                                   "validation: --vote auto picks among the best single member, a hard vote, "
+                                   "an equal and an NLL-weighted calibrated soft vote; --vote soft among the "
+                                   "single member and the soft votes; --vote hard between the single member "
+                                   "and the hard vote.")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run dirs already predicted with `kit predict`")
-    p.add_argument("--vote", choices=["hard", "soft"], default="hard")
+    p.add_argument("--vote", choices=["hard", "soft", "auto"], default="hard",
+                   help="hard | soft | auto (auto = --weights auto over every method; default: hard)")
     p.add_argument("--weights", default=None,
-                   help="'auto' (greedy selection on validation) or W1,W2,... (default: equal)")
+                   help="'auto' (calibrated, cross-fitted choice on validation, see above) or W1,W2,... "
+                        "(default: equal)")
+    p.add_argument("--pool", choices=["geo", "mean"], default=None,
+                   help="calibrated soft vote of --weights auto: geo = weighted mean of log-probabilities, "
+                        "mean = of probabilities (default: geo)")
+    p.add_argument("--folds", type=int, default=5, help="cross-fitting folds of --weights auto (default: 5)")
     p.add_argument("--name", default=None, help="submission name (default: <vote>-<n>members-<time>)")
     p.add_argument("--out", default="submissions", help="folder for NAME.csv and NAME.json")
     p.set_defaults(func=cmd_ensemble)
+
+    p = sub.add_parser("report", help="member vs ensemble accuracy, oracle, disagreement (+ PNG)")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run dirs already predicted with `kit predict`")
+    p.add_argument("--ensemble", default=None, metavar="NAME.json",
+                   help="manifest written by `kit ensemble` (default: compute the calibrated cross-fitted "
+                        "ensemble on validation, writing nothing)")
+    p.add_argument("--png", default=None, help="picture to write (default: NAME_report.png beside the "
+                                               "ensemble's CSV when --ensemble is given, else none)")
+    p.add_argument("--answers", default=None, metavar="KEY.csv",
+                   help="answer key Id,Category,Usage: add public/private test accuracy")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("validate", help="check a submission CSV the way Kaggle would")
     p.add_argument("csv", metavar="SUB.csv")
@@ -52,14 +82,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     progress = sys.stderr.isatty()
     for n, run in enumerate(args.runs):
         r = predict_run(run, window=args.window, hop=args.hop, full=args.full, average=args.average,
-                        which=args.which, batch_size=args.batch_size, progress=progress)
+                        which=args.which, batch_size=args.batch_size, progress=progress, mode=args.mode)
         if n == 0:             # after the first run, so an early error is the only output
             print(f"{'run':<40} {'centre':>7} {'full':>8} {'sliding':>8}  {'val':>5} {'test':>5} {'test s':>7}")
-        mark = {m: "*" if (m == "full") == r["full"] else " " for m in ("full", "sliding")}
+        mark = {m: "*" if m == r["mode"] else " " for m in ("full", "sliding")}
         print(f"{run:<40} {_pct(r['val_acc_centre']):>7} {_pct(r['val_acc_full']):>7}{mark['full']} "
               f"{_pct(r['val_acc_sliding']):>7}{mark['sliding']}  {r['n_val']:>5} {r['n_test']:>5} "
               f"{r['test_seconds']:>7.1f}")
-        chosen = "full" if r["full"] else f"sliding (window {r['window']}, hop {r['hop']})"
+        chosen = "full" if r["mode"] == "full" else f"sliding (window {r['window']}, hop {r['hop']})"
+        if r["mode_requested"] == "auto":
+            chosen += " chosen on validation"
         print(f"{run}: wrote val_probs.npy, test_probs.npy, ids.json ({chosen}, {r['average']} averaged, "
               f"{r['which']} checkpoint)", file=sys.stderr)
     print("val accuracy of centre-crop, full-length and sliding-window inference; * = saved")
@@ -67,15 +99,33 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_ensemble(args: argparse.Namespace) -> int:
-    from kit.ensemble import ensemble_runs, parse_weights
+    from kit.ensemble import DEFAULT_POOL, ensemble_runs, parse_weights
 
     r = ensemble_runs(args.runs, vote=args.vote, weights=parse_weights(args.weights),
-                      name=args.name, out_dir=args.out)
+                      name=args.name, out_dir=args.out, pool=args.pool or DEFAULT_POOL, folds=args.folds)
     width = max(len(row["member"]) for row in r["table"])
-    print(f"{'member':<{width}} {'weight':>7} {'val acc':>8}")
+    auto = "method" in r
+    print(f"{'member':<{width}} {'weight':>7} {'val acc':>8}" + (f" {'T':>6} {'oof acc':>8}" if auto else ""))
     for row in r["table"]:
-        print(f"{row['member']:<{width}} {row['weight']:>7.3f} {_pct(row['val_acc']):>8}")
+        line = f"{row['member']:<{width}} {row['weight']:>7.3f} {_pct(row['val_acc']):>8}"
+        if auto:
+            t = f"{row['temperature']:.2f}" if "temperature" in row else ""
+            line += f" {t:>6} {_pct(row.get('oof_acc')) if 'oof_acc' in row else '':>8}"
+        print(line)
+    if auto:
+        print("out-of-fold val acc of each method: " + "  ".join(
+            f"{m} {_pct(c['oof_acc'])}" for m, c in r["candidates"].items()) + f"  -> {r['method']}")
     print(f"wrote {r['csv']} and {r['manifest']}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import json
+
+    from kit.report import format_report, report_runs
+
+    r = report_runs(args.runs, ensemble_result=args.ensemble, png=args.png, answers=args.answers)
+    print(json.dumps(r, indent=2) if args.json else format_report(r))
     return 0
 
 

@@ -22,6 +22,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one setting, e.g. --set train.lr=3e-4 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
+    p.add_argument("--minutes", type=float, help="time budget: the step total, warm-up and evaluations are "
+                   "fitted to it, so the run ends annealed (train.minutes)")
     p.add_argument("--max-minutes", type=float, help="stop cleanly with a checkpoint after this long")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -43,6 +45,10 @@ def register(sub) -> None:
     p.add_argument("--only", nargs="+", metavar="MEMBER", help="train only these members")
     p.add_argument("--workers", type=int, help="members trained at once (default: one per GPU, "
                    "or one per CPU core on a CPU; 1 = one after another in this process)")
+    p.add_argument("--minutes", type=float, help="wall-clock allowance for the whole recipe: shared among the "
+                   "members left to train, each fitting its LR schedule to its share")
+    p.add_argument("--member-minutes", type=float, help="training minutes per member (replaces the recipe's "
+                   "train.minutes); the LR schedule is fitted to it")
     p.add_argument("--no-after", action="store_true", help="train only: skip predict, ensemble and submit")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_recipe_run)
@@ -67,6 +73,8 @@ def resolve_train_config(args: argparse.Namespace):
         cfg.data.data_dir = args.data
     if args.max_minutes is not None:
         cfg.train.max_minutes = args.max_minutes
+    if args.minutes is not None:
+        cfg.train.minutes = args.minutes
     if cfg.name == RunConfig.name:
         cfg.name = out.name
     return cfg
@@ -104,20 +112,24 @@ def cmd_recipe_run(args: argparse.Namespace) -> int:
         print(f"kit: {message}", file=sys.stderr, flush=True)
 
     result = run_recipe(args.file, data=args.data, budget=args.budget, runs=args.runs, only=args.only,
-                        after=not args.no_after, workers=args.workers,
+                        after=not args.no_after, workers=args.workers, minutes=args.minutes,
+                        per_member_minutes=args.member_minutes,
                         progress=not args.no_progress and sys.stderr.isatty(), log=log)
     print(f"recipe {result['recipe']}  budget {result['budget']}  data {result['data']}")
-    print(f"{'member':<22} {'params':>9} {'val acc':>8} {'steps':>7} {'minutes':>8}  note")
+    print(f"{'member':<22} {'params':>9} {'val acc':>8} {'mode':>8} {'steps':>7} {'minutes':>8}  note")
     for m in result["members"]:
         acc = m.get("val_acc")
         print(f"{m['name']:<22} {m.get('params', 0):>9,} {acc if acc is None else f'{acc:.4f}':>8} "
-              f"{m.get('step', 0):>7} {m.get('minutes', 0.0):>8.1f}  {m.get('note', '')}")
+              f"{m.get('mode', ''):>8} {m.get('step', 0):>7} {m.get('minutes', 0.0):>8.1f}  {m.get('note', '')}")
     ens = result.get("ensemble")
     if ens:
-        if ens.get("weights_mode") == "auto" and ens.get("weights"):
+        if ens.get("weights"):
             picked = ", ".join(f"{m['name']} {w:.2f}" for m, w in zip(result["members"], ens["weights"]) if w > 0)
-            print(f"weights (chosen on validation): {picked}")
-        print(f"ensemble ({ens['vote']}) val acc: {ens['val_acc']:.4f}   csv: {ens['csv']}")
+            print(f"weights (fitted on validation): {picked}")
+        honest = f"  (out-of-fold {ens['val_acc_oof']:.4f})" if ens.get("val_acc_oof") is not None else ""
+        print(f"ensemble ({ens.get('method') or ens['vote']}) val acc: {ens['val_acc']:.4f}{honest}   csv: {ens['csv']}")
+    if result.get("report"):
+        print(result["report"].rstrip())
     sub = result.get("submission")
     if sub:
         print(f"submission: {ens['csv']}  {sub.get('status')} on {sub.get('target') or '-'}  "

@@ -1,0 +1,104 @@
+"""Step budgets: the learning-rate schedule, and how many steps fit in a wall-clock allowance.
+
+A run given `train.minutes` measures its own step rate (after a few warm-up steps, then again
+as it goes) and sets its step total so that warm-up, cosine decay and the evaluations all end
+inside the allowance: a time-limited run ends annealed, not cut off at its peak learning rate.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+EVALS = 4              # evaluations over a time-budgeted run (the last one at its final step)
+SKIP_STEPS = 3         # first steps of a session, not timed (allocator and caches warm up)
+PROBE_STEPS = 20       # steps timed before the first fit
+REFIT_EVERY = 50       # steps between later fits: the rate follows the machine's load
+RESERVE = 0.02         # share of the allowance kept for the end (summary, plots, averaging)
+
+
+def lr_at(step: int, total: int, warmup: int, base: float) -> float:
+    """Linear warm-up from 0, then cosine to 0 at `total`; step counts from 1 (the update about
+    to happen), so neither the first nor the last update runs at lr 0. The same values as timm's
+    CosineLRScheduler(t_initial=total + 1, warmup_t=warmup, warmup_lr_init=0) that kit used before."""
+    if step < warmup:
+        return step * (base / warmup)
+    t_initial = total + 1
+    if step >= t_initial:
+        return 0.0
+    return 0.5 * base * (1 + math.cos(math.pi * step / t_initial))
+
+
+@dataclass
+class StepPlan:
+    """Where a run is going: its step total, warm-up and when it evaluates.
+
+    Without a time budget the plan is fixed (`train.max_steps`, `train.eval_every`); with one,
+    `fit` moves `total` (never below the next step, never above `train.max_steps`) and the
+    evaluations fall at equal fractions of it."""
+    total: int
+    warmup: int
+    eval_every: int
+    seconds: float = 0.0          # > 0: the wall-clock allowance this plan is fitted to
+    max_steps: int = 0
+    warmup_cfg: int = 0
+    evals_done: int = 0
+    eval_seconds: float = 0.0     # measured cost of one evaluation (0 until the first)
+
+    @classmethod
+    def fixed(cls, total: int, warmup: int, eval_every: int) -> "StepPlan":
+        return cls(total=total, warmup=min(warmup, total), eval_every=eval_every)
+
+    @classmethod
+    def timed(cls, seconds: float, max_steps: int, warmup: int, total: int | None = None,
+              evals_done: int = 0) -> "StepPlan":
+        total = total or max_steps
+        plan = cls(total=total, warmup=min(warmup, total), eval_every=0, seconds=seconds, max_steps=max_steps,
+                   warmup_cfg=warmup, evals_done=evals_done)
+        plan.set_total(total)
+        return plan
+
+    @property
+    def is_timed(self) -> bool:
+        return self.seconds > 0
+
+    def set_total(self, total: int) -> None:
+        """A new step total (at most train.max_steps); the warm-up follows it, because a warm-up
+        longer than a tenth of a short run would spend the run at low learning rates."""
+        self.total = int(min(total, self.max_steps))
+        self.warmup = max(1, min(self.warmup_cfg, self.total // 10)) if self.warmup_cfg > 0 else 0
+
+    def eval_due(self, step: int) -> bool:
+        if step >= self.total:
+            return True
+        if not self.is_timed:
+            return step % self.eval_every == 0
+        return step >= math.ceil(self.total * (self.evals_done + 1) / EVALS)
+
+    def fit_due(self, session_steps: int) -> bool:
+        """Whether to re-measure now: after the probe, then every REFIT_EVERY steps."""
+        timed_steps = session_steps - SKIP_STEPS
+        return self.is_timed and timed_steps >= PROBE_STEPS and \
+            (timed_steps - PROBE_STEPS) % REFIT_EVERY == 0
+
+    def fit(self, step: int, spent: float, step_seconds: float, eval_guess: float) -> int:
+        """Set the total from the allowance left: `spent` seconds used so far (all sessions),
+        `step_seconds` per training step as measured, an evaluation costing what the last one
+        did (or `eval_guess` before the first). Returns the new total."""
+        eval_cost = self.eval_seconds or eval_guess
+        evals_left = max(1, EVALS - self.evals_done)
+        left = self.seconds * (1 - RESERVE) - spent - evals_left * eval_cost
+        fitted = step + int(max(0.0, left) / max(step_seconds, 1e-9))
+        self.set_total(max(fitted, step + 1))
+        return self.total
+
+    def evaluated(self, seconds: float) -> None:
+        self.evals_done += 1
+        self.eval_seconds = seconds if not self.eval_seconds else 0.5 * (self.eval_seconds + seconds)
+
+    def state_dict(self) -> dict:
+        return {"total": self.total, "evals_done": self.evals_done, "eval_seconds": self.eval_seconds}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.is_timed and state:
+            self.set_total(state["total"])
+            self.evals_done, self.eval_seconds = int(state["evals_done"]), float(state["eval_seconds"])

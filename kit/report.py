@@ -1,0 +1,265 @@
+"""What an ensemble is made of: member accuracies, the honest ensemble gain, the oracle and
+how often members disagree, as a table, a dict and a PNG (bars + disagreement heatmap).
+
+`report_runs` computes, `format_report` turns the result into text; `kit report` prints it.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from kit.ensemble import (DEFAULT_POOL, METHODS, auto_ensemble, calibrate, check_compatible, fit_temperature,
+                          load_member, log_probs, mean_nll, member_mode)
+from kit.errors import KitError
+from kit.fsio import atomic_path
+
+
+# ---------------------------------------------------------------- pure numbers
+def oracle_accuracy(preds, labels) -> float | None:
+    """Fraction of utterances that at least one member gets right. preds (M, N), labels (N,)."""
+    preds, labels = np.asarray(preds), np.asarray(labels)
+    if labels.size == 0:
+        return None
+    return float((preds == labels[None, :]).any(axis=0).mean())
+
+
+def disagreement_matrix(preds) -> np.ndarray:
+    """(M, M): fraction of utterances on which members i and j predict different classes."""
+    preds = np.asarray(preds)                                          # (M, N)
+    if preds.shape[1] == 0:
+        return np.zeros((len(preds), len(preds)))
+    return (preds[:, None, :] != preds[None, :, :]).mean(axis=2)
+
+
+def mean_disagreement(matrix) -> float | None:
+    """Mean over member pairs i < j of the disagreement matrix (None for one member)."""
+    matrix = np.asarray(matrix)
+    if len(matrix) < 2:
+        return None
+    return float(matrix[np.triu_indices(len(matrix), k=1)].mean())
+
+
+def _short_names(run_dirs) -> list[str]:
+    names = [Path(d).name for d in run_dirs]
+    return names if len(set(names)) == len(names) else [str(d) for d in run_dirs]
+
+
+def _test_accuracy(ids: list[str], categories, key) -> dict:
+    """Public/private accuracy of test predictions (category strings) against an answer key frame."""
+    missing = [i for i in ids if i not in key.index]
+    if missing:
+        raise KitError(f"answer key lacks test utterance {missing[0]!r} ({len(missing)} in all); "
+                       "is it the key of this data dir?")
+    rows = key.loc[ids]
+    right = rows["Category"].to_numpy() == np.asarray(categories, dtype=object)
+    out = {}
+    for usage in ("Public", "Private"):
+        mask = rows["Usage"].to_numpy() == usage
+        out[usage.lower()] = float(right[mask].mean()) if mask.any() else None
+    return out
+
+
+def _read_key(answers):
+    import pandas as pd
+
+    path = Path(answers)
+    if not path.is_file():
+        raise KitError(f"{path}: answer key not found")
+    key = pd.read_csv(path, dtype=str)
+    if list(key.columns[:3]) != ["Id", "Category", "Usage"]:
+        raise KitError(f"{path}: header is {','.join(key.columns)!r}, expected 'Id,Category,Usage'")
+    return key.set_index("Id")
+
+
+def _load_ensemble(ensemble_result, run_dirs) -> dict:
+    """The ensemble manifest, from ensemble_runs' result dict or a NAME.json path."""
+    path = ensemble_result.get("manifest") if isinstance(ensemble_result, dict) else ensemble_result
+    if path is None:
+        return dict(ensemble_result)
+    path = Path(path)
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise KitError(f"{path}: unreadable ensemble manifest ({e})") from None
+    members = manifest.get("members")
+    if members is not None and [str(Path(m).resolve()) for m in members] != \
+            [str(Path(d).resolve()) for d in run_dirs]:
+        raise KitError(f"{path}: made from other runs ({len(members)} members) than the ones given; "
+                       "give the same run dirs in the same order")
+    return manifest
+
+
+# ---------------------------------------------------------------- the report
+def report_runs(run_dirs, ensemble_result=None, png=None, answers=None, pool: str = DEFAULT_POOL,
+                folds: int = 5) -> dict:
+    """Numbers that say whether an ensemble of predicted run dirs helps.
+
+    ensemble_result: the dict ensemble_runs returned, or the path of its NAME.json; None:
+    the calibrated cross-fitted ensemble is computed on validation here (nothing is written).
+    png: where to draw the report; None: beside the ensemble CSV (NAME_report.png) if there is
+    one; False: no picture. answers: a Kaggle-style key (Id,Category,Usage) to add each
+    member's and the ensemble's public/private test accuracy.
+
+    Returns {"members": [{member, run_dir, mode, temperature, val_acc, val_nll, val_acc_centre,
+    val_acc_full, val_acc_sliding, public, private}], "ensemble": {name, method, val_acc,
+    oof_acc, gain_in_sample, gain_oof, candidates, public, private} | None, "best_member_acc",
+    "oracle", "mean_disagreement", "disagreement" (M x M lists), "n_val", "png"}.
+    """
+    if not run_dirs:
+        raise KitError("no run dirs given to report on")
+    members = [load_member(d) for d in run_dirs]
+    check_compatible(members)
+    labels = members[0].val_labels
+    names = _short_names([m.run_dir for m in members])
+    preds = np.stack([m.val_probs.argmax(axis=1) for m in members])        # (M, N)
+    key = _read_key(answers) if answers is not None else None
+    speakers = None
+    if key is not None:
+        from kit.ensemble import _speakers
+
+        speakers = _speakers(members[0])[0]
+
+    rows = []
+    for m, name, pred in zip(members, names, preds):
+        lp = log_probs(m.val_probs)
+        t = fit_temperature(lp, labels) if len(labels) else None
+        row = {"member": name, "run_dir": str(m.run_dir), "mode": member_mode(m.ids), "temperature": t,
+               "val_acc": float((pred == labels).mean()) if len(labels) else None,
+               "val_nll": mean_nll(calibrate(lp, t), labels) if len(labels) else None,
+               **{f"val_acc_{w}": m.ids.get(f"val_acc_{w}") for w in ("centre", "full", "sliding")}}
+        if key is not None:
+            row.update(_test_accuracy(m.ids["test"], [speakers[k] for k in m.test_probs.argmax(axis=1)], key))
+        rows.append(row)
+    accs = [r["val_acc"] for r in rows if r["val_acc"] is not None]
+    best = max(accs) if accs else None
+
+    ens = None
+    if ensemble_result is not None:
+        manifest = _load_ensemble(ensemble_result, run_dirs)
+        ens = {"name": manifest.get("name") or Path(manifest.get("csv", "ensemble")).stem,
+               "method": manifest.get("method") or f"{manifest.get('vote', '?')} vote "
+                                                   f"({manifest.get('weights_mode', 'equal')} weights)",
+               "val_acc": manifest.get("val_acc"), "oof_acc": manifest.get("oof_acc"),
+               "candidates": manifest.get("candidates"), "csv": manifest.get("csv")}
+        if key is not None and ens["csv"]:
+            import pandas as pd
+
+            sub = pd.read_csv(ens["csv"], dtype=str)
+            ens.update(_test_accuracy(sub["Id"].tolist(), sub["Category"].tolist(), key))
+    elif len(labels) >= 2:
+        fit = auto_ensemble([m.val_probs for m in members], labels, None, METHODS, pool, folds)
+        ens = {"name": "auto (not written)", "method": fit["method"], "val_acc": fit["val_acc"],
+               "oof_acc": fit["oof_acc"], "candidates": fit["candidates"], "csv": None}
+    if ens is not None:
+        for kind, acc in (("gain_in_sample", ens["val_acc"]), ("gain_oof", ens["oof_acc"])):
+            ens[kind] = None if acc is None or best is None else acc - best
+
+    matrix = disagreement_matrix(preds)
+    report = {"members": rows, "ensemble": ens, "best_member_acc": best, "oracle": oracle_accuracy(preds, labels),
+              "mean_disagreement": mean_disagreement(matrix), "disagreement": matrix.tolist(),
+              "n_val": int(len(labels)), "png": None}
+    if png is None and ens is not None and ens.get("csv"):
+        csv = Path(ens["csv"])
+        png = csv.with_name(f"{csv.stem}_report.png")
+    if png:
+        report["png"] = str(plot_report(report, png))
+    return report
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{x:.4f}"
+
+
+def format_report(report: dict) -> str:
+    """The report as a plain-text table (what `kit report` prints)."""
+    rows = report["members"]
+    width = max([len("member")] + [len(r["member"]) for r in rows])
+    scored = any("public" in r for r in rows)
+    head = f"{'member':<{width}}  {'mode':<7} {'T':>6} {'val acc':>8} {'val NLL':>8}"
+    head += f" {'centre':>7} {'full':>7} {'sliding':>7}" + (f" {'public':>7} {'private':>7}" if scored else "")
+    lines = [f"validation: {report['n_val']} utterances; NLL after temperature scaling", head]
+    for r in rows:
+        t = "-" if r["temperature"] is None else f"{r['temperature']:.2f}"
+        line = (f"{r['member']:<{width}}  {r['mode']:<7} {t:>6} {_pct(r['val_acc']):>8} {_pct(r['val_nll']):>8}"
+                f" {_pct(r['val_acc_centre']):>7} {_pct(r['val_acc_full']):>7} {_pct(r['val_acc_sliding']):>7}")
+        if scored:
+            line += f" {_pct(r.get('public')):>7} {_pct(r.get('private')):>7}"
+        lines.append(line)
+    ens = report["ensemble"]
+    if ens is not None:
+        lines.append(f"ensemble {ens['name']}: {ens['method']}")
+        lines.append(f"  val acc in-sample {_pct(ens['val_acc'])}   out-of-fold (honest) {_pct(ens['oof_acc'])}")
+        gains = [f"{kind} {ens[key]:+.4f}" for kind, key in (("in-sample", "gain_in_sample"),
+                                                              ("out-of-fold", "gain_oof")) if ens[key] is not None]
+        lines.append(f"  gain over the best member ({_pct(report['best_member_acc'])}): {', '.join(gains) or '-'}")
+        if ens.get("candidates"):
+            lines.append("  candidates (out-of-fold / in-sample val acc): " + "   ".join(
+                f"{m} {_pct(c['oof_acc'])}/{_pct(c['val_acc'])}" for m, c in ens["candidates"].items()))
+        if "public" in ens:
+            lines.append(f"  test public {_pct(ens['public'])}   private {_pct(ens['private'])}")
+    lines.append(f"oracle (some member right): {_pct(report['oracle'])}   "
+                 f"mean pairwise disagreement: {_pct(report['mean_disagreement'])}")
+    if len(rows) > 1:
+        lines.append("disagreement (fraction of validation utterances where two members' argmax differ):")
+        short = [r["member"][:7] for r in rows]
+        lines.append(" " * width + "  " + " ".join(f"{s:>7}" for s in short))
+        for r, values in zip(rows, report["disagreement"]):
+            lines.append(f"{r['member']:<{width}}  " + " ".join(f"{v:7.3f}" for v in values))
+    if report.get("png"):
+        lines.append(f"picture: {report['png']}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- the picture
+def plot_report(report: dict, png: str | os.PathLike) -> Path:
+    """Bars of member vs ensemble validation accuracy with the oracle as a line, and the
+    pairwise disagreement heatmap; written atomically to `png`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, ens = report["members"], report["ensemble"]
+    labels = [r["member"] for r in rows]
+    values = [r["val_acc"] or 0.0 for r in rows]
+    colours = ["tab:blue"] * len(rows)
+    if ens is not None:
+        for kind, key, colour in (("in-sample", "val_acc", "tab:orange"), ("out-of-fold", "oof_acc", "tab:green")):
+            if ens.get(key) is not None:
+                labels.append(f"ensemble\n{kind}")
+                values.append(ens[key])
+                colours.append(colour)
+    m = len(rows)
+    fig, (bars, heat) = plt.subplots(1, 2, figsize=(11, 1.6 + 0.35 * max(len(labels), m)),
+                                     gridspec_kw={"width_ratios": [1.2, 1]})
+    y = np.arange(len(labels))
+    bars.barh(y, values, color=colours)
+    bars.set_yticks(y, labels, fontsize=7)
+    bars.invert_yaxis()
+    if report["oracle"] is not None:
+        bars.axvline(report["oracle"], color="black", linestyle="--", label=f"oracle {report['oracle']:.3f}")
+        bars.legend(loc="lower right", fontsize=7)
+    low = min(values + [report["oracle"] or 1.0])
+    bars.set_xlim(max(0.0, low - 0.05), 1.0)
+    bars.set_xlabel("validation accuracy")
+    bars.set_title("members vs ensemble")
+    matrix = np.asarray(report["disagreement"])
+    image = heat.imshow(matrix, cmap="viridis", vmin=0)
+    heat.set_xticks(range(m), [r["member"] for r in rows], rotation=90, fontsize=7)
+    heat.set_yticks(range(m), [r["member"] for r in rows], fontsize=7)
+    if m <= 12:
+        for i in range(m):
+            for j in range(m):
+                dark = matrix[i, j] < 0.5 * max(matrix.max(), 1e-12)       # viridis: dark low, bright high
+                heat.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                          color="white" if dark else "black")
+    heat.set_title("pairwise disagreement (argmax differs)")
+    fig.colorbar(image, ax=heat, fraction=0.046)
+    fig.tight_layout()
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return Path(png)

@@ -1,0 +1,72 @@
+"""Step plans: the LR schedule, and fitting a run's step total to a wall-clock allowance."""
+import math
+
+import pytest
+import torch
+
+from kit.budget import EVALS, RESERVE, StepPlan, lr_at
+
+
+def test_lr_schedule_matches_timm_cosine_with_warmup():
+    from timm.scheduler import CosineLRScheduler
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=3e-3)
+    total, warmup = 200, 20
+    sched = CosineLRScheduler(opt, t_initial=total + 1, warmup_lr_init=0.0, warmup_t=warmup, t_in_epochs=False)
+    for step in range(1, total + 1):
+        sched.step_update(step)
+        assert lr_at(step, total, warmup, 3e-3) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-12, abs=1e-15)
+
+
+def test_fixed_plan_evaluates_every_eval_every_and_at_the_end():
+    plan = StepPlan.fixed(total=250, warmup=10, eval_every=100)
+    assert [s for s in range(1, 251) if plan.eval_due(s)] == [100, 200, 250]
+
+
+def test_timed_plan_fits_the_allowance_and_ends_annealed():
+    # 60 s allowance, 0.1 s per step, evaluations of 1 s: about (60*(1-RESERVE) - 5) / 0.1 steps.
+    plan = StepPlan.timed(seconds=60.0, max_steps=100_000, warmup=1000)
+    total = plan.fit(step=20, spent=2.0, step_seconds=0.1, eval_guess=1.0)
+    expected = 20 + int((60 * (1 - RESERVE) - 2.0 - EVALS * 1.0) / 0.1)
+    assert total == expected
+    assert plan.warmup == total // 10                  # a long configured warm-up shrinks to a tenth
+    assert lr_at(total, plan.total, plan.warmup, 1e-3) < 1e-6        # the last update is annealed
+    evals = [s for s in range(1, total + 1) if plan.eval_due(s) and not plan.evaluated(1.0)]
+    assert len(evals) == EVALS and evals[-1] == total
+    assert evals == [math.ceil(total * k / EVALS) for k in range(1, EVALS + 1)]
+
+
+def test_timed_plan_never_exceeds_max_steps_nor_goes_backwards():
+    plan = StepPlan.timed(seconds=3600.0, max_steps=500, warmup=50)
+    assert plan.fit(step=10, spent=1.0, step_seconds=0.01, eval_guess=0.1) == 500
+    assert plan.fit(step=300, spent=3599.0, step_seconds=1.0, eval_guess=0.1) == 301   # out of time: stop next step
+
+
+def test_timed_plan_survives_a_resume():
+    plan = StepPlan.timed(seconds=60.0, max_steps=10_000, warmup=10)
+    plan.fit(step=20, spent=2.0, step_seconds=0.05, eval_guess=0.5)
+    plan.evaluated(0.7)
+    again = StepPlan.timed(seconds=60.0, max_steps=10_000, warmup=10)
+    again.load_state_dict(plan.state_dict())
+    assert (again.total, again.warmup, again.evals_done, again.eval_seconds) == \
+        (plan.total, plan.warmup, plan.evals_done, plan.eval_seconds)
+
+
+def test_a_time_budgeted_run_fits_its_steps_evaluates_and_ends_annealed(tiny_data, tmp_path):
+    """A run given train.minutes sets its own step total (far below max_steps here), evaluates
+    EVALS times on bounded crops and takes its last step at a learning rate near zero."""
+    import pandas as pd
+
+    from kit.config import from_dict
+    from kit.train import train
+
+    cfg = from_dict({"data": {"data_dir": str(tiny_data), "segment_len": 64, "store_dtype": "float32"},
+                     "model": {"d_model": 32, "ffn_dim": 64, "n_heads": 2},
+                     "train": {"batch_size": 16, "lr": 3e-3, "warmup_steps": 1000, "max_steps": 1_000_000,
+                               "minutes": 0.05, "cpu_threads": 1}})
+    summary = train(cfg, tmp_path / "run", progress=False)
+    metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    assert summary["stopped_reason"] == "budget"
+    assert 20 < summary["step"] == summary["total_steps"] < 1_000_000
+    assert len(metrics) == EVALS and metrics["step"].iloc[-1] == summary["step"]
+    assert metrics["lr"].iloc[-1] < 1e-3 * 3e-3                     # annealed, not cut at the peak

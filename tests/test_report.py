@@ -1,0 +1,131 @@
+"""The ensemble report: oracle and disagreement on hand-made predictions, a report of run dirs
+with its picture, the test scores from an answer key, and the `kit report` command."""
+import json
+
+import numpy as np
+import pytest
+
+from kit.cli import main
+from kit.ensemble import ensemble_runs
+from kit.errors import KitError
+from kit.report import disagreement_matrix, format_report, mean_disagreement, oracle_accuracy, report_runs
+
+SPEAKERS = ["id10001", "id10002", "id10003"]
+TEST_IDS = [f"uttr-t{i}.pt" for i in range(4)]
+VAL_IDS = [f"uttr-v{i}.pt" for i in range(6)]
+VAL_LABELS = [0, 1, 2, 0, 1, 2]
+
+
+def test_oracle_and_disagreement_on_a_hand_made_example():
+    labels = np.array([0, 1, 2, 0])
+    preds = np.array([[0, 1, 0, 1],        # right on 0, 1
+                      [0, 2, 2, 1],        # right on 0, 2
+                      [1, 2, 0, 1]])       # right on none
+    assert oracle_accuracy(preds, labels) == 0.75        # utterance 3 nobody gets right
+    matrix = disagreement_matrix(preds)
+    np.testing.assert_allclose(matrix, [[0, 0.5, 0.5],
+                                        [0.5, 0, 0.5],
+                                        [0.5, 0.5, 0]])
+    assert mean_disagreement(matrix) == pytest.approx(0.5)
+    assert mean_disagreement(disagreement_matrix(preds[:1])) is None
+
+
+# ---------------------------------------------------------------- run dirs on disk
+def onehotish(pred, c=3, p=0.6):
+    out = np.full((len(pred), c), (1 - p) / (c - 1))
+    out[np.arange(len(pred)), pred] = p
+    return out
+
+
+@pytest.fixture
+def layout_dir(tmp_path):
+    d = tmp_path / "data"
+    d.mkdir()
+    meta = {"n_mels": 40, "speakers": {s: [{"feature_path": p, "mel_len": 50}
+                                           for p, lab in zip(VAL_IDS, VAL_LABELS) if lab == k]
+                                       for k, s in enumerate(SPEAKERS)}}
+    test = {"n_mels": 40, "utterances": [{"feature_path": p, "mel_len": 50} for p in TEST_IDS]}
+    mapping = {"speaker2id": {s: i for i, s in enumerate(SPEAKERS)},
+               "id2speaker": {str(i): s for i, s in enumerate(SPEAKERS)}}
+    for name, obj in (("metadata.json", meta), ("testdata.json", test), ("mapping.json", mapping)):
+        (d / name).write_text(json.dumps(obj))
+    return d
+
+
+def make_run(root, name, val_pred, test_pred, data_dir, **ids):
+    run = root / name
+    run.mkdir()
+    np.save(run / "val_probs.npy", onehotish(val_pred).astype(np.float32))
+    np.save(run / "test_probs.npy", onehotish(test_pred).astype(np.float32))
+    # an ids.json as old `kit predict` wrote it (no mode, no NLLs) plus whatever the test adds
+    (run / "ids.json").write_text(json.dumps({
+        "val": VAL_IDS, "val_labels": VAL_LABELS, "test": TEST_IDS, "window": 256, "hop": 128,
+        "full": False, "average": "probs", "which": "best", "data_dir": str(data_dir), **ids}))
+    return run
+
+
+@pytest.fixture
+def runs(tmp_path, layout_dir):
+    return [make_run(tmp_path, "r1", [0, 1, 2, 0, 1, 0], [0, 1, 2, 2], layout_dir),
+            make_run(tmp_path, "r2", [0, 1, 2, 1, 1, 2], [0, 1, 1, 2], layout_dir,
+                     mode="full", val_acc_full=5 / 6, val_acc_sliding=4 / 6),
+            make_run(tmp_path, "r3", [1, 1, 2, 0, 2, 2], [1, 1, 2, 0], layout_dir)]
+
+
+@pytest.fixture
+def answers(tmp_path):
+    key = tmp_path / "answers.csv"
+    usage = ["Public", "Public", "Private", "Private"]
+    key.write_text("Id,Category,Usage\n" + "".join(
+        f"{i},{SPEAKERS[k]},{u}\n" for i, k, u in zip(TEST_IDS, [0, 1, 2, 0], usage)))
+    return key
+
+
+def test_report_of_an_ensemble_writes_its_picture_beside_the_csv(tmp_path, runs, answers):
+    ens = ensemble_runs(runs, vote="hard", name="three", out_dir=tmp_path / "subs")
+    r = report_runs(runs, ensemble_result=ens, answers=answers)
+    assert [m["member"] for m in r["members"]] == ["r1", "r2", "r3"]
+    assert [m["val_acc"] for m in r["members"]] == pytest.approx([5 / 6, 5 / 6, 4 / 6])
+    assert [m["mode"] for m in r["members"]] == ["sliding", "full", "sliding"]
+    assert r["members"][1]["val_acc_full"] == pytest.approx(5 / 6) and r["members"][0]["val_acc_full"] is None
+    assert r["oracle"] == 1.0 and r["best_member_acc"] == pytest.approx(5 / 6)
+    # the three members' argmax differ pairwise on 2, 3 and 3 of the 6 utterances
+    assert r["mean_disagreement"] == pytest.approx((2 + 3 + 3) / 18)
+    e = r["ensemble"]
+    assert e["val_acc"] == 1.0 and e["oof_acc"] is None and e["gain_in_sample"] == pytest.approx(1 / 6)
+    # test: r1 gets 3/4 (public 2/2, private 1/2); the hard vote's CSV the same
+    assert (r["members"][0]["public"], r["members"][0]["private"]) == (1.0, 0.5)
+    assert (e["public"], e["private"]) == (1.0, 0.5)
+    png = tmp_path / "subs" / "three_report.png"
+    assert r["png"] == str(png) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = format_report(r)
+    assert "oracle" in text and "disagreement" in text and "three_report.png" in text
+
+
+def test_report_without_an_ensemble_computes_the_honest_one(tmp_path, runs):
+    r = report_runs(runs, png=tmp_path / "r.png", folds=3)
+    e = r["ensemble"]
+    assert e["csv"] is None and e["method"] in ("single", "hard", "equal", "weighted")
+    assert 0 <= e["oof_acc"] <= 1 and e["gain_oof"] == pytest.approx(e["oof_acc"] - 5 / 6)
+    assert all(m["temperature"] > 0 for m in r["members"])
+    assert (tmp_path / "r.png").is_file()
+    assert "out-of-fold" in format_report(r)
+
+
+def test_report_refuses_a_manifest_of_other_runs(tmp_path, runs):
+    ens = ensemble_runs(runs[:2], vote="soft", name="two", out_dir=tmp_path / "subs")
+    with pytest.raises(KitError, match="made from other runs"):
+        report_runs(runs, ensemble_result=ens["manifest"])
+
+
+def test_cli_report(tmp_path, runs, answers, capsys):
+    assert main(["ensemble", *map(str, runs), "--vote", "auto", "--folds", "3", "--name", "a",
+                 "--out", str(tmp_path / "subs")]) == 0
+    capsys.readouterr()
+    assert main(["report", *map(str, runs), "--ensemble", str(tmp_path / "subs" / "a.json"),
+                 "--answers", str(answers)]) == 0
+    text = capsys.readouterr().out
+    assert "public" in text and "out-of-fold (honest)" in text and "r2" in text
+    assert (tmp_path / "subs" / "a_report.png").is_file()
+    assert main(["report", *map(str, runs), "--json", "--png", str(tmp_path / "j.png")]) == 0
+    assert json.loads(capsys.readouterr().out)["oracle"] == 1.0
