@@ -5,6 +5,7 @@ Recipes override these defaults; the CLI (`--set section.key=value`) overrides t
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,7 +122,7 @@ def _coerce(value: Any, target_type: type, where: str) -> Any:
         except (TypeError, ValueError):
             raise KitError(f"{where}: expected a number, got {value!r}") from None
         if target_type is int:
-            if number != int(number):
+            if not math.isfinite(number) or number != int(number):
                 raise KitError(f"{where}: expected an integer, got {value!r}")
             return int(number)
         return number
@@ -145,9 +146,50 @@ def _fill(cls: type, values: dict, where: str):
     return cls(**kwargs)
 
 
+# The range of each numeric setting, checked at load (every other number must just be finite).
+POSITIVE, NON_NEGATIVE, OPEN_UNIT, HALF_OPEN_UNIT = "> 0", ">= 0", "in (0, 1)", "in [0, 1)"
+RANGES = {
+    "data": {"segment_len": POSITIVE, "val_fraction": OPEN_UNIT, "split_seed": NON_NEGATIVE},
+    "model": {"d_model": POSITIVE, "n_layers": POSITIVE, "n_heads": POSITIVE, "ffn_dim": POSITIVE,
+              "dropout": HALF_OPEN_UNIT, "conv_kernel": POSITIVE, "channels": POSITIVE, "resnet_depth": POSITIVE,
+              "am_s": POSITIVE, "am_m": NON_NEGATIVE, "margin_warmup_steps": NON_NEGATIVE,
+              "n_mels": POSITIVE, "n_classes": POSITIVE},
+    "augment": {"freq_masks": NON_NEGATIVE, "freq_width": NON_NEGATIVE, "time_masks": NON_NEGATIVE,
+                "time_width": NON_NEGATIVE},
+    "train": {"batch_size": POSITIVE, "lr": NON_NEGATIVE, "weight_decay": NON_NEGATIVE,
+              "warmup_steps": NON_NEGATIVE, "max_steps": POSITIVE, "max_epochs": NON_NEGATIVE,
+              "grad_clip": NON_NEGATIVE, "ema_decay": HALF_OPEN_UNIT, "eval_every": POSITIVE,
+              "patience": NON_NEGATIVE, "average_last": NON_NEGATIVE, "seed": NON_NEGATIVE,
+              "minutes": NON_NEGATIVE, "max_minutes": NON_NEGATIVE, "cpu_threads": NON_NEGATIVE},
+    "infer": {"window": POSITIVE, "hop": POSITIVE, "batch_size": POSITIVE},
+}
+_IN_RANGE = {POSITIVE: lambda v: v > 0, NON_NEGATIVE: lambda v: v >= 0,
+             OPEN_UNIT: lambda v: 0 < v < 1, HALF_OPEN_UNIT: lambda v: 0 <= v < 1}
+
+
+def validate(cfg: RunConfig, where: str = "config") -> RunConfig:
+    """Refuse a non-finite number, or one outside its range (RANGES), naming the setting."""
+    for section in dataclasses.fields(cfg):
+        table = getattr(cfg, section.name)
+        if not dataclasses.is_dataclass(table):
+            continue
+        for f in dataclasses.fields(table):
+            value = getattr(table, f.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            rule = RANGES.get(section.name, {}).get(f.name)
+            if not math.isfinite(value):
+                raise KitError(f"{where}: {section.name}.{f.name} = {value}: must be a finite number"
+                               + (f" {rule}" if rule else ""))
+            if rule and not _IN_RANGE[rule](value):
+                raise KitError(f"{where}: {section.name}.{f.name} = {value!r}: must be {rule}")
+    return cfg
+
+
 def from_dict(values: dict, where: str = "config") -> RunConfig:
-    """Build a RunConfig from nested dicts, refusing unknown keys and ill-typed values."""
-    return _fill(RunConfig, values, where)
+    """Build a RunConfig from nested dicts, refusing unknown keys, ill-typed values and numbers
+    out of range."""
+    return validate(_fill(RunConfig, values, where), where)
 
 
 def merge(base: dict, override: dict) -> dict:
