@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from kit.errors import KitError
-from kit.fsio import write_json
+from kit.fsio import file_lock, write_json
 
 PAD_VALUE = -20.0          # the competition's padding value for short utterances
 STORE_VERSION = 1          # bump when the packed format changes
@@ -143,9 +143,14 @@ def load_feature(path: str | os.PathLike, n_mels: int | None = None, mel_len: in
     try:
         x = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe pickle"
+        with open(path, "rb") as f:
+            head = f.read(2)
+        pickled = head == b"PK" or head[:1] == b"\x80"      # torch's zip format, or a bare pickle
+        if not pickled or "global" not in str(e).lower():    # random bytes fail the same unpickler
+            raise KitError(f"{path}: unreadable or corrupt feature file (not a tensor file kit can read)") from None
+        unsafe = [ln.strip() for ln in str(e).splitlines() if "global" in ln.lower()]
         raise KitError(f"{path}: refused to load, the file holds more than tensors "
-                       f"(it could run code on load): {first[:160]}") from None
+                       f"(it could run code on load): {unsafe[0][:160]}") from None
     except Exception as e:  # torch raises many types for truncated/corrupt zips
         raise KitError(f"{path}: unreadable or corrupt feature file ({type(e).__name__}: "
                        f"{str(e).strip().splitlines()[0][:160] if str(e).strip() else 'no detail'})") from None
@@ -220,11 +225,24 @@ def data_info(data_dir: str | os.PathLike) -> dict:
 
 # ---------------------------------------------------------------- FeatureStore
 def layout_hash(data_dir: str | os.PathLike) -> str:
-    """Hash of the three json files: the store is rebuilt when any of them changes."""
+    """Hash of the three json files."""
     h = hashlib.sha256(f"kit-store-v{STORE_VERSION}".encode())
     for name in LAYOUT_FILES:
         h.update(name.encode())
         h.update((Path(data_dir) / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def store_key(layout: Layout) -> str:
+    """The json files' hash and every feature file's name, size and mtime: the store is rebuilt
+    when any of them changes (a feature file replaced in place included)."""
+    h = hashlib.sha256(layout_hash(layout.data_dir).encode())
+    for u in _all_utterances(layout):
+        try:
+            st = os.stat(layout.data_dir / u.path)
+            h.update(f"{u.path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{u.path}\0missing\n".encode())      # packing then names the file
     return h.hexdigest()[:16]
 
 
@@ -255,10 +273,16 @@ class FeatureStore:
             raise KitError(f"store dtype {dtype!r}: choose float16 or float32")
         layout = read_layout(data_dir)
         cache = Path(cache_dir) if cache_dir else Path(data_dir) / CACHE_DIRNAME
-        root = cache / f"store-{layout_hash(data_dir)}-{dtype}"
+        root = cache / f"store-{store_key(layout)}-{dtype}"
         if not (root / "done.json").is_file():
             _pack(layout, root, dtype, workers, progress)
         return cls(root, layout)
+
+    @property
+    def content_digest(self) -> str:
+        """A digest of every feature file's values in json order (from packing; any store dtype)."""
+        done = json.loads((self.root / "done.json").read_text(encoding="utf-8"))
+        return done.get("content") or f"key:{self.root.name.split('-')[1]}"
 
     @property
     def n_mels(self) -> int:
@@ -332,38 +356,50 @@ class FeatureStore:
 
 
 def _pack(layout: Layout, root: Path, dtype: str, workers: int | None, progress: bool) -> None:
-    """Read every feature file once into a new store folder, then rename it into place."""
+    """Read every feature file once into a new store folder, then rename it into place. One
+    packer at a time per cache dir, so the temp folders a killed packer left can be removed."""
+    try:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        (root.parent / ".pack.lock").touch()
+    except OSError as e:
+        raise KitError(f"{root.parent}: cannot write the packed store here ({e.strerror}); "
+                       "pass a writable cache dir") from None
+    with file_lock(root.parent / ".pack.lock"):
+        if (root / "done.json").is_file():           # another process packed it meanwhile
+            return
+        for leftover in root.parent.glob(".store-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        _pack_locked(layout, root, dtype, workers, progress)
+
+
+def _pack_locked(layout: Layout, root: Path, dtype: str, workers: int | None, progress: bool) -> None:
     utts = _all_utterances(layout)
     lengths = np.array([u.mel_len for u in utts], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
     s2i = layout.speaker2id
     labels = np.array([s2i[u.speaker] if u.speaker is not None else -1 for u in utts], dtype=np.int64)
-
-    root.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-    except OSError as e:
-        raise KitError(f"{root.parent}: cannot write the packed store here ({e.strerror}); "
-                       "pass a writable cache dir") from None
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     try:
         feats = np.lib.format.open_memmap(tmp / "features.npy", mode="w+",
                                           dtype=np.dtype(dtype), shape=(int(lengths.sum()), layout.n_mels))
         data_dir = layout.data_dir
 
-        def load(i: int) -> None:
+        def load(i: int) -> bytes:
             u = utts[i]
-            x = load_feature(data_dir / u.path, layout.n_mels, u.mel_len)
-            feats[offsets[i]:offsets[i] + lengths[i]] = x.numpy().astype(dtype, copy=False)
+            x = load_feature(data_dir / u.path, layout.n_mels, u.mel_len).numpy()
+            feats[offsets[i]:offsets[i] + lengths[i]] = x.astype(dtype, copy=False)
+            return hashlib.sha1(np.ascontiguousarray(x, dtype=np.float32).tobytes()).digest()
 
-        for _ in _parallel_map(load, range(len(utts)), workers, f"packing {data_dir}", progress):
-            pass
+        content = hashlib.sha1()        # the run identity's data fingerprint (kit.runs)
+        for digest in _parallel_map(load, range(len(utts)), workers, f"packing {data_dir}", progress):
+            content.update(digest)
         feats.flush()
         del feats
         np.save(tmp / "offsets.npy", offsets)
         np.save(tmp / "lengths.npy", lengths)
         np.save(tmp / "labels.npy", labels)
-        write_json(tmp / "done.json", {"version": STORE_VERSION, "dtype": dtype,
-                                       "utterances": len(utts), "frames": int(lengths.sum())})
+        write_json(tmp / "done.json", {"version": STORE_VERSION, "dtype": dtype, "utterances": len(utts),
+                                       "frames": int(lengths.sum()), "content": content.hexdigest()})
         if (root / "done.json").is_file():   # a concurrent packer finished first: use its store
             return
         if root.exists():                     # a stale half-store (no done.json)
