@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from kit.data import FeatureStore, save_split, split_for
 from kit.errors import KitError
 from kit.fsio import save_torch, write_csv, write_json, write_text
 from kit.models import build_model, count_params
+from kit.runs import check_resume, load_checkpoint, run_identity
 
 METRIC_COLUMNS = ["step", "epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "step_seconds"]
 EVAL_FRAMES = 64 * 1024          # frames per validation batch (B * T_max), whole utterances
@@ -40,10 +42,18 @@ def load_model(run_dir: str | Path, which: str = "best"):
     path = Path(run_dir) / f"{which}.pt"
     if not path.is_file():
         raise KitError(f"{path}: missing (train the run first{', with train.average_last > 0' if which == 'avg' else ''})")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = load_checkpoint(path)
     model = build_model(cfg.model, cfg.augment)
-    model.load_state_dict(ckpt["model"])
+    _load_weights(model, ckpt["model"], path)
     return model.eval(), cfg
+
+
+def _load_weights(model: torch.nn.Module, state: dict, path: Path) -> None:
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:        # size mismatch / missing keys: the checkpoint is another model
+        raise KitError(f"{path}: does not fit the model in {path.parent / 'config.toml'} "
+                       f"({str(e).strip().splitlines()[-1].strip()[:160]})") from None
 
 
 # ---------------------------------------------------------------- helpers
@@ -173,14 +183,31 @@ def _make_accelerator(precision: str):
 
 # ---------------------------------------------------------------- the loop
 def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: bool = True,
-          store: FeatureStore | None = None, stop_after: int | None = None) -> dict:
+          store: FeatureStore | None = None, stop_after: int | None = None, budget: str | None = None) -> dict:
     """Train one model into run_dir and return its summary (also written as summary.json).
 
     cfg is completed in place from the data: data_dir (absolute), n_mels and n_classes.
+    The run dir is locked while it trains, and its identity.json records what defines the run
+    (data, config, `budget`: the recipe budget's name); a start that would replace or resume
+    a run on other data or another model shape is refused (kit.runs).
 
     stop_after: a test hook that stops as if interrupted after that many steps (last.pt kept,
     no summary), so resuming can be checked against an uninterrupted run.
     """
+    from kit.config import validate
+    from kit.runs import check_start, clean_leftovers, run_lock
+
+    validate(cfg)               # the CLI sets budgets after the config was loaded
+    run_dir = Path(run_dir)
+    with run_lock(run_dir, primary=int(os.environ.get("RANK", "0")) == 0):
+        check_start(run_dir, resume)
+        if int(os.environ.get("RANK", "0")) == 0:
+            clean_leftovers(run_dir)
+        return _train(cfg, run_dir, resume, progress, store, stop_after, budget)
+
+
+def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, store: FeatureStore | None,
+           stop_after: int | None, budget: str | None) -> dict:
     from accelerate.utils import gather_object
     from timm.optim import create_optimizer_v2
     from timm.utils import ModelEmaV3
@@ -205,6 +232,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
         store.to_device(device)                 # crops gathered on the GPU: no batch copies per step
     cfg.data.data_dir = str(Path(store.layout.data_dir).resolve())
     cfg.model.n_mels, cfg.model.n_classes = store.n_mels, len(store.speakers)
+    identity = run_identity(cfg, store, budget, run_dir)
     split = split_for(store, cfg.data.val_fraction, cfg.data.split_seed)
     if len(split.val) == 0:
         raise KitError(f"{cfg.data.data_dir}: the validation split is empty (data.val_fraction {cfg.data.val_fraction})")
@@ -231,8 +259,11 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
     avg_keep: list[dict] = []       # the last N evaluated weights, for train.average_last
     last_path = run_dir / "last.pt"
     if resume and last_path.is_file():
-        ckpt = torch.load(last_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(ckpt.get("train_model", ckpt["model"]))
+        check_resume(run_dir, identity)
+        ckpt = load_checkpoint(last_path)
+        if not {"optimizer", "step", "rng_torch", "rng_numpy"} <= set(ckpt):
+            raise KitError(f"{last_path}: not a resumable checkpoint (no optimizer or step in it)")
+        _load_weights(model, ckpt.get("train_model", ckpt["model"]), last_path)
         optimizer.load_state_dict(ckpt["optimizer"])
         if ema is not None:
             ema.module.load_state_dict(ckpt["model"])
@@ -248,10 +279,9 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
         metrics = [m for m in _read_metrics(run_dir / "metrics.csv") if m["step"] <= step]
     elif main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        for stale in ("summary.json", "best.pt", "avg.pt"):       # a fresh run replaces an old one
-            (run_dir / stale).unlink(missing_ok=True)
     if main:
         write_text(run_dir / "config.toml", dump_toml(to_dict(cfg)))
+        write_json(run_dir / "identity.json", identity)
         save_split(split, run_dir / "split.json", store)
 
     net = model                                     # the plain module: checkpoints, EMA, evaluation
