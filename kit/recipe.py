@@ -3,9 +3,13 @@
 """
 from __future__ import annotations
 
+import contextlib
+import math
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,7 +136,68 @@ def ensure_data(data: str | None, log) -> Path:
 def _run_parallel(tasks: list[tuple[str, Path, list[list[str]]]], slots: list[dict], log) -> None:
     """Run each member's commands (train, then predict) one after another in a worker process
     slot (a GPU, or a CPU core on one thread), several members at once: tiny models scale far
-    better this way than with DDP. Output goes to <run_dir>/train.log."""
+    better this way than with DDP. Output goes to <run_dir>/train.log. The workers die with
+    this process, however it ends (see _workers_die_with_us)."""
+    children: list[subprocess.Popen] = []
+    with _workers_die_with_us(children):
+        _run_slots(tasks, slots, log, children)
+
+
+@contextlib.contextmanager
+def _workers_die_with_us(children: list):
+    """Stop every worker in `children` on any way out of the block: return, exception, Ctrl-C,
+    SIGTERM/SIGHUP (turned into SystemExit 143/129 here). A SIGKILL cannot be caught: each worker
+    asked the kernel for its own SIGKILL when this process dies (_die_with_parent)."""
+    def exit_on(signum, frame):
+        raise SystemExit(128 + signum)
+
+    handled = (signal.SIGTERM, signal.SIGHUP)
+    main_thread = threading.current_thread() is threading.main_thread()
+    before = {s: signal.signal(s, exit_on) for s in handled} if main_thread else {}
+    try:
+        yield
+    finally:
+        _stop_workers(children)
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
+def _stop_workers(children: list, grace: float = 5.0) -> None:
+    """SIGTERM each live worker's process group, then SIGKILL what is left after `grace` seconds."""
+    live = [p for p in children if p.poll() is None]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for p in live:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(p.pid, sig)
+        deadline = time.time() + grace
+        for p in live:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(max(0.0, deadline - time.time()))
+        live = [p for p in live if p.poll() is None]
+        if not live:
+            return
+
+
+def _die_with_parent():
+    """A preexec_fn for workers: on Linux, the kernel sends the worker SIGKILL when the process
+    that started it dies (prctl PR_SET_PDEATHSIG), so no trainer outlives its recipe."""
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl      # looked up before the fork
+    except (OSError, AttributeError):                         # not Linux
+        return None
+    parent = os.getpid()
+
+    def in_child() -> None:
+        prctl(1, signal.SIGKILL)          # PR_SET_PDEATHSIG
+        if os.getppid() != parent:        # the parent died before prctl took effect
+            os._exit(1)
+
+    return in_child
+
+
+def _run_slots(tasks: list[tuple[str, Path, list[list[str]]]], slots: list[dict], log, children: list) -> None:
     pending, running = list(tasks), {}
     while pending or running:
         for slot in [i for i in range(len(slots)) if i not in running]:
@@ -160,7 +225,9 @@ def _run_parallel(tasks: list[tuple[str, Path, list[list[str]]]], slots: list[di
                 continue
             env = {**os.environ, **{k: v for k, v in slots[slot].items() if k != "label"}}
             out = open(run_dir / "train.log", "a")
-            proc = subprocess.Popen(cmds[0], env=env, stdout=out, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(cmds[0], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                    process_group=0, preexec_fn=_die_with_parent())
+            children.append(proc)
             running[slot] = [name, run_dir, cmds[1:], proc, out]
         time.sleep(0.5)   # polling the children, not timing anything
 
@@ -185,7 +252,7 @@ def _slots(workers: int | None, n_jobs: int) -> list[dict]:
     return [{"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "label": f"CPU worker {i}"} for i in range(n)]
 
 
-def _member_task(recipe: Recipe, job, on_cpu: bool, after: bool) -> tuple[str, Path, list[list[str]]]:
+def _member_task(recipe: Recipe, job, on_cpu: bool, after: bool, budget: str | None = None) -> tuple[str, Path, list[list[str]]]:
     """The commands a worker runs for one member: train it, then (when the recipe predicts) predict it."""
     from kit.fsio import write_text
 
@@ -195,7 +262,7 @@ def _member_task(recipe: Recipe, job, on_cpu: bool, after: bool) -> tuple[str, P
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / "member.toml", dump_toml(to_dict(cfg)))
     cmds = [[sys.executable, "-m", "kit.train", "--out", str(run_dir), "--config", str(run_dir / "member.toml"),
-             "--no-progress"] + (["--resume"] if resume else [])]
+             "--no-progress"] + (["--resume"] if resume else []) + (["--budget", budget] if budget else [])]
     if after and recipe.after["predict"]:
         cmds.append([sys.executable, "-m", "kit", "predict", str(run_dir), "--which", recipe.after["which"]])
     return name, run_dir, cmds
@@ -224,7 +291,7 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
                only: list[str] | None = None, after: bool = True, progress: bool = True, log=None,
                workers: int | None = None, minutes: float | None = None,
                per_member_minutes: float | None = None, submit: bool | None = None,
-               submissions: str | Path = "submissions") -> dict:
+               submissions: str | Path = "submissions", fresh: bool = False) -> dict:
     """Train the recipe's members (skipping finished ones, resuming half-finished ones), then
     predict, ensemble and submit as its [after] table says. Returns everything the CLI prints.
 
@@ -232,6 +299,8 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
     minutes: a wall-clock allowance for the whole recipe, shared among the members left to train
     (each member's train.minutes); per_member_minutes: the same per member. Either replaces the
     members' own train.minutes; each member fits its LR schedule to its time.
+    fresh: move the chosen members' old run dirs aside (RUNS/<recipe>.old-<time>/) and train
+    them again. Without it, a member made from other data, settings or budget is refused.
     """
     from kit.data import FeatureStore
     from kit.train import read_summary, train
@@ -253,6 +322,12 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
     store = FeatureStore.open(data_dir, member_config(recipe, chosen[0], budget).data.store_dtype, progress=progress)
 
     root = Path(runs) / recipe.name
+    for value, flag in ((minutes, "--minutes"), (per_member_minutes, "--member-minutes")):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise KitError(f"{flag} {value}: must be a positive number of minutes")
+    if fresh:
+        _start_over(root, chosen, log)
+    _check_members(root, chosen, recipe, budget, data_dir, store)
     jobs, skipped = [], set()
     for name in chosen:
         run_dir = root / name
@@ -268,11 +343,11 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
         for _, cfg, _, _ in jobs:
             cfg.train.minutes = each
     if len(slots) > 1:
-        _run_parallel([_member_task(recipe, job, "CPU" in slots[0]["label"], after) for job in jobs], slots, log)
+        _run_parallel([_member_task(recipe, job, "CPU" in slots[0]["label"], after, budget) for job in jobs], slots, log)
     else:
         for name, cfg, run_dir, resume in jobs:
             log(f"training {name} -> {run_dir}{' (resuming)' if resume else ''}")
-            train(cfg, run_dir, resume=resume, progress=progress, store=store)
+            train(cfg, run_dir, resume=resume, progress=progress, store=store, budget=budget)
 
     result = {"recipe": recipe.name, "budget": budget, "data": str(data_dir), "members": []}
     run_dirs = []
@@ -286,6 +361,42 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
         _after(recipe, run_dirs, store, data_dir, result, progress, log, submissions)
     result["minutes"] = (time.time() - began) / 60
     return result
+
+
+def _start_over(root: Path, names: list[str], log) -> None:
+    """--fresh: move the members' run dirs into one <root>.old-<time>/ (nothing is deleted)."""
+    from kit.runs import move_aside, old_name
+
+    dest = old_name(root)
+    for name in names:
+        if (root / name).exists():
+            log(f"{name}: starting over; the old run moved to {move_aside(root / name, dest / name)}")
+
+
+def _check_members(root: Path, names: list[str], recipe: Recipe, budget: str, data_dir: Path, store) -> None:
+    """Refuse, before any training, a member another process is training, one whose run was made
+    from other data, settings or budget, and one that cannot resume (last.pt gone)."""
+    from kit.runs import describe, holds_run, lock_holder, reuse_changes, run_identity
+
+    stale = []
+    for name in names:
+        run_dir = root / name
+        pid = lock_holder(run_dir)
+        if pid:
+            raise KitError(f"{run_dir}: a trainer (pid {pid}) is working on this member now (another "
+                           "`kit recipe run`?); wait for it to finish or stop it")
+        changes = reuse_changes(run_dir, run_identity(member_config(recipe, name, budget, data_dir), store, budget))
+        if changes:
+            stale.append((run_dir, changes))
+        elif holds_run(run_dir) == "unfinished" and not (run_dir / "last.pt").is_file():
+            raise KitError(f"{run_dir}/last.pt: missing, so member {name} cannot resume (its best.pt is kept); "
+                           "re-run with --fresh to train it again (the old run is moved aside)")
+    if stale:
+        run_dir, changes = stale[0]
+        others = f" (and {len(stale) - 1} other member(s))" if len(stale) > 1 else ""
+        raise KitError(f"{run_dir}: made from other data, settings or budget ({describe(changes)}){others}; "
+                       f"re-run with --fresh to train again (old members are moved to {root}.old-<time>), "
+                       "or with --runs OTHER to keep both")
 
 
 def _read_ids(run_dir: Path) -> dict:

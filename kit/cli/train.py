@@ -22,6 +22,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one setting, e.g. --set train.lr=3e-4 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
+    p.add_argument("--fresh", action="store_true", help="start over: move an existing RUN_DIR aside to "
+                   "RUN_DIR.old-<time> first (nothing is deleted)")
+    p.add_argument("--budget", help="the recipe budget's name, recorded in RUN_DIR/identity.json")
     p.add_argument("--minutes", type=float, help="time budget: the step total, warm-up and evaluations are "
                    "fitted to it, so the run ends annealed (train.minutes)")
     p.add_argument("--max-minutes", type=float, help="stop cleanly with a checkpoint after this long")
@@ -50,6 +53,8 @@ def register(sub) -> None:
     p.add_argument("--member-minutes", type=float, help="training minutes per member (replaces the recipe's "
                    "train.minutes); the LR schedule is fitted to it")
     p.add_argument("--no-after", action="store_true", help="train only: skip predict, ensemble and submit")
+    p.add_argument("--fresh", action="store_true", help="start the chosen members over: their old run dirs "
+                   "move to RUNS/<recipe>.old-<time>/ (nothing is deleted)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_recipe_run)
 
@@ -81,10 +86,18 @@ def resolve_train_config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from kit.errors import KitError
+    from kit.runs import move_aside, old_name
     from kit.train import train
 
+    if args.fresh and args.resume:
+        raise KitError("--fresh and --resume: choose one (start over, or continue)")
     cfg = resolve_train_config(args)
-    summary = train(cfg, args.out, resume=args.resume, progress=not args.no_progress and sys.stderr.isatty())
+    if args.fresh and Path(args.out).exists():
+        print(f"kit: {args.out}: starting over; the old run moved to {move_aside(args.out, old_name(args.out))}",
+              file=sys.stderr)
+    summary = train(cfg, args.out, resume=args.resume, progress=not args.no_progress and sys.stderr.isatty(),
+                    budget=args.budget)
     from accelerate.state import PartialState
 
     if PartialState().is_main_process:
@@ -113,7 +126,7 @@ def cmd_recipe_run(args: argparse.Namespace) -> int:
 
     result = run_recipe(args.file, data=args.data, budget=args.budget, runs=args.runs, only=args.only,
                         after=not args.no_after, workers=args.workers, minutes=args.minutes,
-                        per_member_minutes=args.member_minutes,
+                        per_member_minutes=args.member_minutes, fresh=args.fresh,
                         progress=not args.no_progress and sys.stderr.isatty(), log=log)
     print(f"recipe {result['recipe']}  budget {result['budget']}  data {result['data']}")
     print(f"{'member':<22} {'params':>9} {'val acc':>8} {'mode':>8} {'steps':>7} {'minutes':>8}  note")
