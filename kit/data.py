@@ -263,6 +263,8 @@ class FeatureStore:
         self.paths = [u.path for u in _all_utterances(layout)]
         self.n_train = len(layout.train)
         self.n_test = len(layout.test)
+        done = json.loads((root / "done.json").read_text(encoding="utf-8"))
+        self.content_digest = done.get("content") or f"key:{root.name}"   # see _pack_locked
 
     # -- opening / building
     @classmethod
@@ -277,12 +279,6 @@ class FeatureStore:
         if not (root / "done.json").is_file():
             _pack(layout, root, dtype, workers, progress)
         return cls(root, layout)
-
-    @property
-    def content_digest(self) -> str:
-        """A digest of every feature file's values in json order (from packing; any store dtype)."""
-        done = json.loads((self.root / "done.json").read_text(encoding="utf-8"))
-        return done.get("content") or f"key:{self.root.name.split('-')[1]}"
 
     @property
     def n_mels(self) -> int:
@@ -390,7 +386,8 @@ def _pack_locked(layout: Layout, root: Path, dtype: str, workers: int | None, pr
             feats[offsets[i]:offsets[i] + lengths[i]] = x.astype(dtype, copy=False)
             return hashlib.sha1(np.ascontiguousarray(x, dtype=np.float32).tobytes()).digest()
 
-        content = hashlib.sha1()        # the run identity's data fingerprint (kit.runs)
+        content = hashlib.sha1()        # every feature file's values in json order, whatever the store
+                                        # dtype: the data part of a run's identity (kit.runs)
         for digest in _parallel_map(load, range(len(utts)), workers, f"packing {data_dir}", progress):
             content.update(digest)
         feats.flush()

@@ -394,7 +394,7 @@ def _check_members(root: Path, names: list[str], recipe: Recipe, budget: str, da
     if stale:
         run_dir, changes = stale[0]
         others = f" (and {len(stale) - 1} other member(s))" if len(stale) > 1 else ""
-        raise KitError(f"{run_dir}: made from other data, settings or budget ({describe(changes)}){others}; "
+        raise KitError(f"{run_dir}: not what the recipe now asks for: {describe(changes)}{others}; "
                        f"re-run with --fresh to train again (old members are moved to {root}.old-<time>), "
                        "or with --runs OTHER to keep both")
 

@@ -253,14 +253,18 @@ def run_lock(run_dir: str | Path, primary: bool = True) -> Iterator[None]:
 
 def lock_holder(run_dir: str | Path) -> str | None:
     """The pid (as written) of the process holding run_dir's lock, or None when free."""
+    import fcntl
+
     path = Path(run_dir) / LOCK
     if not path.is_file():
         return None
-    try:
-        with run_lock(run_dir):
-            return None
-    except KitError:
-        return path.read_text().strip() or "unknown"
+    with open(path) as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return f.read().strip() or "unknown"
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    return None
 
 
 # ---------------------------------------------------------------- checkpoints

@@ -1,0 +1,354 @@
+"""Fault injection, as a careless-but-realistic user would: what kit promises back (README, "What
+kit promises"): nothing stale, nothing orphaned, nothing lost; a problem is one line and exit 2."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import kit
+from kit.cli import main
+from kit.data import FeatureStore
+from kit.errors import KitError
+from kit.kaggle import append_ledger, read_ledger, update_ledger
+from kit.recipe import run_recipe
+from kit.runs import run_lock
+from kit.train import load_model
+
+REPO = Path(kit.__file__).resolve().parent.parent
+MEMBERS = ("mean", "sap")
+
+
+def recipe_text(max_steps: int = 10, eval_every: int = 5, lr: str = "3e-3", members=MEMBERS) -> str:
+    text = f"""
+    name = "tiny"
+    [base.data]
+    segment_len = 48
+    store_dtype = "float32"
+    [base.model]
+    d_model = 16
+    ffn_dim = 32
+    n_heads = 2
+    [base.train]
+    batch_size = 16
+    lr = {lr}
+    warmup_steps = 2
+    max_steps = {max_steps}
+    eval_every = {eval_every}
+    cpu_threads = 1
+    [budget.quick]
+    [after]
+    predict = false
+    """
+    for name in members:
+        text += f'\n[[members]]\nname = "{name}"\n' + ('model.pooling = "sap"\n' if name == "sap" else "")
+    return textwrap.dedent(text)
+
+
+def write_recipe(folder: Path, **kw) -> Path:
+    path = folder / "tiny.toml"
+    path.write_text(recipe_text(**kw))
+    return path
+
+
+def kit_cli(capsys, *args) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_error(code: int, err: str, *needles: str) -> str:
+    """Exit 2 and exactly one stderr line, `kit: error: ...`, holding every needle."""
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("kit: error: "), (code, err)
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+@pytest.fixture
+def data(tiny_data, tmp_path) -> Path:
+    """A private, writable copy of the tiny competition (its packed store left behind)."""
+    return Path(shutil.copytree(tiny_data, tmp_path / "data", ignore=shutil.ignore_patterns(".kit-cache")))
+
+
+def change_a_feature_file(data: Path, value: float | None = None) -> Path:
+    """Replace one training feature file in place (json untouched): scaled, or filled with `value`."""
+    meta = json.loads((data / "metadata.json").read_text())
+    path = data / next(iter(meta["speakers"].values()))[0]["feature_path"]
+    x = torch.load(path, weights_only=True)
+    torch.save(x * 1.5 if value is None else torch.full_like(x, value), path)
+    return path
+
+
+TRAIN_SMALL = ["--set", "model.d_model=16", "--set", "model.ffn_dim=32", "--set", "data.segment_len=48",
+               "--set", "data.store_dtype=float32", "--set", "train.eval_every=5", "--set", "train.warmup_steps=2",
+               "--set", "train.cpu_threads=1", "--set", "train.max_steps=10", "--no-progress"]
+
+
+@pytest.fixture
+def trained(tiny_data, tmp_path, capsys) -> Path:
+    """A finished 10-step `kit train` run dir."""
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(tiny_data), "--out", str(run), *TRAIN_SMALL]) == 0
+    capsys.readouterr()
+    return run
+
+
+# ---------------------------------------------------------------- 1. stale members
+def test_recipe_reuses_a_member_only_for_the_same_data_settings_and_budget(data, tmp_path, capsys):
+    recipe, runs = write_recipe(tmp_path, members=("mean",)), tmp_path / "runs"
+    run = ["recipe", "run", recipe, "--runs", runs, "--workers", 1, "--no-progress"]
+    assert kit_cli(capsys, *run, "--data", data)[0] == 0
+    moved = Path(shutil.copytree(data, tmp_path / "moved", ignore=shutil.ignore_patterns(".kit-cache")))
+    code, out, err = kit_cli(capsys, *run, "--data", moved, "--member-minutes", 5)
+    assert code == 0 and "finished earlier" in out      # same content elsewhere; a time budget is not identity
+
+    change_a_feature_file(moved)
+    line = one_error(*kit_cli(capsys, *run, "--data", moved)[::2], "runs/tiny/mean", "data (", "--fresh",
+                     "--runs OTHER")
+    assert "budget quick" not in line and "train." not in line
+    one_error(*kit_cli(capsys, *run, "--data", data, "--budget", "full")[::2], "budget quick -> full")
+    recipe.write_text(recipe_text(lr="1e-3", members=("mean",)))
+    one_error(*kit_cli(capsys, *run, "--data", data)[::2], "train.lr 0.003 -> 0.001")
+
+    before = (runs / "tiny" / "mean" / "summary.json").read_text()
+    code, out, err = kit_cli(capsys, *run, "--data", data, "--fresh")
+    assert code == 0 and "finished earlier" not in out
+    [old] = (runs).glob("tiny.old-*")
+    assert (old / "mean" / "summary.json").read_text() == before and (old / "mean" / "best.pt").is_file()
+    assert json.loads((runs / "tiny" / "mean" / "identity.json").read_text())["config"]["train.lr"] == 1e-3
+
+
+def test_recipe_refuses_a_member_someone_is_training(tiny_data, tmp_path):
+    recipe, runs = write_recipe(tmp_path, members=("mean",)), tmp_path / "runs"
+    with run_lock(runs / "tiny" / "mean"):
+        with pytest.raises(KitError, match=rf"a trainer \(pid {os.getpid()}\) is working on this member"):
+            run_recipe(recipe, data=str(tiny_data), runs=str(runs), progress=False, workers=1)
+
+
+# ---------------------------------------------------------------- 2. resume on other data / shape
+def test_resume_refuses_other_data_and_another_model_shape(trained, data, capsys):
+    last = (trained / "last.pt").read_bytes()
+    change_a_feature_file(data)
+    one_error(*kit_cli(capsys, "train", "--out", trained, "--resume", "--data", data, "--no-progress")[::2],
+              "cannot resume", "data (", "--fresh")
+    one_error(*kit_cli(capsys, "train", "--out", trained, "--resume", "--no-progress",
+                       "--set", "model.d_model=32")[::2], "cannot resume", "model.d_model 16 -> 32")
+    assert (trained / "last.pt").read_bytes() == last          # nothing was touched
+    code, out, _ = kit_cli(capsys, "train", "--out", trained, "--resume", "--no-progress",
+                           "--set", "train.max_steps=15")        # a longer budget is still the same run
+    assert code == 0 and json.loads(out)["step"] == 15
+
+
+# ---------------------------------------------------------------- 3. checkpoints
+def test_resume_without_last_pt_stops_and_keeps_best_and_summary(trained, tiny_data, capsys):
+    (trained / "last.pt").unlink()
+    kept = {n: (trained / n).read_bytes() for n in ("best.pt", "summary.json")}
+    one_error(*kit_cli(capsys, "train", "--out", trained, "--resume", "--no-progress")[::2],
+              "last.pt: missing", "cannot resume", "--fresh")
+    one_error(*kit_cli(capsys, "train", "--data", tiny_data, "--out", trained, *TRAIN_SMALL)[::2],
+              "holds a finished run", "--fresh")
+    assert {n: (trained / n).read_bytes() for n in kept} == kept
+    code, _, err = kit_cli(capsys, "train", "--data", tiny_data, "--out", trained, "--fresh", *TRAIN_SMALL)
+    assert code == 0 and "old run moved to" in err
+    [old] = trained.parent.glob("run.old-*")
+    assert {n: (old / n).read_bytes() for n in kept} == kept and (trained / "last.pt").is_file()
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "random"])
+def test_a_damaged_checkpoint_is_one_line_naming_it(trained, capsys, damage):
+    def spoil(path: Path) -> None:
+        raw = path.read_bytes()
+        path.write_bytes({"empty": b"", "truncated": raw[:len(raw) // 2], "random": os.urandom(len(raw))}[damage])
+
+    spoil(trained / "last.pt")
+    one_error(*kit_cli(capsys, "train", "--out", trained, "--resume", "--no-progress")[::2],
+              f"{trained / 'last.pt'}: unreadable checkpoint")
+    spoil(trained / "best.pt")
+    one_error(*kit_cli(capsys, "predict", trained)[::2], f"{trained / 'best.pt'}: unreadable checkpoint")
+    with pytest.raises(KitError, match="best.pt: unreadable checkpoint"):
+        load_model(trained, "best")
+
+
+def test_temp_files_of_a_killed_save_are_cleaned_on_the_next_run(trained, capsys):
+    leftovers = [trained / ".last.pt.k1ll3d.tmp", trained / ".metrics.csv.x7y8z9.tmp"]
+    for path in leftovers:
+        path.write_bytes(b"half a checkpoint")
+    assert kit_cli(capsys, "train", "--out", trained, "--resume", "--no-progress",
+                   "--set", "train.max_steps=15")[0] == 0
+    assert not any(p.exists() for p in leftovers)
+
+
+# ---------------------------------------------------------------- 4. one trainer per run dir
+def test_a_second_trainer_on_a_locked_run_dir_is_refused(trained, capsys):
+    with run_lock(trained):
+        one_error(*kit_cli(capsys, "train", "--out", trained, "--resume", "--no-progress")[::2],
+                  f"another trainer (pid {os.getpid()})")
+
+
+# ---------------------------------------------------------------- 5. ledger
+LEDGER_HEADER = "time,competition,file,sha256,message,members,vote,ref,status,public,private,target,error\n"
+LEDGER_ROW = "2026-11-21T10:00:00Z,c,a.csv,abc,first,m1,hard,101,COMPLETE,0.9,0.8,kaggle,\n"
+
+
+def test_a_truncated_ledger_row_stops_scores_and_submit(tmp_path, tiny_data, tiny_answers, capsys, monkeypatch):
+    ledger = tmp_path / "ledger.csv"
+    ledger.write_text(LEDGER_HEADER + LEDGER_ROW + "2026-11-21T11:00:00Z,c,b.csv,def,second,m1,hard,10")
+    before = ledger.read_bytes()
+    one_error(*kit_cli(capsys, "scores", "--ledger", ledger, "--no-refresh")[::2], "ledger.csv: row 2", "bak-")
+    sub = tmp_path / "sub.csv"                       # a valid CSV: the answer key's Id,Category
+    sub.write_text("".join(",".join(line.split(",")[:2]) + "\n" for line in tiny_answers.read_text().splitlines()))
+    sub.with_suffix(".json").write_text(json.dumps({"data_dir": str(tiny_data), "members": [], "vote": "hard"}))
+    monkeypatch.setattr("kit.kaggle._call", lambda *a, **k: pytest.fail("sent despite a damaged ledger"))
+    one_error(*kit_cli(capsys, "submit", sub, "-m", "x", "--ledger", ledger)[::2], "ledger.csv: row 2")
+    assert ledger.read_bytes() == before
+
+    ledger.write_text(LEDGER_HEADER + LEDGER_ROW + "2026-11-21T11:00:00Z,c,b.csv\n")      # a row cut short
+    one_error(*kit_cli(capsys, "scores", "--ledger", ledger, "--no-refresh")[::2], "row 2 has 3 fields")
+
+
+def test_ledger_rewrites_keep_a_backup_and_every_field(tmp_path):
+    ledger = tmp_path / "ledger.csv"
+    ledger.write_text(LEDGER_HEADER.rstrip("\n") + ",note\n" + LEDGER_ROW.rstrip("\n") + ",mine\n")
+    first = ledger.read_text()
+    append_ledger(ledger, {"time": "t2", "competition": "c", "file": "b.csv", "ref": "102", "status": "PENDING"})
+    [backup] = tmp_path.glob("ledger.csv.bak-*")
+    assert backup.read_text() == first
+    update_ledger(ledger, "c", "101", {"status": "COMPLETE", "public": None, "error": ""})
+    rows = read_ledger(ledger).to_dict("records")
+    assert rows[0]["public"] == "0.9" and rows[0]["note"] == "mine"     # nothing blanked, no column dropped
+    assert rows[1]["ref"] == "102" and len(list(tmp_path.glob("ledger.csv.bak-*"))) == 2
+
+
+# ---------------------------------------------------------------- 6. config values
+@pytest.mark.parametrize("setting,needle", [
+    ("train.batch_size=0", "train.batch_size = 0: must be > 0"),
+    ("train.batch_size=-4", "train.batch_size = -4: must be > 0"),
+    ("train.eval_every=0", "train.eval_every = 0: must be > 0"),
+    ("train.max_steps=nan", "train.max_steps: expected an integer"),
+    ("train.max_steps=inf", "train.max_steps: expected an integer"),
+    ("train.lr=nan", "train.lr = nan: must be a finite number"),
+    ("train.lr=inf", "train.lr = inf: must be a finite number"),
+    ("data.segment_len=0", "data.segment_len = 0: must be > 0"),
+    ("data.val_fraction=0", "data.val_fraction = 0.0: must be in (0, 1)"),
+    ("model.dropout=1", "model.dropout = 1.0: must be in [0, 1)"),
+    ("train.minutes=-1", "train.minutes = -1.0: must be >= 0"),
+    ("train.max_minutes=nan", "train.max_minutes = nan"),
+])
+def test_out_of_range_settings_are_one_line(tiny_data, tmp_path, capsys, setting, needle):
+    one_error(*kit_cli(capsys, "train", "--data", tiny_data, "--out", tmp_path / "run", "--set", setting)[::2],
+              needle)
+    assert not (tmp_path / "run").exists()
+
+
+def test_out_of_range_flags_are_one_line(tiny_data, tmp_path, capsys):
+    one_error(*kit_cli(capsys, "train", "--data", tiny_data, "--out", tmp_path / "run", "--max-minutes", -1)[::2],
+              "train.max_minutes = -1.0: must be >= 0")
+
+
+# ---------------------------------------------------------------- 7. feature files
+def test_a_feature_file_replaced_in_place_rebuilds_the_store(data):
+    before = FeatureStore.open(data, "float32", progress=False)
+    change_a_feature_file(data)
+    after = FeatureStore.open(data, "float32", progress=False)
+    assert after.root != before.root and after.content_digest != before.content_digest
+    bad = change_a_feature_file(data, float("nan"))
+    with pytest.raises(KitError, match=f"{bad.name}: contains NaN"):
+        FeatureStore.open(data, "float32", progress=False)
+
+
+def test_random_bytes_in_a_feature_file_are_corrupt_not_code(data, capsys):
+    path = change_a_feature_file(data)
+    path.write_bytes(os.urandom(4096))
+    line = one_error(*kit_cli(capsys, "data", "check", data)[::2], path.name, "corrupt")
+    assert "run code" not in line
+
+
+# ---------------------------------------------------------------- 4. worker lifetime
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+def _start_recipe(recipe: Path, data: Path, runs: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen([sys.executable, "-m", "kit", "recipe", "run", str(recipe), "--data", str(data),
+                             "--runs", str(runs), "--workers", "2", "--no-progress"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _trainers(runs: Path, proc: subprocess.Popen, need: str, timeout: float = 60) -> list[int]:
+    """The pids of both members' trainers (from their run dirs' .lock) once each has written `need`."""
+    dirs = [runs / "tiny" / name for name in MEMBERS]
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        pids = [(d / ".lock").read_text().strip() if (d / ".lock").is_file() else "" for d in dirs]
+        if all(p.isdigit() for p in pids) and all((d / need).is_file() for d in dirs):
+            return [int(p) for p in pids]
+        time.sleep(0.02)     # polling the run dirs, not timing anything
+    pytest.fail(f"the trainers did not write {need} within {timeout} s")
+
+
+def _wait_gone(pids: list[int], timeout: float = 15) -> list[int]:
+    deadline = time.time() + timeout
+    while time.time() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.05)     # polling /proc, not timing anything
+    return [p for p in pids if _alive(p)]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux-only")
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_to_the_recipe_alone_stops_its_workers(tiny_data, tmp_path, sig, code):
+    runs = tmp_path / "runs"
+    proc = _start_recipe(write_recipe(tmp_path, max_steps=100000, eval_every=1000), tiny_data, runs)
+    pids: list[int] = []
+    try:
+        pids = _trainers(runs, proc, "identity.json")
+        os.kill(proc.pid, sig)                  # the parent only, as a scheduler's timeout does
+        assert proc.wait(30) == code
+        assert _wait_gone(pids) == []
+    finally:
+        for pid in [proc.pid, *pids]:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux-only")
+def test_sigkill_of_a_two_worker_recipe_then_rerun_matches_an_uninterrupted_run(tiny_data, tmp_path):
+    recipe = write_recipe(tmp_path, max_steps=300, eval_every=25)
+
+    def finish(runs: Path) -> dict:
+        proc = _start_recipe(recipe, tiny_data, runs)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        return {m: json.loads((runs / "tiny" / m / "summary.json").read_text())["weights_sha1"] for m in MEMBERS}
+
+    straight = finish(tmp_path / "straight")
+    runs = tmp_path / "killed"
+    proc = _start_recipe(recipe, tiny_data, runs)
+    pids: list[int] = []
+    try:
+        pids = _trainers(runs, proc, "last.pt")
+        proc.kill()                              # SIGKILL: no handler runs in the recipe
+        proc.wait(30)
+        assert _wait_gone(pids) == []            # the kernel took the workers down with it
+        assert not all((runs / "tiny" / m / "summary.json").is_file() for m in MEMBERS)    # killed mid-run
+    finally:
+        for pid in pids:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert finish(runs) == straight
