@@ -232,7 +232,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, store: F
         store.to_device(device)                 # crops gathered on the GPU: no batch copies per step
     cfg.data.data_dir = str(Path(store.layout.data_dir).resolve())
     cfg.model.n_mels, cfg.model.n_classes = store.n_mels, len(store.speakers)
-    identity = run_identity(cfg, store, budget, run_dir)
+    identity = run_identity(cfg, store, budget, run_dir if resume else None)
     split = split_for(store, cfg.data.val_fraction, cfg.data.split_seed)
     if len(split.val) == 0:
         raise KitError(f"{cfg.data.data_dir}: the validation split is empty (data.val_fraction {cfg.data.val_fraction})")
