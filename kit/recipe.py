@@ -252,7 +252,8 @@ def _slots(workers: int | None, n_jobs: int) -> list[dict]:
     return [{"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "label": f"CPU worker {i}"} for i in range(n)]
 
 
-def _member_task(recipe: Recipe, job, on_cpu: bool, after: bool, budget: str | None = None) -> tuple[str, Path, list[list[str]]]:
+def _member_task(recipe: Recipe, job, on_cpu: bool, after: bool,
+                 budget: str | None = None) -> tuple[str, Path, list[list[str]]]:
     """The commands a worker runs for one member: train it, then (when the recipe predicts) predict it."""
     from kit.fsio import write_text
 
