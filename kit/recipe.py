@@ -344,7 +344,8 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
         for _, cfg, _, _ in jobs:
             cfg.train.minutes = each
     if len(slots) > 1:
-        _run_parallel([_member_task(recipe, job, "CPU" in slots[0]["label"], after, budget) for job in jobs], slots, log)
+        on_cpu = "CPU" in slots[0]["label"]
+        _run_parallel([_member_task(recipe, job, on_cpu, after, budget) for job in jobs], slots, log)
     else:
         for name, cfg, run_dir, resume in jobs:
             log(f"training {name} -> {run_dir}{' (resuming)' if resume else ''}")

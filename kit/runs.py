@@ -79,7 +79,7 @@ def read_identity(run_dir: str | Path) -> dict | None:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise KitError(f"{path}: unreadable run identity ({e}); {START_OVER}") from None
-    if not isinstance(value, dict) or not isinstance(value.get("config"), dict) or not isinstance(value.get("data"), dict):
+    if not (isinstance(value, dict) and isinstance(value.get("config"), dict) and isinstance(value.get("data"), dict)):
         raise KitError(f"{path}: malformed run identity; {START_OVER}")
     return value
 
