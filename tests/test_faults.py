@@ -129,6 +129,20 @@ def test_recipe_reuses_a_member_only_for_the_same_data_settings_and_budget(data,
     assert json.loads((runs / "tiny" / "mean" / "identity.json").read_text())["config"]["train.lr"] == 1e-3
 
 
+def test_a_member_from_before_identity_json_is_judged_by_its_config(tiny_data, tmp_path):
+    recipe, runs = write_recipe(tmp_path, members=("mean",)), tmp_path / "runs"
+    run = dict(data=str(tiny_data), runs=str(runs), progress=False, workers=1)
+    run_recipe(recipe, **run)
+    identity = runs / "tiny" / "mean" / "identity.json"
+    identity.unlink()
+    assert run_recipe(recipe, **run)["members"][0]["note"] == "finished earlier"
+    assert identity.is_file()                                   # adopted: its config.toml agreed
+    identity.unlink()
+    recipe.write_text(recipe_text(lr="1e-3", members=("mean",)))
+    with pytest.raises(KitError, match=r"train.lr 0.003 -> 0.001"):
+        run_recipe(recipe, **run)
+
+
 def test_recipe_refuses_a_member_someone_is_training(tiny_data, tmp_path):
     recipe, runs = write_recipe(tmp_path, members=("mean",)), tmp_path / "runs"
     with run_lock(runs / "tiny" / "mean"):
