@@ -33,6 +33,11 @@ class Recipe:
     budgets: dict = field(default_factory=dict)   # "full"/"quick" -> override
     after: dict = field(default_factory=dict)
     description: str = ""
+    minutes: dict = field(default_factory=dict)   # budget -> wall-clock minutes for the whole recipe
+    only_in: dict = field(default_factory=dict)   # member -> the budgets it trains in (absent: all)
+
+    def members_for(self, budget: str) -> list[str]:
+        return [m[0] for m in self.members if budget in self.only_in.get(m[0], BUDGETS)]
 
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"      # shipped with the package
@@ -65,6 +70,14 @@ def load_recipe(path: str | Path) -> Recipe:
     bad = sorted(set(budgets) - set(BUDGETS))
     if bad:
         raise KitError(f"{path}: unknown budget(s) {', '.join(bad)}; use [budget.full] and [budget.quick]")
+    budgets = {b: dict(table) for b, table in budgets.items()}
+    minutes = {}
+    for b, table in budgets.items():            # `minutes = M` in a budget: the whole recipe's wall time
+        if "minutes" in table:
+            m = table.pop("minutes")
+            if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 < m < float("inf"):
+                raise KitError(f"{path}: [budget.{b}] minutes {m!r}: expected a positive number")
+            minutes[b] = float(m)
     after = raw.get("after", {})
     bad = sorted(set(after) - set(AFTER_DEFAULTS))
     if bad:
@@ -76,7 +89,7 @@ def load_recipe(path: str | Path) -> Recipe:
         raise KitError(f"{path}: [after] weights {after['weights']!r}: choose equal or auto "
                        "(auto = greedy selection on the validation split)")
 
-    members, seen = [], set()
+    members, seen, recipe_only = [], set(), {}
     raw_members = raw.get("members", [])
     if not isinstance(raw_members, list) or not raw_members:
         raise KitError(f"{path}: needs at least one [[members]] entry with a name")
@@ -89,11 +102,17 @@ def load_recipe(path: str | Path) -> Recipe:
             raise KitError(f"{path}: member name {name!r} is used twice")
         seen.add(name)
         member_budgets = m.pop("budget", {})
+        trains_in = m.pop("budgets", list(BUDGETS))       # the budgets this member trains in
+        if not isinstance(trains_in, list) or not trains_in or set(trains_in) - set(BUDGETS):
+            raise KitError(f"{path}: member {name}: budgets {trains_in!r}: a list of {', '.join(BUDGETS)}")
+        if trains_in != list(BUDGETS):
+            recipe_only[name] = trains_in
         bad = sorted(set(member_budgets) - set(BUDGETS))
         if bad:
             raise KitError(f"{path}: member {name}: unknown budget(s) {', '.join(bad)}")
         members.append((name, m, member_budgets))
-    recipe = Recipe(path, raw.get("name", path.stem), base, members, budgets, after, raw.get("description", ""))
+    recipe = Recipe(path, raw.get("name", path.stem), base, members, budgets, after, raw.get("description", ""),
+                    minutes, recipe_only)
     for name, _, _ in members:                   # refuse typos now, not after an hour of training
         for budget in BUDGETS:
             member_config(recipe, name, budget)
@@ -315,7 +334,7 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
     budget = budget or ("quick" if is_synthetic(data_dir) else "full")
     if budget not in BUDGETS:
         raise KitError(f"budget {budget!r}: choose quick or full")
-    names = [m[0] for m in recipe.members]
+    names = recipe.members_for(budget)
     for name in only or []:
         if name not in names:
             raise KitError(f"{recipe.path}: --only {name}: no such member; members: {', '.join(names)}")
@@ -338,6 +357,8 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
             continue
         jobs.append((name, member_config(recipe, name, budget, data_dir), run_dir, (run_dir / "last.pt").is_file()))
     slots = _slots(workers, len(jobs))
+    if not per_member_minutes:
+        minutes = minutes or recipe.minutes.get(budget)
     if jobs and (minutes or per_member_minutes):
         each = per_member_minutes or member_minutes(minutes, time.time() - began, len(jobs), len(slots))
         log(f"time budget: {each:.2f} training minutes per member, {len(slots)} at a time")

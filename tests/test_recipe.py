@@ -64,14 +64,16 @@ def test_shipped_recipes_parse_and_boss_is_a_diverse_zoo():
         recipe = load_recipe(RECIPES / f"{tier}.toml")
         assert recipe.name == tier and recipe.after["submit"]
     boss = load_recipe(RECIPES / "boss.toml")
-    full = [member_config(boss, name, "full") for name, _, _ in boss.members]
-    assert len(full) >= 6
-    assert len({c.model.n_layers for c in full}) > 1
-    assert {c.model.pooling for c in full} >= {"sap", "sap+mean"}
-    assert len({(c.model.am_s, c.model.am_m) for c in full}) > 1
-    assert {c.augment.specaugment for c in full} == {True, False}
-    assert len({c.data.segment_len for c in full}) > 1
-    assert boss.after["ensemble"] == "hard"
+    for budget in ("full", "quick"):
+        zoo = [member_config(boss, name, budget) for name in boss.members_for(budget)]
+        assert len(zoo) >= 4
+        assert {"transformer", "ecapa", "resnet"} <= {c.model.encoder for c in zoo}    # different families
+        assert len({c.model.pooling for c in zoo}) >= 3
+    full = [member_config(boss, name, "full") for name in boss.members_for("full")]
+    assert "aamsoftmax" in {c.model.head for c in full}                # margin heads where there is time
+    quick = [member_config(boss, name, "quick") for name in boss.members_for("quick")]
+    assert all(c.train.minutes == 0 for c in quick) and boss.minutes["quick"] <= 10   # the recipe's wall time
+    assert boss.after["ensemble"] == "auto" and boss.after["which"] == "last"
     simple = member_config(load_recipe(RECIPES / "simple.toml"), "sample", "full")
     assert (simple.model.d_model, simple.model.n_layers, simple.model.n_heads, simple.model.ffn_dim,
             simple.model.pooling, simple.model.head, simple.data.segment_len, simple.train.max_steps) == \
@@ -92,6 +94,8 @@ def test_budgets_layer_in_order(tmp_path):
     ('[after]\nvote = "hard"\n', "[after] unknown key(s) vote"),
     ('[budget.fast]\ntrain.max_steps = 3\n', "unknown budget(s) fast"),
     ('[after]\nweights = "best"\n', "[after] weights 'best': choose equal or auto"),
+    ('[budget.quick]\nminutes = -1\n', "[budget.quick] minutes -1: expected a positive number"),
+    ('[[members]]\nname = "b"\nbudgets = ["slow"]\n', "member b: budgets ['slow']"),
 ])
 def test_typos_are_refused_naming_the_file(tmp_path, snippet, message):
     path = write(tmp_path, 'name = "t"\n[[members]]\nname = "a"\n' + snippet)
@@ -130,3 +134,36 @@ def test_members_train_side_by_side_in_worker_processes(tiny_data, tmp_path):
     for name in ("mean", "sap-am"):
         assert (runs / "tiny" / name / "summary.json").is_file()
         assert "cpu_threads = 1" in (runs / "tiny" / name / "config.toml").read_text()
+
+
+def test_members_can_train_in_some_budgets_only(tmp_path):
+    path = write(tmp_path, TINY.replace('name = "sap-am"', 'name = "sap-am"\nbudgets = ["full"]'))
+    recipe = load_recipe(path)
+    assert recipe.members_for("full") == ["mean", "sap-am"]
+    assert recipe.members_for("quick") == ["mean"]
+
+
+def test_a_recipe_wall_time_is_shared_among_members(tiny_data, tmp_path):
+    """`--minutes`: each member left to train gets its share as train.minutes and fits its steps to it."""
+    from kit.recipe import member_minutes
+
+    each = member_minutes(10.0, spent_seconds=30.0, n_jobs=4, n_slots=2)
+    assert 3.0 < each < 4.5                        # two rounds of two members in about 9 minutes
+    assert member_minutes(10.0, 30.0, n_jobs=2, n_slots=2) > 2 * each - 0.5      # one round: twice as long
+    with pytest.raises(KitError, match="too little time"):
+        member_minutes(0.5, 20.0, n_jobs=4, n_slots=1)
+    runs = tmp_path / "runs"
+    result = run_recipe(write(tmp_path, TINY), data=str(tiny_data), runs=str(runs), progress=False,
+                        workers=1, per_member_minutes=0.02, after=False)
+    for m in result["members"]:
+        assert "minutes = 0.02" in (runs / "tiny" / m["name"] / "config.toml").read_text()
+
+
+def test_shipped_recipes_are_found_by_name_from_any_directory(tmp_path, monkeypatch):
+    from kit.recipe import resolve_recipe
+
+    monkeypatch.chdir(tmp_path)
+    assert resolve_recipe("boss").name == "boss.toml" and resolve_recipe("boss").is_file()
+    assert resolve_recipe("recipes/strong.toml").is_file()
+    with pytest.raises(KitError, match="recipes shipped with kit: boss, medium, simple, strong"):
+        resolve_recipe("elsewhere/boss.toml")

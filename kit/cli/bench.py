@@ -7,8 +7,8 @@ import sys
 
 def register(sub) -> None:
     p = sub.add_parser("bench", help="benchmark kit against the course sample's pipeline")
-    p.add_argument("--preset", default="demo", choices=["tiny", "demo", "full"],
-                   help="synthetic competition to measure on (default demo; full = the real size)")
+    p.add_argument("--preset", default=None, choices=["tiny", "demo", "hard", "full"],
+                   help="synthetic competition to measure on (default: demo for speed, hard for --accuracy)")
     p.add_argument("--data", default=None, help="measure on this data dir instead of a synthetic one")
     p.add_argument("--out", default=".", help="where bench.json and bench.md go (default: here)")
     p.add_argument("--cache", default="data", help="where the synthetic bench data is generated")
@@ -20,13 +20,32 @@ def register(sub) -> None:
                         "first and last tenth: catches a late slowdown such as CPU denormals")
     p.add_argument("--compile", dest="compile_too", action=argparse.BooleanOptionalAction, default=None,
                    help="also time training with torch.compile (default: on a GPU only; a CPU compiles for minutes)")
+    p.add_argument("--accuracy", action="store_true",
+                   help="accuracy instead of speed: run a recipe (default boss) on the hard preset, score its "
+                        "members and ensemble with the answer key, and the course sample trained for the same "
+                        "wall time; writes bench_accuracy.json/.md")
+    p.add_argument("--recipe", default="boss", help="with --accuracy: the recipe to measure (default boss)")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="with --accuracy: wall-clock minutes for the whole recipe (default: its quick budget's)")
+    p.add_argument("--member-minutes", type=float, default=None,
+                   help="with --accuracy: training minutes per member instead (a longer budget)")
+    p.add_argument("--no-course", action="store_true", help="with --accuracy: skip the course sample")
     p.set_defaults(func=cmd_bench)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    log = lambda m: print(f"bench: {m}", file=sys.stderr, flush=True)        # noqa: E731
+    if args.accuracy:
+        from kit.bench_accuracy import accuracy_markdown, run_accuracy_bench
+
+        result = run_accuracy_bench(args.recipe, args.preset or "hard", args.data, args.minutes,
+                                    args.member_minutes, args.out, cache=args.cache, course=not args.no_course,
+                                    log=log)
+        print(accuracy_markdown(result))
+        return 0
     from kit.bench import run_bench, to_markdown
 
-    result = run_bench(args.preset, args.data, args.out, args.quick, args.train_steps, args.workers,
+    result = run_bench(args.preset or "demo", args.data, args.out, args.quick, args.train_steps, args.workers,
                        args.cache, args.long, args.compile_too, log=lambda m: print(f"bench: {m}", file=sys.stderr, flush=True))
     print(to_markdown(result))
     return 0
