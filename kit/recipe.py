@@ -288,23 +288,39 @@ def _member_task(recipe: Recipe, job, on_cpu: bool, after: bool,
     return name, run_dir, cmds
 
 
-def member_minutes(total_minutes: float, spent_seconds: float, n_jobs: int, n_slots: int) -> float:
+def member_minutes(total_minutes: float, spent_seconds: float, n_jobs: int, n_slots: int,
+                   predict_seconds: float = 0.0) -> float:
     """Training minutes per member so that the whole recipe fits `total_minutes` of wall time:
     what is left after `spent_seconds`, less the end (ensemble, report, submission), shared by
-    the members that train `n_slots` at a time, less each member's start-up and prediction."""
+    the members that train `n_slots` at a time, less each member's start-up and its prediction
+    (`predict_seconds`, see predict_seconds())."""
     left = total_minutes * 60 - spent_seconds - AFTER_SECONDS
     rounds = -(-n_jobs // n_slots)                      # members one after another in a slot
-    per_member = left / rounds * (1 - PREDICT_SHARE) - START_SECONDS
+    per_member = left / rounds - START_SECONDS - predict_seconds
     if per_member < 10:
         raise KitError(f"--minutes {total_minutes:g}: too little time for {n_jobs} member(s) "
                        f"{n_slots} at a time; give more minutes or fewer members (--only)")
     return per_member / 60
 
 
+def predict_seconds(store, val_fraction: float, on_gpu: bool) -> float:
+    """What predicting one member costs on one CPU core: validation twice (whole utterances and
+    sliding windows, to choose between them) and the test set once. Measured on the hard preset
+    (1,000 validation and 2,000 test utterances, ~2 M frames predicted per member): 27-118 s per
+    member, 62 s on average, ~31 s per million frames; a GPU's is taken as negligible."""
+    if on_gpu:
+        return 0.0
+    import numpy as np
+
+    train_frames = float(np.sum(store.lengths[store.train_index]))
+    test_frames = float(np.sum(store.lengths[store.test_index]))
+    return PREDICT_SECONDS_PER_MFRAME * (2 * val_fraction * train_frames + test_frames) / 1e6
+
+
 # What a member costs besides training, measured on the 2-core CPU (hard preset, quick budget):
-START_SECONDS = 8          # a worker process: python, torch and kit imports, data mapped
-PREDICT_SHARE = 0.08       # validation (two ways) and test prediction, as a share of a member's time
-AFTER_SECONDS = 25         # the ensemble (cross-fitted), the report and its plot, a local submission
+START_SECONDS = 8                  # a worker process: python, torch and kit imports, data mapped
+PREDICT_SECONDS_PER_MFRAME = 35    # prediction, seconds per million frames (see predict_seconds)
+AFTER_SECONDS = 20                 # the ensemble (cross-fitted), the report and its plot, a local submission
 
 
 def run_recipe(path: str | Path, data: str | None = None, budget: str | None = None, runs: str = "runs",
@@ -360,7 +376,9 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
     if not per_member_minutes:
         minutes = minutes or recipe.minutes.get(budget)
     if jobs and (minutes or per_member_minutes):
-        each = per_member_minutes or member_minutes(minutes, time.time() - began, len(jobs), len(slots))
+        each = per_member_minutes or member_minutes(
+            minutes, time.time() - began, len(jobs), len(slots),
+            predict_seconds(store, jobs[0][1].data.val_fraction, "GPU" in slots[0]["label"]))
         log(f"time budget: {each:.2f} training minutes per member, {len(slots)} at a time")
         for _, cfg, _, _ in jobs:
             cfg.train.minutes = each
