@@ -18,16 +18,15 @@ from kit.fsio import write_csv, write_json, write_text
 
 def _member_csv(run_dir: Path, out: Path) -> Path:
     """A member's own submission: argmax of its test probabilities."""
-    import json
-
     import pandas as pd
 
     from kit.data import read_layout
+    from kit.records import PredictionIds
 
-    ids = json.loads((run_dir / "ids.json").read_text(encoding="utf-8"))
+    ids = PredictionIds.load(run_dir)
     probs = np.load(run_dir / "test_probs.npy")
-    speakers = read_layout(ids["data_dir"]).speakers
-    write_csv(out, pd.DataFrame({"Id": ids["test"], "Category": [speakers[k] for k in probs.argmax(1)]}))
+    speakers = read_layout(ids.data_dir).speakers
+    write_csv(out, pd.DataFrame({"Id": ids.test, "Category": [speakers[k] for k in probs.argmax(1)]}))
     return out
 
 
