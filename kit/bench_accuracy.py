@@ -47,13 +47,11 @@ def run_accuracy_bench(recipe: str = "boss", preset: str = "hard", data: str | N
     sample for the same wall time (or `course_minutes`) and score it. Writes bench_accuracy.json/.md
     into `out`."""
     from kit import course as course_sample
+    from kit.bench import ensure_synth
     from kit.recipe import resolve_recipe, run_recipe
-    from kit.synth import answers_path, generate
+    from kit.synth import answers_path
 
-    data_dir = Path(data) if data else Path(cache) / f"bench-{preset}"
-    if not data and not (data_dir / "metadata.json").is_file():
-        log(f"generating the synthetic {preset} competition in {data_dir}")
-        generate(str(data_dir), preset, seed=0)
+    data_dir = Path(data) if data else ensure_synth(preset, Path(cache), log)
     key = answers_path(data_dir)
     if not key.is_file():
         raise KitError(f"{data_dir}: no answer key at {key}; the accuracy bench needs a synthetic data dir")
