@@ -468,7 +468,7 @@ def _umask() -> int:
 
 
 def _run_jobs(jobs: list, workers: int, progress: bool) -> list[int]:
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     workers = max(1, min(workers, os.cpu_count() or 1))
     total = sum(len(j[2]) for j in jobs)
