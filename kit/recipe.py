@@ -447,7 +447,7 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
         if deadline is not None and name in deadline.not_started and not s:
             result["members"][-1]["note"] = "not started (--max-hours; re-run continues)"
     if deadline is not None and after:
-        after = _in_time(deadline, result, run_dirs, recipe.after["which"], log)
+        after = _in_time(deadline, result, run_dirs, recipe.after["which"])
     if after:
         _after(recipe, run_dirs, store, data_dir, result, progress, log, submissions)
     result["minutes"] = (time.time() - began) / 60
@@ -508,7 +508,7 @@ def _note(summary: dict, skipped: bool) -> str:
     return "" if reason == "budget" else reason
 
 
-def _in_time(deadline: Deadline, result: dict, run_dirs: list[Path], which: str, log) -> bool:
+def _in_time(deadline: Deadline, result: dict, run_dirs: list[Path], which: str) -> bool:
     """--max-hours: whether predict, ensemble and submit go ahead now: only when every member has
     finished and their predictions and the end fit before the deadline; else result["resume"]
     says what the next session's re-run will do."""
@@ -525,7 +525,6 @@ def _in_time(deadline: Deadline, result: dict, run_dirs: list[Path], which: str,
         result["resume"] = (f"every member has finished, but predict, ensemble and submit (about "
                             f"{needed / 60:.1f} min) do not fit before the --max-hours deadline: re-run the "
                             "same command (next session) to do them")
-    log(result["resume"])
     return False
 
 
