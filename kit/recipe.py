@@ -304,26 +304,42 @@ def _member_task(recipe: Recipe, job, on_cpu: bool, after: bool,
     return name, run_dir, cmds
 
 
-def member_minutes(total_minutes: float, spent_seconds: float, n_jobs: int, n_slots: int) -> float:
+def member_minutes(total_minutes: float, spent_seconds: float, n_jobs: int, n_slots: int,
+                   predict_seconds: float = 0.0) -> float:
     """Training minutes per member so that the whole recipe fits `total_minutes` of wall time:
     what is left after `spent_seconds`, less the end (ensemble, report, submission), shared by
-    the members that train `n_slots` at a time, less each member's start-up and prediction."""
+    the members that train `n_slots` at a time, less each member's start-up and its prediction
+    (`predict_seconds`, see predict_seconds())."""
     left = total_minutes * 60 - spent_seconds - AFTER_SECONDS
     rounds = -(-n_jobs // n_slots)                      # members one after another in a slot
-    per_member = left / rounds * (1 - PREDICT_SHARE) - START_SECONDS
+    per_member = left / rounds - START_SECONDS - predict_seconds
     if per_member < 10:
         raise KitError(f"--minutes {total_minutes:g}: too little time for {n_jobs} member(s) "
                        f"{n_slots} at a time; give more minutes or fewer members (--only)")
     return per_member / 60
 
 
+def predict_seconds(store, val_fraction: float, on_gpu: bool) -> float:
+    """What predicting one member costs on one CPU core: validation twice (whole utterances and
+    sliding windows, to choose between them) and the test set once. Measured on the hard preset
+    (1,000 validation and 2,000 test utterances, ~2 M frames predicted per member): 27-118 s per
+    member, 62 s on average, ~31 s per million frames; a GPU's is taken as negligible."""
+    if on_gpu:
+        return 0.0
+    import numpy as np
+
+    train_frames = float(np.sum(store.lengths[store.train_index]))
+    test_frames = float(np.sum(store.lengths[store.test_index]))
+    return PREDICT_SECONDS_PER_MFRAME * (2 * val_fraction * train_frames + test_frames) / 1e6
+
+
 # What a member costs besides training, measured on the 2-core CPU (hard preset, quick budget):
-START_SECONDS = 8          # a worker process: python, torch and kit imports, data mapped
-PREDICT_SHARE = 0.08       # validation (two ways) and test prediction, as a share of a member's time
-AFTER_SECONDS = 25         # the ensemble (cross-fitted), the report and its plot, a local submission
-# --max-hours: what a member stopped at its time limit still does before the deadline (its last
-# evaluation and checkpoint, and its prediction), as a share of the time left when it starts; a
-# guess with room to spare (prediction alone is PREDICT_SHARE on a CPU, less on a GPU).
+START_SECONDS = 8                  # a worker process: python, torch and kit imports, data mapped
+PREDICT_SECONDS_PER_MFRAME = 35    # prediction, seconds per million frames (see predict_seconds)
+AFTER_SECONDS = 20                 # the ensemble (cross-fitted), the report and its plot, a local submission
+# --max-hours: room kept, as a share of the training time a member is given, for what follows its
+# stop (the last evaluation and checkpoint) and for error in the estimates (predict_seconds
+# takes a GPU's prediction as negligible); a guess on the safe side.
 STOP_SHARE = 0.15
 MIN_MEMBER_SECONDS = 60    # a member that would get less training time than this is not started
 
@@ -331,20 +347,24 @@ MIN_MEMBER_SECONDS = 60    # a member that would get less training time than thi
 class Deadline:
     """`--max-hours`: the wall-clock time by which the command must be done (a notebook session's
     end). Each member starting is given train.max_minutes so that it checkpoints and stops before
-    it, with time left for its prediction and the recipe's end; one that would get less than
+    it, with time left for the predictions and the recipe's end; one that would get less than
     MIN_MEMBER_SECONDS is not started. The run dirs then resume on the next session's re-run."""
 
-    def __init__(self, hours: float, began: float, own: dict[str, float] | None = None):
+    def __init__(self, hours: float, began: float, own: dict[str, float] | None = None,
+                 predict: float = 0.0):
         self.at = began + hours * 3600
         self.own = own or {}               # member -> its own train.max_minutes (0: none)
+        self.predict = predict             # seconds to predict one member (predict_seconds)
         self.not_started: list[str] = []
 
     def seconds_left(self) -> float:
         return self.at - time.time()
 
-    def member_minutes(self, name: str, log) -> float | None:
-        """train.max_minutes for member `name` starting now; None (and a line) when too little is left."""
-        train_seconds = (self.seconds_left() - AFTER_SECONDS - START_SECONDS) * (1 - STOP_SHARE)
+    def member_minutes(self, name: str, log, predictions: int = 1) -> float | None:
+        """train.max_minutes for member `name` starting now, leaving time for `predictions` members'
+        prediction; None (and a line) when too little is left."""
+        reserve = AFTER_SECONDS + START_SECONDS + predictions * self.predict
+        train_seconds = (self.seconds_left() - reserve) * (1 - STOP_SHARE)
         if train_seconds < MIN_MEMBER_SECONDS:
             log(f"{name}: not started, {max(self.seconds_left(), 0) / 60:.1f} min are left before the "
                 "--max-hours deadline; re-run the same command (next session) to continue")
@@ -417,18 +437,24 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
     if not per_member_minutes:
         minutes = minutes or recipe.minutes.get(budget)
     if jobs and (minutes or per_member_minutes):
-        each = per_member_minutes or member_minutes(minutes, time.time() - began, len(jobs), len(slots))
+        each = per_member_minutes or member_minutes(
+            minutes, time.time() - began, len(jobs), len(slots),
+            predict_seconds(store, jobs[0][1].data.val_fraction, "GPU" in slots[0]["label"]))
         log(f"time budget: {each:.2f} training minutes per member, {len(slots)} at a time")
         for _, cfg, _, _ in jobs:
             cfg.train.minutes = each
-    deadline = Deadline(max_hours, began, {j[0]: j[1].train.max_minutes for j in jobs}) if max_hours else None
+    deadline = None
+    if max_hours:           # no slots (nothing left to train): a CPU's prediction cost, the larger
+        predict = predict_seconds(store, member_config(recipe, chosen[0], budget).data.val_fraction,
+                                  bool(slots) and "GPU" in slots[0]["label"])
+        deadline = Deadline(max_hours, began, {j[0]: j[1].train.max_minutes for j in jobs}, predict)
     if len(slots) > 1:
         on_cpu = "CPU" in slots[0]["label"]
         _run_parallel([_member_task(recipe, job, on_cpu, after, budget) for job in jobs], slots, log, deadline)
     else:
         for i, (name, cfg, run_dir, resume) in enumerate(jobs):
             if deadline is not None:
-                limit = deadline.member_minutes(name, log)
+                limit = deadline.member_minutes(name, log, predictions=i + 1)     # predicted at the end
                 if limit is None:
                     deadline.not_started += [j[0] for j in jobs[i:]]
                     break
@@ -518,8 +544,7 @@ def _in_time(deadline: Deadline, result: dict, run_dirs: list[Path], which: str)
                             f"({', '.join(unfinished)}): re-run the same command (next session) to continue "
                             "them; predict, ensemble and submit follow once every member has finished")
     else:
-        needed = AFTER_SECONDS + sum(PREDICT_SHARE * m["minutes"] * 60 for m, d in zip(result["members"], run_dirs)
-                                     if not _is_predicted(d, which))
+        needed = AFTER_SECONDS + deadline.predict * sum(not _is_predicted(d, which) for d in run_dirs)
         if deadline.time_for_after(needed):
             return True
         result["resume"] = (f"every member has finished, but predict, ensemble and submit (about "

@@ -115,7 +115,7 @@ def test_recipe_workers_inherit_cache_and_max_hours(read_only_data, tmp_path, mo
     """Two worker processes: `--cache` reaches them; the one member granted a sliver of time by
     the --max-hours deadline checkpoints and stops, the other is not started."""
     grants = [1e-6]
-    monkeypatch.setattr(Deadline, "member_minutes", lambda self, name, log: grants.pop() if grants else None)
+    monkeypatch.setattr(Deadline, "member_minutes", lambda self, name, log, **kw: grants.pop() if grants else None)
     recipe = tmp_path / "nb.toml"
     recipe.write_text(textwrap.dedent(RECIPE))
     cache, runs = tmp_path / "cache", tmp_path / "runs"
@@ -135,7 +135,7 @@ def test_max_hours_stops_members_cleanly_and_a_rerun_continues(tiny_data, tmp_pa
     runs, subs = tmp_path / "runs", tmp_path / "subs"
     grants = [1e-6]                      # the first member gets a sliver of time, the second none
     with monkeypatch.context() as m:
-        m.setattr(Deadline, "member_minutes", lambda self, name, log: grants.pop() if grants else None)
+        m.setattr(Deadline, "member_minutes", lambda self, name, log, **kw: grants.pop() if grants else None)
         logs: list[str] = []
         first = run_recipe(recipe, data=str(tiny_data), runs=str(runs), workers=1, progress=False, log=logs.append,
                            submissions=subs, max_hours=5)
