@@ -163,6 +163,9 @@ def test_a_deadline_gives_each_member_what_is_left(monkeypatch):
     expected = (left - AFTER_SECONDS - START_SECONDS) * (1 - STOP_SHARE) / 60
     assert deadline.member_minutes("free", logs.append) == pytest.approx(expected)
     assert deadline.member_minutes("capped", logs.append) == 5.0           # its own train.max_minutes
+    predicting = Deadline(1.0, time.time(), predict=100.0)                  # 100 s to predict a member
+    assert predicting.member_minutes("third", logs.append, predictions=3) == pytest.approx(
+        expected - 300 * (1 - STOP_SHARE) / 60)                             # three predicted at the end
     left = AFTER_SECONDS + START_SECONDS + MIN_MEMBER_SECONDS / 2
     assert deadline.member_minutes("late", logs.append) is None
     assert "late: not started" in logs[-1] and "re-run the same command" in logs[-1]
