@@ -59,9 +59,10 @@ def register(sub) -> None:
     p.add_argument("--no-after", action="store_true", help="train only: skip predict, ensemble and submit")
     p.add_argument("--fresh", action="store_true", help="start the chosen members over: their old run dirs "
                    "move to RUNS/<recipe>.old-<time>/ (nothing is deleted)")
-    p.add_argument("--max-hours", type=float, metavar="H", help="hard stop for this command, e.g. the time left "
-                   "in a notebook session: each member checkpoints and stops before it (members it leaves too little time are "
-                   "not started); re-running the same command continues from the run dirs")
+    p.add_argument("--max-hours", type=float, metavar="H",
+                   help="hard stop for this command, e.g. the time left in a notebook session: each member "
+                        "checkpoints and stops before it (members it leaves too little time are not started); "
+                        "re-running the same command continues from the run dirs")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_cache_option(p)
     p.set_defaults(func=cmd_recipe_run)
