@@ -4,5 +4,7 @@ Data layer, synthetic competition, models, training, prediction, ensembling and 
 """
 from kit.errors import KitError
 
-__all__ = ["KitError"]
+DEFAULT_COMPETITION = "ml2022spring-hw4"     # what --competition means when not given; 2021/2023 share the layout
+
+__all__ = ["DEFAULT_COMPETITION", "KitError"]
 __version__ = "0.1.0"

@@ -18,16 +18,15 @@ from kit.fsio import write_csv, write_json, write_text
 
 def _member_csv(run_dir: Path, out: Path) -> Path:
     """A member's own submission: argmax of its test probabilities."""
-    import json
-
     import pandas as pd
 
     from kit.data import read_layout
+    from kit.records import PredictionIds
 
-    ids = json.loads((run_dir / "ids.json").read_text(encoding="utf-8"))
+    ids = PredictionIds.load(run_dir)
     probs = np.load(run_dir / "test_probs.npy")
-    speakers = read_layout(ids["data_dir"]).speakers
-    write_csv(out, pd.DataFrame({"Id": ids["test"], "Category": [speakers[k] for k in probs.argmax(1)]}))
+    speakers = read_layout(ids.data_dir).speakers
+    write_csv(out, pd.DataFrame({"Id": ids.test, "Category": [speakers[k] for k in probs.argmax(1)]}))
     return out
 
 
@@ -48,13 +47,11 @@ def run_accuracy_bench(recipe: str = "boss", preset: str = "hard", data: str | N
     sample for the same wall time (or `course_minutes`) and score it. Writes bench_accuracy.json/.md
     into `out`."""
     from kit import course as course_sample
+    from kit.bench import ensure_synth
     from kit.recipe import resolve_recipe, run_recipe
-    from kit.synth import answers_path, generate
+    from kit.synth import answers_path
 
-    data_dir = Path(data) if data else Path(cache) / f"bench-{preset}"
-    if not data and not (data_dir / "metadata.json").is_file():
-        log(f"generating the synthetic {preset} competition in {data_dir}")
-        generate(str(data_dir), preset, seed=0)
+    data_dir = Path(data) if data else ensure_synth(preset, Path(cache), log)
     key = answers_path(data_dir)
     if not key.is_file():
         raise KitError(f"{data_dir}: no answer key at {key}; the accuracy bench needs a synthetic data dir")

@@ -4,7 +4,8 @@ Its model (`CourseClassifier`), its data pipeline (one torch.load per item, rand
 with -20), its loop (AdamW 1e-3, 1,000 warm-up steps into a cosine over 70,000 steps, best
 checkpoint on a 10% validation split every 2,000 steps) and its inference (each whole test
 utterance alone). `train_for(minutes)` trains it for a wall-clock allowance, so kit can be
-compared with it at equal time.
+compared with it at equal time (`kit bench --accuracy`); `kit bench` times kit's models fed and
+predicted the sample's way (`course_loader`, `course_predict`).
 """
 from __future__ import annotations
 
@@ -39,25 +40,19 @@ def course_classifier(n_classes: int, n_mels: int = 40, d_model: int = 80, dropo
     return CourseClassifier()
 
 
-def _items(data_dir: Path):
+# ---------------------------------------------------------------- its data pipeline
+def course_dataset(data_dir: str | Path, segment_len: int = SEGMENT_LEN):
+    """The sample's Dataset over the training speakers: one torch.load per item, a random crop of
+    `segment_len` frames (a shorter utterance whole), labels from mapping.json. Has `.layout`."""
+    import torch
+    from torch.utils.data import Dataset
+
     from kit.data import read_layout
 
+    data_dir = Path(data_dir)
     layout = read_layout(data_dir)
     s2i = layout.speaker2id
-    return [(str(data_dir / u.path), s2i[u.speaker]) for u in layout.train], layout
-
-
-def _collate(batch):
-    import torch
-    from torch.nn.utils.rnn import pad_sequence
-
-    mels, speakers = zip(*batch)
-    return pad_sequence(mels, batch_first=True, padding_value=-20), torch.tensor(speakers).long()
-
-
-def _loaders(items: list, seed: int, workers: int):
-    import torch
-    from torch.utils.data import DataLoader, Dataset
+    items = [(str(data_dir / u.path), s2i[u.speaker]) for u in layout.train]
 
     class CourseDataset(Dataset):
         def __len__(self):
@@ -66,16 +61,64 @@ def _loaders(items: list, seed: int, workers: int):
         def __getitem__(self, i):
             path, speaker = items[i]
             mel = torch.load(path, weights_only=True)
-            if len(mel) > SEGMENT_LEN:
-                start = random.randint(0, len(mel) - SEGMENT_LEN)
-                mel = mel[start:start + SEGMENT_LEN]
+            if len(mel) > segment_len:
+                start = random.randint(0, len(mel) - segment_len)
+                mel = mel[start:start + segment_len]
             return torch.FloatTensor(mel), speaker
 
     data = CourseDataset()
+    data.layout = layout
+    return data
+
+
+def course_collate(batch):
+    """The sample's collate: pad with -20 to the longest item. Returns x (B, T, D), lengths (B,)
+    (kit's models take them; the sample's classifier does not) and speakers (B,)."""
+    import torch
+    from torch.nn.utils.rnn import pad_sequence
+
+    mels, speakers = zip(*batch)
+    lengths = torch.tensor([len(m) for m in mels])
+    return pad_sequence(mels, batch_first=True, padding_value=-20), lengths, torch.tensor(speakers).long()
+
+
+def course_loader(data_dir, batch_size: int = BATCH_SIZE, segment_len: int = SEGMENT_LEN, workers: int = 0):
+    """Shuffled batches of random crops over all training utterances, as the sample feeds them."""
+    from torch.utils.data import DataLoader
+
+    return DataLoader(course_dataset(data_dir, segment_len), batch_size=batch_size, shuffle=True,
+                      num_workers=workers, collate_fn=course_collate, drop_last=True,
+                      persistent_workers=workers > 0)
+
+
+def course_predict(model, data_dir, paths: list[str], with_lengths: bool = True) -> list[int]:
+    """The sample's inference: a DataLoader of batch size 1 that torch.loads each file, one whole
+    utterance per forward pass under no_grad; the predicted class of each. with_lengths: call
+    model(mel, lengths) as kit's models want, else model(mel) as the sample's classifier."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    files = [str(Path(data_dir) / p) for p in paths]
+    loader = DataLoader(files, batch_size=1, shuffle=False,
+                        collate_fn=lambda b: torch.load(b[0], weights_only=True)[None])   # (1, L, D)
+    preds = []
+    with torch.no_grad():
+        for mel in loader:
+            logits = model(mel, torch.tensor([mel.shape[1]])) if with_lengths else model(mel)
+            preds.append(int(logits.argmax(1)))
+    return preds
+
+
+# ---------------------------------------------------------------- its training loop
+def _loaders(data, seed: int, workers: int):
+    """The notebook's 90/10 random split of the training utterances into train and valid loaders."""
+    import torch
+    from torch.utils.data import DataLoader
+
     n_train = int((1 - VALID_RATIO) * len(data))
     train, valid = torch.utils.data.random_split(data, [n_train, len(data) - n_train],
                                                  generator=torch.Generator().manual_seed(seed))
-    kw = dict(batch_size=BATCH_SIZE, num_workers=workers, collate_fn=_collate, persistent_workers=workers > 0)
+    kw = dict(batch_size=BATCH_SIZE, num_workers=workers, collate_fn=course_collate, persistent_workers=workers > 0)
     return DataLoader(train, shuffle=True, drop_last=True, **kw), DataLoader(valid, **kw)
 
 
@@ -93,7 +136,7 @@ def _valid_acc(model, loader) -> float:
     model.eval()
     correct = count = 0
     with torch.no_grad():
-        for x, y in loader:
+        for x, _, y in loader:
             correct += int((model(x).argmax(1) == y).sum())
             count += len(y)
     model.train()
@@ -114,16 +157,17 @@ def train_for(data_dir: str | Path, minutes: float, seed: int = 0, threads: int 
     torch.set_num_threads(threads)
     random.seed(seed)
     torch.manual_seed(seed)
-    items, layout = _items(data_dir)
+    data = course_dataset(data_dir)
+    layout = data.layout
     model = course_classifier(len(layout.speakers), layout.n_mels)
-    train_loader, valid_loader = _loaders(items, seed, workers)
+    train_loader, valid_loader = _loaders(data, seed, workers)
     opt = torch.optim.AdamW(model.parameters(), lr=LR)
     began, step, best_acc, best_state = time.time(), 0, -1.0, None
     deadline = began + minutes * 60
     model.train()
     done = False
     while not done:
-        for x, y in train_loader:
+        for x, _, y in train_loader:
             for group in opt.param_groups:
                 group["lr"] = _lr_at(step)
             F.cross_entropy(model(x), y).backward()
@@ -147,15 +191,8 @@ def train_for(data_dir: str | Path, minutes: float, seed: int = 0, threads: int 
 
 def predict_test(model, layout) -> list[str]:
     """The notebook's inference: each whole test utterance alone; speaker id strings."""
-    import torch
-
-    id2speaker = layout.speakers
-    out = []
-    with torch.no_grad():
-        for u in layout.test:
-            mel = torch.load(Path(layout.data_dir) / u.path, weights_only=True)[None]    # (1, L, D)
-            out.append(id2speaker[int(model(mel).argmax(1))])
-    return out
+    preds = course_predict(model, layout.data_dir, [u.path for u in layout.test], with_lengths=False)
+    return [layout.speakers[k] for k in preds]
 
 
 def write_submission(model, layout, path: str | Path) -> Path:

@@ -8,7 +8,6 @@ so the reported gain over the best member is honest.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -17,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from kit.errors import KitError
-from kit.fsio import sha256_file, write_csv, write_json
+from kit.fsio import sha256_file, write_csv
+from kit.records import PredictionIds, SubmissionManifest
 
 VOTES = ("hard", "soft", "auto")
 
@@ -52,9 +52,14 @@ def hard_vote(probs_list, weights=None) -> np.ndarray:
     rows = np.arange(n)
     for k in range(m):
         np.add.at(votes, (rows, probs[k].argmax(axis=1)), w[k])               # (N, C) vote counts
+    return _most_votes(votes, np.tensordot(w, probs, axes=1))
+
+
+def _most_votes(votes: np.ndarray, summed: np.ndarray) -> np.ndarray:
+    """The hard vote's rule, (N, C) vote counts and summed probabilities -> (N,) classes: most
+    votes; ties to the largest summed probability, then to the lowest class index."""
     # isclose: weights like 0.1 + 0.2 must tie with 0.3
     tied = np.isclose(votes, votes.max(axis=1, keepdims=True), rtol=1e-9, atol=1e-12)
-    summed = np.tensordot(w, probs, axes=1)                                   # (N, C)
     return np.where(tied, summed, -np.inf).argmax(axis=1)                     # first max = lowest index
 
 
@@ -92,11 +97,10 @@ def select_weights(val_probs_list, val_labels, vote: str = "soft", rounds: int |
 
     def score(k: int, size: int) -> tuple[float, float]:
         prob_sum = bag_probs + probs[k]                                  # (N, C)
-        if vote == "hard":   # same rule as hard_vote: most votes, ties by summed probability
+        if vote == "hard":
             vote_sum = bag_votes.copy()
             vote_sum[rows, votes[k]] += 1
-            tied = vote_sum == vote_sum.max(axis=1, keepdims=True)
-            pred = np.where(tied, prob_sum, -np.inf).argmax(axis=1)
+            pred = _most_votes(vote_sum, prob_sum)
         else:
             pred = prob_sum.argmax(axis=1)
         nll = -np.log(np.clip(prob_sum[rows, labels] / size, 1e-12, None)).mean()
@@ -384,13 +388,13 @@ def auto_ensemble(val_probs_list, labels, test_probs_list=None, methods=METHODS,
 @dataclass
 class Member:
     run_dir: Path
-    ids: dict
+    ids: PredictionIds
     val_probs: np.ndarray      # (n_val, C)
     test_probs: np.ndarray     # (n_test, C)
 
     @property
     def val_labels(self) -> np.ndarray:
-        return np.asarray(self.ids["val_labels"], dtype=np.int64)
+        return np.asarray(self.ids.val_labels, dtype=np.int64)
 
 
 def load_member(run_dir: str | os.PathLike) -> Member:
@@ -402,16 +406,13 @@ def load_member(run_dir: str | os.PathLike) -> Member:
     for f in files:
         if not f.is_file():
             raise KitError(f"{run_dir}: no {f.name}; run `kit predict {run_dir}` first")
+    ids = PredictionIds.load(files[0])
     try:
-        ids = json.loads(files[0].read_text(encoding="utf-8"))
         val, test = np.load(files[1]), np.load(files[2])
     except (ValueError, OSError) as e:
         raise KitError(f"{run_dir}: unreadable prediction files ({e}); "
                        f"run `kit predict {run_dir}` again") from None
-    for key in ("val", "val_labels", "test"):
-        if key not in ids:
-            raise KitError(f"{files[0]}: lacks {key!r}; run `kit predict {run_dir}` again")
-    if val.shape[0] != len(ids["val"]) or test.shape[0] != len(ids["test"]) or val.shape[1:] != test.shape[1:]:
+    if val.shape[0] != len(ids.val) or test.shape[0] != len(ids.test) or val.shape[1:] != test.shape[1:]:
         raise KitError(f"{run_dir}: val_probs/test_probs shapes {val.shape}/{test.shape} do not match "
                        f"ids.json; run `kit predict {run_dir}` again")
     return Member(run_dir, ids, val, test)
@@ -421,10 +422,10 @@ def check_compatible(members: list[Member]) -> None:
     """Members must share the validation split, the test list and the classes."""
     first = members[0]
     for other in members[1:]:
-        if other.ids["val"] != first.ids["val"] or other.ids["val_labels"] != first.ids["val_labels"]:
+        if other.ids.val != first.ids.val or other.ids.val_labels != first.ids.val_labels:
             raise KitError(f"{first.run_dir} and {other.run_dir} were validated on different splits; "
                            "ensemble only runs trained with the same data.split_seed and val_fraction")
-        if other.ids["test"] != first.ids["test"]:
+        if other.ids.test != first.ids.test:
             raise KitError(f"{first.run_dir} and {other.run_dir} predicted different test sets "
                            "(different data dirs?)")
         if other.test_probs.shape[1] != first.test_probs.shape[1]:
@@ -432,18 +433,18 @@ def check_compatible(members: list[Member]) -> None:
                            f"{other.run_dir} has {other.test_probs.shape[1]}")
 
 
-def _speakers(member: Member) -> tuple[list[str], str]:
+def member_speakers(member: Member) -> tuple[list[str], str]:
     """Class index -> speaker id string, from the data dir the member was predicted on,
     after checking that its test list is that data dir's (so the CSV will be valid)."""
     from kit.data import read_layout
 
-    data_dir = member.ids.get("data_dir")
+    data_dir = member.ids.data_dir
     if not data_dir:
         from kit.config import from_dict, load_toml
 
         data_dir = from_dict(load_toml(member.run_dir / "config.toml")).data.data_dir
     layout = read_layout(data_dir)
-    if member.ids["test"] != [u.path for u in layout.test]:
+    if member.ids.test != [u.path for u in layout.test]:
         raise KitError(f"{member.run_dir}: its test predictions do not follow {data_dir}/testdata.json; "
                        f"run `kit predict {member.run_dir}` again")
     if len(layout.speakers) != member.test_probs.shape[1]:
@@ -462,9 +463,9 @@ def parse_weights(text: str | None):
         raise KitError(f"--weights {text!r}: give 'auto' or comma-separated numbers like 1,0.5,2") from None
 
 
-def member_mode(ids: dict) -> str:
+def member_mode(ids: PredictionIds) -> str:
     """How a member's test probabilities were made: sliding | full (old ids.json: from "full")."""
-    return ids.get("mode") or ("full" if ids.get("full") else "sliding")
+    return ids.inference_mode
 
 
 def ensemble_runs(run_dirs, vote: str = "hard", weights=None, name: str | None = None,
@@ -520,41 +521,32 @@ def ensemble_runs(run_dirs, vote: str = "hard", weights=None, name: str | None =
         pred = vote_predictions([m.test_probs for m in members], vote, w)          # (n_test,)
         label = f"ensemble ({vote} vote)"
     table = [{"member": str(m.run_dir), "val_acc": acc(m.val_probs.argmax(axis=1)), "weight": float(wk),
-              "mode": member_mode(m.ids)} for m, wk in zip(members, w)]
+              "mode": m.ids.inference_mode} for m, wk in zip(members, w)]
     if auto:
         for row, t in zip(table, extra["temperatures"]):
             row["temperature"] = t
     table.append({"member": label, "val_acc": val_acc, "weight": float(w.sum()),
                   **({"oof_acc": extra["oof_acc"]} if auto else {})})
 
-    speakers, data_dir = _speakers(members[0])
+    speakers, data_dir = member_speakers(members[0])
     name = name or f"{vote}-{len(members)}members-{time.strftime('%Y%m%d-%H%M%S')}"
     if not name or "/" in name or "\\" in name or name.startswith("."):
         raise KitError(f"--name {name!r}: give a plain file name (no folders, not starting with '.')")
     out_dir = Path(out_dir)
     csv_path, manifest_path = out_dir / f"{name}.csv", out_dir / f"{name}.json"
-    frame = pd.DataFrame({"Id": members[0].ids["test"], "Category": [speakers[int(k)] for k in pred]})
+    frame = pd.DataFrame({"Id": members[0].ids.test, "Category": [speakers[int(k)] for k in pred]})
     write_csv(csv_path, frame)
     problems = validate_submission(csv_path, data_dir)
-    if problems:                   # a safety net: _speakers checked ids and classes already
+    if problems:                   # a safety net: member_speakers checked ids and classes
         raise KitError(f"{csv_path}: written but invalid for {data_dir}: {problems[0]}")
-    write_json(manifest_path, {
-        "name": name,
-        "vote": vote,
-        "weights": [float(x) for x in w],
-        "weights_mode": "auto" if auto else ("given" if weights is not None else "equal"),
-        **extra,
-        "members": [str(m.run_dir.resolve()) for m in members],
-        "member_settings": [{**{k: m.ids.get(k) for k in ("window", "hop", "full", "average", "which")},
-                             "mode": member_mode(m.ids)} for m in members],
-        "member_test_probs_sha256": [sha256_file(m.run_dir / "test_probs.npy") for m in members],
-        "csv": str(csv_path.resolve()),
-        "csv_sha256": sha256_file(csv_path),
-        "data_dir": data_dir,
-        "n_val": int(len(labels)),
-        "table": table,
-        "val_acc": val_acc,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    })
+    SubmissionManifest(
+        name=name, vote=vote, weights=[float(x) for x in w],
+        weights_mode="auto" if auto else ("given" if weights is not None else "equal"), **extra,
+        members=[str(m.run_dir.resolve()) for m in members],
+        member_settings=[m.ids.settings() for m in members],
+        member_test_probs_sha256=[sha256_file(m.run_dir / "test_probs.npy") for m in members],
+        csv=str(csv_path.resolve()), csv_sha256=sha256_file(csv_path), data_dir=data_dir,
+        n_val=int(len(labels)), table=table, val_acc=val_acc, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    ).save(manifest_path)
     return {"csv": csv_path, "manifest": manifest_path, "table": table, "val_acc": val_acc,
             "weights": [float(x) for x in w], **extra}

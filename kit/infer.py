@@ -13,7 +13,8 @@ import numpy as np
 
 from kit.data import PAD_VALUE, FeatureStore, load_split
 from kit.errors import KitError
-from kit.fsio import save_numpy, write_json
+from kit.fsio import save_numpy
+from kit.records import PredictionIds
 
 AVERAGES = ("probs", "logits")
 
@@ -287,13 +288,8 @@ def predict_run(run_dir: str | os.PathLike, store: FeatureStore | None = None, w
     }
     settings = {"window": window, "hop": hop, "full": mode == "full", "mode": mode, "mode_requested": requested,
                 "average": average, "which": which}
-    write_json(run_dir / "ids.json", {
-        "val": [store.paths[i] for i in split.val],
-        "val_labels": [int(v) for v in val_labels],
-        "test": [store.paths[i] for i in store.test_index],
-        **settings,
-        "data_dir": str(Path(store.layout.data_dir).resolve()),
-        **result,
-    })
+    PredictionIds(val=[store.paths[i] for i in split.val], val_labels=[int(v) for v in val_labels],
+                  test=[store.paths[i] for i in store.test_index], **settings,
+                  data_dir=str(Path(store.layout.data_dir).resolve()), **result).save(run_dir / "ids.json")
     return {**result, "run_dir": str(run_dir), "n_val": int(len(split.val)), "n_test": int(store.n_test),
             **settings, "val_seconds": t1 - t0, "test_seconds": t2 - t1}

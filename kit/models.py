@@ -91,9 +91,11 @@ class _ConvModuleTimeMajor(nn.Module):
 
 
 class ConformerEncoder(nn.Module):
-    """Linear prenet then torchaudio's Conformer; its depthwise convs are masked (torchaudio's aren't)."""
+    """Linear prenet then torchaudio's Conformer; its depthwise convs are masked (torchaudio's aren't).
+    stock_conv keeps torchaudio's convolution module class (no time-major inference path), as the
+    course sample's code would have it; parameters and outputs are the same either way."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, stock_conv: bool = False):
         super().__init__()
         from torchaudio.models import Conformer
 
@@ -110,7 +112,7 @@ class ConformerEncoder(nn.Module):
             seq = layer.conv_module.sequential              # pointwise, GLU, depthwise, norm, ...
             seq[2] = _MaskedConv(seq[2])
             self.masked.append(seq[2])
-            if isinstance(seq[3], nn.BatchNorm1d):          # torchaudio's default; GroupNorm keeps its own path
+            if isinstance(seq[3], nn.BatchNorm1d) and not stock_conv:   # GroupNorm keeps torchaudio's path
                 layer.conv_module.__class__ = _ConvModuleTimeMajor
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -200,10 +202,12 @@ def check_names(cfg: ModelConfig) -> None:
 
 # ---------------------------------------------------------------- the whole model
 class SpeakerNet(nn.Module):
-    def __init__(self, cfg: ModelConfig, augment: AugmentConfig | None = None):
+    """encoder -> pooling -> head as cfg names them; `encoder` replaces the named one, built already."""
+
+    def __init__(self, cfg: ModelConfig, augment: AugmentConfig | None = None, encoder: nn.Module | None = None):
         super().__init__()
         check_names(cfg)
-        self.encoder = ENCODERS[cfg.encoder](cfg)
+        self.encoder = ENCODERS[cfg.encoder](cfg) if encoder is None else encoder
         self.pooling = POOLINGS[cfg.pooling](self.encoder.out_dim)
         self.head = HEADS[cfg.head](self.pooling.out_dim, cfg)
         self.specaug = SpecAugment(augment) if augment is not None and augment.specaugment else None

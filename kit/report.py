@@ -5,16 +5,15 @@ how often members disagree, as a table, a dict and a PNG (bars + disagreement he
 """
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from kit.ensemble import (DEFAULT_POOL, METHODS, auto_ensemble, calibrate, check_compatible, fit_temperature,
-                          load_member, log_probs, mean_nll, member_mode)
+                          load_member, log_probs, mean_nll, member_speakers)
 from kit.errors import KitError
-from kit.fsio import atomic_path
+from kit.plots import plot_report
+from kit.records import SubmissionManifest
 
 
 # ---------------------------------------------------------------- pure numbers
@@ -74,19 +73,14 @@ def _read_key(answers):
     return key.set_index("Id")
 
 
-def _load_ensemble(ensemble_result, run_dirs) -> dict:
+def _load_ensemble(ensemble_result, run_dirs) -> SubmissionManifest:
     """The ensemble manifest, from ensemble_runs' result dict or a NAME.json path."""
     path = ensemble_result.get("manifest") if isinstance(ensemble_result, dict) else ensemble_result
     if path is None:
-        return dict(ensemble_result)
-    path = Path(path)
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise KitError(f"{path}: unreadable ensemble manifest ({e})") from None
-    members = manifest.get("members")
-    if members is not None and [str(Path(m).resolve()) for m in members] != \
-            [str(Path(d).resolve()) for d in run_dirs]:
+        return SubmissionManifest.from_dict(ensemble_result)
+    manifest = SubmissionManifest.load(path)
+    members = manifest.members
+    if members and [str(Path(m).resolve()) for m in members] != [str(Path(d).resolve()) for d in run_dirs]:
         raise KitError(f"{path}: made from other runs ({len(members)} members) than the ones given; "
                        "give the same run dirs in the same order")
     return manifest
@@ -118,20 +112,19 @@ def report_runs(run_dirs, ensemble_result=None, png=None, answers=None, pool: st
     key = _read_key(answers) if answers is not None else None
     speakers = None
     if key is not None:
-        from kit.ensemble import _speakers
-
-        speakers = _speakers(members[0])[0]
+        speakers = member_speakers(members[0])[0]
 
     rows = []
     for m, name, pred in zip(members, names, preds):
         lp = log_probs(m.val_probs)
         t = fit_temperature(lp, labels) if len(labels) else None
-        row = {"member": name, "run_dir": str(m.run_dir), "mode": member_mode(m.ids), "temperature": t,
+        row = {"member": name, "run_dir": str(m.run_dir), "mode": m.ids.inference_mode, "temperature": t,
                "val_acc": float((pred == labels).mean()) if len(labels) else None,
                "val_nll": mean_nll(calibrate(lp, t), labels) if len(labels) else None,
-               **{f"val_acc_{w}": m.ids.get(f"val_acc_{w}") for w in ("centre", "full", "sliding")}}
+               "val_acc_centre": m.ids.val_acc_centre, "val_acc_full": m.ids.val_acc_full,
+               "val_acc_sliding": m.ids.val_acc_sliding}
         if key is not None:
-            row.update(_test_accuracy(m.ids["test"], [speakers[k] for k in m.test_probs.argmax(axis=1)], key))
+            row.update(_test_accuracy(m.ids.test, [speakers[k] for k in m.test_probs.argmax(axis=1)], key))
         rows.append(row)
     accs = [r["val_acc"] for r in rows if r["val_acc"] is not None]
     best = max(accs) if accs else None
@@ -139,11 +132,8 @@ def report_runs(run_dirs, ensemble_result=None, png=None, answers=None, pool: st
     ens = None
     if ensemble_result is not None:
         manifest = _load_ensemble(ensemble_result, run_dirs)
-        ens = {"name": manifest.get("name") or Path(manifest.get("csv", "ensemble")).stem,
-               "method": manifest.get("method") or f"{manifest.get('vote', '?')} vote "
-                                                   f"({manifest.get('weights_mode', 'equal')} weights)",
-               "val_acc": manifest.get("val_acc"), "oof_acc": manifest.get("oof_acc"),
-               "candidates": manifest.get("candidates"), "csv": manifest.get("csv")}
+        ens = {"name": manifest.label, "method": manifest.description, "val_acc": manifest.val_acc,
+               "oof_acc": manifest.oof_acc, "candidates": manifest.candidates, "csv": manifest.csv}
         if key is not None and ens["csv"]:
             import pandas as pd
 
@@ -211,55 +201,3 @@ def format_report(report: dict) -> str:
     if report.get("png"):
         lines.append(f"picture: {report['png']}")
     return "\n".join(lines)
-
-
-# ---------------------------------------------------------------- the picture
-def plot_report(report: dict, png: str | os.PathLike) -> Path:
-    """Bars of member vs ensemble validation accuracy with the oracle as a line, and the
-    pairwise disagreement heatmap; written atomically to `png`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows, ens = report["members"], report["ensemble"]
-    labels = [r["member"] for r in rows]
-    values = [r["val_acc"] or 0.0 for r in rows]
-    colours = ["tab:blue"] * len(rows)
-    if ens is not None:
-        for kind, key, colour in (("in-sample", "val_acc", "tab:orange"), ("out-of-fold", "oof_acc", "tab:green")):
-            if ens.get(key) is not None:
-                labels.append(f"ensemble\n{kind}")
-                values.append(ens[key])
-                colours.append(colour)
-    m = len(rows)
-    fig, (bars, heat) = plt.subplots(1, 2, figsize=(11, 1.6 + 0.35 * max(len(labels), m)),
-                                     gridspec_kw={"width_ratios": [1.2, 1]})
-    y = np.arange(len(labels))
-    bars.barh(y, values, color=colours)
-    bars.set_yticks(y, labels, fontsize=7)
-    bars.invert_yaxis()
-    if report["oracle"] is not None:
-        bars.axvline(report["oracle"], color="black", linestyle="--", label=f"oracle {report['oracle']:.3f}")
-        bars.legend(loc="lower right", fontsize=7)
-    low = min(values + [report["oracle"] or 1.0])
-    bars.set_xlim(max(0.0, low - 0.05), 1.0)
-    bars.set_xlabel("validation accuracy")
-    bars.set_title("members vs ensemble")
-    matrix = np.asarray(report["disagreement"])
-    image = heat.imshow(matrix, cmap="viridis", vmin=0)
-    heat.set_xticks(range(m), [r["member"] for r in rows], rotation=90, fontsize=7)
-    heat.set_yticks(range(m), [r["member"] for r in rows], fontsize=7)
-    if m <= 12:
-        for i in range(m):
-            for j in range(m):
-                dark = matrix[i, j] < 0.5 * max(matrix.max(), 1e-12)       # viridis: dark low, bright high
-                heat.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=6,
-                          color="white" if dark else "black")
-    heat.set_title("pairwise disagreement (argmax differs)")
-    fig.colorbar(image, ax=heat, fraction=0.046)
-    fig.tight_layout()
-    with atomic_path(png) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return Path(png)

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from kit import DEFAULT_COMPETITION
 from kit.errors import KitError
 from kit.fsio import write_csv, write_json
 
-COMPETITION = "ml2022spring-hw4"
 MARKER = ".kit-synth.json"
 SAMPLE_RATE = 16000
 N_FFT, HOP, N_MELS = 400, 160, 40        # 25 ms window, 10 ms hop, like the competition
@@ -449,7 +449,7 @@ def generate(out_dir: str | os.PathLike, preset: str = "tiny", seed: int = 0, fo
             "Category": [plan["speakers"][plan["spk"][i]] for i in test],
             "Usage": np.where(plan["usage"], "Public", "Private")}))
         write_json(tmp / MARKER, {"preset": preset, "seed": seed, "answers": str(key),
-                                  "competition": COMPETITION, "speakers": cfg.speakers,
+                                  "competition": DEFAULT_COMPETITION, "speakers": cfg.speakers,
                                   "test": len(test)})
         os.chmod(tmp, 0o777 & ~_umask())               # mkdtemp makes it private
         if out_dir.exists():

@@ -272,7 +272,7 @@ def test_auto_ensemble_of_run_dirs_records_its_choice(tmp_path, layout_dir):
     r1 = make_run(tmp_path, "r1", [0, 1, 2, 0, 1, 0], onehotish([0, 1, 2, 2]), layout_dir)
     r2 = make_run(tmp_path, "r2", [0, 1, 2, 1, 1, 2], onehotish([0, 1, 1, 2]), layout_dir)
     r3 = make_run(tmp_path, "r3", [1, 1, 2, 0, 2, 2], onehotish([1, 1, 2, 0]), layout_dir)
-    assert "mode" not in load_member(r1).ids and member_mode(load_member(r1).ids) == "sliding"
+    assert load_member(r1).ids.mode is None and member_mode(load_member(r1).ids) == "sliding"
     r = ensemble_runs([r1, r2, r3], vote="auto", name="auto", out_dir=tmp_path / "s", folds=3)
     manifest = json.loads(r["manifest"].read_text())
     assert manifest["weights_mode"] == "auto" and manifest["method"] == r["method"]

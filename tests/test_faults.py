@@ -223,7 +223,7 @@ def test_a_truncated_ledger_row_stops_scores_and_submit(tmp_path, tiny_data, tin
     sub = tmp_path / "sub.csv"                       # a valid CSV: the answer key's Id,Category
     sub.write_text("".join(",".join(line.split(",")[:2]) + "\n" for line in tiny_answers.read_text().splitlines()))
     sub.with_suffix(".json").write_text(json.dumps({"data_dir": str(tiny_data), "members": [], "vote": "hard"}))
-    monkeypatch.setattr("kit.kaggle._call", lambda *a, **k: pytest.fail("sent despite a damaged ledger"))
+    monkeypatch.setattr("kit.kaggle.submissions.call", lambda *a, **k: pytest.fail("sent despite a damaged ledger"))
     one_error(*kit_cli(capsys, "submit", sub, "-m", "x", "--ledger", ledger)[::2], "ledger.csv: row 2")
     assert ledger.read_bytes() == before
 

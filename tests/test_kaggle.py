@@ -21,8 +21,8 @@ import pytest
 from kit.cli import main
 from kit.errors import KitError
 from kit.fsio import sha256_file
-from kit.kaggle import _call, append_ledger, extract_zip, read_ledger, recipe_submit
-from kit.kaggle_server import StandIn
+from kit.kaggle import append_ledger, call, extract_zip, read_ledger, recipe_submit
+from kit.kaggle.server import StandIn
 from kit.submission import score_submission
 
 FAKE_KEY = "kitfakekey-DO-NOT-PRINT-4242"
@@ -235,7 +235,7 @@ def test_wait_is_bounded(kaggle_env, standin, sub, capsys):
 def test_standin_scores_a_bad_file_error_with_reason(kaggle_env, standin, tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("Id,Category\nuttr-unknown.pt,id00001\n")       # kit would refuse it; Kaggle scores it
-    done = _call("submit", {"competition": COMP, "file": str(bad), "message": "bad", "wait": True,
+    done = call("submit", {"competition": COMP, "file": str(bad), "message": "bad", "wait": True,
                             "timeout": 5, "poll": 0.01}, standin.url)
     assert done["status"] == "ERROR" and "missing" in done["error"] and done["public"] == ""
 
@@ -245,7 +245,7 @@ def test_listing_follows_pages(kaggle_env, standin, sub, capsys):
     first = standin.submissions[0]["ref"]
     for i in range(70):                                        # bury it under two pages of later submissions
         standin.submissions.append(dict(standin.submissions[0], ref=5000 + i, polls=0))
-    found = _call("list", {"competition": COMP, "refs": [first]}, standin.url)["submissions"]
+    found = call("list", {"competition": COMP, "refs": [first]}, standin.url)["submissions"]
     assert first in {s["ref"] for s in found} and len(found) == 71
     assert standin.calls.count("ListSubmissions") == 2
 

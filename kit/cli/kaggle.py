@@ -1,13 +1,13 @@
 """`kit submit`, `kit scores` and `kit kaggle serve`: send a CSV, read the ledger, rehearse offline.
 
-Argument parsing and printing only; the work is in kit.kaggle (client) and kit.kaggle_server (stand-in).
+Argument parsing and printing only; the work is in kit.kaggle (client, ledger) and kit.kaggle.server (stand-in).
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-DEFAULT_COMPETITION = "ml2022spring-hw4"   # kit.kaggle.DEFAULT_COMPETITION, not imported to keep --help fast
+from kit import DEFAULT_COMPETITION
 
 
 def _log(line: str) -> None:
@@ -64,7 +64,8 @@ def cmd_scores(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from kit.errors import KitError
-    from kit.kaggle import plot_scores, read_ledger, refresh_ledger, score_table
+    from kit.kaggle import read_ledger, refresh_ledger, score_table
+    from kit.plots import plot_scores
 
     ledger = Path(args.ledger)
     if not ledger.is_file():
@@ -110,7 +111,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from kit.errors import KitError
-    from kit.kaggle_server import StandIn
+    from kit.kaggle.server import StandIn
 
     marker = Path(args.data) / ".kit-synth.json"
     synth = json.loads(marker.read_text()) if marker.is_file() else {}

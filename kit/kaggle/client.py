@@ -1,0 +1,101 @@
+"""The caller's side of the Kaggle worker: each client call runs in a short-lived `python -m
+kit.kaggle.worker`, because the `kaggle` package authenticates once at import and prints to stdout.
+
+Also the retry and poll timings both sides read, overridable from the environment for tests.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+from kit.errors import KitError
+from kit.kaggle.credentials import scrub, secrets
+
+KAGGLE, STAND_IN = "kaggle", "local stand-in"       # a ledger row's target
+RETRY_STATUSES = (429, 500, 502, 503, 504)
+
+
+def _setting(name: str, default: float) -> float:
+    try:
+        return float(os.environ.get(name, default))
+    except ValueError:
+        raise KitError(f"environment variable {name}={os.environ[name]!r} is not a number") from None
+
+
+def backoff() -> float:
+    return _setting("KIT_KAGGLE_BACKOFF", 2.0)      # first retry delay; doubles each time
+
+
+def retries() -> int:
+    return int(_setting("KIT_KAGGLE_RETRIES", 5))
+
+
+def poll_interval() -> float:
+    return _setting("KIT_KAGGLE_POLL", 10.0)
+
+
+def max_retry_after() -> float:
+    return _setting("KIT_KAGGLE_MAX_RETRY_AFTER", 120.0)   # bound on a server's Retry-After
+
+
+def endpoint_or_env(endpoint: str | None) -> str | None:
+    """The stand-in URL to talk to: the one given, else KIT_KAGGLE_ENDPOINT; None means Kaggle."""
+    return endpoint or os.environ.get("KIT_KAGGLE_ENDPOINT") or None
+
+
+def target(endpoint: str | None) -> str:
+    """What a ledger row records as where the submission went."""
+    return STAND_IN if endpoint_or_env(endpoint) else KAGGLE
+
+
+def _worker_env(endpoint: str | None, overrides: dict | None) -> dict:
+    env = dict(os.environ)
+    env.update(overrides or {})
+    if endpoint:
+        # The client only knows prod and http://localhost:80; the stand-in answers as its proxy.
+        env["KAGGLE_API_ENVIRONMENT"] = "LOCALHOST"
+        env["HTTP_PROXY"] = env["http_proxy"] = endpoint
+        for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+            env.pop(name, None)   # a no_proxy of "localhost" would bypass the stand-in
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def call(op: str, params: dict, endpoint: str | None = None, env: dict | None = None, log=None,
+         on_event=None) -> dict:
+    """Run one operation in a worker process; its log lines go to `log`, its failure is a KitError.
+
+    `on_event` sees the worker's milestones as they happen (e.g. "submitted", with the ref).
+    """
+    endpoint = endpoint_or_env(endpoint)
+    wenv = _worker_env(endpoint, env)
+    hidden = secrets(wenv)
+    log = log or (lambda line: None)
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "kit.kaggle.worker"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=err, text=True, env=wenv)
+        proc.stdin.write(json.dumps({"op": op, "params": params}))
+        proc.stdin.close()
+        result, error = None, None
+        for line in proc.stdout:
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue
+            if "log" in msg:
+                log(scrub(msg["log"], hidden))
+            if "event" in msg and on_event:
+                on_event(msg["event"])
+            result, error = msg.get("result", result), msg.get("error", error)
+        proc.wait()
+        if error is not None:
+            raise KitError(scrub(error, hidden))
+        if result is None:
+            err.seek(0)
+            tail = " | ".join(err.read().strip().splitlines()[-3:])
+            raise KitError(scrub(f"the kaggle client stopped unexpectedly during {op} "
+                                 f"(exit {proc.returncode}): {tail or 'no output'}", hidden))
+        return result

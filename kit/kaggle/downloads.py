@@ -1,0 +1,83 @@
+"""Fetching a competition: download its zip with the official client (through the worker),
+unpack it safely, find and check the data dir; a marker file makes a re-run a no-op.
+"""
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path, PurePosixPath
+
+from kit.errors import KitError
+from kit.fsio import atomic_path, sha256_file, write_json
+from kit.kaggle.client import call
+from kit.kaggle.ledger import now
+
+
+def extract_zip(zip_path, dest) -> int:
+    """Unpack safely (no member may land outside dest, no links); skips files already unpacked."""
+    dest = Path(dest)
+    root = dest.resolve()
+    written = 0
+    try:
+        with zipfile.ZipFile(zip_path) as zf:
+            for info in zf.infolist():
+                parts = PurePosixPath(info.filename.replace("\\", "/")).parts
+                target = root.joinpath(*parts).resolve() if parts else root
+                if (info.filename.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0])
+                        or (target != root and root not in target.parents)):
+                    raise KitError(f"{zip_path}: member {info.filename!r} would land outside {dest}; refusing to unpack")
+                if (info.external_attr >> 16) & 0o170000 == 0o120000:
+                    raise KitError(f"{zip_path}: member {info.filename!r} is a symbolic link; refusing to unpack")
+                if info.is_dir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                if target.is_file() and target.stat().st_size == info.file_size:
+                    continue
+                with zf.open(info) as src, atomic_path(target) as tmp:
+                    with open(tmp, "wb") as out:
+                        while block := src.read(1 << 20):
+                            out.write(block)
+                written += 1
+    except (zipfile.BadZipFile, zipfile.LargeZipFile) as e:
+        raise KitError(f"{zip_path}: not a valid zip ({e}); delete it and download again") from None
+    return written
+
+
+def find_data_dir(root) -> Path:
+    """The shallowest folder under root holding the competition's three json files."""
+    from kit.data import LAYOUT_FILES
+
+    root = Path(root)
+    found = sorted((p.parent for p in root.rglob("metadata.json")
+                    if all((p.parent / n).is_file() for n in LAYOUT_FILES) and ".kit-cache" not in p.parts),
+                   key=lambda p: (len(p.parts), str(p)))
+    if not found:
+        raise KitError(f"{root}: no folder with {', '.join(LAYOUT_FILES)} after unpacking; "
+                       f"is this an HW4 speaker-identification competition?")
+    return found[0]
+
+
+def download(competition: str, out, endpoint: str | None = None, env: dict | None = None, log=None,
+             progress: bool = False) -> Path:
+    """Download the competition zip with the official client, unpack it, validate; returns the data dir."""
+    from kit.data import check_data, read_layout
+
+    out = Path(out)
+    marker = out / ".kit-download.json"
+    if marker.is_file():
+        try:
+            done = json.loads(marker.read_text())
+            if done.get("competition") == competition:
+                read_layout(done["data_dir"])
+                return Path(done["data_dir"])
+        except (ValueError, KeyError, KitError):
+            pass    # incomplete or stale: fetch and unpack again (finished files are skipped)
+    out.mkdir(parents=True, exist_ok=True)
+    zip_path = Path(call("download", {"competition": competition, "path": str(out.resolve())},
+                          endpoint, env, log)["zip"])
+    extract_zip(zip_path, out)
+    data_dir = find_data_dir(out)
+    check_data(data_dir, progress=progress)
+    write_json(marker, {"competition": competition, "zip": str(zip_path), "sha256": sha256_file(zip_path),
+                        "data_dir": str(data_dir), "time": now()})
+    return data_dir

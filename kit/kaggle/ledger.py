@@ -1,0 +1,144 @@
+"""The ledger, submissions/ledger.csv: one row per submission attempt, with Kaggle's ref, status
+and public/private scores. Read strictly, written under a lock, backed up before each rewrite.
+"""
+from __future__ import annotations
+
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+from kit.errors import KitError
+from kit.fsio import file_lock, sha256_file, write_csv
+
+LEDGER_COLUMNS = ["time", "competition", "file", "sha256", "message", "members", "vote", "ref",
+                  "status", "public", "private", "target", "error"]
+
+
+def now() -> str:
+    """The ledger's time stamp: UTC, to the second."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def read_ledger(path: str | os.PathLike):
+    """The ledger as a DataFrame of strings (empty with the right columns when there is none).
+    A damaged ledger (a row cut short or with extra fields) is refused naming the row, so no
+    rewrite can make the damage permanent."""
+    import io
+
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        return pd.DataFrame({c: pd.Series(dtype=str) for c in LEDGER_COLUMNS})
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise KitError(f"{path}: unreadable ledger ({e}); {_LEDGER_FIX.format(name=path.name)}") from None
+    _check_ledger_rows(path, text)
+    try:
+        frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    except (ValueError, pd.errors.ParserError) as e:
+        raise KitError(f"{path}: unreadable ledger ({e}); {_LEDGER_FIX.format(name=path.name)}") from None
+    for c in LEDGER_COLUMNS:
+        if c not in frame.columns:
+            frame[c] = ""
+    return frame
+
+
+_LEDGER_FIX = "fix or remove that row, or restore a backup ({name}.bak-*)"
+LEDGER_BACKUPS = 10         # backups kept beside the ledger, newest first
+
+
+def _check_ledger_rows(path: Path, text: str) -> None:
+    """Every row has the header's field count and the file ends with a line break (kit always
+    writes one, so a last row without it was cut short)."""
+    import csv
+    import io
+
+    if not text.strip():
+        raise KitError(f"{path}: empty ledger (not even a header); restore a backup ({path.name}.bak-*) "
+                       "or move it aside")
+    reader = csv.reader(io.StringIO(text))
+    try:
+        header = next(reader)
+        for row in reader:
+            if row and len(row) != len(header):
+                raise KitError(f"{path}: row {reader.line_num - 1} has {len(row)} fields, the header "
+                               f"{len(header)} ({','.join(row)[:80]!r}); {_LEDGER_FIX.format(name=path.name)}")
+    except csv.Error as e:
+        raise KitError(f"{path}: row {reader.line_num - 1} is malformed ({e}); "
+                       f"{_LEDGER_FIX.format(name=path.name)}") from None
+    if not text.endswith(("\n", "\r")):
+        raise KitError(f"{path}: the last row (line {text.count(chr(10)) + 1}) is cut short (no line end: "
+                       f"{text.splitlines()[-1][-60:]!r}); {_LEDGER_FIX.format(name=path.name)}")
+
+
+def _lock(path: Path) -> Path:
+    return path.with_name(f".{path.name}.lock")
+
+
+def _rewrite_ledger(path: Path, old, new) -> None:
+    """Back the ledger up (ledger.csv.bak-<time>), then write `new` atomically; refuses a
+    rewrite that would drop a column, a row or a non-empty field of `old`."""
+    import shutil
+
+    kept = len(new) >= len(old) and set(old.columns) <= set(new.columns) and all(
+        (new[c].iloc[:len(old)].to_numpy() != "")[old[c].to_numpy() != ""].all() for c in old.columns)
+    if not kept:
+        raise KitError(f"{path}: refusing to rewrite the ledger: the new version would lose fields (kit bug)")
+    if path.is_file():
+        shutil.copy2(path, path.with_name(f"{path.name}.bak-{datetime.now().strftime('%Y%m%dT%H%M%S%f')}"))
+        for stale in sorted(path.parent.glob(f"{path.name}.bak-*"), reverse=True)[LEDGER_BACKUPS:]:
+            stale.unlink(missing_ok=True)
+    write_csv(path, new)
+
+
+def append_ledger(path: str | os.PathLike, row: dict) -> None:
+    """Add one row under an exclusive lock, rewriting the file atomically."""
+    import pandas as pd
+
+    path = Path(path)
+    with file_lock(_lock(path)):
+        frame = read_ledger(path)
+        new = pd.DataFrame([{c: "" if row.get(c) is None else str(row.get(c)) for c in frame.columns}])
+        _rewrite_ledger(path, frame, pd.concat([frame, new], ignore_index=True) if len(frame) else new)
+
+
+def update_ledger(path: str | os.PathLike, competition: str, ref, changes: dict) -> None:
+    """Set fields of the row with this competition and ref; an empty value never blanks a field."""
+    path = Path(path)
+    with file_lock(_lock(path)):
+        frame = read_ledger(path)
+        new = frame.copy()
+        hit = (new["competition"] == competition) & (new["ref"] == str(ref))
+        for key, value in changes.items():
+            if value is not None and str(value) != "":
+                new.loc[hit, key] = str(value)
+        _rewrite_ledger(path, frame, new)
+
+
+def score_table(ledger, competition: str | None = None):
+    """Ledger rows sorted by public score (best first) with the public-private gap beside them."""
+    import pandas as pd
+
+    frame = read_ledger(ledger)
+    if competition:
+        frame = frame[frame["competition"] == competition]
+    frame = frame.copy()
+    public = pd.to_numeric(frame["public"], errors="coerce")
+    private = pd.to_numeric(frame["private"], errors="coerce")
+    frame["gap"] = public - private
+    frame["_order"] = public
+    return frame.sort_values("_order", ascending=False, na_position="last").drop(columns="_order")
+
+
+def find_submitted(ledger, csv_path, competition: str, target: str) -> dict | None:
+    """The ledger row of an earlier successful submission of the same file bytes, if any: a
+    re-run recipe must not spend another of the day's Kaggle submissions on an identical CSV."""
+    frame = read_ledger(ledger)
+    if not len(frame) or not Path(csv_path).is_file():
+        return None
+    digest = sha256_file(csv_path)
+    same = frame[(frame["sha256"] == digest) & (frame["competition"] == competition) &
+                 (frame["target"] == target) & frame["status"].isin(["COMPLETE", "PENDING"])]
+    return same.iloc[-1].to_dict() if len(same) else None

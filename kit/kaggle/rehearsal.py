@@ -1,0 +1,67 @@
+"""A recipe's last step: submit to Kaggle when there are credentials, else rehearse on the local
+stand-in when the data is a synthetic competition (its answer key scores the CSV), else skip.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from kit import DEFAULT_COMPETITION
+from kit.errors import KitError
+from kit.kaggle.client import KAGGLE, STAND_IN, endpoint_or_env
+from kit.kaggle.credentials import CREDENTIALS_HELP, credential_source
+from kit.kaggle.ledger import find_submitted, read_ledger
+from kit.kaggle.submissions import submit
+
+
+def recipe_submit(csv_path, message: str, data_dir, competition: str = DEFAULT_COMPETITION,
+                  submissions_dir="submissions", log=None) -> dict:
+    """Submit at the end of a recipe: real Kaggle with credentials, else the stand-in for synthetic data.
+
+    Returns {status, public, private, ref, target, row, reason}. Never raises for a failed
+    submission (status FAILED/ERROR, recorded in the ledger); SKIPPED writes no ledger row.
+    """
+    ledger = Path(submissions_dir) / "ledger.csv"
+    marker = Path(data_dir) / ".kit-synth.json"
+    if credential_source() and not endpoint_or_env(None):
+        return _recipe_attempt(csv_path, message, data_dir, competition, ledger, None, None, log, KAGGLE)
+    if not marker.is_file():
+        return {"status": "SKIPPED", "public": None, "private": None, "ref": None, "target": None, "row": None,
+                "reason": f"not submitted: {data_dir} is not a synthetic competition, and {CREDENTIALS_HELP}"}
+    from kit.kaggle.server import StandIn
+
+    synth = json.loads(marker.read_text())
+    comp = synth.get("competition") or competition
+    with tempfile.TemporaryDirectory(prefix="kit-rehearsal-") as home:
+        # Rehearsal credentials in a private config dir, so nothing of the user's is read or written.
+        env = {"KAGGLE_USERNAME": "kit-rehearsal", "KAGGLE_KEY": "local-stand-in", "KAGGLE_CONFIG_DIR": home}
+        with StandIn(data_dir, synth["answers"], competition=comp, pending_polls=1) as server:
+            return _recipe_attempt(csv_path, message, data_dir, comp, ledger, server.url, env, log, STAND_IN)
+
+
+def _recipe_attempt(csv_path, message, data_dir, competition, ledger, endpoint, env, log, target) -> dict:
+    earlier = find_submitted(ledger, csv_path, competition, target)
+    if earlier is not None:
+        return {"status": earlier["status"], "public": earlier.get("public") or None,
+                "private": earlier.get("private") or None, "ref": earlier.get("ref") or None,
+                "target": target, "row": earlier,
+                "reason": f"identical file already submitted at {earlier['time']} (ref {earlier['ref']}); "
+                          "not sent again"}
+    before = len(read_ledger(ledger))
+    # The stand-in scores at once, so poll it briskly; real Kaggle keeps the usual interval.
+    poll = None if target == KAGGLE or "KIT_KAGGLE_POLL" in os.environ else 0.2
+    try:
+        row = submit(csv_path, message, competition, data_dir=data_dir, wait=True, ledger=ledger,
+                     endpoint=endpoint, poll=poll, env=env, log=log)
+        reason = None
+    except KitError as e:
+        frame = read_ledger(ledger).iloc[before:]          # only rows this attempt wrote
+        mine = frame[(frame["file"] == str(csv_path)) & (frame["competition"] == competition)]
+        row = mine.iloc[-1].to_dict() if len(mine) else None
+        reason = str(e)
+    status = row["status"] if row else "FAILED"
+    return {"status": status, "public": (row or {}).get("public") or None,
+            "private": (row or {}).get("private") or None, "ref": (row or {}).get("ref") or None,
+            "target": target, "row": row, "reason": reason}

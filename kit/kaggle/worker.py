@@ -1,0 +1,217 @@
+"""The worker: `python -m kit.kaggle.worker` reads one {"op", "params"} request on stdin, runs it
+with the official `kaggle` client and answers in JSON lines on stdout (see kit.kaggle.client).
+
+The only module that imports `kaggle`/`kagglesdk`; whatever they print goes to stderr.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from kit import DEFAULT_COMPETITION
+from kit.errors import KitError
+from kit.kaggle.client import RETRY_STATUSES, backoff, max_retry_after, retries
+from kit.kaggle.credentials import CREDENTIALS_HELP
+
+
+def _retrying(what: str, fn, log):
+    """Call fn, retrying 429/5xx and connection errors with capped exponential backoff."""
+    import requests
+
+    attempts = retries()
+    for attempt in range(attempts + 1):
+        try:
+            return fn()
+        except requests.HTTPError as e:
+            status = e.response.status_code if e.response is not None else None
+            if status not in RETRY_STATUSES or attempt == attempts:
+                raise KitError(_http_message(what, status, e, attempt)) from None
+            delay = _retry_after(e.response) or backoff() * 2 ** attempt
+            log(f"Kaggle answered HTTP {status} to {what}; retry {attempt + 1}/{attempts} in {delay:.2g}s")
+        except (requests.ConnectionError, requests.Timeout) as e:
+            if attempt == attempts:
+                host = getattr(getattr(e, "request", None), "url", None) or "Kaggle"
+                raise KitError(f"{what}: cannot reach {_host(host)} after {attempts + 1} attempts "
+                               f"(connection refused or network down)") from None
+            delay = backoff() * 2 ** attempt
+            log(f"{what}: connection failed; retry {attempt + 1}/{attempts} in {delay:.2g}s")
+        time.sleep(delay)
+
+
+def _host(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    proxy = os.environ.get("HTTP_PROXY") if os.environ.get("KAGGLE_API_ENVIRONMENT") == "LOCALHOST" else None
+    return proxy or urlsplit(url).netloc or url
+
+
+def _retry_after(response) -> float | None:
+    value = response.headers.get("Retry-After") if response is not None else None
+    try:
+        return min(max(float(value), 0.0), max_retry_after()) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _http_message(what: str, status, e, attempt: int) -> str:
+    detail = str(e).split(" for url:")[0]
+    if status == 401:
+        return (f"Kaggle refused the credentials (HTTP 401) for {what}: check ~/.kaggle/kaggle.json or "
+                f"KAGGLE_USERNAME/KAGGLE_KEY (or KAGGLE_API_TOKEN); a regenerated token replaces the old one")
+    if status == 403:
+        return (f"Kaggle denied {what} (HTTP 403): accept the competition rules on its Kaggle page "
+                f"(Rules tab) with the account of these credentials")
+    if status == 404:
+        return (f"{what}: competition not found (HTTP 404): check the name given to --competition "
+                f"(e.g. {DEFAULT_COMPETITION}) and that your Kaggle account has joined it")
+    tries = f" after {attempt + 1} attempts" if attempt else ""
+    return f"Kaggle answered HTTP {status} to {what}{tries}: {detail}"
+
+
+def _api(log):
+    """The authenticated KaggleApi; importing kaggle already tried once and printed any help to stderr."""
+    from kaggle import api
+
+    try:
+        _retrying("authentication", api.authenticate, log)
+    except SystemExit:
+        raise KitError(CREDENTIALS_HELP) from None
+    return api
+
+
+def _sub_dict(s) -> dict:
+    return {"ref": s.ref, "status": s.status.name, "public": s.public_score or "", "private": s.private_score or "",
+            "error": s.error_description or "", "description": s.description or "", "file": s.file_name or "",
+            "date": s.date.isoformat() if s.date else ""}
+
+
+def _list_submissions(client, competition: str, want: set | None, log, max_pages: int = 20) -> list[dict]:
+    from kagglesdk.competitions.types.competition_api_service import ApiListSubmissionsRequest
+
+    subs, token = {}, ""
+    for _ in range(max_pages):
+        request = ApiListSubmissionsRequest()
+        request.competition_name = competition
+        request.page_size = 50
+        request.page_token = token
+        if not token:
+            request.page = 1
+        response = _retrying("ListSubmissions", lambda: client.list_submissions(request), log)
+        fresh = [s for s in response.submissions if s.ref not in subs]
+        subs.update((s.ref, _sub_dict(s)) for s in fresh)
+        token = response.next_page_token
+        if not fresh or not token or (want and want <= set(subs)):
+            break
+    return list(subs.values())
+
+
+def _op_submit(api, p: dict, log, emit) -> dict:
+    from kaggle.models.kaggle_models_extended import ResumableUploadResult
+    from kagglesdk.competitions.types.competition_api_service import (ApiCreateSubmissionRequest,
+                                                                      ApiStartSubmissionUploadRequest)
+
+    path = p["file"]
+    with api.build_kaggle_client() as kaggle:
+        client = kaggle.competitions.competition_api_client
+        start = ApiStartSubmissionUploadRequest()
+        start.competition_name = p["competition"]
+        start.file_name = os.path.basename(path)
+        start.content_length = os.path.getsize(path)
+        start.last_modified_epoch_seconds = int(os.path.getmtime(path))
+        attempts = retries()
+        for attempt in range(attempts + 1):
+            upload = _retrying("StartSubmissionUpload", lambda: client.start_submission_upload(start), log)
+            # The client reports a failed PUT only as a result code (its CLI then exits 0).
+            if api.upload_complete(path, upload.create_url, quiet=True) == ResumableUploadResult.COMPLETE:
+                break
+            if attempt == attempts:
+                raise KitError(f"upload of {os.path.basename(path)} failed {attempts + 1} times "
+                               f"(the upload URL refused the file)")
+            log(f"upload of {os.path.basename(path)} failed; retry {attempt + 1}/{attempts}")
+            time.sleep(backoff() * 2 ** attempt)
+        create = ApiCreateSubmissionRequest()
+        create.competition_name = p["competition"]
+        create.blob_file_tokens = upload.token
+        create.submission_description = p["message"]
+        response = _retrying("CreateSubmission", lambda: client.create_submission(create), log)
+        ref = response.ref
+        if not ref:   # older servers answer without a ref: find it by description and file name
+            for sub in _list_submissions(client, p["competition"], None, log, max_pages=1):
+                if sub["description"] == p["message"] and sub["file"] == start.file_name:
+                    ref = sub["ref"]
+                    break
+        if not ref:
+            raise KitError(f"Kaggle did not confirm the submission ({response.message or 'no reference returned'})")
+    emit({"event": {"kind": "submitted", "ref": ref, "message": response.message}})
+    if not p.get("wait"):
+        return {"ref": ref, "message": response.message}
+    return _op_wait(api, dict(p, ref=ref), log, emit)
+
+
+def _op_wait(api, p: dict, log, emit=None) -> dict:
+    deadline = time.monotonic() + float(p["timeout"])
+    poll = float(p["poll"])
+    with api.build_kaggle_client() as kaggle:
+        client = kaggle.competitions.competition_api_client
+        polls = 0
+        while True:
+            subs = _list_submissions(client, p["competition"], {p["ref"]}, log)
+            sub = next((s for s in subs if s["ref"] == p["ref"]), None)
+            if sub is None:
+                raise KitError(f"submission {p['ref']} is not in {p['competition']}'s submission list")
+            if sub["status"] != "PENDING":
+                return sub
+            if time.monotonic() + poll > deadline:
+                return dict(sub, timed_out=True)
+            polls += 1
+            if polls == 1 or polls % 6 == 0:
+                log(f"submission {p['ref']} is PENDING; polling every {poll:g}s")
+            time.sleep(poll)
+
+
+def _op_list(api, p: dict, log, emit=None) -> dict:
+    with api.build_kaggle_client() as kaggle:
+        client = kaggle.competitions.competition_api_client
+        return {"submissions": _list_submissions(client, p["competition"], set(p.get("refs") or []), log)}
+
+
+def _op_download(api, p: dict, log, emit=None) -> dict:
+    _retrying("DownloadDataFiles", lambda: api.competition_download_files(p["competition"], p["path"],
+                                                                                  quiet=True), log)
+    # The client names the file <competition>.<extension of the redirect URL>; normally .zip.
+    found = sorted((f for f in Path(p["path"]).glob(f"{p['competition']}.*") if "partial" not in f.name),
+                   key=lambda f: (f.suffix == ".zip", f.stat().st_mtime))
+    if not found:
+        raise KitError(f"DownloadDataFiles: the client saved no {p['competition']}.* file in {p['path']}")
+    return {"zip": str(found[-1])}
+
+
+_OPS = {"submit": _op_submit, "wait": _op_wait, "list": _op_list, "download": _op_download}
+
+
+def main() -> int:
+    """Read {"op", "params"} from stdin; JSON lines on stdout: {"log"}..., then {"result"} or {"error"}."""
+    request = json.loads(sys.stdin.read())
+    out = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)               # whatever the client prints goes to stderr, never into the protocol
+    sys.stdout = sys.stderr
+
+    def emit(obj: dict) -> None:
+        out.write(json.dumps(obj) + "\n")
+        out.flush()
+
+    try:
+        api = _api(lambda line: emit({"log": line}))
+        emit({"result": _OPS[request["op"]](api, request["params"], lambda line: emit({"log": line}), emit)})
+    except KitError as e:
+        emit({"error": str(e)})
+    except Exception as e:  # the client raises many types; report one line, not a traceback
+        emit({"error": f"{request['op']}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

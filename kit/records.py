@@ -1,0 +1,152 @@
+"""The files one stage hands to the next, as dataclasses: a run's ids.json (what its probability
+rows are and how they were predicted) and a submission's manifest NAME.json (what went into it).
+
+`load` is tolerant: keys a file lacks (written by an older kit) take their defaults, keys it has
+that kit no longer knows are ignored. `save` writes the keys kit has always written, in order.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from kit.errors import KitError
+from kit.fsio import write_json
+
+
+def _read_json(path: Path, what: str, fix: str) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise KitError(f"{path}: unreadable {what} ({e}){fix}") from None
+    if not isinstance(data, dict):
+        raise KitError(f"{path}: {what} is not a JSON object{fix}")
+    return data
+
+
+def _known(cls, data: dict) -> dict:
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in data.items() if k in names}
+
+
+# ---------------------------------------------------------------- a run's predictions: ids.json
+@dataclass
+class PredictionIds:
+    """ids.json, written by `kit predict` beside val_probs.npy and test_probs.npy."""
+    val: list[str]                          # validation feature paths, in val_probs.npy's row order
+    val_labels: list[int]                   # their class indices
+    test: list[str]                         # test feature paths, in test_probs.npy's row order
+    window: int | None = None               # sliding-window frames and hop
+    hop: int | None = None
+    full: bool = False                      # whole utterances (older files say only this)
+    mode: str | None = None                 # sliding | full; None in files from before modes
+    mode_requested: str | None = None       # what was asked: sliding | full | auto
+    average: str | None = None              # probs | logits: how windows were averaged
+    which: str | None = None                # checkpoint: best | last | avg
+    data_dir: str | None = None             # None in old files: the run's config names it
+    val_acc: float | None = None            # of the chosen mode
+    val_acc_centre: float | None = None
+    val_acc_full: float | None = None
+    val_acc_sliding: float | None = None
+    val_nll_full: float | None = None       # after temperature scaling
+    val_nll_sliding: float | None = None
+
+    REQUIRED = ("val", "val_labels", "test")
+
+    @property
+    def inference_mode(self) -> str:
+        """How the test probabilities were made: sliding | full (old files: from `full`)."""
+        return self.mode or ("full" if self.full else "sliding")
+
+    def settings(self) -> dict:
+        """The prediction settings a manifest records for each member."""
+        return {"window": self.window, "hop": self.hop, "full": self.full, "average": self.average,
+                "which": self.which, "mode": self.inference_mode}
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "ids.json") -> "PredictionIds":
+        missing = [k for k in cls.REQUIRED if k not in data]
+        if missing:
+            raise KitError(f"{where}: lacks {missing[0]!r}")
+        return cls(**_known(cls, data))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "PredictionIds":
+        """ids.json of a run dir (or its path); KitError saying to predict again if unusable."""
+        path = Path(path)
+        path = path / "ids.json" if path.is_dir() else path
+        fix = f"; run `kit predict {path.parent}` again"
+        data = _read_json(path, "prediction ids", fix)
+        try:
+            return cls.from_dict(data, str(path))
+        except KitError as e:
+            raise KitError(f"{e}{fix}") from None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def save(self, path: str | os.PathLike) -> None:
+        write_json(path, self.to_dict())
+
+
+# ---------------------------------------------------------------- a submission: NAME.json
+AUTO_KEYS = ("method", "pool", "folds", "temperatures", "oof_acc", "candidates")   # only for a chosen ensemble
+
+
+@dataclass
+class SubmissionManifest:
+    """NAME.json beside submissions/NAME.csv, written by `kit ensemble`; `kit submit` reads the
+    data dir, members and vote from it, `kit report` the ensemble's numbers."""
+    name: str | None = None
+    vote: str | None = None                 # hard | soft | auto
+    weights: list[float] = field(default_factory=list)
+    weights_mode: str | None = None         # equal | given | auto
+    method: str | None = None               # auto only: single | hard | equal | weighted
+    pool: str | None = None                 # auto only: geo | mean
+    folds: int | None = None
+    temperatures: list[float] | None = None
+    oof_acc: float | None = None            # out-of-fold validation accuracy (honest)
+    candidates: dict | None = None          # method -> {oof_acc, oof_nll, val_acc, weights}
+    members: list[str] = field(default_factory=list)        # run dirs, resolved
+    member_settings: list[dict] = field(default_factory=list)
+    member_test_probs_sha256: list[str] = field(default_factory=list)
+    csv: str | None = None
+    csv_sha256: str | None = None
+    data_dir: str | None = None
+    n_val: int | None = None
+    table: list[dict] = field(default_factory=list)
+    val_acc: float | None = None            # in-sample validation accuracy of the written vote
+    created: str | None = None
+
+    @property
+    def label(self) -> str:
+        """A name for tables: the manifest's name, else its CSV's stem."""
+        return self.name or Path(self.csv or "ensemble").stem
+
+    @property
+    def description(self) -> str:
+        """The method (auto), or e.g. 'hard vote (equal weights)'."""
+        return self.method or f"{self.vote or '?'} vote ({self.weights_mode or 'equal'} weights)"
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SubmissionManifest":
+        return cls(**_known(cls, data))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "SubmissionManifest":
+        return cls.from_dict(_read_json(Path(path), "submission manifest", ""))
+
+    @classmethod
+    def beside(cls, csv_path: str | os.PathLike) -> "SubmissionManifest | None":
+        """The manifest NAME.json beside NAME.csv, or None when there is none."""
+        path = Path(csv_path).with_suffix(".json")
+        return cls.load(path) if path.is_file() else None
+
+    def to_dict(self) -> dict:
+        """The keys as `kit ensemble` writes them: the auto-only ones only when set."""
+        data = asdict(self)
+        return {k: v for k, v in data.items() if not (k in AUTO_KEYS and v is None)}
+
+    def save(self, path: str | os.PathLike) -> None:
+        write_json(path, self.to_dict())
