@@ -159,15 +159,16 @@ def ensure_data(data: str | None, log) -> Path:
     return demo
 
 
-def _run_parallel(tasks: list[tuple[str, Path, list[list[str]]]], slots: list[dict], log,
+def _run_parallel(tasks: list[tuple[str, Path, list[list[str]]]], slots: list[dict], log, share=None,
                   deadline: "Deadline | None" = None) -> None:
     """Run each member's commands (train, then predict) one after another in a worker process
     slot (a GPU, or a CPU core on one thread), several members at once: tiny models scale far
     better this way than with DDP. Output goes to <run_dir>/train.log. The workers die with
-    this process, however it ends (see _workers_die_with_us)."""
+    this process, however it ends (see _workers_die_with_us). share(members_left): a member's
+    training minutes as it starts (time budgets), passed to its trainer as --minutes."""
     children: list[subprocess.Popen] = []
     with _workers_die_with_us(children):
-        _run_slots(tasks, slots, log, children, deadline)
+        _run_slots(tasks, slots, log, children, share, deadline)
 
 
 @contextlib.contextmanager
@@ -225,7 +226,7 @@ def _die_with_parent():
 
 
 def _run_slots(tasks: list[tuple[str, Path, list[list[str]]]], slots: list[dict], log, children: list,
-               deadline: "Deadline | None" = None) -> None:
+               share=None, deadline: "Deadline | None" = None) -> None:
     pending, running = list(tasks), {}
     while pending or running:
         for slot in [i for i in range(len(slots)) if i not in running]:
@@ -233,12 +234,14 @@ def _run_slots(tasks: list[tuple[str, Path, list[list[str]]]], slots: list[dict]
                 break
             name, run_dir, cmds = pending.pop(0)
             if deadline is not None:        # the train command gets its share of what is left, at its start
-                minutes = deadline.member_minutes(name, log)
-                if minutes is None:
+                limit = deadline.member_minutes(name, log)
+                if limit is None:
                     deadline.not_started += [name] + [t[0] for t in pending]
                     pending.clear()
                     break
-                cmds = [cmds[0] + ["--max-minutes", repr(minutes)]] + cmds[1:]
+                cmds = [cmds[0] + ["--max-minutes", repr(limit)]] + cmds[1:]
+            if share is not None:
+                cmds = [cmds[0] + ["--minutes", f"{share(len(pending) + 1):.4f}"]] + cmds[1:]
             log(f"training {name} -> {run_dir} ({slots[slot]['label']}; log in {run_dir / 'train.log'})")
             running[slot] = [name, run_dir, cmds, None, None]
         for slot, state in list(running.items()):
@@ -305,15 +308,18 @@ def _member_task(recipe: Recipe, job, on_cpu: bool, after: bool,
 
 
 def member_minutes(total_minutes: float, spent_seconds: float, n_jobs: int, n_slots: int,
-                   predict_seconds: float = 0.0) -> float:
+                   predict_seconds: float = 0.0, floor: bool = False) -> float:
     """Training minutes per member so that the whole recipe fits `total_minutes` of wall time:
     what is left after `spent_seconds`, less the end (ensemble, report, submission), shared by
     the members that train `n_slots` at a time, less each member's start-up and its prediction
-    (`predict_seconds`, see predict_seconds())."""
+    (`predict_seconds`, see predict_seconds()). floor: never refuse, give at least 10 seconds
+    (a member starting late in a running recipe)."""
     left = total_minutes * 60 - spent_seconds - AFTER_SECONDS
     rounds = -(-n_jobs // n_slots)                      # members one after another in a slot
     per_member = left / rounds - START_SECONDS - predict_seconds
-    if per_member < 10:
+    if floor:
+        per_member = max(per_member, 10.0)
+    elif per_member < 10:
         raise KitError(f"--minutes {total_minutes:g}: too little time for {n_jobs} member(s) "
                        f"{n_slots} at a time; give more minutes or fewer members (--only)")
     return per_member / 60
@@ -436,11 +442,20 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
     slots = _slots(workers, len(jobs))
     if not per_member_minutes:
         minutes = minutes or recipe.minutes.get(budget)
+    share = None          # a member's training minutes, given how many are left when it starts
     if jobs and (minutes or per_member_minutes):
-        each = per_member_minutes or member_minutes(
-            minutes, time.time() - began, len(jobs), len(slots),
-            predict_seconds(store, jobs[0][1].data.val_fraction, "GPU" in slots[0]["label"]))
-        log(f"time budget: {each:.2f} training minutes per member, {len(slots)} at a time")
+        predict_s = predict_seconds(store, jobs[0][1].data.val_fraction, "GPU" in slots[0]["label"])
+
+        def share(members_left: int, floor: bool = True) -> float:
+            if per_member_minutes:
+                return per_member_minutes
+            # Re-shared as each member starts, so members that start late get what the earlier
+            # ones left: a first round that overran (a slow prediction, a busy machine) is made up.
+            return member_minutes(minutes, time.time() - began, members_left, len(slots), predict_s, floor)
+
+        each = share(len(jobs), floor=False)          # refuses an allowance too small to start
+        log(f"time budget: {each:.2f} training minutes per member, {len(slots)} at a time"
+            + (" (re-shared as each member starts)" if not per_member_minutes else ""))
         for _, cfg, _, _ in jobs:
             cfg.train.minutes = each
     deadline = None
@@ -450,15 +465,18 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
         deadline = Deadline(max_hours, began, {j[0]: j[1].train.max_minutes for j in jobs}, predict)
     if len(slots) > 1:
         on_cpu = "CPU" in slots[0]["label"]
-        _run_parallel([_member_task(recipe, job, on_cpu, after, budget) for job in jobs], slots, log, deadline)
+        _run_parallel([_member_task(recipe, job, on_cpu, after, budget) for job in jobs], slots, log, share,
+                      deadline)
     else:
-        for i, (name, cfg, run_dir, resume) in enumerate(jobs):
+        for k, (name, cfg, run_dir, resume) in enumerate(jobs):
             if deadline is not None:
-                limit = deadline.member_minutes(name, log, predictions=i + 1)     # predicted at the end
+                limit = deadline.member_minutes(name, log, predictions=k + 1)     # predicted at the end
                 if limit is None:
-                    deadline.not_started += [j[0] for j in jobs[i:]]
+                    deadline.not_started += [j[0] for j in jobs[k:]]
                     break
                 cfg.train.max_minutes = limit
+            if share is not None:
+                cfg.train.minutes = share(len(jobs) - k)
             log(f"training {name} -> {run_dir}{' (resuming)' if resume else ''}")
             train(cfg, run_dir, resume=resume, progress=progress, store=store, budget=budget)
 

@@ -167,3 +167,27 @@ def test_shipped_recipes_are_found_by_name_from_any_directory(tmp_path, monkeypa
     assert resolve_recipe("recipes/strong.toml").is_file()
     with pytest.raises(KitError, match="recipes shipped with kit: boss, medium, simple, strong"):
         resolve_recipe("elsewhere/boss.toml")
+
+
+def test_members_get_their_time_share_as_they_start(tmp_path):
+    """With a recipe wall time, each member's trainer is told its minutes when it starts, from how
+    many members are left then (so a late round gets what an overrunning first round left)."""
+    import sys
+
+    from kit.recipe import _run_parallel
+
+    tasks = []
+    for name in ("a", "b", "c"):
+        run_dir = tmp_path / name
+        run_dir.mkdir()
+        tasks.append((name, run_dir, [[sys.executable, "-c", "import sys; print(sys.argv[1:])"]]))
+    asked = []
+
+    def share(members_left):
+        asked.append(members_left)
+        return 1.5 * members_left
+
+    _run_parallel(tasks, [{"label": "CPU worker 0"}, {"label": "CPU worker 1"}], lambda m: None, share)
+    assert asked == [3, 2, 1]
+    assert "'--minutes', '4.5000'" in (tmp_path / "a" / "train.log").read_text()
+    assert "'--minutes', '1.5000'" in (tmp_path / "c" / "train.log").read_text()
