@@ -177,7 +177,7 @@ def _all_utterances(layout: Layout) -> list[Utterance]:
 
 def _parallel_map(fn, items, workers: int | None, desc: str, progress: bool):
     """Map in a thread pool (torch.load releases the GIL in I/O), in order, with a progress bar."""
-    from tqdm import tqdm
+    from tqdm.auto import tqdm      # a widget in a notebook, the plain bar in a terminal
 
     workers = workers or min(8, (os.cpu_count() or 2) * 2)
     with ThreadPoolExecutor(workers) as pool:
@@ -212,8 +212,13 @@ def data_info(data_dir: str | os.PathLike) -> dict:
     size = sum(f.stat().st_size for f in root.iterdir() if f.is_file())
     per_speaker = np.bincount([layout.speaker2id[u.speaker] for u in layout.train],
                               minlength=len(layout.speakers))
+    from kit.env import cache_dir
+
+    cache, note = cache_dir(root)
     return {
         "data_dir": str(root),
+        "cache": str(cache),            # where the packed store and split go (kit.env.cache_dir)
+        "cache_beside": note is None,
         "speakers": len(layout.speakers),
         "n_mels": layout.n_mels,
         "train": lengths(layout.train),
@@ -270,11 +275,18 @@ class FeatureStore:
     @classmethod
     def open(cls, data_dir: str | os.PathLike, dtype: str = "float16", cache_dir: str | os.PathLike | None = None,
              workers: int | None = None, progress: bool = True) -> "FeatureStore":
-        """Open the packed store for data_dir, packing it first if missing or stale."""
+        """Open the packed store for data_dir, packing it first if missing or stale. The store
+        lives in cache_dir, by default where kit.env.cache_dir says (beside the data if writable)."""
         if dtype not in ("float16", "float32"):
             raise KitError(f"store dtype {dtype!r}: choose float16 or float32")
         layout = read_layout(data_dir)
-        cache = Path(cache_dir) if cache_dir else Path(data_dir) / CACHE_DIRNAME
+        if cache_dir:
+            cache = Path(cache_dir)
+        else:
+            from kit.env import cache_dir as default_cache, note_cache
+
+            cache, note = default_cache(data_dir)
+            note_cache(note)
         root = cache / f"store-{store_key(layout)}-{dtype}"
         if not (root / "done.json").is_file():
             _pack(layout, root, dtype, workers, progress)
@@ -359,7 +371,7 @@ def _pack(layout: Layout, root: Path, dtype: str, workers: int | None, progress:
         (root.parent / ".pack.lock").touch()
     except OSError as e:
         raise KitError(f"{root.parent}: cannot write the packed store here ({e.strerror}); "
-                       "pass a writable cache dir") from None
+                       "choose a writable one with --cache DIR or KIT_CACHE") from None
     with file_lock(root.parent / ".pack.lock"):
         if (root / "done.json").is_file():           # another process packed it meanwhile
             return

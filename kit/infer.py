@@ -112,7 +112,7 @@ def predict_windows(model, store: FeatureStore, index, windows, average: str = "
     and average per utterance. Returns probabilities (len(index), C) float32, rows summing to 1.
     """
     import torch
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     if average not in AVERAGES:
         raise KitError(f"average {average!r}: choose one of {', '.join(AVERAGES)}")

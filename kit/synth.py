@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import tempfile
 import wave
 from dataclasses import dataclass
@@ -426,7 +425,9 @@ def generate(out_dir: str | os.PathLike, preset: str = "tiny", seed: int = 0, fo
         raise KitError(f"preset {preset!r}: choose one of {', '.join(PRESETS)}")
     cfg = PRESETS[preset]
     if progress is None:
-        progress = sys.stderr.isatty()
+        from kit.env import progress_visible
+
+        progress = progress_visible()
     out_dir = Path(out_dir).resolve()
     _check_target(out_dir, force)
     plan = _plan(cfg, seed)
@@ -468,7 +469,7 @@ def _umask() -> int:
 
 
 def _run_jobs(jobs: list, workers: int, progress: bool) -> list[int]:
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     workers = max(1, min(workers, os.cpu_count() or 1))
     total = sum(len(j[2]) for j in jobs)

@@ -213,7 +213,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, store: F
     from timm.utils import ModelEmaV3
 
     from kit.budget import StepPlan, lr_at
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     run_dir = Path(run_dir)
     began = time.time()

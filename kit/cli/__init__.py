@@ -6,7 +6,9 @@ logs and progress to stderr, a KitError becomes one line on stderr and exit code
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 import sys
 
 # Each module defines register(subparsers) and attaches func=handler(args) -> int | None.
@@ -31,6 +33,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_cache_option(p: argparse.ArgumentParser) -> None:
+    """`--cache DIR` for the commands that open the data (see cache_from)."""
+    p.add_argument("--cache", dest="kit_cache", metavar="DIR",
+                   help="where the packed features and split go (default: DATA/.kit-cache when the data dir is "
+                        "writable, else /kaggle/working/.kit-cache on Kaggle or ~/.cache/kit; env KIT_CACHE)")
+
+
+@contextlib.contextmanager
+def cache_from(args: argparse.Namespace):
+    """Within the block, KIT_CACHE is `--cache DIR` (when given): the data layer reads it, and
+    worker processes a command starts inherit it."""
+    chosen = getattr(args, "kit_cache", None)
+    if not chosen:
+        yield
+        return
+    before = os.environ.get("KIT_CACHE")
+    os.environ["KIT_CACHE"] = os.path.abspath(os.path.expanduser(chosen))
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("KIT_CACHE", None)
+        else:
+            os.environ["KIT_CACHE"] = before
+
+
+def progress_wanted() -> bool:
+    """Progress bars on stderr: in a terminal or a notebook cell (kit.env.progress_visible)."""
+    from kit.env import progress_visible
+
+    return progress_visible()
+
+
 def _version() -> str:
     from kit import __version__
 
@@ -46,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
-        code = args.func(args)
+        with cache_from(args):
+            code = args.func(args)
     except KitError as e:
         print(f"kit: error: {e}", file=sys.stderr)
         return 2

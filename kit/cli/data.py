@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from kit.cli import add_cache_option, progress_wanted
+
 
 def register(sub) -> None:
     data = sub.add_parser("data", help="competition data: info, check, synth, download")
@@ -12,6 +14,7 @@ def register(sub) -> None:
     p = dsub.add_parser("info", help="speakers, utterances, n_mels, frame lengths, size")
     p.add_argument("dir", help="data dir (holds metadata.json, testdata.json, mapping.json)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_cache_option(p)
     p.set_defaults(func=cmd_info)
 
     p = dsub.add_parser("check", help="read every feature file and report the first problem")
@@ -52,13 +55,14 @@ def cmd_info(args: argparse.Namespace) -> int:
         s = info[name]
         print(f"{name:<6} {s['count']:>10} {s['min']:>6} {s['median']:>8g} {s['max']:>6}")
     print(f"total size   {_human(info['total_bytes'])}")
+    print(f"cache        {info['cache']}{'' if info['cache_beside'] else '  (not beside the data)'}")
     return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     from kit.data import check_data
 
-    layout = check_data(args.dir, workers=args.workers, progress=sys.stderr.isatty())
+    layout = check_data(args.dir, workers=args.workers, progress=progress_wanted())
     print(f"ok: {args.dir}: {len(layout.speakers)} speakers, {len(layout.train)} train and "
           f"{len(layout.test)} test utterances, n_mels {layout.n_mels}")
     return 0

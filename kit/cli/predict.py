@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from kit.cli import add_cache_option, progress_wanted
+
 
 def register(sub) -> None:
     p = sub.add_parser("predict", help="sliding-window prediction of a run's validation and test sets")
@@ -24,6 +26,7 @@ def register(sub) -> None:
                    help="average window probabilities, or logits then softmax (default: infer.average)")
     p.add_argument("--which", choices=["best", "last", "avg"], default="best", help="checkpoint to use")
     p.add_argument("--batch-size", type=int, default=None, help="windows per batch (default: infer.batch_size)")
+    add_cache_option(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("ensemble", help="hard/soft vote over predicted runs -> submissions/NAME.csv",
@@ -79,7 +82,7 @@ def _pct(x) -> str:
 def cmd_predict(args: argparse.Namespace) -> int:
     from kit.infer import predict_run
 
-    progress = sys.stderr.isatty()
+    progress = progress_wanted()
     for n, run in enumerate(args.runs):
         r = predict_run(run, window=args.window, hop=args.hop, full=args.full, average=args.average,
                         which=args.which, batch_size=args.batch_size, progress=progress, mode=args.mode)

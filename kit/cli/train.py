@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from kit.cli import add_cache_option, cache_from, progress_wanted
 
 DDP_HELP = """one model on several devices (DDP), same arguments:
   GPUs: accelerate launch --multi_gpu --num_processes N -m kit.train --data DIR --out RUN ...
@@ -16,7 +17,8 @@ train.batch_size is per process; train.max_steps counts optimizer steps."""
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", help="data dir (default: the config's data.data_dir)")
+    p.add_argument("--data", help="data dir (default: the config's data.data_dir; in a Kaggle notebook the "
+                   "competition under /kaggle/input)")
     p.add_argument("--out", required=True, help="run dir to write (config, split, checkpoints, metrics)")
     p.add_argument("--config", help="member TOML: [data] [model] [augment] [train] [infer] overrides")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -29,6 +31,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    "fitted to it, so the run ends annealed (train.minutes)")
     p.add_argument("--max-minutes", type=float, help="stop cleanly with a checkpoint after this long")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_cache_option(p)
 
 
 def register(sub) -> None:
@@ -41,7 +44,8 @@ def register(sub) -> None:
     rsub = recipe.add_subparsers(dest="recipe_command", metavar="ACTION", required=True)
     p = rsub.add_parser("run", help="run recipes/<tier>.toml end to end (re-running continues)")
     p.add_argument("file", help="recipe TOML, e.g. recipes/boss.toml")
-    p.add_argument("--data", help="data dir (default: data/demo, generated when missing)")
+    p.add_argument("--data", help="data dir (default: the competition under /kaggle/input in a Kaggle notebook, "
+                   "else data/demo, generated when missing)")
     p.add_argument("--budget", choices=["quick", "full"],
                    help="default: quick on synthetic data, full on real data")
     p.add_argument("--runs", default="runs", help="where run dirs go: RUNS/<recipe>/<member> (default: runs)")
@@ -55,13 +59,18 @@ def register(sub) -> None:
     p.add_argument("--no-after", action="store_true", help="train only: skip predict, ensemble and submit")
     p.add_argument("--fresh", action="store_true", help="start the chosen members over: their old run dirs "
                    "move to RUNS/<recipe>.old-<time>/ (nothing is deleted)")
+    p.add_argument("--max-hours", type=float, metavar="H",
+                   help="hard stop for this command, e.g. the time left in a notebook session: each member "
+                        "checkpoints and stops before it (members it leaves too little time are not started); "
+                        "re-running the same command continues from the run dirs")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_cache_option(p)
     p.set_defaults(func=cmd_recipe_run)
 
 
 def resolve_train_config(args: argparse.Namespace):
     """The RunConfig `kit train` uses: saved config (on --resume) or --config, then --set."""
-    from kit.config import RunConfig, from_dict, load_toml, merge, parse_overrides, to_dict
+    from kit.config import DataConfig, RunConfig, from_dict, load_toml, merge, parse_overrides, to_dict
 
     out = Path(args.out)
     if args.config:
@@ -76,6 +85,13 @@ def resolve_train_config(args: argparse.Namespace):
     cfg = from_dict(values, where="--set")
     if args.data:
         cfg.data.data_dir = args.data
+    elif cfg.data.data_dir == DataConfig.data_dir:
+        from kit.env import kaggle_data_dir
+
+        found = kaggle_data_dir()
+        if found is not None:
+            print(f"kit: no --data given: using the competition data found at {found}", file=sys.stderr)
+            cfg.data.data_dir = str(found)
     if args.max_minutes is not None:
         cfg.train.max_minutes = args.max_minutes
     if args.minutes is not None:
@@ -96,7 +112,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.fresh and Path(args.out).exists():
         print(f"kit: {args.out}: starting over; the old run moved to {move_aside(args.out, old_name(args.out))}",
               file=sys.stderr)
-    summary = train(cfg, args.out, resume=args.resume, progress=not args.no_progress and sys.stderr.isatty(),
+    summary = train(cfg, args.out, resume=args.resume, progress=not args.no_progress and progress_wanted(),
                     budget=args.budget)
     from accelerate.state import PartialState
 
@@ -112,7 +128,9 @@ def train_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m kit.train", description="train one model (DDP-ready)")
     _add_train_args(parser)
     try:
-        return cmd_train(parser.parse_args(argv))
+        args = parser.parse_args(argv)
+        with cache_from(args):
+            return cmd_train(args)
     except KitError as e:
         print(f"kit: error: {e}", file=sys.stderr)
         return 2
@@ -126,13 +144,13 @@ def cmd_recipe_run(args: argparse.Namespace) -> int:
 
     result = run_recipe(args.file, data=args.data, budget=args.budget, runs=args.runs, only=args.only,
                         after=not args.no_after, workers=args.workers, minutes=args.minutes,
-                        per_member_minutes=args.member_minutes, fresh=args.fresh,
-                        progress=not args.no_progress and sys.stderr.isatty(), log=log)
+                        per_member_minutes=args.member_minutes, fresh=args.fresh, max_hours=args.max_hours,
+                        progress=not args.no_progress and progress_wanted(), log=log)
     print(f"recipe {result['recipe']}  budget {result['budget']}  data {result['data']}")
     print(f"{'member':<22} {'params':>9} {'val acc':>8} {'mode':>8} {'steps':>7} {'minutes':>8}  note")
     for m in result["members"]:
         acc = m.get("val_acc")
-        print(f"{m['name']:<22} {m.get('params', 0):>9,} {acc if acc is None else f'{acc:.4f}':>8} "
+        print(f"{m['name']:<22} {m.get('params', 0):>9,} {'-' if acc is None else f'{acc:.4f}':>8} "
               f"{m.get('mode', ''):>8} {m.get('step', 0):>7} {m.get('minutes', 0.0):>8.1f}  {m.get('note', '')}")
     ens = result.get("ensemble")
     if ens:
@@ -149,5 +167,7 @@ def cmd_recipe_run(args: argparse.Namespace) -> int:
               f"public {sub.get('public')}  private {sub.get('private')}")
         if sub.get("reason"):
             print(f"submission note: {sub['reason']}")
+    if result.get("resume"):
+        print(f"to continue: {result['resume']}")
     print(f"wall time: {result['minutes']:.1f} min")
     return 0

@@ -1,0 +1,102 @@
+"""Where kit runs and where its files go: the writable cache for a data dir (read-only inputs
+such as /kaggle/input included), the competition data under /kaggle/input, visible progress.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+KAGGLE_INPUT = "/kaggle/input"          # KIT_KAGGLE_INPUT relocates it (tests, rehearsals)
+KAGGLE_WORKING = "/kaggle/working"      # KIT_KAGGLE_WORKING likewise
+SEARCH_DEPTH = 3                        # /kaggle/input/<competition>/<folder>/metadata.json
+
+_noted: set[str] = set()
+
+
+def writable(path: str | os.PathLike) -> bool:
+    """Can files be created in path (or, when it does not exist yet, in its nearest parent)?"""
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return os.access(path, os.W_OK | os.X_OK)
+
+
+def _named(root: Path, data_dir: Path) -> Path:
+    """A folder of its own per data dir under a shared cache root: a store's clean-up of older
+    stores must not touch another data dir's."""
+    full = str(Path(data_dir).resolve())
+    return root / f"{Path(full).name or 'data'}-{hashlib.sha256(full.encode()).hexdigest()[:12]}"
+
+
+def cache_dir(data_dir: str | os.PathLike) -> tuple[Path, str | None]:
+    """The folder for data_dir's packed store and split, and a line for the user saying where
+    it went when that is not beside the data (None when it is). In order: $KIT_CACHE (what
+    `--cache DIR` sets, so worker processes inherit it), DATA/.kit-cache when it can be written,
+    /kaggle/working/.kit-cache on Kaggle, else $XDG_CACHE_HOME/kit (~/.cache/kit); each but
+    DATA/.kit-cache in a folder of its own per data dir."""
+    from kit.data import CACHE_DIRNAME
+
+    data_dir = Path(data_dir)
+    chosen = os.environ.get("KIT_CACHE")
+    if chosen:
+        where = _named(Path(chosen).expanduser(), data_dir)
+        return where, f"packed store and split of {data_dir} in {where} (--cache / KIT_CACHE)"
+    beside = data_dir / CACHE_DIRNAME
+    if writable(beside):
+        return beside, None
+    working = Path(os.environ.get("KIT_KAGGLE_WORKING", KAGGLE_WORKING))
+    if working.is_dir() and writable(working):
+        where = _named(working / CACHE_DIRNAME, data_dir)
+    else:
+        where = _named(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kit", data_dir)
+    return where, (f"{data_dir} is read-only: its packed store and split go to {where} "
+                   "(choose with --cache DIR or KIT_CACHE)")
+
+
+def note_cache(note: str | None) -> None:
+    """cache_dir's line on stderr, once per process."""
+    if note is None or note in _noted:
+        return
+    _noted.add(note)
+    print(f"kit: {note}", file=sys.stderr, flush=True)
+
+
+def kaggle_data_dir() -> Path | None:
+    """The competition data under /kaggle/input (or $KIT_KAGGLE_INPUT): the shallowest folder,
+    at most SEARCH_DEPTH levels down, holding metadata.json, testdata.json and mapping.json.
+    None when there is no such root or no such folder."""
+    from kit.data import LAYOUT_FILES
+
+    root = Path(os.environ.get("KIT_KAGGLE_INPUT", KAGGLE_INPUT))
+    if not root.is_dir():
+        return None
+    level = [root]
+    for _ in range(SEARCH_DEPTH + 1):
+        found = sorted(d for d in level if all((d / n).is_file() for n in LAYOUT_FILES))
+        if found:
+            return found[0]
+        below = []
+        for d in level:
+            try:                        # a competition folder holds tens of thousands of files
+                below.extend(e.path for e in os.scandir(d)
+                             if e.is_dir() and not e.name.startswith("."))
+            except OSError:
+                continue
+        level = [Path(p) for p in sorted(below)]
+    return None
+
+
+def progress_visible() -> bool:
+    """Whether a progress bar on stderr will be seen: a terminal, or a notebook cell running
+    `!kit ...` (Jupyter, Colab; not a Kaggle batch run, whose log would keep every update).
+    KIT_PROGRESS=0/1 decides instead."""
+    forced = os.environ.get("KIT_PROGRESS")
+    if forced in ("0", "1"):
+        return forced == "1"
+    if sys.stderr.isatty():
+        return True
+    if os.environ.get("KAGGLE_KERNEL_RUN_TYPE") == "Batch":
+        return False
+    return "JPY_PARENT_PID" in os.environ or "COLAB_RELEASE_TAG" in os.environ
