@@ -29,7 +29,7 @@ def register(sub) -> None:
     add_cache_option(p)
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("ensemble", help="hard/soft vote over predicted runs -> submissions/NAME.csv",
+    p = sub.add_parser("ensemble", help="calibrated auto, hard or soft vote over predicted runs -> submissions/NAME.csv",
                        description="Vote over predicted runs. With --weights auto (or --vote auto) each member "
                                    "is temperature-scaled on validation and the combination is chosen by "
                                    "out-of-fold (cross-fitted) validation accuracy, then refitted on all of "
