@@ -87,7 +87,7 @@ def load_recipe(path: str | Path) -> Recipe:
         raise KitError(f"{path}: [after] ensemble {after['ensemble']!r}: choose auto, hard, soft or none")
     if after["weights"] not in ("equal", "auto"):
         raise KitError(f"{path}: [after] weights {after['weights']!r}: choose equal or auto "
-                       "(auto = greedy selection on the validation split)")
+                       "(auto = weights fitted on the validation split)")
 
     members, seen, recipe_only = [], set(), {}
     raw_members = raw.get("members", [])
@@ -443,8 +443,11 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
     if not per_member_minutes:
         minutes = minutes or recipe.minutes.get(budget)
     share = None          # a member's training minutes, given how many are left when it starts
-    if jobs and (minutes or per_member_minutes):
-        predict_s = predict_seconds(store, jobs[0][1].data.val_fraction, "GPU" in slots[0]["label"])
+    timed = bool(jobs) and bool(minutes or per_member_minutes)
+    if timed or max_hours:  # one member's prediction; no slots (nothing left to train): a CPU's cost
+        predict_s = predict_seconds(store, member_config(recipe, chosen[0], budget).data.val_fraction,
+                                    bool(slots) and "GPU" in slots[0]["label"])
+    if timed:
 
         def share(members_left: int, floor: bool = True) -> float:
             if per_member_minutes:
@@ -459,10 +462,8 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
         for _, cfg, _, _ in jobs:
             cfg.train.minutes = each
     deadline = None
-    if max_hours:           # no slots (nothing left to train): a CPU's prediction cost, the larger
-        predict = predict_seconds(store, member_config(recipe, chosen[0], budget).data.val_fraction,
-                                  bool(slots) and "GPU" in slots[0]["label"])
-        deadline = Deadline(max_hours, began, {j[0]: j[1].train.max_minutes for j in jobs}, predict)
+    if max_hours:
+        deadline = Deadline(max_hours, began, {j[0]: j[1].train.max_minutes for j in jobs}, predict_s)
     if len(slots) > 1:
         on_cpu = "CPU" in slots[0]["label"]
         _run_parallel([_member_task(recipe, job, on_cpu, after, budget) for job in jobs], slots, log, share,
@@ -534,15 +535,6 @@ def _check_members(root: Path, names: list[str], recipe: Recipe, budget: str, da
                        "or with --runs OTHER to keep both")
 
 
-def _read_ids(run_dir: Path) -> dict:
-    import json
-
-    try:
-        return json.loads((run_dir / "ids.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-
-
 def _note(summary: dict, skipped: bool) -> str:
     if skipped:
         return "finished earlier"
@@ -577,6 +569,7 @@ def _after(recipe: Recipe, run_dirs: list[Path], store, data_dir: Path, result: 
     from kit.ensemble import ensemble_runs
     from kit.infer import predict_run
     from kit.kaggle import recipe_submit
+    from kit.records import PredictionIds
     from kit.report import format_report, report_runs
 
     plan = recipe.after
@@ -588,9 +581,9 @@ def _after(recipe: Recipe, run_dirs: list[Path], store, data_dir: Path, result: 
         log(f"predicting {member['name']}")
         member["pred"] = predict_run(run_dir, store=store, which=plan["which"], progress=progress)
     for run_dir, member in zip(run_dirs, result["members"]):     # the table shows predicted accuracy
-        ids = _read_ids(run_dir)
-        if ids.get("val_acc") is not None:
-            member["val_acc"], member["mode"] = ids["val_acc"], ids.get("mode", "full" if ids.get("full") else "sliding")
+        ids = PredictionIds.load(run_dir)
+        if ids.val_acc is not None:
+            member["val_acc"], member["mode"] = ids.val_acc, ids.inference_mode
     if plan["ensemble"] == "none":
         return
     log(f"ensembling {len(run_dirs)} member(s) by {plan['ensemble']} vote")
@@ -603,7 +596,6 @@ def _after(recipe: Recipe, run_dirs: list[Path], store, data_dir: Path, result: 
                           "weights": [float(w) for w in ens["weights"]] if ens.get("weights") is not None else None}
     report = report_runs(run_dirs, ensemble_result=ens)       # also draws NAME_report.png beside the CSV
     result["report"] = format_report(report)
-    result["report_png"] = report.get("png")
     if not plan["submit"]:
         return
     message = plan["message"] or f"kit recipe {recipe.name} ({result['budget']} budget)"

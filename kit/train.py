@@ -199,9 +199,10 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
 
     validate(cfg)               # the CLI sets budgets after the config was loaded
     run_dir = Path(run_dir)
-    with run_lock(run_dir, primary=int(os.environ.get("RANK", "0")) == 0):
+    primary = int(os.environ.get("RANK", "0")) == 0
+    with run_lock(run_dir, primary=primary):
         check_start(run_dir, resume)
-        if int(os.environ.get("RANK", "0")) == 0:
+        if primary:
             clean_leftovers(run_dir)
         return _train(cfg, run_dir, resume, progress, store, stop_after, budget)
 
