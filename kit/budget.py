@@ -43,6 +43,7 @@ class StepPlan:
     warmup_cfg: int = 0
     evals_done: int = 0
     eval_seconds: float = 0.0     # measured cost of one evaluation (0 until the first)
+    evals: int = EVALS            # evaluations over a timed run (the last at its final step)
 
     @classmethod
     def fixed(cls, total: int, warmup: int, eval_every: int) -> "StepPlan":
@@ -50,10 +51,10 @@ class StepPlan:
 
     @classmethod
     def timed(cls, seconds: float, max_steps: int, warmup: int, total: int | None = None,
-              evals_done: int = 0) -> "StepPlan":
+              evals_done: int = 0, evals: int = EVALS) -> "StepPlan":
         total = total or max_steps
         plan = cls(total=total, warmup=min(warmup, total), eval_every=0, seconds=seconds, max_steps=max_steps,
-                   warmup_cfg=warmup, evals_done=evals_done)
+                   warmup_cfg=warmup, evals_done=evals_done, evals=max(1, evals))
         plan.set_total(total)
         return plan
 
@@ -72,7 +73,7 @@ class StepPlan:
             return True
         if not self.is_timed:
             return step % self.eval_every == 0
-        return step >= math.ceil(self.total * (self.evals_done + 1) / EVALS)
+        return step >= math.ceil(self.total * (self.evals_done + 1) / self.evals)
 
     def fit_due(self, session_steps: int) -> bool:
         """Whether to re-measure now: after the probe, then every REFIT_EVERY steps."""
@@ -85,7 +86,7 @@ class StepPlan:
         `step_seconds` per training step as measured, an evaluation costing what the last one
         did (or `eval_guess` before the first). Returns the new total."""
         eval_cost = self.eval_seconds or eval_guess
-        evals_left = max(1, EVALS - self.evals_done)
+        evals_left = max(1, self.evals - self.evals_done)
         left = self.seconds * (1 - RESERVE) - spent - evals_left * eval_cost
         fitted = step + int(max(0.0, left) / max(step_seconds, 1e-9))
         self.set_total(max(fitted, step + 1))

@@ -74,6 +74,7 @@ class TrainConfig:
     minutes: float = 0.0            # > 0: a time budget; the step total (at most max_steps), warm-up and
                                     # evaluations are fitted to it from the measured step rate, so the run
                                     # ends annealed; counts the time of every session of a resumed run
+    evals: int = 4                  # evaluations over a time-budgeted run (the last at its end)
     max_minutes: float = 0.0        # > 0: stop cleanly with a checkpoint after this long (this session)
     fused_optimizer: bool = True    # torch's fused AdamW (one kernel for all parameters)
     compile: bool = False           # torch.compile the training model (GPU; minutes of compile on a CPU)
@@ -165,7 +166,7 @@ RANGES = {
               "warmup_steps": NON_NEGATIVE, "max_steps": POSITIVE, "max_epochs": NON_NEGATIVE,
               "grad_clip": NON_NEGATIVE, "ema_decay": HALF_OPEN_UNIT, "eval_every": POSITIVE,
               "patience": NON_NEGATIVE, "average_last": NON_NEGATIVE, "seed": NON_NEGATIVE,
-              "minutes": NON_NEGATIVE, "max_minutes": NON_NEGATIVE, "cpu_threads": NON_NEGATIVE,
+              "minutes": NON_NEGATIVE, "evals": POSITIVE, "max_minutes": NON_NEGATIVE, "cpu_threads": NON_NEGATIVE,
               "distill_weight": CLOSED_UNIT},
     "infer": {"window": POSITIVE, "hop": POSITIVE, "batch_size": POSITIVE},
 }

@@ -17,7 +17,7 @@ import numpy as np
 
 from kit.errors import KitError
 from kit.fsio import sha256_file, write_csv
-from kit.records import PredictionIds, SubmissionManifest
+from kit.records import PredictionIds, SubmissionManifest, trained_on
 
 VOTES = ("hard", "soft", "auto")
 
@@ -547,6 +547,7 @@ def ensemble_runs(run_dirs, vote: str = "hard", weights=None, name: str | None =
         member_test_probs_sha256=[sha256_file(m.run_dir / "test_probs.npy") for m in members],
         csv=str(csv_path.resolve()), csv_sha256=sha256_file(csv_path), data_dir=data_dir,
         n_val=int(len(labels)), table=table, val_acc=val_acc, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        trained_on=trained_on(run_dirs) or None,
     ).save(manifest_path)
     return {"csv": csv_path, "manifest": manifest_path, "table": table, "val_acc": val_acc,
             "weights": [float(x) for x in w], **extra}

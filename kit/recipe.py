@@ -16,10 +16,11 @@ from pathlib import Path
 
 from kit.config import RunConfig, dump_toml, from_dict, load_toml, merge, to_dict
 from kit.errors import KitError
+from kit.rounds import DISTILL_DEFAULTS, PSEUDO_DEFAULTS, StageContext, parse_stage, stages_share
 
 TOP_KEYS = {"name", "description", "base", "members", "budget", "after"}
 AFTER_DEFAULTS = {"predict": True, "ensemble": "hard", "weights": "equal", "submit": False, "message": "",
-                  "which": "best"}
+                  "which": "best", "pseudo": None, "distill": None}
 BUDGETS = ("full", "quick")
 SYNTH_MARKER = ".kit-synth.json"
 
@@ -88,6 +89,13 @@ def load_recipe(path: str | Path) -> Recipe:
     if after["weights"] not in ("equal", "auto"):
         raise KitError(f"{path}: [after] weights {after['weights']!r}: choose equal or auto "
                        "(auto = weights fitted on the validation split)")
+    after["pseudo"] = parse_stage(str(path), "pseudo", after["pseudo"], PSEUDO_DEFAULTS)
+    after["distill"] = parse_stage(str(path), "distill", after["distill"], DISTILL_DEFAULTS)
+    if (after["pseudo"] or after["distill"]) and (after["ensemble"] == "none" or not after["predict"]):
+        raise KitError(f"{path}: [after] pseudo and distill need the members predicted and ensembled")
+    if stages_share(after) >= 0.9:
+        raise KitError(f"{path}: [after] pseudo.share + distill.share = {stages_share(after):g}: leave the "
+                       "members most of the time (< 0.9)")
 
     members, seen, recipe_only = [], set(), {}
     raw_members = raw.get("members", [])
@@ -444,9 +452,17 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
         minutes = minutes or recipe.minutes.get(budget)
     share = None          # a member's training minutes, given how many are left when it starts
     timed = bool(jobs) and bool(minutes or per_member_minutes)
-    if timed or max_hours:  # one member's prediction; no slots (nothing left to train): a CPU's cost
+    if minutes or per_member_minutes or max_hours:  # one member's prediction; no slots: a CPU's cost
         predict_s = predict_seconds(store, member_config(recipe, chosen[0], budget).data.val_fraction,
                                     bool(slots) and "GPU" in slots[0]["label"])
+    stages = stages_share(recipe.after) if after else 0.0    # time the stages after the vote take
+
+    stage_slots = _slots(workers, len(chosen))        # fine-tunes after the vote: one per member
+
+    def minutes_left(end: float, jobs_left: int, floor: bool = True, slots: list = stage_slots) -> float:
+        """Training minutes per job for a stage that must end at `end` x the recipe's minutes."""
+        return member_minutes(minutes * end, time.time() - began, jobs_left, max(len(slots), 1), predict_s, floor)
+
     if timed:
 
         def share(members_left: int, floor: bool = True) -> float:
@@ -454,21 +470,25 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
                 return per_member_minutes
             # Re-shared as each member starts, so members that start late get what the earlier
             # ones left: a first round that overran (a slow prediction, a busy machine) is made up.
-            return member_minutes(minutes, time.time() - began, members_left, len(slots), predict_s, floor)
+            return minutes_left(1.0 - stages, members_left, floor, slots)
 
         each = share(len(jobs), floor=False)          # refuses an allowance too small to start
         log(f"time budget: {each:.2f} training minutes per member, {len(slots)} at a time"
-            + (" (re-shared as each member starts)" if not per_member_minutes else ""))
+            + (" (re-shared as each member starts)" if not per_member_minutes else "")
+            + (f"; {stages:.0%} of the time kept for pseudo-labelling/distillation" if stages else ""))
         for _, cfg, _, _ in jobs:
             cfg.train.minutes = each
     deadline = None
     if max_hours:
         deadline = Deadline(max_hours, began, {j[0]: j[1].train.max_minutes for j in jobs}, predict_s)
-    if len(slots) > 1:
-        on_cpu = "CPU" in slots[0]["label"]
-        _run_parallel([_member_task(recipe, job, on_cpu, after, budget) for job in jobs], slots, log, share,
-                      deadline)
-    else:
+
+    def train_jobs(jobs: list, share, deadline: Deadline | None = None, slots: list = stage_slots) -> None:
+        """Train (and, in worker processes, predict) jobs [(name, cfg, run_dir, resume)]."""
+        if len(slots) > 1:
+            on_cpu = "CPU" in slots[0]["label"]
+            _run_parallel([_member_task(recipe, job, on_cpu, after, budget) for job in jobs], slots, log, share,
+                          deadline)
+            return
         for k, (name, cfg, run_dir, resume) in enumerate(jobs):
             if deadline is not None:
                 limit = deadline.member_minutes(name, log, predictions=k + 1)     # predicted at the end
@@ -480,6 +500,8 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
                 cfg.train.minutes = share(len(jobs) - k)
             log(f"training {name} -> {run_dir}{' (resuming)' if resume else ''}")
             train(cfg, run_dir, resume=resume, progress=progress, store=store, budget=budget)
+
+    train_jobs(jobs, share, deadline, slots)
 
     result = {"recipe": recipe.name, "budget": budget, "data": str(data_dir), "members": []}
     run_dirs = []
@@ -494,7 +516,13 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
     if deadline is not None and after:
         after = _in_time(deadline, result, run_dirs, recipe.after["which"])
     if after:
-        _after(recipe, run_dirs, store, data_dir, result, progress, log, submissions)
+        ctx = StageContext(
+            name=recipe.name, root=root, which=recipe.after["which"], budget=budget,
+            config_for=lambda name: member_config(recipe, name, budget, data_dir), train_jobs=train_jobs,
+            ensemble=lambda dirs, name: _ensemble(recipe, dirs, name, submissions),
+            predict=lambda d: _predict(d, recipe.after["which"], store, progress, log), log=log, progress=progress,
+            timed=bool(minutes) and not per_member_minutes, minutes_left=minutes_left)
+        _after(recipe, run_dirs, store, data_dir, result, progress, log, submissions, ctx, stages)
     result["minutes"] = (time.time() - began) / 60
     return result
 
@@ -563,23 +591,39 @@ def _in_time(deadline: Deadline, result: dict, run_dirs: list[Path], which: str)
     return False
 
 
-def _after(recipe: Recipe, run_dirs: list[Path], store, data_dir: Path, result: dict, progress: bool, log,
-           submissions: str | Path = "submissions") -> None:
-    """predict -> ensemble -> submit, as far as the recipe's [after] table asks."""
-    from kit.ensemble import ensemble_runs
+def _predict(run_dir: Path, which: str, store, progress: bool, log) -> dict | None:
+    """Predict a run dir unless its predictions are newer than its checkpoint."""
     from kit.infer import predict_run
+
+    if _is_predicted(run_dir, which):       # by its worker, or by an earlier run
+        return None
+    log(f"predicting {run_dir.name}")
+    return predict_run(run_dir, store=store, which=which, progress=progress)
+
+
+def _ensemble(recipe: Recipe, run_dirs: list[Path], name: str, submissions) -> dict:
+    from kit.ensemble import ensemble_runs
+
+    plan = recipe.after
+    weights = "auto" if plan["weights"] == "auto" else None
+    vote = plan["ensemble"] if len(run_dirs) > 1 else "hard"     # one run: its own predictions
+    return ensemble_runs(run_dirs, vote=vote, weights=weights, name=name, out_dir=submissions)
+
+
+def _after(recipe: Recipe, run_dirs: list[Path], store, data_dir: Path, result: dict, progress: bool, log,
+           submissions: str | Path = "submissions", ctx: StageContext | None = None, stages: float = 0.0) -> None:
+    """predict -> ensemble -> (pseudo-labelling rounds, distillation) -> submit, as far as the
+    recipe's [after] table asks."""
     from kit.kaggle import recipe_submit
     from kit.records import PredictionIds
     from kit.report import format_report, report_runs
+    from kit.rounds import distill_stage, pseudo_rounds
 
     plan = recipe.after
     if not plan["predict"]:
         return
     for run_dir, member in zip(run_dirs, result["members"]):
-        if _is_predicted(run_dir, plan["which"]):       # by its worker, or by an earlier run
-            continue
-        log(f"predicting {member['name']}")
-        member["pred"] = predict_run(run_dir, store=store, which=plan["which"], progress=progress)
+        member["pred"] = _predict(run_dir, plan["which"], store, progress, log)
     for run_dir, member in zip(run_dirs, result["members"]):     # the table shows predicted accuracy
         ids = PredictionIds.load(run_dir)
         if ids.val_acc is not None:
@@ -587,17 +631,29 @@ def _after(recipe: Recipe, run_dirs: list[Path], store, data_dir: Path, result: 
     if plan["ensemble"] == "none":
         return
     log(f"ensembling {len(run_dirs)} member(s) by {plan['ensemble']} vote")
-    weights = "auto" if plan["weights"] == "auto" else None
-    ens = ensemble_runs(run_dirs, vote=plan["ensemble"], weights=weights, name=recipe.name, out_dir=submissions)
+    rounds = plan["pseudo"] is not None and ctx is not None
+    ens = _ensemble(recipe, run_dirs, f"{recipe.name}-vote0" if rounds else recipe.name, submissions)
+    if rounds:
+        result["vote0"] = {"val_acc": ens["val_acc"], "val_acc_oof": ens.get("oof_acc"), "csv": str(ens["csv"])}
+        names = [m["name"] for m in result["members"]]
+        run_dirs = pseudo_rounds(ctx, plan["pseudo"], names, run_dirs, result, 1.0 - stages)
+        log(f"ensembling the {len(run_dirs)} fine-tuned member(s) by {plan['ensemble']} vote")
+        ens = _ensemble(recipe, run_dirs, recipe.name, submissions)
     result["ensemble"] = {"vote": plan["ensemble"], "val_acc": ens["val_acc"], "csv": str(ens["csv"]),
                           "manifest": str(ens["manifest"]), "table": ens.get("table"),
                           "weights_mode": plan["weights"], "method": ens.get("method"),
-                          "val_acc_oof": ens.get("oof_acc"),
+                          "val_acc_oof": ens.get("oof_acc"), "members": [str(d) for d in run_dirs],
                           "weights": [float(w) for w in ens["weights"]] if ens.get("weights") is not None else None}
     report = report_runs(run_dirs, ensemble_result=ens)       # also draws NAME_report.png beside the CSV
     result["report"] = format_report(report)
+    if plan["distill"] is not None and ctx is not None:
+        distill_stage(ctx, plan["distill"], run_dirs, result)
     if not plan["submit"]:
         return
     message = plan["message"] or f"kit recipe {recipe.name} ({result['budget']} budget)"
     log(f"submitting {ens['csv']}")
     result["submission"] = recipe_submit(ens["csv"], message, data_dir)
+    if plan["distill"] is not None and plan["distill"]["submit"] and result.get("student"):
+        log(f"submitting {result['student']['csv']}")
+        result["student"]["submission"] = recipe_submit(result["student"]["csv"], message + " (distilled student)",
+                                                        data_dir)

@@ -3,6 +3,7 @@ resume of an interrupted round, the student as an ordinary run dir."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -138,3 +139,65 @@ def test_distilled_student_is_an_ordinary_predicted_run(members, tmp_path):
     assert ens["csv"].is_file()
     with pytest.raises(KitError, match="--init best"):
         distill(members, tmp_path / "other", overrides=["model.d_model=16"], progress=False)
+
+
+ROUNDS = """
+name = "tinypl"
+
+[base.data]
+segment_len = 48
+store_dtype = "float32"
+
+[base.model]
+d_model = 16
+ffn_dim = 32
+n_heads = 2
+
+[base.train]
+batch_size = 16
+lr = 3e-3
+warmup_steps = 2
+max_steps = 30
+eval_every = 15
+cpu_threads = 1
+
+[[members]]
+name = "a"
+
+[[members]]
+name = "b"
+train.seed = 1
+
+[after]
+predict = true
+which = "last"
+ensemble = "auto"
+pseudo = { top_fraction = 0.5, share = 0.3 }
+distill = { share = 0.2 }
+"""
+
+
+def test_recipe_pseudo_round_and_student(tiny_data, tmp_path):
+    from kit.records import SubmissionManifest
+    from kit.recipe import run_recipe
+
+    recipe = tmp_path / "tinypl.toml"
+    recipe.write_text(ROUNDS)
+    runs, subs = tmp_path / "runs", tmp_path / "subs"
+    result = run_recipe(recipe, data=str(tiny_data), budget="full", runs=str(runs), workers=1, progress=False,
+                        submissions=subs)
+    (r1,) = result["rounds"]
+    assert r1["count"] == 10 and [Path(d).name for d in r1["members"]] == ["a-pl1", "b-pl1"]
+    for name in ("a-pl1", "b-pl1"):
+        summary = read_summary(runs / "tinypl" / name)
+        assert summary["n_pseudo"] == 10 and summary["step"] == 9      # share 0.3 of max_steps 30
+    manifest = SubmissionManifest.load(subs / "tinypl.json")
+    assert [Path(m).name for m in manifest.members] == ["a-pl1", "b-pl1"]
+    assert len(manifest.trained_on) == 2 and manifest.trained_on[0]["pseudo"]["test_count"] == 10
+    assert (subs / "tinypl-vote0.csv").is_file() and (subs / "tinypl-student.csv").is_file()
+    assert read_summary(runs / "tinypl" / "student")["n_teacher"] == 20
+    # a re-run keeps every finished stage
+    again = run_recipe(recipe, data=str(tiny_data), budget="full", runs=str(runs), workers=1, progress=False,
+                       submissions=subs)
+    assert again["rounds"][0]["count"] == 10
+    assert read_summary(runs / "tinypl" / "b-pl1") == summary          # not trained again

@@ -152,6 +152,14 @@ def cmd_recipe_run(args: argparse.Namespace) -> int:
         acc = m.get("val_acc")
         print(f"{m['name']:<22} {m.get('params', 0):>9,} {'-' if acc is None else f'{acc:.4f}':>8} "
               f"{m.get('mode', ''):>8} {m.get('step', 0):>7} {m.get('minutes', 0.0):>8.1f}  {m.get('note', '')}")
+    if result.get("vote0"):
+        v0 = result["vote0"]
+        oof = f"  (out-of-fold {v0['val_acc_oof']:.4f})" if v0.get("val_acc_oof") is not None else ""
+        print(f"vote before pseudo-labelling val acc: {v0['val_acc']:.4f}{oof}   csv: {v0['csv']}")
+    for r in result.get("rounds", []):
+        est = "-" if r["estimated_precision"] is None else f"{r['estimated_precision']:.3f}"
+        print(f"pseudo-label round {r['round']}: {r['count']} test utterances, confidence >= {r['threshold']:.3f}, "
+              f"estimated precision {est}; members fine-tuned: {', '.join(Path(d).name for d in r['members'])}")
     ens = result.get("ensemble")
     if ens:
         if ens.get("weights"):
@@ -161,6 +169,9 @@ def cmd_recipe_run(args: argparse.Namespace) -> int:
         print(f"ensemble ({ens.get('method') or ens['vote']}) val acc: {ens['val_acc']:.4f}{honest}   csv: {ens['csv']}")
     if result.get("report"):
         print(result["report"].rstrip())
+    if result.get("student"):
+        st = result["student"]
+        print(f"distilled student val acc: {st['val_acc']:.4f}   csv: {st['csv']}")
     sub = result.get("submission")
     if sub:
         print(f"submission: {ens['csv']}  {sub.get('status')} on {sub.get('target') or '-'}  "

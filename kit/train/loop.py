@@ -180,7 +180,7 @@ class Trainer:
         cfg = self.cfg
         steps_total = total_steps(cfg, len(self.targets.index), self.world)
         if cfg.train.minutes > 0:           # a time budget: the step total is fitted as the run goes
-            return StepPlan.timed(cfg.train.minutes * 60, steps_total, cfg.train.warmup_steps)
+            return StepPlan.timed(cfg.train.minutes * 60, steps_total, cfg.train.warmup_steps, evals=cfg.train.evals)
         return StepPlan.fixed(steps_total, cfg.train.warmup_steps, cfg.train.eval_every)
 
     def _init_from(self, net: torch.nn.Module, source: str) -> None:
