@@ -206,7 +206,7 @@ def choose_mode(val: dict, labels) -> tuple[str, dict]:
 def predict_run(run_dir: str | os.PathLike, store: FeatureStore | None = None, window: int | None = None,
                 hop: int | None = None, full: bool | None = None, average: str | None = None,
                 which: str = "best", batch_size: int | None = None, progress: bool = True,
-                device: str = "auto", mode: str | None = None) -> dict:
+                device: str = "auto", mode: str | None = None, compare: bool = True) -> dict:
     """Predict a run's validation and test utterances; write val_probs.npy, test_probs.npy and
     ids.json into the run dir. None settings come from the run's cfg.infer.
 
@@ -215,6 +215,9 @@ def predict_run(run_dir: str | os.PathLike, store: FeatureStore | None = None, w
     -> cfg.infer.mode if the config has one, else cfg.infer.full. Validation is predicted in
     all three ways (centre, full, sliding) and each saved as val_probs_<way>.npy; val_probs.npy
     and test_probs.npy are in the chosen mode.
+
+    compare=False with mode full or sliding: validation in that mode only (a fine-tuned member
+    predicted in its source member's mode; the other accuracies are then None).
 
     Returns val_acc (of the chosen mode), val accuracies of centre-crop, full-length and
     sliding-window inference, so the caller can show what the windows buy, and the mode.
@@ -263,10 +266,10 @@ def predict_run(run_dir: str | os.PathLike, store: FeatureStore | None = None, w
 
     # Validation three ways (it is small) so the table shows what the windows buy.
     t0 = time.perf_counter()
-    val = {m: predict_index(model, store, split.val, mode=m, desc=f"val {m}", **common)
-           for m in ("centre", "full", "sliding")}
+    ways = ("centre", "full", "sliding") if compare or mode == "auto" else (mode,)
+    val = {m: predict_index(model, store, split.val, mode=m, desc=f"val {m}", **common) for m in ways}
     requested = mode
-    chosen, nll = choose_mode({m: val[m] for m in ("full", "sliding")}, val_labels)
+    chosen, nll = choose_mode({m: val[m] for m in ("full", "sliding")}, val_labels) if len(ways) > 1 else (mode, {})
     if mode == "auto":
         mode = chosen
     val_probs = val[mode]
@@ -280,9 +283,7 @@ def predict_run(run_dir: str | os.PathLike, store: FeatureStore | None = None, w
     save_numpy(run_dir / "test_probs.npy", test_probs)
     result = {
         "val_acc": accuracy(val_probs, val_labels),
-        "val_acc_centre": accuracy(val["centre"], val_labels),
-        "val_acc_full": accuracy(val["full"], val_labels),
-        "val_acc_sliding": accuracy(val["sliding"], val_labels),
+        **{f"val_acc_{m}": accuracy(val[m], val_labels) if m in val else None for m in ("centre", "full", "sliding")},
         "val_nll_full": nll.get("full"),            # after temperature scaling; None without validation
         "val_nll_sliding": nll.get("sliding"),
     }

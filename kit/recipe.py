@@ -16,7 +16,7 @@ from pathlib import Path
 
 from kit.config import RunConfig, dump_toml, from_dict, load_toml, merge, to_dict
 from kit.errors import KitError
-from kit.rounds import DISTILL_DEFAULTS, PSEUDO_DEFAULTS, StageContext, parse_stage, stages_share
+from kit.rounds import DISTILL_DEFAULTS, PSEUDO_DEFAULTS, StageContext, enabled, parse_stage, stages_share
 
 TOP_KEYS = {"name", "description", "base", "members", "budget", "after"}
 AFTER_DEFAULTS = {"predict": True, "ensemble": "hard", "weights": "equal", "submit": False, "message": "",
@@ -91,7 +91,7 @@ def load_recipe(path: str | Path) -> Recipe:
                        "(auto = weights fitted on the validation split)")
     after["pseudo"] = parse_stage(str(path), "pseudo", after["pseudo"], PSEUDO_DEFAULTS)
     after["distill"] = parse_stage(str(path), "distill", after["distill"], DISTILL_DEFAULTS)
-    if (after["pseudo"] or after["distill"]) and (after["ensemble"] == "none" or not after["predict"]):
+    if (enabled(after, "pseudo") or enabled(after, "distill")) and (after["ensemble"] == "none" or not after["predict"]):
         raise KitError(f"{path}: [after] pseudo and distill need the members predicted and ensembled")
     if stages_share(after) >= 0.9:
         raise KitError(f"{path}: [after] pseudo.share + distill.share = {stages_share(after):g}: leave the "
@@ -311,7 +311,9 @@ def _member_task(recipe: Recipe, job, on_cpu: bool, after: bool,
     cmds = [[sys.executable, "-m", "kit.train", "--out", str(run_dir), "--config", str(run_dir / "member.toml"),
              "--no-progress"] + (["--resume"] if resume else []) + (["--budget", budget] if budget else [])]
     if after and recipe.after["predict"]:
-        cmds.append([sys.executable, "-m", "kit", "predict", str(run_dir), "--which", recipe.after["which"]])
+        fine_tune = cfg.train.init_from and cfg.infer.mode in ("full", "sliding")   # kit.rounds: source's mode
+        cmds.append([sys.executable, "-m", "kit", "predict", str(run_dir), "--which", recipe.after["which"]]
+                    + (["--mode", cfg.infer.mode, "--no-compare"] if fine_tune else []))
     return name, run_dir, cmds
 
 
@@ -397,7 +399,7 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
                workers: int | None = None, minutes: float | None = None,
                per_member_minutes: float | None = None, submit: bool | None = None,
                submissions: str | Path = "submissions", fresh: bool = False,
-               max_hours: float | None = None) -> dict:
+               max_hours: float | None = None, pseudo: bool | None = None, distill: bool | None = None) -> dict:
     """Train the recipe's members (skipping finished ones, resuming half-finished ones), then
     predict, ensemble and submit as its [after] table says. Returns everything the CLI prints.
 
@@ -407,6 +409,8 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
     members' own train.minutes; each member fits its LR schedule to its time.
     fresh: move the chosen members' old run dirs aside (RUNS/<recipe>.old-<time>/) and train
     them again. Without it, a member made from other data, settings or budget is refused.
+    pseudo, distill: turn the recipe's [after] pseudo / distill stage on or off (None: as the
+    recipe says; a stage the recipe does not set up gets kit.rounds' defaults).
     max_hours: a hard stop for this call, e.g. the time left in a notebook session (see Deadline):
     members are stopped with a checkpoint or not started, and the after stages wait until every
     member has finished; calling again (next session) continues from the run dirs.
@@ -419,6 +423,9 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
     recipe = load_recipe(path)
     if submit is not None:
         recipe.after["submit"] = submit
+    for key, value, defaults in (("pseudo", pseudo, PSEUDO_DEFAULTS), ("distill", distill, DISTILL_DEFAULTS)):
+        if value is not None:
+            recipe.after[key] = {**(recipe.after[key] or defaults), "enabled": value}
     data_dir = ensure_data(data, log)
     budget = budget or ("quick" if is_synthetic(data_dir) else "full")
     if budget not in BUDGETS:
@@ -592,13 +599,18 @@ def _in_time(deadline: Deadline, result: dict, run_dirs: list[Path], which: str)
 
 
 def _predict(run_dir: Path, which: str, store, progress: bool, log) -> dict | None:
-    """Predict a run dir unless its predictions are newer than its checkpoint."""
+    """Predict a run dir unless its predictions are newer than its checkpoint (a fine-tune of
+    kit.rounds: in its source member's mode only)."""
     from kit.infer import predict_run
+    from kit.train import load_config
 
     if _is_predicted(run_dir, which):       # by its worker, or by an earlier run
         return None
     log(f"predicting {run_dir.name}")
-    return predict_run(run_dir, store=store, which=which, progress=progress)
+    cfg = load_config(run_dir)
+    fine_tune = bool(cfg.train.init_from) and cfg.infer.mode in ("full", "sliding")
+    return predict_run(run_dir, store=store, which=which, progress=progress,
+                       **({"mode": cfg.infer.mode, "compare": False} if fine_tune else {}))
 
 
 def _ensemble(recipe: Recipe, run_dirs: list[Path], name: str, submissions) -> dict:
@@ -631,7 +643,7 @@ def _after(recipe: Recipe, run_dirs: list[Path], store, data_dir: Path, result: 
     if plan["ensemble"] == "none":
         return
     log(f"ensembling {len(run_dirs)} member(s) by {plan['ensemble']} vote")
-    rounds = plan["pseudo"] is not None and ctx is not None
+    rounds = enabled(plan, "pseudo") is not None and ctx is not None
     ens = _ensemble(recipe, run_dirs, f"{recipe.name}-vote0" if rounds else recipe.name, submissions)
     if rounds:
         result["vote0"] = {"val_acc": ens["val_acc"], "val_acc_oof": ens.get("oof_acc"), "csv": str(ens["csv"])}
@@ -646,14 +658,14 @@ def _after(recipe: Recipe, run_dirs: list[Path], store, data_dir: Path, result: 
                           "weights": [float(w) for w in ens["weights"]] if ens.get("weights") is not None else None}
     report = report_runs(run_dirs, ensemble_result=ens)       # also draws NAME_report.png beside the CSV
     result["report"] = format_report(report)
-    if plan["distill"] is not None and ctx is not None:
+    if enabled(plan, "distill") is not None and ctx is not None:
         distill_stage(ctx, plan["distill"], run_dirs, result)
     if not plan["submit"]:
         return
     message = plan["message"] or f"kit recipe {recipe.name} ({result['budget']} budget)"
     log(f"submitting {ens['csv']}")
     result["submission"] = recipe_submit(ens["csv"], message, data_dir)
-    if plan["distill"] is not None and plan["distill"]["submit"] and result.get("student"):
+    if enabled(plan, "distill") and plan["distill"]["submit"] and result.get("student"):
         log(f"submitting {result['student']['csv']}")
         result["student"]["submission"] = recipe_submit(result["student"]["csv"], message + " (distilled student)",
                                                         data_dir)

@@ -20,23 +20,25 @@ from typing import Callable
 
 from kit.errors import KitError
 
-PSEUDO_DEFAULTS = {"rounds": 1, "precision": 0.9, "top_fraction": None, "share": 0.3, "lr": 1e-3,
-                   "warmup_steps": 20}
-DISTILL_DEFAULTS = {"share": 0.2, "temperature": 1.0, "weight": 0.5, "submit": False}
+PSEUDO_DEFAULTS = {"enabled": True, "rounds": 1, "precision": 0.9, "top_fraction": None, "share": 0.3,
+                   "lr_scale": 0.25, "warmup_steps": 20}
+DISTILL_DEFAULTS = {"enabled": True, "share": 0.2, "temperature": 1.0, "weight": 0.5, "submit": False}
 
 
 def parse_stage(where: str, key: str, value, defaults: dict) -> dict | None:
-    """[after] pseudo / distill: false or absent (off), true (defaults) or a table of settings."""
-    if value in (None, False):
-        return None
-    if value is True:
-        value = {}
+    """[after] pseudo / distill: false or absent (off), true (defaults) or a table of settings
+    (`enabled = false` keeps the settings but leaves the stage off: `kit recipe run --pseudo` turns
+    it on). Returns the settings, with "enabled"."""
+    if value in (None, False, True):
+        value = {"enabled": bool(value)}
     if not isinstance(value, dict):
         raise KitError(f"{where}: [after] {key} must be true, false or a table like {{ share = 0.3 }}")
     unknown = sorted(set(value) - set(defaults))
     if unknown:
         raise KitError(f"{where}: [after] {key}: unknown key(s) {', '.join(unknown)}; known: {', '.join(defaults)}")
     opts = {**defaults, **value}
+    if not isinstance(opts["enabled"], bool):
+        raise KitError(f"{where}: [after] {key}.enabled {opts['enabled']!r}: true or false")
     if not (isinstance(opts["share"], (int, float)) and 0 < opts["share"] < 1):
         raise KitError(f"{where}: [after] {key}.share {opts['share']!r}: a fraction of the time in (0, 1)")
     if key == "pseudo":
@@ -49,9 +51,15 @@ def parse_stage(where: str, key: str, value, defaults: dict) -> dict | None:
     return opts
 
 
+def enabled(after: dict, key: str) -> dict | None:
+    """The stage's settings when it is on, else None."""
+    opts = after.get(key)
+    return opts if opts and opts.get("enabled") else None
+
+
 def stages_share(after: dict) -> float:
     """The share of the recipe's time the stages after the vote take."""
-    return sum((after.get(k) or {}).get("share", 0.0) for k in ("pseudo", "distill"))
+    return sum((enabled(after, k) or {}).get("share", 0.0) for k in ("pseudo", "distill"))
 
 
 @dataclass
@@ -111,8 +119,9 @@ def _fine_tune_jobs(ctx: StageContext, opts: dict, names, run_dirs, csv: str, r:
         cfg.name = run_dir.name
         cfg.train.init_from = str((Path(src) / f"{ctx.which}.pt").resolve())
         cfg.data.pseudo_labels = str(Path(csv).resolve())
-        cfg.train.lr, cfg.train.warmup_steps = float(opts["lr"]), int(opts["warmup_steps"])
+        cfg.train.lr, cfg.train.warmup_steps = cfg.train.lr * float(opts["lr_scale"]), int(opts["warmup_steps"])
         cfg.train.evals = 1                     # validation once, at the end: predict scores it anyway
+        cfg.infer.mode = _mode_of(src)          # predicted the way its member was: validation once
         if not ctx.timed:
             cfg.train.max_steps = max(1, int(cfg.train.max_steps * opts["share"] / opts["rounds"]))
             cfg.train.eval_every = max(1, cfg.train.max_steps // 4)
@@ -172,3 +181,13 @@ def _read_json(path: Path):
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+
+
+def _mode_of(run_dir) -> str:
+    """The inference mode a predicted member chose (auto when it has not been predicted)."""
+    from kit.records import PredictionIds
+
+    try:
+        return PredictionIds.load(run_dir).inference_mode
+    except KitError:            # not predicted: let prediction choose
+        return "auto"

@@ -25,6 +25,8 @@ def register(sub) -> None:
     p.add_argument("--average", choices=["logits", "probs"], default=None,
                    help="average window probabilities, or logits then softmax (default: infer.average)")
     p.add_argument("--which", choices=["best", "last", "avg"], default="best", help="checkpoint to use")
+    p.add_argument("--no-compare", dest="compare", action="store_false",
+                   help="with --mode full or sliding: predict validation in that mode only (faster)")
     p.add_argument("--batch-size", type=int, default=None, help="windows per batch (default: infer.batch_size)")
     add_cache_option(p)
     p.set_defaults(func=cmd_predict)
@@ -85,7 +87,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     progress = progress_wanted()
     for n, run in enumerate(args.runs):
         r = predict_run(run, window=args.window, hop=args.hop, full=args.full, average=args.average,
-                        which=args.which, batch_size=args.batch_size, progress=progress, mode=args.mode)
+                        which=args.which, batch_size=args.batch_size, progress=progress, mode=args.mode,
+                        compare=args.compare)
         if n == 0:             # after the first run, so an early error is the only output
             print(f"{'run':<40} {'centre':>7} {'full':>8} {'sliding':>8}  {'val':>5} {'test':>5} {'test s':>7}")
         mark = {m: "*" if m == r["mode"] else " " for m in ("full", "sliding")}

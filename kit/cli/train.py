@@ -63,6 +63,11 @@ def register(sub) -> None:
                    help="hard stop for this command, e.g. the time left in a notebook session: each member "
                         "checkpoints and stops before it (members it leaves too little time are not started); "
                         "re-running the same command continues from the run dirs")
+    p.add_argument("--pseudo", action=argparse.BooleanOptionalAction, default=None,
+                   help="after the vote, pseudo-label confident test utterances, fine-tune every member on them "
+                        "and vote again (the recipe's [after] pseudo settings; default: as the recipe says)")
+    p.add_argument("--distill", action=argparse.BooleanOptionalAction, default=None,
+                   help="after the vote, train one student on its soft targets: NAME-student.csv")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_cache_option(p)
     p.set_defaults(func=cmd_recipe_run)
@@ -145,6 +150,7 @@ def cmd_recipe_run(args: argparse.Namespace) -> int:
     result = run_recipe(args.file, data=args.data, budget=args.budget, runs=args.runs, only=args.only,
                         after=not args.no_after, workers=args.workers, minutes=args.minutes,
                         per_member_minutes=args.member_minutes, fresh=args.fresh, max_hours=args.max_hours,
+                        pseudo=args.pseudo, distill=args.distill,
                         progress=not args.no_progress and progress_wanted(), log=log)
     print(f"recipe {result['recipe']}  budget {result['budget']}  data {result['data']}")
     print(f"{'member':<22} {'params':>9} {'val acc':>8} {'mode':>8} {'steps':>7} {'minutes':>8}  note")
