@@ -191,7 +191,7 @@ def choose_mode(val: dict, labels) -> tuple[str, dict]:
     """Pick full or sliding for a member: lower validation NLL after temperature scaling (a
     temperature fixes over/under-confidence, which the ensemble calibrates away anyway), ties
     to sliding. val: mode -> probabilities (N, C). Returns (mode, {mode: calibrated NLL})."""
-    from kit.ensemble import calibrate, fit_temperature, log_probs, mean_nll
+    from kit.ensemble.calibration import calibrate, fit_temperature, log_probs, mean_nll
 
     labels = np.asarray(labels, dtype=np.int64)
     if len(labels) == 0:

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from kit.ensemble import (DEFAULT_POOL, METHODS, auto_ensemble, calibrate, check_compatible, fit_temperature,
-                          load_member, log_probs, mean_nll, member_speakers)
+from kit.ensemble.calibration import calibrate, fit_temperature, log_probs, mean_nll
+from kit.ensemble.crossfit import DEFAULT_POOL, METHODS, auto_ensemble
+from kit.ensemble.members import check_compatible, load_member, member_speakers
 from kit.errors import KitError
 from kit.plots import plot_report
 from kit.records import SubmissionManifest

@@ -59,7 +59,7 @@ def validate_submission(csv_path: str | os.PathLike, data_dir: str | os.PathLike
     Empty list = ok. One line per problem (at most ~10, then a count). Checks the header,
     row count, unique Ids, Ids = the test feature_paths, Categories = known speaker ids.
     """
-    from kit.data import read_layout
+    from kit.layout import read_layout
 
     csv_path = Path(csv_path)
     layout = read_layout(data_dir)                     # a bad data dir is the caller's KitError

@@ -8,7 +8,7 @@ import pytest
 
 from kit.cli import main
 from kit.ensemble import (auto_ensemble, calibrate, crossfit, ensemble_runs, fit_temperature, fit_weights,
-                          fold_ids, hard_vote, load_member, log_probs, member_mode, select_weights, soft_vote)
+                          fold_ids, hard_vote, load_member, log_probs, select_weights, soft_vote)
 from kit.errors import KitError
 from kit.fsio import sha256_file
 from kit.submission import validate_submission
@@ -272,7 +272,7 @@ def test_auto_ensemble_of_run_dirs_records_its_choice(tmp_path, layout_dir):
     r1 = make_run(tmp_path, "r1", [0, 1, 2, 0, 1, 0], onehotish([0, 1, 2, 2]), layout_dir)
     r2 = make_run(tmp_path, "r2", [0, 1, 2, 1, 1, 2], onehotish([0, 1, 1, 2]), layout_dir)
     r3 = make_run(tmp_path, "r3", [1, 1, 2, 0, 2, 2], onehotish([1, 1, 2, 0]), layout_dir)
-    assert load_member(r1).ids.mode is None and member_mode(load_member(r1).ids) == "sliding"
+    assert load_member(r1).ids.mode is None and load_member(r1).ids.inference_mode == "sliding"
     r = ensemble_runs([r1, r2, r3], vote="auto", name="auto", out_dir=tmp_path / "s", folds=3)
     manifest = json.loads(r["manifest"].read_text())
     assert manifest["weights_mode"] == "auto" and manifest["method"] == r["method"]
@@ -299,7 +299,7 @@ def test_old_full_length_ids_json_reads_as_full_mode(tmp_path, layout_dir):
     run = make_run(tmp_path, "r1", [0] * 6, onehotish([0] * 4), layout_dir)
     ids = json.loads((run / "ids.json").read_text())
     (run / "ids.json").write_text(json.dumps({**ids, "full": True}))
-    assert member_mode(load_member(run).ids) == "full"
+    assert load_member(run).ids.inference_mode == "full"
 
 
 def test_cli_ensemble_auto_prints_the_out_of_fold_choice(tmp_path, layout_dir, capsys):
