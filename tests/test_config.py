@@ -22,7 +22,8 @@ def test_no_layers_is_the_defaults():
 
 
 @pytest.mark.parametrize("layers,message", [
-    ((("recipe.toml: [base]", {"train": {"lr": "fast"}}), ("member", {})), "recipe.toml: [base].train.lr: expected a number"),
+    ((("recipe.toml: [base]", {"train": {"lr": "fast"}}), ("member", {})),
+     "recipe.toml: [base].train.lr: expected a number"),
     ((("base", {}), ("--set", {"train": {"batch_size": "0"}})), "--set: train.batch_size = 0: must be > 0"),
     ((("base", {}), ("member m", {"model": {"d_modle": 3}})), "member m.model: unknown key(s) d_modle"),
 ])

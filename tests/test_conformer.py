@@ -11,12 +11,7 @@ from kit.conformer import Conformer, MaskedDepthwiseConv
 SHAPE = dict(input_dim=16, num_heads=2, ffn_dim=32, num_layers=2, depthwise_conv_kernel_size=5)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")     # conftest
 
 
 def padded_batch(lengths=(20, 13, 6)):

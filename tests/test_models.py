@@ -15,13 +15,7 @@ from kit.models import ENCODERS, HEADS, POOLINGS, AMSoftmaxHead, SpecAugment, bu
 from kit.pooling import AttentiveStatsPooling, StatsPooling
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread; on a busy machine two threads wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")     # conftest: tiny models run fastest on one thread
 
 
 def small(**kw) -> ModelConfig:
