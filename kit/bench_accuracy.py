@@ -20,7 +20,7 @@ def _member_csv(run_dir: Path, out: Path) -> Path:
     """A member's own submission: argmax of its test probabilities."""
     import pandas as pd
 
-    from kit.data import read_layout
+    from kit.layout import read_layout
     from kit.records import PredictionIds
 
     ids = PredictionIds.load(run_dir)

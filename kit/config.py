@@ -1,6 +1,7 @@
 """The dataclasses a recipe member fills in: the one place each default lives.
 
-Recipes override these defaults; the CLI (`--set section.key=value`) overrides the recipe.
+Recipes override these defaults; the CLI (`--set section.key=value`) overrides the recipe;
+`layered` is the one function that stacks them.
 """
 from __future__ import annotations
 
@@ -197,6 +198,18 @@ def from_dict(values: dict, where: str = "config") -> RunConfig:
     """Build a RunConfig from nested dicts, refusing unknown keys, ill-typed values and numbers
     out of range."""
     return validate(_fill(RunConfig, values, where), where)
+
+
+def layered(*layers: tuple[str, dict]) -> RunConfig:
+    """The defaults overridden by each (where, values) layer in turn: a recipe's base, member and
+    budget tables, a member TOML, `--set`, the command line's flags. Later layers win; tables
+    merge, values replace. Each layer is checked on its own first, so an error names the layer
+    that holds it (its `where`)."""
+    values: dict = {}
+    for where, layer in layers:
+        from_dict(layer, where)
+        values = merge(values, layer)
+    return from_dict(values)
 
 
 def merge(base: dict, override: dict) -> dict:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kit.config import RunConfig, from_dict, load_toml, merge, parse_overrides, to_dict
+from kit.config import RunConfig, from_dict, layered, load_toml, parse_overrides, to_dict
 from kit.ensemble import check_compatible, load_member
 from kit.errors import KitError
 from kit.pseudo import TEACHER, ensemble_probs, save_teacher
@@ -44,8 +44,7 @@ def student_config(run_dirs, out, config: str | None = None, overrides=(), init:
         raise KitError(f"--init {init!r}: choose best or none")
     best = best_member(run_dirs)
     source = Path(config) if config else best / "config.toml"
-    values = to_dict(from_dict(load_toml(source), where=str(source)))
-    cfg = from_dict(merge(values, parse_overrides(list(overrides))), where="--set")
+    cfg = layered((str(source), load_toml(source)), ("--set", parse_overrides(list(overrides))))
     cfg.name = Path(out).name
     if init == "best":
         teacher_cfg = from_dict(load_toml(best / "config.toml"), where=str(best / "config.toml"))

@@ -11,6 +11,7 @@ from pathlib import Path
 KAGGLE_INPUT = "/kaggle/input"          # KIT_KAGGLE_INPUT relocates it (tests, rehearsals)
 KAGGLE_WORKING = "/kaggle/working"      # KIT_KAGGLE_WORKING likewise
 SEARCH_DEPTH = 3                        # /kaggle/input/<competition>/<folder>/metadata.json
+CACHE_DIRNAME = ".kit-cache"            # beside the data, when it is writable
 
 _noted: set[str] = set()
 
@@ -36,8 +37,6 @@ def cache_dir(data_dir: str | os.PathLike) -> tuple[Path, str | None]:
     `--cache DIR` sets, so worker processes inherit it), DATA/.kit-cache when it can be written,
     /kaggle/working/.kit-cache on Kaggle, else $XDG_CACHE_HOME/kit (~/.cache/kit); each but
     DATA/.kit-cache in a folder of its own per data dir."""
-    from kit.data import CACHE_DIRNAME
-
     data_dir = Path(data_dir)
     chosen = os.environ.get("KIT_CACHE")
     if chosen:
@@ -67,7 +66,7 @@ def kaggle_data_dir() -> Path | None:
     """The competition data under /kaggle/input (or $KIT_KAGGLE_INPUT): the shallowest folder,
     at most SEARCH_DEPTH levels down, holding metadata.json, testdata.json and mapping.json.
     None when there is no such root or no such folder."""
-    from kit.data import LAYOUT_FILES
+    from kit.layout import LAYOUT_FILES
 
     root = Path(os.environ.get("KIT_KAGGLE_INPUT", KAGGLE_INPUT))
     if not root.is_dir():

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kit.config import RunConfig, dump_toml, from_dict, load_toml, merge, to_dict
+from kit.config import RunConfig, dump_toml, layered, load_toml, to_dict
 from kit.errors import KitError
 from kit.rounds import DISTILL_DEFAULTS, PSEUDO_DEFAULTS, StageContext, enabled, parse_stage, stages_share
 
@@ -133,11 +133,10 @@ def member_config(recipe: Recipe, member: str, budget: str, data_dir: str | None
     if not found:
         raise KitError(f"{recipe.path}: no member {member!r}; members: {', '.join(m[0] for m in recipe.members)}")
     _, override, member_budgets = found[0]
-    values = merge(recipe.base, override)
-    values = merge(values, recipe.budgets.get(budget, {}))
-    values = merge(values, member_budgets.get(budget, {}))
-    values["name"] = member
-    cfg = from_dict(values, where=f"{recipe.path}: member {member}")
+    where = f"{recipe.path}: member {member}"
+    cfg = layered((f"{recipe.path}: [base]", recipe.base), (where, override),
+                  (f"{recipe.path}: [budget.{budget}]", recipe.budgets.get(budget, {})),
+                  (f"{where}: budget.{budget}", member_budgets.get(budget, {})), (where, {"name": member}))
     if data_dir is not None:
         cfg.data.data_dir = str(data_dir)
     return cfg

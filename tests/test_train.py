@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from kit.config import from_dict, merge, parse_overrides
+from kit.config import layered, parse_overrides
 from kit.data import FeatureStore, load_split, split_for
 from kit.train import METRIC_COLUMNS, average_state_dicts, load_model, read_summary, train
 
@@ -16,7 +16,7 @@ def tiny_cfg(data_dir, *overrides: str):
             "model": {"d_model": 32, "ffn_dim": 64, "n_heads": 2},
             "train": {"batch_size": 16, "lr": 3e-3, "warmup_steps": 5, "max_steps": 150, "eval_every": 25,
                       "cpu_threads": 1}}
-    return from_dict(merge(base, parse_overrides(list(overrides))))
+    return layered(("tiny_cfg", base), ("--set", parse_overrides(list(overrides))))
 
 
 @pytest.fixture(scope="module")

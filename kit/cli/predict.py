@@ -11,6 +11,12 @@ from kit.cli import add_cache_option, progress_wanted
 
 
 def register(sub) -> None:
+    _register_predict(sub)
+    _register_ensemble(sub)
+    _register_checks(sub)
+
+
+def _register_predict(sub) -> None:
     p = sub.add_parser("predict", help="sliding-window prediction of a run's validation and test sets")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run dir(s) (hold config.toml and checkpoints)")
     p.add_argument("--window", type=int, default=None, help="frames per window (default: the run's infer.window)")
@@ -31,6 +37,8 @@ def register(sub) -> None:
     add_cache_option(p)
     p.set_defaults(func=cmd_predict)
 
+
+def _register_ensemble(sub) -> None:
     p = sub.add_parser("ensemble", help="calibrated auto, hard or soft vote over predicted runs -> submissions/NAME.csv",
                        description="Vote over predicted runs. With --weights auto (or --vote auto) each member "
                                    "is temperature-scaled on validation and the combination is chosen by "
@@ -53,6 +61,8 @@ def register(sub) -> None:
     p.add_argument("--out", default="submissions", help="folder for NAME.csv and NAME.json")
     p.set_defaults(func=cmd_ensemble)
 
+
+def _register_checks(sub) -> None:
     p = sub.add_parser("report", help="member vs ensemble accuracy, oracle, disagreement (+ PNG)")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run dirs already predicted with `kit predict`")
     p.add_argument("--ensemble", default=None, metavar="NAME.json",

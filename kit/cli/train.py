@@ -74,33 +74,29 @@ def register(sub) -> None:
 
 
 def resolve_train_config(args: argparse.Namespace):
-    """The RunConfig `kit train` uses: saved config (on --resume) or --config, then --set."""
-    from kit.config import DataConfig, RunConfig, from_dict, load_toml, merge, parse_overrides, to_dict
+    """The RunConfig `kit train` uses: defaults <- saved config (on --resume) or --config <- --set
+    <- --data, --minutes, --max-minutes."""
+    from kit.config import DataConfig, RunConfig, layered, load_toml, parse_overrides
 
     out = Path(args.out)
     if args.config:
-        values = load_toml(args.config)
-        where = args.config
+        file = (args.config, load_toml(args.config))
     elif args.resume and (out / "config.toml").is_file():
-        values = load_toml(out / "config.toml")
-        where = str(out / "config.toml")
+        file = (str(out / "config.toml"), load_toml(out / "config.toml"))
     else:
-        values, where = {"name": out.name}, "config"
-    values = merge(to_dict(from_dict(values, where=where)), parse_overrides(args.overrides))
-    cfg = from_dict(values, where="--set")
+        file = ("config", {"name": out.name})
+    train_flags = {"minutes": args.minutes, "max_minutes": args.max_minutes}
+    flags = {"train": {k: v for k, v in train_flags.items() if v is not None}}
     if args.data:
-        cfg.data.data_dir = args.data
-    elif cfg.data.data_dir == DataConfig.data_dir:
+        flags["data"] = {"data_dir": args.data}
+    cfg = layered(file, ("--set", parse_overrides(args.overrides)), ("command line", flags))
+    if not args.data and cfg.data.data_dir == DataConfig.data_dir:
         from kit.env import kaggle_data_dir
 
         found = kaggle_data_dir()
         if found is not None:
             print(f"kit: no --data given: using the competition data found at {found}", file=sys.stderr)
             cfg.data.data_dir = str(found)
-    if args.max_minutes is not None:
-        cfg.train.max_minutes = args.max_minutes
-    if args.minutes is not None:
-        cfg.train.minutes = args.minutes
     if cfg.name == RunConfig.name:
         cfg.name = out.name
     return cfg
