@@ -45,10 +45,11 @@ def run_accuracy_bench(recipe: str = "boss", preset: str = "hard", data: str | N
                        log=lambda m: None) -> dict:
     """Run `recipe` (its quick budget, or `minutes` of wall time for the whole recipe) on a fresh
     runs dir, score every member and the ensemble with the answer key, then train the course
-    sample for the same wall time (or `course_minutes`) and score it. stages: run the recipe a
-    second time in the same time with its pseudo-labelling and distillation stages on, and score
-    those too (the pseudo-labels' true precision next to the estimate). Writes
-    bench_accuracy.json/.md into `out`."""
+    sample for the same wall time (or `course_minutes`) and score it. stages: then run the recipe
+    again on the same runs dir with its pseudo-labelling and distillation stages on: its finished
+    members are kept and the stages get the recipe's time again (extra time, as a user adding them
+    to a finished run would); score those too, with the pseudo-labels' true precision next to the
+    estimate. Writes bench_accuracy.json/.md into `out`."""
     from kit import course as course_sample
     from kit.bench import ensure_synth
     from kit.recipe import resolve_recipe
@@ -67,8 +68,8 @@ def run_accuracy_bench(recipe: str = "boss", preset: str = "hard", data: str | N
     result = {"recipe": res["recipe"], "data": str(data_dir), "wall_minutes": wall / 60, "rows": rows,
               "time": time.strftime("%Y-%m-%d %H:%M:%S")}
     if stages:
-        log("the same recipe in the same time, with pseudo-labelling and distillation")
-        staged, staged_rows, staged_wall = _recipe_rows(recipe_path, runs / "stages", key, args, stages=True)
+        log("the same run again with pseudo-labelling and distillation (members kept)")
+        staged, staged_rows, staged_wall = _recipe_rows(recipe_path, runs, key, args, stages=True)
         rows += staged_rows
         result["stages_wall_minutes"] = staged_wall / 60
         result["pseudo"] = _pseudo_precision(staged, key)
@@ -94,12 +95,19 @@ def _recipe_rows(recipe_path: Path, runs: Path, key: Path, args: dict, stages: b
     wall = time.time() - began
     tag = " [+pseudo, distill]" if stages else ""
     rows = []
-    for m in res["members"]:
+    for m in ([] if stages else res["members"]):          # the kept members were scored before
         run_dir = Path(m["run_dir"])
         csv = _member_csv(run_dir, run_dir / "member_test.csv")
         rows.append({"name": m["name"] + tag, "kind": "member" if not stages else "staged member",
                      "val_acc": m.get("val_acc"), "minutes": m["minutes"], **_scores(csv, key)})
-    if res.get("vote0"):
+    for d in (res.get("rounds") or [{}])[-1].get("members", []):     # the fine-tuned members
+        from kit.records import PredictionIds
+
+        run_dir = Path(d)
+        csv = _member_csv(run_dir, run_dir / "member_test.csv")
+        rows.append({"name": run_dir.name, "kind": "fine-tuned member", "val_acc": PredictionIds.load(run_dir).val_acc,
+                     "minutes": _minutes(run_dir), **_scores(csv, key)})
+    if res.get("vote0") and not stages:
         rows.append({"name": f"vote before pseudo-labelling{tag}", "kind": "vote0",
                      "val_acc": res["vote0"].get("val_acc_oof"), "minutes": wall / 60,
                      **_scores(Path(res["vote0"]["csv"]), key)})
@@ -113,6 +121,12 @@ def _recipe_rows(recipe_path: Path, runs: Path, key: Path, args: dict, stages: b
         rows.append({"name": f"distilled student{tag}", "kind": "student", "val_acc": res["student"]["val_acc"],
                      "minutes": wall / 60, **_scores(Path(res["student"]["csv"]), key)})
     return res, rows, wall
+
+
+def _minutes(run_dir: Path) -> float:
+    from kit.train import read_summary
+
+    return (read_summary(run_dir) or {}).get("seconds", 0.0) / 60
 
 
 def _pseudo_precision(res: dict, key: Path) -> list[dict]:
@@ -163,8 +177,9 @@ def accuracy_markdown(result: dict) -> str:
                      f"(target +10.0: {'met' if g >= 0.10 else 'NOT met'})")
     if "pseudo_private_gain" in result:
         g = result["pseudo_private_gain"]
-        lines.append(f"- with pseudo-labelling + distillation in the same time ({result['stages_wall_minutes']:.1f} "
-                     f"min), ensemble private: {g * 100:+.1f} points (target +2.0: {'met' if g >= 0.02 else 'NOT met'})")
+        lines.append(f"- pseudo-labelling round + distillation on the finished members ({result['stages_wall_minutes']:.1f} "
+                     f"extra min), ensemble private: {g * 100:+.1f} points (target +2.0 at the same budget; this is "
+                     f"extra time)")
     for p in result.get("pseudo", []):
         est, true = p["estimated_precision"], p["true_precision"]
         gap = None if est is None or true is None else abs(true - est)

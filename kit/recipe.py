@@ -465,8 +465,12 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
 
     stage_slots = _slots(workers, len(chosen))        # fine-tunes after the vote: one per member
 
-    def minutes_left(end: float, jobs_left: int, floor: bool = True, slots: list = stage_slots) -> float:
-        """Training minutes per job for a stage that must end at `end` x the recipe's minutes."""
+    def minutes_left(end: float, jobs_left: int, floor: bool = True, slots: list = stage_slots,
+                     share: float | None = None) -> float:
+        """Training minutes per job for a stage that must end at `end` x the recipe's minutes; with
+        --member-minutes M, a stage taking `share` of the time gets M x share / (1 - stages)."""
+        if per_member_minutes:
+            return per_member_minutes * (1.0 if share is None else share / max(1.0 - stages, 0.1))
         return member_minutes(minutes * end, time.time() - began, jobs_left, max(len(slots), 1), predict_s, floor)
 
     if timed:
@@ -527,7 +531,7 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
             config_for=lambda name: member_config(recipe, name, budget, data_dir), train_jobs=train_jobs,
             ensemble=lambda dirs, name: _ensemble(recipe, dirs, name, submissions),
             predict=lambda d: _predict(d, recipe.after["which"], store, progress, log), log=log, progress=progress,
-            timed=bool(minutes) and not per_member_minutes, minutes_left=minutes_left)
+            timed=bool(minutes or per_member_minutes), minutes_left=minutes_left)
         _after(recipe, run_dirs, store, data_dir, result, progress, log, submissions, ctx, stages)
     result["minutes"] = (time.time() - began) / 60
     return result

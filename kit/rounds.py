@@ -76,8 +76,8 @@ class StageContext:
     log: Callable
     progress: bool
     timed: bool                                 # a time budget: stage minutes from the time left
-    minutes_left: Callable                      # (end, n_jobs) -> training minutes per job, for a stage
-                                                # that must end at `end` x the recipe's time
+    minutes_left: Callable                      # (end, n_jobs, share=) -> training minutes per job, for a
+                                                # stage that must end at `end` x the recipe's time
 
 
 def pseudo_rounds(ctx: StageContext, opts: dict, names: list[str], run_dirs: list[Path], result: dict,
@@ -98,7 +98,8 @@ def pseudo_rounds(ctx: StageContext, opts: dict, names: list[str], run_dirs: lis
             break
         jobs = _fine_tune_jobs(ctx, opts, names, run_dirs, rec.csv, r)
         round_end = start + opts["share"] * r / opts["rounds"]
-        ctx.train_jobs(jobs, (lambda left, e=round_end: ctx.minutes_left(e, left)) if ctx.timed else None)
+        per_round = opts["share"] / opts["rounds"]
+        ctx.train_jobs(jobs, (lambda left, e=round_end: ctx.minutes_left(e, left, share=per_round)) if ctx.timed else None)
         run_dirs = [ctx.root / f"{n}-pl{r}" for n in names]
         for d in run_dirs:
             ctx.predict(d)
@@ -162,7 +163,8 @@ def distill_stage(ctx: StageContext, opts: dict, run_dirs: list[Path], result: d
         began = time.time()
         student.mkdir(parents=True, exist_ok=True)
         write_json(record, teachers)
-        distill(run_dirs, student, overrides=overrides, minutes=ctx.minutes_left(1.0, 1) if ctx.timed else None,
+        distill(run_dirs, student, overrides=overrides,
+                minutes=ctx.minutes_left(1.0, 1, share=opts["share"]) if ctx.timed else None,
                 temperature=opts["temperature"], distill_weight=opts["weight"],
                 resume=(student / "last.pt").is_file(), progress=ctx.progress, log=ctx.log)
         ctx.log(f"student trained and predicted in {(time.time() - began) / 60:.1f} min")
