@@ -156,3 +156,22 @@ def test_compiled_training_saves_plain_checkpoints(tiny_data, tmp_path, monkeypa
     assert not any(k.startswith("_orig_mod") for k in saved)
     model, _ = load_model(tmp_path / "run", "best")
     assert set(model.state_dict()) == set(saved)
+
+
+def test_step_timer_callback_sees_the_session(tiny_data, tmp_path):
+    from kit.train import StepTimer
+
+    timer, events = StepTimer(), []
+
+    class Spy:
+        def on_step(self, trainer):
+            events.append(trainer.state.step)
+
+        def on_evaluated(self, trainer, seconds):
+            events.append(("eval", trainer.state.step))
+
+    summary = train(tiny_cfg(tiny_data, "train.max_steps=12", "train.eval_every=6"), tmp_path / "run",
+                    progress=False, callbacks=[timer, Spy()])
+    assert timer.steps == summary["step"] == 12
+    assert 0 < timer.seconds <= timer.window[1] - timer.window[0]
+    assert events[:7] == [1, 2, 3, 4, 5, 6, ("eval", 6)] and events[-1] == ("eval", 12)

@@ -80,7 +80,8 @@ def end_distributed() -> None:
 
 # ---------------------------------------------------------------- the entry point
 def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: bool = True,
-          store: FeatureStore | None = None, stop_after: int | None = None, budget: str | None = None) -> dict:
+          store: FeatureStore | None = None, stop_after: int | None = None, budget: str | None = None,
+          callbacks=()) -> dict:
     """Train one model into run_dir and return its summary (also written as summary.json).
 
     cfg is completed in place from the data: data_dir (absolute), n_mels and n_classes.
@@ -90,6 +91,8 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
 
     stop_after: a test hook that stops as if interrupted after that many steps (last.pt kept,
     no summary), so resuming can be checked against an uninterrupted run.
+    callbacks: objects with any of on_train_begin(trainer), on_step(trainer), on_evaluated(trainer,
+    seconds), on_train_end(trainer, summary) -- e.g. StepTimer, for benchmarks.
     """
     from kit.config import validate
     from kit.runs import check_start, clean_leftovers, run_lock
@@ -101,8 +104,28 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
         check_start(run_dir, resume)
         if primary:
             clean_leftovers(run_dir)
-        trainer = Trainer(cfg, run_dir, store, progress, budget, resume)
+        trainer = Trainer(cfg, run_dir, store, progress, budget, resume, callbacks)
         return trainer.run(stop_after)
+
+
+class StepTimer:
+    """A train() callback for benchmarks: this session's training steps, the seconds they took
+    without evaluations, and the wall-clock window of the loop."""
+
+    def __init__(self):
+        self.steps, self.seconds, self.window = 0, 0.0, [0.0, 0.0]
+        self._evals = 0.0
+
+    def on_train_begin(self, trainer) -> None:
+        self.window[0], self._first_step = time.time(), trainer.state.step
+
+    def on_evaluated(self, trainer, seconds: float) -> None:
+        self._evals += seconds
+
+    def on_train_end(self, trainer, summary: dict) -> None:
+        self.window[1] = time.time()
+        self.steps = trainer.state.step - self._first_step
+        self.seconds = self.window[1] - self.window[0] - self._evals
 
 
 @dataclass
@@ -124,11 +147,11 @@ class Trainer:
     """One run being trained: set up in __init__, then run() = resume, steps, evaluations, finish."""
 
     def __init__(self, cfg: RunConfig, run_dir: Path, store: FeatureStore | None, progress: bool,
-                 budget: str | None, resume: bool):
+                 budget: str | None, resume: bool, callbacks=()):
         from timm.optim import create_optimizer_v2
         from timm.utils import ModelEmaV3
 
-        self.cfg, self.run_dir, self.resuming = cfg, run_dir, resume
+        self.cfg, self.run_dir, self.resuming, self.callbacks = cfg, run_dir, resume, list(callbacks)
         self.clock = Clock(began=time.time())
         acc = self.accelerator = make_accelerator(resolve_precision(cfg.train.mixed_precision))
         self.device, self.rank, self.world, self.main = acc.device, acc.process_index, acc.num_processes, \
@@ -191,14 +214,21 @@ class Trainer:
             raise KitError(f"{path}: checkpoint not found (train.init_from)")
         load_weights(net, load_checkpoint(path)["model"], path)
 
+    def _call(self, event: str, *args) -> None:
+        for cb in self.callbacks:
+            if hasattr(cb, event):
+                getattr(cb, event)(self, *args)
+
     # -------------------------------------------------------------- run
     def run(self, stop_after: int | None = None) -> dict:
         self.resume()
         self.write_run_files()
         self.prepare()
+        self._call("on_train_begin")
         st = self.state
         while st.step < st.plan.total:
             self.train_step()
+            self._call("on_step")
             time_up = self.time_up()
             if st.plan.eval_due(st.step) or time_up:
                 if self.evaluate(time_up):
@@ -321,6 +351,7 @@ class Trainer:
         self.checkpoint()
         st.plan.evaluated(time.time() - began)
         self.clock.eval_seconds += time.time() - began
+        self._call("on_evaluated", time.time() - began)
         if cfg.train.patience > 0 and st.bad_evals >= cfg.train.patience:
             self.stopped = "early_stop"
             return True
@@ -351,14 +382,11 @@ class Trainer:
         """summary.json (+ avg.pt and curves.png)."""
         st, cfg, clock = self.state, self.cfg, self.clock
         self.bar.close()
-        loop_window = [clock.loop_began, time.time()]      # wall-clock span of the steps, for zoo benchmarks
         summary = {"name": cfg.name, "params": self.n_params, "best_val_acc": st.best_acc, "best_step": st.best_step,
                    "step": st.step, "total_steps": st.plan.total, "stopped_reason": self.stopped,
                    "seconds": clock.seconds(), "n_train": int(len(self.split.train)), "n_val": int(len(self.split.val)),
                    "device": str(self.device), "processes": self.world,
-                   "mixed_precision": self.accelerator.mixed_precision, "weights_sha1": weights_digest(st.eval_model),
-                   "train_seconds": time.time() - clock.loop_began - clock.eval_seconds,   # this session's steps only
-                   "train_steps": st.step - clock.steps_before, "loop_window": loop_window}
+                   "mixed_precision": self.accelerator.mixed_precision, "weights_sha1": weights_digest(st.eval_model)}
         if self.targets.n_pseudo or self.targets.n_teacher:
             summary.update(n_pseudo=self.targets.n_pseudo, n_teacher=self.targets.n_teacher)
         if cfg.train.average_last > 0:
@@ -367,6 +395,7 @@ class Trainer:
             if self.metrics:
                 plot_curves(self.metrics, self.run_dir / "curves.png")
             write_json(self.run_dir / "summary.json", summary)
+        self._call("on_train_end", summary)
         self.accelerator.wait_for_everyone()
         return summary
 
