@@ -14,7 +14,8 @@ import pytest
 import kit.env
 from kit.cli import main
 from kit.env import cache_dir, kaggle_data_dir, progress_visible
-from kit.recipe import Deadline, ensure_data, run_recipe
+from kit.budget import Deadline
+from kit.recipe import ensure_data, run_recipe
 
 TRAIN_SMALL = ["--no-progress", "--set", "data.segment_len=48", "--set", "data.store_dtype=float32",
                "--set", "model.d_model=16", "--set", "model.ffn_dim=32", "--set", "train.max_steps=12",
@@ -126,7 +127,7 @@ def test_max_hours_stops_members_cleanly_and_a_rerun_continues(tiny_data, nb_rec
 
 
 def test_a_deadline_gives_each_member_what_is_left(monkeypatch):
-    from kit.recipe import AFTER_SECONDS, MIN_MEMBER_SECONDS, START_SECONDS, STOP_SHARE
+    from kit.budget import AFTER_SECONDS, MIN_MEMBER_SECONDS, START_SECONDS, STOP_SHARE
 
     logs: list[str] = []
     deadline = Deadline(1.0, time.time(), own={"capped": 5.0})

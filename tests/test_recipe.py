@@ -115,7 +115,7 @@ def test_members_can_train_in_some_budgets_only(tiny_recipe):
 
 def test_a_recipe_wall_time_is_shared_among_members(tiny_data, tiny, tmp_path):
     """`--minutes`: each member left to train gets its share as train.minutes and fits its steps to it."""
-    from kit.recipe import member_minutes
+    from kit.budget import member_minutes
 
     each = member_minutes(10.0, spent_seconds=30.0, n_jobs=4, n_slots=2)
     assert 3.0 < each < 4.5                        # two rounds of two members in about 9 minutes
@@ -144,7 +144,7 @@ def test_members_get_their_time_share_as_they_start(tmp_path):
     many members are left then (so a late round gets what an overrunning first round left)."""
     import sys
 
-    from kit.recipe import _run_parallel
+    from kit.workers import run_parallel as _run_parallel
 
     tasks = []
     for name in ("a", "b", "c"):
