@@ -42,14 +42,15 @@ def run_accuracy_bench(recipe: str = "boss", preset: str = "hard", data: str | N
                        minutes: float | None = None, per_member_minutes: float | None = None,
                        out: str | Path = ".", runs: str | Path = "runs-bench", cache: str | Path = "data",
                        course: bool = True, course_minutes: float | None = None, stages: bool = False,
-                       log=lambda m: None) -> dict:
+                       stage_minutes: float | None = None, log=lambda m: None) -> dict:
     """Run `recipe` (its quick budget, or `minutes` of wall time for the whole recipe) on a fresh
     runs dir, score every member and the ensemble with the answer key, then train the course
     sample for the same wall time (or `course_minutes`) and score it. stages: then run the recipe
     again on the same runs dir with its pseudo-labelling and distillation stages on: its finished
     members are kept and the stages get the recipe's time again (extra time, as a user adding them
     to a finished run would); score those too, with the pseudo-labels' true precision next to the
-    estimate. Writes bench_accuracy.json/.md into `out`."""
+    estimate; stage_minutes: that second run's wall time (default: the recipe's). Writes
+    bench_accuracy.json/.md into `out`."""
     from kit import course as course_sample
     from kit.bench import ensure_synth
     from kit.recipe import resolve_recipe
@@ -69,7 +70,8 @@ def run_accuracy_bench(recipe: str = "boss", preset: str = "hard", data: str | N
               "time": time.strftime("%Y-%m-%d %H:%M:%S")}
     if stages:
         log("the same run again with pseudo-labelling and distillation (members kept)")
-        staged, staged_rows, staged_wall = _recipe_rows(recipe_path, runs, key, args, stages=True)
+        staged_args = {**args, "minutes": stage_minutes or minutes, "per_member_minutes": None}
+        staged, staged_rows, staged_wall = _recipe_rows(recipe_path, runs, key, staged_args, stages=True)
         rows += staged_rows
         result["stages_wall_minutes"] = staged_wall / 60
         result["pseudo"] = _pseudo_precision(staged, key)
@@ -88,7 +90,7 @@ def run_accuracy_bench(recipe: str = "boss", preset: str = "hard", data: str | N
 
 def _recipe_rows(recipe_path: Path, runs: Path, key: Path, args: dict, stages: bool):
     """Run the recipe into `runs` and score its members, ensemble(s) and student: (result, rows, wall)."""
-    from kit.recipe import run_recipe
+    from kit.zoo import run_recipe
 
     began = time.time()
     res = run_recipe(recipe_path, runs=str(runs), submissions=runs, pseudo=stages, distill=stages, **args)

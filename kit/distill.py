@@ -80,5 +80,13 @@ def distill(run_dirs, out, config: str | None = None, overrides=(), minutes: flo
     log(f"distilling {len(list(run_dirs))} member(s) ({fit['method']} vote) into {out}"
         + (f", starting from {Path(cfg.train.init_from).parent.name}" if cfg.train.init_from else ""))
     summary = train(cfg, out, resume=resume, progress=progress)
-    pred = predict_run(out, which="last", progress=progress)
+    mode = _mode(best_member(run_dirs)) if cfg.train.init_from else "auto"
+    pred = predict_run(out, which="last", progress=progress,     # the best member's mode: validation once
+                       **({"mode": mode, "compare": False} if mode != "auto" else {}))
     return {"summary": summary, "pred": pred, "teacher": fit, "run_dir": str(out)}
+
+
+def _mode(run_dir: Path) -> str:
+    from kit.records import PredictionIds
+
+    return PredictionIds.load(run_dir).inference_mode

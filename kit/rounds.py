@@ -64,7 +64,7 @@ def stages_share(after: dict) -> float:
 
 @dataclass
 class StageContext:
-    """What the stages need from the recipe run (kit.recipe builds it)."""
+    """What the stages need from the recipe run (kit.zoo.RecipeRun.stage_context builds it)."""
     name: str                                   # the recipe's name: submission file names
     root: Path                                  # runs/<recipe>
     which: str                                  # the checkpoint members are predicted from

@@ -19,7 +19,7 @@ from kit.cli import main
 from kit.data import FeatureStore
 from kit.errors import KitError
 from kit.kaggle import append_ledger, read_ledger, update_ledger
-from kit.recipe import run_recipe
+from kit.zoo import run_recipe
 from kit.runs import run_lock
 from kit.train import load_model
 

@@ -15,7 +15,8 @@ import kit.env
 from kit.cli import main
 from kit.env import cache_dir, kaggle_data_dir, progress_visible
 from kit.budget import Deadline
-from kit.recipe import ensure_data, run_recipe
+from kit.recipe import ensure_data
+from kit.zoo import run_recipe
 
 TRAIN_SMALL = ["--no-progress", "--set", "data.segment_len=48", "--set", "data.store_dtype=float32",
                "--set", "model.d_model=16", "--set", "model.ffn_dim=32", "--set", "train.max_steps=12",

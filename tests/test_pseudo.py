@@ -179,7 +179,7 @@ distill = { share = 0.2 }
 
 def test_recipe_pseudo_round_and_student(tiny_data, tmp_path):
     from kit.records import SubmissionManifest
-    from kit.recipe import run_recipe
+    from kit.zoo import run_recipe
 
     recipe = tmp_path / "tinypl.toml"
     recipe.write_text(ROUNDS)

@@ -9,7 +9,8 @@ import pytest
 
 from kit.cli import main
 from kit.errors import KitError
-from kit.recipe import load_recipe, member_config, run_recipe
+from kit.recipe import load_recipe, member_config
+from kit.zoo import run_recipe
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 

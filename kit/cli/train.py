@@ -138,7 +138,7 @@ def train_main(argv: list[str]) -> int:
 
 
 def cmd_recipe_run(args: argparse.Namespace) -> int:
-    from kit.recipe import run_recipe
+    from kit.zoo import run_recipe
 
     def log(message: str) -> None:
         print(f"kit: {message}", file=sys.stderr, flush=True)

@@ -1,0 +1,390 @@
+"""Running a recipe: train its members (here, in worker processes, or through a launcher), then
+predict, vote, the stages after the vote (kit.rounds) and submit, as its [after] table says.
+Re-running continues: finished members are kept, half-finished ones resume."""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kit.budget import AFTER_SECONDS, Deadline, member_minutes, predict_seconds
+from kit.config import RunConfig, dump_toml, to_dict
+from kit.errors import KitError
+from kit.recipe import BUDGETS, Recipe, ensure_data, is_synthetic, load_recipe, member_config
+from kit.rounds import DISTILL_DEFAULTS, PSEUDO_DEFAULTS, StageContext, enabled, stages_share
+from kit.workers import run_parallel, slots_for
+
+
+def run_recipe(path: str | Path, data: str | None = None, budget: str | None = None, runs: str = "runs",
+               only: list[str] | None = None, after: bool = True, progress: bool = True, log=None,
+               workers: int | None = None, minutes: float | None = None,
+               per_member_minutes: float | None = None, submit: bool | None = None,
+               submissions: str | Path = "submissions", fresh: bool = False,
+               max_hours: float | None = None, pseudo: bool | None = None, distill: bool | None = None,
+               launcher=None, ensemble: str | None = None) -> dict:
+    """Train the recipe's members (skipping finished ones, resuming half-finished ones), then
+    predict, ensemble and submit as its [after] table says. Returns everything the CLI prints.
+
+    workers: members trained at once (default: one per GPU, or one per CPU core on a CPU).
+    minutes: a wall-clock allowance for the whole recipe, shared among the members left to train
+    (each member's train.minutes); per_member_minutes: the same per member. Either replaces the
+    members' own train.minutes; each member fits its LR schedule to its time.
+    fresh: move the chosen members' old run dirs aside (RUNS/<recipe>.old-<time>/) and train
+    them again. Without it, a member made from other data, settings or budget is refused.
+    pseudo, distill: turn the recipe's [after] pseudo / distill stage on or off (None: as the
+    recipe says; a stage the recipe does not set up gets kit.rounds' defaults).
+    max_hours: a hard stop for this call, e.g. the time left in a notebook session (see Deadline):
+    members are stopped with a checkpoint or not started, and the after stages wait until every
+    member has finished; calling again (next session) continues from the run dirs.
+    launcher: where the members train when not here (kit.launch: Kaggle kernels, Slurm jobs); their
+    run dirs come back under RUNS/<recipe>/ and the after stages run here. ensemble: replaces the
+    recipe's [after] ensemble ("none": train and predict only, as a launcher's job does).
+    """
+    for value, flag in ((minutes, "--minutes"), (per_member_minutes, "--member-minutes"),
+                        (max_hours, "--max-hours")):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise KitError(f"{flag} {value}: must be a positive number of minutes")
+    run = RecipeRun.open(path, data, budget, runs, only, progress, log, workers, submissions,
+                         {"submit": submit, "ensemble": ensemble, "pseudo": pseudo, "distill": distill})
+    if fresh:
+        _start_over(run.root, run.chosen, run.log)
+    _check_members(run.root, run.chosen, run.recipe, run.budget, run.data_dir, run.store)
+    jobs, skipped = run.jobs()
+    if launcher is not None and jobs:      # trained elsewhere; max_hours bounds each remote job, not this call
+        launcher.train(run.recipe, [j[0] for j in jobs], run.root, run.budget, run.data_dir, run.log,
+                       minutes=minutes, per_member_minutes=per_member_minutes, max_hours=max_hours, fresh=fresh)
+        jobs, max_hours = [], None
+    slots = slots_for(workers, len(jobs))
+    share, deadline = run.plan_time(jobs, slots, minutes, per_member_minutes, max_hours, after)
+    run.train_jobs(jobs, share, deadline, slots)
+    result = run.results(skipped, deadline)
+    if deadline is not None and after:
+        after = _in_time(deadline, result, [Path(m["run_dir"]) for m in result["members"]],
+                         run.recipe.after["which"])
+    if after:
+        _after(run, result)
+    result["minutes"] = (time.time() - run.began) / 60
+    return result
+
+
+@dataclass
+class RecipeRun:
+    """One call of run_recipe: the recipe, its data, where its members go, and how its time is
+    shared (members first, then the stages after the vote)."""
+    recipe: Recipe
+    budget: str
+    data_dir: Path
+    store: object                               # kit.data.FeatureStore
+    root: Path                                  # RUNS/<recipe>
+    chosen: list
+    log: object
+    progress: bool
+    workers: int | None
+    submissions: Path
+    began: float = field(default_factory=time.time)
+    minutes: float | None = None                # the recipe's wall time (None: no time budget)
+    per_member_minutes: float | None = None
+    predict_s: float = 0.0                      # one member's prediction (seconds)
+    stages: float = 0.0                         # the share of the time the stages after the vote take
+    after: bool = True                          # predict (in the workers), ensemble, the stages, submit
+
+    @classmethod
+    def open(cls, path, data, budget, runs, only, progress, log, workers, submissions, overrides) -> "RecipeRun":
+        """Load the recipe (with the command line's [after] overrides), find the data, choose the
+        budget and members, open the packed store."""
+        from kit.data import FeatureStore
+
+        began, log = time.time(), log or (lambda message: None)
+        recipe = load_recipe(path)
+        for key in ("submit", "ensemble"):
+            if overrides[key] is not None:
+                recipe.after[key] = overrides[key]
+        for key, defaults in (("pseudo", PSEUDO_DEFAULTS), ("distill", DISTILL_DEFAULTS)):
+            if overrides[key] is not None:
+                recipe.after[key] = {**(recipe.after[key] or defaults), "enabled": overrides[key]}
+        data_dir = ensure_data(data, log)
+        budget = budget or ("quick" if is_synthetic(data_dir) else "full")
+        if budget not in BUDGETS:
+            raise KitError(f"budget {budget!r}: choose quick or full")
+        names = recipe.members_for(budget)
+        for name in only or []:
+            if name not in names:
+                raise KitError(f"{recipe.path}: --only {name}: no such member; members: {', '.join(names)}")
+        chosen = [n for n in names if not only or n in only]
+        dtype = member_config(recipe, chosen[0], budget).data.store_dtype
+        store = FeatureStore.open(data_dir, dtype, progress=progress)
+        return cls(recipe, budget, data_dir, store, Path(runs) / recipe.name, chosen, log, progress, workers,
+                   Path(submissions), began)
+
+    def config(self, name: str) -> RunConfig:
+        return member_config(self.recipe, name, self.budget, self.data_dir)
+
+    def jobs(self) -> tuple[list, set]:
+        """[(name, cfg, run_dir, resume)] for the members left to train, and the finished ones' names."""
+        from kit.train import read_summary
+
+        jobs, skipped = [], set()
+        for name in self.chosen:
+            run_dir = self.root / name
+            summary = read_summary(run_dir)
+            if summary is not None and summary.get("stopped_reason") != "time":   # "time": a session's limit
+                self.log(f"{name}: already finished in {run_dir}, skipped")
+                skipped.add(name)
+                continue
+            jobs.append((name, self.config(name), run_dir, (run_dir / "last.pt").is_file()))
+        return jobs, skipped
+
+    def plan_time(self, jobs, slots, minutes, per_member_minutes, max_hours, after: bool):
+        """Each member's training minutes (share: members left -> minutes, re-shared as each
+        starts; None without a time budget) and the --max-hours Deadline (or None)."""
+        if not per_member_minutes:
+            minutes = minutes or self.recipe.minutes.get(self.budget)
+        self.minutes, self.per_member_minutes = minutes, per_member_minutes
+        if minutes or per_member_minutes or max_hours:  # one member's prediction; no slots: a CPU's cost
+            self.predict_s = predict_seconds(self.store, self.config(self.chosen[0]).data.val_fraction,
+                                             bool(slots) and "GPU" in slots[0]["label"])
+        self.after = after
+        self.stages = stages_share(self.recipe.after) if after else 0.0
+        share = None
+        if jobs and (minutes or per_member_minutes):
+            def member_share(members_left: int, floor: bool = True) -> float:
+                if per_member_minutes:
+                    return per_member_minutes
+                # Re-shared as each member starts, so members that start late get what the earlier
+                # ones left: a first round that overran (a slow prediction, a busy machine) is made up.
+                return self.minutes_left(1.0 - self.stages, members_left, floor, slots)
+
+            share = member_share
+            each = share(len(jobs), floor=False)          # refuses an allowance too small to start
+            self.log(f"time budget: {each:.2f} training minutes per member, {len(slots)} at a time"
+                     + (" (re-shared as each member starts)" if not per_member_minutes else "")
+                     + (f"; {self.stages:.0%} of the time kept for pseudo-labelling/distillation"
+                        if self.stages else ""))
+            for _, cfg, _, _ in jobs:
+                cfg.train.minutes = each
+        deadline = None
+        if max_hours:
+            deadline = Deadline(max_hours, self.began, {j[0]: j[1].train.max_minutes for j in jobs}, self.predict_s)
+        return share, deadline
+
+    def minutes_left(self, end: float, jobs_left: int, floor: bool = True, slots: list | None = None,
+                     share: float | None = None) -> float:
+        """Training minutes per job for a stage that must end at `end` x the recipe's minutes; with
+        --member-minutes M, a stage taking `share` of the time gets M x share / (1 - stages)."""
+        if self.per_member_minutes:
+            return self.per_member_minutes * (1.0 if share is None else share / max(1.0 - self.stages, 0.1))
+        slots = slots_for(self.workers, len(self.chosen)) if slots is None else slots
+        return member_minutes(self.minutes * end, time.time() - self.began, jobs_left, max(len(slots), 1),
+                              self.predict_s, floor)
+
+    def train_jobs(self, jobs: list, share, deadline: Deadline | None = None, slots: list | None = None) -> None:
+        """Train (and, in worker processes, predict) jobs [(name, cfg, run_dir, resume)]: in worker
+        processes when there are several slots, else here, one after another."""
+        from kit.train import train
+
+        slots = slots_for(self.workers, len(self.chosen)) if slots is None else slots
+        if len(slots) > 1:
+            on_cpu = "CPU" in slots[0]["label"]
+            tasks = [_member_task(self.recipe, job, on_cpu, self.after, self.budget) for job in jobs]
+            run_parallel(tasks, slots, self.log, share, deadline)
+            return
+        for k, (name, cfg, run_dir, resume) in enumerate(jobs):
+            if deadline is not None:
+                limit = deadline.member_minutes(name, self.log, predictions=k + 1)     # predicted at the end
+                if limit is None:
+                    deadline.not_started += [j[0] for j in jobs[k:]]
+                    break
+                cfg.train.max_minutes = limit
+            if share is not None:
+                cfg.train.minutes = share(len(jobs) - k)
+            self.log(f"training {name} -> {run_dir}{' (resuming)' if resume else ''}")
+            train(cfg, run_dir, resume=resume, progress=self.progress, store=self.store, budget=self.budget)
+
+    def results(self, skipped: set, deadline: Deadline | None) -> dict:
+        """The members' rows for the table (from their summary.json)."""
+        from kit.train import read_summary
+
+        result = {"recipe": self.recipe.name, "budget": self.budget, "data": str(self.data_dir), "members": []}
+        for name in self.chosen:
+            s = read_summary(self.root / name) or {}
+            result["members"].append({"name": name, "run_dir": str(self.root / name), "params": s.get("params", 0),
+                                      "val_acc": s.get("best_val_acc"), "step": s.get("step", 0),
+                                      "minutes": s.get("seconds", 0.0) / 60, "note": _note(s, name in skipped)})
+            if deadline is not None and name in deadline.not_started and not s:
+                result["members"][-1]["note"] = "not started (--max-hours; re-run continues)"
+        return result
+
+    def stage_context(self) -> StageContext:
+        which = self.recipe.after["which"]
+        return StageContext(
+            name=self.recipe.name, root=self.root, which=which, budget=self.budget, config_for=self.config,
+            train_jobs=self.train_jobs, ensemble=lambda dirs, name: _ensemble(self.recipe, dirs, name, self.submissions),
+            predict=lambda d: _predict(d, which, self.store, self.progress, self.log), log=self.log,
+            progress=self.progress, timed=bool(self.minutes or self.per_member_minutes),
+            minutes_left=self.minutes_left)
+
+
+def _is_predicted(run_dir: Path, which: str) -> bool:
+    """val/test probabilities written after the checkpoint they come from."""
+    ckpt = run_dir / f"{which}.pt"
+    probs = [run_dir / "val_probs.npy", run_dir / "test_probs.npy"]
+    return ckpt.is_file() and all(p.is_file() and p.stat().st_mtime >= ckpt.stat().st_mtime for p in probs)
+
+
+def _member_task(recipe: Recipe, job, on_cpu: bool, after: bool,
+                 budget: str | None = None) -> tuple[str, Path, list[list[str]]]:
+    """The commands a worker runs for one member: train it, then (when the recipe predicts) predict it."""
+    from kit.fsio import write_text
+
+    name, cfg, run_dir, resume = job
+    if on_cpu:
+        cfg.train.cpu_threads = 1           # one core each; more threads only fight each other
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(run_dir / "member.toml", dump_toml(to_dict(cfg)))
+    cmds = [[sys.executable, "-m", "kit.train", "--out", str(run_dir), "--config", str(run_dir / "member.toml"),
+             "--no-progress"] + (["--resume"] if resume else []) + (["--budget", budget] if budget else [])]
+    if after and recipe.after["predict"]:
+        fine_tune = cfg.train.init_from and cfg.infer.mode in ("full", "sliding")   # kit.rounds: source's mode
+        cmds.append([sys.executable, "-m", "kit", "predict", str(run_dir), "--which", recipe.after["which"]]
+                    + (["--mode", cfg.infer.mode, "--no-compare"] if fine_tune else []))
+    return name, run_dir, cmds
+
+
+def _start_over(root: Path, names: list[str], log) -> None:
+    """--fresh: move the members' run dirs into one <root>.old-<time>/ (nothing is deleted)."""
+    from kit.runs import move_aside, old_name
+
+    dest = old_name(root)
+    for name in names:
+        if (root / name).exists():
+            log(f"{name}: starting over; the old run moved to {move_aside(root / name, dest / name)}")
+
+
+def _check_members(root: Path, names: list[str], recipe: Recipe, budget: str, data_dir: Path, store) -> None:
+    """Refuse, before any training, a member another process is training, one whose run was made
+    from other data, settings or budget, and one that cannot resume (last.pt gone)."""
+    from kit.runs import describe, holds_run, lock_holder, reuse_changes, run_identity
+
+    stale = []
+    for name in names:
+        run_dir = root / name
+        pid = lock_holder(run_dir)
+        if pid:
+            raise KitError(f"{run_dir}: a trainer (pid {pid}) is working on this member now (another "
+                           "`kit recipe run`?); wait for it to finish or stop it")
+        changes = reuse_changes(run_dir, run_identity(member_config(recipe, name, budget, data_dir), store, budget))
+        if changes:
+            stale.append((run_dir, changes))
+        elif holds_run(run_dir) == "unfinished" and not (run_dir / "last.pt").is_file():
+            raise KitError(f"{run_dir}/last.pt: missing, so member {name} cannot resume (its best.pt is kept); "
+                           "re-run with --fresh to train it again (the old run is moved aside)")
+    if stale:
+        run_dir, changes = stale[0]
+        others = f" (and {len(stale) - 1} other member(s))" if len(stale) > 1 else ""
+        raise KitError(f"{run_dir}: not what the recipe now asks for: {describe(changes)}{others}; "
+                       f"re-run with --fresh to train again (old members are moved to {root}.old-<time>), "
+                       "or with --runs OTHER to keep both")
+
+
+def _note(summary: dict, skipped: bool) -> str:
+    if skipped:
+        return "finished earlier"
+    reason = summary.get("stopped_reason", "not trained")
+    if reason == "time":
+        return "stopped at its time limit (re-run continues)"
+    return "" if reason == "budget" else reason
+
+
+def _in_time(deadline: Deadline, result: dict, run_dirs: list[Path], which: str) -> bool:
+    """--max-hours: whether predict, ensemble and submit go ahead now: only when every member has
+    finished and their predictions and the end fit before the deadline; else result["resume"]
+    says what the next session's re-run will do."""
+    unfinished = [m["name"] for m in result["members"] if m["note"].startswith(("stopped at", "not started"))]
+    if unfinished:
+        result["resume"] = (f"{len(unfinished)} member(s) not finished before the --max-hours deadline "
+                            f"({', '.join(unfinished)}): re-run the same command (next session) to continue "
+                            "them; predict, ensemble and submit follow once every member has finished")
+    else:
+        needed = AFTER_SECONDS + deadline.predict * sum(not _is_predicted(d, which) for d in run_dirs)
+        if deadline.time_for_after(needed):
+            return True
+        result["resume"] = (f"every member has finished, but predict, ensemble and submit (about "
+                            f"{needed / 60:.1f} min) do not fit before the --max-hours deadline: re-run the "
+                            "same command (next session) to do them")
+    return False
+
+
+def _predict(run_dir: Path, which: str, store, progress: bool, log) -> dict | None:
+    """Predict a run dir unless its predictions are newer than its checkpoint (a fine-tune of
+    kit.rounds: in its source member's mode only)."""
+    from kit.infer import predict_run
+    from kit.train import load_config
+
+    if _is_predicted(run_dir, which):       # by its worker, or by an earlier run
+        return None
+    log(f"predicting {run_dir.name}")
+    cfg = load_config(run_dir)
+    fine_tune = bool(cfg.train.init_from) and cfg.infer.mode in ("full", "sliding")
+    return predict_run(run_dir, store=store, which=which, progress=progress,
+                       **({"mode": cfg.infer.mode, "compare": False} if fine_tune else {}))
+
+
+def _ensemble(recipe: Recipe, run_dirs: list[Path], name: str, submissions) -> dict:
+    from kit.ensemble import ensemble_runs
+
+    plan = recipe.after
+    weights = "auto" if plan["weights"] == "auto" else None
+    vote = plan["ensemble"] if len(run_dirs) > 1 else "hard"     # one run: its own predictions
+    return ensemble_runs(run_dirs, vote=vote, weights=weights, name=name, out_dir=submissions)
+
+
+def _after(run: RecipeRun, result: dict) -> None:
+    """predict -> ensemble -> (pseudo-labelling rounds, distillation) -> submit, as far as the
+    recipe's [after] table asks."""
+    from kit.kaggle import recipe_submit
+    from kit.records import PredictionIds
+    from kit.report import format_report, report_runs
+    from kit.rounds import distill_stage, pseudo_rounds
+
+    recipe, log, submissions, plan = run.recipe, run.log, run.submissions, run.recipe.after
+    run_dirs = [Path(m["run_dir"]) for m in result["members"]]
+    if not plan["predict"]:
+        return
+    for run_dir, member in zip(run_dirs, result["members"]):
+        member["pred"] = _predict(run_dir, plan["which"], run.store, run.progress, log)
+    for run_dir, member in zip(run_dirs, result["members"]):     # the table shows predicted accuracy
+        ids = PredictionIds.load(run_dir)
+        if ids.val_acc is not None:
+            member["val_acc"], member["mode"] = ids.val_acc, ids.inference_mode
+    if plan["ensemble"] == "none":
+        return
+    log(f"ensembling {len(run_dirs)} member(s) by {plan['ensemble']} vote")
+    rounds = enabled(plan, "pseudo") is not None
+    ens = _ensemble(recipe, run_dirs, f"{recipe.name}-vote0" if rounds else recipe.name, submissions)
+    if rounds:
+        result["vote0"] = {"val_acc": ens["val_acc"], "val_acc_oof": ens.get("oof_acc"), "csv": str(ens["csv"])}
+        names = [m["name"] for m in result["members"]]
+        run_dirs = pseudo_rounds(run.stage_context(), plan["pseudo"], names, run_dirs, result, 1.0 - run.stages)
+        if result["rounds"]:
+            log(f"ensembling the {len(run_dirs)} fine-tuned member(s) by {plan['ensemble']} vote")
+        ens = _ensemble(recipe, run_dirs, recipe.name, submissions)     # no round: the same vote
+    result["ensemble"] = {"vote": plan["ensemble"], "val_acc": ens["val_acc"], "csv": str(ens["csv"]),
+                          "manifest": str(ens["manifest"]), "table": ens.get("table"),
+                          "weights_mode": plan["weights"], "method": ens.get("method"),
+                          "val_acc_oof": ens.get("oof_acc"), "members": [str(d) for d in run_dirs],
+                          "weights": [float(w) for w in ens["weights"]] if ens.get("weights") is not None else None}
+    report = report_runs(run_dirs, ensemble_result=ens)       # also draws NAME_report.png beside the CSV
+    result["report"] = format_report(report)
+    if enabled(plan, "distill") is not None:
+        distill_stage(run.stage_context(), plan["distill"], run_dirs, result)
+    if not plan["submit"]:
+        return
+    message = plan["message"] or f"kit recipe {recipe.name} ({result['budget']} budget)"
+    log(f"submitting {ens['csv']}")
+    result["submission"] = recipe_submit(ens["csv"], message, run.data_dir)
+    if enabled(plan, "distill") and plan["distill"]["submit"] and result.get("student"):
+        log(f"submitting {result['student']['csv']}")
+        result["student"]["submission"] = recipe_submit(result["student"]["csv"], message + " (distilled student)",
+                                                        run.data_dir)
