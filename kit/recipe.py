@@ -389,7 +389,7 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
                workers: int | None = None, minutes: float | None = None,
                per_member_minutes: float | None = None, submit: bool | None = None,
                submissions: str | Path = "submissions", fresh: bool = False,
-               max_hours: float | None = None) -> dict:
+               max_hours: float | None = None, launcher=None, ensemble: str | None = None) -> dict:
     """Train the recipe's members (skipping finished ones, resuming half-finished ones), then
     predict, ensemble and submit as its [after] table says. Returns everything the CLI prints.
 
@@ -402,6 +402,9 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
     max_hours: a hard stop for this call, e.g. the time left in a notebook session (see Deadline):
     members are stopped with a checkpoint or not started, and the after stages wait until every
     member has finished; calling again (next session) continues from the run dirs.
+    launcher: where the members train when not here (kit.launch: Kaggle kernels, Slurm jobs); their
+    run dirs come back under RUNS/<recipe>/ and the after stages run here. ensemble: replaces the
+    recipe's [after] ensemble ("none": train and predict only, as a launcher's job does).
     """
     from kit.data import FeatureStore
     from kit.train import read_summary, train
@@ -411,6 +414,8 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
     recipe = load_recipe(path)
     if submit is not None:
         recipe.after["submit"] = submit
+    if ensemble is not None:
+        recipe.after["ensemble"] = ensemble
     data_dir = ensure_data(data, log)
     budget = budget or ("quick" if is_synthetic(data_dir) else "full")
     if budget not in BUDGETS:
@@ -439,6 +444,10 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
             skipped.add(name)
             continue
         jobs.append((name, member_config(recipe, name, budget, data_dir), run_dir, (run_dir / "last.pt").is_file()))
+    if launcher is not None and jobs:      # trained elsewhere; max_hours bounds each remote job, not this call
+        launcher.train(recipe, [j[0] for j in jobs], root, budget, data_dir, log, minutes=minutes,
+                       per_member_minutes=per_member_minutes, max_hours=max_hours, fresh=fresh)
+        jobs, max_hours = [], None
     slots = _slots(workers, len(jobs))
     if not per_member_minutes:
         minutes = minutes or recipe.minutes.get(budget)
