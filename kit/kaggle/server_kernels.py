@@ -10,6 +10,7 @@ from __future__ import annotations
 import email.utils
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -191,7 +192,8 @@ class Kernels:
         return runs[-1] if runs else None
 
     def _mount(self, s: Session, competitions: list[str], sources: dict[str, Session]) -> None:
-        """The competition under input/<name>/Dataset (its files linked, as in the zip), each kernel
+        """The competition under input/<name>/Dataset (its files hard-linked or copied, as in the zip:
+        kit refuses feature files that resolve outside their data dir), each kernel
         source's latest finished output under input/<slug>; the folders read-only."""
         inp = s.root / "input"
         inp.mkdir()
@@ -201,7 +203,7 @@ class Kernels:
             s.mounts += [data, data.parent]
             for f in self.standin.data_dir.iterdir():
                 if f.is_file() and not f.name.startswith("."):
-                    (data / f.name).symlink_to(f.resolve())
+                    _link_or_copy(f, data / f.name)
         for ref, source in sources.items():
             (inp / ref.partition("/")[2]).symlink_to(source.working.resolve(), target_is_directory=True)
         s.mounts.append(inp)
@@ -270,3 +272,10 @@ def _kill(proc: subprocess.Popen) -> None:
     except (ProcessLookupError, PermissionError):
         pass
     proc.wait()
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:                  # another file system
+        shutil.copy2(source, target)

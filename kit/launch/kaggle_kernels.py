@@ -328,5 +328,5 @@ def _last_error(log_path: Path) -> str:
     """The kernel's own one-line reason: its last `kit: error:` line, else its last line."""
     lines = [ln.strip() for ln in (log_path.read_text(errors="replace").splitlines() if log_path.is_file() else [])
              if ln.strip()]
-    errors = [ln for ln in lines if ln.startswith("kit: error:")]
+    errors = [ln[len("kit: error:"):].strip() for ln in lines if ln.startswith("kit: error:")]
     return (errors or lines or [""])[-1][:300]
