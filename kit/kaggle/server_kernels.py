@@ -49,6 +49,7 @@ class Session:
     ended: float | None = None
     proc: subprocess.Popen | None = None
     mounts: list = field(default_factory=list)      # the read-only folders of its input
+    done: threading.Event = field(default_factory=threading.Event)     # set when it has ended
 
     @property
     def working(self) -> Path:
@@ -250,6 +251,7 @@ class Kernels:
             s.status, s.message, s.ended = status, message, time.time()
             if s.gpu and s.started:
                 self.gpu_used += s.ended - s.started
+        s.done.set()
 
     def stop(self) -> None:
         """Stop every session still running and make the mounts removable again."""
