@@ -253,3 +253,55 @@ def test_a_missing_kaggle_account_is_one_line(tmp_path, tiny_data, monkeypatch):
     with pytest.raises(KitError, match="--launcher kaggle: no Kaggle credentials found"):
         with kaggle_target(real, None, None):
             pass
+
+
+def test_members_stay_with_their_kernel_and_running_kernels_are_not_pushed_again(tmp_path):
+    """What a re-run plans from kaggle-kernels.json: a kernel still running is waited for; a member
+    goes back to the kernel whose output it continues from; new members fill the least loaded free one."""
+    from kit.launch.kaggle_kernels import STATE, KaggleLauncher, Kernel, KernelRun
+    from kit.recipe import load_recipe
+
+    root = tmp_path / "runs" / "zoo"
+    root.mkdir(parents=True)
+    target = {"endpoint": None, "env": None, "competition": COMP, "name": "kaggle"}
+    (root / STATE).write_text(json.dumps({"target": "kaggle", "competition": COMP, "kernels": {
+        "me/kit-zoo-1": {"ref": "me/kit-zoo-1", "members": ["a"], "version": 2, "status": "ERROR"},
+        "me/kit-zoo-2": {"ref": "me/kit-zoo-2", "members": ["b"], "version": 1, "status": "RUNNING",
+                         "pending": True}}}))
+
+    def plan(fresh: bool) -> list[tuple]:
+        run = KernelRun(KaggleLauncher(kernels=2), target, load_recipe(recipe_file(tmp_path)), root, "quick",
+                        print, None, None, None)
+        run.user = "me"
+        return [(k.ref, k.members, k.version, k.pending) for k in run.plan(["a", "b", "c", "d"], fresh)]
+
+    assert plan(fresh=False) == [("me/kit-zoo-2", ["b"], 1, True), ("me/kit-zoo-1", ["a", "d"], 2, False),
+                                 ("me/kit-zoo-3", ["c"], 0, False)]
+    assert plan(fresh=True) == [("me/kit-zoo-1", ["a", "c"], 2, False), ("me/kit-zoo-2", ["b", "d"], 1, False)]
+
+
+def test_a_pulled_run_never_overwrites_another_run(tmp_path):
+    """A local run not from this kernel is moved aside; an earlier pull of the same kernel is replaced;
+    a pull that holds no checkpoint leaves the local run as it was."""
+    from kit.launch.kaggle_kernels import LAUNCH_MARK, Kernel, adopt
+
+    def run_dir(path: Path, step: int) -> Path:
+        path.mkdir(parents=True)
+        (path / "last.pt").write_text(str(step))
+        return path
+
+    root = tmp_path / "runs" / "zoo"
+    local = run_dir(root / "a", 5)
+    k = Kernel("me/kit-zoo-1", ["a"], version=1)
+    logs: list[str] = []
+    adopt(run_dir(tmp_path / "pull1" / "a", 20), local, k, logs.append)
+    [old] = list(tmp_path.glob("runs/zoo.old-*/a"))
+    assert (old / "last.pt").read_text() == "5" and (local / "last.pt").read_text() == "20"
+    assert json.loads((local / LAUNCH_MARK).read_text()) == {"launcher": "kaggle", "kernel": "me/kit-zoo-1",
+                                                             "version": 1}
+    k.version = 2
+    adopt(run_dir(tmp_path / "pull2" / "a", 40), local, k, logs.append)
+    assert (local / "last.pt").read_text() == "40" and len(list(tmp_path.glob("runs/zoo.old-*/a*"))) == 1
+    (tmp_path / "pull3" / "a").mkdir(parents=True)
+    adopt(tmp_path / "pull3" / "a", local, k, logs.append)
+    assert (local / "last.pt").read_text() == "40" and "left no checkpoint" in logs[-1]
