@@ -131,6 +131,9 @@ def test_members_train_in_kernels_and_are_ensembled_here(env, standin, tiny_data
         log = (runs / "kaggle-logs" / f"{slug}-v1.log").read_text()
         assert f"kit-src{os.sep}zoo.toml --only {member}" in log       # kit ran from the source it was pushed with
         assert not list((runs / member).glob(".lock"))
+        config = (runs / member / "config.toml").read_text()           # pointed at the data here, not the kernel's
+        assert f'data_dir = "{tiny_data}"' in config
+        assert json.loads((runs / member / "ids.json").read_text())["data_dir"] == str(tiny_data.resolve())
     assert "predicting" not in err                                         # predicted in the kernels
     assert "ensemble (hard) val acc" in out and Path(out.split("csv: ")[1].split()[0]).is_file()
     state = json.loads((runs / "kaggle-kernels.json").read_text())

@@ -50,7 +50,8 @@ class KaggleLauncher:
               minutes: float | None = None, per_member_minutes: float | None = None,
               max_hours: float | None = None, fresh: bool = False) -> None:
         with kaggle_target(data_dir, self.endpoint, self.competition) as target:
-            run = KernelRun(self, target, recipe, Path(root), budget, log, minutes, per_member_minutes, max_hours)
+            run = KernelRun(self, target, recipe, Path(root), budget, log, minutes, per_member_minutes, max_hours,
+                            Path(data_dir))
             try:
                 run.go(names, fresh)
             except KeyboardInterrupt:
@@ -87,8 +88,9 @@ class KernelRun:
     """One `kit recipe run --launcher kaggle`: plan the kernels, push, wait, pull, continue."""
 
     def __init__(self, options: KaggleLauncher, target: dict, recipe, root: Path, budget: str, log,
-                 minutes, per_member_minutes, max_hours):
+                 minutes, per_member_minutes, max_hours, data_dir: Path | None = None):
         self.options, self.target, self.recipe, self.root, self.budget = options, target, recipe, root, budget
+        self.data_dir = data_dir
         self.log = log
         self.timing = (minutes, per_member_minutes, max_hours)
         self.state = self._load_state()
@@ -232,7 +234,7 @@ class KernelRun:
             return
         write_text(self.log_path(k), _log_text(staging / "kernel.log"))
         for m in k.members:
-            adopt(staging / "runs" / self.recipe.name / m, self.root / m, k, self.log)
+            adopt(staging / "runs" / self.recipe.name / m, self.root / m, k, self.log, self.data_dir)
         shutil.rmtree(staging, ignore_errors=True)
         states = ", ".join(f"{m} {progress(self.root / m)}" for m in k.members)
         self.log(f"{k.ref} version {k.version} {k.status}: pulled back {got['files']} file(s); {states}")
@@ -280,7 +282,27 @@ class KernelRun:
                                        "kernels": kernels})
 
 
-def adopt(pulled: Path, run_dir: Path, k: Kernel, log) -> None:
+def relocate(run_dir: Path, data_dir: Path) -> None:
+    """Point a pulled run at the data here: its config.toml, member.toml and ids.json name the
+    kernel's /kaggle/input copy. The data dir's path is not part of a run's identity (the data's
+    fingerprint is), so this changes nothing about what the run is."""
+    from kit.config import dump_toml, load_toml
+
+    for name in ("config.toml", "member.toml"):
+        path = run_dir / name
+        if path.is_file():
+            values = load_toml(path)
+            values.setdefault("data", {})["data_dir"] = str(data_dir)
+            write_text(path, dump_toml(values))
+    ids = run_dir / "ids.json"
+    if ids.is_file():
+        values = json.loads(ids.read_text())
+        if values.get("data_dir"):
+            values["data_dir"] = str(data_dir.resolve())
+            write_json(ids, values)
+
+
+def adopt(pulled: Path, run_dir: Path, k: Kernel, log, data_dir: Path | None = None) -> None:
     """Put a member's run dir pulled from kernel k in place of run_dir. An earlier pull of the same
     kernel is superseded (the new version continued from it); any other run there is moved aside to
     RUNS/<recipe>.old-<time>/ (nothing is deleted). Pulled files get one modification time, so
@@ -291,6 +313,8 @@ def adopt(pulled: Path, run_dir: Path, k: Kernel, log) -> None:
         if holds_run(run_dir):
             log(f"{run_dir.name}: {k.ref} version {k.version} left no checkpoint of it; {run_dir} kept as it was")
         return
+    if data_dir is not None:
+        relocate(pulled, data_dir)
     stamp = time.time()
     for f in pulled.rglob("*"):
         os.utime(f, (stamp, stamp))
