@@ -89,7 +89,7 @@ def _status(client, ref: str, log) -> tuple[str, str]:
 def _op_kernels_wait(api, p: dict, log, emit) -> dict:
     """Poll the kernels' status every p["poll"] seconds until at least one has ended; each change of
     status is an event as it happens. Returns {ref: {status, message}} of those that ended."""
-    seen: dict[str, str] = {}
+    seen: dict[str, str] = dict(p.get("seen") or {})        # what the caller already knows
     with api.build_kaggle_client() as kaggle:
         client = kaggle.kernels.kernels_api_client
         while True:

@@ -217,7 +217,8 @@ class KernelRun:
                 self.state[event["ref"]].status = event["status"]
 
         poll = kernel_poll(self.target["name"] != "kaggle")
-        return self._call("kernels_wait", {"refs": refs, "poll": poll}, on_event=seen)["ended"]
+        known = {ref: self.state[ref].status for ref in refs}
+        return self._call("kernels_wait", {"refs": refs, "poll": poll, "seen": known}, on_event=seen)["ended"]
 
     def pull(self, k: Kernel) -> None:
         """The kernel's output for its members into their run dirs, and its log into kaggle-logs/.
