@@ -308,3 +308,15 @@ def test_a_pulled_run_never_overwrites_another_run(tmp_path):
     (tmp_path / "pull3" / "a").mkdir(parents=True)
     adopt(tmp_path / "pull3" / "a", local, k, logs.append)
     assert (local / "last.pt").read_text() == "40" and "left no checkpoint" in logs[-1]
+
+
+def test_kit_kaggle_root_relocates_kaggle_input_and_working(tmp_path, monkeypatch):
+    from kit.env import kaggle_input, kaggle_working
+
+    for name in ("KIT_KAGGLE_ROOT", "KIT_KAGGLE_INPUT", "KIT_KAGGLE_WORKING"):
+        monkeypatch.delenv(name, raising=False)
+    assert (kaggle_input(), kaggle_working()) == (Path("/kaggle/input"), Path("/kaggle/working"))
+    monkeypatch.setenv("KIT_KAGGLE_ROOT", str(tmp_path))
+    assert (kaggle_input(), kaggle_working()) == (tmp_path / "input", tmp_path / "working")
+    monkeypatch.setenv("KIT_KAGGLE_INPUT", str(tmp_path / "elsewhere"))       # the narrower setting wins
+    assert kaggle_input() == tmp_path / "elsewhere"
