@@ -261,7 +261,7 @@ def test_a_missing_kaggle_account_is_one_line(tmp_path, tiny_data, monkeypatch):
 def test_members_stay_with_their_kernel_and_running_kernels_are_not_pushed_again(tmp_path):
     """What a re-run plans from kaggle-kernels.json: a kernel still running is waited for; a member
     goes back to the kernel whose output it continues from; new members fill the least loaded free one."""
-    from kit.launch.kaggle_kernels import STATE, KaggleLauncher, Kernel, KernelRun
+    from kit.launch.kaggle_kernels import STATE, KaggleLauncher, KernelRun
     from kit.recipe import load_recipe
 
     root = tmp_path / "runs" / "zoo"
