@@ -20,7 +20,7 @@ def _member_csv(run_dir: Path, out: Path) -> Path:
     """A member's own submission: argmax of its test probabilities."""
     import pandas as pd
 
-    from kit.data import read_layout
+    from kit.layout import read_layout
     from kit.records import PredictionIds
 
     ids = PredictionIds.load(run_dir)
@@ -41,14 +41,18 @@ def _scores(csv: Path, key: Path) -> dict:
 def run_accuracy_bench(recipe: str = "boss", preset: str = "hard", data: str | None = None,
                        minutes: float | None = None, per_member_minutes: float | None = None,
                        out: str | Path = ".", runs: str | Path = "runs-bench", cache: str | Path = "data",
-                       course: bool = True, course_minutes: float | None = None, log=lambda m: None) -> dict:
+                       course: bool = True, course_minutes: float | None = None, stages: bool = False,
+                       log=lambda m: None) -> dict:
     """Run `recipe` (its quick budget, or `minutes` of wall time for the whole recipe) on a fresh
     runs dir, score every member and the ensemble with the answer key, then train the course
-    sample for the same wall time (or `course_minutes`) and score it. Writes bench_accuracy.json/.md
-    into `out`."""
+    sample for the same wall time (or `course_minutes`) and score it. stages: then run the recipe
+    again on the same runs dir with its pseudo-labelling and distillation stages on: its finished
+    members are kept and the stages get the recipe's time again (extra time, as a user adding them
+    to a finished run would); score those too, with the pseudo-labels' true precision next to the
+    estimate. Writes bench_accuracy.json/.md into `out`."""
     from kit import course as course_sample
     from kit.bench import ensure_synth
-    from kit.recipe import resolve_recipe, run_recipe
+    from kit.recipe import resolve_recipe
     from kit.synth import answers_path
 
     data_dir = Path(data) if data else ensure_synth(preset, Path(cache), log)
@@ -58,25 +62,17 @@ def run_accuracy_bench(recipe: str = "boss", preset: str = "hard", data: str | N
     out = Path(out)
     runs = Path(runs) / time.strftime("%Y%m%d-%H%M%S")        # never reuse members of another run
     recipe_path = resolve_recipe(recipe)
-
-    began = time.time()
-    res = run_recipe(recipe_path, data=str(data_dir), budget="quick", runs=str(runs), progress=False,
-                     log=log, minutes=minutes, per_member_minutes=per_member_minutes, submit=False,
-                     submissions=runs)
-    wall = time.time() - began
-    rows = []
-    for m in res["members"]:
-        run_dir = Path(m["run_dir"])
-        csv = _member_csv(run_dir, run_dir / "member_test.csv")
-        rows.append({"name": m["name"], "kind": "member", "val_acc": m.get("val_acc"), "minutes": m["minutes"],
-                     **_scores(csv, key)})
-    ens = res.get("ensemble")
-    if ens:
-        rows.append({"name": f"ensemble ({ens.get('method') or ens['vote']})", "kind": "ensemble",
-                     "val_acc": ens.get("val_acc_oof", ens["val_acc"]), "minutes": wall / 60,
-                     **_scores(Path(ens["csv"]), key)})
+    args = dict(data=str(data_dir), budget="quick", progress=False, log=log, minutes=minutes,
+                per_member_minutes=per_member_minutes, submit=False)
+    res, rows, wall = _recipe_rows(recipe_path, runs, key, args, stages=False)
     result = {"recipe": res["recipe"], "data": str(data_dir), "wall_minutes": wall / 60, "rows": rows,
               "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if stages:
+        log("the same run again with pseudo-labelling and distillation (members kept)")
+        staged, staged_rows, staged_wall = _recipe_rows(recipe_path, runs, key, args, stages=True)
+        rows += staged_rows
+        result["stages_wall_minutes"] = staged_wall / 60
+        result["pseudo"] = _pseudo_precision(staged, key)
     if course:
         minutes = course_minutes or wall / 60
         log(f"course sample: training for {minutes:.1f} min (the recipe took {wall / 60:.1f} min)")
@@ -88,6 +84,57 @@ def run_accuracy_bench(recipe: str = "boss", preset: str = "hard", data: str | N
     write_json(out / "bench_accuracy.json", result)
     write_text(out / "bench_accuracy.md", accuracy_markdown(result))
     return result
+
+
+def _recipe_rows(recipe_path: Path, runs: Path, key: Path, args: dict, stages: bool):
+    """Run the recipe into `runs` and score its members, ensemble(s) and student: (result, rows, wall)."""
+    from kit.recipe import run_recipe
+
+    began = time.time()
+    res = run_recipe(recipe_path, runs=str(runs), submissions=runs, pseudo=stages, distill=stages, **args)
+    wall = time.time() - began
+    tag = " [+pseudo, distill]" if stages else ""
+    rows = []
+    for m in ([] if stages else res["members"]):          # the kept members were scored before
+        run_dir = Path(m["run_dir"])
+        csv = _member_csv(run_dir, run_dir / "member_test.csv")
+        rows.append({"name": m["name"] + tag, "kind": "member" if not stages else "staged member",
+                     "val_acc": m.get("val_acc"), "minutes": m["minutes"], **_scores(csv, key)})
+    for d in (res.get("rounds") or [{}])[-1].get("members", []):     # the fine-tuned members
+        from kit.records import PredictionIds
+
+        run_dir = Path(d)
+        csv = _member_csv(run_dir, run_dir / "member_test.csv")
+        rows.append({"name": run_dir.name, "kind": "fine-tuned member", "val_acc": PredictionIds.load(run_dir).val_acc,
+                     "minutes": _minutes(run_dir), **_scores(csv, key)})
+    if res.get("vote0") and not stages:
+        rows.append({"name": f"vote before pseudo-labelling{tag}", "kind": "vote0",
+                     "val_acc": res["vote0"].get("val_acc_oof"), "minutes": wall / 60,
+                     **_scores(Path(res["vote0"]["csv"]), key)})
+    ens = res.get("ensemble")
+    if ens:
+        rows.append({"name": f"ensemble ({ens.get('method') or ens['vote']}){tag}",
+                     "kind": "ensemble" if not stages else "staged ensemble",
+                     "val_acc": ens.get("val_acc_oof", ens["val_acc"]), "minutes": wall / 60,
+                     **_scores(Path(ens["csv"]), key)})
+    if res.get("student"):
+        rows.append({"name": f"distilled student{tag}", "kind": "student", "val_acc": res["student"]["val_acc"],
+                     "minutes": wall / 60, **_scores(Path(res["student"]["csv"]), key)})
+    return res, rows, wall
+
+
+def _minutes(run_dir: Path) -> float:
+    from kit.train import read_summary
+
+    return (read_summary(run_dir) or {}).get("seconds", 0.0) / 60
+
+
+def _pseudo_precision(res: dict, key: Path) -> list[dict]:
+    """Each round's pseudo-labels: count, estimated precision and the true one (answer key)."""
+    from kit.pseudo import true_precision
+
+    return [{"round": r["round"], "count": r["count"], "estimated_precision": r["estimated_precision"],
+             "true_precision": true_precision(r["pseudo_labels"], key)} for r in res.get("rounds", [])]
 
 
 def _verdicts(rows: list[dict]) -> dict:
@@ -102,6 +149,14 @@ def _verdicts(rows: list[dict]) -> dict:
         out["best_member"] = best["name"]
     if ens and base:
         out["private_over_course"] = ens["private"] - base["private"]
+    staged = next((r for r in rows if r["kind"] == "staged ensemble"), None)
+    if ens and staged:
+        out["pseudo_private_gain"] = staged["private"] - ens["private"]
+    student = next((r for r in rows if r["kind"] == "student"), None)
+    if student and staged and members:
+        best = max(members, key=lambda r: r["private"])
+        out["student_vs_ensemble_private"] = student["private"] - staged["private"]
+        out["student_vs_best_member_private"] = student["private"] - best["private"]
     return out
 
 
@@ -120,6 +175,23 @@ def accuracy_markdown(result: dict) -> str:
         g = result["private_over_course"]
         lines.append(f"- ensemble vs the course sample at the same wall time, private: {g * 100:+.1f} points "
                      f"(target +10.0: {'met' if g >= 0.10 else 'NOT met'})")
+    if "pseudo_private_gain" in result:
+        g = result["pseudo_private_gain"]
+        lines.append(f"- pseudo-labelling round + distillation on the finished members ({result['stages_wall_minutes']:.1f} "
+                     f"extra min), ensemble private: {g * 100:+.1f} points (target +2.0 at the same budget; this is "
+                     f"extra time)")
+    for p in result.get("pseudo", []):
+        est, true = p["estimated_precision"], p["true_precision"]
+        gap = None if est is None or true is None else abs(true - est)
+        lines.append(f"- pseudo-labels round {p['round']}: {p['count']} test utterances, estimated precision "
+                     f"{'-' if est is None else f'{est:.3f}'}, true {'-' if true is None else f'{true:.3f}'}"
+                     + ("" if gap is None else f" (gap {gap * 100:.1f} points, target <= 3: "
+                                              f"{'met' if gap <= 0.03 else 'NOT met'})"))
+    if "student_vs_ensemble_private" in result:
+        a, b = result["student_vs_ensemble_private"], result["student_vs_best_member_private"]
+        lines.append(f"- distilled student, private: {a * 100:+.1f} points vs its ensemble (target within 2: "
+                     f"{'met' if a >= -0.02 else 'NOT met'}), {b * 100:+.1f} vs the best member of the plain "
+                     f"recipe (target > 0: {'met' if b > 0 else 'NOT met'})")
     return "\n".join(lines) + "\n"
 
 

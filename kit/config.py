@@ -1,6 +1,7 @@
 """The dataclasses a recipe member fills in: the one place each default lives.
 
-Recipes override these defaults; the CLI (`--set section.key=value`) overrides the recipe.
+Recipes override these defaults; the CLI (`--set section.key=value`) overrides the recipe;
+`layered` is the one function that stacks them.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ class DataConfig:
     split_seed: int = 0
     store_dtype: str = "float16"    # float16 | float32
     store_on_gpu: bool = True       # on a GPU, copy the packed store there once (full preset: 2.8 GiB)
+    pseudo_labels: str = ""         # CSV Id,Category of test utterances trained on as labelled (`kit pseudo`)
 
 
 @dataclass
@@ -73,6 +75,7 @@ class TrainConfig:
     minutes: float = 0.0            # > 0: a time budget; the step total (at most max_steps), warm-up and
                                     # evaluations are fitted to it from the measured step rate, so the run
                                     # ends annealed; counts the time of every session of a resumed run
+    evals: int = 4                  # evaluations over a time-budgeted run (the last at its end)
     max_minutes: float = 0.0        # > 0: stop cleanly with a checkpoint after this long (this session)
     fused_optimizer: bool = True    # torch's fused AdamW (one kernel for all parameters)
     compile: bool = False           # torch.compile the training model (GPU; minutes of compile on a CPU)
@@ -80,6 +83,9 @@ class TrainConfig:
                                     # spent ~37% of its time in torch's dropout random numbers
     cpu_threads: int = 0            # torch threads on CPU; 0 = torch's default. Tiny models run
                                     # several times faster on 1 thread, above all on a busy machine
+    init_from: str = ""             # start from these weights (a .pt, or a run dir's last.pt): a fine-tune
+    teacher: str = ""               # .npz of soft targets (ids, probs) on test utterances (`kit distill`)
+    distill_weight: float = 0.5     # where a row has a label and a soft target: the soft target's weight
 
 
 @dataclass
@@ -148,6 +154,7 @@ def _fill(cls: type, values: dict, where: str):
 
 # The range of each numeric setting, checked at load (every other number must just be finite).
 POSITIVE, NON_NEGATIVE, OPEN_UNIT, HALF_OPEN_UNIT = "> 0", ">= 0", "in (0, 1)", "in [0, 1)"
+CLOSED_UNIT = "in [0, 1]"
 RANGES = {
     "data": {"segment_len": POSITIVE, "val_fraction": OPEN_UNIT, "split_seed": NON_NEGATIVE},
     "model": {"d_model": POSITIVE, "n_layers": POSITIVE, "n_heads": POSITIVE, "ffn_dim": POSITIVE,
@@ -160,10 +167,11 @@ RANGES = {
               "warmup_steps": NON_NEGATIVE, "max_steps": POSITIVE, "max_epochs": NON_NEGATIVE,
               "grad_clip": NON_NEGATIVE, "ema_decay": HALF_OPEN_UNIT, "eval_every": POSITIVE,
               "patience": NON_NEGATIVE, "average_last": NON_NEGATIVE, "seed": NON_NEGATIVE,
-              "minutes": NON_NEGATIVE, "max_minutes": NON_NEGATIVE, "cpu_threads": NON_NEGATIVE},
+              "minutes": NON_NEGATIVE, "evals": POSITIVE, "max_minutes": NON_NEGATIVE, "cpu_threads": NON_NEGATIVE,
+              "distill_weight": CLOSED_UNIT},
     "infer": {"window": POSITIVE, "hop": POSITIVE, "batch_size": POSITIVE},
 }
-_IN_RANGE = {POSITIVE: lambda v: v > 0, NON_NEGATIVE: lambda v: v >= 0,
+_IN_RANGE = {CLOSED_UNIT: lambda v: 0 <= v <= 1, POSITIVE: lambda v: v > 0, NON_NEGATIVE: lambda v: v >= 0,
              OPEN_UNIT: lambda v: 0 < v < 1, HALF_OPEN_UNIT: lambda v: 0 <= v < 1}
 
 
@@ -190,6 +198,18 @@ def from_dict(values: dict, where: str = "config") -> RunConfig:
     """Build a RunConfig from nested dicts, refusing unknown keys, ill-typed values and numbers
     out of range."""
     return validate(_fill(RunConfig, values, where), where)
+
+
+def layered(*layers: tuple[str, dict]) -> RunConfig:
+    """The defaults overridden by each (where, values) layer in turn: a recipe's base, member and
+    budget tables, a member TOML, `--set`, the command line's flags. Later layers win; tables
+    merge, values replace. Each layer is checked on its own first, so an error names the layer
+    that holds it (its `where`)."""
+    values: dict = {}
+    for where, layer in layers:
+        from_dict(layer, where)
+        values = merge(values, layer)
+    return from_dict(values)
 
 
 def merge(base: dict, override: dict) -> dict:

@@ -47,7 +47,7 @@ def course_dataset(data_dir: str | Path, segment_len: int = SEGMENT_LEN):
     import torch
     from torch.utils.data import Dataset
 
-    from kit.data import read_layout
+    from kit.layout import read_layout
 
     data_dir = Path(data_dir)
     layout = read_layout(data_dir)

@@ -1,7 +1,8 @@
-"""Competition data layer: read and validate the HW4 layout, pack it into a FeatureStore.
+"""The training data as kit reads it: every utterance packed once into a FeatureStore (one
+contiguous memory-mapped array), the seeded train/validation split, and `kit data info`'s numbers.
 
-The store holds every utterance once in one contiguous memory-mapped array, so crops for
-a whole batch are one vectorised gather instead of one `torch.load` per item.
+The store turns the crops of a whole batch into one vectorised gather instead of one
+`torch.load` per item.
 """
 from __future__ import annotations
 
@@ -9,223 +10,17 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from kit.errors import KitError
-from kit.fsio import file_lock, write_json
+from kit.fsio import atomic_dir, file_lock, read_json, write_json
+from kit.layout import LAYOUT_FILES, Layout, load_feature, parallel_map, read_layout
 
 PAD_VALUE = -20.0          # the competition's padding value for short utterances
 STORE_VERSION = 1          # bump when the packed format changes
-CACHE_DIRNAME = ".kit-cache"
-LAYOUT_FILES = ("metadata.json", "testdata.json", "mapping.json")
-
-
-@dataclass(frozen=True)
-class Utterance:
-    path: str                 # feature_path as written in the json (relative to the data dir)
-    mel_len: int
-    speaker: str | None       # None for test utterances
-
-
-@dataclass
-class Layout:
-    data_dir: Path
-    n_mels: int
-    speakers: list[str]       # class index -> speaker id, from mapping.json
-    train: list[Utterance]
-    test: list[Utterance]
-
-    @property
-    def speaker2id(self) -> dict[str, int]:
-        return {s: i for i, s in enumerate(self.speakers)}
-
-
-# ---------------------------------------------------------------- reading the layout
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise KitError(f"{path}: missing (expected the competition's {path.name})")
-    try:
-        with open(path, encoding="utf-8") as f:
-            value = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise KitError(f"{path}: malformed JSON ({e})") from None
-    if not isinstance(value, dict):
-        raise KitError(f"{path}: malformed JSON (expected an object at the top level)")
-    return value
-
-
-def resolve_feature_path(data_dir: Path, feature_path: str, where: Path) -> Path:
-    """The file a feature_path names, refusing absolute paths and ones escaping data_dir."""
-    if not isinstance(feature_path, str) or not feature_path:
-        raise KitError(f"{where}: feature_path {feature_path!r} is not a file name")
-    if os.path.isabs(feature_path) or feature_path.startswith(("/", "\\")):
-        raise KitError(f"{where}: feature_path {feature_path!r} is absolute; it must stay inside {data_dir}")
-    root = data_dir.resolve()
-    full = (root / feature_path).resolve()
-    if full != root and root not in full.parents:
-        raise KitError(f"{where}: feature_path {feature_path!r} escapes the data dir {data_dir}")
-    return full
-
-
-def _utterance(entry, where: Path, speaker: str | None, data_dir: Path) -> Utterance:
-    if not isinstance(entry, dict) or "feature_path" not in entry or "mel_len" not in entry:
-        raise KitError(f"{where}: each utterance needs feature_path and mel_len, got {str(entry)[:80]}")
-    resolve_feature_path(data_dir, entry["feature_path"], where)
-    mel_len = entry["mel_len"]
-    if not isinstance(mel_len, int) or isinstance(mel_len, bool) or mel_len < 0:
-        raise KitError(f"{where}: {entry['feature_path']}: mel_len {mel_len!r} is not a frame count")
-    if mel_len == 0:
-        raise KitError(f"{where}: {entry['feature_path']}: zero-length utterance (mel_len 0)")
-    return Utterance(entry["feature_path"], mel_len, speaker)
-
-
-def read_layout(data_dir: str | os.PathLike) -> Layout:
-    """Read metadata/testdata/mapping json and check their structure (not the tensors)."""
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise KitError(f"{data_dir}: data dir not found (run `kit data synth` or `kit data download`)")
-    meta_path, test_path, map_path = (data_dir / n for n in LAYOUT_FILES)
-    meta, testdata, mapping = _read_json(meta_path), _read_json(test_path), _read_json(map_path)
-
-    if not isinstance(meta.get("speakers"), dict) or not meta["speakers"]:
-        raise KitError(f"{meta_path}: 'speakers' must be a non-empty object of speaker -> utterances")
-    if not isinstance(testdata.get("utterances"), list):
-        raise KitError(f"{test_path}: 'utterances' must be a list")
-    s2i = mapping.get("speaker2id")
-    if not isinstance(s2i, dict) or not s2i:
-        raise KitError(f"{map_path}: 'speaker2id' must be a non-empty object")
-    n_mels = meta.get("n_mels")
-    if not isinstance(n_mels, int) or n_mels <= 0:
-        raise KitError(f"{meta_path}: n_mels {n_mels!r} must be a positive integer")
-    if testdata.get("n_mels", n_mels) != n_mels:
-        raise KitError(f"{test_path}: n_mels {testdata.get('n_mels')} differs from metadata's {n_mels}")
-
-    ids = sorted(s2i.values()) if all(isinstance(v, int) for v in s2i.values()) else None
-    if ids != list(range(len(s2i))):
-        raise KitError(f"{map_path}: speaker2id values must be the integers 0..{len(s2i) - 1}")
-    speakers = [None] * len(s2i)
-    for spk, idx in s2i.items():
-        speakers[idx] = spk
-
-    train = []
-    for spk, utts in meta["speakers"].items():
-        if spk not in s2i:
-            raise KitError(f"{meta_path}: speaker {spk} is missing from {map_path.name}")
-        if not isinstance(utts, list):
-            raise KitError(f"{meta_path}: speaker {spk}: expected a list of utterances")
-        train.extend(_utterance(u, meta_path, spk, data_dir) for u in utts)
-    test = [_utterance(u, test_path, None, data_dir) for u in testdata["utterances"]]
-    if not train:
-        raise KitError(f"{meta_path}: no training utterances")
-    seen: set[str] = set()
-    for u in train + test:
-        if u.path in seen:
-            raise KitError(f"{data_dir}: feature_path {u.path} is listed twice")
-        seen.add(u.path)
-    return Layout(data_dir, n_mels, speakers, train, test)
-
-
-# ---------------------------------------------------------------- reading feature files
-def load_feature(path: str | os.PathLike, n_mels: int | None = None, mel_len: int | None = None):
-    """Load one uttr-*.pt safely (weights_only) and check shape and values; returns a tensor."""
-    import pickle
-
-    import torch
-
-    path = Path(path)
-    if not path.is_file():
-        raise KitError(f"{path}: feature file is missing")
-    try:
-        x = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        with open(path, "rb") as f:
-            head = f.read(2)
-        pickled = head == b"PK" or head[:1] == b"\x80"      # torch's zip format, or a bare pickle
-        if not pickled or "global" not in str(e).lower():    # random bytes fail the same unpickler
-            raise KitError(f"{path}: unreadable or corrupt feature file (not a tensor file kit can read)") from None
-        unsafe = [ln.strip() for ln in str(e).splitlines() if "global" in ln.lower()]
-        raise KitError(f"{path}: refused to load, the file holds more than tensors "
-                       f"(it could run code on load): {unsafe[0][:160]}") from None
-    except Exception as e:  # torch raises many types for truncated/corrupt zips
-        raise KitError(f"{path}: unreadable or corrupt feature file ({type(e).__name__}: "
-                       f"{str(e).strip().splitlines()[0][:160] if str(e).strip() else 'no detail'})") from None
-    if not isinstance(x, torch.Tensor):
-        raise KitError(f"{path}: expected a tensor, found {type(x).__name__}")
-    if x.dim() != 2:
-        raise KitError(f"{path}: expected a 2-D tensor (frames, n_mels), found shape {tuple(x.shape)}")
-    if n_mels is not None and x.shape[1] != n_mels:
-        raise KitError(f"{path}: second dimension is {x.shape[1]}, expected n_mels={n_mels}")
-    if x.shape[0] == 0:
-        raise KitError(f"{path}: zero-length utterance (0 frames)")
-    if mel_len is not None and x.shape[0] != mel_len:
-        raise KitError(f"{path}: has {x.shape[0]} frames but the json says mel_len {mel_len}")
-    if not x.is_floating_point():
-        raise KitError(f"{path}: expected float features, found {x.dtype}")
-    if not bool(torch.isfinite(x).all()):
-        raise KitError(f"{path}: contains NaN or inf values")
-    return x
-
-
-def _all_utterances(layout: Layout) -> list[Utterance]:
-    return layout.train + layout.test
-
-
-def _parallel_map(fn, items, workers: int | None, desc: str, progress: bool):
-    """Map in a thread pool (torch.load releases the GIL in I/O), in order, with a progress bar."""
-    from tqdm.auto import tqdm      # a widget in a notebook, the plain bar in a terminal
-
-    workers = workers or min(8, (os.cpu_count() or 2) * 2)
-    with ThreadPoolExecutor(workers) as pool:
-        yield from tqdm(pool.map(fn, items), total=len(items), desc=desc, unit="utt",
-                        disable=not progress, leave=False, mininterval=0.5)
-
-
-def check_data(data_dir: str | os.PathLike, workers: int | None = None, progress: bool = True) -> Layout:
-    """Read the layout and every feature file; raise KitError naming the first bad file."""
-    layout = read_layout(data_dir)
-    root = Path(data_dir)
-
-    def check(u: Utterance):
-        load_feature(root / u.path, layout.n_mels, u.mel_len)
-
-    for _ in _parallel_map(check, _all_utterances(layout), workers, "checking", progress):
-        pass
-    return layout
-
-
-def data_info(data_dir: str | os.PathLike) -> dict:
-    """Summary numbers for `kit data info` (from the json; sizes from the file system)."""
-    layout = read_layout(data_dir)
-    root = Path(data_dir)
-
-    def lengths(utts):
-        a = np.array([u.mel_len for u in utts]) if utts else np.zeros(0)
-        if a.size == 0:
-            return {"count": 0, "min": 0, "median": 0, "max": 0}
-        return {"count": int(a.size), "min": int(a.min()), "median": float(np.median(a)), "max": int(a.max())}
-
-    size = sum(f.stat().st_size for f in root.iterdir() if f.is_file())
-    per_speaker = np.bincount([layout.speaker2id[u.speaker] for u in layout.train],
-                              minlength=len(layout.speakers))
-    from kit.env import cache_dir
-
-    cache, note = cache_dir(root)
-    return {
-        "data_dir": str(root),
-        "cache": str(cache),            # where the packed store and split go (kit.env.cache_dir)
-        "cache_beside": note is None,
-        "speakers": len(layout.speakers),
-        "n_mels": layout.n_mels,
-        "train": lengths(layout.train),
-        "test": lengths(layout.test),
-        "utterances_per_speaker": {"min": int(per_speaker.min()), "max": int(per_speaker.max())},
-        "total_bytes": int(size),
-    }
 
 
 # ---------------------------------------------------------------- FeatureStore
@@ -242,7 +37,7 @@ def store_key(layout: Layout) -> str:
     """The json files' hash and every feature file's name, size and mtime: the store is rebuilt
     when any of them changes (a feature file replaced in place included)."""
     h = hashlib.sha256(layout_hash(layout.data_dir).encode())
-    for u in _all_utterances(layout):
+    for u in layout.all:
         try:
             st = os.stat(layout.data_dir / u.path)
             h.update(f"{u.path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
@@ -265,11 +60,11 @@ class FeatureStore:
         self.offsets = np.load(root / "offsets.npy")                     # (N,)
         self.lengths = np.load(root / "lengths.npy")                     # (N,)
         self.labels = np.load(root / "labels.npy")                       # (N,)
-        self.paths = [u.path for u in _all_utterances(layout)]
+        self.paths = [u.path for u in layout.all]
         self.n_train = len(layout.train)
         self.n_test = len(layout.test)
         done = json.loads((root / "done.json").read_text(encoding="utf-8"))
-        self.content_digest = done.get("content") or f"key:{root.name}"   # see _pack_locked
+        self.content_digest = done.get("content") or f"key:{root.name}"   # see _write_store
 
     # -- opening / building
     @classmethod
@@ -381,50 +176,42 @@ def _pack(layout: Layout, root: Path, dtype: str, workers: int | None, progress:
 
 
 def _pack_locked(layout: Layout, root: Path, dtype: str, workers: int | None, progress: bool) -> None:
-    utts = _all_utterances(layout)
-    lengths = np.array([u.mel_len for u in utts], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-    s2i = layout.speaker2id
-    labels = np.array([s2i[u.speaker] if u.speaker is not None else -1 for u in utts], dtype=np.int64)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-    try:
-        feats = np.lib.format.open_memmap(tmp / "features.npy", mode="w+",
-                                          dtype=np.dtype(dtype), shape=(int(lengths.sum()), layout.n_mels))
-        data_dir = layout.data_dir
-
-        def load(i: int) -> bytes:
-            u = utts[i]
-            x = load_feature(data_dir / u.path, layout.n_mels, u.mel_len).numpy()
-            feats[offsets[i]:offsets[i] + lengths[i]] = x.astype(dtype, copy=False)
-            return hashlib.sha1(np.ascontiguousarray(x, dtype=np.float32).tobytes()).digest()
-
-        content = hashlib.sha1()        # every feature file's values in json order, whatever the store
-                                        # dtype: the data part of a run's identity (kit.runs)
-        for digest in _parallel_map(load, range(len(utts)), workers, f"packing {data_dir}", progress):
-            content.update(digest)
-        feats.flush()
-        del feats
-        np.save(tmp / "offsets.npy", offsets)
-        np.save(tmp / "lengths.npy", lengths)
-        np.save(tmp / "labels.npy", labels)
-        write_json(tmp / "done.json", {"version": STORE_VERSION, "dtype": dtype, "utterances": len(utts),
-                                       "frames": int(lengths.sum()), "content": content.hexdigest()})
-        if (root / "done.json").is_file():   # a concurrent packer finished first: use its store
-            return
-        if root.exists():                     # a stale half-store (no done.json)
-            shutil.rmtree(root, ignore_errors=True)
-        try:
-            os.replace(tmp, root)
-        except OSError:
-            if not (root / "done.json").is_file():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_dir(root, "packed store", done="done.json") as folder:
+        _write_store(layout, folder, dtype, workers, progress)
     current = root.name.rsplit("-", 1)[0] + "-"          # store-<hash>-
     for stale in root.parent.glob("store-*"):            # stores of older metadata
         if not stale.name.startswith(current):
             shutil.rmtree(stale, ignore_errors=True)
+
+
+def _write_store(layout: Layout, folder: Path, dtype: str, workers: int | None, progress: bool) -> None:
+    """features.npy (every feature file in json order), offsets, lengths, labels, and done.json last."""
+    utts = layout.all
+    lengths = np.array([u.mel_len for u in utts], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    s2i = layout.speaker2id
+    labels = np.array([s2i[u.speaker] if u.speaker is not None else -1 for u in utts], dtype=np.int64)
+    feats = np.lib.format.open_memmap(folder / "features.npy", mode="w+",
+                                      dtype=np.dtype(dtype), shape=(int(lengths.sum()), layout.n_mels))
+    data_dir = layout.data_dir
+
+    def load(i: int) -> bytes:
+        u = utts[i]
+        x = load_feature(data_dir / u.path, layout.n_mels, u.mel_len).numpy()
+        feats[offsets[i]:offsets[i] + lengths[i]] = x.astype(dtype, copy=False)
+        return hashlib.sha1(np.ascontiguousarray(x, dtype=np.float32).tobytes()).digest()
+
+    content = hashlib.sha1()        # every feature file's values in json order, whatever the store
+                                    # dtype: the data part of a run's identity (kit.runs)
+    for digest in parallel_map(load, range(len(utts)), workers, f"packing {data_dir}", progress):
+        content.update(digest)
+    feats.flush()
+    del feats
+    np.save(folder / "offsets.npy", offsets)
+    np.save(folder / "lengths.npy", lengths)
+    np.save(folder / "labels.npy", labels)
+    write_json(folder / "done.json", {"version": STORE_VERSION, "dtype": dtype, "utterances": len(utts),
+                                      "frames": int(lengths.sum()), "content": content.hexdigest()})
 
 
 # ---------------------------------------------------------------- train/validation split
@@ -466,7 +253,7 @@ def save_split(split: Split, path: str | os.PathLike, store: FeatureStore) -> No
 
 def load_split(path: str | os.PathLike, store: FeatureStore) -> Split:
     path = Path(path)
-    raw = _read_json(path)
+    raw = read_json(path, "a split saved by kit")
     where = {p: i for i, p in enumerate(store.paths[:store.n_train])}
     try:
         train = np.array([where[p] for p in raw["train"]], dtype=np.int64)
@@ -485,3 +272,34 @@ def split_for(store: FeatureStore, val_fraction: float = 0.1, seed: int = 0) -> 
     split = make_split(store.labels[:store.n_train], val_fraction, seed)
     save_split(split, path, store)
     return split
+
+
+# ---------------------------------------------------------------- kit data info
+def data_info(data_dir: str | os.PathLike) -> dict:
+    """Summary numbers for `kit data info` (from the json; sizes from the file system)."""
+    layout = read_layout(data_dir)
+    root = Path(data_dir)
+
+    def lengths(utts):
+        a = np.array([u.mel_len for u in utts]) if utts else np.zeros(0)
+        if a.size == 0:
+            return {"count": 0, "min": 0, "median": 0, "max": 0}
+        return {"count": int(a.size), "min": int(a.min()), "median": float(np.median(a)), "max": int(a.max())}
+
+    size = sum(f.stat().st_size for f in root.iterdir() if f.is_file())
+    per_speaker = np.bincount([layout.speaker2id[u.speaker] for u in layout.train],
+                              minlength=len(layout.speakers))
+    from kit.env import cache_dir
+
+    cache, note = cache_dir(root)
+    return {
+        "data_dir": str(root),
+        "cache": str(cache),            # where the packed store and split go (kit.env.cache_dir)
+        "cache_beside": note is None,
+        "speakers": len(layout.speakers),
+        "n_mels": layout.n_mels,
+        "train": lengths(layout.train),
+        "test": lengths(layout.test),
+        "utterances_per_speaker": {"min": int(per_speaker.min()), "max": int(per_speaker.max())},
+        "total_bytes": int(size),
+    }

@@ -12,6 +12,7 @@ KAGGLE_ROOT = "/kaggle"                 # KIT_KAGGLE_ROOT relocates it (the loca
 KAGGLE_INPUT = "input"                  # under the root; KIT_KAGGLE_INPUT relocates it alone
 KAGGLE_WORKING = "working"              # likewise KIT_KAGGLE_WORKING
 SEARCH_DEPTH = 3                        # /kaggle/input/<competition>/<folder>/metadata.json
+CACHE_DIRNAME = ".kit-cache"            # beside the data, when it is writable
 
 _noted: set[str] = set()
 
@@ -37,8 +38,6 @@ def cache_dir(data_dir: str | os.PathLike) -> tuple[Path, str | None]:
     `--cache DIR` sets, so worker processes inherit it), DATA/.kit-cache when it can be written,
     /kaggle/working/.kit-cache on Kaggle, else $XDG_CACHE_HOME/kit (~/.cache/kit); each but
     DATA/.kit-cache in a folder of its own per data dir."""
-    from kit.data import CACHE_DIRNAME
-
     data_dir = Path(data_dir)
     chosen = os.environ.get("KIT_CACHE")
     if chosen:
@@ -82,7 +81,7 @@ def kaggle_data_dir() -> Path | None:
     """The competition data under /kaggle/input (see kaggle_input): the shallowest folder,
     at most SEARCH_DEPTH levels down, holding metadata.json, testdata.json and mapping.json.
     None when there is no such root or no such folder."""
-    from kit.data import LAYOUT_FILES
+    from kit.layout import LAYOUT_FILES
 
     root = kaggle_input()
     if not root.is_dir():

@@ -9,9 +9,18 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+from kit.errors import KitError
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -25,13 +34,62 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         if tmp.exists():        # mkstemp makes 0600 files; give the file the usual umask mode
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)
+            os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, what: str = "files", done: str | None = None) -> Iterator[Path]:
+    """Yield a new empty folder beside `path` (hidden: .NAME.XXXX); when the block succeeds it gets
+    the usual umask mode and is renamed to `path`, replacing what was there, so nobody ever sees a
+    half-written folder at `path`. On failure it is removed. `what` names the contents in the
+    error when the folder cannot be made. `done`: the file that marks a finished folder; when
+    `path` has it as the block ends (another process finished first), that folder is kept and
+    this one discarded."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    except OSError as e:
+        raise KitError(f"{path}: cannot write the {what} here ({e.strerror})") from None
+
+    def finished() -> bool:
+        return done is not None and (path / done).is_file()
+
+    try:
+        yield tmp
+        if finished():
+            return
+        os.chmod(tmp, 0o777 & ~_umask())             # mkdtemp makes it private
+        if path.exists():                            # an older or half-written one
+            shutil.rmtree(path, ignore_errors=True)
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if not finished():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_json(path: str | os.PathLike, what: str = "a JSON file") -> dict:
+    """The JSON object in `path`; KitError naming the file when it is missing, malformed or not
+    an object."""
+    path = Path(path)
+    if not path.is_file():
+        raise KitError(f"{path}: missing (expected {what})")
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise KitError(f"{path}: malformed JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise KitError(f"{path}: malformed JSON (expected an object at the top level)")
+    return value
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -191,7 +191,7 @@ def choose_mode(val: dict, labels) -> tuple[str, dict]:
     """Pick full or sliding for a member: lower validation NLL after temperature scaling (a
     temperature fixes over/under-confidence, which the ensemble calibrates away anyway), ties
     to sliding. val: mode -> probabilities (N, C). Returns (mode, {mode: calibrated NLL})."""
-    from kit.ensemble import calibrate, fit_temperature, log_probs, mean_nll
+    from kit.ensemble.calibration import calibrate, fit_temperature, log_probs, mean_nll
 
     labels = np.asarray(labels, dtype=np.int64)
     if len(labels) == 0:
@@ -206,7 +206,7 @@ def choose_mode(val: dict, labels) -> tuple[str, dict]:
 def predict_run(run_dir: str | os.PathLike, store: FeatureStore | None = None, window: int | None = None,
                 hop: int | None = None, full: bool | None = None, average: str | None = None,
                 which: str = "best", batch_size: int | None = None, progress: bool = True,
-                device: str = "auto", mode: str | None = None) -> dict:
+                device: str = "auto", mode: str | None = None, compare: bool = True) -> dict:
     """Predict a run's validation and test utterances; write val_probs.npy, test_probs.npy and
     ids.json into the run dir. None settings come from the run's cfg.infer.
 
@@ -215,6 +215,9 @@ def predict_run(run_dir: str | os.PathLike, store: FeatureStore | None = None, w
     -> cfg.infer.mode if the config has one, else cfg.infer.full. Validation is predicted in
     all three ways (centre, full, sliding) and each saved as val_probs_<way>.npy; val_probs.npy
     and test_probs.npy are in the chosen mode.
+
+    compare=False with mode full or sliding: validation in that mode only (a fine-tuned member
+    predicted in its source member's mode; the other accuracies are then None).
 
     Returns val_acc (of the chosen mode), val accuracies of centre-crop, full-length and
     sliding-window inference, so the caller can show what the windows buy, and the mode.
@@ -226,70 +229,85 @@ def predict_run(run_dir: str | os.PathLike, store: FeatureStore | None = None, w
         raise KitError("give either mode or full, not both")
     if mode is not None and mode not in MODES:
         raise KitError(f"inference mode {mode!r}: choose one of {', '.join(MODES)}")
-    import torch
-
-    from kit.train import load_model
-
-    model, cfg = load_model(run_dir, which)       # which: best | last | avg (train.average_last)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device)
-    inf = cfg.infer
-    window = int(inf.window if window is None else window)
-    hop = int(inf.hop if hop is None else hop)
-    if mode is None:
-        if full is None:
-            mode = "full" if inf.full else inf.mode
-        else:
-            mode = "full" if full else "sliding"
-    if mode not in MODES:
-        raise KitError(f"{run_dir}: infer.mode {mode!r}: choose one of {', '.join(MODES)}")
-    average = inf.average if average is None else average
-    batch_size = int(inf.batch_size if batch_size is None else batch_size)
-    if batch_size < 1:
-        raise KitError(f"batch size {batch_size}: must be at least 1")
-    sliding_windows([1], window, hop)                         # refuse bad window/hop before any work
-    if average not in AVERAGES:
-        raise KitError(f"average {average!r}: choose one of {', '.join(AVERAGES)}")
+    model, cfg = _load_model(run_dir, which, device)
+    asked = _settings(cfg.infer, run_dir, window=window, hop=hop, full=full, average=average,
+                      batch_size=batch_size, mode=mode)
     if store is None:
         store = FeatureStore.open(cfg.data.data_dir, dtype=cfg.data.store_dtype, progress=progress)
     if len(store.speakers) != cfg.model.n_classes:
         raise KitError(f"{run_dir}: the model has {cfg.model.n_classes} classes but "
                        f"{store.layout.data_dir} has {len(store.speakers)} speakers")
     split = load_split(run_dir / "split.json", store)
-    val_labels = store.labels[split.val]
-    common = dict(window=window, hop=hop, average=average, batch_size=batch_size,
-                  n_classes=cfg.model.n_classes, progress=progress)
-
-    # Validation three ways (it is small) so the table shows what the windows buy.
+    common = dict(window=asked["window"], hop=asked["hop"], average=asked["average"],
+                  batch_size=asked["batch_size"], n_classes=cfg.model.n_classes, progress=progress)
     t0 = time.perf_counter()
-    val = {m: predict_index(model, store, split.val, mode=m, desc=f"val {m}", **common)
-           for m in ("centre", "full", "sliding")}
-    requested = mode
-    chosen, nll = choose_mode({m: val[m] for m in ("full", "sliding")}, val_labels)
-    if mode == "auto":
-        mode = chosen
-    val_probs = val[mode]
+    val, chosen, nll = _predict_validation(model, store, split.val, asked["mode"], common, compare)
     t1 = time.perf_counter()
-    test_probs = predict_index(model, store, store.test_index, mode=mode, desc="test", **common)
+    test_probs = predict_index(model, store, store.test_index, mode=chosen, desc="test", **common)
     t2 = time.perf_counter()
+    settings = {"window": asked["window"], "hop": asked["hop"], "full": chosen == "full", "mode": chosen,
+                "mode_requested": asked["mode"], "average": asked["average"], "which": which}
+    result = _save_predictions(run_dir, store, split.val, val, chosen, nll, test_probs, settings)
+    return {**result, "run_dir": str(run_dir), "n_val": int(len(split.val)), "n_test": int(store.n_test),
+            **settings, "val_seconds": t1 - t0, "test_seconds": t2 - t1}
 
+
+def _load_model(run_dir: Path, which: str, device: str):
+    """The run's model (which: best | last | avg) on `device` (auto: a GPU when there is one), and its config."""
+    import torch
+
+    from kit.train import load_model
+
+    model, cfg = load_model(run_dir, which)
+    model.to(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    return model, cfg
+
+
+def _settings(inf, run_dir: Path, window, hop, full, average, batch_size, mode) -> dict:
+    """The prediction settings: what was asked, else the run's cfg.infer; refused before any work."""
+    if mode is None:
+        mode = ("full" if inf.full else inf.mode) if full is None else ("full" if full else "sliding")
+    if mode not in MODES:
+        raise KitError(f"{run_dir}: infer.mode {mode!r}: choose one of {', '.join(MODES)}")
+    settings = {"window": int(inf.window if window is None else window), "hop": int(inf.hop if hop is None else hop),
+                "mode": mode, "average": inf.average if average is None else average,
+                "batch_size": int(inf.batch_size if batch_size is None else batch_size)}
+    if settings["batch_size"] < 1:
+        raise KitError(f"batch size {settings['batch_size']}: must be at least 1")
+    sliding_windows([1], settings["window"], settings["hop"])          # refuses a bad window or hop
+    if settings["average"] not in AVERAGES:
+        raise KitError(f"average {settings['average']!r}: choose one of {', '.join(AVERAGES)}")
+    return settings
+
+
+def _predict_validation(model, store: FeatureStore, val_index, mode: str, common: dict, compare: bool = True):
+    """Validation three ways (it is small) so the table shows what the windows buy (compare=False
+    with mode full or sliding: that way only). Returns ({way: probabilities (N, C)}, the mode test
+    is predicted in, {mode: calibrated NLL})."""
+    if not compare and mode in ("full", "sliding"):
+        return {mode: predict_index(model, store, val_index, mode=mode, desc=f"val {mode}", **common)}, mode, {}
+    val = {m: predict_index(model, store, val_index, mode=m, desc=f"val {m}", **common)
+           for m in ("centre", "full", "sliding")}
+    chosen, nll = choose_mode({m: val[m] for m in ("full", "sliding")}, store.labels[val_index])
+    return val, (chosen if mode == "auto" else mode), nll
+
+
+def _save_predictions(run_dir: Path, store: FeatureStore, val_index, val: dict, mode: str, nll: dict,
+                      test_probs, settings: dict) -> dict:
+    """val_probs_<way>.npy, val_probs.npy and test_probs.npy (in `mode`) and ids.json; returns the
+    validation accuracies (and calibrated NLLs) ids.json records."""
+    val_labels = store.labels[val_index]
     for m, probs in val.items():
         save_numpy(run_dir / f"val_probs_{m}.npy", probs)
-    save_numpy(run_dir / "val_probs.npy", val_probs)
+    save_numpy(run_dir / "val_probs.npy", val[mode])
     save_numpy(run_dir / "test_probs.npy", test_probs)
     result = {
-        "val_acc": accuracy(val_probs, val_labels),
-        "val_acc_centre": accuracy(val["centre"], val_labels),
-        "val_acc_full": accuracy(val["full"], val_labels),
-        "val_acc_sliding": accuracy(val["sliding"], val_labels),
+        "val_acc": accuracy(val[mode], val_labels),
+        **{f"val_acc_{m}": accuracy(val[m], val_labels) if m in val else None for m in ("centre", "full", "sliding")},
         "val_nll_full": nll.get("full"),            # after temperature scaling; None without validation
         "val_nll_sliding": nll.get("sliding"),
     }
-    settings = {"window": window, "hop": hop, "full": mode == "full", "mode": mode, "mode_requested": requested,
-                "average": average, "which": which}
-    PredictionIds(val=[store.paths[i] for i in split.val], val_labels=[int(v) for v in val_labels],
+    PredictionIds(val=[store.paths[i] for i in val_index], val_labels=[int(v) for v in val_labels],
                   test=[store.paths[i] for i in store.test_index], **settings,
                   data_dir=str(Path(store.layout.data_dir).resolve()), **result).save(run_dir / "ids.json")
-    return {**result, "run_dir": str(run_dir), "n_val": int(len(split.val)), "n_test": int(store.n_test),
-            **settings, "val_seconds": t1 - t0, "test_seconds": t2 - t1}
+    return result

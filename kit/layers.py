@@ -48,7 +48,7 @@ class FastDropoutAttention(nn.MultiheadAttention):
     def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
                 average_attn_weights=True, is_causal=False):
         own = (self.training and self.dropout > 0 and query.device.type == "cpu" and not need_weights
-               and attn_mask is None and not is_causal and self._qkv_same_embed_dim
+               and attn_mask is None and not is_causal and self.kdim == self.vdim == self.embed_dim
                and query is key and key is value and self.bias_k is None and not self.add_zero_attn)
         if not own:
             return super().forward(query, key, value, key_padding_mask=key_padding_mask,

@@ -14,6 +14,7 @@ from torch import nn
 
 from kit.cnn import EcapaEncoder, ResNetEncoder
 from kit.config import AugmentConfig, ModelConfig
+from kit.conformer import Conformer
 from kit.errors import KitError
 from kit.heads import AAMSoftmaxHead, AMSoftmaxHead, LinearHead, MarginHead, MLPHead
 from kit.layers import use_fast_dropout
@@ -44,61 +45,14 @@ class TransformerEncoder(nn.Module):
         return self.encoder(h, src_key_padding_mask=~valid_mask(lengths, x.shape[1])), lengths
 
 
-class _MaskedConv(nn.Module):
-    """Zeroes padded frames before a depthwise conv so padding never leaks into real frames."""
-
-    def __init__(self, conv: nn.Module):
-        super().__init__()
-        self.conv = conv
-        self.mask: torch.Tensor | None = None      # (B, 1, T), set by the encoder for each call
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:                    # x (B, C, T)
-        return self.conv(x if self.mask is None else x * self.mask)
-
-
-def depthwise_conv_time_major(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """A 'same'-padded depthwise Conv1d on x (B, T, C) without leaving that layout: K shifted
-    multiply-adds. weight (C, 1, K) as nn.Conv1d(groups=C) holds it."""
-    T, K = x.shape[1], weight.shape[-1]
-    xp = F.pad(x, (0, 0, (K - 1) // 2, K // 2))                           # (B, T + K - 1, C)
-    w = weight[:, 0, :]                                                    # (C, K)
-    out = xp[:, :T] * w[:, 0]
-    for k in range(1, K):
-        out = out + xp[:, k:k + T] * w[:, k]
-    return out if bias is None else out + bias
-
-
-class _ConvModuleTimeMajor(nn.Module):
-    """torchaudio's Conformer convolution module; at inference computed in (B, T, C) layout, the
-    pointwise convs as matrix products and the depthwise conv as shifted adds. Same parameters
-    and names, same maths (tested against torchaudio's). Why: on this CPU that made the module
-    1.7x faster in fp32 inference (torch's Conv1d took 5x longer than the equivalent Linear
-    for the 64->128 pointwise conv); in training, bf16 included, it was no faster, so training
-    keeps torchaudio's path. Installed by swapping the class of torchaudio's module (its
-    attributes stay), so torchaudio is not imported with kit."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:                    # x (B, T, D)
-        if self.training:                                                  # torchaudio's own forward
-            return self.sequential(self.layer_norm(x).transpose(1, 2)).transpose(1, 2)
-        pw1, _, dw, norm, act, pw2, drop = self.sequential
-        B, T, _ = x.shape
-        h = F.glu(F.linear(self.layer_norm(x), pw1.weight[..., 0], pw1.bias), dim=-1)   # (B, T, C)
-        if dw.mask is not None:
-            h = h * dw.mask.transpose(1, 2)                                  # (B, 1, T) -> (B, T, 1)
-        h = depthwise_conv_time_major(h, dw.conv.weight, dw.conv.bias)
-        h = act(norm(h.reshape(B * T, -1)).view(B, T, -1))                 # BatchNorm over B*T frames, as on (B, C, T)
-        return drop(F.linear(h, pw2.weight[..., 0], pw2.bias))             # (B, T, D)
-
-
 class ConformerEncoder(nn.Module):
-    """Linear prenet then torchaudio's Conformer; its depthwise convs are masked (torchaudio's aren't).
-    stock_conv keeps torchaudio's convolution module class (no time-major inference path), as the
-    course sample's code would have it; parameters and outputs are the same either way."""
+    """Linear prenet then kit's Conformer (kit.conformer: torchaudio's, with padding masked before
+    each depthwise conv). stock_conv computes the convolution module with torch's Conv1d at
+    inference too (no time-major path), as torchaudio and the course sample's code would; same
+    parameters and outputs either way."""
 
     def __init__(self, cfg: ModelConfig, stock_conv: bool = False):
         super().__init__()
-        from torchaudio.models import Conformer
-
         if cfg.conv_kernel % 2 == 0:
             raise KitError(f"model.conv_kernel {cfg.conv_kernel}: the conformer needs an odd kernel size")
         _check_attention_width(cfg)
@@ -106,27 +60,12 @@ class ConformerEncoder(nn.Module):
         self.prenet = nn.Linear(cfg.n_mels, cfg.d_model)
         self.conformer = Conformer(input_dim=cfg.d_model, num_heads=cfg.n_heads, ffn_dim=cfg.ffn_dim,
                                    num_layers=cfg.n_layers, depthwise_conv_kernel_size=cfg.conv_kernel,
-                                   dropout=cfg.dropout)
-        self.masked = []
-        for layer in self.conformer.conformer_layers:
-            seq = layer.conv_module.sequential              # pointwise, GLU, depthwise, norm, ...
-            seq[2] = _MaskedConv(seq[2])
-            self.masked.append(seq[2])
-            if isinstance(seq[3], nn.BatchNorm1d) and not stock_conv:   # GroupNorm keeps torchaudio's path
-                layer.conv_module.__class__ = _ConvModuleTimeMajor
+                                   dropout=cfg.dropout, time_major_inference=not stock_conv)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         T = x.shape[1]
-        t_max = int(lengths.max())              # torchaudio builds its mask to max(lengths) frames
-        x = x[:, :t_max]                                                    # (B, T', n_mels)
-        mask = valid_mask(lengths, t_max)[:, None, :].to(x.dtype)           # (B, 1, T')
-        for m in self.masked:
-            m.mask = mask
-        try:
-            h, _ = self.conformer(self.prenet(x), lengths)                  # (B, T', D)
-        finally:
-            for m in self.masked:
-                m.mask = None
+        t_max = int(lengths.max())              # no work on frames that are padding in every utterance
+        h, _ = self.conformer(self.prenet(x[:, :t_max]), lengths)           # (B, T', D)
         return F.pad(h, (0, 0, 0, T - t_max)), lengths                      # (B, T, D)
 
 

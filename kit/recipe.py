@@ -3,23 +3,21 @@
 """
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import signal
-import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kit.config import RunConfig, dump_toml, from_dict, load_toml, merge, to_dict
+from kit.budget import AFTER_SECONDS, Deadline, member_minutes, predict_seconds
+from kit.config import RunConfig, dump_toml, layered, load_toml, to_dict
 from kit.errors import KitError
+from kit.rounds import DISTILL_DEFAULTS, PSEUDO_DEFAULTS, StageContext, enabled, parse_stage, stages_share
+from kit.workers import run_parallel, slots_for
 
 TOP_KEYS = {"name", "description", "base", "members", "budget", "after"}
 AFTER_DEFAULTS = {"predict": True, "ensemble": "hard", "weights": "equal", "submit": False, "message": "",
-                  "which": "best"}
+                  "which": "best", "pseudo": None, "distill": None}
 BUDGETS = ("full", "quick")
 SYNTH_MARKER = ".kit-synth.json"
 
@@ -88,6 +86,13 @@ def load_recipe(path: str | Path) -> Recipe:
     if after["weights"] not in ("equal", "auto"):
         raise KitError(f"{path}: [after] weights {after['weights']!r}: choose equal or auto "
                        "(auto = weights fitted on the validation split)")
+    after["pseudo"] = parse_stage(str(path), "pseudo", after["pseudo"], PSEUDO_DEFAULTS)
+    after["distill"] = parse_stage(str(path), "distill", after["distill"], DISTILL_DEFAULTS)
+    if (enabled(after, "pseudo") or enabled(after, "distill")) and (after["ensemble"] == "none" or not after["predict"]):
+        raise KitError(f"{path}: [after] pseudo and distill need the members predicted and ensembled")
+    if stages_share(after) >= 0.9:
+        raise KitError(f"{path}: [after] pseudo.share + distill.share = {stages_share(after):g}: leave the "
+                       "members most of the time (< 0.9)")
 
     members, seen, recipe_only = [], set(), {}
     raw_members = raw.get("members", [])
@@ -125,11 +130,10 @@ def member_config(recipe: Recipe, member: str, budget: str, data_dir: str | None
     if not found:
         raise KitError(f"{recipe.path}: no member {member!r}; members: {', '.join(m[0] for m in recipe.members)}")
     _, override, member_budgets = found[0]
-    values = merge(recipe.base, override)
-    values = merge(values, recipe.budgets.get(budget, {}))
-    values = merge(values, member_budgets.get(budget, {}))
-    values["name"] = member
-    cfg = from_dict(values, where=f"{recipe.path}: member {member}")
+    where = f"{recipe.path}: member {member}"
+    cfg = layered((f"{recipe.path}: [base]", recipe.base), (where, override),
+                  (f"{recipe.path}: [budget.{budget}]", recipe.budgets.get(budget, {})),
+                  (f"{where}: budget.{budget}", member_budgets.get(budget, {})), (where, {"name": member}))
     if data_dir is not None:
         cfg.data.data_dir = str(data_dir)
     return cfg
@@ -159,135 +163,11 @@ def ensure_data(data: str | None, log) -> Path:
     return demo
 
 
-def _run_parallel(tasks: list[tuple[str, Path, list[list[str]]]], slots: list[dict], log, share=None,
-                  deadline: "Deadline | None" = None) -> None:
-    """Run each member's commands (train, then predict) one after another in a worker process
-    slot (a GPU, or a CPU core on one thread), several members at once: tiny models scale far
-    better this way than with DDP. Output goes to <run_dir>/train.log. The workers die with
-    this process, however it ends (see _workers_die_with_us). share(members_left): a member's
-    training minutes as it starts (time budgets), passed to its trainer as --minutes."""
-    children: list[subprocess.Popen] = []
-    with _workers_die_with_us(children):
-        _run_slots(tasks, slots, log, children, share, deadline)
-
-
-@contextlib.contextmanager
-def _workers_die_with_us(children: list):
-    """Stop every worker in `children` on any way out of the block: return, exception, Ctrl-C,
-    SIGTERM/SIGHUP (turned into SystemExit 143/129 here). A SIGKILL cannot be caught: each worker
-    asked the kernel for its own SIGKILL when this process dies (_die_with_parent)."""
-    def exit_on(signum, frame):
-        raise SystemExit(128 + signum)
-
-    handled = (signal.SIGTERM, signal.SIGHUP)
-    main_thread = threading.current_thread() is threading.main_thread()
-    before = {s: signal.signal(s, exit_on) for s in handled} if main_thread else {}
-    try:
-        yield
-    finally:
-        _stop_workers(children)
-        for s, handler in before.items():
-            signal.signal(s, handler)
-
-
-def _stop_workers(children: list, grace: float = 5.0) -> None:
-    """SIGTERM each live worker's process group, then SIGKILL what is left after `grace` seconds."""
-    live = [p for p in children if p.poll() is None]
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for p in live:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(p.pid, sig)
-        deadline = time.time() + grace
-        for p in live:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.wait(max(0.0, deadline - time.time()))
-        live = [p for p in live if p.poll() is None]
-        if not live:
-            return
-
-
-def _die_with_parent():
-    """A preexec_fn for workers: on Linux, the kernel sends the worker SIGKILL when the process
-    that started it dies (prctl PR_SET_PDEATHSIG), so no trainer outlives its recipe."""
-    try:
-        import ctypes
-
-        prctl = ctypes.CDLL(None, use_errno=True).prctl      # looked up before the fork
-    except (OSError, AttributeError):                         # not Linux
-        return None
-    parent = os.getpid()
-
-    def in_child() -> None:
-        prctl(1, signal.SIGKILL)          # PR_SET_PDEATHSIG
-        if os.getppid() != parent:        # the parent died before prctl took effect
-            os._exit(1)
-
-    return in_child
-
-
-def _run_slots(tasks: list[tuple[str, Path, list[list[str]]]], slots: list[dict], log, children: list,
-               share=None, deadline: "Deadline | None" = None) -> None:
-    pending, running = list(tasks), {}
-    while pending or running:
-        for slot in [i for i in range(len(slots)) if i not in running]:
-            if not pending:
-                break
-            name, run_dir, cmds = pending.pop(0)
-            if deadline is not None:        # the train command gets its share of what is left, at its start
-                limit = deadline.member_minutes(name, log)
-                if limit is None:
-                    deadline.not_started += [name] + [t[0] for t in pending]
-                    pending.clear()
-                    break
-                cmds = [cmds[0] + ["--max-minutes", repr(limit)]] + cmds[1:]
-            if share is not None:
-                cmds = [cmds[0] + ["--minutes", f"{share(len(pending) + 1):.4f}"]] + cmds[1:]
-            log(f"training {name} -> {run_dir} ({slots[slot]['label']}; log in {run_dir / 'train.log'})")
-            running[slot] = [name, run_dir, cmds, None, None]
-        for slot, state in list(running.items()):
-            name, run_dir, cmds, proc, out = state
-            if proc is not None and proc.poll() is None:
-                continue
-            if proc is not None:
-                out.close()
-                if proc.returncode != 0:
-                    for other in running.values():
-                        if other[3] is not None and other[3].poll() is None:
-                            other[3].terminate()
-                    tail = (run_dir / "train.log").read_text(errors="replace").strip().splitlines()[-1:]
-                    raise KitError(f"member {name} failed (exit {proc.returncode}): {' '.join(tail)[:300]} "
-                                   f"(full log: {run_dir / 'train.log'})")
-            if not cmds:
-                log(f"{name} finished")
-                del running[slot]
-                continue
-            env = {**os.environ, **{k: v for k, v in slots[slot].items() if k != "label"}}
-            out = open(run_dir / "train.log", "a")
-            proc = subprocess.Popen(cmds[0], env=env, stdout=out, stderr=subprocess.STDOUT,
-                                    process_group=0, preexec_fn=_die_with_parent())
-            children.append(proc)
-            running[slot] = [name, run_dir, cmds[1:], proc, out]
-        time.sleep(0.5)   # polling the children, not timing anything
-
-
 def _is_predicted(run_dir: Path, which: str) -> bool:
     """val/test probabilities written after the checkpoint they come from."""
     ckpt = run_dir / f"{which}.pt"
     probs = [run_dir / "val_probs.npy", run_dir / "test_probs.npy"]
     return ckpt.is_file() and all(p.is_file() and p.stat().st_mtime >= ckpt.stat().st_mtime for p in probs)
-
-
-def _slots(workers: int | None, n_jobs: int) -> list[dict]:
-    """Where members train at once: one per GPU when there are several, else one per CPU core
-    (each on one thread); a single slot means in-process, one after another."""
-    import torch
-
-    n_gpus = torch.cuda.device_count()
-    if n_gpus > 0:
-        n = min(workers or n_gpus, n_gpus, n_jobs)
-        return [{"CUDA_VISIBLE_DEVICES": str(g), "label": f"GPU {g}"} for g in range(n)]
-    n = min(workers or os.cpu_count() or 1, n_jobs)
-    return [{"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "label": f"CPU worker {i}"} for i in range(n)]
 
 
 def _member_task(recipe: Recipe, job, on_cpu: bool, after: bool,
@@ -303,85 +183,10 @@ def _member_task(recipe: Recipe, job, on_cpu: bool, after: bool,
     cmds = [[sys.executable, "-m", "kit.train", "--out", str(run_dir), "--config", str(run_dir / "member.toml"),
              "--no-progress"] + (["--resume"] if resume else []) + (["--budget", budget] if budget else [])]
     if after and recipe.after["predict"]:
-        cmds.append([sys.executable, "-m", "kit", "predict", str(run_dir), "--which", recipe.after["which"]])
+        fine_tune = cfg.train.init_from and cfg.infer.mode in ("full", "sliding")   # kit.rounds: source's mode
+        cmds.append([sys.executable, "-m", "kit", "predict", str(run_dir), "--which", recipe.after["which"]]
+                    + (["--mode", cfg.infer.mode, "--no-compare"] if fine_tune else []))
     return name, run_dir, cmds
-
-
-def member_minutes(total_minutes: float, spent_seconds: float, n_jobs: int, n_slots: int,
-                   predict_seconds: float = 0.0, floor: bool = False) -> float:
-    """Training minutes per member so that the whole recipe fits `total_minutes` of wall time:
-    what is left after `spent_seconds`, less the end (ensemble, report, submission), shared by
-    the members that train `n_slots` at a time, less each member's start-up and its prediction
-    (`predict_seconds`, see predict_seconds()). floor: never refuse, give at least 10 seconds
-    (a member starting late in a running recipe)."""
-    left = total_minutes * 60 - spent_seconds - AFTER_SECONDS
-    rounds = -(-n_jobs // n_slots)                      # members one after another in a slot
-    per_member = left / rounds - START_SECONDS - predict_seconds
-    if floor:
-        per_member = max(per_member, 10.0)
-    elif per_member < 10:
-        raise KitError(f"--minutes {total_minutes:g}: too little time for {n_jobs} member(s) "
-                       f"{n_slots} at a time; give more minutes or fewer members (--only)")
-    return per_member / 60
-
-
-def predict_seconds(store, val_fraction: float, on_gpu: bool) -> float:
-    """What predicting one member costs on one CPU core: validation twice (whole utterances and
-    sliding windows, to choose between them) and the test set once. Measured on the hard preset
-    (1,000 validation and 2,000 test utterances, ~2 M frames predicted per member): 27-118 s per
-    member, 62 s on average, ~31 s per million frames; a GPU's is taken as negligible."""
-    if on_gpu:
-        return 0.0
-    import numpy as np
-
-    train_frames = float(np.sum(store.lengths[store.train_index]))
-    test_frames = float(np.sum(store.lengths[store.test_index]))
-    return PREDICT_SECONDS_PER_MFRAME * (2 * val_fraction * train_frames + test_frames) / 1e6
-
-
-# What a member costs besides training, measured on the 2-core CPU (hard preset, quick budget):
-START_SECONDS = 8                  # a worker process: python, torch and kit imports, data mapped
-PREDICT_SECONDS_PER_MFRAME = 35    # prediction, seconds per million frames (see predict_seconds)
-AFTER_SECONDS = 20                 # the ensemble (cross-fitted), the report and its plot, a local submission
-# --max-hours: room kept, as a share of the training time a member is given, for what follows its
-# stop (the last evaluation and checkpoint) and for error in the estimates (predict_seconds
-# takes a GPU's prediction as negligible); a guess on the safe side.
-STOP_SHARE = 0.15
-MIN_MEMBER_SECONDS = 60    # a member that would get less training time than this is not started
-
-
-class Deadline:
-    """`--max-hours`: the wall-clock time by which the command must be done (a notebook session's
-    end). Each member starting is given train.max_minutes so that it checkpoints and stops before
-    it, with time left for the predictions and the recipe's end; one that would get less than
-    MIN_MEMBER_SECONDS is not started. The run dirs then resume on the next session's re-run."""
-
-    def __init__(self, hours: float, began: float, own: dict[str, float] | None = None,
-                 predict: float = 0.0):
-        self.at = began + hours * 3600
-        self.own = own or {}               # member -> its own train.max_minutes (0: none)
-        self.predict = predict             # seconds to predict one member (predict_seconds)
-        self.not_started: list[str] = []
-
-    def seconds_left(self) -> float:
-        return self.at - time.time()
-
-    def member_minutes(self, name: str, log, predictions: int = 1) -> float | None:
-        """train.max_minutes for member `name` starting now, leaving time for `predictions` members'
-        prediction; None (and a line) when too little is left."""
-        reserve = AFTER_SECONDS + START_SECONDS + predictions * self.predict
-        train_seconds = (self.seconds_left() - reserve) * (1 - STOP_SHARE)
-        if train_seconds < MIN_MEMBER_SECONDS:
-            log(f"{name}: not started, {max(self.seconds_left(), 0) / 60:.1f} min are left before the "
-                "--max-hours deadline; re-run the same command (next session) to continue")
-            return None
-        own = self.own.get(name, 0.0)
-        minutes = min(own, train_seconds / 60) if own > 0 else train_seconds / 60
-        log(f"{name}: --max-hours: trains at most {minutes:.1f} min, then checkpoints and stops")
-        return minutes
-
-    def time_for_after(self, seconds_needed: float) -> bool:
-        return self.seconds_left() >= seconds_needed
 
 
 def run_recipe(path: str | Path, data: str | None = None, budget: str | None = None, runs: str = "runs",
@@ -389,7 +194,8 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
                workers: int | None = None, minutes: float | None = None,
                per_member_minutes: float | None = None, submit: bool | None = None,
                submissions: str | Path = "submissions", fresh: bool = False,
-               max_hours: float | None = None, launcher=None, ensemble: str | None = None) -> dict:
+               max_hours: float | None = None, pseudo: bool | None = None, distill: bool | None = None,
+               launcher=None, ensemble: str | None = None) -> dict:
     """Train the recipe's members (skipping finished ones, resuming half-finished ones), then
     predict, ensemble and submit as its [after] table says. Returns everything the CLI prints.
 
@@ -399,6 +205,8 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
     members' own train.minutes; each member fits its LR schedule to its time.
     fresh: move the chosen members' old run dirs aside (RUNS/<recipe>.old-<time>/) and train
     them again. Without it, a member made from other data, settings or budget is refused.
+    pseudo, distill: turn the recipe's [after] pseudo / distill stage on or off (None: as the
+    recipe says; a stage the recipe does not set up gets kit.rounds' defaults).
     max_hours: a hard stop for this call, e.g. the time left in a notebook session (see Deadline):
     members are stopped with a checkpoint or not started, and the after stages wait until every
     member has finished; calling again (next session) continues from the run dirs.
@@ -416,6 +224,9 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
         recipe.after["submit"] = submit
     if ensemble is not None:
         recipe.after["ensemble"] = ensemble
+    for key, value, defaults in (("pseudo", pseudo, PSEUDO_DEFAULTS), ("distill", distill, DISTILL_DEFAULTS)):
+        if value is not None:
+            recipe.after[key] = {**(recipe.after[key] or defaults), "enabled": value}
     data_dir = ensure_data(data, log)
     budget = budget or ("quick" if is_synthetic(data_dir) else "full")
     if budget not in BUDGETS:
@@ -448,14 +259,26 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
         launcher.train(recipe, [j[0] for j in jobs], root, budget, data_dir, log, minutes=minutes,
                        per_member_minutes=per_member_minutes, max_hours=max_hours, fresh=fresh)
         jobs, max_hours = [], None
-    slots = _slots(workers, len(jobs))
+    slots = slots_for(workers, len(jobs))
     if not per_member_minutes:
         minutes = minutes or recipe.minutes.get(budget)
     share = None          # a member's training minutes, given how many are left when it starts
     timed = bool(jobs) and bool(minutes or per_member_minutes)
-    if timed or max_hours:  # one member's prediction; no slots (nothing left to train): a CPU's cost
+    if minutes or per_member_minutes or max_hours:  # one member's prediction; no slots: a CPU's cost
         predict_s = predict_seconds(store, member_config(recipe, chosen[0], budget).data.val_fraction,
                                     bool(slots) and "GPU" in slots[0]["label"])
+    stages = stages_share(recipe.after) if after else 0.0    # time the stages after the vote take
+
+    stage_slots = slots_for(workers, len(chosen))        # fine-tunes after the vote: one per member
+
+    def minutes_left(end: float, jobs_left: int, floor: bool = True, slots: list = stage_slots,
+                     share: float | None = None) -> float:
+        """Training minutes per job for a stage that must end at `end` x the recipe's minutes; with
+        --member-minutes M, a stage taking `share` of the time gets M x share / (1 - stages)."""
+        if per_member_minutes:
+            return per_member_minutes * (1.0 if share is None else share / max(1.0 - stages, 0.1))
+        return member_minutes(minutes * end, time.time() - began, jobs_left, max(len(slots), 1), predict_s, floor)
+
     if timed:
 
         def share(members_left: int, floor: bool = True) -> float:
@@ -463,21 +286,25 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
                 return per_member_minutes
             # Re-shared as each member starts, so members that start late get what the earlier
             # ones left: a first round that overran (a slow prediction, a busy machine) is made up.
-            return member_minutes(minutes, time.time() - began, members_left, len(slots), predict_s, floor)
+            return minutes_left(1.0 - stages, members_left, floor, slots)
 
         each = share(len(jobs), floor=False)          # refuses an allowance too small to start
         log(f"time budget: {each:.2f} training minutes per member, {len(slots)} at a time"
-            + (" (re-shared as each member starts)" if not per_member_minutes else ""))
+            + (" (re-shared as each member starts)" if not per_member_minutes else "")
+            + (f"; {stages:.0%} of the time kept for pseudo-labelling/distillation" if stages else ""))
         for _, cfg, _, _ in jobs:
             cfg.train.minutes = each
     deadline = None
     if max_hours:
         deadline = Deadline(max_hours, began, {j[0]: j[1].train.max_minutes for j in jobs}, predict_s)
-    if len(slots) > 1:
-        on_cpu = "CPU" in slots[0]["label"]
-        _run_parallel([_member_task(recipe, job, on_cpu, after, budget) for job in jobs], slots, log, share,
-                      deadline)
-    else:
+
+    def train_jobs(jobs: list, share, deadline: Deadline | None = None, slots: list = stage_slots) -> None:
+        """Train (and, in worker processes, predict) jobs [(name, cfg, run_dir, resume)]."""
+        if len(slots) > 1:
+            on_cpu = "CPU" in slots[0]["label"]
+            run_parallel([_member_task(recipe, job, on_cpu, after, budget) for job in jobs], slots, log, share,
+                          deadline)
+            return
         for k, (name, cfg, run_dir, resume) in enumerate(jobs):
             if deadline is not None:
                 limit = deadline.member_minutes(name, log, predictions=k + 1)     # predicted at the end
@@ -489,6 +316,8 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
                 cfg.train.minutes = share(len(jobs) - k)
             log(f"training {name} -> {run_dir}{' (resuming)' if resume else ''}")
             train(cfg, run_dir, resume=resume, progress=progress, store=store, budget=budget)
+
+    train_jobs(jobs, share, deadline, slots)
 
     result = {"recipe": recipe.name, "budget": budget, "data": str(data_dir), "members": []}
     run_dirs = []
@@ -503,7 +332,13 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
     if deadline is not None and after:
         after = _in_time(deadline, result, run_dirs, recipe.after["which"])
     if after:
-        _after(recipe, run_dirs, store, data_dir, result, progress, log, submissions)
+        ctx = StageContext(
+            name=recipe.name, root=root, which=recipe.after["which"], budget=budget,
+            config_for=lambda name: member_config(recipe, name, budget, data_dir), train_jobs=train_jobs,
+            ensemble=lambda dirs, name: _ensemble(recipe, dirs, name, submissions),
+            predict=lambda d: _predict(d, recipe.after["which"], store, progress, log), log=log, progress=progress,
+            timed=bool(minutes or per_member_minutes), minutes_left=minutes_left)
+        _after(recipe, run_dirs, store, data_dir, result, progress, log, submissions, ctx, stages)
     result["minutes"] = (time.time() - began) / 60
     return result
 
@@ -572,23 +407,44 @@ def _in_time(deadline: Deadline, result: dict, run_dirs: list[Path], which: str)
     return False
 
 
-def _after(recipe: Recipe, run_dirs: list[Path], store, data_dir: Path, result: dict, progress: bool, log,
-           submissions: str | Path = "submissions") -> None:
-    """predict -> ensemble -> submit, as far as the recipe's [after] table asks."""
-    from kit.ensemble import ensemble_runs
+def _predict(run_dir: Path, which: str, store, progress: bool, log) -> dict | None:
+    """Predict a run dir unless its predictions are newer than its checkpoint (a fine-tune of
+    kit.rounds: in its source member's mode only)."""
     from kit.infer import predict_run
+    from kit.train import load_config
+
+    if _is_predicted(run_dir, which):       # by its worker, or by an earlier run
+        return None
+    log(f"predicting {run_dir.name}")
+    cfg = load_config(run_dir)
+    fine_tune = bool(cfg.train.init_from) and cfg.infer.mode in ("full", "sliding")
+    return predict_run(run_dir, store=store, which=which, progress=progress,
+                       **({"mode": cfg.infer.mode, "compare": False} if fine_tune else {}))
+
+
+def _ensemble(recipe: Recipe, run_dirs: list[Path], name: str, submissions) -> dict:
+    from kit.ensemble import ensemble_runs
+
+    plan = recipe.after
+    weights = "auto" if plan["weights"] == "auto" else None
+    vote = plan["ensemble"] if len(run_dirs) > 1 else "hard"     # one run: its own predictions
+    return ensemble_runs(run_dirs, vote=vote, weights=weights, name=name, out_dir=submissions)
+
+
+def _after(recipe: Recipe, run_dirs: list[Path], store, data_dir: Path, result: dict, progress: bool, log,
+           submissions: str | Path = "submissions", ctx: StageContext | None = None, stages: float = 0.0) -> None:
+    """predict -> ensemble -> (pseudo-labelling rounds, distillation) -> submit, as far as the
+    recipe's [after] table asks."""
     from kit.kaggle import recipe_submit
     from kit.records import PredictionIds
     from kit.report import format_report, report_runs
+    from kit.rounds import distill_stage, pseudo_rounds
 
     plan = recipe.after
     if not plan["predict"]:
         return
     for run_dir, member in zip(run_dirs, result["members"]):
-        if _is_predicted(run_dir, plan["which"]):       # by its worker, or by an earlier run
-            continue
-        log(f"predicting {member['name']}")
-        member["pred"] = predict_run(run_dir, store=store, which=plan["which"], progress=progress)
+        member["pred"] = _predict(run_dir, plan["which"], store, progress, log)
     for run_dir, member in zip(run_dirs, result["members"]):     # the table shows predicted accuracy
         ids = PredictionIds.load(run_dir)
         if ids.val_acc is not None:
@@ -596,17 +452,30 @@ def _after(recipe: Recipe, run_dirs: list[Path], store, data_dir: Path, result: 
     if plan["ensemble"] == "none":
         return
     log(f"ensembling {len(run_dirs)} member(s) by {plan['ensemble']} vote")
-    weights = "auto" if plan["weights"] == "auto" else None
-    ens = ensemble_runs(run_dirs, vote=plan["ensemble"], weights=weights, name=recipe.name, out_dir=submissions)
+    rounds = enabled(plan, "pseudo") is not None and ctx is not None
+    ens = _ensemble(recipe, run_dirs, f"{recipe.name}-vote0" if rounds else recipe.name, submissions)
+    if rounds:
+        result["vote0"] = {"val_acc": ens["val_acc"], "val_acc_oof": ens.get("oof_acc"), "csv": str(ens["csv"])}
+        names = [m["name"] for m in result["members"]]
+        run_dirs = pseudo_rounds(ctx, plan["pseudo"], names, run_dirs, result, 1.0 - stages)
+        if result["rounds"]:
+            log(f"ensembling the {len(run_dirs)} fine-tuned member(s) by {plan['ensemble']} vote")
+        ens = _ensemble(recipe, run_dirs, recipe.name, submissions)     # no round: the same vote
     result["ensemble"] = {"vote": plan["ensemble"], "val_acc": ens["val_acc"], "csv": str(ens["csv"]),
                           "manifest": str(ens["manifest"]), "table": ens.get("table"),
                           "weights_mode": plan["weights"], "method": ens.get("method"),
-                          "val_acc_oof": ens.get("oof_acc"),
+                          "val_acc_oof": ens.get("oof_acc"), "members": [str(d) for d in run_dirs],
                           "weights": [float(w) for w in ens["weights"]] if ens.get("weights") is not None else None}
     report = report_runs(run_dirs, ensemble_result=ens)       # also draws NAME_report.png beside the CSV
     result["report"] = format_report(report)
+    if enabled(plan, "distill") is not None and ctx is not None:
+        distill_stage(ctx, plan["distill"], run_dirs, result)
     if not plan["submit"]:
         return
     message = plan["message"] or f"kit recipe {recipe.name} ({result['budget']} budget)"
     log(f"submitting {ens['csv']}")
     result["submission"] = recipe_submit(ens["csv"], message, data_dir)
+    if enabled(plan, "distill") and plan["distill"]["submit"] and result.get("student"):
+        log(f"submitting {result['student']['csv']}")
+        result["student"]["submission"] = recipe_submit(result["student"]["csv"], message + " (distilled student)",
+                                                        data_dir)

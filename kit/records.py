@@ -91,7 +91,8 @@ class PredictionIds:
 
 
 # ---------------------------------------------------------------- a submission: NAME.json
-AUTO_KEYS = ("method", "pool", "folds", "temperatures", "oof_acc", "candidates")   # only for a chosen ensemble
+AUTO_KEYS = ("method", "pool", "folds", "temperatures", "oof_acc", "candidates",   # only for a chosen ensemble
+             "trained_on")                                                        # only with pseudo-labels/teachers
 
 
 @dataclass
@@ -118,6 +119,7 @@ class SubmissionManifest:
     table: list[dict] = field(default_factory=list)
     val_acc: float | None = None            # in-sample validation accuracy of the written vote
     created: str | None = None
+    trained_on: list[dict] | None = None    # members trained on test utterances too: which files (kit.pseudo)
 
     @property
     def label(self) -> str:
@@ -150,3 +152,46 @@ class SubmissionManifest:
 
     def save(self, path: str | os.PathLike) -> None:
         write_json(path, self.to_dict())
+
+
+def trained_on(run_dirs) -> list[dict]:
+    """For each member trained on test utterances too (pseudo-labels, a teacher, or starting
+    weights of such a run): the files and their content digests from its identity.json, plus the
+    pseudo-labelling round's numbers (pseudo.json beside the CSV) -- so a submission says exactly
+    what it used."""
+    import json
+
+    out = []
+    for run_dir in run_dirs:
+        path = Path(run_dir) / "identity.json"
+        try:
+            inputs = json.loads(path.read_text(encoding="utf-8")).get("inputs") if path.is_file() else None
+        except ValueError:
+            inputs = None
+        if not inputs:
+            continue
+        cfg = _read_toml(Path(run_dir) / "config.toml")
+        entry = {"member": str(Path(run_dir).resolve()), "sha256": inputs}
+        pseudo = cfg.get("data", {}).get("pseudo_labels")
+        if pseudo:
+            entry["pseudo_labels"] = pseudo
+            record = Path(pseudo).with_name("pseudo.json")
+            if record.is_file():
+                stats = json.loads(record.read_text(encoding="utf-8"))
+                entry["pseudo"] = {k: stats.get(k) for k in ("test_count", "n_test", "threshold",
+                                                             "estimated_precision", "target_precision", "method")}
+        for key in ("teacher", "init_from"):
+            if cfg.get("train", {}).get(key):
+                entry[key] = cfg["train"][key]
+        out.append(entry)
+    return out
+
+
+def _read_toml(path: Path) -> dict:
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except (OSError, ValueError):
+        return {}

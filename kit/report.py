@@ -9,11 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
-from kit.ensemble import (DEFAULT_POOL, METHODS, auto_ensemble, calibrate, check_compatible, fit_temperature,
-                          load_member, log_probs, mean_nll, member_speakers)
+from kit.ensemble.calibration import calibrate, fit_temperature, log_probs, mean_nll
+from kit.ensemble.crossfit import DEFAULT_POOL, METHODS, auto_ensemble
+from kit.ensemble.members import check_compatible, load_member, member_speakers
 from kit.errors import KitError
 from kit.plots import plot_report
 from kit.records import SubmissionManifest
+from kit.submission import read_answer_key, score_predictions, score_submission
 
 
 # ---------------------------------------------------------------- pure numbers
@@ -46,31 +48,9 @@ def _short_names(run_dirs) -> list[str]:
     return names if len(set(names)) == len(names) else [str(d) for d in run_dirs]
 
 
-def _test_accuracy(ids: list[str], categories, key) -> dict:
-    """Public/private accuracy of test predictions (category strings) against an answer key frame."""
-    missing = [i for i in ids if i not in key.index]
-    if missing:
-        raise KitError(f"answer key lacks test utterance {missing[0]!r} ({len(missing)} in all); "
-                       "is it the key of this data dir?")
-    rows = key.loc[ids]
-    right = rows["Category"].to_numpy() == np.asarray(categories, dtype=object)
-    out = {}
-    for usage in ("Public", "Private"):
-        mask = rows["Usage"].to_numpy() == usage
-        out[usage.lower()] = float(right[mask].mean()) if mask.any() else None
-    return out
-
-
-def _read_key(answers):
-    import pandas as pd
-
-    path = Path(answers)
-    if not path.is_file():
-        raise KitError(f"{path}: answer key not found")
-    key = pd.read_csv(path, dtype=str)
-    if list(key.columns[:3]) != ["Id", "Category", "Usage"]:
-        raise KitError(f"{path}: header is {','.join(key.columns)!r}, expected 'Id,Category,Usage'")
-    return key.set_index("Id")
+def _public_private(scores: dict) -> dict:
+    """score_predictions' result as the report's two numbers (None for a half with no utterances)."""
+    return {half: scores[half]["acc"] if scores[half]["n"] else None for half in ("public", "private")}
 
 
 def _load_ensemble(ensemble_result, run_dirs) -> SubmissionManifest:
@@ -107,46 +87,16 @@ def report_runs(run_dirs, ensemble_result=None, png=None, answers=None, pool: st
     members = [load_member(d) for d in run_dirs]
     check_compatible(members)
     labels = members[0].val_labels
-    names = _short_names([m.run_dir for m in members])
     preds = np.stack([m.val_probs.argmax(axis=1) for m in members])        # (M, N)
-    key = _read_key(answers) if answers is not None else None
-    speakers = None
-    if key is not None:
-        speakers = member_speakers(members[0])[0]
-
-    rows = []
-    for m, name, pred in zip(members, names, preds):
-        lp = log_probs(m.val_probs)
-        t = fit_temperature(lp, labels) if len(labels) else None
-        row = {"member": name, "run_dir": str(m.run_dir), "mode": m.ids.inference_mode, "temperature": t,
-               "val_acc": float((pred == labels).mean()) if len(labels) else None,
-               "val_nll": mean_nll(calibrate(lp, t), labels) if len(labels) else None,
-               "val_acc_centre": m.ids.val_acc_centre, "val_acc_full": m.ids.val_acc_full,
-               "val_acc_sliding": m.ids.val_acc_sliding}
-        if key is not None:
-            row.update(_test_accuracy(m.ids.test, [speakers[k] for k in m.test_probs.argmax(axis=1)], key))
-        rows.append(row)
+    rows = [_member_row(m, name, labels) for m, name in zip(members, _short_names([m.run_dir for m in members]))]
+    if answers is not None:
+        _score_members(rows, members, answers)
     accs = [r["val_acc"] for r in rows if r["val_acc"] is not None]
     best = max(accs) if accs else None
-
-    ens = None
-    if ensemble_result is not None:
-        manifest = _load_ensemble(ensemble_result, run_dirs)
-        ens = {"name": manifest.label, "method": manifest.description, "val_acc": manifest.val_acc,
-               "oof_acc": manifest.oof_acc, "candidates": manifest.candidates, "csv": manifest.csv}
-        if key is not None and ens["csv"]:
-            import pandas as pd
-
-            sub = pd.read_csv(ens["csv"], dtype=str)
-            ens.update(_test_accuracy(sub["Id"].tolist(), sub["Category"].tolist(), key))
-    elif len(labels) >= 2:
-        fit = auto_ensemble([m.val_probs for m in members], labels, None, METHODS, pool, folds)
-        ens = {"name": "auto (not written)", "method": fit["method"], "val_acc": fit["val_acc"],
-               "oof_acc": fit["oof_acc"], "candidates": fit["candidates"], "csv": None}
+    ens = _ensemble_summary(members, ensemble_result, run_dirs, answers, pool, folds)
     if ens is not None:
         for kind, acc in (("gain_in_sample", ens["val_acc"]), ("gain_oof", ens["oof_acc"])):
             ens[kind] = None if acc is None or best is None else acc - best
-
     matrix = disagreement_matrix(preds)
     report = {"members": rows, "ensemble": ens, "best_member_acc": best, "oracle": oracle_accuracy(preds, labels),
               "mean_disagreement": mean_disagreement(matrix), "disagreement": matrix.tolist(),
@@ -157,6 +107,45 @@ def report_runs(run_dirs, ensemble_result=None, png=None, answers=None, pool: st
     if png:
         report["png"] = str(plot_report(report, png))
     return report
+
+
+def _member_row(member, name: str, labels) -> dict:
+    """A member's validation numbers: accuracy, temperature and calibrated NLL, and the accuracy
+    of each way of predicting that `kit predict` recorded."""
+    lp = log_probs(member.val_probs)
+    t = fit_temperature(lp, labels) if len(labels) else None
+    return {"member": name, "run_dir": str(member.run_dir), "mode": member.ids.inference_mode, "temperature": t,
+            "val_acc": float((member.val_probs.argmax(axis=1) == labels).mean()) if len(labels) else None,
+            "val_nll": mean_nll(calibrate(lp, t), labels) if len(labels) else None,
+            "val_acc_centre": member.ids.val_acc_centre, "val_acc_full": member.ids.val_acc_full,
+            "val_acc_sliding": member.ids.val_acc_sliding}
+
+
+def _score_members(rows: list[dict], members, answers) -> None:
+    """Add each member's public/private test accuracy against the answer key to its row."""
+    key = read_answer_key(answers)
+    speakers = member_speakers(members[0])[0]
+    for row, m in zip(rows, members):
+        predicted = dict(zip(m.ids.test, (speakers[k] for k in m.test_probs.argmax(axis=1))))
+        row.update(_public_private(score_predictions(predicted, key, str(m.run_dir), str(answers))))
+
+
+def _ensemble_summary(members, ensemble_result, run_dirs, answers, pool: str, folds: int) -> dict | None:
+    """The written ensemble's numbers (from its manifest, its CSV scored with the key), or
+    without one the calibrated cross-fitted ensemble computed here; None when there is neither."""
+    labels = members[0].val_labels
+    if ensemble_result is not None:
+        manifest = _load_ensemble(ensemble_result, run_dirs)
+        ens = {"name": manifest.label, "method": manifest.description, "val_acc": manifest.val_acc,
+               "oof_acc": manifest.oof_acc, "candidates": manifest.candidates, "csv": manifest.csv}
+        if answers is not None and ens["csv"]:
+            ens.update(_public_private(score_submission(ens["csv"], answers)))
+        return ens
+    if len(labels) < 2:
+        return None
+    fit = auto_ensemble([m.val_probs for m in members], labels, None, METHODS, pool, folds)
+    return {"name": "auto (not written)", "method": fit["method"], "val_acc": fit["val_acc"],
+            "oof_acc": fit["oof_acc"], "candidates": fit["candidates"], "csv": None}
 
 
 def _pct(x) -> str:

@@ -66,7 +66,29 @@ def run_identity(cfg, store, budget: str | None = None, run_dir: str | Path | No
     cfg.model.n_mels, cfg.model.n_classes = store.n_mels, len(store.speakers)
     if budget is None and run_dir is not None:
         budget = (read_identity(run_dir) or {}).get("budget")
-    return {"version": 1, "data": data_identity(store), "config": config_identity(cfg), "budget": budget}
+    identity = {"version": 1, "data": data_identity(store), "config": config_identity(cfg), "budget": budget}
+    inputs = input_identity(cfg)
+    if inputs:                          # pseudo-labels, a teacher, starting weights: their contents
+        identity["inputs"] = inputs
+    return identity
+
+
+INPUT_FILES = ("data.pseudo_labels", "train.teacher", "train.init_from")
+
+
+def input_identity(cfg) -> dict:
+    """Content digests of the files a run trains from besides the data (by setting name)."""
+    from kit.fsio import sha256_file
+
+    out = {}
+    for key in INPUT_FILES:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value:
+            path = Path(value)
+            path = path / "last.pt" if path.is_dir() else path
+            out[key] = sha256_file(path) if path.is_file() else None
+    return out
 
 
 def read_identity(run_dir: str | Path) -> dict | None:
@@ -121,6 +143,10 @@ def identity_changes(old: dict, new: dict, config_prefix: str = "") -> list[str]
         value = before.get(key, defaults.get(key))
         if value != after[key]:
             changes.append(f"{key} {value!r} -> {after[key]!r}")
+    if not config_prefix and old.get("inputs", {}) != new.get("inputs", {}):
+        changed = sorted(k for k in set(old.get("inputs", {})) | set(new.get("inputs", {}))
+                         if old.get("inputs", {}).get(k) != new.get("inputs", {}).get(k))
+        changes.append(f"contents of {', '.join(changed)}")
     if not old.get("legacy") and not config_prefix and old.get("budget") != new.get("budget"):
         changes.append(f"budget {old.get('budget')} -> {new.get('budget')}")
     return changes

@@ -59,7 +59,7 @@ def validate_submission(csv_path: str | os.PathLike, data_dir: str | os.PathLike
     Empty list = ok. One line per problem (at most ~10, then a count). Checks the header,
     row count, unique Ids, Ids = the test feature_paths, Categories = known speaker ids.
     """
-    from kit.data import read_layout
+    from kit.layout import read_layout
 
     csv_path = Path(csv_path)
     layout = read_layout(data_dir)                     # a bad data dir is the caller's KitError
@@ -135,17 +135,10 @@ def _summary(correct: int, n: int) -> dict:
             "ci_low": low, "ci_high": high}
 
 
-def score_submission(csv_path: str | os.PathLike, answers_path: str | os.PathLike) -> dict:
-    """Accuracy of a submission against an answer key `Id,Category,Usage` (Public/Private).
-
-    Returns {"public", "private", "overall": {acc, correct, n, ci_low, ci_high}, "gap"}, with
-    gap = public - private accuracy. The submission must cover exactly the key's Ids.
-    """
-    csv_path, answers_path = Path(csv_path), Path(answers_path)
-    sub_rows = _read_rows(csv_path, "submission")
+def read_answer_key(answers_path: str | os.PathLike) -> dict[str, tuple[str, str]]:
+    """Id -> (Category, Usage) of a Kaggle-style answer key `Id,Category,Usage` (Public/Private)."""
+    answers_path = Path(answers_path)
     key_rows = _read_rows(answers_path, "answer key")
-    if sub_rows[0] != HEADER:
-        raise KitError(f"{csv_path}: header is {','.join(sub_rows[0])!r}, expected {','.join(HEADER)!r}")
     if key_rows[0][:3] != ["Id", "Category", "Usage"]:
         raise KitError(f"{answers_path}: header is {','.join(key_rows[0])!r}, expected 'Id,Category,Usage'")
     key = {}
@@ -153,6 +146,35 @@ def score_submission(csv_path: str | os.PathLike, answers_path: str | os.PathLik
         if len(row) < 3 or row[2] not in ("Public", "Private"):
             raise KitError(f"{answers_path}:{line}: expected Id,Category,Usage with Usage Public or Private")
         key[row[0]] = (row[1], row[2])
+    return key
+
+
+def score_predictions(predictions: dict[str, str], key: dict[str, tuple[str, str]], where: str = "predictions",
+                      key_name: str = "the answer key") -> dict:
+    """Accuracy of Id -> Category predictions against read_answer_key's key; they must cover
+    exactly the key's Ids. Returns {"public", "private", "overall": {acc, correct, n, ci_low,
+    ci_high}, "gap"}, with gap = public - private accuracy."""
+    missing, extra = set(key) - set(predictions), set(predictions) - set(key)
+    if missing or extra:
+        raise KitError(f"{where}: does not match {key_name}: {len(missing)} Id(s) missing, "
+                       f"{len(extra)} unknown (e.g. {_show(sorted(missing or extra), 1)})")
+    tally = {"Public": [0, 0], "Private": [0, 0]}
+    for uid, (truth, usage) in key.items():
+        tally[usage][0] += predictions[uid] == truth
+        tally[usage][1] += 1
+    public, private = _summary(*tally["Public"]), _summary(*tally["Private"])
+    overall = _summary(tally["Public"][0] + tally["Private"][0], len(key))
+    return {"public": public, "private": private, "overall": overall,
+            "gap": public["acc"] - private["acc"]}
+
+
+def score_submission(csv_path: str | os.PathLike, answers_path: str | os.PathLike) -> dict:
+    """Accuracy of a submission CSV against an answer key `Id,Category,Usage` (score_predictions)."""
+    csv_path = Path(csv_path)
+    key = read_answer_key(answers_path)
+    sub_rows = _read_rows(csv_path, "submission")
+    if sub_rows[0] != HEADER:
+        raise KitError(f"{csv_path}: header is {','.join(sub_rows[0])!r}, expected {','.join(HEADER)!r}")
     sub = {}
     for line, row in enumerate(sub_rows[1:], start=2):
         if len(row) != 2:
@@ -160,15 +182,4 @@ def score_submission(csv_path: str | os.PathLike, answers_path: str | os.PathLik
         if row[0] in sub:
             raise KitError(f"{csv_path}:{line}: duplicate Id {row[0]!r}")
         sub[row[0]] = row[1]
-    missing, extra = set(key) - set(sub), set(sub) - set(key)
-    if missing or extra:
-        raise KitError(f"{csv_path}: does not match {answers_path}: {len(missing)} Id(s) missing, "
-                       f"{len(extra)} unknown (e.g. {_show(sorted(missing or extra), 1)})")
-    tally = {"Public": [0, 0], "Private": [0, 0]}
-    for uid, (truth, usage) in key.items():
-        tally[usage][0] += sub[uid] == truth
-        tally[usage][1] += 1
-    public, private = _summary(*tally["Public"]), _summary(*tally["Private"])
-    overall = _summary(tally["Public"][0] + tally["Private"][0], len(key))
-    return {"public": public, "private": private, "overall": overall,
-            "gap": public["acc"] - private["acc"]}
+    return score_predictions(sub, key, str(csv_path), str(answers_path))

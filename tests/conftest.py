@@ -29,3 +29,133 @@ def tiny_data(tiny_synth) -> Path:
 def tiny_answers(tiny_synth) -> Path:
     """Answer key (Id,Category,Usage) of tiny_data."""
     return tiny_synth[1]
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread; on a busy machine two threads wait on each other.
+    Use with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------- tiny recipes
+# What every tiny recipe shares: members that train in seconds on tiny_data, one thread each.
+TINY_BASE = {"data": {"segment_len": 48, "store_dtype": "float32"},
+             "model": {"d_model": 16, "ffn_dim": 32, "n_heads": 2},
+             "train": {"batch_size": 16, "lr": 3e-3, "warmup_steps": 2, "cpu_threads": 1}}
+
+
+def recipe_toml(members, name: str = "tiny", base: dict | None = None, budget: dict | None = None,
+                after: dict | None = None) -> str:
+    """A recipe's TOML: TINY_BASE with `base` merged in; members as names or dicts of dotted keys
+    ({"name": "sap", "model.pooling": "sap"}); budget as {"quick": {"train.max_steps": 10}}."""
+    import json
+
+    from kit.config import merge
+
+    def table(header: str, values: dict, prefix: str = "") -> list[str]:
+        lines = [header] if header else []
+        for key, value in values.items():
+            if isinstance(value, dict):
+                lines += table("", value, f"{prefix}{key}.")
+            else:
+                lines.append(f"{prefix}{key} = {json.dumps(value)}")
+        return lines
+
+    lines = [f"name = {json.dumps(name)}", *table("[base]", merge(TINY_BASE, base or {}))]
+    for budget_name, values in (budget or {}).items():
+        lines += table(f"[budget.{budget_name}]", values)
+    lines += table("[after]", after or {"predict": False})
+    for member in members:
+        lines += table("[[members]]", {"name": member} if isinstance(member, str) else member)
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def tiny_recipe(tmp_path):
+    """write(*members, file="tiny.toml", **recipe_toml's keywords) -> the path of a tiny recipe in
+    tmp_path (written again, same path, when called again)."""
+
+    def write(*members, file: str = "tiny.toml", **kw) -> Path:
+        path = tmp_path / file
+        path.write_text(recipe_toml(members or ("mean",), **kw))
+        return path
+
+    return write
+
+
+# ---------------------------------------------------------------- hand-made competitions and predictions
+def json_layout(data_dir: Path, speakers: list[str], train: dict[str, list[str]], test: list[str],
+                mel_len: int = 50) -> Path:
+    """The three json files of a competition (no feature files: what validation and voting read).
+    train: speaker -> feature paths."""
+    import json
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    meta = {"n_mels": 40, "speakers": {s: [{"feature_path": p, "mel_len": mel_len} for p in train.get(s, [])]
+                                       for s in speakers}}
+    files = {"metadata.json": meta,
+             "testdata.json": {"n_mels": 40, "utterances": [{"feature_path": p, "mel_len": mel_len} for p in test]},
+             "mapping.json": {"speaker2id": {s: i for i, s in enumerate(speakers)},
+                              "id2speaker": {str(i): s for i, s in enumerate(speakers)}}}
+    for name, obj in files.items():
+        (data_dir / name).write_text(json.dumps(obj))
+    return data_dir
+
+
+@pytest.fixture(name="json_layout")
+def json_layout_fixture():
+    """json_layout(data_dir, speakers, train, test, mel_len=50) -> data_dir: see json_layout."""
+    return json_layout
+
+
+def onehotish(pred, c: int = 3, p: float = 0.6):
+    """Probabilities (N, c) with p on each predicted class and the rest spread evenly."""
+    import numpy as np
+
+    out = np.full((len(pred), c), (1 - p) / (c - 1))
+    out[np.arange(len(pred)), pred] = p
+    return out
+
+
+class Predicted:
+    """A json-only competition of 3 speakers, 6 validation and 4 test utterances, and predicted
+    run dirs on it written by hand (`run`), as `kit predict` would leave them."""
+
+    SPEAKERS = ["id10001", "id10002", "id10003"]
+    TEST_IDS = [f"uttr-t{i}.pt" for i in range(4)]
+    VAL_IDS = [f"uttr-v{i}.pt" for i in range(6)]
+    VAL_LABELS = [0, 1, 2, 0, 1, 2]
+
+    def __init__(self, root: Path):
+        self.root = root
+        train = {s: [p for p, lab in zip(self.VAL_IDS, self.VAL_LABELS) if lab == k]
+                 for k, s in enumerate(self.SPEAKERS)}
+        self.data_dir = json_layout(root / "data", self.SPEAKERS, train, self.TEST_IDS)
+
+    def run(self, name: str, val_pred, test, val_ids=None, **ids) -> Path:
+        """A predicted run dir: val_pred classes (6,); test classes (4,) or probabilities (4, 3);
+        an ids.json as old `kit predict` wrote it (no mode, no NLLs) plus `ids`."""
+        import json
+
+        import numpy as np
+
+        run = self.root / name
+        run.mkdir()
+        test = np.asarray(test)
+        np.save(run / "val_probs.npy", onehotish(val_pred).astype(np.float32))
+        np.save(run / "test_probs.npy", (onehotish(test) if test.ndim == 1 else test).astype(np.float32))
+        (run / "ids.json").write_text(json.dumps({
+            "val": val_ids or self.VAL_IDS, "val_labels": self.VAL_LABELS, "test": self.TEST_IDS, "window": 256,
+            "hop": 128, "full": False, "average": "probs", "which": "best", "data_dir": str(self.data_dir), **ids}))
+        return run
+
+
+@pytest.fixture
+def predicted(tmp_path) -> Predicted:
+    return Predicted(tmp_path)

@@ -1,43 +1,16 @@
 """The accuracy bench: a recipe and the course sample at the same wall time, scored with the key."""
 import json
-import textwrap
 
 from kit.bench_accuracy import run_accuracy_bench
 
-RECIPE = """
-name = "pair"
-[base.data]
-segment_len = 48
-store_dtype = "float32"
-[base.model]
-d_model = 16
-ffn_dim = 32
-n_heads = 2
-pooling = "stats"
-head = "linear"
-head_bn = true
-[base.train]
-batch_size = 16
-lr = 3e-3
-warmup_steps = 2
-max_steps = 40
-cpu_threads = 1
-[[members]]
-name = "tfm"
-[[members]]
-name = "cnn"
-model.encoder = "resnet"
-model.channels = 4
-model.resnet_depth = 10
-[after]
-ensemble = "auto"
-which = "last"
-"""
+# A Transformer and a ResNet, statistics pooling and linear heads, voted on by the auto ensemble.
+MEMBERS = ("tfm", {"name": "cnn", "model.encoder": "resnet", "model.channels": 4, "model.resnet_depth": 10})
 
 
-def test_accuracy_bench_scores_members_ensemble_and_course_sample(tiny_data, tmp_path):
-    recipe = tmp_path / "pair.toml"
-    recipe.write_text(textwrap.dedent(RECIPE))
+def test_accuracy_bench_scores_members_ensemble_and_course_sample(tiny_data, tiny_recipe, tmp_path):
+    recipe = tiny_recipe(*MEMBERS, name="pair", file="pair.toml", after={"ensemble": "auto", "which": "last"},
+                         base={"model": {"pooling": "stats", "head": "linear", "head_bn": True},
+                               "train": {"max_steps": 40}})
     result = run_accuracy_bench(str(recipe), data=str(tiny_data), out=tmp_path, runs=tmp_path / "runs",
                                 per_member_minutes=0.02, course_minutes=0.05)
     kinds = [r["kind"] for r in result["rows"]]

@@ -11,13 +11,7 @@ from kit.config import ModelConfig
 from kit.models import build_model
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread; on a busy machine two threads wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")     # conftest: tiny models run fastest on one thread
 
 
 def cnn(**kw) -> ModelConfig:

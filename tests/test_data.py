@@ -15,8 +15,8 @@ import torch
 
 import kit.data
 from kit.cli import main
-from kit.data import (PAD_VALUE, FeatureStore, load_split, make_split, read_layout, save_split,
-                      split_for)
+from kit.data import PAD_VALUE, FeatureStore, load_split, make_split, save_split, split_for
+from kit.layout import read_layout
 
 
 @pytest.fixture

@@ -8,15 +8,11 @@ import pytest
 
 from kit.cli import main
 from kit.ensemble import (auto_ensemble, calibrate, crossfit, ensemble_runs, fit_temperature, fit_weights,
-                          fold_ids, hard_vote, load_member, log_probs, member_mode, select_weights, soft_vote)
+                          fold_ids, hard_vote, load_member, log_probs, select_weights, soft_vote)
 from kit.errors import KitError
 from kit.fsio import sha256_file
 from kit.submission import validate_submission
 
-SPEAKERS = ["id10001", "id10002", "id10003"]
-TEST_IDS = [f"uttr-t{i}.pt" for i in range(4)]
-VAL_IDS = [f"uttr-v{i}.pt" for i in range(6)]
-VAL_LABELS = [0, 1, 2, 0, 1, 2]
 
 
 def onehotish(pred, c=3, p=0.6):
@@ -66,7 +62,7 @@ def test_soft_vote_weighted_mean():
 
 
 def test_select_weights_prefers_the_better_member():
-    labels = np.array(VAL_LABELS)
+    labels = np.array([0, 1, 2, 0, 1, 2])
     good = onehotish([0, 1, 2, 0, 1, 0])            # 5/6 right
     bad = onehotish([1, 2, 0, 0, 1, 2])             # 3/6 right
     w = select_weights([bad, good], labels)
@@ -173,45 +169,19 @@ def test_one_dominant_member_among_noise_falls_back_to_the_single_member():
     assert r["temperatures"][0] > 5 and r["temperatures"][2] > 5    # noise is flattened
 
 
-# ---------------------------------------------------------------- run dirs on disk
-@pytest.fixture
-def layout_dir(tmp_path):
-    d = tmp_path / "data"
-    d.mkdir()
-    meta = {"n_mels": 40, "speakers": {s: [{"feature_path": p, "mel_len": 50}
-                                           for p, lab in zip(VAL_IDS, VAL_LABELS) if lab == k]
-                                       for k, s in enumerate(SPEAKERS)}}
-    test = {"n_mels": 40, "utterances": [{"feature_path": p, "mel_len": 50} for p in TEST_IDS]}
-    mapping = {"speaker2id": {s: i for i, s in enumerate(SPEAKERS)},
-               "id2speaker": {str(i): s for i, s in enumerate(SPEAKERS)}}
-    for name, obj in (("metadata.json", meta), ("testdata.json", test), ("mapping.json", mapping)):
-        (d / name).write_text(json.dumps(obj))
-    return d
-
-
-def make_run(root, name, val_pred, test_probs, data_dir, val_ids=VAL_IDS):
-    run = root / name
-    run.mkdir()
-    np.save(run / "val_probs.npy", onehotish(val_pred).astype(np.float32))
-    np.save(run / "test_probs.npy", np.asarray(test_probs, dtype=np.float32))
-    (run / "ids.json").write_text(json.dumps({
-        "val": val_ids, "val_labels": VAL_LABELS, "test": TEST_IDS, "window": 256, "hop": 128,
-        "full": False, "average": "probs", "which": "best", "data_dir": str(data_dir)}))
-    return run
-
-
-def test_ensemble_writes_valid_csv_and_manifest(tmp_path, layout_dir):
-    r1 = make_run(tmp_path, "r1", [0, 1, 2, 0, 1, 0], onehotish([0, 1, 2, 2]), layout_dir)
-    r2 = make_run(tmp_path, "r2", [0, 1, 2, 1, 1, 2], onehotish([0, 1, 1, 2]), layout_dir)
-    r3 = make_run(tmp_path, "r3", [1, 1, 2, 0, 2, 2], onehotish([1, 1, 2, 0]), layout_dir)
+# ---------------------------------------------------------------- run dirs on disk (conftest: predicted)
+def test_ensemble_writes_valid_csv_and_manifest(tmp_path, predicted):
+    r1 = predicted.run("r1", [0, 1, 2, 0, 1, 0], [0, 1, 2, 2])
+    r2 = predicted.run("r2", [0, 1, 2, 1, 1, 2], [0, 1, 1, 2])
+    r3 = predicted.run("r3", [1, 1, 2, 0, 2, 2], [1, 1, 2, 0])
     out = tmp_path / "subs"
     r = ensemble_runs([r1, r2, r3], vote="hard", name="three", out_dir=out)
 
     frame = pd.read_csv(r["csv"])
     assert list(frame.columns) == ["Id", "Category"]
-    assert frame["Id"].tolist() == TEST_IDS
+    assert frame["Id"].tolist() == predicted.TEST_IDS
     assert frame["Category"].tolist() == ["id10001", "id10002", "id10003", "id10003"]
-    assert validate_submission(r["csv"], layout_dir) == []
+    assert validate_submission(r["csv"], predicted.data_dir) == []
     # val: r1 5/6, r2 5/6, r3 4/6, each wrong in a different place, so the majority is always right
     assert [row["val_acc"] for row in r["table"][:3]] == pytest.approx([5 / 6, 5 / 6, 4 / 6])
     assert r["table"][-1]["member"].startswith("ensemble") and r["val_acc"] == pytest.approx(6 / 6)
@@ -223,21 +193,21 @@ def test_ensemble_writes_valid_csv_and_manifest(tmp_path, layout_dir):
     assert manifest["member_settings"][0]["window"] == 256
 
 
-def test_auto_weights_never_read_test_data(tmp_path, layout_dir):
+def test_auto_weights_never_read_test_data(tmp_path, predicted):
     rng = np.random.default_rng(0)
-    runs = [make_run(tmp_path, "a", [0, 1, 2, 0, 1, 0], onehotish([0, 1, 2, 2]), layout_dir),
-            make_run(tmp_path, "b", [1, 2, 0, 0, 1, 2], onehotish([0, 1, 1, 2]), layout_dir)]
+    runs = [predicted.run("a", [0, 1, 2, 0, 1, 0], [0, 1, 2, 2]),
+            predicted.run("b", [1, 2, 0, 0, 1, 2], [0, 1, 1, 2])]
     first = ensemble_runs(runs, vote="soft", weights="auto", name="w1", out_dir=tmp_path / "s")
     for run in runs:                                  # garbage test predictions, same validation
-        np.save(run / "test_probs.npy", rng.random((len(TEST_IDS), 3)).astype(np.float32))
+        np.save(run / "test_probs.npy", rng.random((len(predicted.TEST_IDS), 3)).astype(np.float32))
     second = ensemble_runs(runs, vote="soft", weights="auto", name="w2", out_dir=tmp_path / "s")
     assert first["weights"] == second["weights"] and first["weights"][0] > first["weights"][1]
 
 
-def test_mismatched_splits_and_missing_predictions_are_refused(tmp_path, layout_dir):
-    r1 = make_run(tmp_path, "r1", [0] * 6, onehotish([0] * 4), layout_dir)
-    other = list(reversed(VAL_IDS))
-    r2 = make_run(tmp_path, "r2", [0] * 6, onehotish([0] * 4), layout_dir, val_ids=other)
+def test_mismatched_splits_and_missing_predictions_are_refused(tmp_path, predicted):
+    r1 = predicted.run("r1", [0] * 6, [0] * 4)
+    other = list(reversed(predicted.VAL_IDS))
+    r2 = predicted.run("r2", [0] * 6, [0] * 4, val_ids=other)
     with pytest.raises(KitError, match="r1 and .*r2 were validated on different splits"):
         ensemble_runs([r1, r2], out_dir=tmp_path / "s")
     bare = tmp_path / "bare"
@@ -246,33 +216,33 @@ def test_mismatched_splits_and_missing_predictions_are_refused(tmp_path, layout_
         ensemble_runs([r1, bare], out_dir=tmp_path / "s")
 
 
-def test_predictions_for_other_data_are_refused(tmp_path, layout_dir):
-    run = make_run(tmp_path, "r1", [0] * 6, onehotish([0] * 4), layout_dir)
+def test_predictions_for_other_data_are_refused(tmp_path, predicted):
+    run = predicted.run("r1", [0] * 6, [0] * 4)
     ids = json.loads((run / "ids.json").read_text())
-    (run / "ids.json").write_text(json.dumps({**ids, "test": list(reversed(TEST_IDS))}))
+    (run / "ids.json").write_text(json.dumps({**ids, "test": list(reversed(predicted.TEST_IDS))}))
     with pytest.raises(KitError, match="do not follow .*testdata.json"):
         ensemble_runs([run], out_dir=tmp_path / "s")
     assert not (tmp_path / "s").exists()                  # nothing half-written
 
 
-def test_cli_ensemble_prints_table(tmp_path, layout_dir, capsys):
-    r1 = make_run(tmp_path, "r1", [0, 1, 2, 0, 1, 0], onehotish([0, 1, 2, 2]), layout_dir)
-    r2 = make_run(tmp_path, "r2", [0, 1, 2, 1, 1, 2], onehotish([0, 1, 1, 2]), layout_dir)
+def test_cli_ensemble_prints_table(tmp_path, predicted, capsys):
+    r1 = predicted.run("r1", [0, 1, 2, 0, 1, 0], [0, 1, 2, 2])
+    r2 = predicted.run("r2", [0, 1, 2, 1, 1, 2], [0, 1, 1, 2])
     out = tmp_path / "subs"
     assert main(["ensemble", str(r1), str(r2), "--vote", "soft", "--weights", "1,3", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "ensemble (soft vote)" in text and "0.750" in text
     [csv] = out.glob("soft-2members-*.csv")
-    assert validate_submission(csv, layout_dir) == []
+    assert validate_submission(csv, predicted.data_dir) == []
     assert main(["ensemble", str(r1), "--weights", "x,y", "--out", str(out)]) == 2
 
 
-def test_auto_ensemble_of_run_dirs_records_its_choice(tmp_path, layout_dir):
-    # make_run writes an ids.json of before the inference mode was recorded: no "mode" key
-    r1 = make_run(tmp_path, "r1", [0, 1, 2, 0, 1, 0], onehotish([0, 1, 2, 2]), layout_dir)
-    r2 = make_run(tmp_path, "r2", [0, 1, 2, 1, 1, 2], onehotish([0, 1, 1, 2]), layout_dir)
-    r3 = make_run(tmp_path, "r3", [1, 1, 2, 0, 2, 2], onehotish([1, 1, 2, 0]), layout_dir)
-    assert load_member(r1).ids.mode is None and member_mode(load_member(r1).ids) == "sliding"
+def test_auto_ensemble_of_run_dirs_records_its_choice(tmp_path, predicted):
+    # predicted.run writes an ids.json of before the inference mode was recorded: no "mode" key
+    r1 = predicted.run("r1", [0, 1, 2, 0, 1, 0], [0, 1, 2, 2])
+    r2 = predicted.run("r2", [0, 1, 2, 1, 1, 2], [0, 1, 1, 2])
+    r3 = predicted.run("r3", [1, 1, 2, 0, 2, 2], [1, 1, 2, 0])
+    assert load_member(r1).ids.mode is None and load_member(r1).ids.inference_mode == "sliding"
     r = ensemble_runs([r1, r2, r3], vote="auto", name="auto", out_dir=tmp_path / "s", folds=3)
     manifest = json.loads(r["manifest"].read_text())
     assert manifest["weights_mode"] == "auto" and manifest["method"] == r["method"]
@@ -285,7 +255,7 @@ def test_auto_ensemble_of_run_dirs_records_its_choice(tmp_path, layout_dir):
     assert manifest["oof_acc"] == best_oof == r["oof_acc"]
     assert manifest["member_settings"][0]["mode"] == "sliding"
     assert r["table"][-1]["oof_acc"] == r["oof_acc"] and "temperature" in r["table"][0]
-    assert validate_submission(r["csv"], layout_dir) == []
+    assert validate_submission(r["csv"], predicted.data_dir) == []
     # soft + auto chooses among the soft family only; hard + auto between one member and the hard vote
     soft = ensemble_runs([r1, r2, r3], vote="soft", weights="auto", name="s", out_dir=tmp_path / "s")
     hard = ensemble_runs([r1, r2, r3], vote="hard", weights="auto", name="h", out_dir=tmp_path / "s")
@@ -295,16 +265,16 @@ def test_auto_ensemble_of_run_dirs_records_its_choice(tmp_path, layout_dir):
         ensemble_runs([r1, r2], vote="auto", weights=[1, 2], out_dir=tmp_path / "s")
 
 
-def test_old_full_length_ids_json_reads_as_full_mode(tmp_path, layout_dir):
-    run = make_run(tmp_path, "r1", [0] * 6, onehotish([0] * 4), layout_dir)
+def test_old_full_length_ids_json_reads_as_full_mode(tmp_path, predicted):
+    run = predicted.run("r1", [0] * 6, [0] * 4)
     ids = json.loads((run / "ids.json").read_text())
     (run / "ids.json").write_text(json.dumps({**ids, "full": True}))
-    assert member_mode(load_member(run).ids) == "full"
+    assert load_member(run).ids.inference_mode == "full"
 
 
-def test_cli_ensemble_auto_prints_the_out_of_fold_choice(tmp_path, layout_dir, capsys):
-    r1 = make_run(tmp_path, "r1", [0, 1, 2, 0, 1, 0], onehotish([0, 1, 2, 2]), layout_dir)
-    r2 = make_run(tmp_path, "r2", [0, 1, 2, 1, 1, 2], onehotish([0, 1, 1, 2]), layout_dir)
+def test_cli_ensemble_auto_prints_the_out_of_fold_choice(tmp_path, predicted, capsys):
+    r1 = predicted.run("r1", [0, 1, 2, 0, 1, 0], [0, 1, 2, 2])
+    r2 = predicted.run("r2", [0, 1, 2, 1, 1, 2], [0, 1, 1, 2])
     out = tmp_path / "subs"
     assert main(["ensemble", str(r1), str(r2), "--vote", "auto", "--folds", "3", "--pool", "mean",
                  "--name", "a", "--out", str(out)]) == 0

@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -28,36 +27,17 @@ REPO = Path(kit.__file__).resolve().parent.parent
 MEMBERS = ("mean", "sap")
 
 
-def recipe_text(max_steps: int = 10, eval_every: int = 5, lr: str = "3e-3", members=MEMBERS) -> str:
-    text = f"""
-    name = "tiny"
-    [base.data]
-    segment_len = 48
-    store_dtype = "float32"
-    [base.model]
-    d_model = 16
-    ffn_dim = 32
-    n_heads = 2
-    [base.train]
-    batch_size = 16
-    lr = {lr}
-    warmup_steps = 2
-    max_steps = {max_steps}
-    eval_every = {eval_every}
-    cpu_threads = 1
-    [budget.quick]
-    [after]
-    predict = false
-    """
-    for name in members:
-        text += f'\n[[members]]\nname = "{name}"\n' + ('model.pooling = "sap"\n' if name == "sap" else "")
-    return textwrap.dedent(text)
+@pytest.fixture
+def write_recipe(tiny_recipe):
+    """write_recipe(max_steps=10, eval_every=5, lr=3e-3, members=MEMBERS) -> a tiny recipe's path
+    (the same path each call): the members train on a quick budget, no prediction after."""
 
+    def write(max_steps: int = 10, eval_every: int = 5, lr: float = 3e-3, members=MEMBERS) -> Path:
+        member_tables = [{"name": name, **({"model.pooling": "sap"} if name == "sap" else {})} for name in members]
+        return tiny_recipe(*member_tables, base={"train": {"lr": lr, "max_steps": max_steps, "eval_every": eval_every}},
+                           budget={"quick": {}})
 
-def write_recipe(folder: Path, **kw) -> Path:
-    path = folder / "tiny.toml"
-    path.write_text(recipe_text(**kw))
-    return path
+    return write
 
 
 def kit_cli(capsys, *args) -> tuple[int, str, str]:
@@ -105,8 +85,8 @@ def trained(tiny_data, tmp_path, capsys) -> Path:
 
 
 # ---------------------------------------------------------------- 1. stale members
-def test_recipe_reuses_a_member_only_for_the_same_data_settings_and_budget(data, tmp_path, capsys):
-    recipe, runs = write_recipe(tmp_path, members=("mean",)), tmp_path / "runs"
+def test_recipe_reuses_a_member_only_for_the_same_data_settings_and_budget(write_recipe, data, tmp_path, capsys):
+    recipe, runs = write_recipe(members=("mean",)), tmp_path / "runs"
     run = ["recipe", "run", recipe, "--runs", runs, "--workers", 1, "--no-progress"]
     assert kit_cli(capsys, *run, "--data", data)[0] == 0
     moved = Path(shutil.copytree(data, tmp_path / "moved", ignore=shutil.ignore_patterns(".kit-cache")))
@@ -118,7 +98,7 @@ def test_recipe_reuses_a_member_only_for_the_same_data_settings_and_budget(data,
                      "--runs OTHER")
     assert "budget quick" not in line and "train." not in line
     one_error(*kit_cli(capsys, *run, "--data", data, "--budget", "full")[::2], "budget quick -> full")
-    recipe.write_text(recipe_text(lr="1e-3", members=("mean",)))
+    write_recipe(lr=1e-3, members=("mean",))
     one_error(*kit_cli(capsys, *run, "--data", data)[::2], "train.lr 0.003 -> 0.001")
 
     before = (runs / "tiny" / "mean" / "summary.json").read_text()
@@ -129,8 +109,8 @@ def test_recipe_reuses_a_member_only_for_the_same_data_settings_and_budget(data,
     assert json.loads((runs / "tiny" / "mean" / "identity.json").read_text())["config"]["train.lr"] == 1e-3
 
 
-def test_a_member_from_before_identity_json_is_judged_by_its_config(tiny_data, tmp_path):
-    recipe, runs = write_recipe(tmp_path, members=("mean",)), tmp_path / "runs"
+def test_a_member_from_before_identity_json_is_judged_by_its_config(write_recipe, tiny_data, tmp_path):
+    recipe, runs = write_recipe(members=("mean",)), tmp_path / "runs"
     run = dict(data=str(tiny_data), runs=str(runs), progress=False, workers=1)
     run_recipe(recipe, **run)
     identity = runs / "tiny" / "mean" / "identity.json"
@@ -138,13 +118,13 @@ def test_a_member_from_before_identity_json_is_judged_by_its_config(tiny_data, t
     assert run_recipe(recipe, **run)["members"][0]["note"] == "finished earlier"
     assert identity.is_file()                                   # adopted: its config.toml agreed
     identity.unlink()
-    recipe.write_text(recipe_text(lr="1e-3", members=("mean",)))
+    write_recipe(lr=1e-3, members=("mean",))
     with pytest.raises(KitError, match=r"train.lr 0.003 -> 0.001"):
         run_recipe(recipe, **run)
 
 
-def test_recipe_refuses_a_member_someone_is_training(tiny_data, tmp_path):
-    recipe, runs = write_recipe(tmp_path, members=("mean",)), tmp_path / "runs"
+def test_recipe_refuses_a_member_someone_is_training(write_recipe, tiny_data, tmp_path):
+    recipe, runs = write_recipe(members=("mean",)), tmp_path / "runs"
     with run_lock(runs / "tiny" / "mean"):
         with pytest.raises(KitError, match=rf"a trainer \(pid {os.getpid()}\) is working on this member"):
             run_recipe(recipe, data=str(tiny_data), runs=str(runs), progress=False, workers=1)
@@ -326,9 +306,9 @@ def _wait_gone(pids: list[int], timeout: float = 15) -> list[int]:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux-only")
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_signal_to_the_recipe_alone_stops_its_workers(tiny_data, tmp_path, sig, code):
+def test_signal_to_the_recipe_alone_stops_its_workers(write_recipe, tiny_data, tmp_path, sig, code):
     runs = tmp_path / "runs"
-    proc = _start_recipe(write_recipe(tmp_path, max_steps=100000, eval_every=1000), tiny_data, runs)
+    proc = _start_recipe(write_recipe(max_steps=100000, eval_every=1000), tiny_data, runs)
     pids: list[int] = []
     try:
         pids = _trainers(runs, proc, "identity.json")
@@ -342,8 +322,8 @@ def test_signal_to_the_recipe_alone_stops_its_workers(tiny_data, tmp_path, sig, 
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux-only")
-def test_sigkill_of_a_two_worker_recipe_then_rerun_matches_an_uninterrupted_run(tiny_data, tmp_path):
-    recipe = write_recipe(tmp_path, max_steps=300, eval_every=25)
+def test_sigkill_of_a_two_worker_recipe_then_rerun_matches_an_uninterrupted_run(write_recipe, tiny_data, tmp_path):
+    recipe = write_recipe(max_steps=300, eval_every=25)
 
     def finish(runs: Path) -> dict:
         proc = _start_recipe(recipe, tiny_data, runs)

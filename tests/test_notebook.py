@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-import textwrap
 import time
 from pathlib import Path
 
@@ -15,43 +14,19 @@ import pytest
 import kit.env
 from kit.cli import main
 from kit.env import cache_dir, kaggle_data_dir, progress_visible
-from kit.recipe import Deadline, ensure_data, run_recipe
+from kit.budget import Deadline
+from kit.recipe import ensure_data, run_recipe
 
 TRAIN_SMALL = ["--no-progress", "--set", "data.segment_len=48", "--set", "data.store_dtype=float32",
                "--set", "model.d_model=16", "--set", "model.ffn_dim=32", "--set", "train.max_steps=12",
                "--set", "train.eval_every=6", "--set", "train.batch_size=16", "--set", "train.cpu_threads=1"]
 
-RECIPE = """
-name = "nb"
-
-[base.data]
-segment_len = 48
-store_dtype = "float32"
-
-[base.model]
-d_model = 16
-ffn_dim = 32
-
-[base.train]
-batch_size = 16
-warmup_steps = 2
-eval_every = 5
-cpu_threads = 1
-
-[[members]]
-name = "first"
-
-[[members]]
-name = "second"
-model.pooling = "sap"
-
-[budget.quick]
-train.max_steps = 10
-
-[after]
-predict = true
-ensemble = "hard"
-"""
+@pytest.fixture
+def nb_recipe(tiny_recipe):
+    """Two tiny members that predict and vote after training (conftest: tiny_recipe)."""
+    return tiny_recipe("first", {"name": "second", "model.pooling": "sap"}, name="nb", file="nb.toml",
+                       base={"train": {"lr": 1e-3, "eval_every": 5}}, budget={"quick": {"train.max_steps": 10}},
+                       after={"predict": True, "ensemble": "hard"})
 
 
 @pytest.fixture(autouse=True)
@@ -111,13 +86,12 @@ def test_cache_choice_and_the_kaggle_working_dir(read_only_data, tmp_path, monke
     assert "KIT_CACHE" not in os.environ                            # --cache lasts one command
 
 
-def test_recipe_workers_inherit_cache_and_max_hours(read_only_data, tmp_path, monkeypatch, capsys):
+def test_recipe_workers_inherit_cache_and_max_hours(read_only_data, nb_recipe, tmp_path, monkeypatch, capsys):
     """Two worker processes: `--cache` reaches them; the one member granted a sliver of time by
     the --max-hours deadline checkpoints and stops, the other is not started."""
     grants = [1e-6]
     monkeypatch.setattr(Deadline, "member_minutes", lambda self, name, log, **kw: grants.pop() if grants else None)
-    recipe = tmp_path / "nb.toml"
-    recipe.write_text(textwrap.dedent(RECIPE))
+    recipe = nb_recipe
     cache, runs = tmp_path / "cache", tmp_path / "runs"
     assert main(["recipe", "run", str(recipe), "--data", str(read_only_data), "--runs", str(runs), "--workers", "2",
                  "--cache", str(cache), "--max-hours", "5", "--no-progress"]) == 0
@@ -129,9 +103,8 @@ def test_recipe_workers_inherit_cache_and_max_hours(read_only_data, tmp_path, mo
     assert not (runs / "nb" / "second" / "last.pt").exists()
 
 
-def test_max_hours_stops_members_cleanly_and_a_rerun_continues(tiny_data, tmp_path, monkeypatch):
-    recipe = tmp_path / "nb.toml"
-    recipe.write_text(textwrap.dedent(RECIPE))
+def test_max_hours_stops_members_cleanly_and_a_rerun_continues(tiny_data, nb_recipe, tmp_path, monkeypatch):
+    recipe = nb_recipe
     runs, subs = tmp_path / "runs", tmp_path / "subs"
     grants = [1e-6]                      # the first member gets a sliver of time, the second none
     with monkeypatch.context() as m:
@@ -154,7 +127,7 @@ def test_max_hours_stops_members_cleanly_and_a_rerun_continues(tiny_data, tmp_pa
 
 
 def test_a_deadline_gives_each_member_what_is_left(monkeypatch):
-    from kit.recipe import AFTER_SECONDS, MIN_MEMBER_SECONDS, START_SECONDS, STOP_SHARE
+    from kit.budget import AFTER_SECONDS, MIN_MEMBER_SECONDS, START_SECONDS, STOP_SHARE
 
     logs: list[str] = []
     deadline = Deadline(1.0, time.time(), own={"capped": 5.0})

@@ -13,44 +13,16 @@ from kit.recipe import load_recipe, member_config, run_recipe
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
-TINY = """
-name = "tiny"
+# Two members, the second with its own quick budget; full and quick budgets (conftest: tiny_recipe).
+MEMBERS = ("mean", {"name": "sap-am", "model.pooling": "sap", "model.head": "amsoftmax",
+                    "budget.quick.train.max_steps": 12})
+BUDGETS = {"full": {"train.max_steps": 500}, "quick": {"train.max_steps": 10, "train.eval_every": 5}}
 
-[base.data]
-segment_len = 48
-store_dtype = "float32"
 
-[base.model]
-d_model = 16
-ffn_dim = 32
-n_heads = 2
-
-[base.train]
-batch_size = 16
-lr = 3e-3
-warmup_steps = 2
-max_steps = 1000
-cpu_threads = 1
-
-[[members]]
-name = "mean"
-
-[[members]]
-name = "sap-am"
-model.pooling = "sap"
-model.head = "amsoftmax"
-budget.quick.train.max_steps = 12
-
-[budget.full]
-train.max_steps = 500
-
-[budget.quick]
-train.max_steps = 10
-train.eval_every = 5
-
-[after]
-predict = false
-"""
+@pytest.fixture
+def tiny(tiny_recipe):
+    """The two-member recipe, as a path."""
+    return tiny_recipe(*MEMBERS, base={"train": {"max_steps": 1000}}, budget=BUDGETS)
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -80,8 +52,8 @@ def test_shipped_recipes_parse_and_boss_is_a_diverse_zoo():
         (80, 1, 2, 256, "mean", "mlp", 128, 70000)
 
 
-def test_budgets_layer_in_order(tmp_path):
-    recipe = load_recipe(write(tmp_path, TINY))
+def test_budgets_layer_in_order(tiny):
+    recipe = load_recipe(tiny)
     assert member_config(recipe, "mean", "full").train.max_steps == 500
     assert member_config(recipe, "mean", "quick").train.max_steps == 10
     assert member_config(recipe, "sap-am", "quick").train.max_steps == 12      # the member's own budget wins
@@ -104,8 +76,8 @@ def test_typos_are_refused_naming_the_file(tmp_path, snippet, message):
     assert str(path) in str(err.value) and message in str(err.value)
 
 
-def test_tiny_recipe_trains_its_members_and_skips_them_when_rerun(tiny_data, tmp_path, capsys):
-    path = write(tmp_path, TINY)
+def test_tiny_recipe_trains_its_members_and_skips_them_when_rerun(tiny_data, tiny, tmp_path, capsys):
+    path = tiny
     runs = tmp_path / "runs"
     logs: list[str] = []
     result = run_recipe(path, data=str(tiny_data), runs=str(runs), progress=False, log=logs.append, workers=1)
@@ -123,12 +95,11 @@ def test_tiny_recipe_trains_its_members_and_skips_them_when_rerun(tiny_data, tmp
     assert "sap-am" in out and "val acc" in out
 
 
-def test_members_train_side_by_side_in_worker_processes(tiny_data, tmp_path):
+def test_members_train_side_by_side_in_worker_processes(tiny_data, tiny, tmp_path):
     # two CPU workers, one member each, as `make recipe-boss` does on a 2-core machine
     runs = tmp_path / "runs"
     logs: list[str] = []
-    result = run_recipe(write(tmp_path, TINY), data=str(tiny_data), runs=str(runs), progress=False,
-                        log=logs.append, workers=2)
+    result = run_recipe(tiny, data=str(tiny_data), runs=str(runs), progress=False, log=logs.append, workers=2)
     assert [m["step"] for m in result["members"]] == [10, 12]
     assert sum("CPU worker" in line for line in logs) == 2
     for name in ("mean", "sap-am"):
@@ -136,16 +107,15 @@ def test_members_train_side_by_side_in_worker_processes(tiny_data, tmp_path):
         assert "cpu_threads = 1" in (runs / "tiny" / name / "config.toml").read_text()
 
 
-def test_members_can_train_in_some_budgets_only(tmp_path):
-    path = write(tmp_path, TINY.replace('name = "sap-am"', 'name = "sap-am"\nbudgets = ["full"]'))
-    recipe = load_recipe(path)
+def test_members_can_train_in_some_budgets_only(tiny_recipe):
+    recipe = load_recipe(tiny_recipe("mean", {**MEMBERS[1], "budgets": ["full"]}, budget=BUDGETS))
     assert recipe.members_for("full") == ["mean", "sap-am"]
     assert recipe.members_for("quick") == ["mean"]
 
 
-def test_a_recipe_wall_time_is_shared_among_members(tiny_data, tmp_path):
+def test_a_recipe_wall_time_is_shared_among_members(tiny_data, tiny, tmp_path):
     """`--minutes`: each member left to train gets its share as train.minutes and fits its steps to it."""
-    from kit.recipe import member_minutes
+    from kit.budget import member_minutes
 
     each = member_minutes(10.0, spent_seconds=30.0, n_jobs=4, n_slots=2)
     assert 3.0 < each < 4.5                        # two rounds of two members in about 9 minutes
@@ -153,8 +123,8 @@ def test_a_recipe_wall_time_is_shared_among_members(tiny_data, tmp_path):
     with pytest.raises(KitError, match="too little time"):
         member_minutes(0.5, 20.0, n_jobs=4, n_slots=1)
     runs = tmp_path / "runs"
-    result = run_recipe(write(tmp_path, TINY), data=str(tiny_data), runs=str(runs), progress=False,
-                        workers=1, per_member_minutes=0.02, after=False)
+    result = run_recipe(tiny, data=str(tiny_data), runs=str(runs), progress=False, workers=1,
+                        per_member_minutes=0.02, after=False)
     for m in result["members"]:
         assert "minutes = 0.02" in (runs / "tiny" / m["name"] / "config.toml").read_text()
 
@@ -174,7 +144,7 @@ def test_members_get_their_time_share_as_they_start(tmp_path):
     many members are left then (so a late round gets what an overrunning first round left)."""
     import sys
 
-    from kit.recipe import _run_parallel
+    from kit.workers import run_parallel as _run_parallel
 
     tasks = []
     for name in ("a", "b", "c"):

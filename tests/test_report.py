@@ -10,12 +10,6 @@ from kit.ensemble import ensemble_runs
 from kit.errors import KitError
 from kit.report import disagreement_matrix, format_report, mean_disagreement, oracle_accuracy, report_runs
 
-SPEAKERS = ["id10001", "id10002", "id10003"]
-TEST_IDS = [f"uttr-t{i}.pt" for i in range(4)]
-VAL_IDS = [f"uttr-v{i}.pt" for i in range(6)]
-VAL_LABELS = [0, 1, 2, 0, 1, 2]
-
-
 def test_oracle_and_disagreement_on_a_hand_made_example():
     labels = np.array([0, 1, 2, 0])
     preds = np.array([[0, 1, 0, 1],        # right on 0, 1
@@ -30,54 +24,21 @@ def test_oracle_and_disagreement_on_a_hand_made_example():
     assert mean_disagreement(disagreement_matrix(preds[:1])) is None
 
 
-# ---------------------------------------------------------------- run dirs on disk
-def onehotish(pred, c=3, p=0.6):
-    out = np.full((len(pred), c), (1 - p) / (c - 1))
-    out[np.arange(len(pred)), pred] = p
-    return out
+# ---------------------------------------------------------------- run dirs on disk (conftest: predicted)
+@pytest.fixture
+def runs(predicted):
+    return [predicted.run("r1", [0, 1, 2, 0, 1, 0], [0, 1, 2, 2]),
+            predicted.run("r2", [0, 1, 2, 1, 1, 2], [0, 1, 1, 2], mode="full", val_acc_full=5 / 6,
+                          val_acc_sliding=4 / 6),
+            predicted.run("r3", [1, 1, 2, 0, 2, 2], [1, 1, 2, 0])]
 
 
 @pytest.fixture
-def layout_dir(tmp_path):
-    d = tmp_path / "data"
-    d.mkdir()
-    meta = {"n_mels": 40, "speakers": {s: [{"feature_path": p, "mel_len": 50}
-                                           for p, lab in zip(VAL_IDS, VAL_LABELS) if lab == k]
-                                       for k, s in enumerate(SPEAKERS)}}
-    test = {"n_mels": 40, "utterances": [{"feature_path": p, "mel_len": 50} for p in TEST_IDS]}
-    mapping = {"speaker2id": {s: i for i, s in enumerate(SPEAKERS)},
-               "id2speaker": {str(i): s for i, s in enumerate(SPEAKERS)}}
-    for name, obj in (("metadata.json", meta), ("testdata.json", test), ("mapping.json", mapping)):
-        (d / name).write_text(json.dumps(obj))
-    return d
-
-
-def make_run(root, name, val_pred, test_pred, data_dir, **ids):
-    run = root / name
-    run.mkdir()
-    np.save(run / "val_probs.npy", onehotish(val_pred).astype(np.float32))
-    np.save(run / "test_probs.npy", onehotish(test_pred).astype(np.float32))
-    # an ids.json as old `kit predict` wrote it (no mode, no NLLs) plus whatever the test adds
-    (run / "ids.json").write_text(json.dumps({
-        "val": VAL_IDS, "val_labels": VAL_LABELS, "test": TEST_IDS, "window": 256, "hop": 128,
-        "full": False, "average": "probs", "which": "best", "data_dir": str(data_dir), **ids}))
-    return run
-
-
-@pytest.fixture
-def runs(tmp_path, layout_dir):
-    return [make_run(tmp_path, "r1", [0, 1, 2, 0, 1, 0], [0, 1, 2, 2], layout_dir),
-            make_run(tmp_path, "r2", [0, 1, 2, 1, 1, 2], [0, 1, 1, 2], layout_dir,
-                     mode="full", val_acc_full=5 / 6, val_acc_sliding=4 / 6),
-            make_run(tmp_path, "r3", [1, 1, 2, 0, 2, 2], [1, 1, 2, 0], layout_dir)]
-
-
-@pytest.fixture
-def answers(tmp_path):
+def answers(tmp_path, predicted):
     key = tmp_path / "answers.csv"
     usage = ["Public", "Public", "Private", "Private"]
     key.write_text("Id,Category,Usage\n" + "".join(
-        f"{i},{SPEAKERS[k]},{u}\n" for i, k, u in zip(TEST_IDS, [0, 1, 2, 0], usage)))
+        f"{i},{predicted.SPEAKERS[k]},{u}\n" for i, k, u in zip(predicted.TEST_IDS, [0, 1, 2, 0], usage)))
     return key
 
 

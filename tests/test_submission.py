@@ -13,17 +13,9 @@ TEST_IDS = [f"uttr-t{i}.pt" for i in range(6)]
 
 
 @pytest.fixture
-def layout_dir(tmp_path):
+def layout_dir(tmp_path, json_layout):
     """A competition layout with json only: validation never opens the feature files."""
-    d = tmp_path / "data"
-    d.mkdir()
-    meta = {"n_mels": 40, "speakers": {s: [{"feature_path": f"uttr-{s}.pt", "mel_len": 100}] for s in SPEAKERS}}
-    test = {"n_mels": 40, "utterances": [{"feature_path": p, "mel_len": 100} for p in TEST_IDS]}
-    mapping = {"speaker2id": {s: i for i, s in enumerate(SPEAKERS)},
-               "id2speaker": {str(i): s for i, s in enumerate(SPEAKERS)}}
-    for name, obj in (("metadata.json", meta), ("testdata.json", test), ("mapping.json", mapping)):
-        (d / name).write_text(json.dumps(obj))
-    return d
+    return json_layout(tmp_path / "data", SPEAKERS, {s: [f"uttr-{s}.pt"] for s in SPEAKERS}, TEST_IDS, mel_len=100)
 
 
 def write(path, text):

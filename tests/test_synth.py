@@ -1,6 +1,6 @@
 """Tests of the synthetic competition (kit.synth): layout, answer key, determinism, safety.
 
-Also the log-mel front end users apply to their own wav files.
+Also the log-mel front end (kit.frontend) users apply to their own wav files.
 """
 from __future__ import annotations
 
@@ -15,10 +15,11 @@ import pandas as pd
 import pytest
 import torch
 
-from kit import synth
+from kit import frontend, synth
 from kit.cli import main
-from kit.data import PAD_VALUE, FeatureStore, read_layout
+from kit.data import PAD_VALUE, FeatureStore
 from kit.errors import KitError
+from kit.layout import read_layout
 
 
 def file_hashes(data_dir: Path) -> dict[str, str]:
@@ -176,32 +177,32 @@ def write_wav(path: Path, x: np.ndarray, rate: int, channels: int = 1) -> None:
 
 
 def mel_bin_of(freq: float) -> int:
-    fb = synth._front_end().mel_scale.fb.numpy()                  # (201, 40)
-    return int(np.argmax(fb[int(round(freq / (synth.SAMPLE_RATE / synth.N_FFT)))]))
+    fb = frontend.front_end().mel_scale.fb.numpy()                  # (201, 40)
+    return int(np.argmax(fb[int(round(freq / (frontend.SAMPLE_RATE / frontend.N_FFT)))]))
 
 
 def test_logmel_of_a_sine_wav(tmp_path):
     t = np.arange(16000) / 16000
     write_wav(tmp_path / "sine.wav", 0.25 * np.sin(2 * np.pi * 1000 * t), 16000)
-    x = synth.wav_to_features(tmp_path / "sine.wav")
+    x = frontend.wav_to_features(tmp_path / "sine.wav")
     assert x.dtype == torch.float32 and x.shape == (101, 40)     # 1 + 16000 // 160 frames
     peak = x[10:-10].mean(0)
     assert int(peak.argmax()) == mel_bin_of(1000)
     assert float(peak.max()) > 0 > float(peak.min())             # energy in one band only
     # Power doubles per 3 dB: twice the amplitude adds log(4) where the tone is.
     write_wav(tmp_path / "loud.wav", 0.5 * np.sin(2 * np.pi * 1000 * t), 16000)
-    louder = synth.wav_to_features(tmp_path / "loud.wav")
+    louder = frontend.wav_to_features(tmp_path / "loud.wav")
     b = mel_bin_of(1000)
     assert np.allclose(louder[10:-10, b] - x[10:-10, b], np.log(4), atol=0.01)
 
 
 def test_logmel_floor_resampling_and_stereo(tmp_path):
-    silence = synth.logmel(np.zeros(8000))
+    silence = frontend.logmel(np.zeros(8000))
     assert silence.shape == (51, 40) and torch.allclose(silence, torch.full_like(silence, np.log(1e-9)))
     t = np.arange(8000) / 8000                                   # 1 s at 8 kHz, stereo
     tone = 0.25 * np.sin(2 * np.pi * 1000 * t)
     write_wav(tmp_path / "stereo8k.wav", np.stack([tone, tone], 1).reshape(-1), 8000, channels=2)
-    x = synth.wav_to_features(tmp_path / "stereo8k.wav")
+    x = frontend.wav_to_features(tmp_path / "stereo8k.wav")
     assert x.shape == (101, 40) and int(x[10:-10].mean(0).argmax()) == mel_bin_of(1000)
 
 
@@ -209,4 +210,4 @@ def test_unreadable_wav_is_a_kit_error(tmp_path):
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"RIFF1234WAVEjunk")
     with pytest.raises(KitError, match="bad.wav"):
-        synth.wav_to_features(bad)
+        frontend.wav_to_features(bad)

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from kit.config import from_dict, merge, parse_overrides
+from kit.config import layered, parse_overrides
 from kit.data import FeatureStore, load_split, split_for
 from kit.train import METRIC_COLUMNS, average_state_dicts, load_model, read_summary, train
 
@@ -16,7 +16,7 @@ def tiny_cfg(data_dir, *overrides: str):
             "model": {"d_model": 32, "ffn_dim": 64, "n_heads": 2},
             "train": {"batch_size": 16, "lr": 3e-3, "warmup_steps": 5, "max_steps": 150, "eval_every": 25,
                       "cpu_threads": 1}}
-    return from_dict(merge(base, parse_overrides(list(overrides))))
+    return layered(("tiny_cfg", base), ("--set", parse_overrides(list(overrides))))
 
 
 @pytest.fixture(scope="module")
@@ -156,3 +156,22 @@ def test_compiled_training_saves_plain_checkpoints(tiny_data, tmp_path, monkeypa
     assert not any(k.startswith("_orig_mod") for k in saved)
     model, _ = load_model(tmp_path / "run", "best")
     assert set(model.state_dict()) == set(saved)
+
+
+def test_step_timer_callback_sees_the_session(tiny_data, tmp_path):
+    from kit.train import StepTimer
+
+    timer, events = StepTimer(), []
+
+    class Spy:
+        def on_step(self, trainer):
+            events.append(trainer.state.step)
+
+        def on_evaluated(self, trainer, seconds):
+            events.append(("eval", trainer.state.step))
+
+    summary = train(tiny_cfg(tiny_data, "train.max_steps=12", "train.eval_every=6"), tmp_path / "run",
+                    progress=False, callbacks=[timer, Spy()])
+    assert timer.steps == summary["step"] == 12
+    assert 0 < timer.seconds <= timer.window[1] - timer.window[0]
+    assert events[:7] == [1, 2, 3, 4, 5, 6, ("eval", 6)] and events[-1] == ("eval", 12)

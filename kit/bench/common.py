@@ -1,5 +1,5 @@
 """What every benchmark shares: a row (a ratio of kit to the course baseline), the timers, and the
-model they time (the strong recipe's Conformer, also built with torchaudio's stock modules).
+model they time (the strong recipe's Conformer, also built with stock torch modules).
 """
 from __future__ import annotations
 
@@ -55,8 +55,8 @@ def strong_config(data_dir, batch_size: int, recipe: str | Path = "strong"):
 
 
 def course_model(model_cfg, like=None):
-    """kit's model with torch's and torchaudio's stock layers, as the course sample's code would
-    build it (kit's CPU dropout off, torchaudio's Conformer convolution module). `like`: copy
+    """kit's model with torch's stock layers, as the course sample's code would
+    build it (kit's CPU dropout off, the Conformer's convolution module on Conv1d). `like`: copy
     that model's weights and train/eval mode."""
     from kit.models import ConformerEncoder, SpeakerNet
 

@@ -22,7 +22,7 @@ def bench_scaling(data_dirs: dict, cfg_for, steps: int, predict_limit: int) -> l
     from kit.data import FeatureStore
     from kit.infer import predict_index
     from kit.models import build_model
-    from kit.train import train
+    from kit.train import StepTimer, train
 
     rows = []
     for size, data_dir in data_dirs.items():
@@ -30,8 +30,9 @@ def bench_scaling(data_dirs: dict, cfg_for, steps: int, predict_limit: int) -> l
         cfg = cfg_for(data_dir)
         cfg.model.n_mels, cfg.model.n_classes = store.n_mels, len(store.speakers)
         fixed_budget(cfg, steps)
+        timer = StepTimer()
         with tempfile.TemporaryDirectory() as tmp:
-            s = train(cfg, Path(tmp) / "run", progress=False, store=store)
+            train(cfg, Path(tmp) / "run", progress=False, store=store, callbacks=[timer])
         torch.manual_seed(0)
         model = build_model(cfg.model).eval()
         index = store.test_index[:predict_limit]
@@ -39,7 +40,7 @@ def bench_scaling(data_dirs: dict, cfg_for, steps: int, predict_limit: int) -> l
                                             batch_size=cfg.infer.batch_size, n_classes=cfg.model.n_classes))
         rows.append({"size": size, "speakers": len(store.speakers), "train_utterances": int(store.n_train),
                      "store_mib": store.nbytes / 2**20,
-                     "seconds_per_1000_steps": s["train_seconds"] / steps * 1000,
+                     "seconds_per_1000_steps": timer.seconds / steps * 1000,
                      "ms_per_predicted_utterance": 1000 * t / max(len(index), 1)})
     return rows
 

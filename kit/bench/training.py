@@ -209,15 +209,16 @@ def zoo_member(data_dir: str, steps: int, batch_size: int, seed: int) -> dict:
     """One zoo member as `kit recipe run` trains it on a CPU (1 thread): its steps and the
     wall-clock window they took."""
     from kit.data import FeatureStore
-    from kit.train import train
+    from kit.train import StepTimer, train
 
     store = FeatureStore.open(data_dir, "float16", progress=False)
     cfg = strong_config(data_dir, batch_size)
     cfg.train.cpu_threads, cfg.train.seed = 1, seed
     fixed_budget(cfg, steps)
+    timer = StepTimer()
     with tempfile.TemporaryDirectory() as tmp:
-        s = train(cfg, Path(tmp) / "run", progress=False, store=store)
-    return {"steps": s["train_steps"], "window": s["loop_window"]}
+        train(cfg, Path(tmp) / "run", progress=False, store=store, callbacks=[timer])
+    return {"steps": timer.steps, "window": timer.window}
 
 
 def bench_zoo(data_dir, baseline_rate: float, steps: int, batch_size: int, members: int) -> dict:

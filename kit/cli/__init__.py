@@ -12,7 +12,7 @@ import os
 import sys
 
 # Each module defines register(subparsers) and attaches func=handler(args) -> int | None.
-GROUPS = ["data", "train", "predict", "kaggle", "bench"]
+GROUPS = ["data", "train", "predict", "pseudo", "kaggle", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:

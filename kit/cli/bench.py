@@ -30,6 +30,8 @@ def register(sub) -> None:
     p.add_argument("--member-minutes", type=float, default=None,
                    help="with --accuracy: training minutes per member instead (a longer budget)")
     p.add_argument("--no-course", action="store_true", help="with --accuracy: skip the course sample")
+    p.add_argument("--stages", action="store_true", help="with --accuracy: also run the recipe with its "
+                   "pseudo-labelling and distillation stages in the same time, and score them")
     p.set_defaults(func=cmd_bench)
 
 
@@ -40,7 +42,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         result = run_accuracy_bench(args.recipe, args.preset or "hard", args.data, args.minutes,
                                     args.member_minutes, args.out, cache=args.cache, course=not args.no_course,
-                                    log=log)
+                                    stages=args.stages, log=log)
         print(accuracy_markdown(result))
         return 0
     from kit.bench import run_bench, to_markdown

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from kit.cli import add_cache_option, progress_wanted
 
@@ -60,7 +59,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from kit.data import check_data
+    from kit.layout import check_data
 
     layout = check_data(args.dir, workers=args.workers, progress=progress_wanted())
     print(f"ok: {args.dir}: {len(layout.speakers)} speakers, {len(layout.train)} train and "

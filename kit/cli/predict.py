@@ -11,6 +11,12 @@ from kit.cli import add_cache_option, progress_wanted
 
 
 def register(sub) -> None:
+    _register_predict(sub)
+    _register_ensemble(sub)
+    _register_checks(sub)
+
+
+def _register_predict(sub) -> None:
     p = sub.add_parser("predict", help="sliding-window prediction of a run's validation and test sets")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run dir(s) (hold config.toml and checkpoints)")
     p.add_argument("--window", type=int, default=None, help="frames per window (default: the run's infer.window)")
@@ -25,10 +31,14 @@ def register(sub) -> None:
     p.add_argument("--average", choices=["logits", "probs"], default=None,
                    help="average window probabilities, or logits then softmax (default: infer.average)")
     p.add_argument("--which", choices=["best", "last", "avg"], default="best", help="checkpoint to use")
+    p.add_argument("--no-compare", dest="compare", action="store_false",
+                   help="with --mode full or sliding: predict validation in that mode only (faster)")
     p.add_argument("--batch-size", type=int, default=None, help="windows per batch (default: infer.batch_size)")
     add_cache_option(p)
     p.set_defaults(func=cmd_predict)
 
+
+def _register_ensemble(sub) -> None:
     p = sub.add_parser("ensemble", help="calibrated auto, hard or soft vote over predicted runs -> submissions/NAME.csv",
                        description="Vote over predicted runs. With --weights auto (or --vote auto) each member "
                                    "is temperature-scaled on validation and the combination is chosen by "
@@ -51,6 +61,8 @@ def register(sub) -> None:
     p.add_argument("--out", default="submissions", help="folder for NAME.csv and NAME.json")
     p.set_defaults(func=cmd_ensemble)
 
+
+def _register_checks(sub) -> None:
     p = sub.add_parser("report", help="member vs ensemble accuracy, oracle, disagreement (+ PNG)")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run dirs already predicted with `kit predict`")
     p.add_argument("--ensemble", default=None, metavar="NAME.json",
@@ -85,7 +97,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     progress = progress_wanted()
     for n, run in enumerate(args.runs):
         r = predict_run(run, window=args.window, hop=args.hop, full=args.full, average=args.average,
-                        which=args.which, batch_size=args.batch_size, progress=progress, mode=args.mode)
+                        which=args.which, batch_size=args.batch_size, progress=progress, mode=args.mode,
+                        compare=args.compare)
         if n == 0:             # after the first run, so an early error is the only output
             print(f"{'run':<40} {'centre':>7} {'full':>8} {'sliding':>8}  {'val':>5} {'test':>5} {'test s':>7}")
         mark = {m: "*" if m == r["mode"] else " " for m in ("full", "sliding")}

@@ -65,6 +65,11 @@ def register(sub) -> None:
                    help="hard stop for this command, e.g. the time left in a notebook session: each member "
                         "checkpoints and stops before it (members it leaves too little time are not started); "
                         "re-running the same command continues from the run dirs")
+    p.add_argument("--pseudo", action=argparse.BooleanOptionalAction, default=None,
+                   help="after the vote, pseudo-label confident test utterances, fine-tune every member on them "
+                        "and vote again (the recipe's [after] pseudo settings; default: as the recipe says)")
+    p.add_argument("--distill", action=argparse.BooleanOptionalAction, default=None,
+                   help="after the vote, train one student on its soft targets: NAME-student.csv")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_cache_option(p)
     _add_launcher_args(p)
@@ -88,33 +93,29 @@ def _add_launcher_args(p: argparse.ArgumentParser) -> None:
 
 
 def resolve_train_config(args: argparse.Namespace):
-    """The RunConfig `kit train` uses: saved config (on --resume) or --config, then --set."""
-    from kit.config import DataConfig, RunConfig, from_dict, load_toml, merge, parse_overrides, to_dict
+    """The RunConfig `kit train` uses: defaults <- saved config (on --resume) or --config <- --set
+    <- --data, --minutes, --max-minutes."""
+    from kit.config import DataConfig, RunConfig, layered, load_toml, parse_overrides
 
     out = Path(args.out)
     if args.config:
-        values = load_toml(args.config)
-        where = args.config
+        file = (args.config, load_toml(args.config))
     elif args.resume and (out / "config.toml").is_file():
-        values = load_toml(out / "config.toml")
-        where = str(out / "config.toml")
+        file = (str(out / "config.toml"), load_toml(out / "config.toml"))
     else:
-        values, where = {"name": out.name}, "config"
-    values = merge(to_dict(from_dict(values, where=where)), parse_overrides(args.overrides))
-    cfg = from_dict(values, where="--set")
+        file = ("config", {"name": out.name})
+    train_flags = {"minutes": args.minutes, "max_minutes": args.max_minutes}
+    flags = {"train": {k: v for k, v in train_flags.items() if v is not None}}
     if args.data:
-        cfg.data.data_dir = args.data
-    elif cfg.data.data_dir == DataConfig.data_dir:
+        flags["data"] = {"data_dir": args.data}
+    cfg = layered(file, ("--set", parse_overrides(args.overrides)), ("command line", flags))
+    if not args.data and cfg.data.data_dir == DataConfig.data_dir:
         from kit.env import kaggle_data_dir
 
         found = kaggle_data_dir()
         if found is not None:
             print(f"kit: no --data given: using the competition data found at {found}", file=sys.stderr)
             cfg.data.data_dir = str(found)
-    if args.max_minutes is not None:
-        cfg.train.max_minutes = args.max_minutes
-    if args.minutes is not None:
-        cfg.train.minutes = args.minutes
     if cfg.name == RunConfig.name:
         cfg.name = out.name
     return cfg
@@ -168,6 +169,7 @@ def cmd_recipe_run(args: argparse.Namespace) -> int:
     result = run_recipe(args.file, data=args.data, budget=args.budget, runs=args.runs, only=only,
                         after=not args.no_after, workers=args.workers, minutes=args.minutes,
                         per_member_minutes=args.member_minutes, fresh=args.fresh, max_hours=args.max_hours,
+                        pseudo=args.pseudo, distill=args.distill,
                         progress=not args.no_progress and progress_wanted(), log=log, launcher=launcher,
                         ensemble="none" if args.no_ensemble else None)
     print(f"recipe {result['recipe']}  budget {result['budget']}  data {result['data']}")
@@ -176,6 +178,14 @@ def cmd_recipe_run(args: argparse.Namespace) -> int:
         acc = m.get("val_acc")
         print(f"{m['name']:<22} {m.get('params', 0):>9,} {'-' if acc is None else f'{acc:.4f}':>8} "
               f"{m.get('mode', ''):>8} {m.get('step', 0):>7} {m.get('minutes', 0.0):>8.1f}  {m.get('note', '')}")
+    if result.get("vote0"):
+        v0 = result["vote0"]
+        oof = f"  (out-of-fold {v0['val_acc_oof']:.4f})" if v0.get("val_acc_oof") is not None else ""
+        print(f"vote before pseudo-labelling val acc: {v0['val_acc']:.4f}{oof}   csv: {v0['csv']}")
+    for r in result.get("rounds", []):
+        est = "-" if r["estimated_precision"] is None else f"{r['estimated_precision']:.3f}"
+        print(f"pseudo-label round {r['round']}: {r['count']} test utterances, confidence >= {r['threshold']:.3f}, "
+              f"estimated precision {est}; members fine-tuned: {', '.join(Path(d).name for d in r['members'])}")
     ens = result.get("ensemble")
     if ens:
         if ens.get("weights"):
@@ -185,6 +195,9 @@ def cmd_recipe_run(args: argparse.Namespace) -> int:
         print(f"ensemble ({ens.get('method') or ens['vote']}) val acc: {ens['val_acc']:.4f}{honest}   csv: {ens['csv']}")
     if result.get("report"):
         print(result["report"].rstrip())
+    if result.get("student"):
+        st = result["student"]
+        print(f"distilled student val acc: {st['val_acc']:.4f}   csv: {st['csv']}")
     sub = result.get("submission")
     if sub:
         print(f"submission: {ens['csv']}  {sub.get('status')} on {sub.get('target') or '-'}  "

@@ -45,7 +45,7 @@ def extract_zip(zip_path, dest) -> int:
 
 def find_data_dir(root) -> Path:
     """The shallowest folder under root holding the competition's three json files."""
-    from kit.data import LAYOUT_FILES
+    from kit.layout import LAYOUT_FILES
 
     root = Path(root)
     found = sorted((p.parent for p in root.rglob("metadata.json")
@@ -60,7 +60,7 @@ def find_data_dir(root) -> Path:
 def download(competition: str, out, endpoint: str | None = None, env: dict | None = None, log=None,
              progress: bool = False) -> Path:
     """Download the competition zip with the official client, unpack it, validate; returns the data dir."""
-    from kit.data import check_data, read_layout
+    from kit.layout import check_data, read_layout
 
     out = Path(out)
     marker = out / ".kit-download.json"

@@ -46,11 +46,11 @@ def make_launcher(name: str, kernels: int | None = None, competition: str | None
 def member_args(recipe_file: str, members: list[str], budget: str, runs: str, data: str | None = None,
                 minutes: float | None = None, per_member_minutes: float | None = None,
                 max_hours: float | None = None) -> list[str]:
-    """`kit recipe run` arguments that train and predict `members` only (no ensemble, no submission):
-    what a kernel or a job runs. The budget is always given: a copy of synthetic data elsewhere
+    """`kit recipe run` arguments that train and predict `members` only (no ensemble, no stages after
+    it, no submission): what a kernel or a job runs; the stages run here after the vote. The budget is always given: a copy of synthetic data elsewhere
     may lack the marker that makes `quick` the default."""
     args = ["recipe", "run", recipe_file, "--only", *members, "--budget", budget, "--runs", runs,
-            "--no-ensemble", "--no-progress"]
+            "--no-ensemble", "--no-pseudo", "--no-distill", "--no-progress"]
     if data:
         args += ["--data", data]
     if per_member_minutes:

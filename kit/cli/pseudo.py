@@ -1,0 +1,77 @@
+"""`kit pseudo` (pseudo-labels for the test set from an ensemble) and `kit distill` (one student
+trained on the ensemble's soft targets); argument parsing and printing only."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from kit.cli import add_cache_option, progress_wanted
+
+
+def register(sub) -> None:
+    p = sub.add_parser("pseudo", help="pseudo-label confident test utterances from predicted run dirs",
+                       description="The calibrated ensemble of RUNS labels the test utterances it is confident "
+                       "about: the threshold is the lowest confidence at which validation utterances (out-of-fold) "
+                       "are still right at --precision. Writes OUT/pseudo.csv (Id,Category,Confidence), "
+                       "OUT/teacher.npz and OUT/pseudo.json. Train on them with "
+                       "`kit train --set data.pseudo_labels=OUT/pseudo.csv --set train.init_from=RUN ...`.")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="predicted run dirs (kit predict)")
+    p.add_argument("--out", required=True, help="dir for pseudo.csv, teacher.npz, pseudo.json")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--precision", type=float, default=0.95,
+                   help="validation-estimated precision the chosen labels must reach (default 0.95)")
+    g.add_argument("--top-fraction", type=float, help="instead: label this share of the test set")
+    p.add_argument("--answers", help="answer key (synthetic data): also print the labels' true precision")
+    p.set_defaults(func=cmd_pseudo)
+
+    d = sub.add_parser("distill", help="train one student on an ensemble's soft targets",
+                       description="The student (the best member's model unless --config) trains on the training "
+                       "labels plus the calibrated ensemble's probabilities on every test utterance, starting "
+                       "from the best member's weights (--init best) or from scratch (--init none); then it is "
+                       "predicted like any run dir.")
+    d.add_argument("runs", nargs="+", metavar="RUN", help="predicted run dirs (the teachers)")
+    d.add_argument("--out", required=True, help="the student's run dir")
+    d.add_argument("--config", help="the student's member TOML (default: the best member's config)")
+    d.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    d.add_argument("--minutes", type=float, help="the student's time budget (train.minutes)")
+    d.add_argument("--temperature", type=float, default=1.0, help="soften (>1) or sharpen (<1) the teacher")
+    d.add_argument("--distill-weight", type=float, default=0.5,
+                   help="soft-target weight where a row also has a (pseudo-)label (default 0.5)")
+    d.add_argument("--pseudo", metavar="CSV", help="also train on these pseudo-labels (kit pseudo's pseudo.csv)")
+    d.add_argument("--init", default="best", choices=("best", "none"), help="start from the best member's weights")
+    d.add_argument("--resume", action="store_true", help="continue an interrupted student")
+    d.add_argument("--no-progress", action="store_true")
+    add_cache_option(d)
+    d.set_defaults(func=cmd_distill)
+
+
+def cmd_pseudo(args: argparse.Namespace) -> int:
+    from kit.pseudo import make_pseudo_labels, true_precision
+
+    rec = make_pseudo_labels(args.runs, args.out, precision=args.precision, top_fraction=args.top_fraction)
+    est = "-" if rec.estimated_precision is None else f"{rec.estimated_precision:.4f}"
+    print(f"pseudo-labels: {rec.test_count} of {rec.n_test} test utterances  threshold {rec.threshold:.4f}  "
+          f"estimated precision {est} (from {rec.val_count} validation utterances, {rec.method} vote)")
+    if args.answers:
+        true = true_precision(rec.csv, args.answers)
+        print(f"true precision (answer key): {'-' if true is None else f'{true:.4f}'}")
+    print(f"csv: {rec.csv}")
+    return 0
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from kit.cli import cache_from
+    from kit.distill import distill
+
+    def log(message: str) -> None:
+        print(f"kit: {message}", file=sys.stderr, flush=True)
+
+    with cache_from(args):
+        result = distill(args.runs, args.out, args.config, args.overrides, args.minutes, args.temperature,
+                         args.distill_weight, args.pseudo, args.init, args.resume,
+                         not args.no_progress and progress_wanted(), log)
+    pred = result["pred"]
+    print(json.dumps({"run_dir": result["run_dir"], "val_acc": pred.get("val_acc"), "mode": pred.get("mode"),
+                      "steps": result["summary"].get("step"), "teacher_vote": result["teacher"]["method"]}, indent=2))
+    return 0

@@ -1,0 +1,155 @@
+"""Ensembling predicted run dirs: `ensemble_runs` votes over them and writes a submission CSV plus a
+JSON manifest saying exactly what went into it; the pieces, re-exported here, live beside it.
+
+votes.py: plain hard/soft votes and greedy weights. calibration.py: a temperature per member and
+pooled, weighted calibrated probabilities. crossfit.py: each combination scored out of fold on
+validation, the best refitted (`auto_ensemble`). members.py: run dirs on disk, checked.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from kit.ensemble.calibration import (POOLS, calibrate, fit_temperature, fit_weights, log_probs, mean_nll,
+                                      pool_log_probs)
+from kit.ensemble.crossfit import (AUTO_METHODS, DEFAULT_POOL, METHODS, apply_method, auto_ensemble, crossfit,
+                                   fit_methods, fold_ids)
+from kit.ensemble.members import Member, check_compatible, load_member, member_speakers
+from kit.ensemble.votes import check_weights, hard_vote, select_weights, soft_vote, vote_predictions
+from kit.errors import KitError
+from kit.fsio import sha256_file, write_csv
+from kit.records import SubmissionManifest, trained_on
+
+__all__ = ["AUTO_METHODS", "DEFAULT_POOL", "METHODS", "POOLS", "VOTES", "Member", "apply_method", "auto_ensemble",
+           "calibrate", "check_compatible", "check_weights", "crossfit", "ensemble_runs", "fit_methods",
+           "fit_temperature", "fit_weights", "fold_ids", "hard_vote", "load_member", "log_probs", "mean_nll",
+           "member_speakers", "parse_weights", "pool_log_probs", "select_weights", "soft_vote", "vote_predictions"]
+
+VOTES = ("hard", "soft", "auto")
+
+
+def parse_weights(text: str | None):
+    """CLI --weights: None, 'auto' or '0.5,1,2' -> None | 'auto' | list[float]."""
+    if text is None or text == "auto":
+        return text
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        raise KitError(f"--weights {text!r}: give 'auto' or comma-separated numbers like 1,0.5,2") from None
+
+
+def ensemble_runs(run_dirs, vote: str = "hard", weights=None, name: str | None = None,
+                  out_dir: str | os.PathLike = "submissions", pool: str = DEFAULT_POOL, folds: int = 5) -> dict:
+    """Vote over predicted run dirs and write OUT/NAME.csv (Id,Category) and OUT/NAME.json.
+
+    vote hard | soft with weights None (equal) or a list: that plain vote of the members'
+    probabilities, as written by `kit predict`.
+    weights "auto", or vote "auto": the calibrated, cross-fitted ensemble (`auto_ensemble`).
+    Each member gets a temperature fitted on validation; the combination method is chosen by
+    out-of-fold accuracy over `folds` folds of the validation split (temperatures and weights
+    fitted on the other folds each time), then refitted on all of validation for the test
+    predictions. The candidates: vote auto -> single, hard, equal, weighted; soft -> single,
+    equal, weighted (calibrated soft votes, `pool` geo or mean); hard -> single, hard.
+
+    Returns {csv, manifest, table: [{member, val_acc, weight, ...}, ..., ensemble row],
+    val_acc (the written vote's in-sample validation accuracy), weights (M,), and for the
+    auto mode also oof_acc (honest), method, temperatures, candidates}.
+    """
+    _check_arguments(run_dirs, vote, weights, pool)
+    members = [load_member(d) for d in run_dirs]
+    check_compatible(members)
+    auto = vote == "auto" or weights == "auto"
+    voted = _auto_vote(members, vote, pool, folds) if auto else _plain_vote(members, vote, weights)
+    name = _submission_name(name, vote, len(members))
+    csv_path, data_dir = _write_csv(members, voted["test_pred"], Path(out_dir) / f"{name}.csv")
+    manifest_path = Path(out_dir) / f"{name}.json"
+    w, extra = voted["weights"], voted["extra"]
+    SubmissionManifest(
+        name=name, vote=vote, weights=[float(x) for x in w],
+        weights_mode="auto" if auto else ("given" if weights is not None else "equal"), **extra,
+        members=[str(m.run_dir.resolve()) for m in members],
+        member_settings=[m.ids.settings() for m in members],
+        member_test_probs_sha256=[sha256_file(m.run_dir / "test_probs.npy") for m in members],
+        csv=str(csv_path.resolve()), csv_sha256=sha256_file(csv_path), data_dir=data_dir,
+        n_val=int(len(members[0].val_labels)), table=voted["table"], val_acc=voted["val_acc"],
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), trained_on=trained_on(run_dirs) or None,
+    ).save(manifest_path)
+    return {"csv": csv_path, "manifest": manifest_path, "table": voted["table"], "val_acc": voted["val_acc"],
+            "weights": [float(x) for x in w], **extra}
+
+
+def _check_arguments(run_dirs, vote: str, weights, pool: str) -> None:
+    if vote not in VOTES:
+        raise KitError(f"--vote {vote!r}: choose {', '.join(VOTES)}")
+    if isinstance(weights, str) and weights != "auto":
+        raise KitError(f"weights {weights!r}: give 'auto' or a list of numbers")
+    if vote == "auto" and weights not in (None, "auto"):
+        raise KitError("--vote auto chooses its own weights; leave out --weights or give --weights auto")
+    if pool not in POOLS:
+        raise KitError(f"pool {pool!r}: choose one of {', '.join(POOLS)}")
+    if not run_dirs:
+        raise KitError("no run dirs given to ensemble")
+
+
+def _accuracy(pred, labels) -> float | None:
+    return float((pred == labels).mean()) if len(labels) else None
+
+
+def _member_rows(members: list[Member], w, temperatures=None) -> list[dict]:
+    """One table row per member: its own validation accuracy, its weight (and temperature)."""
+    labels = members[0].val_labels
+    rows = [{"member": str(m.run_dir), "val_acc": _accuracy(m.val_probs.argmax(axis=1), labels),
+             "weight": float(wk), "mode": m.ids.inference_mode} for m, wk in zip(members, w)]
+    for row, t in zip(rows, temperatures or []):
+        row["temperature"] = t
+    return rows
+
+
+def _plain_vote(members: list[Member], vote: str, weights) -> dict:
+    """The hard or soft vote of the members' probabilities with equal or given weights."""
+    labels = members[0].val_labels
+    w = check_weights(weights, len(members))
+    w = w / w.sum()
+    val_acc = _accuracy(vote_predictions([m.val_probs for m in members], vote, w), labels) if len(labels) else None
+    table = _member_rows(members, w) + [{"member": f"ensemble ({vote} vote)", "val_acc": val_acc,
+                                         "weight": float(w.sum())}]
+    return {"weights": w, "test_pred": vote_predictions([m.test_probs for m in members], vote, w),   # (n_test,)
+            "val_acc": val_acc, "table": table, "extra": {}}
+
+
+def _auto_vote(members: list[Member], vote: str, pool: str, folds: int) -> dict:
+    """The calibrated, cross-fitted ensemble among the candidates `vote` allows."""
+    fit = auto_ensemble([m.val_probs for m in members], members[0].val_labels, [m.test_probs for m in members],
+                        AUTO_METHODS[vote], pool, folds)
+    w = np.asarray(fit["weights"], dtype=np.float64)
+    extra = {k: fit[k] for k in ("method", "pool", "folds", "temperatures", "oof_acc", "candidates")}
+    label = f"ensemble ({'auto' if vote == 'auto' else 'auto ' + vote}: {fit['method']})"
+    table = _member_rows(members, w, extra["temperatures"]) + [
+        {"member": label, "val_acc": fit["val_acc"], "weight": float(w.sum()), "oof_acc": extra["oof_acc"]}]
+    return {"weights": w, "test_pred": fit["test_pred"], "val_acc": fit["val_acc"], "table": table, "extra": extra}
+
+
+def _submission_name(name: str | None, vote: str, n_members: int) -> str:
+    name = name or f"{vote}-{n_members}members-{time.strftime('%Y%m%d-%H%M%S')}"
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        raise KitError(f"--name {name!r}: give a plain file name (no folders, not starting with '.')")
+    return name
+
+
+def _write_csv(members: list[Member], pred, csv_path: Path) -> tuple[Path, str]:
+    """The predicted classes (n_test,) as speaker ids in CSV_PATH, checked the way Kaggle would;
+    returns the path and the data dir it is for."""
+    import pandas as pd
+
+    from kit.submission import validate_submission
+
+    speakers, data_dir = member_speakers(members[0])
+    frame = pd.DataFrame({"Id": members[0].ids.test, "Category": [speakers[int(k)] for k in pred]})
+    write_csv(csv_path, frame)
+    problems = validate_submission(csv_path, data_dir)
+    if problems:                   # a safety net: member_speakers checked ids and classes
+        raise KitError(f"{csv_path}: written but invalid for {data_dir}: {problems[0]}")
+    return csv_path, data_dir

@@ -1,0 +1,81 @@
+"""Ensemble members on disk: a predicted run dir's ids and probabilities (written by `kit predict`),
+checked against each other and against the data dir the CSV will be for.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kit.errors import KitError
+from kit.records import PredictionIds
+
+
+@dataclass
+class Member:
+    run_dir: Path
+    ids: PredictionIds
+    val_probs: np.ndarray      # (n_val, C)
+    test_probs: np.ndarray     # (n_test, C)
+
+    @property
+    def val_labels(self) -> np.ndarray:
+        return np.asarray(self.ids.val_labels, dtype=np.int64)
+
+
+def load_member(run_dir: str | os.PathLike) -> Member:
+    """A predicted run dir's ids and probabilities, with a clear error if prediction is missing."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise KitError(f"{run_dir}: run dir not found")
+    files = [run_dir / n for n in ("ids.json", "val_probs.npy", "test_probs.npy")]
+    for f in files:
+        if not f.is_file():
+            raise KitError(f"{run_dir}: no {f.name}; run `kit predict {run_dir}` first")
+    ids = PredictionIds.load(files[0])
+    try:
+        val, test = np.load(files[1]), np.load(files[2])
+    except (ValueError, OSError) as e:
+        raise KitError(f"{run_dir}: unreadable prediction files ({e}); "
+                       f"run `kit predict {run_dir}` again") from None
+    if val.shape[0] != len(ids.val) or test.shape[0] != len(ids.test) or val.shape[1:] != test.shape[1:]:
+        raise KitError(f"{run_dir}: val_probs/test_probs shapes {val.shape}/{test.shape} do not match "
+                       f"ids.json; run `kit predict {run_dir}` again")
+    return Member(run_dir, ids, val, test)
+
+
+def check_compatible(members: list[Member]) -> None:
+    """Members must share the validation split, the test list and the classes."""
+    first = members[0]
+    for other in members[1:]:
+        if other.ids.val != first.ids.val or other.ids.val_labels != first.ids.val_labels:
+            raise KitError(f"{first.run_dir} and {other.run_dir} were validated on different splits; "
+                           "ensemble only runs trained with the same data.split_seed and val_fraction")
+        if other.ids.test != first.ids.test:
+            raise KitError(f"{first.run_dir} and {other.run_dir} predicted different test sets "
+                           "(different data dirs?)")
+        if other.test_probs.shape[1] != first.test_probs.shape[1]:
+            raise KitError(f"{first.run_dir} has {first.test_probs.shape[1]} classes but "
+                           f"{other.run_dir} has {other.test_probs.shape[1]}")
+
+
+def member_speakers(member: Member) -> tuple[list[str], str]:
+    """Class index -> speaker id string, from the data dir the member was predicted on,
+    after checking that its test list is that data dir's (so the CSV will be valid)."""
+    from kit.layout import read_layout
+
+    data_dir = member.ids.data_dir
+    if not data_dir:
+        from kit.config import from_dict, load_toml
+
+        data_dir = from_dict(load_toml(member.run_dir / "config.toml")).data.data_dir
+    layout = read_layout(data_dir)
+    if member.ids.test != [u.path for u in layout.test]:
+        raise KitError(f"{member.run_dir}: its test predictions do not follow {data_dir}/testdata.json; "
+                       f"run `kit predict {member.run_dir}` again")
+    if len(layout.speakers) != member.test_probs.shape[1]:
+        raise KitError(f"{member.run_dir}: {member.test_probs.shape[1]} classes but "
+                       f"{data_dir}/mapping.json has {len(layout.speakers)} speakers")
+    return layout.speakers, str(data_dir)

@@ -1,0 +1,175 @@
+"""The competition's files as the HW4 layout defines them: read metadata/testdata/mapping json
+and check their structure, load one feature file safely, check every feature file.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from kit.errors import KitError
+from kit.fsio import read_json
+
+LAYOUT_FILES = ("metadata.json", "testdata.json", "mapping.json")
+
+
+@dataclass(frozen=True)
+class Utterance:
+    path: str                 # feature_path as written in the json (relative to the data dir)
+    mel_len: int
+    speaker: str | None       # None for test utterances
+
+
+@dataclass
+class Layout:
+    data_dir: Path
+    n_mels: int
+    speakers: list[str]       # class index -> speaker id, from mapping.json
+    train: list[Utterance]
+    test: list[Utterance]
+
+    @property
+    def speaker2id(self) -> dict[str, int]:
+        return {s: i for i, s in enumerate(self.speakers)}
+
+    @property
+    def all(self) -> list[Utterance]:
+        """Training then test utterances, in json order: the order of the packed store."""
+        return self.train + self.test
+
+
+# ---------------------------------------------------------------- reading the layout
+def resolve_feature_path(data_dir: Path, feature_path: str, where: Path) -> Path:
+    """The file a feature_path names, refusing absolute paths and ones escaping data_dir."""
+    if not isinstance(feature_path, str) or not feature_path:
+        raise KitError(f"{where}: feature_path {feature_path!r} is not a file name")
+    if os.path.isabs(feature_path) or feature_path.startswith(("/", "\\")):
+        raise KitError(f"{where}: feature_path {feature_path!r} is absolute; it must stay inside {data_dir}")
+    root = data_dir.resolve()
+    full = (root / feature_path).resolve()
+    if full != root and root not in full.parents:
+        raise KitError(f"{where}: feature_path {feature_path!r} escapes the data dir {data_dir}")
+    return full
+
+
+def _utterance(entry, where: Path, speaker: str | None, data_dir: Path) -> Utterance:
+    if not isinstance(entry, dict) or "feature_path" not in entry or "mel_len" not in entry:
+        raise KitError(f"{where}: each utterance needs feature_path and mel_len, got {str(entry)[:80]}")
+    resolve_feature_path(data_dir, entry["feature_path"], where)
+    mel_len = entry["mel_len"]
+    if not isinstance(mel_len, int) or isinstance(mel_len, bool) or mel_len < 0:
+        raise KitError(f"{where}: {entry['feature_path']}: mel_len {mel_len!r} is not a frame count")
+    if mel_len == 0:
+        raise KitError(f"{where}: {entry['feature_path']}: zero-length utterance (mel_len 0)")
+    return Utterance(entry["feature_path"], mel_len, speaker)
+
+
+def read_layout(data_dir: str | os.PathLike) -> Layout:
+    """Read metadata/testdata/mapping json and check their structure (not the tensors)."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise KitError(f"{data_dir}: data dir not found (run `kit data synth` or `kit data download`)")
+    meta_path, test_path, map_path = (data_dir / n for n in LAYOUT_FILES)
+    meta, testdata, mapping = (read_json(p, f"the competition's {p.name}") for p in (meta_path, test_path, map_path))
+
+    if not isinstance(meta.get("speakers"), dict) or not meta["speakers"]:
+        raise KitError(f"{meta_path}: 'speakers' must be a non-empty object of speaker -> utterances")
+    if not isinstance(testdata.get("utterances"), list):
+        raise KitError(f"{test_path}: 'utterances' must be a list")
+    s2i = mapping.get("speaker2id")
+    if not isinstance(s2i, dict) or not s2i:
+        raise KitError(f"{map_path}: 'speaker2id' must be a non-empty object")
+    n_mels = meta.get("n_mels")
+    if not isinstance(n_mels, int) or n_mels <= 0:
+        raise KitError(f"{meta_path}: n_mels {n_mels!r} must be a positive integer")
+    if testdata.get("n_mels", n_mels) != n_mels:
+        raise KitError(f"{test_path}: n_mels {testdata.get('n_mels')} differs from metadata's {n_mels}")
+
+    ids = sorted(s2i.values()) if all(isinstance(v, int) for v in s2i.values()) else None
+    if ids != list(range(len(s2i))):
+        raise KitError(f"{map_path}: speaker2id values must be the integers 0..{len(s2i) - 1}")
+    speakers = [None] * len(s2i)
+    for spk, idx in s2i.items():
+        speakers[idx] = spk
+
+    train = []
+    for spk, utts in meta["speakers"].items():
+        if spk not in s2i:
+            raise KitError(f"{meta_path}: speaker {spk} is missing from {map_path.name}")
+        if not isinstance(utts, list):
+            raise KitError(f"{meta_path}: speaker {spk}: expected a list of utterances")
+        train.extend(_utterance(u, meta_path, spk, data_dir) for u in utts)
+    test = [_utterance(u, test_path, None, data_dir) for u in testdata["utterances"]]
+    if not train:
+        raise KitError(f"{meta_path}: no training utterances")
+    seen: set[str] = set()
+    for u in train + test:
+        if u.path in seen:
+            raise KitError(f"{data_dir}: feature_path {u.path} is listed twice")
+        seen.add(u.path)
+    return Layout(data_dir, n_mels, speakers, train, test)
+
+
+# ---------------------------------------------------------------- reading feature files
+def load_feature(path: str | os.PathLike, n_mels: int | None = None, mel_len: int | None = None):
+    """Load one uttr-*.pt safely (weights_only) and check shape and values; returns a tensor."""
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise KitError(f"{path}: feature file is missing")
+    try:
+        x = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        with open(path, "rb") as f:
+            head = f.read(2)
+        pickled = head == b"PK" or head[:1] == b"\x80"      # torch's zip format, or a bare pickle
+        if not pickled or "global" not in str(e).lower():    # random bytes fail the same unpickler
+            raise KitError(f"{path}: unreadable or corrupt feature file (not a tensor file kit can read)") from None
+        unsafe = [ln.strip() for ln in str(e).splitlines() if "global" in ln.lower()]
+        raise KitError(f"{path}: refused to load, the file holds more than tensors "
+                       f"(it could run code on load): {unsafe[0][:160]}") from None
+    except Exception as e:  # torch raises many types for truncated/corrupt zips
+        raise KitError(f"{path}: unreadable or corrupt feature file ({type(e).__name__}: "
+                       f"{str(e).strip().splitlines()[0][:160] if str(e).strip() else 'no detail'})") from None
+    if not isinstance(x, torch.Tensor):
+        raise KitError(f"{path}: expected a tensor, found {type(x).__name__}")
+    if x.dim() != 2:
+        raise KitError(f"{path}: expected a 2-D tensor (frames, n_mels), found shape {tuple(x.shape)}")
+    if n_mels is not None and x.shape[1] != n_mels:
+        raise KitError(f"{path}: second dimension is {x.shape[1]}, expected n_mels={n_mels}")
+    if x.shape[0] == 0:
+        raise KitError(f"{path}: zero-length utterance (0 frames)")
+    if mel_len is not None and x.shape[0] != mel_len:
+        raise KitError(f"{path}: has {x.shape[0]} frames but the json says mel_len {mel_len}")
+    if not x.is_floating_point():
+        raise KitError(f"{path}: expected float features, found {x.dtype}")
+    if not bool(torch.isfinite(x).all()):
+        raise KitError(f"{path}: contains NaN or inf values")
+    return x
+
+
+def parallel_map(fn, items, workers: int | None, desc: str, progress: bool):
+    """Map in a thread pool (torch.load releases the GIL in I/O), in order, with a progress bar."""
+    from tqdm.auto import tqdm      # a widget in a notebook, the plain bar in a terminal
+
+    workers = workers or min(8, (os.cpu_count() or 2) * 2)
+    with ThreadPoolExecutor(workers) as pool:
+        yield from tqdm(pool.map(fn, items), total=len(items), desc=desc, unit="utt",
+                        disable=not progress, leave=False, mininterval=0.5)
+
+
+def check_data(data_dir: str | os.PathLike, workers: int | None = None, progress: bool = True) -> Layout:
+    """Read the layout and every feature file; raise KitError naming the first bad file."""
+    layout = read_layout(data_dir)
+    root = Path(data_dir)
+
+    def check(u: Utterance):
+        load_feature(root / u.path, layout.n_mels, u.mel_len)
+
+    for _ in parallel_map(check, layout.all, workers, "checking", progress):
+        pass
+    return layout

@@ -1,0 +1,173 @@
+"""Using the unlabelled test set: pseudo-labels from the ensemble, and its soft targets for a student.
+
+`ensemble_probs` gives the calibrated ensemble's probabilities: out-of-fold on validation (each
+fold predicted by temperatures and weights fitted on the other folds, so its confidences are
+honest) and on test (fitted on all of validation). `choose_threshold` picks the lowest
+confidence whose validation utterances above it are still right at the target precision; the
+test utterances above it become pseudo-labels, and that validation precision is the estimate
+kit prints. Validation utterances are never labelled: they only measure.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from kit.ensemble import (DEFAULT_POOL, METHODS, apply_method, check_compatible, crossfit, fit_methods, fold_ids,
+                          load_member, log_probs, member_speakers)
+from kit.errors import KitError
+from kit.fsio import sha256_file, write_bytes, write_csv, write_json
+
+PSEUDO_CSV, PSEUDO_JSON, TEACHER = "pseudo.csv", "pseudo.json", "teacher.npz"
+
+
+def ensemble_probs(val_probs_list, labels, test_probs_list, folds: int = 5, pool: str = DEFAULT_POOL) -> dict:
+    """{method, val_logp (OOF, (N, C)), test_logp (M, C)} of the calibrated ensemble.
+
+    The method is the one cross-fitting chooses among those with probabilities (single, equal,
+    weighted): a hard vote has no confidence to threshold."""
+    labels = np.asarray(labels, dtype=np.int64)
+    methods = tuple(m for m in METHODS if m != "hard")
+    logps = [log_probs(p) for p in val_probs_list]
+    fold = fold_ids(labels, min(int(folds), len(labels)))
+    method = crossfit(logps, labels, methods, pool, fold)["chosen"]
+    oof = np.zeros_like(logps[0])
+    for f in np.unique(fold):
+        fit_on, held = fold != f, fold == f
+        fit = fit_methods([lp[fit_on] for lp in logps], labels[fit_on], (method,), pool)
+        _, oof[held] = apply_method(method, fit["weights"][method], fit["temperatures"],
+                                    [lp[held] for lp in logps], pool)
+    fit = fit_methods(logps, labels, (method,), pool)
+    _, test = apply_method(method, fit["weights"][method], fit["temperatures"],
+                           [log_probs(p) for p in test_probs_list], pool)
+    return {"method": method, "val_logp": oof, "test_logp": test,
+            "temperatures": [float(t) for t in fit["temperatures"]],
+            "weights": [float(w) for w in fit["weights"][method]]}
+
+
+def choose_threshold(val_conf, val_correct, test_conf, precision: float | None = None,
+                     top_fraction: float | None = None) -> dict:
+    """The confidence threshold and its validation-estimated precision.
+
+    precision: the lowest threshold at which validation utterances at or above it are right at
+    least this often. top_fraction: the threshold that keeps this share of the test utterances.
+    Returns {threshold, estimated_precision, val_count (utterances the estimate rests on),
+    test_count}. No threshold reaches the precision: threshold inf, nothing chosen."""
+    val_conf, val_correct = np.asarray(val_conf, dtype=np.float64), np.asarray(val_correct, dtype=bool)
+    test_conf = np.asarray(test_conf, dtype=np.float64)
+    if (precision is None) == (top_fraction is None):
+        raise KitError("pseudo-labels: give exactly one of a precision or a top fraction")
+    if top_fraction is not None:
+        if not 0 < top_fraction <= 1:
+            raise KitError(f"top fraction {top_fraction}: must be in (0, 1]")
+        k = max(1, int(round(top_fraction * len(test_conf))))
+        threshold = float(np.sort(test_conf)[::-1][k - 1])
+    else:
+        if not 0 < precision <= 1:
+            raise KitError(f"precision {precision}: must be in (0, 1]")
+        order = np.argsort(-val_conf, kind="stable")
+        running = np.cumsum(val_correct[order]) / np.arange(1, len(order) + 1)     # precision of the top k
+        ok = np.flatnonzero(running >= precision)
+        # the largest top-k that keeps the precision, cut at a confidence boundary
+        threshold = float(val_conf[order][ok[-1]]) if len(ok) else float("inf")
+    above = val_conf >= threshold
+    return {"threshold": threshold, "val_count": int(above.sum()),
+            "estimated_precision": float(val_correct[above].mean()) if above.any() else None,
+            "test_count": int((test_conf >= threshold).sum())}
+
+
+@dataclass
+class PseudoLabels:
+    """What a pseudo-labelling round used and chose (pseudo.json beside pseudo.csv)."""
+    members: list
+    method: str
+    threshold: float
+    estimated_precision: float | None
+    target_precision: float | None
+    top_fraction: float | None
+    val_count: int
+    test_count: int
+    n_test: int
+    csv: str
+    csv_sha256: str
+    teacher: str
+    temperatures: list = field(default_factory=list)
+    weights: list = field(default_factory=list)
+    created: str = ""
+
+
+def make_pseudo_labels(run_dirs, out_dir, precision: float | None = 0.95, top_fraction: float | None = None,
+                       folds: int = 5) -> PseudoLabels:
+    """Write OUT/pseudo.csv (Id,Category,Confidence of the chosen test utterances), OUT/teacher.npz
+    (ids, probs: the calibrated ensemble on every test utterance) and OUT/pseudo.json."""
+    if top_fraction is not None:
+        precision = None
+    members = [load_member(d) for d in run_dirs]
+    if not members:
+        raise KitError("no run dirs given to pseudo-label from")
+    check_compatible(members)
+    labels = members[0].val_labels
+    if len(labels) < 2:
+        raise KitError(f"{members[0].run_dir}: pseudo-labels need a validation split to measure precision on")
+    fit = ensemble_probs([m.val_probs for m in members], labels, [m.test_probs for m in members], folds)
+    val_p, test_p = np.exp(fit["val_logp"]), np.exp(fit["test_logp"])
+    chosen = choose_threshold(val_p.max(axis=1), val_p.argmax(axis=1) == labels, test_p.max(axis=1),
+                              precision, top_fraction)
+    speakers, _ = member_speakers(members[0])
+    keep = test_p.max(axis=1) >= chosen["threshold"]
+    ids = np.asarray(members[0].ids.test)
+    out = Path(out_dir)
+    csv = out / PSEUDO_CSV
+    import pandas as pd
+
+    write_csv(csv, pd.DataFrame({"Id": ids[keep], "Category": [speakers[k] for k in test_p[keep].argmax(axis=1)],
+                                 "Confidence": np.round(test_p[keep].max(axis=1), 6)}))
+    save_teacher(out / TEACHER, ids, test_p)
+    record = PseudoLabels(
+        members=[str(m.run_dir.resolve()) for m in members], method=fit["method"], threshold=chosen["threshold"],
+        estimated_precision=chosen["estimated_precision"], target_precision=precision, top_fraction=top_fraction,
+        val_count=chosen["val_count"], test_count=chosen["test_count"], n_test=len(ids), csv=str(csv.resolve()),
+        csv_sha256=sha256_file(csv), teacher=str((out / TEACHER).resolve()), temperatures=fit["temperatures"],
+        weights=fit["weights"], created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    write_json(out / PSEUDO_JSON, asdict(record))
+    return record
+
+
+def save_teacher(path, ids, probs, temperature: float = 1.0) -> None:
+    """teacher.npz: ids (test feature paths) and probs (N, C) float32, sharpened (T < 1) or
+    softened (T > 1) by a temperature."""
+    import io
+
+    probs = np.asarray(probs, dtype=np.float64)
+    if temperature != 1.0:
+        logp = np.log(np.maximum(probs, 1e-30)) / temperature
+        probs = np.exp(logp - logp.max(axis=1, keepdims=True))
+        probs /= probs.sum(axis=1, keepdims=True)
+    buf = io.BytesIO()
+    np.savez(buf, ids=np.asarray(ids, dtype=str), probs=probs.astype(np.float32))
+    write_bytes(path, buf.getvalue())
+
+
+def read_pseudo_record(out_dir) -> dict | None:
+    import json
+
+    path = Path(out_dir) / PSEUDO_JSON
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise KitError(f"{path}: unreadable ({e}); delete it to label again") from None
+
+
+def true_precision(pseudo_csv, answers) -> float | None:
+    """The pseudo-labels' precision against an answer key (synthetic data): for the report."""
+    import pandas as pd
+
+    chosen = pd.read_csv(pseudo_csv, dtype=str)
+    if chosen.empty:
+        return None
+    key = pd.read_csv(answers, dtype=str).set_index("Id")["Category"]
+    return float((chosen["Category"].to_numpy() == key.reindex(chosen["Id"]).to_numpy()).mean())

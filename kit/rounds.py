@@ -1,0 +1,195 @@
+"""Recipe stages after the first vote ([after] pseudo and [after] distill in a recipe):
+
+  pseudo   the vote labels the test utterances it is confident about (kit.pseudo); every member
+           is fine-tuned from its checkpoint on train + those utterances (<member>-pl<r>); they
+           re-predict and re-vote. `rounds` times.
+  distill  one student (the best member's model, from its weights) trained on the final vote's
+           soft targets (kit.distill); written as NAME-student.csv, a one-model submission.
+
+Both take a share of the recipe's time: with a time budget the members train for
+(1 - pseudo.share - distill.share) of it and the stages share the rest; without one (the full
+budget) a fine-tune gets `share` of the member's max_steps. Re-running continues: finished
+fine-tunes are kept while their inputs are unchanged, and moved aside when they changed.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from kit.errors import KitError
+
+PSEUDO_DEFAULTS = {"enabled": True, "rounds": 1, "precision": 0.9, "top_fraction": None, "share": 0.3,
+                   "lr_scale": 0.25, "warmup_steps": 20}
+DISTILL_DEFAULTS = {"enabled": True, "share": 0.2, "temperature": 1.0, "weight": 0.5, "submit": False}
+
+
+def parse_stage(where: str, key: str, value, defaults: dict) -> dict | None:
+    """[after] pseudo / distill: false or absent (off), true (defaults) or a table of settings
+    (`enabled = false` keeps the settings but leaves the stage off: `kit recipe run --pseudo` turns
+    it on). Returns the settings, with "enabled"."""
+    if value in (None, False, True):
+        value = {"enabled": bool(value)}
+    if not isinstance(value, dict):
+        raise KitError(f"{where}: [after] {key} must be true, false or a table like {{ share = 0.3 }}")
+    unknown = sorted(set(value) - set(defaults))
+    if unknown:
+        raise KitError(f"{where}: [after] {key}: unknown key(s) {', '.join(unknown)}; known: {', '.join(defaults)}")
+    opts = {**defaults, **value}
+    if not isinstance(opts["enabled"], bool):
+        raise KitError(f"{where}: [after] {key}.enabled {opts['enabled']!r}: true or false")
+    if not (isinstance(opts["share"], (int, float)) and 0 < opts["share"] < 1):
+        raise KitError(f"{where}: [after] {key}.share {opts['share']!r}: a fraction of the time in (0, 1)")
+    if key == "pseudo":
+        if not (isinstance(opts["rounds"], int) and opts["rounds"] >= 1):
+            raise KitError(f"{where}: [after] pseudo.rounds {opts['rounds']!r}: a whole number >= 1")
+        for name in ("precision", "top_fraction"):
+            v = opts[name]
+            if v is not None and not (isinstance(v, (int, float)) and 0 < v <= 1):
+                raise KitError(f"{where}: [after] pseudo.{name} {v!r}: a fraction in (0, 1]")
+    return opts
+
+
+def enabled(after: dict, key: str) -> dict | None:
+    """The stage's settings when it is on, else None."""
+    opts = after.get(key)
+    return opts if opts and opts.get("enabled") else None
+
+
+def stages_share(after: dict) -> float:
+    """The share of the recipe's time the stages after the vote take."""
+    return sum((enabled(after, k) or {}).get("share", 0.0) for k in ("pseudo", "distill"))
+
+
+@dataclass
+class StageContext:
+    """What the stages need from the recipe run (kit.recipe builds it)."""
+    name: str                                   # the recipe's name: submission file names
+    root: Path                                  # runs/<recipe>
+    which: str                                  # the checkpoint members are predicted from
+    budget: str                                 # the recipe budget's name (recorded in identity.json)
+    config_for: Callable                        # member name -> RunConfig of the recipe's member
+    train_jobs: Callable                        # ([(name, cfg, run_dir, resume)], share) -> None; predicts too
+    ensemble: Callable                          # (run_dirs, name) -> ensemble_runs' result
+    predict: Callable                           # run_dir -> None (when not predicted yet)
+    log: Callable
+    progress: bool
+    timed: bool                                 # a time budget: stage minutes from the time left
+    minutes_left: Callable                      # (end, n_jobs, share=) -> training minutes per job, for a
+                                                # stage that must end at `end` x the recipe's time
+
+
+def pseudo_rounds(ctx: StageContext, opts: dict, names: list[str], run_dirs: list[Path], result: dict,
+                  start: float) -> list[Path]:
+    """Run opts["rounds"] pseudo-labelling rounds; returns the last round's run dirs. start: the
+    share of the recipe's time at which the stage starts (round r ends at start + share * r / rounds)."""
+    from kit.pseudo import make_pseudo_labels
+
+    result["rounds"] = []
+    for r in range(1, opts["rounds"] + 1):
+        rec = make_pseudo_labels(run_dirs, ctx.root / f"pseudo-{r}", precision=opts["precision"],
+                                 top_fraction=opts["top_fraction"])
+        est = "-" if rec.estimated_precision is None else f"{rec.estimated_precision:.3f}"
+        ctx.log(f"pseudo-labels, round {r}: {rec.test_count} of {rec.n_test} test utterances (confidence >= "
+                f"{rec.threshold:.3f}; estimated precision {est} from {rec.val_count} validation utterances)")
+        if rec.test_count == 0:
+            ctx.log(f"round {r}: no test utterance reaches the precision; the vote stays as it is")
+            break
+        jobs = _fine_tune_jobs(ctx, opts, names, run_dirs, rec.csv, r)
+        round_end = start + opts["share"] * r / opts["rounds"]
+        per_round = opts["share"] / opts["rounds"]
+        ctx.train_jobs(jobs, (lambda left, e=round_end: ctx.minutes_left(e, left, share=per_round)) if ctx.timed else None)
+        run_dirs = [ctx.root / f"{n}-pl{r}" for n in names]
+        for d in run_dirs:
+            ctx.predict(d)
+        result["rounds"].append({"round": r, "pseudo_labels": rec.csv, "count": rec.test_count,
+                                 "threshold": rec.threshold, "estimated_precision": rec.estimated_precision,
+                                 "members": [str(d) for d in run_dirs]})
+    return run_dirs
+
+
+def _fine_tune_jobs(ctx: StageContext, opts: dict, names, run_dirs, csv: str, r: int) -> list[tuple]:
+    from kit.runs import move_aside, old_name, reuse_changes, run_identity
+    from kit.train import read_summary
+
+    jobs = []
+    for name, src in zip(names, run_dirs):
+        run_dir = ctx.root / f"{name}-pl{r}"
+        cfg = ctx.config_for(name)
+        cfg.name = run_dir.name
+        cfg.train.init_from = str((Path(src) / f"{ctx.which}.pt").resolve())
+        cfg.data.pseudo_labels = str(Path(csv).resolve())
+        cfg.train.lr, cfg.train.warmup_steps = cfg.train.lr * float(opts["lr_scale"]), int(opts["warmup_steps"])
+        cfg.train.evals = 1                     # validation once, at the end: predict scores it anyway
+        cfg.infer.mode = _mode_of(src)          # predicted the way its member was: validation once
+        if not ctx.timed:
+            cfg.train.max_steps = max(1, int(cfg.train.max_steps * opts["share"] / opts["rounds"]))
+            cfg.train.eval_every = max(1, cfg.train.max_steps // 4)
+        if run_dir.exists():
+            from kit.data import FeatureStore
+
+            store = FeatureStore.open(cfg.data.data_dir, cfg.data.store_dtype, progress=False)
+            if reuse_changes(run_dir, run_identity(cfg, store, ctx.budget)):
+                ctx.log(f"{run_dir.name}: its member or pseudo-labels changed; the old fine-tune moved to "
+                        f"{move_aside(run_dir, old_name(run_dir))}")
+        summary = read_summary(run_dir)
+        if summary is not None and summary.get("stopped_reason") != "time":
+            ctx.log(f"{run_dir.name}: already fine-tuned, kept")
+            continue
+        jobs.append((run_dir.name, cfg, run_dir, (run_dir / "last.pt").is_file()))
+    return jobs
+
+
+def distill_stage(ctx: StageContext, opts: dict, run_dirs: list[Path], result: dict) -> dict:
+    """Train and predict the student; write NAME-student.csv (a one-model submission). A student
+    taught by other members (they were retrained since) is moved aside and trained again."""
+    from kit.distill import best_member, distill
+    from kit.fsio import sha256_file, write_json
+    from kit.runs import move_aside, old_name
+    from kit.train import load_config, read_summary
+
+    student = ctx.root / "student"
+    teachers = {str(Path(d).resolve()): sha256_file(Path(d) / "test_probs.npy") for d in run_dirs}
+    record = student / "teachers.json"
+    if student.exists() and (not record.is_file() or _read_json(record) != teachers):
+        ctx.log(f"student: taught by other members before; moved to {move_aside(student, old_name(student))}")
+    overrides = ["train.cpu_threads=0"]         # in-process: every core
+    if not ctx.timed:
+        steps = load_config(best_member(run_dirs)).train.max_steps
+        overrides.append(f"train.max_steps={max(1, int(steps * opts['share']))}")
+    finished = read_summary(student)
+    if finished is None or finished.get("stopped_reason") == "time":
+        began = time.time()
+        student.mkdir(parents=True, exist_ok=True)
+        write_json(record, teachers)
+        distill(run_dirs, student, overrides=overrides,
+                minutes=ctx.minutes_left(1.0, 1, share=opts["share"]) if ctx.timed else None,
+                temperature=opts["temperature"], distill_weight=opts["weight"],
+                resume=(student / "last.pt").is_file(), progress=ctx.progress, log=ctx.log)
+        ctx.log(f"student trained and predicted in {(time.time() - began) / 60:.1f} min")
+    else:
+        ctx.predict(student)
+    ens = ctx.ensemble([student], f"{ctx.name}-student")
+    out = {"run_dir": str(student), "val_acc": ens["val_acc"], "csv": str(ens["csv"])}
+    result["student"] = out
+    return out
+
+
+def _read_json(path: Path):
+    import json
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _mode_of(run_dir) -> str:
+    """The inference mode a predicted member chose (auto when it has not been predicted)."""
+    from kit.records import PredictionIds
+
+    try:
+        return PredictionIds.load(run_dir).inference_mode
+    except KitError:            # not predicted: let prediction choose
+        return "auto"

@@ -1,0 +1,412 @@
+"""train(): one model into a run dir. The loop reads top to bottom as named steps:
+
+    Trainer.__init__    accelerator, data, split, targets, step plan, model, optimizer, EMA
+    Trainer.resume      TrainState from last.pt (or init_from's weights for a fine-tune)
+    Trainer.train_step  crop a batch -> forward -> loss -> backward -> optimizer -> EMA
+    Trainer.evaluate    validation, metrics.csv, best.pt, last.pt, early stop
+    Trainer.finish      averaged weights, curves.png, summary.json
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kit.budget import SKIP_STEPS, StepPlan, lr_at
+from kit.config import RunConfig, dump_toml, to_dict
+from kit.data import FeatureStore, save_split, split_for
+from kit.errors import KitError
+from kit.fsio import save_torch, write_csv, write_json, write_text
+from kit.models import build_model, count_params
+from kit.runs import check_resume, load_checkpoint, run_identity
+from kit.train.results import evaluate, load_weights, metrics_frame, plot_curves, read_metrics
+from kit.train.state import TrainState, average_state_dicts, float_state, weights_digest
+from kit.train.targets import build_targets, loss_fn
+
+
+# ---------------------------------------------------------------- devices and budgets
+def cpu_has_bf16() -> bool:
+    """The CPU multiplies bf16 natively (AVX512-BF16 or AMX). Measured on such a CPU (2-core AMD
+    EPYC): bf16 autocast trained the quick recipes 1.3-1.9x faster at the same accuracy."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
+def resolve_precision(name: str) -> str:
+    """auto -> bf16 on a GPU that supports it, fp16 on other CUDA GPUs; on a CPU bf16 where it
+    has bf16 instructions, else "no" (emulated bf16 is slower than fp32)."""
+    if name != "auto":
+        if name not in ("no", "bf16", "fp16"):
+            raise KitError(f"train.mixed_precision {name!r}: choose auto, no, bf16 or fp16")
+        return name
+    if not torch.cuda.is_available():
+        return "bf16" if cpu_has_bf16() else "no"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def total_steps(cfg: RunConfig, n_train: int, world: int) -> int:
+    """The step budget: train.max_epochs x (n_train / global batch) when set, else train.max_steps."""
+    if cfg.train.max_epochs > 0:
+        return max(1, math.ceil(cfg.train.max_epochs * n_train / (cfg.train.batch_size * world)))
+    return cfg.train.max_steps
+
+
+def make_accelerator(precision: str):
+    """An Accelerator for one run. Several runs in one process (a recipe, the tests) may ask for
+    different precisions, so accelerate's shared state is reset between them (never under DDP:
+    the process group must survive) -- the one use of an accelerate internal, kept here."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision", state.get("mixed_precision")) not in (None, precision) and \
+            str(state.get("distributed_type", "NO")).endswith("NO"):
+        AcceleratorState._reset_state()
+    # cpu=True without a GPU so the env vars of a CPU launch (WORLD_SIZE, RANK) select gloo DDP
+    return Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
+
+
+def end_distributed() -> None:
+    """Tear down the DDP process group before exit; gloo otherwise aborts (SIGABRT) at teardown."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+# ---------------------------------------------------------------- the entry point
+def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: bool = True,
+          store: FeatureStore | None = None, stop_after: int | None = None, budget: str | None = None,
+          callbacks=()) -> dict:
+    """Train one model into run_dir and return its summary (also written as summary.json).
+
+    cfg is completed in place from the data: data_dir (absolute), n_mels and n_classes.
+    The run dir is locked while it trains, and its identity.json records what defines the run
+    (data, config, `budget`: the recipe budget's name); a start that would replace or resume
+    a run on other data or another model shape is refused (kit.runs).
+
+    stop_after: a test hook that stops as if interrupted after that many steps (last.pt kept,
+    no summary), so resuming can be checked against an uninterrupted run.
+    callbacks: objects with any of on_train_begin(trainer), on_step(trainer), on_evaluated(trainer,
+    seconds), on_train_end(trainer, summary) -- e.g. StepTimer, for benchmarks.
+    """
+    from kit.config import validate
+    from kit.runs import check_start, clean_leftovers, run_lock
+
+    validate(cfg)               # the CLI sets budgets after the config was loaded
+    run_dir = Path(run_dir)
+    primary = int(os.environ.get("RANK", "0")) == 0
+    with run_lock(run_dir, primary=primary):
+        check_start(run_dir, resume)
+        if primary:
+            clean_leftovers(run_dir)
+        trainer = Trainer(cfg, run_dir, store, progress, budget, resume, callbacks)
+        return trainer.run(stop_after)
+
+
+class StepTimer:
+    """A train() callback for benchmarks: this session's training steps, the seconds they took
+    without evaluations, and the wall-clock window of the loop."""
+
+    def __init__(self):
+        self.steps, self.seconds, self.window = 0, 0.0, [0.0, 0.0]
+        self._evals = 0.0
+
+    def on_train_begin(self, trainer) -> None:
+        self.window[0], self._first_step = time.time(), trainer.state.step
+
+    def on_evaluated(self, trainer, seconds: float) -> None:
+        self._evals += seconds
+
+    def on_train_end(self, trainer, summary: dict) -> None:
+        self.window[1] = time.time()
+        self.steps = trainer.state.step - self._first_step
+        self.seconds = self.window[1] - self.window[0] - self._evals
+
+
+@dataclass
+class Clock:
+    """Wall-clock bookkeeping of one session: the run's time across sessions, and the step rate
+    without evaluations (what the time budget is fitted to)."""
+    began: float
+    seconds_before: float = 0.0
+    loop_began: float = 0.0
+    eval_seconds: float = 0.0
+    steps_before: int = 0
+    timed_from: tuple = (0.0, 0.0)          # (time, eval seconds) when the timed steps began
+
+    def seconds(self) -> float:
+        return self.seconds_before + time.time() - self.began
+
+
+class Trainer:
+    """One run being trained: set up in __init__, then run() = resume, steps, evaluations, finish."""
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, store: FeatureStore | None, progress: bool,
+                 budget: str | None, resume: bool, callbacks=()):
+        from timm.optim import create_optimizer_v2
+        from timm.utils import ModelEmaV3
+
+        self.cfg, self.run_dir, self.resuming, self.callbacks = cfg, run_dir, resume, list(callbacks)
+        self.clock = Clock(began=time.time())
+        acc = self.accelerator = make_accelerator(resolve_precision(cfg.train.mixed_precision))
+        self.device, self.rank, self.world, self.main = acc.device, acc.process_index, acc.num_processes, \
+            acc.is_main_process
+        self._configure_device()
+        self.store = self._open_store(store, progress)
+        self.identity = run_identity(cfg, self.store, budget, run_dir if resume else None)
+        self.split = split_for(self.store, cfg.data.val_fraction, cfg.data.split_seed)
+        if len(self.split.val) == 0:
+            raise KitError(f"{cfg.data.data_dir}: the validation split is empty "
+                           f"(data.val_fraction {cfg.data.val_fraction})")
+        self.targets = build_targets(self.store, self.split, cfg.data.pseudo_labels, cfg.train.teacher,
+                                     cfg.train.distill_weight)
+        plan = self._plan()
+        torch.manual_seed(cfg.train.seed)               # identical initial weights on every rank
+        net = build_model(cfg.model, cfg.augment, cfg.train.fast_dropout).to(self.device)  # before EMA copies it
+        if cfg.train.init_from and not (resume and (run_dir / "last.pt").is_file()):
+            self._init_from(net, cfg.train.init_from)
+        self.n_params = count_params(net)
+        optimizer = create_optimizer_v2(net, "adamw", lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
+                                        fused=cfg.train.fused_optimizer or None)
+        ema = ModelEmaV3(net, decay=cfg.train.ema_decay) if cfg.train.ema else None
+        torch.manual_seed(cfg.train.seed * 1000 + self.rank)   # different dropout/SpecAugment draws per rank
+        rng = np.random.default_rng([cfg.train.seed, self.rank])   # different crops per rank
+        self.state = TrainState(net=net, optimizer=optimizer, plan=plan, rng=rng, ema=ema)
+        self.metrics: list[dict] = []
+        self.stopped = "budget"
+        self.bar = None
+
+    def _configure_device(self) -> None:
+        if self.device.type == "cpu":
+            torch.set_flush_denormal(True)      # denormals slow CPU training ~10x after a few thousand steps
+            if self.cfg.train.cpu_threads > 0:
+                torch.set_num_threads(self.cfg.train.cpu_threads)
+
+    def _open_store(self, store: FeatureStore | None, progress: bool) -> FeatureStore:
+        cfg = self.cfg
+        if store is None:
+            with self.accelerator.main_process_first():     # one rank packs the store, the others reuse it
+                store = FeatureStore.open(cfg.data.data_dir, cfg.data.store_dtype, progress=progress and self.main)
+        if self.device.type == "cuda" and cfg.data.store_on_gpu:
+            store.to_device(self.device)            # crops gathered on the GPU: no batch copies per step
+        self.progress = progress
+        cfg.data.data_dir = str(Path(store.layout.data_dir).resolve())
+        cfg.model.n_mels, cfg.model.n_classes = store.n_mels, len(store.speakers)
+        return store
+
+    def _plan(self) -> StepPlan:
+        cfg = self.cfg
+        steps_total = total_steps(cfg, len(self.targets.index), self.world)
+        if cfg.train.minutes > 0:           # a time budget: the step total is fitted as the run goes
+            return StepPlan.timed(cfg.train.minutes * 60, steps_total, cfg.train.warmup_steps, evals=cfg.train.evals)
+        return StepPlan.fixed(steps_total, cfg.train.warmup_steps, cfg.train.eval_every)
+
+    def _init_from(self, net: torch.nn.Module, source: str) -> None:
+        """Start from another run's weights (a fine-tune): a .pt file, or a run dir's last.pt."""
+        path = Path(source)
+        path = path / "last.pt" if path.is_dir() else path
+        if not path.is_file():
+            raise KitError(f"{path}: checkpoint not found (train.init_from)")
+        load_weights(net, load_checkpoint(path)["model"], path)
+
+    def _call(self, event: str, *args) -> None:
+        for cb in self.callbacks:
+            if hasattr(cb, event):
+                getattr(cb, event)(self, *args)
+
+    # -------------------------------------------------------------- run
+    def run(self, stop_after: int | None = None) -> dict:
+        self.resume()
+        self.write_run_files()
+        self.prepare()
+        self._call("on_train_begin")
+        st = self.state
+        while st.step < st.plan.total:
+            self.train_step()
+            self._call("on_step")
+            time_up = self.time_up()
+            if st.plan.eval_due(st.step) or time_up:
+                if self.evaluate(time_up):
+                    break
+            if stop_after is not None and st.step >= stop_after:
+                return self.interrupt()
+        return self.finish()
+
+    def resume(self) -> None:
+        last = self.run_dir / "last.pt"
+        if self.resuming and last.is_file():
+            check_resume(self.run_dir, self.identity)
+            self.state.load_state_dict(load_checkpoint(last), self.rank, self.device, last)
+            self.clock.seconds_before = self.state.seconds_before
+            self.metrics = [m for m in read_metrics(self.run_dir / "metrics.csv") if m["step"] <= self.state.step]
+        elif self.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+
+    def write_run_files(self) -> None:
+        if self.main:
+            write_text(self.run_dir / "config.toml", dump_toml(to_dict(self.cfg)))
+            write_json(self.run_dir / "identity.json", self.identity)
+            save_split(self.split, self.run_dir / "split.json", self.store)
+
+    def prepare(self) -> None:
+        """accelerate's wrapping (DDP), torch.compile, the progress bar and the session's clock."""
+        from tqdm.auto import tqdm
+
+        st, cfg = self.state, self.cfg
+        self.model, self.optimizer = self.accelerator.prepare(st.net, st.optimizer)
+        if cfg.train.compile:                           # after DDP wrapping, as torch recommends
+            self.model = torch.compile(self.model)
+        self.model.train()
+        self.bar = tqdm(total=st.plan.total, initial=st.step, desc=cfg.name, disable=not (self.progress and self.main),
+                        leave=False, dynamic_ncols=True, mininterval=1.0)
+        self.clock.loop_began, self.clock.steps_before = time.time(), st.step
+        # A time-budgeted run evaluates centre crops of at most 2 x segment_len frames: whole long
+        # utterances through attention cost a 3.5-minute CPU run more than half its time (measured).
+        seg, bs = cfg.data.segment_len, cfg.train.batch_size
+        self.eval_frames = 2 * seg if st.plan.is_timed else None
+        # Before the first evaluation is timed, guess its cost in training steps: a forward pass
+        # over the validation frames is about a third of a training step over as many frames.
+        frames = np.minimum(self.store.lengths[self.split.val], self.eval_frames or 10**9)
+        self.eval_guess = len(self.split.val) * float(np.mean(frames)) / (3 * bs * seg)
+
+    def train_step(self) -> None:
+        """One optimizer step on a batch of random crops."""
+        st, cfg, device = self.state, self.cfg, self.device
+        rows = self.targets.index[st.rng.integers(0, len(self.targets.index), cfg.train.batch_size)]
+        x, lengths = self.store.crop_batch(rows, cfg.data.segment_len, st.rng)   # (B, T, D), (B,)
+        x, lengths = x.to(device), lengths.to(device)
+        y, target = self.targets.batch(rows, device)                # (B,), (B, C) or None
+        st.net.set_step(st.step)
+        self.lr = lr_at(st.step + 1, st.plan.total, st.plan.warmup, cfg.train.lr)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr
+        logits = self.model(x, lengths, y).float()                  # (B, n_classes)
+        loss = loss_fn(logits, y, target)
+        self.accelerator.backward(loss)
+        if cfg.train.grad_clip > 0:
+            self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if st.ema is not None:
+            st.ema.update(st.net, step=st.step)
+        st.step += 1
+        st.record(loss, (st.net.without_margin(logits.detach(), y).argmax(-1) == y).sum(), len(rows))
+        self.bar.update(1)
+        if st.plan.is_timed:
+            self.fit_plan()
+        if st.step % 10 == 0 and not self.bar.disable:
+            loss_sum, correct, count = st.running
+            self.bar.set_postfix(loss=f"{float(loss_sum) / count:.3f}", acc=f"{float(correct) / count:.3f}",
+                                 lr=f"{self.lr:.2e}")
+
+    def fit_plan(self) -> None:
+        """Re-fit a time-budgeted plan to the measured step rate (every rank gets the same total)."""
+        st, clock = self.state, self.clock
+        session_steps = st.step - clock.steps_before
+        if session_steps == SKIP_STEPS:
+            clock.timed_from = (time.time(), clock.eval_seconds)
+        if not st.plan.fit_due(session_steps):
+            return
+        began, evals_then = clock.timed_from
+        step_seconds = (time.time() - began - (clock.eval_seconds - evals_then)) / (session_steps - SKIP_STEPS)
+        total = st.plan.fit(st.step, clock.seconds(), step_seconds, self.eval_guess * step_seconds)
+        if self.world > 1:         # ranks measure slightly different rates
+            acc = self.accelerator
+            st.plan.set_total(int(round(float(acc.reduce(torch.tensor(float(total), device=self.device), "mean")))))
+        self.bar.total = st.plan.total
+        self.bar.refresh()
+
+    def time_up(self) -> bool:
+        """train.max_minutes has passed (every rank takes the same decision)."""
+        limit = self.cfg.train.max_minutes
+        up = limit > 0 and time.time() - self.clock.began > limit * 60
+        if self.world > 1 and limit > 0:
+            up = bool(self.accelerator.reduce(torch.tensor(float(up), device=self.device), "max"))
+        return up
+
+    def evaluate(self, time_up: bool) -> bool:
+        """Validate, log, keep best.pt and last.pt; True when the loop should stop."""
+        st, cfg = self.state, self.cfg
+        began = time.time()
+        val_loss, val_acc = evaluate(st.eval_model, self.store, self.split.val, self.accelerator, self.eval_frames)
+        train_loss, train_acc = st.take_running()
+        self.metrics.append({
+            "step": st.step, "epoch": st.step * cfg.train.batch_size * self.world / len(self.targets.index),
+            "lr": self.lr, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
+            "val_acc": val_acc, "seconds": self.clock.seconds(),
+            "step_seconds": began - self.clock.loop_began - self.clock.eval_seconds})   # this session, no eval
+        if cfg.train.average_last > 0:      # every rank holds the same weights, so each keeps them
+            st.avg_keep = (st.avg_keep + [float_state(st.eval_model)])[-cfg.train.average_last:]
+        improved = st.scored(val_acc)
+        if self.main:
+            write_csv(self.run_dir / "metrics.csv", metrics_frame(self.metrics))
+            if improved:
+                save_torch({"model": float_state(st.eval_model), "step": st.step, "val_acc": val_acc},
+                           self.run_dir / "best.pt")
+        self.checkpoint()
+        st.plan.evaluated(time.time() - began)
+        self.clock.eval_seconds += time.time() - began
+        self._call("on_evaluated", time.time() - began)
+        if cfg.train.patience > 0 and st.bad_evals >= cfg.train.patience:
+            self.stopped = "early_stop"
+            return True
+        if time_up:
+            self.stopped = "time"
+        return time_up
+
+    def checkpoint(self) -> None:
+        """last.pt: everything resume needs, RNG states of every rank included."""
+        from accelerate.utils import gather_object
+
+        rng_torch, rng_numpy, rng_cuda = self.state.rng_states(self.device)
+        if self.world > 1:
+            rng_torch, rng_numpy, rng_cuda = gather_object(rng_torch), gather_object(rng_numpy), gather_object(rng_cuda)
+        if self.main:
+            save_torch(self.state.state_dict(self.clock.seconds(), rng_torch, rng_numpy, rng_cuda),
+                       self.run_dir / "last.pt")
+
+    def interrupt(self) -> dict:
+        """The stop_after test hook: stop as if killed right after a checkpoint."""
+        st = self.state
+        if not st.plan.eval_due(st.step):
+            self.checkpoint()
+        self.bar.close()
+        return {"step": st.step, "stopped_reason": "interrupted", "best_val_acc": st.best_acc}
+
+    def finish(self) -> dict:
+        """summary.json (+ avg.pt and curves.png)."""
+        st, cfg, clock = self.state, self.cfg, self.clock
+        self.bar.close()
+        summary = {"name": cfg.name, "params": self.n_params, "best_val_acc": st.best_acc, "best_step": st.best_step,
+                   "step": st.step, "total_steps": st.plan.total, "stopped_reason": self.stopped,
+                   "seconds": clock.seconds(), "n_train": int(len(self.split.train)), "n_val": int(len(self.split.val)),
+                   "device": str(self.device), "processes": self.world,
+                   "mixed_precision": self.accelerator.mixed_precision, "weights_sha1": weights_digest(st.eval_model)}
+        if self.targets.n_pseudo or self.targets.n_teacher:
+            summary.update(n_pseudo=self.targets.n_pseudo, n_teacher=self.targets.n_teacher)
+        if cfg.train.average_last > 0:
+            summary.update(self.average())
+        if self.main:
+            if self.metrics:
+                plot_curves(self.metrics, self.run_dir / "curves.png")
+            write_json(self.run_dir / "summary.json", summary)
+        self._call("on_train_end", summary)
+        self.accelerator.wait_for_everyone()
+        return summary
+
+    def average(self) -> dict:
+        """avg.pt from the last N evaluation checkpoints, scored on validation beside best.pt."""
+        states = self.state.avg_keep
+        if not states:
+            return {}
+        model = build_model(self.cfg.model, self.cfg.augment).to(self.device)
+        model.load_state_dict(average_state_dicts(states))
+        _, acc = evaluate(model, self.store, self.split.val, self.accelerator)
+        if self.main:
+            save_torch({"model": float_state(model), "averaged": len(states)}, self.run_dir / "avg.pt")
+        return {"avg_val_acc": acc, "averaged": len(states)}

@@ -1,0 +1,142 @@
+"""Members in worker processes: one per GPU, or one per CPU core on one thread, each running its
+commands (train, then predict) in turn; the workers die with the process that started them,
+however it ends (signals, exceptions, SIGKILL through PR_SET_PDEATHSIG)."""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from kit.errors import KitError
+
+if TYPE_CHECKING:
+    from kit.budget import Deadline
+
+
+def slots_for(workers: int | None, n_jobs: int) -> list[dict]:
+    """Where members train at once: one per GPU when there are several, else one per CPU core
+    (each on one thread); a single slot means in-process, one after another."""
+    import torch
+
+    n_gpus = torch.cuda.device_count()
+    if n_gpus > 0:
+        n = min(workers or n_gpus, n_gpus, n_jobs)
+        return [{"CUDA_VISIBLE_DEVICES": str(g), "label": f"GPU {g}"} for g in range(n)]
+    n = min(workers or os.cpu_count() or 1, n_jobs)
+    return [{"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "label": f"CPU worker {i}"} for i in range(n)]
+
+
+def run_parallel(tasks: list[tuple[str, Path, list[list[str]]]], slots: list[dict], log, share=None,
+                  deadline: "Deadline | None" = None) -> None:
+    """Run each member's commands (train, then predict) one after another in a worker process
+    slot (a GPU, or a CPU core on one thread), several members at once: tiny models scale far
+    better this way than with DDP. Output goes to <run_dir>/train.log. The workers die with
+    this process, however it ends (see _workers_die_with_us). share(members_left): a member's
+    training minutes as it starts (time budgets), passed to its trainer as --minutes."""
+    children: list[subprocess.Popen] = []
+    with _workers_die_with_us(children):
+        run_slots(tasks, slots, log, children, share, deadline)
+
+
+@contextlib.contextmanager
+def _workers_die_with_us(children: list):
+    """Stop every worker in `children` on any way out of the block: return, exception, Ctrl-C,
+    SIGTERM/SIGHUP (turned into SystemExit 143/129 here). A SIGKILL cannot be caught: each worker
+    asked the kernel for its own SIGKILL when this process dies (_die_with_parent)."""
+    def exit_on(signum, frame):
+        raise SystemExit(128 + signum)
+
+    handled = (signal.SIGTERM, signal.SIGHUP)
+    main_thread = threading.current_thread() is threading.main_thread()
+    before = {s: signal.signal(s, exit_on) for s in handled} if main_thread else {}
+    try:
+        yield
+    finally:
+        _stop_workers(children)
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
+def _stop_workers(children: list, grace: float = 5.0) -> None:
+    """SIGTERM each live worker's process group, then SIGKILL what is left after `grace` seconds."""
+    live = [p for p in children if p.poll() is None]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for p in live:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(p.pid, sig)
+        deadline = time.time() + grace
+        for p in live:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(max(0.0, deadline - time.time()))
+        live = [p for p in live if p.poll() is None]
+        if not live:
+            return
+
+
+def _die_with_parent():
+    """A preexec_fn for workers: on Linux, the kernel sends the worker SIGKILL when the process
+    that started it dies (prctl PR_SET_PDEATHSIG), so no trainer outlives its recipe."""
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl      # looked up before the fork
+    except (OSError, AttributeError):                         # not Linux
+        return None
+    parent = os.getpid()
+
+    def in_child() -> None:
+        prctl(1, signal.SIGKILL)          # PR_SET_PDEATHSIG
+        if os.getppid() != parent:        # the parent died before prctl took effect
+            os._exit(1)
+
+    return in_child
+
+
+def run_slots(tasks: list[tuple[str, Path, list[list[str]]]], slots: list[dict], log, children: list,
+               share=None, deadline: "Deadline | None" = None) -> None:
+    pending, running = list(tasks), {}
+    while pending or running:
+        for slot in [i for i in range(len(slots)) if i not in running]:
+            if not pending:
+                break
+            name, run_dir, cmds = pending.pop(0)
+            if deadline is not None:        # the train command gets its share of what is left, at its start
+                limit = deadline.member_minutes(name, log)
+                if limit is None:
+                    deadline.not_started += [name] + [t[0] for t in pending]
+                    pending.clear()
+                    break
+                cmds = [cmds[0] + ["--max-minutes", repr(limit)]] + cmds[1:]
+            if share is not None:
+                cmds = [cmds[0] + ["--minutes", f"{share(len(pending) + 1):.4f}"]] + cmds[1:]
+            log(f"training {name} -> {run_dir} ({slots[slot]['label']}; log in {run_dir / 'train.log'})")
+            running[slot] = [name, run_dir, cmds, None, None]
+        for slot, state in list(running.items()):
+            name, run_dir, cmds, proc, out = state
+            if proc is not None and proc.poll() is None:
+                continue
+            if proc is not None:
+                out.close()
+                if proc.returncode != 0:
+                    for other in running.values():
+                        if other[3] is not None and other[3].poll() is None:
+                            other[3].terminate()
+                    tail = (run_dir / "train.log").read_text(errors="replace").strip().splitlines()[-1:]
+                    raise KitError(f"member {name} failed (exit {proc.returncode}): {' '.join(tail)[:300]} "
+                                   f"(full log: {run_dir / 'train.log'})")
+            if not cmds:
+                log(f"{name} finished")
+                del running[slot]
+                continue
+            env = {**os.environ, **{k: v for k, v in slots[slot].items() if k != "label"}}
+            out = open(run_dir / "train.log", "a")
+            proc = subprocess.Popen(cmds[0], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                    process_group=0, preexec_fn=_die_with_parent())
+            children.append(proc)
+            running[slot] = [name, run_dir, cmds[1:], proc, out]
+        time.sleep(0.5)   # polling the children, not timing anything

@@ -1,0 +1,38 @@
+"""Config layering: defaults <- each layer in turn (recipe base, member, budget, --set, flags), one
+function for the recipe and the command line; an error names the layer that holds it."""
+from __future__ import annotations
+
+import pytest
+
+from kit.config import TrainConfig, layered, parse_overrides
+from kit.errors import KitError
+
+
+def test_later_layers_win_tables_merge_and_defaults_fill_the_rest():
+    cfg = layered(("base", {"train": {"lr": 0.1, "batch_size": 8}, "model": {"d_model": 32}}),
+                  ("member", {"train": {"lr": 0.2}}),
+                  ("--set", parse_overrides(["train.lr=3e-4", "model.pooling=sap"])))
+    assert (cfg.train.lr, cfg.train.batch_size) == (3e-4, 8)            # --set wins; batch_size kept
+    assert (cfg.model.d_model, cfg.model.pooling) == (32, "sap")
+    assert cfg.train.max_steps == TrainConfig.max_steps                 # untouched: the default
+
+
+def test_no_layers_is_the_defaults():
+    assert layered().train == TrainConfig()
+
+
+@pytest.mark.parametrize("layers,message", [
+    ((("recipe.toml: [base]", {"train": {"lr": "fast"}}), ("member", {})),
+     "recipe.toml: [base].train.lr: expected a number"),
+    ((("base", {}), ("--set", {"train": {"batch_size": "0"}})), "--set: train.batch_size = 0: must be > 0"),
+    ((("base", {}), ("member m", {"model": {"d_modle": 3}})), "member m.model: unknown key(s) d_modle"),
+])
+def test_an_error_names_the_layer_that_holds_it(layers, message):
+    with pytest.raises(KitError) as e:
+        layered(*layers)
+    assert message in str(e.value)
+
+
+def test_a_bad_value_in_a_layer_is_refused_even_when_a_later_layer_replaces_it():
+    with pytest.raises(KitError, match=r"\[base\]\.train\.lr"):
+        layered(("[base]", {"train": {"lr": "fast"}}), ("member", {"train": {"lr": 0.1}}))

@@ -1,0 +1,203 @@
+"""Pseudo-labelling and distillation: thresholds, files and manifest, no validation leakage,
+resume of an interrupted round, the student as an ordinary run dir."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from kit.data import FeatureStore, split_for
+from kit.errors import KitError
+from kit.infer import predict_run
+from kit.pseudo import choose_threshold, make_pseudo_labels, true_precision
+from kit.train import read_summary, train
+from tests.test_train import tiny_cfg
+
+SHORT = ["train.max_steps=40", "train.eval_every=20"]
+
+
+@pytest.fixture(scope="module")
+def members(tiny_data, tmp_path_factory):
+    """Two predicted tiny members (different seeds)."""
+    root = tmp_path_factory.mktemp("members")
+    dirs = []
+    for seed in (0, 1):
+        run_dir = root / f"m{seed}"
+        train(tiny_cfg(tiny_data, *SHORT, f"train.seed={seed}"), run_dir, progress=False)
+        predict_run(run_dir, which="last", progress=False)
+        dirs.append(run_dir)
+    return dirs
+
+
+@pytest.fixture(scope="module")
+def store(tiny_data):
+    return FeatureStore.open(tiny_data, "float32", progress=False)
+
+
+def test_threshold_keeps_the_target_precision_on_validation():
+    conf = np.array([0.99, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
+    right = np.array([1, 1, 1, 0, 1, 1, 0, 0], dtype=bool)
+    chosen = choose_threshold(conf, right, test_conf=np.array([0.97, 0.75, 0.65, 0.1]), precision=0.8)
+    # top 6 are 5/6 = 0.83 right; the top 7 would be 5/7 = 0.71
+    assert chosen["threshold"] == 0.6 and chosen["val_count"] == 6
+    assert chosen["estimated_precision"] == pytest.approx(5 / 6)
+    assert chosen["test_count"] == 3
+    none = choose_threshold(conf, np.zeros(8, dtype=bool), np.array([0.9]), precision=0.9)
+    assert none["test_count"] == 0 and none["estimated_precision"] is None
+    top = choose_threshold(conf, right, np.array([0.97, 0.75, 0.65, 0.1]), top_fraction=0.5)
+    assert top["threshold"] == 0.75 and top["test_count"] == 2 and top["val_count"] == 4
+
+
+def test_pseudo_labels_files_and_manifest(members, tiny_data, tiny_answers, tmp_path):
+    rec = make_pseudo_labels(members, tmp_path / "pl", top_fraction=0.5)
+    csv = pd.read_csv(tmp_path / "pl" / "pseudo.csv", dtype={"Id": str, "Category": str})
+    test_ids = json.loads((tiny_data / "testdata.json").read_text())["utterances"]
+    test_ids = {u["feature_path"] for u in test_ids}
+    assert len(csv) == rec.test_count == 10 and set(csv["Id"]) <= test_ids
+    assert csv["Confidence"].min() >= rec.threshold
+    saved = json.loads((tmp_path / "pl" / "pseudo.json").read_text())
+    assert saved["test_count"] == 10 and saved["n_test"] == 20 and saved["top_fraction"] == 0.5
+    assert saved["members"] == [str(d.resolve()) for d in members] and len(saved["csv_sha256"]) == 64
+    with np.load(tmp_path / "pl" / "teacher.npz") as z:
+        assert z["probs"].shape == (20, 8) and np.allclose(z["probs"].sum(axis=1), 1, atol=1e-5)
+        assert set(z["ids"].tolist()) == test_ids
+    key = pd.read_csv(tiny_answers, dtype=str).set_index("Id")["Category"]
+    assert true_precision(tmp_path / "pl" / "pseudo.csv", tiny_answers) == pytest.approx(
+        float((csv["Category"].to_numpy() == key.reindex(csv["Id"]).to_numpy()).mean()))
+
+
+def test_a_validation_utterance_in_the_pseudo_labels_is_refused(tiny_data, store, tmp_path):
+    split = split_for(store, 0.1, 0)
+    val_path = store.layout.train[int(split.val[0])].path
+    (tmp_path / "bad.csv").write_text(f"Id,Category\n{val_path},{store.speakers[0]}\n")
+    with pytest.raises(KitError, match="training utterance"):
+        train(tiny_cfg(tiny_data, *SHORT, f"data.pseudo_labels={tmp_path / 'bad.csv'}"), tmp_path / "run",
+              progress=False)
+
+
+def test_training_never_reads_a_validation_utterance(members, tiny_data, store, tmp_path, monkeypatch):
+    make_pseudo_labels(members, tmp_path / "pl", top_fraction=0.5)
+    rows_seen = []
+    crop = FeatureStore.crop_batch
+
+    def spy(self, index, segment_len, rng, random=True):
+        if random:                                  # training crops; evaluation takes centre crops
+            rows_seen.extend(np.asarray(index).tolist())
+        return crop(self, index, segment_len, rng, random)
+
+    monkeypatch.setattr(FeatureStore, "crop_batch", spy)
+    summary = train(tiny_cfg(tiny_data, *SHORT, f"data.pseudo_labels={tmp_path / 'pl' / 'pseudo.csv'}",
+                             f"train.teacher={tmp_path / 'pl' / 'teacher.npz'}"), tmp_path / "run", progress=False)
+    split = split_for(store, 0.1, 0)
+    seen = set(rows_seen)
+    assert not seen & set(split.val.tolist())
+    assert seen & set(store.test_index.tolist())            # test utterances were trained on
+    assert summary["n_pseudo"] == 10 and summary["n_teacher"] == 20
+
+
+def test_an_interrupted_fine_tune_round_resumes_exactly(members, tiny_data, tmp_path):
+    make_pseudo_labels(members, tmp_path / "pl", top_fraction=0.5)
+    settings = [*SHORT, f"data.pseudo_labels={tmp_path / 'pl' / 'pseudo.csv'}",
+                f"train.teacher={tmp_path / 'pl' / 'teacher.npz'}", f"train.init_from={members[0]}",
+                "train.max_steps=16", "train.eval_every=5"]
+    straight = train(tiny_cfg(tiny_data, *settings), tmp_path / "straight", progress=False)
+    train(tiny_cfg(tiny_data, *settings), tmp_path / "resumed", progress=False, stop_after=7)
+    resumed = train(tiny_cfg(tiny_data, *settings), tmp_path / "resumed", resume=True, progress=False)
+    assert resumed["weights_sha1"] == straight["weights_sha1"]
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)["model"]
+    b = torch.load(members[0] / "last.pt", weights_only=True)["model"]
+    assert any(not torch.equal(a[k], b[k]) for k in a)      # it did train from the member's weights
+
+
+def test_changed_pseudo_labels_make_the_run_another_run(members, tiny_data, store, tmp_path):
+    from kit.runs import reuse_changes, run_identity
+
+    make_pseudo_labels(members, tmp_path / "pl", top_fraction=0.5)
+    pl = tmp_path / "pl" / "pseudo.csv"
+    cfg = tiny_cfg(tiny_data, *SHORT, f"data.pseudo_labels={pl}")
+    train(cfg, tmp_path / "run", progress=False)
+    assert reuse_changes(tmp_path / "run", run_identity(cfg, store)) == []
+    pl.write_text("\n".join(pl.read_text().splitlines()[:3]) + "\n")      # fewer labels
+    assert "contents of data.pseudo_labels" in reuse_changes(tmp_path / "run", run_identity(cfg, store))[0]
+
+
+def test_distilled_student_is_an_ordinary_predicted_run(members, tmp_path):
+    from kit.distill import distill
+    from kit.ensemble import ensemble_runs
+
+    result = distill(members, tmp_path / "student", overrides=["train.max_steps=20", "train.eval_every=10"],
+                     temperature=2.0, progress=False)
+    student = tmp_path / "student"
+    summary = read_summary(student)
+    assert summary["n_teacher"] == 20 and summary["n_pseudo"] == 0
+    assert (student / "test_probs.npy").is_file() and result["pred"]["val_acc"] is not None
+    ens = ensemble_runs([*members, student], vote="auto", name="with-student", out_dir=tmp_path / "sub")
+    assert ens["csv"].is_file()
+    with pytest.raises(KitError, match="--init best"):
+        distill(members, tmp_path / "other", overrides=["model.d_model=16"], progress=False)
+
+
+ROUNDS = """
+name = "tinypl"
+
+[base.data]
+segment_len = 48
+store_dtype = "float32"
+
+[base.model]
+d_model = 16
+ffn_dim = 32
+n_heads = 2
+
+[base.train]
+batch_size = 16
+lr = 3e-3
+warmup_steps = 2
+max_steps = 30
+eval_every = 15
+cpu_threads = 1
+
+[[members]]
+name = "a"
+
+[[members]]
+name = "b"
+train.seed = 1
+
+[after]
+predict = true
+which = "last"
+ensemble = "auto"
+pseudo = { top_fraction = 0.5, share = 0.3 }
+distill = { share = 0.2 }
+"""
+
+
+def test_recipe_pseudo_round_and_student(tiny_data, tmp_path):
+    from kit.records import SubmissionManifest
+    from kit.recipe import run_recipe
+
+    recipe = tmp_path / "tinypl.toml"
+    recipe.write_text(ROUNDS)
+    runs, subs = tmp_path / "runs", tmp_path / "subs"
+    result = run_recipe(recipe, data=str(tiny_data), budget="full", runs=str(runs), workers=1, progress=False,
+                        submissions=subs)
+    (r1,) = result["rounds"]
+    assert r1["count"] == 10 and [Path(d).name for d in r1["members"]] == ["a-pl1", "b-pl1"]
+    for name in ("a-pl1", "b-pl1"):
+        summary = read_summary(runs / "tinypl" / name)
+        assert summary["n_pseudo"] == 10 and summary["step"] == 9      # share 0.3 of max_steps 30
+    manifest = SubmissionManifest.load(subs / "tinypl.json")
+    assert [Path(m).name for m in manifest.members] == ["a-pl1", "b-pl1"]
+    assert len(manifest.trained_on) == 2 and manifest.trained_on[0]["pseudo"]["test_count"] == 10
+    assert (subs / "tinypl-vote0.csv").is_file() and (subs / "tinypl-student.csv").is_file()
+    assert read_summary(runs / "tinypl" / "student")["n_teacher"] == 20
+    # a re-run keeps every finished stage
+    again = run_recipe(recipe, data=str(tiny_data), budget="full", runs=str(runs), workers=1, progress=False,
+                       submissions=subs)
+    assert again["rounds"][0]["count"] == 10
+    assert read_summary(runs / "tinypl" / "b-pl1") == summary          # not trained again
