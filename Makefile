@@ -5,7 +5,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.kit-installed
 DATA   ?=
 BUDGET ?=
-RECIPE_ARGS := $(if $(DATA),--data $(DATA)) $(if $(BUDGET),--budget $(BUDGET))
+LAUNCHER ?=
+RECIPE_ARGS := $(if $(DATA),--data $(DATA)) $(if $(BUDGET),--budget $(BUDGET)) $(if $(LAUNCHER),--launcher $(LAUNCHER))
 
 .PHONY: setup test bench bench-accuracy recipe-simple recipe-medium recipe-strong recipe-boss clean-venv
 

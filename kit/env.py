@@ -8,8 +8,9 @@ import os
 import sys
 from pathlib import Path
 
-KAGGLE_INPUT = "/kaggle/input"          # KIT_KAGGLE_INPUT relocates it (tests, rehearsals)
-KAGGLE_WORKING = "/kaggle/working"      # KIT_KAGGLE_WORKING likewise
+KAGGLE_ROOT = "/kaggle"                 # KIT_KAGGLE_ROOT relocates it (the local stand-in's kernels, tests)
+KAGGLE_INPUT = "input"                  # under the root; KIT_KAGGLE_INPUT relocates it alone
+KAGGLE_WORKING = "working"              # likewise KIT_KAGGLE_WORKING
 SEARCH_DEPTH = 3                        # /kaggle/input/<competition>/<folder>/metadata.json
 CACHE_DIRNAME = ".kit-cache"            # beside the data, when it is writable
 
@@ -45,13 +46,27 @@ def cache_dir(data_dir: str | os.PathLike) -> tuple[Path, str | None]:
     beside = data_dir / CACHE_DIRNAME
     if writable(beside):
         return beside, None
-    working = Path(os.environ.get("KIT_KAGGLE_WORKING", KAGGLE_WORKING))
+    working = kaggle_working()
     if working.is_dir() and writable(working):
         where = _named(working / CACHE_DIRNAME, data_dir)
     else:
         where = _named(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kit", data_dir)
     return where, (f"{data_dir} is read-only: its packed store and split go to {where} "
                    "(choose with --cache DIR or KIT_CACHE)")
+
+
+def _under_kaggle(override: str, name: str) -> Path:
+    return Path(os.environ.get(override) or Path(os.environ.get("KIT_KAGGLE_ROOT") or KAGGLE_ROOT) / name)
+
+
+def kaggle_input() -> Path:
+    """/kaggle/input: $KIT_KAGGLE_INPUT, else $KIT_KAGGLE_ROOT/input, else /kaggle/input."""
+    return _under_kaggle("KIT_KAGGLE_INPUT", KAGGLE_INPUT)
+
+
+def kaggle_working() -> Path:
+    """/kaggle/working: $KIT_KAGGLE_WORKING, else $KIT_KAGGLE_ROOT/working, else /kaggle/working."""
+    return _under_kaggle("KIT_KAGGLE_WORKING", KAGGLE_WORKING)
 
 
 def note_cache(note: str | None) -> None:
@@ -63,12 +78,12 @@ def note_cache(note: str | None) -> None:
 
 
 def kaggle_data_dir() -> Path | None:
-    """The competition data under /kaggle/input (or $KIT_KAGGLE_INPUT): the shallowest folder,
+    """The competition data under /kaggle/input (see kaggle_input): the shallowest folder,
     at most SEARCH_DEPTH levels down, holding metadata.json, testdata.json and mapping.json.
     None when there is no such root or no such folder."""
     from kit.layout import LAYOUT_FILES
 
-    root = Path(os.environ.get("KIT_KAGGLE_INPUT", KAGGLE_INPUT))
+    root = kaggle_input()
     if not root.is_dir():
         return None
     level = [root]

@@ -1,6 +1,7 @@
 """`kit submit`, `kit scores` and `kit kaggle serve`: send a CSV, read the ledger, rehearse offline.
 
-Argument parsing and printing only; the work is in kit.kaggle (client, ledger) and kit.kaggle.server (stand-in).
+Argument parsing and printing only; the work is in kit.kaggle (client, ledger) and kit.kaggle.server (stand-in,
+with its kernels in kit.kaggle.server_kernels).
 """
 from __future__ import annotations
 
@@ -45,7 +46,16 @@ def register(sub) -> None:
     p.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (0: any free port)")
     p.add_argument("--pending-polls", type=int, default=1, help="answer PENDING for a submission's first K polls")
     p.add_argument("--fail", action="append", default=[], metavar="METHOD:STATUS[:COUNT[:RETRY_AFTER]]",
-                   help="inject faults, e.g. CreateSubmission:429:2:1 or upload:500 (repeatable)")
+                   help="inject faults, e.g. CreateSubmission:429:2:1, upload:500, GetKernelSessionStatus:503 or "
+                        "kernel-output:500 (repeatable)")
+    g = p.add_argument_group("kernels", "pushed scripts run here, one subprocess each, with the competition under "
+                                        "their input dir and their working dir as output")
+    g.add_argument("--kernel-slots", type=int, default=2, help="kernel sessions running at once (default 2)")
+    g.add_argument("--kernel-timeout", type=float, metavar="SECONDS",
+                   help="every session's time limit, as Kaggle's 12 hours (a shorter one rehearses resumption)")
+    g.add_argument("--kernel-errors", type=int, default=0, metavar="N", help="the next N sessions fail at their start")
+    g.add_argument("--gpu-quota-used", type=float, default=0.0, metavar="HOURS",
+                   help="GPU hours already used this week (of 30)")
     p.set_defaults(func=cmd_serve)
 
 
@@ -122,7 +132,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     faults = [_parse_fault(f) for f in args.fail]
     try:
         server = StandIn(args.data, answers, competition=competition, port=args.port,
-                         pending_polls=args.pending_polls, faults=faults, log=_log)
+                         pending_polls=args.pending_polls, faults=faults, log=_log, kernel_slots=args.kernel_slots,
+                         gpu_used_hours=args.gpu_quota_used, kernel_timeout=args.kernel_timeout)
+        server.kernels.fail_next(args.kernel_errors)
     except (FileNotFoundError, OSError) as e:
         raise KitError(f"cannot start the stand-in: {e}") from None
     url = server.url
@@ -131,6 +143,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"  kit submit SUB.csv -m MESSAGE --competition {competition} --wait --endpoint {url}", flush=True)
     print(f"  KAGGLE_API_ENVIRONMENT=LOCALHOST HTTP_PROXY={url} NO_PROXY= kaggle competitions submit "
           f"-c {competition} -f SUB.csv -m MESSAGE", flush=True)
+    print(f"  kit recipe run boss --data {args.data} --launcher kaggle --endpoint {url}", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -49,7 +49,7 @@ def register(sub) -> None:
     p.add_argument("--budget", choices=["quick", "full"],
                    help="default: quick on synthetic data, full on real data")
     p.add_argument("--runs", default="runs", help="where run dirs go: RUNS/<recipe>/<member> (default: runs)")
-    p.add_argument("--only", nargs="+", metavar="MEMBER", help="train only these members")
+    p.add_argument("--only", nargs="+", metavar="MEMBER", help="train only these members (a,b or a b)")
     p.add_argument("--workers", type=int, help="members trained at once (default: one per GPU, "
                    "or one per CPU core on a CPU; 1 = one after another in this process)")
     p.add_argument("--minutes", type=float, help="wall-clock allowance for the whole recipe: shared among the "
@@ -57,6 +57,8 @@ def register(sub) -> None:
     p.add_argument("--member-minutes", type=float, help="training minutes per member (replaces the recipe's "
                    "train.minutes); the LR schedule is fitted to it")
     p.add_argument("--no-after", action="store_true", help="train only: skip predict, ensemble and submit")
+    p.add_argument("--no-ensemble", action="store_true", help="train and predict the members only: no ensemble, "
+                   "no submission (what a launcher's kernel or job runs)")
     p.add_argument("--fresh", action="store_true", help="start the chosen members over: their old run dirs "
                    "move to RUNS/<recipe>.old-<time>/ (nothing is deleted)")
     p.add_argument("--max-hours", type=float, metavar="H",
@@ -70,7 +72,24 @@ def register(sub) -> None:
                    help="after the vote, train one student on its soft targets: NAME-student.csv")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_cache_option(p)
+    _add_launcher_args(p)
     p.set_defaults(func=cmd_recipe_run)
+
+
+def _add_launcher_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("where the members train", "the ensemble, report and submission run here in every case; "
+                             "with kaggle or slurm, --max-hours is each kernel's or job's time limit")
+    g.add_argument("--launcher", choices=["local", "kaggle", "slurm"], default="local",
+                   help="local: this machine (default); kaggle: Kaggle kernels on their GPUs, pushed and pulled back "
+                        "with your credentials (a synthetic competition rehearses on a local stand-in); slurm: one "
+                        "submitit job per member, run dirs on the shared file system")
+    g.add_argument("--kernels", type=int, help="kaggle: kernels at once, the members shared among them (default 2)")
+    g.add_argument("--competition", help="kaggle: the competition the kernels read (default: the synthetic data's, "
+                                         "else ml2022spring-hw4)")
+    g.add_argument("--endpoint", help="kaggle: a local stand-in URL (`kit kaggle serve`); also KIT_KAGGLE_ENDPOINT")
+    g.add_argument("--slurm-partition", help="slurm: the partition to submit to")
+    g.add_argument("--submitit-cluster", choices=["slurm", "local"],
+                   help="slurm: where submitit runs the jobs (default slurm; local: on this machine, to rehearse)")
 
 
 def resolve_train_config(args: argparse.Namespace):
@@ -138,16 +157,21 @@ def train_main(argv: list[str]) -> int:
 
 
 def cmd_recipe_run(args: argparse.Namespace) -> int:
+    from kit.launch import make_launcher
     from kit.zoo import run_recipe
 
     def log(message: str) -> None:
         print(f"kit: {message}", file=sys.stderr, flush=True)
 
-    result = run_recipe(args.file, data=args.data, budget=args.budget, runs=args.runs, only=args.only,
+    launcher = make_launcher(args.launcher, kernels=args.kernels, competition=args.competition,
+                             endpoint=args.endpoint, partition=args.slurm_partition, cluster=args.submitit_cluster)
+    only = [m for part in args.only for m in part.split(",") if m] if args.only else None
+    result = run_recipe(args.file, data=args.data, budget=args.budget, runs=args.runs, only=only,
                         after=not args.no_after, workers=args.workers, minutes=args.minutes,
                         per_member_minutes=args.member_minutes, fresh=args.fresh, max_hours=args.max_hours,
                         pseudo=args.pseudo, distill=args.distill,
-                        progress=not args.no_progress and progress_wanted(), log=log)
+                        progress=not args.no_progress and progress_wanted(), log=log, launcher=launcher,
+                        ensemble="none" if args.no_ensemble else None)
     print(f"recipe {result['recipe']}  budget {result['budget']}  data {result['data']}")
     print(f"{'member':<22} {'params':>9} {'val acc':>8} {'mode':>8} {'steps':>7} {'minutes':>8}  note")
     for m in result["members"]:

@@ -1,8 +1,9 @@
 """Kaggle through the official client: download the data, submit with retries, poll, keep the ledger.
 
 One module a job: credentials (where they are, masking them), client (the worker subprocess and
-its timings), worker (the side that imports `kaggle`), ledger, submissions (submit, refresh),
-downloads, rehearsal (a recipe's last step), server (the local stand-in of Kaggle's API).
+its timings), worker (the side that imports `kaggle`) and kernel_ops (its kernel operations), ledger,
+submissions (submit, refresh), downloads, rehearsal (a recipe's last step), server (the local
+stand-in of Kaggle's API) with server_competitions and server_kernels (its two services).
 """
 from kit import DEFAULT_COMPETITION
 from kit.kaggle.client import (KAGGLE, RETRY_STATUSES, STAND_IN, backoff, call, max_retry_after, poll_interval,

@@ -37,6 +37,12 @@ def poll_interval() -> float:
     return _setting("KIT_KAGGLE_POLL", 10.0)
 
 
+def kernel_poll(stand_in: bool) -> float:
+    """Seconds between checks of a kernel's status: a minute on Kaggle (sessions last hours), a second
+    on a local stand-in; KIT_KAGGLE_KERNEL_POLL decides instead."""
+    return _setting("KIT_KAGGLE_KERNEL_POLL", 1.0 if stand_in else 60.0)
+
+
 def max_retry_after() -> float:
     return _setting("KIT_KAGGLE_MAX_RETRY_AFTER", 120.0)   # bound on a server's Retry-After
 

@@ -3,6 +3,7 @@ stand-in when the data is a synthetic competition (its answer key scores the CSV
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -14,6 +15,7 @@ from kit.kaggle.client import KAGGLE, STAND_IN, endpoint_or_env
 from kit.kaggle.credentials import CREDENTIALS_HELP, credential_source
 from kit.kaggle.ledger import find_submitted, read_ledger
 from kit.kaggle.submissions import submit
+from kit.recipe import SYNTH_MARKER, is_synthetic
 
 
 def recipe_submit(csv_path, message: str, data_dir, competition: str = DEFAULT_COMPETITION,
@@ -24,21 +26,29 @@ def recipe_submit(csv_path, message: str, data_dir, competition: str = DEFAULT_C
     submission (status FAILED/ERROR, recorded in the ledger); SKIPPED writes no ledger row.
     """
     ledger = Path(submissions_dir) / "ledger.csv"
-    marker = Path(data_dir) / ".kit-synth.json"
     if credential_source() and not endpoint_or_env(None):
         return _recipe_attempt(csv_path, message, data_dir, competition, ledger, None, None, log, KAGGLE)
-    if not marker.is_file():
+    if not is_synthetic(data_dir):
         return {"status": "SKIPPED", "public": None, "private": None, "ref": None, "target": None, "row": None,
                 "reason": f"not submitted: {data_dir} is not a synthetic competition, and {CREDENTIALS_HELP}"}
+    with rehearsal_stand_in(data_dir, competition) as (server, env):
+        return _recipe_attempt(csv_path, message, data_dir, server.competition, ledger, server.url, env, log,
+                               STAND_IN)
+
+
+@contextlib.contextmanager
+def rehearsal_stand_in(data_dir, competition: str = DEFAULT_COMPETITION, **options):
+    """A stand-in serving the synthetic competition in data_dir (scored by the answer key its synth
+    marker names) for the block, and the environment the worker needs to reach it: rehearsal
+    credentials in a private config dir, so nothing of the user's is read or written."""
     from kit.kaggle.server import StandIn
 
-    synth = json.loads(marker.read_text())
+    synth = json.loads((Path(data_dir) / SYNTH_MARKER).read_text())
     comp = synth.get("competition") or competition
     with tempfile.TemporaryDirectory(prefix="kit-rehearsal-") as home:
-        # Rehearsal credentials in a private config dir, so nothing of the user's is read or written.
         env = {"KAGGLE_USERNAME": "kit-rehearsal", "KAGGLE_KEY": "local-stand-in", "KAGGLE_CONFIG_DIR": home}
-        with StandIn(data_dir, synth["answers"], competition=comp, pending_polls=1) as server:
-            return _recipe_attempt(csv_path, message, data_dir, comp, ledger, server.url, env, log, STAND_IN)
+        with StandIn(data_dir, synth["answers"], competition=comp, pending_polls=1, **options) as server:
+            yield server, env
 
 
 def _recipe_attempt(csv_path, message, data_dir, competition, ledger, endpoint, env, log, target) -> dict:

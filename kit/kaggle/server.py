@@ -12,7 +12,6 @@ import os
 import shutil
 import tempfile
 import threading
-import uuid
 import zipfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -21,6 +20,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from kit import DEFAULT_COMPETITION
+from kit.kaggle.server_competitions import CompetitionRpcs, _ApiError
 
 API_PREFIX = "/api/v1/"
 ZIP_FOLDER = "Dataset"          # the real competition zip holds its files inside one folder
@@ -47,7 +47,8 @@ class StandIn:
     """
 
     def __init__(self, data_dir, answers, competition: str = DEFAULT_COMPETITION, host: str = "127.0.0.1",
-                 port: int = 0, pending_polls: int = 0, key: str | None = None, faults=(), log=None):
+                 port: int = 0, pending_polls: int = 0, key: str | None = None, faults=(), log=None,
+                 kernel_slots: int = 2, gpu_used_hours: float = 0.0, kernel_timeout: float | None = None):
         self.data_dir = Path(data_dir)
         self.answers = Path(answers)
         if not (self.data_dir / "metadata.json").is_file():
@@ -72,6 +73,9 @@ class StandIn:
         self._server.daemon_threads = True
         self._server.standin = self
         self._thread: threading.Thread | None = None
+        from kit.kaggle.server_kernels import Kernels     # it builds on this module's errors
+
+        self.kernels = Kernels(self, kernel_slots, gpu_used_hours, kernel_timeout)
 
     # -- lifecycle
     @property
@@ -96,6 +100,7 @@ class StandIn:
             self._thread.join()
             self._thread = None
         self._server.server_close()
+        self.kernels.stop()
         shutil.rmtree(self._tmp, ignore_errors=True)
 
     def __enter__(self) -> "StandIn":
@@ -195,17 +200,11 @@ class StandIn:
         return out
 
 
-class _ApiError(Exception):
-    def __init__(self, status: int, message: str, retry_after: float | None = None):
-        super().__init__(message)
-        self.status, self.message, self.retry_after = status, message, retry_after
-
-
 def _iso_now() -> str:
     return datetime.now(timezone.utc).replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(CompetitionRpcs, BaseHTTPRequestHandler):
     server_version = "kit-standin/1"
 
     @property
@@ -289,6 +288,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self.end_headers()
                 with open(zpath, "rb") as f:
                     shutil.copyfileobj(f, self.wfile, 1 << 20)
+            elif path.startswith("/kernels-output/"):
+                self.standin.kernels.serve_file(self, path)
             elif path == "/_admin/state":
                 with self.standin.lock:
                     subs = [dict(s, final=list(s["final"])) for s in self.standin.submissions]
@@ -333,12 +334,15 @@ class _Handler(BaseHTTPRequestHandler):
             if service == "security.OAuthService" and method == "IntrospectToken":
                 self._json({"active": True, "username": "rehearsal", "scope": "resources.admin:*"})
                 return
+            if service == "kernels.KernelsApiService":
+                self.standin.kernels.handle(self, method, request, self._user())
+                return
             if service != "competitions.CompetitionApiService":
                 raise _ApiError(404, f"{service}/{method} is not served by the stand-in")
             user = self._user()
             if request.get("competitionName") != self.standin.competition:
                 raise _ApiError(404, f"Competition {request.get('competitionName')!r} not found")
-            handler = getattr(self, f"_rpc_{method}", None)
+            handler = getattr(self, f"_rpc_{method}", None)      # see CompetitionRpcs
             if handler is None:
                 raise _ApiError(404, f"{method} is not served by the stand-in")
             handler(request, user)
@@ -361,61 +365,3 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             raise _ApiError(404, f"Not found: {path}")
         self._json({"ok": True})
-
-    # -- competitions.CompetitionApiService methods (JSON in camelCase, as the client sends them)
-    def _rpc_DownloadDataFiles(self, request: dict, user: str) -> None:
-        host = self.headers.get("Host") or f"127.0.0.1:{self.standin.port}"
-        self._send(302, headers={"Location": f"http://{host}/files/{self.standin.competition}.zip"})
-
-    def _rpc_ListDataFiles(self, request: dict, user: str) -> None:
-        files = sorted(p for p in self.standin.data_dir.iterdir() if p.is_file() and not p.name.startswith("."))
-        self._json({"files": [{"ref": p.name, "name": p.name, "totalBytes": p.stat().st_size} for p in files]})
-
-    def _rpc_StartSubmissionUpload(self, request: dict, user: str) -> None:
-        token = uuid.uuid4().hex
-        with self.standin.lock:
-            self.standin.uploads[token] = {"file_name": request.get("fileName") or "submission.csv", "data": None}
-        host = self.headers.get("Host") or f"127.0.0.1:{self.standin.port}"
-        self._json({"token": token, "createUrl": f"http://{host}/upload/{token}"})
-
-    def _rpc_CreateSubmission(self, request: dict, user: str) -> None:
-        sub = self.standin.create_submission(request.get("blobFileTokens", ""),
-                                             request.get("submissionDescription") or "", user)
-        self._json({"message": "Successfully submitted to the local stand-in", "ref": sub["ref"]})
-
-    def _rpc_ListSubmissions(self, request: dict, user: str) -> None:
-        with self.standin.lock:
-            subs = list(reversed(self.standin.submissions))          # newest first, like Kaggle
-        size = int(request.get("pageSize") or 20)
-        token = request.get("pageToken") or ""
-        start = int(token) if token else (max(int(request.get("page") or 1), 1) - 1) * size
-        page = subs[start:start + size]
-        next_token = str(start + size) if start + size < len(subs) else ""
-        self._json({"submissions": [self.standin.view(s, poll=True) for s in page], "nextPageToken": next_token})
-
-    def _rpc_GetSubmission(self, request: dict, user: str) -> None:
-        with self.standin.lock:
-            found = [s for s in self.standin.submissions if s["ref"] == int(request.get("ref") or 0)]
-        if not found:
-            raise _ApiError(404, f"Submission {request.get('ref')} not found")
-        self._json(self.standin.view(found[0], poll=True))
-
-    def _rpc_GetLeaderboard(self, request: dict, user: str) -> None:
-        with self.standin.lock:
-            done = [s for s in self.standin.submissions if s["final"][0] == "COMPLETE"]
-        best = {}
-        for s in done:
-            if s["teamName"] not in best or float(s["final"][1]) > float(best[s["teamName"]]["final"][1]):
-                best[s["teamName"]] = s
-        rows = sorted(best.values(), key=lambda s: -float(s["final"][1]))
-        self._json({"submissions": [{"teamId": i + 1, "teamName": s["teamName"], "submissionDate": s["date"],
-                                     "score": s["final"][1]} for i, s in enumerate(rows)],
-                    "nextPageToken": ""})
-
-    def _rpc_GetSubmissionLimits(self, request: dict, user: str) -> None:
-        today = datetime.now(timezone.utc).date().isoformat()
-        with self.standin.lock:
-            total = len(self.standin.submissions)
-            n_today = sum(s["date"].startswith(today) for s in self.standin.submissions)
-        self._json({"numToday": n_today, "numTotal": total, "numAllowedNow": max(0, 100 - n_today),
-                    "limitedByTotal": False})

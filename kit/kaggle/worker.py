@@ -1,7 +1,8 @@
 """The worker: `python -m kit.kaggle.worker` reads one {"op", "params"} request on stdin, runs it
 with the official `kaggle` client and answers in JSON lines on stdout (see kit.kaggle.client).
 
-The only module that imports `kaggle`/`kagglesdk`; whatever they print goes to stderr.
+With kernel_ops (its kernel operations), the only module that imports `kaggle`/`kagglesdk`;
+whatever they print goes to stderr.
 """
 from __future__ import annotations
 
@@ -203,9 +204,12 @@ def main() -> int:
         out.write(json.dumps(obj) + "\n")
         out.flush()
 
+    from kit.kaggle.kernel_ops import OPS as KERNEL_OPS     # they import this module's retries
+
     try:
         api = _api(lambda line: emit({"log": line}))
-        emit({"result": _OPS[request["op"]](api, request["params"], lambda line: emit({"log": line}), emit)})
+        op = {**_OPS, **KERNEL_OPS}[request["op"]]
+        emit({"result": op(api, request["params"], lambda line: emit({"log": line}), emit)})
     except KitError as e:
         emit({"error": str(e)})
     except Exception as e:  # the client raises many types; report one line, not a traceback

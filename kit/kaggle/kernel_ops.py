@@ -1,0 +1,164 @@
+"""The worker's kernel operations (run in `python -m kit.kaggle.worker`, see kit.kaggle.client):
+GPU quota, push a kernel, wait for kernels to end, pull a kernel's output. Every request goes
+through the worker's retries (429/5xx, dropped connections).
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from kit.errors import KitError
+from kit.kaggle.worker import _retrying
+
+ENDED = ("COMPLETE", "ERROR", "CANCEL_ACKNOWLEDGED")     # KernelWorkerStatus names that end a session
+PAGE_SIZE = 100
+
+
+def _hours(delta) -> float:
+    return delta.total_seconds() / 3600 if delta is not None else 0.0
+
+
+def _op_quota(api, p: dict, log, emit=None) -> dict:
+    """The account (owner of the kernels to push) and its weekly GPU quota, as `kaggle quota` shows it
+    (KaggleApi.quota_view: KernelsApiService/GetAcceleratorQuotaStatistics)."""
+    user = api.get_config_value(api.CONFIG_NAME_USER)
+    if not user:
+        raise KitError("the Kaggle credentials name no user (kernels are pushed as owner/slug): set "
+                       "KAGGLE_USERNAME, or use kaggle.json with its username")
+    response = _retrying("GetAcceleratorQuotaStatistics", api.quota_view, log)
+    gpu = response.gpu_quota
+    out = {"user": user, "known": gpu is not None and gpu.total_time_allowed is not None,
+           "refresh": response.quota_refresh_time.isoformat() if response.quota_refresh_time else ""}
+    if out["known"]:
+        out.update(total=_hours(gpu.total_time_allowed), used=_hours(gpu.time_used),
+                   reserved=_hours(gpu.time_reserved))
+    return out
+
+
+def _op_kernel_push(api, p: dict, log, emit=None) -> dict:
+    """`kaggle kernels push` of the folder kit wrote; Kaggle's refusals become one line."""
+    timeout = str(int(p["timeout"])) if p.get("timeout") else None
+    response = _retrying("SaveKernel", lambda: api.kernels_push(p["folder"], timeout=timeout), log)
+    if response.error:
+        raise KitError(f"Kaggle refused kernel {p['ref']}: {response.error}")
+    if response.invalid_competition_sources:
+        raise KitError(f"kernel {p['ref']}: Kaggle did not attach the competition "
+                       f"{', '.join(response.invalid_competition_sources)}: join it and accept its rules on its page")
+    if response.invalid_kernel_sources:
+        log(f"kernel {p['ref']}: its earlier output could not be attached "
+            f"({', '.join(response.invalid_kernel_sources)}); its members start over there (local run dirs are kept)")
+    return {"ref": response.ref, "url": response.url, "version": response.version_number}
+
+
+def _not_found_is(fn, message: str):
+    """fn, with an HTTP 404 answered as a KitError saying `message` (the worker's own 404 line speaks
+    of competitions)."""
+    import requests
+
+    def call():
+        try:
+            return fn()
+        except requests.HTTPError as e:
+            if e.response is not None and e.response.status_code == 404:
+                raise KitError(message) from None
+            raise
+
+    return call
+
+
+def _status(client, ref: str, log) -> tuple[str, str]:
+    """(status name, failure message) of a kernel's latest session; ("GONE", ...) when Kaggle does not
+    know it (deleted, or a stand-in that was restarted)."""
+    from kagglesdk.kernels.types.kernels_api_service import ApiGetKernelSessionStatusRequest
+
+    request = ApiGetKernelSessionStatusRequest()
+    request.user_name, request.kernel_slug = ref.split("/")
+    gone = f"Kaggle does not know kernel {ref} (HTTP 404)"
+    try:
+        response = _retrying("GetKernelSessionStatus",
+                             _not_found_is(lambda: client.get_kernel_session_status(request), gone), log)
+    except KitError as e:
+        if str(e) != gone:
+            raise
+        return "GONE", gone
+    status = getattr(response.status, "name", str(response.status)).upper()
+    return status, response.failure_message or ""
+
+
+def _op_kernels_wait(api, p: dict, log, emit) -> dict:
+    """Poll the kernels' status every p["poll"] seconds until at least one has ended; each change of
+    status is an event as it happens. Returns {ref: {status, message}} of those that ended."""
+    seen: dict[str, str] = dict(p.get("seen") or {})        # what the caller already knows
+    with api.build_kaggle_client() as kaggle:
+        client = kaggle.kernels.kernels_api_client
+        while True:
+            ended = {}
+            for ref in p["refs"]:
+                status, message = _status(client, ref, log)
+                if seen.get(ref) != status:
+                    seen[ref] = status
+                    emit({"event": {"kind": "status", "ref": ref, "status": status, "message": message}})
+                if status in ENDED or status == "GONE":
+                    ended[ref] = {"status": status, "message": message}
+            if ended:
+                return {"ended": ended}
+            time.sleep(float(p["poll"]))
+
+
+def _safe_target(root: Path, name: str) -> Path:
+    target = (root / name).resolve()
+    if not name or os.path.isabs(name) or root.resolve() not in target.parents:
+        raise KitError(f"kernel output file {name!r} would land outside {root}; refused")
+    return target
+
+
+def _fetch(url: str, target: Path, log) -> None:
+    """GET one output file (checked: an error page is never saved as the file), written atomically."""
+    import requests
+
+    from kit.fsio import atomic_path
+
+    def get():
+        response = requests.get(url, stream=True, timeout=60)
+        response.raise_for_status()
+        with atomic_path(target) as tmp, open(tmp, "wb") as f:
+            for chunk in response.iter_content(1 << 20):
+                f.write(chunk)
+
+    _retrying(f"download of {target.name}", _not_found_is(get, f"kernel output file {target.name}: not found "
+                                                                 "(HTTP 404)"), log)
+
+
+def _op_kernel_output(api, p: dict, log, emit=None) -> dict:
+    """The latest session's output files under p["prefixes"] into p["path"] (kept in their folders),
+    and its log as p["path"]/kernel.log. Like `kaggle kernels output`, through ListKernelSessionOutput,
+    but every page and file is retried and an HTTP error is never written as a file."""
+    from kagglesdk.kernels.types.kernels_api_service import ApiListKernelSessionOutputRequest
+
+    root = Path(p["path"])
+    root.mkdir(parents=True, exist_ok=True)
+    files, log_text, token = [], "", ""
+    with api.build_kaggle_client() as kaggle:
+        client = kaggle.kernels.kernels_api_client
+        while True:
+            request = ApiListKernelSessionOutputRequest()
+            request.user_name, request.kernel_slug = p["ref"].split("/")
+            request.page_size, request.page_token = PAGE_SIZE, token
+            response = _retrying("ListKernelSessionOutput", _not_found_is(
+                lambda: client.list_kernel_session_output(request), f"kernel {p['ref']}: not found (HTTP 404)"), log)
+            files += list(response.files or [])
+            log_text = log_text or response.log or ""
+            token = response.next_page_token or ""
+            if not token:
+                break
+    wanted = [f for f in files if any(f.file_name.startswith(prefix) for prefix in p["prefixes"])
+              and Path(f.file_name).name not in p.get("skip", [])]
+    for f in wanted:
+        _fetch(f.url, _safe_target(root, f.file_name), log)
+    (root / "kernel.log").write_text(log_text)
+    return {"files": len(wanted), "listed": len(files)}
+
+
+OPS = {"quota": _op_quota, "kernel_push": _op_kernel_push, "kernels_wait": _op_kernels_wait,
+       "kernel_output": _op_kernel_output}

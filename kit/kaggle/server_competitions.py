@@ -1,0 +1,76 @@
+"""The stand-in's competitions.CompetitionApiService methods (JSON in camelCase, as the official
+client sends them) and the error an RPC answers with; the server and its state are in kit.kaggle.server.
+"""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+
+
+class _ApiError(Exception):
+    """An RPC's error answer: HTTP status, message (and Retry-After for 429/503)."""
+
+    def __init__(self, status: int, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.status, self.message, self.retry_after = status, message, retry_after
+
+
+class CompetitionRpcs:
+    """Mixed into the stand-in's request handler: `_rpc_<Method>(request, user)` answers one RPC."""
+
+    def _rpc_DownloadDataFiles(self, request: dict, user: str) -> None:
+        host = self.headers.get("Host") or f"127.0.0.1:{self.standin.port}"
+        self._send(302, headers={"Location": f"http://{host}/files/{self.standin.competition}.zip"})
+
+    def _rpc_ListDataFiles(self, request: dict, user: str) -> None:
+        files = sorted(p for p in self.standin.data_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+        self._json({"files": [{"ref": p.name, "name": p.name, "totalBytes": p.stat().st_size} for p in files]})
+
+    def _rpc_StartSubmissionUpload(self, request: dict, user: str) -> None:
+        token = uuid.uuid4().hex
+        with self.standin.lock:
+            self.standin.uploads[token] = {"file_name": request.get("fileName") or "submission.csv", "data": None}
+        host = self.headers.get("Host") or f"127.0.0.1:{self.standin.port}"
+        self._json({"token": token, "createUrl": f"http://{host}/upload/{token}"})
+
+    def _rpc_CreateSubmission(self, request: dict, user: str) -> None:
+        sub = self.standin.create_submission(request.get("blobFileTokens", ""),
+                                             request.get("submissionDescription") or "", user)
+        self._json({"message": "Successfully submitted to the local stand-in", "ref": sub["ref"]})
+
+    def _rpc_ListSubmissions(self, request: dict, user: str) -> None:
+        with self.standin.lock:
+            subs = list(reversed(self.standin.submissions))          # newest first, like Kaggle
+        size = int(request.get("pageSize") or 20)
+        token = request.get("pageToken") or ""
+        start = int(token) if token else (max(int(request.get("page") or 1), 1) - 1) * size
+        page = subs[start:start + size]
+        next_token = str(start + size) if start + size < len(subs) else ""
+        self._json({"submissions": [self.standin.view(s, poll=True) for s in page], "nextPageToken": next_token})
+
+    def _rpc_GetSubmission(self, request: dict, user: str) -> None:
+        with self.standin.lock:
+            found = [s for s in self.standin.submissions if s["ref"] == int(request.get("ref") or 0)]
+        if not found:
+            raise _ApiError(404, f"Submission {request.get('ref')} not found")
+        self._json(self.standin.view(found[0], poll=True))
+
+    def _rpc_GetLeaderboard(self, request: dict, user: str) -> None:
+        with self.standin.lock:
+            done = [s for s in self.standin.submissions if s["final"][0] == "COMPLETE"]
+        best = {}
+        for s in done:
+            if s["teamName"] not in best or float(s["final"][1]) > float(best[s["teamName"]]["final"][1]):
+                best[s["teamName"]] = s
+        rows = sorted(best.values(), key=lambda s: -float(s["final"][1]))
+        self._json({"submissions": [{"teamId": i + 1, "teamName": s["teamName"], "submissionDate": s["date"],
+                                     "score": s["final"][1]} for i, s in enumerate(rows)],
+                    "nextPageToken": ""})
+
+    def _rpc_GetSubmissionLimits(self, request: dict, user: str) -> None:
+        today = datetime.now(timezone.utc).date().isoformat()
+        with self.standin.lock:
+            total = len(self.standin.submissions)
+            n_today = sum(s["date"].startswith(today) for s in self.standin.submissions)
+        self._json({"numToday": n_today, "numTotal": total, "numAllowedNow": max(0, 100 - n_today),
+                    "limitedByTotal": False})

@@ -1,0 +1,357 @@
+"""`kit recipe run --launcher kaggle`: the members train in Kaggle kernels on Kaggle's GPUs, N at
+once, pushed, polled and pulled back into RUNS/<recipe>/<member> with the official client.
+
+A kernel that runs out of time (or that kit stopped before its session limit) is continued by a new
+version that takes its earlier output as input: kit resumes each member from last.pt. What is
+pushed and pulled is kept in RUNS/<recipe>/kaggle-kernels.json, so a re-run picks up kernels still
+running instead of pushing them again. Kernel logs go to RUNS/<recipe>/kaggle-logs/.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from kit.errors import KitError
+from kit.fsio import write_json, write_text
+from kit.launch import MAX_ROUNDS, is_finished, member_args, progress, time_limits
+
+STATE, LOGS, PULLS = "kaggle-kernels.json", "kaggle-logs", ".kaggle-pull"
+LAUNCH_MARK = "launch.json"          # in a run dir pulled back: which kernel version it came from
+SESSION_HOURS = 12.0                 # Kaggle's limit on one GPU session
+LEFT_BEHIND = [".lock", ".*.tmp"]    # never pulled back: a dead trainer's lock, a killed save's temp file
+RAN_OUT = re.compile(r"time ?out|timed out|out of time|time limit|maximum .*time|exceeded", re.I)
+
+
+@dataclass
+class Kernel:
+    ref: str                  # owner/slug
+    members: list[str]
+    version: int = 0          # the last version pushed
+    status: str = ""          # its last known status
+    pending: bool = False     # pushed, its output not pulled back yet
+    url: str = ""
+    rounds: int = 0           # versions pushed by this command (not saved)
+
+
+class KaggleLauncher:
+    """Options of `--launcher kaggle`; train() is what run_recipe calls."""
+
+    def __init__(self, kernels: int = 2, competition: str | None = None, endpoint: str | None = None):
+        self.kernels, self.competition, self.endpoint = kernels, competition, endpoint
+
+    def train(self, recipe, names: list[str], root: Path, budget: str, data_dir: Path, log,
+              minutes: float | None = None, per_member_minutes: float | None = None,
+              max_hours: float | None = None, fresh: bool = False) -> None:
+        with kaggle_target(data_dir, self.endpoint, self.competition) as target:
+            run = KernelRun(self, target, recipe, Path(root), budget, log, minutes, per_member_minutes, max_hours,
+                            Path(data_dir))
+            try:
+                run.go(names, fresh)
+            except KeyboardInterrupt:
+                if target["name"] == "kaggle":
+                    log(f"interrupted: the kernels keep running on Kaggle; re-run the same command to pick "
+                        f"them up ({root / STATE})")
+                raise
+
+
+@contextlib.contextmanager
+def kaggle_target(data_dir: Path, endpoint: str | None, competition: str | None):
+    """Where the kernels go: a stand-in at `endpoint` (or KIT_KAGGLE_ENDPOINT); Kaggle itself when
+    there are credentials; else, for a synthetic competition, a stand-in started for the block."""
+    from kit import DEFAULT_COMPETITION
+    from kit.kaggle.client import KAGGLE, STAND_IN, endpoint_or_env
+    from kit.kaggle.credentials import CREDENTIALS_HELP, credential_source
+    from kit.kaggle.rehearsal import rehearsal_stand_in
+    from kit.recipe import SYNTH_MARKER, is_synthetic
+
+    synth = json.loads((data_dir / SYNTH_MARKER).read_text()) if is_synthetic(data_dir) else {}
+    competition = competition or synth.get("competition") or DEFAULT_COMPETITION
+    if endpoint_or_env(endpoint):
+        yield {"endpoint": endpoint_or_env(endpoint), "env": None, "competition": competition, "name": STAND_IN}
+    elif credential_source():
+        yield {"endpoint": None, "env": None, "competition": competition, "name": KAGGLE}
+    elif synth:
+        with rehearsal_stand_in(data_dir, competition) as (server, env):
+            yield {"endpoint": server.url, "env": env, "competition": server.competition, "name": STAND_IN}
+    else:
+        raise KitError(f"--launcher kaggle: {CREDENTIALS_HELP}")
+
+
+class KernelRun:
+    """One `kit recipe run --launcher kaggle`: plan the kernels, push, wait, pull, continue."""
+
+    def __init__(self, options: KaggleLauncher, target: dict, recipe, root: Path, budget: str, log,
+                 minutes, per_member_minutes, max_hours, data_dir: Path | None = None):
+        self.options, self.target, self.recipe, self.root, self.budget = options, target, recipe, root, budget
+        self.data_dir = data_dir
+        self.log = log
+        self.timing = (minutes, per_member_minutes, max_hours)
+        self.state = self._load_state()
+        self.user = ""
+        self.hours, self.inner_hours = SESSION_HOURS, None
+
+    # -- the whole run
+    def go(self, names: list[str], fresh: bool) -> None:
+        quota = self._quota()
+        self.user = quota["user"]
+        kernels = self.plan(names, fresh)
+        most = max(len(k.members) for k in kernels)
+        self.hours, self.inner_hours = time_limits(self.recipe, self.budget, most, SESSION_HOURS, *self.timing)
+        new = [k for k in kernels if not k.pending]
+        if new:
+            self.check_quota(len(new), quota)
+        for k in kernels:
+            if k.pending:
+                self.log(f"{k.ref} version {k.version} was pushed earlier ({', '.join(k.members)}): waiting for it")
+            else:
+                self.push(k, earlier=k.version > 0 and not fresh)
+        failures = self.follow({k.ref: k for k in kernels})
+        if failures:
+            more = f" (and {len(failures) - 1} more kernel(s) failed, see {self.root / LOGS})" if failures[1:] else ""
+            raise KitError(f"{failures[0]}{more}; run dirs pulled back are kept in {self.root}: re-run the "
+                           "same command to continue")
+
+    def follow(self, active: dict) -> list[str]:
+        """Wait for the kernels; pull each one's output as it ends; continue it with a new version when
+        it ran out of time. Returns one line per kernel that failed."""
+        failures = []
+        while active:
+            for ref, end in self.wait(list(active)).items():
+                k = active.pop(ref)
+                k.status, k.pending = end["status"], False
+                if end["status"] != "GONE":
+                    self.pull(k)
+                verdict = self.verdict(k, end)
+                if verdict == "again":
+                    try:
+                        self.check_quota(1, self._quota())
+                        self.push(k, earlier=end["status"] != "GONE")
+                        active[ref] = k
+                    except KitError as e:
+                        failures.append(str(e))
+                elif verdict != "done":
+                    failures.append(verdict)
+                self._save_state()
+        return failures
+
+    # -- planning and quota
+    def plan(self, names: list[str], fresh: bool) -> list[Kernel]:
+        """Kernels still running from an earlier call are waited for, not pushed again. Each other
+        member goes to the kernel that trained it before (its output is where it continues from),
+        else to the least loaded of kit-<recipe>-1 ... -N that is not still running."""
+        from kit.launch.kernel_package import kernel_slug
+
+        known = {} if fresh else {r: k for r, k in self.state.items() if r.startswith(self.user + "/")}
+        pending = [k for k in known.values() if k.pending]
+        busy = {k.ref for k in pending}
+        taken = {m for k in pending for m in k.members}
+        before = {m: k.ref for k in known.values() if not k.pending for m in k.members}
+        free, i = [], 0
+        while len(free) < self.options.kernels:
+            i += 1
+            ref = f"{self.user}/{kernel_slug(self.recipe.name, i)}"
+            if ref not in busy:
+                free.append(ref)
+        groups: dict[str, list[str]] = {ref: [] for ref in free}
+        for m in names:
+            if m not in taken:
+                ref = before.get(m) or min(free, key=lambda r: (len(groups[r]), free.index(r)))
+                groups.setdefault(ref, []).append(m)
+        made = [Kernel(ref, members, version=self.state[ref].version if ref in self.state else 0)
+                for ref, members in groups.items() if members]
+        for k in pending + made:
+            self.state[k.ref] = k
+        return pending + made
+
+    def _quota(self) -> dict:
+        return self._call("quota", {})
+
+    def check_quota(self, n: int, quota: dict) -> None:
+        """One line: the weekly GPU quota left and what the kernels about to be pushed may take;
+        a KitError, before anything is pushed, when that is more than what is left."""
+        need = n * self.hours
+        where = "" if self.target["name"] == "kaggle" else f" ({self.target['name']})"
+        plan = f"{n} kernel(s) x at most {self.hours:.2f} h = {need:.2f} GPU hours"
+        if not quota["known"]:
+            self.log(f"Kaggle did not say how much GPU quota is left{where}; this run: {plan}")
+            return
+        left = quota["total"] - quota["used"] - quota["reserved"]
+        refresh = quota["refresh"].replace("T", " ")[:16] or "unknown"
+        self.log(f"Kaggle GPU quota{where}: {max(left, 0):.1f} h of {quota['total']:.0f} h left this week "
+                 f"(refreshes {refresh} UTC); this run: {plan}")
+        if left < need:
+            raise KitError(f"not enough Kaggle GPU quota: {max(left, 0):.1f} h left this week (refreshes {refresh} "
+                           f"UTC), the kernels to push need up to {need:.2f} h ({plan}); nothing was pushed: use "
+                           "fewer --kernels or a shorter --max-hours, or wait for the refresh")
+
+    # -- one kernel
+    def push(self, k: Kernel, earlier: bool) -> None:
+        from kit.launch.kernel_package import write_kernel
+
+        args = member_args("@RECIPE", k.members, self.budget, "@RUNS", minutes=self.timing[0],
+                           per_member_minutes=self.timing[1], max_hours=self.inner_hours)
+        with tempfile.TemporaryDirectory(prefix="kit-kernel-") as folder:
+            write_kernel(Path(folder), k.ref, Path(self.recipe.path), self.recipe.name, k.members, args,
+                         self.target["competition"], earlier)
+            pushed = self._call("kernel_push", {"folder": folder, "ref": k.ref, "timeout": self.hours * 3600})
+        k.version, k.url, k.status, k.pending = pushed["version"] or k.version + 1, pushed["url"], "QUEUED", True
+        k.rounds += 1
+        self._save_state()
+        self.log(f"pushed {k.ref} version {k.version}: {', '.join(k.members)}"
+                 + (" (continuing from its earlier output)" if earlier else "") + (f"; {k.url}" if k.url else ""))
+
+    def wait(self, refs: list[str]) -> dict:
+        from kit.kaggle.client import kernel_poll
+
+        def seen(event: dict) -> None:
+            if event.get("kind") == "status":
+                message = f" ({event['message']})" if event.get("message") else ""
+                self.log(f"{event['ref']}: {event['status']}{message}")
+                self.state[event["ref"]].status = event["status"]
+
+        poll = kernel_poll(self.target["name"] != "kaggle")
+        known = {ref: self.state[ref].status for ref in refs}
+        return self._call("kernels_wait", {"refs": refs, "poll": poll, "seen": known}, on_event=seen)["ended"]
+
+    def pull(self, k: Kernel) -> None:
+        """The kernel's output for its members into their run dirs, and its log into kaggle-logs/.
+        A failed pull is one line: local run dirs stay as they were."""
+        slug = k.ref.split("/")[1]
+        staging = self.root / PULLS / f"{slug}-v{k.version}"
+        shutil.rmtree(staging, ignore_errors=True)        # what a pull cut short left
+        prefixes = [f"runs/{self.recipe.name}/{m}/" for m in k.members]
+        try:
+            got = self._call("kernel_output", {"ref": k.ref, "path": str(staging), "prefixes": prefixes,
+                                               "skip": LEFT_BEHIND})
+        except KitError as e:
+            self.log(f"{k.ref}: its output could not be pulled back ({e}); local run dirs kept as they were")
+            return
+        write_text(self.log_path(k), _log_text(staging / "kernel.log"))
+        for m in k.members:
+            adopt(staging / "runs" / self.recipe.name / m, self.root / m, k, self.log, self.data_dir)
+        shutil.rmtree(staging, ignore_errors=True)
+        states = ", ".join(f"{m} {progress(self.root / m)}" for m in k.members)
+        self.log(f"{k.ref} version {k.version} {k.status}: pulled back {got['files']} file(s); {states}")
+
+    def verdict(self, k: Kernel, end: dict) -> str:
+        """"done", "again" (a new version continues it) or the line saying why it failed."""
+        if all(is_finished(self.root / m) for m in k.members):
+            return "done"
+        status, message = end["status"], end["message"]
+        if status == "COMPLETE" or status == "GONE" or RAN_OUT.search(message or ""):
+            if k.rounds >= MAX_ROUNDS:
+                return (f"{k.ref}: members still unfinished after {k.rounds} versions in this run "
+                        f"(last: {status} {message})".rstrip())
+            why = "is unknown to Kaggle now" if status == "GONE" else "ran out of time" if status != "COMPLETE" \
+                else "stopped before its session limit"
+            self.log(f"{k.ref} version {k.version} {why}: pushing a new version to continue")
+            return "again"
+        tail = _last_error(self.log_path(k))
+        return (f"kernel {k.ref} version {k.version} failed ({status}: {message or 'no message'})"
+                + (f": {tail}" if tail else "") + f"; its log: {self.log_path(k)}")
+
+    def log_path(self, k: Kernel) -> Path:
+        return self.root / LOGS / f"{k.ref.split('/')[1]}-v{k.version}.log"
+
+    # -- plumbing
+    def _call(self, op: str, params: dict, on_event=None) -> dict:
+        from kit.kaggle.client import call
+
+        return call(op, params, self.target["endpoint"], self.target["env"], self.log, on_event=on_event)
+
+    def _load_state(self) -> dict[str, Kernel]:
+        path = self.root / STATE
+        try:
+            saved = json.loads(path.read_text()) if path.is_file() else {}
+        except ValueError:
+            raise KitError(f"{path}: unreadable; move it away to start the kernels afresh") from None
+        if saved.get("target") != self.target["name"] or saved.get("competition") != self.target["competition"]:
+            return {}
+        return {ref: Kernel(**{k: v for k, v in value.items() if k != "rounds"})
+                for ref, value in saved.get("kernels", {}).items()}
+
+    def _save_state(self) -> None:
+        kernels = {ref: {k: v for k, v in asdict(kernel).items() if k != "rounds"} for ref, kernel in self.state.items()}
+        write_json(self.root / STATE, {"target": self.target["name"], "competition": self.target["competition"],
+                                       "kernels": kernels})
+
+
+def relocate(run_dir: Path, data_dir: Path) -> None:
+    """Point a pulled run at the data here: its config.toml, member.toml and ids.json name the
+    kernel's /kaggle/input copy. The data dir's path is not part of a run's identity (the data's
+    fingerprint is), so this changes nothing about what the run is."""
+    from kit.config import dump_toml, load_toml
+
+    for name in ("config.toml", "member.toml"):
+        path = run_dir / name
+        if path.is_file():
+            values = load_toml(path)
+            values.setdefault("data", {})["data_dir"] = str(data_dir)
+            write_text(path, dump_toml(values))
+    ids = run_dir / "ids.json"
+    if ids.is_file():
+        values = json.loads(ids.read_text())
+        if values.get("data_dir"):
+            values["data_dir"] = str(data_dir.resolve())
+            write_json(ids, values)
+
+
+def adopt(pulled: Path, run_dir: Path, k: Kernel, log, data_dir: Path | None = None) -> None:
+    """Put a member's run dir pulled from kernel k in place of run_dir. An earlier pull of the same
+    kernel is superseded (the new version continued from it); any other run there is moved aside to
+    RUNS/<recipe>.old-<time>/ (nothing is deleted). Pulled files get one modification time, so
+    predictions made in the kernel count as made after their checkpoint."""
+    from kit.runs import holds_run, move_aside, old_name
+
+    if holds_run(pulled) is None:
+        if holds_run(run_dir):
+            log(f"{run_dir.name}: {k.ref} version {k.version} left no checkpoint of it; {run_dir} kept as it was")
+        return
+    if data_dir is not None:
+        relocate(pulled, data_dir)
+    stamp = time.time()
+    for f in pulled.rglob("*"):
+        os.utime(f, (stamp, stamp))
+    write_json(pulled / LAUNCH_MARK, {"launcher": "kaggle", "kernel": k.ref, "version": k.version})
+    superseded = None
+    if run_dir.exists():
+        try:
+            mark = json.loads((run_dir / LAUNCH_MARK).read_text())
+        except (OSError, ValueError):
+            mark = {}
+        if mark.get("kernel") == k.ref:
+            superseded = run_dir.with_name(f".{run_dir.name}.superseded")
+            shutil.rmtree(superseded, ignore_errors=True)
+            os.rename(run_dir, superseded)
+        else:
+            moved = move_aside(run_dir, old_name(run_dir.parent) / run_dir.name)
+            log(f"{run_dir.name}: the run that was in {run_dir} moved to {moved} (trained by {k.ref} instead)")
+    os.rename(pulled, run_dir)
+    if superseded is not None:
+        shutil.rmtree(superseded, ignore_errors=True)
+
+
+def _log_text(path: Path) -> str:
+    """A kernel log as text: Kaggle's is a JSON list of {stream_name, time, data}."""
+    if not path.is_file():
+        return ""
+    raw = path.read_text(errors="replace")
+    try:
+        return "".join(part.get("data", "") for part in json.loads(raw))
+    except (ValueError, AttributeError, TypeError):
+        return raw
+
+
+def _last_error(log_path: Path) -> str:
+    """The kernel's own one-line reason: its last `kit: error:` line, else its last line."""
+    lines = [ln.strip() for ln in (log_path.read_text(errors="replace").splitlines() if log_path.is_file() else [])
+             if ln.strip()]
+    errors = [ln[len("kit: error:"):].strip() for ln in lines if ln.startswith("kit: error:")]
+    return (errors or lines or [""])[-1][:300]

@@ -1,0 +1,83 @@
+"""What runs inside a Kaggle kernel that `kit recipe run --launcher kaggle` pushed: unpack the kit
+source it carries, add the packages the image lacks, bring back the earlier version's run dirs, then
+`kit recipe run` its members. Standard library only: it runs before kit can be imported.
+
+The pushed script is this file's text followed by SETTINGS, SOURCE and a call of main().
+"""
+from __future__ import annotations
+
+import base64
+import importlib.util
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+LEFT_BEHIND = (".lock", ".*.tmp")      # a dead trainer's lock, a killed save's temp file
+
+
+def unpack(source_b64: str, dest: Path) -> Path:
+    """The kit package and the recipe, from the base64 tar.gz the script carries, into dest."""
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(base64.b64decode(source_b64)), mode="r:gz") as tar:
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(dest, filter="data")
+        else:                                   # Python before 3.11.4; the archive is kit's own
+            tar.extractall(dest)
+    return dest
+
+
+def install_missing(requirements: list[list[str]]) -> list[str]:
+    """pip-install the requirements whose module the image lacks; the image's own torch is kept."""
+    missing = [req for module, req in requirements if importlib.util.find_spec(module) is None]
+    if missing:
+        print(f"kit kernel: installing {' '.join(missing)}", flush=True)
+        subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", *missing])
+    return missing
+
+
+def earlier_run(input_root: Path, slug: str, recipe: str, member: str) -> Path | None:
+    """A member's run dir in an earlier version's output, mounted as an input: under the kernel's
+    own slug first, else any input that holds runs/<recipe>/<member>."""
+    tail = Path("runs") / recipe / member
+    candidates = [input_root / slug / tail]
+    if input_root.is_dir():
+        candidates += sorted(input_root.glob(f"*/{tail}")) + sorted(input_root.glob(f"*/*/{tail}"))
+    return next((c for c in candidates if (c / "config.toml").is_file()), None)
+
+
+def bring_back(input_root: Path, runs: Path, slug: str, recipe: str, members: list[str]) -> list[str]:
+    """Copy each member's run dir from the earlier output into the working dir (where kit resumes it
+    from last.pt); a member that already has one here is left alone."""
+    brought = []
+    for member in members:
+        found = earlier_run(input_root, slug, recipe, member)
+        target = runs / recipe / member
+        if found is None or target.exists():
+            continue
+        shutil.copytree(found, target, ignore=shutil.ignore_patterns(*LEFT_BEHIND))
+        print(f"kit kernel: continuing {member} from {found}", flush=True)
+        brought.append(member)
+    return brought
+
+
+def main(settings: dict, source_b64: str) -> int:
+    root = Path(os.environ.get("KIT_KAGGLE_ROOT") or "/kaggle")
+    working = root / "working"
+    working.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.gettempdir())
+    src = unpack(source_b64, scratch / "kit-src")
+    install_missing(settings["requirements"])
+    bring_back(root / "input", working / "runs", settings["slug"], settings["recipe"], settings["members"])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(src), os.environ.get("PYTHONPATH")])),
+               KIT_CACHE=str(scratch / "kit-cache"),    # the packed store stays out of the kernel's output
+               KIT_PROGRESS="0")
+    command = [sys.executable, "-m", "kit", *settings["args"]]
+    command[command.index("@RECIPE")] = str(src / settings["recipe_file"])
+    command[command.index("@RUNS")] = str(working / "runs")
+    print(f"kit kernel {settings['slug']}: {' '.join(command[1:])}", flush=True)
+    return subprocess.call(command, env=env, cwd=working)

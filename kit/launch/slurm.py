@@ -1,0 +1,118 @@
+"""`kit recipe run --launcher slurm`: one submitit job per member, run dirs on the shared file
+system, then the recipe's after stages here. `--submitit-cluster local` runs the same jobs on this
+machine through submitit's LocalExecutor (a rehearsal; what the tests use).
+"""
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+from kit.errors import KitError
+from kit.launch import MAX_ROUNDS, is_finished, member_args, progress, time_limits
+
+FOLDER = ".submitit"          # RUNS/<recipe>/.submitit: submitit's job files and logs
+LONGEST_HOURS = 12.0          # a job's time limit when neither the recipe nor --max-hours gives one
+RAN_OUT = re.compile(r"time ?out|timed out|TIMEOUT|preempt", re.I)
+
+
+def run_member(argv: list[str]) -> int:
+    """What a job runs: the `kit` command with argv, in the job's own process (its exit code)."""
+    from kit.cli import main
+
+    return main(argv)
+
+
+def _submitit():
+    try:
+        import submitit
+    except ImportError:
+        raise KitError("--launcher slurm needs submitit: pip install submitit") from None
+    return submitit
+
+
+class SlurmLauncher:
+    """Options of `--launcher slurm`; train() is what run_recipe calls."""
+
+    def __init__(self, partition: str | None = None, cluster: str = "slurm"):
+        self.partition, self.cluster = partition, cluster
+
+    def train(self, recipe, names: list[str], root: Path, budget: str, data_dir: Path, log,
+              minutes: float | None = None, per_member_minutes: float | None = None,
+              max_hours: float | None = None, fresh: bool = False) -> None:
+        hours, inner = time_limits(recipe, budget, 1, LONGEST_HOURS, minutes, per_member_minutes, max_hours)
+        executor = self.executor(Path(root), recipe.name, hours)
+        todo = list(names)
+        for round_ in range(1, MAX_ROUNDS + 1):
+            args = {m: member_args(str(Path(recipe.path).resolve()), [m], budget, str(Path(root).parent.resolve()),
+                                   data=str(Path(data_dir).resolve()), minutes=minutes,
+                                   per_member_minutes=per_member_minutes, max_hours=inner) for m in todo}
+            failures = self.run_round(executor, args, Path(root), log)
+            todo = [m for m in todo if not is_finished(Path(root) / m)]
+            if failures:
+                raise KitError(f"{failures[0]}" + (f" (and {len(failures) - 1} more)" if failures[1:] else "")
+                               + "; finished members are kept: re-run the same command to continue")
+            if not todo:
+                return
+            log(f"{', '.join(todo)}: stopped at the job's time limit; continuing in new jobs (round {round_ + 1})")
+        raise KitError(f"{', '.join(todo)}: still unfinished after {MAX_ROUNDS} rounds of jobs; re-run the same "
+                       "command to continue")
+
+    def executor(self, root: Path, recipe_name: str, hours: float):
+        submitit = _submitit()
+        if self.cluster == "slurm" and shutil.which("sbatch") is None:
+            raise KitError("--launcher slurm: no Slurm here (sbatch not found); run on the cluster's login node, or "
+                           "add --submitit-cluster local to run the jobs on this machine through submitit")
+        executor = submitit.AutoExecutor(folder=root / FOLDER, cluster=self.cluster)
+        params = {"name": f"kit-{recipe_name}", "timeout_min": max(1, int(hours * 60)), "tasks_per_node": 1,
+                  "gpus_per_node": 1 if self.cluster == "slurm" else _local_gpus()}
+        if self.partition:
+            params["slurm_partition"] = self.partition
+        executor.update_parameters(**params)
+        return executor
+
+    def run_round(self, executor, args: dict[str, list[str]], root: Path, log) -> list[str]:
+        """Submit one job per member, wait for all; one line per job that failed (not one that ran out
+        of time: its member is continued by the next round). Jobs still running when this is left
+        (an error, Ctrl-C) are cancelled, so no job outlives its recipe."""
+        jobs = {}
+        try:
+            for member, argv in args.items():
+                jobs[member] = executor.submit(run_member, argv)
+                log(f"{member}: submitted as job {jobs[member].job_id} ({self.cluster}; logs in {root / FOLDER})")
+            return [line for line in (self._outcome(m, job, root, log) for m, job in jobs.items()) if line]
+        finally:
+            for job in jobs.values():
+                if not job.done():
+                    job.cancel(check=False)
+
+    def _outcome(self, member: str, job, root: Path, log) -> str | None:
+        try:
+            code = job.result()
+        except Exception as e:            # submitit's job errors: the job died, was cancelled or timed out
+            text = str(e).strip().splitlines()
+            if RAN_OUT.search(f"{job.state} {' '.join(text[-3:])}"):
+                log(f"{member}: job {job.job_id} reached its time limit ({progress(root / member)})")
+                return None
+            return f"member {member}: job {job.job_id} failed ({job.state}): {text[-1] if text else 'no message'}"
+        if code:
+            reason = _last_error(job)
+            return f"member {member}: job {job.job_id} failed (exit {code}){': ' + reason if reason else ''}"
+        log(f"{member}: job {job.job_id} done ({progress(root / member)})")
+        return None
+
+
+def _last_error(job) -> str:
+    """A failed job's own one-line reason: the last `kit: error:` line of its stderr."""
+    try:
+        lines = (job.stderr() or "").splitlines()
+    except OSError:
+        return ""
+    errors = [ln.strip() for ln in lines if ln.startswith("kit: error:")]
+    return errors[-1][:300] if errors else ""
+
+
+def _local_gpus() -> int:
+    import torch
+
+    return min(1, torch.cuda.device_count())

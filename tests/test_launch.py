@@ -1,0 +1,322 @@
+"""Launchers: a recipe's members trained as Kaggle kernels on the local stand-in (pushed with the real
+client, really run, pulled back; errors, timeouts, quota, 429/5xx while polling) and as submitit jobs
+(its LocalExecutor), then ensembled here. Each kernel is a subprocess running kit from the pushed source.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from kit.cli import main
+from kit.errors import KitError
+from kit.kaggle.server import StandIn
+from kit.launch import is_finished, make_launcher
+from kit.zoo import run_recipe
+
+COMP = "ml2022spring-hw4"
+USER = "kit-test"
+KEY = "kitfakekey-NEVER-PRINTED-7373"
+
+ZOO = """
+name = "zoo"
+
+[base.data]
+segment_len = 48
+store_dtype = "float32"
+
+[base.model]
+d_model = 16
+ffn_dim = 32
+n_heads = 2
+
+[base.train]
+batch_size = 16
+lr = 3e-3
+warmup_steps = 2
+eval_every = 5
+cpu_threads = 1
+
+[[members]]
+name = "a"
+
+[[members]]
+name = "b"
+model.pooling = "sap"
+
+[budget.quick]
+train.max_steps = 10
+
+[after]
+predict = true
+ensemble = "hard"
+"""
+
+
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path, monkeypatch):
+    """Submissions (the ensemble's CSV) land in the test's own dir."""
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    """Fake credentials in a private home; retries and polls in milliseconds; no Kaggle dirs."""
+    home = tmp_path / "home"
+    home.mkdir()
+    for name in ("KAGGLE_API_TOKEN", "KIT_KAGGLE_ENDPOINT", "HTTP_PROXY", "http_proxy", "KAGGLE_API_ENVIRONMENT",
+                 "KIT_CACHE", "KIT_KAGGLE_ROOT", "KIT_KAGGLE_INPUT", "KIT_KAGGLE_WORKING"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(home / "kaggle-config"))
+    monkeypatch.setenv("KAGGLE_USERNAME", USER)
+    monkeypatch.setenv("KAGGLE_KEY", KEY)
+    monkeypatch.setenv("KIT_KAGGLE_BACKOFF", "0.01")
+    monkeypatch.setenv("KIT_KAGGLE_RETRIES", "3")
+    monkeypatch.setenv("KIT_KAGGLE_KERNEL_POLL", "0.1")
+    return home
+
+
+@pytest.fixture
+def standin(tiny_data, tiny_answers):
+    with StandIn(tiny_data, tiny_answers, competition=COMP) as server:
+        yield server
+
+
+def recipe_file(tmp_path: Path, text: str = ZOO) -> Path:
+    path = tmp_path / "zoo.toml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def kit(capsys, *args) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def recipe_args(tmp_path, tiny_data, standin, *extra):
+    return ["recipe", "run", recipe_file(tmp_path), "--data", tiny_data, "--runs", tmp_path / "runs",
+            "--launcher", "kaggle", "--endpoint", standin.url, "--no-progress", *extra]
+
+
+def error_line(err: str) -> str:
+    lines = [ln for ln in err.splitlines() if ln.startswith("kit: error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+# ---------------------------------------------------------------- Kaggle kernels
+def test_members_train_in_kernels_and_are_ensembled_here(env, standin, tiny_data, tmp_path, capsys):
+    """Two kernels, one member each; 429 and 503 while polling and a 500 on an output file are retried."""
+    standin.inject("GetKernelSessionStatus", 429, count=2, retry_after=0.05)
+    standin.inject("GetKernelSessionStatus", 503, count=1)
+    standin.inject("kernel-output", 500, count=1)
+    code, out, err = kit(capsys, *recipe_args(tmp_path, tiny_data, standin))
+    assert code == 0, err
+    runs = tmp_path / "runs" / "zoo"
+    assert "Kaggle GPU quota (local stand-in): 30.0 h of 30 h left this week" in err
+    assert "this run: 2 kernel(s) x at most" in err
+    assert "pushed kit-test/kit-zoo-1 version 1: a" in err and "pushed kit-test/kit-zoo-2 version 1: b" in err
+    assert err.count("HTTP 429 to GetKernelSessionStatus") == 2 and "HTTP 503 to GetKernelSessionStatus" in err
+    assert "HTTP 500 to download of" in err
+    for member, slug in (("a", "kit-zoo-1"), ("b", "kit-zoo-2")):
+        assert json.loads((runs / member / "summary.json").read_text())["step"] == 10
+        assert json.loads((runs / member / "launch.json").read_text())["kernel"] == f"{USER}/{slug}"
+        log = (runs / "kaggle-logs" / f"{slug}-v1.log").read_text()
+        assert f"kit-src{os.sep}zoo.toml --only {member}" in log       # kit ran from the source it was pushed with
+        assert not list((runs / member).glob(".lock"))
+        config = (runs / member / "config.toml").read_text()           # pointed at the data here, not the kernel's
+        assert f'data_dir = "{tiny_data}"' in config
+        assert json.loads((runs / member / "ids.json").read_text())["data_dir"] == str(tiny_data.resolve())
+    assert "predicting" not in err                                         # predicted in the kernels
+    assert "ensemble (hard) val acc" in out and Path(out.split("csv: ")[1].split()[0]).is_file()
+    state = json.loads((runs / "kaggle-kernels.json").read_text())
+    assert {k["status"] for k in state["kernels"].values()} == {"COMPLETE"}
+    assert KEY not in out + err + (runs / "kaggle-logs" / "kit-zoo-1-v1.log").read_text()
+
+
+def test_out_of_time_kernels_continue_failed_ones_are_one_line_and_a_rerun_finishes(env, standin, tiny_data,
+                                                                                     tmp_path, capsys):
+    """Kernel 1's first session is stopped as out of time once it has a checkpoint: kit pulls that back
+    and pushes version 2 with version 1's output as input, which resumes member a from last.pt.
+    Kernel 2 errors: one line, exit 2, after kernel 1 is done; the re-run trains only b."""
+    standin.kernels.time_out_next(1, when_file="last.pt")
+    standin.kernels.fail_next(1)
+    text = ZOO.replace("train.max_steps = 10", "train.max_steps = 300\ntrain.eval_every = 20")
+    text = text.replace('name = "b"', 'name = "b"\nbudget.quick.train.max_steps = 10').replace("predict = true",
+                                                                                           "predict = false")
+    args = recipe_args(tmp_path, tiny_data, standin)
+    args[2] = recipe_file(tmp_path, text)
+    code, out, err = kit(capsys, *args)
+    line = error_line(err)
+    assert code == 2 and out == ""
+    assert "kernel kit-test/kit-zoo-2 version 1 failed (ERROR: Kernel failed: exit code 1" in line
+    assert "kaggle-logs/kit-zoo-2-v1.log" in line and "re-run the same command to continue" in line
+    assert "kit-test/kit-zoo-1 version 1 ran out of time: pushing a new version to continue" in err
+    assert "a checkpointed, not finished" in err
+    assert "pushed kit-test/kit-zoo-1 version 2: a (continuing from its earlier output)" in err
+    runs = tmp_path / "runs" / "zoo"
+    second = (runs / "kaggle-logs" / "kit-zoo-1-v2.log").read_text()
+    assert "continuing a from" in second and "(resuming)" in second
+    assert json.loads((runs / "a" / "summary.json").read_text())["step"] == 300
+    assert json.loads((runs / "a" / "launch.json").read_text())["version"] == 2
+    assert not (runs / "b").exists()
+    first, again = standin.kernels.sessions[f"{USER}/kit-zoo-1"]
+    assert first.status == "ERROR" and "out of time" in first.message and again.status == "COMPLETE"
+
+    code, out, err = kit(capsys, *args)
+    assert code == 0, err
+    assert "a: already finished" in err and "pushed kit-test/kit-zoo-2 version 2: b" in err
+    assert "kit-zoo-1" not in err                                            # a is not trained again
+    assert is_finished(runs / "a") and is_finished(runs / "b")
+
+
+def test_no_gpu_quota_left_stops_before_pushing(env, tiny_data, tiny_answers, tmp_path, capsys):
+    with StandIn(tiny_data, tiny_answers, competition=COMP, gpu_used_hours=30.0) as spent:
+        code, out, err = kit(capsys, *recipe_args(tmp_path, tiny_data, spent))
+        assert "SaveKernel" not in spent.calls
+    line = error_line(err)
+    assert code == 2 and "not enough Kaggle GPU quota: 0.0 h left this week" in line and "nothing was pushed" in line
+    assert not (tmp_path / "runs" / "zoo" / "a").exists()
+
+
+def test_the_stand_in_serves_kernels_to_the_bare_kaggle_client(env, standin, tmp_path):
+    """`kaggle kernels push | status | output` and `kaggle quota` against the stand-in: the script runs
+    with the competition under its input dir, and what it writes is the kernel's output."""
+    folder = tmp_path / "kernel"
+    folder.mkdir()
+    (folder / "hello.py").write_text(textwrap.dedent("""
+        import os, pathlib
+        root = pathlib.Path(os.environ["KIT_KAGGLE_ROOT"])
+        names = sorted(p.name for p in (root / "input" / "ml2022spring-hw4" / "Dataset").iterdir())
+        (root / "working" / "seen.txt").write_text(",".join(n for n in names if n.endswith(".json")))
+        print("hello from the kernel")
+    """))
+    (folder / "kernel-metadata.json").write_text(json.dumps(
+        {"id": f"{USER}/hello-kernel", "title": "hello kernel", "code_file": "hello.py", "language": "python",
+         "kernel_type": "script", "enable_gpu": True, "competition_sources": [COMP]}))
+    environ = {**os.environ, "KAGGLE_API_ENVIRONMENT": "LOCALHOST", "HTTP_PROXY": standin.url, "NO_PROXY": "",
+               "no_proxy": ""}
+
+    def kaggle(*args) -> str:
+        done = subprocess.run([sys.executable, "-m", "kaggle", *args], env=environ, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert "successfully pushed" in kaggle("kernels", "push", "-p", str(folder))
+    [session] = standin.kernels.sessions[f"{USER}/hello-kernel"]
+    assert session.done.wait(60) and "COMPLETE" in kaggle("kernels", "status", f"{USER}/hello-kernel")
+    kaggle("kernels", "output", f"{USER}/hello-kernel", "-p", str(tmp_path / "out"))
+    assert (tmp_path / "out" / "seen.txt").read_text() == "mapping.json,metadata.json,testdata.json"
+    assert "hello from the kernel" in (tmp_path / "out" / "hello-kernel.log").read_text()
+
+
+# ---------------------------------------------------------------- Slurm through submitit
+def test_members_run_as_submitit_jobs(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.delenv("KIT_CACHE", raising=False)
+    logs: list[str] = []
+    result = run_recipe(recipe_file(tmp_path), data=str(tiny_data), runs=str(tmp_path / "runs"), progress=False,
+                        log=logs.append, launcher=make_launcher("slurm", cluster="local"))
+    runs = tmp_path / "runs" / "zoo"
+    assert sum("submitted as job" in line for line in logs) == 2
+    assert [m["step"] for m in result["members"]] == [10, 10] and result["ensemble"]["csv"]
+    assert (runs / ".submitit").is_dir() and not any("predicting" in line for line in logs)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--launcher", "slurm"], "no Slurm here (sbatch not found)"),
+    (["--kernels", "3"], "--kernels is an option of --launcher kaggle (this run: --launcher local)"),
+    (["--launcher", "kaggle", "--kernels", "0"], "--kernels 0: must be at least 1"),
+])
+def test_launcher_options_are_checked(tmp_path, tiny_data, capsys, monkeypatch, args, message):
+    monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))
+    code, out, err = kit(capsys, "recipe", "run", recipe_file(tmp_path), "--data", tiny_data, "--runs",
+                         tmp_path / "runs", *args)
+    assert code == 2 and message in error_line(err)
+
+
+def test_a_missing_kaggle_account_is_one_line(tmp_path, tiny_data, monkeypatch):
+    for name in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN", "KIT_KAGGLE_ENDPOINT", "KAGGLE_CONFIG_DIR",
+                 "XDG_CONFIG_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    real = tmp_path / "real"
+    real.mkdir()
+    for f in ("metadata.json", "testdata.json", "mapping.json"):
+        (real / f).write_text((tiny_data / f).read_text())
+    from kit.launch.kaggle_kernels import kaggle_target
+
+    with pytest.raises(KitError, match="--launcher kaggle: no Kaggle credentials found"):
+        with kaggle_target(real, None, None):
+            pass
+
+
+def test_members_stay_with_their_kernel_and_running_kernels_are_not_pushed_again(tmp_path):
+    """What a re-run plans from kaggle-kernels.json: a kernel still running is waited for; a member
+    goes back to the kernel whose output it continues from; new members fill the least loaded free one."""
+    from kit.launch.kaggle_kernels import STATE, KaggleLauncher, KernelRun
+    from kit.recipe import load_recipe
+
+    root = tmp_path / "runs" / "zoo"
+    root.mkdir(parents=True)
+    target = {"endpoint": None, "env": None, "competition": COMP, "name": "kaggle"}
+    (root / STATE).write_text(json.dumps({"target": "kaggle", "competition": COMP, "kernels": {
+        "me/kit-zoo-1": {"ref": "me/kit-zoo-1", "members": ["a"], "version": 2, "status": "ERROR"},
+        "me/kit-zoo-2": {"ref": "me/kit-zoo-2", "members": ["b"], "version": 1, "status": "RUNNING",
+                         "pending": True}}}))
+
+    def plan(fresh: bool) -> list[tuple]:
+        run = KernelRun(KaggleLauncher(kernels=2), target, load_recipe(recipe_file(tmp_path)), root, "quick",
+                        print, None, None, None)
+        run.user = "me"
+        return [(k.ref, k.members, k.version, k.pending) for k in run.plan(["a", "b", "c", "d"], fresh)]
+
+    assert plan(fresh=False) == [("me/kit-zoo-2", ["b"], 1, True), ("me/kit-zoo-1", ["a", "d"], 2, False),
+                                 ("me/kit-zoo-3", ["c"], 0, False)]
+    assert plan(fresh=True) == [("me/kit-zoo-1", ["a", "c"], 2, False), ("me/kit-zoo-2", ["b", "d"], 1, False)]
+
+
+def test_a_pulled_run_never_overwrites_another_run(tmp_path):
+    """A local run not from this kernel is moved aside; an earlier pull of the same kernel is replaced;
+    a pull that holds no checkpoint leaves the local run as it was."""
+    from kit.launch.kaggle_kernels import LAUNCH_MARK, Kernel, adopt
+
+    def run_dir(path: Path, step: int) -> Path:
+        path.mkdir(parents=True)
+        (path / "last.pt").write_text(str(step))
+        return path
+
+    root = tmp_path / "runs" / "zoo"
+    local = run_dir(root / "a", 5)
+    k = Kernel("me/kit-zoo-1", ["a"], version=1)
+    logs: list[str] = []
+    adopt(run_dir(tmp_path / "pull1" / "a", 20), local, k, logs.append)
+    [old] = list(tmp_path.glob("runs/zoo.old-*/a"))
+    assert (old / "last.pt").read_text() == "5" and (local / "last.pt").read_text() == "20"
+    assert json.loads((local / LAUNCH_MARK).read_text()) == {"launcher": "kaggle", "kernel": "me/kit-zoo-1",
+                                                             "version": 1}
+    k.version = 2
+    adopt(run_dir(tmp_path / "pull2" / "a", 40), local, k, logs.append)
+    assert (local / "last.pt").read_text() == "40" and len(list(tmp_path.glob("runs/zoo.old-*/a*"))) == 1
+    (tmp_path / "pull3" / "a").mkdir(parents=True)
+    adopt(tmp_path / "pull3" / "a", local, k, logs.append)
+    assert (local / "last.pt").read_text() == "40" and "left no checkpoint" in logs[-1]
+
+
+def test_kit_kaggle_root_relocates_kaggle_input_and_working(tmp_path, monkeypatch):
+    from kit.env import kaggle_input, kaggle_working
+
+    for name in ("KIT_KAGGLE_ROOT", "KIT_KAGGLE_INPUT", "KIT_KAGGLE_WORKING"):
+        monkeypatch.delenv(name, raising=False)
+    assert (kaggle_input(), kaggle_working()) == (Path("/kaggle/input"), Path("/kaggle/working"))
+    monkeypatch.setenv("KIT_KAGGLE_ROOT", str(tmp_path))
+    assert (kaggle_input(), kaggle_working()) == (tmp_path / "input", tmp_path / "working")
+    monkeypatch.setenv("KIT_KAGGLE_INPUT", str(tmp_path / "elsewhere"))       # the narrower setting wins
+    assert kaggle_input() == tmp_path / "elsewhere"
