@@ -16,7 +16,8 @@ import pytest
 from kit.cli import main
 from kit.errors import KitError
 from kit.kaggle.server import StandIn
-from kit.launch import is_finished, make_launcher
+from kit.launch import make_launcher
+from kit.launch.common import is_finished
 from kit.zoo import run_recipe
 
 COMP = "ml2022spring-hw4"

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from kit.errors import KitError
-from kit.kaggle.worker import _retrying
+from kit.kaggle.retrying import retrying as _retrying
 
 ENDED = ("COMPLETE", "ERROR", "CANCEL_ACKNOWLEDGED")     # KernelWorkerStatus names that end a session
 PAGE_SIZE = 100

@@ -20,10 +20,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from kit import DEFAULT_COMPETITION
-from kit.kaggle.server_competitions import CompetitionRpcs, _ApiError
+from kit.kaggle.server_competitions import ZIP_FOLDER, CompetitionRpcs, _ApiError
 
 API_PREFIX = "/api/v1/"
-ZIP_FOLDER = "Dataset"          # the real competition zip holds its files inside one folder
 RETRY_STATUSES = (429, 503)     # statuses that carry a Retry-After header
 # Fault targets besides the RPC names (CreateSubmission, ListSubmissions, ...):
 UPLOAD, DOWNLOAD = "upload", "download"   # the PUT to createUrl and the GET of the zip

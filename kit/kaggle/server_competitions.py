@@ -6,6 +6,8 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timezone
 
+ZIP_FOLDER = "Dataset"          # the real competition zip holds its files inside one folder
+
 
 class _ApiError(Exception):
     """An RPC's error answer: HTTP status, message (and Retry-After for 429/503)."""

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from urllib.parse import quote, unquote
 
-from kit.kaggle.server import ZIP_FOLDER, _ApiError
+from kit.kaggle.server_competitions import ZIP_FOLDER, _ApiError
 
 SERVICE = "kernels.KernelsApiService"
 KERNEL_OUTPUT = "kernel-output"        # fault target: the GET of one output file

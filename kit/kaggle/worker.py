@@ -12,64 +12,10 @@ import sys
 import time
 from pathlib import Path
 
-from kit import DEFAULT_COMPETITION
 from kit.errors import KitError
-from kit.kaggle.client import RETRY_STATUSES, backoff, max_retry_after, retries
+from kit.kaggle.client import backoff, retries
 from kit.kaggle.credentials import CREDENTIALS_HELP
-
-
-def _retrying(what: str, fn, log):
-    """Call fn, retrying 429/5xx and connection errors with capped exponential backoff."""
-    import requests
-
-    attempts = retries()
-    for attempt in range(attempts + 1):
-        try:
-            return fn()
-        except requests.HTTPError as e:
-            status = e.response.status_code if e.response is not None else None
-            if status not in RETRY_STATUSES or attempt == attempts:
-                raise KitError(_http_message(what, status, e, attempt)) from None
-            delay = _retry_after(e.response) or backoff() * 2 ** attempt
-            log(f"Kaggle answered HTTP {status} to {what}; retry {attempt + 1}/{attempts} in {delay:.2g}s")
-        except (requests.ConnectionError, requests.Timeout) as e:
-            if attempt == attempts:
-                host = getattr(getattr(e, "request", None), "url", None) or "Kaggle"
-                raise KitError(f"{what}: cannot reach {_host(host)} after {attempts + 1} attempts "
-                               f"(connection refused or network down)") from None
-            delay = backoff() * 2 ** attempt
-            log(f"{what}: connection failed; retry {attempt + 1}/{attempts} in {delay:.2g}s")
-        time.sleep(delay)
-
-
-def _host(url: str) -> str:
-    from urllib.parse import urlsplit
-
-    proxy = os.environ.get("HTTP_PROXY") if os.environ.get("KAGGLE_API_ENVIRONMENT") == "LOCALHOST" else None
-    return proxy or urlsplit(url).netloc or url
-
-
-def _retry_after(response) -> float | None:
-    value = response.headers.get("Retry-After") if response is not None else None
-    try:
-        return min(max(float(value), 0.0), max_retry_after()) if value is not None else None
-    except ValueError:
-        return None
-
-
-def _http_message(what: str, status, e, attempt: int) -> str:
-    detail = str(e).split(" for url:")[0]
-    if status == 401:
-        return (f"Kaggle refused the credentials (HTTP 401) for {what}: check ~/.kaggle/kaggle.json or "
-                f"KAGGLE_USERNAME/KAGGLE_KEY (or KAGGLE_API_TOKEN); a regenerated token replaces the old one")
-    if status == 403:
-        return (f"Kaggle denied {what} (HTTP 403): accept the competition rules on its Kaggle page "
-                f"(Rules tab) with the account of these credentials")
-    if status == 404:
-        return (f"{what}: competition not found (HTTP 404): check the name given to --competition "
-                f"(e.g. {DEFAULT_COMPETITION}) and that your Kaggle account has joined it")
-    tries = f" after {attempt + 1} attempts" if attempt else ""
-    return f"Kaggle answered HTTP {status} to {what}{tries}: {detail}"
+from kit.kaggle.retrying import retrying as _retrying
 
 
 def _api(log):
@@ -204,7 +150,7 @@ def main() -> int:
         out.write(json.dumps(obj) + "\n")
         out.flush()
 
-    from kit.kaggle.kernel_ops import OPS as KERNEL_OPS     # they import this module's retries
+    from kit.kaggle.kernel_ops import OPS as KERNEL_OPS
 
     try:
         api = _api(lambda line: emit({"log": line}))
