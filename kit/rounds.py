@@ -81,9 +81,10 @@ class StageContext:
 
 
 def pseudo_rounds(ctx: StageContext, opts: dict, names: list[str], run_dirs: list[Path], result: dict,
-                  start: float) -> list[Path]:
-    """Run opts["rounds"] pseudo-labelling rounds; returns the last round's run dirs. start: the
-    share of the recipe's time at which the stage starts (round r ends at start + share * r / rounds)."""
+                  start: float, end: float) -> list[Path]:
+    """Run opts["rounds"] pseudo-labelling rounds; returns the last round's run dirs. start, end: the
+    shares of the recipe's time at which the stage starts and ends (round r ends at
+    start + (end - start) * r / rounds)."""
     from kit.pseudo import make_pseudo_labels
 
     result["rounds"] = []
@@ -97,7 +98,7 @@ def pseudo_rounds(ctx: StageContext, opts: dict, names: list[str], run_dirs: lis
             ctx.log(f"round {r}: no test utterance reaches the precision; the vote stays as it is")
             break
         jobs = _fine_tune_jobs(ctx, opts, names, run_dirs, rec.csv, r)
-        round_end = start + opts["share"] * r / opts["rounds"]
+        round_end = start + (end - start) * r / opts["rounds"]
         per_round = opts["share"] / opts["rounds"]
         ctx.train_jobs(jobs, (lambda left, e=round_end: ctx.minutes_left(e, left, share=per_round)) if ctx.timed else None)
         run_dirs = [ctx.root / f"{n}-pl{r}" for n in names]

@@ -89,6 +89,7 @@ class RecipeRun:
     predict_s: float = 0.0                      # one member's prediction (seconds)
     stages: float = 0.0                         # the share of the time the stages after the vote take
     after: bool = True                          # predict (in the workers), ensemble, the stages, submit
+    members_end: float = 1.0                    # the share of the time at which the stages begin
 
     @classmethod
     def open(cls, path, data, budget, runs, only, progress, log, workers, submissions, overrides) -> "RecipeRun":
@@ -147,6 +148,9 @@ class RecipeRun:
                                              bool(slots) and "GPU" in slots[0]["label"])
         self.after = after
         self.stages = stages_share(self.recipe.after) if after else 0.0
+        # members trained now end at (1 - stages) of the time; with every member kept from an earlier
+        # run, the stages share the whole allowance in proportion to their shares
+        self.members_end = 1.0 - self.stages if jobs else 0.0
         share = None
         if jobs and (minutes or per_member_minutes):
             def member_share(members_left: int, floor: bool = True) -> float:
@@ -366,7 +370,9 @@ def _after(run: RecipeRun, result: dict) -> None:
     if rounds:
         result["vote0"] = {"val_acc": ens["val_acc"], "val_acc_oof": ens.get("oof_acc"), "csv": str(ens["csv"])}
         names = [m["name"] for m in result["members"]]
-        run_dirs = pseudo_rounds(run.stage_context(), plan["pseudo"], names, run_dirs, result, 1.0 - run.stages)
+        start = run.members_end
+        end = start + (1.0 - start) * plan["pseudo"]["share"] / max(run.stages, 1e-9)
+        run_dirs = pseudo_rounds(run.stage_context(), plan["pseudo"], names, run_dirs, result, start, end)
         if result["rounds"]:
             log(f"ensembling the {len(run_dirs)} fine-tuned member(s) by {plan['ensemble']} vote")
         ens = _ensemble(recipe, run_dirs, recipe.name, submissions)     # no round: the same vote
