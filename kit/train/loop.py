@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from kit.budget import SKIP_STEPS, StepPlan, lr_at
+from kit.compat import cpu_has_bf16, reset_accelerate_precision
 from kit.config import RunConfig, dump_toml, to_dict
 from kit.data import FeatureStore, save_split, split_for
 from kit.errors import KitError
@@ -30,13 +31,6 @@ from kit.train.targets import build_targets, loss_fn
 
 
 # ---------------------------------------------------------------- devices and budgets
-def cpu_has_bf16() -> bool:
-    """The CPU multiplies bf16 natively (AVX512-BF16 or AMX). Measured on such a CPU (2-core AMD
-    EPYC): bf16 autocast trained the quick recipes 1.3-1.9x faster at the same accuracy."""
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
-
-
 def resolve_precision(name: str) -> str:
     """auto -> bf16 on a GPU that supports it, fp16 on other CUDA GPUs; on a CPU bf16 where it
     has bf16 instructions, else "no" (emulated bf16 is slower than fp32)."""
@@ -57,16 +51,11 @@ def total_steps(cfg: RunConfig, n_train: int, world: int) -> int:
 
 
 def make_accelerator(precision: str):
-    """An Accelerator for one run. Several runs in one process (a recipe, the tests) may ask for
-    different precisions, so accelerate's shared state is reset between them (never under DDP:
-    the process group must survive) -- the one use of an accelerate internal, kept here."""
+    """An Accelerator for one run (several runs in one process may ask for different precisions:
+    kit.compat.reset_accelerate_precision)."""
     from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
 
-    state = AcceleratorState._shared_state
-    if state and state.get("_mixed_precision", state.get("mixed_precision")) not in (None, precision) and \
-            str(state.get("distributed_type", "NO")).endswith("NO"):
-        AcceleratorState._reset_state()
+    reset_accelerate_precision(precision)
     # cpu=True without a GPU so the env vars of a CPU launch (WORLD_SIZE, RANK) select gloo DDP
     return Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
 
