@@ -47,12 +47,16 @@ def ensemble_probs(val_probs_list, labels, test_probs_list, folds: int = 5, pool
             "weights": [float(w) for w in fit["weights"][method]]}
 
 
+MIN_SUPPORT = 20      # validation utterances a precision estimate must rest on, at the least
+
+
 def choose_threshold(val_conf, val_correct, test_conf, precision: float | None = None,
-                     top_fraction: float | None = None) -> dict:
+                     top_fraction: float | None = None, min_support: int = MIN_SUPPORT) -> dict:
     """The confidence threshold and its validation-estimated precision.
 
     precision: the lowest threshold at which validation utterances at or above it are right at
-    least this often. top_fraction: the threshold that keeps this share of the test utterances.
+    least this often, over at least `min_support` of them (fewer validation utterances than that
+    make no estimate). top_fraction: the threshold that keeps this share of the test utterances.
     Returns {threshold, estimated_precision, val_count (utterances the estimate rests on),
     test_count}. No threshold reaches the precision: threshold inf, nothing chosen."""
     val_conf, val_correct = np.asarray(val_conf, dtype=np.float64), np.asarray(val_correct, dtype=bool)
@@ -70,6 +74,7 @@ def choose_threshold(val_conf, val_correct, test_conf, precision: float | None =
         order = np.argsort(-val_conf, kind="stable")
         running = np.cumsum(val_correct[order]) / np.arange(1, len(order) + 1)     # precision of the top k
         ok = np.flatnonzero(running >= precision)
+        ok = ok[ok + 1 >= min(min_support, len(order))]
         # the largest top-k that keeps the precision, cut at a confidence boundary
         threshold = float(val_conf[order][ok[-1]]) if len(ok) else float("inf")
     above = val_conf >= threshold

@@ -19,44 +19,14 @@ from kit.kaggle.server import StandIn
 from kit.launch import make_launcher
 from kit.launch.common import is_finished
 from kit.zoo import run_recipe
+from tests.conftest import recipe_toml
 
 COMP = "ml2022spring-hw4"
 USER = "kit-test"
 KEY = "kitfakekey-NEVER-PRINTED-7373"
 
-ZOO = """
-name = "zoo"
-
-[base.data]
-segment_len = 48
-store_dtype = "float32"
-
-[base.model]
-d_model = 16
-ffn_dim = 32
-n_heads = 2
-
-[base.train]
-batch_size = 16
-lr = 3e-3
-warmup_steps = 2
-eval_every = 5
-cpu_threads = 1
-
-[[members]]
-name = "a"
-
-[[members]]
-name = "b"
-model.pooling = "sap"
-
-[budget.quick]
-train.max_steps = 10
-
-[after]
-predict = true
-ensemble = "hard"
-"""
+ZOO = recipe_toml(["a", {"name": "b", "model.pooling": "sap"}], name="zoo", base={"train": {"eval_every": 5}},
+                  budget={"quick": {"train.max_steps": 10}}, after={"predict": True, "ensemble": "hard"})
 
 
 @pytest.fixture(autouse=True)
@@ -149,7 +119,7 @@ def test_out_of_time_kernels_continue_failed_ones_are_one_line_and_a_rerun_finis
     Kernel 2 errors: one line, exit 2, after kernel 1 is done; the re-run trains only b."""
     standin.kernels.time_out_next(1, when_file="last.pt")
     standin.kernels.fail_next(1)
-    text = ZOO.replace("train.max_steps = 10", "train.max_steps = 300\ntrain.eval_every = 20")
+    text = ZOO.replace('train.max_steps = 10', 'train.max_steps = 300\ntrain.eval_every = 20')
     text = text.replace('name = "b"', 'name = "b"\nbudget.quick.train.max_steps = 10').replace("predict = true",
                                                                                            "predict = false")
     args = recipe_args(tmp_path, tiny_data, standin)

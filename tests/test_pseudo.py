@@ -15,6 +15,7 @@ from kit.errors import KitError
 from kit.infer import predict_run
 from kit.pseudo import choose_threshold, make_pseudo_labels, true_precision
 from kit.train import read_summary, train
+from tests.conftest import recipe_toml
 from tests.test_train import tiny_cfg
 
 SHORT = ["train.max_steps=40", "train.eval_every=20"]
@@ -41,13 +42,18 @@ def store(tiny_data):
 def test_threshold_keeps_the_target_precision_on_validation():
     conf = np.array([0.99, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
     right = np.array([1, 1, 1, 0, 1, 1, 0, 0], dtype=bool)
-    chosen = choose_threshold(conf, right, test_conf=np.array([0.97, 0.75, 0.65, 0.1]), precision=0.8)
+    chosen = choose_threshold(conf, right, test_conf=np.array([0.97, 0.75, 0.65, 0.1]), precision=0.8,
+                              min_support=3)
     # top 6 are 5/6 = 0.83 right; the top 7 would be 5/7 = 0.71
     assert chosen["threshold"] == 0.6 and chosen["val_count"] == 6
     assert chosen["estimated_precision"] == pytest.approx(5 / 6)
     assert chosen["test_count"] == 3
     none = choose_threshold(conf, np.zeros(8, dtype=bool), np.array([0.9]), precision=0.9)
     assert none["test_count"] == 0 and none["estimated_precision"] is None
+    # the top 2 alone are right, but an estimate must rest on at least 7 utterances: none reaches 0.8 there
+    thin = choose_threshold(conf, np.array([1, 1, 0, 0, 0, 0, 0, 0], dtype=bool), np.array([0.99]), precision=0.8,
+                            min_support=7)
+    assert thin["test_count"] == 0
     top = choose_threshold(conf, right, np.array([0.97, 0.75, 0.65, 0.1]), top_fraction=0.5)
     assert top["threshold"] == 0.75 and top["test_count"] == 2 and top["val_count"] == 4
 
@@ -141,40 +147,10 @@ def test_distilled_student_is_an_ordinary_predicted_run(members, tmp_path):
         distill(members, tmp_path / "other", overrides=["model.d_model=16"], progress=False)
 
 
-ROUNDS = """
-name = "tinypl"
-
-[base.data]
-segment_len = 48
-store_dtype = "float32"
-
-[base.model]
-d_model = 16
-ffn_dim = 32
-n_heads = 2
-
-[base.train]
-batch_size = 16
-lr = 3e-3
-warmup_steps = 2
-max_steps = 30
-eval_every = 15
-cpu_threads = 1
-
-[[members]]
-name = "a"
-
-[[members]]
-name = "b"
-train.seed = 1
-
-[after]
-predict = true
-which = "last"
-ensemble = "auto"
-pseudo = { top_fraction = 0.5, share = 0.3 }
-distill = { share = 0.2 }
-"""
+ROUNDS = recipe_toml(["a", {"name": "b", "train.seed": 1}], name="tinypl",
+                     base={"train": {"max_steps": 30, "eval_every": 15}},
+                     after={"predict": True, "which": "last", "ensemble": "auto",
+                            "pseudo": {"top_fraction": 0.5, "share": 0.3}, "distill": {"share": 0.2}})
 
 
 def test_recipe_pseudo_round_and_student(tiny_data, tmp_path):
