@@ -90,6 +90,7 @@ def run_accuracy_bench(recipe: str = "boss", preset: str = "hard", data: str | N
 
 def _recipe_rows(recipe_path: Path, runs: Path, key: Path, args: dict, stages: bool):
     """Run the recipe into `runs` and score its members, ensemble(s) and student: (result, rows, wall)."""
+    from kit.records import PredictionIds
     from kit.zoo import run_recipe
 
     began = time.time()
@@ -103,8 +104,6 @@ def _recipe_rows(recipe_path: Path, runs: Path, key: Path, args: dict, stages: b
         rows.append({"name": m["name"] + tag, "kind": "member" if not stages else "staged member",
                      "val_acc": m.get("val_acc"), "minutes": m["minutes"], **_scores(csv, key)})
     for d in (res.get("rounds") or [{}])[-1].get("members", []):     # the fine-tuned members
-        from kit.records import PredictionIds
-
         run_dir = Path(d)
         csv = _member_csv(run_dir, run_dir / "member_test.csv")
         rows.append({"name": run_dir.name, "kind": "fine-tuned member", "val_acc": PredictionIds.load(run_dir).val_acc,

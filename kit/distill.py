@@ -11,38 +11,45 @@ from kit.config import RunConfig, from_dict, layered, load_toml, parse_overrides
 from kit.ensemble import check_compatible, load_member
 from kit.errors import KitError
 from kit.pseudo import TEACHER, ensemble_probs, save_teacher
+from kit.records import predicted_mode
 
 
-def best_member(run_dirs) -> Path:
-    """The member with the highest validation accuracy (of its chosen inference mode)."""
-    members = [load_member(d) for d in run_dirs]
-    scores = [float((m.val_probs.argmax(axis=1) == m.val_labels).mean()) for m in members]
-    return Path(members[max(range(len(members)), key=lambda k: (scores[k], -k))].run_dir)
-
-
-def write_teacher(run_dirs, path, temperature: float = 1.0, folds: int = 5) -> dict:
-    """The calibrated ensemble's test probabilities as a teacher file; returns the fit's method."""
+def load_members(run_dirs) -> list:
+    """The predicted members (kit.ensemble.Member), checked to share their split, test list and classes."""
     members = [load_member(d) for d in run_dirs]
     if not members:
         raise KitError("no run dirs given to distil")
     check_compatible(members)
+    return members
+
+
+def best_member(members) -> Path:
+    """The run dir of the member (kit.ensemble.Member) with the highest validation accuracy (of its
+    chosen inference mode)."""
+    scores = [float((m.val_probs.argmax(axis=1) == m.val_labels).mean()) for m in members]
+    return Path(members[max(range(len(members)), key=lambda k: (scores[k], -k))].run_dir)
+
+
+def write_teacher(members, path, temperature: float = 1.0, folds: int = 5) -> dict:
+    """The calibrated ensemble's test probabilities (members: kit.ensemble.Member) as a teacher
+    file; returns the fit's method, weights and temperatures."""
+    import numpy as np
+
     if not temperature > 0:
         raise KitError(f"--temperature {temperature}: must be > 0")
     fit = ensemble_probs([m.val_probs for m in members], members[0].val_labels,
                          [m.test_probs for m in members], folds)
-    import numpy as np
-
     save_teacher(path, members[0].ids.test, np.exp(fit["test_logp"]), temperature)
     return {"method": fit["method"], "weights": fit["weights"], "temperatures": fit["temperatures"]}
 
 
-def student_config(run_dirs, out, config: str | None = None, overrides=(), init: str = "best") -> RunConfig:
-    """The student's config: `config` (a member TOML) or the best member's config, then
-    --set overrides. init "best": start from the best member's last.pt when it has the student's
-    shape (a fine-tune: minutes instead of a whole training run); "none": from scratch."""
+def student_config(best: Path, out, config: str | None = None, overrides=(), init: str = "best") -> RunConfig:
+    """The student's config: `config` (a member TOML) or the best member's (`best`: its run dir),
+    then --set overrides. init "best": start from the best member's last.pt when it has the
+    student's shape (a fine-tune: minutes instead of a whole training run), predicted in that
+    member's mode; "none": from scratch."""
     if init not in ("best", "none"):
         raise KitError(f"--init {init!r}: choose best or none")
-    best = best_member(run_dirs)
     source = Path(config) if config else best / "config.toml"
     cfg = layered((str(source), load_toml(source)), ("--set", parse_overrides(list(overrides))))
     cfg.name = Path(out).name
@@ -52,6 +59,7 @@ def student_config(run_dirs, out, config: str | None = None, overrides=(), init:
             raise KitError(f"--init best: the student's model differs from {best}'s; give --init none to "
                            "train it from scratch")
         cfg.train.init_from = str((best / "last.pt").resolve())
+        cfg.infer.mode = predicted_mode(best, cfg.infer.mode)      # validation once (kit.infer.source_mode)
     return cfg
 
 
@@ -59,34 +67,28 @@ def distill(run_dirs, out, config: str | None = None, overrides=(), minutes: flo
             temperature: float = 1.0, distill_weight: float = 0.5, pseudo_labels: str | None = None,
             init: str = "best", resume: bool = False, progress: bool = True, log=None) -> dict:
     """Train the student into `out`, then predict it (val and test): {summary, pred, teacher}."""
-    from kit.infer import predict_run
+    from kit.infer import predict_run, source_mode
     from kit.train import train
 
     log = log or (lambda message: None)
     out = Path(out)
-    cfg = student_config(run_dirs, out, config, overrides, init)
+    members = load_members(run_dirs)
+    cfg = student_config(best_member(members), out, config, overrides, init)
     teacher = out / TEACHER
     if resume and teacher.is_file():
         fit = {"method": "(kept from the interrupted run)"}
     else:
         out.mkdir(parents=True, exist_ok=True)
-        fit = write_teacher(run_dirs, teacher, temperature)
+        fit = write_teacher(members, teacher, temperature)
     cfg.train.teacher = str(teacher.resolve())
     cfg.train.distill_weight = distill_weight
     if pseudo_labels:
         cfg.data.pseudo_labels = str(Path(pseudo_labels).resolve())
     if minutes is not None:
         cfg.train.minutes = minutes
-    log(f"distilling {len(list(run_dirs))} member(s) ({fit['method']} vote) into {out}"
+    log(f"distilling {len(members)} member(s) ({fit['method']} vote) into {out}"
         + (f", starting from {Path(cfg.train.init_from).parent.name}" if cfg.train.init_from else ""))
     summary = train(cfg, out, resume=resume, progress=progress)
-    mode = _mode(best_member(run_dirs)) if cfg.train.init_from else "auto"
-    pred = predict_run(out, which="last", progress=progress,     # the best member's mode: validation once
-                       **({"mode": mode, "compare": False} if mode != "auto" else {}))
+    mode = source_mode(cfg)
+    pred = predict_run(out, which="last", progress=progress, **({"mode": mode, "compare": False} if mode else {}))
     return {"summary": summary, "pred": pred, "teacher": fit, "run_dir": str(out)}
-
-
-def _mode(run_dir: Path) -> str:
-    from kit.records import PredictionIds
-
-    return PredictionIds.load(run_dir).inference_mode

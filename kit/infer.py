@@ -187,6 +187,13 @@ def accuracy(probs: np.ndarray, labels) -> float | None:
 MODES = ("sliding", "full", "auto")     # auto: whichever of full and sliding validates better
 
 
+def source_mode(cfg) -> str | None:
+    """The mode a fine-tune (train.init_from) is predicted in: the full or sliding its config names,
+    its source member's (kit.rounds and kit.distill copy it), validation that way only; None for
+    any other run (validation three ways, the mode as configured)."""
+    return cfg.infer.mode if cfg.train.init_from and cfg.infer.mode in ("full", "sliding") else None
+
+
 def choose_mode(val: dict, labels) -> tuple[str, dict]:
     """Pick full or sliding for a member: lower validation NLL after temperature scaling (a
     temperature fixes over/under-confidence, which the ensemble calibrates away anyway), ties

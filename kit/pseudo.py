@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kit.ensemble import (DEFAULT_POOL, METHODS, apply_method, check_compatible, crossfit, fit_methods, fold_ids,
-                          load_member, log_probs, member_speakers)
+from kit.ensemble import (DEFAULT_POOL, METHODS, apply_method, check_compatible, crossfit, fit_methods, load_member,
+                          log_probs, member_speakers)
 from kit.errors import KitError
 from kit.fsio import sha256_file, write_bytes, write_csv, write_json
 
@@ -31,14 +31,8 @@ def ensemble_probs(val_probs_list, labels, test_probs_list, folds: int = 5, pool
     labels = np.asarray(labels, dtype=np.int64)
     methods = tuple(m for m in METHODS if m != "hard")
     logps = [log_probs(p) for p in val_probs_list]
-    fold = fold_ids(labels, min(int(folds), len(labels)))
-    method = crossfit(logps, labels, methods, pool, fold)["chosen"]
-    oof = np.zeros_like(logps[0])
-    for f in np.unique(fold):
-        fit_on, held = fold != f, fold == f
-        fit = fit_methods([lp[fit_on] for lp in logps], labels[fit_on], (method,), pool)
-        _, oof[held] = apply_method(method, fit["weights"][method], fit["temperatures"],
-                                    [lp[held] for lp in logps], pool)
+    cv = crossfit(logps, labels, methods, pool, folds)
+    method, oof = cv["chosen"], cv["oof_logp"][cv["chosen"]]
     fit = fit_methods(logps, labels, (method,), pool)
     _, test = apply_method(method, fit["weights"][method], fit["temperatures"],
                            [log_probs(p) for p in test_probs_list], pool)
@@ -153,18 +147,6 @@ def save_teacher(path, ids, probs, temperature: float = 1.0) -> None:
     buf = io.BytesIO()
     np.savez(buf, ids=np.asarray(ids, dtype=str), probs=probs.astype(np.float32))
     write_bytes(path, buf.getvalue())
-
-
-def read_pseudo_record(out_dir) -> dict | None:
-    import json
-
-    path = Path(out_dir) / PSEUDO_JSON
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise KitError(f"{path}: unreadable ({e}); delete it to label again") from None
 
 
 def true_precision(pseudo_csv, answers) -> float | None:

@@ -154,30 +154,40 @@ class SubmissionManifest:
         write_json(path, self.to_dict())
 
 
+def predicted_mode(run_dir, default: str = "auto") -> str:
+    """The inference mode (full | sliding) a predicted run dir chose; `default` when it has not
+    been predicted (or its ids.json is unusable)."""
+    try:
+        return PredictionIds.load(run_dir).inference_mode
+    except KitError:
+        return default
+
+
 def trained_on(run_dirs) -> list[dict]:
     """For each member trained on test utterances too (pseudo-labels, a teacher, or starting
     weights of such a run): the files and their content digests from its identity.json, plus the
     pseudo-labelling round's numbers (pseudo.json beside the CSV) -- so a submission says exactly
     what it used."""
-    import json
+    from kit.config import load_toml
+    from kit.fsio import read_json
+    from kit.runs import read_identity
 
     out = []
     for run_dir in run_dirs:
-        path = Path(run_dir) / "identity.json"
         try:
-            inputs = json.loads(path.read_text(encoding="utf-8")).get("inputs") if path.is_file() else None
-        except ValueError:
+            inputs = (read_identity(run_dir) or {}).get("inputs")
+            cfg = load_toml(Path(run_dir) / "config.toml") if inputs else {}
+        except KitError:                # an unreadable record: nothing to report for this member
             inputs = None
         if not inputs:
             continue
-        cfg = _read_toml(Path(run_dir) / "config.toml")
         entry = {"member": str(Path(run_dir).resolve()), "sha256": inputs}
         pseudo = cfg.get("data", {}).get("pseudo_labels")
         if pseudo:
             entry["pseudo_labels"] = pseudo
             record = Path(pseudo).with_name("pseudo.json")
             if record.is_file():
-                stats = json.loads(record.read_text(encoding="utf-8"))
+                stats = read_json(record, "a pseudo-labelling record")
                 entry["pseudo"] = {k: stats.get(k) for k in ("test_count", "n_test", "threshold",
                                                              "estimated_precision", "target_precision", "method")}
         for key in ("teacher", "init_from"):
@@ -185,13 +195,3 @@ def trained_on(run_dirs) -> list[dict]:
                 entry[key] = cfg["train"][key]
         out.append(entry)
     return out
-
-
-def _read_toml(path: Path) -> dict:
-    import tomllib
-
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except (OSError, ValueError):
-        return {}

@@ -69,6 +69,7 @@ class StageContext:
     root: Path                                  # runs/<recipe>
     which: str                                  # the checkpoint members are predicted from
     budget: str                                 # the recipe budget's name (recorded in identity.json)
+    store: object                               # the recipe's kit.data.FeatureStore, open
     config_for: Callable                        # member name -> RunConfig of the recipe's member
     train_jobs: Callable                        # ([(name, cfg, run_dir, resume)], share) -> None; predicts too
     ensemble: Callable                          # (run_dirs, name) -> ensemble_runs' result
@@ -100,7 +101,8 @@ def pseudo_rounds(ctx: StageContext, opts: dict, names: list[str], run_dirs: lis
         jobs = _fine_tune_jobs(ctx, opts, names, run_dirs, rec.csv, r)
         round_end = start + (end - start) * r / opts["rounds"]
         per_round = opts["share"] / opts["rounds"]
-        ctx.train_jobs(jobs, (lambda left, e=round_end: ctx.minutes_left(e, left, share=per_round)) if ctx.timed else None)
+        share = (lambda left, e=round_end: ctx.minutes_left(e, left, share=per_round)) if ctx.timed else None
+        ctx.train_jobs(jobs, share)
         run_dirs = [ctx.root / f"{n}-pl{r}" for n in names]
         for d in run_dirs:
             ctx.predict(d)
@@ -111,6 +113,7 @@ def pseudo_rounds(ctx: StageContext, opts: dict, names: list[str], run_dirs: lis
 
 
 def _fine_tune_jobs(ctx: StageContext, opts: dict, names, run_dirs, csv: str, r: int) -> list[tuple]:
+    from kit.records import predicted_mode
     from kit.runs import move_aside, old_name, reuse_changes, run_identity
     from kit.train import read_summary
 
@@ -123,15 +126,12 @@ def _fine_tune_jobs(ctx: StageContext, opts: dict, names, run_dirs, csv: str, r:
         cfg.data.pseudo_labels = str(Path(csv).resolve())
         cfg.train.lr, cfg.train.warmup_steps = cfg.train.lr * float(opts["lr_scale"]), int(opts["warmup_steps"])
         cfg.train.evals = 1                     # validation once, at the end: predict scores it anyway
-        cfg.infer.mode = _mode_of(src)          # predicted the way its member was: validation once
+        cfg.infer.mode = predicted_mode(src)    # predicted the way its member was: validation once
         if not ctx.timed:
             cfg.train.max_steps = max(1, int(cfg.train.max_steps * opts["share"] / opts["rounds"]))
             cfg.train.eval_every = max(1, cfg.train.max_steps // 4)
         if run_dir.exists():
-            from kit.data import FeatureStore
-
-            store = FeatureStore.open(cfg.data.data_dir, cfg.data.store_dtype, progress=False)
-            if reuse_changes(run_dir, run_identity(cfg, store, ctx.budget)):
+            if reuse_changes(run_dir, run_identity(cfg, ctx.store, ctx.budget)):
                 ctx.log(f"{run_dir.name}: its member or pseudo-labels changed; the old fine-tune moved to "
                         f"{move_aside(run_dir, old_name(run_dir))}")
         summary = read_summary(run_dir)
@@ -145,7 +145,7 @@ def _fine_tune_jobs(ctx: StageContext, opts: dict, names, run_dirs, csv: str, r:
 def distill_stage(ctx: StageContext, opts: dict, run_dirs: list[Path], result: dict) -> dict:
     """Train and predict the student; write NAME-student.csv (a one-model submission). A student
     taught by other members (they were retrained since) is moved aside and trained again."""
-    from kit.distill import best_member, distill
+    from kit.distill import best_member, distill, load_members
     from kit.fsio import sha256_file, write_json
     from kit.runs import move_aside, old_name
     from kit.train import load_config, read_summary
@@ -153,11 +153,11 @@ def distill_stage(ctx: StageContext, opts: dict, run_dirs: list[Path], result: d
     student = ctx.root / "student"
     teachers = {str(Path(d).resolve()): sha256_file(Path(d) / "test_probs.npy") for d in run_dirs}
     record = student / "teachers.json"
-    if student.exists() and (not record.is_file() or _read_json(record) != teachers):
+    if student.exists() and _read_teachers(record) != teachers:
         ctx.log(f"student: taught by other members before; moved to {move_aside(student, old_name(student))}")
     overrides = ["train.cpu_threads=0"]         # in-process: every core
     if not ctx.timed:
-        steps = load_config(best_member(run_dirs)).train.max_steps
+        steps = load_config(best_member(load_members(run_dirs))).train.max_steps
         overrides.append(f"train.max_steps={max(1, int(steps * opts['share']))}")
     finished = read_summary(student)
     if finished is None or finished.get("stopped_reason") == "time":
@@ -177,20 +177,11 @@ def distill_stage(ctx: StageContext, opts: dict, run_dirs: list[Path], result: d
     return out
 
 
-def _read_json(path: Path):
-    import json
+def _read_teachers(path: Path) -> dict | None:
+    """teachers.json of a student (None when it is missing or unreadable: teach it again)."""
+    from kit.fsio import read_json
 
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return read_json(path, "the student's teachers")
+    except KitError:
         return None
-
-
-def _mode_of(run_dir) -> str:
-    """The inference mode a predicted member chose (auto when it has not been predicted)."""
-    from kit.records import PredictionIds
-
-    try:
-        return PredictionIds.load(run_dir).inference_mode
-    except KitError:            # not predicted: let prediction choose
-        return "auto"

@@ -12,6 +12,7 @@ from pathlib import Path
 from kit.budget import AFTER_SECONDS, Deadline, member_minutes, predict_seconds
 from kit.config import RunConfig, dump_toml, to_dict
 from kit.errors import KitError
+from kit.infer import source_mode
 from kit.recipe import BUDGETS, Recipe, ensure_data, is_synthetic, load_recipe, member_config
 from kit.rounds import DISTILL_DEFAULTS, PSEUDO_DEFAULTS, StageContext, enabled, stages_share
 from kit.workers import run_parallel, slots_for
@@ -223,7 +224,8 @@ class RecipeRun:
     def stage_context(self) -> StageContext:
         which = self.recipe.after["which"]
         return StageContext(
-            name=self.recipe.name, root=self.root, which=which, budget=self.budget, config_for=self.config,
+            name=self.recipe.name, root=self.root, which=which, budget=self.budget, store=self.store,
+            config_for=self.config,
             train_jobs=self.train_jobs, ensemble=lambda dirs, name: _ensemble(self.recipe, dirs, name, self.submissions),
             predict=lambda d: _predict(d, which, self.store, self.progress, self.log), log=self.log,
             progress=self.progress, timed=bool(self.minutes or self.per_member_minutes),
@@ -250,9 +252,9 @@ def _member_task(recipe: Recipe, job, on_cpu: bool, after: bool,
     cmds = [[sys.executable, "-m", "kit.train", "--out", str(run_dir), "--config", str(run_dir / "member.toml"),
              "--no-progress"] + (["--resume"] if resume else []) + (["--budget", budget] if budget else [])]
     if after and recipe.after["predict"]:
-        fine_tune = cfg.train.init_from and cfg.infer.mode in ("full", "sliding")   # kit.rounds: source's mode
+        mode = source_mode(cfg)
         cmds.append([sys.executable, "-m", "kit", "predict", str(run_dir), "--which", recipe.after["which"]]
-                    + (["--mode", cfg.infer.mode, "--no-compare"] if fine_tune else []))
+                    + (["--mode", mode, "--no-compare"] if mode else []))
     return name, run_dir, cmds
 
 
@@ -329,10 +331,9 @@ def _predict(run_dir: Path, which: str, store, progress: bool, log) -> dict | No
     if _is_predicted(run_dir, which):       # by its worker, or by an earlier run
         return None
     log(f"predicting {run_dir.name}")
-    cfg = load_config(run_dir)
-    fine_tune = bool(cfg.train.init_from) and cfg.infer.mode in ("full", "sliding")
+    mode = source_mode(load_config(run_dir))
     return predict_run(run_dir, store=store, which=which, progress=progress,
-                       **({"mode": cfg.infer.mode, "compare": False} if fine_tune else {}))
+                       **({"mode": mode, "compare": False} if mode else {}))
 
 
 def _ensemble(recipe: Recipe, run_dirs: list[Path], name: str, submissions) -> dict:

@@ -70,7 +70,8 @@ def crossfit(logps, labels, methods=METHODS, pool: str = DEFAULT_POOL, folds=5) 
     are fitted on the other folds only, then the fold is predicted.
 
     folds: a number of stratified folds, or fold ids (N,). Returns {"folds": (N,),
-    "oof_pred": {method: (N,)}, "oof_acc": {method: float}, "oof_nll": {method: float | None},
+    "oof_pred": {method: (N,)}, "oof_logp": {method: (N, C) | None (hard)}, "oof_acc": {method:
+    float}, "oof_nll": {method: float | None},
     "chosen": the method with the highest OOF accuracy, ties to the simpler one (METHODS order)}.
     """
     labels = np.asarray(labels, dtype=np.int64)
@@ -80,7 +81,7 @@ def crossfit(logps, labels, methods=METHODS, pool: str = DEFAULT_POOL, folds=5) 
         raise KitError(f"cross-fitting needs at least 2 non-empty folds; got {len(np.unique(fold))} fold(s) "
                        f"of {n} validation utterance(s) (--folds {folds if np.isscalar(folds) else '?'})")
     pred = {m: np.zeros(n, dtype=np.int64) for m in methods}
-    picked = {m: np.zeros(n) for m in methods}                          # log p(label), OOF
+    oof_logp = {m: None for m in methods}                               # OOF log-probabilities
     for f in np.unique(fold):
         train, held = fold != f, fold == f
         fit = fit_methods([lp[train] for lp in logps], labels[train], methods, pool)
@@ -88,13 +89,15 @@ def crossfit(logps, labels, methods=METHODS, pool: str = DEFAULT_POOL, folds=5) 
         for m in methods:
             p, lp = combine(m, fit["weights"][m], cal, pool)
             pred[m][held] = p
-            if lp is not None:      # the held-out labels are read here only, to score
-                picked[m][held] = lp[np.arange(held.sum()), labels[held]]
+            if lp is not None:
+                if oof_logp[m] is None:
+                    oof_logp[m] = np.zeros((n, lp.shape[1]))
+                oof_logp[m][held] = lp
     correct = {m: int((pred[m] == labels).sum()) for m in methods}
     chosen = max(methods, key=lambda m: (correct[m], -methods.index(m)))
-    return {"folds": fold, "oof_pred": pred, "oof_acc": {m: correct[m] / n for m in methods},
-            "oof_nll": {m: None if m == "hard" else float(-picked[m].mean()) for m in methods},
-            "chosen": chosen}
+    nll = {m: None if lp is None else float(-lp[np.arange(n), labels].mean()) for m, lp in oof_logp.items()}
+    return {"folds": fold, "oof_pred": pred, "oof_logp": oof_logp,
+            "oof_acc": {m: correct[m] / n for m in methods}, "oof_nll": nll, "chosen": chosen}
 
 
 def auto_ensemble(val_probs_list, labels, test_probs_list=None, methods=METHODS, pool: str = DEFAULT_POOL,
