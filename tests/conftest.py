@@ -159,3 +159,31 @@ class Predicted:
 @pytest.fixture
 def predicted(tmp_path) -> Predicted:
     return Predicted(tmp_path)
+
+
+# ---------------------------------------------------------------- the local Kaggle stand-in
+def fake_kaggle_home(tmp_path: Path, monkeypatch, user: str, key: str, clear=(), **env: str) -> Path:
+    """A private HOME with fake Kaggle credentials; the settings that would point the client
+    elsewhere (a token, an endpoint, a proxy) and `clear` removed; retries in milliseconds; `env`:
+    more variables to set."""
+    home = tmp_path / "home"
+    home.mkdir()
+    for name in ("KAGGLE_API_TOKEN", "KIT_KAGGLE_ENDPOINT", "HTTP_PROXY", "http_proxy", "KAGGLE_API_ENVIRONMENT",
+                 *clear):
+        monkeypatch.delenv(name, raising=False)
+    settings = {"HOME": str(home), "KAGGLE_CONFIG_DIR": str(home / "kaggle-config"), "KAGGLE_USERNAME": user,
+                "KAGGLE_KEY": key, "KIT_KAGGLE_BACKOFF": "0.01", "KIT_KAGGLE_RETRIES": "3", **env}
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
+    return home
+
+
+@pytest.fixture
+def standin(tiny_data, tiny_answers):
+    """The stand-in serving tiny_data as the default competition, stopped after the test."""
+    from kit import DEFAULT_COMPETITION
+    from kit.kaggle.server import StandIn
+
+    with StandIn(tiny_data, tiny_answers, competition=DEFAULT_COMPETITION) as server:
+        yield server
+

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import fake_kaggle_home
+
 from kit.cli import main
 from kit.errors import KitError
 from kit.fsio import sha256_file
@@ -32,28 +34,9 @@ COMP = "ml2022spring-hw4"
 
 @pytest.fixture
 def kaggle_env(tmp_path, monkeypatch):
-    home = tmp_path / "home"
-    home.mkdir()
-    for name in ("KAGGLE_API_TOKEN", "KIT_KAGGLE_ENDPOINT", "HTTP_PROXY", "http_proxy",
-                 "KAGGLE_API_ENVIRONMENT", "XDG_CONFIG_HOME"):
-        monkeypatch.delenv(name, raising=False)
-    # A usual corporate setting that would route the client around the stand-in; kit must clear it.
-    monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
-    monkeypatch.setenv("no_proxy", "localhost,127.0.0.1")
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(home / "kaggle-config"))
-    monkeypatch.setenv("KAGGLE_USERNAME", "kit-test")
-    monkeypatch.setenv("KAGGLE_KEY", FAKE_KEY)
-    monkeypatch.setenv("KIT_KAGGLE_BACKOFF", "0.01")
-    monkeypatch.setenv("KIT_KAGGLE_POLL", "0.01")
-    monkeypatch.setenv("KIT_KAGGLE_RETRIES", "3")
-    return home
-
-
-@pytest.fixture
-def standin(tiny_data, tiny_answers):
-    with StandIn(tiny_data, tiny_answers, competition=COMP) as server:
-        yield server
+    # NO_PROXY: a usual corporate setting that would route the client around the stand-in; kit must clear it.
+    return fake_kaggle_home(tmp_path, monkeypatch, "kit-test", FAKE_KEY, clear=("XDG_CONFIG_HOME",),
+                            NO_PROXY="localhost,127.0.0.1", no_proxy="localhost,127.0.0.1", KIT_KAGGLE_POLL="0.01")
 
 
 def write_submission(folder: Path, answers: Path, data_dir: Path, name: str = "sub", wrong_every: int = 4) -> Path:

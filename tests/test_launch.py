@@ -19,7 +19,7 @@ from kit.kaggle.server import StandIn
 from kit.launch import make_launcher
 from kit.launch.common import is_finished
 from kit.zoo import run_recipe
-from tests.conftest import recipe_toml
+from tests.conftest import fake_kaggle_home, recipe_toml
 
 COMP = "ml2022spring-hw4"
 USER = "kit-test"
@@ -38,25 +38,9 @@ def in_tmp(tmp_path, monkeypatch):
 @pytest.fixture
 def env(tmp_path, monkeypatch):
     """Fake credentials in a private home; retries and polls in milliseconds; no Kaggle dirs."""
-    home = tmp_path / "home"
-    home.mkdir()
-    for name in ("KAGGLE_API_TOKEN", "KIT_KAGGLE_ENDPOINT", "HTTP_PROXY", "http_proxy", "KAGGLE_API_ENVIRONMENT",
-                 "KIT_CACHE", "KIT_KAGGLE_ROOT", "KIT_KAGGLE_INPUT", "KIT_KAGGLE_WORKING"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(home / "kaggle-config"))
-    monkeypatch.setenv("KAGGLE_USERNAME", USER)
-    monkeypatch.setenv("KAGGLE_KEY", KEY)
-    monkeypatch.setenv("KIT_KAGGLE_BACKOFF", "0.01")
-    monkeypatch.setenv("KIT_KAGGLE_RETRIES", "3")
-    monkeypatch.setenv("KIT_KAGGLE_KERNEL_POLL", "0.1")
-    return home
-
-
-@pytest.fixture
-def standin(tiny_data, tiny_answers):
-    with StandIn(tiny_data, tiny_answers, competition=COMP) as server:
-        yield server
+    return fake_kaggle_home(tmp_path, monkeypatch, USER, KEY,
+                            clear=("KIT_CACHE", "KIT_KAGGLE_ROOT", "KIT_KAGGLE_INPUT", "KIT_KAGGLE_WORKING"),
+                            KIT_KAGGLE_KERNEL_POLL="0.1")
 
 
 def recipe_file(tmp_path: Path, text: str = ZOO) -> Path:
