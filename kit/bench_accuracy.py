@@ -41,16 +41,17 @@ def _scores(csv: Path, key: Path) -> dict:
 def run_accuracy_bench(recipe: str = "boss", preset: str = "hard", data: str | None = None,
                        minutes: float | None = None, per_member_minutes: float | None = None,
                        out: str | Path = ".", runs: str | Path = "runs-bench", cache: str | Path = "data",
-                       course: bool = True, course_minutes: float | None = None, stages: bool = False,
-                       stage_minutes: float | None = None, log=lambda m: None) -> dict:
+                       course: bool = True, course_minutes: float | None = None, stages: str | bool | None = None,
+                       stage_minutes: float | None = None, same_budget: bool = False, log=lambda m: None) -> dict:
     """Run `recipe` (its quick budget, or `minutes` of wall time for the whole recipe) on a fresh
     runs dir, score every member and the ensemble with the answer key, then train the course
-    sample for the same wall time (or `course_minutes`) and score it. stages: then run the recipe
-    again on the same runs dir with its pseudo-labelling and distillation stages on: its finished
-    members are kept and the stages get the recipe's time again (extra time, as a user adding them
-    to a finished run would); score those too, with the pseudo-labels' true precision next to the
-    estimate; stage_minutes: that second run's wall time (default: the recipe's). Writes
-    bench_accuracy.json/.md into `out`."""
+    sample for the same wall time (or `course_minutes`) and score it. stages ("pseudo", "distill",
+    "pseudo,distill"; True: both): then run the recipe again with those stages on: on the same runs
+    dir, its finished members kept and the stages given the recipe's time again (extra time, as a
+    user adding them to a finished run would), or with `same_budget` from scratch in the same
+    minutes as the plain run (members and stages share them); score those too, with the
+    pseudo-labels' true precision next to the estimate; stage_minutes: that second run's wall time
+    (default: the recipe's). Writes bench_accuracy.json/.md into `out`."""
     from kit import course as course_sample
     from kit.bench import ensure_synth
     from kit.recipe import resolve_recipe
@@ -65,16 +66,23 @@ def run_accuracy_bench(recipe: str = "boss", preset: str = "hard", data: str | N
     recipe_path = resolve_recipe(recipe)
     args = dict(data=str(data_dir), budget="quick", progress=False, log=log, minutes=minutes,
                 per_member_minutes=per_member_minutes, submit=False)
-    res, rows, wall = _recipe_rows(recipe_path, runs, key, args, stages=False)
+    which = stage_set(stages)
+    res, rows, wall = _recipe_rows(recipe_path, runs, key, args)
     result = {"recipe": res["recipe"], "data": str(data_dir), "wall_minutes": wall / 60, "rows": rows,
               "time": time.strftime("%Y-%m-%d %H:%M:%S")}
-    if stages:
-        log("the same run again with pseudo-labelling and distillation (members kept)")
-        staged_args = {**args, "minutes": stage_minutes or minutes, "per_member_minutes": None}
-        staged, staged_rows, staged_wall = _recipe_rows(recipe_path, runs, key, staged_args, stages=True)
+    if which:
+        names = " and ".join(which)
+        if same_budget:
+            log(f"the recipe again from scratch with {names}, in the same minutes")
+            staged_args, staged_runs = args, runs.with_name(runs.name + "-stages")
+        else:
+            log(f"the same run again with {names} (members kept)")
+            staged_args = {**args, "minutes": stage_minutes or minutes, "per_member_minutes": None}
+            staged_runs = runs
+        staged, staged_rows, staged_wall = _recipe_rows(recipe_path, staged_runs, key, staged_args, which, same_budget)
         rows += staged_rows
-        result["stages_wall_minutes"] = staged_wall / 60
-        result["pseudo"] = _pseudo_precision(staged, key)
+        result.update(stages=list(which), stages_same_budget=same_budget, stages_wall_minutes=staged_wall / 60,
+                      pseudo=_pseudo_precision(staged, key))
     if course:
         minutes = course_minutes or wall / 60
         log(f"course sample: training for {minutes:.1f} min (the recipe took {wall / 60:.1f} min)")
@@ -88,27 +96,43 @@ def run_accuracy_bench(recipe: str = "boss", preset: str = "hard", data: str | N
     return result
 
 
-def _recipe_rows(recipe_path: Path, runs: Path, key: Path, args: dict, stages: bool):
-    """Run the recipe into `runs` and score its members, ensemble(s) and student: (result, rows, wall)."""
+def stage_set(stages) -> tuple[str, ...]:
+    """--stages: None/False (none), True (both), or "pseudo", "distill", "pseudo,distill"."""
+    if not stages:
+        return ()
+    if stages is True:
+        return ("pseudo", "distill")
+    parts = [p.strip() for p in str(stages).split(",") if p.strip()]
+    if not parts or set(parts) - {"pseudo", "distill"}:
+        raise KitError(f"--stages {stages!r}: give pseudo, distill or pseudo,distill")
+    return tuple(k for k in ("pseudo", "distill") if k in parts)
+
+
+def _recipe_rows(recipe_path: Path, runs: Path, key: Path, args: dict, stages: tuple[str, ...] = (),
+                 same_budget: bool = False):
+    """Run the recipe into `runs` (with `stages` on) and score its members, ensemble(s) and
+    student: (result, rows, wall). The members of a run with stages are scored when they were
+    trained in it (same_budget); kept ones were scored before."""
     from kit.records import PredictionIds
     from kit.zoo import run_recipe
 
     began = time.time()
-    res = run_recipe(recipe_path, runs=str(runs), submissions=runs, pseudo=stages, distill=stages, **args)
+    res = run_recipe(recipe_path, runs=str(runs), submissions=runs, pseudo="pseudo" in stages,
+                     distill="distill" in stages, **args)
     wall = time.time() - began
-    tag = " [+pseudo, distill]" if stages else ""
+    tag = f" [{'same budget: ' if same_budget else '+'}{', '.join(stages)}]" if stages else ""
     rows = []
-    for m in ([] if stages else res["members"]):          # the kept members were scored before
+    for m in (res["members"] if same_budget or not stages else []):
         run_dir = Path(m["run_dir"])
         csv = _member_csv(run_dir, run_dir / "member_test.csv")
         rows.append({"name": m["name"] + tag, "kind": "member" if not stages else "staged member",
                      "val_acc": m.get("val_acc"), "minutes": m["minutes"], **_scores(csv, key)})
-    for d in (res.get("rounds") or [{}])[-1].get("members", []):     # the fine-tuned members
+    for d in (res.get("rounds") or [{}])[-1].get("fine_tuned", []):
         run_dir = Path(d)
         csv = _member_csv(run_dir, run_dir / "member_test.csv")
         rows.append({"name": run_dir.name, "kind": "fine-tuned member", "val_acc": PredictionIds.load(run_dir).val_acc,
                      "minutes": _minutes(run_dir), **_scores(csv, key)})
-    if res.get("vote0") and not stages:
+    if res.get("vote0") and (same_budget or not stages):
         rows.append({"name": f"vote before pseudo-labelling{tag}", "kind": "vote0",
                      "val_acc": res["vote0"].get("val_acc_oof"), "minutes": wall / 60,
                      **_scores(Path(res["vote0"]["csv"]), key)})
@@ -177,10 +201,15 @@ def accuracy_markdown(result: dict) -> str:
         lines.append(f"- ensemble vs the course sample at the same wall time, private: {g * 100:+.1f} points "
                      f"(target +10.0: {'met' if g >= 0.10 else 'NOT met'})")
     if "pseudo_private_gain" in result:
-        g = result["pseudo_private_gain"]
-        lines.append(f"- pseudo-labelling round + distillation on the finished members ({result['stages_wall_minutes']:.1f} "
-                     f"extra min), ensemble private: {g * 100:+.1f} points (target +2.0 at the same budget; this is "
-                     f"extra time)")
+        g, names = result["pseudo_private_gain"], " + ".join(result.get("stages", ["pseudo", "distill"]))
+        if result.get("stages_same_budget"):
+            lines.append(f"- {names} at the same budget (from scratch, {result['stages_wall_minutes']:.1f} min), "
+                         f"ensemble private: {g * 100:+.1f} points vs the plain recipe (target +2.0: "
+                         f"{'met' if g >= 0.02 else 'NOT met'})")
+        else:
+            lines.append(f"- {names} on the finished members ({result['stages_wall_minutes']:.1f} extra min), "
+                         f"ensemble private: {g * 100:+.1f} points (target +2.0 at the same budget; this is "
+                         f"extra time)")
     for p in result.get("pseudo", []):
         est, true = p["estimated_precision"], p["true_precision"]
         gap = None if est is None or true is None else abs(true - est)

@@ -21,7 +21,8 @@ from typing import Callable
 from kit.errors import KitError
 
 PSEUDO_DEFAULTS = {"enabled": True, "rounds": 1, "precision": 0.9, "top_fraction": None, "share": 0.3,
-                   "lr_scale": 0.25, "warmup_steps": 20}
+                   "lr_scale": 0.25, "warmup_steps": 20, "fine_tune": "weighted"}
+MIN_WEIGHT = 0.05       # fine_tune = "weighted": members the vote gives less than this are kept as they are
 DISTILL_DEFAULTS = {"enabled": True, "share": 0.2, "temperature": 1.0, "weight": 0.5, "submit": False}
 
 
@@ -48,6 +49,9 @@ def parse_stage(where: str, key: str, value, defaults: dict) -> dict | None:
             v = opts[name]
             if v is not None and not (isinstance(v, (int, float)) and 0 < v <= 1):
                 raise KitError(f"{where}: [after] pseudo.{name} {v!r}: a fraction in (0, 1]")
+        if opts["fine_tune"] not in ("weighted", "all"):
+            raise KitError(f"{where}: [after] pseudo.fine_tune {opts['fine_tune']!r}: \"weighted\" (the members "
+                           "the vote relies on) or \"all\"")
     return opts
 
 
@@ -98,18 +102,35 @@ def pseudo_rounds(ctx: StageContext, opts: dict, names: list[str], run_dirs: lis
         if rec.test_count == 0:
             ctx.log(f"round {r}: no test utterance reaches the precision; the vote stays as it is")
             break
-        jobs = _fine_tune_jobs(ctx, opts, names, run_dirs, rec.csv, r)
+        tuned = to_fine_tune(names, rec.weights, opts["fine_tune"])
+        kept = [n for n in names if n not in tuned]
+        if kept:
+            ctx.log(f"round {r}: fine-tuning {', '.join(tuned)}; {', '.join(kept)} kept as they are (weight "
+                    f"below {MIN_WEIGHT} in the vote; fine_tune = \"all\" tunes every member)")
+        sources = dict(zip(names, run_dirs))
+        jobs = _fine_tune_jobs(ctx, opts, tuned, [sources[n] for n in tuned], rec.csv, r)
         round_end = start + (end - start) * r / opts["rounds"]
         per_round = opts["share"] / opts["rounds"]
         share = (lambda left, e=round_end: ctx.minutes_left(e, left, share=per_round)) if ctx.timed else None
         ctx.train_jobs(jobs, share)
-        run_dirs = [ctx.root / f"{n}-pl{r}" for n in names]
-        for d in run_dirs:
-            ctx.predict(d)
+        run_dirs = [ctx.root / f"{n}-pl{r}" if n in tuned else sources[n] for n in names]
+        for n in tuned:
+            ctx.predict(ctx.root / f"{n}-pl{r}")
         result["rounds"].append({"round": r, "pseudo_labels": rec.csv, "count": rec.test_count,
                                  "threshold": rec.threshold, "estimated_precision": rec.estimated_precision,
-                                 "members": [str(d) for d in run_dirs]})
+                                 "members": [str(d) for d in run_dirs],
+                                 "fine_tuned": [str(ctx.root / f"{n}-pl{r}") for n in tuned]})
     return run_dirs
+
+
+def to_fine_tune(names: list[str], weights: list[float], how: str) -> list[str]:
+    """The members a round fine-tunes: all, or those the vote gives at least MIN_WEIGHT (at least
+    the heaviest one): a member the vote ignores would cost its training and prediction for
+    nothing."""
+    if how == "all" or len(weights) != len(names):
+        return list(names)
+    heaviest = max(range(len(names)), key=lambda k: weights[k])
+    return [n for k, n in enumerate(names) if weights[k] >= MIN_WEIGHT or k == heaviest]
 
 
 def _fine_tune_jobs(ctx: StageContext, opts: dict, names, run_dirs, csv: str, r: int) -> list[tuple]:

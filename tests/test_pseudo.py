@@ -150,7 +150,8 @@ def test_distilled_student_is_an_ordinary_predicted_run(members, tmp_path):
 ROUNDS = recipe_toml(["a", {"name": "b", "train.seed": 1}], name="tinypl",
                      base={"train": {"max_steps": 30, "eval_every": 15}},
                      after={"predict": True, "which": "last", "ensemble": "auto",
-                            "pseudo": {"top_fraction": 0.5, "share": 0.3}, "distill": {"share": 0.2}})
+                            "pseudo": {"top_fraction": 0.5, "share": 0.3, "fine_tune": "all"},
+                            "distill": {"share": 0.2}})
 
 
 def test_recipe_pseudo_round_and_student(tiny_data, tmp_path):
@@ -177,3 +178,40 @@ def test_recipe_pseudo_round_and_student(tiny_data, tmp_path):
                        submissions=subs)
     assert again["rounds"][0]["count"] == 10
     assert read_summary(runs / "tinypl" / "b-pl1") == summary          # not trained again
+
+
+def test_to_fine_tune_skips_members_the_vote_ignores():
+    from kit.rounds import to_fine_tune
+
+    names = ["transformer", "ecapa", "resnet", "resnet-b"]
+    assert to_fine_tune(names, [0.3, 0.04, 0.66, 0.0], "weighted") == ["transformer", "resnet"]
+    assert to_fine_tune(names, [0.3, 0.04, 0.66, 0.0], "all") == names
+    assert to_fine_tune(names, [0.0, 0.0, 0.0, 0.0], "weighted") == ["transformer"]      # at least the heaviest
+    assert to_fine_tune(names, [0.01, 0.02, 0.0, 0.03], "weighted") == ["resnet-b"]
+
+
+def test_recipe_round_fine_tunes_only_the_weighted_members(tiny_data, tmp_path):
+    from kit.fsio import read_json
+    from kit.rounds import MIN_WEIGHT
+    from kit.zoo import run_recipe
+
+    recipe = tmp_path / "tinypl.toml"
+    # a third member trained 1 step: the vote gives it (almost) nothing
+    recipe.write_text(recipe_toml(["a", {"name": "b", "train.seed": 1}, {"name": "c", "train.max_steps": 1}],
+                                  name="tinypl", base={"train": {"max_steps": 30, "eval_every": 15}},
+                                  after={"predict": True, "which": "last", "ensemble": "auto",
+                                         "pseudo": {"top_fraction": 0.5, "share": 0.3}}))
+    runs = tmp_path / "runs"
+    result = run_recipe(recipe, data=str(tiny_data), budget="full", runs=str(runs), workers=1, progress=False,
+                        submissions=tmp_path / "subs")
+    (r1,) = result["rounds"]
+    weights = read_json(runs / "tinypl" / "pseudo-1" / "pseudo.json", "pseudo")["weights"]
+    heaviest = max(range(3), key=lambda k: weights[k])
+    want = [n for k, n in enumerate("abc") if weights[k] >= MIN_WEIGHT or k == heaviest]
+    assert len(want) < 3                    # what this test is about: a member the vote ignores is kept
+    assert [Path(d).name for d in r1["fine_tuned"]] == [f"{n}-pl1" for n in want]
+    # the re-vote: fine-tuned members in place of their sources, the others as they were
+    assert [Path(d).name for d in r1["members"]] == [f"{n}-pl1" if n in want else n for n in "abc"]
+    assert [Path(d).name for d in result["ensemble"]["members"]] == [Path(d).name for d in r1["members"]]
+    for n in "abc":
+        assert (runs / "tinypl" / f"{n}-pl1").exists() == (n in want)

@@ -4,10 +4,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from kit.synth import PRESETS
+
 
 def register(sub) -> None:
     p = sub.add_parser("bench", help="benchmark kit against the course sample's pipeline")
-    p.add_argument("--preset", default=None, choices=["tiny", "demo", "hard", "full"],
+    p.add_argument("--preset", default=None, choices=list(PRESETS),
                    help="synthetic competition to measure on (default: demo for speed, hard for --accuracy)")
     p.add_argument("--data", default=None, help="measure on this data dir instead of a synthetic one")
     p.add_argument("--out", default=".", help="where bench.json and bench.md go (default: here)")
@@ -30,10 +32,14 @@ def register(sub) -> None:
     p.add_argument("--member-minutes", type=float, default=None,
                    help="with --accuracy: training minutes per member instead (a longer budget)")
     p.add_argument("--no-course", action="store_true", help="with --accuracy: skip the course sample")
-    p.add_argument("--stages", action="store_true", help="with --accuracy: also run the recipe with its "
-                   "pseudo-labelling and distillation stages on the finished members, and score them")
+    p.add_argument("--stages", nargs="?", const="pseudo,distill", default=None, metavar="pseudo,distill",
+                   help="with --accuracy: also run the recipe with its pseudo-labelling and/or distillation "
+                        "stages (default both) on the finished members, and score them")
     p.add_argument("--stage-minutes", type=float, default=None,
                    help="with --stages: wall-clock minutes for that second run (default: the recipe's)")
+    p.add_argument("--same-budget", action="store_true",
+                   help="with --stages: run the recipe with its stages from scratch in the same minutes as "
+                        "the plain run (members and stages share the time) instead of after it")
     p.set_defaults(func=cmd_bench)
 
 
@@ -44,7 +50,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         result = run_accuracy_bench(args.recipe, args.preset or "hard", args.data, args.minutes,
                                     args.member_minutes, args.out, cache=args.cache, course=not args.no_course,
-                                    stages=args.stages, stage_minutes=args.stage_minutes, log=log)
+                                    stages=args.stages, stage_minutes=args.stage_minutes,
+                                    same_budget=args.same_budget, log=log)
         print(accuracy_markdown(result))
         return 0
     from kit.bench import run_bench, to_markdown

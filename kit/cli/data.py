@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from kit.cli import add_cache_option, progress_wanted
+from kit.synth import PRESETS
 
 
 def register(sub) -> None:
@@ -23,8 +24,10 @@ def register(sub) -> None:
 
     p = dsub.add_parser("synth", help="generate a synthetic competition in the real layout")
     p.add_argument("--out", required=True, help="data dir to write (answer key goes beside it)")
-    p.add_argument("--preset", default="demo", choices=["tiny", "demo", "hard", "full"],
-                   help="tiny (tests), demo, hard (families of near-identical voices: for tuning), full (real size)")
+    p.add_argument("--preset", default="demo", choices=list(PRESETS),
+                   help="tiny (tests), demo, hard (families of near-identical voices: for tuning), hard-few (the "
+                        "same voices, 10 training utterances per speaker: data-limited, like a GPU run), "
+                        "full (real size)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="overwrite an existing data dir")
     p.set_defaults(func=cmd_synth)

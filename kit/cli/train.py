@@ -185,7 +185,7 @@ def cmd_recipe_run(args: argparse.Namespace) -> int:
     for r in result.get("rounds", []):
         est = "-" if r["estimated_precision"] is None else f"{r['estimated_precision']:.3f}"
         print(f"pseudo-label round {r['round']}: {r['count']} test utterances, confidence >= {r['threshold']:.3f}, "
-              f"estimated precision {est}; members fine-tuned: {', '.join(Path(d).name for d in r['members'])}")
+              f"estimated precision {est}; fine-tuned: {', '.join(Path(d).name for d in r.get('fine_tuned', r['members']))}")
     ens = result.get("ensemble")
     if ens:
         if ens.get("weights"):
