@@ -96,11 +96,10 @@ def pseudo_rounds(ctx: StageContext, opts: dict, names: list[str], run_dirs: lis
     for r in range(1, opts["rounds"] + 1):
         rec = make_pseudo_labels(run_dirs, ctx.root / f"pseudo-{r}", precision=opts["precision"],
                                  top_fraction=opts["top_fraction"])
-        est = "-" if rec.estimated_precision is None else f"{rec.estimated_precision:.3f}"
-        ctx.log(f"pseudo-labels, round {r}: {rec.test_count} of {rec.n_test} test utterances (confidence >= "
-                f"{rec.threshold:.3f}; estimated precision {est} from {rec.val_count} validation utterances)")
+        ctx.log(f"pseudo-labels, round {r}: {describe_labels(rec)}")
         if rec.test_count == 0:
-            ctx.log(f"round {r}: no test utterance reaches the precision; the vote stays as it is")
+            ctx.log(f"round {r}: nothing to fine-tune on; the vote stays as it is (a lower [after.pseudo] "
+                    "precision, or top_fraction, labels more)")
             break
         tuned = to_fine_tune(names, rec.weights, opts["fine_tune"])
         kept = [n for n in names if n not in tuned]
@@ -121,6 +120,18 @@ def pseudo_rounds(ctx: StageContext, opts: dict, names: list[str], run_dirs: lis
                                  "members": [str(d) for d in run_dirs],
                                  "fine_tuned": [str(ctx.root / f"{n}-pl{r}") for n in tuned]})
     return run_dirs
+
+
+def describe_labels(rec) -> str:
+    """One line on a round's pseudo-labels (kit.pseudo.PseudoLabels)."""
+    from kit.pseudo import MIN_SUPPORT
+
+    if rec.threshold == float("inf"):
+        return (f"0 of {rec.n_test} test utterances: at no confidence are the validation utterances above it "
+                f"right {rec.target_precision:.0%} of the time, over at least {MIN_SUPPORT} of them")
+    est = "-" if rec.estimated_precision is None else f"{rec.estimated_precision:.3f}"
+    return (f"{rec.test_count} of {rec.n_test} test utterances (confidence >= {rec.threshold:.3f}; estimated "
+            f"precision {est} from {rec.val_count} validation utterances, {rec.method} vote)")
 
 
 def to_fine_tune(names: list[str], weights: list[float], how: str) -> list[str]:

@@ -232,6 +232,13 @@ class RecipeRun:
             minutes_left=self.minutes_left)
 
 
+def _message(template: str, recipe: str, budget: str, members: list[str]) -> str:
+    """The submission message: {recipe}, {budget} and {members} (the run dirs voted, joined by
+    " + ") filled in; other braces are left as they are."""
+    return (template.replace("{recipe}", recipe).replace("{budget}", budget)
+            .replace("{members}", " + ".join(members)))
+
+
 def _is_predicted(run_dir: Path, which: str) -> bool:
     """val/test probabilities written after the checkpoint they come from."""
     ckpt = run_dir / f"{which}.pt"
@@ -388,7 +395,8 @@ def _after(run: RecipeRun, result: dict) -> None:
         distill_stage(run.stage_context(), plan["distill"], run_dirs, result)
     if not plan["submit"]:
         return
-    message = plan["message"] or f"kit recipe {recipe.name} ({result['budget']} budget)"
+    message = _message(plan["message"] or "kit recipe {recipe} ({budget} budget)", recipe.name, result["budget"],
+                       [Path(d).name for d in run_dirs])
     log(f"submitting {ens['csv']}")
     result["submission"] = recipe_submit(ens["csv"], message, run.data_dir)
     if enabled(plan, "distill") and plan["distill"]["submit"] and result.get("student"):

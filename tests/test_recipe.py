@@ -162,3 +162,15 @@ def test_members_get_their_time_share_as_they_start(tmp_path):
     assert asked == [3, 2, 1]
     assert "'--minutes', '4.5000'" in (tmp_path / "a" / "train.log").read_text()
     assert "'--minutes', '1.5000'" in (tmp_path / "c" / "train.log").read_text()
+
+
+def test_boss_submission_message_names_the_members_it_voted():
+    from kit.zoo import _message
+
+    boss = load_recipe(RECIPES / "boss.toml")
+    quick = boss.members_for("quick")
+    message = _message(boss.after["message"], "boss", "quick", quick)
+    assert "conformer" not in quick and "conformer" not in message.lower()      # the quick budget has none
+    assert message == f"kit recipe boss (quick budget): {' + '.join(quick)}, calibrated cross-fitted vote"
+    assert "conformer" in _message(boss.after["message"], "boss", "full", boss.members_for("full"))
+    assert _message("{x} {recipe}/{budget}", "r", "full", ["a"]) == "{x} r/full"     # other braces kept

@@ -49,10 +49,10 @@ def register(sub) -> None:
 def cmd_pseudo(args: argparse.Namespace) -> int:
     from kit.pseudo import make_pseudo_labels, true_precision
 
+    from kit.rounds import describe_labels
+
     rec = make_pseudo_labels(args.runs, args.out, precision=args.precision, top_fraction=args.top_fraction)
-    est = "-" if rec.estimated_precision is None else f"{rec.estimated_precision:.4f}"
-    print(f"pseudo-labels: {rec.test_count} of {rec.n_test} test utterances  threshold {rec.threshold:.4f}  "
-          f"estimated precision {est} (from {rec.val_count} validation utterances, {rec.method} vote)")
+    print(f"pseudo-labels: {describe_labels(rec)}")
     if args.answers:
         true = true_precision(rec.csv, args.answers)
         print(f"true precision (answer key): {'-' if true is None else f'{true:.4f}'}")

@@ -66,8 +66,9 @@ def register(sub) -> None:
                         "checkpoints and stops before it (members it leaves too little time are not started); "
                         "re-running the same command continues from the run dirs")
     p.add_argument("--pseudo", action=argparse.BooleanOptionalAction, default=None,
-                   help="after the vote, pseudo-label confident test utterances, fine-tune every member on them "
-                        "and vote again (the recipe's [after] pseudo settings; default: as the recipe says)")
+                   help="after the vote, pseudo-label confident test utterances, fine-tune the members the vote "
+                        "relies on with them and vote again (the recipe's [after] pseudo settings; default: as the "
+                        "recipe says)")
     p.add_argument("--distill", action=argparse.BooleanOptionalAction, default=None,
                    help="after the vote, train one student on its soft targets: NAME-student.csv")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -165,6 +166,10 @@ def cmd_recipe_run(args: argparse.Namespace) -> int:
 
     launcher = make_launcher(args.launcher, kernels=args.kernels, competition=args.competition,
                              endpoint=args.endpoint, partition=args.slurm_partition, cluster=args.submitit_cluster)
+    if args.launcher != "local" and args.workers is not None:
+        log(f"--workers {args.workers}: the members train on the {args.launcher} launcher"
+            + (" (--kernels sets how many at once)" if args.launcher == "kaggle" else " (one job each)")
+            + "; --workers applies only to what runs here (the fine-tunes of --pseudo)")
     only = [m for part in args.only for m in part.split(",") if m] if args.only else None
     result = run_recipe(args.file, data=args.data, budget=args.budget, runs=args.runs, only=only,
                         after=not args.no_after, workers=args.workers, minutes=args.minutes,
