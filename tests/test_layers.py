@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from kit.config import AugmentConfig, ModelConfig
-from kit.layers import FastDropout, FastDropoutAttention, fast_dropout, self_attention, use_fast_dropout
+from kit.layers import FastDropout, FastDropoutAttention, fast_dropout, self_attention
 from kit.models import build_model
 
 
