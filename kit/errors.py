@@ -1,8 +1,27 @@
 """The one exception type kit raises for problems a user can act on.
 
-The CLI turns a KitError into one line on stderr and exit code 2.
+The CLI turns a KitError into one line on stderr and exit code 2, and so an operating-system
+error about a path the user gave (see `path_problem`).
 """
+import errno
 
 
 class KitError(Exception):
     """A problem with the user's input, files or environment, explained in one line."""
+
+
+# OS errors about a path that are the user's to fix (a file where a folder must go, a read-only
+# or full disk, no permission): one line naming the path, not a traceback.
+_PATH_ERRNOS = {errno.EEXIST: "a file is in the way (kit needs a folder there)",
+                errno.ENOTDIR: "part of the path is a file, not a folder",
+                errno.EISDIR: "is a folder (kit needs a file there)",
+                errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+                errno.EROFS: "read-only file system (give an --out, --runs or --cache on a writable disk)",
+                errno.ENOSPC: "no space left on the device"}
+
+
+def path_problem(e: OSError) -> str | None:
+    """One line for an OSError that is about a path the user can fix; None for any other."""
+    if e.errno not in _PATH_ERRNOS or not e.filename:
+        return None
+    return f"{e.filename}: {_PATH_ERRNOS[e.errno]}"

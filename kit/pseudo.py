@@ -103,6 +103,9 @@ def make_pseudo_labels(run_dirs, out_dir, precision: float | None = 0.95, top_fr
     (ids, probs: the calibrated ensemble on every test utterance) and OUT/pseudo.json."""
     if top_fraction is not None:
         precision = None
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise KitError(f"{out}: exists and is not a directory (the dir for {PSEUDO_CSV}, {TEACHER}, {PSEUDO_JSON})")
     members = [load_member(d) for d in run_dirs]
     if not members:
         raise KitError("no run dirs given to pseudo-label from")
@@ -117,7 +120,6 @@ def make_pseudo_labels(run_dirs, out_dir, precision: float | None = 0.95, top_fr
     speakers, _ = member_speakers(members[0])
     keep = test_p.max(axis=1) >= chosen["threshold"]
     ids = np.asarray(members[0].ids.test)
-    out = Path(out_dir)
     csv = out / PSEUDO_CSV
     import pandas as pd
 
@@ -150,11 +152,14 @@ def save_teacher(path, ids, probs, temperature: float = 1.0) -> None:
 
 
 def true_precision(pseudo_csv, answers) -> float | None:
-    """The pseudo-labels' precision against an answer key (synthetic data): for the report."""
+    """The pseudo-labels' precision against an answer key (synthetic data; a path, or what
+    kit.submission.read_answer_key read from one): for the report. None when nothing was labelled."""
     import pandas as pd
 
+    from kit.submission import read_answer_key
+
+    key = answers if isinstance(answers, dict) else read_answer_key(answers)
     chosen = pd.read_csv(pseudo_csv, dtype=str)
     if chosen.empty:
         return None
-    key = pd.read_csv(answers, dtype=str).set_index("Id")["Category"]
-    return float((chosen["Category"].to_numpy() == key.reindex(chosen["Id"]).to_numpy()).mean())
+    return float(np.mean([key.get(i, (None,))[0] == c for i, c in zip(chosen["Id"], chosen["Category"])]))

@@ -250,6 +250,16 @@ def test_out_of_range_flags_are_one_line(tiny_data, tmp_path, capsys):
               "train.max_minutes = -1.0: must be >= 0")
 
 
+def test_a_file_where_a_folder_must_go_is_one_line(tiny_data, tmp_path, capsys):
+    in_the_way = tmp_path / "afile"
+    in_the_way.write_text("mine")
+    one_error(*kit_cli(capsys, "train", "--data", tiny_data, "--out", in_the_way)[::2],
+              f"{in_the_way}: a file is in the way")
+    one_error(*kit_cli(capsys, "train", "--data", tiny_data, "--out", in_the_way / "run")[::2],
+              f"{in_the_way / 'run'}: part of the path is a file")
+    assert in_the_way.read_text() == "mine"
+
+
 # ---------------------------------------------------------------- 7. feature files
 def test_a_feature_file_replaced_in_place_rebuilds_the_store(data):
     before = FeatureStore.open(data, "float32", progress=False)

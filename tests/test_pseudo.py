@@ -215,3 +215,24 @@ def test_recipe_round_fine_tunes_only_the_weighted_members(tiny_data, tmp_path):
     assert [Path(d).name for d in result["ensemble"]["members"]] == [Path(d).name for d in r1["members"]]
     for n in "abc":
         assert (runs / "tinypl" / f"{n}-pl1").exists() == (n in want)
+
+
+def test_kit_pseudo_bad_answer_key_or_out_is_one_line_before_the_work(members, tiny_answers, tmp_path, capsys):
+    from kit.cli import main
+
+    in_the_way = tmp_path / "afile"
+    in_the_way.write_text("mine")
+    for args, needle in [(["--answers", str(tmp_path / "nope.csv")], "nope.csv: answer key not found"),
+                         (["--out", str(in_the_way)], "afile: exists and is not a directory")]:
+        argv = ["pseudo", *map(str, members), "--out", str(tmp_path / "pl"), *args]
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0], err
+    assert not (tmp_path / "pl").exists() and in_the_way.read_text() == "mine"
+    # the labels' true precision, from a good key, is the share of chosen labels the key agrees with
+    assert main(["pseudo", *map(str, members), "--out", str(tmp_path / "pl"), "--top-fraction", "0.5",
+                 "--answers", str(tiny_answers)]) == 0
+    chosen = pd.read_csv(tmp_path / "pl" / "pseudo.csv", dtype=str)
+    key = pd.read_csv(tiny_answers, dtype=str).set_index("Id")["Category"]
+    want = (chosen["Category"].to_numpy() == key.reindex(chosen["Id"]).to_numpy()).mean()
+    assert f"true precision (answer key): {want:.4f}" in capsys.readouterr().out

@@ -73,7 +73,7 @@ def _version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from kit.errors import KitError
+    from kit.errors import KitError, path_problem
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -85,6 +85,12 @@ def main(argv: list[str] | None = None) -> int:
             code = args.func(args)
     except KitError as e:
         print(f"kit: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        line = path_problem(e)
+        if line is None:
+            raise
+        print(f"kit: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("kit: interrupted", file=sys.stderr)

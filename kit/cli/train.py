@@ -144,7 +144,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def train_main(argv: list[str]) -> int:
     """`python -m kit.train` / `accelerate launch -m kit.train`: the same arguments as `kit train`."""
-    from kit.errors import KitError
+    from kit.errors import KitError, path_problem
 
     parser = argparse.ArgumentParser(prog="python -m kit.train", description="train one model (DDP-ready)")
     _add_train_args(parser)
@@ -154,6 +154,11 @@ def train_main(argv: list[str]) -> int:
             return cmd_train(args)
     except KitError as e:
         print(f"kit: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if path_problem(e) is None:
+            raise
+        print(f"kit: error: {path_problem(e)}", file=sys.stderr)
         return 2
 
 
