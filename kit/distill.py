@@ -70,10 +70,13 @@ def distill(run_dirs, out, config: str | None = None, overrides=(), minutes: flo
     from kit.infer import predict_run, source_mode
     from kit.train import train
 
+    from kit.runs import check_start
+
     log = log or (lambda message: None)
     out = Path(out)
     members = load_members(run_dirs)
     cfg = student_config(best_member(members), out, config, overrides, init)
+    check_start(out, resume)            # before teacher.npz is written: a finished student keeps its own
     teacher = out / TEACHER
     if resume and teacher.is_file():
         fit = {"method": "(kept from the interrupted run)"}

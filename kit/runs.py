@@ -197,7 +197,8 @@ def check_start(run_dir: str | Path, resume: bool) -> None:
         return
     if held:
         hint = "" if held == "finished" else "--resume to continue it, or "
-        raise KitError(f"{run_dir}: holds a {held} run; {hint}{START_OVER}, or train into another --out")
+        article = "an" if held[0] in "aeiou" else "a"
+        raise KitError(f"{run_dir}: holds {article} {held} run; {hint}{START_OVER}, or train into another --out")
 
 
 def check_resume(run_dir: str | Path, identity: dict) -> None:

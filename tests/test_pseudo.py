@@ -236,3 +236,23 @@ def test_kit_pseudo_bad_answer_key_or_out_is_one_line_before_the_work(members, t
     key = pd.read_csv(tiny_answers, dtype=str).set_index("Id")["Category"]
     want = (chosen["Category"].to_numpy() == key.reindex(chosen["Id"]).to_numpy()).mean()
     assert f"true precision (answer key): {want:.4f}" in capsys.readouterr().out
+
+
+def test_distill_into_a_finished_student_keeps_it_and_fresh_moves_it_aside(members, tmp_path, capsys):
+    from kit.cli import main
+    from kit.fsio import sha256_file
+
+    student = tmp_path / "student"
+    teach = [str(d) for d in members]
+    assert main(["distill", *teach, "--out", str(student), "--no-progress"]) == 0
+    before = sha256_file(student / "teacher.npz")
+    capsys.readouterr()
+    # other teachers into the finished student: refused in one line, its teacher.npz untouched
+    assert main(["distill", teach[1], "--out", str(student), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "holds a finished run" in err[-1] and "--fresh" in err[-1]
+    assert sha256_file(student / "teacher.npz") == before
+    assert main(["distill", teach[1], "--out", str(student), "--fresh", "--no-progress"]) == 0
+    (old,) = tmp_path.glob("student.old-*")
+    assert sha256_file(old / "teacher.npz") == before and read_summary(old)["stopped_reason"]
+    assert sha256_file(student / "teacher.npz") != before and read_summary(student) is not None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from kit.cli import add_cache_option, progress_wanted
 
@@ -41,6 +42,8 @@ def register(sub) -> None:
     d.add_argument("--pseudo", metavar="CSV", help="also train on these pseudo-labels (kit pseudo's pseudo.csv)")
     d.add_argument("--init", default="best", choices=("best", "none"), help="start from the best member's weights")
     d.add_argument("--resume", action="store_true", help="continue an interrupted student")
+    d.add_argument("--fresh", action="store_true", help="start over: move an existing STUDENT dir aside to "
+                   "STUDENT.old-<time> first (nothing is deleted)")
     d.add_argument("--no-progress", action="store_true")
     add_cache_option(d)
     d.set_defaults(func=cmd_distill)
@@ -65,10 +68,16 @@ def cmd_pseudo(args: argparse.Namespace) -> int:
 def cmd_distill(args: argparse.Namespace) -> int:
     from kit.cli import cache_from
     from kit.distill import distill
+    from kit.errors import KitError
+    from kit.runs import move_aside, old_name
 
     def log(message: str) -> None:
         print(f"kit: {message}", file=sys.stderr, flush=True)
 
+    if args.fresh and args.resume:
+        raise KitError("--fresh and --resume: choose one (start over, or continue)")
+    if args.fresh and Path(args.out).exists():
+        log(f"{args.out}: starting over; the old student moved to {move_aside(args.out, old_name(args.out))}")
     with cache_from(args):
         result = distill(args.runs, args.out, args.config, args.overrides, args.minutes, args.temperature,
                          args.distill_weight, args.pseudo, args.init, args.resume,
