@@ -199,7 +199,8 @@ def cmd_recipe_run(args: argparse.Namespace) -> int:
     ens = result.get("ensemble")
     if ens:
         if ens.get("weights"):
-            picked = ", ".join(f"{m['name']} {w:.2f}" for m, w in zip(result["members"], ens["weights"]) if w > 0)
+            voted = [Path(d).name for d in ens.get("members") or []] or [m["name"] for m in result["members"]]
+            picked = ", ".join(f"{name} {w:.2f}" for name, w in zip(voted, ens["weights"]) if w > 0)
             print(f"weights (fitted on validation): {picked}")
         honest = f"  (out-of-fold {ens['val_acc_oof']:.4f})" if ens.get("val_acc_oof") is not None else ""
         print(f"ensemble ({ens.get('method') or ens['vote']}) val acc: {ens['val_acc']:.4f}{honest}   csv: {ens['csv']}")
