@@ -104,7 +104,7 @@ def pseudo_rounds(ctx: StageContext, opts: dict, names: list[str], run_dirs: lis
         tuned = to_fine_tune(names, rec.weights, opts["fine_tune"])
         kept = [n for n in names if n not in tuned]
         if kept:
-            ctx.log(f"round {r}: fine-tuning {', '.join(tuned)}; {', '.join(kept)} kept as they are (weight "
+            ctx.log(f"round {r}: fine-tuning {', '.join(tuned)}; {', '.join(kept)} kept as is (weight "
                     f"below {MIN_WEIGHT} in the vote; fine_tune = \"all\" tunes every member)")
         sources = dict(zip(names, run_dirs))
         jobs = _fine_tune_jobs(ctx, opts, tuned, [sources[n] for n in tuned], rec.csv, r)

@@ -34,6 +34,7 @@ def _register_predict(sub) -> None:
     p.add_argument("--no-compare", dest="compare", action="store_false",
                    help="with --mode full or sliding: predict validation in that mode only (faster)")
     p.add_argument("--batch-size", type=int, default=None, help="windows per batch (default: infer.batch_size)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_cache_option(p)
     p.set_defaults(func=cmd_predict)
 
@@ -94,7 +95,7 @@ def _pct(x) -> str:
 def cmd_predict(args: argparse.Namespace) -> int:
     from kit.infer import predict_run
 
-    progress = progress_wanted()
+    progress = not args.no_progress and progress_wanted()
     for n, run in enumerate(args.runs):
         r = predict_run(run, window=args.window, hop=args.hop, full=args.full, average=args.average,
                         which=args.which, batch_size=args.batch_size, progress=progress, mode=args.mode,
