@@ -68,9 +68,8 @@ def distill(run_dirs, out, config: str | None = None, overrides=(), minutes: flo
             init: str = "best", resume: bool = False, progress: bool = True, log=None) -> dict:
     """Train the student into `out`, then predict it (val and test): {summary, pred, teacher}."""
     from kit.infer import predict_run, source_mode
-    from kit.train import train
-
     from kit.runs import check_start
+    from kit.train import train
 
     log = log or (lambda message: None)
     out = Path(out)

@@ -96,6 +96,15 @@ class PseudoLabels:
     weights: list = field(default_factory=list)
     created: str = ""
 
+    def describe(self) -> str:
+        """One line: how many test utterances were labelled, at what confidence and precision."""
+        if self.threshold == float("inf"):
+            return (f"0 of {self.n_test} test utterances: at no confidence are the validation utterances above it "
+                    f"right {self.target_precision:.0%} of the time, over at least {MIN_SUPPORT} of them")
+        est = "-" if self.estimated_precision is None else f"{self.estimated_precision:.3f}"
+        return (f"{self.test_count} of {self.n_test} test utterances (confidence >= {self.threshold:.3f}; estimated "
+                f"precision {est} from {self.val_count} validation utterances, {self.method} vote)")
+
 
 def make_pseudo_labels(run_dirs, out_dir, precision: float | None = 0.95, top_fraction: float | None = None,
                        folds: int = 5) -> PseudoLabels:

@@ -96,7 +96,7 @@ def pseudo_rounds(ctx: StageContext, opts: dict, names: list[str], run_dirs: lis
     for r in range(1, opts["rounds"] + 1):
         rec = make_pseudo_labels(run_dirs, ctx.root / f"pseudo-{r}", precision=opts["precision"],
                                  top_fraction=opts["top_fraction"])
-        ctx.log(f"pseudo-labels, round {r}: {describe_labels(rec)}")
+        ctx.log(f"pseudo-labels, round {r}: {rec.describe()}")
         if rec.test_count == 0:
             ctx.log(f"round {r}: nothing to fine-tune on; the vote stays as it is (a lower [after.pseudo] "
                     "precision, or top_fraction, labels more)")
@@ -107,31 +107,20 @@ def pseudo_rounds(ctx: StageContext, opts: dict, names: list[str], run_dirs: lis
             ctx.log(f"round {r}: fine-tuning {', '.join(tuned)}; {', '.join(kept)} kept as is (weight "
                     f"below {MIN_WEIGHT} in the vote; fine_tune = \"all\" tunes every member)")
         sources = dict(zip(names, run_dirs))
+        tuned_dirs = {n: ctx.root / f"{n}-pl{r}" for n in tuned}
         jobs = _fine_tune_jobs(ctx, opts, tuned, [sources[n] for n in tuned], rec.csv, r)
         round_end = start + (end - start) * r / opts["rounds"]
         per_round = opts["share"] / opts["rounds"]
         share = (lambda left, e=round_end: ctx.minutes_left(e, left, share=per_round)) if ctx.timed else None
         ctx.train_jobs(jobs, share)
-        run_dirs = [ctx.root / f"{n}-pl{r}" if n in tuned else sources[n] for n in names]
-        for n in tuned:
-            ctx.predict(ctx.root / f"{n}-pl{r}")
+        run_dirs = [tuned_dirs.get(n, sources[n]) for n in names]
+        for d in tuned_dirs.values():
+            ctx.predict(d)
         result["rounds"].append({"round": r, "pseudo_labels": rec.csv, "count": rec.test_count,
                                  "threshold": rec.threshold, "estimated_precision": rec.estimated_precision,
                                  "members": [str(d) for d in run_dirs],
-                                 "fine_tuned": [str(ctx.root / f"{n}-pl{r}") for n in tuned]})
+                                 "fine_tuned": [str(d) for d in tuned_dirs.values()]})
     return run_dirs
-
-
-def describe_labels(rec) -> str:
-    """One line on a round's pseudo-labels (kit.pseudo.PseudoLabels)."""
-    from kit.pseudo import MIN_SUPPORT
-
-    if rec.threshold == float("inf"):
-        return (f"0 of {rec.n_test} test utterances: at no confidence are the validation utterances above it "
-                f"right {rec.target_precision:.0%} of the time, over at least {MIN_SUPPORT} of them")
-    est = "-" if rec.estimated_precision is None else f"{rec.estimated_precision:.3f}"
-    return (f"{rec.test_count} of {rec.n_test} test utterances (confidence >= {rec.threshold:.3f}; estimated "
-            f"precision {est} from {rec.val_count} validation utterances, {rec.method} vote)")
 
 
 def to_fine_tune(names: list[str], weights: list[float], how: str) -> list[str]:

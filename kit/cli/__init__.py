@@ -72,30 +72,38 @@ def _version() -> str:
     return __version__
 
 
-def main(argv: list[str] | None = None) -> int:
+def one_line_errors(call) -> int:
+    """call() -> exit code; a KitError, or an OSError about a path the user can fix
+    (kit.errors.path_problem), becomes one line on stderr and exit code 2."""
     from kit.errors import KitError, path_problem
 
+    try:
+        return int(call() or 0)
+    except KitError as e:
+        print(f"kit: error: {e}", file=sys.stderr)
+    except OSError as e:
+        if path_problem(e) is None:
+            raise
+        print(f"kit: error: {path_problem(e)}", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
-    try:
+
+    def run() -> int:
         with cache_from(args):
-            code = args.func(args)
-    except KitError as e:
-        print(f"kit: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        line = path_problem(e)
-        if line is None:
-            raise
-        print(f"kit: error: {line}", file=sys.stderr)
-        return 2
+            return args.func(args)
+
+    try:
+        return one_line_errors(run)
     except KeyboardInterrupt:
         print("kit: interrupted", file=sys.stderr)
         return 130
-    return int(code or 0)
 
 
 if __name__ == "__main__":

@@ -52,12 +52,11 @@ def register(sub) -> None:
 def cmd_pseudo(args: argparse.Namespace) -> int:
     from kit.pseudo import make_pseudo_labels, true_precision
 
-    from kit.rounds import describe_labels
     from kit.submission import read_answer_key
 
     key = read_answer_key(args.answers) if args.answers else None       # a bad key fails before the work
     rec = make_pseudo_labels(args.runs, args.out, precision=args.precision, top_fraction=args.top_fraction)
-    print(f"pseudo-labels: {describe_labels(rec)}")
+    print(f"pseudo-labels: {rec.describe()}")
     if args.answers:
         true = true_precision(rec.csv, key)
         print(f"true precision (answer key): {'-' if true is None else f'{true:.4f}'}")

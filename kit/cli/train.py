@@ -144,22 +144,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def train_main(argv: list[str]) -> int:
     """`python -m kit.train` / `accelerate launch -m kit.train`: the same arguments as `kit train`."""
-    from kit.errors import KitError, path_problem
+    from kit.cli import one_line_errors
 
     parser = argparse.ArgumentParser(prog="python -m kit.train", description="train one model (DDP-ready)")
     _add_train_args(parser)
-    try:
+
+    def run() -> int:
         args = parser.parse_args(argv)
         with cache_from(args):
             return cmd_train(args)
-    except KitError as e:
-        print(f"kit: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        if path_problem(e) is None:
-            raise
-        print(f"kit: error: {path_problem(e)}", file=sys.stderr)
-        return 2
+
+    return one_line_errors(run)
 
 
 def cmd_recipe_run(args: argparse.Namespace) -> int:
@@ -195,12 +190,11 @@ def cmd_recipe_run(args: argparse.Namespace) -> int:
     for r in result.get("rounds", []):
         est = "-" if r["estimated_precision"] is None else f"{r['estimated_precision']:.3f}"
         print(f"pseudo-label round {r['round']}: {r['count']} test utterances, confidence >= {r['threshold']:.3f}, "
-              f"estimated precision {est}; fine-tuned: {', '.join(Path(d).name for d in r.get('fine_tuned', r['members']))}")
+              f"estimated precision {est}; fine-tuned: {', '.join(Path(d).name for d in r['fine_tuned'])}")
     ens = result.get("ensemble")
     if ens:
         if ens.get("weights"):
-            voted = [Path(d).name for d in ens.get("members") or []] or [m["name"] for m in result["members"]]
-            picked = ", ".join(f"{name} {w:.2f}" for name, w in zip(voted, ens["weights"]) if w > 0)
+            picked = ", ".join(f"{Path(d).name} {w:.2f}" for d, w in zip(ens["members"], ens["weights"]) if w > 0)
             print(f"weights (fitted on validation): {picked}")
         honest = f"  (out-of-fold {ens['val_acc_oof']:.4f})" if ens.get("val_acc_oof") is not None else ""
         print(f"ensemble ({ens.get('method') or ens['vote']}) val acc: {ens['val_acc']:.4f}{honest}   csv: {ens['csv']}")
