@@ -392,3 +392,18 @@ def test_kaggle_serve_cli_with_fault_and_the_kaggle_cli(kaggle_env, sub, tiny_da
     finally:
         serve.terminate()
         serve.wait(timeout=30)
+
+
+def test_the_worker_makes_the_clients_config_dir_first_and_tolerates_it_existing(tmp_path, monkeypatch):
+    # the client makes it with a check-then-create on import: two workers at once could race
+    from kit.kaggle.worker import config_dir_ready
+
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "a" / "kaggle-config"))
+    config_dir_ready()
+    config_dir_ready()                          # the other worker, a moment later: no FileExistsError
+    assert (tmp_path / "a" / "kaggle-config").is_dir()
+    monkeypatch.delenv("KAGGLE_CONFIG_DIR")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    config_dir_ready()                          # no ~/.kaggle on Linux: the client looks in $XDG_CONFIG_HOME/kaggle
+    assert (tmp_path / "xdg" / "kaggle").is_dir() and not (tmp_path / "home" / ".kaggle").exists()

@@ -18,8 +18,24 @@ from kit.kaggle.credentials import CREDENTIALS_HELP
 from kit.kaggle.retrying import retrying as _retrying
 
 
+def config_dir_ready() -> None:
+    """Create the client's config dir where it will look for it, tolerating that it exists. The
+    client creates it on import with a check-then-create, so two workers starting at once (two
+    `kit submit`s on a fresh machine) could race and one fail with FileExistsError."""
+    folder = os.environ.get("KAGGLE_CONFIG_DIR")
+    if not folder:
+        folder = os.path.expanduser("~/.kaggle")
+        if sys.platform.startswith("linux") and not os.path.exists(folder):
+            folder = os.path.join(os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config"), "kaggle")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError:
+        pass                    # unwritable: the client's own import reports it
+
+
 def _api(log):
     """The authenticated KaggleApi; importing kaggle already tried once and printed any help to stderr."""
+    config_dir_ready()
     from kaggle import api
 
     try:
