@@ -13,10 +13,15 @@ import numpy as np
 
 from kit.data import PAD_VALUE, FeatureStore, load_split
 from kit.errors import KitError
-from kit.fsio import save_numpy
+from kit.fsio import save_numpy, sha256_file
 from kit.records import PredictionIds
+from kit.runs import lock_holder
 
 AVERAGES = ("probs", "logits")
+# The most frames fed to the model at once. Attention holds (heads, T, T) float32 scores: at
+# 4096 frames and 2 heads 134 MB, where a 30,000-frame utterance whole would ask 7.2 GB. A longer
+# "whole" utterance goes through as overlapping windows of this length, averaged.
+MAX_FULL_FRAMES = 4096
 
 
 # ---------------------------------------------------------------- where the windows go
@@ -50,13 +55,15 @@ def centre_windows(lengths, window: int):
             np.minimum(lengths, window))
 
 
-def full_windows(lengths):
-    """The whole utterance as one window."""
-    lengths = np.asarray(lengths, dtype=np.int64)
-    return np.arange(len(lengths), dtype=np.int64), np.zeros_like(lengths), lengths.copy()
+def full_windows(lengths, max_frames: int | None = None):
+    """The whole utterance as one window; one longer than `max_frames` (default MAX_FULL_FRAMES)
+    as windows of `max_frames` overlapping by half, so memory stays bounded however long it is."""
+    max_frames = max_frames or MAX_FULL_FRAMES
+    return sliding_windows(lengths, max_frames, max(1, max_frames // 2))
 
 
 CPU_MAX_AREA = 16 * 256 * 256     # windows x frames^2 per batch on CPU: attention scores stay in cache
+MAX_AREA = 4 * MAX_FULL_FRAMES ** 2   # elsewhere: a batch's attention scores stay near 0.5 GB at 2 heads
 
 
 def batch_plan(valid_len, batch_size: int, max_frames: int, max_area: int | None = None):
@@ -125,7 +132,7 @@ def predict_windows(model, store: FeatureStore, index, windows, average: str = "
     model.eval()
     sums = None                                                   # (N, C) float64 sums over windows
     counts = np.bincount(utt, minlength=len(index)).astype(np.float64)  # (N,)
-    batches = batch_plan(valid, batch_size, max_frames, CPU_MAX_AREA if device.type == "cpu" else None)
+    batches = batch_plan(valid, batch_size, max_frames, CPU_MAX_AREA if device.type == "cpu" else MAX_AREA)
     with torch.inference_mode():
         for b in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False, mininterval=0.5):
             x, lengths = gather_windows(store, index[utt[b]], start[b], valid[b])
@@ -215,7 +222,8 @@ def predict_run(run_dir: str | os.PathLike, store: FeatureStore | None = None, w
                 which: str = "best", batch_size: int | None = None, progress: bool = True,
                 device: str = "auto", mode: str | None = None, compare: bool = True) -> dict:
     """Predict a run's validation and test utterances; write val_probs.npy, test_probs.npy and
-    ids.json into the run dir. None settings come from the run's cfg.infer.
+    ids.json (with the SHA-256 of the checkpoint predicted from) into the run dir. None settings
+    come from the run's cfg.infer.
 
     mode: sliding | full | auto (auto: the one of full and sliding with the lower calibrated
     validation NLL, see choose_mode). None: full=True -> full, full=False -> sliding, full=None
@@ -226,17 +234,15 @@ def predict_run(run_dir: str | os.PathLike, store: FeatureStore | None = None, w
     compare=False with mode full or sliding: validation in that mode only (a fine-tuned member
     predicted in its source member's mode; the other accuracies are then None).
 
+    Refused, before anything is written: a run a trainer is working on, and a checkpoint that
+    predicts NaN or inf (a diverged run).
+
     Returns val_acc (of the chosen mode), val accuracies of centre-crop, full-length and
     sliding-window inference, so the caller can show what the windows buy, and the mode.
     """
     run_dir = Path(run_dir)
-    if not (run_dir / "config.toml").is_file():
-        raise KitError(f"{run_dir}: not a run dir (no config.toml); train one with `kit train`")
-    if mode is not None and full is not None:
-        raise KitError("give either mode or full, not both")
-    if mode is not None and mode not in MODES:
-        raise KitError(f"inference mode {mode!r}: choose one of {', '.join(MODES)}")
-    model, cfg = _load_model(run_dir, which, device)
+    _check_run(run_dir, mode, full)
+    model, cfg, digest = _load_model(run_dir, which, device)
     asked = _settings(cfg.infer, run_dir, window=window, hop=hop, full=full, average=average,
                       batch_size=batch_size, mode=mode)
     if store is None:
@@ -248,26 +254,61 @@ def predict_run(run_dir: str | os.PathLike, store: FeatureStore | None = None, w
     common = dict(window=asked["window"], hop=asked["hop"], average=asked["average"],
                   batch_size=asked["batch_size"], n_classes=cfg.model.n_classes, progress=progress)
     t0 = time.perf_counter()
-    val, chosen, nll = _predict_validation(model, store, split.val, asked["mode"], common, compare)
+    val = _predict_validation(model, store, split.val, asked["mode"], common, compare)
+    _require_finite(run_dir, which, "validation", *val.values())
+    chosen, nll = _chosen_mode(val, asked["mode"], store.labels[split.val])
     t1 = time.perf_counter()
     test_probs = predict_index(model, store, store.test_index, mode=chosen, desc="test", **common)
+    _require_finite(run_dir, which, "test", test_probs)
     t2 = time.perf_counter()
     settings = {"window": asked["window"], "hop": asked["hop"], "full": chosen == "full", "mode": chosen,
                 "mode_requested": asked["mode"], "average": asked["average"], "which": which}
-    result = _save_predictions(run_dir, store, split.val, val, chosen, nll, test_probs, settings)
+    result = _save_predictions(run_dir, store, split.val, val, chosen, nll, test_probs,
+                               {**settings, "checkpoint_sha256": digest})
     return {**result, "run_dir": str(run_dir), "n_val": int(len(split.val)), "n_test": int(store.n_test),
             **settings, "val_seconds": t1 - t0, "test_seconds": t2 - t1}
 
 
+def _check_run(run_dir: Path, mode: str | None, full: bool | None) -> None:
+    """Refuse what is not a run dir, a run a trainer is writing (its checkpoints are about to
+    change under the predictions) and contradictory mode arguments."""
+    if not (run_dir / "config.toml").is_file():
+        raise KitError(f"{run_dir}: not a run dir (no config.toml); train one with `kit train`")
+    pid = lock_holder(run_dir)
+    if pid:
+        raise KitError(f"{run_dir}: a trainer (pid {pid}) is training this run now; wait for it to finish "
+                       f"(or stop it), then run `kit predict {run_dir}`")
+    if mode is not None and full is not None:
+        raise KitError("give either mode or full, not both")
+    if mode is not None and mode not in MODES:
+        raise KitError(f"inference mode {mode!r}: choose one of {', '.join(MODES)}")
+
+
 def _load_model(run_dir: Path, which: str, device: str):
-    """The run's model (which: best | last | avg) on `device` (auto: a GPU when there is one), and its config."""
+    """The run's model (which: best | last | avg) on `device` (auto: a GPU when there is one), its
+    config, and the SHA-256 of the checkpoint file it was read from."""
     import torch
 
     from kit.train import load_model
 
+    path = run_dir / f"{which}.pt"
+    # hashed before and after reading: a file swapped in between would bind these predictions
+    # to weights they did not come from
+    before = sha256_file(path) if path.is_file() else None      # load_model refuses a missing one
     model, cfg = load_model(run_dir, which)
+    if sha256_file(path) != before:
+        raise KitError(f"{path}: changed while it was read (is something training this run?); "
+                       f"run `kit predict {run_dir}` again")
     model.to(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
-    return model, cfg
+    return model, cfg, before
+
+
+def _require_finite(run_dir: Path, which: str, what: str, *probs) -> None:
+    """Refuse NaN or inf probabilities: a diverged run would drag any vote it joined to one class."""
+    if not all(np.isfinite(p).all() for p in probs):
+        raise KitError(f"{run_dir}: its {which}.pt predicts non-finite probabilities for {what} utterances "
+                       "(the run diverged); nothing was written: train it again (e.g. a lower train.lr) "
+                       "or leave it out")
 
 
 def _settings(inf, run_dir: Path, window, hop, full, average, batch_size, mode) -> dict:
@@ -282,21 +323,28 @@ def _settings(inf, run_dir: Path, window, hop, full, average, batch_size, mode) 
     if settings["batch_size"] < 1:
         raise KitError(f"batch size {settings['batch_size']}: must be at least 1")
     sliding_windows([1], settings["window"], settings["hop"])          # refuses a bad window or hop
+    if settings["window"] > MAX_FULL_FRAMES:
+        raise KitError(f"window {settings['window']}: at most {MAX_FULL_FRAMES} frames (attention memory grows "
+                       "with its square); for whole utterances use --mode full")
     if settings["average"] not in AVERAGES:
         raise KitError(f"average {settings['average']!r}: choose one of {', '.join(AVERAGES)}")
     return settings
 
 
-def _predict_validation(model, store: FeatureStore, val_index, mode: str, common: dict, compare: bool = True):
+def _predict_validation(model, store: FeatureStore, val_index, mode: str, common: dict,
+                        compare: bool = True) -> dict:
     """Validation three ways (it is small) so the table shows what the windows buy (compare=False
-    with mode full or sliding: that way only). Returns ({way: probabilities (N, C)}, the mode test
-    is predicted in, {mode: calibrated NLL})."""
-    if not compare and mode in ("full", "sliding"):
-        return {mode: predict_index(model, store, val_index, mode=mode, desc=f"val {mode}", **common)}, mode, {}
-    val = {m: predict_index(model, store, val_index, mode=m, desc=f"val {m}", **common)
-           for m in ("centre", "full", "sliding")}
-    chosen, nll = choose_mode({m: val[m] for m in ("full", "sliding")}, store.labels[val_index])
-    return val, (chosen if mode == "auto" else mode), nll
+    with mode full or sliding: that way only). Returns {way: probabilities (N, C)}."""
+    ways = (mode,) if not compare and mode in ("full", "sliding") else ("centre", "full", "sliding")
+    return {m: predict_index(model, store, val_index, mode=m, desc=f"val {m}", **common) for m in ways}
+
+
+def _chosen_mode(val: dict, mode: str, labels) -> tuple[str, dict]:
+    """The mode test is predicted in, and {mode: calibrated NLL} when full and sliding were compared."""
+    if "full" not in val or "sliding" not in val:
+        return mode, {}
+    chosen, nll = choose_mode({m: val[m] for m in ("full", "sliding")}, labels)
+    return (chosen if mode == "auto" else mode), nll
 
 
 def _save_predictions(run_dir: Path, store: FeatureStore, val_index, val: dict, mode: str, nll: dict,
@@ -314,6 +362,7 @@ def _save_predictions(run_dir: Path, store: FeatureStore, val_index, val: dict, 
         "val_nll_full": nll.get("full"),            # after temperature scaling; None without validation
         "val_nll_sliding": nll.get("sliding"),
     }
+    # ids.json last: killed before it, the old ids.json's checkpoint hash marks the new files stale
     PredictionIds(val=[store.paths[i] for i in val_index], val_labels=[int(v) for v in val_labels],
                   test=[store.paths[i] for i in store.test_index], **settings,
                   data_dir=str(Path(store.layout.data_dir).resolve()), **result).save(run_dir / "ids.json")

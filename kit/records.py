@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from kit.errors import KitError
-from kit.fsio import write_json
+from kit.fsio import sha256_file, write_json
 
 
 def _read_json(path: Path, what: str, fix: str) -> dict:
@@ -44,6 +44,7 @@ class PredictionIds:
     mode_requested: str | None = None       # what was asked: sliding | full | auto
     average: str | None = None              # probs | logits: how windows were averaged
     which: str | None = None                # checkpoint: best | last | avg
+    checkpoint_sha256: str | None = None    # of <which>.pt as predicted from; None in older files
     data_dir: str | None = None             # None in old files: the run's config names it
     val_acc: float | None = None            # of the chosen mode
     val_acc_centre: float | None = None
@@ -62,7 +63,7 @@ class PredictionIds:
     def settings(self) -> dict:
         """The prediction settings a manifest records for each member."""
         return {"window": self.window, "hop": self.hop, "full": self.full, "average": self.average,
-                "which": self.which, "mode": self.inference_mode}
+                "which": self.which, "mode": self.inference_mode, "checkpoint_sha256": self.checkpoint_sha256}
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "ids.json") -> "PredictionIds":
@@ -161,6 +162,44 @@ def predicted_mode(run_dir, default: str = "auto") -> str:
         return PredictionIds.load(run_dir).inference_mode
     except KitError:
         return default
+
+
+PREDICTION_FILES = ("ids.json", "val_probs.npy", "test_probs.npy")
+
+
+def stale_checkpoint(run_dir, ids: PredictionIds, which: str | None = None) -> Path | None:
+    """The checkpoint <which>.pt (default: the one ids.json names) when it is on disk and the run's
+    predictions did not come from it; None when they did, or when there is no such checkpoint
+    (predictions copied without their weights still vote).
+
+    ids.json records the checkpoint's SHA-256; an older one without it is judged by time: the
+    probabilities must have been written after the checkpoint, and from the same `which`."""
+    run_dir = Path(run_dir)
+    which = which or ids.which or "best"
+    ckpt = run_dir / f"{which}.pt"
+    if not ckpt.is_file():
+        return None
+    if ids.checkpoint_sha256:
+        return None if sha256_file(ckpt) == ids.checkpoint_sha256 else ckpt
+    if (ids.which or "best") != which:
+        return ckpt
+    written = min((run_dir / name).stat().st_mtime for name in PREDICTION_FILES[1:])
+    return ckpt if written < ckpt.stat().st_mtime else None
+
+
+def predictions_current(run_dir, which: str | None = None) -> bool:
+    """Whether the run's val/test probabilities came from the checkpoint <which>.pt now on disk
+    (which: best | last | avg; default the one ids.json names). False when the run has not been
+    predicted, its ids.json is unusable, or that checkpoint is missing."""
+    run_dir = Path(run_dir)
+    if not all((run_dir / name).is_file() for name in PREDICTION_FILES):
+        return False
+    try:
+        ids = PredictionIds.load(run_dir)
+    except KitError:
+        return False
+    which = which or ids.which or "best"
+    return (run_dir / f"{which}.pt").is_file() and stale_checkpoint(run_dir, ids, which) is None
 
 
 def trained_on(run_dirs) -> list[dict]:

@@ -170,8 +170,7 @@ def test_cli_predict_full_then_ensemble(trained_run, store, tiny_answers, tmp_pa
     assert ids["full"] is True and ids["mode"] == "full" and ids["average"] == "logits"
     assert ids["val_acc"] == ids["val_acc_full"]
     subs = tmp_path / "subs"
-    assert main(["ensemble", str(trained_run), str(trained_run), "--vote", "soft", "--name", "x",
-                 "--out", str(subs)]) == 0
+    assert main(["ensemble", str(trained_run), "--vote", "soft", "--name", "x", "--out", str(subs)]) == 0
     assert main(["validate", str(subs / "x.csv"), "--data", str(store.layout.data_dir)]) == 0
     # the local score agrees with the saved probabilities and the answer key
     import pandas as pd

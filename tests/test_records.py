@@ -9,8 +9,8 @@ from kit.records import PredictionIds, SubmissionManifest
 
 IDS = {"val": ["uttr-a.pt", "uttr-b.pt"], "val_labels": [0, 1], "test": ["uttr-c.pt"], "window": 256, "hop": 128,
        "full": False, "mode": "sliding", "mode_requested": "auto", "average": "probs", "which": "best",
-       "data_dir": "/data/demo", "val_acc": 0.5, "val_acc_centre": 0.5, "val_acc_full": 1.0,
-       "val_acc_sliding": 0.5, "val_nll_full": 0.3, "val_nll_sliding": 0.4}
+       "checkpoint_sha256": "ab" * 32, "data_dir": "/data/demo", "val_acc": 0.5, "val_acc_centre": 0.5,
+       "val_acc_full": 1.0, "val_acc_sliding": 0.5, "val_nll_full": 0.3, "val_nll_sliding": 0.4}
 
 
 def test_prediction_ids_round_trip_with_the_keys_kit_predict_writes(tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from kit.ensemble.votes import check_weights
 from kit.errors import KitError
 
 T_RANGE = (0.05, 20.0)           # temperatures fit_temperature may return
@@ -13,8 +14,21 @@ PROB_FLOOR = 1e-30               # float32 softmax underflows to 0; log(0) would
 
 
 def log_probs(probs) -> np.ndarray:
-    """Member probabilities (N, C) -> log-probabilities (N, C) float64, zeros floored."""
-    return np.log(np.maximum(np.asarray(probs, dtype=np.float64), PROB_FLOOR))
+    """Member probabilities (N, C) -> log-probabilities (N, C) float64, zeros floored; NaN or inf
+    refused (every fit below would turn it into NaN temperatures and weights)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    if not np.isfinite(probs).all():
+        raise KitError("member probabilities hold NaN or inf (a diverged run); leave it out of the vote "
+                       "or train it again")
+    return np.log(np.maximum(probs, PROB_FLOOR))
+
+
+def _require_finite_logp(logp, what: str) -> np.ndarray:
+    logp = np.asarray(logp, dtype=np.float64)
+    if not np.isfinite(logp).all():
+        raise KitError(f"{what}: log-probabilities hold NaN or inf (a diverged member?); "
+                       "give probabilities through log_probs, which refuses them")
+    return logp
 
 
 def _log_softmax(z: np.ndarray) -> np.ndarray:
@@ -40,7 +54,7 @@ def fit_temperature(logp, labels, t_range=T_RANGE, tol: float = 1e-8) -> float:
     second derivative the mean variance of logp under p), so a Newton step kept inside a
     shrinking bracket finds the minimum in a handful of passes over the (N, C) array.
     """
-    logp = np.asarray(logp, dtype=np.float64)
+    logp = _require_finite_logp(logp, "fit_temperature")
     labels = np.asarray(labels, dtype=np.int64)
     if len(labels) == 0:
         return 1.0
@@ -81,7 +95,8 @@ POOLS = ("geo", "mean")   # geo: weighted mean of log-probs, renormalised; mean:
 
 def pool_log_probs(cal_logps, weights, pool: str) -> np.ndarray:
     """Pooled log-probabilities (N, C) of M calibrated members (M arrays (N, C)), weights (M,)."""
-    w = np.asarray(weights, dtype=np.float64)
+    # all-zero or NaN weights would leave nothing to pool (once an AttributeError on the int 0)
+    w = check_weights(weights, len(cal_logps))
     w = w / w.sum()
     if pool == "geo":
         z = sum(wk * lp for wk, lp in zip(w, cal_logps) if wk > 0)     # (N, C)
@@ -100,6 +115,7 @@ def fit_weights(cal_logps, labels, pool: str = "geo", steps: int = 300, tol: flo
     halves whenever a step would raise the loss.
     """
     labels = np.asarray(labels, dtype=np.int64)
+    cal_logps = [_require_finite_logp(lp, "fit_weights") for lp in cal_logps]
     m, rows = len(cal_logps), np.arange(len(labels))
     w = np.full(m, 1.0 / m)
     if m == 1 or len(labels) == 0:

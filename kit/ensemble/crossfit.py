@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from kit.ensemble.calibration import calibrate, fit_temperature, fit_weights, log_probs, mean_nll, pool_log_probs
-from kit.ensemble.votes import hard_vote
+from kit.ensemble.votes import hard_vote, require_finite
 from kit.errors import KitError
 
 METHODS = ("single", "hard", "equal", "weighted")    # simplest first: an accuracy tie goes to the earlier
@@ -117,6 +117,9 @@ def auto_ensemble(val_probs_list, labels, test_probs_list=None, methods=METHODS,
     if unknown:
         raise KitError(f"method {unknown[0]!r}: choose from {', '.join(METHODS)}")
     methods = tuple(m for m in METHODS if m in methods)               # keep the simplicity order
+    require_finite(val_probs_list, "validation")                       # before any fit: it names the member
+    if test_probs_list is not None:
+        require_finite(test_probs_list, "test")
     logps = [log_probs(p) for p in val_probs_list]
     cv = crossfit(logps, labels, methods, pool, folds)
     fit = fit_methods(logps, labels, methods, pool)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from kit.errors import KitError
-from kit.records import PredictionIds
+from kit.records import PREDICTION_FILES, PredictionIds, stale_checkpoint
 
 
 @dataclass
@@ -26,11 +26,12 @@ class Member:
 
 
 def load_member(run_dir: str | os.PathLike) -> Member:
-    """A predicted run dir's ids and probabilities, with a clear error if prediction is missing."""
+    """A predicted run dir's ids and probabilities, with a clear error if prediction is missing,
+    older than the run's checkpoint, or not finite (a diverged run)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise KitError(f"{run_dir}: run dir not found")
-    files = [run_dir / n for n in ("ids.json", "val_probs.npy", "test_probs.npy")]
+    files = [run_dir / n for n in PREDICTION_FILES]
     for f in files:
         if not f.is_file():
             raise KitError(f"{run_dir}: no {f.name}; run `kit predict {run_dir}` first")
@@ -43,7 +44,20 @@ def load_member(run_dir: str | os.PathLike) -> Member:
     if val.shape[0] != len(ids.val) or test.shape[0] != len(ids.test) or val.shape[1:] != test.shape[1:]:
         raise KitError(f"{run_dir}: val_probs/test_probs shapes {val.shape}/{test.shape} do not match "
                        f"ids.json; run `kit predict {run_dir}` again")
+    ckpt = stale_checkpoint(run_dir, ids)
+    if ckpt is not None:
+        raise KitError(f"{run_dir}: its predictions come from an older {ckpt.name} (the run trained on since); "
+                       f"run `kit predict {run_dir}{_which_flag(ids)}` again")
+    for name, probs in zip(PREDICTION_FILES[1:], (val, test)):
+        if not np.isfinite(probs).all():
+            raise KitError(f"{run_dir}: {name} holds non-finite probabilities (the run diverged); "
+                           "leave it out of the vote, or train it again (e.g. a lower train.lr)")
     return Member(run_dir, ids, val, test)
+
+
+def _which_flag(ids: PredictionIds) -> str:
+    """The --which that predicts from the same checkpoint again ('' for the default, best)."""
+    return f" --which {ids.which}" if ids.which and ids.which != "best" else ""
 
 
 def check_compatible(members: list[Member]) -> None:

@@ -18,9 +18,24 @@ def check_weights(weights, m: int) -> np.ndarray:
     return w
 
 
+def require_finite(probs_list, what: str = "") -> None:
+    """KitError unless every member's probabilities (M arrays (N, C)) are finite: NaN argmaxes to
+    class 0 and NaN weights drop a member silently, so a diverged member would decide the vote."""
+    bad = [k for k, p in enumerate(probs_list) if not np.isfinite(np.asarray(p, dtype=np.float64)).all()]
+    if bad:
+        raise KitError(f"member {bad[0] + 1} of {len(probs_list)}: its {what + ' ' if what else ''}probabilities "
+                       "hold NaN or inf (a diverged run); leave it out of the vote or train it again")
+
+
+def _stacked(probs_list) -> np.ndarray:
+    """M member probabilities (N, C) -> (M, N, C) float64, refused unless finite."""
+    require_finite(probs_list)
+    return np.stack([np.asarray(p, dtype=np.float64) for p in probs_list])
+
+
 def soft_vote(probs_list, weights=None) -> np.ndarray:
     """(Weighted) mean of member probabilities: M arrays (N, C) -> (N, C)."""
-    probs = np.stack([np.asarray(p, dtype=np.float64) for p in probs_list])   # (M, N, C)
+    probs = _stacked(probs_list)                                               # (M, N, C)
     w = check_weights(weights, len(probs))
     return np.tensordot(w / w.sum(), probs, axes=1)                          # (N, C)
 
@@ -31,7 +46,7 @@ def hard_vote(probs_list, weights=None) -> np.ndarray:
     Ties go to the tied class with the largest summed (weighted) probability, then to the
     lowest class index, so the result never depends on member order.
     """
-    probs = np.stack([np.asarray(p, dtype=np.float64) for p in probs_list])   # (M, N, C)
+    probs = _stacked(probs_list)                                               # (M, N, C)
     w = check_weights(weights, len(probs))
     m, n, c = probs.shape
     votes = np.zeros((n, c))
@@ -67,6 +82,7 @@ def select_weights(val_probs_list, val_labels, vote: str = "soft", rounds: int |
     Returns weights (M,) summing to 1 (zero for members never picked).
     """
     labels = np.asarray(val_labels, dtype=np.int64)
+    require_finite(val_probs_list, "validation")
     probs = [np.asarray(p, dtype=np.float64) for p in val_probs_list]     # M x (N, C)
     m = len(probs)
     if m == 0:
