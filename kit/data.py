@@ -1,11 +1,13 @@
 """The training data as kit reads it: every utterance packed once into a FeatureStore (one
-contiguous memory-mapped array), the seeded train/validation split, and `kit data info`'s numbers.
+contiguous memory-mapped array, checked against its done.json record whenever it is opened),
+the seeded train/validation split, and `kit data info`'s numbers.
 
 The store turns the crops of a whole batch into one vectorised gather instead of one
 `torch.load` per item.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -15,12 +17,22 @@ from pathlib import Path
 
 import numpy as np
 
+from kit.env import cache_dir as default_cache_dir
+from kit.env import note_cache, note_line
 from kit.errors import KitError
 from kit.fsio import atomic_dir, file_lock, read_json, write_json
 from kit.layout import LAYOUT_FILES, Layout, load_feature, parallel_map, read_layout
 
 PAD_VALUE = -20.0          # the competition's padding value for short utterances
-STORE_VERSION = 1          # bump when the packed format changes
+STORE_VERSION = 1          # hashed into layout_hash, so into every run's data identity (kit.runs):
+                           # changing it makes every existing run look trained on other data
+STORE_FORMAT = 2           # what done.json records; a store without the record is packed again
+STORE_DTYPES = ("float16", "float32")
+STORE_ARRAYS = ("features", "offsets", "lengths", "labels")
+SAMPLE_ROWS = 256          # rows of features.npy whose digest done.json records: cheap at any size
+DIGESTS = {"index_sha256": "digest of offsets, lengths and labels",
+           "sample_sha256": "digest of sampled features.npy rows"}
+ROOM_MARGIN = 64 << 20     # free space left after packing, for the split, checkpoints, logs
 
 
 # ---------------------------------------------------------------- FeatureStore
@@ -46,46 +58,64 @@ def store_key(layout: Layout) -> str:
     return h.hexdigest()[:16]
 
 
+class DamagedStore(Exception):
+    """A packed store that is not what its done.json records: opening packs it again. The
+    message completes "<store dir>: ...; rebuilding"."""
+
+
+class OlderStore(DamagedStore):
+    """A store packed by a kit whose done.json has no record to verify it against: packed once more."""
+
+
 class FeatureStore:
     """Every utterance packed into one (total_frames, n_mels) array, plus offsets and lengths.
 
     Index i < n_train is a training utterance (label = class id), i >= n_train a test one
-    (label -1), both in json order. Opening memory-maps the arrays: seconds even at full size.
+    (label -1), both in json order. Opening memory-maps the arrays and checks them against
+    done.json and the json files (see verify_store): well under a second even at full size.
     """
 
-    def __init__(self, root: Path, layout: Layout):
+    def __init__(self, root: Path, layout: Layout, dtype: str):
+        """The store in root, verified; DamagedStore says what is wrong with it."""
         self.root = root
         self.layout = layout
-        self.features = np.load(root / "features.npy", mmap_mode="r")   # (F, D)
-        self.offsets = np.load(root / "offsets.npy")                     # (N,)
-        self.lengths = np.load(root / "lengths.npy")                     # (N,)
-        self.labels = np.load(root / "labels.npy")                       # (N,)
+        done, arrays = verify_store(root, layout, dtype)
+        self.features = arrays["features"]                               # (F, D) memory map
+        self.offsets = np.array(arrays["offsets"])                       # (N,)
+        self.lengths = np.array(arrays["lengths"])                       # (N,)
+        self.labels = np.array(arrays["labels"])                         # (N,)
         self.paths = [u.path for u in layout.all]
         self.n_train = len(layout.train)
         self.n_test = len(layout.test)
-        done = json.loads((root / "done.json").read_text(encoding="utf-8"))
-        self.content_digest = done.get("content") or f"key:{root.name}"   # see _write_store
+        self.content_digest = done["content"]                            # see _write_features
 
     # -- opening / building
     @classmethod
     def open(cls, data_dir: str | os.PathLike, dtype: str = "float16", cache_dir: str | os.PathLike | None = None,
              workers: int | None = None, progress: bool = True) -> "FeatureStore":
-        """Open the packed store for data_dir, packing it first if missing or stale. The store
-        lives in cache_dir, by default where kit.env.cache_dir says (beside the data if writable)."""
-        if dtype not in ("float16", "float32"):
+        """Open the packed store for data_dir, packing it first if missing, stale or damaged (one
+        line on stderr says so). The store lives in cache_dir, by default where
+        kit.env.cache_dir says (beside the data if writable)."""
+        if dtype not in STORE_DTYPES:
             raise KitError(f"store dtype {dtype!r}: choose float16 or float32")
         layout = read_layout(data_dir)
         if cache_dir:
             cache = Path(cache_dir)
         else:
-            from kit.env import cache_dir as default_cache, note_cache
-
-            cache, note = default_cache(data_dir)
+            cache, note = default_cache_dir(data_dir)
             note_cache(note)
         root = cache / f"store-{store_key(layout)}-{dtype}"
-        if not (root / "done.json").is_file():
-            _pack(layout, root, dtype, workers, progress)
-        return cls(root, layout)
+        if root.exists():
+            try:
+                return cls(root, layout, dtype)
+            except DamagedStore as e:
+                note_line(f"{root}: {e}; rebuilding")
+        _pack(layout, root, dtype, workers, progress)
+        try:
+            return cls(root, layout, dtype)
+        except DamagedStore as e:         # what was just written does not read back
+            raise KitError(f"{root}: {e} right after packing it: is the disk failing? "
+                           "Choose another with --cache DIR or KIT_CACHE") from None
 
     @property
     def n_mels(self) -> int:
@@ -158,6 +188,163 @@ class FeatureStore:
         return x, torch.from_numpy(np.minimum(lens, segment_len).astype(np.int64)).to(device)
 
 
+# ---------------------------------------------------------------- verifying a packed store
+def verify_store(root: Path, layout: Layout, dtype: str) -> tuple[dict, dict[str, np.ndarray]]:
+    """done.json and the arrays (memory-mapped) of the store in root, after checking that they
+    are what done.json records and what the json files say (lengths, labels, contiguous
+    offsets); DamagedStore names the first thing that is not. Reads a few hundred rows of
+    features.npy, not all of it."""
+    done = _read_done(root)
+    arrays = {}
+    for name in STORE_ARRAYS:
+        path = root / f"{name}.npy"
+        if not path.is_file():
+            raise _damaged(f"{path.name} missing")
+        try:        # memory-mapped, so a header claiming a huge shape allocates nothing
+            arrays[name] = np.load(path, mmap_mode="r")
+        except Exception as e:    # numpy raises ValueError, OSError, EOFError... for a bad file
+            detail = str(e).strip().splitlines()[0][:60] if str(e).strip() else "no detail"
+            raise _damaged(f"{path.name} unreadable: {type(e).__name__}: {detail}") from None
+    _compare(done["record"], _array_record(root, arrays))
+    _check_against_layout(arrays, layout, dtype)
+    _compare(done["record"], _digests(arrays))
+    return done, arrays
+
+
+def _damaged(what: str) -> DamagedStore:
+    return DamagedStore(f"damaged packed store ({what})")
+
+
+def _read_done(root: Path) -> dict:
+    path = root / "done.json"
+    try:
+        done = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise _damaged("done.json missing") from None
+    except (OSError, ValueError):       # ValueError: bad JSON or bad UTF-8
+        raise _damaged("done.json unreadable") from None
+    if not isinstance(done, dict):
+        raise _damaged("done.json malformed")
+    if "format" not in done and done.get("version") == STORE_VERSION:
+        raise OlderStore("packed store of an older kit, with no record to verify it against")
+    if done.get("format") != STORE_FORMAT or not isinstance(done.get("record"), dict) \
+            or not isinstance(done.get("content"), str):
+        raise _damaged("done.json malformed")
+    return done
+
+
+def _compare(recorded: dict, found: dict) -> None:
+    """Name the first thing found that differs from done.json's record of it."""
+    for key, value in found.items():
+        want = recorded.get(key)
+        if isinstance(value, dict):
+            for field, v in value.items():
+                w = want.get(field) if isinstance(want, dict) else None
+                if w != v:
+                    raise _damaged(f"{key}.npy {field} {v}, done.json records {str(w)[:40]}")
+        elif want != value:
+            raise _damaged(f"{DIGESTS[key]} differs from done.json's")
+
+
+def _array_record(root: Path, arrays: dict[str, np.ndarray]) -> dict:
+    """Each array's shape, dtype and file size: what done.json records of them."""
+    record = {}
+    for name, a in arrays.items():
+        size = (root / f"{name}.npy").stat().st_size
+        record[name] = {"shape": list(a.shape), "dtype": str(a.dtype), "bytes": size}
+    return record
+
+
+def _digests(arrays: dict[str, np.ndarray]) -> dict:
+    """A digest of offsets, lengths and labels, and one of SAMPLE_ROWS rows of the features at
+    fixed strided positions: a rewritten features.npy is caught in milliseconds at any size."""
+    index = hashlib.sha256()
+    for name in ("offsets", "lengths", "labels"):
+        index.update(np.ascontiguousarray(arrays[name], dtype="<i8").tobytes())
+    features = arrays["features"]
+    rows = np.unique(np.linspace(0, len(features) - 1, min(len(features), SAMPLE_ROWS)).astype(np.int64))
+    sample = hashlib.sha256(np.ascontiguousarray(features[rows]).tobytes())
+    return {"index_sha256": index.hexdigest(), "sample_sha256": sample.hexdigest()}
+
+
+def _check_against_layout(arrays: dict[str, np.ndarray], layout: Layout, dtype: str) -> None:
+    """The arrays are the shapes the json files call for, and offsets are contiguous from 0 as
+    packing writes them: no crop can read outside its own utterance."""
+    utts = layout.all
+    features = arrays["features"]
+    if features.ndim != 2 or features.shape[1] != layout.n_mels or features.dtype != np.dtype(dtype):
+        raise _damaged(f"features.npy is {features.dtype} {features.shape}, expected {dtype} (frames, {layout.n_mels})")
+    for name in ("offsets", "lengths", "labels"):
+        a = arrays[name]
+        if a.shape != (len(utts),) or a.dtype.kind not in "iu":
+            raise _damaged(f"{name}.npy is {a.dtype} {a.shape}, expected integers ({len(utts)},)")
+    lengths = np.array([u.mel_len for u in utts], dtype=np.int64)
+    if not np.array_equal(arrays["lengths"], lengths):
+        raise _damaged("lengths.npy disagrees with the json's mel_len")
+    if not np.array_equal(arrays["offsets"], _offsets(lengths)) or int(lengths.sum()) != len(features):
+        raise _damaged("offsets.npy is not the utterances' contiguous positions in features.npy")
+    if not np.array_equal(arrays["labels"], _labels(layout)):
+        raise _damaged("labels.npy disagrees with metadata.json and mapping.json")
+
+
+def _offsets(lengths: np.ndarray) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+
+
+def _labels(layout: Layout) -> np.ndarray:
+    s2i = layout.speaker2id
+    return np.array([s2i[u.speaker] if u.speaker is not None else -1 for u in layout.all], dtype=np.int64)
+
+
+def verify_stores(data_dir: str | os.PathLike) -> list[tuple[Path, str | None]]:
+    """`kit data check`'s look at the packed stores of data_dir in its cache (either dtype), each
+    verified as opening it would: (store dir, None when sound, else why it is repacked when next
+    opened). KitError for a damaged one, naming it."""
+    layout = read_layout(data_dir)
+    cache, _ = default_cache_dir(data_dir)
+    key = store_key(layout)
+    found: list[tuple[Path, str | None]] = []
+    for dtype in STORE_DTYPES:
+        root = cache / f"store-{key}-{dtype}"
+        if not root.exists():
+            continue
+        try:
+            FeatureStore(root, layout, dtype)
+            found.append((root, None))
+        except OlderStore as e:                        # not damage: repacked once, quietly
+            found.append((root, str(e)))
+        except DamagedStore as e:
+            raise KitError(f"{root}: {e}; the next command that opens the data rebuilds it") from None
+    return found
+
+
+# ---------------------------------------------------------------- packing
+def store_bytes(layout: Layout, dtype: str) -> int:
+    """Bytes a packed store of layout takes on disk (headers and done.json included, roughly)."""
+    frames = sum(u.mel_len for u in layout.all)
+    return frames * layout.n_mels * np.dtype(dtype).itemsize + 3 * 8 * len(layout.all) + 64 * 1024
+
+
+def _no_room(cache: Path, need: int, free: int | None = None) -> KitError:
+    if free is None:
+        try:
+            free = shutil.disk_usage(cache).free
+        except OSError:
+            free = 0
+    return KitError(f"{cache}: not enough free space to pack the store: {need} bytes needed, {free} free "
+                    "(free some, or choose another disk with --cache DIR or KIT_CACHE)")
+
+
+def _check_room(cache: Path, layout: Layout, dtype: str) -> None:
+    """Refuse before writing when the disk cannot hold the store (with a margin for the rest of
+    the run's files): a disk that fills halfway wastes the packing time."""
+    need = store_bytes(layout, dtype)
+    need += need // 50 + ROOM_MARGIN
+    free = shutil.disk_usage(cache).free
+    if free < need:
+        raise _no_room(cache, need, free)
+
+
 def _pack(layout: Layout, root: Path, dtype: str, workers: int | None, progress: bool) -> None:
     """Read every feature file once into a new store folder, then rename it into place. One
     packer at a time per cache dir, so the temp folders a killed packer left can be removed."""
@@ -168,11 +355,21 @@ def _pack(layout: Layout, root: Path, dtype: str, workers: int | None, progress:
         raise KitError(f"{root.parent}: cannot write the packed store here ({e.strerror}); "
                        "choose a writable one with --cache DIR or KIT_CACHE") from None
     with file_lock(root.parent / ".pack.lock"):
-        if (root / "done.json").is_file():           # another process packed it meanwhile
-            return
+        if root.exists():
+            try:
+                FeatureStore(root, layout, dtype)        # another process packed it meanwhile
+                return
+            except DamagedStore:
+                shutil.rmtree(root, ignore_errors=True)  # else atomic_dir would keep it (done.json)
         for leftover in root.parent.glob(".store-*"):
             shutil.rmtree(leftover, ignore_errors=True)
-        _pack_locked(layout, root, dtype, workers, progress)
+        _check_room(root.parent, layout, dtype)
+        try:
+            _pack_locked(layout, root, dtype, workers, progress)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise _no_room(root.parent, store_bytes(layout, dtype)) from None
 
 
 def _pack_locked(layout: Layout, root: Path, dtype: str, workers: int | None, progress: bool) -> None:
@@ -185,33 +382,56 @@ def _pack_locked(layout: Layout, root: Path, dtype: str, workers: int | None, pr
 
 
 def _write_store(layout: Layout, folder: Path, dtype: str, workers: int | None, progress: bool) -> None:
-    """features.npy (every feature file in json order), offsets, lengths, labels, and done.json last."""
-    utts = layout.all
-    lengths = np.array([u.mel_len for u in utts], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-    s2i = layout.speaker2id
-    labels = np.array([s2i[u.speaker] if u.speaker is not None else -1 for u in utts], dtype=np.int64)
-    feats = np.lib.format.open_memmap(folder / "features.npy", mode="w+",
-                                      dtype=np.dtype(dtype), shape=(int(lengths.sum()), layout.n_mels))
-    data_dir = layout.data_dir
-
-    def load(i: int) -> bytes:
-        u = utts[i]
-        x = load_feature(data_dir / u.path, layout.n_mels, u.mel_len).numpy()
-        feats[offsets[i]:offsets[i] + lengths[i]] = x.astype(dtype, copy=False)
-        return hashlib.sha1(np.ascontiguousarray(x, dtype=np.float32).tobytes()).digest()
-
-    content = hashlib.sha1()        # every feature file's values in json order, whatever the store
-                                    # dtype: the data part of a run's identity (kit.runs)
-    for digest in parallel_map(load, range(len(utts)), workers, f"packing {data_dir}", progress):
-        content.update(digest)
-    feats.flush()
-    del feats
+    """features.npy (every feature file in json order), offsets, lengths, labels, and last
+    done.json with the record that opening checks (see verify_store)."""
+    lengths = np.array([u.mel_len for u in layout.all], dtype=np.int64)
+    offsets = _offsets(lengths)
+    content = _write_features(layout, folder / "features.npy", offsets, dtype, workers, progress)
     np.save(folder / "offsets.npy", offsets)
     np.save(folder / "lengths.npy", lengths)
-    np.save(folder / "labels.npy", labels)
-    write_json(folder / "done.json", {"version": STORE_VERSION, "dtype": dtype, "utterances": len(utts),
-                                      "frames": int(lengths.sum()), "content": content.hexdigest()})
+    np.save(folder / "labels.npy", _labels(layout))
+    arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in STORE_ARRAYS}
+    record = {**_array_record(folder, arrays), **_digests(arrays)}      # of what reads back
+    write_json(folder / "done.json", {"version": STORE_VERSION, "format": STORE_FORMAT, "dtype": dtype,
+                                      "utterances": len(lengths), "frames": int(lengths.sum()),
+                                      "content": content, "record": record})
+
+
+def _write_features(layout: Layout, path: Path, offsets: np.ndarray, dtype: str, workers: int | None,
+                    progress: bool) -> str:
+    """Write features.npy with plain positioned writes, and return the content digest: every
+    feature file's values in json order, whatever the store dtype (the data part of a run's
+    identity, kit.runs). Not a memory map: a disk that fills then raises ENOSPC, not SIGBUS."""
+    utts, data_dir = layout.all, layout.data_dir
+    shape = (int(sum(u.mel_len for u in utts)), layout.n_mels)
+    row_bytes = layout.n_mels * np.dtype(dtype).itemsize
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                                 "fortran_order": False, "shape": shape})
+        start = f.tell()
+        f.flush()
+
+        def load(i: int) -> bytes:
+            u = utts[i]
+            x = load_feature(data_dir / u.path, layout.n_mels, u.mel_len).numpy()
+            _write_at(f.fileno(), np.ascontiguousarray(x, dtype=dtype), start + int(offsets[i]) * row_bytes)
+            return hashlib.sha1(np.ascontiguousarray(x, dtype=np.float32).tobytes()).digest()
+
+        content = hashlib.sha1()
+        for digest in parallel_map(load, range(len(utts)), workers, f"packing {data_dir}", progress):
+            content.update(digest)
+        os.fsync(f.fileno())
+    return content.hexdigest()
+
+
+def _write_at(fd: int, array: np.ndarray, position: int) -> None:
+    """All of array's bytes at position (os.pwrite may write part of them)."""
+    data = memoryview(array).cast("B")
+    while data:
+        n = os.pwrite(fd, data, position)
+        if n == 0:
+            raise OSError(errno.ENOSPC, "no space left on the device")
+        data, position = data[n:], position + n
 
 
 # ---------------------------------------------------------------- train/validation split
@@ -289,9 +509,7 @@ def data_info(data_dir: str | os.PathLike) -> dict:
     size = sum(f.stat().st_size for f in root.iterdir() if f.is_file())
     per_speaker = np.bincount([layout.speaker2id[u.speaker] for u in layout.train],
                               minlength=len(layout.speakers))
-    from kit.env import cache_dir
-
-    cache, note = cache_dir(root)
+    cache, note = default_cache_dir(root)
     return {
         "data_dir": str(root),
         "cache": str(cache),            # where the packed store and split go (kit.env.cache_dir)

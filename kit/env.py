@@ -74,7 +74,12 @@ def note_cache(note: str | None) -> None:
     if note is None or note in _noted:
         return
     _noted.add(note)
-    print(f"kit: {note}", file=sys.stderr, flush=True)
+    note_line(note)
+
+
+def note_line(line: str) -> None:
+    """One line for the user on stderr, as kit's notes look (a packed store rebuilt, kit.data)."""
+    print(f"kit: {line}", file=sys.stderr, flush=True)
 
 
 def kaggle_data_dir() -> Path | None:

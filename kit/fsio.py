@@ -6,6 +6,7 @@ interrupted process never leaves a half-written file behind.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -92,8 +93,37 @@ def read_json(path: str | os.PathLike, what: str = "a JSON file") -> dict:
     return value
 
 
+# A full disk (or quota) while writing: one line naming the file, the old file left as it was.
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+# torch.save reports a failed write as RuntimeError("[enforce fail at inline_container.cc:...]
+# PytorchStreamWriter failed writing file ...: file write failed" or "... unexpected pos ...").
+_TORCH_WRITE_FAILED = ("inline_container", "PytorchStreamWriter", "file write failed")
+
+
+def _free_bytes(path: Path) -> str:
+    try:
+        return str(shutil.disk_usage(path.parent).free)
+    except OSError:
+        return "unknown"
+
+
+def _not_written(path: str | os.PathLike, what: str) -> KitError:
+    return KitError(f"{path}: could not write the {what} (disk full?: {_free_bytes(Path(path))} bytes free)")
+
+
+@contextlib.contextmanager
+def _disk_full_is_one_line(path: str | os.PathLike, what: str) -> Iterator[None]:
+    """Within the block, a write that fails for want of space is a KitError naming the file."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in _FULL:
+            raise
+        raise _not_written(path, what) from None
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    with atomic_path(path) as tmp:
+    with _disk_full_is_one_line(path, "file"), atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
@@ -109,23 +139,29 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def save_torch(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save a checkpoint atomically; on a full disk one line, and the old file kept."""
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    with _disk_full_is_one_line(path, "checkpoint"), atomic_path(path) as tmp:
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as e:
+            if not any(mark in str(e) for mark in _TORCH_WRITE_FAILED):
+                raise
+            raise _not_written(path, "checkpoint") from None
 
 
 def save_numpy(path: str | os.PathLike, array) -> None:
     import numpy as np
 
-    with atomic_path(path) as tmp:
+    with _disk_full_is_one_line(path, "array"), atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, array)
 
 
 def write_csv(path: str | os.PathLike, frame) -> None:
     """Write a pandas DataFrame as CSV atomically (no index column)."""
-    with atomic_path(path) as tmp:
+    with _disk_full_is_one_line(path, "CSV"), atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False)
 
 

@@ -1,10 +1,16 @@
-"""Atomic folders: a folder appears whole or not at all; one another process finished first is kept."""
+"""Atomic folders: a folder appears whole or not at all; one another process finished first is kept.
+A file that cannot be written for want of space is one line, and the old file stays as it was."""
 from __future__ import annotations
 
+import errno
+import os
+
+import numpy as np
 import pytest
+import torch
 
 from kit.errors import KitError
-from kit.fsio import atomic_dir, read_json, write_json
+from kit.fsio import atomic_dir, read_json, save_numpy, save_torch, write_bytes, write_json
 
 
 def test_a_folder_appears_whole_and_replaces_an_older_one(tmp_path):
@@ -41,3 +47,48 @@ def test_a_folder_that_cannot_be_made_is_one_line(tmp_path):
     with pytest.raises(KitError, match="cannot write the packed store here"):
         with atomic_dir(tmp_path / "file" / "store", "packed store"):
             pass
+
+
+# ---------------------------------------------------------------- a full disk
+def torch_cannot_write(obj, f, *args, **kwargs):
+    """What torch.save does when the disk fills: part of the file, then RuntimeError."""
+    with open(f, "wb") as out:
+        out.write(b"PK\x03\x04 half a zip")
+    raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 4096 vs 4030")
+
+
+def test_a_checkpoint_save_on_a_full_disk_is_one_line_and_keeps_the_old_one(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_torch({"step": 10}, path)
+    monkeypatch.setattr(torch, "save", torch_cannot_write)
+    with pytest.raises(KitError, match=rf"^{path}: could not write the checkpoint \(disk full\?: \d+ bytes free\)$"):
+        save_torch({"step": 20}, path)
+    assert torch.load(path, weights_only=True) == {"step": 10}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]              # no half-written temp
+
+
+def test_a_torch_error_that_is_not_a_write_stays_itself(tmp_path, monkeypatch):
+    def broken(obj, f, *args, **kwargs):
+        raise RuntimeError("cannot pickle this tensor subclass")
+
+    monkeypatch.setattr(torch, "save", broken)
+    with pytest.raises(RuntimeError, match="cannot pickle"):
+        save_torch({"step": 20}, tmp_path / "last.pt")
+
+
+def no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_file_or_array_on_a_full_disk_is_one_line(tmp_path, monkeypatch):
+    text, probs = tmp_path / "summary.json", tmp_path / "test_probs.npy"
+    write_bytes(text, b"old")
+    save_numpy(probs, np.zeros(3))
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(KitError, match=rf"^{text}: could not write the file \(disk full\?: \d+ bytes free\)$"):
+        write_bytes(text, b"new")
+    monkeypatch.setattr(np, "save", no_space)
+    with pytest.raises(KitError, match=rf"^{probs}: could not write the array \(disk full"):
+        save_numpy(probs, np.ones(3))
+    assert text.read_bytes() == b"old" and np.load(probs).tolist() == [0, 0, 0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json", "test_probs.npy"]

@@ -17,9 +17,10 @@ def register(sub) -> None:
     add_cache_option(p)
     p.set_defaults(func=cmd_info)
 
-    p = dsub.add_parser("check", help="read every feature file and report the first problem")
+    p = dsub.add_parser("check", help="read every feature file and verify the packed store; report the first problem")
     p.add_argument("dir")
     p.add_argument("--workers", type=int, default=None, help="parallel readers (default: 2 x cores, max 8)")
+    add_cache_option(p)
     p.set_defaults(func=cmd_check)
 
     p = dsub.add_parser("synth", help="generate a synthetic competition in the real layout")
@@ -62,11 +63,16 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from kit.data import verify_stores
     from kit.layout import check_data
 
     layout = check_data(args.dir, workers=args.workers, progress=progress_wanted())
+    stores = verify_stores(args.dir)        # a damaged one: KitError, one line naming it
     print(f"ok: {args.dir}: {len(layout.speakers)} speakers, {len(layout.train)} train and "
           f"{len(layout.test)} test utterances, n_mels {layout.n_mels}")
+    for root, older in stores:
+        print(f"ok: {root}: packed store verified" if older is None else
+              f"note: {root}: {older}; packed again when next opened")
     return 0
 
 

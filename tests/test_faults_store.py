@@ -1,0 +1,153 @@
+"""The packed store is verified (issue 19, item 4): a store damaged on disk is rebuilt with one
+line, `kit data check` says it is damaged, and a disk that fills while packing is one line."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import kit.data
+from kit.cli import main
+from kit.data import FeatureStore, store_bytes
+from kit.errors import KitError
+from kit.layout import read_layout
+
+
+@pytest.fixture
+def data(tiny_data, tmp_path, monkeypatch) -> Path:
+    """A private, writable copy of the tiny competition; its store goes to DATA/.kit-cache."""
+    monkeypatch.delenv("KIT_CACHE", raising=False)
+    return Path(shutil.copytree(tiny_data, tmp_path / "data", ignore=shutil.ignore_patterns(".kit-cache")))
+
+
+def packed(data: Path, capsys) -> FeatureStore:
+    store = FeatureStore.open(data, "float32", progress=False)
+    capsys.readouterr()
+    return store
+
+
+def rewrite(root: Path, name: str, change) -> None:
+    """np.save the array `name` of the store in root after `change` (a valid .npy file)."""
+    a = np.load(root / f"{name}.npy")
+    np.save(root / f"{name}.npy", change(a.copy()))
+
+
+def shift(a, by):
+    a += by
+    return a
+
+
+def set_one(a, i, value):
+    a[i] = value
+    return a
+
+
+DAMAGE = {
+    "offsets shifted by 7": (lambda root: rewrite(root, "offsets", lambda a: shift(a, 7)), "offsets"),
+    "an offset of 1e12": (lambda root: rewrite(root, "offsets", lambda a: set_one(a, 3, 10**12)), "offsets"),
+    "two labels swapped": (lambda root: rewrite(root, "labels", lambda a: a[::-1]), "labels"),
+    "features other values, same size": (lambda root: rewrite(root, "features", lambda a: a + 1), "features.npy"),
+    "truncated features": (lambda root: (root / "features.npy").write_bytes(
+        (root / "features.npy").read_bytes()[:5000]), "features.npy"),
+    "empty features": (lambda root: (root / "features.npy").write_bytes(b""), "features.npy"),
+    "garbage offsets": (lambda root: (root / "offsets.npy").write_bytes(os.urandom(300)), "offsets.npy"),
+    "missing lengths": (lambda root: (root / "lengths.npy").unlink(), "lengths.npy missing"),
+    "garbage done.json": (lambda root: (root / "done.json").write_text("{not json"), "done.json"),
+    "missing done.json": (lambda root: (root / "done.json").unlink(), "done.json missing"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_a_damaged_store_is_rebuilt_with_one_line(data, capsys, monkeypatch, damage):
+    good = packed(data, capsys)
+    first = good.utterance(5).copy()
+    damage_it, named = DAMAGE[damage]
+    damage_it(good.root)
+
+    again = FeatureStore.open(data, "float32", progress=False)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"kit: {good.root}: damaged packed store ("), lines
+    assert lines[0].endswith("; rebuilding") and named in lines[0], lines
+    assert again.root == good.root and np.array_equal(again.utterance(5), first)
+    assert np.array_equal(again.offsets, good.offsets) and np.array_equal(again.labels, good.labels)
+    assert again.content_digest == good.content_digest       # runs trained on it stay the same data
+
+    monkeypatch.setattr(kit.data, "_pack", lambda *a: pytest.fail("packed again although it was sound"))
+    FeatureStore.open(data, "float32", progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_a_store_of_an_older_kit_is_packed_once_more(data, capsys, monkeypatch):
+    good = packed(data, capsys)
+    done = json.loads((good.root / "done.json").read_text())
+    old = {k: done[k] for k in ("version", "dtype", "utterances", "frames", "content")}
+    (good.root / "done.json").write_text(json.dumps(old))        # what kit wrote before the record
+
+    assert main(["data", "check", str(data)]) == 0                 # not damage: a note, exit 0
+    assert f"note: {good.root}: packed store of an older kit" in capsys.readouterr().out
+    again = FeatureStore.open(data, "float32", progress=False)
+    assert "older kit" in capsys.readouterr().err
+    assert again.content_digest == good.content_digest
+    assert "record" in json.loads((good.root / "done.json").read_text())
+
+
+def test_kit_data_check_verifies_the_store(data, capsys):
+    good = packed(data, capsys)
+    assert main(["data", "check", str(data)]) == 0
+    assert f"ok: {good.root}: packed store verified" in capsys.readouterr().out
+
+    rewrite(good.root, "offsets", lambda a: shift(a, 7))
+    assert main(["data", "check", str(data)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"kit: error: {good.root}: damaged packed store (offsets"), lines
+
+
+def test_done_json_records_what_the_store_must_be(data, capsys):
+    store = packed(data, capsys)
+    done = json.loads((store.root / "done.json").read_text())
+    record = done["record"]
+    assert record["features"] == {"shape": [len(store.features), 40], "dtype": "float32",
+                                  "bytes": (store.root / "features.npy").stat().st_size}
+    assert record["offsets"]["shape"] == [store.n_train + store.n_test]
+    assert len(record["index_sha256"]) == 64 and len(record["sample_sha256"]) == 64
+
+
+# ---------------------------------------------------------------- a full disk while packing
+class Usage:
+    def __init__(self, free: int):
+        self.total, self.used, self.free = 1 << 30, (1 << 30) - free, free
+
+
+def test_too_little_free_space_is_refused_before_packing(data, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: Usage(1 << 20))          # a 1 MiB tmpfs
+    need = store_bytes(read_layout(data), "float32")
+    with pytest.raises(KitError, match=f"{cache}: not enough free space to pack the store: ") as e:
+        FeatureStore.open(data, "float32", cache_dir=cache, progress=False)
+    assert int(str(e.value).split("store: ")[1].split()[0]) > need and "1048576 free" in str(e.value)
+    assert [p.name for p in cache.iterdir()] == [".pack.lock"]
+
+
+def test_a_disk_that_fills_while_packing_is_one_line(data, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    real_pwrite = os.pwrite
+    writes = []
+
+    def fills_up(fd, buf, position):
+        writes.append(position)
+        if len(writes) > 10:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_pwrite(fd, buf, position)
+
+    monkeypatch.setattr(os, "pwrite", fills_up)
+    with pytest.raises(KitError, match=f"{cache}: not enough free space to pack the store: "
+                                       f"{store_bytes(read_layout(data), 'float32')} bytes needed"):
+        FeatureStore.open(data, "float32", cache_dir=cache, progress=False)
+    assert [p.name for p in cache.iterdir()] == [".pack.lock"]                        # no half store
+    monkeypatch.setattr(os, "pwrite", real_pwrite)
+    assert FeatureStore.open(data, "float32", cache_dir=cache, progress=False).n_train == 96
