@@ -8,6 +8,7 @@ from pathlib import Path
 
 from kit.config import RunConfig, layered, load_toml
 from kit.errors import KitError
+from kit.names import check_member_name, check_submission_name
 from kit.rounds import DISTILL_DEFAULTS, PSEUDO_DEFAULTS, enabled, parse_stage, stages_share
 
 TOP_KEYS = {"name", "description", "base", "members", "budget", "after"}
@@ -61,12 +62,22 @@ def load_recipe(path: str | Path) -> Recipe:
         raise KitError(f"{path}: [base] and [budget.*] must be tables")
     budgets, minutes = _budgets(path, raw.get("budget", {}))
     members, recipe_only = _members(path, raw.get("members", []))
-    recipe = Recipe(path, raw.get("name", path.stem), base, members, budgets, _after(path, raw.get("after", {})),
+    name = _recipe_name(path, raw.get("name", path.stem))
+    recipe = Recipe(path, name, base, members, budgets, _after(path, raw.get("after", {})),
                     raw.get("description", ""), minutes, recipe_only)
-    for name, _, _ in members:                   # refuse typos now, not after an hour of training
+    for member, _, _ in members:                 # refuse typos now, not after an hour of training
         for budget in BUDGETS:
-            member_config(recipe, name, budget)
+            member_config(recipe, member, budget)
     return recipe
+
+
+def _recipe_name(path: Path, name) -> str:
+    """The recipe's name: its folder RUNS/NAME and its submissions NAME.csv, so a plain file name
+    that is not one kit uses in submissions/."""
+    try:
+        return check_submission_name(name, "recipe")
+    except KitError as e:
+        raise KitError(f"{path}: {e}") from None
 
 
 def _budgets(path: Path, budgets) -> tuple[dict, dict]:
@@ -117,8 +128,12 @@ def _members(path: Path, raw_members) -> tuple[list, dict]:
     for i, m in enumerate(raw_members):
         m = dict(m)
         name = m.pop("name", None)
-        if not isinstance(name, str) or not name or "/" in name:
-            raise KitError(f"{path}: members[{i}] needs a name (no slashes)")
+        if name is None:
+            raise KitError(f"{path}: members[{i}] needs a name")
+        try:
+            check_member_name(name)                # it becomes the run dir RUNS/<recipe>/NAME
+        except KitError as e:
+            raise KitError(f"{path}: members[{i}]: {e}") from None
         if name in seen:
             raise KitError(f"{path}: member name {name!r} is used twice")
         seen.add(name)
@@ -148,6 +163,26 @@ def member_config(recipe: Recipe, member: str, budget: str, data_dir: str | None
     if data_dir is not None:
         cfg.data.data_dir = str(data_dir)
     return cfg
+
+
+def has_budget(recipe: Recipe, budget: str) -> bool:
+    """Whether the recipe sets BUDGET up: a [budget.NAME] table, or a member's own."""
+    return budget in recipe.budgets or any(budget in own for _, _, own in recipe.members)
+
+
+def require_budget(recipe: Recipe, budget: str) -> str:
+    """BUDGET, asked for by name, when the recipe sets it up (has_budget) and some member trains
+    in it; else KitError: a budget asked for must not silently train the [base] settings. (Chosen
+    by kit, quick on synthetic data and full on real, a budget the recipe lacks is [base].)"""
+    if budget not in BUDGETS:
+        raise KitError(f"budget {budget!r}: choose {' or '.join(BUDGETS)}")
+    if not has_budget(recipe, budget):
+        have = ", ".join(f"[budget.{b}]" for b in recipe.budgets) or "no [budget.*] table"
+        raise KitError(f"{recipe.path}: --budget {budget}: the recipe has no [budget.{budget}] (it has {have}); "
+                       f"add one, or leave out --budget")
+    if not recipe.members_for(budget):
+        raise KitError(f"{recipe.path}: --budget {budget}: no member trains in it (their `budgets` lists)")
+    return budget
 
 
 def is_synthetic(data_dir: str | Path) -> bool:

@@ -9,9 +9,11 @@ import csv
 import io
 import math
 import os
+import time
 from pathlib import Path
 
 from kit.errors import KitError
+from kit.fsio import sha256_file
 
 HEADER = ["Id", "Category"]
 MAX_PROBLEMS = 10
@@ -115,6 +117,51 @@ def require_valid(csv_path: str | os.PathLike, data_dir: str | os.PathLike) -> N
         more = f" (+{len(problems) - 1} more; see `kit validate {csv_path} --data {data_dir}`)" \
             if len(problems) > 1 else ""
         raise KitError(problems[0] + more)
+
+
+# ---------------------------------------------------------------- what was submitted stays
+LEDGER = Path("submissions") / "ledger.csv"        # `kit submit --ledger`'s default
+
+
+def keep_submitted(csv_path: str | os.PathLike, new_sha256: str, ledgers=None) -> list[Path]:
+    """Before CSV_PATH is replaced by a file of digest NEW_SHA256: when a ledger row names it (by
+    path or digest: it was submitted), move it and its manifest NAME.json aside to
+    NAME.csv.old-<time> and NAME.json.old-<time>, so what Kaggle scored stays on disk. Returns the
+    kept paths (none when the file is new, unchanged or never submitted). ledgers: the ledgers to
+    read (default: ledger.csv beside the CSV and submissions/ledger.csv)."""
+    csv_path = Path(csv_path)
+    if not csv_path.is_file() or sha256_file(csv_path) == new_sha256:
+        return []
+    if not _submitted(csv_path, ledgers or [csv_path.with_name("ledger.csv"), LEDGER]):
+        return []
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    kept = []
+    for path in (csv_path, csv_path.with_suffix(".json")):
+        if path.is_file():
+            dest, n = path.with_name(f"{path.name}.old-{stamp}"), 1
+            while dest.exists():             # two rewrites within a second
+                n += 1
+                dest = path.with_name(f"{path.name}.old-{stamp}-{n}")
+            os.rename(path, dest)
+            kept.append(dest)
+    return kept
+
+
+def _submitted(csv_path: Path, ledgers) -> bool:
+    """Whether a row of one of LEDGERS names CSV_PATH: its file (as given to `kit submit`, from the
+    folder it ran in, or from the ledger's folder's parent) or its bytes' digest."""
+    # kit.kaggle checks CSVs with this module before sending them: import it here, not at the top
+    from kit.kaggle.ledger import read_ledger
+
+    digest, here = sha256_file(csv_path), csv_path.resolve()
+    for ledger in dict.fromkeys(Path(p).resolve() for p in ledgers):
+        frame = read_ledger(ledger)
+        if digest in set(frame["sha256"]):
+            return True
+        for file in frame["file"]:
+            if file and here in (Path(file).resolve(), (ledger.parent.parent / file).resolve()):
+                return True
+    return False
 
 
 # ---------------------------------------------------------------- scoring

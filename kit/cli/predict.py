@@ -8,6 +8,7 @@ import argparse
 import sys
 
 from kit.cli import add_cache_option, progress_wanted
+from kit.names import distinct_runs
 
 
 def register(sub) -> None:
@@ -118,8 +119,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_ensemble(args: argparse.Namespace) -> int:
     from kit.ensemble import DEFAULT_POOL, ensemble_runs, parse_weights
 
-    r = ensemble_runs(args.runs, vote=args.vote, weights=parse_weights(args.weights),
-                      name=args.name, out_dir=args.out, pool=args.pool or DEFAULT_POOL, folds=args.folds)
+    def log(message: str) -> None:
+        print(f"kit: {message}", file=sys.stderr, flush=True)
+
+    r = ensemble_runs(args.runs, vote=args.vote, weights=parse_weights(args.weights), name=args.name,
+                      out_dir=args.out, pool=args.pool or DEFAULT_POOL, folds=args.folds, log=log)
     width = max(len(row["member"]) for row in r["table"])
     auto = "method" in r
     print(f"{'member':<{width}} {'weight':>7} {'val acc':>8}" + (f" {'T':>6} {'oof acc':>8}" if auto else ""))
@@ -141,7 +145,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     from kit.report import format_report, report_runs
 
-    r = report_runs(args.runs, ensemble_result=args.ensemble, png=args.png, answers=args.answers)
+    r = report_runs(distinct_runs(args.runs), ensemble_result=args.ensemble, png=args.png, answers=args.answers)
     print(json.dumps(r, indent=2) if args.json else format_report(r))
     return 0
 

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 from kit.cli import add_cache_option, progress_wanted
+from kit.errors import KitError
+from kit.names import distinct_runs, same_dir
 
 
 def register(sub) -> None:
@@ -54,6 +56,7 @@ def cmd_pseudo(args: argparse.Namespace) -> int:
 
     from kit.submission import read_answer_key
 
+    distinct_runs(args.runs)
     key = read_answer_key(args.answers) if args.answers else None       # a bad key fails before the work
     rec = make_pseudo_labels(args.runs, args.out, precision=args.precision, top_fraction=args.top_fraction)
     print(f"pseudo-labels: {rec.describe()}")
@@ -67,7 +70,6 @@ def cmd_pseudo(args: argparse.Namespace) -> int:
 def cmd_distill(args: argparse.Namespace) -> int:
     from kit.cli import cache_from
     from kit.distill import distill
-    from kit.errors import KitError
     from kit.runs import move_aside, old_name
 
     def log(message: str) -> None:
@@ -75,6 +77,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
     if args.fresh and args.resume:
         raise KitError("--fresh and --resume: choose one (start over, or continue)")
+    if any(same_dir(args.out, run) for run in distinct_runs(args.runs)):
+        raise KitError(f"--out {args.out}: is one of the teachers; give the student a run dir of its own")
     if args.fresh and Path(args.out).exists():
         log(f"{args.out}: starting over; the old student moved to {move_aside(args.out, old_name(args.out))}")
     with cache_from(args):

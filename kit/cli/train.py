@@ -159,10 +159,14 @@ def train_main(argv: list[str]) -> int:
 
 def cmd_recipe_run(args: argparse.Namespace) -> int:
     from kit.launch import make_launcher
+    from kit.recipe import load_recipe, require_budget
     from kit.zoo import run_recipe
 
     def log(message: str) -> None:
         print(f"kit: {message}", file=sys.stderr, flush=True)
+
+    if args.budget:                 # asked for by name: the recipe must set it up (chosen for you: as it is)
+        require_budget(load_recipe(args.file), args.budget)
 
     launcher = make_launcher(args.launcher, kernels=args.kernels, competition=args.competition,
                              endpoint=args.endpoint, partition=args.slurm_partition, cluster=args.submitit_cluster)

@@ -7,6 +7,7 @@ validation, the best refitted (`auto_ensemble`). members.py: run dirs on disk, c
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from pathlib import Path
@@ -20,8 +21,10 @@ from kit.ensemble.crossfit import (AUTO_METHODS, DEFAULT_POOL, METHODS, apply_me
 from kit.ensemble.members import Member, check_compatible, load_member, member_speakers
 from kit.ensemble.votes import check_weights, hard_vote, select_weights, soft_vote, vote_predictions
 from kit.errors import KitError
-from kit.fsio import sha256_file, write_csv
+from kit.fsio import sha256_file, write_bytes
+from kit.names import check_submission_name, distinct_runs
 from kit.records import SubmissionManifest, trained_on
+from kit.submission import keep_submitted, validate_submission
 
 __all__ = ["AUTO_METHODS", "DEFAULT_POOL", "METHODS", "POOLS", "VOTES", "Member", "apply_method", "auto_ensemble",
            "calibrate", "check_compatible", "check_weights", "crossfit", "ensemble_runs", "fit_methods",
@@ -42,7 +45,8 @@ def parse_weights(text: str | None):
 
 
 def ensemble_runs(run_dirs, vote: str = "hard", weights=None, name: str | None = None,
-                  out_dir: str | os.PathLike = "submissions", pool: str = DEFAULT_POOL, folds: int = 5) -> dict:
+                  out_dir: str | os.PathLike = "submissions", pool: str = DEFAULT_POOL, folds: int = 5,
+                  log=None) -> dict:
     """Vote over predicted run dirs and write OUT/NAME.csv (Id,Category) and OUT/NAME.json.
 
     vote hard | soft with weights None (equal) or a list: that plain vote of the members'
@@ -54,17 +58,25 @@ def ensemble_runs(run_dirs, vote: str = "hard", weights=None, name: str | None =
     predictions. The candidates: vote auto -> single, hard, equal, weighted; soft -> single,
     equal, weighted (calibrated soft votes, `pool` geo or mean); hard -> single, hard.
 
+    A NAME.csv that the ledger says was submitted is not overwritten with other votes: it and its
+    manifest move aside to NAME.csv.old-<time> (kit.submission.keep_submitted), said in one
+    `log` line.
+
     Returns {csv, manifest, table: [{member, val_acc, weight, ...}, ..., ensemble row],
-    val_acc (the written vote's in-sample validation accuracy), weights (M,), and for the
-    auto mode also oof_acc (honest), method, temperatures, candidates}.
+    val_acc (the written vote's in-sample validation accuracy), weights (M,), kept (the old
+    files moved aside), and for the auto mode also oof_acc (honest), method, temperatures,
+    candidates}.
     """
     _check_arguments(run_dirs, vote, weights, pool)
+    name = check_submission_name(name or _default_name(vote, len(run_dirs)))     # before any work
     members = [load_member(d) for d in run_dirs]
     check_compatible(members)
     auto = vote == "auto" or weights == "auto"
     voted = _auto_vote(members, vote, pool, folds) if auto else _plain_vote(members, vote, weights)
-    name = _submission_name(name, vote, len(members))
-    csv_path, data_dir = _write_csv(members, voted["test_pred"], Path(out_dir) / f"{name}.csv")
+    csv_path, data_dir, kept = _write_csv(members, voted["test_pred"], Path(out_dir) / f"{name}.csv")
+    if kept and log:
+        log(f"{csv_path}: was submitted (a ledger row names it), so the old one is kept as "
+            f"{', '.join(p.name for p in kept)}")
     manifest_path = Path(out_dir) / f"{name}.json"
     w, extra = voted["weights"], voted["extra"]
     SubmissionManifest(
@@ -78,7 +90,7 @@ def ensemble_runs(run_dirs, vote: str = "hard", weights=None, name: str | None =
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), trained_on=trained_on(run_dirs) or None,
     ).save(manifest_path)
     return {"csv": csv_path, "manifest": manifest_path, "table": voted["table"], "val_acc": voted["val_acc"],
-            "weights": [float(x) for x in w], **extra}
+            "weights": [float(x) for x in w], "kept": [str(p) for p in kept], **extra}
 
 
 def _check_arguments(run_dirs, vote: str, weights, pool: str) -> None:
@@ -92,6 +104,7 @@ def _check_arguments(run_dirs, vote: str, weights, pool: str) -> None:
         raise KitError(f"pool {pool!r}: choose one of {', '.join(POOLS)}")
     if not run_dirs:
         raise KitError("no run dirs given to ensemble")
+    distinct_runs(run_dirs)
 
 
 def _accuracy(pred, labels) -> float | None:
@@ -132,24 +145,21 @@ def _auto_vote(members: list[Member], vote: str, pool: str, folds: int) -> dict:
     return {"weights": w, "test_pred": fit["test_pred"], "val_acc": fit["val_acc"], "table": table, "extra": extra}
 
 
-def _submission_name(name: str | None, vote: str, n_members: int) -> str:
-    name = name or f"{vote}-{n_members}members-{time.strftime('%Y%m%d-%H%M%S')}"
-    if not name or "/" in name or "\\" in name or name.startswith("."):
-        raise KitError(f"--name {name!r}: give a plain file name (no folders, not starting with '.')")
-    return name
+def _default_name(vote: str, n_members: int) -> str:
+    return f"{vote}-{n_members}members-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _write_csv(members: list[Member], pred, csv_path: Path) -> tuple[Path, str]:
+def _write_csv(members: list[Member], pred, csv_path: Path) -> tuple[Path, str, list[Path]]:
     """The predicted classes (n_test,) as speaker ids in CSV_PATH, checked the way Kaggle would;
-    returns the path and the data dir it is for."""
+    returns the path, the data dir it is for and the submitted files moved aside for it."""
     import pandas as pd
-
-    from kit.submission import validate_submission
 
     speakers, data_dir = member_speakers(members[0])
     frame = pd.DataFrame({"Id": members[0].ids.test, "Category": [speakers[int(k)] for k in pred]})
-    write_csv(csv_path, frame)
+    data = frame.to_csv(index=False).encode("utf-8")
+    kept = keep_submitted(csv_path, hashlib.sha256(data).hexdigest())
+    write_bytes(csv_path, data)
     problems = validate_submission(csv_path, data_dir)
     if problems:                   # a safety net: member_speakers checked ids and classes
         raise KitError(f"{csv_path}: written but invalid for {data_dir}: {problems[0]}")
-    return csv_path, data_dir
+    return csv_path, data_dir, kept

@@ -1,0 +1,96 @@
+"""Names a user gives that become file names (recipes, members, submissions), and run dirs given as a
+list: checked before anything is written, so no name reaches outside its folder or onto a file kit keeps."""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from kit.errors import KitError
+
+MAX_NAME_BYTES = 200            # below the usual 255-byte limit, leaving room for .csv.old-<time>
+
+# What kit itself writes into submissions/ beside NAME.csv, NAME.json and NAME_report.png (the
+# ledger and its backups, lock and pending file: kit.kaggle.ledger; scores.png: `kit scores`).
+# A submission named like one of them would land on it, or be taken for it.
+_SUBMISSION_RESERVED = re.compile(r"(ledger|scores)(\..*)?|.*_report", re.IGNORECASE)
+# What kit writes into RUNS/<recipe>/ beside the members: kit.rounds' pseudo-label folders,
+# fine-tuned copies and student; the Kaggle launcher's state and logs (kit.launch.kaggle_kernels).
+_MEMBER_RESERVED = re.compile(r"student|pseudo-\d+|.*-pl\d+|kaggle-kernels\.json|kaggle-logs", re.IGNORECASE)
+
+
+def check_name(name, what: str) -> str:
+    """NAME when it is a plain file name (no folder part, not '.' or '..', no leading dot, no
+    control characters); else KitError "<what> name 'X' is not a plain file name (why)"."""
+    why = _not_plain(name)
+    if why:
+        raise KitError(f"{what} name {_shown(name)} is not a plain file name ({why})")
+    return name
+
+
+def _shown(name) -> str:
+    return repr(name) if not isinstance(name, str) or len(name) <= 60 else repr(name[:60]) + "..."
+
+
+def _not_plain(name) -> str | None:
+    if not isinstance(name, str) or not name:
+        return "it is empty" if name == "" else f"not text but {type(name).__name__}"
+    if "/" in name or "\\" in name:
+        return "no '/' or '\\': it would name a file in another folder"
+    if name in (".", ".."):
+        return "'.' and '..' are folders"
+    if name.startswith("."):
+        return "no leading '.': kit keeps its hidden files under such names"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return "no control characters"
+    if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+        return f"at most {MAX_NAME_BYTES} bytes"
+    return None
+
+
+def check_submission_name(name, what: str = "submission") -> str:
+    """A plain file name that is not one kit uses in submissions/ (`ledger`, `ledger.*`,
+    `scores`, `*_report`): NAME.csv, NAME.json and NAME_report.png land beside the ledger."""
+    check_name(name, what)
+    if _SUBMISSION_RESERVED.fullmatch(name):
+        raise KitError(f"{what} name {name!r} is one kit uses in submissions/ (ledger.csv, its backups and "
+                       "pending file, scores.png, NAME_report.png): choose another name")
+    return name
+
+
+def check_member_name(name, what: str = "member") -> str:
+    """A plain file name that is not one kit uses beside the members in RUNS/<recipe>/
+    (`student`, `pseudo-N`, `NAME-plN`, the Kaggle launcher's files)."""
+    check_name(name, what)
+    if _MEMBER_RESERVED.fullmatch(name):
+        raise KitError(f"{what} name {name!r} is one kit uses beside the members in RUNS/<recipe>/ (student, "
+                       "pseudo-N, MEMBER-plN, kaggle-kernels.json, kaggle-logs): choose another name")
+    return name
+
+
+def distinct_runs(run_dirs, what: str = "run dir") -> list:
+    """RUN_DIRS when no folder is given twice (`A A`, `A ./A/`, a link to A); else KitError: a
+    member counted twice would outvote the others."""
+    seen: dict = {}
+    for run in run_dirs:
+        key = _identity(run)
+        if key in seen:
+            same = f"{seen[key]} and {run}" if str(seen[key]) != str(run) else f"{run} twice"
+            raise KitError(f"{run}: the same {what} is given twice ({same}); give each run dir once")
+        seen[key] = run
+    return list(run_dirs)
+
+
+def same_dir(a, b) -> bool:
+    """Whether two paths name the same folder (see distinct_runs)."""
+    return _identity(a) == _identity(b)
+
+
+def _identity(path) -> tuple:
+    """The folder a path names: device and inode when it exists (links, case-insensitive disks),
+    else the absolute, normalised path."""
+    try:
+        st = os.stat(path)
+        return ("inode", st.st_dev, st.st_ino)
+    except OSError:
+        return ("path", str(Path(path).resolve()))
