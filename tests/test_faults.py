@@ -35,7 +35,7 @@ def write_recipe(tiny_recipe):
     def write(max_steps: int = 10, eval_every: int = 5, lr: float = 3e-3, members=MEMBERS) -> Path:
         member_tables = [{"name": name, **({"model.pooling": "sap"} if name == "sap" else {})} for name in members]
         return tiny_recipe(*member_tables, base={"train": {"lr": lr, "max_steps": max_steps, "eval_every": eval_every}},
-                           budget={"quick": {}})
+                           budget={"quick": {}, "full": {}})
 
     return write
 
