@@ -10,7 +10,7 @@ from pathlib import Path
 from kit.config import RunConfig, from_dict, layered, load_toml, parse_overrides, to_dict
 from kit.ensemble import check_compatible, load_member
 from kit.errors import KitError
-from kit.pseudo import TEACHER, ensemble_probs, save_teacher
+from kit.pseudo import TEACHER, check_pseudo_labels, ensemble_probs, save_teacher
 from kit.records import predicted_mode
 
 
@@ -65,14 +65,18 @@ def student_config(best: Path, out, config: str | None = None, overrides=(), ini
 
 def distill(run_dirs, out, config: str | None = None, overrides=(), minutes: float | None = None,
             temperature: float = 1.0, distill_weight: float = 0.5, pseudo_labels: str | None = None,
-            init: str = "best", resume: bool = False, progress: bool = True, log=None) -> dict:
-    """Train the student into `out`, then predict it (val and test): {summary, pred, teacher}."""
+            init: str = "best", resume: bool = False, progress: bool = True, log=None,
+            allow_external_labels: bool = False) -> dict:
+    """Train the student into `out`, then predict it (validation and test): {summary, pred, teacher}.
+    pseudo_labels: a `kit pseudo` CSV (kit.pseudo.check_pseudo_labels), or any with allow_external_labels."""
     from kit.infer import predict_run, source_mode
     from kit.runs import check_start
     from kit.train import train
 
     log = log or (lambda message: None)
     out = Path(out)
+    if pseudo_labels:
+        check_pseudo_labels(pseudo_labels, allow_external_labels)
     members = load_members(run_dirs)
     cfg = student_config(best_member(members), out, config, overrides, init)
     check_start(out, resume)            # before teacher.npz is written: a finished student keeps its own

@@ -18,7 +18,8 @@ import numpy as np
 from kit.ensemble import (DEFAULT_POOL, METHODS, apply_method, check_compatible, crossfit, fit_methods, load_member,
                           log_probs, member_speakers)
 from kit.errors import KitError
-from kit.fsio import sha256_file, write_bytes, write_csv, write_json
+from kit.fsio import read_json, sha256_file, write_bytes, write_csv, write_json
+from kit.submission import read_answer_key, score_predictions
 
 PSEUDO_CSV, PSEUDO_JSON, TEACHER = "pseudo.csv", "pseudo.json", "teacher.npz"
 
@@ -96,6 +97,18 @@ class PseudoLabels:
     weights: list = field(default_factory=list)
     created: str = ""
 
+    @classmethod
+    def beside(cls, csv) -> "PseudoLabels | None":
+        """The record `kit pseudo` wrote beside this CSV (None when there is none)."""
+        path = Path(csv).with_name(PSEUDO_JSON)
+        if not path.is_file():
+            return None
+        saved = read_json(path, f"the record of {PSEUDO_CSV}")
+        try:
+            return cls(**saved)
+        except TypeError as e:
+            raise KitError(f"{path}: not a pseudo-label record ({e})") from None
+
     def describe(self) -> str:
         """One line: how many test utterances were labelled, at what confidence and precision."""
         if self.threshold == float("inf"):
@@ -132,8 +145,10 @@ def make_pseudo_labels(run_dirs, out_dir, precision: float | None = 0.95, top_fr
     csv = out / PSEUDO_CSV
     import pandas as pd
 
+    # Confidence at full precision (shortest repr, read back exactly): the threshold in pseudo.json
+    # is one of these values, and every row must compare >= it as written.
     write_csv(csv, pd.DataFrame({"Id": ids[keep], "Category": [speakers[k] for k in test_p[keep].argmax(axis=1)],
-                                 "Confidence": np.round(test_p[keep].max(axis=1), 6)}))
+                                 "Confidence": test_p[keep].max(axis=1)}))
     save_teacher(out / TEACHER, ids, test_p)
     record = PseudoLabels(
         members=[str(m.run_dir.resolve()) for m in members], method=fit["method"], threshold=chosen["threshold"],
@@ -162,13 +177,51 @@ def save_teacher(path, ids, probs, temperature: float = 1.0) -> None:
 
 def true_precision(pseudo_csv, answers) -> float | None:
     """The pseudo-labels' precision against an answer key (synthetic data; a path, or what
-    kit.submission.read_answer_key read from one): for the report. None when nothing was labelled."""
+    kit.submission.read_answer_key read from one): for the report. None when nothing was labelled.
+    A key for another test set is refused as `kit score` refuses it (score_predictions), against the
+    test utterances the labels were chosen from (teacher.npz beside the CSV)."""
     import pandas as pd
 
-    from kit.submission import read_answer_key
-
     key = answers if isinstance(answers, dict) else read_answer_key(answers)
-    chosen = pd.read_csv(pseudo_csv, dtype=str)
-    if chosen.empty:
-        return None
-    return float(np.mean([key.get(i, (None,))[0] == c for i, c in zip(chosen["Id"], chosen["Category"])]))
+    chosen = pd.read_csv(pseudo_csv, dtype={"Id": str, "Category": str})
+    labels = dict.fromkeys(_test_ids(pseudo_csv), "")       # unlabelled test utterances score as wrong
+    labels.update(zip(chosen["Id"], chosen["Category"]))
+    score = score_predictions(labels, key, f"{pseudo_csv} (the test set it labels)",
+                              "the answer key" if isinstance(answers, dict) else str(answers))
+    return score["overall"]["correct"] / len(chosen) if len(chosen) else None
+
+
+def _test_ids(pseudo_csv) -> list[str]:
+    """Every test utterance the pseudo-labels in pseudo_csv were chosen from."""
+    record = PseudoLabels.beside(pseudo_csv)
+    teacher = Path(record.teacher) if record else Path(pseudo_csv).with_name(TEACHER)
+    if not teacher.is_file():
+        raise KitError(f"{pseudo_csv}: no {TEACHER} beside it names the test set the labels were chosen from "
+                       "(write them with `kit pseudo`)")
+    with np.load(teacher, allow_pickle=False) as z:
+        return [str(i) for i in z["ids"]]
+
+
+EXTERNAL_HINT = ("make pseudo-labels with `kit pseudo`, or pass --allow-external-labels to train on this file "
+                 "anyway")
+
+
+def check_pseudo_labels(path, allow_external: bool = False) -> None:
+    """Refuse pseudo-labels kit did not make, unless allow_external: `kit pseudo` writes pseudo.json
+    beside pseudo.csv with the CSV's sha256. Without that record (an answer key, say, which would
+    train on the test set's answers) or with another file's, training on it is refused."""
+    path = Path(path)
+    if allow_external:
+        return
+    if not path.is_file():
+        raise KitError(f"{path}: pseudo-label file not found")
+    try:
+        record = PseudoLabels.beside(path)
+    except KitError as e:
+        raise KitError(f"{e}; {EXTERNAL_HINT}") from None
+    if record is None:
+        raise KitError(f"{path}: no {PSEUDO_JSON} beside it, so kit did not make these pseudo-labels (an answer "
+                       f"key would train on the test set's answers); {EXTERNAL_HINT}")
+    if record.csv_sha256 != sha256_file(path):
+        raise KitError(f"{path}: not the file its {PSEUDO_JSON} records (the sha256 differs: edited or replaced "
+                       f"since `kit pseudo` wrote it); {EXTERNAL_HINT}")

@@ -193,7 +193,8 @@ def distill_stage(ctx: StageContext, opts: dict, run_dirs: list[Path], result: d
     else:
         ctx.predict(student)
     ens = ctx.ensemble([student], f"{ctx.name}-student")
-    out = {"run_dir": str(student), "val_acc": ens["val_acc"], "csv": str(ens["csv"])}
+    val_acc = None if ens["val_acc"] is None else float(ens["val_acc"])      # a plain number in messages
+    out = {"run_dir": str(student), "val_acc": val_acc, "csv": str(ens["csv"])}
     result["student"] = out
     return out
 

@@ -2,6 +2,7 @@
 resume of an interrupted round, the student as an ordinary run dir."""
 from __future__ import annotations
 
+import csv as csv_module
 import json
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import torch
 from kit.data import FeatureStore, split_for
 from kit.errors import KitError
 from kit.infer import predict_run
-from kit.pseudo import choose_threshold, make_pseudo_labels, true_precision
+from kit.pseudo import check_pseudo_labels, choose_threshold, make_pseudo_labels, true_precision
 from kit.train import read_summary, train
 from tests.conftest import recipe_toml
 from tests.test_train import tiny_cfg
@@ -64,8 +65,12 @@ def test_pseudo_labels_files_and_manifest(members, tiny_data, tiny_answers, tmp_
     test_ids = json.loads((tiny_data / "testdata.json").read_text())["utterances"]
     test_ids = {u["feature_path"] for u in test_ids}
     assert len(csv) == rec.test_count == 10 and set(csv["Id"]) <= test_ids
-    assert csv["Confidence"].min() >= rec.threshold
     saved = json.loads((tmp_path / "pl" / "pseudo.json").read_text())
+    # what is written is what was compared: read back exactly, every confidence is at or above the
+    # recorded threshold, and the lowest is it (top_fraction: the 10th highest confidence)
+    with open(tmp_path / "pl" / "pseudo.csv", newline="") as f:
+        written = [float(r["Confidence"]) for r in csv_module.DictReader(f)]
+    assert min(written) == saved["threshold"] == rec.threshold
     assert saved["test_count"] == 10 and saved["n_test"] == 20 and saved["top_fraction"] == 0.5
     assert saved["members"] == [str(d.resolve()) for d in members] and len(saved["csv_sha256"]) == 64
     with np.load(tmp_path / "pl" / "teacher.npz") as z:
@@ -236,6 +241,40 @@ def test_kit_pseudo_bad_answer_key_or_out_is_one_line_before_the_work(members, t
     key = pd.read_csv(tiny_answers, dtype=str).set_index("Id")["Category"]
     want = (chosen["Category"].to_numpy() == key.reindex(chosen["Id"]).to_numpy()).mean()
     assert f"true precision (answer key): {want:.4f}" in capsys.readouterr().out
+
+
+def test_kit_pseudo_refuses_an_answer_key_for_another_test_set(members, tiny_answers, tmp_path, capsys):
+    from kit.cli import main
+
+    other = tmp_path / "other_key.csv"             # a well-formed key whose Ids are another data's test set
+    rows = tiny_answers.read_text().splitlines()
+    other.write_text("\n".join([rows[0], *(f"other/{r}" for r in rows[1:])]) + "\n")
+    assert main(["pseudo", *map(str, members), "--out", str(tmp_path / "pl"), "--top-fraction", "0.5",
+                 "--answers", str(other)]) == 2
+    out, err = capsys.readouterr()
+    [line] = err.strip().splitlines()
+    assert "does not match" in line and "20 Id(s) missing, 20 unknown" in line, line
+    assert "true precision" not in out
+    with pytest.raises(KitError, match=f"does not match {other}"):      # the same refusal as `kit score`
+        true_precision(tmp_path / "pl" / "pseudo.csv", other)
+
+
+def test_pseudo_labels_kit_did_not_make_are_refused_unless_allowed(members, tiny_answers, tmp_path):
+    from kit.distill import distill
+
+    # an answer key passed as pseudo-labels would train on the test set's answers
+    with pytest.raises(KitError, match="no pseudo.json beside it.*--allow-external-labels"):
+        check_pseudo_labels(tiny_answers)
+    check_pseudo_labels(tiny_answers, allow_external=True)
+    with pytest.raises(KitError, match="no pseudo.json beside it"):
+        distill(members, tmp_path / "student", pseudo_labels=str(tiny_answers), progress=False)
+    assert not (tmp_path / "student").exists()                 # refused before any work
+    make_pseudo_labels(members, tmp_path / "pl", top_fraction=0.5)
+    pl = tmp_path / "pl" / "pseudo.csv"
+    check_pseudo_labels(pl)                                    # kit's own: fine
+    pl.write_text(tiny_answers.read_text())                    # replaced beside kit's record
+    with pytest.raises(KitError, match="not the file its pseudo.json records"):
+        check_pseudo_labels(pl)
 
 
 def test_distill_into_a_finished_student_keeps_it_and_fresh_moves_it_aside(members, tmp_path, capsys):

@@ -75,9 +75,15 @@ def cmd_scores(args: argparse.Namespace) -> int:
 
     from kit.errors import KitError
     from kit.kaggle import read_ledger, refresh_ledger, score_table
+    from kit.kaggle.pending import merge_pending
     from kit.plots import plot_scores
 
     ledger = Path(args.ledger)
+    try:                                        # submissions a failed recording left outside the ledger
+        for pending, n in merge_pending(ledger):
+            _log(f"added {n} submission row(s) from {pending} to {ledger}")
+    except KitError as e:                       # the ledger as it is is still worth showing
+        _log(f"could not add pending submissions: {e}")
     if not ledger.is_file():
         raise KitError(f"{ledger}: no ledger yet (`kit submit` writes it)")
     if not args.no_refresh and (read_ledger(ledger)["status"] == "PENDING").any():
@@ -105,6 +111,7 @@ def cmd_scores(args: argparse.Namespace) -> int:
 
 def _parse_fault(spec: str):
     from kit.errors import KitError
+    from kit.kaggle.server import FAULT_TARGETS
 
     parts = spec.split(":")
     try:
@@ -113,6 +120,8 @@ def _parse_fault(spec: str):
         retry_after = float(parts[3]) if len(parts) > 3 else None
     except (IndexError, ValueError):
         raise KitError(f"--fail {spec!r}: expected METHOD:STATUS[:COUNT[:RETRY_AFTER]], e.g. CreateSubmission:429:2:1")
+    if method not in FAULT_TARGETS:     # a fault for a method nobody calls would never fire
+        raise KitError(f"--fail {spec!r}: unknown method {method!r}; known: {', '.join(FAULT_TARGETS)}")
     return method, status, count, retry_after
 
 

@@ -4,9 +4,11 @@ and public/private scores. Read strictly, written under a lock, backed up before
 from __future__ import annotations
 
 import os
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
+from kit import env
 from kit.errors import KitError
 from kit.fsio import file_lock, sha256_file, write_csv
 
@@ -73,8 +75,42 @@ def _check_ledger_rows(path: Path, text: str) -> None:
                        f"{text.splitlines()[-1][-60:]!r}); {_LEDGER_FIX.format(name=path.name)}")
 
 
-def _lock(path: Path) -> Path:
+def ledger_lock(path: Path) -> Path:
+    """The lock file every writer of `path` takes (beside it, hidden)."""
     return path.with_name(f".{path.name}.lock")
+
+
+def ledger_problem(path: str | os.PathLike) -> str | None:
+    """Why the ledger could not record a row (None when it can): its folder missing and not
+    creatable, or not writable; the file not writable; its lock not takeable; no temp file
+    creatable beside it (how every rewrite is made)."""
+    path = Path(path)
+    folder = path.parent
+    if path.exists() and not path.is_file():
+        return f"{path}: the ledger is not a file"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return f"{path}: cannot make the ledger's folder {folder} ({e.strerror})"
+    if not env.writable(folder):
+        return f"{path}: the ledger's folder {folder} is not writable"
+    if path.exists() and not os.access(path, os.W_OK):
+        return f"{path}: the ledger is read-only"
+    try:
+        with file_lock(ledger_lock(path)):
+            fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=folder)
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as e:
+        return f"{path}: cannot write the ledger or take its lock ({e.strerror}: {e.filename})"
+    return None
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Refuse, before anything is sent, a ledger that could not record the submission (ledger_problem)."""
+    problem = ledger_problem(path)
+    if problem:
+        raise KitError(f"{problem}; nothing was sent (a submission must be recorded); give a writable --ledger FILE")
 
 
 def _rewrite_ledger(path: Path, old, new) -> None:
@@ -98,7 +134,7 @@ def append_ledger(path: str | os.PathLike, row: dict) -> None:
     import pandas as pd
 
     path = Path(path)
-    with file_lock(_lock(path)):
+    with file_lock(ledger_lock(path)):
         frame = read_ledger(path)
         new = pd.DataFrame([{c: "" if row.get(c) is None else str(row.get(c)) for c in frame.columns}])
         _rewrite_ledger(path, frame, pd.concat([frame, new], ignore_index=True) if len(frame) else new)
@@ -107,7 +143,7 @@ def append_ledger(path: str | os.PathLike, row: dict) -> None:
 def update_ledger(path: str | os.PathLike, competition: str, ref, changes: dict) -> None:
     """Set fields of the row with this competition and ref; an empty value never blanks a field."""
     path = Path(path)
-    with file_lock(_lock(path)):
+    with file_lock(ledger_lock(path)):
         frame = read_ledger(path)
         new = frame.copy()
         hit = (new["competition"] == competition) & (new["ref"] == str(ref))
@@ -115,6 +151,41 @@ def update_ledger(path: str | os.PathLike, competition: str, ref, changes: dict)
             if value is not None and str(value) != "":
                 new.loc[hit, key] = str(value)
         _rewrite_ledger(path, frame, new)
+
+
+def same_row(frame, row: dict):
+    """Which rows of `frame` record the same attempt as `row`: the same competition and Kaggle ref,
+    or, for an attempt without a ref (FAILED), the same time, competition, file and sha256."""
+    keys = ("competition", "ref") if row.get("ref") else ("time", "competition", "file", "sha256")
+    hit = frame["competition"].notna()
+    for key in keys:
+        hit &= frame[key] == str(row.get(key) or "")
+    return hit
+
+
+def merge_rows(path: str | os.PathLike, rows: list[dict]) -> None:
+    """Add rows under the lock: a row the ledger already holds (same_row) only has its empty fields
+    filled and a PENDING status replaced (a merge never takes a score back); any other is appended.
+    Merging the same rows twice changes nothing."""
+    import pandas as pd
+
+    path = Path(path)
+    with file_lock(ledger_lock(path)):
+        frame = read_ledger(path)
+        new = frame.copy()
+        for row in rows:
+            hit = same_row(new, row)
+            if not hit.any():
+                add = pd.DataFrame([{c: str(row.get(c) or "") for c in new.columns}])
+                new = pd.concat([new, add], ignore_index=True) if len(new) else add
+                continue
+            for key in new.columns:
+                value = str(row.get(key) or "")
+                replace = (new[key] == "") | ((new[key] == "PENDING") if key == "status" else False)
+                if value:
+                    new.loc[hit & replace, key] = value
+        if not new.equals(frame):
+            _rewrite_ledger(path, frame, new)
 
 
 def score_table(ledger, competition: str | None = None):

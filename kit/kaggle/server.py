@@ -20,12 +20,19 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from kit import DEFAULT_COMPETITION
+from kit.errors import KitError
+from kit.kaggle import server_competitions, server_kernels
 from kit.kaggle.server_competitions import ZIP_FOLDER, CompetitionRpcs, _ApiError
+from kit.kaggle.server_kernels import KERNEL_OUTPUT, Kernels
 
 API_PREFIX = "/api/v1/"
 RETRY_STATUSES = (429, 503)     # statuses that carry a Retry-After header
 # Fault targets besides the RPC names (CreateSubmission, ListSubmissions, ...):
 UPLOAD, DOWNLOAD = "upload", "download"   # the PUT to createUrl and the GET of the zip
+INTROSPECT = "IntrospectToken"            # the client's check of a bearer token
+# Every name a fault can target: a fault for any other would never fire.
+FAULT_TARGETS = (*server_competitions.METHODS, *server_kernels.METHODS, INTROSPECT, UPLOAD, DOWNLOAD,
+                 KERNEL_OUTPUT, "*")
 
 
 @dataclass
@@ -72,8 +79,6 @@ class StandIn:
         self._server.daemon_threads = True
         self._server.standin = self
         self._thread: threading.Thread | None = None
-        from kit.kaggle.server_kernels import Kernels     # it builds on this module's errors
-
         self.kernels = Kernels(self, kernel_slots, gpu_used_hours, kernel_timeout)
 
     # -- lifecycle
@@ -110,6 +115,10 @@ class StandIn:
 
     # -- fault injection
     def inject(self, method: str, status: int, count: int = 1, retry_after: float | None = None) -> None:
+        """Fail the next `count` calls of `method` (one of FAULT_TARGETS) with `status`."""
+        if method not in FAULT_TARGETS:
+            raise KitError(f"fault for {method!r}: the stand-in has no such method "
+                           f"(known: {', '.join(FAULT_TARGETS)})")
         with self.lock:
             self.faults.setdefault(method, []).append(Fault(int(status), int(count), retry_after))
 
@@ -330,7 +339,7 @@ class _Handler(CompetitionRpcs, BaseHTTPRequestHandler):
                 self.standin.calls.append(method)
             self._fault(method)
             request = json.loads(body or b"{}")
-            if service == "security.OAuthService" and method == "IntrospectToken":
+            if service == "security.OAuthService" and method == INTROSPECT:
                 self._json({"active": True, "username": "rehearsal", "scope": "resources.admin:*"})
                 return
             if service == "kernels.KernelsApiService":
@@ -347,7 +356,7 @@ class _Handler(CompetitionRpcs, BaseHTTPRequestHandler):
             handler(request, user)
         except _ApiError as e:
             self._error(e)
-        except (ValueError, KeyError) as e:
+        except (ValueError, KeyError, KitError) as e:
             self._error(_ApiError(400, f"Bad request: {e}"))
 
     def _admin(self, path: str, body: dict) -> None:

@@ -76,3 +76,6 @@ class CompetitionRpcs:
             n_today = sum(s["date"].startswith(today) for s in self.standin.submissions)
         self._json({"numToday": n_today, "numTotal": total, "numAllowedNow": max(0, 100 - n_today),
                     "limitedByTotal": False})
+
+
+METHODS = tuple(sorted(name[len("_rpc_"):] for name in vars(CompetitionRpcs) if name.startswith("_rpc_")))

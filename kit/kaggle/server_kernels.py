@@ -24,6 +24,8 @@ from urllib.parse import quote, unquote
 from kit.kaggle.server_competitions import ZIP_FOLDER, _ApiError
 
 SERVICE = "kernels.KernelsApiService"
+METHODS = ("SaveKernel", "GetKernelSessionStatus", "ListKernelSessionOutput", "DownloadKernelOutput",
+           "GetAcceleratorQuotaStatistics")      # what `Kernels.handle` answers
 KERNEL_OUTPUT = "kernel-output"        # fault target: the GET of one output file
 OUTPUT_PATH = "/kernels-output/"       # /kernels-output/<owner>/<slug>/<version>/<file>
 ENDED = ("COMPLETE", "ERROR", "CANCEL_ACKNOWLEDGED")

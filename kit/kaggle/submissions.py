@@ -9,8 +9,62 @@ from kit import DEFAULT_COMPETITION
 from kit.errors import KitError
 from kit.fsio import sha256_file
 from kit.kaggle.client import call, poll_interval, target
-from kit.kaggle.ledger import append_ledger, now, read_ledger, update_ledger
+from kit.kaggle.ledger import append_ledger, check_writable, now, read_ledger, update_ledger
+from kit.kaggle.pending import keep_pending, merge_pending
 from kit.records import SubmissionManifest
+from kit.submission import require_valid
+
+
+class _Recorder:
+    """Puts a submission's row in the ledger, or, when the ledger cannot take it after Kaggle accepted
+    the submission, in its pending file (kit.kaggle.pending) with one line on the log saying so."""
+
+    def __init__(self, ledger, log):
+        self.ledger, self.log = Path(ledger), log or (lambda line: None)
+        self.pending: Path | None = None    # where the row went instead of the ledger
+        self.problem = ""                   # why the ledger could not take it
+
+    def add(self, row: dict) -> None:
+        self._write(row, lambda: append_ledger(self.ledger, row))
+
+    def update(self, row: dict, keys=("status", "public", "private", "error")) -> None:
+        self._write(row, lambda: update_ledger(self.ledger, row["competition"], row["ref"],
+                                               {k: row[k] for k in keys}))
+
+    def _write(self, row: dict, to_ledger) -> None:
+        if self.pending is None:
+            try:
+                return to_ledger()
+            except (OSError, KitError) as e:    # never raised out of the worker's event: it is still running
+                self.problem = _why(e, self.ledger)
+        what = (f"submission {row['ref']} of {row['file']} (sha256 {row['sha256']}, message {row['message']!r}, "
+                f"{row['status']})") if row["ref"] else f"the {row['status']} attempt to submit {row['file']}"
+        first = self.pending is None
+        try:
+            self.pending = keep_pending(self.ledger, row)
+        except (OSError, KitError) as e:
+            self.log(f"{what} could not be recorded in {self.ledger} ({self.problem}) nor in a pending file "
+                     f"({_why(e, self.ledger)}): add it to the ledger by hand")
+            return
+        if first:
+            self.log(f"{what} could not be recorded in {self.ledger} ({self.problem}); kept in {self.pending} "
+                     f"until the next `kit scores` or `kit submit` adds it to the ledger")
+
+    def note(self) -> str:
+        """'' when every row reached the ledger, else where the row waits and how it gets there."""
+        if not self.problem:
+            return ""
+        if self.pending is None:
+            return f"; it is recorded nowhere ({self.problem}): add it to {self.ledger} by hand (see above)"
+        return (f"; {self.ledger} could not record it ({self.problem}): it is kept in {self.pending} until "
+                f"`kit scores --ledger {self.ledger}` adds it (make the ledger writable first)")
+
+
+def _why(e: Exception, ledger: Path) -> str:
+    """An OSError as its reason, with the file it names when that is not the ledger itself."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror if not e.filename or str(e.filename) == str(ledger) else f"{e.filename}: {e.strerror}"
+    return str(e)
 
 
 def submit(csv_path, message: str, competition: str = DEFAULT_COMPETITION, data_dir=None, wait: bool = False,
@@ -20,10 +74,52 @@ def submit(csv_path, message: str, competition: str = DEFAULT_COMPETITION, data_
 
     Every submission attempt leaves a ledger row: PENDING/COMPLETE/ERROR with Kaggle's ref, or
     FAILED with the reason. A failed or ERROR-scored submission raises KitError after recording it.
+    The ledger is checked writable before anything is sent; a row it still cannot take goes to
+    its pending file (kit.kaggle.pending), and the submission then ends in a KitError saying so.
     """
-    from kit.submission import require_valid
-
     csv_path = Path(csv_path)
+    manifest = _checked(csv_path, message, data_dir, ledger)
+    row = {"time": now(), "competition": competition, "file": str(csv_path), "sha256": sha256_file(csv_path),
+           "message": message, "members": ";".join(map(str, manifest.members or [])), "vote": manifest.vote or "",
+           "ref": "", "status": "", "public": "", "private": "",
+           "target": target(endpoint), "error": ""}
+    record = _Recorder(ledger, log)
+
+    def submitted(event: dict) -> None:     # recorded at once, so a crash while waiting loses nothing
+        row.update(ref=str(event["ref"]), status="PENDING")
+        record.add(row)
+
+    params = {"competition": competition, "file": str(csv_path.resolve()), "message": message,
+              "wait": wait, "timeout": timeout, "poll": poll_interval() if poll is None else poll}
+    try:
+        done = call("submit", params, endpoint, env, log, on_event=submitted)
+    except KitError as e:
+        if row["ref"]:
+            raise KitError(f"submission {row['ref']} of {csv_path} was made, but waiting for its score "
+                           f"failed: {e} (`kit scores` refreshes it later){record.note()}") from None
+        row.update(status="FAILED", error=str(e))
+        record.add(row)
+        where = f"not recorded: {record.problem}" if record.problem and not record.pending else \
+            f"recorded as FAILED in {record.pending or ledger}"
+        raise KitError(f"submission of {csv_path} failed: {e} ({where}; the CSV is kept)") from None
+    if wait:
+        row.update(status=done["status"], public=done["public"], private=done["private"], error=done["error"])
+        record.update(row)
+    if record.note():
+        raise KitError(f"submission {row['ref']} of {csv_path} was made ({row['status']}){record.note()}")
+    if done.get("timed_out"):
+        raise KitError(f"submission {row['ref']} of {csv_path} is still PENDING after {timeout:g}s; "
+                       f"run `kit scores` later to fetch its score")
+    if wait and done["status"] == "ERROR":
+        raise KitError(f"Kaggle scored submission {row['ref']} of {csv_path} ERROR: "
+                       f"{done['error'] or 'no reason given'} (recorded in {ledger})")
+    return row
+
+
+def _checked(csv_path: Path, message: str, data_dir, ledger) -> SubmissionManifest:
+    """Everything checked before a submission is sent: the CSV (as Kaggle would), the message, a
+    ledger that can record it; rows a failed recording left pending are merged first. Returns the
+    CSV's manifest (empty when it has none)."""
     if not csv_path.is_file():
         raise KitError(f"{csv_path}: submission file not found")
     if not message or not message.strip():
@@ -35,42 +131,15 @@ def submit(csv_path, message: str, competition: str = DEFAULT_COMPETITION, data_
                        f"data dir; pass --data DIR so the CSV is checked before it is sent")
     require_valid(csv_path, data_dir)
     read_ledger(ledger)         # a damaged ledger stops us before anything is sent, not after
-    row = {"time": now(), "competition": competition, "file": str(csv_path), "sha256": sha256_file(csv_path),
-           "message": message, "members": ";".join(map(str, manifest.members or [])), "vote": manifest.vote or "",
-           "ref": "", "status": "", "public": "", "private": "",
-           "target": target(endpoint), "error": ""}
-
-    def submitted(event: dict) -> None:     # recorded at once, so a crash while waiting loses nothing
-        row.update(ref=str(event["ref"]), status="PENDING")
-        append_ledger(ledger, row)
-
-    params = {"competition": competition, "file": str(csv_path.resolve()), "message": message,
-              "wait": wait, "timeout": timeout, "poll": poll_interval() if poll is None else poll}
-    try:
-        done = call("submit", params, endpoint, env, log, on_event=submitted)
-    except KitError as e:
-        if row["ref"]:
-            raise KitError(f"submission {row['ref']} of {csv_path} was made, but waiting for its score "
-                           f"failed: {e} (`kit scores` refreshes it later)") from None
-        row.update(status="FAILED", error=str(e))
-        append_ledger(ledger, row)
-        raise KitError(f"submission of {csv_path} failed: {e} (recorded as FAILED in {ledger}; "
-                       f"the CSV is kept)") from None
-    if not wait:
-        return row
-    row.update(status=done["status"], public=done["public"], private=done["private"], error=done["error"])
-    update_ledger(ledger, competition, row["ref"], {k: row[k] for k in ("status", "public", "private", "error")})
-    if done.get("timed_out"):
-        raise KitError(f"submission {row['ref']} of {csv_path} is still PENDING after {timeout:g}s; "
-                       f"run `kit scores` later to fetch its score")
-    if done["status"] == "ERROR":
-        raise KitError(f"Kaggle scored submission {row['ref']} of {csv_path} ERROR: "
-                       f"{done['error'] or 'no reason given'} (recorded in {ledger})")
-    return row
+    check_writable(ledger)
+    merge_pending(ledger)
+    return manifest
 
 
 def refresh_ledger(ledger, competition: str | None = None, endpoint: str | None = None, env=None, log=None) -> int:
-    """Fetch status and scores of PENDING rows from Kaggle (or the stand-in); returns rows updated."""
+    """Merge rows a failed recording left pending (kit.kaggle.pending), then fetch status and scores
+    of PENDING rows from Kaggle (or the stand-in); returns rows updated."""
+    merge_pending(ledger)
     frame = read_ledger(ledger)
     pending = frame[(frame["status"] == "PENDING") & (frame["ref"] != "") & (frame["target"] == target(endpoint))]
     if competition:

@@ -1,0 +1,76 @@
+"""Submissions Kaggle accepted but the ledger could not take: kept in a pending file until the next
+`kit scores` or `kit submit` merges them into the ledger, so a submission sent is never unrecorded.
+
+The pending file is `ledger.csv.pending` beside the ledger, or, when that folder cannot be written,
+`$XDG_CACHE_HOME/kit/pending/` (~/.cache/kit/pending) under a name derived from the ledger's path.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from kit import env
+from kit.errors import KitError
+from kit.fsio import file_lock, write_csv
+from kit.kaggle.ledger import LEDGER_COLUMNS, ledger_lock, ledger_problem, merge_rows, read_ledger, same_row
+
+PENDING_SUFFIX = ".pending"
+
+
+def pending_files(ledger: str | os.PathLike) -> list[Path]:
+    """Where the ledger's pending rows may be, in the order they are tried: beside it, then the cache."""
+    ledger = Path(ledger)
+    # the same root kit.env.cache_dir falls back to for a read-only data dir
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kit" / "pending"
+    digest = hashlib.sha256(str(ledger.resolve()).encode()).hexdigest()[:12]
+    return [ledger.with_name(ledger.name + PENDING_SUFFIX), cache / f"{ledger.name}-{digest}{PENDING_SUFFIX}"]
+
+
+def keep_pending(ledger: str | os.PathLike, row: dict) -> Path:
+    """Put the row in the first pending file that can be written (replacing an earlier version of
+    the same attempt); returns that file. OSError or KitError when none can be."""
+    import pandas as pd
+
+    beside, cache = pending_files(ledger)
+    problem: Exception | None = None
+    for path in (beside, cache):
+        if path is beside and not env.writable(path.parent):
+            continue
+        try:
+            with file_lock(ledger_lock(path)):
+                frame = read_ledger(path)
+                frame = frame[~same_row(frame, row)] if len(frame) else frame
+                add = pd.DataFrame([{c: str(row.get(c) or "") for c in LEDGER_COLUMNS}])
+                write_csv(path, pd.concat([frame, add], ignore_index=True) if len(frame) else add)
+            return path
+        except (OSError, KitError) as e:
+            problem = e
+    raise problem or KitError(f"{cache}: cannot be written")
+
+
+def merge_pending(ledger: str | os.PathLike) -> list[tuple[Path, int]]:
+    """Merge every pending file of the ledger into it (kit.kaggle.ledger.merge_rows), then remove
+    the file; returns (file, rows) for each merged. A ledger that still cannot be written is one
+    line naming both files."""
+    merged = []
+    for path in pending_files(ledger):
+        if not path.is_file():
+            continue
+        with file_lock(ledger_lock(path)):      # no row kept while we merge is lost
+            rows = read_ledger(path).to_dict("records")
+            problem = ledger_problem(ledger)
+            if problem is None:
+                try:
+                    merge_rows(ledger, rows)
+                except OSError as e:
+                    problem = f"{e.filename}: {e.strerror}"
+            if problem:
+                raise KitError(f"{path}: {len(rows)} submission(s) wait to be added to {ledger}, which cannot "
+                               f"be written ({problem}); make it writable and run `kit scores --ledger {ledger}`")
+            try:
+                path.unlink()
+            except OSError:         # merged rows merge again as no change: harmless until it can go
+                pass
+        merged.append((path, len(rows)))
+    return merged

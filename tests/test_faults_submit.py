@@ -1,0 +1,159 @@
+"""A submission sent is a submission recorded: a ledger that cannot be written stops `kit submit`
+before anything is sent; a row the ledger still cannot take after Kaggle accepted the submission
+is kept in a pending file that the next `kit scores` or `kit submit` merges. And the stand-in
+refuses a fault it could never fire.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+import pytest
+
+from kit import env as kit_env
+from kit.errors import KitError
+from kit.fsio import sha256_file
+from kit.kaggle import read_ledger, submissions
+from kit.kaggle.ledger import merge_rows
+from kit.kaggle.pending import keep_pending, merge_pending, pending_files
+from tests.test_kaggle import COMP, kaggle_env, kit, one_error_line, sub, submit_args, write_submission  # noqa: F401
+
+
+@pytest.fixture
+def read_only_dir(monkeypatch):
+    """Make a folder unwritable (chmod a-w; as root, where chmod does not stop writes, kit is also
+    told it is not writable); writable again after the test."""
+    made = []
+
+    def make(folder):
+        folder.chmod(folder.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+        made.append(folder)
+        if os.access(folder, os.W_OK):
+            real = kit_env.writable
+            monkeypatch.setattr(kit_env, "writable", lambda path: real(path) and str(path) != str(folder))
+        return folder
+
+    yield make
+    for folder in made:
+        folder.chmod(folder.stat().st_mode | stat.S_IWUSR)
+
+
+def ledger_refused_before_sending(capsys, standin, sub, *extra) -> str:
+    code, _, err = kit(capsys, *submit_args(sub, standin, *extra))
+    assert code == 2
+    line = one_error_line(err)
+    assert "nothing was sent" in line and "--ledger" in line
+    assert standin.calls == [] and standin.submissions == []      # the stand-in received nothing
+    return line
+
+
+def test_a_read_only_ledger_dir_is_refused_before_anything_is_sent(kaggle_env, standin, sub, read_only_dir,
+                                                                   capsys):
+    read_only_dir(sub.parent)
+    line = ledger_refused_before_sending(capsys, standin, sub)
+    assert f"{sub.parent} is not writable" in line
+    assert not (sub.parent / "ledger.csv").exists()
+
+
+def test_a_ledger_whose_lock_cannot_be_taken_is_refused_before_sending(kaggle_env, standin, sub, capsys):
+    (sub.parent / ".ledger.csv.lock").mkdir()           # a folder where the lock file must go
+    line = ledger_refused_before_sending(capsys, standin, sub)
+    assert "take its lock" in line
+
+
+def test_a_ledger_that_is_a_folder_is_refused_before_sending(kaggle_env, standin, sub, capsys):
+    (sub.parent / "ledger.csv").mkdir()
+    assert "the ledger is not a file" in ledger_refused_before_sending(capsys, standin, sub)
+
+
+def failing_append(monkeypatch, ledger):
+    def append(path, row):
+        raise OSError(errno.EROFS, "Read-only file system", str(ledger))
+
+    monkeypatch.setattr(submissions, "append_ledger", append)
+
+
+def test_a_row_the_ledger_cannot_take_after_acceptance_is_kept_and_merged_by_kit_scores(kaggle_env, standin, sub,
+                                                                                       monkeypatch, capsys):
+    ledger = sub.parent / "ledger.csv"
+    real_append = submissions.append_ledger
+    failing_append(monkeypatch, ledger)
+    code, _, err = kit(capsys, *submit_args(sub, standin))
+    assert code == 2
+    [accepted] = standin.submissions                  # Kaggle has it ...
+    ref = str(accepted["ref"])
+    [kept] = [ln for ln in err.splitlines() if "could not be recorded" in ln]
+    assert f"submission {ref} of {sub}" in kept and sha256_file(sub) in kept and "'test run'" in kept
+    assert f"kept in {ledger}.pending" in kept
+    assert ref in one_error_line(err) and f"kit scores --ledger {ledger}" in one_error_line(err)
+    assert not ledger.exists()                        # ... the ledger does not, the pending file does
+    [row] = read_ledger(f"{ledger}.pending").to_dict("records")
+    assert row["ref"] == ref and row["status"] == "PENDING" and row["sha256"] == sha256_file(sub)
+
+    monkeypatch.setattr(submissions, "append_ledger", real_append)      # the ledger can be written again
+    code, out, err = kit(capsys, "scores", "--ledger", ledger, "--endpoint", standin.url)
+    assert code == 0, err
+    assert f"added 1 submission row(s) from {ledger}.pending" in err
+    [row] = read_ledger(ledger).to_dict("records")
+    assert row["ref"] == ref and row["status"] == "COMPLETE" and row["public"]     # merged, then refreshed
+    assert not (sub.parent / "ledger.csv.pending").exists()
+
+
+def test_the_next_kit_submit_merges_a_kept_row_with_its_score(kaggle_env, standin, sub, tiny_data, tiny_answers,
+                                                              monkeypatch, capsys):
+    ledger = sub.parent / "ledger.csv"
+    real_append = submissions.append_ledger
+    failing_append(monkeypatch, ledger)
+    code, _, err = kit(capsys, *submit_args(sub, standin, "--wait"))
+    assert code == 2
+    [kept] = read_ledger(f"{ledger}.pending").to_dict("records")
+    assert kept["status"] == "COMPLETE" and kept["public"]            # the waited-for score was kept too
+
+    monkeypatch.setattr(submissions, "append_ledger", real_append)
+    other = write_submission(sub.parent, tiny_answers, tiny_data, name="other")
+    code, _, err = kit(capsys, *submit_args(other, standin))
+    assert code == 0, err
+    rows = read_ledger(ledger)
+    assert list(rows["file"]) == [str(sub), str(other)]               # the kept row first: it was sent first
+    assert rows.iloc[0]["ref"] == kept["ref"] and rows.iloc[0]["public"] == kept["public"]
+    assert not (sub.parent / "ledger.csv.pending").exists()
+
+
+def test_a_pending_row_goes_to_the_cache_when_the_ledger_dir_is_read_only(tmp_path, monkeypatch, read_only_dir):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    ledger = tmp_path / "subs" / "ledger.csv"
+    ledger.parent.mkdir()
+    read_only_dir(ledger.parent)
+    row = {"time": "t", "competition": COMP, "file": "a.csv", "sha256": "ab", "message": "m", "ref": "1001",
+           "status": "PENDING"}
+    kept = keep_pending(ledger, row)
+    assert kept == pending_files(ledger)[1] and kept.is_relative_to(tmp_path / "cache" / "kit" / "pending")
+    assert keep_pending(ledger, dict(row, status="COMPLETE", public="0.5")) == kept      # replaced, not added
+    assert read_ledger(kept)[["ref", "status", "public"]].values.tolist() == [["1001", "COMPLETE", "0.5"]]
+    with pytest.raises(KitError, match=r"1 submission\(s\) wait to be added to .*ledger.csv"):
+        merge_pending(ledger)                       # the ledger is still read-only: one line, the row kept
+    assert kept.is_file()
+
+
+def test_merging_a_row_twice_changes_nothing_and_never_takes_a_score_back(tmp_path):
+    ledger = tmp_path / "ledger.csv"
+    row = {"time": "t", "competition": COMP, "file": "a.csv", "ref": "1001", "status": "PENDING"}
+    merge_rows(ledger, [row])
+    merge_rows(ledger, [dict(row, status="COMPLETE", public="0.9")])
+    backups = sorted(tmp_path.glob("ledger.csv.bak-*"))
+    merge_rows(ledger, [row])                       # an old PENDING copy of the same submission
+    [merged] = read_ledger(ledger).to_dict("records")
+    assert merged["status"] == "COMPLETE" and merged["public"] == "0.9"
+    assert sorted(tmp_path.glob("ledger.csv.bak-*")) == backups     # nothing changed, nothing rewritten
+
+
+# ---------------------------------------------------------------- `kit kaggle serve --fail`
+def test_a_fault_for_a_method_the_stand_in_does_not_have_is_refused(tiny_data, standin, capsys):
+    code, _, err = kit(capsys, "kaggle", "serve", "--data", tiny_data, "--port", "0", "--fail", "NoSuchMethod:500:2")
+    assert code == 2
+    line = one_error_line(err)
+    assert "unknown method 'NoSuchMethod'" in line and "CreateSubmission" in line and "upload" in line
+    with pytest.raises(KitError, match="no such method"):
+        standin.inject("createsubmission", 500)
+    standin.inject("CreateSubmission", 500)         # the known ones still work
