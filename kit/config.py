@@ -171,12 +171,22 @@ RANGES = {
               "distill_weight": CLOSED_UNIT},
     "infer": {"window": POSITIVE, "hop": POSITIVE, "batch_size": POSITIVE},
 }
+# Upper bounds on the sizes that decide memory: far above any useful value (the recipes use at
+# most batch 64, 256 frames, width 1024), low enough that a typo of a few zeros is one line here
+# rather than an allocation that grows until the kernel kills the process.
+MAXIMA = {
+    "data": {"segment_len": 100_000},
+    "model": {"d_model": 8192, "n_layers": 128, "n_heads": 128, "ffn_dim": 65536, "channels": 8192,
+              "conv_kernel": 1025},
+    "train": {"batch_size": 65536},
+    "infer": {"window": 100_000, "batch_size": 65536},
+}
 _IN_RANGE = {CLOSED_UNIT: lambda v: 0 <= v <= 1, POSITIVE: lambda v: v > 0, NON_NEGATIVE: lambda v: v >= 0,
              OPEN_UNIT: lambda v: 0 < v < 1, HALF_OPEN_UNIT: lambda v: 0 <= v < 1}
 
 
 def validate(cfg: RunConfig, where: str = "config") -> RunConfig:
-    """Refuse a non-finite number, or one outside its range (RANGES), naming the setting."""
+    """Refuse a non-finite number, or one outside its range (RANGES, MAXIMA), naming the setting."""
     for section in dataclasses.fields(cfg):
         table = getattr(cfg, section.name)
         if not dataclasses.is_dataclass(table):
@@ -191,6 +201,10 @@ def validate(cfg: RunConfig, where: str = "config") -> RunConfig:
                                + (f" {rule}" if rule else ""))
             if rule and not _IN_RANGE[rule](value):
                 raise KitError(f"{where}: {section.name}.{f.name} = {value!r}: must be {rule}")
+            cap = MAXIMA.get(section.name, {}).get(f.name)
+            if cap is not None and value > cap:
+                raise KitError(f"{where}: {section.name}.{f.name} = {value!r}: must be <= {cap} "
+                               "(more would not fit in memory)")
     return cfg
 
 

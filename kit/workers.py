@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kit.errors import KitError
+from kit.train.results import diverged_at
 
 if TYPE_CHECKING:
     from kit.budget import Deadline
@@ -97,6 +98,21 @@ def _die_with_parent():
     return in_child
 
 
+def _after_failure(name: str, run_dir: Path, code: int, running: dict, log) -> None:
+    """A member's command failed: a diverged training ends that member alone (its summary.json says
+    so; nothing of it is predicted); any other failure stops every worker and the recipe."""
+    step = diverged_at(run_dir)
+    if step is not None:
+        log(f"{name}: training diverged at step {step}; the other members go on without it "
+            f"(log in {run_dir / 'train.log'})")
+        return
+    for other in running.values():
+        if other[3] is not None and other[3].poll() is None:
+            other[3].terminate()
+    tail = (run_dir / "train.log").read_text(errors="replace").strip().splitlines()[-1:]
+    raise KitError(f"member {name} failed (exit {code}): {' '.join(tail)[:300]} (full log: {run_dir / 'train.log'})")
+
+
 def run_slots(tasks: list[tuple[str, Path, list[list[str]]]], slots: list[dict], log, children: list,
                share=None, deadline: "Deadline | None" = None) -> None:
     pending, running = list(tasks), {}
@@ -122,13 +138,10 @@ def run_slots(tasks: list[tuple[str, Path, list[list[str]]]], slots: list[dict],
                 continue
             if proc is not None:
                 out.close()
-                if proc.returncode != 0:
-                    for other in running.values():
-                        if other[3] is not None and other[3].poll() is None:
-                            other[3].terminate()
-                    tail = (run_dir / "train.log").read_text(errors="replace").strip().splitlines()[-1:]
-                    raise KitError(f"member {name} failed (exit {proc.returncode}): {' '.join(tail)[:300]} "
-                                   f"(full log: {run_dir / 'train.log'})")
+            if proc is not None and proc.returncode != 0:
+                _after_failure(name, run_dir, proc.returncode, running, log)   # returns for a divergence
+                del running[slot]
+                continue
             if not cmds:
                 log(f"{name} finished")
                 del running[slot]

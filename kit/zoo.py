@@ -15,6 +15,7 @@ from kit.errors import KitError
 from kit.infer import source_mode
 from kit.recipe import BUDGETS, Recipe, ensure_data, is_synthetic, load_recipe, member_config
 from kit.rounds import DISTILL_DEFAULTS, PSEUDO_DEFAULTS, StageContext, enabled, stages_share
+from kit.train import TrainingDiverged
 from kit.workers import run_parallel, slots_for
 
 
@@ -62,7 +63,7 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
     run.train_jobs(jobs, share, deadline, slots)
     result = run.results(skipped, deadline)
     if deadline is not None and after:
-        after = _in_time(deadline, result, [Path(m["run_dir"]) for m in result["members"]],
+        after = _in_time(deadline, result, [Path(m["run_dir"]) for m in result["members"] if not m["diverged"]],
                          run.recipe.after["which"])
     if after:
         _after(run, result)
@@ -132,7 +133,9 @@ class RecipeRun:
             run_dir = self.root / name
             summary = read_summary(run_dir)
             if summary is not None and summary.get("stopped_reason") != "time":   # "time": a session's limit
-                self.log(f"{name}: already finished in {run_dir}, skipped")
+                self.log(f"{name}: diverged earlier in {run_dir}, not voted (--fresh trains it again)"
+                         if summary.get("stopped_reason") == "diverged" else
+                         f"{name}: already finished in {run_dir}, skipped")
                 skipped.add(name)
                 continue
             jobs.append((name, self.config(name), run_dir, (run_dir / "last.pt").is_file()))
@@ -205,7 +208,10 @@ class RecipeRun:
             if share is not None:
                 cfg.train.minutes = share(len(jobs) - k)
             self.log(f"training {name} -> {run_dir}{' (resuming)' if resume else ''}")
-            train(cfg, run_dir, resume=resume, progress=self.progress, store=self.store, budget=self.budget)
+            try:
+                train(cfg, run_dir, resume=resume, progress=self.progress, store=self.store, budget=self.budget)
+            except TrainingDiverged as e:           # the other members go on; the vote leaves it out
+                self.log(f"{name}: {e}")
 
     def results(self, skipped: set, deadline: Deadline | None) -> dict:
         """The members' rows for the table (from their summary.json)."""
@@ -215,8 +221,9 @@ class RecipeRun:
         for name in self.chosen:
             s = read_summary(self.root / name) or {}
             result["members"].append({"name": name, "run_dir": str(self.root / name), "params": s.get("params", 0),
-                                      "val_acc": s.get("best_val_acc"), "step": s.get("step", 0),
-                                      "minutes": s.get("seconds", 0.0) / 60, "note": _note(s, name in skipped)})
+                                      "val_acc": _val_acc(s), "step": s.get("step", 0),
+                                      "minutes": s.get("seconds", 0.0) / 60, "note": _note(s, name in skipped),
+                                      "diverged": s.get("stopped_reason") == "diverged"})
             if deadline is not None and name in deadline.not_started and not s:
                 result["members"][-1]["note"] = "not started (--max-hours; re-run continues)"
         return result
@@ -301,7 +308,15 @@ def _check_members(root: Path, names: list[str], recipe: Recipe, budget: str, da
                        "or with --runs OTHER to keep both")
 
 
+def _val_acc(summary: dict) -> float | None:
+    """The table's validation accuracy: None ("-") for a run never evaluated (-1 in summary.json)."""
+    acc = summary.get("best_val_acc")
+    return None if acc is None or acc < 0 else acc
+
+
 def _note(summary: dict, skipped: bool) -> str:
+    if summary.get("stopped_reason") == "diverged":
+        return f"diverged at step {summary['step']} (not voted)"
     if skipped:
         return "finished earlier"
     reason = summary.get("stopped_reason", "not trained")
@@ -352,6 +367,19 @@ def _ensemble(recipe: Recipe, run_dirs: list[Path], name: str, submissions) -> d
     return ensemble_runs(run_dirs, vote=vote, weights=weights, name=name, out_dir=submissions)
 
 
+def _voters(members: list[dict], root: Path, log) -> list[dict]:
+    """The members that are predicted and voted: every one whose training did not diverge."""
+    diverged = [m["name"] for m in members if m["diverged"]]
+    voters = [m for m in members if not m["diverged"]]
+    if not voters:
+        raise KitError(f"{root}: every member diverged ({', '.join(diverged)}), so there is nothing to vote; "
+                       "lower train.lr in the recipe and re-run with --fresh")
+    if diverged:
+        log(f"{', '.join(diverged)} diverged: predicting and voting without {'it' if len(diverged) == 1 else 'them'} "
+            f"({len(voters)} member(s) left: {', '.join(m['name'] for m in voters)})")
+    return voters
+
+
 def _after(run: RecipeRun, result: dict) -> None:
     """predict -> ensemble -> (pseudo-labelling rounds, distillation) -> submit, as far as the
     recipe's [after] table asks."""
@@ -361,12 +389,13 @@ def _after(run: RecipeRun, result: dict) -> None:
     from kit.rounds import distill_stage, pseudo_rounds
 
     recipe, log, submissions, plan = run.recipe, run.log, run.submissions, run.recipe.after
-    run_dirs = [Path(m["run_dir"]) for m in result["members"]]
     if not plan["predict"]:
         return
-    for run_dir, member in zip(run_dirs, result["members"]):
+    members = _voters(result["members"], run.root, log)
+    run_dirs = [Path(m["run_dir"]) for m in members]
+    for run_dir, member in zip(run_dirs, members):
         member["pred"] = _predict(run_dir, plan["which"], run.store, run.progress, log)
-    for run_dir, member in zip(run_dirs, result["members"]):     # the table shows predicted accuracy
+    for run_dir, member in zip(run_dirs, members):     # the table shows predicted accuracy
         ids = PredictionIds.load(run_dir)
         if ids.val_acc is not None:
             member["val_acc"], member["mode"] = ids.val_acc, ids.inference_mode
@@ -377,7 +406,7 @@ def _after(run: RecipeRun, result: dict) -> None:
     ens = _ensemble(recipe, run_dirs, f"{recipe.name}-vote0" if rounds else recipe.name, submissions)
     if rounds:
         result["vote0"] = {"val_acc": ens["val_acc"], "val_acc_oof": ens.get("oof_acc"), "csv": str(ens["csv"])}
-        names = [m["name"] for m in result["members"]]
+        names = [m["name"] for m in members]
         start = run.members_end
         end = start + (1.0 - start) * plan["pseudo"]["share"] / max(run.stages, 1e-9)
         run_dirs = pseudo_rounds(run.stage_context(), plan["pseudo"], names, run_dirs, result, start, end)

@@ -36,3 +36,14 @@ def test_an_error_names_the_layer_that_holds_it(layers, message):
 def test_a_bad_value_in_a_layer_is_refused_even_when_a_later_layer_replaces_it():
     with pytest.raises(KitError, match=r"\[base\]\.train\.lr"):
         layered(("[base]", {"train": {"lr": "fast"}}), ("member", {"train": {"lr": 0.1}}))
+
+
+def test_sizes_that_decide_memory_have_an_upper_bound_at_load():
+    from kit.config import MAXIMA
+
+    at_cap = {section: {key: str(cap) for key, cap in caps.items()} for section, caps in MAXIMA.items()}
+    layered(("--set", at_cap))                                  # the bounds themselves are allowed
+    with pytest.raises(KitError, match=r"--set: train\.batch_size = 65537: must be <= 65536"):
+        layered(("--set", {"train": {"batch_size": "65537"}}))
+    with pytest.raises(KitError, match=r"member m: data\.segment_len = 100001: must be <= 100000"):
+        layered(("member m", {"data": {"segment_len": 100001}}))

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from kit.budget import SKIP_STEPS, StepPlan, lr_at
+from kit.cnn import RESNET_BLOCKS
 from kit.compat import cpu_has_bf16, reset_accelerate_precision
 from kit.config import RunConfig, dump_toml, to_dict
 from kit.data import FeatureStore, save_split, split_for
@@ -28,6 +29,14 @@ from kit.runs import check_resume, load_checkpoint, run_identity
 from kit.train.results import evaluate, load_weights, metrics_frame, plot_curves, read_metrics
 from kit.train.state import TrainState, average_state_dicts, float_state, weights_digest
 from kit.train.targets import build_targets, loss_fn
+
+
+LOSS_CHECK_EVERY = 50      # steps between reads of the running loss when no progress bar reads it (one sync)
+
+
+class TrainingDiverged(KitError):
+    """Training stopped on non-finite weights; summary.json says "diverged", the checkpoints are the
+    last good ones. A recipe votes without the member (kit.zoo)."""
 
 
 # ---------------------------------------------------------------- devices and budgets
@@ -48,6 +57,57 @@ def total_steps(cfg: RunConfig, n_train: int, world: int) -> int:
     if cfg.train.max_epochs > 0:
         return max(1, math.ceil(cfg.train.max_epochs * n_train / (cfg.train.batch_size * world)))
     return cfg.train.max_steps
+
+
+# Floats autograd keeps per input frame, per unit of width, for backward (peak RSS of one forward +
+# backward on CPU in float32, measured for the recipes' encoders and rounded up by 10-30%).
+ATTENTION_WIDTH = {"transformer": 32, "conformer": 64}     # x d_model per layer
+ATTENTION_SCORES = 6                                       # x n_heads x segment_len per layer
+RESNET_FRAME, ECAPA_FRAME = 10, 64                         # x channels (x n_mels for the 2-D ResNet)
+
+
+def _encoder_size(m, frames: int) -> tuple[float, float, float]:
+    """(parameters, floats kept per input frame, output width) of model settings `m` on crops of
+    `frames` frames: the orders of magnitude, not exact counts."""
+    if m.encoder in ATTENTION_WIDTH:
+        twice = 2 if m.encoder == "conformer" else 1     # a Conformer block has two feed-forwards and a conv
+        params = m.n_layers * twice * (4 * m.d_model ** 2 + 2 * m.d_model * m.ffn_dim)
+        per_frame = m.n_layers * (ATTENTION_WIDTH[m.encoder] * m.d_model + 4 * m.ffn_dim
+                                  + ATTENTION_SCORES * m.n_heads * frames)
+        return params, per_frame, m.d_model
+    if m.encoder == "resnet":
+        blocks = RESNET_BLOCKS.get(m.resnet_depth, RESNET_BLOCKS[34])
+        params = sum(n * 18 * (m.channels * 2 ** k) ** 2 for k, n in enumerate(blocks))
+        per_frame = RESNET_FRAME * m.channels * m.n_mels * sum(n / 2 ** k for k, n in enumerate(blocks))
+        return params, per_frame, m.channels * m.n_mels
+    return 25 * m.channels ** 2, ECAPA_FRAME * m.channels, 6 * m.channels      # ecapa
+
+
+def step_bytes(cfg: RunConfig) -> int:
+    """A generous estimate of one training step's memory in bytes, in float32 (mixed precision needs
+    less): the weights with their gradients, AdamW's two moments and the EMA (5 copies), the batch
+    of crops (batch_size x segment_len x n_mels), and the activations kept for backward."""
+    m, batch, frames = cfg.model, cfg.train.batch_size, cfg.data.segment_len
+    params, per_frame, width = _encoder_size(m, frames)
+    params += width * (m.d_model + m.n_classes)                 # pooling and head
+    return int(4 * (5 * params + batch * frames * (m.n_mels + per_frame)))
+
+
+def memory_available(device: torch.device) -> tuple[int, str]:
+    """(bytes, what they are): the GPU's free memory, or the machine's physical memory on a CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0]), f"free on {torch.cuda.get_device_name(device)}"
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "of memory on this machine"
+
+
+def check_memory(cfg: RunConfig, device: torch.device, run_dir: Path) -> None:
+    """Refuse, before anything is allocated, a step that cannot fit (kit.train.loop.step_bytes)."""
+    need, (have, what) = step_bytes(cfg), memory_available(device)
+    if need > have:
+        gib = 2 ** 30
+        raise KitError(f"{run_dir}: one training step needs about {need / gib:,.1f} GiB, more than the "
+                       f"{have / gib:,.1f} GiB {what}; lower train.batch_size (now {cfg.train.batch_size}) "
+                       f"or data.segment_len (now {cfg.data.segment_len}), or make the model smaller")
 
 
 def make_accelerator(precision: str):
@@ -147,6 +207,7 @@ class Trainer:
             acc.is_main_process
         self._configure_device()
         self.store = self._open_store(store, progress)
+        check_memory(cfg, self.device, run_dir)          # n_mels is known now; nothing big allocated yet
         self.identity = run_identity(cfg, self.store, budget, run_dir if resume else None)
         self.split = split_for(self.store, cfg.data.val_fraction, cfg.data.split_seed)
         if len(self.split.val) == 0:
@@ -169,6 +230,7 @@ class Trainer:
         self.metrics: list[dict] = []
         self.stopped = "budget"
         self.bar = None
+        self.saved_step: int | None = None      # the step last.pt holds
 
     def _configure_device(self) -> None:
         if self.device.type == "cpu":
@@ -231,6 +293,7 @@ class Trainer:
         if self.resuming and last.is_file():
             check_resume(self.run_dir, self.identity)
             self.state.load_state_dict(load_checkpoint(last), self.rank, self.device, last)
+            self.saved_step = self.state.step
             self.clock.seconds_before = self.state.seconds_before
             self.metrics = [m for m in read_metrics(self.run_dir / "metrics.csv") if m["step"] <= self.state.step]
         elif self.main:
@@ -288,10 +351,49 @@ class Trainer:
         self.bar.update(1)
         if st.plan.is_timed:
             self.fit_plan()
-        if st.step % 10 == 0 and not self.bar.disable:
-            loss_sum, correct, count = st.running
-            self.bar.set_postfix(loss=f"{float(loss_sum) / count:.3f}", acc=f"{float(correct) / count:.3f}",
-                                 lr=f"{self.lr:.2e}")
+        self.watch_loss()
+
+    def watch_loss(self) -> None:
+        """Show the running loss on the bar (every 10 steps), and stop a run whose weights went
+        non-finite when the loss read back is. The loss is read only where the bar reads it or every
+        LOSS_CHECK_EVERY steps: each read waits for the GPU. A non-finite loss with finite weights is
+        an fp16 step the gradient scaler skipped, not a divergence."""
+        st = self.state
+        shown = st.step % 10 == 0 and not self.bar.disable
+        due = st.step % LOSS_CHECK_EVERY == 0 or (shown and self.world == 1)   # ranks check at the same steps
+        if not (shown or due):
+            return
+        loss_sum, correct, count = st.running
+        loss = float(loss_sum) / count
+        if shown:
+            self.bar.set_postfix(loss=f"{loss:.3f}", acc=f"{float(correct) / count:.3f}", lr=f"{self.lr:.2e}")
+        if due and self._any_rank(not math.isfinite(loss)) and not self.weights_finite():
+            self.diverge(f"train loss {loss:g}")
+
+    def _any_rank(self, flag: bool) -> bool:
+        if self.world == 1:
+            return flag
+        return bool(self.accelerator.reduce(torch.tensor(float(flag), device=self.device), "max"))
+
+    def weights_finite(self) -> bool:
+        """Every float in the trained and the evaluated weights is finite (one device sync)."""
+        st = self.state
+        values = [v for model in {id(m): m for m in (st.net, st.eval_model)}.values()
+                  for v in model.state_dict().values() if v.is_floating_point()]
+        return bool(torch.stack([torch.isfinite(v).all() for v in values]).all())
+
+    def diverge(self, what: str) -> None:
+        """Stop a diverged run before its weights reach a checkpoint: summary.json says "diverged",
+        last.pt and best.pt stay those of the last good evaluation."""
+        st, cfg = self.state, self.cfg
+        self.bar.close()
+        if self.main:
+            write_json(self.run_dir / "summary.json", {**self.summary("diverged"), "checkpoint_step": self.saved_step})
+        kept = ("no checkpoint was written" if self.saved_step is None
+                else f"the last good checkpoint (step {self.saved_step}) is kept")
+        raise TrainingDiverged(f"{self.run_dir}: training diverged at step {st.step} ({what}); {kept}; lower "
+                               f"train.lr (now {cfg.train.lr:g}) or raise train.warmup_steps, then train again "
+                               "with --fresh")
 
     def fit_plan(self) -> None:
         """Re-fit a time-budgeted plan to the measured step rate (every rank gets the same total)."""
@@ -324,6 +426,8 @@ class Trainer:
         began = time.time()
         val_loss, val_acc = evaluate(st.eval_model, self.store, self.split.val, self.accelerator, self.eval_frames)
         train_loss, train_acc = st.take_running()
+        if not math.isfinite(val_loss) or not self.weights_finite():     # before anything is saved
+            self.diverge(f"train loss {train_loss:g}, validation loss {val_loss:g}")
         self.metrics.append({
             "step": st.step, "epoch": st.step * cfg.train.batch_size * self.world / len(self.targets.index),
             "lr": self.lr, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
@@ -358,6 +462,7 @@ class Trainer:
         if self.main:
             save_torch(self.state.state_dict(self.clock.seconds(), rng_torch, rng_numpy, rng_cuda),
                        self.run_dir / "last.pt")
+        self.saved_step = self.state.step
 
     def interrupt(self) -> dict:
         """The stop_after test hook: stop as if killed right after a checkpoint."""
@@ -367,15 +472,20 @@ class Trainer:
         self.bar.close()
         return {"step": st.step, "stopped_reason": "interrupted", "best_val_acc": st.best_acc}
 
+    def summary(self, stopped_reason: str) -> dict:
+        """What summary.json says of every run that ended (finished or diverged)."""
+        st, cfg = self.state, self.cfg
+        return {"name": cfg.name, "params": self.n_params, "best_val_acc": st.best_acc, "best_step": st.best_step,
+                "step": st.step, "total_steps": st.plan.total, "stopped_reason": stopped_reason,
+                "seconds": self.clock.seconds(), "n_train": int(len(self.split.train)),
+                "n_val": int(len(self.split.val)), "device": str(self.device), "processes": self.world,
+                "mixed_precision": self.accelerator.mixed_precision}
+
     def finish(self) -> dict:
         """summary.json (+ avg.pt and curves.png)."""
-        st, cfg, clock = self.state, self.cfg, self.clock
+        st, cfg = self.state, self.cfg
         self.bar.close()
-        summary = {"name": cfg.name, "params": self.n_params, "best_val_acc": st.best_acc, "best_step": st.best_step,
-                   "step": st.step, "total_steps": st.plan.total, "stopped_reason": self.stopped,
-                   "seconds": clock.seconds(), "n_train": int(len(self.split.train)), "n_val": int(len(self.split.val)),
-                   "device": str(self.device), "processes": self.world,
-                   "mixed_precision": self.accelerator.mixed_precision, "weights_sha1": weights_digest(st.eval_model)}
+        summary = {**self.summary(self.stopped), "weights_sha1": weights_digest(st.eval_model)}
         if self.targets.n_pseudo or self.targets.n_teacher:
             summary.update(n_pseudo=self.targets.n_pseudo, n_teacher=self.targets.n_teacher)
         if cfg.train.average_last > 0:

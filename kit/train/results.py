@@ -133,3 +133,9 @@ def read_summary(run_dir: str | Path) -> dict | None:
         return None
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def diverged_at(run_dir: str | Path) -> int | None:
+    """The step at which the run's training diverged (summary.json), or None when it did not."""
+    summary = read_summary(run_dir)
+    return summary["step"] if summary is not None and summary.get("stopped_reason") == "diverged" else None

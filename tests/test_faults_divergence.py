@@ -1,0 +1,149 @@
+"""A diverged member never reaches a vote, and memory is bounded before it is asked for (issue 19,
+items 2 and 5): a non-finite loss stops training with one line, the last good checkpoint kept; a
+recipe votes without the member; sizes past what any machine holds are one line before allocating."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from kit.cli import main
+from kit.config import RunConfig, layered, parse_overrides
+from kit.errors import KitError
+from kit.recipe import load_recipe, member_config
+from kit.train import step_bytes, train
+from kit.zoo import run_recipe
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+REPO = Path(__file__).resolve().parent.parent
+SMALL = {"model.d_model": 16, "model.ffn_dim": 32, "data.segment_len": 48, "data.store_dtype": "float32",
+         "train.eval_every": 5, "train.warmup_steps": 2, "train.cpu_threads": 1, "train.max_steps": 10}
+DIVERGES = "train.lr=1e12"          # AdamW's weight decay alone takes the weights past float32 in 5 steps
+
+
+def small_args(*more: str) -> list[str]:
+    return [a for key, value in SMALL.items() for a in ("--set", f"{key}={value}")] + ["--no-progress", *more]
+
+
+def one_error(capsys, code: int, *needles: str) -> str:
+    """Exit 2 and exactly one stderr line holding every needle."""
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("kit: error: "), (code, lines)
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def finite(path: Path) -> bool:
+    state = torch.load(path, weights_only=True)["model"]
+    return all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+# ---------------------------------------------------------------- one run
+def test_a_run_that_diverges_from_the_start_stops_before_any_checkpoint(tiny_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    code = main(["train", "--data", str(tiny_data), "--out", str(run), *small_args("--set", DIVERGES)])
+    one_error(capsys, code, f"{run}: training diverged at step 5 (train loss nan", "no checkpoint was written",
+              "lower train.lr (now 1e+12)", "--fresh")
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["stopped_reason"] == "diverged" and summary["step"] == 5 and summary["checkpoint_step"] is None
+    assert not (run / "last.pt").exists() and not (run / "best.pt").exists()   # nothing made of NaN weights
+
+
+def test_divergence_after_good_steps_keeps_the_last_good_checkpoint(tiny_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    cfg = layered(("small", parse_overrides([f"{k}={v}" for k, v in SMALL.items()])),
+                  ("data", {"data": {"data_dir": str(tiny_data)}}))
+    train(cfg, run, progress=False, stop_after=5)               # 5 good steps: last.pt and best.pt at step 5
+    code = main(["train", "--out", str(run), "--resume", "--set", DIVERGES, "--no-progress"])
+    one_error(capsys, code, "training diverged at step 10", "the last good checkpoint (step 5) is kept")
+    summary = json.loads((run / "summary.json").read_text())
+    assert (summary["stopped_reason"], summary["step"], summary["checkpoint_step"]) == ("diverged", 10, 5)
+    assert torch.load(run / "last.pt", weights_only=True)["step"] == 5
+    assert finite(run / "last.pt") and finite(run / "best.pt")
+
+
+def test_python_m_kit_train_exits_2_with_one_line_on_divergence(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "kit.train", "--data", str(tiny_data), "--out", str(run),
+                           *small_args("--set", DIVERGES)], env=env, capture_output=True, text=True, timeout=300)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("kit: error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and "training diverged" in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+# ---------------------------------------------------------------- a recipe
+def _recipe(tiny_recipe, *members: str):
+    tables = [{"name": name, **({"train.lr": 1e12} if name.startswith("bad") else {})} for name in members]
+    return tiny_recipe(*tables, base={"train": {"max_steps": 10, "eval_every": 5}}, budget={"quick": {}},
+                       after={"predict": True, "ensemble": "soft"})
+
+
+@pytest.mark.parametrize("workers", [1, 2])      # in this process, and in worker processes (python -m kit.train)
+def test_a_recipe_votes_without_its_diverged_member_and_says_so(tiny_recipe, tiny_data, tmp_path, capsys,
+                                                                monkeypatch, workers):
+    monkeypatch.chdir(tmp_path)                  # the CSV lands in the test's own submissions/
+    recipe, runs = _recipe(tiny_recipe, "good", "bad"), tmp_path / "runs"
+    code = main(["recipe", "run", str(recipe), "--data", str(tiny_data), "--runs", str(runs), "--workers",
+                 str(workers), "--no-progress"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    bad_row = next(line for line in out.splitlines() if line.startswith("bad "))
+    assert "diverged at step 5 (not voted)" in bad_row
+    assert "bad diverged: predicting and voting without it (1 member(s) left: good)" in err
+    assert not (runs / "tiny" / "bad" / "test_probs.npy").exists()       # never predicted
+    manifest = (tmp_path / "submissions" / "tiny.json").read_text()
+    assert str(runs / "tiny" / "good") in manifest and str(runs / "tiny" / "bad") not in manifest
+    assert (tmp_path / "submissions" / "tiny.csv").is_file()
+
+
+def test_a_recipe_whose_every_member_diverged_is_one_line(tiny_recipe, tiny_data, tmp_path):
+    runs = tmp_path / "runs"
+    with pytest.raises(KitError, match=r"every member diverged \(bad\), so there is nothing to vote"):
+        run_recipe(_recipe(tiny_recipe, "bad"), data=str(tiny_data), runs=str(runs), progress=False, workers=1)
+
+
+# ---------------------------------------------------------------- memory
+@pytest.mark.parametrize("setting,needle", [
+    ("train.batch_size=1000000000", "train.batch_size = 1000000000: must be <= 65536"),
+    ("data.segment_len=100000000", "data.segment_len = 100000000: must be <= 100000"),
+    ("model.d_model=1000000", "model.d_model = 1000000: must be <= 8192"),
+])
+def test_sizes_past_any_machine_are_refused_at_load(tiny_data, tmp_path, capsys, setting, needle):
+    code = main(["train", "--data", str(tiny_data), "--out", str(tmp_path / "run"), "--set", setting])
+    one_error(capsys, code, needle)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_step_that_cannot_fit_is_refused_before_allocating(tiny_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    code = main(["train", "--data", str(tiny_data), "--out", str(run), "--set", "data.segment_len=100000",
+                 "--no-progress"])
+    line = one_error(capsys, code, f"{run}: one training step needs about", "GiB", "lower train.batch_size (now 32)",
+                     "data.segment_len (now 100000)")
+    assert "of memory on this machine" in line or "free on" in line
+    assert not (run / "last.pt").exists()
+
+
+def test_the_estimate_grows_with_the_batch_and_fits_every_shipped_recipe_on_a_16_gb_gpu():
+    cfg = RunConfig()
+    small = step_bytes(cfg)
+    cfg.train.batch_size *= 2
+    assert step_bytes(cfg) > 1.9 * small
+    cfg.data.segment_len *= 4                       # attention grows with the square of the crop
+    assert step_bytes(cfg) > 8 * small
+    for path in sorted((REPO / "recipes").glob("*.toml")):
+        recipe = load_recipe(path)
+        for budget in ("quick", "full"):
+            for name in recipe.members_for(budget):
+                member = member_config(recipe, name, budget)
+                member.model.n_mels, member.model.n_classes = 40, 600       # the real competition
+                # 16 GB, less the CUDA context and the packed store on the GPU (2.8 GiB)
+                assert step_bytes(member) < 12 * 2 ** 30, (path.name, budget, name)
