@@ -42,6 +42,8 @@ def register(sub) -> None:
     d.add_argument("--distill-weight", type=float, default=0.5,
                    help="soft-target weight where a row also has a (pseudo-)label (default 0.5)")
     d.add_argument("--pseudo", metavar="CSV", help="also train on these pseudo-labels (kit pseudo's pseudo.csv)")
+    d.add_argument("--allow-external-labels", action="store_true",
+                   help="train on a --pseudo CSV that `kit pseudo` did not write (no pseudo.json beside it)")
     d.add_argument("--init", default="best", choices=("best", "none"), help="start from the best member's weights")
     d.add_argument("--resume", action="store_true", help="continue an interrupted student")
     d.add_argument("--fresh", action="store_true", help="start over: move an existing STUDENT dir aside to "
@@ -84,7 +86,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     with cache_from(args):
         result = distill(args.runs, args.out, args.config, args.overrides, args.minutes, args.temperature,
                          args.distill_weight, args.pseudo, args.init, args.resume,
-                         not args.no_progress and progress_wanted(), log)
+                         not args.no_progress and progress_wanted(), log, args.allow_external_labels)
     pred = result["pred"]
     print(json.dumps({"run_dir": result["run_dir"], "val_acc": pred.get("val_acc"), "mode": pred.get("mode"),
                       "steps": result["summary"].get("step"), "teacher_vote": result["teacher"]["method"]}, indent=2))
