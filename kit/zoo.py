@@ -13,6 +13,7 @@ from kit.budget import AFTER_SECONDS, Deadline, member_minutes, predict_seconds
 from kit.config import RunConfig, dump_toml, to_dict
 from kit.errors import KitError
 from kit.infer import source_mode
+from kit.records import predictions_current
 from kit.recipe import BUDGETS, Recipe, ensure_data, is_synthetic, load_recipe, member_config
 from kit.rounds import DISTILL_DEFAULTS, PSEUDO_DEFAULTS, StageContext, enabled, stages_share
 from kit.train import TrainingDiverged
@@ -116,6 +117,8 @@ class RecipeRun:
             if name not in names:
                 raise KitError(f"{recipe.path}: --only {name}: no such member; members: {', '.join(names)}")
         chosen = [n for n in names if not only or n in only]
+        if not chosen:
+            raise KitError(f"{recipe.path}: no member trains in the {budget} budget (their `budgets` lists)")
         dtype = member_config(recipe, chosen[0], budget).data.store_dtype
         store = FeatureStore.open(data_dir, dtype, progress=progress)
         return cls(recipe, budget, data_dir, store, Path(runs) / recipe.name, chosen, log, progress, workers,
@@ -232,8 +235,8 @@ class RecipeRun:
         which = self.recipe.after["which"]
         return StageContext(
             name=self.recipe.name, root=self.root, which=which, budget=self.budget, store=self.store,
-            config_for=self.config,
-            train_jobs=self.train_jobs, ensemble=lambda dirs, name: _ensemble(self.recipe, dirs, name, self.submissions),
+            config_for=self.config, train_jobs=self.train_jobs,
+            ensemble=lambda dirs, name: _ensemble(self.recipe, dirs, name, self.submissions, self.log),
             predict=lambda d: _predict(d, which, self.store, self.progress, self.log), log=self.log,
             progress=self.progress, timed=bool(self.minutes or self.per_member_minutes),
             minutes_left=self.minutes_left)
@@ -247,10 +250,8 @@ def _message(template: str, recipe: str, budget: str, members: list[str]) -> str
 
 
 def _is_predicted(run_dir: Path, which: str) -> bool:
-    """val/test probabilities written after the checkpoint they come from."""
-    ckpt = run_dir / f"{which}.pt"
-    probs = [run_dir / "val_probs.npy", run_dir / "test_probs.npy"]
-    return ckpt.is_file() and all(p.is_file() and p.stat().st_mtime >= ckpt.stat().st_mtime for p in probs)
+    """val/test probabilities predicted from the checkpoint now on disk (kit.records owns the rule)."""
+    return predictions_current(run_dir, which)
 
 
 def _member_task(recipe: Recipe, job, on_cpu: bool, after: bool,
@@ -358,13 +359,13 @@ def _predict(run_dir: Path, which: str, store, progress: bool, log) -> dict | No
                        **({"mode": mode, "compare": False} if mode else {}))
 
 
-def _ensemble(recipe: Recipe, run_dirs: list[Path], name: str, submissions) -> dict:
+def _ensemble(recipe: Recipe, run_dirs: list[Path], name: str, submissions, log=None) -> dict:
     from kit.ensemble import ensemble_runs
 
     plan = recipe.after
     weights = "auto" if plan["weights"] == "auto" else None
     vote = plan["ensemble"] if len(run_dirs) > 1 else "hard"     # one run: its own predictions
-    return ensemble_runs(run_dirs, vote=vote, weights=weights, name=name, out_dir=submissions)
+    return ensemble_runs(run_dirs, vote=vote, weights=weights, name=name, out_dir=submissions, log=log)
 
 
 def _voters(members: list[dict], root: Path, log) -> list[dict]:
@@ -403,7 +404,7 @@ def _after(run: RecipeRun, result: dict) -> None:
         return
     log(f"ensembling {len(run_dirs)} member(s) by {plan['ensemble']} vote")
     rounds = enabled(plan, "pseudo") is not None
-    ens = _ensemble(recipe, run_dirs, f"{recipe.name}-vote0" if rounds else recipe.name, submissions)
+    ens = _ensemble(recipe, run_dirs, f"{recipe.name}-vote0" if rounds else recipe.name, submissions, log)
     if rounds:
         result["vote0"] = {"val_acc": ens["val_acc"], "val_acc_oof": ens.get("oof_acc"), "csv": str(ens["csv"])}
         names = [m["name"] for m in members]
@@ -412,7 +413,7 @@ def _after(run: RecipeRun, result: dict) -> None:
         run_dirs = pseudo_rounds(run.stage_context(), plan["pseudo"], names, run_dirs, result, start, end)
         if result["rounds"]:
             log(f"ensembling the {len(run_dirs)} fine-tuned member(s) by {plan['ensemble']} vote")
-        ens = _ensemble(recipe, run_dirs, recipe.name, submissions)     # no round: the same vote
+        ens = _ensemble(recipe, run_dirs, recipe.name, submissions, log)     # no round: the same vote
     result["ensemble"] = {"vote": plan["ensemble"], "val_acc": ens["val_acc"], "csv": str(ens["csv"]),
                           "manifest": str(ens["manifest"]), "table": ens.get("table"),
                           "weights_mode": plan["weights"], "method": ens.get("method"),
