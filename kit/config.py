@@ -24,6 +24,7 @@ class DataConfig:
     store_dtype: str = "float16"    # float16 | float32
     store_on_gpu: bool = True       # on a GPU, copy the packed store there once (full preset: 2.8 GiB)
     pseudo_labels: str = ""         # CSV Id,Category of test utterances trained on as labelled (`kit pseudo`)
+    allow_external_labels: bool = False  # train on a pseudo_labels CSV `kit pseudo` did not write (no pseudo.json)
 
 
 @dataclass

@@ -90,6 +90,8 @@ def distill(run_dirs, out, config: str | None = None, overrides=(), minutes: flo
     cfg.train.distill_weight = distill_weight
     if pseudo_labels:
         cfg.data.pseudo_labels = str(Path(pseudo_labels).resolve())
+    if allow_external_labels:               # the student's training checks the file again
+        cfg.data.allow_external_labels = True
     if minutes is not None:
         cfg.train.minutes = minutes
     log(f"distilling {len(members)} member(s) ({fit['method']} vote) into {out}"

@@ -21,8 +21,8 @@ RUN_FILES = ("summary.json", "best.pt", "last.pt", "avg.pt")     # a dir holding
 # switches for speed with the same maths (threads, torch.compile, where the store lives),
 # prediction settings, the run's label, and the data dir's path: the data fingerprint covers the
 # data itself, so a copied or moved data dir is still the same data.
-NOT_IDENTITY = ("name", "data.data_dir", "data.store_on_gpu", "train.minutes", "train.max_minutes",
-                "train.cpu_threads", "train.compile", "infer")
+NOT_IDENTITY = ("name", "data.data_dir", "data.store_on_gpu", "data.allow_external_labels", "train.minutes",
+                "train.max_minutes", "train.cpu_threads", "train.compile", "infer")
 START_OVER = "start over with --fresh (the old run is moved aside, nothing is deleted)"
 
 

@@ -85,9 +85,9 @@ def test_a_validation_utterance_in_the_pseudo_labels_is_refused(tiny_data, store
     split = split_for(store, 0.1, 0)
     val_path = store.layout.train[int(split.val[0])].path
     (tmp_path / "bad.csv").write_text(f"Id,Category\n{val_path},{store.speakers[0]}\n")
-    with pytest.raises(KitError, match="training utterance"):
-        train(tiny_cfg(tiny_data, *SHORT, f"data.pseudo_labels={tmp_path / 'bad.csv'}"), tmp_path / "run",
-              progress=False)
+    with pytest.raises(KitError, match="training utterance"):       # hand-written: allowed in, then refused
+        train(tiny_cfg(tiny_data, *SHORT, f"data.pseudo_labels={tmp_path / 'bad.csv'}",
+                       "data.allow_external_labels=true"), tmp_path / "run", progress=False)
 
 
 def test_training_never_reads_a_validation_utterance(members, tiny_data, store, tmp_path, monkeypatch):
@@ -269,12 +269,32 @@ def test_pseudo_labels_kit_did_not_make_are_refused_unless_allowed(members, tiny
     with pytest.raises(KitError, match="no pseudo.json beside it"):
         distill(members, tmp_path / "student", pseudo_labels=str(tiny_answers), progress=False)
     assert not (tmp_path / "student").exists()                 # refused before any work
+    allowed = distill(members, tmp_path / "student", pseudo_labels=str(tiny_answers), allow_external_labels=True,
+                      progress=False)                          # the student's own training accepts it too
+    assert allowed["summary"]["n_pseudo"] == len(pd.read_csv(tiny_answers))
     make_pseudo_labels(members, tmp_path / "pl", top_fraction=0.5)
     pl = tmp_path / "pl" / "pseudo.csv"
     check_pseudo_labels(pl)                                    # kit's own: fine
     pl.write_text(tiny_answers.read_text())                    # replaced beside kit's record
     with pytest.raises(KitError, match="not the file its pseudo.json records"):
         check_pseudo_labels(pl)
+
+
+def test_kit_train_refuses_an_answer_key_as_pseudo_labels_unless_allowed(tiny_data, tiny_answers, tmp_path, capsys):
+    from kit.cli import main
+
+    args = ["train", "--data", str(tiny_data), "--no-progress", "--set", f"data.pseudo_labels={tiny_answers}",
+            *[f"--set={s}" for s in ("data.segment_len=64", "data.store_dtype=float32", "model.d_model=32",
+                                     "model.ffn_dim=64", "train.batch_size=16", "train.cpu_threads=1", *SHORT)]]
+    run = tmp_path / "run"
+    capsys.readouterr()
+    assert main([*args, "--out", str(run)]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert str(tiny_answers) in line and "no pseudo.json beside it" in line and "--allow-external-labels" in line
+    assert not (run / "last.pt").exists()
+    assert main([*args, "--out", str(run), "--allow-external-labels"]) == 0      # the same command, allowed
+    assert read_summary(run)["n_pseudo"] == len(pd.read_csv(tiny_answers))      # every test utterance, labelled
+    assert "allow_external_labels = true" in (run / "config.toml").read_text()   # --resume keeps it
 
 
 def test_distill_into_a_finished_student_keeps_it_and_fresh_moves_it_aside(members, tmp_path, capsys):

@@ -30,6 +30,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--minutes", type=float, help="time budget: the step total, warm-up and evaluations are "
                    "fitted to it, so the run ends annealed (train.minutes)")
     p.add_argument("--max-minutes", type=float, help="stop cleanly with a checkpoint after this long")
+    p.add_argument("--allow-external-labels", action="store_true", help="train on a data.pseudo_labels CSV that "
+                   "`kit pseudo` did not write (no pseudo.json beside it) (data.allow_external_labels)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_cache_option(p)
 
@@ -95,7 +97,7 @@ def _add_launcher_args(p: argparse.ArgumentParser) -> None:
 
 def resolve_train_config(args: argparse.Namespace):
     """The RunConfig `kit train` uses: defaults <- saved config (on --resume) or --config <- --set
-    <- --data, --minutes, --max-minutes."""
+    <- --data, --minutes, --max-minutes, --allow-external-labels."""
     from kit.config import DataConfig, RunConfig, layered, load_toml, parse_overrides
 
     out = Path(args.out)
@@ -107,8 +109,8 @@ def resolve_train_config(args: argparse.Namespace):
         file = ("config", {"name": out.name})
     train_flags = {"minutes": args.minutes, "max_minutes": args.max_minutes}
     flags = {"train": {k: v for k, v in train_flags.items() if v is not None}}
-    if args.data:
-        flags["data"] = {"data_dir": args.data}
+    data_flags = {"data_dir": args.data, "allow_external_labels": args.allow_external_labels or None}
+    flags["data"] = {k: v for k, v in data_flags.items() if v is not None}
     cfg = layered(file, ("--set", parse_overrides(args.overrides)), ("command line", flags))
     if not args.data and cfg.data.data_dir == DataConfig.data_dir:
         from kit.env import kaggle_data_dir
@@ -194,7 +196,9 @@ def cmd_recipe_run(args: argparse.Namespace) -> int:
     for r in result.get("rounds", []):
         est = "-" if r["estimated_precision"] is None else f"{r['estimated_precision']:.3f}"
         print(f"pseudo-label round {r['round']}: {r['count']} test utterances, confidence >= {r['threshold']:.3f}, "
-              f"estimated precision {est}; fine-tuned: {', '.join(Path(d).name for d in r['fine_tuned'])}")
+              f"estimated precision {est}; fine-tuned: {', '.join(Path(d).name for d in r['fine_tuned']) or 'none'}"
+              + "".join(f"; diverged, its source voted instead: {Path(d).name} at step {v['step']}"
+                        for d, v in r.get("diverged", {}).items()))
     ens = result.get("ensemble")
     if ens:
         if ens.get("weights"):
@@ -207,6 +211,8 @@ def cmd_recipe_run(args: argparse.Namespace) -> int:
     if result.get("student"):
         st = result["student"]
         print(f"distilled student val acc: {st['val_acc']:.4f}   csv: {st['csv']}")
+    if result.get("student_diverged"):
+        print(f"distilled student: diverged at step {result['student_diverged']['step']} (no student CSV)")
     sub = result.get("submission")
     if sub:
         print(f"submission: {ens['csv']}  {sub.get('status')} on {sub.get('target') or '-'}  "

@@ -3,7 +3,8 @@ utterances (`data.pseudo_labels`, from `kit pseudo`) and a teacher's soft target
 utterances (`train.teacher`, from `kit distill`).
 
 Only test utterances may be added: a pseudo-label or teacher file that names a training or
-validation utterance is refused, so validation is never trained on.
+validation utterance is refused, so validation is never trained on. Pseudo-labels `kit pseudo` did
+not write (an answer key, say) are refused unless data.allow_external_labels.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 
 from kit.data import FeatureStore, Split
 from kit.errors import KitError
+from kit.pseudo import check_pseudo_labels
 
 
 @dataclass
@@ -67,13 +69,18 @@ def _test_rows(store: FeatureStore, ids, source: Path) -> np.ndarray:
     return rows
 
 
-def read_pseudo_labels(path: str, store: FeatureStore) -> tuple[np.ndarray, np.ndarray]:
-    """(store rows, class ids) from a CSV Id,Category[,...] of test utterances."""
+def read_pseudo_labels(path: str, store: FeatureStore, allow_external: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(store rows, class ids) from a CSV Id,Category[,...] of test utterances; one `kit pseudo`
+    wrote (kit.pseudo.check_pseudo_labels) unless allow_external."""
     import pandas as pd
 
     source = Path(path)
     if not source.is_file():
         raise KitError(f"{source}: pseudo-label file not found (data.pseudo_labels)")
+    try:
+        check_pseudo_labels(source, allow_external)
+    except KitError as e:               # a recipe or member TOML has no flag to pass: name the setting too
+        raise KitError(f"{e} (data.allow_external_labels = true in a config)") from None
     try:
         frame = pd.read_csv(source, dtype={"Id": str, "Category": str})
     except (ValueError, OSError) as e:
@@ -106,16 +113,16 @@ def read_teacher(path: str, store: FeatureStore) -> tuple[np.ndarray, np.ndarray
 
 
 def build_targets(store: FeatureStore, split: Split, pseudo_labels: str = "", teacher: str = "",
-                  distill_weight: float = 0.5) -> Targets:
+                  distill_weight: float = 0.5, allow_external_labels: bool = False) -> Targets:
     """The rows a run trains on and their targets; without pseudo-labels or a teacher, exactly the
-    training split and its labels."""
+    training split and its labels. allow_external_labels: accept pseudo-labels kit did not make."""
     labels = store.labels.astype(np.int64).copy()
     labels[split.val] = -1                      # never a target, whatever is added
     hard = labels >= 0
     index = [np.asarray(split.train, dtype=np.int64)]
     targets = Targets(index=index[0], labels=labels, distill_weight=distill_weight)
     if pseudo_labels:
-        rows, ids = read_pseudo_labels(pseudo_labels, store)
+        rows, ids = read_pseudo_labels(pseudo_labels, store, allow_external_labels)
         labels[rows], hard[rows] = ids, True
         index.append(rows)
         targets.n_pseudo = len(rows)
