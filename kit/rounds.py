@@ -91,6 +91,7 @@ def pseudo_rounds(ctx: StageContext, opts: dict, names: list[str], run_dirs: lis
     shares of the recipe's time at which the stage starts and ends (round r ends at
     start + (end - start) * r / rounds)."""
     from kit.pseudo import make_pseudo_labels
+    from kit.train import diverged_at
 
     result["rounds"] = []
     for r in range(1, opts["rounds"] + 1):
@@ -113,13 +114,19 @@ def pseudo_rounds(ctx: StageContext, opts: dict, names: list[str], run_dirs: lis
         per_round = opts["share"] / opts["rounds"]
         share = (lambda left, e=round_end: ctx.minutes_left(e, left, share=per_round)) if ctx.timed else None
         ctx.train_jobs(jobs, share)
+        diverged = {}                   # a fine-tune that diverged is never predicted: its source votes
+        for n in tuned:
+            step = diverged_at(tuned_dirs[n])
+            if step is not None:
+                ctx.log(f"{tuned_dirs[n].name} diverged at step {step}: the round votes {sources[n].name} instead")
+                diverged[str(tuned_dirs.pop(n))] = {"step": step, "voted": str(sources[n])}
         run_dirs = [tuned_dirs.get(n, sources[n]) for n in names]
         for d in tuned_dirs.values():
             ctx.predict(d)
         result["rounds"].append({"round": r, "pseudo_labels": rec.csv, "count": rec.test_count,
                                  "threshold": rec.threshold, "estimated_precision": rec.estimated_precision,
                                  "members": [str(d) for d in run_dirs],
-                                 "fine_tuned": [str(d) for d in tuned_dirs.values()]})
+                                 "fine_tuned": [str(d) for d in tuned_dirs.values()], "diverged": diverged})
     return run_dirs
 
 
@@ -157,7 +164,8 @@ def _fine_tune_jobs(ctx: StageContext, opts: dict, names, run_dirs, csv: str, r:
                         f"{move_aside(run_dir, old_name(run_dir))}")
         summary = read_summary(run_dir)
         if summary is not None and summary.get("stopped_reason") != "time":
-            ctx.log(f"{run_dir.name}: already fine-tuned, kept")
+            if summary.get("stopped_reason") != "diverged":     # diverged earlier: pseudo_rounds says so
+                ctx.log(f"{run_dir.name}: already fine-tuned, kept")
             continue
         jobs.append((run_dir.name, cfg, run_dir, (run_dir / "last.pt").is_file()))
     return jobs
@@ -165,11 +173,13 @@ def _fine_tune_jobs(ctx: StageContext, opts: dict, names, run_dirs, csv: str, r:
 
 def distill_stage(ctx: StageContext, opts: dict, run_dirs: list[Path], result: dict) -> dict:
     """Train and predict the student; write NAME-student.csv (a one-model submission). A student
-    taught by other members (they were retrained since) is moved aside and trained again."""
+    taught by other members (they were retrained since) is moved aside and trained again. A student
+    whose training diverged is left out: result["student_diverged"] says so (no result["student"]),
+    and the recipe goes on to submit the vote."""
     from kit.distill import best_member, distill, load_members
     from kit.fsio import sha256_file, write_json
     from kit.runs import move_aside, old_name
-    from kit.train import load_config, read_summary
+    from kit.train import TrainingDiverged, diverged_at, load_config, read_summary
 
     student = ctx.root / "student"
     teachers = {str(Path(d).resolve()): sha256_file(Path(d) / "test_probs.npy") for d in run_dirs}
@@ -185,12 +195,24 @@ def distill_stage(ctx: StageContext, opts: dict, run_dirs: list[Path], result: d
         began = time.time()
         student.mkdir(parents=True, exist_ok=True)
         write_json(record, teachers)
-        distill(run_dirs, student, overrides=overrides,
-                minutes=ctx.minutes_left(1.0, 1, share=opts["share"]) if ctx.timed else None,
-                temperature=opts["temperature"], distill_weight=opts["weight"],
-                resume=(student / "last.pt").is_file(), progress=ctx.progress, log=ctx.log)
-        ctx.log(f"student trained and predicted in {(time.time() - began) / 60:.1f} min")
-    else:
+        try:
+            distill(run_dirs, student, overrides=overrides,
+                    minutes=ctx.minutes_left(1.0, 1, share=opts["share"]) if ctx.timed else None,
+                    temperature=opts["temperature"], distill_weight=opts["weight"],
+                    resume=(student / "last.pt").is_file(), progress=ctx.progress, log=ctx.log)
+        except TrainingDiverged:
+            if diverged_at(student) is None:    # its summary.json says so: left out below, like a member
+                raise
+        else:
+            ctx.log(f"student trained and predicted in {(time.time() - began) / 60:.1f} min")
+    step = diverged_at(student)
+    if step is not None:                        # now or in an earlier run (the same teachers diverge again)
+        ctx.log(f"student diverged at step {step}: no student CSV, the vote goes on alone (move {student} "
+                "aside to distil again)")
+        out = {"run_dir": str(student), "step": step}
+        result["student_diverged"] = out
+        return out
+    if finished is not None and finished.get("stopped_reason") != "time":
         ctx.predict(student)
     ens = ctx.ensemble([student], f"{ctx.name}-student")
     val_acc = None if ens["val_acc"] is None else float(ens["val_acc"])      # a plain number in messages

@@ -16,7 +16,7 @@ from kit.cli import main
 from kit.config import RunConfig, layered, parse_overrides
 from kit.errors import KitError
 from kit.recipe import load_recipe, member_config
-from kit.train import step_bytes, train
+from kit.train import diverged_at, step_bytes, train
 from kit.zoo import run_recipe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -147,3 +147,70 @@ def test_the_estimate_grows_with_the_batch_and_fits_every_shipped_recipe_on_a_16
                 member.model.n_mels, member.model.n_classes = 40, 600       # the real competition
                 # 16 GB, less the CUDA context and the packed store on the GPU (2.8 GiB)
                 assert step_bytes(member) < 12 * 2 ** 30, (path.name, budget, name)
+
+
+
+# ---------------------------------------------------------------- the stages after the vote
+def _recipe_after(tiny_recipe, a: dict, **after):
+    return tiny_recipe({"name": "a", **a}, {"name": "b", "train.seed": 1},
+                       base={"train": {"max_steps": 20, "eval_every": 10}}, budget={"full": {}},
+                       after={"predict": True, "which": "last", "ensemble": "soft", **after})
+
+
+def _run(recipe, tiny_data, runs, capsys, workers: int = 1) -> tuple[str, str]:
+    code = main(["recipe", "run", str(recipe), "--data", str(tiny_data), "--budget", "full", "--runs", str(runs),
+                 "--workers", str(workers), "--no-progress"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return out, err
+
+
+@pytest.mark.parametrize("workers", [1, 2])      # fine-tunes here, and in worker processes
+def test_a_diverged_fine_tune_leaves_its_source_member_in_the_round_vote(tiny_recipe, tiny_data, tmp_path, capsys,
+                                                                         monkeypatch, workers):
+    monkeypatch.chdir(tmp_path)                  # the CSVs land in the test's own submissions/
+    # fine-tunes train at lr x 1e15: b's (3e-3 -> 3e12) diverges; a's (3e-18 -> 3e-3) does not
+    recipe = _recipe_after(tiny_recipe, {"train.lr": 3e-18},
+                           pseudo={"top_fraction": 0.5, "share": 0.3, "fine_tune": "all", "lr_scale": 1e15})
+    runs = tmp_path / "runs"
+    out, err = _run(recipe, tiny_data, runs, capsys, workers)
+    lines = [line for line in err.splitlines() if "the round votes" in line]
+    assert len(lines) == 1 and lines[0].startswith("kit: b-pl1 diverged at step ") and \
+        lines[0].endswith(": the round votes b instead"), err
+    assert not (runs / "tiny" / "b-pl1" / "test_probs.npy").exists()        # never predicted
+    assert "fine-tuned: a-pl1; diverged, its source voted instead: b-pl1 at step" in out
+    manifest = json.loads((tmp_path / "submissions" / "tiny.json").read_text())
+    assert [Path(m).name for m in manifest["members"]] == ["a-pl1", "b"]
+    assert (tmp_path / "submissions" / "tiny.csv").is_file()
+    # a re-run keeps the diverged fine-tune out the same way, without training it again
+    out, err = _run(recipe, tiny_data, runs, capsys, workers)
+    assert [line for line in err.splitlines() if "the round votes" in line] == lines
+    assert "b-pl1: already fine-tuned" not in err and "training b-pl1" not in err
+
+
+def test_a_diverged_student_leaves_the_vote_to_be_submitted(tiny_recipe, tiny_data, tmp_path, capsys, monkeypatch):
+    import kit.distill
+    import kit.kaggle
+
+    monkeypatch.chdir(tmp_path)
+    real = kit.distill.distill
+
+    def diverging(*args, overrides=(), **kw):       # the student's settings: its best member's, lr 1e12
+        return real(*args, overrides=[*overrides, DIVERGES], **kw)
+
+    sent = []
+    monkeypatch.setattr(kit.distill, "distill", diverging)
+    monkeypatch.setattr(kit.kaggle, "recipe_submit", lambda csv, message, data_dir: sent.append(str(csv)) or
+                        {"status": "COMPLETE", "public": None, "private": None, "target": "stand-in"})
+    recipe = _recipe_after(tiny_recipe, {}, distill={"share": 0.5, "submit": True}, submit=True)
+    out, err = _run(recipe, tiny_data, tmp_path / "runs", capsys)
+    student = tmp_path / "runs" / "tiny" / "student"
+    step = diverged_at(student)
+    line = f"kit: student diverged at step {step}: no student CSV, the vote goes on alone (move {student} aside"
+    assert step is not None and err.count(line) == 1, err
+    assert sent == [str(Path("submissions") / "tiny.csv")]          # the vote; no student
+    assert not (tmp_path / "submissions" / "tiny-student.csv").exists()
+    assert f"distilled student: diverged at step {step} (no student CSV)" in out
+    # a re-run keeps the diverged student out without distilling it again, and submits the vote
+    out, err = _run(recipe, tiny_data, tmp_path / "runs", capsys)
+    assert err.count(line) == 1 and "distilling" not in err and len(sent) == 2, err
