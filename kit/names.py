@@ -48,24 +48,25 @@ def _not_plain(name) -> str | None:
     return None
 
 
+def _not_reserved(name, what: str, reserved, where: str) -> str:
+    check_name(name, what)
+    if reserved.fullmatch(name):
+        raise KitError(f"{what} name {name!r} is one kit uses {where}: choose another name")
+    return name
+
+
 def check_submission_name(name, what: str = "submission") -> str:
     """A plain file name that is not one kit uses in submissions/ (`ledger`, `ledger.*`,
     `scores`, `*_report`): NAME.csv, NAME.json and NAME_report.png land beside the ledger."""
-    check_name(name, what)
-    if _SUBMISSION_RESERVED.fullmatch(name):
-        raise KitError(f"{what} name {name!r} is one kit uses in submissions/ (ledger.csv, its backups and "
-                       "pending file, scores.png, NAME_report.png): choose another name")
-    return name
+    return _not_reserved(name, what, _SUBMISSION_RESERVED, "in submissions/ (ledger.csv, its backups and "
+                         "pending file, scores.png, NAME_report.png)")
 
 
 def check_member_name(name, what: str = "member") -> str:
     """A plain file name that is not one kit uses beside the members in RUNS/<recipe>/
     (`student`, `pseudo-N`, `NAME-plN`, the Kaggle launcher's files)."""
-    check_name(name, what)
-    if _MEMBER_RESERVED.fullmatch(name):
-        raise KitError(f"{what} name {name!r} is one kit uses beside the members in RUNS/<recipe>/ (student, "
-                       "pseudo-N, MEMBER-plN, kaggle-kernels.json, kaggle-logs): choose another name")
-    return name
+    return _not_reserved(name, what, _MEMBER_RESERVED, "beside the members in RUNS/<recipe>/ (student, "
+                         "pseudo-N, MEMBER-plN, kaggle-kernels.json, kaggle-logs)")
 
 
 def distinct_runs(run_dirs, what: str = "run dir") -> list:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from kit.cli import main
+
 
 @pytest.fixture(scope="session")
 def tiny_synth(tmp_path_factory) -> tuple[Path, Path]:
@@ -187,3 +189,18 @@ def standin(tiny_data, tiny_answers):
     with StandIn(tiny_data, tiny_answers, competition=DEFAULT_COMPETITION) as server:
         yield server
 
+
+# ---------------------------------------------------------------- the CLI, as the fault tests call it
+def kit_cli(capsys, *args) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_error(code: int, err: str, *needles: str) -> str:
+    """Exit 2 and exactly one stderr line, `kit: error: ...`, holding every needle."""
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("kit: error: "), (code, err)
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]

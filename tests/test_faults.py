@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import kit
+from conftest import kit_cli, one_error
 from kit.cli import main
 from kit.data import FeatureStore
 from kit.errors import KitError
@@ -38,21 +39,6 @@ def write_recipe(tiny_recipe):
                            budget={"quick": {}, "full": {}})
 
     return write
-
-
-def kit_cli(capsys, *args) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_error(code: int, err: str, *needles: str) -> str:
-    """Exit 2 and exactly one stderr line, `kit: error: ...`, holding every needle."""
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("kit: error: "), (code, err)
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 @pytest.fixture

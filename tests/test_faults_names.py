@@ -7,28 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from kit.cli import main
+from conftest import kit_cli, one_error
 from kit.errors import KitError
 from kit.fsio import sha256_file
 from kit.kaggle import append_ledger
 from kit.names import check_member_name, check_name, check_submission_name, distinct_runs
 from kit.recipe import load_recipe, require_budget
 from kit.submission import keep_submitted
-
-
-def kit_cli(capsys, *args) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_error(code: int, err: str, *needles: str) -> str:
-    """Exit 2 and exactly one stderr line, `kit: error: ...`, holding every needle."""
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("kit: error: "), (code, err)
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 def files_under(root: Path) -> list[str]:

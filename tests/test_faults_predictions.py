@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import kit.infer
+from conftest import kit_cli, one_error
 from kit.cli import main
 from kit.config import RunConfig
 from kit.ensemble import auto_ensemble, fit_temperature, hard_vote, load_member, pool_log_probs, soft_vote
@@ -29,21 +30,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 TRAIN_SMALL = ["--set", "model.d_model=16", "--set", "model.ffn_dim=32", "--set", "data.segment_len=48",
                "--set", "data.store_dtype=float32", "--set", "train.eval_every=5", "--set", "train.warmup_steps=2",
                "--set", "train.cpu_threads=1", "--set", "train.max_steps=20", "--no-progress"]
-
-
-def kit_cli(capsys, *args) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_error(code: int, err: str, *needles: str) -> str:
-    """Exit 2 and exactly one stderr line, `kit: error: ...`, holding every needle."""
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("kit: error: "), (code, err)
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
