@@ -183,12 +183,11 @@ def cmd_recipe_run(args: argparse.Namespace) -> int:
                         pseudo=args.pseudo, distill=args.distill,
                         progress=not args.no_progress and progress_wanted(), log=log, launcher=launcher,
                         ensemble="none" if args.no_ensemble else None)
-    print(f"recipe {result['recipe']}  budget {result['budget']}  data {result['data']}")
-    print(f"{'member':<22} {'params':>9} {'val acc':>8} {'mode':>8} {'steps':>7} {'minutes':>8}  note")
-    for m in result["members"]:
-        acc = m.get("val_acc")
-        print(f"{m['name']:<22} {m.get('params', 0):>9,} {'-' if acc is None else f'{acc:.4f}':>8} "
-              f"{m.get('mode', ''):>8} {m.get('step', 0):>7} {m.get('minutes', 0.0):>8.1f}  {m.get('note', '')}")
+    print_recipe_table(result)
+    return 0
+
+
+def _print_rounds(result: dict) -> None:
     if result.get("vote0"):
         v0 = result["vote0"]
         oof = f"  (out-of-fold {v0['val_acc_oof']:.4f})" if v0.get("val_acc_oof") is not None else ""
@@ -199,6 +198,17 @@ def cmd_recipe_run(args: argparse.Namespace) -> int:
               f"estimated precision {est}; fine-tuned: {', '.join(Path(d).name for d in r['fine_tuned']) or 'none'}"
               + "".join(f"; diverged, its source voted instead: {Path(d).name} at step {v['step']}"
                         for d, v in r.get("diverged", {}).items()))
+
+
+def print_recipe_table(result: dict) -> None:
+    """The recipe's result as the table on stdout: members, rounds, the vote, its report, the submission."""
+    print(f"recipe {result['recipe']}  budget {result['budget']}  data {result['data']}")
+    print(f"{'member':<22} {'params':>9} {'val acc':>8} {'mode':>8} {'steps':>7} {'minutes':>8}  note")
+    for m in result["members"]:
+        acc = m.get("val_acc")
+        print(f"{m['name']:<22} {m.get('params', 0):>9,} {'-' if acc is None else f'{acc:.4f}':>8} "
+              f"{m.get('mode', ''):>8} {m.get('step', 0):>7} {m.get('minutes', 0.0):>8.1f}  {m.get('note', '')}")
+    _print_rounds(result)
     ens = result.get("ensemble")
     if ens:
         if ens.get("weights"):
@@ -222,4 +232,3 @@ def cmd_recipe_run(args: argparse.Namespace) -> int:
     if result.get("resume"):
         print(f"to continue: {result['resume']}")
     print(f"wall time: {result['minutes']:.1f} min")
-    return 0
