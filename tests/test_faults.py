@@ -277,7 +277,14 @@ def _start_recipe(recipe: Path, data: Path, runs: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     return subprocess.Popen([sys.executable, "-m", "kit", "recipe", "run", str(recipe), "--data", str(data),
                              "--runs", str(runs), "--workers", "2", "--no-progress"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_sigint_default)
+
+
+def _sigint_default() -> None:
+    """SIGINT as a terminal or a scheduler leaves it: a suite started in the background (`make test &`,
+    some CI runners) inherits SIGINT ignored, and Python then keeps ignoring it in the recipe."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _trainers(runs: Path, proc: subprocess.Popen, need: str, timeout: float = 60) -> list[int]:
