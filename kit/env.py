@@ -50,9 +50,14 @@ def cache_dir(data_dir: str | os.PathLike) -> tuple[Path, str | None]:
     if working.is_dir() and writable(working):
         where = _named(working / CACHE_DIRNAME, data_dir)
     else:
-        where = _named(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kit", data_dir)
+        where = _named(user_cache(), data_dir)
     return where, (f"{data_dir} is read-only: its packed store and split go to {where} "
                    "(choose with --cache DIR or KIT_CACHE)")
+
+
+def user_cache() -> Path:
+    """kit's folder in the user's cache: $XDG_CACHE_HOME/kit (~/.cache/kit)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kit"
 
 
 def _under_kaggle(override: str, name: str) -> Path:

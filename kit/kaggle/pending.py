@@ -21,8 +21,7 @@ PENDING_SUFFIX = ".pending"
 def pending_files(ledger: str | os.PathLike) -> list[Path]:
     """Where the ledger's pending rows may be, in the order they are tried: beside it, then the cache."""
     ledger = Path(ledger)
-    # the same root kit.env.cache_dir falls back to for a read-only data dir
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kit" / "pending"
+    cache = env.user_cache() / "pending"
     digest = hashlib.sha256(str(ledger.resolve()).encode()).hexdigest()[:12]
     return [ledger.with_name(ledger.name + PENDING_SUFFIX), cache / f"{ledger.name}-{digest}{PENDING_SUFFIX}"]
 
