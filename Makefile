@@ -11,10 +11,8 @@ RECIPE_ARGS := $(if $(DATA),--data $(DATA)) $(if $(BUDGET),--budget $(BUDGET)) $
 .PHONY: setup test bench bench-accuracy recipe-simple recipe-medium recipe-strong recipe-boss clean-venv
 
 $(STAMP): pyproject.toml
-	@echo "kit: creating $(VENV) (first run only; a few minutes)" >&2
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@echo "kit: creating $(VENV) (first run only; under a minute with uv, a few with pip)" >&2
+	$(PYTHON) scripts/install_venv.py $(VENV)
 	@touch $(STAMP)
 
 setup: $(STAMP)
