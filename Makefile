@@ -8,7 +8,7 @@ BUDGET ?=
 LAUNCHER ?=
 RECIPE_ARGS := $(if $(DATA),--data $(DATA)) $(if $(BUDGET),--budget $(BUDGET)) $(if $(LAUNCHER),--launcher $(LAUNCHER))
 
-.PHONY: setup test bench bench-accuracy recipe-simple recipe-medium recipe-strong recipe-boss clean-venv
+.PHONY: setup test rehearse-full bench bench-accuracy recipe-simple recipe-medium recipe-strong recipe-boss clean-venv
 
 $(STAMP): pyproject.toml
 	@echo "kit: creating $(VENV) (first run only; under a minute with uv, a few with pip)" >&2
@@ -35,3 +35,9 @@ recipe-simple recipe-medium recipe-strong recipe-boss: recipe-%: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# The whole job at its real shapes, briefly, on this machine: the boss recipe's full budget on the
+# full-rehearsal preset (generated into data/ once, ~10 minutes on 2 cores), every stage timed and
+# its peak memory checked against a Kaggle GPU session; then the budget's projected cost.
+rehearse-full: $(STAMP)
+	$(BIN)/kit recipe run recipes/boss.toml --budget full --rehearse

@@ -38,6 +38,8 @@ def parse_stage(where: str, key: str, value, defaults: dict) -> dict | None:
     if unknown:
         raise KitError(f"{where}: [after] {key}: unknown key(s) {', '.join(unknown)}; known: {', '.join(defaults)}")
     opts = {**defaults, **value}
+    if key == "pseudo" and value.get("top_fraction") is not None and "precision" not in value:
+        opts["precision"] = None                # a top fraction given alone replaces the default precision
     if not isinstance(opts["enabled"], bool):
         raise KitError(f"{where}: [after] {key}.enabled {opts['enabled']!r}: true or false")
     if not (isinstance(opts["share"], (int, float)) and 0 < opts["share"] < 1):

@@ -39,6 +39,10 @@ PRESETS = {
     "tiny": Preset(speakers=8, train=96, test=20, min_len=60, median_len=110, max_len=200, workers=1),
     "demo": Preset(speakers=60, train=2400, test=480, min_len=200, median_len=400, max_len=1500, workers=2),
     "full": Preset(speakers=600, train=56666, test=4000, min_len=200, median_len=550, max_len=1500, workers=2),
+    # `kit recipe run --rehearse`: the full preset with 200 test utterances instead of 4,000 (each
+    # member predicts them at the real widths on a CPU, ~0.1 s per utterance; kit.rehearse).
+    "full-rehearsal": Preset(speakers=600, train=56666, test=200, min_len=200, median_len=550, max_len=1500,
+                             workers=2),
     # For tuning: families of five voices that share a base voice and differ only by small
     # shifts of pitch, rate, vocal tract and accent, so per-speaker averages barely separate them.
     "hard": Preset(speakers=250, train=10000, test=2000, min_len=150, median_len=450, max_len=1500,
@@ -63,7 +67,7 @@ def _voices(preset: Preset, rng: np.random.Generator) -> list[dict]:
     return voices[:preset.speakers]
 
 
-def _lengths(preset: Preset, rng: np.random.Generator, n: int) -> np.ndarray:
+def preset_lengths(preset: Preset, rng: np.random.Generator, n: int) -> np.ndarray:
     sigma = np.log(preset.max_len / preset.median_len) / 2.2
     x = np.exp(rng.normal(np.log(preset.median_len), sigma, n))
     return np.clip(np.round(x), preset.min_len, preset.max_len).astype(np.int64)
@@ -83,7 +87,7 @@ def _plan(preset: Preset, seed: int) -> dict:
         names.add(f"uttr-{rng.bytes(16).hex()}.pt")        # but a set makes sure
     names = rng.permutation(sorted(names)).tolist()
     return {"speakers": speakers, "voices": voices, "spk": spk, "names": names,
-            "lengths": _lengths(preset, rng, n), "n_train": len(train_spk),
+            "lengths": preset_lengths(preset, rng, n), "n_train": len(train_spk),
             "usage": rng.permutation(np.arange(len(test_spk)) < (len(test_spk) + 1) // 2)}
 
 

@@ -18,10 +18,15 @@ def forward_flops(model, n_mels: int):
     from torch.utils.flop_counter import FlopCounterMode
 
     lengths, counts = (64, 128, 256), []
-    for L in lengths:
-        with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH), torch.inference_mode():
-            model(torch.zeros(1, L, n_mels), torch.tensor([L]))
-        counts.append(counter.get_total_flops())
+    fast = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)      # nn.TransformerEncoder's fused path: not counted
+    try:
+        for L in lengths:
+            with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH), torch.inference_mode():
+                model(torch.zeros(1, L, n_mels), torch.tensor([L]))
+            counts.append(counter.get_total_flops())
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast)
     coef = np.polyfit(lengths, counts, 2)
     return lambda L: np.polyval(coef, np.asarray(L, dtype=np.float64))
 

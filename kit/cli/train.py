@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from kit.cli import add_cache_option, cache_from, progress_wanted
+from kit.errors import KitError
 
 DDP_HELP = """one model on several devices (DDP), same arguments:
   GPUs: accelerate launch --multi_gpu --num_processes N -m kit.train --data DIR --out RUN ...
@@ -74,9 +75,28 @@ def register(sub) -> None:
     p.add_argument("--distill", action=argparse.BooleanOptionalAction, default=None,
                    help="after the vote, train one student on its soft targets: NAME-student.csv")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--rehearse", action="store_true",
+                   help="rehearse the whole job at its real shapes, briefly, on this machine (kit.rehearse): every "
+                        "member of the budget (default full) a few steps on a real-size competition (the "
+                        "full-rehearsal preset, generated into data/ when --data is not given), stopped and "
+                        "resumed, then prediction, the vote, report, pseudo-labels, distillation and the "
+                        "submission to the local stand-in; prints each stage's time and peak memory and the "
+                        "budget's cost; exit 1 when something would not fit on Kaggle")
+    p.add_argument("--steps", type=int, default=None, help="with --rehearse: training steps per member (default 6)")
     add_cache_option(p)
     _add_launcher_args(p)
     p.set_defaults(func=cmd_recipe_run)
+
+    p = rsub.add_parser("cost", help="what a recipe's budget costs: FLOPs counted on the members' real shapes, "
+                        "projected GPU hours on Kaggle's P100 and T4 x2 and on an H100, and whether it fits a "
+                        "Kaggle week")
+    p.add_argument("file", help="recipe TOML, e.g. recipes/boss.toml")
+    p.add_argument("--budget", choices=["quick", "full"], default="full", help="default: full")
+    p.add_argument("--data", help="count prediction over this data dir's utterances (default: the real data's "
+                   "sizes and lengths)")
+    p.add_argument("--utilisation", type=float, default=None, metavar="U",
+                   help="share of each GPU's fp16/bf16 peak reached, 0-1 (default: kit.cost's assumption per GPU)")
+    p.set_defaults(func=cmd_recipe_cost)
 
 
 def _add_launcher_args(p: argparse.ArgumentParser) -> None:
@@ -169,6 +189,10 @@ def cmd_recipe_run(args: argparse.Namespace) -> int:
 
     if args.budget:                 # asked for by name: the recipe must set it up (chosen for you: as it is)
         require_budget(load_recipe(args.file), args.budget)
+    if args.rehearse:
+        return _rehearse(args, log)
+    if args.steps is not None:
+        raise KitError("--steps goes with --rehearse")
 
     launcher = make_launcher(args.launcher, kernels=args.kernels, competition=args.competition,
                              endpoint=args.endpoint, partition=args.slurm_partition, cluster=args.submitit_cluster)
@@ -184,6 +208,47 @@ def cmd_recipe_run(args: argparse.Namespace) -> int:
                         progress=not args.no_progress and progress_wanted(), log=log, launcher=launcher,
                         ensemble="none" if args.no_ensemble else None)
     print_recipe_table(result)
+    return 0
+
+
+def _rehearse(args: argparse.Namespace, log) -> int:
+    from kit.cost import cost_table
+    from kit.recipe import load_recipe, require_budget
+    from kit.rehearse import STEPS, rehearse, stage_table
+
+    budget = args.budget or "full"
+    require_budget(load_recipe(args.file), budget)
+    if args.launcher != "local" or args.only or args.fresh or args.max_hours or args.minutes or args.member_minutes:
+        raise KitError("--rehearse runs every member here, briefly: leave out --launcher, --only, --fresh, "
+                       "--max-hours, --minutes and --member-minutes")
+    out = rehearse(args.file, args.data, budget, args.runs, steps=args.steps or STEPS,
+                   progress=not args.no_progress and progress_wanted(), log=log)
+    print(f"rehearsal of {out['recipe']} ({budget} budget) on {out['data']}: {out['minutes']:.1f} min")
+    print(stage_table(out["stages"]))
+    print()
+    print_recipe_table(out["result"])
+    print()
+    print(cost_table(out["costs"]))
+    fits = [line for line in cost_table(out["costs"]).splitlines() if line.startswith("Kaggle ")]
+    problems = out["problems"] + (["the budget fits no Kaggle GPU week: " + "; ".join(fits)]
+                                  if all("does NOT fit" in line for line in fits) else [])
+    for problem in problems:
+        log(f"would not fit on Kaggle: {problem}")
+    if not problems:
+        log("rehearsal passed: every stage ran at the real shapes and fits a Kaggle GPU session")
+    return 1 if problems else 0
+
+
+def cmd_recipe_cost(args: argparse.Namespace) -> int:
+    from kit.cost import cost_table, recipe_costs
+    from kit.recipe import load_recipe, require_budget
+
+    recipe = load_recipe(args.file)
+    require_budget(recipe, args.budget)
+    if args.utilisation is not None and not 0 < args.utilisation <= 1:
+        raise KitError(f"--utilisation {args.utilisation}: a share of the GPU's peak in (0, 1]")
+    print(f"recipe {recipe.name} ({args.budget} budget)")
+    print(cost_table(recipe_costs(recipe, args.budget, args.data), args.utilisation))
     return 0
 
 

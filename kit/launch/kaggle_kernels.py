@@ -99,6 +99,8 @@ class KernelRun:
 
     # -- the whole run
     def go(self, names: list[str], fresh: bool) -> None:
+        from kit.cost import projection_line     # torch: imported only when kernels are pushed
+
         quota = self._quota()
         self.user = quota["user"]
         kernels = self.plan(names, fresh)
@@ -106,6 +108,9 @@ class KernelRun:
         self.hours, self.inner_hours = time_limits(self.recipe, self.budget, most, SESSION_HOURS, *self.timing)
         new = [k for k in kernels if not k.pending]
         if new:
+            projected = projection_line(self.recipe, self.budget, [m for k in new for m in k.members])
+            if projected:
+                self.log(projected)
             self.check_quota(len(new), quota)
         for k in kernels:
             if k.pending:
