@@ -158,7 +158,8 @@ class StageMeter:
 
     def log_line(self, message: str) -> None:
         if message.startswith(STAGE_WORDS):
-            self.begin(message.split(" -> ")[0][:60])
+            name = message.split(" -> ")[0][:48]
+            self.begin(name + (" (resuming)" if message.endswith("(resuming)") else ""))
 
     def _close(self) -> None:
         if self.stages and not self.stages[-1].seconds:

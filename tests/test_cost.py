@@ -1,0 +1,94 @@
+"""kit.cost and `kit recipe cost`: FLOPs counted on the members' real shapes, projected to Kaggle's
+GPUs and checked against a Kaggle week."""
+from __future__ import annotations
+
+import pytest
+from conftest import kit_cli, one_error
+
+from kit.config import RunConfig
+from kit.cost import GPUS, KAGGLE_WEEK_HOURS, MemberCost, kaggle_hours, projection_line, step_gflop, verdict
+from kit.recipe import load_recipe
+from kit.rounds import PSEUDO_DEFAULTS, parse_stage
+
+P100, T4X2 = GPUS[0], GPUS[1]
+FULL = {"full": {"train.max_steps": 1000, "train.eval_every": 100}}
+
+
+def tiny_cfg(batch: int, encoder: str = "transformer") -> RunConfig:
+    cfg = RunConfig()
+    cfg.model.encoder, cfg.model.d_model, cfg.model.ffn_dim, cfg.model.n_classes = encoder, 32, 64, 10
+    cfg.model.channels = 8
+    cfg.train.batch_size, cfg.data.segment_len = batch, 40
+    return cfg
+
+
+@pytest.mark.parametrize("encoder", ["transformer", "resnet"])
+def test_a_step_costs_in_proportion_to_its_batch(encoder):
+    one, four = step_gflop(tiny_cfg(8, encoder)), step_gflop(tiny_cfg(32, encoder))
+    assert one > 0 and four == pytest.approx(4 * one, rel=1e-6)
+
+
+def test_the_transformer_is_counted_in_prediction_too():
+    """In eval mode nn.TransformerEncoder takes a fused path the FLOP counter cannot see: counted
+    that way, a transformer's prediction cost 40x less than its arithmetic."""
+    from kit.bench.prediction import forward_flops
+    from kit.models import build_model, count_params
+
+    cfg = tiny_cfg(8)
+    net = build_model(cfg.model).eval()
+    frames = 256
+    assert forward_flops(net, cfg.model.n_mels)(frames) >= 2 * count_params(net.encoder) * frames * 0.9
+    assert not net.training
+
+
+def cost(name: str, hours_on_p100: float) -> MemberCost:
+    """A member whose projection on a P100 is `hours_on_p100`."""
+    pflop = hours_on_p100 * 3600 * P100.tflops * 1e12 * P100.utilisation / 1e15
+    return MemberCost(name, 1, 64, 200, 1000, pflop * 1e6 / 1000, 0.0, 0, 0.0)
+
+
+def test_kaggle_hours_share_a_session_between_its_gpus():
+    costs = [cost("a", 6), cost("b", 5), cost("c", 4)]
+    assert kaggle_hours(costs, P100) == pytest.approx(15)               # one GPU: one after another
+    per = [c.hours(T4X2) for c in costs]
+    assert kaggle_hours(costs, T4X2) == pytest.approx(max(per[0], per[1] + per[2]))     # two at once
+
+
+def test_the_verdict_says_whether_a_week_holds_it_and_a_rerun():
+    assert "with room for a re-run" in verdict([cost("a", 10)], P100)
+    assert "no room for a re-run" in verdict([cost("a", 20)], P100)
+    assert "does NOT fit" in verdict([cost("a", KAGGLE_WEEK_HOURS + 1)], P100)
+    assert "needs 2 sessions" in verdict([cost("a", 13)], P100)
+
+
+def test_the_boss_full_budget_fits_a_week_with_room_for_a_rerun():
+    """What the recipe's comment promises (README, "What it costs")."""
+    from kit.cost import recipe_costs
+
+    costs = recipe_costs(load_recipe("boss"), "full")
+    assert [c.name for c in costs] == ["transformer", "conformer", "ecapa", "resnet", "resnet-b"]
+    for gpu in (P100, T4X2):
+        assert kaggle_hours(costs, gpu) <= KAGGLE_WEEK_HOURS / 2, gpu.key
+
+
+def test_recipe_cost_prints_the_table(tiny_recipe, capsys):
+    recipe = tiny_recipe("a", {"name": "b", "model.pooling": "sap"}, budget=FULL)
+    code, out, err = kit_cli(capsys, "recipe", "cost", recipe)
+    assert code == 0, err
+    assert "| a |" in out and "| b |" in out and "1,000" in out
+    assert "Kaggle P100" in out and "assumed" in out
+    code, _, err = kit_cli(capsys, "recipe", "cost", recipe, "--utilisation", 2)
+    one_error(code, err, "--utilisation 2")
+
+
+def test_a_launcher_line_only_for_step_budgets(tiny_recipe):
+    timed = load_recipe(tiny_recipe("a", budget={"quick": {"train.minutes": 2.0}, **FULL}))
+    assert projection_line(timed, "quick") is None
+    line = projection_line(timed, "full")
+    assert line.startswith("projected cost of a (full budget)") and "p100" in line and "t4x2" in line
+
+
+def test_a_top_fraction_alone_replaces_the_default_precision():
+    opts = parse_stage("r.toml", "pseudo", {"top_fraction": 0.5}, PSEUDO_DEFAULTS)
+    assert opts["precision"] is None and opts["top_fraction"] == 0.5
+    assert parse_stage("r.toml", "pseudo", {}, PSEUDO_DEFAULTS)["precision"] == 0.9
