@@ -82,7 +82,7 @@ def register(sub) -> None:
                         "resumed, then prediction, the vote, report, pseudo-labels, distillation and the "
                         "submission to the local stand-in; prints each stage's time and peak memory and the "
                         "budget's cost; exit 1 when something would not fit on Kaggle")
-    p.add_argument("--steps", type=int, default=None, help="with --rehearse: training steps per member (default 6)")
+    p.add_argument("--steps", type=int, default=None, help="with --rehearse: training steps per member (default 2: stopped after 1, resumed)")
     add_cache_option(p)
     _add_launcher_args(p)
     p.set_defaults(func=cmd_recipe_run)
