@@ -165,7 +165,8 @@ def cost_table(costs: list[MemberCost], utilisation: float | None = None) -> str
     lines.append("")
     share = f"{utilisation:.0%}" if utilisation else ", ".join(f"{g.key} {g.utilisation:.0%}" for g in GPUS)
     lines.append(f"GPU hours projected at {share} of each GPU's dense fp16/bf16 peak (assumed: kit.cost.GPUS); "
-                 "FLOPs counted by torch on the real shapes.")
+                 "FLOPs counted by torch on the real shapes. t4x2: hours on one T4; a T4 x2 session trains "
+                 "two members at once, so the quota below counts the longer of its two lanes.")
     for g in GPUS[:2]:
         lines.append(f"Kaggle {g.name}: {verdict(costs, g, utilisation)}")
     return "\n".join(lines)
