@@ -83,7 +83,7 @@ def rehearsal_overrides(steps: int) -> dict:
             "data": {"val_fraction": VAL_FRACTION}}
 
 
-def write_rehearsal_recipe(recipe_path: Path, budget: str, steps: int, folder: Path) -> Path:
+def write_rehearsal_recipe(recipe_path: Path, budget: str, steps: int, folder: Path, submit: bool = True) -> Path:
     """RECIPE-rehearsal.toml in folder: the recipe, its members at `steps` steps in `budget`, with
     both stages after the vote on (a pseudo-label round on the vote's surest half of the test set:
     a few steps leave no label precise enough for the recipe's own threshold)."""
@@ -100,7 +100,7 @@ def write_rehearsal_recipe(recipe_path: Path, budget: str, steps: int, folder: P
     after = raw.setdefault("after", {})
     pseudo = after.get("pseudo") if isinstance(after.get("pseudo"), dict) else {}
     pseudo = {k: v for k, v in pseudo.items() if k not in ("precision", "top_fraction")}
-    after.update(predict=True, submit=True, ensemble=after.get("ensemble", "auto"),
+    after.update(predict=True, submit=submit, ensemble=after.get("ensemble", "auto"),
                  pseudo={**pseudo, "enabled": True, "top_fraction": 0.5},
                  distill={**(after.get("distill") if isinstance(after.get("distill"), dict) else {}),
                           "enabled": True})
@@ -260,7 +260,7 @@ def rehearse(recipe_file: str, data: str | None, budget: str, runs: str, steps: 
     import torch
 
     from kit.cost import recipe_costs
-    from kit.recipe import load_recipe, resolve_recipe
+    from kit.recipe import is_synthetic, load_recipe, resolve_recipe
     from kit.zoo import run_recipe
 
     log = log or (lambda message: None)
@@ -269,7 +269,11 @@ def rehearse(recipe_file: str, data: str | None, budget: str, runs: str, steps: 
     recipe_path = resolve_recipe(recipe_file)
     data_dir = ensure_rehearsal_data(data, log)
     root = Path(runs)
-    path = write_rehearsal_recipe(recipe_path, budget, steps, root)
+    synthetic = is_synthetic(data_dir)
+    if not synthetic:
+        log(f"rehearsal: {data_dir} is not a synthetic competition, so nothing is submitted (a rehearsal never "
+            "spends one of your Kaggle submissions)")
+    path = write_rehearsal_recipe(recipe_path, budget, steps, root, submit=synthetic)
     recipe = load_recipe(path)
     if (root / recipe.name).exists():
         log(f"rehearsal: removing the last rehearsal's run dirs {root / recipe.name}")

@@ -83,9 +83,9 @@ def main(argv: list[str]) -> int:
     venv = Path(argv[1] if len(argv) > 1 else ".venv")
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = str(venv / "bin" / "python")
-    subprocess.run([python, "-m", "pip", "install", "--quiet", "--upgrade", "pip"], check=True)
     if os.environ.get("KIT_INSTALLER", "uv") != "pip" and install_with_uv(venv):
         return 0
+    subprocess.run([python, "-m", "pip", "install", "--quiet", "--upgrade", "pip"], check=True)
     return subprocess.run([python, "-m", "pip", "install", "--quiet", "-e", ".[dev]"],
                           check=False).returncode
 

@@ -140,3 +140,19 @@ def test_overrides_never_touch_a_shape():
     assert set(extra) == {"train", "model", "data"}
     assert set(extra["model"]) == {"margin_warmup_steps"} and set(extra["data"]) == {"val_fraction"}
     assert not {"batch_size", "lr"} & set(extra["train"])
+
+
+def test_a_rehearsal_on_real_data_never_submits(tiny_data, tiny_recipe, tmp_path, monkeypatch, capsys):
+    from kit.synth import MARKER
+
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    (data / MARKER).unlink()                    # no longer synthetic: as if it were the real competition
+    recipe = tiny_recipe("a", budget=FULL, after=AFTER)
+    code, out, err = kit_cli(capsys, "recipe", "run", recipe, "--rehearse", "--data", data, "--steps", 2,
+                             "--no-progress")
+    assert code == 0, err
+    assert "nothing is submitted" in err and "submitting" not in out
+    assert not (tmp_path / "submissions" / "ledger.csv").exists()
+    assert (tmp_path / "submissions" / "tiny-rehearsal.csv").is_file()     # the vote's CSV is still written
