@@ -149,6 +149,12 @@ def test_budget_full_on_a_recipe_without_it_is_refused(tiny_recipe, tiny_data, t
     assert require_budget(load_recipe(recipe), "quick") == "quick"
     member_own = tiny_recipe("mean", {"name": "b", "budget.full.train.max_steps": 5})
     assert require_budget(load_recipe(member_own), "full") == "full"     # a member's own [budget.full] counts
+    short = tiny_recipe("mean", base={"train": {"max_steps": 3, "eval_every": 3}}, budget={"quick": {}},
+                        file="short.toml")
+    launched = kit_cli(capsys, "recipe", "run", short, "--data", tiny_data, "--runs", runs, "--budget", "full",
+                       "--only", "mean", "--no-ensemble", "--no-progress")    # what a launcher's job runs
+    assert launched[0] == 0, launched[2]
+    assert (runs / "tiny" / "mean" / "summary.json").is_file()
     only_quick = tiny_recipe({"name": "a", "budgets": ["quick"]}, budget={"full": {}, "quick": {}})
     with pytest.raises(KitError, match="no member trains in it"):
         require_budget(load_recipe(only_quick), "full")

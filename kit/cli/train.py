@@ -187,7 +187,10 @@ def cmd_recipe_run(args: argparse.Namespace) -> int:
     def log(message: str) -> None:
         print(f"kit: {message}", file=sys.stderr, flush=True)
 
-    if args.budget:                 # asked for by name: the recipe must set it up (chosen for you: as it is)
+    # A budget asked for by name must be set up by the recipe (chosen for you: as it is). A launcher's
+    # member job (--only ... --no-ensemble, kit.launch.common.member_args) always names the budget
+    # chosen where it was launched, so it is not asked again there.
+    if args.budget and not (args.only and args.no_ensemble):
         require_budget(load_recipe(args.file), args.budget)
     if args.rehearse:
         return _rehearse(args, log)
