@@ -49,7 +49,10 @@ def pip_config(python: Path) -> dict[str, list[str]]:
 
 
 def uv_command(venv: Path, config: dict[str, list[str]]) -> list[str]:
-    cmd = [str(venv / "bin" / "uv"), "pip", "install", "--quiet", "--python", str(venv / "bin" / "python")]
+    # unsafe-best-match: the newest version any index has, as pip chooses (uv's default takes the
+    # first index that has the package, which here gave older pandas, accelerate, pytest, ...)
+    cmd = [str(venv / "bin" / "uv"), "pip", "install", "--quiet", "--index-strategy", "unsafe-best-match",
+           "--python", str(venv / "bin" / "python")]
     for key, flag in UV_FLAGS.items():
         values = config.get(key, [])
         if key == "index-url":
