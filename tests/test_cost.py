@@ -79,6 +79,9 @@ def test_recipe_cost_prints_the_table(tiny_recipe, capsys):
     assert "Kaggle P100" in out and "assumed" in out
     code, _, err = kit_cli(capsys, "recipe", "cost", recipe, "--utilisation", 2)
     one_error(code, err, "--utilisation 2")
+    timed = tiny_recipe("a", budget={"quick": {"train.minutes": 2.0}, **FULL}, file="timed.toml")
+    code, _, err = kit_cli(capsys, "recipe", "cost", timed, "--budget", "quick")
+    one_error(code, err, "the quick budget is counted in wall-clock minutes")
 
 
 def test_a_launcher_line_only_for_step_budgets(tiny_recipe):

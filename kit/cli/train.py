@@ -244,10 +244,15 @@ def _rehearse(args: argparse.Namespace, log) -> int:
 
 def cmd_recipe_cost(args: argparse.Namespace) -> int:
     from kit.cost import cost_table, recipe_costs
-    from kit.recipe import load_recipe, require_budget
+    from kit.recipe import load_recipe, member_config, require_budget
 
     recipe = load_recipe(args.file)
     require_budget(recipe, args.budget)
+    timed = recipe.minutes.get(args.budget) or any(
+        member_config(recipe, n, args.budget).train.minutes > 0 for n in recipe.members_for(args.budget))
+    if timed:
+        raise KitError(f"{recipe.path}: the {args.budget} budget is counted in wall-clock minutes, not steps: its "
+                       "cost is its time (kit recipe cost is for a budget of steps, such as full)")
     if args.utilisation is not None and not 0 < args.utilisation <= 1:
         raise KitError(f"--utilisation {args.utilisation}: a share of the GPU's peak in (0, 1]")
     print(f"recipe {recipe.name} ({args.budget} budget)")
