@@ -93,8 +93,8 @@ def member_cost(name: str, cfg: RunConfig, val_lengths: np.ndarray, test_lengths
     net = build_model(cfg.model).eval()
     flops = forward_flops(net, cfg.model.n_mels)
     crop = np.minimum(val_lengths, 2 * cfg.data.segment_len)
-    whole = float(flops(val_lengths).sum()) + float(flops(test_lengths).sum())
-    predict = whole + (float(flops(val_lengths).sum()) if cfg.infer.mode == "auto" else 0.0)
+    val = float(flops(val_lengths).sum())
+    predict = val + float(flops(test_lengths).sum()) + (val if cfg.infer.mode == "auto" else 0.0)
     steps = cfg.train.max_steps
     return MemberCost(name, count_params(net), cfg.train.batch_size, cfg.data.segment_len, steps,
                       step_gflop(cfg), float(flops(crop).sum()) / 1e9,
@@ -127,6 +127,22 @@ def recipe_costs(recipe, budget: str, data_dir: str | None = None) -> list[Membe
         cfg = member_config(recipe, name, budget)
         costs.append(member_cost(name, replace(cfg, model=replace(cfg.model, n_classes=n_classes)), val, test))
     return costs
+
+
+def counted_in_steps(recipe, budget: str, names: list[str] | None = None) -> bool:
+    """Whether `budget` ends its members by steps (what kit.cost projects), not by wall-clock minutes
+    (the recipe's `minutes` for the budget, or a member's train.minutes): a timed budget's cost is
+    its time."""
+    from kit.recipe import member_config
+
+    if recipe.minutes.get(budget):
+        return False
+    return not any(member_config(recipe, n, budget).train.minutes > 0 for n in names or recipe.members_for(budget))
+
+
+def fits_a_week(costs: list[MemberCost], utilisation: float | None = None) -> bool:
+    """Whether some Kaggle GPU (P100, T4 x2) runs these members within one week's quota."""
+    return any(kaggle_hours(costs, g, utilisation) <= KAGGLE_WEEK_HOURS for g in GPUS[:2])
 
 
 def kaggle_hours(costs: list[MemberCost], gpu: Gpu, utilisation: float | None = None) -> float:
@@ -175,10 +191,8 @@ def cost_table(costs: list[MemberCost], utilisation: float | None = None) -> str
 def projection_line(recipe, budget: str, names: list[str] | None = None) -> str | None:
     """One line for a launcher: the budget's projected Kaggle GPU hours (None when its members are
     timed by the wall clock: their cost is their minutes)."""
-    from kit.recipe import member_config
-
     names = names or recipe.members_for(budget)
-    if any(member_config(recipe, n, budget).train.minutes > 0 for n in names):
+    if not counted_in_steps(recipe, budget, names):
         return None
     costs = [c for c in recipe_costs(recipe, budget) if c.name in names]
     hours = ", ".join(f"{kaggle_hours(costs, g):.1f} h on {g.key}" for g in GPUS[:2])

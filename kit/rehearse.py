@@ -235,7 +235,7 @@ def memory_problems(stages: list[Stage], on_gpu: bool) -> list[str]:
     return problems
 
 
-def _first_halves(recipe, path: Path, data_dir: Path, budget: str, runs: Path, steps: int, meter: StageMeter,
+def _first_halves(recipe, data_dir: Path, budget: str, runs: Path, steps: int, meter: StageMeter,
                   progress: bool, log) -> None:
     """Each member to half its steps, stopped as a session's time limit stops it (last.pt kept)."""
     from kit.data import FeatureStore
@@ -259,7 +259,7 @@ def rehearse(recipe_file: str, data: str | None, budget: str, runs: str, steps: 
     raises KitError naming the stage where something fails."""
     import torch
 
-    from kit.cost import recipe_costs
+    from kit.cost import fits_a_week, recipe_costs
     from kit.recipe import is_synthetic, load_recipe, resolve_recipe
     from kit.zoo import run_recipe
 
@@ -287,7 +287,7 @@ def rehearse(recipe_file: str, data: str | None, budget: str, runs: str, steps: 
     began = time.time()
     with meter:
         try:
-            _first_halves(recipe, path, data_dir, budget, root, steps, meter, progress, log)
+            _first_halves(recipe, data_dir, budget, root, steps, meter, progress, log)
             result = run_recipe(path, data=str(data_dir), budget=budget, runs=str(root), workers=1,
                                 progress=progress, log=staged_log)
         except Exception as e:
@@ -295,6 +295,8 @@ def rehearse(recipe_file: str, data: str | None, budget: str, runs: str, steps: 
             raise KitError(f"rehearsal failed while {where}: {type(e).__name__}: {e}") from e
     costs = recipe_costs(load_recipe(recipe_path), budget)
     problems = memory_problems(meter.stages, torch.cuda.is_available())
+    if not fits_a_week(costs):
+        problems.append(f"the {budget} budget fits no Kaggle GPU week (kit recipe cost)")
     return {"stages": meter.stages, "result": result, "costs": costs, "problems": problems,
             "minutes": (time.time() - began) / 60, "recipe": str(recipe_path), "data": str(data_dir)}
 

@@ -6,7 +6,8 @@ import pytest
 from conftest import kit_cli, one_error
 
 from kit.config import RunConfig
-from kit.cost import GPUS, KAGGLE_WEEK_HOURS, MemberCost, kaggle_hours, projection_line, step_gflop, verdict
+from kit.cost import (GPUS, KAGGLE_WEEK_HOURS, MemberCost, fits_a_week, kaggle_hours, projection_line, step_gflop,
+                      verdict)
 from kit.recipe import load_recipe
 from kit.rounds import PSEUDO_DEFAULTS, parse_stage
 
@@ -54,6 +55,12 @@ def test_kaggle_hours_share_a_session_between_its_gpus():
     assert kaggle_hours(costs, T4X2) == pytest.approx(max(per[0], per[1] + per[2]))     # two at once
 
 
+def test_a_week_fits_when_some_kaggle_gpu_holds_it():
+    assert fits_a_week([cost("a", 20)])                               # a P100 week holds 20 h
+    assert fits_a_week([cost("a", 40), cost("b", 1)])                 # T4 x2 runs them side by side
+    assert not fits_a_week([cost("a", 200)])
+
+
 def test_the_verdict_says_whether_a_week_holds_it_and_a_rerun():
     assert "with room for a re-run" in verdict([cost("a", 10)], P100)
     assert "no room for a re-run" in verdict([cost("a", 20)], P100)
@@ -87,6 +94,8 @@ def test_recipe_cost_prints_the_table(tiny_recipe, capsys):
 def test_a_launcher_line_only_for_step_budgets(tiny_recipe):
     timed = load_recipe(tiny_recipe("a", budget={"quick": {"train.minutes": 2.0}, **FULL}))
     assert projection_line(timed, "quick") is None
+    whole_recipe_timed = load_recipe(tiny_recipe("a", budget={"quick": {"minutes": 3}, **FULL}, file="r.toml"))
+    assert projection_line(whole_recipe_timed, "quick") is None        # the recipe's minutes, as boss's quick
     line = projection_line(timed, "full")
     assert line.startswith("projected cost of a (full budget)") and "p100" in line and "t4x2" in line
 

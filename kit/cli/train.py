@@ -145,7 +145,6 @@ def resolve_train_config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from kit.errors import KitError
     from kit.runs import move_aside, old_name
     from kit.train import train
 
@@ -232,9 +231,7 @@ def _rehearse(args: argparse.Namespace, log) -> int:
     print_recipe_table(out["result"])
     print()
     print(cost_table(out["costs"]))
-    fits = [line for line in cost_table(out["costs"]).splitlines() if line.startswith("Kaggle ")]
-    problems = out["problems"] + (["the budget fits no Kaggle GPU week: " + "; ".join(fits)]
-                                  if all("does NOT fit" in line for line in fits) else [])
+    problems = out["problems"]
     for problem in problems:
         log(f"would not fit on Kaggle: {problem}")
     if not problems:
@@ -243,14 +240,12 @@ def _rehearse(args: argparse.Namespace, log) -> int:
 
 
 def cmd_recipe_cost(args: argparse.Namespace) -> int:
-    from kit.cost import cost_table, recipe_costs
-    from kit.recipe import load_recipe, member_config, require_budget
+    from kit.cost import cost_table, counted_in_steps, recipe_costs
+    from kit.recipe import load_recipe, require_budget
 
     recipe = load_recipe(args.file)
     require_budget(recipe, args.budget)
-    timed = recipe.minutes.get(args.budget) or any(
-        member_config(recipe, n, args.budget).train.minutes > 0 for n in recipe.members_for(args.budget))
-    if timed:
+    if not counted_in_steps(recipe, args.budget):
         raise KitError(f"{recipe.path}: the {args.budget} budget is counted in wall-clock minutes, not steps: its "
                        "cost is its time (kit recipe cost is for a budget of steps, such as full)")
     if args.utilisation is not None and not 0 < args.utilisation <= 1:
