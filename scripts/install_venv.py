@@ -9,6 +9,10 @@ cache, same machine). So uv is installed into the new venv with pip and does the
 with pip's own configuration passed on (index-url, extra-index-url, find-links, constraint,
 cert: uv reads none of pip's files). If uv cannot be installed or fails, pip does it as before.
 KIT_INSTALLER=pip forces pip.
+
+uv writes no bytecode; Python compiles each module the first time it is imported and caches it
+(the Makefile makes sure PYTHONDONTWRITEBYTECODE does not stop that), which is cheaper than
+compiling all of site-packages up front (~30 s on 2 cores) when a run imports a fraction of it.
 """
 
 from __future__ import annotations
@@ -62,19 +66,6 @@ def uv_command(venv: Path, config: dict[str, list[str]]) -> list[str]:
     return cmd + ["-e", ".[dev]"]
 
 
-def compile_bytecode(venv: Path) -> None:
-    """Compile what kit and its tests import. pip compiles every package at install and uv does not;
-    where PYTHONDONTWRITEBYTECODE is set (it is on the CI machine) every process would compile torch
-    again (the suite took 461 s, not 212). Packages nothing of kit imports are left out (a third of
-    the files: ~11 s of the ~38 s that compiling everything takes on 2 cores)."""
-    site = next((venv / "lib").glob("python3*/site-packages"))
-    skip = {"scipy", "sklearn", "networkx", "pip", "setuptools", "fontTools", "pygments", "uv"}
-    targets = [str(p) for p in sorted(site.iterdir()) if p.name not in skip and (p.is_dir() or p.suffix == ".py")]
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    subprocess.run([str(venv / "bin" / "python"), "-m", "compileall", "-q", "-j", "0", *targets],
-                   env=env, stdout=subprocess.DEVNULL, check=False)
-
-
 def install_with_uv(venv: Path) -> bool:
     python = venv / "bin" / "python"
     got = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "uv"], check=False)
@@ -89,7 +80,6 @@ def install_with_uv(venv: Path) -> bool:
     if subprocess.run(uv_command(venv, config), env=env, check=False).returncode != 0:
         log("uv pip install failed; pip installs kit instead")
         return False
-    compile_bytecode(venv)
     return True
 
 

@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from kit.bench import (bench_feeding, bench_prediction, course_collate, course_dataset, course_model, course_predict,
@@ -45,6 +46,7 @@ def test_course_prediction_matches_kit_full_length_prediction(tiny_data):
     assert course == kit.tolist()
 
 
+@pytest.mark.slow
 def test_prediction_rows_and_markdown(tiny_data):
     store = FeatureStore.open(tiny_data, "float16", progress=False)
     rows = bench_prediction(tiny_data, store, strong_config(tiny_data, 8, recipe=STRONG), limit=6)
@@ -71,6 +73,7 @@ def test_forward_flops_fit_matches_a_counted_pass(tiny_data):
     assert np.isclose(forward_flops(model, 40)(400), counter.get_total_flops(), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_training_rows_switch_fast_paths_on_one_at_a_time(tiny_data):
     from kit.bench import bench_training, fast_path_stages
 

@@ -1,12 +1,15 @@
 """The accuracy bench: a recipe and the course sample at the same wall time, scored with the key."""
 import json
 
+import pytest
+
 from kit.bench_accuracy import run_accuracy_bench
 
 # A Transformer and a ResNet, statistics pooling and linear heads, voted on by the auto ensemble.
 MEMBERS = ("tfm", {"name": "cnn", "model.encoder": "resnet", "model.channels": 4, "model.resnet_depth": 10})
 
 
+@pytest.mark.slow
 def test_accuracy_bench_scores_members_ensemble_and_course_sample(tiny_data, tiny_recipe, tmp_path):
     recipe = tiny_recipe(*MEMBERS, name="pair", file="pair.toml", after={"ensemble": "auto", "which": "last"},
                          base={"model": {"pooling": "stats", "head": "linear", "head_bn": True},

@@ -52,6 +52,7 @@ def test_timed_plan_survives_a_resume():
         (plan.total, plan.warmup, plan.evals_done, plan.eval_seconds)
 
 
+@pytest.mark.slow
 def test_a_time_budgeted_run_fits_its_steps_evaluates_and_ends_annealed(tiny_data, tmp_path):
     """A run given train.minutes sets its own step total (far below max_steps here), evaluates
     EVALS times on bounded crops and takes its last step at a learning rate near zero."""

@@ -68,6 +68,7 @@ def test_the_verdict_says_whether_a_week_holds_it_and_a_rerun():
     assert "needs 2 sessions" in verdict([cost("a", 13)], P100)
 
 
+@pytest.mark.slow
 def test_the_boss_full_budget_fits_a_week_with_room_for_a_rerun():
     """What the recipe's comment promises (README, "What it costs")."""
     from kit.cost import recipe_costs

@@ -9,6 +9,8 @@ import os
 import socket
 from pathlib import Path
 
+import pytest
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -44,6 +46,7 @@ def _rank_main(rank: int, world: int, port: int, data_dir: str, run_dir: str, re
     end_distributed()
 
 
+@pytest.mark.slow
 def test_two_cpu_ranks_share_weights_but_not_crops(tiny_data, tmp_path):
     from kit.data import FeatureStore
 

@@ -71,6 +71,7 @@ def trained(tiny_data, tmp_path, capsys) -> Path:
 
 
 # ---------------------------------------------------------------- 1. stale members
+@pytest.mark.slow
 def test_recipe_reuses_a_member_only_for_the_same_data_settings_and_budget(write_recipe, data, tmp_path, capsys):
     recipe, runs = write_recipe(members=("mean",)), tmp_path / "runs"
     run = ["recipe", "run", recipe, "--runs", runs, "--workers", 1, "--no-progress"]
@@ -307,6 +308,7 @@ def _wait_gone(pids: list[int], timeout: float = 15) -> list[int]:
     return [p for p in pids if _alive(p)]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux-only")
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_to_the_recipe_alone_stops_its_workers(write_recipe, tiny_data, tmp_path, sig, code):
@@ -329,9 +331,10 @@ def test_signal_to_the_recipe_alone_stops_its_workers(write_recipe, tiny_data, t
                 os.kill(pid, signal.SIGKILL)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux-only")
 def test_sigkill_of_a_two_worker_recipe_then_rerun_matches_an_uninterrupted_run(write_recipe, tiny_data, tmp_path):
-    recipe = write_recipe(max_steps=300, eval_every=25)
+    recipe = write_recipe(max_steps=120, eval_every=20)
 
     def finish(runs: Path) -> dict:
         proc = _start_recipe(recipe, tiny_data, runs)

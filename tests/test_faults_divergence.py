@@ -69,6 +69,7 @@ def test_divergence_after_good_steps_keeps_the_last_good_checkpoint(tiny_data, t
     assert finite(run / "last.pt") and finite(run / "best.pt")
 
 
+@pytest.mark.slow
 def test_python_m_kit_train_exits_2_with_one_line_on_divergence(tiny_data, tmp_path):
     run = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
@@ -86,6 +87,7 @@ def _recipe(tiny_recipe, *members: str):
                        after={"predict": True, "ensemble": "soft"})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2])      # in this process, and in worker processes (python -m kit.train)
 def test_a_recipe_votes_without_its_diverged_member_and_says_so(tiny_recipe, tiny_data, tmp_path, capsys,
                                                                 monkeypatch, workers):

@@ -234,6 +234,7 @@ def test_listing_follows_pages(kaggle_env, standin, sub, capsys):
 
 
 # ---------------------------------------------------------------- ledger, scores, secrets
+@pytest.mark.slow
 def test_credentials_never_appear(kaggle_env, standin, sub, monkeypatch, capsys):
     outputs = []
     outputs.append(kit(capsys, *submit_args(sub, standin, "--wait")))
@@ -256,6 +257,7 @@ def test_credentials_never_appear(kaggle_env, standin, sub, monkeypatch, capsys)
     assert FAKE_KEY not in text and FAKE_TOKEN not in text and "kit-test:" not in text
 
 
+@pytest.mark.slow
 def test_scores_refreshes_pending_and_sorts_by_public(kaggle_env, standin, tmp_path, tiny_data, tiny_answers,
                                                       capsys):
     folder = tmp_path / "submissions"
@@ -292,6 +294,7 @@ def test_concurrent_appends_keep_every_row(tmp_path):
     assert sorted(files) == sorted(f"w{k}-{i}.csv" for k in range(4) for i in range(8))
 
 
+@pytest.mark.slow
 def test_two_kit_submit_processes_at_once(kaggle_env, standin, tmp_path, tiny_data, tiny_answers):
     folder = tmp_path / "submissions"
     subs = [write_submission(folder, tiny_answers, tiny_data, f"s{k}") for k in range(2)]
@@ -365,6 +368,7 @@ def test_recipe_submit_skips_real_data_without_credentials(kaggle_env, sub, tiny
 
 
 # ---------------------------------------------------------------- `kit kaggle serve` and the bare client
+@pytest.mark.slow
 def test_kaggle_serve_cli_with_fault_and_the_kaggle_cli(kaggle_env, sub, tiny_data):
     serve = subprocess.Popen([sys.executable, "-m", "kit", "kaggle", "serve", "--data", tiny_data, "--port", "0",
                               "--pending-polls", "0", "--fail", "CreateSubmission:500:1"],

@@ -67,6 +67,7 @@ def error_line(err: str) -> str:
 
 
 # ---------------------------------------------------------------- Kaggle kernels
+@pytest.mark.slow
 def test_members_train_in_kernels_and_are_ensembled_here(env, standin, tiny_data, tmp_path, capsys):
     """Two kernels, one member each; 429 and 503 while polling and a 500 on an output file are retried."""
     standin.inject("GetKernelSessionStatus", 429, count=2, retry_after=0.05)
@@ -96,6 +97,7 @@ def test_members_train_in_kernels_and_are_ensembled_here(env, standin, tiny_data
     assert KEY not in out + err + (runs / "kaggle-logs" / "kit-zoo-1-v1.log").read_text()
 
 
+@pytest.mark.slow
 def test_out_of_time_kernels_continue_failed_ones_are_one_line_and_a_rerun_finishes(env, standin, tiny_data,
                                                                                      tmp_path, capsys):
     """Kernel 1's first session is stopped as out of time once it has a checkpoint: kit pulls that back
@@ -103,7 +105,7 @@ def test_out_of_time_kernels_continue_failed_ones_are_one_line_and_a_rerun_finis
     Kernel 2 errors: one line, exit 2, after kernel 1 is done; the re-run trains only b."""
     standin.kernels.time_out_next(1, when_file="last.pt")
     standin.kernels.fail_next(1)
-    text = ZOO.replace('train.max_steps = 10', 'train.max_steps = 300\ntrain.eval_every = 20')
+    text = ZOO.replace('train.max_steps = 10', 'train.max_steps = 120\ntrain.eval_every = 20')
     text = text.replace('name = "b"', 'name = "b"\nbudget.quick.train.max_steps = 10').replace("predict = true",
                                                                                            "predict = false")
     args = recipe_args(tmp_path, tiny_data, standin)
@@ -119,7 +121,7 @@ def test_out_of_time_kernels_continue_failed_ones_are_one_line_and_a_rerun_finis
     runs = tmp_path / "runs" / "zoo"
     second = (runs / "kaggle-logs" / "kit-zoo-1-v2.log").read_text()
     assert "continuing a from" in second and "(resuming)" in second
-    assert json.loads((runs / "a" / "summary.json").read_text())["step"] == 300
+    assert json.loads((runs / "a" / "summary.json").read_text())["step"] == 120
     assert json.loads((runs / "a" / "launch.json").read_text())["version"] == 2
     assert not (runs / "b").exists()
     first, again = standin.kernels.sessions[f"{USER}/kit-zoo-1"]
@@ -174,6 +176,7 @@ def test_the_stand_in_serves_kernels_to_the_bare_kaggle_client(env, standin, tmp
 
 
 # ---------------------------------------------------------------- Slurm through submitit
+@pytest.mark.slow
 def test_members_run_as_submitit_jobs(tiny_data, tmp_path, monkeypatch):
     monkeypatch.delenv("KIT_CACHE", raising=False)
     logs: list[str] = []

@@ -87,6 +87,7 @@ def test_cache_choice_and_the_kaggle_working_dir(read_only_data, tmp_path, monke
     assert "KIT_CACHE" not in os.environ                            # --cache lasts one command
 
 
+@pytest.mark.slow
 def test_recipe_workers_inherit_cache_and_max_hours(read_only_data, nb_recipe, tmp_path, monkeypatch, capsys):
     """Two worker processes: `--cache` reaches them; the one member granted a sliver of time by
     the --max-hours deadline checkpoints and stops, the other is not started."""

@@ -159,6 +159,7 @@ ROUNDS = recipe_toml(["a", {"name": "b", "train.seed": 1}], name="tinypl",
                             "distill": {"share": 0.2}})
 
 
+@pytest.mark.slow
 def test_recipe_pseudo_round_and_student(tiny_data, tmp_path):
     from kit.records import SubmissionManifest
     from kit.zoo import run_recipe
@@ -195,6 +196,7 @@ def test_to_fine_tune_skips_members_the_vote_ignores():
     assert to_fine_tune(names, [0.01, 0.02, 0.0, 0.03], "weighted") == ["resnet-b"]
 
 
+@pytest.mark.slow
 def test_recipe_round_fine_tunes_only_the_weighted_members(tiny_data, tmp_path):
     from kit.fsio import read_json
     from kit.rounds import MIN_WEIGHT
@@ -297,6 +299,7 @@ def test_kit_train_refuses_an_answer_key_as_pseudo_labels_unless_allowed(tiny_da
     assert "allow_external_labels = true" in (run / "config.toml").read_text()   # --resume keeps it
 
 
+@pytest.mark.slow
 def test_distill_into_a_finished_student_keeps_it_and_fresh_moves_it_aside(members, tmp_path, capsys):
     from kit.cli import main
     from kit.fsio import sha256_file

@@ -96,6 +96,7 @@ def test_tiny_recipe_trains_its_members_and_skips_them_when_rerun(tiny_data, tin
     assert "sap-am" in out and "val acc" in out
 
 
+@pytest.mark.slow
 def test_members_train_side_by_side_in_worker_processes(tiny_data, tiny, tmp_path):
     # two CPU workers, one member each, as `make recipe-boss` does on a 2-core machine
     runs = tmp_path / "runs"
@@ -140,6 +141,7 @@ def test_shipped_recipes_are_found_by_name_from_any_directory(tmp_path, monkeypa
         resolve_recipe("elsewhere/boss.toml")
 
 
+@pytest.mark.slow
 def test_members_get_their_time_share_as_they_start(tmp_path):
     """With a recipe wall time, each member's trainer is told its minutes when it starts, from how
     many members are left then (so a late round gets what an overrunning first round left)."""

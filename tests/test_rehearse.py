@@ -48,6 +48,7 @@ def test_the_rehearsal_keeps_every_shape_and_changes_only_the_steps(path, tmp_pa
     assert rehearsal.after["pseudo"]["precision"] is None and rehearsal.after["pseudo"]["top_fraction"] == 0.5
 
 
+@pytest.mark.slow
 def test_rehearsal_runs_every_stage_stopped_and_resumed(tiny_data, tiny_recipe, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     data = tmp_path / "data"
@@ -142,6 +143,7 @@ def test_overrides_never_touch_a_shape():
     assert not {"batch_size", "lr"} & set(extra["train"])
 
 
+@pytest.mark.slow
 def test_a_rehearsal_on_real_data_never_submits(tiny_data, tiny_recipe, tmp_path, monkeypatch, capsys):
     from kit.synth import MARKER
 

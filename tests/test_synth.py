@@ -95,6 +95,7 @@ def test_answer_key_sits_outside_the_data_dir(tiny_data, tiny_answers):
                       "competition": "ml2022spring-hw4", "speakers": 8, "test": 20}
 
 
+@pytest.mark.slow
 def test_answer_key_labels_match_the_voices(tiny_data, tiny_answers):
     """A linear model on utterance statistics, fit on training data, beats chance on the key."""
     from sklearn.linear_model import LogisticRegression

@@ -137,6 +137,7 @@ def test_cli_train_then_resume_with_a_longer_budget(tiny_data, tmp_path, capsys)
     assert metrics["lr"].iloc[1] > 0            # the schedule stretched to the new budget
 
 
+@pytest.mark.slow
 def test_compiled_training_saves_plain_checkpoints(tiny_data, tmp_path, monkeypatch):
     """train.compile wraps the model in torch.compile (backend forced to eager here: inductor takes
     minutes on a CPU); checkpoints hold the plain module's keys, with the AM-Softmax margin ramping."""
