@@ -5,11 +5,18 @@ changing anything); `tiny_answers` is its Kaggle-style answer key, kept outside 
 """
 from __future__ import annotations
 
+import csv
+import json
+import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from kit.cli import main
+
+if TYPE_CHECKING:
+    from kit.kaggle.server import StandIn
 
 
 def pytest_collection_modifyitems(config, items):
@@ -37,6 +44,12 @@ def tiny_data(tiny_synth) -> Path:
 def tiny_answers(tiny_synth) -> Path:
     """Answer key (Id,Category,Usage) of tiny_data."""
     return tiny_synth[1]
+
+
+@pytest.fixture
+def data(tiny_data, tmp_path) -> Path:
+    """A private, writable copy of the tiny competition (its packed store left behind)."""
+    return Path(shutil.copytree(tiny_data, tmp_path / "data", ignore=shutil.ignore_patterns(".kit-cache")))
 
 
 @pytest.fixture
@@ -142,7 +155,7 @@ class Predicted:
 
     def __init__(self, root: Path):
         self.root = root
-        train = {s: [p for p, lab in zip(self.VAL_IDS, self.VAL_LABELS) if lab == k]
+        train = {s: [p for p, lab in zip(self.VAL_IDS, self.VAL_LABELS, strict=True) if lab == k]
                  for k, s in enumerate(self.SPEAKERS)}
         self.data_dir = json_layout(root / "data", self.SPEAKERS, train, self.TEST_IDS)
 
@@ -209,4 +222,50 @@ def one_error(code: int, err: str, *needles: str) -> str:
     assert code == 2 and len(lines) == 1 and lines[0].startswith("kit: error: "), (code, err)
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+# ---------------------------------------------------------------- Kaggle: fake credentials, a submission
+FAKE_KEY = "kitfakekey-DO-NOT-PRINT-4242"
+FAKE_TOKEN = "kitfaketoken-NEVER-SHOWN-9191"
+COMP = "ml2022spring-hw4"
+
+
+@pytest.fixture
+def kaggle_env(tmp_path, monkeypatch):
+    # NO_PROXY: a usual corporate setting that would route the client around the stand-in; kit must clear it.
+    return fake_kaggle_home(tmp_path, monkeypatch, "kit-test", FAKE_KEY, clear=("XDG_CONFIG_HOME",),
+                            NO_PROXY="localhost,127.0.0.1", no_proxy="localhost,127.0.0.1", KIT_KAGGLE_POLL="0.01")
+
+
+def write_submission(folder: Path, answers: Path, data_dir: Path, name: str = "sub", wrong_every: int = 4) -> Path:
+    """A valid CSV from the answer key with every `wrong_every`-th answer changed, plus its manifest."""
+    rows = list(csv.reader(answers.open()))[1:]
+    speakers = sorted({r[1] for r in rows})
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.csv"
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["Id", "Category"])
+        for i, (uid, spk, _) in enumerate(rows):
+            wrong = wrong_every and i % wrong_every == 0
+            w.writerow([uid, speakers[(speakers.index(spk) + 1) % len(speakers)] if wrong else spk])
+    path.with_suffix(".json").write_text(json.dumps(
+        {"members": ["runs/simple/m0", "runs/simple/m1"], "weights": [0.5, 0.5], "vote": "soft",
+         "data_dir": str(data_dir)}))
+    return path
+
+
+@pytest.fixture
+def sub(tmp_path, tiny_data, tiny_answers) -> Path:
+    return write_submission(tmp_path / "submissions", tiny_answers, tiny_data)
+
+
+def submit_args(sub: Path, standin: StandIn, *extra):
+    return ["submit", sub, "-m", "test run", "--ledger", sub.parent / "ledger.csv", "--endpoint", standin.url, *extra]
+
+
+def one_error_line(err: str) -> str:
+    lines = [ln for ln in err.splitlines() if ln.startswith("kit: error:")]
+    assert len(lines) == 1, err
     return lines[0]

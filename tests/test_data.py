@@ -19,12 +19,6 @@ from kit.data import PAD_VALUE, FeatureStore, load_split, make_split, save_split
 from kit.layout import read_layout
 
 
-@pytest.fixture
-def data(tiny_data, tmp_path) -> Path:
-    """A private, writable copy of the tiny competition."""
-    return Path(shutil.copytree(tiny_data, tmp_path / "data", ignore=shutil.ignore_patterns(".kit-cache")))
-
-
 def load_json(path: Path) -> dict:
     return json.loads(path.read_text())
 

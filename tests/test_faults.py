@@ -41,12 +41,6 @@ def write_recipe(tiny_recipe):
     return write
 
 
-@pytest.fixture
-def data(tiny_data, tmp_path) -> Path:
-    """A private, writable copy of the tiny competition (its packed store left behind)."""
-    return Path(shutil.copytree(tiny_data, tmp_path / "data", ignore=shutil.ignore_patterns(".kit-cache")))
-
-
 def change_a_feature_file(data: Path, value: float | None = None) -> Path:
     """Replace one training feature file in place (json untouched): scaled, or filled with `value`."""
     meta = json.loads((data / "metadata.json").read_text())

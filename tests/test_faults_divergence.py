@@ -19,6 +19,8 @@ from kit.recipe import load_recipe, member_config
 from kit.train import diverged_at, step_bytes, train
 from kit.zoo import run_recipe
 
+from conftest import one_error
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,15 +33,6 @@ def small_args(*more: str) -> list[str]:
     return [a for key, value in SMALL.items() for a in ("--set", f"{key}={value}")] + ["--no-progress", *more]
 
 
-def one_error(capsys, code: int, *needles: str) -> str:
-    """Exit 2 and exactly one stderr line holding every needle."""
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("kit: error: "), (code, lines)
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
-
-
 def finite(path: Path) -> bool:
     state = torch.load(path, weights_only=True)["model"]
     return all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
@@ -49,8 +42,8 @@ def finite(path: Path) -> bool:
 def test_a_run_that_diverges_from_the_start_stops_before_any_checkpoint(tiny_data, tmp_path, capsys):
     run = tmp_path / "run"
     code = main(["train", "--data", str(tiny_data), "--out", str(run), *small_args("--set", DIVERGES)])
-    one_error(capsys, code, f"{run}: training diverged at step 5 (train loss nan", "no checkpoint was written",
-              "lower train.lr (now 1e+12)", "--fresh")
+    one_error(code, capsys.readouterr().err, f"{run}: training diverged at step 5 (train loss nan",
+              "no checkpoint was written", "lower train.lr (now 1e+12)", "--fresh")
     summary = json.loads((run / "summary.json").read_text())
     assert summary["stopped_reason"] == "diverged" and summary["step"] == 5 and summary["checkpoint_step"] is None
     assert not (run / "last.pt").exists() and not (run / "best.pt").exists()   # nothing made of NaN weights
@@ -62,7 +55,8 @@ def test_divergence_after_good_steps_keeps_the_last_good_checkpoint(tiny_data, t
                   ("data", {"data": {"data_dir": str(tiny_data)}}))
     train(cfg, run, progress=False, stop_after=5)               # 5 good steps: last.pt and best.pt at step 5
     code = main(["train", "--out", str(run), "--resume", "--set", DIVERGES, "--no-progress"])
-    one_error(capsys, code, "training diverged at step 10", "the last good checkpoint (step 5) is kept")
+    one_error(code, capsys.readouterr().err, "training diverged at step 10",
+              "the last good checkpoint (step 5) is kept")
     summary = json.loads((run / "summary.json").read_text())
     assert (summary["stopped_reason"], summary["step"], summary["checkpoint_step"]) == ("diverged", 10, 5)
     assert torch.load(run / "last.pt", weights_only=True)["step"] == 5
@@ -120,7 +114,7 @@ def test_a_recipe_whose_every_member_diverged_is_one_line(tiny_recipe, tiny_data
 ])
 def test_sizes_past_any_machine_are_refused_at_load(tiny_data, tmp_path, capsys, setting, needle):
     code = main(["train", "--data", str(tiny_data), "--out", str(tmp_path / "run"), "--set", setting])
-    one_error(capsys, code, needle)
+    one_error(code, capsys.readouterr().err, needle)
     assert not (tmp_path / "run").exists()
 
 
@@ -128,8 +122,8 @@ def test_a_step_that_cannot_fit_is_refused_before_allocating(tiny_data, tmp_path
     run = tmp_path / "run"
     code = main(["train", "--data", str(tiny_data), "--out", str(run), "--set", "data.segment_len=100000",
                  "--no-progress"])
-    line = one_error(capsys, code, f"{run}: one training step needs about", "GiB", "lower train.batch_size (now 32)",
-                     "data.segment_len (now 100000)")
+    line = one_error(code, capsys.readouterr().err, f"{run}: one training step needs about", "GiB",
+                     "lower train.batch_size (now 32)", "data.segment_len (now 100000)")
     assert "of memory on this machine" in line or "free on" in line
     assert not (run / "last.pt").exists()
 

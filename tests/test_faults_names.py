@@ -124,7 +124,8 @@ def test_keep_submitted_finds_the_row_by_path_from_the_submit_folder_or_by_diges
 
 # ---------------------------------------------------------------- the same run dir twice
 def test_the_same_run_dir_twice_is_refused(predicted, tmp_path, capsys, monkeypatch):
-    a, b = predicted.run("a", [0] * 6, [0] * 4), predicted.run("b", [1] * 6, [1] * 4)
+    a = predicted.run("a", [0] * 6, [0] * 4)
+    predicted.run("b", [1] * 6, [1] * 4)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "link").symlink_to(a)
     subs = tmp_path / "subs"

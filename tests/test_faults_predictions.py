@@ -161,7 +161,7 @@ def test_a_long_utterance_is_cut_into_windows_no_longer_than_the_cap():
     assert valid.max() == MAX_FULL_FRAMES                            # not one 30,000-frame window
     assert (utt == 1).sum() == 1 and (utt == 2).sum() == 1           # shorter ones stay whole
     covered = np.zeros(30_000, dtype=int)
-    for s, v in zip(start[utt == 0], valid[utt == 0]):
+    for s, v in zip(start[utt == 0], valid[utt == 0], strict=True):
         covered[s:s + v] += 1
     assert covered.min() >= 1 and (utt == 0).sum() == 14             # every frame; windows overlap by half
 

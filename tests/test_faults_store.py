@@ -19,10 +19,10 @@ from kit.layout import read_layout
 
 
 @pytest.fixture
-def data(tiny_data, tmp_path, monkeypatch) -> Path:
-    """A private, writable copy of the tiny competition; its store goes to DATA/.kit-cache."""
+def data(data, monkeypatch) -> Path:
+    """conftest's private copy of the tiny competition, with its store in DATA/.kit-cache."""
     monkeypatch.delenv("KIT_CACHE", raising=False)
-    return Path(shutil.copytree(tiny_data, tmp_path / "data", ignore=shutil.ignore_patterns(".kit-cache")))
+    return data
 
 
 def packed(data: Path, capsys) -> FeatureStore:

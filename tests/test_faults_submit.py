@@ -17,7 +17,9 @@ from kit.fsio import sha256_file
 from kit.kaggle import read_ledger, submissions
 from kit.kaggle.ledger import merge_rows
 from kit.kaggle.pending import keep_pending, merge_pending, pending_files
-from tests.test_kaggle import COMP, kaggle_env, kit, one_error_line, sub, submit_args, write_submission  # noqa: F401
+
+from conftest import COMP, one_error_line, submit_args, write_submission
+from conftest import kit_cli as kit
 
 
 @pytest.fixture

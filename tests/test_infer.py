@@ -22,7 +22,7 @@ def test_sliding_windows_cover_every_frame(window, hop):
     for i, n in enumerate(lengths):
         mine = utt == i
         covered = np.zeros(n, dtype=int)
-        for s, v in zip(start[mine], valid[mine]):
+        for s, v in zip(start[mine], valid[mine], strict=True):
             assert 0 <= s and s + v <= n                       # inside the utterance
             covered[s:s + v] += 1
         assert covered.min() >= 1                                # every frame seen

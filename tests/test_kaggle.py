@@ -5,8 +5,6 @@ retry and poll delays are milliseconds (KIT_KAGGLE_BACKOFF / KIT_KAGGLE_POLL).
 """
 from __future__ import annotations
 
-import csv
-import json
 import os
 import shutil
 import socket
@@ -18,68 +16,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import fake_kaggle_home
-
-from kit.cli import main
 from kit.errors import KitError
 from kit.fsio import sha256_file
 from kit.kaggle import append_ledger, call, extract_zip, read_ledger, recipe_submit
-from kit.kaggle.server import StandIn
 from kit.submission import score_submission
 
-FAKE_KEY = "kitfakekey-DO-NOT-PRINT-4242"
-FAKE_TOKEN = "kitfaketoken-NEVER-SHOWN-9191"
-COMP = "ml2022spring-hw4"
-
-
-@pytest.fixture
-def kaggle_env(tmp_path, monkeypatch):
-    # NO_PROXY: a usual corporate setting that would route the client around the stand-in; kit must clear it.
-    return fake_kaggle_home(tmp_path, monkeypatch, "kit-test", FAKE_KEY, clear=("XDG_CONFIG_HOME",),
-                            NO_PROXY="localhost,127.0.0.1", no_proxy="localhost,127.0.0.1", KIT_KAGGLE_POLL="0.01")
-
-
-def write_submission(folder: Path, answers: Path, data_dir: Path, name: str = "sub", wrong_every: int = 4) -> Path:
-    """A valid CSV from the answer key with every `wrong_every`-th answer changed, plus its manifest."""
-    rows = list(csv.reader(answers.open()))[1:]
-    speakers = sorted({r[1] for r in rows})
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.csv"
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["Id", "Category"])
-        for i, (uid, spk, _) in enumerate(rows):
-            wrong = wrong_every and i % wrong_every == 0
-            w.writerow([uid, speakers[(speakers.index(spk) + 1) % len(speakers)] if wrong else spk])
-    path.with_suffix(".json").write_text(json.dumps(
-        {"members": ["runs/simple/m0", "runs/simple/m1"], "weights": [0.5, 0.5], "vote": "soft",
-         "data_dir": str(data_dir)}))
-    return path
-
-
-@pytest.fixture
-def sub(tmp_path, tiny_data, tiny_answers) -> Path:
-    return write_submission(tmp_path / "submissions", tiny_answers, tiny_data)
-
-
-def kit(capsys, *args) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def submit_args(sub: Path, standin: StandIn, *extra):
-    return ["submit", sub, "-m", "test run", "--ledger", sub.parent / "ledger.csv", "--endpoint", standin.url, *extra]
-
+from conftest import COMP, FAKE_KEY, FAKE_TOKEN, one_error_line, submit_args, write_submission
+from conftest import kit_cli as kit
 
 def ledger_rows(sub: Path) -> list[dict]:
     return read_ledger(sub.parent / "ledger.csv").to_dict("records")
-
-
-def one_error_line(err: str) -> str:
-    lines = [ln for ln in err.splitlines() if ln.startswith("kit: error:")]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 # ---------------------------------------------------------------- the happy path

@@ -16,8 +16,8 @@ from kit.errors import KitError
 from kit.infer import predict_run
 from kit.pseudo import check_pseudo_labels, choose_threshold, make_pseudo_labels, true_precision
 from kit.train import read_summary, train
-from tests.conftest import recipe_toml
-from tests.test_train import tiny_cfg
+from conftest import recipe_toml
+from test_train import tiny_cfg
 
 SHORT = ["train.max_steps=40", "train.eval_every=20"]
 

@@ -38,7 +38,7 @@ def answers(tmp_path, predicted):
     key = tmp_path / "answers.csv"
     usage = ["Public", "Public", "Private", "Private"]
     key.write_text("Id,Category,Usage\n" + "".join(
-        f"{i},{predicted.SPEAKERS[k]},{u}\n" for i, k, u in zip(predicted.TEST_IDS, [0, 1, 2, 0], usage)))
+        f"{i},{predicted.SPEAKERS[k]},{u}\n" for i, k, u in zip(predicted.TEST_IDS, [0, 1, 2, 0], usage, strict=True)))
     return key
 
 

@@ -25,7 +25,7 @@ def write(path, text):
 
 def good_csv(tmp_path, categories=None):
     categories = categories or [SPEAKERS[i % 3] for i in range(len(TEST_IDS))]
-    rows = "".join(f"{i},{c}\n" for i, c in zip(TEST_IDS, categories))
+    rows = "".join(f"{i},{c}\n" for i, c in zip(TEST_IDS, categories, strict=True))
     return write(tmp_path / "sub.csv", "Id,Category\n" + rows)
 
 
@@ -36,7 +36,7 @@ def test_round_trip_write_validate_score(tmp_path, layout_dir):
     truth = ["id10001", "id10002", "id10003", "id10001", "id10001", "id10001"]
     usage = ["Public"] * 3 + ["Private"] * 3
     key = write(tmp_path / "key.csv", "Id,Category,Usage\n" +
-                "".join(f"{i},{c},{u}\n" for i, c, u in zip(TEST_IDS, truth, usage)))
+                "".join(f"{i},{c},{u}\n" for i, c, u in zip(TEST_IDS, truth, usage, strict=True)))
     r = score_submission(sub, key)
     assert (r["public"]["correct"], r["public"]["n"], r["public"]["acc"]) == (3, 3, 1.0)
     assert (r["private"]["correct"], r["private"]["n"]) == (1, 3)
