@@ -12,7 +12,7 @@ BUDGET ?=
 LAUNCHER ?=
 RECIPE_ARGS := $(if $(DATA),--data $(DATA)) $(if $(BUDGET),--budget $(BUDGET)) $(if $(LAUNCHER),--launcher $(LAUNCHER))
 
-.PHONY: setup test test-fast rehearse-full bench bench-accuracy recipe-simple recipe-medium recipe-strong recipe-boss clean-venv
+.PHONY: setup test test-fast synth-engines bench-suite lint rehearse-full bench bench-accuracy recipe-simple recipe-medium recipe-strong recipe-boss clean-venv
 
 $(STAMP): pyproject.toml
 	@echo "kit: creating $(VENV) (first run only; under a minute with uv, a few with pip)" >&2
@@ -31,6 +31,21 @@ test: $(STAMP)
 # Everything but the tests marked slow (those that spawn processes or train for seconds).
 test-fast: $(STAMP)
 	$(PYTEST) -m "not slow"
+
+# ruff (pycodestyle, pyflakes, import order, bugbear, pyupgrade) and mypy, configured in pyproject.toml.
+lint: $(STAMP)
+	$(BIN)/ruff check kit scripts tests
+	$(BIN)/mypy kit
+
+# The speech synthesizers the tts preset of the tuning suite renders with (Debian/Ubuntu packages).
+synth-engines:
+	$(if $(filter 0,$(shell id -u)),,sudo) sh -c 'apt-get update -qq && apt-get install -y -qq espeak-ng flite'
+
+# The accuracy bench on each competition of the tuning suite (hard, tts, many): boss at its quick
+# budget and the course sample for the same wall time, one table (about an hour on 2 cores).
+bench-suite: $(STAMP)
+	@command -v espeak-ng >/dev/null && command -v flite >/dev/null || $(MAKE) synth-engines
+	$(BIN)/kit bench --accuracy --suite
 
 bench: $(STAMP)
 	$(BIN)/kit bench

@@ -24,6 +24,8 @@ def _member_csv(run_dir: Path, out: Path) -> Path:
     from kit.records import PredictionIds
 
     ids = PredictionIds.load(run_dir)
+    if ids.data_dir is None:                # only ids.json from before kit recorded it
+        raise KitError(f"{run_dir}: ids.json names no data dir; run `kit predict {run_dir}` again")
     probs = np.load(run_dir / "test_probs.npy")
     speakers = read_layout(ids.data_dir).speakers
     write_csv(out, pd.DataFrame({"Id": ids.test, "Category": [speakers[k] for k in probs.argmax(1)]}))

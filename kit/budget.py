@@ -49,12 +49,12 @@ class StepPlan:
     evals: int = EVALS            # evaluations over a timed run (the last at its final step)
 
     @classmethod
-    def fixed(cls, total: int, warmup: int, eval_every: int) -> "StepPlan":
+    def fixed(cls, total: int, warmup: int, eval_every: int) -> StepPlan:
         return cls(total=total, warmup=min(warmup, total), eval_every=eval_every)
 
     @classmethod
     def timed(cls, seconds: float, max_steps: int, warmup: int, total: int | None = None,
-              evals_done: int = 0, evals: int = EVALS) -> "StepPlan":
+              evals_done: int = 0, evals: int = EVALS) -> StepPlan:
         total = total or max_steps
         plan = cls(total=total, warmup=min(warmup, total), eval_every=0, seconds=seconds, max_steps=max_steps,
                    warmup_cfg=warmup, evals_done=evals_done, evals=max(1, evals))

@@ -5,6 +5,9 @@ utterance gives the same output alone as padded in a batch.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -37,7 +40,7 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(c_out)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(c_out)
-        self.shortcut = nn.Identity()
+        self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or c_in != c_out:
             self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
 
@@ -62,7 +65,7 @@ class ResNetEncoder(nn.Module):
         self.bn1 = nn.BatchNorm2d(c)
         widths, strides, c_in = (c, 2 * c, 4 * c, 8 * c), (1, 2, 2, 2), c
         self.layers = nn.ModuleList()
-        for width, stride, n in zip(widths, strides, RESNET_BLOCKS[cfg.resnet_depth]):
+        for width, stride, n in zip(widths, strides, RESNET_BLOCKS[cfg.resnet_depth], strict=True):
             self.layers.append(nn.ModuleList([BasicBlock(c_in if i == 0 else width, width, stride if i == 0 else 1)
                                               for i in range(n)]))
             c_in = width
@@ -77,7 +80,7 @@ class ResNetEncoder(nn.Module):
         h = _masked(x.unsqueeze(1), mask)                                   # (B, 1, T, n_mels); -20 padding to 0
         h = _masked(F.relu(self.bn1(self.conv1(h))), mask)                 # (B, c, T, n_mels)
         for stage in self.layers:
-            for block in stage:
+            for block in cast(Iterable[BasicBlock], stage):     # a ModuleList of BasicBlocks
                 if block.conv1.stride[0] > 1:
                     T, lengths = (T + 1) // 2, (lengths + 1) // 2
                     mask = None if mask is None else _frame_mask(lengths, T, (B, 1, T, 1))
@@ -110,7 +113,7 @@ class Res2Conv(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         groups = x.split(self.width, dim=1)
         out, h = [], None
-        for group, conv in zip(groups, self.convs):
+        for group, conv in zip(groups, self.convs, strict=False):      # the last group is passed on as is
             h = _masked(conv(group if h is None else h + group), mask)     # (B, width, T)
             out.append(h)
         return torch.cat(out + [groups[-1]], dim=1)                        # (B, C, T)

@@ -7,10 +7,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:                               # Python 3.10: the same parser, as a package (a dependency there)
+    import tomli as tomllib
 
 from kit.errors import KitError
 
@@ -87,6 +92,8 @@ class TrainConfig:
     init_from: str = ""             # start from these weights (a .pt, or a run dir's last.pt): a fine-tune
     teacher: str = ""               # .npz of soft targets (ids, probs) on test utterances (`kit distill`)
     distill_weight: float = 0.5     # where a row has a label and a soft target: the soft target's weight
+    log_with: str = ""              # an experiment tracker through accelerate (TRACKERS), e.g. tensorboard;
+                                    # "" = off. Its files go in the run dir's trackers/ (kit.train.trackers)
 
 
 @dataclass
@@ -144,10 +151,11 @@ def _fill(cls: type, values: dict, where: str):
     kwargs = {}
     for name, value in values.items():
         f = known[name]
-        if dataclasses.is_dataclass(f.default_factory if f.default_factory is not dataclasses.MISSING else None):
+        factory = f.default_factory
+        if isinstance(factory, type) and dataclasses.is_dataclass(factory):
             if not isinstance(value, dict):
                 raise KitError(f"{where}.{name}: expected a table")
-            kwargs[name] = _fill(f.default_factory, value, f"{where}.{name}")
+            kwargs[name] = _fill(factory, value, f"{where}.{name}")
         else:
             kwargs[name] = _coerce(value, type(f.default), f"{where}.{name}")
     return cls(**kwargs)
@@ -182,12 +190,20 @@ MAXIMA = {
     "train": {"batch_size": 65536},
     "infer": {"window": 100_000, "batch_size": 65536},
 }
+# accelerate's trackers by name (accelerate.utils.LoggerType less "all", which would log to whatever
+# happens to be installed). Named here rather than imported: accelerate costs every command the
+# import of torch; tests/test_trackers.py keeps the two lists in step.
+TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab", "trackio")
 _IN_RANGE = {CLOSED_UNIT: lambda v: 0 <= v <= 1, POSITIVE: lambda v: v > 0, NON_NEGATIVE: lambda v: v >= 0,
              OPEN_UNIT: lambda v: 0 < v < 1, HALF_OPEN_UNIT: lambda v: 0 <= v < 1}
 
 
 def validate(cfg: RunConfig, where: str = "config") -> RunConfig:
-    """Refuse a non-finite number, or one outside its range (RANGES, MAXIMA), naming the setting."""
+    """Refuse a non-finite number, or one outside its range (RANGES, MAXIMA), or an unknown tracker
+    (TRACKERS), naming the setting."""
+    if cfg.train.log_with and cfg.train.log_with not in TRACKERS:
+        raise KitError(f"{where}: train.log_with = {cfg.train.log_with!r}: not a tracker accelerate knows; "
+                       f"choose {', '.join(TRACKERS)}, or leave it empty (off)")
     for section in dataclasses.fields(cfg):
         table = getattr(cfg, section.name)
         if not dataclasses.is_dataclass(table):

@@ -10,6 +10,8 @@ state_dicts load here (see MaskedDepthwiseConv for the one key that differs).
 """
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -50,6 +52,10 @@ class MaskedDepthwiseConv(nn.Module):
         return self.conv(x if mask is None else x * mask)                   # mask (B, 1, T), 1 = real frame
 
 
+# ConvModule.sequential's slots as its forward unpacks them (iterating an nn.Sequential yields plain Modules).
+_ConvSlots = tuple[nn.Conv1d, nn.GLU, MaskedDepthwiseConv, nn.BatchNorm1d, nn.SiLU, nn.Conv1d, nn.Dropout]
+
+
 def depthwise_conv_time_major(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """A 'same'-padded depthwise Conv1d on x (B, T, C) without leaving that layout: K shifted
     multiply-adds. weight (C, 1, K) as nn.Conv1d(groups=C) holds it."""
@@ -79,7 +85,7 @@ class ConvModule(nn.Module):
         self.time_major_inference = time_major_inference
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:   # x (B, T, D)
-        pointwise1, glu, depthwise, norm, act, pointwise2, drop = self.sequential
+        pointwise1, glu, depthwise, norm, act, pointwise2, drop = cast(_ConvSlots, self.sequential)
         if self.training or not self.time_major_inference:
             h = glu(pointwise1(self.layer_norm(x).transpose(1, 2)))                # (B, C, T)
             h = drop(pointwise2(act(norm(depthwise(h, mask)))))

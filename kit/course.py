@@ -13,6 +13,7 @@ import math
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 # The notebook's settings.
 SEGMENT_LEN, BATCH_SIZE, LR, WARMUP, TOTAL_STEPS, VALID_STEPS, VALID_RATIO = 128, 32, 1e-3, 1000, 70000, 2000, 0.1
@@ -47,14 +48,15 @@ def course_dataset(data_dir: str | Path, segment_len: int = SEGMENT_LEN):
     import torch
     from torch.utils.data import Dataset
 
-    from kit.layout import read_layout
+    from kit.layout import Layout, read_layout
 
     data_dir = Path(data_dir)
     layout = read_layout(data_dir)
-    s2i = layout.speaker2id
-    items = [(str(data_dir / u.path), s2i[u.speaker]) for u in layout.train]
+    items = [(str(data_dir / u.path), k) for u, k in zip(layout.train, layout.train_labels, strict=True)]
 
     class CourseDataset(Dataset):
+        layout: Layout
+
         def __len__(self):
             return len(items)
 
@@ -77,7 +79,7 @@ def course_collate(batch):
     import torch
     from torch.nn.utils.rnn import pad_sequence
 
-    mels, speakers = zip(*batch)
+    mels, speakers = zip(*batch, strict=True)
     lengths = torch.tensor([len(m) for m in mels])
     return pad_sequence(mels, batch_first=True, padding_value=-20), lengths, torch.tensor(speakers).long()
 
@@ -99,8 +101,9 @@ def course_predict(model, data_dir, paths: list[str], with_lengths: bool = True)
     from torch.utils.data import DataLoader
 
     files = [str(Path(data_dir) / p) for p in paths]
-    loader = DataLoader(files, batch_size=1, shuffle=False,
-                        collate_fn=lambda b: torch.load(b[0], weights_only=True)[None])   # (1, L, D)
+    # The list serves as a map-style dataset (DataLoader only indexes it and takes its len); the stub wants a Dataset.
+    loader: DataLoader = DataLoader(files, batch_size=1, shuffle=False,  # type: ignore[arg-type]
+                                    collate_fn=lambda b: torch.load(b[0], weights_only=True)[None])   # (1, L, D)
     preds = []
     with torch.no_grad():
         for mel in loader:
@@ -118,7 +121,8 @@ def _loaders(data, seed: int, workers: int):
     n_train = int((1 - VALID_RATIO) * len(data))
     train, valid = torch.utils.data.random_split(data, [n_train, len(data) - n_train],
                                                  generator=torch.Generator().manual_seed(seed))
-    kw = dict(batch_size=BATCH_SIZE, num_workers=workers, collate_fn=course_collate, persistent_workers=workers > 0)
+    kw: dict[str, Any] = dict(batch_size=BATCH_SIZE, num_workers=workers, collate_fn=course_collate,
+                              persistent_workers=workers > 0)
     return DataLoader(train, shuffle=True, drop_last=True, **kw), DataLoader(valid, **kw)
 
 

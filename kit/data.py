@@ -92,7 +92,7 @@ class FeatureStore:
     # -- opening / building
     @classmethod
     def open(cls, data_dir: str | os.PathLike, dtype: str = "float16", cache_dir: str | os.PathLike | None = None,
-             workers: int | None = None, progress: bool = True) -> "FeatureStore":
+             workers: int | None = None, progress: bool = True) -> FeatureStore:
         """Open the packed store for data_dir, packing it first if missing, stale or damaged (one
         line on stderr says so). The store lives in cache_dir, by default where
         kit.env.cache_dir says (beside the data if writable)."""
@@ -155,7 +155,7 @@ class FeatureStore:
                 self._tensor = torch.from_numpy(self.features)                  # (F, D)
         return self._tensor
 
-    def to_device(self, device) -> "FeatureStore":
+    def to_device(self, device) -> FeatureStore:
         """Copy the packed features onto `device` (a GPU) once, so every crop is gathered there:
         no host-to-device copy of batches. Index arithmetic stays on the host (a few KiB a batch)."""
         import torch
@@ -165,19 +165,20 @@ class FeatureStore:
             self._tensor = self.tensor.to(device)
         return self
 
-    def crop_batch(self, index: np.ndarray, segment_len: int, rng: np.random.Generator,
+    def crop_batch(self, index: np.ndarray, segment_len: int, rng: np.random.Generator | None,
                    random: bool = True):
         """Fixed-length crops of a batch in one gather: returns (x (B,T,D) float32, lengths (B,)).
 
-        Long utterances get a random start (or the centre when random=False); short ones
-        are padded with PAD_VALUE and their true length returned so the model can mask.
+        Long utterances get a random start (or the centre when random=False, which needs no rng);
+        short ones are padded with PAD_VALUE and their true length returned so the model can mask.
         """
         import torch
 
         index = np.asarray(index, dtype=np.int64)
         lens = self.lengths[index]                                     # (B,)
         room = np.maximum(lens - segment_len, 0)
-        starts = rng.integers(0, room + 1) if random else room // 2    # (B,)
+        assert rng is not None or not random, "random crops need an rng"
+        starts = rng.integers(0, room + 1) if rng is not None and random else room // 2    # (B,)
         steps = np.arange(segment_len)                                 # (T,)
         rows = self.offsets[index, None] + starts[:, None] + np.minimum(steps[None, :], lens[:, None] - 1)
         device = self.tensor.device
@@ -426,7 +427,7 @@ def _write_features(layout: Layout, path: Path, offsets: np.ndarray, dtype: str,
 
 def _write_at(fd: int, array: np.ndarray, position: int) -> None:
     """All of array's bytes at position (os.pwrite may write part of them)."""
-    data = memoryview(array).cast("B")
+    data = array.data.cast("B")
     while data:
         n = os.pwrite(fd, data, position)
         if n == 0:
@@ -507,8 +508,7 @@ def data_info(data_dir: str | os.PathLike) -> dict:
         return {"count": int(a.size), "min": int(a.min()), "median": float(np.median(a)), "max": int(a.max())}
 
     size = sum(f.stat().st_size for f in root.iterdir() if f.is_file())
-    per_speaker = np.bincount([layout.speaker2id[u.speaker] for u in layout.train],
-                              minlength=len(layout.speakers))
+    per_speaker = np.bincount(layout.train_labels, minlength=len(layout.speakers))
     cache, note = default_cache_dir(root)
     return {
         "data_dir": str(root),

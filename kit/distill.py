@@ -98,5 +98,5 @@ def distill(run_dirs, out, config: str | None = None, overrides=(), minutes: flo
         + (f", starting from {Path(cfg.train.init_from).parent.name}" if cfg.train.init_from else ""))
     summary = train(cfg, out, resume=resume, progress=progress)
     mode = source_mode(cfg)
-    pred = predict_run(out, which="last", progress=progress, **({"mode": mode, "compare": False} if mode else {}))
+    pred = predict_run(out, which="last", progress=progress, mode=mode, compare=not mode)
     return {"summary": summary, "pred": pred, "teacher": fit, "run_dir": str(out)}

@@ -7,12 +7,17 @@ import hashlib
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 KAGGLE_ROOT = "/kaggle"                 # KIT_KAGGLE_ROOT relocates it (the local stand-in's kernels, tests)
 KAGGLE_INPUT = "input"                  # under the root; KIT_KAGGLE_INPUT relocates it alone
 KAGGLE_WORKING = "working"              # likewise KIT_KAGGLE_WORKING
 SEARCH_DEPTH = 3                        # /kaggle/input/<competition>/<folder>/metadata.json
 CACHE_DIRNAME = ".kit-cache"            # beside the data, when it is writable
+# Popen keywords for a child in a process group of its own, so that os.killpg ends it with its
+# children: process_group is Python 3.11's; on 3.10 a new session (setsid) makes the new group.
+NEW_PROCESS_GROUP: dict[str, Any] = ({"process_group": 0} if sys.version_info >= (3, 11)
+                                     else {"start_new_session": True})
 
 _noted: set[str] = set()
 
@@ -101,7 +106,7 @@ def kaggle_data_dir() -> Path | None:
         found = sorted(d for d in level if all((d / n).is_file() for n in LAYOUT_FILES))
         if found:
             return found[0]
-        below = []
+        below: list[str] = []
         for d in level:
             try:                        # a competition folder holds tens of thousands of files
                 below.extend(e.path for e in os.scandir(d)

@@ -64,8 +64,8 @@ def read_wav(path: str | os.PathLike) -> tuple[np.ndarray, int]:
         x = np.frombuffer(raw, "<i2").astype(np.float32) / 32768
     elif width == 3:                                        # 24-bit: widen to int32
         b = np.frombuffer(raw, np.uint8).reshape(-1, 3)
-        x = (b[:, 0].astype(np.int32) | (b[:, 1].astype(np.int32) << 8) | (b[:, 2].astype(np.int32) << 16))
-        x = np.where(x >= 1 << 23, x - (1 << 24), x).astype(np.float32) / (1 << 23)
+        v = (b[:, 0].astype(np.int32) | (b[:, 1].astype(np.int32) << 8) | (b[:, 2].astype(np.int32) << 16))
+        x = np.where(v >= 1 << 23, v - (1 << 24), v).astype(np.float32) / (1 << 23)
     elif width == 4:
         x = np.frombuffer(raw, "<i4").astype(np.float32) / 2**31
     else:

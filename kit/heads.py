@@ -38,6 +38,7 @@ class MarginHead(nn.Module):
     take it out of training logits again (remove_margin), so training accuracy scores what
     prediction would.
     """
+    margin: torch.Tensor                # a buffer (registered in __init__)
 
     def __init__(self, e: int, n_classes: int, s: float, m: float, warmup_steps: int = 0, bn: bool = False):
         super().__init__()

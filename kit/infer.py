@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -142,6 +143,7 @@ def predict_windows(model, store: FeatureStore, index, windows, average: str = "
             if sums is None:
                 sums = np.zeros((len(index), out.shape[1]), dtype=np.float64)
             np.add.at(sums, utt[b], out)
+    assert sums is not None                                       # index is not empty: there was a batch
     mean = sums / counts[:, None]                                 # (N, C)
     if average == "logits":
         mean = np.exp(mean - mean.max(axis=1, keepdims=True))
@@ -356,7 +358,7 @@ def _save_predictions(run_dir: Path, store: FeatureStore, val_index, val: dict, 
         save_numpy(run_dir / f"val_probs_{m}.npy", probs)
     save_numpy(run_dir / "val_probs.npy", val[mode])
     save_numpy(run_dir / "test_probs.npy", test_probs)
-    result = {
+    result: dict[str, Any] = {
         "val_acc": accuracy(val[mode], val_labels),
         **{f"val_acc_{m}": accuracy(val[m], val_labels) if m in val else None for m in ("centre", "full", "sliding")},
         "val_nll_full": nll.get("full"),            # after temperature scaling; None without validation

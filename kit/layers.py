@@ -9,9 +9,13 @@ unchanged. On a GPU torch's fused dropout is already cheap and is used as is.
 """
 from __future__ import annotations
 
+from typing import TypeVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+M = TypeVar("M", bound=nn.Module)              # use_fast_dropout returns the module it was given
 
 _BITS = 15                      # random bits per dropout decision: p is rounded to 1/32768
 
@@ -77,7 +81,7 @@ def self_attention(x, in_proj_weight, in_proj_bias, out_proj: nn.Linear, heads: 
     return out if batch_first else out.transpose(0, 1)
 
 
-def use_fast_dropout(module: nn.Module) -> nn.Module:
+def use_fast_dropout(module: M) -> M:
     """Swap every nn.Dropout and nn.MultiheadAttention inside `module` for the fast versions,
     keeping their parameters. Returns the module."""
     for name, child in list(module.named_children()):

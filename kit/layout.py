@@ -34,6 +34,12 @@ class Layout:
         return {s: i for i, s in enumerate(self.speakers)}
 
     @property
+    def train_labels(self) -> list[int]:
+        """The class index of each training utterance (read_layout gives every one a speaker)."""
+        s2i = self.speaker2id
+        return [s2i[u.speaker] for u in self.train if u.speaker is not None]
+
+    @property
     def all(self) -> list[Utterance]:
         """Training then test utterances, in json order: the order of the packed store."""
         return self.train + self.test
@@ -89,11 +95,11 @@ def read_layout(data_dir: str | os.PathLike) -> Layout:
     ids = sorted(s2i.values()) if all(isinstance(v, int) for v in s2i.values()) else None
     if ids != list(range(len(s2i))):
         raise KitError(f"{map_path}: speaker2id values must be the integers 0..{len(s2i) - 1}")
-    speakers = [None] * len(s2i)
+    speakers = [""] * len(s2i)                  # every slot is filled: the ids are 0..n-1
     for spk, idx in s2i.items():
         speakers[idx] = spk
 
-    train = []
+    train: list[Utterance] = []
     for spk, utts in meta["speakers"].items():
         if spk not in s2i:
             raise KitError(f"{meta_path}: speaker {spk} is missing from {map_path.name}")
@@ -154,7 +160,7 @@ def load_feature(path: str | os.PathLike, n_mels: int | None = None, mel_len: in
 
 def parallel_map(fn, items, workers: int | None, desc: str, progress: bool):
     """Map in a thread pool (torch.load releases the GIL in I/O), in order, with a progress bar."""
-    from tqdm.auto import tqdm      # a widget in a notebook, the plain bar in a terminal
+    from tqdm.auto import tqdm  # a widget in a notebook, the plain bar in a terminal
 
     workers = workers or min(8, (os.cpu_count() or 2) * 2)
     with ThreadPoolExecutor(workers) as pool:

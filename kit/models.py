@@ -18,8 +18,14 @@ from kit.conformer import Conformer
 from kit.errors import KitError
 from kit.heads import AAMSoftmaxHead, AMSoftmaxHead, LinearHead, MarginHead, MLPHead
 from kit.layers import use_fast_dropout
-from kit.pooling import (AttentiveStatsPooling, MeanPooling, SapMeanPooling, SelfAttentionPooling, StatsPooling,
-                         valid_mask)
+from kit.pooling import (
+    AttentiveStatsPooling,
+    MeanPooling,
+    SapMeanPooling,
+    SelfAttentionPooling,
+    StatsPooling,
+    valid_mask,
+)
 
 
 # ---------------------------------------------------------------- encoders: (B,T,n_mels) -> (B,T',D)

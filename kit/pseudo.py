@@ -15,8 +15,17 @@ from pathlib import Path
 
 import numpy as np
 
-from kit.ensemble import (DEFAULT_POOL, METHODS, apply_method, check_compatible, crossfit, fit_methods, load_member,
-                          log_probs, member_speakers)
+from kit.ensemble import (
+    DEFAULT_POOL,
+    METHODS,
+    apply_method,
+    check_compatible,
+    crossfit,
+    fit_methods,
+    load_member,
+    log_probs,
+    member_speakers,
+)
 from kit.errors import KitError
 from kit.fsio import read_json, sha256_file, write_bytes, write_csv, write_json
 from kit.submission import read_answer_key, score_predictions
@@ -64,6 +73,7 @@ def choose_threshold(val_conf, val_correct, test_conf, precision: float | None =
         k = max(1, int(round(top_fraction * len(test_conf))))
         threshold = float(np.sort(test_conf)[::-1][k - 1])
     else:
+        assert precision is not None                            # exactly one of the two is given
         if not 0 < precision <= 1:
             raise KitError(f"precision {precision}: must be in (0, 1]")
         order = np.argsort(-val_conf, kind="stable")
@@ -98,7 +108,7 @@ class PseudoLabels:
     created: str = ""
 
     @classmethod
-    def beside(cls, csv) -> "PseudoLabels | None":
+    def beside(cls, csv) -> PseudoLabels | None:
         """The record `kit pseudo` wrote beside this CSV (None when there is none)."""
         path = Path(csv).with_name(PSEUDO_JSON)
         if not path.is_file():
@@ -185,7 +195,7 @@ def true_precision(pseudo_csv, answers) -> float | None:
     key = answers if isinstance(answers, dict) else read_answer_key(answers)
     chosen = pd.read_csv(pseudo_csv, dtype={"Id": str, "Category": str})
     labels = dict.fromkeys(_test_ids(pseudo_csv), "")       # unlabelled test utterances score as wrong
-    labels.update(zip(chosen["Id"], chosen["Category"]))
+    labels.update(zip(chosen["Id"], chosen["Category"], strict=True))
     score = score_predictions(labels, key, f"{pseudo_csv} (the test set it labels)",
                               "the answer key" if isinstance(answers, dict) else str(answers))
     return score["overall"]["correct"] / len(chosen) if len(chosen) else None

@@ -150,7 +150,7 @@ def _members(path: Path, raw_members) -> tuple[list, dict]:
     return members, recipe_only
 
 
-def member_config(recipe: Recipe, member: str, budget: str, data_dir: str | None = None) -> RunConfig:
+def member_config(recipe: Recipe, member: str, budget: str, data_dir: str | Path | None = None) -> RunConfig:
     """Defaults <- base <- member <- budget <- member's own budget, validated as a RunConfig."""
     found = [m for m in recipe.members if m[0] == member]
     if not found:

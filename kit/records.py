@@ -66,14 +66,14 @@ class PredictionIds:
                 "which": self.which, "mode": self.inference_mode, "checkpoint_sha256": self.checkpoint_sha256}
 
     @classmethod
-    def from_dict(cls, data: dict, where: str = "ids.json") -> "PredictionIds":
+    def from_dict(cls, data: dict, where: str = "ids.json") -> PredictionIds:
         missing = [k for k in cls.REQUIRED if k not in data]
         if missing:
             raise KitError(f"{where}: lacks {missing[0]!r}")
         return cls(**_known(cls, data))
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "PredictionIds":
+    def load(cls, path: str | os.PathLike) -> PredictionIds:
         """ids.json of a run dir (or its path); KitError saying to predict again if unusable."""
         path = Path(path)
         path = path / "ids.json" if path.is_dir() else path
@@ -133,15 +133,15 @@ class SubmissionManifest:
         return self.method or f"{self.vote or '?'} vote ({self.weights_mode or 'equal'} weights)"
 
     @classmethod
-    def from_dict(cls, data: dict) -> "SubmissionManifest":
+    def from_dict(cls, data: dict) -> SubmissionManifest:
         return cls(**_known(cls, data))
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "SubmissionManifest":
+    def load(cls, path: str | os.PathLike) -> SubmissionManifest:
         return cls.from_dict(_read_json(Path(path), "submission manifest", ""))
 
     @classmethod
-    def beside(cls, csv_path: str | os.PathLike) -> "SubmissionManifest | None":
+    def beside(cls, csv_path: str | os.PathLike) -> SubmissionManifest | None:
         """The manifest NAME.json beside NAME.csv, or None when there is none."""
         path = Path(csv_path).with_suffix(".json")
         return cls.load(path) if path.is_file() else None

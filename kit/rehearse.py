@@ -141,7 +141,7 @@ class StageMeter:
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
-    def __enter__(self) -> "StageMeter":
+    def __enter__(self) -> StageMeter:
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         return self

@@ -88,7 +88,8 @@ def report_runs(run_dirs, ensemble_result=None, png=None, answers=None, pool: st
     check_compatible(members)
     labels = members[0].val_labels
     preds = np.stack([m.val_probs.argmax(axis=1) for m in members])        # (M, N)
-    rows = [_member_row(m, name, labels) for m, name in zip(members, _short_names([m.run_dir for m in members]))]
+    names = _short_names([m.run_dir for m in members])
+    rows = [_member_row(m, name, labels) for m, name in zip(members, names, strict=True)]
     if answers is not None:
         _score_members(rows, members, answers)
     accs = [r["val_acc"] for r in rows if r["val_acc"] is not None]
@@ -116,7 +117,7 @@ def _member_row(member, name: str, labels) -> dict:
     t = fit_temperature(lp, labels) if len(labels) else None
     return {"member": name, "run_dir": str(member.run_dir), "mode": member.ids.inference_mode, "temperature": t,
             "val_acc": float((member.val_probs.argmax(axis=1) == labels).mean()) if len(labels) else None,
-            "val_nll": mean_nll(calibrate(lp, t), labels) if len(labels) else None,
+            "val_nll": mean_nll(calibrate(lp, t), labels) if t is not None else None,
             "val_acc_centre": member.ids.val_acc_centre, "val_acc_full": member.ids.val_acc_full,
             "val_acc_sliding": member.ids.val_acc_sliding}
 
@@ -125,8 +126,8 @@ def _score_members(rows: list[dict], members, answers) -> None:
     """Add each member's public/private test accuracy against the answer key to its row."""
     key = read_answer_key(answers)
     speakers = member_speakers(members[0])[0]
-    for row, m in zip(rows, members):
-        predicted = dict(zip(m.ids.test, (speakers[k] for k in m.test_probs.argmax(axis=1))))
+    for row, m in zip(rows, members, strict=True):
+        predicted = dict(zip(m.ids.test, (speakers[k] for k in m.test_probs.argmax(axis=1)), strict=True))
         row.update(_public_private(score_predictions(predicted, key, str(m.run_dir), str(answers))))
 
 
@@ -138,8 +139,8 @@ def _ensemble_summary(members, ensemble_result, run_dirs, answers, pool: str, fo
         manifest = _load_ensemble(ensemble_result, run_dirs)
         ens = {"name": manifest.label, "method": manifest.description, "val_acc": manifest.val_acc,
                "oof_acc": manifest.oof_acc, "candidates": manifest.candidates, "csv": manifest.csv}
-        if answers is not None and ens["csv"]:
-            ens.update(_public_private(score_submission(ens["csv"], answers)))
+        if answers is not None and manifest.csv:
+            ens.update(_public_private(score_submission(manifest.csv, answers)))
         return ens
     if len(labels) < 2:
         return None
@@ -185,7 +186,7 @@ def format_report(report: dict) -> str:
         lines.append("disagreement (fraction of validation utterances where two members' argmax differ):")
         short = [r["member"][:7] for r in rows]
         lines.append(" " * width + "  " + " ".join(f"{s:>7}" for s in short))
-        for r, values in zip(rows, report["disagreement"]):
+        for r, values in zip(rows, report["disagreement"], strict=True):
             lines.append(f"{r['member']:<{width}}  " + " ".join(f"{v:7.3f}" for v in values))
     if report.get("png"):
         lines.append(f"picture: {report['png']}")

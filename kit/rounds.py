@@ -14,9 +14,9 @@ fine-tunes are kept while their inputs are unchanged, and moved aside when they 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from kit.errors import KitError
 
@@ -109,12 +109,12 @@ def pseudo_rounds(ctx: StageContext, opts: dict, names: list[str], run_dirs: lis
         if kept:
             ctx.log(f"round {r}: fine-tuning {', '.join(tuned)}; {', '.join(kept)} kept as is (weight "
                     f"below {MIN_WEIGHT} in the vote; fine_tune = \"all\" tunes every member)")
-        sources = dict(zip(names, run_dirs))
+        sources = dict(zip(names, run_dirs, strict=True))
         tuned_dirs = {n: ctx.root / f"{n}-pl{r}" for n in tuned}
         jobs = _fine_tune_jobs(ctx, opts, tuned, [sources[n] for n in tuned], rec.csv, r)
         round_end = start + (end - start) * r / opts["rounds"]
         per_round = opts["share"] / opts["rounds"]
-        share = (lambda left, e=round_end: ctx.minutes_left(e, left, share=per_round)) if ctx.timed else None
+        share = (lambda left, e=round_end, s=per_round: ctx.minutes_left(e, left, share=s)) if ctx.timed else None
         ctx.train_jobs(jobs, share)
         diverged = {}                   # a fine-tune that diverged is never predicted: its source votes
         for n in tuned:
@@ -148,7 +148,7 @@ def _fine_tune_jobs(ctx: StageContext, opts: dict, names, run_dirs, csv: str, r:
     from kit.train import read_summary
 
     jobs = []
-    for name, src in zip(names, run_dirs):
+    for name, src in zip(names, run_dirs, strict=True):
         run_dir = ctx.root / f"{name}-pl{r}"
         cfg = ctx.config_for(name)
         cfg.name = run_dir.name

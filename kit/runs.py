@@ -8,8 +8,8 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from kit.errors import KitError
 
@@ -19,10 +19,11 @@ RUN_FILES = ("summary.json", "best.pt", "last.pt", "avg.pt")     # a dir holding
 # Settings that do not change what a run's weights mean, so they are left out of its identity:
 # time budgets (a recipe's --minutes recomputes train.minutes from elapsed time on every re-run),
 # switches for speed with the same maths (threads, torch.compile, where the store lives),
-# prediction settings, the run's label, and the data dir's path: the data fingerprint covers the
-# data itself, so a copied or moved data dir is still the same data.
+# prediction settings, the run's label, the experiment tracker that watches it (so a run resumes
+# with tracking turned on or off), and the data dir's path: the data fingerprint covers the data
+# itself, so a copied or moved data dir is still the same data.
 NOT_IDENTITY = ("name", "data.data_dir", "data.store_on_gpu", "data.allow_external_labels", "train.minutes",
-                "train.max_minutes", "train.cpu_threads", "train.compile", "infer")
+                "train.max_minutes", "train.cpu_threads", "train.compile", "train.log_with", "infer")
 START_OVER = "start over with --fresh (the old run is moved aside, nothing is deleted)"
 
 
@@ -42,11 +43,16 @@ def _defining(key: str) -> bool:
     return not any(key == k or key.startswith(k + ".") for k in NOT_IDENTITY)
 
 
-def config_identity(cfg) -> dict:
-    """The resolved config as flat `section.key: value`, less the settings in NOT_IDENTITY."""
+def flat_config(cfg) -> dict:
+    """The resolved config as flat `section.key: value`."""
     from kit.config import to_dict
 
-    return {k: v for k, v in _flat(to_dict(cfg)).items() if _defining(k)}
+    return _flat(to_dict(cfg))
+
+
+def config_identity(cfg) -> dict:
+    """The resolved config as flat `section.key: value`, less the settings in NOT_IDENTITY."""
+    return {k: v for k, v in flat_config(cfg).items() if _defining(k)}
 
 
 def data_identity(store) -> dict:

@@ -13,6 +13,7 @@ from kit import DEFAULT_COMPETITION
 from kit.errors import KitError
 from kit.frontend import N_MELS, logmel, wav_to_features
 from kit.fsio import atomic_dir, write_csv, write_json
+from kit.synth_tts import check_engines, tts_utterance, tts_voices
 from kit.voices import make_voice, relative_voice, synth_utterance
 
 # logmel and wav_to_features (kit.frontend) stay importable from here: the README named them
@@ -33,6 +34,7 @@ class Preset:
     workers: int           # processes (results do not depend on it)
     family: int = 1        # voices per family: >1 makes families of near-identical speakers
     spread: float = 1.0    # how far a family's voices sit from their shared base voice
+    generator: str = "source-filter"    # kit.voices | "tts": espeak-ng and flite voices (kit.synth_tts)
 
 
 PRESETS = {
@@ -52,12 +54,23 @@ PRESETS = {
     # the full budget on a GPU), where the test set's pseudo-labels are new data worth training on.
     "hard-few": Preset(speakers=250, train=2500, test=2000, min_len=150, median_len=450, max_len=1500,
                        workers=2, family=5, spread=0.9),
+    # The tuning suite's other two (kit.bench_suite). tts: voices from speech synthesizers, not
+    # kit's own, with a channel and noise per utterance and the real data's lengths (`make
+    # synth-engines` installs espeak-ng and flite). many: 600 speakers with ten utterances each.
+    "tts": Preset(speakers=200, train=8000, test=1600, min_len=150, median_len=550, max_len=1500, workers=2,
+                  family=4, generator="tts"),
+    "many": Preset(speakers=600, train=6000, test=1200, min_len=150, median_len=550, max_len=1500, workers=2,
+                   family=3),
+    "tts-tiny": Preset(speakers=6, train=24, test=8, min_len=60, median_len=110, max_len=200, workers=1,
+                       family=2, generator="tts"),
 }
 
 
 # ---------------------------------------------------------------- the competition
 def _voices(preset: Preset, rng: np.random.Generator) -> list[dict]:
     """One voice per speaker; in families of `preset.family` when that is above 1."""
+    if preset.generator == "tts":
+        return tts_voices(preset.speakers, preset.family, preset.spread, rng)
     if preset.family <= 1:
         return [make_voice(rng) for _ in range(preset.speakers)]
     voices: list[dict] = []
@@ -82,10 +95,10 @@ def _plan(preset: Preset, seed: int) -> dict:
     test_spk = rng.permutation(np.arange(preset.test) % preset.speakers)     # shuffled, not grouped
     spk = np.concatenate([train_spk, test_spk])
     n = len(spk)
-    names = set()
-    while len(names) < n:                                  # 128 random bits: collisions never happen,
-        names.add(f"uttr-{rng.bytes(16).hex()}.pt")        # but a set makes sure
-    names = rng.permutation(sorted(names)).tolist()
+    unique: set[str] = set()
+    while len(unique) < n:                                 # 128 random bits: collisions never happen,
+        unique.add(f"uttr-{rng.bytes(16).hex()}.pt")       # but a set makes sure
+    names = rng.permutation(sorted(unique)).tolist()
     return {"speakers": speakers, "voices": voices, "spk": spk, "names": names,
             "lengths": preset_lengths(preset, rng, n), "n_train": len(train_spk),
             "usage": rng.permutation(np.arange(len(test_spk)) < (len(test_spk) + 1) // 2)}
@@ -99,7 +112,8 @@ def _render(job) -> list[int]:
     out_dir, seed, items = job
     lens = []
     for i, name, voice, n_frames in items:
-        x = synth_utterance(voice, np.random.default_rng([seed, 1, i]), int(n_frames))
+        render = tts_utterance if "engine" in voice else synth_utterance       # a tts voice names its engine
+        x = render(voice, np.random.default_rng([seed, 1, i]), int(n_frames))
         # Saved under its final name (torch.save records it) inside the not-yet-renamed dir.
         torch.save(torch.from_numpy(x).clone(), os.path.join(out_dir, name))
         lens.append(len(x))
@@ -143,6 +157,8 @@ def generate(out_dir: str | os.PathLike, preset: str = "tiny", seed: int = 0, fo
     if preset not in PRESETS:
         raise KitError(f"preset {preset!r}: choose one of {', '.join(PRESETS)}")
     cfg = PRESETS[preset]
+    if cfg.generator == "tts":
+        check_engines()
     if progress is None:
         from kit.env import progress_visible
 
@@ -186,7 +202,7 @@ def _run_jobs(jobs: list, workers: int, progress: bool) -> list[int]:
 
         # spawn: forking a process that already runs torch threads can deadlock.
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-            for job, out in zip(jobs, pool.map(_render, jobs)):
+            for job, out in zip(jobs, pool.map(_render, jobs), strict=True):
                 lens += out
                 bar.update(len(job[2]))
     bar.close()

@@ -162,6 +162,7 @@ def _resonances(formants: np.ndarray, bandwidths: np.ndarray) -> np.ndarray:
         den += f2 * B2
         np.divide(F2 * F2, den, out=den)
         out = den if out is None else out * den
+    assert out is not None                                                # K >= 1 formants
     return out
 
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from kit.env import NEW_PROCESS_GROUP
 from kit.errors import KitError
 from kit.train.results import diverged_at
 
@@ -33,7 +34,7 @@ def slots_for(workers: int | None, n_jobs: int) -> list[dict]:
 
 
 def run_parallel(tasks: list[tuple[str, Path, list[list[str]]]], slots: list[dict], log, share=None,
-                  deadline: "Deadline | None" = None) -> None:
+                  deadline: Deadline | None = None) -> None:
     """Run each member's commands (train, then predict) one after another in a worker process
     slot (a GPU, or a CPU core on one thread), several members at once: tiny models scale far
     better this way than with DDP. Output goes to <run_dir>/train.log. The workers die with
@@ -114,8 +115,9 @@ def _after_failure(name: str, run_dir: Path, code: int, running: dict, log) -> N
 
 
 def run_slots(tasks: list[tuple[str, Path, list[list[str]]]], slots: list[dict], log, children: list,
-               share=None, deadline: "Deadline | None" = None) -> None:
-    pending, running = list(tasks), {}
+               share=None, deadline: Deadline | None = None) -> None:
+    pending = list(tasks)
+    running: dict[int, list] = {}          # slot -> [name, run_dir, commands left, process, its log]
     while pending or running:
         for slot in [i for i in range(len(slots)) if i not in running]:
             if not pending:
@@ -149,7 +151,7 @@ def run_slots(tasks: list[tuple[str, Path, list[list[str]]]], slots: list[dict],
             env = {**os.environ, **{k: v for k, v in slots[slot].items() if k != "label"}}
             out = open(run_dir / "train.log", "a")
             proc = subprocess.Popen(cmds[0], env=env, stdout=out, stderr=subprocess.STDOUT,
-                                    process_group=0, preexec_fn=_die_with_parent())
+                                    preexec_fn=_die_with_parent(), **NEW_PROCESS_GROUP)
             children.append(proc)
             running[slot] = [name, run_dir, cmds[1:], proc, out]
         time.sleep(0.5)   # polling the children, not timing anything

@@ -6,18 +6,23 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from kit.budget import AFTER_SECONDS, Deadline, member_minutes, predict_seconds
 from kit.config import RunConfig, dump_toml, to_dict
 from kit.errors import KitError
 from kit.infer import source_mode
-from kit.records import predictions_current
 from kit.recipe import BUDGETS, Recipe, ensure_data, is_synthetic, load_recipe, member_config
+from kit.records import predictions_current
 from kit.rounds import DISTILL_DEFAULTS, PSEUDO_DEFAULTS, StageContext, enabled, stages_share
 from kit.train import TrainingDiverged
 from kit.workers import run_parallel, slots_for
+
+if TYPE_CHECKING:
+    from kit.data import FeatureStore
 
 
 def run_recipe(path: str | Path, data: str | None = None, budget: str | None = None, runs: str = "runs",
@@ -79,10 +84,10 @@ class RecipeRun:
     recipe: Recipe
     budget: str
     data_dir: Path
-    store: object                               # kit.data.FeatureStore
+    store: FeatureStore
     root: Path                                  # RUNS/<recipe>
-    chosen: list
-    log: object
+    chosen: list[str]
+    log: Callable[[str], None]
     progress: bool
     workers: int | None
     submissions: Path
@@ -95,7 +100,7 @@ class RecipeRun:
     members_end: float = 1.0                    # the share of the time at which the stages begin
 
     @classmethod
-    def open(cls, path, data, budget, runs, only, progress, log, workers, submissions, overrides) -> "RecipeRun":
+    def open(cls, path, data, budget, runs, only, progress, log, workers, submissions, overrides) -> RecipeRun:
         """Load the recipe (with the command line's [after] overrides), find the data, choose the
         budget and members, open the packed store."""
         from kit.data import FeatureStore
@@ -186,6 +191,7 @@ class RecipeRun:
         --member-minutes M, a stage taking `share` of the time gets M x share / (1 - stages)."""
         if self.per_member_minutes:
             return self.per_member_minutes * (1.0 if share is None else share / max(1.0 - self.stages, 0.1))
+        assert self.minutes is not None             # asked only when timed; not per member: by the minutes
         slots = slots_for(self.workers, len(self.chosen)) if slots is None else slots
         return member_minutes(self.minutes * end, time.time() - self.began, jobs_left, max(len(slots), 1),
                               self.predict_s, floor)
@@ -220,7 +226,8 @@ class RecipeRun:
         """The members' rows for the table (from their summary.json)."""
         from kit.train import read_summary
 
-        result = {"recipe": self.recipe.name, "budget": self.budget, "data": str(self.data_dir), "members": []}
+        result: dict[str, Any] = {"recipe": self.recipe.name, "budget": self.budget, "data": str(self.data_dir),
+                                  "members": []}
         for name in self.chosen:
             s = read_summary(self.root / name) or {}
             result["members"].append({"name": name, "run_dir": str(self.root / name), "params": s.get("params", 0),
@@ -355,8 +362,7 @@ def _predict(run_dir: Path, which: str, store, progress: bool, log) -> dict | No
         return None
     log(f"predicting {run_dir.name}")
     mode = source_mode(load_config(run_dir))
-    return predict_run(run_dir, store=store, which=which, progress=progress,
-                       **({"mode": mode, "compare": False} if mode else {}))
+    return predict_run(run_dir, store=store, which=which, progress=progress, mode=mode, compare=not mode)
 
 
 def _ensemble(recipe: Recipe, run_dirs: list[Path], name: str, submissions, log=None) -> dict:
@@ -394,9 +400,9 @@ def _after(run: RecipeRun, result: dict) -> None:
         return
     members = _voters(result["members"], run.root, log)
     run_dirs = [Path(m["run_dir"]) for m in members]
-    for run_dir, member in zip(run_dirs, members):
+    for run_dir, member in zip(run_dirs, members, strict=True):
         member["pred"] = _predict(run_dir, plan["which"], run.store, run.progress, log)
-    for run_dir, member in zip(run_dirs, members):     # the table shows predicted accuracy
+    for run_dir, member in zip(run_dirs, members, strict=True):     # the table shows predicted accuracy
         ids = PredictionIds.load(run_dir)
         if ids.val_acc is not None:
             member["val_acc"], member["mode"] = ids.val_acc, ids.inference_mode

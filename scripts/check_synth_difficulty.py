@@ -51,11 +51,13 @@ def frame_mlp_accuracy(store, split, steps: int, segment_len: int = 200, seed: i
         return torch.cat([h.mean(2), h.std(2)], 1)
 
     labels = torch.from_numpy(store.labels)
-    for step in range(steps):
+    for _ in range(steps):
         idx = rng.choice(split.train, 64)
         x, _ = store.crop_batch(idx, segment_len, rng)
         loss = nn.functional.cross_entropy(head(embed(x)), labels[idx])
-        opt.zero_grad(); loss.backward(); opt.step()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
     model.eval()
     correct = 0
     with torch.no_grad():

@@ -5,8 +5,16 @@ import numpy as np
 import pytest
 import torch
 
-from kit.bench import (bench_feeding, bench_prediction, course_collate, course_dataset, course_model, course_predict,
-                       strong_config, to_markdown)
+from kit.bench import (
+    bench_feeding,
+    bench_prediction,
+    course_collate,
+    course_dataset,
+    course_model,
+    course_predict,
+    strong_config,
+    to_markdown,
+)
 from kit.data import FeatureStore
 from kit.infer import predict_index
 from kit.models import build_model

@@ -10,7 +10,6 @@ from kit.cnn import BasicBlock
 from kit.config import ModelConfig
 from kit.models import build_model
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")     # conftest: tiny models run fastest on one thread
 
 

@@ -3,13 +3,22 @@ GPUs and checked against a Kaggle week."""
 from __future__ import annotations
 
 import pytest
-from conftest import kit_cli, one_error
 
 from kit.config import RunConfig
-from kit.cost import (GPUS, KAGGLE_WEEK_HOURS, MemberCost, fits_a_week, kaggle_hours, projection_line, step_gflop,
-                      verdict)
+from kit.cost import (
+    GPUS,
+    KAGGLE_WEEK_HOURS,
+    MemberCost,
+    fits_a_week,
+    kaggle_hours,
+    projection_line,
+    step_gflop,
+    verdict,
+)
 from kit.recipe import load_recipe
 from kit.rounds import PSEUDO_DEFAULTS, parse_stage
+
+from conftest import kit_cli, one_error
 
 P100, T4X2 = GPUS[0], GPUS[1]
 FULL = {"full": {"train.max_steps": 1000, "train.eval_every": 100}}

@@ -7,14 +7,25 @@ import pandas as pd
 import pytest
 
 from kit.cli import main
-from kit.ensemble import (auto_ensemble, calibrate, crossfit, ensemble_runs, fit_temperature, fit_weights,
-                          fold_ids, hard_vote, load_member, log_probs, select_weights, soft_vote)
+from kit.ensemble import (
+    auto_ensemble,
+    calibrate,
+    crossfit,
+    ensemble_runs,
+    fit_temperature,
+    fit_weights,
+    fold_ids,
+    hard_vote,
+    load_member,
+    log_probs,
+    select_weights,
+    soft_vote,
+)
 from kit.errors import KitError
 from kit.fsio import sha256_file
 from kit.submission import validate_submission
 
 from conftest import onehotish
-
 
 
 # ---------------------------------------------------------------- votes on hand-made arrays

@@ -15,14 +15,15 @@ import pytest
 import torch
 
 import kit
-from conftest import kit_cli, one_error
 from kit.cli import main
 from kit.data import FeatureStore
 from kit.errors import KitError
 from kit.kaggle import append_ledger, read_ledger, update_ledger
-from kit.zoo import run_recipe
 from kit.runs import run_lock
 from kit.train import load_model
+from kit.zoo import run_recipe
+
+from conftest import kit_cli, one_error
 
 REPO = Path(kit.__file__).resolve().parent.parent
 MEMBERS = ("mean", "sap")

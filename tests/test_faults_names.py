@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import kit_cli, one_error
 from kit.errors import KitError
 from kit.fsio import sha256_file
 from kit.kaggle import append_ledger
 from kit.names import check_member_name, check_name, check_submission_name, distinct_runs
 from kit.recipe import load_recipe, require_budget
 from kit.submission import keep_submitted
+
+from conftest import kit_cli, one_error
 
 
 def files_under(root: Path) -> list[str]:

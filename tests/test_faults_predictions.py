@@ -14,7 +14,6 @@ import pytest
 import torch
 
 import kit.infer
-from conftest import kit_cli, one_error
 from kit.cli import main
 from kit.config import RunConfig
 from kit.ensemble import auto_ensemble, fit_temperature, hard_vote, load_member, pool_log_probs, soft_vote
@@ -24,6 +23,8 @@ from kit.infer import MAX_FULL_FRAMES, full_windows, predict_index
 from kit.models import build_model
 from kit.records import predictions_current
 from kit.runs import run_lock
+
+from conftest import kit_cli, one_error
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

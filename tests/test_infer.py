@@ -9,8 +9,15 @@ from kit.cli import main
 from kit.config import RunConfig
 from kit.data import FeatureStore
 from kit.errors import KitError
-from kit.infer import (batch_plan, centre_windows, choose_mode, predict_index, predict_one_by_one, predict_run,
-                       sliding_windows)
+from kit.infer import (
+    batch_plan,
+    centre_windows,
+    choose_mode,
+    predict_index,
+    predict_one_by_one,
+    predict_run,
+    sliding_windows,
+)
 from kit.models import build_model
 
 

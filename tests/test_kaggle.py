@@ -24,6 +24,7 @@ from kit.submission import score_submission
 from conftest import COMP, FAKE_KEY, FAKE_TOKEN, one_error_line, submit_args, write_submission
 from conftest import kit_cli as kit
 
+
 def ledger_rows(sub: Path) -> list[dict]:
     return read_ledger(sub.parent / "ledger.csv").to_dict("records")
 

@@ -19,6 +19,7 @@ from kit.kaggle.server import StandIn
 from kit.launch import make_launcher
 from kit.launch.common import is_finished
 from kit.zoo import run_recipe
+
 from conftest import fake_kaggle_home, recipe_toml
 
 COMP = "ml2022spring-hw4"

@@ -14,7 +14,6 @@ from kit.heads import AAMSoftmaxHead
 from kit.models import ENCODERS, HEADS, POOLINGS, AMSoftmaxHead, SpecAugment, build_model
 from kit.pooling import AttentiveStatsPooling, StatsPooling
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")     # conftest: tiny models run fastest on one thread
 
 

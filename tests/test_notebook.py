@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 import kit.env
+from kit.budget import Deadline
 from kit.cli import main
 from kit.env import cache_dir, kaggle_data_dir, progress_visible
-from kit.budget import Deadline
 from kit.recipe import ensure_data
 from kit.zoo import run_recipe
 

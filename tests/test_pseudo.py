@@ -16,6 +16,7 @@ from kit.errors import KitError
 from kit.infer import predict_run
 from kit.pseudo import check_pseudo_labels, choose_threshold, make_pseudo_labels, true_precision
 from kit.train import read_summary, train
+
 from conftest import recipe_toml
 from test_train import tiny_cfg
 

@@ -8,12 +8,20 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import kit_cli, one_error
 
 from kit.config import load_toml
 from kit.recipe import load_recipe, member_config
-from kit.rehearse import (VAL_FRACTION, Stage, StageMeter, memory_problems, recipe_text, rehearsal_overrides,
-                          write_rehearsal_recipe)
+from kit.rehearse import (
+    VAL_FRACTION,
+    Stage,
+    StageMeter,
+    memory_problems,
+    recipe_text,
+    rehearsal_overrides,
+    write_rehearsal_recipe,
+)
+
+from conftest import kit_cli, one_error
 
 RECIPES = sorted(Path(__file__).resolve().parents[1].joinpath("recipes").glob("*.toml"))
 FULL = {"full": {"train.max_steps": 100000, "train.eval_every": 2000, "train.average_last": 5,

@@ -10,6 +10,7 @@ from kit.ensemble import ensemble_runs
 from kit.errors import KitError
 from kit.report import disagreement_matrix, format_report, mean_disagreement, oracle_accuracy, report_runs
 
+
 def test_oracle_and_disagreement_on_a_hand_made_example():
     labels = np.array([0, 1, 2, 0])
     preds = np.array([[0, 1, 0, 1],        # right on 0, 1

@@ -8,8 +8,15 @@ The course sample's own pipeline is kit.course.
 from kit.bench.common import course_model, fixed_budget, row, strong_config, time_once, time_warm
 from kit.bench.prediction import bench_prediction, forward_flops, matmul_peak
 from kit.bench.run import bench_scaling, ensure_synth, machine_description, run_bench, to_markdown
-from kit.bench.training import (bench_feeding, bench_long_run, bench_memory, bench_training, bench_zoo,
-                                course_train, fast_path_stages)
+from kit.bench.training import (
+    bench_feeding,
+    bench_long_run,
+    bench_memory,
+    bench_training,
+    bench_zoo,
+    course_train,
+    fast_path_stages,
+)
 from kit.course import course_collate, course_dataset, course_loader, course_predict
 
 __all__ = ["bench_feeding", "bench_long_run", "bench_memory", "bench_prediction", "bench_scaling", "bench_training",

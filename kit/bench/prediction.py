@@ -3,6 +3,8 @@ utterance at a time, and on a CPU the ceiling any batching could reach (FLOPs at
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from kit.bench.common import course_model, row, time_once, time_warm
@@ -61,9 +63,9 @@ def bench_prediction(data_dir, store, cfg, limit: int | None = None) -> list[dic
     t_base = time_once(lambda: course_predict(stock, data_dir, paths))
     rows, kit_times = [], {}
     for hop in (inf.hop, inf.window):
-        kit_times[hop] = time_warm(lambda: predict_index(model, store, index, mode="sliding", window=inf.window,
-                                                         hop=hop, batch_size=inf.batch_size,
-                                                         n_classes=cfg.model.n_classes))
+        kit_times[hop] = time_warm(functools.partial(predict_index, model, store, index, mode="sliding",
+                                                     window=inf.window, hop=hop, batch_size=inf.batch_size,
+                                                     n_classes=cfg.model.n_classes))
         rows.append(row(f"prediction ({len(index)} test utterances, window {inf.window}/hop {hop})",
                         "utterances/s", len(index) / t_base, len(index) / kit_times[hop], None,
                         note="baseline: DataLoader batch 1, torch.load per file, whole utterance"))

@@ -3,11 +3,13 @@
 """
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from kit.bench.common import fixed_budget, strong_config, time_once
 from kit.bench.prediction import bench_prediction
@@ -36,8 +38,9 @@ def bench_scaling(data_dirs: dict, cfg_for, steps: int, predict_limit: int) -> l
         torch.manual_seed(0)
         model = build_model(cfg.model).eval()
         index = store.test_index[:predict_limit]
-        t = time_once(lambda: predict_index(model, store, index, window=cfg.infer.window, hop=cfg.infer.hop,
-                                            batch_size=cfg.infer.batch_size, n_classes=cfg.model.n_classes))
+        t = time_once(functools.partial(predict_index, model, store, index, window=cfg.infer.window,
+                                        hop=cfg.infer.hop, batch_size=cfg.infer.batch_size,
+                                        n_classes=cfg.model.n_classes))
         rows.append({"size": size, "speakers": len(store.speakers), "train_utterances": int(store.n_train),
                      "store_mib": store.nbytes / 2**20,
                      "seconds_per_1000_steps": timer.seconds / steps * 1000,
@@ -87,8 +90,9 @@ def run_bench(preset: str = "demo", data: str | None = None, out: str | Path = "
     on_gpu = torch.cuda.is_available()
     steps = train_steps or (20 if quick else (300 if on_gpu else 80))
     batch = 64 if on_gpu else 32
-    result = {"machine": machine_description(), "data": str(data_dir), "preset": None if data else preset,
-              "time": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": []}
+    result: dict[str, Any] = {"machine": machine_description(), "data": str(data_dir),
+                              "preset": None if data else preset, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+                              "rows": []}
 
     log("1/5 data feeding")
     result["rows"].append(bench_feeding(data_dir, store, batches=30 if quick else 100, workers=workers))
@@ -99,7 +103,7 @@ def run_bench(preset: str = "demo", data: str | None = None, out: str | Path = "
     if not on_gpu and (os.cpu_count() or 1) > 1:
         log("2b/5 zoo training throughput")
         result["rows"].append(bench_zoo(data_dir, training[0]["baseline"], 2 * steps, batch,
-                                        members=min(os.cpu_count(), 4)))
+                                        members=min(os.cpu_count() or 1, 4)))
     if long_steps > 0:
         log(f"2c/5 long run: {long_steps} steps of each loop (catches a late slowdown)")
         result["rows"].append(bench_long_run(data_dir, store, strong_config(data_dir, batch), long_steps,

@@ -120,7 +120,8 @@ def fast_path_stages(device_type: str, bf16: bool, compile_too: bool) -> list[tu
         stages.append(("+ torch.compile", {"train.compile": True}))
     if device_type == "cuda":
         stages.append(("+ 4x larger batch", {"train.batch_size": "x4"}))
-    settings, out = {}, []
+    settings: dict[str, object] = {}
+    out = []
     for label, change in stages:
         settings = {**settings, **change}
         out.append((label, settings))
@@ -177,7 +178,8 @@ def bench_training(data_dir, store, cfg, steps: int, workers: int = 0, compile_t
     base = _second_half_rate(course, steps, bs, device)
     shape = f"{cfg.model.encoder}, d_model {cfg.model.d_model}, {cfg.model.n_layers} layers, batch {bs}, {seg} frames"
     rows = [row(f"training: course-style loop ({shape})", "utterances/s", base, base, None,
-                note=f"per-file DataLoader (workers={workers}), fp32, torch dropout, AdamW; second half of {steps} steps")]
+                note=f"per-file DataLoader (workers={workers}), fp32, torch dropout, AdamW; "
+                     f"second half of {steps} steps")]
     bf16 = resolve_precision("auto") == "bf16"
     target_set = False
     for label, settings in fast_path_stages(device.type, bf16, compile_too):
@@ -246,7 +248,7 @@ def bench_long_run(data_dir, store, cfg, steps: int, window: int) -> dict:
     marks = [time.perf_counter()]
     course_train(course_model(cfg.model), data_dir, cfg, steps,
                  on_step=lambda step: marks.append(time.perf_counter()) if step % window == 0 else None)
-    course = [window / (b - a) for a, b in zip(marks, marks[1:])]
+    course = [window / (b - a) for a, b in zip(marks, marks[1:], strict=False)]
 
     spent, _ = _train_seconds(fixed_budget(cfg, steps, eval_every=window), store)
     kit = [float(window / d) for d in np.diff(np.concatenate([[0.0], spent]))]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from kit.errors import KitError
 from kit.synth import PRESETS
 
 
@@ -26,6 +27,9 @@ def register(sub) -> None:
                    help="accuracy instead of speed: run a recipe (default boss) on the hard preset, score its "
                         "members and ensemble with the answer key, and the course sample trained for the same "
                         "wall time; writes bench_accuracy.json/.md")
+    p.add_argument("--suite", action="store_true",
+                   help="with --accuracy: on each competition of the tuning suite (hard, tts, many; generated "
+                        "once into --cache) and one table; writes bench_suite.json/.md")
     p.add_argument("--recipe", default="boss", help="with --accuracy: the recipe to measure (default boss)")
     p.add_argument("--minutes", type=float, default=None,
                    help="with --accuracy: wall-clock minutes for the whole recipe (default: its quick budget's)")
@@ -45,6 +49,15 @@ def register(sub) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     log = lambda m: print(f"bench: {m}", file=sys.stderr, flush=True)        # noqa: E731
+    if args.accuracy and args.suite:
+        from kit.bench_suite import SUITE, run_suite, suite_markdown
+
+        presets = (args.preset,) if args.preset else SUITE
+        suite = run_suite(args.recipe, presets, args.minutes, args.out, args.cache, log=log)
+        print(suite_markdown(args.recipe, suite["rows"]))
+        return 0
+    if args.suite:
+        raise KitError("--suite goes with --accuracy (kit bench --accuracy --suite)")
     if args.accuracy:
         from kit.bench_accuracy import accuracy_markdown, run_accuracy_bench
 
@@ -57,6 +70,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from kit.bench import run_bench, to_markdown
 
     result = run_bench(args.preset or "demo", args.data, args.out, args.quick, args.train_steps, args.workers,
-                       args.cache, args.long, args.compile_too, log=lambda m: print(f"bench: {m}", file=sys.stderr, flush=True))
+                       args.cache, args.long, args.compile_too,
+                       log=lambda m: print(f"bench: {m}", file=sys.stderr, flush=True))
     print(to_markdown(result))
     return 0

@@ -119,7 +119,8 @@ def _parse_fault(spec: str):
         count = int(parts[2]) if len(parts) > 2 else 1
         retry_after = float(parts[3]) if len(parts) > 3 else None
     except (IndexError, ValueError):
-        raise KitError(f"--fail {spec!r}: expected METHOD:STATUS[:COUNT[:RETRY_AFTER]], e.g. CreateSubmission:429:2:1")
+        raise KitError(f"--fail {spec!r}: expected METHOD:STATUS[:COUNT[:RETRY_AFTER]], "
+                       "e.g. CreateSubmission:429:2:1") from None
     if method not in FAULT_TARGETS:     # a fault for a method nobody calls would never fire
         raise KitError(f"--fail {spec!r}: unknown method {method!r}; known: {', '.join(FAULT_TARGETS)}")
     return method, status, count, retry_after

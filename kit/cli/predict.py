@@ -41,7 +41,8 @@ def _register_predict(sub) -> None:
 
 
 def _register_ensemble(sub) -> None:
-    p = sub.add_parser("ensemble", help="calibrated auto, hard or soft vote over predicted runs -> submissions/NAME.csv",
+    p = sub.add_parser("ensemble",
+                       help="calibrated auto, hard or soft vote over predicted runs -> submissions/NAME.csv",
                        description="Vote over predicted runs. With --weights auto (or --vote auto) each member "
                                    "is temperature-scaled on validation and the combination is chosen by "
                                    "out-of-fold (cross-fitted) validation accuracy, then refitted on all of "

@@ -55,7 +55,6 @@ def register(sub) -> None:
 
 def cmd_pseudo(args: argparse.Namespace) -> int:
     from kit.pseudo import make_pseudo_labels, true_precision
-
     from kit.submission import read_answer_key
 
     distinct_runs(args.runs)

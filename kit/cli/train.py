@@ -75,14 +75,14 @@ def register(sub) -> None:
     p.add_argument("--distill", action=argparse.BooleanOptionalAction, default=None,
                    help="after the vote, train one student on its soft targets: NAME-student.csv")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--rehearse", action="store_true",
-                   help="rehearse the whole job at its real shapes, briefly, on this machine (kit.rehearse): every "
-                        "member of the budget (default full) a few steps on a real-size competition (the "
-                        "full-rehearsal preset, generated into data/ when --data is not given), stopped and "
-                        "resumed, then prediction, the vote, report, pseudo-labels, distillation and the "
-                        "submission to the local stand-in; prints each stage's time and peak memory and the "
-                        "budget's cost; exit 1 when something would not fit on Kaggle")
-    p.add_argument("--steps", type=int, default=None, help="with --rehearse: training steps per member (default 2: stopped after 1, resumed)")
+    p.add_argument("--rehearse", action="store_true", help="rehearse the whole job at its real shapes, briefly, on "
+                   "this machine (kit.rehearse): every member of the budget (default full) a few steps on a real-size "
+                   "competition (the full-rehearsal preset, generated into data/ when --data is not given), stopped "
+                   "and resumed, then prediction, the vote, report, pseudo-labels, distillation and the submission to "
+                   "the local stand-in; prints each stage's time and peak memory and the budget's cost; exit 1 when "
+                   "something would not fit on Kaggle")
+    p.add_argument("--steps", type=int, default=None,
+                   help="with --rehearse: training steps per member (default 2: stopped after 1, resumed)")
     add_cache_option(p)
     _add_launcher_args(p)
     p.set_defaults(func=cmd_recipe_run)
@@ -280,10 +280,12 @@ def print_recipe_table(result: dict) -> None:
     ens = result.get("ensemble")
     if ens:
         if ens.get("weights"):
-            picked = ", ".join(f"{Path(d).name} {w:.2f}" for d, w in zip(ens["members"], ens["weights"]) if w > 0)
+            picked = ", ".join(f"{Path(d).name} {w:.2f}" for d, w in zip(ens["members"], ens["weights"], strict=True)
+                              if w > 0)
             print(f"weights (fitted on validation): {picked}")
         honest = f"  (out-of-fold {ens['val_acc_oof']:.4f})" if ens.get("val_acc_oof") is not None else ""
-        print(f"ensemble ({ens.get('method') or ens['vote']}) val acc: {ens['val_acc']:.4f}{honest}   csv: {ens['csv']}")
+        print(f"ensemble ({ens.get('method') or ens['vote']}) val acc: {ens['val_acc']:.4f}{honest}   "
+              f"csv: {ens['csv']}")
     if result.get("report"):
         print(result["report"].rstrip())
     if result.get("student"):
@@ -292,7 +294,7 @@ def print_recipe_table(result: dict) -> None:
     if result.get("student_diverged"):
         print(f"distilled student: diverged at step {result['student_diverged']['step']} (no student CSV)")
     sub = result.get("submission")
-    if sub:
+    if sub and ens:                     # only a vote is submitted
         print(f"submission: {ens['csv']}  {sub.get('status')} on {sub.get('target') or '-'}  "
               f"public {sub.get('public')}  private {sub.get('private')}")
         if sub.get("reason"):

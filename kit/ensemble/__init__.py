@@ -14,10 +14,17 @@ from pathlib import Path
 
 import numpy as np
 
-from kit.ensemble.calibration import (POOLS, calibrate, fit_temperature, fit_weights, log_probs, mean_nll,
-                                      pool_log_probs)
-from kit.ensemble.crossfit import (AUTO_METHODS, DEFAULT_POOL, METHODS, apply_method, auto_ensemble, crossfit,
-                                   fit_methods, fold_ids)
+from kit.ensemble.calibration import POOLS, calibrate, fit_temperature, fit_weights, log_probs, mean_nll, pool_log_probs
+from kit.ensemble.crossfit import (
+    AUTO_METHODS,
+    DEFAULT_POOL,
+    METHODS,
+    apply_method,
+    auto_ensemble,
+    crossfit,
+    fit_methods,
+    fold_ids,
+)
 from kit.ensemble.members import Member, check_compatible, load_member, member_speakers
 from kit.ensemble.votes import check_weights, hard_vote, select_weights, soft_vote, vote_predictions
 from kit.errors import KitError
@@ -115,9 +122,10 @@ def _member_rows(members: list[Member], w, temperatures=None) -> list[dict]:
     """One table row per member: its own validation accuracy, its weight (and temperature)."""
     labels = members[0].val_labels
     rows = [{"member": str(m.run_dir), "val_acc": _accuracy(m.val_probs.argmax(axis=1), labels),
-             "weight": float(wk), "mode": m.ids.inference_mode} for m, wk in zip(members, w)]
-    for row, t in zip(rows, temperatures or []):
-        row["temperature"] = t
+             "weight": float(wk), "mode": m.ids.inference_mode} for m, wk in zip(members, w, strict=True)]
+    if temperatures is not None:        # the calibrated (auto) vote's, one per member
+        for row, t in zip(rows, temperatures, strict=True):
+            row["temperature"] = t
     return rows
 
 

@@ -99,10 +99,10 @@ def pool_log_probs(cal_logps, weights, pool: str) -> np.ndarray:
     w = check_weights(weights, len(cal_logps))
     w = w / w.sum()
     if pool == "geo":
-        z = sum(wk * lp for wk, lp in zip(w, cal_logps) if wk > 0)     # (N, C)
+        z = sum(wk * lp for wk, lp in zip(w, cal_logps, strict=True) if wk > 0)     # (N, C)
         return _log_softmax(z)
     if pool == "mean":
-        p = sum(wk * np.exp(lp) for wk, lp in zip(w, cal_logps) if wk > 0)
+        p = sum(wk * np.exp(lp) for wk, lp in zip(w, cal_logps, strict=True) if wk > 0)
         return np.log(np.maximum(p, PROB_FLOOR))
     raise KitError(f"pool {pool!r}: choose one of {', '.join(POOLS)}")
 
@@ -139,7 +139,7 @@ def fit_weights(cal_logps, labels, pool: str = "geo", steps: int = 300, tol: flo
     def loss_grad(w):
         lp = pool_log_probs(cal_logps, w, "geo")                         # (N, C), w sums to 1
         p = np.exp(lp)
-        grad = np.array([((p * l).sum(axis=1) - pk).mean() for l, pk in zip(cal_logps, picked)])
+        grad = np.array([((p * lk).sum(axis=1) - pk).mean() for lk, pk in zip(cal_logps, picked, strict=True)])
         return float(-lp[rows, labels].mean()), grad
 
     loss, grad = loss_grad(w)

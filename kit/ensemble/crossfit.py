@@ -32,7 +32,7 @@ def fit_methods(logps, labels, methods=METHODS, pool: str = DEFAULT_POOL) -> dic
     """
     labels = np.asarray(labels, dtype=np.int64)
     temps = np.array([fit_temperature(lp, labels) for lp in logps])
-    cal = [calibrate(lp, t) for lp, t in zip(logps, temps)]
+    cal = [calibrate(lp, t) for lp, t in zip(logps, temps, strict=True)]
     m = len(logps)
     weights = {}
     for method in methods:
@@ -51,7 +51,7 @@ def fit_methods(logps, labels, methods=METHODS, pool: str = DEFAULT_POOL) -> dic
 def apply_method(method: str, weights, temperatures, logps, pool: str = DEFAULT_POOL):
     """Predictions (N,) and log-probabilities (N, C) of a fitted method on raw member log-probs
     (log-probabilities are None for the hard vote, which has no probabilities of its own)."""
-    return combine(method, weights, [calibrate(lp, t) for lp, t in zip(logps, temperatures)], pool)
+    return combine(method, weights, [calibrate(lp, t) for lp, t in zip(logps, temperatures, strict=True)], pool)
 
 
 def combine(method: str, weights, cal, pool: str):
@@ -76,23 +76,25 @@ def crossfit(logps, labels, methods=METHODS, pool: str = DEFAULT_POOL, folds=5) 
     """
     labels = np.asarray(labels, dtype=np.int64)
     n = len(labels)
-    fold = fold_ids(labels, min(int(folds), n)) if np.isscalar(folds) else np.asarray(folds, dtype=np.int64)
+    scalar = np.isscalar(folds)
+    fold = fold_ids(labels, min(int(folds), n)) if scalar else np.asarray(folds, dtype=np.int64)
     if len(fold) != n or len(np.unique(fold)) < 2:
         raise KitError(f"cross-fitting needs at least 2 non-empty folds; got {len(np.unique(fold))} fold(s) "
-                       f"of {n} validation utterance(s) (--folds {folds if np.isscalar(folds) else '?'})")
+                       f"of {n} validation utterance(s) (--folds {folds if scalar else '?'})")
     pred = {m: np.zeros(n, dtype=np.int64) for m in methods}
-    oof_logp = {m: None for m in methods}                               # OOF log-probabilities
+    oof_logp: dict[str, np.ndarray | None] = {m: None for m in methods}      # OOF log-probabilities
     for f in np.unique(fold):
         train, held = fold != f, fold == f
         fit = fit_methods([lp[train] for lp in logps], labels[train], methods, pool)
-        cal = [calibrate(lp[held], t) for lp, t in zip(logps, fit["temperatures"])]
+        cal = [calibrate(lp[held], t) for lp, t in zip(logps, fit["temperatures"], strict=True)]
         for m in methods:
             p, lp = combine(m, fit["weights"][m], cal, pool)
             pred[m][held] = p
             if lp is not None:
-                if oof_logp[m] is None:
-                    oof_logp[m] = np.zeros((n, lp.shape[1]))
-                oof_logp[m][held] = lp
+                out = oof_logp[m]
+                if out is None:
+                    out = oof_logp[m] = np.zeros((n, lp.shape[1]))
+                out[held] = lp
     correct = {m: int((pred[m] == labels).sum()) for m in methods}
     chosen = max(methods, key=lambda m: (correct[m], -methods.index(m)))
     nll = {m: None if lp is None else float(-lp[np.arange(n), labels].mean()) for m, lp in oof_logp.items()}
@@ -124,7 +126,7 @@ def auto_ensemble(val_probs_list, labels, test_probs_list=None, methods=METHODS,
     cv = crossfit(logps, labels, methods, pool, folds)
     fit = fit_methods(logps, labels, methods, pool)
     candidates = {}
-    cal = [calibrate(lp, t) for lp, t in zip(logps, fit["temperatures"])]
+    cal = [calibrate(lp, t) for lp, t in zip(logps, fit["temperatures"], strict=True)]
     for m in methods:
         p, _ = combine(m, fit["weights"][m], cal, pool)
         candidates[m] = {"oof_acc": cv["oof_acc"][m], "oof_nll": cv["oof_nll"][m],

@@ -48,7 +48,7 @@ def load_member(run_dir: str | os.PathLike) -> Member:
     if ckpt is not None:
         raise KitError(f"{run_dir}: its predictions come from an older {ckpt.name} (the run trained on since); "
                        f"run `kit predict {run_dir}{_which_flag(ids)}` again")
-    for name, probs in zip(PREDICTION_FILES[1:], (val, test)):
+    for name, probs in zip(PREDICTION_FILES[1:], (val, test), strict=True):
         if not np.isfinite(probs).all():
             raise KitError(f"{run_dir}: {name} holds non-finite probabilities (the run diverged); "
                            "leave it out of the vote, or train it again (e.g. a lower train.lr)")

@@ -117,4 +117,6 @@ def select_weights(val_probs_list, val_labels, vote: str = "soft", rounds: int |
         bag_votes[rows, votes[k]] += 1
         if best_score is None or s > best_score:
             best_score, best_counts = s, counts.copy()
+    if best_counts is None:
+        raise KitError(f"rounds {rounds}: at least one round of selection is needed")
     return best_counts / best_counts.sum()

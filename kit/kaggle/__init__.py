@@ -7,12 +7,18 @@ recipe's last step), server (the local stand-in of Kaggle's API) with server_com
 server_kernels (its two services).
 """
 from kit import DEFAULT_COMPETITION
-from kit.kaggle.client import (KAGGLE, RETRY_STATUSES, STAND_IN, backoff, call, max_retry_after, poll_interval,
-                               retries)
+from kit.kaggle.client import KAGGLE, RETRY_STATUSES, STAND_IN, backoff, call, max_retry_after, poll_interval, retries
 from kit.kaggle.credentials import CREDENTIALS_HELP, credential_source
 from kit.kaggle.downloads import download, extract_zip, find_data_dir
-from kit.kaggle.ledger import (LEDGER_BACKUPS, LEDGER_COLUMNS, append_ledger, find_submitted, read_ledger,
-                               score_table, update_ledger)
+from kit.kaggle.ledger import (
+    LEDGER_BACKUPS,
+    LEDGER_COLUMNS,
+    append_ledger,
+    find_submitted,
+    read_ledger,
+    score_table,
+    update_ledger,
+)
 from kit.kaggle.pending import merge_pending
 from kit.kaggle.rehearsal import recipe_submit
 from kit.kaggle.submissions import refresh_ledger, submit

@@ -83,6 +83,7 @@ def call(op: str, params: dict, endpoint: str | None = None, env: dict | None = 
     with tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen([sys.executable, "-m", "kit.kaggle.worker"], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=err, text=True, env=wenv)
+        assert proc.stdin is not None and proc.stdout is not None     # both PIPE
         proc.stdin.write(json.dumps({"op": op, "params": params}))
         proc.stdin.close()
         result, error = None, None

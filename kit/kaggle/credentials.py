@@ -14,7 +14,7 @@ CREDENTIALS_HELP = (
     "KAGGLE_USERNAME and KAGGLE_KEY, or put an access token in KAGGLE_API_TOKEN or ~/.kaggle/access_token")
 
 
-def credential_source(home: str | None = None) -> str | None:
+def credential_source(home: str | os.PathLike | None = None) -> str | None:
     """Where the client would find credentials, without importing it; None when there are none."""
     home = Path(home or os.path.expanduser("~"))
     if os.environ.get("KAGGLE_API_TOKEN"):

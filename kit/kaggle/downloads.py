@@ -25,7 +25,8 @@ def extract_zip(zip_path, dest) -> int:
                 target = root.joinpath(*parts).resolve() if parts else root
                 if (info.filename.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0])
                         or (target != root and root not in target.parents)):
-                    raise KitError(f"{zip_path}: member {info.filename!r} would land outside {dest}; refusing to unpack")
+                    raise KitError(f"{zip_path}: member {info.filename!r} would land outside {dest}; "
+                                   "refusing to unpack")
                 if (info.external_attr >> 16) & 0o170000 == 0o120000:
                     raise KitError(f"{zip_path}: member {info.filename!r} is a symbolic link; refusing to unpack")
                 if info.is_dir():

@@ -4,6 +4,7 @@ through the worker's retries (429/5xx, dropped connections).
 """
 from __future__ import annotations
 
+import functools
 import os
 import time
 from pathlib import Path
@@ -145,8 +146,9 @@ def _op_kernel_output(api, p: dict, log, emit=None) -> dict:
             request = ApiListKernelSessionOutputRequest()
             request.user_name, request.kernel_slug = p["ref"].split("/")
             request.page_size, request.page_token = PAGE_SIZE, token
-            response = _retrying("ListKernelSessionOutput", _not_found_is(
-                lambda: client.list_kernel_session_output(request), f"kernel {p['ref']}: not found (HTTP 404)"), log)
+            listing = functools.partial(client.list_kernel_session_output, request)
+            response = _retrying("ListKernelSessionOutput",
+                                 _not_found_is(listing, f"kernel {p['ref']}: not found (HTTP 404)"), log)
             files += list(response.files or [])
             log_text = log_text or response.log or ""
             token = response.next_page_token or ""

@@ -63,7 +63,7 @@ def _recipe_attempt(csv_path, message, data_dir, competition, ledger, endpoint, 
     # The stand-in scores at once, so poll it briskly; real Kaggle keeps the usual interval.
     poll = None if target == KAGGLE or "KIT_KAGGLE_POLL" in os.environ else 0.2
     try:
-        row = submit(csv_path, message, competition, data_dir=data_dir, wait=True, ledger=ledger,
+        row: dict | None = submit(csv_path, message, competition, data_dir=data_dir, wait=True, ledger=ledger,
                      endpoint=endpoint, poll=poll, env=env, log=log)
         reason = None
     except KitError as e:

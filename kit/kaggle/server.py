@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import cast
 from urllib.parse import urlsplit
 
 from kit import DEFAULT_COMPETITION
@@ -75,7 +76,7 @@ class StandIn:
         self.calls: list[str] = []               # every method answered, for tests
         self._tmp = Path(tempfile.mkdtemp(prefix="kit-standin-"))
         self._zip: Path | None = None
-        self._server = ThreadingHTTPServer((host, port), _Handler)
+        self._server = _Server((host, port), _Handler)
         self._server.daemon_threads = True
         self._server.standin = self
         self._thread: threading.Thread | None = None
@@ -88,9 +89,9 @@ class StandIn:
 
     @property
     def url(self) -> str:
-        return f"http://{self._server.server_address[0]}:{self.port}"
+        return f"http://{cast(str, self._server.server_address[0])}:{self.port}"    # AF_INET: a str host
 
-    def start(self) -> "StandIn":
+    def start(self) -> StandIn:
         self._thread = threading.Thread(target=self._server.serve_forever, name="kit-standin", daemon=True)
         self._thread.start()
         return self
@@ -107,7 +108,7 @@ class StandIn:
         self.kernels.stop()
         shutil.rmtree(self._tmp, ignore_errors=True)
 
-    def __enter__(self) -> "StandIn":
+    def __enter__(self) -> StandIn:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -122,7 +123,8 @@ class StandIn:
         with self.lock:
             self.faults.setdefault(method, []).append(Fault(int(status), int(count), retry_after))
 
-    def score_errors(self, count: int = 1, reason: str = "Submission scoring failed (injected by the stand-in)") -> None:
+    def score_errors(self, count: int = 1,
+                     reason: str = "Submission scoring failed (injected by the stand-in)") -> None:
         with self.lock:
             self.error_next.extend([reason] * count)
 
@@ -212,8 +214,13 @@ def _iso_now() -> str:
     return datetime.now(timezone.utc).replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
+class _Server(ThreadingHTTPServer):
+    standin: StandIn                    # the state its handlers answer from
+
+
 class _Handler(CompetitionRpcs, BaseHTTPRequestHandler):
     server_version = "kit-standin/1"
+    server: _Server
 
     @property
     def standin(self) -> StandIn:
@@ -228,7 +235,7 @@ class _Handler(CompetitionRpcs, BaseHTTPRequestHandler):
 
     def _body(self) -> bytes:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            chunks = []
+            chunks: list[bytes] = []
             while True:
                 size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
                 if size == 0:

@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timezone
+from email.message import Message
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kit.kaggle.server import StandIn
 
 ZIP_FOLDER = "Dataset"          # the real competition zip holds its files inside one folder
 
@@ -19,6 +24,14 @@ class _ApiError(Exception):
 
 class CompetitionRpcs:
     """Mixed into the stand-in's request handler: `_rpc_<Method>(request, user)` answers one RPC."""
+
+    if TYPE_CHECKING:                   # what the handler (kit.kaggle.server._Handler) provides
+        headers: Message
+
+        @property
+        def standin(self) -> StandIn: ...
+        def _send(self, status: int, body: bytes = ..., content_type: str = ..., headers=None) -> None: ...
+        def _json(self, obj: dict, status: int = 200) -> None: ...
 
     def _rpc_DownloadDataFiles(self, request: dict, user: str) -> None:
         host = self.headers.get("Host") or f"127.0.0.1:{self.standin.port}"
@@ -60,7 +73,7 @@ class CompetitionRpcs:
     def _rpc_GetLeaderboard(self, request: dict, user: str) -> None:
         with self.standin.lock:
             done = [s for s in self.standin.submissions if s["final"][0] == "COMPLETE"]
-        best = {}
+        best: dict[str, dict] = {}
         for s in done:
             if s["teamName"] not in best or float(s["final"][1]) > float(best[s["teamName"]]["final"][1]):
                 best[s["teamName"]] = s

@@ -21,6 +21,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from urllib.parse import quote, unquote
 
+from kit.env import NEW_PROCESS_GROUP
 from kit.kaggle.server_competitions import ZIP_FOLDER, _ApiError
 
 SERVICE = "kernels.KernelsApiService"
@@ -174,7 +175,7 @@ class Kernels:
             runs = self.sessions.get(f"{owner}/{slug}", [])
             s = runs[int(number) - 1] if number.isdigit() and 0 < int(number) <= len(runs) else None
         target = (s.working / name).resolve() if s else None
-        if target is None or s.working.resolve() not in target.parents or not target.is_file():
+        if s is None or target is None or s.working.resolve() not in target.parents or not target.is_file():
             raise _ApiError(404, f"Not found: {path}")
         handler._send(200, target.read_bytes(), "application/octet-stream",
                       {"Last-Modified": email.utils.formatdate(target.stat().st_mtime, usegmt=True)})
@@ -227,7 +228,7 @@ class Kernels:
             with open(s.log, "w") as out:
                 s.proc = subprocess.Popen([sys.executable, str(s.root / f"{s.ref.partition('/')[2]}.py")],
                                           cwd=s.working, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                          process_group=0)
+                                          **NEW_PROCESS_GROUP)
                 while s.proc.poll() is None:
                     limit = self._out_of_time(s)
                     if limit is not None:
@@ -239,6 +240,7 @@ class Kernels:
 
     def _out_of_time(self, s: Session) -> float | None:
         """The session limit (seconds) it has run past, or None while it may go on."""
+        assert s.started is not None                # set as it starts running
         elapsed = time.time() - s.started
         if s.timeout is not None and elapsed > s.timeout:
             return s.timeout
@@ -259,9 +261,9 @@ class Kernels:
         """Stop every session still running and make the mounts removable again."""
         with self.lock:
             self._stopping = True
-            running = [s for runs in self.sessions.values() for s in runs if s.proc and s.proc.poll() is None]
-        for s in running:
-            _kill(s.proc)
+            running = [s.proc for runs in self.sessions.values() for s in runs if s.proc and s.proc.poll() is None]
+        for proc in running:
+            _kill(proc)
         for runs in self.sessions.values():
             for s in runs:
                 for d in s.mounts:

@@ -19,7 +19,7 @@ class _Recorder:
     """Puts a submission's row in the ledger, or, when the ledger cannot take it after Kaggle accepted
     the submission, in its pending file (kit.kaggle.pending) with one line on the log saying so."""
 
-    def __init__(self, ledger, log):
+    def __init__(self, ledger, log) -> None:
         self.ledger, self.log = Path(ledger), log or (lambda line: None)
         self.pending: Path | None = None    # where the row went instead of the ledger
         self.problem = ""                   # why the ledger could not take it

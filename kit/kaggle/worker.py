@@ -6,6 +6,7 @@ whatever they print goes to stderr.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -54,7 +55,8 @@ def _sub_dict(s) -> dict:
 def _list_submissions(client, competition: str, want: set | None, log, max_pages: int = 20) -> list[dict]:
     from kagglesdk.competitions.types.competition_api_service import ApiListSubmissionsRequest
 
-    subs, token = {}, ""
+    subs: dict[int, dict] = {}
+    token = ""
     for _ in range(max_pages):
         request = ApiListSubmissionsRequest()
         request.competition_name = competition
@@ -62,7 +64,7 @@ def _list_submissions(client, competition: str, want: set | None, log, max_pages
         request.page_token = token
         if not token:
             request.page = 1
-        response = _retrying("ListSubmissions", lambda: client.list_submissions(request), log)
+        response = _retrying("ListSubmissions", functools.partial(client.list_submissions, request), log)
         fresh = [s for s in response.submissions if s.ref not in subs]
         subs.update((s.ref, _sub_dict(s)) for s in fresh)
         token = response.next_page_token
@@ -73,8 +75,10 @@ def _list_submissions(client, competition: str, want: set | None, log, max_pages
 
 def _op_submit(api, p: dict, log, emit) -> dict:
     from kaggle.models.kaggle_models_extended import ResumableUploadResult
-    from kagglesdk.competitions.types.competition_api_service import (ApiCreateSubmissionRequest,
-                                                                      ApiStartSubmissionUploadRequest)
+    from kagglesdk.competitions.types.competition_api_service import (
+        ApiCreateSubmissionRequest,
+        ApiStartSubmissionUploadRequest,
+    )
 
     path = p["file"]
     with api.build_kaggle_client() as kaggle:

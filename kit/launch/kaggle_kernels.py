@@ -95,11 +95,12 @@ class KernelRun:
         self.timing = (minutes, per_member_minutes, max_hours)
         self.state = self._load_state()
         self.user = ""
-        self.hours, self.inner_hours = SESSION_HOURS, None
+        self.hours: float = SESSION_HOURS
+        self.inner_hours: float | None = None       # --max-hours inside a kernel
 
     # -- the whole run
     def go(self, names: list[str], fresh: bool) -> None:
-        from kit.cost import projection_line     # torch: imported only when kernels are pushed
+        from kit.cost import projection_line  # torch: imported only when kernels are pushed
 
         quota = self._quota()
         self.user = quota["user"]
@@ -158,7 +159,8 @@ class KernelRun:
         busy = {k.ref for k in pending}
         taken = {m for k in pending for m in k.members}
         before = {m: k.ref for k in known.values() if not k.pending for m in k.members}
-        free, i = [], 0
+        free: list[str] = []
+        i = 0
         while len(free) < self.options.kernels:
             i += 1
             ref = f"{self.user}/{kernel_slug(self.recipe.name, i)}"
@@ -283,7 +285,8 @@ class KernelRun:
                 for ref, value in saved.get("kernels", {}).items()}
 
     def _save_state(self) -> None:
-        kernels = {ref: {k: v for k, v in asdict(kernel).items() if k != "rounds"} for ref, kernel in self.state.items()}
+        kernels = {ref: {k: v for k, v in asdict(kernel).items() if k != "rounds"}
+                   for ref, kernel in self.state.items()}
         write_json(self.root / STATE, {"target": self.target["name"], "competition": self.target["competition"],
                                        "kernels": kernels})
 

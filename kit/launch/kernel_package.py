@@ -12,6 +12,7 @@ import tarfile
 from pathlib import Path
 
 import kit
+from kit.config import load_toml
 from kit.fsio import write_json, write_text
 
 PACKAGE = Path(kit.__file__).resolve().parent
@@ -24,7 +25,7 @@ def kernel_slug(recipe: str, index: int) -> str:
     return re.sub(r"[^a-z0-9]+", "-", f"kit {recipe} {index}".lower()).strip("-")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _package_tar() -> bytes:
     """kit/ (sources and shipped recipes, no caches) as a gzipped tar, made once per process."""
     buffer = io.BytesIO()
@@ -58,9 +59,7 @@ def requirements() -> list[list[str]]:
     reqs: list[str] = []
     pyproject = PACKAGE.parent / "pyproject.toml"
     if pyproject.is_file():
-        import tomllib
-
-        reqs = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
+        reqs = load_toml(pyproject)["project"]["dependencies"]
     else:
         from importlib import metadata
 

@@ -6,10 +6,17 @@ plain loop through accelerate (CPU, one GPU or DDP), with validation, checkpoint
   kit.train.targets  what a batch is trained towards: labels, pseudo-labels, a teacher's soft targets
   kit.train.results  evaluation, metrics, curves, loading a finished run
 """
-from kit.train.loop import (StepTimer, TrainingDiverged, cpu_has_bf16, end_distributed, resolve_precision, step_bytes,
-                            total_steps, train)
-from kit.train.results import (METRIC_COLUMNS, diverged_at, evaluate, load_config, load_model, plot_curves,
-                               read_summary)
+from kit.train.loop import (
+    StepTimer,
+    TrainingDiverged,
+    cpu_has_bf16,
+    end_distributed,
+    resolve_precision,
+    step_bytes,
+    total_steps,
+    train,
+)
+from kit.train.results import METRIC_COLUMNS, diverged_at, evaluate, load_config, load_model, plot_curves, read_summary
 from kit.train.state import TrainState, average_state_dicts, weights_digest
 
 __all__ = ["train", "StepTimer", "TrainingDiverged", "diverged_at", "step_bytes", "TrainState", "evaluate",

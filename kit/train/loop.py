@@ -13,6 +13,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ from kit.runs import check_resume, load_checkpoint, run_identity
 from kit.train.results import evaluate, load_weights, metrics_frame, plot_curves, read_metrics
 from kit.train.state import TrainState, average_state_dicts, float_state, weights_digest
 from kit.train.targets import build_targets, loss_fn
-
+from kit.train.trackers import TrackerLog, check_installed, project_config
 
 LOSS_CHECK_EVERY = 50      # steps between reads of the running loss when no progress bar reads it (one sync)
 
@@ -110,14 +111,18 @@ def check_memory(cfg: RunConfig, device: torch.device, run_dir: Path) -> None:
                        f"or data.segment_len (now {cfg.data.segment_len}), or make the model smaller")
 
 
-def make_accelerator(precision: str):
+def make_accelerator(precision: str, log_with: str = "", run_dir: str | Path = "."):
     """An Accelerator for one run (several runs in one process may ask for different precisions:
-    kit.compat.reset_accelerate_precision)."""
+    kit.compat.reset_accelerate_precision); with log_with, its tracker writes into run_dir/trackers
+    (kit.train.trackers)."""
     from accelerate import Accelerator
 
     reset_accelerate_precision(precision)
     # cpu=True without a GPU so the env vars of a CPU launch (WORLD_SIZE, RANK) select gloo DDP
-    return Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
+    cpu = not torch.cuda.is_available()
+    if not log_with:
+        return Accelerator(mixed_precision=precision, cpu=cpu)
+    return Accelerator(mixed_precision=precision, cpu=cpu, log_with=log_with, project_config=project_config(run_dir))
 
 
 def end_distributed() -> None:
@@ -141,12 +146,17 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
     stop_after: a test hook that stops as if interrupted after that many steps (last.pt kept,
     no summary), so resuming can be checked against an uninterrupted run.
     callbacks: objects with any of on_train_begin(trainer), on_step(trainer), on_evaluated(trainer,
-    seconds), on_train_end(trainer, summary) -- e.g. StepTimer, for benchmarks.
+    seconds), on_train_end(trainer, summary) -- e.g. StepTimer, for benchmarks. on_train_end comes
+    however the session's loop ends: finished, diverged or stop_after (summary["stopped_reason"]).
+    train.log_with adds kit.train.trackers.TrackerLog.
     """
     from kit.config import validate
     from kit.runs import check_start, clean_leftovers, run_lock
 
     validate(cfg)               # the CLI sets budgets after the config was loaded
+    if cfg.train.log_with:      # a missing tracker package is one line now, not a run that logs nothing
+        check_installed(cfg.train.log_with)
+        callbacks = [*callbacks, TrackerLog()]
     run_dir = Path(run_dir)
     primary = int(os.environ.get("RANK", "0")) == 0
     with run_lock(run_dir, primary=primary):
@@ -202,7 +212,8 @@ class Trainer:
 
         self.cfg, self.run_dir, self.resuming, self.callbacks = cfg, run_dir, resume, list(callbacks)
         self.clock = Clock(began=time.time())
-        acc = self.accelerator = make_accelerator(resolve_precision(cfg.train.mixed_precision))
+        acc = self.accelerator = make_accelerator(resolve_precision(cfg.train.mixed_precision), cfg.train.log_with,
+                                                  run_dir)
         self.device, self.rank, self.world, self.main = acc.device, acc.process_index, acc.num_processes, \
             acc.is_main_process
         self._configure_device()
@@ -229,7 +240,7 @@ class Trainer:
         self.state = TrainState(net=net, optimizer=optimizer, plan=plan, rng=rng, ema=ema)
         self.metrics: list[dict] = []
         self.stopped = "budget"
-        self.bar = None
+        self.bar: Any = None                    # a tqdm bar once prepare() runs (tqdm has no types)
         self.saved_step: int | None = None      # the step last.pt holds
 
     def _configure_device(self) -> None:
@@ -387,8 +398,10 @@ class Trainer:
         last.pt and best.pt stay those of the last good evaluation."""
         st, cfg = self.state, self.cfg
         self.bar.close()
+        summary = {**self.summary("diverged"), "checkpoint_step": self.saved_step}
         if self.main:
-            write_json(self.run_dir / "summary.json", {**self.summary("diverged"), "checkpoint_step": self.saved_step})
+            write_json(self.run_dir / "summary.json", summary)
+        self._call("on_train_end", summary)     # a recipe trains its next member in this process
         kept = ("no checkpoint was written" if self.saved_step is None
                 else f"the last good checkpoint (step {self.saved_step}) is kept")
         raise TrainingDiverged(f"{self.run_dir}: training diverged at step {st.step} ({what}); {kept}; lower "
@@ -470,7 +483,9 @@ class Trainer:
         if not st.plan.eval_due(st.step):
             self.checkpoint()
         self.bar.close()
-        return {"step": st.step, "stopped_reason": "interrupted", "best_val_acc": st.best_acc}
+        summary = {"step": st.step, "stopped_reason": "interrupted", "best_val_acc": st.best_acc}
+        self._call("on_train_end", summary)
+        return summary
 
     def summary(self, stopped_reason: str) -> dict:
         """What summary.json says of every run that ended (finished or diverged)."""

@@ -35,7 +35,8 @@ def load_model(run_dir: str | Path, which: str = "best"):
     cfg = load_config(run_dir)
     path = Path(run_dir) / f"{which}.pt"
     if not path.is_file():
-        raise KitError(f"{path}: missing (train the run first{', with train.average_last > 0' if which == 'avg' else ''})")
+        hint = ", with train.average_last > 0" if which == "avg" else ""
+        raise KitError(f"{path}: missing (train the run first{hint})")
     ckpt = load_checkpoint(path)
     model = build_model(cfg.model, cfg.augment)
     load_weights(model, ckpt["model"], path)

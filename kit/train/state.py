@@ -5,12 +5,18 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from kit.budget import StepPlan
 from kit.errors import KitError
+
+if TYPE_CHECKING:
+    from timm.utils import ModelEmaV3
+
+    from kit.models import SpeakerNet
 
 RESUMABLE = {"optimizer", "step", "rng_torch", "rng_numpy"}
 
@@ -44,11 +50,11 @@ class TrainState:
 
     `model` in last.pt is the weights evaluation uses (the EMA when there is one, then the raw
     weights are `train_model`), so best.pt, last.pt and prediction agree on what "the model" is."""
-    net: torch.nn.Module
+    net: SpeakerNet
     optimizer: torch.optim.Optimizer
     plan: StepPlan
     rng: np.random.Generator
-    ema: object = None                      # timm ModelEmaV3 or None
+    ema: ModelEmaV3 | None = None
     step: int = 0
     best_acc: float = -1.0
     best_step: int = 0

@@ -36,6 +36,7 @@ class Targets:
         y = torch.from_numpy(self.labels[rows]).to(device)
         if self.soft is None:
             return y, None
+        assert self.soft_row is not None and self.hard is not None       # set with `soft`
         srow, hard = self.soft_row[rows], self.hard[rows]
         n_classes = self.soft.shape[1]
         target = np.zeros((len(rows), n_classes), dtype=np.float32)
@@ -55,15 +56,15 @@ def _test_rows(store: FeatureStore, ids, source: Path) -> np.ndarray:
     """Store rows of test utterances named by feature path; anything else is refused."""
     test = {u.path: store.n_train + i for i, u in enumerate(store.layout.test)}
     train = {u.path for u in store.layout.train}
-    rows = []
+    found: list[int] = []
     for name in ids:
         if name in train:
             raise KitError(f"{source}: {name} is a training utterance; only test utterances may be "
                            "pseudo-labelled or distilled on (validation must stay unseen)")
         if name not in test:
             raise KitError(f"{source}: {name} is not a test utterance of {store.layout.data_dir}")
-        rows.append(test[name])
-    rows = np.asarray(rows, dtype=np.int64)
+        found.append(test[name])
+    rows = np.asarray(found, dtype=np.int64)
     if len(np.unique(rows)) != len(rows):
         raise KitError(f"{source}: a test utterance is listed twice")
     return rows
