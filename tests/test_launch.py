@@ -279,3 +279,14 @@ def test_kit_kaggle_root_relocates_kaggle_input_and_working(tmp_path, monkeypatc
     assert (kaggle_input(), kaggle_working()) == (tmp_path / "input", tmp_path / "working")
     monkeypatch.setenv("KIT_KAGGLE_INPUT", str(tmp_path / "elsewhere"))       # the narrower setting wins
     assert kaggle_input() == tmp_path / "elsewhere"
+
+
+def test_pulls_leave_locks_and_temp_files_behind():
+    from kit.kaggle.kernel_ops import pulled
+    from kit.launch.kaggle_kernels import LEFT_BEHIND
+
+    prefixes = ["runs/zoo/a/"]
+    assert pulled("runs/zoo/a/last.pt", prefixes, LEFT_BEHIND)
+    assert not pulled("runs/zoo/a/.last.pt.3f2a.tmp", prefixes, LEFT_BEHIND)      # a killed save's temp file
+    assert not pulled("runs/zoo/a/.lock", prefixes, LEFT_BEHIND)
+    assert not pulled("runs/zoo/b/last.pt", prefixes, LEFT_BEHIND)

@@ -4,6 +4,7 @@ through the worker's retries (429/5xx, dropped connections).
 """
 from __future__ import annotations
 
+import fnmatch
 import functools
 import os
 import time
@@ -131,6 +132,13 @@ def _fetch(url: str, target: Path, log) -> None:
                                                                  "(HTTP 404)"), log)
 
 
+def pulled(name: str, prefixes, skip) -> bool:
+    """Whether a kernel's output file comes back: under one of `prefixes`, its file name matching
+    none of the `skip` patterns (shell-style: ".*.tmp" is a killed save's temp file)."""
+    return (any(name.startswith(prefix) for prefix in prefixes)
+            and not any(fnmatch.fnmatchcase(Path(name).name, pattern) for pattern in skip))
+
+
 def _op_kernel_output(api, p: dict, log, emit=None) -> dict:
     """The latest session's output files under p["prefixes"] into p["path"] (kept in their folders),
     and its log as p["path"]/kernel.log. Like `kaggle kernels output`, through ListKernelSessionOutput,
@@ -154,8 +162,7 @@ def _op_kernel_output(api, p: dict, log, emit=None) -> dict:
             token = response.next_page_token or ""
             if not token:
                 break
-    wanted = [f for f in files if any(f.file_name.startswith(prefix) for prefix in p["prefixes"])
-              and Path(f.file_name).name not in p.get("skip", [])]
+    wanted = [f for f in files if pulled(f.file_name, p["prefixes"], p.get("skip", []))]
     for f in wanted:
         _fetch(f.url, _safe_target(root, f.file_name), log)
     (root / "kernel.log").write_text(log_text)
