@@ -47,6 +47,8 @@ class StepPlan:
     evals_done: int = 0
     eval_seconds: float = 0.0     # measured cost of one evaluation (0 until the first)
     evals: int = EVALS            # evaluations over a timed run (the last at its final step)
+    probe_rate: float = 0.0       # steps/s measured at the first fit, and the total it planned then:
+    probe_total: int = 0          # what the run expected of the machine before anything changed
 
     @classmethod
     def fixed(cls, total: int, warmup: int, eval_every: int) -> StepPlan:
@@ -93,6 +95,8 @@ class StepPlan:
         left = self.seconds * (1 - RESERVE) - spent - evals_left * eval_cost
         fitted = step + int(max(0.0, left) / max(step_seconds, 1e-9))
         self.set_total(max(fitted, step + 1))
+        if not self.probe_rate:
+            self.probe_rate, self.probe_total = 1 / max(step_seconds, 1e-9), self.total
         return self.total
 
     def evaluated(self, seconds: float) -> None:
@@ -100,12 +104,31 @@ class StepPlan:
         self.eval_seconds = seconds if not self.eval_seconds else 0.5 * (self.eval_seconds + seconds)
 
     def state_dict(self) -> dict:
-        return {"total": self.total, "evals_done": self.evals_done, "eval_seconds": self.eval_seconds}
+        return {"total": self.total, "evals_done": self.evals_done, "eval_seconds": self.eval_seconds,
+                "probe_rate": self.probe_rate, "probe_total": self.probe_total}
 
     def load_state_dict(self, state: dict) -> None:
         if self.is_timed and state:
             self.set_total(state["total"])
             self.evals_done, self.eval_seconds = int(state["evals_done"]), float(state["eval_seconds"])
+            self.probe_rate = float(state.get("probe_rate", 0.0))       # absent in older checkpoints
+            self.probe_total = int(state.get("probe_total", 0))
+
+
+SHARED_BELOW = 0.8      # achieved / measured-at-start step rate under which a run says it lost steps
+
+
+def step_rate_note(rates: dict | None) -> str:
+    """'' or one warning for a time-budgeted run that trained well below the step rate measured at
+    its start (summary.json's steps_per_second): another process took the cores, and the steps
+    the plan expected were lost. The table's note column shows it."""
+    if not rates or rates.get("probed", 0) <= 0 or rates.get("achieved", 0) <= 0:
+        return ""
+    ratio = rates["achieved"] / rates["probed"]
+    if ratio >= SHARED_BELOW:
+        return ""
+    return (f"lost steps: {rates['achieved']:.1f} steps/s against {rates['probed']:.1f} at its start "
+            f"({ratio:.0%}; {rates.get('planned_steps', 0):,} steps planned then) - was the machine shared?")
 
 
 # ---------------------------------------------------------------- a recipe's wall time, shared

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kit.budget import AFTER_SECONDS, Deadline, member_minutes, predict_seconds
+from kit.budget import AFTER_SECONDS, Deadline, member_minutes, predict_seconds, step_rate_note
 from kit.config import RunConfig, dump_toml, to_dict
 from kit.errors import KitError
 from kit.infer import source_mode
@@ -232,7 +232,9 @@ class RecipeRun:
             s = read_summary(self.root / name) or {}
             result["members"].append({"name": name, "run_dir": str(self.root / name), "params": s.get("params", 0),
                                       "val_acc": _val_acc(s), "step": s.get("step", 0),
-                                      "minutes": s.get("seconds", 0.0) / 60, "note": _note(s, name in skipped),
+                                      "minutes": s.get("seconds", 0.0) / 60,
+                                      "note": "; ".join(filter(None, [_note(s, name in skipped),
+                                                                      step_rate_note(s.get("steps_per_second"))])),
                                       "diverged": s.get("stopped_reason") == "diverged"})
             if deadline is not None and name in deadline.not_started and not s:
                 result["members"][-1]["note"] = "not started (--max-hours; re-run continues)"

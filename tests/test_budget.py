@@ -71,3 +71,43 @@ def test_a_time_budgeted_run_fits_its_steps_evaluates_and_ends_annealed(tiny_dat
     assert 20 < summary["step"] == summary["total_steps"] < 1_000_000
     assert len(metrics) == EVALS and metrics["step"].iloc[-1] == summary["step"]
     assert metrics["lr"].iloc[-1] < 1e-3 * 3e-3                     # annealed, not cut at the peak
+    rates = summary["steps_per_second"]                             # measured at the start and achieved
+    assert rates["probed"] > 0 and rates["achieved"] > 0 and rates["planned_steps"] > 20
+
+
+def test_a_run_that_lost_its_step_rate_says_so():
+    from kit.budget import SHARED_BELOW, step_rate_note
+
+    assert step_rate_note(None) == "" and step_rate_note({"probed": 0.0, "achieved": 3.0}) == ""
+    assert step_rate_note({"probed": 10.0, "achieved": 10.0 * SHARED_BELOW, "planned_steps": 900}) == ""
+    note = step_rate_note({"probed": 10.0, "achieved": 6.2, "planned_steps": 1800})
+    assert note.startswith("lost steps: 6.2 steps/s against 10.0 at its start (62%; 1,800 steps planned then)")
+
+
+def test_the_probe_survives_a_resume():
+    from kit.budget import StepPlan
+
+    plan = StepPlan.timed(60.0, 10_000, 10)
+    plan.fit(step=23, spent=3.0, step_seconds=0.05, eval_guess=0.5)
+    again = StepPlan.timed(60.0, 10_000, 10)
+    again.load_state_dict(plan.state_dict())
+    assert again.probe_rate == plan.probe_rate == 20.0 and again.probe_total == plan.probe_total > 23
+    again.fit(step=73, spent=10.0, step_seconds=0.2, eval_guess=0.5)        # later fits keep the first
+    assert again.probe_rate == 20.0
+
+
+def test_the_recipe_table_notes_a_member_that_lost_steps(tmp_path):
+    import json
+
+    from kit.zoo import RecipeRun
+
+    for name, achieved in (("kept", 9.5), ("starved", 4.0)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(json.dumps(
+            {"name": name, "step": 900, "seconds": 120.0, "best_val_acc": 0.5, "stopped_reason": "budget",
+             "steps_per_second": {"probed": 10.0, "achieved": achieved, "planned_steps": 1200}}))
+    run = RecipeRun(recipe=type("R", (), {"name": "r"})(), budget="quick", data_dir=tmp_path, store=None,
+                    root=tmp_path, chosen=["kept", "starved"], log=print, progress=False, workers=1,
+                    submissions=tmp_path)
+    notes = {m["name"]: m["note"] for m in run.results(set(), None)["members"]}
+    assert notes["kept"] == "" and notes["starved"].startswith("lost steps: 4.0 steps/s against 10.0 at its start")

@@ -494,7 +494,18 @@ class Trainer:
                 "step": st.step, "total_steps": st.plan.total, "stopped_reason": stopped_reason,
                 "seconds": self.clock.seconds(), "n_train": int(len(self.split.train)),
                 "n_val": int(len(self.split.val)), "device": str(self.device), "processes": self.world,
-                "mixed_precision": self.accelerator.mixed_precision}
+                "mixed_precision": self.accelerator.mixed_precision,
+                **({"steps_per_second": self.step_rates()} if st.plan.probe_rate else {})}
+
+    def step_rates(self) -> dict:
+        """A timed run's step rate as measured at its start (what its plan was first fitted to) and
+        as achieved over this session, evaluations left out: a machine shared part way shows as
+        the gap (kit.budget.step_rate_note)."""
+        clock, plan = self.clock, self.state.plan
+        seconds = time.time() - clock.loop_began - clock.eval_seconds
+        steps = self.state.step - clock.steps_before
+        return {"probed": plan.probe_rate, "achieved": steps / seconds if seconds > 0 else 0.0,
+                "planned_steps": plan.probe_total}
 
     def finish(self) -> dict:
         """summary.json (+ avg.pt and curves.png)."""
