@@ -18,20 +18,19 @@ TARGET_OVER_MEMBER = 0.02       # the vote over its best member, mean of public 
 
 
 def suite_row(preset: str, result: dict) -> dict:
-    """One competition's line: the vote, its best member and the course sample, test-scored."""
+    """One competition's line: the vote, its best member and the course sample, test-scored, with
+    the comparisons the accuracy bench made (best_member, private_over_course, gain_over_best_member)."""
     rows = result["rows"]
     vote = next((r for r in rows if r["kind"] == "ensemble"), None)
-    members = [r for r in rows if r["kind"] == "member"]
+    best = next((r for r in rows if r["kind"] == "member" and r["name"] == result.get("best_member")), None)
     course = next((r for r in rows if r["kind"] == "baseline"), None)
-    best = max(members, key=lambda r: r["public"] + r["private"]) if members else None
-    top = vote or best
     return {"preset": preset, "minutes": result["wall_minutes"],
             "vote_public": vote["public"] if vote else None, "vote_private": vote["private"] if vote else None,
             "best_member": best["name"] if best else None,
             "best_public": best["public"] if best else None, "best_private": best["private"] if best else None,
             "course_public": course["public"] if course else None,
             "course_private": course["private"] if course else None,
-            "over_course": top["private"] - course["private"] if top and course else None,
+            "over_course": result.get("private_over_course"),
             "over_member": result.get("gain_over_best_member")}
 
 

@@ -1,4 +1,5 @@
 """The tuning suite's table: one row per competition from the accuracy bench's scored rows."""
+from kit.bench_accuracy import _verdicts
 from kit.bench_suite import SUITE, run_suite, suite_markdown, suite_row
 from kit.synth import PRESETS
 
@@ -8,8 +9,7 @@ def bench_result(vote: tuple, members: dict, course: tuple) -> dict:
     rows.append({"name": "ensemble boss", "kind": "ensemble", "public": vote[0], "private": vote[1]})
     rows.append({"name": "course sample (same wall time)", "kind": "baseline", "public": course[0],
                  "private": course[1]})
-    best = max((p + q) / 2 for p, q in members.values())
-    return {"wall_minutes": 8.0, "rows": rows, "gain_over_best_member": (vote[0] + vote[1]) / 2 - best}
+    return {"wall_minutes": 8.0, "rows": rows, **_verdicts(rows)}        # as run_accuracy_bench returns it
 
 
 def test_a_row_compares_the_vote_with_its_best_member_and_the_course_sample():

@@ -119,10 +119,8 @@ def make_accelerator(precision: str, log_with: str = "", run_dir: str | Path = "
 
     reset_accelerate_precision(precision)
     # cpu=True without a GPU so the env vars of a CPU launch (WORLD_SIZE, RANK) select gloo DDP
-    cpu = not torch.cuda.is_available()
-    if not log_with:
-        return Accelerator(mixed_precision=precision, cpu=cpu)
-    return Accelerator(mixed_precision=precision, cpu=cpu, log_with=log_with, project_config=project_config(run_dir))
+    return Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available(), log_with=log_with or None,
+                       project_config=project_config(run_dir) if log_with else None)
 
 
 def end_distributed() -> None:
@@ -200,6 +198,10 @@ class Clock:
 
     def seconds(self) -> float:
         return self.seconds_before + time.time() - self.began
+
+    def training_seconds(self, now: float) -> float:
+        """This session's seconds of training steps up to `now`, its evaluations left out."""
+        return now - self.loop_began - self.eval_seconds
 
 
 class Trainer:
@@ -445,7 +447,7 @@ class Trainer:
             "step": st.step, "epoch": st.step * cfg.train.batch_size * self.world / len(self.targets.index),
             "lr": self.lr, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
             "val_acc": val_acc, "seconds": self.clock.seconds(),
-            "step_seconds": began - self.clock.loop_began - self.clock.eval_seconds})   # this session, no eval
+            "step_seconds": self.clock.training_seconds(began)})
         if cfg.train.average_last > 0:      # every rank holds the same weights, so each keeps them
             st.avg_keep = (st.avg_keep + [float_state(st.eval_model)])[-cfg.train.average_last:]
         improved = st.scored(val_acc)
@@ -502,7 +504,7 @@ class Trainer:
         as achieved over this session, evaluations left out: a machine shared part way shows as
         the gap (kit.budget.step_rate_note)."""
         clock, plan = self.clock, self.state.plan
-        seconds = time.time() - clock.loop_began - clock.eval_seconds
+        seconds = clock.training_seconds(time.time())
         steps = self.state.step - clock.steps_before
         return {"probed": plan.probe_rate, "achieved": steps / seconds if seconds > 0 else 0.0,
                 "planned_steps": plan.probe_total}
