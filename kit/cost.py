@@ -86,6 +86,78 @@ def step_gflop(cfg: RunConfig) -> float:
     return counter.get_total_flops() * cfg.train.batch_size / n / 1e9
 
 
+@dataclass(frozen=True)
+class StepRate:
+    """One member's training steps timed on this machine's device (`kit recipe cost --measure`)."""
+    device: str
+    precision: str
+    seconds_per_step: float
+
+    def tflops(self, step_gflop: float) -> float:
+        return step_gflop / self.seconds_per_step / 1e3
+
+
+def measure_step(cfg: RunConfig, steps: int = 30, warmup: int = 5) -> StepRate:
+    """Seconds per training step of the member's real model, batch and crop on the device kit would
+    train on: random features and labels (the packed store's crop is not timed), AdamW (fused on a
+    GPU), the precision train.mixed_precision resolves to. The steady state: `warmup` steps untimed."""
+    import time
+
+    from kit.models import build_model
+    from kit.train.loop import resolve_precision
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    precision = resolve_precision(cfg.train.mixed_precision)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    torch.manual_seed(0)
+    net = build_model(cfg.model, cfg.augment).train().to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.train.lr, fused=device.type == "cuda" or None)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    b, frames = cfg.train.batch_size, cfg.data.segment_len
+    x = torch.randn(b, frames, cfg.model.n_mels, device=device)
+    lengths = torch.full((b,), frames, device=device)
+    labels = torch.randint(0, cfg.model.n_classes, (b,), device=device)
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = torch.nn.functional.cross_entropy(net(x, lengths, labels).float(), labels)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(warmup):
+        step()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    return StepRate(name, precision, (time.perf_counter() - t0) / steps)
+
+
+def measured_table(costs: list[MemberCost], rates: list[StepRate]) -> str:
+    """The measured step rates beside the counted FLOPs: TFLOP/s reached, and the hours the members'
+    steps take on this device (training only; evaluation and prediction add their FLOPs at the same rate)."""
+    precision = {"no": "fp32"}.get(rates[0].precision, rates[0].precision)
+    lines = [f"Measured on {rates[0].device} ({precision}; random batches of the real shapes, "
+             "steady state): `kit recipe cost --measure`",
+             "", "| member | ms/step | TFLOP/s reached | hours for its steps (all FLOPs at that rate) |",
+             "|---|---|---|---|"]
+    total = 0.0
+    for c, r in zip(costs, rates, strict=True):
+        hours = c.total_pflop * 1e15 / (r.tflops(c.step_gflop) * 1e12) / 3600
+        total += hours
+        lines.append(f"| {c.name} | {r.seconds_per_step * 1e3:.1f} | {r.tflops(c.step_gflop):.2f} | {hours:.2f} |")
+    lines.append(f"| all, one after another | | | {total:.2f} |")
+    return "\n".join(lines)
+
+
 def member_cost(name: str, cfg: RunConfig, val_lengths: np.ndarray, test_lengths: np.ndarray) -> MemberCost:
     from kit.bench.prediction import forward_flops
     from kit.models import build_model, count_params
@@ -109,24 +181,39 @@ def full_lengths(n: int, seed: int = 0) -> np.ndarray:
     return preset_lengths(PRESETS["full"], np.random.default_rng(seed), n)
 
 
-def recipe_costs(recipe, budget: str, data_dir: str | None = None) -> list[MemberCost]:
-    """Every member of `recipe` in `budget`, at the data dir's lengths (without one: the real
-    data's sizes, 5,667 validation and 4,000 test utterances of the `full` preset's lengths)."""
+def member_configs(recipe, budget: str, n_classes: int = 600) -> dict[str, RunConfig]:
+    """Each member's config in `budget`, with the competition's number of speakers."""
     from kit.recipe import member_config
 
-    if data_dir:
-        from kit.data import FeatureStore, split_for
+    return {name: replace(cfg, model=replace(cfg.model, n_classes=n_classes))
+            for name in recipe.members_for(budget) for cfg in [member_config(recipe, name, budget)]}
 
-        store = FeatureStore.open(data_dir, progress=False)
-        val = store.lengths[split_for(store).val]
-        test, n_classes = store.lengths[store.test_index], len(store.speakers)
-    else:
-        val, test, n_classes = full_lengths(5667, 1), full_lengths(4000, 2), 600
-    costs = []
-    for name in recipe.members_for(budget):
-        cfg = member_config(recipe, name, budget)
-        costs.append(member_cost(name, replace(cfg, model=replace(cfg.model, n_classes=n_classes)), val, test))
-    return costs
+
+def _sizes(data_dir: str | None) -> tuple[np.ndarray, np.ndarray, int]:
+    """Validation and test lengths and the number of speakers: the data dir's, or without one the
+    real data's (5,667 validation and 4,000 test utterances of the `full` preset's lengths, 600)."""
+    if not data_dir:
+        return full_lengths(5667, 1), full_lengths(4000, 2), 600
+    from kit.data import FeatureStore, split_for
+
+    store = FeatureStore.open(data_dir, progress=False)
+    return store.lengths[split_for(store).val], store.lengths[store.test_index], len(store.speakers)
+
+
+def recipe_costs(recipe, budget: str, data_dir: str | None = None) -> list[MemberCost]:
+    """Every member of `recipe` in `budget`, at the data dir's lengths (without one: the real data's)."""
+    val, test, n_classes = _sizes(data_dir)
+    return [member_cost(name, cfg, val, test) for name, cfg in member_configs(recipe, budget, n_classes).items()]
+
+
+def measure_members(recipe, budget: str, steps: int, data_dir: str | None = None, log=None) -> list[StepRate]:
+    """measure_step for every member of `budget`, in the recipe's order (log: one line per member)."""
+    rates = []
+    for name, cfg in member_configs(recipe, budget, _sizes(data_dir)[2]).items():
+        if log:
+            log(f"timing {steps} training steps of {name} ...")
+        rates.append(measure_step(cfg, steps))
+    return rates
 
 
 def counted_in_steps(recipe, budget: str, names: list[str] | None = None) -> bool:

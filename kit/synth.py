@@ -31,7 +31,7 @@ class Preset:
     min_len: int           # frames
     median_len: int
     max_len: int
-    workers: int           # processes (results do not depend on it)
+    workers: int           # 1: rendered in this process (the tiny presets); else every core (results do not depend on it)
     family: int = 1        # voices per family: >1 makes families of near-identical speakers
     spread: float = 1.0    # how far a family's voices sit from their shared base voice
     generator: str = "source-filter"    # kit.voices | "tts": espeak-ng and flite voices (kit.synth_tts)
@@ -145,8 +145,9 @@ def answers_path(out_dir: str | os.PathLike) -> Path:
 
 
 def generate(out_dir: str | os.PathLike, preset: str = "tiny", seed: int = 0, force: bool = False,
-             progress: bool | None = None) -> Path:
+             progress: bool | None = None, workers: int | None = None) -> Path:
     """Write a synthetic competition into out_dir; returns the answer key's path (beside it).
+    workers: rendering processes (default: every core, one for the tiny presets); the data is the same.
 
     Everything is rendered into a hidden sibling folder that is renamed into place last,
     so an interrupted run never leaves something that looks like a complete data dir.
@@ -171,7 +172,7 @@ def generate(out_dir: str | os.PathLike, preset: str = "tiny", seed: int = 0, fo
                  for i in range(len(plan["names"]))]
         chunk = 32
         jobs = [(str(tmp), seed, items[k:k + chunk]) for k in range(0, len(items), chunk)]
-        lens = _run_jobs(jobs, cfg.workers, progress)
+        lens = _run_jobs(jobs, workers or (1 if cfg.workers == 1 else os.cpu_count() or 1), progress)
         _write_layout(tmp, plan, lens)
         key = answers_path(out_dir)
         test = range(plan["n_train"], len(items))

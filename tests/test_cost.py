@@ -114,3 +114,20 @@ def test_a_top_fraction_alone_replaces_the_default_precision():
     opts = parse_stage("r.toml", "pseudo", {"top_fraction": 0.5}, PSEUDO_DEFAULTS)
     assert opts["precision"] is None and opts["top_fraction"] == 0.5
     assert parse_stage("r.toml", "pseudo", {}, PSEUDO_DEFAULTS)["precision"] == 0.9
+
+
+def test_a_measured_step_rate_turns_the_counted_flops_into_hours(tiny_recipe, capsys):
+    from kit.cost import StepRate, measure_step, measured_table
+
+    rate = measure_step(tiny_cfg(4), steps=2, warmup=1)
+    assert rate.device == "cpu" and rate.seconds_per_step > 0
+    cost = MemberCost("a", 1, 4, 40, steps=3600, step_gflop=2.0, eval_gflop=0.0, evals=0, predict_gflop=0.0)
+    table = measured_table([cost], [StepRate("cpu", "no", 0.5)])
+    # 2 GFLOP in 0.5 s = 4 GFLOP/s; 3,600 steps x 0.5 s = half an hour.
+    assert "| a | 500.0 | 0.00 | 0.50 |" in table and "fp32" in table
+    recipe = tiny_recipe("a", budget=FULL)
+    code, out, err = kit_cli(capsys, "recipe", "cost", recipe, "--measure", 1)
+    assert code == 0, err
+    assert "timing 1 training steps of a" in err and "| a | " in out.split("Measured on cpu")[1]
+    code, _, err = kit_cli(capsys, "recipe", "cost", recipe, "--measure", -1)
+    one_error(code, err, "--measure -1")

@@ -31,6 +31,8 @@ def register(sub) -> None:
                         "full (real size)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="overwrite an existing data dir")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes rendering utterances (default: every core; the data does not depend on it)")
     p.set_defaults(func=cmd_synth)
 
     p = dsub.add_parser("download", help="download and unpack the competition data from Kaggle")
@@ -79,7 +81,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_synth(args: argparse.Namespace) -> int:
     from kit.synth import generate
 
-    answers = generate(args.out, preset=args.preset, seed=args.seed, force=args.force)
+    if args.workers is not None and args.workers < 1:
+        raise KitError(f"--workers {args.workers}: at least 1")
+    answers = generate(args.out, preset=args.preset, seed=args.seed, force=args.force, workers=args.workers)
     print(f"wrote {args.out} and answer key {answers}")
     return 0
 

@@ -96,6 +96,9 @@ def register(sub) -> None:
                    "sizes and lengths)")
     p.add_argument("--utilisation", type=float, default=None, metavar="U",
                    help="share of each GPU's fp16/bf16 peak reached, 0-1 (default: kit.cost's assumption per GPU)")
+    p.add_argument("--measure", nargs="?", type=int, const=30, default=0, metavar="STEPS",
+                   help="also time STEPS training steps (default 30) of each member on this machine's GPU (or CPU) "
+                   "at its real shapes, and print the hours the budget takes there")
     p.set_defaults(func=cmd_recipe_cost)
 
 
@@ -240,7 +243,7 @@ def _rehearse(args: argparse.Namespace, log) -> int:
 
 
 def cmd_recipe_cost(args: argparse.Namespace) -> int:
-    from kit.cost import cost_table, counted_in_steps, recipe_costs
+    from kit.cost import cost_table, counted_in_steps, measure_members, measured_table, recipe_costs
     from kit.recipe import load_recipe, require_budget
 
     recipe = load_recipe(args.file)
@@ -250,8 +253,16 @@ def cmd_recipe_cost(args: argparse.Namespace) -> int:
                        "cost is its time (kit recipe cost is for a budget of steps, such as full)")
     if args.utilisation is not None and not 0 < args.utilisation <= 1:
         raise KitError(f"--utilisation {args.utilisation}: a share of the GPU's peak in (0, 1]")
+    if args.measure < 0:
+        raise KitError(f"--measure {args.measure}: a number of steps, at least 1")
     print(f"recipe {recipe.name} ({args.budget} budget)")
-    print(cost_table(recipe_costs(recipe, args.budget, args.data), args.utilisation))
+    costs = recipe_costs(recipe, args.budget, args.data)
+    print(cost_table(costs, args.utilisation))
+    if args.measure:
+        rates = measure_members(recipe, args.budget, args.measure, args.data,
+                                log=lambda line: print(f"kit: {line}", file=sys.stderr, flush=True))
+        print()
+        print(measured_table(costs, rates))
     return 0
 
 
