@@ -31,7 +31,7 @@ class Preset:
     min_len: int           # frames
     median_len: int
     max_len: int
-    workers: int           # 1: rendered in this process (the tiny presets); else every core (results do not depend on it)
+    workers: int           # 1: rendered in this process (tiny presets); else every core (same data either way)
     family: int = 1        # voices per family: >1 makes families of near-identical speakers
     spread: float = 1.0    # how far a family's voices sit from their shared base voice
     generator: str = "source-filter"    # kit.voices | "tts": espeak-ng and flite voices (kit.synth_tts)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from kit.cli import add_cache_option, progress_wanted
+from kit.errors import KitError
 from kit.synth import PRESETS
 
 
