@@ -6,8 +6,9 @@ Counted, not estimated: a training step is one forward + backward of a batch of 
 member's segment length through `torch.utils.flop_counter.FlopCounterMode`, scaled to the batch
 (every op here is per-example); evaluation and prediction use `kit.bench.forward_flops` (a, b, c of
 a + bL + cL^2 from three counted passes) over the utterance lengths. Projected: GPU time = FLOPs /
-(the GPU's published dense fp16/bf16 peak x its utilisation). The utilisations are assumptions, not
-measurements (no GPU has been lent to kit's development): see the comment above GPUS.
+(the GPU's published dense fp16/bf16 peak x its utilisation): measured on an H200 for the H100
+class, assumed for Kaggle's P100 and T4 (see the comment above GPUS). `--measure` times each
+member's real-shape step on the machine's own device and prints the hours there.
 """
 from __future__ import annotations
 
@@ -21,15 +22,18 @@ from kit.config import RunConfig
 
 KAGGLE_WEEK_HOURS = 30.0        # Kaggle's weekly GPU quota
 KAGGLE_SESSION_HOURS = 12.0     # a Kaggle kernel session's limit
-# The share of each GPU's dense fp16/bf16 peak that kit's training reaches: ASSUMED per GPU, not
-# measured (no GPU has been lent to kit's development; `kit cost --utilisation U` sets one figure for
-# all). kit's members are small (2-7 M parameters, batches of 64 x 200-256 frames), the kind of model
-# that keeps a GPU's arithmetic far from busy; large-model training reports 40-50% (PaLM's "model
-# FLOPs utilisation"). The P100's fp16 peak is plain vector arithmetic that cuDNN's convolutions
-# and GEMMs approach more closely than tensor-core peaks (30%); the T4's 65 TFLOPS are tensor-core
-# figures that its 70 W limit and 320 GB/s memory keep small layers far from (12%: it then trains
-# ~1.4x a P100, close to what Kaggle users report of the two); an H100's even more so (15%).
-# Replace them with a measured step rate when a GPU is lent (README "What it costs").
+# The share of each GPU's dense fp16/bf16 peak that kit's training reaches. MEASURED on the H100/H200
+# class only: `kit recipe cost boss --measure 50` on an NVIDIA H200 (same 989 TFLOPS dense bf16 peak as
+# an H100 SXM), 2026-12-04, bf16, the full budget's five members at their real shapes: 31-56 TFLOP/s,
+# 3.1-5.7% of the peak, 4.0% over the budget's FLOPs (README "What it costs"). kit's members are small
+# (2-7 M parameters, batches of 64 x 200-256 frames): their kernels are too small to fill a big GPU.
+# ASSUMED, not measured, on Kaggle's GPUs (none can be reached from here; `kit recipe cost --utilisation
+# U` sets one figure for all): the P100's fp16 peak is plain vector arithmetic that cuDNN's convolutions
+# and GEMMs approach more closely (30%); the H200 ran every member faster than a P100's whole 18.7
+# TFLOPS, so a P100 is bound by its arithmetic, not by kernel launches. The T4's 65 TFLOPS are
+# tensor-core figures that its 70 W limit and 320 GB/s memory keep small layers far from (12%: it then
+# trains ~1.4x a P100, close to what Kaggle users report of the two). On a Kaggle GPU, `kit recipe
+# cost --measure` prints the measured hours beside these.
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,7 @@ class Gpu:
 GPUS = (
     Gpu("p100", "P100 16 GB (Kaggle 'GPU P100'; fp16 18.7 TFLOPS)", 18.7, 16, 1, 0.30),
     Gpu("t4x2", "2 x T4 16 GB (Kaggle 'GPU T4 x2'; fp16 tensor 65 TFLOPS each)", 65.0, 15, 2, 0.12),
-    Gpu("h100", "H100 SXM 80 GB (bf16 dense 989 TFLOPS)", 989.0, 80, 1, 0.15),
+    Gpu("h100", "H100/H200 (bf16 dense 989 TFLOPS; 4% measured on an H200)", 989.0, 80, 1, 0.04),
 )
 
 
@@ -266,8 +270,10 @@ def cost_table(costs: list[MemberCost], utilisation: float | None = None) -> str
     lines.append(f"| all | | | | | {total:,.1f} | "
                  + " | ".join(f"{sum(c.hours(g, utilisation) for c in costs):.1f}" for g in GPUS) + " |")
     lines.append("")
-    share = f"{utilisation:.0%}" if utilisation else ", ".join(f"{g.key} {g.utilisation:.0%}" for g in GPUS)
-    lines.append(f"GPU hours projected at {share} of each GPU's dense fp16/bf16 peak (assumed: kit.cost.GPUS); "
+    share = (f"{utilisation:.0%} (--utilisation)" if utilisation else
+             ", ".join(f"{g.key} {g.utilisation:.0%}" for g in GPUS) + " (h100: measured on an H200; p100, t4x2: "
+             "assumed; kit.cost.GPUS)")
+    lines.append(f"GPU hours projected at {share} of each GPU's dense fp16/bf16 peak; "
                  "FLOPs counted by torch on the real shapes. t4x2: hours on one T4; a T4 x2 session trains "
                  "two members at once, so the quota below counts the longer of its two lanes.")
     for g in GPUS[:2]:

@@ -10,6 +10,7 @@ predicted the sample's way (`course_loader`, `course_predict`).
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -105,9 +106,11 @@ def course_predict(model, data_dir, paths: list[str], with_lengths: bool = True)
     loader: DataLoader = DataLoader(files, batch_size=1, shuffle=False,  # type: ignore[arg-type]
                                     collate_fn=lambda b: torch.load(b[0], weights_only=True)[None])   # (1, L, D)
     preds = []
+    device = next(model.parameters()).device                # the sample moves each batch to its device
     with torch.no_grad():
         for mel in loader:
-            logits = model(mel, torch.tensor([mel.shape[1]])) if with_lengths else model(mel)
+            mel = mel.to(device)
+            logits = model(mel, torch.tensor([mel.shape[1]], device=device)) if with_lengths else model(mel)
             preds.append(int(logits.argmax(1)))
     return preds
 
@@ -134,36 +137,41 @@ def _lr_at(step: int) -> float:
     return LR * max(0.0, 0.5 * (1.0 + math.cos(math.pi * 2.0 * 0.5 * progress)))
 
 
-def _valid_acc(model, loader) -> float:
+def _valid_acc(model, loader, device) -> float:
     import torch
 
     model.eval()
     correct = count = 0
     with torch.no_grad():
         for x, _, y in loader:
-            correct += int((model(x).argmax(1) == y).sum())
+            correct += int((model(x.to(device)).argmax(1).cpu() == y).sum())
             count += len(y)
     model.train()
     return correct / max(count, 1)
 
 
-def train_for(data_dir: str | Path, minutes: float, seed: int = 0, threads: int = 2, workers: int = 1,
+def train_for(data_dir: str | Path, minutes: float, seed: int = 0, threads: int = 2, workers: int | None = None,
               log=None) -> dict:
     """Train the course sample for a wall-clock allowance, as its notebook would (its schedule is
-    set for 70,000 steps, so a short run stops early in it). Returns the best model by validation
-    accuracy (checked every 2,000 steps and when time is up) and what happened."""
+    set for 70,000 steps, so a short run stops early in it), on the GPU when there is one, as the
+    notebook does, with its 8 loader workers there (workers=None; on a CPU 1, leaving the cores to
+    training). Returns the best model by validation accuracy (checked every 2,000 steps and when time
+    is up) and what happened."""
     import copy
 
     import torch
     import torch.nn.functional as F
 
     data_dir = Path(data_dir)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if workers is None:
+        workers = min(8, os.cpu_count() or 1) if device.type == "cuda" else 1
     torch.set_num_threads(threads)
     random.seed(seed)
     torch.manual_seed(seed)
     data = course_dataset(data_dir)
     layout = data.layout
-    model = course_classifier(len(layout.speakers), layout.n_mels)
+    model = course_classifier(len(layout.speakers), layout.n_mels).to(device)
     train_loader, valid_loader = _loaders(data, seed, workers)
     opt = torch.optim.AdamW(model.parameters(), lr=LR)
     began, step, best_acc, best_state = time.time(), 0, -1.0, None
@@ -174,13 +182,13 @@ def train_for(data_dir: str | Path, minutes: float, seed: int = 0, threads: int 
         for x, _, y in train_loader:
             for group in opt.param_groups:
                 group["lr"] = _lr_at(step)
-            F.cross_entropy(model(x), y).backward()
+            F.cross_entropy(model(x.to(device)), y.to(device)).backward()
             opt.step()
             opt.zero_grad()
             step += 1
             time_up = time.time() >= deadline
             if step % VALID_STEPS == 0 or time_up or step >= TOTAL_STEPS:
-                acc = _valid_acc(model, valid_loader)
+                acc = _valid_acc(model, valid_loader, device)
                 if log:
                     log(f"course sample: step {step}, valid acc {acc:.4f}, {(time.time() - began) / 60:.1f} min")
                 if acc > best_acc:
@@ -189,8 +197,8 @@ def train_for(data_dir: str | Path, minutes: float, seed: int = 0, threads: int 
                 done = True
                 break
     model.load_state_dict(best_state)
-    return {"model": model.eval(), "steps": step, "valid_acc": best_acc, "seconds": time.time() - began,
-            "layout": layout}
+    return {"model": model.eval(), "device": device.type, "steps": step, "valid_acc": best_acc,
+            "seconds": time.time() - began, "layout": layout}
 
 
 def predict_test(model, layout) -> list[str]:

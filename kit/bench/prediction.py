@@ -46,8 +46,9 @@ def matmul_peak(seconds: float = 0.5, n: int = 1024) -> float:
 
 def bench_prediction(data_dir, store, cfg, limit: int | None = None) -> list[dict]:
     """Utterances/s over the test set: batched sliding windows (the run's window/hop, and
-    non-overlapping windows) vs the course's one utterance at a time. On a CPU, one more row
-    says how far any batching could go: kit's windows' arithmetic at the machine's matmul peak."""
+    non-overlapping windows) vs the course's one utterance at a time, both on the GPU when there is
+    one. On a CPU, one more row says how far any batching could go: kit's windows' arithmetic at the
+    machine's matmul peak."""
     import torch
 
     from kit.infer import predict_index, sliding_windows
@@ -55,11 +56,12 @@ def bench_prediction(data_dir, store, cfg, limit: int | None = None) -> list[dic
 
     torch.manual_seed(0)
     cfg.model.n_mels, cfg.model.n_classes = store.n_mels, len(store.speakers)
-    model = build_model(cfg.model).eval()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = build_model(cfg.model).eval().to(device)
     index = store.test_index[:limit] if limit else store.test_index
     paths = [store.paths[i] for i in index]
     inf = cfg.infer
-    stock = course_model(cfg.model, like=model)          # same weights; built outside the clock
+    stock = course_model(cfg.model, like=model).to(device)   # same weights; built outside the clock
     t_base = time_once(lambda: course_predict(stock, data_dir, paths))
     rows, kit_times = [], {}
     for hop in (inf.hop, inf.window):
@@ -69,7 +71,7 @@ def bench_prediction(data_dir, store, cfg, limit: int | None = None) -> list[dic
         rows.append(row(f"prediction ({len(index)} test utterances, window {inf.window}/hop {hop})",
                         "utterances/s", len(index) / t_base, len(index) / kit_times[hop], None,
                         note="baseline: DataLoader batch 1, torch.load per file, whole utterance"))
-    if next(model.parameters()).device.type == "cpu":
+    if device.type == "cpu":
         flops = forward_flops(model, store.n_mels)
         lengths = store.lengths[index]
         base_flops = float(flops(lengths).sum())
