@@ -3,14 +3,12 @@
 A run given `train.minutes` measures its own step rate (after a few warm-up steps, then again
 as it goes) and sets its step total so that warm-up, cosine decay and the evaluations all end
 inside the allowance: a time-limited run ends annealed, not cut off at its peak learning rate.
+How a recipe's minutes are shared among its members and stages is kit.timeplan's.
 """
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
-
-from kit.errors import KitError
 
 EVALS = 4              # evaluations over a time-budgeted run (the last one at its final step)
 SKIP_STEPS = 3         # first steps of a session, not timed (allocator and caches warm up)
@@ -129,81 +127,3 @@ def step_rate_note(rates: dict | None) -> str:
         return ""
     return (f"lost steps: {rates['achieved']:.1f} steps/s against {rates['probed']:.1f} at its start "
             f"({ratio:.0%}; {rates.get('planned_steps', 0):,} steps planned then) - was the machine shared?")
-
-
-# ---------------------------------------------------------------- a recipe's wall time, shared
-def member_minutes(total_minutes: float, spent_seconds: float, n_jobs: int, n_slots: int,
-                   predict_seconds: float = 0.0, floor: bool = False) -> float:
-    """Training minutes per member so that the whole recipe fits `total_minutes` of wall time:
-    what is left after `spent_seconds`, less the end (ensemble, report, submission), shared by
-    the members that train `n_slots` at a time, less each member's start-up and its prediction
-    (`predict_seconds`, see predict_seconds()). floor: never refuse, give at least 10 seconds
-    (a member starting late in a running recipe)."""
-    left = total_minutes * 60 - spent_seconds - AFTER_SECONDS
-    rounds = -(-n_jobs // n_slots)                      # members one after another in a slot
-    per_member = left / rounds - START_SECONDS - predict_seconds
-    if floor:
-        per_member = max(per_member, 10.0)
-    elif per_member < 10:
-        raise KitError(f"--minutes {total_minutes:g}: too little time for {n_jobs} member(s) "
-                       f"{n_slots} at a time; give more minutes or fewer members (--only)")
-    return per_member / 60
-
-
-def predict_seconds(store, val_fraction: float, on_gpu: bool) -> float:
-    """What predicting one member costs on one CPU core: validation twice (whole utterances and
-    sliding windows, to choose between them) and the test set once. Measured on the hard preset
-    (1,000 validation and 2,000 test utterances, ~2 M frames predicted per member): 27-118 s per
-    member, 62 s on average, ~31 s per million frames; a GPU's is taken as negligible."""
-    if on_gpu:
-        return 0.0
-    import numpy as np
-
-    train_frames = float(np.sum(store.lengths[store.train_index]))
-    test_frames = float(np.sum(store.lengths[store.test_index]))
-    return PREDICT_SECONDS_PER_MFRAME * (2 * val_fraction * train_frames + test_frames) / 1e6
-
-
-# What a member costs besides training, measured on the 2-core CPU (hard preset, quick budget):
-START_SECONDS = 8                  # a worker process: python, torch and kit imports, data mapped
-PREDICT_SECONDS_PER_MFRAME = 35    # prediction, seconds per million frames (see predict_seconds)
-AFTER_SECONDS = 20                 # the ensemble (cross-fitted), the report and its plot, a local submission
-# --max-hours: room kept, as a share of the training time a member is given, for what follows its
-# stop (the last evaluation and checkpoint) and for error in the estimates (predict_seconds
-# takes a GPU's prediction as negligible); a guess on the safe side.
-STOP_SHARE = 0.15
-MIN_MEMBER_SECONDS = 60    # a member that would get less training time than this is not started
-
-
-class Deadline:
-    """`--max-hours`: the wall-clock time by which the command must be done (a notebook session's
-    end). Each member starting is given train.max_minutes so that it checkpoints and stops before
-    it, with time left for the predictions and the recipe's end; one that would get less than
-    MIN_MEMBER_SECONDS is not started. The run dirs then resume on the next session's re-run."""
-
-    def __init__(self, hours: float, began: float, own: dict[str, float] | None = None,
-                 predict: float = 0.0):
-        self.at = began + hours * 3600
-        self.own = own or {}               # member -> its own train.max_minutes (0: none)
-        self.predict = predict             # seconds to predict one member (predict_seconds)
-        self.not_started: list[str] = []
-
-    def seconds_left(self) -> float:
-        return self.at - time.time()
-
-    def member_minutes(self, name: str, log, predictions: int = 1) -> float | None:
-        """train.max_minutes for member `name` starting now, leaving time for `predictions` members'
-        prediction; None (and a line) when too little is left."""
-        reserve = AFTER_SECONDS + START_SECONDS + predictions * self.predict
-        train_seconds = (self.seconds_left() - reserve) * (1 - STOP_SHARE)
-        if train_seconds < MIN_MEMBER_SECONDS:
-            log(f"{name}: not started, {max(self.seconds_left(), 0) / 60:.1f} min are left before the "
-                "--max-hours deadline; re-run the same command (next session) to continue")
-            return None
-        own = self.own.get(name, 0.0)
-        minutes = min(own, train_seconds / 60) if own > 0 else train_seconds / 60
-        log(f"{name}: --max-hours: trains at most {minutes:.1f} min, then checkpoints and stops")
-        return minutes
-
-    def time_for_after(self, seconds_needed: float) -> bool:
-        return self.seconds_left() >= seconds_needed

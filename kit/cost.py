@@ -162,6 +162,22 @@ def measured_table(costs: list[MemberCost], rates: list[StepRate]) -> str:
     return "\n".join(lines)
 
 
+def _predict_flops(flops, cfg: RunConfig, val_lengths: np.ndarray, test_lengths: np.ndarray) -> float:
+    """FLOPs of a member's prediction: validation (twice when infer.mode is auto: whole utterances
+    and windows, to choose) and the test set, counted as whole utterances."""
+    val = float(flops(val_lengths).sum())
+    return val + float(flops(test_lengths).sum()) + (val if cfg.infer.mode == "auto" else 0.0)
+
+
+def predict_gflop(cfg: RunConfig, val_lengths: np.ndarray, test_lengths: np.ndarray) -> float:
+    """GFLOPs of one member's prediction (kit.timeplan turns them into seconds)."""
+    from kit.bench.prediction import forward_flops
+    from kit.models import build_model
+
+    net = build_model(cfg.model).eval()
+    return _predict_flops(forward_flops(net, cfg.model.n_mels), cfg, val_lengths, test_lengths) / 1e9
+
+
 def member_cost(name: str, cfg: RunConfig, val_lengths: np.ndarray, test_lengths: np.ndarray) -> MemberCost:
     from kit.bench.prediction import forward_flops
     from kit.models import build_model, count_params
@@ -169,12 +185,11 @@ def member_cost(name: str, cfg: RunConfig, val_lengths: np.ndarray, test_lengths
     net = build_model(cfg.model).eval()
     flops = forward_flops(net, cfg.model.n_mels)
     crop = np.minimum(val_lengths, 2 * cfg.data.segment_len)
-    val = float(flops(val_lengths).sum())
-    predict = val + float(flops(test_lengths).sum()) + (val if cfg.infer.mode == "auto" else 0.0)
     steps = cfg.train.max_steps
     return MemberCost(name, count_params(net), cfg.train.batch_size, cfg.data.segment_len, steps,
                       step_gflop(cfg), float(flops(crop).sum()) / 1e9,
-                      math.ceil(steps / max(cfg.train.eval_every, 1)), predict / 1e9)
+                      math.ceil(steps / max(cfg.train.eval_every, 1)),
+                      _predict_flops(flops, cfg, val_lengths, test_lengths) / 1e9)
 
 
 def full_lengths(n: int, seed: int = 0) -> np.ndarray:

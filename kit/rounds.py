@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kit.errors import KitError
+from kit.timeplan import TimePlan
 
 PSEUDO_DEFAULTS = {"enabled": True, "rounds": 1, "precision": 0.9, "top_fraction": None, "share": 0.3,
                    "lr_scale": 0.25, "warmup_steps": 20, "fine_tune": "weighted"}
@@ -77,14 +78,12 @@ class StageContext:
     budget: str                                 # the recipe budget's name (recorded in identity.json)
     store: object                               # the recipe's kit.data.FeatureStore, open
     config_for: Callable                        # member name -> RunConfig of the recipe's member
-    train_jobs: Callable                        # ([(name, cfg, run_dir, resume)], share) -> None; predicts too
+    train_jobs: Callable                        # ([(name, cfg, run_dir, resume)], share=) -> None; predicts too
     ensemble: Callable                          # (run_dirs, name) -> ensemble_runs' result
     predict: Callable                           # run_dir -> None (when not predicted yet)
     log: Callable
     progress: bool
-    timed: bool                                 # a time budget: stage minutes from the time left
-    minutes_left: Callable                      # (end, n_jobs, share=) -> training minutes per job, for a
-                                                # stage that must end at `end` x the recipe's time
+    plan: TimePlan                              # the recipe's clock: a stage's minutes from the time left
 
 
 def pseudo_rounds(ctx: StageContext, opts: dict, names: list[str], run_dirs: list[Path], result: dict,
@@ -114,8 +113,7 @@ def pseudo_rounds(ctx: StageContext, opts: dict, names: list[str], run_dirs: lis
         jobs = _fine_tune_jobs(ctx, opts, tuned, [sources[n] for n in tuned], rec.csv, r)
         round_end = start + (end - start) * r / opts["rounds"]
         per_round = opts["share"] / opts["rounds"]
-        share = (lambda left, e=round_end, s=per_round: ctx.minutes_left(e, left, share=s)) if ctx.timed else None
-        ctx.train_jobs(jobs, share)
+        ctx.train_jobs(jobs, share=ctx.plan.sharer(round_end, per_round))
         diverged = {}                   # a fine-tune that diverged is never predicted: its source votes
         for n in tuned:
             step = diverged_at(tuned_dirs[n])
@@ -157,7 +155,7 @@ def _fine_tune_jobs(ctx: StageContext, opts: dict, names, run_dirs, csv: str, r:
         cfg.train.lr, cfg.train.warmup_steps = cfg.train.lr * float(opts["lr_scale"]), int(opts["warmup_steps"])
         cfg.train.evals = 1                     # validation once, at the end: predict scores it anyway
         cfg.infer.mode = predicted_mode(src)    # predicted the way its member was: validation once
-        if not ctx.timed:
+        if not ctx.plan.timed:
             cfg.train.max_steps = max(1, int(cfg.train.max_steps * opts["share"] / opts["rounds"]))
             cfg.train.eval_every = max(1, cfg.train.max_steps // 4)
         if run_dir.exists():
@@ -189,7 +187,7 @@ def distill_stage(ctx: StageContext, opts: dict, run_dirs: list[Path], result: d
     if student.exists() and _read_teachers(record) != teachers:
         ctx.log(f"student: taught by other members before; moved to {move_aside(student, old_name(student))}")
     overrides = ["train.cpu_threads=0"]         # in-process: every core
-    if not ctx.timed:
+    if not ctx.plan.timed:
         steps = load_config(best_member(load_members(run_dirs))).train.max_steps
         overrides.append(f"train.max_steps={max(1, int(steps * opts['share']))}")
     finished = read_summary(student)
@@ -199,7 +197,7 @@ def distill_stage(ctx: StageContext, opts: dict, run_dirs: list[Path], result: d
         write_json(record, teachers)
         try:
             distill(run_dirs, student, overrides=overrides,
-                    minutes=ctx.minutes_left(1.0, 1, share=opts["share"]) if ctx.timed else None,
+                    minutes=ctx.plan.stage_minutes(1.0, ["student"], share=opts["share"]) if ctx.plan.timed else None,
                     temperature=opts["temperature"], distill_weight=opts["weight"],
                     resume=(student / "last.pt").is_file(), progress=ctx.progress, log=ctx.log)
         except TrainingDiverged:

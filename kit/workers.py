@@ -17,7 +17,7 @@ from kit.errors import KitError
 from kit.train.results import diverged_at
 
 if TYPE_CHECKING:
-    from kit.budget import Deadline
+    from kit.timeplan import Deadline
 
 
 def slots_for(workers: int | None, n_jobs: int) -> list[dict]:
@@ -131,7 +131,7 @@ def run_slots(tasks: list[tuple[str, Path, list[list[str]]]], slots: list[dict],
                     break
                 cmds = [cmds[0] + ["--max-minutes", repr(limit)]] + cmds[1:]
             if share is not None:
-                cmds = [cmds[0] + ["--minutes", f"{share(len(pending) + 1):.4f}"]] + cmds[1:]
+                cmds = [cmds[0] + ["--minutes", f"{share([name] + [t[0] for t in pending]):.4f}"]] + cmds[1:]
             log(f"training {name} -> {run_dir} ({slots[slot]['label']}; log in {run_dir / 'train.log'})")
             running[slot] = [name, run_dir, cmds, None, None]
         for slot, state in list(running.items()):

@@ -11,13 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kit.budget import AFTER_SECONDS, Deadline, member_minutes, predict_seconds, step_rate_note
+from kit.budget import step_rate_note
 from kit.config import RunConfig, dump_toml, to_dict
 from kit.errors import KitError
 from kit.infer import source_mode
 from kit.recipe import BUDGETS, Recipe, ensure_data, is_synthetic, load_recipe, member_config
 from kit.records import predictions_current
 from kit.rounds import DISTILL_DEFAULTS, PSEUDO_DEFAULTS, StageContext, enabled, stages_share
+from kit.timeplan import AFTER_SECONDS, Deadline, TimePlan, predict_estimates
 from kit.train import TrainingDiverged
 from kit.workers import run_parallel, slots_for
 
@@ -65,8 +66,9 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
                        minutes=minutes, per_member_minutes=per_member_minutes, max_hours=max_hours, fresh=fresh)
         jobs, max_hours = [], None
     slots = slots_for(workers, len(jobs))
-    share, deadline = run.plan_time(jobs, slots, minutes, per_member_minutes, max_hours, after)
-    run.train_jobs(jobs, share, deadline, slots)
+    run.plan_time(jobs, slots, minutes, per_member_minutes, max_hours, after)
+    run.train_jobs(jobs, slots)
+    deadline = run.plan.deadline
     result = run.results(skipped, deadline)
     if deadline is not None and after:
         after = _in_time(deadline, result, [Path(m["run_dir"]) for m in result["members"] if not m["diverged"]],
@@ -92,12 +94,8 @@ class RecipeRun:
     workers: int | None
     submissions: Path
     began: float = field(default_factory=time.time)
-    minutes: float | None = None                # the recipe's wall time (None: no time budget)
-    per_member_minutes: float | None = None
-    predict_s: float = 0.0                      # one member's prediction (seconds)
-    stages: float = 0.0                         # the share of the time the stages after the vote take
+    plan: TimePlan = field(default_factory=TimePlan)    # the recipe's clock (plan_time sets it)
     after: bool = True                          # predict (in the workers), ensemble, the stages, submit
-    members_end: float = 1.0                    # the share of the time at which the stages begin
 
     @classmethod
     def open(cls, path, data, budget, runs, only, progress, log, workers, submissions, overrides) -> RecipeRun:
@@ -149,73 +147,61 @@ class RecipeRun:
             jobs.append((name, self.config(name), run_dir, (run_dir / "last.pt").is_file()))
         return jobs, skipped
 
-    def plan_time(self, jobs, slots, minutes, per_member_minutes, max_hours, after: bool):
-        """Each member's training minutes (share: members left -> minutes, re-shared as each
-        starts; None without a time budget) and the --max-hours Deadline (or None)."""
+    def plan_time(self, jobs, slots, minutes, per_member_minutes, max_hours, after: bool) -> TimePlan:
+        """The run's TimePlan: the recipe's minutes (or minutes per member), the stages' share, each
+        member's prediction estimate, the --max-hours Deadline; logs the members' first share and
+        refuses an allowance too small to start them."""
         if not per_member_minutes:
             minutes = minutes or self.recipe.minutes.get(self.budget)
-        self.minutes, self.per_member_minutes = minutes, per_member_minutes
-        if minutes or per_member_minutes or max_hours:  # one member's prediction; no slots: a CPU's cost
-            self.predict_s = predict_seconds(self.store, self.config(self.chosen[0]).data.val_fraction,
-                                             bool(slots) and "GPU" in slots[0]["label"])
         self.after = after
-        self.stages = stages_share(self.recipe.after) if after else 0.0
+        stages = stages_share(self.recipe.after) if after else 0.0
+        predict: dict[str, float] = {}
+        if minutes or per_member_minutes or max_hours:  # no slots: a CPU's cost
+            on_gpu = bool(slots) and "GPU" in slots[0]["label"]
+            predict = predict_estimates(self.store, {n: self.config(n) for n in self.chosen}, on_gpu)
         # members trained now end at (1 - stages) of the time; with every member kept from an earlier
         # run, the stages share the whole allowance in proportion to their shares
-        self.members_end = 1.0 - self.stages if jobs else 0.0
-        share = None
-        if jobs and (minutes or per_member_minutes):
-            def member_share(members_left: int, floor: bool = True) -> float:
-                if per_member_minutes:
-                    return per_member_minutes
-                # Re-shared as each member starts, so members that start late get what the earlier
-                # ones left: a first round that overran (a slow prediction, a busy machine) is made up.
-                return self.minutes_left(1.0 - self.stages, members_left, floor, slots)
-
-            share = member_share
-            each = share(len(jobs), floor=False)          # refuses an allowance too small to start
-            self.log(f"time budget: {each:.2f} training minutes per member, {len(slots)} at a time"
-                     + (" (re-shared as each member starts)" if not per_member_minutes else "")
-                     + (f"; {self.stages:.0%} of the time kept for pseudo-labelling/distillation"
-                        if self.stages else ""))
+        n_slots = len(slots) if slots else len(slots_for(self.workers, len(self.chosen)))
+        plan = TimePlan(minutes, per_member_minutes, max(n_slots, 1), stages, predict, began=self.began,
+                        members_end=1.0 - stages if jobs else 0.0)
+        if max_hours:
+            plan.deadline = Deadline(max_hours, self.began, {j[0]: j[1].train.max_minutes for j in jobs}, predict)
+        self.plan = plan
+        if jobs and plan.timed:
+            names = [j[0] for j in jobs]
+            each = plan.member_share(names, floor=False)          # refuses an allowance too small to start
+            self.log(f"time budget: {each:.2f} training minutes for {names[0]}, {len(slots)} at a time"
+                     + (" (re-shared as each member starts, its own prediction reserved)"
+                        if not per_member_minutes else "")
+                     + (f"; {stages:.0%} of the time kept for pseudo-labelling/distillation" if stages else ""))
             for _, cfg, _, _ in jobs:
                 cfg.train.minutes = each
-        deadline = None
-        if max_hours:
-            deadline = Deadline(max_hours, self.began, {j[0]: j[1].train.max_minutes for j in jobs}, self.predict_s)
-        return share, deadline
+        return plan
 
-    def minutes_left(self, end: float, jobs_left: int, floor: bool = True, slots: list | None = None,
-                     share: float | None = None) -> float:
-        """Training minutes per job for a stage that must end at `end` x the recipe's minutes; with
-        --member-minutes M, a stage taking `share` of the time gets M x share / (1 - stages)."""
-        if self.per_member_minutes:
-            return self.per_member_minutes * (1.0 if share is None else share / max(1.0 - self.stages, 0.1))
-        assert self.minutes is not None             # asked only when timed; not per member: by the minutes
-        slots = slots_for(self.workers, len(self.chosen)) if slots is None else slots
-        return member_minutes(self.minutes * end, time.time() - self.began, jobs_left, max(len(slots), 1),
-                              self.predict_s, floor)
-
-    def train_jobs(self, jobs: list, share, deadline: Deadline | None = None, slots: list | None = None) -> None:
+    def train_jobs(self, jobs: list, slots: list | None = None, share=None) -> None:
         """Train (and, in worker processes, predict) jobs [(name, cfg, run_dir, resume)]: in worker
-        processes when there are several slots, else here, one after another."""
+        processes when there are several slots, else here, one after another. share: the time plan's
+        sharer for a stage (default: the members')."""
         from kit.train import train
 
         slots = slots_for(self.workers, len(self.chosen)) if slots is None else slots
+        share = share or self.plan.sharer()
+        deadline = self.plan.deadline
         if len(slots) > 1:
             on_cpu = "CPU" in slots[0]["label"]
             tasks = [_member_task(self.recipe, job, on_cpu, self.after, self.budget) for job in jobs]
             run_parallel(tasks, slots, self.log, share, deadline)
             return
+        names = [j[0] for j in jobs]
         for k, (name, cfg, run_dir, resume) in enumerate(jobs):
-            if deadline is not None:
-                limit = deadline.member_minutes(name, self.log, predictions=k + 1)     # predicted at the end
+            if deadline is not None:        # predicted at the end: the ones trained so far and this one
+                limit = deadline.member_minutes(name, self.log, predicting=names[:k + 1])
                 if limit is None:
-                    deadline.not_started += [j[0] for j in jobs[k:]]
+                    deadline.not_started += names[k:]
                     break
                 cfg.train.max_minutes = limit
             if share is not None:
-                cfg.train.minutes = share(len(jobs) - k)
+                cfg.train.minutes = share(names[k:])
             self.log(f"training {name} -> {run_dir}{' (resuming)' if resume else ''}")
             try:
                 train(cfg, run_dir, resume=resume, progress=self.progress, store=self.store, budget=self.budget)
@@ -247,8 +233,7 @@ class RecipeRun:
             config_for=self.config, train_jobs=self.train_jobs,
             ensemble=lambda dirs, name: _ensemble(self.recipe, dirs, name, self.submissions, self.log),
             predict=lambda d: _predict(d, which, self.store, self.progress, self.log), log=self.log,
-            progress=self.progress, timed=bool(self.minutes or self.per_member_minutes),
-            minutes_left=self.minutes_left)
+            progress=self.progress, plan=self.plan)
 
 
 def _message(template: str, recipe: str, budget: str, members: list[str]) -> str:
@@ -345,7 +330,7 @@ def _in_time(deadline: Deadline, result: dict, run_dirs: list[Path], which: str)
                             f"({', '.join(unfinished)}): re-run the same command (next session) to continue "
                             "them; predict, ensemble and submit follow once every member has finished")
     else:
-        needed = AFTER_SECONDS + deadline.predict * sum(not _is_predicted(d, which) for d in run_dirs)
+        needed = AFTER_SECONDS + sum(deadline.predict.get(d.name, 0.0) for d in run_dirs if not _is_predicted(d, which))
         if deadline.time_for_after(needed):
             return True
         result["resume"] = (f"every member has finished, but predict, ensemble and submit (about "
@@ -416,8 +401,8 @@ def _after(run: RecipeRun, result: dict) -> None:
     if rounds:
         result["vote0"] = {"val_acc": ens["val_acc"], "val_acc_oof": ens.get("oof_acc"), "csv": str(ens["csv"])}
         names = [m["name"] for m in members]
-        start = run.members_end
-        end = start + (1.0 - start) * plan["pseudo"]["share"] / max(run.stages, 1e-9)
+        start = run.plan.members_end
+        end = start + (1.0 - start) * plan["pseudo"]["share"] / max(run.plan.stages, 1e-9)
         run_dirs = pseudo_rounds(run.stage_context(), plan["pseudo"], names, run_dirs, result, start, end)
         if result["rounds"]:
             log(f"ensembling the {len(run_dirs)} fine-tuned member(s) by {plan['ensemble']} vote")

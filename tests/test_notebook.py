@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 import kit.env
-from kit.budget import Deadline
 from kit.cli import main
 from kit.env import cache_dir, kaggle_data_dir, progress_visible
 from kit.recipe import ensure_data
+from kit.timeplan import Deadline
 from kit.zoo import run_recipe
 
 TRAIN_SMALL = ["--no-progress", "--set", "data.segment_len=48", "--set", "data.store_dtype=float32",
@@ -129,7 +129,7 @@ def test_max_hours_stops_members_cleanly_and_a_rerun_continues(tiny_data, nb_rec
 
 
 def test_a_deadline_gives_each_member_what_is_left(monkeypatch):
-    from kit.budget import AFTER_SECONDS, MIN_MEMBER_SECONDS, START_SECONDS, STOP_SHARE
+    from kit.timeplan import AFTER_SECONDS, MIN_MEMBER_SECONDS, START_SECONDS, STOP_SHARE
 
     logs: list[str] = []
     deadline = Deadline(1.0, time.time(), own={"capped": 5.0})
@@ -138,9 +138,11 @@ def test_a_deadline_gives_each_member_what_is_left(monkeypatch):
     expected = (left - AFTER_SECONDS - START_SECONDS) * (1 - STOP_SHARE) / 60
     assert deadline.member_minutes("free", logs.append) == pytest.approx(expected)
     assert deadline.member_minutes("capped", logs.append) == 5.0           # its own train.max_minutes
-    predicting = Deadline(1.0, time.time(), predict=100.0)                  # 100 s to predict a member
-    assert predicting.member_minutes("third", logs.append, predictions=3) == pytest.approx(
+    predicting = Deadline(1.0, time.time(), predict={"a": 100.0, "b": 50.0, "third": 150.0})
+    assert predicting.member_minutes("third", logs.append, predicting=["a", "b", "third"]) == pytest.approx(
         expected - 300 * (1 - STOP_SHARE) / 60)                             # three predicted at the end
+    assert predicting.member_minutes("b", logs.append) == pytest.approx(   # in a worker: its own
+        expected - 50 * (1 - STOP_SHARE) / 60)
     left = AFTER_SECONDS + START_SECONDS + MIN_MEMBER_SECONDS / 2
     assert deadline.member_minutes("late", logs.append) is None
     assert "late: not started" in logs[-1] and "re-run the same command" in logs[-1]

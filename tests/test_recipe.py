@@ -117,13 +117,13 @@ def test_members_can_train_in_some_budgets_only(tiny_recipe):
 
 def test_a_recipe_wall_time_is_shared_among_members(tiny_data, tiny, tmp_path):
     """`--minutes`: each member left to train gets its share as train.minutes and fits its steps to it."""
-    from kit.budget import member_minutes
+    from kit.timeplan import member_minutes
 
-    each = member_minutes(10.0, spent_seconds=30.0, n_jobs=4, n_slots=2)
+    each = member_minutes(10.0, spent_seconds=30.0, predicts=[0.0] * 4, n_slots=2)
     assert 3.0 < each < 4.5                        # two rounds of two members in about 9 minutes
-    assert member_minutes(10.0, 30.0, n_jobs=2, n_slots=2) > 2 * each - 0.5      # one round: twice as long
+    assert member_minutes(10.0, 30.0, [0.0] * 2, n_slots=2) > 2 * each - 0.5      # one round: twice as long
     with pytest.raises(KitError, match="too little time"):
-        member_minutes(0.5, 20.0, n_jobs=4, n_slots=1)
+        member_minutes(0.5, 20.0, [0.0] * 4, n_slots=1)
     runs = tmp_path / "runs"
     result = run_recipe(tiny, data=str(tiny_data), runs=str(runs), progress=False, workers=1,
                         per_member_minutes=0.02, after=False)
@@ -144,7 +144,8 @@ def test_shipped_recipes_are_found_by_name_from_any_directory(tmp_path, monkeypa
 @pytest.mark.slow
 def test_members_get_their_time_share_as_they_start(tmp_path):
     """With a recipe wall time, each member's trainer is told its minutes when it starts, from how
-    many members are left then (so a late round gets what an overrunning first round left)."""
+    many members are left then (so a late round gets what an overrunning first round left), the
+    starting member named first (its own prediction is reserved)."""
     import sys
 
     from kit.workers import run_parallel as _run_parallel
@@ -156,12 +157,12 @@ def test_members_get_their_time_share_as_they_start(tmp_path):
         tasks.append((name, run_dir, [[sys.executable, "-c", "import sys; print(sys.argv[1:])"]]))
     asked = []
 
-    def share(members_left):
-        asked.append(members_left)
-        return 1.5 * members_left
+    def share(starting):
+        asked.append(starting)
+        return 1.5 * len(starting)
 
     _run_parallel(tasks, [{"label": "CPU worker 0"}, {"label": "CPU worker 1"}], lambda m: None, share)
-    assert asked == [3, 2, 1]
+    assert asked == [["a", "b", "c"], ["b", "c"], ["c"]]
     assert "'--minutes', '4.5000'" in (tmp_path / "a" / "train.log").read_text()
     assert "'--minutes', '1.5000'" in (tmp_path / "c" / "train.log").read_text()
 

@@ -1,13 +1,11 @@
-"""What every launcher shares: the `kit recipe run` arguments a kernel or a job runs, time limits,
-progress lines, when a member counts as finished."""
+"""What every launcher shares: the `kit recipe run` arguments a kernel or a job runs, progress
+lines, when a member counts as finished (a job's time limits: kit.timeplan.time_limits)."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 MAX_ROUNDS = 4             # kernel versions / job rounds one command starts for the same members
-START_HOURS = 0.25         # a job's own time beyond training: start, installs, packing the data, predicting
-STOP_MARGIN_HOURS = 0.25   # kit in a job stops this long before the job's limit, so its checkpoints are kept
 
 
 def member_args(recipe_file: str, members: list[str], budget: str, runs: str, data: str | None = None,
@@ -44,16 +42,3 @@ def progress(run_dir: Path) -> str:
     if is_finished(run_dir):
         return "finished"
     return "checkpointed, not finished" if (Path(run_dir) / "last.pt").is_file() else "not started"
-
-
-def time_limits(recipe, budget: str, members_per_job: int, longest: float, minutes: float | None,
-                per_member_minutes: float | None, max_hours: float | None) -> tuple[float, float | None]:
-    """(a job's or kernel's time limit in hours, the --max-hours kit gets inside it, or None).
-    A timed recipe (its wall time, or minutes per member) needs that time and START_HOURS; else a
-    job gets `max_hours` or `longest` (Kaggle: its 12-hour session) and kit stops a little before
-    its end, so that the checkpoints it leaves are complete."""
-    timed = per_member_minutes * members_per_job if per_member_minutes else (minutes or recipe.minutes.get(budget))
-    if timed and not max_hours:
-        return min(longest, timed / 60 + START_HOURS), None
-    hours = max_hours or longest
-    return hours, hours - min(STOP_MARGIN_HOURS, hours / 10)

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from kit.errors import KitError
 from kit.fsio import write_json, write_text
-from kit.launch.common import MAX_ROUNDS, is_finished, member_args, progress, time_limits
+from kit.launch.common import MAX_ROUNDS, is_finished, member_args, progress
+from kit.timeplan import time_limits
 
 STATE, LOGS, PULLS = "kaggle-kernels.json", "kaggle-logs", ".kaggle-pull"
 LAUNCH_MARK = "launch.json"          # in a run dir pulled back: which kernel version it came from

@@ -9,7 +9,8 @@ import shutil
 from pathlib import Path
 
 from kit.errors import KitError
-from kit.launch.common import MAX_ROUNDS, is_finished, member_args, progress, time_limits
+from kit.launch.common import MAX_ROUNDS, is_finished, member_args, progress
+from kit.timeplan import time_limits
 
 FOLDER = ".submitit"          # RUNS/<recipe>/.submitit: submitit's job files and logs
 LONGEST_HOURS = 12.0          # a job's time limit when neither the recipe nor --max-hours gives one
