@@ -87,6 +87,10 @@ def register(sub) -> None:
     _add_launcher_args(p)
     p.set_defaults(func=cmd_recipe_run)
 
+    _register_cost(rsub)
+
+
+def _register_cost(rsub) -> None:
     p = rsub.add_parser("cost", help="what a recipe's budget costs: FLOPs counted on the members' real shapes, "
                         "projected GPU hours on Kaggle's P100 and T4 x2 and on an H100, and whether it fits a "
                         "Kaggle week")
