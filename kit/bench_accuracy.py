@@ -14,6 +14,7 @@ import numpy as np
 
 from kit.errors import KitError
 from kit.fsio import write_csv, write_json, write_text
+from kit.recipe_result import RecipeResult
 
 
 def _member_csv(run_dir: Path, out: Path) -> Path:
@@ -70,7 +71,7 @@ def run_accuracy_bench(recipe: str = "boss", preset: str = "hard", data: str | N
                 per_member_minutes=per_member_minutes, submit=False)
     which = stage_set(stages)
     res, rows, wall = _recipe_rows(recipe_path, runs, key, args)
-    result = {"recipe": res["recipe"], "data": str(data_dir), "wall_minutes": wall / 60, "rows": rows,
+    result = {"recipe": res.recipe, "data": str(data_dir), "wall_minutes": wall / 60, "rows": rows,
               "time": time.strftime("%Y-%m-%d %H:%M:%S")}
     if which:
         names = " and ".join(which)
@@ -124,29 +125,28 @@ def _recipe_rows(recipe_path: Path, runs: Path, key: Path, args: dict, stages: t
     wall = time.time() - began
     tag = f" [{'same budget: ' if same_budget else '+'}{', '.join(stages)}]" if stages else ""
     rows = []
-    for m in (res["members"] if same_budget or not stages else []):
-        run_dir = Path(m["run_dir"])
+    for m in (res.members if same_budget or not stages else []):
+        run_dir = Path(m.run_dir)
         csv = _member_csv(run_dir, run_dir / "member_test.csv")
-        rows.append({"name": m["name"] + tag, "kind": "member" if not stages else "staged member",
-                     "val_acc": m.get("val_acc"), "minutes": m["minutes"], **_scores(csv, key)})
-    for d in (res.get("rounds") or [{}])[-1].get("fine_tuned", []):
+        rows.append({"name": m.name + tag, "kind": "member" if not stages else "staged member",
+                     "val_acc": m.accuracy, "minutes": m.minutes, **_scores(csv, key)})
+    for d in (res.rounds[-1].fine_tuned if res.rounds else []):
         run_dir = Path(d)
         csv = _member_csv(run_dir, run_dir / "member_test.csv")
         rows.append({"name": run_dir.name, "kind": "fine-tuned member", "val_acc": PredictionIds.load(run_dir).val_acc,
                      "minutes": _minutes(run_dir), **_scores(csv, key)})
-    if res.get("vote0") and (same_budget or not stages):
+    if res.vote0 is not None and (same_budget or not stages):
         rows.append({"name": f"vote before pseudo-labelling{tag}", "kind": "vote0",
-                     "val_acc": res["vote0"].get("val_acc_oof"), "minutes": wall / 60,
-                     **_scores(Path(res["vote0"]["csv"]), key)})
-    ens = res.get("ensemble")
-    if ens:
-        rows.append({"name": f"ensemble ({ens.get('method') or ens['vote']}){tag}",
+                     "val_acc": res.vote0.val_acc_oof, "minutes": wall / 60, **_scores(Path(res.vote0.csv), key)})
+    ens = res.ensemble
+    if ens is not None:
+        rows.append({"name": f"ensemble ({ens.method or ens.vote}){tag}",
                      "kind": "ensemble" if not stages else "staged ensemble",
-                     "val_acc": ens.get("val_acc_oof", ens["val_acc"]), "minutes": wall / 60,
-                     **_scores(Path(ens["csv"]), key)})
-    if res.get("student"):
-        rows.append({"name": f"distilled student{tag}", "kind": "student", "val_acc": res["student"]["val_acc"],
-                     "minutes": wall / 60, **_scores(Path(res["student"]["csv"]), key)})
+                     "val_acc": ens.val_acc_oof if ens.val_acc_oof is not None else ens.val_acc,
+                     "minutes": wall / 60, **_scores(Path(ens.csv), key)})
+    if res.student is not None and res.student.csv:
+        rows.append({"name": f"distilled student{tag}", "kind": "student", "val_acc": res.student.val_acc,
+                     "minutes": wall / 60, **_scores(Path(res.student.csv), key)})
     return res, rows, wall
 
 
@@ -156,12 +156,12 @@ def _minutes(run_dir: Path) -> float:
     return (read_summary(run_dir) or {}).get("seconds", 0.0) / 60
 
 
-def _pseudo_precision(res: dict, key: Path) -> list[dict]:
+def _pseudo_precision(res: RecipeResult, key: Path) -> list[dict]:
     """Each round's pseudo-labels: count, estimated precision and the true one (answer key)."""
     from kit.pseudo import true_precision
 
-    return [{"round": r["round"], "count": r["count"], "estimated_precision": r["estimated_precision"],
-             "true_precision": true_precision(r["pseudo_labels"], key)} for r in res.get("rounds", [])]
+    return [{"round": r.round, "count": r.count, "estimated_precision": r.estimated_precision,
+             "true_precision": true_precision(r.pseudo_labels, key)} for r in res.rounds]
 
 
 def _verdicts(rows: list[dict]) -> dict:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kit.errors import KitError
+from kit.recipe_result import RecipeResult, RoundResult, StudentResult
 from kit.timeplan import TimePlan
 
 PSEUDO_DEFAULTS = {"enabled": True, "rounds": 1, "precision": 0.9, "top_fraction": None, "share": 0.3,
@@ -86,7 +87,7 @@ class StageContext:
     plan: TimePlan                              # the recipe's clock: a stage's minutes from the time left
 
 
-def pseudo_rounds(ctx: StageContext, opts: dict, names: list[str], run_dirs: list[Path], result: dict,
+def pseudo_rounds(ctx: StageContext, opts: dict, names: list[str], run_dirs: list[Path], result: RecipeResult,
                   start: float, end: float) -> list[Path]:
     """Run opts["rounds"] pseudo-labelling rounds; returns the last round's run dirs. start, end: the
     shares of the recipe's time at which the stage starts and ends (round r ends at
@@ -94,7 +95,7 @@ def pseudo_rounds(ctx: StageContext, opts: dict, names: list[str], run_dirs: lis
     from kit.pseudo import make_pseudo_labels
     from kit.train import diverged_at
 
-    result["rounds"] = []
+    result.rounds = []
     for r in range(1, opts["rounds"] + 1):
         rec = make_pseudo_labels(run_dirs, ctx.root / f"pseudo-{r}", precision=opts["precision"],
                                  top_fraction=opts["top_fraction"])
@@ -123,10 +124,9 @@ def pseudo_rounds(ctx: StageContext, opts: dict, names: list[str], run_dirs: lis
         run_dirs = [tuned_dirs.get(n, sources[n]) for n in names]
         for d in tuned_dirs.values():
             ctx.predict(d)
-        result["rounds"].append({"round": r, "pseudo_labels": rec.csv, "count": rec.test_count,
-                                 "threshold": rec.threshold, "estimated_precision": rec.estimated_precision,
-                                 "members": [str(d) for d in run_dirs],
-                                 "fine_tuned": [str(d) for d in tuned_dirs.values()], "diverged": diverged})
+        result.rounds.append(RoundResult(r, str(rec.csv), rec.test_count, rec.threshold, rec.estimated_precision,
+                                         [str(d) for d in run_dirs], [str(d) for d in tuned_dirs.values()],
+                                         diverged))
     return run_dirs
 
 
@@ -171,11 +171,11 @@ def _fine_tune_jobs(ctx: StageContext, opts: dict, names, run_dirs, csv: str, r:
     return jobs
 
 
-def distill_stage(ctx: StageContext, opts: dict, run_dirs: list[Path], result: dict) -> dict:
+def distill_stage(ctx: StageContext, opts: dict, run_dirs: list[Path], result: RecipeResult) -> StudentResult:
     """Train and predict the student; write NAME-student.csv (a one-model submission). A student
     taught by other members (they were retrained since) is moved aside and trained again. A student
-    whose training diverged is left out: result["student_diverged"] says so (no result["student"]),
-    and the recipe goes on to submit the vote."""
+    whose training diverged is left out: result.student.diverged_at says so (no CSV), and the recipe
+    goes on to submit the vote."""
     from kit.distill import best_member, distill, load_members
     from kit.fsio import sha256_file, write_json
     from kit.runs import move_aside, old_name
@@ -209,16 +209,14 @@ def distill_stage(ctx: StageContext, opts: dict, run_dirs: list[Path], result: d
     if step is not None:                        # now or in an earlier run (the same teachers diverge again)
         ctx.log(f"student diverged at step {step}: no student CSV, the vote goes on alone (move {student} "
                 "aside to distil again)")
-        out = {"run_dir": str(student), "step": step}
-        result["student_diverged"] = out
-        return out
+        result.student = StudentResult(str(student), diverged_at=step)
+        return result.student
     if finished is not None and finished.get("stopped_reason") != "time":
         ctx.predict(student)
     ens = ctx.ensemble([student], f"{ctx.name}-student")
     val_acc = None if ens["val_acc"] is None else float(ens["val_acc"])      # a plain number in messages
-    out = {"run_dir": str(student), "val_acc": val_acc, "csv": str(ens["csv"])}
-    result["student"] = out
-    return out
+    result.student = StudentResult(str(student), val_acc, str(ens["csv"]))
+    return result.student
 
 
 def _read_teachers(path: Path) -> dict | None:

@@ -9,13 +9,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from kit.budget import step_rate_note
 from kit.config import RunConfig, dump_toml, to_dict
 from kit.errors import KitError
 from kit.infer import source_mode
 from kit.recipe import BUDGETS, Recipe, ensure_data, is_synthetic, load_recipe, member_config
+from kit.recipe_result import MemberResult, RecipeResult, VoteResult
 from kit.records import predictions_current
 from kit.rounds import DISTILL_DEFAULTS, PSEUDO_DEFAULTS, StageContext, enabled, stages_share
 from kit.timeplan import AFTER_SECONDS, Deadline, TimePlan, predict_estimates
@@ -32,7 +33,7 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
                per_member_minutes: float | None = None, submit: bool | None = None,
                submissions: str | Path = "submissions", fresh: bool = False,
                max_hours: float | None = None, pseudo: bool | None = None, distill: bool | None = None,
-               launcher=None, ensemble: str | None = None) -> dict:
+               launcher=None, ensemble: str | None = None) -> RecipeResult:
     """Train the recipe's members (skipping finished ones, resuming half-finished ones), then
     predict, ensemble and submit as its [after] table says. Returns everything the CLI prints.
 
@@ -71,11 +72,11 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
     deadline = run.plan.deadline
     result = run.results(skipped, deadline)
     if deadline is not None and after:
-        after = _in_time(deadline, result, [Path(m["run_dir"]) for m in result["members"] if not m["diverged"]],
+        after = _in_time(deadline, result, [Path(m.run_dir) for m in result.members if not m.diverged],
                          run.recipe.after["which"])
     if after:
         _after(run, result)
-    result["minutes"] = (time.time() - run.began) / 60
+    result.minutes = (time.time() - run.began) / 60
     return result
 
 
@@ -208,22 +209,19 @@ class RecipeRun:
             except TrainingDiverged as e:           # the other members go on; the vote leaves it out
                 self.log(f"{name}: {e}")
 
-    def results(self, skipped: set, deadline: Deadline | None) -> dict:
+    def results(self, skipped: set, deadline: Deadline | None) -> RecipeResult:
         """The members' rows for the table (from their summary.json)."""
         from kit.train import read_summary
 
-        result: dict[str, Any] = {"recipe": self.recipe.name, "budget": self.budget, "data": str(self.data_dir),
-                                  "members": []}
+        result = RecipeResult(self.recipe.name, self.budget, str(self.data_dir))
         for name in self.chosen:
             s = read_summary(self.root / name) or {}
-            result["members"].append({"name": name, "run_dir": str(self.root / name), "params": s.get("params", 0),
-                                      "val_acc": _val_acc(s), "step": s.get("step", 0),
-                                      "minutes": s.get("seconds", 0.0) / 60,
-                                      "note": "; ".join(filter(None, [_note(s, name in skipped),
-                                                                      step_rate_note(s.get("steps_per_second"))])),
-                                      "diverged": s.get("stopped_reason") == "diverged"})
+            note = "; ".join(filter(None, [_note(s, name in skipped), step_rate_note(s.get("steps_per_second"))]))
             if deadline is not None and name in deadline.not_started and not s:
-                result["members"][-1]["note"] = "not started (--max-hours; re-run continues)"
+                note = "not started (--max-hours; re-run continues)"
+            result.members.append(MemberResult(name, str(self.root / name), s.get("params", 0), s.get("step", 0),
+                                               s.get("seconds", 0.0) / 60, note,
+                                               s.get("stopped_reason") == "diverged", val_acc_crop=_val_acc(s)))
         return result
 
     def stage_context(self) -> StageContext:
@@ -320,20 +318,20 @@ def _note(summary: dict, skipped: bool) -> str:
     return "" if reason == "budget" else reason
 
 
-def _in_time(deadline: Deadline, result: dict, run_dirs: list[Path], which: str) -> bool:
+def _in_time(deadline: Deadline, result: RecipeResult, run_dirs: list[Path], which: str) -> bool:
     """--max-hours: whether predict, ensemble and submit go ahead now: only when every member has
-    finished and their predictions and the end fit before the deadline; else result["resume"]
-    says what the next session's re-run will do."""
-    unfinished = [m["name"] for m in result["members"] if m["note"].startswith(("stopped at", "not started"))]
+    finished and their predictions and the end fit before the deadline; else result.resume says
+    what the next session's re-run will do."""
+    unfinished = [m.name for m in result.members if m.note.startswith(("stopped at", "not started"))]
     if unfinished:
-        result["resume"] = (f"{len(unfinished)} member(s) not finished before the --max-hours deadline "
+        result.resume = (f"{len(unfinished)} member(s) not finished before the --max-hours deadline "
                             f"({', '.join(unfinished)}): re-run the same command (next session) to continue "
                             "them; predict, ensemble and submit follow once every member has finished")
     else:
         needed = AFTER_SECONDS + sum(deadline.predict.get(d.name, 0.0) for d in run_dirs if not _is_predicted(d, which))
         if deadline.time_for_after(needed):
             return True
-        result["resume"] = (f"every member has finished, but predict, ensemble and submit (about "
+        result.resume = (f"every member has finished, but predict, ensemble and submit (about "
                             f"{needed / 60:.1f} min) do not fit before the --max-hours deadline: re-run the "
                             "same command (next session) to do them")
     return False
@@ -361,20 +359,20 @@ def _ensemble(recipe: Recipe, run_dirs: list[Path], name: str, submissions, log=
     return ensemble_runs(run_dirs, vote=vote, weights=weights, name=name, out_dir=submissions, log=log)
 
 
-def _voters(members: list[dict], root: Path, log) -> list[dict]:
+def _voters(members: list[MemberResult], root: Path, log) -> list[MemberResult]:
     """The members that are predicted and voted: every one whose training did not diverge."""
-    diverged = [m["name"] for m in members if m["diverged"]]
-    voters = [m for m in members if not m["diverged"]]
+    diverged = [m.name for m in members if m.diverged]
+    voters = [m for m in members if not m.diverged]
     if not voters:
         raise KitError(f"{root}: every member diverged ({', '.join(diverged)}), so there is nothing to vote; "
                        "lower train.lr in the recipe and re-run with --fresh")
     if diverged:
         log(f"{', '.join(diverged)} diverged: predicting and voting without {'it' if len(diverged) == 1 else 'them'} "
-            f"({len(voters)} member(s) left: {', '.join(m['name'] for m in voters)})")
+            f"({len(voters)} member(s) left: {', '.join(m.name for m in voters)})")
     return voters
 
 
-def _after(run: RecipeRun, result: dict) -> None:
+def _after(run: RecipeRun, result: RecipeResult) -> None:
     """predict -> ensemble -> (pseudo-labelling rounds, distillation) -> submit, as far as the
     recipe's [after] table asks."""
     from kit.kaggle import recipe_submit
@@ -385,44 +383,42 @@ def _after(run: RecipeRun, result: dict) -> None:
     recipe, log, submissions, plan = run.recipe, run.log, run.submissions, run.recipe.after
     if not plan["predict"]:
         return
-    members = _voters(result["members"], run.root, log)
-    run_dirs = [Path(m["run_dir"]) for m in members]
-    for run_dir, member in zip(run_dirs, members, strict=True):
-        member["pred"] = _predict(run_dir, plan["which"], run.store, run.progress, log)
+    members = _voters(result.members, run.root, log)
+    run_dirs = [Path(m.run_dir) for m in members]
+    for run_dir in run_dirs:
+        _predict(run_dir, plan["which"], run.store, run.progress, log)
     for run_dir, member in zip(run_dirs, members, strict=True):     # the table shows predicted accuracy
         ids = PredictionIds.load(run_dir)
-        if ids.val_acc is not None:
-            member["val_acc"], member["mode"] = ids.val_acc, ids.inference_mode
+        member.val_acc, member.mode = ids.val_acc, ids.inference_mode or ""
     if plan["ensemble"] == "none":
         return
     log(f"ensembling {len(run_dirs)} member(s) by {plan['ensemble']} vote")
     rounds = enabled(plan, "pseudo") is not None
     ens = _ensemble(recipe, run_dirs, f"{recipe.name}-vote0" if rounds else recipe.name, submissions, log)
     if rounds:
-        result["vote0"] = {"val_acc": ens["val_acc"], "val_acc_oof": ens.get("oof_acc"), "csv": str(ens["csv"])}
-        names = [m["name"] for m in members]
+        result.vote0 = VoteResult(ens["val_acc"], str(ens["csv"]), plan["ensemble"], ens.get("oof_acc"))
+        names = [m.name for m in members]
         start = run.plan.members_end
         end = start + (1.0 - start) * plan["pseudo"]["share"] / max(run.plan.stages, 1e-9)
         run_dirs = pseudo_rounds(run.stage_context(), plan["pseudo"], names, run_dirs, result, start, end)
-        if result["rounds"]:
+        if result.rounds:
             log(f"ensembling the {len(run_dirs)} fine-tuned member(s) by {plan['ensemble']} vote")
         ens = _ensemble(recipe, run_dirs, recipe.name, submissions, log)     # no round: the same vote
-    result["ensemble"] = {"vote": plan["ensemble"], "val_acc": ens["val_acc"], "csv": str(ens["csv"]),
-                          "manifest": str(ens["manifest"]), "table": ens.get("table"),
-                          "weights_mode": plan["weights"], "method": ens.get("method"),
-                          "val_acc_oof": ens.get("oof_acc"), "members": [str(d) for d in run_dirs],
-                          "weights": [float(w) for w in ens["weights"]] if ens.get("weights") is not None else None}
+    result.ensemble = VoteResult(ens["val_acc"], str(ens["csv"]), plan["ensemble"], ens.get("oof_acc"),
+                                 str(ens["manifest"]), ens.get("table"), plan["weights"], ens.get("method"),
+                                 [str(d) for d in run_dirs],
+                                 [float(w) for w in ens["weights"]] if ens.get("weights") is not None else None)
     report = report_runs(run_dirs, ensemble_result=ens)       # also draws NAME_report.png beside the CSV
-    result["report"] = format_report(report)
+    result.report = format_report(report)
     if enabled(plan, "distill") is not None:
         distill_stage(run.stage_context(), plan["distill"], run_dirs, result)
     if not plan["submit"]:
         return
-    message = _message(plan["message"] or "kit recipe {recipe} ({budget} budget)", recipe.name, result["budget"],
+    message = _message(plan["message"] or "kit recipe {recipe} ({budget} budget)", recipe.name, result.budget,
                        [Path(d).name for d in run_dirs])
     log(f"submitting {ens['csv']}")
-    result["submission"] = recipe_submit(ens["csv"], message, run.data_dir)
-    if enabled(plan, "distill") and plan["distill"]["submit"] and result.get("student"):
-        log(f"submitting {result['student']['csv']}")
-        result["student"]["submission"] = recipe_submit(result["student"]["csv"], message + " (distilled student)",
-                                                        run.data_dir)
+    result.submission = recipe_submit(ens["csv"], message, run.data_dir)
+    student = result.student
+    if enabled(plan, "distill") and plan["distill"]["submit"] and student is not None and student.csv:
+        log(f"submitting {student.csv}")
+        student.submission = recipe_submit(student.csv, message + " (distilled student)", run.data_dir)

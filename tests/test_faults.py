@@ -97,7 +97,7 @@ def test_a_member_from_before_identity_json_is_judged_by_its_config(write_recipe
     run_recipe(recipe, **run)
     identity = runs / "tiny" / "mean" / "identity.json"
     identity.unlink()
-    assert run_recipe(recipe, **run)["members"][0]["note"] == "finished earlier"
+    assert run_recipe(recipe, **run).members[0].note == "finished earlier"
     assert identity.is_file()                                   # adopted: its config.toml agreed
     identity.unlink()
     write_recipe(lr=1e-3, members=("mean",))

@@ -185,7 +185,7 @@ def test_members_run_as_submitit_jobs(tiny_data, tmp_path, monkeypatch):
                         log=logs.append, launcher=make_launcher("slurm", cluster="local"))
     runs = tmp_path / "runs" / "zoo"
     assert sum("submitted as job" in line for line in logs) == 2
-    assert [m["step"] for m in result["members"]] == [10, 10] and result["ensemble"]["csv"]
+    assert [m.step for m in result.members] == [10, 10] and result.ensemble.csv
     assert (runs / ".submitit").is_dir() and not any("predicting" in line for line in logs)
 
 

@@ -114,18 +114,18 @@ def test_max_hours_stops_members_cleanly_and_a_rerun_continues(tiny_data, nb_rec
         logs: list[str] = []
         first = run_recipe(recipe, data=str(tiny_data), runs=str(runs), workers=1, progress=False, log=logs.append,
                            submissions=subs, max_hours=5)
-    assert [m["note"] for m in first["members"]] == ["stopped at its time limit (re-run continues)",
+    assert [m.note for m in first.members] == ["stopped at its time limit (re-run continues)",
                                                      "not started (--max-hours; re-run continues)"]
-    assert first["members"][0]["step"] < 10 and (runs / "nb" / "first" / "last.pt").is_file()
-    assert "re-run the same command" in first["resume"] and "ensemble" not in first
+    assert first.members[0].step < 10 and (runs / "nb" / "first" / "last.pt").is_file()
+    assert "re-run the same command" in first.resume and first.ensemble is None
     assert not list(subs.glob("*.csv"))
 
     logs = []
     again = run_recipe(recipe, data=str(tiny_data), runs=str(runs), workers=1, progress=False, log=logs.append,
                        submissions=subs, max_hours=5)
     assert "training first -> " + str(runs / "nb" / "first") + " (resuming)" in logs
-    assert [m["step"] for m in again["members"]] == [10, 10] and "resume" not in again
-    assert again["ensemble"]["csv"] and Path(again["ensemble"]["csv"]).is_file()
+    assert [m.step for m in again.members] == [10, 10] and again.resume is None
+    assert again.ensemble.csv and Path(again.ensemble.csv).is_file()
 
 
 def test_a_deadline_gives_each_member_what_is_left(monkeypatch):

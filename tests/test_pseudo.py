@@ -170,8 +170,8 @@ def test_recipe_pseudo_round_and_student(tiny_data, tmp_path):
     runs, subs = tmp_path / "runs", tmp_path / "subs"
     result = run_recipe(recipe, data=str(tiny_data), budget="full", runs=str(runs), workers=1, progress=False,
                         submissions=subs)
-    (r1,) = result["rounds"]
-    assert r1["count"] == 10 and [Path(d).name for d in r1["members"]] == ["a-pl1", "b-pl1"]
+    (r1,) = result.rounds
+    assert r1.count == 10 and [Path(d).name for d in r1.members] == ["a-pl1", "b-pl1"]
     for name in ("a-pl1", "b-pl1"):
         summary = read_summary(runs / "tinypl" / name)
         assert summary["n_pseudo"] == 10 and summary["step"] == 9      # share 0.3 of max_steps 30
@@ -183,7 +183,7 @@ def test_recipe_pseudo_round_and_student(tiny_data, tmp_path):
     # a re-run keeps every finished stage
     again = run_recipe(recipe, data=str(tiny_data), budget="full", runs=str(runs), workers=1, progress=False,
                        submissions=subs)
-    assert again["rounds"][0]["count"] == 10
+    assert again.rounds[0].count == 10
     assert read_summary(runs / "tinypl" / "b-pl1") == summary          # not trained again
 
 
@@ -212,15 +212,15 @@ def test_recipe_round_fine_tunes_only_the_weighted_members(tiny_data, tmp_path):
     runs = tmp_path / "runs"
     result = run_recipe(recipe, data=str(tiny_data), budget="full", runs=str(runs), workers=1, progress=False,
                         submissions=tmp_path / "subs")
-    (r1,) = result["rounds"]
+    (r1,) = result.rounds
     weights = read_json(runs / "tinypl" / "pseudo-1" / "pseudo.json", "pseudo")["weights"]
     heaviest = max(range(3), key=lambda k: weights[k])
     want = [n for k, n in enumerate("abc") if weights[k] >= MIN_WEIGHT or k == heaviest]
     assert len(want) < 3                    # what this test is about: a member the vote ignores is kept
-    assert [Path(d).name for d in r1["fine_tuned"]] == [f"{n}-pl1" for n in want]
+    assert [Path(d).name for d in r1.fine_tuned] == [f"{n}-pl1" for n in want]
     # the re-vote: fine-tuned members in place of their sources, the others as they were
-    assert [Path(d).name for d in r1["members"]] == [f"{n}-pl1" if n in want else n for n in "abc"]
-    assert [Path(d).name for d in result["ensemble"]["members"]] == [Path(d).name for d in r1["members"]]
+    assert [Path(d).name for d in r1.members] == [f"{n}-pl1" if n in want else n for n in "abc"]
+    assert [Path(d).name for d in result.ensemble.members] == [Path(d).name for d in r1.members]
     for n in "abc":
         assert (runs / "tinypl" / f"{n}-pl1").exists() == (n in want)
 

@@ -82,9 +82,9 @@ def test_tiny_recipe_trains_its_members_and_skips_them_when_rerun(tiny_data, tin
     runs = tmp_path / "runs"
     logs: list[str] = []
     result = run_recipe(path, data=str(tiny_data), runs=str(runs), progress=False, log=logs.append, workers=1)
-    assert result["budget"] == "quick"                     # tiny_data is synthetic
-    assert [m["name"] for m in result["members"]] == ["mean", "sap-am"]
-    assert [m["step"] for m in result["members"]] == [10, 12]
+    assert result.budget == "quick"                     # tiny_data is synthetic
+    assert [m.name for m in result.members] == ["mean", "sap-am"]
+    assert [m.step for m in result.members] == [10, 12]
     for name in ("mean", "sap-am"):
         assert (runs / "tiny" / name / "best.pt").is_file()
 
@@ -102,7 +102,7 @@ def test_members_train_side_by_side_in_worker_processes(tiny_data, tiny, tmp_pat
     runs = tmp_path / "runs"
     logs: list[str] = []
     result = run_recipe(tiny, data=str(tiny_data), runs=str(runs), progress=False, log=logs.append, workers=2)
-    assert [m["step"] for m in result["members"]] == [10, 12]
+    assert [m.step for m in result.members] == [10, 12]
     assert sum("CPU worker" in line for line in logs) == 2
     for name in ("mean", "sap-am"):
         assert (runs / "tiny" / name / "summary.json").is_file()
@@ -127,8 +127,8 @@ def test_a_recipe_wall_time_is_shared_among_members(tiny_data, tiny, tmp_path):
     runs = tmp_path / "runs"
     result = run_recipe(tiny, data=str(tiny_data), runs=str(runs), progress=False, workers=1,
                         per_member_minutes=0.02, after=False)
-    for m in result["members"]:
-        assert "minutes = 0.02" in (runs / "tiny" / m["name"] / "config.toml").read_text()
+    for m in result.members:
+        assert "minutes = 0.02" in (runs / "tiny" / m.name / "config.toml").read_text()
 
 
 def test_shipped_recipes_are_found_by_name_from_any_directory(tmp_path, monkeypatch):

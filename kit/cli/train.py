@@ -10,6 +10,7 @@ from pathlib import Path
 
 from kit.cli import add_cache_option, cache_from, progress_wanted
 from kit.errors import KitError
+from kit.recipe_result import RecipeResult
 
 DDP_HELP = """one model on several devices (DDP), same arguments:
   GPUs: accelerate launch --multi_gpu --num_processes N -m kit.train --data DIR --out RUN ...
@@ -270,50 +271,48 @@ def cmd_recipe_cost(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_rounds(result: dict) -> None:
-    if result.get("vote0"):
-        v0 = result["vote0"]
-        oof = f"  (out-of-fold {v0['val_acc_oof']:.4f})" if v0.get("val_acc_oof") is not None else ""
-        print(f"vote before pseudo-labelling val acc: {v0['val_acc']:.4f}{oof}   csv: {v0['csv']}")
-    for r in result.get("rounds", []):
-        est = "-" if r["estimated_precision"] is None else f"{r['estimated_precision']:.3f}"
-        print(f"pseudo-label round {r['round']}: {r['count']} test utterances, confidence >= {r['threshold']:.3f}, "
-              f"estimated precision {est}; fine-tuned: {', '.join(Path(d).name for d in r['fine_tuned']) or 'none'}"
+def _print_rounds(result: RecipeResult) -> None:
+    v0 = result.vote0
+    if v0 is not None:
+        oof = f"  (out-of-fold {v0.val_acc_oof:.4f})" if v0.val_acc_oof is not None else ""
+        print(f"vote before pseudo-labelling val acc: {v0.val_acc:.4f}{oof}   csv: {v0.csv}")
+    for r in result.rounds:
+        est = "-" if r.estimated_precision is None else f"{r.estimated_precision:.3f}"
+        print(f"pseudo-label round {r.round}: {r.count} test utterances, confidence >= {r.threshold:.3f}, "
+              f"estimated precision {est}; fine-tuned: {', '.join(Path(d).name for d in r.fine_tuned) or 'none'}"
               + "".join(f"; diverged, its source voted instead: {Path(d).name} at step {v['step']}"
-                        for d, v in r.get("diverged", {}).items()))
+                        for d, v in r.diverged.items()))
 
 
-def print_recipe_table(result: dict) -> None:
-    """The recipe's result as the table on stdout: members, rounds, the vote, its report, the submission."""
-    print(f"recipe {result['recipe']}  budget {result['budget']}  data {result['data']}")
+def print_recipe_table(result: RecipeResult) -> None:
+    """The recipe's result as the table on stdout: members, rounds, the vote, its report, the submission.
+    val acc: the prediction's accuracy on validation (ids.json), or training's centre crops, marked."""
+    print(f"recipe {result.recipe}  budget {result.budget}  data {result.data}")
     print(f"{'member':<22} {'params':>9} {'val acc':>8} {'mode':>8} {'steps':>7} {'minutes':>8}  note")
-    for m in result["members"]:
-        acc = m.get("val_acc")
-        print(f"{m['name']:<22} {m.get('params', 0):>9,} {'-' if acc is None else f'{acc:.4f}':>8} "
-              f"{m.get('mode', ''):>8} {m.get('step', 0):>7} {m.get('minutes', 0.0):>8.1f}  {m.get('note', '')}")
+    for m in result.members:
+        print(f"{m.name:<22} {m.params:>9,} {m.accuracy_text():>8} {m.mode:>8} {m.step:>7} {m.minutes:>8.1f}  {m.note}")
     _print_rounds(result)
-    ens = result.get("ensemble")
-    if ens:
-        if ens.get("weights"):
-            picked = ", ".join(f"{Path(d).name} {w:.2f}" for d, w in zip(ens["members"], ens["weights"], strict=True)
+    ens = result.ensemble
+    if ens is not None:
+        if ens.weights:
+            picked = ", ".join(f"{Path(d).name} {w:.2f}" for d, w in zip(ens.members, ens.weights, strict=True)
                               if w > 0)
             print(f"weights (fitted on validation): {picked}")
-        honest = f"  (out-of-fold {ens['val_acc_oof']:.4f})" if ens.get("val_acc_oof") is not None else ""
-        print(f"ensemble ({ens.get('method') or ens['vote']}) val acc: {ens['val_acc']:.4f}{honest}   "
-              f"csv: {ens['csv']}")
-    if result.get("report"):
-        print(result["report"].rstrip())
-    if result.get("student"):
-        st = result["student"]
-        print(f"distilled student val acc: {st['val_acc']:.4f}   csv: {st['csv']}")
-    if result.get("student_diverged"):
-        print(f"distilled student: diverged at step {result['student_diverged']['step']} (no student CSV)")
-    sub = result.get("submission")
-    if sub and ens:                     # only a vote is submitted
-        print(f"submission: {ens['csv']}  {sub.get('status')} on {sub.get('target') or '-'}  "
+        honest = f"  (out-of-fold {ens.val_acc_oof:.4f})" if ens.val_acc_oof is not None else ""
+        print(f"ensemble ({ens.method or ens.vote}) val acc: {ens.val_acc:.4f}{honest}   csv: {ens.csv}")
+    if result.report:
+        print(result.report.rstrip())
+    st = result.student
+    if st is not None and st.diverged_at is not None:
+        print(f"distilled student: diverged at step {st.diverged_at} (no student CSV)")
+    elif st is not None:
+        print(f"distilled student val acc: {st.val_acc:.4f}   csv: {st.csv}")
+    sub = result.submission
+    if sub and ens is not None:         # only a vote is submitted
+        print(f"submission: {ens.csv}  {sub.get('status')} on {sub.get('target') or '-'}  "
               f"public {sub.get('public')}  private {sub.get('private')}")
         if sub.get("reason"):
             print(f"submission note: {sub['reason']}")
-    if result.get("resume"):
-        print(f"to continue: {result['resume']}")
-    print(f"wall time: {result['minutes']:.1f} min")
+    if result.resume:
+        print(f"to continue: {result.resume}")
+    print(f"wall time: {result.minutes:.1f} min")

@@ -1,0 +1,99 @@
+"""What `kit recipe run` returns (kit.zoo.run_recipe): one typed record read by the CLI's table,
+the accuracy bench and the tests, instead of a dict read with `.get`.
+
+Two validation accuracies, named for what they are: `val_acc_crop` is what training scored
+(summary.json: centre crops of at most 2 x segment_len, the figure the best checkpoint was chosen
+by); `val_acc` is the prediction's own (ids.json: whole utterances or windows, the mode it chose),
+None until the member is predicted. The table prints the prediction's, or the crop figure marked
+"(crop)" when there is none yet.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class MemberResult:
+    name: str
+    run_dir: str
+    params: int = 0
+    step: int = 0
+    minutes: float = 0.0
+    note: str = ""
+    diverged: bool = False
+    val_acc_crop: float | None = None        # summary.json: training's centre crops (None: never evaluated)
+    val_acc: float | None = None             # ids.json: the prediction's, in `mode` (None: not predicted)
+    mode: str = ""                           # the prediction's mode: full, sliding or centre
+
+    @property
+    def accuracy(self) -> float | None:
+        """The figure to compare members by: the prediction's, else training's crops."""
+        return self.val_acc if self.val_acc is not None else self.val_acc_crop
+
+    def accuracy_text(self) -> str:
+        if self.val_acc is not None:
+            return f"{self.val_acc:.4f}"
+        return "-" if self.val_acc_crop is None else f"{self.val_acc_crop:.4f} (crop)"
+
+
+@dataclass
+class VoteResult:
+    """A vote over run dirs (kit.ensemble): its CSV, validation accuracy (in-sample and out of fold)
+    and, for the final vote, its manifest, weights and the per-member table."""
+    val_acc: float | None
+    csv: str
+    vote: str = ""
+    val_acc_oof: float | None = None
+    manifest: str = ""
+    table: Any = None
+    weights_mode: str = ""
+    method: str | None = None
+    members: list[str] = field(default_factory=list)
+    weights: list[float] | None = None
+
+
+@dataclass
+class RoundResult:
+    """One pseudo-labelling round (kit.rounds.pseudo_rounds)."""
+    round: int
+    pseudo_labels: str
+    count: int
+    threshold: float
+    estimated_precision: float | None
+    members: list[str]                       # the run dirs voted after the round
+    fine_tuned: list[str]
+    diverged: dict[str, dict] = field(default_factory=dict)     # fine-tune run dir -> {step, voted}
+
+
+@dataclass
+class StudentResult:
+    """The distilled student (kit.rounds.distill_stage): its CSV, or the step it diverged at."""
+    run_dir: str
+    val_acc: float | None = None
+    csv: str | None = None
+    diverged_at: int | None = None
+    submission: dict | None = None
+
+
+@dataclass
+class RecipeResult:
+    recipe: str
+    budget: str
+    data: str
+    members: list[MemberResult] = field(default_factory=list)
+    minutes: float = 0.0                     # the call's wall time
+    vote0: VoteResult | None = None          # the vote before pseudo-labelling (with rounds only)
+    rounds: list[RoundResult] = field(default_factory=list)
+    ensemble: VoteResult | None = None       # the vote submitted
+    report: str | None = None
+    student: StudentResult | None = None
+    submission: dict | None = None           # kit.kaggle.recipe_submit's record: status, public, private, ...
+    resume: str | None = None                # why the after stages wait, and how to continue
+
+    def member(self, name: str) -> MemberResult:
+        return next(m for m in self.members if m.name == name)
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able data (bench files, `--json`)."""
+        return asdict(self)
