@@ -25,6 +25,7 @@ from kit.workers import run_parallel, slots_for
 
 if TYPE_CHECKING:
     from kit.data import FeatureStore
+    from kit.launch import Launcher
 
 
 def run_recipe(path: str | Path, data: str | None = None, budget: str | None = None, runs: str = "runs",
@@ -33,7 +34,7 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
                per_member_minutes: float | None = None, submit: bool | None = None,
                submissions: str | Path = "submissions", fresh: bool = False,
                max_hours: float | None = None, pseudo: bool | None = None, distill: bool | None = None,
-               launcher=None, ensemble: str | None = None) -> RecipeResult:
+               launcher: Launcher | None = None, ensemble: str | None = None) -> RecipeResult:
     """Train the recipe's members (skipping finished ones, resuming half-finished ones), then
     predict, ensemble and submit as its [after] table says. Returns everything the CLI prints.
 
