@@ -1,6 +1,7 @@
 """The training data as kit reads it: every utterance packed once into a FeatureStore (one
-contiguous memory-mapped array, checked against its done.json record whenever it is opened),
-the seeded train/validation split, and `kit data info`'s numbers.
+contiguous memory-mapped array, checked against its done.json record whenever it is opened:
+kit.store_verify), packing it, and `kit data info`'s numbers. The seeded train/validation split
+is kit.split's.
 
 The store turns the crops of a whole batch into one vectorised gather instead of one
 `torch.load` per item.
@@ -9,10 +10,9 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
 import shutil
-from dataclasses import dataclass
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,18 +20,29 @@ import numpy as np
 from kit.env import cache_dir as default_cache_dir
 from kit.env import note_cache, note_line
 from kit.errors import KitError
-from kit.fsio import atomic_dir, file_lock, read_json, write_json
+from kit.fsio import atomic_dir, file_lock, write_json
 from kit.layout import LAYOUT_FILES, Layout, load_feature, parallel_map, read_layout
+from kit.split import Split, load_split, make_split, save_split, split_for
+from kit.store_verify import (
+    STORE_ARRAYS,
+    STORE_FORMAT,
+    STORE_VERSION,
+    DamagedStore,
+    OlderStore,
+    array_record,
+    digests,
+    labels_of,
+    offsets_of,
+    verify_store,
+)
 
+# The split (kit.split) and the store's record and its check (kit.store_verify) moved out of this
+# module; their names stay importable from here.
+__all__ = ["PAD_VALUE", "STORE_DTYPES", "STORE_VERSION", "DamagedStore", "FeatureStore", "OlderStore", "Split",
+           "data_info", "layout_hash", "load_split", "make_split", "save_split", "split_for", "store_bytes",
+           "store_key", "verify_store", "verify_stores"]
 PAD_VALUE = -20.0          # the competition's padding value for short utterances
-STORE_VERSION = 1          # hashed into layout_hash, so into every run's data identity (kit.runs):
-                           # changing it makes every existing run look trained on other data
-STORE_FORMAT = 2           # what done.json records; a store without the record is packed again
 STORE_DTYPES = ("float16", "float32")
-STORE_ARRAYS = ("features", "offsets", "lengths", "labels")
-SAMPLE_ROWS = 256          # rows of features.npy whose digest done.json records: cheap at any size
-DIGESTS = {"index_sha256": "digest of offsets, lengths and labels",
-           "sample_sha256": "digest of sampled features.npy rows"}
 ROOM_MARGIN = 64 << 20     # free space left after packing, for the split, checkpoints, logs
 
 
@@ -56,15 +67,6 @@ def store_key(layout: Layout) -> str:
         except OSError:
             h.update(f"{u.path}\0missing\n".encode())      # packing then names the file
     return h.hexdigest()[:16]
-
-
-class DamagedStore(Exception):
-    """A packed store that is not what its done.json records: opening packs it again. The
-    message completes "<store dir>: ...; rebuilding"."""
-
-
-class OlderStore(DamagedStore):
-    """A store packed by a kit whose done.json has no record to verify it against: packed once more."""
 
 
 class FeatureStore:
@@ -146,9 +148,7 @@ class FeatureStore:
     def tensor(self):
         """The packed features as a torch tensor sharing the memory map (read-only: never written)."""
         if getattr(self, "_tensor", None) is None:
-            import warnings
-
-            import torch
+            import torch  # heavy (~2 s): only crops need it, not `kit data info`/`check` or kit.runs
 
             with warnings.catch_warnings():     # torch warns that the memory map is read-only
                 warnings.simplefilter("ignore", UserWarning)
@@ -158,7 +158,7 @@ class FeatureStore:
     def to_device(self, device) -> FeatureStore:
         """Copy the packed features onto `device` (a GPU) once, so every crop is gathered there:
         no host-to-device copy of batches. Index arithmetic stays on the host (a few KiB a batch)."""
-        import torch
+        import torch  # heavy: see tensor
 
         device = torch.device(device)
         if self.tensor.device != device:
@@ -172,7 +172,7 @@ class FeatureStore:
         Long utterances get a random start (or the centre when random=False, which needs no rng);
         short ones are padded with PAD_VALUE and their true length returned so the model can mask.
         """
-        import torch
+        import torch  # heavy: see tensor
 
         index = np.asarray(index, dtype=np.int64)
         lens = self.lengths[index]                                     # (B,)
@@ -187,114 +187,6 @@ class FeatureStore:
         if not valid.all():
             x.masked_fill_(torch.from_numpy(~valid)[..., None].to(device), PAD_VALUE)
         return x, torch.from_numpy(np.minimum(lens, segment_len).astype(np.int64)).to(device)
-
-
-# ---------------------------------------------------------------- verifying a packed store
-def verify_store(root: Path, layout: Layout, dtype: str) -> tuple[dict, dict[str, np.ndarray]]:
-    """done.json and the arrays (memory-mapped) of the store in root, after checking that they
-    are what done.json records and what the json files say (lengths, labels, contiguous
-    offsets); DamagedStore names the first thing that is not. Reads a few hundred rows of
-    features.npy, not all of it."""
-    done = _read_done(root)
-    arrays = {}
-    for name in STORE_ARRAYS:
-        path = root / f"{name}.npy"
-        if not path.is_file():
-            raise _damaged(f"{path.name} missing")
-        try:        # memory-mapped, so a header claiming a huge shape allocates nothing
-            arrays[name] = np.load(path, mmap_mode="r")
-        except Exception as e:    # numpy raises ValueError, OSError, EOFError... for a bad file
-            detail = str(e).strip().splitlines()[0][:60] if str(e).strip() else "no detail"
-            raise _damaged(f"{path.name} unreadable: {type(e).__name__}: {detail}") from None
-    _compare(done["record"], _array_record(root, arrays))
-    _check_against_layout(arrays, layout, dtype)
-    _compare(done["record"], _digests(arrays))
-    return done, arrays
-
-
-def _damaged(what: str) -> DamagedStore:
-    return DamagedStore(f"damaged packed store ({what})")
-
-
-def _read_done(root: Path) -> dict:
-    path = root / "done.json"
-    try:
-        done = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise _damaged("done.json missing") from None
-    except (OSError, ValueError):       # ValueError: bad JSON or bad UTF-8
-        raise _damaged("done.json unreadable") from None
-    if not isinstance(done, dict):
-        raise _damaged("done.json malformed")
-    if "format" not in done and done.get("version") == STORE_VERSION:
-        raise OlderStore("packed store of an older kit, with no record to verify it against")
-    if done.get("format") != STORE_FORMAT or not isinstance(done.get("record"), dict) \
-            or not isinstance(done.get("content"), str):
-        raise _damaged("done.json malformed")
-    return done
-
-
-def _compare(recorded: dict, found: dict) -> None:
-    """Name the first thing found that differs from done.json's record of it."""
-    for key, value in found.items():
-        want = recorded.get(key)
-        if isinstance(value, dict):
-            for field, v in value.items():
-                w = want.get(field) if isinstance(want, dict) else None
-                if w != v:
-                    raise _damaged(f"{key}.npy {field} {v}, done.json records {str(w)[:40]}")
-        elif want != value:
-            raise _damaged(f"{DIGESTS[key]} differs from done.json's")
-
-
-def _array_record(root: Path, arrays: dict[str, np.ndarray]) -> dict:
-    """Each array's shape, dtype and file size: what done.json records of them."""
-    record = {}
-    for name, a in arrays.items():
-        size = (root / f"{name}.npy").stat().st_size
-        record[name] = {"shape": list(a.shape), "dtype": str(a.dtype), "bytes": size}
-    return record
-
-
-def _digests(arrays: dict[str, np.ndarray]) -> dict:
-    """A digest of offsets, lengths and labels, and one of SAMPLE_ROWS rows of the features at
-    fixed strided positions: a rewritten features.npy is caught in milliseconds at any size."""
-    index = hashlib.sha256()
-    for name in ("offsets", "lengths", "labels"):
-        index.update(np.ascontiguousarray(arrays[name], dtype="<i8").tobytes())
-    features = arrays["features"]
-    rows = np.unique(np.linspace(0, len(features) - 1, min(len(features), SAMPLE_ROWS)).astype(np.int64))
-    sample = hashlib.sha256(np.ascontiguousarray(features[rows]).tobytes())
-    return {"index_sha256": index.hexdigest(), "sample_sha256": sample.hexdigest()}
-
-
-def _check_against_layout(arrays: dict[str, np.ndarray], layout: Layout, dtype: str) -> None:
-    """The arrays are the shapes the json files call for, and offsets are contiguous from 0 as
-    packing writes them: no crop can read outside its own utterance."""
-    utts = layout.all
-    features = arrays["features"]
-    if features.ndim != 2 or features.shape[1] != layout.n_mels or features.dtype != np.dtype(dtype):
-        raise _damaged(f"features.npy is {features.dtype} {features.shape}, expected {dtype} (frames, {layout.n_mels})")
-    for name in ("offsets", "lengths", "labels"):
-        a = arrays[name]
-        if a.shape != (len(utts),) or a.dtype.kind not in "iu":
-            raise _damaged(f"{name}.npy is {a.dtype} {a.shape}, expected integers ({len(utts)},)")
-    lengths = np.array([u.mel_len for u in utts], dtype=np.int64)
-    if not np.array_equal(arrays["lengths"], lengths):
-        raise _damaged("lengths.npy disagrees with the json's mel_len")
-    if not np.array_equal(arrays["offsets"], _offsets(lengths)) or int(lengths.sum()) != len(features):
-        raise _damaged("offsets.npy is not the utterances' contiguous positions in features.npy")
-    if not np.array_equal(arrays["labels"], _labels(layout)):
-        raise _damaged("labels.npy disagrees with metadata.json and mapping.json")
-
-
-def _offsets(lengths: np.ndarray) -> np.ndarray:
-    return np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-
-
-def _labels(layout: Layout) -> np.ndarray:
-    s2i = layout.speaker2id
-    return np.array([s2i[u.speaker] if u.speaker is not None else -1 for u in layout.all], dtype=np.int64)
 
 
 def verify_stores(data_dir: str | os.PathLike) -> list[tuple[Path, str | None]]:
@@ -386,13 +278,13 @@ def _write_store(layout: Layout, folder: Path, dtype: str, workers: int | None, 
     """features.npy (every feature file in json order), offsets, lengths, labels, and last
     done.json with the record that opening checks (see verify_store)."""
     lengths = np.array([u.mel_len for u in layout.all], dtype=np.int64)
-    offsets = _offsets(lengths)
+    offsets = offsets_of(lengths)
     content = _write_features(layout, folder / "features.npy", offsets, dtype, workers, progress)
     np.save(folder / "offsets.npy", offsets)
     np.save(folder / "lengths.npy", lengths)
-    np.save(folder / "labels.npy", _labels(layout))
+    np.save(folder / "labels.npy", labels_of(layout))
     arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in STORE_ARRAYS}
-    record = {**_array_record(folder, arrays), **_digests(arrays)}      # of what reads back
+    record = {**array_record(folder, arrays), **digests(arrays)}      # of what reads back
     write_json(folder / "done.json", {"version": STORE_VERSION, "format": STORE_FORMAT, "dtype": dtype,
                                       "utterances": len(lengths), "frames": int(lengths.sum()),
                                       "content": content, "record": record})
@@ -433,66 +325,6 @@ def _write_at(fd: int, array: np.ndarray, position: int) -> None:
         if n == 0:
             raise OSError(errno.ENOSPC, "no space left on the device")
         data, position = data[n:], position + n
-
-
-# ---------------------------------------------------------------- train/validation split
-@dataclass
-class Split:
-    train: np.ndarray      # store indices
-    val: np.ndarray
-    seed: int
-    val_fraction: float
-
-
-def make_split(labels: np.ndarray, val_fraction: float = 0.1, seed: int = 0) -> Split:
-    """Seeded split stratified per speaker: each speaker gives round(n * fraction) utterances
-    (at least one when it has two or more) to validation."""
-    if not 0 <= val_fraction < 1:
-        raise KitError(f"val_fraction {val_fraction}: must be in [0, 1)")
-    labels = np.asarray(labels)
-    rng = np.random.default_rng(seed)
-    val = []
-    for spk in np.unique(labels):
-        members = np.flatnonzero(labels == spk)
-        rng.shuffle(members)
-        k = int(round(len(members) * val_fraction))
-        if val_fraction > 0 and len(members) >= 2:
-            k = max(k, 1)
-        k = min(k, len(members) - 1)
-        val.extend(members[:k].tolist())
-    val_arr = np.array(sorted(val), dtype=np.int64)
-    train_arr = np.setdiff1d(np.arange(len(labels)), val_arr)
-    return Split(train_arr, val_arr, seed, val_fraction)
-
-
-def save_split(split: Split, path: str | os.PathLike, store: FeatureStore) -> None:
-    """Saved by feature_path, so it survives a store rebuild and can be shared between runs."""
-    write_json(path, {"seed": split.seed, "val_fraction": split.val_fraction,
-                      "train": [store.paths[i] for i in split.train],
-                      "val": [store.paths[i] for i in split.val]})
-
-
-def load_split(path: str | os.PathLike, store: FeatureStore) -> Split:
-    path = Path(path)
-    raw = read_json(path, "a split saved by kit")
-    where = {p: i for i, p in enumerate(store.paths[:store.n_train])}
-    try:
-        train = np.array([where[p] for p in raw["train"]], dtype=np.int64)
-        val = np.array([where[p] for p in raw["val"]], dtype=np.int64)
-    except KeyError as e:
-        raise KitError(f"{path}: names {e.args[0]!r}, which is not a training utterance of "
-                       f"{store.layout.data_dir}") from None
-    return Split(train, val, int(raw.get("seed", 0)), float(raw.get("val_fraction", 0.0)))
-
-
-def split_for(store: FeatureStore, val_fraction: float = 0.1, seed: int = 0) -> Split:
-    """The split for this store and settings, saved beside the store and reused afterwards."""
-    path = store.root / f"split-{seed}-{val_fraction:g}.json"
-    if path.is_file():
-        return load_split(path, store)
-    split = make_split(store.labels[:store.n_train], val_fraction, seed)
-    save_split(split, path, store)
-    return split
 
 
 # ---------------------------------------------------------------- kit data info

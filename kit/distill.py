@@ -7,11 +7,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from kit.config import RunConfig, from_dict, layered, load_toml, parse_overrides, to_dict
 from kit.ensemble import check_compatible, load_member
 from kit.errors import KitError
+from kit.infer import predict_run, source_mode
 from kit.pseudo import TEACHER, check_pseudo_labels, ensemble_probs, save_teacher
 from kit.records import predicted_mode
+from kit.runs import check_start
+from kit.train import train
 
 
 def load_members(run_dirs) -> list:
@@ -33,8 +38,6 @@ def best_member(members) -> Path:
 def write_teacher(members, path, temperature: float = 1.0, folds: int = 5) -> dict:
     """The calibrated ensemble's test probabilities (members: kit.ensemble.Member) as a teacher
     file; returns the fit's method, weights and temperatures."""
-    import numpy as np
-
     if not temperature > 0:
         raise KitError(f"--temperature {temperature}: must be > 0")
     fit = ensemble_probs([m.val_probs for m in members], members[0].val_labels,
@@ -69,10 +72,6 @@ def distill(run_dirs, out, config: str | None = None, overrides=(), minutes: flo
             allow_external_labels: bool = False) -> dict:
     """Train the student into `out`, then predict it (validation and test): {summary, pred, teacher}.
     pseudo_labels: a `kit pseudo` CSV (kit.pseudo.check_pseudo_labels), or any with allow_external_labels."""
-    from kit.infer import predict_run, source_mode
-    from kit.runs import check_start
-    from kit.train import train
-
     log = log or (lambda message: None)
     out = Path(out)
     if pseudo_labels:

@@ -11,12 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from tqdm.auto import tqdm
 
-from kit.data import PAD_VALUE, FeatureStore, load_split
+from kit.data import PAD_VALUE, FeatureStore
+from kit.ensemble.calibration import calibrate, fit_temperature, log_probs, mean_nll
 from kit.errors import KitError
 from kit.fsio import save_numpy, sha256_file
 from kit.records import PredictionIds
 from kit.runs import lock_holder
+from kit.split import load_split
+from kit.train.results import load_model
 
 AVERAGES = ("probs", "logits")
 # The most frames fed to the model at once. Attention holds (heads, T, T) float32 scores: at
@@ -108,8 +113,6 @@ def _model_device(model):
     try:
         return next(model.parameters()).device
     except StopIteration:
-        import torch
-
         return torch.device("cpu")
 
 
@@ -119,9 +122,6 @@ def predict_windows(model, store: FeatureStore, index, windows, average: str = "
     """Run `windows` (utt, start, valid over positions in `index`) through the model in batches
     and average per utterance. Returns probabilities (len(index), C) float32, rows summing to 1.
     """
-    import torch
-    from tqdm.auto import tqdm
-
     if average not in AVERAGES:
         raise KitError(f"average {average!r}: choose one of {', '.join(AVERAGES)}")
     index = np.asarray(index, dtype=np.int64)
@@ -172,8 +172,6 @@ def predict_index(model, store: FeatureStore, index, mode: str = "sliding", wind
 def predict_one_by_one(model, store: FeatureStore, index) -> np.ndarray:
     """The course sample's inference: each whole utterance alone, batch size 1. The baseline
     the batched path is benchmarked against. Returns probabilities (len(index), C) float32."""
-    import torch
-
     device = _model_device(model)
     model.eval()
     out = []
@@ -207,8 +205,6 @@ def choose_mode(val: dict, labels) -> tuple[str, dict]:
     """Pick full or sliding for a member: lower validation NLL after temperature scaling (a
     temperature fixes over/under-confidence, which the ensemble calibrates away anyway), ties
     to sliding. val: mode -> probabilities (N, C). Returns (mode, {mode: calibrated NLL})."""
-    from kit.ensemble.calibration import calibrate, fit_temperature, log_probs, mean_nll
-
     labels = np.asarray(labels, dtype=np.int64)
     if len(labels) == 0:
         return "sliding", {}
@@ -289,10 +285,6 @@ def _check_run(run_dir: Path, mode: str | None, full: bool | None) -> None:
 def _load_model(run_dir: Path, which: str, device: str):
     """The run's model (which: best | last | avg) on `device` (auto: a GPU when there is one), its
     config, and the SHA-256 of the checkpoint file it was read from."""
-    import torch
-
-    from kit.train import load_model
-
     path = run_dir / f"{which}.pt"
     # hashed before and after reading: a file swapped in between would bind these predictions
     # to weights they did not come from

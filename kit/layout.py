@@ -12,6 +12,16 @@ from kit.errors import KitError
 from kit.fsio import read_json
 
 LAYOUT_FILES = ("metadata.json", "testdata.json", "mapping.json")
+# Written by `kit data synth` into a synthetic data dir (preset, seed, answer key, competition);
+# never in the competition's own data. The one name every reader uses.
+SYNTH_MARKER = ".kit-synth.json"
+
+
+def synth_marker(data_dir: str | os.PathLike) -> dict | None:
+    """A synthetic data dir's marker (preset, seed, answers, competition, ...), or None for real
+    data; KitError naming the file when it is unreadable."""
+    path = Path(data_dir) / SYNTH_MARKER
+    return read_json(path, "kit's synthetic-data marker") if path.is_file() else None
 
 
 @dataclass(frozen=True)

@@ -6,12 +6,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 from kit.fsio import atomic_path
 
 
 def _pyplot():
     """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
-    import matplotlib
+    import matplotlib  # heavy: matplotlib, imported only when a picture is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -30,10 +33,7 @@ def _save(fig, png, dpi: int = 100) -> Path:
 
 def plot_scores(table, png) -> Path | None:
     """Public vs private accuracy per scored submission, as grouped bars; None if nothing is scored."""
-    import pandas as pd
-
     plt = _pyplot()
-
     scored = table[pd.to_numeric(table["public"], errors="coerce").notna()]
     if scored.empty:
         return None
@@ -53,10 +53,7 @@ def plot_scores(table, png) -> Path | None:
 def plot_report(report: dict, png: str | os.PathLike) -> Path:
     """Bars of member vs ensemble validation accuracy with the oracle as a line, and the
     pairwise disagreement heatmap; written atomically to `png`."""
-    import numpy as np
-
     plt = _pyplot()
-
     rows, ens = report["members"], report["ensemble"]
     labels = [r["member"] for r in rows]
     values = [r["val_acc"] or 0.0 for r in rows]

@@ -9,11 +9,13 @@ kit prints. Validation utterances are never labelled: they only measure.
 """
 from __future__ import annotations
 
+import io
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from kit.ensemble import (
     DEFAULT_POOL,
@@ -153,8 +155,6 @@ def make_pseudo_labels(run_dirs, out_dir, precision: float | None = 0.95, top_fr
     keep = test_p.max(axis=1) >= chosen["threshold"]
     ids = np.asarray(members[0].ids.test)
     csv = out / PSEUDO_CSV
-    import pandas as pd
-
     # Confidence at full precision (shortest repr, read back exactly): the threshold in pseudo.json
     # is one of these values, and every row must compare >= it as written.
     write_csv(csv, pd.DataFrame({"Id": ids[keep], "Category": [speakers[k] for k in test_p[keep].argmax(axis=1)],
@@ -173,8 +173,6 @@ def make_pseudo_labels(run_dirs, out_dir, precision: float | None = 0.95, top_fr
 def save_teacher(path, ids, probs, temperature: float = 1.0) -> None:
     """teacher.npz: ids (test feature paths) and probs (N, C) float32, sharpened (T < 1) or
     softened (T > 1) by a temperature."""
-    import io
-
     probs = np.asarray(probs, dtype=np.float64)
     if temperature != 1.0:
         logp = np.log(np.maximum(probs, 1e-30)) / temperature
@@ -190,8 +188,6 @@ def true_precision(pseudo_csv, answers) -> float | None:
     kit.submission.read_answer_key read from one): for the report. None when nothing was labelled.
     A key for another test set is refused as `kit score` refuses it (score_predictions), against the
     test utterances the labels were chosen from (teacher.npz beside the CSV)."""
-    import pandas as pd
-
     key = answers if isinstance(answers, dict) else read_answer_key(answers)
     chosen = pd.read_csv(pseudo_csv, dtype={"Id": str, "Category": str})
     labels = dict.fromkeys(_test_ids(pseudo_csv), "")       # unlabelled test utterances score as wrong

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from kit.config import RunConfig, layered, load_toml
 from kit.errors import KitError
+from kit.layout import SYNTH_MARKER
 from kit.names import check_member_name, check_submission_name
 from kit.rounds import DISTILL_DEFAULTS, PSEUDO_DEFAULTS, enabled, parse_stage, stages_share
 
@@ -15,7 +16,6 @@ TOP_KEYS = {"name", "description", "base", "members", "budget", "after"}
 AFTER_DEFAULTS = {"predict": True, "ensemble": "hard", "weights": "equal", "submit": False, "message": "",
                   "which": "best", "pseudo": None, "distill": None}
 BUDGETS = ("full", "quick")
-SYNTH_MARKER = ".kit-synth.json"
 
 
 @dataclass

@@ -12,6 +12,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from kit.budget import step_rate_note
+from kit.rundir import RunDir
+
 
 @dataclass
 class MemberResult:
@@ -97,3 +100,27 @@ class RecipeResult:
     def to_dict(self) -> dict:
         """Plain JSON-able data (bench files, `--json`)."""
         return asdict(self)
+
+
+def member_result(name: str, run: RunDir, skipped: bool = False, not_started: bool = False) -> MemberResult:
+    """A member's row from its run dir's summary.json (before prediction: val_acc_crop only).
+    skipped: kept from an earlier run; not_started: --max-hours left it no time."""
+    s = run.summary() or {}
+    note = "; ".join(filter(None, [_note(s, skipped), step_rate_note(s.get("steps_per_second"))]))
+    if not_started and not s:
+        note = "not started (--max-hours; re-run continues)"
+    acc = s.get("best_val_acc")                 # -1: never evaluated
+    return MemberResult(name, str(run.path), s.get("params", 0), s.get("step", 0), s.get("seconds", 0.0) / 60,
+                        note, s.get("stopped_reason") == "diverged",
+                        val_acc_crop=None if acc is None or acc < 0 else acc)
+
+
+def _note(summary: dict, skipped: bool) -> str:
+    if summary.get("stopped_reason") == "diverged":
+        return f"diverged at step {summary['step']} (not voted)"
+    if skipped:
+        return "finished earlier"
+    reason = summary.get("stopped_reason", "not trained")
+    if reason == "time":
+        return "stopped at its time limit (re-run continues)"
+    return "" if reason == "budget" else reason

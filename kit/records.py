@@ -11,8 +11,10 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from kit.config import load_toml
 from kit.errors import KitError
-from kit.fsio import sha256_file, write_json
+from kit.fsio import read_json, sha256_file, write_json
+from kit.runs import read_identity
 
 
 def _read_json(path: Path, what: str, fix: str) -> dict:
@@ -207,10 +209,6 @@ def trained_on(run_dirs) -> list[dict]:
     weights of such a run): the files and their content digests from its identity.json, plus the
     pseudo-labelling round's numbers (pseudo.json beside the CSV) -- so a submission says exactly
     what it used."""
-    from kit.config import load_toml
-    from kit.fsio import read_json
-    from kit.runs import read_identity
-
     out = []
     for run_dir in run_dirs:
         try:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from kit.errors import KitError
 from kit.recipe_result import RecipeResult, RoundResult, StudentResult
+from kit.rundir import RunDir
 from kit.timeplan import TimePlan
 
 PSEUDO_DEFAULTS = {"enabled": True, "rounds": 1, "precision": 0.9, "top_fraction": None, "share": 0.3,
@@ -143,7 +144,6 @@ def to_fine_tune(names: list[str], weights: list[float], how: str) -> list[str]:
 def _fine_tune_jobs(ctx: StageContext, opts: dict, names, run_dirs, csv: str, r: int) -> list[tuple]:
     from kit.records import predicted_mode
     from kit.runs import move_aside, old_name, reuse_changes, run_identity
-    from kit.train import read_summary
 
     jobs = []
     for name, src in zip(names, run_dirs, strict=True):
@@ -162,12 +162,12 @@ def _fine_tune_jobs(ctx: StageContext, opts: dict, names, run_dirs, csv: str, r:
             if reuse_changes(run_dir, run_identity(cfg, ctx.store, ctx.budget)):
                 ctx.log(f"{run_dir.name}: its member or pseudo-labels changed; the old fine-tune moved to "
                         f"{move_aside(run_dir, old_name(run_dir))}")
-        summary = read_summary(run_dir)
-        if summary is not None and summary.get("stopped_reason") != "time":
-            if summary.get("stopped_reason") != "diverged":     # diverged earlier: pseudo_rounds says so
+        run = RunDir(run_dir)
+        if run.finished:
+            if not run.diverged:                # diverged earlier: pseudo_rounds says so
                 ctx.log(f"{run_dir.name}: already fine-tuned, kept")
             continue
-        jobs.append((run_dir.name, cfg, run_dir, (run_dir / "last.pt").is_file()))
+        jobs.append((run_dir.name, cfg, run_dir, run.has_checkpoint))
     return jobs
 
 
@@ -179,7 +179,7 @@ def distill_stage(ctx: StageContext, opts: dict, run_dirs: list[Path], result: R
     from kit.distill import best_member, distill, load_members
     from kit.fsio import sha256_file, write_json
     from kit.runs import move_aside, old_name
-    from kit.train import TrainingDiverged, diverged_at, load_config, read_summary
+    from kit.train import TrainingDiverged, diverged_at, load_config
 
     student = ctx.root / "student"
     teachers = {str(Path(d).resolve()): sha256_file(Path(d) / "test_probs.npy") for d in run_dirs}
@@ -190,8 +190,8 @@ def distill_stage(ctx: StageContext, opts: dict, run_dirs: list[Path], result: R
     if not ctx.plan.timed:
         steps = load_config(best_member(load_members(run_dirs))).train.max_steps
         overrides.append(f"train.max_steps={max(1, int(steps * opts['share']))}")
-    finished = read_summary(student)
-    if finished is None or finished.get("stopped_reason") == "time":
+    done_before = RunDir(student).finished
+    if not done_before:
         began = time.time()
         student.mkdir(parents=True, exist_ok=True)
         write_json(record, teachers)
@@ -211,7 +211,7 @@ def distill_stage(ctx: StageContext, opts: dict, run_dirs: list[Path], result: R
                 "aside to distil again)")
         result.student = StudentResult(str(student), diverged_at=step)
         return result.student
-    if finished is not None and finished.get("stopped_reason") != "time":
+    if done_before:                             # distill() predicts the student it trains
         ctx.predict(student)
     ens = ctx.ensemble([student], f"{ctx.name}-student")
     val_acc = None if ens["val_acc"] is None else float(ens["val_acc"])      # a plain number in messages

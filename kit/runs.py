@@ -6,12 +6,16 @@ and never silently replaced: starting over moves the old run aside (`<run>.old-<
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import json
 import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from kit.config import RunConfig, from_dict, load_toml, to_dict
 from kit.errors import KitError
+from kit.fsio import sha256_file, write_json
 
 IDENTITY = "identity.json"
 LOCK = ".lock"
@@ -45,8 +49,6 @@ def _defining(key: str) -> bool:
 
 def flat_config(cfg) -> dict:
     """The resolved config as flat `section.key: value`."""
-    from kit.config import to_dict
-
     return _flat(to_dict(cfg))
 
 
@@ -57,6 +59,8 @@ def config_identity(cfg) -> dict:
 
 def data_identity(store) -> dict:
     """The json files' hash and the packed features' content digest (dir kept only to report)."""
+    # deferred: kit.data brings numpy, which this module's light importers (kit.records, and
+    # through it every `kit kaggle` command and Kaggle worker process) never need
     from kit.data import layout_hash
 
     return {"dir": str(Path(store.layout.data_dir).resolve()), "layout": layout_hash(store.layout.data_dir),
@@ -66,8 +70,6 @@ def data_identity(store) -> dict:
 def run_identity(cfg, store, budget: str | None = None, run_dir: str | Path | None = None) -> dict:
     """What defines a run trained from cfg on store's data. n_mels/n_classes come from the data
     (as training fills them in). run_dir: keep its recorded budget name when budget is None."""
-    from kit.config import from_dict, to_dict
-
     cfg = from_dict(to_dict(cfg))
     cfg.model.n_mels, cfg.model.n_classes = store.n_mels, len(store.speakers)
     if budget is None and run_dir is not None:
@@ -84,8 +86,6 @@ INPUT_FILES = ("data.pseudo_labels", "train.teacher", "train.init_from")
 
 def input_identity(cfg) -> dict:
     """Content digests of the files a run trains from besides the data (by setting name)."""
-    from kit.fsio import sha256_file
-
     out = {}
     for key in INPUT_FILES:
         section, name = key.split(".")
@@ -98,8 +98,6 @@ def input_identity(cfg) -> dict:
 
 
 def read_identity(run_dir: str | Path) -> dict | None:
-    import json
-
     path = Path(run_dir) / IDENTITY
     if not path.is_file():
         return None
@@ -114,8 +112,6 @@ def read_identity(run_dir: str | Path) -> dict | None:
 
 def _legacy_identity(run_dir: Path) -> dict | None:
     """For a run dir from before identity.json: its config.toml, and its data dir by path only."""
-    from kit.config import from_dict, load_toml
-
     path = run_dir / "config.toml"
     if not path.is_file():
         return None
@@ -131,8 +127,6 @@ def identity_changes(old: dict, new: dict, config_prefix: str = "") -> list[str]
     """What differs between two identities, as short phrases ("data", "model.d_model 16 -> 32",
     "budget quick -> full"). Only config keys starting with config_prefix are compared; a key
     the old identity lacks (a setting added to kit since) counts only if it is not the default."""
-    from kit.config import RunConfig
-
     changes = []
     was, now = old.get("data", {}), new["data"]
     if "features" in was:
@@ -175,8 +169,6 @@ def reuse_changes(run_dir: str | Path, identity: dict) -> list[str]:
     """What differs between the run held in run_dir and `identity` ([] when it may be reused or
     there is no run). A run from before identity.json is compared by config.toml and data dir
     path, and adopted (identity.json written) when they agree."""
-    from kit.fsio import write_json
-
     run_dir = Path(run_dir)
     if holds_run(run_dir) is None:
         return []
@@ -256,8 +248,6 @@ def clean_leftovers(run_dir: str | Path) -> list[str]:
 def run_lock(run_dir: str | Path, primary: bool = True) -> Iterator[None]:
     """Hold run_dir/.lock (fcntl.flock) for the block; refuse at once when another process
     holds it. The kernel drops the lock when the holder dies, however it dies."""
-    import fcntl
-
     if not primary:                 # DDP: rank 0 holds the lock for all ranks
         yield
         return
@@ -286,8 +276,6 @@ def run_lock(run_dir: str | Path, primary: bool = True) -> Iterator[None]:
 
 def lock_holder(run_dir: str | Path) -> str | None:
     """The pid (as written) of the process holding run_dir's lock, or None when free."""
-    import fcntl
-
     path = Path(run_dir) / LOCK
     if not path.is_file():
         return None
@@ -303,7 +291,7 @@ def lock_holder(run_dir: str | Path) -> str | None:
 # ---------------------------------------------------------------- checkpoints
 def load_checkpoint(path: str | Path) -> dict:
     """A kit checkpoint (dict with "model"), or one clear KitError naming the file."""
-    import torch
+    import torch  # heavy (~2 s): only reading a checkpoint needs it, not this module's light importers
 
     path = Path(path)
     if not path.is_file():

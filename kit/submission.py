@@ -14,6 +14,7 @@ from pathlib import Path
 
 from kit.errors import KitError
 from kit.fsio import sha256_file
+from kit.layout import read_layout
 
 HEADER = ["Id", "Category"]
 MAX_PROBLEMS = 10
@@ -61,8 +62,6 @@ def validate_submission(csv_path: str | os.PathLike, data_dir: str | os.PathLike
     Empty list = ok. One line per problem (at most ~10, then a count). Checks the header,
     row count, unique Ids, Ids = the test feature_paths, Categories = known speaker ids.
     """
-    from kit.layout import read_layout
-
     csv_path = Path(csv_path)
     layout = read_layout(data_dir)                     # a bad data dir is the caller's KitError
     try:
@@ -150,7 +149,7 @@ def keep_submitted(csv_path: str | os.PathLike, new_sha256: str, ledgers=None) -
 def _submitted(csv_path: Path, ledgers) -> bool:
     """Whether a row of one of LEDGERS names CSV_PATH: its file (as given to `kit submit`, from the
     folder it ran in, or from the ledger's folder's parent) or its bytes' digest."""
-    # kit.kaggle checks CSVs with this module before sending them: import it here, not at the top
+    # cycle: kit.kaggle (kit.kaggle.submissions) imports this module to check CSVs before sending them
     from kit.kaggle.ledger import read_ledger
 
     digest, here = sha256_file(csv_path), csv_path.resolve()

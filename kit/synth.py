@@ -3,23 +3,27 @@ worker processes (kit.voices) and writing the data dir, its json files and the a
 """
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from kit import DEFAULT_COMPETITION
+from kit.env import progress_visible
 from kit.errors import KitError
 from kit.frontend import N_MELS, logmel, wav_to_features
 from kit.fsio import atomic_dir, write_csv, write_json
+from kit.layout import SYNTH_MARKER
 from kit.synth_tts import check_engines, tts_utterance, tts_voices
 from kit.voices import make_voice, relative_voice, synth_utterance
 
 # logmel and wav_to_features (kit.frontend) stay importable from here: the README named them
 # kit.synth.* for users' own wav files.
 __all__ = ["MARKER", "PRESETS", "Preset", "answers_path", "generate", "logmel", "wav_to_features"]
-MARKER = ".kit-synth.json"
+MARKER = SYNTH_MARKER          # kit.layout's name: every reader uses that one
 LAYOUT_NAMES = {"metadata.json", "testdata.json", "mapping.json", MARKER, ".kit-cache"}
 
 
@@ -106,7 +110,7 @@ def _plan(preset: Preset, seed: int) -> dict:
 
 def _render(job) -> list[int]:
     """Worker: synthesise and save a chunk of utterances; returns their frame counts."""
-    import torch
+    import torch  # deferred: keeps `kit --help` fast (kit.cli imports this module for its presets)
 
     torch.set_num_threads(1)
     out_dir, seed, items = job
@@ -153,7 +157,7 @@ def generate(out_dir: str | os.PathLike, preset: str = "tiny", seed: int = 0, fo
     so an interrupted run never leaves something that looks like a complete data dir.
     A progress bar goes to stderr when progress is True (default: when stderr is a terminal).
     """
-    import pandas as pd
+    import pandas as pd  # deferred: keeps `kit --help` fast
 
     if preset not in PRESETS:
         raise KitError(f"preset {preset!r}: choose one of {', '.join(PRESETS)}")
@@ -161,8 +165,6 @@ def generate(out_dir: str | os.PathLike, preset: str = "tiny", seed: int = 0, fo
     if cfg.generator == "tts":
         check_engines()
     if progress is None:
-        from kit.env import progress_visible
-
         progress = progress_visible()
     out_dir = Path(out_dir).resolve()
     _check_target(out_dir, force)
@@ -187,7 +189,7 @@ def generate(out_dir: str | os.PathLike, preset: str = "tiny", seed: int = 0, fo
 
 
 def _run_jobs(jobs: list, workers: int, progress: bool) -> list[int]:
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # deferred: keeps `kit --help` fast
 
     workers = max(1, min(workers, os.cpu_count() or 1))
     total = sum(len(j[2]) for j in jobs)
@@ -198,9 +200,6 @@ def _run_jobs(jobs: list, workers: int, progress: bool) -> list[int]:
             lens += _render(job)
             bar.update(len(job[2]))
     else:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
         # spawn: forking a process that already runs torch threads can deadlock.
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
             for job, out in zip(jobs, pool.map(_render, jobs), strict=True):

@@ -11,14 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kit.budget import step_rate_note
 from kit.config import RunConfig, dump_toml, to_dict
 from kit.errors import KitError
 from kit.infer import source_mode
 from kit.recipe import BUDGETS, Recipe, ensure_data, is_synthetic, load_recipe, member_config
-from kit.recipe_result import MemberResult, RecipeResult, VoteResult
-from kit.records import predictions_current
+from kit.recipe_result import MemberResult, RecipeResult, VoteResult, member_result
 from kit.rounds import DISTILL_DEFAULTS, PSEUDO_DEFAULTS, StageContext, enabled, stages_share
+from kit.rundir import RunDir
 from kit.timeplan import AFTER_SECONDS, Deadline, TimePlan, predict_estimates
 from kit.train import TrainingDiverged
 from kit.workers import run_parallel, slots_for
@@ -134,19 +133,15 @@ class RecipeRun:
 
     def jobs(self) -> tuple[list, set]:
         """[(name, cfg, run_dir, resume)] for the members left to train, and the finished ones' names."""
-        from kit.train import read_summary
-
         jobs, skipped = [], set()
         for name in self.chosen:
-            run_dir = self.root / name
-            summary = read_summary(run_dir)
-            if summary is not None and summary.get("stopped_reason") != "time":   # "time": a session's limit
-                self.log(f"{name}: diverged earlier in {run_dir}, not voted (--fresh trains it again)"
-                         if summary.get("stopped_reason") == "diverged" else
-                         f"{name}: already finished in {run_dir}, skipped")
+            run = RunDir(self.root / name)
+            if run.finished:
+                self.log(f"{name}: diverged earlier in {run.path}, not voted (--fresh trains it again)"
+                         if run.diverged else f"{name}: already finished in {run.path}, skipped")
                 skipped.add(name)
                 continue
-            jobs.append((name, self.config(name), run_dir, (run_dir / "last.pt").is_file()))
+            jobs.append((name, self.config(name), run.path, run.has_checkpoint))
         return jobs, skipped
 
     def plan_time(self, jobs, slots, minutes, per_member_minutes, max_hours, after: bool) -> TimePlan:
@@ -212,17 +207,10 @@ class RecipeRun:
 
     def results(self, skipped: set, deadline: Deadline | None) -> RecipeResult:
         """The members' rows for the table (from their summary.json)."""
-        from kit.train import read_summary
-
         result = RecipeResult(self.recipe.name, self.budget, str(self.data_dir))
         for name in self.chosen:
-            s = read_summary(self.root / name) or {}
-            note = "; ".join(filter(None, [_note(s, name in skipped), step_rate_note(s.get("steps_per_second"))]))
-            if deadline is not None and name in deadline.not_started and not s:
-                note = "not started (--max-hours; re-run continues)"
-            result.members.append(MemberResult(name, str(self.root / name), s.get("params", 0), s.get("step", 0),
-                                               s.get("seconds", 0.0) / 60, note,
-                                               s.get("stopped_reason") == "diverged", val_acc_crop=_val_acc(s)))
+            not_started = deadline is not None and name in deadline.not_started
+            result.members.append(member_result(name, RunDir(self.root / name), name in skipped, not_started))
         return result
 
     def stage_context(self) -> StageContext:
@@ -244,7 +232,7 @@ def _message(template: str, recipe: str, budget: str, members: list[str]) -> str
 
 def _is_predicted(run_dir: Path, which: str) -> bool:
     """val/test probabilities predicted from the checkpoint now on disk (kit.records owns the rule)."""
-    return predictions_current(run_dir, which)
+    return RunDir(run_dir).predicted(which)
 
 
 def _member_task(recipe: Recipe, job, on_cpu: bool, after: bool,
@@ -300,23 +288,6 @@ def _check_members(root: Path, names: list[str], recipe: Recipe, budget: str, da
         raise KitError(f"{run_dir}: not what the recipe now asks for: {describe(changes)}{others}; "
                        f"re-run with --fresh to train again (old members are moved to {root}.old-<time>), "
                        "or with --runs OTHER to keep both")
-
-
-def _val_acc(summary: dict) -> float | None:
-    """The table's validation accuracy: None ("-") for a run never evaluated (-1 in summary.json)."""
-    acc = summary.get("best_val_acc")
-    return None if acc is None or acc < 0 else acc
-
-
-def _note(summary: dict, skipped: bool) -> str:
-    if summary.get("stopped_reason") == "diverged":
-        return f"diverged at step {summary['step']} (not voted)"
-    if skipped:
-        return "finished earlier"
-    reason = summary.get("stopped_reason", "not trained")
-    if reason == "time":
-        return "stopped at its time limit (re-run continues)"
-    return "" if reason == "budget" else reason
 
 
 def _in_time(deadline: Deadline, result: RecipeResult, run_dirs: list[Path], which: str) -> bool:

@@ -109,5 +109,5 @@ def test_the_recipe_table_notes_a_member_that_lost_steps(tmp_path):
     run = RecipeRun(recipe=type("R", (), {"name": "r"})(), budget="quick", data_dir=tmp_path, store=None,
                     root=tmp_path, chosen=["kept", "starved"], log=print, progress=False, workers=1,
                     submissions=tmp_path)
-    notes = {m["name"]: m["note"] for m in run.results(set(), None)["members"]}
+    notes = {m.name: m.note for m in run.results(set(), None).members}
     assert notes["kept"] == "" and notes["starved"].startswith("lost steps: 4.0 steps/s against 10.0 at its start")

@@ -17,7 +17,7 @@ from kit.cli import main
 from kit.errors import KitError
 from kit.kaggle.server import StandIn
 from kit.launch import make_launcher
-from kit.launch.common import is_finished
+from kit.rundir import RunDir
 from kit.zoo import run_recipe
 
 from conftest import fake_kaggle_home, recipe_toml
@@ -132,7 +132,7 @@ def test_out_of_time_kernels_continue_failed_ones_are_one_line_and_a_rerun_finis
     assert code == 0, err
     assert "a: already finished" in err and "pushed kit-test/kit-zoo-2 version 2: b" in err
     assert "kit-zoo-1" not in err                                            # a is not trained again
-    assert is_finished(runs / "a") and is_finished(runs / "b")
+    assert RunDir(runs / "a").finished and RunDir(runs / "b").finished
 
 
 def test_no_gpu_quota_left_stops_before_pushing(env, tiny_data, tiny_answers, tmp_path, capsys):

@@ -127,14 +127,12 @@ def _parse_fault(spec: str):
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
 
     from kit.errors import KitError
     from kit.kaggle.server import StandIn
+    from kit.layout import synth_marker
 
-    marker = Path(args.data) / ".kit-synth.json"
-    synth = json.loads(marker.read_text()) if marker.is_file() else {}
+    synth = synth_marker(args.data) or {}
     answers = args.answers or synth.get("answers")
     if not answers:
         raise KitError(f"{args.data}: no answer key; pass --answers KEY.csv (Id,Category,Usage)")

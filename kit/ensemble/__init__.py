@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from kit.ensemble.calibration import POOLS, calibrate, fit_temperature, fit_weights, log_probs, mean_nll, pool_log_probs
 from kit.ensemble.crossfit import (
@@ -160,8 +161,6 @@ def _default_name(vote: str, n_members: int) -> str:
 def _write_csv(members: list[Member], pred, csv_path: Path) -> tuple[Path, str, list[Path]]:
     """The predicted classes (n_test,) as speaker ids in CSV_PATH, checked the way Kaggle would;
     returns the path, the data dir it is for and the submitted files moved aside for it."""
-    import pandas as pd
-
     speakers, data_dir = member_speakers(members[0])
     frame = pd.DataFrame({"Id": members[0].ids.test, "Category": [speakers[int(k)] for k in pred]})
     data = frame.to_csv(index=False).encode("utf-8")

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
+from kit.config import from_dict, load_toml
 from kit.errors import KitError
+from kit.layout import read_layout
 from kit.records import PREDICTION_FILES, PredictionIds, stale_checkpoint
 
 
@@ -78,12 +80,8 @@ def check_compatible(members: list[Member]) -> None:
 def member_speakers(member: Member) -> tuple[list[str], str]:
     """Class index -> speaker id string, from the data dir the member was predicted on,
     after checking that its test list is that data dir's (so the CSV will be valid)."""
-    from kit.layout import read_layout
-
     data_dir = member.ids.data_dir
     if not data_dir:
-        from kit.config import from_dict, load_toml
-
         data_dir = from_dict(load_toml(member.run_dir / "config.toml")).data.data_dir
     layout = read_layout(data_dir)
     if member.ids.test != [u.path for u in layout.test]:

@@ -11,6 +11,7 @@ from kit.errors import KitError
 from kit.fsio import atomic_path, sha256_file, write_json
 from kit.kaggle.client import call
 from kit.kaggle.ledger import now
+from kit.layout import LAYOUT_FILES, check_data, read_layout
 
 
 def extract_zip(zip_path, dest) -> int:
@@ -46,8 +47,6 @@ def extract_zip(zip_path, dest) -> int:
 
 def find_data_dir(root) -> Path:
     """The shallowest folder under root holding the competition's three json files."""
-    from kit.layout import LAYOUT_FILES
-
     root = Path(root)
     found = sorted((p.parent for p in root.rglob("metadata.json")
                     if all((p.parent / n).is_file() for n in LAYOUT_FILES) and ".kit-cache" not in p.parts),
@@ -61,8 +60,6 @@ def find_data_dir(root) -> Path:
 def download(competition: str, out, endpoint: str | None = None, env: dict | None = None, log=None,
              progress: bool = False) -> Path:
     """Download the competition zip with the official client, unpack it, validate; returns the data dir."""
-    from kit.layout import check_data, read_layout
-
     out = Path(out)
     marker = out / ".kit-download.json"
     if marker.is_file():

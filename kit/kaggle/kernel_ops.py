@@ -10,7 +10,10 @@ import os
 import time
 from pathlib import Path
 
+import requests
+
 from kit.errors import KitError
+from kit.fsio import atomic_path
 from kit.kaggle.retrying import retrying as _retrying
 
 ENDED = ("COMPLETE", "ERROR", "CANCEL_ACKNOWLEDGED")     # KernelWorkerStatus names that end a session
@@ -56,8 +59,6 @@ def _op_kernel_push(api, p: dict, log, emit=None) -> dict:
 def _not_found_is(fn, message: str):
     """fn, with an HTTP 404 answered as a KitError saying `message` (the worker's own 404 line speaks
     of competitions)."""
-    import requests
-
     def call():
         try:
             return fn()
@@ -72,6 +73,7 @@ def _not_found_is(fn, message: str):
 def _status(client, ref: str, log) -> tuple[str, str]:
     """(status name, failure message) of a kernel's latest session; ("GONE", ...) when Kaggle does not
     know it (deleted, or a stand-in that was restarted)."""
+    # optional: kagglesdk is imported only in the worker, when talking to Kaggle
     from kagglesdk.kernels.types.kernels_api_service import ApiGetKernelSessionStatusRequest
 
     request = ApiGetKernelSessionStatusRequest()
@@ -117,10 +119,6 @@ def _safe_target(root: Path, name: str) -> Path:
 
 def _fetch(url: str, target: Path, log) -> None:
     """GET one output file (checked: an error page is never saved as the file), written atomically."""
-    import requests
-
-    from kit.fsio import atomic_path
-
     def get():
         response = requests.get(url, stream=True, timeout=60)
         response.raise_for_status()
@@ -143,6 +141,7 @@ def _op_kernel_output(api, p: dict, log, emit=None) -> dict:
     """The latest session's output files under p["prefixes"] into p["path"] (kept in their folders),
     and its log as p["path"]/kernel.log. Like `kaggle kernels output`, through ListKernelSessionOutput,
     but every page and file is retried and an HTTP error is never written as a file."""
+    # optional: kagglesdk is imported only in the worker, when talking to Kaggle
     from kagglesdk.kernels.types.kernels_api_service import ApiListKernelSessionOutputRequest
 
     root = Path(p["path"])

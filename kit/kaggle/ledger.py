@@ -3,7 +3,10 @@ and public/private scores. Read strictly, written under a lock, backed up before
 """
 from __future__ import annotations
 
+import csv
+import io
 import os
+import shutil
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,9 +28,7 @@ def read_ledger(path: str | os.PathLike):
     """The ledger as a DataFrame of strings (empty with the right columns when there is none).
     A damaged ledger (a row cut short or with extra fields) is refused naming the row, so no
     rewrite can make the damage permanent."""
-    import io
-
-    import pandas as pd
+    import pandas as pd  # deferred: the worker, one process per Kaggle call, imports kit.kaggle but needs no pandas
 
     path = Path(path)
     if not path.is_file():
@@ -54,9 +55,6 @@ LEDGER_BACKUPS = 10         # backups kept beside the ledger, newest first
 def _check_ledger_rows(path: Path, text: str) -> None:
     """Every row has the header's field count and the file ends with a line break (kit always
     writes one, so a last row without it was cut short)."""
-    import csv
-    import io
-
     if not text.strip():
         raise KitError(f"{path}: empty ledger (not even a header); restore a backup ({path.name}.bak-*) "
                        "or move it aside")
@@ -116,8 +114,6 @@ def check_writable(path: str | os.PathLike) -> None:
 def _rewrite_ledger(path: Path, old, new) -> None:
     """Back the ledger up (ledger.csv.bak-<time>), then write `new` atomically; refuses a
     rewrite that would drop a column, a row or a non-empty field of `old`."""
-    import shutil
-
     kept = len(new) >= len(old) and set(old.columns) <= set(new.columns) and all(
         (new[c].iloc[:len(old)].to_numpy() != "")[old[c].to_numpy() != ""].all() for c in old.columns)
     if not kept:
@@ -131,7 +127,7 @@ def _rewrite_ledger(path: Path, old, new) -> None:
 
 def append_ledger(path: str | os.PathLike, row: dict) -> None:
     """Add one row under an exclusive lock, rewriting the file atomically."""
-    import pandas as pd
+    import pandas as pd  # deferred: see read_ledger
 
     path = Path(path)
     with file_lock(ledger_lock(path)):
@@ -167,7 +163,7 @@ def merge_rows(path: str | os.PathLike, rows: list[dict]) -> None:
     """Add rows under the lock: a row the ledger already holds (same_row) only has its empty fields
     filled and a PENDING status replaced (a merge never takes a score back); any other is appended.
     Merging the same rows twice changes nothing."""
-    import pandas as pd
+    import pandas as pd  # deferred: see read_ledger
 
     path = Path(path)
     with file_lock(ledger_lock(path)):
@@ -190,7 +186,7 @@ def merge_rows(path: str | os.PathLike, rows: list[dict]) -> None:
 
 def score_table(ledger, competition: str | None = None):
     """Ledger rows sorted by public score (best first) with the public-private gap beside them."""
-    import pandas as pd
+    import pandas as pd  # deferred: see read_ledger
 
     frame = read_ledger(ledger)
     if competition:

@@ -29,7 +29,7 @@ def pending_files(ledger: str | os.PathLike) -> list[Path]:
 def keep_pending(ledger: str | os.PathLike, row: dict) -> Path:
     """Put the row in the first pending file that can be written (replacing an earlier version of
     the same attempt); returns that file. OSError or KitError when none can be."""
-    import pandas as pd
+    import pandas as pd  # deferred: see kit.kaggle.ledger.read_ledger
 
     beside, cache = pending_files(ledger)
     problem: Exception | None = None

@@ -4,7 +4,6 @@ stand-in when the data is a synthetic competition (its answer key scores the CSV
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -14,8 +13,10 @@ from kit.errors import KitError
 from kit.kaggle.client import KAGGLE, STAND_IN, endpoint_or_env
 from kit.kaggle.credentials import CREDENTIALS_HELP, credential_source
 from kit.kaggle.ledger import find_submitted, read_ledger
+from kit.kaggle.server import StandIn
 from kit.kaggle.submissions import submit
-from kit.recipe import SYNTH_MARKER, is_synthetic
+from kit.layout import synth_marker
+from kit.recipe import is_synthetic
 
 
 def recipe_submit(csv_path, message: str, data_dir, competition: str = DEFAULT_COMPETITION,
@@ -41,9 +42,7 @@ def rehearsal_stand_in(data_dir, competition: str = DEFAULT_COMPETITION, **optio
     """A stand-in serving the synthetic competition in data_dir (scored by the answer key its synth
     marker names) for the block, and the environment the worker needs to reach it: rehearsal
     credentials in a private config dir, so nothing of the user's is read or written."""
-    from kit.kaggle.server import StandIn
-
-    synth = json.loads((Path(data_dir) / SYNTH_MARKER).read_text())
+    synth = synth_marker(data_dir) or {}
     comp = synth.get("competition") or competition
     with tempfile.TemporaryDirectory(prefix="kit-rehearsal-") as home:
         env = {"KAGGLE_USERNAME": "kit-rehearsal", "KAGGLE_KEY": "local-stand-in", "KAGGLE_CONFIG_DIR": home}

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import time
+from urllib.parse import urlsplit
+
+import requests
 
 from kit import DEFAULT_COMPETITION
 from kit.errors import KitError
@@ -12,8 +15,6 @@ from kit.kaggle.client import RETRY_STATUSES, backoff, max_retry_after, retries
 
 def retrying(what: str, fn, log):
     """Call fn, retrying 429/5xx and connection errors with capped exponential backoff."""
-    import requests
-
     attempts = retries()
     for attempt in range(attempts + 1):
         try:
@@ -35,8 +36,6 @@ def retrying(what: str, fn, log):
 
 
 def _host(url: str) -> str:
-    from urllib.parse import urlsplit
-
     proxy = os.environ.get("HTTP_PROXY") if os.environ.get("KAGGLE_API_ENVIRONMENT") == "LOCALHOST" else None
     return proxy or urlsplit(url).netloc or url
 

@@ -25,6 +25,7 @@ from kit.errors import KitError
 from kit.kaggle import server_competitions, server_kernels
 from kit.kaggle.server_competitions import ZIP_FOLDER, CompetitionRpcs, _ApiError
 from kit.kaggle.server_kernels import KERNEL_OUTPUT, Kernels
+from kit.submission import score_submission
 
 API_PREFIX = "/api/v1/"
 RETRY_STATUSES = (429, 503)     # statuses that carry a Retry-After header
@@ -175,9 +176,6 @@ class StandIn:
         return sub
 
     def _score(self, file_name: str, data: bytes):
-        from kit.errors import KitError
-        from kit.submission import score_submission
-
         with self.lock:
             injected = self.error_next.pop(0) if self.error_next else None
         if injected:

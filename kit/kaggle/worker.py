@@ -16,6 +16,7 @@ from pathlib import Path
 from kit.errors import KitError
 from kit.kaggle.client import backoff, retries
 from kit.kaggle.credentials import CREDENTIALS_HELP
+from kit.kaggle.kernel_ops import OPS as KERNEL_OPS
 from kit.kaggle.retrying import retrying as _retrying
 
 
@@ -37,7 +38,7 @@ def config_dir_ready() -> None:
 def _api(log):
     """The authenticated KaggleApi; importing kaggle already tried once and printed any help to stderr."""
     config_dir_ready()
-    from kaggle import api
+    from kaggle import api  # kaggle authenticates and prints on import: only here, after the redirect in main
 
     try:
         _retrying("authentication", api.authenticate, log)
@@ -53,6 +54,7 @@ def _sub_dict(s) -> dict:
 
 
 def _list_submissions(client, competition: str, want: set | None, log, max_pages: int = 20) -> list[dict]:
+    # optional: kagglesdk is imported only when talking to Kaggle
     from kagglesdk.competitions.types.competition_api_service import ApiListSubmissionsRequest
 
     subs: dict[int, dict] = {}
@@ -74,6 +76,7 @@ def _list_submissions(client, competition: str, want: set | None, log, max_pages
 
 
 def _op_submit(api, p: dict, log, emit) -> dict:
+    # optional: kaggle and kagglesdk are imported only when talking to Kaggle
     from kaggle.models.kaggle_models_extended import ResumableUploadResult
     from kagglesdk.competitions.types.competition_api_service import (
         ApiCreateSubmissionRequest,
@@ -169,8 +172,6 @@ def main() -> int:
     def emit(obj: dict) -> None:
         out.write(json.dumps(obj) + "\n")
         out.flush()
-
-    from kit.kaggle.kernel_ops import OPS as KERNEL_OPS
 
     try:
         api = _api(lambda line: emit({"log": line}))

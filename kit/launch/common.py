@@ -1,9 +1,6 @@
-"""What every launcher shares: the `kit recipe run` arguments a kernel or a job runs, progress
-lines, when a member counts as finished (a job's time limits: kit.timeplan.time_limits)."""
+"""What every launcher shares: the `kit recipe run` arguments a kernel or a job runs (a job's time
+limits: kit.timeplan.time_limits; whether a member has finished: kit.rundir.RunDir)."""
 from __future__ import annotations
-
-import json
-from pathlib import Path
 
 MAX_ROUNDS = 4             # kernel versions / job rounds one command starts for the same members
 
@@ -27,18 +24,3 @@ def member_args(recipe_file: str, members: list[str], budget: str, runs: str, da
         args += ["--max-hours", f"{max_hours:.4f}"]
     return args
 
-
-def is_finished(run_dir: Path) -> bool:
-    """A member done training: summary.json, and not stopped at a session's time limit."""
-    try:
-        summary = json.loads((Path(run_dir) / "summary.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return summary.get("stopped_reason") != "time"
-
-
-def progress(run_dir: Path) -> str:
-    """A few words on where a member stands, for the launchers' log lines."""
-    if is_finished(run_dir):
-        return "finished"
-    return "checkpointed, not finished" if (Path(run_dir) / "last.pt").is_file() else "not started"

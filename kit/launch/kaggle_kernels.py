@@ -20,7 +20,8 @@ from pathlib import Path
 
 from kit.errors import KitError
 from kit.fsio import write_json, write_text
-from kit.launch.common import MAX_ROUNDS, is_finished, member_args, progress
+from kit.launch.common import MAX_ROUNDS, member_args
+from kit.rundir import RunDir
 from kit.timeplan import time_limits
 
 STATE, LOGS, PULLS = "kaggle-kernels.json", "kaggle-logs", ".kaggle-pull"
@@ -70,9 +71,9 @@ def kaggle_target(data_dir: Path, endpoint: str | None, competition: str | None)
     from kit.kaggle.client import KAGGLE, STAND_IN, endpoint_or_env
     from kit.kaggle.credentials import CREDENTIALS_HELP, credential_source
     from kit.kaggle.rehearsal import rehearsal_stand_in
-    from kit.recipe import SYNTH_MARKER, is_synthetic
+    from kit.layout import synth_marker
 
-    synth = json.loads((data_dir / SYNTH_MARKER).read_text()) if is_synthetic(data_dir) else {}
+    synth = synth_marker(data_dir) or {}
     competition = competition or synth.get("competition") or DEFAULT_COMPETITION
     if endpoint_or_env(endpoint):
         yield {"endpoint": endpoint_or_env(endpoint), "env": None, "competition": competition, "name": STAND_IN}
@@ -245,12 +246,12 @@ class KernelRun:
         for m in k.members:
             adopt(staging / "runs" / self.recipe.name / m, self.root / m, k, self.log, self.data_dir)
         shutil.rmtree(staging, ignore_errors=True)
-        states = ", ".join(f"{m} {progress(self.root / m)}" for m in k.members)
+        states = ", ".join(f"{m} {RunDir.of(self.root / m).progress()}" for m in k.members)
         self.log(f"{k.ref} version {k.version} {k.status}: pulled back {got['files']} file(s); {states}")
 
     def verdict(self, k: Kernel, end: dict) -> str:
         """"done", "again" (a new version continues it) or the line saying why it failed."""
-        if all(is_finished(self.root / m) for m in k.members):
+        if all(RunDir.of(self.root / m).finished for m in k.members):
             return "done"
         status, message = end["status"], end["message"]
         if status == "COMPLETE" or status == "GONE" or RAN_OUT.search(message or ""):

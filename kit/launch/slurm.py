@@ -9,7 +9,8 @@ import shutil
 from pathlib import Path
 
 from kit.errors import KitError
-from kit.launch.common import MAX_ROUNDS, is_finished, member_args, progress
+from kit.launch.common import MAX_ROUNDS, member_args
+from kit.rundir import RunDir
 from kit.timeplan import time_limits
 
 FOLDER = ".submitit"          # RUNS/<recipe>/.submitit: submitit's job files and logs
@@ -49,7 +50,7 @@ class SlurmLauncher:
                                    data=str(Path(data_dir).resolve()), minutes=minutes,
                                    per_member_minutes=per_member_minutes, max_hours=inner) for m in todo}
             failures = self.run_round(executor, args, Path(root), log)
-            todo = [m for m in todo if not is_finished(Path(root) / m)]
+            todo = [m for m in todo if not RunDir.of(Path(root) / m).finished]
             if failures:
                 raise KitError(f"{failures[0]}" + (f" (and {len(failures) - 1} more)" if failures[1:] else "")
                                + "; finished members are kept: re-run the same command to continue")
@@ -93,13 +94,13 @@ class SlurmLauncher:
         except Exception as e:            # submitit's job errors: the job died, was cancelled or timed out
             text = str(e).strip().splitlines()
             if RAN_OUT.search(f"{job.state} {' '.join(text[-3:])}"):
-                log(f"{member}: job {job.job_id} reached its time limit ({progress(root / member)})")
+                log(f"{member}: job {job.job_id} reached its time limit ({RunDir.of(root / member).progress()})")
                 return None
             return f"member {member}: job {job.job_id} failed ({job.state}): {text[-1] if text else 'no message'}"
         if code:
             reason = _last_error(job)
             return f"member {member}: job {job.job_id} failed (exit {code}){': ' + reason if reason else ''}"
-        log(f"{member}: job {job.job_id} done ({progress(root / member)})")
+        log(f"{member}: job {job.job_id} done ({RunDir.of(root / member).progress()})")
         return None
 
 

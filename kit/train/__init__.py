@@ -2,20 +2,16 @@
 plain loop through accelerate (CPU, one GPU or DDP), with validation, checkpoints, resume and logs.
 
   kit.train.loop     train(): the loop as named steps (Trainer)
+  kit.train.devices  precision, the Accelerator, the step total and plan, the memory a step needs
+  kit.train.clock    the session's wall-clock bookkeeping; StepTimer for benchmarks
   kit.train.state    TrainState: everything resume needs, as state_dict()/load_state_dict()
   kit.train.targets  what a batch is trained towards: labels, pseudo-labels, a teacher's soft targets
   kit.train.results  evaluation, metrics, curves, loading a finished run
 """
-from kit.train.loop import (
-    StepTimer,
-    TrainingDiverged,
-    cpu_has_bf16,
-    end_distributed,
-    resolve_precision,
-    step_bytes,
-    total_steps,
-    train,
-)
+from kit.compat import cpu_has_bf16
+from kit.train.clock import StepTimer
+from kit.train.devices import end_distributed, resolve_precision, step_bytes, total_steps
+from kit.train.loop import TrainingDiverged, train
 from kit.train.results import METRIC_COLUMNS, diverged_at, evaluate, load_config, load_model, plot_curves, read_summary
 from kit.train.state import TrainState, average_state_dicts, weights_digest
 

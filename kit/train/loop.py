@@ -11,26 +11,43 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from accelerate.utils import gather_object
+from tqdm.auto import tqdm
 
-from kit.budget import SKIP_STEPS, StepPlan, lr_at
-from kit.cnn import RESNET_BLOCKS
-from kit.compat import cpu_has_bf16, reset_accelerate_precision
-from kit.config import RunConfig, dump_toml, to_dict
-from kit.data import FeatureStore, save_split, split_for
+from kit.budget import SKIP_STEPS, lr_at
+from kit.compat import cpu_has_bf16
+from kit.config import RunConfig, dump_toml, to_dict, validate
+from kit.data import FeatureStore
 from kit.errors import KitError
 from kit.fsio import save_torch, write_csv, write_json, write_text
 from kit.models import build_model, count_params
-from kit.runs import check_resume, load_checkpoint, run_identity
+from kit.runs import check_resume, check_start, clean_leftovers, load_checkpoint, run_identity, run_lock
+from kit.split import save_split, split_for
+from kit.train.clock import Clock, StepTimer
+from kit.train.devices import (
+    check_memory,
+    configure_cpu,
+    end_distributed,
+    make_accelerator,
+    resolve_precision,
+    step_bytes,
+    step_plan,
+    total_steps,
+)
 from kit.train.results import evaluate, load_weights, metrics_frame, plot_curves, read_metrics
 from kit.train.state import TrainState, average_state_dicts, float_state, weights_digest
 from kit.train.targets import build_targets, loss_fn
-from kit.train.trackers import TrackerLog, check_installed, project_config
+from kit.train.trackers import TrackerLog, check_installed
+
+# The devices and budgets (kit.train.devices) and the session's clock (kit.train.clock) moved out
+# of this module; the names callers imported from here still are.
+__all__ = ["LOSS_CHECK_EVERY", "Clock", "StepTimer", "Trainer", "TrainingDiverged", "cpu_has_bf16", "end_distributed",
+           "resolve_precision", "step_bytes", "total_steps", "train"]
 
 LOSS_CHECK_EVERY = 50      # steps between reads of the running loss when no progress bar reads it (one sync)
 
@@ -38,96 +55,6 @@ LOSS_CHECK_EVERY = 50      # steps between reads of the running loss when no pro
 class TrainingDiverged(KitError):
     """Training stopped on non-finite weights; summary.json says "diverged", the checkpoints are the
     last good ones. A recipe votes without the member (kit.zoo)."""
-
-
-# ---------------------------------------------------------------- devices and budgets
-def resolve_precision(name: str) -> str:
-    """auto -> bf16 on a GPU that supports it, fp16 on other CUDA GPUs; on a CPU bf16 where it
-    has bf16 instructions, else "no" (emulated bf16 is slower than fp32)."""
-    if name != "auto":
-        if name not in ("no", "bf16", "fp16"):
-            raise KitError(f"train.mixed_precision {name!r}: choose auto, no, bf16 or fp16")
-        return name
-    if not torch.cuda.is_available():
-        return "bf16" if cpu_has_bf16() else "no"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-
-
-def total_steps(cfg: RunConfig, n_train: int, world: int) -> int:
-    """The step budget: train.max_epochs x (n_train / global batch) when set, else train.max_steps."""
-    if cfg.train.max_epochs > 0:
-        return max(1, math.ceil(cfg.train.max_epochs * n_train / (cfg.train.batch_size * world)))
-    return cfg.train.max_steps
-
-
-# Floats autograd keeps per input frame, per unit of width, for backward (peak RSS of one forward +
-# backward on CPU in float32, measured for the recipes' encoders and rounded up by 10-30%).
-ATTENTION_WIDTH = {"transformer": 32, "conformer": 64}     # x d_model per layer
-ATTENTION_SCORES = 6                                       # x n_heads x segment_len per layer
-RESNET_FRAME, ECAPA_FRAME = 10, 64                         # x channels (x n_mels for the 2-D ResNet)
-
-
-def _encoder_size(m, frames: int) -> tuple[float, float, float]:
-    """(parameters, floats kept per input frame, output width) of model settings `m` on crops of
-    `frames` frames: the orders of magnitude, not exact counts."""
-    if m.encoder in ATTENTION_WIDTH:
-        twice = 2 if m.encoder == "conformer" else 1     # a Conformer block has two feed-forwards and a conv
-        params = m.n_layers * twice * (4 * m.d_model ** 2 + 2 * m.d_model * m.ffn_dim)
-        per_frame = m.n_layers * (ATTENTION_WIDTH[m.encoder] * m.d_model + 4 * m.ffn_dim
-                                  + ATTENTION_SCORES * m.n_heads * frames)
-        return params, per_frame, m.d_model
-    if m.encoder == "resnet":
-        blocks = RESNET_BLOCKS.get(m.resnet_depth, RESNET_BLOCKS[34])
-        params = sum(n * 18 * (m.channels * 2 ** k) ** 2 for k, n in enumerate(blocks))
-        per_frame = RESNET_FRAME * m.channels * m.n_mels * sum(n / 2 ** k for k, n in enumerate(blocks))
-        return params, per_frame, m.channels * m.n_mels
-    return 25 * m.channels ** 2, ECAPA_FRAME * m.channels, 6 * m.channels      # ecapa
-
-
-def step_bytes(cfg: RunConfig) -> int:
-    """A generous estimate of one training step's memory in bytes, in float32 (mixed precision needs
-    less): the weights with their gradients, AdamW's two moments and the EMA (5 copies), the batch
-    of crops (batch_size x segment_len x n_mels), and the activations kept for backward."""
-    m, batch, frames = cfg.model, cfg.train.batch_size, cfg.data.segment_len
-    params, per_frame, width = _encoder_size(m, frames)
-    params += width * (m.d_model + m.n_classes)                 # pooling and head
-    return int(4 * (5 * params + batch * frames * (m.n_mels + per_frame)))
-
-
-def memory_available(device: torch.device) -> tuple[int, str]:
-    """(bytes, what they are): the GPU's free memory, or the machine's physical memory on a CPU."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0]), f"free on {torch.cuda.get_device_name(device)}"
-    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "of memory on this machine"
-
-
-def check_memory(cfg: RunConfig, device: torch.device, run_dir: Path) -> None:
-    """Refuse, before anything is allocated, a step that cannot fit (kit.train.loop.step_bytes)."""
-    need, (have, what) = step_bytes(cfg), memory_available(device)
-    if need > have:
-        gib = 2 ** 30
-        raise KitError(f"{run_dir}: one training step needs about {need / gib:,.1f} GiB, more than the "
-                       f"{have / gib:,.1f} GiB {what}; lower train.batch_size (now {cfg.train.batch_size}) "
-                       f"or data.segment_len (now {cfg.data.segment_len}), or make the model smaller")
-
-
-def make_accelerator(precision: str, log_with: str = "", run_dir: str | Path = "."):
-    """An Accelerator for one run (several runs in one process may ask for different precisions:
-    kit.compat.reset_accelerate_precision); with log_with, its tracker writes into run_dir/trackers
-    (kit.train.trackers)."""
-    from accelerate import Accelerator
-
-    reset_accelerate_precision(precision)
-    # cpu=True without a GPU so the env vars of a CPU launch (WORLD_SIZE, RANK) select gloo DDP
-    return Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available(), log_with=log_with or None,
-                       project_config=project_config(run_dir) if log_with else None)
-
-
-def end_distributed() -> None:
-    """Tear down the DDP process group before exit; gloo otherwise aborts (SIGABRT) at teardown."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
 
 
 # ---------------------------------------------------------------- the entry point
@@ -148,9 +75,6 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
     however the session's loop ends: finished, diverged or stop_after (summary["stopped_reason"]).
     train.log_with adds kit.train.trackers.TrackerLog.
     """
-    from kit.config import validate
-    from kit.runs import check_start, clean_leftovers, run_lock
-
     validate(cfg)               # the CLI sets budgets after the config was loaded
     if cfg.train.log_with:      # a missing tracker package is one line now, not a run that logs nothing
         check_installed(cfg.train.log_with)
@@ -165,51 +89,13 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
         return trainer.run(stop_after)
 
 
-class StepTimer:
-    """A train() callback for benchmarks: this session's training steps, the seconds they took
-    without evaluations, and the wall-clock window of the loop."""
-
-    def __init__(self):
-        self.steps, self.seconds, self.window = 0, 0.0, [0.0, 0.0]
-        self._evals = 0.0
-
-    def on_train_begin(self, trainer) -> None:
-        self.window[0], self._first_step = time.time(), trainer.state.step
-
-    def on_evaluated(self, trainer, seconds: float) -> None:
-        self._evals += seconds
-
-    def on_train_end(self, trainer, summary: dict) -> None:
-        self.window[1] = time.time()
-        self.steps = trainer.state.step - self._first_step
-        self.seconds = self.window[1] - self.window[0] - self._evals
-
-
-@dataclass
-class Clock:
-    """Wall-clock bookkeeping of one session: the run's time across sessions, and the step rate
-    without evaluations (what the time budget is fitted to)."""
-    began: float
-    seconds_before: float = 0.0
-    loop_began: float = 0.0
-    eval_seconds: float = 0.0
-    steps_before: int = 0
-    timed_from: tuple = (0.0, 0.0)          # (time, eval seconds) when the timed steps began
-
-    def seconds(self) -> float:
-        return self.seconds_before + time.time() - self.began
-
-    def training_seconds(self, now: float) -> float:
-        """This session's seconds of training steps up to `now`, its evaluations left out."""
-        return now - self.loop_began - self.eval_seconds
-
 
 class Trainer:
     """One run being trained: set up in __init__, then run() = resume, steps, evaluations, finish."""
 
     def __init__(self, cfg: RunConfig, run_dir: Path, store: FeatureStore | None, progress: bool,
                  budget: str | None, resume: bool, callbacks=()):
-        from timm.optim import create_optimizer_v2
+        from timm.optim import create_optimizer_v2  # heavy: timm takes ~2 s to import; only training needs it
         from timm.utils import ModelEmaV3
 
         self.cfg, self.run_dir, self.resuming, self.callbacks = cfg, run_dir, resume, list(callbacks)
@@ -218,7 +104,7 @@ class Trainer:
                                                   run_dir)
         self.device, self.rank, self.world, self.main = acc.device, acc.process_index, acc.num_processes, \
             acc.is_main_process
-        self._configure_device()
+        configure_cpu(self.device, cfg.train.cpu_threads)
         self.store = self._open_store(store, progress)
         check_memory(cfg, self.device, run_dir)          # n_mels is known now; nothing big allocated yet
         self.identity = run_identity(cfg, self.store, budget, run_dir if resume else None)
@@ -228,7 +114,7 @@ class Trainer:
                            f"(data.val_fraction {cfg.data.val_fraction})")
         self.targets = build_targets(self.store, self.split, cfg.data.pseudo_labels, cfg.train.teacher,
                                      cfg.train.distill_weight, cfg.data.allow_external_labels)
-        plan = self._plan()
+        plan = step_plan(cfg, len(self.targets.index), self.world)
         torch.manual_seed(cfg.train.seed)               # identical initial weights on every rank
         net = build_model(cfg.model, cfg.augment, cfg.train.fast_dropout).to(self.device)  # before EMA copies it
         if cfg.train.init_from and not (resume and (run_dir / "last.pt").is_file()):
@@ -245,12 +131,6 @@ class Trainer:
         self.bar: Any = None                    # a tqdm bar once prepare() runs (tqdm has no types)
         self.saved_step: int | None = None      # the step last.pt holds
 
-    def _configure_device(self) -> None:
-        if self.device.type == "cpu":
-            torch.set_flush_denormal(True)      # denormals slow CPU training ~10x after a few thousand steps
-            if self.cfg.train.cpu_threads > 0:
-                torch.set_num_threads(self.cfg.train.cpu_threads)
-
     def _open_store(self, store: FeatureStore | None, progress: bool) -> FeatureStore:
         cfg = self.cfg
         if store is None:
@@ -262,13 +142,6 @@ class Trainer:
         cfg.data.data_dir = str(Path(store.layout.data_dir).resolve())
         cfg.model.n_mels, cfg.model.n_classes = store.n_mels, len(store.speakers)
         return store
-
-    def _plan(self) -> StepPlan:
-        cfg = self.cfg
-        steps_total = total_steps(cfg, len(self.targets.index), self.world)
-        if cfg.train.minutes > 0:           # a time budget: the step total is fitted as the run goes
-            return StepPlan.timed(cfg.train.minutes * 60, steps_total, cfg.train.warmup_steps, evals=cfg.train.evals)
-        return StepPlan.fixed(steps_total, cfg.train.warmup_steps, cfg.train.eval_every)
 
     def _init_from(self, net: torch.nn.Module, source: str) -> None:
         """Start from another run's weights (a fine-tune): a .pt file, or a run dir's last.pt."""
@@ -320,8 +193,6 @@ class Trainer:
 
     def prepare(self) -> None:
         """accelerate's wrapping (DDP), torch.compile, the progress bar and the session's clock."""
-        from tqdm.auto import tqdm
-
         st, cfg = self.state, self.cfg
         self.model, self.optimizer = self.accelerator.prepare(st.net, st.optimizer)
         if cfg.train.compile:                           # after DDP wrapping, as torch recommends
@@ -431,9 +302,7 @@ class Trainer:
         """train.max_minutes has passed (every rank takes the same decision)."""
         limit = self.cfg.train.max_minutes
         up = limit > 0 and time.time() - self.clock.began > limit * 60
-        if self.world > 1 and limit > 0:
-            up = bool(self.accelerator.reduce(torch.tensor(float(up), device=self.device), "max"))
-        return up
+        return self._any_rank(up) if limit > 0 else up
 
     def evaluate(self, time_up: bool) -> bool:
         """Validate, log, keep best.pt and last.pt; True when the loop should stop."""
@@ -469,8 +338,6 @@ class Trainer:
 
     def checkpoint(self) -> None:
         """last.pt: everything resume needs, RNG states of every rank included."""
-        from accelerate.utils import gather_object
-
         rng_torch, rng_numpy, rng_cuda = self.state.rng_states(self.device)
         if self.world > 1:
             rng_torch, rng_numpy, rng_cuda = gather_object(rng_torch), gather_object(rng_numpy), gather_object(rng_cuda)
@@ -497,17 +364,7 @@ class Trainer:
                 "seconds": self.clock.seconds(), "n_train": int(len(self.split.train)),
                 "n_val": int(len(self.split.val)), "device": str(self.device), "processes": self.world,
                 "mixed_precision": self.accelerator.mixed_precision,
-                **({"steps_per_second": self.step_rates()} if st.plan.probe_rate else {})}
-
-    def step_rates(self) -> dict:
-        """A timed run's step rate as measured at its start (what its plan was first fitted to) and
-        as achieved over this session, evaluations left out: a machine shared part way shows as
-        the gap (kit.budget.step_rate_note)."""
-        clock, plan = self.clock, self.state.plan
-        seconds = clock.training_seconds(time.time())
-        steps = self.state.step - clock.steps_before
-        return {"probed": plan.probe_rate, "achieved": steps / seconds if seconds > 0 else 0.0,
-                "planned_steps": plan.probe_total}
+                **({"steps_per_second": self.clock.step_rates(st.plan, st.step)} if st.plan.probe_rate else {})}
 
     def finish(self) -> dict:
         """summary.json (+ avg.pt and curves.png)."""

@@ -6,12 +6,14 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
 from kit.config import RunConfig, from_dict, load_toml
 from kit.data import FeatureStore
 from kit.errors import KitError
+from kit.fsio import atomic_path
 from kit.models import build_model
 from kit.runs import load_checkpoint
 
@@ -89,12 +91,10 @@ def evaluate(model, store: FeatureStore, index: np.ndarray, accelerator,
 
 def plot_curves(metrics: list[dict], path: Path) -> None:
     """Loss and accuracy against step, train and validation, as one PNG."""
-    import matplotlib
+    import matplotlib  # heavy: matplotlib, only for the plot
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from kit.fsio import atomic_path
 
     steps = [m["step"] for m in metrics]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
@@ -114,16 +114,12 @@ def plot_curves(metrics: list[dict], path: Path) -> None:
 
 
 def metrics_frame(metrics: list[dict]):
-    import pandas as pd
-
     return pd.DataFrame(metrics, columns=METRIC_COLUMNS)
 
 
 def read_metrics(path: Path) -> list[dict]:
     if not path.is_file():
         return []
-    import pandas as pd
-
     return pd.read_csv(path).to_dict("records")
 
 

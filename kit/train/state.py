@@ -12,6 +12,7 @@ import torch
 
 from kit.budget import StepPlan
 from kit.errors import KitError
+from kit.train.results import load_weights
 
 if TYPE_CHECKING:
     from timm.utils import ModelEmaV3
@@ -87,8 +88,6 @@ class TrainState:
 
     def load_state_dict(self, ckpt: dict, rank: int, device: torch.device, where) -> None:
         """Restore from last.pt (`where`: its path, for errors) as rank `rank`."""
-        from kit.train.results import load_weights
-
         if not RESUMABLE <= set(ckpt):
             raise KitError(f"{where}: not a resumable checkpoint (no optimizer or step in it)")
         load_weights(self.net, ckpt.get("train_model", ckpt["model"]), where)

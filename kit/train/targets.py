@@ -12,12 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from kit.data import FeatureStore, Split
+from kit.data import FeatureStore
 from kit.errors import KitError
 from kit.pseudo import check_pseudo_labels
+from kit.split import Split
 
 
 @dataclass
@@ -73,8 +75,6 @@ def _test_rows(store: FeatureStore, ids, source: Path) -> np.ndarray:
 def read_pseudo_labels(path: str, store: FeatureStore, allow_external: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(store rows, class ids) from a CSV Id,Category[,...] of test utterances; one `kit pseudo`
     wrote (kit.pseudo.check_pseudo_labels) unless allow_external."""
-    import pandas as pd
-
     source = Path(path)
     if not source.is_file():
         raise KitError(f"{source}: pseudo-label file not found (data.pseudo_labels)")

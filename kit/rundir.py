@@ -1,0 +1,74 @@
+"""A run dir as a type: what kit asks of one member's (or fine-tune's, or student's) folder,
+answered in one place: has it finished training, did it stop at a time limit or diverge, was it
+predicted from the checkpoint now on disk.
+
+"Finished" means summary.json is there and the run did not stop at a session's time limit (it
+finished its steps, its time budget, or diverged); a summary.json that cannot be read counts as not
+finished, so the member resumes from last.pt rather than being voted.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from kit.records import predictions_current
+
+SUMMARY = "summary.json"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+
+    @classmethod
+    def of(cls, path: str | Path) -> RunDir:
+        return cls(Path(path))
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def summary(self) -> dict | None:
+        """summary.json (written when a training session ends), or None when absent or unreadable."""
+        try:
+            with open(self.path / SUMMARY, encoding="utf-8") as f:
+                data = json.load(f)
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    @property
+    def stopped_reason(self) -> str | None:
+        """budget | time | diverged | ... (summary.json), or None before any session has ended."""
+        summary = self.summary()
+        return None if summary is None else summary.get("stopped_reason")
+
+    @property
+    def finished(self) -> bool:
+        """Done training: it will not train again unless moved aside (--fresh)."""
+        summary = self.summary()
+        return summary is not None and summary.get("stopped_reason") != "time"
+
+    @property
+    def stopped_at_time_limit(self) -> bool:
+        return self.stopped_reason == "time"
+
+    @property
+    def diverged(self) -> bool:
+        return self.stopped_reason == "diverged"
+
+    @property
+    def has_checkpoint(self) -> bool:
+        """last.pt is there: a re-run resumes it."""
+        return (self.path / "last.pt").is_file()
+
+    def predicted(self, which: str | None = None) -> bool:
+        """Its val/test probabilities came from the checkpoint <which>.pt now on disk (kit.records)."""
+        return predictions_current(self.path, which)
+
+    def progress(self) -> str:
+        """A few words on where it stands, for the launchers' log lines."""
+        if self.finished:
+            return "finished"
+        return "checkpointed, not finished" if self.has_checkpoint else "not started"

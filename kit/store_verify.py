@@ -1,0 +1,137 @@
+"""What a packed store's done.json records of it, and the check that opening a store makes
+against that record and the json files (kit.data.FeatureStore): a damaged or older store is
+packed again.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from kit.layout import Layout
+
+STORE_VERSION = 1          # hashed into layout_hash, so into every run's data identity (kit.runs):
+                           # changing it makes every existing run look trained on other data
+STORE_FORMAT = 2           # what done.json records; a store without the record is packed again
+STORE_ARRAYS = ("features", "offsets", "lengths", "labels")
+SAMPLE_ROWS = 256          # rows of features.npy whose digest done.json records: cheap at any size
+DIGESTS = {"index_sha256": "digest of offsets, lengths and labels",
+           "sample_sha256": "digest of sampled features.npy rows"}
+
+
+class DamagedStore(Exception):
+    """A packed store that is not what its done.json records: opening packs it again. The
+    message completes "<store dir>: ...; rebuilding"."""
+
+
+class OlderStore(DamagedStore):
+    """A store packed by a kit whose done.json has no record to verify it against: packed once more."""
+
+
+def verify_store(root: Path, layout: Layout, dtype: str) -> tuple[dict, dict[str, np.ndarray]]:
+    """done.json and the arrays (memory-mapped) of the store in root, after checking that they
+    are what done.json records and what the json files say (lengths, labels, contiguous
+    offsets); DamagedStore names the first thing that is not. Reads a few hundred rows of
+    features.npy, not all of it."""
+    done = _read_done(root)
+    arrays = {}
+    for name in STORE_ARRAYS:
+        path = root / f"{name}.npy"
+        if not path.is_file():
+            raise _damaged(f"{path.name} missing")
+        try:        # memory-mapped, so a header claiming a huge shape allocates nothing
+            arrays[name] = np.load(path, mmap_mode="r")
+        except Exception as e:    # numpy raises ValueError, OSError, EOFError... for a bad file
+            detail = str(e).strip().splitlines()[0][:60] if str(e).strip() else "no detail"
+            raise _damaged(f"{path.name} unreadable: {type(e).__name__}: {detail}") from None
+    _compare(done["record"], array_record(root, arrays))
+    _check_against_layout(arrays, layout, dtype)
+    _compare(done["record"], digests(arrays))
+    return done, arrays
+
+
+def _damaged(what: str) -> DamagedStore:
+    return DamagedStore(f"damaged packed store ({what})")
+
+
+def _read_done(root: Path) -> dict:
+    path = root / "done.json"
+    try:
+        done = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise _damaged("done.json missing") from None
+    except (OSError, ValueError):       # ValueError: bad JSON or bad UTF-8
+        raise _damaged("done.json unreadable") from None
+    if not isinstance(done, dict):
+        raise _damaged("done.json malformed")
+    if "format" not in done and done.get("version") == STORE_VERSION:
+        raise OlderStore("packed store of an older kit, with no record to verify it against")
+    if done.get("format") != STORE_FORMAT or not isinstance(done.get("record"), dict) \
+            or not isinstance(done.get("content"), str):
+        raise _damaged("done.json malformed")
+    return done
+
+
+def _compare(recorded: dict, found: dict) -> None:
+    """Name the first thing found that differs from done.json's record of it."""
+    for key, value in found.items():
+        want = recorded.get(key)
+        if isinstance(value, dict):
+            for field, v in value.items():
+                w = want.get(field) if isinstance(want, dict) else None
+                if w != v:
+                    raise _damaged(f"{key}.npy {field} {v}, done.json records {str(w)[:40]}")
+        elif want != value:
+            raise _damaged(f"{DIGESTS[key]} differs from done.json's")
+
+
+def array_record(root: Path, arrays: dict[str, np.ndarray]) -> dict:
+    """Each array's shape, dtype and file size: what done.json records of them."""
+    record = {}
+    for name, a in arrays.items():
+        size = (root / f"{name}.npy").stat().st_size
+        record[name] = {"shape": list(a.shape), "dtype": str(a.dtype), "bytes": size}
+    return record
+
+
+def digests(arrays: dict[str, np.ndarray]) -> dict:
+    """A digest of offsets, lengths and labels, and one of SAMPLE_ROWS rows of the features at
+    fixed strided positions: a rewritten features.npy is caught in milliseconds at any size."""
+    index = hashlib.sha256()
+    for name in ("offsets", "lengths", "labels"):
+        index.update(np.ascontiguousarray(arrays[name], dtype="<i8").tobytes())
+    features = arrays["features"]
+    rows = np.unique(np.linspace(0, len(features) - 1, min(len(features), SAMPLE_ROWS)).astype(np.int64))
+    sample = hashlib.sha256(np.ascontiguousarray(features[rows]).tobytes())
+    return {"index_sha256": index.hexdigest(), "sample_sha256": sample.hexdigest()}
+
+
+def _check_against_layout(arrays: dict[str, np.ndarray], layout: Layout, dtype: str) -> None:
+    """The arrays are the shapes the json files call for, and offsets are contiguous from 0 as
+    packing writes them: no crop can read outside its own utterance."""
+    utts = layout.all
+    features = arrays["features"]
+    if features.ndim != 2 or features.shape[1] != layout.n_mels or features.dtype != np.dtype(dtype):
+        raise _damaged(f"features.npy is {features.dtype} {features.shape}, expected {dtype} (frames, {layout.n_mels})")
+    for name in ("offsets", "lengths", "labels"):
+        a = arrays[name]
+        if a.shape != (len(utts),) or a.dtype.kind not in "iu":
+            raise _damaged(f"{name}.npy is {a.dtype} {a.shape}, expected integers ({len(utts)},)")
+    lengths = np.array([u.mel_len for u in utts], dtype=np.int64)
+    if not np.array_equal(arrays["lengths"], lengths):
+        raise _damaged("lengths.npy disagrees with the json's mel_len")
+    if not np.array_equal(arrays["offsets"], offsets_of(lengths)) or int(lengths.sum()) != len(features):
+        raise _damaged("offsets.npy is not the utterances' contiguous positions in features.npy")
+    if not np.array_equal(arrays["labels"], labels_of(layout)):
+        raise _damaged("labels.npy disagrees with metadata.json and mapping.json")
+
+
+def offsets_of(lengths: np.ndarray) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+
+
+def labels_of(layout: Layout) -> np.ndarray:
+    s2i = layout.speaker2id
+    return np.array([s2i[u.speaker] if u.speaker is not None else -1 for u in layout.all], dtype=np.int64)

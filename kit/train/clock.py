@@ -1,0 +1,57 @@
+"""Timing a training session: Clock, the loop's wall-clock bookkeeping (what a time budget is
+fitted to), and StepTimer, a train() callback for benchmarks.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from kit.budget import StepPlan
+
+
+class StepTimer:
+    """A train() callback for benchmarks: this session's training steps, the seconds they took
+    without evaluations, and the wall-clock window of the loop."""
+
+    def __init__(self):
+        self.steps, self.seconds, self.window = 0, 0.0, [0.0, 0.0]
+        self._evals = 0.0
+
+    def on_train_begin(self, trainer) -> None:
+        self.window[0], self._first_step = time.time(), trainer.state.step
+
+    def on_evaluated(self, trainer, seconds: float) -> None:
+        self._evals += seconds
+
+    def on_train_end(self, trainer, summary: dict) -> None:
+        self.window[1] = time.time()
+        self.steps = trainer.state.step - self._first_step
+        self.seconds = self.window[1] - self.window[0] - self._evals
+
+
+@dataclass
+class Clock:
+    """Wall-clock bookkeeping of one session: the run's time across sessions, and the step rate
+    without evaluations (what the time budget is fitted to)."""
+    began: float
+    seconds_before: float = 0.0
+    loop_began: float = 0.0
+    eval_seconds: float = 0.0
+    steps_before: int = 0
+    timed_from: tuple = (0.0, 0.0)          # (time, eval seconds) when the timed steps began
+
+    def seconds(self) -> float:
+        return self.seconds_before + time.time() - self.began
+
+    def training_seconds(self, now: float) -> float:
+        """This session's seconds of training steps up to `now`, its evaluations left out."""
+        return now - self.loop_began - self.eval_seconds
+
+    def step_rates(self, plan: StepPlan, step: int) -> dict:
+        """A timed run's step rate as measured at its start (what its plan was first fitted to) and
+        as achieved over this session up to `step`, evaluations left out: a machine shared part way
+        shows as the gap (kit.budget.step_rate_note)."""
+        seconds = self.training_seconds(time.time())
+        steps = step - self.steps_before
+        return {"probed": plan.probe_rate, "achieved": steps / seconds if seconds > 0 else 0.0,
+                "planned_steps": plan.probe_total}
