@@ -8,10 +8,11 @@ finished, so the member resumes from last.pt rather than being voted.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from kit.errors import KitError
+from kit.fsio import read_json
 from kit.records import predictions_current
 
 SUMMARY = "summary.json"
@@ -32,11 +33,9 @@ class RunDir:
     def summary(self) -> dict | None:
         """summary.json (written when a training session ends), or None when absent or unreadable."""
         try:
-            with open(self.path / SUMMARY, encoding="utf-8") as f:
-                data = json.load(f)
-        except (OSError, ValueError):
+            return read_json(self.path / SUMMARY, "a run's summary.json")
+        except KitError:
             return None
-        return data if isinstance(data, dict) else None
 
     @property
     def stopped_reason(self) -> str | None:
