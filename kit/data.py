@@ -172,21 +172,31 @@ class FeatureStore:
         Long utterances get a random start (or the centre when random=False, which needs no rng);
         short ones are padded with PAD_VALUE and their true length returned so the model can mask.
         """
-        import torch  # heavy: see tensor
-
         index = np.asarray(index, dtype=np.int64)
         lens = self.lengths[index]                                     # (B,)
         room = np.maximum(lens - segment_len, 0)
         assert rng is not None or not random, "random crops need an rng"
         starts = rng.integers(0, room + 1) if rng is not None and random else room // 2    # (B,)
-        steps = np.arange(segment_len)                                 # (T,)
-        rows = self.offsets[index, None] + starts[:, None] + np.minimum(steps[None, :], lens[:, None] - 1)
+        return self.gather_windows(index, starts, np.minimum(lens, segment_len), pad_to=segment_len)
+
+    def gather_windows(self, index, start, valid, pad_to: int | None = None):
+        """Windows of a batch in one gather: utterance index[i]'s frames start[i] to start[i] + valid[i],
+        padded with PAD_VALUE to `pad_to` frames (default: the longest window). Returns (x (B,T,D)
+        float32, lengths (B,) int64), torch tensors on the store's device.
+
+        The one padded gather: training's crops, evaluation's centre crops and prediction's windows
+        (kit.windows) all come through here."""
+        import torch  # heavy: see tensor
+
+        index, start, valid = (np.array(a, dtype=np.int64) for a in (index, start, valid))
+        steps = np.arange(int(valid.max()) if pad_to is None else pad_to)          # (T,)
+        rows = (self.offsets[index] + start)[:, None] + np.minimum(steps[None, :], valid[:, None] - 1)
         device = self.tensor.device
         x = self.tensor[torch.from_numpy(rows).to(device)].float()     # (B, T, D); torch's half->float is SIMD
-        valid = steps[None, :] < lens[:, None]                         # (B, T)
-        if not valid.all():
-            x.masked_fill_(torch.from_numpy(~valid)[..., None].to(device), PAD_VALUE)
-        return x, torch.from_numpy(np.minimum(lens, segment_len).astype(np.int64)).to(device)
+        pad = steps[None, :] >= valid[:, None]                         # (B, T)
+        if pad.any():
+            x.masked_fill_(torch.from_numpy(pad)[..., None].to(device), PAD_VALUE)
+        return x, torch.from_numpy(valid).to(device)
 
 
 def verify_stores(data_dir: str | os.PathLike) -> list[tuple[Path, str | None]]:

@@ -1,7 +1,8 @@
 """Sliding-window prediction: every whole utterance cut into windows, batched, averaged.
 
-`predict_run` writes val_probs.npy, test_probs.npy and ids.json into a run dir; the
-window arithmetic (`sliding_windows`) is a pure function so it is easy to test.
+`predict_run` writes val_probs.npy, test_probs.npy and ids.json into a run dir. Where the windows
+go and how they are batched is kit.windows (shared with training's evaluation; its names stay
+importable from here); full_windows, the whole utterance under MAX_FULL_FRAMES, is prediction's own.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from kit.data import PAD_VALUE, FeatureStore
+from kit.data import FeatureStore
 from kit.ensemble.calibration import calibrate, fit_temperature, log_probs, mean_nll
 from kit.errors import KitError
 from kit.fsio import save_numpy, sha256_file
@@ -22,43 +23,21 @@ from kit.records import PredictionIds
 from kit.runs import lock_holder
 from kit.split import load_split
 from kit.train.results import load_model
+from kit.windows import centre_windows, length_batches, sliding_windows
+
+__all__ = ["AVERAGES", "CPU_MAX_AREA", "MAX_AREA", "MAX_FULL_FRAMES", "MODES", "accuracy", "centre_windows",
+           "choose_mode", "full_windows", "length_batches", "predict_index", "predict_one_by_one", "predict_run",
+           "predict_windows", "sliding_windows", "source_mode"]
 
 AVERAGES = ("probs", "logits")
 # The most frames fed to the model at once. Attention holds (heads, T, T) float32 scores: at
 # 4096 frames and 2 heads 134 MB, where a 30,000-frame utterance whole would ask 7.2 GB. A longer
 # "whole" utterance goes through as overlapping windows of this length, averaged.
 MAX_FULL_FRAMES = 4096
-
-
-# ---------------------------------------------------------------- where the windows go
-def sliding_windows(lengths, window: int, hop: int):
-    """Windows of `window` frames every `hop` frames over each utterance.
-
-    The last window is aligned to the utterance end so every frame is covered; an
-    utterance no longer than a window is one window of its own length (padded and masked
-    later). Returns (utt_index, start, valid_len), each (n_windows,) int64, windows of an
-    utterance consecutive and in time order.
-    """
-    lengths = np.asarray(lengths, dtype=np.int64)
-    if window < 1 or hop < 1:
-        raise KitError(f"window {window} and hop {hop} must both be at least 1 frame")
-    if hop > window:
-        raise KitError(f"hop {hop} > window {window} would skip frames; use hop <= window")
-    room = np.maximum(lengths - window, 0)                         # (N,) frames past one window
-    n_win = -(-room // hop) + 1                                    # (N,) ceil(room / hop) + 1
-    utt = np.repeat(np.arange(len(lengths), dtype=np.int64), n_win)  # (W,)
-    first = np.cumsum(n_win) - n_win                                 # (N,) first window of each
-    k = np.arange(len(utt), dtype=np.int64) - first[utt]            # (W,) window number within its utterance
-    start = np.minimum(k * hop, room[utt])
-    valid = np.minimum(lengths[utt], window)
-    return utt, start, valid
-
-
-def centre_windows(lengths, window: int):
-    """One window of `window` frames at the centre of each utterance (the whole of a short one)."""
-    lengths = np.asarray(lengths, dtype=np.int64)
-    return (np.arange(len(lengths), dtype=np.int64), np.maximum(lengths - window, 0) // 2,
-            np.minimum(lengths, window))
+# prediction's caps on a batch (kit.windows.length_batches); training's evaluation has its own
+# (kit.train.results.EVAL_FRAMES, EVAL_AREA)
+CPU_MAX_AREA = 16 * 256 * 256     # windows x frames^2 per batch on CPU: attention scores stay in cache
+MAX_AREA = 4 * MAX_FULL_FRAMES ** 2   # elsewhere: a batch's attention scores stay near 0.5 GB at 2 heads
 
 
 def full_windows(lengths, max_frames: int | None = None):
@@ -66,46 +45,6 @@ def full_windows(lengths, max_frames: int | None = None):
     as windows of `max_frames` overlapping by half, so memory stays bounded however long it is."""
     max_frames = max_frames or MAX_FULL_FRAMES
     return sliding_windows(lengths, max_frames, max(1, max_frames // 2))
-
-
-CPU_MAX_AREA = 16 * 256 * 256     # windows x frames^2 per batch on CPU: attention scores stay in cache
-MAX_AREA = 4 * MAX_FULL_FRAMES ** 2   # elsewhere: a batch's attention scores stay near 0.5 GB at 2 heads
-
-
-def batch_plan(valid_len, batch_size: int, max_frames: int, max_area: int | None = None):
-    """Split windows into batches of similar length: returns a list of window-index arrays.
-
-    Windows are sorted longest first so each batch pads to nearly its own length; a batch
-    holds at most `batch_size` windows, `max_frames` padded frames and, if given, `max_area`
-    windows x frames^2. On CPU attention is memory-bound: measured on the demo set, 16 windows
-    of 256 frames ran 1.6x faster than 256 of them, and full-length batches 2.5x faster.
-    """
-    valid_len = np.asarray(valid_len)
-    order = np.argsort(-valid_len, kind="stable")
-    batches, i = [], 0
-    while i < len(order):
-        longest = max(int(valid_len[order[i]]), 1)
-        take = min(batch_size, max_frames // longest)
-        if max_area:
-            take = min(take, max_area // (longest * longest))
-        take = max(1, take)
-        batches.append(order[i:i + take])
-        i += take
-    return batches
-
-
-def gather_windows(store: FeatureStore, store_index, start, valid_len):
-    """Cut windows out of the store's contiguous array in one gather.
-
-    Returns x (B, T, D) float32 with PAD_VALUE beyond each valid length, and lengths (B,).
-    """
-    store_index = np.asarray(store_index, dtype=np.int64)
-    T = int(valid_len.max())
-    steps = np.arange(T)                                                       # (T,)
-    rows = (store.offsets[store_index] + start)[:, None] + np.minimum(steps[None, :], valid_len[:, None] - 1)
-    x = np.asarray(store.features[rows], dtype=np.float32)                     # (B, T, D)
-    x[steps[None, :] >= valid_len[:, None]] = PAD_VALUE
-    return x, valid_len.astype(np.int64)
 
 
 # ---------------------------------------------------------------- running the model
@@ -133,11 +72,11 @@ def predict_windows(model, store: FeatureStore, index, windows, average: str = "
     model.eval()
     sums = None                                                   # (N, C) float64 sums over windows
     counts = np.bincount(utt, minlength=len(index)).astype(np.float64)  # (N,)
-    batches = batch_plan(valid, batch_size, max_frames, CPU_MAX_AREA if device.type == "cpu" else MAX_AREA)
+    batches = length_batches(valid, max_frames, CPU_MAX_AREA if device.type == "cpu" else MAX_AREA, batch_size)
     with torch.inference_mode():
         for b in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False, mininterval=0.5):
-            x, lengths = gather_windows(store, index[utt[b]], start[b], valid[b])
-            logits = model(torch.from_numpy(x).to(device), torch.from_numpy(lengths).to(device))  # (B, C)
+            x, lengths = store.gather_windows(index[utt[b]], start[b], valid[b])     # (B, T, D), (B,)
+            logits = model(x.to(device), lengths.to(device))                        # (B, C)
             out = logits.float().softmax(-1) if average == "probs" else logits.float()
             out = out.double().cpu().numpy()
             if sums is None:

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ import torch
 import kit.infer
 from kit.cli import main
 from kit.config import RunConfig
+from kit.data import FeatureStore
 from kit.ensemble import auto_ensemble, fit_temperature, hard_vote, load_member, pool_log_probs, soft_vote
 from kit.errors import KitError
 from kit.fsio import sha256_file
@@ -183,8 +183,9 @@ def test_full_mode_feeds_a_long_utterance_in_windows_of_at_most_the_cap(monkeypa
     monkeypatch.setattr(kit.infer, "MAX_FULL_FRAMES", 256)           # the same arithmetic, small enough to run fast
     lengths = np.array([3000, 80])
     rng = np.random.default_rng(0)
-    store = SimpleNamespace(lengths=lengths, offsets=np.array([0, 3000]),   # what predict_index reads of a store
-                            features=rng.normal(size=(int(lengths.sum()), 40)).astype(np.float32))
+    store = FeatureStore.__new__(FeatureStore)          # in memory, no files: what predict_index reads of a store
+    store.lengths, store.offsets = lengths, np.array([0, 3000])
+    store.features = rng.normal(size=(int(lengths.sum()), 40)).astype(np.float32)
     cfg = RunConfig().model
     cfg.d_model, cfg.ffn_dim, cfg.n_mels, cfg.n_classes = 16, 32, 40, 5
     torch.manual_seed(0)

@@ -10,9 +10,9 @@ from kit.config import RunConfig
 from kit.data import FeatureStore
 from kit.errors import KitError
 from kit.infer import (
-    batch_plan,
     centre_windows,
     choose_mode,
+    length_batches,
     predict_index,
     predict_one_by_one,
     predict_run,
@@ -47,14 +47,14 @@ def test_short_utterance_is_one_window_and_bad_settings_are_refused():
     assert start.tolist() == [0, 10] and valid.tolist() == [5, 10]
 
 
-def test_batch_plan_groups_similar_lengths_within_budget():
+def test_length_batches_group_similar_lengths_within_budget():
     valid = np.array([10, 300, 20, 300, 15, 290, 10])
-    batches = batch_plan(valid, batch_size=3, max_frames=600)
+    batches = length_batches(valid, batch_size=3, max_frames=600)
     assert sorted(np.concatenate(batches).tolist()) == list(range(7))      # each window once
     for b in batches:
         assert len(b) <= 3 and len(b) * valid[b].max() <= 600
     assert sorted(valid[batches[0]].tolist()) == [300, 300]                # longest together
-    for b in batch_plan(valid, batch_size=8, max_frames=10_000, max_area=300 * 300):
+    for b in length_batches(valid, batch_size=8, max_frames=10_000, max_area=300 * 300):
         assert len(b) == 1 or len(b) * valid[b].max() ** 2 <= 300 * 300     # attention area capped
 
 

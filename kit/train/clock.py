@@ -16,6 +16,7 @@ class StepTimer:
     def __init__(self):
         self.steps, self.seconds, self.window = 0, 0.0, [0.0, 0.0]
         self._evals = 0.0
+        self._first_step = 0        # the step the session began at (on_train_begin)
 
     def on_train_begin(self, trainer) -> None:
         self.window[0], self._first_step = time.time(), trainer.state.step

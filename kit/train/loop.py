@@ -3,8 +3,11 @@
     Trainer.__init__    accelerator, data, split, targets, step plan, model, optimizer, EMA
     Trainer.resume      TrainState from last.pt (or init_from's weights for a fine-tune)
     Trainer.train_step  crop a batch -> forward -> loss -> backward -> optimizer -> EMA
-    Trainer.evaluate    validation, metrics.csv, best.pt, last.pt, early stop
+    Trainer.evaluate    validation (val_acc_crop), metrics.csv, early stop; best.pt and last.pt
     Trainer.finish      averaged weights, curves.png, summary.json
+
+The run dir's checkpoints (last.pt, best.pt, avg.pt) are written by its CheckpointSaver
+(kit.train.checkpoints).
 """
 from __future__ import annotations
 
@@ -16,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from kit.budget import SKIP_STEPS, lr_at
@@ -24,10 +26,11 @@ from kit.compat import cpu_has_bf16
 from kit.config import RunConfig, dump_toml, to_dict, validate
 from kit.data import FeatureStore
 from kit.errors import KitError
-from kit.fsio import save_torch, write_csv, write_json, write_text
+from kit.fsio import write_csv, write_json, write_text
 from kit.models import build_model, count_params
 from kit.runs import check_resume, check_start, clean_leftovers, load_checkpoint, run_identity, run_lock
 from kit.split import save_split, split_for
+from kit.train.checkpoints import CheckpointSaver
 from kit.train.clock import Clock, StepTimer
 from kit.train.devices import (
     check_memory,
@@ -40,7 +43,7 @@ from kit.train.devices import (
     total_steps,
 )
 from kit.train.results import evaluate, load_weights, metrics_frame, plot_curves, read_metrics
-from kit.train.state import TrainState, average_state_dicts, float_state, weights_digest
+from kit.train.state import TrainState, weights_digest
 from kit.train.targets import build_targets, loss_fn
 from kit.train.trackers import TrackerLog, check_installed
 
@@ -99,13 +102,15 @@ class Trainer:
         from timm.utils import ModelEmaV3
 
         self.cfg, self.run_dir, self.resuming, self.callbacks = cfg, run_dir, resume, list(callbacks)
+        self.progress = progress
         self.clock = Clock(began=time.time())
         acc = self.accelerator = make_accelerator(resolve_precision(cfg.train.mixed_precision), cfg.train.log_with,
                                                   run_dir)
         self.device, self.rank, self.world, self.main = acc.device, acc.process_index, acc.num_processes, \
             acc.is_main_process
+        self.saver = CheckpointSaver(run_dir, self.main, self.world, self.device, cfg.train.average_last)
         configure_cpu(self.device, cfg.train.cpu_threads)
-        self.store = self._open_store(store, progress)
+        self.store = self._open_store(store)
         check_memory(cfg, self.device, run_dir)          # n_mels is known now; nothing big allocated yet
         self.identity = run_identity(cfg, self.store, budget, run_dir if resume else None)
         self.split = split_for(self.store, cfg.data.val_fraction, cfg.data.split_seed)
@@ -117,7 +122,7 @@ class Trainer:
         plan = step_plan(cfg, len(self.targets.index), self.world)
         torch.manual_seed(cfg.train.seed)               # identical initial weights on every rank
         net = build_model(cfg.model, cfg.augment, cfg.train.fast_dropout).to(self.device)  # before EMA copies it
-        if cfg.train.init_from and not (resume and (run_dir / "last.pt").is_file()):
+        if cfg.train.init_from and not (resume and self.saver.resumable):
             self._init_from(net, cfg.train.init_from)
         self.n_params = count_params(net)
         optimizer = create_optimizer_v2(net, "adamw", lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
@@ -128,17 +133,23 @@ class Trainer:
         self.state = TrainState(net=net, optimizer=optimizer, plan=plan, rng=rng, ema=ema)
         self.metrics: list[dict] = []
         self.stopped = "budget"
+        # What prepare() and train_step() set. prepare() wraps net and optimizer for the steps (DDP,
+        # torch.compile, accelerate's AcceleratedOptimizer); model is Any: torch.compile returns a callable.
+        self.model: Any = net
+        self.optimizer: torch.optim.Optimizer = optimizer
         self.bar: Any = None                    # a tqdm bar once prepare() runs (tqdm has no types)
-        self.saved_step: int | None = None      # the step last.pt holds
+        self.eval_frames: int | None = None     # evaluation's centre-crop length (None: whole utterances)
+        self.eval_guess = 0.0                   # the first evaluation's cost in training steps, guessed
+        self.lr = 0.0                           # the learning rate of the last step
 
-    def _open_store(self, store: FeatureStore | None, progress: bool) -> FeatureStore:
+    def _open_store(self, store: FeatureStore | None) -> FeatureStore:
         cfg = self.cfg
         if store is None:
             with self.accelerator.main_process_first():     # one rank packs the store, the others reuse it
-                store = FeatureStore.open(cfg.data.data_dir, cfg.data.store_dtype, progress=progress and self.main)
+                store = FeatureStore.open(cfg.data.data_dir, cfg.data.store_dtype,
+                                          progress=self.progress and self.main)
         if self.device.type == "cuda" and cfg.data.store_on_gpu:
             store.to_device(self.device)            # crops gathered on the GPU: no batch copies per step
-        self.progress = progress
         cfg.data.data_dir = str(Path(store.layout.data_dir).resolve())
         cfg.model.n_mels, cfg.model.n_classes = store.n_mels, len(store.speakers)
         return store
@@ -175,11 +186,9 @@ class Trainer:
         return self.finish()
 
     def resume(self) -> None:
-        last = self.run_dir / "last.pt"
-        if self.resuming and last.is_file():
+        if self.resuming and self.saver.resumable:
             check_resume(self.run_dir, self.identity)
-            self.state.load_state_dict(load_checkpoint(last), self.rank, self.device, last)
-            self.saved_step = self.state.step
+            self.saver.resume(self.state, self.rank)
             self.clock.seconds_before = self.state.seconds_before
             self.metrics = [m for m in read_metrics(self.run_dir / "metrics.csv") if m["step"] <= self.state.step]
         elif self.main:
@@ -271,12 +280,12 @@ class Trainer:
         last.pt and best.pt stay those of the last good evaluation."""
         st, cfg = self.state, self.cfg
         self.bar.close()
-        summary = {**self.summary("diverged"), "checkpoint_step": self.saved_step}
+        saved = self.saver.saved_step
+        summary = {**self.summary("diverged"), "checkpoint_step": saved}
         if self.main:
             write_json(self.run_dir / "summary.json", summary)
         self._call("on_train_end", summary)     # a recipe trains its next member in this process
-        kept = ("no checkpoint was written" if self.saved_step is None
-                else f"the last good checkpoint (step {self.saved_step}) is kept")
+        kept = "no checkpoint was written" if saved is None else f"the last good checkpoint (step {saved}) is kept"
         raise TrainingDiverged(f"{self.run_dir}: training diverged at step {st.step} ({what}); {kept}; lower "
                                f"train.lr (now {cfg.train.lr:g}) or raise train.warmup_steps, then train again "
                                "with --fresh")
@@ -305,27 +314,23 @@ class Trainer:
         return self._any_rank(up) if limit > 0 else up
 
     def evaluate(self, time_up: bool) -> bool:
-        """Validate, log, keep best.pt and last.pt; True when the loop should stop."""
+        """Validate (centre crops: val_acc_crop, "val_acc" in metrics.csv), log, keep best.pt and
+        last.pt (the CheckpointSaver); True when the loop should stop."""
         st, cfg = self.state, self.cfg
         began = time.time()
-        val_loss, val_acc = evaluate(st.eval_model, self.store, self.split.val, self.accelerator, self.eval_frames)
+        val_loss, val_acc_crop = evaluate(st.eval_model, self.store, self.split.val, self.accelerator,
+                                          self.eval_frames)
         train_loss, train_acc = st.take_running()
         if not math.isfinite(val_loss) or not self.weights_finite():     # before anything is saved
             self.diverge(f"train loss {train_loss:g}, validation loss {val_loss:g}")
         self.metrics.append({
             "step": st.step, "epoch": st.step * cfg.train.batch_size * self.world / len(self.targets.index),
             "lr": self.lr, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
-            "val_acc": val_acc, "seconds": self.clock.seconds(),
+            "val_acc": val_acc_crop, "seconds": self.clock.seconds(),
             "step_seconds": self.clock.training_seconds(began)})
-        if cfg.train.average_last > 0:      # every rank holds the same weights, so each keeps them
-            st.avg_keep = (st.avg_keep + [float_state(st.eval_model)])[-cfg.train.average_last:]
-        improved = st.scored(val_acc)
         if self.main:
             write_csv(self.run_dir / "metrics.csv", metrics_frame(self.metrics))
-            if improved:
-                save_torch({"model": float_state(st.eval_model), "step": st.step, "val_acc": val_acc},
-                           self.run_dir / "best.pt")
-        self.checkpoint()
+        self.saver.evaluated(st, val_acc_crop, self.clock.seconds)
         st.plan.evaluated(time.time() - began)
         self.clock.eval_seconds += time.time() - began
         self._call("on_evaluated", time.time() - began)
@@ -336,21 +341,11 @@ class Trainer:
             self.stopped = "time"
         return time_up
 
-    def checkpoint(self) -> None:
-        """last.pt: everything resume needs, RNG states of every rank included."""
-        rng_torch, rng_numpy, rng_cuda = self.state.rng_states(self.device)
-        if self.world > 1:
-            rng_torch, rng_numpy, rng_cuda = gather_object(rng_torch), gather_object(rng_numpy), gather_object(rng_cuda)
-        if self.main:
-            save_torch(self.state.state_dict(self.clock.seconds(), rng_torch, rng_numpy, rng_cuda),
-                       self.run_dir / "last.pt")
-        self.saved_step = self.state.step
-
     def interrupt(self) -> dict:
         """The stop_after test hook: stop as if killed right after a checkpoint."""
         st = self.state
         if not st.plan.eval_due(st.step):
-            self.checkpoint()
+            self.saver.save_last(st, self.clock.seconds())
         self.bar.close()
         summary = {"step": st.step, "stopped_reason": "interrupted", "best_val_acc": st.best_acc}
         self._call("on_train_end", summary)
@@ -374,7 +369,7 @@ class Trainer:
         if self.targets.n_pseudo or self.targets.n_teacher:
             summary.update(n_pseudo=self.targets.n_pseudo, n_teacher=self.targets.n_teacher)
         if cfg.train.average_last > 0:
-            summary.update(self.average())
+            summary.update(self.saver.average(st, lambda: build_model(cfg.model, cfg.augment), self._score_averaged))
         if self.main:
             if self.metrics:
                 plot_curves(self.metrics, self.run_dir / "curves.png")
@@ -383,14 +378,7 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         return summary
 
-    def average(self) -> dict:
-        """avg.pt from the last N evaluation checkpoints, scored on validation beside best.pt."""
-        states = self.state.avg_keep
-        if not states:
-            return {}
-        model = build_model(self.cfg.model, self.cfg.augment).to(self.device)
-        model.load_state_dict(average_state_dicts(states))
-        _, acc = evaluate(model, self.store, self.split.val, self.accelerator)
-        if self.main:
-            save_torch({"model": float_state(model), "averaged": len(states)}, self.run_dir / "avg.pt")
-        return {"avg_val_acc": acc, "averaged": len(states)}
+    def _score_averaged(self, model: torch.nn.Module) -> float:
+        """avg.pt's validation accuracy (summary.json's avg_val_acc): evaluate() of whole utterances,
+        not the eval_frames crops of a timed run."""
+        return evaluate(model, self.store, self.split.val, self.accelerator)[1]

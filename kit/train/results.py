@@ -16,8 +16,10 @@ from kit.errors import KitError
 from kit.fsio import atomic_path
 from kit.models import build_model
 from kit.runs import load_checkpoint
+from kit.windows import centre_windows, length_batches
 
 METRIC_COLUMNS = ["step", "epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "step_seconds"]
+# evaluate()'s caps on a batch (kit.windows.length_batches); prediction has its own (kit.infer)
 EVAL_FRAMES = 64 * 1024          # frames per validation batch (B * T_max), whole utterances
 EVAL_AREA = 16 * 1024 * 1024     # B * T_max^2: bounds attention scores (5 GB peak RSS without it)
 
@@ -57,32 +59,26 @@ def load_weights(model: torch.nn.Module, state: dict, path: Path) -> None:
 @torch.no_grad()
 def evaluate(model, store: FeatureStore, index: np.ndarray, accelerator,
              max_frames: int | None = None) -> tuple[float, float]:
-    """(loss, accuracy) on whole utterances (or their centre `max_frames` frames) in
-    length-sorted padded batches; shards across ranks."""
+    """(loss, accuracy) of each utterance's centre `max_frames` frames (the whole of a shorter one;
+    whole utterances when None): the accuracy is training's val_acc_crop (metrics.csv and
+    summary.json call it val_acc), not a prediction's. The windows go through kit.windows'
+    batching, shortest first, under EVAL_FRAMES and EVAL_AREA; shards across ranks."""
     was_training = model.training
     model.eval()
-    rank, world = accelerator.process_index, accelerator.num_processes
-    index = np.asarray(index)[rank::world]
-    frames = store.lengths if max_frames is None else np.minimum(store.lengths, max_frames)
-    order = index[np.argsort(frames[index], kind="stable")]
-    loss_sum = torch.zeros((), device=accelerator.device)
-    correct = torch.zeros((), device=accelerator.device)
-    start = 0
-    while start < len(order):
-        end = start + 1
-        while end < len(order) and (end - start + 1) * int(frames[order[end]]) <= EVAL_FRAMES \
-                and (end - start + 1) * int(frames[order[end]]) ** 2 <= EVAL_AREA:
-            end += 1
-        batch = order[start:end]
-        t_max = int(frames[batch].max())
-        x, lengths = store.crop_batch(batch, t_max, None, random=False)     # (B, T, D), whole utterances
-        y = torch.from_numpy(store.labels[batch]).to(accelerator.device)
+    device = accelerator.device
+    index = np.asarray(index)[accelerator.process_index::accelerator.num_processes]
+    lengths = store.lengths[index]
+    _, start, valid = centre_windows(lengths, max_frames or int(lengths.max(initial=1)))
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device)
+    for b in length_batches(valid, EVAL_FRAMES, EVAL_AREA, longest_first=False):
+        x, frames = store.gather_windows(index[b], start[b], valid[b])          # (B, T, D), (B,)
+        y = torch.from_numpy(store.labels[index[b]]).to(device)
         with accelerator.autocast():
-            logits = model(x.to(accelerator.device), lengths.to(accelerator.device)).float()
+            logits = model(x.to(device), frames.to(device)).float()
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
         correct += (logits.argmax(-1) == y).sum()
-        start = end
-    count = torch.tensor(float(len(index)), device=accelerator.device)
+    count = torch.tensor(float(len(index)), device=device)
     totals = accelerator.reduce(torch.stack([loss_sum, correct.float(), count]), reduction="sum")
     model.train(was_training)
     n = max(float(totals[2]), 1.0)

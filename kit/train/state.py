@@ -114,11 +114,3 @@ class TrainState:
         loss, correct, count = self.running
         self.running = [0.0, 0.0, 0.0]
         return float(loss) / count, float(correct) / count
-
-    def scored(self, val_acc: float) -> bool:
-        """Count an evaluation; True when it is the best so far."""
-        if val_acc > self.best_acc:
-            self.best_acc, self.best_step, self.bad_evals = val_acc, self.step, 0
-            return True
-        self.bad_evals += 1
-        return False
