@@ -108,6 +108,11 @@ class Deadline:
         log(f"{name}: --max-hours: trains at most {minutes:.1f} min, then checkpoints and stops")
         return minutes
 
+    def after_needs(self, to_predict: list[str]) -> float:
+        """Seconds the recipe's end needs: predicting the members `to_predict`, then the vote, report
+        and submission."""
+        return AFTER_SECONDS + sum(self.predict.get(n, 0.0) for n in to_predict)
+
     def time_for_after(self, seconds_needed: float) -> bool:
         return self.seconds_left() >= seconds_needed
 
@@ -157,6 +162,12 @@ class TimePlan:
             raise KitError("internal: stage minutes asked of a recipe that is not timed")
         return member_minutes(self.minutes * end, time.time() - self.began,
                               [self.prediction(n) for n in jobs], max(self.slots, 1), floor)
+
+    def stage_span(self, share: float) -> tuple[float, float]:
+        """(start, end) as shares of the recipe's time for the first stage after the vote, which takes
+        `share` of it: it starts where the members end and takes its part of what follows."""
+        start = self.members_end
+        return start, start + (1.0 - start) * share / max(self.stages, 1e-9)
 
     def sharer(self, end: float | None = None, share: float | None = None) -> Callable[[list[str]], float] | None:
         """What kit.workers and the sequential path call as each job starts (its name first, then the

@@ -18,7 +18,7 @@ from kit.recipe import BUDGETS, Recipe, ensure_data, is_synthetic, load_recipe, 
 from kit.recipe_result import MemberResult, RecipeResult, VoteResult, member_result
 from kit.rounds import DISTILL_DEFAULTS, PSEUDO_DEFAULTS, StageContext, enabled, stages_share
 from kit.rundir import RunDir
-from kit.timeplan import AFTER_SECONDS, Deadline, TimePlan, predict_estimates
+from kit.timeplan import Deadline, TimePlan, predict_estimates
 from kit.train import TrainingDiverged
 from kit.workers import run_parallel, slots_for
 
@@ -300,7 +300,7 @@ def _in_time(deadline: Deadline, result: RecipeResult, run_dirs: list[Path], whi
                             f"({', '.join(unfinished)}): re-run the same command (next session) to continue "
                             "them; predict, ensemble and submit follow once every member has finished")
     else:
-        needed = AFTER_SECONDS + sum(deadline.predict.get(d.name, 0.0) for d in run_dirs if not _is_predicted(d, which))
+        needed = deadline.after_needs([d.name for d in run_dirs if not _is_predicted(d, which)])
         if deadline.time_for_after(needed):
             return True
         result.resume = (f"every member has finished, but predict, ensemble and submit (about "
@@ -370,8 +370,7 @@ def _after(run: RecipeRun, result: RecipeResult) -> None:
     if rounds:
         result.vote0 = VoteResult(ens["val_acc"], str(ens["csv"]), plan["ensemble"], ens.get("oof_acc"))
         names = [m.name for m in members]
-        start = run.plan.members_end
-        end = start + (1.0 - start) * plan["pseudo"]["share"] / max(run.plan.stages, 1e-9)
+        start, end = run.plan.stage_span(plan["pseudo"]["share"])
         run_dirs = pseudo_rounds(run.stage_context(), plan["pseudo"], names, run_dirs, result, start, end)
         if result.rounds:
             log(f"ensembling the {len(run_dirs)} fine-tuned member(s) by {plan['ensemble']} vote")

@@ -69,3 +69,18 @@ def test_a_launchers_job_gets_the_recipe_time_or_its_session_less_a_margin():
     assert hours == 12.0 and inner == pytest.approx(11.75)         # a Kaggle session, stopped 15 min early
     hours, inner = time_limits(Recipe(), "full", 2, 12.0, None, 5.0, None)
     assert hours == pytest.approx(10 / 60 + 0.25)                  # 2 members x 5 minutes
+
+
+def test_the_first_stage_starts_where_the_members_end_and_takes_its_share():
+    plan = TimePlan(minutes=10.0, stages=0.5, members_end=0.5)
+    assert plan.stage_span(0.3) == pytest.approx((0.5, 0.8))      # pseudo 0.3 of 0.5: 60% of what follows
+    kept = TimePlan(minutes=10.0, stages=0.5, members_end=0.0)     # every member kept from an earlier run
+    assert kept.stage_span(0.3) == pytest.approx((0.0, 0.6))
+
+
+def test_the_deadline_counts_what_the_end_needs():
+    from kit.timeplan import Deadline
+
+    deadline = Deadline(1.0, time.time(), predict={"a": 30.0, "b": 90.0})
+    assert deadline.after_needs(["b"]) == AFTER_SECONDS + 90.0
+    assert deadline.after_needs([]) == AFTER_SECONDS and deadline.after_needs(["unknown"]) == AFTER_SECONDS
