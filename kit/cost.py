@@ -146,8 +146,8 @@ def measure_step(cfg: RunConfig, steps: int = 30, warmup: int = 5) -> StepRate:
 
 
 def measured_table(costs: list[MemberCost], rates: list[StepRate]) -> str:
-    """The measured step rates beside the counted FLOPs: TFLOP/s reached, and the hours the members'
-    steps take on this device (training only; evaluation and prediction add their FLOPs at the same rate)."""
+    """The measured step rates beside the counted FLOPs: TFLOP/s reached, and the hours each member
+    takes on this device: all its FLOPs (steps, evaluations, prediction) at its training step's rate."""
     precision = {"no": "fp32"}.get(rates[0].precision, rates[0].precision)
     lines = [f"Measured on {rates[0].device} ({precision}; random batches of the real shapes, "
              "steady state): `kit recipe cost --measure`",

@@ -197,7 +197,7 @@ def train_for(data_dir: str | Path, minutes: float, seed: int = 0, threads: int 
                 done = True
                 break
     model.load_state_dict(best_state)
-    return {"model": model.eval(), "device": device.type, "steps": step, "valid_acc": best_acc,
+    return {"model": model.eval(), "steps": step, "valid_acc": best_acc,
             "seconds": time.time() - began, "layout": layout}
 
 

@@ -69,7 +69,9 @@ def predict_estimates(store, configs: dict, on_gpu: bool) -> dict[str, float]:
     prediction is taken as negligible (0)."""
     if on_gpu or not configs:
         return dict.fromkeys(configs, 0.0)
-    from kit.cost import predict_gflop  # cycle: kit.cost -> kit.recipe -> ... -> kit.zoo -> here
+    # heavy: kit.cost and kit.data load torch; kit.recipe (-> kit.rounds -> here) is imported by the
+    # Kaggle commands, which never need it
+    from kit.cost import predict_gflop
     from kit.data import split_for
 
     first = next(iter(configs.values()))
@@ -121,14 +123,16 @@ class Deadline:
 class TimePlan:
     """One recipe run's clock. minutes: the recipe's wall time (None: not timed by the recipe);
     per_member_minutes: each member's training minutes instead; slots: members training at once;
-    stages: the share of the time the stages after the vote take; predict: member -> prediction
-    seconds; deadline: --max-hours, or None."""
+    stage_slots: jobs of a stage after the vote training at once (kit.zoo trains them on the
+    slots the whole recipe would have); stages: the share of the time those stages take; predict:
+    member -> prediction seconds; deadline: --max-hours, or None."""
     minutes: float | None = None
     per_member_minutes: float | None = None
     slots: int = 1
     stages: float = 0.0
     predict: dict[str, float] = field(default_factory=dict)
     deadline: Deadline | None = None
+    stage_slots: int = 1
     began: float = field(default_factory=time.time)
     members_end: float = 1.0           # the share of the time at which the stages begin
 
@@ -150,18 +154,19 @@ class TimePlan:
     def member_share(self, starting: list[str], floor: bool = True) -> float:
         """Training minutes for the first of `starting` (the member starting now, then those still
         waiting), re-shared from what is left of the members' part of the time."""
-        return self.stage_minutes(1.0 - self.stages, starting, floor=floor)
+        return self.stage_minutes(1.0 - self.stages, starting, floor=floor, slots=self.slots)
 
-    def stage_minutes(self, end: float, jobs: list[str], share: float | None = None, floor: bool = True) -> float:
+    def stage_minutes(self, end: float, jobs: list[str], share: float | None = None, floor: bool = True,
+                      slots: int | None = None) -> float:
         """Training minutes for the first of `jobs` (then those waiting) in a stage that must end at
-        `end` x the recipe's minutes; with --member-minutes M, a stage taking `share` of the time gets
-        M x share / (1 - stages)."""
+        `end` x the recipe's minutes, `slots` at a time (default: stage_slots); with --member-minutes
+        M, a stage taking `share` of the time gets M x share / (1 - stages)."""
         if self.per_member_minutes:
             return self.per_member_minutes * (1.0 if share is None else share / max(1.0 - self.stages, 0.1))
         if not self.minutes:
             raise KitError("internal: stage minutes asked of a recipe that is not timed")
         return member_minutes(self.minutes * end, time.time() - self.began,
-                              [self.prediction(n) for n in jobs], max(self.slots, 1), floor)
+                              [self.prediction(n) for n in jobs], max(slots or self.stage_slots, 1), floor)
 
     def stage_span(self, share: float) -> tuple[float, float]:
         """(start, end) as shares of the recipe's time for the first stage after the vote, which takes
@@ -175,8 +180,9 @@ class TimePlan:
         members' by default)."""
         if not self.timed:
             return None
-        stop = 1.0 - self.stages if end is None else end
-        return lambda jobs: self.stage_minutes(stop, jobs, share=share)
+        if end is None:
+            return self.member_share
+        return lambda jobs: self.stage_minutes(end, jobs, share=share)
 
 
 def time_limits(recipe, budget: str, members_per_job: int, longest: float, minutes: float | None,

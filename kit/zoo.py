@@ -153,14 +153,14 @@ class RecipeRun:
         self.after = after
         stages = stages_share(self.recipe.after) if after else 0.0
         predict: dict[str, float] = {}
-        if minutes or per_member_minutes or max_hours:  # no slots: a CPU's cost
+        if (minutes and not per_member_minutes) or max_hours:   # per-member minutes use no estimate
             on_gpu = bool(slots) and "GPU" in slots[0]["label"]
             predict = predict_estimates(self.store, {n: self.config(n) for n in self.chosen}, on_gpu)
         # members trained now end at (1 - stages) of the time; with every member kept from an earlier
         # run, the stages share the whole allowance in proportion to their shares
-        n_slots = len(slots) if slots else len(slots_for(self.workers, len(self.chosen)))
-        plan = TimePlan(minutes, per_member_minutes, max(n_slots, 1), stages, predict, began=self.began,
-                        members_end=1.0 - stages if jobs else 0.0)
+        stage_slots = max(len(slots_for(self.workers, len(self.chosen))), 1)   # train_jobs' default for a stage
+        plan = TimePlan(minutes, per_member_minutes, max(len(slots), 1) if slots else stage_slots, stages, predict,
+                        stage_slots=stage_slots, began=self.began, members_end=1.0 - stages if jobs else 0.0)
         if max_hours:
             plan.deadline = Deadline(max_hours, self.began, {j[0]: j[1].train.max_minutes for j in jobs}, predict)
         self.plan = plan

@@ -84,3 +84,11 @@ def test_the_deadline_counts_what_the_end_needs():
     deadline = Deadline(1.0, time.time(), predict={"a": 30.0, "b": 90.0})
     assert deadline.after_needs(["b"]) == AFTER_SECONDS + 90.0
     assert deadline.after_needs([]) == AFTER_SECONDS and deadline.after_needs(["unknown"]) == AFTER_SECONDS
+
+
+def test_members_share_their_own_slots_and_the_stages_the_recipes():
+    # one member left to train (one slot); a stage's fine-tunes train on the recipe's two slots
+    plan = TimePlan(minutes=10.0, slots=1, stage_slots=2, predict={"a": 0.0, "b": 0.0}, began=time.time())
+    one_at_a_time = plan.member_share(["a", "b"])
+    side_by_side = plan.sharer(1.0)(["a", "b"])
+    assert side_by_side == pytest.approx(2 * one_at_a_time + START_SECONDS / 60, rel=1e-3)
