@@ -12,10 +12,13 @@ from kit.layout import SYNTH_MARKER
 from kit.names import check_member_name, check_submission_name
 from kit.rounds import DISTILL_DEFAULTS, PSEUDO_DEFAULTS, enabled, parse_stage, stages_share
 
-TOP_KEYS = {"name", "description", "base", "members", "budget", "after"}
+TOP_KEYS = {"name", "description", "base", "members", "budget", "after", "audition"}
 AFTER_DEFAULTS = {"predict": True, "ensemble": "hard", "weights": "equal", "submit": False, "message": "",
                   "which": "best", "pseudo": None, "distill": None}
 BUDGETS = ("full", "quick")
+# [audition] (kit.audition): off unless a recipe turns it on; the budgets it runs in, how many
+# candidates are kept as members, and the share of a candidate's minutes it trains before the cut.
+AUDITION_DEFAULTS = {"enabled": False, "budgets": ["quick"], "keep": 4, "rung": 0.3}
 
 
 @dataclass
@@ -29,9 +32,13 @@ class Recipe:
     description: str = ""
     minutes: dict = field(default_factory=dict)   # budget -> wall-clock minutes for the whole recipe
     only_in: dict = field(default_factory=dict)   # member -> the budgets it trains in (absent: all)
+    audition: dict = field(default_factory=lambda: dict(AUDITION_DEFAULTS))
+    candidates: set = field(default_factory=set)  # members with `candidate = true`: in an audition only
 
-    def members_for(self, budget: str) -> list[str]:
-        return [m[0] for m in self.members if budget in self.only_in.get(m[0], BUDGETS)]
+    def members_for(self, budget: str, audition: bool = False) -> list[str]:
+        """The members that train in `budget`: the fixed zoo, or with `audition` every candidate."""
+        return [m[0] for m in self.members if budget in self.only_in.get(m[0], BUDGETS)
+                and (audition or m[0] not in self.candidates)]
 
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"      # shipped with the package
@@ -61,10 +68,11 @@ def load_recipe(path: str | Path) -> Recipe:
     if not isinstance(base, dict):
         raise KitError(f"{path}: [base] and [budget.*] must be tables")
     budgets, minutes = _budgets(path, raw.get("budget", {}))
-    members, recipe_only = _members(path, raw.get("members", []))
+    members, recipe_only, candidates = _members(path, raw.get("members", []))
     name = _recipe_name(path, raw.get("name", path.stem))
     recipe = Recipe(path, name, base, members, budgets, _after(path, raw.get("after", {})),
-                    raw.get("description", ""), minutes, recipe_only)
+                    raw.get("description", ""), minutes, recipe_only, _audition(path, raw.get("audition", {})),
+                    candidates)
     for member, _, _ in members:                 # refuse typos now, not after an hour of training
         for budget in BUDGETS:
             member_config(recipe, member, budget)
@@ -120,9 +128,29 @@ def _after(path: Path, after: dict) -> dict:
     return after
 
 
-def _members(path: Path, raw_members) -> tuple[list, dict]:
-    """[(name, config override, per-member budgets)] and {member: the budgets it trains in}."""
-    members, seen, recipe_only = [], set(), {}
+def _audition(path: Path, table) -> dict:
+    """The [audition] table with its defaults, checked."""
+    if not isinstance(table, dict) or set(table) - set(AUDITION_DEFAULTS):
+        known = ", ".join(AUDITION_DEFAULTS)
+        raise KitError(f"{path}: [audition] must be a table of {known}")
+    out = {**AUDITION_DEFAULTS, **table}
+    if not isinstance(out["enabled"], bool):
+        raise KitError(f"{path}: [audition] enabled {out['enabled']!r}: true or false")
+    if not isinstance(out["budgets"], list) or set(out["budgets"]) - set(BUDGETS):
+        raise KitError(f"{path}: [audition] budgets {out['budgets']!r}: a list of {', '.join(BUDGETS)}")
+    if isinstance(out["keep"], bool) or not isinstance(out["keep"], int) or out["keep"] < 1:
+        raise KitError(f"{path}: [audition] keep {out['keep']!r}: the number of members kept, at least 1")
+    rung = out["rung"]
+    if isinstance(rung, bool) or not isinstance(rung, (int, float)) or not 0 < rung < 1:
+        raise KitError(f"{path}: [audition] rung {rung!r}: the share of a candidate's minutes before the cut, "
+                       "between 0 and 1")
+    return out
+
+
+def _members(path: Path, raw_members) -> tuple[list, dict, set]:
+    """[(name, config override, per-member budgets)], {member: the budgets it trains in} and the
+    members that train only in an audition (`candidate = true`)."""
+    members, seen, recipe_only, candidates = [], set(), {}, set()
     if not isinstance(raw_members, list) or not raw_members:
         raise KitError(f"{path}: needs at least one [[members]] entry with a name")
     for i, m in enumerate(raw_members):
@@ -138,6 +166,11 @@ def _members(path: Path, raw_members) -> tuple[list, dict]:
             raise KitError(f"{path}: member name {name!r} is used twice")
         seen.add(name)
         member_budgets = m.pop("budget", {})
+        candidate = m.pop("candidate", False)
+        if not isinstance(candidate, bool):
+            raise KitError(f"{path}: member {name}: candidate {candidate!r}: true or false")
+        if candidate:
+            candidates.add(name)
         trains_in = m.pop("budgets", list(BUDGETS))       # the budgets this member trains in
         if not isinstance(trains_in, list) or not trains_in or set(trains_in) - set(BUDGETS):
             raise KitError(f"{path}: member {name}: budgets {trains_in!r}: a list of {', '.join(BUDGETS)}")
@@ -147,7 +180,7 @@ def _members(path: Path, raw_members) -> tuple[list, dict]:
         if bad:
             raise KitError(f"{path}: member {name}: unknown budget(s) {', '.join(bad)}")
         members.append((name, m, member_budgets))
-    return members, recipe_only
+    return members, recipe_only, candidates
 
 
 def member_config(recipe: Recipe, member: str, budget: str, data_dir: str | Path | None = None) -> RunConfig:

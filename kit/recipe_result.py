@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from kit.audition import AuditionResult
 from kit.budget import step_rate_note
 from kit.rundir import RunDir
 
@@ -93,6 +94,7 @@ class RecipeResult:
     student: StudentResult | None = None
     submission: dict | None = None           # kit.kaggle.recipe_submit's record: status, public, private, ...
     resume: str | None = None                # why the after stages wait, and how to continue
+    audition: AuditionResult | None = None   # the cut, when the run auditioned its candidates
 
     def member(self, name: str) -> MemberResult:
         return next(m for m in self.members if m.name == name)

@@ -63,6 +63,23 @@ def member_minutes(total_minutes: float, spent_seconds: float, predicts: list[fl
     return per_member / 60
 
 
+def audition_minutes(total_minutes: float, spent_seconds: float, predicts: list[float], keep: int, rung: float,
+                     n_slots: int) -> float:
+    """Each candidate's training minutes in an audition (kit.audition), so that the whole recipe fits
+    `total_minutes`: every candidate (`predicts`: their prediction seconds) trains `rung` of them,
+    then the `keep` survivors the rest and are predicted (at the candidates' average), `n_slots` at
+    a time, the end (ensemble, report, submission) after them."""
+    left = total_minutes * 60 - spent_seconds - AFTER_SECONDS
+    n = len(predicts)
+    predict = keep * sum(predicts) / max(n, 1)
+    work = left * n_slots - (n + keep) * START_SECONDS - predict
+    seconds = work / (n * rung + keep * (1 - rung))
+    if seconds * rung < 10:
+        raise KitError(f"--minutes {total_minutes:g}: too little time to audition {n} candidates {n_slots} at a "
+                       "time; give more minutes, or --no-audition")
+    return seconds / 60
+
+
 def predict_estimates(store, configs: dict, on_gpu: bool) -> dict[str, float]:
     """Seconds to predict each member (name -> seconds) on one CPU core: its counted FLOPs over the
     validation split (twice when infer.mode is auto) and the test set, at PREDICT_GFLOPS. A GPU's

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from kit.audition import run_audition, wants_audition
 from kit.config import RunConfig, dump_toml, to_dict
 from kit.errors import KitError
 from kit.infer import source_mode
@@ -33,7 +34,8 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
                per_member_minutes: float | None = None, submit: bool | None = None,
                submissions: str | Path = "submissions", fresh: bool = False,
                max_hours: float | None = None, pseudo: bool | None = None, distill: bool | None = None,
-               launcher: Launcher | None = None, ensemble: str | None = None) -> RecipeResult:
+               launcher: Launcher | None = None, ensemble: str | None = None,
+               audition: bool | None = None) -> RecipeResult:
     """Train the recipe's members (skipping finished ones, resuming half-finished ones), then
     predict, ensemble and submit as its [after] table says. Returns everything the CLI prints.
 
@@ -51,13 +53,16 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
     launcher: where the members train when not here (kit.launch: Kaggle kernels, Slurm jobs); their
     run dirs come back under RUNS/<recipe>/ and the after stages run here. ensemble: replaces the
     recipe's [after] ensemble ("none": train and predict only, as a launcher's job does).
+    audition: try the recipe's candidates and keep the best (kit.audition; None: as the recipe says).
     """
     for value, flag in ((minutes, "--minutes"), (per_member_minutes, "--member-minutes"),
                         (max_hours, "--max-hours")):
         if value is not None and not (math.isfinite(value) and value > 0):
             raise KitError(f"{flag} {value}: must be a positive number of minutes")
+    blocker = "--launcher trains the members elsewhere" if launcher else "--max-hours" if max_hours else None
     run = RecipeRun.open(path, data, budget, runs, only, progress, log, workers, submissions,
-                         {"submit": submit, "ensemble": ensemble, "pseudo": pseudo, "distill": distill})
+                         {"submit": submit, "ensemble": ensemble, "pseudo": pseudo, "distill": distill,
+                          "audition": audition, "timed": bool(minutes or per_member_minutes), "blocker": blocker})
     if fresh:
         _start_over(run.root, run.chosen, run.log)
     _check_members(run.root, run.chosen, run.recipe, run.budget, run.data_dir, run.store)
@@ -68,9 +73,12 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
         jobs, max_hours = [], None
     slots = slots_for(workers, len(jobs))
     run.plan_time(jobs, slots, minutes, per_member_minutes, max_hours, after)
-    run.train_jobs(jobs, slots)
+    cut = run_audition(run, jobs, slots) if run.auditioning else None
+    if cut is None:
+        run.train_jobs(jobs, slots)
     deadline = run.plan.deadline
     result = run.results(skipped, deadline)
+    result.audition = cut
     if deadline is not None and after:
         after = _in_time(deadline, result, [Path(m.run_dir) for m in result.members if not m.diverged],
                          run.recipe.after["which"])
@@ -97,6 +105,7 @@ class RecipeRun:
     began: float = field(default_factory=time.time)
     plan: TimePlan = field(default_factory=TimePlan)    # the recipe's clock (plan_time sets it)
     after: bool = True                          # predict (in the workers), ensemble, the stages, submit
+    auditioning: bool = False                   # chosen are the audition's candidates (kit.audition)
 
     @classmethod
     def open(cls, path, data, budget, runs, only, progress, log, workers, submissions, overrides) -> RecipeRun:
@@ -116,7 +125,9 @@ class RecipeRun:
         budget = budget or ("quick" if is_synthetic(data_dir) else "full")
         if budget not in BUDGETS:
             raise KitError(f"budget {budget!r}: choose quick or full")
-        names = recipe.members_for(budget)
+        auditioning = wants_audition(recipe, budget, overrides["audition"], only, overrides["blocker"],
+                                     overrides["timed"], log)
+        names = recipe.members_for(budget, audition=auditioning or bool(only))
         for name in only or []:
             if name not in names:
                 raise KitError(f"{recipe.path}: --only {name}: no such member; members: {', '.join(names)}")
@@ -126,7 +137,7 @@ class RecipeRun:
         dtype = member_config(recipe, chosen[0], budget).data.store_dtype
         store = FeatureStore.open(data_dir, dtype, progress=progress)
         return cls(recipe, budget, data_dir, store, Path(runs) / recipe.name, chosen, log, progress, workers,
-                   Path(submissions), began)
+                   Path(submissions), began, auditioning=auditioning)
 
     def config(self, name: str) -> RunConfig:
         return member_config(self.recipe, name, self.budget, self.data_dir)
@@ -164,7 +175,7 @@ class RecipeRun:
         if max_hours:
             plan.deadline = Deadline(max_hours, self.began, {j[0]: j[1].train.max_minutes for j in jobs}, predict)
         self.plan = plan
-        if jobs and plan.timed:
+        if jobs and plan.timed and not self.auditioning:      # an audition shares its own (kit.audition)
             names = [j[0] for j in jobs]
             each = plan.member_share(names, floor=False)          # refuses an allowance too small to start
             self.log(f"time budget: {each:.2f} training minutes for {names[0]}, {len(slots)} at a time"
@@ -226,13 +237,7 @@ class RecipeRun:
 def _message(template: str, recipe: str, budget: str, members: list[str]) -> str:
     """The submission message: {recipe}, {budget} and {members} (the run dirs voted, joined by
     " + ") filled in; other braces are left as they are."""
-    return (template.replace("{recipe}", recipe).replace("{budget}", budget)
-            .replace("{members}", " + ".join(members)))
-
-
-def _is_predicted(run_dir: Path, which: str) -> bool:
-    """val/test probabilities predicted from the checkpoint now on disk (kit.records owns the rule)."""
-    return RunDir(run_dir).predicted(which)
+    return template.replace("{recipe}", recipe).replace("{budget}", budget).replace("{members}", " + ".join(members))
 
 
 def _member_task(recipe: Recipe, job, on_cpu: bool, after: bool,
@@ -300,7 +305,7 @@ def _in_time(deadline: Deadline, result: RecipeResult, run_dirs: list[Path], whi
                             f"({', '.join(unfinished)}): re-run the same command (next session) to continue "
                             "them; predict, ensemble and submit follow once every member has finished")
     else:
-        needed = deadline.after_needs([d.name for d in run_dirs if not _is_predicted(d, which)])
+        needed = deadline.after_needs([d.name for d in run_dirs if not RunDir(d).predicted(which)])
         if deadline.time_for_after(needed):
             return True
         result.resume = (f"every member has finished, but predict, ensemble and submit (about "
@@ -315,7 +320,7 @@ def _predict(run_dir: Path, which: str, store, progress: bool, log) -> dict | No
     from kit.infer import predict_run
     from kit.train import load_config
 
-    if _is_predicted(run_dir, which):       # by its worker, or by an earlier run
+    if RunDir(run_dir).predicted(which):       # by its worker, or by an earlier run
         return None
     log(f"predicting {run_dir.name}")
     mode = source_mode(load_config(run_dir))

@@ -36,6 +36,8 @@ def register(sub) -> None:
     p.add_argument("--member-minutes", type=float, default=None,
                    help="with --accuracy: training minutes per member instead (a longer budget)")
     p.add_argument("--no-course", action="store_true", help="with --accuracy: skip the course sample")
+    p.add_argument("--audition", action=argparse.BooleanOptionalAction, default=None,
+                   help="with --accuracy: the recipe's audition on or off (default: as the recipe says)")
     p.add_argument("--stages", nargs="?", const="pseudo,distill", default=None, metavar="pseudo,distill",
                    help="with --accuracy: also run the recipe with its pseudo-labelling and/or distillation "
                         "stages (default both) on the finished members, and score them")
@@ -64,7 +66,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         result = run_accuracy_bench(args.recipe, args.preset or "hard", args.data, args.minutes,
                                     args.member_minutes, args.out, cache=args.cache, course=not args.no_course,
                                     stages=args.stages, stage_minutes=args.stage_minutes,
-                                    same_budget=args.same_budget, log=log)
+                                    same_budget=args.same_budget, log=log, audition=args.audition)
         print(accuracy_markdown(result))
         return 0
     from kit.bench import run_bench, to_markdown

@@ -75,6 +75,10 @@ def register(sub) -> None:
                         "recipe says)")
     p.add_argument("--distill", action=argparse.BooleanOptionalAction, default=None,
                    help="after the vote, train one student on its soft targets: NAME-student.csv")
+    p.add_argument("--audition", action=argparse.BooleanOptionalAction, default=None,
+                   help="try the recipe's candidates on this competition for a share of their time and keep the "
+                        "best [audition] keep of them as the members voted (kit.audition; default: as the recipe "
+                        "says: boss auditions in its quick budget); --no-audition trains the fixed members")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--rehearse", action="store_true", help="rehearse the whole job at its real shapes, briefly, on "
                    "this machine (kit.rehearse): every member of the budget (default full) a few steps on a real-size "
@@ -216,7 +220,7 @@ def cmd_recipe_run(args: argparse.Namespace) -> int:
                         per_member_minutes=args.member_minutes, fresh=args.fresh, max_hours=args.max_hours,
                         pseudo=args.pseudo, distill=args.distill,
                         progress=not args.no_progress and progress_wanted(), log=log, launcher=launcher,
-                        ensemble="none" if args.no_ensemble else None)
+                        ensemble="none" if args.no_ensemble else None, audition=args.audition)
     print_recipe_table(result)
     return 0
 
@@ -291,6 +295,8 @@ def print_recipe_table(result: RecipeResult) -> None:
     print(f"{'member':<22} {'params':>9} {'val acc':>8} {'mode':>8} {'steps':>7} {'minutes':>8}  note")
     for m in result.members:
         print(f"{m.name:<22} {m.params:>9,} {m.accuracy_text():>8} {m.mode:>8} {m.step:>7} {m.minutes:>8.1f}  {m.note}")
+    if result.audition is not None:
+        print("\n".join(result.audition.lines()))
     _print_rounds(result)
     ens = result.ensemble
     if ens is not None:

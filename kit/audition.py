@@ -1,0 +1,198 @@
+"""The audition: a recipe's candidates tried on the user's own competition, and the best `keep` of
+them trained on as the members voted (a recipe's [audition] table; boss turns it on in its quick
+budget; `kit recipe run --no-audition` trains the fixed zoo instead).
+
+One cut of successive halving. Every candidate (the recipe's members in the budget, and those
+marked `candidate = true`, which train only here) starts with the training minutes a member would
+get, its learning-rate schedule fitted to them, and stops with a checkpoint after `rung` of them,
+where it is evaluated on validation (centre crops, the figure every timed run reports). The `keep`
+with the best validation accuracy at the cut resume from their checkpoints to the end of their
+schedule (the same run, not a restart); the others are pruned: their run dirs stay, they are not
+voted. The minutes are shared so the whole recipe still fits its time (kit.timeplan.audition_minutes).
+
+Why one synchronous cut and not Optuna's SuccessiveHalvingPruner: that pruner is asynchronous
+(ASHA): a candidate is judged against the candidates that reached the rung before it, so with eight
+candidates trained two at a time the first two to finish would always survive. The cut ranks all
+the scores together. Optuna keeps the record: each candidate is a trial (its rung score reported
+at its step, pruned or kept) in RUNS/<recipe>/audition.optuna.journal, readable with Optuna's own
+tools (`optuna.load_study`, its plots, optuna-dashboard); the decision is RUNS/<recipe>/audition.json.
+
+Honesty of the scores: the cut uses the validation split that the vote later calibrates on, so the
+vote's out-of-fold figure is slightly optimistic after a selection (8 candidates, 4 kept); the test
+scores of the accuracy bench are not affected.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from kit.errors import KitError
+from kit.fsio import read_json, write_json
+from kit.rundir import RunDir
+from kit.timeplan import audition_minutes
+
+if TYPE_CHECKING:
+    from kit.recipe import Recipe
+    from kit.zoo import RecipeRun
+
+AUDITION_FILE = "audition.json"
+JOURNAL_FILE = "audition.optuna.journal"
+
+
+@dataclass
+class AuditionResult:
+    """The cut: candidates, each one's validation accuracy and step at it, the survivors (best first)."""
+    candidates: list[str]
+    keep: int
+    rung: float
+    minutes: float                               # each candidate's planned training minutes
+    scores: dict[str, float | None] = field(default_factory=dict)   # None: diverged or never evaluated
+    steps: dict[str, int] = field(default_factory=dict)
+    survivors: list[str] = field(default_factory=list)
+
+    @property
+    def pruned(self) -> list[str]:
+        return [n for n in self.candidates if n not in self.survivors]
+
+    def lines(self) -> list[str]:
+        """The rung, one line per candidate, best first: what the CLI and the report print."""
+        head = (f"audition: {len(self.candidates)} candidates trained {self.rung:.0%} of {self.minutes:.2f} min "
+                f"each, the best {self.keep} kept (validation accuracy at the cut, centre crops):")
+        order = sorted(self.candidates, key=lambda n: -(self.scores.get(n) or -1.0))
+        rows = [f"  {n:16s} {_fmt(self.scores.get(n))}  step {self.steps.get(n, 0):>6}  "
+                f"{'kept' if n in self.survivors else 'pruned'}" for n in order]
+        return [head, *rows]
+
+
+def _fmt(score: float | None) -> str:
+    return "  -   " if score is None else f"{score:.4f}"
+
+
+def wants_audition(recipe: Recipe, budget: str, override: bool | None, only, blocker: str | None,
+                   timed: bool, log) -> bool:
+    """Whether this run auditions: the recipe's [audition] is on for `budget` (or --audition), the
+    members are not named by --only, nothing trains them elsewhere or stops them early (`blocker`),
+    the recipe is timed and it has more candidates than it keeps."""
+    spec = recipe.audition
+    if override is False or not (override or (spec["enabled"] and budget in spec["budgets"])):
+        return False
+    n = len(recipe.members_for(budget, audition=True))
+    why = ("--only names the members" if only else blocker
+           or (None if timed or recipe.minutes.get(budget) else "it needs a time budget (--minutes)")
+           or (None if n > spec["keep"] else f"{n} candidate(s), {spec['keep']} kept"))
+    if why:
+        log(f"audition off: {why}; training the recipe's fixed members")
+        return False
+    return True
+
+
+def run_audition(run: RecipeRun, jobs: list, slots: list) -> AuditionResult:
+    """Train every candidate to the cut, choose the survivors, train them to the end (and predict
+    them, in the workers, as the recipe's members are). Sets run.chosen to the survivors. A re-run
+    reads the decision from audition.json and continues the survivors."""
+    result = _decided(run.root, run.chosen)
+    if result is None:
+        result = _cut(run, jobs, slots)
+    run.chosen = list(result.survivors)
+    left = []
+    for name in result.survivors:
+        state = RunDir(run.root / name)
+        if not state.finished:
+            cfg = run.config(name)
+            cfg.train.minutes = result.minutes
+            left.append((name, cfg, state.path, state.has_checkpoint))
+    if left:
+        run.log(f"audition: {', '.join(j[0] for j in left)} continue to the end of their "
+                f"{result.minutes:.2f} min")
+        run.train_jobs(left, slots, share=lambda names: result.minutes)
+    return result
+
+
+def _cut(run: RecipeRun, jobs: list, slots: list) -> AuditionResult:
+    spec, plan = run.recipe.audition, run.plan
+    keep, rung = spec["keep"], float(spec["rung"])
+    minutes = plan.per_member_minutes or audition_minutes(
+        plan.minutes or 0.0, time.time() - plan.began, [plan.prediction(n) for n in run.chosen], keep, rung,
+        max(len(slots), 1))
+    rung_jobs = []
+    for name, cfg, run_dir, resume in jobs:
+        if RunDir(run_dir).summary() is None:       # not yet at the cut (a re-run after a kill resumes it)
+            cfg.train.minutes, cfg.train.max_minutes = minutes, rung * minutes
+            rung_jobs.append((name, cfg, run_dir, resume))
+    run.log(f"audition: {len(run.chosen)} candidates, each {rung * minutes:.2f} of its {minutes:.2f} training "
+            f"minutes before the cut; the best {keep} go on")
+    after, run.after = run.after, False              # no prediction before the cut
+    try:
+        run.train_jobs(rung_jobs, slots, share=lambda names: minutes)
+    finally:
+        run.after = after
+    scores, steps = {}, {}
+    for name in run.chosen:
+        scores[name], steps[name] = _score(run.root / name)
+    ranked = sorted((n for n in run.chosen if scores[n] is not None), key=lambda n: -(scores[n] or 0.0))
+    if not ranked:
+        raise KitError(f"{run.root}: no candidate of the audition was evaluated (every one diverged?); "
+                       "see each member's train.log")
+    result = AuditionResult(list(run.chosen), keep, rung, minutes, scores, steps, ranked[:keep])
+    write_json(run.root / AUDITION_FILE, asdict(result))
+    _record(run.root, run.recipe.name, result)
+    for line in result.lines():
+        run.log(line)
+    return result
+
+
+def _score(run_dir: Path) -> tuple[float | None, int]:
+    """A candidate's validation accuracy at the cut (its last evaluation) and its step there."""
+    from kit.train.results import read_metrics
+
+    state = RunDir(run_dir)
+    if state.diverged:
+        return None, (state.summary() or {}).get("step", 0)
+    rows = read_metrics(run_dir / "metrics.csv")
+    if not rows:
+        return None, 0
+    return float(rows[-1]["val_acc"]), int(rows[-1]["step"])
+
+
+def _decided(root: Path, candidates: list[str]) -> AuditionResult | None:
+    """The decision of an earlier run, when it was taken over the same candidates and every
+    survivor's run dir is still there (--fresh moves them aside: the audition runs again)."""
+    path = root / AUDITION_FILE
+    if not path.is_file():
+        return None
+    result = AuditionResult(**read_json(path, "the audition's decision"))
+    if sorted(result.candidates) != sorted(candidates) or \
+            not all((root / n / "summary.json").is_file() for n in result.survivors):
+        return None
+    return result
+
+
+def _record(root: Path, recipe: str, result: AuditionResult) -> None:
+    """The candidates as Optuna trials in RUNS/<recipe>/audition.optuna.journal: the rung score
+    reported at its step; kept trials COMPLETE with it, pruned ones PRUNED, diverged ones FAIL."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    from optuna.trial import TrialState
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    path = root / JOURNAL_FILE
+    path.unlink(missing_ok=True)                    # one decision, one record
+    storage = JournalStorage(JournalFileBackend(str(path)))
+    study = optuna.create_study(study_name=f"{recipe}-audition", storage=storage, direction="maximize")
+    study.set_user_attr("keep", result.keep)
+    study.set_user_attr("rung_minutes", result.rung * result.minutes)
+    for name in result.candidates:
+        trial = study.ask()
+        trial.set_user_attr("member", name)
+        score = result.scores.get(name)
+        if score is None:
+            study.tell(trial, state=TrialState.FAIL)
+            continue
+        trial.report(score, step=max(result.steps.get(name, 0), 0))
+        if name in result.survivors:
+            study.tell(trial, score)
+        else:
+            study.tell(trial, state=TrialState.PRUNED)

@@ -1,0 +1,124 @@
+"""The audition (kit.audition): candidates train to a cut, the best by their own validation score go
+on from their checkpoints and are the only ones voted; the decision and Optuna's record are kept in
+the run dir; a re-run continues from them; --no-audition trains the fixed members."""
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+
+from kit.errors import KitError
+from kit.recipe import load_recipe
+from kit.timeplan import AFTER_SECONDS, START_SECONDS, audition_minutes
+from kit.zoo import run_recipe
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# Three candidates, one of them audition-only; the third learns far more slowly (tiny lr).
+CANDIDATES = ("mean", {"name": "sap", "model.pooling": "sap"},
+              {"name": "slow", "candidate": True, "train.lr": 1e-6})
+AUDITION = "[audition]\nenabled = true\nkeep = 2\nrung = 0.5\n"
+
+
+def _recipe(tiny_recipe, after: dict | None = None):
+    path = tiny_recipe(*CANDIDATES, budget={"quick": {"train.max_steps": 100000, "train.eval_every": 5}},
+                       after=after or {"predict": True, "ensemble": "hard", "submit": False})
+    path.write_text(path.read_text() + AUDITION)
+    return path
+
+
+def _last_metrics(run_dir):
+    import csv
+
+    rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
+    return rows
+
+
+def test_the_best_candidates_at_the_cut_go_on_and_are_the_only_ones_voted(tiny_data, tiny_recipe, tmp_path):
+    import optuna
+
+    runs = tmp_path / "runs"
+    result = run_recipe(_recipe(tiny_recipe), data=str(tiny_data), runs=str(runs), progress=False, workers=1,
+                        per_member_minutes=0.12, submissions=tmp_path / "subs")
+    cut = result.audition
+    assert cut is not None and sorted(cut.candidates) == ["mean", "sap", "slow"] and len(cut.survivors) == 2
+    root = runs / "tiny"
+    # each candidate's score is its own last evaluation at the cut; the survivors are the best two of them
+    decision = json.loads((root / "audition.json").read_text())
+    for name in cut.pruned:
+        rows = _last_metrics(root / name)
+        assert json.loads((root / name / "summary.json").read_text())["stopped_reason"] == "time"
+        assert decision["scores"][name] == pytest.approx(float(rows[-1]["val_acc"]))
+    worst_kept = min(decision["scores"][n] for n in cut.survivors)
+    assert all(decision["scores"][n] <= worst_kept for n in cut.pruned)
+    for name in cut.survivors:          # resumed past the cut to the end of its schedule, not restarted
+        steps = [int(r["step"]) for r in _last_metrics(root / name)]
+        assert steps == sorted(steps) and steps[-1] > decision["steps"][name]
+        assert json.loads((root / name / "summary.json").read_text())["stopped_reason"] == "budget"
+    assert sorted(m.name for m in result.members) == sorted(cut.survivors)
+    assert result.ensemble is not None and sorted(
+        p.rsplit("/", 1)[-1] for p in result.ensemble.members) == sorted(cut.survivors)
+    # Optuna's record: one trial per candidate, kept ones complete with their score, the other pruned
+    study = optuna.load_study(study_name="tiny-audition", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(root / "audition.optuna.journal"))))
+    states = {t.user_attrs["member"]: t.state.name for t in study.trials}
+    assert states == {n: "COMPLETE" if n in cut.survivors else "PRUNED" for n in cut.candidates}
+
+    before = {n: (root / n / "summary.json").stat().st_mtime_ns for n in cut.candidates}
+    again = run_recipe(_recipe(tiny_recipe), data=str(tiny_data), runs=str(runs), progress=False, workers=1,
+                       per_member_minutes=0.12, submissions=tmp_path / "subs")
+    assert again.audition is not None and again.audition.survivors == cut.survivors       # read, not redone
+    assert {n: (root / n / "summary.json").stat().st_mtime_ns for n in cut.candidates} == before
+
+
+def test_no_audition_trains_the_fixed_members_only(tiny_data, tiny_recipe, tmp_path):
+    runs = tmp_path / "runs"
+    result = run_recipe(_recipe(tiny_recipe, {"predict": False}), data=str(tiny_data), runs=str(runs),
+                        progress=False, workers=1, per_member_minutes=0.02, audition=False)
+    assert result.audition is None and [m.name for m in result.members] == ["mean", "sap"]
+    assert not (runs / "tiny" / "slow").exists()
+    logs: list[str] = []
+    only = run_recipe(_recipe(tiny_recipe, {"predict": False}), data=str(tiny_data), runs=str(tmp_path / "r2"),
+                      progress=False, workers=1, per_member_minutes=0.02, only=["slow"], log=logs.append)
+    assert only.audition is None and [m.name for m in only.members] == ["slow"]
+    assert any("audition off: --only" in line for line in logs)
+
+
+def test_audition_minutes_fill_the_recipe_time():
+    """Every candidate's rung, the survivors' rest and their predictions, with a worker start each,
+    fill the slots' time up to the recipe's end."""
+    predicts, keep, rung, slots = [30.0, 10.0, 20.0, 40.0, 10.0, 10.0, 20.0, 20.0], 4, 0.3, 2
+    minutes = audition_minutes(9.0, 20.0, predicts, keep, rung, slots)
+    t = minutes * 60
+    work = len(predicts) * (START_SECONDS + rung * t) + keep * (START_SECONDS + (1 - rung) * t) \
+        + keep * sum(predicts) / len(predicts)
+    assert work / slots == pytest.approx(9 * 60 - 20 - AFTER_SECONDS)
+    with pytest.raises(KitError, match="too little time to audition"):
+        audition_minutes(1.0, 20.0, predicts, keep, rung, slots)
+
+
+@pytest.mark.parametrize("table,message", [
+    ("keep = 0", "keep 0"), ("rung = 1.5", "rung 1.5"), ("budgets = ['slow']", "budgets"),
+    ("enabled = 'yes'", "enabled 'yes'"), ("cut = 2", "must be a table of"),
+])
+def test_a_bad_audition_table_is_refused_naming_the_file(tmp_path, table, message):
+    path = tmp_path / "r.toml"
+    path.write_text(textwrap.dedent(f"""\
+        name = "r"
+        [[members]]
+        name = "a"
+        [audition]
+        {table}
+        """))
+    with pytest.raises(KitError, match=message) as err:
+        load_recipe(path)
+    assert str(path) in str(err.value)
+
+
+def test_boss_auditions_eight_quick_candidates_and_keeps_its_fixed_zoo_without():
+    boss = load_recipe("boss")
+    assert boss.audition["enabled"] and boss.audition["keep"] == 4
+    fixed, candidates = boss.members_for("quick"), boss.members_for("quick", audition=True)
+    assert len(fixed) == 4 and len(candidates) == 8 and set(fixed) < set(candidates)
+    assert "quick" in boss.audition["budgets"] and "full" not in boss.audition["budgets"]
