@@ -32,6 +32,7 @@ from kit.errors import KitError
 from kit.fsio import read_json, write_json
 from kit.rundir import RunDir
 from kit.timeplan import audition_minutes
+from kit.train.results import read_metrics
 
 if TYPE_CHECKING:
     from kit.recipe import Recipe
@@ -97,17 +98,31 @@ def run_audition(run: RecipeRun, jobs: list, slots: list) -> AuditionResult:
         result = _cut(run, jobs, slots)
     run.chosen = list(result.survivors)
     left = []
-    for name in result.survivors:
+    # the dearest prediction first, so that it is not the last thing the recipe waits for
+    for name in sorted(result.survivors, key=lambda n: -run.plan.prediction(n)):
         state = RunDir(run.root / name)
         if not state.finished:
             cfg = run.config(name)
             cfg.train.minutes = result.minutes
             left.append((name, cfg, state.path, state.has_checkpoint))
     if left:
-        run.log(f"audition: {', '.join(j[0] for j in left)} continue to the end of their "
-                f"{result.minutes:.2f} min")
-        run.train_jobs(left, slots, share=lambda names: result.minutes)
+        run.log(f"audition: {', '.join(j[0] for j in left)} continue from the cut to the end of their schedule")
+        run.train_jobs(left, slots, share=_survivor_share(run, result))
     return result
+
+
+def _survivor_share(run: RecipeRun, result: AuditionResult):
+    """A survivor's training minutes as it resumes: what it trained before the cut plus its share of
+    the time left (the time plan's, with the survivors' own predictions reserved, so an estimate
+    made for the average candidate before the cut is corrected); with --member-minutes, those."""
+    share = run.plan.sharer()
+    if share is None or run.plan.per_member_minutes:
+        return lambda names: result.minutes
+
+    def minutes(names: list[str]) -> float:
+        before = (RunDir(run.root / names[0]).summary() or {}).get("seconds", 0.0) / 60
+        return before + share(names)
+    return minutes
 
 
 def _cut(run: RecipeRun, jobs: list, slots: list) -> AuditionResult:
@@ -145,8 +160,6 @@ def _cut(run: RecipeRun, jobs: list, slots: list) -> AuditionResult:
 
 def _score(run_dir: Path) -> tuple[float | None, int]:
     """A candidate's validation accuracy at the cut (its last evaluation) and its step there."""
-    from kit.train.results import read_metrics
-
     state = RunDir(run_dir)
     if state.diverged:
         return None, (state.summary() or {}).get("step", 0)
@@ -172,6 +185,7 @@ def _decided(root: Path, candidates: list[str]) -> AuditionResult | None:
 def _record(root: Path, recipe: str, result: AuditionResult) -> None:
     """The candidates as Optuna trials in RUNS/<recipe>/audition.optuna.journal: the rung score
     reported at its step; kept trials COMPLETE with it, pruned ones PRUNED, diverged ones FAIL."""
+    # optuna (and its sqlalchemy) loads in about a second: only when a cut is recorded
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend

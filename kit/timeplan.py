@@ -25,6 +25,10 @@ from kit.errors import KitError
 # What a member costs besides training, measured on the 2-core CPU (hard preset, quick budget):
 START_SECONDS = 8                  # a worker process: python, torch and kit imports, data mapped
 AFTER_SECONDS = 20                 # the ensemble (cross-fitted), the report and its plot, a local submission
+# An audition candidate's stop at the cut beyond its rung's minutes: the step that crosses the time
+# limit, its evaluation and checkpoint (the quick boss Transformer on hard: 52.5 s at its cut
+# evaluation's end for 38.4 s of rung, 2026-12-04).
+CUT_SECONDS = 14
 # A member's prediction on one core of the 2-core CPU, in GFLOP/s of its counted FLOPs (validation
 # whole and windowed, test once). Measured from the boss members' prediction times on the tts and
 # many suite competitions (2026-12-04, kit.cost.predict_gflop over the seconds between summary.json and
@@ -67,12 +71,12 @@ def audition_minutes(total_minutes: float, spent_seconds: float, predicts: list[
                      n_slots: int) -> float:
     """Each candidate's training minutes in an audition (kit.audition), so that the whole recipe fits
     `total_minutes`: every candidate (`predicts`: their prediction seconds) trains `rung` of them,
-    then the `keep` survivors the rest and are predicted (at the candidates' average), `n_slots` at
-    a time, the end (ensemble, report, submission) after them."""
+    and stops at the cut (CUT_SECONDS), then the `keep` survivors train the rest and are predicted
+    (at the candidates' average), `n_slots` at a time, the end (ensemble, report, submission) after them."""
     left = total_minutes * 60 - spent_seconds - AFTER_SECONDS
     n = len(predicts)
     predict = keep * sum(predicts) / max(n, 1)
-    work = left * n_slots - (n + keep) * START_SECONDS - predict
+    work = left * n_slots - (n + keep) * START_SECONDS - n * CUT_SECONDS - predict
     seconds = work / (n * rung + keep * (1 - rung))
     if seconds * rung < 10:
         raise KitError(f"--minutes {total_minutes:g}: too little time to audition {n} candidates {n_slots} at a "

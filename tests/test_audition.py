@@ -10,7 +10,7 @@ import pytest
 
 from kit.errors import KitError
 from kit.recipe import load_recipe
-from kit.timeplan import AFTER_SECONDS, START_SECONDS, audition_minutes
+from kit.timeplan import AFTER_SECONDS, CUT_SECONDS, START_SECONDS, audition_minutes
 from kit.zoo import run_recipe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -91,7 +91,7 @@ def test_audition_minutes_fill_the_recipe_time():
     predicts, keep, rung, slots = [30.0, 10.0, 20.0, 40.0, 10.0, 10.0, 20.0, 20.0], 4, 0.3, 2
     minutes = audition_minutes(9.0, 20.0, predicts, keep, rung, slots)
     t = minutes * 60
-    work = len(predicts) * (START_SECONDS + rung * t) + keep * (START_SECONDS + (1 - rung) * t) \
+    work = len(predicts) * (START_SECONDS + rung * t + CUT_SECONDS) + keep * (START_SECONDS + (1 - rung) * t) \
         + keep * sum(predicts) / len(predicts)
     assert work / slots == pytest.approx(9 * 60 - 20 - AFTER_SECONDS)
     with pytest.raises(KitError, match="too little time to audition"):
@@ -122,3 +122,25 @@ def test_boss_auditions_eight_quick_candidates_and_keeps_its_fixed_zoo_without()
     fixed, candidates = boss.members_for("quick"), boss.members_for("quick", audition=True)
     assert len(fixed) == 4 and len(candidates) == 8 and set(fixed) < set(candidates)
     assert "quick" in boss.audition["budgets"] and "full" not in boss.audition["budgets"]
+
+
+def test_a_survivor_resumes_with_its_time_before_the_cut_plus_its_share_of_what_is_left(tmp_path):
+    """After the cut the survivors' minutes are re-shared from the time left with their own prediction
+    estimates (the audition's first plan used the candidates' average)."""
+    import time
+    from types import SimpleNamespace
+
+    from kit.audition import AuditionResult, _survivor_share
+    from kit.timeplan import TimePlan
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "summary.json").write_text(json.dumps({"seconds": 42.0, "stopped_reason": "time"}))
+    plan = TimePlan(minutes=9.0, slots=2, predict={"a": 120.0, "b": 10.0}, began=time.time() - 240)
+    run = SimpleNamespace(plan=plan, root=tmp_path)
+    share = _survivor_share(run, AuditionResult(["a", "b", "c"], 2, 0.3, 2.0))
+    expected = 42.0 / 60 + plan.member_share(["a", "b"])
+    assert share(["a", "b"]) == pytest.approx(expected, abs=0.02)
+    assert plan.member_share(["a", "b"]) < plan.member_share(["b", "a"])     # its own prediction is reserved
+    fixed = _survivor_share(SimpleNamespace(plan=TimePlan(per_member_minutes=0.5), root=tmp_path),
+                            AuditionResult(["a", "b", "c"], 2, 0.3, 0.5))
+    assert fixed(["a"]) == 0.5
