@@ -60,7 +60,8 @@ class AuditionResult:
     def lines(self) -> list[str]:
         """The rung, one line per candidate, best first: what the CLI and the report print."""
         head = (f"audition: {len(self.candidates)} candidates trained {self.rung:.0%} of {self.minutes:.2f} min "
-                f"each, the best {self.keep} kept (validation accuracy at the cut, centre crops):")
+                f"each; {len(self.survivors)} kept (at most {self.keep}; validation accuracy at the cut, "
+                "centre crops):")
         order = sorted(self.candidates, key=lambda n: -(self.scores.get(n) or -1.0))
         rows = [f"  {n:16s} {_fmt(self.scores.get(n))}  step {self.steps.get(n, 0):>6}  "
                 f"{'kept' if n in self.survivors else 'pruned'}" for n in order]
@@ -150,12 +151,23 @@ def _cut(run: RecipeRun, jobs: list, slots: list) -> AuditionResult:
     if not ranked:
         raise KitError(f"{run.root}: no candidate of the audition was evaluated (every one diverged?); "
                        "see each member's train.log")
-    result = AuditionResult(list(run.chosen), keep, rung, minutes, scores, steps, ranked[:keep])
+    survivors = survivors_of(ranked, scores, keep, float(spec["within"]), max(len(slots), 1))
+    result = AuditionResult(list(run.chosen), keep, rung, minutes, scores, steps, survivors)
     write_json(run.root / AUDITION_FILE, asdict(result))
     _record(run.root, run.recipe.name, result)
     for line in result.lines():
         run.log(line)
     return result
+
+
+def survivors_of(ranked: list[str], scores: dict, keep: int, within: float, slots: int) -> list[str]:
+    """The best `keep` of the candidates `ranked` (best first), less those scoring under `within` x
+    the best's score: a candidate far behind at the cut gets little weight in the vote and takes
+    the minutes the leaders would have had (the time left is re-shared among the survivors). Never
+    fewer than one per slot, so no core idles."""
+    best = scores[ranked[0]] or 0.0
+    close = [n for n in ranked[:keep] if (scores[n] or 0.0) >= within * best]
+    return ranked[:max(len(close), min(slots, keep))]
 
 
 def _score(run_dir: Path) -> tuple[float | None, int]:

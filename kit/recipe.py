@@ -17,8 +17,9 @@ AFTER_DEFAULTS = {"predict": True, "ensemble": "hard", "weights": "equal", "subm
                   "which": "best", "pseudo": None, "distill": None}
 BUDGETS = ("full", "quick")
 # [audition] (kit.audition): off unless a recipe turns it on; the budgets it runs in, how many
-# candidates are kept as members, and the share of a candidate's minutes it trains before the cut.
-AUDITION_DEFAULTS = {"enabled": False, "budgets": ["quick"], "keep": 4, "rung": 0.3}
+# candidates are kept as members at most, the share of a candidate's minutes it trains before the cut,
+# and how close to the best score at the cut a candidate must be to go on (kit.audition.survivors_of).
+AUDITION_DEFAULTS = {"enabled": False, "budgets": ["quick"], "keep": 4, "rung": 0.3, "within": 0.5}
 
 
 @dataclass
@@ -144,6 +145,10 @@ def _audition(path: Path, table) -> dict:
     if isinstance(rung, bool) or not isinstance(rung, (int, float)) or not 0 < rung < 1:
         raise KitError(f"{path}: [audition] rung {rung!r}: the share of a candidate's minutes before the cut, "
                        "between 0 and 1")
+    within = out["within"]
+    if isinstance(within, bool) or not isinstance(within, (int, float)) or not 0 <= within <= 1:
+        raise KitError(f"{path}: [audition] within {within!r}: the share of the best score at the cut a "
+                       "survivor needs, between 0 and 1")
     return out
 
 

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 # Three candidates, one of them audition-only; the third learns far more slowly (tiny lr).
 CANDIDATES = ("mean", {"name": "sap", "model.pooling": "sap"},
               {"name": "slow", "candidate": True, "train.lr": 1e-6})
-AUDITION = "[audition]\nenabled = true\nkeep = 2\nrung = 0.5\n"
+AUDITION = "[audition]\nenabled = true\nkeep = 2\nrung = 0.5\nwithin = 0.0\n"
 
 
 def _recipe(tiny_recipe, after: dict | None = None):
@@ -100,7 +100,7 @@ def test_audition_minutes_fill_the_recipe_time():
 
 @pytest.mark.parametrize("table,message", [
     ("keep = 0", "keep 0"), ("rung = 1.5", "rung 1.5"), ("budgets = ['slow']", "budgets"),
-    ("enabled = 'yes'", "enabled 'yes'"), ("cut = 2", "must be a table of"),
+    ("enabled = 'yes'", "enabled 'yes'"), ("cut = 2", "must be a table of"), ("within = 2", "within 2"),
 ])
 def test_a_bad_audition_table_is_refused_naming_the_file(tmp_path, table, message):
     path = tmp_path / "r.toml"
@@ -144,3 +144,15 @@ def test_a_survivor_resumes_with_its_time_before_the_cut_plus_its_share_of_what_
     fixed = _survivor_share(SimpleNamespace(plan=TimePlan(per_member_minutes=0.5), root=tmp_path),
                             AuditionResult(["a", "b", "c"], 2, 0.3, 0.5))
     assert fixed(["a"]) == 0.5
+
+
+def test_survivors_are_the_best_few_close_to_the_leader_and_never_fewer_than_the_cores():
+    from kit.audition import survivors_of
+
+    scores = {"a": 0.14, "b": 0.051, "c": 0.044, "d": 0.040, "e": 0.035}
+    ranked = sorted(scores, key=lambda n: -scores[n])
+    assert survivors_of(ranked, scores, keep=4, within=0.0, slots=2) == ["a", "b", "c", "d"]
+    assert survivors_of(ranked, scores, keep=4, within=0.3, slots=2) == ["a", "b", "c"]
+    assert survivors_of(ranked, scores, keep=4, within=0.5, slots=2) == ["a", "b"]     # one per core
+    assert survivors_of(ranked, scores, keep=4, within=0.5, slots=1) == ["a"]
+    assert survivors_of(ranked, scores, keep=1, within=0.0, slots=2) == ["a"]          # keep is the most
