@@ -73,21 +73,34 @@ def _fmt(score: float | None) -> str:
 
 
 def wants_audition(recipe: Recipe, budget: str, override: bool | None, only, blocker: str | None,
-                   timed: bool, log) -> bool:
+                   timed: tuple, log, slots: int = 1) -> bool:
     """Whether this run auditions: the recipe's [audition] is on for `budget` (or --audition), the
     members are not named by --only, nothing trains them elsewhere or stops them early (`blocker`),
-    the recipe is timed and it has more candidates than it keeps."""
+    the recipe is timed (`timed`: (--minutes, --member-minutes), else the budget's minutes), it has
+    more candidates than it keeps, and its minutes leave each candidate a rung (before predictions,
+    which are estimated later: kit.timeplan.audition_minutes may still refuse then)."""
     spec = recipe.audition
     if override is False or not (override or (spec["enabled"] and budget in spec["budgets"])):
         return False
-    n = len(recipe.members_for(budget, audition=True))
+    n, (minutes, per_member) = len(recipe.members_for(budget, audition=True)), timed
+    total = minutes or recipe.minutes.get(budget)
     why = ("--only names the members" if only else blocker
-           or (None if timed or recipe.minutes.get(budget) else "it needs a time budget (--minutes)")
-           or (None if n > spec["keep"] else f"{n} candidate(s), {spec['keep']} kept"))
+           or (None if per_member or total else "it needs a time budget (--minutes)")
+           or (None if n > spec["keep"] else f"{n} candidate(s), {spec['keep']} kept")
+           or (None if per_member else _too_short(total or 0.0, n, spec, slots)))
     if why:
         log(f"audition off: {why}; training the recipe's fixed members")
         return False
     return True
+
+
+def _too_short(minutes: float, n: int, spec: dict, slots: int) -> str | None:
+    """Why `minutes` of recipe time cannot audition n candidates (None: they can)."""
+    try:
+        audition_minutes(minutes, 0.0, [0.0] * n, spec["keep"], float(spec["rung"]), slots)
+    except KitError:
+        return f"{minutes:g} minutes are too few for {n} candidates {slots} at a time"
+    return None
 
 
 def run_audition(run: RecipeRun, jobs: list, slots: list) -> AuditionResult:

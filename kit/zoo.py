@@ -62,7 +62,7 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
     blocker = "--launcher trains the members elsewhere" if launcher else "--max-hours" if max_hours else None
     run = RecipeRun.open(path, data, budget, runs, only, progress, log, workers, submissions,
                          {"submit": submit, "ensemble": ensemble, "pseudo": pseudo, "distill": distill,
-                          "audition": audition, "timed": bool(minutes or per_member_minutes), "blocker": blocker})
+                          "audition": audition, "timed": (minutes, per_member_minutes), "blocker": blocker})
     if fresh:
         _start_over(run.root, run.chosen, run.log)
     _check_members(run.root, run.chosen, run.recipe, run.budget, run.data_dir, run.store)
@@ -126,7 +126,7 @@ class RecipeRun:
         if budget not in BUDGETS:
             raise KitError(f"budget {budget!r}: choose quick or full")
         auditioning = wants_audition(recipe, budget, overrides["audition"], only, overrides["blocker"],
-                                     overrides["timed"], log)
+                                     overrides["timed"], log, len(slots_for(workers, 2)))
         names = recipe.members_for(budget, audition=auditioning or bool(only))
         for name in only or []:
             if name not in names:

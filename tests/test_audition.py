@@ -156,3 +156,19 @@ def test_survivors_are_the_best_few_close_to_the_leader_and_never_fewer_than_the
     assert survivors_of(ranked, scores, keep=4, within=0.5, slots=2) == ["a", "b"]     # one per core
     assert survivors_of(ranked, scores, keep=4, within=0.5, slots=1) == ["a"]
     assert survivors_of(ranked, scores, keep=1, within=0.0, slots=2) == ["a"]          # keep is the most
+
+
+def test_the_audition_turns_itself_off_with_a_line_when_it_cannot_run(tiny_recipe):
+    from kit.audition import wants_audition
+
+    recipe = load_recipe(_recipe(tiny_recipe))
+    lines: list[str] = []
+
+    def asks(timed, slots=2, override=None, only=None, blocker=None):
+        return wants_audition(recipe, "quick", override, only, blocker, timed, lines.append, slots)
+
+    assert asks((30.0, None)) and asks((None, 0.02)) and not lines           # a recipe's or a member's minutes
+    assert not asks((1.0, None)) and "1 minutes are too few for 3 candidates 2 at a time" in lines[-1]
+    assert not asks((None, None)) and "needs a time budget" in lines[-1]
+    assert not asks((30.0, None), blocker="--max-hours") and "--max-hours" in lines[-1]
+    assert not asks((30.0, None), override=False) and len(lines) == 3        # asked off: nothing to say
