@@ -151,7 +151,7 @@ def _cut(run: RecipeRun, jobs: list, slots: list) -> AuditionResult:
             cfg.train.minutes, cfg.train.max_minutes = minutes, rung * minutes
             rung_jobs.append((name, cfg, run_dir, resume))
     run.log(f"audition: {len(run.chosen)} candidates, each {rung * minutes:.2f} of its {minutes:.2f} training "
-            f"minutes before the cut; the best {keep} go on")
+            f"minutes before the cut; at most the best {keep} go on")
     after, run.after = run.after, False              # no prediction before the cut
     try:
         run.train_jobs(rung_jobs, slots, share=lambda names: minutes)
