@@ -33,6 +33,7 @@ from kit.fsio import read_json, write_json
 from kit.rundir import RunDir
 from kit.timeplan import audition_minutes
 from kit.train.results import read_metrics
+from kit.workers import slots_for
 
 if TYPE_CHECKING:
     from kit.recipe import Recipe
@@ -73,12 +74,13 @@ def _fmt(score: float | None) -> str:
 
 
 def wants_audition(recipe: Recipe, budget: str, override: bool | None, only, blocker: str | None,
-                   timed: tuple, log, slots: int = 1) -> bool:
+                   timed: tuple, log, workers: int | None = None) -> bool:
     """Whether this run auditions: the recipe's [audition] is on for `budget` (or --audition), the
     members are not named by --only, nothing trains them elsewhere or stops them early (`blocker`),
     the recipe is timed (`timed`: (--minutes, --member-minutes), else the budget's minutes), it has
     more candidates than it keeps, and its minutes leave each candidate a rung (before predictions,
-    which are estimated later: kit.timeplan.audition_minutes may still refuse then)."""
+    which are estimated later: kit.timeplan.audition_minutes may still refuse then), trained as
+    `workers` says (kit.workers.slots_for)."""
     spec = recipe.audition
     if override is False or not (override or (spec["enabled"] and budget in spec["budgets"])):
         return False
@@ -87,7 +89,7 @@ def wants_audition(recipe: Recipe, budget: str, override: bool | None, only, blo
     why = ("--only names the members" if only else blocker
            or (None if per_member or total else "it needs a time budget (--minutes)")
            or (None if n > spec["keep"] else f"{n} candidate(s), {spec['keep']} kept")
-           or (None if per_member else _too_short(total or 0.0, n, spec, slots)))
+           or (None if per_member else _too_short(total or 0.0, n, spec, len(slots_for(workers, n)))))
     if why:
         log(f"audition off: {why}; training the recipe's fixed members")
         return False
@@ -115,10 +117,8 @@ def run_audition(run: RecipeRun, jobs: list, slots: list) -> AuditionResult:
     # the dearest prediction first, so that it is not the last thing the recipe waits for
     for name in sorted(result.survivors, key=lambda n: -run.plan.prediction(n)):
         state = RunDir(run.root / name)
-        if not state.finished:
-            cfg = run.config(name)
-            cfg.train.minutes = result.minutes
-            left.append((name, cfg, state.path, state.has_checkpoint))
+        if not state.finished:              # its minutes: _survivor_share's, as it resumes
+            left.append((name, run.config(name), state.path, state.has_checkpoint))
     if left:
         run.log(f"audition: {', '.join(j[0] for j in left)} continue from the cut to the end of their schedule")
         run.train_jobs(left, slots, share=_survivor_share(run, result))
@@ -202,7 +202,7 @@ def _decided(root: Path, candidates: list[str]) -> AuditionResult | None:
         return None
     result = AuditionResult(**read_json(path, "the audition's decision"))
     if sorted(result.candidates) != sorted(candidates) or \
-            not all((root / n / "summary.json").is_file() for n in result.survivors):
+            any(RunDir(root / n).summary() is None for n in result.survivors):
         return None
     return result
 

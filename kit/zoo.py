@@ -126,7 +126,7 @@ class RecipeRun:
         if budget not in BUDGETS:
             raise KitError(f"budget {budget!r}: choose quick or full")
         auditioning = wants_audition(recipe, budget, overrides["audition"], only, overrides["blocker"],
-                                     overrides["timed"], log, len(slots_for(workers, 2)))
+                                     overrides["timed"], log, workers)
         names = recipe.members_for(budget, audition=auditioning or bool(only))
         for name in only or []:
             if name not in names:

@@ -11,6 +11,7 @@ import pytest
 from kit.errors import KitError
 from kit.recipe import load_recipe
 from kit.timeplan import AFTER_SECONDS, CUT_SECONDS, START_SECONDS, audition_minutes
+from kit.train.results import read_metrics
 from kit.zoo import run_recipe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -28,13 +29,6 @@ def _recipe(tiny_recipe, after: dict | None = None):
     return path
 
 
-def _last_metrics(run_dir):
-    import csv
-
-    rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
-    return rows
-
-
 def test_the_best_candidates_at_the_cut_go_on_and_are_the_only_ones_voted(tiny_data, tiny_recipe, tmp_path):
     import optuna
 
@@ -47,13 +41,13 @@ def test_the_best_candidates_at_the_cut_go_on_and_are_the_only_ones_voted(tiny_d
     # each candidate's score is its own last evaluation at the cut; the survivors are the best two of them
     decision = json.loads((root / "audition.json").read_text())
     for name in cut.pruned:
-        rows = _last_metrics(root / name)
+        rows = read_metrics(root / name / "metrics.csv")
         assert json.loads((root / name / "summary.json").read_text())["stopped_reason"] == "time"
         assert decision["scores"][name] == pytest.approx(float(rows[-1]["val_acc"]))
     worst_kept = min(decision["scores"][n] for n in cut.survivors)
     assert all(decision["scores"][n] <= worst_kept for n in cut.pruned)
     for name in cut.survivors:          # resumed past the cut to the end of its schedule, not restarted
-        steps = [int(r["step"]) for r in _last_metrics(root / name)]
+        steps = [int(r["step"]) for r in read_metrics(root / name / "metrics.csv")]
         assert steps == sorted(steps) and steps[-1] > decision["steps"][name]
         assert json.loads((root / name / "summary.json").read_text())["stopped_reason"] == "budget"
     assert sorted(m.name for m in result.members) == sorted(cut.survivors)
@@ -164,8 +158,8 @@ def test_the_audition_turns_itself_off_with_a_line_when_it_cannot_run(tiny_recip
     recipe = load_recipe(_recipe(tiny_recipe))
     lines: list[str] = []
 
-    def asks(timed, slots=2, override=None, only=None, blocker=None):
-        return wants_audition(recipe, "quick", override, only, blocker, timed, lines.append, slots)
+    def asks(timed, workers=2, override=None, only=None, blocker=None):
+        return wants_audition(recipe, "quick", override, only, blocker, timed, lines.append, workers)
 
     assert asks((30.0, None)) and asks((None, 0.02)) and not lines           # a recipe's or a member's minutes
     assert not asks((1.0, None)) and "1 minutes are too few for 3 candidates 2 at a time" in lines[-1]
