@@ -5,7 +5,9 @@ budget; `kit recipe run --no-audition` trains the fixed zoo instead).
 One cut of successive halving. Every candidate (the recipe's members in the budget, and those
 marked `candidate = true`, which train only here) starts with the training minutes a member would
 get, its learning-rate schedule fitted to them, and stops with a checkpoint after `rung` of them,
-where it is evaluated on validation (centre crops, the figure every timed run reports). The `keep`
+where it is evaluated on validation (centre crops, the figure every timed run reports); in a
+step-based budget (full, on a GPU: `kit recipe run boss --audition`) it stops at `rung` of its
+train.max_steps instead (train.stop_step), its schedule still that of the whole run. The `keep`
 with the best validation accuracy at the cut resume from their checkpoints to the end of their
 schedule (the same run, not a restart); the others are pruned: their run dirs stay, they are not
 voted. The minutes are shared so the whole recipe still fits its time (kit.timeplan.audition_minutes).
@@ -49,7 +51,7 @@ class AuditionResult:
     candidates: list[str]
     keep: int
     rung: float
-    minutes: float                               # each candidate's planned training minutes
+    minutes: float                               # each candidate's planned training minutes (0: step-based)
     scores: dict[str, float | None] = field(default_factory=dict)   # None: diverged or never evaluated
     steps: dict[str, int] = field(default_factory=dict)
     survivors: list[str] = field(default_factory=list)
@@ -60,9 +62,9 @@ class AuditionResult:
 
     def lines(self) -> list[str]:
         """The rung, one line per candidate, best first: what the CLI and the report print."""
-        head = (f"audition: {len(self.candidates)} candidates trained {self.rung:.0%} of {self.minutes:.2f} min "
-                f"each; {len(self.survivors)} kept (at most {self.keep}; validation accuracy at the cut, "
-                "centre crops):")
+        of = f"{self.minutes:.2f} min each" if self.minutes else "their steps"
+        head = (f"audition: {len(self.candidates)} candidates trained {self.rung:.0%} of {of}; "
+                f"{len(self.survivors)} kept (at most {self.keep}; validation accuracy at the cut, centre crops):")
         order = sorted(self.candidates, key=lambda n: -(self.scores.get(n) or -1.0))
         rows = [f"  {n:16s} {_fmt(self.scores.get(n))}  step {self.steps.get(n, 0):>6}  "
                 f"{'kept' if n in self.survivors else 'pruned'}" for n in order]
@@ -78,18 +80,18 @@ def wants_audition(recipe: Recipe, budget: str, override: bool | None, only, blo
     """Whether this run auditions: the recipe's [audition] is on for `budget` (or --audition), the
     members are not named by --only, nothing trains them elsewhere or stops them early (`blocker`),
     the recipe is timed (`timed`: (--minutes, --member-minutes), else the budget's minutes), it has
-    more candidates than it keeps, and its minutes leave each candidate a rung (before predictions,
-    which are estimated later: kit.timeplan.audition_minutes may still refuse then), trained as
-    `workers` says (kit.workers.slots_for)."""
+    more candidates than it keeps, and, when it is timed, its minutes leave each candidate a rung
+    (before predictions, which are estimated later: kit.timeplan.audition_minutes may still refuse
+    then), trained as `workers` says (kit.workers.slots_for). An untimed (step-based) budget cuts at
+    `rung` of each candidate's train.max_steps instead."""
     spec = recipe.audition
     if override is False or not (override or (spec["enabled"] and budget in spec["budgets"])):
         return False
     n, (minutes, per_member) = len(recipe.members_for(budget, audition=True)), timed
     total = minutes or recipe.minutes.get(budget)
     why = ("--only names the members" if only else blocker
-           or (None if per_member or total else "it needs a time budget (--minutes)")
            or (None if n > spec["keep"] else f"{n} candidate(s), {spec['keep']} kept")
-           or (None if per_member else _too_short(total or 0.0, n, spec, len(slots_for(workers, n)))))
+           or (None if per_member or not total else _too_short(total, n, spec, len(slots_for(workers, n)))))
     if why:
         log(f"audition off: {why}; training the recipe's fixed members")
         return False
@@ -142,16 +144,23 @@ def _survivor_share(run: RecipeRun, result: AuditionResult):
 def _cut(run: RecipeRun, jobs: list, slots: list) -> AuditionResult:
     spec, plan = run.recipe.audition, run.plan
     keep, rung = spec["keep"], float(spec["rung"])
-    minutes = plan.per_member_minutes or audition_minutes(
-        plan.minutes or 0.0, time.time() - plan.began, [plan.prediction(n) for n in run.chosen], keep, rung,
-        max(len(slots), 1))
+    minutes = 0.0                                   # untimed: the cut is at rung x each one's max_steps
+    if plan.timed:
+        minutes = plan.per_member_minutes or audition_minutes(
+            plan.minutes or 0.0, time.time() - plan.began, [plan.prediction(n) for n in run.chosen], keep, rung,
+            max(len(slots), 1))
     rung_jobs = []
     for name, cfg, run_dir, resume in jobs:
         if RunDir(run_dir).summary() is None:       # not yet at the cut (a re-run after a kill resumes it)
-            cfg.train.minutes, cfg.train.max_minutes = minutes, rung * minutes
+            if minutes:
+                cfg.train.minutes, cfg.train.max_minutes = minutes, rung * minutes
+            else:
+                cfg.train.stop_step = cut_step(cfg.train.max_steps, rung)
             rung_jobs.append((name, cfg, run_dir, resume))
-    run.log(f"audition: {len(run.chosen)} candidates, each {rung * minutes:.2f} of its {minutes:.2f} training "
-            f"minutes before the cut; at most the best {keep} go on")
+    run.log(f"audition: {len(run.chosen)} candidates, each "
+            + (f"{rung * minutes:.2f} of its {minutes:.2f} training minutes" if minutes
+               else f"{rung:.0%} of its train.max_steps (its schedule kept)")
+            + f" before the cut; at most the best {keep} go on")
     after, run.after = run.after, False              # no prediction before the cut
     try:
         run.train_jobs(rung_jobs, slots, share=lambda names: minutes)
@@ -171,6 +180,11 @@ def _cut(run: RecipeRun, jobs: list, slots: list) -> AuditionResult:
     for line in result.lines():
         run.log(line)
     return result
+
+
+def cut_step(max_steps: int, rung: float) -> int:
+    """The step at which a step-based candidate stops for the cut: `rung` of its schedule, at least 1."""
+    return max(1, round(rung * max_steps))
 
 
 def survivors_of(ranked: list[str], scores: dict, keep: int, within: float, slots: int) -> list[str]:

@@ -83,6 +83,8 @@ class TrainConfig:
                                     # ends annealed; counts the time of every session of a resumed run
     evals: int = 4                  # evaluations over a time-budgeted run (the last at its end)
     max_minutes: float = 0.0        # > 0: stop cleanly with a checkpoint after this long (this session)
+    stop_step: int = 0              # > 0: stop cleanly with a checkpoint at this step, the schedule kept
+                                    # (an audition's cut in a step-based budget: kit.audition)
     fused_optimizer: bool = True    # torch's fused AdamW (one kernel for all parameters)
     compile: bool = False           # torch.compile the training model (GPU; minutes of compile on a CPU)
     fast_dropout: bool = True       # kit.layers' dropout: a CPU training step of the strong Conformer
@@ -176,8 +178,8 @@ RANGES = {
               "warmup_steps": NON_NEGATIVE, "max_steps": POSITIVE, "max_epochs": NON_NEGATIVE,
               "grad_clip": NON_NEGATIVE, "ema_decay": HALF_OPEN_UNIT, "eval_every": POSITIVE,
               "patience": NON_NEGATIVE, "average_last": NON_NEGATIVE, "seed": NON_NEGATIVE,
-              "minutes": NON_NEGATIVE, "evals": POSITIVE, "max_minutes": NON_NEGATIVE, "cpu_threads": NON_NEGATIVE,
-              "distill_weight": CLOSED_UNIT},
+              "minutes": NON_NEGATIVE, "evals": POSITIVE, "max_minutes": NON_NEGATIVE, "stop_step": NON_NEGATIVE,
+              "cpu_threads": NON_NEGATIVE, "distill_weight": CLOSED_UNIT},
     "infer": {"window": POSITIVE, "hop": POSITIVE, "batch_size": POSITIVE},
 }
 # Upper bounds on the sizes that decide memory: far above any useful value (the recipes use at

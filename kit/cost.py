@@ -200,12 +200,13 @@ def full_lengths(n: int, seed: int = 0) -> np.ndarray:
     return preset_lengths(PRESETS["full"], np.random.default_rng(seed), n)
 
 
-def member_configs(recipe, budget: str, n_classes: int = 600) -> dict[str, RunConfig]:
-    """Each member's config in `budget`, with the competition's number of speakers."""
+def member_configs(recipe, budget: str, n_classes: int = 600, audition: bool = False) -> dict[str, RunConfig]:
+    """Each member's config in `budget` (with `audition`, every candidate's), with the competition's
+    number of speakers."""
     from kit.recipe import member_config
 
     return {name: replace(cfg, model=replace(cfg.model, n_classes=n_classes))
-            for name in recipe.members_for(budget) for cfg in [member_config(recipe, name, budget)]}
+            for name in recipe.members_for(budget, audition) for cfg in [member_config(recipe, name, budget)]}
 
 
 def _sizes(data_dir: str | None) -> tuple[np.ndarray, np.ndarray, int]:
@@ -219,16 +220,56 @@ def _sizes(data_dir: str | None) -> tuple[np.ndarray, np.ndarray, int]:
     return store.lengths[split_for(store).val], store.lengths[store.test_index], len(store.speakers)
 
 
-def recipe_costs(recipe, budget: str, data_dir: str | None = None) -> list[MemberCost]:
-    """Every member of `recipe` in `budget`, at the data dir's lengths (without one: the real data's)."""
+def recipe_costs(recipe, budget: str, data_dir: str | None = None, audition: bool = False) -> list[MemberCost]:
+    """Every member of `recipe` in `budget` (with `audition`, every candidate), at the data dir's
+    lengths (without one: the real data's)."""
     val, test, n_classes = _sizes(data_dir)
-    return [member_cost(name, cfg, val, test) for name, cfg in member_configs(recipe, budget, n_classes).items()]
+    return [member_cost(name, cfg, val, test)
+            for name, cfg in member_configs(recipe, budget, n_classes, audition).items()]
 
 
-def measure_members(recipe, budget: str, steps: int, data_dir: str | None = None, log=None) -> list[StepRate]:
-    """measure_step for every member of `budget`, in the recipe's order (log: one line per member)."""
+def audition_pieces(costs: list[MemberCost], keep: int, rung: float, dearest: bool) -> list[MemberCost]:
+    """A step-based audition's work (kit.audition): every candidate to its cut (`rung` of its steps
+    and evaluations, no prediction), then the rest of the schedule and the prediction of the `keep`
+    that go on. Which go on is decided on the data: the dearest `keep` (an upper bound) or the cheapest."""
+    from kit.audition import cut_step
+
+    cut = {c.name: cut_step(c.steps, rung) for c in costs}
+    pieces = [replace(c, steps=cut[c.name], evals=round(c.evals * rung), predict_gflop=0.0) for c in costs]
+    kept = sorted(costs, key=lambda c: c.total_pflop, reverse=dearest)[:keep]
+    return pieces + [replace(c, steps=c.steps - cut[c.name], evals=c.evals - round(c.evals * rung)) for c in kept]
+
+
+def audition_lines(costs: list[MemberCost], fixed: list[str], keep: int, rung: float,
+                   utilisation: float | None = None, rates: list[StepRate] | None = None) -> list[str]:
+    """The audition's projected hours against the fixed members' (`fixed`: their names), per Kaggle
+    GPU; with `rates` (kit recipe cost --measure), also at this machine's measured step rates."""
+    low, high = (audition_pieces(costs, keep, rung, d) for d in (False, True))
+    zoo = [c for c in costs if c.name in fixed]
+    head = (f"With the audition (`kit recipe run --audition`): {len(costs)} candidates to {rung:.0%} of their "
+            f"steps, the best {keep} on to the end (the cheapest {keep} kept .. the dearest {keep}); "
+            f"the fixed members ({len(zoo)}) beside it:")
+    lines = [head]
+    for g in GPUS[:2]:
+        lines.append(f"  Kaggle {g.key}: {kaggle_hours(low, g, utilisation):.1f} .. "
+                     f"{kaggle_hours(high, g, utilisation):.1f} h of quota; fixed members "
+                     f"{kaggle_hours(zoo, g, utilisation):.1f} h")
+    if rates:
+        tflops = {c.name: r.tflops(c.step_gflop) for c, r in zip(costs, rates, strict=True)}
+
+        def hours(pieces: list[MemberCost]) -> float:
+            return sum(p.total_pflop * 1e3 / tflops[p.name] for p in pieces) / 3600
+        lines.append(f"  measured on {rates[0].device}, one after another: {hours(low):.2f} .. {hours(high):.2f} h; "
+                     f"fixed members {hours(zoo):.2f} h")
+    return lines
+
+
+def measure_members(recipe, budget: str, steps: int, data_dir: str | None = None, log=None,
+                    audition: bool = False) -> list[StepRate]:
+    """measure_step for every member of `budget` (with `audition`, every candidate), in the recipe's
+    order (log: one line per member)."""
     rates = []
-    for name, cfg in member_configs(recipe, budget, _sizes(data_dir)[2]).items():
+    for name, cfg in member_configs(recipe, budget, _sizes(data_dir)[2], audition).items():
         if log:
             log(f"timing {steps} training steps of {name} ...")
         rates.append(measure_step(cfg, steps))

@@ -27,7 +27,7 @@ RUN_FILES = ("summary.json", "best.pt", "last.pt", "avg.pt")     # a dir holding
 # with tracking turned on or off), and the data dir's path: the data fingerprint covers the data
 # itself, so a copied or moved data dir is still the same data.
 NOT_IDENTITY = ("name", "data.data_dir", "data.store_on_gpu", "data.allow_external_labels", "train.minutes",
-                "train.max_minutes", "train.cpu_threads", "train.compile", "train.log_with", "infer")
+                "train.max_minutes", "train.stop_step", "train.cpu_threads", "train.compile", "train.log_with", "infer")
 START_OVER = "start over with --fresh (the old run is moved aside, nothing is deleted)"
 
 

@@ -163,6 +163,28 @@ def test_the_audition_turns_itself_off_with_a_line_when_it_cannot_run(tiny_recip
 
     assert asks((30.0, None)) and asks((None, 0.02)) and not lines           # a recipe's or a member's minutes
     assert not asks((1.0, None)) and "1 minutes are too few for 3 candidates 2 at a time" in lines[-1]
-    assert not asks((None, None)) and "needs a time budget" in lines[-1]
+    assert asks((None, None)) and len(lines) == 1                            # untimed: a step-based cut
     assert not asks((30.0, None), blocker="--max-hours") and "--max-hours" in lines[-1]
-    assert not asks((30.0, None), override=False) and len(lines) == 3        # asked off: nothing to say
+    assert not asks((30.0, None), override=False) and len(lines) == 2        # asked off: nothing to say
+
+
+def test_a_step_based_budget_cuts_at_its_share_of_the_steps_and_the_survivors_finish_them(
+        tiny_data, tiny_recipe, tmp_path):
+    from kit.audition import cut_step
+
+    path = tiny_recipe(*CANDIDATES, budget={"quick": {"train.max_steps": 16, "train.eval_every": 4}},
+                       after={"predict": False})
+    path.write_text(path.read_text() + AUDITION)
+    runs = tmp_path / "runs"
+    logs: list[str] = []
+    result = run_recipe(path, data=str(tiny_data), runs=str(runs), progress=False, workers=1, log=logs.append)
+    cut, root = result.audition, runs / "tiny"
+    assert cut is not None and cut.minutes == 0.0 and len(cut.survivors) == 2 and cut_step(16, 0.5) == 8
+    assert "50% of its train.max_steps" in "\n".join(logs) and "50% of their steps" in cut.lines()[0]
+    for name in cut.candidates:
+        summary = json.loads((root / name / "summary.json").read_text())
+        assert cut.steps[name] == 8
+        if name in cut.survivors:     # on from the cut to the end of the same schedule
+            assert (summary["step"], summary["stopped_reason"], summary["total_steps"]) == (16, "budget", 16)
+        else:
+            assert (summary["step"], summary["stopped_reason"], summary["total_steps"]) == (8, "time", 16)

@@ -108,6 +108,9 @@ def _register_cost(rsub) -> None:
     p.add_argument("--measure", nargs="?", type=int, const=30, default=0, metavar="STEPS",
                    help="also time STEPS training steps (default 30) of each member on this machine's GPU (or CPU) "
                    "at its real shapes, and print the hours the budget takes there")
+    p.add_argument("--audition", action="store_true",
+                   help="cost the recipe's audition in this budget (kit recipe run --audition): every candidate to "
+                   "its cut, the best [audition] keep on to the end, beside the fixed members")
     p.set_defaults(func=cmd_recipe_cost)
 
 
@@ -252,7 +255,7 @@ def _rehearse(args: argparse.Namespace, log) -> int:
 
 
 def cmd_recipe_cost(args: argparse.Namespace) -> int:
-    from kit.cost import cost_table, counted_in_steps, measure_members, measured_table, recipe_costs
+    from kit.cost import audition_lines, cost_table, counted_in_steps, measure_members, measured_table, recipe_costs
     from kit.recipe import load_recipe, require_budget
 
     recipe = load_recipe(args.file)
@@ -264,14 +267,20 @@ def cmd_recipe_cost(args: argparse.Namespace) -> int:
         raise KitError(f"--utilisation {args.utilisation}: a share of the GPU's peak in (0, 1]")
     if args.measure < 0:
         raise KitError(f"--measure {args.measure}: a number of steps, at least 1")
-    print(f"recipe {recipe.name} ({args.budget} budget)")
-    costs = recipe_costs(recipe, args.budget, args.data)
+    print(f"recipe {recipe.name} ({args.budget} budget{', audition' if args.audition else ''})")
+    costs = recipe_costs(recipe, args.budget, args.data, args.audition)
     print(cost_table(costs, args.utilisation))
+    rates = None
     if args.measure:
-        rates = measure_members(recipe, args.budget, args.measure, args.data,
+        rates = measure_members(recipe, args.budget, args.measure, args.data, audition=args.audition,
                                 log=lambda line: print(f"kit: {line}", file=sys.stderr, flush=True))
         print()
         print(measured_table(costs, rates))
+    if args.audition:
+        spec = recipe.audition
+        print()
+        print("\n".join(audition_lines(costs, recipe.members_for(args.budget), spec["keep"], float(spec["rung"]),
+                                       args.utilisation, rates)))
     return 0
 
 

@@ -308,7 +308,9 @@ class Trainer:
         self.bar.refresh()
 
     def time_up(self) -> bool:
-        """train.max_minutes has passed (every rank takes the same decision)."""
+        """train.max_minutes has passed or train.stop_step is reached (every rank takes the same decision)."""
+        if 0 < self.cfg.train.stop_step <= self.state.step:
+            return True
         limit = self.cfg.train.max_minutes
         up = limit > 0 and time.time() - self.clock.began > limit * 60
         return self._any_rank(up) if limit > 0 else up
