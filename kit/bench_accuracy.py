@@ -15,6 +15,7 @@ import numpy as np
 from kit.errors import KitError
 from kit.fsio import write_csv, write_json, write_text
 from kit.recipe_result import RecipeResult
+from kit.rundir import RunDir
 
 
 def _member_csv(run_dir: Path, out: Path) -> Path:
@@ -154,9 +155,7 @@ def _recipe_rows(recipe_path: Path, runs: Path, key: Path, args: dict, stages: t
 
 
 def _minutes(run_dir: Path) -> float:
-    from kit.train import read_summary
-
-    return (read_summary(run_dir) or {}).get("seconds", 0.0) / 60
+    return (RunDir(Path(run_dir)).summary() or {}).get("seconds", 0.0) / 60
 
 
 def _pseudo_precision(res: RecipeResult, key: Path) -> list[dict]:

@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 from kit.errors import KitError
 from kit.recipe_result import RecipeResult, RoundResult, StudentResult
 from kit.rundir import RunDir
 from kit.timeplan import TimePlan
+
+if TYPE_CHECKING:
+    from kit.config import RunConfig
 
 PSEUDO_DEFAULTS = {"enabled": True, "rounds": 1, "precision": 0.9, "top_fraction": None, "share": 0.3,
                    "lr_scale": 0.25, "warmup_steps": 20, "fine_tune": "weighted"}
@@ -71,30 +74,39 @@ def stages_share(after: dict) -> float:
     return sum((enabled(after, k) or {}).get("share", 0.0) for k in ("pseudo", "distill"))
 
 
-@dataclass
-class StageContext:
-    """What the stages need from the recipe run (kit.zoo.RecipeRun.stage_context builds it)."""
-    name: str                                   # the recipe's name: submission file names
+class StageHost(Protocol):
+    """What the stages need of the recipe run: kit.zoo.RecipeRun is one (its own fields and methods,
+    no callbacks passed in)."""
     root: Path                                  # runs/<recipe>
-    which: str                                  # the checkpoint members are predicted from
     budget: str                                 # the recipe budget's name (recorded in identity.json)
-    store: object                               # the recipe's kit.data.FeatureStore, open
-    config_for: Callable                        # member name -> RunConfig of the recipe's member
-    train_jobs: Callable                        # ([(name, cfg, run_dir, resume)], share=) -> None; predicts too
-    ensemble: Callable                          # (run_dirs, name) -> ensemble_runs' result
-    predict: Callable                           # run_dir -> None (when not predicted yet)
-    log: Callable
+    store: Any                                  # the recipe's kit.data.FeatureStore, open
     progress: bool
     plan: TimePlan                              # the recipe's clock: a stage's minutes from the time left
 
+    @property
+    def log(self) -> Callable[[str], None]: ...
 
-def pseudo_rounds(ctx: StageContext, opts: dict, names: list[str], run_dirs: list[Path], result: RecipeResult,
+    @property
+    def name(self) -> str: ...                  # the recipe's name: submission file names
+
+    @property
+    def which(self) -> str: ...                 # the checkpoint members are predicted from
+
+    def config(self, name: str) -> RunConfig: ...       # the recipe's member `name`
+
+    def train_jobs(self, jobs: list, slots: list | None = None, share=None) -> None: ...   # predicts too
+
+    def ensemble(self, run_dirs: list[Path], name: str) -> dict: ...       # ensemble_runs' result
+
+    def predict(self, run_dir: Path) -> dict | None: ...                    # unless predicted already
+
+
+def pseudo_rounds(ctx: StageHost, opts: dict, names: list[str], run_dirs: list[Path], result: RecipeResult,
                   start: float, end: float) -> list[Path]:
     """Run opts["rounds"] pseudo-labelling rounds; returns the last round's run dirs. start, end: the
     shares of the recipe's time at which the stage starts and ends (round r ends at
     start + (end - start) * r / rounds)."""
     from kit.pseudo import make_pseudo_labels
-    from kit.train import diverged_at
 
     result.rounds = []
     for r in range(1, opts["rounds"] + 1):
@@ -118,7 +130,7 @@ def pseudo_rounds(ctx: StageContext, opts: dict, names: list[str], run_dirs: lis
         ctx.train_jobs(jobs, share=ctx.plan.sharer(round_end, per_round))
         diverged = {}                   # a fine-tune that diverged is never predicted: its source votes
         for n in tuned:
-            step = diverged_at(tuned_dirs[n])
+            step = RunDir(tuned_dirs[n]).diverged_at
             if step is not None:
                 ctx.log(f"{tuned_dirs[n].name} diverged at step {step}: the round votes {sources[n].name} instead")
                 diverged[str(tuned_dirs.pop(n))] = {"step": step, "voted": str(sources[n])}
@@ -141,14 +153,14 @@ def to_fine_tune(names: list[str], weights: list[float], how: str) -> list[str]:
     return [n for k, n in enumerate(names) if weights[k] >= MIN_WEIGHT or k == heaviest]
 
 
-def _fine_tune_jobs(ctx: StageContext, opts: dict, names, run_dirs, csv: str, r: int) -> list[tuple]:
+def _fine_tune_jobs(ctx: StageHost, opts: dict, names, run_dirs, csv: str, r: int) -> list[tuple]:
     from kit.records import predicted_mode
     from kit.runs import move_aside, old_name, reuse_changes, run_identity
 
     jobs = []
     for name, src in zip(names, run_dirs, strict=True):
         run_dir = ctx.root / f"{name}-pl{r}"
-        cfg = ctx.config_for(name)
+        cfg = ctx.config(name)
         cfg.name = run_dir.name
         cfg.train.init_from = str((Path(src) / f"{ctx.which}.pt").resolve())
         cfg.data.pseudo_labels = str(Path(csv).resolve())
@@ -171,7 +183,7 @@ def _fine_tune_jobs(ctx: StageContext, opts: dict, names, run_dirs, csv: str, r:
     return jobs
 
 
-def distill_stage(ctx: StageContext, opts: dict, run_dirs: list[Path], result: RecipeResult) -> StudentResult:
+def distill_stage(ctx: StageHost, opts: dict, run_dirs: list[Path], result: RecipeResult) -> StudentResult:
     """Train and predict the student; write NAME-student.csv (a one-model submission). A student
     taught by other members (they were retrained since) is moved aside and trained again. A student
     whose training diverged is left out: result.student.diverged_at says so (no CSV), and the recipe
@@ -179,7 +191,7 @@ def distill_stage(ctx: StageContext, opts: dict, run_dirs: list[Path], result: R
     from kit.distill import best_member, distill, load_members
     from kit.fsio import sha256_file, write_json
     from kit.runs import move_aside, old_name
-    from kit.train import TrainingDiverged, diverged_at, load_config
+    from kit.train import TrainingDiverged, load_config
 
     student = ctx.root / "student"
     teachers = {str(Path(d).resolve()): sha256_file(Path(d) / "test_probs.npy") for d in run_dirs}
@@ -201,11 +213,11 @@ def distill_stage(ctx: StageContext, opts: dict, run_dirs: list[Path], result: R
                     temperature=opts["temperature"], distill_weight=opts["weight"],
                     resume=(student / "last.pt").is_file(), progress=ctx.progress, log=ctx.log)
         except TrainingDiverged:
-            if diverged_at(student) is None:    # its summary.json says so: left out below, like a member
+            if RunDir(student).diverged_at is None:    # its summary.json says so: left out below, like a member
                 raise
         else:
             ctx.log(f"student trained and predicted in {(time.time() - began) / 60:.1f} min")
-    step = diverged_at(student)
+    step = RunDir(student).diverged_at
     if step is not None:                        # now or in an earlier run (the same teachers diverge again)
         ctx.log(f"student diverged at step {step}: no student CSV, the vote goes on alone (move {student} "
                 "aside to distil again)")

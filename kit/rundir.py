@@ -58,6 +58,12 @@ class RunDir:
         return self.stopped_reason == "diverged"
 
     @property
+    def diverged_at(self) -> int | None:
+        """The step at which its training diverged, or None when it did not."""
+        summary = self.summary()
+        return summary["step"] if summary is not None and summary.get("stopped_reason") == "diverged" else None
+
+    @property
     def has_checkpoint(self) -> bool:
         """last.pt is there: a re-run resumes it."""
         return (self.path / "last.pt").is_file()

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from kit.env import NEW_PROCESS_GROUP
 from kit.errors import KitError
-from kit.train.results import diverged_at
+from kit.rundir import RunDir
 
 if TYPE_CHECKING:
     from kit.timeplan import Deadline
@@ -102,7 +102,7 @@ def _die_with_parent():
 def _after_failure(name: str, run_dir: Path, code: int, running: dict, log) -> None:
     """A member's command failed: a diverged training ends that member alone (its summary.json says
     so; nothing of it is predicted); any other failure stops every worker and the recipe."""
-    step = diverged_at(run_dir)
+    step = RunDir(run_dir).diverged_at
     if step is not None:
         log(f"{name}: training diverged at step {step}; the other members go on without it "
             f"(log in {run_dir / 'train.log'})")

@@ -17,7 +17,7 @@ from kit.errors import KitError
 from kit.infer import source_mode
 from kit.recipe import BUDGETS, Recipe, ensure_data, is_synthetic, load_recipe, member_config
 from kit.recipe_result import MemberResult, RecipeResult, VoteResult, member_result
-from kit.rounds import DISTILL_DEFAULTS, PSEUDO_DEFAULTS, StageContext, enabled, stages_share
+from kit.rounds import DISTILL_DEFAULTS, PSEUDO_DEFAULTS, enabled, stages_share
 from kit.rundir import RunDir
 from kit.timeplan import Deadline, TimePlan, predict_estimates
 from kit.train import TrainingDiverged
@@ -224,14 +224,35 @@ class RecipeRun:
             result.members.append(member_result(name, RunDir(self.root / name), name in skipped, not_started))
         return result
 
-    def stage_context(self) -> StageContext:
-        which = self.recipe.after["which"]
-        return StageContext(
-            name=self.recipe.name, root=self.root, which=which, budget=self.budget, store=self.store,
-            config_for=self.config, train_jobs=self.train_jobs,
-            ensemble=lambda dirs, name: _ensemble(self.recipe, dirs, name, self.submissions, self.log),
-            predict=lambda d: _predict(d, which, self.store, self.progress, self.log), log=self.log,
-            progress=self.progress, plan=self.plan)
+    # what the stages after the vote ask of the run (kit.rounds.StageHost)
+    @property
+    def name(self) -> str:
+        return self.recipe.name
+
+    @property
+    def which(self) -> str:
+        return self.recipe.after["which"]
+
+    def ensemble(self, run_dirs: list[Path], name: str) -> dict:
+        from kit.ensemble import ensemble_runs
+
+        plan = self.recipe.after
+        vote = plan["ensemble"] if len(run_dirs) > 1 else "hard"     # one run: its own predictions
+        return ensemble_runs(run_dirs, vote=vote, weights="auto" if plan["weights"] == "auto" else None, name=name,
+                             out_dir=self.submissions, log=self.log)
+
+    def predict(self, run_dir: Path) -> dict | None:
+        """Predict a run dir unless its predictions are newer than its checkpoint (a fine-tune of
+        kit.rounds: in its source member's mode only)."""
+        from kit.infer import predict_run
+        from kit.train import load_config
+
+        if RunDir(run_dir).predicted(self.which):       # by its worker, or by an earlier run
+            return None
+        self.log(f"predicting {run_dir.name}")
+        mode = source_mode(load_config(run_dir))
+        return predict_run(run_dir, store=self.store, which=self.which, progress=self.progress, mode=mode,
+                           compare=not mode)
 
 
 def _message(template: str, recipe: str, budget: str, members: list[str]) -> str:
@@ -314,28 +335,6 @@ def _in_time(deadline: Deadline, result: RecipeResult, run_dirs: list[Path], whi
     return False
 
 
-def _predict(run_dir: Path, which: str, store, progress: bool, log) -> dict | None:
-    """Predict a run dir unless its predictions are newer than its checkpoint (a fine-tune of
-    kit.rounds: in its source member's mode only)."""
-    from kit.infer import predict_run
-    from kit.train import load_config
-
-    if RunDir(run_dir).predicted(which):       # by its worker, or by an earlier run
-        return None
-    log(f"predicting {run_dir.name}")
-    mode = source_mode(load_config(run_dir))
-    return predict_run(run_dir, store=store, which=which, progress=progress, mode=mode, compare=not mode)
-
-
-def _ensemble(recipe: Recipe, run_dirs: list[Path], name: str, submissions, log=None) -> dict:
-    from kit.ensemble import ensemble_runs
-
-    plan = recipe.after
-    weights = "auto" if plan["weights"] == "auto" else None
-    vote = plan["ensemble"] if len(run_dirs) > 1 else "hard"     # one run: its own predictions
-    return ensemble_runs(run_dirs, vote=vote, weights=weights, name=name, out_dir=submissions, log=log)
-
-
 def _voters(members: list[MemberResult], root: Path, log) -> list[MemberResult]:
     """The members that are predicted and voted: every one whose training did not diverge."""
     diverged = [m.name for m in members if m.diverged]
@@ -357,13 +356,13 @@ def _after(run: RecipeRun, result: RecipeResult) -> None:
     from kit.report import format_report, report_runs
     from kit.rounds import distill_stage, pseudo_rounds
 
-    recipe, log, submissions, plan = run.recipe, run.log, run.submissions, run.recipe.after
+    recipe, log, plan = run.recipe, run.log, run.recipe.after
     if not plan["predict"]:
         return
     members = _voters(result.members, run.root, log)
     run_dirs = [Path(m.run_dir) for m in members]
     for run_dir in run_dirs:
-        _predict(run_dir, plan["which"], run.store, run.progress, log)
+        run.predict(run_dir)
     for run_dir, member in zip(run_dirs, members, strict=True):     # the table shows predicted accuracy
         ids = PredictionIds.load(run_dir)
         member.val_acc, member.mode = ids.val_acc, ids.inference_mode or ""
@@ -371,15 +370,15 @@ def _after(run: RecipeRun, result: RecipeResult) -> None:
         return
     log(f"ensembling {len(run_dirs)} member(s) by {plan['ensemble']} vote")
     rounds = enabled(plan, "pseudo") is not None
-    ens = _ensemble(recipe, run_dirs, f"{recipe.name}-vote0" if rounds else recipe.name, submissions, log)
+    ens = run.ensemble(run_dirs, f"{recipe.name}-vote0" if rounds else recipe.name)
     if rounds:
         result.vote0 = VoteResult(ens["val_acc"], str(ens["csv"]), plan["ensemble"], ens.get("oof_acc"))
         names = [m.name for m in members]
         start, end = run.plan.stage_span(plan["pseudo"]["share"])
-        run_dirs = pseudo_rounds(run.stage_context(), plan["pseudo"], names, run_dirs, result, start, end)
+        run_dirs = pseudo_rounds(run, plan["pseudo"], names, run_dirs, result, start, end)
         if result.rounds:
             log(f"ensembling the {len(run_dirs)} fine-tuned member(s) by {plan['ensemble']} vote")
-        ens = _ensemble(recipe, run_dirs, recipe.name, submissions, log)     # no round: the same vote
+        ens = run.ensemble(run_dirs, recipe.name)     # no round: the same vote
     result.ensemble = VoteResult(ens["val_acc"], str(ens["csv"]), plan["ensemble"], ens.get("oof_acc"),
                                  str(ens["manifest"]), ens.get("table"), plan["weights"], ens.get("method"),
                                  [str(d) for d in run_dirs],
@@ -387,7 +386,7 @@ def _after(run: RecipeRun, result: RecipeResult) -> None:
     report = report_runs(run_dirs, ensemble_result=ens)       # also draws NAME_report.png beside the CSV
     result.report = format_report(report)
     if enabled(plan, "distill") is not None:
-        distill_stage(run.stage_context(), plan["distill"], run_dirs, result)
+        distill_stage(run, plan["distill"], run_dirs, result)
     if not plan["submit"]:
         return
     message = _message(plan["message"] or "kit recipe {recipe} ({budget} budget)", recipe.name, result.budget,

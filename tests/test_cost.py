@@ -131,3 +131,32 @@ def test_a_measured_step_rate_turns_the_counted_flops_into_hours(tiny_recipe, ca
     assert "timing 1 training steps of a" in err and "| a | " in out.split("Measured on cpu")[1]
     code, _, err = kit_cli(capsys, "recipe", "cost", recipe, "--measure", -1)
     one_error(code, err, "--measure -1")
+
+
+def test_an_audition_costs_its_cut_for_every_candidate_and_the_rest_for_those_kept():
+    from kit.cost import audition_pieces
+
+    def member(name: str, hours: float) -> MemberCost:       # 10 evaluations of 1 PFLOP, a prediction of 0.5
+        return MemberCost(name, 1, 64, 200, 1000, cost(name, hours).step_gflop, 1e6, 10, 5e5)
+
+    costs = [member("a", 6), member("b", 3), member("c", 1)]
+    whole = sum(c.total_pflop for c in costs)
+    # all kept: the cut and the rest add up to each member's whole run (steps, evaluations, one prediction)
+    assert sum(p.total_pflop for p in audition_pieces(costs, 3, 0.3, dearest=True)) == pytest.approx(whole)
+    low, high = (sum(p.total_pflop for p in audition_pieces(costs, 1, 0.3, d)) for d in (False, True))
+    train = {c.name: c.steps * c.step_gflop / 1e6 for c in costs}
+    # every candidate's 300 steps and 3 evaluations, then the kept one's 700 steps, 7 evaluations and prediction
+    assert high == pytest.approx(0.3 * sum(train.values()) + 3 * 3 + 0.7 * train["a"] + 7 + 0.5)
+    assert low == pytest.approx(0.3 * sum(train.values()) + 3 * 3 + 0.7 * train["c"] + 7 + 0.5)
+    assert low < high < whole
+
+
+def test_recipe_cost_audition_prints_the_range_beside_the_fixed_members(tiny_recipe, capsys):
+    recipe = tiny_recipe("a", {"name": "b", "model.pooling": "sap"}, {"name": "c", "candidate": True}, budget=FULL)
+    recipe.write_text(recipe.read_text() + "[audition]\nkeep = 1\n")
+    code, out, err = kit_cli(capsys, "recipe", "cost", recipe, "--audition")
+    assert code == 0, err
+    assert "| c |" in out and "3 candidates to 30% of their steps, the best 1 on" in out
+    assert "fixed members (2)" in out and out.count("h of quota; fixed members") == 2
+    code, out, _ = kit_cli(capsys, "recipe", "cost", recipe)
+    assert "| c |" not in out and "audition" not in out

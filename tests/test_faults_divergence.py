@@ -16,7 +16,8 @@ from kit.cli import main
 from kit.config import RunConfig, layered, parse_overrides
 from kit.errors import KitError
 from kit.recipe import load_recipe, member_config
-from kit.train import diverged_at, step_bytes, train
+from kit.rundir import RunDir
+from kit.train import step_bytes, train
 from kit.zoo import run_recipe
 
 from conftest import one_error
@@ -203,7 +204,7 @@ def test_a_diverged_student_leaves_the_vote_to_be_submitted(tiny_recipe, tiny_da
     recipe = _recipe_after(tiny_recipe, {}, distill={"share": 0.5, "submit": True}, submit=True)
     out, err = _run(recipe, tiny_data, tmp_path / "runs", capsys)
     student = tmp_path / "runs" / "tiny" / "student"
-    step = diverged_at(student)
+    step = RunDir.of(student).diverged_at
     line = f"kit: student diverged at step {step}: no student CSV, the vote goes on alone (move {student} aside"
     assert step is not None and err.count(line) == 1, err
     assert sent == [str(Path("submissions") / "tiny.csv")]          # the vote; no student

@@ -15,7 +15,8 @@ from kit.data import FeatureStore, split_for
 from kit.errors import KitError
 from kit.infer import predict_run
 from kit.pseudo import check_pseudo_labels, choose_threshold, make_pseudo_labels, true_precision
-from kit.train import read_summary, train
+from kit.rundir import RunDir
+from kit.train import train
 
 from conftest import recipe_toml
 from test_train import tiny_cfg
@@ -144,7 +145,7 @@ def test_distilled_student_is_an_ordinary_predicted_run(members, tmp_path):
     result = distill(members, tmp_path / "student", overrides=["train.max_steps=20", "train.eval_every=10"],
                      temperature=2.0, progress=False)
     student = tmp_path / "student"
-    summary = read_summary(student)
+    summary = RunDir.of(student).summary()
     assert summary["n_teacher"] == 20 and summary["n_pseudo"] == 0
     assert (student / "test_probs.npy").is_file() and result["pred"]["val_acc"] is not None
     ens = ensemble_runs([*members, student], vote="auto", name="with-student", out_dir=tmp_path / "sub")
@@ -173,18 +174,18 @@ def test_recipe_pseudo_round_and_student(tiny_data, tmp_path):
     (r1,) = result.rounds
     assert r1.count == 10 and [Path(d).name for d in r1.members] == ["a-pl1", "b-pl1"]
     for name in ("a-pl1", "b-pl1"):
-        summary = read_summary(runs / "tinypl" / name)
+        summary = RunDir.of(runs / "tinypl" / name).summary()
         assert summary["n_pseudo"] == 10 and summary["step"] == 9      # share 0.3 of max_steps 30
     manifest = SubmissionManifest.load(subs / "tinypl.json")
     assert [Path(m).name for m in manifest.members] == ["a-pl1", "b-pl1"]
     assert len(manifest.trained_on) == 2 and manifest.trained_on[0]["pseudo"]["test_count"] == 10
     assert (subs / "tinypl-vote0.csv").is_file() and (subs / "tinypl-student.csv").is_file()
-    assert read_summary(runs / "tinypl" / "student")["n_teacher"] == 20
+    assert RunDir.of(runs / "tinypl" / "student").summary()["n_teacher"] == 20
     # a re-run keeps every finished stage
     again = run_recipe(recipe, data=str(tiny_data), budget="full", runs=str(runs), workers=1, progress=False,
                        submissions=subs)
     assert again.rounds[0].count == 10
-    assert read_summary(runs / "tinypl" / "b-pl1") == summary          # not trained again
+    assert RunDir.of(runs / "tinypl" / "b-pl1").summary() == summary          # not trained again
 
 
 def test_to_fine_tune_skips_members_the_vote_ignores():
@@ -296,7 +297,7 @@ def test_kit_train_refuses_an_answer_key_as_pseudo_labels_unless_allowed(tiny_da
     assert str(tiny_answers) in line and "no pseudo.json beside it" in line and "--allow-external-labels" in line
     assert not (run / "last.pt").exists()
     assert main([*args, "--out", str(run), "--allow-external-labels"]) == 0      # the same command, allowed
-    assert read_summary(run)["n_pseudo"] == len(pd.read_csv(tiny_answers))      # every test utterance, labelled
+    assert RunDir.of(run).summary()["n_pseudo"] == len(pd.read_csv(tiny_answers))      # every test utterance, labelled
     assert "allow_external_labels = true" in (run / "config.toml").read_text()   # --resume keeps it
 
 
@@ -317,5 +318,5 @@ def test_distill_into_a_finished_student_keeps_it_and_fresh_moves_it_aside(membe
     assert sha256_file(student / "teacher.npz") == before
     assert main(["distill", teach[1], "--out", str(student), "--fresh", "--no-progress"]) == 0
     (old,) = tmp_path.glob("student.old-*")
-    assert sha256_file(old / "teacher.npz") == before and read_summary(old)["stopped_reason"]
-    assert sha256_file(student / "teacher.npz") != before and read_summary(student) is not None
+    assert sha256_file(old / "teacher.npz") == before and RunDir.of(old).summary()["stopped_reason"]
+    assert sha256_file(student / "teacher.npz") != before and RunDir.of(student).summary() is not None

@@ -8,7 +8,8 @@ import torch
 
 from kit.config import layered, parse_overrides
 from kit.data import FeatureStore, load_split, split_for
-from kit.train import METRIC_COLUMNS, average_state_dicts, load_model, read_summary, train
+from kit.rundir import RunDir
+from kit.train import METRIC_COLUMNS, average_state_dicts, load_model, train
 
 
 def tiny_cfg(data_dir, *overrides: str):
@@ -45,7 +46,7 @@ def test_run_dir_holds_what_later_commands_need(tiny_run, tiny_data):
     store = FeatureStore.open(tiny_data, "float32", progress=False)
     saved, shared = load_split(run_dir / "split.json", store), split_for(store, 0.1, 0)
     assert saved.val.tolist() == shared.val.tolist()       # the split every recipe member shares
-    assert read_summary(run_dir) == summary
+    assert RunDir.of(run_dir).summary() == summary
 
 
 def test_load_model_round_trip(tiny_run):
@@ -72,7 +73,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_data, tmp_pa
                 "train.average_last=2"]
     straight = train(tiny_cfg(tiny_data, *settings), tmp_path / "straight", progress=False)
     interrupted = train(tiny_cfg(tiny_data, *settings), tmp_path / "resumed", progress=False, stop_after=12)
-    assert interrupted["stopped_reason"] == "interrupted" and read_summary(tmp_path / "resumed") is None
+    assert interrupted["stopped_reason"] == "interrupted" and RunDir.of(tmp_path / "resumed").summary() is None
     resumed = train(tiny_cfg(tiny_data, *settings), tmp_path / "resumed", resume=True, progress=False)
     assert resumed["step"] == straight["step"] == 20
     for name in ("last.pt", "best.pt", "avg.pt"):

@@ -14,9 +14,9 @@ from kit.train.checkpoints import CheckpointSaver
 from kit.train.clock import StepTimer
 from kit.train.devices import end_distributed, resolve_precision, step_bytes, total_steps
 from kit.train.loop import TrainingDiverged, train
-from kit.train.results import METRIC_COLUMNS, diverged_at, evaluate, load_config, load_model, plot_curves, read_summary
+from kit.train.results import METRIC_COLUMNS, evaluate, load_config, load_model, plot_curves
 from kit.train.state import TrainState, average_state_dicts, weights_digest
 
-__all__ = ["train", "StepTimer", "TrainingDiverged", "diverged_at", "step_bytes", "TrainState", "evaluate",
-           "load_config", "load_model", "read_summary", "plot_curves", "average_state_dicts", "weights_digest",
+__all__ = ["train", "StepTimer", "TrainingDiverged", "step_bytes", "TrainState", "evaluate",
+           "load_config", "load_model", "plot_curves", "average_state_dicts", "weights_digest",
            "resolve_precision", "cpu_has_bf16", "total_steps", "end_distributed", "METRIC_COLUMNS", "CheckpointSaver"]

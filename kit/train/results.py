@@ -2,7 +2,6 @@
 summary.json, and loading a finished run's model."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -117,18 +116,3 @@ def read_metrics(path: Path) -> list[dict]:
     if not path.is_file():
         return []
     return pd.read_csv(path).to_dict("records")
-
-
-def read_summary(run_dir: str | Path) -> dict | None:
-    """The finished run's summary.json, or None when the run has not finished."""
-    path = Path(run_dir) / "summary.json"
-    if not path.is_file():
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def diverged_at(run_dir: str | Path) -> int | None:
-    """The step at which the run's training diverged (summary.json), or None when it did not."""
-    summary = read_summary(run_dir)
-    return summary["step"] if summary is not None and summary.get("stopped_reason") == "diverged" else None
