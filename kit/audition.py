@@ -146,8 +146,9 @@ def _cut(run: RecipeRun, jobs: list, slots: list) -> AuditionResult:
     keep, rung = spec["keep"], float(spec["rung"])
     minutes = 0.0                                   # untimed: the cut is at rung x each one's max_steps
     if plan.timed:
+        members_minutes = (plan.minutes or 0.0) * plan.members_end     # the stages after the vote follow
         minutes = plan.per_member_minutes or audition_minutes(
-            plan.minutes or 0.0, time.time() - plan.began, [plan.prediction(n) for n in run.chosen], keep, rung,
+            members_minutes, time.time() - plan.began, [plan.prediction(n) for n in run.chosen], keep, rung,
             max(len(slots), 1))
     rung_jobs = []
     for name, cfg, run_dir, resume in jobs:

@@ -15,6 +15,7 @@ import numpy as np
 from kit.errors import KitError
 from kit.fsio import write_csv, write_json, write_text
 from kit.recipe_result import RecipeResult
+from kit.rounds import STAGES
 from kit.rundir import RunDir
 
 
@@ -104,15 +105,15 @@ def run_accuracy_bench(recipe: str = "boss", preset: str = "hard", data: str | N
 
 
 def stage_set(stages) -> tuple[str, ...]:
-    """--stages: None/False (none), True (both), or "pseudo", "distill", "pseudo,distill"."""
+    """--stages: None/False (none), True (pseudo and distill), or a list of pseudo, refit, distill."""
     if not stages:
         return ()
     if stages is True:
         return ("pseudo", "distill")
     parts = [p.strip() for p in str(stages).split(",") if p.strip()]
-    if not parts or set(parts) - {"pseudo", "distill"}:
-        raise KitError(f"--stages {stages!r}: give pseudo, distill or pseudo,distill")
-    return tuple(k for k in ("pseudo", "distill") if k in parts)
+    if not parts or set(parts) - set(STAGES):
+        raise KitError(f"--stages {stages!r}: give some of {', '.join(STAGES)}, e.g. pseudo,distill")
+    return tuple(k for k in STAGES if k in parts)
 
 
 def _recipe_rows(recipe_path: Path, runs: Path, key: Path, args: dict, stages: tuple[str, ...] = (),
@@ -125,7 +126,7 @@ def _recipe_rows(recipe_path: Path, runs: Path, key: Path, args: dict, stages: t
 
     began = time.time()
     res = run_recipe(recipe_path, runs=str(runs), submissions=runs, pseudo="pseudo" in stages,
-                     distill="distill" in stages, **args)
+                     distill="distill" in stages, refit="refit" in stages, **args)
     wall = time.time() - began
     tag = f" [{'same budget: ' if same_budget else '+'}{', '.join(stages)}]" if stages else ""
     rows = []
@@ -142,6 +143,9 @@ def _recipe_rows(recipe_path: Path, runs: Path, key: Path, args: dict, stages: t
     if res.vote0 is not None and (same_budget or not stages):
         rows.append({"name": f"vote before pseudo-labelling{tag}", "kind": "vote0",
                      "val_acc": res.vote0.val_acc_oof, "minutes": wall / 60, **_scores(Path(res.vote0.csv), key)})
+    if res.before_refit is not None:
+        rows.append({"name": f"vote before the refit{tag}", "kind": "before refit", "val_acc":
+                     res.before_refit.val_acc_oof, "minutes": wall / 60, **_scores(Path(res.before_refit.csv), key)})
     ens = res.ensemble
     if ens is not None:
         rows.append({"name": f"ensemble ({ens.method or ens.vote}){tag}",

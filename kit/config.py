@@ -30,6 +30,8 @@ class DataConfig:
     store_on_gpu: bool = True       # on a GPU, copy the packed store there once (full preset: 2.8 GiB)
     pseudo_labels: str = ""         # CSV Id,Category of test utterances trained on as labelled (`kit pseudo`)
     allow_external_labels: bool = False  # train on a pseudo_labels CSV `kit pseudo` did not write (no pseudo.json)
+    train_on_val: bool = False      # also train on the validation split (a recipe's refit, kit.rounds): its
+                                    # evaluations are then on utterances it trained on, not held out
 
 
 @dataclass

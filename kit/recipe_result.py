@@ -56,6 +56,13 @@ class VoteResult:
     members: list[str] = field(default_factory=list)
     weights: list[float] | None = None
 
+    @classmethod
+    def of(cls, ens: dict, after: dict, run_dirs: list) -> VoteResult:
+        """The vote kit.ensemble.ensemble_runs returned (`ens`) over `run_dirs`, as the recipe's [after] asked."""
+        return cls(ens["val_acc"], str(ens["csv"]), after["ensemble"], ens.get("oof_acc"), str(ens["manifest"]),
+                   ens.get("table"), after["weights"], ens.get("method"), [str(d) for d in run_dirs],
+                   [float(w) for w in ens["weights"]] if ens.get("weights") is not None else None)
+
 
 @dataclass
 class RoundResult:
@@ -88,6 +95,7 @@ class RecipeResult:
     members: list[MemberResult] = field(default_factory=list)
     minutes: float = 0.0                     # the call's wall time
     vote0: VoteResult | None = None          # the vote before pseudo-labelling (with rounds only)
+    before_refit: VoteResult | None = None   # the vote before the refit (with [after] refit only)
     rounds: list[RoundResult] = field(default_factory=list)
     ensemble: VoteResult | None = None       # the vote submitted
     report: str | None = None

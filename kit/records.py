@@ -95,7 +95,8 @@ class PredictionIds:
 
 # ---------------------------------------------------------------- a submission: NAME.json
 AUTO_KEYS = ("method", "pool", "folds", "temperatures", "oof_acc", "candidates",   # only for a chosen ensemble
-             "trained_on")                                                        # only with pseudo-labels/teachers
+             "trained_on",                                                        # only with pseudo-labels/teachers
+             "fitted_on")                                                         # only for a refit's vote
 
 
 @dataclass
@@ -123,6 +124,7 @@ class SubmissionManifest:
     val_acc: float | None = None            # in-sample validation accuracy of the written vote
     created: str | None = None
     trained_on: list[dict] | None = None    # members trained on test utterances too: which files (kit.pseudo)
+    fitted_on: list[str] | None = None      # a refit's vote: the run dirs whose validation predictions fitted it
 
     @property
     def label(self) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from kit.errors import KitError
-from kit.recipe_result import RecipeResult, RoundResult, StudentResult
+from kit.recipe_result import RecipeResult, RoundResult, StudentResult, VoteResult
 from kit.rundir import RunDir
 from kit.timeplan import TimePlan
 
@@ -30,6 +30,8 @@ PSEUDO_DEFAULTS = {"enabled": True, "rounds": 1, "precision": 0.9, "top_fraction
                    "lr_scale": 0.25, "warmup_steps": 20, "fine_tune": "weighted"}
 MIN_WEIGHT = 0.05       # fine_tune = "weighted": members the vote gives less than this are kept as they are
 DISTILL_DEFAULTS = {"enabled": True, "share": 0.2, "temperature": 1.0, "weight": 0.5, "submit": False}
+REFIT_DEFAULTS = {"enabled": True, "share": 0.2, "lr_scale": 0.25, "warmup_steps": 20}
+STAGES = ("pseudo", "refit", "distill")          # in the order they run
 
 
 def parse_stage(where: str, key: str, value, defaults: dict) -> dict | None:
@@ -71,7 +73,7 @@ def enabled(after: dict, key: str) -> dict | None:
 
 def stages_share(after: dict) -> float:
     """The share of the recipe's time the stages after the vote take."""
-    return sum((enabled(after, k) or {}).get("share", 0.0) for k in ("pseudo", "distill"))
+    return sum((enabled(after, k) or {}).get("share", 0.0) for k in STAGES)
 
 
 class StageHost(Protocol):
@@ -96,7 +98,7 @@ class StageHost(Protocol):
 
     def train_jobs(self, jobs: list, slots: list | None = None, share=None) -> None: ...   # predicts too
 
-    def ensemble(self, run_dirs: list[Path], name: str) -> dict: ...       # ensemble_runs' result
+    def ensemble(self, run_dirs: list[Path], name: str, val_from: list[Path] | None = None) -> dict: ...
 
     def predict(self, run_dir: Path) -> dict | None: ...                    # unless predicted already
 
@@ -124,7 +126,7 @@ def pseudo_rounds(ctx: StageHost, opts: dict, names: list[str], run_dirs: list[P
                     f"below {MIN_WEIGHT} in the vote; fine_tune = \"all\" tunes every member)")
         sources = dict(zip(names, run_dirs, strict=True))
         tuned_dirs = {n: ctx.root / f"{n}-pl{r}" for n in tuned}
-        jobs = _fine_tune_jobs(ctx, opts, tuned, [sources[n] for n in tuned], rec.csv, r)
+        jobs = _fine_tune_jobs(ctx, opts, tuned, [sources[n] for n in tuned], f"pl{r}", rec.csv)
         round_end = start + (end - start) * r / opts["rounds"]
         per_round = opts["share"] / opts["rounds"]
         ctx.train_jobs(jobs, share=ctx.plan.sharer(round_end, per_round))
@@ -143,6 +145,36 @@ def pseudo_rounds(ctx: StageHost, opts: dict, names: list[str], run_dirs: list[P
     return run_dirs
 
 
+def refit_stage(ctx: StageHost, after: dict, names: list[str], run_dirs: list[Path],
+                result: RecipeResult) -> tuple[list[Path], dict]:
+    """Every voted member fine-tuned from its checkpoint on train + validation (<member>-refit: the
+    utterances validation held out are trained on too) until `end` of the recipe's time (untimed:
+    `share` of its max_steps), predicted, and voted the way the vote before was fitted: its method,
+    temperatures and weights fitted on the source members' validation predictions (the same fit),
+    applied to the refit members' test predictions; nothing is fitted on what they trained on. A
+    refit that diverged is replaced by its member. The vote before it is kept as NAME-before-refit.csv
+    (result.before_refit). Returns the run dirs voted and the new vote (ensemble_runs' result), which
+    is result.ensemble."""
+    opts = after["refit"]
+    _, end = ctx.plan.stage_span(sum(after[k]["share"] for k in ("pseudo", "refit") if enabled(after, k)))
+    jobs = _fine_tune_jobs(ctx, opts, names, run_dirs, "refit", train_on_val=True)
+    ctx.log(f"refit: {', '.join(names)} fine-tuned on train + validation"
+            + (f" until {end:.0%} of the recipe's time" if ctx.plan.timed else ""))
+    ctx.train_jobs(jobs, share=ctx.plan.sharer(end, opts["share"]))
+    refits = []
+    for name, src in zip(names, run_dirs, strict=True):
+        d = ctx.root / f"{name}-refit"
+        if RunDir(d).diverged_at is not None:
+            ctx.log(f"{d.name} diverged: the vote keeps {Path(src).name}")
+            d = Path(src)
+        ctx.predict(d)
+        refits.append(d)
+    result.before_refit = VoteResult.of(ctx.ensemble(run_dirs, f"{ctx.name}-before-refit"), after, run_dirs)
+    ens = ctx.ensemble(refits, ctx.name, val_from=run_dirs)
+    result.ensemble = VoteResult.of(ens, after, refits)
+    return refits, ens
+
+
 def to_fine_tune(names: list[str], weights: list[float], how: str) -> list[str]:
     """The members a round fine-tunes: all, or those the vote gives at least MIN_WEIGHT (at least
     the heaviest one): a member the vote ignores would cost its training and prediction for
@@ -153,26 +185,30 @@ def to_fine_tune(names: list[str], weights: list[float], how: str) -> list[str]:
     return [n for k, n in enumerate(names) if weights[k] >= MIN_WEIGHT or k == heaviest]
 
 
-def _fine_tune_jobs(ctx: StageHost, opts: dict, names, run_dirs, csv: str, r: int) -> list[tuple]:
+def _fine_tune_jobs(ctx: StageHost, opts: dict, names, run_dirs, suffix: str, csv: str = "",
+                    train_on_val: bool = False) -> list[tuple]:
+    """The fine-tune jobs <member>-<suffix> of a pseudo round (on train + the pseudo-labels `csv`) or
+    of the refit (`train_on_val`), each from its source run's checkpoint at a scaled learning rate."""
     from kit.records import predicted_mode
     from kit.runs import move_aside, old_name, reuse_changes, run_identity
 
     jobs = []
     for name, src in zip(names, run_dirs, strict=True):
-        run_dir = ctx.root / f"{name}-pl{r}"
+        run_dir = ctx.root / f"{name}-{suffix}"
         cfg = ctx.config(name)
         cfg.name = run_dir.name
         cfg.train.init_from = str((Path(src) / f"{ctx.which}.pt").resolve())
-        cfg.data.pseudo_labels = str(Path(csv).resolve())
+        cfg.data.pseudo_labels = str(Path(csv).resolve()) if csv else ""
+        cfg.data.train_on_val = train_on_val
         cfg.train.lr, cfg.train.warmup_steps = cfg.train.lr * float(opts["lr_scale"]), int(opts["warmup_steps"])
         cfg.train.evals = 1                     # validation once, at the end: predict scores it anyway
         cfg.infer.mode = predicted_mode(src)    # predicted the way its member was: validation once
         if not ctx.plan.timed:
-            cfg.train.max_steps = max(1, int(cfg.train.max_steps * opts["share"] / opts["rounds"]))
+            cfg.train.max_steps = max(1, int(cfg.train.max_steps * opts["share"] / opts.get("rounds", 1)))
             cfg.train.eval_every = max(1, cfg.train.max_steps // 4)
         if run_dir.exists():
             if reuse_changes(run_dir, run_identity(cfg, ctx.store, ctx.budget)):
-                ctx.log(f"{run_dir.name}: its member or pseudo-labels changed; the old fine-tune moved to "
+                ctx.log(f"{run_dir.name}: its member or training data changed; the old fine-tune moved to "
                         f"{move_aside(run_dir, old_name(run_dir))}")
         run = RunDir(run_dir)
         if run.finished:

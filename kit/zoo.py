@@ -17,7 +17,7 @@ from kit.errors import KitError
 from kit.infer import source_mode
 from kit.recipe import BUDGETS, Recipe, ensure_data, is_synthetic, load_recipe, member_config
 from kit.recipe_result import MemberResult, RecipeResult, VoteResult, member_result
-from kit.rounds import DISTILL_DEFAULTS, PSEUDO_DEFAULTS, enabled, stages_share
+from kit.rounds import DISTILL_DEFAULTS, PSEUDO_DEFAULTS, REFIT_DEFAULTS, enabled, stages_share
 from kit.rundir import RunDir
 from kit.timeplan import Deadline, TimePlan, predict_estimates
 from kit.train import TrainingDiverged
@@ -35,7 +35,7 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
                submissions: str | Path = "submissions", fresh: bool = False,
                max_hours: float | None = None, pseudo: bool | None = None, distill: bool | None = None,
                launcher: Launcher | None = None, ensemble: str | None = None,
-               audition: bool | None = None) -> RecipeResult:
+               audition: bool | None = None, refit: bool | None = None) -> RecipeResult:
     """Train the recipe's members (skipping finished ones, resuming half-finished ones), then
     predict, ensemble and submit as its [after] table says. Returns everything the CLI prints.
 
@@ -45,7 +45,7 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
     members' own train.minutes; each member fits its LR schedule to its time.
     fresh: move the chosen members' old run dirs aside (RUNS/<recipe>.old-<time>/) and train
     them again. Without it, a member made from other data, settings or budget is refused.
-    pseudo, distill: turn the recipe's [after] pseudo / distill stage on or off (None: as the
+    pseudo, refit, distill: turn the recipe's [after] pseudo / refit / distill stage on or off (None: as the
     recipe says; a stage the recipe does not set up gets kit.rounds' defaults).
     max_hours: a hard stop for this call, e.g. the time left in a notebook session (see Deadline):
     members are stopped with a checkpoint or not started, and the after stages wait until every
@@ -61,7 +61,7 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
             raise KitError(f"{flag} {value}: must be a positive number of minutes")
     blocker = "--launcher trains the members elsewhere" if launcher else "--max-hours" if max_hours else None
     run = RecipeRun.open(path, data, budget, runs, only, progress, log, workers, submissions,
-                         {"submit": submit, "ensemble": ensemble, "pseudo": pseudo, "distill": distill,
+                         {"submit": submit, "ensemble": ensemble, "pseudo": pseudo, "distill": distill, "refit": refit,
                           "audition": audition, "timed": (minutes, per_member_minutes), "blocker": blocker})
     if fresh:
         _start_over(run.root, run.chosen, run.log)
@@ -118,7 +118,7 @@ class RecipeRun:
         for key in ("submit", "ensemble"):
             if overrides[key] is not None:
                 recipe.after[key] = overrides[key]
-        for key, defaults in (("pseudo", PSEUDO_DEFAULTS), ("distill", DISTILL_DEFAULTS)):
+        for key, defaults in (("pseudo", PSEUDO_DEFAULTS), ("distill", DISTILL_DEFAULTS), ("refit", REFIT_DEFAULTS)):
             if overrides[key] is not None:
                 recipe.after[key] = {**(recipe.after[key] or defaults), "enabled": overrides[key]}
         data_dir = ensure_data(data, log)
@@ -181,7 +181,7 @@ class RecipeRun:
             self.log(f"time budget: {each:.2f} training minutes for {names[0]}, {len(slots)} at a time"
                      + (" (re-shared as each member starts, its own prediction reserved)"
                         if not per_member_minutes else "")
-                     + (f"; {stages:.0%} of the time kept for pseudo-labelling/distillation" if stages else ""))
+                     + (f"; {stages:.0%} of the time kept for the stages after the vote" if stages else ""))
             for _, cfg, _, _ in jobs:
                 cfg.train.minutes = each
         return plan
@@ -233,13 +233,13 @@ class RecipeRun:
     def which(self) -> str:
         return self.recipe.after["which"]
 
-    def ensemble(self, run_dirs: list[Path], name: str) -> dict:
+    def ensemble(self, run_dirs: list[Path], name: str, val_from: list[Path] | None = None) -> dict:
         from kit.ensemble import ensemble_runs
 
         plan = self.recipe.after
         vote = plan["ensemble"] if len(run_dirs) > 1 else "hard"     # one run: its own predictions
         return ensemble_runs(run_dirs, vote=vote, weights="auto" if plan["weights"] == "auto" else None, name=name,
-                             out_dir=self.submissions, log=self.log)
+                             out_dir=self.submissions, log=self.log, val_from=val_from)
 
     def predict(self, run_dir: Path) -> dict | None:
         """Predict a run dir unless its predictions are newer than its checkpoint (a fine-tune of
@@ -349,12 +349,12 @@ def _voters(members: list[MemberResult], root: Path, log) -> list[MemberResult]:
 
 
 def _after(run: RecipeRun, result: RecipeResult) -> None:
-    """predict -> ensemble -> (pseudo-labelling rounds, distillation) -> submit, as far as the
+    """predict -> ensemble -> (pseudo-labelling rounds, refit, distillation) -> submit, as far as the
     recipe's [after] table asks."""
     from kit.kaggle import recipe_submit
     from kit.records import PredictionIds
     from kit.report import format_report, report_runs
-    from kit.rounds import distill_stage, pseudo_rounds
+    from kit.rounds import distill_stage, pseudo_rounds, refit_stage
 
     recipe, log, plan = run.recipe, run.log, run.recipe.after
     if not plan["predict"]:
@@ -379,12 +379,11 @@ def _after(run: RecipeRun, result: RecipeResult) -> None:
         if result.rounds:
             log(f"ensembling the {len(run_dirs)} fine-tuned member(s) by {plan['ensemble']} vote")
         ens = run.ensemble(run_dirs, recipe.name)     # no round: the same vote
-    result.ensemble = VoteResult(ens["val_acc"], str(ens["csv"]), plan["ensemble"], ens.get("oof_acc"),
-                                 str(ens["manifest"]), ens.get("table"), plan["weights"], ens.get("method"),
-                                 [str(d) for d in run_dirs],
-                                 [float(w) for w in ens["weights"]] if ens.get("weights") is not None else None)
+    result.ensemble = VoteResult.of(ens, plan, run_dirs)
     report = report_runs(run_dirs, ensemble_result=ens)       # also draws NAME_report.png beside the CSV
-    result.report = format_report(report)
+    result.report = format_report(report)     # of the vote fitted on held-out validation, before any refit
+    if enabled(plan, "refit") is not None:
+        run_dirs, ens = refit_stage(run, plan, [m.name for m in members], run_dirs, result)
     if enabled(plan, "distill") is not None:
         distill_stage(run, plan["distill"], run_dirs, result)
     if not plan["submit"]:

@@ -75,6 +75,10 @@ def register(sub) -> None:
                         "recipe says)")
     p.add_argument("--distill", action=argparse.BooleanOptionalAction, default=None,
                    help="after the vote, train one student on its soft targets: NAME-student.csv")
+    p.add_argument("--refit", action=argparse.BooleanOptionalAction, default=None,
+                   help="after the vote, fine-tune every voted member on train + validation (the utterances "
+                        "validation held out) and submit the same vote of the refit members (its method, "
+                        "temperatures and weights fitted before; the recipe's [after] refit settings)")
     p.add_argument("--audition", action=argparse.BooleanOptionalAction, default=None,
                    help="try the recipe's candidates on this competition for a share of their time and keep the "
                         "best [audition] keep of them as the members voted (kit.audition; default: as the recipe "
@@ -221,7 +225,7 @@ def cmd_recipe_run(args: argparse.Namespace) -> int:
     result = run_recipe(args.file, data=args.data, budget=args.budget, runs=args.runs, only=only,
                         after=not args.no_after, workers=args.workers, minutes=args.minutes,
                         per_member_minutes=args.member_minutes, fresh=args.fresh, max_hours=args.max_hours,
-                        pseudo=args.pseudo, distill=args.distill,
+                        pseudo=args.pseudo, distill=args.distill, refit=args.refit,
                         progress=not args.no_progress and progress_wanted(), log=log, launcher=launcher,
                         ensemble="none" if args.no_ensemble else None, audition=args.audition)
     print_recipe_table(result)

@@ -7,6 +7,7 @@ validation, the best refitted (`auto_ensemble`). members.py: run dirs on disk, c
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import time
@@ -54,7 +55,7 @@ def parse_weights(text: str | None):
 
 def ensemble_runs(run_dirs, vote: str = "hard", weights=None, name: str | None = None,
                   out_dir: str | os.PathLike = "submissions", pool: str = DEFAULT_POOL, folds: int = 5,
-                  log=None) -> dict:
+                  log=None, val_from: list | None = None) -> dict:
     """Vote over predicted run dirs and write OUT/NAME.csv (Id,Category) and OUT/NAME.json.
 
     vote hard | soft with weights None (equal) or a list: that plain vote of the members'
@@ -74,10 +75,15 @@ def ensemble_runs(run_dirs, vote: str = "hard", weights=None, name: str | None =
     val_acc (the written vote's in-sample validation accuracy), weights (M,), kept (the old
     files moved aside), and for the auto mode also oof_acc (honest), method, temperatures,
     candidates}.
+
+    val_from (a refit, kit.rounds): one run dir per member whose validation predictions fit the vote
+    in its place (the member trained on validation); the test predictions are the members' own.
     """
     _check_arguments(run_dirs, vote, weights, pool)
     name = check_submission_name(name or _default_name(vote, len(run_dirs)))     # before any work
     members = [load_member(d) for d in run_dirs]
+    if val_from is not None:
+        members = [_validated_by(m, load_member(src)) for m, src in zip(members, val_from, strict=True)]
     check_compatible(members)
     auto = vote == "auto" or weights == "auto"
     voted = _auto_vote(members, vote, pool, folds) if auto else _plain_vote(members, vote, weights)
@@ -96,9 +102,18 @@ def ensemble_runs(run_dirs, vote: str = "hard", weights=None, name: str | None =
         csv=str(csv_path.resolve()), csv_sha256=sha256_file(csv_path), data_dir=data_dir,
         n_val=int(len(members[0].val_labels)), table=voted["table"], val_acc=voted["val_acc"],
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), trained_on=trained_on(run_dirs) or None,
+        fitted_on=[str(Path(d).resolve()) for d in val_from] if val_from is not None else None,
     ).save(manifest_path)
     return {"csv": csv_path, "manifest": manifest_path, "table": voted["table"], "val_acc": voted["val_acc"],
             "weights": [float(x) for x in w], "kept": [str(p) for p in kept], **extra}
+
+
+def _validated_by(member: Member, source: Member) -> Member:
+    """`member` with `source`'s validation predictions (the same validation utterances)."""
+    if list(source.ids.val) != list(member.ids.val) or source.val_probs.shape != member.val_probs.shape:
+        raise KitError(f"{member.run_dir}: its validation split is not {source.run_dir}'s, so that run's "
+                       "predictions cannot fit its vote")
+    return dataclasses.replace(member, val_probs=source.val_probs)
 
 
 def _check_arguments(run_dirs, vote: str, weights, pool: str) -> None:

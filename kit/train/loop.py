@@ -118,7 +118,7 @@ class Trainer:
             raise KitError(f"{cfg.data.data_dir}: the validation split is empty "
                            f"(data.val_fraction {cfg.data.val_fraction})")
         self.targets = build_targets(self.store, self.split, cfg.data.pseudo_labels, cfg.train.teacher,
-                                     cfg.train.distill_weight, cfg.data.allow_external_labels)
+                                     cfg.train.distill_weight, cfg.data.allow_external_labels, cfg.data.train_on_val)
         plan = step_plan(cfg, len(self.targets.index), self.world)
         torch.manual_seed(cfg.train.seed)               # identical initial weights on every rank
         net = build_model(cfg.model, cfg.augment, cfg.train.fast_dropout).to(self.device)  # before EMA copies it

@@ -114,13 +114,16 @@ def read_teacher(path: str, store: FeatureStore) -> tuple[np.ndarray, np.ndarray
 
 
 def build_targets(store: FeatureStore, split: Split, pseudo_labels: str = "", teacher: str = "",
-                  distill_weight: float = 0.5, allow_external_labels: bool = False) -> Targets:
+                  distill_weight: float = 0.5, allow_external_labels: bool = False,
+                  train_on_val: bool = False) -> Targets:
     """The rows a run trains on and their targets; without pseudo-labels or a teacher, exactly the
-    training split and its labels. allow_external_labels: accept pseudo-labels kit did not make."""
+    training split and its labels (with train_on_val, validation's too: a refit). allow_external_labels:
+    accept pseudo-labels kit did not make."""
     labels = store.labels.astype(np.int64).copy()
-    labels[split.val] = -1                      # never a target, whatever is added
+    if not train_on_val:
+        labels[split.val] = -1                  # never a target, whatever is added
     hard = labels >= 0
-    index = [np.asarray(split.train, dtype=np.int64)]
+    index = [np.asarray(np.concatenate([split.train, split.val]) if train_on_val else split.train, dtype=np.int64)]
     targets = Targets(index=index[0], labels=labels, distill_weight=distill_weight)
     if pseudo_labels:
         rows, ids = read_pseudo_labels(pseudo_labels, store, allow_external_labels)
@@ -137,6 +140,6 @@ def build_targets(store: FeatureStore, split: Split, pseudo_labels: str = "", te
         targets.soft, targets.soft_row, targets.n_teacher = probs, soft_row, len(rows)
     targets.index = np.concatenate(index) if len(index) > 1 else index[0]
     targets.hard = hard
-    if np.intersect1d(targets.index, split.val).size:       # cannot happen: only test rows are added
+    if not train_on_val and np.intersect1d(targets.index, split.val).size:    # only test rows are added
         raise KitError("internal: a validation utterance reached the training rows")
     return targets
