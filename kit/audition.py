@@ -25,7 +25,6 @@ scores of the accuracy bench are not affected.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -131,14 +130,8 @@ def _survivor_share(run: RecipeRun, result: AuditionResult):
     """A survivor's training minutes as it resumes: what it trained before the cut plus its share of
     the time left (the time plan's, with the survivors' own predictions reserved, so an estimate
     made for the average candidate before the cut is corrected); with --member-minutes, those."""
-    share = run.plan.sharer()
-    if share is None or run.plan.per_member_minutes:
-        return lambda names: result.minutes
-
-    def minutes(names: list[str]) -> float:
-        before = (RunDir(run.root / names[0]).summary() or {}).get("seconds", 0.0) / 60
-        return before + share(names)
-    return minutes
+    return run.plan.resumed_sharer(
+        lambda name: (RunDir(run.root / name).summary() or {}).get("seconds", 0.0) / 60, result.minutes)
 
 
 def _cut(run: RecipeRun, jobs: list, slots: list) -> AuditionResult:
@@ -146,10 +139,7 @@ def _cut(run: RecipeRun, jobs: list, slots: list) -> AuditionResult:
     keep, rung = spec["keep"], float(spec["rung"])
     minutes = 0.0                                   # untimed: the cut is at rung x each one's max_steps
     if plan.timed:
-        members_minutes = (plan.minutes or 0.0) * plan.members_end     # the stages after the vote follow
-        minutes = plan.per_member_minutes or audition_minutes(
-            members_minutes, time.time() - plan.began, [plan.prediction(n) for n in run.chosen], keep, rung,
-            max(len(slots), 1))
+        minutes = plan.candidate_minutes([plan.prediction(n) for n in run.chosen], keep, rung, max(len(slots), 1))
     rung_jobs = []
     for name, cfg, run_dir, resume in jobs:
         if RunDir(run_dir).summary() is None:       # not yet at the cut (a re-run after a kill resumes it)

@@ -195,6 +195,23 @@ class TimePlan:
         start = self.members_end
         return start, start + (1.0 - start) * share / max(self.stages, 1e-9)
 
+    def candidate_minutes(self, predicts: list[float], keep: int, rung: float, slots: int) -> float:
+        """An audition candidate's training minutes (kit.audition): --member-minutes, else the
+        members' part of the recipe's time shared by audition_minutes (the stages after the vote
+        keep theirs)."""
+        return self.per_member_minutes or audition_minutes(
+            (self.minutes or 0.0) * self.members_end, time.time() - self.began, predicts, keep, rung, slots)
+
+    def resumed_sharer(self, trained_minutes: Callable[[str], float],
+                       fixed: float) -> Callable[[list[str]], float]:
+        """For runs that resume after training before (an audition's survivors): the minutes a run
+        trained (`trained_minutes(name)`) plus its share of the members' time left, its own prediction
+        reserved; with --member-minutes, or untimed, `fixed`."""
+        share = self.sharer()
+        if share is None or self.per_member_minutes:
+            return lambda names: fixed
+        return lambda names: trained_minutes(names[0]) + share(names)
+
     def sharer(self, end: float | None = None, share: float | None = None) -> Callable[[list[str]], float] | None:
         """What kit.workers and the sequential path call as each job starts (its name first, then the
         jobs waiting) for its --minutes; None when the recipe is not timed. end: the stage's end (the
