@@ -69,20 +69,19 @@ def register(sub) -> None:
                    help="hard stop for this command, e.g. the time left in a notebook session: each member "
                         "checkpoints and stops before it (members it leaves too little time are not started); "
                         "re-running the same command continues from the run dirs")
-    p.add_argument("--pseudo", action=argparse.BooleanOptionalAction, default=None,
-                   help="after the vote, pseudo-label confident test utterances, fine-tune the members the vote "
-                        "relies on with them and vote again (the recipe's [after] pseudo settings; default: as the "
-                        "recipe says)")
-    p.add_argument("--distill", action=argparse.BooleanOptionalAction, default=None,
-                   help="after the vote, train one student on its soft targets: NAME-student.csv")
-    p.add_argument("--refit", action=argparse.BooleanOptionalAction, default=None,
-                   help="after the vote, fine-tune every voted member on train + validation (the utterances "
-                        "validation held out) and submit the same vote of the refit members (its method, "
-                        "temperatures and weights fitted before; the recipe's [after] refit settings)")
-    p.add_argument("--audition", action=argparse.BooleanOptionalAction, default=None,
-                   help="try the recipe's candidates on this competition for a share of their time and keep the "
-                        "best [audition] keep of them as the members voted (kit.audition; default: as the recipe "
-                        "says: boss auditions in its quick budget); --no-audition trains the fixed members")
+    switches = {      # on or off against the recipe
+        "--pseudo": "after the vote, pseudo-label confident test utterances, fine-tune the members the vote relies "
+                    "on with them and vote again (the recipe's [after] pseudo settings)",
+        "--refit": "after the vote, fine-tune every voted member on train + validation (the utterances validation "
+                   "held out) and submit the same vote of the refit members (its method, temperatures and weights "
+                   "fitted before; the recipe's [after] refit settings)",
+        "--distill": "after the vote, train one student on its soft targets: NAME-student.csv",
+        "--audition": "try the recipe's candidates on this competition for a share of their time and keep the best "
+                      "[audition] keep of them as the members voted (kit.audition; boss auditions in its quick "
+                      "budget); --no-audition trains the fixed members"}
+    for flag, text in switches.items():
+        p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                       help=text + "; default: as the recipe says")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--rehearse", action="store_true", help="rehearse the whole job at its real shapes, briefly, on "
                    "this machine (kit.rehearse): every member of the budget (default full) a few steps on a real-size "
