@@ -7,7 +7,8 @@ marked `candidate = true`, which train only here) starts with the training minut
 get, its learning-rate schedule fitted to them, and stops with a checkpoint after `rung` of them,
 where it is evaluated on validation (centre crops, the figure every timed run reports); in a
 step-based budget (full, on a GPU: `kit recipe run boss --audition`) it stops at `rung` of its
-train.max_steps instead (train.stop_step), its schedule still that of the whole run. The `keep`
+train.max_steps instead (train.stop_step), its schedule still that of the whole run (a candidate
+timed by its own train.minutes: at `rung` of those). The `keep`
 with the best validation accuracy at the cut resume from their checkpoints to the end of their
 schedule (the same run, not a restart); the others are pruned: their run dirs stay, they are not
 voted. The minutes are shared so the whole recipe still fits its time (kit.timeplan.audition_minutes).
@@ -145,6 +146,8 @@ def _cut(run: RecipeRun, jobs: list, slots: list) -> AuditionResult:
         if RunDir(run_dir).summary() is None:       # not yet at the cut (a re-run after a kill resumes it)
             if minutes:
                 cfg.train.minutes, cfg.train.max_minutes = minutes, rung * minutes
+            elif cfg.train.minutes:                 # timed by its own train.minutes, not the recipe's
+                cfg.train.max_minutes = rung * cfg.train.minutes
             else:
                 cfg.train.stop_step = cut_step(cfg.train.max_steps, rung)
             rung_jobs.append((name, cfg, run_dir, resume))
@@ -154,7 +157,7 @@ def _cut(run: RecipeRun, jobs: list, slots: list) -> AuditionResult:
             + f" before the cut; at most the best {keep} go on")
     after, run.after = run.after, False              # no prediction before the cut
     try:
-        run.train_jobs(rung_jobs, slots, share=lambda names: minutes)
+        run.train_jobs(rung_jobs, slots, share=(lambda names: minutes) if minutes else None)   # None: their own
     finally:
         run.after = after
     scores, steps = {}, {}

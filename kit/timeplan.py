@@ -203,12 +203,15 @@ class TimePlan:
             (self.minutes or 0.0) * self.members_end, time.time() - self.began, predicts, keep, rung, slots)
 
     def resumed_sharer(self, trained_minutes: Callable[[str], float],
-                       fixed: float) -> Callable[[list[str]], float]:
+                       fixed: float) -> Callable[[list[str]], float] | None:
         """For runs that resume after training before (an audition's survivors): the minutes a run
         trained (`trained_minutes(name)`) plus its share of the members' time left, its own prediction
-        reserved; with --member-minutes, or untimed, `fixed`."""
+        reserved; with --member-minutes, `fixed`; None when the recipe is not timed (each run keeps
+        its own train.minutes, or its steps)."""
         share = self.sharer()
-        if share is None or self.per_member_minutes:
+        if share is None:
+            return None
+        if self.per_member_minutes:
             return lambda names: fixed
         return lambda names: trained_minutes(names[0]) + share(names)
 

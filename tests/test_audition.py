@@ -188,3 +188,18 @@ def test_a_step_based_budget_cuts_at_its_share_of_the_steps_and_the_survivors_fi
             assert (summary["step"], summary["stopped_reason"], summary["total_steps"]) == (16, "budget", 16)
         else:
             assert (summary["step"], summary["stopped_reason"], summary["total_steps"]) == (8, "time", 16)
+
+
+def test_a_candidate_timed_by_its_own_minutes_is_cut_at_its_share_of_them(tiny_data, tiny_recipe, tmp_path):
+    path = tiny_recipe(*CANDIDATES, budget={"quick": {"train.max_steps": 100000, "train.eval_every": 5,
+                                                      "train.minutes": 0.1}}, after={"predict": False})
+    path.write_text(path.read_text() + AUDITION)
+    runs = tmp_path / "runs"
+    result = run_recipe(path, data=str(tiny_data), runs=str(runs), progress=False, workers=1)
+    cut = result.audition
+    assert cut is not None and cut.minutes == 0.0
+    for name in cut.pruned:         # stopped at the cut, 0.5 of its own 0.1 minutes, far short of max_steps
+        summary = json.loads((runs / "tiny" / name / "summary.json").read_text())
+        assert summary["stopped_reason"] == "time" and summary["seconds"] < 0.1 * 60
+    for name in cut.survivors:      # on to the end of its own minutes
+        assert json.loads((runs / "tiny" / name / "summary.json").read_text())["stopped_reason"] == "budget"
