@@ -69,8 +69,12 @@ class MemberCost:
     def total_pflop(self) -> float:
         return (self.steps * self.step_gflop + self.evals * self.eval_gflop + self.predict_gflop) / 1e6
 
+    def hours_at(self, tflops: float) -> float:
+        """Hours for all its FLOPs at `tflops` TFLOP/s reached."""
+        return self.total_pflop * 1e15 / (tflops * 1e12) / 3600
+
     def hours(self, gpu: Gpu, utilisation: float | None = None) -> float:
-        return self.total_pflop * 1e15 / (gpu.tflops * 1e12 * (utilisation or gpu.utilisation)) / 3600
+        return self.hours_at(gpu.tflops * (utilisation or gpu.utilisation))
 
 
 def step_gflop(cfg: RunConfig) -> float:
@@ -155,7 +159,7 @@ def measured_table(costs: list[MemberCost], rates: list[StepRate]) -> str:
              "|---|---|---|---|"]
     total = 0.0
     for c, r in zip(costs, rates, strict=True):
-        hours = c.total_pflop * 1e15 / (r.tflops(c.step_gflop) * 1e12) / 3600
+        hours = c.hours_at(r.tflops(c.step_gflop))
         total += hours
         lines.append(f"| {c.name} | {r.seconds_per_step * 1e3:.1f} | {r.tflops(c.step_gflop):.2f} | {hours:.2f} |")
     lines.append(f"| all, one after another | | | {total:.2f} |")
@@ -234,10 +238,10 @@ def audition_pieces(costs: list[MemberCost], keep: int, rung: float, dearest: bo
     that go on. Which go on is decided on the data: the dearest `keep` (an upper bound) or the cheapest."""
     from kit.audition import cut_step
 
-    cut = {c.name: cut_step(c.steps, rung) for c in costs}
-    pieces = [replace(c, steps=cut[c.name], evals=round(c.evals * rung), predict_gflop=0.0) for c in costs]
+    cut = {c.name: (cut_step(c.steps, rung), round(c.evals * rung)) for c in costs}     # steps, evaluations
+    pieces = [replace(c, steps=cut[c.name][0], evals=cut[c.name][1], predict_gflop=0.0) for c in costs]
     kept = sorted(costs, key=lambda c: c.total_pflop, reverse=dearest)[:keep]
-    return pieces + [replace(c, steps=c.steps - cut[c.name], evals=c.evals - round(c.evals * rung)) for c in kept]
+    return pieces + [replace(c, steps=c.steps - cut[c.name][0], evals=c.evals - cut[c.name][1]) for c in kept]
 
 
 def audition_lines(costs: list[MemberCost], fixed: list[str], keep: int, rung: float,
@@ -258,7 +262,7 @@ def audition_lines(costs: list[MemberCost], fixed: list[str], keep: int, rung: f
         tflops = {c.name: r.tflops(c.step_gflop) for c, r in zip(costs, rates, strict=True)}
 
         def hours(pieces: list[MemberCost]) -> float:
-            return sum(p.total_pflop * 1e3 / tflops[p.name] for p in pieces) / 3600
+            return sum(p.hours_at(tflops[p.name]) for p in pieces)
         lines.append(f"  measured on {rates[0].device}, one after another: {hours(low):.2f} .. {hours(high):.2f} h; "
                      f"fixed members {hours(zoo):.2f} h")
     return lines

@@ -152,11 +152,12 @@ def refit_stage(ctx: StageHost, after: dict, names: list[str], run_dirs: list[Pa
     `share` of its max_steps), predicted, and voted the way the vote before was fitted: its method,
     temperatures and weights fitted on the source members' validation predictions (the same fit),
     applied to the refit members' test predictions; nothing is fitted on what they trained on. A
-    refit that diverged is replaced by its member. The vote before it is kept as NAME-before-refit.csv
-    (result.before_refit). Returns the run dirs voted and the new vote (ensemble_runs' result), which
-    is result.ensemble."""
+    refit that diverged is replaced by its member. The vote before it (written as NAME-before-refit by
+    kit.zoo) becomes result.before_refit. Returns the run dirs voted and the new vote (ensemble_runs'
+    result), which is result.ensemble."""
     opts = after["refit"]
-    _, end = ctx.plan.stage_span(sum(after[k]["share"] for k in ("pseudo", "refit") if enabled(after, k)))
+    _, end = ctx.plan.stage_span(sum(after[k]["share"] for k in STAGES[:STAGES.index("refit") + 1]
+                                     if enabled(after, k)))     # it follows the pseudo rounds
     jobs = _fine_tune_jobs(ctx, opts, names, run_dirs, "refit", train_on_val=True)
     ctx.log(f"refit: {', '.join(names)} fine-tuned on train + validation"
             + (f" until {end:.0%} of the recipe's time" if ctx.plan.timed else ""))
@@ -169,7 +170,7 @@ def refit_stage(ctx: StageHost, after: dict, names: list[str], run_dirs: list[Pa
             d = Path(src)
         ctx.predict(d)
         refits.append(d)
-    result.before_refit = VoteResult.of(ctx.ensemble(run_dirs, f"{ctx.name}-before-refit"), after, run_dirs)
+    result.before_refit = result.ensemble
     ens = ctx.ensemble(refits, ctx.name, val_from=run_dirs)
     result.ensemble = VoteResult.of(ens, after, refits)
     return refits, ens

@@ -370,7 +370,8 @@ def _after(run: RecipeRun, result: RecipeResult) -> None:
         return
     log(f"ensembling {len(run_dirs)} member(s) by {plan['ensemble']} vote")
     rounds = enabled(plan, "pseudo") is not None
-    ens = run.ensemble(run_dirs, f"{recipe.name}-vote0" if rounds else recipe.name)
+    voted = recipe.name + ("-before-refit" if enabled(plan, "refit") else "")     # the refit votes NAME itself
+    ens = run.ensemble(run_dirs, f"{recipe.name}-vote0" if rounds else voted)
     if rounds:
         result.vote0 = VoteResult(ens["val_acc"], str(ens["csv"]), plan["ensemble"], ens.get("oof_acc"))
         names = [m.name for m in members]
@@ -378,7 +379,7 @@ def _after(run: RecipeRun, result: RecipeResult) -> None:
         run_dirs = pseudo_rounds(run, plan["pseudo"], names, run_dirs, result, start, end)
         if result.rounds:
             log(f"ensembling the {len(run_dirs)} fine-tuned member(s) by {plan['ensemble']} vote")
-        ens = run.ensemble(run_dirs, recipe.name)     # no round: the same vote
+        ens = run.ensemble(run_dirs, voted)     # no round: the same vote
     result.ensemble = VoteResult.of(ens, plan, run_dirs)
     report = report_runs(run_dirs, ensemble_result=ens)       # also draws NAME_report.png beside the CSV
     result.report = format_report(report)     # of the vote fitted on held-out validation, before any refit
