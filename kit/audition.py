@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from kit.config import ENCODER_KINDS
 from kit.errors import KitError
 from kit.fsio import read_json, write_json
 from kit.rundir import RunDir
@@ -55,6 +56,7 @@ class AuditionResult:
     scores: dict[str, float | None] = field(default_factory=dict)   # None: diverged or never evaluated
     steps: dict[str, int] = field(default_factory=dict)
     survivors: list[str] = field(default_factory=list)
+    kinds: dict[str, str] = field(default_factory=dict)         # the kind of network (kit.config.ENCODER_KINDS)
 
     @property
     def pruned(self) -> list[str]:
@@ -67,7 +69,7 @@ class AuditionResult:
                 f"{len(self.survivors)} kept (at most {self.keep}; validation accuracy at the cut, centre crops):")
         order = sorted(self.candidates, key=lambda n: -(self.scores.get(n) or -1.0))
         rows = [f"  {n:16s} {_fmt(self.scores.get(n))}  step {self.steps.get(n, 0):>6}  "
-                f"{'kept' if n in self.survivors else 'pruned'}" for n in order]
+                f"{self.kinds.get(n, ''):11s}  {'kept' if n in self.survivors else 'pruned'}" for n in order]
         return [head, *rows]
 
 
@@ -167,8 +169,10 @@ def _cut(run: RecipeRun, jobs: list, slots: list) -> AuditionResult:
     if not ranked:
         raise KitError(f"{run.root}: no candidate of the audition was evaluated (every one diverged?); "
                        "see each member's train.log")
-    survivors = survivors_of(ranked, scores, keep, float(spec["within"]), max(len(slots), 1))
-    result = AuditionResult(list(run.chosen), keep, rung, minutes, scores, steps, survivors)
+    kinds = {n: ENCODER_KINDS.get(run.config(n).model.encoder, "") for n in run.chosen}
+    survivors = survivors_of(ranked, scores, keep, float(spec["within"]), max(len(slots), 1),
+                             kinds if spec["kinds"] else None)
+    result = AuditionResult(list(run.chosen), keep, rung, minutes, scores, steps, survivors, kinds)
     write_json(run.root / AUDITION_FILE, asdict(result))
     _record(run.root, run.recipe.name, result)
     for line in result.lines():
@@ -181,14 +185,28 @@ def cut_step(max_steps: int, rung: float) -> int:
     return max(1, round(rung * max_steps))
 
 
-def survivors_of(ranked: list[str], scores: dict, keep: int, within: float, slots: int) -> list[str]:
-    """The best `keep` of the candidates `ranked` (best first), less those scoring under `within` x
-    the best's score: a candidate far behind at the cut gets little weight in the vote and takes
-    the minutes the leaders would have had (the time left is re-shared among the survivors). Never
-    fewer than one per slot, so no core idles."""
+def survivors_of(ranked: list[str], scores: dict, keep: int, within: float, slots: int,
+                 kinds: dict[str, str] | None = None) -> list[str]:
+    """The survivors of the cut, best first. How many: the best `keep` of the candidates `ranked`
+    (best first), less those scoring under `within` x the best's score (a candidate far behind at the
+    cut gets little weight in the vote and takes the minutes the leaders would have had), never
+    fewer than one per slot, so no core idles. Which: with `kinds` (candidate -> kind of network,
+    kit.config.ENCODER_KINDS), the best of each kind first, then the rest by rank: near chance the
+    order at the cut says little about the order at the end (the second place went on to be the
+    best member on many, 2026-12-04), while two networks of one kind make the same mistakes and the
+    vote gains little from the second (hard, 2026-12-04: the big Transformer went on beside
+    transformer-s, ended at 0.151 and the vote was transformer-s alone)."""
     best = scores[ranked[0]] or 0.0
     close = [n for n in ranked[:keep] if (scores[n] or 0.0) >= within * best]
-    return ranked[:max(len(close), min(slots, keep))]
+    count = max(len(close), min(slots, keep))
+    if not kinds:
+        return ranked[:count]
+    leaders: dict[str, str] = {}
+    for name in ranked:
+        leaders.setdefault(kinds.get(name, name), name)
+    chosen = list(leaders.values())[:count]
+    chosen += [n for n in ranked if n not in chosen][:count - len(chosen)]
+    return sorted(chosen, key=ranked.index)
 
 
 def _score(run_dir: Path) -> tuple[float | None, int]:

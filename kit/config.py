@@ -34,6 +34,11 @@ class DataConfig:
                                     # evaluations are then on utterances it trained on, not held out
 
 
+# What kind of network each encoder (ModelConfig.encoder) is: an audition keeps the best of each kind
+# first (kit.audition.survivors_of), since a vote gains most from members that make different mistakes.
+ENCODER_KINDS = {"transformer": "attention", "conformer": "attention", "resnet": "convolution", "ecapa": "convolution"}
+
+
 @dataclass
 class ModelConfig:
     encoder: str = "transformer"    # transformer | conformer | resnet | ecapa (kit.models.ENCODERS)

@@ -18,8 +18,9 @@ AFTER_DEFAULTS = {"predict": True, "ensemble": "hard", "weights": "equal", "subm
 BUDGETS = ("full", "quick")
 # [audition] (kit.audition): off unless a recipe turns it on; the budgets it runs in, how many
 # candidates are kept as members at most, the share of a candidate's minutes it trains before the cut,
-# and how close to the best score at the cut a candidate must be to go on (kit.audition.survivors_of).
-AUDITION_DEFAULTS = {"enabled": False, "budgets": ["quick"], "keep": 4, "rung": 0.3, "within": 0.5}
+# how close to the best score at the cut a candidate must be to go on, and whether the best of each
+# kind of network (attention, convolution) goes on first (kit.audition.survivors_of).
+AUDITION_DEFAULTS = {"enabled": False, "budgets": ["quick"], "keep": 4, "rung": 0.3, "within": 0.5, "kinds": True}
 
 
 @dataclass
@@ -136,8 +137,9 @@ def _audition(path: Path, table) -> dict:
         known = ", ".join(AUDITION_DEFAULTS)
         raise KitError(f"{path}: [audition] must be a table of {known}")
     out = {**AUDITION_DEFAULTS, **table}
-    if not isinstance(out["enabled"], bool):
-        raise KitError(f"{path}: [audition] enabled {out['enabled']!r}: true or false")
+    for key in ("enabled", "kinds"):
+        if not isinstance(out[key], bool):
+            raise KitError(f"{path}: [audition] {key} {out[key]!r}: true or false")
     if not isinstance(out["budgets"], list) or set(out["budgets"]) - set(BUDGETS):
         raise KitError(f"{path}: [audition] budgets {out['budgets']!r}: a list of {', '.join(BUDGETS)}")
     if isinstance(out["keep"], bool) or not isinstance(out["keep"], int) or out["keep"] < 1:

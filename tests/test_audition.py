@@ -40,6 +40,7 @@ def test_the_best_candidates_at_the_cut_go_on_and_are_the_only_ones_voted(tiny_d
     root = runs / "tiny"
     # each candidate's score is its own last evaluation at the cut; the survivors are the best two of them
     decision = json.loads((root / "audition.json").read_text())
+    assert decision["kinds"] == dict.fromkeys(cut.candidates, "attention")     # all Transformers: by rank
     for name in cut.pruned:
         rows = read_metrics(root / name / "metrics.csv")
         assert json.loads((root / name / "summary.json").read_text())["stopped_reason"] == "time"
@@ -95,6 +96,7 @@ def test_audition_minutes_fill_the_recipe_time():
 @pytest.mark.parametrize("table,message", [
     ("keep = 0", "keep 0"), ("rung = 1.5", "rung 1.5"), ("budgets = ['slow']", "budgets"),
     ("enabled = 'yes'", "enabled 'yes'"), ("cut = 2", "must be a table of"), ("within = 2", "within 2"),
+    ("kinds = 1", "kinds 1"),
 ])
 def test_a_bad_audition_table_is_refused_naming_the_file(tmp_path, table, message):
     path = tmp_path / "r.toml"
@@ -150,6 +152,28 @@ def test_survivors_are_the_best_few_close_to_the_leader_and_never_fewer_than_the
     assert survivors_of(ranked, scores, keep=4, within=0.5, slots=2) == ["a", "b"]     # one per core
     assert survivors_of(ranked, scores, keep=4, within=0.5, slots=1) == ["a"]
     assert survivors_of(ranked, scores, keep=1, within=0.0, slots=2) == ["a"]          # keep is the most
+
+
+def test_survivors_are_the_best_of_each_kind_first_then_the_rest_by_rank():
+    from kit.audition import survivors_of
+    from kit.config import ENCODER_KINDS
+    from kit.models import ENCODERS
+
+    assert set(ENCODER_KINDS) == set(ENCODERS)          # every encoder has a kind
+    # hard, 2026-12-04: the big Transformer was close enough to go on beside transformer-s
+    scores = {"transformer-s": 0.049, "transformer": 0.025, "ecapa-s": 0.021, "resnet-s": 0.015, "conformer-s": 0.01}
+    kinds = {"transformer-s": "attention", "transformer": "attention", "conformer-s": "attention",
+             "ecapa-s": "convolution", "resnet-s": "convolution"}
+    ranked = sorted(scores, key=lambda n: -scores[n])
+    assert survivors_of(ranked, scores, keep=4, within=0.5, slots=2) == ["transformer-s", "transformer"]
+    assert survivors_of(ranked, scores, keep=4, within=0.5, slots=2, kinds=kinds) == ["transformer-s", "ecapa-s"]
+    # as many as before; the kinds' leaders first, then by rank
+    assert survivors_of(ranked, scores, keep=4, within=0.4, slots=2, kinds=kinds) == [
+        "transformer-s", "transformer", "ecapa-s"]
+    assert survivors_of(ranked, scores, keep=4, within=0.0, slots=2, kinds=kinds) == ranked[:4]
+    assert survivors_of(ranked, scores, keep=4, within=0.9, slots=1, kinds=kinds) == ["transformer-s"]
+    one_kind = dict.fromkeys(scores, "attention")
+    assert survivors_of(ranked, scores, keep=4, within=0.5, slots=2, kinds=one_kind) == ranked[:2]
 
 
 def test_the_audition_turns_itself_off_with_a_line_when_it_cannot_run(tiny_recipe):
