@@ -105,7 +105,7 @@ def run_accuracy_bench(recipe: str = "boss", preset: str = "hard", data: str | N
 
 
 def stage_set(stages) -> tuple[str, ...]:
-    """--stages: None/False (none), True (pseudo and distill), or a list of pseudo, refit, distill."""
+    """--stages: None/False (none), True (pseudo and distill), or a list of lmft, pseudo, refit, distill."""
     if not stages:
         return ()
     if stages is True:
@@ -126,7 +126,7 @@ def _recipe_rows(recipe_path: Path, runs: Path, key: Path, args: dict, stages: t
 
     began = time.time()
     res = run_recipe(recipe_path, runs=str(runs), submissions=runs, pseudo="pseudo" in stages,
-                     distill="distill" in stages, refit="refit" in stages, **args)
+                     distill="distill" in stages, refit="refit" in stages, lmft="lmft" in stages, **args)
     wall = time.time() - began
     tag = f" [{'same budget: ' if same_budget else '+'}{', '.join(stages)}]" if stages else ""
     rows = []
@@ -135,7 +135,7 @@ def _recipe_rows(recipe_path: Path, runs: Path, key: Path, args: dict, stages: t
         csv = _member_csv(run_dir, run_dir / "member_test.csv")
         rows.append({"name": m.name + tag, "kind": "member" if not stages else "staged member",
                      "val_acc": m.accuracy, "minutes": m.minutes, **_scores(csv, key)})
-    for d in (res.rounds[-1].fine_tuned if res.rounds else []):
+    for d in res.lmft + (res.rounds[-1].fine_tuned if res.rounds else []):
         run_dir = Path(d)
         csv = _member_csv(run_dir, run_dir / "member_test.csv")
         rows.append({"name": run_dir.name, "kind": "fine-tuned member", "val_acc": PredictionIds.load(run_dir).val_acc,

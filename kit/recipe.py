@@ -10,11 +10,11 @@ from kit.config import RunConfig, layered, load_toml
 from kit.errors import KitError
 from kit.layout import SYNTH_MARKER
 from kit.names import check_member_name, check_submission_name
-from kit.rounds import DISTILL_DEFAULTS, PSEUDO_DEFAULTS, REFIT_DEFAULTS, enabled, parse_stage, stages_share
+from kit.rounds import STAGE_DEFAULTS, STAGES, enabled, parse_stage, stages_share
 
 TOP_KEYS = {"name", "description", "base", "members", "budget", "after", "audition"}
 AFTER_DEFAULTS = {"predict": True, "ensemble": "hard", "weights": "equal", "submit": False, "message": "",
-                  "which": "best", "pseudo": None, "distill": None, "refit": None}
+                  "which": "best", "pseudo": None, "distill": None, "refit": None, "lmft": None}
 BUDGETS = ("full", "quick")
 # [audition] (kit.audition): off unless a recipe turns it on; the budgets it runs in, how many
 # candidates are kept as members at most, the share of a candidate's minutes it trains before the cut,
@@ -119,12 +119,10 @@ def _after(path: Path, after: dict) -> dict:
     if after["weights"] not in ("equal", "auto"):
         raise KitError(f"{path}: [after] weights {after['weights']!r}: choose equal or auto "
                        "(auto = weights fitted on the validation split)")
-    after["pseudo"] = parse_stage(str(path), "pseudo", after["pseudo"], PSEUDO_DEFAULTS)
-    after["distill"] = parse_stage(str(path), "distill", after["distill"], DISTILL_DEFAULTS)
-    after["refit"] = parse_stage(str(path), "refit", after["refit"], REFIT_DEFAULTS)
-    stages = enabled(after, "pseudo") or enabled(after, "distill") or enabled(after, "refit")
-    if stages and (after["ensemble"] == "none" or not after["predict"]):
-        raise KitError(f"{path}: [after] pseudo, refit and distill need the members predicted and ensembled")
+    for key in STAGES:
+        after[key] = parse_stage(str(path), key, after[key], STAGE_DEFAULTS[key])
+    if any(enabled(after, k) for k in STAGES) and (after["ensemble"] == "none" or not after["predict"]):
+        raise KitError(f"{path}: [after] lmft, pseudo, refit and distill need the members predicted and ensembled")
     if stages_share(after) >= 0.9:
         raise KitError(f"{path}: [after] the stages' shares add up to {stages_share(after):g}: leave the "
                        "members most of the time (< 0.9)")

@@ -1,5 +1,7 @@
-"""Recipe stages after the first vote ([after] pseudo and [after] distill in a recipe):
+"""Recipe stages after the members ([after] lmft, pseudo, refit and distill in a recipe):
 
+  lmft     large-margin fine-tuning: every member with a margin head fine-tuned on longer crops at
+           the full margin (<member>-lm), predicted; the vote is of the fine-tuned members.
   pseudo   the vote labels the test utterances it is confident about (kit.pseudo); every member
            is fine-tuned from its checkpoint on train + those utterances (<member>-pl<r>); they
            re-predict and re-vote. `rounds` times.
@@ -31,7 +33,14 @@ PSEUDO_DEFAULTS = {"enabled": True, "rounds": 1, "precision": 0.9, "top_fraction
 MIN_WEIGHT = 0.05       # fine_tune = "weighted": members the vote gives less than this are kept as they are
 DISTILL_DEFAULTS = {"enabled": True, "share": 0.2, "temperature": 1.0, "weight": 0.5, "submit": False}
 REFIT_DEFAULTS = {"enabled": True, "share": 0.2, "lr_scale": 0.25, "warmup_steps": 20}
-STAGES = ("pseudo", "refit", "distill")          # in the order they run
+# WeSpeaker's large-margin fine-tuning (conf/resnet_lm.yaml: 5 epochs after 150, crops 200 -> 600
+# frames, AAM margin 0.2 -> 0.5 fixed, lr 1e-4 -> 2.5e-5 after 0.1 -> 5e-5 with SGD).
+LMFT_DEFAULTS = {"enabled": True, "share": 0.1, "lr_scale": 0.1, "warmup_steps": 20, "margin": 0.5,
+                 "segment_scale": 3.0}
+MARGIN_HEADS = ("amsoftmax", "aamsoftmax")
+STAGES = ("lmft", "pseudo", "refit", "distill")          # in the order they run
+STAGE_DEFAULTS: dict[str, dict[str, Any]] = {"lmft": LMFT_DEFAULTS, "pseudo": PSEUDO_DEFAULTS, "refit": REFIT_DEFAULTS,
+                                               "distill": DISTILL_DEFAULTS}
 
 
 def parse_stage(where: str, key: str, value, defaults: dict) -> dict | None:
@@ -52,6 +61,12 @@ def parse_stage(where: str, key: str, value, defaults: dict) -> dict | None:
         raise KitError(f"{where}: [after] {key}.enabled {opts['enabled']!r}: true or false")
     if not (isinstance(opts["share"], (int, float)) and 0 < opts["share"] < 1):
         raise KitError(f"{where}: [after] {key}.share {opts['share']!r}: a fraction of the time in (0, 1)")
+    for name in ("lr_scale", "margin", "segment_scale"):
+        v = opts.get(name)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 10):
+            raise KitError(f"{where}: [after] {key}.{name} {v!r}: a positive number")
+    if key == "lmft" and opts["segment_scale"] < 1:
+        raise KitError(f"{where}: [after] lmft.segment_scale {opts['segment_scale']!r}: at least 1 (longer crops)")
     if key == "pseudo":
         if not (isinstance(opts["rounds"], int) and opts["rounds"] >= 1):
             raise KitError(f"{where}: [after] pseudo.rounds {opts['rounds']!r}: a whole number >= 1")
@@ -74,6 +89,15 @@ def enabled(after: dict, key: str) -> dict | None:
 def stages_share(after: dict) -> float:
     """The share of the recipe's time the stages after the vote take."""
     return sum((enabled(after, k) or {}).get("share", 0.0) for k in STAGES)
+
+
+def stage_span(plan: TimePlan, after: dict, key: str) -> tuple[float, float]:
+    """(start, end) of the stage `key` as shares of the recipe's time: it follows the members and the
+    stages before it that are on (STAGES' order), and takes its share of the stages' part."""
+    on = [k for k in STAGES if enabled(after, k)]
+    before = sum(after[k]["share"] for k in on[:on.index(key)])
+    start = plan.stage_span(before)[1] if before else plan.members_end
+    return start, plan.stage_span(before + after[key]["share"])[1]
 
 
 class StageHost(Protocol):
@@ -145,6 +169,49 @@ def pseudo_rounds(ctx: StageHost, opts: dict, names: list[str], run_dirs: list[P
     return run_dirs
 
 
+def lmft_stage(ctx: StageHost, after: dict, names: list[str], run_dirs: list[Path]) -> list[Path]:
+    """Large-margin fine-tuning (WeSpeaker's LM, after IDLab's VoxSRC-20 system): every member with a
+    margin head (AM-/AAM-Softmax; others are kept as they are) fine-tuned from its checkpoint
+    (<member>-lm) on crops `segment_scale` times longer, at the margin `margin` from the first step
+    (no warm-up), at `lr_scale` of its learning rate, until its share of the recipe's time ends
+    (untimed: share / segment_scale of its max_steps, so that it costs about `share` of the
+    member's compute), then predicted. Returns the run dirs to vote: each fine-tuned member in its
+    member's place (one that diverged: the member)."""
+    opts = after["lmft"]
+    tuned = [n for n in names if ctx.config(n).model.head in MARGIN_HEADS]
+    if not tuned:
+        ctx.log("lmft: no member has a margin head (AM-/AAM-Softmax): nothing to fine-tune, the vote goes on")
+        return run_dirs
+    sources = dict(zip(names, run_dirs, strict=True))
+    _, end = stage_span(ctx.plan, after, "lmft")
+    jobs = _fine_tune_jobs(ctx, opts, tuned, [sources[n] for n in tuned], "lm",
+                           adjust=lambda cfg: _large_margin(cfg, opts, ctx.plan.timed))
+    ctx.log(f"lmft: {', '.join(tuned)} fine-tuned on {opts['segment_scale']:g}x longer crops at margin "
+            f"{opts['margin']:g}" + (f" until {end:.0%} of the recipe's time" if ctx.plan.timed else ""))
+    ctx.train_jobs(jobs, share=ctx.plan.sharer(end, opts["share"]))
+    out = []
+    for name, src in sources.items():
+        d = ctx.root / f"{name}-lm"
+        if name not in tuned:
+            d = Path(src)
+        elif RunDir(d).diverged_at is not None:
+            ctx.log(f"{d.name} diverged: the vote keeps {Path(src).name}")
+            d = Path(src)
+        ctx.predict(d)
+        out.append(d)
+    return out
+
+
+def _large_margin(cfg: RunConfig, opts: dict, timed: bool) -> None:
+    """A member's config turned into its large-margin fine-tune's: longer crops, the full margin."""
+    scale = float(opts["segment_scale"])
+    cfg.data.segment_len = max(1, round(cfg.data.segment_len * scale))
+    cfg.model.am_m, cfg.model.margin_warmup_steps = float(opts["margin"]), 0
+    if not timed:               # each step costs about `scale` times a member's
+        cfg.train.max_steps = max(1, round(cfg.train.max_steps / scale))
+        cfg.train.eval_every = max(1, cfg.train.max_steps // 4)
+
+
 def refit_stage(ctx: StageHost, after: dict, names: list[str], run_dirs: list[Path],
                 result: RecipeResult) -> tuple[list[Path], dict]:
     """Every voted member fine-tuned from its checkpoint on train + validation (<member>-refit: the
@@ -156,8 +223,7 @@ def refit_stage(ctx: StageHost, after: dict, names: list[str], run_dirs: list[Pa
     kit.zoo) becomes result.before_refit. Returns the run dirs voted and the new vote (ensemble_runs'
     result), which is result.ensemble."""
     opts = after["refit"]
-    _, end = ctx.plan.stage_span(sum(after[k]["share"] for k in STAGES[:STAGES.index("refit") + 1]
-                                     if enabled(after, k)))     # it follows the pseudo rounds
+    _, end = stage_span(ctx.plan, after, "refit")
     jobs = _fine_tune_jobs(ctx, opts, names, run_dirs, "refit", train_on_val=True)
     ctx.log(f"refit: {', '.join(names)} fine-tuned on train + validation"
             + (f" until {end:.0%} of the recipe's time" if ctx.plan.timed else ""))
@@ -187,9 +253,10 @@ def to_fine_tune(names: list[str], weights: list[float], how: str) -> list[str]:
 
 
 def _fine_tune_jobs(ctx: StageHost, opts: dict, names, run_dirs, suffix: str, csv: str = "",
-                    train_on_val: bool = False) -> list[tuple]:
-    """The fine-tune jobs <member>-<suffix> of a pseudo round (on train + the pseudo-labels `csv`) or
-    of the refit (`train_on_val`), each from its source run's checkpoint at a scaled learning rate."""
+                    train_on_val: bool = False, adjust: Callable[[RunConfig], None] | None = None) -> list[tuple]:
+    """The fine-tune jobs <member>-<suffix> of a pseudo round (on train + the pseudo-labels `csv`), of
+    the refit (`train_on_val`) or of the large-margin stage (`adjust` changes the config further),
+    each from its source run's checkpoint at a scaled learning rate."""
     from kit.records import predicted_mode
     from kit.runs import move_aside, old_name, reuse_changes, run_identity
 
@@ -203,10 +270,13 @@ def _fine_tune_jobs(ctx: StageHost, opts: dict, names, run_dirs, suffix: str, cs
         cfg.data.train_on_val = train_on_val
         cfg.train.lr, cfg.train.warmup_steps = cfg.train.lr * float(opts["lr_scale"]), int(opts["warmup_steps"])
         cfg.train.evals = 1                     # validation once, at the end: predict scores it anyway
+        cfg.model.margin_warmup_steps = 0       # its member's margin was warmed up: no new ramp from 0
         cfg.infer.mode = predicted_mode(src)    # predicted the way its member was: validation once
         if not ctx.plan.timed:
             cfg.train.max_steps = max(1, int(cfg.train.max_steps * opts["share"] / opts.get("rounds", 1)))
             cfg.train.eval_every = max(1, cfg.train.max_steps // 4)
+        if adjust is not None:
+            adjust(cfg)
         if run_dir.exists():
             if reuse_changes(run_dir, run_identity(cfg, ctx.store, ctx.budget)):
                 ctx.log(f"{run_dir.name}: its member or training data changed; the old fine-tune moved to "

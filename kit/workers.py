@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -31,6 +32,28 @@ def slots_for(workers: int | None, n_jobs: int) -> list[dict]:
         return [{"CUDA_VISIBLE_DEVICES": str(g), "label": f"GPU {g}"} for g in range(n)]
     n = min(workers or os.cpu_count() or 1, n_jobs)
     return [{"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "label": f"CPU worker {i}"} for i in range(n)]
+
+
+def member_task(job, on_cpu: bool, predict: bool, which: str,
+                budget: str | None = None) -> tuple[str, Path, list[list[str]]]:
+    """The commands a worker runs for one job (name, cfg, run_dir, resume): train it, then (`predict`)
+    predict its checkpoint `which`. On a CPU it trains on one thread: one core each."""
+    from kit.config import dump_toml, to_dict
+    from kit.fsio import write_text
+    from kit.infer import source_mode
+
+    name, cfg, run_dir, resume = job
+    if on_cpu:
+        cfg.train.cpu_threads = 1           # one core each; more threads only fight each other
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(run_dir / "member.toml", dump_toml(to_dict(cfg)))
+    cmds = [[sys.executable, "-m", "kit.train", "--out", str(run_dir), "--config", str(run_dir / "member.toml"),
+             "--no-progress"] + (["--resume"] if resume else []) + (["--budget", budget] if budget else [])]
+    if predict:
+        mode = source_mode(cfg)
+        cmds.append([sys.executable, "-m", "kit", "predict", str(run_dir), "--which", which]
+                    + (["--mode", mode, "--no-compare"] if mode else []))
+    return name, run_dir, cmds
 
 
 def run_parallel(tasks: list[tuple[str, Path, list[list[str]]]], slots: list[dict], log, share=None,

@@ -4,7 +4,6 @@ Re-running continues: finished members are kept, half-finished ones resume."""
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,16 +11,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kit.audition import run_audition, wants_audition
-from kit.config import RunConfig, dump_toml, to_dict
+from kit.config import RunConfig
 from kit.errors import KitError
 from kit.infer import source_mode
 from kit.recipe import BUDGETS, Recipe, ensure_data, is_synthetic, load_recipe, member_config
 from kit.recipe_result import MemberResult, RecipeResult, VoteResult, member_result
-from kit.rounds import DISTILL_DEFAULTS, PSEUDO_DEFAULTS, REFIT_DEFAULTS, enabled, stages_share
+from kit.rounds import STAGE_DEFAULTS, enabled, stage_span, stages_share
 from kit.rundir import RunDir
 from kit.timeplan import Deadline, TimePlan, predict_estimates
 from kit.train import TrainingDiverged
-from kit.workers import run_parallel, slots_for
+from kit.workers import member_task, run_parallel, slots_for
 
 if TYPE_CHECKING:
     from kit.data import FeatureStore
@@ -35,7 +34,7 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
                submissions: str | Path = "submissions", fresh: bool = False,
                max_hours: float | None = None, pseudo: bool | None = None, distill: bool | None = None,
                launcher: Launcher | None = None, ensemble: str | None = None,
-               audition: bool | None = None, refit: bool | None = None) -> RecipeResult:
+               audition: bool | None = None, refit: bool | None = None, lmft: bool | None = None) -> RecipeResult:
     """Train the recipe's members (skipping finished ones, resuming half-finished ones), then
     predict, ensemble and submit as its [after] table says. Returns everything the CLI prints.
 
@@ -45,7 +44,7 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
     members' own train.minutes; each member fits its LR schedule to its time.
     fresh: move the chosen members' old run dirs aside (RUNS/<recipe>.old-<time>/) and train
     them again. Without it, a member made from other data, settings or budget is refused.
-    pseudo, refit, distill: turn the recipe's [after] pseudo / refit / distill stage on or off (None: as the
+    lmft, pseudo, refit, distill: turn the recipe's [after] stage of that name on or off (None: as the
     recipe says; a stage the recipe does not set up gets kit.rounds' defaults).
     max_hours: a hard stop for this call, e.g. the time left in a notebook session (see Deadline):
     members are stopped with a checkpoint or not started, and the after stages wait until every
@@ -62,7 +61,8 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
     blocker = "--launcher trains the members elsewhere" if launcher else "--max-hours" if max_hours else None
     run = RecipeRun.open(path, data, budget, runs, only, progress, log, workers, submissions,
                          {"submit": submit, "ensemble": ensemble, "pseudo": pseudo, "distill": distill, "refit": refit,
-                          "audition": audition, "timed": (minutes, per_member_minutes), "blocker": blocker})
+                          "lmft": lmft, "audition": audition, "timed": (minutes, per_member_minutes),
+                          "blocker": blocker})
     if fresh:
         _start_over(run.root, run.chosen, run.log)
     _check_members(run.root, run.chosen, run.recipe, run.budget, run.data_dir, run.store)
@@ -118,7 +118,7 @@ class RecipeRun:
         for key in ("submit", "ensemble"):
             if overrides[key] is not None:
                 recipe.after[key] = overrides[key]
-        for key, defaults in (("pseudo", PSEUDO_DEFAULTS), ("distill", DISTILL_DEFAULTS), ("refit", REFIT_DEFAULTS)):
+        for key, defaults in STAGE_DEFAULTS.items():
             if overrides[key] is not None:
                 recipe.after[key] = {**(recipe.after[key] or defaults), "enabled": overrides[key]}
         data_dir = ensure_data(data, log)
@@ -197,7 +197,8 @@ class RecipeRun:
         deadline = self.plan.deadline
         if len(slots) > 1:
             on_cpu = "CPU" in slots[0]["label"]
-            tasks = [_member_task(self.recipe, job, on_cpu, self.after, self.budget) for job in jobs]
+            predict = self.after and self.recipe.after["predict"]
+            tasks = [member_task(job, on_cpu, predict, self.which, self.budget) for job in jobs]
             run_parallel(tasks, slots, self.log, share, deadline)
             return
         names = [j[0] for j in jobs]
@@ -259,25 +260,6 @@ def _message(template: str, recipe: str, budget: str, members: list[str]) -> str
     """The submission message: {recipe}, {budget} and {members} (the run dirs voted, joined by
     " + ") filled in; other braces are left as they are."""
     return template.replace("{recipe}", recipe).replace("{budget}", budget).replace("{members}", " + ".join(members))
-
-
-def _member_task(recipe: Recipe, job, on_cpu: bool, after: bool,
-                 budget: str | None = None) -> tuple[str, Path, list[list[str]]]:
-    """The commands a worker runs for one member: train it, then (when the recipe predicts) predict it."""
-    from kit.fsio import write_text
-
-    name, cfg, run_dir, resume = job
-    if on_cpu:
-        cfg.train.cpu_threads = 1           # one core each; more threads only fight each other
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(run_dir / "member.toml", dump_toml(to_dict(cfg)))
-    cmds = [[sys.executable, "-m", "kit.train", "--out", str(run_dir), "--config", str(run_dir / "member.toml"),
-             "--no-progress"] + (["--resume"] if resume else []) + (["--budget", budget] if budget else [])]
-    if after and recipe.after["predict"]:
-        mode = source_mode(cfg)
-        cmds.append([sys.executable, "-m", "kit", "predict", str(run_dir), "--which", recipe.after["which"]]
-                    + (["--mode", mode, "--no-compare"] if mode else []))
-    return name, run_dir, cmds
 
 
 def _start_over(root: Path, names: list[str], log) -> None:
@@ -354,7 +336,7 @@ def _after(run: RecipeRun, result: RecipeResult) -> None:
     from kit.kaggle import recipe_submit
     from kit.records import PredictionIds
     from kit.report import format_report, report_runs
-    from kit.rounds import distill_stage, pseudo_rounds, refit_stage
+    from kit.rounds import distill_stage, lmft_stage, pseudo_rounds, refit_stage
 
     recipe, log, plan = run.recipe, run.log, run.recipe.after
     if not plan["predict"]:
@@ -368,6 +350,9 @@ def _after(run: RecipeRun, result: RecipeResult) -> None:
         member.val_acc, member.mode = ids.val_acc, ids.inference_mode or ""
     if plan["ensemble"] == "none":
         return
+    if enabled(plan, "lmft") is not None:
+        run_dirs = lmft_stage(run, plan, [m.name for m in members], run_dirs)
+        result.lmft = [str(d) for d in run_dirs if d.name.endswith("-lm")]
     log(f"ensembling {len(run_dirs)} member(s) by {plan['ensemble']} vote")
     rounds = enabled(plan, "pseudo") is not None
     voted = recipe.name + ("-before-refit" if enabled(plan, "refit") else "")     # the refit votes NAME itself
@@ -375,7 +360,7 @@ def _after(run: RecipeRun, result: RecipeResult) -> None:
     if rounds:
         result.vote0 = VoteResult(ens["val_acc"], str(ens["csv"]), plan["ensemble"], ens.get("oof_acc"))
         names = [m.name for m in members]
-        start, end = run.plan.stage_span(plan["pseudo"]["share"])
+        start, end = stage_span(run.plan, plan, "pseudo")
         run_dirs = pseudo_rounds(run, plan["pseudo"], names, run_dirs, result, start, end)
         if result.rounds:
             log(f"ensembling the {len(run_dirs)} fine-tuned member(s) by {plan['ensemble']} vote")

@@ -38,9 +38,10 @@ def register(sub) -> None:
     p.add_argument("--no-course", action="store_true", help="with --accuracy: skip the course sample")
     p.add_argument("--audition", action=argparse.BooleanOptionalAction, default=None,
                    help="with --accuracy: the recipe's audition on or off (default: as the recipe says)")
-    p.add_argument("--stages", nargs="?", const="pseudo,distill", default=None, metavar="pseudo,refit,distill",
-                   help="with --accuracy: also run the recipe with some of its stages after the vote "
-                        "(pseudo-labelling, the refit on train + validation, distillation; default pseudo,distill) "
+    p.add_argument("--stages", nargs="?", const="pseudo,distill", default=None, metavar="lmft,pseudo,refit,distill",
+                   help="with --accuracy: also run the recipe with some of its stages after the members "
+                        "(large-margin fine-tuning, pseudo-labelling, the refit on train + validation, "
+                        "distillation; default pseudo,distill) "
                         "on the finished members, and score them")
     p.add_argument("--stage-minutes", type=float, default=None,
                    help="with --stages: wall-clock minutes for that second run (default: the recipe's)")

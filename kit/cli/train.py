@@ -70,6 +70,8 @@ def register(sub) -> None:
                         "checkpoints and stops before it (members it leaves too little time are not started); "
                         "re-running the same command continues from the run dirs")
     switches = {      # on or off against the recipe
+        "--lmft": "before the vote, fine-tune every member with a margin head (AM-/AAM-Softmax) on longer crops at "
+                  "the full margin (large-margin fine-tuning; the recipe's [after] lmft settings) and vote those",
         "--pseudo": "after the vote, pseudo-label confident test utterances, fine-tune the members the vote relies "
                     "on with them and vote again (the recipe's [after] pseudo settings)",
         "--refit": "after the vote, fine-tune every voted member on train + validation (the utterances validation "
@@ -224,7 +226,7 @@ def cmd_recipe_run(args: argparse.Namespace) -> int:
     result = run_recipe(args.file, data=args.data, budget=args.budget, runs=args.runs, only=only,
                         after=not args.no_after, workers=args.workers, minutes=args.minutes,
                         per_member_minutes=args.member_minutes, fresh=args.fresh, max_hours=args.max_hours,
-                        pseudo=args.pseudo, distill=args.distill, refit=args.refit,
+                        pseudo=args.pseudo, distill=args.distill, refit=args.refit, lmft=args.lmft,
                         progress=not args.no_progress and progress_wanted(), log=log, launcher=launcher,
                         ensemble="none" if args.no_ensemble else None, audition=args.audition)
     print_recipe_table(result)
