@@ -8,8 +8,9 @@ get, its learning-rate schedule fitted to them, and stops with a checkpoint afte
 where it is evaluated on validation (centre crops, the figure every timed run reports); in a
 step-based budget (full, on a GPU: `kit recipe run boss --audition`) it stops at `rung` of its
 train.max_steps instead (train.stop_step), its schedule still that of the whole run (a candidate
-timed by its own train.minutes: at `rung` of those). The `keep`
-with the best validation accuracy at the cut resume from their checkpoints to the end of their
+timed by its own train.minutes: at `rung` of those). The `keep` (when they share the recipe's
+minutes, `per_slot`: at most one per slot, since a member beside another on one core gets half the
+time) with the best validation accuracy at the cut resume from their checkpoints to the end of their
 schedule (the same run, not a restart); the others are pruned: their run dirs stay, they are not
 voted. The minutes are shared so the whole recipe still fits its time (kit.timeplan.audition_minutes).
 
@@ -34,7 +35,7 @@ from kit.config import ENCODER_KINDS
 from kit.errors import KitError
 from kit.fsio import read_json, write_json
 from kit.rundir import RunDir
-from kit.timeplan import audition_minutes
+from kit.timeplan import TimePlan, audition_minutes
 from kit.train.results import read_metrics
 from kit.workers import slots_for
 
@@ -143,6 +144,7 @@ def _cut(run: RecipeRun, jobs: list, slots: list) -> AuditionResult:
     minutes = 0.0                                   # untimed: the cut is at rung x each one's max_steps
     if plan.timed:
         minutes = plan.candidate_minutes([plan.prediction(n) for n in run.chosen], keep, rung, max(len(slots), 1))
+    keep = most_kept(spec, plan, len(slots))
     rung_jobs = []
     for name, cfg, run_dir, resume in jobs:
         if RunDir(run_dir).summary() is None:       # not yet at the cut (a re-run after a kill resumes it)
@@ -178,6 +180,17 @@ def _cut(run: RecipeRun, jobs: list, slots: list) -> AuditionResult:
     for line in result.lines():
         run.log(line)
     return result
+
+
+def most_kept(spec: dict, plan: TimePlan, slots: int) -> int:
+    """The most survivors: [audition] keep, and with `per_slot`, when the survivors share the recipe's
+    minutes (not --member-minutes, not a step budget), at most one per slot: a member trained beside
+    another on one core gets half the time (tts, 2026-12-04, 2 cores: four survivors of 2.2-3.0
+    minutes voted 0.865 private, two of 3.7-3.9 minutes 0.8925). audition_minutes still sizes the rung
+    for `keep`, so the cut costs what it did and the survivors share more."""
+    if spec["per_slot"] and plan.minutes and not plan.per_member_minutes:
+        return min(spec["keep"], max(slots, 1))
+    return spec["keep"]
 
 
 def cut_step(max_steps: int, rung: float) -> int:

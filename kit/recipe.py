@@ -19,8 +19,10 @@ BUDGETS = ("full", "quick")
 # [audition] (kit.audition): off unless a recipe turns it on; the budgets it runs in, how many
 # candidates are kept as members at most, the share of a candidate's minutes it trains before the cut,
 # how close to the best score at the cut a candidate must be to go on, and whether the best of each
-# kind of network (attention, convolution) goes on first (kit.audition.survivors_of).
-AUDITION_DEFAULTS = {"enabled": False, "budgets": ["quick"], "keep": 4, "rung": 0.3, "within": 0.5, "kinds": True}
+# kind of network (attention, convolution) goes on first (kit.audition.survivors_of), and whether
+# survivors that share the recipe's minutes are at most one per slot (kit.audition).
+AUDITION_DEFAULTS = {"enabled": False, "budgets": ["quick"], "keep": 4, "rung": 0.3, "within": 0.5, "kinds": True,
+                     "per_slot": True}
 
 
 @dataclass
@@ -135,7 +137,7 @@ def _audition(path: Path, table) -> dict:
         known = ", ".join(AUDITION_DEFAULTS)
         raise KitError(f"{path}: [audition] must be a table of {known}")
     out = {**AUDITION_DEFAULTS, **table}
-    for key in ("enabled", "kinds"):
+    for key in ("enabled", "kinds", "per_slot"):
         if not isinstance(out[key], bool):
             raise KitError(f"{path}: [audition] {key} {out[key]!r}: true or false")
     if not isinstance(out["budgets"], list) or set(out["budgets"]) - set(BUDGETS):

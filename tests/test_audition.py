@@ -10,7 +10,7 @@ import pytest
 
 from kit.errors import KitError
 from kit.recipe import load_recipe
-from kit.timeplan import AFTER_SECONDS, CUT_SECONDS, START_SECONDS, audition_minutes
+from kit.timeplan import AFTER_SECONDS, CUT_SECONDS, START_SECONDS, TimePlan, audition_minutes
 from kit.train.results import read_metrics
 from kit.zoo import run_recipe
 
@@ -96,7 +96,7 @@ def test_audition_minutes_fill_the_recipe_time():
 @pytest.mark.parametrize("table,message", [
     ("keep = 0", "keep 0"), ("rung = 1.5", "rung 1.5"), ("budgets = ['slow']", "budgets"),
     ("enabled = 'yes'", "enabled 'yes'"), ("cut = 2", "must be a table of"), ("within = 2", "within 2"),
-    ("kinds = 1", "kinds 1"),
+    ("kinds = 1", "kinds 1"), ("per_slot = 'no'", "per_slot 'no'"),
 ])
 def test_a_bad_audition_table_is_refused_naming_the_file(tmp_path, table, message):
     path = tmp_path / "r.toml"
@@ -174,6 +174,17 @@ def test_survivors_are_the_best_of_each_kind_first_then_the_rest_by_rank():
     assert survivors_of(ranked, scores, keep=4, within=0.9, slots=1, kinds=kinds) == ["transformer-s"]
     one_kind = dict.fromkeys(scores, "attention")
     assert survivors_of(ranked, scores, keep=4, within=0.5, slots=2, kinds=one_kind) == ranked[:2]
+
+
+def test_survivors_sharing_the_recipe_minutes_are_at_most_one_per_slot():
+    from kit.audition import most_kept
+
+    spec = {"keep": 4, "per_slot": True}
+    assert most_kept(spec, TimePlan(minutes=9.0), 2) == 2                  # they share the recipe's minutes
+    assert most_kept(spec, TimePlan(minutes=9.0), 8) == 4                  # keep is still the most
+    assert most_kept(spec, TimePlan(per_member_minutes=2.0), 2) == 4       # each has its own minutes
+    assert most_kept(spec, TimePlan(), 2) == 4                             # steps: no time to share
+    assert most_kept({**spec, "per_slot": False}, TimePlan(minutes=9.0), 2) == 4
 
 
 def test_the_audition_turns_itself_off_with_a_line_when_it_cannot_run(tiny_recipe):
