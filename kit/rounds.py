@@ -15,6 +15,7 @@ fine-tunes are kept while their inputs are unchanged, and moved aside when they 
 """
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -63,7 +64,7 @@ def parse_stage(where: str, key: str, value, defaults: dict) -> dict | None:
         raise KitError(f"{where}: [after] {key}.share {opts['share']!r}: a fraction of the time in (0, 1)")
     for name in ("lr_scale", "margin", "segment_scale"):
         v = opts.get(name)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 10):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf):
             raise KitError(f"{where}: [after] {key}.{name} {v!r}: a positive number")
     if key == "lmft" and opts["segment_scale"] < 1:
         raise KitError(f"{where}: [after] lmft.segment_scale {opts['segment_scale']!r}: at least 1 (longer crops)")
