@@ -170,14 +170,15 @@ def pseudo_rounds(ctx: StageHost, opts: dict, names: list[str], run_dirs: list[P
     return run_dirs
 
 
-def lmft_stage(ctx: StageHost, after: dict, names: list[str], run_dirs: list[Path]) -> list[Path]:
+def lmft_stage(ctx: StageHost, after: dict, names: list[str], run_dirs: list[Path],
+               result: RecipeResult) -> list[Path]:
     """Large-margin fine-tuning (WeSpeaker's LM, after IDLab's VoxSRC-20 system): every member with a
     margin head (AM-/AAM-Softmax; others are kept as they are) fine-tuned from its checkpoint
     (<member>-lm) on crops `segment_scale` times longer, at the margin `margin` from the first step
     (no warm-up), at `lr_scale` of its learning rate, until its share of the recipe's time ends
     (untimed: share / segment_scale of its max_steps, so that it costs about `share` of the
     member's compute), then predicted. Returns the run dirs to vote: each fine-tuned member in its
-    member's place (one that diverged: the member)."""
+    member's place (one that diverged: the member); result.lmft lists the fine-tunes voted."""
     opts = after["lmft"]
     tuned = [n for n in names if ctx.config(n).model.head in MARGIN_HEADS]
     if not tuned:
@@ -190,16 +191,8 @@ def lmft_stage(ctx: StageHost, after: dict, names: list[str], run_dirs: list[Pat
     ctx.log(f"lmft: {', '.join(tuned)} fine-tuned on {opts['segment_scale']:g}x longer crops at margin "
             f"{opts['margin']:g}" + (f" until {end:.0%} of the recipe's time" if ctx.plan.timed else ""))
     ctx.train_jobs(jobs, share=ctx.plan.sharer(end, opts["share"]))
-    out = []
-    for name, src in sources.items():
-        d = ctx.root / f"{name}-lm"
-        if name not in tuned:
-            d = Path(src)
-        elif RunDir(d).diverged_at is not None:
-            ctx.log(f"{d.name} diverged: the vote keeps {Path(src).name}")
-            d = Path(src)
-        ctx.predict(d)
-        out.append(d)
+    out = _in_place(ctx, names, run_dirs, "lm", tuned)
+    result.lmft = [str(d) for d in out if d not in run_dirs]
     return out
 
 
@@ -229,18 +222,25 @@ def refit_stage(ctx: StageHost, after: dict, names: list[str], run_dirs: list[Pa
     ctx.log(f"refit: {', '.join(names)} fine-tuned on train + validation"
             + (f" until {end:.0%} of the recipe's time" if ctx.plan.timed else ""))
     ctx.train_jobs(jobs, share=ctx.plan.sharer(end, opts["share"]))
-    refits = []
-    for name, src in zip(names, run_dirs, strict=True):
-        d = ctx.root / f"{name}-refit"
-        if RunDir(d).diverged_at is not None:
-            ctx.log(f"{d.name} diverged: the vote keeps {Path(src).name}")
-            d = Path(src)
-        ctx.predict(d)
-        refits.append(d)
+    refits = _in_place(ctx, names, run_dirs, "refit", names)
     result.before_refit = result.ensemble
     ens = ctx.ensemble(refits, ctx.name, val_from=run_dirs)
     result.ensemble = VoteResult.of(ens, after, refits)
     return refits, ens
+
+
+def _in_place(ctx: StageHost, names: list[str], run_dirs: list[Path], suffix: str, tuned: list[str]) -> list[Path]:
+    """The run dirs a stage votes: each member of `tuned` replaced by its fine-tune <member>-<suffix>,
+    unless that diverged (then the member, with a line), every one predicted."""
+    out = []
+    for name, src in zip(names, run_dirs, strict=True):
+        d = ctx.root / f"{name}-{suffix}" if name in tuned else Path(src)
+        if d != Path(src) and RunDir(d).diverged_at is not None:
+            ctx.log(f"{d.name} diverged: the vote keeps {Path(src).name}")
+            d = Path(src)
+        ctx.predict(d)
+        out.append(d)
+    return out
 
 
 def to_fine_tune(names: list[str], weights: list[float], how: str) -> list[str]:

@@ -351,8 +351,7 @@ def _after(run: RecipeRun, result: RecipeResult) -> None:
     if plan["ensemble"] == "none":
         return
     if enabled(plan, "lmft") is not None:
-        run_dirs = lmft_stage(run, plan, [m.name for m in members], run_dirs)
-        result.lmft = [str(d) for d in run_dirs if d.name.endswith("-lm")]
+        run_dirs = lmft_stage(run, plan, [m.name for m in members], run_dirs, result)
     log(f"ensembling {len(run_dirs)} member(s) by {plan['ensemble']} vote")
     rounds = enabled(plan, "pseudo") is not None
     voted = recipe.name + ("-before-refit" if enabled(plan, "refit") else "")     # the refit votes NAME itself

@@ -65,9 +65,12 @@ def test_lmft_without_a_margin_member_says_so_and_votes_the_members(tiny_data, t
             from kit.config import RunConfig
             return RunConfig()
 
+    from kit.recipe_result import RecipeResult
+
     dirs = [tmp_path / "a", tmp_path / "b"]
     after = {"lmft": dict(LMFT_DEFAULTS)}
-    assert lmft_stage(Host(), after, ["a", "b"], dirs) == dirs
+    result = RecipeResult("tiny", "quick", str(tiny_data))
+    assert lmft_stage(Host(), after, ["a", "b"], dirs, result) == dirs and result.lmft == []
     assert logs == ["lmft: no member has a margin head (AM-/AAM-Softmax): nothing to fine-tune, the vote goes on"]
 
 
