@@ -87,7 +87,7 @@ def wants_audition(recipe: Recipe, budget: str, override: bool | None, only, blo
     (before predictions, which are estimated later: kit.timeplan.audition_minutes may still refuse
     then), trained as `workers` says (kit.workers.slots_for). An untimed (step-based) budget cuts at
     `rung` of each candidate's train.max_steps instead."""
-    spec = recipe.audition
+    spec = recipe.audition_for(budget)
     if override is False or not (override or (spec["enabled"] and budget in spec["budgets"])):
         return False
     n, (minutes, per_member) = len(recipe.members_for(budget, audition=True)), timed
@@ -139,7 +139,7 @@ def _survivor_share(run: RecipeRun, result: AuditionResult):
 
 
 def _cut(run: RecipeRun, jobs: list, slots: list) -> AuditionResult:
-    spec, plan = run.recipe.audition, run.plan
+    spec, plan = run.recipe.audition_for(run.budget), run.plan
     keep, rung = spec["keep"], float(spec["rung"])
     minutes = 0.0                                   # untimed: the cut is at rung x each one's max_steps
     if plan.timed:

@@ -49,6 +49,9 @@ def suite_markdown(recipe: str, rows: list[dict]) -> str:
                      f"| {r['best_member']} {_pct(r['best_public'])} / {_pct(r['best_private'])} "
                      f"| {_pct(r['course_public'])} / {_pct(r['course_private'])} "
                      f"| {_pct(r['over_course'], True)} | {_pct(r['over_member'], True)} |")
+    if all(r["course_private"] is None for r in rows):
+        lines += ["", "- the course sample was not run (--no-course): the targets are not judged"]
+        return "\n".join(lines) + "\n"
     met = [r for r in rows if (r["over_course"] or 0) >= TARGET_OVER_COURSE
            and (r["over_member"] or 0) >= TARGET_OVER_MEMBER]
     lines += ["", f"- targets (+{TARGET_OVER_COURSE * 100:.0f} private over the course sample, "
@@ -57,18 +60,23 @@ def suite_markdown(recipe: str, rows: list[dict]) -> str:
 
 
 def run_suite(recipe: str = "boss", presets: tuple[str, ...] = SUITE, minutes: float | None = None,
-              out: str | Path = ".", cache: str | Path = "data", log=lambda m: None) -> dict:
+              out: str | Path = ".", cache: str | Path = "data", log=lambda m: None, course: bool = True,
+              audition: bool | None = None, per_member_minutes: float | None = None) -> dict:
     """The accuracy bench on each preset (generated into `cache` once); each competition's own
-    bench_accuracy.json/.md go to OUT/suite-<preset>/, the table to OUT/bench_suite.json/.md."""
+    bench_accuracy.json/.md go to OUT/suite-<preset>/, the table to OUT/bench_suite.json/.md.
+    course, audition, per_member_minutes: as the accuracy bench takes them (--no-course,
+    --no-audition, --member-minutes), for every competition."""
     out = Path(out)
     rows = []
+    summary: dict = {"recipe": recipe, "minutes": minutes, "per_member_minutes": per_member_minutes,
+                     "audition": audition, "course": course, "rows": rows}
     for preset in presets:
         log(f"suite: {preset}")
-        result = run_accuracy_bench(recipe, preset, minutes=minutes, out=out / f"suite-{preset}", cache=cache,
-                                    log=log)
+        result = run_accuracy_bench(recipe, preset, minutes=minutes, per_member_minutes=per_member_minutes,
+                                    out=out / f"suite-{preset}", cache=cache, course=course, log=log,
+                                    audition=audition)
         rows.append(suite_row(preset, result))
         # Written after every competition: a suite stopped half way keeps the rows it has.
-        summary = {"recipe": recipe, "minutes": minutes, "rows": rows}
         write_json(out / "bench_suite.json", summary)
         write_text(out / "bench_suite.md", suite_markdown(recipe, rows))
-    return {"recipe": recipe, "minutes": minutes, "rows": rows}
+    return summary

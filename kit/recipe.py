@@ -38,11 +38,18 @@ class Recipe:
     only_in: dict = field(default_factory=dict)   # member -> the budgets it trains in (absent: all)
     audition: dict = field(default_factory=lambda: dict(AUDITION_DEFAULTS))
     candidates: set = field(default_factory=set)  # members with `candidate = true`: in an audition only
+    auditions_in: dict = field(default_factory=dict)   # member -> the budgets it is a candidate in (absent: all)
+
+    def audition_for(self, budget: str) -> dict:
+        """[audition] in `budget`: the table, with its [audition.<budget>] keys over it."""
+        spec = {**self.audition, **self.audition.get(budget, {})}
+        return {k: v for k, v in spec.items() if k not in BUDGETS}
 
     def members_for(self, budget: str, audition: bool = False) -> list[str]:
-        """The members that train in `budget`: the fixed zoo, or with `audition` every candidate."""
+        """The members that train in `budget`: the fixed zoo, or with `audition` every candidate (the
+        `candidate = true` members and the fixed ones whose `audition` allows that budget)."""
         return [m[0] for m in self.members if budget in self.only_in.get(m[0], BUDGETS)
-                and (audition or m[0] not in self.candidates)]
+                and (budget in self.auditions_in.get(m[0], BUDGETS) if audition else m[0] not in self.candidates)]
 
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"      # shipped with the package
@@ -72,11 +79,11 @@ def load_recipe(path: str | Path) -> Recipe:
     if not isinstance(base, dict):
         raise KitError(f"{path}: [base] and [budget.*] must be tables")
     budgets, minutes = _budgets(path, raw.get("budget", {}))
-    members, recipe_only, candidates = _members(path, raw.get("members", []))
+    members, recipe_only, candidates, auditions_in = _members(path, raw.get("members", []))
     name = _recipe_name(path, raw.get("name", path.stem))
     recipe = Recipe(path, name, base, members, budgets, _after(path, raw.get("after", {})),
                     raw.get("description", ""), minutes, recipe_only, _audition(path, raw.get("audition", {})),
-                    candidates)
+                    candidates, auditions_in)
     for member, _, _ in members:                 # refuse typos now, not after an hour of training
         for budget in BUDGETS:
             member_config(recipe, member, budget)
@@ -132,33 +139,43 @@ def _after(path: Path, after: dict) -> dict:
 
 
 def _audition(path: Path, table) -> dict:
-    """The [audition] table with its defaults, checked."""
-    if not isinstance(table, dict) or set(table) - set(AUDITION_DEFAULTS):
+    """The [audition] table with its defaults, checked; an [audition.full] or [audition.quick] table
+    in it sets keep, rung, within, kinds or per_slot for that budget (Recipe.audition_for)."""
+    if not isinstance(table, dict) or set(table) - set(AUDITION_DEFAULTS) - set(BUDGETS):
         known = ", ".join(AUDITION_DEFAULTS)
-        raise KitError(f"{path}: [audition] must be a table of {known}")
+        raise KitError(f"{path}: [audition] must be a table of {known} (and [audition.full], [audition.quick])")
     out = {**AUDITION_DEFAULTS, **table}
-    for key in ("enabled", "kinds", "per_slot"):
-        if not isinstance(out[key], bool):
-            raise KitError(f"{path}: [audition] {key} {out[key]!r}: true or false")
-    if not isinstance(out["budgets"], list) or set(out["budgets"]) - set(BUDGETS):
-        raise KitError(f"{path}: [audition] budgets {out['budgets']!r}: a list of {', '.join(BUDGETS)}")
-    if isinstance(out["keep"], bool) or not isinstance(out["keep"], int) or out["keep"] < 1:
-        raise KitError(f"{path}: [audition] keep {out['keep']!r}: the number of members kept, at least 1")
-    rung = out["rung"]
-    if isinstance(rung, bool) or not isinstance(rung, (int, float)) or not 0 < rung < 1:
-        raise KitError(f"{path}: [audition] rung {rung!r}: the share of a candidate's minutes before the cut, "
-                       "between 0 and 1")
-    within = out["within"]
-    if isinstance(within, bool) or not isinstance(within, (int, float)) or not 0 <= within <= 1:
-        raise KitError(f"{path}: [audition] within {within!r}: the share of the best score at the cut a "
-                       "survivor needs, between 0 and 1")
+    for budget in BUDGETS:
+        own = table.get(budget, {})
+        if not isinstance(own, dict) or set(own) - (set(AUDITION_DEFAULTS) - {"enabled", "budgets"}):
+            raise KitError(f"{path}: [audition.{budget}] must be a table of keep, rung, within, kinds, per_slot")
+        _check_audition(path, {**out, **own}, f"[audition.{budget}]" if own else "[audition]")
     return out
 
 
-def _members(path: Path, raw_members) -> tuple[list, dict, set]:
-    """[(name, config override, per-member budgets)], {member: the budgets it trains in} and the
-    members that train only in an audition (`candidate = true`)."""
-    members, seen, recipe_only, candidates = [], set(), {}, set()
+def _check_audition(path: Path, out: dict, where: str) -> None:
+    for key in ("enabled", "kinds", "per_slot"):
+        if not isinstance(out[key], bool):
+            raise KitError(f"{path}: {where} {key} {out[key]!r}: true or false")
+    if not isinstance(out["budgets"], list) or set(out["budgets"]) - set(BUDGETS):
+        raise KitError(f"{path}: {where} budgets {out['budgets']!r}: a list of {', '.join(BUDGETS)}")
+    if isinstance(out["keep"], bool) or not isinstance(out["keep"], int) or out["keep"] < 1:
+        raise KitError(f"{path}: {where} keep {out['keep']!r}: the number of members kept, at least 1")
+    rung = out["rung"]
+    if isinstance(rung, bool) or not isinstance(rung, (int, float)) or not 0 < rung < 1:
+        raise KitError(f"{path}: {where} rung {rung!r}: the share of a candidate's minutes before the cut, "
+                       "between 0 and 1")
+    within = out["within"]
+    if isinstance(within, bool) or not isinstance(within, (int, float)) or not 0 <= within <= 1:
+        raise KitError(f"{path}: {where} within {within!r}: the share of the best score at the cut a "
+                       "survivor needs, between 0 and 1")
+
+
+def _members(path: Path, raw_members) -> tuple[list, dict, set, dict]:
+    """[(name, config override, per-member budgets)], {member: the budgets it trains in}, the
+    members that train only in an audition (`candidate = true`) and {member: the budgets it is a
+    candidate in} for those whose `audition` is not true."""
+    members, seen, recipe_only, candidates, auditions_in = [], set(), {}, set(), {}
     if not isinstance(raw_members, list) or not raw_members:
         raise KitError(f"{path}: needs at least one [[members]] entry with a name")
     for i, m in enumerate(raw_members):
@@ -179,6 +196,9 @@ def _members(path: Path, raw_members) -> tuple[list, dict, set]:
             raise KitError(f"{path}: member {name}: candidate {candidate!r}: true or false")
         if candidate:
             candidates.add(name)
+        auditions = _auditions(path, name, m.pop("audition", True), candidate)
+        if set(auditions) != set(BUDGETS):
+            auditions_in[name] = auditions
         trains_in = m.pop("budgets", list(BUDGETS))       # the budgets this member trains in
         if not isinstance(trains_in, list) or not trains_in or set(trains_in) - set(BUDGETS):
             raise KitError(f"{path}: member {name}: budgets {trains_in!r}: a list of {', '.join(BUDGETS)}")
@@ -188,7 +208,22 @@ def _members(path: Path, raw_members) -> tuple[list, dict, set]:
         if bad:
             raise KitError(f"{path}: member {name}: unknown budget(s) {', '.join(bad)}")
         members.append((name, m, member_budgets))
-    return members, recipe_only, candidates
+    return members, recipe_only, candidates, auditions_in
+
+
+def _auditions(path: Path, name: str, value, candidate: bool) -> list[str]:
+    """A member's `audition`: true (a candidate whenever the recipe auditions), false (never: the
+    fixed zoo only) or the budgets it is a candidate in (boss: its quick Transformer, ECAPA and
+    ResNet in the full budget's audition, not in the quick one's)."""
+    budgets = list(BUDGETS) if value is True else [] if value is False else value
+    if not isinstance(budgets, list) or set(budgets) - set(BUDGETS) or \
+            not all(isinstance(b, str) for b in budgets):
+        raise KitError(f"{path}: member {name}: audition {value!r}: true, false or a list of "
+                       f"{', '.join(BUDGETS)}")
+    if candidate and set(budgets) != set(BUDGETS):
+        raise KitError(f"{path}: member {name}: `candidate = true` trains only in an audition; "
+                       f"`audition = {value!r}` would keep it out of one")
+    return budgets
 
 
 def member_config(recipe: Recipe, member: str, budget: str, data_dir: str | Path | None = None) -> RunConfig:

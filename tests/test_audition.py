@@ -4,6 +4,7 @@ the run dir; a re-run continues from them; --no-audition trains the fixed member
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 
 import pytest
@@ -19,7 +20,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 # Three candidates, one of them audition-only; the third learns far more slowly (tiny lr).
 CANDIDATES = ("mean", {"name": "sap", "model.pooling": "sap"},
               {"name": "slow", "candidate": True, "train.lr": 1e-6})
-AUDITION = "[audition]\nenabled = true\nkeep = 2\nrung = 0.5\nwithin = 0.0\n"
+# keep and rung set for the quick budget (the tests' budget) over the table's own, which would keep one
+# candidate and cut at 90%: the runs below check that the quick budget's are the ones used.
+AUDITION = "[audition]\nenabled = true\nkeep = 1\nrung = 0.9\nwithin = 0.0\n[audition.quick]\nkeep = 2\nrung = 0.5\n"
 
 
 def _recipe(tiny_recipe, after: dict | None = None):
@@ -97,6 +100,8 @@ def test_audition_minutes_fill_the_recipe_time():
     ("keep = 0", "keep 0"), ("rung = 1.5", "rung 1.5"), ("budgets = ['slow']", "budgets"),
     ("enabled = 'yes'", "enabled 'yes'"), ("cut = 2", "must be a table of"), ("within = 2", "within 2"),
     ("kinds = 1", "kinds 1"), ("per_slot = 'no'", "per_slot 'no'"),
+    ("quick = { keep = 0 }", r"\[audition.quick\] keep 0"), ("full = { rung = 0 }", r"\[audition.full\] rung 0"),
+    ("quick = { enabled = false }", "must be a table of keep, rung"), ("quick = 3", r"\[audition.quick\] must be"),
 ])
 def test_a_bad_audition_table_is_refused_naming_the_file(tmp_path, table, message):
     path = tmp_path / "r.toml"
@@ -112,12 +117,43 @@ def test_a_bad_audition_table_is_refused_naming_the_file(tmp_path, table, messag
     assert str(path) in str(err.value)
 
 
-def test_boss_auditions_eight_quick_candidates_and_keeps_its_fixed_zoo_without():
+def test_boss_auditions_four_small_quick_candidates_and_keeps_its_fixed_zoo_without():
     boss = load_recipe("boss")
-    assert boss.audition["enabled"] and boss.audition["keep"] == 4
+    quick, full = boss.audition_for("quick"), boss.audition_for("full")
+    assert quick["enabled"] and (quick["keep"], quick["rung"]) == (2, 0.1) and (full["keep"], full["rung"]) == (4, 0.3)
     fixed, candidates = boss.members_for("quick"), boss.members_for("quick", audition=True)
-    assert len(fixed) == 4 and len(candidates) == 8 and set(fixed) < set(candidates)
-    assert "quick" in boss.audition["budgets"] and "full" not in boss.audition["budgets"]
+    assert len(fixed) == 4 and len(candidates) == 4 and not set(fixed) & set(candidates)
+    assert all(n.endswith("-s") for n in candidates)
+    assert boss.members_for("full", audition=True) == boss.members_for("full")     # the five full members
+    assert "quick" in quick["budgets"] and "full" not in quick["budgets"]
+
+
+def test_a_member_audition_key_says_in_which_budgets_it_is_a_candidate(tmp_path):
+    path = tmp_path / "r.toml"
+    path.write_text(textwrap.dedent("""\
+        name = "r"
+        [[members]]
+        name = "a"
+        [[members]]
+        name = "never"
+        audition = false
+        [[members]]
+        name = "in-full"
+        audition = ["full"]
+        [[members]]
+        name = "only"
+        candidate = true
+        """))
+    recipe = load_recipe(path)
+    assert recipe.members_for("quick") == recipe.members_for("full") == ["a", "never", "in-full"]
+    assert recipe.members_for("quick", audition=True) == ["a", "only"]
+    assert recipe.members_for("full", audition=True) == ["a", "in-full", "only"]
+    for bad, message in (('audition = "yes"', "audition 'yes': true, false or a list"),
+                         ('audition = ["slow"]', "audition \\['slow'\\]"),
+                         ("candidate = true\naudition = false", "would keep it out of one")):
+        path.write_text(f'name = "r"\n[[members]]\nname = "a"\n{bad}\n')
+        with pytest.raises(KitError, match=f"{re.escape(str(path))}: member a: .*{message}"):
+            load_recipe(path)
 
 
 def test_a_survivor_resumes_with_its_time_before_the_cut_plus_its_share_of_what_is_left(tmp_path):

@@ -56,8 +56,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.accuracy and args.suite:
         from kit.bench_suite import SUITE, run_suite, suite_markdown
 
+        for given, flag in ((args.data, "--data"), (args.stages, "--stages"), (args.same_budget, "--same-budget")):
+            if given:
+                raise KitError(f"{flag} goes without --suite: the suite runs the recipe on its own "
+                               f"competitions ({', '.join(SUITE)}), plainly")
         presets = (args.preset,) if args.preset else SUITE
-        suite = run_suite(args.recipe, presets, args.minutes, args.out, args.cache, log=log)
+        suite = run_suite(args.recipe, presets, args.minutes, args.out, args.cache, log=log,
+                          course=not args.no_course, audition=args.audition,
+                          per_member_minutes=args.member_minutes)
         print(suite_markdown(args.recipe, suite["rows"]))
         return 0
     if args.suite:

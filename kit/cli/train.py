@@ -282,7 +282,7 @@ def cmd_recipe_cost(args: argparse.Namespace) -> int:
         print()
         print(measured_table(costs, rates))
     if args.audition:
-        spec = recipe.audition
+        spec = recipe.audition_for(args.budget)
         print()
         print("\n".join(audition_lines(costs, recipe.members_for(args.budget), spec["keep"], float(spec["rung"]),
                                        args.utilisation, rates)))
