@@ -67,7 +67,7 @@ def run_suite(recipe: str = "boss", presets: tuple[str, ...] = SUITE, minutes: f
     course, audition, per_member_minutes: as the accuracy bench takes them (--no-course,
     --no-audition, --member-minutes), for every competition."""
     out = Path(out)
-    rows = []
+    rows: list[dict] = []
     summary: dict = {"recipe": recipe, "minutes": minutes, "per_member_minutes": per_member_minutes,
                      "audition": audition, "course": course, "rows": rows}
     for preset in presets:
