@@ -145,11 +145,12 @@ def _audition(path: Path, table) -> dict:
         known = ", ".join(AUDITION_DEFAULTS)
         raise KitError(f"{path}: [audition] must be a table of {known} (and [audition.full], [audition.quick])")
     out = {**AUDITION_DEFAULTS, **table}
-    for budget in BUDGETS:
-        own = table.get(budget, {})
+    _check_audition(path, out, "[audition]")
+    for budget in set(BUDGETS) & set(table):
+        own = table[budget]
         if not isinstance(own, dict) or set(own) - (set(AUDITION_DEFAULTS) - {"enabled", "budgets"}):
             raise KitError(f"{path}: [audition.{budget}] must be a table of keep, rung, within, kinds, per_slot")
-        _check_audition(path, {**out, **own}, f"[audition.{budget}]" if own else "[audition]")
+        _check_audition(path, {**out, **own}, f"[audition.{budget}]")
     return out
 
 
@@ -157,7 +158,7 @@ def _check_audition(path: Path, out: dict, where: str) -> None:
     for key in ("enabled", "kinds", "per_slot"):
         if not isinstance(out[key], bool):
             raise KitError(f"{path}: {where} {key} {out[key]!r}: true or false")
-    if not isinstance(out["budgets"], list) or set(out["budgets"]) - set(BUDGETS):
+    if not _budget_list(out["budgets"]):
         raise KitError(f"{path}: {where} budgets {out['budgets']!r}: a list of {', '.join(BUDGETS)}")
     if isinstance(out["keep"], bool) or not isinstance(out["keep"], int) or out["keep"] < 1:
         raise KitError(f"{path}: {where} keep {out['keep']!r}: the number of members kept, at least 1")
@@ -200,7 +201,7 @@ def _members(path: Path, raw_members) -> tuple[list, dict, set, dict]:
         if set(auditions) != set(BUDGETS):
             auditions_in[name] = auditions
         trains_in = m.pop("budgets", list(BUDGETS))       # the budgets this member trains in
-        if not isinstance(trains_in, list) or not trains_in or set(trains_in) - set(BUDGETS):
+        if not _budget_list(trains_in) or not trains_in:
             raise KitError(f"{path}: member {name}: budgets {trains_in!r}: a list of {', '.join(BUDGETS)}")
         if trains_in != list(BUDGETS):
             recipe_only[name] = trains_in
@@ -211,13 +212,18 @@ def _members(path: Path, raw_members) -> tuple[list, dict, set, dict]:
     return members, recipe_only, candidates, auditions_in
 
 
+def _budget_list(value) -> bool:
+    """Whether a recipe's `budgets` or `audition` value is a list of budget names (a TOML array may
+    hold arrays or tables, which a set could not take)."""
+    return isinstance(value, list) and all(isinstance(b, str) and b in BUDGETS for b in value)
+
+
 def _auditions(path: Path, name: str, value, candidate: bool) -> list[str]:
     """A member's `audition`: true (a candidate whenever the recipe auditions), false (never: the
     fixed zoo only) or the budgets it is a candidate in (boss: its quick Transformer, ECAPA and
     ResNet in the full budget's audition, not in the quick one's)."""
     budgets = list(BUDGETS) if value is True else [] if value is False else value
-    if not isinstance(budgets, list) or set(budgets) - set(BUDGETS) or \
-            not all(isinstance(b, str) for b in budgets):
+    if not _budget_list(budgets):
         raise KitError(f"{path}: member {name}: audition {value!r}: true, false or a list of "
                        f"{', '.join(BUDGETS)}")
     if candidate and set(budgets) != set(BUDGETS):

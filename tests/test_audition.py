@@ -102,6 +102,7 @@ def test_audition_minutes_fill_the_recipe_time():
     ("kinds = 1", "kinds 1"), ("per_slot = 'no'", "per_slot 'no'"),
     ("quick = { keep = 0 }", r"\[audition.quick\] keep 0"), ("full = { rung = 0 }", r"\[audition.full\] rung 0"),
     ("quick = { enabled = false }", "must be a table of keep, rung"), ("quick = 3", r"\[audition.quick\] must be"),
+    ("budgets = [['quick']]", "budgets"),
 ])
 def test_a_bad_audition_table_is_refused_naming_the_file(tmp_path, table, message):
     path = tmp_path / "r.toml"
@@ -150,6 +151,8 @@ def test_a_member_audition_key_says_in_which_budgets_it_is_a_candidate(tmp_path)
     assert recipe.members_for("full", audition=True) == ["a", "in-full", "only"]
     for bad, message in (('audition = "yes"', "audition 'yes': true, false or a list"),
                          ('audition = ["slow"]', "audition \\['slow'\\]"),
+                         ('audition = [["full"]]', "audition \\[\\['full'\\]\\]: true, false or a list"),
+                         ('budgets = [["full"]]', "budgets \\[\\['full'\\]\\]: a list of"),
                          ("candidate = true\naudition = false", "would keep it out of one")):
         path.write_text(f'name = "r"\n[[members]]\nname = "a"\n{bad}\n')
         with pytest.raises(KitError, match=f"{re.escape(str(path))}: member a: .*{message}"):
