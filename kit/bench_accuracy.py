@@ -135,10 +135,12 @@ def _recipe_rows(recipe_path: Path, runs: Path, key: Path, args: dict, stages: t
         csv = _member_csv(run_dir, run_dir / "member_test.csv")
         rows.append({"name": m.name + tag, "kind": "member" if not stages else "staged member",
                      "val_acc": m.accuracy, "minutes": m.minutes, **_scores(csv, key)})
-    for d in res.lmft + (res.rounds[-1].fine_tuned if res.rounds else []):
-        run_dir = Path(d)
+    refits = [d for d in (res.ensemble.members if res.before_refit and res.ensemble else []) if d.endswith("-refit")]
+    for d in res.lmft + (res.rounds[-1].fine_tuned if res.rounds else []) + refits:
+        run_dir, refit = Path(d), d in refits       # a refit trained on validation: no held-out figure
         csv = _member_csv(run_dir, run_dir / "member_test.csv")
-        rows.append({"name": run_dir.name, "kind": "fine-tuned member", "val_acc": PredictionIds.load(run_dir).val_acc,
+        rows.append({"name": run_dir.name, "kind": "refit member" if refit else "fine-tuned member",
+                     "val_acc": None if refit else PredictionIds.load(run_dir).val_acc,
                      "minutes": _minutes(run_dir), **_scores(csv, key)})
     if res.vote0 is not None and (same_budget or not stages):
         rows.append({"name": f"vote before pseudo-labelling{tag}", "kind": "vote0",

@@ -28,3 +28,21 @@ def test_accuracy_bench_scores_members_ensemble_and_course_sample(tiny_data, tin
     md = (tmp_path / "bench_accuracy.md").read_text()
     assert "course sample (same wall time)" in md and "ensemble vs best member" in md
     assert not (tmp_path / "submissions").exists()            # nothing written outside the bench's runs dir
+
+
+@pytest.mark.slow
+def test_accuracy_bench_scores_each_refit_member_with_no_validation_figure(tiny_data, tiny_recipe, tmp_path):
+    recipe = tiny_recipe(*MEMBERS, name="pairrf", file="pairrf.toml",
+                         after={"ensemble": "auto", "which": "last", "refit": {"share": 0.3}},
+                         base={"model": {"pooling": "stats", "head": "linear", "head_bn": True},
+                               "train": {"max_steps": 30, "eval_every": 15}})
+    result = run_accuracy_bench(str(recipe), data=str(tiny_data), out=tmp_path, runs=tmp_path / "runs",
+                                per_member_minutes=0.02, course=False, stages="refit", same_budget=True)
+    refits = [r for r in result["rows"] if r["kind"] == "refit member"]
+    assert [r["name"] for r in refits] == ["tfm-refit", "cnn-refit"]
+    for row in refits:           # trained on validation: scored on test only
+        assert row["val_acc"] is None and 0.0 <= row["private"] <= 1.0 and row["minutes"] > 0
+    kinds = [r["kind"] for r in result["rows"]]
+    assert kinds.index("refit member") > kinds.index("ensemble")          # after the plain run's rows
+    md = (tmp_path / "bench_accuracy.md").read_text()
+    assert "| tfm-refit |  |" in md and "vote before the refit" in md

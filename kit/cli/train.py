@@ -7,10 +7,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kit.cli import add_cache_option, cache_from, progress_wanted
 from kit.errors import KitError
-from kit.recipe_result import RecipeResult
+
+if TYPE_CHECKING:        # kit.recipe_result brings torch: `kit --help` would take seconds
+    from kit.recipe_result import RecipeResult
 
 DDP_HELP = """one model on several devices (DDP), same arguments:
   GPUs: accelerate launch --multi_gpu --num_processes N -m kit.train --data DIR --out RUN ...

@@ -1,0 +1,21 @@
+"""kit's command line as a newcomer first meets it: `kit --help` answers at once, listing every
+command, without loading torch or pandas (seconds on a laptop, more on a shared Kaggle box)."""
+import subprocess
+import sys
+
+HELP = """
+import sys
+from kit.cli import main
+try:
+    main(["--help"])
+except SystemExit as e:
+    assert e.code == 0, e.code
+print(" ".join(m for m in ("torch", "pandas", "accelerate", "matplotlib") if m in sys.modules), file=sys.stderr)
+"""
+
+
+def test_help_lists_every_command_and_loads_no_heavy_library():
+    done = subprocess.run([sys.executable, "-c", HELP], capture_output=True, text=True, check=True)
+    assert done.stderr.strip() == ""                      # none of the heavy libraries was imported
+    for command in ("data", "train", "recipe", "predict", "ensemble", "submit", "scores", "bench"):
+        assert f"\n    {command} " in done.stdout
