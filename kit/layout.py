@@ -24,6 +24,11 @@ def synth_marker(data_dir: str | os.PathLike) -> dict | None:
     return read_json(path, "kit's synthetic-data marker") if path.is_file() else None
 
 
+def is_synthetic(data_dir: str | os.PathLike) -> bool:
+    """Made by `kit data synth` (its marker is there): the quick budget and the answer key apply."""
+    return (Path(data_dir) / SYNTH_MARKER).is_file()
+
+
 @dataclass(frozen=True)
 class Utterance:
     path: str                 # feature_path as written in the json (relative to the data dir)

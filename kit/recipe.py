@@ -8,7 +8,6 @@ from pathlib import Path
 
 from kit.config import RunConfig, layered, load_toml
 from kit.errors import KitError
-from kit.layout import SYNTH_MARKER
 from kit.names import check_member_name, check_submission_name
 from kit.rounds import STAGE_DEFAULTS, STAGES, enabled, parse_stage, stages_share
 
@@ -265,10 +264,6 @@ def require_budget(recipe: Recipe, budget: str) -> str:
     if not recipe.members_for(budget):
         raise KitError(f"{recipe.path}: --budget {budget}: no member trains in it (their `budgets` lists)")
     return budget
-
-
-def is_synthetic(data_dir: str | Path) -> bool:
-    return (Path(data_dir) / SYNTH_MARKER).is_file()
 
 
 def ensure_data(data: str | None, log) -> Path:

@@ -260,7 +260,8 @@ def rehearse(recipe_file: str, data: str | None, budget: str, runs: str, steps: 
     import torch
 
     from kit.cost import fits_a_week, recipe_costs
-    from kit.recipe import is_synthetic, load_recipe, resolve_recipe
+    from kit.layout import is_synthetic
+    from kit.recipe import load_recipe, resolve_recipe
     from kit.zoo import run_recipe
 
     log = log or (lambda message: None)

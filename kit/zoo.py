@@ -14,7 +14,8 @@ from kit.audition import run_audition, wants_audition
 from kit.config import RunConfig
 from kit.errors import KitError
 from kit.infer import source_mode
-from kit.recipe import BUDGETS, Recipe, ensure_data, is_synthetic, load_recipe, member_config
+from kit.layout import is_synthetic
+from kit.recipe import BUDGETS, Recipe, ensure_data, load_recipe, member_config
 from kit.recipe_result import MemberResult, RecipeResult, VoteResult, member_result
 from kit.rounds import STAGE_DEFAULTS, enabled, stage_span, stages_share
 from kit.rundir import RunDir

@@ -358,3 +358,11 @@ def test_the_worker_makes_the_clients_config_dir_first_and_tolerates_it_existing
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
     config_dir_ready()                          # no ~/.kaggle on Linux: the client looks in $XDG_CONFIG_HOME/kaggle
     assert (tmp_path / "xdg" / "kaggle").is_dir() and not (tmp_path / "home" / ".kaggle").exists()
+
+
+def test_the_kaggle_worker_loads_neither_torch_nor_pandas():
+    """Every Kaggle call runs in a fresh `python -m kit.kaggle.worker`: torch would cost each call seconds."""
+    code = ("import sys, kit.kaggle.worker; "
+            "print(' '.join(m for m in ('torch', 'pandas', 'accelerate') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == ""

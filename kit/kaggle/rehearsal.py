@@ -15,8 +15,7 @@ from kit.kaggle.credentials import CREDENTIALS_HELP, credential_source
 from kit.kaggle.ledger import find_submitted, read_ledger
 from kit.kaggle.server import StandIn
 from kit.kaggle.submissions import submit
-from kit.layout import synth_marker
-from kit.recipe import is_synthetic
+from kit.layout import is_synthetic, synth_marker
 
 
 def recipe_submit(csv_path, message: str, data_dir, competition: str = DEFAULT_COMPETITION,
