@@ -11,21 +11,26 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
+from kit import course as course_sample
+from kit.bench import ensure_synth
 from kit.errors import KitError
 from kit.fsio import write_csv, write_json, write_text
+from kit.layout import read_layout
+from kit.pseudo import true_precision
+from kit.recipe import resolve_recipe
 from kit.recipe_result import RecipeResult
+from kit.records import PredictionIds
 from kit.rounds import STAGES
 from kit.rundir import RunDir
+from kit.submission import score_submission
+from kit.synth import answers_path
+from kit.zoo import run_recipe
 
 
 def _member_csv(run_dir: Path, out: Path) -> Path:
     """A member's own submission: argmax of its test probabilities."""
-    import pandas as pd
-
-    from kit.layout import read_layout
-    from kit.records import PredictionIds
-
     ids = PredictionIds.load(run_dir)
     if ids.data_dir is None:                # only ids.json from before kit recorded it
         raise KitError(f"{run_dir}: ids.json names no data dir; run `kit predict {run_dir}` again")
@@ -36,8 +41,6 @@ def _member_csv(run_dir: Path, out: Path) -> Path:
 
 
 def _scores(csv: Path, key: Path) -> dict:
-    from kit.submission import score_submission
-
     s = score_submission(csv, key)
     return {"public": s["public"]["acc"], "private": s["private"]["acc"], "overall": s["overall"]["acc"],
             "n": s["overall"]["n"]}
@@ -59,11 +62,6 @@ def run_accuracy_bench(recipe: str = "boss", preset: str = "hard", data: str | N
     pseudo-labels' true precision next to the estimate; stage_minutes: that second run's wall time
     (default: the recipe's). audition: the recipe's audition on or off (None: as the recipe says).
     Writes bench_accuracy.json/.md into `out`."""
-    from kit import course as course_sample
-    from kit.bench import ensure_synth
-    from kit.recipe import resolve_recipe
-    from kit.synth import answers_path
-
     data_dir = Path(data) if data else ensure_synth(preset, Path(cache), log)
     key = answers_path(data_dir)
     if not key.is_file():
@@ -121,9 +119,6 @@ def _recipe_rows(recipe_path: Path, runs: Path, key: Path, args: dict, stages: t
     """Run the recipe into `runs` (with `stages` on) and score its members, ensemble(s) and
     student: (result, rows, wall). The members of a run with stages are scored when they were
     trained in it (same_budget); kept ones were scored before."""
-    from kit.records import PredictionIds
-    from kit.zoo import run_recipe
-
     began = time.time()
     res = run_recipe(recipe_path, runs=str(runs), submissions=runs, pseudo="pseudo" in stages,
                      distill="distill" in stages, refit="refit" in stages, lmft="lmft" in stages, **args)
@@ -166,8 +161,6 @@ def _minutes(run_dir: Path) -> float:
 
 def _pseudo_precision(res: RecipeResult, key: Path) -> list[dict]:
     """Each round's pseudo-labels: count, estimated precision and the true one (answer key)."""
-    from kit.pseudo import true_precision
-
     return [{"round": r.round, "count": r.count, "estimated_precision": r.estimated_precision,
              "true_precision": true_precision(r.pseudo_labels, key)} for r in res.rounds]
 

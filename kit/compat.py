@@ -11,20 +11,19 @@ each function degrades to a safe answer rather than failing.
 """
 from __future__ import annotations
 
+import torch
+from accelerate.state import AcceleratorState
+
 
 def cpu_has_bf16() -> bool:
     """The CPU multiplies bf16 natively (AVX512-BF16 or AMX). Measured on such a CPU (2-core AMD
     EPYC): bf16 autocast trained the quick recipes 1.3-1.9x faster at the same accuracy."""
-    import torch
-
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
 
 def reset_accelerate_precision(precision: str) -> None:
     """Forget accelerate's process-wide state when it holds another mixed precision (single process only)."""
-    from accelerate.state import AcceleratorState
-
     state = getattr(AcceleratorState, "_shared_state", None)
     if state and state.get("_mixed_precision", state.get("mixed_precision")) not in (None, precision) and \
             str(state.get("distributed_type", "NO")).endswith("NO") and hasattr(AcceleratorState, "_reset_state"):

@@ -13,12 +13,22 @@ member's real-shape step on the machine's own device and prints the hours there.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
 
+from kit.audition import cut_step
+from kit.bench.prediction import forward_flops
 from kit.config import RunConfig
+from kit.data import FeatureStore, split_for
+from kit.models import build_model, count_params
+from kit.recipe import member_config
+from kit.synth import PRESETS, preset_lengths
+from kit.train.loop import resolve_precision
 
 KAGGLE_WEEK_HOURS = 30.0        # Kaggle's weekly GPU quota
 KAGGLE_SESSION_HOURS = 12.0     # a Kaggle kernel session's limit
@@ -79,11 +89,6 @@ class MemberCost:
 
 def step_gflop(cfg: RunConfig) -> float:
     """GFLOPs of one training step at the member's real batch and crop (counted on 2 crops)."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from kit.models import build_model
-
     torch.manual_seed(0)
     net = build_model(cfg.model, cfg.augment).train()
     n, frames = 2, cfg.data.segment_len
@@ -109,11 +114,6 @@ def measure_step(cfg: RunConfig, steps: int = 30, warmup: int = 5) -> StepRate:
     """Seconds per training step of the member's real model, batch and crop on the device kit would
     train on: random features and labels (the packed store's crop is not timed), AdamW (fused on a
     GPU), the precision train.mixed_precision resolves to. The steady state: `warmup` steps untimed."""
-    import time
-
-    from kit.models import build_model
-    from kit.train.loop import resolve_precision
-
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision = resolve_precision(cfg.train.mixed_precision)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
@@ -175,17 +175,11 @@ def _predict_flops(flops, cfg: RunConfig, val_lengths: np.ndarray, test_lengths:
 
 def predict_gflop(cfg: RunConfig, val_lengths: np.ndarray, test_lengths: np.ndarray) -> float:
     """GFLOPs of one member's prediction (kit.timeplan turns them into seconds)."""
-    from kit.bench.prediction import forward_flops
-    from kit.models import build_model
-
     net = build_model(cfg.model).eval()
     return _predict_flops(forward_flops(net, cfg.model.n_mels), cfg, val_lengths, test_lengths) / 1e9
 
 
 def member_cost(name: str, cfg: RunConfig, val_lengths: np.ndarray, test_lengths: np.ndarray) -> MemberCost:
-    from kit.bench.prediction import forward_flops
-    from kit.models import build_model, count_params
-
     net = build_model(cfg.model).eval()
     flops = forward_flops(net, cfg.model.n_mels)
     crop = np.minimum(val_lengths, 2 * cfg.data.segment_len)
@@ -199,16 +193,12 @@ def member_cost(name: str, cfg: RunConfig, val_lengths: np.ndarray, test_lengths
 def full_lengths(n: int, seed: int = 0) -> np.ndarray:
     """Utterance lengths drawn like the real data's (the `full` synthetic preset: 200-1,500 frames,
     median 550), for a cost without a data dir."""
-    from kit.synth import PRESETS, preset_lengths
-
     return preset_lengths(PRESETS["full"], np.random.default_rng(seed), n)
 
 
 def member_configs(recipe, budget: str, n_classes: int = 600, audition: bool = False) -> dict[str, RunConfig]:
     """Each member's config in `budget` (with `audition`, every candidate's), with the competition's
     number of speakers."""
-    from kit.recipe import member_config
-
     return {name: replace(cfg, model=replace(cfg.model, n_classes=n_classes))
             for name in recipe.members_for(budget, audition) for cfg in [member_config(recipe, name, budget)]}
 
@@ -218,7 +208,6 @@ def _sizes(data_dir: str | None) -> tuple[np.ndarray, np.ndarray, int]:
     real data's (5,667 validation and 4,000 test utterances of the `full` preset's lengths, 600)."""
     if not data_dir:
         return full_lengths(5667, 1), full_lengths(4000, 2), 600
-    from kit.data import FeatureStore, split_for
 
     store = FeatureStore.open(data_dir, progress=False)
     return store.lengths[split_for(store).val], store.lengths[store.test_index], len(store.speakers)
@@ -236,8 +225,6 @@ def audition_pieces(costs: list[MemberCost], keep: int, rung: float, dearest: bo
     """A step-based audition's work (kit.audition): every candidate to its cut (`rung` of its steps
     and evaluations, no prediction), then the rest of the schedule and the prediction of the `keep`
     that go on. Which go on is decided on the data: the dearest `keep` (an upper bound) or the cheapest."""
-    from kit.audition import cut_step
-
     cut = {c.name: (cut_step(c.steps, rung), round(c.evals * rung)) for c in costs}     # steps, evaluations
     pieces = [replace(c, steps=cut[c.name][0], evals=cut[c.name][1], predict_gflop=0.0) for c in costs]
     kept = sorted(costs, key=lambda c: c.total_pflop, reverse=dearest)[:keep]
@@ -284,8 +271,6 @@ def counted_in_steps(recipe, budget: str, names: list[str] | None = None) -> boo
     """Whether `budget` ends its members by steps (what kit.cost projects), not by wall-clock minutes
     (the recipe's `minutes` for the budget, or a member's train.minutes): a timed budget's cost is
     its time."""
-    from kit.recipe import member_config
-
     if recipe.minutes.get(budget):
         return False
     return not any(member_config(recipe, n, budget).train.minutes > 0 for n in names or recipe.members_for(budget))

@@ -9,12 +9,23 @@ predicted the sample's way (`course_loader`, `course_predict`).
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
 import random
 import time
 from pathlib import Path
 from typing import Any
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pad_sequence
+from torch.utils.data import DataLoader, Dataset
+
+from kit.fsio import write_csv
+from kit.layout import Layout, read_layout
 
 # The notebook's settings.
 SEGMENT_LEN, BATCH_SIZE, LR, WARMUP, TOTAL_STEPS, VALID_STEPS, VALID_RATIO = 128, 32, 1e-3, 1000, 70000, 2000, 0.1
@@ -23,9 +34,6 @@ SEGMENT_LEN, BATCH_SIZE, LR, WARMUP, TOTAL_STEPS, VALID_STEPS, VALID_RATIO = 128
 def course_classifier(n_classes: int, n_mels: int = 40, d_model: int = 80, dropout: float = 0.1):
     """The sample's Classifier: Linear prenet, one TransformerEncoderLayer (2 heads, FFN 256),
     mean over all frames (padding included, as in the notebook), Linear-ReLU-Linear."""
-    import torch
-    from torch import nn
-
     class CourseClassifier(nn.Module):
         def __init__(self):
             super().__init__()
@@ -46,11 +54,6 @@ def course_classifier(n_classes: int, n_mels: int = 40, d_model: int = 80, dropo
 def course_dataset(data_dir: str | Path, segment_len: int = SEGMENT_LEN):
     """The sample's Dataset over the training speakers: one torch.load per item, a random crop of
     `segment_len` frames (a shorter utterance whole), labels from mapping.json. Has `.layout`."""
-    import torch
-    from torch.utils.data import Dataset
-
-    from kit.layout import Layout, read_layout
-
     data_dir = Path(data_dir)
     layout = read_layout(data_dir)
     items = [(str(data_dir / u.path), k) for u, k in zip(layout.train, layout.train_labels, strict=True)]
@@ -77,9 +80,6 @@ def course_dataset(data_dir: str | Path, segment_len: int = SEGMENT_LEN):
 def course_collate(batch):
     """The sample's collate: pad with -20 to the longest item. Returns x (B, T, D), lengths (B,)
     (kit's models take them; the sample's classifier does not) and speakers (B,)."""
-    import torch
-    from torch.nn.utils.rnn import pad_sequence
-
     mels, speakers = zip(*batch, strict=True)
     lengths = torch.tensor([len(m) for m in mels])
     return pad_sequence(mels, batch_first=True, padding_value=-20), lengths, torch.tensor(speakers).long()
@@ -87,8 +87,6 @@ def course_collate(batch):
 
 def course_loader(data_dir, batch_size: int = BATCH_SIZE, segment_len: int = SEGMENT_LEN, workers: int = 0):
     """Shuffled batches of random crops over all training utterances, as the sample feeds them."""
-    from torch.utils.data import DataLoader
-
     return DataLoader(course_dataset(data_dir, segment_len), batch_size=batch_size, shuffle=True,
                       num_workers=workers, collate_fn=course_collate, drop_last=True,
                       persistent_workers=workers > 0)
@@ -98,9 +96,6 @@ def course_predict(model, data_dir, paths: list[str], with_lengths: bool = True)
     """The sample's inference: a DataLoader of batch size 1 that torch.loads each file, one whole
     utterance per forward pass under no_grad; the predicted class of each. with_lengths: call
     model(mel, lengths) as kit's models want, else model(mel) as the sample's classifier."""
-    import torch
-    from torch.utils.data import DataLoader
-
     files = [str(Path(data_dir) / p) for p in paths]
     # The list serves as a map-style dataset (DataLoader only indexes it and takes its len); the stub wants a Dataset.
     loader: DataLoader = DataLoader(files, batch_size=1, shuffle=False,  # type: ignore[arg-type]
@@ -118,9 +113,6 @@ def course_predict(model, data_dir, paths: list[str], with_lengths: bool = True)
 # ---------------------------------------------------------------- its training loop
 def _loaders(data, seed: int, workers: int):
     """The notebook's 90/10 random split of the training utterances into train and valid loaders."""
-    import torch
-    from torch.utils.data import DataLoader
-
     n_train = int((1 - VALID_RATIO) * len(data))
     train, valid = torch.utils.data.random_split(data, [n_train, len(data) - n_train],
                                                  generator=torch.Generator().manual_seed(seed))
@@ -138,8 +130,6 @@ def _lr_at(step: int) -> float:
 
 
 def _valid_acc(model, loader, device) -> float:
-    import torch
-
     model.eval()
     correct = count = 0
     with torch.no_grad():
@@ -157,11 +147,6 @@ def train_for(data_dir: str | Path, minutes: float, seed: int = 0, threads: int 
     notebook does, with its 8 loader workers there (workers=None; on a CPU 1, leaving the cores to
     training). Returns the best model by validation accuracy (checked every 2,000 steps and when time
     is up) and what happened."""
-    import copy
-
-    import torch
-    import torch.nn.functional as F
-
     data_dir = Path(data_dir)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if workers is None:
@@ -209,10 +194,6 @@ def predict_test(model, layout) -> list[str]:
 
 def write_submission(model, layout, path: str | Path) -> Path:
     """The sample's CSV (Id = test feature_path, Category = speaker id)."""
-    import pandas as pd
-
-    from kit.fsio import write_csv
-
     write_csv(Path(path), pd.DataFrame({"Id": [u.path for u in layout.test], "Category": predict_test(model, layout)}))
     return Path(path)
 

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from kit.layout import LAYOUT_FILES
+
 KAGGLE_ROOT = "/kaggle"                 # KIT_KAGGLE_ROOT relocates it (the local stand-in's kernels, tests)
 KAGGLE_INPUT = "input"                  # under the root; KIT_KAGGLE_INPUT relocates it alone
 KAGGLE_WORKING = "working"              # likewise KIT_KAGGLE_WORKING
@@ -96,8 +98,6 @@ def kaggle_data_dir() -> Path | None:
     """The competition data under /kaggle/input (see kaggle_input): the shallowest folder,
     at most SEARCH_DEPTH levels down, holding metadata.json, testdata.json and mapping.json.
     None when there is no such root or no such folder."""
-    from kit.layout import LAYOUT_FILES
-
     root = kaggle_input()
     if not root.is_dir():
         return None

@@ -22,6 +22,7 @@ def front_end():
     """The MelSpectrogram transform, built once per process (its filterbank is reused)."""
     global _FRONT_END
     if _FRONT_END is None:
+        # deferred: torchaudio brings torch; `kit --help` imports this module (through kit.synth)
         from torchaudio.transforms import MelSpectrogram
 
         _FRONT_END = MelSpectrogram(sample_rate=SAMPLE_RATE, n_fft=N_FFT, win_length=N_FFT,
@@ -34,14 +35,14 @@ def logmel(wave_, sample_rate: int = SAMPLE_RATE):
 
     16 kHz, 400-sample window, 160-sample hop, 40 mel bins, natural log clamped at 1e-9.
     """
+    # deferred: torch(audio): `kit --help` imports this module (through kit.synth)
     import torch
+    import torchaudio.functional as AF
 
     x = torch.as_tensor(np.asarray(wave_, dtype=np.float32))
     if x.dim() != 1:
         raise KitError(f"logmel: expected a mono 1-D waveform, got shape {tuple(x.shape)}")
     if sample_rate != SAMPLE_RATE:
-        import torchaudio.functional as AF
-
         x = AF.resample(x, sample_rate, SAMPLE_RATE)
     if x.numel() < N_FFT // 2 + 1:        # reflect padding needs half a window
         raise KitError(f"logmel: waveform of {x.numel()} samples is too short (need at least {N_FFT // 2 + 1})")

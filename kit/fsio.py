@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -15,6 +16,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from kit.errors import KitError
 
@@ -141,6 +144,7 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 def save_torch(obj: Any, path: str | os.PathLike) -> None:
     """torch.save a checkpoint atomically; on a full disk one line, and the old file kept."""
+    # deferred: torch: the light entry points (`kit --help`, the Kaggle worker) import kit.fsio
     import torch
 
     with _disk_full_is_one_line(path, "checkpoint"), atomic_path(path) as tmp:
@@ -153,8 +157,6 @@ def save_torch(obj: Any, path: str | os.PathLike) -> None:
 
 
 def save_numpy(path: str | os.PathLike, array) -> None:
-    import numpy as np
-
     with _disk_full_is_one_line(path, "array"), atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, array)
@@ -177,8 +179,6 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 @contextlib.contextmanager
 def file_lock(path: str | os.PathLike) -> Iterator[None]:
     """An exclusive advisory lock (fcntl) held for the block; for read-modify-write files."""
-    import fcntl
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as f:

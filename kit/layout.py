@@ -4,6 +4,7 @@ and check their structure, load one feature file safely, check every feature fil
 from __future__ import annotations
 
 import os
+import pickle
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,8 +136,7 @@ def read_layout(data_dir: str | os.PathLike) -> Layout:
 # ---------------------------------------------------------------- reading feature files
 def load_feature(path: str | os.PathLike, n_mels: int | None = None, mel_len: int | None = None):
     """Load one uttr-*.pt safely (weights_only) and check shape and values; returns a tensor."""
-    import pickle
-
+    # deferred: torch: the light entry points (`kit --help`, the Kaggle worker) import kit.layout
     import torch
 
     path = Path(path)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
@@ -17,7 +18,6 @@ def _pyplot():
     import matplotlib  # heavy: matplotlib, imported only when a picture is drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     return plt
 

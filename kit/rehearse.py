@@ -27,10 +27,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import psutil
+import torch
 
 from kit.config import _toml_value, load_toml
+from kit.cost import fits_a_week, recipe_costs
+from kit.data import FeatureStore, Split, save_split
 from kit.errors import KitError
 from kit.fsio import write_text
+from kit.layout import is_synthetic
+from kit.recipe import load_recipe, member_config, resolve_recipe
+from kit.synth import generate
+from kit.train import train
+from kit.zoo import run_recipe
 
 PRESET = "full-rehearsal"
 STEPS = 2                       # training steps per member (stopped at half, resumed); ~10-25 s each here
@@ -112,8 +121,6 @@ def write_rehearsal_recipe(recipe_path: Path, budget: str, steps: int, folder: P
 def limit_validation(store, n: int = VAL_UTTERANCES, seed: int = 0) -> None:
     """The rehearsal's split (VAL_FRACTION's file beside the store): one validation utterance from
     each of n speakers, the longest of each, so prediction meets the real lengths."""
-    from kit.data import Split, save_split
-
     labels = store.labels[:store.n_train]
     rng = np.random.default_rng(seed)
     speakers = rng.choice(np.unique(labels), size=min(n, len(np.unique(labels))), replace=False)
@@ -177,8 +184,6 @@ class StageMeter:
 
     @staticmethod
     def _reset_gpu() -> None:
-        import torch
-
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
 
@@ -186,8 +191,6 @@ class StageMeter:
 def private_bytes() -> int:
     """Resident memory of this process and its children, less the file pages they share (the packed
     store is memory-mapped: its pages are the page cache's, not the process's)."""
-    import psutil
-
     total = 0
     me = psutil.Process()
     for p in [me] + me.children(recursive=True):
@@ -200,15 +203,11 @@ def private_bytes() -> int:
 
 
 def gpu_peak() -> int:
-    import torch
-
     return int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else 0
 
 
 # ---------------------------------------------------------------- the rehearsal
 def ensure_rehearsal_data(data: str | None, log) -> Path:
-    from kit.synth import generate
-
     folder = Path(data or f"data/{PRESET}")
     if not (folder / "metadata.json").is_file():
         if data:
@@ -238,10 +237,6 @@ def memory_problems(stages: list[Stage], on_gpu: bool) -> list[str]:
 def _first_halves(recipe, data_dir: Path, budget: str, runs: Path, steps: int, meter: StageMeter,
                   progress: bool, log) -> None:
     """Each member to half its steps, stopped as a session's time limit stops it (last.pt kept)."""
-    from kit.data import FeatureStore
-    from kit.recipe import member_config
-    from kit.train import train
-
     names = recipe.members_for(budget)
     meter.begin("opening the packed store")
     store = FeatureStore.open(data_dir, member_config(recipe, names[0], budget).data.store_dtype, progress=progress)
@@ -257,13 +252,6 @@ def rehearse(recipe_file: str, data: str | None, budget: str, runs: str, steps: 
              progress: bool = True, log=None) -> dict:
     """The whole job at real shapes (see the module's doc). Returns {stages, result, costs, problems};
     raises KitError naming the stage where something fails."""
-    import torch
-
-    from kit.cost import fits_a_week, recipe_costs
-    from kit.layout import is_synthetic
-    from kit.recipe import load_recipe, resolve_recipe
-    from kit.zoo import run_recipe
-
     log = log or (lambda message: None)
     if steps < 2:
         raise KitError(f"--steps {steps}: at least 2 (a member is stopped half way and resumed)")

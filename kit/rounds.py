@@ -21,10 +21,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from kit.distill import best_member, distill, load_members
 from kit.errors import KitError
+from kit.fsio import read_json, sha256_file, write_json
+from kit.pseudo import make_pseudo_labels
 from kit.recipe_result import RecipeResult, RoundResult, StudentResult, VoteResult
+from kit.records import predicted_mode
 from kit.rundir import RunDir
+from kit.runs import move_aside, old_name, reuse_changes, run_identity
 from kit.timeplan import TimePlan
+from kit.train import TrainingDiverged, load_config
 
 if TYPE_CHECKING:
     from kit.config import RunConfig
@@ -133,8 +139,6 @@ def pseudo_rounds(ctx: StageHost, opts: dict, names: list[str], run_dirs: list[P
     """Run opts["rounds"] pseudo-labelling rounds; returns the last round's run dirs. start, end: the
     shares of the recipe's time at which the stage starts and ends (round r ends at
     start + (end - start) * r / rounds)."""
-    from kit.pseudo import make_pseudo_labels
-
     result.rounds = []
     for r in range(1, opts["rounds"] + 1):
         rec = make_pseudo_labels(run_dirs, ctx.root / f"pseudo-{r}", precision=opts["precision"],
@@ -258,9 +262,6 @@ def _fine_tune_jobs(ctx: StageHost, opts: dict, names, run_dirs, suffix: str, cs
     """The fine-tune jobs <member>-<suffix> of a pseudo round (on train + the pseudo-labels `csv`), of
     the refit (`train_on_val`) or of the large-margin stage (`adjust` changes the config further),
     each from its source run's checkpoint at a scaled learning rate."""
-    from kit.records import predicted_mode
-    from kit.runs import move_aside, old_name, reuse_changes, run_identity
-
     jobs = []
     for name, src in zip(names, run_dirs, strict=True):
         run_dir = ctx.root / f"{name}-{suffix}"
@@ -296,11 +297,6 @@ def distill_stage(ctx: StageHost, opts: dict, run_dirs: list[Path], result: Reci
     taught by other members (they were retrained since) is moved aside and trained again. A student
     whose training diverged is left out: result.student.diverged_at says so (no CSV), and the recipe
     goes on to submit the vote."""
-    from kit.distill import best_member, distill, load_members
-    from kit.fsio import sha256_file, write_json
-    from kit.runs import move_aside, old_name
-    from kit.train import TrainingDiverged, load_config
-
     student = ctx.root / "student"
     teachers = {str(Path(d).resolve()): sha256_file(Path(d) / "test_probs.npy") for d in run_dirs}
     record = student / "teachers.json"
@@ -341,8 +337,6 @@ def distill_stage(ctx: StageHost, opts: dict, run_dirs: list[Path], result: Reci
 
 def _read_teachers(path: Path) -> dict | None:
     """teachers.json of a student (None when it is missing or unreadable: teach it again)."""
-    from kit.fsio import read_json
-
     try:
         return read_json(path, "the student's teachers")
     except KitError:

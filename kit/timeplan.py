@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from kit.data import split_for
 from kit.errors import KitError
 
 # What a member costs besides training, measured on the 2-core CPU (hard preset, quick budget):
@@ -93,7 +94,6 @@ def predict_estimates(store, configs: dict, on_gpu: bool) -> dict[str, float]:
     # heavy: kit.cost and kit.data load torch; kit.recipe (-> kit.rounds -> here) is imported by the
     # Kaggle commands, which never need it
     from kit.cost import predict_gflop
-    from kit.data import split_for
 
     first = next(iter(configs.values()))
     val = store.lengths[split_for(store, first.data.val_fraction, first.data.split_seed).val]

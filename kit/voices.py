@@ -129,6 +129,7 @@ def _score(voice: dict, rng: np.random.Generator, n_frames: int) -> dict:
 
 def _pulse_power(f0: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Power spectrogram (T, 201) of a glottal pulse train following the frame pitch f0 (T,)."""
+    # deferred: torch: `kit --help` imports this module (through kit.synth)
     import torch
 
     n_frames = len(f0)
@@ -174,6 +175,7 @@ def _static_tract(voice: dict) -> np.ndarray:
 
 def synth_utterance(voice: dict, rng: np.random.Generator, n_frames: int) -> np.ndarray:
     """One utterance of a voice through its own random channel: log-mel (n_frames, 40) float32."""
+    # deferred: torch: `kit --help` imports this module (through kit.synth)
     import torch
 
     s = _score(voice, rng, n_frames)

@@ -4,6 +4,7 @@ however it ends (signals, exceptions, SIGKILL through PR_SET_PDEATHSIG)."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
@@ -13,8 +14,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import torch
+
+from kit.config import dump_toml, to_dict
 from kit.env import NEW_PROCESS_GROUP
 from kit.errors import KitError
+from kit.fsio import write_text
+from kit.infer import source_mode
 from kit.rundir import RunDir
 
 if TYPE_CHECKING:
@@ -24,8 +30,6 @@ if TYPE_CHECKING:
 def slots_for(workers: int | None, n_jobs: int) -> list[dict]:
     """Where members train at once: one per GPU when there are several, else one per CPU core
     (each on one thread); a single slot means in-process, one after another."""
-    import torch
-
     n_gpus = torch.cuda.device_count()
     if n_gpus > 0:
         n = min(workers or n_gpus, n_gpus, n_jobs)
@@ -38,10 +42,6 @@ def member_task(job, on_cpu: bool, predict: bool, which: str,
                 budget: str | None = None) -> tuple[str, Path, list[list[str]]]:
     """The commands a worker runs for one job (name, cfg, run_dir, resume): train it, then (`predict`)
     predict its checkpoint `which`. On a CPU it trains on one thread: one core each."""
-    from kit.config import dump_toml, to_dict
-    from kit.fsio import write_text
-    from kit.infer import source_mode
-
     name, cfg, run_dir, resume = job
     if on_cpu:
         cfg.train.cpu_threads = 1           # one core each; more threads only fight each other
@@ -107,8 +107,6 @@ def _die_with_parent():
     """A preexec_fn for workers: on Linux, the kernel sends the worker SIGKILL when the process
     that started it dies (prctl PR_SET_PDEATHSIG), so no trainer outlives its recipe."""
     try:
-        import ctypes
-
         prctl = ctypes.CDLL(None, use_errno=True).prctl      # looked up before the fork
     except (OSError, AttributeError):                         # not Linux
         return None

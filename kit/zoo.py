@@ -12,15 +12,30 @@ from typing import TYPE_CHECKING
 
 from kit.audition import run_audition, wants_audition
 from kit.config import RunConfig
+from kit.data import FeatureStore
+from kit.ensemble import ensemble_runs
 from kit.errors import KitError
-from kit.infer import source_mode
+from kit.infer import predict_run, source_mode
+from kit.kaggle import recipe_submit
 from kit.layout import is_synthetic
 from kit.recipe import BUDGETS, Recipe, ensure_data, load_recipe, member_config
 from kit.recipe_result import MemberResult, RecipeResult, VoteResult, member_result
-from kit.rounds import STAGE_DEFAULTS, enabled, stage_span, stages_share
+from kit.records import PredictionIds
+from kit.report import format_report, report_runs
+from kit.rounds import (
+    STAGE_DEFAULTS,
+    distill_stage,
+    enabled,
+    lmft_stage,
+    pseudo_rounds,
+    refit_stage,
+    stage_span,
+    stages_share,
+)
 from kit.rundir import RunDir
+from kit.runs import describe, holds_run, lock_holder, move_aside, old_name, reuse_changes, run_identity
 from kit.timeplan import Deadline, TimePlan, predict_estimates
-from kit.train import TrainingDiverged
+from kit.train import TrainingDiverged, load_config, train
 from kit.workers import member_task, run_parallel, slots_for
 
 if TYPE_CHECKING:
@@ -112,8 +127,6 @@ class RecipeRun:
     def open(cls, path, data, budget, runs, only, progress, log, workers, submissions, overrides) -> RecipeRun:
         """Load the recipe (with the command line's [after] overrides), find the data, choose the
         budget and members, open the packed store."""
-        from kit.data import FeatureStore
-
         began, log = time.time(), log or (lambda message: None)
         recipe = load_recipe(path)
         for key in ("submit", "ensemble"):
@@ -191,8 +204,6 @@ class RecipeRun:
         """Train (and, in worker processes, predict) jobs [(name, cfg, run_dir, resume)]: in worker
         processes when there are several slots, else here, one after another. share: the time plan's
         sharer for a stage (default: the members')."""
-        from kit.train import train
-
         slots = slots_for(self.workers, len(self.chosen)) if slots is None else slots
         share = share or self.plan.sharer()
         deadline = self.plan.deadline
@@ -236,8 +247,6 @@ class RecipeRun:
         return self.recipe.after["which"]
 
     def ensemble(self, run_dirs: list[Path], name: str, val_from: list[Path] | None = None) -> dict:
-        from kit.ensemble import ensemble_runs
-
         plan = self.recipe.after
         vote = plan["ensemble"] if len(run_dirs) > 1 else "hard"     # one run: its own predictions
         return ensemble_runs(run_dirs, vote=vote, weights="auto" if plan["weights"] == "auto" else None, name=name,
@@ -246,9 +255,6 @@ class RecipeRun:
     def predict(self, run_dir: Path) -> dict | None:
         """Predict a run dir unless its predictions are newer than its checkpoint (a fine-tune of
         kit.rounds: in its source member's mode only)."""
-        from kit.infer import predict_run
-        from kit.train import load_config
-
         if RunDir(run_dir).predicted(self.which):       # by its worker, or by an earlier run
             return None
         self.log(f"predicting {run_dir.name}")
@@ -265,8 +271,6 @@ def _message(template: str, recipe: str, budget: str, members: list[str]) -> str
 
 def _start_over(root: Path, names: list[str], log) -> None:
     """--fresh: move the members' run dirs into one <root>.old-<time>/ (nothing is deleted)."""
-    from kit.runs import move_aside, old_name
-
     dest = old_name(root)
     for name in names:
         if (root / name).exists():
@@ -276,8 +280,6 @@ def _start_over(root: Path, names: list[str], log) -> None:
 def _check_members(root: Path, names: list[str], recipe: Recipe, budget: str, data_dir: Path, store) -> None:
     """Refuse, before any training, a member another process is training, one whose run was made
     from other data, settings or budget, and one that cannot resume (last.pt gone)."""
-    from kit.runs import describe, holds_run, lock_holder, reuse_changes, run_identity
-
     stale = []
     for name in names:
         run_dir = root / name
@@ -334,11 +336,6 @@ def _voters(members: list[MemberResult], root: Path, log) -> list[MemberResult]:
 def _after(run: RecipeRun, result: RecipeResult) -> None:
     """predict -> ensemble -> (pseudo-labelling rounds, refit, distillation) -> submit, as far as the
     recipe's [after] table asks."""
-    from kit.kaggle import recipe_submit
-    from kit.records import PredictionIds
-    from kit.report import format_report, report_runs
-    from kit.rounds import distill_stage, lmft_stage, pseudo_rounds, refit_stage
-
     recipe, log, plan = run.recipe, run.log, run.recipe.after
     if not plan["predict"]:
         return

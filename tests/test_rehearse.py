@@ -87,7 +87,7 @@ def test_rehearsal_runs_every_stage_stopped_and_resumed(tiny_data, tiny_recipe, 
 
 
 def test_a_stage_that_fails_is_named(tiny_data, tiny_recipe, tmp_path, monkeypatch, capsys):
-    import kit.infer
+    import kit.zoo
 
     monkeypatch.chdir(tmp_path)
     data = tmp_path / "data"
@@ -96,7 +96,7 @@ def test_a_stage_that_fails_is_named(tiny_data, tiny_recipe, tmp_path, monkeypat
     def broken(run_dir, *args, **kwargs):
         raise RuntimeError("shape mismatch")
 
-    monkeypatch.setattr(kit.infer, "predict_run", broken)
+    monkeypatch.setattr(kit.zoo, "predict_run", broken)        # where the recipe calls it
     recipe = tiny_recipe("a", budget=FULL, after=AFTER)
     code, _, err = kit_cli(capsys, "recipe", "run", recipe, "--rehearse", "--data", data, "--steps", 2,
                            "--no-progress")

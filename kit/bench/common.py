@@ -6,6 +6,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import torch
+from torch.utils.benchmark import Timer
+
+from kit.models import ConformerEncoder, SpeakerNet
+from kit.recipe import load_recipe, member_config
+
 
 def row(name: str, unit: str, baseline: float, kit: float, target: float | None, higher_is_better=True,
         note: str = "") -> dict:
@@ -25,9 +31,6 @@ def time_once(fn) -> float:
 def time_warm(fn) -> float:
     """Seconds of one run of fn() after two warm-up runs, by torch's Timer (which waits for the
     GPU), at torch's current thread count (the Timer's default would be one thread)."""
-    import torch
-    from torch.utils.benchmark import Timer
-
     timer = Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     return timer.timeit(number=1).mean
 
@@ -43,10 +46,6 @@ def fixed_budget(cfg, steps: int, eval_every: int | None = None):
 def strong_config(data_dir, batch_size: int, recipe: str | Path = "strong"):
     """The strong tier's Conformer as users train it on this device: the full budget's shape on a
     GPU, the quick budget's (64 wide, 2 layers) on a CPU. Default thread count for both loops."""
-    import torch
-
-    from kit.recipe import load_recipe, member_config
-
     r = load_recipe(recipe)
     cfg = member_config(r, r.members[0][0], "full" if torch.cuda.is_available() else "quick", data_dir)
     cfg.train.batch_size = batch_size
@@ -58,8 +57,6 @@ def course_model(model_cfg, like=None):
     """kit's model with torch's stock layers, as the course sample's code would
     build it (kit's CPU dropout off, the Conformer's convolution module on Conv1d). `like`: copy
     that model's weights and train/eval mode."""
-    from kit.models import ConformerEncoder, SpeakerNet
-
     stock = ConformerEncoder(model_cfg, stock_conv=True) if model_cfg.encoder == "conformer" else None
     model = SpeakerNet(model_cfg, encoder=stock)
     if like is not None:

@@ -6,19 +6,21 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.benchmark import Timer
+from torch.utils.flop_counter import FlopCounterMode
 
 from kit.bench.common import course_model, row, time_once, time_warm
 from kit.course import course_predict
+from kit.infer import predict_index, sliding_windows
+from kit.models import build_model
 
 
 def forward_flops(model, n_mels: int):
     """FLOPs of one forward pass over a (1, L) utterance as a function of L, fitted as
     a + b L + c L^2 from three counted passes: exact for these models (linear layers and convs
     grow with L, attention with L^2). Attention is counted through torch's math kernel."""
-    import torch
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    from torch.utils.flop_counter import FlopCounterMode
-
     lengths, counts = (64, 128, 256), []
     fast = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)      # nn.TransformerEncoder's fused path: not counted
@@ -36,9 +38,6 @@ def forward_flops(model, n_mels: int):
 def matmul_peak(seconds: float = 0.5, n: int = 1024) -> float:
     """FLOP/s of large fp32 matrix products on this CPU (all of torch's threads): about the most
     arithmetic any model code can get out of it."""
-    import torch
-    from torch.utils.benchmark import Timer
-
     timer = Timer("a @ b", globals={"a": torch.randn(n, n), "b": torch.randn(n, n)},
                   num_threads=torch.get_num_threads())
     return 2 * n ** 3 / timer.blocked_autorange(min_run_time=seconds).mean
@@ -49,11 +48,6 @@ def bench_prediction(data_dir, store, cfg, limit: int | None = None) -> list[dic
     non-overlapping windows) vs the course's one utterance at a time, both on the GPU when there is
     one. On a CPU, one more row says how far any batching could go: kit's windows' arithmetic at the
     machine's matmul peak."""
-    import torch
-
-    from kit.infer import predict_index, sliding_windows
-    from kit.models import build_model
-
     torch.manual_seed(0)
     cfg.model.n_mels, cfg.model.n_classes = store.n_mels, len(store.speakers)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -11,21 +11,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from kit.bench.common import fixed_budget, strong_config, time_once
 from kit.bench.prediction import bench_prediction
 from kit.bench.training import bench_feeding, bench_long_run, bench_memory, bench_training, bench_zoo
+from kit.data import FeatureStore
 from kit.fsio import write_json, write_text
+from kit.infer import predict_index
+from kit.models import build_model
+from kit.synth import generate
+from kit.train import StepTimer, train
 
 
 def bench_scaling(data_dirs: dict, cfg_for, steps: int, predict_limit: int) -> list[dict]:
     """Seconds per 1,000 training steps and ms per predicted utterance at each data size."""
-    import torch
-
-    from kit.data import FeatureStore
-    from kit.infer import predict_index
-    from kit.models import build_model
-    from kit.train import StepTimer, train
-
     rows = []
     for size, data_dir in data_dirs.items():
         store = FeatureStore.open(data_dir, "float16", progress=False)
@@ -50,8 +50,6 @@ def bench_scaling(data_dirs: dict, cfg_for, steps: int, predict_limit: int) -> l
 
 # ---------------------------------------------------------------- the whole run
 def machine_description() -> str:
-    import torch
-
     if torch.cuda.is_available():
         return f"GPU {torch.cuda.get_device_name(0)}, torch {torch.__version__}"
     cpu = platform.processor() or platform.machine()
@@ -66,8 +64,6 @@ def machine_description() -> str:
 
 
 def ensure_synth(preset: str, root: Path, log) -> Path:
-    from kit.synth import generate
-
     data_dir = root / f"bench-{preset}"
     if not (data_dir / "metadata.json").is_file():
         log(f"generating the synthetic {preset} competition in {data_dir}")
@@ -79,10 +75,6 @@ def run_bench(preset: str = "demo", data: str | None = None, out: str | Path = "
               train_steps: int | None = None, workers: int = 0, cache: str | Path = "data",
               long_steps: int = 0, compile_too: bool | None = None, log=lambda m: None) -> dict:
     """All benchmark rows on one data dir (synthetic `preset` unless `data` is given)."""
-    import torch
-
-    from kit.data import FeatureStore
-
     cache = Path(cache)
     data_dir = Path(data) if data else ensure_synth(preset, cache, log)
     log(f"opening the store of {data_dir}")

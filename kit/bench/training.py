@@ -5,19 +5,28 @@ The zoo and memory rows run kit's training in subprocesses (`python -m kit.bench
 """
 from __future__ import annotations
 
+import copy
 import json
 import resource
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
 
 from kit.bench.common import course_model, cycle, fixed_budget, row, strong_config, time_once, time_warm
+from kit.config import RunConfig
 from kit.course import course_loader
+from kit.data import FeatureStore
 from kit.errors import KitError
+from kit.models import build_model, count_params
+from kit.train import StepTimer, resolve_precision, train
 
 
 # ---------------------------------------------------------------- data feeding
@@ -47,9 +56,6 @@ def bench_feeding(data_dir, store, batches: int = 100, batch_size: int = 32, seg
 def course_train(model, data_dir, cfg, steps: int, workers: int = 0, device=None, on_step=None) -> None:
     """The sample's loop: per-file DataLoader, fp32, plain AdamW, no flush-denormal guard.
     on_step(step) is called after every update (steps count from 1)."""
-    import torch
-    import torch.nn.functional as F
-
     device = device or torch.device("cpu")
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
@@ -71,8 +77,6 @@ def course_train(model, data_dir, cfg, steps: int, workers: int = 0, device=None
 def _second_half_rate(fn, steps: int, batch_size: int, device) -> float:
     """Utterances/s over the second half of `steps` steps of fn(on_step): the steady state,
     after workers, allocator and any compilation have warmed up."""
-    import torch
-
     marks = {}
 
     def on_step(step):
@@ -87,10 +91,6 @@ def _second_half_rate(fn, steps: int, batch_size: int, device) -> float:
 
 def _train_seconds(cfg, store) -> tuple[np.ndarray, dict]:
     """kit's train() in a scratch run dir: seconds spent training at each evaluation, and the summary."""
-    import pandas as pd
-
-    from kit.train import train
-
     with tempfile.TemporaryDirectory() as tmp:
         summary = train(cfg, Path(tmp) / "run", progress=False, store=store)
         spent = pd.read_csv(Path(tmp) / "run" / "metrics.csv")["step_seconds"].to_numpy()
@@ -129,8 +129,6 @@ def fast_path_stages(device_type: str, bf16: bool, compile_too: bool) -> list[tu
 
 
 def _apply(cfg, settings: dict):
-    import copy
-
     cfg = copy.deepcopy(cfg)
     for key, value in settings.items():
         section, name = key.split(".")
@@ -142,9 +140,6 @@ def _apply(cfg, settings: dict):
 
 def _is_default(settings: dict, device_type: str) -> bool:
     """Whether a stage's settings are what `kit train` uses by default on this device."""
-    from kit.config import RunConfig
-    from kit.train import resolve_precision
-
     defaults = RunConfig()
     for key, value in settings.items():
         section, name = key.split(".")
@@ -162,10 +157,6 @@ def bench_training(data_dir, store, cfg, steps: int, workers: int = 0, compile_t
     """Utterances/s of the same model and batch: the course-style loop, then kit's loop with its
     fast paths switched on one at a time (each row a ratio to the course loop). The row whose
     settings are kit's defaults carries the target: 1.5x on a CPU, 5x on a GPU."""
-    import torch
-
-    from kit.train import resolve_precision
-
     cfg.model.n_mels, cfg.model.n_classes = store.n_mels, len(store.speakers)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     bs, seg = cfg.train.batch_size, cfg.data.segment_len
@@ -210,9 +201,6 @@ def _child(*args) -> dict:
 def zoo_member(data_dir: str, steps: int, batch_size: int, seed: int) -> dict:
     """One zoo member as `kit recipe run` trains it on a CPU (1 thread): its steps and the
     wall-clock window they took."""
-    from kit.data import FeatureStore
-    from kit.train import StepTimer, train
-
     store = FeatureStore.open(data_dir, "float16", progress=False)
     cfg = strong_config(data_dir, batch_size)
     cfg.train.cpu_threads, cfg.train.seed = 1, seed
@@ -227,8 +215,6 @@ def bench_zoo(data_dir, baseline_rate: float, steps: int, batch_size: int, membe
     """Utterances/s training a zoo on a CPU: kit trains `members` at once, one thread each (as
     `kit recipe run` does); the course loop trains them one after another (its rate is per model).
     Measured from the first member's first step to the last member's last step."""
-    from concurrent.futures import ThreadPoolExecutor
-
     with ThreadPoolExecutor(members) as pool:      # threads only wait: each member is a process
         results = list(pool.map(lambda seed: _child("zoo", data_dir, steps, batch_size, seed), range(members)))
     span = max(r["window"][1] for r in results) - min(r["window"][0] for r in results)
@@ -241,8 +227,6 @@ def bench_long_run(data_dir, store, cfg, steps: int, window: int) -> dict:
     """Steps/s in the first and last `window` steps of a long run: the course loop (no
     flush-denormal guard) vs kit's train(). A slowdown late in a run (CPU denormals) shows as a
     last/first speed ratio well below 1."""
-    import torch
-
     cfg.model.n_mels, cfg.model.n_classes = store.n_mels, len(store.speakers)
     torch.manual_seed(0)
     marks = [time.perf_counter()]
@@ -262,12 +246,6 @@ def bench_long_run(data_dir, store, cfg, steps: int, window: int) -> dict:
 # ---------------------------------------------------------------- memory
 def memory_member(data_dir: str, steps: int, batch_size: int) -> dict:
     """Train the strong model briefly; this process's peak RSS, the store's and the model's bytes."""
-    import torch
-
-    from kit.data import FeatureStore
-    from kit.models import build_model, count_params
-    from kit.train import train
-
     store = FeatureStore.open(data_dir, "float16", progress=False)
     cfg = fixed_budget(strong_config(data_dir, batch_size), steps)
     with tempfile.TemporaryDirectory() as tmp:

@@ -11,6 +11,10 @@ import importlib
 import os
 import sys
 
+from kit import __version__
+from kit.env import progress_visible
+from kit.errors import KitError, path_problem
+
 # Each module defines register(subparsers) and attaches func=handler(args) -> int | None.
 GROUPS = ["data", "train", "predict", "pseudo", "kaggle", "bench"]
 
@@ -61,22 +65,16 @@ def cache_from(args: argparse.Namespace):
 
 def progress_wanted() -> bool:
     """Progress bars on stderr: in a terminal or a notebook cell (kit.env.progress_visible)."""
-    from kit.env import progress_visible
-
     return progress_visible()
 
 
 def _version() -> str:
-    from kit import __version__
-
     return __version__
 
 
 def one_line_errors(call) -> int:
     """call() -> exit code; a KitError, or an OSError about a path the user can fix
     (kit.errors.path_problem), becomes one line on stderr and exit code 2."""
-    from kit.errors import KitError, path_problem
-
     try:
         return int(call() or 0)
     except KitError as e:

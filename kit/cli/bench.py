@@ -54,6 +54,7 @@ def register(sub) -> None:
 def cmd_bench(args: argparse.Namespace) -> int:
     log = lambda m: print(f"bench: {m}", file=sys.stderr, flush=True)        # noqa: E731
     if args.accuracy and args.suite:
+        # deferred: brings torch; `kit --help` imports only the parsers
         from kit.bench_suite import SUITE, run_suite, suite_markdown
 
         for given, flag in ((args.data, "--data"), (args.stages, "--stages"), (args.same_budget, "--same-budget")):
@@ -69,6 +70,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.suite:
         raise KitError("--suite goes with --accuracy (kit bench --accuracy --suite)")
     if args.accuracy:
+        # deferred: brings torch; `kit --help` imports only the parsers
         from kit.bench_accuracy import accuracy_markdown, run_accuracy_bench
 
         result = run_accuracy_bench(args.recipe, args.preset or "hard", args.data, args.minutes,
@@ -77,6 +79,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                                     same_budget=args.same_budget, log=log, audition=args.audition)
         print(accuracy_markdown(result))
         return 0
+    # deferred: brings torch; `kit --help` imports only the parsers
     from kit.bench import run_bench, to_markdown
 
     result = run_bench(args.preset or "demo", args.data, args.out, args.quick, args.train_steps, args.workers,

@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 from kit.cli import add_cache_option, progress_wanted
+from kit.data import data_info, verify_stores
 from kit.errors import KitError
-from kit.synth import PRESETS
+from kit.kaggle import download
+from kit.layout import check_data
+from kit.synth import PRESETS, generate
 
 
 def register(sub) -> None:
@@ -43,10 +47,6 @@ def register(sub) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    import json
-
-    from kit.data import data_info
-
     info = data_info(args.dir)
     if args.json:
         print(json.dumps(info, indent=2))
@@ -66,9 +66,6 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from kit.data import verify_stores
-    from kit.layout import check_data
-
     layout = check_data(args.dir, workers=args.workers, progress=progress_wanted())
     stores = verify_stores(args.dir)        # a damaged one: KitError, one line naming it
     print(f"ok: {args.dir}: {len(layout.speakers)} speakers, {len(layout.train)} train and "
@@ -80,8 +77,6 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from kit.synth import generate
-
     if args.workers is not None and args.workers < 1:
         raise KitError(f"--workers {args.workers}: at least 1")
     answers = generate(args.out, preset=args.preset, seed=args.seed, force=args.force, workers=args.workers)
@@ -90,8 +85,6 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from kit.kaggle import download
-
     data_dir = download(args.competition, args.out)
     print(f"data ready: {data_dir}")
     return 0

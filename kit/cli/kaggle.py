@@ -7,8 +7,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from kit import DEFAULT_COMPETITION
+from kit.errors import KitError
+from kit.kaggle import read_ledger, refresh_ledger, score_table, submit
+from kit.kaggle.pending import merge_pending
+from kit.kaggle.server import FAULT_TARGETS, StandIn
+from kit.layout import synth_marker
 
 
 def _log(line: str) -> None:
@@ -60,8 +66,6 @@ def register(sub) -> None:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from kit.kaggle import submit
-
     row = submit(args.csv, args.message, args.competition, data_dir=args.data, wait=args.wait,
                  ledger=args.ledger, endpoint=args.endpoint, timeout=args.timeout, log=_log)
     scores = f" public {row['public']} private {row['private']}" if row["public"] else ""
@@ -71,11 +75,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_scores(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from kit.errors import KitError
-    from kit.kaggle import read_ledger, refresh_ledger, score_table
-    from kit.kaggle.pending import merge_pending
+    # deferred: brings matplotlib and pandas; `kit --help` imports only the parsers
     from kit.plots import plot_scores
 
     ledger = Path(args.ledger)
@@ -110,9 +110,6 @@ def cmd_scores(args: argparse.Namespace) -> int:
 
 
 def _parse_fault(spec: str):
-    from kit.errors import KitError
-    from kit.kaggle.server import FAULT_TARGETS
-
     parts = spec.split(":")
     try:
         method, status = parts[0], int(parts[1])
@@ -127,10 +124,6 @@ def _parse_fault(spec: str):
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-
-    from kit.errors import KitError
-    from kit.kaggle.server import StandIn
-    from kit.layout import synth_marker
 
     synth = synth_marker(args.data) or {}
     answers = args.answers or synth.get("answers")

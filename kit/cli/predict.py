@@ -5,10 +5,12 @@ Argument parsing and printing only; the work is in kit.infer, kit.ensemble, kit.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from kit.cli import add_cache_option, progress_wanted
 from kit.names import distinct_runs
+from kit.submission import score_submission, validate_submission
 
 
 def register(sub) -> None:
@@ -95,6 +97,7 @@ def _pct(x) -> str:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    # deferred: brings torch; `kit --help` imports only the parsers
     from kit.infer import predict_run
 
     progress = not args.no_progress and progress_wanted()
@@ -118,6 +121,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_ensemble(args: argparse.Namespace) -> int:
+    # deferred: brings pandas; `kit --help` imports only the parsers
     from kit.ensemble import DEFAULT_POOL, ensemble_runs, parse_weights
 
     def log(message: str) -> None:
@@ -142,8 +146,7 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    import json
-
+    # deferred: brings pandas; `kit --help` imports only the parsers
     from kit.report import format_report, report_runs
 
     r = report_runs(distinct_runs(args.runs), ensemble_result=args.ensemble, png=args.png, answers=args.answers)
@@ -152,8 +155,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from kit.submission import validate_submission
-
     problems = validate_submission(args.csv, args.data)
     for line in problems:
         print(f"kit: error: {line}", file=sys.stderr)
@@ -164,10 +165,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    import json
-
-    from kit.submission import score_submission
-
     r = score_submission(args.csv, args.answers)
     if args.json:
         print(json.dumps(r, indent=2))

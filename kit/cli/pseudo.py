@@ -7,9 +7,11 @@ import json
 import sys
 from pathlib import Path
 
-from kit.cli import add_cache_option, progress_wanted
+from kit.cli import add_cache_option, cache_from, progress_wanted
 from kit.errors import KitError
 from kit.names import distinct_runs, same_dir
+from kit.runs import move_aside, old_name
+from kit.submission import read_answer_key
 
 
 def register(sub) -> None:
@@ -54,8 +56,8 @@ def register(sub) -> None:
 
 
 def cmd_pseudo(args: argparse.Namespace) -> int:
+    # deferred: brings pandas; `kit --help` imports only the parsers
     from kit.pseudo import make_pseudo_labels, true_precision
-    from kit.submission import read_answer_key
 
     distinct_runs(args.runs)
     key = read_answer_key(args.answers) if args.answers else None       # a bad key fails before the work
@@ -69,9 +71,8 @@ def cmd_pseudo(args: argparse.Namespace) -> int:
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    from kit.cli import cache_from
+    # deferred: brings torch; `kit --help` imports only the parsers
     from kit.distill import distill
-    from kit.runs import move_aside, old_name
 
     def log(message: str) -> None:
         print(f"kit: {message}", file=sys.stderr, flush=True)

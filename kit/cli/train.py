@@ -9,8 +9,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kit.cli import add_cache_option, cache_from, progress_wanted
+from kit.cli import add_cache_option, cache_from, one_line_errors, progress_wanted
+from kit.config import DataConfig, RunConfig, layered, load_toml, parse_overrides
+from kit.env import kaggle_data_dir
 from kit.errors import KitError
+from kit.launch import make_launcher
+from kit.runs import move_aside, old_name
 
 if TYPE_CHECKING:        # kit.recipe_result brings torch: `kit --help` would take seconds
     from kit.recipe_result import RecipeResult
@@ -141,8 +145,6 @@ def _add_launcher_args(p: argparse.ArgumentParser) -> None:
 def resolve_train_config(args: argparse.Namespace):
     """The RunConfig `kit train` uses: defaults <- saved config (on --resume) or --config <- --set
     <- --data, --minutes, --max-minutes, --allow-external-labels."""
-    from kit.config import DataConfig, RunConfig, layered, load_toml, parse_overrides
-
     out = Path(args.out)
     if args.config:
         file = (args.config, load_toml(args.config))
@@ -156,8 +158,6 @@ def resolve_train_config(args: argparse.Namespace):
     flags["data"] = {k: v for k, v in data_flags.items() if v is not None}
     cfg = layered(file, ("--set", parse_overrides(args.overrides)), ("command line", flags))
     if not args.data and cfg.data.data_dir == DataConfig.data_dir:
-        from kit.env import kaggle_data_dir
-
         found = kaggle_data_dir()
         if found is not None:
             print(f"kit: no --data given: using the competition data found at {found}", file=sys.stderr)
@@ -168,7 +168,7 @@ def resolve_train_config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from kit.runs import move_aside, old_name
+    # deferred: brings torch; `kit --help` imports only the parsers
     from kit.train import train
 
     if args.fresh and args.resume:
@@ -179,6 +179,7 @@ def cmd_train(args: argparse.Namespace) -> int:
               file=sys.stderr)
     summary = train(cfg, args.out, resume=args.resume, progress=not args.no_progress and progress_wanted(),
                     budget=args.budget)
+    # deferred: accelerate brings torch; `kit --help` imports only the parsers
     from accelerate.state import PartialState
 
     if PartialState().is_main_process:
@@ -188,8 +189,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def train_main(argv: list[str]) -> int:
     """`python -m kit.train` / `accelerate launch -m kit.train`: the same arguments as `kit train`."""
-    from kit.cli import one_line_errors
-
     parser = argparse.ArgumentParser(prog="python -m kit.train", description="train one model (DDP-ready)")
     _add_train_args(parser)
 
@@ -202,7 +201,7 @@ def train_main(argv: list[str]) -> int:
 
 
 def cmd_recipe_run(args: argparse.Namespace) -> int:
-    from kit.launch import make_launcher
+    # deferred: brings torch; `kit --help` imports only the parsers
     from kit.recipe import load_recipe, require_budget
     from kit.zoo import run_recipe
 
@@ -237,6 +236,7 @@ def cmd_recipe_run(args: argparse.Namespace) -> int:
 
 
 def _rehearse(args: argparse.Namespace, log) -> int:
+    # deferred: bring torch; `kit --help` imports only the parsers
     from kit.cost import cost_table
     from kit.recipe import load_recipe, require_budget
     from kit.rehearse import STEPS, rehearse, stage_table
@@ -263,6 +263,7 @@ def _rehearse(args: argparse.Namespace, log) -> int:
 
 
 def cmd_recipe_cost(args: argparse.Namespace) -> int:
+    # deferred: bring torch; `kit --help` imports only the parsers
     from kit.cost import audition_lines, cost_table, counted_in_steps, measure_members, measured_table, recipe_costs
     from kit.recipe import load_recipe, require_budget
 

@@ -41,12 +41,14 @@ def make_launcher(name: str, kernels: int | None = None, competition: str | None
         if value is not None and owner != name:
             raise KitError(f"{flag} is an option of --launcher {owner} (this run: --launcher {name})")
     if name == "kaggle":
+        # deferred: kit.launch.kaggle_kernels imports this package (a cycle at module level)
         from kit.launch.kaggle_kernels import KaggleLauncher
 
         if kernels is not None and kernels < 1:
             raise KitError(f"--kernels {kernels}: must be at least 1")
         return KaggleLauncher(kernels=kernels or 2, competition=competition, endpoint=endpoint)
     if name == "slurm":
+        # deferred: kit.launch.slurm imports this package (a cycle at module level)
         from kit.launch.slurm import SlurmLauncher
 
         return SlurmLauncher(partition=partition, cluster=cluster or "slurm")

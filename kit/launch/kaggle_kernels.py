@@ -18,10 +18,18 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from kit import DEFAULT_COMPETITION
+from kit.config import dump_toml, load_toml
 from kit.errors import KitError
 from kit.fsio import write_json, write_text
+from kit.kaggle.client import KAGGLE, STAND_IN, call, endpoint_or_env, kernel_poll
+from kit.kaggle.credentials import CREDENTIALS_HELP, credential_source
+from kit.kaggle.rehearsal import rehearsal_stand_in
 from kit.launch.common import MAX_ROUNDS, member_args
+from kit.launch.kernel_package import kernel_slug, write_kernel
+from kit.layout import synth_marker
 from kit.rundir import RunDir
+from kit.runs import holds_run, move_aside, old_name
 from kit.timeplan import time_limits
 
 STATE, LOGS, PULLS = "kaggle-kernels.json", "kaggle-logs", ".kaggle-pull"
@@ -67,12 +75,6 @@ class KaggleLauncher:
 def kaggle_target(data_dir: Path, endpoint: str | None, competition: str | None):
     """Where the kernels go: a stand-in at `endpoint` (or KIT_KAGGLE_ENDPOINT); Kaggle itself when
     there are credentials; else, for a synthetic competition, a stand-in started for the block."""
-    from kit import DEFAULT_COMPETITION
-    from kit.kaggle.client import KAGGLE, STAND_IN, endpoint_or_env
-    from kit.kaggle.credentials import CREDENTIALS_HELP, credential_source
-    from kit.kaggle.rehearsal import rehearsal_stand_in
-    from kit.layout import synth_marker
-
     synth = synth_marker(data_dir) or {}
     competition = competition or synth.get("competition") or DEFAULT_COMPETITION
     if endpoint_or_env(endpoint):
@@ -154,8 +156,6 @@ class KernelRun:
         """Kernels still running from an earlier call are waited for, not pushed again. Each other
         member goes to the kernel that trained it before (its output is where it continues from),
         else to the least loaded of kit-<recipe>-1 ... -N that is not still running."""
-        from kit.launch.kernel_package import kernel_slug
-
         known = {} if fresh else {r: k for r, k in self.state.items() if r.startswith(self.user + "/")}
         pending = [k for k in known.values() if k.pending]
         busy = {k.ref for k in pending}
@@ -202,8 +202,6 @@ class KernelRun:
 
     # -- one kernel
     def push(self, k: Kernel, earlier: bool) -> None:
-        from kit.launch.kernel_package import write_kernel
-
         args = member_args("@RECIPE", k.members, self.budget, "@RUNS", minutes=self.timing[0],
                            per_member_minutes=self.timing[1], max_hours=self.inner_hours)
         with tempfile.TemporaryDirectory(prefix="kit-kernel-") as folder:
@@ -217,8 +215,6 @@ class KernelRun:
                  + (" (continuing from its earlier output)" if earlier else "") + (f"; {k.url}" if k.url else ""))
 
     def wait(self, refs: list[str]) -> dict:
-        from kit.kaggle.client import kernel_poll
-
         def seen(event: dict) -> None:
             if event.get("kind") == "status":
                 message = f" ({event['message']})" if event.get("message") else ""
@@ -271,8 +267,6 @@ class KernelRun:
 
     # -- plumbing
     def _call(self, op: str, params: dict, on_event=None) -> dict:
-        from kit.kaggle.client import call
-
         return call(op, params, self.target["endpoint"], self.target["env"], self.log, on_event=on_event)
 
     def _load_state(self) -> dict[str, Kernel]:
@@ -297,8 +291,6 @@ def relocate(run_dir: Path, data_dir: Path) -> None:
     """Point a pulled run at the data here: its config.toml, member.toml and ids.json name the
     kernel's /kaggle/input copy. The data dir's path is not part of a run's identity (the data's
     fingerprint is), so this changes nothing about what the run is."""
-    from kit.config import dump_toml, load_toml
-
     for name in ("config.toml", "member.toml"):
         path = run_dir / name
         if path.is_file():
@@ -318,8 +310,6 @@ def adopt(pulled: Path, run_dir: Path, k: Kernel, log, data_dir: Path | None = N
     kernel is superseded (the new version continued from it); any other run there is moved aside to
     RUNS/<recipe>.old-<time>/ (nothing is deleted). Pulled files get one modification time, so
     predictions made in the kernel count as made after their checkpoint."""
-    from kit.runs import holds_run, move_aside, old_name
-
     if holds_run(pulled) is None:
         if holds_run(run_dir):
             log(f"{run_dir.name}: {k.ref} version {k.version} left no checkpoint of it; {run_dir} kept as it was")

@@ -9,6 +9,7 @@ import io
 import json
 import re
 import tarfile
+from importlib import metadata
 from pathlib import Path
 
 import kit
@@ -61,8 +62,6 @@ def requirements() -> list[list[str]]:
     if pyproject.is_file():
         reqs = load_toml(pyproject)["project"]["dependencies"]
     else:
-        from importlib import metadata
-
         try:
             reqs = [r for r in metadata.requires("kit") or [] if "extra ==" not in r]
         except metadata.PackageNotFoundError:

@@ -8,6 +8,9 @@ import re
 import shutil
 from pathlib import Path
 
+import torch
+
+from kit.cli import main
 from kit.errors import KitError
 from kit.launch.common import MAX_ROUNDS, member_args
 from kit.rundir import RunDir
@@ -20,13 +23,12 @@ RAN_OUT = re.compile(r"time ?out|timed out|TIMEOUT|preempt", re.I)
 
 def run_member(argv: list[str]) -> int:
     """What a job runs: the `kit` command with argv, in the job's own process (its exit code)."""
-    from kit.cli import main
-
     return main(argv)
 
 
 def _submitit():
     try:
+        # deferred: optional: submitit is needed only to submit to Slurm
         import submitit
     except ImportError:
         raise KitError("--launcher slurm needs submitit: pip install submitit") from None
@@ -115,6 +117,4 @@ def _last_error(job) -> str:
 
 
 def _local_gpus() -> int:
-    import torch
-
     return min(1, torch.cuda.device_count())
