@@ -31,10 +31,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from optuna.storages import JournalStorage
-from optuna.storages.journal import JournalFileBackend
-from optuna.trial import TrialState
-
 from kit.config import ENCODER_KINDS
 from kit.errors import KitError
 from kit.fsio import read_json, write_json
@@ -253,8 +249,11 @@ def _decided(root: Path, candidates: list[str]) -> AuditionResult | None:
 def _record(root: Path, recipe: str, result: AuditionResult) -> None:
     """The candidates as Optuna trials in RUNS/<recipe>/audition.optuna.journal: the rung score
     reported at its step; kept trials COMPLETE with it, pruned ones PRUNED, diverged ones FAIL."""
-    # optuna (and its sqlalchemy) loads in about a second: only when a cut is recorded
+    # deferred: optuna (and its sqlalchemy) loads in about a second: only when a cut is recorded
     import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    from optuna.trial import TrialState
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     path = root / JOURNAL_FILE

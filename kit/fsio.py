@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -16,8 +15,6 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from kit.errors import KitError
 
@@ -157,6 +154,8 @@ def save_torch(obj: Any, path: str | os.PathLike) -> None:
 
 
 def save_numpy(path: str | os.PathLike, array) -> None:
+    import numpy as np  # deferred: the Kaggle worker imports kit.fsio and needs no numpy
+
     with _disk_full_is_one_line(path, "array"), atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, array)
@@ -179,6 +178,8 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 @contextlib.contextmanager
 def file_lock(path: str | os.PathLike) -> Iterator[None]:
     """An exclusive advisory lock (fcntl) held for the block; for read-modify-write files."""
+    import fcntl  # deferred: POSIX only, needed only by the code that takes a lock
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as f:

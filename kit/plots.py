@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
@@ -18,6 +17,7 @@ def _pyplot():
     import matplotlib  # heavy: matplotlib, imported only when a picture is drawn
 
     matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # deferred: after use("Agg"), pyplot picks its backend on import
 
     return plt
 

@@ -91,8 +91,7 @@ def predict_estimates(store, configs: dict, on_gpu: bool) -> dict[str, float]:
     prediction is taken as negligible (0)."""
     if on_gpu or not configs:
         return dict.fromkeys(configs, 0.0)
-    # heavy: kit.cost and kit.data load torch; kit.recipe (-> kit.rounds -> here) is imported by the
-    # Kaggle commands, which never need it
+    # deferred: kit.cost imports kit.recipe, which imports this module (through kit.rounds): a cycle
     from kit.cost import predict_gflop
 
     first = next(iter(configs.values()))

@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
 from kit.budget import SKIP_STEPS, lr_at
@@ -99,7 +98,9 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, run_dir: Path, store: FeatureStore | None, progress: bool,
                  budget: str | None, resume: bool, callbacks=()):
-        from timm.optim import create_optimizer_v2  # heavy: timm takes ~2 s to import; only training needs it
+        # deferred: timm takes ~2 s to import; only training needs it
+        from timm.optim import create_optimizer_v2
+        from timm.utils import ModelEmaV3
 
         self.cfg, self.run_dir, self.resuming, self.callbacks = cfg, run_dir, resume, list(callbacks)
         self.progress = progress

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
@@ -90,6 +89,7 @@ def plot_curves(metrics: list[dict], path: Path) -> None:
     import matplotlib  # heavy: matplotlib, only for the plot
 
     matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # deferred: after use("Agg"), pyplot picks its backend on import
 
     steps = [m["step"] for m in metrics]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
