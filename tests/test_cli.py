@@ -1,5 +1,6 @@
 """kit's command line as a newcomer first meets it: `kit --help` answers at once, listing every
 command, without loading torch or pandas (seconds on a laptop, more on a shared Kaggle box)."""
+import os
 import subprocess
 import sys
 
@@ -15,7 +16,8 @@ print(" ".join(m for m in ("torch", "pandas", "accelerate", "matplotlib") if m i
 
 
 def test_help_lists_every_command_and_loads_no_heavy_library():
-    done = subprocess.run([sys.executable, "-c", HELP], capture_output=True, text=True, check=True)
+    env = {**os.environ, "COLUMNS": "100"}               # argparse wraps its listing to the terminal
+    done = subprocess.run([sys.executable, "-c", HELP], capture_output=True, text=True, check=True, env=env)
     assert done.stderr.strip() == ""                      # none of the heavy libraries was imported
     for command in ("data", "train", "recipe", "predict", "ensemble", "submit", "scores", "bench"):
         assert f"\n    {command} " in done.stdout
