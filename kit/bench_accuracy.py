@@ -130,9 +130,8 @@ def _recipe_rows(recipe_path: Path, runs: Path, key: Path, args: dict, stages: t
         csv = _member_csv(run_dir, run_dir / "member_test.csv")
         rows.append({"name": m.name + tag, "kind": "member" if not stages else "staged member",
                      "val_acc": m.accuracy, "minutes": m.minutes, **_scores(csv, key)})
-    refits = [d for d in (res.ensemble.members if res.before_refit and res.ensemble else []) if d.endswith("-refit")]
-    for d in res.lmft + (res.rounds[-1].fine_tuned if res.rounds else []) + refits:
-        run_dir, refit = Path(d), d in refits       # a refit trained on validation: no held-out figure
+    for d in res.lmft + (res.rounds[-1].fine_tuned if res.rounds else []) + res.refits:
+        run_dir, refit = Path(d), d in res.refits       # a refit trained on validation: no held-out figure
         csv = _member_csv(run_dir, run_dir / "member_test.csv")
         rows.append({"name": run_dir.name, "kind": "refit member" if refit else "fine-tuned member",
                      "val_acc": None if refit else PredictionIds.load(run_dir).val_acc,

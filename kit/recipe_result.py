@@ -97,6 +97,7 @@ class RecipeResult:
     vote0: VoteResult | None = None          # the vote before pseudo-labelling (with rounds only)
     before_refit: VoteResult | None = None   # the vote before the refit (with [after] refit only)
     lmft: list[str] = field(default_factory=list)   # the large-margin fine-tunes voted in their members' place
+    refits: list[str] = field(default_factory=list)  # the refits (train + validation) voted in their members' place
     rounds: list[RoundResult] = field(default_factory=list)
     ensemble: VoteResult | None = None       # the vote submitted
     report: str | None = None

@@ -218,8 +218,8 @@ def refit_stage(ctx: StageHost, after: dict, names: list[str], run_dirs: list[Pa
     temperatures and weights fitted on the source members' validation predictions (the same fit),
     applied to the refit members' test predictions; nothing is fitted on what they trained on. A
     refit that diverged is replaced by its member. The vote before it (written as NAME-before-refit by
-    kit.zoo) becomes result.before_refit. Returns the run dirs voted and the new vote (ensemble_runs'
-    result), which is result.ensemble."""
+    kit.zoo) becomes result.before_refit; result.refits lists the refits voted. Returns the run dirs
+    voted and the new vote (ensemble_runs' result), which is result.ensemble."""
     opts = after["refit"]
     _, end = stage_span(ctx.plan, after, "refit")
     jobs = _fine_tune_jobs(ctx, opts, names, run_dirs, "refit", train_on_val=True)
@@ -227,6 +227,7 @@ def refit_stage(ctx: StageHost, after: dict, names: list[str], run_dirs: list[Pa
             + (f" until {end:.0%} of the recipe's time" if ctx.plan.timed else ""))
     ctx.train_jobs(jobs, share=ctx.plan.sharer(end, opts["share"]))
     refits = _in_place(ctx, names, run_dirs, "refit", names)
+    result.refits = [str(d) for d in refits if d not in run_dirs]
     result.before_refit = result.ensemble
     ens = ctx.ensemble(refits, ctx.name, val_from=run_dirs)
     result.ensemble = VoteResult.of(ens, after, refits)

@@ -54,6 +54,7 @@ def test_recipe_refit_votes_the_refit_members_with_the_vote_fitted_before(tiny_d
     assert (manifest.method, manifest.weights, manifest.temperatures) == (prior.method, prior.weights,
                                                                           prior.temperatures)
     assert after.val_acc == before.val_acc and after.members == [str(root / "a-refit"), str(root / "b-refit")]
+    assert result.refits == after.members                          # the typed record the bench reads
     # a re-run keeps the finished refits
     summary = RunDir.of(root / "a-refit").summary()
     run_recipe(recipe, data=str(tiny_data), budget="full", runs=str(runs), workers=1, progress=False,
