@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,6 +135,18 @@ def read_layout(data_dir: str | os.PathLike) -> Layout:
 
 
 # ---------------------------------------------------------------- reading feature files
+def load_tensors(path: Path):
+    """torch.load(path, weights_only=True) on the CPU with torch's warnings kept off stderr. The callers
+    turn a damaged file into one error line; a garbage header made torch's unpickler warn first
+    ("Detected pickle protocol 185 in the checkpoint ..." and its source line, above kit's error)."""
+    # deferred: torch: the light entry points (`kit --help`, the Kaggle worker) import kit.layout
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def load_feature(path: str | os.PathLike, n_mels: int | None = None, mel_len: int | None = None):
     """Load one uttr-*.pt safely (weights_only) and check shape and values; returns a tensor."""
     # deferred: torch: the light entry points (`kit --help`, the Kaggle worker) import kit.layout
@@ -143,7 +156,7 @@ def load_feature(path: str | os.PathLike, n_mels: int | None = None, mel_len: in
     if not path.is_file():
         raise KitError(f"{path}: feature file is missing")
     try:
-        x = torch.load(path, map_location="cpu", weights_only=True)
+        x = load_tensors(path)
     except pickle.UnpicklingError as e:
         with open(path, "rb") as f:
             head = f.read(2)

@@ -16,6 +16,7 @@ from pathlib import Path
 from kit.config import RunConfig, from_dict, load_toml, to_dict
 from kit.errors import KitError
 from kit.fsio import sha256_file, write_json
+from kit.layout import load_tensors
 
 IDENTITY = "identity.json"
 LOCK = ".lock"
@@ -291,13 +292,11 @@ def lock_holder(run_dir: str | Path) -> str | None:
 # ---------------------------------------------------------------- checkpoints
 def load_checkpoint(path: str | Path) -> dict:
     """A kit checkpoint (dict with "model"), or one clear KitError naming the file."""
-    import torch  # heavy (~2 s): only reading a checkpoint needs it, not this module's light importers
-
     path = Path(path)
     if not path.is_file():
         raise KitError(f"{path}: missing")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = load_tensors(path)       # torch's warnings on a garbage header stay off stderr
     except Exception as e:        # torch raises many types for empty, truncated or corrupt files
         detail = str(e).strip().splitlines()[0][:120] if str(e).strip() else "no detail"
         size = path.stat().st_size

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -145,7 +146,8 @@ def test_resume_without_last_pt_stops_and_keeps_best_and_summary(trained, tiny_d
 def test_a_damaged_checkpoint_is_one_line_naming_it(trained, capsys, damage):
     def spoil(path: Path) -> None:
         raw = path.read_bytes()
-        path.write_bytes({"empty": b"", "truncated": raw[:len(raw) // 2], "random": os.urandom(len(raw))}[damage])
+        noise = np.random.default_rng(0).integers(0, 256, len(raw), dtype=np.uint8).tobytes()   # seeded
+        path.write_bytes({"empty": b"", "truncated": raw[:len(raw) // 2], "random": noise}[damage])
 
     spoil(trained / "last.pt")
     one_error(*kit_cli(capsys, "train", "--out", trained, "--resume", "--no-progress")[::2],
@@ -253,11 +255,29 @@ def test_a_feature_file_replaced_in_place_rebuilds_the_store(data):
         FeatureStore.open(data, "float32", progress=False)
 
 
-def test_random_bytes_in_a_feature_file_are_corrupt_not_code(data, capsys):
+# Seeded bytes, not os.urandom: the suite must not change from run to run. The second case starts
+# like a pickle (PROTO opcode, an unknown protocol), so torch.load's unpickler reads past the header.
+@pytest.mark.parametrize("header", [b"", b"\x80\xb9"], ids=["random", "pickle-header"])
+def test_random_bytes_in_a_feature_file_are_corrupt_not_code(data, capsys, header):
     path = change_a_feature_file(data)
-    path.write_bytes(os.urandom(4096))
+    body = np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    path.write_bytes(header + body)
     line = one_error(*kit_cli(capsys, "data", "check", data)[::2], path.name, "corrupt")
     assert "run code" not in line
+
+
+def test_a_damaged_file_that_makes_torch_warn_is_still_one_line_in_a_real_process(data, trained):
+    """In a real process (not under pytest, which captures warnings) torch's unpickler printed its
+    UserWarning and source line above kit's error for a file starting like a pickle."""
+    garbage = b"\x80\xb9" + np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    path = change_a_feature_file(data)
+    path.write_bytes(garbage)
+    (trained / "best.pt").write_bytes(garbage)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    cases = ((["data", "check", str(data)], "corrupt"), (["predict", str(trained)], "unreadable checkpoint"))
+    for args, needle in cases:
+        proc = subprocess.run([sys.executable, "-m", "kit", *args], env=env, capture_output=True, text=True)
+        one_error(proc.returncode, proc.stderr, needle)
 
 
 # ---------------------------------------------------------------- 4. worker lifetime
