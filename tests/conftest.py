@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pytest
 
 from kit.cli import main
@@ -210,6 +212,19 @@ def standin(tiny_data, tiny_answers):
 
 
 # ---------------------------------------------------------------- the CLI, as the fault tests call it
+REPO = Path(__file__).resolve().parent.parent
+
+
+def kit_env() -> dict:
+    """The environment for `python -m kit` in a subprocess: this checkout first on the path."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+
+
+def garbage(n: int) -> bytes:
+    """n bytes of noise for a damaged file, the same every run (seeded, never os.urandom)."""
+    return np.random.default_rng(0).integers(0, 256, n, dtype=np.uint8).tobytes()
+
+
 def kit_cli(capsys, *args) -> tuple[int, str, str]:
     code = main([str(a) for a in args])
     out, err = capsys.readouterr()

@@ -11,11 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-import kit
 from kit.cli import main
 from kit.data import FeatureStore
 from kit.errors import KitError
@@ -24,9 +22,8 @@ from kit.runs import run_lock
 from kit.train import load_model
 from kit.zoo import run_recipe
 
-from conftest import kit_cli, one_error
+from conftest import garbage, kit_cli, kit_env, one_error
 
-REPO = Path(kit.__file__).resolve().parent.parent
 MEMBERS = ("mean", "sap")
 
 
@@ -146,8 +143,7 @@ def test_resume_without_last_pt_stops_and_keeps_best_and_summary(trained, tiny_d
 def test_a_damaged_checkpoint_is_one_line_naming_it(trained, capsys, damage):
     def spoil(path: Path) -> None:
         raw = path.read_bytes()
-        noise = np.random.default_rng(0).integers(0, 256, len(raw), dtype=np.uint8).tobytes()   # seeded
-        path.write_bytes({"empty": b"", "truncated": raw[:len(raw) // 2], "random": noise}[damage])
+        path.write_bytes({"empty": b"", "truncated": raw[:len(raw) // 2], "random": garbage(len(raw))}[damage])
 
     spoil(trained / "last.pt")
     one_error(*kit_cli(capsys, "train", "--out", trained, "--resume", "--no-progress")[::2],
@@ -260,8 +256,7 @@ def test_a_feature_file_replaced_in_place_rebuilds_the_store(data):
 @pytest.mark.parametrize("header", [b"", b"\x80\xb9"], ids=["random", "pickle-header"])
 def test_random_bytes_in_a_feature_file_are_corrupt_not_code(data, capsys, header):
     path = change_a_feature_file(data)
-    body = np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes()
-    path.write_bytes(header + body)
+    path.write_bytes(header + garbage(4096))
     line = one_error(*kit_cli(capsys, "data", "check", data)[::2], path.name, "corrupt")
     assert "run code" not in line
 
@@ -269,14 +264,13 @@ def test_random_bytes_in_a_feature_file_are_corrupt_not_code(data, capsys, heade
 def test_a_damaged_file_that_makes_torch_warn_is_still_one_line_in_a_real_process(data, trained):
     """In a real process (not under pytest, which captures warnings) torch's unpickler printed its
     UserWarning and source line above kit's error for a file starting like a pickle."""
-    garbage = b"\x80\xb9" + np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    pickle_like = b"\x80\xb9" + garbage(4096)
     path = change_a_feature_file(data)
-    path.write_bytes(garbage)
-    (trained / "best.pt").write_bytes(garbage)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    path.write_bytes(pickle_like)
+    (trained / "best.pt").write_bytes(pickle_like)
     cases = ((["data", "check", str(data)], "corrupt"), (["predict", str(trained)], "unreadable checkpoint"))
     for args, needle in cases:
-        proc = subprocess.run([sys.executable, "-m", "kit", *args], env=env, capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, "-m", "kit", *args], env=kit_env(), capture_output=True, text=True)
         one_error(proc.returncode, proc.stderr, needle)
 
 
@@ -290,10 +284,9 @@ def _alive(pid: int) -> bool:
 
 
 def _start_recipe(recipe: Path, data: Path, runs: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     return subprocess.Popen([sys.executable, "-m", "kit", "recipe", "run", str(recipe), "--data", str(data),
                              "--runs", str(runs), "--workers", "2", "--no-progress"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=kit_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=_sigint_default)
 
 

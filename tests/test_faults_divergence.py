@@ -4,7 +4,6 @@ recipe votes without the member; sizes past what any machine holds are one line 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,11 +19,10 @@ from kit.rundir import RunDir
 from kit.train import step_bytes, train
 from kit.zoo import run_recipe
 
-from conftest import one_error
+from conftest import REPO, kit_env, one_error
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-REPO = Path(__file__).resolve().parent.parent
 SMALL = {"model.d_model": 16, "model.ffn_dim": 32, "data.segment_len": 48, "data.store_dtype": "float32",
          "train.eval_every": 5, "train.warmup_steps": 2, "train.cpu_threads": 1, "train.max_steps": 10}
 DIVERGES = "train.lr=1e12"          # AdamW's weight decay alone takes the weights past float32 in 5 steps
@@ -67,9 +65,8 @@ def test_divergence_after_good_steps_keeps_the_last_good_checkpoint(tiny_data, t
 @pytest.mark.slow
 def test_python_m_kit_train_exits_2_with_one_line_on_divergence(tiny_data, tmp_path):
     run = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-m", "kit.train", "--data", str(tiny_data), "--out", str(run),
-                           *small_args("--set", DIVERGES)], env=env, capture_output=True, text=True, timeout=300)
+                           *small_args("--set", DIVERGES)], env=kit_env(), capture_output=True, text=True, timeout=300)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("kit: error:")]
     assert proc.returncode == 2 and len(errors) == 1 and "training diverged" in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr

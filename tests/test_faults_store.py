@@ -17,6 +17,8 @@ from kit.data import FeatureStore, store_bytes
 from kit.errors import KitError
 from kit.layout import read_layout
 
+from conftest import garbage
+
 
 @pytest.fixture
 def data(data, monkeypatch) -> Path:
@@ -55,8 +57,7 @@ DAMAGE = {
     "truncated features": (lambda root: (root / "features.npy").write_bytes(
         (root / "features.npy").read_bytes()[:5000]), "features.npy"),
     "empty features": (lambda root: (root / "features.npy").write_bytes(b""), "features.npy"),
-    "garbage offsets": (lambda root: (root / "offsets.npy").write_bytes(   # seeded: the same bytes every run
-        np.random.default_rng(0).integers(0, 256, 300, dtype=np.uint8).tobytes()), "offsets.npy"),
+    "garbage offsets": (lambda root: (root / "offsets.npy").write_bytes(garbage(300)), "offsets.npy"),
     "missing lengths": (lambda root: (root / "lengths.npy").unlink(), "lengths.npy missing"),
     "garbage done.json": (lambda root: (root / "done.json").write_text("{not json"), "done.json"),
     "missing done.json": (lambda root: (root / "done.json").unlink(), "done.json missing"),
