@@ -27,7 +27,7 @@ scores of the accuracy bench are not affected.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -63,6 +63,18 @@ class AuditionResult:
     def pruned(self) -> list[str]:
         return [n for n in self.candidates if n not in self.survivors]
 
+    @classmethod
+    def read(cls, path: Path) -> AuditionResult:
+        """The decision kit wrote to `path`; KitError naming the file when it is anything else (an
+        older kit's, or damaged), rather than a decision half read."""
+        value = read_json(path, "the audition's decision")
+        names = [f.name for f in fields(cls)]
+        problem = _shape_problem(value, names)
+        if problem:
+            raise KitError(f"{path}: not an audition decision kit can read ({problem}); delete it to decide "
+                           "the cut again from the candidates' run dirs, or re-run with --fresh")
+        return cls(**{k: value[k] for k in names if k in value})
+
     def lines(self) -> list[str]:
         """The rung, one line per candidate, best first: what the CLI and the report print."""
         of = f"{self.minutes:.2f} min each" if self.minutes else "their steps"
@@ -72,6 +84,26 @@ class AuditionResult:
         rows = [f"  {n:16s} {_fmt(self.scores.get(n))}  step {self.steps.get(n, 0):>6}  "
                 f"{self.kinds.get(n, ''):11s}  {'kept' if n in self.survivors else 'pruned'}" for n in order]
         return [head, *rows]
+
+
+def _shape_problem(value: dict, names: list[str]) -> str | None:
+    """What is wrong with a decision read from JSON, or None."""
+    missing = [k for k in ("candidates", "keep", "rung", "minutes", "survivors") if k not in value]
+    if missing:
+        return "missing " + ", ".join(missing)
+    unknown = sorted(set(value) - set(names))
+    if unknown:
+        return "unknown " + ", ".join(unknown)
+    names_ok = all(isinstance(value[k], list) and all(isinstance(n, str) for n in value[k])
+                   for k in ("candidates", "survivors"))
+    numbers_ok = all(isinstance(value[k], (int, float)) and not isinstance(value[k], bool)
+                     for k in ("keep", "rung", "minutes"))
+    maps_ok = all(isinstance(value.get(k, {}), dict) for k in ("scores", "steps", "kinds"))
+    if not (names_ok and numbers_ok and maps_ok):
+        return "a value of the wrong type"
+    if not value["survivors"] or set(value["survivors"]) - set(value["candidates"]):
+        return "survivors that are not among its candidates"
+    return None
 
 
 def _fmt(score: float | None) -> str:
@@ -239,7 +271,7 @@ def _decided(root: Path, candidates: list[str]) -> AuditionResult | None:
     path = root / AUDITION_FILE
     if not path.is_file():
         return None
-    result = AuditionResult(**read_json(path, "the audition's decision"))
+    result = AuditionResult.read(path)
     if sorted(result.candidates) != sorted(candidates) or \
             any(RunDir(root / n).summary() is None for n in result.survivors):
         return None

@@ -69,6 +69,18 @@ def test_the_best_candidates_at_the_cut_go_on_and_are_the_only_ones_voted(tiny_d
     assert again.audition is not None and again.audition.survivors == cut.survivors       # read, not redone
     assert {n: (root / n / "summary.json").stat().st_mtime_ns for n in cut.candidates} == before
 
+    # a decision kit did not write (an older kit's, or damaged) is refused in one line naming it, not half
+    # read; deleted, the cut is decided again from the run dirs as they are, and nothing trains again
+    (root / "audition.json").write_text(json.dumps({**decision, "survivors": ["gone"]}))
+    with pytest.raises(KitError, match=r"audition\.json: not an audition decision .*survivors that are not"):
+        run_recipe(_recipe(tiny_recipe), data=str(tiny_data), runs=str(runs), progress=False, workers=1,
+                   per_member_minutes=0.12, submissions=tmp_path / "subs")
+    (root / "audition.json").unlink()
+    redone = run_recipe(_recipe(tiny_recipe), data=str(tiny_data), runs=str(runs), progress=False, workers=1,
+                        per_member_minutes=0.12, submissions=tmp_path / "subs")
+    assert redone.audition is not None and redone.audition.survivors == cut.survivors
+    assert {n: (root / n / "summary.json").stat().st_mtime_ns for n in cut.candidates} == before
+
 
 def test_no_audition_trains_the_fixed_members_only(tiny_data, tiny_recipe, tmp_path):
     runs = tmp_path / "runs"
@@ -116,6 +128,28 @@ def test_a_bad_audition_table_is_refused_naming_the_file(tmp_path, table, messag
     with pytest.raises(KitError, match=message) as err:
         load_recipe(path)
     assert str(path) in str(err.value)
+
+
+GOOD = {"candidates": ["a", "b"], "keep": 1, "rung": 0.1, "minutes": 6.0, "survivors": ["a"],
+        "scores": {"a": 0.5, "b": None}, "steps": {"a": 10, "b": 9}, "kinds": {"a": "attention", "b": ""}}
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"keep": None}, "missing keep"), ({"survivors": None, "rung": None}, "missing rung, survivors"),
+    ({"pruned": ["b"]}, "unknown pruned"), ({"keep": "1"}, "wrong type"), ({"rung": True}, "wrong type"),
+    ({"candidates": "ab"}, "wrong type"), ({"scores": [0.5]}, "wrong type"),
+    ({"survivors": ["c"]}, "survivors that are not"), ({"survivors": []}, "survivors that are not"),
+])
+def test_an_audition_decision_kit_did_not_write_is_refused_naming_the_file(tmp_path, change, message):
+    from kit.audition import AuditionResult
+
+    path = tmp_path / "audition.json"
+    path.write_text(json.dumps(GOOD))
+    assert AuditionResult.read(path).survivors == ["a"]
+    path.write_text(json.dumps({k: v for k, v in {**GOOD, **change}.items() if v is not None}))
+    with pytest.raises(KitError, match=message) as err:
+        AuditionResult.read(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
 
 
 def test_boss_auditions_four_small_quick_candidates_and_keeps_its_fixed_zoo_without():
