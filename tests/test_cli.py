@@ -21,3 +21,21 @@ def test_help_lists_every_command_and_loads_no_heavy_library():
     assert done.stderr.strip() == ""                      # none of the heavy libraries was imported
     for command in ("data", "train", "recipe", "predict", "ensemble", "submit", "scores", "bench"):
         assert f"\n    {command} " in done.stdout
+
+
+EVERY_MODULE = """
+import importlib, pkgutil, sys
+import kit
+for m in pkgutil.walk_packages(kit.__path__, "kit."):
+    if not m.name.endswith("__main__"):
+        importlib.import_module(m.name)
+print("torch.utils.cpp_extension" in sys.modules)
+"""
+
+
+def test_no_kit_module_loads_torchs_extension_builder_on_import():
+    # torch.utils.cpp_extension warns on stderr at import on a machine with a CUDA toolkit and no GPU
+    # (a Kaggle CPU notebook); torch's benchmark Timer imports it, so kit imports that only to time
+    done = subprocess.run([sys.executable, "-c", EVERY_MODULE], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False", done.stderr[-2000:]
+    assert "cpp_extension" not in done.stderr

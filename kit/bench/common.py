@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.benchmark import Timer
 
 from kit.models import ConformerEncoder, SpeakerNet
 from kit.recipe import load_recipe, member_config
@@ -31,6 +30,10 @@ def time_once(fn) -> float:
 def time_warm(fn) -> float:
     """Seconds of one run of fn() after two warm-up runs, by torch's Timer (which waits for the
     GPU), at torch's current thread count (the Timer's default would be one thread)."""
+    # deferred: torch.utils.benchmark imports torch.utils.cpp_extension, which warns on stderr on a machine
+    # with a CUDA toolkit and no GPU (a Kaggle CPU notebook): only when something is timed
+    from torch.utils.benchmark import Timer
+
     timer = Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     return timer.timeit(number=1).mean
 

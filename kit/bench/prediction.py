@@ -8,7 +8,6 @@ import functools
 import numpy as np
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.benchmark import Timer
 from torch.utils.flop_counter import FlopCounterMode
 
 from kit.bench.common import course_model, row, time_once, time_warm
@@ -38,6 +37,9 @@ def forward_flops(model, n_mels: int):
 def matmul_peak(seconds: float = 0.5, n: int = 1024) -> float:
     """FLOP/s of large fp32 matrix products on this CPU (all of torch's threads): about the most
     arithmetic any model code can get out of it."""
+    # deferred: torch.utils.benchmark warns on import on a machine with a CUDA toolkit and no GPU
+    from torch.utils.benchmark import Timer
+
     timer = Timer("a @ b", globals={"a": torch.randn(n, n), "b": torch.randn(n, n)},
                   num_threads=torch.get_num_threads())
     return 2 * n ** 3 / timer.blocked_autorange(min_run_time=seconds).mean
