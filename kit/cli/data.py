@@ -33,6 +33,8 @@ def register(sub) -> None:
     p.add_argument("--preset", default="demo", choices=list(PRESETS),
                    help="tiny (tests), demo, hard (families of near-identical voices: for tuning), hard-few (the "
                         "same voices, 10 training utterances per speaker: data-limited, like a GPU run), "
+                        "tts and many (the tuning suite's other two: speech-synthesizer voices; 600 speakers), "
+                        "tts-close (a check outside the suite: closer tts families, longer utterances), "
                         "full (real size)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="overwrite an existing data dir")
