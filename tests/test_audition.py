@@ -9,6 +9,7 @@ import textwrap
 
 import pytest
 
+from kit.audition import AuditionResult
 from kit.errors import KitError
 from kit.recipe import load_recipe
 from kit.timeplan import AFTER_SECONDS, CUT_SECONDS, START_SECONDS, TimePlan, audition_minutes
@@ -141,8 +142,6 @@ GOOD = {"candidates": ["a", "b"], "keep": 1, "rung": 0.1, "minutes": 6.0, "survi
     ({"survivors": ["c"]}, "survivors that are not"), ({"survivors": []}, "survivors that are not"),
 ])
 def test_an_audition_decision_kit_did_not_write_is_refused_naming_the_file(tmp_path, change, message):
-    from kit.audition import AuditionResult
-
     path = tmp_path / "audition.json"
     path.write_text(json.dumps(GOOD))
     assert AuditionResult.read(path).survivors == ["a"]
