@@ -68,12 +68,11 @@ class AuditionResult:
         """The decision kit wrote to `path`; KitError naming the file when it is anything else (an
         older kit's, or damaged), rather than a decision half read."""
         value = read_json(path, "the audition's decision")
-        names = [f.name for f in fields(cls)]
-        problem = _shape_problem(value, names)
+        problem = _shape_problem(value, [f.name for f in fields(cls)])
         if problem:
             raise KitError(f"{path}: not an audition decision kit can read ({problem}); delete it to decide "
                            "the cut again from the candidates' run dirs, or re-run with --fresh")
-        return cls(**{k: value[k] for k in names if k in value})
+        return cls(**value)                         # every key is a field: _shape_problem refuses others
 
     def lines(self) -> list[str]:
         """The rung, one line per candidate, best first: what the CLI and the report print."""
