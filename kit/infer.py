@@ -20,7 +20,7 @@ from kit.ensemble.calibration import calibrate, fit_temperature, log_probs, mean
 from kit.errors import KitError
 from kit.fsio import save_numpy, sha256_file
 from kit.records import PredictionIds
-from kit.runs import lock_holder
+from kit.runs import lock_holder, require_same_data
 from kit.split import load_split
 from kit.train.results import load_model
 from kit.windows import centre_windows, length_batches, sliding_windows
@@ -184,6 +184,7 @@ def predict_run(run_dir: str | os.PathLike, store: FeatureStore | None = None, w
                       batch_size=batch_size, mode=mode)
     if store is None:
         store = FeatureStore.open(cfg.data.data_dir, dtype=cfg.data.store_dtype, progress=progress)
+    require_same_data(run_dir, store.layout.data_dir)
     if len(store.speakers) != cfg.model.n_classes:
         raise KitError(f"{run_dir}: the model has {cfg.model.n_classes} classes but "
                        f"{store.layout.data_dir} has {len(store.speakers)} speakers")
@@ -285,6 +286,9 @@ def _save_predictions(run_dir: Path, store: FeatureStore, val_index, val: dict, 
     """val_probs_<way>.npy, val_probs.npy and test_probs.npy (in `mode`) and ids.json; returns the
     validation accuracies (and calibrated NLLs) ids.json records."""
     val_labels = store.labels[val_index]
+    # ids.json binds the files below to the checkpoint they came from: removed first and written
+    # last, so a kill in between leaves a run with no predictions, never new files under old ids
+    (run_dir / "ids.json").unlink(missing_ok=True)
     for m, probs in val.items():
         save_numpy(run_dir / f"val_probs_{m}.npy", probs)
     save_numpy(run_dir / "val_probs.npy", val[mode])
@@ -295,7 +299,6 @@ def _save_predictions(run_dir: Path, store: FeatureStore, val_index, val: dict, 
         "val_nll_full": nll.get("full"),            # after temperature scaling; None without validation
         "val_nll_sliding": nll.get("sliding"),
     }
-    # ids.json last: killed before it, the old ids.json's checkpoint hash marks the new files stale
     PredictionIds(val=[store.paths[i] for i in val_index], val_labels=[int(v) for v in val_labels],
                   test=[store.paths[i] for i in store.test_index], **settings,
                   data_dir=str(Path(store.layout.data_dir).resolve()), **result).save(run_dir / "ids.json")

@@ -82,6 +82,24 @@ def run_identity(cfg, store, budget: str | None = None, run_dir: str | Path | No
     return identity
 
 
+def require_same_data(run_dir: str | Path, data_dir: str | Path) -> None:
+    """Refuse to predict or vote a run on a data dir whose json files changed since the run trained
+    on it: its class indices would name other speakers (mapping.json), its split other utterances.
+    Runs from before identity.json recorded the layout are not checked."""
+    recorded = ((read_identity(run_dir) or {}).get("data") or {}).get("layout")
+    if not recorded:
+        return
+    # deferred: kit.data brings numpy and torch, which this module's light importers never need
+    from kit.data import layout_hash
+
+    now = layout_hash(data_dir)
+    if now != recorded:
+        raise KitError(f"{data_dir}: its metadata.json, mapping.json or testdata.json changed since {run_dir} "
+                       f"trained on it (layout {recorded}, now {now}), so the model's classes would name other "
+                       f"speakers; restore those files, or train the run again on the data as it is now "
+                       f"(`kit train ... --fresh`)")
+
+
 INPUT_FILES = ("data.pseudo_labels", "train.teacher", "train.init_from")
 
 

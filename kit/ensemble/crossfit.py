@@ -77,6 +77,8 @@ def crossfit(logps, labels, methods=METHODS, pool: str = DEFAULT_POOL, folds=5) 
     labels = np.asarray(labels, dtype=np.int64)
     n = len(labels)
     scalar = np.isscalar(folds)
+    if scalar and int(folds) < 2:                   # checked before fold_ids divides by it
+        raise KitError(f"--folds {folds}: cross-fitting needs at least 2 folds")
     fold = fold_ids(labels, min(int(folds), n)) if scalar else np.asarray(folds, dtype=np.int64)
     if len(fold) != n or len(np.unique(fold)) < 2:
         raise KitError(f"cross-fitting needs at least 2 non-empty folds; got {len(np.unique(fold))} fold(s) "

@@ -13,6 +13,7 @@ from kit.config import from_dict, load_toml
 from kit.errors import KitError
 from kit.layout import read_layout
 from kit.records import PREDICTION_FILES, PredictionIds, stale_checkpoint
+from kit.runs import require_same_data
 
 
 @dataclass
@@ -84,6 +85,7 @@ def member_speakers(member: Member) -> tuple[list[str], str]:
     if not data_dir:
         data_dir = from_dict(load_toml(member.run_dir / "config.toml")).data.data_dir
     layout = read_layout(data_dir)
+    require_same_data(member.run_dir, data_dir)
     if member.ids.test != [u.path for u in layout.test]:
         raise KitError(f"{member.run_dir}: its test predictions do not follow {data_dir}/testdata.json; "
                        f"run `kit predict {member.run_dir}` again")
