@@ -56,6 +56,9 @@ def save_split(split: Split, path: str | os.PathLike, store: FeatureStore) -> No
 def load_split(path: str | os.PathLike, store: FeatureStore) -> Split:
     path = Path(path)
     raw = read_json(path, "a split saved by kit")
+    if not (isinstance(raw, dict) and all(isinstance(raw.get(k), list) and all(isinstance(p, str) for p in raw[k])
+                                          for k in ("train", "val"))):
+        raise KitError(f"{path}: not a split saved by kit (it holds lists 'train' and 'val' of feature file names)")
     where = {p: i for i, p in enumerate(store.paths[:store.n_train])}
     try:
         train = np.array([where[p] for p in raw["train"]], dtype=np.int64)
@@ -70,7 +73,10 @@ def split_for(store: FeatureStore, val_fraction: float = 0.1, seed: int = 0) -> 
     """The split for this store and settings, saved beside the store and reused afterwards."""
     path = store.root / f"split-{seed}-{val_fraction:g}.json"
     if path.is_file():
-        return load_split(path, store)
+        try:
+            return load_split(path, store)
+        except KitError:        # a damaged copy: made again below, the same split (make_split is deterministic)
+            pass
     split = make_split(store.labels[:store.n_train], val_fraction, seed)
     save_split(split, path, store)
     return split

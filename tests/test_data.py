@@ -255,3 +255,16 @@ def test_split_for_is_saved_and_reused(tiny_data, tmp_path):
     assert (store.root / "split-4-0.25.json").is_file()
     assert len(first.val) == 8 * 3                              # round(12 * 0.25) per speaker
     assert np.array_equal(split_for(store, 0.25, seed=4).val, first.val)
+
+
+@pytest.mark.parametrize("damage", ["{\"val\": 5}", "[1, 2]", "{\"train\": [1], \"val\": []}", "not json"])
+def test_a_damaged_split_is_refused_as_such_and_a_damaged_cached_one_made_again(tiny_data, tmp_path, damage):
+    store = FeatureStore.open(tiny_data, dtype="float32", cache_dir=tmp_path, progress=False)
+    first = split_for(store, 0.25, seed=4)
+    cached = store.root / "split-4-0.25.json"
+    cached.write_text(damage)
+    with pytest.raises(kit.data.KitError, match=f"{cached.name}: (not a split saved by kit|malformed JSON)"):
+        load_split(cached, store)               # a run's own split.json is refused, never remade
+    again = split_for(store, 0.25, seed=4)      # the cache beside the store is made again
+    assert np.array_equal(again.val, first.val) and np.array_equal(again.train, first.train)
+    assert json.loads(cached.read_text())["val"] == [store.paths[i] for i in first.val]
