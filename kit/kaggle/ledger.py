@@ -24,53 +24,71 @@ def now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def read_ledger(path: str | os.PathLike):
+def read_ledger(path: str | os.PathLike, restore: str | None = None):
     """The ledger as a DataFrame of strings (empty with the right columns when there is none).
-    A damaged ledger (a row cut short or with extra fields) is refused naming the row, so no
-    rewrite can make the damage permanent."""
+    A damaged ledger (a row cut short or with extra fields, a renamed or repeated column) is refused
+    naming the row or column, so no rewrite can make the damage permanent; `restore` says how to get
+    a good copy back (default: from its backups)."""
     import pandas as pd  # deferred: the worker, one process per Kaggle call, imports kit.kaggle but needs no pandas
 
     path = Path(path)
     if not path.is_file():
         return pd.DataFrame({c: pd.Series(dtype=str) for c in LEDGER_COLUMNS})
+    restore = restore or f"restore a backup ({path.name}.bak-*)"
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise KitError(f"{path}: unreadable ledger ({e}); {_LEDGER_FIX.format(name=path.name)}") from None
-    _check_ledger_rows(path, text)
+        raise KitError(f"{path}: unreadable ledger ({e}); fix or remove that row, or {restore}") from None
+    _check_ledger_rows(path, text, restore)
     try:
         frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
     except (ValueError, pd.errors.ParserError) as e:
-        raise KitError(f"{path}: unreadable ledger ({e}); {_LEDGER_FIX.format(name=path.name)}") from None
-    for c in LEDGER_COLUMNS:
+        raise KitError(f"{path}: unreadable ledger ({e}); fix or remove that row, or {restore}") from None
+    for c in LEDGER_COLUMNS:        # an older ledger, without the columns added since: they start empty
         if c not in frame.columns:
             frame[c] = ""
     return frame
 
 
-_LEDGER_FIX = "fix or remove that row, or restore a backup ({name}.bak-*)"
 LEDGER_BACKUPS = 10         # backups kept beside the ledger, newest first
 
 
-def _check_ledger_rows(path: Path, text: str) -> None:
-    """Every row has the header's field count and the file ends with a line break (kit always
-    writes one, so a last row without it was cut short)."""
+def _check_header(path: Path, header: list[str], restore: str) -> None:
+    """No column nameless or named twice, and none unknown while a known one is missing: that is a
+    renamed or misspelt column (`publik`), which would read as empty and then be added again. A
+    header with only known columns is an older ledger (the rest are added); a column of the user's
+    own beside all of kit's is kept."""
+    twice = sorted({name for name in header if header.count(name) > 1})
+    if twice or "" in header:
+        problem = f"names {', '.join(twice)} twice" if twice else "has a column without a name"
+        raise KitError(f"{path}: the header {problem}; fix the header, or {restore}")
+    unknown = [name for name in header if name not in LEDGER_COLUMNS]
+    missing = [c for c in LEDGER_COLUMNS if c not in header]
+    if unknown and missing:
+        raise KitError(f"{path}: unknown column(s) {', '.join(map(repr, unknown))} in the header, and "
+                       f"{', '.join(missing)} missing (the known columns: {', '.join(LEDGER_COLUMNS)}); "
+                       f"fix the header, or {restore}")
+
+
+def _check_ledger_rows(path: Path, text: str, restore: str) -> None:
+    """A header kit can read (_check_header), every row with the header's field count, and a line
+    break at the end (kit always writes one, so a last row without it was cut short)."""
     if not text.strip():
-        raise KitError(f"{path}: empty ledger (not even a header); restore a backup ({path.name}.bak-*) "
-                       "or move it aside")
+        raise KitError(f"{path}: empty ledger (not even a header); {restore} or move it aside")
+    fix = f"fix or remove that row, or {restore}"
     reader = csv.reader(io.StringIO(text))
     try:
         header = next(reader)
+        _check_header(path, header, restore)
         for row in reader:
             if row and len(row) != len(header):
                 raise KitError(f"{path}: row {reader.line_num - 1} has {len(row)} fields, the header "
-                               f"{len(header)} ({','.join(row)[:80]!r}); {_LEDGER_FIX.format(name=path.name)}")
+                               f"{len(header)} ({','.join(row)[:80]!r}); {fix}")
     except csv.Error as e:
-        raise KitError(f"{path}: row {reader.line_num - 1} is malformed ({e}); "
-                       f"{_LEDGER_FIX.format(name=path.name)}") from None
+        raise KitError(f"{path}: row {reader.line_num - 1} is malformed ({e}); {fix}") from None
     if not text.endswith(("\n", "\r")):
         raise KitError(f"{path}: the last row (line {text.count(chr(10)) + 1}) is cut short (no line end: "
-                       f"{text.splitlines()[-1][-60:]!r}); {_LEDGER_FIX.format(name=path.name)}")
+                       f"{text.splitlines()[-1][-60:]!r}); {fix}")
 
 
 def ledger_lock(path: Path) -> Path:
@@ -151,8 +169,9 @@ def update_ledger(path: str | os.PathLike, competition: str, ref, changes: dict)
 
 def same_row(frame, row: dict):
     """Which rows of `frame` record the same attempt as `row`: the same competition and Kaggle ref,
-    or, for an attempt without a ref (FAILED), the same time, competition, file and sha256."""
-    keys = ("competition", "ref") if row.get("ref") else ("time", "competition", "file", "sha256")
+    or, for an attempt without a ref (FAILED), another without one at the same time, competition,
+    file and sha256 (never a submission Kaggle accepted in that second)."""
+    keys = ("competition", "ref") if row.get("ref") else ("time", "competition", "file", "sha256", "ref")
     hit = frame["competition"].notna()
     for key in keys:
         hit &= frame[key] == str(row.get(key) or "")

@@ -50,14 +50,15 @@ def keep_pending(ledger: str | os.PathLike, row: dict) -> Path:
 
 def merge_pending(ledger: str | os.PathLike) -> list[tuple[Path, int]]:
     """Merge every pending file of the ledger into it (kit.kaggle.ledger.merge_rows), then remove
-    the file; returns (file, rows) for each merged. A ledger that still cannot be written is one
-    line naming both files."""
+    the file; returns (file, rows) for each merged. A pending file that is not one kit wrote, or a
+    ledger that still cannot be written, is one line naming both files; the pending file is removed
+    only once the ledger holds every one of its rows."""
     merged = []
     for path in pending_files(ledger):
         if not path.is_file():
             continue
         with file_lock(ledger_lock(path)):      # no row kept while we merge is lost
-            rows = read_ledger(path).to_dict("records")
+            rows = _pending_rows(path, ledger)
             problem = ledger_problem(ledger)
             if problem is None:
                 try:
@@ -67,9 +68,38 @@ def merge_pending(ledger: str | os.PathLike) -> list[tuple[Path, int]]:
             if problem:
                 raise KitError(f"{path}: {len(rows)} submission(s) wait to be added to {ledger}, which cannot "
                                f"be written ({problem}); make it writable and run `kit scores --ledger {ledger}`")
+            frame = read_ledger(ledger)
+            lost = sum(not same_row(frame, row).any() for row in rows)
+            if lost:
+                raise KitError(f"{path}: {lost} of its {len(rows)} submission(s) did not reach {ledger} (kit bug); "
+                               f"it is kept: add them to the ledger by hand")
             try:
                 path.unlink()
             except OSError:         # merged rows merge again as no change: harmless until it can go
                 pass
         merged.append((path, len(rows)))
     return merged
+
+
+_REQUIRED = ("time", "competition", "file", "sha256", "status")     # every row kit keeps has them
+
+
+def _pending_rows(path: Path, ledger) -> list[dict]:
+    """The pending file's rows, refused unless each is a row kit could have kept: only the ledger's
+    columns (a merge would drop any other), the fields every kept row has, and Kaggle's ref (a
+    number), which only a FAILED attempt lacks."""
+    restore = f"fix it, or add its rows to {ledger} by hand and delete it (it is kept until then)"
+    frame = read_ledger(path, restore=restore)
+    unknown = [c for c in frame.columns if c not in LEDGER_COLUMNS]
+    if unknown:
+        raise KitError(f"{path}: unknown column(s) {', '.join(map(repr, unknown))} in the header (a pending "
+                       f"file holds only the ledger's: {', '.join(LEDGER_COLUMNS)}); {restore}")
+    rows = frame.to_dict("records")
+    for number, row in enumerate(rows, 1):
+        empty = [key for key in _REQUIRED if not row[key]]
+        if empty:
+            raise KitError(f"{path}: row {number} has no {', '.join(empty)}; {restore}")
+        if not ((row["ref"].isascii() and row["ref"].isdigit()) or (row["ref"] == "" and row["status"] == "FAILED")):
+            raise KitError(f"{path}: row {number} has ref {row['ref']!r} (Kaggle's submission number; empty only "
+                           f"for a FAILED attempt); {restore}")
+    return rows

@@ -3,12 +3,14 @@ its score, and record every attempt in the ledger; `refresh_ledger` fetches scor
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from kit import DEFAULT_COMPETITION
 from kit.errors import KitError
 from kit.fsio import sha256_file
 from kit.kaggle.client import call, poll_interval, target
+from kit.kaggle.credentials import kaggle_json_problem
 from kit.kaggle.ledger import append_ledger, check_writable, now, read_ledger, update_ledger
 from kit.kaggle.pending import keep_pending, merge_pending
 from kit.records import SubmissionManifest
@@ -78,7 +80,7 @@ def submit(csv_path, message: str, competition: str = DEFAULT_COMPETITION, data_
     its pending file (kit.kaggle.pending), and the submission then ends in a KitError saying so.
     """
     csv_path = Path(csv_path)
-    manifest = _checked(csv_path, message, data_dir, ledger)
+    manifest = _checked(csv_path, message, data_dir, ledger, {**os.environ, **(env or {})})
     row = {"time": now(), "competition": competition, "file": str(csv_path), "sha256": sha256_file(csv_path),
            "message": message, "members": ";".join(map(str, manifest.members or [])), "vote": manifest.vote or "",
            "ref": "", "status": "", "public": "", "private": "",
@@ -116,24 +118,41 @@ def submit(csv_path, message: str, competition: str = DEFAULT_COMPETITION, data_
     return row
 
 
-def _checked(csv_path: Path, message: str, data_dir, ledger) -> SubmissionManifest:
-    """Everything checked before a submission is sent: the CSV (as Kaggle would), the message, a
-    ledger that can record it; rows a failed recording left pending are merged first. Returns the
-    CSV's manifest (empty when it has none)."""
+def _checked(csv_path: Path, message: str, data_dir, ledger, env: dict) -> SubmissionManifest:
+    """Everything checked before a submission is sent: the CSV (as Kaggle would) and that its
+    manifest was written for it, the message, the kaggle.json the client would read, a ledger that
+    can record it; rows a failed recording left pending are merged first. Returns the CSV's
+    manifest (empty when it has none)."""
     if not csv_path.is_file():
         raise KitError(f"{csv_path}: submission file not found")
     if not message or not message.strip():
         raise KitError(f"{csv_path}: a submission message is required (-m MESSAGE)")
     manifest = SubmissionManifest.beside(csv_path) or SubmissionManifest()
+    _check_manifest_matches(csv_path, manifest)
     data_dir = data_dir or manifest.data_dir
     if not data_dir:
         raise KitError(f"{csv_path}: no manifest {csv_path.with_suffix('.json').name} beside it names the "
                        f"data dir; pass --data DIR so the CSV is checked before it is sent")
     require_valid(csv_path, data_dir)
+    problem = kaggle_json_problem(env)
+    if problem:
+        raise KitError(f"{problem}; nothing was sent")
     read_ledger(ledger)         # a damaged ledger stops us before anything is sent, not after
     check_writable(ledger)
     merge_pending(ledger)
     return manifest
+
+
+def _check_manifest_matches(csv_path: Path, manifest: SubmissionManifest) -> None:
+    """Refuse a CSV its manifest was not written for (a kill between `kit ensemble`'s two writes, or
+    another CSV copied over it): the ledger would credit it to another ensemble's members and vote.
+    A manifest without csv_sha256 (older versions) cannot be checked."""
+    digest = sha256_file(csv_path)
+    if manifest.csv_sha256 and manifest.csv_sha256 != digest:
+        beside = csv_path.with_suffix(".json")
+        raise KitError(f"{csv_path}: its manifest {beside} was written for another CSV (sha256 "
+                       f"{manifest.csv_sha256[:12]}... != {digest[:12]}...): re-run `kit ensemble` to write both "
+                       f"again, or delete {beside} and pass --data DIR to submit this CSV as it is")
 
 
 def refresh_ledger(ledger, competition: str | None = None, endpoint: str | None = None, env=None, log=None) -> int:

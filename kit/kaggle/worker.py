@@ -15,7 +15,7 @@ from pathlib import Path
 
 from kit.errors import KitError
 from kit.kaggle.client import backoff, retries
-from kit.kaggle.credentials import CREDENTIALS_HELP
+from kit.kaggle.credentials import CREDENTIALS_HELP, kaggle_json, kaggle_json_problem
 from kit.kaggle.kernel_ops import OPS as KERNEL_OPS
 from kit.kaggle.retrying import retrying as _retrying
 
@@ -24,11 +24,7 @@ def config_dir_ready() -> None:
     """Create the client's config dir where it will look for it, tolerating that it exists. The
     client creates it on import with a check-then-create, so two workers starting at once (two
     `kit submit`s on a fresh machine) could race and one fail with FileExistsError."""
-    folder = os.environ.get("KAGGLE_CONFIG_DIR")
-    if not folder:
-        folder = os.path.expanduser("~/.kaggle")
-        if sys.platform.startswith("linux") and not os.path.exists(folder):
-            folder = os.path.join(os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config"), "kaggle")
+    folder = kaggle_json(os.environ).parent
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError:
@@ -36,14 +32,21 @@ def config_dir_ready() -> None:
 
 
 def _api(log):
-    """The authenticated KaggleApi; importing kaggle already tried once and printed any help to stderr."""
+    """The authenticated KaggleApi; importing kaggle already tried once and printed any help to stderr.
+    A kaggle.json the client cannot use is named first: the client would say only that no
+    credentials were found, or fail with a TypeError."""
+    problem = kaggle_json_problem(os.environ)
+    if problem:
+        raise KitError(problem)
     config_dir_ready()
     from kaggle import api  # kaggle authenticates and prints on import: only here, after the redirect in main
 
     try:
         _retrying("authentication", api.authenticate, log)
     except SystemExit:
-        raise KitError(CREDENTIALS_HELP) from None
+        problem = kaggle_json_problem(os.environ, need_key=True)
+        raise KitError(f"{problem} (and no other Kaggle credentials were found)" if problem
+                       else CREDENTIALS_HELP) from None
     return api
 
 

@@ -1,0 +1,149 @@
+"""What `kit submit` and `kit scores` refuse rather than record wrongly: a CSV its manifest was not
+written for, a ledger or pending file with a renamed column or malformed rows, a kaggle.json the
+client cannot use. Each is one line naming the file, exit 2, and nothing sent, lost or deleted.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kit.errors import KitError
+from kit.fsio import sha256_file
+from kit.kaggle import call, read_ledger
+from kit.kaggle.pending import merge_pending
+
+from conftest import COMP, one_error, submit_args
+from conftest import kit_cli as kit
+
+HEADER = "time,competition,file,sha256,message,members,vote,ref,status,public,private,target,error\n"
+ROW = "2026-11-21T10:00:00Z,c,a.csv,abc,first,m1,hard,101,COMPLETE,0.9,0.8,kaggle,\n"
+SECRET = "kitjsonkey-NEVER-SHOWN-5150"
+
+
+def never_sent(monkeypatch) -> None:
+    monkeypatch.setattr("kit.kaggle.submissions.call", lambda *a, **k: pytest.fail("sent despite a refusal"))
+
+
+# ---------------------------------------------------------------- the manifest beside the CSV
+def test_a_csv_its_manifest_was_not_written_for_is_refused_before_sending(kaggle_env, standin, sub, tiny_data,
+                                                                         capsys):
+    manifest = sub.with_suffix(".json")
+    written_for = sha256_file(sub)
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "csv_sha256": written_for}))
+    sub.write_bytes(sub.read_bytes().replace(b"\r\n", b"\n"))     # another CSV copied over it: still valid
+    for extra in ([], ["--data", tiny_data]):
+        line = one_error(*kit(capsys, *submit_args(sub, standin, *extra))[::2], f"{sub}: its manifest {manifest}",
+                         "written for another CSV", written_for[:12], sha256_file(sub)[:12], "kit ensemble")
+        assert "Traceback" not in line
+    assert standin.calls == [] and not (sub.parent / "ledger.csv").exists()
+
+
+def test_a_manifest_written_for_this_csv_credits_its_members(kaggle_env, standin, sub, capsys):
+    manifest = sub.with_suffix(".json")
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "csv_sha256": sha256_file(sub)}))
+    code, _, err = kit(capsys, *submit_args(sub, standin))
+    assert code == 0, err
+    [row] = read_ledger(sub.parent / "ledger.csv").to_dict("records")
+    assert row["members"] == "runs/simple/m0;runs/simple/m1" and row["vote"] == "soft"
+
+
+# ---------------------------------------------------------------- the ledger's header
+def test_a_renamed_ledger_column_stops_scores_and_submit(kaggle_env, sub, monkeypatch, capsys):
+    ledger = sub.parent / "ledger.csv"
+    ledger.write_text(HEADER.replace("public", "publik") + ROW)
+    before = ledger.read_bytes()
+    one_error(*kit(capsys, "scores", "--ledger", ledger, "--no-refresh")[::2], str(ledger), "'publik'",
+              "public missing", "known columns: time, competition", "bak-")
+    never_sent(monkeypatch)
+    one_error(*kit(capsys, "submit", sub, "-m", "x", "--ledger", ledger)[::2], str(ledger), "'publik'")
+    assert ledger.read_bytes() == before
+
+
+def test_a_repeated_ledger_column_is_refused(tmp_path, capsys):
+    ledger = tmp_path / "ledger.csv"
+    ledger.write_text(HEADER.rstrip("\n") + ",public\n" + ROW.rstrip("\n") + ",0.7\n")
+    one_error(*kit(capsys, "scores", "--ledger", ledger, "--no-refresh")[::2], "names public twice")
+
+
+def test_an_older_ledger_gains_the_new_columns_and_a_users_own_column_is_kept(tmp_path):
+    older = tmp_path / "older.csv"
+    older.write_text(HEADER.replace(",target,error", "") + ROW.replace(",kaggle,", ""))
+    [row] = read_ledger(older).to_dict("records")
+    assert row["public"] == "0.9" and row["target"] == "" and row["error"] == ""
+    noted = tmp_path / "noted.csv"
+    noted.write_text(HEADER.rstrip("\n") + ",note\n" + ROW.rstrip("\n") + ",mine\n")
+    assert read_ledger(noted).to_dict("records")[0]["note"] == "mine"
+
+
+# ---------------------------------------------------------------- pending files
+PENDING_ROW = f"2026-11-21T10:00:00Z,{COMP},a.csv,abc,first,m1,hard,1001,PENDING,,,kaggle,\n"
+
+
+@pytest.mark.parametrize("text,needle", [
+    (HEADER.replace("file", "fiel") + PENDING_ROW, "'fiel'"),
+    ('{"ref": 5}\n', "unknown column(s) '{\"ref\": 5}'"),
+    (HEADER.replace(",file", "") + PENDING_ROW.replace(",a.csv", ""), "row 1 has no file"),
+    (HEADER + PENDING_ROW.replace(",1001,", ",abc,"), "row 1 has ref 'abc'"),
+    (HEADER + PENDING_ROW.replace(",1001,", ",,"), "row 1 has ref ''"),
+    (HEADER.rstrip("\n") + ",note\n" + PENDING_ROW.rstrip("\n") + ",mine\n", "'note'"),
+])
+def test_a_pending_file_kit_did_not_write_is_refused_and_kept(tmp_path, capsys, text, needle):
+    ledger = tmp_path / "ledger.csv"
+    ledger.write_text(HEADER + ROW)
+    pending = tmp_path / "ledger.csv.pending"
+    pending.write_text(text)
+    with pytest.raises(KitError, match="ledger.csv.pending: ") as refused:
+        merge_pending(ledger)
+    assert needle in str(refused.value) and "it is kept" in str(refused.value)
+    code, _, err = kit(capsys, "scores", "--ledger", ledger, "--no-refresh")     # the ledger is still shown
+    assert code == 0 and f"could not add pending submissions: {pending}: " in err and needle in err
+    assert pending.read_text() == text and ledger.read_text() == HEADER + ROW
+
+
+def test_a_well_formed_pending_file_is_merged_then_removed(tmp_path):
+    ledger = tmp_path / "ledger.csv"
+    pending = tmp_path / "ledger.csv.pending"
+    pending.write_text(HEADER + PENDING_ROW + PENDING_ROW.replace(",1001,PENDING,", ",,FAILED,"))
+    assert merge_pending(ledger) == [(pending, 2)]
+    assert not pending.exists() and list(read_ledger(ledger)["status"]) == ["PENDING", "FAILED"]
+
+
+# ---------------------------------------------------------------- kaggle.json
+def kaggle_json(home: Path, text: str) -> Path:
+    path = home / "kaggle-config" / "kaggle.json"       # KAGGLE_CONFIG_DIR of kaggle_env
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+BAD_JSON = [
+    ('{"username": "u", "key": "' + SECRET + '"', True, "not valid JSON"),
+    (json.dumps([SECRET]), False, "not a JSON object with username and key"),
+]
+
+
+@pytest.mark.parametrize("text,no_env,needle", BAD_JSON)
+def test_a_kaggle_json_the_client_cannot_use_is_named_before_sending(kaggle_env, standin, sub, monkeypatch,
+                                                                     capsys, text, no_env, needle):
+    path = kaggle_json(kaggle_env, text)
+    if no_env:
+        monkeypatch.delenv("KAGGLE_USERNAME")
+        monkeypatch.delenv("KAGGLE_KEY")
+    code, out, err = kit(capsys, *submit_args(sub, standin))
+    one_error(code, err, f"{path}: {needle}", "nothing was sent")
+    assert SECRET not in out + err
+    assert standin.calls == [] and not (sub.parent / "ledger.csv").exists()
+
+
+@pytest.mark.parametrize("text,no_env,needle", [
+    *BAD_JSON, (json.dumps({"username": "u"}), True, "not a JSON object with username and key")])
+def test_the_worker_names_a_kaggle_json_it_cannot_use(kaggle_env, standin, monkeypatch, text, no_env, needle):
+    path = kaggle_json(kaggle_env, text)
+    if no_env:
+        monkeypatch.delenv("KAGGLE_USERNAME")
+        monkeypatch.delenv("KAGGLE_KEY")
+    with pytest.raises(KitError) as refused:
+        call("list", {"competition": COMP, "refs": []}, standin.url)
+    assert str(refused.value).startswith(f"{path}: {needle}") and SECRET not in str(refused.value)
