@@ -49,6 +49,14 @@ def test_a_manifest_written_for_this_csv_credits_its_members(kaggle_env, standin
     assert row["members"] == "runs/simple/m0;runs/simple/m1" and row["vote"] == "soft"
 
 
+
+def test_a_manifest_naming_a_data_dir_that_is_gone_is_named(kaggle_env, sub, monkeypatch, capsys):
+    manifest = sub.with_suffix(".json")
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "data_dir": str(sub.parent / "gone")}))
+    never_sent(monkeypatch)
+    one_error(*kit(capsys, "submit", sub, "-m", "x")[::2], f"{manifest}: names the data dir", "gone", "--data DIR")
+
+
 # ---------------------------------------------------------------- the ledger's header
 def test_a_renamed_ledger_column_stops_scores_and_submit(kaggle_env, sub, monkeypatch, capsys):
     ledger = sub.parent / "ledger.csv"

@@ -129,10 +129,14 @@ def _checked(csv_path: Path, message: str, data_dir, ledger, env: dict) -> Submi
         raise KitError(f"{csv_path}: a submission message is required (-m MESSAGE)")
     manifest = SubmissionManifest.beside(csv_path) or SubmissionManifest()
     _check_manifest_matches(csv_path, manifest)
+    data_dir_given = bool(data_dir)
     data_dir = data_dir or manifest.data_dir
     if not data_dir:
         raise KitError(f"{csv_path}: no manifest {csv_path.with_suffix('.json').name} beside it names the "
                        f"data dir; pass --data DIR so the CSV is checked before it is sent")
+    if not data_dir_given and not Path(data_dir).is_dir():
+        raise KitError(f"{csv_path.with_suffix('.json')}: names the data dir {data_dir}, which is not there; pass "
+                       f"--data DIR so {csv_path} is checked before it is sent")
     require_valid(csv_path, data_dir)
     problem = kaggle_json_problem(env)
     if problem:
