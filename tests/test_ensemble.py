@@ -222,6 +222,13 @@ def test_mismatched_splits_and_missing_predictions_are_refused(tmp_path, predict
         ensemble_runs([r1, bare], out_dir=tmp_path / "s")
 
 
+
+def test_members_predicted_on_other_data_are_refused_as_such(tmp_path, predicted):
+    r1 = predicted.run("r1", [0] * 6, [0] * 4)
+    r2 = predicted.run("r2", [0] * 6, [0] * 4, val_ids=list(reversed(predicted.VAL_IDS)), data_dir="/data/other")
+    with pytest.raises(KitError, match="r1 and .*r2 were predicted on different data .*/data/other"):
+        ensemble_runs([r1, r2], out_dir=tmp_path / "s")
+
 def test_predictions_for_other_data_are_refused(tmp_path, predicted):
     run = predicted.run("r1", [0] * 6, [0] * 4)
     ids = json.loads((run / "ids.json").read_text())

@@ -67,6 +67,10 @@ def check_compatible(members: list[Member]) -> None:
     """Members must share the validation split, the test list and the classes."""
     first = members[0]
     for other in members[1:]:
+        if first.ids.data_dir and other.ids.data_dir and first.ids.data_dir != other.ids.data_dir \
+                and (other.ids.val != first.ids.val or other.ids.test != first.ids.test):
+            raise KitError(f"{first.run_dir} and {other.run_dir} were predicted on different data "
+                           f"({first.ids.data_dir} and {other.ids.data_dir}); ensemble runs of one competition")
         if other.ids.val != first.ids.val or other.ids.val_labels != first.ids.val_labels:
             raise KitError(f"{first.run_dir} and {other.run_dir} were validated on different splits; "
                            "ensemble only runs trained with the same data.split_seed and val_fraction")
