@@ -203,16 +203,34 @@ MAXIMA = {
 # happens to be installed). Named here rather than imported: accelerate costs every command the
 # import of torch; tests/test_trackers.py keeps the two lists in step.
 TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab", "trackio")
+# The values each enumerated setting may take, checked at load so that a typo is refused before
+# any member trains. The modules that use them (kit.models' registries, kit.cnn.RESNET_BLOCKS,
+# kit.infer.MODES and AVERAGES, kit.data.STORE_DTYPES, kit.train.devices.resolve_precision) import
+# torch, which loading a config must not: tests/test_input_trust.py keeps the lists in step.
+CHOICES: dict[str, dict[str, tuple]] = {
+    "data": {"store_dtype": ("float16", "float32")},
+    "model": {"encoder": tuple(ENCODER_KINDS), "pooling": ("mean", "sap", "sap+mean", "stats", "astp"),
+              "head": ("mlp", "linear", "amsoftmax", "aamsoftmax"), "resnet_depth": (10, 18, 34)},
+    "train": {"mixed_precision": ("auto", "no", "bf16", "fp16")},
+    "infer": {"mode": ("sliding", "full", "auto"), "average": ("probs", "logits")},
+}
 _IN_RANGE = {CLOSED_UNIT: lambda v: 0 <= v <= 1, POSITIVE: lambda v: v > 0, NON_NEGATIVE: lambda v: v >= 0,
              OPEN_UNIT: lambda v: 0 < v < 1, HALF_OPEN_UNIT: lambda v: 0 <= v < 1}
 
 
 def validate(cfg: RunConfig, where: str = "config") -> RunConfig:
-    """Refuse a non-finite number, or one outside its range (RANGES, MAXIMA), or an unknown tracker
-    (TRACKERS), naming the setting."""
+    """Refuse a non-finite number, or one outside its range (RANGES, MAXIMA), or a name that is not
+    one of its choices (CHOICES, TRACKERS), naming the setting."""
     if cfg.train.log_with and cfg.train.log_with not in TRACKERS:
         raise KitError(f"{where}: train.log_with = {cfg.train.log_with!r}: not a tracker accelerate knows; "
                        f"choose {', '.join(TRACKERS)}, or leave it empty (off)")
+    for section_name, choices in CHOICES.items():
+        section_cfg = getattr(cfg, section_name)
+        for key, allowed in choices.items():
+            value = getattr(section_cfg, key)
+            if value not in allowed:
+                raise KitError(f"{where}: {section_name}.{key} {value!r}: choose one of "
+                               f"{', '.join(map(str, allowed))}")
     for section in dataclasses.fields(cfg):
         table = getattr(cfg, section.name)
         if not dataclasses.is_dataclass(table):
@@ -287,6 +305,9 @@ def load_toml(path: str | Path) -> dict:
         raise KitError(f"{path}: file not found") from None
     except tomllib.TOMLDecodeError as e:
         raise KitError(f"{path}: malformed TOML ({e})") from None
+    except UnicodeDecodeError as e:         # TOML is UTF-8; tomllib decodes before it parses
+        raise KitError(f"{path}: malformed TOML (not UTF-8 text: byte {e.object[e.start]:#04x} at "
+                       f"offset {e.start})") from None
 
 
 def _toml_value(v: Any) -> str:

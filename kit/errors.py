@@ -4,6 +4,7 @@ The CLI turns a KitError into one line on stderr and exit code 2, and so an oper
 error about a path the user gave (see `path_problem`).
 """
 import errno
+import os
 
 
 class KitError(Exception):
@@ -21,7 +22,11 @@ _PATH_ERRNOS = {errno.EEXIST: "a file is in the way (kit needs a folder there)",
 
 
 def path_problem(e: OSError) -> str | None:
-    """One line for an OSError that is about a path the user can fix; None for any other."""
+    """One line for an OSError that is about a path the user can fix; None for any other. A rename
+    from one of kit's hidden temp files (.NAME.XXXX, kit.fsio) names its destination, NAME."""
     if e.errno not in _PATH_ERRNOS or not e.filename:
         return None
-    return f"{e.filename}: {_PATH_ERRNOS[e.errno]}"
+    path = e.filename
+    if e.filename2 and os.path.basename(str(path)).startswith(f".{os.path.basename(str(e.filename2))}."):
+        path = e.filename2
+    return f"{path}: {_PATH_ERRNOS[e.errno]}"

@@ -25,6 +25,15 @@ def _umask() -> int:
     return mask
 
 
+def _replace(tmp: Path, path: Path) -> None:
+    """os.replace(tmp, path); an error names `path`, the user's file, not the hidden temp one
+    (OSError.filename is the source, which kit.errors.path_problem reports)."""
+    try:
+        os.replace(tmp, path)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from e
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp path in the same folder; rename it over `path` if the block succeeds."""
@@ -37,7 +46,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         if tmp.exists():        # mkstemp makes 0600 files; give the file the usual umask mode
             os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+        _replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -69,7 +78,7 @@ def atomic_dir(path: str | os.PathLike, what: str = "files", done: str | None = 
         if path.exists():                            # an older or half-written one
             shutil.rmtree(path, ignore_errors=True)
         try:
-            os.replace(tmp, path)
+            _replace(tmp, path)
         except OSError:
             if not finished():
                 raise

@@ -82,6 +82,8 @@ def load_recipe(path: str | Path) -> Recipe:
     budgets, minutes = _budgets(path, raw.get("budget", {}))
     members, recipe_only, candidates, auditions_in = _members(path, raw.get("members", []))
     name = _recipe_name(path, raw.get("name", path.stem))
+    if not isinstance(raw.get("description", ""), str):
+        raise KitError(f"{path}: description {raw['description']!r}: expected a string")
     recipe = Recipe(path, name, base, members, budgets, _after(path, raw.get("after", {})),
                     raw.get("description", ""), minutes, recipe_only, _audition(path, raw.get("audition", {})),
                     candidates, auditions_in)
@@ -107,6 +109,9 @@ def _budgets(path: Path, budgets) -> tuple[dict, dict]:
     bad = sorted(set(budgets) - set(BUDGETS))
     if bad:
         raise KitError(f"{path}: unknown budget(s) {', '.join(bad)}; use [budget.full] and [budget.quick]")
+    for b, table in budgets.items():
+        if not isinstance(table, dict):
+            raise KitError(f"{path}: [budget] {b} = {table!r}: expected a table, [budget.{b}]")
     budgets = {b: dict(table) for b, table in budgets.items()}
     minutes = {}
     for b, table in budgets.items():
@@ -118,8 +123,10 @@ def _budgets(path: Path, budgets) -> tuple[dict, dict]:
     return budgets, minutes
 
 
-def _after(path: Path, after: dict) -> dict:
+def _after(path: Path, after) -> dict:
     """The [after] table with its defaults, checked (the stages through kit.rounds.parse_stage)."""
+    if not isinstance(after, dict):
+        raise KitError(f"{path}: after = {after!r}: expected a table, [after]")
     bad = sorted(set(after) - set(AFTER_DEFAULTS))
     if bad:
         raise KitError(f"{path}: [after] unknown key(s) {', '.join(bad)}; known: {', '.join(AFTER_DEFAULTS)}")
@@ -181,6 +188,8 @@ def _members(path: Path, raw_members) -> tuple[list, dict, set, dict]:
     if not isinstance(raw_members, list) or not raw_members:
         raise KitError(f"{path}: needs at least one [[members]] entry with a name")
     for i, m in enumerate(raw_members):
+        if not isinstance(m, dict):
+            raise KitError(f"{path}: members[{i}] = {m!r}: expected a table, [[members]]")
         m = dict(m)
         name = m.pop("name", None)
         if name is None:
@@ -206,11 +215,22 @@ def _members(path: Path, raw_members) -> tuple[list, dict, set, dict]:
             raise KitError(f"{path}: member {name}: budgets {trains_in!r}: a list of {', '.join(BUDGETS)}")
         if trains_in != list(BUDGETS):
             recipe_only[name] = trains_in
-        bad = sorted(set(member_budgets) - set(BUDGETS))
-        if bad:
-            raise KitError(f"{path}: member {name}: unknown budget(s) {', '.join(bad)}")
+        _check_member_budgets(path, name, member_budgets)
         members.append((name, m, member_budgets))
     return members, recipe_only, candidates, auditions_in
+
+
+def _check_member_budgets(path: Path, name: str, member_budgets) -> None:
+    """A member's `budget.full` / `budget.quick` tables: tables, of the known budgets only."""
+    if not isinstance(member_budgets, dict):
+        raise KitError(f"{path}: member {name}: budget = {member_budgets!r}: expected a table of "
+                       f"{', '.join(BUDGETS)}")
+    bad = sorted(set(member_budgets) - set(BUDGETS))
+    if bad:
+        raise KitError(f"{path}: member {name}: unknown budget(s) {', '.join(bad)}")
+    for b, table in member_budgets.items():
+        if not isinstance(table, dict):
+            raise KitError(f"{path}: member {name}: budget.{b} = {table!r}: expected a table")
 
 
 def _budget_list(value) -> bool:

@@ -187,11 +187,18 @@ def read_answer_key(answers_path: str | os.PathLike) -> dict[str, tuple[str, str
     key_rows = _read_rows(answers_path, "answer key")
     if key_rows[0][:3] != ["Id", "Category", "Usage"]:
         raise KitError(f"{answers_path}: header is {','.join(key_rows[0])!r}, expected 'Id,Category,Usage'")
-    key = {}
+    key: dict[str, tuple[str, str]] = {}
+    duplicated: list[tuple[int, str]] = []          # (line, Id): a second row would silently win
     for line, row in enumerate(key_rows[1:], start=2):
         if len(row) < 3 or row[2] not in ("Public", "Private"):
             raise KitError(f"{answers_path}:{line}: expected Id,Category,Usage with Usage Public or Private")
+        if row[0] in key:
+            duplicated.append((line, row[0]))
         key[row[0]] = (row[1], row[2])
+    if duplicated:
+        line, uid = duplicated[0]
+        raise KitError(f"{answers_path}:{line}: duplicate Id {uid!r} in the answer key "
+                       f"({len(duplicated)} duplicate row(s) in all); each Id must appear once")
     return key
 
 
