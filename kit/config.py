@@ -204,9 +204,10 @@ MAXIMA = {
 # import of torch; tests/test_trackers.py keeps the two lists in step.
 TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab", "trackio")
 # The values each enumerated setting may take, checked at load so that a typo is refused before
-# any member trains. The modules that use them (kit.models' registries, kit.cnn.RESNET_BLOCKS,
-# kit.infer.MODES and AVERAGES, kit.data.STORE_DTYPES, kit.train.devices.resolve_precision) import
-# torch, which loading a config must not: tests/test_input_trust.py keeps the lists in step.
+# any member trains. kit.infer.MODES and AVERAGES and kit.data.STORE_DTYPES are these tuples. The
+# registries that map a name to code (kit.models' ENCODERS, POOLINGS, HEADS, kit.cnn.RESNET_BLOCKS,
+# kit.train.devices.resolve_precision) import torch, which loading a config must not, so their names
+# are repeated here: tests/test_input_trust.py keeps the two in step.
 CHOICES: dict[str, dict[str, tuple]] = {
     "data": {"store_dtype": ("float16", "float32")},
     "model": {"encoder": tuple(ENCODER_KINDS), "pooling": ("mean", "sap", "sap+mean", "stats", "astp"),

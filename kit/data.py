@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kit.config import CHOICES
 from kit.env import cache_dir as default_cache_dir
 from kit.env import note_cache, note_line
 from kit.errors import KitError
@@ -42,7 +43,7 @@ __all__ = ["PAD_VALUE", "STORE_DTYPES", "STORE_VERSION", "DamagedStore", "Featur
            "data_info", "layout_hash", "load_split", "make_split", "save_split", "split_for", "store_bytes",
            "store_key", "verify_store", "verify_stores"]
 PAD_VALUE = -20.0          # the competition's padding value for short utterances
-STORE_DTYPES = ("float16", "float32")
+STORE_DTYPES = CHOICES["data"]["store_dtype"]     # ("float16", "float32"), owned by kit.config
 ROOM_MARGIN = 64 << 20     # free space left after packing, for the split, checkpoints, logs
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from kit.config import CHOICES
 from kit.data import FeatureStore
 from kit.ensemble.calibration import calibrate, fit_temperature, log_probs, mean_nll
 from kit.errors import KitError
@@ -29,7 +30,7 @@ __all__ = ["AVERAGES", "CPU_MAX_AREA", "MAX_AREA", "MAX_FULL_FRAMES", "MODES", "
            "choose_mode", "full_windows", "length_batches", "predict_index", "predict_one_by_one", "predict_run",
            "predict_windows", "sliding_windows", "source_mode"]
 
-AVERAGES = ("probs", "logits")
+AVERAGES = CHOICES["infer"]["average"]           # ("probs", "logits"), owned by kit.config
 # The most frames fed to the model at once. Attention holds (heads, T, T) float32 scores: at
 # 4096 frames and 2 heads 134 MB, where a 30,000-frame utterance whole would ask 7.2 GB. A longer
 # "whole" utterance goes through as overlapping windows of this length, averaged.
@@ -130,7 +131,7 @@ def accuracy(probs: np.ndarray, labels) -> float | None:
 
 
 # ---------------------------------------------------------------- one run dir
-MODES = ("sliding", "full", "auto")     # auto: whichever of full and sliding validates better
+MODES = CHOICES["infer"]["mode"]     # sliding, full, auto (whichever of full and sliding validates better)
 
 
 def source_mode(cfg) -> str | None:
