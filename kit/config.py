@@ -215,6 +215,8 @@ CHOICES: dict[str, dict[str, tuple]] = {
     "train": {"mixed_precision": ("auto", "no", "bf16", "fp16")},
     "infer": {"mode": ("sliding", "full", "auto"), "average": ("probs", "logits")},
 }
+# The checkpoints of a run dir that `kit predict --which` and a recipe's [after] which may name.
+CHECKPOINTS = ("best", "last", "avg")
 _IN_RANGE = {CLOSED_UNIT: lambda v: 0 <= v <= 1, POSITIVE: lambda v: v > 0, NON_NEGATIVE: lambda v: v >= 0,
              OPEN_UNIT: lambda v: 0 < v < 1, HALF_OPEN_UNIT: lambda v: 0 <= v < 1}
 

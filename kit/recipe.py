@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kit.config import RunConfig, layered, load_toml
+from kit.config import CHECKPOINTS, RunConfig, layered, load_toml
 from kit.env import kaggle_data_dir
 from kit.errors import KitError
 from kit.names import check_member_name, check_submission_name
@@ -131,6 +131,7 @@ def _after(path: Path, after) -> dict:
     if bad:
         raise KitError(f"{path}: [after] unknown key(s) {', '.join(bad)}; known: {', '.join(AFTER_DEFAULTS)}")
     after = {**AFTER_DEFAULTS, **after}
+    _check_after_types(path, after)
     if after["ensemble"] not in ("auto", "hard", "soft", "none"):
         raise KitError(f"{path}: [after] ensemble {after['ensemble']!r}: choose auto, hard, soft or none")
     if after["weights"] not in ("equal", "auto"):
@@ -144,6 +145,19 @@ def _after(path: Path, after) -> dict:
         raise KitError(f"{path}: [after] the stages' shares add up to {stages_share(after):g}: leave the "
                        "members most of the time (< 0.9)")
     return after
+
+
+def _check_after_types(path: Path, after: dict) -> None:
+    """predict and submit are true or false (a string "false" would read as yes and spend a Kaggle
+    submission), message is text, which a checkpoint kit predicts from: refused at load, before any
+    member trains."""
+    for key in ("predict", "submit"):
+        if not isinstance(after[key], bool):
+            raise KitError(f"{path}: [after] {key} = {after[key]!r}: expected true or false (no quotes)")
+    if not isinstance(after["message"], str):
+        raise KitError(f"{path}: [after] message = {after['message']!r}: expected a string")
+    if after["which"] not in CHECKPOINTS:
+        raise KitError(f"{path}: [after] which {after['which']!r}: choose {', '.join(CHECKPOINTS)}")
 
 
 def _audition(path: Path, table) -> dict:

@@ -99,6 +99,9 @@ AUTO_KEYS = ("method", "pool", "folds", "temperatures", "oof_acc", "candidates",
              "fitted_on")                                                         # only for a refit's vote
 
 
+_MANIFEST_TEXT = ("name", "vote", "weights_mode", "method", "pool", "csv", "csv_sha256", "data_dir", "created")
+
+
 @dataclass
 class SubmissionManifest:
     """NAME.json beside submissions/NAME.csv, written by `kit ensemble`; `kit submit` reads the
@@ -142,7 +145,17 @@ class SubmissionManifest:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> SubmissionManifest:
-        return cls.from_dict(_read_json(Path(path), "submission manifest", ""))
+        """NAME.json, refused in one line when a field kit submit reads has the wrong type."""
+        path = Path(path)
+        data = _read_json(path, "submission manifest", "")
+        bad = [k for k in _MANIFEST_TEXT if data.get(k) is not None and not isinstance(data[k], str)]
+        members = data.get("members", [])
+        if not (isinstance(members, list) and all(isinstance(m, str) for m in members)):
+            bad.append("members")
+        if bad:
+            raise KitError(f"{path}: not a submission manifest kit wrote ({', '.join(bad)}: wrong type); "
+                           f"re-run `kit ensemble`, or delete it and pass --data DIR")
+        return cls.from_dict(data)
 
     @classmethod
     def beside(cls, csv_path: str | os.PathLike) -> SubmissionManifest | None:

@@ -66,6 +66,10 @@ def load_split(path: str | os.PathLike, store: FeatureStore) -> Split:
     except KeyError as e:
         raise KitError(f"{path}: names {e.args[0]!r}, which is not a training utterance of "
                        f"{store.layout.data_dir}") from None
+    both, missing = len(np.intersect1d(train, val)), store.n_train - len(np.union1d(train, val))
+    if both or missing or len(np.unique(train)) != len(train) or len(np.unique(val)) != len(val):
+        raise KitError(f"{path}: not a split of {store.layout.data_dir}'s {store.n_train} training utterances "
+                       f"({both} in both train and val, {missing} in neither, or one named twice)")
     return Split(train, val, int(raw.get("seed", 0)), float(raw.get("val_fraction", 0.0)))
 
 

@@ -168,3 +168,19 @@ def test_kit_ensemble_onto_a_folder_names_the_csv(predicted, tmp_path, capsys, m
     line = one_error(*kit_cli(capsys, "ensemble", *runs, "--name", "zz", "--out", "subs")[::2])
     assert line == f"kit: error: {os.path.join('subs', 'zz.csv')}: is a folder (kit needs a file there)"
     assert not [p for p in os.listdir("subs") if p.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("after, needle", [
+    ({"submit": "false"}, "[after] submit = 'false': expected true or false"),
+    ({"predict": "no"}, "[after] predict = 'no': expected true or false"),
+    ({"submit": 1}, "[after] submit = 1: expected true or false"),
+    ({"message": 5}, "[after] message = 5: expected a string"),
+    ({"which": "bset"}, "[after] which 'bset': choose best, last, avg"),
+])
+def test_after_values_of_the_wrong_kind_are_refused_at_load(tmp_path, after, needle):
+    """`submit = "false"` read as yes would spend a Kaggle submission; `which` would fail after training."""
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(recipe_toml(["m"], after={"predict": True, **after}))
+    with pytest.raises(KitError) as err:
+        load_recipe(recipe)
+    assert str(err.value).startswith(f"{recipe}: ") and needle in str(err.value)

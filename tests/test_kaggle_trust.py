@@ -57,6 +57,24 @@ def test_a_manifest_naming_a_data_dir_that_is_gone_is_named(kaggle_env, sub, mon
     one_error(*kit(capsys, "submit", sub, "-m", "x")[::2], f"{manifest}: names the data dir", "gone", "--data DIR")
 
 
+
+@pytest.mark.parametrize("field, value", [("csv_sha256", 5), ("data_dir", 5), ("members", "abc"), ("members", [1])])
+def test_a_manifest_field_of_the_wrong_type_is_one_line(kaggle_env, sub, monkeypatch, capsys, field, value):
+    manifest = sub.with_suffix(".json")
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), field: value}))
+    never_sent(monkeypatch)
+    one_error(*kit(capsys, "submit", sub, "-m", "x")[::2], f"{manifest}: not a submission manifest kit wrote",
+              f"{field}: wrong type")
+
+
+@pytest.mark.parametrize("ref", ["abc", "1001.0"])
+def test_a_ledger_ref_that_is_not_a_number_is_one_line(tmp_path, capsys, ref):
+    ledger = tmp_path / "ledger.csv"
+    ledger.write_text(HEADER + ROW.replace(",101,COMPLETE,", f",{ref},PENDING,"))
+    one_error(*kit(capsys, "scores", "--ledger", ledger, "--endpoint", "http://127.0.0.1:9")[::2], str(ledger),
+              f"row 1 has ref '{ref}'")
+
+
 # ---------------------------------------------------------------- the ledger's header
 def test_a_renamed_ledger_column_stops_scores_and_submit(kaggle_env, sub, monkeypatch, capsys):
     ledger = sub.parent / "ledger.csv"

@@ -9,6 +9,7 @@ import json
 import sys
 
 from kit.cli import add_cache_option, progress_wanted
+from kit.config import CHECKPOINTS
 from kit.names import distinct_runs
 from kit.submission import score_submission, validate_submission
 
@@ -33,7 +34,7 @@ def _register_predict(sub) -> None:
                           "(default: infer.mode if the config has it, else infer.full)")
     p.add_argument("--average", choices=["logits", "probs"], default=None,
                    help="average window probabilities, or logits then softmax (default: infer.average)")
-    p.add_argument("--which", choices=["best", "last", "avg"], default="best", help="checkpoint to use")
+    p.add_argument("--which", choices=CHECKPOINTS, default="best", help="checkpoint to use")
     p.add_argument("--no-compare", dest="compare", action="store_false",
                    help="with --mode full or sliding: predict validation in that mode only (faster)")
     p.add_argument("--batch-size", type=int, default=None, help="windows per batch (default: infer.batch_size)")

@@ -47,6 +47,11 @@ def read_ledger(path: str | os.PathLike, restore: str | None = None):
     for c in LEDGER_COLUMNS:        # an older ledger, without the columns added since: they start empty
         if c not in frame.columns:
             frame[c] = ""
+    not_refs = [(i, r) for i, r in enumerate(frame["ref"], 1) if r and not (r.isascii() and r.isdigit())]
+    if not_refs:
+        row, ref = not_refs[0]
+        raise KitError(f"{path}: row {row} has ref {ref!r}, which is not a Kaggle submission number; fix or "
+                       f"remove that row, or {restore}")
     return frame
 
 

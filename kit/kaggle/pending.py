@@ -88,18 +88,18 @@ def _pending_rows(path: Path, ledger) -> list[dict]:
     """The pending file's rows, refused unless each is a row kit could have kept: only the ledger's
     columns (a merge would drop any other), the fields every kept row has, and Kaggle's ref (a
     number), which only a FAILED attempt lacks."""
-    restore = f"fix it, or add its rows to {ledger} by hand and delete it (it is kept until then)"
+    restore = f"add its rows to {ledger} by hand and delete it (it is kept until then)"
     frame = read_ledger(path, restore=restore)
     unknown = [c for c in frame.columns if c not in LEDGER_COLUMNS]
     if unknown:
         raise KitError(f"{path}: unknown column(s) {', '.join(map(repr, unknown))} in the header (a pending "
-                       f"file holds only the ledger's: {', '.join(LEDGER_COLUMNS)}); {restore}")
+                       f"file holds only the ledger's: {', '.join(LEDGER_COLUMNS)}); fix it, or {restore}")
     rows = frame.to_dict("records")
     for number, row in enumerate(rows, 1):
         empty = [key for key in _REQUIRED if not row[key]]
         if empty:
-            raise KitError(f"{path}: row {number} has no {', '.join(empty)}; {restore}")
+            raise KitError(f"{path}: row {number} has no {', '.join(empty)}; fix it, or {restore}")
         if not ((row["ref"].isascii() and row["ref"].isdigit()) or (row["ref"] == "" and row["status"] == "FAILED")):
             raise KitError(f"{path}: row {number} has ref {row['ref']!r} (Kaggle's submission number; empty only "
-                           f"for a FAILED attempt); {restore}")
+                           f"for a FAILED attempt); fix it, or {restore}")
     return rows
