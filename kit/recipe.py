@@ -104,14 +104,7 @@ def _recipe_name(path: Path, name) -> str:
 
 def _budgets(path: Path, budgets) -> tuple[dict, dict]:
     """[budget.full] / [budget.quick] overrides, and their `minutes = M` (the whole recipe's wall time)."""
-    if not isinstance(budgets, dict):
-        raise KitError(f"{path}: [base] and [budget.*] must be tables")
-    bad = sorted(set(budgets) - set(BUDGETS))
-    if bad:
-        raise KitError(f"{path}: unknown budget(s) {', '.join(bad)}; use [budget.full] and [budget.quick]")
-    for b, table in budgets.items():
-        if not isinstance(table, dict):
-            raise KitError(f"{path}: [budget] {b} = {table!r}: expected a table, [budget.{b}]")
+    _check_budget_tables(path, budgets, "")
     budgets = {b: dict(table) for b, table in budgets.items()}
     minutes = {}
     for b, table in budgets.items():
@@ -229,22 +222,22 @@ def _members(path: Path, raw_members) -> tuple[list, dict, set, dict]:
             raise KitError(f"{path}: member {name}: budgets {trains_in!r}: a list of {', '.join(BUDGETS)}")
         if trains_in != list(BUDGETS):
             recipe_only[name] = trains_in
-        _check_member_budgets(path, name, member_budgets)
+        _check_budget_tables(path, member_budgets, f"member {name}: ")
         members.append((name, m, member_budgets))
     return members, recipe_only, candidates, auditions_in
 
 
-def _check_member_budgets(path: Path, name: str, member_budgets) -> None:
-    """A member's `budget.full` / `budget.quick` tables: tables, of the known budgets only."""
-    if not isinstance(member_budgets, dict):
-        raise KitError(f"{path}: member {name}: budget = {member_budgets!r}: expected a table of "
-                       f"{', '.join(BUDGETS)}")
-    bad = sorted(set(member_budgets) - set(BUDGETS))
+def _check_budget_tables(path: Path, budgets, where: str) -> None:
+    """The recipe's [budget] (where "") or a member's `budget` (where "member NAME: "): a table of
+    [budget.full] / [budget.quick] tables, of the known budgets only."""
+    if not isinstance(budgets, dict):
+        raise KitError(f"{path}: {where}budget = {budgets!r}: expected a table of {', '.join(BUDGETS)}")
+    bad = sorted(set(budgets) - set(BUDGETS))
     if bad:
-        raise KitError(f"{path}: member {name}: unknown budget(s) {', '.join(bad)}")
-    for b, table in member_budgets.items():
+        raise KitError(f"{path}: {where}unknown budget(s) {', '.join(bad)}; use budget.full and budget.quick")
+    for b, table in budgets.items():
         if not isinstance(table, dict):
-            raise KitError(f"{path}: member {name}: budget.{b} = {table!r}: expected a table")
+            raise KitError(f"{path}: {where}budget.{b} = {table!r}: expected a table, [budget.{b}]")
 
 
 def _budget_list(value) -> bool:

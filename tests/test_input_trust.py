@@ -95,7 +95,7 @@ def test_kit_predict_on_a_run_whose_config_is_not_utf8_is_one_line(tmp_path, cap
 
 
 @pytest.mark.parametrize("extra, needle", [
-    ("[budget]\nquick = 3\n", "[budget] quick = 3: expected a table"),
+    ("[budget]\nquick = 3\n", "budget.quick = 3: expected a table, [budget.quick]"),
     ('after = 3\n', "after = 3: expected a table"),
     ('description = 3\n', "description 3: expected a string"),
 ])
@@ -127,7 +127,7 @@ def test_kit_recipe_run_with_a_bad_budget_table_is_one_line(tmp_path, tiny_data,
     recipe = tmp_path / "r.toml"
     recipe.write_text(recipe_toml(["m"]).replace("[[members]]", "[budget]\nquick = 3\n[[members]]"))
     one_error(*kit_cli(capsys, "recipe", "run", recipe, "--data", tiny_data, "--runs", tmp_path / "runs")[::2],
-              f"{recipe}: [budget] quick = 3")
+              f"{recipe}: budget.quick = 3: expected a table")
     assert not (tmp_path / "runs").exists()
 
 
