@@ -54,6 +54,21 @@ def data(tiny_data, tmp_path) -> Path:
     return Path(shutil.copytree(tiny_data, tmp_path / "data", ignore=shutil.ignore_patterns(".kit-cache")))
 
 
+
+def train_tiny_run(store, run_dir: Path) -> Path:
+    """A small transformer trained 30 steps on `store` (a quarter of it held out) into run_dir."""
+    from kit.config import RunConfig
+    from kit.train import train
+
+    cfg = RunConfig()
+    cfg.data.data_dir, cfg.data.store_dtype, cfg.data.val_fraction = str(store.layout.data_dir), "float32", 0.25
+    cfg.model.d_model, cfg.model.ffn_dim = 32, 64
+    cfg.train.max_steps, cfg.train.eval_every, cfg.train.warmup_steps = 30, 15, 5
+    cfg.train.batch_size, cfg.train.mixed_precision = 16, "no"
+    cfg.infer.window, cfg.infer.hop = 64, 32
+    train(cfg, run_dir, progress=False, store=store)
+    return run_dir
+
 @pytest.fixture
 def one_thread():
     """Tiny models run fastest on one thread; on a busy machine two threads wait on each other.

@@ -20,6 +20,8 @@ from kit.infer import (
 )
 from kit.models import build_model
 
+from conftest import train_tiny_run
+
 
 # ---------------------------------------------------------------- window arithmetic
 @pytest.mark.parametrize("window, hop", [(8, 4), (8, 8), (8, 3), (5, 1)])
@@ -115,19 +117,7 @@ def test_sliding_window_average_is_a_distribution(store, average):
 # ---------------------------------------------------------------- a trained run
 @pytest.fixture(scope="module")
 def trained_run(store, tmp_path_factory):
-    from kit.train import train
-
-    cfg = RunConfig()
-    cfg.data.data_dir = str(store.layout.data_dir)
-    cfg.data.store_dtype = "float32"
-    cfg.data.val_fraction = 0.25
-    cfg.model.d_model, cfg.model.ffn_dim = 32, 64
-    cfg.train.max_steps, cfg.train.eval_every, cfg.train.warmup_steps = 30, 15, 5
-    cfg.train.batch_size, cfg.train.mixed_precision = 16, "no"
-    cfg.infer.window, cfg.infer.hop = 64, 32
-    run = tmp_path_factory.mktemp("runs") / "tiny"
-    train(cfg, run, progress=False, store=store)
-    return run
+    return train_tiny_run(store, tmp_path_factory.mktemp("runs") / "tiny")
 
 
 def test_predict_run_writes_probabilities_and_ids(trained_run, store):

@@ -8,12 +8,12 @@ import shutil
 import pytest
 
 import kit.infer
-from kit.config import RunConfig
 from kit.data import FeatureStore
 from kit.ensemble.members import load_member
 from kit.errors import KitError
 from kit.infer import predict_run
-from tests.conftest import kit_cli, one_error
+
+from conftest import kit_cli, one_error, train_tiny_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -21,19 +21,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def run_on_copy(tiny_data, tmp_path_factory):
     """A writable copy of the tiny competition and a run trained on it (30 steps)."""
-    from kit.train import train
-
     data = shutil.copytree(tiny_data, tmp_path_factory.mktemp("data") / "tiny",
                            ignore=shutil.ignore_patterns(".kit-cache"))
     store = FeatureStore.open(data, dtype="float32", progress=False)
-    cfg = RunConfig()
-    cfg.data.data_dir, cfg.data.store_dtype, cfg.data.val_fraction = str(data), "float32", 0.25
-    cfg.model.d_model, cfg.model.ffn_dim = 32, 64
-    cfg.train.max_steps, cfg.train.eval_every, cfg.train.warmup_steps = 30, 15, 5
-    cfg.train.batch_size, cfg.train.mixed_precision = 16, "no"
-    cfg.infer.window, cfg.infer.hop = 64, 32
-    run = tmp_path_factory.mktemp("runs") / "tiny"
-    train(cfg, run, progress=False, store=store)
+    run = train_tiny_run(store, tmp_path_factory.mktemp("runs") / "tiny")
     return data, run
 
 
