@@ -79,6 +79,7 @@ def test_fewer_than_two_cross_fitting_folds_is_one_line(run_on_copy, tmp_path, c
     _, run = run_on_copy
     if not (run / "ids.json").exists():
         predict_run(run, progress=False)
-    code, _, err = kit_cli(capsys, "ensemble", run, "--vote", "auto", "--folds", folds,
-                           "--name", "x", "--out", tmp_path)
-    one_error(code, err, f"--folds {folds}", "at least 2 folds")       # no numpy warning above it
+    for vote in ("auto", "soft"):                   # refused even where the vote would not use them
+        code, _, err = kit_cli(capsys, "ensemble", run, "--vote", vote, "--folds", folds,
+                               "--name", "x", "--out", tmp_path)
+        one_error(code, err, f"--folds {folds}", "at least 2 folds")   # no numpy warning above it

@@ -10,6 +10,7 @@ import sys
 
 from kit.cli import add_cache_option, progress_wanted
 from kit.config import CHECKPOINTS
+from kit.errors import KitError
 from kit.names import distinct_runs
 from kit.submission import score_submission, validate_submission
 
@@ -128,6 +129,8 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     def log(message: str) -> None:
         print(f"kit: {message}", file=sys.stderr, flush=True)
 
+    if args.folds < 2:          # refused whatever the vote, as any bad argument is
+        raise KitError(f"--folds {args.folds}: cross-fitting needs at least 2 folds")
     r = ensemble_runs(args.runs, vote=args.vote, weights=parse_weights(args.weights), name=args.name,
                       out_dir=args.out, pool=args.pool or DEFAULT_POOL, folds=args.folds, log=log)
     width = max(len(row["member"]) for row in r["table"])
