@@ -3,8 +3,10 @@ such as /kaggle/input included), the competition data under /kaggle/input, visib
 """
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -129,3 +131,21 @@ def progress_visible() -> bool:
     if os.environ.get("KAGGLE_KERNEL_RUN_TYPE") == "Batch":
         return False
     return "JPY_PARENT_PID" in os.environ or "COLAB_RELEASE_TAG" in os.environ
+
+
+def die_with_parent():
+    """A preexec_fn for child processes: on Linux, the kernel sends the child SIGKILL when the
+    process that started it dies (prctl PR_SET_PDEATHSIG), so no trainer outlives its recipe and no
+    Kaggle worker submits for a `kit submit` that was killed (it could not record the submission)."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl      # looked up before the fork
+    except (OSError, AttributeError):                         # not Linux
+        return None
+    parent = os.getpid()
+
+    def in_child() -> None:
+        prctl(1, signal.SIGKILL)          # PR_SET_PDEATHSIG
+        if os.getppid() != parent:        # the parent died before prctl took effect
+            os._exit(1)
+
+    return in_child

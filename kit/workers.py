@@ -4,7 +4,6 @@ however it ends (signals, exceptions, SIGKILL through PR_SET_PDEATHSIG)."""
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import subprocess
@@ -17,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from kit.config import dump_toml, to_dict
-from kit.env import NEW_PROCESS_GROUP
+from kit.env import NEW_PROCESS_GROUP, die_with_parent
 from kit.errors import KitError
 from kit.fsio import write_text
 from kit.infer import source_mode
@@ -72,7 +71,7 @@ def run_parallel(tasks: list[tuple[str, Path, list[list[str]]]], slots: list[dic
 def _workers_die_with_us(children: list):
     """Stop every worker in `children` on any way out of the block: return, exception, Ctrl-C,
     SIGTERM/SIGHUP (turned into SystemExit 143/129 here). A SIGKILL cannot be caught: each worker
-    asked the kernel for its own SIGKILL when this process dies (_die_with_parent)."""
+    asked the kernel for its own SIGKILL when this process dies (kit.env.die_with_parent)."""
     def exit_on(signum, frame):
         raise SystemExit(128 + signum)
 
@@ -101,23 +100,6 @@ def _stop_workers(children: list, grace: float = 5.0) -> None:
         live = [p for p in live if p.poll() is None]
         if not live:
             return
-
-
-def _die_with_parent():
-    """A preexec_fn for workers: on Linux, the kernel sends the worker SIGKILL when the process
-    that started it dies (prctl PR_SET_PDEATHSIG), so no trainer outlives its recipe."""
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl      # looked up before the fork
-    except (OSError, AttributeError):                         # not Linux
-        return None
-    parent = os.getpid()
-
-    def in_child() -> None:
-        prctl(1, signal.SIGKILL)          # PR_SET_PDEATHSIG
-        if os.getppid() != parent:        # the parent died before prctl took effect
-            os._exit(1)
-
-    return in_child
 
 
 def _after_failure(name: str, run_dir: Path, code: int, running: dict, log) -> None:
@@ -172,7 +154,7 @@ def run_slots(tasks: list[tuple[str, Path, list[list[str]]]], slots: list[dict],
             env = {**os.environ, **{k: v for k, v in slots[slot].items() if k != "label"}}
             out = open(run_dir / "train.log", "a")
             proc = subprocess.Popen(cmds[0], env=env, stdout=out, stderr=subprocess.STDOUT,
-                                    preexec_fn=_die_with_parent(), **NEW_PROCESS_GROUP)
+                                    preexec_fn=die_with_parent(), **NEW_PROCESS_GROUP)
             children.append(proc)
             running[slot] = [name, run_dir, cmds[1:], proc, out]
         time.sleep(0.5)   # polling the children, not timing anything

@@ -70,15 +70,18 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
     recipe's [after] ensemble ("none": train and predict only, as a launcher's job does).
     audition: try the recipe's candidates and keep the best (kit.audition; None: as the recipe says).
     """
-    for value, flag in ((minutes, "--minutes"), (per_member_minutes, "--member-minutes"),
-                        (max_hours, "--max-hours")):
+    for value, flag, unit in ((minutes, "--minutes", "minutes"), (per_member_minutes, "--member-minutes", "minutes"),
+                              (max_hours, "--max-hours", "hours")):
         if value is not None and not (math.isfinite(value) and value > 0):
-            raise KitError(f"{flag} {value}: must be a positive number of minutes")
+            raise KitError(f"{flag} {value}: must be a positive number of {unit}")
     blocker = "--launcher trains the members elsewhere" if launcher else "--max-hours" if max_hours else None
     run = RecipeRun.open(path, data, budget, runs, only, progress, log, workers, submissions,
                          {"submit": submit, "ensemble": ensemble, "pseudo": pseudo, "distill": distill, "refit": refit,
                           "lmft": lmft, "audition": audition, "timed": (minutes, per_member_minutes),
                           "blocker": blocker})
+    # Only the Kaggle launcher has an endpoint (`--endpoint`): a rehearsal on `kit kaggle serve` must
+    # submit there too, never to real Kaggle with the user's credentials.
+    run.endpoint = getattr(launcher, "endpoint", None)
     if fresh:
         _start_over(run.root, run.chosen, run.log)
     _check_members(run.root, run.chosen, run.recipe, run.budget, run.data_dir, run.store)
@@ -122,6 +125,7 @@ class RecipeRun:
     plan: TimePlan = field(default_factory=TimePlan)    # the recipe's clock (plan_time sets it)
     after: bool = True                          # predict (in the workers), ensemble, the stages, submit
     auditioning: bool = False                   # chosen are the audition's candidates (kit.audition)
+    endpoint: str | None = None                 # the stand-in the kernels went to: the submission goes there too
 
     @classmethod
     def open(cls, path, data, budget, runs, only, progress, log, workers, submissions, overrides) -> RecipeRun:
@@ -374,8 +378,9 @@ def _after(run: RecipeRun, result: RecipeResult) -> None:
     message = _message(plan["message"] or "kit recipe {recipe} ({budget} budget)", recipe.name, result.budget,
                        [Path(d).name for d in run_dirs])
     log(f"submitting {ens['csv']}")
-    result.submission = recipe_submit(ens["csv"], message, run.data_dir)
+    result.submission = recipe_submit(ens["csv"], message, run.data_dir, endpoint=run.endpoint)
     student = result.student
     if enabled(plan, "distill") and plan["distill"]["submit"] and student is not None and student.csv:
         log(f"submitting {student.csv}")
-        student.submission = recipe_submit(student.csv, message + " (distilled student)", run.data_dir)
+        student.submission = recipe_submit(student.csv, message + " (distilled student)", run.data_dir,
+                                            endpoint=run.endpoint)

@@ -197,7 +197,7 @@ def test_a_diverged_student_leaves_the_vote_to_be_submitted(tiny_recipe, tiny_da
 
     sent = []
     monkeypatch.setattr(kit.rounds, "distill", diverging)      # where kit.rounds calls it
-    monkeypatch.setattr(kit.zoo, "recipe_submit", lambda csv, message, data_dir: sent.append(str(csv)) or
+    monkeypatch.setattr(kit.zoo, "recipe_submit", lambda csv, message, data_dir, **kw: sent.append(str(csv)) or
                         {"status": "COMPLETE", "public": None, "private": None, "target": "stand-in"})
     recipe = _recipe_after(tiny_recipe, {}, distill={"share": 0.5, "submit": True}, submit=True)
     out, err = _run(recipe, tiny_data, tmp_path / "runs", capsys)

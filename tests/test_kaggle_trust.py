@@ -173,3 +173,56 @@ def test_the_worker_names_a_kaggle_json_it_cannot_use(kaggle_env, standin, monke
     with pytest.raises(KitError) as refused:
         call("list", {"competition": COMP, "refs": []}, standin.url)
     assert str(refused.value).startswith(f"{path}: {needle}") and SECRET not in str(refused.value)
+
+
+# ---------------------------------------------------------------- the worker dies with kit
+@pytest.mark.slow
+def test_a_kaggle_worker_dies_with_the_kit_that_started_it(tmp_path):
+    """A `kit submit` killed while its worker waits on Kaggle must not leave the worker to submit
+    later: the submission would be made with no ledger row (the parent that records it is gone)."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import uuid
+
+    from conftest import kit_env
+
+    silent = socket.socket()                    # accepts, never answers: the worker waits on it
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    marker = f"KIT_TEST_MARKER={uuid.uuid4().hex}"
+    script = ("from kit.kaggle import call; "
+              f"call('list', {{'competition': 'c', 'refs': []}}, 'http://127.0.0.1:{silent.getsockname()[1]}')")
+    env = {**kit_env(), marker.split("=")[0]: marker.split("=")[1], "KAGGLE_USERNAME": "x", "KAGGLE_KEY": "y",
+           "KIT_KAGGLE_RETRIES": "0"}
+
+    def workers() -> list[int]:
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                if marker.encode() in Path(f"/proc/{pid}/environ").read_bytes() and \
+                        b"kit.kaggle.worker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    found.append(int(pid))
+            except OSError:
+                continue
+        return found
+
+    parent = subprocess.Popen([sys.executable, "-c", script], env=env)
+    try:
+        deadline = time.time() + 60
+        while not workers() and time.time() < deadline:
+            time.sleep(0.2)
+        assert workers(), "the worker never started"
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        deadline = time.time() + 10
+        while workers() and time.time() < deadline:
+            time.sleep(0.2)
+        assert workers() == []
+    finally:
+        for pid in workers():
+            os.kill(pid, signal.SIGKILL)
+        silent.close()

@@ -232,7 +232,21 @@ def cmd_recipe_run(args: argparse.Namespace) -> int:
                         progress=not args.no_progress and progress_wanted(), log=log, launcher=launcher,
                         ensemble="none" if args.no_ensemble else None, audition=args.audition)
     print_recipe_table(result)
+    failed = _failed_submissions(result)
+    if failed:     # after the table: everything the run made is printed and kept
+        raise KitError("; ".join(failed))
     return 0
+
+
+def _failed_submissions(result: RecipeResult) -> list[str]:
+    """One phrase per submission of the recipe that FAILED or was scored ERROR (a SKIPPED one, with
+    no credentials for real data, is no failure)."""
+    sent = [(result.ensemble.csv if result.ensemble else None, result.submission)]
+    if result.student is not None:
+        sent.append((result.student.csv, result.student.submission))
+    return [f"the submission of {csv} {sub['status']}: {(sub.get('reason') or 'no reason given').splitlines()[0]}; "
+            f"the CSV is kept and the ledger row records the failure"
+            for csv, sub in sent if sub and sub.get("status") in ("FAILED", "ERROR")]
 
 
 def _rehearse(args: argparse.Namespace, log) -> int:
@@ -334,7 +348,7 @@ def print_recipe_table(result: RecipeResult) -> None:
     sub = result.submission
     if sub and ens is not None:         # only a vote is submitted
         print(f"submission: {ens.csv}  {sub.get('status')} on {sub.get('target') or '-'}  "
-              f"public {sub.get('public')}  private {sub.get('private')}")
+              f"public {sub.get('public') or '-'}  private {sub.get('private') or '-'}")
         if sub.get("reason"):
             print(f"submission note: {sub['reason']}")
     if result.resume:

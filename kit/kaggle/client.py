@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 
+from kit.env import die_with_parent
 from kit.errors import KitError
 from kit.kaggle.credentials import scrub, secrets
 
@@ -82,7 +83,8 @@ def call(op: str, params: dict, endpoint: str | None = None, env: dict | None = 
     log = log or (lambda line: None)
     with tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen([sys.executable, "-m", "kit.kaggle.worker"], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=err, text=True, env=wenv)
+                                stdout=subprocess.PIPE, stderr=err, text=True, env=wenv,
+                                preexec_fn=die_with_parent())     # killed with us: no unrecorded submission
         assert proc.stdin is not None and proc.stdout is not None     # both PIPE
         proc.stdin.write(json.dumps({"op": op, "params": params}))
         proc.stdin.close()

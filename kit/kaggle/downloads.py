@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import zipfile
+import zlib
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
 from kit.errors import KitError
@@ -12,6 +14,14 @@ from kit.fsio import atomic_path, sha256_file, write_json
 from kit.kaggle.client import call
 from kit.kaggle.ledger import now
 from kit.layout import LAYOUT_FILES, check_data, read_layout
+
+
+def _crc32_file(path: Path) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            crc = zlib.crc32(block, crc)
+    return crc
 
 
 def extract_zip(zip_path, dest) -> int:
@@ -33,7 +43,9 @@ def extract_zip(zip_path, dest) -> int:
                 if info.is_dir():
                     target.mkdir(parents=True, exist_ok=True)
                     continue
-                if target.is_file() and target.stat().st_size == info.file_size:
+                # a re-download may change a file but not its size (two ids swapped), so compare contents too
+                if (target.is_file() and target.stat().st_size == info.file_size
+                        and _crc32_file(target) == info.CRC):
                     continue
                 with zf.open(info) as src, atomic_path(target) as tmp:
                     with open(tmp, "wb") as out:
@@ -45,8 +57,11 @@ def extract_zip(zip_path, dest) -> int:
     return written
 
 
-def find_data_dir(root) -> Path:
-    """The shallowest folder under root holding the competition's three json files."""
+def find_data_dir(root, members: Iterable[str] | None = None) -> Path:
+    """The shallowest folder under root holding the competition's three json files.
+
+    With members (the zip's member names), folders the zip unpacked win over data dirs already
+    in root (say one from `kit data synth`)."""
     root = Path(root)
     found = sorted((p.parent for p in root.rglob("metadata.json")
                     if all((p.parent / n).is_file() for n in LAYOUT_FILES) and ".kit-cache" not in p.parts),
@@ -54,6 +69,11 @@ def find_data_dir(root) -> Path:
     if not found:
         raise KitError(f"{root}: no folder with {', '.join(LAYOUT_FILES)} after unpacking; "
                        f"is this an HW4 speaker-identification competition?")
+    if members is not None:
+        unpacked = {PurePosixPath(m.replace("\\", "/")) for m in members}
+        from_zip = [d for d in found if PurePosixPath(d.relative_to(root).as_posix(), "metadata.json") in unpacked]
+        if from_zip:
+            return from_zip[0]
     return found[0]
 
 
@@ -74,7 +94,9 @@ def download(competition: str, out, endpoint: str | None = None, env: dict | Non
     zip_path = Path(call("download", {"competition": competition, "path": str(out.resolve())},
                           endpoint, env, log)["zip"])
     extract_zip(zip_path, out)
-    data_dir = find_data_dir(out)
+    with zipfile.ZipFile(zip_path) as zf:
+        members = zf.namelist()
+    data_dir = find_data_dir(out, members)
     check_data(data_dir, progress=progress)
     write_json(marker, {"competition": competition, "zip": str(zip_path), "sha256": sha256_file(zip_path),
                         "data_dir": str(data_dir), "time": now()})

@@ -1,5 +1,5 @@
-"""A recipe's last step: submit to Kaggle when there are credentials, else rehearse on the local
-stand-in when the data is a synthetic competition (its answer key scores the CSV), else skip.
+"""A recipe's last step: submit to the stand-in the user named, else to Kaggle when there are credentials,
+else rehearse on a local stand-in when the data is a synthetic competition (its answer key scores the CSV), else skip.
 """
 from __future__ import annotations
 
@@ -19,14 +19,20 @@ from kit.layout import is_synthetic, synth_marker
 
 
 def recipe_submit(csv_path, message: str, data_dir, competition: str = DEFAULT_COMPETITION,
-                  submissions_dir="submissions", log=None) -> dict:
-    """Submit at the end of a recipe: real Kaggle with credentials, else the stand-in for synthetic data.
+                  submissions_dir="submissions", log=None, endpoint: str | None = None) -> dict:
+    """Submit at the end of a recipe: to the stand-in at `endpoint` (or KIT_KAGGLE_ENDPOINT) when one
+    is named, the one the kernels used; else real Kaggle with credentials, else a stand-in for synthetic data.
 
     Returns {status, public, private, ref, target, row, reason}. Never raises for a failed
     submission (status FAILED/ERROR, recorded in the ledger); SKIPPED writes no ledger row.
     """
     ledger = Path(submissions_dir) / "ledger.csv"
-    if credential_source() and not endpoint_or_env(None):
+    if endpoint_or_env(endpoint):
+        # A rehearsal against `kit kaggle serve` must never spend a real submission, credentials or not.
+        comp = (synth_marker(data_dir) or {}).get("competition") or competition
+        return _recipe_attempt(csv_path, message, data_dir, comp, ledger, endpoint_or_env(endpoint), None, log,
+                               STAND_IN)
+    if credential_source():
         return _recipe_attempt(csv_path, message, data_dir, competition, ledger, None, None, log, KAGGLE)
     if not is_synthetic(data_dir):
         return {"status": "SKIPPED", "public": None, "private": None, "ref": None, "target": None, "row": None,

@@ -1,0 +1,76 @@
+"""A recipe's submission goes where its kernels went: a rehearsal on `kit kaggle serve` never spends a
+real Kaggle submission, and a submission that fails ends the run with exit 2 after its table.
+"""
+from __future__ import annotations
+
+import pytest
+
+import kit.zoo
+from kit.cli import main
+from kit.kaggle import read_ledger, recipe_submit
+from kit.zoo import run_recipe
+
+from conftest import one_error_line
+
+AFTER = {"predict": True, "ensemble": "hard", "submit": True}
+
+
+class NothingToTrain:
+    """The Kaggle launcher's options as run_recipe sees them; the members are trained already."""
+
+    def __init__(self, endpoint: str):
+        self.endpoint = endpoint
+
+    def train(self, *args, **kw) -> None:
+        raise AssertionError("every member has finished: nothing goes to the launcher")
+
+
+@pytest.fixture
+def trained(tiny_recipe, tiny_data, tmp_path, monkeypatch):
+    """A one-member recipe that submits, its member trained (no vote yet); run in tmp_path."""
+    monkeypatch.chdir(tmp_path)
+    recipe = tiny_recipe("mean", base={"train": {"max_steps": 4, "eval_every": 4}}, budget={"full": {}}, after=AFTER)
+    run_recipe(recipe, data=str(tiny_data), budget="full", runs=str(tmp_path / "runs"), after=False, workers=1,
+               progress=False)
+    return recipe
+
+
+def test_recipe_submit_goes_to_the_named_endpoint_even_with_credentials(kaggle_env, sub, tiny_data, standin):
+    result = recipe_submit(sub, "rehearsal", tiny_data, submissions_dir=sub.parent, endpoint=standin.url)
+    assert result["status"] == "COMPLETE" and result["target"] == "local stand-in", result
+    assert "CreateSubmission" in standin.calls
+    assert list(read_ledger(sub.parent / "ledger.csv")["target"]) == ["local stand-in"]
+
+
+def test_the_launchers_endpoint_reaches_the_submission(trained, tiny_data, tmp_path, monkeypatch):
+    sent = []
+    monkeypatch.setattr(kit.zoo, "recipe_submit", lambda csv, message, data_dir, **kw: sent.append(kw) or
+                        {"status": "COMPLETE", "public": 0.5, "private": 0.5, "target": "local stand-in"})
+    run_recipe(trained, data=str(tiny_data), budget="full", runs=str(tmp_path / "runs"), workers=1, progress=False,
+               launcher=NothingToTrain("http://127.0.0.1:8766"))
+    assert sent == [{"endpoint": "http://127.0.0.1:8766"}]
+
+
+def test_a_failed_submission_exits_2_after_the_table(trained, tiny_data, tmp_path, monkeypatch, capsys):
+    reason = "submission of submissions/tiny.csv failed (HTTP 401); recorded as FAILED in submissions/ledger.csv"
+    monkeypatch.setattr(kit.zoo, "recipe_submit", lambda *a, **kw: {
+        "status": "FAILED", "public": None, "private": None, "target": "kaggle", "reason": reason})
+    code = main(["recipe", "run", str(trained), "--data", str(tiny_data), "--budget", "full",
+                 "--runs", str(tmp_path / "runs"), "--workers", "1", "--no-progress"])
+    out, err = capsys.readouterr()
+    assert code == 2
+    line = one_error_line(err)
+    assert "tiny.csv FAILED" in line and "CSV is kept" in line and "ledger row records the failure" in line
+    assert "ensemble (hard) val acc" in out
+    assert "FAILED on kaggle  public -  private -" in out and "None" not in out
+    assert (tmp_path / "submissions" / "tiny.csv").is_file()
+
+
+def test_a_skipped_submission_is_no_failure(trained, tiny_data, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(kit.zoo, "recipe_submit", lambda *a, **kw: {
+        "status": "SKIPPED", "public": None, "private": None, "target": None, "reason": "not submitted: no key"})
+    code = main(["recipe", "run", str(trained), "--data", str(tiny_data), "--budget", "full",
+                 "--runs", str(tmp_path / "runs"), "--workers", "1", "--no-progress"])
+    out, err = capsys.readouterr()
+    assert code == 0 and "kit: error" not in err, err
+    assert "SKIPPED on -  public -  private -" in out
