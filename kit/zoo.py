@@ -70,10 +70,7 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
     recipe's [after] ensemble ("none": train and predict only, as a launcher's job does).
     audition: try the recipe's candidates and keep the best (kit.audition; None: as the recipe says).
     """
-    for value, flag, unit in ((minutes, "--minutes", "minutes"), (per_member_minutes, "--member-minutes", "minutes"),
-                              (max_hours, "--max-hours", "hours")):
-        if value is not None and not (math.isfinite(value) and value > 0):
-            raise KitError(f"{flag} {value}: must be a positive number of {unit}")
+    _check_times(minutes, per_member_minutes, max_hours)
     blocker = "--launcher trains the members elsewhere" if launcher else "--max-hours" if max_hours else None
     run = RecipeRun.open(path, data, budget, runs, only, progress, log, workers, submissions,
                          {"submit": submit, "ensemble": ensemble, "pseudo": pseudo, "distill": distill, "refit": refit,
@@ -106,6 +103,14 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
     result.minutes = (time.time() - run.began) / 60
     return result
 
+
+
+def _check_times(minutes, per_member_minutes, max_hours) -> None:
+    """--minutes, --member-minutes and --max-hours, when given, are finite and positive."""
+    for value, flag, unit in ((minutes, "--minutes", "minutes"), (per_member_minutes, "--member-minutes", "minutes"),
+                              (max_hours, "--max-hours", "hours")):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise KitError(f"{flag} {value}: must be a positive number of {unit}")
 
 @dataclass
 class RecipeRun:

@@ -184,3 +184,12 @@ def test_after_values_of_the_wrong_kind_are_refused_at_load(tmp_path, after, nee
     with pytest.raises(KitError) as err:
         load_recipe(recipe)
     assert str(err.value).startswith(f"{recipe}: ") and needle in str(err.value)
+
+
+@pytest.mark.parametrize("flag, unit", [("--max-hours", "hours"), ("--minutes", "minutes")])
+def test_a_time_limit_that_is_not_positive_is_one_line_in_its_own_unit(tmp_path, tiny_data, capsys, flag, unit):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(recipe_toml(["m"]))
+    one_error(*kit_cli(capsys, "recipe", "run", recipe, "--data", tiny_data, "--runs", tmp_path / "runs",
+                       flag, "0")[::2], f"{flag} 0.0: must be a positive number of {unit}")
+    assert not (tmp_path / "runs").exists()
