@@ -193,3 +193,22 @@ def test_a_time_limit_that_is_not_positive_is_one_line_in_its_own_unit(tmp_path,
     one_error(*kit_cli(capsys, "recipe", "run", recipe, "--data", tiny_data, "--runs", tmp_path / "runs",
                        flag, "0")[::2], f"{flag} 0.0: must be a positive number of {unit}")
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--train-steps", "-3"], "--train-steps -3: must be a positive number"),
+    (["--train-steps", "0"], "--train-steps 0: must be a positive number"),
+    (["--workers", "-2"], "--workers -2: must be 0 or more"),
+    (["--long", "-1"], "--long -1: must be 0 or more"),
+    (["--accuracy", "--stage-minutes", "-1"], "--stage-minutes -1.0: must be a positive number"),
+])
+def test_kit_bench_refuses_bad_numbers_before_measuring(tmp_path, capsys, args, needle):
+    one_error(*kit_cli(capsys, "bench", "--quick", "--preset", "tiny", "--cache", tmp_path / "c", *args)[::2], needle)
+    assert not (tmp_path / "c").exists()                # nothing generated, nothing measured
+
+
+def test_kit_bench_refuses_a_file_as_out_before_measuring(tmp_path, capsys):
+    (tmp_path / "f").write_text("")
+    one_error(*kit_cli(capsys, "bench", "--quick", "--preset", "tiny", "--cache", tmp_path / "c", "--out",
+                       tmp_path / "f")[::2], "--out is a file")
+    assert not (tmp_path / "c").exists()

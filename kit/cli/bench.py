@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+from pathlib import Path
 
 from kit.errors import KitError
 from kit.synth import PRESETS
@@ -51,8 +53,25 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_bench)
 
 
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Counts and minutes refused before anything is measured: a bench that ran for an hour on a
+    negative --train-steps would end in a traceback."""
+    positive = (("--train-steps", args.train_steps), ("--minutes", args.minutes),
+                ("--member-minutes", args.member_minutes), ("--stage-minutes", args.stage_minutes))
+    for flag, value in positive:
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise KitError(f"{flag} {value}: must be a positive number")
+    for flag, value in (("--workers", args.workers), ("--long", args.long)):
+        if value < 0:
+            raise KitError(f"{flag} {value}: must be 0 or more")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise KitError(f"{out}: --out is a file; bench writes its results into a folder")
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     log = lambda m: print(f"bench: {m}", file=sys.stderr, flush=True)        # noqa: E731
+    _check_numbers(args)
     if args.accuracy and args.suite:
         # deferred: brings torch; `kit --help` imports only the parsers
         from kit.bench_suite import SUITE, run_suite, suite_markdown
