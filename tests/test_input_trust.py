@@ -212,3 +212,17 @@ def test_kit_bench_refuses_a_file_as_out_before_measuring(tmp_path, capsys):
     one_error(*kit_cli(capsys, "bench", "--quick", "--preset", "tiny", "--cache", tmp_path / "c", "--out",
                        tmp_path / "f")[::2], "--out is a file")
     assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["recipe", "run", "R", "--workers", "0"], "--workers 0: members trained at once, at least 1"),
+    (["recipe", "run", "R", "--workers", "-1"], "--workers -1: members trained at once, at least 1"),
+    (["recipe", "cost", "boss", "--measure", "0"], "--measure 0: a number of steps, at least 1"),
+])
+def test_counts_below_one_are_refused(tmp_path, tiny_data, capsys, args, needle):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(recipe_toml(["m"]))
+    args = [str(recipe) if a == "R" else a for a in args]
+    runs = ["--runs", tmp_path / "runs"] if "run" in args else []
+    one_error(*kit_cli(capsys, *args, "--data", tiny_data, *runs)[::2], needle)
+    assert not (tmp_path / "runs").exists()

@@ -117,7 +117,7 @@ def _register_cost(rsub) -> None:
                    "sizes and lengths)")
     p.add_argument("--utilisation", type=float, default=None, metavar="U",
                    help="share of each GPU's fp16/bf16 peak reached, 0-1 (default: kit.cost's assumption per GPU)")
-    p.add_argument("--measure", nargs="?", type=int, const=30, default=0, metavar="STEPS",
+    p.add_argument("--measure", nargs="?", type=int, const=30, default=None, metavar="STEPS",
                    help="also time STEPS training steps (default 30) of each member on this machine's GPU (or CPU) "
                    "at its real shapes, and print the hours the budget takes there")
     p.add_argument("--audition", action="store_true",
@@ -211,6 +211,8 @@ def cmd_recipe_run(args: argparse.Namespace) -> int:
     # A budget asked for by name must be set up by the recipe (chosen for you: as it is). A launcher's
     # member job (--only ... --no-ensemble, kit.launch.common.member_args) always names the budget
     # chosen where it was launched, so it is not asked again there.
+    if args.workers is not None and args.workers < 1:
+        raise KitError(f"--workers {args.workers}: members trained at once, at least 1")
     if args.budget and not (args.only and args.no_ensemble):
         require_budget(load_recipe(args.file), args.budget)
     if args.rehearse:
@@ -288,7 +290,7 @@ def cmd_recipe_cost(args: argparse.Namespace) -> int:
                        "cost is its time (kit recipe cost is for a budget of steps, such as full)")
     if args.utilisation is not None and not 0 < args.utilisation <= 1:
         raise KitError(f"--utilisation {args.utilisation}: a share of the GPU's peak in (0, 1]")
-    if args.measure < 0:
+    if args.measure is not None and args.measure < 1:
         raise KitError(f"--measure {args.measure}: a number of steps, at least 1")
     print(f"recipe {recipe.name} ({args.budget} budget{', audition' if args.audition else ''})")
     costs = recipe_costs(recipe, args.budget, args.data, args.audition)
