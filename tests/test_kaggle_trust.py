@@ -226,3 +226,15 @@ def test_a_kaggle_worker_dies_with_the_kit_that_started_it(tmp_path):
         for pid in workers():
             os.kill(pid, signal.SIGKILL)
         silent.close()
+
+
+@pytest.mark.parametrize("url", ["notaurl", "ftp://127.0.0.1:8765", "http://"])
+def test_an_endpoint_that_is_not_a_url_is_one_line_at_once(kaggle_env, sub, tmp_path, monkeypatch, capsys, url):
+    never_sent(monkeypatch)
+    one_error(*kit(capsys, "submit", sub, "-m", "x", "--endpoint", url)[::2], f"--endpoint {url!r}: not a stand-in URL")
+    assert not (sub.parent / "ledger.csv").exists()
+    ledger = tmp_path / "ledger.csv"
+    ledger.write_text(HEADER + ROW.replace(",COMPLETE,", ",PENDING,"))
+    monkeypatch.setenv("KIT_KAGGLE_ENDPOINT", url)
+    code, _, err = kit(capsys, "scores", "--ledger", ledger)     # scores still shows the ledger: a warning
+    assert code == 0 and f"could not refresh pending submissions: KIT_KAGGLE_ENDPOINT {url!r}: not a" in err

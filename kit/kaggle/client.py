@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import urllib.parse
 
 from kit.env import die_with_parent
 from kit.errors import KitError
@@ -49,8 +50,15 @@ def max_retry_after() -> float:
 
 
 def endpoint_or_env(endpoint: str | None) -> str | None:
-    """The stand-in URL to talk to: the one given, else KIT_KAGGLE_ENDPOINT; None means Kaggle."""
-    return endpoint or os.environ.get("KIT_KAGGLE_ENDPOINT") or None
+    """The stand-in URL to talk to: the one given, else KIT_KAGGLE_ENDPOINT; None means Kaggle.
+    Not an http URL with a host: one line (the client would retry it for a minute)."""
+    url = endpoint or os.environ.get("KIT_KAGGLE_ENDPOINT") or None
+    if url is not None:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            where = "--endpoint" if endpoint else "KIT_KAGGLE_ENDPOINT"
+            raise KitError(f"{where} {url!r}: not a stand-in URL such as http://127.0.0.1:8765")
+    return url
 
 
 def target(endpoint: str | None) -> str:
