@@ -10,7 +10,6 @@ import sys
 
 from kit.cli import add_cache_option, progress_wanted
 from kit.config import CHECKPOINTS
-from kit.errors import KitError
 from kit.names import distinct_runs
 from kit.submission import score_submission, validate_submission
 
@@ -124,13 +123,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_ensemble(args: argparse.Namespace) -> int:
     # deferred: brings pandas; `kit --help` imports only the parsers
-    from kit.ensemble import DEFAULT_POOL, ensemble_runs, parse_weights
+    from kit.ensemble import DEFAULT_POOL, ensemble_runs, parse_weights, require_folds
 
     def log(message: str) -> None:
         print(f"kit: {message}", file=sys.stderr, flush=True)
 
-    if args.folds < 2:          # refused whatever the vote, as any bad argument is
-        raise KitError(f"--folds {args.folds}: cross-fitting needs at least 2 folds")
+    require_folds(args.folds)     # refused whatever the vote, as any bad argument is
     r = ensemble_runs(args.runs, vote=args.vote, weights=parse_weights(args.weights), name=args.name,
                       out_dir=args.out, pool=args.pool or DEFAULT_POOL, folds=args.folds, log=log)
     width = max(len(row["member"]) for row in r["table"])

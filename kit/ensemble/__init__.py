@@ -26,6 +26,7 @@ from kit.ensemble.crossfit import (
     crossfit,
     fit_methods,
     fold_ids,
+    require_folds,
 )
 from kit.ensemble.members import Member, check_compatible, load_member, member_speakers
 from kit.ensemble.votes import check_weights, hard_vote, select_weights, soft_vote, vote_predictions
@@ -38,7 +39,8 @@ from kit.submission import keep_submitted, validate_submission
 __all__ = ["AUTO_METHODS", "DEFAULT_POOL", "METHODS", "POOLS", "VOTES", "Member", "apply_method", "auto_ensemble",
            "calibrate", "check_compatible", "check_weights", "crossfit", "ensemble_runs", "fit_methods",
            "fit_temperature", "fit_weights", "fold_ids", "hard_vote", "load_member", "log_probs", "mean_nll",
-           "member_speakers", "parse_weights", "pool_log_probs", "select_weights", "soft_vote", "vote_predictions"]
+           "member_speakers", "parse_weights", "pool_log_probs", "require_folds", "select_weights", "soft_vote",
+           "vote_predictions"]
 
 VOTES = ("hard", "soft", "auto")
 

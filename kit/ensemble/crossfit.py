@@ -65,6 +65,12 @@ def combine(method: str, weights, cal, pool: str):
     return lp.argmax(axis=1), lp
 
 
+def require_folds(folds: int) -> None:
+    """A number of cross-fitting folds is at least 2 (`kit ensemble --folds`, whatever the vote)."""
+    if folds < 2:
+        raise KitError(f"--folds {folds}: cross-fitting needs at least 2 folds")
+
+
 def crossfit(logps, labels, methods=METHODS, pool: str = DEFAULT_POOL, folds=5) -> dict:
     """Out-of-fold (OOF) predictions of each method: for each fold, temperatures and weights
     are fitted on the other folds only, then the fold is predicted.
@@ -77,8 +83,8 @@ def crossfit(logps, labels, methods=METHODS, pool: str = DEFAULT_POOL, folds=5) 
     labels = np.asarray(labels, dtype=np.int64)
     n = len(labels)
     scalar = np.isscalar(folds)
-    if scalar and int(folds) < 2:                   # checked before fold_ids divides by it
-        raise KitError(f"--folds {folds}: cross-fitting needs at least 2 folds")
+    if scalar:
+        require_folds(int(folds))                   # checked before fold_ids divides by it
     fold = fold_ids(labels, min(int(folds), n)) if scalar else np.asarray(folds, dtype=np.int64)
     if len(fold) != n or len(np.unique(fold)) < 2:
         raise KitError(f"cross-fitting needs at least 2 non-empty folds; got {len(np.unique(fold))} fold(s) "

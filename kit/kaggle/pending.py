@@ -87,7 +87,7 @@ _REQUIRED = ("time", "competition", "file", "sha256", "status")     # every row 
 def _pending_rows(path: Path, ledger) -> list[dict]:
     """The pending file's rows, refused unless each is a row kit could have kept: only the ledger's
     columns (a merge would drop any other), the fields every kept row has, and Kaggle's ref (a
-    number), which only a FAILED attempt lacks."""
+    number, as read_ledger checks), which only a FAILED attempt lacks."""
     restore = f"add its rows to {ledger} by hand and delete it (it is kept until then)"
     frame = read_ledger(path, restore=restore)
     unknown = [c for c in frame.columns if c not in LEDGER_COLUMNS]
@@ -99,7 +99,7 @@ def _pending_rows(path: Path, ledger) -> list[dict]:
         empty = [key for key in _REQUIRED if not row[key]]
         if empty:
             raise KitError(f"{path}: row {number} has no {', '.join(empty)}; fix it, or {restore}")
-        if not ((row["ref"].isascii() and row["ref"].isdigit()) or (row["ref"] == "" and row["status"] == "FAILED")):
+        if row["ref"] == "" and row["status"] != "FAILED":      # read_ledger refused a ref that is no number
             raise KitError(f"{path}: row {number} has ref {row['ref']!r} (Kaggle's submission number; empty only "
                            f"for a FAILED attempt); fix it, or {restore}")
     return rows

@@ -80,8 +80,8 @@ def submit(csv_path, message: str, competition: str = DEFAULT_COMPETITION, data_
     its pending file (kit.kaggle.pending), and the submission then ends in a KitError saying so.
     """
     csv_path = Path(csv_path)
-    manifest = _checked(csv_path, message, data_dir, ledger, {**os.environ, **(env or {})})
-    row = {"time": now(), "competition": competition, "file": str(csv_path), "sha256": sha256_file(csv_path),
+    manifest, digest = _checked(csv_path, message, data_dir, ledger, {**os.environ, **(env or {})})
+    row = {"time": now(), "competition": competition, "file": str(csv_path), "sha256": digest,
            "message": message, "members": ";".join(map(str, manifest.members or [])), "vote": manifest.vote or "",
            "ref": "", "status": "", "public": "", "private": "",
            "target": target(endpoint), "error": ""}
@@ -118,17 +118,18 @@ def submit(csv_path, message: str, competition: str = DEFAULT_COMPETITION, data_
     return row
 
 
-def _checked(csv_path: Path, message: str, data_dir, ledger, env: dict) -> SubmissionManifest:
+def _checked(csv_path: Path, message: str, data_dir, ledger, env: dict) -> tuple[SubmissionManifest, str]:
     """Everything checked before a submission is sent: the CSV (as Kaggle would) and that its
     manifest was written for it, the message, the kaggle.json the client would read, a ledger that
     can record it; rows a failed recording left pending are merged first. Returns the CSV's
-    manifest (empty when it has none)."""
+    manifest (empty when it has none) and the CSV's SHA-256."""
     if not csv_path.is_file():
         raise KitError(f"{csv_path}: submission file not found")
     if not message or not message.strip():
         raise KitError(f"{csv_path}: a submission message is required (-m MESSAGE)")
     manifest = SubmissionManifest.beside(csv_path) or SubmissionManifest()
-    _check_manifest_matches(csv_path, manifest)
+    digest = sha256_file(csv_path)
+    _check_manifest_matches(csv_path, manifest, digest)
     data_dir_given = bool(data_dir)
     data_dir = data_dir or manifest.data_dir
     if not data_dir:
@@ -144,14 +145,13 @@ def _checked(csv_path: Path, message: str, data_dir, ledger, env: dict) -> Submi
     read_ledger(ledger)         # a damaged ledger stops us before anything is sent, not after
     check_writable(ledger)
     merge_pending(ledger)
-    return manifest
+    return manifest, digest
 
 
-def _check_manifest_matches(csv_path: Path, manifest: SubmissionManifest) -> None:
+def _check_manifest_matches(csv_path: Path, manifest: SubmissionManifest, digest: str) -> None:
     """Refuse a CSV its manifest was not written for (a kill between `kit ensemble`'s two writes, or
     another CSV copied over it): the ledger would credit it to another ensemble's members and vote.
-    A manifest without csv_sha256 (older versions) cannot be checked."""
-    digest = sha256_file(csv_path)
+    A manifest without csv_sha256 (older versions) cannot be checked. digest: the CSV's SHA-256."""
     if manifest.csv_sha256 and manifest.csv_sha256 != digest:
         beside = csv_path.with_suffix(".json")
         raise KitError(f"{csv_path}: its manifest {beside} was written for another CSV (sha256 "
