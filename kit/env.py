@@ -3,11 +3,13 @@ such as /kaggle/input included), the competition data under /kaggle/input, visib
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -149,3 +151,20 @@ def die_with_parent():
             os._exit(1)
 
     return in_child
+
+
+@contextlib.contextmanager
+def exit_on_signals():
+    """SIGTERM and SIGHUP raise SystemExit(143/129) in the block (main thread only), so its `finally`
+    clauses run, as on Ctrl-C: a stopped recipe stops its workers, a stopped stand-in its kernels."""
+    def exit_on(signum, frame):
+        raise SystemExit(128 + signum)
+
+    handled = (signal.SIGTERM, signal.SIGHUP)
+    main_thread = threading.current_thread() is threading.main_thread()
+    before = {s: signal.signal(s, exit_on) for s in handled} if main_thread else {}
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,7 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from kit.config import dump_toml, to_dict
-from kit.env import NEW_PROCESS_GROUP, die_with_parent
+from kit.env import NEW_PROCESS_GROUP, die_with_parent, exit_on_signals
 from kit.errors import KitError
 from kit.fsio import write_text
 from kit.infer import source_mode
@@ -72,18 +71,11 @@ def _workers_die_with_us(children: list):
     """Stop every worker in `children` on any way out of the block: return, exception, Ctrl-C,
     SIGTERM/SIGHUP (turned into SystemExit 143/129 here). A SIGKILL cannot be caught: each worker
     asked the kernel for its own SIGKILL when this process dies (kit.env.die_with_parent)."""
-    def exit_on(signum, frame):
-        raise SystemExit(128 + signum)
-
-    handled = (signal.SIGTERM, signal.SIGHUP)
-    main_thread = threading.current_thread() is threading.main_thread()
-    before = {s: signal.signal(s, exit_on) for s in handled} if main_thread else {}
-    try:
-        yield
-    finally:
-        _stop_workers(children)
-        for s, handler in before.items():
-            signal.signal(s, handler)
+    with exit_on_signals():
+        try:
+            yield
+        finally:
+            _stop_workers(children)
 
 
 def _stop_workers(children: list, grace: float = 5.0) -> None:

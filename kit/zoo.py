@@ -383,9 +383,11 @@ def _after(run: RecipeRun, result: RecipeResult) -> None:
     message = _message(plan["message"] or "kit recipe {recipe} ({budget} budget)", recipe.name, result.budget,
                        [Path(d).name for d in run_dirs])
     log(f"submitting {ens['csv']}")
-    result.submission = recipe_submit(ens["csv"], message, run.data_dir, endpoint=run.endpoint)
+    # The ledger sits beside the vote's CSV (run.submissions/ledger.csv), where `kit scores --ledger` finds it.
+    result.submission = recipe_submit(ens["csv"], message, run.data_dir, submissions_dir=run.submissions,
+                                      endpoint=run.endpoint)
     student = result.student
     if enabled(plan, "distill") and plan["distill"]["submit"] and student is not None and student.csv:
         log(f"submitting {student.csv}")
         student.submission = recipe_submit(student.csv, message + " (distilled student)", run.data_dir,
-                                            endpoint=run.endpoint)
+                                            submissions_dir=run.submissions, endpoint=run.endpoint)

@@ -19,7 +19,7 @@ from kit.recipe import load_recipe
 from kit.submission import read_answer_key
 from kit.train.devices import resolve_precision
 
-from conftest import kit_cli, one_error, recipe_toml
+from conftest import REPO, kit_cli, one_error, recipe_toml
 
 
 def files_under(root) -> list[str]:
@@ -226,3 +226,18 @@ def test_counts_below_one_are_refused(tmp_path, tiny_data, capsys, args, needle)
     runs = ["--runs", tmp_path / "runs"] if "run" in args else []
     one_error(*kit_cli(capsys, *args, "--data", tiny_data, *runs)[::2], needle)
     assert not (tmp_path / "runs").exists()
+
+
+# ---------------------------------------------------------------- arguments named as typed
+def test_a_bad_data_dir_for_recipe_cost_prints_nothing_on_stdout(tmp_path, capsys):
+    """stdout is for results: a `kit recipe cost ... > cost.md` that fails leaves it empty."""
+    code, out, err = kit_cli(capsys, "recipe", "cost", REPO / "recipes" / "boss.toml", "--data", tmp_path / "nope")
+    one_error(code, err, str(tmp_path / "nope"), "data dir not found")
+    assert out == ""
+
+
+@pytest.mark.parametrize("minutes", ["-1", "0"])
+def test_distill_names_its_own_minutes_flag(minutes, tmp_path, capsys):
+    code, _, err = kit_cli(capsys, "distill", tmp_path / "teacher", "--out", tmp_path / "student", "--minutes", minutes)
+    one_error(code, err, f"--minutes {minutes}", "above 0")
+    assert not (tmp_path / "student").exists()

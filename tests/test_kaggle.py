@@ -36,7 +36,7 @@ def test_submit_wait_records_scores_in_ledger(kaggle_env, standin, sub, tiny_ans
     assert code == 0, err
     expected = score_submission(sub, tiny_answers)
     [row] = ledger_rows(sub)
-    assert row["status"] == "COMPLETE" and row["target"] == "local stand-in"
+    assert row["status"] == "COMPLETE" and row["target"] == f"local stand-in at {standin.url}"
     assert float(row["public"]) == pytest.approx(expected["public"]["acc"], abs=1e-5)
     assert float(row["private"]) == pytest.approx(expected["private"]["acc"], abs=1e-5)
     assert row["sha256"] == sha256_file(sub) and row["competition"] == COMP

@@ -238,3 +238,69 @@ def test_an_endpoint_that_is_not_a_url_is_one_line_at_once(kaggle_env, sub, tmp_
     monkeypatch.setenv("KIT_KAGGLE_ENDPOINT", url)
     code, _, err = kit(capsys, "scores", "--ledger", ledger)     # scores still shows the ledger: a warning
     assert code == 0 and f"could not refresh pending submissions: KIT_KAGGLE_ENDPOINT {url!r}: not a" in err
+
+
+# ---------------------------------------------------------------- refs are only unique per server
+@pytest.mark.slow
+def test_scores_never_takes_a_score_from_another_stand_in(kaggle_env, tmp_path, tiny_data, tiny_answers, capsys):
+    """A row left PENDING by one stand-in (a killed rehearsal, a stopped `kit kaggle serve`) keeps its
+    status when `kit scores` asks another stand-in, even one that handed out the same ref: each server
+    numbers its own submissions, so the row's target records which server it went to."""
+    from kit import DEFAULT_COMPETITION
+    from kit.kaggle.server import StandIn
+
+    from conftest import write_submission
+
+    folder = tmp_path / "submissions"
+    first = write_submission(folder, tiny_answers, tiny_data, "first", wrong_every=2)
+    second = write_submission(folder, tiny_answers, tiny_data, "second", wrong_every=10)
+    ledger = folder / "ledger.csv"
+    with StandIn(tiny_data, tiny_answers, competition=DEFAULT_COMPETITION, pending_polls=99) as gone:
+        assert kit(capsys, "submit", first, "-m", "first", "--ledger", ledger, "--endpoint", gone.url)[0] == 0
+    [old] = read_ledger(ledger).to_dict("records")
+    assert old["status"] == "PENDING" and old["target"] == f"local stand-in at {gone.url}"
+    with StandIn(tiny_data, tiny_answers, competition=DEFAULT_COMPETITION) as server:
+        assert server.first_ref != gone.first_ref          # a stand-in started again does not reuse refs
+        server.first_ref = int(old["ref"]) - 1              # the worst case: it hands out the very same ref
+        assert kit(capsys, "submit", second, "-m", "second", "--ledger", ledger, "--endpoint", server.url)[0] == 0
+        code, _, err = kit(capsys, "scores", "--ledger", ledger, "--endpoint", server.url)
+    assert code == 0, err
+    rows = read_ledger(ledger).set_index("message")
+    assert rows.loc["second", "ref"] == old["ref"] and rows.loc["second", "status"] == "COMPLETE"
+    assert rows.loc["first", "status"] == "PENDING" and rows.loc["first", "public"] == ""
+
+
+def test_update_ledger_touches_only_the_row_of_its_target(tmp_path):
+    from kit.kaggle import append_ledger, update_ledger
+
+    ledger = tmp_path / "ledger.csv"
+    for where in ("kaggle", "local stand-in at http://127.0.0.1:9"):
+        append_ledger(ledger, {"time": "t", "competition": "c", "file": "a.csv", "ref": "1001", "status": "PENDING",
+                               "target": where})
+    update_ledger(ledger, "c", "1001", {"status": "COMPLETE", "public": "0.5"}, target="kaggle")
+    rows = read_ledger(ledger)[["target", "status", "public"]].values.tolist()
+    assert rows == [["kaggle", "COMPLETE", "0.5"], ["local stand-in at http://127.0.0.1:9", "PENDING", ""]]
+
+
+def test_stopping_the_stand_in_with_sigterm_removes_its_folder(tiny_data, tiny_answers, tmp_path):
+    """`kit kaggle serve` stopped by SIGTERM (a notebook cell interrupted, `kill`) cleans up as on
+    Ctrl-C: its temp folder (the zip, the kernels' folders) is removed and it exits 143."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "kit", "kaggle", "serve", "--data", str(tiny_data),
+                             "--answers", str(tiny_answers)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert "local Kaggle stand-in" in proc.stdout.readline()
+        [folder] = list(tmp_path.glob("kit-standin-*"))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 143
+    finally:
+        proc.kill()
+    time.sleep(0.1)
+    assert not folder.exists()

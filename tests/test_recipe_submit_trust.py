@@ -3,6 +3,8 @@ real Kaggle submission, and a submission that fails ends the run with exit 2 aft
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 import kit.zoo
@@ -37,18 +39,24 @@ def trained(tiny_recipe, tiny_data, tmp_path, monkeypatch):
 
 def test_recipe_submit_goes_to_the_named_endpoint_even_with_credentials(kaggle_env, sub, tiny_data, standin):
     result = recipe_submit(sub, "rehearsal", tiny_data, submissions_dir=sub.parent, endpoint=standin.url)
-    assert result["status"] == "COMPLETE" and result["target"] == "local stand-in", result
+    assert result["status"] == "COMPLETE" and result["target"] == f"local stand-in at {standin.url}", result
     assert "CreateSubmission" in standin.calls
-    assert list(read_ledger(sub.parent / "ledger.csv")["target"]) == ["local stand-in"]
+    assert list(read_ledger(sub.parent / "ledger.csv")["target"]) == [f"local stand-in at {standin.url}"]
 
 
-def test_the_launchers_endpoint_reaches_the_submission(trained, tiny_data, tmp_path, monkeypatch):
+def test_the_launchers_endpoint_and_the_recipes_folder_reach_the_submission(trained, tiny_data, tmp_path,
+                                                                              monkeypatch):
+    """The vote goes to the stand-in the kernels used, and its ledger row to the ledger beside the vote's
+    CSV (run_recipe's `submissions`), not to ./submissions/ledger.csv."""
     sent = []
-    monkeypatch.setattr(kit.zoo, "recipe_submit", lambda csv, message, data_dir, **kw: sent.append(kw) or
+    monkeypatch.setattr(kit.zoo, "recipe_submit", lambda csv, message, data_dir, **kw: sent.append((csv, kw)) or
                         {"status": "COMPLETE", "public": 0.5, "private": 0.5, "target": "local stand-in"})
+    elsewhere = tmp_path / "elsewhere"
     run_recipe(trained, data=str(tiny_data), budget="full", runs=str(tmp_path / "runs"), workers=1, progress=False,
-               launcher=NothingToTrain("http://127.0.0.1:8766"))
-    assert sent == [{"endpoint": "http://127.0.0.1:8766"}]
+               launcher=NothingToTrain("http://127.0.0.1:8766"), submissions=elsewhere)
+    [(csv, kw)] = sent
+    assert kw == {"endpoint": "http://127.0.0.1:8766", "submissions_dir": elsewhere}
+    assert Path(csv).parent == elsewhere
 
 
 def test_a_failed_submission_exits_2_after_the_table(trained, tiny_data, tmp_path, monkeypatch, capsys):

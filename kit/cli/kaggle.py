@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from kit import DEFAULT_COMPETITION
+from kit import DEFAULT_COMPETITION, env
 from kit.errors import KitError
 from kit.kaggle import read_ledger, refresh_ledger, score_table, submit
 from kit.kaggle.pending import merge_pending
@@ -123,6 +123,15 @@ def _parse_fault(spec: str):
     return method, status, count, retry_after
 
 
+def _announce(url: str, competition: str, data) -> None:
+    print(f"local Kaggle stand-in for {competition} on {url} (Ctrl-C to stop)", flush=True)
+    print("any credentials work, e.g. KAGGLE_USERNAME=rehearsal KAGGLE_KEY=anything", flush=True)
+    print(f"  kit submit SUB.csv -m MESSAGE --competition {competition} --wait --endpoint {url}", flush=True)
+    print(f"  KAGGLE_API_ENVIRONMENT=LOCALHOST HTTP_PROXY={url} NO_PROXY= kaggle competitions submit "
+          f"-c {competition} -f SUB.csv -m MESSAGE", flush=True)
+    print(f"  kit recipe run boss --data {data} --launcher kaggle --endpoint {url}", flush=True)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
 
     synth = synth_marker(args.data) or {}
@@ -138,15 +147,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server.kernels.fail_next(args.kernel_errors)
     except (FileNotFoundError, OSError) as e:
         raise KitError(f"cannot start the stand-in: {e}") from None
-    url = server.url
-    print(f"local Kaggle stand-in for {competition} on {url} (Ctrl-C to stop)", flush=True)
-    print("any credentials work, e.g. KAGGLE_USERNAME=rehearsal KAGGLE_KEY=anything", flush=True)
-    print(f"  kit submit SUB.csv -m MESSAGE --competition {competition} --wait --endpoint {url}", flush=True)
-    print(f"  KAGGLE_API_ENVIRONMENT=LOCALHOST HTTP_PROXY={url} NO_PROXY= kaggle competitions submit "
-          f"-c {competition} -f SUB.csv -m MESSAGE", flush=True)
-    print(f"  kit recipe run boss --data {args.data} --launcher kaggle --endpoint {url}", flush=True)
     try:
-        server.serve_forever()
+        with env.exit_on_signals():       # SIGTERM too stops its kernels and removes its temp folder
+            _announce(server.url, competition, args.data)
+            server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:

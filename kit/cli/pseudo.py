@@ -79,6 +79,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
     if args.fresh and args.resume:
         raise KitError("--fresh and --resume: choose one (start over, or continue)")
+    if args.minutes is not None and not args.minutes > 0:
+        raise KitError(f"--minutes {args.minutes:g}: the student's time budget, in minutes above 0")
     if any(same_dir(args.out, run) for run in distinct_runs(args.runs)):
         raise KitError(f"--out {args.out}: is one of the teachers; give the student a run dir of its own")
     if args.fresh and Path(args.out).exists():

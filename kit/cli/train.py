@@ -292,8 +292,8 @@ def cmd_recipe_cost(args: argparse.Namespace) -> int:
         raise KitError(f"--utilisation {args.utilisation}: a share of the GPU's peak in (0, 1]")
     if args.measure is not None and args.measure < 1:
         raise KitError(f"--measure {args.measure}: a number of steps, at least 1")
+    costs = recipe_costs(recipe, args.budget, args.data, args.audition)     # a bad --data stops here, stdout empty
     print(f"recipe {recipe.name} ({args.budget} budget{', audition' if args.audition else ''})")
-    costs = recipe_costs(recipe, args.budget, args.data, args.audition)
     print(cost_table(costs, args.utilisation))
     rates = None
     if args.measure:

@@ -62,8 +62,11 @@ def endpoint_or_env(endpoint: str | None) -> str | None:
 
 
 def target(endpoint: str | None) -> str:
-    """What a ledger row records as where the submission went."""
-    return STAND_IN if endpoint_or_env(endpoint) else KAGGLE
+    """What a ledger row records as where the submission went: Kaggle, or the named stand-in with its URL
+    (refs are only unique per server, so `kit scores` refreshes a row only from where it was sent). A
+    recipe's temporary rehearsal stand-in is STAND_IN alone (kit.kaggle.rehearsal): it is gone after."""
+    url = endpoint_or_env(endpoint)
+    return f"{STAND_IN} at {url}" if url else KAGGLE
 
 
 def _worker_env(endpoint: str | None, overrides: dict | None) -> dict:

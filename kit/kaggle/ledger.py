@@ -159,13 +159,16 @@ def append_ledger(path: str | os.PathLike, row: dict) -> None:
         _rewrite_ledger(path, frame, pd.concat([frame, new], ignore_index=True) if len(frame) else new)
 
 
-def update_ledger(path: str | os.PathLike, competition: str, ref, changes: dict) -> None:
-    """Set fields of the row with this competition and ref; an empty value never blanks a field."""
+def update_ledger(path: str | os.PathLike, competition: str, ref, changes: dict, target: str | None = None) -> None:
+    """Set fields of the row with this competition and ref (and target, where the submission went,
+    when given: two servers can hand out the same ref); an empty value never blanks a field."""
     path = Path(path)
     with file_lock(ledger_lock(path)):
         frame = read_ledger(path)
         new = frame.copy()
         hit = (new["competition"] == competition) & (new["ref"] == str(ref))
+        if target is not None:
+            hit &= new["target"] == target
         for key, value in changes.items():
             if value is not None and str(value) != "":
                 new.loc[hit, key] = str(value)
@@ -173,10 +176,15 @@ def update_ledger(path: str | os.PathLike, competition: str, ref, changes: dict)
 
 
 def same_row(frame, row: dict):
-    """Which rows of `frame` record the same attempt as `row`: the same competition and Kaggle ref,
-    or, for an attempt without a ref (FAILED), another without one at the same time, competition,
-    file and sha256 (never a submission Kaggle accepted in that second)."""
-    keys = ("competition", "ref") if row.get("ref") else ("time", "competition", "file", "sha256", "ref")
+    """Which rows of `frame` record the same attempt as `row`: the same competition, Kaggle ref and
+    target (a row from an older kit may have none), or, for an attempt without a ref (FAILED), another
+    without one at the same time, competition, file and sha256 (never a submission Kaggle accepted in
+    that second)."""
+    keys: tuple[str, ...] = ("competition", "ref")
+    if not row.get("ref"):
+        keys = ("time", "competition", "file", "sha256", "ref")
+    if row.get("ref") and row.get("target"):
+        keys += ("target",)
     hit = frame["competition"].notna()
     for key in keys:
         hit &= frame[key] == str(row.get(key) or "")

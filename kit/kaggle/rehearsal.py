@@ -11,6 +11,7 @@ from pathlib import Path
 from kit import DEFAULT_COMPETITION
 from kit.errors import KitError
 from kit.kaggle.client import KAGGLE, STAND_IN, endpoint_or_env
+from kit.kaggle.client import target as named_target
 from kit.kaggle.credentials import CREDENTIALS_HELP, credential_source
 from kit.kaggle.ledger import find_submitted, read_ledger
 from kit.kaggle.server import StandIn
@@ -31,7 +32,7 @@ def recipe_submit(csv_path, message: str, data_dir, competition: str = DEFAULT_C
         # A rehearsal against `kit kaggle serve` must never spend a real submission, credentials or not.
         comp = (synth_marker(data_dir) or {}).get("competition") or competition
         return _recipe_attempt(csv_path, message, data_dir, comp, ledger, endpoint_or_env(endpoint), None, log,
-                               STAND_IN)
+                               named_target(endpoint))
     if credential_source():
         return _recipe_attempt(csv_path, message, data_dir, competition, ledger, None, None, log, KAGGLE)
     if not is_synthetic(data_dir):
@@ -68,7 +69,7 @@ def _recipe_attempt(csv_path, message, data_dir, competition, ledger, endpoint, 
     poll = None if target == KAGGLE or "KIT_KAGGLE_POLL" in os.environ else 0.2
     try:
         row: dict | None = submit(csv_path, message, competition, data_dir=data_dir, wait=True, ledger=ledger,
-                     endpoint=endpoint, poll=poll, env=env, log=log)
+                                  endpoint=endpoint, poll=poll, env=env, log=log, where=target)
         reason = None
     except KitError as e:
         frame = read_ledger(ledger).iloc[before:]          # only rows this attempt wrote

@@ -9,6 +9,7 @@ import base64
 import email.utils
 import json
 import os
+import secrets
 import shutil
 import tempfile
 import threading
@@ -73,6 +74,9 @@ class StandIn:
             self.inject(*fault)
         self.error_next: list[str] = []          # reasons for the next submissions scored ERROR
         self.submissions: list[dict] = []        # newest last
+        # Refs from a random base, a million apart: a stand-in started again (on the same port) does not
+        # hand out the refs an earlier one gave, so `kit scores` cannot score an old row with a new one.
+        self.first_ref = 1000 + secrets.randbelow(1_000_000) * 1000
         self.uploads: dict[str, dict] = {}       # token -> {"file_name", "data"}
         self.calls: list[str] = []               # every method answered, for tests
         self._tmp = Path(tempfile.mkdtemp(prefix="kit-standin-"))
@@ -169,7 +173,7 @@ class StandIn:
             raise _ApiError(400, "Unknown or incomplete upload token (upload the file to createUrl first)")
         status, public, private, error = self._score(upload["file_name"], upload["data"])
         with self.lock:
-            sub = {"ref": 1000 + len(self.submissions) + 1, "date": _iso_now(), "description": description,
+            sub = {"ref": self.first_ref + len(self.submissions) + 1, "date": _iso_now(), "description": description,
                    "fileName": upload["file_name"], "totalBytes": len(upload["data"]), "submittedBy": user,
                    "teamName": user, "final": (status, public, private, error), "polls": 0}
             self.submissions.append(sub)

@@ -31,7 +31,7 @@ class _Recorder:
 
     def update(self, row: dict, keys=("status", "public", "private", "error")) -> None:
         self._write(row, lambda: update_ledger(self.ledger, row["competition"], row["ref"],
-                                               {k: row[k] for k in keys}))
+                                               {k: row[k] for k in keys}, target=row["target"]))
 
     def _write(self, row: dict, to_ledger) -> None:
         if self.pending is None:
@@ -71,20 +71,21 @@ def _why(e: Exception, ledger: Path) -> str:
 
 def submit(csv_path, message: str, competition: str = DEFAULT_COMPETITION, data_dir=None, wait: bool = False,
            ledger="submissions/ledger.csv", endpoint: str | None = None, timeout: float = 1800.0,
-           poll: float | None = None, env: dict | None = None, log=None) -> dict:
+           poll: float | None = None, env: dict | None = None, log=None, where: str | None = None) -> dict:
     """Validate, submit (retrying 429/5xx), optionally wait for the score; returns the ledger row.
 
     Every submission attempt leaves a ledger row: PENDING/COMPLETE/ERROR with Kaggle's ref, or
-    FAILED with the reason. A failed or ERROR-scored submission raises KitError after recording it.
-    The ledger is checked writable before anything is sent; a row it still cannot take goes to
-    its pending file (kit.kaggle.pending), and the submission then ends in a KitError saying so.
+    FAILED with the reason; its target is `where`, else kit.kaggle.client.target(endpoint). A failed
+    or ERROR-scored submission raises KitError after recording it. The ledger is checked writable
+    before anything is sent; a row it still cannot take goes to its pending file (kit.kaggle.pending),
+    and the submission then ends in a KitError saying so.
     """
     csv_path = Path(csv_path)
     manifest, digest = _checked(csv_path, message, data_dir, ledger, {**os.environ, **(env or {})})
     row = {"time": now(), "competition": competition, "file": str(csv_path), "sha256": digest,
            "message": message, "members": ";".join(map(str, manifest.members or [])), "vote": manifest.vote or "",
            "ref": "", "status": "", "public": "", "private": "",
-           "target": target(endpoint), "error": ""}
+           "target": where or target(endpoint), "error": ""}
     record = _Recorder(ledger, log)
 
     def submitted(event: dict) -> None:     # recorded at once, so a crash while waiting loses nothing
@@ -164,7 +165,8 @@ def refresh_ledger(ledger, competition: str | None = None, endpoint: str | None 
     of PENDING rows from Kaggle (or the stand-in); returns rows updated."""
     merge_pending(ledger)
     frame = read_ledger(ledger)
-    pending = frame[(frame["status"] == "PENDING") & (frame["ref"] != "") & (frame["target"] == target(endpoint))]
+    where = target(endpoint)
+    pending = frame[(frame["status"] == "PENDING") & (frame["ref"] != "") & (frame["target"] == where)]
     if competition:
         pending = pending[pending["competition"] == competition]
     updated = 0
@@ -173,6 +175,7 @@ def refresh_ledger(ledger, competition: str | None = None, endpoint: str | None 
         found = call("list", {"competition": comp, "refs": refs}, endpoint, env, log)["submissions"]
         for sub in found:
             if str(sub["ref"]) in set(rows["ref"]) and sub["status"] != "PENDING":
-                update_ledger(ledger, comp, sub["ref"], {k: sub[k] for k in ("status", "public", "private", "error")})
+                update_ledger(ledger, comp, sub["ref"], {k: sub[k] for k in ("status", "public", "private", "error")},
+                              target=where)
                 updated += 1
     return updated
