@@ -18,7 +18,8 @@ _PATH_ERRNOS = {errno.EEXIST: "a file is in the way (kit needs a folder there)",
                 errno.EISDIR: "is a folder (kit needs a file there)",
                 errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
                 errno.EROFS: "read-only file system (give an --out, --runs or --cache on a writable disk)",
-                errno.ENOSPC: "no space left on the device"}
+                errno.ENOSPC: "no space left on the device",
+                errno.ENAMETOOLONG: "name too long for the file system (choose a shorter one)"}
 
 
 def path_problem(e: OSError) -> str | None:

@@ -176,6 +176,14 @@ def write_csv(path: str | os.PathLike, frame) -> None:
         frame.to_csv(tmp, index=False)
 
 
+def copy_file(src: str | os.PathLike, dst: str | os.PathLike, what: str = "copy") -> None:
+    """Copy `src` (its bytes and times) to `dst` by way of a temp file beside it, renamed once whole: a
+    full disk leaves no empty or partial `dst` (a backup rotation would keep it over a good one), only
+    one line naming `dst`."""
+    with _disk_full_is_one_line(dst, what), atomic_path(dst) as tmp:
+        shutil.copy2(src, tmp)
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -20,8 +20,8 @@ from kit.data import FeatureStore
 from kit.ensemble.calibration import calibrate, fit_temperature, log_probs, mean_nll
 from kit.errors import KitError
 from kit.fsio import save_numpy, sha256_file
-from kit.records import PredictionIds
-from kit.runs import lock_holder, require_same_data
+from kit.records import PredictionIds, refuse_while_training
+from kit.runs import require_same_data
 from kit.split import load_split
 from kit.train.results import load_model
 from kit.windows import centre_windows, length_batches, sliding_windows
@@ -160,8 +160,8 @@ def predict_run(run_dir: str | os.PathLike, store: FeatureStore | None = None, w
                 which: str = "best", batch_size: int | None = None, progress: bool = True,
                 device: str = "auto", mode: str | None = None, compare: bool = True) -> dict:
     """Predict a run's validation and test utterances; write val_probs.npy, test_probs.npy and
-    ids.json (with the SHA-256 of the checkpoint predicted from) into the run dir. None settings
-    come from the run's cfg.infer.
+    ids.json (with the SHA-256 of the checkpoint predicted from and of the two .npy files) into the
+    run dir. None settings come from the run's cfg.infer.
 
     mode: sliding | full | auto (auto: the one of full and sliding with the lower calibrated
     validation NLL, see choose_mode). None: full=True -> full, full=False -> sliding, full=None
@@ -213,10 +213,7 @@ def _check_run(run_dir: Path, mode: str | None, full: bool | None) -> None:
     change under the predictions) and contradictory mode arguments."""
     if not (run_dir / "config.toml").is_file():
         raise KitError(f"{run_dir}: not a run dir (no config.toml); train one with `kit train`")
-    pid = lock_holder(run_dir)
-    if pid:
-        raise KitError(f"{run_dir}: a trainer (pid {pid}) is training this run now; wait for it to finish "
-                       f"(or stop it), then run `kit predict {run_dir}`")
+    refuse_while_training(run_dir, f"run `kit predict {run_dir}`")
     if mode is not None and full is not None:
         raise KitError("give either mode or full, not both")
     if mode is not None and mode not in MODES:
@@ -284,8 +281,8 @@ def _chosen_mode(val: dict, mode: str, labels) -> tuple[str, dict]:
 
 def _save_predictions(run_dir: Path, store: FeatureStore, val_index, val: dict, mode: str, nll: dict,
                       test_probs, settings: dict) -> dict:
-    """val_probs_<way>.npy, val_probs.npy and test_probs.npy (in `mode`) and ids.json; returns the
-    validation accuracies (and calibrated NLLs) ids.json records."""
+    """val_probs_<way>.npy, val_probs.npy and test_probs.npy (in `mode`) and ids.json (with the
+    SHA-256 of the last two); returns the validation accuracies (and calibrated NLLs) ids.json records."""
     val_labels = store.labels[val_index]
     # ids.json binds the files below to the checkpoint they came from: removed first and written
     # last, so a kill in between leaves a run with no predictions, never new files under old ids
@@ -294,6 +291,8 @@ def _save_predictions(run_dir: Path, store: FeatureStore, val_index, val: dict, 
         save_numpy(run_dir / f"val_probs_{m}.npy", probs)
     save_numpy(run_dir / "val_probs.npy", val[mode])
     save_numpy(run_dir / "test_probs.npy", test_probs)
+    # the readers check these: a file swapped in from another run, or damaged, is never voted
+    val_sha256, test_sha256 = sha256_file(run_dir / "val_probs.npy"), sha256_file(run_dir / "test_probs.npy")
     result: dict[str, Any] = {
         "val_acc": accuracy(val[mode], val_labels),
         **{f"val_acc_{m}": accuracy(val[m], val_labels) if m in val else None for m in ("centre", "full", "sliding")},
@@ -302,5 +301,6 @@ def _save_predictions(run_dir: Path, store: FeatureStore, val_index, val: dict, 
     }
     PredictionIds(val=[store.paths[i] for i in val_index], val_labels=[int(v) for v in val_labels],
                   test=[store.paths[i] for i in store.test_index], **settings,
-                  data_dir=str(Path(store.layout.data_dir).resolve()), **result).save(run_dir / "ids.json")
+                  data_dir=str(Path(store.layout.data_dir).resolve()), val_probs_sha256=val_sha256,
+                  test_probs_sha256=test_sha256, **result).save(run_dir / "ids.json")
     return result

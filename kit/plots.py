@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from kit.errors import KitError
 from kit.fsio import atomic_path
 
 
@@ -23,11 +24,17 @@ def _pyplot():
 
 
 def _save(fig, png, dpi: int = 100) -> Path:
+    """Write the figure atomically, so a full disk leaves no partial PNG; a write that fails is
+    one line naming the PNG (KitError), not PIL's traceback."""
     plt = _pyplot()
-    fig.tight_layout()
-    with atomic_path(png) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi)
-    plt.close(fig)
+    try:
+        fig.tight_layout()
+        with atomic_path(png) as tmp:
+            fig.savefig(tmp, format="png", dpi=dpi)
+    except OSError as e:
+        raise KitError(f"{png}: could not write the picture ({e.strerror or e})") from None
+    finally:
+        plt.close(fig)
     return Path(png)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from kit.config import load_toml
 from kit.errors import KitError
 from kit.fsio import read_json, sha256_file, write_json
-from kit.runs import read_identity
+from kit.runs import lock_holder, read_identity
 
 
 def _read_json(path: Path, what: str, fix: str) -> dict:
@@ -54,6 +54,8 @@ class PredictionIds:
     val_acc_sliding: float | None = None
     val_nll_full: float | None = None       # after temperature scaling
     val_nll_sliding: float | None = None
+    val_probs_sha256: str | None = None     # of val_probs.npy and test_probs.npy as written; None in
+    test_probs_sha256: str | None = None    # older files (their bytes are then not checked)
 
     REQUIRED = ("val", "val_labels", "test")
 
@@ -86,11 +88,29 @@ class PredictionIds:
         except KitError as e:
             raise KitError(f"{e}{fix}") from None
 
+    def recorded_sha256(self, name: str) -> str | None:
+        """The digest ids.json recorded for val_probs.npy or test_probs.npy (None: an older kit's)."""
+        return {"val_probs.npy": self.val_probs_sha256, "test_probs.npy": self.test_probs_sha256}[name]
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The keys in order; the probability files' digests only when known, so ids read from an
+        older kit's file save with the keys it had."""
+        return {k: v for k, v in asdict(self).items() if not (k in _DIGEST_KEYS and v is None)}
 
     def save(self, path: str | os.PathLike) -> None:
         write_json(path, self.to_dict())
+
+
+_DIGEST_KEYS = ("val_probs_sha256", "test_probs_sha256")
+
+
+def refuse_while_training(run_dir, then: str) -> None:
+    """KitError while a trainer holds run_dir's lock: its checkpoints are about to change, so
+    predictions made or read now would not describe the run it leaves. then: what to do after."""
+    pid = lock_holder(run_dir)
+    if pid:
+        raise KitError(f"{run_dir}: a trainer (pid {pid}) is training this run now; wait for it to finish "
+                       f"(or stop it), then {then}")
 
 
 # ---------------------------------------------------------------- a submission: NAME.json

@@ -6,6 +6,7 @@ and never silently replaced: starting over moves the old run aside (`<run>.old-<
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -30,6 +31,12 @@ RUN_FILES = ("summary.json", "best.pt", "last.pt", "avg.pt")     # a dir holding
 NOT_IDENTITY = ("name", "data.data_dir", "data.store_on_gpu", "data.allow_external_labels", "train.minutes",
                 "train.max_minutes", "train.stop_step", "train.cpu_threads", "train.compile", "train.log_with", "infer")
 START_OVER = "start over with --fresh (the old run is moved aside, nothing is deleted)"
+# Kit trains into a run dir (is_run_dir), a missing or empty folder, or one holding only what kit puts
+# into a run dir before its marks: hidden files (.lock, temp files), kit.workers' member.toml and
+# train.log, a student's teacher.npz (kit.pseudo.TEACHER) and teachers.json (kit.rounds), the trackers
+# folder (kit.train.trackers.FOLDER) and the Kaggle launcher's launch.json.
+KIT_BEFORE_RUN = ("member.toml", "train.log", "teacher.npz", "teachers.json", "trackers", "launch.json")
+NAME_MAX = 255              # bytes in one file name on the usual file systems (ext4, APFS, NTFS, XFS)
 
 
 # ---------------------------------------------------------------- identity
@@ -184,6 +191,55 @@ def holds_run(run_dir: str | Path) -> str | None:
     return "unfinished" if any((run_dir / n).is_file() for n in RUN_FILES) else None
 
 
+def is_run_dir(path: str | Path) -> bool:
+    """path holds kit's marks of a run: identity.json, a run file, or config.toml beside split.json (a
+    run from before identity.json; a user's own config.toml alone is no run): what `kit train --fresh` moves aside."""
+    path = Path(path)
+    if any((path / n).is_file() for n in (IDENTITY, *RUN_FILES)):
+        return True
+    return (path / "config.toml").is_file() and (path / "split.json").is_file()
+
+
+def users_files(path: str | Path) -> str | None:
+    """A few names of the files in folder path that kit did not put there, when it is not a run dir
+    (KIT_BEFORE_RUN): "notes.txt, runs and 2 more"; None for a run dir, or a missing or empty folder."""
+    path = Path(path)
+    if not path.is_dir() or is_run_dir(path):
+        return None
+    names = sorted(p.name for p in path.iterdir() if not p.name.startswith(".") and p.name not in KIT_BEFORE_RUN)
+    return (", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")) or None
+
+
+@contextlib.contextmanager
+def name_fits(path: str | Path, flag: str = "--out") -> Iterator[None]:
+    """Refuse a path the file system cannot hold, a name over NAME_MAX bytes (checked first) or a whole
+    path too long (its OSError), in one KitError naming it: not an OSError from deep inside kit."""
+    part = max(Path(path).parts, key=lambda p: len(os.fsencode(p)), default="")
+    if len(os.fsencode(part)) > NAME_MAX:
+        raise KitError(f"{path}: the name {part[:40]}... is {len(os.fsencode(part))} bytes, longer than the file "
+                       f"system's {NAME_MAX}; choose a shorter {flag}")
+    try:
+        yield
+    except OSError as e:
+        if e.errno != errno.ENAMETOOLONG:
+            raise
+        raise KitError(f"{path}: path too long for the file system ({e.strerror}); choose a shorter {flag}") from None
+
+
+def check_out(run_dir: str | Path) -> None:
+    """Refuse, before anything is written, a run dir kit must not train into: a name too long for the
+    file system, or an existing folder of someone's own files that is not a run dir (kit would write
+    config.toml, metrics.csv, curves.png, best.pt... over theirs, and --fresh would move theirs aside).
+    A missing or empty folder, one holding only kit's files, and a run dir pass."""
+    run_dir = Path(run_dir)
+    with name_fits(run_dir):
+        theirs = users_files(run_dir)
+    if theirs:
+        where = f"{run_dir} (that is {run_dir.resolve()})" if ".." in run_dir.parts else run_dir
+        raise KitError(f"{where}: an existing folder that is not a kit run dir (it holds {theirs}); kit would "
+                       "write its files over yours: choose another --out (a new or empty folder; --runs for a recipe)")
+
+
 def reuse_changes(run_dir: str | Path, identity: dict) -> list[str]:
     """What differs between the run held in run_dir and `identity` ([] when it may be reused or
     there is no run). A run from before identity.json is compared by config.toml and data dir
@@ -231,22 +287,36 @@ def check_resume(run_dir: str | Path, identity: dict) -> None:
 
 
 def move_aside(run_dir: str | Path, dest: str | Path) -> Path:
-    """Rename run_dir to dest (a fresh name if taken); refused while a trainer holds it."""
+    """Rename run_dir to dest (a fresh name if taken); refused while a trainer holds it, and for a
+    folder of someone's own files (users_files): starting over moves a run, never a user's folder."""
     run_dir, dest = Path(run_dir), Path(dest)
-    with run_lock(run_dir):
+    theirs = users_files(run_dir)
+    if theirs:
+        raise KitError(f"{run_dir}: not a kit run dir (it holds {theirs}), so it is not moved aside; choose "
+                       "another --out (a new or empty folder; --runs for a recipe)")
+    with run_lock(run_dir), name_fits(dest, "run dir name"):
         dest.parent.mkdir(parents=True, exist_ok=True)
         final, n = dest, 1
         while final.exists():
             n += 1
-            final = dest.with_name(f"{dest.name}-{n}")
+            final = dest.with_name(fitted(dest.name, f"-{n}"))
         os.rename(run_dir, final)
     return final
 
 
+def fitted(name: str, suffix: str) -> str:
+    """name + suffix within NAME_MAX bytes, name cut short (at a whole character) when needed: a run
+    with a long name still has a place to be moved aside to."""
+    room = NAME_MAX - len(os.fsencode(suffix))
+    while len(os.fsencode(name)) > room:
+        name = name[:-1]
+    return name + suffix
+
+
 def old_name(path: str | Path) -> Path:
-    """<path>.old-<time>: where a run goes when it is started over."""
+    """<path>.old-<time>: where a run goes when it is started over (a long name is cut to fit)."""
     path = Path(path)
-    return path.with_name(f"{path.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+    return path.with_name(fitted(path.name, f".old-{time.strftime('%Y%m%d-%H%M%S')}"))
 
 
 def clean_leftovers(run_dir: str | Path) -> list[str]:
@@ -271,8 +341,9 @@ def run_lock(run_dir: str | Path, primary: bool = True) -> Iterator[None]:
         yield
         return
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    f = open(run_dir / LOCK, "a+")
+    with name_fits(run_dir, "run dir"):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        f = open(run_dir / LOCK, "a+")
     try:
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

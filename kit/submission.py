@@ -5,15 +5,19 @@ private and overall accuracy with Wilson 95% intervals, for synthetic competitio
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
+import json
 import math
 import os
+import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from kit.errors import KitError
-from kit.fsio import sha256_file
+from kit.fsio import file_lock, sha256_file, write_text
 from kit.layout import read_layout
 
 HEADER = ["Id", "Category"]
@@ -120,45 +124,101 @@ def require_valid(csv_path: str | os.PathLike, data_dir: str | os.PathLike) -> N
 
 # ---------------------------------------------------------------- what was submitted stays
 LEDGER = Path("submissions") / "ledger.csv"        # `kit submit --ledger`'s default
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
+def submitted_note(csv_path: str | os.PathLike) -> Path:
+    """The hidden file beside NAME.csv, .NAME.csv.submitted, where `kit submit` notes each version of
+    it that Kaggle accepted: the ledger it used may be anywhere, the note is always found here."""
+    csv_path = Path(csv_path)
+    return csv_path.with_name(f".{csv_path.name}.submitted")
+
+
+@contextlib.contextmanager
+def submission_lock(csv_path: str | os.PathLike) -> Iterator[None]:
+    """Held while NAME.csv and NAME.json are moved aside and replaced, or its note is rewritten, so
+    two `kit ensemble`s (or one and `kit submit`) never interleave: pairs stay pairs."""
+    csv_path = Path(csv_path)
+    with file_lock(csv_path.with_name(f".{csv_path.name}.lock")):
+        yield
+
+
+def note_submitted(csv_path: str | os.PathLike, sha256: str, ref: str, ledger: str | os.PathLike,
+                   when: str, competition: str = "", target: str = "") -> Path:
+    """Add a line (JSON: sha256, ref, time, ledger, competition, target) to CSV_PATH's submitted_note,
+    written atomically; lines already there are kept. Returns the note's path. OSError/KitError when it
+    cannot be written: the caller decides what that means (for `kit submit`, a logged line)."""
+    note = submitted_note(csv_path)
+    line = json.dumps({"sha256": sha256, "ref": str(ref), "time": when, "ledger": str(Path(ledger).resolve()),
+                       "competition": competition, "target": target})
+    with submission_lock(csv_path):
+        old = note.read_text(encoding="utf-8", errors="replace") if note.exists() else ""
+        write_text(note, old + ("" if not old or old.endswith("\n") else "\n") + line + "\n")
+    return note
 
 
 def keep_submitted(csv_path: str | os.PathLike, new_sha256: str, ledgers=None) -> list[Path]:
-    """Before CSV_PATH is replaced by a file of digest NEW_SHA256: when a ledger row names it (by
-    path or digest: it was submitted), move it and its manifest NAME.json aside to
-    NAME.csv.old-<time> and NAME.json.old-<time>, so what Kaggle scored stays on disk. Returns the
-    kept paths (none when the file is new, unchanged or never submitted). ledgers: the ledgers to
-    read (default: ledger.csv beside the CSV and submissions/ledger.csv)."""
+    """Before CSV_PATH is replaced by a file of digest NEW_SHA256: when the file there now was
+    submitted (its digest is in its submitted_note or in a ledger row; by path only for a row
+    without a digest), move it and its manifest NAME.json aside to NAME.csv.old-<time> and
+    NAME.json.old-<time>, under one suffix, so what Kaggle scored stays on disk. Returns the kept
+    paths (none when the file is missing, has the new bytes, was never submitted, or another process
+    moved it first). ledgers: the ledgers to read (default: ledger.csv beside the CSV and
+    submissions/ledger.csv). Callers replacing the pair hold submission_lock."""
     csv_path = Path(csv_path)
-    if not csv_path.is_file() or sha256_file(csv_path) == new_sha256:
+    try:
+        digest = sha256_file(csv_path)
+    except FileNotFoundError:                   # nothing there, or another process moved it aside
         return []
-    if not _submitted(csv_path, ledgers or [csv_path.with_name("ledger.csv"), LEDGER]):
+    ledgers = ledgers or [csv_path.with_name("ledger.csv"), LEDGER]
+    if digest == new_sha256 or not _submitted(csv_path, digest, ledgers):
         return []
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    kept = []
-    for path in (csv_path, csv_path.with_suffix(".json")):
-        if path.is_file():
-            dest, n = path.with_name(f"{path.name}.old-{stamp}"), 1
-            while dest.exists():             # two rewrites within a second
-                n += 1
-                dest = path.with_name(f"{path.name}.old-{stamp}-{n}")
-            os.rename(path, dest)
-            kept.append(dest)
-    return kept
+    return _move_aside(csv_path)
 
 
-def _submitted(csv_path: Path, ledgers) -> bool:
-    """Whether a row of one of LEDGERS names CSV_PATH: its file (as given to `kit submit`, from the
-    folder it ran in, or from the ledger's folder's parent) or its bytes' digest."""
+def _move_aside(csv_path: Path) -> list[Path]:
+    """CSV_PATH and its NAME.json renamed to NAME.csv.old-<stamp> and NAME.json.old-<stamp>, with
+    the first stamp free for both (a pair found by its suffix); [] when another process moved the
+    CSV first (it moves the manifest with it)."""
+    json_path = csv_path.with_suffix(".json")
+    stamp, n = time.strftime("%Y%m%d-%H%M%S"), 1
+    while True:                                 # two rewrites within a second
+        suffix = f".old-{stamp}" + (f"-{n}" if n > 1 else "")
+        dests = [p.with_name(p.name + suffix) for p in (csv_path, json_path)]
+        if not any(os.path.lexists(d) for d in dests):
+            break
+        n += 1
+    try:
+        os.rename(csv_path, dests[0])
+    except FileNotFoundError:
+        return []
+    try:
+        os.rename(json_path, dests[1])
+    except FileNotFoundError:                   # a CSV without a manifest
+        return [dests[0]]
+    return dests
+
+
+def _submitted(csv_path: Path, digest: str, ledgers) -> bool:
+    """Whether the file of DIGEST at CSV_PATH was submitted: its digest is in CSV_PATH's note or in
+    a row of one of LEDGERS. A row without a digest (an older ledger) counts when it names the file
+    (as given to `kit submit`, from the folder it ran in, or from the ledger's folder's parent)."""
     # cycle: kit.kaggle (kit.kaggle.submissions) imports this module to check CSVs before sending them
     from kit.kaggle.ledger import read_ledger
 
-    digest, here = sha256_file(csv_path), csv_path.resolve()
+    try:
+        if digest in submitted_note(csv_path).read_text(encoding="utf-8", errors="replace"):
+            return True
+    except OSError:                             # no note (not submitted since kit wrote them): the ledgers say
+        pass
+    here = csv_path.resolve()
     for ledger in dict.fromkeys(Path(p).resolve() for p in ledgers):
         frame = read_ledger(ledger)
         if digest in set(frame["sha256"]):
             return True
-        for file in frame["file"]:
-            if file and here in (Path(file).resolve(), (ledger.parent.parent / file).resolve()):
+        for file, sha in zip(frame["file"], frame["sha256"], strict=True):
+            if file and not _DIGEST.fullmatch(sha) and \
+                    here in (Path(file).resolve(), (ledger.parent.parent / file).resolve()):
                 return True
     return False
 

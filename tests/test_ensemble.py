@@ -204,8 +204,9 @@ def test_auto_weights_never_read_test_data(tmp_path, predicted):
     runs = [predicted.run("a", [0, 1, 2, 0, 1, 0], [0, 1, 2, 2]),
             predicted.run("b", [1, 2, 0, 0, 1, 2], [0, 1, 1, 2])]
     first = ensemble_runs(runs, vote="soft", weights="auto", name="w1", out_dir=tmp_path / "s")
-    for run in runs:                                  # garbage test predictions, same validation
-        np.save(run / "test_probs.npy", rng.random((len(predicted.TEST_IDS), 3)).astype(np.float32))
+    for run in runs:                                  # other test predictions (still probabilities), same validation
+        other = rng.random((len(predicted.TEST_IDS), 3))
+        np.save(run / "test_probs.npy", (other / other.sum(1, keepdims=True)).astype(np.float32))
     second = ensemble_runs(runs, vote="soft", weights="auto", name="w2", out_dir=tmp_path / "s")
     assert first["weights"] == second["weights"] and first["weights"][0] > first["weights"][1]
 

@@ -304,3 +304,132 @@ def test_stopping_the_stand_in_with_sigterm_removes_its_folder(tiny_data, tiny_a
         proc.kill()
     time.sleep(0.1)
     assert not folder.exists()
+
+
+# ---------------------------------------------------------------- a ledger behind a symlink, a full disk
+def test_a_ledger_that_is_a_symlink_is_written_through_to_its_target(tmp_path):
+    """A shared ledger reached by a link (`--ledger L28/ledger.csv` -> shared/ledger.csv) gets every
+    row, its backups, its lock and its pending file beside the target: a rename over the link would
+    fork it, and a lock beside the link would not exclude writers using the real path."""
+    from kit.kaggle import append_ledger, update_ledger
+    from kit.kaggle.pending import keep_pending, pending_files
+
+    shared = tmp_path / "shared" / "ledger.csv"
+    shared.parent.mkdir()
+    shared.write_text(HEADER + ROW)
+    link = tmp_path / "L28" / "ledger.csv"
+    link.parent.mkdir()
+    link.symlink_to(Path("..") / "shared" / "ledger.csv")
+    row = {"time": "t", "competition": "c", "file": "b.csv", "sha256": "d", "ref": "102", "status": "PENDING",
+           "target": "kaggle"}
+    append_ledger(link, row)
+    update_ledger(link, "c", "102", {"status": "COMPLETE"}, target="kaggle")
+    assert pending_files(link)[0] == shared.with_name("ledger.csv.pending")
+    keep_pending(link, {**row, "ref": "103"})
+    assert merge_pending(link) == [(shared.with_name("ledger.csv.pending"), 1)]
+    assert link.is_symlink() and sorted(p.name for p in link.parent.iterdir()) == ["ledger.csv"]
+    rows = read_ledger(shared)
+    assert list(rows["ref"]) == ["101", "102", "103"] and list(rows["status"]) == ["COMPLETE", "COMPLETE", "PENDING"]
+    assert (shared.parent / ".ledger.csv.lock").is_file() and len(list(shared.parent.glob("ledger.csv.bak-*"))) == 3
+
+
+def test_submit_through_a_symlinked_ledger_records_the_row_in_the_shared_one(kaggle_env, standin, sub, tmp_path,
+                                                                            capsys):
+    shared = tmp_path / "shared" / "ledger.csv"
+    shared.parent.mkdir()
+    shared.write_text(HEADER + ROW)
+    link = tmp_path / "L28" / "ledger.csv"
+    link.parent.mkdir()
+    link.symlink_to(shared)
+    code, _, err = kit(capsys, "submit", sub, "-m", "via link", "--ledger", link, "--endpoint", standin.url)
+    assert code == 0, err
+    assert link.is_symlink() and list(read_ledger(shared)["message"]) == ["first", "via link"]
+
+
+def full_disk_copy(src, dst, *args, **kwargs):
+    """shutil.copy2 on a full disk: part of the file written, then ENOSPC."""
+    import errno
+
+    Path(dst).write_bytes(Path(src).read_bytes()[:7])
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_leaves_no_empty_backup_and_never_prunes_the_good_one(tmp_path, monkeypatch):
+    """Each rewrite failing on a full disk once left a partial ledger.csv.bak-*; with space freed, the
+    next rewrite kept the newest ten backups: the partial ones, and the one good backup deleted."""
+    import shutil
+
+    from kit.kaggle import LEDGER_BACKUPS, append_ledger
+
+    ledger = tmp_path / "ledger.csv"
+    ledger.write_text(HEADER + ROW)
+    row = {"time": "t", "competition": "c", "file": "b.csv", "sha256": "d", "status": "FAILED", "target": "kaggle"}
+    append_ledger(ledger, row)
+    [good] = tmp_path.glob("ledger.csv.bak-*")
+    before = ledger.read_bytes()
+    copy2 = shutil.copy2
+    monkeypatch.setattr(shutil, "copy2", full_disk_copy)
+    for _ in range(LEDGER_BACKUPS + 2):
+        with pytest.raises(KitError, match=r"ledger.csv.bak-\d+.*could not write"):
+            append_ledger(ledger, row)
+    assert ledger.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".ledger.csv.lock", "ledger.csv", good.name]
+    monkeypatch.setattr(shutil, "copy2", copy2)
+    for n in range(LEDGER_BACKUPS):         # an older kit's empty backups, each newer than the good one
+        (tmp_path / f"ledger.csv.bak-29991231T00000000000{n}").touch()
+    append_ledger(ledger, row)
+    backups = list(tmp_path.glob("ledger.csv.bak-*"))
+    assert good in backups and len(backups) == 2 and all(b.read_bytes().startswith(b"time,") for b in backups)
+
+
+def full_disk_savefig(self, fname, *args, **kwargs):
+    """matplotlib's savefig on a full disk: a partial PNG, then PIL's OSError 28."""
+    import errno
+
+    Path(fname).write_bytes(b"\x89PNG\r\n")
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_while_drawing_is_a_warning_for_scores_and_one_line_for_report(tmp_path, predicted,
+                                                                                   monkeypatch, capsys):
+    import matplotlib.figure
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", full_disk_savefig)
+    folder = tmp_path / "ledger"
+    folder.mkdir()
+    ledger = folder / "ledger.csv"
+    ledger.write_text(HEADER + ROW)
+    code, out, err = kit(capsys, "scores", "--ledger", ledger, "--no-refresh")
+    assert code == 0 and "a.csv" in out and "wrote" not in out
+    [line] = err.strip().splitlines()
+    assert line.startswith("kit: ") and "could not write" in line and f"{folder / 'scores.png'}" in line
+    assert sorted(p.name for p in folder.iterdir()) == ["ledger.csv"]       # no partial png, no temp file
+    runs = [predicted.run("r1", [0, 1, 2, 0, 1, 0], [0, 1, 2, 2]),
+            predicted.run("r2", [1, 1, 2, 0, 2, 2], [1, 1, 2, 0])]
+    png = tmp_path / "pictures" / "report.png"
+    one_error(*kit(capsys, "report", *runs, "--png", png)[::2], f"{png}: could not write")
+    assert list(png.parent.iterdir()) == []
+
+
+# ---------------------------------------------------------------- arguments and settings refused before sending
+@pytest.mark.parametrize("timeout", ["-5", "0", "nan"])
+def test_a_timeout_that_is_not_positive_is_refused_before_sending(kaggle_env, sub, monkeypatch, capsys, timeout):
+    never_sent(monkeypatch)
+    ledger = sub.parent / "ledger.csv"
+    one_error(*kit(capsys, "submit", sub, "-m", "x", "--wait", "--timeout", timeout, "--ledger", ledger)[::2],
+              f"--timeout {timeout}", "nothing was sent")
+    assert not ledger.exists()
+
+
+def test_a_kaggle_config_dir_that_is_a_file_is_named(kaggle_env, standin, monkeypatch):
+    """KAGGLE_CONFIG_DIR set to kaggle.json itself: the client looks for kaggle.json inside it, finds
+    none, and would say only that there are no credentials."""
+    path = kaggle_json(kaggle_env, json.dumps({"username": "u", "key": SECRET}))
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(path))
+    assert call("list", {"competition": COMP, "refs": []}, standin.url)["submissions"] == []    # env credentials
+    monkeypatch.delenv("KAGGLE_USERNAME")
+    monkeypatch.delenv("KAGGLE_KEY")
+    with pytest.raises(KitError) as refused:
+        call("list", {"competition": COMP, "refs": []}, standin.url)
+    message = str(refused.value)
+    assert f"KAGGLE_CONFIG_DIR={path}" in message and "not a folder" in message and SECRET not in message

@@ -1,17 +1,22 @@
 """Predictions that no longer describe the run are never voted: a `kit predict` killed while it
-writes, and a data dir whose json files changed after the run trained on it."""
+writes, a data dir whose json files changed after the run trained on it, a run its trainer is
+training now, and probability files that are not the ones ids.json recorded, or not probabilities."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
+import numpy as np
 import pytest
 
 import kit.infer
 from kit.data import FeatureStore
 from kit.ensemble.members import load_member
 from kit.errors import KitError
+from kit.fsio import sha256_file
 from kit.infer import predict_run
+from kit.runs import run_lock
 
 from conftest import kit_cli, one_error, train_tiny_run
 
@@ -83,3 +88,112 @@ def test_fewer_than_two_cross_fitting_folds_is_one_line(run_on_copy, tmp_path, c
         code, _, err = kit_cli(capsys, "ensemble", run, "--vote", vote, "--folds", folds,
                                "--name", "x", "--out", tmp_path)
         one_error(code, err, f"--folds {folds}", "at least 2 folds")   # no numpy warning above it
+
+
+# every command that reads a run's predictions: (command, its arguments after the run dir)
+READERS = {
+    "ensemble": lambda out: ["--name", "x", "--out", out / "subs"],
+    "report": lambda out: ["--json"],
+    "pseudo": lambda out: ["--out", out / "pseudo"],
+    "distill": lambda out: ["--out", out / "student", "--set", "train.max_steps=1", "--no-progress"],
+}
+
+
+def _read(capsys, command: str, run, tmp_path) -> tuple[int, str]:
+    code, _, err = kit_cli(capsys, command, run, *READERS[command](tmp_path))
+    return code, err
+
+
+def _predicted(run) -> None:
+    if not (run / "ids.json").exists():
+        predict_run(run, progress=False)
+
+
+@pytest.mark.parametrize("command", list(READERS))
+def test_no_reader_uses_the_predictions_of_a_run_its_trainer_is_training(run_on_copy, tmp_path, capsys,
+                                                                          command):
+    _, run = run_on_copy
+    _predicted(run)
+    with run_lock(run):                             # as `kit train --resume RUN` holds it
+        code, err = _read(capsys, command, run, tmp_path)
+    one_error(code, err, f"{run}: a trainer (pid {os.getpid()}) is training this run now",
+              f"`kit predict {run}` again")
+    assert not list(tmp_path.iterdir())             # no vote, no pseudo-labels, no student
+    assert _read(capsys, "report", run, tmp_path)[0] == 0       # the lock gone: read as before
+
+
+def test_predict_records_the_digests_of_its_probability_files(run_on_copy):
+    _, run = run_on_copy
+    predict_run(run, progress=False)
+    ids = json.loads((run / "ids.json").read_text())
+    assert ids["val_probs_sha256"] == sha256_file(run / "val_probs.npy")
+    assert ids["test_probs_sha256"] == sha256_file(run / "test_probs.npy")
+
+
+def _rows_of_another_run(p):
+    return np.roll(p, 1, axis=0)                    # same shape, valid probabilities, other bytes
+
+
+DAMAGES = {
+    "test swapped": ("test_probs.npy", _rows_of_another_run),
+    "val swapped": ("val_probs.npy", _rows_of_another_run),
+    "test negated": ("test_probs.npy", lambda p: -p),
+    "test int64 zeros": ("test_probs.npy", lambda p: np.zeros(p.shape, dtype=np.int64)),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_a_probability_file_ids_json_did_not_record_is_refused_by_every_reader(run_on_copy, tmp_path, capsys,
+                                                                               damage):
+    _, run = run_on_copy
+    _predicted(run)
+    name, change = DAMAGES[damage]
+    original = (run / name).read_bytes()
+    np.save(run / name, change(np.load(run / name)))
+    try:
+        for command in READERS:
+            code, err = _read(capsys, command, run, tmp_path)
+            one_error(code, err, f"{run / name}: not the predictions ids.json recorded (sha256 ",
+                      f"run `kit predict {run}` again")
+        assert not list(tmp_path.iterdir())
+    finally:
+        (run / name).write_bytes(original)
+    assert _read(capsys, "ensemble", run, tmp_path)[0] == 0       # the recorded bytes again: voted
+
+
+NOT_PROBABILITIES = {
+    "negated": (lambda p: -p, "negative"),
+    "int64 zeros": (lambda p: np.zeros(p.shape, dtype=np.int64), "int64"),
+    "log-probabilities": (lambda p: np.log(p), "negative"),
+    "rows not summing to 1": (lambda p: p * 0.5, "sum"),
+    "one number per utterance": (lambda p: p[:, 0].copy(), "(rows, classes)"),     # in both files
+}
+
+
+@pytest.mark.parametrize("damage", list(NOT_PROBABILITIES))
+def test_values_that_are_not_probabilities_are_refused_even_without_digests(predicted, damage):
+    run = predicted.run("old", [0, 1, 2, 0, 1, 2], [0, 1, 2, 0])      # an ids.json of an older kit
+    load_member(run)                                                  # no digests: accepted as before
+    change, why = NOT_PROBABILITIES[damage]
+    for name in ("val_probs.npy", "test_probs.npy") if damage == "one number per utterance" else ("test_probs.npy",):
+        np.save(run / name, change(np.load(run / name)))
+    with pytest.raises(KitError) as e:
+        load_member(run)
+    first = "val_probs.npy" if damage == "one number per utterance" else "test_probs.npy"
+    assert str(e.value).startswith(f"{run / first}: not probabilities") and why in str(e.value)
+    assert f"run `kit predict {run}` again" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_an_ids_json_without_digests_is_still_voted(run_on_copy, tmp_path, capsys):
+    _, run = run_on_copy
+    _predicted(run)
+    ids_file = run / "ids.json"
+    original = ids_file.read_bytes()
+    ids = json.loads(original)
+    ids.pop("val_probs_sha256", None), ids.pop("test_probs_sha256", None)   # as an older kit wrote it
+    ids_file.write_text(json.dumps(ids))
+    try:
+        assert load_member(run).test_probs.shape[0] == len(ids["test"])
+        assert _read(capsys, "ensemble", run, tmp_path)[0] == 0
+    finally:
+        ids_file.write_bytes(original)

@@ -66,6 +66,8 @@ def register(sub) -> None:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
+    if not args.timeout > 0:        # NaN too: a submission would be spent, then "still PENDING after -5s"
+        raise KitError(f"--timeout {args.timeout:g}: must be a number of seconds above 0; nothing was sent")
     row = submit(args.csv, args.message, args.competition, data_dir=args.data, wait=args.wait,
                  ledger=args.ledger, endpoint=args.endpoint, timeout=args.timeout, log=_log)
     scores = f" public {row['public']} private {row['private']}" if row["public"] else ""
@@ -103,7 +105,11 @@ def cmd_scores(args: argparse.Namespace) -> int:
         print(f"{r['public'] or '-':>8} {r['private'] or '-':>8} {gap or '-':>8}  {r['status']:<8} "
               f"{r['time']:<20} {Path(r['file']).name:<28} {r['message']}")
     print("gap = public - private: positive means the public leaderboard flattered that submission")
-    png = plot_scores(table, ledger.with_name("scores.png"))
+    try:
+        png = plot_scores(table, ledger.with_name("scores.png"))
+    except KitError as e:           # the table is printed: the picture is only a view of it
+        _log(f"warning: could not draw the scores: {e}")
+        return 0
     if png:
         print(f"wrote {png}")
     return 0

@@ -63,7 +63,9 @@ def _register_ensemble(sub) -> None:
                    help="calibrated soft vote of --weights auto: geo = weighted mean of log-probabilities, "
                         "mean = of probabilities (default: geo)")
     p.add_argument("--folds", type=int, default=5, help="cross-fitting folds of --weights auto (default: 5)")
-    p.add_argument("--name", default=None, help="submission name (default: <vote>-<n>members-<time>)")
+    p.add_argument("--name", default=None,
+                   help="submission name, without .csv: writes OUT/NAME.csv and OUT/NAME.json "
+                        "(default: <vote>-<n>members-<time>)")
     p.add_argument("--out", default="submissions", help="folder for NAME.csv and NAME.json")
     p.set_defaults(func=cmd_ensemble)
 

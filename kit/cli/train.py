@@ -14,7 +14,7 @@ from kit.config import DataConfig, RunConfig, layered, load_toml, parse_override
 from kit.env import kaggle_data_dir
 from kit.errors import KitError
 from kit.launch import make_launcher
-from kit.runs import move_aside, old_name
+from kit.runs import check_out, is_run_dir, move_aside, old_name
 
 if TYPE_CHECKING:        # kit.recipe_result brings torch: `kit --help` would take seconds
     from kit.recipe_result import RecipeResult
@@ -173,8 +173,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.fresh and args.resume:
         raise KitError("--fresh and --resume: choose one (start over, or continue)")
+    check_out(args.out)         # before --resume reads its config.toml or --fresh moves anything
     cfg = resolve_train_config(args)
-    if args.fresh and Path(args.out).exists():
+    if args.fresh and is_run_dir(args.out):     # a folder of only kit's leftovers is trained into as it is
         print(f"kit: {args.out}: starting over; the old run moved to {move_aside(args.out, old_name(args.out))}",
               file=sys.stderr)
     summary = train(cfg, args.out, resume=args.resume, progress=not args.no_progress and progress_wanted(),

@@ -8,7 +8,9 @@ validation, the best refitted (`auto_ensemble`). members.py: run dirs on disk, c
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
+import json
 import os
 import time
 from pathlib import Path
@@ -31,10 +33,10 @@ from kit.ensemble.crossfit import (
 from kit.ensemble.members import Member, check_compatible, load_member, member_speakers
 from kit.ensemble.votes import check_weights, hard_vote, select_weights, soft_vote, vote_predictions
 from kit.errors import KitError
-from kit.fsio import sha256_file, write_bytes
+from kit.fsio import atomic_path, sha256_file
 from kit.names import check_submission_name, distinct_runs
 from kit.records import SubmissionManifest, trained_on
-from kit.submission import keep_submitted, validate_submission
+from kit.submission import keep_submitted, submission_lock, submitted_note, validate_submission
 
 __all__ = ["AUTO_METHODS", "DEFAULT_POOL", "METHODS", "POOLS", "VOTES", "Member", "apply_method", "auto_ensemble",
            "calibrate", "check_compatible", "check_weights", "crossfit", "ensemble_runs", "fit_methods",
@@ -69,9 +71,10 @@ def ensemble_runs(run_dirs, vote: str = "hard", weights=None, name: str | None =
     predictions. The candidates: vote auto -> single, hard, equal, weighted; soft -> single,
     equal, weighted (calibrated soft votes, `pool` geo or mean); hard -> single, hard.
 
-    A NAME.csv that the ledger says was submitted is not overwritten with other votes: it and its
-    manifest move aside to NAME.csv.old-<time> (kit.submission.keep_submitted), said in one
-    `log` line.
+    A NAME.csv that was submitted (its sha256 is in a ledger or in the note `kit submit` leaves
+    beside it) is not overwritten with other votes: it and its manifest move aside to
+    NAME.csv.old-<time> (kit.submission.keep_submitted), said in one `log` line, and only once the
+    new pair is written to temp files (a full disk leaves the old pair in place).
 
     Returns {csv, manifest, table: [{member, val_acc, weight, ...}, ..., ensemble row],
     val_acc (the written vote's in-sample validation accuracy), weights (M,), kept (the old
@@ -82,32 +85,33 @@ def ensemble_runs(run_dirs, vote: str = "hard", weights=None, name: str | None =
     in its place (the member trained on validation); the test predictions are the members' own.
     """
     _check_arguments(run_dirs, vote, weights, pool)
-    name = check_submission_name(name or _default_name(vote, len(run_dirs)))     # before any work
+    name = _submission_name(name, vote, len(run_dirs))                         # before any work
     members = [load_member(d) for d in run_dirs]
     if val_from is not None:
         members = [_validated_by(m, load_member(src)) for m, src in zip(members, val_from, strict=True)]
     check_compatible(members)
     auto = vote == "auto" or weights == "auto"
     voted = _auto_vote(members, vote, pool, folds) if auto else _plain_vote(members, vote, weights)
-    csv_path, data_dir, kept = _write_csv(members, voted["test_pred"], Path(out_dir) / f"{name}.csv")
-    if kept and log:
-        log(f"{csv_path}: was submitted (a ledger row names it), so the old one is kept as "
-            f"{', '.join(p.name for p in kept)}")
-    manifest_path = Path(out_dir) / f"{name}.json"
+    csv_path = Path(out_dir) / f"{name}.csv"
+    data, data_dir = _csv_bytes(members, voted["test_pred"])
     w, extra = voted["weights"], voted["extra"]
-    SubmissionManifest(
+    manifest = SubmissionManifest(
         name=name, vote=vote, weights=[float(x) for x in w],
         weights_mode="auto" if auto else ("given" if weights is not None else "equal"), **extra,
         members=[str(m.run_dir.resolve()) for m in members],
         member_settings=[m.ids.settings() for m in members],
         member_test_probs_sha256=[sha256_file(m.run_dir / "test_probs.npy") for m in members],
-        csv=str(csv_path.resolve()), csv_sha256=sha256_file(csv_path), data_dir=data_dir,
+        csv=str(csv_path.resolve()), csv_sha256=hashlib.sha256(data).hexdigest(), data_dir=data_dir,
         n_val=int(len(members[0].val_labels)), table=voted["table"], val_acc=voted["val_acc"],
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), trained_on=trained_on(run_dirs) or None,
         fitted_on=[str(Path(d).resolve()) for d in val_from] if val_from is not None else None,
-    ).save(manifest_path)
-    return {"csv": csv_path, "manifest": manifest_path, "table": voted["table"], "val_acc": voted["val_acc"],
-            "weights": [float(x) for x in w], "kept": [str(p) for p in kept], **extra}
+    )
+    kept = _publish(csv_path, data, data_dir, manifest)
+    if kept and log:
+        log(f"{csv_path}: was submitted (a ledger or its note {submitted_note(csv_path).name} has its sha256), "
+            f"so the old one is kept as {', '.join(p.name for p in kept)}")
+    return {"csv": csv_path, "manifest": csv_path.with_suffix(".json"), "table": voted["table"],
+            "val_acc": voted["val_acc"], "weights": [float(x) for x in w], "kept": [str(p) for p in kept], **extra}
 
 
 def _validated_by(member: Member, source: Member) -> Member:
@@ -175,15 +179,57 @@ def _default_name(vote: str, n_members: int) -> str:
     return f"{vote}-{n_members}members-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _write_csv(members: list[Member], pred, csv_path: Path) -> tuple[Path, str, list[Path]]:
-    """The predicted classes (n_test,) as speaker ids in CSV_PATH, checked the way Kaggle would;
-    returns the path, the data dir it is for and the submitted files moved aside for it."""
+def _submission_name(name, vote: str, n_members: int) -> str:
+    """NAME when kit can write NAME.csv and NAME.json from it as given (a plain file name, not
+    blank, no blanks around it, no .csv or .json of its own: `x.csv` would write x.csv.csv), else
+    one line saying what to change; the default name when none was given (an empty one is refused)."""
+    if name is None:
+        return check_submission_name(_default_name(vote, n_members))
+    check_submission_name(name)
+    if not name.strip():
+        raise KitError(f"submission name {name!r} is blank: give a name such as v4")
+    if name != name.strip():
+        raise KitError(f"submission name {name!r} begins or ends with a blank: give it as {name.strip()!r}")
+    suffix = Path(name).suffix
+    if suffix.lower() in (".csv", ".json"):
+        raise KitError(f"submission name {name!r}: give it without {suffix} (kit writes NAME.csv and NAME.json)")
+    return name
+
+
+def _csv_bytes(members: list[Member], pred) -> tuple[bytes, str]:
+    """The predicted classes (n_test,) as the CSV's bytes (Id,Category, speaker ids), and the data
+    dir it is for."""
     speakers, data_dir = member_speakers(members[0])
     frame = pd.DataFrame({"Id": members[0].ids.test, "Category": [speakers[int(k)] for k in pred]})
-    data = frame.to_csv(index=False).encode("utf-8")
-    kept = keep_submitted(csv_path, hashlib.sha256(data).hexdigest())
-    write_bytes(csv_path, data)
-    problems = validate_submission(csv_path, data_dir)
-    if problems:                   # a safety net: member_speakers checked ids and classes
-        raise KitError(f"{csv_path}: written but invalid for {data_dir}: {problems[0]}")
-    return csv_path, data_dir, kept
+    return frame.to_csv(index=False).encode("utf-8"), data_dir
+
+
+def _publish(csv_path: Path, data: bytes, data_dir: str, manifest: SubmissionManifest) -> list[Path]:
+    """Write NAME.csv (DATA) and NAME.json (MANIFEST) to temp files beside them, check the CSV the
+    way Kaggle would for DATA_DIR, and only then move a submitted pair aside (keep_submitted) and
+    rename the new pair into place (the CSV first), all under submission_lock: a full disk or a bad
+    CSV leaves the old pair where a ledger names it, and two `kit ensemble`s at once keep each pair
+    together. Returns the files moved aside."""
+    json_path = csv_path.with_suffix(".json")
+    text = json.dumps(manifest.to_dict(), indent=2) + "\n"         # as kit.fsio.write_json writes it
+    with submission_lock(csv_path), atomic_path(json_path) as new_json, atomic_path(csv_path) as new_csv:
+        _stage(json_path, new_json, text.encode("utf-8"))
+        _stage(csv_path, new_csv, data)
+        problems = validate_submission(new_csv, data_dir)
+        if problems:               # a safety net: member_speakers checked ids and classes
+            raise KitError(f"{csv_path}: would be invalid for {data_dir}: {problems[0]}")
+        return keep_submitted(csv_path, hashlib.sha256(data).hexdigest())
+
+
+def _stage(path: Path, tmp: Path, data: bytes) -> None:
+    """DATA written and synced to TMP, the temp file that will replace PATH; a failed write (a full
+    disk) is one line naming PATH."""
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        full = "; disk full?" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+        raise KitError(f"{path}: could not write it ({e.strerror}{full}); the submission there, if any, is "
+                       "left as it was") from None

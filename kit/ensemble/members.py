@@ -3,6 +3,8 @@ checked against each other and against the data dir the CSV will be for.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +14,7 @@ import numpy as np
 from kit.config import from_dict, load_toml
 from kit.errors import KitError
 from kit.layout import read_layout
-from kit.records import PREDICTION_FILES, PredictionIds, stale_checkpoint
+from kit.records import PREDICTION_FILES, PredictionIds, refuse_while_training, stale_checkpoint
 from kit.runs import require_same_data
 
 
@@ -29,21 +31,20 @@ class Member:
 
 
 def load_member(run_dir: str | os.PathLike) -> Member:
-    """A predicted run dir's ids and probabilities, with a clear error if prediction is missing,
-    older than the run's checkpoint, or not finite (a diverged run)."""
+    """A predicted run dir's ids and probabilities, with a clear error if a trainer is training it
+    now, if prediction is missing, older than the run's checkpoint, not the bytes ids.json recorded,
+    or not probabilities (NaN or inf: a diverged run). Every reader of predictions comes here
+    (kit ensemble, report, pseudo, distill), so each check is made once, in one place."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise KitError(f"{run_dir}: run dir not found")
+    refuse_while_training(run_dir, f"run `kit predict {run_dir}` again before using its predictions")
     files = [run_dir / n for n in PREDICTION_FILES]
     for f in files:
         if not f.is_file():
             raise KitError(f"{run_dir}: no {f.name}; run `kit predict {run_dir}` first")
     ids = PredictionIds.load(files[0])
-    try:
-        val, test = np.load(files[1]), np.load(files[2])
-    except (ValueError, OSError) as e:
-        raise KitError(f"{run_dir}: unreadable prediction files ({e}); "
-                       f"run `kit predict {run_dir}` again") from None
+    val, test = (_read_probabilities(run_dir, f, ids) for f in files[1:])
     if val.shape[0] != len(ids.val) or test.shape[0] != len(ids.test) or val.shape[1:] != test.shape[1:]:
         raise KitError(f"{run_dir}: val_probs/test_probs shapes {val.shape}/{test.shape} do not match "
                        f"ids.json; run `kit predict {run_dir}` again")
@@ -51,11 +52,52 @@ def load_member(run_dir: str | os.PathLike) -> Member:
     if ckpt is not None:
         raise KitError(f"{run_dir}: its predictions come from an older {ckpt.name} (the run trained on since); "
                        f"run `kit predict {run_dir}{_which_flag(ids)}` again")
-    for name, probs in zip(PREDICTION_FILES[1:], (val, test), strict=True):
-        if not np.isfinite(probs).all():
-            raise KitError(f"{run_dir}: {name} holds non-finite probabilities (the run diverged); "
-                           "leave it out of the vote, or train it again (e.g. a lower train.lr)")
     return Member(run_dir, ids, val, test)
+
+
+def _read_probabilities(run_dir: Path, path: Path, ids: PredictionIds) -> np.ndarray:
+    """val_probs.npy or test_probs.npy, (N, C): read once, so the bytes hashed are the bytes loaded
+    (a file swapped in from another run, of the same shape, would otherwise vote unnoticed)."""
+    again = f"run `kit predict {run_dir}{_which_flag(ids)}` again"
+    try:
+        data = path.read_bytes()
+        probs = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise KitError(f"{run_dir}: unreadable prediction files ({e}); {again}") from None
+    recorded = ids.recorded_sha256(path.name)
+    if recorded is not None:                    # None: an ids.json from before kit recorded digests
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != recorded:
+            raise KitError(f"{path}: not the predictions ids.json recorded (sha256 {actual[:12]}, "
+                           f"recorded {recorded[:12]}); {again}")
+    _require_probabilities(run_dir, path, probs, again)
+    return probs
+
+
+# how far a row of stored probabilities may sum from 1: kit writes float32 rows normalised in
+# float64, off by about 1e-7 per class
+ROW_SUM_TOLERANCE = 1e-3
+
+
+def _require_probabilities(run_dir: Path, path: Path, probs: np.ndarray, again: str) -> None:
+    """Refuse what `kit predict` never writes: it stores probabilities (softmax, rows summing to 1),
+    not log-probabilities or logits, as float32 (rows, classes)."""
+    if probs.ndim != 2:
+        raise KitError(f"{path}: not probabilities (shape {probs.shape}, not (rows, classes)); {again}")
+    if not np.issubdtype(probs.dtype, np.floating):
+        raise KitError(f"{path}: not probabilities (dtype {probs.dtype}, not float); {again}")
+    if not np.isfinite(probs).all():
+        raise KitError(f"{run_dir}: {path.name} holds non-finite probabilities (the run diverged); "
+                       "leave it out of the vote, or train it again (e.g. a lower train.lr)")
+    if (probs < 0).any():
+        row = int(np.argwhere(probs < 0)[0][0])
+        raise KitError(f"{path}: not probabilities (negative values, e.g. in row {row}: "
+                       f"log-probabilities or logits?); {again}")
+    sums = probs.sum(axis=1, dtype=np.float64)                      # (N,)
+    off = np.abs(sums - 1) > ROW_SUM_TOLERANCE
+    if off.any():
+        row = int(np.argmax(off))
+        raise KitError(f"{path}: not probabilities (row {row} sums to {sums[row]:.4g}, not 1); {again}")
 
 
 def _which_flag(ids: PredictionIds) -> str:

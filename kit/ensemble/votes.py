@@ -12,9 +12,10 @@ def check_weights(weights, m: int) -> np.ndarray:
     """(M,) float weights: equal when None; KitError unless M finite, non-negative, not all zero."""
     w = np.ones(m) if weights is None else np.asarray(weights, dtype=np.float64)
     if w.shape != (m,):
-        raise KitError(f"{len(w)} weights given for {m} ensemble members")
-    if (w < 0).any() or not np.isfinite(w).all() or w.sum() <= 0:
-        raise KitError(f"weights {list(w)}: must be finite, non-negative and not all zero")
+        raise KitError(f"{w.size} weights given for {m} ensemble members")
+    if (w < 0).any() or not np.isfinite(w).all() or w.sum() <= 0:      # plain numbers: 1, nan, not np.float64(nan)
+        raise KitError(f"weights {', '.join(f'{x:g}' for x in w.tolist())}: must be finite, non-negative and "
+                       "not all zero")
     return w
 
 

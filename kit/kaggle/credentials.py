@@ -50,7 +50,13 @@ def kaggle_json_problem(env: Mapping[str, str], need_key: bool = False) -> str |
     """Why the client could not use the kaggle.json it would read: unreadable, not JSON (the client
     ignores it, then reports no credentials at all), not a JSON object (the client fails with a
     TypeError), or, with need_key, no username and key in it. None when it is fine or there is none.
-    Names the file, never a value in it."""
+    Names the file, never a value in it. With need_key (the client found no credentials at all), a
+    KAGGLE_CONFIG_DIR that is a file, not a folder, is named: the client looks for kaggle.json inside
+    it. Without need_key it is no problem: credentials from the environment still work."""
+    config_dir = env.get("KAGGLE_CONFIG_DIR")
+    if need_key and config_dir and Path(config_dir).exists() and not Path(config_dir).is_dir():
+        return (f"KAGGLE_CONFIG_DIR={config_dir} is a file, not a folder (the client reads kaggle.json inside "
+                f"it); point it at the folder that holds kaggle.json, or unset it")
     path = kaggle_json(env)
     if not path.is_file():
         return None

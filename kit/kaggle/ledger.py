@@ -6,14 +6,13 @@ from __future__ import annotations
 import csv
 import io
 import os
-import shutil
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
 from kit import env
 from kit.errors import KitError
-from kit.fsio import file_lock, sha256_file, write_csv
+from kit.fsio import copy_file, file_lock, sha256_file, write_csv
 
 LEDGER_COLUMNS = ["time", "competition", "file", "sha256", "message", "members", "vote", "ref",
                   "status", "public", "private", "target", "error"]
@@ -24,6 +23,14 @@ def now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def ledger_target(path: str | os.PathLike) -> Path:
+    """The file a ledger path names, a symlink followed to its target: the rewrite's rename would
+    replace the link with a copy (the shared ledger never gets the row), and a lock beside the link
+    would not exclude writers using the real path. Every reader and writer asks here once."""
+    path = Path(path)
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
 def read_ledger(path: str | os.PathLike, restore: str | None = None):
     """The ledger as a DataFrame of strings (empty with the right columns when there is none).
     A damaged ledger (a row cut short or with extra fields, a renamed or repeated column) is refused
@@ -31,7 +38,7 @@ def read_ledger(path: str | os.PathLike, restore: str | None = None):
     a good copy back (default: from its backups)."""
     import pandas as pd  # deferred: the worker, one process per Kaggle call, imports kit.kaggle but needs no pandas
 
-    path = Path(path)
+    path = ledger_target(path)
     if not path.is_file():
         return pd.DataFrame({c: pd.Series(dtype=str) for c in LEDGER_COLUMNS})
     restore = restore or f"restore a backup ({path.name}.bak-*)"
@@ -105,7 +112,7 @@ def ledger_problem(path: str | os.PathLike) -> str | None:
     """Why the ledger could not record a row (None when it can): its folder missing and not
     creatable, or not writable; the file not writable; its lock not takeable; no temp file
     creatable beside it (how every rewrite is made)."""
-    path = Path(path)
+    path = ledger_target(path)
     folder = path.parent
     if path.exists() and not path.is_file():
         return f"{path}: the ledger is not a file"
@@ -135,24 +142,37 @@ def check_writable(path: str | os.PathLike) -> None:
 
 
 def _rewrite_ledger(path: Path, old, new) -> None:
-    """Back the ledger up (ledger.csv.bak-<time>), then write `new` atomically; refuses a
-    rewrite that would drop a column, a row or a non-empty field of `old`."""
+    """Back the ledger up (ledger.csv.bak-<time>), then write `new`, both atomically; refuses a
+    rewrite that would drop a column, a row or a non-empty field of `old`. Old backups are pruned
+    only once the new ledger is written, so a failed rewrite never costs a good backup."""
     kept = len(new) >= len(old) and set(old.columns) <= set(new.columns) and all(
         (new[c].iloc[:len(old)].to_numpy() != "")[old[c].to_numpy() != ""].all() for c in old.columns)
     if not kept:
         raise KitError(f"{path}: refusing to rewrite the ledger: the new version would lose fields (kit bug)")
-    if path.is_file():
-        shutil.copy2(path, path.with_name(f"{path.name}.bak-{datetime.now().strftime('%Y%m%dT%H%M%S%f')}"))
-        for stale in sorted(path.parent.glob(f"{path.name}.bak-*"), reverse=True)[LEDGER_BACKUPS:]:
-            stale.unlink(missing_ok=True)
+    backed_up = path.is_file()
+    if backed_up:
+        stamp = datetime.now().strftime("%Y%m%dT%H%M%S%f")
+        copy_file(path, path.with_name(f"{path.name}.bak-{stamp}"), "ledger backup")
     write_csv(path, new)
+    if backed_up:
+        _prune_backups(path)
+
+
+def _prune_backups(path: Path) -> None:
+    """Keep the newest LEDGER_BACKUPS backups. An empty one (an older kit's backup on a full disk)
+    holds nothing to restore: it goes first and never counts against the good ones."""
+    backups = sorted(path.parent.glob(f"{path.name}.bak-*"), reverse=True)
+    empty = [b for b in backups if b.is_file() and b.stat().st_size == 0]
+    kept = [b for b in backups if b not in empty]
+    for stale in empty + kept[LEDGER_BACKUPS:]:
+        stale.unlink(missing_ok=True)
 
 
 def append_ledger(path: str | os.PathLike, row: dict) -> None:
     """Add one row under an exclusive lock, rewriting the file atomically."""
     import pandas as pd  # deferred: see read_ledger
 
-    path = Path(path)
+    path = ledger_target(path)
     with file_lock(ledger_lock(path)):
         frame = read_ledger(path)
         new = pd.DataFrame([{c: "" if row.get(c) is None else str(row.get(c)) for c in frame.columns}])
@@ -162,7 +182,7 @@ def append_ledger(path: str | os.PathLike, row: dict) -> None:
 def update_ledger(path: str | os.PathLike, competition: str, ref, changes: dict, target: str | None = None) -> None:
     """Set fields of the row with this competition and ref (and target, where the submission went,
     when given: two servers can hand out the same ref); an empty value never blanks a field."""
-    path = Path(path)
+    path = ledger_target(path)
     with file_lock(ledger_lock(path)):
         frame = read_ledger(path)
         new = frame.copy()
@@ -197,7 +217,7 @@ def merge_rows(path: str | os.PathLike, rows: list[dict]) -> None:
     Merging the same rows twice changes nothing."""
     import pandas as pd  # deferred: see read_ledger
 
-    path = Path(path)
+    path = ledger_target(path)
     with file_lock(ledger_lock(path)):
         frame = read_ledger(path)
         new = frame.copy()

@@ -13,14 +13,23 @@ from pathlib import Path
 from kit import env
 from kit.errors import KitError
 from kit.fsio import file_lock, write_csv
-from kit.kaggle.ledger import LEDGER_COLUMNS, ledger_lock, ledger_problem, merge_rows, read_ledger, same_row
+from kit.kaggle.ledger import (
+    LEDGER_COLUMNS,
+    ledger_lock,
+    ledger_problem,
+    ledger_target,
+    merge_rows,
+    read_ledger,
+    same_row,
+)
 
 PENDING_SUFFIX = ".pending"
 
 
 def pending_files(ledger: str | os.PathLike) -> list[Path]:
-    """Where the ledger's pending rows may be, in the order they are tried: beside it, then the cache."""
-    ledger = Path(ledger)
+    """Where the ledger's pending rows may be, in the order they are tried: beside it (beside its
+    target when it is a symlink: kit.kaggle.ledger.ledger_target), then the cache."""
+    ledger = ledger_target(ledger)
     cache = env.user_cache() / "pending"
     digest = hashlib.sha256(str(ledger.resolve()).encode()).hexdigest()[:12]
     return [ledger.with_name(ledger.name + PENDING_SUFFIX), cache / f"{ledger.name}-{digest}{PENDING_SUFFIX}"]

@@ -14,7 +14,7 @@ from kit.kaggle.credentials import kaggle_json_problem
 from kit.kaggle.ledger import append_ledger, check_writable, now, read_ledger, update_ledger
 from kit.kaggle.pending import keep_pending, merge_pending
 from kit.records import SubmissionManifest
-from kit.submission import require_valid
+from kit.submission import note_submitted, require_valid, submitted_note
 
 
 class _Recorder:
@@ -91,6 +91,7 @@ def submit(csv_path, message: str, competition: str = DEFAULT_COMPETITION, data_
     def submitted(event: dict) -> None:     # recorded at once, so a crash while waiting loses nothing
         row.update(ref=str(event["ref"]), status="PENDING")
         record.add(row)
+        _note(csv_path, row, ledger, log)
 
     params = {"competition": competition, "file": str(csv_path.resolve()), "message": message,
               "wait": wait, "timeout": timeout, "poll": poll_interval() if poll is None else poll}
@@ -117,6 +118,21 @@ def submit(csv_path, message: str, competition: str = DEFAULT_COMPETITION, data_
         raise KitError(f"Kaggle scored submission {row['ref']} of {csv_path} ERROR: "
                        f"{done['error'] or 'no reason given'} (recorded in {ledger})")
     return row
+
+
+def _note(csv_path: Path, row: dict, ledger, log) -> None:
+    """Note the accepted submission beside the CSV (kit.submission.note_submitted), so `kit ensemble`
+    keeps that file whichever ledger recorded it. Never raised: the submission is made and recorded
+    (a failure here is one log line)."""
+    try:
+        note_submitted(csv_path, row["sha256"], row["ref"], ledger, row["time"], row["competition"],
+                       row["target"])
+    except (OSError, KitError) as e:
+        if log:
+            note = submitted_note(csv_path)
+            log(f"submission {row['ref']} of {csv_path} could not be noted in {note} ({_why(e, note)}); "
+                f"`kit ensemble` now keeps {csv_path.name} from being overwritten only when {ledger} is "
+                f"beside it or is submissions/ledger.csv")
 
 
 def _checked(csv_path: Path, message: str, data_dir, ledger, env: dict) -> tuple[SubmissionManifest, str]:

@@ -28,7 +28,15 @@ from kit.data import FeatureStore
 from kit.errors import KitError
 from kit.fsio import write_csv, write_json, write_text
 from kit.models import build_model, count_params
-from kit.runs import check_resume, check_start, clean_leftovers, load_checkpoint, run_identity, run_lock
+from kit.runs import (
+    check_out,
+    check_resume,
+    check_start,
+    clean_leftovers,
+    load_checkpoint,
+    run_identity,
+    run_lock,
+)
 from kit.split import save_split, split_for
 from kit.train.checkpoints import CheckpointSaver
 from kit.train.clock import Clock, StepTimer
@@ -69,7 +77,8 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
     cfg is completed in place from the data: data_dir (absolute), n_mels and n_classes.
     The run dir is locked while it trains, and its identity.json records what defines the run
     (data, config, `budget`: the recipe budget's name); a start that would replace or resume
-    a run on other data or another model shape is refused (kit.runs).
+    a run on other data or another model shape is refused (kit.runs), and so is an existing folder
+    of someone's own files that is not a run dir, before anything is written into it (kit.runs.check_out).
 
     stop_after: a test hook that stops as if interrupted after that many steps (last.pt kept,
     no summary), so resuming can be checked against an uninterrupted run.
@@ -83,6 +92,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
         check_installed(cfg.train.log_with)
         callbacks = [*callbacks, TrackerLog()]
     run_dir = Path(run_dir)
+    check_out(run_dir)          # before run_lock makes the folder and its .lock
     primary = int(os.environ.get("RANK", "0")) == 0
     with run_lock(run_dir, primary=primary):
         check_start(run_dir, resume)

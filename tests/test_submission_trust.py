@@ -1,0 +1,147 @@
+"""What Kaggle scored stays on disk (README, "What kit promises"): `kit submit` notes beside the CSV
+what it sent, whatever ledger it used; `kit ensemble` moves a submitted NAME.csv and NAME.json aside
+together, only when the file there is one that was submitted, and only once the new pair is written;
+names and weights it refuses are refused in one plain line.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from kit.fsio import sha256_file
+from kit.kaggle import append_ledger, read_ledger
+from kit.submission import keep_submitted
+
+from conftest import kit_cli, one_error
+
+RUNS = {"r1": ([0, 1, 2, 0, 1, 0], [0, 1, 2, 2]), "r2": ([0] * 6, [0, 1, 1, 0])}
+
+
+def files_under(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.fixture
+def pair(predicted, tmp_path, capsys):
+    """ensemble(*extra) runs `kit ensemble r1 r2 --name pair --out subs` and returns its exit code."""
+    runs = [predicted.run(name, *preds) for name, preds in RUNS.items()]
+    subs = tmp_path / "subs"
+
+    def ensemble(*extra) -> tuple[int, str, str]:
+        return kit_cli(capsys, "ensemble", *runs, "--name", "pair", "--out", subs, *extra)
+
+    ensemble.subs, ensemble.runs = subs, runs
+    return ensemble
+
+
+# ---------------------------------------------------------------- 1. submitted with a ledger elsewhere
+def test_a_csv_submitted_with_a_ledger_elsewhere_is_kept_by_kit_ensemble(kaggle_env, standin, sub, pair, tmp_path,
+                                                                         capsys):
+    ledger = tmp_path / "L1" / "ledger.csv"
+    sent, manifest = sub.read_bytes(), sub.with_suffix(".json").read_bytes()
+    code, _, err = kit_cli(capsys, "submit", sub, "-m", "first", "--ledger", ledger, "--endpoint", standin.url)
+    assert code == 0, err
+    [row] = read_ledger(ledger).to_dict("records")
+    note = sub.with_name(f".{sub.name}.submitted").read_text()
+    assert sha256_file(sub) in note and row["ref"] in note and str(ledger.resolve()) in note
+
+    code, _, err = kit_cli(capsys, "ensemble", *pair.runs, "--name", sub.stem, "--out", sub.parent)
+    assert code == 0, err
+    assert "was submitted" in err
+    [old_csv], [old_json] = sub.parent.glob("sub.csv.old-*"), sub.parent.glob("sub.json.old-*")
+    assert old_csv.read_bytes() == sent and old_json.read_bytes() == manifest
+    assert sub.read_bytes() != sent
+
+
+def test_a_note_that_cannot_be_written_neither_fails_nor_hides_the_submission(kaggle_env, standin, sub, tmp_path,
+                                                                              capsys):
+    sub.with_name(f".{sub.name}.submitted").mkdir()                # a folder where the note must go
+    ledger = tmp_path / "L1" / "ledger.csv"
+    code, out, err = kit_cli(capsys, "submit", sub, "-m", "first", "--ledger", ledger, "--endpoint", standin.url)
+    [accepted] = standin.submissions
+    assert code == 0 and f"ref {accepted['ref']}" in out
+    [row] = read_ledger(ledger).to_dict("records")
+    assert row["ref"] == str(accepted["ref"])
+    [line] = [ln for ln in err.splitlines() if f".{sub.name}.submitted" in ln]
+    assert line.startswith("kit: ") and str(accepted["ref"]) in line
+
+
+# ---------------------------------------------------------------- 2. only what was submitted moves aside
+def test_a_re_ensemble_to_a_path_a_ledger_names_keeps_nothing_that_was_not_submitted(pair):
+    subs = pair.subs
+    append_ledger(subs / "ledger.csv", {"competition": "c", "file": str(subs / "pair.csv"), "sha256": "a" * 64,
+                                        "status": "COMPLETE"})       # an earlier pair.csv, long since replaced
+    for weights in ("3,1", "1,3", "3,1"):
+        code, _, err = pair("--weights", weights)
+        assert code == 0 and err == ""
+    assert list(subs.glob("pair.*.old-*")) == []
+
+
+# ---------------------------------------------------------------- 3. a full disk
+def test_a_full_disk_leaves_the_submitted_pair_where_the_ledger_names_it(pair, monkeypatch):
+    subs = pair.subs
+    assert pair("--weights", "3,1")[0] == 0
+    sent, manifest = (subs / "pair.csv").read_bytes(), (subs / "pair.json").read_bytes()
+    append_ledger(subs / "ledger.csv", {"competition": "c", "file": str(subs / "pair.csv"),
+                                        "sha256": sha256_file(subs / "pair.csv"), "status": "COMPLETE"})
+    before = files_under(subs)
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    one_error(*pair("--weights", "1,3")[::2], "pair.", "disk full")
+    assert (subs / "pair.csv").read_bytes() == sent and (subs / "pair.json").read_bytes() == manifest
+    assert files_under(subs) == before                                       # no .old, no temp file
+
+
+# ---------------------------------------------------------------- 4. two kit ensembles at once
+def submitted_pair(folder: Path) -> Path:
+    folder.mkdir(exist_ok=True)
+    csv = folder / "a.csv"
+    csv.write_text("Id,Category\nu,s\n")
+    csv.with_suffix(".json").write_text("{}\n")
+    append_ledger(folder / "ledger.csv", {"competition": "c", "file": str(csv), "sha256": sha256_file(csv)})
+    return csv
+
+
+def test_the_csv_and_its_manifest_are_kept_under_the_same_name(tmp_path, monkeypatch):
+    monkeypatch.setattr(time, "strftime", lambda fmt, *a: "20260101-000000")
+    csv = submitted_pair(tmp_path / "subs")
+    (csv.parent / "a.csv.old-20260101-000000").write_text("left by another kit ensemble\n")
+    kept = keep_submitted(csv, "f" * 64)
+    assert sorted(p.name for p in kept) == ["a.csv.old-20260101-000000-2", "a.json.old-20260101-000000-2"]
+
+
+def test_a_csv_another_process_moved_aside_first_is_no_error(tmp_path, monkeypatch):
+    csv = submitted_pair(tmp_path / "subs")
+    real = os.rename
+
+    def raced(src, dst):            # the other kit ensemble moves the pair aside just before this one
+        if Path(src) == csv and csv.exists():
+            real(csv, csv.parent / "a.csv.old-other")
+            real(csv.with_suffix(".json"), csv.parent / "a.json.old-other")
+        real(src, dst)
+
+    monkeypatch.setattr(os, "rename", raced)
+    assert keep_submitted(csv, "f" * 64) == []
+    assert sorted(p.name for p in csv.parent.glob("a.*.old-*")) == ["a.csv.old-other", "a.json.old-other"]
+
+
+# ---------------------------------------------------------------- 5. names; 6. weights
+@pytest.mark.parametrize("name, why", [(" ", "blank"), ("", "empty"), (" v4", "blank"),
+                                       ("x.csv", "without .csv"), ("x.JSON", "without .JSON")])
+def test_a_name_kit_would_mangle_is_refused_before_anything_is_written(pair, tmp_path, name, why):
+    before = files_under(tmp_path)
+    line = one_error(*pair("--name", name)[::2], f"name {name!r}", why)
+    assert "\n" not in line
+    assert files_under(tmp_path) == before
+
+
+def test_bad_weights_are_shown_as_numbers(pair, tmp_path):
+    line = one_error(*pair("--weights", "1,nan")[::2], "weights 1, nan:", "finite")
+    assert "np." not in line and not (tmp_path / "subs").exists()
