@@ -132,20 +132,35 @@ def _disk_full_is_one_line(path: str | os.PathLike, what: str) -> Iterator[None]
         raise _not_written(path, what) from None
 
 
-def write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    with _disk_full_is_one_line(path, "file"), atomic_path(path) as tmp:
+@contextlib.contextmanager
+def staged(path: str | os.PathLike, data: bytes, what: str = "file") -> Iterator[Path]:
+    """`data` written and synced to a temp file beside `path`, yielded; renamed over `path` once the
+    block succeeds. A failed block, or a full disk (one line naming `path`), leaves `path` as it was:
+    several files can be staged and checked before any of them replaces what is there."""
+    with _disk_full_is_one_line(path, what), atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        yield tmp
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with staged(path, data):
+        pass
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
 
 
+def json_bytes(obj: Any) -> bytes:
+    """How kit writes a json file: indented, keys in their order, a line end at the end."""
+    return (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode("utf-8")
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    write_bytes(path, json_bytes(obj))
 
 
 def save_torch(obj: Any, path: str | os.PathLike) -> None:

@@ -8,9 +8,7 @@ validation, the best refitted (`auto_ensemble`). members.py: run dirs on disk, c
 from __future__ import annotations
 
 import dataclasses
-import errno
 import hashlib
-import json
 import os
 import time
 from pathlib import Path
@@ -33,7 +31,7 @@ from kit.ensemble.crossfit import (
 from kit.ensemble.members import Member, check_compatible, load_member, member_speakers
 from kit.ensemble.votes import check_weights, hard_vote, select_weights, soft_vote, vote_predictions
 from kit.errors import KitError
-from kit.fsio import atomic_path, sha256_file
+from kit.fsio import json_bytes, sha256_file, staged
 from kit.names import check_submission_name, distinct_runs
 from kit.records import SubmissionManifest, trained_on
 from kit.submission import keep_submitted, submission_lock, submitted_note, validate_submission
@@ -211,25 +209,9 @@ def _publish(csv_path: Path, data: bytes, data_dir: str, manifest: SubmissionMan
     CSV leaves the old pair where a ledger names it, and two `kit ensemble`s at once keep each pair
     together. Returns the files moved aside."""
     json_path = csv_path.with_suffix(".json")
-    text = json.dumps(manifest.to_dict(), indent=2) + "\n"         # as kit.fsio.write_json writes it
-    with submission_lock(csv_path), atomic_path(json_path) as new_json, atomic_path(csv_path) as new_csv:
-        _stage(json_path, new_json, text.encode("utf-8"))
-        _stage(csv_path, new_csv, data)
+    with submission_lock(csv_path), staged(json_path, json_bytes(manifest.to_dict()), "manifest"), \
+            staged(csv_path, data, "submission") as new_csv:
         problems = validate_submission(new_csv, data_dir)
         if problems:               # a safety net: member_speakers checked ids and classes
             raise KitError(f"{csv_path}: would be invalid for {data_dir}: {problems[0]}")
         return keep_submitted(csv_path, hashlib.sha256(data).hexdigest())
-
-
-def _stage(path: Path, tmp: Path, data: bytes) -> None:
-    """DATA written and synced to TMP, the temp file that will replace PATH; a failed write (a full
-    disk) is one line naming PATH."""
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-    except OSError as e:
-        full = "; disk full?" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
-        raise KitError(f"{path}: could not write it ({e.strerror}{full}); the submission there, if any, is "
-                       "left as it was") from None
