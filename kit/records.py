@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -179,8 +180,8 @@ class SubmissionManifest:
 
     @classmethod
     def beside(cls, csv_path: str | os.PathLike) -> SubmissionManifest | None:
-        """The manifest NAME.json beside NAME.csv, or None when there is none."""
-        path = Path(csv_path).with_suffix(".json")
+        """The manifest beside a CSV (manifest_path), or None when there is none."""
+        path = manifest_path(csv_path)
         return cls.load(path) if path.is_file() else None
 
     def to_dict(self) -> dict:
@@ -190,6 +191,20 @@ class SubmissionManifest:
 
     def save(self, path: str | os.PathLike) -> None:
         write_json(path, self.to_dict())
+
+
+_KEPT = re.compile(r"(?P<name>.+)\.csv(?P<kept>\.old-[0-9]{8}-[0-9]{6}(-[0-9]+)?)")
+
+
+def manifest_path(csv_path: str | os.PathLike) -> Path:
+    """Where a CSV's manifest is: NAME.json beside NAME.csv, and NAME.json.old-<stamp> beside
+    NAME.csv.old-<stamp>, the pair `kit ensemble` kept when it wrote a submitted name again
+    (kit.submission.keep_submitted), so a kept CSV submits with its members and vote."""
+    csv_path = Path(csv_path)
+    kept = _KEPT.fullmatch(csv_path.name)
+    if kept:
+        return csv_path.with_name(f"{kept['name']}.json{kept['kept']}")
+    return csv_path.with_suffix(".json")
 
 
 def predicted_mode(run_dir, default: str = "auto") -> str:

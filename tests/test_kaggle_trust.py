@@ -265,6 +265,8 @@ def test_scores_never_takes_a_score_from_another_stand_in(kaggle_env, tmp_path, 
         assert kit(capsys, "submit", second, "-m", "second", "--ledger", ledger, "--endpoint", server.url)[0] == 0
         code, _, err = kit(capsys, "scores", "--ledger", ledger, "--endpoint", server.url)
     assert code == 0, err
+    assert (f"1 PENDING submission(s) were sent to local stand-in at {gone.url}, not here; refreshed by "
+            f"`kit scores --endpoint {gone.url}`") in err
     rows = read_ledger(ledger).set_index("message")
     assert rows.loc["second", "ref"] == old["ref"] and rows.loc["second", "status"] == "COMPLETE"
     assert rows.loc["first", "status"] == "PENDING" and rows.loc["first", "public"] == ""

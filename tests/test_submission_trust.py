@@ -18,6 +18,12 @@ from kit.submission import keep_submitted
 
 from conftest import kit_cli, one_error
 
+
+def read_json_file(path: Path) -> dict:
+    import json
+
+    return json.loads(path.read_text())
+
 RUNS = {"r1": ([0, 1, 2, 0, 1, 0], [0, 1, 2, 2]), "r2": ([0] * 6, [0, 1, 1, 0])}
 
 
@@ -55,6 +61,20 @@ def test_a_csv_submitted_with_a_ledger_elsewhere_is_kept_by_kit_ensemble(kaggle_
     [old_csv], [old_json] = sub.parent.glob("sub.csv.old-*"), sub.parent.glob("sub.json.old-*")
     assert old_csv.read_bytes() == sent and old_json.read_bytes() == manifest
     assert sub.read_bytes() != sent
+
+
+def test_a_kept_csv_submits_with_the_manifest_kept_beside_it(kaggle_env, standin, sub, pair, tmp_path, capsys):
+    """NAME.csv.old-<stamp> goes to Kaggle credited to its own members and vote (NAME.json.old-<stamp>),
+    not refused for want of a NAME.csv.json."""
+    ledger = tmp_path / "L1" / "ledger.csv"
+    members = read_json_file(sub.with_suffix(".json"))["members"]
+    assert kit_cli(capsys, "submit", sub, "-m", "first", "--ledger", ledger, "--endpoint", standin.url)[0] == 0
+    assert kit_cli(capsys, "ensemble", *pair.runs, "--name", sub.stem, "--out", sub.parent)[0] == 0
+    [kept] = sub.parent.glob("sub.csv.old-*")
+    code, _, err = kit_cli(capsys, "submit", kept, "-m", "again", "--ledger", ledger, "--endpoint", standin.url)
+    assert code == 0, err
+    again = read_ledger(ledger).set_index("message").loc["again"]
+    assert again["members"] == ";".join(members) and again["members"]
 
 
 def test_a_note_that_cannot_be_written_neither_fails_nor_hides_the_submission(kaggle_env, standin, sub, tmp_path,

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from kit import DEFAULT_COMPETITION, env
 from kit.errors import KitError
-from kit.kaggle import read_ledger, refresh_ledger, score_table, submit
+from kit.kaggle import KAGGLE, read_ledger, refresh_ledger, score_table, submit
+from kit.kaggle.client import target
 from kit.kaggle.pending import merge_pending
 from kit.kaggle.server import FAULT_TARGETS, StandIn
 from kit.layout import synth_marker
@@ -76,6 +77,23 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _elsewhere(ledger: Path, endpoint: str | None) -> None:
+    """One line for each server other than this one that still owes PENDING rows a score: `kit scores`
+    asks only the server it is pointed at (a ref means nothing to another one)."""
+    frame = read_ledger(ledger)
+    here = target(endpoint)
+    owed = frame[(frame["status"] == "PENDING") & (frame["ref"] != "") & (frame["target"] != here)]
+    for where, rows in owed.groupby("target"):
+        if " at " in where:
+            how = f"`kit scores --endpoint {where.split(' at ', 1)[1]}` while that stand-in runs"
+        elif where == KAGGLE:
+            how = "`kit scores` without --endpoint"
+        else:                   # a recipe's rehearsal stand-in (gone with it), or an older kit's row
+            how = "nothing: kit cannot reach where it went"
+        _log(f"{len(rows)} PENDING submission(s) were sent to {where or 'an unrecorded target'}, not here; "
+             f"refreshed by {how}")
+
+
 def cmd_scores(args: argparse.Namespace) -> int:
     # deferred: brings matplotlib and pandas; `kit --help` imports only the parsers
     from kit.plots import plot_scores
@@ -93,6 +111,7 @@ def cmd_scores(args: argparse.Namespace) -> int:
             n = refresh_ledger(ledger, args.competition, args.endpoint, log=_log)
             if n:
                 _log(f"updated {n} pending submission(s)")
+            _elsewhere(ledger, args.endpoint)
         except KitError as e:   # the table is still worth showing
             _log(f"could not refresh pending submissions: {e}")
     table = score_table(ledger, args.competition)

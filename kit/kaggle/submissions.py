@@ -13,7 +13,7 @@ from kit.kaggle.client import call, poll_interval, target
 from kit.kaggle.credentials import kaggle_json_problem
 from kit.kaggle.ledger import append_ledger, check_writable, now, read_ledger, update_ledger
 from kit.kaggle.pending import keep_pending, merge_pending
-from kit.records import SubmissionManifest
+from kit.records import SubmissionManifest, manifest_path
 from kit.submission import note_submitted, require_valid, submitted_note
 
 
@@ -150,10 +150,10 @@ def _checked(csv_path: Path, message: str, data_dir, ledger, env: dict) -> tuple
     data_dir_given = bool(data_dir)
     data_dir = data_dir or manifest.data_dir
     if not data_dir:
-        raise KitError(f"{csv_path}: no manifest {csv_path.with_suffix('.json').name} beside it names the "
+        raise KitError(f"{csv_path}: no manifest {manifest_path(csv_path).name} beside it names the "
                        f"data dir; pass --data DIR so the CSV is checked before it is sent")
     if not data_dir_given and not Path(data_dir).is_dir():
-        raise KitError(f"{csv_path.with_suffix('.json')}: names the data dir {data_dir}, which is not there; pass "
+        raise KitError(f"{manifest_path(csv_path)}: names the data dir {data_dir}, which is not there; pass "
                        f"--data DIR so {csv_path} is checked before it is sent")
     require_valid(csv_path, data_dir)
     problem = kaggle_json_problem(env)
@@ -170,7 +170,7 @@ def _check_manifest_matches(csv_path: Path, manifest: SubmissionManifest, digest
     another CSV copied over it): the ledger would credit it to another ensemble's members and vote.
     A manifest without csv_sha256 (older versions) cannot be checked. digest: the CSV's SHA-256."""
     if manifest.csv_sha256 and manifest.csv_sha256 != digest:
-        beside = csv_path.with_suffix(".json")
+        beside = manifest_path(csv_path)
         raise KitError(f"{csv_path}: its manifest {beside} was written for another CSV (sha256 "
                        f"{manifest.csv_sha256[:12]}... != {digest[:12]}...): re-run `kit ensemble` to write both "
                        f"again, or delete {beside} and pass --data DIR to submit this CSV as it is")
