@@ -5,16 +5,22 @@ client cannot use. Each is one line naming the file, exit 2, and nothing sent, l
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from kit import DEFAULT_COMPETITION
 from kit.errors import KitError
 from kit.fsio import sha256_file
-from kit.kaggle import call, read_ledger
+from kit.kaggle import append_ledger, call, read_ledger, update_ledger
 from kit.kaggle.pending import merge_pending
+from kit.kaggle.server import StandIn
 
-from conftest import COMP, one_error, submit_args
+from conftest import COMP, one_error, submit_args, write_submission
 from conftest import kit_cli as kit
 
 HEADER = "time,competition,file,sha256,message,members,vote,ref,status,public,private,target,error\n"
@@ -246,11 +252,6 @@ def test_scores_never_takes_a_score_from_another_stand_in(kaggle_env, tmp_path, 
     """A row left PENDING by one stand-in (a killed rehearsal, a stopped `kit kaggle serve`) keeps its
     status when `kit scores` asks another stand-in, even one that handed out the same ref: each server
     numbers its own submissions, so the row's target records which server it went to."""
-    from kit import DEFAULT_COMPETITION
-    from kit.kaggle.server import StandIn
-
-    from conftest import write_submission
-
     folder = tmp_path / "submissions"
     first = write_submission(folder, tiny_answers, tiny_data, "first", wrong_every=2)
     second = write_submission(folder, tiny_answers, tiny_data, "second", wrong_every=10)
@@ -273,8 +274,6 @@ def test_scores_never_takes_a_score_from_another_stand_in(kaggle_env, tmp_path, 
 
 
 def test_update_ledger_touches_only_the_row_of_its_target(tmp_path):
-    from kit.kaggle import append_ledger, update_ledger
-
     ledger = tmp_path / "ledger.csv"
     for where in ("kaggle", "local stand-in at http://127.0.0.1:9"):
         append_ledger(ledger, {"time": "t", "competition": "c", "file": "a.csv", "ref": "1001", "status": "PENDING",
@@ -287,12 +286,6 @@ def test_update_ledger_touches_only_the_row_of_its_target(tmp_path):
 def test_stopping_the_stand_in_with_sigterm_removes_its_folder(tiny_data, tiny_answers, tmp_path):
     """`kit kaggle serve` stopped by SIGTERM (a notebook cell interrupted, `kill`) cleans up as on
     Ctrl-C: its temp folder (the zip, the kernels' folders) is removed and it exits 143."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     env = {**os.environ, "TMPDIR": str(tmp_path)}
     proc = subprocess.Popen([sys.executable, "-m", "kit", "kaggle", "serve", "--data", str(tiny_data),
                              "--answers", str(tiny_answers)], env=env, stdout=subprocess.PIPE,
@@ -304,7 +297,6 @@ def test_stopping_the_stand_in_with_sigterm_removes_its_folder(tiny_data, tiny_a
         assert proc.wait(timeout=30) == 143
     finally:
         proc.kill()
-    time.sleep(0.1)
     assert not folder.exists()
 
 

@@ -6,6 +6,7 @@ names and weights it refuses are refused in one plain line.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import time
 from pathlib import Path
@@ -17,12 +18,6 @@ from kit.kaggle import append_ledger, read_ledger
 from kit.submission import keep_submitted
 
 from conftest import kit_cli, one_error
-
-
-def read_json_file(path: Path) -> dict:
-    import json
-
-    return json.loads(path.read_text())
 
 RUNS = {"r1": ([0, 1, 2, 0, 1, 0], [0, 1, 2, 2]), "r2": ([0] * 6, [0, 1, 1, 0])}
 
@@ -67,7 +62,7 @@ def test_a_kept_csv_submits_with_the_manifest_kept_beside_it(kaggle_env, standin
     """NAME.csv.old-<stamp> goes to Kaggle credited to its own members and vote (NAME.json.old-<stamp>),
     not refused for want of a NAME.csv.json."""
     ledger = tmp_path / "L1" / "ledger.csv"
-    members = read_json_file(sub.with_suffix(".json"))["members"]
+    members = json.loads(sub.with_suffix(".json").read_text())["members"]
     assert kit_cli(capsys, "submit", sub, "-m", "first", "--ledger", ledger, "--endpoint", standin.url)[0] == 0
     assert kit_cli(capsys, "ensemble", *pair.runs, "--name", sub.stem, "--out", sub.parent)[0] == 0
     [kept] = sub.parent.glob("sub.csv.old-*")
