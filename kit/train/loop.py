@@ -92,8 +92,9 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
         check_installed(cfg.train.log_with)
         callbacks = [*callbacks, TrackerLog()]
     run_dir = Path(run_dir)
-    check_out(run_dir)          # before run_lock makes the folder and its .lock
     primary = int(os.environ.get("RANK", "0")) == 0
+    if primary:                 # before run_lock makes the folder (the other ranks would see rank 0's files)
+        check_out(run_dir)
     with run_lock(run_dir, primary=primary):
         check_start(run_dir, resume)
         if primary:
