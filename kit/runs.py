@@ -192,12 +192,13 @@ def holds_run(run_dir: str | Path) -> str | None:
 
 
 def is_run_dir(path: str | Path) -> bool:
-    """path holds kit's marks of a run: identity.json, a run file, or config.toml beside split.json (a
-    run from before identity.json; a user's own config.toml alone is no run): what `kit train --fresh` moves aside."""
+    """path holds kit's marks of a run: identity.json, or config.toml beside split.json or a run file (a
+    run from before identity.json). A user's own config.toml, or summary.json, alone is no run: what
+    `kit train --fresh` moves aside is a run, never a folder that merely has a file of that name."""
     path = Path(path)
-    if any((path / n).is_file() for n in (IDENTITY, *RUN_FILES)):
+    if (path / IDENTITY).is_file():
         return True
-    return (path / "config.toml").is_file() and (path / "split.json").is_file()
+    return (path / "config.toml").is_file() and any((path / n).is_file() for n in ("split.json", *RUN_FILES))
 
 
 def users_files(path: str | Path) -> str | None:

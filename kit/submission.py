@@ -157,14 +157,16 @@ def note_submitted(csv_path: str | os.PathLike, sha256: str, ref: str, ledger: s
     return note
 
 
-def keep_submitted(csv_path: str | os.PathLike, new_sha256: str, ledgers=None) -> list[Path]:
+def keep_submitted(csv_path: str | os.PathLike, new_sha256: str | None, ledgers=None) -> list[Path]:
     """Before CSV_PATH is replaced by a file of digest NEW_SHA256: when the file there now was
     submitted (its digest is in its submitted_note or in a ledger row; by path only for a row
     without a digest), move it and its manifest NAME.json aside to NAME.csv.old-<time> and
     NAME.json.old-<time>, under one suffix, so what Kaggle scored stays on disk. Returns the kept
     paths (none when the file is missing, has the new bytes, was never submitted, or another process
-    moved it first). ledgers: the ledgers to read (default: ledger.csv beside the CSV and
-    submissions/ledger.csv). Callers replacing the pair hold submission_lock."""
+    moved it first). NEW_SHA256 None: the pair is replaced even where the CSV's bytes stay (its
+    manifest changes: another vote that gives the same labels). ledgers: the ledgers to read
+    (default: ledger.csv beside the CSV and submissions/ledger.csv). Callers replacing the pair hold
+    submission_lock."""
     csv_path = Path(csv_path)
     try:
         digest = sha256_file(csv_path)

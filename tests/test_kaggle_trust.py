@@ -427,3 +427,23 @@ def test_a_kaggle_config_dir_that_is_a_file_is_named(kaggle_env, standin, monkey
         call("list", {"competition": COMP, "refs": []}, standin.url)
     message = str(refused.value)
     assert f"KAGGLE_CONFIG_DIR={path}" in message and "not a folder" in message and SECRET not in message
+
+
+@pytest.mark.slow
+def test_scores_says_which_pending_rows_a_restarted_stand_in_does_not_know(kaggle_env, tmp_path, tiny_data,
+                                                                           tiny_answers, capsys):
+    """A stand-in started again on the same URL forgot the submissions of the one before: their rows
+    stay PENDING, and `kit scores` says so (the URL spelled with a trailing slash is the same server)."""
+    folder = tmp_path / "submissions"
+    first = write_submission(folder, tiny_answers, tiny_data, "first")
+    ledger = folder / "ledger.csv"
+    with StandIn(tiny_data, tiny_answers, competition=DEFAULT_COMPETITION, pending_polls=99) as gone:
+        assert kit(capsys, "submit", first, "-m", "first", "--ledger", ledger, "--endpoint", gone.url)[0] == 0
+        port = gone.port
+    [row] = read_ledger(ledger).to_dict("records")
+    with StandIn(tiny_data, tiny_answers, competition=DEFAULT_COMPETITION, port=port) as again:
+        code, _, err = kit(capsys, "scores", "--ledger", ledger, "--endpoint", again.url + "/")
+    assert code == 0, err
+    assert f"local stand-in at {again.url} does not list submission(s) {row['ref']}; they stay PENDING" in err
+    assert "not here" not in err                    # the same server, whatever the spelling
+    assert read_ledger(ledger)["status"].tolist() == ["PENDING"]

@@ -47,6 +47,19 @@ def test_train_refuses_a_folder_that_is_not_a_run_dir_and_touches_nothing(tiny_d
     assert code == 0 and json.loads(out)["step"] == 10
 
 
+@pytest.mark.parametrize("kits_name", ["summary.json", "best.pt"])
+def test_a_users_folder_with_a_file_named_like_kits_is_no_run(kits_name, tiny_data, tmp_path, capsys):
+    """One file named like a run's (a user's own summary.json) does not make a folder a run dir:
+    --fresh would move the user's whole folder aside."""
+    mine = users_folder(tmp_path / "project")
+    (mine / kits_name).write_text("{}\n")
+    before = snapshot(tmp_path)
+    for flags in ([], ["--fresh"]):
+        one_error(*kit_cli(capsys, "train", "--data", tiny_data, "--out", mine, *flags, *TRAIN_SMALL)[::2],
+                  str(mine), "not a kit run dir")
+        assert snapshot(tmp_path) == before
+
+
 def test_out_naming_a_parent_folder_is_refused(tiny_data, tmp_path, capsys):
     project = tmp_path / "project"
     (project / "runs").mkdir(parents=True)
@@ -80,7 +93,8 @@ def test_an_out_name_too_long_for_the_file_system_is_one_line(flags, tiny_data, 
 def test_fresh_moves_a_run_with_a_long_name_aside_under_a_name_that_fits(tiny_data, tmp_path, capsys):
     run = tmp_path / ("r" * 250)
     run.mkdir()
-    old = {"summary.json": b'{"stopped_reason": "budget", "step": 3}', "best.pt": b"old weights"}
+    old = {"config.toml": b'name = "old"\n', "summary.json": b'{"stopped_reason": "budget", "step": 3}',
+           "best.pt": b"old weights"}
     for name, data in old.items():
         (run / name).write_bytes(data)
     code, out, err = kit_cli(capsys, "train", "--data", tiny_data, "--out", run, "--fresh", *TRAIN_SMALL)

@@ -96,6 +96,25 @@ def test_a_re_ensemble_to_a_path_a_ledger_names_keeps_nothing_that_was_not_submi
     assert list(subs.glob("pair.*.old-*")) == []
 
 
+def test_a_submitted_pair_keeps_its_manifest_when_another_vote_gives_the_same_csv(pair):
+    """The same labels from another vote (weights 4,1 after 3,1) leave the CSV's bytes as they were, but
+    the manifest of what Kaggle scored (its weights, its vote) moves aside with it; the same vote again
+    writes nothing at all."""
+    subs = pair.subs
+    assert pair("--weights", "3,1")[0] == 0
+    sent, manifest = (subs / "pair.csv").read_bytes(), (subs / "pair.json").read_bytes()
+    assert pair("--weights", "3,1")[0] == 0                                   # the same vote again
+    assert (subs / "pair.json").read_bytes() == manifest and list(subs.glob("pair.*.old-*")) == []
+    append_ledger(subs / "ledger.csv", {"competition": "c", "file": str(subs / "pair.csv"),
+                                        "sha256": sha256_file(subs / "pair.csv"), "status": "COMPLETE"})
+    code, _, err = pair("--weights", "4,1")
+    assert code == 0 and "was submitted" in err
+    assert (subs / "pair.csv").read_bytes() == sent                            # the same labels
+    assert json.loads((subs / "pair.json").read_text())["weights"] != json.loads(manifest)["weights"]
+    [old_csv], [old_json] = subs.glob("pair.csv.old-*"), subs.glob("pair.json.old-*")
+    assert old_csv.read_bytes() == sent and old_json.read_bytes() == manifest
+
+
 # ---------------------------------------------------------------- 3. a full disk
 def test_a_full_disk_leaves_the_submitted_pair_where_the_ledger_names_it(pair, monkeypatch):
     subs = pair.subs

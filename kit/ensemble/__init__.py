@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import time
 from pathlib import Path
@@ -209,9 +210,28 @@ def _publish(csv_path: Path, data: bytes, data_dir: str, manifest: SubmissionMan
     CSV leaves the old pair where a ledger names it, and two `kit ensemble`s at once keep each pair
     together. Returns the files moved aside."""
     json_path = csv_path.with_suffix(".json")
-    with submission_lock(csv_path), staged(json_path, json_bytes(manifest.to_dict()), "manifest"), \
-            staged(csv_path, data, "submission") as new_csv:
-        problems = validate_submission(new_csv, data_dir)
-        if problems:               # a safety net: member_speakers checked ids and classes
-            raise KitError(f"{csv_path}: would be invalid for {data_dir}: {problems[0]}")
-        return keep_submitted(csv_path, hashlib.sha256(data).hexdigest())
+    digest = hashlib.sha256(data).hexdigest()
+    with submission_lock(csv_path):
+        if _same_pair(csv_path, digest, manifest):          # the same vote again (a re-run): nothing to write
+            return []
+        with staged(json_path, json_bytes(manifest.to_dict()), "manifest"), \
+                staged(csv_path, data, "submission") as new_csv:
+            problems = validate_submission(new_csv, data_dir)
+            if problems:               # a safety net: member_speakers checked ids and classes
+                raise KitError(f"{csv_path}: would be invalid for {data_dir}: {problems[0]}")
+            # the CSV's bytes may stay while its manifest changes (another vote, the same labels):
+            # a submitted pair then moves aside all the same, so its manifest is kept with it
+            return keep_submitted(csv_path, None)
+
+
+def _same_pair(csv_path: Path, digest: str, manifest: SubmissionManifest) -> bool:
+    """Whether CSV_PATH and its manifest already say what the new pair would (but for its time)."""
+    old = csv_path.with_suffix(".json")
+    try:
+        if sha256_file(csv_path) != digest:
+            return False
+        kept = json.loads(old.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    new = json.loads(json_bytes(manifest.to_dict()))
+    return isinstance(kept, dict) and {**kept, "created": None} == {**new, "created": None}

@@ -58,6 +58,7 @@ def endpoint_or_env(endpoint: str | None) -> str | None:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             where = "--endpoint" if endpoint else "KIT_KAGGLE_ENDPOINT"
             raise KitError(f"{where} {url!r}: not a stand-in URL such as http://127.0.0.1:8765")
+        url = url.rstrip("/")           # one server, one spelling: a ledger row's target names it
     return url
 
 

@@ -189,6 +189,9 @@ def refresh_ledger(ledger, competition: str | None = None, endpoint: str | None 
     for comp, rows in pending.groupby("competition"):
         refs = [int(r) for r in rows["ref"]]
         found = call("list", {"competition": comp, "refs": refs}, endpoint, env, log)["submissions"]
+        unknown = sorted(set(rows["ref"]) - {str(sub["ref"]) for sub in found}, key=int)
+        if unknown and log:     # a stand-in started again forgot them: they can never be scored there
+            log(f"{comp}: {where} does not list submission(s) {', '.join(unknown)}; they stay PENDING in {ledger}")
         for sub in found:
             if str(sub["ref"]) in set(rows["ref"]) and sub["status"] != "PENDING":
                 update_ledger(ledger, comp, sub["ref"], {k: sub[k] for k in ("status", "public", "private", "error")},
