@@ -12,11 +12,14 @@ import numpy as np
 from kit.config import RunConfig, from_dict, layered, load_toml, parse_overrides, to_dict
 from kit.ensemble import check_compatible, load_member
 from kit.errors import KitError
+from kit.fsio import read_json, sha256_file
 from kit.infer import predict_run, source_mode
 from kit.pseudo import TEACHER, check_pseudo_labels, ensemble_probs, save_teacher
 from kit.records import predicted_mode
-from kit.runs import check_start
+from kit.runs import START_OVER, check_start
 from kit.train import train
+
+TEACHERS_JSON = "teachers.json"     # {teacher run dir: its test_probs.npy's SHA-256}, as kit.rounds writes it
 
 
 def load_members(run_dirs) -> list:
@@ -35,15 +38,73 @@ def best_member(members) -> Path:
     return Path(members[max(range(len(members)), key=lambda k: (scores[k], -k))].run_dir)
 
 
-def write_teacher(members, path, temperature: float = 1.0, folds: int = 5) -> dict:
+def write_teacher(members, path, temperature: float = 1.0, folds: int = 5, record: dict | None = None) -> dict:
     """The calibrated ensemble's test probabilities (members: kit.ensemble.Member) as a teacher
-    file; returns the fit's method, weights and temperatures."""
+    file; returns the fit's method, weights and temperatures. record (teaching()): kept in the file
+    beside ids and probs, so a --resume can tell whether it is given the same teaching."""
     if not temperature > 0:
         raise KitError(f"--temperature {temperature}: must be > 0")
     fit = ensemble_probs([m.val_probs for m in members], members[0].val_labels,
                          [m.test_probs for m in members], folds)
-    save_teacher(path, members[0].ids.test, np.exp(fit["test_logp"]), temperature)
+    kept = {} if record is None else {
+        "teachers": np.asarray(list(record["teachers"]), dtype=str),
+        "teachers_sha256": np.asarray(list(record["teachers"].values()), dtype=str),
+        "temperature": np.float64(record["temperature"]), "distill_weight": np.float64(record["distill_weight"])}
+    save_teacher(path, members[0].ids.test, np.exp(fit["test_logp"]), temperature, kept)
     return {"method": fit["method"], "weights": fit["weights"], "temperatures": fit["temperatures"]}
+
+
+def teaching(members, temperature: float, distill_weight: float) -> dict:
+    """What a student is taught: its teachers (resolved run dir: its test_probs.npy's SHA-256, the
+    format of kit.rounds' teachers.json), the temperature and the distill weight."""
+    return {"teachers": {str(Path(m.run_dir).resolve()): sha256_file(Path(m.run_dir) / "test_probs.npy")
+                         for m in members},
+            "temperature": float(temperature), "distill_weight": float(distill_weight)}
+
+
+def recorded_teaching(out: Path) -> dict:
+    """What the interrupted student in `out` recorded of its teaching: teacher.npz's record, else
+    (an older kit's student) its teachers.json and config.toml; a key it has no record of is absent."""
+    found: dict = {}
+    try:
+        with np.load(out / TEACHER, allow_pickle=False) as z:
+            if "teachers" in z.files:
+                found["teachers"] = dict(zip([str(t) for t in z["teachers"]],
+                                             [str(h) for h in z["teachers_sha256"]], strict=True))
+                found["temperature"] = float(z["temperature"])
+                found["distill_weight"] = float(z["distill_weight"])
+    except (KeyError, ValueError, OSError, EOFError) as e:
+        raise KitError(f"{out / TEACHER}: unreadable teacher file ({e}); {START_OVER}") from None
+    if "teachers" not in found and (out / TEACHERS_JSON).is_file():
+        found["teachers"] = read_json(out / TEACHERS_JSON, "the student's teachers")
+    if "distill_weight" not in found and (out / "config.toml").is_file():
+        weight = load_toml(out / "config.toml").get("train", {}).get("distill_weight")
+        if weight is not None:
+            found["distill_weight"] = float(weight)
+    return found
+
+
+def check_same_teaching(out: Path, given: dict) -> None:
+    """Refuse to resume the student in `out` with other teachers (or teachers predicted again since),
+    another temperature or another distill weight than it was started with: its teacher.npz is kept
+    on --resume, so the new ones would be silently ignored."""
+    old = recorded_teaching(out)
+    fix = f"resume with the same ones, or {START_OVER}"
+    if "teachers" in old and set(old["teachers"]) != set(given["teachers"]):
+        left = [t for t in old["teachers"] if t not in given["teachers"]]
+        added = [t for t in given["teachers"] if t not in old["teachers"]]
+        raise KitError(f"{out}: cannot resume: the interrupted student has other teachers ("
+                       + "; ".join(([f"not given: {', '.join(left)}"] if left else [])
+                                   + ([f"not its teachers: {', '.join(added)}"] if added else [])) + f"); {fix}")
+    changed = [t for t in old.get("teachers", {}) if old["teachers"][t] != given["teachers"][t]]
+    if changed:
+        raise KitError(f"{out}: cannot resume: the teachers' test_probs.npy changed since it was taught "
+                       f"({', '.join(changed)}: predicted again); {fix}")
+    for key, flag, what in (("temperature", "--temperature", "temperature"),
+                            ("distill_weight", "--distill-weight", "distill weight")):
+        if key in old and old[key] != given[key]:
+            raise KitError(f"{out}: cannot resume: the interrupted student's {what} was {old[key]:g}, not "
+                           f"{given[key]:g}; resume with {flag} {old[key]:g}, or {START_OVER}")
 
 
 def student_config(best: Path, out, config: str | None = None, overrides=(), init: str = "best") -> RunConfig:
@@ -80,11 +141,13 @@ def distill(run_dirs, out, config: str | None = None, overrides=(), minutes: flo
     cfg = student_config(best_member(members), out, config, overrides, init)
     check_start(out, resume)            # before teacher.npz is written: a finished student keeps its own
     teacher = out / TEACHER
+    given = teaching(members, temperature, distill_weight)
     if resume and teacher.is_file():
+        check_same_teaching(out, given)
         fit = {"method": "(kept from the interrupted run)"}
     else:
         out.mkdir(parents=True, exist_ok=True)
-        fit = write_teacher(members, teacher, temperature)
+        fit = write_teacher(members, teacher, temperature, record=given)
     cfg.train.teacher = str(teacher.resolve())
     cfg.train.distill_weight = distill_weight
     if pseudo_labels:

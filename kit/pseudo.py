@@ -170,16 +170,16 @@ def make_pseudo_labels(run_dirs, out_dir, precision: float | None = 0.95, top_fr
     return record
 
 
-def save_teacher(path, ids, probs, temperature: float = 1.0) -> None:
+def save_teacher(path, ids, probs, temperature: float = 1.0, extra: dict | None = None) -> None:
     """teacher.npz: ids (test feature paths) and probs (N, C) float32, sharpened (T < 1) or
-    softened (T > 1) by a temperature."""
+    softened (T > 1) by a temperature; `extra` arrays beside them (kit.distill's record of the teaching)."""
     probs = np.asarray(probs, dtype=np.float64)
     if temperature != 1.0:
         logp = np.log(np.maximum(probs, 1e-30)) / temperature
         probs = np.exp(logp - logp.max(axis=1, keepdims=True))
         probs /= probs.sum(axis=1, keepdims=True)
     buf = io.BytesIO()
-    np.savez(buf, ids=np.asarray(ids, dtype=str), probs=probs.astype(np.float32))
+    np.savez(buf, ids=np.asarray(ids, dtype=str), probs=probs.astype(np.float32), **(extra or {}))
     write_bytes(path, buf.getvalue())
 
 

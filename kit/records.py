@@ -33,6 +33,34 @@ def _known(cls, data: dict) -> dict:
     return {k: v for k, v in data.items() if k in names}
 
 
+def _text(value) -> bool:
+    return isinstance(value, str)
+
+
+def _number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _texts(value) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _integers(value) -> bool:
+    return isinstance(value, list) and all(_integer(v) for v in value)
+
+
+def _wrong_types(data: dict, checks: dict, required=()) -> list[str]:
+    """The keys of data whose value fails its check, so a hand-edited or foreign file is refused in
+    one line at load instead of as a TypeError deep in a reader. A key the file lacks is left to the
+    dataclass default (older kits), and so is null, except for the `required` keys."""
+    return [k for k, ok in checks.items()
+            if (k in data and data[k] is not None and not ok(data[k])) or (k in required and data.get(k) is None)]
+
+
 # ---------------------------------------------------------------- a run's predictions: ids.json
 @dataclass
 class PredictionIds:
@@ -72,9 +100,19 @@ class PredictionIds:
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "ids.json") -> PredictionIds:
+        """Refused (KitError naming `where`) when a field has the wrong type, or when only one of the
+        two digests is there: kit writes both and older kits neither, so one alone means the other
+        was removed, and the file it vouched for would be voted unchecked."""
         missing = [k for k in cls.REQUIRED if k not in data]
         if missing:
             raise KitError(f"{where}: lacks {missing[0]!r}")
+        bad = _wrong_types(data, _IDS_CHECKS, cls.REQUIRED)
+        if bad:
+            raise KitError(f"{where}: not prediction ids kit wrote ({', '.join(bad)}: wrong type)")
+        digests = [k for k in _DIGEST_KEYS if data.get(k) is not None]
+        if len(digests) == 1:
+            raise KitError(f"{where}: records only one of {' and '.join(_DIGEST_KEYS)} ({digests[0]}); kit "
+                           "writes both, so the probability file without one cannot be trusted")
         return cls(**_known(cls, data))
 
     @classmethod
@@ -103,6 +141,12 @@ class PredictionIds:
 
 
 _DIGEST_KEYS = ("val_probs_sha256", "test_probs_sha256")
+_IDS_CHECKS = {"val": _texts, "val_labels": _integers, "test": _texts, "window": _integer, "hop": _integer,
+               "full": lambda v: isinstance(v, bool),
+               **dict.fromkeys(("mode", "mode_requested", "average", "which", "checkpoint_sha256", "data_dir",
+                                *_DIGEST_KEYS), _text),
+               **dict.fromkeys(("val_acc", "val_acc_centre", "val_acc_full", "val_acc_sliding", "val_nll_full",
+                                "val_nll_sliding"), _number)}
 
 
 def refuse_while_training(run_dir, then: str) -> None:
@@ -121,6 +165,7 @@ AUTO_KEYS = ("method", "pool", "folds", "temperatures", "oof_acc", "candidates",
 
 
 _MANIFEST_TEXT = ("name", "vote", "weights_mode", "method", "pool", "csv", "csv_sha256", "data_dir", "created")
+MANIFEST_CORE = ("vote", "members", "csv")        # in every manifest `kit ensemble` has written
 
 
 @dataclass
@@ -165,17 +210,21 @@ class SubmissionManifest:
         return cls(**_known(cls, data))
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> SubmissionManifest:
-        """NAME.json, refused in one line when a field kit submit reads has the wrong type."""
+    def load(cls, path: str | os.PathLike, whole: bool = False) -> SubmissionManifest:
+        """NAME.json, refused in one line when a field kit submit reads has the wrong type. whole: also
+        when it lacks what every `kit ensemble` wrote (MANIFEST_CORE), for a reader given the file by
+        name (`kit report --ensemble`), where any JSON object would otherwise pass as an empty vote."""
         path = Path(path)
         data = _read_json(path, "submission manifest", "")
-        bad = [k for k in _MANIFEST_TEXT if data.get(k) is not None and not isinstance(data[k], str)]
-        members = data.get("members", [])
-        if not (isinstance(members, list) and all(isinstance(m, str) for m in members)):
-            bad.append("members")
+        checks = {**dict.fromkeys(_MANIFEST_TEXT, _text), "members": _texts}
+        bad = _wrong_types({"members": [], **data}, checks, ("members",))     # null members: refused too
         if bad:
             raise KitError(f"{path}: not a submission manifest kit wrote ({', '.join(bad)}: wrong type); "
                            f"re-run `kit ensemble`, or delete it and pass --data DIR")
+        lacking = [k for k in MANIFEST_CORE if data.get(k) is None] if whole else []
+        if lacking:
+            raise KitError(f"{path}: not a submission manifest (no {', '.join(lacking)}); give the NAME.json "
+                           "that `kit ensemble` wrote beside its CSV")
         return cls.from_dict(data)
 
     @classmethod

@@ -58,7 +58,7 @@ def _load_ensemble(ensemble_result, run_dirs) -> SubmissionManifest:
     path = ensemble_result.get("manifest") if isinstance(ensemble_result, dict) else ensemble_result
     if path is None:
         return SubmissionManifest.from_dict(ensemble_result)
-    manifest = SubmissionManifest.load(path)
+    manifest = SubmissionManifest.load(path, whole=True)
     members = manifest.members
     if members and [str(Path(m).resolve()) for m in members] != [str(Path(d).resolve()) for d in run_dirs]:
         raise KitError(f"{path}: made from other runs ({len(members)} members) than the ones given; "

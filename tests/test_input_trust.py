@@ -241,3 +241,57 @@ def test_distill_names_its_own_minutes_flag(minutes, tmp_path, capsys):
     code, _, err = kit_cli(capsys, "distill", tmp_path / "teacher", "--out", tmp_path / "student", "--minutes", minutes)
     one_error(code, err, f"--minutes {minutes}", "above 0")
     assert not (tmp_path / "student").exists()
+
+
+# ---------------------------------------------------------------- a run's ids.json, a manifest, a seed
+IDS_DAMAGES = {
+    "digest a number": {"val_probs_sha256": 123},
+    "test null": {"test": None},
+    "val not strings": {"val": [1, 2, 3, 4, 5, 6]},
+    "labels not integers": {"val_labels": ["a", "b", "c", "a", "b", "c"]},
+    "which a number": {"which": 3},
+}
+
+
+@pytest.mark.parametrize("damage", list(IDS_DAMAGES))
+def test_an_ids_json_field_of_the_wrong_type_is_one_line(predicted, tmp_path, capsys, damage):
+    import json
+
+    run = predicted.run("r", [0, 1, 2, 0, 1, 2], [0, 1, 2, 0])
+    ids = json.loads((run / "ids.json").read_text())
+    (run / "ids.json").write_text(json.dumps({**ids, **IDS_DAMAGES[damage]}))
+    code, _, err = kit_cli(capsys, "ensemble", run, "--name", "x", "--out", tmp_path / "subs")
+    one_error(code, err, str(run / "ids.json"), next(iter(IDS_DAMAGES[damage])), f"`kit predict {run}` again")
+    assert not (tmp_path / "subs").exists()
+
+
+@pytest.mark.parametrize("kept", ["val_probs_sha256", "test_probs_sha256"])
+def test_an_ids_json_with_one_digest_of_two_is_refused(predicted, tmp_path, capsys, kept):
+    import numpy as np
+
+    from kit.fsio import sha256_file
+
+    run = predicted.run("r", [0, 1, 2, 0, 1, 2], [0, 1, 2, 0])
+    digest = sha256_file(run / kept.replace("_sha256", ".npy"))
+    predicted_ids = (run / "ids.json").read_text()
+    (run / "ids.json").write_text(predicted_ids[:-1] + f', "{kept}": "{digest}"}}')
+    other = "test_probs.npy" if kept.startswith("val") else "val_probs.npy"
+    np.save(run / other, np.roll(np.load(run / other), 1, axis=0))      # the file with no digest, swapped
+    code, _, err = kit_cli(capsys, "ensemble", run, "--name", "x", "--out", tmp_path / "subs")
+    one_error(code, err, str(run / "ids.json"), "only one", f"`kit predict {run}` again")
+
+
+@pytest.mark.parametrize("content", ['{"speaker2id": {"id10001": 0}}', "{}"])
+def test_report_refuses_an_ensemble_file_that_is_not_a_manifest(predicted, tmp_path, capsys, content):
+    runs = [predicted.run(n, [0, 1, 2, 0, 1, 2], [0, 1, 2, 0]) for n in ("a", "b")]
+    fake = tmp_path / "metadata.json"
+    fake.write_text(content)
+    code, out, err = kit_cli(capsys, "report", *runs, "--ensemble", fake)
+    one_error(code, err, str(fake), "not a submission manifest", "kit ensemble")
+    assert out == ""
+
+
+def test_synth_refuses_a_negative_seed_before_writing(tmp_path, capsys):
+    one_error(*kit_cli(capsys, "data", "synth", "--preset", "tiny", "--out", tmp_path / "d", "--seed", "-1")[::2],
+              "--seed -1", "0 or more")
+    assert not list(tmp_path.iterdir())

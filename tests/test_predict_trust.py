@@ -197,3 +197,37 @@ def test_an_ids_json_without_digests_is_still_voted(run_on_copy, tmp_path, capsy
         assert _read(capsys, "ensemble", run, tmp_path)[0] == 0
     finally:
         ids_file.write_bytes(original)
+
+
+def _interrupted_student(run, tmp_path, capsys) -> tuple:
+    """A student of `run` and a copy of it, stopped at step 1 of 4 as a killed distill leaves it."""
+    other = tmp_path / "copy"
+    shutil.copytree(run, other)
+    student = tmp_path / "student"
+    code, _, err = kit_cli(capsys, "distill", run, other, "--out", student, "--no-progress",
+                           "--set", "train.max_steps=4", "--set", "train.stop_step=1")
+    assert code == 0, err
+    return other, student
+
+
+def test_distill_resume_refuses_other_teachers_or_settings_than_the_interrupted_run(run_on_copy, tmp_path, capsys):
+    _, run = run_on_copy
+    _predicted(run)
+    other, student = _interrupted_student(run, tmp_path, capsys)
+    teacher = sha256_file(student / "teacher.npz")
+    resume = ["--out", student, "--resume", "--no-progress", "--set", "train.max_steps=4"]
+    for given, extra, needle in (([other], [], "teachers"), ([run, other], ["--temperature", "2"], "temperature"),
+                                 ([run, other], ["--distill-weight", "0.9"], "distill weight")):
+        code, _, err = kit_cli(capsys, "distill", *given, *resume, *extra)
+        one_error(code, err, str(student), needle, "--fresh")
+        assert sha256_file(student / "teacher.npz") == teacher
+    np.save(other / "test_probs.npy", _rows_of_another_run(np.load(other / "test_probs.npy")))
+    ids = json.loads((other / "ids.json").read_text())
+    ids["test_probs_sha256"] = sha256_file(other / "test_probs.npy")      # re-predicted since
+    (other / "ids.json").write_text(json.dumps(ids))
+    one_error(*kit_cli(capsys, "distill", run, other, *resume)[::2], str(other), "--fresh")
+    shutil.rmtree(other)
+    shutil.copytree(run, other)                                           # the same teachers again
+    code, _, err = kit_cli(capsys, "distill", run, other, *resume)
+    assert code == 0, err
+    assert sha256_file(student / "teacher.npz") == teacher and json.loads((student / "summary.json").read_text())
