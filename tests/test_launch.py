@@ -247,8 +247,9 @@ def test_a_pulled_run_never_overwrites_another_run(tmp_path):
     a pull that holds no checkpoint leaves the local run as it was."""
     from kit.launch.kaggle_kernels import LAUNCH_MARK, Kernel, adopt
 
-    def run_dir(path: Path, step: int) -> Path:
+    def run_dir(path: Path, step: int) -> Path:           # a run as kit writes it: config.toml beside last.pt
         path.mkdir(parents=True)
+        (path / "config.toml").write_text('name = "a"\n')
         (path / "last.pt").write_text(str(step))
         return path
 
