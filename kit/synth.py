@@ -137,14 +137,15 @@ def _check_target(out_dir: Path, force: bool) -> None:
     entries = list(out_dir.iterdir())
     if not entries:
         return
-    if not force:
-        raise KitError(f"{out_dir}: exists and is not empty; pass --force to overwrite it")
-    # --force replaces a competition data dir, never some unrelated folder given by mistake.
+    # --force replaces a competition data dir, never some unrelated folder given by mistake: such a
+    # folder is named as such first, so the error never suggests a --force that would be refused.
     foreign = [e.name for e in entries if e.name not in LAYOUT_NAMES
                and not (e.name.startswith("uttr-") and e.name.endswith(".pt"))]
     if foreign:
-        raise KitError(f"{out_dir}: holds {foreign[0]!r}, which is not competition data; "
-                       "refusing to overwrite it even with --force")
+        raise KitError(f"{out_dir}: holds {foreign[0]!r}, which is not competition data; choose another "
+                       "--out (kit data synth overwrites only a competition data dir, with --force)")
+    if not force:
+        raise KitError(f"{out_dir}: exists and is not empty; pass --force to overwrite it")
 
 
 def answers_path(out_dir: str | os.PathLike) -> Path:

@@ -295,3 +295,19 @@ def test_synth_refuses_a_negative_seed_before_writing(tmp_path, capsys):
     one_error(*kit_cli(capsys, "data", "synth", "--preset", "tiny", "--out", tmp_path / "d", "--seed", "-1")[::2],
               "--seed -1", "0 or more")
     assert not list(tmp_path.iterdir())
+
+
+def test_synth_never_suggests_a_force_it_would_refuse(tmp_path, capsys):
+    """A folder of the user's files is named as not competition data, with --force or without; only a
+    competition data dir is told to pass --force."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("do not lose\n")
+    for force in ([], ["--force"]):
+        line = one_error(*kit_cli(capsys, "data", "synth", "--preset", "tiny", "--out", mine, *force)[::2],
+                         str(mine), "'notes.txt'", "not competition data", "another --out")
+        assert "pass --force" not in line
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    data = tmp_path / "data"
+    assert kit_cli(capsys, "data", "synth", "--preset", "tiny", "--out", data)[0] == 0
+    one_error(*kit_cli(capsys, "data", "synth", "--preset", "tiny", "--out", data)[::2], "pass --force")
