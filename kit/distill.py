@@ -12,7 +12,7 @@ import numpy as np
 from kit.config import RunConfig, from_dict, layered, load_toml, parse_overrides, to_dict
 from kit.ensemble import check_compatible, load_member
 from kit.errors import KitError
-from kit.fsio import read_json, sha256_file
+from kit.fsio import read_json
 from kit.infer import predict_run, source_mode
 from kit.pseudo import TEACHER, check_pseudo_labels, ensemble_probs, save_teacher
 from kit.records import predicted_mode
@@ -57,8 +57,7 @@ def write_teacher(members, path, temperature: float = 1.0, folds: int = 5, recor
 def teaching(members, temperature: float, distill_weight: float) -> dict:
     """What a student is taught: its teachers (resolved run dir: its test_probs.npy's SHA-256, the
     format of kit.rounds' teachers.json), the temperature and the distill weight."""
-    return {"teachers": {str(Path(m.run_dir).resolve()): sha256_file(Path(m.run_dir) / "test_probs.npy")
-                         for m in members},
+    return {"teachers": {str(Path(m.run_dir).resolve()): m.test_sha256 for m in members},
             "temperature": float(temperature), "distill_weight": float(distill_weight)}
 
 

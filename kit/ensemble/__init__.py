@@ -99,7 +99,7 @@ def ensemble_runs(run_dirs, vote: str = "hard", weights=None, name: str | None =
         weights_mode="auto" if auto else ("given" if weights is not None else "equal"), **extra,
         members=[str(m.run_dir.resolve()) for m in members],
         member_settings=[m.ids.settings() for m in members],
-        member_test_probs_sha256=[sha256_file(m.run_dir / "test_probs.npy") for m in members],
+        member_test_probs_sha256=[m.test_sha256 for m in members],
         csv=str(csv_path.resolve()), csv_sha256=hashlib.sha256(data).hexdigest(), data_dir=data_dir,
         n_val=int(len(members[0].val_labels)), table=voted["table"], val_acc=voted["val_acc"],
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), trained_on=trained_on(run_dirs) or None,

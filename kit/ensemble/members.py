@@ -24,6 +24,7 @@ class Member:
     ids: PredictionIds
     val_probs: np.ndarray      # (n_val, C)
     test_probs: np.ndarray     # (n_test, C)
+    test_sha256: str = ""      # of the test_probs.npy bytes these probabilities were read from
 
     @property
     def val_labels(self) -> np.ndarray:
@@ -44,7 +45,7 @@ def load_member(run_dir: str | os.PathLike) -> Member:
         if not f.is_file():
             raise KitError(f"{run_dir}: no {f.name}; run `kit predict {run_dir}` first")
     ids = PredictionIds.load(files[0])
-    val, test = (_read_probabilities(run_dir, f, ids) for f in files[1:])
+    (val, _), (test, test_sha256) = (_read_probabilities(run_dir, f, ids) for f in files[1:])
     if val.shape[0] != len(ids.val) or test.shape[0] != len(ids.test) or val.shape[1:] != test.shape[1:]:
         raise KitError(f"{run_dir}: val_probs/test_probs shapes {val.shape}/{test.shape} do not match "
                        f"ids.json; run `kit predict {run_dir}` again")
@@ -52,26 +53,25 @@ def load_member(run_dir: str | os.PathLike) -> Member:
     if ckpt is not None:
         raise KitError(f"{run_dir}: its predictions come from an older {ckpt.name} (the run trained on since); "
                        f"run `kit predict {run_dir}{_which_flag(ids)}` again")
-    return Member(run_dir, ids, val, test)
+    return Member(run_dir, ids, val, test, test_sha256)
 
 
-def _read_probabilities(run_dir: Path, path: Path, ids: PredictionIds) -> np.ndarray:
-    """val_probs.npy or test_probs.npy, (N, C): read once, so the bytes hashed are the bytes loaded
-    (a file swapped in from another run, of the same shape, would otherwise vote unnoticed)."""
+def _read_probabilities(run_dir: Path, path: Path, ids: PredictionIds) -> tuple[np.ndarray, str]:
+    """val_probs.npy or test_probs.npy, (N, C), and the SHA-256 of its bytes: read once, so the bytes
+    hashed are the bytes loaded (a file swapped in from another run, of the same shape, would otherwise
+    vote unnoticed) and the digest a manifest or teacher records is of what was voted."""
     again = f"run `kit predict {run_dir}{_which_flag(ids)}` again"
     try:
         data = path.read_bytes()
         probs = np.load(io.BytesIO(data), allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
         raise KitError(f"{run_dir}: unreadable prediction files ({e}); {again}") from None
-    recorded = ids.recorded_sha256(path.name)
-    if recorded is not None:                    # None: an ids.json from before kit recorded digests
-        actual = hashlib.sha256(data).hexdigest()
-        if actual != recorded:
-            raise KitError(f"{path}: not the predictions ids.json recorded (sha256 {actual[:12]}, "
-                           f"recorded {recorded[:12]}); {again}")
+    recorded, actual = ids.recorded_sha256(path.name), hashlib.sha256(data).hexdigest()
+    if recorded is not None and actual != recorded:     # None: an ids.json from before kit recorded digests
+        raise KitError(f"{path}: not the predictions ids.json recorded (sha256 {actual[:12]}, "
+                       f"recorded {recorded[:12]}); {again}")
     _require_probabilities(run_dir, path, probs, again)
-    return probs
+    return probs, actual
 
 
 # how far a row of stored probabilities may sum from 1: kit writes float32 rows normalised in
