@@ -13,10 +13,11 @@ from kit.config import RunConfig, from_dict, layered, load_toml, parse_overrides
 from kit.ensemble import check_compatible, load_member
 from kit.errors import KitError
 from kit.fsio import read_json
+from kit.identity import START_OVER
 from kit.infer import predict_run, source_mode
 from kit.pseudo import TEACHER, check_pseudo_labels, ensemble_probs, save_teacher
 from kit.records import predicted_mode
-from kit.runs import START_OVER, check_start
+from kit.runs import check_start
 from kit.train import train
 
 TEACHERS_JSON = "teachers.json"     # {teacher run dir: its test_probs.npy's SHA-256}, as kit.rounds writes it

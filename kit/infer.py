@@ -20,8 +20,8 @@ from kit.data import FeatureStore
 from kit.ensemble.calibration import calibrate, fit_temperature, log_probs, mean_nll
 from kit.errors import KitError
 from kit.fsio import save_numpy, sha256_file
+from kit.identity import require_same_data
 from kit.records import PredictionIds, refuse_while_training
-from kit.runs import require_same_data
 from kit.split import load_split
 from kit.train.results import load_model
 from kit.windows import centre_windows, length_batches, sliding_windows

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 
 from kit.errors import KitError
@@ -17,6 +18,20 @@ _SUBMISSION_RESERVED = re.compile(r"(ledger|scores)(\..*)?|.*_report", re.IGNORE
 # What kit writes into RUNS/<recipe>/ beside the members: kit.rounds' pseudo-label folders,
 # fine-tuned copies and student; the Kaggle launcher's state and logs (kit.launch.kaggle_kernels).
 _MEMBER_RESERVED = re.compile(r"student|pseudo-\d+|.*-pl\d+|kaggle-kernels\.json|kaggle-logs", re.IGNORECASE)
+
+
+# What a kept file's name ends in: a run started over (kit.runs.old_name) and a submitted pair written
+# again (kit.submission.keep_submitted) are renamed to NAME.old-<time>[-n]; kit.records finds the pair.
+OLD_SUFFIX = re.compile(r"\.old-[0-9]{8}-[0-9]{6}(-[0-9]+)?")
+
+
+def old_stamp() -> str:
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
+def old_suffix(stamp: str | None = None, n: int = 1) -> str:
+    """.old-<time>, and -n on the n-th try for a free name at the same time (stamp: that time)."""
+    return f".old-{stamp or old_stamp()}" + (f"-{n}" if n > 1 else "")
 
 
 def check_name(name, what: str) -> str:

@@ -15,7 +15,9 @@ from pathlib import Path
 from kit.config import load_toml
 from kit.errors import KitError
 from kit.fsio import read_json, sha256_file, write_json
-from kit.runs import lock_holder, read_identity
+from kit.identity import read_identity
+from kit.names import OLD_SUFFIX
+from kit.runs import lock_holder
 
 
 def _read_json(path: Path, what: str, fix: str) -> dict:
@@ -242,7 +244,7 @@ class SubmissionManifest:
         write_json(path, self.to_dict())
 
 
-_KEPT = re.compile(r"(?P<name>.+)\.csv(?P<kept>\.old-[0-9]{8}-[0-9]{6}(-[0-9]+)?)")
+_KEPT = re.compile(rf"(?P<name>.+)\.csv(?P<kept>{OLD_SUFFIX.pattern})")
 
 
 def manifest_path(csv_path: str | os.PathLike) -> Path:

@@ -24,11 +24,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 from kit.distill import best_member, distill, load_members
 from kit.errors import KitError
 from kit.fsio import read_json, sha256_file, write_json
+from kit.identity import run_identity
 from kit.pseudo import make_pseudo_labels
 from kit.recipe_result import RecipeResult, RoundResult, StudentResult, VoteResult
 from kit.records import predicted_mode
 from kit.rundir import RunDir
-from kit.runs import move_aside, old_name, reuse_changes, run_identity
+from kit.runs import move_aside, old_name, reuse_changes
 from kit.timeplan import TimePlan
 from kit.train import TrainingDiverged, load_config
 

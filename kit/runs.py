@@ -1,4 +1,5 @@
-"""Run dirs as records: what defines a run (identity.json), who trains it (.lock), its checkpoints.
+"""Run dirs as records: whether a folder holds a run, who trains it (.lock), starting over, its
+checkpoints; what defines a run (identity.json) is kit.identity's.
 
 So a run is never reused for other data or settings, never trained by two processes at once,
 and never silently replaced: starting over moves the old run aside (`<run>.old-<time>`).
@@ -8,179 +9,24 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from kit.config import RunConfig, from_dict, load_toml, to_dict
 from kit.errors import KitError
-from kit.fsio import sha256_file, write_json
+from kit.fsio import write_json
+from kit.identity import IDENTITY, START_OVER, describe, identity_changes, legacy_identity, read_identity
 from kit.layout import load_tensors
+from kit.names import old_suffix
 
-IDENTITY = "identity.json"
 LOCK = ".lock"
 RUN_FILES = ("summary.json", "best.pt", "last.pt", "avg.pt")     # a dir holding any of these holds a run
-# Settings that do not change what a run's weights mean, so they are left out of its identity:
-# time budgets (a recipe's --minutes recomputes train.minutes from elapsed time on every re-run),
-# switches for speed with the same maths (threads, torch.compile, where the store lives),
-# prediction settings, the run's label, the experiment tracker that watches it (so a run resumes
-# with tracking turned on or off), and the data dir's path: the data fingerprint covers the data
-# itself, so a copied or moved data dir is still the same data.
-NOT_IDENTITY = ("name", "data.data_dir", "data.store_on_gpu", "data.allow_external_labels", "train.minutes",
-                "train.max_minutes", "train.stop_step", "train.cpu_threads", "train.compile", "train.log_with", "infer")
-START_OVER = "start over with --fresh (the old run is moved aside, nothing is deleted)"
 # Kit trains into a run dir (is_run_dir), a missing or empty folder, or one holding only what kit puts
 # into a run dir before its marks: hidden files (.lock, temp files), kit.workers' member.toml and
 # train.log, a student's teacher.npz (kit.pseudo.TEACHER) and teachers.json (kit.rounds), the trackers
 # folder (kit.train.trackers.FOLDER) and the Kaggle launcher's launch.json.
 KIT_BEFORE_RUN = ("member.toml", "train.log", "teacher.npz", "teachers.json", "trackers", "launch.json")
 NAME_MAX = 255              # bytes in one file name on the usual file systems (ext4, APFS, NTFS, XFS)
-
-
-# ---------------------------------------------------------------- identity
-def _flat(values: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in values.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(_flat(value, name + "."))
-        else:
-            out[name] = value
-    return out
-
-
-def _defining(key: str) -> bool:
-    return not any(key == k or key.startswith(k + ".") for k in NOT_IDENTITY)
-
-
-def flat_config(cfg) -> dict:
-    """The resolved config as flat `section.key: value`."""
-    return _flat(to_dict(cfg))
-
-
-def config_identity(cfg) -> dict:
-    """The resolved config as flat `section.key: value`, less the settings in NOT_IDENTITY."""
-    return {k: v for k, v in flat_config(cfg).items() if _defining(k)}
-
-
-def data_identity(store) -> dict:
-    """The json files' hash and the packed features' content digest (dir kept only to report)."""
-    # deferred: kit.data brings numpy, which this module's light importers (kit.records, and
-    # through it every `kit kaggle` command and Kaggle worker process) never need
-    from kit.data import layout_hash
-
-    return {"dir": str(Path(store.layout.data_dir).resolve()), "layout": layout_hash(store.layout.data_dir),
-            "features": store.content_digest}
-
-
-def run_identity(cfg, store, budget: str | None = None, run_dir: str | Path | None = None) -> dict:
-    """What defines a run trained from cfg on store's data. n_mels/n_classes come from the data
-    (as training fills them in). run_dir: keep its recorded budget name when budget is None."""
-    cfg = from_dict(to_dict(cfg))
-    cfg.model.n_mels, cfg.model.n_classes = store.n_mels, len(store.speakers)
-    if budget is None and run_dir is not None:
-        budget = (read_identity(run_dir) or {}).get("budget")
-    identity = {"version": 1, "data": data_identity(store), "config": config_identity(cfg), "budget": budget}
-    inputs = input_identity(cfg)
-    if inputs:                          # pseudo-labels, a teacher, starting weights: their contents
-        identity["inputs"] = inputs
-    return identity
-
-
-def require_same_data(run_dir: str | Path, data_dir: str | Path) -> None:
-    """Refuse to predict or vote a run on a data dir whose json files changed since the run trained
-    on it: its class indices would name other speakers (mapping.json), its split other utterances.
-    Runs from before identity.json recorded the layout are not checked."""
-    recorded = ((read_identity(run_dir) or {}).get("data") or {}).get("layout")
-    if not recorded:
-        return
-    # deferred: kit.data brings numpy and torch, which this module's light importers never need
-    from kit.data import layout_hash
-
-    now = layout_hash(data_dir)
-    if now != recorded:
-        raise KitError(f"{data_dir}: its metadata.json, mapping.json or testdata.json changed since {run_dir} "
-                       f"trained on it (layout {recorded}, now {now}), so the model's classes would name other "
-                       f"speakers; restore those files, or train the run again on the data as it is now "
-                       f"(`kit train ... --fresh`)")
-
-
-INPUT_FILES = ("data.pseudo_labels", "train.teacher", "train.init_from")
-
-
-def input_identity(cfg) -> dict:
-    """Content digests of the files a run trains from besides the data (by setting name)."""
-    out = {}
-    for key in INPUT_FILES:
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
-        if value:
-            path = Path(value)
-            path = path / "last.pt" if path.is_dir() else path
-            out[key] = sha256_file(path) if path.is_file() else None
-    return out
-
-
-def read_identity(run_dir: str | Path) -> dict | None:
-    path = Path(run_dir) / IDENTITY
-    if not path.is_file():
-        return None
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise KitError(f"{path}: unreadable run identity ({e}); {START_OVER}") from None
-    if not (isinstance(value, dict) and isinstance(value.get("config"), dict) and isinstance(value.get("data"), dict)):
-        raise KitError(f"{path}: malformed run identity; {START_OVER}")
-    return value
-
-
-def _legacy_identity(run_dir: Path) -> dict | None:
-    """For a run dir from before identity.json: its config.toml, and its data dir by path only."""
-    path = run_dir / "config.toml"
-    if not path.is_file():
-        return None
-    try:
-        cfg = from_dict(load_toml(path), where=str(path))
-    except KitError:
-        return {"legacy": True, "data": {"dir": None}, "config": {"config.toml": "unreadable"}}
-    return {"legacy": True, "data": {"dir": str(Path(cfg.data.data_dir).resolve())},
-            "config": config_identity(cfg)}
-
-
-def identity_changes(old: dict, new: dict, config_prefix: str = "") -> list[str]:
-    """What differs between two identities, as short phrases ("data", "model.d_model 16 -> 32",
-    "budget quick -> full"). Only config keys starting with config_prefix are compared; a key
-    the old identity lacks (a setting added to kit since) counts only if it is not the default."""
-    changes = []
-    was, now = old.get("data", {}), new["data"]
-    if "features" in was:
-        if (was.get("layout"), was.get("features")) != (now["layout"], now["features"]):
-            where = "same dir, files changed" if was.get("dir") == now["dir"] else f"{was.get('dir')} -> {now['dir']}"
-            changes.append(f"data ({where})")
-    elif was.get("dir") != now["dir"]:
-        changes.append(f"data ({was.get('dir')} -> {now['dir']})")
-    defaults = config_identity(RunConfig())
-    before, after = old.get("config", {}), new["config"]
-    for key in sorted(set(before) | set(after)):
-        if not key.startswith(config_prefix) or key not in after:
-            continue
-        value = before.get(key, defaults.get(key))
-        if value != after[key]:
-            changes.append(f"{key} {value!r} -> {after[key]!r}")
-    if not config_prefix and old.get("inputs", {}) != new.get("inputs", {}):
-        changed = sorted(k for k in set(old.get("inputs", {})) | set(new.get("inputs", {}))
-                         if old.get("inputs", {}).get(k) != new.get("inputs", {}).get(k))
-        changes.append(f"contents of {', '.join(changed)}")
-    if not old.get("legacy") and not config_prefix and old.get("budget") != new.get("budget"):
-        changes.append(f"budget {old.get('budget')} -> {new.get('budget')}")
-    return changes
-
-
-def describe(changes: list[str], most: int = 4) -> str:
-    shown = ", ".join(changes[:most])
-    return shown + (f" and {len(changes) - most} more" if len(changes) > most else "")
 
 
 def holds_run(run_dir: str | Path) -> str | None:
@@ -248,7 +94,7 @@ def reuse_changes(run_dir: str | Path, identity: dict) -> list[str]:
     run_dir = Path(run_dir)
     if holds_run(run_dir) is None:
         return []
-    old = read_identity(run_dir) or _legacy_identity(run_dir)
+    old = read_identity(run_dir) or legacy_identity(run_dir)
     if old is None:
         return ["config (no config.toml or identity.json)"]
     changes = identity_changes(old, identity)
@@ -278,7 +124,7 @@ def check_start(run_dir: str | Path, resume: bool) -> None:
 def check_resume(run_dir: str | Path, identity: dict) -> None:
     """Refuse to resume run_dir on other data or with another model shape."""
     run_dir = Path(run_dir)
-    old = read_identity(run_dir) or _legacy_identity(run_dir)
+    old = read_identity(run_dir) or legacy_identity(run_dir)
     if old is None:
         return
     changes = identity_changes(old, identity, "model.")     # the data, and the model's shape
@@ -317,7 +163,7 @@ def fitted(name: str, suffix: str) -> str:
 def old_name(path: str | Path) -> Path:
     """<path>.old-<time>: where a run goes when it is started over (a long name is cut to fit)."""
     path = Path(path)
-    return path.with_name(fitted(path.name, f".old-{time.strftime('%Y%m%d-%H%M%S')}"))
+    return path.with_name(fitted(path.name, old_suffix()))
 
 
 def clean_leftovers(run_dir: str | Path) -> list[str]:

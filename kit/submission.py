@@ -12,13 +12,13 @@ import json
 import math
 import os
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from kit.errors import KitError
 from kit.fsio import file_lock, sha256_file, write_text
 from kit.layout import read_layout
+from kit.names import old_stamp, old_suffix
 
 HEADER = ["Id", "Category"]
 MAX_PROBLEMS = 10
@@ -183,9 +183,9 @@ def _move_aside(csv_path: Path) -> list[Path]:
     the first stamp free for both (a pair found by its suffix); [] when another process moved the
     CSV first (it moves the manifest with it)."""
     json_path = csv_path.with_suffix(".json")
-    stamp, n = time.strftime("%Y%m%d-%H%M%S"), 1
+    stamp, n = old_stamp(), 1
     while True:                                 # two rewrites within a second
-        suffix = f".old-{stamp}" + (f"-{n}" if n > 1 else "")
+        suffix = old_suffix(stamp, n)
         dests = [p.with_name(p.name + suffix) for p in (csv_path, json_path)]
         if not any(os.path.lexists(d) for d in dests):
             break

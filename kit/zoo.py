@@ -15,6 +15,7 @@ from kit.config import RunConfig
 from kit.data import FeatureStore
 from kit.ensemble import ensemble_runs
 from kit.errors import KitError
+from kit.identity import describe, run_identity
 from kit.infer import predict_run, source_mode
 from kit.kaggle import recipe_submit
 from kit.layout import is_synthetic
@@ -33,7 +34,7 @@ from kit.rounds import (
     stages_share,
 )
 from kit.rundir import RunDir
-from kit.runs import describe, holds_run, lock_holder, move_aside, old_name, reuse_changes, run_identity
+from kit.runs import holds_run, lock_holder, move_aside, old_name, reuse_changes
 from kit.timeplan import Deadline, TimePlan, predict_estimates
 from kit.train import TrainingDiverged, load_config, train
 from kit.workers import member_task, run_parallel, slots_for

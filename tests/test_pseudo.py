@@ -127,7 +127,8 @@ def test_an_interrupted_fine_tune_round_resumes_exactly(members, tiny_data, tmp_
 
 
 def test_changed_pseudo_labels_make_the_run_another_run(members, tiny_data, store, tmp_path):
-    from kit.runs import reuse_changes, run_identity
+    from kit.identity import run_identity
+    from kit.runs import reuse_changes
 
     make_pseudo_labels(members, tmp_path / "pl", top_fraction=0.5)
     pl = tmp_path / "pl" / "pseudo.csv"

@@ -13,9 +13,9 @@ import numpy as np
 
 from kit.config import from_dict, load_toml
 from kit.errors import KitError
+from kit.identity import require_same_data
 from kit.layout import read_layout
 from kit.records import PREDICTION_FILES, PredictionIds, refuse_while_training, stale_checkpoint
-from kit.runs import require_same_data
 
 
 @dataclass

@@ -27,16 +27,9 @@ from kit.config import RunConfig, dump_toml, to_dict, validate
 from kit.data import FeatureStore
 from kit.errors import KitError
 from kit.fsio import write_csv, write_json, write_text
+from kit.identity import run_identity
 from kit.models import build_model, count_params
-from kit.runs import (
-    check_out,
-    check_resume,
-    check_start,
-    clean_leftovers,
-    load_checkpoint,
-    run_identity,
-    run_lock,
-)
+from kit.runs import check_out, check_resume, check_start, clean_leftovers, load_checkpoint, run_lock
 from kit.split import save_split, split_for
 from kit.train.checkpoints import CheckpointSaver
 from kit.train.clock import Clock, StepTimer

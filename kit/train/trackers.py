@@ -9,7 +9,7 @@ from accelerate.tracking import get_available_trackers
 from accelerate.utils import LoggerType, ProjectConfiguration
 
 from kit.errors import KitError
-from kit.runs import flat_config
+from kit.identity import flat_config
 
 PROJECT = "kit"             # the W&B / MLflow / ClearML project every run logs to
 FOLDER = "trackers"         # in the run dir, so the launchers, which bring whole run dirs back, bring it too

@@ -1,0 +1,165 @@
+"""What defines a run (identity.json): its data's digests, its config less the settings that do not
+change what its weights mean, its budget and input files; read, compared and described for kit.runs.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from kit.config import RunConfig, from_dict, load_toml, to_dict
+from kit.errors import KitError
+from kit.fsio import sha256_file
+
+IDENTITY = "identity.json"
+# Settings that do not change what a run's weights mean, so they are left out of its identity:
+# time budgets (a recipe's --minutes recomputes train.minutes from elapsed time on every re-run),
+# switches for speed with the same maths (threads, torch.compile, where the store lives),
+# prediction settings, the run's label, the experiment tracker that watches it (so a run resumes
+# with tracking turned on or off), and the data dir's path: the data fingerprint covers the data
+# itself, so a copied or moved data dir is still the same data.
+NOT_IDENTITY = ("name", "data.data_dir", "data.store_on_gpu", "data.allow_external_labels", "train.minutes",
+                "train.max_minutes", "train.stop_step", "train.cpu_threads", "train.compile", "train.log_with", "infer")
+START_OVER = "start over with --fresh (the old run is moved aside, nothing is deleted)"
+
+
+def _flat(values: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flat(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def _defining(key: str) -> bool:
+    return not any(key == k or key.startswith(k + ".") for k in NOT_IDENTITY)
+
+
+def flat_config(cfg) -> dict:
+    """The resolved config as flat `section.key: value`."""
+    return _flat(to_dict(cfg))
+
+
+def config_identity(cfg) -> dict:
+    """The resolved config as flat `section.key: value`, less the settings in NOT_IDENTITY."""
+    return {k: v for k, v in flat_config(cfg).items() if _defining(k)}
+
+
+def data_identity(store) -> dict:
+    """The json files' hash and the packed features' content digest (dir kept only to report)."""
+    # deferred: kit.data brings numpy, which this module's light importers (kit.records, and
+    # through it every `kit kaggle` command and Kaggle worker process) never need
+    from kit.data import layout_hash
+
+    return {"dir": str(Path(store.layout.data_dir).resolve()), "layout": layout_hash(store.layout.data_dir),
+            "features": store.content_digest}
+
+
+def run_identity(cfg, store, budget: str | None = None, run_dir: str | Path | None = None) -> dict:
+    """What defines a run trained from cfg on store's data. n_mels/n_classes come from the data
+    (as training fills them in). run_dir: keep its recorded budget name when budget is None."""
+    cfg = from_dict(to_dict(cfg))
+    cfg.model.n_mels, cfg.model.n_classes = store.n_mels, len(store.speakers)
+    if budget is None and run_dir is not None:
+        budget = (read_identity(run_dir) or {}).get("budget")
+    identity = {"version": 1, "data": data_identity(store), "config": config_identity(cfg), "budget": budget}
+    inputs = input_identity(cfg)
+    if inputs:                          # pseudo-labels, a teacher, starting weights: their contents
+        identity["inputs"] = inputs
+    return identity
+
+
+def require_same_data(run_dir: str | Path, data_dir: str | Path) -> None:
+    """Refuse to predict or vote a run on a data dir whose json files changed since the run trained
+    on it: its class indices would name other speakers (mapping.json), its split other utterances.
+    Runs from before identity.json recorded the layout are not checked."""
+    recorded = ((read_identity(run_dir) or {}).get("data") or {}).get("layout")
+    if not recorded:
+        return
+    # deferred: kit.data brings numpy and torch, which this module's light importers never need
+    from kit.data import layout_hash
+
+    now = layout_hash(data_dir)
+    if now != recorded:
+        raise KitError(f"{data_dir}: its metadata.json, mapping.json or testdata.json changed since {run_dir} "
+                       f"trained on it (layout {recorded}, now {now}), so the model's classes would name other "
+                       f"speakers; restore those files, or train the run again on the data as it is now "
+                       f"(`kit train ... --fresh`)")
+
+
+INPUT_FILES = ("data.pseudo_labels", "train.teacher", "train.init_from")
+
+
+def input_identity(cfg) -> dict:
+    """Content digests of the files a run trains from besides the data (by setting name)."""
+    out = {}
+    for key in INPUT_FILES:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value:
+            path = Path(value)
+            path = path / "last.pt" if path.is_dir() else path
+            out[key] = sha256_file(path) if path.is_file() else None
+    return out
+
+
+def read_identity(run_dir: str | Path) -> dict | None:
+    path = Path(run_dir) / IDENTITY
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise KitError(f"{path}: unreadable run identity ({e}); {START_OVER}") from None
+    if not (isinstance(value, dict) and isinstance(value.get("config"), dict) and isinstance(value.get("data"), dict)):
+        raise KitError(f"{path}: malformed run identity; {START_OVER}")
+    return value
+
+
+def legacy_identity(run_dir: Path) -> dict | None:
+    """For a run dir from before identity.json: its config.toml, and its data dir by path only."""
+    path = run_dir / "config.toml"
+    if not path.is_file():
+        return None
+    try:
+        cfg = from_dict(load_toml(path), where=str(path))
+    except KitError:
+        return {"legacy": True, "data": {"dir": None}, "config": {"config.toml": "unreadable"}}
+    return {"legacy": True, "data": {"dir": str(Path(cfg.data.data_dir).resolve())},
+            "config": config_identity(cfg)}
+
+
+def identity_changes(old: dict, new: dict, config_prefix: str = "") -> list[str]:
+    """What differs between two identities, as short phrases ("data", "model.d_model 16 -> 32",
+    "budget quick -> full"). Only config keys starting with config_prefix are compared; a key
+    the old identity lacks (a setting added to kit since) counts only if it is not the default."""
+    changes = []
+    was, now = old.get("data", {}), new["data"]
+    if "features" in was:
+        if (was.get("layout"), was.get("features")) != (now["layout"], now["features"]):
+            where = "same dir, files changed" if was.get("dir") == now["dir"] else f"{was.get('dir')} -> {now['dir']}"
+            changes.append(f"data ({where})")
+    elif was.get("dir") != now["dir"]:
+        changes.append(f"data ({was.get('dir')} -> {now['dir']})")
+    defaults = config_identity(RunConfig())
+    before, after = old.get("config", {}), new["config"]
+    for key in sorted(set(before) | set(after)):
+        if not key.startswith(config_prefix) or key not in after:
+            continue
+        value = before.get(key, defaults.get(key))
+        if value != after[key]:
+            changes.append(f"{key} {value!r} -> {after[key]!r}")
+    if not config_prefix and old.get("inputs", {}) != new.get("inputs", {}):
+        changed = sorted(k for k in set(old.get("inputs", {})) | set(new.get("inputs", {}))
+                         if old.get("inputs", {}).get(k) != new.get("inputs", {}).get(k))
+        changes.append(f"contents of {', '.join(changed)}")
+    if not old.get("legacy") and not config_prefix and old.get("budget") != new.get("budget"):
+        changes.append(f"budget {old.get('budget')} -> {new.get('budget')}")
+    return changes
+
+
+def describe(changes: list[str], most: int = 4) -> str:
+    shown = ", ".join(changes[:most])
+    return shown + (f" and {len(changes) - most} more" if len(changes) > most else "")
