@@ -56,6 +56,7 @@ class ModelConfig:
     am_s: float = 30.0              # margin heads' scale s
     am_m: float = 0.2               # margin: amsoftmax s*(cos - m), aamsoftmax s*cos(theta + m) (radians)
     margin_warmup_steps: int = 0    # a margin head's m ramps 0 -> am_m over this many steps
+    feature_norm: str = "none"       # none | cmn: each utterance's (crop's, window's) mean log-mel taken out
     n_mels: int = 40                # filled in from the data
     n_classes: int = 600            # filled in from the data
 
@@ -211,7 +212,8 @@ TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvc
 CHOICES: dict[str, dict[str, tuple]] = {
     "data": {"store_dtype": ("float16", "float32")},
     "model": {"encoder": tuple(ENCODER_KINDS), "pooling": ("mean", "sap", "sap+mean", "stats", "astp"),
-              "head": ("mlp", "linear", "amsoftmax", "aamsoftmax"), "resnet_depth": (10, 18, 34)},
+              "head": ("mlp", "linear", "amsoftmax", "aamsoftmax"), "resnet_depth": (10, 18, 34),
+              "feature_norm": ("none", "cmn")},
     "train": {"mixed_precision": ("auto", "no", "bf16", "fp16")},
     "infer": {"mode": ("sliding", "full", "auto"), "average": ("probs", "logits")},
 }

@@ -75,6 +75,16 @@ class ConformerEncoder(nn.Module):
         return F.pad(h, (0, 0, 0, T - t_max)), lengths                      # (B, T, D)
 
 
+# ---------------------------------------------------------------- cepstral mean normalisation
+def mean_normalise(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Each utterance's mean log-mel over its real frames taken out (CMN, as WeSpeaker does to its
+    fbanks): a fixed channel or loudness is a constant offset in log-mel, so this removes it. Padding
+    stays as it is (the encoders mask it)."""
+    valid = valid_mask(lengths, x.shape[1]).unsqueeze(-1)                  # (B, T, 1)
+    mean = (x * valid).sum(1, keepdim=True) / valid.sum(1, keepdim=True).clamp(min=1)   # (B, 1, D)
+    return torch.where(valid, x - mean, x)
+
+
 # ---------------------------------------------------------------- SpecAugment
 class SpecAugment(nn.Module):
     """Time and frequency masks drawn for the whole batch at once; only in training mode.
@@ -156,6 +166,7 @@ class SpeakerNet(nn.Module):
         self.pooling = POOLINGS[cfg.pooling](self.encoder.out_dim)
         self.head = HEADS[cfg.head](self.pooling.out_dim, cfg)
         self.specaug = SpecAugment(augment) if augment is not None and augment.specaugment else None
+        self.cmn = cfg.feature_norm == "cmn"
 
     def set_step(self, step: int) -> None:
         """Tell step-scheduled parts (a margin head's margin) where training is."""
@@ -168,6 +179,8 @@ class SpeakerNet(nn.Module):
         return self.head.remove_margin(logits, labels) if isinstance(self.head, MarginHead) else logits
 
     def embed(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        if self.cmn:
+            x = mean_normalise(x, lengths)
         if self.specaug is not None:
             x = self.specaug(x, lengths)                                    # no-op in eval
         h, lengths = self.encoder(x, lengths)                               # (B, T', D), lengths at T'

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from kit.config import AugmentConfig, ModelConfig
+from kit.config import AugmentConfig, ModelConfig, RunConfig, validate
 from kit.errors import KitError
 from kit.heads import AAMSoftmaxHead
 from kit.models import ENCODERS, HEADS, POOLINGS, AMSoftmaxHead, SpecAugment, build_model
@@ -338,3 +338,30 @@ def test_conformer_with_stock_convs_gives_the_same_outputs():
     stock.load_state_dict(model.state_dict())
     x, lengths = padded_batch()
     torch.testing.assert_close(stock(x, lengths), model(x, lengths), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("encoder,pooling", [("resnet", "stats"), ("transformer", "sap"), ("ecapa", "astp")])
+def test_cmn_takes_out_each_utterances_constant_offset_and_keeps_padding_masked(encoder, pooling):
+    """model.feature_norm = "cmn": a channel or loudness that adds a constant to every frame of one
+    utterance's log-mel (here +3 on the 7-frame one, -2 on the 4-frame one) leaves its embedding
+    as it was; without cmn it does not. Padding still changes nothing."""
+    x, lengths = padded_batch()
+    valid = (torch.arange(12)[None, :] < lengths[:, None]).unsqueeze(-1)           # (B, T, 1)
+    shifted = torch.where(valid, x + torch.tensor([0.0, 3.0, -2.0])[:, None, None], x)
+    for norm, same in (("cmn", True), ("none", False)):
+        torch.manual_seed(0)
+        model = build_model(small(encoder=encoder, pooling=pooling, feature_norm=norm)).eval()
+        with torch.no_grad():
+            before, after = model.embed(x, lengths), model.embed(shifted, lengths)
+            alone = model.embed(shifted[2:3, :4], lengths[2:3])
+        torch.testing.assert_close(after[0], before[0])                             # not shifted
+        assert torch.allclose(after[1:], before[1:], atol=1e-4, rtol=1e-4) == same, norm
+        if same:
+            torch.testing.assert_close(after[2:3], alone, atol=1e-4, rtol=1e-4)
+
+
+def test_cmn_is_a_choice_checked_when_the_config_loads():
+    cfg = RunConfig()
+    cfg.model.feature_norm = "cvn"
+    with pytest.raises(KitError, match="model.feature_norm 'cvn'"):
+        validate(cfg)
