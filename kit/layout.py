@@ -126,6 +126,8 @@ def read_layout(data_dir: str | os.PathLike) -> Layout:
     test = [_utterance(u, test_path, None, data_dir) for u in testdata["utterances"]]
     if not train:
         raise KitError(f"{meta_path}: no training utterances")
+    if not test:                                # a recipe would vote, and spend a submission on, a header
+        raise KitError(f"{test_path}: lists no test utterances")
     seen: set[str] = set()
     for u in train + test:
         if u.path in seen:

@@ -105,8 +105,19 @@ def _after_failure(name: str, run_dir: Path, code: int, running: dict, log) -> N
     for other in running.values():
         if other[3] is not None and other[3].poll() is None:
             other[3].terminate()
-    tail = (run_dir / "train.log").read_text(errors="replace").strip().splitlines()[-1:]
-    raise KitError(f"member {name} failed (exit {code}): {' '.join(tail)[:300]} (full log: {run_dir / 'train.log'})")
+    log_path = run_dir / "train.log"
+    if code < 0:        # killed: the log's last line is whatever an earlier session wrote last
+        raise KitError(f"member {name} failed (killed by signal {-code}, {_signal_name(-code)}); full log: {log_path}")
+    tail = log_path.read_text(errors="replace").strip().splitlines()[-1:]
+    raise KitError(f"member {name} failed (exit {code}): {' '.join(tail)[:300]} (full log: {log_path})")
+
+
+def _signal_name(number: int) -> str:
+    try:
+        name = signal.Signals(number).name
+    except ValueError:
+        return "an unknown signal"
+    return name + ("; out of memory?" if number == signal.SIGKILL else "")
 
 
 def run_slots(tasks: list[tuple[str, Path, list[list[str]]]], slots: list[dict], log, children: list,

@@ -69,6 +69,13 @@ def test_malformed_json(data, capsys):
     check_fails(data, capsys, "testdata.json", "malformed JSON")
 
 
+def test_a_test_set_with_no_utterances_is_refused(data, capsys):
+    """A recipe would train, vote and spend a submission on a CSV of just its header."""
+    test = load_json(data / "testdata.json")
+    save_json(data / "testdata.json", {**test, "utterances": []})
+    check_fails(data, capsys, "testdata.json", "lists no test utterances")
+
+
 def test_speaker_missing_from_mapping(data, capsys):
     meta = load_json(data / "metadata.json")
     spk = next(iter(meta["speakers"]))

@@ -20,6 +20,7 @@ from kit.errors import KitError
 from kit.kaggle import append_ledger, read_ledger, update_ledger
 from kit.runs import run_lock
 from kit.train import load_model
+from kit.workers import run_slots
 from kit.zoo import run_recipe
 
 from conftest import garbage, kit_cli, kit_env, one_error
@@ -365,3 +366,16 @@ def test_sigkill_of_a_two_worker_recipe_then_rerun_matches_an_uninterrupted_run(
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
     assert finish(runs) == straight
+
+
+def test_a_member_killed_by_a_signal_is_named_as_killed_not_by_its_logs_last_line(tmp_path):
+    """A worker SIGKILLed (the out-of-memory killer, or a user) leaves in train.log whatever an
+    earlier session wrote last (here summary.json's closing brace): the error names the signal."""
+    run_dir = tmp_path / "m"
+    run_dir.mkdir()
+    (run_dir / "train.log").write_text('{\n  "step": 4\n}\n')
+    suicide = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"]
+    with pytest.raises(KitError) as e:
+        run_slots([("m", run_dir, [suicide])], [{"label": "cpu"}], lambda line: None, [])
+    assert "member m failed (killed by signal 9, SIGKILL; out of memory?)" in str(e.value)
+    assert "}" not in str(e.value).split("full log")[0]

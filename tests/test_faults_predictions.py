@@ -153,6 +153,8 @@ def test_the_vote_functions_refuse_nan_instead_of_crashing():
         fit_temperature(np.log(nan), labels)
     with pytest.raises(KitError, match="must be finite, non-negative and not all zero"):
         pool_log_probs([np.log(good), np.log(good)], [np.nan, np.nan], "geo")
+    with pytest.raises(KitError, match="weights 1e[+]308, 1e[+]308: must be finite"):     # their sum overflows
+        pool_log_probs([np.log(good), np.log(good)], [1e308, 1e308], "geo")
 
 
 # ---------------------------------------------------------------- 5. long utterances in bounded memory

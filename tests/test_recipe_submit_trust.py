@@ -9,7 +9,7 @@ import pytest
 
 import kit.zoo
 from kit.cli import main
-from kit.kaggle import read_ledger, recipe_submit
+from kit.kaggle import read_ledger, recipe_submit, update_ledger
 from kit.zoo import run_recipe
 
 from conftest import one_error_line
@@ -82,3 +82,29 @@ def test_a_skipped_submission_is_no_failure(trained, tiny_data, tmp_path, monkey
     out, err = capsys.readouterr()
     assert code == 0 and "kit: error" not in err, err
     assert "SKIPPED on -  public -  private -" in out
+
+
+def test_a_synthetic_competition_is_rehearsed_even_with_credentials(kaggle_env, sub, tiny_data):
+    """Kaggle could only refuse a synthetic competition's ids (and count the try against the day's five):
+    with credentials set and no endpoint named, the vote still goes to a rehearsal stand-in."""
+    result = recipe_submit(sub, "rehearsal", tiny_data, submissions_dir=sub.parent)
+    assert result["status"] == "COMPLETE" and result["target"] == "local stand-in", result
+    assert list(read_ledger(sub.parent / "ledger.csv")["target"]) == ["local stand-in"]
+
+
+def test_a_rehearsal_row_left_pending_by_a_killed_recipe_is_marked_failed_and_sent_again(kaggle_env, sub, tiny_data,
+                                                                                       monkeypatch):
+    """A recipe killed while its stand-in scored leaves a PENDING row that no server will ever score
+    (that stand-in died with the recipe); the re-run marks it FAILED and sends the file to its own."""
+    monkeypatch.delenv("KAGGLE_USERNAME")
+    monkeypatch.delenv("KAGGLE_KEY")
+    first = recipe_submit(sub, "recipe", tiny_data, submissions_dir=sub.parent)
+    ledger = sub.parent / "ledger.csv"
+    update_ledger(ledger, first["row"]["competition"], first["ref"], {"status": "PENDING"}, target="local stand-in")
+    again = recipe_submit(sub, "recipe, re-run", tiny_data, submissions_dir=sub.parent)
+    rows = read_ledger(ledger).to_dict("records")
+    assert again["status"] == "COMPLETE" and "already submitted" not in (again["reason"] or ""), again
+    assert [r["status"] for r in rows] == ["FAILED", "COMPLETE"]
+    assert "stand-in stopped before scoring it" in rows[0]["error"] and rows[1]["message"] == "recipe, re-run"
+    third = recipe_submit(sub, "recipe, third", tiny_data, submissions_dir=sub.parent)
+    assert "already submitted" in third["reason"] and len(read_ledger(ledger)) == 2     # a scored row still counts

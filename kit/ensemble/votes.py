@@ -13,7 +13,9 @@ def check_weights(weights, m: int) -> np.ndarray:
     w = np.ones(m) if weights is None else np.asarray(weights, dtype=np.float64)
     if w.shape != (m,):
         raise KitError(f"{w.size} weights given for {m} ensemble members")
-    if (w < 0).any() or not np.isfinite(w).all() or w.sum() <= 0:      # plain numbers: 1, nan, not np.float64(nan)
+    with np.errstate(over="ignore"):
+        total = w.sum()                 # inf for weights too large to add up (1e308,1e308)
+    if (w < 0).any() or not np.isfinite(w).all() or not np.isfinite(total) or total <= 0:   # plain numbers: 1, nan
         raise KitError(f"weights {', '.join(f'{x:g}' for x in w.tolist())}: must be finite, non-negative and "
                        "not all zero")
     return w

@@ -1,5 +1,6 @@
-"""A recipe's last step: submit to the stand-in the user named, else to Kaggle when there are credentials,
-else rehearse on a local stand-in when the data is a synthetic competition (its answer key scores the CSV), else skip.
+"""A recipe's last step: submit to the stand-in the user named, else rehearse on a local stand-in when the
+data is a synthetic competition (its answer key scores the CSV; credentials or not: Kaggle could only
+refuse its ids, and count the try), else to Kaggle when there are credentials, else skip.
 """
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ from pathlib import Path
 
 from kit import DEFAULT_COMPETITION
 from kit.errors import KitError
+from kit.fsio import sha256_file
 from kit.kaggle.client import KAGGLE, STAND_IN, endpoint_or_env
 from kit.kaggle.client import target as named_target
 from kit.kaggle.credentials import CREDENTIALS_HELP, credential_source
-from kit.kaggle.ledger import find_submitted, read_ledger
+from kit.kaggle.ledger import find_submitted, read_ledger, update_ledger
 from kit.kaggle.server import StandIn
 from kit.kaggle.submissions import submit
 from kit.layout import is_synthetic, synth_marker
@@ -33,14 +35,15 @@ def recipe_submit(csv_path, message: str, data_dir, competition: str = DEFAULT_C
         comp = (synth_marker(data_dir) or {}).get("competition") or competition
         return _recipe_attempt(csv_path, message, data_dir, comp, ledger, endpoint_or_env(endpoint), None, log,
                                named_target(endpoint))
+    if is_synthetic(data_dir):
+        with rehearsal_stand_in(data_dir, competition) as (server, env):
+            _mark_lost(ledger, csv_path, server.competition)
+            return _recipe_attempt(csv_path, message, data_dir, server.competition, ledger, server.url, env, log,
+                                   STAND_IN)
     if credential_source():
         return _recipe_attempt(csv_path, message, data_dir, competition, ledger, None, None, log, KAGGLE)
-    if not is_synthetic(data_dir):
-        return {"status": "SKIPPED", "public": None, "private": None, "ref": None, "target": None, "row": None,
-                "reason": f"not submitted: {data_dir} is not a synthetic competition, and {CREDENTIALS_HELP}"}
-    with rehearsal_stand_in(data_dir, competition) as (server, env):
-        return _recipe_attempt(csv_path, message, data_dir, server.competition, ledger, server.url, env, log,
-                               STAND_IN)
+    return {"status": "SKIPPED", "public": None, "private": None, "ref": None, "target": None, "row": None,
+            "reason": f"not submitted: {data_dir} is not a synthetic competition, and {CREDENTIALS_HELP}"}
 
 
 @contextlib.contextmanager
@@ -54,6 +57,23 @@ def rehearsal_stand_in(data_dir, competition: str = DEFAULT_COMPETITION, **optio
         env = {"KAGGLE_USERNAME": "kit-rehearsal", "KAGGLE_KEY": "local-stand-in", "KAGGLE_CONFIG_DIR": home}
         with StandIn(data_dir, synth["answers"], competition=comp, pending_polls=1, **options) as server:
             yield server, env
+
+
+LOST = "its rehearsal stand-in stopped before scoring it (the recipe was stopped); sent again on the re-run"
+
+
+def _mark_lost(ledger: Path, csv_path, competition: str) -> None:
+    """A PENDING row of this CSV's bytes on a rehearsal stand-in can never be scored: that stand-in
+    lived as long as the recipe that started it, which was stopped before the score came back. The
+    row is marked FAILED (LOST), so the file is sent to this run's stand-in rather than taken as
+    submitted."""
+    if not Path(csv_path).is_file() or not ledger.is_file():
+        return
+    frame = read_ledger(ledger)
+    lost = frame[(frame["sha256"] == sha256_file(csv_path)) & (frame["competition"] == competition)
+                 & (frame["target"] == STAND_IN) & (frame["status"] == "PENDING")]
+    for ref in sorted(set(lost["ref"]) - {""}):     # a row without a ref was never accepted
+        update_ledger(ledger, competition, ref, {"status": "FAILED", "error": LOST}, target=STAND_IN)
 
 
 def _recipe_attempt(csv_path, message, data_dir, competition, ledger, endpoint, env, log, target) -> dict:
