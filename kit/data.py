@@ -21,7 +21,7 @@ from kit.config import CHOICES
 from kit.env import cache_dir as default_cache_dir
 from kit.env import note_cache, note_line
 from kit.errors import KitError
-from kit.fsio import atomic_dir, file_lock, write_json
+from kit.fsio import atomic_dir, file_lock, sha256_file, write_json
 from kit.layout import LAYOUT_FILES, Layout, load_feature, parallel_map, read_layout
 from kit.split import Split, load_split, make_split, save_split, split_for
 from kit.store_verify import (
@@ -32,6 +32,7 @@ from kit.store_verify import (
     OlderStore,
     array_record,
     digests,
+    file_stamp,
     labels_of,
     offsets_of,
     verify_store,
@@ -78,11 +79,12 @@ class FeatureStore:
     done.json and the json files (see verify_store): well under a second even at full size.
     """
 
-    def __init__(self, root: Path, layout: Layout, dtype: str):
-        """The store in root, verified; DamagedStore says what is wrong with it."""
+    def __init__(self, root: Path, layout: Layout, dtype: str, whole: bool = False):
+        """The store in root, verified (whole: every byte of features.npy against its digest); DamagedStore
+        says what is wrong with it."""
         self.root = root
         self.layout = layout
-        done, arrays = verify_store(root, layout, dtype)
+        done, arrays = verify_store(root, layout, dtype, whole)
         self.features = arrays["features"]                               # (F, D) memory map
         self.offsets = np.array(arrays["offsets"])                       # (N,)
         self.lengths = np.array(arrays["lengths"])                       # (N,)
@@ -202,8 +204,8 @@ class FeatureStore:
 
 def verify_stores(data_dir: str | os.PathLike) -> list[tuple[Path, str | None]]:
     """`kit data check`'s look at the packed stores of data_dir in its cache (either dtype), each
-    verified as opening it would: (store dir, None when sound, else why it is repacked when next
-    opened). KitError for a damaged one, naming it."""
+    verified as opening it would and every byte of features.npy against its digest: (store dir,
+    None when sound, else why it is repacked when next opened). KitError for a damaged one, naming it."""
     layout = read_layout(data_dir)
     cache, _ = default_cache_dir(data_dir)
     key = store_key(layout)
@@ -213,7 +215,7 @@ def verify_stores(data_dir: str | os.PathLike) -> list[tuple[Path, str | None]]:
         if not root.exists():
             continue
         try:
-            FeatureStore(root, layout, dtype)
+            FeatureStore(root, layout, dtype, whole=True)
             found.append((root, None))
         except OlderStore as e:                        # not damage: repacked once, quietly
             found.append((root, str(e)))
@@ -296,9 +298,11 @@ def _write_store(layout: Layout, folder: Path, dtype: str, workers: int | None, 
     np.save(folder / "labels.npy", labels_of(layout))
     arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in STORE_ARRAYS}
     record = {**array_record(folder, arrays), **digests(arrays)}      # of what reads back
+    features = folder / "features.npy"
     write_json(folder / "done.json", {"version": STORE_VERSION, "format": STORE_FORMAT, "dtype": dtype,
                                       "utterances": len(lengths), "frames": int(lengths.sum()),
-                                      "content": content, "record": record})
+                                      "content": content, "record": record, "features_sha256": sha256_file(features),
+                                      "features_stamp": file_stamp(features)})
 
 
 def _write_features(layout: Layout, path: Path, offsets: np.ndarray, dtype: str, workers: int | None,

@@ -1,20 +1,24 @@
 """What a packed store's done.json records of it, and the check that opening a store makes
 against that record and the json files (kit.data.FeatureStore): a damaged or older store is
-packed again.
+packed again. Opening hashes the whole of features.npy when the file changed since packing (its
+size or modification time), `kit data check` always.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 
+from kit.fsio import sha256_file
 from kit.layout import Layout
 
 STORE_VERSION = 1          # hashed into layout_hash, so into every run's data identity (kit.runs):
                            # changing it makes every existing run look trained on other data
-STORE_FORMAT = 2           # what done.json records; a store without the record is packed again
+STORE_FORMAT = 3           # what done.json records; a store without the record is packed again
+                           # (3: the whole features.npy's digest, and its size and mtime)
 STORE_ARRAYS = ("features", "offsets", "lengths", "labels")
 SAMPLE_ROWS = 256          # rows of features.npy whose digest done.json records: cheap at any size
 DIGESTS = {"index_sha256": "digest of offsets, lengths and labels",
@@ -30,11 +34,12 @@ class OlderStore(DamagedStore):
     """A store packed by a kit whose done.json has no record to verify it against: packed once more."""
 
 
-def verify_store(root: Path, layout: Layout, dtype: str) -> tuple[dict, dict[str, np.ndarray]]:
+def verify_store(root: Path, layout: Layout, dtype: str, whole: bool = False) -> tuple[dict, dict[str, np.ndarray]]:
     """done.json and the arrays (memory-mapped) of the store in root, after checking that they
     are what done.json records and what the json files say (lengths, labels, contiguous
     offsets); DamagedStore names the first thing that is not. Reads a few hundred rows of
-    features.npy, not all of it."""
+    features.npy, and all of it (its digest) when whole or when the file was written to since it
+    was packed (a size or modification time other than done.json's)."""
     done = _read_done(root)
     arrays = {}
     for name in STORE_ARRAYS:
@@ -49,7 +54,16 @@ def verify_store(root: Path, layout: Layout, dtype: str) -> tuple[dict, dict[str
     _compare(done["record"], array_record(root, arrays))
     _check_against_layout(arrays, layout, dtype)
     _compare(done["record"], digests(arrays))
+    if whole or file_stamp(root / "features.npy") != done["features_stamp"]:
+        if sha256_file(root / "features.npy") != done["features_sha256"]:
+            raise _damaged("features.npy differs from the digest done.json records: written to since it was packed")
     return done, arrays
+
+
+def file_stamp(path: Path) -> list[int]:
+    """[size, mtime_ns]: any write to the file changes its modification time."""
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns]
 
 
 def _damaged(what: str) -> DamagedStore:
@@ -68,8 +82,11 @@ def _read_done(root: Path) -> dict:
         raise _damaged("done.json malformed")
     if "format" not in done and done.get("version") == STORE_VERSION:
         raise OlderStore("packed store of an older kit, with no record to verify it against")
+    if done.get("format") in range(1, STORE_FORMAT) and done.get("version") == STORE_VERSION:
+        raise OlderStore("packed store of an older kit, with no digest of its whole features.npy")
     if done.get("format") != STORE_FORMAT or not isinstance(done.get("record"), dict) \
-            or not isinstance(done.get("content"), str):
+            or not isinstance(done.get("content"), str) or not isinstance(done.get("features_sha256"), str) \
+            or not isinstance(done.get("features_stamp"), list):
         raise _damaged("done.json malformed")
     return done
 

@@ -15,6 +15,7 @@ import kit.data
 from kit.cli import main
 from kit.data import FeatureStore, store_bytes
 from kit.errors import KitError
+from kit.fsio import sha256_file
 from kit.layout import read_layout
 
 from conftest import garbage
@@ -97,6 +98,13 @@ def test_a_store_of_an_older_kit_is_packed_once_more(data, capsys, monkeypatch):
     assert again.content_digest == good.content_digest
     assert "record" in json.loads((good.root / "done.json").read_text())
 
+    done = json.loads((good.root / "done.json").read_text())        # format 2: no whole-file digest yet
+    (good.root / "done.json").write_text(json.dumps({**{k: v for k, v in done.items() if not k.startswith("features_")},
+                                                     "format": 2}))
+    FeatureStore.open(data, "float32", progress=False)
+    assert "no digest of its whole features.npy" in capsys.readouterr().err
+    assert "features_sha256" in json.loads((good.root / "done.json").read_text())
+
 
 def test_kit_data_check_verifies_the_store(data, capsys):
     good = packed(data, capsys)
@@ -109,6 +117,44 @@ def test_kit_data_check_verifies_the_store(data, capsys):
     assert len(lines) == 1 and lines[0].startswith(f"kit: error: {good.root}: damaged packed store (offsets"), lines
 
 
+def flip_rows_outside_the_sample(root: Path) -> None:
+    """Change the sign of feature rows the sampled digest does not read (in place, as a stray writer or
+    a bad disk would): nothing but a digest of the whole file can see it."""
+    features = np.lib.format.open_memmap(root / "features.npy", mode="r+")
+    sampled = set(np.linspace(0, len(features) - 1, 256).astype(int).tolist())
+    rows = [r for r in range(len(features) - 300, len(features)) if r not in sampled]
+    features[rows] = -features[rows] - 1
+    features.flush()
+    del features
+
+
+def test_rows_the_sample_misses_are_caught_by_the_whole_files_digest(data, capsys):
+    """The probe's damage (issue 20 review): rows outside the sampled 256 rewritten in place passed
+    every check and changed test predictions. A write changes features.npy's modification time, so
+    opening hashes the whole file and rebuilds; `kit data check` always hashes it."""
+    good = packed(data, capsys)
+    last = good.utterance(good.n_train + good.n_test - 1).copy()
+    flip_rows_outside_the_sample(good.root)
+    assert main(["data", "check", str(data)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "features.npy differs from the digest done.json records" in err[0], err
+    again = FeatureStore.open(data, "float32", progress=False)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "features.npy differs" in lines[0] and lines[0].endswith("; rebuilding"), lines
+    assert np.array_equal(again.utterance(again.n_train + again.n_test - 1), last)
+
+
+def test_a_store_whose_features_were_only_touched_opens_without_packing(data, capsys, monkeypatch):
+    """A new modification time with the same bytes (a copy, `touch`) costs one whole-file digest, not a
+    rebuild; `kit data check` hashes a sound store and says so."""
+    good = packed(data, capsys)
+    os.utime(good.root / "features.npy", ns=(1, 1))
+    monkeypatch.setattr(kit.data, "_pack", lambda *a: pytest.fail("packed again although it was sound"))
+    assert np.array_equal(FeatureStore.open(data, "float32", progress=False).utterance(3), good.utterance(3))
+    assert main(["data", "check", str(data)]) == 0
+    assert f"ok: {good.root}: packed store verified" in capsys.readouterr().out
+
+
 def test_done_json_records_what_the_store_must_be(data, capsys):
     store = packed(data, capsys)
     done = json.loads((store.root / "done.json").read_text())
@@ -117,6 +163,7 @@ def test_done_json_records_what_the_store_must_be(data, capsys):
                                   "bytes": (store.root / "features.npy").stat().st_size}
     assert record["offsets"]["shape"] == [store.n_train + store.n_test]
     assert len(record["index_sha256"]) == 64 and len(record["sample_sha256"]) == 64
+    assert done["features_sha256"] == sha256_file(store.root / "features.npy")
 
 
 # ---------------------------------------------------------------- a full disk while packing
