@@ -46,6 +46,16 @@ def test_submit_wait_records_scores_in_ledger(kaggle_env, standin, sub, tiny_ans
     assert standin.calls.count("ListSubmissions") >= 3
 
 
+def test_sending_the_same_bytes_again_is_allowed_with_a_note(kaggle_env, standin, sub, capsys):
+    """A plain `kit submit` does what it is told, but says that it spends another of the day's five."""
+    code, _, err = kit(capsys, *submit_args(sub, standin, "--wait"))
+    assert code == 0 and "already" not in err and "was submitted at" not in err, err
+    code, _, err = kit(capsys, *submit_args(sub, standin, "--wait"))
+    [first, _] = ledger_rows(sub)
+    assert code == 0 and f"was submitted at {first['time']} (ref {first['ref']}, COMPLETE)" in err, err
+    assert "spends another of the day's submissions" in err
+
+
 def test_invalid_csv_is_refused_before_sending(kaggle_env, standin, sub, capsys):
     sub.write_text("Id,Category\nnot-a-test-file.pt,id00001\n")
     code, _, err = kit(capsys, *submit_args(sub, standin))

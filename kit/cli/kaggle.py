@@ -13,6 +13,7 @@ from kit import DEFAULT_COMPETITION, env
 from kit.errors import KitError
 from kit.kaggle import KAGGLE, read_ledger, refresh_ledger, score_table, submit
 from kit.kaggle.client import target
+from kit.kaggle.ledger import find_submitted
 from kit.kaggle.pending import merge_pending
 from kit.kaggle.server import FAULT_TARGETS, StandIn
 from kit.layout import synth_marker
@@ -69,12 +70,25 @@ def register(sub) -> None:
 def cmd_submit(args: argparse.Namespace) -> int:
     if not args.timeout > 0:        # NaN too: a submission would be spent, then "still PENDING after -5s"
         raise KitError(f"--timeout {args.timeout:g}: must be a number of seconds above 0; nothing was sent")
+    _note_resend(args)
     row = submit(args.csv, args.message, args.competition, data_dir=args.data, wait=args.wait,
                  ledger=args.ledger, endpoint=args.endpoint, timeout=args.timeout, log=_log)
     scores = f" public {row['public']} private {row['private']}" if row["public"] else ""
     print(f"submitted {args.csv} to {args.competition} ({row['target']}): ref {row['ref']} "
           f"{row['status']}{scores}")
     return 0
+
+
+def _note_resend(args: argparse.Namespace) -> None:
+    """One line when these very bytes were submitted to the same place before: sending them again is
+    allowed (a plain `kit submit` does what it is told) but spends another of the day's five."""
+    try:
+        earlier = find_submitted(args.ledger, args.csv, args.competition, target(args.endpoint))
+    except KitError:            # a damaged ledger: submit names it
+        return
+    if earlier is not None:
+        _log(f"note: {args.csv} (these same bytes) was submitted at {earlier['time']} (ref {earlier['ref']}, "
+             f"{earlier['status']}); sending it again spends another of the day's submissions")
 
 
 def _elsewhere(ledger: Path, endpoint: str | None) -> None:
