@@ -10,15 +10,18 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import zipfile
 from pathlib import Path
 
 import pytest
 
+import kit.kaggle.server as standin_module
 from kit.errors import KitError
 from kit.fsio import sha256_file
 from kit.kaggle import append_ledger, call, extract_zip, read_ledger, recipe_submit
+from kit.kaggle.server import StandIn
 from kit.submission import score_submission
 
 from conftest import COMP, FAKE_KEY, FAKE_TOKEN, one_error_line, submit_args, write_submission
@@ -54,6 +57,23 @@ def test_sending_the_same_bytes_again_is_allowed_with_a_note(kaggle_env, standin
     [first, _] = ledger_rows(sub)
     assert code == 0 and f"was submitted at {first['time']} (ref {first['ref']}, COMPLETE)" in err, err
     assert "spends another of the day's submissions" in err
+
+
+@pytest.mark.parametrize("where", ["Kernels", "start"])
+def test_a_stand_in_stopped_while_it_starts_leaves_no_folder(tiny_data, tiny_answers, tmp_path, monkeypatch, where):
+    """Ctrl-C while a stand-in is built or started (a recipe's rehearsal, `kit kaggle serve`) removes
+    its kit-standin-* folder and closes its port: __exit__ never runs for a `with` not yet entered."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+
+    target = standin_module if where == "Kernels" else StandIn
+    monkeypatch.setattr(target, where, interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        with StandIn(tiny_data, tiny_answers, competition=COMP):
+            pass
+    assert list(tmp_path.glob("kit-standin-*")) == []
 
 
 def test_invalid_csv_is_refused_before_sending(kaggle_env, standin, sub, capsys):

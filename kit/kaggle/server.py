@@ -79,13 +79,18 @@ class StandIn:
         self.first_ref = 1000 + secrets.randbelow(1_000_000) * 1000
         self.uploads: dict[str, dict] = {}       # token -> {"file_name", "data"}
         self.calls: list[str] = []               # every method answered, for tests
-        self._tmp = Path(tempfile.mkdtemp(prefix="kit-standin-"))
         self._zip: Path | None = None
         self._server = _Server((host, port), _Handler)
         self._server.daemon_threads = True
         self._server.standin = self
         self._thread: threading.Thread | None = None
-        self.kernels = Kernels(self, kernel_slots, gpu_used_hours, kernel_timeout)
+        self._tmp = Path(tempfile.mkdtemp(prefix="kit-standin-"))
+        try:                        # a failure or Ctrl-C from here on would leave the folder behind
+            self.kernels = Kernels(self, kernel_slots, gpu_used_hours, kernel_timeout)
+        except BaseException:
+            self._server.server_close()
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            raise
 
     # -- lifecycle
     @property
@@ -114,7 +119,13 @@ class StandIn:
         shutil.rmtree(self._tmp, ignore_errors=True)
 
     def __enter__(self) -> StandIn:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:       # Ctrl-C while starting: __exit__ would not run
+            if self._thread is not None and not self._thread.is_alive():
+                self._thread = None     # never started: shutdown() would wait for it forever
+            self.stop()
+            raise
 
     def __exit__(self, *exc) -> None:
         self.stop()
