@@ -56,7 +56,7 @@ def verify_store(root: Path, layout: Layout, dtype: str, whole: bool = False) ->
     _compare(done["record"], digests(arrays))
     if whole or file_stamp(root / "features.npy") != done["features_stamp"]:
         if sha256_file(root / "features.npy") != done["features_sha256"]:
-            raise _damaged("features.npy differs from the digest done.json records: written to since it was packed")
+            raise _damaged("features.npy differs from the digest done.json records: changed since it was packed")
     return done, arrays
 
 
