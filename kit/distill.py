@@ -20,7 +20,7 @@ from kit.records import predicted_mode
 from kit.runs import check_start
 from kit.train import train
 
-TEACHERS_JSON = "teachers.json"     # {teacher run dir: its test_probs.npy's SHA-256}, as kit.rounds writes it
+TEACHERS_JSON = "teachers.json"     # {teacher run dir: its test_probs.npy's SHA-256}, written by kit.rounds
 
 
 def load_members(run_dirs) -> list:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from kit.distill import best_member, distill, load_members
+from kit.distill import TEACHERS_JSON, best_member, distill, load_members
 from kit.errors import KitError
 from kit.fsio import read_json, sha256_file, write_json
 from kit.identity import run_identity
@@ -301,7 +301,7 @@ def distill_stage(ctx: StageHost, opts: dict, run_dirs: list[Path], result: Reci
     goes on to submit the vote."""
     student = ctx.root / "student"
     teachers = {str(Path(d).resolve()): sha256_file(Path(d) / "test_probs.npy") for d in run_dirs}
-    record = student / "teachers.json"
+    record = student / TEACHERS_JSON
     if student.exists() and _read_teachers(record) != teachers:
         ctx.log(f"student: taught by other members before; moved to {move_aside(student, old_name(student))}")
     overrides = ["train.cpu_threads=0"]         # in-process: every core

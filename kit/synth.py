@@ -167,8 +167,8 @@ def generate(out_dir: str | os.PathLike, preset: str = "tiny", seed: int = 0, fo
 
     if preset not in PRESETS:
         raise KitError(f"preset {preset!r}: choose one of {', '.join(PRESETS)}")
-    if seed < 0:                # numpy's generators take 0 or more
-        raise KitError(f"seed {seed}: 0 or more")
+    if seed < 0:                # numpy's generators take 0 or more: refused before anything is written
+        raise KitError(f"--seed {seed}: 0 or more")
     cfg = PRESETS[preset]
     if cfg.generator == "tts":
         check_engines()
