@@ -231,24 +231,30 @@ def store_bytes(layout: Layout, dtype: str) -> int:
     return frames * layout.n_mels * np.dtype(dtype).itemsize + 3 * 8 * len(layout.all) + 64 * 1024
 
 
-def _no_room(cache: Path, need: int, free: int | None = None) -> KitError:
+def _no_room(cache: Path, store: int, free: int | None = None, margin: int = 0) -> KitError:
+    """The error for a disk without room for the store (`store` bytes) and `margin` bytes left after it."""
     if free is None:
         try:
             free = shutil.disk_usage(cache).free
         except OSError:
             free = 0
-    return KitError(f"{cache}: not enough free space to pack the store: {need} bytes needed, {free} free "
-                    "(free some, or choose another disk with --cache DIR or KIT_CACHE)")
+    left = f" + {_mib(margin)} left for the run's other files" if margin else ""
+    return KitError(f"{cache}: not enough free space to pack the store: {_mib(store)} for the store{left}, "
+                    f"{_mib(free)} free (free some, or choose another disk with --cache DIR or KIT_CACHE)")
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
 
 
 def _check_room(cache: Path, layout: Layout, dtype: str) -> None:
     """Refuse before writing when the disk cannot hold the store (with a margin for the rest of
     the run's files): a disk that fills halfway wastes the packing time."""
-    need = store_bytes(layout, dtype)
-    need += need // 50 + ROOM_MARGIN
+    store = store_bytes(layout, dtype)
+    margin = store // 50 + ROOM_MARGIN
     free = shutil.disk_usage(cache).free
-    if free < need:
-        raise _no_room(cache, need, free)
+    if free < store + margin:
+        raise _no_room(cache, store, free, margin)
 
 
 def _pack(layout: Layout, root: Path, dtype: str, workers: int | None, progress: bool) -> None:

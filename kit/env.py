@@ -135,15 +135,16 @@ def progress_visible() -> bool:
     return "JPY_PARENT_PID" in os.environ or "COLAB_RELEASE_TAG" in os.environ
 
 
-def die_with_parent():
+def die_with_parent(parent: int | None = None):
     """A preexec_fn for child processes: on Linux, the kernel sends the child SIGKILL when the
     process that started it dies (prctl PR_SET_PDEATHSIG), so no trainer outlives its recipe and no
-    Kaggle worker submits for a `kit submit` that was killed (it could not record the submission)."""
+    Kaggle worker submits for a `kit submit` that was killed (it could not record the submission).
+    parent: the pid to die with (default this process); a spawned pool worker calls it with its parent's."""
     try:
         prctl = ctypes.CDLL(None, use_errno=True).prctl      # looked up before the fork
     except (OSError, AttributeError):                         # not Linux
         return None
-    parent = os.getpid()
+    parent = os.getpid() if parent is None else parent
 
     def in_child() -> None:
         prctl(1, signal.SIGKILL)          # PR_SET_PDEATHSIG

@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -208,14 +208,22 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 @contextlib.contextmanager
-def file_lock(path: str | os.PathLike) -> Iterator[None]:
-    """An exclusive advisory lock (fcntl) held for the block; for read-modify-write files."""
+def file_lock(path: str | os.PathLike, busy: Callable[[], None] | None = None) -> Iterator[None]:
+    """An exclusive advisory lock (fcntl) held for the block; for read-modify-write files. `busy` is
+    called once, before waiting, when another process holds the lock (a line saying why we wait)."""
     import fcntl  # deferred: POSIX only, needed only by the code that takes a lock
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        if busy is None:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        else:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                busy()
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         try:
             yield
         finally:

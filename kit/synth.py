@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from kit import DEFAULT_COMPETITION
-from kit.env import progress_visible
+from kit.env import die_with_parent, progress_visible
 from kit.errors import KitError
 from kit.frontend import N_MELS, logmel, wav_to_features
 from kit.fsio import atomic_dir, write_csv, write_json
@@ -208,13 +207,21 @@ def _run_jobs(jobs: list, workers: int, progress: bool) -> list[int]:
             lens += _render(job)
             bar.update(len(job[2]))
     else:
-        # spawn: forking a process that already runs torch threads can deadlock.
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-            for job, out in zip(jobs, pool.map(_render, jobs), strict=True):
+        # spawn: forking a process that already runs torch threads can deadlock. The pool's exit
+        # terminates its workers, on SIGTERM too (kit.env.exit_on_signals); on SIGKILL they die with us.
+        with mp.get_context("spawn").Pool(workers, initializer=_die_with, initargs=(os.getpid(),)) as pool:
+            for job, out in zip(jobs, pool.imap(_render, jobs), strict=True):
                 lens += out
                 bar.update(len(job[2]))
     bar.close()
     return lens
+
+
+def _die_with(parent: int) -> None:
+    """A pool worker's start: killed by the kernel when the synth that started it dies (kit.env)."""
+    in_child = die_with_parent(parent)
+    if in_child is not None:
+        in_child()
 
 
 def _write_layout(root: Path, plan: dict, lens: list[int]) -> None:

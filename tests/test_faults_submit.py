@@ -159,3 +159,42 @@ def test_a_fault_for_a_method_the_stand_in_does_not_have_is_refused(tiny_data, s
     with pytest.raises(KitError, match="no such method"):
         standin.inject("createsubmission", 500)
     standin.inject("CreateSubmission", 500)         # the known ones still work
+
+
+def test_the_stand_in_refuses_a_submission_past_the_daily_limit_as_kaggle_does(kaggle_env, tiny_data, tiny_answers,
+                                                                               sub, capsys):
+    """Kaggle's five a day, rehearsed: past the limit the submission is refused with a 400 naming the
+    allowance, and the ledger row says FAILED with that reason (the CSV is kept)."""
+    from kit.kaggle.server import StandIn
+
+    with StandIn(tiny_data, tiny_answers, competition=COMP, daily_limit=1) as standin:
+        assert kit(capsys, *submit_args(sub, standin, "--wait"))[0] == 0
+        code, _, err = kit(capsys, *submit_args(sub, standin, "--wait"))
+    assert code == 2 and "daily submission allowance (1)" in one_error_line(err), err
+    rows = read_ledger(sub.parent / "ledger.csv")
+    assert list(rows["status"]) == ["COMPLETE", "FAILED"] and "allowance (1)" in rows["error"].iloc[1]
+    assert sub.is_file() and len(standin.submissions) == 1
+
+
+@pytest.mark.parametrize("flag,value", [("--port", "99999"), ("--port", "-1"), ("--kernel-slots", "0"),
+                                        ("--pending-polls", "-1"), ("--kernel-timeout", "-5"),
+                                        ("--gpu-quota-used", "nan"), ("--daily-limit", "-1"),
+                                        ("--fail", "CreateSubmission:999"), ("--fail", "CreateSubmission:429:-1"),
+                                        ("--fail", "CreateSubmission:429:1:-2")])
+def test_a_stand_in_option_out_of_range_is_one_line(tiny_data, capsys, flag, value):
+    code, _, err = kit(capsys, "kaggle", "serve", "--data", tiny_data, "--port", "0", flag, value)
+    assert code == 2 and flag in one_error_line(err), err
+
+
+def test_serving_a_data_dir_that_is_not_there_says_so(tmp_path, capsys):
+    code, _, err = kit(capsys, "kaggle", "serve", "--data", tmp_path / "nope", "--port", "0")
+    assert code == 2 and one_error_line(err) == f"kit: error: {tmp_path / 'nope'}: no such data dir"
+
+
+def test_a_message_of_several_lines_is_one_row_of_the_scores_table(tmp_path, capsys):
+    ledger = tmp_path / "ledger.csv"
+    merge_rows(ledger, [{"time": "2026-12-05T00:00:00Z", "competition": COMP, "file": "a.csv", "sha256": "0" * 64,
+                         "message": "first line\nsecond line", "ref": "1", "status": "COMPLETE", "public": "0.5",
+                         "private": "0.5", "target": "kaggle"}])
+    code, out, _ = kit(capsys, "scores", "--ledger", ledger, "--no-refresh")
+    assert code == 0 and any(line.endswith("first line second line") for line in out.splitlines()), out

@@ -3,13 +3,18 @@ real Kaggle submission, and a submission that fails ends the run with exit 2 aft
 """
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
 
+import kit.kaggle.submissions
 import kit.zoo
 from kit.cli import main
+from kit.fsio import file_lock, sha256_file
 from kit.kaggle import read_ledger, recipe_submit, update_ledger
+from kit.kaggle.ledger import append_ledger, sending_lock
+from kit.layout import synth_marker
 from kit.zoo import run_recipe
 
 from conftest import one_error_line
@@ -108,3 +113,59 @@ def test_a_rehearsal_row_left_pending_by_a_killed_recipe_is_marked_failed_and_se
     assert "stand-in stopped before scoring it" in rows[0]["error"] and rows[1]["message"] == "recipe, re-run"
     third = recipe_submit(sub, "recipe, third", tiny_data, submissions_dir=sub.parent)
     assert "already submitted" in third["reason"] and len(read_ledger(ledger)) == 2     # a scored row still counts
+
+
+def test_a_submission_whose_row_waits_in_the_pending_file_is_not_sent_again(kaggle_env, sub, tiny_data,
+                                                                            monkeypatch):
+    """Kaggle took the file but the ledger could not (a full disk): its row waits in the pending file,
+    the recipe says it was made and not recorded, and the re-run counts it as submitted."""
+    def full(*args, **kw):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(kit.kaggle.submissions, "append_ledger", full)
+        first = recipe_submit(sub, "recipe", tiny_data, submissions_dir=sub.parent)
+    assert first["status"] == "COMPLETE" and first["recorded"] is False and first["ref"], first
+    assert "could not record it" in first["reason"]
+    again = recipe_submit(sub, "recipe, re-run", tiny_data, submissions_dir=sub.parent)
+    assert "already submitted" in again["reason"] and again["ref"] == first["ref"], again
+    assert list(read_ledger(sub.parent / "ledger.csv")["ref"]) == [first["ref"]]
+
+
+def test_a_recipe_waits_while_another_submits_with_its_ledger_and_then_sends_nothing_twice(kaggle_env, sub,
+                                                                                            tiny_data):
+    """Two recipes sharing submissions/ (two notebook cells, `make` twice): the second waits on the ledger's
+    sending lock, then finds the first's row and does not send the same bytes again."""
+    ledger = sub.parent / "ledger.csv"
+    waiting, out = threading.Event(), {}
+    with file_lock(sending_lock(ledger)):           # the first recipe, between its check and its row
+        second = threading.Thread(target=lambda: out.update(recipe_submit(
+            sub, "second", tiny_data, submissions_dir=sub.parent,
+            log=lambda line: "another kit is submitting" in line and waiting.set())))
+        second.start()
+        assert waiting.wait(60), "the second recipe did not wait for the first"
+        assert not ledger.is_file()                 # nothing sent while the first holds the lock
+        append_ledger(ledger, {"time": "2026-12-05T00:00:00Z", "competition": synth_marker(tiny_data)["competition"],
+                               "file": str(sub), "sha256": sha256_file(sub), "message": "first", "ref": "7",
+                               "status": "COMPLETE", "public": "0.75", "private": "0.75",
+                               "target": "local stand-in"})
+    second.join(60)
+    assert "already submitted" in out["reason"] and out["ref"] == "7", out
+    assert list(read_ledger(ledger)["ref"]) == ["7"]
+
+
+@pytest.mark.parametrize("damage", ["a file where the folder goes", "a ledger row cut short"])
+def test_a_recipe_whose_vote_or_ledger_cannot_be_written_stops_before_training(tiny_recipe, tiny_data, tmp_path,
+                                                                               monkeypatch, capsys, damage):
+    monkeypatch.chdir(tmp_path)
+    recipe = tiny_recipe("mean", base={"train": {"max_steps": 4, "eval_every": 4}}, budget={"full": {}}, after=AFTER)
+    if damage == "a file where the folder goes":
+        Path("submissions").write_text("not a folder\n")
+    else:
+        Path("submissions").mkdir()
+        Path("submissions/ledger.csv").write_text("time,competition,file\n2026-12-05T00:00:00Z,hw4")
+    code = main(["recipe", "run", str(recipe), "--data", str(tiny_data), "--budget", "full",
+                 "--runs", str(tmp_path / "runs"), "--workers", "1", "--no-progress"])
+    line = one_error_line(capsys.readouterr().err)
+    assert code == 2 and "submissions" in line, line
+    assert not (tmp_path / "runs" / "tiny").exists()        # nothing was trained

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import importlib
 import os
+import signal
 import sys
 
 from kit import __version__
-from kit.env import progress_visible
+from kit.env import exit_on_signals, progress_visible
 from kit.errors import KitError, path_problem
 
 # Each module defines register(subparsers) and attaches func=handler(args) -> int | None.
@@ -94,14 +96,34 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     def run() -> int:
-        with cache_from(args):
-            return args.func(args)
+        # SIGTERM/SIGHUP (a Kaggle or Slurm time-out, a closed terminal) stop kit as Ctrl-C does: every
+        # `finally` runs, so pools, stand-ins and temp folders go with it (exit 143/129).
+        with exit_on_signals(), cache_from(args):
+            code = args.func(args)
+        sys.stdout.flush()          # a closed pipe is found here, not in the interpreter's last flush
+        return code
 
     try:
         return one_line_errors(run)
     except KeyboardInterrupt:
         print("kit: interrupted", file=sys.stderr)
         return 130
+    except SystemExit as e:
+        if e.code not in (128 + signal.SIGTERM, 128 + signal.SIGHUP):
+            raise
+        print(f"kit: stopped by {signal.Signals(e.code - 128).name}", file=sys.stderr)
+        return e.code
+    except BrokenPipeError:         # `kit scores | head -1`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141                  # 128 + SIGPIPE, as a shell reports a command its pipe ended
+    except OSError as e:
+        if e.filename or e.errno not in (errno.ENOSPC, errno.EIO, errno.EDQUOT):
+            raise
+        # Writing stdout itself failed (redirected to a full disk): one line, as for a path, and the
+        # rest of the output dropped (the interpreter's last flush would fail again, with a traceback).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print(f"kit: error: cannot write the output ({e.strerror})", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

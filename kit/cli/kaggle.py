@@ -6,6 +6,7 @@ with its kernels in kit.kaggle.server_kernels).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -64,6 +65,9 @@ def register(sub) -> None:
     g.add_argument("--kernel-errors", type=int, default=0, metavar="N", help="the next N sessions fail at their start")
     g.add_argument("--gpu-quota-used", type=float, default=0.0, metavar="HOURS",
                    help="GPU hours already used this week (of 30)")
+    p.add_argument("--daily-limit", type=int, default=5, metavar="N",
+                   help="submissions allowed a UTC day, as Kaggle's (default 5, HW4's; 0: no limit); the next "
+                        "is refused with Kaggle's 400")
     p.set_defaults(func=cmd_serve)
 
 
@@ -83,8 +87,9 @@ def _note_resend(args: argparse.Namespace) -> None:
     """One line when these very bytes were submitted to the same place before: sending them again is
     allowed (a plain `kit submit` does what it is told) but spends another of the day's five."""
     try:
+        merge_pending(args.ledger)      # a row only a pending file holds counts (submit merges them first too)
         earlier = find_submitted(args.ledger, args.csv, args.competition, target(args.endpoint))
-    except KitError:            # a damaged ledger: submit names it
+    except KitError:            # a damaged ledger or pending file: submit names it
         return
     if earlier is not None:
         _log(f"note: {args.csv} (these same bytes) was submitted at {earlier['time']} (ref {earlier['ref']}, "
@@ -136,7 +141,7 @@ def cmd_scores(args: argparse.Namespace) -> int:
     for _, r in table.iterrows():
         gap = f"{r['gap']:+.5f}" if r["gap"] == r["gap"] else ""
         print(f"{r['public'] or '-':>8} {r['private'] or '-':>8} {gap or '-':>8}  {r['status']:<8} "
-              f"{r['time']:<20} {Path(r['file']).name:<28} {r['message']}")
+              f"{r['time']:<20} {Path(r['file']).name:<28} {' '.join(r['message'].split())}")     # one line a row
     print("gap = public - private: positive means the public leaderboard flattered that submission")
     try:
         png = plot_scores(table, ledger.with_name("scores.png"))
@@ -157,6 +162,9 @@ def _parse_fault(spec: str):
     except (IndexError, ValueError):
         raise KitError(f"--fail {spec!r}: expected METHOD:STATUS[:COUNT[:RETRY_AFTER]], "
                        "e.g. CreateSubmission:429:2:1") from None
+    if not (100 <= status <= 599 and count >= 1 and (retry_after is None or 0 <= retry_after < math.inf)):
+        raise KitError(f"--fail {spec!r}: STATUS an HTTP status (100-599), COUNT 1 or more, RETRY_AFTER seconds "
+                       "(0 or more)")
     if method not in FAULT_TARGETS:     # a fault for a method nobody calls would never fire
         raise KitError(f"--fail {spec!r}: unknown method {method!r}; known: {', '.join(FAULT_TARGETS)}")
     return method, status, count, retry_after
@@ -171,7 +179,25 @@ def _announce(url: str, competition: str, data) -> None:
     print(f"  kit recipe run boss --data {data} --launcher kaggle --endpoint {url}", flush=True)
 
 
+def _check_serve_options(args: argparse.Namespace) -> None:
+    """Refuse a stand-in option that would make no sense (a slot count of 0 would wait forever)."""
+    bad = [(not 0 <= args.port <= 65535, f"--port {args.port}: 0 to 65535 (0: any free port)"),
+           (args.pending_polls < 0, f"--pending-polls {args.pending_polls}: 0 or more"),
+           (args.kernel_slots < 1, f"--kernel-slots {args.kernel_slots}: 1 or more"),
+           (args.kernel_timeout is not None and not args.kernel_timeout > 0,
+            f"--kernel-timeout {args.kernel_timeout}: seconds above 0"),
+           (args.kernel_errors < 0, f"--kernel-errors {args.kernel_errors}: 0 or more"),
+           (not 0 <= args.gpu_quota_used < math.inf, f"--gpu-quota-used {args.gpu_quota_used}: hours, 0 or more"),
+           (args.daily_limit < 0, f"--daily-limit {args.daily_limit}: 0 (no limit) or more")]
+    for wrong, message in bad:
+        if wrong:
+            raise KitError(message)
+    if not Path(args.data).is_dir():
+        raise KitError(f"{args.data}: no such data dir")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    _check_serve_options(args)
 
     synth = synth_marker(args.data) or {}
     answers = args.answers or synth.get("answers")
@@ -182,7 +208,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         server = StandIn(args.data, answers, competition=competition, port=args.port,
                          pending_polls=args.pending_polls, faults=faults, log=_log, kernel_slots=args.kernel_slots,
-                         gpu_used_hours=args.gpu_quota_used, kernel_timeout=args.kernel_timeout)
+                         gpu_used_hours=args.gpu_quota_used, kernel_timeout=args.kernel_timeout,
+                         daily_limit=args.daily_limit or None)
         server.kernels.fail_next(args.kernel_errors)
     except (FileNotFoundError, OSError) as e:
         raise KitError(f"cannot start the stand-in: {e}") from None

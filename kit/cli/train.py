@@ -242,14 +242,20 @@ def cmd_recipe_run(args: argparse.Namespace) -> int:
 
 
 def _failed_submissions(result: RecipeResult) -> list[str]:
-    """One phrase per submission of the recipe that FAILED or was scored ERROR (a SKIPPED one, with
-    no credentials for real data, is no failure)."""
+    """One phrase per submission of the recipe that FAILED or was scored ERROR, or was made but is in
+    no ledger (a SKIPPED one, with no credentials for real data, is no failure)."""
     sent = [(result.ensemble.csv if result.ensemble else None, result.submission)]
     if result.student is not None:
         sent.append((result.student.csv, result.student.submission))
-    return [f"the submission of {csv} {sub['status']}: {(sub.get('reason') or 'no reason given').splitlines()[0]}; "
-            f"the CSV is kept and the ledger row records the failure"
-            for csv, sub in sent if sub and sub.get("status") in ("FAILED", "ERROR")]
+    failed = []
+    for csv, sub in sent:
+        reason = (sub.get("reason") or "no reason given").splitlines()[0] if sub else ""
+        if sub and sub.get("status") in ("FAILED", "ERROR"):
+            where = "the ledger row records the failure" if sub.get("recorded", True) else "no ledger row was written"
+            failed.append(f"the submission of {csv} {sub['status']}: {reason}; the CSV is kept and {where}")
+        elif sub and not sub.get("recorded", True):      # made, but only a pending file holds its row
+            failed.append(f"the submission of {csv} was made ({sub['status']}) but not recorded: {reason}")
+    return failed
 
 
 def _rehearse(args: argparse.Namespace, log) -> int:

@@ -108,6 +108,13 @@ def ledger_lock(path: Path) -> Path:
     return path.with_name(f".{path.name}.lock")
 
 
+def sending_lock(path: str | os.PathLike) -> Path:
+    """The lock a recipe holds from "was this file submitted?" until its row is in the ledger, so two
+    recipes sharing a ledger never both send the same bytes (beside the ledger, hidden)."""
+    path = ledger_target(path)
+    return path.with_name(f".{path.name}.sending.lock")
+
+
 def ledger_problem(path: str | os.PathLike) -> str | None:
     """Why the ledger could not record a row (None when it can): its folder missing and not
     creatable, or not writable; the file not writable; its lock not takeable; no temp file

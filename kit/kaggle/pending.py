@@ -6,6 +6,7 @@ The pending file is `ledger.csv.pending` beside the ledger, or, when that folder
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from pathlib import Path
@@ -88,6 +89,16 @@ def merge_pending(ledger: str | os.PathLike) -> list[tuple[Path, int]]:
                 pass
         merged.append((path, len(rows)))
     return merged
+
+
+def kept_rows(ledger: str | os.PathLike) -> list[dict]:
+    """The rows waiting in the ledger's pending files (unreadable ones skipped: merge_pending names them)."""
+    rows: list[dict] = []
+    for path in pending_files(ledger):
+        if path.is_file():
+            with contextlib.suppress(OSError, KitError):
+                rows += read_ledger(path).to_dict("records")
+    return rows
 
 
 _REQUIRED = ("time", "competition", "file", "sha256", "status")     # every row kit keeps has them

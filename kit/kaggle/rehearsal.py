@@ -11,11 +11,12 @@ from pathlib import Path
 
 from kit import DEFAULT_COMPETITION
 from kit.errors import KitError
-from kit.fsio import sha256_file
+from kit.fsio import file_lock, sha256_file
 from kit.kaggle.client import KAGGLE, STAND_IN, endpoint_or_env
 from kit.kaggle.client import target as named_target
 from kit.kaggle.credentials import CREDENTIALS_HELP, credential_source
-from kit.kaggle.ledger import find_submitted, read_ledger, update_ledger
+from kit.kaggle.ledger import find_submitted, ledger_problem, read_ledger, sending_lock, update_ledger
+from kit.kaggle.pending import kept_rows, merge_pending
 from kit.kaggle.server import StandIn
 from kit.kaggle.submissions import submit
 from kit.layout import is_synthetic, synth_marker
@@ -26,10 +27,27 @@ def recipe_submit(csv_path, message: str, data_dir, competition: str = DEFAULT_C
     """Submit at the end of a recipe: to the stand-in at `endpoint` (or KIT_KAGGLE_ENDPOINT) when one
     is named, the one the kernels used; else real Kaggle with credentials, else a stand-in for synthetic data.
 
-    Returns {status, public, private, ref, target, row, reason}. Never raises for a failed
-    submission (status FAILED/ERROR, recorded in the ledger); SKIPPED writes no ledger row.
+    Returns {status, public, private, ref, target, row, reason, recorded} (_result). Never raises for a failed
+    submission (status FAILED/ERROR, recorded in the ledger); SKIPPED writes no ledger row. From the
+    check for an earlier submission of these bytes until the attempt's row is written, the ledger's
+    sending lock is held: two recipes sharing a ledger send a file once.
     """
     ledger = Path(submissions_dir) / "ledger.csv"
+    if not (endpoint_or_env(endpoint) or is_synthetic(data_dir) or credential_source()):
+        return _result("SKIPPED", None, None,
+                       f"not submitted: {data_dir} is not a synthetic competition, and {CREDENTIALS_HELP}")
+    problem = ledger_problem(ledger)
+    if problem:
+        return _result("FAILED", None, None, f"{problem}; nothing was sent", recorded=False)
+    def busy() -> None:
+        if log:
+            log(f"another kit is submitting with {ledger}; waiting for it to finish")
+
+    with file_lock(sending_lock(ledger), busy=busy):
+        return _send(csv_path, message, data_dir, competition, ledger, log, endpoint)
+
+
+def _send(csv_path, message, data_dir, competition, ledger, log, endpoint) -> dict:
     if endpoint_or_env(endpoint):
         # A rehearsal against `kit kaggle serve` must never spend a real submission, credentials or not.
         comp = (synth_marker(data_dir) or {}).get("competition") or competition
@@ -38,12 +56,16 @@ def recipe_submit(csv_path, message: str, data_dir, competition: str = DEFAULT_C
     if is_synthetic(data_dir):
         with rehearsal_stand_in(data_dir, competition) as (server, env):
             _mark_lost(ledger, csv_path, server.competition)
-            return _recipe_attempt(csv_path, message, data_dir, server.competition, ledger, server.url, env, log,
-                                   STAND_IN)
-    if credential_source():
-        return _recipe_attempt(csv_path, message, data_dir, competition, ledger, None, None, log, KAGGLE)
-    return {"status": "SKIPPED", "public": None, "private": None, "ref": None, "target": None, "row": None,
-            "reason": f"not submitted: {data_dir} is not a synthetic competition, and {CREDENTIALS_HELP}"}
+            return _recipe_attempt(csv_path, message, data_dir, server.competition, ledger, server.url, env,
+                                   log, STAND_IN)
+    return _recipe_attempt(csv_path, message, data_dir, competition, ledger, None, None, log, KAGGLE)
+
+
+def _result(status: str, target: str | None, row: dict | None, reason: str | None, recorded: bool = True) -> dict:
+    """recipe_submit's record; `recorded` is False when the ledger could not take the attempt's row."""
+    return {"status": status, "public": (row or {}).get("public") or None,
+            "private": (row or {}).get("private") or None, "ref": (row or {}).get("ref") or None,
+            "target": target, "row": row, "reason": reason, "recorded": recorded}
 
 
 @contextlib.contextmanager
@@ -77,26 +99,29 @@ def _mark_lost(ledger: Path, csv_path, competition: str) -> None:
 
 
 def _recipe_attempt(csv_path, message, data_dir, competition, ledger, endpoint, env, log, target) -> dict:
+    with contextlib.suppress(KitError):     # one that cannot be merged stops submit() before it sends
+        merge_pending(ledger)               # rows only there count as submitted too
     earlier = find_submitted(ledger, csv_path, competition, target)
     if earlier is not None:
-        return {"status": earlier["status"], "public": earlier.get("public") or None,
-                "private": earlier.get("private") or None, "ref": earlier.get("ref") or None,
-                "target": target, "row": earlier,
-                "reason": f"identical file already submitted at {earlier['time']} (ref {earlier['ref']}); "
-                          "not sent again"}
+        return _result(earlier["status"], target, earlier,
+                       f"identical file already submitted at {earlier['time']} (ref {earlier['ref']}); not sent again")
     before = len(read_ledger(ledger))
+    kept_before = {row["ref"] for row in kept_rows(ledger)}
     # The stand-in scores at once, so poll it briskly; real Kaggle keeps the usual interval.
     poll = None if target == KAGGLE or "KIT_KAGGLE_POLL" in os.environ else 0.2
     try:
-        row: dict | None = submit(csv_path, message, competition, data_dir=data_dir, wait=True, ledger=ledger,
+        row = submit(csv_path, message, competition, data_dir=data_dir, wait=True, ledger=ledger,
                                   endpoint=endpoint, poll=poll, env=env, log=log, where=target)
-        reason = None
+        return _result(row["status"], target, row, None)
     except KitError as e:
-        frame = read_ledger(ledger).iloc[before:]          # only rows this attempt wrote
-        mine = frame[(frame["file"] == str(csv_path)) & (frame["competition"] == competition)]
-        row = mine.iloc[-1].to_dict() if len(mine) else None
         reason = str(e)
-    status = row["status"] if row else "FAILED"
-    return {"status": status, "public": (row or {}).get("public") or None,
-            "private": (row or {}).get("private") or None, "ref": (row or {}).get("ref") or None,
-            "target": target, "row": row, "reason": reason}
+    frame = read_ledger(ledger).iloc[before:]          # only rows this attempt wrote
+    mine = frame[(frame["file"] == str(csv_path)) & (frame["competition"] == competition)].to_dict("records")
+    if mine:
+        return _result(mine[-1]["status"], target, mine[-1], reason)
+    # Made, but the ledger could not take its row: it waits in a pending file (kit.kaggle.pending).
+    kept = [row for row in kept_rows(ledger) if row["file"] == str(csv_path) and row["competition"] == competition
+            and row["ref"] and row["ref"] not in kept_before]
+    if kept:
+        return _result(kept[-1]["status"], target, kept[-1], reason, recorded=False)
+    return _result("FAILED", target, None, reason, recorded=False)

@@ -57,7 +57,8 @@ class StandIn:
 
     def __init__(self, data_dir, answers, competition: str = DEFAULT_COMPETITION, host: str = "127.0.0.1",
                  port: int = 0, pending_polls: int = 0, key: str | None = None, faults=(), log=None,
-                 kernel_slots: int = 2, gpu_used_hours: float = 0.0, kernel_timeout: float | None = None):
+                 kernel_slots: int = 2, gpu_used_hours: float = 0.0, kernel_timeout: float | None = None,
+                 daily_limit: int | None = None):
         self.data_dir = Path(data_dir)
         self.answers = Path(answers)
         if not (self.data_dir / "metadata.json").is_file():
@@ -66,6 +67,7 @@ class StandIn:
             raise FileNotFoundError(f"{self.answers}: answer key not found")
         self.competition = competition
         self.pending_polls = pending_polls
+        self.daily_limit = daily_limit      # submissions a UTC day, as Kaggle's five; None: no limit
         self.key = key                  # None: any credentials are accepted
         self.log = log or (lambda line: None)
         self.lock = threading.Lock()
@@ -184,11 +186,20 @@ class StandIn:
             raise _ApiError(400, "Unknown or incomplete upload token (upload the file to createUrl first)")
         status, public, private, error = self._score(upload["file_name"], upload["data"])
         with self.lock:
+            if self.daily_limit is not None and self.submitted_today() >= self.daily_limit:
+                # Kaggle's answer when the day's allowance is spent: 400, nothing recorded.
+                raise _ApiError(400, f"Submission not allowed: your team has used its daily submission "
+                                     f"allowance ({self.daily_limit}) today; it resets at 00:00 UTC")
             sub = {"ref": self.first_ref + len(self.submissions) + 1, "date": _iso_now(), "description": description,
                    "fileName": upload["file_name"], "totalBytes": len(upload["data"]), "submittedBy": user,
                    "teamName": user, "final": (status, public, private, error), "polls": 0}
             self.submissions.append(sub)
         return sub
+
+    def submitted_today(self) -> int:
+        """Submissions made since 00:00 UTC (Kaggle's day); the caller holds the lock."""
+        today = datetime.now(timezone.utc).date().isoformat()
+        return sum(s["date"].startswith(today) for s in self.submissions)
 
     def _score(self, file_name: str, data: bytes):
         with self.lock:

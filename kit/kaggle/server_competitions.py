@@ -4,7 +4,6 @@ client sends them) and the error an RPC answers with; the server and its state a
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
 from email.message import Message
 from typing import TYPE_CHECKING
 
@@ -83,12 +82,12 @@ class CompetitionRpcs:
                     "nextPageToken": ""})
 
     def _rpc_GetSubmissionLimits(self, request: dict, user: str) -> None:
-        today = datetime.now(timezone.utc).date().isoformat()
         with self.standin.lock:
             total = len(self.standin.submissions)
-            n_today = sum(s["date"].startswith(today) for s in self.standin.submissions)
-        self._json({"numToday": n_today, "numTotal": total, "numAllowedNow": max(0, 100 - n_today),
-                    "limitedByTotal": False})
+            n_today = self.standin.submitted_today()
+        limit = self.standin.daily_limit
+        self._json({"numToday": n_today, "numTotal": total,
+                    "numAllowedNow": max(0, (100 if limit is None else limit) - n_today), "limitedByTotal": False})
 
 
 METHODS = tuple(sorted(name[len("_rpc_"):] for name in vars(CompetitionRpcs) if name.startswith("_rpc_")))

@@ -1,0 +1,77 @@
+"""How `kit` ends when it is stopped from outside: SIGTERM (a Kaggle or Slurm time-out) runs every
+`finally`, so no worker outlives it and no temp folder stays; a reader that leaves the pipe early, or
+stdout on a full disk, is no traceback.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import kit_env
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(p) for p in (task / "children").read_text().split()]
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_sigterm_of_a_two_worker_synth_stops_its_workers_and_leaves_no_hidden_folder(tmp_path):
+    out = tmp_path / "demo"
+    proc = subprocess.Popen([sys.executable, "-m", "kit", "data", "synth", "--preset", "demo", "--workers", "2",
+                             "--out", str(out)], env=kit_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    workers: list[int] = []
+    try:
+        deadline = time.time() + 120
+        while not any(tmp_path.glob(".demo.*/uttr-*.pt")):      # rendering has begun in both workers
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()
+            time.sleep(0.02)     # polling the folder, not timing anything
+        workers = _children(proc.pid)
+        assert len(workers) >= 2, workers
+        os.kill(proc.pid, signal.SIGTERM)           # the parent only, as a scheduler's time-out does
+        assert proc.wait(60) == 143
+        assert "kit: stopped by SIGTERM" in proc.communicate()[1]
+        deadline = time.time() + 15
+        while any(_alive(p) for p in workers) and time.time() < deadline:
+            time.sleep(0.05)     # polling /proc, not timing anything
+        assert [p for p in workers if _alive(p)] == []
+        assert sorted(p.name for p in tmp_path.iterdir()) == [], "an interrupted synth leaves nothing"
+    finally:
+        for pid in [proc.pid, *workers]:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_a_reader_that_leaves_the_pipe_early_is_no_traceback(tiny_data):
+    proc = subprocess.Popen([sys.executable, "-m", "kit", "data", "info", str(tiny_data)], env=kit_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()                             # `kit data info | head -0`
+    err = proc.stderr.read()
+    assert proc.wait(60) == 141 and "Traceback" not in err and "Exception" not in err, err
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_stdout_on_a_full_disk_is_one_line_and_exit_2(tiny_data):
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "kit", "data", "info", str(tiny_data)], env=kit_env(),
+                              stdout=full, stderr=subprocess.PIPE, text=True)
+    assert done.returncode == 2 and done.stderr.splitlines() == [
+        "kit: error: cannot write the output (No space left on device)"], done.stderr
