@@ -144,9 +144,12 @@ def load_tensors(path: Path):
     # deferred: torch: the light entry points (`kit --help`, the Kaggle worker) import kit.layout
     import torch
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return torch.load(path, map_location="cpu", weights_only=True)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# Not warnings.catch_warnings() around the load: it swaps the process's filters, and check_data loads in
+# threads, so one thread's exit restored them while another's load warned (a flaky line above the error).
+warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.(_weights_only_unpickler|serialization)")
 
 
 def load_feature(path: str | os.PathLike, n_mels: int | None = None, mel_len: int | None = None):

@@ -17,8 +17,7 @@ from kit.ensemble import ensemble_runs
 from kit.errors import KitError
 from kit.identity import describe, run_identity
 from kit.infer import predict_run, source_mode
-from kit.kaggle import read_ledger, recipe_submit
-from kit.kaggle.ledger import ledger_problem
+from kit.kaggle import check_recipe_submissions, recipe_submit
 from kit.layout import is_synthetic
 from kit.recipe import BUDGETS, Recipe, ensure_data, load_recipe, member_config
 from kit.recipe_result import MemberResult, RecipeResult, VoteResult, member_result
@@ -81,8 +80,7 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
     # Only the Kaggle launcher has an endpoint (`--endpoint`): a rehearsal on `kit kaggle serve` must
     # submit there too, never to real Kaggle with the user's credentials.
     run.endpoint = getattr(launcher, "endpoint", None)
-    if after:
-        _check_submissions(run)
+    check_recipe_submissions(run.submissions, run.recipe.after, after)
     if fresh:
         _start_over(run.root, run.chosen, run.log)
     _check_members(run.root, run.chosen, run.recipe, run.budget, run.data_dir, run.store)
@@ -107,20 +105,6 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
     result.minutes = (time.time() - run.began) / 60
     return result
 
-
-
-def _check_submissions(run: RecipeRun) -> None:
-    """Before any training: the folder the vote's CSV and the ledger go to can take them, and a recipe
-    that submits can read its ledger, so a long run does not end on what could be fixed at its start."""
-    if run.recipe.after["ensemble"] == "none":
-        return
-    ledger = run.submissions / "ledger.csv"
-    problem = ledger_problem(ledger)
-    if problem:
-        raise KitError(f"{problem}: the recipe writes its vote and ledger in {run.submissions}/ (run it from a "
-                       f"folder you can write); nothing was trained")
-    if run.recipe.after["submit"]:
-        read_ledger(ledger)         # a damaged ledger is one line now, not after the training
 
 
 def _check_times(minutes, per_member_minutes, max_hours) -> None:

@@ -68,6 +68,21 @@ def _result(status: str, target: str | None, row: dict | None, reason: str | Non
             "target": target, "row": row, "reason": reason, "recorded": recorded}
 
 
+def check_recipe_submissions(submissions_dir, after: dict, running_after: bool) -> None:
+    """Before a recipe trains: the folder its vote's CSV and ledger go to can take them, and a recipe that
+    submits can read its ledger, so a long run does not end on what could be fixed at its start.
+    after: the recipe's [after] table; running_after: False when the recipe stops after training."""
+    if not running_after or after["ensemble"] == "none":
+        return
+    ledger = Path(submissions_dir) / "ledger.csv"
+    problem = ledger_problem(ledger)
+    if problem:
+        raise KitError(f"{problem}: the recipe writes its vote and ledger in {submissions_dir}/ (run it from a "
+                       f"folder you can write); nothing was trained")
+    if after["submit"]:
+        read_ledger(ledger)         # a damaged ledger is one line now, not after the training
+
+
 @contextlib.contextmanager
 def rehearsal_stand_in(data_dir, competition: str = DEFAULT_COMPETITION, **options):
     """A stand-in serving the synthetic competition in data_dir (scored by the answer key its synth

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 from kit import DEFAULT_COMPETITION
 from kit.errors import KitError
 from kit.kaggle import server_competitions, server_kernels
-from kit.kaggle.server_competitions import ZIP_FOLDER, CompetitionRpcs, _ApiError
+from kit.kaggle.server_competitions import DAILY_LIMIT, ZIP_FOLDER, CompetitionRpcs, _ApiError, made_today
 from kit.kaggle.server_kernels import KERNEL_OUTPUT, Kernels
 from kit.submission import score_submission
 
@@ -186,20 +186,13 @@ class StandIn:
             raise _ApiError(400, "Unknown or incomplete upload token (upload the file to createUrl first)")
         status, public, private, error = self._score(upload["file_name"], upload["data"])
         with self.lock:
-            if self.daily_limit is not None and self.submitted_today() >= self.daily_limit:
-                # Kaggle's answer when the day's allowance is spent: 400, nothing recorded.
-                raise _ApiError(400, f"Submission not allowed: your team has used its daily submission "
-                                     f"allowance ({self.daily_limit}) today; it resets at 00:00 UTC")
+            if self.daily_limit is not None and made_today(self.submissions) >= self.daily_limit:
+                raise _ApiError(400, DAILY_LIMIT.format(self.daily_limit))     # Kaggle's answer; nothing recorded
             sub = {"ref": self.first_ref + len(self.submissions) + 1, "date": _iso_now(), "description": description,
                    "fileName": upload["file_name"], "totalBytes": len(upload["data"]), "submittedBy": user,
                    "teamName": user, "final": (status, public, private, error), "polls": 0}
             self.submissions.append(sub)
         return sub
-
-    def submitted_today(self) -> int:
-        """Submissions made since 00:00 UTC (Kaggle's day); the caller holds the lock."""
-        today = datetime.now(timezone.utc).date().isoformat()
-        return sum(s["date"].startswith(today) for s in self.submissions)
 
     def _score(self, file_name: str, data: bytes):
         with self.lock:

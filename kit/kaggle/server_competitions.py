@@ -4,6 +4,7 @@ client sends them) and the error an RPC answers with; the server and its state a
 from __future__ import annotations
 
 import uuid
+from datetime import datetime, timezone
 from email.message import Message
 from typing import TYPE_CHECKING
 
@@ -11,6 +12,14 @@ if TYPE_CHECKING:
     from kit.kaggle.server import StandIn
 
 ZIP_FOLDER = "Dataset"          # the real competition zip holds its files inside one folder
+DAILY_LIMIT = ("Submission not allowed: your team has used its daily submission allowance ({}) today; it resets "
+               "at 00:00 UTC")
+
+
+def made_today(submissions: list[dict]) -> int:
+    """Submissions made since 00:00 UTC (Kaggle's day); the caller holds the stand-in's lock."""
+    today = datetime.now(timezone.utc).date().isoformat()
+    return sum(s["date"].startswith(today) for s in submissions)
 
 
 class _ApiError(Exception):
@@ -84,7 +93,7 @@ class CompetitionRpcs:
     def _rpc_GetSubmissionLimits(self, request: dict, user: str) -> None:
         with self.standin.lock:
             total = len(self.standin.submissions)
-            n_today = self.standin.submitted_today()
+            n_today = made_today(self.standin.submissions)
         limit = self.standin.daily_limit
         self._json({"numToday": n_today, "numTotal": total,
                     "numAllowedNow": max(0, (100 if limit is None else limit) - n_today), "limitedByTotal": False})
