@@ -111,6 +111,8 @@ class PredictionIds:
         bad = _wrong_types(data, _IDS_CHECKS, cls.REQUIRED)
         if bad:
             raise KitError(f"{where}: not prediction ids kit wrote ({', '.join(bad)}: wrong type)")
+        if len(data["val"]) != len(data["val_labels"]):
+            raise KitError(f"{where}: {len(data['val'])} validation utterances but {len(data['val_labels'])} labels")
         digests = [k for k in _DIGEST_KEYS if data.get(k) is not None]
         if len(digests) == 1:
             raise KitError(f"{where}: records only one of {' and '.join(_DIGEST_KEYS)} ({digests[0]}); kit "

@@ -231,3 +231,27 @@ def test_distill_resume_refuses_other_teachers_or_settings_than_the_interrupted_
     code, _, err = kit_cli(capsys, "distill", run, other, *resume)
     assert code == 0, err
     assert sha256_file(student / "teacher.npz") == teacher and json.loads((student / "summary.json").read_text())
+
+
+@pytest.mark.parametrize("edit", ["a label changed", "the val list reordered", "a label too few"])
+def test_validation_labels_that_are_not_the_datas_are_refused_before_a_vote(run_on_copy, tmp_path, capsys, edit):
+    """The vote fits temperatures and weights on ids.json's validation labels: edited by hand, they are
+    refused with one line naming the file, before any CSV is written."""
+    _, run = run_on_copy
+    _predicted(run)
+    ids_file = run / "ids.json"
+    original = ids_file.read_bytes()
+    ids = json.loads(original)
+    if edit == "a label changed":
+        ids["val_labels"][0] = (ids["val_labels"][0] + 1) % 8
+    elif edit == "the val list reordered":
+        ids["val"] = ids["val"][::-1]
+    else:
+        ids["val_labels"] = ids["val_labels"][:-1]
+    ids_file.write_text(json.dumps(ids))
+    try:
+        code, err = _read(capsys, "ensemble", run, tmp_path)
+        one_error(code, err, f"{run}/ids.json")
+        assert not list(tmp_path.rglob("*.csv"))
+    finally:
+        ids_file.write_bytes(original)

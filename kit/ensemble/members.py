@@ -14,7 +14,7 @@ import numpy as np
 from kit.config import from_dict, load_toml
 from kit.errors import KitError
 from kit.identity import require_same_data
-from kit.layout import read_layout
+from kit.layout import Layout, read_layout
 from kit.records import PREDICTION_FILES, PredictionIds, refuse_while_training, stale_checkpoint
 
 
@@ -138,4 +138,17 @@ def member_speakers(member: Member) -> tuple[list[str], str]:
     if len(layout.speakers) != member.test_probs.shape[1]:
         raise KitError(f"{member.run_dir}: {member.test_probs.shape[1]} classes but "
                        f"{data_dir}/mapping.json has {len(layout.speakers)} speakers")
+    _require_data_labels(member, layout, data_dir)
     return layout.speakers, str(data_dir)
+
+
+def _require_data_labels(member: Member, layout: Layout, data_dir) -> None:
+    """The validation labels the vote is fitted on are the data's: an ids.json edited by hand, or its val
+    list reordered, would fit temperatures and weights to wrong answers."""
+    s2i = layout.speaker2id
+    labels = {u.path: s2i[u.speaker] for u in layout.train if u.speaker is not None}
+    for path, label in zip(member.ids.val, member.ids.val_labels, strict=True):
+        if labels.get(path) != label:
+            truth = "no training utterance there" if path not in labels else f"class {labels[path]}"
+            raise KitError(f"{member.run_dir}/ids.json: validation utterance {path} is labelled class {label}, "
+                           f"but {data_dir} has {truth}; run `kit predict {member.run_dir}` again")
