@@ -4,6 +4,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+from kit.cli import main
+
 HELP = """
 import sys
 from kit.cli import main
@@ -39,3 +43,11 @@ def test_no_kit_module_loads_torchs_extension_builder_on_import():
     done = subprocess.run([sys.executable, "-c", EVERY_MODULE], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False", done.stderr[-2000:]
     assert "cpp_extension" not in done.stderr
+
+
+def test_an_unknown_option_shows_the_usage_of_the_command_given(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["recipe", "run", "simple", "--bogus"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("usage: kit recipe run ")
+    assert err.splitlines()[-1] == "kit recipe run: error: unrecognized arguments: --bogus"
