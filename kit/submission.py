@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import json
 import math
@@ -148,13 +149,41 @@ def note_submitted(csv_path: str | os.PathLike, sha256: str, ref: str, ledger: s
     """Add a line (JSON: sha256, ref, time, ledger, competition, target) to CSV_PATH's submitted_note,
     written atomically; lines already there are kept. Returns the note's path. OSError/KitError when it
     cannot be written: the caller decides what that means (for `kit submit`, a logged line)."""
+    with submission_lock(csv_path):
+        return _add_note(csv_path, sha256, ref, ledger, when, competition, target)
+
+
+def _add_note(csv_path, sha256: str, ref: str, ledger, when: str, competition: str, target: str) -> Path:
+    """note_submitted's line, written by a caller holding submission_lock."""
     note = submitted_note(csv_path)
     line = json.dumps({"sha256": sha256, "ref": str(ref), "time": when, "ledger": str(Path(ledger).resolve()),
                        "competition": competition, "target": target})
-    with submission_lock(csv_path):
-        old = note.read_text(encoding="utf-8", errors="replace") if note.exists() else ""
-        write_text(note, old + ("" if not old or old.endswith("\n") else "\n") + line + "\n")
+    old = note.read_text(encoding="utf-8", errors="replace") if note.exists() else ""
+    write_text(note, old + ("" if not old or old.endswith("\n") else "\n") + line + "\n")
     return note
+
+
+def snapshot_for_sending(csv_path: str | os.PathLike, folder: Path) -> tuple[Path, str]:
+    """A copy of CSV_PATH in FOLDER, taken under submission_lock, and its SHA-256: the bytes checked and
+    uploaded are the bytes hashed, whatever replaces the CSV meanwhile."""
+    csv_path = Path(csv_path)
+    with submission_lock(csv_path):
+        data = csv_path.read_bytes()
+    copy = folder / csv_path.name
+    copy.write_bytes(data)
+    return copy, hashlib.sha256(data).hexdigest()
+
+
+def note_sending(csv_path: str | os.PathLike, sha256: str, ledger, when: str, competition: str, target: str) -> None:
+    """Just before the send, under submission_lock: refuse when CSV_PATH no longer holds the bytes about
+    to be sent (another `kit ensemble` replaced it), else note them with no ref yet, so from now on
+    `kit ensemble` moves them aside rather than overwrite them (a send that then fails costs one .old copy)."""
+    with submission_lock(csv_path):
+        if sha256_file(csv_path) != sha256:
+            raise KitError(f"{csv_path}: replaced while it was being checked (another `kit ensemble`?); nothing "
+                           "was sent: submit it again")
+        with contextlib.suppress(OSError, KitError):    # the note after acceptance says why, in one line
+            _add_note(csv_path, sha256, "", ledger, when, competition, target)
 
 
 def keep_submitted(csv_path: str | os.PathLike, new_sha256: str | None, ledgers=None) -> list[Path]:

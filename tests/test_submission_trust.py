@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
+import kit.kaggle.submissions
 from kit.fsio import sha256_file
 from kit.kaggle import append_ledger, read_ledger
 from kit.submission import keep_submitted
 
-from conftest import kit_cli, one_error
+from conftest import kit_cli, one_error, one_error_line, write_submission
 
 RUNS = {"r1": ([0, 1, 2, 0, 1, 0], [0, 1, 2, 2]), "r2": ([0] * 6, [0, 1, 1, 0])}
 
@@ -179,3 +180,45 @@ def test_a_name_kit_would_mangle_is_refused_before_anything_is_written(pair, tmp
 def test_bad_weights_are_shown_as_numbers(pair, tmp_path):
     line = one_error(*pair("--weights", "1,nan")[::2], "weights 1, nan:", "finite")
     assert "np." not in line and not (tmp_path / "subs").exists()
+
+
+def _replaced_by_a_perfect_csv(sub, tiny_answers, tiny_data):
+    """What another `kit ensemble` to the same name does: new bytes (here every answer right) in place."""
+    write_submission(sub.parent, tiny_answers, tiny_data, name=sub.stem, wrong_every=0)
+
+
+def test_the_bytes_sent_are_the_bytes_hashed_when_the_csv_is_replaced_during_the_send(kaggle_env, standin, sub,
+                                                                                       tiny_answers, tiny_data,
+                                                                                       tmp_path, capsys, monkeypatch):
+    """A vote written to the same name while the worker starts must not be uploaded under the first's
+    digest and members; and the file that was sent is noted, so the next vote moves it aside."""
+    digest = sha256_file(sub)
+    real_call = kit.kaggle.submissions.call
+
+    def replaced_first(*args, **kw):
+        _replaced_by_a_perfect_csv(sub, tiny_answers, tiny_data)
+        return real_call(*args, **kw)
+
+    monkeypatch.setattr(kit.kaggle.submissions, "call", replaced_first)
+    ledger = tmp_path / "L1" / "ledger.csv"
+    code, _, err = kit_cli(capsys, "submit", sub, "-m", "first", "--wait", "--ledger", ledger, "--endpoint",
+                           standin.url)
+    assert code == 0, err
+    [row] = read_ledger(ledger).to_dict("records")
+    assert row["sha256"] == digest and float(row["public"]) < 1.0      # the first CSV's bytes and score
+    assert digest in sub.with_name(f".{sub.name}.submitted").read_text()
+
+
+def test_a_csv_replaced_while_it_is_checked_is_not_sent(kaggle_env, standin, sub, tiny_answers, tiny_data, tmp_path,
+                                                        capsys, monkeypatch):
+    real_merge = kit.kaggle.submissions.merge_pending
+
+    def replaced_meanwhile(ledger):
+        _replaced_by_a_perfect_csv(sub, tiny_answers, tiny_data)
+        return real_merge(ledger)
+
+    monkeypatch.setattr(kit.kaggle.submissions, "merge_pending", replaced_meanwhile)
+    code, _, err = kit_cli(capsys, "submit", sub, "-m", "first", "--ledger", tmp_path / "ledger.csv", "--endpoint",
+                           standin.url)
+    assert code == 2 and "replaced while it was being checked" in one_error_line(err)
+    assert standin.submissions == []

@@ -4,17 +4,17 @@ its score, and record every attempt in the ledger; `refresh_ledger` fetches scor
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from kit import DEFAULT_COMPETITION
 from kit.errors import KitError
-from kit.fsio import sha256_file
 from kit.kaggle.client import call, poll_interval, target
 from kit.kaggle.credentials import kaggle_json_problem
 from kit.kaggle.ledger import append_ledger, check_writable, now, read_ledger, update_ledger
 from kit.kaggle.pending import keep_pending, merge_pending
 from kit.records import SubmissionManifest, manifest_path
-from kit.submission import note_submitted, require_valid, submitted_note
+from kit.submission import note_sending, note_submitted, require_valid, snapshot_for_sending, submitted_note
 
 
 class _Recorder:
@@ -81,11 +81,21 @@ def submit(csv_path, message: str, competition: str = DEFAULT_COMPETITION, data_
     and the submission then ends in a KitError saying so.
     """
     csv_path = Path(csv_path)
-    manifest, digest = _checked(csv_path, message, data_dir, ledger, {**os.environ, **(env or {})})
-    row = {"time": now(), "competition": competition, "file": str(csv_path), "sha256": digest,
+    with tempfile.TemporaryDirectory(prefix="kit-submit-") as folder:
+        return _send(csv_path, message, competition, data_dir, wait, ledger, endpoint, timeout, poll, env, log,
+                     where, Path(folder))
+
+
+def _send(csv_path: Path, message, competition, data_dir, wait, ledger, endpoint, timeout, poll, env, log, where,
+          folder: Path) -> dict:
+    """submit(), with a private folder for the copy of the CSV that is checked, hashed and sent."""
+    when, where = now(), where or target(endpoint)
+    sent, manifest, digest = _checked(csv_path, message, data_dir, ledger, {**os.environ, **(env or {})},
+                                      (folder, when, competition, where))
+    row = {"time": when, "competition": competition, "file": str(csv_path), "sha256": digest,
            "message": message, "members": ";".join(map(str, manifest.members or [])), "vote": manifest.vote or "",
            "ref": "", "status": "", "public": "", "private": "",
-           "target": where or target(endpoint), "error": ""}
+           "target": where, "error": ""}
     record = _Recorder(ledger, log)
 
     def submitted(event: dict) -> None:     # recorded at once, so a crash while waiting loses nothing
@@ -93,7 +103,7 @@ def submit(csv_path, message: str, competition: str = DEFAULT_COMPETITION, data_
         record.add(row)
         _note(csv_path, row, ledger, log)
 
-    params = {"competition": competition, "file": str(csv_path.resolve()), "message": message,
+    params = {"competition": competition, "file": str(sent.resolve()), "message": message,
               "wait": wait, "timeout": timeout, "poll": poll_interval() if poll is None else poll}
     try:
         done = call("submit", params, endpoint, env, log, on_event=submitted)
@@ -135,17 +145,20 @@ def _note(csv_path: Path, row: dict, ledger, log) -> None:
                 f"beside it or is submissions/ledger.csv")
 
 
-def _checked(csv_path: Path, message: str, data_dir, ledger, env: dict) -> tuple[SubmissionManifest, str]:
+def _checked(csv_path: Path, message: str, data_dir, ledger, env: dict,
+             snapshot: tuple) -> tuple[Path, SubmissionManifest, str]:
     """Everything checked before a submission is sent: the CSV (as Kaggle would) and that its
     manifest was written for it, the message, the kaggle.json the client would read, a ledger that
-    can record it; rows a failed recording left pending are merged first. Returns the CSV's
-    manifest (empty when it has none) and the CSV's SHA-256."""
+    can record it; rows a failed recording left pending are merged first. snapshot: (folder, time,
+    competition, target) for kit.submission.snapshot_for_sending. Returns the copy of the CSV to send,
+    the CSV's manifest (empty when it has none) and the copy's SHA-256."""
     if not csv_path.is_file():
         raise KitError(f"{csv_path}: submission file not found")
     if not message or not message.strip():
         raise KitError(f"{csv_path}: a submission message is required (-m MESSAGE)")
     manifest = SubmissionManifest.beside(csv_path) or SubmissionManifest()
-    digest = sha256_file(csv_path)
+    folder, when, competition, where = snapshot
+    sent, digest = snapshot_for_sending(csv_path, folder)
     _check_manifest_matches(csv_path, manifest, digest)
     data_dir_given = bool(data_dir)
     data_dir = data_dir or manifest.data_dir
@@ -155,14 +168,15 @@ def _checked(csv_path: Path, message: str, data_dir, ledger, env: dict) -> tuple
     if not data_dir_given and not Path(data_dir).is_dir():
         raise KitError(f"{manifest_path(csv_path)}: names the data dir {data_dir}, which is not there; pass "
                        f"--data DIR so {csv_path} is checked before it is sent")
-    require_valid(csv_path, data_dir)
+    require_valid(sent, data_dir)
     problem = kaggle_json_problem(env)
     if problem:
         raise KitError(f"{problem}; nothing was sent")
     read_ledger(ledger)         # a damaged ledger stops us before anything is sent, not after
     check_writable(ledger)
     merge_pending(ledger)
-    return manifest, digest
+    note_sending(csv_path, digest, ledger, when, competition, where)
+    return sent, manifest, digest
 
 
 def _check_manifest_matches(csv_path: Path, manifest: SubmissionManifest, digest: str) -> None:
