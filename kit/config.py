@@ -194,10 +194,10 @@ RANGES = {
 # most batch 64, 256 frames, width 1024), low enough that a typo of a few zeros is one line here
 # rather than an allocation that grows until the kernel kills the process.
 MAXIMA = {
-    "data": {"segment_len": 100_000},
+    "data": {"segment_len": 100_000, "split_seed": 2**32 - 1},
     "model": {"d_model": 8192, "n_layers": 128, "n_heads": 128, "ffn_dim": 65536, "channels": 8192,
               "conv_kernel": 1025},
-    "train": {"batch_size": 65536},
+    "train": {"batch_size": 65536, "seed": 2**31 - 1},     # seed: torch seeds each rank with seed * 1000 + rank
     "infer": {"window": 100_000, "batch_size": 65536},
 }
 # accelerate's trackers by name (accelerate.utils.LoggerType less "all", which would log to whatever
@@ -252,8 +252,8 @@ def validate(cfg: RunConfig, where: str = "config") -> RunConfig:
                 raise KitError(f"{where}: {section.name}.{f.name} = {value!r}: must be {rule}")
             cap = MAXIMA.get(section.name, {}).get(f.name)
             if cap is not None and value > cap:
-                raise KitError(f"{where}: {section.name}.{f.name} = {value!r}: must be <= {cap} "
-                               "(more would not fit in memory)")
+                why = "torch's seeds are 64-bit" if f.name.endswith("seed") else "more would not fit in memory"
+                raise KitError(f"{where}: {section.name}.{f.name} = {value!r}: must be <= {cap} ({why})")
     return cfg
 
 

@@ -47,3 +47,11 @@ def test_sizes_that_decide_memory_have_an_upper_bound_at_load():
         layered(("--set", {"train": {"batch_size": "65537"}}))
     with pytest.raises(KitError, match=r"member m: data\.segment_len = 100001: must be <= 100000"):
         layered(("member m", {"data": {"segment_len": 100001}}))
+
+
+def test_a_seed_torch_could_not_take_is_refused_at_load():
+    with pytest.raises(KitError, match=r"--set: train\.seed = \d+: must be <= 2147483647 "
+                                       r"\(torch's seeds are 64-bit\)"):
+        layered(("--set", {"train": {"seed": "99999999999999999999"}}))
+    with pytest.raises(KitError, match=r"data\.split_seed = 4294967296: must be <= 4294967295"):
+        layered(("--set", {"data": {"split_seed": str(2**32)}}))

@@ -174,6 +174,8 @@ def test_the_stand_in_refuses_a_submission_past_the_daily_limit_as_kaggle_does(k
     rows = read_ledger(sub.parent / "ledger.csv")
     assert list(rows["status"]) == ["COMPLETE", "FAILED"] and "allowance (1)" in rows["error"].iloc[1]
     assert sub.is_file() and len(standin.submissions) == 1
+    code, out, _ = kit(capsys, "scores", "--ledger", sub.parent / "ledger.csv", "--no-refresh")
+    assert code == 0 and "Submission not allowed: your team has used its daily submission allowance (1)" in out
 
 
 @pytest.mark.parametrize("flag,value", [("--port", "99999"), ("--port", "-1"), ("--kernel-slots", "0"),

@@ -8,18 +8,27 @@ from pathlib import Path
 
 import pytest
 
+import kit.kaggle.rehearsal
 import kit.kaggle.submissions
 import kit.zoo
 from kit.cli import main
 from kit.fsio import file_lock, sha256_file
 from kit.kaggle import read_ledger, recipe_submit, update_ledger
 from kit.kaggle.ledger import append_ledger, sending_lock
+from kit.kaggle.pending import keep_pending
 from kit.layout import synth_marker
 from kit.zoo import run_recipe
 
 from conftest import one_error_line
 
 AFTER = {"predict": True, "ensemble": "hard", "submit": True}
+
+
+class Usage:
+    """shutil.disk_usage's answer for a disk with `free` bytes left."""
+
+    def __init__(self, free: int):
+        self.total, self.used, self.free = 1 << 30, (1 << 30) - free, free
 
 
 class NothingToTrain:
@@ -154,18 +163,39 @@ def test_a_recipe_waits_while_another_submits_with_its_ledger_and_then_sends_not
     assert list(read_ledger(ledger)["ref"]) == ["7"]
 
 
-@pytest.mark.parametrize("damage", ["a file where the folder goes", "a ledger row cut short"])
+@pytest.mark.parametrize("damage", ["a file where the folder goes", "a ledger row cut short",
+                                    "a folder where the vote's CSV goes", "a full disk"])
 def test_a_recipe_whose_vote_or_ledger_cannot_be_written_stops_before_training(tiny_recipe, tiny_data, tmp_path,
                                                                                monkeypatch, capsys, damage):
     monkeypatch.chdir(tmp_path)
     recipe = tiny_recipe("mean", base={"train": {"max_steps": 4, "eval_every": 4}}, budget={"full": {}}, after=AFTER)
     if damage == "a file where the folder goes":
         Path("submissions").write_text("not a folder\n")
-    else:
+    elif damage == "a ledger row cut short":
         Path("submissions").mkdir()
         Path("submissions/ledger.csv").write_text("time,competition,file\n2026-12-05T00:00:00Z,hw4")
+    elif damage == "a folder where the vote's CSV goes":
+        Path("submissions/tiny.csv").mkdir(parents=True)
+    else:
+        monkeypatch.setattr(kit.kaggle.rehearsal.shutil, "disk_usage", lambda path: Usage(free=4096))
     code = main(["recipe", "run", str(recipe), "--data", str(tiny_data), "--budget", "full",
                  "--runs", str(tmp_path / "runs"), "--workers", "1", "--no-progress"])
     line = one_error_line(capsys.readouterr().err)
     assert code == 2 and "submissions" in line, line
     assert not (tmp_path / "runs" / "tiny").exists()        # nothing was trained
+
+
+def test_a_pending_row_only_the_pending_file_holds_is_marked_lost_on_the_first_re_run(kaggle_env, sub, tiny_data,
+                                                                                       monkeypatch):
+    """The recipe was stopped while its stand-in scored, and the ledger could not take even the PENDING row:
+    the re-run merges the pending file first, so the lost row is seen and the file sent again at once."""
+    monkeypatch.delenv("KAGGLE_USERNAME")
+    monkeypatch.delenv("KAGGLE_KEY")
+    first = recipe_submit(sub, "recipe", tiny_data, submissions_dir=sub.parent)
+    ledger = sub.parent / "ledger.csv"
+    row = {**first["row"], "status": "PENDING", "public": "", "private": ""}
+    ledger.unlink()
+    keep_pending(ledger, row)
+    again = recipe_submit(sub, "recipe, re-run", tiny_data, submissions_dir=sub.parent)
+    assert again["status"] == "COMPLETE" and "already submitted" not in (again["reason"] or ""), again
+    assert [r["status"] for r in read_ledger(ledger).to_dict("records")] == ["FAILED", "COMPLETE"]

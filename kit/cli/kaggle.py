@@ -141,7 +141,7 @@ def cmd_scores(args: argparse.Namespace) -> int:
     for _, r in table.iterrows():
         gap = f"{r['gap']:+.5f}" if r["gap"] == r["gap"] else ""
         print(f"{r['public'] or '-':>8} {r['private'] or '-':>8} {gap or '-':>8}  {r['status']:<8} "
-              f"{r['time']:<20} {Path(r['file']).name:<28} {' '.join(r['message'].split())}")     # one line a row
+              f"{r['time']:<20} {Path(r['file']).name:<28} {_said(r)}")
     print("gap = public - private: positive means the public leaderboard flattered that submission")
     try:
         png = plot_scores(table, ledger.with_name("scores.png"))
@@ -151,6 +151,12 @@ def cmd_scores(args: argparse.Namespace) -> int:
     if png:
         print(f"wrote {png}")
     return 0
+
+
+def _said(row) -> str:
+    """A row's message on one line, and why it failed when it did (a refusal past the daily limit)."""
+    why = f"  [{row['error']}]" if row["status"] in ("FAILED", "ERROR") and row["error"] else ""
+    return " ".join(f"{row['message']}{why}".split())
 
 
 def _parse_fault(spec: str):

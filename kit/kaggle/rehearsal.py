@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -55,6 +56,8 @@ def _send(csv_path, message, data_dir, competition, ledger, log, endpoint) -> di
                                named_target(endpoint))
     if is_synthetic(data_dir):
         with rehearsal_stand_in(data_dir, competition) as (server, env):
+            with contextlib.suppress(KitError):     # a PENDING row only a pending file holds is lost too
+                merge_pending(ledger)
             _mark_lost(ledger, csv_path, server.competition)
             return _recipe_attempt(csv_path, message, data_dir, server.competition, ledger, server.url, env,
                                    log, STAND_IN)
@@ -68,14 +71,22 @@ def _result(status: str, target: str | None, row: dict | None, reason: str | Non
             "target": target, "row": row, "reason": reason, "recorded": recorded}
 
 
-def check_recipe_submissions(submissions_dir, after: dict, running_after: bool) -> None:
-    """Before a recipe trains: the folder its vote's CSV and ledger go to can take them, and a recipe that
-    submits can read its ledger, so a long run does not end on what could be fixed at its start.
-    after: the recipe's [after] table; running_after: False when the recipe stops after training."""
+ROOM = 1 << 20          # free bytes a vote's CSV, manifest and ledger rows need (HW4's CSV: ~0.2 MB)
+
+
+def check_recipe_submissions(submissions_dir, name: str, after: dict, running_after: bool) -> None:
+    """Before a recipe trains: the folder its vote's CSV (NAME.csv) and ledger go to can take them, and a
+    recipe that submits can read its ledger, so a long run does not end on what could be fixed at its
+    start. after: the recipe's [after] table; running_after: False when the recipe stops after training."""
     if not running_after or after["ensemble"] == "none":
         return
     ledger = Path(submissions_dir) / "ledger.csv"
     problem = ledger_problem(ledger)
+    if problem is None and shutil.disk_usage(ledger.parent).free < ROOM:
+        problem = f"{ledger.parent}: {shutil.disk_usage(ledger.parent).free} bytes free"
+    csv = Path(submissions_dir) / f"{name}.csv"
+    if problem is None and csv.exists() and not csv.is_file():
+        problem = f"{csv}: is a folder, where the vote's CSV goes"
     if problem:
         raise KitError(f"{problem}: the recipe writes its vote and ledger in {submissions_dir}/ (run it from a "
                        f"folder you can write); nothing was trained")
