@@ -321,3 +321,19 @@ def test_distill_into_a_finished_student_keeps_it_and_fresh_moves_it_aside(membe
     (old,) = tmp_path.glob("student.old-*")
     assert sha256_file(old / "teacher.npz") == before and RunDir.of(old).summary()["stopped_reason"]
     assert sha256_file(student / "teacher.npz") != before and RunDir.of(student).summary() is not None
+
+
+def test_kit_pseudo_writes_over_nothing_but_an_earlier_kit_pseudo(members, tmp_path, capsys):
+    from kit.cli import main
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "pseudo.csv").write_text("my notes\n")              # a pseudo.csv kit did not write
+    assert main(["pseudo", *map(str, members), "--out", str(mine), "--top-fraction", "0.5"]) == 2
+    assert "holds files `kit pseudo` did not write (pseudo.csv)" in capsys.readouterr().err
+    assert (mine / "pseudo.csv").read_text() == "my notes\n"
+    assert main(["pseudo", *map(str, members), "--out", str(members[0]), "--top-fraction", "0.5"]) == 2
+    assert "holds files `kit pseudo` did not write" in capsys.readouterr().err      # a run dir
+    ours = tmp_path / "pl"
+    for _ in range(2):                                          # an earlier round's folder is written again
+        assert main(["pseudo", *map(str, members), "--out", str(ours), "--top-fraction", "0.5"]) == 0

@@ -57,9 +57,10 @@ def register(sub) -> None:
 
 def cmd_pseudo(args: argparse.Namespace) -> int:
     # deferred: brings pandas; `kit --help` imports only the parsers
-    from kit.pseudo import make_pseudo_labels, true_precision
+    from kit.pseudo import PSEUDO_CSV, PSEUDO_JSON, TEACHER, make_pseudo_labels, true_precision
 
     distinct_runs(args.runs)
+    _check_pseudo_out(Path(args.out), (PSEUDO_CSV, PSEUDO_JSON, TEACHER))
     key = read_answer_key(args.answers) if args.answers else None       # a bad key fails before the work
     rec = make_pseudo_labels(args.runs, args.out, precision=args.precision, top_fraction=args.top_fraction)
     print(f"pseudo-labels: {rec.describe()}")
@@ -68,6 +69,21 @@ def cmd_pseudo(args: argparse.Namespace) -> int:
         print(f"true precision (answer key): {'-' if true is None else f'{true:.4f}'}")
     print(f"csv: {rec.csv}")
     return 0
+
+
+def _check_pseudo_out(out: Path, ours: tuple[str, ...]) -> None:
+    """--out is new, empty, or an earlier `kit pseudo`'s (its files are replaced); never a folder of
+    the user's files nor a run dir, whose files kit would overwrite without a copy."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise KitError(f"{out}: exists and is not a directory")
+    theirs = sorted(p.name for p in out.iterdir() if p.name not in ours and not p.name.startswith("."))
+    if not theirs and (out / ours[0]).exists() and not (out / ours[1]).is_file():
+        theirs = [ours[0]]          # a pseudo.csv that no pseudo.json beside it says kit wrote
+    if theirs:
+        raise KitError(f"--out {out}: holds files `kit pseudo` did not write ({', '.join(theirs[:3])}); it would "
+                       "write its own over them: choose a new or empty folder")
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
