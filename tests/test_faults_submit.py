@@ -182,7 +182,8 @@ def test_the_stand_in_refuses_a_submission_past_the_daily_limit_as_kaggle_does(k
                                         ("--pending-polls", "-1"), ("--kernel-timeout", "-5"),
                                         ("--gpu-quota-used", "nan"), ("--daily-limit", "-1"),
                                         ("--fail", "CreateSubmission:999"), ("--fail", "CreateSubmission:429:-1"),
-                                        ("--fail", "CreateSubmission:429:1:-2")])
+                                        ("--fail", "CreateSubmission:429:1:-2"), ("--fail", "CreateSubmission:200"),
+                                        ("--fail", "CreateSubmission:429:1:2:3"), ("--competition", "../x")])
 def test_a_stand_in_option_out_of_range_is_one_line(tiny_data, capsys, flag, value):
     code, _, err = kit(capsys, "kaggle", "serve", "--data", tiny_data, "--port", "0", flag, value)
     assert code == 2 and flag in one_error_line(err), err
@@ -200,3 +201,12 @@ def test_a_message_of_several_lines_is_one_row_of_the_scores_table(tmp_path, cap
                          "private": "0.5", "target": "kaggle"}])
     code, out, _ = kit(capsys, "scores", "--ledger", ledger, "--no-refresh")
     assert code == 0 and any(line.endswith("first line second line") for line in out.splitlines()), out
+
+
+def test_serving_with_another_competitions_answer_key_says_so(tiny_data, tiny_answers, tmp_path, capsys):
+    other = tmp_path / "other_answers.csv"
+    rows = tiny_answers.read_text().splitlines()
+    other.write_text("\n".join([rows[0], *(f"other-{r}" for r in rows[1:])]) + "\n")
+    code, _, err = kit(capsys, "kaggle", "serve", "--data", tiny_data, "--port", "0", "--answers", other)
+    line = one_error_line(err)
+    assert code == 2 and f"{other}: its Ids are not the test utterances of {tiny_data} (20 missing, 20 unknown)" in line

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -17,7 +18,8 @@ from kit.kaggle.client import target
 from kit.kaggle.ledger import find_submitted
 from kit.kaggle.pending import merge_pending
 from kit.kaggle.server import FAULT_TARGETS, StandIn
-from kit.layout import synth_marker
+from kit.layout import read_layout, synth_marker
+from kit.submission import read_answer_key
 
 
 def _log(line: str) -> None:
@@ -168,12 +170,22 @@ def _parse_fault(spec: str):
     except (IndexError, ValueError):
         raise KitError(f"--fail {spec!r}: expected METHOD:STATUS[:COUNT[:RETRY_AFTER]], "
                        "e.g. CreateSubmission:429:2:1") from None
-    if not (100 <= status <= 599 and count >= 1 and (retry_after is None or 0 <= retry_after < math.inf)):
-        raise KitError(f"--fail {spec!r}: STATUS an HTTP status (100-599), COUNT 1 or more, RETRY_AFTER seconds "
-                       "(0 or more)")
+    if not (400 <= status <= 599 and count >= 1 and (retry_after is None or 0 <= retry_after < math.inf)
+            and len(parts) <= 4):
+        raise KitError(f"--fail {spec!r}: STATUS an HTTP error (400-599), COUNT 1 or more, RETRY_AFTER seconds "
+                       "(0 or more), nothing after them")
     if method not in FAULT_TARGETS:     # a fault for a method nobody calls would never fire
         raise KitError(f"--fail {spec!r}: unknown method {method!r}; known: {', '.join(FAULT_TARGETS)}")
     return method, status, count, retry_after
+
+
+def _check_answers_fit(answers: Path, data) -> None:
+    """The answer key scores this data's test set: one made for another competition would score every
+    submission as wrong (or refuse it) without saying why."""
+    ids, test = set(read_answer_key(answers)), {u.path for u in read_layout(data).test}
+    if ids != test:
+        raise KitError(f"{answers}: its Ids are not the test utterances of {data} ({len(test - ids)} missing, "
+                       f"{len(ids - test)} unknown); pass the answer key made with this data (--answers)")
 
 
 def _announce(url: str, competition: str, data) -> None:
@@ -210,6 +222,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not answers:
         raise KitError(f"{args.data}: no answer key; pass --answers KEY.csv (Id,Category,Usage)")
     competition = args.competition or synth.get("competition") or DEFAULT_COMPETITION
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", competition):
+        raise KitError(f"--competition {competition!r}: a Kaggle competition's name is lower-case letters, digits "
+                       f"and hyphens (e.g. {DEFAULT_COMPETITION})")
+    _check_answers_fit(Path(answers), args.data)
     faults = [_parse_fault(f) for f in args.fail]
     try:
         server = StandIn(args.data, answers, competition=competition, port=args.port,
