@@ -40,6 +40,7 @@ def recipe_submit(csv_path, message: str, data_dir, competition: str = DEFAULT_C
     problem = ledger_problem(ledger)
     if problem:
         return _result("FAILED", None, None, f"{problem}; nothing was sent", recorded=False)
+
     def busy() -> None:
         if log:
             log(f"another kit is submitting with {ledger}; waiting for it to finish")
