@@ -235,6 +235,15 @@ def kit_env() -> dict:
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
 
 
+def process_alive(pid: int) -> bool:
+    """Whether a process runs (a zombie or a dead one does not), from /proc."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
 def garbage(n: int) -> bytes:
     """n bytes of noise for a damaged file, the same every run (seeded, never os.urandom)."""
     return np.random.default_rng(0).integers(0, 256, n, dtype=np.uint8).tobytes()

@@ -13,15 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import kit_env
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state not in ("Z", "X")
+from conftest import kit_env, process_alive
 
 
 def _children(pid: int) -> list[int]:
@@ -50,13 +42,13 @@ def test_sigterm_of_a_two_worker_synth_stops_its_workers_and_leaves_no_hidden_fo
         assert proc.wait(60) == 143
         assert "kit: stopped by SIGTERM" in proc.communicate()[1]
         deadline = time.time() + 15
-        while any(_alive(p) for p in workers) and time.time() < deadline:
+        while any(process_alive(p) for p in workers) and time.time() < deadline:
             time.sleep(0.05)     # polling /proc, not timing anything
-        assert [p for p in workers if _alive(p)] == []
+        assert [p for p in workers if process_alive(p)] == []
         assert sorted(p.name for p in tmp_path.iterdir()) == [], "an interrupted synth leaves nothing"
     finally:
         for pid in [proc.pid, *workers]:
-            if _alive(pid):
+            if process_alive(pid):
                 os.kill(pid, signal.SIGKILL)
 
 

@@ -23,7 +23,7 @@ from kit.train import load_model
 from kit.workers import run_slots
 from kit.zoo import run_recipe
 
-from conftest import garbage, kit_cli, kit_env, one_error
+from conftest import garbage, kit_cli, kit_env, one_error, process_alive
 
 MEMBERS = ("mean", "sap")
 
@@ -276,14 +276,6 @@ def test_a_damaged_file_that_makes_torch_warn_is_still_one_line_in_a_real_proces
 
 
 # ---------------------------------------------------------------- 4. worker lifetime
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state not in ("Z", "X")
-
-
 def _start_recipe(recipe: Path, data: Path, runs: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "kit", "recipe", "run", str(recipe), "--data", str(data),
                              "--runs", str(runs), "--workers", "2", "--no-progress"],
@@ -312,9 +304,9 @@ def _trainers(runs: Path, proc: subprocess.Popen, need: str, timeout: float = 60
 
 def _wait_gone(pids: list[int], timeout: float = 15) -> list[int]:
     deadline = time.time() + timeout
-    while time.time() < deadline and any(_alive(p) for p in pids):
+    while time.time() < deadline and any(process_alive(p) for p in pids):
         time.sleep(0.05)     # polling /proc, not timing anything
-    return [p for p in pids if _alive(p)]
+    return [p for p in pids if process_alive(p)]
 
 
 @pytest.mark.slow
@@ -336,7 +328,7 @@ def test_signal_to_the_recipe_alone_stops_its_workers(write_recipe, tiny_data, t
         assert _wait_gone(pids) == []
     finally:
         for pid in [proc.pid, *pids]:
-            if _alive(pid):
+            if process_alive(pid):
                 os.kill(pid, signal.SIGKILL)
 
 
@@ -363,7 +355,7 @@ def test_sigkill_of_a_two_worker_recipe_then_rerun_matches_an_uninterrupted_run(
         assert not all((runs / "tiny" / m / "summary.json").is_file() for m in MEMBERS)    # killed mid-run
     finally:
         for pid in pids:
-            if _alive(pid):
+            if process_alive(pid):
                 os.kill(pid, signal.SIGKILL)
     assert finish(runs) == straight
 

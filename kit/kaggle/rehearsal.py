@@ -50,6 +50,10 @@ def recipe_submit(csv_path, message: str, data_dir, competition: str = DEFAULT_C
 
 
 def _send(csv_path, message, data_dir, competition, ledger, log, endpoint) -> dict:
+    # Rows only the pending file holds count as submitted (or lost) too; one that cannot be merged
+    # stops submit() before it sends.
+    with contextlib.suppress(KitError):
+        merge_pending(ledger)
     if endpoint_or_env(endpoint):
         # A rehearsal against `kit kaggle serve` must never spend a real submission, credentials or not.
         comp = (synth_marker(data_dir) or {}).get("competition") or competition
@@ -57,8 +61,6 @@ def _send(csv_path, message, data_dir, competition, ledger, log, endpoint) -> di
                                named_target(endpoint))
     if is_synthetic(data_dir):
         with rehearsal_stand_in(data_dir, competition) as (server, env):
-            with contextlib.suppress(KitError):     # a PENDING row only a pending file holds is lost too
-                merge_pending(ledger)
             _mark_lost(ledger, csv_path, server.competition)
             return _recipe_attempt(csv_path, message, data_dir, server.competition, ledger, server.url, env,
                                    log, STAND_IN)
@@ -126,8 +128,6 @@ def _mark_lost(ledger: Path, csv_path, competition: str) -> None:
 
 
 def _recipe_attempt(csv_path, message, data_dir, competition, ledger, endpoint, env, log, target) -> dict:
-    with contextlib.suppress(KitError):     # one that cannot be merged stops submit() before it sends
-        merge_pending(ledger)               # rows only there count as submitted too
     earlier = find_submitted(ledger, csv_path, competition, target)
     if earlier is not None:
         return _result(earlier["status"], target, earlier,
