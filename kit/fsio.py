@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -52,9 +54,30 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+def _sweep_orphans(path: Path) -> None:
+    """Remove the hidden folders beside `path` that a killed (SIGKILL, out of memory) atomic_dir on
+    this machine left: their name holds the writer's pid and host, and that process is gone. A
+    folder of a live process, of another machine or of an older kit is left alone."""
+    prefix, host = f".{path.name}.", socket.gethostname()
+    for folder in path.parent.glob(f"{glob.escape(prefix)}*@*"):
+        pid, _, rest = folder.name[len(prefix):].partition("@")
+        if pid.isdigit() and rest.rpartition(".")[0] == host and folder.is_dir() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:         # another user's process
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike, what: str = "files", done: str | None = None) -> Iterator[Path]:
-    """Yield a new empty folder beside `path` (hidden: .NAME.XXXX); when the block succeeds it gets
+    """Yield a new empty folder beside `path` (hidden: .NAME.PID@HOST.XXXX); when the block succeeds it gets
     the usual umask mode and is renamed to `path`, replacing what was there, so nobody ever sees a
     half-written folder at `path`. On failure it is removed. `what` names the contents in the
     error when the folder cannot be made. `done`: the file that marks a finished folder; when
@@ -63,7 +86,8 @@ def atomic_dir(path: str | os.PathLike, what: str = "files", done: str | None = 
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        _sweep_orphans(path)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}@{socket.gethostname()}.", dir=path.parent))
     except OSError as e:
         raise KitError(f"{path}: cannot write the {what} here ({e.strerror})") from None
 

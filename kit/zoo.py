@@ -80,7 +80,7 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
     # Only the Kaggle launcher has an endpoint (`--endpoint`): a rehearsal on `kit kaggle serve` must
     # submit there too, never to real Kaggle with the user's credentials.
     run.endpoint = getattr(launcher, "endpoint", None)
-    check_recipe_submissions(run.submissions, run.recipe.name, run.recipe.after, after)
+    check_recipe_submissions(run.submissions, run.recipe.name, run.recipe.after, after, run.data_dir, run.endpoint)
     if fresh:
         _start_over(run.root, run.chosen, run.log)
     _check_members(run.root, run.chosen, run.recipe, run.budget, run.data_dir, run.store)

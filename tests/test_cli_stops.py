@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from kit.fsio import atomic_dir
+
 from conftest import kit_env, process_alive
 
 
@@ -52,6 +54,32 @@ def test_sigterm_of_a_two_worker_synth_stops_its_workers_and_leaves_no_hidden_fo
                 os.kill(pid, signal.SIGKILL)
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_hidden_folder_of_a_sigkilled_synth_goes_with_the_next_write_there(tmp_path):
+    out = tmp_path / "demo"
+    proc = subprocess.Popen([sys.executable, "-m", "kit", "data", "synth", "--preset", "demo", "--workers", "2",
+                             "--out", str(out)], env=kit_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while not any(tmp_path.glob(".demo.*/uttr-*.pt")):
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()
+            time.sleep(0.02)     # polling the folder, not timing anything
+        workers = _children(proc.pid)
+        os.kill(proc.pid, signal.SIGKILL)           # nothing of kit's runs: its folder stays behind
+        proc.wait(60)
+        deadline = time.time() + 15
+        while any(process_alive(p) for p in workers) and time.time() < deadline:
+            time.sleep(0.05)     # the workers follow their parent (die_with_parent)
+        assert [p.name for p in tmp_path.iterdir()][0].startswith(".demo.")
+    finally:
+        if process_alive(proc.pid):
+            os.kill(proc.pid, signal.SIGKILL)
+    with atomic_dir(out) as folder:                 # the next synth (or any write) of that folder
+        (folder / "meta.json").write_text("{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]
+
+
 def test_a_reader_that_leaves_the_pipe_early_is_no_traceback(tiny_data):
     proc = subprocess.Popen([sys.executable, "-m", "kit", "data", "info", str(tiny_data)], env=kit_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -67,3 +95,21 @@ def test_stdout_on_a_full_disk_is_one_line_and_exit_2(tiny_data):
                               stdout=full, stderr=subprocess.PIPE, text=True)
     assert done.returncode == 2 and done.stderr.splitlines() == [
         "kit: error: cannot write the output (No space left on device)"], done.stderr
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("argv", [["--help"], ["recipe", "run", "--help"]])
+def test_help_on_a_full_disk_is_one_line_and_exit_2(argv):
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "kit", *argv], env=kit_env(),
+                              stdout=full, stderr=subprocess.PIPE, text=True)
+    assert done.returncode == 2 and done.stderr.splitlines() == [
+        "kit: error: cannot write the output (No space left on device)"], done.stderr
+
+
+def test_help_read_by_a_reader_that_leaves_is_exit_141_and_quiet():
+    proc = subprocess.Popen([sys.executable, "-m", "kit", "recipe", "run", "--help"], env=kit_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()             # the reader left before the first line (`kit ... --help | true`)
+    err = proc.stderr.read()
+    assert proc.wait(60) == 141 and err == "", err

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -92,3 +95,23 @@ def test_a_file_or_array_on_a_full_disk_is_one_line(tmp_path, monkeypatch):
         save_numpy(probs, np.ones(3))
     assert text.read_bytes() == b"old" and np.load(probs).tolist() == [0, 0, 0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json", "test_probs.npy"]
+
+
+def test_a_hidden_folder_a_killed_writer_left_is_swept_and_no_other(tmp_path):
+    """The writer's pid and host are in the hidden folder's name: the next atomic_dir for that path
+    removes the folders of a dead process on this machine, and keeps those of a live one, of another
+    machine, and of names it did not make."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    host = socket.gethostname()
+    dead = tmp_path / f".store.{gone.pid}@{host}.abc123"
+    live = tmp_path / f".store.{os.getpid()}@{host}.def456"
+    other_host = tmp_path / f".store.{gone.pid}@elsewhere-{host}.ghi789"
+    other_name = tmp_path / f".store-b.{gone.pid}@{host}.jkl012"
+    for folder in (dead, live, other_host, other_name):
+        (folder / "part").mkdir(parents=True)
+    with atomic_dir(tmp_path / "store") as folder:
+        (folder / "done.json").write_text("{}")
+    assert not dead.exists()
+    assert live.is_dir() and other_host.is_dir() and other_name.is_dir()
+    assert (tmp_path / "store" / "done.json").is_file()

@@ -63,6 +63,8 @@ def test_the_launchers_endpoint_and_the_recipes_folder_reach_the_submission(trai
     """The vote goes to the stand-in the kernels used, and its ledger row to the ledger beside the vote's
     CSV (run_recipe's `submissions`), not to ./submissions/ledger.csv."""
     sent = []
+    monkeypatch.setenv("KAGGLE_USERNAME", "rehearsal")      # the stand-in takes any credentials, but some
+    monkeypatch.setenv("KAGGLE_KEY", "anything")
     monkeypatch.setattr(kit.zoo, "recipe_submit", lambda csv, message, data_dir, **kw: sent.append((csv, kw)) or
                         {"status": "COMPLETE", "public": 0.5, "private": 0.5, "target": "local stand-in"})
     elsewhere = tmp_path / "elsewhere"
@@ -199,3 +201,28 @@ def test_a_pending_row_only_the_pending_file_holds_is_marked_lost_on_the_first_r
     again = recipe_submit(sub, "recipe, re-run", tiny_data, submissions_dir=sub.parent)
     assert again["status"] == "COMPLETE" and "already submitted" not in (again["reason"] or ""), again
     assert [r["status"] for r in read_ledger(ledger).to_dict("records")] == ["FAILED", "COMPLETE"]
+
+
+@pytest.mark.parametrize("credentials", ["none", "a kaggle.json that is not JSON"])
+def test_a_recipe_that_submits_to_a_stand_in_without_usable_credentials_stops_before_training(
+        tiny_recipe, tiny_data, tmp_path, monkeypatch, capsys, credentials):
+    """KIT_KAGGLE_ENDPOINT names a stand-in: the client needs credentials (any will do) to reach it, so
+    their absence is one line before the first step, not a FAILED row after the whole budget."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    config = tmp_path / "config"
+    config.mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(config))
+    monkeypatch.setenv("KIT_KAGGLE_ENDPOINT", "http://127.0.0.1:9")
+    if credentials != "none":
+        (config / "kaggle.json").write_text("{username: me")
+    recipe = tiny_recipe("mean", base={"train": {"max_steps": 4, "eval_every": 4}}, budget={"full": {}}, after=AFTER)
+    code = main(["recipe", "run", str(recipe), "--data", str(tiny_data), "--budget", "full",
+                 "--runs", str(tmp_path / "runs"), "--workers", "1", "--no-progress"])
+    line = one_error_line(capsys.readouterr().err)
+    assert code == 2 and "nothing was trained" in line, line
+    assert ("no Kaggle credentials" in line) == (credentials == "none") and \
+        ("kaggle.json" in line and "not valid JSON" in line) == (credentials != "none"), line
+    assert not (tmp_path / "runs" / "tiny").exists()

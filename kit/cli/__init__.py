@@ -21,8 +21,16 @@ from kit.errors import KitError, path_problem
 GROUPS = ["data", "train", "predict", "pseudo", "kaggle", "bench"]
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, but help that cannot be written (a closed pipe, a full disk) is an error, as
+    any other output is: argparse itself drops the OSError and exits 0."""
+
+    def print_help(self, file=None) -> None:
+        (file or sys.stdout).write(self.format_help())
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="kit",
         description="Speaker-identification Kaggle kit: data, training, ensembling, submission.",
     )
@@ -100,7 +108,10 @@ def chosen(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argpars
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args, unknown = parser.parse_known_args(argv)
+    parsed = _parse(parser, argv)
+    if isinstance(parsed, int):
+        return parsed
+    args, unknown = parsed
     if unknown:                     # the usage of the command given (`recipe run`), not kit's
         chosen(parser, args).error(f"unrecognized arguments: {' '.join(unknown)}")
     if not getattr(args, "func", None):
@@ -112,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         # `finally` runs, so pools, stand-ins and temp folders go with it (exit 143/129).
         with exit_on_signals(), cache_from(args):
             code = args.func(args)
-        sys.stdout.flush()          # a closed pipe is found here, not in the interpreter's last flush
-        return code
+        flushed = _flushed()        # a closed pipe is found here, not in the interpreter's last flush
+        return flushed or code
 
     try:
         return one_line_errors(run)
@@ -125,17 +136,53 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"kit: stopped by {signal.Signals(e.code - 128).name}", file=sys.stderr)
         return e.code
-    except BrokenPipeError:         # `kit scores | head -1`: the reader left; say nothing more
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141                  # 128 + SIGPIPE, as a shell reports a command its pipe ended
     except OSError as e:
-        if e.filename or e.errno not in (errno.ENOSPC, errno.EIO, errno.EDQUOT):
+        code = _output_failed(e)
+        if code is None:
             raise
-        # Writing stdout itself failed (redirected to a full disk): one line, as for a path, and the
-        # rest of the output dropped (the interpreter's last flush would fail again, with a traceback).
+        return code
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple[argparse.Namespace, list[str]] | int:
+    """The parsed command line, or the exit code of --help: 0 when its text reached the reader, else
+    _output_failed's."""
+    try:
+        return parser.parse_known_args(argv)
+    except SystemExit as e:
+        if e.code == 0:
+            return _flushed()
+        raise
+    except OSError as e:
+        code = _output_failed(e)
+        if code is None:
+            raise
+        return code
+
+
+def _flushed() -> int:
+    """0 when what kit printed reached stdout's reader, else _output_failed's exit code."""
+    try:
+        sys.stdout.flush()
+    except OSError as e:
+        code = _output_failed(e)
+        if code is None:
+            raise
+        return code
+    return 0
+
+
+def _output_failed(e: OSError) -> int | None:
+    """The exit code for a failed write to stdout itself, the rest of the output dropped (the
+    interpreter's last flush would fail again, with a traceback); None for any other OSError."""
+    if isinstance(e, BrokenPipeError):      # `kit scores | head -1`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        print(f"kit: error: cannot write the output ({e.strerror})", file=sys.stderr)
-        return 2
+        return 141                          # 128 + SIGPIPE, as a shell reports a command its pipe ended
+    if e.filename or e.errno not in (errno.ENOSPC, errno.EIO, errno.EDQUOT):
+        return None
+    # Writing stdout itself failed (redirected to a full disk): one line, as for a path.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    print(f"kit: error: cannot write the output ({e.strerror})", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

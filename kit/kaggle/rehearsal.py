@@ -15,7 +15,7 @@ from kit.errors import KitError
 from kit.fsio import file_lock, sha256_file
 from kit.kaggle.client import KAGGLE, STAND_IN, endpoint_or_env
 from kit.kaggle.client import target as named_target
-from kit.kaggle.credentials import CREDENTIALS_HELP, credential_source
+from kit.kaggle.credentials import CREDENTIALS_HELP, credential_source, kaggle_json_problem
 from kit.kaggle.ledger import find_submitted, ledger_problem, read_ledger, sending_lock, update_ledger
 from kit.kaggle.pending import kept_rows, merge_pending
 from kit.kaggle.server import StandIn
@@ -77,10 +77,12 @@ def _result(status: str, target: str | None, row: dict | None, reason: str | Non
 ROOM = 1 << 20          # free bytes a vote's CSV, manifest and ledger rows need (HW4's CSV: ~0.2 MB)
 
 
-def check_recipe_submissions(submissions_dir, name: str, after: dict, running_after: bool) -> None:
+def check_recipe_submissions(submissions_dir, name: str, after: dict, running_after: bool,
+                             data_dir=None, endpoint: str | None = None) -> None:
     """Before a recipe trains: the folder its vote's CSV (NAME.csv) and ledger go to can take them, and a
-    recipe that submits can read its ledger, so a long run does not end on what could be fixed at its
-    start. after: the recipe's [after] table; running_after: False when the recipe stops after training."""
+    recipe that submits can read its ledger and has the credentials its submission needs, so a long run
+    does not end on what could be fixed at its start. after: the recipe's [after] table; running_after:
+    False when the recipe stops after training; endpoint: the stand-in the recipe submits to, if any."""
     if not running_after or after["ensemble"] == "none":
         return
     ledger = Path(submissions_dir) / "ledger.csv"
@@ -95,6 +97,24 @@ def check_recipe_submissions(submissions_dir, name: str, after: dict, running_af
                        f"folder you can write); nothing was trained")
     if after["submit"]:
         read_ledger(ledger)         # a damaged ledger is one line now, not after the training
+        _check_credentials(data_dir, endpoint)
+
+
+def _check_credentials(data_dir, endpoint: str | None) -> None:
+    """The user's credentials, where the recipe's submission will use them: on a stand-in named by
+    --endpoint or KIT_KAGGLE_ENDPOINT (it takes any, but the client needs some), and on Kaggle when
+    there are some (none there: the recipe trains and skips the submission, as it says). A synthetic
+    competition with no endpoint rehearses with credentials of its own."""
+    url = endpoint_or_env(endpoint)
+    if url is None and data_dir is not None and is_synthetic(data_dir):
+        return
+    source = credential_source()
+    if url and source is None:
+        raise KitError(f"{CREDENTIALS_HELP} (the stand-in at {url} takes any, e.g. KAGGLE_USERNAME=rehearsal "
+                       f"KAGGLE_KEY=anything); nothing was trained")
+    problem = kaggle_json_problem(os.environ) if source else None
+    if problem:
+        raise KitError(f"{problem}; nothing was trained")
 
 
 @contextlib.contextmanager
