@@ -15,7 +15,7 @@ import pytest
 
 from kit.fsio import atomic_dir
 
-from conftest import kit_env, process_alive
+from conftest import kit_env, process_alive, recipe_toml
 
 
 def _children(pid: int) -> list[int]:
@@ -113,3 +113,38 @@ def test_help_read_by_a_reader_that_leaves_is_exit_141_and_quiet():
     proc.stdout.close()             # the reader left before the first line (`kit ... --help | true`)
     err = proc.stderr.read()
     assert proc.wait(60) == 141 and err == "", err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_sigterm_of_a_background_recipe_stops_its_local_submitit_job(tiny_data, tmp_path):
+    """Started in the background (`&`, nohup: SIGINT ignored, as the shell does), the recipe's SIGTERM
+    still stops the member's local job: submitit's cancel alone is a SIGINT its controller ignores."""
+    recipe = tmp_path / "zoo.toml"
+    recipe.write_text(recipe_toml(["a"], name="zoo", base={"train": {"eval_every": 50}},
+                                  budget={"quick": {"train.max_steps": 10**6}},
+                                  after={"predict": False, "ensemble": "none", "submit": False}))
+    proc = subprocess.Popen([sys.executable, "-m", "kit", "recipe", "run", str(recipe), "--data", str(tiny_data),
+                             "--runs", str(tmp_path / "runs"), "--launcher", "slurm", "--submitit-cluster", "local",
+                             "--no-progress"], env=kit_env(), cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    job, members = None, []
+    try:
+        for line in proc.stderr:                    # "kit: a: submitted as job 1234 (local; ...)"
+            if "submitted as job" in line:
+                job = int(line.split("submitted as job ")[1].split()[0])
+                break
+        assert job and process_alive(job), "the member's job did not start"
+        time.sleep(1)    # the controller has started its member (not a timing assertion)
+        members = _children(job)
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(60) == 143
+        deadline = time.time() + 30
+        while process_alive(job) and time.time() < deadline:
+            time.sleep(0.1)      # polling /proc, not timing anything
+        assert not process_alive(job), "the member's local job outlived its recipe"
+    finally:
+        for pid in [proc.pid, job, *members]:
+            if pid and process_alive(pid):
+                os.kill(pid, signal.SIGKILL)

@@ -64,7 +64,7 @@ class KaggleLauncher:
                             Path(data_dir))
             try:
                 run.go(names, fresh)
-            except KeyboardInterrupt:
+            except (KeyboardInterrupt, SystemExit):     # Ctrl-C, or SIGTERM/SIGHUP (kit.env.exit_on_signals)
                 if target["name"] == "kaggle":
                     log(f"interrupted: the kernels keep running on Kaggle; re-run the same command to pick "
                         f"them up ({root / STATE})")

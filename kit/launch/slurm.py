@@ -4,8 +4,11 @@ machine through submitit's LocalExecutor (a rehearsal; what the tests use).
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import shutil
+import signal
 from pathlib import Path
 
 import torch
@@ -88,7 +91,16 @@ class SlurmLauncher:
         finally:
             for job in jobs.values():
                 if not job.done():
-                    job.cancel(check=False)
+                    self._cancel(job)
+
+    def _cancel(self, job) -> None:
+        """Stop a job still running: scancel on Slurm. A local job's cancel is a SIGINT to its controller,
+        which a kit started in the background (`&`, nohup) passes on ignored; its controller forwards a
+        SIGTERM to the member, which then checkpoints and stops (the local job id is its pid)."""
+        job.cancel(check=False)
+        if self.cluster == "local" and str(job.job_id).isdigit():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(job.job_id), signal.SIGTERM)
 
     def _outcome(self, member: str, job, root: Path, log) -> str | None:
         try:
