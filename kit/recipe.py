@@ -52,6 +52,19 @@ class Recipe:
         return [m[0] for m in self.members if budget in self.only_in.get(m[0], BUDGETS)
                 and (budget in self.auditions_in.get(m[0], BUDGETS) if audition else m[0] not in self.candidates)]
 
+    def only_trains(self, budget: str, only: list[str] | None, chosen: list[str], log) -> None:
+        """--only naming some of the members trains and predicts those; the vote and its submission are
+        the recipe's, of all its members, so they wait for a run without --only (a vote of the few would
+        replace NAME.csv and spend a submission on what the recipe never meant): [after] ensemble is
+        set to "none" for this run, with a line saying so."""
+        members = self.members_for(budget)
+        if not only or chosen == members or not self.after["predict"] or self.after["ensemble"] == "none":
+            return
+        log(f"--only {' '.join(chosen)}: trains and predicts {'it' if len(chosen) == 1 else 'them'} only; the vote "
+            f"and its submission are of the recipe's members ({', '.join(members)}): run it again without --only "
+            f"for them (finished members are kept), or vote these yourself with `kit ensemble`")
+        self.after["ensemble"] = "none"
+
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"      # shipped with the package
 

@@ -333,6 +333,11 @@ def distill_stage(ctx: StageHost, opts: dict, run_dirs: list[Path], result: Reci
         ctx.predict(student)
     ens = ctx.ensemble([student], f"{ctx.name}-student")
     val_acc = None if ens["val_acc"] is None else float(ens["val_acc"])      # a plain number in messages
+    if load_config(student).data.train_on_val:
+        # Taught by refit members, it starts from one and trains on validation too: its validation score
+        # is in-sample (1.0 on tiny data), no estimate of its test score.
+        ctx.log("student: trained on validation too (after the refit), so it has no held-out score")
+        val_acc = None
     result.student = StudentResult(str(student), val_acc, str(ens["csv"]))
     return result.student
 

@@ -159,6 +159,7 @@ class RecipeRun:
         chosen = [n for n in names if not only or n in only]
         if not chosen:
             raise KitError(f"{recipe.path}: no member trains in the {budget} budget (their `budgets` lists)")
+        recipe.only_trains(budget, only, chosen, log)
         dtype = member_config(recipe, chosen[0], budget).data.store_dtype
         store = FeatureStore.open(data_dir, dtype, progress=progress)
         return cls(recipe, budget, data_dir, store, Path(runs) / recipe.name, chosen, log, progress, workers,

@@ -203,7 +203,7 @@ def test_a_pending_row_only_the_pending_file_holds_is_marked_lost_on_the_first_r
     assert [r["status"] for r in read_ledger(ledger).to_dict("records")] == ["FAILED", "COMPLETE"]
 
 
-@pytest.mark.parametrize("credentials", ["none", "a kaggle.json that is not JSON"])
+@pytest.mark.parametrize("credentials", ["none", "a kaggle.json that is not JSON", "a kaggle.json with no key"])
 def test_a_recipe_that_submits_to_a_stand_in_without_usable_credentials_stops_before_training(
         tiny_recipe, tiny_data, tmp_path, monkeypatch, capsys, credentials):
     """KIT_KAGGLE_ENDPOINT names a stand-in: the client needs credentials (any will do) to reach it, so
@@ -217,12 +217,34 @@ def test_a_recipe_that_submits_to_a_stand_in_without_usable_credentials_stops_be
     monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(config))
     monkeypatch.setenv("KIT_KAGGLE_ENDPOINT", "http://127.0.0.1:9")
     if credentials != "none":
-        (config / "kaggle.json").write_text("{username: me")
+        (config / "kaggle.json").write_text("{username: me" if "not JSON" in credentials else '{"username": "me"}')
     recipe = tiny_recipe("mean", base={"train": {"max_steps": 4, "eval_every": 4}}, budget={"full": {}}, after=AFTER)
     code = main(["recipe", "run", str(recipe), "--data", str(tiny_data), "--budget", "full",
                  "--runs", str(tmp_path / "runs"), "--workers", "1", "--no-progress"])
     line = one_error_line(capsys.readouterr().err)
     assert code == 2 and "nothing was trained" in line, line
-    assert ("no Kaggle credentials" in line) == (credentials == "none") and \
-        ("kaggle.json" in line and "not valid JSON" in line) == (credentials != "none"), line
+    expected = {"none": "no Kaggle credentials", "a kaggle.json that is not JSON": "kaggle.json: not valid JSON",
+                "a kaggle.json with no key": "kaggle.json: not a JSON object with username and key"}
+    assert expected[credentials] in line, line
     assert not (tmp_path / "runs" / "tiny").exists()
+
+
+def test_only_some_members_trains_them_without_a_vote_of_the_few(tiny_recipe, tiny_data, tmp_path, monkeypatch):
+    """`--only b` after a whole run: b is trained and predicted, but NAME.csv stays the vote of a and b
+    and nothing is submitted (before: a vote of b alone replaced it and spent a submission)."""
+    monkeypatch.chdir(tmp_path)
+    sent = []
+    monkeypatch.setattr(kit.zoo, "recipe_submit", lambda csv, *a, **kw: sent.append(csv) or
+                        {"status": "COMPLETE", "public": 0.5, "private": 0.5, "target": "local stand-in"})
+    recipe = tiny_recipe("a", "b", base={"train": {"max_steps": 4, "eval_every": 4}}, budget={"full": {}},
+                         after=AFTER)
+    whole = run_recipe(recipe, data=str(tiny_data), budget="full", runs=str(tmp_path / "runs"), workers=1,
+                       progress=False)
+    vote = Path(whole.ensemble.csv).read_bytes()
+    logs: list[str] = []
+    only = run_recipe(recipe, data=str(tiny_data), budget="full", runs=str(tmp_path / "runs"), workers=1,
+                      progress=False, only=["b"], fresh=True, log=logs.append)
+    assert [m.name for m in only.members] == ["b"] and only.ensemble is None and only.submission is None
+    assert len(sent) == 1 and Path(whole.ensemble.csv).read_bytes() == vote
+    assert (tmp_path / "runs" / "tiny" / "b" / "test_probs.npy").is_file()       # predicted
+    assert any("--only b: trains and predicts it only" in line for line in logs), logs

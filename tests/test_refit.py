@@ -60,3 +60,23 @@ def test_recipe_refit_votes_the_refit_members_with_the_vote_fitted_before(tiny_d
     run_recipe(recipe, data=str(tiny_data), budget="full", runs=str(runs), workers=1, progress=False,
                submissions=subs)
     assert RunDir.of(root / "a-refit").summary() == summary
+
+
+@pytest.mark.slow
+def test_a_student_taught_after_the_refit_reports_no_in_sample_validation_score(tiny_data, tmp_path):
+    """The student starts from a refit member and trains on validation too: its score there is no
+    estimate of anything, so the recipe gives none (before: 1.0 on data where the members scored 0.5)."""
+    from kit.zoo import run_recipe
+
+    recipe = tmp_path / "tinyrf.toml"
+    recipe.write_text(recipe_toml(["a", {"name": "b", "train.seed": 1}], name="tinyrf",
+                                  base={"train": {"max_steps": 30, "eval_every": 15}},
+                                  after={"predict": True, "which": "last", "ensemble": "auto",
+                                         "refit": {"share": 0.3}, "distill": {"share": 0.2}}))
+    logs: list[str] = []
+    result = run_recipe(recipe, data=str(tiny_data), budget="full", runs=str(tmp_path / "runs"), workers=1,
+                        progress=False, submissions=tmp_path / "subs", log=logs.append)
+    student = tmp_path / "runs" / "tinyrf" / "student"
+    assert "train_on_val = true" in (student / "config.toml").read_text()
+    assert result.student is not None and result.student.csv and result.student.val_acc is None
+    assert any("no held-out score" in line for line in logs), logs

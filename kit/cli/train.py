@@ -60,7 +60,8 @@ def register(sub) -> None:
     p.add_argument("--budget", choices=["quick", "full"],
                    help="default: quick on synthetic data, full on real data")
     p.add_argument("--runs", default="runs", help="where run dirs go: RUNS/<recipe>/<member> (default: runs)")
-    p.add_argument("--only", nargs="+", metavar="MEMBER", help="train only these members (a,b or a b)")
+    p.add_argument("--only", nargs="+", metavar="MEMBER", help="train and predict only these members (a,b or a b); the recipe's vote "
+                   "and submission wait for a run without --only")
     p.add_argument("--workers", type=int, help="members trained at once (default: one per GPU, "
                    "or one per CPU core on a CPU; 1 = one after another in this process)")
     p.add_argument("--minutes", type=float, help="wall-clock allowance for the whole recipe: shared among the "
@@ -252,7 +253,8 @@ def _failed_submissions(result: RecipeResult) -> list[str]:
         reason = (sub.get("reason") or "no reason given").splitlines()[0] if sub else ""
         if sub and sub.get("status") in ("FAILED", "ERROR"):
             where = "the ledger row records the failure" if sub.get("recorded", True) else "no ledger row was written"
-            failed.append(f"the submission of {csv} {sub['status']}: {reason}; the CSV is kept and {where}")
+            kept = "" if "the CSV is kept" in reason else "the CSV is kept and "      # said once
+            failed.append(f"the submission of {csv} {sub['status']}: {reason}; {kept}{where}")
         elif sub and not sub.get("recorded", True):      # made, but only a pending file holds its row
             failed.append(f"the submission of {csv} was made ({sub['status']}) but not recorded: {reason}")
     return failed
@@ -353,7 +355,8 @@ def print_recipe_table(result: RecipeResult) -> None:
     if st is not None and st.diverged_at is not None:
         print(f"distilled student: diverged at step {st.diverged_at} (no student CSV)")
     elif st is not None:
-        print(f"distilled student val acc: {st.val_acc:.4f}   csv: {st.csv}")
+        acc = "- (it trained on validation too)" if st.val_acc is None else f"{st.val_acc:.4f}"
+        print(f"distilled student val acc: {acc}   csv: {st.csv}")
     sub = result.submission
     if sub and ens is not None:         # only a vote is submitted
         print(f"submission: {ens.csv}  {sub.get('status')} on {sub.get('target') or '-'}  "

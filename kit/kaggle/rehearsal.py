@@ -112,7 +112,8 @@ def _check_credentials(data_dir, endpoint: str | None) -> None:
     if url and source is None:
         raise KitError(f"{CREDENTIALS_HELP} (the stand-in at {url} takes any, e.g. KAGGLE_USERNAME=rehearsal "
                        f"KAGGLE_KEY=anything); nothing was trained")
-    problem = kaggle_json_problem(os.environ) if source else None
+    # Only kaggle.json itself must hold the key: with the key in the environment, a token-only one is fine.
+    problem = kaggle_json_problem(os.environ, need_key=source.endswith("kaggle.json")) if source else None
     if problem:
         raise KitError(f"{problem}; nothing was trained")
 
