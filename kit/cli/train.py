@@ -60,8 +60,9 @@ def register(sub) -> None:
     p.add_argument("--budget", choices=["quick", "full"],
                    help="default: quick on synthetic data, full on real data")
     p.add_argument("--runs", default="runs", help="where run dirs go: RUNS/<recipe>/<member> (default: runs)")
-    p.add_argument("--only", nargs="+", metavar="MEMBER", help="train and predict only these members (a,b or a b); the recipe's vote "
-                   "and submission wait for a run without --only")
+    p.add_argument("--only", nargs="+", metavar="MEMBER",
+                   help="train and predict only these members (a,b or a b); the recipe's vote and submission wait "
+                   "for a run without --only")
     p.add_argument("--workers", type=int, help="members trained at once (default: one per GPU, "
                    "or one per CPU core on a CPU; 1 = one after another in this process)")
     p.add_argument("--minutes", type=float, help="wall-clock allowance for the whole recipe: shared among the "
