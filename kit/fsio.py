@@ -54,14 +54,26 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+def _writers(path: Path) -> Iterator[tuple[Path, int]]:
+    """(folder, pid) of the hidden folders beside `path` that atomic_dir made on this machine."""
+    prefix, host = f".{path.name}.", socket.gethostname()
+    for folder in path.parent.glob(f"{glob.escape(prefix)}*@*"):
+        pid, _, rest = folder.name[len(prefix):].partition("@")
+        if pid.isdigit() and rest.rpartition(".")[0] == host and folder.is_dir():
+            yield folder, int(pid)
+
+
+def live_writers(path: str | os.PathLike) -> list[int]:
+    """The pids of other live processes on this machine writing `path` with atomic_dir now."""
+    return [pid for _, pid in _writers(Path(path)) if pid != os.getpid() and _alive(pid)]
+
+
 def _sweep_orphans(path: Path) -> None:
     """Remove the hidden folders beside `path` that a killed (SIGKILL, out of memory) atomic_dir on
     this machine left: their name holds the writer's pid and host, and that process is gone. A
     folder of a live process, of another machine or of an older kit is left alone."""
-    prefix, host = f".{path.name}.", socket.gethostname()
-    for folder in path.parent.glob(f"{glob.escape(prefix)}*@*"):
-        pid, _, rest = folder.name[len(prefix):].partition("@")
-        if pid.isdigit() and rest.rpartition(".")[0] == host and folder.is_dir() and not _alive(int(pid)):
+    for folder, pid in list(_writers(path)):
+        if not _alive(pid):
             shutil.rmtree(folder, ignore_errors=True)
 
 

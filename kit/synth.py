@@ -14,7 +14,7 @@ from kit import DEFAULT_COMPETITION
 from kit.env import die_with_parent, progress_visible
 from kit.errors import KitError
 from kit.frontend import N_MELS, logmel, wav_to_features
-from kit.fsio import atomic_dir, write_csv, write_json
+from kit.fsio import atomic_dir, live_writers, write_csv, write_json
 from kit.layout import SYNTH_MARKER
 from kit.synth_tts import check_engines, tts_utterance, tts_voices
 from kit.voices import make_voice, relative_voice, synth_utterance
@@ -128,6 +128,15 @@ def _render(job) -> list[int]:
     return lens
 
 
+def _check_no_other_writer(out_dir: Path) -> None:
+    """Refuse to write OUT while another kit on this machine writes it: whichever finished second would
+    replace the other's data (and answer key) unasked."""
+    others = live_writers(out_dir)
+    if others:
+        raise KitError(f"{out_dir}: another kit (pid {others[0]}) is writing it now; wait for it to finish, or "
+                       "choose another --out")
+
+
 def _check_target(out_dir: Path, force: bool) -> None:
     if not out_dir.exists():
         return
@@ -175,6 +184,7 @@ def generate(out_dir: str | os.PathLike, preset: str = "tiny", seed: int = 0, fo
         progress = progress_visible()
     out_dir = Path(out_dir).resolve()
     _check_target(out_dir, force)
+    _check_no_other_writer(out_dir)
     plan = _plan(cfg, seed)
     with atomic_dir(out_dir, "synthetic data") as tmp:
         items = [(i, plan["names"][i], plan["voices"][plan["spk"][i]], plan["lengths"][i])
@@ -183,6 +193,7 @@ def generate(out_dir: str | os.PathLike, preset: str = "tiny", seed: int = 0, fo
         jobs = [(str(tmp), seed, items[k:k + chunk]) for k in range(0, len(items), chunk)]
         lens = _run_jobs(jobs, workers or (1 if cfg.workers == 1 else os.cpu_count() or 1), progress)
         _write_layout(tmp, plan, lens)
+        _check_target(out_dir, force)   # another synth finished there meanwhile: kept, unless --force
         key = answers_path(out_dir)
         test = range(plan["n_train"], len(items))
         write_csv(key, pd.DataFrame({

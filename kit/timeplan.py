@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from kit.data import split_for
 from kit.errors import KitError
 
+LEAST_MEMBER_SECONDS = 10.0        # the least training a member is planned (--minutes, --member-minutes)
 # What a member costs besides training, measured on the 2-core CPU (hard preset, quick budget):
 START_SECONDS = 8                  # a worker process: python, torch and kit imports, data mapped
 AFTER_SECONDS = 20                 # the ensemble (cross-fitted), the report and its plot, a local submission
@@ -61,8 +62,8 @@ def member_minutes(total_minutes: float, spent_seconds: float, predicts: list[fl
     later = (rounds - 1) * (sum(others) / len(others) if others else 0.0)
     per_member = (left - rounds * START_SECONDS - predicts[0] - later) / rounds
     if floor:
-        per_member = max(per_member, 10.0)
-    elif per_member < 10:
+        per_member = max(per_member, LEAST_MEMBER_SECONDS)
+    elif per_member < LEAST_MEMBER_SECONDS:
         raise KitError(f"--minutes {total_minutes:g}: too little time for {len(predicts)} member(s) "
                        f"{n_slots} at a time; give more minutes or fewer members (--only)")
     return per_member / 60

@@ -51,3 +51,28 @@ def test_an_unknown_option_shows_the_usage_of_the_command_given(capsys):
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.startswith("usage: kit recipe run ")
     assert err.splitlines()[-1] == "kit recipe run: error: unrecognized arguments: --bogus"
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["recipe", "run", "simple", "--data", ""], "--data"),        # before: generated data/demo here
+    (["recipe", "run", "simple", "--runs", ""], "--runs"),        # before: run dirs in the current folder
+    (["data", "info", ""], "dir"),
+    (["scores", "--ledger", ""], "--ledger"),
+    (["recipe", "run", "simple", "--only", ""], "--only"),
+])
+def test_an_empty_value_is_one_line_and_nothing_runs(argv, named, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"kit: error: {named} '': an empty value (a path '' would mean the current folder)"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_member_minutes_too_short_to_train_are_refused_as_minutes_are(tmp_path, monkeypatch, capsys):
+    """--member-minutes 0.001 trained each member 0.06 s and submitted a vote at chance; --minutes that
+    leaves a member under 10 s was already refused."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["recipe", "run", "simple", "--member-minutes", "0.001"]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("kit: error: --member-minutes 0.001: under 10 seconds a member"), line
+    assert list(tmp_path.iterdir()) == []

@@ -80,7 +80,9 @@ def test_invalid_csv_is_refused_before_sending(kaggle_env, standin, sub, capsys)
     sub.write_text("Id,Category\nnot-a-test-file.pt,id00001\n")
     code, _, err = kit(capsys, *submit_args(sub, standin))
     assert code == 2
-    assert "rows, expected" in one_error_line(err)
+    line = one_error_line(err)
+    assert "rows, expected" in line
+    assert line.startswith(f"kit: error: {sub}:") and "kit-submit-" not in line, line   # the user's file, not the copy
     assert standin.calls == [] and not (sub.parent / "ledger.csv").exists()
 
 

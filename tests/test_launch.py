@@ -291,3 +291,18 @@ def test_pulls_leave_locks_and_temp_files_behind():
     assert not pulled("runs/zoo/a/.last.pt.3f2a.tmp", prefixes, LEFT_BEHIND)      # a killed save's temp file
     assert not pulled("runs/zoo/a/.lock", prefixes, LEFT_BEHIND)
     assert not pulled("runs/zoo/b/last.pt", prefixes, LEFT_BEHIND)
+
+
+def test_a_second_kernel_recipe_in_the_same_runs_is_refused_before_it_pushes(env, standin, tiny_data, tmp_path,
+                                                                          capsys):
+    """Two `kit recipe run --launcher kaggle` of one recipe at once pushed every kernel twice (two
+    versions each, the GPU hours spent twice); the second now stops in one line, pushing nothing."""
+    from kit.fsio import file_lock
+    from kit.launch.kaggle_kernels import LOCK
+
+    root = tmp_path / "runs" / "zoo"
+    with file_lock(root / LOCK):                  # the first recipe, following its kernels
+        code, _, err = kit(capsys, *recipe_args(tmp_path, tiny_data, standin))
+    assert code == 2 and "another `kit recipe run --launcher kaggle` is pushing" in error_line(err)
+    assert not any("Kernel" in call for call in standin.calls), standin.calls      # nothing pushed
+    assert not (root / "kaggle-kernels.json").exists()

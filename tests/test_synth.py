@@ -7,6 +7,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import socket
+import subprocess
+import sys
 import wave
 from pathlib import Path
 
@@ -212,3 +215,30 @@ def test_unreadable_wav_is_a_kit_error(tmp_path):
     bad.write_bytes(b"RIFF1234WAVEjunk")
     with pytest.raises(KitError, match="bad.wav"):
         frontend.wav_to_features(bad)
+
+
+def test_a_synth_never_replaces_the_data_another_synth_writes_there(tmp_path, monkeypatch):
+    """Two `kit data synth --out D` at once: the second is refused while the first writes (its hidden
+    folder names a live pid); one that starts anyway and finds D finished meanwhile keeps that D."""
+    out = tmp_path / "data"
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        writing = tmp_path / f".data.{other.pid}@{socket.gethostname()}.abc123"
+        writing.mkdir()
+        with pytest.raises(KitError, match=f"another kit \\(pid {other.pid}\\) is writing it now"):
+            synth.generate(out, preset="tiny")
+    finally:
+        other.kill()
+        other.wait()
+    write_layout = synth._write_layout
+
+    def the_other_finishes_first(tmp, plan, lens):
+        write_layout(tmp, plan, lens)
+        out.mkdir()
+        (out / "metadata.json").write_text('{"the other synth": true}')
+
+    monkeypatch.setattr(synth, "_write_layout", the_other_finishes_first)
+    with pytest.raises(KitError, match="not empty"):
+        synth.generate(out, preset="tiny")
+    assert [p.name for p in out.iterdir()] == ["metadata.json"] and "the other" in (out / "metadata.json").read_text()
+    assert not synth.answers_path(out).exists()                  # no answer key written over the other's

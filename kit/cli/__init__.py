@@ -106,6 +106,20 @@ def chosen(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argpars
         parser = subs[0].choices[name]
 
 
+FREE_TEXT = {"message"}          # options where an empty string is a value (a submission's description)
+
+
+def _empty_option(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str | None:
+    """The first option or argument given as '' (`--data ""`, a shell variable that was not set): kit
+    would take it as absent, or as the current folder. None when there is none."""
+    for action in parser._actions:
+        value = getattr(args, action.dest, None)
+        if action.dest in FREE_TEXT or not (value == "" or (isinstance(value, list) and "" in value)):
+            continue
+        return action.option_strings[-1] if action.option_strings else str(action.metavar or action.dest)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     parsed = _parse(parser, argv)
@@ -116,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
         chosen(parser, args).error(f"unrecognized arguments: {' '.join(unknown)}")
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
+        return 2
+    empty = _empty_option(chosen(parser, args), args)
+    if empty:
+        print(f"kit: error: {empty} '': an empty value (a path '' would mean the current folder)", file=sys.stderr)
         return 2
 
     def run() -> int:

@@ -60,9 +60,8 @@ def register(sub) -> None:
     p.add_argument("--budget", choices=["quick", "full"],
                    help="default: quick on synthetic data, full on real data")
     p.add_argument("--runs", default="runs", help="where run dirs go: RUNS/<recipe>/<member> (default: runs)")
-    p.add_argument("--only", nargs="+", metavar="MEMBER",
-                   help="train and predict only these members (a,b or a b); the recipe's vote and submission wait "
-                   "for a run without --only")
+    p.add_argument("--only", nargs="+", metavar="MEMBER", help="train and predict only these members (a,b or a b); "
+                   "no vote or submission")
     p.add_argument("--workers", type=int, help="members trained at once (default: one per GPU, "
                    "or one per CPU core on a CPU; 1 = one after another in this process)")
     p.add_argument("--minutes", type=float, help="wall-clock allowance for the whole recipe: shared among the "
@@ -94,6 +93,15 @@ def register(sub) -> None:
         p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                        help=text + "; default: as the recipe says")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_rehearse_args(p)
+    add_cache_option(p)
+    _add_launcher_args(p)
+    p.set_defaults(func=cmd_recipe_run)
+
+    _register_cost(rsub)
+
+
+def _add_rehearse_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rehearse", action="store_true", help="rehearse the whole job at its real shapes, briefly, on "
                    "this machine (kit.rehearse): every member of the budget (default full) a few steps on a real-size "
                    "competition (the full-rehearsal preset, generated into data/ when --data is not given), stopped "
@@ -102,11 +110,6 @@ def register(sub) -> None:
                    "something would not fit on Kaggle")
     p.add_argument("--steps", type=int, default=None,
                    help="with --rehearse: training steps per member (default 2: stopped after 1, resumed)")
-    add_cache_option(p)
-    _add_launcher_args(p)
-    p.set_defaults(func=cmd_recipe_run)
-
-    _register_cost(rsub)
 
 
 def _register_cost(rsub) -> None:
@@ -206,6 +209,7 @@ def train_main(argv: list[str]) -> int:
 def cmd_recipe_run(args: argparse.Namespace) -> int:
     # deferred: brings torch; `kit --help` imports only the parsers
     from kit.recipe import load_recipe, require_budget
+    from kit.timeplan import LEAST_MEMBER_SECONDS
     from kit.zoo import run_recipe
 
     def log(message: str) -> None:
@@ -229,6 +233,10 @@ def cmd_recipe_run(args: argparse.Namespace) -> int:
         log(f"--workers {args.workers}: the members train on the {args.launcher} launcher"
             + (" (--kernels sets how many at once)" if args.launcher == "kaggle" else " (one job each)")
             + "; --workers applies only to what runs here (the fine-tunes of --pseudo)")
+    if args.member_minutes is not None and 0 < args.member_minutes * 60 < LEAST_MEMBER_SECONDS:
+        raise KitError(f"--member-minutes {args.member_minutes:g}: under {LEAST_MEMBER_SECONDS:g} seconds a member, "
+                       f"too little to train one (the least --minutes gives); give at least "
+                       f"{LEAST_MEMBER_SECONDS / 60:.2f}")
     only = [m for part in args.only for m in part.split(",") if m] if args.only else None
     result = run_recipe(args.file, data=args.data, budget=args.budget, runs=args.runs, only=only,
                         after=not args.no_after, workers=args.workers, minutes=args.minutes,

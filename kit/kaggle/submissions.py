@@ -168,7 +168,10 @@ def _checked(csv_path: Path, message: str, data_dir, ledger, env: dict,
     if not data_dir_given and not Path(data_dir).is_dir():
         raise KitError(f"{manifest_path(csv_path)}: names the data dir {data_dir}, which is not there; pass "
                        f"--data DIR so {csv_path} is checked before it is sent")
-    require_valid(sent, data_dir)
+    try:
+        require_valid(sent, data_dir)
+    except KitError as e:       # named as the user's file: the copy is gone once this returns
+        raise KitError(str(e).replace(str(sent), str(csv_path))) from None
     problem = kaggle_json_problem(env)
     if problem:
         raise KitError(f"{problem}; nothing was sent")

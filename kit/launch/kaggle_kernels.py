@@ -21,7 +21,7 @@ from pathlib import Path
 from kit import DEFAULT_COMPETITION
 from kit.config import dump_toml, load_toml
 from kit.errors import KitError
-from kit.fsio import write_json, write_text
+from kit.fsio import file_lock, write_json, write_text
 from kit.kaggle.client import KAGGLE, STAND_IN, call, endpoint_or_env, kernel_poll
 from kit.kaggle.credentials import CREDENTIALS_HELP, credential_source
 from kit.kaggle.rehearsal import rehearsal_stand_in
@@ -33,6 +33,7 @@ from kit.runs import holds_run, move_aside, old_name
 from kit.timeplan import time_limits
 
 STATE, LOGS, PULLS = "kaggle-kernels.json", "kaggle-logs", ".kaggle-pull"
+LOCK = ".kaggle-kernels.lock"           # held by the one recipe run that pushes and follows the kernels
 LAUNCH_MARK = "launch.json"          # in a run dir pulled back: which kernel version it came from
 SESSION_HOURS = 12.0                 # Kaggle's limit on one GPU session
 LEFT_BEHIND = [".lock", ".*.tmp"]    # never pulled back: a dead trainer's lock, a killed save's temp file
@@ -59,7 +60,14 @@ class KaggleLauncher:
     def train(self, recipe, names: list[str], root: Path, budget: str, data_dir: Path, log,
               minutes: float | None = None, per_member_minutes: float | None = None,
               max_hours: float | None = None, fresh: bool = False) -> None:
-        with kaggle_target(data_dir, self.endpoint, self.competition) as target:
+        Path(root).mkdir(parents=True, exist_ok=True)
+
+        def busy() -> None:
+            raise KitError(f"{root}: another `kit recipe run --launcher kaggle` is pushing and following these "
+                           "kernels now; let it finish (or stop it) and re-run: each kernel would be pushed twice")
+
+        with (file_lock(Path(root) / LOCK, busy=busy),
+              kaggle_target(data_dir, self.endpoint, self.competition) as target):
             run = KernelRun(self, target, recipe, Path(root), budget, log, minutes, per_member_minutes, max_hours,
                             Path(data_dir))
             try:
