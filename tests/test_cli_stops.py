@@ -148,3 +148,32 @@ def test_sigterm_of_a_background_recipe_stops_its_local_submitit_job(tiny_data, 
         for pid in [proc.pid, job, *members]:
             if pid and process_alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl, /proc")
+def test_a_sigkilled_stand_in_takes_its_kernel_and_the_kernels_recipe_with_it(tmp_path):
+    """`kit kaggle serve` starts each kernel's script with KIT_STANDIN_PID; the script ends with the stand-in
+    and the `kit` it starts ends with the script. Before, a SIGKILLed stand-in left both training under pid 1."""
+    recipe = "from kit.cli import _end_with_the_kernel; _end_with_the_kernel(); import time; time.sleep(120)"
+    kernel = ("import os, subprocess, sys, time; from kit.launch.kernel_main import die_with_stand_in; "
+              "die_with_stand_in(); p = subprocess.Popen([sys.executable, '-c', sys.argv[1]]); "
+              "print(os.getpid(), p.pid, flush=True); time.sleep(120)")
+    server = ("import os, subprocess, sys, time; subprocess.Popen([sys.executable, '-c', sys.argv[1], sys.argv[2]], "
+              "env=dict(os.environ, KIT_STANDIN_PID=str(os.getpid()))); time.sleep(120)")
+    proc = subprocess.Popen([sys.executable, "-c", server, kernel, recipe], env=kit_env(), stdout=subprocess.PIPE,
+                            text=True)
+    pids: list[int] = []
+    try:
+        pids = [int(p) for p in proc.stdout.readline().split()]
+        assert len(pids) == 2 and all(process_alive(p) for p in pids)
+        time.sleep(0.5)          # the recipe has set its parent-death signal (not a timing assertion)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+        deadline = time.time() + 15
+        while any(process_alive(p) for p in pids) and time.time() < deadline:
+            time.sleep(0.05)     # polling /proc, not timing anything
+        assert [p for p in pids if process_alive(p)] == []
+    finally:
+        for pid in [proc.pid, *pids]:
+            if process_alive(pid):
+                os.kill(pid, signal.SIGKILL)

@@ -14,7 +14,7 @@ import signal
 import sys
 
 from kit import __version__
-from kit.env import exit_on_signals, progress_visible
+from kit.env import die_with_parent, exit_on_signals, progress_visible
 from kit.errors import KitError, path_problem
 
 # Each module defines register(subparsers) and attaches func=handler(args) -> int | None.
@@ -106,6 +106,16 @@ def chosen(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argpars
         parser = subs[0].choices[name]
 
 
+def _end_with_the_kernel() -> None:
+    """In a kernel of the local stand-in (kit.launch.kernel_main sets KIT_STANDIN_PID to its own pid):
+    end with the kernel's script, which ends with `kit kaggle serve`. Taken out of the environment, so
+    kit's own workers are not asked to."""
+    parent = os.environ.pop("KIT_STANDIN_PID", "")
+    in_child = die_with_parent(int(parent)) if parent.isdigit() else None
+    if in_child is not None:
+        in_child()
+
+
 FREE_TEXT = {"message"}          # options where an empty string is a value (a submission's description)
 
 
@@ -121,6 +131,7 @@ def _empty_option(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
+    _end_with_the_kernel()
     parser = build_parser()
     parsed = _parse(parser, argv)
     if isinstance(parsed, int):

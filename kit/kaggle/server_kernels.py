@@ -224,7 +224,7 @@ class Kernels:
                 return self._end(s, "ERROR", s.fault[1])
             env = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_") and k not in HIDDEN_ENV}
             env.update(KIT_KAGGLE_ROOT=str(s.root), TMPDIR=str(s.root / "tmp"), KAGGLE_KERNEL_RUN_TYPE="Batch",
-                       PYTHONUNBUFFERED="1")
+                       PYTHONUNBUFFERED="1", KIT_STANDIN_PID=str(os.getpid()))   # the kernel ends with us
             with open(s.log, "w") as out:
                 s.proc = subprocess.Popen([sys.executable, str(s.root / f"{s.ref.partition('/')[2]}.py")],
                                           cwd=s.working, env=env, stdout=out, stderr=subprocess.STDOUT,

@@ -65,7 +65,25 @@ def bring_back(input_root: Path, runs: Path, slug: str, recipe: str, members: li
     return brought
 
 
+def die_with_stand_in() -> None:
+    """On the local stand-in only (it sets KIT_STANDIN_PID; Linux): end with the `kit kaggle serve` that
+    runs this kernel, as a Kaggle session ends with its machine, and have the `kit recipe run` started
+    next end with this script (prctl PR_SET_PDEATHSIG; each process sets it for itself). Without it a
+    SIGKILLed stand-in left its kernels training under pid 1."""
+    pid = os.environ.get("KIT_STANDIN_PID", "")
+    if not pid.isdigit() or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+    if os.getppid() != int(pid):        # the stand-in died before prctl took effect
+        os._exit(1)
+    os.environ["KIT_STANDIN_PID"] = str(os.getpid())       # the recipe's parent, for its own check
+
+
 def main(settings: dict, source_b64: str) -> int:
+    die_with_stand_in()
     root = Path(os.environ.get("KIT_KAGGLE_ROOT") or "/kaggle")
     working = root / "working"
     working.mkdir(parents=True, exist_ok=True)
