@@ -447,3 +447,25 @@ def test_scores_says_which_pending_rows_a_restarted_stand_in_does_not_know(kaggl
     assert f"local stand-in at {again.url} does not list submission(s) {row['ref']}; they stay PENDING" in err
     assert "not here" not in err                    # the same server, whatever the spelling
     assert read_ledger(ledger)["status"].tolist() == ["PENDING"]
+
+
+def test_scores_name_the_file_that_holds_each_rows_bytes_now(tmp_path, capsys):
+    """Two votes sent as t2.csv: the first's bytes now live only in the copy `kit ensemble` kept, so
+    its row names that copy; a row whose bytes are nowhere says the name was replaced."""
+    sub = tmp_path / "submissions"
+    sub.mkdir()
+    kept = sub / "t2.csv.old-20261206-023647"
+    kept.write_text("Id,Category\na.pt,id1\n")
+    (sub / "t2.csv").write_text("Id,Category\na.pt,id2\n")
+    ledger = sub / "ledger.csv"
+    for ref, sha, when in (("1", sha256_file(kept), "2026-12-06T02:30:00Z"),
+                           ("2", sha256_file(sub / "t2.csv"), "2026-12-06T02:40:00Z"),
+                           ("3", "0" * 64, "2026-12-06T02:50:00Z")):
+        append_ledger(ledger, {"time": when, "competition": COMP, "file": str(sub / "t2.csv"), "sha256": sha,
+                               "message": f"vote {ref}", "ref": ref, "status": "COMPLETE", "public": "0.5",
+                               "private": "0.5", "target": "local stand-in"})
+    code, out, _ = kit(capsys, "scores", "--ledger", ledger, "--no-refresh")
+    rows = {line.split()[-1]: line for line in out.splitlines() if "vote " in line}
+    assert code == 0
+    assert kept.name in rows["1"] and "t2.csv (replaced)" in rows["3"], out
+    assert " t2.csv " in rows["2"] and "old-" not in rows["2"] and "replaced" not in rows["2"], out

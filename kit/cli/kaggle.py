@@ -6,6 +6,7 @@ with its kernels in kit.kaggle.server_kernels).
 from __future__ import annotations
 
 import argparse
+import glob
 import math
 import re
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from kit import DEFAULT_COMPETITION, env
 from kit.errors import KitError
+from kit.fsio import sha256_file
 from kit.kaggle import KAGGLE, read_ledger, refresh_ledger, score_table, submit
 from kit.kaggle.client import target
 from kit.kaggle.ledger import find_submitted
@@ -140,10 +142,11 @@ def cmd_scores(args: argparse.Namespace) -> int:
         print("no submissions in the ledger" + (f" for {args.competition}" if args.competition else ""))
         return 0
     print(f"{'public':>8} {'private':>8} {'gap':>8}  {'status':<8} {'time':<20} {'file':<28} message")
+    digests: dict[Path, str | None] = {}
     for _, r in table.iterrows():
         gap = f"{r['gap']:+.5f}" if r["gap"] == r["gap"] else ""
         print(f"{r['public'] or '-':>8} {r['private'] or '-':>8} {gap or '-':>8}  {r['status']:<8} "
-              f"{r['time']:<20} {Path(r['file']).name:<28} {_said(r)}")
+              f"{r['time']:<20} {_where_now(r, ledger, digests):<28} {_said(r)}")
     print("gap = public - private: positive means the public leaderboard flattered that submission")
     try:
         png = plot_scores(table, ledger.with_name("scores.png"))
@@ -153,6 +156,29 @@ def cmd_scores(args: argparse.Namespace) -> int:
     if png:
         print(f"wrote {png}")
     return 0
+
+
+def _where_now(row, ledger: Path, digests: dict) -> str:
+    """The file a row's bytes are in now: its name while it holds them; the `NAME.csv.old-<time>` copy
+    `kit ensemble` kept when a later vote took the name; else the name, marked replaced (or gone)."""
+    path = Path(row["file"])
+    if not path.is_absolute() and not path.exists():
+        path = ledger.parent / path.name
+    sha = str(row.get("sha256") or "")
+    if not sha:
+        return path.name
+
+    def digest(p: Path) -> str | None:
+        if p not in digests:
+            digests[p] = sha256_file(p) if p.is_file() else None
+        return digests[p]
+
+    if digest(path) == sha:
+        return path.name
+    for old in sorted(path.parent.glob(f"{glob.escape(path.name)}.old-*")):
+        if digest(old) == sha:
+            return old.name
+    return f"{path.name} ({'replaced' if path.exists() else 'gone'})"
 
 
 def _said(row) -> str:
