@@ -5,6 +5,7 @@ size or modification time), `kit data check` always.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -12,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kit.fsio import sha256_file
+from kit.errors import KitError
+from kit.fsio import sha256_file, write_json
 from kit.layout import Layout
 
 STORE_VERSION = 1          # hashed into layout_hash, so into every run's data identity (kit.runs):
@@ -54,16 +56,23 @@ def verify_store(root: Path, layout: Layout, dtype: str, whole: bool = False) ->
     _compare(done["record"], array_record(root, arrays))
     _check_against_layout(arrays, layout, dtype)
     _compare(done["record"], digests(arrays))
-    if whole or file_stamp(root / "features.npy") != done["features_stamp"]:
+    stamp = file_stamp(root / "features.npy")
+    if whole or stamp != done["features_stamp"]:
         if sha256_file(root / "features.npy") != done["features_sha256"]:
             raise _damaged("features.npy differs from the digest done.json records: changed since it was packed")
+        if stamp != done["features_stamp"]:     # the same bytes (a copy, a touch): hashed once, not every time
+            done = {**done, "features_stamp": stamp}
+            with contextlib.suppress(OSError, KitError):   # a read-only cache hashes on each opening instead
+                write_json(root / "done.json", done)
     return done, arrays
 
 
 def file_stamp(path: Path) -> list[int]:
-    """[size, mtime_ns]: any write to the file changes its modification time."""
+    """[size, mtime_ns, ctime_ns, inode]: any write to the file changes its modification time, and its
+    status-change time too, which no user can set: a write whose modification time was put back
+    (`touch -r`, `cp -p` or `rsync -t` of other bytes) still changes the stamp."""
     st = os.stat(path)
-    return [st.st_size, st.st_mtime_ns]
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
 
 def _damaged(what: str) -> DamagedStore:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import kit.data
+import kit.store_verify
 from kit.cli import main
 from kit.data import FeatureStore, store_bytes
 from kit.errors import KitError
@@ -202,3 +203,27 @@ def test_a_disk_that_fills_while_packing_is_one_line(data, tmp_path, monkeypatch
     assert [p.name for p in cache.iterdir()] == [".pack.lock"]                        # no half store
     monkeypatch.setattr(os, "pwrite", real_pwrite)
     assert FeatureStore.open(data, "float32", cache_dir=cache, progress=False).n_train == 96
+
+
+def test_a_write_whose_modification_time_was_put_back_is_still_caught(data, capsys):
+    """Probe 9: rows rewritten in place and the old modification time restored (`touch -r`, `cp -p` of a
+    damaged copy) were trained on silently; the stamp holds the status-change time too."""
+    good = packed(data, capsys)
+    features = good.root / "features.npy"
+    before = os.stat(features)
+    last = good.utterance(good.n_train + good.n_test - 1).copy()
+    flip_rows_outside_the_sample(good.root)
+    os.utime(features, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert os.stat(features).st_mtime_ns == before.st_mtime_ns
+    again = FeatureStore.open(data, "float32", progress=False)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "features.npy differs" in lines[0] and lines[0].endswith("; rebuilding"), lines
+    assert np.array_equal(again.utterance(again.n_train + again.n_test - 1), last)
+
+
+def test_a_touched_store_is_hashed_once_not_on_every_opening(data, capsys, monkeypatch):
+    good = packed(data, capsys)
+    os.utime(good.root / "features.npy", ns=(1, 1))
+    FeatureStore.open(data, "float32", progress=False)             # hashes the whole file, finds it sound
+    monkeypatch.setattr(kit.store_verify, "sha256_file", lambda path: pytest.fail(f"{path} hashed again"))
+    assert np.array_equal(FeatureStore.open(data, "float32", progress=False).utterance(3), good.utterance(3))
