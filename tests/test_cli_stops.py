@@ -98,7 +98,7 @@ def test_stdout_on_a_full_disk_is_one_line_and_exit_2(tiny_data):
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
-@pytest.mark.parametrize("argv", [["--help"], ["recipe", "run", "--help"]])
+@pytest.mark.parametrize("argv", [["--help"], ["recipe", "run", "--help"], ["--version"]])
 def test_help_on_a_full_disk_is_one_line_and_exit_2(argv):
     with open("/dev/full", "w") as full:
         done = subprocess.run([sys.executable, "-m", "kit", *argv], env=kit_env(),

@@ -22,11 +22,15 @@ GROUPS = ["data", "train", "predict", "pseudo", "kaggle", "bench"]
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse's parser, but help that cannot be written (a closed pipe, a full disk) is an error, as
-    any other output is: argparse itself drops the OSError and exits 0."""
+    """argparse's parser, but help or a version that cannot be written to stdout (a closed pipe, a full
+    disk) is an error, as any other output is: argparse itself drops the OSError and exits 0. Its one
+    writer, _print_message, is private; it has had this signature since Python 3.2."""
 
-    def print_help(self, file=None) -> None:
-        (file or sys.stdout).write(self.format_help())
+    def _print_message(self, message: str, file=None) -> None:
+        if message and file is sys.stdout:
+            file.write(message)
+        else:
+            super()._print_message(message, file)
 
 
 def build_parser() -> argparse.ArgumentParser:
