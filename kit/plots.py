@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,8 @@ def _pyplot():
     import matplotlib  # heavy: matplotlib, imported only when a picture is drawn
 
     matplotlib.use("Agg")
+    # A file name in a script the font lacks (CJK) is drawn as boxes; the table beside it names it.
+    warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from", category=UserWarning)
     import matplotlib.pyplot as plt  # deferred: after use("Agg"), pyplot picks its backend on import
 
     return plt

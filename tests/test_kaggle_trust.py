@@ -469,3 +469,14 @@ def test_scores_name_the_file_that_holds_each_rows_bytes_now(tmp_path, capsys):
     assert code == 0
     assert kept.name in rows["1"] and "t2.csv (replaced)" in rows["3"], out
     assert " t2.csv " in rows["2"] and "old-" not in rows["2"] and "replaced" not in rows["2"], out
+
+
+def test_scores_of_a_file_named_in_cjk_draw_without_a_font_warning(tmp_path, capsys, recwarn):
+    sub = tmp_path / "submissions"
+    append_ledger(sub / "ledger.csv", {"time": "2026-12-06T02:30:00Z", "competition": COMP,
+                                       "file": str(sub / "投票.csv"), "sha256": "", "message": "m", "ref": "1",
+                                       "status": "COMPLETE", "public": "0.5", "private": "0.5",
+                                       "target": "local stand-in"})
+    code, out, err = kit(capsys, "scores", "--ledger", sub / "ledger.csv", "--no-refresh")
+    assert code == 0 and "投票.csv" in out and (sub / "scores.png").is_file()
+    assert "Glyph" not in err and not [w for w in recwarn if "Glyph" in str(w.message)]
