@@ -306,3 +306,19 @@ def test_a_second_kernel_recipe_in_the_same_runs_is_refused_before_it_pushes(env
     assert code == 2 and "another `kit recipe run --launcher kaggle` is pushing" in error_line(err)
     assert not any("Kernel" in call for call in standin.calls), standin.calls      # nothing pushed
     assert not (root / "kaggle-kernels.json").exists()
+
+
+def test_a_kernel_another_run_pushed_and_that_still_runs_is_not_pushed_over(env, standin, tiny_data, tmp_path,
+                                                                             capsys):
+    """The same recipe launched with another --runs (or from another clone) names the same kernels: a push
+    would start a version over the running one and each run would pull the other's output back."""
+    from kit.launch.kernel_package import kernel_slug
+
+    ref = f"{USER}/{kernel_slug('zoo', 1)}"
+    standin.kernels.save({"slug": ref, "language": "python", "kernelType": "script",
+                          "text": "import time; time.sleep(60)"}, USER, f"127.0.0.1:{standin.port}")
+    [elsewhere] = standin.kernels.sessions[ref]
+    code, _, err = kit(capsys, *recipe_args(tmp_path, tiny_data, standin))
+    line = error_line(err)
+    assert code == 2 and f"kernel {ref} (" in line and "is running a version this run did not push" in line, line
+    assert standin.kernels.sessions[ref] == [elsewhere] and not elsewhere.done.is_set()     # nothing pushed

@@ -90,6 +90,13 @@ def _status(client, ref: str, log) -> tuple[str, str]:
     return status, response.failure_message or ""
 
 
+def _op_kernels_status(api, p: dict, log, emit=None) -> dict:
+    """{ref: status} of each kernel's latest session now (GONE: Kaggle does not know it)."""
+    with api.build_kaggle_client() as kaggle:
+        client = kaggle.kernels.kernels_api_client
+        return {"status": {ref: _status(client, ref, log)[0] for ref in p["refs"]}}
+
+
 def _op_kernels_wait(api, p: dict, log, emit) -> dict:
     """Poll the kernels' status every p["poll"] seconds until at least one has ended; each change of
     status is an event as it happens. Returns {ref: {status, message}} of those that ended."""
@@ -168,5 +175,6 @@ def _op_kernel_output(api, p: dict, log, emit=None) -> dict:
     return {"files": len(wanted), "listed": len(files)}
 
 
-OPS = {"quota": _op_quota, "kernel_push": _op_kernel_push, "kernels_wait": _op_kernels_wait,
+OPS = {"quota": _op_quota, "kernel_push": _op_kernel_push, "kernels_status": _op_kernels_status,
+       "kernels_wait": _op_kernels_wait,
        "kernel_output": _op_kernel_output}

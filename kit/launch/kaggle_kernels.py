@@ -24,6 +24,7 @@ from kit.errors import KitError
 from kit.fsio import file_lock, write_json, write_text
 from kit.kaggle.client import KAGGLE, STAND_IN, call, endpoint_or_env, kernel_poll
 from kit.kaggle.credentials import CREDENTIALS_HELP, credential_source
+from kit.kaggle.kernel_ops import ENDED
 from kit.kaggle.rehearsal import rehearsal_stand_in
 from kit.launch.common import MAX_ROUNDS, member_args
 from kit.launch.kernel_package import kernel_slug, write_kernel
@@ -121,6 +122,7 @@ class KernelRun:
         self.hours, self.inner_hours = time_limits(self.recipe, self.budget, most, SESSION_HOURS, *self.timing)
         new = [k for k in kernels if not k.pending]
         if new:
+            self.check_free(new)
             projected = projection_line(self.recipe, self.budget, [m for k in new for m in k.members])
             if projected:
                 self.log(projected)
@@ -186,6 +188,18 @@ class KernelRun:
         for k in pending + made:
             self.state[k.ref] = k
         return pending + made
+
+    def check_free(self, kernels: list[Kernel]) -> None:
+        """Refuse, before anything is pushed, a kernel whose latest version this run did not push and
+        that still runs: the same recipe launched with another --runs, from another clone or machine
+        (a kernel is named by account and recipe). A push would start a new version over it, and
+        each would pull back the other's output: two sessions and their GPU hours for nothing."""
+        status = self._call("kernels_status", {"refs": [k.ref for k in kernels]})["status"]
+        running = [f"{ref} ({st})" for ref, st in status.items() if st not in ENDED and st != "GONE"]
+        if running:
+            raise KitError(f"kernel {running[0]} is running a version this run did not push (the same recipe from "
+                           f"another --runs, clone or machine; {self.root / STATE} does not list it): nothing was "
+                           "pushed; wait for it to end (or stop it on Kaggle), or copy the recipe under another name")
 
     def _quota(self) -> dict:
         return self._call("quota", {})
