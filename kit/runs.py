@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from kit.config import load_toml
 from kit.errors import KitError
 from kit.fsio import write_json
 from kit.identity import IDENTITY, START_OVER, describe, identity_changes, legacy_identity, read_identity
@@ -241,3 +242,24 @@ def load_checkpoint(path: str | Path) -> dict:
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
         raise KitError(f"{path}: not a kit checkpoint (no model weights in it)")
     return ckpt
+
+
+def trained_on_validation(run_dirs) -> list[str]:
+    """The run dirs whose config.toml trains on the validation split too (a recipe's refit, its student
+    after one): their validation scores are in-sample, no estimate of the test score. A config that
+    cannot be read is left to the command's own checks."""
+    found = []
+    for run in run_dirs:
+        with contextlib.suppress(KitError, OSError):
+            if load_toml(Path(run) / "config.toml").get("data", {}).get("train_on_val") is True:
+                found.append(str(run))
+    return found
+
+
+def warn_in_sample(run_dirs, log) -> None:
+    """One line when some of run_dirs trained on validation (see trained_on_validation)."""
+    found = trained_on_validation(run_dirs)
+    if found:
+        log(f"warning: {', '.join(found)} trained on the validation split too (a refit): the validation "
+            "scores below are in-sample, not estimates of the test score, and a method or weights chosen by "
+            "them are chosen on what the members saw; vote the members they were refit from instead")

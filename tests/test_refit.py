@@ -80,3 +80,23 @@ def test_a_student_taught_after_the_refit_reports_no_in_sample_validation_score(
     assert "train_on_val = true" in (student / "config.toml").read_text()
     assert result.student is not None and result.student.csv and result.student.val_acc is None
     assert any("no held-out score" in line for line in logs), logs
+
+
+def test_by_hand_a_vote_or_report_of_refit_members_says_its_validation_scores_are_in_sample(tiny_data, tmp_path,
+                                                                                          capsys):
+    from kit.cli import main
+    from kit.zoo import run_recipe
+
+    recipe = tmp_path / "tinyrf.toml"
+    recipe.write_text(REFIT)
+    run_recipe(recipe, data=str(tiny_data), budget="full", runs=str(tmp_path / "runs"), workers=1, progress=False,
+               submissions=tmp_path / "subs")
+    root = tmp_path / "runs" / "tinyrf"
+    refits = [str(root / "a-refit"), str(root / "b-refit")]
+    capsys.readouterr()
+    for argv in (["report", *refits], ["ensemble", *refits, "--vote", "auto", "--out", str(tmp_path / "by-hand")]):
+        assert main(argv) == 0
+        err = capsys.readouterr().err
+        assert "trained on the validation split too (a refit)" in err and "in-sample" in err, err
+    assert main(["report", str(root / "a"), str(root / "b")]) == 0                # the members refit from: honest
+    assert "in-sample, not estimates" not in capsys.readouterr().err

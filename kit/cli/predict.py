@@ -11,6 +11,7 @@ import sys
 from kit.cli import add_cache_option, progress_wanted
 from kit.config import CHECKPOINTS
 from kit.names import distinct_runs
+from kit.runs import warn_in_sample
 from kit.submission import score_submission, validate_submission
 
 
@@ -131,6 +132,7 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
         print(f"kit: {message}", file=sys.stderr, flush=True)
 
     require_folds(args.folds)     # refused whatever the vote, as any bad argument is
+    warn_in_sample(args.runs, log)
     r = ensemble_runs(args.runs, vote=args.vote, weights=parse_weights(args.weights), name=args.name,
                       out_dir=args.out, pool=args.pool or DEFAULT_POOL, folds=args.folds, log=log)
     width = max(len(row["member"]) for row in r["table"])
@@ -153,6 +155,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     # deferred: brings pandas; `kit --help` imports only the parsers
     from kit.report import format_report, report_runs
 
+    warn_in_sample(args.runs, lambda message: print(f"kit: {message}", file=sys.stderr, flush=True))
     r = report_runs(distinct_runs(args.runs), ensemble_result=args.ensemble, png=args.png, answers=args.answers)
     print(json.dumps(r, indent=2) if args.json else format_report(r))
     return 0

@@ -10,7 +10,7 @@ from pathlib import Path
 from kit.cli import add_cache_option, cache_from, progress_wanted
 from kit.errors import KitError
 from kit.names import distinct_runs, same_dir
-from kit.runs import check_out, move_aside, old_name
+from kit.runs import check_out, move_aside, old_name, warn_in_sample
 from kit.submission import read_answer_key
 
 
@@ -100,6 +100,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     if any(same_dir(args.out, run) for run in distinct_runs(args.runs)):
         raise KitError(f"--out {args.out}: is one of the teachers; give the student a run dir of its own")
     check_out(args.out)         # a folder of the user's files: refused before teacher.npz is written into it
+    warn_in_sample(args.runs, log)
     if args.fresh and Path(args.out).exists():
         log(f"{args.out}: starting over; the old student moved to {move_aside(args.out, old_name(args.out))}")
     with cache_from(args):
