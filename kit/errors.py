@@ -31,3 +31,12 @@ def path_problem(e: OSError) -> str | None:
     if e.filename2 and os.path.basename(str(path)).startswith(f".{os.path.basename(str(e.filename2))}."):
         path = e.filename2
     return f"{path}: {_PATH_ERRNOS[e.errno]}"
+
+
+def first_line(e: BaseException, most: int = 160) -> str:
+    """The first line of an exception's message for a one-line error, cut at a word (with "...")
+    rather than in one when it is longer than `most`; "no detail" when it has none."""
+    text = str(e).strip().splitlines()[0].strip() if str(e).strip() else ""
+    if len(text) > most:
+        text = text[:most].rsplit(" ", 1)[0].rstrip(" ,;:") + " ..."
+    return text or "no detail"

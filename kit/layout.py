@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from kit.errors import KitError
+from kit.errors import KitError, first_line
 from kit.fsio import read_json
 
 LAYOUT_FILES = ("metadata.json", "testdata.json", "mapping.json")
@@ -173,7 +173,7 @@ def load_feature(path: str | os.PathLike, n_mels: int | None = None, mel_len: in
                        f"(it could run code on load): {unsafe[0][:160]}") from None
     except Exception as e:  # torch raises many types for truncated/corrupt zips
         raise KitError(f"{path}: unreadable or corrupt feature file ({type(e).__name__}: "
-                       f"{str(e).strip().splitlines()[0][:160] if str(e).strip() else 'no detail'})") from None
+                       f"{first_line(e)})") from None
     if not isinstance(x, torch.Tensor):
         raise KitError(f"{path}: expected a tensor, found {type(x).__name__}")
     if x.dim() != 2:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from kit.config import load_toml
-from kit.errors import KitError
+from kit.errors import KitError, first_line
 from kit.fsio import write_json
 from kit.identity import IDENTITY, START_OVER, describe, identity_changes, legacy_identity, read_identity
 from kit.layout import load_tensors
@@ -235,7 +235,7 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         ckpt = load_tensors(path)       # torch's warnings on a garbage header stay off stderr
     except Exception as e:        # torch raises many types for empty, truncated or corrupt files
-        detail = str(e).strip().splitlines()[0][:120] if str(e).strip() else "no detail"
+        detail = first_line(e, 120)
         size = path.stat().st_size
         raise KitError(f"{path}: unreadable checkpoint ({'empty file' if size == 0 else f'{size} bytes'}, "
                        f"truncated or corrupt: {type(e).__name__}: {detail}); restore it or {START_OVER}") from None

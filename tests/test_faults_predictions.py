@@ -60,7 +60,8 @@ def test_ensemble_refuses_predictions_of_a_run_that_trained_on_since(trained, tm
     assert sha256_file(trained / "best.pt") != best_at_20           # the resumed run found better weights
     assert not predictions_current(trained)
     one_error(*kit_cli(capsys, "ensemble", trained, "--out", out)[::2],
-              f"{trained}: its predictions come from an older best.pt (the run trained on since)",
+              f"{trained}: its predictions do not come from the best.pt there now (trained on since, or "
+              "replaced or damaged)",
               f"run `kit predict {trained}` again")
     assert not out.exists()                                         # nothing written from stale predictions
 
@@ -89,7 +90,7 @@ def test_old_ids_json_without_a_hash_is_judged_by_time(predicted):
     assert predictions_current(run) and load_member(run)
     os.utime(run / "best.pt", (probs_time + 60, probs_time + 60))    # saved after
     assert not predictions_current(run)
-    with pytest.raises(KitError, match=r"old: its predictions come from an older best.pt .*kit predict"):
+    with pytest.raises(KitError, match=r"old: its predictions do not come from the best.pt there now .*kit predict"):
         load_member(run)
 
 
@@ -103,7 +104,7 @@ def test_a_recorded_hash_beats_the_clock(predicted):
     os.utime(run / "last.pt", (later, later))                         # touched, same bytes: still current
     assert predictions_current(run) and load_member(run)
     (run / "last.pt").write_bytes(b"weights at step 400")
-    with pytest.raises(KitError, match=r"older last.pt .*`kit predict .*hashed --which last` again"):
+    with pytest.raises(KitError, match=r"the last.pt there now .*`kit predict .*hashed --which last` again"):
         load_member(run)
 
 

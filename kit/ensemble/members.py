@@ -51,8 +51,8 @@ def load_member(run_dir: str | os.PathLike) -> Member:
                        f"ids.json; run `kit predict {run_dir}` again")
     ckpt = stale_checkpoint(run_dir, ids)
     if ckpt is not None:
-        raise KitError(f"{run_dir}: its predictions come from an older {ckpt.name} (the run trained on since); "
-                       f"run `kit predict {run_dir}{_which_flag(ids)}` again")
+        raise KitError(f"{run_dir}: its predictions do not come from the {ckpt.name} there now (trained on since, "
+                       f"or replaced or damaged); run `kit predict {run_dir}{_which_flag(ids)}` again")
     return Member(run_dir, ids, val, test, test_sha256)
 
 
