@@ -57,6 +57,10 @@ def test_sending_the_same_bytes_again_is_allowed_with_a_note(kaggle_env, standin
     [first, _] = ledger_rows(sub)
     assert code == 0 and f"was submitted at {first['time']} (ref {first['ref']}, COMPLETE)" in err, err
     assert "spends another of the day's submissions" in err
+    # a send that a check refuses says nothing of spending: the note comes once every check has passed
+    code, _, err = kit(capsys, "submit", sub, "-m", " ", "--ledger", sub.parent / "ledger.csv", "--endpoint",
+                       standin.url)
+    assert code == 2 and "message is required" in err and "was submitted at" not in err, err
 
 
 @pytest.mark.parametrize("where", ["Kernels", "start"])

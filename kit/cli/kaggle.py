@@ -78,26 +78,27 @@ def register(sub) -> None:
 def cmd_submit(args: argparse.Namespace) -> int:
     if not args.timeout > 0:        # NaN too: a submission would be spent, then "still PENDING after -5s"
         raise KitError(f"--timeout {args.timeout:g}: must be a number of seconds above 0; nothing was sent")
-    _note_resend(args)
     row = submit(args.csv, args.message, args.competition, data_dir=args.data, wait=args.wait,
-                 ledger=args.ledger, endpoint=args.endpoint, timeout=args.timeout, log=_log)
+                 ledger=args.ledger, endpoint=args.endpoint, timeout=args.timeout, log=_log, note=_note_resend(args))
     scores = f" public {row['public']} private {row['private']}" if row["public"] else ""
     print(f"submitted {args.csv} to {args.competition} ({row['target']}): ref {row['ref']} "
           f"{row['status']}{scores}")
     return 0
 
 
-def _note_resend(args: argparse.Namespace) -> None:
-    """One line when these very bytes were submitted to the same place before: sending them again is
-    allowed (a plain `kit submit` does what it is told) but spends another of the day's five."""
+def _note_resend(args: argparse.Namespace) -> str | None:
+    """The line to say, once the CSV has passed every check, when these very bytes were submitted to the
+    same place before: sending them again is allowed (a plain `kit submit` does what it is told) but
+    spends another of the day's five."""
     try:
         merge_pending(args.ledger)      # a row only a pending file holds counts (submit merges them first too)
         earlier = find_submitted(args.ledger, args.csv, args.competition, target(args.endpoint))
     except KitError:            # a damaged ledger or pending file: submit names it
-        return
-    if earlier is not None:
-        _log(f"note: {args.csv} (these same bytes) was submitted at {earlier['time']} (ref {earlier['ref']}, "
-             f"{earlier['status']}); sending it again spends another of the day's submissions")
+        return None
+    if earlier is None:
+        return None
+    return (f"note: {args.csv} (these same bytes) was submitted at {earlier['time']} (ref {earlier['ref']}, "
+            f"{earlier['status']}); sending it again spends another of the day's submissions")
 
 
 def _elsewhere(ledger: Path, endpoint: str | None) -> None:

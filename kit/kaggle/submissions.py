@@ -71,8 +71,10 @@ def _why(e: Exception, ledger: Path) -> str:
 
 def submit(csv_path, message: str, competition: str = DEFAULT_COMPETITION, data_dir=None, wait: bool = False,
            ledger="submissions/ledger.csv", endpoint: str | None = None, timeout: float = 1800.0,
-           poll: float | None = None, env: dict | None = None, log=None, where: str | None = None) -> dict:
+           poll: float | None = None, env: dict | None = None, log=None, where: str | None = None,
+           note: str | None = None) -> dict:
     """Validate, submit (retrying 429/5xx), optionally wait for the score; returns the ledger row.
+    note: a line to `log` once every check has passed, just before the send.
 
     Every submission attempt leaves a ledger row: PENDING/COMPLETE/ERROR with Kaggle's ref, or
     FAILED with the reason; its target is `where`, else kit.kaggle.client.target(endpoint). A failed
@@ -83,15 +85,17 @@ def submit(csv_path, message: str, competition: str = DEFAULT_COMPETITION, data_
     csv_path = Path(csv_path)
     with tempfile.TemporaryDirectory(prefix="kit-submit-") as folder:
         return _send(csv_path, message, competition, data_dir, wait, ledger, endpoint, timeout, poll, env, log,
-                     where, Path(folder))
+                     where, Path(folder), note)
 
 
 def _send(csv_path: Path, message, competition, data_dir, wait, ledger, endpoint, timeout, poll, env, log, where,
-          folder: Path) -> dict:
+          folder: Path, note: str | None = None) -> dict:
     """submit(), with a private folder for the copy of the CSV that is checked, hashed and sent."""
     when, where = now(), where or target(endpoint)
     sent, manifest, digest = _checked(csv_path, message, data_dir, ledger, {**os.environ, **(env or {})},
                                       (folder, when, competition, where))
+    if note and log:
+        log(note)
     row = {"time": when, "competition": competition, "file": str(csv_path), "sha256": digest,
            "message": message, "members": ";".join(map(str, manifest.members or [])), "vote": manifest.vote or "",
            "ref": "", "status": "", "public": "", "private": "",
