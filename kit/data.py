@@ -33,6 +33,7 @@ from kit.store_verify import (
     array_record,
     digests,
     file_stamp,
+    file_that_differs,
     labels_of,
     offsets_of,
     verify_store,
@@ -202,10 +203,12 @@ class FeatureStore:
         return x, torch.from_numpy(valid).to(device)
 
 
-def verify_stores(data_dir: str | os.PathLike) -> list[tuple[Path, str | None]]:
+def verify_stores(data_dir: str | os.PathLike, workers: int | None = None,
+                  progress: bool = False) -> list[tuple[Path, str | None]]:
     """`kit data check`'s look at the packed stores of data_dir in its cache (either dtype), each
-    verified as opening it would and every byte of features.npy against its digest: (store dir,
-    None when sound, else why it is repacked when next opened). KitError for a damaged one, naming it."""
+    verified as opening it would, every byte of features.npy against its digest, and every feature
+    file against the rows packed from it: (store dir, None when sound, else why it is repacked when
+    next opened). KitError for a damaged one, naming it; one that a feature file differs from is removed."""
     layout = read_layout(data_dir)
     cache, _ = default_cache_dir(data_dir)
     key = store_key(layout)
@@ -215,12 +218,18 @@ def verify_stores(data_dir: str | os.PathLike) -> list[tuple[Path, str | None]]:
         if not root.exists():
             continue
         try:
-            FeatureStore(root, layout, dtype, whole=True)
-            found.append((root, None))
+            store = FeatureStore(root, layout, dtype, whole=True)
         except OlderStore as e:                        # not damage: repacked once, quietly
             found.append((root, str(e)))
+            continue
         except DamagedStore as e:
             raise KitError(f"{root}: {e}; the next command that opens the data rebuilds it") from None
+        changed = file_that_differs(store.features, store.offsets, layout, dtype, workers, progress)
+        if changed:
+            shutil.rmtree(root, ignore_errors=True)    # a cache: the next command packs it again
+            raise KitError(f"{root}: {changed} is not what was packed from it (replaced, keeping its old size "
+                           "and modification time?); removed, so the next command that opens the data packs it again")
+        found.append((root, None))
     return found
 
 

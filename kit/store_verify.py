@@ -15,7 +15,7 @@ import numpy as np
 
 from kit.errors import KitError
 from kit.fsio import sha256_file, write_json
-from kit.layout import Layout
+from kit.layout import Layout, load_feature, parallel_map
 
 STORE_VERSION = 1          # hashed into layout_hash, so into every run's data identity (kit.runs):
                            # changing it makes every existing run look trained on other data
@@ -161,3 +161,20 @@ def offsets_of(lengths: np.ndarray) -> np.ndarray:
 def labels_of(layout: Layout) -> np.ndarray:
     s2i = layout.speaker2id
     return np.array([s2i[u.speaker] if u.speaker is not None else -1 for u in layout.all], dtype=np.int64)
+
+
+def file_that_differs(features: np.ndarray, offsets: np.ndarray, layout: Layout, dtype: str,
+                      workers: int | None = None, progress: bool = False) -> str | None:
+    """The first feature file (its path in the layout) whose values are not the rows packed from it;
+    None when every one is. A file replaced with its old size and modification time (`cp -p`,
+    `rsync -a`, an archive unpacked) keeps the store's key, so only this comparison sees it."""
+    def differs(i: int) -> str | None:
+        u = layout.all[i]
+        x = np.ascontiguousarray(load_feature(layout.data_dir / u.path, layout.n_mels, u.mel_len).numpy(), dtype)
+        o = int(offsets[i])
+        return None if np.array_equal(features[o:o + u.mel_len], x) else u.path
+
+    for path in parallel_map(differs, range(len(layout.all)), workers, "comparing with the packed store", progress):
+        if path is not None:
+            return path
+    return None

@@ -227,3 +227,25 @@ def test_a_touched_store_is_hashed_once_not_on_every_opening(data, capsys, monke
     FeatureStore.open(data, "float32", progress=False)             # hashes the whole file, finds it sound
     monkeypatch.setattr(kit.store_verify, "sha256_file", lambda path: pytest.fail(f"{path} hashed again"))
     assert np.array_equal(FeatureStore.open(data, "float32", progress=False).utterance(3), good.utterance(3))
+
+
+def test_a_feature_file_replaced_with_its_old_times_is_found_by_data_check(data, capsys):
+    """Probe 10: a feature file rewritten with other values and its size and modification time kept (`cp
+    -p`, `rsync -a` of a corrected dataset) keeps the store's key, so the store was used as it was and
+    `kit data check` said verified. check now compares every file with its packed rows, and removes a store
+    one differs from, so the next opening packs the data again."""
+    import torch
+
+    good = packed(data, capsys)
+    u = read_layout(data).train[0]
+    path = data / u.path
+    st = os.stat(path)
+    changed = torch.load(path, weights_only=True) + 5.0
+    torch.save(changed, path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(path).st_size == st.st_size
+    assert main(["data", "check", str(data)]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert u.path in line and "is not what was packed from it" in line and not good.root.exists(), line
+    again = FeatureStore.open(data, "float32", progress=False)
+    assert np.allclose(again.utterance(0), changed.numpy())
