@@ -15,7 +15,7 @@ from kit.errors import KitError
 from kit.fsio import read_json
 from kit.identity import START_OVER
 from kit.infer import predict_run, source_mode
-from kit.pseudo import TEACHER, check_pseudo_labels, ensemble_probs, save_teacher
+from kit.pseudo import TEACHER, check_pseudo_labels, check_pseudo_test_ids, ensemble_probs, save_teacher
 from kit.records import predicted_mode
 from kit.runs import check_start
 from kit.train import train
@@ -138,6 +138,8 @@ def distill(run_dirs, out, config: str | None = None, overrides=(), minutes: flo
     if pseudo_labels:
         check_pseudo_labels(pseudo_labels, allow_external_labels)
     members = load_members(run_dirs)
+    if pseudo_labels:
+        check_pseudo_test_ids(pseudo_labels, members[0].ids.test)
     cfg = student_config(best_member(members), out, config, overrides, init)
     check_start(out, resume)            # before teacher.npz is written: a finished student keeps its own
     teacher = out / TEACHER

@@ -231,3 +231,19 @@ def check_pseudo_labels(path, allow_external: bool = False) -> None:
     if record.csv_sha256 != sha256_file(path):
         raise KitError(f"{path}: not the file its {PSEUDO_JSON} records (the sha256 differs: edited or replaced "
                        f"since `kit pseudo` wrote it); {EXTERNAL_HINT}")
+
+
+def check_pseudo_test_ids(path, test_ids) -> None:
+    """Pseudo-labels name test utterances of the data the teachers were predicted on: an Id that is
+    not one of them (labels made on other data, a competition regenerated since) is one line before a
+    student's folder is made."""
+    path = Path(path)
+    try:
+        ids = pd.read_csv(path, dtype={"Id": str}, usecols=["Id"])["Id"]
+    except (ValueError, OSError) as e:
+        raise KitError(f"{path}: unreadable pseudo-label CSV ({e})") from None
+    known = set(test_ids)
+    stray = [i for i in ids if i not in known]
+    if stray:
+        raise KitError(f"{path}: {len(stray)} Id(s) are not test utterances of the teachers' data (e.g. "
+                       f"{stray[0]!r}): pseudo-labels made on other data; make them with `kit pseudo` from these runs")

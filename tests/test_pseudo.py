@@ -337,3 +337,16 @@ def test_kit_pseudo_writes_over_nothing_but_an_earlier_kit_pseudo(members, tmp_p
     ours = tmp_path / "pl"
     for _ in range(2):                                          # an earlier round's folder is written again
         assert main(["pseudo", *map(str, members), "--out", str(ours), "--top-fraction", "0.5"]) == 0
+
+
+def test_pseudo_labels_of_other_data_are_refused_before_the_students_folder_is_made(members, tiny_answers,
+                                                                                     tmp_path):
+    """Probe 10: labels made on other data failed with 'unknown speaker' only after the student's folder
+    (its .lock and teacher.npz) was made, and left it."""
+    from kit.distill import distill
+
+    other = tmp_path / "other.csv"
+    other.write_text("Id,Category\nuttr-not-in-this-test-set.pt,id10458\n")
+    with pytest.raises(KitError, match="not test utterances of the teachers' data"):
+        distill(members, tmp_path / "student", pseudo_labels=str(other), allow_external_labels=True, progress=False)
+    assert not (tmp_path / "student").exists()
