@@ -295,3 +295,16 @@ def test_cli_ensemble_auto_prints_the_out_of_fold_choice(tmp_path, predicted, ca
     text = capsys.readouterr().out
     assert "out-of-fold val acc of each method" in text and "ensemble (auto:" in text
     assert json.loads((out / "a.json").read_text())["pool"] == "mean"
+
+
+def test_a_copy_of_a_run_dir_is_not_a_second_member(tmp_path, predicted):
+    """Probe 10: `kit ensemble A COPY` (a cp -r of A) voted A twice; a link or `A/..` form was already refused."""
+    import shutil
+
+    a = predicted.run("a", [0, 1, 2, 0, 1, 0], [0, 1, 2, 2])
+    b = predicted.run("b", [1, 2, 0, 0, 1, 2], [0, 1, 1, 2])
+    copy = tmp_path / "copy-of-a"
+    shutil.copytree(a, copy)
+    with pytest.raises(KitError, match="hold the same test predictions .*count twice"):
+        ensemble_runs([a, b, copy], out_dir=tmp_path / "s")
+    assert not (tmp_path / "s").exists()

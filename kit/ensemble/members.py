@@ -106,7 +106,8 @@ def _which_flag(ids: PredictionIds) -> str:
 
 
 def check_compatible(members: list[Member]) -> None:
-    """Members must share the validation split, the test list and the classes."""
+    """Members must share the validation split, the test list and the classes, and be distinct: the same
+    test predictions twice (a `cp -r` of a run dir) would count one model twice in the vote."""
     first = members[0]
     for other in members[1:]:
         if first.ids.data_dir and other.ids.data_dir and first.ids.data_dir != other.ids.data_dir \
@@ -114,14 +115,21 @@ def check_compatible(members: list[Member]) -> None:
             raise KitError(f"{first.run_dir} and {other.run_dir} were predicted on different data "
                            f"({first.ids.data_dir} and {other.ids.data_dir}); ensemble runs of one competition")
         if other.ids.val != first.ids.val or other.ids.val_labels != first.ids.val_labels:
-            raise KitError(f"{first.run_dir} and {other.run_dir} were validated on different splits; "
-                           "ensemble only runs trained with the same data.split_seed and val_fraction")
+            raise KitError(f"{first.run_dir} and {other.run_dir} were validated on different splits (another "
+                           "data.split_seed or val_fraction, or their data changed between them: regenerated in "
+                           "place?); ensemble runs trained on the same data and split")
         if other.ids.test != first.ids.test:
             raise KitError(f"{first.run_dir} and {other.run_dir} predicted different test sets "
                            "(different data dirs?)")
         if other.test_probs.shape[1] != first.test_probs.shape[1]:
             raise KitError(f"{first.run_dir} has {first.test_probs.shape[1]} classes but "
                            f"{other.run_dir} has {other.test_probs.shape[1]}")
+    seen: dict[str, Path] = {}
+    for m in members:
+        if m.test_sha256 and m.test_sha256 in seen:
+            raise KitError(f"{seen[m.test_sha256]} and {m.run_dir} hold the same test predictions (a copy of one "
+                           "run dir?): that model would count twice in the vote; give it once")
+        seen[m.test_sha256] = m.run_dir
 
 
 def member_speakers(member: Member) -> tuple[list[str], str]:
