@@ -36,14 +36,16 @@ def register(sub) -> None:
     p.add_argument("--data", default=None, help="data dir to validate against (default: from the manifest)")
     p.add_argument("--wait", action="store_true", help="poll until Kaggle has scored it (COMPLETE or ERROR)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the score (default 1800)")
-    p.add_argument("--ledger", default="submissions/ledger.csv")
+    p.add_argument("--ledger", default="submissions/ledger.csv",
+                   help="the ledger of submissions (default: submissions/ledger.csv under the current folder)")
     p.add_argument("--endpoint", default=None,
                    help="a local stand-in URL (`kit kaggle serve`) instead of Kaggle; also KIT_KAGGLE_ENDPOINT")
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("scores", help="refresh pending submissions and show public vs private scores")
     p.add_argument("--competition", default=None, help="only this competition (default: all in the ledger)")
-    p.add_argument("--ledger", default="submissions/ledger.csv")
+    p.add_argument("--ledger", default="submissions/ledger.csv",
+                   help="the ledger of submissions (default: submissions/ledger.csv under the current folder)")
     p.add_argument("--no-refresh", action="store_true", help="do not ask Kaggle about PENDING rows")
     p.add_argument("--endpoint", default=None, help="a local stand-in URL instead of Kaggle")
     p.set_defaults(func=cmd_scores)
