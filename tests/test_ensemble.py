@@ -297,14 +297,20 @@ def test_cli_ensemble_auto_prints_the_out_of_fold_choice(tmp_path, predicted, ca
     assert json.loads((out / "a.json").read_text())["pool"] == "mean"
 
 
-def test_a_copy_of_a_run_dir_is_not_a_second_member(tmp_path, predicted):
-    """Probe 10: `kit ensemble A COPY` (a cp -r of A) voted A twice; a link or `A/..` form was already refused."""
+def test_a_copy_of_a_run_dir_voted_as_a_second_member_is_said(tmp_path, predicted):
+    """Probe 10: `kit ensemble A COPY` (a cp -r of A) voted A twice without a word; a link or `A/..` form is
+    refused. A copy (or two members of the same settings and seed) is voted as asked, with a warning."""
     import shutil
 
     a = predicted.run("a", [0, 1, 2, 0, 1, 0], [0, 1, 2, 2])
     b = predicted.run("b", [1, 2, 0, 0, 1, 2], [0, 1, 1, 2])
     copy = tmp_path / "copy-of-a"
     shutil.copytree(a, copy)
-    with pytest.raises(KitError, match="hold the same test predictions .*count twice"):
-        ensemble_runs([a, b, copy], out_dir=tmp_path / "s")
-    assert not (tmp_path / "s").exists()
+    logs: list[str] = []
+    ensemble_runs([a, b, copy], out_dir=tmp_path / "s", log=logs.append)
+    assert [line for line in logs if "hold the same test predictions" in line] == [
+        f"warning: {a} and {copy} hold the same test predictions (a copy of one run dir, or the same settings and "
+        "seed): that model counts twice"]
+    logs.clear()
+    ensemble_runs([a, b], out_dir=tmp_path / "s", log=logs.append)
+    assert not any("same test predictions" in line for line in logs)

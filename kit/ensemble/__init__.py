@@ -29,7 +29,7 @@ from kit.ensemble.crossfit import (
     fold_ids,
     require_folds,
 )
-from kit.ensemble.members import Member, check_compatible, load_member, member_speakers
+from kit.ensemble.members import Member, check_compatible, load_member, member_speakers, same_predictions
 from kit.ensemble.votes import check_weights, hard_vote, select_weights, soft_vote, vote_predictions
 from kit.errors import KitError
 from kit.fsio import json_bytes, sha256_file, staged
@@ -89,6 +89,9 @@ def ensemble_runs(run_dirs, vote: str = "hard", weights=None, name: str | None =
     if val_from is not None:
         members = [_validated_by(m, load_member(src)) for m, src in zip(members, val_from, strict=True)]
     check_compatible(members)
+    for first, again in same_predictions(members):
+        (log or (lambda message: None))(f"warning: {first} and {again} hold the same test predictions (a copy of "
+                                        "one run dir, or the same settings and seed): that model counts twice")
     auto = vote == "auto" or weights == "auto"
     voted = _auto_vote(members, vote, pool, folds) if auto else _plain_vote(members, vote, weights)
     csv_path = Path(out_dir) / f"{name}.csv"

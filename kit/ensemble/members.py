@@ -106,8 +106,7 @@ def _which_flag(ids: PredictionIds) -> str:
 
 
 def check_compatible(members: list[Member]) -> None:
-    """Members must share the validation split, the test list and the classes, and be distinct: the same
-    test predictions twice (a `cp -r` of a run dir) would count one model twice in the vote."""
+    """Members must share the validation split, the test list and the classes."""
     first = members[0]
     for other in members[1:]:
         if first.ids.data_dir and other.ids.data_dir and first.ids.data_dir != other.ids.data_dir \
@@ -124,12 +123,6 @@ def check_compatible(members: list[Member]) -> None:
         if other.test_probs.shape[1] != first.test_probs.shape[1]:
             raise KitError(f"{first.run_dir} has {first.test_probs.shape[1]} classes but "
                            f"{other.run_dir} has {other.test_probs.shape[1]}")
-    seen: dict[str, Path] = {}
-    for m in members:
-        if m.test_sha256 and m.test_sha256 in seen:
-            raise KitError(f"{seen[m.test_sha256]} and {m.run_dir} hold the same test predictions (a copy of one "
-                           "run dir?): that model would count twice in the vote; give it once")
-        seen[m.test_sha256] = m.run_dir
 
 
 def member_speakers(member: Member) -> tuple[list[str], str]:
@@ -160,3 +153,15 @@ def _require_data_labels(member: Member, layout: Layout, data_dir) -> None:
             truth = "no training utterance there" if path not in labels else f"class {labels[path]}"
             raise KitError(f"{member.run_dir}/ids.json: validation utterance {path} is labelled class {label}, "
                            f"but {data_dir} has {truth}; run `kit predict {member.run_dir}` again")
+
+
+def same_predictions(members: list[Member]) -> list[tuple[Path, Path]]:
+    """Pairs of members whose test predictions are the same bytes: a `cp -r` of a run dir, or two
+    members of identical settings and seed. Each counts in a vote, so that model counts twice."""
+    seen: dict[str, Path] = {}
+    pairs = []
+    for m in members:
+        if m.test_sha256 and m.test_sha256 in seen:
+            pairs.append((seen[m.test_sha256], m.run_dir))
+        seen.setdefault(m.test_sha256, m.run_dir)
+    return pairs

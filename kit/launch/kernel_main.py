@@ -73,8 +73,8 @@ def die_with_stand_in() -> None:
     pid = os.environ.get("KIT_STANDIN_PID", "")
     if not pid.isdigit() or not sys.platform.startswith("linux"):
         return
-    import ctypes
-    import signal
+    import ctypes  # here only: the stand-in's kernels need it, a Kaggle kernel never does
+    import signal  # likewise
 
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
     if os.getppid() != int(pid):        # the stand-in died before prctl took effect
