@@ -3,6 +3,7 @@ real Kaggle submission, and a submission that fails ends the run with exit 2 aft
 """
 from __future__ import annotations
 
+import socket
 import threading
 from pathlib import Path
 
@@ -68,10 +69,14 @@ def test_the_launchers_endpoint_and_the_recipes_folder_reach_the_submission(trai
     monkeypatch.setattr(kit.zoo, "recipe_submit", lambda csv, message, data_dir, **kw: sent.append((csv, kw)) or
                         {"status": "COMPLETE", "public": 0.5, "private": 0.5, "target": "local stand-in"})
     elsewhere = tmp_path / "elsewhere"
-    run_recipe(trained, data=str(tiny_data), budget="full", runs=str(tmp_path / "runs"), workers=1, progress=False,
-               launcher=NothingToTrain("http://127.0.0.1:8766"), submissions=elsewhere)
+    with socket.socket() as listening:              # the stand-in's address answers (nothing is sent to it)
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        url = f"http://127.0.0.1:{listening.getsockname()[1]}"
+        run_recipe(trained, data=str(tiny_data), budget="full", runs=str(tmp_path / "runs"), workers=1,
+                   progress=False, launcher=NothingToTrain(url), submissions=elsewhere)
     [(csv, kw)] = sent
-    assert kw == {"endpoint": "http://127.0.0.1:8766", "submissions_dir": elsewhere}
+    assert kw == {"endpoint": url, "submissions_dir": elsewhere}
     assert Path(csv).parent == elsewhere
 
 
@@ -203,7 +208,8 @@ def test_a_pending_row_only_the_pending_file_holds_is_marked_lost_on_the_first_r
     assert [r["status"] for r in read_ledger(ledger).to_dict("records")] == ["FAILED", "COMPLETE"]
 
 
-@pytest.mark.parametrize("credentials", ["none", "a kaggle.json that is not JSON", "a kaggle.json with no key"])
+@pytest.mark.parametrize("credentials", ["none", "a kaggle.json that is not JSON", "a kaggle.json with no key",
+                                         "fine, but nothing listens at the endpoint"])
 def test_a_recipe_that_submits_to_a_stand_in_without_usable_credentials_stops_before_training(
         tiny_recipe, tiny_data, tmp_path, monkeypatch, capsys, credentials):
     """KIT_KAGGLE_ENDPOINT names a stand-in: the client needs credentials (any will do) to reach it, so
@@ -216,15 +222,19 @@ def test_a_recipe_that_submits_to_a_stand_in_without_usable_credentials_stops_be
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(config))
     monkeypatch.setenv("KIT_KAGGLE_ENDPOINT", "http://127.0.0.1:9")
-    if credentials != "none":
+    if credentials.startswith("a kaggle.json"):
         (config / "kaggle.json").write_text("{username: me" if "not JSON" in credentials else '{"username": "me"}')
+    elif credentials.startswith("fine"):
+        monkeypatch.setenv("KAGGLE_USERNAME", "rehearsal")
+        monkeypatch.setenv("KAGGLE_KEY", "anything")
     recipe = tiny_recipe("mean", base={"train": {"max_steps": 4, "eval_every": 4}}, budget={"full": {}}, after=AFTER)
     code = main(["recipe", "run", str(recipe), "--data", str(tiny_data), "--budget", "full",
                  "--runs", str(tmp_path / "runs"), "--workers", "1", "--no-progress"])
     line = one_error_line(capsys.readouterr().err)
     assert code == 2 and "nothing was trained" in line, line
     expected = {"none": "no Kaggle credentials", "a kaggle.json that is not JSON": "kaggle.json: not valid JSON",
-                "a kaggle.json with no key": "kaggle.json: not a JSON object with username and key"}
+                "a kaggle.json with no key": "kaggle.json: not a JSON object with username and key",
+                "fine, but nothing listens at the endpoint": "nothing answers at http://127.0.0.1:9"}
     assert expected[credentials] in line, line
     assert not (tmp_path / "runs" / "tiny").exists()
 

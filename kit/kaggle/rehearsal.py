@@ -7,7 +7,9 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import socket
 import tempfile
+import urllib.parse
 from pathlib import Path
 
 from kit import DEFAULT_COMPETITION
@@ -116,6 +118,22 @@ def _check_credentials(data_dir, endpoint: str | None) -> None:
     problem = kaggle_json_problem(os.environ, need_key=source.endswith("kaggle.json")) if source else None
     if problem:
         raise KitError(f"{problem}; nothing was trained")
+    if url:
+        _check_listening(url)
+
+
+def _check_listening(url: str) -> None:
+    """Something listens at the stand-in's address (a typo in its port, or `kit kaggle serve` not
+    started, was found only after the whole budget, and a minute of retries)."""
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        with socket.create_connection((parts.hostname or "", port), timeout=10):
+            pass
+    except (OSError, ValueError) as e:
+        why = getattr(e, "strerror", None) or str(e) or type(e).__name__
+        raise KitError(f"nothing answers at {url} ({why}): start `kit kaggle serve` there first, or fix "
+                       "--endpoint / KIT_KAGGLE_ENDPOINT; nothing was trained") from None
 
 
 @contextlib.contextmanager
