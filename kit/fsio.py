@@ -54,13 +54,28 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
-def _writers(path: Path) -> Iterator[tuple[Path, int]]:
-    """(folder, pid) of the hidden folders beside `path` that atomic_dir made on this machine."""
-    prefix, host = f".{path.name}.", socket.gethostname()
-    for folder in path.parent.glob(f"{glob.escape(prefix)}*@*"):
+def _owned(parent: Path, prefix: str) -> Iterator[tuple[Path, int]]:
+    """(folder, pid) of the folders in parent named PREFIX PID@HOST.XXXX that this machine's processes made."""
+    host = socket.gethostname()
+    for folder in parent.glob(f"{glob.escape(prefix)}*@*"):
         pid, _, rest = folder.name[len(prefix):].partition("@")
         if pid.isdigit() and rest.rpartition(".")[0] == host and folder.is_dir():
             yield folder, int(pid)
+
+
+def _writers(path: Path) -> Iterator[tuple[Path, int]]:
+    """(folder, pid) of the hidden folders beside `path` that atomic_dir made on this machine."""
+    return _owned(path.parent, f".{path.name}.")
+
+
+def temp_dir(prefix: str) -> Path:
+    """A new private folder in the temp dir, named PREFIX PID@HOST.XXXX, after removing those a process
+    of this machine that is gone left there (a SIGKILL runs no cleanup)."""
+    parent = Path(tempfile.gettempdir())
+    for folder, pid in list(_owned(parent, prefix)):
+        if not _alive(pid):
+            shutil.rmtree(folder, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}@{socket.gethostname()}.", dir=parent))
 
 
 def live_writers(path: str | os.PathLike) -> list[int]:

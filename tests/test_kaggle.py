@@ -402,3 +402,21 @@ def test_the_kaggle_worker_loads_neither_torch_nor_pandas():
             "print(' '.join(m for m in ('torch', 'pandas', 'accelerate') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == ""
+
+
+def test_the_folder_a_sigkilled_stand_in_left_goes_when_the_next_one_starts(tiny_data, tiny_answers, tmp_path,
+                                                                           monkeypatch):
+    """A SIGKILL runs no cleanup, so `kit kaggle serve` left /tmp/kit-standin-* (probe 9); its name holds the
+    pid, and the next stand-in on this machine removes the folders of processes that are gone."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    host = socket.gethostname()
+    left = tmp_path / f"kit-standin-{gone.pid}@{host}.abc123"
+    running = tmp_path / f"kit-standin-{os.getpid()}@{host}.def456"
+    for folder in (left, running):
+        (folder / "kernels").mkdir(parents=True)
+    with StandIn(tiny_data, tiny_answers, competition=COMP) as server:
+        assert server._tmp.parent == tmp_path and server._tmp.name.startswith(f"kit-standin-{os.getpid()}@")
+        assert not left.exists() and running.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [running.name]

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from kit import DEFAULT_COMPETITION
 from kit.errors import KitError
+from kit.fsio import temp_dir
 from kit.kaggle import server_competitions, server_kernels
 from kit.kaggle.server_competitions import DAILY_LIMIT, ZIP_FOLDER, CompetitionRpcs, _ApiError, made_today
 from kit.kaggle.server_kernels import KERNEL_OUTPUT, Kernels
@@ -86,7 +87,7 @@ class StandIn:
         self._server.daemon_threads = True
         self._server.standin = self
         self._thread: threading.Thread | None = None
-        self._tmp = Path(tempfile.mkdtemp(prefix="kit-standin-"))
+        self._tmp = temp_dir("kit-standin-")     # a SIGKILLed stand-in's is removed by the next one
         try:                        # a failure or Ctrl-C from here on would leave the folder behind
             self.kernels = Kernels(self, kernel_slots, gpu_used_hours, kernel_timeout)
         except BaseException:
