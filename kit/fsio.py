@@ -72,9 +72,7 @@ def temp_dir(prefix: str) -> Path:
     """A new private folder in the temp dir, named PREFIX PID@HOST.XXXX, after removing those a process
     of this machine that is gone left there (a SIGKILL runs no cleanup)."""
     parent = Path(tempfile.gettempdir())
-    for folder, pid in list(_owned(parent, prefix)):
-        if not _alive(pid):
-            shutil.rmtree(folder, ignore_errors=True)
+    _sweep_orphans(parent, prefix)
     return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}@{socket.gethostname()}.", dir=parent))
 
 
@@ -83,11 +81,11 @@ def live_writers(path: str | os.PathLike) -> list[int]:
     return [pid for _, pid in _writers(Path(path)) if pid != os.getpid() and _alive(pid)]
 
 
-def _sweep_orphans(path: Path) -> None:
-    """Remove the hidden folders beside `path` that a killed (SIGKILL, out of memory) atomic_dir on
-    this machine left: their name holds the writer's pid and host, and that process is gone. A
-    folder of a live process, of another machine or of an older kit is left alone."""
-    for folder, pid in list(_writers(path)):
+def _sweep_orphans(parent: Path, prefix: str) -> None:
+    """Remove the folders in parent named PREFIX PID@HOST.XXXX that a killed (SIGKILL, out of memory)
+    process of this machine left: that process is gone. A folder of a live process, of another machine
+    or of an older kit (no pid in its name) is left alone."""
+    for folder, pid in list(_owned(parent, prefix)):
         if not _alive(pid):
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -113,7 +111,7 @@ def atomic_dir(path: str | os.PathLike, what: str = "files", done: str | None = 
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _sweep_orphans(path)
+        _sweep_orphans(path.parent, f".{path.name}.")      # a killed atomic_dir's hidden folders
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}@{socket.gethostname()}.", dir=path.parent))
     except OSError as e:
         raise KitError(f"{path}: cannot write the {what} here ({e.strerror})") from None

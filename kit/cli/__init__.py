@@ -170,10 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kit: stopped by {signal.Signals(e.code - 128).name}", file=sys.stderr)
         return e.code
     except OSError as e:
-        code = _output_failed(e)
-        if code is None:
-            raise
-        return code
+        return _output_failed(e)
 
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple[argparse.Namespace, list[str]] | int:
@@ -186,10 +183,7 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple[arg
             return _flushed()
         raise
     except OSError as e:
-        code = _output_failed(e)
-        if code is None:
-            raise
-        return code
+        return _output_failed(e)
 
 
 def _flushed() -> int:
@@ -197,21 +191,19 @@ def _flushed() -> int:
     try:
         sys.stdout.flush()
     except OSError as e:
-        code = _output_failed(e)
-        if code is None:
-            raise
-        return code
+        return _output_failed(e)
     return 0
 
 
-def _output_failed(e: OSError) -> int | None:
+def _output_failed(e: OSError) -> int:
     """The exit code for a failed write to stdout itself, the rest of the output dropped (the
-    interpreter's last flush would fail again, with a traceback); None for any other OSError."""
+    interpreter's last flush would fail again, with a traceback). Called while `e` is handled: any other
+    OSError is raised again."""
     if isinstance(e, BrokenPipeError):      # `kit scores | head -1`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141                          # 128 + SIGPIPE, as a shell reports a command its pipe ended
     if e.filename or e.errno not in (errno.ENOSPC, errno.EIO, errno.EDQUOT):
-        return None
+        raise e
     # Writing stdout itself failed (redirected to a full disk): one line, as for a path.
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     print(f"kit: error: cannot write the output ({e.strerror})", file=sys.stderr)

@@ -89,8 +89,9 @@ def check_recipe_submissions(submissions_dir, name: str, after: dict, running_af
         return
     ledger = Path(submissions_dir) / "ledger.csv"
     problem = ledger_problem(ledger)
-    if problem is None and shutil.disk_usage(ledger.parent).free < ROOM:
-        problem = f"{ledger.parent}: {shutil.disk_usage(ledger.parent).free} bytes free"
+    free = shutil.disk_usage(ledger.parent).free if problem is None else ROOM
+    if free < ROOM:
+        problem = f"{ledger.parent}: {free} bytes free"
     csv = Path(submissions_dir) / f"{name}.csv"
     if problem is None and csv.exists() and not csv.is_file():
         problem = f"{csv}: is a folder, where the vote's CSV goes"
