@@ -22,7 +22,7 @@ from kit.env import cache_dir as default_cache_dir
 from kit.env import note_cache, note_line
 from kit.errors import KitError
 from kit.fsio import atomic_dir, file_lock, sha256_file, write_json
-from kit.layout import LAYOUT_FILES, Layout, load_feature, parallel_map, read_layout
+from kit.layout import LAYOUT_FILES, Layout, feature_digest, load_feature, parallel_map, read_layout
 from kit.split import Split, load_split, make_split, save_split, split_for
 from kit.store_verify import (
     STORE_ARRAYS,
@@ -203,12 +203,13 @@ class FeatureStore:
         return x, torch.from_numpy(valid).to(device)
 
 
-def verify_stores(data_dir: str | os.PathLike, workers: int | None = None,
+def verify_stores(data_dir: str | os.PathLike, content: str, workers: int | None = None,
                   progress: bool = False) -> list[tuple[Path, str | None]]:
     """`kit data check`'s look at the packed stores of data_dir in its cache (either dtype), each
-    verified as opening it would, every byte of features.npy against its digest, and every feature
-    file against the rows packed from it: (store dir, None when sound, else why it is repacked when
-    next opened). KitError for a damaged one, naming it; one that a feature file differs from is removed."""
+    verified as opening it would, every byte of features.npy against its digest, and the feature files'
+    `content` digest (check_data's) against the one it was packed from: (store dir, None when sound,
+    else why it is repacked when next opened). KitError for a damaged one, naming it; one the feature
+    files differ from is removed, naming the first file that does (they are read again only then)."""
     layout = read_layout(data_dir)
     cache, _ = default_cache_dir(data_dir)
     key = store_key(layout)
@@ -224,8 +225,9 @@ def verify_stores(data_dir: str | os.PathLike, workers: int | None = None,
             continue
         except DamagedStore as e:
             raise KitError(f"{root}: {e}; the next command that opens the data rebuilds it") from None
-        changed = file_that_differs(store.features, store.offsets, layout, dtype, workers, progress)
-        if changed:
+        if store.content_digest != content:
+            changed = file_that_differs(store.features, store.offsets, layout, dtype, workers, progress) \
+                or "a feature file"
             shutil.rmtree(root, ignore_errors=True)    # a cache: the next command packs it again
             raise KitError(f"{root}: {changed} is not what was packed from it (replaced, keeping its old size "
                            "and modification time?); removed, so the next command that opens the data packs it again")
@@ -338,7 +340,7 @@ def _write_features(layout: Layout, path: Path, offsets: np.ndarray, dtype: str,
             u = utts[i]
             x = load_feature(data_dir / u.path, layout.n_mels, u.mel_len).numpy()
             _write_at(f.fileno(), np.ascontiguousarray(x, dtype=dtype), start + int(offsets[i]) * row_bytes)
-            return hashlib.sha1(np.ascontiguousarray(x, dtype=np.float32).tobytes()).digest()
+            return feature_digest(x)
 
         content = hashlib.sha1()
         for digest in parallel_map(load, range(len(utts)), workers, f"packing {data_dir}", progress):

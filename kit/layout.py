@@ -3,6 +3,7 @@ and check their structure, load one feature file safely, check every feature fil
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import warnings
@@ -201,14 +202,24 @@ def parallel_map(fn, items, workers: int | None, desc: str, progress: bool):
                         disable=not progress, leave=False, mininterval=0.5)
 
 
-def check_data(data_dir: str | os.PathLike, workers: int | None = None, progress: bool = True) -> Layout:
-    """Read the layout and every feature file; raise KitError naming the first bad file."""
+def feature_digest(x) -> bytes:
+    """SHA-1 of one utterance's values (a tensor or array) as float32: a packed store's content digest
+    is the SHA-1 of these, in json order (kit.data), whatever the store's dtype."""
+    import numpy as np  # deferred: the light entry points (`kit --help`, the Kaggle worker) import kit.layout
+
+    return hashlib.sha1(np.ascontiguousarray(x, dtype=np.float32).tobytes()).digest()
+
+
+def check_data(data_dir: str | os.PathLike, workers: int | None = None, progress: bool = True) -> tuple[Layout, str]:
+    """Read the layout and every feature file; raise KitError naming the first bad file. Returns the
+    layout and the files' content digest, as a packed store of them records it (`content`)."""
     layout = read_layout(data_dir)
     root = Path(data_dir)
 
-    def check(u: Utterance):
-        load_feature(root / u.path, layout.n_mels, u.mel_len)
+    def check(u: Utterance) -> bytes:
+        return feature_digest(load_feature(root / u.path, layout.n_mels, u.mel_len).numpy())
 
-    for _ in parallel_map(check, layout.all, workers, "checking", progress):
-        pass
-    return layout
+    content = hashlib.sha1()
+    for digest in parallel_map(check, layout.all, workers, "checking", progress):
+        content.update(digest)
+    return layout, content.hexdigest()

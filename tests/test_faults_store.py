@@ -249,3 +249,11 @@ def test_a_feature_file_replaced_with_its_old_times_is_found_by_data_check(data,
     assert u.path in line and "is not what was packed from it" in line and not good.root.exists(), line
     again = FeatureStore.open(data, "float32", progress=False)
     assert np.allclose(again.utterance(0), changed.numpy())
+
+
+def test_data_check_of_a_sound_store_reads_the_feature_files_once(data, capsys, monkeypatch):
+    """check_data's content digest matches the store's, so the file-by-file comparison never runs."""
+    good = packed(data, capsys)
+    monkeypatch.setattr(kit.data, "file_that_differs", lambda *a: pytest.fail("feature files read a second time"))
+    assert main(["data", "check", str(data)]) == 0
+    assert f"ok: {good.root}: packed store verified" in capsys.readouterr().out

@@ -68,8 +68,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    layout = check_data(args.dir, workers=args.workers, progress=progress_wanted())
-    stores = verify_stores(args.dir, args.workers, progress_wanted())     # a damaged one: one line naming it
+    layout, content = check_data(args.dir, workers=args.workers, progress=progress_wanted())
+    stores = verify_stores(args.dir, content, args.workers, progress_wanted())     # a damaged one: one line
     print(f"ok: {args.dir}: {len(layout.speakers)} speakers, {len(layout.train)} train and "
           f"{len(layout.test)} test utterances, n_mels {layout.n_mels}")
     for root, older in stores:
