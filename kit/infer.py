@@ -249,7 +249,9 @@ def _settings(inf, run_dir: Path, window, hop, full, average, batch_size, mode) 
         mode = ("full" if inf.full else inf.mode) if full is None else ("full" if full else "sliding")
     if mode not in MODES:
         raise KitError(f"{run_dir}: infer.mode {mode!r}: choose one of {', '.join(MODES)}")
-    settings = {"window": int(inf.window if window is None else window), "hop": int(inf.hop if hop is None else hop),
+    if hop is None:            # the run's hop, but never past a window the user asked for
+        hop = inf.hop if window is None else min(int(inf.hop), int(window))
+    settings = {"window": int(inf.window if window is None else window), "hop": int(hop),
                 "mode": mode, "average": inf.average if average is None else average,
                 "batch_size": int(inf.batch_size if batch_size is None else batch_size)}
     if settings["batch_size"] < 1:

@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from kit.cli import main
-from kit.config import RunConfig
+from kit.config import InferConfig, RunConfig
 from kit.data import FeatureStore
 from kit.errors import KitError
 from kit.infer import (
+    _settings,
     centre_windows,
     choose_mode,
     length_batches,
@@ -179,3 +180,12 @@ def test_cli_predict_full_then_ensemble(trained_run, store, tiny_answers, tmp_pa
     r = json.loads(capsys.readouterr().out)
     assert r["overall"]["correct"] == int((key["Category"].to_numpy() == np.array(pred)).sum())
     assert r["public"]["n"] + r["private"]["n"] == store.n_test
+
+
+def test_a_window_under_the_runs_hop_brings_the_hop_down_with_it(tmp_path):
+    inf = InferConfig(window=256, hop=128)
+    asked = _settings(inf, tmp_path, window=64, hop=None, full=None, average=None, batch_size=None, mode="full")
+    assert (asked["window"], asked["hop"]) == (64, 64)        # not "hop 128 > window 64", a hop never given
+    assert _settings(inf, tmp_path, None, None, None, None, None, None)["hop"] == 128
+    with pytest.raises(KitError, match="hop 100 > window 64"):      # a hop the user gave is still checked
+        _settings(inf, tmp_path, window=64, hop=100, full=None, average=None, batch_size=None, mode=None)
