@@ -25,7 +25,8 @@ def _register_predict(sub) -> None:
     p = sub.add_parser("predict", help="sliding-window prediction of a run's validation and test sets")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run dir(s) (hold config.toml and checkpoints)")
     p.add_argument("--window", type=int, default=None, help="frames per window (default: the run's infer.window)")
-    p.add_argument("--hop", type=int, default=None, help="frames between window starts (default: infer.hop, at most the window)")
+    p.add_argument("--hop", type=int, default=None,
+                   help="frames between window starts (default: infer.hop, at most the window)")
     how = p.add_mutually_exclusive_group()
     how.add_argument("--full", action=argparse.BooleanOptionalAction, default=None,
                      help="one window = the whole utterance (default: infer.full)")
