@@ -17,7 +17,7 @@ MAX_NAME_BYTES = 200            # below the usual 255-byte limit, leaving room f
 _SUBMISSION_RESERVED = re.compile(r"(ledger|scores)(\..*)?|.*_report", re.IGNORECASE)
 # What kit writes into RUNS/<recipe>/ beside the members: kit.rounds' pseudo-label folders,
 # fine-tuned copies and student; the Kaggle launcher's state and logs (kit.launch.kaggle_kernels).
-_MEMBER_RESERVED = re.compile(r"student|pseudo-\d+|.*-pl\d+|kaggle-kernels\.json|kaggle-logs", re.IGNORECASE)
+_MEMBER_RESERVED = re.compile(r"student|pseudo-\d+|.*-pl\d+|.*-refit|.*-lm|kaggle-kernels\.json|kaggle-logs", re.IGNORECASE)
 
 
 # What a kept file's name ends in: a run started over (kit.runs.old_name) and a submitted pair written
@@ -79,9 +79,11 @@ def check_submission_name(name, what: str = "submission") -> str:
 
 def check_member_name(name, what: str = "member") -> str:
     """A plain file name that is not one kit uses beside the members in RUNS/<recipe>/
-    (`student`, `pseudo-N`, `NAME-plN`, the Kaggle launcher's files)."""
+    (`student`, `pseudo-N`, the stages' fine-tunes `NAME-plN`, `NAME-refit` and `NAME-lm`, the Kaggle
+    launcher's files)."""
     return _not_reserved(name, what, _MEMBER_RESERVED, "beside the members in RUNS/<recipe>/ (student, "
-                         "pseudo-N, MEMBER-plN, kaggle-kernels.json, kaggle-logs)")
+                         "pseudo-N, the fine-tunes MEMBER-plN, MEMBER-refit and MEMBER-lm, "
+                         "kaggle-kernels.json, kaggle-logs)")
 
 
 def distinct_runs(run_dirs, what: str = "run dir") -> list:

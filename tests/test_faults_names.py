@@ -44,7 +44,8 @@ def test_names_kit_uses_in_submissions_are_refused(name):
         check_submission_name(name)
 
 
-@pytest.mark.parametrize("name", ["student", "pseudo-1", "transformer-pl2", "kaggle-logs"])
+@pytest.mark.parametrize("name", ["student", "pseudo-1", "transformer-pl2", "kaggle-logs",
+                                  "a-refit", "resnet-s-lm", "a-pl1-refit"])      # the refit's and lmft's folders
 def test_member_names_kit_uses_beside_the_members_are_refused(name):
     with pytest.raises(KitError, match="one kit uses beside the members"):
         check_member_name(name)
@@ -62,7 +63,8 @@ def test_a_recipe_named_outside_runs_is_refused_before_anything_is_written(tiny_
 
 
 @pytest.mark.parametrize("member, why", [("..", "not a plain file name"), ("../mean", "not a plain file name"),
-                                         ("student", "one kit uses beside the members")])
+                                         ("student", "one kit uses beside the members"),
+                                         ("mean-refit", "one kit uses beside the members")])
 def test_a_member_named_outside_its_recipe_folder_is_refused(tiny_recipe, member, why):
     with pytest.raises(KitError, match=f"members\\[1\\]: member name .* {why}"):
         load_recipe(tiny_recipe("mean", member))
