@@ -116,14 +116,23 @@ class StepPlan:
 SHARED_BELOW = 0.8      # achieved / measured-at-start step rate under which a run says it lost steps
 
 
+SHARED_CORES = 0.7      # CPU seconds per wall second under which a CPU run had less than one core of its own
+
+
 def step_rate_note(rates: dict | None) -> str:
-    """'' or one warning for a time-budgeted run that trained well below the step rate measured at
-    its start (summary.json's steps_per_second): another process took the cores, and the steps
-    the plan expected were lost. The table's note column shows it."""
+    """'' or one warning for a time-budgeted run that lost steps to another process (summary.json's
+    steps_per_second): it trained well below the step rate measured at its start (a machine shared
+    part way), or, on a CPU, had less than one core (shared from the start, when the rate measured
+    then was already low). The recipe's table and `kit report` show it."""
     if not rates or rates.get("probed", 0) <= 0 or rates.get("achieved", 0) <= 0:
         return ""
+    notes = []
     ratio = rates["achieved"] / rates["probed"]
-    if ratio >= SHARED_BELOW:
-        return ""
-    return (f"lost steps: {rates['achieved']:.1f} steps/s against {rates['probed']:.1f} at its start "
-            f"({ratio:.0%}; {rates.get('planned_steps', 0):,} steps planned then) - was the machine shared?")
+    if ratio < SHARED_BELOW:
+        notes.append(f"{rates['achieved']:.1f} steps/s against {rates['probed']:.1f} at its start "
+                     f"({math.floor(100 * ratio)}%; "
+                     f"{rates.get('planned_steps', 0):,} steps planned then)")
+    cores = rates.get("cpu_cores")
+    if cores is not None and cores < SHARED_CORES:
+        notes.append(f"{cores:.2f} of a CPU core (CPU time / wall time)")
+    return f"lost steps: {'; '.join(notes)} - was the machine shared?" if notes else ""

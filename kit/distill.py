@@ -15,7 +15,14 @@ from kit.errors import KitError
 from kit.fsio import read_json
 from kit.identity import START_OVER
 from kit.infer import predict_run, source_mode
-from kit.pseudo import TEACHER, check_pseudo_labels, check_pseudo_test_ids, ensemble_probs, save_teacher
+from kit.pseudo import (
+    TEACHER,
+    changed_teachers,
+    check_pseudo_labels,
+    check_pseudo_test_ids,
+    ensemble_probs,
+    save_teacher,
+)
 from kit.records import predicted_mode
 from kit.runs import check_start
 from kit.train import train
@@ -140,6 +147,9 @@ def distill(run_dirs, out, config: str | None = None, overrides=(), minutes: flo
     members = load_members(run_dirs)
     if pseudo_labels:
         check_pseudo_test_ids(pseudo_labels, members[0].ids.test)
+        for run in [] if allow_external_labels else changed_teachers(pseudo_labels):
+            log(f"warning: {pseudo_labels} was voted from predictions {run} no longer holds (retrained or predicted "
+                "again since `kit pseudo`): these labels are the older model's; make them again with `kit pseudo`")
     cfg = student_config(best_member(members), out, config, overrides, init)
     check_start(out, resume)            # before teacher.npz is written: a finished student keeps its own
     teacher = out / TEACHER

@@ -22,6 +22,7 @@ from kit.errors import KitError
 from kit.fsio import save_numpy, sha256_file
 from kit.identity import require_same_data
 from kit.records import PredictionIds, refuse_while_training
+from kit.runs import check_written
 from kit.split import load_split
 from kit.train.results import load_model
 from kit.windows import centre_windows, length_batches, sliding_windows
@@ -227,10 +228,11 @@ def _load_model(run_dir: Path, which: str, device: str):
     # hashed before and after reading: a file swapped in between would bind these predictions
     # to weights they did not come from
     before = sha256_file(path) if path.is_file() else None      # load_model refuses a missing one
-    model, cfg = load_model(run_dir, which)
+    model, cfg = load_model(run_dir, which)                     # and names a damaged one
     if sha256_file(path) != before:
         raise KitError(f"{path}: changed while it was read (is something training this run?); "
                        f"run `kit predict {run_dir}` again")
+    check_written(path, before)
     model.to(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
     return model, cfg, before
 

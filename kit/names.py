@@ -17,7 +17,8 @@ MAX_NAME_BYTES = 200            # below the usual 255-byte limit, leaving room f
 _SUBMISSION_RESERVED = re.compile(r"(ledger|scores)(\..*)?|.*_report", re.IGNORECASE)
 # What kit writes into RUNS/<recipe>/ beside the members: kit.rounds' pseudo-label folders,
 # fine-tuned copies and student; the Kaggle launcher's state and logs (kit.launch.kaggle_kernels).
-_MEMBER_RESERVED = re.compile(r"student|pseudo-\d+|.*-pl\d+|.*-refit|.*-lm|kaggle-kernels\.json|kaggle-logs", re.IGNORECASE)
+_MEMBER_RESERVED = re.compile(r"student|pseudo-\d+|.*-pl\d+|.*-refit|.*-lm|kaggle-kernels\.json|kaggle-logs",
+                              re.IGNORECASE)
 
 
 # What a kept file's name ends in: a run started over (kit.runs.old_name) and a submitted pair written

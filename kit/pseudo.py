@@ -108,6 +108,7 @@ class PseudoLabels:
     temperatures: list = field(default_factory=list)
     weights: list = field(default_factory=list)
     created: str = ""
+    member_test_probs_sha256: list = field(default_factory=list)    # the predictions voted (older kits: none)
 
     @classmethod
     def beside(cls, csv) -> PseudoLabels | None:
@@ -165,7 +166,8 @@ def make_pseudo_labels(run_dirs, out_dir, precision: float | None = 0.95, top_fr
         estimated_precision=chosen["estimated_precision"], target_precision=precision, top_fraction=top_fraction,
         val_count=chosen["val_count"], test_count=chosen["test_count"], n_test=len(ids), csv=str(csv.resolve()),
         csv_sha256=sha256_file(csv), teacher=str((out / TEACHER).resolve()), temperatures=fit["temperatures"],
-        weights=fit["weights"], created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        weights=fit["weights"], created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        member_test_probs_sha256=[m.test_sha256 for m in members])
     write_json(out / PSEUDO_JSON, asdict(record))
     return record
 
@@ -247,3 +249,17 @@ def check_pseudo_test_ids(path, test_ids) -> None:
     if stray:
         raise KitError(f"{path}: {len(stray)} Id(s) are not test utterances of the teachers' data (e.g. "
                        f"{stray[0]!r}): pseudo-labels made on other data; make them with `kit pseudo` from these runs")
+
+
+def changed_teachers(path) -> list[str]:
+    """The run dirs whose test predictions are no longer those the pseudo-labels at `path` were voted
+    from (retrained, or predicted again since `kit pseudo`): their labels are an older model's."""
+    record = PseudoLabels.beside(path)
+    if record is None:
+        return []
+    changed = []
+    for run, digest in zip(record.members, record.member_test_probs_sha256, strict=False):
+        probs = Path(run) / "test_probs.npy"
+        if not probs.is_file() or sha256_file(probs) != digest:
+            changed.append(run)
+    return changed

@@ -5,10 +5,12 @@ how often members disagree, as a table, a dict and a PNG (bars + disagreement he
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 
+from kit.budget import step_rate_note
 from kit.ensemble.calibration import calibrate, fit_temperature, log_probs, mean_nll
 from kit.ensemble.crossfit import DEFAULT_POOL, METHODS, auto_ensemble
 from kit.ensemble.members import check_compatible, load_member, member_speakers
@@ -119,7 +121,16 @@ def _member_row(member, name: str, labels) -> dict:
             "val_acc": float((member.val_probs.argmax(axis=1) == labels).mean()) if len(labels) else None,
             "val_nll": mean_nll(calibrate(lp, t), labels) if t is not None else None,
             "val_acc_centre": member.ids.val_acc_centre, "val_acc_full": member.ids.val_acc_full,
-            "val_acc_sliding": member.ids.val_acc_sliding}
+            "val_acc_sliding": member.ids.val_acc_sliding, "note": _lost_steps(member.run_dir)}
+
+
+def _lost_steps(run_dir: Path) -> str:
+    """The run's lost-steps note (kit.budget.step_rate_note), as the recipe's table shows it."""
+    try:
+        summary = json.loads((Path(run_dir) / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    return step_rate_note(summary.get("steps_per_second")) if isinstance(summary, dict) else ""
 
 
 def _score_members(rows: list[dict], members, answers) -> None:
@@ -168,6 +179,7 @@ def format_report(report: dict) -> str:
         if scored:
             line += f" {_pct(r.get('public')):>7} {_pct(r.get('private')):>7}"
         lines.append(line)
+    lines += [f"{r['member']}: {r['note']}" for r in rows if r.get("note")]
     ens = report["ensemble"]
     if ens is not None:
         lines.append(f"ensemble {ens['name']}: {ens['method']}")

@@ -9,13 +9,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 from kit.config import load_toml
 from kit.errors import KitError, first_line
-from kit.fsio import write_json
+from kit.fsio import sha256_file, write_json
 from kit.identity import IDENTITY, START_OVER, describe, identity_changes, legacy_identity, read_identity
 from kit.layout import load_tensors
 from kit.names import old_suffix
@@ -242,6 +243,42 @@ def load_checkpoint(path: str | Path) -> dict:
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
         raise KitError(f"{path}: not a kit checkpoint (no model weights in it)")
     return ckpt
+
+
+WRITTEN = "checkpoints.json"     # {checkpoint file name: SHA-256} of what the run's own training wrote
+
+
+def record_written(path: str | Path) -> None:
+    """Record the checkpoint `path` in its run dir's checkpoints.json: the bytes its training wrote."""
+    path = Path(path)
+    written = _written(path.parent / WRITTEN)
+    written[path.name] = sha256_file(path)
+    write_json(path.parent / WRITTEN, written)
+
+
+def check_written(path: str | Path, digest: str | None = None) -> None:
+    """KitError when the checkpoint `path` (SHA-256 `digest`, hashed when None) is not the one its run's
+    training wrote: another run's best.pt copied in would be predicted, voted and sent as this member.
+    A run of an older kit (no checkpoints.json) or a file outside a run dir passes."""
+    path = Path(path)
+    recorded = _written(path.parent / WRITTEN).get(path.name)
+    if recorded is not None and recorded != (digest or sha256_file(path)):
+        raise KitError(f"{path}: not the checkpoint this run's training wrote (its SHA-256 differs from the one "
+                       f"in {WRITTEN}: copied in, replaced or damaged since); put the run's own file back, "
+                       f"or {START_OVER}")
+
+
+def _written(record: Path) -> dict:
+    try:
+        written = json.loads(record.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        raise KitError(f"{record}: unreadable ({first_line(e, 80)}); delete it to skip the check of the "
+                       "run's checkpoints") from None
+    if not isinstance(written, dict):
+        raise KitError(f"{record}: not a record of checkpoints; delete it to skip the check of the run's checkpoints")
+    return written
 
 
 def trained_on_validation(run_dirs) -> list[str]:

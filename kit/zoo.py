@@ -265,10 +265,11 @@ class RecipeRun:
                              out_dir=self.submissions, log=self.log, val_from=val_from)
 
     def predict(self, run_dir: Path) -> dict | None:
-        """Predict a run dir unless its predictions are newer than its checkpoint (a fine-tune of
-        kit.rounds: in its source member's mode only)."""
+        """Predict a run dir unless its predictions are current (a fine-tune: in its source's mode only)."""
         if RunDir(run_dir).predicted(self.which):       # by its worker, or by an earlier run
             return None
+        if not run_dir.is_dir():
+            raise KitError(f"{run_dir}: gone while this recipe ran (another `kit recipe run --fresh`?); run it again")
         self.log(f"predicting {run_dir.name}")
         mode = source_mode(load_config(run_dir))
         return predict_run(run_dir, store=self.store, which=self.which, progress=self.progress, mode=mode,
@@ -276,13 +277,16 @@ class RecipeRun:
 
 
 def _message(template: str, recipe: str, budget: str, members: list[str]) -> str:
-    """The submission message: {recipe}, {budget} and {members} (the run dirs voted, joined by
-    " + ") filled in; other braces are left as they are."""
+    """The submission message: {recipe}, {budget}, {members} (the voted, " + "-joined) filled in."""
     return template.replace("{recipe}", recipe).replace("{budget}", budget).replace("{members}", " + ".join(members))
 
 
 def _start_over(root: Path, names: list[str], log) -> None:
-    """--fresh: move the members' run dirs into one <root>.old-<time>/ (nothing is deleted)."""
+    """--fresh: move the members' run dirs into one <root>.old-<time>/ (nothing is deleted); none while
+    a trainer works on any of them (another recipe of the same --runs: it would lose the ones moved)."""
+    if busy := [(root / n, pid) for n in names if (pid := lock_holder(root / n))]:
+        raise KitError(f"{busy[0][0]}: a trainer (pid {busy[0][1]}) is working on this member now (another "
+                       "`kit recipe run` of these --runs?), so nothing was moved aside: wait for it, or stop it")
     dest = old_name(root)
     for name in names:
         if (root / name).exists():

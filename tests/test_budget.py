@@ -73,6 +73,7 @@ def test_a_time_budgeted_run_fits_its_steps_evaluates_and_ends_annealed(tiny_dat
     assert metrics["lr"].iloc[-1] < 1e-3 * 3e-3                     # annealed, not cut at the peak
     rates = summary["steps_per_second"]                             # measured at the start and achieved
     assert rates["probed"] > 0 and rates["achieved"] > 0 and rates["planned_steps"] > 20
+    assert 0 < rates["cpu_cores"] < 4                               # the process's CPU seconds per wall second
 
 
 def test_a_run_that_lost_its_step_rate_says_so():
@@ -82,6 +83,12 @@ def test_a_run_that_lost_its_step_rate_says_so():
     assert step_rate_note({"probed": 10.0, "achieved": 10.0 * SHARED_BELOW, "planned_steps": 900}) == ""
     note = step_rate_note({"probed": 10.0, "achieved": 6.2, "planned_steps": 1800})
     assert note.startswith("lost steps: 6.2 steps/s against 10.0 at its start (62%; 1,800 steps planned then)")
+    at_the_line = step_rate_note({"probed": 10.0, "achieved": 7.996, "planned_steps": 900})
+    assert "(79%;" in at_the_line                                   # under 80%, never printed as 80%
+    # shared from the start: the rate measured then was already low, but the run had a fraction of a core
+    shared = step_rate_note({"probed": 6.9, "achieved": 6.8, "planned_steps": 150, "cpu_cores": 0.04})
+    assert shared == "lost steps: 0.04 of a CPU core (CPU time / wall time) - was the machine shared?"
+    assert step_rate_note({"probed": 6.9, "achieved": 6.8, "planned_steps": 150, "cpu_cores": 0.97}) == ""
 
 
 def test_the_probe_survives_a_resume():

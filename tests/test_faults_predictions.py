@@ -22,7 +22,7 @@ from kit.fsio import sha256_file
 from kit.infer import MAX_FULL_FRAMES, full_windows, predict_index
 from kit.models import build_model
 from kit.records import predictions_current
-from kit.runs import run_lock
+from kit.runs import record_written, run_lock
 
 from conftest import kit_cli, one_error
 
@@ -108,6 +108,20 @@ def test_a_recorded_hash_beats_the_clock(predicted):
         load_member(run)
 
 
+def test_a_checkpoint_copied_into_a_finished_run_is_not_predicted_as_its_own(trained, tiny_data, tmp_path, capsys):
+    written = json.loads((trained / "checkpoints.json").read_text())
+    assert written == {n: sha256_file(trained / n) for n in ("best.pt", "last.pt")}     # recorded as training wrote
+    other = torch.load(trained / "best.pt", weights_only=True)
+    other["model"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in other["model"].items()}
+    torch.save(other, trained / "best.pt")                  # another run's weights of the same shape, copied in
+    one_error(*kit_cli(capsys, "predict", trained, "--no-progress")[::2],
+              f"{trained / 'best.pt'}: not the checkpoint this run's training wrote")
+    assert not (trained / "ids.json").exists()
+    one_error(*kit_cli(capsys, "train", "--data", tiny_data, "--out", tmp_path / "tune", *TRAIN_SMALL,
+                       "--set", f"train.init_from={trained / 'best.pt'}")[::2],
+              "not the checkpoint this run's training wrote")           # nor fine-tuned from
+
+
 def test_predict_refuses_a_run_a_trainer_is_training(trained, capsys):
     with run_lock(trained):
         one_error(*kit_cli(capsys, "predict", trained, "--no-progress")[::2],
@@ -123,6 +137,7 @@ def test_predict_refuses_a_checkpoint_that_predicts_nan_and_writes_nothing(train
     first = next(iter(ckpt["model"]))
     ckpt["model"][first] = torch.full_like(ckpt["model"][first], float("nan"))   # weights of a diverged run
     torch.save(ckpt, trained / "best.pt")
+    record_written(trained / "best.pt")                     # as its training would have
     one_error(*kit_cli(capsys, "predict", trained, "--no-progress")[::2],
               f"{trained}: its best.pt predicts non-finite probabilities", "(the run diverged)")
     assert not list(trained.glob("*probs*.npy")) and not (trained / "ids.json").exists()
@@ -136,6 +151,18 @@ def test_ensemble_refuses_a_member_with_nan_probabilities(predicted, tmp_path, c
                        "--out", tmp_path / "subs")[::2],
               f"{diverged}: test_probs.npy holds non-finite probabilities (the run diverged)")
     assert not (tmp_path / "subs").exists()
+
+
+def test_a_member_collapsed_to_one_speaker_and_a_vote_under_its_best_member_are_said(predicted, tmp_path, capsys):
+    good = predicted.run("good", [0, 1, 2, 0, 1, 2], [0, 1, 2, 0])
+    fair = predicted.run("fair", [0, 1, 2, 0, 2, 2], [0, 1, 2, 1])
+    stuck = predicted.run("stuck", [0, 0, 0, 0, 0, 0], [0, 0, 0, 0])       # finite, but one speaker everywhere
+    code, out, err = kit_cli(capsys, "ensemble", good, stuck, "--vote", "soft", "--out", tmp_path / "subs")
+    assert code == 0
+    assert f"warning: {stuck} gives one speaker to 100% of the test utterances" in err
+    assert f"warning: the soft vote scores 0.333 on validation, under its best member {good} (1.000)" in err
+    code, out, err = kit_cli(capsys, "ensemble", good, fair, "--vote", "soft", "--out", tmp_path / "subs")
+    assert code == 0 and "warning" not in err                   # a vote as good as its best member: nothing said
 
 
 def test_the_vote_functions_refuse_nan_instead_of_crashing():

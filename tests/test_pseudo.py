@@ -350,3 +350,27 @@ def test_pseudo_labels_of_other_data_are_refused_before_the_students_folder_is_m
     with pytest.raises(KitError, match="not test utterances of the teachers' data"):
         distill(members, tmp_path / "student", pseudo_labels=str(other), allow_external_labels=True, progress=False)
     assert not (tmp_path / "student").exists()
+
+
+def test_distill_says_when_its_pseudo_labels_came_from_predictions_a_teacher_no_longer_holds(members, tiny_data,
+                                                                                                tmp_path):
+    """Probe 12: pseudo.json named its teachers by path only, so labels voted by a model since retrained
+    (or predicted again) were trained on as if the run there now had made them."""
+    import shutil
+
+    from kit.distill import distill
+
+    teachers = [Path(shutil.copytree(m, tmp_path / m.name)) for m in members]
+    make_pseudo_labels(teachers, tmp_path / "ps", top_fraction=0.5)
+    said: list[str] = []
+    student = dict(progress=False, log=said.append, overrides=["train.max_steps=2", "train.eval_every=2"])
+    distill(teachers, tmp_path / "s1", pseudo_labels=str(tmp_path / "ps" / "pseudo.csv"), **student)
+    assert not [line for line in said if "warning" in line]
+    shutil.move(teachers[0], tmp_path / "m0.old")                                # retrained since (--fresh)
+    train(tiny_cfg(tiny_data, *SHORT, "train.seed=5"), teachers[0], progress=False)
+    predict_run(teachers[0], which="last", progress=False)
+    distill(teachers, tmp_path / "s2", pseudo_labels=str(tmp_path / "ps" / "pseudo.csv"), **student)
+    assert [line for line in said if "warning" in line] == [
+        f"warning: {tmp_path / 'ps' / 'pseudo.csv'} was voted from predictions {teachers[0].resolve()} no longer "
+        "holds (retrained or predicted again since `kit pseudo`): these labels are the older model's; make them "
+        "again with `kit pseudo`"]

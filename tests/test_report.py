@@ -91,3 +91,14 @@ def test_cli_report(tmp_path, runs, answers, capsys):
     assert (tmp_path / "subs" / "a_report.png").is_file()
     assert main(["report", *map(str, runs), "--json", "--png", str(tmp_path / "j.png")]) == 0
     assert json.loads(capsys.readouterr().out)["oracle"] == 1.0
+
+
+def test_report_says_which_member_lost_steps_to_a_shared_machine(runs, capsys):
+    quiet, shared = {"probed": 10.0, "achieved": 9.8, "cpu_cores": 0.97}, {"probed": 6.9, "achieved": 6.8,
+                                                                           "cpu_cores": 0.04}  # shared from the start
+    for run, rates in zip(runs[:2], (quiet, shared), strict=True):
+        (run / "summary.json").write_text(json.dumps({"name": run.name, "steps_per_second": rates}))
+    (runs[2] / "summary.json").write_text("{damaged")                    # no summary to read: nothing said
+    text = format_report(report_runs(runs, png=False, folds=3))
+    lines = [line for line in text.splitlines() if "lost steps" in line]
+    assert lines == ["r2: lost steps: 0.04 of a CPU core (CPU time / wall time) - was the machine shared?"]

@@ -4,13 +4,14 @@ path too long for the file system is one line, not a traceback."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from kit.config import RunConfig
 from kit.errors import KitError
-from kit.runs import move_aside, old_name
+from kit.runs import move_aside, old_name, run_lock
 from kit.train import train
 
 from conftest import kit_cli, one_error
@@ -112,3 +113,19 @@ def test_distill_refuses_a_folder_of_the_users_files_before_writing_its_teacher(
     code, _, err = kit_cli(capsys, "distill", tmp_path / "teacher", "--out", folder)
     one_error(code, err, str(folder), "not a kit run dir", "notes.txt")
     assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
+
+
+def test_fresh_beside_a_recipe_that_is_training_moves_nothing(tiny_recipe, tiny_data, tmp_path, capsys):
+    """Another `kit recipe run` of the same --runs trains b; a finished a moved aside under it would
+    leave that recipe nothing to predict (it ended with "a/config.toml: missing")."""
+    recipe = tiny_recipe("a", "b")
+    root = tmp_path / "runs" / "tiny"
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "summary.json").write_text("{}\n")
+    (root / "b").mkdir()
+    with run_lock(root / "b"):
+        before = snapshot(tmp_path / "runs")
+        one_error(*kit_cli(capsys, "recipe", "run", recipe, "--data", tiny_data, "--runs", tmp_path / "runs",
+                           "--fresh", "--no-progress")[::2],
+                  f"{root / 'b'}: a trainer (pid {os.getpid()}) is working on this member now", "nothing was moved")
+    assert snapshot(tmp_path / "runs") == before

@@ -29,12 +29,20 @@ from kit.ensemble.crossfit import (
     fold_ids,
     require_folds,
 )
-from kit.ensemble.members import Member, check_compatible, load_member, member_speakers, same_predictions
+from kit.ensemble.members import (
+    Member,
+    check_compatible,
+    collapsed,
+    load_member,
+    member_speakers,
+    same_predictions,
+)
 from kit.ensemble.votes import check_weights, hard_vote, select_weights, soft_vote, vote_predictions
 from kit.errors import KitError
 from kit.fsio import json_bytes, sha256_file, staged
 from kit.names import check_submission_name, distinct_runs
 from kit.records import SubmissionManifest, trained_on
+from kit.runs import trained_on_validation
 from kit.submission import keep_submitted, submission_lock, submitted_note, validate_submission
 
 __all__ = ["AUTO_METHODS", "DEFAULT_POOL", "METHODS", "POOLS", "VOTES", "Member", "apply_method", "auto_ensemble",
@@ -44,6 +52,7 @@ __all__ = ["AUTO_METHODS", "DEFAULT_POOL", "METHODS", "POOLS", "VOTES", "Member"
            "vote_predictions"]
 
 VOTES = ("hard", "soft", "auto")
+UNDER_BEST = 0.01       # a plain vote this far under its best member on validation is said (not noise of a few)
 
 
 def parse_weights(text: str | None):
@@ -89,11 +98,17 @@ def ensemble_runs(run_dirs, vote: str = "hard", weights=None, name: str | None =
     if val_from is not None:
         members = [_validated_by(m, load_member(src)) for m, src in zip(members, val_from, strict=True)]
     check_compatible(members)
+    say = log or (lambda message: None)
     for first, again in same_predictions(members):
-        (log or (lambda message: None))(f"warning: {first} and {again} hold the same test predictions (a copy of "
-                                        "one run dir, or the same settings and seed): that model counts twice")
+        say(f"warning: {first} and {again} hold the same test predictions (a copy of one run dir, or the same "
+            "settings and seed): that model counts twice")
+    for run, share in collapsed(members):
+        say(f"warning: {run} gives one speaker to {share:.0%} of the test utterances (a run collapsed to one "
+            "class?): it pulls the vote toward that speaker; leave it out")
     auto = vote == "auto" or weights == "auto"
     voted = _auto_vote(members, vote, pool, folds) if auto else _plain_vote(members, vote, weights)
+    if not auto and not trained_on_validation(run_dirs):
+        _warn_under_best(voted["table"], vote, say)
     csv_path = Path(out_dir) / f"{name}.csv"
     data, data_dir = _csv_bytes(members, voted["test_pred"])
     w, extra = voted["weights"], voted["extra"]
@@ -163,6 +178,18 @@ def _plain_vote(members: list[Member], vote: str, weights) -> dict:
                                          "weight": float(w.sum())}]
     return {"weights": w, "test_pred": vote_predictions([m.test_probs for m in members], vote, w),   # (n_test,)
             "val_acc": val_acc, "table": table, "extra": {}}
+
+
+def _warn_under_best(table: list[dict], vote: str, say) -> None:
+    """A plain vote (nothing fitted on validation, so its score there is honest) under its best member
+    on validation: a weak member is dragging it down."""
+    *rows, vote_row = table
+    best = max(rows, key=lambda r: -1.0 if r["val_acc"] is None else r["val_acc"])
+    if vote_row["val_acc"] is not None and best["val_acc"] is not None and \
+            vote_row["val_acc"] < best["val_acc"] - UNDER_BEST:
+        say(f"warning: the {vote} vote scores {vote_row['val_acc']:.3f} on validation, under its best member "
+            f"{best['member']} ({best['val_acc']:.3f}): leave out the weak members, or use --vote auto (it "
+            "weighs them on validation)")
 
 
 def _auto_vote(members: list[Member], vote: str, pool: str, folds: int) -> dict:

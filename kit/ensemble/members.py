@@ -165,3 +165,20 @@ def same_predictions(members: list[Member]) -> list[tuple[Path, Path]]:
             pairs.append((seen[m.test_sha256], m.run_dir))
         seen.setdefault(m.test_sha256, m.run_dir)
     return pairs
+
+
+COLLAPSED_SHARE = 0.5       # a member giving one speaker to more than this share of test has collapsed
+
+
+def collapsed(members: list[Member]) -> list[tuple[Path, float]]:
+    """(run dir, share) of the members that give one speaker to more than half of the test utterances
+    (of more than two speakers): a run collapsed to one class has finite probabilities, so no NaN
+    check sees it, and in a plain vote it pulls every utterance toward that speaker."""
+    found = []
+    for m in members:
+        pred = m.test_probs.argmax(axis=1)
+        if len(pred) >= 4 and m.test_probs.shape[1] > 2:
+            share = float(np.bincount(pred).max() / len(pred))
+            if share > COLLAPSED_SHARE:
+                found.append((m.run_dir, share))
+    return found

@@ -6,6 +6,9 @@
              evaluation of centre crops, kit.train.results.evaluate), with its step
     avg.pt   the mean of the last train.average_last evaluated weights, scored at the end
 
+Each one's SHA-256 goes into checkpoints.json as it is written (kit.runs.record_written), so that a
+file copied in later is not predicted as this run's (kit.runs.check_written).
+
 The counters that say what is best (TrainState.best_acc, best_step, bad_evals) and the weights kept
 for averaging (TrainState.avg_keep) live in the TrainState, so last.pt carries them across a resume.
 """
@@ -18,7 +21,7 @@ import torch
 from accelerate.utils import gather_object
 
 from kit.fsio import save_torch
-from kit.runs import load_checkpoint
+from kit.runs import load_checkpoint, record_written
 from kit.train.state import TrainState, average_state_dicts, float_state
 
 LAST, BEST, AVERAGED = "last.pt", "best.pt", "avg.pt"
@@ -54,6 +57,10 @@ class CheckpointSaver:
         """Restore `state` from last.pt as rank `rank`."""
         state.load_state_dict(load_checkpoint(self.last), rank, self.device, self.last)
         self.saved_step = state.step
+        if self.main:       # a kill between a save and its record would otherwise leave them apart
+            for path in (self.last, self.best, self.averaged):
+                if path.is_file():
+                    record_written(path)
 
     @staticmethod
     def improves(val_acc_crop: float, best_acc: float) -> bool:
@@ -74,6 +81,7 @@ class CheckpointSaver:
         if self.main and improved:
             save_torch({"model": float_state(state.eval_model), "step": state.step, "val_acc": val_acc_crop},
                        self.best)
+            record_written(self.best)
         self.save_last(state, seconds())
         return improved
 
@@ -84,6 +92,7 @@ class CheckpointSaver:
             rng_torch, rng_numpy, rng_cuda = gather_object(rng_torch), gather_object(rng_numpy), gather_object(rng_cuda)
         if self.main:
             save_torch(state.state_dict(seconds, rng_torch, rng_numpy, rng_cuda), self.last)
+            record_written(self.last)
         self.saved_step = state.step
 
     def average(self, state: TrainState, build: Callable[[], torch.nn.Module],
@@ -98,4 +107,5 @@ class CheckpointSaver:
         acc = score(model)
         if self.main:
             save_torch({"model": float_state(model), "averaged": len(states)}, self.averaged)
+            record_written(self.averaged)
         return {"avg_val_acc": acc, "averaged": len(states)}

@@ -40,6 +40,7 @@ class Clock:
     eval_seconds: float = 0.0
     steps_before: int = 0
     timed_from: tuple = (0.0, 0.0)          # (time, eval seconds) when the timed steps began
+    cpu_began: float = 0.0                  # the process's CPU seconds when the loop began
 
     def seconds(self) -> float:
         return self.seconds_before + time.time() - self.began
@@ -48,11 +49,19 @@ class Clock:
         """This session's seconds of training steps up to `now`, its evaluations left out."""
         return now - self.loop_began - self.eval_seconds
 
-    def step_rates(self, plan: StepPlan, step: int) -> dict:
+    def begin_loop(self, step: int) -> None:
+        self.loop_began, self.steps_before, self.cpu_began = time.time(), step, time.process_time()
+
+    def step_rates(self, plan: StepPlan, step: int, on_cpu: bool) -> dict:
         """A timed run's step rate as measured at its start (what its plan was first fitted to) and
         as achieved over this session up to `step`, evaluations left out: a machine shared part way
-        shows as the gap (kit.budget.step_rate_note)."""
-        seconds = self.training_seconds(time.time())
+        shows as the gap (kit.budget.step_rate_note). On a CPU also the cores it had: the process's
+        CPU seconds per wall second of the loop, which shows a machine shared from the start too."""
+        now = time.time()
+        seconds = self.training_seconds(now)
         steps = step - self.steps_before
-        return {"probed": plan.probe_rate, "achieved": steps / seconds if seconds > 0 else 0.0,
-                "planned_steps": plan.probe_total}
+        rates = {"probed": plan.probe_rate, "achieved": steps / seconds if seconds > 0 else 0.0,
+                 "planned_steps": plan.probe_total}
+        if on_cpu and now > self.loop_began:
+            rates["cpu_cores"] = (time.process_time() - self.cpu_began) / (now - self.loop_began)
+        return rates

@@ -29,7 +29,7 @@ from kit.errors import KitError
 from kit.fsio import write_csv, write_json, write_text
 from kit.identity import run_identity
 from kit.models import build_model, count_params
-from kit.runs import check_out, check_resume, check_start, clean_leftovers, load_checkpoint, run_lock
+from kit.runs import check_out, check_resume, check_start, check_written, clean_leftovers, load_checkpoint, run_lock
 from kit.split import save_split, split_for
 from kit.train.checkpoints import CheckpointSaver
 from kit.train.clock import Clock, StepTimer
@@ -165,6 +165,7 @@ class Trainer:
         path = path / "last.pt" if path.is_dir() else path
         if not path.is_file():
             raise KitError(f"{path}: checkpoint not found (train.init_from)")
+        check_written(path)
         load_weights(net, load_checkpoint(path)["model"], path)
 
     def _call(self, event: str, *args) -> None:
@@ -214,7 +215,7 @@ class Trainer:
         self.model.train()
         self.bar = tqdm(total=st.plan.total, initial=st.step, desc=cfg.name, disable=not (self.progress and self.main),
                         leave=False, dynamic_ncols=True, mininterval=1.0)
-        self.clock.loop_began, self.clock.steps_before = time.time(), st.step
+        self.clock.begin_loop(st.step)
         # A time-budgeted run evaluates centre crops of at most 2 x segment_len frames: whole long
         # utterances through attention cost a 3.5-minute CPU run more than half its time (measured).
         seg, bs = cfg.data.segment_len, cfg.train.batch_size
@@ -366,7 +367,8 @@ class Trainer:
                 "seconds": self.clock.seconds(), "n_train": int(len(self.split.train)),
                 "n_val": int(len(self.split.val)), "device": str(self.device), "processes": self.world,
                 "mixed_precision": self.accelerator.mixed_precision,
-                **({"steps_per_second": self.clock.step_rates(st.plan, st.step)} if st.plan.probe_rate else {})}
+                **({"steps_per_second": self.clock.step_rates(st.plan, st.step, self.device.type == "cpu")}
+                   if st.plan.probe_rate else {})}
 
     def finish(self) -> dict:
         """summary.json (+ avg.pt and curves.png)."""
