@@ -132,7 +132,7 @@ class StageHost(Protocol):
 
     def ensemble(self, run_dirs: list[Path], name: str, val_from: list[Path] | None = None) -> dict: ...
 
-    def predict(self, run_dir: Path) -> dict | None: ...                    # unless predicted already
+    def predict(self, run_dir: Path, which: str | None = None) -> dict | None: ...   # unless predicted already
 
 
 def pseudo_rounds(ctx: StageHost, opts: dict, names: list[str], run_dirs: list[Path], result: RecipeResult,
@@ -329,8 +329,8 @@ def distill_stage(ctx: StageHost, opts: dict, run_dirs: list[Path], result: Reci
                 "aside to distil again)")
         result.student = StudentResult(str(student), diverged_at=step)
         return result.student
-    if done_before:                             # distill() predicts the student it trains
-        ctx.predict(student)
+    if done_before:     # distill() predicts the student it trains, from last.pt: the same file every run
+        ctx.predict(student, which="last")
     ens = ctx.ensemble([student], f"{ctx.name}-student")
     val_acc = None if ens["val_acc"] is None else float(ens["val_acc"])      # a plain number in messages
     if load_config(student).data.train_on_val:

@@ -264,15 +264,16 @@ class RecipeRun:
         return ensemble_runs(run_dirs, vote=vote, weights="auto" if plan["weights"] == "auto" else None, name=name,
                              out_dir=self.submissions, log=self.log, val_from=val_from)
 
-    def predict(self, run_dir: Path) -> dict | None:
+    def predict(self, run_dir: Path, which: str | None = None) -> dict | None:
         """Predict a run dir unless its predictions are current (a fine-tune: in its source's mode only)."""
-        if RunDir(run_dir).predicted(self.which):       # by its worker, or by an earlier run
+        which = which or self.which
+        if RunDir(run_dir).predicted(which):            # by its worker, or by an earlier run
             return None
         if not run_dir.is_dir():
             raise KitError(f"{run_dir}: gone while this recipe ran (another `kit recipe run --fresh`?); run it again")
         self.log(f"predicting {run_dir.name}")
         mode = source_mode(load_config(run_dir))
-        return predict_run(run_dir, store=self.store, which=self.which, progress=self.progress, mode=mode,
+        return predict_run(run_dir, store=self.store, which=which, progress=self.progress, mode=mode,
                            compare=not mode)
 
 

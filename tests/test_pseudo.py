@@ -189,6 +189,26 @@ def test_recipe_pseudo_round_and_student(tiny_data, tmp_path):
     assert RunDir.of(runs / "tinypl" / "b-pl1").summary() == summary          # not trained again
 
 
+def test_a_rerun_of_a_finished_student_writes_and_predicts_nothing_again(tiny_data, tmp_path):
+    """Probe 11: distill() predicted the student from last.pt, a re-run of the recipe from its `which`
+    (best.pt): another CSV, the old one kept as .old-*, and with distill.submit another submission."""
+    from kit.zoo import run_recipe
+
+    recipe = tmp_path / "tinyst.toml"
+    recipe.write_text(recipe_toml(["a", {"name": "b", "train.seed": 1}], name="tinyst",
+                                  base={"train": {"max_steps": 30, "eval_every": 10}},
+                                  after={"predict": True, "which": "best", "ensemble": "soft",
+                                         "distill": {"share": 0.5}}))
+    subs, student = tmp_path / "subs", tmp_path / "runs" / "tinyst" / "student"
+    for n in range(2):
+        run_recipe(recipe, data=str(tiny_data), budget="full", runs=str(tmp_path / "runs"), workers=1,
+                   progress=False, submissions=subs)
+        if n == 0:
+            first = {p.name: p.read_bytes() for p in subs.iterdir()}, (student / "test_probs.npy").read_bytes()
+    assert ({p.name: p.read_bytes() for p in subs.iterdir()}, (student / "test_probs.npy").read_bytes()) == first
+    assert json.loads((student / "ids.json").read_text())["which"] == "last"
+
+
 def test_to_fine_tune_skips_members_the_vote_ignores():
     from kit.rounds import to_fine_tune
 
