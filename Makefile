@@ -10,7 +10,9 @@ unexport PYTHONDONTWRITEBYTECODE
 DATA   ?=
 BUDGET ?=
 LAUNCHER ?=
-RECIPE_ARGS := $(if $(DATA),--data $(DATA)) $(if $(BUDGET),--budget $(BUDGET)) $(if $(LAUNCHER),--launcher $(LAUNCHER))
+COMPETITION ?=
+RECIPE_ARGS := $(if $(DATA),--data $(DATA)) $(if $(BUDGET),--budget $(BUDGET)) $(if $(LAUNCHER),--launcher $(LAUNCHER)) \
+               $(if $(COMPETITION),--competition $(COMPETITION))
 
 .PHONY: setup test test-fast synth-engines bench-suite lint rehearse-full bench bench-accuracy recipe-simple recipe-medium recipe-strong recipe-boss clean-venv
 

@@ -7,6 +7,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -51,24 +52,23 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
                submissions: str | Path = "submissions", fresh: bool = False,
                max_hours: float | None = None, pseudo: bool | None = None, distill: bool | None = None,
                launcher: Launcher | None = None, ensemble: str | None = None,
-               audition: bool | None = None, refit: bool | None = None, lmft: bool | None = None) -> RecipeResult:
+               audition: bool | None = None, refit: bool | None = None, lmft: bool | None = None,
+               competition: str | None = None) -> RecipeResult:
     """Train the recipe's members (skipping finished ones, resuming half-finished ones), then
     predict, ensemble and submit as its [after] table says. Returns everything the CLI prints.
 
     workers: members trained at once (default: one per GPU, or one per CPU core on a CPU).
-    minutes: a wall-clock allowance for the whole recipe, shared among the members left to train
-    (each member's train.minutes); per_member_minutes: the same per member. Either replaces the
-    members' own train.minutes; each member fits its LR schedule to its time.
-    fresh: move the chosen members' old run dirs aside (RUNS/<recipe>.old-<time>/) and train
-    them again. Without it, a member made from other data, settings or budget is refused.
+    minutes: a wall-clock allowance for the whole recipe, shared among the members left to train;
+    per_member_minutes: the same per member. Either replaces the members' own train.minutes.
+    fresh: move the chosen members' old run dirs aside (RUNS/<recipe>.old-<time>/) and train them
+    again. competition: where the vote is submitted (kit.kaggle.recipe_competition).
     lmft, pseudo, refit, distill: turn the recipe's [after] stage of that name on or off (None: as the
     recipe says; a stage the recipe does not set up gets kit.rounds' defaults).
     max_hours: a hard stop for this call, e.g. the time left in a notebook session (see Deadline):
     members are stopped with a checkpoint or not started, and the after stages wait until every
     member has finished; calling again (next session) continues from the run dirs.
     launcher: where the members train when not here (kit.launch: Kaggle kernels, Slurm jobs); their
-    run dirs come back under RUNS/<recipe>/ and the after stages run here. ensemble: replaces the
-    recipe's [after] ensemble ("none": train and predict only, as a launcher's job does).
+    run dirs come back under RUNS/<recipe>/. ensemble: replaces the recipe's [after] ensemble.
     audition: try the recipe's candidates and keep the best (kit.audition; None: as the recipe says).
     """
     _check_times(minutes, per_member_minutes, max_hours)
@@ -80,6 +80,7 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
     # Only the Kaggle launcher has an endpoint (`--endpoint`): a rehearsal on `kit kaggle serve` must
     # submit there too, never to real Kaggle with the user's credentials.
     run.endpoint = getattr(launcher, "endpoint", None)
+    run.competition = competition or getattr(launcher, "competition", None)
     check_recipe_submissions(run.submissions, run.recipe.name, run.recipe.after, after, run.data_dir, run.endpoint)
     if fresh:
         _start_over(run.root, run.chosen, run.log)
@@ -104,7 +105,6 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
         _after(run, result)
     result.minutes = (time.time() - run.began) / 60
     return result
-
 
 
 def _check_times(minutes, per_member_minutes, max_hours) -> None:
@@ -133,6 +133,7 @@ class RecipeRun:
     after: bool = True                          # predict (in the workers), ensemble, the stages, submit
     auditioning: bool = False                   # chosen are the audition's candidates (kit.audition)
     endpoint: str | None = None                 # the stand-in the kernels went to: the submission goes there too
+    competition: str | None = None              # --competition (None: kit.kaggle.recipe_competition's choice)
 
     @classmethod
     def open(cls, path, data, budget, runs, only, progress, log, workers, submissions, overrides) -> RecipeRun:
@@ -140,9 +141,7 @@ class RecipeRun:
         budget and members, open the packed store."""
         began, log = time.time(), log or (lambda message: None)
         recipe = load_recipe(path)
-        for key in ("submit", "ensemble"):
-            if overrides[key] is not None:
-                recipe.after[key] = overrides[key]
+        recipe.after.update({k: overrides[k] for k in ("submit", "ensemble") if overrides[k] is not None})
         for key, defaults in STAGE_DEFAULTS.items():
             if overrides[key] is not None:
                 recipe.after[key] = {**(recipe.after[key] or defaults), "enabled": overrides[key]}
@@ -390,12 +389,12 @@ def _after(run: RecipeRun, result: RecipeResult) -> None:
         return
     message = _message(plan["message"] or "kit recipe {recipe} ({budget} budget)", recipe.name, result.budget,
                        [Path(d).name for d in run_dirs])
-    log(f"submitting {ens['csv']}")
     # The ledger sits beside the vote's CSV (run.submissions/ledger.csv), where `kit scores --ledger` finds it.
-    result.submission = recipe_submit(ens["csv"], message, run.data_dir, submissions_dir=run.submissions,
-                                      endpoint=run.endpoint)
+    send = partial(recipe_submit, data_dir=run.data_dir, submissions_dir=run.submissions, endpoint=run.endpoint,
+                   competition=run.competition)
+    log(f"submitting {ens['csv']}")
+    result.submission = send(ens["csv"], message)
     student = result.student
     if enabled(plan, "distill") and plan["distill"]["submit"] and student is not None and student.csv:
         log(f"submitting {student.csv}")
-        student.submission = recipe_submit(student.csv, message + " (distilled student)", run.data_dir,
-                                            submissions_dir=run.submissions, endpoint=run.endpoint)
+        student.submission = send(student.csv, message + " (distilled student)")

@@ -20,7 +20,8 @@ import pytest
 import kit.kaggle.server as standin_module
 from kit.errors import KitError
 from kit.fsio import sha256_file
-from kit.kaggle import append_ledger, call, extract_zip, read_ledger, recipe_submit
+from kit.kaggle import append_ledger, call, extract_zip, read_ledger, recipe_competition, recipe_submit
+from kit.kaggle.downloads import downloaded_from
 from kit.kaggle.server import StandIn
 from kit.submission import score_submission
 
@@ -308,6 +309,16 @@ def test_download_unpacks_validates_and_skips_on_rerun(kaggle_env, standin, tmp_
     assert standin.calls == calls                              # complete already: nothing fetched again
     code, _, err = kit(capsys, "data", "download", "--competition", "nope", "--out", tmp_path / "other")
     assert code == 2 and "HTTP 404" in one_error_line(err)
+    assert not (tmp_path / "other").exists()                   # no empty --out left behind
+    # probe 11: the marker named the data dir relative to the folder kit ran in; a copy said "ready" for
+    # the original, and from another folder it was not found
+    copy, calls = Path(shutil.copytree(out_dir, tmp_path / "elsewhere" / "copy")), list(standin.calls)
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    code, out, _ = kit(capsys, "data", "download", "--competition", COMP, "--out", "copy")
+    assert code == 0 and "data ready: copy/Dataset" in out and standin.calls == calls
+    # and a recipe on that data submits to the competition it came from
+    assert downloaded_from(copy / "Dataset") == COMP and downloaded_from(tiny_data) is None
+    assert recipe_competition(copy / "Dataset") == COMP and recipe_competition(copy / "Dataset", "other") == "other"
 
 
 def test_extract_refuses_members_escaping_the_target(tmp_path):

@@ -139,8 +139,9 @@ def _add_launcher_args(p: argparse.ArgumentParser) -> None:
                         "with your credentials (a synthetic competition rehearses on a local stand-in); slurm: one "
                         "submitit job per member, run dirs on the shared file system")
     g.add_argument("--kernels", type=int, help="kaggle: kernels at once, the members shared among them (default 2)")
-    g.add_argument("--competition", help="kaggle: the competition the kernels read (default: the synthetic data's, "
-                                         "else ml2022spring-hw4)")
+    g.add_argument("--competition", help="the competition the vote is submitted to (and, with --launcher kaggle, "
+                                         "that the kernels read); default: the synthetic data's, else the one "
+                                         "`kit data download` fetched --data from, else ml2022spring-hw4")
     g.add_argument("--endpoint", help="kaggle: a local stand-in URL (`kit kaggle serve`); also KIT_KAGGLE_ENDPOINT")
     g.add_argument("--slurm-partition", help="slurm: the partition to submit to")
     g.add_argument("--submitit-cluster", choices=["slurm", "local"],
@@ -243,7 +244,8 @@ def cmd_recipe_run(args: argparse.Namespace) -> int:
                         per_member_minutes=args.member_minutes, fresh=args.fresh, max_hours=args.max_hours,
                         pseudo=args.pseudo, distill=args.distill, refit=args.refit, lmft=args.lmft,
                         progress=not args.no_progress and progress_wanted(), log=log, launcher=launcher,
-                        ensemble="none" if args.no_ensemble else None, audition=args.audition)
+                        ensemble="none" if args.no_ensemble else None, audition=args.audition,
+                        competition=args.competition)
     print_recipe_table(result)
     failed = _failed_submissions(result)
     if failed:     # after the table: everything the run made is printed and kept

@@ -99,12 +99,7 @@ def ensemble_runs(run_dirs, vote: str = "hard", weights=None, name: str | None =
         members = [_validated_by(m, load_member(src)) for m, src in zip(members, val_from, strict=True)]
     check_compatible(members)
     say = log or (lambda message: None)
-    for first, again in same_predictions(members):
-        say(f"warning: {first} and {again} hold the same test predictions (a copy of one run dir, or the same "
-            "settings and seed): that model counts twice")
-    for run, share in collapsed(members):
-        say(f"warning: {run} gives one speaker to {share:.0%} of the test utterances (a run collapsed to one "
-            "class?): it pulls the vote toward that speaker; leave it out")
+    _warn_members(members, say)
     auto = vote == "auto" or weights == "auto"
     voted = _auto_vote(members, vote, pool, folds) if auto else _plain_vote(members, vote, weights)
     if not auto and not trained_on_validation(run_dirs):
@@ -178,6 +173,16 @@ def _plain_vote(members: list[Member], vote: str, weights) -> dict:
                                          "weight": float(w.sum())}]
     return {"weights": w, "test_pred": vote_predictions([m.test_probs for m in members], vote, w),   # (n_test,)
             "val_acc": val_acc, "table": table, "extra": {}}
+
+
+def _warn_members(members: list[Member], say) -> None:
+    """Members a vote should not count as they are: one model twice, a run collapsed to one speaker."""
+    for first, again in same_predictions(members):
+        say(f"warning: {first} and {again} hold the same test predictions (a copy of one run dir, or the same "
+            "settings and seed): that model counts twice")
+    for run, share in collapsed(members):
+        say(f"warning: {run} gives one speaker to {share:.0%} of the test utterances (a run collapsed to one "
+            "class?): it pulls the vote toward that speaker; leave it out")
 
 
 def _warn_under_best(table: list[dict], vote: str, say) -> None:

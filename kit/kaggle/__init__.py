@@ -20,11 +20,11 @@ from kit.kaggle.ledger import (
     update_ledger,
 )
 from kit.kaggle.pending import merge_pending
-from kit.kaggle.rehearsal import check_recipe_submissions, recipe_submit
+from kit.kaggle.rehearsal import check_recipe_submissions, recipe_competition, recipe_submit
 from kit.kaggle.submissions import refresh_ledger, submit
 
 __all__ = ["CREDENTIALS_HELP", "DEFAULT_COMPETITION", "KAGGLE", "LEDGER_BACKUPS", "LEDGER_COLUMNS", "RETRY_STATUSES",
            "STAND_IN", "append_ledger", "backoff", "call", "check_recipe_submissions", "credential_source",
            "download", "extract_zip", "find_data_dir", "find_submitted", "max_retry_after", "merge_pending",
-           "poll_interval", "read_ledger", "recipe_submit", "refresh_ledger", "retries", "score_table", "submit",
-           "update_ledger"]
+           "poll_interval", "read_ledger", "recipe_competition", "recipe_submit", "refresh_ledger", "retries",
+           "score_table", "submit", "update_ledger"]

@@ -77,27 +77,56 @@ def find_data_dir(root, members: Iterable[str] | None = None) -> Path:
     return found[0]
 
 
+MARKER = ".kit-download.json"       # in --out: the competition, its zip and the data dir found in it
+
+
+def _marked_dir(out: Path, done: dict) -> Path:
+    """The data dir a marker in `out` names: under out (`in_out`), or as older kits wrote it (relative to
+    the folder they ran in)."""
+    return out / done["in_out"] if "in_out" in done else Path(done["data_dir"])
+
+
+def downloaded_from(data_dir) -> str | None:
+    """The competition `kit data download` fetched data_dir from (its marker in data_dir or a folder a
+    few levels above), or None: where a recipe on that data submits."""
+    data_dir = Path(data_dir).resolve()
+    for folder in [data_dir, *data_dir.parents][:4]:
+        try:
+            done = json.loads((folder / MARKER).read_text())
+            if isinstance(done, dict) and _marked_dir(folder, done).resolve() == data_dir:
+                return str(done["competition"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
 def download(competition: str, out, endpoint: str | None = None, env: dict | None = None, log=None,
              progress: bool = False) -> Path:
     """Download the competition zip with the official client, unpack it, validate; returns the data dir."""
     out = Path(out)
-    marker = out / ".kit-download.json"
+    marker = out / MARKER
     if marker.is_file():
         try:
             done = json.loads(marker.read_text())
             if done.get("competition") == competition:
-                read_layout(done["data_dir"])
-                return Path(done["data_dir"])
-        except (ValueError, KeyError, KitError):
+                read_layout(_marked_dir(out, done))
+                return _marked_dir(out, done)
+        except (ValueError, KeyError, TypeError, AttributeError, KitError):
             pass    # incomplete or stale: fetch and unpack again (finished files are skipped)
+    made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    zip_path = Path(call("download", {"competition": competition, "path": str(out.resolve())},
-                          endpoint, env, log)["zip"])
+    try:
+        zip_path = Path(call("download", {"competition": competition, "path": str(out.resolve())},
+                             endpoint, env, log)["zip"])
+    except BaseException:
+        if made and not any(out.iterdir()):
+            out.rmdir()             # a competition that does not exist leaves no empty --out behind
+        raise
     extract_zip(zip_path, out)
     with zipfile.ZipFile(zip_path) as zf:
         members = zf.namelist()
     data_dir = find_data_dir(out, members)
     check_data(data_dir, progress=progress)
     write_json(marker, {"competition": competition, "zip": str(zip_path), "sha256": sha256_file(zip_path),
-                        "data_dir": str(data_dir), "time": now()})
+                        "data_dir": str(data_dir), "in_out": data_dir.relative_to(out).as_posix(), "time": now()})
     return data_dir

@@ -18,6 +18,7 @@ from kit.fsio import file_lock, sha256_file
 from kit.kaggle.client import KAGGLE, STAND_IN, endpoint_or_env
 from kit.kaggle.client import target as named_target
 from kit.kaggle.credentials import CREDENTIALS_HELP, credential_source, kaggle_json_problem
+from kit.kaggle.downloads import downloaded_from
 from kit.kaggle.ledger import find_submitted, ledger_problem, read_ledger, sending_lock, update_ledger
 from kit.kaggle.pending import kept_rows, merge_pending
 from kit.kaggle.server import StandIn
@@ -25,10 +26,18 @@ from kit.kaggle.submissions import submit
 from kit.layout import is_synthetic, synth_marker
 
 
-def recipe_submit(csv_path, message: str, data_dir, competition: str = DEFAULT_COMPETITION,
+def recipe_competition(data_dir, competition: str | None = None) -> str:
+    """Where a recipe on data_dir submits: `competition` when given, else the synthetic data's, else the
+    one `kit data download` fetched it from (the 2021 and 2023 editions too), else ml2022spring-hw4."""
+    return (competition or (synth_marker(data_dir) or {}).get("competition") or downloaded_from(data_dir)
+            or DEFAULT_COMPETITION)
+
+
+def recipe_submit(csv_path, message: str, data_dir, competition: str | None = None,
                   submissions_dir="submissions", log=None, endpoint: str | None = None) -> dict:
-    """Submit at the end of a recipe: to the stand-in at `endpoint` (or KIT_KAGGLE_ENDPOINT) when one
-    is named, the one the kernels used; else real Kaggle with credentials, else a stand-in for synthetic data.
+    """Submit at the end of a recipe to `competition` (recipe_competition): to the stand-in at `endpoint`
+    (or KIT_KAGGLE_ENDPOINT) when one is named, the one the kernels used; else real Kaggle with
+    credentials, else a stand-in for synthetic data.
 
     Returns {status, public, private, ref, target, row, reason, recorded} (_result). Never raises for a failed
     submission (status FAILED/ERROR, recorded in the ledger); SKIPPED writes no ledger row. From the
@@ -36,6 +45,7 @@ def recipe_submit(csv_path, message: str, data_dir, competition: str = DEFAULT_C
     sending lock is held: two recipes sharing a ledger send a file once.
     """
     ledger = Path(submissions_dir) / "ledger.csv"
+    competition = recipe_competition(data_dir, competition)
     if not (endpoint_or_env(endpoint) or is_synthetic(data_dir) or credential_source()):
         return _result("SKIPPED", None, None,
                        f"not submitted: {data_dir} is not a synthetic competition, and {CREDENTIALS_HELP}")

@@ -34,9 +34,8 @@ def make_launcher(name: str, kernels: int | None = None, competition: str | None
     to another launcher are refused, so a typo does not pass silently."""
     if name not in LAUNCHERS:
         raise KitError(f"--launcher {name}: choose one of {', '.join(LAUNCHERS)}")
-    given = {"--kernels": (kernels, "kaggle"), "--competition": (competition, "kaggle"),
-             "--endpoint": (endpoint, "kaggle"), "--slurm-partition": (partition, "slurm"),
-             "--submitit-cluster": (cluster, "slurm")}
+    given = {"--kernels": (kernels, "kaggle"), "--endpoint": (endpoint, "kaggle"),
+             "--slurm-partition": (partition, "slurm"), "--submitit-cluster": (cluster, "slurm")}
     for flag, (value, owner) in given.items():
         if value is not None and owner != name:
             raise KitError(f"{flag} is an option of --launcher {owner} (this run: --launcher {name})")

@@ -18,14 +18,13 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from kit import DEFAULT_COMPETITION
 from kit.config import dump_toml, load_toml
 from kit.errors import KitError
 from kit.fsio import file_lock, write_json, write_text
 from kit.kaggle.client import KAGGLE, STAND_IN, call, endpoint_or_env, kernel_poll
 from kit.kaggle.credentials import CREDENTIALS_HELP, credential_source
 from kit.kaggle.kernel_ops import ENDED
-from kit.kaggle.rehearsal import rehearsal_stand_in
+from kit.kaggle.rehearsal import recipe_competition, rehearsal_stand_in
 from kit.launch.common import MAX_ROUNDS, member_args
 from kit.launch.kernel_package import kernel_slug, write_kernel
 from kit.layout import synth_marker
@@ -85,7 +84,7 @@ def kaggle_target(data_dir: Path, endpoint: str | None, competition: str | None)
     """Where the kernels go: a stand-in at `endpoint` (or KIT_KAGGLE_ENDPOINT); Kaggle itself when
     there are credentials; else, for a synthetic competition, a stand-in started for the block."""
     synth = synth_marker(data_dir) or {}
-    competition = competition or synth.get("competition") or DEFAULT_COMPETITION
+    competition = recipe_competition(data_dir, competition)
     if endpoint_or_env(endpoint):
         yield {"endpoint": endpoint_or_env(endpoint), "env": None, "competition": competition, "name": STAND_IN}
     elif credential_source():
