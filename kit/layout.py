@@ -187,6 +187,8 @@ def load_feature(path: str | os.PathLike, n_mels: int | None = None, mel_len: in
         raise KitError(f"{path}: has {x.shape[0]} frames but the json says mel_len {mel_len}")
     if not x.is_floating_point():
         raise KitError(f"{path}: expected float features, found {x.dtype}")
+    if x.dtype not in (torch.float16, torch.float32, torch.float64):
+        x = x.float()               # bfloat16 and the float8s: numpy (packing, digests) has no such type
     if not bool(torch.isfinite(x).all()):
         raise KitError(f"{path}: contains NaN or inf values")
     return x

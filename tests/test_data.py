@@ -16,7 +16,7 @@ import torch
 import kit.data
 from kit.cli import main
 from kit.data import PAD_VALUE, FeatureStore, load_split, make_split, save_split, split_for
-from kit.layout import read_layout
+from kit.layout import check_data, read_layout
 
 
 def load_json(path: Path) -> dict:
@@ -293,3 +293,14 @@ def test_a_split_that_does_not_partition_the_training_utterances_is_refused_and_
         load_split(cached, store)
     again = split_for(store, 0.25, seed=4)
     assert np.array_equal(again.val, first.val) and np.array_equal(again.train, first.train)
+
+
+def test_bfloat16_feature_files_are_read_as_float32(data, tmp_path):
+    """Probe 11: a competition saved in bfloat16 ended `kit data check` and training in a TypeError from
+    numpy, which has no such type; float16 and float64 were read."""
+    for path in sorted(data.glob("uttr-*.pt")):
+        torch.save(torch.load(path, weights_only=True).bfloat16(), path)
+    check_data(data)
+    store = FeatureStore.open(data, dtype="float32", cache_dir=tmp_path / "cache", progress=False)
+    x = torch.load(data / store.paths[0], weights_only=True).float().numpy()
+    assert np.array_equal(store.utterance(0), x)
