@@ -91,6 +91,15 @@ def test_invalid_csv_is_refused_before_sending(kaggle_env, standin, sub, capsys)
     assert standin.calls == [] and not (sub.parent / "ledger.csv").exists()
 
 
+def test_a_ledger_on_a_full_disk_is_refused_before_sending(kaggle_env, standin, sub, monkeypatch, capsys):
+    """Probe 12: with 0 bytes free the file was sent, and its row could only go to the pending file."""
+    usage = shutil.disk_usage(sub.parent)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=0))
+    code, _, err = kit(capsys, *submit_args(sub, standin))
+    assert code == 2 and "0 bytes free on the ledger's disk" in one_error_line(err)
+    assert standin.calls == []
+
+
 def test_submit_without_manifest_needs_data_dir(kaggle_env, standin, sub, tiny_data, capsys):
     sub.with_suffix(".json").unlink()
     code, _, err = kit(capsys, *submit_args(sub, standin))
@@ -276,6 +285,21 @@ def test_concurrent_appends_keep_every_row(tmp_path):
         t.join()
     files = list(read_ledger(ledger)["file"])
     assert sorted(files) == sorted(f"w{k}-{i}.csv" for k in range(4) for i in range(8))
+
+
+@pytest.mark.slow
+def test_two_kit_submit_of_one_file_at_once_the_second_is_told_it_was_sent(kaggle_env, standin, tmp_path, tiny_data,
+                                                                            tiny_answers):
+    """Probe 11: both sent, and neither said so (the second had not seen the first's row yet)."""
+    folder = tmp_path / "submissions"
+    same = write_submission(folder, tiny_answers, tiny_data, "same")
+    procs = [subprocess.Popen([sys.executable, "-m", "kit", "submit", same, "-m", f"try {k}", "--ledger",
+                               folder / "ledger.csv", "--endpoint", standin.url, "--wait"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k in range(2)]
+    results = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], results
+    notes = [err for _, err in results if f"note: {same} (these same bytes) was submitted at" in err]
+    assert len(notes) == 1 and len(read_ledger(folder / "ledger.csv")) == 2
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import kit.kaggle.ledger
 import kit.kaggle.rehearsal
 import kit.kaggle.submissions
 import kit.zoo
@@ -184,7 +185,7 @@ def test_a_recipe_whose_vote_or_ledger_cannot_be_written_stops_before_training(t
     elif damage == "a folder where the vote's CSV goes":
         Path("submissions/tiny.csv").mkdir(parents=True)
     else:
-        monkeypatch.setattr(kit.kaggle.rehearsal.shutil, "disk_usage", lambda path: Usage(free=4096))
+        monkeypatch.setattr(kit.kaggle.ledger.shutil, "disk_usage", lambda path: Usage(free=4096))
     code = main(["recipe", "run", str(recipe), "--data", str(tiny_data), "--budget", "full",
                  "--runs", str(tmp_path / "runs"), "--workers", "1", "--no-progress"])
     line = one_error_line(capsys.readouterr().err)

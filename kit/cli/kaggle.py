@@ -6,6 +6,7 @@ with its kernels in kit.kaggle.server_kernels).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import math
 import re
@@ -14,10 +15,10 @@ from pathlib import Path
 
 from kit import DEFAULT_COMPETITION, env
 from kit.errors import KitError
-from kit.fsio import sha256_file
+from kit.fsio import file_lock, sha256_file
 from kit.kaggle import KAGGLE, read_ledger, refresh_ledger, score_table, submit
 from kit.kaggle.client import target
-from kit.kaggle.ledger import find_submitted
+from kit.kaggle.ledger import find_submitted, sending_lock
 from kit.kaggle.pending import merge_pending
 from kit.kaggle.server import FAULT_TARGETS, StandIn
 from kit.layout import read_layout, synth_marker
@@ -80,12 +81,24 @@ def register(sub) -> None:
 def cmd_submit(args: argparse.Namespace) -> int:
     if not args.timeout > 0:        # NaN too: a submission would be spent, then "still PENDING after -5s"
         raise KitError(f"--timeout {args.timeout:g}: must be a number of seconds above 0; nothing was sent")
-    row = submit(args.csv, args.message, args.competition, data_dir=args.data, wait=args.wait,
-                 ledger=args.ledger, endpoint=args.endpoint, timeout=args.timeout, log=_log, note=_note_resend(args))
+    with _sending(Path(args.ledger)):    # another kit submit waits, then sees this one's row (and its note)
+        row = submit(args.csv, args.message, args.competition, data_dir=args.data, wait=args.wait,
+                     ledger=args.ledger, endpoint=args.endpoint, timeout=args.timeout, log=_log,
+                     note=_note_resend(args))
     scores = f" public {row['public']} private {row['private']}" if row["public"] else ""
     print(f"submitted {args.csv} to {args.competition} ({row['target']}): ref {row['ref']} "
           f"{row['status']}{scores}")
     return 0
+
+
+def _sending(ledger: Path):
+    """The ledger's sending lock, held by `kit submit` and a recipe's submission from the check for an
+    earlier send of the same bytes until the attempt's row is written (none while the folder is missing:
+    submit makes it, or names why it cannot)."""
+    if not ledger.parent.is_dir():
+        return contextlib.nullcontext()
+    return file_lock(sending_lock(ledger), busy=lambda: _log(f"another kit is submitting with {ledger}; waiting "
+                                                              "for it to finish"))
 
 
 def _note_resend(args: argparse.Namespace) -> str | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import shutil
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -115,10 +116,13 @@ def sending_lock(path: str | os.PathLike) -> Path:
     return path.with_name(f".{path.name}.sending.lock")
 
 
+ROOM = 1 << 20          # free bytes a vote's CSV, manifest and ledger rows need (HW4's CSV: ~0.2 MB)
+
+
 def ledger_problem(path: str | os.PathLike) -> str | None:
     """Why the ledger could not record a row (None when it can): its folder missing and not
     creatable, or not writable; the file not writable; its lock not takeable; no temp file
-    creatable beside it (how every rewrite is made)."""
+    creatable beside it (how every rewrite is made); under ROOM bytes free on its disk."""
     path = ledger_target(path)
     folder = path.parent
     if path.exists() and not path.is_file():
@@ -138,6 +142,9 @@ def ledger_problem(path: str | os.PathLike) -> str | None:
             os.unlink(probe)
     except OSError as e:
         return f"{path}: cannot write the ledger or take its lock ({e.strerror}: {e.filename})"
+    free = shutil.disk_usage(folder).free
+    if free < ROOM:
+        return f"{path}: {free} bytes free on the ledger's disk (its rows and backup need room)"
     return None
 
 

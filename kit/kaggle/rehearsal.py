@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import socket
 import tempfile
 import urllib.parse
@@ -86,9 +85,6 @@ def _result(status: str, target: str | None, row: dict | None, reason: str | Non
             "target": target, "row": row, "reason": reason, "recorded": recorded}
 
 
-ROOM = 1 << 20          # free bytes a vote's CSV, manifest and ledger rows need (HW4's CSV: ~0.2 MB)
-
-
 def check_recipe_submissions(submissions_dir, name: str, after: dict, running_after: bool,
                              data_dir=None, endpoint: str | None = None) -> None:
     """Before a recipe trains: the folder its vote's CSV (NAME.csv) and ledger go to can take them, and a
@@ -98,10 +94,7 @@ def check_recipe_submissions(submissions_dir, name: str, after: dict, running_af
     if not running_after or after["ensemble"] == "none":
         return
     ledger = Path(submissions_dir) / "ledger.csv"
-    problem = ledger_problem(ledger)
-    free = shutil.disk_usage(ledger.parent).free if problem is None else ROOM
-    if free < ROOM:
-        problem = f"{ledger.parent}: {free} bytes free"
+    problem = ledger_problem(ledger)            # its disk's free space too
     csv = Path(submissions_dir) / f"{name}.csv"
     if problem is None and csv.exists() and not csv.is_file():
         problem = f"{csv}: is a folder, where the vote's CSV goes"
