@@ -75,9 +75,9 @@ def test_the_launchers_endpoint_and_the_recipes_folder_reach_the_submission(trai
         listening.listen()
         url = f"http://127.0.0.1:{listening.getsockname()[1]}"
         run_recipe(trained, data=str(tiny_data), budget="full", runs=str(tmp_path / "runs"), workers=1,
-                   progress=False, launcher=NothingToTrain(url), submissions=elsewhere)
+                   progress=False, launcher=NothingToTrain(url), submissions=elsewhere, competition="ml2023springhw4")
     [(csv, kw)] = sent
-    assert kw == {"endpoint": url, "submissions_dir": elsewhere}
+    assert kw == {"endpoint": url, "submissions_dir": elsewhere, "competition": "ml2023springhw4"}   # --competition
     assert Path(csv).parent == elsewhere
 
 

@@ -98,12 +98,8 @@ def ensemble_runs(run_dirs, vote: str = "hard", weights=None, name: str | None =
     if val_from is not None:
         members = [_validated_by(m, load_member(src)) for m, src in zip(members, val_from, strict=True)]
     check_compatible(members)
-    say = log or (lambda message: None)
-    _warn_members(members, say)
     auto = vote == "auto" or weights == "auto"
     voted = _auto_vote(members, vote, pool, folds) if auto else _plain_vote(members, vote, weights)
-    if not auto and not trained_on_validation(run_dirs):
-        _warn_under_best(voted["table"], vote, say)
     csv_path = Path(out_dir) / f"{name}.csv"
     data, data_dir = _csv_bytes(members, voted["test_pred"])
     w, extra = voted["weights"], voted["extra"]
@@ -119,8 +115,12 @@ def ensemble_runs(run_dirs, vote: str = "hard", weights=None, name: str | None =
         fitted_on=[str(Path(d).resolve()) for d in val_from] if val_from is not None else None,
     )
     kept = _publish(csv_path, data, data_dir, manifest)
-    if kept and log:
-        log(f"{csv_path}: was submitted (a ledger or its note {submitted_note(csv_path).name} has its sha256), "
+    say = log or (lambda message: None)         # warnings once the vote is written: an error says all
+    _warn_members(members, say)
+    if not auto and not trained_on_validation(run_dirs):
+        _warn_under_best(voted["table"], vote, say)
+    if kept:
+        say(f"{csv_path}: was submitted (a ledger or its note {submitted_note(csv_path).name} has its sha256), "
             f"so the old one is kept as {', '.join(p.name for p in kept)}")
     return {"csv": csv_path, "manifest": csv_path.with_suffix(".json"), "table": voted["table"],
             "val_acc": voted["val_acc"], "weights": [float(x) for x in w], "kept": [str(p) for p in kept], **extra}
