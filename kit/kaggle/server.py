@@ -6,6 +6,7 @@ an answer key with Public/Private rows, so tests and offline rehearsals run the 
 from __future__ import annotations
 
 import base64
+import contextlib
 import email.utils
 import json
 import os
@@ -142,8 +143,7 @@ class StandIn:
         with self.lock:
             self.faults.setdefault(method, []).append(Fault(int(status), int(count), retry_after))
 
-    def score_errors(self, count: int = 1,
-                     reason: str = "Submission scoring failed (injected by the stand-in)") -> None:
+    def score_errors(self, count: int = 1, reason: str = "Submission scoring failed (injected)") -> None:
         with self.lock:
             self.error_next.extend([reason] * count)
 
@@ -319,7 +319,7 @@ class _Handler(CompetitionRpcs, BaseHTTPRequestHandler):
                 self.send_header("Content-Length", str(zpath.stat().st_size))
                 self.send_header("Last-Modified", self.standin.last_modified())
                 self.end_headers()
-                with open(zpath, "rb") as f:
+                with open(zpath, "rb") as f, contextlib.suppress(ConnectionError):    # a client killed mid-way
                     shutil.copyfileobj(f, self.wfile, 1 << 20)
             elif path.startswith("/kernels-output/"):
                 self.standin.kernels.serve_file(self, path)
