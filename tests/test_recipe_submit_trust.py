@@ -259,3 +259,15 @@ def test_only_some_members_trains_them_without_a_vote_of_the_few(tiny_recipe, ti
     assert len(sent) == 1 and Path(whole.ensemble.csv).read_bytes() == vote
     assert (tmp_path / "runs" / "tiny" / "b" / "test_probs.npy").is_file()       # predicted
     assert any("--only b: trains and predicts it only" in line for line in logs), logs
+
+
+def test_the_recipes_table_shows_the_students_submission_too(capsys):
+    """Probe 11: a recipe that submitted its student said so only in the ledger."""
+    from kit.cli.train import print_recipe_table
+    from kit.recipe_result import RecipeResult, StudentResult
+
+    sent = {"status": "COMPLETE", "target": "local stand-in", "public": "0.8", "private": "0.7"}
+    print_recipe_table(RecipeResult("tiny", "quick", "data/tiny", student=StudentResult(
+        "runs/tiny/student", 0.75, "submissions/tiny-student.csv", submission=sent)))
+    assert ("submission: submissions/tiny-student.csv  COMPLETE on local stand-in  public 0.8  private 0.7"
+            in capsys.readouterr().out)

@@ -368,12 +368,17 @@ def print_recipe_table(result: RecipeResult) -> None:
     elif st is not None:
         acc = "- (it trained on validation too)" if st.val_acc is None else f"{st.val_acc:.4f}"
         print(f"distilled student val acc: {acc}   csv: {st.csv}")
-    sub = result.submission
-    if sub and ens is not None:         # only a vote is submitted
-        print(f"submission: {ens.csv}  {sub.get('status')} on {sub.get('target') or '-'}  "
-              f"public {sub.get('public') or '-'}  private {sub.get('private') or '-'}")
-        if sub.get("reason"):
-            print(f"submission note: {sub['reason']}")
+    if result.submission and ens is not None:         # only a vote is submitted
+        _print_submission(ens.csv, result.submission)
+    if st is not None and st.csv and st.submission:     # and the student, when [after.distill] submit says so
+        _print_submission(st.csv, st.submission)
     if result.resume:
         print(f"to continue: {result.resume}")
     print(f"wall time: {result.minutes:.1f} min")
+
+
+def _print_submission(csv, sub: dict) -> None:
+    print(f"submission: {csv}  {sub.get('status')} on {sub.get('target') or '-'}  "
+          f"public {sub.get('public') or '-'}  private {sub.get('private') or '-'}")
+    if sub.get("reason"):
+        print(f"submission note: {sub['reason']}")
