@@ -117,9 +117,12 @@ def test_help_read_by_a_reader_that_leaves_is_exit_141_and_quiet():
 
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_sigterm_of_a_background_recipe_stops_its_local_submitit_job(tiny_data, tmp_path):
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGKILL, -signal.SIGKILL)])
+def test_a_stopped_background_recipe_stops_its_local_submitit_job(tiny_data, tmp_path, sig, code):
     """Started in the background (`&`, nohup: SIGINT ignored, as the shell does), the recipe's SIGTERM
-    still stops the member's local job: submitit's cancel alone is a SIGINT its controller ignores."""
+    still stops the member's local job: submitit's cancel alone is a SIGINT its controller ignores.
+    A SIGKILLed recipe cancels nothing: the job sees its recipe gone and stops (probe 11: it trained on
+    under pid 1, and the re-run was refused until it ended)."""
     recipe = tmp_path / "zoo.toml"
     recipe.write_text(recipe_toml(["a"], name="zoo", base={"train": {"eval_every": 50}},
                                   budget={"quick": {"train.max_steps": 10**6}},
@@ -138,8 +141,8 @@ def test_sigterm_of_a_background_recipe_stops_its_local_submitit_job(tiny_data, 
         assert job and process_alive(job), "the member's job did not start"
         time.sleep(1)    # the controller has started its member (not a timing assertion)
         members = _children(job)
-        os.kill(proc.pid, signal.SIGTERM)
-        assert proc.wait(60) == 143
+        os.kill(proc.pid, sig)
+        assert proc.wait(60) == code
         deadline = time.time() + 30
         while process_alive(job) and time.time() < deadline:
             time.sleep(0.1)      # polling /proc, not timing anything

@@ -9,6 +9,8 @@ import os
 import re
 import shutil
 import signal
+import threading
+import time
 from pathlib import Path
 
 import torch
@@ -24,9 +26,38 @@ LONGEST_HOURS = 12.0          # a job's time limit when neither the recipe nor -
 RAN_OUT = re.compile(r"time ?out|timed out|TIMEOUT|preempt", re.I)
 
 
-def run_member(argv: list[str]) -> int:
-    """What a job runs: the `kit` command with argv, in the job's own process (its exit code)."""
+def run_member(argv: list[str], launched_by: int | None = None) -> int:
+    """What a job runs: the `kit` command with argv, in the job's own process (its exit code).
+    launched_by (a local job): the recipe's pid; the job stops as SIGTERM stops it when that process
+    is gone (a SIGKILLed recipe; submitit's local controller would run on under pid 1)."""
+    if launched_by is not None:
+        if not _running(launched_by):
+            return 128 + signal.SIGTERM             # gone before this job began: nothing to train for
+        submitits = signal.getsignal(signal.SIGTERM)
+        threading.Thread(target=_end_with, args=(launched_by, submitits), daemon=True).start()
     return main(argv)
+
+
+def _end_with(pid: int, submitits, every: float = 2.0) -> None:
+    """SIGTERM this process once `pid` has ended (polled: the recipe is no parent of the job), when kit's
+    own handler is in place: submitit's job handler only logs "Bypassing signal SIGTERM"."""
+    while _running(pid):
+        time.sleep(every)
+    while signal.getsignal(signal.SIGTERM) is submitits:
+        time.sleep(0.2)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _running(pid: int) -> bool:
+    """pid is a live process (a zombie whose parent has not reaped it counts as ended)."""
+    try:
+        os.kill(pid, 0)
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except ProcessLookupError:
+        return False
+    except OSError:                 # no /proc (not Linux), or another user's process: alive
+        return True
 
 
 def _submitit():
@@ -85,7 +116,7 @@ class SlurmLauncher:
         jobs = {}
         try:
             for member, argv in args.items():
-                jobs[member] = executor.submit(run_member, argv)
+                jobs[member] = executor.submit(run_member, argv, os.getpid() if self.cluster == "local" else None)
                 log(f"{member}: submitted as job {jobs[member].job_id} ({self.cluster}; logs in {root / FOLDER})")
             return [line for line in (self._outcome(m, job, root, log) for m, job in jobs.items()) if line]
         finally:
