@@ -464,11 +464,18 @@ def test_scores_name_the_file_that_holds_each_rows_bytes_now(tmp_path, capsys):
         append_ledger(ledger, {"time": when, "competition": COMP, "file": str(sub / "t2.csv"), "sha256": sha,
                                "message": f"vote {ref}", "ref": ref, "status": "COMPLETE", "public": "0.5",
                                "private": "0.5", "target": "local stand-in"})
+    other = tmp_path / "other" / "t2.csv"               # another folder's t2.csv, sent with the same ledger
+    other.parent.mkdir()
+    other.write_text("Id,Category\na.pt,id3\n")
+    append_ledger(ledger, {"time": "2026-12-06T03:00:00Z", "competition": COMP, "file": str(other),
+                           "sha256": sha256_file(other), "message": "vote 4", "ref": "4", "status": "COMPLETE",
+                           "public": "0.5", "private": "0.5", "target": "local stand-in"})
     code, out, _ = kit(capsys, "scores", "--ledger", ledger, "--no-refresh")
     rows = {line.split()[-1]: line for line in out.splitlines() if "vote " in line}
     assert code == 0
     assert kept.name in rows["1"] and "t2.csv (replaced)" in rows["3"], out
     assert " t2.csv " in rows["2"] and "old-" not in rows["2"] and "replaced" not in rows["2"], out
+    assert " ../other/t2.csv " in rows["4"], out            # probe 12: both read "t2.csv"
 
 
 def test_scores_of_a_file_named_in_cjk_draw_without_a_font_warning(tmp_path, capsys, recwarn):

@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import glob
 import math
+import os
 import re
 import sys
 from pathlib import Path
@@ -181,20 +182,21 @@ def _where_now(row, ledger: Path, digests: dict) -> str:
     if not path.is_absolute() and not path.exists():
         path = ledger.parent / path.name
     sha = str(row.get("sha256") or "")
-    if not sha:
-        return path.name
+
+    def shown(p: Path) -> str:      # beside the ledger: its name; elsewhere (other/t3.csv) the way there
+        return p.name if p.parent.resolve() == ledger.parent.resolve() else os.path.relpath(p, ledger.parent)
 
     def digest(p: Path) -> str | None:
         if p not in digests:
             digests[p] = sha256_file(p) if p.is_file() else None
         return digests[p]
 
-    if digest(path) == sha:
-        return path.name
+    if not sha or digest(path) == sha:
+        return shown(path)
     for old in sorted(path.parent.glob(f"{glob.escape(path.name)}.old-*")):
         if digest(old) == sha:
-            return old.name
-    return f"{path.name} ({'replaced' if path.exists() else 'gone'})"
+            return shown(old)
+    return f"{shown(path)} ({'replaced' if path.exists() else 'gone'})"
 
 
 def _said(row) -> str:
