@@ -251,7 +251,10 @@ WRITTEN = "checkpoints.json"     # {checkpoint file name: SHA-256} of what the r
 def record_written(path: str | Path) -> None:
     """Record the checkpoint `path` in its run dir's checkpoints.json: the bytes its training wrote."""
     path = Path(path)
-    written = _written(path.parent / WRITTEN)
+    try:
+        written = _written(path.parent / WRITTEN)
+    except KitError:            # damaged by hand: the trainer owns the record, and writes it anew
+        written = {}
     written[path.name] = sha256_file(path)
     write_json(path.parent / WRITTEN, written)
 
