@@ -212,8 +212,9 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_bytes(path, json_bytes(obj))
 
 
-def save_torch(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save a checkpoint atomically; on a full disk one line, and the old file kept."""
+def save_torch(obj: Any, path: str | os.PathLike, before_rename: Callable[[Path], None] | None = None) -> None:
+    """torch.save a checkpoint atomically; on a full disk one line, and the old file kept.
+    before_rename(tmp): called with the written temp file just before it takes `path`'s place."""
     # deferred: torch: the light entry points (`kit --help`, the Kaggle worker) import kit.fsio
     import torch
 
@@ -224,6 +225,8 @@ def save_torch(obj: Any, path: str | os.PathLike) -> None:
             if not any(mark in str(e) for mark in _TORCH_WRITE_FAILED):
                 raise
             raise _not_written(path, "checkpoint") from None
+        if before_rename is not None:
+            before_rename(tmp)
 
 
 def save_numpy(path: str | os.PathLike, array) -> None:

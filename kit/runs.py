@@ -248,27 +248,35 @@ def load_checkpoint(path: str | Path) -> dict:
 WRITTEN = "checkpoints.json"     # {checkpoint file name: SHA-256} of what the run's own training wrote
 
 
-def record_written(path: str | Path) -> None:
-    """Record the checkpoint `path` in its run dir's checkpoints.json: the bytes its training wrote."""
+def record_written(path: str | Path, digest: str | None = None, keep: bool = False) -> None:
+    """Record `digest` (the file at `path`'s SHA-256 when None) in its run dir's checkpoints.json: the
+    bytes its training wrote. keep: what was recorded stays accepted too (recorded before the new file
+    takes its place, so that a kill at any point leaves the file one the record accepts)."""
     path = Path(path)
     try:
         written = _written(path.parent / WRITTEN)
     except KitError:            # damaged by hand: the trainer owns the record, and writes it anew
         written = {}
-    written[path.name] = sha256_file(path)
+    digest = digest or sha256_file(path)
+    earlier = _accepted(written.get(path.name)) if keep else []
+    written[path.name] = [*earlier, digest] if earlier else digest
     write_json(path.parent / WRITTEN, written)
 
 
 def check_written(path: str | Path, digest: str | None = None) -> None:
     """KitError when the checkpoint `path` (SHA-256 `digest`, hashed when None) is not the one its run's
-    training wrote: another run's best.pt copied in would be predicted, voted and sent as this member.
-    A run of an older kit (no checkpoints.json) or a file outside a run dir passes."""
+    training wrote: another run's best.pt copied in would be predicted, voted and sent as this member,
+    or resumed as this run. A run of an older kit (no checkpoints.json) or a file outside a run dir passes."""
     path = Path(path)
-    recorded = _written(path.parent / WRITTEN).get(path.name)
-    if recorded is not None and recorded != (digest or sha256_file(path)):
+    accepted = _accepted(_written(path.parent / WRITTEN).get(path.name))
+    if accepted and (digest or sha256_file(path)) not in accepted:
         raise KitError(f"{path}: not the checkpoint this run's training wrote (its SHA-256 differs from the one "
                        f"in {WRITTEN}: copied in, replaced or damaged since); put the run's own file back, "
                        f"or {START_OVER}")
+
+
+def _accepted(recorded) -> list:
+    return [recorded] if isinstance(recorded, str) else list(recorded or [])
 
 
 def _written(record: Path) -> dict:

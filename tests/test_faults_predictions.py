@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+import kit.fsio
 import kit.infer
 from kit.cli import main
 from kit.config import RunConfig
@@ -22,7 +23,7 @@ from kit.fsio import sha256_file
 from kit.infer import MAX_FULL_FRAMES, full_windows, predict_index
 from kit.models import build_model
 from kit.records import predictions_current
-from kit.runs import record_written, run_lock
+from kit.runs import check_written, record_written, run_lock
 
 from conftest import kit_cli, one_error
 
@@ -120,6 +121,35 @@ def test_a_checkpoint_copied_into_a_finished_run_is_not_predicted_as_its_own(tra
     one_error(*kit_cli(capsys, "train", "--data", tiny_data, "--out", tmp_path / "tune", *TRAIN_SMALL,
                        "--set", f"train.init_from={trained / 'best.pt'}")[::2],
               "not the checkpoint this run's training wrote")           # nor fine-tuned from
+    one_error(*kit_cli(capsys, "train", "--out", trained, "--resume", "--no-progress",        # nor resumed, which
+                       "--set", "train.max_steps=40")[::2],                   # recorded it as the run's own
+              f"{trained / 'best.pt'}: not the checkpoint this run's training wrote")
+    assert json.loads((trained / "checkpoints.json").read_text()) == written
+
+
+def test_a_kill_between_a_checkpoint_and_its_record_leaves_one_the_record_accepts(trained, monkeypatch):
+    """The record takes the new file's digest beside the old one before the rename, and alone after it."""
+    from kit.train.checkpoints import _save
+
+    old = sha256_file(trained / "best.pt")
+    seen = []
+    real_replace = kit.fsio._replace
+
+    def killed_before_rename(tmp, path):
+        if Path(path).name != "best.pt":
+            return real_replace(tmp, path)      # the record's own atomic write
+        seen.append(json.loads((trained / "checkpoints.json").read_text())["best.pt"])
+        raise KeyboardInterrupt                 # the kill, with the new file written but not yet in place
+
+    monkeypatch.setattr(kit.fsio, "_replace", killed_before_rename)
+    with pytest.raises(KeyboardInterrupt):
+        _save({"model": {"w": torch.ones(3)}}, trained / "best.pt")
+    assert seen[0][0] == old and len(seen[0]) == 2         # both accepted while the rename was pending
+    assert sha256_file(trained / "best.pt") == old
+    check_written(trained / "best.pt")                     # the old file, still accepted
+    monkeypatch.setattr(kit.fsio, "_replace", real_replace)
+    _save({"model": {"w": torch.ones(3)}}, trained / "best.pt")
+    assert json.loads((trained / "checkpoints.json").read_text())["best.pt"] == sha256_file(trained / "best.pt")
 
 
 def test_predict_refuses_a_run_a_trainer_is_training(trained, capsys):

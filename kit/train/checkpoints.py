@@ -7,7 +7,7 @@
     avg.pt   the mean of the last train.average_last evaluated weights, scored at the end
 
 Each one's SHA-256 goes into checkpoints.json as it is written (kit.runs.record_written), so that a
-file copied in later is not predicted as this run's (kit.runs.check_written).
+file copied in later is neither resumed nor predicted as this run's (kit.runs.check_written).
 
 The counters that say what is best (TrainState.best_acc, best_step, bad_evals) and the weights kept
 for averaging (TrainState.avg_keep) live in the TrainState, so last.pt carries them across a resume.
@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from accelerate.utils import gather_object
 
-from kit.fsio import save_torch
-from kit.runs import load_checkpoint, record_written
+from kit.fsio import save_torch, sha256_file
+from kit.runs import check_written, load_checkpoint, record_written
 from kit.train.state import TrainState, average_state_dicts, float_state
 
 LAST, BEST, AVERAGED = "last.pt", "best.pt", "avg.pt"
@@ -55,12 +55,11 @@ class CheckpointSaver:
 
     def resume(self, state: TrainState, rank: int) -> None:
         """Restore `state` from last.pt as rank `rank`."""
+        for path in (self.last, self.best, self.averaged):      # none copied in from another run
+            if path.is_file():
+                check_written(path)
         state.load_state_dict(load_checkpoint(self.last), rank, self.device, self.last)
         self.saved_step = state.step
-        if self.main:       # a kill between a save and its record would otherwise leave them apart
-            for path in (self.last, self.best, self.averaged):
-                if path.is_file():
-                    record_written(path)
 
     @staticmethod
     def improves(val_acc_crop: float, best_acc: float) -> bool:
@@ -79,9 +78,7 @@ class CheckpointSaver:
         else:
             state.bad_evals += 1
         if self.main and improved:
-            save_torch({"model": float_state(state.eval_model), "step": state.step, "val_acc": val_acc_crop},
-                       self.best)
-            record_written(self.best)
+            _save({"model": float_state(state.eval_model), "step": state.step, "val_acc": val_acc_crop}, self.best)
         self.save_last(state, seconds())
         return improved
 
@@ -91,8 +88,7 @@ class CheckpointSaver:
         if self.world > 1:
             rng_torch, rng_numpy, rng_cuda = gather_object(rng_torch), gather_object(rng_numpy), gather_object(rng_cuda)
         if self.main:
-            save_torch(state.state_dict(seconds, rng_torch, rng_numpy, rng_cuda), self.last)
-            record_written(self.last)
+            _save(state.state_dict(seconds, rng_torch, rng_numpy, rng_cuda), self.last)
         self.saved_step = state.step
 
     def average(self, state: TrainState, build: Callable[[], torch.nn.Module],
@@ -106,6 +102,18 @@ class CheckpointSaver:
         model.load_state_dict(average_state_dicts(states))
         acc = score(model)
         if self.main:
-            save_torch({"model": float_state(model), "averaged": len(states)}, self.averaged)
-            record_written(self.averaged)
+            _save({"model": float_state(model), "averaged": len(states)}, self.averaged)
         return {"avg_val_acc": acc, "averaged": len(states)}
+
+
+def _save(obj, path: Path) -> None:
+    """save_torch, its SHA-256 recorded beside the one before it until the file has taken its place, then
+    alone: a kill at any point leaves a checkpoint that checkpoints.json accepts."""
+    digest: list[str] = []
+
+    def record(tmp: Path) -> None:
+        digest.append(sha256_file(tmp))
+        record_written(path, digest[0], keep=True)
+
+    save_torch(obj, path, before_rename=record)
+    record_written(path, digest[0])
