@@ -282,9 +282,9 @@ def _message(template: str, recipe: str, budget: str, members: list[str]) -> str
 
 
 def _start_over(root: Path, names: list[str], log) -> None:
-    """--fresh: move the members' run dirs into one <root>.old-<time>/ (nothing is deleted); none while
-    a trainer works on any of them (another recipe of the same --runs: it would lose the ones moved)."""
-    if busy := [(root / n, pid) for n in names if (pid := lock_holder(root / n))]:
+    """--fresh: the members' run dirs into one <root>.old-<time>/; none while a trainer works on any there."""
+    folders = [d for d in root.iterdir() if d.is_dir()] if root.is_dir() else []      # every member, not --only's
+    if busy := [(d, pid) for d in folders if (pid := lock_holder(d))]:
         raise KitError(f"{busy[0][0]}: a trainer (pid {busy[0][1]}) is working on this member now (another "
                        "`kit recipe run` of these --runs?), so nothing was moved aside: wait for it, or stop it")
     dest = old_name(root)

@@ -125,7 +125,8 @@ def test_fresh_beside_a_recipe_that_is_training_moves_nothing(tiny_recipe, tiny_
     (root / "b").mkdir()
     with run_lock(root / "b"):
         before = snapshot(tmp_path / "runs")
-        one_error(*kit_cli(capsys, "recipe", "run", recipe, "--data", tiny_data, "--runs", tmp_path / "runs",
-                           "--fresh", "--no-progress")[::2],
-                  f"{root / 'b'}: a trainer (pid {os.getpid()}) is working on this member now", "nothing was moved")
+        for only in ([], ["--only", "a"]):          # probe 13: --only a checked a alone, and moved it
+            one_error(*kit_cli(capsys, "recipe", "run", recipe, "--data", tiny_data, "--runs", tmp_path / "runs",
+                               "--fresh", "--no-progress", *only)[::2],
+                      f"{root / 'b'}: a trainer (pid {os.getpid()}) is working on this member now", "nothing was moved")
     assert snapshot(tmp_path / "runs") == before
