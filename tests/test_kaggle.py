@@ -375,6 +375,16 @@ def test_recipe_submit_rehearses_on_the_standin(kaggle_env, sub, tiny_data, monk
     assert len(ledger_rows(sub)) == 1                     # an identical CSV is not sent twice
 
 
+def test_a_recipes_competition_given_beats_the_synthetic_datas(kaggle_env, sub, tiny_data, tiny_answers):
+    """Probe 13: with a stand-in named, the synthetic data's competition won over --competition, and the
+    404 told the user to check the --competition they had given right."""
+    with StandIn(tiny_data, tiny_answers, competition="ml2023springhw4") as server:
+        result = recipe_submit(sub, "m", tiny_data, competition="ml2023springhw4", submissions_dir=sub.parent,
+                               endpoint=server.url)
+        assert result["status"] in ("PENDING", "COMPLETE"), result
+        assert [row["competition"] for row in ledger_rows(sub)] == ["ml2023springhw4"]
+
+
 def test_recipe_submit_skips_real_data_without_credentials(kaggle_env, sub, tiny_data, tmp_path, monkeypatch):
     monkeypatch.delenv("KAGGLE_USERNAME")
     monkeypatch.delenv("KAGGLE_KEY")

@@ -67,9 +67,9 @@ def _send(csv_path, message, data_dir, competition, ledger, log, endpoint) -> di
         merge_pending(ledger)
     if endpoint_or_env(endpoint):
         # A rehearsal against `kit kaggle serve` must never spend a real submission, credentials or not.
-        comp = (synth_marker(data_dir) or {}).get("competition") or competition
-        return _recipe_attempt(csv_path, message, data_dir, comp, ledger, endpoint_or_env(endpoint), None, log,
-                               named_target(endpoint))
+        # (competition: recipe_competition's, --competition first, then the synthetic data's.)
+        return _recipe_attempt(csv_path, message, data_dir, competition, ledger, endpoint_or_env(endpoint), None,
+                               log, named_target(endpoint))
     if is_synthetic(data_dir):
         with rehearsal_stand_in(data_dir, competition) as (server, env):
             _mark_lost(ledger, csv_path, server.competition)
