@@ -5,6 +5,7 @@ retry and poll delays are milliseconds (KIT_KAGGLE_BACKOFF / KIT_KAGGLE_POLL).
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import socket
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from kit.errors import KitError
 from kit.fsio import sha256_file
 from kit.kaggle import append_ledger, call, extract_zip, read_ledger, recipe_competition, recipe_submit
 from kit.kaggle.downloads import downloaded_from
+from kit.kaggle.ledger import sending_lock
 from kit.kaggle.server import StandIn
 from kit.submission import score_submission
 
@@ -300,6 +303,29 @@ def test_two_kit_submit_of_one_file_at_once_the_second_is_told_it_was_sent(kaggl
     assert [p.returncode for p in procs] == [0, 0], results
     notes = [err for _, err in results if f"note: {same} (these same bytes) was submitted at" in err]
     assert len(notes) == 1 and len(read_ledger(folder / "ledger.csv")) == 2
+
+
+@pytest.mark.slow
+def test_kit_submit_lets_go_of_the_sending_lock_while_it_waits_for_the_score(kaggle_env, tmp_path, tiny_data,
+                                                                              tiny_answers):
+    """Probe 13: `--wait` held the lock until the score came, so every other submission sharing the ledger
+    (a recipe's end too) waited up to --timeout; the lock is for "was it sent?" until its row is written."""
+    folder = tmp_path / "submissions"
+    csv = write_submission(folder, tiny_answers, tiny_data, "slow")
+    with StandIn(tiny_data, tiny_answers, pending_polls=10**6) as server:        # never scored
+        proc = subprocess.Popen([sys.executable, "-m", "kit", "submit", csv, "-m", "m", "--ledger",
+                                 folder / "ledger.csv", "--endpoint", server.url, "--wait", "--timeout", "600"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            while proc.poll() is None and not ((folder / "ledger.csv").is_file()
+                                               and "PENDING" in (folder / "ledger.csv").read_text()):
+                time.sleep(0.1)                 # polling for the row, not timing anything
+            assert proc.poll() is None, "kit submit ended before its row was PENDING"
+            with open(sending_lock(folder / "ledger.csv"), "a") as f:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)      # free while it waits: BlockingIOError before
+        finally:
+            proc.kill()
+            proc.wait()
 
 
 @pytest.mark.slow

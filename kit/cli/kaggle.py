@@ -82,10 +82,11 @@ def register(sub) -> None:
 def cmd_submit(args: argparse.Namespace) -> int:
     if not args.timeout > 0:        # NaN too: a submission would be spent, then "still PENDING after -5s"
         raise KitError(f"--timeout {args.timeout:g}: must be a number of seconds above 0; nothing was sent")
-    with _sending(Path(args.ledger)):    # another kit submit waits, then sees this one's row (and its note)
+    with contextlib.ExitStack() as sending:     # another kit submit waits, then sees this one's row (and note)
+        sending.enter_context(_sending(Path(args.ledger)))
         row = submit(args.csv, args.message, args.competition, data_dir=args.data, wait=args.wait,
                      ledger=args.ledger, endpoint=args.endpoint, timeout=args.timeout, log=_log,
-                     note=_note_resend(args))
+                     note=_note_resend(args), recorded=sending.close)     # its row is written: not the score
     scores = f" public {row['public']} private {row['private']}" if row["public"] else ""
     print(f"submitted {args.csv} to {args.competition} ({row['target']}): ref {row['ref']} "
           f"{row['status']}{scores}")

@@ -72,9 +72,11 @@ def _why(e: Exception, ledger: Path) -> str:
 def submit(csv_path, message: str, competition: str = DEFAULT_COMPETITION, data_dir=None, wait: bool = False,
            ledger="submissions/ledger.csv", endpoint: str | None = None, timeout: float = 1800.0,
            poll: float | None = None, env: dict | None = None, log=None, where: str | None = None,
-           note: str | None = None) -> dict:
+           note: str | None = None, recorded=None) -> dict:
     """Validate, submit (retrying 429/5xx), optionally wait for the score; returns the ledger row.
-    note: a line to `log` once every check has passed, just before the send.
+    note: a line to `log` once every check has passed, just before the send. recorded(): called once the
+    accepted submission's PENDING row is in the ledger, before the wait for its score (`kit submit`
+    releases the ledger's sending lock there).
 
     Every submission attempt leaves a ledger row: PENDING/COMPLETE/ERROR with Kaggle's ref, or
     FAILED with the reason; its target is `where`, else kit.kaggle.client.target(endpoint). A failed
@@ -85,11 +87,11 @@ def submit(csv_path, message: str, competition: str = DEFAULT_COMPETITION, data_
     csv_path = Path(csv_path)
     with tempfile.TemporaryDirectory(prefix="kit-submit-") as folder:
         return _send(csv_path, message, competition, data_dir, wait, ledger, endpoint, timeout, poll, env, log,
-                     where, Path(folder), note)
+                     where, Path(folder), note, recorded)
 
 
 def _send(csv_path: Path, message, competition, data_dir, wait, ledger, endpoint, timeout, poll, env, log, where,
-          folder: Path, note: str | None = None) -> dict:
+          folder: Path, note: str | None = None, recorded=None) -> dict:
     """submit(), with a private folder for the copy of the CSV that is checked, hashed and sent."""
     when, where = now(), where or target(endpoint)
     sent, manifest, digest = _checked(csv_path, message, data_dir, ledger, {**os.environ, **(env or {})},
@@ -106,6 +108,8 @@ def _send(csv_path: Path, message, competition, data_dir, wait, ledger, endpoint
         row.update(ref=str(event["ref"]), status="PENDING")
         record.add(row)
         _note(csv_path, row, ledger, log)
+        if recorded is not None:
+            recorded()
 
     params = {"competition": competition, "file": str(sent.resolve()), "message": message,
               "wait": wait, "timeout": timeout, "poll": poll_interval() if poll is None else poll}
