@@ -6,6 +6,7 @@ retry and poll delays are milliseconds (KIT_KAGGLE_BACKOFF / KIT_KAGGLE_POLL).
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
 import socket
@@ -409,6 +410,22 @@ def test_a_recipes_competition_given_beats_the_synthetic_datas(kaggle_env, sub, 
                                endpoint=server.url)
         assert result["status"] in ("PENDING", "COMPLETE"), result
         assert [row["competition"] for row in ledger_rows(sub)] == ["ml2023springhw4"]
+
+
+def test_kit_submit_sends_a_vote_to_the_competition_its_data_came_from(kaggle_env, tiny_data, tiny_answers,
+                                                                       tmp_path, capsys):
+    """Probe 13: a recipe sent its vote on downloaded ml2023springhw4 data there, but `kit submit` of the
+    same CSV, without --competition, sent it to ml2022spring-hw4."""
+    real = Path(shutil.copytree(tiny_data, tmp_path / "dl" / "Dataset",
+                                ignore=shutil.ignore_patterns(".kit-synth.json", ".kit-cache")))
+    (tmp_path / "dl" / ".kit-download.json").write_text(json.dumps({"competition": "ml2023springhw4",
+                                                                    "in_out": "Dataset"}))
+    csv = write_submission(tmp_path / "submissions", tiny_answers, real, "vote")
+    with StandIn(tiny_data, tiny_answers, competition="ml2023springhw4") as server:
+        code, out, err = kit(capsys, "submit", csv, "-m", "again", "--ledger", tmp_path / "ledger.csv",
+                             "--endpoint", server.url)
+    assert code == 0 and "to ml2023springhw4" in out, err
+    assert list(read_ledger(tmp_path / "ledger.csv")["competition"]) == ["ml2023springhw4"]
 
 
 def test_recipe_submit_skips_real_data_without_credentials(kaggle_env, sub, tiny_data, tmp_path, monkeypatch):

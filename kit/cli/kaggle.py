@@ -17,12 +17,13 @@ from pathlib import Path
 from kit import DEFAULT_COMPETITION, env
 from kit.errors import KitError
 from kit.fsio import file_lock, sha256_file
-from kit.kaggle import KAGGLE, read_ledger, refresh_ledger, score_table, submit
+from kit.kaggle import KAGGLE, read_ledger, recipe_competition, refresh_ledger, score_table, submit
 from kit.kaggle.client import target
 from kit.kaggle.ledger import find_submitted, sending_lock
 from kit.kaggle.pending import merge_pending
 from kit.kaggle.server import FAULT_TARGETS, StandIn
 from kit.layout import read_layout, synth_marker
+from kit.records import SubmissionManifest
 from kit.submission import read_answer_key
 
 
@@ -34,7 +35,9 @@ def register(sub) -> None:
     p = sub.add_parser("submit", help="validate a submission CSV, send it to Kaggle, record it in the ledger")
     p.add_argument("csv", help="submission CSV (Id,Category); its manifest NAME.json beside it names the data dir")
     p.add_argument("-m", "--message", required=True, help="submission description shown on Kaggle")
-    p.add_argument("--competition", default=DEFAULT_COMPETITION)
+    p.add_argument("--competition", default=None,
+                   help="where to send it (default: the competition the CSV's data was fetched from by `kit data "
+                        f"download`, or the synthetic data's, else {DEFAULT_COMPETITION})")
     p.add_argument("--data", default=None, help="data dir to validate against (default: from the manifest)")
     p.add_argument("--wait", action="store_true", help="poll until Kaggle has scored it (COMPLETE or ERROR)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the score (default 1800)")
@@ -82,6 +85,7 @@ def register(sub) -> None:
 def cmd_submit(args: argparse.Namespace) -> int:
     if not args.timeout > 0:        # NaN too: a submission would be spent, then "still PENDING after -5s"
         raise KitError(f"--timeout {args.timeout:g}: must be a number of seconds above 0; nothing was sent")
+    args.competition = args.competition or _data_competition(args)
     with contextlib.ExitStack() as sending:     # another kit submit waits, then sees this one's row (and note)
         sending.enter_context(_sending(Path(args.ledger)))
         row = submit(args.csv, args.message, args.competition, data_dir=args.data, wait=args.wait,
@@ -91,6 +95,16 @@ def cmd_submit(args: argparse.Namespace) -> int:
     print(f"submitted {args.csv} to {args.competition} ({row['target']}): ref {row['ref']} "
           f"{row['status']}{scores}")
     return 0
+
+
+def _data_competition(args: argparse.Namespace) -> str:
+    """Where a CSV goes when --competition is not given: as a recipe's vote would (recipe_competition),
+    from --data or the data dir its manifest names; submit itself names a manifest it cannot read."""
+    data_dir = args.data
+    if not data_dir:
+        with contextlib.suppress(KitError):
+            data_dir = (SubmissionManifest.beside(args.csv) or SubmissionManifest()).data_dir
+    return recipe_competition(data_dir) if data_dir else DEFAULT_COMPETITION
 
 
 def _sending(ledger: Path):
