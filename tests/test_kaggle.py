@@ -358,9 +358,9 @@ def test_download_unpacks_validates_and_skips_on_rerun(kaggle_env, standin, tmp_
     code, out, _ = kit(capsys, "data", "download", "--competition", COMP, "--out", out_dir)
     assert code == 0 and f"data ready: {data_dir}" in out
     assert standin.calls == calls                              # complete already: nothing fetched again
-    code, _, err = kit(capsys, "data", "download", "--competition", "nope", "--out", tmp_path / "other")
+    code, _, err = kit(capsys, "data", "download", "--competition", "nope", "--out", tmp_path / "other" / "x" / "y")
     assert code == 2 and "HTTP 404" in one_error_line(err)
-    assert not (tmp_path / "other").exists()                   # no empty --out left behind
+    assert not (tmp_path / "other").exists()                   # no empty --out (nor its parents) left behind
     # probe 11: the marker named the data dir relative to the folder kit ran in; a copy said "ready" for
     # the original, and from another folder it was not found
     copy, calls = Path(shutil.copytree(out_dir, tmp_path / "elsewhere" / "copy")), list(standin.calls)

@@ -3,6 +3,7 @@ unpack it safely, find and check the data dir; a marker file makes a re-run a no
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import zipfile
 import zlib
@@ -113,14 +114,15 @@ def download(competition: str, out, endpoint: str | None = None, env: dict | Non
                 return _marked_dir(out, done)
         except (ValueError, KeyError, TypeError, AttributeError, KitError):
             pass    # incomplete or stale: fetch and unpack again (finished files are skipped)
-    made = not out.exists()
+    made = [p for p in (out, *out.parents) if not p.exists()]        # --out and the folders made for it
     out.mkdir(parents=True, exist_ok=True)
     try:
         zip_path = Path(call("download", {"competition": competition, "path": str(out.resolve())},
                              endpoint, env, log)["zip"])
     except BaseException:
-        if made and not any(out.iterdir()):
-            out.rmdir()             # a competition that does not exist leaves no empty --out behind
+        for folder in made:         # a competition that does not exist leaves no empty folders behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise
     extract_zip(zip_path, out)
     with zipfile.ZipFile(zip_path) as zf:
