@@ -128,7 +128,7 @@ def step_rate_note(rates: dict | None) -> str:
         return ""
     notes = []
     ratio = rates["achieved"] / rates["probed"]
-    if ratio < SHARED_BELOW:
+    if ratio < SHARED_BELOW and rates.get("step", -1) < rates.get("planned_steps", 0):   # steps it did not do
         notes.append(f"{rates['achieved']:.1f} steps/s against {rates['probed']:.1f} at its start "
                      f"({math.floor(100 * ratio)}%; "
                      f"{rates.get('planned_steps', 0):,} steps planned then)")

@@ -85,6 +85,11 @@ def test_a_run_that_lost_its_step_rate_says_so():
     assert note.startswith("lost steps: 6.2 steps/s against 10.0 at its start (62%; 1,800 steps planned then)")
     at_the_line = step_rate_note({"probed": 10.0, "achieved": 7.996, "planned_steps": 900})
     assert "(79%;" in at_the_line                                   # under 80%, never printed as 80%
+    # probe 13: every planned step done in under a second: the rate's ratio is noise, no step was lost
+    assert step_rate_note({"probed": 154.6, "achieved": 123.0, "planned_steps": 100, "step": 100,
+                           "cpu_cores": 0.99}) == ""
+    assert step_rate_note({"probed": 10.0, "achieved": 6.2, "planned_steps": 1800, "step": 1100}).startswith(
+        "lost steps: 6.2 steps/s")
     # shared from the start: the rate measured then was already low, but the run had a fraction of a core
     shared = step_rate_note({"probed": 6.9, "achieved": 6.8, "planned_steps": 150, "cpu_cores": 0.04})
     assert shared == "lost steps: 0.04 of a CPU core (CPU time / wall time) - was the machine shared?"

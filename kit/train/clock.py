@@ -61,7 +61,7 @@ class Clock:
         seconds = self.training_seconds(now)
         steps = step - self.steps_before
         rates = {"probed": plan.probe_rate, "achieved": steps / seconds if seconds > 0 else 0.0,
-                 "planned_steps": plan.probe_total}
+                 "planned_steps": plan.probe_total, "step": step}
         if on_cpu and now > self.loop_began:
             rates["cpu_cores"] = (time.process_time() - self.cpu_began) / (now - self.loop_began)
         return rates
