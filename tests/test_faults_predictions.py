@@ -193,6 +193,10 @@ def test_a_member_collapsed_to_one_speaker_and_a_vote_under_its_best_member_are_
     assert f"warning: the soft vote scores 0.333 on validation, under its best member {good} (1.000)" in err
     code, out, err = kit_cli(capsys, "ensemble", good, fair, "--vote", "soft", "--out", tmp_path / "subs")
     assert code == 0 and "warning" not in err                   # a vote as good as its best member: nothing said
+    code, out, err = kit_cli(capsys, "ensemble", good, stuck, "--vote", "soft", "--weights", "1,0", "--out",
+                             tmp_path / "subs")
+    assert code == 0 and f"{stuck} gives one speaker to 100% of the test utterances" in err
+    assert "this vote gives it no weight" in err and "pulls" not in err       # probe 13
 
 
 def test_the_vote_functions_refuse_nan_instead_of_crashing():

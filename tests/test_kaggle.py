@@ -66,6 +66,13 @@ def test_sending_the_same_bytes_again_is_allowed_with_a_note(kaggle_env, standin
     code, _, err = kit(capsys, "submit", sub, "-m", " ", "--ledger", sub.parent / "ledger.csv", "--endpoint",
                        standin.url)
     assert code == 2 and "message is required" in err and "was submitted at" not in err, err
+    # the same bytes under another name: the note names the file the ledger says was sent (probe 13)
+    copy = sub.with_name("copy.csv")
+    shutil.copy(sub, copy)
+    shutil.copy(sub.with_suffix(".json"), copy.with_suffix(".json"))
+    code, _, err = kit(capsys, "submit", copy, "-m", "copy", "--ledger", sub.parent / "ledger.csv", "--endpoint",
+                       standin.url)
+    assert f"note: {copy} (these same bytes) was submitted as {sub} at" in err, err
 
 
 @pytest.mark.parametrize("where", ["Kernels", "start"])

@@ -128,7 +128,9 @@ def _note_resend(args: argparse.Namespace) -> str | None:
         return None
     if earlier is None:
         return None
-    return (f"note: {args.csv} (these same bytes) was submitted at {earlier['time']} (ref {earlier['ref']}, "
+    sent_as = "" if Path(str(earlier.get("file") or args.csv)).resolve() == Path(args.csv).resolve() \
+        else f" as {earlier['file']}"
+    return (f"note: {args.csv} (these same bytes) was submitted{sent_as} at {earlier['time']} (ref {earlier['ref']}, "
             f"{earlier['status']}); sending it again spends another of the day's submissions")
 
 

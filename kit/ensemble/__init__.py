@@ -52,7 +52,7 @@ __all__ = ["AUTO_METHODS", "DEFAULT_POOL", "METHODS", "POOLS", "VOTES", "Member"
            "vote_predictions"]
 
 VOTES = ("hard", "soft", "auto")
-UNDER_BEST = 0.01       # a plain vote this far under its best member on validation is said (not noise of a few)
+UNDER_BEST = 0.01       # a plain vote this far (and two utterances) under its best member on validation is said
 
 
 def parse_weights(text: str | None):
@@ -116,9 +116,9 @@ def ensemble_runs(run_dirs, vote: str = "hard", weights=None, name: str | None =
     )
     kept = _publish(csv_path, data, data_dir, manifest)
     say = log or (lambda message: None)         # warnings once the vote is written: an error says all
-    _warn_members(members, say)
+    _warn_members(members, w, say)
     if not auto and not trained_on_validation(run_dirs):
-        _warn_under_best(voted["table"], vote, say)
+        _warn_under_best(voted["table"], vote, max(1, len(members[0].val_labels)), say)
     if kept:
         say(f"{csv_path}: was submitted (a ledger or its note {submitted_note(csv_path).name} has its sha256), "
             f"so the old one is kept as {', '.join(p.name for p in kept)}")
@@ -175,23 +175,26 @@ def _plain_vote(members: list[Member], vote: str, weights) -> dict:
             "val_acc": val_acc, "table": table, "extra": {}}
 
 
-def _warn_members(members: list[Member], say) -> None:
+def _warn_members(members: list[Member], weights, say) -> None:
     """Members a vote should not count as they are: one model twice, a run collapsed to one speaker."""
     for first, again in same_predictions(members):
         say(f"warning: {first} and {again} hold the same test predictions (a copy of one run dir, or the same "
             "settings and seed): that model counts twice")
+    weight = {m.run_dir: float(wk) for m, wk in zip(members, weights, strict=True)}
     for run, share in collapsed(members):
+        effect = "it pulls the vote toward that speaker; leave it out" if weight[run] > 0 else \
+            "this vote gives it no weight"
         say(f"warning: {run} gives one speaker to {share:.0%} of the test utterances (a run collapsed to one "
-            "class?): it pulls the vote toward that speaker; leave it out")
+            f"class?): {effect}")
 
 
-def _warn_under_best(table: list[dict], vote: str, say) -> None:
+def _warn_under_best(table: list[dict], vote: str, n_val: int, say) -> None:
     """A plain vote (nothing fitted on validation, so its score there is honest) under its best member
     on validation: a weak member is dragging it down."""
     *rows, vote_row = table
     best = max(rows, key=lambda r: -1.0 if r["val_acc"] is None else r["val_acc"])
     if vote_row["val_acc"] is not None and best["val_acc"] is not None and \
-            vote_row["val_acc"] < best["val_acc"] - UNDER_BEST:
+            vote_row["val_acc"] < best["val_acc"] - max(UNDER_BEST, 2 / n_val):
         say(f"warning: the {vote} vote scores {vote_row['val_acc']:.3f} on validation, under its best member "
             f"{best['member']} ({best['val_acc']:.3f}): leave out the weak members, or use --vote auto (it "
             "weighs them on validation)")
