@@ -55,10 +55,11 @@ class CheckpointSaver:
 
     def resume(self, state: TrainState, rank: int) -> None:
         """Restore `state` from last.pt as rank `rank`."""
+        saved = load_checkpoint(self.last)                      # names a damaged one first
         for path in (self.last, self.best, self.averaged):      # none copied in from another run
             if path.is_file():
                 check_written(path)
-        state.load_state_dict(load_checkpoint(self.last), rank, self.device, self.last)
+        state.load_state_dict(saved, rank, self.device, self.last)
         self.saved_step = state.step
 
     @staticmethod
