@@ -16,9 +16,12 @@ IDENTITY = "identity.json"
 # switches for speed with the same maths (threads, torch.compile, where the store lives),
 # prediction settings, the run's label, the experiment tracker that watches it (so a run resumes
 # with tracking turned on or off), and the data dir's path: the data fingerprint covers the data
-# itself, so a copied or moved data dir is still the same data.
+# itself, so a copied or moved data dir is still the same data. So with the paths of the files a run
+# trains from besides the data (INPUT_FILES): their contents are in the identity's "inputs", so a
+# moved or copied runs folder keeps its fine-tunes and students.
 NOT_IDENTITY = ("name", "data.data_dir", "data.store_on_gpu", "data.allow_external_labels", "train.minutes",
-                "train.max_minutes", "train.stop_step", "train.cpu_threads", "train.compile", "train.log_with", "infer")
+                "train.max_minutes", "train.stop_step", "train.cpu_threads", "train.compile", "train.log_with", "infer",
+                "data.pseudo_labels", "train.teacher", "train.init_from")
 START_OVER = "start over with --fresh (the old run is moved aside, nothing is deleted)"
 
 

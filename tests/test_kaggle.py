@@ -417,6 +417,12 @@ def test_a_recipes_competition_given_beats_the_synthetic_datas(kaggle_env, sub, 
                                endpoint=server.url)
         assert result["status"] in ("PENDING", "COMPLETE"), result
         assert [row["competition"] for row in ledger_rows(sub)] == ["ml2023springhw4"]
+    # and with no stand-in named, on the recipe's own rehearsal stand-in (probe 14)
+    other = sub.with_name("other.csv")
+    shutil.copy(sub, other)
+    shutil.copy(sub.with_suffix(".json"), other.with_suffix(".json"))
+    result = recipe_submit(other, "m2", tiny_data, competition="ml2021spring-hw2", submissions_dir=sub.parent)
+    assert result["status"] == "COMPLETE" and ledger_rows(sub)[-1]["competition"] == "ml2021spring-hw2", result
 
 
 def test_kit_submit_sends_a_vote_to_the_competition_its_data_came_from(kaggle_env, tiny_data, tiny_answers,

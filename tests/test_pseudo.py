@@ -139,6 +139,24 @@ def test_changed_pseudo_labels_make_the_run_another_run(members, tiny_data, stor
     assert "contents of data.pseudo_labels" in reuse_changes(tmp_path / "run", run_identity(cfg, store))[0]
 
 
+def test_a_fine_tune_moved_with_its_source_is_the_same_run(members, tiny_data, store, tmp_path):
+    """Probe 14: `mv runs runs2` made a recipe's re-run retrain every fine-tune and student: their identity
+    held the absolute path of train.init_from, though its contents (the same bytes) are in it too."""
+    import shutil
+
+    from kit.identity import run_identity
+    from kit.runs import reuse_changes
+
+    source = Path(shutil.copytree(members[0], tmp_path / "runs" / "a"))
+    cfg = tiny_cfg(tiny_data, *SHORT, f"train.init_from={source / 'last.pt'}")
+    train(cfg, tmp_path / "runs" / "a-refit", progress=False)
+    moved = Path(shutil.move(tmp_path / "runs", tmp_path / "moved"))
+    again = tiny_cfg(tiny_data, *SHORT, f"train.init_from={moved / 'a' / 'last.pt'}")
+    assert reuse_changes(moved / "a-refit", run_identity(again, store)) == []
+    other = tiny_cfg(tiny_data, *SHORT, f"train.init_from={members[1] / 'last.pt'}")     # other weights: another run
+    assert "contents of train.init_from" in reuse_changes(moved / "a-refit", run_identity(other, store))[0]
+
+
 def test_distilled_student_is_an_ordinary_predicted_run(members, tmp_path):
     from kit.distill import distill
     from kit.ensemble import ensemble_runs

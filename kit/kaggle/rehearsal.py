@@ -141,12 +141,13 @@ def _check_listening(url: str) -> None:
 
 
 @contextlib.contextmanager
-def rehearsal_stand_in(data_dir, competition: str = DEFAULT_COMPETITION, **options):
+def rehearsal_stand_in(data_dir, competition: str | None = None, **options):
     """A stand-in serving the synthetic competition in data_dir (scored by the answer key its synth
-    marker names) for the block, and the environment the worker needs to reach it: rehearsal
-    credentials in a private config dir, so nothing of the user's is read or written."""
+    marker names) for the block, as `competition` when given (else the synthetic data's name), and the
+    environment the worker needs to reach it: rehearsal credentials in a private config dir, so nothing
+    of the user's is read or written."""
     synth = synth_marker(data_dir) or {}
-    comp = synth.get("competition") or competition
+    comp = competition or synth.get("competition") or DEFAULT_COMPETITION
     with tempfile.TemporaryDirectory(prefix="kit-rehearsal-") as home:
         env = {"KAGGLE_USERNAME": "kit-rehearsal", "KAGGLE_KEY": "local-stand-in", "KAGGLE_CONFIG_DIR": home}
         with StandIn(data_dir, synth["answers"], competition=comp, pending_polls=1, **options) as server:
