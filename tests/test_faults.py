@@ -126,6 +126,13 @@ def test_resume_refuses_other_data_and_another_model_shape(trained, data, capsys
 
 
 # ---------------------------------------------------------------- 3. checkpoints
+def test_resume_of_a_folder_that_is_not_there_is_refused(tiny_data, tmp_path, capsys):
+    """Probe 14: a typo in --out with --resume trained a whole run from step 0 without a word."""
+    one_error(*kit_cli(capsys, "train", "--data", tiny_data, "--out", tmp_path / "typo", "--resume",
+                       *TRAIN_SMALL)[::2], f"{tmp_path / 'typo'}: no run to resume (no such folder)")
+    assert not (tmp_path / "typo").exists()
+
+
 def test_resume_without_last_pt_stops_and_keeps_best_and_summary(trained, tiny_data, capsys):
     (trained / "last.pt").unlink()
     kept = {n: (trained / n).read_bytes() for n in ("best.pt", "summary.json")}
