@@ -308,7 +308,7 @@ def _check_members(root: Path, names: list[str], recipe: Recipe, budget: str, da
             stale.append((run_dir, changes))
         elif holds_run(run_dir) == "unfinished" and not (run_dir / "last.pt").is_file():
             raise KitError(f"{run_dir}/last.pt: missing, so member {name} cannot resume (its best.pt is kept); "
-                           "re-run with --fresh to train it again (the old run is moved aside)")
+                           f"re-run with --fresh --only {name} to train it again (the old run is moved aside)")
     if stale:
         run_dir, changes = stale[0]
         others = f" (and {len(stale) - 1} other member(s))" if len(stale) > 1 else ""

@@ -85,6 +85,31 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_data, tmp_pa
                                   pd.read_csv(tmp_path / "resumed" / "metrics.csv")[cols])
 
 
+def test_a_kill_at_the_first_evaluation_leaves_a_run_that_resumes(tiny_data, tmp_path, monkeypatch):
+    """Probe 14: best.pt was written before last.pt, so a kill between them at the first evaluation left
+    a run that could neither resume nor re-run. last.pt comes first now, and the resume writes the best.pt
+    it implies (the weights at its step were the best)."""
+    from kit.train.checkpoints import BEST, CheckpointSaver
+
+    settings = ["train.max_steps=20", "train.eval_every=10"]
+    straight = train(tiny_cfg(tiny_data, *settings), tmp_path / "straight", progress=False)
+
+    def killed(self, state):
+        raise SystemExit(137)               # the kill, last.pt written, best.pt not
+
+    with monkeypatch.context() as m:
+        m.setattr(CheckpointSaver, "_save_best", killed)
+        with pytest.raises(SystemExit):
+            train(tiny_cfg(tiny_data, *settings), tmp_path / "killed", progress=False)
+    assert (tmp_path / "killed" / "last.pt").is_file() and not (tmp_path / "killed" / BEST).exists()
+    train(tiny_cfg(tiny_data, *settings), tmp_path / "killed", resume=True, progress=False, stop_after=12)
+    assert torch.load(tmp_path / "killed" / BEST, weights_only=True)["step"] == 10      # written at the resume
+    resumed = train(tiny_cfg(tiny_data, *settings), tmp_path / "killed", resume=True, progress=False)
+    assert resumed["step"] == 20 and resumed["best_step"] == straight["best_step"]
+    a, b = _state(tmp_path / "straight" / BEST), _state(tmp_path / "killed" / BEST)
+    assert all(torch.equal(a[k], b[k]) for k in a)          # the same best weights as an uninterrupted run
+
+
 def test_early_stopping_after_patience(tiny_data, tmp_path):
     # lr 0: validation never improves after the first evaluation
     summary = train(tiny_cfg(tiny_data, "train.lr=0", "train.patience=2", "train.eval_every=5"),

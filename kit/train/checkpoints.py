@@ -61,6 +61,11 @@ class CheckpointSaver:
                 check_written(path)
         state.load_state_dict(saved, rank, self.device, self.last)
         self.saved_step = state.step
+        if self.main and state.best_step == state.step > 0 and self._best_step() != state.step:
+            self._save_best(state)          # killed between last.pt and best.pt: these weights are the best
+
+    def _best_step(self) -> int | None:
+        return load_checkpoint(self.best).get("step") if self.best.is_file() else None
 
     @staticmethod
     def improves(val_acc_crop: float, best_acc: float) -> bool:
@@ -78,10 +83,15 @@ class CheckpointSaver:
             state.best_acc, state.best_step, state.bad_evals = val_acc_crop, state.step, 0
         else:
             state.bad_evals += 1
-        if self.main and improved:
-            _save({"model": float_state(state.eval_model), "step": state.step, "val_acc": val_acc_crop}, self.best)
+        # last.pt first: a kill before best.pt is written still leaves a run that resumes (resume() writes
+        # the best.pt it implies); the other way round, a kill at the first evaluation left none
         self.save_last(state, seconds())
+        if self.main and improved:
+            self._save_best(state)
         return improved
+
+    def _save_best(self, state: TrainState) -> None:
+        _save({"model": float_state(state.eval_model), "step": state.step, "val_acc": state.best_acc}, self.best)
 
     def save_last(self, state: TrainState, seconds: float) -> None:
         """last.pt: everything resume needs, RNG states of every rank included."""
