@@ -57,7 +57,8 @@ def _http_message(what: str, status, e, attempt: int) -> str:
         return (f"Kaggle denied {what} (HTTP 403): accept the competition rules on its Kaggle page "
                 f"(Rules tab) with the account of these credentials")
     if status == 404:
-        return (f"{what}: competition not found (HTTP 404): check the name given to --competition "
-                f"(e.g. {DEFAULT_COMPETITION}) and that your Kaggle account has joined it")
+        return (f"{what}: competition not found (HTTP 404): check the competition's name (--competition; "
+                f"without it, the one `kit data download` fetched the data from, else {DEFAULT_COMPETITION}) "
+                "and that your Kaggle account has joined it")
     tries = f" after {attempt + 1} attempts" if attempt else ""
     return f"Kaggle answered HTTP {status} to {what}{tries}: {detail}"
