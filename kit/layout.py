@@ -4,6 +4,7 @@ and check their structure, load one feature file safely, check every feature fil
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pickle
 import warnings
@@ -225,3 +226,32 @@ def check_data(data_dir: str | os.PathLike, workers: int | None = None, progress
     for digest in parallel_map(check, layout.all, workers, "checking", progress):
         content.update(digest)
     return layout, content.hexdigest()
+
+
+DOWNLOAD_MARKER = ".kit-download.json"   # `kit data download`'s, in its --out: competition, zip, data dir
+
+
+def marked_dir(out: Path, done: dict) -> Path:
+    """The data dir a marker in `out` names: under out (`in_out`), or as older kits wrote it (relative to
+    the folder they ran in)."""
+    return out / done["in_out"] if "in_out" in done else Path(done["data_dir"])
+
+
+def downloaded_from(data_dir) -> str | None:
+    """The competition `kit data download` fetched data_dir from (its marker in data_dir or a folder a
+    few levels above), or None: where a recipe on that data submits."""
+    data_dir = Path(data_dir).resolve()
+    for folder in [data_dir, *data_dir.parents][:4]:
+        try:
+            done = json.loads((folder / DOWNLOAD_MARKER).read_text())
+            if isinstance(done, dict) and marked_dir(folder, done).resolve() == data_dir:
+                return str(done["competition"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
+def data_competition(data_dir) -> str | None:
+    """The competition data_dir is: the synthetic data's, or the one `kit data download` fetched it from;
+    None when neither says."""
+    return (synth_marker(data_dir) or {}).get("competition") or downloaded_from(data_dir)

@@ -192,6 +192,7 @@ class SubmissionManifest:
     csv: str | None = None
     csv_sha256: str | None = None
     data_dir: str | None = None
+    competition: str | None = None          # the data's (kit.layout.data_competition), where `kit submit` sends it
     n_val: int | None = None
     table: list[dict] = field(default_factory=list)
     val_acc: float | None = None            # in-sample validation accuracy of the written vote

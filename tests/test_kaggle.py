@@ -24,9 +24,9 @@ import kit.kaggle.server as standin_module
 from kit.errors import KitError
 from kit.fsio import sha256_file
 from kit.kaggle import append_ledger, call, extract_zip, read_ledger, recipe_competition, recipe_submit
-from kit.kaggle.downloads import downloaded_from
 from kit.kaggle.ledger import sending_lock
 from kit.kaggle.server import StandIn
+from kit.layout import downloaded_from
 from kit.submission import score_submission
 
 from conftest import COMP, FAKE_KEY, FAKE_TOKEN, one_error_line, submit_args, write_submission
@@ -439,6 +439,17 @@ def test_kit_submit_sends_a_vote_to_the_competition_its_data_came_from(kaggle_en
                              "--endpoint", server.url)
     assert code == 0 and "to ml2023springhw4" in out, err
     assert list(read_ledger(tmp_path / "ledger.csv")["competition"]) == ["ml2023springhw4"]
+    # probe 14: with --data a copy of Dataset/ (no marker above it), the manifest's competition decides
+    manifest = json.loads(csv.with_suffix(".json").read_text())
+    csv.with_suffix(".json").write_text(json.dumps({**manifest, "competition": "ml2023springhw4"}))
+    copy = shutil.copytree(real, tmp_path / "copy")
+    with StandIn(tiny_data, tiny_answers, competition="ml2023springhw4") as server:
+        code, out, err = kit(capsys, "submit", csv, "-m", "copy", "--data", copy, "--ledger", tmp_path / "l2.csv",
+                             "--endpoint", server.url)
+        assert code == 0 and "to ml2023springhw4" in out, err
+        code, out, err = kit(capsys, "submit", csv, "-m", "x", "--competition", "ml2022spring-hw4", "--ledger",
+                             tmp_path / "l3.csv", "--endpoint", server.url)       # said, then sent as asked
+    assert f"note: {csv} was voted on data of ml2023springhw4; sending it to ml2022spring-hw4" in err
 
 
 def test_recipe_submit_skips_real_data_without_credentials(kaggle_env, sub, tiny_data, tmp_path, monkeypatch):

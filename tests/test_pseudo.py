@@ -197,6 +197,7 @@ def test_recipe_pseudo_round_and_student(tiny_data, tmp_path):
         assert summary["n_pseudo"] == 10 and summary["step"] == 9      # share 0.3 of max_steps 30
     manifest = SubmissionManifest.load(subs / "tinypl.json")
     assert [Path(m).name for m in manifest.members] == ["a-pl1", "b-pl1"]
+    assert manifest.competition == json.loads((tiny_data / ".kit-synth.json").read_text())["competition"]
     assert len(manifest.trained_on) == 2 and manifest.trained_on[0]["pseudo"]["test_count"] == 10
     assert (subs / "tinypl-vote0.csv").is_file() and (subs / "tinypl-student.csv").is_file()
     assert RunDir.of(runs / "tinypl" / "student").summary()["n_teacher"] == 20

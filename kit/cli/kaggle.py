@@ -17,12 +17,12 @@ from pathlib import Path
 from kit import DEFAULT_COMPETITION, env
 from kit.errors import KitError
 from kit.fsio import file_lock, sha256_file
-from kit.kaggle import KAGGLE, read_ledger, recipe_competition, refresh_ledger, score_table, submit
+from kit.kaggle import KAGGLE, read_ledger, refresh_ledger, score_table, submit
 from kit.kaggle.client import target
 from kit.kaggle.ledger import find_submitted, sending_lock
 from kit.kaggle.pending import merge_pending
 from kit.kaggle.server import FAULT_TARGETS, StandIn
-from kit.layout import read_layout, synth_marker
+from kit.layout import data_competition, read_layout, synth_marker
 from kit.records import SubmissionManifest
 from kit.submission import read_answer_key
 
@@ -85,7 +85,11 @@ def register(sub) -> None:
 def cmd_submit(args: argparse.Namespace) -> int:
     if not args.timeout > 0:        # NaN too: a submission would be spent, then "still PENDING after -5s"
         raise KitError(f"--timeout {args.timeout:g}: must be a number of seconds above 0; nothing was sent")
-    args.competition = args.competition or _data_competition(args)
+    made_for = _data_competition(args)
+    if args.competition and made_for and args.competition != made_for:
+        _log(f"note: {args.csv} was voted on data of {made_for}; sending it to {args.competition}, as "
+             "--competition says")
+    args.competition = args.competition or made_for or DEFAULT_COMPETITION
     with contextlib.ExitStack() as sending:     # another kit submit waits, then sees this one's row (and note)
         sending.enter_context(_sending(Path(args.ledger)))
         row = submit(args.csv, args.message, args.competition, data_dir=args.data, wait=args.wait,
@@ -97,14 +101,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _data_competition(args: argparse.Namespace) -> str:
-    """Where a CSV goes when --competition is not given: as a recipe's vote would (recipe_competition),
-    from --data or the data dir its manifest names; submit itself names a manifest it cannot read."""
-    data_dir = args.data
-    if not data_dir:
-        with contextlib.suppress(KitError):
-            data_dir = (SubmissionManifest.beside(args.csv) or SubmissionManifest()).data_dir
-    return recipe_competition(data_dir) if data_dir else DEFAULT_COMPETITION
+def _data_competition(args: argparse.Namespace) -> str | None:
+    """The competition a CSV was voted for: its manifest's, else that of --data or the data dir the
+    manifest names (kit.layout.data_competition); None when nothing says. submit itself names a
+    manifest it cannot read."""
+    manifest = SubmissionManifest()
+    with contextlib.suppress(KitError):
+        manifest = SubmissionManifest.beside(args.csv) or manifest
+    data_dir = args.data or manifest.data_dir
+    return manifest.competition or (data_competition(data_dir) if data_dir else None)
 
 
 def _sending(ledger: Path):

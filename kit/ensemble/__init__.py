@@ -40,6 +40,7 @@ from kit.ensemble.members import (
 from kit.ensemble.votes import check_weights, hard_vote, select_weights, soft_vote, vote_predictions
 from kit.errors import KitError
 from kit.fsio import json_bytes, sha256_file, staged
+from kit.layout import data_competition
 from kit.names import check_submission_name, distinct_runs
 from kit.records import SubmissionManifest, trained_on
 from kit.runs import trained_on_validation
@@ -110,6 +111,7 @@ def ensemble_runs(run_dirs, vote: str = "hard", weights=None, name: str | None =
         member_settings=[m.ids.settings() for m in members],
         member_test_probs_sha256=[m.test_sha256 for m in members],
         csv=str(csv_path.resolve()), csv_sha256=hashlib.sha256(data).hexdigest(), data_dir=data_dir,
+        competition=data_competition(data_dir) if data_dir else None,
         n_val=int(len(members[0].val_labels)), table=voted["table"], val_acc=voted["val_acc"],
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), trained_on=trained_on(run_dirs) or None,
         fitted_on=[str(Path(d).resolve()) for d in val_from] if val_from is not None else None,

@@ -14,7 +14,8 @@ from kit.errors import KitError
 from kit.fsio import atomic_path, sha256_file, write_json
 from kit.kaggle.client import call
 from kit.kaggle.ledger import now
-from kit.layout import LAYOUT_FILES, check_data, read_layout
+from kit.layout import DOWNLOAD_MARKER as MARKER
+from kit.layout import LAYOUT_FILES, check_data, marked_dir, read_layout
 
 
 def _crc32_file(path: Path) -> int:
@@ -78,29 +79,6 @@ def find_data_dir(root, members: Iterable[str] | None = None) -> Path:
     return found[0]
 
 
-MARKER = ".kit-download.json"       # in --out: the competition, its zip and the data dir found in it
-
-
-def _marked_dir(out: Path, done: dict) -> Path:
-    """The data dir a marker in `out` names: under out (`in_out`), or as older kits wrote it (relative to
-    the folder they ran in)."""
-    return out / done["in_out"] if "in_out" in done else Path(done["data_dir"])
-
-
-def downloaded_from(data_dir) -> str | None:
-    """The competition `kit data download` fetched data_dir from (its marker in data_dir or a folder a
-    few levels above), or None: where a recipe on that data submits."""
-    data_dir = Path(data_dir).resolve()
-    for folder in [data_dir, *data_dir.parents][:4]:
-        try:
-            done = json.loads((folder / MARKER).read_text())
-            if isinstance(done, dict) and _marked_dir(folder, done).resolve() == data_dir:
-                return str(done["competition"])
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    return None
-
-
 def download(competition: str, out, endpoint: str | None = None, env: dict | None = None, log=None,
              progress: bool = False) -> Path:
     """Download the competition zip with the official client, unpack it, validate; returns the data dir."""
@@ -110,8 +88,8 @@ def download(competition: str, out, endpoint: str | None = None, env: dict | Non
         try:
             done = json.loads(marker.read_text())
             if done.get("competition") == competition:
-                read_layout(_marked_dir(out, done))
-                return _marked_dir(out, done)
+                read_layout(marked_dir(out, done))
+                return marked_dir(out, done)
         except (ValueError, KeyError, TypeError, AttributeError, KitError):
             pass    # incomplete or stale: fetch and unpack again (finished files are skipped)
     made = [p for p in (out, *out.parents) if not p.exists()]        # --out and the folders made for it

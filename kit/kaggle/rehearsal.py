@@ -17,19 +17,17 @@ from kit.fsio import file_lock, sha256_file
 from kit.kaggle.client import KAGGLE, STAND_IN, endpoint_or_env
 from kit.kaggle.client import target as named_target
 from kit.kaggle.credentials import CREDENTIALS_HELP, credential_source, kaggle_json_problem
-from kit.kaggle.downloads import downloaded_from
 from kit.kaggle.ledger import find_submitted, ledger_problem, read_ledger, sending_lock, update_ledger
 from kit.kaggle.pending import kept_rows, merge_pending
 from kit.kaggle.server import StandIn
 from kit.kaggle.submissions import submit
-from kit.layout import is_synthetic, synth_marker
+from kit.layout import data_competition, is_synthetic, synth_marker
 
 
 def recipe_competition(data_dir, competition: str | None = None) -> str:
     """Where a recipe on data_dir submits: `competition` when given, else the synthetic data's, else the
     one `kit data download` fetched it from (the 2021 and 2023 editions too), else ml2022spring-hw4."""
-    return (competition or (synth_marker(data_dir) or {}).get("competition") or downloaded_from(data_dir)
-            or DEFAULT_COMPETITION)
+    return competition or data_competition(data_dir) or DEFAULT_COMPETITION
 
 
 def recipe_submit(csv_path, message: str, data_dir, competition: str | None = None,
