@@ -203,7 +203,7 @@ class RecipeRun:
         if jobs and plan.timed and not self.auditioning:      # an audition shares its own (kit.audition)
             names = [j[0] for j in jobs]
             each = plan.member_share(names, floor=False)          # refuses an allowance too small to start
-            self.log(f"time budget: {each:.2f} training minutes for {names[0]}, {len(slots)} at a time"
+            self.log(f"time budget: {each:.2f} training minutes each for {', '.join(names)}, {len(slots)} at a time"
                      + (" (re-shared as each member starts, its own prediction reserved)"
                         if not per_member_minutes else "")
                      + (f"; {stages:.0%} of the time kept for the stages after the vote" if stages else ""))
