@@ -302,7 +302,8 @@ def distill_stage(ctx: StageHost, opts: dict, run_dirs: list[Path], result: Reci
     student = ctx.root / "student"
     teachers = {str(Path(d).resolve()): sha256_file(Path(d) / "test_probs.npy") for d in run_dirs}
     record = student / TEACHERS_JSON
-    if student.exists() and _read_teachers(record) != teachers:
+    # by the teachers' predictions, not their paths: a moved or copied runs folder keeps its student
+    if student.exists() and sorted((_read_teachers(record) or {}).values()) != sorted(teachers.values()):
         ctx.log(f"student: taught by other members before; moved to {move_aside(student, old_name(student))}")
     overrides = ["train.cpu_threads=0"]         # in-process: every core
     if not ctx.plan.timed:
@@ -345,6 +346,7 @@ def distill_stage(ctx: StageHost, opts: dict, run_dirs: list[Path], result: Reci
 def _read_teachers(path: Path) -> dict | None:
     """teachers.json of a student (None when it is missing or unreadable: teach it again)."""
     try:
-        return read_json(path, "the student's teachers")
+        teachers = read_json(path, "the student's teachers")
     except KitError:
         return None
+    return teachers if isinstance(teachers, dict) else None

@@ -261,7 +261,7 @@ class RecipeRun:
         plan = self.recipe.after
         vote = plan["ensemble"] if len(run_dirs) > 1 else "hard"     # one run: its own predictions
         return ensemble_runs(run_dirs, vote=vote, weights="auto" if plan["weights"] == "auto" else None, name=name,
-                             out_dir=self.submissions, log=self.log, val_from=val_from)
+                             out_dir=self.submissions, log=self.log, val_from=val_from, competition=self.competition)
 
     def predict(self, run_dir: Path, which: str | None = None) -> dict | None:
         """Predict a run dir unless its predictions are current (a fine-tune: in its source's mode only)."""

@@ -131,6 +131,10 @@ def test_resume_of_a_folder_that_is_not_there_is_refused(tiny_data, tmp_path, ca
     one_error(*kit_cli(capsys, "train", "--data", tiny_data, "--out", tmp_path / "typo", "--resume",
                        *TRAIN_SMALL)[::2], f"{tmp_path / 'typo'}: no run to resume (no such folder)")
     assert not (tmp_path / "typo").exists()
+    (tmp_path / "empty").mkdir()                           # probe 15: an empty one trained from 0 without a word
+    code, _, err = kit_cli(capsys, "train", "--data", tiny_data, "--out", tmp_path / "empty", "--resume",
+                           *TRAIN_SMALL)
+    assert code == 0 and "nothing to resume yet (no checkpoint): training from step 0" in err
 
 
 def test_resume_without_last_pt_stops_and_keeps_best_and_summary(trained, tiny_data, capsys):

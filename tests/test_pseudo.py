@@ -226,6 +226,14 @@ def test_a_rerun_of_a_finished_student_writes_and_predicts_nothing_again(tiny_da
             first = {p.name: p.read_bytes() for p in subs.iterdir()}, (student / "test_probs.npy").read_bytes()
     assert ({p.name: p.read_bytes() for p in subs.iterdir()}, (student / "test_probs.npy").read_bytes()) == first
     assert json.loads((student / "ids.json").read_text())["which"] == "last"
+    # probe 15: a moved runs folder kept its fine-tunes but taught the student again (teachers by path)
+    import shutil
+
+    moved = Path(shutil.move(tmp_path / "runs", tmp_path / "moved"))
+    run_recipe(recipe, data=str(tiny_data), budget="full", runs=str(moved), workers=1, progress=False,
+               submissions=subs)
+    assert not list((moved / "tinyst").glob("student.old-*"))
+    assert (moved / "tinyst" / "student" / "test_probs.npy").read_bytes() == first[1]
 
 
 def test_to_fine_tune_skips_members_the_vote_ignores():

@@ -3,6 +3,7 @@ real Kaggle submission, and a submission that fails ends the run with exit 2 aft
 """
 from __future__ import annotations
 
+import json
 import socket
 import threading
 from pathlib import Path
@@ -79,6 +80,8 @@ def test_the_launchers_endpoint_and_the_recipes_folder_reach_the_submission(trai
     [(csv, kw)] = sent
     assert kw == {"endpoint": url, "submissions_dir": elsewhere, "competition": "ml2023springhw4"}   # --competition
     assert Path(csv).parent == elsewhere
+    # and the vote's manifest says so, for a later `kit submit` of it (probe 15)
+    assert json.loads(Path(csv).with_suffix(".json").read_text())["competition"] == "ml2023springhw4"
 
 
 def test_a_failed_submission_exits_2_after_the_table(trained, tiny_data, tmp_path, monkeypatch, capsys):

@@ -182,6 +182,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_out(args.out)         # before --resume reads its config.toml or --fresh moves anything
     if args.resume and not Path(args.out).exists():     # a typo in --out trained a whole run from step 0
         raise KitError(f"{args.out}: no run to resume (no such folder); leave out --resume to start one there")
+    if args.resume and not is_run_dir(args.out):        # empty, or a trainer killed before its first save
+        print(f"kit: {args.out}: nothing to resume yet (no checkpoint): training from step 0", file=sys.stderr)
     cfg = resolve_train_config(args)
     if args.fresh and is_run_dir(args.out):     # a folder of only kit's leftovers is trained into as it is
         print(f"kit: {args.out}: starting over; the old run moved to {move_aside(args.out, old_name(args.out))}",

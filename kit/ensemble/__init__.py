@@ -68,7 +68,7 @@ def parse_weights(text: str | None):
 
 def ensemble_runs(run_dirs, vote: str = "hard", weights=None, name: str | None = None,
                   out_dir: str | os.PathLike = "submissions", pool: str = DEFAULT_POOL, folds: int = 5,
-                  log=None, val_from: list | None = None) -> dict:
+                  log=None, val_from: list | None = None, competition: str | None = None) -> dict:
     """Vote over predicted run dirs and write OUT/NAME.csv (Id,Category) and OUT/NAME.json.
 
     vote hard | soft with weights None (equal) or a list: that plain vote of the members'
@@ -92,6 +92,7 @@ def ensemble_runs(run_dirs, vote: str = "hard", weights=None, name: str | None =
 
     val_from (a refit, kit.rounds): one run dir per member whose validation predictions fit the vote
     in its place (the member trained on validation); the test predictions are the members' own.
+    competition: where the vote is for (a recipe's --competition); None: its data's.
     """
     _check_arguments(run_dirs, vote, weights, pool)
     name = _submission_name(name, vote, len(run_dirs))                         # before any work
@@ -111,7 +112,7 @@ def ensemble_runs(run_dirs, vote: str = "hard", weights=None, name: str | None =
         member_settings=[m.ids.settings() for m in members],
         member_test_probs_sha256=[m.test_sha256 for m in members],
         csv=str(csv_path.resolve()), csv_sha256=hashlib.sha256(data).hexdigest(), data_dir=data_dir,
-        competition=data_competition(data_dir) if data_dir else None,
+        competition=competition or (data_competition(data_dir) if data_dir else None),
         n_val=int(len(members[0].val_labels)), table=voted["table"], val_acc=voted["val_acc"],
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), trained_on=trained_on(run_dirs) or None,
         fitted_on=[str(Path(d).resolve()) for d in val_from] if val_from is not None else None,
