@@ -87,8 +87,7 @@ def ensemble_runs(run_dirs, vote: str = "hard", weights=None, name: str | None =
 
     Returns {csv, manifest, table: [{member, val_acc, weight, ...}, ..., ensemble row],
     val_acc (the written vote's in-sample validation accuracy), weights (M,), kept (the old
-    files moved aside), and for the auto mode also oof_acc (honest), method, temperatures,
-    candidates}.
+    files moved aside), and for the auto mode also oof_acc (honest), method, temperatures, candidates}.
 
     val_from (a refit, kit.rounds): one run dir per member whose validation predictions fit the vote
     in its place (the member trained on validation); the test predictions are the members' own.
