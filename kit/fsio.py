@@ -78,7 +78,7 @@ def temp_dir(prefix: str) -> Path:
 
 def live_writers(path: str | os.PathLike) -> list[int]:
     """The pids of other live processes on this machine writing `path` with atomic_dir now."""
-    return [pid for _, pid in _writers(Path(path)) if pid != os.getpid() and _alive(pid)]
+    return [pid for _, pid in _writers(Path(path)) if pid != os.getpid() and process_alive(pid)]
 
 
 def _sweep_orphans(parent: Path, prefix: str) -> None:
@@ -86,18 +86,24 @@ def _sweep_orphans(parent: Path, prefix: str) -> None:
     process of this machine left: that process is gone. A folder of a live process, of another machine
     or of an older kit (no pid in its name) is left alone."""
     for folder, pid in list(_owned(parent, prefix)):
-        if not _alive(pid):
+        if not process_alive(pid):
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """pid is a live process on this machine (another user's counts); a zombie its parent has not reaped
+    yet has ended."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:         # another user's process
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:                 # no /proc (not Linux), or it ended just now
+        return True
 
 
 @contextlib.contextmanager

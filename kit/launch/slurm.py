@@ -17,6 +17,7 @@ import torch
 
 from kit.cli import main
 from kit.errors import KitError
+from kit.fsio import process_alive
 from kit.launch.common import MAX_ROUNDS, member_args
 from kit.rundir import RunDir
 from kit.timeplan import time_limits
@@ -31,7 +32,7 @@ def run_member(argv: list[str], launched_by: int | None = None) -> int:
     launched_by (a local job): the recipe's pid; the job stops as SIGTERM stops it when that process
     is gone (a SIGKILLed recipe; submitit's local controller would run on under pid 1)."""
     if launched_by is not None:
-        if not _running(launched_by):
+        if not process_alive(launched_by):
             return 128 + signal.SIGTERM             # gone before this job began: nothing to train for
         submitits = signal.getsignal(signal.SIGTERM)
         threading.Thread(target=_end_with, args=(launched_by, submitits), daemon=True).start()
@@ -41,23 +42,11 @@ def run_member(argv: list[str], launched_by: int | None = None) -> int:
 def _end_with(pid: int, submitits, every: float = 2.0) -> None:
     """SIGTERM this process once `pid` has ended (polled: the recipe is no parent of the job), when kit's
     own handler is in place: submitit's job handler only logs "Bypassing signal SIGTERM"."""
-    while _running(pid):
+    while process_alive(pid):
         time.sleep(every)
     while signal.getsignal(signal.SIGTERM) is submitits:
         time.sleep(0.2)
     os.kill(os.getpid(), signal.SIGTERM)
-
-
-def _running(pid: int) -> bool:
-    """pid is a live process (a zombie whose parent has not reaped it counts as ended)."""
-    try:
-        os.kill(pid, 0)
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except ProcessLookupError:
-        return False
-    except OSError:                 # no /proc (not Linux), or another user's process: alive
-        return True
 
 
 def _submitit():
