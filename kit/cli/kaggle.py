@@ -16,10 +16,11 @@ from pathlib import Path
 
 from kit import DEFAULT_COMPETITION, env
 from kit.errors import KitError
-from kit.fsio import file_lock, sha256_file
+from kit.fsio import sha256_file
 from kit.kaggle import KAGGLE, read_ledger, refresh_ledger, score_table, submit
 from kit.kaggle.client import target
-from kit.kaggle.ledger import find_submitted, sending_lock
+from kit.kaggle.ledger import find_submitted
+from kit.kaggle.ledger import sending as ledger_sending
 from kit.kaggle.pending import merge_pending
 from kit.kaggle.server import FAULT_TARGETS, StandIn
 from kit.layout import data_competition, read_layout, synth_marker
@@ -91,7 +92,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
              "--competition says")
     args.competition = args.competition or made_for or DEFAULT_COMPETITION
     with contextlib.ExitStack() as sending:     # another kit submit waits, then sees this one's row (and note)
-        sending.enter_context(_sending(Path(args.ledger)))
+        sending.enter_context(ledger_sending(args.ledger, _log))
         row = submit(args.csv, args.message, args.competition, data_dir=args.data, wait=args.wait,
                      ledger=args.ledger, endpoint=args.endpoint, timeout=args.timeout, log=_log,
                      note=_note_resend(args), recorded=sending.close)     # its row is written: not the score
@@ -110,16 +111,6 @@ def _data_competition(args: argparse.Namespace) -> str | None:
         manifest = SubmissionManifest.beside(args.csv) or manifest
     data_dir = args.data or manifest.data_dir
     return manifest.competition or (data_competition(data_dir) if data_dir else None)
-
-
-def _sending(ledger: Path):
-    """The ledger's sending lock, held by `kit submit` and a recipe's submission from the check for an
-    earlier send of the same bytes until the attempt's row is written (none while the folder is missing:
-    submit makes it, or names why it cannot)."""
-    if not ledger.parent.is_dir():
-        return contextlib.nullcontext()
-    return file_lock(sending_lock(ledger), busy=lambda: _log(f"another kit is submitting with {ledger}; waiting "
-                                                              "for it to finish"))
 
 
 def _note_resend(args: argparse.Namespace) -> str | None:

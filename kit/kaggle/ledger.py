@@ -3,6 +3,7 @@ and public/private scores. Read strictly, written under a lock, backed up before
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
@@ -110,10 +111,19 @@ def ledger_lock(path: Path) -> Path:
 
 
 def sending_lock(path: str | os.PathLike) -> Path:
-    """The lock a recipe holds from "was this file submitted?" until its row is in the ledger, so two
-    recipes sharing a ledger never both send the same bytes (beside the ledger, hidden)."""
+    """The lock a recipe or `kit submit` holds from "was this file submitted?" until its row is in the
+    ledger, so two sharing a ledger never both send the same bytes unawares (beside the ledger, hidden)."""
     path = ledger_target(path)
     return path.with_name(f".{path.name}.sending.lock")
+
+
+def sending(path: str | os.PathLike, log=None):
+    """sending_lock held for a block; `log` says once that another kit holds it before waiting. None
+    while the ledger's folder is missing (file_lock would make it: the sender makes it, or says why not)."""
+    if not Path(path).parent.is_dir():
+        return contextlib.nullcontext()
+    return file_lock(sending_lock(path), busy=(lambda: log(f"another kit is submitting with {path}; waiting for it "
+                                                            "to finish")) if log else None)
 
 
 ROOM = 1 << 20          # free bytes a vote's CSV, manifest and ledger rows need (HW4's CSV: ~0.2 MB)

@@ -13,11 +13,11 @@ from pathlib import Path
 
 from kit import DEFAULT_COMPETITION
 from kit.errors import KitError
-from kit.fsio import file_lock, sha256_file
+from kit.fsio import sha256_file
 from kit.kaggle.client import KAGGLE, STAND_IN, endpoint_or_env
 from kit.kaggle.client import target as named_target
 from kit.kaggle.credentials import CREDENTIALS_HELP, credential_source, kaggle_json_problem
-from kit.kaggle.ledger import find_submitted, ledger_problem, read_ledger, sending_lock, update_ledger
+from kit.kaggle.ledger import find_submitted, ledger_problem, read_ledger, sending, update_ledger
 from kit.kaggle.pending import kept_rows, merge_pending
 from kit.kaggle.server import StandIn
 from kit.kaggle.submissions import submit
@@ -49,12 +49,7 @@ def recipe_submit(csv_path, message: str, data_dir, competition: str | None = No
     problem = ledger_problem(ledger)
     if problem:
         return _result("FAILED", None, None, f"{problem}; nothing was sent", recorded=False)
-
-    def busy() -> None:
-        if log:
-            log(f"another kit is submitting with {ledger}; waiting for it to finish")
-
-    with file_lock(sending_lock(ledger), busy=busy):
+    with sending(ledger, log):        # ledger_problem made its folder
         return _send(csv_path, message, data_dir, competition, ledger, log, endpoint)
 
 
