@@ -5,7 +5,6 @@ how often members disagree, as a table, a dict and a PNG (bars + disagreement he
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from kit.ensemble.members import check_compatible, load_member, member_speakers
 from kit.errors import KitError
 from kit.plots import plot_report
 from kit.records import SubmissionManifest
+from kit.rundir import RunDir
 from kit.submission import read_answer_key, score_predictions, score_submission
 
 
@@ -126,11 +126,8 @@ def _member_row(member, name: str, labels) -> dict:
 
 def _lost_steps(run_dir: Path) -> str:
     """The run's lost-steps note (kit.budget.step_rate_note), as the recipe's table shows it."""
-    try:
-        summary = json.loads((Path(run_dir) / "summary.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return ""
-    return step_rate_note(summary.get("steps_per_second")) if isinstance(summary, dict) else ""
+    summary = RunDir.of(run_dir).summary()
+    return step_rate_note(summary.get("steps_per_second")) if summary else ""
 
 
 def _score_members(rows: list[dict], members, answers) -> None:

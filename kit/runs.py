@@ -9,14 +9,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 from kit.config import load_toml
 from kit.errors import KitError, first_line
-from kit.fsio import sha256_file, write_json
+from kit.fsio import read_json, sha256_file, write_json
 from kit.identity import IDENTITY, START_OVER, describe, identity_changes, legacy_identity, read_identity
 from kit.layout import load_tensors
 from kit.names import old_suffix
@@ -280,16 +279,12 @@ def _accepted(recorded) -> list:
 
 
 def _written(record: Path) -> dict:
-    try:
-        written = json.loads(record.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    if not record.is_file():
         return {}
-    except (OSError, ValueError) as e:
-        raise KitError(f"{record}: unreadable ({first_line(e, 80)}); delete it to skip the check of the "
-                       "run's checkpoints") from None
-    if not isinstance(written, dict):
-        raise KitError(f"{record}: not a record of checkpoints; delete it to skip the check of the run's checkpoints")
-    return written
+    try:
+        return read_json(record, "a run's record of its checkpoints")
+    except (KitError, OSError) as e:
+        raise KitError(f"{first_line(e, 160)}; delete it to skip the check of the run's checkpoints") from None
 
 
 def trained_on_validation(run_dirs) -> list[str]:
