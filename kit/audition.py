@@ -58,6 +58,7 @@ class AuditionResult:
     steps: dict[str, int] = field(default_factory=dict)
     survivors: list[str] = field(default_factory=list)
     kinds: dict[str, str] = field(default_factory=dict)         # the kind of network (kit.config.ENCODER_KINDS)
+    spec: dict = field(default_factory=dict)     # the recipe's [audition] as the cut was taken ({}: an older kit's)
 
     @property
     def pruned(self) -> list[str]:
@@ -97,7 +98,7 @@ def _shape_problem(value: dict, names: list[str]) -> str | None:
                    for k in ("candidates", "survivors"))
     numbers_ok = all(isinstance(value[k], (int, float)) and not isinstance(value[k], bool)
                      for k in ("keep", "rung", "minutes"))
-    maps_ok = all(isinstance(value.get(k, {}), dict) for k in ("scores", "steps", "kinds"))
+    maps_ok = all(isinstance(value.get(k, {}), dict) for k in ("scores", "steps", "kinds", "spec"))
     if not (names_ok and numbers_ok and maps_ok):
         return "a value of the wrong type"
     if not value["survivors"] or set(value["survivors"]) - set(value["candidates"]):
@@ -110,26 +111,29 @@ def _fmt(score: float | None) -> str:
 
 
 def wants_audition(recipe: Recipe, budget: str, override: bool | None, only, blocker: str | None,
-                   timed: tuple, log, workers: int | None = None) -> bool:
-    """Whether this run auditions: the recipe's [audition] is on for `budget` (or --audition), the
+                   timed: tuple, log, workers: int | None = None) -> str:
+    """"cut" when this run auditions: the recipe's [audition] is on for `budget` (or --audition), the
     members are not named by --only, nothing trains them elsewhere or stops them early (`blocker`),
     the recipe is timed (`timed`: (--minutes, --member-minutes), else the budget's minutes), it has
     more candidates than it keeps, and, when it is timed, its minutes leave each candidate a rung
     (before predictions, which are estimated later: kit.timeplan.audition_minutes may still refuse
     then), trained as `workers` says (kit.workers.slots_for). An untimed (step-based) budget cuts at
-    `rung` of each candidate's train.max_steps instead."""
+    `rung` of each candidate's train.max_steps instead. "all" when it would, but keeps every
+    candidate: no cut, the candidates train as the recipe's members. "" when it does not."""
     spec = recipe.audition_for(budget)
     if override is False or not (override or (spec["enabled"] and budget in spec["budgets"])):
-        return False
+        return ""
     n, (minutes, per_member) = len(recipe.members_for(budget, audition=True)), timed
     total = minutes or recipe.minutes.get(budget)
-    why = ("--only names the members" if only else blocker
-           or (None if n > spec["keep"] else f"{n} candidate(s), {spec['keep']} kept")
-           or (None if per_member or not total else _too_short(total, n, spec, len(slots_for(workers, n)))))
+    why = "--only names the members" if only else blocker
+    if not why and n <= spec["keep"]:
+        log(f"audition: {n} candidate(s) and at most {spec['keep']} kept: no cut, every candidate trains to the end")
+        return "all"
+    why = why or (None if per_member or not total else _too_short(total, n, spec, len(slots_for(workers, n))))
     if why:
         log(f"audition off: {why}; training the recipe's fixed members")
-        return False
-    return True
+        return ""
+    return "cut"
 
 
 def _too_short(minutes: float, n: int, spec: dict, slots: int) -> str | None:
@@ -145,7 +149,7 @@ def run_audition(run: RecipeRun, jobs: list, slots: list) -> AuditionResult:
     """Train every candidate to the cut, choose the survivors, train them to the end (and predict
     them, in the workers, as the recipe's members are). Sets run.chosen to the survivors. A re-run
     reads the decision from audition.json and continues the survivors."""
-    result = _decided(run.root, run.chosen)
+    result = decided(run.root, run.chosen, run.recipe.audition_for(run.budget))
     if result is None:
         result = _cut(run, jobs, slots)
     run.chosen = list(result.survivors)
@@ -205,7 +209,8 @@ def _cut(run: RecipeRun, jobs: list, slots: list) -> AuditionResult:
     kinds = {n: ENCODER_KINDS.get(run.config(n).model.encoder, "") for n in run.chosen}
     survivors = survivors_of(ranked, scores, keep, float(spec["within"]), max(len(slots), 1),
                              kinds if spec["kinds"] else None)
-    result = AuditionResult(list(run.chosen), keep, rung, minutes, scores, steps, survivors, kinds)
+    result = AuditionResult(list(run.chosen), keep, rung, minutes, scores, steps, survivors, kinds,
+                            {k: spec[k] for k in SPEC_KEYS})
     write_json(run.root / AUDITION_FILE, asdict(result))
     _record(run.root, run.recipe.name, result)
     for line in result.lines():
@@ -264,16 +269,30 @@ def _score(run_dir: Path) -> tuple[float | None, int]:
     return float(rows[-1]["val_acc"]), int(rows[-1]["step"])
 
 
-def _decided(root: Path, candidates: list[str]) -> AuditionResult | None:
-    """The decision of an earlier run, when it was taken over the same candidates and every
-    survivor's run dir is still there (--fresh moves them aside: the audition runs again)."""
+SPEC_KEYS = ("keep", "rung", "within", "kinds", "per_slot")     # the [audition] settings a cut depends on
+
+
+def decided(root: Path, candidates: list[str], spec: dict) -> AuditionResult | None:
+    """The decision of an earlier run, when every survivor's run dir is still there (--fresh moves
+    them aside: the audition runs again). Refused (KitError) when it was taken over other candidates
+    or [audition] settings than the recipe's now: its survivors have trained past the cut, so a new
+    cut would rank their later scores against a new candidate's early one."""
     path = root / AUDITION_FILE
     if not path.is_file():
         return None
     result = AuditionResult.read(path)
-    if sorted(result.candidates) != sorted(candidates) or \
-            any(RunDir(root / n).summary() is None for n in result.survivors):
+    if any(RunDir(root / n).summary() is None for n in result.survivors):
         return None
+    added, gone = sorted(set(candidates) - set(result.candidates)), sorted(set(result.candidates) - set(candidates))
+    changes = ([f"candidate(s) added: {', '.join(added)}"] if added else []) + \
+        ([f"candidate(s) gone: {', '.join(gone)}"] if gone else []) + \
+        [f"[audition] {k} {result.spec[k]!r} -> {spec[k]!r}" for k in SPEC_KEYS
+         if k in result.spec and result.spec[k] != spec.get(k)]
+    if changes:
+        raise KitError(f"{path}: the audition was decided before the recipe changed ({'; '.join(changes)}), and "
+                       f"its survivors ({', '.join(result.survivors)}) have trained on since the cut; re-run with "
+                       f"--fresh to audition again (old members are moved to {root}.old-<time>), with "
+                       "--no-audition for the fixed members, or with --runs OTHER to keep both")
     return result
 
 

@@ -231,27 +231,29 @@ def audition_pieces(costs: list[MemberCost], keep: int, rung: float, dearest: bo
     return pieces + [replace(c, steps=c.steps - cut[c.name][0], evals=c.evals - cut[c.name][1]) for c in kept]
 
 
-def audition_lines(costs: list[MemberCost], fixed: list[str], keep: int, rung: float,
+def audition_lines(costs: list[MemberCost], fixed: list[MemberCost], keep: int, rung: float,
                    utilisation: float | None = None, rates: list[StepRate] | None = None) -> list[str]:
-    """The audition's projected hours against the fixed members' (`fixed`: their names), per Kaggle
-    GPU; with `rates` (kit recipe cost --measure), also at this machine's measured step rates."""
+    """The audition's projected hours (`costs`: its candidates) against the fixed members' (`fixed`:
+    what `--no-audition` trains, candidates or not), per Kaggle GPU; with `rates` (kit recipe cost
+    --measure, the candidates' measured step rates), also at this machine's rates."""
     low, high = (audition_pieces(costs, keep, rung, d) for d in (False, True))
-    zoo = [c for c in costs if c.name in fixed]
     head = (f"With the audition (`kit recipe run --audition`): {len(costs)} candidates to {rung:.0%} of their "
             f"steps, the best {keep} on to the end (the cheapest {keep} kept .. the dearest {keep}); "
-            f"the fixed members ({len(zoo)}) beside it:")
+            f"the fixed members ({len(fixed)}) beside it:")
     lines = [head]
     for g in GPUS[:2]:
         lines.append(f"  Kaggle {g.key}: {kaggle_hours(low, g, utilisation):.1f} .. "
                      f"{kaggle_hours(high, g, utilisation):.1f} h of quota; fixed members "
-                     f"{kaggle_hours(zoo, g, utilisation):.1f} h")
+                     f"{kaggle_hours(fixed, g, utilisation):.1f} h")
     if rates:
         tflops = {c.name: r.tflops(c.step_gflop) for c, r in zip(costs, rates, strict=True)}
 
         def hours(pieces: list[MemberCost]) -> float:
             return sum(p.hours_at(tflops[p.name]) for p in pieces)
+        zoo = (f"fixed members {hours(fixed):.2f} h" if all(c.name in tflops for c in fixed)
+               else "fixed members not measured (not all are candidates)")
         lines.append(f"  measured on {rates[0].device}, one after another: {hours(low):.2f} .. {hours(high):.2f} h; "
-                     f"fixed members {hours(zoo):.2f} h")
+                     + zoo)
     return lines
 
 

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -251,7 +252,16 @@ def downloaded_from(data_dir) -> str | None:
     return None
 
 
+# A course competition's Kaggle name, as the folder Kaggle mounts it in (/kaggle/input/<slug>/...)
+COURSE_SLUG = re.compile(r"ml20\d\d(spring|fall)-?hw\d+")
+
+
 def data_competition(data_dir) -> str | None:
-    """The competition data_dir is: the synthetic data's, or the one `kit data download` fetched it from;
-    None when neither says."""
-    return (synth_marker(data_dir) or {}).get("competition") or downloaded_from(data_dir)
+    """The competition data_dir is: the synthetic data's, the one `kit data download` fetched it from,
+    or the one a folder holding it is named after (a Kaggle notebook's /kaggle/input/<slug>/Dataset;
+    within three levels); None when none says."""
+    found = (synth_marker(data_dir) or {}).get("competition") or downloaded_from(data_dir)
+    if found:
+        return found
+    folders = [Path(data_dir).resolve(), *Path(data_dir).resolve().parents][:4]
+    return next((f.name for f in folders if COURSE_SLUG.fullmatch(f.name)), None)

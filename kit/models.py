@@ -197,5 +197,13 @@ def build_model(cfg: ModelConfig, augment: AugmentConfig | None = None, fast_dro
     return use_fast_dropout(model) if fast_dropout else model
 
 
+def check_model(cfg: ModelConfig) -> None:
+    """Refuse (KitError) a ModelConfig whose model cannot be built -- d_model not a multiple of
+    n_heads, an even conformer kernel, ECAPA channels not a multiple of 8 -- before any run starts:
+    the model is built on torch's meta device, which allocates nothing."""
+    with torch.device("meta"):
+        SpeakerNet(cfg)
+
+
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

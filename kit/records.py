@@ -295,8 +295,9 @@ def stale_checkpoint(run_dir, ids: PredictionIds, which: str | None = None) -> P
 
 def predictions_current(run_dir, which: str | None = None) -> bool:
     """Whether the run's val/test probabilities came from the checkpoint <which>.pt now on disk
-    (which: best | last | avg; default the one ids.json names). False when the run has not been
-    predicted, its ids.json is unusable, or that checkpoint is missing."""
+    (which: best | last | avg; default the one ids.json names), made as its config.toml's [infer]
+    asks. False when the run has not been predicted, its ids.json or config.toml is unusable, or
+    that checkpoint is missing."""
     run_dir = Path(run_dir)
     if not all((run_dir / name).is_file() for name in PREDICTION_FILES):
         return False
@@ -305,7 +306,25 @@ def predictions_current(run_dir, which: str | None = None) -> bool:
     except KitError:
         return False
     which = which or ids.which or "best"
-    return (run_dir / f"{which}.pt").is_file() and stale_checkpoint(run_dir, ids, which) is None
+    if not (run_dir / f"{which}.pt").is_file() or stale_checkpoint(run_dir, ids, which) is not None:
+        return False
+    config = run_dir / "config.toml"
+    if not config.is_file():                    # nothing asks otherwise (and nothing could predict it again)
+        return True
+    try:                                        # made as the run's [infer] now asks (a recipe may change it)
+        return not settings_changes(ids, load_toml(config).get("infer", {}))
+    except KitError:                            # predicting names the unreadable config in one line
+        return False
+
+
+def settings_changes(ids: PredictionIds, infer: dict) -> list[str]:
+    """How the predictions in ids.json were made against what a config's [infer] table asks:
+    e.g. ["mode sliding -> full"]; [] when the same. A setting an older ids.json lacks is not compared."""
+    asked = {"mode": "full" if infer.get("full") else infer.get("mode", "auto"), "window": infer.get("window"),
+             "hop": infer.get("hop"), "average": infer.get("average")}
+    made = {"mode": ids.mode_requested, "window": ids.window, "hop": ids.hop, "average": ids.average}
+    return [f"{k} {made[k]} -> {asked[k]}" for k in asked
+            if made[k] is not None and asked[k] is not None and made[k] != asked[k]]
 
 
 def trained_on(run_dirs) -> list[dict]:

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from kit.config import to_dict
 from kit.distill import TEACHERS_JSON, best_member, distill, load_members
 from kit.errors import KitError
 from kit.fsio import read_json, sha256_file, write_json
@@ -29,7 +30,7 @@ from kit.pseudo import make_pseudo_labels
 from kit.recipe_result import RecipeResult, RoundResult, StudentResult, VoteResult
 from kit.records import predicted_mode
 from kit.rundir import RunDir
-from kit.runs import move_aside, old_name, reuse_changes
+from kit.runs import move_aside, old_name, reuse_changes, update_infer
 from kit.timeplan import TimePlan
 from kit.train import TrainingDiverged, load_config
 
@@ -288,7 +289,9 @@ def _fine_tune_jobs(ctx: StageHost, opts: dict, names, run_dirs, suffix: str, cs
         run = RunDir(run_dir)
         if run.finished:
             if not run.diverged:                # diverged earlier: pseudo_rounds says so
-                ctx.log(f"{run_dir.name}: already fine-tuned, kept")
+                changed = update_infer(run_dir, to_dict(cfg.infer))     # its member is predicted another way
+                ctx.log(f"{run_dir.name}: already fine-tuned, kept"
+                        + (f"; {', '.join(changed)}: predicted again that way" if changed else ""))
             continue
         jobs.append((run_dir.name, cfg, run_dir, run.has_checkpoint))
     return jobs

@@ -13,9 +13,9 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from kit.config import load_toml
+from kit.config import dump_toml, load_toml
 from kit.errors import KitError, first_line
-from kit.fsio import read_json, sha256_file, write_json
+from kit.fsio import read_json, sha256_file, write_json, write_text
 from kit.identity import IDENTITY, START_OVER, describe, identity_changes, legacy_identity, read_identity
 from kit.layout import load_tensors
 from kit.names import old_suffix
@@ -103,6 +103,23 @@ def reuse_changes(run_dir: str | Path, identity: dict) -> list[str]:
         write_json(run_dir / IDENTITY, identity)
     return changes
 
+
+
+def update_infer(run_dir: str | Path, infer: dict) -> list[str]:
+    """Give the run's config.toml the [infer] table `infer` (a recipe's, changed since the run was
+    trained: the identity leaves [infer] out, as it changes how the weights are predicted, not what
+    they are), so the next prediction is made that way and the old one is no longer current
+    (kit.records.predictions_current). Returns the changes ("mode = auto -> full"); [] when none,
+    or when the run has no config.toml yet."""
+    path = Path(run_dir) / "config.toml"
+    if not path.is_file():
+        return []
+    config = load_toml(path)
+    old = config.get("infer", {})
+    changes = [f"infer.{k} = {old.get(k)!r} -> {v!r}" for k, v in infer.items() if old.get(k) != v]
+    if changes:
+        write_text(path, dump_toml({**config, "infer": {**old, **infer}}))
+    return changes
 
 # ---------------------------------------------------------------- starting and resuming
 def check_start(run_dir: str | Path, resume: bool) -> None:

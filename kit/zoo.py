@@ -11,15 +11,15 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kit.audition import run_audition, wants_audition
+from kit.audition import decided, run_audition, wants_audition
 from kit.config import RunConfig
 from kit.data import FeatureStore
 from kit.ensemble import ensemble_runs
 from kit.errors import KitError
-from kit.identity import describe, run_identity
 from kit.infer import predict_run, source_mode
 from kit.kaggle import check_recipe_submissions, recipe_submit
 from kit.layout import is_synthetic
+from kit.members import check_configs, check_members, start_over
 from kit.recipe import BUDGETS, Recipe, ensure_data, load_recipe, member_config
 from kit.recipe_result import MemberResult, RecipeResult, VoteResult, member_result
 from kit.records import PredictionIds
@@ -35,7 +35,6 @@ from kit.rounds import (
     stages_share,
 )
 from kit.rundir import RunDir
-from kit.runs import holds_run, lock_holder, move_aside, old_name, reuse_changes
 from kit.timeplan import Deadline, TimePlan, predict_estimates
 from kit.train import TrainingDiverged, load_config, train
 from kit.workers import member_task, run_parallel, slots_for
@@ -83,8 +82,8 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
     run.competition = competition or getattr(launcher, "competition", None)
     check_recipe_submissions(run.submissions, run.recipe.name, run.recipe.after, after, run.data_dir, run.endpoint)
     if fresh:
-        _start_over(run.root, run.chosen, run.log)
-    _check_members(run.root, run.chosen, run.recipe, run.budget, run.data_dir, run.store)
+        start_over(run.root, run.chosen, run.log)
+    check_members(run.root, run.chosen, run.recipe, run.budget, run.data_dir, run.store, run.log)
     jobs, skipped = run.jobs()
     if launcher is not None and jobs:      # trained elsewhere; max_hours bounds each remote job, not this call
         launcher.train(run.recipe, [j[0] for j in jobs], run.root, run.budget, run.data_dir, run.log,
@@ -149,20 +148,25 @@ class RecipeRun:
         budget = budget or ("quick" if is_synthetic(data_dir) else "full")
         if budget not in BUDGETS:
             raise KitError(f"budget {budget!r}: choose quick or full")
-        auditioning = wants_audition(recipe, budget, overrides["audition"], only, overrides["blocker"],
-                                     overrides["timed"], log, workers)
-        names = recipe.members_for(budget, audition=auditioning or bool(only))
+        mode = wants_audition(recipe, budget, overrides["audition"], only, overrides["blocker"],
+                              overrides["timed"], log, workers)
+        names = recipe.members_for(budget, audition=bool(mode) or bool(only))
+        if mode == "all":                   # an earlier cut over these candidates: refused, as a changed one is
+            decided(Path(runs) / recipe.name, names, recipe.audition_for(budget))
         for name in only or []:
             if name not in names:
                 raise KitError(f"{recipe.path}: --only {name}: no such member; members: {', '.join(names)}")
         chosen = [n for n in names if not only or n in only]
         if not chosen:
-            raise KitError(f"{recipe.path}: no member trains in the {budget} budget (their `budgets` lists)")
+            why = ("every member is an audition candidate (`candidate = true`), and the audition is off: see "
+                   "the line above" if recipe.members_for(budget, audition=True) else "their `budgets` lists")
+            raise KitError(f"{recipe.path}: no member trains in the {budget} budget ({why})")
         recipe.only_trains(budget, only, chosen, log)
+        check_configs(recipe, chosen, budget)
         dtype = member_config(recipe, chosen[0], budget).data.store_dtype
         store = FeatureStore.open(data_dir, dtype, progress=progress)
         return cls(recipe, budget, data_dir, store, Path(runs) / recipe.name, chosen, log, progress, workers,
-                   Path(submissions), began, auditioning=auditioning)
+                   Path(submissions), began, auditioning=mode == "cut")
 
     def config(self, name: str) -> RunConfig:
         return member_config(self.recipe, name, self.budget, self.data_dir)
@@ -279,42 +283,6 @@ class RecipeRun:
 def _message(template: str, recipe: str, budget: str, members: list[str]) -> str:
     """The submission message: {recipe}, {budget}, {members} (the voted, " + "-joined) filled in."""
     return template.replace("{recipe}", recipe).replace("{budget}", budget).replace("{members}", " + ".join(members))
-
-
-def _start_over(root: Path, names: list[str], log) -> None:
-    """--fresh: the members' run dirs into one <root>.old-<time>/; none while a trainer works on any there."""
-    folders = [d for d in root.iterdir() if d.is_dir()] if root.is_dir() else []      # every member, not --only's
-    if busy := [(d, pid) for d in folders if (pid := lock_holder(d))]:
-        raise KitError(f"{busy[0][0]}: a trainer (pid {busy[0][1]}) is working on this member now (another "
-                       "`kit recipe run` of these --runs?), so nothing was moved aside: wait for it, or stop it")
-    dest = old_name(root)
-    for name in names:
-        if (root / name).exists():
-            log(f"{name}: starting over; the old run moved to {move_aside(root / name, dest / name)}")
-
-
-def _check_members(root: Path, names: list[str], recipe: Recipe, budget: str, data_dir: Path, store) -> None:
-    """Refuse, before any training, a member another process is training, one whose run was made
-    from other data, settings or budget, and one that cannot resume (last.pt gone)."""
-    stale = []
-    for name in names:
-        run_dir = root / name
-        pid = lock_holder(run_dir)
-        if pid:
-            raise KitError(f"{run_dir}: a trainer (pid {pid}) is working on this member now (another "
-                           "`kit recipe run`?); wait for it to finish or stop it")
-        changes = reuse_changes(run_dir, run_identity(member_config(recipe, name, budget, data_dir), store, budget))
-        if changes:
-            stale.append((run_dir, changes))
-        elif holds_run(run_dir) == "unfinished" and not (run_dir / "last.pt").is_file():
-            raise KitError(f"{run_dir}/last.pt: missing, so member {name} cannot resume (its best.pt is kept); "
-                           f"re-run with --fresh --only {name} to train it again (the old run is moved aside)")
-    if stale:
-        run_dir, changes = stale[0]
-        others = f" (and {len(stale) - 1} other member(s))" if len(stale) > 1 else ""
-        raise KitError(f"{run_dir}: not what the recipe now asks for: {describe(changes)}{others}; "
-                       f"re-run with --fresh to train again (old members are moved to {root}.old-<time>), "
-                       "or with --runs OTHER to keep both")
 
 
 def _in_time(deadline: Deadline, result: RecipeResult, run_dirs: list[Path], which: str) -> bool:

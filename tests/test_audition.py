@@ -311,3 +311,50 @@ def test_a_candidate_timed_by_its_own_minutes_is_cut_at_its_share_of_them(tiny_d
         assert summary["stopped_reason"] == "time" and summary["seconds"] < 0.1 * 60
     for name in cut.survivors:      # on to the end of its own minutes
         assert json.loads((runs / "tiny" / name / "summary.json").read_text())["stopped_reason"] == "budget"
+
+
+def _stepped(tiny_recipe, audition: str, *extra):
+    path = tiny_recipe(*CANDIDATES, *extra, budget={"quick": {"train.max_steps": 16, "train.eval_every": 4}},
+                       after={"predict": False})
+    path.write_text(path.read_text() + audition)
+    return path
+
+
+def test_a_decided_audition_refuses_a_recipe_whose_candidates_or_audition_changed(tiny_data, tiny_recipe, tmp_path):
+    """Probe 17: a changed keep or rung was ignored (the old survivors voted, "at most 2" printed), and an
+    added candidate was cut against the old survivors' scores at the end of their training."""
+    runs = tmp_path / "runs"
+
+    def run(path):
+        return run_recipe(path, data=str(tiny_data), runs=str(runs), progress=False, workers=1)
+
+    first = run(_stepped(tiny_recipe, AUDITION)).audition
+    assert first is not None and first.spec["keep"] == 2 and first.spec["rung"] == 0.5
+    for audition, extra, change in [
+            (AUDITION.replace("keep = 2", "keep = 1"), (), "[audition] keep 2 -> 1"),
+            (AUDITION.replace("rung = 0.5", "rung = 0.25"), (), "[audition] rung 0.5 -> 0.25"),
+            (AUDITION, ({"name": "extra", "candidate": True, "train.seed": 3},), "candidate(s) added: extra"),
+            (AUDITION.replace("keep = 2", "keep = 5"), (), "[audition] keep 2 -> 5")]:
+        with pytest.raises(KitError) as err:
+            run(_stepped(tiny_recipe, audition, *extra))
+        assert change in str(err.value) and "--fresh" in str(err.value) and "audition.json" in str(err.value)
+    again = run(_stepped(tiny_recipe, AUDITION)).audition              # unchanged: the same decision, kept
+    assert again is not None and again.survivors == first.survivors
+
+
+def test_an_audition_that_keeps_every_candidate_trains_them_all_without_a_cut(tiny_data, tiny_recipe, tmp_path):
+    """Probe 17: with no more candidates than `keep` the audition turned off and trained the fixed members
+    alone, dropping every candidate; with none fixed the error blamed `budgets` lists the recipe lacks."""
+    logs: list[str] = []
+    fixed = {"name": "fixed", "audition": False}
+    path = _stepped(tiny_recipe, AUDITION.replace("keep = 2", "keep = 3"), fixed)
+    result = run_recipe(path, data=str(tiny_data), runs=str(tmp_path / "runs"), progress=False, workers=1,
+                        log=logs.append)
+    assert result.audition is None and any("no cut, every candidate trains to the end" in line for line in logs)
+    assert sorted(m.name for m in result.members) == ["mean", "sap", "slow"]
+    assert all(m.step == 16 for m in result.members)
+    only = tiny_recipe({"name": "c", "candidate": True}, file="only.toml", after={"predict": False})
+    only.write_text(only.read_text() + "[audition]\nenabled = true\nkeep = 2\n")
+    with pytest.raises(KitError, match=r"every member is an audition candidate .* and the audition is off"):
+        run_recipe(only, data=str(tiny_data), runs=str(tmp_path / "r2"), progress=False, workers=1,
+                   audition=False)

@@ -160,3 +160,21 @@ def test_recipe_cost_audition_prints_the_range_beside_the_fixed_members(tiny_rec
     assert "fixed members (2)" in out and out.count("h of quota; fixed members") == 2
     code, out, _ = kit_cli(capsys, "recipe", "cost", recipe)
     assert "| c |" not in out and "audition" not in out
+
+
+def test_recipe_cost_audition_counts_fixed_members_that_are_not_candidates(tiny_recipe, capsys):
+    """Probe 17: a fixed member outside the audition (`audition = false`) was left out: "fixed members
+    (0) ... 0.0 h" while --no-audition would train it."""
+    recipe = tiny_recipe({"name": "fixed", "audition": False, "model.d_model": 256, "model.n_layers": 4,
+                          "model.ffn_dim": 1024, "data.segment_len": 400, "train.batch_size": 64,
+                          "budget.full.train.max_steps": 200000},
+                         {"name": "c1", "candidate": True}, {"name": "c2", "candidate": True}, budget=FULL)
+    recipe.write_text(recipe.read_text() + "[audition]\nkeep = 1\n")
+    code, out, err = kit_cli(capsys, "recipe", "cost", recipe, "--audition")
+    assert code == 0, err
+    assert "2 candidates to 30%" in out and "the fixed members (1) beside it" in out
+    fixed_hours = [float(line.split("fixed members ")[1].split(" h")[0]) for line in out.splitlines()
+                   if "h of quota; fixed members" in line]
+    code, plain, _ = kit_cli(capsys, "recipe", "cost", recipe)          # what --no-audition trains: fixed
+    assert "| fixed |" in plain and "| c1 |" not in plain
+    assert len(fixed_hours) == 2 and all(h > 0 for h in fixed_hours), out

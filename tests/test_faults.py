@@ -196,7 +196,8 @@ def test_a_truncated_ledger_row_stops_scores_and_submit(tmp_path, tiny_data, tin
     sub.write_text("".join(",".join(line.split(",")[:2]) + "\n" for line in tiny_answers.read_text().splitlines()))
     sub.with_suffix(".json").write_text(json.dumps({"data_dir": str(tiny_data), "members": [], "vote": "hard"}))
     monkeypatch.setattr("kit.kaggle.submissions.call", lambda *a, **k: pytest.fail("sent despite a damaged ledger"))
-    one_error(*kit_cli(capsys, "submit", sub, "-m", "x", "--ledger", ledger)[::2], "ledger.csv: row 2")
+    one_error(*kit_cli(capsys, "submit", sub, "-m", "x", "--ledger", ledger, "--endpoint", "http://127.0.0.1:9")[::2],
+              "ledger.csv: row 2")                                   # a stand-in: the data is synthetic
     assert ledger.read_bytes() == before
 
     ledger.write_text(LEDGER_HEADER + LEDGER_ROW + "2026-11-21T11:00:00Z,c,b.csv\n")      # a row cut short

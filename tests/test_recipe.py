@@ -177,3 +177,72 @@ def test_boss_submission_message_names_the_members_it_voted():
     assert message == f"kit recipe boss (quick budget): {' + '.join(quick)}, calibrated cross-fitted vote"
     assert "conformer" in _message(boss.after["message"], "boss", "full", boss.members_for("full"))
     assert _message("{x} {recipe}/{budget}", "r", "full", ["a"]) == "{x} r/full"     # other braces kept
+
+
+def test_a_changed_infer_table_predicts_the_kept_member_again_that_way(tiny_data, tiny_recipe, tmp_path):
+    """[infer] is not part of a member's identity (the weights stay), but the vote must not take
+    predictions made the old way: the re-run keeps the member, brings its config.toml the new
+    [infer] and predicts it again (probe 17: the old sliding-window predictions were voted)."""
+    import json
+
+    after = {"predict": True, "ensemble": "hard", "submit": False}
+    members = ("mean", {"name": "b", "train.seed": 2})
+    runs, logs = tmp_path / "runs", []
+    short = {"train": {"max_steps": 6, "eval_every": 3}}
+
+    def run(mode: str) -> None:
+        logs.clear()
+        path = tiny_recipe(*members, after=after, base={**short, "infer": {"mode": mode}})
+        run_recipe(path, data=str(tiny_data), runs=str(runs), progress=False, workers=1, log=logs.append,
+                   submissions=tmp_path / "submissions")
+
+    run("sliding")
+    ids = runs / "tiny" / "mean" / "ids.json"
+    assert json.loads(ids.read_text())["mode"] == "sliding"
+    weights = (runs / "tiny" / "mean" / "last.pt").read_bytes()
+    run("full")
+    assert (runs / "tiny" / "mean" / "last.pt").read_bytes() == weights              # kept, not retrained
+    assert json.loads(ids.read_text())["mode"] == "full"                            # predicted again
+    assert any("mean: infer.mode = 'sliding' -> 'full'" in line for line in logs)
+    assert 'mode = "full"' in (runs / "tiny" / "mean" / "config.toml").read_text()
+    vote = json.loads((tmp_path / "submissions" / "tiny.json").read_text())
+    assert vote["member_settings"][0]["mode"] == "full"                             # and the vote took them
+    run("full")
+    assert not any("predicting" in line or "infer." in line for line in logs)       # now current: no third time
+
+
+def _missing_tracker() -> str:
+    from accelerate.tracking import get_available_trackers
+
+    have = {t.value for t in get_available_trackers()}
+    return next(name for name in ("mlflow", "wandb", "comet_ml", "aim", "clearml") if name not in have)
+
+
+@pytest.mark.parametrize("member,after,message", [
+    ({"model.n_heads": 3}, {}, "model.d_model 16 must be divisible by model.n_heads 3"),
+    ({"model.encoder": "ecapa", "model.channels": 60}, {}, "model.channels 60: ecapa splits"),
+    ({"model.encoder": "conformer", "model.conv_kernel": 16}, {}, "the conformer needs an odd kernel"),
+    ({"train.log_with": "TRACKER"}, {}, "package is not installed"),
+    ({}, {"which": "avg"}, 'which = "avg" predicts from the average'),
+])
+def test_a_mistake_in_the_last_member_stops_the_recipe_before_the_first_trains(tiny_data, tiny_recipe, tmp_path,
+                                                                               member, after, message):
+    """Probe 17: these were found only when the bad member started, after the others had trained
+    (or, for which = "avg", after every member had)."""
+    member = {k: (_missing_tracker() if v == "TRACKER" else v) for k, v in member.items()}
+    path = tiny_recipe("a", {"name": "b", **member}, base={"train": {"max_steps": 4, "eval_every": 2}},
+                       after={"predict": True, "ensemble": "hard", "submit": False, **after})
+    runs = tmp_path / "runs"
+    with pytest.raises(KitError) as err:
+        run_recipe(path, data=str(tiny_data), runs=str(runs), progress=False, workers=1,
+                   submissions=tmp_path / "submissions")
+    assert str(path) in str(err.value) and "member " in str(err.value) and message in str(err.value)
+    assert not (runs / "tiny").exists()                                     # nothing trained, no run dir
+
+
+def test_kit_train_refuses_a_model_that_cannot_be_built_before_making_its_run_dir(tiny_data, tmp_path, capsys):
+    out = tmp_path / "x"
+    code = main(["train", "--data", str(tiny_data), "--out", str(out), "--set", "model.n_heads=3",
+                 "--set", "model.d_model=16", "--no-progress"])
+    assert code == 2 and "must be divisible by model.n_heads 3" in capsys.readouterr().err
+    assert not out.exists()

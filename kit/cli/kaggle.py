@@ -18,12 +18,12 @@ from kit import DEFAULT_COMPETITION, env
 from kit.errors import KitError
 from kit.fsio import sha256_file
 from kit.kaggle import KAGGLE, read_ledger, refresh_ledger, score_table, submit
-from kit.kaggle.client import target
+from kit.kaggle.client import endpoint_or_env, target
 from kit.kaggle.ledger import find_submitted
 from kit.kaggle.ledger import sending as ledger_sending
 from kit.kaggle.pending import merge_pending
 from kit.kaggle.server import FAULT_TARGETS, StandIn
-from kit.layout import data_competition, read_layout, synth_marker
+from kit.layout import data_competition, is_synthetic, read_layout, synth_marker
 from kit.records import SubmissionManifest
 from kit.submission import read_answer_key
 
@@ -86,7 +86,11 @@ def register(sub) -> None:
 def cmd_submit(args: argparse.Namespace) -> int:
     if not args.timeout > 0:        # NaN too: a submission would be spent, then "still PENDING after -5s"
         raise KitError(f"--timeout {args.timeout:g}: must be a number of seconds above 0; nothing was sent")
-    made_for = _data_competition(args)
+    made_for, data_dir = _voted_on(args)
+    if data_dir and is_synthetic(data_dir) and not endpoint_or_env(args.endpoint):
+        raise KitError(f"{args.csv}: voted on {data_dir}, a synthetic competition (`kit data synth`): Kaggle "
+                       "could only score its ids ERROR and count the try against the day's five; nothing was "
+                       f"sent: rehearse on a stand-in (`kit kaggle serve --data {data_dir}`, then --endpoint)")
     if args.competition and made_for and args.competition != made_for:
         _log(f"note: {args.csv} was voted on data of {made_for}; sending it to {args.competition}, as "
              "--competition says")
@@ -102,15 +106,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _data_competition(args: argparse.Namespace) -> str | None:
-    """The competition a CSV was voted for: its manifest's, else that of --data or the data dir the
-    manifest names (kit.layout.data_competition); None when nothing says. submit itself names a
-    manifest it cannot read."""
+def _voted_on(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """The competition a CSV was voted for -- its manifest's, else that of --data or the data dir the
+    manifest names (kit.layout.data_competition); None when nothing says -- and that data dir. submit
+    itself names a manifest it cannot read."""
     manifest = SubmissionManifest()
     with contextlib.suppress(KitError):
         manifest = SubmissionManifest.beside(args.csv) or manifest
     data_dir = args.data or manifest.data_dir
-    return manifest.competition or (data_competition(data_dir) if data_dir else None)
+    return manifest.competition or (data_competition(data_dir) if data_dir else None), data_dir
 
 
 def _note_resend(args: argparse.Namespace) -> str | None:

@@ -328,8 +328,8 @@ def cmd_recipe_cost(args: argparse.Namespace) -> int:
     if args.audition:
         spec = recipe.audition_for(args.budget)
         print()
-        print("\n".join(audition_lines(costs, recipe.members_for(args.budget), spec["keep"], float(spec["rung"]),
-                                       args.utilisation, rates)))
+        fixed = recipe_costs(recipe, args.budget, args.data)                # what --no-audition trains
+        print("\n".join(audition_lines(costs, fixed, spec["keep"], float(spec["rung"]), args.utilisation, rates)))
     return 0
 
 

@@ -6,6 +6,7 @@ Also the retry and poll timings both sides read, overridable from the environmen
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -21,10 +22,14 @@ RETRY_STATUSES = (429, 500, 502, 503, 504)
 
 
 def _setting(name: str, default: float) -> float:
+    """A timing setting from the environment: a finite number, 0 or more (KitError naming it)."""
     try:
-        return float(os.environ.get(name, default))
+        value = float(os.environ.get(name, default))
     except ValueError:
         raise KitError(f"environment variable {name}={os.environ[name]!r} is not a number") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise KitError(f"environment variable {name}={os.environ[name]!r}: must be a number of 0 or more")
+    return value
 
 
 def backoff() -> float:

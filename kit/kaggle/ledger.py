@@ -45,7 +45,7 @@ def read_ledger(path: str | os.PathLike, restore: str | None = None):
         return pd.DataFrame({c: pd.Series(dtype=str) for c in LEDGER_COLUMNS})
     restore = restore or f"restore a backup ({path.name}.bak-*)"
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")     # a byte-order mark: saved by a spreadsheet
     except (OSError, UnicodeDecodeError) as e:
         raise KitError(f"{path}: unreadable ledger ({e}); fix or remove that row, or {restore}") from None
     _check_ledger_rows(path, text, restore)
@@ -61,7 +61,19 @@ def read_ledger(path: str | os.PathLike, restore: str | None = None):
         row, ref = not_refs[0]
         raise KitError(f"{path}: row {row} has ref {ref!r}, which is not a Kaggle submission number; fix or "
                        f"remove that row, or {restore}")
+    frame["status"] = frame["status"].str.strip().str.upper()      # `pending` typed by hand is PENDING
+    for column in ("public", "private"):
+        if bad := [(i, v) for i, v in enumerate(frame[column], 1) if v and not _is_score(v)]:
+            raise KitError(f"{path}: row {bad[0][0]} has {column} score {bad[0][1]!r}, which is not a number "
+                           f"from 0 to 1; fix or remove that row, or {restore}")
     return frame
+
+
+def _is_score(text: str) -> bool:
+    try:
+        return 0.0 <= float(text) <= 1.0
+    except ValueError:
+        return False
 
 
 LEDGER_BACKUPS = 10         # backups kept beside the ledger, newest first

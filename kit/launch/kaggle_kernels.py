@@ -81,17 +81,18 @@ class KaggleLauncher:
 
 @contextlib.contextmanager
 def kaggle_target(data_dir: Path, endpoint: str | None, competition: str | None):
-    """Where the kernels go: a stand-in at `endpoint` (or KIT_KAGGLE_ENDPOINT); Kaggle itself when
-    there are credentials; else, for a synthetic competition, a stand-in started for the block."""
+    """Where the kernels go: a stand-in at `endpoint` (or KIT_KAGGLE_ENDPOINT); for a synthetic
+    competition, a stand-in started for the block, credentials or not (Kaggle's kernels would train
+    on the real competition's data, and their runs would not fit this data); else Kaggle itself."""
     synth = synth_marker(data_dir) or {}
     competition = recipe_competition(data_dir, competition)
     if endpoint_or_env(endpoint):
         yield {"endpoint": endpoint_or_env(endpoint), "env": None, "competition": competition, "name": STAND_IN}
-    elif credential_source():
-        yield {"endpoint": None, "env": None, "competition": competition, "name": KAGGLE}
     elif synth:
         with rehearsal_stand_in(data_dir, competition) as (server, env):
             yield {"endpoint": server.url, "env": env, "competition": server.competition, "name": STAND_IN}
+    elif credential_source():
+        yield {"endpoint": None, "env": None, "competition": competition, "name": KAGGLE}
     else:
         raise KitError(f"--launcher kaggle: {CREDENTIALS_HELP}")
 

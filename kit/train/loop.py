@@ -28,7 +28,7 @@ from kit.data import FeatureStore
 from kit.errors import KitError
 from kit.fsio import write_csv, write_json, write_text
 from kit.identity import run_identity
-from kit.models import build_model, count_params
+from kit.models import build_model, check_model, count_params
 from kit.runs import check_out, check_resume, check_start, check_written, clean_leftovers, load_checkpoint, run_lock
 from kit.split import save_split, split_for
 from kit.train.checkpoints import CheckpointSaver
@@ -81,6 +81,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
     train.log_with adds kit.train.trackers.TrackerLog.
     """
     validate(cfg)               # the CLI sets budgets after the config was loaded
+    check_model(cfg.model)      # a model that cannot be built: one line, before the run dir is made
     if cfg.train.log_with:      # a missing tracker package is one line now, not a run that logs nothing
         check_installed(cfg.train.log_with)
         callbacks = [*callbacks, TrackerLog()]

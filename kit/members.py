@@ -1,0 +1,76 @@
+"""A recipe's members before any of them trains: their settings checked (a model that cannot be
+built, a tracker not installed, a checkpoint [after] will not find); on disk, `--fresh` moves them
+aside, the checks refuse a member another process is training, one made for other data or settings,
+or one that cannot resume; and a changed [infer] table is brought to the members it does not retrain."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from kit.config import to_dict
+from kit.errors import KitError
+from kit.identity import describe, run_identity
+from kit.models import check_model
+from kit.recipe import Recipe, member_config
+from kit.runs import holds_run, lock_holder, move_aside, old_name, reuse_changes, update_infer
+from kit.train.trackers import check_installed
+
+
+def start_over(root: Path, names: list[str], log: Callable[[str], None]) -> None:
+    """--fresh: the members' run dirs into one <root>.old-<time>/; none while a trainer works on any there."""
+    folders = [d for d in root.iterdir() if d.is_dir()] if root.is_dir() else []      # every member, not --only's
+    if busy := [(d, pid) for d in folders if (pid := lock_holder(d))]:
+        raise KitError(f"{busy[0][0]}: a trainer (pid {busy[0][1]}) is working on this member now (another "
+                       "`kit recipe run` of these --runs?), so nothing was moved aside: wait for it, or stop it")
+    dest = old_name(root)
+    for name in names:
+        if (root / name).exists():
+            log(f"{name}: starting over; the old run moved to {move_aside(root / name, dest / name)}")
+
+
+def check_members(root: Path, names: list[str], recipe: Recipe, budget: str, data_dir: Path, store,
+                  log: Callable[[str], None]) -> None:
+    """Refuse, before any training, a member another process is training, one whose run was made
+    from other data, settings or budget, and one that cannot resume (last.pt gone). A member whose
+    [infer] table the recipe has changed since is kept, and predicted again the new way."""
+    stale, configs = [], {}
+    for name in names:
+        run_dir = root / name
+        pid = lock_holder(run_dir)
+        if pid:
+            raise KitError(f"{run_dir}: a trainer (pid {pid}) is working on this member now (another "
+                           "`kit recipe run`?); wait for it to finish or stop it")
+        configs[name] = cfg = member_config(recipe, name, budget, data_dir)
+        changes = reuse_changes(run_dir, run_identity(cfg, store, budget))
+        if changes:
+            stale.append((run_dir, changes))
+        elif holds_run(run_dir) == "unfinished" and not (run_dir / "last.pt").is_file():
+            raise KitError(f"{run_dir}/last.pt: missing, so member {name} cannot resume (its best.pt is kept); "
+                           f"re-run with --fresh --only {name} to train it again (the old run is moved aside)")
+    if stale:
+        run_dir, changes = stale[0]
+        others = f" (and {len(stale) - 1} other member(s))" if len(stale) > 1 else ""
+        raise KitError(f"{run_dir}: not what the recipe now asks for: {describe(changes)}{others}; "
+                       f"re-run with --fresh to train again (old members are moved to {root}.old-<time>), "
+                       "or with --runs OTHER to keep both")
+    for name, cfg in configs.items():           # after every refusal: a refused run changes nothing
+        if holds_run(root / name) and (changed := update_infer(root / name, to_dict(cfg.infer))):
+            log(f"{name}: {', '.join(changed)} (the recipe's [infer] changed): kept, and predicted again that way")
+
+
+def check_configs(recipe: Recipe, names: list[str], budget: str) -> None:
+    """Before any member trains: each one's model can be built, its tracker's package is installed,
+    and the checkpoint [after] predicts from will be written -- a mistake in the last member must
+    not be found after the first one has trained."""
+    for name in names:
+        cfg, where = member_config(recipe, name, budget), f"{recipe.path}: member {name}"
+        try:
+            check_model(cfg.model)
+            if cfg.train.log_with:
+                check_installed(cfg.train.log_with)
+        except KitError as e:
+            raise KitError(f"{where}: {e}") from None
+        if recipe.after["predict"] and recipe.after["which"] == "avg" and cfg.train.average_last < 1:
+            raise KitError(f'{where}: [after] which = "avg" predicts from the average of the last checkpoints, '
+                           f"but train.average_last is {cfg.train.average_last}: set it (e.g. 5), or which = "
+                           '"last"; nothing was trained')
