@@ -9,6 +9,7 @@ import hashlib
 import os
 import signal
 import sys
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,8 @@ def cache_dir(data_dir: str | os.PathLike) -> tuple[Path, str | None]:
     """The folder for data_dir's packed store and split, and a line for the user saying where
     it went when that is not beside the data (None when it is). In order: $KIT_CACHE (what
     `--cache DIR` sets, so worker processes inherit it), DATA/.kit-cache when it can be written,
-    /kaggle/working/.kit-cache on Kaggle, else $XDG_CACHE_HOME/kit (~/.cache/kit); each but
+    on Kaggle the temporary folder's kit-cache (as a kernel's: /kaggle/working is the saved
+    output), else $XDG_CACHE_HOME/kit (~/.cache/kit); each but
     DATA/.kit-cache in a folder of its own per data dir."""
     data_dir = Path(data_dir)
     chosen = os.environ.get("KIT_CACHE")
@@ -57,9 +59,8 @@ def cache_dir(data_dir: str | os.PathLike) -> tuple[Path, str | None]:
     beside = data_dir / CACHE_DIRNAME
     if writable(beside):
         return beside, None
-    working = kaggle_working()
-    if working.is_dir() and writable(working):
-        where = _named(working / CACHE_DIRNAME, data_dir)
+    if kaggle_working().is_dir():               # a Kaggle notebook: not /kaggle/working, which a saved
+        where = _named(Path(tempfile.gettempdir()) / "kit-cache", data_dir)     # version keeps (2.8 GiB)
     else:
         where = _named(user_cache(), data_dir)
     return where, (f"{data_dir} is read-only: its packed store and split go to {where} "

@@ -171,13 +171,19 @@ def _audition(path: Path, table) -> dict:
     in it sets keep, rung, within, kinds or per_slot for that budget (Recipe.audition_for)."""
     if not isinstance(table, dict) or set(table) - set(AUDITION_DEFAULTS) - set(BUDGETS):
         known = ", ".join(AUDITION_DEFAULTS)
-        raise KitError(f"{path}: [audition] must be a table of {known} (and [audition.full], [audition.quick])")
+        unknown = f"unknown key(s) {', '.join(sorted(set(table) - set(AUDITION_DEFAULTS) - set(BUDGETS)))}; " \
+            if isinstance(table, dict) else ""
+        raise KitError(f"{path}: [audition] {unknown}must be a table of {known} (and [audition.full], "
+                       "[audition.quick])")
     out = {**AUDITION_DEFAULTS, **table}
     _check_audition(path, out, "[audition]")
     for budget in set(BUDGETS) & set(table):
         own = table[budget]
         if not isinstance(own, dict) or set(own) - (set(AUDITION_DEFAULTS) - {"enabled", "budgets"}):
-            raise KitError(f"{path}: [audition.{budget}] must be a table of keep, rung, within, kinds, per_slot")
+            unknown = f"unknown key(s) {', '.join(sorted(set(own) - set(AUDITION_DEFAULTS)))}; " \
+                if isinstance(own, dict) and set(own) - set(AUDITION_DEFAULTS) else ""
+            raise KitError(f"{path}: [audition.{budget}] {unknown}must be a table of keep, rung, within, kinds, "
+                           "per_slot")
         _check_audition(path, {**out, **own}, f"[audition.{budget}]")
     return out
 

@@ -117,6 +117,8 @@ def test_audition_minutes_fill_the_recipe_time():
     ("quick = { keep = 0 }", r"\[audition.quick\] keep 0"), ("full = { rung = 0 }", r"\[audition.full\] rung 0"),
     ("quick = { enabled = false }", "must be a table of keep, rung"), ("quick = 3", r"\[audition.quick\] must be"),
     ("budgets = [['quick']]", "budgets"),
+    ("kepp = 2", r"\[audition\] unknown key\(s\) kepp; must be"),        # probe 17: the typo is named
+    ("quick = { kepp = 1 }", r"\[audition.quick\] unknown key\(s\) kepp; must be"),
 ])
 def test_a_bad_audition_table_is_refused_naming_the_file(tmp_path, table, message):
     path = tmp_path / "r.toml"

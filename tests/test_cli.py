@@ -76,3 +76,13 @@ def test_member_minutes_too_short_to_train_are_refused_as_minutes_are(tmp_path, 
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith("kit: error: --member-minutes 0.001: under 10 seconds a member"), line
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", [["recipe", "run", "simple"], ["bench", "--accuracy", "--preset", "tiny"]])
+def test_minutes_and_member_minutes_together_are_refused(tmp_path, monkeypatch, capsys, command):
+    """Probe 17: both were taken and --minutes was silently ignored."""
+    monkeypatch.chdir(tmp_path)
+    assert main([*command, "--minutes", "0.5", "--member-minutes", "0.4"]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("kit: error: --minutes and --member-minutes: give one"), line
+    assert list(tmp_path.iterdir()) == []

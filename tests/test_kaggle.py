@@ -280,6 +280,7 @@ def test_scores_refreshes_pending_and_sorts_by_public(kaggle_env, standin, tmp_p
     gap = float(rows.loc["good", "public"]) - float(rows.loc["good", "private"])
     assert f"{gap:+.5f}" in lines[0]
     assert (folder / "scores.png").stat().st_size > 1000
+    assert "wrote" not in out and f"wrote {folder / 'scores.png'}" in err     # stdout: the table alone (probe 17)
 
 
 def test_concurrent_appends_keep_every_row(tmp_path):

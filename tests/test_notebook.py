@@ -77,8 +77,13 @@ def test_cache_choice_and_the_kaggle_working_dir(read_only_data, tmp_path, monke
     working = tmp_path / "kaggle" / "working"
     working.mkdir(parents=True)
     monkeypatch.setenv("KIT_KAGGLE_WORKING", str(working))
+    (tmp_path / "scratch").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "scratch"))
+    monkeypatch.setattr("tempfile.tempdir", None)                  # gettempdir() reads TMPDIR again
     where, note = cache_dir(read_only_data)
-    assert where.parent == working / ".kit-cache" and where.name.startswith("tiny-") and "read-only" in note
+    # not /kaggle/working, which every saved version keeps (probe 16: 2.8 GiB of store each time)
+    assert where.parent == tmp_path / "scratch" / "kit-cache" and where.name.startswith("tiny-")
+    assert "read-only" in note and str(where) in note
     assert cache_dir(tmp_path)[0] == tmp_path / ".kit-cache"       # writable: beside the data, no line
 
     chosen = tmp_path / "mine"

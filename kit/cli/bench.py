@@ -61,6 +61,8 @@ def _check_numbers(args: argparse.Namespace) -> None:
     for flag, value in positive:
         if value is not None and not (math.isfinite(value) and value > 0):
             raise KitError(f"{flag} {value}: must be a positive number")
+    if args.minutes is not None and args.member_minutes is not None:
+        raise KitError("--minutes and --member-minutes: give one (the recipe's minutes, or each member's)")
     for flag, value in (("--workers", args.workers), ("--long", args.long)):
         if value < 0:
             raise KitError(f"{flag} {value}: must be 0 or more")

@@ -188,7 +188,7 @@ def cmd_scores(args: argparse.Namespace) -> int:
         _log(f"warning: could not draw the scores: {e}")
         return 0
     if png:
-        print(f"wrote {png}")
+        _log(f"wrote {png}")            # a log line: stdout holds the table alone (`kit scores > f`)
     return 0
 
 

@@ -238,6 +238,9 @@ def cmd_recipe_run(args: argparse.Namespace) -> int:
         log(f"--workers {args.workers}: the members train on the {args.launcher} launcher"
             + (" (--kernels sets how many at once)" if args.launcher == "kaggle" else " (one job each)")
             + "; --workers applies only to what runs here (the fine-tunes of --pseudo)")
+    if args.minutes is not None and args.member_minutes is not None:
+        raise KitError("--minutes and --member-minutes: give one (the recipe's minutes shared among its members, "
+                       "or each member's own)")
     if args.member_minutes is not None and 0 < args.member_minutes * 60 < LEAST_MEMBER_SECONDS:
         raise KitError(f"--member-minutes {args.member_minutes:g}: under {LEAST_MEMBER_SECONDS:g} seconds a member, "
                        f"too little to train one (the least --minutes gives); give at least "
@@ -266,6 +269,7 @@ def _failed_submissions(result: RecipeResult) -> list[str]:
     failed = []
     for csv, sub in sent:
         reason = (sub.get("reason") or "no reason given").splitlines()[0] if sub else ""
+        reason = reason.removeprefix(f"submission of {csv} failed: ")      # the line names the CSV once
         if sub and sub.get("status") in ("FAILED", "ERROR"):
             where = "the ledger row records the failure" if sub.get("recorded", True) else "no ledger row was written"
             kept = "" if "the CSV is kept" in reason else "the CSV is kept and "      # said once
