@@ -253,7 +253,7 @@ def downloaded_from(data_dir) -> str | None:
 
 
 # A course competition's Kaggle name, as the folder Kaggle mounts it in (/kaggle/input/<slug>/...)
-COURSE_SLUG = re.compile(r"ml20\d\d(spring|fall)-?hw\d+")
+COURSE_SLUG = re.compile(r"ml20\d\d(spring|fall)-?hw4")
 
 
 def data_competition(data_dir) -> str | None:
@@ -263,5 +263,8 @@ def data_competition(data_dir) -> str | None:
     found = (synth_marker(data_dir) or {}).get("competition") or downloaded_from(data_dir)
     if found:
         return found
-    folders = [Path(data_dir).resolve(), *Path(data_dir).resolve().parents][:4]
-    return next((f.name for f in folders if COURSE_SLUG.fullmatch(f.name)), None)
+    for path in (Path(data_dir).absolute(), Path(data_dir).resolve()):      # a link's own place first
+        found = next((f.name for f in [path, *path.parents][:4] if COURSE_SLUG.fullmatch(f.name)), None)
+        if found:
+            return found
+    return None

@@ -4,9 +4,11 @@ aside, the checks refuse a member another process is training, one made for othe
 or one that cannot resume; and a changed [infer] table is brought to the members it does not retrain."""
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
+from kit.audition import AUDITION_FILE, JOURNAL_FILE
 from kit.config import to_dict
 from kit.errors import KitError
 from kit.identity import describe, run_identity
@@ -16,8 +18,9 @@ from kit.runs import holds_run, lock_holder, move_aside, old_name, reuse_changes
 from kit.train.trackers import check_installed
 
 
-def start_over(root: Path, names: list[str], log: Callable[[str], None]) -> None:
-    """--fresh: the members' run dirs into one <root>.old-<time>/; none while a trainer works on any there."""
+def start_over(root: Path, names: list[str], log: Callable[[str], None], decision: bool = True) -> None:
+    """--fresh: the members' run dirs into one <root>.old-<time>/, with the audition's decision and its
+    Optuna record when `decision` (not under --only); none while a trainer works on any there."""
     folders = [d for d in root.iterdir() if d.is_dir()] if root.is_dir() else []      # every member, not --only's
     if busy := [(d, pid) for d in folders if (pid := lock_holder(d))]:
         raise KitError(f"{busy[0][0]}: a trainer (pid {busy[0][1]}) is working on this member now (another "
@@ -26,6 +29,10 @@ def start_over(root: Path, names: list[str], log: Callable[[str], None]) -> None
     for name in names:
         if (root / name).exists():
             log(f"{name}: starting over; the old run moved to {move_aside(root / name, dest / name)}")
+    for record in (AUDITION_FILE, JOURNAL_FILE) if decision else ():
+        if (root / record).is_file():           # a decision over runs moved away would be read again
+            dest.mkdir(parents=True, exist_ok=True)
+            os.replace(root / record, dest / record)
 
 
 def check_members(root: Path, names: list[str], recipe: Recipe, budget: str, data_dir: Path, store,
@@ -55,21 +62,27 @@ def check_members(root: Path, names: list[str], recipe: Recipe, budget: str, dat
                        "or with --runs OTHER to keep both")
     for name, cfg in configs.items():           # after every refusal: a refused run changes nothing
         if holds_run(root / name) and (changed := update_infer(root / name, to_dict(cfg.infer))):
-            log(f"{name}: {', '.join(changed)} (the recipe's [infer] changed): kept, and predicted again that way")
+            log(f"{name}: {', '.join(changed)} (the recipe's [infer] changed): kept; its predictions made the "
+                "old way are not voted")
 
 
-def check_configs(recipe: Recipe, names: list[str], budget: str) -> None:
-    """Before any member trains: each one's model can be built, its tracker's package is installed,
-    and the checkpoint [after] predicts from will be written -- a mistake in the last member must
-    not be found after the first one has trained."""
+def check_configs(recipe: Recipe, names: list[str], budget: str, here: bool = True) -> None:
+    """Before any member trains: each one's model can be built, the files it starts from or learns
+    from are there, its tracker's package is installed (`here`: it trains on this machine, not through
+    a launcher), and the checkpoint [after] predicts from will be written -- a mistake in the last
+    member must not be found after the first one has trained."""
     for name in names:
         cfg, where = member_config(recipe, name, budget), f"{recipe.path}: member {name}"
         try:
             check_model(cfg.model)
-            if cfg.train.log_with:
+            if cfg.train.log_with and here:
                 check_installed(cfg.train.log_with)
         except KitError as e:
             raise KitError(f"{where}: {e}") from None
+        for key, value in (("train.init_from", cfg.train.init_from), ("train.teacher", cfg.train.teacher),
+                           ("data.pseudo_labels", cfg.data.pseudo_labels)):
+            if value and not Path(value).expanduser().exists():     # init_from may name a run dir
+                raise KitError(f"{where}: {key} {value}: not found; nothing was trained")
         if recipe.after["predict"] and recipe.after["which"] == "avg" and cfg.train.average_last < 1:
             raise KitError(f'{where}: [after] which = "avg" predicts from the average of the last checkpoints, '
                            f"but train.average_last is {cfg.train.average_last}: set it (e.g. 5), or which = "

@@ -322,7 +322,8 @@ def settings_changes(ids: PredictionIds, infer: dict) -> list[str]:
     e.g. ["mode sliding -> full"]; [] when the same. A setting an older ids.json lacks is not compared."""
     asked = {"mode": "full" if infer.get("full") else infer.get("mode", "auto"), "window": infer.get("window"),
              "hop": infer.get("hop"), "average": infer.get("average")}
-    made = {"mode": ids.mode_requested, "window": ids.window, "hop": ids.hop, "average": ids.average}
+    made = {"mode": ids.mode_requested or (ids.inference_mode if asked["mode"] in ("full", "sliding") else None),
+            "window": ids.window, "hop": ids.hop, "average": ids.average}     # older files: the mode made
     return [f"{k} {made[k]} -> {asked[k]}" for k in asked
             if made[k] is not None and asked[k] is not None and made[k] != asked[k]]
 

@@ -75,14 +75,14 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
     run = RecipeRun.open(path, data, budget, runs, only, progress, log, workers, submissions,
                          {"submit": submit, "ensemble": ensemble, "pseudo": pseudo, "distill": distill, "refit": refit,
                           "lmft": lmft, "audition": audition, "timed": (minutes, per_member_minutes),
-                          "blocker": blocker})
+                          "blocker": blocker, "fresh": fresh, "elsewhere": launcher is not None})
     # Only the Kaggle launcher has an endpoint (`--endpoint`): a rehearsal on `kit kaggle serve` must
     # submit there too, never to real Kaggle with the user's credentials.
     run.endpoint = getattr(launcher, "endpoint", None)
     run.competition = competition or getattr(launcher, "competition", None)
     check_recipe_submissions(run.submissions, run.recipe.name, run.recipe.after, after, run.data_dir, run.endpoint)
     if fresh:
-        start_over(run.root, run.chosen, run.log)
+        start_over(run.root, run.chosen, run.log, decision=not only)
     check_members(run.root, run.chosen, run.recipe, run.budget, run.data_dir, run.store, run.log)
     jobs, skipped = run.jobs()
     if launcher is not None and jobs:      # trained elsewhere; max_hours bounds each remote job, not this call
@@ -151,7 +151,7 @@ class RecipeRun:
         mode = wants_audition(recipe, budget, overrides["audition"], only, overrides["blocker"],
                               overrides["timed"], log, workers)
         names = recipe.members_for(budget, audition=bool(mode) or bool(only))
-        if mode == "all":                   # an earlier cut over these candidates: refused, as a changed one is
+        if mode == "all" and not overrides["fresh"]:    # an earlier cut over them: refused, as a changed one is
             decided(Path(runs) / recipe.name, names, recipe.audition_for(budget))
         for name in only or []:
             if name not in names:
@@ -162,7 +162,7 @@ class RecipeRun:
                    "the line above" if recipe.members_for(budget, audition=True) else "their `budgets` lists")
             raise KitError(f"{recipe.path}: no member trains in the {budget} budget ({why})")
         recipe.only_trains(budget, only, chosen, log)
-        check_configs(recipe, chosen, budget)
+        check_configs(recipe, chosen, budget, here=not overrides["elsewhere"])
         dtype = member_config(recipe, chosen[0], budget).data.store_dtype
         store = FeatureStore.open(data_dir, dtype, progress=progress)
         return cls(recipe, budget, data_dir, store, Path(runs) / recipe.name, chosen, log, progress, workers,

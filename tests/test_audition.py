@@ -360,3 +360,16 @@ def test_an_audition_that_keeps_every_candidate_trains_them_all_without_a_cut(ti
     with pytest.raises(KitError, match=r"every member is an audition candidate .* and the audition is off"):
         run_recipe(only, data=str(tiny_data), runs=str(tmp_path / "r2"), progress=False, workers=1,
                    audition=False)
+
+
+def test_fresh_clears_a_decided_audition_even_when_every_candidate_is_now_kept(tiny_data, tiny_recipe, tmp_path):
+    """Probe 18: after a cut, keep raised to all the candidates was refused with "re-run with --fresh",
+    and --fresh was refused the same way (the decision was read before --fresh moved it)."""
+    runs = tmp_path / "runs"
+    run_recipe(_stepped(tiny_recipe, AUDITION), data=str(tiny_data), runs=str(runs), progress=False, workers=1)
+    every = _stepped(tiny_recipe, AUDITION.replace("keep = 2", "keep = 5"))
+    result = run_recipe(every, data=str(tiny_data), runs=str(runs), progress=False, workers=1, fresh=True)
+    assert result.audition is None and sorted(m.name for m in result.members) == ["mean", "sap", "slow"]
+    assert not (runs / "tiny" / "audition.json").exists()
+    [old] = (runs).glob("tiny.old-*")
+    assert (old / "audition.json").is_file() and (old / "audition.optuna.journal").is_file()

@@ -3,6 +3,7 @@ to Kaggle by a plain `kit submit`, Kaggle kernels pushed for synthetic data, a n
 sent to ml2022spring-hw4, and hand edits or settings the Kaggle code did not read right."""
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -25,6 +26,12 @@ def test_kit_submit_refuses_to_send_a_synthetic_competitions_vote_to_kaggle(kagg
     assert code == 2 and out == "" and "a synthetic competition" in line and "nothing was sent" in line
     assert "--endpoint" in line and str(sub) in line
     assert not (sub.parent / "ledger.csv").exists()             # nothing tried, nothing recorded
+    # probe 18: --data naming a copy without the synthetic marker does not hide what the manifest says
+    copy = shutil.copytree(Path(json.loads(sub.with_suffix(".json").read_text())["data_dir"]), sub.parent / "copy",
+                           ignore=shutil.ignore_patterns(".kit-synth.json", ".kit-cache"))
+    code, _, err = kit(capsys, "submit", sub, "-m", "x", "--data", copy, "--ledger", sub.parent / "ledger.csv")
+    assert code == 2 and "a synthetic competition" in one_error_line(err)
+    assert not (sub.parent / "ledger.csv").exists()
 
 
 def test_a_synthetic_competition_is_rehearsed_on_a_stand_in_even_with_credentials(kaggle_env, tiny_data,
@@ -47,17 +54,25 @@ def test_data_in_a_folder_named_after_a_competition_is_that_competitions(tiny_da
     assert data_competition(tmp_path / "input" / slug) == slug
     plain = Path(shutil.copytree(data, tmp_path / "mine" / "Dataset"))
     assert data_competition(plain) is None                      # no name says: the default applies
+    other = Path(shutil.copytree(data, tmp_path / "ml2021spring-hw2" / "Dataset"))
+    assert data_competition(other) is None                      # another homework: not HW4's layout (probe 18)
+    link = tmp_path / "input2" / slug / "Dataset"               # a link inside the competition's folder
+    link.parent.mkdir(parents=True)
+    link.symlink_to(plain)
+    assert data_competition(link) == slug
 
 
 @pytest.mark.parametrize("name,value", [("KIT_KAGGLE_BACKOFF", "-1"), ("KIT_KAGGLE_RETRIES", "-1"),
-                                        ("KIT_KAGGLE_MAX_RETRY_AFTER", "nan"), ("KIT_KAGGLE_POLL", "inf")])
+                                        ("KIT_KAGGLE_MAX_RETRY_AFTER", "nan"), ("KIT_KAGGLE_POLL", "inf"),
+                                        ("KIT_KAGGLE_BACKOFF", "1e300"), ("KIT_KAGGLE_POLL", "0"),
+                                        ("KIT_KAGGLE_RETRIES", "1000")])
 def test_kaggle_timing_settings_out_of_range_are_one_line(monkeypatch, name, value):
     from kit.kaggle import client
 
     monkeypatch.setenv(name, value)
     getter = {"KIT_KAGGLE_BACKOFF": client.backoff, "KIT_KAGGLE_RETRIES": client.retries,
               "KIT_KAGGLE_MAX_RETRY_AFTER": client.max_retry_after, "KIT_KAGGLE_POLL": client.poll_interval}[name]
-    with pytest.raises(KitError, match=f"{name}='{value}': must be a number of 0 or more"):
+    with pytest.raises(KitError, match=f"{name}='{value}': must be a number from "):
         getter()
 
 

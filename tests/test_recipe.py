@@ -224,6 +224,8 @@ def _missing_tracker() -> str:
     ({"model.encoder": "conformer", "model.conv_kernel": 16}, {}, "the conformer needs an odd kernel"),
     ({"train.log_with": "TRACKER"}, {}, "package is not installed"),
     ({}, {"which": "avg"}, 'which = "avg" predicts from the average'),
+    ({"train.init_from": "no-such.pt"}, {}, "train.init_from no-such.pt: not found"),       # probe 18
+    ({"data.pseudo_labels": "no-such.csv"}, {}, "data.pseudo_labels no-such.csv: not found"),
 ])
 def test_a_mistake_in_the_last_member_stops_the_recipe_before_the_first_trains(tiny_data, tiny_recipe, tmp_path,
                                                                                member, after, message):
@@ -246,3 +248,24 @@ def test_kit_train_refuses_a_model_that_cannot_be_built_before_making_its_run_di
                  "--set", "model.d_model=16", "--no-progress"])
     assert code == 2 and "must be divisible by model.n_heads 3" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_tracker_missing_here_does_not_stop_members_a_launcher_trains_elsewhere(tiny_recipe):
+    """Probe 18: the check before training refused `log_with = "wandb"` for Kaggle kernels, whose image has it."""
+    from kit.members import check_configs
+
+    recipe = load_recipe(tiny_recipe("a", {"name": "b", "train.log_with": _missing_tracker()}))
+    with pytest.raises(KitError, match="package is not installed"):
+        check_configs(recipe, ["a", "b"], "quick")
+    check_configs(recipe, ["a", "b"], "quick", here=False)
+
+
+def test_an_older_ids_json_without_the_mode_asked_is_compared_by_the_mode_it_made():
+    from kit.records import PredictionIds, settings_changes
+
+    old = PredictionIds(val=[], val_labels=[], test=[], window=256, hop=128, average="probs")     # no mode: sliding
+    infer = {"window": 256, "hop": 128, "average": "probs"}
+    assert settings_changes(old, {**infer, "mode": "full"}) == ["mode sliding -> full"]
+    assert settings_changes(old, {**infer, "full": True}) == ["mode sliding -> full"]
+    assert settings_changes(old, {**infer, "mode": "sliding"}) == []
+    assert settings_changes(old, {**infer, "mode": "auto"}) == []          # what auto chose is not known

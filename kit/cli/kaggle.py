@@ -86,8 +86,10 @@ def register(sub) -> None:
 def cmd_submit(args: argparse.Namespace) -> int:
     if not args.timeout > 0:        # NaN too: a submission would be spent, then "still PENDING after -5s"
         raise KitError(f"--timeout {args.timeout:g}: must be a number of seconds above 0; nothing was sent")
-    made_for, data_dir = _voted_on(args)
-    if data_dir and is_synthetic(data_dir) and not endpoint_or_env(args.endpoint):
+    made_for, data_dirs = _voted_on(args)
+    synthetic = next((d for d in data_dirs if is_synthetic(d)), None)
+    if synthetic and not endpoint_or_env(args.endpoint):
+        data_dir = synthetic
         raise KitError(f"{args.csv}: voted on {data_dir}, a synthetic competition (`kit data synth`): Kaggle "
                        "could only score its ids ERROR and count the try against the day's five; nothing was "
                        f"sent: rehearse on a stand-in (`kit kaggle serve --data {data_dir}`, then --endpoint)")
@@ -106,15 +108,17 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _voted_on(args: argparse.Namespace) -> tuple[str | None, str | None]:
+def _voted_on(args: argparse.Namespace) -> tuple[str | None, list[str]]:
     """The competition a CSV was voted for -- its manifest's, else that of --data or the data dir the
-    manifest names (kit.layout.data_competition); None when nothing says -- and that data dir. submit
-    itself names a manifest it cannot read."""
+    manifest names (kit.layout.data_competition); None when nothing says -- and the data dirs that
+    say what it was voted on (--data and the manifest's: a copy of synthetic data named by --data
+    must not hide what the manifest records). submit itself names a manifest it cannot read."""
     manifest = SubmissionManifest()
     with contextlib.suppress(KitError):
         manifest = SubmissionManifest.beside(args.csv) or manifest
     data_dir = args.data or manifest.data_dir
-    return manifest.competition or (data_competition(data_dir) if data_dir else None), data_dir
+    made_for = manifest.competition or (data_competition(data_dir) if data_dir else None)
+    return made_for, [d for d in (args.data, manifest.data_dir) if d]
 
 
 def _note_resend(args: argparse.Namespace) -> str | None:

@@ -21,37 +21,39 @@ KAGGLE, STAND_IN = "kaggle", "local stand-in"       # a ledger row's target
 RETRY_STATUSES = (429, 500, 502, 503, 504)
 
 
-def _setting(name: str, default: float) -> float:
-    """A timing setting from the environment: a finite number, 0 or more (KitError naming it)."""
+def _setting(name: str, default: float, most: float, least: float = 0.0, above: bool = False) -> float:
+    """A timing setting from the environment: a number from `least` (or, `above`, over it) to `most`
+    (KitError naming it): a poll of 0 would ask Kaggle without a pause, a backoff of 1e300 overflows."""
     try:
         value = float(os.environ.get(name, default))
     except ValueError:
         raise KitError(f"environment variable {name}={os.environ[name]!r} is not a number") from None
-    if not (math.isfinite(value) and value >= 0):
-        raise KitError(f"environment variable {name}={os.environ[name]!r}: must be a number of 0 or more")
+    if not (math.isfinite(value) and (value > least if above else value >= least) and value <= most):
+        low = f"above {least:g}" if above else f"{least:g}"
+        raise KitError(f"environment variable {name}={os.environ[name]!r}: must be a number from {low} to {most:g}")
     return value
 
 
 def backoff() -> float:
-    return _setting("KIT_KAGGLE_BACKOFF", 2.0)      # first retry delay; doubles each time
+    return _setting("KIT_KAGGLE_BACKOFF", 2.0, most=600.0)     # first retry delay; doubles each time
 
 
 def retries() -> int:
-    return int(_setting("KIT_KAGGLE_RETRIES", 5))
+    return int(_setting("KIT_KAGGLE_RETRIES", 5, most=20))
 
 
 def poll_interval() -> float:
-    return _setting("KIT_KAGGLE_POLL", 10.0)
+    return _setting("KIT_KAGGLE_POLL", 10.0, most=600.0, above=True)
 
 
 def kernel_poll(stand_in: bool) -> float:
     """Seconds between checks of a kernel's status: a minute on Kaggle (sessions last hours), a second
     on a local stand-in; KIT_KAGGLE_KERNEL_POLL decides instead."""
-    return _setting("KIT_KAGGLE_KERNEL_POLL", 1.0 if stand_in else 60.0)
+    return _setting("KIT_KAGGLE_KERNEL_POLL", 1.0 if stand_in else 60.0, most=600.0, above=True)
 
 
 def max_retry_after() -> float:
-    return _setting("KIT_KAGGLE_MAX_RETRY_AFTER", 120.0)   # bound on a server's Retry-After
+    return _setting("KIT_KAGGLE_MAX_RETRY_AFTER", 120.0, most=3600.0)   # bound on a server's Retry-After
 
 
 def endpoint_or_env(endpoint: str | None) -> str | None:

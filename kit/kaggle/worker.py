@@ -137,12 +137,13 @@ def _op_wait(api, p: dict, log, emit=None) -> dict:
                 raise KitError(f"submission {p['ref']} is not in {p['competition']}'s submission list")
             if sub["status"] != "PENDING":
                 return sub
-            if time.monotonic() + poll > deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 return dict(sub, timed_out=True)
             polls += 1
             if polls == 1 or polls % 6 == 0:
                 log(f"submission {p['ref']} is PENDING; polling every {poll:g}s")
-            time.sleep(poll)
+            time.sleep(min(poll, left))         # a poll longer than the time left: one last look at the end
 
 
 def _op_list(api, p: dict, log, emit=None) -> dict:
