@@ -75,7 +75,9 @@ def resolve_feature_path(data_dir: Path, feature_path: str, where: Path) -> Path
     root = data_dir.resolve()
     full = (root / feature_path).resolve()
     if full != root and root not in full.parents:
-        raise KitError(f"{where}: feature_path {feature_path!r} escapes the data dir {data_dir}")
+        link = " (a symbolic link out of it: copy the files, e.g. `cp -rL`)" if (root / feature_path).is_symlink() \
+            else ""
+        raise KitError(f"{where}: feature_path {feature_path!r} escapes the data dir {data_dir}{link}")
     return full
 
 

@@ -80,7 +80,8 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
     # submit there too, never to real Kaggle with the user's credentials.
     run.endpoint = getattr(launcher, "endpoint", None)
     run.competition = competition or getattr(launcher, "competition", None)
-    check_recipe_submissions(run.submissions, run.recipe.name, run.recipe.after, after, run.data_dir, run.endpoint)
+    check_recipe_submissions(run.submissions, run.recipe.name, run.recipe.after, after, run.data_dir, run.endpoint,
+                             run.log)
     if fresh:
         start_over(run.root, run.chosen, run.log, decision=not only)
     check_members(run.root, run.chosen, run.recipe, run.budget, run.data_dir, run.store, run.log)
@@ -150,7 +151,10 @@ class RecipeRun:
             raise KitError(f"budget {budget!r}: choose quick or full")
         mode = wants_audition(recipe, budget, overrides["audition"], only, overrides["blocker"],
                               overrides["timed"], log, workers)
-        names = recipe.members_for(budget, audition=bool(mode) or bool(only))
+        names = recipe.members_for(budget, audition=bool(mode))
+        if only:        # a fixed member or a candidate: a launcher's kernels name the fixed ones (probe 19)
+            either = set(names) | set(recipe.members_for(budget, audition=True))
+            names = [m[0] for m in recipe.members if m[0] in either]
         if mode == "all" and not overrides["fresh"]:    # an earlier cut over them: refused, as a changed one is
             decided(Path(runs) / recipe.name, names, recipe.audition_for(budget))
         for name in only or []:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -373,3 +374,22 @@ def test_fresh_clears_a_decided_audition_even_when_every_candidate_is_now_kept(t
     assert not (runs / "tiny" / "audition.json").exists()
     [old] = (runs).glob("tiny.old-*")
     assert (old / "audition.json").is_file() and (old / "audition.optuna.journal").is_file()
+
+
+def test_only_may_name_a_fixed_member_that_is_no_candidate_in_that_budget(tiny_data, tmp_path):
+    """Probe 19: boss's quick kernels and Slurm jobs run `--only transformer resnet`, and `--only`
+    accepted candidates only (`transformer: no such member`), so `make recipe-boss LAUNCHER=kaggle` failed."""
+    from kit.zoo import RecipeRun
+
+    overrides = {"submit": None, "ensemble": None, "pseudo": None, "distill": None, "refit": None, "lmft": None,
+                 "audition": None, "timed": (None, None), "blocker": None, "fresh": False, "elsewhere": False}
+    boss = Path(__file__).resolve().parent.parent / "recipes" / "boss.toml"
+
+    def chosen(only):
+        return RecipeRun.open(boss, str(tiny_data), "quick", str(tmp_path / "runs"), only, False, None, 1,
+                              tmp_path / "subs", overrides).chosen
+
+    assert chosen(["transformer", "resnet"]) == ["transformer", "resnet"]
+    assert chosen(["resnet-s"]) == ["resnet-s"]                           # a candidate, as before
+    with pytest.raises(KitError, match="--only conformer: no such member"):      # full budget only
+        chosen(["conformer"])

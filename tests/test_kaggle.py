@@ -533,3 +533,21 @@ def test_the_folder_a_sigkilled_stand_in_left_goes_when_the_next_one_starts(tiny
         assert server._tmp.parent == tmp_path and server._tmp.name.startswith(f"kit-standin-{os.getpid()}@")
         assert not left.exists() and running.is_dir()
     assert sorted(p.name for p in tmp_path.iterdir()) == [running.name]
+
+
+def test_a_recipe_on_real_data_without_credentials_says_so_before_it_trains(kaggle_env, tiny_data, tmp_path,
+                                                                            monkeypatch):
+    """Probe 19: the README said the recipe's first lines say its submission will be skipped; only the
+    end said so, after hours of training in a notebook."""
+    from kit.kaggle import check_recipe_submissions
+
+    for name in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KIT_KAGGLE_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    real = tmp_path / "real"
+    shutil.copytree(tiny_data, real, ignore=shutil.ignore_patterns(".kit-synth.json", ".kit-cache"))
+    lines: list[str] = []
+    after = {"ensemble": "auto", "submit": True}
+    check_recipe_submissions(tmp_path / "submissions", "boss", after, True, real, None, lines.append)
+    assert len(lines) == 1 and "no Kaggle credentials found" in lines[0] and "will be skipped" in lines[0]
+    check_recipe_submissions(tmp_path / "submissions", "boss", after, True, tiny_data, None, lines.append)
+    assert len(lines) == 1                                  # synthetic data rehearses: nothing to say

@@ -79,7 +79,7 @@ def _result(status: str, target: str | None, row: dict | None, reason: str | Non
 
 
 def check_recipe_submissions(submissions_dir, name: str, after: dict, running_after: bool,
-                             data_dir=None, endpoint: str | None = None) -> None:
+                             data_dir=None, endpoint: str | None = None, log=None) -> None:
     """Before a recipe trains: the folder its vote's CSV (NAME.csv) and ledger go to can take them, and a
     recipe that submits can read its ledger and has the credentials its submission needs, so a long run
     does not end on what could be fixed at its start. after: the recipe's [after] table; running_after:
@@ -96,18 +96,21 @@ def check_recipe_submissions(submissions_dir, name: str, after: dict, running_af
                        f"folder you can write); nothing was trained")
     if after["submit"]:
         read_ledger(ledger)         # a damaged ledger is one line now, not after the training
-        _check_credentials(data_dir, endpoint)
+        _check_credentials(data_dir, endpoint, log or (lambda message: None))
 
 
-def _check_credentials(data_dir, endpoint: str | None) -> None:
+def _check_credentials(data_dir, endpoint: str | None, log) -> None:
     """The user's credentials, where the recipe's submission will use them: on a stand-in named by
     --endpoint or KIT_KAGGLE_ENDPOINT (it takes any, but the client needs some), and on Kaggle when
-    there are some (none there: the recipe trains and skips the submission, as it says). A synthetic
-    competition with no endpoint rehearses with credentials of its own."""
+    there are some (none there: the recipe trains and skips the submission, and says so now). A
+    synthetic competition with no endpoint rehearses with credentials of its own."""
     url = endpoint_or_env(endpoint)
     if url is None and data_dir is not None and is_synthetic(data_dir):
         return
     source = credential_source()
+    if url is None and source is None:
+        log(f"{CREDENTIALS_HELP}; the recipe trains and votes, and its submission will be skipped (add them "
+            "before it ends, or send the CSV later with `kit submit`)")
     if url and source is None:
         raise KitError(f"{CREDENTIALS_HELP} (the stand-in at {url} takes any, e.g. KAGGLE_USERNAME=rehearsal "
                        f"KAGGLE_KEY=anything); nothing was trained")
