@@ -63,6 +63,7 @@ def read_ledger(path: str | os.PathLike, restore: str | None = None):
                        f"remove that row, or {restore}")
     frame["status"] = frame["status"].str.strip().str.upper()      # `pending` typed by hand is PENDING
     for column in ("public", "private"):
+        frame[column] = frame[column].str.strip()                    # ` 0.8 ` typed by hand
         if bad := [(i, v) for i, v in enumerate(frame[column], 1) if v and not _is_score(v)]:
             raise KitError(f"{path}: row {bad[0][0]} has {column} score {bad[0][1]!r}, which is not a number "
                            f"from 0 to 1; fix or remove that row, or {restore}")
