@@ -78,6 +78,18 @@ def check_submission_name(name, what: str = "submission") -> str:
                          "pending file, scores.png, NAME_report.png)")
 
 
+# What a recipe's stages name their votes in submissions/: NAME-vote0, NAME-before-refit, NAME-student
+# (kit.zoo, kit.rounds); a recipe named so would write over another recipe's.
+_RECIPE_RESERVED = re.compile(r".*-(vote0|before-refit|student)", re.IGNORECASE)
+
+
+def check_recipe_name(name) -> str:
+    """A submission name (check_submission_name) that is not one another recipe's stages write."""
+    check_submission_name(name, "recipe")
+    return _not_reserved(name, "recipe", _RECIPE_RESERVED, "for another recipe's stages in submissions/ "
+                         "(RECIPE-vote0, RECIPE-before-refit, RECIPE-student)")
+
+
 def check_member_name(name, what: str = "member") -> str:
     """A plain file name that is not one kit uses beside the members in RUNS/<recipe>/
     (`student`, `pseudo-N`, the stages' fine-tunes `NAME-plN`, `NAME-refit` and `NAME-lm`, the Kaggle

@@ -9,7 +9,7 @@ from pathlib import Path
 from kit.config import CHECKPOINTS, RunConfig, layered, load_toml
 from kit.env import kaggle_data_dir
 from kit.errors import KitError
-from kit.names import check_member_name, check_submission_name
+from kit.names import check_member_name, check_recipe_name
 from kit.rounds import STAGE_DEFAULTS, STAGES, enabled, parse_stage, stages_share
 from kit.synth import generate
 
@@ -110,7 +110,7 @@ def _recipe_name(path: Path, name) -> str:
     """The recipe's name: its folder RUNS/NAME and its submissions NAME.csv, so a plain file name
     that is not one kit uses in submissions/."""
     try:
-        return check_submission_name(name, "recipe")
+        return check_recipe_name(name)
     except KitError as e:
         raise KitError(f"{path}: {e}") from None
 

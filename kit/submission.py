@@ -128,6 +128,20 @@ LEDGER = Path("submissions") / "ledger.csv"        # `kit submit --ledger`'s def
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
+def refuse_ledger(csv_path: str | os.PathLike, what: str = "its vote") -> None:
+    """KitError when CSV_PATH holds a ledger (kit's header: time,competition,file,...), which a vote
+    written to that name would replace: a ledger kept under a name of one's own (`kit submit --ledger
+    submissions/hw4-2023.csv`) and a vote named hw4-2023 share NAME.csv."""
+    try:
+        with open(csv_path, encoding="utf-8-sig", errors="replace") as f:
+            header = f.readline()
+    except OSError:                             # not there (or not a file): nothing to lose
+        return
+    if header.split(",")[:3] == ["time", "competition", "file"]:
+        raise KitError(f"{csv_path}: a submissions ledger, where {what} would go: choose another name; "
+                       "nothing was written")
+
+
 def submitted_note(csv_path: str | os.PathLike) -> Path:
     """The hidden file beside NAME.csv, .NAME.csv.submitted, where `kit submit` notes each version of
     it that Kaggle accepted: the ledger it used may be anywhere, the note is always found here."""

@@ -551,3 +551,21 @@ def test_a_recipe_on_real_data_without_credentials_says_so_before_it_trains(kagg
     assert len(lines) == 1 and "no Kaggle credentials found" in lines[0] and "will be skipped" in lines[0]
     check_recipe_submissions(tmp_path / "submissions", "boss", after, True, tiny_data, None, lines.append)
     assert len(lines) == 1                                  # synthetic data rehearses: nothing to say
+
+
+def test_a_send_cut_off_before_its_answer_is_not_repeated_by_a_recipe(kaggle_env, standin, sub, tiny_data, capsys):
+    """Probe 20: a recipe killed after Kaggle accepted the upload but before the ref came back left only
+    the note `kit submit` writes before sending; the re-run sent the same bytes again (a second of the
+    day's five). Now the re-run says so and sends nothing; `kit submit` by hand sends, with a note."""
+    from kit.kaggle.client import target
+    from kit.submission import note_sending
+
+    ledger = sub.parent / "ledger.csv"
+    note_sending(sub, sha256_file(sub), ledger, "2026-12-06T08:00:00Z", COMP, target(standin.url))
+    result = recipe_submit(sub, "recipe re-run", tiny_data, submissions_dir=sub.parent, endpoint=standin.url)
+    assert result["status"] == "FAILED" and "was cut off before the answer came back" in result["reason"]
+    assert "CreateSubmission" not in standin.calls and not ledger.exists()          # nothing sent
+    code, _, err = kit(capsys, *submit_args(sub, standin))
+    assert code == 0 and "was cut off before the answer came back (it may have been made)" in err, err
+    again = recipe_submit(sub, "recipe re-run", tiny_data, submissions_dir=sub.parent, endpoint=standin.url)
+    assert "already submitted" in again["reason"] and len(ledger_rows(sub)) == 1    # the row now answers

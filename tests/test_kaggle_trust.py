@@ -289,7 +289,7 @@ def test_stopping_the_stand_in_with_sigterm_removes_its_folder(tiny_data, tiny_a
     Ctrl-C: its temp folder (the zip, the kernels' folders) is removed and it exits 143."""
     env = {**os.environ, "TMPDIR": str(tmp_path)}
     proc = subprocess.Popen([sys.executable, "-m", "kit", "kaggle", "serve", "--data", str(tiny_data),
-                             "--answers", str(tiny_answers)], env=env, stdout=subprocess.PIPE,
+                             "--answers", str(tiny_answers), "--port", "0"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
         assert "local Kaggle stand-in" in proc.stdout.readline()

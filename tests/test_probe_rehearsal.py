@@ -103,3 +103,29 @@ def test_hand_edited_statuses_and_scores_in_the_ledger(tmp_path, tiny_answers, t
         ledger = _ledger(tmp_path / bad, tiny_answers, tiny_data, public=bad)
         with pytest.raises(KitError, match=f"row 1 has public score '{bad}', which is not a number from 0 to 1"):
             read_ledger(ledger)
+
+
+def test_a_vote_is_never_written_over_a_ledger_kept_under_its_name(kaggle_env, standin, sub, predicted, capsys):
+    """Probe 20: `kit submit --ledger submissions/hw4-2023.csv`, then `kit ensemble --name hw4-2023`
+    replaced the ledger with the vote (its rows lost; with one row there was no backup)."""
+    from conftest import submit_args
+
+    ledger = sub.parent / "hw4-2023.csv"
+    args = submit_args(sub, standin)
+    args[args.index("--ledger") + 1] = ledger
+    assert kit(capsys, *args)[0] == 0
+    before = ledger.read_bytes()
+    runs = [predicted.run(name, [0, 1, 2, 0, 1, 2], [0, 1, 2, 0]) for name in ("a", "b")]
+    code, _, err = kit(capsys, "ensemble", *runs, "--name", "hw4-2023", "--out", sub.parent)
+    assert code == 2 and "a submissions ledger, where its vote would go" in one_error_line(err)
+    assert ledger.read_bytes() == before
+
+
+def test_a_recipe_is_not_named_as_another_recipes_stage_writes():
+    """Probe 20: a recipe named r-before-refit wrote over recipe r's vote before its refit."""
+    from kit.names import check_recipe_name
+
+    for name in ("r-before-refit", "r-student", "r-vote0"):
+        with pytest.raises(KitError, match="for another recipe's stages"):
+            check_recipe_name(name)
+    assert check_recipe_name("r") == "r" and check_recipe_name("student-r") == "student-r"

@@ -19,7 +19,7 @@ from kit.errors import KitError
 from kit.fsio import sha256_file
 from kit.kaggle import KAGGLE, read_ledger, refresh_ledger, score_table, submit
 from kit.kaggle.client import endpoint_or_env, target
-from kit.kaggle.ledger import find_submitted
+from kit.kaggle.ledger import find_submitted, interrupted_send
 from kit.kaggle.ledger import sending as ledger_sending
 from kit.kaggle.pending import merge_pending
 from kit.kaggle.server import FAULT_TARGETS, StandIn
@@ -128,10 +128,13 @@ def _note_resend(args: argparse.Namespace) -> str | None:
     try:
         merge_pending(args.ledger)      # a row only a pending file holds counts (submit merges them first too)
         earlier = find_submitted(args.ledger, args.csv, args.competition, target(args.endpoint))
+        cut = interrupted_send(args.ledger, args.csv, args.competition, target(args.endpoint))
     except KitError:            # a damaged ledger or pending file: submit names it
         return None
     if earlier is None:
-        return None
+        return None if cut is None else (
+            f"note: a send of {args.csv} (these same bytes) at {cut['time']} was cut off before the answer came back "
+            "(it may have been made); sending it again, as asked, may spend another of the day's submissions")
     sent_as = "" if Path(str(earlier.get("file") or args.csv)).resolve() == Path(args.csv).resolve() \
         else f" as {earlier['file']}"
     return (f"note: {args.csv} (these same bytes) was submitted{sent_as} at {earlier['time']} (ref {earlier['ref']}, "

@@ -44,7 +44,7 @@ from kit.layout import data_competition
 from kit.names import check_submission_name, distinct_runs
 from kit.records import SubmissionManifest, trained_on
 from kit.runs import trained_on_validation
-from kit.submission import keep_submitted, submission_lock, submitted_note, validate_submission
+from kit.submission import keep_submitted, refuse_ledger, submission_lock, submitted_note, validate_submission
 
 __all__ = ["AUTO_METHODS", "DEFAULT_POOL", "METHODS", "POOLS", "VOTES", "Member", "apply_method", "auto_ensemble",
            "calibrate", "check_compatible", "check_weights", "crossfit", "ensemble_runs", "fit_methods",
@@ -95,13 +95,13 @@ def ensemble_runs(run_dirs, vote: str = "hard", weights=None, name: str | None =
     """
     _check_arguments(run_dirs, vote, weights, pool)
     name = _submission_name(name, vote, len(run_dirs))                         # before any work
+    refuse_ledger(csv_path := Path(out_dir) / f"{name}.csv")
     members = [load_member(d) for d in run_dirs]
     if val_from is not None:
         members = [_validated_by(m, load_member(src)) for m, src in zip(members, val_from, strict=True)]
     check_compatible(members)
     auto = vote == "auto" or weights == "auto"
     voted = _auto_vote(members, vote, pool, folds) if auto else _plain_vote(members, vote, weights)
-    csv_path = Path(out_dir) / f"{name}.csv"
     data, data_dir = _csv_bytes(members, voted["test_pred"])
     w, extra = voted["weights"], voted["extra"]
     manifest = SubmissionManifest(

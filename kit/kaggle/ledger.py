@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
 import os
 import shutil
 import tempfile
@@ -15,6 +16,7 @@ from pathlib import Path
 from kit import env
 from kit.errors import KitError
 from kit.fsio import copy_file, file_lock, sha256_file, write_csv
+from kit.submission import submitted_note
 
 LEDGER_COLUMNS = ["time", "competition", "file", "sha256", "message", "members", "vote", "ref",
                   "status", "public", "private", "target", "error"]
@@ -298,3 +300,27 @@ def find_submitted(ledger, csv_path, competition: str, target: str) -> dict | No
     same = frame[(frame["sha256"] == digest) & (frame["competition"] == competition) &
                  (frame["target"] == target) & frame["status"].isin(["COMPLETE", "PENDING"])]
     return same.iloc[-1].to_dict() if len(same) else None
+
+
+def interrupted_send(ledger, csv_path, competition: str, target: str) -> dict | None:
+    """A send of these very bytes to `competition` at `target` that was cut off (a kill, a lost session)
+    after kit noted it beside the CSV (kit.submission.note_sending, just before the upload) and before
+    any row of it reached the ledger: Kaggle may have accepted it, so sending again may spend another of
+    the day's five. Returns that note line ({sha256, time, ...}), or None."""
+    if not Path(csv_path).is_file():
+        return None
+    try:
+        lines = submitted_note(csv_path).read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    digest = sha256_file(csv_path)
+    frame = read_ledger(ledger)
+    rows = set(zip(frame["sha256"], frame["time"], strict=True))
+    for line in reversed(lines):
+        with contextlib.suppress(ValueError):
+            noted = json.loads(line)
+            if isinstance(noted, dict) and noted.get("sha256") == digest and not noted.get("ref") and \
+                    noted.get("competition") == competition and noted.get("target") == target and \
+                    (digest, noted.get("time")) not in rows:
+                return noted
+    return None

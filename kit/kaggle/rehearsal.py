@@ -17,11 +17,12 @@ from kit.fsio import sha256_file
 from kit.kaggle.client import KAGGLE, STAND_IN, endpoint_or_env
 from kit.kaggle.client import target as named_target
 from kit.kaggle.credentials import CREDENTIALS_HELP, credential_source, kaggle_json_problem
-from kit.kaggle.ledger import find_submitted, ledger_problem, read_ledger, sending, update_ledger
+from kit.kaggle.ledger import find_submitted, interrupted_send, ledger_problem, read_ledger, sending, update_ledger
 from kit.kaggle.pending import kept_rows, merge_pending
 from kit.kaggle.server import StandIn
 from kit.kaggle.submissions import submit
 from kit.layout import data_competition, is_synthetic, synth_marker
+from kit.submission import refuse_ledger
 
 
 def recipe_competition(data_dir, competition: str | None = None) -> str:
@@ -91,6 +92,7 @@ def check_recipe_submissions(submissions_dir, name: str, after: dict, running_af
     csv = Path(submissions_dir) / f"{name}.csv"
     if problem is None and csv.exists() and not csv.is_file():
         problem = f"{csv}: is a folder, where the vote's CSV goes"
+    refuse_ledger(csv, "the recipe's vote")         # one kept under the recipe's name, before any training
     if problem:
         raise KitError(f"{problem}: the recipe writes its vote and ledger in {submissions_dir}/ (run it from a "
                        f"folder you can write); nothing was trained")
@@ -172,6 +174,13 @@ def _recipe_attempt(csv_path, message, data_dir, competition, ledger, endpoint, 
     if earlier is not None:
         return _result(earlier["status"], target, earlier,
                        f"identical file already submitted at {earlier['time']} (ref {earlier['ref']}); not sent again")
+    cut = interrupted_send(ledger, csv_path, competition, target) if target != STAND_IN else None
+    if cut is not None:         # (a rehearsal's own stand-in died with the recipe: sent again, as a LOST row is)
+        return _result("FAILED", target, None,
+                       f"a send of these same bytes at {cut['time']} was cut off before the answer came back, so "
+                       f"it may have been made (and counted against the day's submissions); not sent again: look "
+                       f"at the competition's submissions, and if it is not there send it with `kit submit "
+                       f"{csv_path} -m ...`", recorded=False)
     before = len(read_ledger(ledger))
     kept_before = {row["ref"] for row in kept_rows(ledger)}
     # The stand-in scores at once, so poll it briskly; real Kaggle keeps the usual interval.
