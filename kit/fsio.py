@@ -161,8 +161,9 @@ def read_json(path: str | os.PathLike, what: str = "a JSON file") -> dict:
 # A full disk (or quota) while writing: one line naming the file, the old file left as it was.
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 # torch.save reports a failed write as RuntimeError("[enforce fail at inline_container.cc:...]
-# PytorchStreamWriter failed writing file ...: file write failed" or "... unexpected pos ...").
-_TORCH_WRITE_FAILED = ("inline_container", "PytorchStreamWriter", "file write failed")
+# PytorchStreamWriter failed writing file ...: file write failed" or "... unexpected pos ..."), or, when
+# the disk fills as the file is closed, "basic_ios::clear: iostream error" (probe 21).
+_TORCH_WRITE_FAILED = ("inline_container", "PytorchStreamWriter", "file write failed", "iostream error")
 
 
 def _free_bytes(path: Path) -> str:

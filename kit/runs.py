@@ -10,7 +10,7 @@ import contextlib
 import errno
 import fcntl
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from kit.config import dump_toml, load_toml
@@ -227,6 +227,32 @@ def run_lock(run_dir: str | Path, primary: bool = True) -> Iterator[None]:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
     finally:
         f.close()
+
+
+RECIPE_LOCK = ".recipe.lock"          # in RUNS/<recipe>/: held by every `kit recipe run` of it
+
+
+@contextlib.contextmanager
+def recipe_lock(root: str | Path, alone: bool) -> Iterator[Callable[[], None]]:
+    """Held by every `kit recipe run` of RUNS/<recipe> while it runs, shared. `alone` (--fresh, which
+    moves the members aside) takes it exclusively, at once or not at all, and gets `share` to hand it
+    back once they are moved: another run's vote or submission never loses its members mid-way."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / RECIPE_LOCK, "a+") as f:
+        if alone:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise KitError(f"{root}: another `kit recipe run` of this recipe is running (it holds "
+                               f"{root / RECIPE_LOCK}), so --fresh moved nothing aside: wait for it to end, or "
+                               "stop it") from None
+        else:
+            fcntl.flock(f.fileno(), fcntl.LOCK_SH)          # waits only while a --fresh moves members aside
+        try:
+            yield lambda: fcntl.flock(f.fileno(), fcntl.LOCK_SH)
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def lock_holder(run_dir: str | Path) -> str | None:

@@ -35,6 +35,7 @@ from kit.rounds import (
     stages_share,
 )
 from kit.rundir import RunDir
+from kit.runs import recipe_lock
 from kit.timeplan import Deadline, TimePlan, predict_estimates
 from kit.train import TrainingDiverged, load_config, train
 from kit.workers import member_task, run_parallel, slots_for
@@ -82,28 +83,36 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
     run.competition = competition or getattr(launcher, "competition", None)
     check_recipe_submissions(run.submissions, run.recipe.name, run.recipe.after, after, run.data_dir, run.endpoint,
                              run.log)
+    with recipe_lock(run.root, fresh) as share:          # --fresh: alone while it moves members aside
+        _start(run, fresh, only, share)
+        jobs, skipped = run.jobs()
+        if launcher is not None and jobs:      # trained elsewhere; max_hours bounds each remote job, not this call
+            launcher.train(run.recipe, [j[0] for j in jobs], run.root, run.budget, run.data_dir, run.log,
+                           minutes=minutes, per_member_minutes=per_member_minutes, max_hours=max_hours, fresh=fresh)
+            jobs, max_hours = [], None
+        slots = slots_for(workers, len(jobs))
+        run.plan_time(jobs, slots, minutes, per_member_minutes, max_hours, after)
+        cut = run_audition(run, jobs, slots) if run.auditioning else None
+        if cut is None:
+            run.train_jobs(jobs, slots)
+        result, deadline = run.results(skipped, run.plan.deadline), run.plan.deadline
+        result.audition = cut
+        if deadline is not None and after:
+            after = _in_time(deadline, result, [Path(m.run_dir) for m in result.members if not m.diverged],
+                             run.recipe.after["which"])
+        if after:
+            _after(run, result)
+        result.minutes = (time.time() - run.began) / 60
+    return result
+
+
+def _start(run: RecipeRun, fresh: bool, only, share: Callable[[], None]) -> None:
+    """Before the members train: --fresh moves them aside (holding the recipe's lock alone, then
+    sharing it), then every member is checked (kit.members.check_members)."""
     if fresh:
         start_over(run.root, run.chosen, run.log, decision=not only)
+        share()
     check_members(run.root, run.chosen, run.recipe, run.budget, run.data_dir, run.store, run.log)
-    jobs, skipped = run.jobs()
-    if launcher is not None and jobs:      # trained elsewhere; max_hours bounds each remote job, not this call
-        launcher.train(run.recipe, [j[0] for j in jobs], run.root, run.budget, run.data_dir, run.log,
-                       minutes=minutes, per_member_minutes=per_member_minutes, max_hours=max_hours, fresh=fresh)
-        jobs, max_hours = [], None
-    slots = slots_for(workers, len(jobs))
-    run.plan_time(jobs, slots, minutes, per_member_minutes, max_hours, after)
-    cut = run_audition(run, jobs, slots) if run.auditioning else None
-    if cut is None:
-        run.train_jobs(jobs, slots)
-    result, deadline = run.results(skipped, run.plan.deadline), run.plan.deadline
-    result.audition = cut
-    if deadline is not None and after:
-        after = _in_time(deadline, result, [Path(m.run_dir) for m in result.members if not m.diverged],
-                         run.recipe.after["which"])
-    if after:
-        _after(run, result)
-    result.minutes = (time.time() - run.began) / 60
-    return result
 
 
 def _check_times(minutes, per_member_minutes, max_hours) -> None:

@@ -60,10 +60,15 @@ def torch_cannot_write(obj, f, *args, **kwargs):
     raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 4096 vs 4030")
 
 
-def test_a_checkpoint_save_on_a_full_disk_is_one_line_and_keeps_the_old_one(tmp_path, monkeypatch):
+def torch_cannot_close(obj, f, *args, **kwargs):
+    raise RuntimeError("basic_ios::clear: iostream error")      # the disk filled as the file closed (probe 21)
+
+
+@pytest.mark.parametrize("failing", [torch_cannot_write, torch_cannot_close])
+def test_a_checkpoint_save_on_a_full_disk_is_one_line_and_keeps_the_old_one(tmp_path, monkeypatch, failing):
     path = tmp_path / "last.pt"
     save_torch({"step": 10}, path)
-    monkeypatch.setattr(torch, "save", torch_cannot_write)
+    monkeypatch.setattr(torch, "save", failing)
     with pytest.raises(KitError, match=rf"^{path}: could not write the checkpoint \(disk full\?: \d+ bytes free\)$"):
         save_torch({"step": 20}, path)
     assert torch.load(path, weights_only=True) == {"step": 10}

@@ -269,3 +269,21 @@ def test_an_older_ids_json_without_the_mode_asked_is_compared_by_the_mode_it_mad
     assert settings_changes(old, {**infer, "full": True}) == ["mode sliding -> full"]
     assert settings_changes(old, {**infer, "mode": "sliding"}) == []
     assert settings_changes(old, {**infer, "mode": "auto"}) == []          # what auto chose is not known
+
+
+def test_fresh_moves_nothing_while_another_run_of_the_recipe_votes(tiny_data, tiny_recipe, tmp_path):
+    """Probe 21: a `--fresh` run moved the members aside while another run of the recipe was voting
+    them; that run then wrote and submitted its old vote, credited to the new members' paths."""
+    from kit.runs import recipe_lock
+
+    path = tiny_recipe("a", base={"train": {"max_steps": 4, "eval_every": 2}}, after={"predict": False})
+    runs = tmp_path / "runs"
+    run_recipe(path, data=str(tiny_data), runs=str(runs), progress=False, workers=1)
+    weights = (runs / "tiny" / "a" / "last.pt").read_bytes()
+    with recipe_lock(runs / "tiny", alone=False):                  # another run, between its training and its vote
+        with pytest.raises(KitError, match="another `kit recipe run` of this recipe is running .* moved nothing"):
+            run_recipe(path, data=str(tiny_data), runs=str(runs), progress=False, workers=1, fresh=True)
+        assert (runs / "tiny" / "a" / "last.pt").read_bytes() == weights and not list(runs.glob("tiny.old-*"))
+        run_recipe(path, data=str(tiny_data), runs=str(runs), progress=False, workers=1)    # a plain re-run shares
+    run_recipe(path, data=str(tiny_data), runs=str(runs), progress=False, workers=1, fresh=True)
+    assert len(list(runs.glob("tiny.old-*"))) == 1                   # alone now: moved aside
