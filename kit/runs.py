@@ -238,8 +238,16 @@ def recipe_lock(root: str | Path, alone: bool) -> Iterator[Callable[[], None]]:
     moves the members aside) takes it exclusively, at once or not at all, and gets `share` to hand it
     back once they are moved: another run's vote or submission never loses its members mid-way."""
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / RECIPE_LOCK, "a+") as f:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        f = open(root / RECIPE_LOCK, "a+")
+    except OSError as e:                # a read-only runs folder: nothing there can be moved or changed
+        if alone:
+            raise KitError(f"{root}: cannot be written ({e.strerror}), so --fresh cannot move its members "
+                           "aside") from None
+        yield lambda: None
+        return
+    with f:
         if alone:
             try:
                 fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

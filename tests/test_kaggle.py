@@ -569,3 +569,32 @@ def test_a_send_cut_off_before_its_answer_is_not_repeated_by_a_recipe(kaggle_env
     assert code == 0 and "was cut off before the answer came back (it may have been made)" in err, err
     again = recipe_submit(sub, "recipe re-run", tiny_data, submissions_dir=sub.parent, endpoint=standin.url)
     assert "already submitted" in again["reason"] and len(ledger_rows(sub)) == 1    # the row now answers
+
+
+def test_a_send_answered_in_another_ledger_or_noted_by_hand_is_not_taken_as_cut_off(kaggle_env, standin, sub,
+                                                                                       tiny_data, capsys):
+    """Probe 22: a send Kaggle accepted (or refused) and recorded in a ledger of one's own (`kit submit
+    --ledger`) was reported by the recipe as cut off, FAILED; a note line edited by hand gave a traceback."""
+    from kit.kaggle.client import target
+    from kit.kaggle.ledger import interrupted_send
+    from kit.submission import note_sending, submitted_note
+
+    mine = sub.parent / "hw4-mine.csv"
+    args = submit_args(sub, standin)
+    args[args.index("--ledger") + 1] = mine
+    assert kit(capsys, *args)[0] == 0                                               # accepted, noted with its ref
+    assert interrupted_send(sub.parent / "ledger.csv", sub, COMP, target(standin.url)) is None
+    result = recipe_submit(sub, "recipe", tiny_data, submissions_dir=sub.parent, endpoint=standin.url)
+    assert "cut off" not in (result["reason"] or "")
+    # refused by Kaggle and recorded FAILED in the ledger of one's own: answered too
+    submitted_note(sub).unlink()
+    note_sending(sub, sha256_file(sub), mine, "2026-12-06T09:00:00Z", COMP, target(standin.url))
+    from kit.kaggle import append_ledger
+
+    append_ledger(mine, {"time": "2026-12-06T09:00:00Z", "competition": COMP, "file": str(sub),
+                         "sha256": sha256_file(sub), "status": "FAILED", "target": target(standin.url)})
+    assert interrupted_send(sub.parent / "ledger.csv", sub, COMP, target(standin.url)) is None
+    with submitted_note(sub).open("a") as f:                                        # a line edited by hand
+        bad = {"sha256": sha256_file(sub), "ref": "", "time": ["x"], "competition": COMP}
+        f.write(json.dumps(bad) + "\nnot json\n")
+    assert interrupted_send(sub.parent / "ledger.csv", sub, COMP, target(standin.url)) is None

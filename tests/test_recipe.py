@@ -287,3 +287,17 @@ def test_fresh_moves_nothing_while_another_run_of_the_recipe_votes(tiny_data, ti
         run_recipe(path, data=str(tiny_data), runs=str(runs), progress=False, workers=1)    # a plain re-run shares
     run_recipe(path, data=str(tiny_data), runs=str(runs), progress=False, workers=1, fresh=True)
     assert len(list(runs.glob("tiny.old-*"))) == 1                   # alone now: moved aside
+
+
+def test_the_recipe_lock_on_a_runs_folder_that_cannot_be_written(tmp_path):
+    """Probe 22: a recipe whose RUNS/<recipe>/ cannot be written stopped on its lock file, where it
+    could still vote finished members; --fresh, which must move them, says why it cannot."""
+    from kit.runs import recipe_lock
+
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    with recipe_lock(blocked / "tiny", alone=False) as share:
+        share()
+    with pytest.raises(KitError, match="cannot be written .* so --fresh cannot move its members aside"):
+        with recipe_lock(blocked / "tiny", alone=True):
+            pass

@@ -305,22 +305,46 @@ def find_submitted(ledger, csv_path, competition: str, target: str) -> dict | No
 def interrupted_send(ledger, csv_path, competition: str, target: str) -> dict | None:
     """A send of these very bytes to `competition` at `target` that was cut off (a kill, a lost session)
     after kit noted it beside the CSV (kit.submission.note_sending, just before the upload) and before
-    any row of it reached the ledger: Kaggle may have accepted it, so sending again may spend another of
-    the day's five. Returns that note line ({sha256, time, ...}), or None."""
+    any answer was recorded: no note line with a ref, and no row of its time in `ledger` or in the
+    ledger the note names (a `kit submit --ledger` of one's own). Kaggle may have accepted it, so
+    sending again may spend another of the day's five. Returns that note line, or None."""
     if not Path(csv_path).is_file():
         return None
     try:
-        lines = submitted_note(csv_path).read_text(encoding="utf-8", errors="replace").splitlines()
+        text = submitted_note(csv_path).read_text(encoding="utf-8", errors="replace")
     except OSError:
         return None
+    notes = [n for n in map(_note_line, text.splitlines()) if n is not None]
     digest = sha256_file(csv_path)
-    frame = read_ledger(ledger)
-    rows = set(zip(frame["sha256"], frame["time"], strict=True))
-    for line in reversed(lines):
-        with contextlib.suppress(ValueError):
-            noted = json.loads(line)
-            if isinstance(noted, dict) and noted.get("sha256") == digest and not noted.get("ref") and \
-                    noted.get("competition") == competition and noted.get("target") == target and \
-                    (digest, noted.get("time")) not in rows:
-                return noted
+    answered = {n["time"] for n in notes if n["sha256"] == digest and n["ref"]}
+    for noted in reversed(notes):
+        if noted["sha256"] != digest or noted["ref"] or noted["time"] in answered or \
+                (noted["competition"], noted["target"]) != (competition, target):
+            continue
+        if not any(_has_row(book, digest, noted["time"]) for book in dict.fromkeys([str(ledger), noted["ledger"]])
+                   if book):
+            return noted
     return None
+
+
+def _note_line(line: str) -> dict | None:
+    """One line of a submitted note as {sha256, ref, time, ledger, competition, target} (all text), or
+    None for a line that is not one (damaged, edited by hand)."""
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return None
+    keys = ("sha256", "ref", "time", "ledger", "competition", "target")
+    if not isinstance(value, dict) or not all(isinstance(value.get(k, ""), str) for k in keys):
+        return None
+    return {k: value.get(k, "") for k in keys}
+
+
+def _has_row(ledger: str, digest: str, time: str) -> bool:
+    """Whether LEDGER holds a row of these bytes sent at TIME; a ledger that cannot be read counts as
+    holding it not (the send is then taken as cut off: nothing is sent again without a word)."""
+    try:
+        frame = read_ledger(ledger)
+    except KitError:
+        return False
+    return bool(((frame["sha256"] == digest) & (frame["time"] == time)).any())
