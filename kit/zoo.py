@@ -113,6 +113,8 @@ def _start(run: RecipeRun, fresh: bool, only, share: Callable[[], None]) -> None
         start_over(run.root, run.chosen, run.log, decision=not only)
         share()
     check_members(run.root, run.chosen, run.recipe, run.budget, run.data_dir, run.store, run.log)
+    if run.budget_said:                 # the full budget on real data is hours of GPU time: said, not assumed
+        run.log(run.budget_said)
 
 
 def _check_times(minutes, per_member_minutes, max_hours) -> None:
@@ -142,6 +144,7 @@ class RecipeRun:
     auditioning: bool = False                   # chosen are the audition's candidates (kit.audition)
     endpoint: str | None = None                 # the stand-in the kernels went to: the submission goes there too
     competition: str | None = None              # --competition (None: kit.kaggle.recipe_competition's choice)
+    budget_said: str = ""                       # the line for a budget kit chose, said once the checks pass
 
     @classmethod
     def open(cls, path, data, budget, runs, only, progress, log, workers, submissions, overrides) -> RecipeRun:
@@ -154,7 +157,11 @@ class RecipeRun:
             if overrides[key] is not None:
                 recipe.after[key] = {**(recipe.after[key] or defaults), "enabled": overrides[key]}
         data_dir = ensure_data(data, log)
-        budget = budget or ("quick" if is_synthetic(data_dir) else "full")
+        said = ""
+        if budget is None:                  # kit's choice, said once the checks pass (_start)
+            budget = "quick" if is_synthetic(data_dir) else "full"
+            kind = "synthetic" if budget == "quick" else "real"
+            said = f"the {budget} budget: {data_dir} is {kind} data (--budget chooses)"
         if budget not in BUDGETS:
             raise KitError(f"budget {budget!r}: choose quick or full")
         mode = wants_audition(recipe, budget, overrides["audition"], only, overrides["blocker"],
@@ -178,7 +185,7 @@ class RecipeRun:
         dtype = member_config(recipe, chosen[0], budget).data.store_dtype
         store = FeatureStore.open(data_dir, dtype, progress=progress)
         return cls(recipe, budget, data_dir, store, Path(runs) / recipe.name, chosen, log, progress, workers,
-                   Path(submissions), began, auditioning=mode == "cut")
+                   Path(submissions), began, auditioning=mode == "cut", budget_said=said)
 
     def config(self, name: str) -> RunConfig:
         return member_config(self.recipe, name, self.budget, self.data_dir)

@@ -83,6 +83,7 @@ def test_tiny_recipe_trains_its_members_and_skips_them_when_rerun(tiny_data, tin
     logs: list[str] = []
     result = run_recipe(path, data=str(tiny_data), runs=str(runs), progress=False, log=logs.append, workers=1)
     assert result.budget == "quick"                     # tiny_data is synthetic
+    assert any("the quick budget: " in line and "is synthetic data" in line for line in logs)     # and said so
     assert [m.name for m in result.members] == ["mean", "sap-am"]
     assert [m.step for m in result.members] == [10, 12]
     for name in ("mean", "sap-am"):
