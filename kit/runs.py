@@ -104,7 +104,6 @@ def reuse_changes(run_dir: str | Path, identity: dict) -> list[str]:
     return changes
 
 
-
 def update_infer(run_dir: str | Path, infer: dict) -> list[str]:
     """Give the run's config.toml the [infer] table `infer` (a recipe's, changed since the run was
     trained: the identity leaves [infer] out, as it changes how the weights are predicted, not what
@@ -120,6 +119,7 @@ def update_infer(run_dir: str | Path, infer: dict) -> list[str]:
     if changes:
         write_text(path, dump_toml({**config, "infer": {**old, **infer}}))
     return changes
+
 
 # ---------------------------------------------------------------- starting and resuming
 def check_start(run_dir: str | Path, resume: bool) -> None:

@@ -132,12 +132,15 @@ def refuse_ledger(csv_path: str | os.PathLike, what: str = "its vote") -> None:
     """KitError when CSV_PATH holds a ledger (kit's header: time,competition,file,...), which a vote
     written to that name would replace: a ledger kept under a name of one's own (`kit submit --ledger
     submissions/hw4-2023.csv`) and a vote named hw4-2023 share NAME.csv."""
+    # cycle: kit.kaggle (kit.kaggle.ledger) imports this module for the submitted note
+    from kit.kaggle.ledger import LEDGER_COLUMNS
+
     try:
         with open(csv_path, encoding="utf-8-sig", errors="replace") as f:
             header = f.readline()
     except OSError:                             # not there (or not a file): nothing to lose
         return
-    if header.split(",")[:3] == ["time", "competition", "file"]:
+    if header.split(",")[:3] == LEDGER_COLUMNS[:3]:
         raise KitError(f"{csv_path}: a submissions ledger, where {what} would go: choose another name; "
                        "nothing was written")
 

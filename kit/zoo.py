@@ -95,7 +95,8 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
         cut = run_audition(run, jobs, slots) if run.auditioning else None
         if cut is None:
             run.train_jobs(jobs, slots)
-        result, deadline = run.results(skipped, run.plan.deadline), run.plan.deadline
+        deadline = run.plan.deadline
+        result = run.results(skipped, deadline)
         result.audition = cut
         if deadline is not None and after:
             after = _in_time(deadline, result, [Path(m.run_dir) for m in result.members if not m.diverged],

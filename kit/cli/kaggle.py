@@ -89,10 +89,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     made_for, data_dirs = _voted_on(args)
     synthetic = next((d for d in data_dirs if is_synthetic(d)), None)
     if synthetic and not endpoint_or_env(args.endpoint):
-        data_dir = synthetic
-        raise KitError(f"{args.csv}: voted on {data_dir}, a synthetic competition (`kit data synth`): Kaggle "
+        raise KitError(f"{args.csv}: voted on {synthetic}, a synthetic competition (`kit data synth`): Kaggle "
                        "could only score its ids ERROR and count the try against the day's five; nothing was "
-                       f"sent: rehearse on a stand-in (`kit kaggle serve --data {data_dir}`, then --endpoint)")
+                       f"sent: rehearse on a stand-in (`kit kaggle serve --data {synthetic}`, then --endpoint)")
     if args.competition and made_for and args.competition != made_for:
         _log(f"note: {args.csv} was voted on data of {made_for}; sending it to {args.competition}, as "
              "--competition says")
