@@ -14,6 +14,7 @@ from kit.errors import KitError
 from kit.identity import describe, run_identity
 from kit.models import check_model
 from kit.recipe import Recipe, member_config
+from kit.records import predictions_current
 from kit.runs import holds_run, lock_holder, move_aside, old_name, reuse_changes, update_infer
 from kit.train.trackers import check_installed
 
@@ -61,9 +62,11 @@ def check_members(root: Path, names: list[str], recipe: Recipe, budget: str, dat
                        f"re-run with --fresh to train again (old members are moved to {root}.old-<time>), "
                        "or with --runs OTHER to keep both")
     for name, cfg in configs.items():           # after every refusal: a refused run changes nothing
+        predicted = (root / name / "ids.json").is_file()
         if holds_run(root / name) and (changed := update_infer(root / name, to_dict(cfg.infer))):
-            log(f"{name}: {', '.join(changed)} (the recipe's [infer] changed): kept; its predictions made the "
-                "old way are not voted")
+            fate = "" if not predicted else "; its predictions stand (made as the new settings ask)" \
+                if predictions_current(root / name) else "; its predictions made the old way are not voted"
+            log(f"{name}: {', '.join(changed)} (the recipe's [infer] changed): kept{fate}")
 
 
 def check_configs(recipe: Recipe, names: list[str], budget: str, here: bool = True) -> None:

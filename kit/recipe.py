@@ -138,6 +138,7 @@ def _after(path: Path, after) -> dict:
         raise KitError(f"{path}: [after] unknown key(s) {', '.join(bad)}; known: {', '.join(AFTER_DEFAULTS)}")
     after = {**AFTER_DEFAULTS, **after}
     _check_after_types(path, after)
+    _check_after_agrees(path, after)
     if after["ensemble"] not in ("auto", "hard", "soft", "none"):
         raise KitError(f"{path}: [after] ensemble {after['ensemble']!r}: choose auto, hard, soft or none")
     if after["weights"] not in ("equal", "auto"):
@@ -151,6 +152,16 @@ def _after(path: Path, after) -> dict:
         raise KitError(f"{path}: [after] the stages' shares add up to {stages_share(after):g}: leave the "
                        "members most of the time (< 0.9)")
     return after
+
+
+def _check_after_agrees(path: Path, after: dict) -> None:
+    """A submission that the table's other settings rule out (`predict = false`, `ensemble = "none"`)
+    is refused: it would be skipped without a word, found only at the end of the training. (An
+    ensemble left in the table beside `predict = false` is not: the members train, nothing is lost.)"""
+    if after["submit"] and (not after["predict"] or after["ensemble"] == "none"):
+        why = "predict = false" if not after["predict"] else 'ensemble = "none"'
+        raise KitError(f"{path}: [after] submit = true with {why}: only a vote is submitted; set submit = false, "
+                       "or predict = true and an ensemble")
 
 
 def _check_after_types(path: Path, after: dict) -> None:

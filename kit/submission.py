@@ -170,11 +170,14 @@ def note_submitted(csv_path: str | os.PathLike, sha256: str, ref: str, ledger: s
         return _add_note(csv_path, sha256, ref, ledger, when, competition, target)
 
 
-def _add_note(csv_path, sha256: str, ref: str, ledger, when: str, competition: str, target: str) -> Path:
-    """note_submitted's line, written by a caller holding submission_lock."""
+def _add_note(csv_path, sha256: str, ref: str, ledger, when: str, competition: str, target: str,
+              message: str = "") -> Path:
+    """note_submitted's line, written by a caller holding submission_lock; a send's note (no ref yet)
+    also keeps its message, by which a send cut off before its answer is found in Kaggle's list."""
     note = submitted_note(csv_path)
-    line = json.dumps({"sha256": sha256, "ref": str(ref), "time": when, "ledger": str(Path(ledger).resolve()),
-                       "competition": competition, "target": target})
+    fields = {"sha256": sha256, "ref": str(ref), "time": when, "ledger": str(Path(ledger).resolve()),
+              "competition": competition, "target": target}
+    line = json.dumps({**fields, "message": message} if message else fields)
     old = note.read_text(encoding="utf-8", errors="replace") if note.exists() else ""
     write_text(note, old + ("" if not old or old.endswith("\n") else "\n") + line + "\n")
     return note
@@ -191,7 +194,8 @@ def snapshot_for_sending(csv_path: str | os.PathLike, folder: Path) -> tuple[Pat
     return copy, hashlib.sha256(data).hexdigest()
 
 
-def note_sending(csv_path: str | os.PathLike, sha256: str, ledger, when: str, competition: str, target: str) -> None:
+def note_sending(csv_path: str | os.PathLike, sha256: str, ledger, when: str, competition: str, target: str,
+                 message: str = "") -> None:
     """Just before the send, under submission_lock: refuse when CSV_PATH no longer holds the bytes about
     to be sent (another `kit ensemble` replaced it), else note them with no ref yet, so from now on
     `kit ensemble` moves them aside rather than overwrite them (a send that then fails costs one .old copy)."""
@@ -200,7 +204,7 @@ def note_sending(csv_path: str | os.PathLike, sha256: str, ledger, when: str, co
             raise KitError(f"{csv_path}: replaced while it was being checked (another `kit ensemble`?); nothing "
                            "was sent: submit it again")
         with contextlib.suppress(OSError, KitError):    # the note after acceptance says why, in one line
-            _add_note(csv_path, sha256, "", ledger, when, competition, target)
+            _add_note(csv_path, sha256, "", ledger, when, competition, target, message)
 
 
 def keep_submitted(csv_path: str | os.PathLike, new_sha256: str | None, ledgers=None) -> list[Path]:

@@ -378,11 +378,10 @@ def _after(run: RecipeRun, result: RecipeResult) -> None:
     message = _message(plan["message"] or "kit recipe {recipe} ({budget} budget)", recipe.name, result.budget,
                        [Path(d).name for d in run_dirs])
     # The ledger sits beside the vote's CSV (run.submissions/ledger.csv), where `kit scores --ledger` finds it.
+    # It says "submitting CSV" once every check has passed, or why it sends nothing.
     send = partial(recipe_submit, data_dir=run.data_dir, submissions_dir=run.submissions, endpoint=run.endpoint,
-                   competition=run.competition)
-    log(f"submitting {ens['csv']}")
+                   competition=run.competition, log=log)
     result.submission = send(ens["csv"], message)
     student = result.student
     if enabled(plan, "distill") and plan["distill"]["submit"] and student is not None and student.csv:
-        log(f"submitting {student.csv}")
         student.submission = send(student.csv, message + " (distilled student)")

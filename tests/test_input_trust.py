@@ -186,6 +186,22 @@ def test_after_values_of_the_wrong_kind_are_refused_at_load(tmp_path, after, nee
     assert str(err.value).startswith(f"{recipe}: ") and needle in str(err.value)
 
 
+@pytest.mark.parametrize("after, needle", [
+    ({"predict": False, "ensemble": "none", "submit": True}, "[after] submit = true with predict = false"),
+    ({"ensemble": "none", "submit": True}, '[after] submit = true with ensemble = "none"'),
+])
+def test_after_tables_that_contradict_themselves_are_refused_at_load(tmp_path, after, needle):
+    """Probe 17 left these: a submission asked for in so many words, which the table's other settings
+    skip without a word (found after the training)."""
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(recipe_toml(["m"], after=after))
+    with pytest.raises(KitError) as err:
+        load_recipe(recipe)
+    assert str(err.value).startswith(f"{recipe}: ") and needle in str(err.value)
+    recipe.write_text(recipe_toml(["m"], after={"predict": False, "ensemble": "soft"}))   # only trains: taken
+    assert load_recipe(recipe).after["ensemble"] == "soft"
+
+
 @pytest.mark.parametrize("flag, unit", [("--max-hours", "hours"), ("--minutes", "minutes")])
 def test_a_time_limit_that_is_not_positive_is_one_line_in_its_own_unit(tmp_path, tiny_data, capsys, flag, unit):
     recipe = tmp_path / "r.toml"

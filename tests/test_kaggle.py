@@ -401,13 +401,16 @@ def test_extract_refuses_members_escaping_the_target(tmp_path):
 def test_recipe_submit_rehearses_on_the_standin(kaggle_env, sub, tiny_data, monkeypatch):
     monkeypatch.delenv("KAGGLE_USERNAME")
     monkeypatch.delenv("KAGGLE_KEY")
-    result = recipe_submit(sub, "recipe simple", tiny_data, submissions_dir=sub.parent)
+    said: list[str] = []
+    result = recipe_submit(sub, "recipe simple", tiny_data, submissions_dir=sub.parent, log=said.append)
     assert result["status"] == "COMPLETE" and result["target"] == "local stand-in", result
     assert result["public"] and result["private"] and result["row"]["ref"] == result["ref"]
-    assert ledger_rows(sub)[0]["message"] == "recipe simple"
-    again = recipe_submit(sub, "recipe simple, re-run", tiny_data, submissions_dir=sub.parent)
+    assert ledger_rows(sub)[0]["message"] == "recipe simple" and f"submitting {sub}" in said
+    said.clear()
+    again = recipe_submit(sub, "recipe simple, re-run", tiny_data, submissions_dir=sub.parent, log=said.append)
     assert again["ref"] == result["ref"] and "already submitted" in again["reason"]
     assert len(ledger_rows(sub)) == 1                     # an identical CSV is not sent twice
+    assert not any(line.startswith("submitting") for line in said) and said[-1].startswith(f"not submitting {sub}")
 
 
 def test_a_recipes_competition_given_beats_the_synthetic_datas(kaggle_env, sub, tiny_data, tiny_answers):
@@ -569,6 +572,44 @@ def test_a_send_cut_off_before_its_answer_is_not_repeated_by_a_recipe(kaggle_env
     assert code == 0 and "was cut off before the answer came back (it may have been made)" in err, err
     again = recipe_submit(sub, "recipe re-run", tiny_data, submissions_dir=sub.parent, endpoint=standin.url)
     assert "already submitted" in again["reason"] and len(ledger_rows(sub)) == 1    # the row now answers
+
+
+def test_a_cut_off_send_is_looked_up_in_the_competitions_list_before_a_recipe_sends_again(
+        kaggle_env, standin, sub, tiny_data, tiny_answers, tmp_path, capsys):
+    """Probe 20 left the user to look: a send cut off before Kaggle's answer is now looked up in the
+    competition's submission list by its noted message and file name. One that arrived is recorded
+    (its ref and score) and not sent again; one that never arrived is sent."""
+    from kit.kaggle.client import target
+    from kit.kaggle.ledger import now
+    from kit.submission import note_sending
+
+    ledger, where = sub.parent / "ledger.csv", target(standin.url)
+    note_sending(sub, sha256_file(sub), ledger, now(), COMP, where, "kit recipe r")
+    made = call("submit", {"competition": COMP, "file": str(sub), "message": "kit recipe r", "wait": False,
+                           "timeout": 10.0, "poll": 0.1}, standin.url)         # Kaggle took it; the answer was lost
+    result = recipe_submit(sub, "kit recipe r", tiny_data, submissions_dir=sub.parent, endpoint=standin.url)
+    assert result["status"] == "COMPLETE" and result["ref"] == str(made["ref"]) and result["public"], result
+    assert "not sent again" in result["reason"] and standin.calls.count("CreateSubmission") == 1
+    rows = ledger_rows(sub)
+    assert [(r["ref"], r["status"], r["sha256"]) for r in rows] == [(str(made["ref"]), "COMPLETE", sha256_file(sub))]
+    again = recipe_submit(sub, "kit recipe r", tiny_data, submissions_dir=sub.parent, endpoint=standin.url)
+    assert "already submitted" in again["reason"] and standin.calls.count("CreateSubmission") == 1
+
+    other = write_submission(tmp_path / "again", tiny_answers, tiny_data, "other", wrong_every=3)  # never arrived
+    note_sending(other, sha256_file(other), other.parent / "ledger.csv", now(), COMP, where, "kit recipe r")
+    sent = recipe_submit(other, "kit recipe r", tiny_data, submissions_dir=other.parent, endpoint=standin.url)
+    assert sent["status"] == "COMPLETE" and sent["ref"] != str(made["ref"]) and sent["reason"] is None, sent
+    assert standin.calls.count("CreateSubmission") == 2
+
+    by_hand = write_submission(tmp_path / "hand", tiny_answers, tiny_data, "mine", wrong_every=4)
+    args = submit_args(by_hand, standin)            # `kit submit` by hand: the one it finds is recorded, then sent
+    note_sending(by_hand, sha256_file(by_hand), by_hand.parent / "ledger.csv", now(), COMP, where, "test run")
+    lost = call("submit", {"competition": COMP, "file": str(by_hand), "message": "test run", "wait": False,
+                           "timeout": 10.0, "poll": 0.1}, standin.url)
+    code, _, err = kit(capsys, *args)
+    assert code == 0 and f"reached Kaggle: ref {lost['ref']}" in err and "spends another" in err, err
+    refs = [r["ref"] for r in read_ledger(by_hand.parent / "ledger.csv").to_dict("records")]
+    assert refs[0] == str(lost["ref"]) and len(refs) == 2 and standin.calls.count("CreateSubmission") == 4
 
 
 def test_a_send_answered_in_another_ledger_or_noted_by_hand_is_not_taken_as_cut_off(kaggle_env, standin, sub,

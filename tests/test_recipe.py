@@ -191,9 +191,9 @@ def test_a_changed_infer_table_predicts_the_kept_member_again_that_way(tiny_data
     runs, logs = tmp_path / "runs", []
     short = {"train": {"max_steps": 6, "eval_every": 3}}
 
-    def run(mode: str) -> None:
+    def run(mode: str, **infer) -> None:
         logs.clear()
-        path = tiny_recipe(*members, after=after, base={**short, "infer": {"mode": mode}})
+        path = tiny_recipe(*members, after=after, base={**short, "infer": {"mode": mode, **infer}})
         run_recipe(path, data=str(tiny_data), runs=str(runs), progress=False, workers=1, log=logs.append,
                    submissions=tmp_path / "submissions")
 
@@ -210,6 +210,9 @@ def test_a_changed_infer_table_predicts_the_kept_member_again_that_way(tiny_data
     assert vote["member_settings"][0]["mode"] == "full"                             # and the vote took them
     run("full")
     assert not any("predicting" in line or "infer." in line for line in logs)       # now current: no third time
+    run("full", batch_size=7)                       # changes no prediction: they stand, and the log says so
+    assert not any("predicting" in line for line in logs)
+    assert any("infer.batch_size" in line and "its predictions stand" in line for line in logs), logs
 
 
 def _missing_tracker() -> str:

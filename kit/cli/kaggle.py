@@ -23,6 +23,7 @@ from kit.kaggle.ledger import find_submitted, interrupted_send
 from kit.kaggle.ledger import sending as ledger_sending
 from kit.kaggle.pending import merge_pending
 from kit.kaggle.server import FAULT_TARGETS, StandIn
+from kit.kaggle.submissions import find_cut_off
 from kit.layout import data_competition, is_synthetic, read_layout, synth_marker
 from kit.records import SubmissionManifest
 from kit.submission import read_answer_key
@@ -130,10 +131,19 @@ def _note_resend(args: argparse.Namespace) -> str | None:
         cut = interrupted_send(args.ledger, args.csv, args.competition, target(args.endpoint))
     except KitError:            # a damaged ledger or pending file: submit names it
         return None
+    if earlier is None and cut is not None:
+        try:
+            earlier = find_cut_off(args.csv, cut, args.competition, args.ledger, args.endpoint, log=_log, wait=False)
+        except KitError:        # an older kit's note, or the list unreadable: said as it stands
+            return (f"note: a send of {args.csv} (these same bytes) at {cut['time']} was cut off before the answer "
+                    "came back (it may have been made); sending it again, as asked, may spend another of the day's "
+                    "submissions")
+        if earlier is None:     # it never arrived: this send is the first
+            return None
+        _log(f"the send of {args.csv} at {cut['time']}, cut off before its answer, reached Kaggle: ref "
+             f"{earlier['ref']} ({earlier['status']}), now in {args.ledger}")
     if earlier is None:
-        return None if cut is None else (
-            f"note: a send of {args.csv} (these same bytes) at {cut['time']} was cut off before the answer came back "
-            "(it may have been made); sending it again, as asked, may spend another of the day's submissions")
+        return None
     sent_as = "" if Path(str(earlier.get("file") or args.csv)).resolve() == Path(args.csv).resolve() \
         else f" as {earlier['file']}"
     return (f"note: {args.csv} (these same bytes) was submitted{sent_as} at {earlier['time']} (ref {earlier['ref']}, "

@@ -328,13 +328,13 @@ def interrupted_send(ledger, csv_path, competition: str, target: str) -> dict | 
 
 
 def _note_line(line: str) -> dict | None:
-    """One line of a submitted note as {sha256, ref, time, ledger, competition, target} (all text), or
-    None for a line that is not one (damaged, edited by hand)."""
+    """One line of a submitted note as {sha256, ref, time, ledger, competition, target, message} (all
+    text; message '' in an older kit's note), or None for a line that is not one (damaged, edited by hand)."""
     try:
         value = json.loads(line)
     except ValueError:
         return None
-    keys = ("sha256", "ref", "time", "ledger", "competition", "target")
+    keys = ("sha256", "ref", "time", "ledger", "competition", "target", "message")
     if not isinstance(value, dict) or not all(isinstance(value.get(k, ""), str) for k in keys):
         return None
     return {k: value.get(k, "") for k in keys}

@@ -20,7 +20,7 @@ from kit.kaggle.credentials import CREDENTIALS_HELP, credential_source, kaggle_j
 from kit.kaggle.ledger import find_submitted, interrupted_send, ledger_problem, read_ledger, sending, update_ledger
 from kit.kaggle.pending import kept_rows, merge_pending
 from kit.kaggle.server import StandIn
-from kit.kaggle.submissions import submit
+from kit.kaggle.submissions import find_cut_off, submit
 from kit.layout import data_competition, is_synthetic, synth_marker
 from kit.submission import refuse_ledger
 
@@ -170,24 +170,36 @@ def _mark_lost(ledger: Path, csv_path, competition: str) -> None:
 
 
 def _recipe_attempt(csv_path, message, data_dir, competition, ledger, endpoint, env, log, target) -> dict:
+    log = log or (lambda line: None)
     earlier = find_submitted(ledger, csv_path, competition, target)
     if earlier is not None:
-        return _result(earlier["status"], target, earlier,
-                       f"identical file already submitted at {earlier['time']} (ref {earlier['ref']}); not sent again")
-    cut = interrupted_send(ledger, csv_path, competition, target) if target != STAND_IN else None
-    if cut is not None:         # (a rehearsal's own stand-in died with the recipe: sent again, as a LOST row is)
-        return _result("FAILED", target, None,
-                       f"a send of these same bytes at {cut['time']} was cut off before the answer came back, so "
-                       f"it may have been made (and counted against the day's submissions); not sent again: look "
-                       f"at the competition's submissions, and if it is not there send it with `kit submit "
-                       f"{csv_path} -m ...`", recorded=False)
-    before = len(read_ledger(ledger))
-    kept_before = {row["ref"] for row in kept_rows(ledger)}
+        said = f"identical file already submitted at {earlier['time']} (ref {earlier['ref']}); not sent again"
+        log(f"not submitting {csv_path}: {said}")
+        return _result(earlier["status"], target, earlier, said)
     # The stand-in scores at once, so poll it briskly; real Kaggle keeps the usual interval.
     poll = None if target == KAGGLE or "KIT_KAGGLE_POLL" in os.environ else 0.2
+    cut = interrupted_send(ledger, csv_path, competition, target) if target != STAND_IN else None
+    if cut is not None:         # (a rehearsal's own stand-in died with the recipe: sent again, as a LOST row is)
+        try:
+            found = find_cut_off(csv_path, cut, competition, ledger, endpoint, env, log, target, poll)
+        except KitError as e:
+            return _result("FAILED", target, None,
+                           f"a send of these same bytes at {cut['time']} was cut off before the answer came back, so "
+                           f"it may have been made (and counted against the day's submissions), and kit could not "
+                           f"look for it ({e}); not sent again: look at the competition's submissions, and if it is "
+                           f"not there send it with `kit submit {csv_path} -m ...`", recorded=False)
+        if found is not None:
+            said = (f"the send of these same bytes at {cut['time']}, cut off before its answer, reached Kaggle "
+                    f"(ref {found['ref']}, found in the competition's submissions and now in {ledger}); not sent again")
+            log(f"not submitting {csv_path}: {said}")
+            return _result(found["status"], target, found, said)
+        log(f"the send of {csv_path} at {cut['time']}, cut off before its answer, is not in the competition's "
+            "submissions: it never arrived, so it is sent now")
+    before = len(read_ledger(ledger))
+    kept_before = {row["ref"] for row in kept_rows(ledger)}
     try:
-        row = submit(csv_path, message, competition, data_dir=data_dir, wait=True, ledger=ledger,
-                                  endpoint=endpoint, poll=poll, env=env, log=log, where=target)
+        row = submit(csv_path, message, competition, data_dir=data_dir, wait=True, ledger=ledger, endpoint=endpoint,
+                     poll=poll, env=env, log=log, where=target, note=f"submitting {csv_path}")
         return _result(row["status"], target, row, None)
     except KitError as e:
         reason = str(e)

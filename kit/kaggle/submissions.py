@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import os
 import tempfile
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from kit import DEFAULT_COMPETITION
 from kit.errors import KitError
 from kit.kaggle.client import call, poll_interval, target
 from kit.kaggle.credentials import kaggle_json_problem
-from kit.kaggle.ledger import append_ledger, check_writable, now, read_ledger, update_ledger
+from kit.kaggle.ledger import append_ledger, check_writable, merge_rows, now, read_ledger, update_ledger
 from kit.kaggle.pending import keep_pending, merge_pending
 from kit.records import SubmissionManifest, manifest_path
 from kit.submission import note_sending, note_submitted, require_valid, snapshot_for_sending, submitted_note
@@ -186,7 +187,7 @@ def _checked(csv_path: Path, message: str, data_dir, ledger, env: dict,
     read_ledger(ledger)         # a damaged ledger stops us before anything is sent, not after
     check_writable(ledger)
     merge_pending(ledger)
-    note_sending(csv_path, digest, ledger, when, competition, where)
+    note_sending(csv_path, digest, ledger, when, competition, where, message)
     return sent, manifest, digest
 
 
@@ -199,6 +200,52 @@ def _check_manifest_matches(csv_path: Path, manifest: SubmissionManifest, digest
         raise KitError(f"{csv_path}: its manifest {beside} was written for another CSV (sha256 "
                        f"{manifest.csv_sha256[:12]}... != {digest[:12]}...): re-run `kit ensemble` to write both "
                        f"again, or delete {beside} and pass --data DIR to submit this CSV as it is")
+
+
+CLOCKS_APART = timedelta(minutes=10)      # how far Kaggle's clock may be behind this machine's
+
+
+def _utc(stamp: str) -> datetime:
+    """An ISO time stamp (a ledger's `...Z`, or Kaggle's, with or without its zone) as an aware UTC time."""
+    when = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+
+
+def find_cut_off(csv_path, cut: dict, competition: str, ledger, endpoint: str | None = None, env=None, log=None,
+                 where: str | None = None, poll: float | None = None, wait: bool = True) -> dict | None:
+    """Whether a send cut off before its answer (kit.kaggle.ledger.interrupted_send's note line `cut`)
+    reached the competition: its submission list is read for one with the note's message and the CSV's
+    file name, dated from the note on (less CLOCKS_APART) and in no ledger row yet. Found: it is
+    recorded in `ledger` and beside the CSV as if the answer had come, and waited for until scored like
+    any recipe send (`wait`; else `kit scores` fetches the score); its row is returned. None: it never
+    arrived (sending it spends nothing twice).
+    KitError when the note has no message (an older kit's) or the list cannot be read."""
+    if not cut.get("message"):
+        raise KitError("its note, from an older kit, has no message to find it by in the competition's list")
+    where = where or target(endpoint)
+    subs = call("list", {"competition": competition, "refs": []}, endpoint, env, log)["submissions"]
+    frame = read_ledger(ledger)
+    known = set(frame.loc[frame["target"] == where, "ref"])
+    since = _utc(cut["time"]) - CLOCKS_APART
+    hits = [sub for sub in subs if sub["description"] == cut["message"] and sub["file"] == Path(csv_path).name
+            and sub["date"] and _utc(sub["date"]) >= since and str(sub["ref"]) not in known]
+    if not hits:
+        return None
+    sub = max(hits, key=lambda found: int(found["ref"]))
+    manifest = SubmissionManifest.beside(csv_path) or SubmissionManifest()
+    row = {"time": cut["time"], "competition": competition, "file": str(csv_path), "sha256": cut["sha256"],
+           "message": cut["message"], "members": ";".join(map(str, manifest.members or [])),
+           "vote": manifest.vote or "", "ref": str(sub["ref"]), "status": sub["status"], "public": sub["public"],
+           "private": sub["private"], "target": where, "error": sub["error"]}
+    merge_rows(ledger, [row])
+    _note(Path(csv_path), row, ledger, log)
+    if wait and row["status"] == "PENDING":
+        done = call("wait", {"competition": competition, "ref": sub["ref"], "timeout": 1800.0,
+                             "poll": poll_interval() if poll is None else poll}, endpoint, env, log)
+        row.update({k: done[k] for k in ("status", "public", "private", "error")})
+        update_ledger(ledger, competition, row["ref"], {k: row[k] for k in ("status", "public", "private", "error")},
+                      target=where)
+    return row
 
 
 def refresh_ledger(ledger, competition: str | None = None, endpoint: str | None = None, env=None, log=None) -> int:
