@@ -206,8 +206,12 @@ CLOCKS_APART = timedelta(minutes=10)      # how far Kaggle's clock may be behind
 
 
 def _utc(stamp: str) -> datetime:
-    """An ISO time stamp (a ledger's `...Z`, or Kaggle's, with or without its zone) as an aware UTC time."""
-    when = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    """An ISO time stamp (a ledger's `...Z`, or Kaggle's, with or without its zone) as an aware UTC time;
+    KitError for one that is not (a server's own format: what was sent when cannot be told)."""
+    try:
+        when = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        raise KitError(f"the submission list dates a submission {stamp!r}, which is not an ISO time") from None
     return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
