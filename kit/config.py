@@ -310,6 +310,8 @@ def load_toml(path: str | Path) -> dict:
         raise KitError(f"{path}: file not found") from None
     except tomllib.TOMLDecodeError as e:
         raise KitError(f"{path}: malformed TOML ({e})") from None
+    except RecursionError:
+        raise KitError(f"{path}: malformed TOML (nested too deeply to read)") from None
     except UnicodeDecodeError as e:         # TOML is UTF-8; tomllib decodes before it parses
         raise KitError(f"{path}: malformed TOML (not UTF-8 text: byte {e.object[e.start]:#04x} at "
                        f"offset {e.start})") from None

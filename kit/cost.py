@@ -25,6 +25,7 @@ from kit.audition import cut_step
 from kit.bench.prediction import forward_flops
 from kit.config import RunConfig
 from kit.data import FeatureStore, split_for
+from kit.errors import KitError
 from kit.models import build_model, count_params
 from kit.recipe import member_config
 from kit.synth import PRESETS, preset_lengths
@@ -217,8 +218,13 @@ def recipe_costs(recipe, budget: str, data_dir: str | None = None, audition: boo
     """Every member of `recipe` in `budget` (with `audition`, every candidate), at the data dir's
     lengths (without one: the real data's)."""
     val, test, n_classes = _sizes(data_dir)
-    return [member_cost(name, cfg, val, test)
-            for name, cfg in member_configs(recipe, budget, n_classes, audition).items()]
+    costs = []
+    for name, cfg in member_configs(recipe, budget, n_classes, audition).items():
+        try:
+            costs.append(member_cost(name, cfg, val, test))
+        except KitError as e:       # a model that cannot be built: named as the recipe's member, as a run names it
+            raise KitError(f"{recipe.path}: member {name}: {e}") from None
+    return costs
 
 
 def audition_pieces(costs: list[MemberCost], keep: int, rung: float, dearest: bool) -> list[MemberCost]:

@@ -339,6 +339,7 @@ def _write_features(layout: Layout, path: Path, offsets: np.ndarray, dtype: str,
         def load(i: int) -> bytes:
             u = utts[i]
             x = load_feature(data_dir / u.path, layout.n_mels, u.mel_len).numpy()
+            _check_fits(x, dtype, data_dir / u.path)
             _write_at(f.fileno(), np.ascontiguousarray(x, dtype=dtype), start + int(offsets[i]) * row_bytes)
             return feature_digest(x)
 
@@ -347,6 +348,16 @@ def _write_features(layout: Layout, path: Path, offsets: np.ndarray, dtype: str,
             content.update(digest)
         os.fsync(f.fileno())
     return content.hexdigest()
+
+
+def _check_fits(x: np.ndarray, dtype: str, path: Path) -> None:
+    """Refuse values the store's dtype cannot hold (float16: up to 65504): packed, they would turn inf,
+    and training would report a divergence that no learning rate mends."""
+    top = float(np.finfo(dtype).max)
+    if (big := float(np.abs(x).max())) > top:
+        raise KitError(f"{path}: values up to {big:.3g} do not fit the {dtype} packed store (at most {top:g}; "
+                       "log-mel features are tens at most: is the file scaled?); set data.store_dtype = \"float32\" "
+                       "to pack them as they are")
 
 
 def _write_at(fd: int, array: np.ndarray, position: int) -> None:

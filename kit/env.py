@@ -155,18 +155,49 @@ def die_with_parent(parent: int | None = None):
     return in_child
 
 
+_stopped: list[int] = []        # a stop signal received in exit_on_signals' block, kept until acted on
+
+
+def _stop_exception(signum: int) -> BaseException:
+    return KeyboardInterrupt() if signum == signal.SIGINT else SystemExit(128 + signum)
+
+
+def check_stopped() -> None:
+    """Raise the stop a signal asked for, when Python threw its exception away: a handler runs wherever
+    the main thread is, and in a weakref callback or a __del__ Python prints "Exception ignored" and goes
+    on (probe 23: a Ctrl-C at the distilled student's start, and the recipe trained it and submitted).
+    Called at safe points: every recipe log line, every training step, before every Kaggle call."""
+    if _stopped:
+        raise _stop_exception(_stopped[0])
+
+
 @contextlib.contextmanager
 def exit_on_signals():
-    """SIGTERM and SIGHUP raise SystemExit(143/129) in the block (main thread only), so its `finally`
-    clauses run, as on Ctrl-C: a stopped recipe stops its workers, a stopped stand-in its kernels."""
+    """SIGTERM and SIGHUP raise SystemExit(143/129) in the block (main thread only), and SIGINT
+    KeyboardInterrupt, so its `finally` clauses run: a stopped recipe stops its workers, a stopped
+    stand-in its kernels. Each is also noted, so check_stopped raises it again where an exception raised
+    inside a callback was lost; such a loss is not printed (sys.unraisablehook)."""
     def exit_on(signum, frame):
-        raise SystemExit(128 + signum)
+        _stopped.append(signum)
+        raise _stop_exception(signum)
 
-    handled = (signal.SIGTERM, signal.SIGHUP)
+    def quiet(hook):
+        def unraisable(info):
+            if not (_stopped and isinstance(info.exc_value, (SystemExit, KeyboardInterrupt))):
+                hook(info)
+        return unraisable
+
     main_thread = threading.current_thread() is threading.main_thread()
+    # SIGINT only where Python's own handler has it: one started in the background (`cmd &`) ignores it
+    interrupt = (signal.SIGINT,) if main_thread and signal.getsignal(signal.SIGINT) is signal.default_int_handler \
+        else ()
+    handled = (signal.SIGTERM, signal.SIGHUP, *interrupt)
     before = {s: signal.signal(s, exit_on) for s in handled} if main_thread else {}
+    hook, sys.unraisablehook = sys.unraisablehook, quiet(sys.unraisablehook)
     try:
         yield
     finally:
+        sys.unraisablehook = hook
+        _stopped.clear()
         for s, handler in before.items():
             signal.signal(s, handler)

@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def remove_left_temps(path: str | os.PathLike, older_than: float = 0.0) -> None:
+    """Remove the temp files atomic_path made beside PATH (.NAME.XXXX.tmp) that a killed writer left,
+    those last written over `older_than` seconds ago (0: all; a caller holding PATH's lock knows no
+    writer of it is alive, one without a lock gives a writer its time)."""
+    path = Path(path)
+    now = time.time()
+    for left in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        with contextlib.suppress(OSError):
+            if left.is_file() and now - left.stat().st_mtime >= older_than:
+                left.unlink()
 
 
 def _owned(parent: Path, prefix: str) -> Iterator[tuple[Path, int]]:
@@ -143,16 +156,18 @@ def atomic_dir(path: str | os.PathLike, what: str = "files", done: str | None = 
 
 
 def read_json(path: str | os.PathLike, what: str = "a JSON file") -> dict:
-    """The JSON object in `path`; KitError naming the file when it is missing, malformed or not
-    an object."""
+    """The JSON object in `path`; KitError naming the file when it is missing, a folder, malformed or
+    not an object."""
     path = Path(path)
     if not path.is_file():
-        raise KitError(f"{path}: missing (expected {what})")
+        raise KitError(f"{path}: {'a folder' if path.is_dir() else 'missing'} (expected {what})")
     try:
         with open(path, encoding="utf-8") as f:
             value = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise KitError(f"{path}: malformed JSON ({e})") from None
+    except RecursionError:
+        raise KitError(f"{path}: malformed JSON (nested too deeply to read)") from None
     if not isinstance(value, dict):
         raise KitError(f"{path}: malformed JSON (expected an object at the top level)")
     return value

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from kit.config import RunConfig, from_dict, load_toml, to_dict
-from kit.errors import KitError
+from kit.errors import KitError, first_line
 from kit.fsio import sha256_file
 
 IDENTITY = "identity.json"
@@ -22,7 +22,8 @@ IDENTITY = "identity.json"
 NOT_IDENTITY = ("name", "data.data_dir", "data.store_on_gpu", "data.allow_external_labels", "train.minutes",
                 "train.max_minutes", "train.stop_step", "train.cpu_threads", "train.compile", "train.log_with", "infer",
                 "data.pseudo_labels", "train.teacher", "train.init_from")
-START_OVER = "start over with --fresh (the old run is moved aside, nothing is deleted)"
+START_OVER = ("start over with --fresh (of `kit train` or `kit recipe run`: the old run is moved aside, nothing "
+              "is deleted)")
 
 
 def _flat(values: dict, prefix: str = "") -> dict:
@@ -114,8 +115,8 @@ def read_identity(run_dir: str | Path) -> dict | None:
         return None
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise KitError(f"{path}: unreadable run identity ({e}); {START_OVER}") from None
+    except (OSError, ValueError, RecursionError) as e:     # RecursionError: nested too deeply to parse
+        raise KitError(f"{path}: unreadable run identity ({first_line(e)}); {START_OVER}") from None
     if not (isinstance(value, dict) and isinstance(value.get("config"), dict) and isinstance(value.get("data"), dict)):
         raise KitError(f"{path}: malformed run identity; {START_OVER}")
     return value

@@ -72,8 +72,12 @@ def resolve_feature_path(data_dir: Path, feature_path: str, where: Path) -> Path
         raise KitError(f"{where}: feature_path {feature_path!r} is not a file name")
     if os.path.isabs(feature_path) or feature_path.startswith(("/", "\\")):
         raise KitError(f"{where}: feature_path {feature_path!r} is absolute; it must stay inside {data_dir}")
-    root = data_dir.resolve()
-    full = (root / feature_path).resolve()
+    try:
+        root = data_dir.resolve()
+        full = (root / feature_path).resolve()
+    except (RuntimeError, OSError) as e:     # a link loop (RuntimeError before Python 3.13, OSError after)
+        raise KitError(f"{where}: feature_path {feature_path!r}: {data_dir / feature_path} cannot be resolved "
+                       f"(a symbolic link loop? {first_line(e)})") from None
     if full != root and root not in full.parents:
         link = " (a symbolic link out of it: copy the files, e.g. `cp -rL`)" if (root / feature_path).is_symlink() \
             else ""
@@ -109,7 +113,7 @@ def read_layout(data_dir: str | os.PathLike) -> Layout:
     if not isinstance(s2i, dict) or not s2i:
         raise KitError(f"{map_path}: 'speaker2id' must be a non-empty object")
     n_mels = meta.get("n_mels")
-    if not isinstance(n_mels, int) or n_mels <= 0:
+    if not isinstance(n_mels, int) or isinstance(n_mels, bool) or n_mels <= 0:
         raise KitError(f"{meta_path}: n_mels {n_mels!r} must be a positive integer")
     if testdata.get("n_mels", n_mels) != n_mels:
         raise KitError(f"{test_path}: n_mels {testdata.get('n_mels')} differs from metadata's {n_mels}")
@@ -195,6 +199,8 @@ def load_feature(path: str | os.PathLike, n_mels: int | None = None, mel_len: in
         x = x.float()               # bfloat16 and the float8s: numpy (packing, digests) has no such type
     if not bool(torch.isfinite(x).all()):
         raise KitError(f"{path}: contains NaN or inf values")
+    if x.dtype == torch.float64 and (big := float(x.abs().max())) > torch.finfo(torch.float32).max:
+        raise KitError(f"{path}: values up to {big:.3g} are beyond float32's range, in which kit reads and trains")
     return x
 
 

@@ -13,6 +13,7 @@ from kit.config import to_dict
 from kit.errors import KitError
 from kit.identity import describe, run_identity
 from kit.models import check_model
+from kit.names import is_stage_run
 from kit.recipe import Recipe, member_config
 from kit.records import predictions_current
 from kit.runs import holds_run, lock_holder, move_aside, old_name, reuse_changes, update_infer
@@ -21,7 +22,8 @@ from kit.train.trackers import check_installed
 
 def start_over(root: Path, names: list[str], log: Callable[[str], None], decision: bool = True) -> None:
     """--fresh: the members' run dirs into one <root>.old-<time>/, with the audition's decision and its
-    Optuna record when `decision` (not under --only); none while a trainer works on any there."""
+    Optuna record and the stages' runs made from them (fine-tunes, pseudo-label rounds, the student)
+    when `decision` (not under --only); none while a trainer works on any there."""
     folders = [d for d in root.iterdir() if d.is_dir()] if root.is_dir() else []      # every member, not --only's
     if busy := [(d, pid) for d in folders if (pid := lock_holder(d))]:
         raise KitError(f"{busy[0][0]}: a trainer (pid {busy[0][1]}) is working on this member now (another "
@@ -30,10 +32,13 @@ def start_over(root: Path, names: list[str], log: Callable[[str], None], decisio
     for name in names:
         if (root / name).exists():
             log(f"{name}: starting over; the old run moved to {move_aside(root / name, dest / name)}")
-    for record in (AUDITION_FILE, JOURNAL_FILE) if decision else ():
-        if (root / record).is_file():           # a decision over runs moved away would be read again
+    staged = sorted(d.name for d in folders if is_stage_run(d.name)) if decision else []
+    for record in [AUDITION_FILE, JOURNAL_FILE, *staged] if decision else ():
+        if (root / record).exists():            # a decision over runs moved away would be read again
             dest.mkdir(parents=True, exist_ok=True)
             os.replace(root / record, dest / record)
+    if staged:
+        log(f"the stages' runs ({', '.join(staged)}) moved to {dest} with them")
 
 
 def check_members(root: Path, names: list[str], recipe: Recipe, budget: str, data_dir: Path, store,

@@ -21,6 +21,15 @@ _MEMBER_RESERVED = re.compile(r"student|pseudo-\d+|.*-pl\d+|.*-refit|.*-lm|kaggl
                               re.IGNORECASE)
 
 
+_STAGE_RUN = re.compile(r"student|pseudo-\d+|.*-pl\d+|.*-refit|.*-lm", re.IGNORECASE)
+
+
+def is_stage_run(name: str) -> bool:
+    """Whether a folder of RUNS/<recipe>/ is one kit.rounds' stages made (a fine-tune, a pseudo-label
+    round, the student), or an older copy of one (NAME.old-<time>)."""
+    return bool(_STAGE_RUN.fullmatch(OLD_SUFFIX.sub("", name)))
+
+
 # What a kept file's name ends in: a run started over (kit.runs.old_name) and a submitted pair written
 # again (kit.submission.keep_submitted) are renamed to NAME.old-<time>[-n]; kit.records finds the pair.
 OLD_SUFFIX = re.compile(r"\.old-[0-9]{8}-[0-9]{6}(-[0-9]+)?")
@@ -125,3 +134,15 @@ def _identity(path) -> tuple:
         return ("inode", st.st_dev, st.st_ino)
     except OSError:
         return ("path", str(Path(path).resolve()))
+
+
+_COMPETITION = re.compile(r"[a-z0-9][a-z0-9-]{0,99}")
+
+
+def check_competition(name: str | None) -> None:
+    """A --competition that cannot be a Kaggle competition's URL name (lower-case letters, digits and hyphens, as
+    in ml2022spring-hw4) is refused before anything trains or is sent: a rehearsal's stand-in would
+    take it, and real Kaggle would refuse it only at the end."""
+    if name is not None and not _COMPETITION.fullmatch(name):
+        raise KitError(f"--competition {name!r}: a Kaggle competition's name is lower-case letters, digits "
+                       "and hyphens, as in the address kaggle.com/competitions/ml2022spring-hw4")

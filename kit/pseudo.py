@@ -29,7 +29,7 @@ from kit.ensemble import (
     member_speakers,
 )
 from kit.errors import KitError
-from kit.fsio import read_json, sha256_file, write_bytes, write_csv, write_json
+from kit.fsio import file_lock, read_json, remove_left_temps, sha256_file, write_bytes, write_csv, write_json
 from kit.submission import read_answer_key, score_predictions
 
 PSEUDO_CSV, PSEUDO_JSON, TEACHER = "pseudo.csv", "pseudo.json", "teacher.npz"
@@ -156,19 +156,23 @@ def make_pseudo_labels(run_dirs, out_dir, precision: float | None = 0.95, top_fr
     keep = test_p.max(axis=1) >= chosen["threshold"]
     ids = np.asarray(members[0].ids.test)
     csv = out / PSEUDO_CSV
-    # Confidence at full precision (shortest repr, read back exactly): the threshold in pseudo.json
-    # is one of these values, and every row must compare >= it as written.
-    write_csv(csv, pd.DataFrame({"Id": ids[keep], "Category": [speakers[k] for k in test_p[keep].argmax(axis=1)],
-                                 "Confidence": test_p[keep].max(axis=1)}))
-    save_teacher(out / TEACHER, ids, test_p)
-    record = PseudoLabels(
-        members=[str(m.run_dir.resolve()) for m in members], method=fit["method"], threshold=chosen["threshold"],
-        estimated_precision=chosen["estimated_precision"], target_precision=precision, top_fraction=top_fraction,
-        val_count=chosen["val_count"], test_count=chosen["test_count"], n_test=len(ids), csv=str(csv.resolve()),
-        csv_sha256=sha256_file(csv), teacher=str((out / TEACHER).resolve()), temperatures=fit["temperatures"],
-        weights=fit["weights"], created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        member_test_probs_sha256=[m.test_sha256 for m in members])
-    write_json(out / PSEUDO_JSON, asdict(record))
+    out.mkdir(parents=True, exist_ok=True)
+    with file_lock(out / ".pseudo.lock"):           # one writer of the round: a killed one's temp files go
+        for name in (PSEUDO_CSV, TEACHER, PSEUDO_JSON):
+            remove_left_temps(out / name)
+        # Confidence at full precision (shortest repr, read back exactly): the threshold in pseudo.json
+        # is one of these values, and every row must compare >= it as written.
+        write_csv(csv, pd.DataFrame({"Id": ids[keep], "Category": [speakers[k] for k in test_p[keep].argmax(axis=1)],
+                                     "Confidence": test_p[keep].max(axis=1)}))
+        save_teacher(out / TEACHER, ids, test_p)
+        record = PseudoLabels(
+            members=[str(m.run_dir.resolve()) for m in members], method=fit["method"], threshold=chosen["threshold"],
+            estimated_precision=chosen["estimated_precision"], target_precision=precision, top_fraction=top_fraction,
+            val_count=chosen["val_count"], test_count=chosen["test_count"], n_test=len(ids), csv=str(csv.resolve()),
+            csv_sha256=sha256_file(csv), teacher=str((out / TEACHER).resolve()), temperatures=fit["temperatures"],
+            weights=fit["weights"], created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            member_test_probs_sha256=[m.test_sha256 for m in members])
+        write_json(out / PSEUDO_JSON, asdict(record))
     return record
 
 

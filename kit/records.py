@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from kit.config import load_toml
-from kit.errors import KitError
+from kit.errors import KitError, first_line
 from kit.fsio import read_json, sha256_file, write_json
 from kit.identity import read_identity
 from kit.names import OLD_SUFFIX
@@ -23,8 +23,8 @@ from kit.runs import lock_holder
 def _read_json(path: Path, what: str, fix: str) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise KitError(f"{path}: unreadable {what} ({e}){fix}") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:     # Recursion: nested too deeply
+        raise KitError(f"{path}: unreadable {what} ({first_line(e)}){fix}") from None
     if not isinstance(data, dict):
         raise KitError(f"{path}: {what} is not a JSON object{fix}")
     return data

@@ -206,6 +206,7 @@ def run_lock(run_dir: str | Path, primary: bool = True) -> Iterator[None]:
         yield
         return
     run_dir = Path(run_dir)
+    made = not run_dir.exists()         # a start refused before it wrote anything takes its folder back
     with name_fits(run_dir, "run dir"):
         run_dir.mkdir(parents=True, exist_ok=True)
         f = open(run_dir / LOCK, "a+")
@@ -223,10 +224,24 @@ def run_lock(run_dir: str | Path, primary: bool = True) -> Iterator[None]:
         f.flush()
         try:
             yield
+        except BaseException:
+            if made:
+                _remove_if_bare(run_dir)
+            raise
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
     finally:
         f.close()
+
+
+def _remove_if_bare(run_dir: Path) -> None:
+    """The folder run_lock made, removed when it holds nothing but its lock (inputs refused before the
+    first write): a failed `kit train` leaves no empty run dir behind. Under the lock, so no other
+    trainer is in it."""
+    with contextlib.suppress(OSError):
+        if os.listdir(run_dir) == [LOCK]:
+            (run_dir / LOCK).unlink()
+            run_dir.rmdir()
 
 
 RECIPE_LOCK = ".recipe.lock"          # in RUNS/<recipe>/: held by every `kit recipe run` of it
@@ -278,8 +293,9 @@ def lock_holder(run_dir: str | Path) -> str | None:
 
 
 # ---------------------------------------------------------------- checkpoints
-def load_checkpoint(path: str | Path) -> dict:
-    """A kit checkpoint (dict with "model"), or one clear KitError naming the file."""
+def load_checkpoint(path: str | Path, fix: str = f"restore it or {START_OVER}") -> dict:
+    """A kit checkpoint (dict with "model"), or one clear KitError naming the file and, for a damaged
+    one, `fix` (what mends it where it is read)."""
     path = Path(path)
     if not path.is_file():
         raise KitError(f"{path}: missing")
@@ -289,7 +305,7 @@ def load_checkpoint(path: str | Path) -> dict:
         detail = first_line(e, 120)
         size = path.stat().st_size
         raise KitError(f"{path}: unreadable checkpoint ({'empty file' if size == 0 else f'{size} bytes'}, "
-                       f"truncated or corrupt: {type(e).__name__}: {detail}); restore it or {START_OVER}") from None
+                       f"truncated or corrupt: {type(e).__name__}: {detail}); {fix}") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
         raise KitError(f"{path}: not a kit checkpoint (no model weights in it)")
     return ckpt

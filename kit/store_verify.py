@@ -85,7 +85,7 @@ def _read_done(root: Path) -> dict:
         done = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise _damaged("done.json missing") from None
-    except (OSError, ValueError):       # ValueError: bad JSON or bad UTF-8
+    except (OSError, ValueError, RecursionError):      # bad JSON or UTF-8, or nested too deeply
         raise _damaged("done.json unreadable") from None
     if not isinstance(done, dict):
         raise _damaged("done.json malformed")

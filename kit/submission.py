@@ -28,7 +28,7 @@ MAX_PROBLEMS = 10
 def _read_rows(path: Path, what: str) -> list[list[str]]:
     """Rows of a CSV file (header included); KitError with one line if it is not a readable CSV."""
     if not path.is_file():
-        raise KitError(f"{path}: {what} not found")
+        raise KitError(f"{path}: {what} {'is a folder, not a file' if path.is_dir() else 'not found'}")
     data = path.read_bytes()
     if not data.strip():
         raise KitError(f"{path}: empty file, expected a CSV with header {','.join(HEADER)}")

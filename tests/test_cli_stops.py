@@ -180,3 +180,55 @@ def test_a_sigkilled_stand_in_takes_its_kernel_and_the_kernels_recipe_with_it(tm
         for pid in [proc.pid, *pids]:
             if process_alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def _stop_lost_in_a_callback(sig: int) -> None:
+    """A signal that arrives while a weakref callback runs: its handler's exception is raised there, and
+    Python prints "Exception ignored" and goes on (probe 23: at the distilled student's start)."""
+    import weakref
+
+    class Freed:
+        pass
+
+    freed = Freed()
+    keep = weakref.ref(freed, lambda ref: signal.raise_signal(sig))
+    del freed
+    assert keep() is None
+
+
+@pytest.mark.parametrize("sig, stop", [(signal.SIGTERM, SystemExit), (signal.SIGINT, KeyboardInterrupt)])
+def test_a_stop_python_loses_in_a_callback_is_raised_at_the_next_safe_point(capsys, sig, stop):
+    from kit.env import check_stopped, exit_on_signals
+
+    went_on = False
+    with pytest.raises(stop) as raised:
+        with exit_on_signals():
+            _stop_lost_in_a_callback(sig)
+            went_on = True              # Python threw the handler's exception away
+            check_stopped()
+    assert went_on and "Exception ignored" not in capsys.readouterr().err
+    assert stop is KeyboardInterrupt or raised.value.code == 143
+    check_stopped()                     # outside the block: nothing is pending any more
+
+
+def test_a_recipe_stopped_in_a_callback_stops_before_it_submits(tiny_data, tmp_path, capsys, monkeypatch):
+    """The recipe's next log line (the vote, the submission) is a safe point: exit 143, nothing sent."""
+    import kit.zoo
+
+    from conftest import kit_cli
+
+    report_runs = kit.zoo.report_runs
+
+    def report_then_lost_stop(*args, **kwargs):
+        _stop_lost_in_a_callback(signal.SIGTERM)
+        return report_runs(*args, **kwargs)
+
+    monkeypatch.setattr(kit.zoo, "report_runs", report_then_lost_stop)
+    monkeypatch.chdir(tmp_path)
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(recipe_toml(["a", "b"], name="r", budget={"quick": {"train.max_steps": 4}},
+                                  after={"predict": True, "ensemble": "hard", "submit": True}))
+    code, _, err = kit_cli(capsys, "recipe", "run", recipe, "--data", tiny_data, "--runs", tmp_path / "runs",
+                           "--budget", "quick", "--no-progress")
+    assert code == 143 and err.strip().endswith("kit: stopped by SIGTERM"), err
+    assert "submitting" not in err and not (tmp_path / "submissions" / "ledger.csv").exists()

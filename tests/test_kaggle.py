@@ -331,7 +331,15 @@ def test_kit_submit_lets_go_of_the_sending_lock_while_it_waits_for_the_score(kag
                 time.sleep(0.1)                 # polling for the row, not timing anything
             assert proc.poll() is None, "kit submit ended before its row was PENDING"
             with open(sending_lock(folder / "ledger.csv"), "a") as f:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)      # free while it waits: BlockingIOError before
+                deadline = time.time() + 60     # it lets go just after the row (its note beside the CSV first)
+                while True:
+                    try:
+                        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free while it waits: held to the end before
+                        break
+                    except BlockingIOError:
+                        assert proc.poll() is None and time.time() < deadline, "the lock was held while it waited"
+                        time.sleep(0.1)
+            assert proc.poll() is None                                  # still waiting for the score
         finally:
             proc.kill()
             proc.wait()

@@ -421,3 +421,14 @@ def test_distill_says_when_its_pseudo_labels_came_from_predictions_a_teacher_no_
         f"warning: {tmp_path / 'ps' / 'pseudo.csv'} was voted from predictions {teachers[0].resolve()} no longer "
         "holds (retrained or predicted again since `kit pseudo`): these labels are the older model's; make them "
         "again with `kit pseudo`"]
+
+
+def test_a_killed_rounds_temp_files_are_removed_by_the_next(members, tmp_path):
+    """Probe 23: a round killed while writing teacher.npz left .teacher.npz.XXXX.tmp for good."""
+    out = tmp_path / "pl"
+    out.mkdir()
+    left = [out / ".teacher.npz.k1ll3d00.tmp", out / ".pseudo.csv.k1ll3d00.tmp"]
+    for path in left:
+        path.write_bytes(b"half")
+    make_pseudo_labels(members, out, top_fraction=0.5)
+    assert not any(path.exists() for path in left) and (out / "teacher.npz").is_file()

@@ -60,6 +60,14 @@ def test_recipe_refit_votes_the_refit_members_with_the_vote_fitted_before(tiny_d
     run_recipe(recipe, data=str(tiny_data), budget="full", runs=str(runs), workers=1, progress=False,
                submissions=subs)
     assert RunDir.of(root / "a-refit").summary() == summary
+    # --fresh moves the refits aside with their members (probe 23: they stayed, and were moved aside again
+    # inside the new root when the refit came round, the old run split over two places)
+    logs: list[str] = []
+    run_recipe(recipe, data=str(tiny_data), budget="full", runs=str(runs), workers=1, progress=False,
+               submissions=subs, fresh=True, log=logs.append)
+    [old] = runs.glob("tinyrf.old-*")
+    assert sorted(p.name for p in old.iterdir() if p.is_dir()) == ["a", "a-refit", "b", "b-refit"]
+    assert not list(root.glob("*.old-*")) and any("a-refit, b-refit" in line for line in logs)
 
 
 @pytest.mark.slow

@@ -222,3 +222,15 @@ def test_a_csv_replaced_while_it_is_checked_is_not_sent(kaggle_env, standin, sub
                            standin.url)
     assert code == 2 and "replaced while it was being checked" in one_error_line(err)
     assert standin.submissions == []
+
+
+def test_a_killed_votes_temp_files_are_removed_by_the_next(pair):
+    """Probe 23: a vote killed while writing its CSV and manifest left .NAME.csv.XXXX.tmp and
+    .NAME.json.XXXX.tmp in submissions/ for good; the next vote of that name removes them."""
+    pair.subs.mkdir()
+    left = [pair.subs / ".pair.csv.k1ll3d00.tmp", pair.subs / ".pair.json.k1ll3d00.tmp"]
+    other = pair.subs / ".other.csv.k1ll3d00.tmp"          # another name's: its own vote's to remove
+    for path in [*left, other]:
+        path.write_bytes(b"half")
+    assert pair()[0] == 0
+    assert not any(path.exists() for path in left) and other.exists()

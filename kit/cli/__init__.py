@@ -16,6 +16,7 @@ import sys
 from kit import __version__
 from kit.env import die_with_parent, exit_on_signals, progress_visible
 from kit.errors import KitError, path_problem
+from kit.names import check_competition
 
 # Each module defines register(subparsers) and attaches func=handler(args) -> int | None.
 GROUPS = ["data", "train", "predict", "pseudo", "kaggle", "bench"]
@@ -152,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     def run() -> int:
+        check_competition(getattr(args, "competition", None))
         # SIGTERM/SIGHUP (a Kaggle or Slurm time-out, a closed terminal) stop kit as Ctrl-C does: every
         # `finally` runs, so pools, stand-ins and temp folders go with it (exit 143/129).
         with exit_on_signals(), cache_from(args):

@@ -68,6 +68,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    if args.workers is not None and args.workers < 1:
+        raise KitError(f"--workers {args.workers}: at least 1")
     layout, content = check_data(args.dir, workers=args.workers, progress=progress_wanted())
     stores = verify_stores(args.dir, content, args.workers, progress_wanted())     # a damaged one: one line
     print(f"ok: {args.dir}: {len(layout.speakers)} speakers, {len(layout.train)} train and "

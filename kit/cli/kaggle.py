@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import glob
 import math
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -18,13 +18,14 @@ from kit import DEFAULT_COMPETITION, env
 from kit.errors import KitError
 from kit.fsio import sha256_file
 from kit.kaggle import KAGGLE, read_ledger, refresh_ledger, score_table, submit
-from kit.kaggle.client import endpoint_or_env, target
+from kit.kaggle.client import check_timing, endpoint_or_env, target
 from kit.kaggle.ledger import find_submitted, interrupted_send
 from kit.kaggle.ledger import sending as ledger_sending
 from kit.kaggle.pending import merge_pending
 from kit.kaggle.server import FAULT_TARGETS, StandIn
 from kit.kaggle.submissions import find_cut_off
 from kit.layout import data_competition, is_synthetic, read_layout, synth_marker
+from kit.names import check_competition
 from kit.records import SubmissionManifest
 from kit.submission import read_answer_key
 
@@ -172,6 +173,7 @@ def cmd_scores(args: argparse.Namespace) -> int:
     from kit.plots import plot_scores
 
     ledger = Path(args.ledger)
+    check_timing()                              # a bad setting is the user's to mend: one line, exit 2
     try:                                        # submissions a failed recording left outside the ledger
         for pending, n in merge_pending(ledger):
             _log(f"added {n} submission row(s) from {pending} to {ledger}")
@@ -299,9 +301,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not answers:
         raise KitError(f"{args.data}: no answer key; pass --answers KEY.csv (Id,Category,Usage)")
     competition = args.competition or synth.get("competition") or DEFAULT_COMPETITION
-    if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", competition):
-        raise KitError(f"--competition {competition!r}: a Kaggle competition's name is lower-case letters, digits "
-                       f"and hyphens (e.g. {DEFAULT_COMPETITION})")
+    check_competition(competition)
     _check_answers_fit(Path(answers), args.data)
     faults = [_parse_fault(f) for f in args.fail]
     try:
@@ -311,7 +311,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          daily_limit=args.daily_limit or None)
         server.kernels.fail_next(args.kernel_errors)
     except (FileNotFoundError, OSError) as e:
-        raise KitError(f"cannot start the stand-in: {e}") from None
+        where = f" on port {args.port}" if isinstance(e, OSError) and e.errno == errno.EADDRINUSE else ""
+        raise KitError(f"cannot start the stand-in{where}: {e}") from None
     try:
         with env.exit_on_signals():       # SIGTERM too stops its kernels and removes its temp folder
             _announce(server.url, competition, args.data)

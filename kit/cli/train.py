@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from kit.cli import add_cache_option, cache_from, one_line_errors, progress_wanted
 from kit.config import DataConfig, RunConfig, layered, load_toml, parse_overrides
-from kit.env import kaggle_data_dir
+from kit.env import check_stopped, kaggle_data_dir
 from kit.errors import KitError
 from kit.launch import make_launcher
 from kit.runs import check_out, is_run_dir, move_aside, old_name
@@ -218,6 +218,7 @@ def cmd_recipe_run(args: argparse.Namespace) -> int:
     from kit.zoo import run_recipe
 
     def log(message: str) -> None:
+        check_stopped()         # a stop Python lost in a callback is acted on here, before the next stage
         print(f"kit: {message}", file=sys.stderr, flush=True)
 
     # A budget asked for by name must be set up by the recipe (chosen for you: as it is). A launcher's

@@ -39,7 +39,7 @@ from kit.ensemble.members import (
 )
 from kit.ensemble.votes import check_weights, hard_vote, select_weights, soft_vote, vote_predictions
 from kit.errors import KitError
-from kit.fsio import json_bytes, sha256_file, staged
+from kit.fsio import json_bytes, remove_left_temps, sha256_file, staged
 from kit.layout import data_competition
 from kit.names import check_submission_name, distinct_runs
 from kit.records import SubmissionManifest, trained_on
@@ -252,6 +252,8 @@ def _publish(csv_path: Path, data: bytes, data_dir: str, manifest: SubmissionMan
     json_path = csv_path.with_suffix(".json")
     digest = hashlib.sha256(data).hexdigest()
     with submission_lock(csv_path):
+        for path in (csv_path, json_path):          # what a killed writer of the pair left: none is alive now
+            remove_left_temps(path)
         if _same_pair(csv_path, digest, manifest):          # the same vote again (a re-run): nothing to write
             return []
         with staged(json_path, json_bytes(manifest.to_dict()), "manifest"), \

@@ -13,7 +13,7 @@ import sys
 import tempfile
 import urllib.parse
 
-from kit.env import die_with_parent
+from kit.env import check_stopped, die_with_parent
 from kit.errors import KitError
 from kit.kaggle.credentials import scrub, secrets
 
@@ -56,6 +56,12 @@ def max_retry_after() -> float:
     return _setting("KIT_KAGGLE_MAX_RETRY_AFTER", 120.0, most=3600.0)   # bound on a server's Retry-After
 
 
+def check_timing() -> None:
+    """Every timing setting read now (KitError naming a bad one), not when a retry first needs it: a
+    submission must not be sent under a setting that then fails its wait."""
+    backoff(), retries(), poll_interval(), max_retry_after()
+
+
 def endpoint_or_env(endpoint: str | None) -> str | None:
     """The stand-in URL to talk to: the one given, else KIT_KAGGLE_ENDPOINT; None means Kaggle.
     Not an http URL with a host: one line (the client would retry it for a minute)."""
@@ -96,7 +102,9 @@ def call(op: str, params: dict, endpoint: str | None = None, env: dict | None = 
 
     `on_event` sees the worker's milestones as they happen (e.g. "submitted", with the ref).
     """
+    check_stopped()             # nothing is sent after a stop, even one Python lost in a callback
     endpoint = endpoint_or_env(endpoint)
+    check_timing()
     wenv = _worker_env(endpoint, env)
     hidden = secrets(wenv)
     log = log or (lambda line: None)

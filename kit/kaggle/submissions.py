@@ -10,7 +10,7 @@ from pathlib import Path
 
 from kit import DEFAULT_COMPETITION
 from kit.errors import KitError
-from kit.kaggle.client import call, poll_interval, target
+from kit.kaggle.client import call, check_timing, poll_interval, target
 from kit.kaggle.credentials import kaggle_json_problem
 from kit.kaggle.ledger import append_ledger, check_writable, merge_rows, now, read_ledger, update_ledger
 from kit.kaggle.pending import keep_pending, merge_pending
@@ -184,6 +184,7 @@ def _checked(csv_path: Path, message: str, data_dir, ledger, env: dict,
     problem = kaggle_json_problem(env)
     if problem:
         raise KitError(f"{problem}; nothing was sent")
+    check_timing()
     read_ledger(ledger)         # a damaged ledger stops us before anything is sent, not after
     check_writable(ledger)
     merge_pending(ledger)

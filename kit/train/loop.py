@@ -25,6 +25,7 @@ from kit.budget import SKIP_STEPS, lr_at
 from kit.compat import cpu_has_bf16
 from kit.config import RunConfig, dump_toml, to_dict, validate
 from kit.data import FeatureStore
+from kit.env import check_stopped
 from kit.errors import KitError
 from kit.fsio import write_csv, write_json, write_text
 from kit.identity import run_identity
@@ -167,7 +168,7 @@ class Trainer:
         if not path.is_file():
             raise KitError(f"{path}: checkpoint not found (train.init_from)")
         check_written(path)
-        load_weights(net, load_checkpoint(path)["model"], path)
+        load_weights(net, load_checkpoint(path, "point train.init_from at a sound checkpoint")["model"], path)
 
     def _call(self, event: str, *args) -> None:
         for cb in self.callbacks:
@@ -182,6 +183,7 @@ class Trainer:
         self._call("on_train_begin")
         st = self.state
         while st.step < st.plan.total:
+            check_stopped()             # a stop whose exception Python lost in a callback (kit.env)
             self.train_step()
             self._call("on_step")
             time_up = self.time_up()

@@ -68,7 +68,8 @@ def _test_rows(store: FeatureStore, ids, source: Path) -> np.ndarray:
         found.append(test[name])
     rows = np.asarray(found, dtype=np.int64)
     if len(np.unique(rows)) != len(rows):
-        raise KitError(f"{source}: a test utterance is listed twice")
+        twice = next(name for i, (name, row) in enumerate(zip(ids, found, strict=True)) if row in found[:i])
+        raise KitError(f"{source}: the test utterance {twice} is listed twice")
     return rows
 
 
