@@ -14,7 +14,6 @@ import os
 import shutil
 import socket
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -55,15 +54,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
-def remove_left_temps(path: str | os.PathLike, older_than: float = 0.0) -> None:
-    """Remove the temp files atomic_path made beside PATH (.NAME.XXXX.tmp) that a killed writer left,
-    those last written over `older_than` seconds ago (0: all; a caller holding PATH's lock knows no
-    writer of it is alive, one without a lock gives a writer its time)."""
+def remove_left_temps(path: str | os.PathLike) -> None:
+    """Remove the temp files atomic_path made beside PATH (.NAME.XXXX.tmp) that a killed writer left.
+    Only for a caller holding a lock every writer of PATH takes: then no writer of them is alive."""
     path = Path(path)
-    now = time.time()
     for left in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
         with contextlib.suppress(OSError):
-            if left.is_file() and now - left.stat().st_mtime >= older_than:
+            if left.is_file():
                 left.unlink()
 
 
