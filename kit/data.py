@@ -355,7 +355,7 @@ def _check_fits(x: np.ndarray, dtype: str, path: Path) -> None:
     and training would report a divergence that no learning rate mends."""
     top = float(np.finfo(dtype).max)
     if (big := float(np.abs(x).max())) > top:
-        raise KitError(f"{path}: values up to {big:.3g} do not fit the {dtype} packed store (at most {top:g}; "
+        raise KitError(f"{path}: values up to {big:.7g} do not fit the {dtype} packed store (at most {top:g}; "
                        "log-mel features are tens at most: is the file scaled?); set data.store_dtype = \"float32\" "
                        "to pack them as they are")
 

@@ -155,35 +155,52 @@ def die_with_parent(parent: int | None = None):
     return in_child
 
 
-_stopped: list[int] = []        # a stop signal received in exit_on_signals' block, kept until acted on
+_lost: list[int] = []       # a stop signal whose exception Python threw away (sys.unraisablehook), to raise again
+_blocks = [0]                       # exit_on_signals blocks open (a recipe's member pool opens one inside main's)
 
 
-def _stop_exception(signum: int) -> BaseException:
-    return KeyboardInterrupt() if signum == signal.SIGINT else SystemExit(128 + signum)
+class _Stopped(SystemExit):
+    """SIGTERM or SIGHUP: exit 128 + signum, the signal known again if Python throws it away."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
+
+
+class _Interrupted(KeyboardInterrupt):
+    signum = signal.SIGINT
+
+
+def _stop_exception(signum: int) -> _Stopped | _Interrupted:
+    return _Interrupted() if signum == signal.SIGINT else _Stopped(signum)
 
 
 def check_stopped() -> None:
-    """Raise the stop a signal asked for, when Python threw its exception away: a handler runs wherever
-    the main thread is, and in a weakref callback or a __del__ Python prints "Exception ignored" and goes
-    on (probe 23: a Ctrl-C at the distilled student's start, and the recipe trained it and submitted).
-    Called at safe points: every recipe log line, every training step, before every Kaggle call."""
-    if _stopped:
-        raise _stop_exception(_stopped[0])
+    """Raise, once, a stop whose exception Python threw away: a signal handler runs wherever the main
+    thread is, and in a weakref callback or a __del__ Python reports the exception as unraisable and
+    goes on (probe 23: a Ctrl-C at the distilled student's start, and the recipe trained it and
+    submitted). A stop that unwinds as usual is not raised again (a handler's log line stays). Called at
+    safe points: every recipe log line, every training step, before every Kaggle call."""
+    if _lost:
+        signum = _lost[0]
+        _lost.clear()
+        raise _stop_exception(signum)
 
 
 @contextlib.contextmanager
 def exit_on_signals():
     """SIGTERM and SIGHUP raise SystemExit(143/129) in the block (main thread only), and SIGINT
     KeyboardInterrupt, so its `finally` clauses run: a stopped recipe stops its workers, a stopped
-    stand-in its kernels. Each is also noted, so check_stopped raises it again where an exception raised
-    inside a callback was lost; such a loss is not printed (sys.unraisablehook)."""
+    stand-in its kernels. One of these that Python throws away (raised inside a callback) is kept, not
+    printed, for check_stopped to raise again."""
     def exit_on(signum, frame):
-        _stopped.append(signum)
         raise _stop_exception(signum)
 
     def quiet(hook):
         def unraisable(info):
-            if not (_stopped and isinstance(info.exc_value, (SystemExit, KeyboardInterrupt))):
+            if isinstance(info.exc_value, (_Stopped, _Interrupted)):
+                _lost.append(info.exc_value.signum)
+            else:
                 hook(info)
         return unraisable
 
@@ -194,10 +211,13 @@ def exit_on_signals():
     handled = (signal.SIGTERM, signal.SIGHUP, *interrupt)
     before = {s: signal.signal(s, exit_on) for s in handled} if main_thread else {}
     hook, sys.unraisablehook = sys.unraisablehook, quiet(sys.unraisablehook)
+    _blocks[0] += 1
     try:
         yield
     finally:
+        _blocks[0] -= 1
         sys.unraisablehook = hook
-        _stopped.clear()
+        if not _blocks[0]:          # an inner block's end keeps a lost stop for the outer one
+            _lost.clear()
         for s, handler in before.items():
             signal.signal(s, handler)

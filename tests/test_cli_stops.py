@@ -211,6 +211,24 @@ def test_a_stop_python_loses_in_a_callback_is_raised_at_the_next_safe_point(caps
     check_stopped()                     # outside the block: nothing is pending any more
 
 
+def test_a_lost_stop_outlives_an_inner_block_and_a_delivered_one_is_not_raised_again():
+    """Probe 25: the member pool's own block (kit.workers) cleared a lost stop at its end, so the recipe
+    voted and submitted; and a stop that unwound as usual was raised again by the first log line of the
+    handler catching it (the Kaggle launcher's "interrupted: the kernels keep running" went unsaid)."""
+    from kit.env import check_stopped, exit_on_signals
+
+    with pytest.raises(SystemExit):
+        with exit_on_signals():
+            with exit_on_signals():                 # the member pool's, inside main's
+                _stop_lost_in_a_callback(signal.SIGTERM)
+            check_stopped()
+    with exit_on_signals():
+        try:
+            signal.raise_signal(signal.SIGTERM)     # delivered: it unwinds as usual
+        except SystemExit:
+            check_stopped()                         # a handler's log line: not raised a second time
+
+
 def test_a_recipe_stopped_in_a_callback_stops_before_it_submits(tiny_data, tmp_path, capsys, monkeypatch):
     """The recipe's next log line (the vote, the submission) is a safe point: exit 143, nothing sent."""
     import kit.zoo

@@ -232,9 +232,10 @@ def test_listing_follows_pages(kaggle_env, standin, sub, capsys):
     first = standin.submissions[0]["ref"]
     for i in range(70):                                        # bury it under two pages of later submissions
         standin.submissions.append(dict(standin.submissions[0], ref=5000 + i, polls=0))
+    listed = standin.calls.count("ListSubmissions")
     found = call("list", {"competition": COMP, "refs": [first]}, standin.url)["submissions"]
     assert first in {s["ref"] for s in found} and len(found) == 71
-    assert standin.calls.count("ListSubmissions") == 2
+    assert standin.calls.count("ListSubmissions") - listed == 2
 
 
 # ---------------------------------------------------------------- ledger, scores, secrets
@@ -577,7 +578,7 @@ def test_a_send_cut_off_before_its_answer_is_not_repeated_by_a_recipe(kaggle_env
     assert result["status"] == "FAILED" and "was cut off before the answer came back" in result["reason"]
     assert "CreateSubmission" not in standin.calls and not ledger.exists()          # nothing sent
     code, _, err = kit(capsys, *submit_args(sub, standin))
-    assert code == 0 and "was cut off before the answer came back (it may have been made)" in err, err
+    assert code == 0 and "cut off before the answer came back, and kit could not tell whether it was made" in err, err
     again = recipe_submit(sub, "recipe re-run", tiny_data, submissions_dir=sub.parent, endpoint=standin.url)
     assert "already submitted" in again["reason"] and len(ledger_rows(sub)) == 1    # the row now answers
 
@@ -620,6 +621,71 @@ def test_a_cut_off_send_is_looked_up_in_the_competitions_list_before_a_recipe_se
     assert refs[0] == str(lost["ref"]) and len(refs) == 2 and standin.calls.count("CreateSubmission") == 4
 
 
+def _send_by_another(csv: Path, message: str, url: str, name: str | None = None, tmp: Path | None = None) -> dict:
+    """A send the ledger knows nothing of (a teammate's, another checkout's), of CSV's bytes or of other
+    bytes under CSV's file name (`name`: a different vote copied into tmp/<csv's name>)."""
+    sent = csv
+    if name is not None and tmp is not None:
+        sent = tmp / csv.name
+        sent.parent.mkdir(parents=True, exist_ok=True)
+        sent.write_text(name)
+    return call("submit", {"competition": COMP, "file": str(sent), "message": message, "wait": False,
+                           "timeout": 10.0, "poll": 0.1}, url)
+
+
+def test_a_cut_off_send_is_not_mistaken_for_another_send_of_that_name(kaggle_env, standin, sub, tiny_data,
+                                                                      tiny_answers, tmp_path, capsys):
+    """Probe 25: another CSV under the same file name and message (a teammate's, a second checkout's) was
+    taken for the cut-off send, and its scores recorded for this CSV, which was then never sent. The size
+    must match too, and two that could be it are the user's to look at; a match whose wait fails keeps its
+    PENDING row and says so; `kit submit` looks only once the CSV has passed its checks."""
+    from kit.kaggle.client import target
+    from kit.kaggle.ledger import now
+    from kit.submission import note_sending
+
+    where, message = target(standin.url), "kit recipe r (quick budget)"
+    note_sending(sub, sha256_file(sub), sub.parent / "ledger.csv", now(), COMP, where, message)
+    _send_by_another(sub, message, standin.url, "Id,Category\nother,vote\n", tmp_path / "theirs")
+    sent = recipe_submit(sub, message, tiny_data, submissions_dir=sub.parent, endpoint=standin.url)
+    assert sent["status"] == "COMPLETE" and sent["reason"] is None, sent          # theirs is not ours: sent
+    assert standin.calls.count("CreateSubmission") == 2
+
+    two = write_submission(tmp_path / "two", tiny_answers, tiny_data, "two", wrong_every=5)
+    note_sending(two, sha256_file(two), two.parent / "ledger.csv", now(), COMP, where, message)
+    for _ in range(2):
+        _send_by_another(two, message, standin.url)
+    again = recipe_submit(two, message, tiny_data, submissions_dir=two.parent, endpoint=standin.url)
+    assert again["status"] == "FAILED" and "2 submissions in the list could be it" in again["reason"], again
+    assert standin.calls.count("CreateSubmission") == 4 and not (two.parent / "ledger.csv").exists()
+
+    slow = write_submission(tmp_path / "slow", tiny_answers, tiny_data, "slow", wrong_every=6)
+    note_sending(slow, sha256_file(slow), slow.parent / "ledger.csv", now(), COMP, where, message)
+    standin.pending_polls = 10**6                                                 # PENDING when found
+    made = _send_by_another(slow, message, standin.url)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("kit.kaggle.submissions.call", _wait_fails(call))
+        found = recipe_submit(slow, message, tiny_data, submissions_dir=slow.parent, endpoint=standin.url)
+    assert found["status"] == "PENDING" and found["ref"] == str(made["ref"]), found
+    assert "waiting for its score failed" in found["reason"] and "could not tell" not in found["reason"]
+    assert [r["status"] for r in read_ledger(slow.parent / "ledger.csv").to_dict("records")] == ["PENDING"]
+
+    hand = write_submission(tmp_path / "hand", tiny_answers, tiny_data, "hand", wrong_every=7)
+    note_sending(hand, sha256_file(hand), hand.parent / "ledger.csv", now(), COMP, where, "test run")
+    _send_by_another(hand, "test run", standin.url)
+    with pytest.MonkeyPatch.context() as mp:                                       # refused by its checks
+        mp.setenv("KIT_KAGGLE_BACKOFF", "nan")
+        code, _, err = kit(capsys, *submit_args(hand, standin))
+    assert code == 2 and "reached Kaggle" not in err and not (hand.parent / "ledger.csv").exists(), err
+
+
+def _wait_fails(real_call):
+    def call_but_wait(op, params, *args, **kwargs):
+        if op == "wait":
+            raise KitError("the stand-in went away")
+        return real_call(op, params, *args, **kwargs)
+    return call_but_wait
+
+
 def test_a_send_answered_in_another_ledger_or_noted_by_hand_is_not_taken_as_cut_off(kaggle_env, standin, sub,
                                                                                        tiny_data, capsys):
     """Probe 22: a send Kaggle accepted (or refused) and recorded in a ledger of one's own (`kit submit
@@ -647,3 +713,64 @@ def test_a_send_answered_in_another_ledger_or_noted_by_hand_is_not_taken_as_cut_
         bad = {"sha256": sha256_file(sub), "ref": "", "time": ["x"], "competition": COMP}
         f.write(json.dumps(bad) + "\nnot json\n")
     assert interrupted_send(sub.parent / "ledger.csv", sub, COMP, target(standin.url)) is None
+
+
+# ---------------------------------------------------------------- probe 26: a server unlike kit's stand-in
+def test_a_create_whose_answer_is_lost_after_kaggle_made_it_is_not_sent_twice(kaggle_env, standin, sub, capsys):
+    """The stand-in failed CreateSubmission before making anything; Kaggle may make the submission and then
+    answer 5xx (or drop the connection): kit retried, and two of the day's five were spent, one recorded
+    nowhere. The list is read for it before any retry."""
+    from kit.kaggle.server_competitions import MADE
+
+    standin.inject(MADE, 503)
+    code, _, err = kit(capsys, *submit_args(sub, standin, "--wait"))
+    assert code == 0 and "the answer was lost (503), but the submission was made" in err, err
+    assert standin.calls.count("CreateSubmission") == 1 and len(standin.submissions) == 1
+    [row] = ledger_rows(sub)
+    assert row["ref"] == str(standin.submissions[0]["ref"]) and row["status"] == "COMPLETE"
+
+
+def test_an_answer_without_a_ref_is_never_taken_for_an_older_submission_of_that_message(kaggle_env, standin, sub,
+                                                                                         tiny_answers, tiny_data,
+                                                                                         tmp_path, capsys):
+    """Recipes repeat their message and file name: a create answered without a ref took the first listed
+    submission of them, an older one, and its score was recorded for new bytes."""
+    from kit.kaggle.server_competitions import MADE
+
+    assert kit(capsys, *submit_args(sub, standin, "--wait"))[0] == 0                # an older one, scored
+    worse = write_submission(tmp_path / "later", tiny_answers, tiny_data, sub.stem, wrong_every=2)
+    standin.inject(MADE, 200)                                                       # made; answered without a ref
+    code, out, err = kit(capsys, *submit_args(worse, standin, "--wait"))
+    assert code == 0, err
+    new = str(standin.submissions[-1]["ref"])
+    [row] = read_ledger(worse.parent / "ledger.csv").to_dict("records")
+    assert row["ref"] == new != ledger_rows(sub)[0]["ref"] and f"ref {new}" in out
+    standin.inject(MADE, 204)                                                       # "success", nothing made
+    code, _, err = kit(capsys, *submit_args(worse, standin, "--wait", "--ledger", tmp_path / "other.csv"))
+    assert code == 2 and "no new submission of it is in the competition's list" in one_error_line(err)
+    assert read_ledger(tmp_path / "other.csv").iloc[0]["status"] == "FAILED"        # not the older one's score
+
+
+def test_scores_of_zero_are_scores_and_a_hidden_private_score_is_fetched_later(kaggle_env, standin, sub, capsys):
+    """A score of 0 sent as a number was written as empty; a private score Kaggle hides until the
+    competition ends was never asked for again (`kit scores` refreshed PENDING rows only)."""
+    from kit.kaggle.ledger import LEDGER_COLUMNS
+    from kit.kaggle.worker import _score
+
+    assert (_score(0.0), _score(0), _score("0.12"), _score(None), _score("")) == ("0.0", "0", "0.12", "", "")
+    assert kit(capsys, *submit_args(sub, standin, "--wait"))[0] == 0
+    ledger = sub.parent / "ledger.csv"
+    text = ledger.read_text().splitlines()
+    row = dict(zip(LEDGER_COLUMNS, text[1].split(","), strict=True))
+    hidden = text[1].replace(f",{row['private']},", ",,")                           # as Kaggle showed it then
+    ledger.write_text("\n".join([text[0], hidden]) + "\n")
+    assert read_ledger(ledger).iloc[0]["private"] == ""
+    code, out, err = kit(capsys, "scores", "--ledger", ledger, "--endpoint", standin.url)
+    assert code == 0 and read_ledger(ledger).iloc[0]["private"] == row["private"] != "", (out, err)
+
+
+def test_a_403_keeps_kaggles_own_reason(kaggle_env, standin, sub, capsys):
+    standin.inject("CreateSubmission", 403)
+    code, _, err = kit(capsys, *submit_args(sub, standin))
+    line = one_error_line(err)
+    assert code == 2 and "HTTP 403: Permission denied" in line and "if it is the rules" in line, line

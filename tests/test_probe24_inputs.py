@@ -30,7 +30,7 @@ def test_values_a_float16_store_cannot_hold_are_named_not_trained_on_as_inf(data
     torch.save(torch.full_like(x, 1e5), data / name)
     with pytest.raises(KitError) as err:
         FeatureStore.open(data, "float16", cache_dir=tmp_path / "cache", progress=False)
-    assert str(err.value).startswith(f"{data / name}: values up to 1e+05 do not fit the float16 packed store")
+    assert str(err.value).startswith(f"{data / name}: values up to 100000 do not fit the float16 packed store")
     assert 'data.store_dtype = "float32"' in str(err.value)
     assert not list((tmp_path / "cache").glob("store-*"))                  # no half store
     store = FeatureStore.open(data, "float32", cache_dir=tmp_path / "cache", progress=False)

@@ -12,6 +12,7 @@ import glob
 import math
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from kit import DEFAULT_COMPETITION, env
@@ -23,7 +24,7 @@ from kit.kaggle.ledger import find_submitted, interrupted_send
 from kit.kaggle.ledger import sending as ledger_sending
 from kit.kaggle.pending import merge_pending
 from kit.kaggle.server import FAULT_TARGETS, StandIn
-from kit.kaggle.submissions import find_cut_off
+from kit.kaggle.submissions import find_cut_off, owed_scores
 from kit.layout import data_competition, is_synthetic, read_layout, synth_marker
 from kit.names import check_competition
 from kit.records import SubmissionManifest
@@ -54,7 +55,8 @@ def register(sub) -> None:
     p.add_argument("--competition", default=None, help="only this competition (default: all in the ledger)")
     p.add_argument("--ledger", default="submissions/ledger.csv",
                    help="the ledger of submissions (default: submissions/ledger.csv under the current folder)")
-    p.add_argument("--no-refresh", action="store_true", help="do not ask Kaggle about PENDING rows")
+    p.add_argument("--no-refresh", action="store_true",
+                   help="do not ask Kaggle about PENDING rows or scores not yet shown")
     p.add_argument("--endpoint", default=None, help="a local stand-in URL instead of Kaggle")
     p.set_defaults(func=cmd_scores)
 
@@ -122,27 +124,38 @@ def _voted_on(args: argparse.Namespace) -> tuple[str | None, list[str]]:
     return made_for, [d for d in (args.data, manifest.data_dir) if d]
 
 
-def _note_resend(args: argparse.Namespace) -> str | None:
-    """The line to say, once the CSV has passed every check, when these very bytes were submitted to the
+def _note_resend(args: argparse.Namespace) -> Callable[[], str | None]:
+    """What to say, once the CSV has passed every check, when these very bytes were submitted to the
     same place before: sending them again is allowed (a plain `kit submit` does what it is told) but
-    spends another of the day's five."""
+    spends another of the day's five. The ledger and the note beside the CSV are read now, before this
+    send is noted there; a cut-off send is looked up in the competition's list (and recorded, when
+    found) only once the checks have passed."""
     try:
         merge_pending(args.ledger)      # a row only a pending file holds counts (submit merges them first too)
         earlier = find_submitted(args.ledger, args.csv, args.competition, target(args.endpoint))
         cut = interrupted_send(args.ledger, args.csv, args.competition, target(args.endpoint))
     except KitError:            # a damaged ledger or pending file: submit names it
+        return lambda: None
+    return lambda: _resend_line(args, earlier if earlier is not None or cut is None else _looked_up(args, cut))
+
+
+def _looked_up(args: argparse.Namespace, cut: dict) -> dict | None:
+    """The cut-off send `cut`, found in the competition's list and recorded; None when it never arrived,
+    or when kit cannot tell (said in a line)."""
+    try:
+        found = find_cut_off(args.csv, cut, args.competition, args.ledger, args.endpoint, log=_log)
+    except KitError as e:       # an older kit's note, the list unreadable, or more than one could be it
+        _log(f"note: a send of {args.csv} (these same bytes) at {cut['time']} was cut off before the answer came "
+             f"back, and kit could not tell whether it was made ({e}); sending it again, as asked, may spend "
+             "another of the day's submissions")
         return None
-    if earlier is None and cut is not None:
-        try:
-            earlier = find_cut_off(args.csv, cut, args.competition, args.ledger, args.endpoint, log=_log, wait=False)
-        except KitError:        # an older kit's note, or the list unreadable: said as it stands
-            return (f"note: a send of {args.csv} (these same bytes) at {cut['time']} was cut off before the answer "
-                    "came back (it may have been made); sending it again, as asked, may spend another of the day's "
-                    "submissions")
-        if earlier is None:     # it never arrived: this send is the first
-            return None
+    if found is not None:
         _log(f"the send of {args.csv} at {cut['time']}, cut off before its answer, reached Kaggle: ref "
-             f"{earlier['ref']} ({earlier['status']}), now in {args.ledger}")
+             f"{found['ref']} ({found['status']}), now in {args.ledger}")
+    return found
+
+
+def _resend_line(args: argparse.Namespace, earlier: dict | None) -> str | None:
     if earlier is None:
         return None
     sent_as = "" if Path(str(earlier.get("file") or args.csv)).resolve() == Path(args.csv).resolve() \
@@ -181,7 +194,7 @@ def cmd_scores(args: argparse.Namespace) -> int:
         _log(f"could not add pending submissions: {e}")
     if not ledger.is_file():
         raise KitError(f"{ledger}: no ledger yet (`kit submit` writes it)")
-    if not args.no_refresh and (read_ledger(ledger)["status"] == "PENDING").any():
+    if not args.no_refresh and owed_scores(read_ledger(ledger)).any():
         try:
             n = refresh_ledger(ledger, args.competition, args.endpoint, log=_log)
             if n:

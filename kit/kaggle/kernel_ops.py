@@ -16,7 +16,8 @@ from kit.errors import KitError
 from kit.fsio import atomic_path
 from kit.kaggle.retrying import retrying as _retrying
 
-ENDED = ("COMPLETE", "ERROR", "CANCEL_ACKNOWLEDGED")     # KernelWorkerStatus names that end a session
+# KernelWorkerStatus names that end a session (a cancel asked for ends it: nothing more will come of it)
+ENDED = ("COMPLETE", "ERROR", "CANCEL_ACKNOWLEDGED", "CANCEL_REQUESTED")
 PAGE_SIZE = 100
 
 
@@ -165,8 +166,8 @@ def _op_kernel_output(api, p: dict, log, emit=None) -> dict:
                                  _not_found_is(listing, f"kernel {p['ref']}: not found (HTTP 404)"), log)
             files += list(response.files or [])
             log_text = log_text or response.log or ""
-            token = response.next_page_token or ""
-            if not token:
+            token, last = response.next_page_token or "", token
+            if not token or token == last:          # the same page again: a server that never ends its list
                 break
     wanted = [f for f in files if pulled(f.file_name, p["prefixes"], p.get("skip", []))]
     for f in wanted:

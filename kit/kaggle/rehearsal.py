@@ -20,7 +20,7 @@ from kit.kaggle.credentials import CREDENTIALS_HELP, credential_source, kaggle_j
 from kit.kaggle.ledger import find_submitted, interrupted_send, ledger_problem, read_ledger, sending, update_ledger
 from kit.kaggle.pending import kept_rows, merge_pending
 from kit.kaggle.server import StandIn
-from kit.kaggle.submissions import find_cut_off, submit
+from kit.kaggle.submissions import await_score, find_cut_off, submit
 from kit.layout import data_competition, is_synthetic, synth_marker
 from kit.submission import refuse_ledger
 
@@ -169,6 +169,20 @@ def _mark_lost(ledger: Path, csv_path, competition: str) -> None:
         update_ledger(ledger, competition, ref, {"status": "FAILED", "error": LOST}, target=STAND_IN)
 
 
+def _found_cut_off(csv_path, cut: dict, found: dict, ledger: Path, endpoint, env, log, poll) -> dict:
+    """A cut-off send found in the competition's list (now in the ledger): not sent again; waited for
+    until scored, as any recipe send is (a failed wait leaves its PENDING row for `kit scores`)."""
+    said = (f"the send of these same bytes at {cut['time']}, cut off before its answer, reached Kaggle (ref "
+            f"{found['ref']}, found in the competition's submissions and now in {ledger}); not sent again")
+    log(f"not submitting {csv_path}: {said}")
+    if found["status"] == "PENDING":
+        try:
+            found = await_score(found, ledger, endpoint, env, log, poll)
+        except KitError as e:
+            said += f"; waiting for its score failed ({e}): `kit scores` fetches it later"
+    return _result(found["status"], found["target"], found, said)
+
+
 def _recipe_attempt(csv_path, message, data_dir, competition, ledger, endpoint, env, log, target) -> dict:
     log = log or (lambda line: None)
     earlier = find_submitted(ledger, csv_path, competition, target)
@@ -181,18 +195,15 @@ def _recipe_attempt(csv_path, message, data_dir, competition, ledger, endpoint, 
     cut = interrupted_send(ledger, csv_path, competition, target) if target != STAND_IN else None
     if cut is not None:         # (a rehearsal's own stand-in died with the recipe: sent again, as a LOST row is)
         try:
-            found = find_cut_off(csv_path, cut, competition, ledger, endpoint, env, log, target, poll)
+            found = find_cut_off(csv_path, cut, competition, ledger, endpoint, env, log, target)
         except KitError as e:
             return _result("FAILED", target, None,
                            f"a send of these same bytes at {cut['time']} was cut off before the answer came back, so "
                            f"it may have been made (and counted against the day's submissions), and kit could not "
-                           f"look for it ({e}); not sent again: look at the competition's submissions, and if it is "
-                           f"not there send it with `kit submit {csv_path} -m ...`", recorded=False)
+                           f"tell ({e}); not sent again: look at the competition's submissions, and if it is not "
+                           f"there send it with `kit submit {csv_path} -m ...`", recorded=False)
         if found is not None:
-            said = (f"the send of these same bytes at {cut['time']}, cut off before its answer, reached Kaggle "
-                    f"(ref {found['ref']}, found in the competition's submissions and now in {ledger}); not sent again")
-            log(f"not submitting {csv_path}: {said}")
-            return _result(found["status"], target, found, said)
+            return _found_cut_off(csv_path, cut, found, ledger, endpoint, env, log, poll)
         log(f"the send of {csv_path} at {cut['time']}, cut off before its answer, is not in the competition's "
             "submissions: it never arrived, so it is sent now")
     before = len(read_ledger(ledger))

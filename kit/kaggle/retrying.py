@@ -22,8 +22,8 @@ def retrying(what: str, fn, log):
         except requests.HTTPError as e:
             status = e.response.status_code if e.response is not None else None
             if status not in RETRY_STATUSES or attempt == attempts:
-                raise KitError(_http_message(what, status, e, attempt)) from None
-            delay = _retry_after(e.response) or backoff() * 2 ** attempt
+                raise KitError(http_message(what, status, e, attempt)) from None
+            delay = retry_after(e.response) or backoff() * 2 ** attempt
             log(f"Kaggle answered HTTP {status} to {what}; retry {attempt + 1}/{attempts} in {delay:.2g}s")
         except (requests.ConnectionError, requests.Timeout) as e:
             if attempt == attempts:
@@ -40,7 +40,7 @@ def _host(url: str) -> str:
     return proxy or urlsplit(url).netloc or url
 
 
-def _retry_after(response) -> float | None:
+def retry_after(response) -> float | None:
     value = response.headers.get("Retry-After") if response is not None else None
     try:
         return min(max(float(value), 0.0), max_retry_after()) if value is not None else None
@@ -48,14 +48,32 @@ def _retry_after(response) -> float | None:
         return None
 
 
-def _http_message(what: str, status, e, attempt: int) -> str:
+def _server_says(response) -> str:
+    """The reason a server gave in its answer's body ({"message"} or {"error"} JSON, else its text), on
+    one line and short; '' when it gave none."""
+    if response is None:
+        return ""
+    try:
+        body = response.json()
+        text = body.get("message") or body.get("error") or "" if isinstance(body, dict) else ""
+    except ValueError:
+        text = response.text or ""
+    text = " ".join(str(text).split())
+    return text[:200] if "<html" not in text.lower() else ""
+
+
+def http_message(what: str, status, e, attempt: int) -> str:
+    says = _server_says(getattr(e, "response", None))
     detail = str(e).split(" for url:")[0]
+    if says and says not in detail:
+        detail = f"{detail}: {says}" if detail else says
     if status == 401:
         return (f"Kaggle refused the credentials (HTTP 401) for {what}: check ~/.kaggle/kaggle.json or "
                 f"KAGGLE_USERNAME/KAGGLE_KEY (or KAGGLE_API_TOKEN); a regenerated token replaces the old one")
     if status == 403:
-        return (f"Kaggle denied {what} (HTTP 403): accept the competition rules on its Kaggle page "
-                f"(Rules tab) with the account of these credentials")
+        reason = f"HTTP 403: {says}" if says else "HTTP 403"
+        return (f"Kaggle denied {what} ({reason}); if it is the rules, accept them on the competition's Kaggle "
+                f"page (Rules tab) with the account of these credentials")
     if status == 404:
         return (f"{what}: competition not found (HTTP 404): check the competition's name (--competition; "
                 f"without it, the one `kit data download` fetched the data from, else {DEFAULT_COMPETITION}) "

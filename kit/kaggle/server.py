@@ -36,8 +36,8 @@ RETRY_STATUSES = (429, 503)     # statuses that carry a Retry-After header
 UPLOAD, DOWNLOAD = "upload", "download"   # the PUT to createUrl and the GET of the zip
 INTROSPECT = "IntrospectToken"            # the client's check of a bearer token
 # Every name a fault can target: a fault for any other would never fire.
-FAULT_TARGETS = (*server_competitions.METHODS, *server_kernels.METHODS, INTROSPECT, UPLOAD, DOWNLOAD,
-                 KERNEL_OUTPUT, "*")
+FAULT_TARGETS = (*server_competitions.METHODS, server_competitions.MADE, *server_kernels.METHODS, INTROSPECT, UPLOAD,
+                 DOWNLOAD, KERNEL_OUTPUT, "*")
 
 
 @dataclass

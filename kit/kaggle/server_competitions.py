@@ -22,6 +22,11 @@ def made_today(submissions: list[dict]) -> int:
     return sum(s["date"].startswith(today) for s in submissions)
 
 
+# A fault of CreateSubmission's answer: 5xx once the submission is made (the answer lost after the fact),
+# 200 an answer without its ref, 204 a "success" that made nothing (each seen from Kaggle).
+MADE = "CreateSubmission.made"
+
+
 class _ApiError(Exception):
     """An RPC's error answer: HTTP status, message (and Retry-After for 429/503)."""
 
@@ -57,9 +62,15 @@ class CompetitionRpcs:
         self._json({"token": token, "createUrl": f"http://{host}/upload/{token}"})
 
     def _rpc_CreateSubmission(self, request: dict, user: str) -> None:
+        made = self.standin.take_fault(MADE) if self.standin.faults.get(MADE) else None
+        answer = {"message": "Successfully submitted to the local stand-in"}
+        if made is not None and made.status == 204:     # "success", and nothing made (kaggle-cli issue 148)
+            return self._json(answer)
         sub = self.standin.create_submission(request.get("blobFileTokens", ""),
                                              request.get("submissionDescription") or "", user)
-        self._json({"message": "Successfully submitted to the local stand-in", "ref": sub["ref"]})
+        if made is not None and made.status >= 400:     # made, then the answer lost: a 5xx, as Kaggle may
+            raise _ApiError(made.status, f"HTTP {made.status} after the submission was made (injected)")
+        self._json(answer if made is not None else {**answer, "ref": sub["ref"]})     # 200: made, no ref
 
     def _rpc_ListSubmissions(self, request: dict, user: str) -> None:
         with self.standin.lock:

@@ -73,9 +73,10 @@ def _why(e: Exception, ledger: Path) -> str:
 def submit(csv_path, message: str, competition: str = DEFAULT_COMPETITION, data_dir=None, wait: bool = False,
            ledger="submissions/ledger.csv", endpoint: str | None = None, timeout: float = 1800.0,
            poll: float | None = None, env: dict | None = None, log=None, where: str | None = None,
-           note: str | None = None, recorded=None) -> dict:
+           note=None, recorded=None) -> dict:
     """Validate, submit (retrying 429/5xx), optionally wait for the score; returns the ledger row.
-    note: a line to `log` once every check has passed, just before the send. recorded(): called once the
+    note: a line to `log` once every check has passed, just before the send (or a function giving it
+    then, or None). recorded(): called once the
     accepted submission's PENDING row is in the ledger, before the wait for its score (`kit submit`
     releases the ledger's sending lock there).
 
@@ -92,13 +93,14 @@ def submit(csv_path, message: str, competition: str = DEFAULT_COMPETITION, data_
 
 
 def _send(csv_path: Path, message, competition, data_dir, wait, ledger, endpoint, timeout, poll, env, log, where,
-          folder: Path, note: str | None = None, recorded=None) -> dict:
+          folder: Path, note=None, recorded=None) -> dict:
     """submit(), with a private folder for the copy of the CSV that is checked, hashed and sent."""
     when, where = now(), where or target(endpoint)
     sent, manifest, digest = _checked(csv_path, message, data_dir, ledger, {**os.environ, **(env or {})},
                                       (folder, when, competition, where))
-    if note and log:
-        log(note)
+    line = note() if callable(note) else note
+    if line and log:
+        log(line)
     row = {"time": when, "competition": competition, "file": str(csv_path), "sha256": digest,
            "message": message, "members": ";".join(map(str, manifest.members or [])), "vote": manifest.vote or "",
            "ref": "", "status": "", "public": "", "private": "",
@@ -203,7 +205,7 @@ def _check_manifest_matches(csv_path: Path, manifest: SubmissionManifest, digest
                        f"again, or delete {beside} and pass --data DIR to submit this CSV as it is")
 
 
-CLOCKS_APART = timedelta(minutes=10)      # how far Kaggle's clock may be behind this machine's
+CLOCKS_APART = timedelta(minutes=2)       # how far Kaggle's clock may be behind this machine's
 
 
 def _utc(stamp: str) -> datetime:
@@ -217,61 +219,84 @@ def _utc(stamp: str) -> datetime:
 
 
 def find_cut_off(csv_path, cut: dict, competition: str, ledger, endpoint: str | None = None, env=None, log=None,
-                 where: str | None = None, poll: float | None = None, wait: bool = True) -> dict | None:
+                 where: str | None = None) -> dict | None:
     """Whether a send cut off before its answer (kit.kaggle.ledger.interrupted_send's note line `cut`)
-    reached the competition: its submission list is read for one with the note's message and the CSV's
-    file name, dated from the note on (less CLOCKS_APART) and in no ledger row yet. Found: it is
-    recorded in `ledger` and beside the CSV as if the answer had come, and waited for until scored like
-    any recipe send (`wait`; else `kit scores` fetches the score); its row is returned. None: it never
-    arrived (sending it spends nothing twice).
-    KitError when the note has no message (an older kit's) or the list cannot be read."""
+    reached the competition: its submission list is read for one with the note's message, the CSV's
+    file name and size, dated from the note on (less CLOCKS_APART) and in no ledger row yet. Found: it
+    is recorded in `ledger` and beside the CSV as if the answer had come, and its row returned (a
+    PENDING one: await_score). None: it never arrived (sending it spends nothing twice). KitError when
+    the note has no message (an older kit's), the list cannot be read, or more than one could be it
+    (a teammate's send of a vote of the same name: the user looks)."""
     if not cut.get("message"):
         raise KitError("its note, from an older kit, has no message to find it by in the competition's list")
-    where = where or target(endpoint)
+    where, csv_path = where or target(endpoint), Path(csv_path)
     subs = call("list", {"competition": competition, "refs": []}, endpoint, env, log)["submissions"]
     frame = read_ledger(ledger)
     known = set(frame.loc[frame["target"] == where, "ref"])
-    since = _utc(cut["time"]) - CLOCKS_APART
-    hits = [sub for sub in subs if sub["description"] == cut["message"] and sub["file"] == Path(csv_path).name
-            and sub["date"] and _utc(sub["date"]) >= since and str(sub["ref"]) not in known]
+    since, size = _utc(cut["time"]) - CLOCKS_APART, csv_path.stat().st_size
+    hits = [sub for sub in subs if sub["description"] == cut["message"] and sub["file"] in ("", csv_path.name)
+            and sub.get("bytes") in (None, 0, size) and sub["date"] and _utc(sub["date"]) >= since
+            and str(sub["ref"]) not in known]
+    if len(hits) > 1:
+        raise KitError(f"{len(hits)} submissions in the list could be it (refs "
+                       f"{', '.join(str(sub['ref']) for sub in hits)}: the same message, file name and size)")
     if not hits:
         return None
-    sub = max(hits, key=lambda found: int(found["ref"]))
+    sub = hits[0]
     manifest = SubmissionManifest.beside(csv_path) or SubmissionManifest()
     row = {"time": cut["time"], "competition": competition, "file": str(csv_path), "sha256": cut["sha256"],
            "message": cut["message"], "members": ";".join(map(str, manifest.members or [])),
            "vote": manifest.vote or "", "ref": str(sub["ref"]), "status": sub["status"], "public": sub["public"],
            "private": sub["private"], "target": where, "error": sub["error"]}
     merge_rows(ledger, [row])
-    _note(Path(csv_path), row, ledger, log)
-    if wait and row["status"] == "PENDING":
-        done = call("wait", {"competition": competition, "ref": sub["ref"], "timeout": 1800.0,
-                             "poll": poll_interval() if poll is None else poll}, endpoint, env, log)
-        row.update({k: done[k] for k in ("status", "public", "private", "error")})
-        update_ledger(ledger, competition, row["ref"], {k: row[k] for k in ("status", "public", "private", "error")},
-                      target=where)
+    _note(csv_path, row, ledger, log)
     return row
+
+
+def await_score(row: dict, ledger, endpoint: str | None = None, env=None, log=None, poll: float | None = None,
+                timeout: float = 1800.0) -> dict:
+    """A PENDING ledger row (find_cut_off's) waited for until Kaggle scores it, and updated in the ledger;
+    returns the row. KitError when the wait fails (the PENDING row stays: `kit scores` refreshes it)."""
+    done = call("wait", {"competition": row["competition"], "ref": int(row["ref"]), "timeout": timeout,
+                         "poll": poll_interval() if poll is None else poll}, endpoint, env, log)
+    row = {**row, **{k: done[k] for k in ("status", "public", "private", "error")}}
+    update_ledger(ledger, row["competition"], row["ref"], {k: row[k] for k in ("status", "public", "private", "error")},
+                  target=row["target"])
+    return row
+
+
+def owed_scores(frame):
+    """Which ledger rows still await something from Kaggle: PENDING ones, and COMPLETE ones without a
+    public or private score (Kaggle hides the private score until the competition ends)."""
+    scored = frame["status"] == "COMPLETE"
+    return (frame["ref"] != "") & ((frame["status"] == "PENDING") |
+                                   (scored & ((frame["public"] == "") | (frame["private"] == ""))))
 
 
 def refresh_ledger(ledger, competition: str | None = None, endpoint: str | None = None, env=None, log=None) -> int:
     """Merge rows a failed recording left pending (kit.kaggle.pending), then fetch status and scores
-    of PENDING rows from Kaggle (or the stand-in); returns rows updated."""
+    of the rows owed them (owed_scores) from Kaggle (or the stand-in); returns rows updated."""
     merge_pending(ledger)
     frame = read_ledger(ledger)
     where = target(endpoint)
-    pending = frame[(frame["status"] == "PENDING") & (frame["ref"] != "") & (frame["target"] == where)]
+    owed = frame[owed_scores(frame) & (frame["target"] == where)]
     if competition:
-        pending = pending[pending["competition"] == competition]
+        owed = owed[owed["competition"] == competition]
     updated = 0
-    for comp, rows in pending.groupby("competition"):
+    for comp, rows in owed.groupby("competition"):
         refs = [int(r) for r in rows["ref"]]
         found = call("list", {"competition": comp, "refs": refs}, endpoint, env, log)["submissions"]
-        unknown = sorted(set(rows["ref"]) - {str(sub["ref"]) for sub in found}, key=int)
+        pending = rows[rows["status"] == "PENDING"]
+        unknown = sorted(set(pending["ref"]) - {str(sub["ref"]) for sub in found}, key=int)
         if unknown and log:     # a stand-in started again forgot them: they can never be scored there
             log(f"{comp}: {where} does not list submission(s) {', '.join(unknown)}; they stay PENDING in {ledger}")
+        had = {r["ref"]: r for r in rows.to_dict("records")}
         for sub in found:
-            if str(sub["ref"]) in set(rows["ref"]) and sub["status"] != "PENDING":
-                update_ledger(ledger, comp, sub["ref"], {k: sub[k] for k in ("status", "public", "private", "error")},
-                              target=where)
+            row = had.get(str(sub["ref"]))
+            if row is None or sub["status"] == "PENDING":
+                continue
+            news = {k: sub[k] for k in ("status", "public", "private", "error") if sub[k] != "" and sub[k] != row[k]}
+            if news:
+                update_ledger(ledger, comp, sub["ref"], news, target=where)
                 updated += 1
     return updated

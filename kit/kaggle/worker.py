@@ -13,10 +13,13 @@ import sys
 import time
 from pathlib import Path
 
+import requests
+
 from kit.errors import KitError
-from kit.kaggle.client import backoff, retries
+from kit.kaggle.client import RETRY_STATUSES, backoff, retries
 from kit.kaggle.credentials import CREDENTIALS_HELP, kaggle_json, kaggle_json_problem
 from kit.kaggle.kernel_ops import OPS as KERNEL_OPS
+from kit.kaggle.retrying import http_message, retry_after
 from kit.kaggle.retrying import retrying as _retrying
 
 
@@ -50,30 +53,36 @@ def _api(log):
     return api
 
 
+def _score(value) -> str:
+    """A score as the ledger writes it: '' while there is none (PENDING, or a private score Kaggle hides
+    until the competition ends); a score of 0 is a score."""
+    return "" if value is None or value == "" else str(value)
+
+
 def _sub_dict(s) -> dict:
-    return {"ref": s.ref, "status": s.status.name, "public": s.public_score or "", "private": s.private_score or "",
+    return {"ref": s.ref, "status": s.status.name, "public": _score(s.public_score), "private": _score(s.private_score),
             "error": s.error_description or "", "description": s.description or "", "file": s.file_name or "",
-            "date": s.date.isoformat() if s.date else ""}
+            "date": s.date.isoformat() if s.date else "", "bytes": s.total_bytes}
 
 
 def _list_submissions(client, competition: str, want: set | None, log, max_pages: int = 20) -> list[dict]:
     # optional: kagglesdk is imported only when talking to Kaggle
     from kagglesdk.competitions.types.competition_api_service import ApiListSubmissionsRequest
 
-    subs: dict[int, dict] = {}
-    token = ""
+    subs: dict[str, dict] = {}
+    token, page = "", 1
     for _ in range(max_pages):
         request = ApiListSubmissionsRequest()
         request.competition_name = competition
         request.page_size = 50
         request.page_token = token
-        if not token:
-            request.page = 1
+        if not token:           # the first page, or a server that pages by number (no token given back)
+            request.page = page
         response = _retrying("ListSubmissions", functools.partial(client.list_submissions, request), log)
-        fresh = [s for s in response.submissions if s.ref not in subs]
-        subs.update((s.ref, _sub_dict(s)) for s in fresh)
-        token = response.next_page_token
-        if not fresh or not token or (want and want <= set(subs)):
+        fresh = [s for s in response.submissions if str(s.ref) not in subs]
+        subs.update((str(s.ref), _sub_dict(s)) for s in fresh)
+        token, page = response.next_page_token or "", page + 1
+        if not fresh or (want and {str(w) for w in want} <= set(subs)):
             break
     return list(subs.values())
 
@@ -109,19 +118,66 @@ def _op_submit(api, p: dict, log, emit) -> dict:
         create.competition_name = p["competition"]
         create.blob_file_tokens = upload.token
         create.submission_description = p["message"]
-        response = _retrying("CreateSubmission", lambda: client.create_submission(create), log)
-        ref = response.ref
-        if not ref:   # older servers answer without a ref: find it by description and file name
-            for sub in _list_submissions(client, p["competition"], None, log, max_pages=1):
-                if sub["description"] == p["message"] and sub["file"] == start.file_name:
-                    ref = sub["ref"]
-                    break
-        if not ref:
-            raise KitError(f"Kaggle did not confirm the submission ({response.message or 'no reference returned'})")
-    emit({"event": {"kind": "submitted", "ref": ref, "message": response.message}})
+        before = {s["ref"] for s in _list_submissions(client, p["competition"], None, log, max_pages=1)}
+        ref, message = _create(client, create, start.file_name, before, log)
+    emit({"event": {"kind": "submitted", "ref": ref, "message": message}})
     if not p.get("wait"):
-        return {"ref": ref, "message": response.message}
+        return {"ref": ref, "message": message}
     return _op_wait(api, dict(p, ref=ref), log, emit)
+
+
+def _create(client, create, file_name: str, before: set, log) -> tuple[str, str]:
+    """CreateSubmission, which is not idempotent: an answer lost to a 5xx or a dropped connection may
+    come after Kaggle made the submission, so before any retry the list is read for a new one (a ref
+    not among `before`, the list read just before) of this message and file name; one found is the
+    answer. An answer without a ref is found the same way (never an older submission of that message).
+    Returns (ref, Kaggle's message)."""
+    attempts = retries()
+    for attempt in range(attempts + 1):
+        try:
+            response = client.create_submission(create)
+        except (requests.HTTPError, requests.ConnectionError, requests.Timeout) as e:
+            status = getattr(getattr(e, "response", None), "status_code", None)
+            if status is not None and status not in RETRY_STATUSES:
+                raise KitError(http_message("CreateSubmission", status, e, attempt)) from None
+            made = status != 429 and _made(client, create, file_name, before, log)
+            if made:
+                log(f"CreateSubmission: the answer was lost ({status or 'connection failed'}), but the submission "
+                    f"was made: ref {made['ref']}")
+                return made["ref"], "made (the answer was lost)"
+            if attempt == attempts:
+                raise KitError(f"CreateSubmission failed {attempts + 1} times ({status or 'connection failed'}); "
+                               "no new submission of it is in the competition's list") from None
+            delay = (retry_after(e.response) if status == 429 else None) or backoff() * 2 ** attempt
+            what = f"Kaggle answered HTTP {status} to CreateSubmission" if status else \
+                "CreateSubmission: connection failed"
+            log(f"{what}; retry {attempt + 1}/{attempts} in {delay:.2g}s")
+            time.sleep(delay)
+            continue
+        made = {"ref": response.ref} if response.ref else _made(client, create, file_name, before, log, looks=4)
+        if not made:
+            raise KitError(f"Kaggle did not confirm the submission ({response.message or 'no reference returned'}), "
+                           "and no new submission of it is in the competition's list")
+        return made["ref"], response.message or ""
+    raise AssertionError("unreachable")
+
+
+def _made(client, create, file_name: str, before: set, log, looks: int = 2) -> dict | None:
+    """The submission this CreateSubmission made, if the list shows one: new since `before`, of its
+    message and file name (a server may leave the name out); looked for `looks` times, a backoff apart
+    (a list may lag the create). The newest when several."""
+    for look in range(looks):
+        if look:
+            time.sleep(backoff() * 2 ** (look - 1))
+        subs = _list_submissions(client, create.competition_name, None, log, max_pages=1)
+        new = [s for s in subs if s["ref"] not in before and s["description"] == create.submission_description
+               and s["file"] in ("", file_name)]
+        if new:
+            return max(new, key=lambda s: int(s["ref"]))
+    return None
+
+
+UNLISTED_GRACE = 60.0       # seconds a new ref may be missing from the list before the wait gives up
 
 
 def _op_wait(api, p: dict, log, emit=None) -> dict:
@@ -129,12 +185,14 @@ def _op_wait(api, p: dict, log, emit=None) -> dict:
     poll = float(p["poll"])
     with api.build_kaggle_client() as kaggle:
         client = kaggle.competitions.competition_api_client
-        polls = 0
+        polls, began = 0, time.monotonic()
         while True:
             subs = _list_submissions(client, p["competition"], {p["ref"]}, log)
-            sub = next((s for s in subs if s["ref"] == p["ref"]), None)
-            if sub is None:
+            sub = next((s for s in subs if str(s["ref"]) == str(p["ref"])), None)
+            if sub is None and time.monotonic() - began > UNLISTED_GRACE:
                 raise KitError(f"submission {p['ref']} is not in {p['competition']}'s submission list")
+            if sub is None:             # a list may lag the create: as PENDING, for a while
+                sub = {"ref": p["ref"], "status": "PENDING", "public": "", "private": "", "error": ""}
             if sub["status"] != "PENDING":
                 return sub
             left = deadline - time.monotonic()
