@@ -24,6 +24,7 @@ from kit.kaggle.ledger import find_submitted, interrupted_send
 from kit.kaggle.ledger import sending as ledger_sending
 from kit.kaggle.pending import merge_pending
 from kit.kaggle.server import FAULT_TARGETS, StandIn
+from kit.kaggle.server_competitions import MADE
 from kit.kaggle.submissions import find_cut_off, owed_scores
 from kit.layout import data_competition, is_synthetic, read_layout, synth_marker
 from kit.names import check_competition
@@ -262,10 +263,11 @@ def _parse_fault(spec: str):
     except (IndexError, ValueError):
         raise KitError(f"--fail {spec!r}: expected METHOD:STATUS[:COUNT[:RETRY_AFTER]], "
                        "e.g. CreateSubmission:429:2:1") from None
-    if not (400 <= status <= 599 and count >= 1 and (retry_after is None or 0 <= retry_after < math.inf)
+    answered = method == MADE and status in (200, 204)      # an answer without its ref, or a "success" of nothing
+    if not ((400 <= status <= 599 or answered) and count >= 1 and (retry_after is None or 0 <= retry_after < math.inf)
             and len(parts) <= 4):
-        raise KitError(f"--fail {spec!r}: STATUS an HTTP error (400-599), COUNT 1 or more, RETRY_AFTER seconds "
-                       "(0 or more), nothing after them")
+        raise KitError(f"--fail {spec!r}: STATUS an HTTP error (400-599; {MADE} also 200 or 204), COUNT 1 or "
+                       "more, RETRY_AFTER seconds (0 or more), nothing after them")
     if method not in FAULT_TARGETS:     # a fault for a method nobody calls would never fire
         raise KitError(f"--fail {spec!r}: unknown method {method!r}; known: {', '.join(FAULT_TARGETS)}")
     return method, status, count, retry_after
