@@ -774,3 +774,17 @@ def test_a_403_keeps_kaggles_own_reason(kaggle_env, standin, sub, capsys):
     code, _, err = kit(capsys, *submit_args(sub, standin))
     line = one_error_line(err)
     assert code == 2 and "HTTP 403: Permission denied" in line and "if it is the rules" in line, line
+
+
+def test_a_wait_is_bounded_while_one_http_call_hangs(kaggle_env, monkeypatch):
+    """The client sets no timeout of its own: a server that takes the connection and never answers hung
+    `--wait` (and `kit scores`) past --timeout for ever."""
+    import kit.kaggle.client as client_module
+
+    monkeypatch.setattr(client_module, "STALLED", 1.0)
+    with socket.socket() as silent:                 # accepts, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        with pytest.raises(KitError, match="did not answer within --timeout 1s"):      # stopped, not hung
+            call("wait", {"competition": COMP, "ref": 1, "timeout": 1.0, "poll": 0.1}, url)

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import urllib.parse
 
 from kit.env import check_stopped, die_with_parent
@@ -96,6 +97,9 @@ def _worker_env(endpoint: str | None, overrides: dict | None) -> dict:
     return env
 
 
+STALLED = 120.0     # seconds past a wait's --timeout after which a worker stuck in one HTTP call is stopped
+
+
 def call(op: str, params: dict, endpoint: str | None = None, env: dict | None = None, log=None,
          on_event=None) -> dict:
     """Run one operation in a worker process; its log lines go to `log`, its failure is a KitError.
@@ -116,6 +120,13 @@ def call(op: str, params: dict, endpoint: str | None = None, env: dict | None = 
         proc.stdin.write(json.dumps({"op": op, "params": params}))
         proc.stdin.close()
         result, error = None, None
+        # A wait is bounded by its timeout even while one HTTP call hangs (the client sets no timeout of
+        # its own): the worker is stopped STALLED seconds after it, and the row stays as it was.
+        bounded = op in ("submit", "wait")
+        watchdog = threading.Timer(float(params["timeout"]) + STALLED, proc.kill) if bounded else None
+        if watchdog is not None:
+            watchdog.daemon = True
+            watchdog.start()
         for line in proc.stdout:
             try:
                 msg = json.loads(line)
@@ -127,6 +138,11 @@ def call(op: str, params: dict, endpoint: str | None = None, env: dict | None = 
                 on_event(msg["event"])
             result, error = msg.get("result", result), msg.get("error", error)
         proc.wait()
+        if watchdog is not None:
+            watchdog.cancel()
+            if result is None and error is None and proc.returncode == -9:
+                raise KitError(f"{op}: Kaggle did not answer within --timeout {float(params['timeout']):g}s "
+                               f"(and {STALLED:g}s more); stopped waiting")
         if error is not None:
             raise KitError(scrub(error, hidden))
         if result is None:
