@@ -121,9 +121,11 @@ def call(op: str, params: dict, endpoint: str | None = None, env: dict | None = 
         proc.stdin.close()
         result, error = None, None
         # A wait is bounded by its timeout even while one HTTP call hangs (the client sets no timeout of
-        # its own): the worker is stopped STALLED seconds after it, and the row stays as it was.
-        bounded = op in ("submit", "wait")
-        watchdog = threading.Timer(float(params["timeout"]) + STALLED, proc.kill) if bounded else None
+        # its own): the worker is stopped STALLED seconds after it, and the row stays as it was; a list
+        # (`kit scores`) after 5 x STALLED.
+        limit = float(params["timeout"]) + STALLED if op in ("submit", "wait") else 5 * STALLED if op == "list" \
+            else None
+        watchdog = threading.Timer(limit, proc.kill) if limit is not None else None
         if watchdog is not None:
             watchdog.daemon = True
             watchdog.start()
@@ -141,8 +143,9 @@ def call(op: str, params: dict, endpoint: str | None = None, env: dict | None = 
         if watchdog is not None:
             watchdog.cancel()
             if result is None and error is None and proc.returncode == -9:
-                raise KitError(f"{op}: Kaggle did not answer within --timeout {float(params['timeout']):g}s "
-                               f"(and {STALLED:g}s more); stopped waiting")
+                within = f"--timeout {float(params['timeout']):g}s (and {STALLED:g}s more)" if "timeout" in params \
+                    else f"{limit:g}s"
+                raise KitError(f"{op}: Kaggle did not answer within {within}; stopped waiting")
         if error is not None:
             raise KitError(scrub(error, hidden))
         if result is None:
