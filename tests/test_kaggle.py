@@ -254,7 +254,7 @@ def test_credentials_never_appear(kaggle_env, standin, sub, monkeypatch, capsys)
     monkeypatch.delenv("KAGGLE_KEY")
     monkeypatch.setenv("KAGGLE_API_TOKEN", FAKE_TOKEN)
     outputs.append(kit(capsys, *submit_args(sub, standin, "--wait")))
-    standin.inject("ListSubmissions", 401)
+    standin.inject("ListSubmissions", 401, count=2)      # the look before the create, then the wait's
     outputs.append(kit(capsys, *submit_args(sub, standin, "--wait")))
     assert [o[0] for o in outputs] == [0, 2, 2, 0, 0, 2]
     assert "IntrospectToken" in standin.calls
@@ -788,3 +788,14 @@ def test_a_wait_is_bounded_while_one_http_call_hangs(kaggle_env, monkeypatch):
         url = f"http://127.0.0.1:{silent.getsockname()[1]}"
         with pytest.raises(KitError, match="did not answer within --timeout 1s"):      # stopped, not hung
             call("wait", {"competition": COMP, "ref": 1, "timeout": 1.0, "poll": 0.1}, url)
+
+
+def test_an_outage_longer_than_the_retries_is_waited_out_until_the_timeout(kaggle_env, standin, sub, capsys):
+    """A list failing past the retries (about a minute at the default backoff) ended --wait long before
+    its --timeout; the wait now goes on, and the score comes."""
+    standin.pending_polls = 1
+    submitted = standin.calls.count("ListSubmissions")
+    standin.inject("ListSubmissions", 503, count=12)            # more than two rounds of retries
+    code, _, err = kit(capsys, *submit_args(sub, standin, "--wait"))
+    assert code == 0 and "still waiting for submission" in err, err
+    assert ledger_rows(sub)[0]["status"] == "COMPLETE" and standin.calls.count("ListSubmissions") - submitted > 12

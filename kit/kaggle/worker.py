@@ -118,7 +118,12 @@ def _op_submit(api, p: dict, log, emit) -> dict:
         create.competition_name = p["competition"]
         create.blob_file_tokens = upload.token
         create.submission_description = p["message"]
-        before = {s["ref"] for s in _list_submissions(client, p["competition"], None, log, max_pages=1)}
+        try:
+            before: set | None = {s["ref"] for s in _list_submissions(client, p["competition"], None, log,
+                                                                      max_pages=1)}
+        except KitError as e:   # the list is down: the submission goes on, without a lost answer's lookup
+            log(f"{e}; submitting without a list to look a lost answer up in")
+            before = None
         ref, message = _create(client, create, start.file_name, before, log)
     emit({"event": {"kind": "submitted", "ref": ref, "message": message}})
     if not p.get("wait"):
@@ -126,7 +131,7 @@ def _op_submit(api, p: dict, log, emit) -> dict:
     return _op_wait(api, dict(p, ref=ref), log, emit)
 
 
-def _create(client, create, file_name: str, before: set, log) -> tuple[str, str]:
+def _create(client, create, file_name: str, before: set | None, log) -> tuple[str, str]:
     """CreateSubmission, which is not idempotent: an answer lost to a 5xx or a dropped connection may
     come after Kaggle made the submission, so before any retry the list is read for a new one (a ref
     not among `before`, the list read just before) of this message and file name; one found is the
@@ -140,7 +145,12 @@ def _create(client, create, file_name: str, before: set, log) -> tuple[str, str]
             status = getattr(getattr(e, "response", None), "status_code", None)
             if status is not None and status not in RETRY_STATUSES:
                 raise KitError(http_message("CreateSubmission", status, e, attempt)) from None
-            made = status != 429 and _made(client, create, file_name, before, log)
+            try:
+                made = status != 429 and _made(client, create, file_name, before, log)
+            except KitError as listing:
+                raise KitError(f"CreateSubmission's answer was lost ({status or 'connection failed'}) and the "
+                               f"list cannot tell whether it was made ({listing}): look at the competition's "
+                               "submissions before sending it again") from None
             if made:
                 log(f"CreateSubmission: the answer was lost ({status or 'connection failed'}), but the submission "
                     f"was made: ref {made['ref']}")
@@ -162,10 +172,12 @@ def _create(client, create, file_name: str, before: set, log) -> tuple[str, str]
     raise AssertionError("unreachable")
 
 
-def _made(client, create, file_name: str, before: set, log, looks: int = 2) -> dict | None:
+def _made(client, create, file_name: str, before: set | None, log, looks: int = 2) -> dict | None:
     """The submission this CreateSubmission made, if the list shows one: new since `before`, of its
     message and file name (a server may leave the name out); looked for `looks` times, a backoff apart
-    (a list may lag the create). The newest when several."""
+    (a list may lag the create). The newest when several. None without `before` (the list was down)."""
+    if before is None:
+        return None
     for look in range(looks):
         if look:
             time.sleep(backoff() * 2 ** (look - 1))
@@ -187,7 +199,13 @@ def _op_wait(api, p: dict, log, emit=None) -> dict:
         client = kaggle.competitions.competition_api_client
         polls, began = 0, time.monotonic()
         while True:
-            subs = _list_submissions(client, p["competition"], {p["ref"]}, log)
+            try:
+                subs = _list_submissions(client, p["competition"], {p["ref"]}, log)
+            except KitError as e:       # an outage longer than the retries (5xx, no connection): waited out
+                if deadline - time.monotonic() <= 0 or " attempts" not in str(e):
+                    raise
+                log(f"{e}; still waiting for submission {p['ref']}")
+                subs = [{"ref": p["ref"], "status": "PENDING", "public": "", "private": "", "error": ""}]
             sub = next((s for s in subs if str(s["ref"]) == str(p["ref"])), None)
             if sub is None and time.monotonic() - began > UNLISTED_GRACE:
                 raise KitError(f"submission {p['ref']} is not in {p['competition']}'s submission list")
