@@ -799,3 +799,16 @@ def test_an_outage_longer_than_the_retries_is_waited_out_until_the_timeout(kaggl
     code, _, err = kit(capsys, *submit_args(sub, standin, "--wait"))
     assert code == 0 and "still waiting for submission" in err, err
     assert ledger_rows(sub)[0]["status"] == "COMPLETE" and standin.calls.count("ListSubmissions") - submitted > 12
+
+
+def test_a_submission_dated_with_a_zone_after_its_fractional_seconds_is_read_in_utc():
+    """kagglesdk drops a zone that follows fractional seconds: a cut-off send dated `...21.259-05:00` read
+    as five hours before it was sent, so it was not found, and it was sent again (probe 26)."""
+    from datetime import datetime
+
+    from kit.kaggle.worker import iso_utc
+
+    utc = datetime(2026, 12, 6, 11, 11, 21, 259000)
+    assert iso_utc("2026-12-06T06:11:21.259-05:00") == utc == iso_utc("2026-12-06T11:11:21.259Z")
+    assert iso_utc("2026-12-06T13:11:21.259+0200") == utc and iso_utc("2026-12-06T11:11:21.2590001") == utc
+    assert iso_utc("2026-12-06") == datetime(2026, 12, 6)

@@ -9,8 +9,10 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import sys
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import requests
@@ -32,6 +34,31 @@ def config_dir_ready() -> None:
         os.makedirs(folder, exist_ok=True)
     except OSError:
         pass                    # unwritable: the client's own import reports it
+
+
+_STAMP = re.compile(r"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(\.\d+)?(Z|[+-]\d{2}:?\d{2})?")
+
+
+def iso_utc(text: str) -> datetime:
+    """An ISO 8601 time as kagglesdk's naive UTC datetime, its zone applied. kagglesdk's own reader drops
+    a zone that follows fractional seconds (`...21.259-05:00` read as 21:11 UTC, five hours early), so a
+    cut-off send dated so was taken for one before it was sent, and sent again."""
+    found = _STAMP.fullmatch(text.strip())
+    if not found:               # a form of its own (a date alone): read as kagglesdk reads it
+        return datetime.fromisoformat(text.strip().rstrip("Z"))
+    base, fraction, zone = found.groups()
+    when = datetime.fromisoformat(base + (fraction or "")[:7])        # microseconds at most
+    if zone and zone != "Z":
+        sign = -1 if zone[0] == "-" else 1
+        hours, minutes = int(zone[1:3]), int(zone[-2:])
+        when -= sign * timedelta(hours=hours, minutes=minutes)
+    return when
+
+
+def _dates_keep_their_zone() -> None:
+    from kagglesdk.kaggle_object import DateTimeSerializer
+
+    DateTimeSerializer._from_str = staticmethod(iso_utc)
 
 
 def _api(log):
@@ -254,6 +281,7 @@ def main() -> int:
         out.flush()
 
     try:
+        _dates_keep_their_zone()
         api = _api(lambda line: emit({"log": line}))
         op = {**_OPS, **KERNEL_OPS}[request["op"]]
         emit({"result": op(api, request["params"], lambda line: emit({"log": line}), emit)})
