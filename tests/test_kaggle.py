@@ -812,3 +812,19 @@ def test_a_submission_dated_with_a_zone_after_its_fractional_seconds_is_read_in_
     assert iso_utc("2026-12-06T06:11:21.259-05:00") == utc == iso_utc("2026-12-06T11:11:21.259Z")
     assert iso_utc("2026-12-06T13:11:21.259+0200") == utc and iso_utc("2026-12-06T11:11:21.2590001") == utc
     assert iso_utc("2026-12-06") == datetime(2026, 12, 6)
+
+
+def test_a_status_kagglesdk_does_not_know_is_pending_not_a_failed_list(monkeypatch):
+    """One submission with a status the client's enum lacks (`RUNNING`), or sent as a number, failed
+    the whole list, and with it every --wait and `kit scores` (probe 26)."""
+    from kagglesdk.competitions.types.competition_api_service import ApiSubmission
+    from kagglesdk.competitions.types.submission_status import SubmissionStatus
+    from kagglesdk.kaggle_object import DateTimeSerializer, EnumSerializer
+
+    from kit.kaggle.worker import _read_as_kaggle_might_send
+
+    monkeypatch.setattr(EnumSerializer, "_from_str", EnumSerializer._from_str)       # restored after the test
+    monkeypatch.setattr(DateTimeSerializer, "_from_str", DateTimeSerializer._from_str)
+    _read_as_kaggle_might_send()
+    read = [ApiSubmission.from_dict({"ref": 7, "status": status}).status for status in ("RUNNING", 1, "complete")]
+    assert read == [SubmissionStatus.PENDING, SubmissionStatus.COMPLETE, SubmissionStatus.COMPLETE]

@@ -55,10 +55,31 @@ def iso_utc(text: str) -> datetime:
     return when
 
 
-def _dates_keep_their_zone() -> None:
-    from kagglesdk.kaggle_object import DateTimeSerializer
+def _read_as_kaggle_might_send() -> None:
+    """kagglesdk's readers, made to take what a Kaggle-like server may send: a zone after fractional
+    seconds (iso_utc), an enum sent as its number, and a submission status it does not know, which
+    failed the whole list (`KeyError: 'RUNNING'`) and with it every wait and `kit scores`: one not
+    known is not scored yet, so PENDING."""
+    from kagglesdk.competitions.types.submission_status import SubmissionStatus
+    from kagglesdk.kaggle_object import DateTimeSerializer, EnumSerializer
 
     DateTimeSerializer._from_str = staticmethod(iso_utc)
+    named = EnumSerializer._from_str
+
+    def enum_from(cls, value):
+        if isinstance(value, int) and not isinstance(value, bool):
+            try:
+                return cls(value)
+            except ValueError:
+                pass
+        try:
+            return named(cls, value if isinstance(value, str) else str(value))
+        except KeyError:
+            if cls is SubmissionStatus:
+                return SubmissionStatus.PENDING
+            raise
+
+    EnumSerializer._from_str = staticmethod(enum_from)
 
 
 def _api(log):
@@ -281,7 +302,7 @@ def main() -> int:
         out.flush()
 
     try:
-        _dates_keep_their_zone()
+        _read_as_kaggle_might_send()
         api = _api(lambda line: emit({"log": line}))
         op = {**_OPS, **KERNEL_OPS}[request["op"]]
         emit({"result": op(api, request["params"], lambda line: emit({"log": line}), emit)})
