@@ -234,7 +234,7 @@ def test_listing_follows_pages(kaggle_env, standin, sub, capsys):
         standin.submissions.append(dict(standin.submissions[0], ref=5000 + i, polls=0))
     listed = standin.calls.count("ListSubmissions")
     found = call("list", {"competition": COMP, "refs": [first]}, standin.url)["submissions"]
-    assert first in {s["ref"] for s in found} and len(found) == 71
+    assert str(first) in {s["ref"] for s in found} and len(found) == 71
     assert standin.calls.count("ListSubmissions") - listed == 2
 
 
@@ -724,7 +724,7 @@ def test_a_create_whose_answer_is_lost_after_kaggle_made_it_is_not_sent_twice(ka
 
     standin.inject(MADE, 503)
     code, _, err = kit(capsys, *submit_args(sub, standin, "--wait"))
-    assert code == 0 and "the answer was lost (503), but the submission was made" in err, err
+    assert code == 0 and "the answer was lost (HTTP 503), but the submission was made" in err, err
     assert standin.calls.count("CreateSubmission") == 1 and len(standin.submissions) == 1
     [row] = ledger_rows(sub)
     assert row["ref"] == str(standin.submissions[0]["ref"]) and row["status"] == "COMPLETE"
@@ -828,3 +828,43 @@ def test_a_status_kagglesdk_does_not_know_is_pending_not_a_failed_list(monkeypat
     _read_as_kaggle_might_send()
     read = [ApiSubmission.from_dict({"ref": 7, "status": status}).status for status in ("RUNNING", 1, "complete")]
     assert read == [SubmissionStatus.PENDING, SubmissionStatus.COMPLETE, SubmissionStatus.COMPLETE]
+
+
+def test_a_send_kit_cannot_tell_was_made_is_looked_up_not_sent_again(kaggle_env, standin, sub, tiny_data,
+                                                                     capsys):
+    """Probe 27: an answer lost while kit could not read the list (down before the create) was retried
+    blindly (two submissions), or, refused, left a FAILED row that a re-run sent again. Now the attempt
+    is FAILED saying it may have been made, and a re-run looks it up first: found, not sent again."""
+    from kit.kaggle.client import MAYBE_MADE
+    from kit.kaggle.server_competitions import MADE
+
+    standin.inject("ListSubmissions", 503, count=4)            # the look before the create fails
+    standin.inject(MADE, 503)                                   # made, and the answer lost
+    code, _, err = kit(capsys, *submit_args(sub, standin))
+    assert code == 2 and MAYBE_MADE in one_error_line(err) and standin.calls.count("CreateSubmission") == 1
+    [row] = ledger_rows(sub)
+    assert row["status"] == "FAILED" and MAYBE_MADE in row["error"]
+    again = recipe_submit(sub, "a re-run", tiny_data, submissions_dir=sub.parent, endpoint=standin.url)
+    assert again["ref"] == str(standin.submissions[0]["ref"]) and "not sent again" in again["reason"], again
+    assert standin.calls.count("CreateSubmission") == 1 and len(standin.submissions) == 1
+
+
+def test_refs_as_a_server_may_send_them_are_digits_in_the_ledger():
+    from kit.kaggle.worker import _ref
+
+    assert [_ref(v) for v in (500001, "500001", 500001.0, "500001.0")] == ["500001"] * 4
+
+
+def test_kit_scores_rewrites_the_ledger_once_however_many_rows_it_fills(kaggle_env, standin, tmp_path, tiny_data,
+                                                                         tiny_answers, capsys):
+    """Probe 27: one rewrite (and one backup) per filled row: eleven rows left no backup of the ledger as
+    it was before `kit scores`."""
+    folder = tmp_path / "submissions"
+    ledger = folder / "ledger.csv"
+    for k in range(3):
+        csv = write_submission(folder, tiny_answers, tiny_data, f"s{k}", wrong_every=k + 2)
+        assert kit(capsys, "submit", csv, "-m", csv.stem, "--ledger", ledger, "--endpoint", standin.url)[0] == 0
+    backups = len(list(folder.glob("ledger.csv.bak-*")))
+    code, out, err = kit(capsys, "scores", "--ledger", ledger, "--endpoint", standin.url)
+    assert code == 0 and set(read_ledger(ledger)["status"]) == {"COMPLETE"}, (out, err)
+    assert len(list(folder.glob("ledger.csv.bak-*"))) == backups + 1

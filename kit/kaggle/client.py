@@ -98,6 +98,7 @@ def _worker_env(endpoint: str | None, overrides: dict | None) -> dict:
 
 
 STALLED = 120.0     # seconds past a wait's --timeout after which a worker stuck in one HTTP call is stopped
+MAYBE_MADE = "it may have been made"     # in a failed send's error: a re-run looks it up before sending again
 
 
 def call(op: str, params: dict, endpoint: str | None = None, env: dict | None = None, log=None,
@@ -145,7 +146,8 @@ def call(op: str, params: dict, endpoint: str | None = None, env: dict | None = 
             if result is None and error is None and proc.returncode == -9:
                 within = f"--timeout {float(params['timeout']):g}s (and {STALLED:g}s more)" if "timeout" in params \
                     else f"{limit:g}s"
-                raise KitError(f"{op}: Kaggle did not answer within {within}; stopped waiting")
+                made = f"; {MAYBE_MADE}: look at the competition's submissions" if op == "submit" else ""
+                raise KitError(f"{op}: Kaggle did not answer within {within}; stopped waiting{made}")
         if error is not None:
             raise KitError(scrub(error, hidden))
         if result is None:

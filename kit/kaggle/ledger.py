@@ -16,6 +16,7 @@ from pathlib import Path
 from kit import env
 from kit.errors import KitError
 from kit.fsio import copy_file, file_lock, sha256_file, write_csv
+from kit.kaggle.client import MAYBE_MADE
 from kit.submission import submitted_note
 
 LEDGER_COLUMNS = ["time", "competition", "file", "sha256", "message", "members", "vote", "ref",
@@ -341,10 +342,14 @@ def _note_line(line: str) -> dict | None:
 
 
 def _has_row(ledger: str, digest: str, time: str) -> bool:
-    """Whether LEDGER holds a row of these bytes sent at TIME; a ledger that cannot be read counts as
-    holding it not (the send is then taken as cut off: nothing is sent again without a word)."""
+    """Whether LEDGER holds a row that answers a send of these bytes at TIME; a ledger that cannot be
+    read counts as holding it not (the send is then taken as cut off: nothing is sent again without a
+    word), and so does a FAILED row whose error says the submission may have been made (MAYBE_MADE:
+    its answer was lost and kit could not tell)."""
     try:
         frame = read_ledger(ledger)
     except KitError:
         return False
-    return bool(((frame["sha256"] == digest) & (frame["time"] == time)).any())
+    rows = frame[(frame["sha256"] == digest) & (frame["time"] == time)]
+    unsure = (rows["status"] == "FAILED") & rows["error"].str.contains(MAYBE_MADE, regex=False)
+    return bool((~unsure).any())

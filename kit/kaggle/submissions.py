@@ -205,7 +205,7 @@ def _check_manifest_matches(csv_path: Path, manifest: SubmissionManifest, digest
                        f"again, or delete {beside} and pass --data DIR to submit this CSV as it is")
 
 
-CLOCKS_APART = timedelta(minutes=2)       # how far Kaggle's clock may be behind this machine's
+CLOCKS_APART = timedelta(minutes=5)       # how far Kaggle's clock may be behind this machine's
 
 
 def _utc(stamp: str) -> datetime:
@@ -291,12 +291,15 @@ def refresh_ledger(ledger, competition: str | None = None, endpoint: str | None 
         if unknown and log:     # a stand-in started again forgot them: they can never be scored there
             log(f"{comp}: {where} does not list submission(s) {', '.join(unknown)}; they stay PENDING in {ledger}")
         had = {r["ref"]: r for r in rows.to_dict("records")}
+        news = []           # one rewrite of the ledger for them all (each rewrite keeps a backup)
         for sub in found:
             row = had.get(str(sub["ref"]))
             if row is None or sub["status"] == "PENDING":
                 continue
-            news = {k: sub[k] for k in ("status", "public", "private", "error") if sub[k] != "" and sub[k] != row[k]}
-            if news:
-                update_ledger(ledger, comp, sub["ref"], news, target=where)
-                updated += 1
+            fill = {k: sub[k] for k in ("status", "public", "private", "error") if sub[k] != "" and sub[k] != row[k]}
+            if fill:
+                news.append({**row, **fill})
+        if news:
+            merge_rows(ledger, news)        # fills empty fields, replaces PENDING: never takes a score back
+            updated += len(news)
     return updated

@@ -15,10 +15,8 @@ import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
-import requests
-
 from kit.errors import KitError
-from kit.kaggle.client import RETRY_STATUSES, backoff, retries
+from kit.kaggle.client import MAYBE_MADE, RETRY_STATUSES, backoff, retries
 from kit.kaggle.credentials import CREDENTIALS_HELP, kaggle_json, kaggle_json_problem
 from kit.kaggle.kernel_ops import OPS as KERNEL_OPS
 from kit.kaggle.retrying import http_message, retry_after
@@ -60,6 +58,7 @@ def _read_as_kaggle_might_send() -> None:
     seconds (iso_utc), an enum sent as its number, and a submission status it does not know, which
     failed the whole list (`KeyError: 'RUNNING'`) and with it every wait and `kit scores`: one not
     known is not scored yet, so PENDING."""
+    # optional: kagglesdk is imported only when talking to Kaggle
     from kagglesdk.competitions.types.submission_status import SubmissionStatus
     from kagglesdk.kaggle_object import DateTimeSerializer, EnumSerializer
 
@@ -108,7 +107,8 @@ def _score(value) -> str:
 
 
 def _sub_dict(s) -> dict:
-    return {"ref": s.ref, "status": s.status.name, "public": _score(s.public_score), "private": _score(s.private_score),
+    return {"ref": _ref(s.ref), "status": s.status.name, "public": _score(s.public_score),
+            "private": _score(s.private_score),
             "error": s.error_description or "", "description": s.description or "", "file": s.file_name or "",
             "date": s.date.isoformat() if s.date else "", "bytes": s.total_bytes}
 
@@ -167,9 +167,8 @@ def _op_submit(api, p: dict, log, emit) -> dict:
         create.blob_file_tokens = upload.token
         create.submission_description = p["message"]
         try:
-            before: set | None = {s["ref"] for s in _list_submissions(client, p["competition"], None, log,
-                                                                      max_pages=1)}
-        except KitError as e:   # the list is down: the submission goes on, without a lost answer's lookup
+            before: set | None = {s["ref"] for s in _list_submissions(client, p["competition"], None, log)}
+        except Exception as e:  # the list is down: the submission goes on; a lost answer is then not retried
             log(f"{e}; submitting without a list to look a lost answer up in")
             before = None
         ref, message = _create(client, create, start.file_name, before, log)
@@ -180,61 +179,83 @@ def _op_submit(api, p: dict, log, emit) -> dict:
 
 
 def _create(client, create, file_name: str, before: set | None, log) -> tuple[str, str]:
-    """CreateSubmission, which is not idempotent: an answer lost to a 5xx or a dropped connection may
-    come after Kaggle made the submission, so before any retry the list is read for a new one (a ref
-    not among `before`, the list read just before) of this message and file name; one found is the
-    answer. An answer without a ref is found the same way (never an older submission of that message).
-    Returns (ref, Kaggle's message)."""
+    """CreateSubmission, which is not idempotent: an answer lost (a 5xx, a dropped connection, a body cut
+    off or not JSON) may come after Kaggle made the submission, so before any retry the list is read
+    for a new one (a ref not among `before`, the list read just before) of this message and file name;
+    the one found is the answer. An answer without a ref is found the same way (never an older
+    submission of that message). When kit cannot tell (no `before`, two candidates, the list
+    unreadable), nothing is sent again and the error says MAYBE_MADE: a re-run looks it up first
+    (kit.kaggle.ledger.interrupted_send). Returns (ref, Kaggle's message)."""
     attempts = retries()
     for attempt in range(attempts + 1):
         try:
             response = client.create_submission(create)
-        except (requests.HTTPError, requests.ConnectionError, requests.Timeout) as e:
+        except Exception as e:      # requests' errors, and an answer cut off or not JSON (the client's own)
             status = getattr(getattr(e, "response", None), "status_code", None)
             if status is not None and status not in RETRY_STATUSES:
                 raise KitError(http_message("CreateSubmission", status, e, attempt)) from None
-            try:
-                made = status != 429 and _made(client, create, file_name, before, log)
-            except KitError as listing:
-                raise KitError(f"CreateSubmission's answer was lost ({status or 'connection failed'}) and the "
-                               f"list cannot tell whether it was made ({listing}): look at the competition's "
-                               "submissions before sending it again") from None
+            lost = f"HTTP {status}" if status else f"{type(e).__name__}"
+            made = status != 429 and _made(client, create, file_name, before, log, lost)
             if made:
-                log(f"CreateSubmission: the answer was lost ({status or 'connection failed'}), but the submission "
-                    f"was made: ref {made['ref']}")
+                log(f"CreateSubmission: the answer was lost ({lost}), but the submission was made: ref {made['ref']}")
                 return made["ref"], "made (the answer was lost)"
             if attempt == attempts:
-                raise KitError(f"CreateSubmission failed {attempts + 1} times ({status or 'connection failed'}); "
-                               "no new submission of it is in the competition's list") from None
-            delay = (retry_after(e.response) if status == 429 else None) or backoff() * 2 ** attempt
-            what = f"Kaggle answered HTTP {status} to CreateSubmission" if status else \
-                "CreateSubmission: connection failed"
+                raise KitError(f"CreateSubmission failed {attempts + 1} times ({lost}); no new submission of it is "
+                               "in the competition's list") from None
+            delay = (retry_after(getattr(e, "response", None)) if status == 429 else None) or backoff() * 2 ** attempt
+            what = f"Kaggle answered {lost} to CreateSubmission" if status else f"CreateSubmission: {lost}"
             log(f"{what}; retry {attempt + 1}/{attempts} in {delay:.2g}s")
             time.sleep(delay)
             continue
-        made = {"ref": response.ref} if response.ref else _made(client, create, file_name, before, log, looks=4)
+        made = {"ref": response.ref} if response.ref else \
+            _made(client, create, file_name, before, log, "no ref in the answer", looks=4)
         if not made:
             raise KitError(f"Kaggle did not confirm the submission ({response.message or 'no reference returned'}), "
                            "and no new submission of it is in the competition's list")
-        return made["ref"], response.message or ""
+        return _ref(made["ref"]), response.message or ""
     raise AssertionError("unreachable")
 
 
-def _made(client, create, file_name: str, before: set | None, log, looks: int = 2) -> dict | None:
-    """The submission this CreateSubmission made, if the list shows one: new since `before`, of its
+def _made(client, create, file_name: str, before: set | None, log, lost: str, looks: int = 4) -> dict | None:
+    """The submission this CreateSubmission made, if the list shows it: new since `before`, of its
     message and file name (a server may leave the name out); looked for `looks` times, a backoff apart
-    (a list may lag the create). The newest when several. None without `before` (the list was down)."""
+    (a list may lag the create), every page read (a list may be oldest first). None when none is
+    there; KitError (MAYBE_MADE) when kit cannot tell: no `before` (the list was down), two new ones
+    (another send of that message at once), the list unreadable."""
+    def unsure(why: str) -> KitError:
+        return KitError(f"CreateSubmission's answer was lost ({lost}) and {why}: {MAYBE_MADE}; look at the "
+                        "competition's submissions before sending it again")
+
     if before is None:
-        return None
+        return None if lost == "HTTP 429" else _raise(unsure("the list could not be read before it"))
     for look in range(looks):
         if look:
             time.sleep(backoff() * 2 ** (look - 1))
-        subs = _list_submissions(client, create.competition_name, None, log, max_pages=1)
+        try:
+            subs = _list_submissions(client, create.competition_name, None, log)
+        except Exception as e:
+            raise unsure(f"the list cannot tell ({e})") from None
         new = [s for s in subs if s["ref"] not in before and s["description"] == create.submission_description
                and s["file"] in ("", file_name)]
+        if len(new) > 1:
+            raise unsure(f"{len(new)} new submissions of that message are listed (refs "
+                         f"{', '.join(str(s['ref']) for s in new)})")
         if new:
-            return max(new, key=lambda s: int(s["ref"]))
+            return new[0]
     return None
+
+
+def _raise(error: Exception):
+    raise error
+
+
+def _ref(value) -> str:
+    """A submission ref as the ledger writes it: digits (a server may send 500001.0 or "500001")."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return str(int(number)) if number.is_integer() else str(value)
 
 
 UNLISTED_GRACE = 60.0       # seconds a new ref may be missing from the list before the wait gives up
