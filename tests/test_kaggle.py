@@ -868,3 +868,19 @@ def test_kit_scores_rewrites_the_ledger_once_however_many_rows_it_fills(kaggle_e
     code, out, err = kit(capsys, "scores", "--ledger", ledger, "--endpoint", standin.url)
     assert code == 0 and set(read_ledger(ledger)["status"]) == {"COMPLETE"}, (out, err)
     assert len(list(folder.glob("ledger.csv.bak-*"))) == backups + 1
+
+
+def test_retry_after_as_an_http_date_is_honoured():
+    """HTTP allows Retry-After as a date; it was ignored, and kit's own backoff (about a minute in all)
+    used instead of the wait the server asked for (probe 26)."""
+    import email.utils
+
+    from kit.kaggle.retrying import retry_after
+
+    class Answer:
+        def __init__(self, value: str):
+            self.headers = {"Retry-After": value}
+
+    later = email.utils.formatdate(time.time() + 30, usegmt=True)
+    assert 25 < retry_after(Answer(later)) <= 30 and retry_after(Answer("7")) == 7.0
+    assert retry_after(Answer("soon")) is None

@@ -2,8 +2,10 @@
 exponential backoff (honouring Retry-After), and one clear line for what cannot be retried."""
 from __future__ import annotations
 
+import email.utils
 import os
 import time
+from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
 import requests
@@ -41,11 +43,19 @@ def _host(url: str) -> str:
 
 
 def retry_after(response) -> float | None:
+    """A server's Retry-After, in seconds or as an HTTP date (both are HTTP's), bounded by
+    KIT_KAGGLE_MAX_RETRY_AFTER; None when there is none or it cannot be read."""
     value = response.headers.get("Retry-After") if response is not None else None
-    try:
-        return min(max(float(value), 0.0), max_retry_after()) if value is not None else None
-    except ValueError:
+    if value is None:
         return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = (email.utils.parsedate_to_datetime(value) - datetime.now(timezone.utc)).total_seconds()
+        except (TypeError, ValueError):
+            return None
+    return min(max(seconds, 0.0), max_retry_after())
 
 
 def _server_says(response) -> str:
