@@ -114,7 +114,9 @@ def _send(csv_path: Path, message, competition, data_dir, wait, ledger, endpoint
         if recorded is not None:
             recorded()
 
-    params = {"competition": competition, "file": str(sent.resolve()), "message": message,
+    frame = read_ledger(ledger)         # refs it holds are never taken for this send's (a lagging list)
+    known = sorted(set(frame.loc[(frame["target"] == where) & (frame["ref"] != ""), "ref"]))
+    params = {"competition": competition, "file": str(sent.resolve()), "message": message, "known": known,
               "wait": wait, "timeout": timeout, "poll": poll_interval() if poll is None else poll}
     try:
         done = call("submit", params, endpoint, env, log, on_event=submitted)

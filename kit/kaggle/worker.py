@@ -167,7 +167,8 @@ def _op_submit(api, p: dict, log, emit) -> dict:
         create.blob_file_tokens = upload.token
         create.submission_description = p["message"]
         try:
-            before: set | None = {s["ref"] for s in _list_submissions(client, p["competition"], None, log)}
+            before: set | None = {s["ref"] for s in _list_submissions(client, p["competition"], None, log)} | \
+                set(p.get("known") or [])      # the ledger's refs too: a list may lag a send made just before
         except Exception as e:  # the list is down: the submission goes on; a lost answer is then not retried
             log(f"{e}; submitting without a list to look a lost answer up in")
             before = None
