@@ -884,3 +884,22 @@ def test_retry_after_as_an_http_date_is_honoured():
     later = email.utils.formatdate(time.time() + 30, usegmt=True)
     assert 25 < retry_after(Answer(later)) <= 30 and retry_after(Answer("7")) == 7.0
     assert retry_after(Answer("soon")) is None
+
+
+def test_a_download_redirected_to_a_url_without_an_extension_is_still_the_zip(tmp_path):
+    """The client names the file after the redirect URL's extension; without one (`.../dl?name=x`) it
+    made folders of the URL and kit said the zip "is a folder" (probe 26)."""
+    from kit.kaggle.worker import _op_download
+
+    class Client:
+        def competition_download_files(self, competition, path, quiet=True):
+            folder = Path(path) / f"{competition}.1:9100" / "files"          # what the client makes of it
+            folder.mkdir(parents=True)
+            (folder / "dl").write_bytes(b"PK\x05\x06" + b"\x00" * 18)       # an empty zip
+
+    mine = tmp_path / f"{COMP}.notes"                                        # a folder of the user's: kept
+    mine.mkdir()
+    (mine / "keep.txt").write_text("mine")
+    got = _op_download(Client(), {"competition": COMP, "path": str(tmp_path)}, lambda line: None)
+    assert got == {"zip": str(tmp_path / f"{COMP}.zip")} and zipfile.is_zipfile(got["zip"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{COMP}.notes", f"{COMP}.zip"]

@@ -10,6 +10,7 @@ import functools
 import json
 import os
 import re
+import shutil
 import sys
 import time
 from datetime import datetime, timedelta
@@ -301,9 +302,18 @@ def _op_list(api, p: dict, log, emit=None) -> dict:
 def _op_download(api, p: dict, log, emit=None) -> dict:
     _retrying("DownloadDataFiles", lambda: api.competition_download_files(p["competition"], p["path"],
                                                                                   quiet=True), log)
-    # The client names the file <competition>.<extension of the redirect URL>; normally .zip.
-    found = sorted((f for f in Path(p["path"]).glob(f"{p['competition']}.*") if "partial" not in f.name),
-                   key=lambda f: (f.suffix == ".zip", f.stat().st_mtime))
+    # The client names the file <competition>.<extension of the redirect URL>; normally .zip. A URL
+    # without one (`.../dl?name=x`) makes it a path of folders below <competition>.<host...>/: the file
+    # at its end is taken, as <competition>.zip.
+    saved = [f for f in Path(p["path"]).glob(f"{p['competition']}.*") if "partial" not in f.name]
+    found = sorted((f for f in saved if f.is_file()), key=lambda f: (f.suffix == ".zip", f.stat().st_mtime))
+    nested = [(d, f) for d in saved if d.is_dir() for f in d.rglob("*") if f.is_file() and "partial" not in f.name]
+    if not found and nested:
+        top, newest = max(nested, key=lambda pair: pair[1].stat().st_mtime)
+        found = [Path(p["path"]) / f"{p['competition']}.zip"]
+        os.replace(newest, found[0])
+        if not any(f.is_file() for f in top.rglob("*")):      # only the folders the client made for it
+            shutil.rmtree(top, ignore_errors=True)
     if not found:
         raise KitError(f"DownloadDataFiles: the client saved no {p['competition']}.* file in {p['path']}")
     return {"zip": str(found[-1])}
