@@ -903,3 +903,37 @@ def test_a_download_redirected_to_a_url_without_an_extension_is_still_the_zip(tm
     got = _op_download(Client(), {"competition": COMP, "path": str(tmp_path)}, lambda line: None)
     assert got == {"zip": str(tmp_path / f"{COMP}.zip")} and zipfile.is_zipfile(got["zip"])
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"{COMP}.notes", f"{COMP}.zip"]
+
+
+def test_a_retry_refused_after_a_lost_answer_says_it_may_have_been_made(kaggle_env):
+    """Probe 28: a list lagging past kit's looks, the retry refused ("blob already used"): a plain FAILED
+    row, and the re-run sent the same bytes again. The refusal now says it may have been made."""
+    import requests
+
+    from kit.kaggle.client import MAYBE_MADE
+    from kit.kaggle.worker import _create, _ref
+
+    class Answer:
+        def __init__(self, status: int):
+            self.status_code, self.headers, self.text = status, {}, '{"message": "blob already used"}'
+
+        def json(self):
+            return {"message": "blob already used"}
+
+    class Lagging:                  # makes it, loses the answer, then refuses the retry; lists nothing yet
+        def __init__(self):
+            self.creates = 0
+
+        def create_submission(self, request):
+            self.creates += 1
+            raise requests.HTTPError(response=Answer(503 if self.creates == 1 else 400))
+
+        def list_submissions(self, request):
+            return type("Page", (), {"submissions": [], "next_page_token": ""})()
+
+    create = type("Create", (), {"competition_name": COMP, "submission_description": "m"})()
+    client = Lagging()
+    with pytest.raises(KitError) as refused:
+        _create(client, create, "sub.csv", set(), lambda line: None)
+    assert client.creates == 2 and MAYBE_MADE in str(refused.value) and "blob already used" in str(refused.value)
+    assert [_ref(v) for v in ("abc", -5, None, 0)] == ["", "", "", ""]

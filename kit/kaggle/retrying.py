@@ -3,6 +3,7 @@ exponential backoff (honouring Retry-After), and one clear line for what cannot 
 from __future__ import annotations
 
 import email.utils
+import math
 import os
 import time
 from datetime import datetime, timezone
@@ -55,7 +56,7 @@ def retry_after(response) -> float | None:
             seconds = (email.utils.parsedate_to_datetime(value) - datetime.now(timezone.utc)).total_seconds()
         except (TypeError, ValueError):
             return None
-    return min(max(seconds, 0.0), max_retry_after())
+    return min(max(seconds, 0.0), max_retry_after()) if math.isfinite(seconds) else None
 
 
 def _server_says(response) -> str:

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from kit import DEFAULT_COMPETITION
 from kit.errors import KitError
-from kit.kaggle.client import call, check_timing, poll_interval, target
+from kit.kaggle.client import backoff, call, check_timing, poll_interval, target
 from kit.kaggle.credentials import kaggle_json_problem
 from kit.kaggle.ledger import append_ledger, check_writable, merge_rows, now, read_ledger, update_ledger
 from kit.kaggle.pending import keep_pending, merge_pending
@@ -208,6 +209,7 @@ def _check_manifest_matches(csv_path: Path, manifest: SubmissionManifest, digest
 
 
 CLOCKS_APART = timedelta(minutes=5)       # how far Kaggle's clock may be behind this machine's
+LIST_LAG = timedelta(minutes=10)          # a send this recent may not be listed yet: looked for three times
 
 
 def _utc(stamp: str) -> datetime:
@@ -232,13 +234,19 @@ def find_cut_off(csv_path, cut: dict, competition: str, ledger, endpoint: str | 
     if not cut.get("message"):
         raise KitError("its note, from an older kit, has no message to find it by in the competition's list")
     where, csv_path = where or target(endpoint), Path(csv_path)
-    subs = call("list", {"competition": competition, "refs": []}, endpoint, env, log)["submissions"]
     frame = read_ledger(ledger)
     known = set(frame.loc[frame["target"] == where, "ref"])
     since, size = _utc(cut["time"]) - CLOCKS_APART, csv_path.stat().st_size
-    hits = [sub for sub in subs if sub["description"] == cut["message"] and sub["file"] in ("", csv_path.name)
-            and sub.get("bytes") in (None, 0, size) and sub["date"] and _utc(sub["date"]) >= since
-            and str(sub["ref"]) not in known]
+    recent = datetime.now(timezone.utc) - _utc(cut["time"]) < LIST_LAG
+    for look in range(3 if recent else 1):      # a list may lag a send made a moment ago
+        if look:
+            time.sleep(backoff() * 2 ** (look - 1))
+        subs = call("list", {"competition": competition, "refs": []}, endpoint, env, log)["submissions"]
+        hits = [sub for sub in subs if sub["ref"] and sub["description"] == cut["message"]
+                and sub["file"] in ("", csv_path.name) and sub.get("bytes") in (None, 0, size) and sub["date"]
+                and _utc(sub["date"]) >= since and str(sub["ref"]) not in known]
+        if hits:
+            break
     if len(hits) > 1:
         raise KitError(f"{len(hits)} submissions in the list could be it (refs "
                        f"{', '.join(str(sub['ref']) for sub in hits)}: the same message, file name and size)")

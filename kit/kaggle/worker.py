@@ -43,8 +43,11 @@ def iso_utc(text: str) -> datetime:
     a zone that follows fractional seconds (`...21.259-05:00` read as 21:11 UTC, five hours early), so a
     cut-off send dated so was taken for one before it was sent, and sent again."""
     found = _STAMP.fullmatch(text.strip())
-    if not found:               # a form of its own (a date alone): read as kagglesdk reads it
-        return datetime.fromisoformat(text.strip().rstrip("Z"))
+    if not found:               # a form of its own (a date alone) as kagglesdk reads it; none: no date
+        try:
+            return datetime.fromisoformat(text.strip().rstrip("Z"))
+        except ValueError:
+            return None         # type: ignore[return-value]  # one bad date must not fail the whole list
     base, fraction, zone = found.groups()
     when = datetime.fromisoformat(base + (fraction or "")[:7])        # microseconds at most
     if zone and zone != "Z":
@@ -188,14 +191,17 @@ def _create(client, create, file_name: str, before: set | None, log) -> tuple[st
     submission of that message). When kit cannot tell (no `before`, two candidates, the list
     unreadable), nothing is sent again and the error says MAYBE_MADE: a re-run looks it up first
     (kit.kaggle.ledger.interrupted_send). Returns (ref, Kaggle's message)."""
-    attempts = retries()
+    attempts, lost = retries(), ""
     for attempt in range(attempts + 1):
         try:
             response = client.create_submission(create)
         except Exception as e:      # requests' errors, and an answer cut off or not JSON (the client's own)
             status = getattr(getattr(e, "response", None), "status_code", None)
             if status is not None and status not in RETRY_STATUSES:
-                raise KitError(http_message("CreateSubmission", status, e, attempt)) from None
+                refused = http_message("CreateSubmission", status, e, attempt)
+                if lost:            # a retry refused ("blob already used"): the first may well have been made
+                    refused += f" after an answer lost ({lost}): {MAYBE_MADE}; look at the competition's submissions"
+                raise KitError(refused) from None
             lost = f"HTTP {status}" if status else f"{type(e).__name__}"
             made = status != 429 and _made(client, create, file_name, before, log, lost)
             if made:
@@ -209,8 +215,8 @@ def _create(client, create, file_name: str, before: set | None, log) -> tuple[st
             log(f"{what}; retry {attempt + 1}/{attempts} in {delay:.2g}s")
             time.sleep(delay)
             continue
-        made = {"ref": response.ref} if response.ref else \
-            _made(client, create, file_name, before, log, "no ref in the answer", looks=4)
+        made = {"ref": _ref(response.ref)} if _ref(response.ref) else \
+            _made(client, create, file_name, before, log, "no ref in the answer")
         if not made:
             raise KitError(f"Kaggle did not confirm the submission ({response.message or 'no reference returned'}), "
                            "and no new submission of it is in the competition's list")
@@ -218,12 +224,13 @@ def _create(client, create, file_name: str, before: set | None, log) -> tuple[st
     raise AssertionError("unreachable")
 
 
-def _made(client, create, file_name: str, before: set | None, log, lost: str, looks: int = 4) -> dict | None:
+def _made(client, create, file_name: str, before: set | None, log, lost: str, looks: int = 6) -> dict | None:
     """The submission this CreateSubmission made, if the list shows it: new since `before`, of its
-    message and file name (a server may leave the name out); looked for `looks` times, a backoff apart
-    (a list may lag the create), every page read (a list may be oldest first). None when none is
-    there; KitError (MAYBE_MADE) when kit cannot tell: no `before` (the list was down), two new ones
-    (another send of that message at once), the list unreadable."""
+    message and file name (a server may leave the name out); looked for `looks` times, the backoff
+    doubling (a list may lag the create: about a minute at the default backoff), every page read (a
+    list may be oldest first). None when none is there; KitError (MAYBE_MADE) when kit cannot tell: no
+    `before` (the list was down), two new ones (another send of that message at once), the list
+    unreadable."""
     def unsure(why: str) -> KitError:
         return KitError(f"CreateSubmission's answer was lost ({lost}) and {why}: {MAYBE_MADE}; look at the "
                         "competition's submissions before sending it again")
@@ -237,8 +244,8 @@ def _made(client, create, file_name: str, before: set | None, log, lost: str, lo
             subs = _list_submissions(client, create.competition_name, None, log)
         except Exception as e:
             raise unsure(f"the list cannot tell ({e})") from None
-        new = [s for s in subs if s["ref"] not in before and s["description"] == create.submission_description
-               and s["file"] in ("", file_name)]
+        new = [s for s in subs if s["ref"] and s["ref"] not in before
+               and s["description"] == create.submission_description and s["file"] in ("", file_name)]
         if len(new) > 1:
             raise unsure(f"{len(new)} new submissions of that message are listed (refs "
                          f"{', '.join(str(s['ref']) for s in new)})")
@@ -252,12 +259,13 @@ def _raise(error: Exception):
 
 
 def _ref(value) -> str:
-    """A submission ref as the ledger writes it: digits (a server may send 500001.0 or "500001")."""
+    """A submission ref as the ledger writes it: digits (a server may send 500001.0 or "500001"); ''
+    for one that is no submission number (none, "abc", -5): never recorded, never matched."""
     try:
         number = float(value)
     except (TypeError, ValueError):
-        return str(value)
-    return str(int(number)) if number.is_integer() else str(value)
+        return ""
+    return str(int(number)) if number.is_integer() and number > 0 else ""
 
 
 UNLISTED_GRACE = 60.0       # seconds a new ref may be missing from the list before the wait gives up
