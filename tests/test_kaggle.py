@@ -611,14 +611,17 @@ def test_a_cut_off_send_is_looked_up_in_the_competitions_list_before_a_recipe_se
     assert standin.calls.count("CreateSubmission") == 2
 
     by_hand = write_submission(tmp_path / "hand", tiny_answers, tiny_data, "mine", wrong_every=4)
-    args = submit_args(by_hand, standin)            # `kit submit` by hand: the one it finds is recorded, then sent
+    args = submit_args(by_hand, standin)            # `kit submit` by hand: the one it finds is recorded, not resent
     note_sending(by_hand, sha256_file(by_hand), by_hand.parent / "ledger.csv", now(), COMP, where, "test run")
     lost = call("submit", {"competition": COMP, "file": str(by_hand), "message": "test run", "wait": False,
                            "timeout": 10.0, "poll": 0.1}, standin.url)
-    code, _, err = kit(capsys, *args)
-    assert code == 0 and f"reached Kaggle: ref {lost['ref']}" in err and "spends another" in err, err
+    code, out, err = kit(capsys, *args)
+    assert code == 0 and f"reached Kaggle: ref {lost['ref']}" in err and "not sent again" in err, err
+    assert f"ref {lost['ref']}" in out and standin.calls.count("CreateSubmission") == 3    # probe 28: not twice
     refs = [r["ref"] for r in read_ledger(by_hand.parent / "ledger.csv").to_dict("records")]
-    assert refs[0] == str(lost["ref"]) and len(refs) == 2 and standin.calls.count("CreateSubmission") == 4
+    assert refs == [str(lost["ref"])]
+    code, _, err = kit(capsys, *args)               # asked again: sent, with the note that it spends another
+    assert code == 0 and "spends another" in err and standin.calls.count("CreateSubmission") == 4, err
 
 
 def _send_by_another(csv: Path, message: str, url: str, name: str | None = None, tmp: Path | None = None) -> dict:

@@ -25,7 +25,7 @@ from kit.kaggle.ledger import sending as ledger_sending
 from kit.kaggle.pending import merge_pending
 from kit.kaggle.server import FAULT_TARGETS, StandIn
 from kit.kaggle.server_competitions import MADE
-from kit.kaggle.submissions import find_cut_off, owed_scores
+from kit.kaggle.submissions import AlreadyMade, find_cut_off, owed_scores
 from kit.layout import data_competition, is_synthetic, read_layout, synth_marker
 from kit.names import check_competition
 from kit.records import SubmissionManifest
@@ -101,11 +101,16 @@ def cmd_submit(args: argparse.Namespace) -> int:
         _log(f"note: {args.csv} was voted on data of {made_for}; sending it to {args.competition}, as "
              "--competition says")
     args.competition = args.competition or made_for or DEFAULT_COMPETITION
-    with contextlib.ExitStack() as sending:     # another kit submit waits, then sees this one's row (and note)
-        sending.enter_context(ledger_sending(args.ledger, _log))
-        row = submit(args.csv, args.message, args.competition, data_dir=args.data, wait=args.wait,
-                     ledger=args.ledger, endpoint=args.endpoint, timeout=args.timeout, log=_log,
-                     note=_note_resend(args), recorded=sending.close)     # its row is written: not the score
+    try:
+        with contextlib.ExitStack() as sending:     # another kit submit waits, then sees this one's row (and note)
+            sending.enter_context(ledger_sending(args.ledger, _log))
+            row = submit(args.csv, args.message, args.competition, data_dir=args.data, wait=args.wait,
+                         ledger=args.ledger, endpoint=args.endpoint, timeout=args.timeout, log=_log,
+                         note=_note_resend(args), recorded=sending.close)     # its row is written: not the score
+    except AlreadyMade as made:
+        row = made.row
+        _log(f"not sent again: {args.csv}'s earlier send was made (ref {row['ref']}); run `kit submit` again to "
+             "send it once more (another of the day's submissions)")
     scores = f" public {row['public']} private {row['private']}" if row["public"] else ""
     print(f"submitted {args.csv} to {args.competition} ({row['target']}): ref {row['ref']} "
           f"{row['status']}{scores}")
@@ -137,7 +142,15 @@ def _note_resend(args: argparse.Namespace) -> Callable[[], str | None]:
         cut = interrupted_send(args.ledger, args.csv, args.competition, target(args.endpoint))
     except KitError:            # a damaged ledger or pending file: submit names it
         return lambda: None
-    return lambda: _resend_line(args, earlier if earlier is not None or cut is None else _looked_up(args, cut))
+    def note() -> str | None:
+        if earlier is not None or cut is None:
+            return _resend_line(args, earlier)
+        found = _looked_up(args, cut)
+        if found is not None:           # it was made: kit said to look before sending again, and it looked
+            raise AlreadyMade(found)
+        return None
+
+    return note
 
 
 def _looked_up(args: argparse.Namespace, cut: dict) -> dict | None:

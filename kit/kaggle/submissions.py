@@ -19,6 +19,15 @@ from kit.records import SubmissionManifest, manifest_path
 from kit.submission import note_sending, note_submitted, require_valid, snapshot_for_sending, submitted_note
 
 
+class AlreadyMade(Exception):
+    """Raised by a submission's `note` (kit submit's) when these bytes' earlier send, whose answer was
+    lost, is found made in the competition's list: `row`, its ledger row; nothing is sent again."""
+
+    def __init__(self, row: dict) -> None:
+        super().__init__(row.get("ref"))
+        self.row = row
+
+
 class _Recorder:
     """Puts a submission's row in the ledger, or, when the ledger cannot take it after Kaggle accepted
     the submission, in its pending file (kit.kaggle.pending) with one line on the log saying so."""
@@ -77,7 +86,7 @@ def submit(csv_path, message: str, competition: str = DEFAULT_COMPETITION, data_
            note=None, recorded=None) -> dict:
     """Validate, submit (retrying 429/5xx), optionally wait for the score; returns the ledger row.
     note: a line to `log` once every check has passed, just before the send (or a function giving it
-    then, or None). recorded(): called once the
+    then, or None; the function may raise AlreadyMade to send nothing). recorded(): called once the
     accepted submission's PENDING row is in the ledger, before the wait for its score (`kit submit`
     releases the ledger's sending lock there).
 
@@ -99,9 +108,10 @@ def _send(csv_path: Path, message, competition, data_dir, wait, ledger, endpoint
     when, where = now(), where or target(endpoint)
     sent, manifest, digest = _checked(csv_path, message, data_dir, ledger, {**os.environ, **(env or {})},
                                       (folder, when, competition, where))
-    line = note() if callable(note) else note
+    line = note() if callable(note) else note       # may raise AlreadyMade: nothing is sent, nothing noted
     if line and log:
         log(line)
+    note_sending(csv_path, digest, ledger, when, competition, where, message)
     row = {"time": when, "competition": competition, "file": str(csv_path), "sha256": digest,
            "message": message, "members": ";".join(map(str, manifest.members or [])), "vote": manifest.vote or "",
            "ref": "", "status": "", "public": "", "private": "",
@@ -193,7 +203,6 @@ def _checked(csv_path: Path, message: str, data_dir, ledger, env: dict,
     read_ledger(ledger)         # a damaged ledger stops us before anything is sent, not after
     check_writable(ledger)
     merge_pending(ledger)
-    note_sending(csv_path, digest, ledger, when, competition, where, message)
     return sent, manifest, digest
 
 
