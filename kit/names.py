@@ -15,13 +15,10 @@ MAX_NAME_BYTES = 200            # below the usual 255-byte limit, leaving room f
 # ledger and its backups, lock and pending file: kit.kaggle.ledger; scores.png: `kit scores`).
 # A submission named like one of them would land on it, or be taken for it.
 _SUBMISSION_RESERVED = re.compile(r"(ledger|scores)(\..*)?|.*_report", re.IGNORECASE)
-# What kit writes into RUNS/<recipe>/ beside the members: kit.rounds' pseudo-label folders,
-# fine-tuned copies and student; the Kaggle launcher's state and logs (kit.launch.kaggle_kernels).
-_MEMBER_RESERVED = re.compile(r"student|pseudo-\d+|.*-pl\d+|.*-refit|.*-lm|kaggle-kernels\.json|kaggle-logs",
-                              re.IGNORECASE)
-
-
+# What kit writes into RUNS/<recipe>/ beside the members: kit.rounds' stage runs (pseudo-label
+# folders, fine-tuned copies and student); the Kaggle launcher's state and logs (kit.launch.kaggle_kernels).
 _STAGE_RUN = re.compile(r"student|pseudo-\d+|.*-pl\d+|.*-refit|.*-lm", re.IGNORECASE)
+_MEMBER_RESERVED = re.compile(_STAGE_RUN.pattern + r"|kaggle-kernels\.json|kaggle-logs", re.IGNORECASE)
 
 
 def is_stage_run(name: str) -> bool:

@@ -16,22 +16,30 @@ from kit.errors import KitError
 from kit.kaggle.client import RETRY_STATUSES, backoff, max_retry_after, retries
 
 
+class RetriesSpent(KitError):
+    """A call still failing once its retries are spent (429/5xx, no connection): an outage, which a
+    wait may sit out, unlike a refusal."""
+
+
 def retrying(what: str, fn, log):
-    """Call fn, retrying 429/5xx and connection errors with capped exponential backoff."""
+    """Call fn, retrying 429/5xx and connection errors with capped exponential backoff (RetriesSpent
+    when they are spent)."""
     attempts = retries()
     for attempt in range(attempts + 1):
         try:
             return fn()
         except requests.HTTPError as e:
             status = e.response.status_code if e.response is not None else None
-            if status not in RETRY_STATUSES or attempt == attempts:
+            if status not in RETRY_STATUSES:
                 raise KitError(http_message(what, status, e, attempt)) from None
+            if attempt == attempts:
+                raise RetriesSpent(http_message(what, status, e, attempt)) from None
             delay = retry_after(e.response) or backoff() * 2 ** attempt
             log(f"Kaggle answered HTTP {status} to {what}; retry {attempt + 1}/{attempts} in {delay:.2g}s")
         except (requests.ConnectionError, requests.Timeout) as e:
             if attempt == attempts:
                 host = getattr(getattr(e, "request", None), "url", None) or "Kaggle"
-                raise KitError(f"{what}: cannot reach {_host(host)} after {attempts + 1} attempts "
+                raise RetriesSpent(f"{what}: cannot reach {_host(host)} after {attempts + 1} attempts "
                                f"(connection refused or network down)") from None
             delay = backoff() * 2 ** attempt
             log(f"{what}: connection failed; retry {attempt + 1}/{attempts} in {delay:.2g}s")

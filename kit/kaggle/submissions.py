@@ -125,8 +125,7 @@ def _send(csv_path: Path, message, competition, data_dir, wait, ledger, endpoint
         if recorded is not None:
             recorded()
 
-    frame = read_ledger(ledger)         # refs it holds are never taken for this send's (a lagging list)
-    known = sorted(set(frame.loc[(frame["target"] == where) & (frame["ref"] != ""), "ref"]))
+    known = sorted(_refs_at(ledger, where))      # never taken for this send's (a list lagging a send before it)
     params = {"competition": competition, "file": str(sent.resolve()), "message": message, "known": known,
               "wait": wait, "timeout": timeout, "poll": poll_interval() if poll is None else poll}
     try:
@@ -217,6 +216,12 @@ def _check_manifest_matches(csv_path: Path, manifest: SubmissionManifest, digest
                        f"again, or delete {beside} and pass --data DIR to submit this CSV as it is")
 
 
+def _refs_at(ledger, where: str) -> set[str]:
+    """The Kaggle refs the ledger holds for submissions sent to `where`."""
+    frame = read_ledger(ledger)
+    return set(frame.loc[(frame["target"] == where) & (frame["ref"] != ""), "ref"])
+
+
 CLOCKS_APART = timedelta(minutes=5)       # how far Kaggle's clock may be behind this machine's
 LIST_LAG = timedelta(minutes=10)          # a send this recent may not be listed yet: looked for three times
 
@@ -243,8 +248,7 @@ def find_cut_off(csv_path, cut: dict, competition: str, ledger, endpoint: str | 
     if not cut.get("message"):
         raise KitError("its note, from an older kit, has no message to find it by in the competition's list")
     where, csv_path = where or target(endpoint), Path(csv_path)
-    frame = read_ledger(ledger)
-    known = set(frame.loc[frame["target"] == where, "ref"])
+    known = _refs_at(ledger, where)
     since, size = _utc(cut["time"]) - CLOCKS_APART, csv_path.stat().st_size
     recent = datetime.now(timezone.utc) - _utc(cut["time"]) < LIST_LAG
     for look in range(3 if recent else 1):      # a list may lag a send made a moment ago

@@ -20,7 +20,7 @@ from kit.errors import KitError
 from kit.kaggle.client import MAYBE_MADE, RETRY_STATUSES, backoff, retries
 from kit.kaggle.credentials import CREDENTIALS_HELP, kaggle_json, kaggle_json_problem
 from kit.kaggle.kernel_ops import OPS as KERNEL_OPS
-from kit.kaggle.retrying import http_message, retry_after
+from kit.kaggle.retrying import RetriesSpent, http_message, retry_after
 from kit.kaggle.retrying import retrying as _retrying
 
 
@@ -215,12 +215,12 @@ def _create(client, create, file_name: str, before: set | None, log) -> tuple[st
             log(f"{what}; retry {attempt + 1}/{attempts} in {delay:.2g}s")
             time.sleep(delay)
             continue
-        made = {"ref": _ref(response.ref)} if _ref(response.ref) else \
-            _made(client, create, file_name, before, log, "no ref in the answer")
+        ref = _ref(response.ref)
+        made = {"ref": ref} if ref else _made(client, create, file_name, before, log, "no ref in the answer")
         if not made:
             raise KitError(f"Kaggle did not confirm the submission ({response.message or 'no reference returned'}), "
                            "and no new submission of it is in the competition's list")
-        return _ref(made["ref"]), response.message or ""
+        return made["ref"], response.message or ""
     raise AssertionError("unreachable")
 
 
@@ -236,7 +236,7 @@ def _made(client, create, file_name: str, before: set | None, log, lost: str, lo
                         "competition's submissions before sending it again")
 
     if before is None:
-        return None if lost == "HTTP 429" else _raise(unsure("the list could not be read before it"))
+        raise unsure("the list could not be read before it")
     for look in range(looks):
         if look:
             time.sleep(backoff() * 2 ** (look - 1))
@@ -252,10 +252,6 @@ def _made(client, create, file_name: str, before: set | None, log, lost: str, lo
         if new:
             return new[0]
     return None
-
-
-def _raise(error: Exception):
-    raise error
 
 
 def _ref(value) -> str:
@@ -277,19 +273,19 @@ def _op_wait(api, p: dict, log, emit=None) -> dict:
     with api.build_kaggle_client() as kaggle:
         client = kaggle.competitions.competition_api_client
         polls, began = 0, time.monotonic()
+        pending = {"ref": p["ref"], "status": "PENDING", "public": "", "private": "", "error": ""}
         while True:
             try:
                 subs = _list_submissions(client, p["competition"], {p["ref"]}, log)
-            except KitError as e:       # an outage longer than the retries (5xx, no connection): waited out
-                if deadline - time.monotonic() <= 0 or " attempts" not in str(e):
+            except RetriesSpent as e:   # an outage longer than the retries (5xx, no connection): waited out
+                if deadline - time.monotonic() <= 0:
                     raise
                 log(f"{e}; still waiting for submission {p['ref']}")
-                subs = [{"ref": p["ref"], "status": "PENDING", "public": "", "private": "", "error": ""}]
+                subs = [pending]
             sub = next((s for s in subs if str(s["ref"]) == str(p["ref"])), None)
             if sub is None and time.monotonic() - began > UNLISTED_GRACE:
                 raise KitError(f"submission {p['ref']} is not in {p['competition']}'s submission list")
-            if sub is None:             # a list may lag the create: as PENDING, for a while
-                sub = {"ref": p["ref"], "status": "PENDING", "public": "", "private": "", "error": ""}
+            sub = sub or pending        # a list may lag the create: as PENDING, for a while
             if sub["status"] != "PENDING":
                 return sub
             left = deadline - time.monotonic()
