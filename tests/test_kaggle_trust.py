@@ -244,7 +244,7 @@ def test_an_endpoint_that_is_not_a_url_is_one_line_at_once(kaggle_env, sub, tmp_
     ledger.write_text(HEADER + ROW.replace(",COMPLETE,", ",PENDING,"))
     monkeypatch.setenv("KIT_KAGGLE_ENDPOINT", url)
     code, _, err = kit(capsys, "scores", "--ledger", ledger)     # scores still shows the ledger: a warning
-    assert code == 0 and f"could not refresh pending submissions: KIT_KAGGLE_ENDPOINT {url!r}: not a" in err
+    assert code == 0 and f"could not refresh the ledger's submissions: KIT_KAGGLE_ENDPOINT {url!r}: not a" in err
 
 
 # ---------------------------------------------------------------- refs are only unique per server

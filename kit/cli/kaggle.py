@@ -25,7 +25,7 @@ from kit.kaggle.ledger import sending as ledger_sending
 from kit.kaggle.pending import merge_pending
 from kit.kaggle.server import FAULT_TARGETS, StandIn
 from kit.kaggle.server_competitions import MADE
-from kit.kaggle.submissions import AlreadyMade, find_cut_off, owed_scores
+from kit.kaggle.submissions import AlreadyMade, find_cut_off, maybe_made, owed_scores
 from kit.layout import data_competition, is_synthetic, read_layout, synth_marker
 from kit.names import check_competition
 from kit.records import SubmissionManifest
@@ -208,14 +208,15 @@ def cmd_scores(args: argparse.Namespace) -> int:
         _log(f"could not add pending submissions: {e}")
     if not ledger.is_file():
         raise KitError(f"{ledger}: no ledger yet (`kit submit` writes it)")
-    if not args.no_refresh and owed_scores(read_ledger(ledger)).any():
+    frame = read_ledger(ledger)
+    if not args.no_refresh and (owed_scores(frame) | maybe_made(frame)).any():
         try:
             n = refresh_ledger(ledger, args.competition, args.endpoint, log=_log)
             if n:
-                _log(f"updated {n} pending submission(s)")
+                _log(f"updated {n} submission row(s) from the competition's list")
             _elsewhere(ledger, args.endpoint)
         except KitError as e:   # the table is still worth showing
-            _log(f"could not refresh pending submissions: {e}")
+            _log(f"could not refresh the ledger's submissions: {e}")
     table = score_table(ledger, args.competition)
     if table.empty:
         print("no submissions in the ledger" + (f" for {args.competition}" if args.competition else ""))

@@ -5,9 +5,11 @@ Also the retry and poll timings both sides read, overridable from the environmen
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -99,6 +101,29 @@ def _worker_env(endpoint: str | None, overrides: dict | None) -> dict:
 
 STALLED = 120.0     # seconds past a wait's --timeout after which a worker stuck in one HTTP call is stopped
 MAYBE_MADE = "it may have been made"     # in a failed send's error: a re-run looks it up before sending again
+_SEND_TAG = re.compile(r" \[kit ([0-9a-f]{10})\]$")
+
+
+def tagged(message: str, digest: str, when: str) -> str:
+    """The description a send carries to Kaggle: the user's message and the send's own id, `[kit <10
+    hex>]` (of the CSV's digest and the send's time). A send whose answer was lost, or that a kill cut
+    off, is found in the competition's list by it: never a teammate's or an earlier send of the same
+    message and file name, and a server that trims or reflows the message still matches."""
+    tag = hashlib.sha256(f"{digest} {when}".encode()).hexdigest()[:10]
+    return f"{message.strip()} [kit {tag}]"
+
+
+def untagged(description: str) -> str:
+    """The user's message of a description `tagged` made (any other as it is)."""
+    return _SEND_TAG.sub("", description)
+
+
+def same_send(sent: str, listed) -> bool:
+    """Whether a listed submission's description is the send whose description was `sent`: by its id
+    when `sent` has one; an older kit's untagged send by its whole message."""
+    tag = _SEND_TAG.search(sent)
+    listed = listed if isinstance(listed, str) else ""
+    return f"[kit {tag.group(1)}]" in listed if tag else listed == sent
 
 
 def call(op: str, params: dict, endpoint: str | None = None, env: dict | None = None, log=None,

@@ -18,6 +18,7 @@ from kit.kaggle.retrying import retrying as _retrying
 
 # KernelWorkerStatus names that end a session (a cancel asked for ends it: nothing more will come of it)
 ENDED = ("COMPLETE", "ERROR", "CANCEL_ACKNOWLEDGED", "CANCEL_REQUESTED")
+RUNNING = ("QUEUED", "RUNNING", "NEW_SCRIPT")      # the others: a status kit does not know ends the wait too
 PAGE_SIZE = 100
 
 
@@ -111,8 +112,10 @@ def _op_kernels_wait(api, p: dict, log, emit) -> dict:
                 if seen.get(ref) != status:
                     seen[ref] = status
                     emit({"event": {"kind": "status", "ref": ref, "status": status, "message": message}})
-                if status in ENDED or status == "GONE":
-                    ended[ref] = {"status": status, "message": message}
+                if status not in RUNNING:       # one kit does not know: said, and not waited on for ever
+                    known = status in ENDED or status == "GONE"
+                    ended[ref] = {"status": status, "message": message if known else
+                                  f"a status kit does not know{': ' + message if message else ''}"}
             if ended:
                 return {"ended": ended}
             time.sleep(float(p["poll"]))

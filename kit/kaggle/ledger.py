@@ -276,6 +276,21 @@ def merge_rows(path: str | os.PathLike, rows: list[dict]) -> None:
             _rewrite_ledger(path, frame, new)
 
 
+def resolve_failed(path: str | os.PathLike, row: dict, made: dict) -> None:
+    """The FAILED row `row` (no ref) made the submission `made` ({ref, status, public, private, error}):
+    its fields set, the error that said it may have been made replaced by `made`'s (never blanked: a
+    rewrite that empties a field is refused)."""
+    path = ledger_target(path)
+    with file_lock(ledger_lock(path)):
+        frame = read_ledger(path)
+        new = frame.copy()
+        hit = same_row(new, {**row, "ref": ""}) & (new["status"] == "FAILED")
+        for key, value in made.items():
+            new.loc[hit, key] = str(value or "")
+        if not new.equals(frame):
+            _rewrite_ledger(path, frame, new)
+
+
 def score_table(ledger, competition: str | None = None):
     """Ledger rows sorted by public score (best first) with the public-private gap beside them."""
     import pandas as pd  # deferred: see read_ledger

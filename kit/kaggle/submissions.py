@@ -11,9 +11,27 @@ from pathlib import Path
 
 from kit import DEFAULT_COMPETITION
 from kit.errors import KitError
-from kit.kaggle.client import backoff, call, check_timing, poll_interval, target
+from kit.kaggle.client import (
+    MAYBE_MADE,
+    backoff,
+    call,
+    check_timing,
+    poll_interval,
+    same_send,
+    tagged,
+    target,
+    untagged,
+)
 from kit.kaggle.credentials import kaggle_json_problem
-from kit.kaggle.ledger import append_ledger, check_writable, merge_rows, now, read_ledger, update_ledger
+from kit.kaggle.ledger import (
+    append_ledger,
+    check_writable,
+    merge_rows,
+    now,
+    read_ledger,
+    resolve_failed,
+    update_ledger,
+)
 from kit.kaggle.pending import keep_pending, merge_pending
 from kit.records import SubmissionManifest, manifest_path
 from kit.submission import note_sending, note_submitted, require_valid, snapshot_for_sending, submitted_note
@@ -111,7 +129,8 @@ def _send(csv_path: Path, message, competition, data_dir, wait, ledger, endpoint
     line = note() if callable(note) else note       # may raise AlreadyMade: nothing is sent, nothing noted
     if line and log:
         log(line)
-    note_sending(csv_path, digest, ledger, when, competition, where, message)
+    described = tagged(message, digest, when)      # what Kaggle lists: the message and this send's id
+    note_sending(csv_path, digest, ledger, when, competition, where, described)
     row = {"time": when, "competition": competition, "file": str(csv_path), "sha256": digest,
            "message": message, "members": ";".join(map(str, manifest.members or [])), "vote": manifest.vote or "",
            "ref": "", "status": "", "public": "", "private": "",
@@ -126,7 +145,7 @@ def _send(csv_path: Path, message, competition, data_dir, wait, ledger, endpoint
             recorded()
 
     known = sorted(_refs_at(ledger, where))      # never taken for this send's (a list lagging a send before it)
-    params = {"competition": competition, "file": str(sent.resolve()), "message": message, "known": known,
+    params = {"competition": competition, "file": str(sent.resolve()), "message": described, "known": known,
               "wait": wait, "timeout": timeout, "poll": poll_interval() if poll is None else poll}
     try:
         done = call("submit", params, endpoint, env, log, on_event=submitted)
@@ -239,12 +258,12 @@ def _utc(stamp: str) -> datetime:
 def find_cut_off(csv_path, cut: dict, competition: str, ledger, endpoint: str | None = None, env=None, log=None,
                  where: str | None = None) -> dict | None:
     """Whether a send cut off before its answer (kit.kaggle.ledger.interrupted_send's note line `cut`)
-    reached the competition: its submission list is read for one with the note's message, the CSV's
-    file name and size, dated from the note on (less CLOCKS_APART) and in no ledger row yet. Found: it
-    is recorded in `ledger` and beside the CSV as if the answer had come, and its row returned (a
-    PENDING one: await_score). None: it never arrived (sending it spends nothing twice). KitError when
-    the note has no message (an older kit's), the list cannot be read, or more than one could be it
-    (a teammate's send of a vote of the same name: the user looks)."""
+    reached the competition: its submission list is read for one with the note's send id (its message,
+    from an older kit; kit.kaggle.client.same_send), the CSV's file name and size, dated from the note
+    on (less CLOCKS_APART) and in no ledger row yet. Found: it is recorded in `ledger` and beside the
+    CSV as if the answer had come, and its row returned (a PENDING one: await_score). None: it never
+    arrived (sending it spends nothing twice). KitError when the note has no message (an older kit's),
+    the list cannot be read, or more than one could be it (an older kit's untagged send: the user looks)."""
     if not cut.get("message"):
         raise KitError("its note, from an older kit, has no message to find it by in the competition's list")
     where, csv_path = where or target(endpoint), Path(csv_path)
@@ -255,7 +274,7 @@ def find_cut_off(csv_path, cut: dict, competition: str, ledger, endpoint: str | 
         if look:
             time.sleep(backoff() * 2 ** (look - 1))
         subs = call("list", {"competition": competition, "refs": []}, endpoint, env, log)["submissions"]
-        hits = [sub for sub in subs if sub["ref"] and sub["description"] == cut["message"]
+        hits = [sub for sub in subs if sub["ref"] and same_send(cut["message"], sub["description"])
                 and sub["file"] in ("", csv_path.name) and sub.get("bytes") in (None, 0, size) and sub["date"]
                 and _utc(sub["date"]) >= since and str(sub["ref"]) not in known]
         if hits:
@@ -268,7 +287,7 @@ def find_cut_off(csv_path, cut: dict, competition: str, ledger, endpoint: str | 
     sub = hits[0]
     manifest = SubmissionManifest.beside(csv_path) or SubmissionManifest()
     row = {"time": cut["time"], "competition": competition, "file": str(csv_path), "sha256": cut["sha256"],
-           "message": cut["message"], "members": ";".join(map(str, manifest.members or [])),
+           "message": untagged(cut["message"]), "members": ";".join(map(str, manifest.members or [])),
            "vote": manifest.vote or "", "ref": str(sub["ref"]), "status": sub["status"], "public": sub["public"],
            "private": sub["private"], "target": where, "error": sub["error"]}
     merge_rows(ledger, [row])
@@ -298,21 +317,23 @@ def owed_scores(frame):
 
 def refresh_ledger(ledger, competition: str | None = None, endpoint: str | None = None, env=None, log=None) -> int:
     """Merge rows a failed recording left pending (kit.kaggle.pending), then fetch status and scores
-    of the rows owed them (owed_scores) from Kaggle (or the stand-in); returns rows updated."""
+    of the rows owed them (owed_scores) from Kaggle (or the stand-in), and look up each FAILED send
+    that may have been made (its answer lost: found by its send id, it becomes the submission's row);
+    returns rows updated."""
     merge_pending(ledger)
     frame = read_ledger(ledger)
     where = target(endpoint)
-    owed = frame[owed_scores(frame) & (frame["target"] == where)]
+    here = frame["target"] == where
     if competition:
-        owed = owed[owed["competition"] == competition]
+        here &= frame["competition"] == competition
+    owed, unsure = frame[owed_scores(frame) & here], frame[maybe_made(frame) & here]
     updated = 0
-    for comp, rows in owed.groupby("competition"):
+    for comp in sorted(set(owed["competition"]) | set(unsure["competition"])):
+        rows = owed[owed["competition"] == comp]
         refs = [int(r) for r in rows["ref"]]
-        found = call("list", {"competition": comp, "refs": refs}, endpoint, env, log)["submissions"]
-        pending = rows[rows["status"] == "PENDING"]
-        unknown = sorted(set(pending["ref"]) - {str(sub["ref"]) for sub in found}, key=int)
-        if unknown and log:     # a stand-in started again forgot them: they can never be scored there
-            log(f"{comp}: {where} does not list submission(s) {', '.join(unknown)}; they stay PENDING in {ledger}")
+        found = call("list", {"competition": comp, "refs": [] if comp in set(unsure["competition"]) else refs},
+                     endpoint, env, log)["submissions"]
+        _say_unlisted(rows, found, comp, where, ledger, log)
         had = {r["ref"]: r for r in rows.to_dict("records")}
         news = []           # one rewrite of the ledger for them all (each rewrite keeps a backup)
         for sub in found:
@@ -325,4 +346,49 @@ def refresh_ledger(ledger, competition: str | None = None, endpoint: str | None 
         if news:
             merge_rows(ledger, news)        # fills empty fields, replaces PENDING: never takes a score back
             updated += len(news)
+        updated += _resolve_maybe_made(ledger, unsure[unsure["competition"] == comp], found, set(frame["ref"]), log)
     return updated
+
+
+def maybe_made(frame):
+    """Which ledger rows are FAILED sends that may have been made (their answer lost: MAYBE_MADE)."""
+    return (frame["status"] == "FAILED") & (frame["ref"] == "") & frame["error"].str.contains(MAYBE_MADE, regex=False)
+
+
+def _say_unlisted(rows, found, comp: str, where: str, ledger, log) -> None:
+    """One line for the rows owed a score that the list kit read does not hold: PENDING ones a stand-in
+    started again forgot (never scored there), scored ones older than the newest it reads."""
+    listed = {str(sub["ref"]) for sub in found}
+    missing = rows[~rows["ref"].isin(listed)]
+    if not log or missing.empty:
+        return
+    pending = sorted(missing[missing["status"] == "PENDING"]["ref"], key=int)
+    if pending:
+        log(f"{comp}: {where} does not list submission(s) {', '.join(pending)}; they stay PENDING in {ledger}")
+    older = sorted(missing[missing["status"] != "PENDING"]["ref"], key=int)
+    if older:
+        log(f"{comp}: submission(s) {', '.join(older)} are not among the {len(found)} listed by {where} "
+            f"(the newest): their scores in {ledger} stay as they are")
+
+
+def _resolve_maybe_made(ledger, rows, found: list[dict], known: set, log) -> int:
+    """The FAILED sends that may have been made (`rows`) whose send id one listed submission carries
+    (and no ledger row holds its ref): each row becomes that submission's; returns how many."""
+    resolved = 0
+    for row in rows.to_dict("records"):
+        sent = tagged(row["message"], row["sha256"], row["time"])
+        hits = [sub for sub in found if sub["ref"] and str(sub["ref"]) not in known
+                and same_send(sent, sub["description"])]
+        if len(hits) != 1:
+            continue
+        sub = hits[0]
+        made = {"ref": str(sub["ref"]), **{k: sub[k] for k in ("status", "public", "private")},
+                "error": sub["error"] or "its answer was lost; `kit scores` found it made (by its send id)"}
+        resolve_failed(ledger, row, made)
+        known.add(made["ref"])
+        _note(Path(row["file"]), {**row, **made}, ledger, log)
+        if log:
+            log(f"the send of {row['file']} at {row['time']} that may have been made was made: "
+                f"submission {made['ref']} ({made['status']}), now in {ledger}")
+        resolved += 1
+    return resolved

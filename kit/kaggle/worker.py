@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from kit.errors import KitError
-from kit.kaggle.client import MAYBE_MADE, RETRY_STATUSES, backoff, retries
+from kit.kaggle.client import MAYBE_MADE, RETRY_STATUSES, backoff, retries, same_send
 from kit.kaggle.credentials import CREDENTIALS_HELP, kaggle_json, kaggle_json_problem
 from kit.kaggle.kernel_ops import OPS as KERNEL_OPS
 from kit.kaggle.retrying import RetriesSpent, http_message, retry_after
@@ -61,10 +61,12 @@ def _read_as_kaggle_might_send() -> None:
     """kagglesdk's readers, made to take what a Kaggle-like server may send: a zone after fractional
     seconds (iso_utc), an enum sent as its number, and a submission status it does not know, which
     failed the whole list (`KeyError: 'RUNNING'`) and with it every wait and `kit scores`: one not
-    known is not scored yet, so PENDING."""
+    known is not scored yet, so PENDING. A kernel status it does not know stays its text (the wait
+    for kernels says so and ends)."""
     # optional: kagglesdk is imported only when talking to Kaggle
     from kagglesdk.competitions.types.submission_status import SubmissionStatus
     from kagglesdk.kaggle_object import DateTimeSerializer, EnumSerializer
+    from kagglesdk.kernels.types.kernels_enums import KernelWorkerStatus
 
     DateTimeSerializer._from_str = staticmethod(iso_utc)
     named = EnumSerializer._from_str
@@ -80,6 +82,8 @@ def _read_as_kaggle_might_send() -> None:
         except KeyError:
             if cls is SubmissionStatus:
                 return SubmissionStatus.PENDING
+            if cls is KernelWorkerStatus:       # kept as sent: kit.kaggle.kernel_ops reports it and ends
+                return str(value).upper()
             raise
 
     EnumSerializer._from_str = staticmethod(enum_from)
@@ -111,8 +115,9 @@ def _score(value) -> str:
 
 
 def _sub_dict(s) -> dict:
-    return {"ref": _ref(s.ref), "status": s.status.name, "public": _score(s.public_score),
-            "private": _score(s.private_score),
+    # the fields as sent: kagglesdk's getters answer '' for a score of 0 sent as a JSON number
+    public, private = (getattr(s, f"_{name}_score", None) for name in ("public", "private"))
+    return {"ref": _ref(s.ref), "status": s.status.name, "public": _score(public), "private": _score(private),
             "error": s.error_description or "", "description": s.description or "", "file": s.file_name or "",
             "date": s.date.isoformat() if s.date else "", "bytes": s.total_bytes}
 
@@ -226,11 +231,11 @@ def _create(client, create, file_name: str, before: set | None, log) -> tuple[st
 
 def _made(client, create, file_name: str, before: set | None, log, lost: str, looks: int = 6) -> dict | None:
     """The submission this CreateSubmission made, if the list shows it: new since `before`, of its
-    message and file name (a server may leave the name out); looked for `looks` times, the backoff
-    doubling (a list may lag the create: about a minute at the default backoff), every page read (a
-    list may be oldest first). None when none is there; KitError (MAYBE_MADE) when kit cannot tell: no
-    `before` (the list was down), two new ones (another send of that message at once), the list
-    unreadable."""
+    send's id (kit.kaggle.client.tagged) and file name (a server may leave the name out); looked for
+    `looks` times, the backoff doubling (a list may lag the create: about a minute at the default
+    backoff), every page read (a list may be oldest first). None when none is there; KitError
+    (MAYBE_MADE) when kit cannot tell: no `before` (the list was down), two new ones (an older kit's
+    untagged message sent twice at once), the list unreadable."""
     def unsure(why: str) -> KitError:
         return KitError(f"CreateSubmission's answer was lost ({lost}) and {why}: {MAYBE_MADE}; look at the "
                         "competition's submissions before sending it again")
@@ -245,7 +250,7 @@ def _made(client, create, file_name: str, before: set | None, log, lost: str, lo
         except Exception as e:
             raise unsure(f"the list cannot tell ({e})") from None
         new = [s for s in subs if s["ref"] and s["ref"] not in before
-               and s["description"] == create.submission_description and s["file"] in ("", file_name)]
+               and same_send(create.submission_description, s["description"]) and s["file"] in ("", file_name)]
         if len(new) > 1:
             raise unsure(f"{len(new)} new submissions of that message are listed (refs "
                          f"{', '.join(str(s['ref']) for s in new)})")
@@ -300,7 +305,8 @@ def _op_wait(api, p: dict, log, emit=None) -> dict:
 def _op_list(api, p: dict, log, emit=None) -> dict:
     with api.build_kaggle_client() as kaggle:
         client = kaggle.competitions.competition_api_client
-        return {"submissions": _list_submissions(client, p["competition"], set(p.get("refs") or []), log)}
+        want = set(p.get("refs") or [])     # refs asked about: read until all are seen (or 100 pages)
+        return {"submissions": _list_submissions(client, p["competition"], want, log, 100 if want else 20)}
 
 
 def _op_download(api, p: dict, log, emit=None) -> dict:

@@ -23,7 +23,7 @@ from kit.errors import KitError
 from kit.fsio import file_lock, write_json, write_text
 from kit.kaggle.client import KAGGLE, STAND_IN, call, endpoint_or_env, kernel_poll
 from kit.kaggle.credentials import CREDENTIALS_HELP, credential_source
-from kit.kaggle.kernel_ops import ENDED
+from kit.kaggle.kernel_ops import RUNNING
 from kit.kaggle.rehearsal import recipe_competition, rehearsal_stand_in
 from kit.launch.common import MAX_ROUNDS, member_args
 from kit.launch.kernel_package import kernel_slug, write_kernel
@@ -195,7 +195,7 @@ class KernelRun:
         (a kernel is named by account and recipe). A push would start a new version over it, and
         each would pull back the other's output: two sessions and their GPU hours for nothing."""
         status = self._call("kernels_status", {"refs": [k.ref for k in kernels]})["status"]
-        running = [f"{ref} ({st})" for ref, st in status.items() if st not in ENDED and st != "GONE"]
+        running = [f"{ref} ({st})" for ref, st in status.items() if st in RUNNING]
         if running:
             raise KitError(f"kernel {running[0]} is running a version this run did not push (the same recipe from "
                            f"another --runs, clone or machine; {self.root / STATE} does not list it): nothing was "

@@ -1,0 +1,142 @@
+"""Each send carries its own id in the description Kaggle lists (kit.kaggle.client.tagged): a send whose
+answer was lost is found by it, never taken for another's of the same message and file name, and a
+FAILED row that "may have been made" is settled by `kit scores`. Also what a Kaggle-like server may send
+that kagglesdk reads wrong: a score of 0 as a number, a kernel status it does not know, a list whose
+newest rows leave out a ledger's older ones."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from kit.kaggle import read_ledger
+from kit.kaggle.client import MAYBE_MADE, same_send, tagged, untagged
+
+from conftest import kit_cli as kit
+from conftest import one_error_line, submit_args
+
+TAG = re.compile(r"^test run \[kit [0-9a-f]{10}\]$")
+
+
+def test_a_send_is_listed_with_its_message_and_its_own_id(kaggle_env, standin, sub, capsys):
+    assert kit(capsys, *submit_args(sub, standin, "--wait"))[0] == 0
+    [made] = standin.submissions
+    [row] = read_ledger(sub.parent / "ledger.csv").to_dict("records")
+    assert TAG.match(made["description"]) and row["message"] == "test run", made["description"]
+    assert made["description"] == tagged("test run", row["sha256"], row["time"])
+    assert untagged(made["description"]) == "test run" and same_send(made["description"], f"  {made['description']} ")
+    assert not same_send(made["description"], "test run") and not same_send(made["description"], None)
+    assert same_send("an older kit's", "an older kit's") and tagged("m", "a", "t") != tagged("m", "a", "u")
+
+
+@pytest.mark.parametrize("theirs", ["plain", "tagged"])
+def test_another_senders_submission_of_that_message_is_never_taken_for_a_refused_one(kaggle_env, standin, sub,
+                                                                                       capsys, theirs):
+    """Probe 28 D3: our create refused (5xx) before Kaggle made it, while a teammate's send of the same
+    message and file name landed: kit took the teammate's submission as its own (its ref and score)
+    and never sent ours."""
+    from kit.kaggle.server_competitions import _ApiError
+
+    real = standin.create_submission
+
+    def refused_while_a_teammate_lands(token: str, description: str, user: str) -> dict:
+        if len(standin.submissions) == 0:
+            with standin.lock:
+                upload = dict(standin.uploads[token])
+            teammate = untagged(description) + (" [kit 0123456789]" if theirs == "tagged" else "")
+            standin.uploads["theirs"] = upload
+            real("theirs", teammate, "teammate")
+            raise _ApiError(503, "Service Unavailable")             # ours: not made
+        return real(token, description, user)
+
+    standin.create_submission = refused_while_a_teammate_lands
+    code, out, err = kit(capsys, *submit_args(sub, standin, "--wait"))
+    assert code == 0, err
+    teammate, ours = standin.submissions
+    [row] = read_ledger(sub.parent / "ledger.csv").to_dict("records")
+    assert row["ref"] == str(ours["ref"]) != str(teammate["ref"]) and row["status"] == "COMPLETE", (row, err)
+    assert standin.calls.count("CreateSubmission") == 2
+
+
+def test_kit_scores_settles_a_send_that_may_have_been_made(kaggle_env, standin, sub, capsys):
+    """Probe 28 D4: a FAILED row saying "it may have been made" stayed FAILED in the ledger (and the day's
+    count wrong) until the same bytes were sent again. `kit scores` looks it up by its send's id."""
+    from kit.kaggle.server_competitions import MADE
+
+    standin.inject("ListSubmissions", 503, count=4)            # the look before the create fails
+    standin.inject(MADE, 503)                                   # made, and the answer lost
+    code, _, err = kit(capsys, *submit_args(sub, standin))
+    assert code == 2 and MAYBE_MADE in one_error_line(err)
+    ledger = sub.parent / "ledger.csv"
+    code, out, err = kit(capsys, "scores", "--ledger", ledger, "--endpoint", standin.url)
+    [made] = standin.submissions
+    [row] = read_ledger(ledger).to_dict("records")
+    assert code == 0 and row["ref"] == str(made["ref"]) and row["status"] == "COMPLETE", (row, err)
+    assert row["public"] != "" and MAYBE_MADE not in row["error"] and "was made: submission" in err
+    assert kit(capsys, "scores", "--ledger", ledger, "--endpoint", standin.url)[0] == 0     # settled once
+    assert len(read_ledger(ledger)) == 1 and len(standin.submissions) == 1
+
+
+def test_a_row_the_list_cannot_settle_stays_failed(kaggle_env, standin, sub, capsys):
+    from kit.kaggle.server_competitions import MADE
+
+    standin.inject("ListSubmissions", 503, count=4)
+    standin.inject(MADE, 503)
+    assert kit(capsys, *submit_args(sub, standin))[0] == 2
+    standin.submissions.clear()                                 # a stand-in that forgot it: nothing to find
+    code, _, err = kit(capsys, "scores", "--ledger", sub.parent / "ledger.csv", "--endpoint", standin.url)
+    [row] = read_ledger(sub.parent / "ledger.csv").to_dict("records")
+    assert code == 0 and row["status"] == "FAILED" and MAYBE_MADE in row["error"] and row["ref"] == "", err
+
+
+def test_rows_older_than_the_list_kit_reads_are_named_not_passed_over(kaggle_env, standin, sub, capsys):
+    """Probe 27 N8: rows past the 1000 newest were left unrefreshed without a word."""
+    assert kit(capsys, *submit_args(sub, standin, "--wait"))[0] == 0
+    ledger = sub.parent / "ledger.csv"
+    lines = ledger.read_text().splitlines()
+    ref = read_ledger(ledger).iloc[0]["ref"]
+    old = lines[1].replace(f",{ref},", ",400001,")
+    private = read_ledger(ledger).iloc[0]["private"]
+    ledger.write_text("\n".join([lines[0], lines[1], old.replace(f",{private},", ",,")]) + "\n")
+    code, _, err = kit(capsys, "scores", "--ledger", ledger, "--endpoint", standin.url)
+    assert code == 0 and "submission(s) 400001 are not among the 1 listed" in err, err
+
+
+def test_scores_of_zero_sent_as_numbers_and_a_kernel_status_kit_does_not_know(monkeypatch):
+    """kagglesdk's getters answer '' for a score of 0 sent as a JSON number (probe 26); a kernel status its
+    enum lacks (`FAILED`) failed the wait with a KeyError (probe 28)."""
+    from kagglesdk.competitions.types.competition_api_service import ApiSubmission
+    from kagglesdk.kaggle_object import DateTimeSerializer, EnumSerializer
+    from kagglesdk.kernels.types.kernels_api_service import ApiGetKernelSessionStatusResponse
+
+    from kit.kaggle.kernel_ops import _op_kernels_wait
+    from kit.kaggle.worker import _read_as_kaggle_might_send, _sub_dict
+
+    monkeypatch.setattr(EnumSerializer, "_from_str", EnumSerializer._from_str)       # restored after the test
+    monkeypatch.setattr(DateTimeSerializer, "_from_str", DateTimeSerializer._from_str)
+    _read_as_kaggle_might_send()
+    scored = _sub_dict(ApiSubmission.from_dict({"ref": 7, "status": "COMPLETE", "publicScore": 0,
+                                                "privateScore": 0.0}))
+    assert (scored["public"], scored["private"]) == ("0", "0.0")
+
+    class Kernels:
+        def __init__(self):
+            self.looks = 0
+
+        def get_kernel_session_status(self, request):
+            self.looks += 1
+            if self.looks > 5:
+                raise AssertionError("waited on a kernel whose status says it ended")
+            return ApiGetKernelSessionStatusResponse.from_dict({"status": "FAILED", "failureMessage": "oom"})
+
+    kernels = Kernels()
+
+    class Api:
+        def build_kaggle_client(self):
+            client = type("Client", (), {"kernels": type("K", (), {"kernels_api_client": kernels})()})()
+            return type("Context", (), {"__enter__": lambda self: client, "__exit__": lambda self, *a: None})()
+
+    events = []
+    ended = _op_kernels_wait(Api(), {"refs": ["me/k"], "poll": 0}, lambda line: None, events.append)["ended"]
+    assert ended == {"me/k": {"status": "FAILED", "message": "a status kit does not know: oom"}}
+    assert kernels.looks == 1 and events[0]["event"]["status"] == "FAILED"
