@@ -94,6 +94,7 @@ class FeatureStore:
         self.n_train = len(layout.train)
         self.n_test = len(layout.test)
         self.content_digest = done["content"]                            # see _write_features
+        self.key = root.name.split("-")[1] if root.name.count("-") == 2 else ""     # store-<key>-<dtype>
 
     # -- opening / building
     @classmethod

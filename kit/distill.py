@@ -114,6 +114,19 @@ def check_same_teaching(out: Path, given: dict) -> None:
                            f"{given[key]:g}; resume with {flag} {old[key]:g}, or {START_OVER}")
 
 
+def changed_settings(out: Path, temperature: float, distill_weight: float) -> dict[str, tuple[float, float]]:
+    """What the student in `out` (finished or not) was taught with that differs from this temperature
+    and distill weight: {key: (old, new)}, keys as in teaching(); {} when the same, when it has no
+    teacher.npz yet (nothing taught) or no record of a setting (an older kit's student: its
+    temperature). KitError when its teacher.npz is unreadable. Its teachers are compared by
+    kit.rounds (teachers.json, by their predictions' digests)."""
+    if not (out / TEACHER).is_file():
+        return {}
+    old = recorded_teaching(out)
+    given = {"temperature": float(temperature), "distill_weight": float(distill_weight)}
+    return {key: (old[key], given[key]) for key in given if key in old and old[key] != given[key]}
+
+
 def student_config(best: Path, out, config: str | None = None, overrides=(), init: str = "best") -> RunConfig:
     """The student's config: `config` (a member TOML) or the best member's (`best`: its run dir),
     then --set overrides. init "best": start from the best member's last.pt when it has the

@@ -147,14 +147,7 @@ def identity_changes(old: dict, new: dict, config_prefix: str = "") -> list[str]
             changes.append(f"data ({where})")
     elif was.get("dir") != now["dir"]:
         changes.append(f"data ({was.get('dir')} -> {now['dir']})")
-    defaults = config_identity(RunConfig())
-    before, after = old.get("config", {}), new["config"]
-    for key in sorted(set(before) | set(after)):
-        if not key.startswith(config_prefix) or key not in after:
-            continue
-        value = before.get(key, defaults.get(key))
-        if value != after[key]:
-            changes.append(f"{key} {value!r} -> {after[key]!r}")
+    changes += config_changes(old.get("config", {}), new["config"], config_prefix)
     if not config_prefix and old.get("inputs", {}) != new.get("inputs", {}):
         changed = sorted(k for k in set(old.get("inputs", {})) | set(new.get("inputs", {}))
                          if old.get("inputs", {}).get(k) != new.get("inputs", {}).get(k))
@@ -162,6 +155,15 @@ def identity_changes(old: dict, new: dict, config_prefix: str = "") -> list[str]
     if not old.get("legacy") and not config_prefix and old.get("budget") != new.get("budget"):
         changes.append(f"budget {old.get('budget')} -> {new.get('budget')}")
     return changes
+
+
+def config_changes(before: dict, after: dict, prefix: str = "") -> list[str]:
+    """What differs between two identities' configs ("model.n_heads 2 -> 4"), for the keys in
+    `after` that start with prefix; a key `before` lacks (a setting added to kit since) counts only
+    if it is not the default."""
+    defaults = config_identity(RunConfig())
+    return [f"{key} {before.get(key, defaults.get(key))!r} -> {value!r}" for key, value in sorted(after.items())
+            if key.startswith(prefix) and before.get(key, defaults.get(key)) != value]
 
 
 def describe(changes: list[str], most: int = 4) -> str:

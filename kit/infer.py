@@ -306,5 +306,6 @@ def _save_predictions(run_dir: Path, store: FeatureStore, val_index, val: dict, 
     PredictionIds(val=[store.paths[i] for i in val_index], val_labels=[int(v) for v in val_labels],
                   test=[store.paths[i] for i in store.test_index], **settings,
                   data_dir=str(Path(store.layout.data_dir).resolve()), val_probs_sha256=val_sha256,
-                  test_probs_sha256=test_sha256, **result).save(run_dir / "ids.json")
+                  test_probs_sha256=test_sha256, data_features=store.content_digest, data_key=store.key,
+                  **result).save(run_dir / "ids.json")
     return result

@@ -17,7 +17,7 @@ from kit.errors import KitError, first_line
 from kit.fsio import read_json, sha256_file, write_json
 from kit.identity import read_identity
 from kit.names import OLD_SUFFIX
-from kit.runs import lock_holder
+from kit.runs import lock_holder, written_by_run
 
 
 def _read_json(path: Path, what: str, fix: str) -> dict:
@@ -87,6 +87,8 @@ class PredictionIds:
     val_nll_sliding: float | None = None
     val_probs_sha256: str | None = None     # of val_probs.npy and test_probs.npy as written; None in
     test_probs_sha256: str | None = None    # older files (their bytes are then not checked)
+    data_features: str | None = None        # the packed features' content digest predicted from, and the
+    data_key: str | None = None             # store key (files' names, sizes, times) then; None in older files
 
     REQUIRED = ("val", "val_labels", "test")
 
@@ -136,19 +138,20 @@ class PredictionIds:
         return {"val_probs.npy": self.val_probs_sha256, "test_probs.npy": self.test_probs_sha256}[name]
 
     def to_dict(self) -> dict:
-        """The keys in order; the probability files' digests only when known, so ids read from an
-        older kit's file save with the keys it had."""
-        return {k: v for k, v in asdict(self).items() if not (k in _DIGEST_KEYS and v is None)}
+        """The keys in order; the digests (of the probability files, of the data) only when known, so
+        ids read from an older kit's file save with the keys it had."""
+        return {k: v for k, v in asdict(self).items() if not (k in _OPTIONAL_KEYS and v is None)}
 
     def save(self, path: str | os.PathLike) -> None:
         write_json(path, self.to_dict())
 
 
 _DIGEST_KEYS = ("val_probs_sha256", "test_probs_sha256")
+_OPTIONAL_KEYS = (*_DIGEST_KEYS, "data_features", "data_key")
 _IDS_CHECKS = {"val": _texts, "val_labels": _integers, "test": _texts, "window": _integer, "hop": _integer,
                "full": lambda v: isinstance(v, bool),
                **dict.fromkeys(("mode", "mode_requested", "average", "which", "checkpoint_sha256", "data_dir",
-                                *_DIGEST_KEYS), _text),
+                                "data_features", "data_key", *_DIGEST_KEYS), _text),
                **dict.fromkeys(("val_acc", "val_acc_centre", "val_acc_full", "val_acc_sliding", "val_nll_full",
                                 "val_nll_sliding"), _number)}
 
@@ -204,6 +207,11 @@ class SubmissionManifest:
     def label(self) -> str:
         """A name for tables: the manifest's name, else its CSV's stem."""
         return self.name or Path(self.csv or "ensemble").stem
+
+    @property
+    def voted(self) -> str:
+        """The vote as a ledger row records it: e.g. 'auto: weighted' (what the auto vote chose), 'soft'."""
+        return f"{self.vote}: {self.method}" if self.method and self.vote else self.vote or ""
 
     @property
     def description(self) -> str:
@@ -293,6 +301,20 @@ def stale_checkpoint(run_dir, ids: PredictionIds, which: str | None = None) -> P
     return ckpt if written < ckpt.stat().st_mtime else None
 
 
+def foreign_predictions(run_dir, ids: PredictionIds, which: str | None = None) -> str | None:
+    """Why the run's predictions are not of a checkpoint its own training wrote, or None: ids.json's
+    checkpoint digest is not the <which>.pt that checkpoints.json records (another run's checkpoint
+    and predictions copied in together; or predictions of a checkpoint trained on since). An older
+    kit's files (no digest, no record) pass."""
+    which = which or ids.which or "best"
+    if not ids.checkpoint_sha256 or written_by_run(Path(run_dir) / f"{which}.pt", ids.checkpoint_sha256):
+        return None
+    return (f"{run_dir}: its predictions come from a {which}.pt that this run's training did not write last "
+            f"(checkpoints.json records another: another run's checkpoint and predictions copied in, or "
+            f"predictions older than its training); put the run's own files back, or run `kit predict "
+            f"{run_dir}` on its own {which}.pt")
+
+
 def predictions_current(run_dir, which: str | None = None) -> bool:
     """Whether the run's val/test probabilities came from the checkpoint <which>.pt now on disk
     (which: best | last | avg; default the one ids.json names), made as its config.toml's [infer]
@@ -307,6 +329,11 @@ def predictions_current(run_dir, which: str | None = None) -> bool:
         return False
     which = which or ids.which or "best"
     if not (run_dir / f"{which}.pt").is_file() or stale_checkpoint(run_dir, ids, which) is not None:
+        return False
+    try:
+        if foreign_predictions(run_dir, ids, which):        # predicting again refuses the foreign file itself
+            return False
+    except KitError:                            # an unreadable checkpoints.json: predicting names it
         return False
     config = run_dir / "config.toml"
     if not config.is_file():                    # nothing asks otherwise (and nothing could predict it again)

@@ -11,7 +11,8 @@
 Both take a share of the recipe's time: with a time budget the members train for
 (1 - pseudo.share - distill.share) of it and the stages share the rest; without one (the full
 budget) a fine-tune gets `share` of the member's max_steps. Re-running continues: finished
-fine-tunes are kept while their inputs are unchanged, and moved aside when they changed.
+fine-tunes are kept while their inputs are unchanged, and moved aside when they changed; so is the
+student, while its teachers' predictions and its temperature and weight are unchanged.
 """
 from __future__ import annotations
 
@@ -22,11 +23,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from kit.config import to_dict
-from kit.distill import TEACHERS_JSON, best_member, distill, load_members
+from kit.distill import TEACHERS_JSON, best_member, changed_settings, distill, load_members
 from kit.errors import KitError
 from kit.fsio import read_json, sha256_file, write_json
 from kit.identity import run_identity
-from kit.pseudo import make_pseudo_labels
+from kit.pseudo import TEACHER, make_pseudo_labels
 from kit.recipe_result import RecipeResult, RoundResult, StudentResult, VoteResult
 from kit.records import predicted_mode
 from kit.rundir import RunDir
@@ -41,6 +42,7 @@ PSEUDO_DEFAULTS = {"enabled": True, "rounds": 1, "precision": 0.9, "top_fraction
                    "lr_scale": 0.25, "warmup_steps": 20, "fine_tune": "weighted"}
 MIN_WEIGHT = 0.05       # fine_tune = "weighted": members the vote gives less than this are kept as they are
 DISTILL_DEFAULTS = {"enabled": True, "share": 0.2, "temperature": 1.0, "weight": 0.5, "submit": False}
+TEACHING_NAMES = {"temperature": "temperature", "distill_weight": "weight"}    # kit.distill's -> its names
 REFIT_DEFAULTS = {"enabled": True, "share": 0.2, "lr_scale": 0.25, "warmup_steps": 20}
 # WeSpeaker's large-margin fine-tuning (conf/resnet_lm.yaml: 5 epochs after 150, crops 200 -> 600
 # frames, AAM margin 0.2 -> 0.5 fixed, lr 1e-4 -> 2.5e-5 after 0.1 -> 5e-5 with SGD).
@@ -299,15 +301,14 @@ def _fine_tune_jobs(ctx: StageHost, opts: dict, names, run_dirs, suffix: str, cs
 
 def distill_stage(ctx: StageHost, opts: dict, run_dirs: list[Path], result: RecipeResult) -> StudentResult:
     """Train and predict the student; write NAME-student.csv (a one-model submission). A student
-    taught by other members (they were retrained since) is moved aside and trained again. A student
-    whose training diverged is left out: result.student.diverged_at says so (no CSV), and the recipe
-    goes on to submit the vote."""
+    taught otherwise (by other members: they were retrained since; or at another [after.distill]
+    temperature or weight), finished or not, is moved aside and trained again. A student whose
+    training diverged is left out: result.student.diverged_at says so (no CSV), and the recipe goes
+    on to submit the vote."""
     student = ctx.root / "student"
     teachers = {str(Path(d).resolve()): sha256_file(Path(d) / "test_probs.npy") for d in run_dirs}
     record = student / TEACHERS_JSON
-    # by the teachers' predictions, not their paths: a moved or copied runs folder keeps its student
-    if student.exists() and sorted((_read_teachers(record) or {}).values()) != sorted(teachers.values()):
-        ctx.log(f"student: taught by other members before; moved to {move_aside(student, old_name(student))}")
+    _set_aside_if_taught_otherwise(ctx, student, teachers, opts)
     overrides = ["train.cpu_threads=0"]         # in-process: every core
     if not ctx.plan.timed:
         steps = load_config(best_member(load_members(run_dirs))).train.max_steps
@@ -344,6 +345,26 @@ def distill_stage(ctx: StageHost, opts: dict, run_dirs: list[Path], result: Reci
         val_acc = None
     result.student = StudentResult(str(student), val_acc, str(ens["csv"]))
     return result.student
+
+
+def _set_aside_if_taught_otherwise(ctx: StageHost, student: Path, teachers: dict, opts: dict) -> None:
+    """Move the student aside (nothing is deleted) when it was taught by other teachers than
+    `teachers` (teachers.json's format) or with another temperature or weight than `opts`, with a
+    line saying why; the stage then trains it again."""
+    if not student.exists():
+        return
+    # by the teachers' predictions, not their paths: a moved or copied runs folder keeps its student
+    if sorted((_read_teachers(student / TEACHERS_JSON) or {}).values()) != sorted(teachers.values()):
+        ctx.log(f"student: taught by other members before; moved to {move_aside(student, old_name(student))}")
+        return
+    try:
+        changed = [f"{TEACHING_NAMES[k]} {old} -> {new}"
+                   for k, (old, new) in changed_settings(student, opts["temperature"], opts["weight"]).items()]
+    except KitError:                            # what it learnt from is unknown: teach it again
+        changed = [f"its {TEACHER} is unreadable"]
+    if changed:
+        ctx.log(f"student: teaching changed ({', '.join(changed)}): trained again; the old one moved to "
+                f"{move_aside(student, old_name(student))}")
 
 
 def _read_teachers(path: Path) -> dict | None:

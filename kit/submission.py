@@ -348,3 +348,31 @@ def score_submission(csv_path: str | os.PathLike, answers_path: str | os.PathLik
             raise KitError(f"{csv_path}:{line}: duplicate Id {row[0]!r}")
         sub[row[0]] = row[1]
     return score_predictions(sub, key, str(csv_path), str(answers_path))
+
+
+def stale_vote(manifest) -> list[str]:
+    """What changed in a vote's members since `kit ensemble` voted them (kit.records.SubmissionManifest):
+    e.g. ["runs/x/a: trained on since (its best.pt is not the one voted)"]; [] when nothing did, or when
+    the manifest (an older kit's) does not record what it voted."""
+    # deferred: kit.records brings kit.runs and the run identity, which the CSV checks never need
+    from kit.records import PredictionIds
+
+    changes = []
+    digests = manifest.member_test_probs_sha256 or []
+    for i, member in enumerate(manifest.members or []):
+        run = Path(member)
+        settings = manifest.member_settings[i] if i < len(manifest.member_settings or []) else {}
+        ckpt = run / f"{settings.get('which') or 'best'}.pt"
+        if not run.is_dir():
+            changes.append(f"{member}: gone (moved aside by --fresh?)")
+        elif settings.get("checkpoint_sha256") and ckpt.is_file() and \
+                sha256_file(ckpt) != settings["checkpoint_sha256"]:
+            changes.append(f"{member}: trained on since (its {ckpt.name} is not the one voted)")
+        elif i < len(digests) and digests[i]:
+            try:
+                now = PredictionIds.load(run).test_probs_sha256
+            except KitError:
+                now = None
+            if now and now != digests[i]:
+                changes.append(f"{member}: predicted again since")
+    return changes

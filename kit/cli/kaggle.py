@@ -23,9 +23,10 @@ from kit.kaggle.client import check_timing, endpoint_or_env, target
 from kit.kaggle.ledger import find_submitted, interrupted_send
 from kit.kaggle.ledger import sending as ledger_sending
 from kit.kaggle.pending import merge_pending
+from kit.kaggle.refresh import maybe_made, owed_scores
 from kit.kaggle.server import FAULT_TARGETS, StandIn
 from kit.kaggle.server_competitions import MADE
-from kit.kaggle.submissions import AlreadyMade, find_cut_off, maybe_made, owed_scores
+from kit.kaggle.submissions import AlreadyMade, find_cut_off
 from kit.layout import data_competition, is_synthetic, read_layout, synth_marker
 from kit.names import check_competition
 from kit.records import SubmissionManifest

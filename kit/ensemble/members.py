@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 
 from kit.config import from_dict, load_toml
+from kit.env import progress_visible
 from kit.errors import KitError
 from kit.identity import require_same_data
 from kit.layout import Layout, read_layout
-from kit.records import PREDICTION_FILES, PredictionIds, refuse_while_training, stale_checkpoint
+from kit.records import PREDICTION_FILES, PredictionIds, foreign_predictions, refuse_while_training, stale_checkpoint
 
 
 @dataclass
@@ -33,9 +34,10 @@ class Member:
 
 def load_member(run_dir: str | os.PathLike) -> Member:
     """A predicted run dir's ids and probabilities, with a clear error if a trainer is training it
-    now, if prediction is missing, older than the run's checkpoint, not the bytes ids.json recorded,
-    or not probabilities (NaN or inf: a diverged run). Every reader of predictions comes here
-    (kit ensemble, report, pseudo, distill), so each check is made once, in one place."""
+    now, if prediction is missing, older than the run's checkpoint, of a checkpoint its training did
+    not write (checkpoints.json), not the bytes ids.json recorded, or not probabilities (NaN or inf: a
+    diverged run). Every reader of predictions comes here (kit ensemble, report, pseudo, distill), so
+    each check is made once, in one place."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise KitError(f"{run_dir}: run dir not found")
@@ -53,6 +55,9 @@ def load_member(run_dir: str | os.PathLike) -> Member:
     if ckpt is not None:
         raise KitError(f"{run_dir}: its predictions do not come from the {ckpt.name} there now (trained on since, "
                        f"or replaced or damaged); run `kit predict {run_dir}{_which_flag(ids)}` again")
+    foreign = foreign_predictions(run_dir, ids)
+    if foreign:
+        raise KitError(foreign)
     return Member(run_dir, ids, val, test, test_sha256)
 
 
@@ -123,16 +128,35 @@ def check_compatible(members: list[Member]) -> None:
         if other.test_probs.shape[1] != first.test_probs.shape[1]:
             raise KitError(f"{first.run_dir} has {first.test_probs.shape[1]} classes but "
                            f"{other.run_dir} has {other.test_probs.shape[1]}")
+    _check_same_data(members)
+
+
+def _check_same_data(members: list[Member]) -> None:
+    """Every member's data as it trained (the first's is checked where its speakers are read,
+    member_speakers), and the feature contents each was predicted from: one vote, one version of
+    the data (a member predicted again after the test files changed, beside one predicted before)."""
+    for m in members[1:]:
+        require_same_data(m.run_dir, _data_dir(m))
+    by_contents = {m.ids.data_features: m for m in members if m.ids.data_features}
+    if len(by_contents) > 1:
+        a, b = list(by_contents.values())[:2]
+        raise KitError(f"{a.run_dir} and {b.run_dir} were predicted from different contents of "
+                       f"{_data_dir(a)}'s feature files (changed between their predictions); run "
+                       f"`kit predict` on each member again")
+
+
+def _data_dir(member: Member) -> str:
+    """The data dir the member was predicted on (an older ids.json: the one its config names)."""
+    return member.ids.data_dir or from_dict(load_toml(member.run_dir / "config.toml")).data.data_dir
 
 
 def member_speakers(member: Member) -> tuple[list[str], str]:
     """Class index -> speaker id string, from the data dir the member was predicted on,
     after checking that its test list is that data dir's (so the CSV will be valid)."""
-    data_dir = member.ids.data_dir
-    if not data_dir:
-        data_dir = from_dict(load_toml(member.run_dir / "config.toml")).data.data_dir
+    data_dir = _data_dir(member)
     layout = read_layout(data_dir)
     require_same_data(member.run_dir, data_dir)
+    _require_same_features(member, layout, data_dir)
     if member.ids.test != [u.path for u in layout.test]:
         raise KitError(f"{member.run_dir}: its test predictions do not follow {data_dir}/testdata.json; "
                        f"run `kit predict {member.run_dir}` again")
@@ -141,6 +165,21 @@ def member_speakers(member: Member) -> tuple[list[str], str]:
                        f"{data_dir}/mapping.json has {len(layout.speakers)} speakers")
     _require_data_labels(member, layout, data_dir)
     return layout.speakers, str(data_dir)
+
+
+def _require_same_features(member: Member, layout: Layout, data_dir) -> None:
+    """The feature files are still what the member was predicted from: when a file's size or time
+    changed since (the store key ids.json recorded), the data is packed again (one line says so) and
+    its contents compared; a test file replaced in place would otherwise be voted from old predictions."""
+    # deferred: kit.data brings torch, which only this check (after a data change) needs
+    from kit.data import FeatureStore, store_key
+
+    ids = member.ids
+    if not ids.data_features or not ids.data_key or store_key(layout) == ids.data_key:
+        return
+    if FeatureStore.open(data_dir, progress=progress_visible()).content_digest != ids.data_features:
+        raise KitError(f"{data_dir}: its feature files changed since {member.run_dir} was predicted (their "
+                       f"contents are not what it predicted from); run `kit predict` on each member again")
 
 
 def _require_data_labels(member: Member, layout: Layout, data_dir) -> None:

@@ -20,8 +20,9 @@ from kit.kaggle.ledger import (
     update_ledger,
 )
 from kit.kaggle.pending import merge_pending
+from kit.kaggle.refresh import refresh_ledger
 from kit.kaggle.rehearsal import check_recipe_submissions, recipe_competition, recipe_submit
-from kit.kaggle.submissions import refresh_ledger, submit
+from kit.kaggle.submissions import submit
 
 __all__ = ["CREDENTIALS_HELP", "DEFAULT_COMPETITION", "KAGGLE", "LEDGER_BACKUPS", "LEDGER_COLUMNS", "RETRY_STATUSES",
            "STAND_IN", "append_ledger", "backoff", "call", "check_recipe_submissions", "credential_source",

@@ -1,5 +1,5 @@
 """Sending a submission: validate the CSV, submit it through the worker (retrying 429/5xx), wait for
-its score, and record every attempt in the ledger; `refresh_ledger` fetches scores still pending.
+its score, and record every attempt in the ledger; kit.kaggle.refresh fetches scores still owed.
 """
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from pathlib import Path
 from kit import DEFAULT_COMPETITION
 from kit.errors import KitError
 from kit.kaggle.client import (
-    MAYBE_MADE,
     backoff,
     call,
     check_timing,
@@ -29,12 +28,18 @@ from kit.kaggle.ledger import (
     merge_rows,
     now,
     read_ledger,
-    resolve_failed,
     update_ledger,
 )
 from kit.kaggle.pending import keep_pending, merge_pending
 from kit.records import SubmissionManifest, manifest_path
-from kit.submission import note_sending, note_submitted, require_valid, snapshot_for_sending, submitted_note
+from kit.submission import (
+    note_sending,
+    note_submitted,
+    require_valid,
+    snapshot_for_sending,
+    stale_vote,
+    submitted_note,
+)
 
 
 class AlreadyMade(Exception):
@@ -129,10 +134,14 @@ def _send(csv_path: Path, message, competition, data_dir, wait, ledger, endpoint
     line = note() if callable(note) else note       # may raise AlreadyMade: nothing is sent, nothing noted
     if line and log:
         log(line)
+    stale = stale_vote(manifest)
+    if stale and log:                       # a CSV of one's choosing is sent as asked: said, not refused
+        log(f"note: {csv_path.name}'s vote is older than its members ({'; '.join(stale)}); sent as asked "
+            f"(`kit ensemble` votes them as they are now)")
     described = tagged(message, digest, when)      # what Kaggle lists: the message and this send's id
     note_sending(csv_path, digest, ledger, when, competition, where, described)
     row = {"time": when, "competition": competition, "file": str(csv_path), "sha256": digest,
-           "message": message, "members": ";".join(map(str, manifest.members or [])), "vote": manifest.vote or "",
+           "message": message, "members": ";".join(map(str, manifest.members or [])), "vote": manifest.voted,
            "ref": "", "status": "", "public": "", "private": "",
            "target": where, "error": ""}
     record = _Recorder(ledger, log)
@@ -140,7 +149,7 @@ def _send(csv_path: Path, message, competition, data_dir, wait, ledger, endpoint
     def submitted(event: dict) -> None:     # recorded at once, so a crash while waiting loses nothing
         row.update(ref=str(event["ref"]), status="PENDING")
         record.add(row)
-        _note(csv_path, row, ledger, log)
+        note_accepted(csv_path, row, ledger, log)
         if recorded is not None:
             recorded()
 
@@ -172,7 +181,7 @@ def _send(csv_path: Path, message, competition, data_dir, wait, ledger, endpoint
     return row
 
 
-def _note(csv_path: Path, row: dict, ledger, log) -> None:
+def note_accepted(csv_path: Path, row: dict, ledger, log) -> None:
     """Note the accepted submission beside the CSV (kit.submission.note_submitted), so `kit ensemble`
     keeps that file whichever ledger recorded it. Never raised: the submission is made and recorded
     (a failure here is one log line)."""
@@ -288,10 +297,10 @@ def find_cut_off(csv_path, cut: dict, competition: str, ledger, endpoint: str | 
     manifest = SubmissionManifest.beside(csv_path) or SubmissionManifest()
     row = {"time": cut["time"], "competition": competition, "file": str(csv_path), "sha256": cut["sha256"],
            "message": untagged(cut["message"]), "members": ";".join(map(str, manifest.members or [])),
-           "vote": manifest.vote or "", "ref": str(sub["ref"]), "status": sub["status"], "public": sub["public"],
+           "vote": manifest.voted, "ref": str(sub["ref"]), "status": sub["status"], "public": sub["public"],
            "private": sub["private"], "target": where, "error": sub["error"]}
     merge_rows(ledger, [row])
-    _note(csv_path, row, ledger, log)
+    note_accepted(csv_path, row, ledger, log)
     return row
 
 
@@ -305,90 +314,3 @@ def await_score(row: dict, ledger, endpoint: str | None = None, env=None, log=No
     update_ledger(ledger, row["competition"], row["ref"], {k: row[k] for k in ("status", "public", "private", "error")},
                   target=row["target"])
     return row
-
-
-def owed_scores(frame):
-    """Which ledger rows still await something from Kaggle: PENDING ones, and COMPLETE ones without a
-    public or private score (Kaggle hides the private score until the competition ends)."""
-    scored = frame["status"] == "COMPLETE"
-    return (frame["ref"] != "") & ((frame["status"] == "PENDING") |
-                                   (scored & ((frame["public"] == "") | (frame["private"] == ""))))
-
-
-def refresh_ledger(ledger, competition: str | None = None, endpoint: str | None = None, env=None, log=None) -> int:
-    """Merge rows a failed recording left pending (kit.kaggle.pending), then fetch status and scores
-    of the rows owed them (owed_scores) from Kaggle (or the stand-in), and look up each FAILED send
-    that may have been made (its answer lost: found by its send id, it becomes the submission's row);
-    returns rows updated."""
-    merge_pending(ledger)
-    frame = read_ledger(ledger)
-    where = target(endpoint)
-    here = frame["target"] == where
-    if competition:
-        here &= frame["competition"] == competition
-    owed, unsure = frame[owed_scores(frame) & here], frame[maybe_made(frame) & here]
-    updated = 0
-    for comp in sorted(set(owed["competition"]) | set(unsure["competition"])):
-        rows = owed[owed["competition"] == comp]
-        refs = [int(r) for r in rows["ref"]]
-        found = call("list", {"competition": comp, "refs": [] if comp in set(unsure["competition"]) else refs},
-                     endpoint, env, log)["submissions"]
-        _say_unlisted(rows, found, comp, where, ledger, log)
-        had = {r["ref"]: r for r in rows.to_dict("records")}
-        news = []           # one rewrite of the ledger for them all (each rewrite keeps a backup)
-        for sub in found:
-            row = had.get(str(sub["ref"]))
-            if row is None or sub["status"] == "PENDING":
-                continue
-            fill = {k: sub[k] for k in ("status", "public", "private", "error") if sub[k] != "" and sub[k] != row[k]}
-            if fill:
-                news.append({**row, **fill})
-        if news:
-            merge_rows(ledger, news)        # fills empty fields, replaces PENDING: never takes a score back
-            updated += len(news)
-        updated += _resolve_maybe_made(ledger, unsure[unsure["competition"] == comp], found, set(frame["ref"]), log)
-    return updated
-
-
-def maybe_made(frame):
-    """Which ledger rows are FAILED sends that may have been made (their answer lost: MAYBE_MADE)."""
-    return (frame["status"] == "FAILED") & (frame["ref"] == "") & frame["error"].str.contains(MAYBE_MADE, regex=False)
-
-
-def _say_unlisted(rows, found, comp: str, where: str, ledger, log) -> None:
-    """One line for the rows owed a score that the list kit read does not hold: PENDING ones a stand-in
-    started again forgot (never scored there), scored ones older than the newest it reads."""
-    listed = {str(sub["ref"]) for sub in found}
-    missing = rows[~rows["ref"].isin(listed)]
-    if not log or missing.empty:
-        return
-    pending = sorted(missing[missing["status"] == "PENDING"]["ref"], key=int)
-    if pending:
-        log(f"{comp}: {where} does not list submission(s) {', '.join(pending)}; they stay PENDING in {ledger}")
-    older = sorted(missing[missing["status"] != "PENDING"]["ref"], key=int)
-    if older:
-        log(f"{comp}: submission(s) {', '.join(older)} are not among the {len(found)} listed by {where} "
-            f"(the newest): their scores in {ledger} stay as they are")
-
-
-def _resolve_maybe_made(ledger, rows, found: list[dict], known: set, log) -> int:
-    """The FAILED sends that may have been made (`rows`) whose send id one listed submission carries
-    (and no ledger row holds its ref): each row becomes that submission's; returns how many."""
-    resolved = 0
-    for row in rows.to_dict("records"):
-        sent = tagged(row["message"], row["sha256"], row["time"])
-        hits = [sub for sub in found if sub["ref"] and str(sub["ref"]) not in known
-                and same_send(sent, sub["description"])]
-        if len(hits) != 1:
-            continue
-        sub = hits[0]
-        made = {"ref": str(sub["ref"]), **{k: sub[k] for k in ("status", "public", "private")},
-                "error": sub["error"] or "its answer was lost; `kit scores` found it made (by its send id)"}
-        resolve_failed(ledger, row, made)
-        known.add(made["ref"])
-        _note(Path(row["file"]), {**row, **made}, ledger, log)
-        if log:
-            log(f"the send of {row['file']} at {row['time']} that may have been made was made: "
-                f"submission {made['ref']} ({made['status']}), now in {ledger}")
-        resolved += 1
-    return resolved

@@ -13,6 +13,7 @@ from kit.config import RunConfig, from_dict, load_toml
 from kit.data import FeatureStore
 from kit.errors import KitError
 from kit.fsio import atomic_path
+from kit.identity import START_OVER, config_changes, config_identity, describe, read_identity
 from kit.models import build_model
 from kit.runs import load_checkpoint
 from kit.windows import centre_windows, length_batches
@@ -36,6 +37,7 @@ def load_model(run_dir: str | Path, which: str = "best"):
     if which not in ("best", "last", "avg"):
         raise KitError(f"checkpoint {which!r}: choose best, last or avg")
     cfg = load_config(run_dir)
+    require_trained_config(run_dir, cfg)
     path = Path(run_dir) / f"{which}.pt"
     if not path.is_file():
         hint = ", with train.average_last > 0" if which == "avg" else ""
@@ -44,6 +46,23 @@ def load_model(run_dir: str | Path, which: str = "best"):
     model = build_model(cfg.model, cfg.augment)
     load_weights(model, ckpt["model"], path)
     return model.eval(), cfg
+
+
+def require_trained_config(run_dir: str | Path, cfg: RunConfig) -> None:
+    """Refuse a config.toml edited since the run trained in a model setting of its identity
+    (identity.json's "config"): an n_heads or feature_norm changes no parameter's shape, so the
+    weights would load without a word into another model and predict worse. The other settings
+    (training's, [infer]) do not change what the weights compute: free to change, as on a resume. A
+    run from before identity.json is not checked."""
+    recorded = read_identity(run_dir)
+    if recorded is None:
+        return
+    changes = config_changes(recorded["config"], config_identity(cfg), "model.")
+    if changes:
+        path = Path(run_dir) / "config.toml"
+        raise KitError(f"{path}: edited since the run trained ({describe(changes)}; its identity.json records the "
+                       f"run as it trained), so its weights would be read into another model and predict worse; "
+                       f"put config.toml back as the run trained, or to train again, {START_OVER}")
 
 
 def load_weights(model: torch.nn.Module, state: dict, path: Path) -> None:

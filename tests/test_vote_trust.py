@@ -1,0 +1,117 @@
+"""A vote is of one version of the data and of each member's own weights (probe 29): another run's
+checkpoint copied in with its predictions, test features replaced after prediction, members predicted
+from two versions of the features, and a member trained on another layout listed after the first."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+from kit.data import FeatureStore
+from kit.infer import predict_run
+from kit.records import predictions_current
+
+from conftest import kit_cli, one_error, train_tiny_run
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture
+def two_runs(tiny_data, tmp_path):
+    """A writable copy of the tiny competition and two runs trained and predicted on it."""
+    data = shutil.copytree(tiny_data, tmp_path / "data", ignore=shutil.ignore_patterns(".kit-cache"))
+    store = FeatureStore.open(data, dtype="float32", progress=False)
+    runs = []
+    for name in ("a", "b"):
+        run = train_tiny_run(store, tmp_path / "runs" / name)
+        predict_run(run, progress=False)
+        runs.append(run)
+    return data, *runs
+
+
+def _vote(capsys, tmp_path, *runs, vote: str = "hard"):
+    return kit_cli(capsys, "ensemble", *runs, "--name", "v", "--out", tmp_path / "subs", "--vote", vote)
+
+
+def test_another_runs_checkpoint_copied_in_with_its_predictions_is_never_voted(two_runs, tmp_path, capsys):
+    """The recipe said "finished earlier", and `kit ensemble` voted run c's weights as member a: only
+    a checkpoint copied alone was refused."""
+    data, a, b = two_runs
+    c = tmp_path / "runs" / "c"
+    shutil.copytree(a, c)
+    shutil.copy(b / "best.pt", c / "best.pt")                       # another run's weights ...
+    for name in ("ids.json", "val_probs.npy", "test_probs.npy"):     # ... with their own predictions
+        shutil.copy(b / name, c / name)
+    assert not predictions_current(c)                               # a recipe predicts it again (and refuses)
+    code, _, err = _vote(capsys, tmp_path, c, a)
+    one_error(code, err, str(c), "did not write last", "checkpoints.json")
+    assert not (tmp_path / "subs" / "v.csv").exists()
+    assert predictions_current(a) and _vote(capsys, tmp_path, a, b)[0] == 0
+
+
+def _replace_a_test_file(data) -> None:
+    """One test utterance's features replaced in place by others of the same shape (a newer mtime)."""
+    test = json.loads((data / "testdata.json").read_text())["utterances"][0]["feature_path"]
+    path = data / test
+    x = torch.load(path)
+    torch.save(torch.flip(x, dims=[0]) + 1.0, path)
+    later = os.stat(path).st_mtime + 10
+    os.utime(path, (later, later))
+
+
+def test_test_features_replaced_after_prediction_are_never_voted_from_old_predictions(two_runs, tmp_path, capsys,
+                                                                                     monkeypatch):
+    """`kit ensemble` voted old predictions of replaced test files, and a member predicted again on the new
+    ones beside one predicted on the old (the recipe refused; the CLI did not)."""
+    monkeypatch.setenv("KIT_PROGRESS", "0")                         # the data is packed again to compare
+    data, a, b = two_runs
+    _replace_a_test_file(data)
+    code, _, err = _vote(capsys, tmp_path, a, b)
+    one_error(code, err, str(data), "feature files changed since", "kit predict")
+    predict_run(a, progress=False)                                  # a on the new features, b on the old
+    code, _, err = _vote(capsys, tmp_path, b, a)
+    one_error(code, err, str(a), str(b), "different contents")
+    predict_run(b, progress=False)
+    assert _vote(capsys, tmp_path, a, b)[0] == 0
+
+
+def test_every_members_data_is_checked_not_only_the_first(two_runs, tmp_path, capsys):
+    """The same two runs were refused in one order and voted in the other."""
+    data, a, b = two_runs
+    meta = data / "metadata.json"
+    meta.write_text(json.dumps(json.loads(meta.read_text())))      # the same content, another layout hash
+    store = FeatureStore.open(data, dtype="float32", progress=False)
+    c = train_tiny_run(store, tmp_path / "runs" / "c")
+    predict_run(c, progress=False)
+    for order in ((c, a), (a, c)):
+        code, _, err = _vote(capsys, tmp_path, *order)
+        one_error(code, err, str(a), "changed since")
+
+
+def test_a_vote_older_than_its_members_is_sent_with_a_note(two_runs, tmp_path, capsys, kaggle_env, tiny_answers):
+    """`kit submit` sent a vote whose member had trained on since without a word; the ledger's vote column
+    said `auto`, not what the vote chose."""
+    from kit import DEFAULT_COMPETITION
+    from kit.kaggle import read_ledger
+    from kit.kaggle.server import StandIn
+    from kit.records import SubmissionManifest
+
+    data, a, b = two_runs
+    assert _vote(capsys, tmp_path, a, b, vote="auto")[0] == 0
+    csv = tmp_path / "subs" / "v.csv"
+    ledger = tmp_path / "subs" / "ledger.csv"
+    with StandIn(data, tiny_answers, competition=DEFAULT_COMPETITION) as standin:
+        code, _, err = kit_cli(capsys, "submit", csv, "-m", "fresh", "--ledger", ledger, "--endpoint", standin.url)
+        assert code == 0 and "older than its members" not in err, err
+        code, _, err = kit_cli(capsys, "train", "--out", a, "--resume", "--set", "train.max_steps=45", "--no-progress")
+        assert code == 0, err
+        # best.pt changed if validation improved (trained on since); predicted from last.pt either way
+        assert kit_cli(capsys, "predict", a, "--which", "last", "--no-progress")[0] == 0
+        code, _, err = kit_cli(capsys, "submit", csv, "-m", "stale", "--ledger", ledger, "--endpoint", standin.url)
+    assert code == 0 and "v.csv's vote is older than its members" in err, err
+    assert f"{a}: trained on since (its best.pt is not the one voted)" in err or f"{a}: predicted again since" in err
+    voted = SubmissionManifest.beside(csv)
+    assert read_ledger(ledger).iloc[0]["vote"] == voted.voted != "auto" and ":" in voted.voted
