@@ -97,6 +97,20 @@ def _utterance(entry, where: Path, speaker: str | None, data_dir: Path) -> Utter
     return Utterance(entry["feature_path"], mel_len, speaker)
 
 
+def _check_id2speaker(i2s, speakers: list[str], map_path: Path) -> None:
+    """mapping.json's id2speaker, where there is one, must say what speaker2id says: kit names classes
+    by speaker2id, and a file whose two halves disagree was edited in one of them (which one is
+    the user's to say)."""
+    if i2s is None:
+        return
+    said = {str(k): v for k, v in i2s.items()} if isinstance(i2s, dict) else None
+    wrong = [i for i, spk in enumerate(speakers) if (said or {}).get(str(i)) != spk]
+    if said is None or wrong or len(said) != len(speakers):
+        at = f"id {wrong[0]}: {(said or {}).get(str(wrong[0]))!r}, speaker2id says {speakers[wrong[0]]!r}" \
+            if wrong and said is not None else "not an object of every id"
+        raise KitError(f"{map_path}: id2speaker disagrees with speaker2id ({at}); mend the half that was edited")
+
+
 def read_layout(data_dir: str | os.PathLike) -> Layout:
     """Read metadata/testdata/mapping json and check their structure (not the tensors)."""
     data_dir = Path(data_dir)
@@ -124,6 +138,7 @@ def read_layout(data_dir: str | os.PathLike) -> Layout:
     speakers = [""] * len(s2i)                  # every slot is filled: the ids are 0..n-1
     for spk, idx in s2i.items():
         speakers[idx] = spk
+    _check_id2speaker(mapping.get("id2speaker"), speakers, map_path)
 
     train: list[Utterance] = []
     for spk, utts in meta["speakers"].items():

@@ -130,3 +130,30 @@ def test_a_bad_kaggle_timing_setting_stops_a_submission_before_it_is_sent(kaggle
     one_error(*kit_cli(capsys, *submit_args(sub, standin))[::2], f"environment variable {name}={value!r}")
     assert "CreateSubmission" not in standin.calls and not (sub.parent / "ledger.csv").exists()
     one_error(*kit_cli(capsys, "scores", "--ledger", sub.parent / "ledger.csv")[::2], name)
+
+
+@pytest.mark.parametrize("edit", ["swap", "missing", "not an object"])
+def test_an_id2speaker_that_disagrees_with_speaker2id_is_one_line(data, capsys, edit):
+    """Probe 24: kit read speaker2id alone, so a mapping.json whose halves disagreed was taken as it came."""
+    path = data / "mapping.json"
+    mapping = json.loads(path.read_text())
+    i2s = mapping["id2speaker"]
+    if edit == "swap":
+        i2s["0"], i2s["1"] = i2s["1"], i2s["0"]
+    elif edit == "missing":
+        del i2s["1"]
+    else:
+        mapping["id2speaker"] = list(i2s.values())
+    path.write_text(json.dumps(mapping))
+    one_error(*kit_cli(capsys, "data", "info", data)[::2], str(path), "id2speaker disagrees")
+    del mapping["id2speaker"]                                       # only speaker2id: as before
+    path.write_text(json.dumps(mapping))
+    assert read_layout(data).speakers
+
+
+def test_a_kit_progress_that_is_not_0_or_1_is_one_line(tiny_data, capsys, monkeypatch):
+    """Probe 24: `KIT_PROGRESS=maybe` was ignored without a word (bars shown or not by the terminal)."""
+    monkeypatch.setenv("KIT_PROGRESS", "maybe")
+    one_error(*kit_cli(capsys, "data", "info", tiny_data)[::2], "KIT_PROGRESS='maybe': 0")
+    monkeypatch.setenv("KIT_PROGRESS", "")                          # set empty: as if unset
+    assert kit_cli(capsys, "data", "info", tiny_data)[0] == 0

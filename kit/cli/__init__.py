@@ -154,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def run() -> int:
         check_competition(getattr(args, "competition", None))
+        if os.environ.get("KIT_PROGRESS", "") not in ("", "0", "1"):     # ignored, it hid a typo (probe 24)
+            raise KitError(f"KIT_PROGRESS={os.environ['KIT_PROGRESS']!r}: 0 (no progress bars) or 1 (always), "
+                           "or unset (bars where they are seen)")
         # SIGTERM/SIGHUP (a Kaggle or Slurm time-out, a closed terminal) stop kit as Ctrl-C does: every
         # `finally` runs, so pools, stand-ins and temp folders go with it (exit 143/129).
         with exit_on_signals(), cache_from(args):
