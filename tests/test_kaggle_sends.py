@@ -27,6 +27,8 @@ def test_a_send_is_listed_with_its_message_and_its_own_id(kaggle_env, standin, s
     assert untagged(made["description"]) == "test run" and same_send(made["description"], f"  {made['description']} ")
     assert not same_send(made["description"], "test run") and not same_send(made["description"], None)
     assert same_send("an older kit's", "an older kit's") and tagged("m", "a", "t") != tagged("m", "a", "u")
+    long = tagged("x" * 500, "a", "t")                  # the id within what a server may keep of it
+    assert len(long) < 230 and long.startswith("x" * 190) and same_send(long, long) and "[kit " in long[-20:]
 
 
 @pytest.mark.parametrize("theirs", ["plain", "tagged"])

@@ -101,6 +101,7 @@ def _worker_env(endpoint: str | None, overrides: dict | None) -> dict:
 
 STALLED = 120.0     # seconds past a wait's --timeout after which a worker stuck in one HTTP call is stopped
 MAYBE_MADE = "it may have been made"     # in a failed send's error: a re-run looks it up before sending again
+MESSAGE_SENT = 200      # characters of the message a description carries (the ledger keeps it whole)
 _SEND_TAG = re.compile(r" \[kit ([0-9a-f]{10})\]$")
 
 
@@ -108,9 +109,13 @@ def tagged(message: str, digest: str, when: str) -> str:
     """The description a send carries to Kaggle: the user's message and the send's own id, `[kit <10
     hex>]` (of the CSV's digest and the send's time). A send whose answer was lost, or that a kill cut
     off, is found in the competition's list by it: never a teammate's or an earlier send of the same
-    message and file name, and a server that trims or reflows the message still matches."""
+    message and file name, and a server that trims or reflows the message still matches. A message
+    longer than MESSAGE_SENT is cut there in the description (kit's ledger keeps it whole)."""
     tag = hashlib.sha256(f"{digest} {when}".encode()).hexdigest()[:10]
-    return f"{message.strip()} [kit {tag}]"
+    text = message.strip()
+    if len(text) > MESSAGE_SENT:        # the id must survive a server that cuts descriptions short
+        text = text[:MESSAGE_SENT - 3].rstrip() + "..."
+    return f"{text} [kit {tag}]"
 
 
 def untagged(description: str) -> str:
