@@ -9,25 +9,27 @@ import re
 
 import pytest
 
-from kit.kaggle import read_ledger
-from kit.kaggle.client import MAYBE_MADE, same_send, tagged, untagged
+from kit.kaggle import call, read_ledger
+from kit.kaggle.client import MAYBE_MADE, same_send, tagged, target, untagged
 
+from conftest import COMP, one_error_line, submit_args
 from conftest import kit_cli as kit
-from conftest import one_error_line, submit_args
 
 TAG = re.compile(r"^test run \[kit [0-9a-f]{10}\]$")
 
 
 def test_a_send_is_listed_with_its_message_and_its_own_id(kaggle_env, standin, sub, capsys):
+    from kit.kaggle.ledger import sent_as
+
     assert kit(capsys, *submit_args(sub, standin, "--wait"))[0] == 0
     [made] = standin.submissions
     [row] = read_ledger(sub.parent / "ledger.csv").to_dict("records")
     assert TAG.match(made["description"]) and row["message"] == "test run", made["description"]
-    assert made["description"] == tagged("test run", row["sha256"], row["time"])
+    assert sent_as(sub, row["sha256"], row["time"]) == made["description"]         # kept in the note beside it
     assert untagged(made["description"]) == "test run" and same_send(made["description"], f"  {made['description']} ")
     assert not same_send(made["description"], "test run") and not same_send(made["description"], None)
-    assert same_send("an older kit's", "an older kit's") and tagged("m", "a", "t") != tagged("m", "a", "u")
-    long = tagged("x" * 500, "a", "t")                  # the id within what a server may keep of it
+    assert same_send("an older kit's", "an older kit's") and tagged("m") != tagged("m")    # never two alike
+    long = tagged("x" * 500)                            # the id within what a server may keep of it
     assert len(long) < 230 and long.startswith("x" * 190) and same_send(long, long) and "[kit " in long[-20:]
 
 
@@ -86,9 +88,15 @@ def test_a_row_the_list_cannot_settle_stays_failed(kaggle_env, standin, sub, cap
     standin.inject(MADE, 503)
     assert kit(capsys, *submit_args(sub, standin))[0] == 2
     standin.submissions.clear()                                 # a stand-in that forgot it: nothing to find
+    teammate = sub.parent.parent / "teammate" / sub.name            # but a teammate's send of those bytes and message
+    teammate.parent.mkdir()
+    teammate.write_bytes(sub.read_bytes())
+    call("submit", {"competition": COMP, "file": str(teammate), "message": tagged("test run"), "wait": False,
+                    "timeout": 10.0, "poll": 0.1}, standin.url)
     code, _, err = kit(capsys, "scores", "--ledger", sub.parent / "ledger.csv", "--endpoint", standin.url)
     [row] = read_ledger(sub.parent / "ledger.csv").to_dict("records")
     assert code == 0 and row["status"] == "FAILED" and MAYBE_MADE in row["error"] and row["ref"] == "", err
+    assert len(standin.submissions) == 1
 
 
 def test_rows_older_than_the_list_kit_reads_are_named_not_passed_over(kaggle_env, standin, sub, capsys):
@@ -142,3 +150,41 @@ def test_scores_of_zero_sent_as_numbers_and_a_kernel_status_kit_does_not_know(mo
     ended = _op_kernels_wait(Api(), {"refs": ["me/k"], "poll": 0}, lambda line: None, events.append)["ended"]
     assert ended == {"me/k": {"status": "FAILED", "message": "a status kit does not know: oom"}}
     assert kernels.looks == 1 and events[0]["event"]["status"] == "FAILED"
+
+
+def test_a_cut_off_send_is_found_by_its_id_whatever_the_clocks_say(kaggle_env, standin, sub, tiny_data):
+    """Probe 30: a server clock ten minutes behind hid a cut-off send from the re-run's lookup (it looked
+    from the note's time less five minutes), which sent the same bytes again."""
+    from datetime import datetime, timedelta
+
+    from kit.fsio import sha256_file
+    from kit.kaggle import recipe_submit
+    from kit.kaggle.ledger import now
+    from kit.submission import note_sending
+
+    described = tagged("kit recipe r")
+    note_sending(sub, sha256_file(sub), sub.parent / "ledger.csv", now(), COMP, target(standin.url), described)
+    made = call("submit", {"competition": COMP, "file": str(sub), "message": described, "wait": False,
+                           "timeout": 10.0, "poll": 0.1}, standin.url)         # Kaggle took it; the answer was lost
+    behind = datetime.fromisoformat(standin.submissions[0]["date"].replace("Z", "+00:00")) - timedelta(minutes=10)
+    standin.submissions[0]["date"] = behind.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    result = recipe_submit(sub, "kit recipe r", tiny_data, submissions_dir=sub.parent, endpoint=standin.url)
+    assert result["ref"] == str(made["ref"]) and "not sent again" in result["reason"], result
+    assert standin.calls.count("CreateSubmission") == 1
+
+
+def test_a_re_run_that_finds_a_send_that_may_have_been_made_settles_its_failed_row(kaggle_env, standin, sub,
+                                                                                  tiny_data, capsys):
+    """Probe 30: the re-run recorded the submission it found in a new row beside the FAILED one, which
+    stayed in the table and was looked up by every `kit scores`."""
+    from kit.kaggle import recipe_submit
+    from kit.kaggle.server_competitions import MADE
+
+    standin.inject("ListSubmissions", 503, count=4)
+    standin.inject(MADE, 503)
+    assert kit(capsys, *submit_args(sub, standin))[0] == 2
+    again = recipe_submit(sub, "a re-run", tiny_data, submissions_dir=sub.parent, endpoint=standin.url)
+    assert "not sent again" in again["reason"] and len(standin.submissions) == 1, again["reason"]
+    [row] = read_ledger(sub.parent / "ledger.csv").to_dict("records")
+    assert row["ref"] == str(standin.submissions[0]["ref"]) and MAYBE_MADE not in row["error"], again["reason"]
+    assert row["message"] == "test run"

@@ -71,6 +71,13 @@ def test_test_features_replaced_after_prediction_are_never_voted_from_old_predic
     _replace_a_test_file(data)
     code, _, err = _vote(capsys, tmp_path, a, b)
     one_error(code, err, str(data), "feature files changed since", "kit predict")
+    # probe 30: distill read the members without it, and an older kit's member listed first hid it
+    code, _, err = kit_cli(capsys, "distill", a, b, "--out", tmp_path / "student", "--minutes", "0.1")
+    one_error(code, err, str(data), "feature files changed since")
+    older = json.loads((a / "ids.json").read_text())
+    (a / "ids.json").write_text(json.dumps({k: v for k, v in older.items() if k not in ("data_features", "data_key")}))
+    one_error(*_vote(capsys, tmp_path, a, b)[::2], str(b), "feature files changed since")
+    (a / "ids.json").write_text(json.dumps(older))
     predict_run(a, progress=False)                                  # a on the new features, b on the old
     code, _, err = _vote(capsys, tmp_path, b, a)
     one_error(code, err, str(a), str(b), "different contents")

@@ -69,6 +69,7 @@ def _register_ensemble(sub) -> None:
                    help="submission name, without .csv: writes OUT/NAME.csv and OUT/NAME.json "
                         "(default: <vote>-<n>members-<time>)")
     p.add_argument("--out", default="submissions", help="folder for NAME.csv and NAME.json")
+    add_cache_option(p)         # the data is packed again to compare when a feature file changed since prediction
     p.set_defaults(func=cmd_ensemble)
 
 
@@ -83,6 +84,7 @@ def _register_checks(sub) -> None:
     p.add_argument("--answers", default=None, metavar="KEY.csv",
                    help="answer key Id,Category,Usage: add public/private test accuracy")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_cache_option(p)
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("validate", help="check a submission CSV the way Kaggle would")

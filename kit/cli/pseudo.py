@@ -28,6 +28,7 @@ def register(sub) -> None:
                    help="validation-estimated precision the chosen labels must reach (default 0.95)")
     g.add_argument("--top-fraction", type=float, help="instead: label this share of the test set")
     p.add_argument("--answers", help="answer key (synthetic data): also print the labels' true precision")
+    add_cache_option(p)
     p.set_defaults(func=cmd_pseudo)
 
     d = sub.add_parser("distill", help="train one student on an ensemble's soft targets",

@@ -134,7 +134,9 @@ def check_compatible(members: list[Member]) -> None:
 def _check_same_data(members: list[Member]) -> None:
     """Every member's data as it trained (the first's is checked where its speakers are read,
     member_speakers), and the feature contents each was predicted from: one vote, one version of
-    the data (a member predicted again after the test files changed, beside one predicted before)."""
+    the data (a member predicted again after the test files changed, beside one predicted before),
+    and that version the data's now. Every reader of members comes here (kit ensemble, report,
+    pseudo, distill, a recipe's vote)."""
     for m in members[1:]:
         require_same_data(m.run_dir, _data_dir(m))
     by_contents = {m.ids.data_features: m for m in members if m.ids.data_features}
@@ -143,6 +145,9 @@ def _check_same_data(members: list[Member]) -> None:
         raise KitError(f"{a.run_dir} and {b.run_dir} were predicted from different contents of "
                        f"{_data_dir(a)}'s feature files (changed between their predictions); run "
                        f"`kit predict` on each member again")
+    if by_contents:             # all of one version: is it the data's now? (any member that recorded it)
+        member = next(iter(by_contents.values()))
+        _require_same_features(member, read_layout(_data_dir(member)), _data_dir(member))
 
 
 def _data_dir(member: Member) -> str:
@@ -156,7 +161,6 @@ def member_speakers(member: Member) -> tuple[list[str], str]:
     data_dir = _data_dir(member)
     layout = read_layout(data_dir)
     require_same_data(member.run_dir, data_dir)
-    _require_same_features(member, layout, data_dir)
     if member.ids.test != [u.path for u in layout.test]:
         raise KitError(f"{member.run_dir}: its test predictions do not follow {data_dir}/testdata.json; "
                        f"run `kit predict {member.run_dir}` again")

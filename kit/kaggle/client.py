@@ -5,7 +5,6 @@ Also the retry and poll timings both sides read, overridable from the environmen
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -15,6 +14,7 @@ import sys
 import tempfile
 import threading
 import urllib.parse
+from secrets import token_hex
 
 from kit.env import check_stopped, die_with_parent
 from kit.errors import KitError
@@ -105,22 +105,26 @@ MESSAGE_SENT = 200      # characters of the message a description carries (the l
 _SEND_TAG = re.compile(r" \[kit ([0-9a-f]{10})\]$")
 
 
-def tagged(message: str, digest: str, when: str) -> str:
+def tagged(message: str) -> str:
     """The description a send carries to Kaggle: the user's message and the send's own id, `[kit <10
-    hex>]` (of the CSV's digest and the send's time). A send whose answer was lost, or that a kill cut
-    off, is found in the competition's list by it: never a teammate's or an earlier send of the same
-    message and file name, and a server that trims or reflows the message still matches. A message
-    longer than MESSAGE_SENT is cut there in the description (kit's ledger keeps it whole)."""
-    tag = hashlib.sha256(f"{digest} {when}".encode()).hexdigest()[:10]
+    hex>]`, random (the note beside the CSV keeps it: kit.kaggle.ledger.sent_as). A send whose answer
+    was lost, or that a kill cut off, is found in the competition's list by it: never a teammate's or
+    an earlier send of the same bytes and message, whatever the clocks say, and a server that trims
+    or reflows the message still matches. A message longer than MESSAGE_SENT is cut there in the
+    description (kit's ledger keeps it whole)."""
     text = message.strip()
     if len(text) > MESSAGE_SENT:        # the id must survive a server that cuts descriptions short
         text = text[:MESSAGE_SENT - 3].rstrip() + "..."
-    return f"{text} [kit {tag}]"
+    return f"{text} [kit {token_hex(5)}]"
 
 
 def untagged(description: str) -> str:
     """The user's message of a description `tagged` made (any other as it is)."""
     return _SEND_TAG.sub("", description)
+
+
+def is_tagged(description: str) -> bool:
+    return bool(_SEND_TAG.search(description))
 
 
 def same_send(sent: str, listed) -> bool:

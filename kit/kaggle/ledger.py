@@ -276,16 +276,20 @@ def merge_rows(path: str | os.PathLike, rows: list[dict]) -> None:
             _rewrite_ledger(path, frame, new)
 
 
+FOUND_MADE = "its answer was lost; found made in the competition's list (by its send id)"
+
+
 def resolve_failed(path: str | os.PathLike, row: dict, made: dict) -> None:
     """The FAILED row `row` (no ref) made the submission `made` ({ref, status, public, private, error}):
-    its fields set, the error that said it may have been made replaced by `made`'s (never blanked: a
-    rewrite that empties a field is refused)."""
+    its fields set, the error that said it may have been made replaced by `made`'s, or by FOUND_MADE
+    (never blanked: a rewrite that empties a field is refused)."""
     path = ledger_target(path)
     with file_lock(ledger_lock(path)):
         frame = read_ledger(path)
         new = frame.copy()
         hit = same_row(new, {**row, "ref": ""}) & (new["status"] == "FAILED")
-        for key, value in made.items():
+        hit &= hit.cumsum() == 1            # the first such row: two of one second would take one ref twice
+        for key, value in {**made, "error": made.get("error") or FOUND_MADE}.items():
             new.loc[hit, key] = str(value or "")
         if not new.equals(frame):
             _rewrite_ledger(path, frame, new)
@@ -341,6 +345,18 @@ def interrupted_send(ledger, csv_path, competition: str, target: str) -> dict | 
                    if book):
             return noted
     return None
+
+
+def sent_as(csv_path, digest: str, time: str) -> str | None:
+    """The description (message and send id, kit.kaggle.client.tagged) that the send of these bytes
+    at TIME carried, from the note beside the CSV; None when the note is gone or does not hold it."""
+    try:
+        text = submitted_note(csv_path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    said = [n["message"] for n in map(_note_line, text.splitlines())
+            if n is not None and n["sha256"] == digest and n["time"] == time and n["message"]]
+    return said[-1] if said else None
 
 
 def _note_line(line: str) -> dict | None:

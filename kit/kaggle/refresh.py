@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kit.kaggle.client import MAYBE_MADE, call, same_send, tagged, target
-from kit.kaggle.ledger import merge_rows, read_ledger, resolve_failed
+from kit.kaggle.client import MAYBE_MADE, call, is_tagged, same_send, target
+from kit.kaggle.ledger import merge_rows, read_ledger, resolve_failed, sent_as
 from kit.kaggle.pending import merge_pending
 from kit.kaggle.submissions import note_accepted
 
@@ -76,23 +76,27 @@ def _say_unlisted(rows, found, comp: str, where: str, ledger, log) -> None:
 
 
 def _resolve_maybe_made(ledger, rows, found: list[dict], known: set, log) -> int:
-    """The FAILED sends that may have been made (`rows`) whose send id one listed submission carries
-    (and no ledger row holds its ref): each row becomes that submission's; returns how many."""
+    """The FAILED sends that may have been made (`rows`) whose send id (from the note beside the CSV,
+    kit.kaggle.ledger.sent_as) one listed submission carries: each row becomes that submission's, or,
+    when another row already holds its ref (a re-run found it), says so and no longer asks. Returns
+    how many rows changed."""
     resolved = 0
     for row in rows.to_dict("records"):
-        sent = tagged(row["message"], row["sha256"], row["time"])
-        hits = [sub for sub in found if sub["ref"] and str(sub["ref"]) not in known
-                and same_send(sent, sub["description"])]
+        sent = sent_as(row["file"], row["sha256"], row["time"])
+        hits = [sub for sub in found if sub["ref"] and sent and is_tagged(sent) and same_send(sent, sub["description"])]
         if len(hits) != 1:
             continue
-        sub = hits[0]
-        made = {"ref": str(sub["ref"]), **{k: sub[k] for k in ("status", "public", "private")},
-                "error": sub["error"] or "its answer was lost; `kit scores` found it made (by its send id)"}
+        sub, ref = hits[0], str(hits[0]["ref"])
+        if ref in known:
+            resolve_failed(ledger, row, {"error": f"made: submission {ref}, recorded in its own row"})
+            resolved += 1
+            continue
+        made = {"ref": ref, **{k: sub[k] for k in ("status", "public", "private", "error")}}
         resolve_failed(ledger, row, made)
-        known.add(made["ref"])
+        known.add(ref)
         note_accepted(Path(row["file"]), {**row, **made}, ledger, log)
         if log:
             log(f"the send of {row['file']} at {row['time']} that may have been made was made: "
-                f"submission {made['ref']} ({made['status']}), now in {ledger}")
+                f"submission {ref} ({made['status']}), now in {ledger}")
         resolved += 1
     return resolved

@@ -12,9 +12,11 @@ from pathlib import Path
 from kit import DEFAULT_COMPETITION
 from kit.errors import KitError
 from kit.kaggle.client import (
+    MAYBE_MADE,
     backoff,
     call,
     check_timing,
+    is_tagged,
     poll_interval,
     same_send,
     tagged,
@@ -28,6 +30,7 @@ from kit.kaggle.ledger import (
     merge_rows,
     now,
     read_ledger,
+    resolve_failed,
     update_ledger,
 )
 from kit.kaggle.pending import keep_pending, merge_pending
@@ -138,7 +141,7 @@ def _send(csv_path: Path, message, competition, data_dir, wait, ledger, endpoint
     if stale and log:                       # a CSV of one's choosing is sent as asked: said, not refused
         log(f"note: {csv_path.name}'s vote is older than its members ({'; '.join(stale)}); sent as asked "
             f"(`kit ensemble` votes them as they are now)")
-    described = tagged(message, digest, when)      # what Kaggle lists: the message and this send's id
+    described = tagged(message)                     # what Kaggle lists: the message and this send's id
     note_sending(csv_path, digest, ledger, when, competition, where, described)
     row = {"time": when, "competition": competition, "file": str(csv_path), "sha256": digest,
            "message": message, "members": ";".join(map(str, manifest.members or [])), "vote": manifest.voted,
@@ -267,10 +270,11 @@ def _utc(stamp: str) -> datetime:
 def find_cut_off(csv_path, cut: dict, competition: str, ledger, endpoint: str | None = None, env=None, log=None,
                  where: str | None = None) -> dict | None:
     """Whether a send cut off before its answer (kit.kaggle.ledger.interrupted_send's note line `cut`)
-    reached the competition: its submission list is read for one with the note's send id (its message,
-    from an older kit; kit.kaggle.client.same_send), the CSV's file name and size, dated from the note
-    on (less CLOCKS_APART) and in no ledger row yet. Found: it is recorded in `ledger` and beside the
-    CSV as if the answer had come, and its row returned (a PENDING one: await_score). None: it never
+    reached the competition: its submission list is read for one with the note's send id, in no
+    ledger row yet (an older kit's note: its message, the CSV's file name and size, dated from the
+    note on less CLOCKS_APART). Found: it is recorded in `ledger` (in place of the attempt's FAILED row
+    when there is one) and beside the CSV as if the answer had come, and its row returned (a PENDING
+    one: await_score). None: it never
     arrived (sending it spends nothing twice). KitError when the note has no message (an older kit's),
     the list cannot be read, or more than one could be it (an older kit's untagged send: the user looks)."""
     if not cut.get("message"):
@@ -283,9 +287,10 @@ def find_cut_off(csv_path, cut: dict, competition: str, ledger, endpoint: str | 
         if look:
             time.sleep(backoff() * 2 ** (look - 1))
         subs = call("list", {"competition": competition, "refs": []}, endpoint, env, log)["submissions"]
-        hits = [sub for sub in subs if sub["ref"] and same_send(cut["message"], sub["description"])
-                and sub["file"] in ("", csv_path.name) and sub.get("bytes") in (None, 0, size) and sub["date"]
-                and _utc(sub["date"]) >= since and str(sub["ref"]) not in known]
+        hits = [sub for sub in subs if sub["ref"] and str(sub["ref"]) not in known and (
+            same_send(cut["message"], sub["description"]) if is_tagged(cut["message"]) else  # its id: exact
+            sub["description"] == cut["message"] and sub["file"] in ("", csv_path.name)  # an older kit's note
+            and sub.get("bytes") in (None, 0, size) and sub["date"] and _utc(sub["date"]) >= since)]
         if hits:
             break
     if len(hits) > 1:
@@ -299,9 +304,24 @@ def find_cut_off(csv_path, cut: dict, competition: str, ledger, endpoint: str | 
            "message": untagged(cut["message"]), "members": ";".join(map(str, manifest.members or [])),
            "vote": manifest.voted, "ref": str(sub["ref"]), "status": sub["status"], "public": sub["public"],
            "private": sub["private"], "target": where, "error": sub["error"]}
-    merge_rows(ledger, [row])
+    failed = _failed_row(ledger, cut)
+    if failed is None:
+        merge_rows(ledger, [row])
+    else:                       # the attempt's FAILED row ("it may have been made") becomes the submission's
+        resolve_failed(ledger, failed, {k: row[k] for k in ("ref", "status", "public", "private", "error")})
+        row["message"] = failed["message"]
     note_accepted(csv_path, row, ledger, log)
     return row
+
+
+def _failed_row(ledger, cut: dict) -> dict | None:
+    """The ledger's FAILED row of the send `cut` (a note line), saying it may have been made; None."""
+    frame = read_ledger(ledger) if Path(ledger).is_file() else None
+    if frame is None or not len(frame):
+        return None
+    rows = frame[(frame["sha256"] == cut["sha256"]) & (frame["time"] == cut["time"]) & (frame["status"] == "FAILED")
+                 & (frame["ref"] == "") & frame["error"].str.contains(MAYBE_MADE, regex=False)]
+    return rows.iloc[0].to_dict() if len(rows) else None
 
 
 def await_score(row: dict, ledger, endpoint: str | None = None, env=None, log=None, poll: float | None = None,
