@@ -312,7 +312,7 @@ def foreign_predictions(run_dir, ids: PredictionIds, which: str | None = None) -
     return (f"{run_dir}: its predictions come from a {which}.pt that this run's training did not write last "
             f"(checkpoints.json records another: another run's checkpoint and predictions copied in, or "
             f"predictions older than its training); put the run's own files back, or run `kit predict "
-            f"{run_dir}` on its own {which}.pt")
+            f"{run_dir}{'' if which == 'best' else ' --which ' + which}` on its own {which}.pt")
 
 
 def predictions_current(run_dir, which: str | None = None) -> bool:

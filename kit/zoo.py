@@ -11,6 +11,8 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import torch
+
 from kit.audition import decided, run_audition, wants_audition
 from kit.config import RunConfig
 from kit.data import FeatureStore
@@ -118,6 +120,18 @@ def _start(run: RecipeRun, fresh: bool, only, share: Callable[[], None]) -> None
         run.log(run.budget_said)
 
 
+def default_budget(data_dir: Path, elsewhere: bool) -> tuple[str, str]:
+    """The budget kit chooses, and the line saying why: quick on synthetic data; full on real data
+    where a GPU trains it (here, or a launcher's); quick on real data with no GPU here (the full
+    budget is hours of GPU time: days of a CPU, its models too big for minutes)."""
+    if is_synthetic(data_dir):
+        return "quick", f"the quick budget: {data_dir} is synthetic data (--budget chooses)"
+    if elsewhere or torch.cuda.is_available():
+        return "full", f"the full budget: {data_dir} is real data (--budget chooses)"
+    return "quick", (f"the quick budget: {data_dir} is real data, but no GPU is here (the full budget is hours "
+                     "of GPU time; --budget full chooses it)")
+
+
 def _check_times(minutes, per_member_minutes, max_hours) -> None:
     """--minutes, --member-minutes and --max-hours, when given, are finite and positive."""
     for value, flag, unit in ((minutes, "--minutes", "minutes"), (per_member_minutes, "--member-minutes", "minutes"),
@@ -160,9 +174,7 @@ class RecipeRun:
         data_dir = ensure_data(data, log)
         said = ""
         if budget is None:                  # kit's choice, said once the checks pass (_start)
-            budget = "quick" if is_synthetic(data_dir) else "full"
-            kind = "synthetic" if budget == "quick" else "real"
-            said = f"the {budget} budget: {data_dir} is {kind} data (--budget chooses)"
+            budget, said = default_budget(data_dir, overrides["elsewhere"])
         if budget not in BUDGETS:
             raise KitError(f"budget {budget!r}: choose quick or full")
         mode = wants_audition(recipe, budget, overrides["audition"], only, overrides["blocker"],

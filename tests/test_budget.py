@@ -123,3 +123,23 @@ def test_the_recipe_table_notes_a_member_that_lost_steps(tmp_path):
                     submissions=tmp_path)
     notes = {m.name: m.note for m in run.results(set(), None).members}
     assert notes["kept"] == "" and notes["starved"].startswith("lost steps: 4.0 steps/s against 10.0 at its start")
+
+
+def test_real_data_without_a_gpu_gets_the_quick_budget_and_says_why(tiny_data, tmp_path, monkeypatch):
+    """Probe 31: data with no synthetic marker (the real competition, or another generator's fetched
+    through an emulator) got the full budget on a CPU: models sized for hours of GPU time."""
+    import shutil
+
+    import torch
+
+    from kit.layout import SYNTH_MARKER
+    from kit.zoo import default_budget
+
+    real = shutil.copytree(tiny_data, tmp_path / "real", ignore=shutil.ignore_patterns(SYNTH_MARKER, ".kit-cache"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    budget, said = default_budget(real, elsewhere=False)
+    assert budget == "quick" and "real data, but no GPU is here" in said and "--budget full" in said
+    assert default_budget(real, elsewhere=True)[0] == "full"              # a launcher's GPUs train it
+    assert default_budget(tiny_data, elsewhere=True)[0] == "quick"        # synthetic: quick wherever
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert default_budget(real, elsewhere=False) == ("full", f"the full budget: {real} is real data (--budget chooses)")

@@ -26,7 +26,7 @@ from kit.fsio import sha256_file
 from kit.kaggle import append_ledger, call, extract_zip, read_ledger, recipe_competition, recipe_submit
 from kit.kaggle.ledger import sending_lock
 from kit.kaggle.server import StandIn
-from kit.layout import downloaded_from
+from kit.layout import SYNTH_MARKER, downloaded_from, is_synthetic
 from kit.submission import score_submission
 
 from conftest import COMP, FAKE_KEY, FAKE_TOKEN, one_error_line, submit_args, write_submission
@@ -370,7 +370,8 @@ def test_download_unpacks_validates_and_skips_on_rerun(kaggle_env, standin, tmp_
     data_dir = out_dir / "Dataset"
     assert f"data ready: {data_dir}" in out
     assert sorted(p.name for p in data_dir.iterdir()) == sorted(p.name for p in tiny_data.iterdir()
-                                                                if not p.name.startswith("."))
+                                                                if not p.name.startswith(".") or p.name == SYNTH_MARKER)
+    assert is_synthetic(data_dir)      # probe 31: a stand-in's synthetic competition was real data once fetched
     calls = list(standin.calls)
     code, out, _ = kit(capsys, "data", "download", "--competition", COMP, "--out", out_dir)
     assert code == 0 and f"data ready: {data_dir}" in out

@@ -122,3 +122,16 @@ def test_a_vote_older_than_its_members_is_sent_with_a_note(two_runs, tmp_path, c
     assert f"{a}: trained on since (its best.pt is not the one voted)" in err or f"{a}: predicted again since" in err
     voted = SubmissionManifest.beside(csv)
     assert read_ledger(ledger).iloc[0]["vote"] == voted.voted != "auto" and ":" in voted.voted
+
+
+def test_predicting_a_run_again_keeps_the_checkpoint_it_was_predicted_from(two_runs, capsys):
+    """Probe 31: `kit predict RUN` (kit's own advice after a refusal) switched a recipe member from its last
+    checkpoint to best without a word."""
+    from kit.records import PredictionIds
+
+    _, a, _ = two_runs
+    assert kit_cli(capsys, "predict", a, "--which", "last", "--no-progress")[0] == 0
+    code, _, err = kit_cli(capsys, "predict", a, "--no-progress")
+    assert code == 0 and "last checkpoint" in err and PredictionIds.load(a).which == "last", err
+    assert kit_cli(capsys, "predict", a, "--which", "best", "--no-progress")[0] == 0
+    assert PredictionIds.load(a).which == "best"

@@ -56,7 +56,8 @@ def add_cache_option(p: argparse.ArgumentParser) -> None:
     """`--cache DIR` for the commands that open the data (see cache_from)."""
     p.add_argument("--cache", dest="kit_cache", metavar="DIR",
                    help="where the packed features and split go (default: DATA/.kit-cache when the data dir is "
-                        "writable, else /kaggle/working/.kit-cache on Kaggle or ~/.cache/kit; env KIT_CACHE)")
+                        "writable, else /tmp/kit-cache on Kaggle (not /kaggle/working, which a saved version keeps) or "
+                        "~/.cache/kit; env KIT_CACHE)")
 
 
 @contextlib.contextmanager

@@ -40,7 +40,8 @@ def _log(line: str) -> None:
 def register(sub) -> None:
     p = sub.add_parser("submit", help="validate a submission CSV, send it to Kaggle, record it in the ledger")
     p.add_argument("csv", help="submission CSV (Id,Category); its manifest NAME.json beside it names the data dir")
-    p.add_argument("-m", "--message", required=True, help="submission description shown on Kaggle")
+    p.add_argument("-m", "--message", required=True,
+                   help="submission description shown on Kaggle (kit adds the send's id: ' [kit <10 hex>]')")
     p.add_argument("--competition", default=None,
                    help="where to send it (default: the competition the CSV's data was fetched from by `kit data "
                         f"download`, or the synthetic data's, else {DEFAULT_COMPETITION})")
@@ -70,7 +71,7 @@ def register(sub) -> None:
                    help="answer key Id,Category,Usage (default: the one `kit data synth` recorded)")
     p.add_argument("--competition", default=None, help=f"competition name (default: from the synth marker, "
                                                         f"else {DEFAULT_COMPETITION})")
-    p.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (0: any free port)")
+    p.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default 8765; 0: any free port)")
     p.add_argument("--pending-polls", type=int, default=1, help="answer PENDING for a submission's first K polls")
     p.add_argument("--fail", action="append", default=[], metavar="METHOD:STATUS[:COUNT[:RETRY_AFTER]]",
                    help="inject faults, e.g. CreateSubmission:429:2:1, upload:500, GetKernelSessionStatus:503 or "

@@ -7,10 +7,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from kit.cli import add_cache_option, progress_wanted
 from kit.config import CHECKPOINTS
+from kit.errors import KitError
 from kit.names import distinct_runs
+from kit.records import PredictionIds
 from kit.runs import warn_in_sample
 from kit.submission import score_submission, validate_submission
 
@@ -36,7 +39,9 @@ def _register_predict(sub) -> None:
                           "(default: infer.mode if the config has it, else infer.full)")
     p.add_argument("--average", choices=["logits", "probs"], default=None,
                    help="average window probabilities, or logits then softmax (default: infer.average)")
-    p.add_argument("--which", choices=CHECKPOINTS, default="best", help="checkpoint to use")
+    p.add_argument("--which", choices=CHECKPOINTS, default=None,
+                   help="checkpoint to use (default: the one the run was last predicted from, e.g. a recipe's "
+                        "[after] which; best for a run not predicted yet)")
     p.add_argument("--no-compare", dest="compare", action="store_false",
                    help="with --mode full or sliding: predict validation in that mode only (faster)")
     p.add_argument("--batch-size", type=int, default=None, help="windows per batch (default: infer.batch_size)")
@@ -103,6 +108,15 @@ def _pct(x) -> str:
     return "    -" if x is None else f"{100 * x:5.1f}%"
 
 
+def _predicted_which(run: str) -> str:
+    """The checkpoint a run was last predicted from (ids.json), so `kit predict RUN` again, as kit's
+    refusals advise, predicts the same one (a recipe's members: last); best when there is none."""
+    try:
+        return (PredictionIds.load(run).which or "best") if (Path(run) / "ids.json").is_file() else "best"
+    except KitError:
+        return "best"
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     # deferred: brings torch; `kit --help` imports only the parsers
     from kit.infer import predict_run
@@ -110,7 +124,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     progress = not args.no_progress and progress_wanted()
     for n, run in enumerate(args.runs):
         r = predict_run(run, window=args.window, hop=args.hop, full=args.full, average=args.average,
-                        which=args.which, batch_size=args.batch_size, progress=progress, mode=args.mode,
+                        which=args.which or _predicted_which(run), batch_size=args.batch_size, progress=progress,
+                        mode=args.mode,
                         compare=args.compare)
         if n == 0:             # after the first run, so an early error is the only output
             print(f"{'run':<40} {'centre':>7} {'full':>8} {'sliding':>8}  {'val':>5} {'test':>5} {'test s':>7}")

@@ -1,8 +1,6 @@
-"""A local stand-in for the part of Kaggle's competition API that the official client uses.
-
-It serves one competition (a data dir, zipped like the real download) and scores uploads against
-an answer key with Public/Private rows, so tests and offline rehearsals run the real `kaggle` client.
-"""
+"""A local stand-in for the part of Kaggle's competition API that the official client uses. It serves
+one competition (a data dir, zipped like the real download) and scores uploads against an answer
+key with Public/Private rows, so tests and offline rehearsals run the real `kaggle` client."""
 from __future__ import annotations
 
 import base64
@@ -28,6 +26,7 @@ from kit.fsio import temp_dir
 from kit.kaggle import server_competitions, server_kernels
 from kit.kaggle.server_competitions import DAILY_LIMIT, ZIP_FOLDER, CompetitionRpcs, _ApiError, made_today
 from kit.kaggle.server_kernels import KERNEL_OUTPUT, Kernels
+from kit.layout import SYNTH_MARKER
 from kit.submission import score_submission
 
 API_PREFIX = "/api/v1/"
@@ -165,7 +164,8 @@ class StandIn:
         with self.lock:
             if self._zip is None:
                 path = self._tmp / f"{self.competition}.zip"
-                files = sorted(p for p in self.data_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+                files = sorted(p for p in self.data_dir.iterdir() if p.is_file() and (  # its synthetic marker too
+                    p.name[0] != "." or p.name == SYNTH_MARKER))     # (fetched, it is no real competition's)
                 with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
                     for f in files:
                         info = zipfile.ZipInfo(f"{ZIP_FOLDER}/{f.name}", date_time=(2022, 3, 1, 0, 0, 0))
