@@ -69,8 +69,10 @@ def test_test_features_replaced_after_prediction_are_never_voted_from_old_predic
     monkeypatch.setenv("KIT_PROGRESS", "0")                         # the data is packed again to compare
     data, a, b = two_runs
     _replace_a_test_file(data)
+    FeatureStore.open(data, dtype="float32", progress=False)        # the recipe's own store, packed again
     code, _, err = _vote(capsys, tmp_path, a, b)
     one_error(code, err, str(data), "feature files changed since", "kit predict")
+    assert not list(data.rglob("store-*-float16"))                 # compared in it: no second copy packed
     # probe 30: distill read the members without it, and an older kit's member listed first hid it
     code, _, err = kit_cli(capsys, "distill", a, b, "--out", tmp_path / "student", "--minutes", "0.1")
     one_error(code, err, str(data), "feature files changed since")

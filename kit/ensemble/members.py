@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from kit.config import from_dict, load_toml
-from kit.env import progress_visible
+from kit.env import cache_dir, progress_visible
 from kit.errors import KitError
 from kit.identity import require_same_data
 from kit.layout import Layout, read_layout
@@ -176,12 +176,15 @@ def _require_same_features(member: Member, layout: Layout, data_dir) -> None:
     changed since (the store key ids.json recorded), the data is packed again (one line says so) and
     its contents compared; a test file replaced in place would otherwise be voted from old predictions."""
     # deferred: kit.data brings torch, which only this check (after a data change) needs
-    from kit.data import FeatureStore, store_key
+    from kit.data import STORE_DTYPES, FeatureStore, store_key
 
     ids = member.ids
-    if not ids.data_features or not ids.data_key or store_key(layout) == ids.data_key:
+    key = store_key(layout)
+    if not ids.data_features or not ids.data_key or key == ids.data_key:
         return
-    if FeatureStore.open(data_dir, progress=progress_visible()).content_digest != ids.data_features:
+    cache = cache_dir(data_dir)[0]          # the dtype packed already, if one is: no second copy of several GB
+    packed = [d for d in reversed(STORE_DTYPES) if (cache / f"store-{key}-{d}").is_dir()] or ["float16"]
+    if FeatureStore.open(data_dir, packed[0], progress=progress_visible()).content_digest != ids.data_features:
         raise KitError(f"{data_dir}: its feature files changed since {member.run_dir} was predicted (their "
                        f"contents are not what it predicted from); run `kit predict` on each member again")
 
