@@ -26,7 +26,14 @@ def synth_marker(data_dir: str | os.PathLike) -> dict | None:
     """A synthetic data dir's marker (preset, seed, answers, competition, ...), or None for real
     data; KitError naming the file when it is unreadable."""
     path = Path(data_dir) / SYNTH_MARKER
-    return read_json(path, "kit's synthetic-data marker") if path.is_file() else None
+    if not path.is_file():
+        return None
+    marker = read_json(path, "kit's synthetic-data marker")
+    wrong = [k for k in ("competition", "answers") if marker.get(k) is not None and not isinstance(marker[k], str)]
+    if wrong:
+        raise KitError(f"{path}: {wrong[0]} {marker[wrong[0]]!r} is not text (kit's synthetic-data marker, "
+                       f"written by `kit data synth`)")
+    return marker
 
 
 def is_synthetic(data_dir: str | os.PathLike) -> bool:

@@ -8,13 +8,16 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 from kit.audition import AUDITION_FILE, JOURNAL_FILE
 from kit.config import to_dict
 from kit.errors import KitError
-from kit.identity import describe, run_identity
+from kit.identity import describe, read_identity, run_identity
+from kit.layout import is_synthetic
 from kit.models import check_model
 from kit.names import is_stage_run
-from kit.recipe import Recipe, member_config
+from kit.recipe import BUDGETS, Recipe, member_config
 from kit.records import predictions_current
 from kit.runs import holds_run, lock_holder, move_aside, old_name, reuse_changes, update_infer
 from kit.train.trackers import check_installed
@@ -95,3 +98,28 @@ def check_configs(recipe: Recipe, names: list[str], budget: str, here: bool = Tr
             raise KitError(f'{where}: [after] which = "avg" predicts from the average of the last checkpoints, '
                            f"but train.average_last is {cfg.train.average_last}: set it (e.g. 5), or which = "
                            '"last"; nothing was trained')
+
+
+def default_budget(data_dir: Path, elsewhere: bool, root: Path | None = None) -> tuple[str, str]:
+    """The budget kit chooses, and the line saying why: the one the recipe's members in `root` trained
+    at (a re-run continues them, wherever it runs); else quick on synthetic data; full on real data
+    where a GPU trains it (here, or a launcher's); quick on real data with no GPU here (the full
+    budget is hours of GPU time: days of a CPU, its models too big for minutes)."""
+    trained = sorted({b for b in map(_trained_budget, root.iterdir() if root and root.is_dir() else []) if b})
+    if len(trained) == 1:
+        return trained[0], f"the {trained[0]} budget: the members in {root} trained at it (--budget chooses)"
+    if is_synthetic(data_dir):
+        return "quick", f"the quick budget: {data_dir} is synthetic data (--budget chooses)"
+    if elsewhere or torch.cuda.is_available():
+        return "full", f"the full budget: {data_dir} is real data (--budget chooses)"
+    return "quick", (f"the quick budget: {data_dir} is real data, but no GPU is here (the full budget is hours "
+                     "of GPU time; --budget full chooses it)")
+
+
+def _trained_budget(run_dir: Path) -> str | None:
+    """The budget a member's identity.json records (None: not a run, or unreadable: its checks say so)."""
+    try:
+        budget = (read_identity(run_dir) or {}).get("budget") if run_dir.is_dir() else None
+    except KitError:
+        return None
+    return budget if budget in BUDGETS else None

@@ -12,7 +12,7 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from kit.config import load_toml
+from kit.config import CHECKPOINTS, load_toml
 from kit.errors import KitError, first_line
 from kit.fsio import read_json, sha256_file, write_json
 from kit.identity import read_identity
@@ -150,8 +150,9 @@ _DIGEST_KEYS = ("val_probs_sha256", "test_probs_sha256")
 _OPTIONAL_KEYS = (*_DIGEST_KEYS, "data_features", "data_key")
 _IDS_CHECKS = {"val": _texts, "val_labels": _integers, "test": _texts, "window": _integer, "hop": _integer,
                "full": lambda v: isinstance(v, bool),
-               **dict.fromkeys(("mode", "mode_requested", "average", "which", "checkpoint_sha256", "data_dir",
+               **dict.fromkeys(("mode", "mode_requested", "average", "checkpoint_sha256", "data_dir",
                                 "data_features", "data_key", *_DIGEST_KEYS), _text),
+               "which": lambda v: v is None or v in CHECKPOINTS,
                **dict.fromkeys(("val_acc", "val_acc_centre", "val_acc_full", "val_acc_sliding", "val_nll_full",
                                 "val_nll_sliding"), _number)}
 

@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from kit.errors import KitError
+from kit.errors import KitError, first_line
 from kit.fsio import file_lock, sha256_file, write_text
 from kit.layout import read_layout
 from kit.names import old_stamp, old_suffix
@@ -198,13 +198,19 @@ def note_sending(csv_path: str | os.PathLike, sha256: str, ledger, when: str, co
                  message: str = "") -> None:
     """Just before the send, under submission_lock: refuse when CSV_PATH no longer holds the bytes about
     to be sent (another `kit ensemble` replaced it), else note them with no ref yet, so from now on
-    `kit ensemble` moves them aside rather than overwrite them (a send that then fails costs one .old copy)."""
+    `kit ensemble` moves them aside rather than overwrite them (a send that then fails costs one .old copy).
+    A note that cannot be written is refused too: it holds the send's id (kit.kaggle.client.tagged)."""
     with submission_lock(csv_path):
         if sha256_file(csv_path) != sha256:
             raise KitError(f"{csv_path}: replaced while it was being checked (another `kit ensemble`?); nothing "
                            "was sent: submit it again")
-        with contextlib.suppress(OSError, KitError):    # the note after acceptance says why, in one line
+        try:        # the key by which a lost answer is found: no note, no send (probe 32)
             _add_note(csv_path, sha256, "", ledger, when, competition, target, message)
+        except (OSError, KitError) as e:
+            note = submitted_note(csv_path)
+            raise KitError(f"{csv_path}: its send could not be noted in {note} ({first_line(e, 120)}), by which "
+                           "kit finds a send whose answer is lost; nothing was sent: submit a copy of the CSV "
+                           "from a folder you can write") from None
 
 
 def keep_submitted(csv_path: str | os.PathLike, new_sha256: str | None, ledgers=None) -> list[Path]:

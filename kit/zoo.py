@@ -11,8 +11,6 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-
 from kit.audition import decided, run_audition, wants_audition
 from kit.config import RunConfig
 from kit.data import FeatureStore
@@ -20,8 +18,7 @@ from kit.ensemble import ensemble_runs
 from kit.errors import KitError
 from kit.infer import predict_run, source_mode
 from kit.kaggle import check_recipe_submissions, recipe_submit
-from kit.layout import is_synthetic
-from kit.members import check_configs, check_members, start_over
+from kit.members import check_configs, check_members, default_budget, start_over
 from kit.recipe import BUDGETS, Recipe, ensure_data, load_recipe, member_config
 from kit.recipe_result import MemberResult, RecipeResult, VoteResult, member_result
 from kit.records import PredictionIds
@@ -120,18 +117,6 @@ def _start(run: RecipeRun, fresh: bool, only, share: Callable[[], None]) -> None
         run.log(run.budget_said)
 
 
-def default_budget(data_dir: Path, elsewhere: bool) -> tuple[str, str]:
-    """The budget kit chooses, and the line saying why: quick on synthetic data; full on real data
-    where a GPU trains it (here, or a launcher's); quick on real data with no GPU here (the full
-    budget is hours of GPU time: days of a CPU, its models too big for minutes)."""
-    if is_synthetic(data_dir):
-        return "quick", f"the quick budget: {data_dir} is synthetic data (--budget chooses)"
-    if elsewhere or torch.cuda.is_available():
-        return "full", f"the full budget: {data_dir} is real data (--budget chooses)"
-    return "quick", (f"the quick budget: {data_dir} is real data, but no GPU is here (the full budget is hours "
-                     "of GPU time; --budget full chooses it)")
-
-
 def _check_times(minutes, per_member_minutes, max_hours) -> None:
     """--minutes, --member-minutes and --max-hours, when given, are finite and positive."""
     for value, flag, unit in ((minutes, "--minutes", "minutes"), (per_member_minutes, "--member-minutes", "minutes"),
@@ -174,7 +159,7 @@ class RecipeRun:
         data_dir = ensure_data(data, log)
         said = ""
         if budget is None:                  # kit's choice, said once the checks pass (_start)
-            budget, said = default_budget(data_dir, overrides["elsewhere"])
+            budget, said = default_budget(data_dir, overrides["elsewhere"], Path(runs) / recipe.name)
         if budget not in BUDGETS:
             raise KitError(f"budget {budget!r}: choose quick or full")
         mode = wants_audition(recipe, budget, overrides["audition"], only, overrides["blocker"],

@@ -133,7 +133,7 @@ def test_real_data_without_a_gpu_gets_the_quick_budget_and_says_why(tiny_data, t
     import torch
 
     from kit.layout import SYNTH_MARKER
-    from kit.zoo import default_budget
+    from kit.members import default_budget
 
     real = shutil.copytree(tiny_data, tmp_path / "real", ignore=shutil.ignore_patterns(SYNTH_MARKER, ".kit-cache"))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -143,3 +143,26 @@ def test_real_data_without_a_gpu_gets_the_quick_budget_and_says_why(tiny_data, t
     assert default_budget(tiny_data, elsewhere=True)[0] == "quick"        # synthetic: quick wherever
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert default_budget(real, elsewhere=False) == ("full", f"the full budget: {real} is real data (--budget chooses)")
+
+
+def test_a_re_run_keeps_the_budget_its_members_trained_at(tiny_data, tmp_path, monkeypatch):
+    """Probe 32: members trained at the full budget (the default on real data before, or --budget full)
+    could not be continued by a plain re-run on a machine without a GPU: the new quick default refused
+    them, and the only advice threw the work away."""
+    import json
+    import shutil
+
+    import torch
+
+    from kit.layout import SYNTH_MARKER
+    from kit.members import default_budget
+
+    real = shutil.copytree(tiny_data, tmp_path / "real", ignore=shutil.ignore_patterns(SYNTH_MARKER, ".kit-cache"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    root = tmp_path / "runs" / "boss"
+    (root / "m1").mkdir(parents=True)
+    (root / "m1" / "identity.json").write_text(json.dumps({"config": {}, "data": {}, "budget": "full"}))
+    (root / "m2").mkdir()                                               # not trained yet: no say
+    budget, said = default_budget(real, False, root)
+    assert budget == "full" and f"the members in {root} trained at it" in said
+    assert default_budget(real, False, tmp_path / "none")[0] == "quick"

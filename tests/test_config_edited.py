@@ -58,6 +58,7 @@ def test_infer_and_time_budget_edits_still_predict(run, capsys):
     edit(run, "infer", "mode", '"full"')                # what a recipe's [infer] writes over a trained run
     edit(run, "infer", "window", "48")
     edit(run, "train", "minutes", "3.5")               # a recipe's --minutes, recomputed on each re-run
+    edit(run, "model", "dropout", "0.3")               # off at prediction (probe 32: it was refused)
     code, _, err = kit_cli(capsys, "predict", run, "--no-progress")
     assert code == 0, err
     assert json.loads((run / "ids.json").read_text())["mode"] == "full"

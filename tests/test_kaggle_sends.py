@@ -188,3 +188,83 @@ def test_a_re_run_that_finds_a_send_that_may_have_been_made_settles_its_failed_r
     [row] = read_ledger(sub.parent / "ledger.csv").to_dict("records")
     assert row["ref"] == str(standin.submissions[0]["ref"]) and MAYBE_MADE not in row["error"], again["reason"]
     assert row["message"] == "test run"
+
+
+@pytest.mark.parametrize("rerun", ["kit submit", "recipe"])
+def test_a_cut_off_send_of_bytes_sent_before_is_looked_up_not_sent_again(kaggle_env, standin, sub, tiny_data,
+                                                                         capsys, rerun):
+    """Probe 32: with an earlier send of these bytes in the ledger, a re-run never looked for a send cut off
+    after it: `kit submit` sent once more, and the cut-off submission (made) was recorded nowhere."""
+    import time
+
+    from kit.fsio import sha256_file
+    from kit.kaggle import recipe_submit
+    from kit.kaggle.ledger import now
+    from kit.submission import note_sending
+
+    assert kit(capsys, *submit_args(sub, standin, "--wait"))[0] == 0              # the earlier send
+    time.sleep(1.1)                                                                 # the cut-off one: a later second
+    described = tagged("second")
+    note_sending(sub, sha256_file(sub), sub.parent / "ledger.csv", now(), COMP, target(standin.url), described)
+    cut = call("submit", {"competition": COMP, "file": str(sub), "message": described, "wait": False,
+                          "timeout": 10.0, "poll": 0.1}, standin.url)       # made; the answer lost to a kill
+    if rerun == "kit submit":
+        code, _, err = kit(capsys, "submit", sub, "-m", "second", "--ledger", sub.parent / "ledger.csv",
+                           "--endpoint", standin.url)
+        assert code == 0 and "not sent again" in err, err
+    else:
+        result = recipe_submit(sub, "second", tiny_data, submissions_dir=sub.parent, endpoint=standin.url)
+        assert result["ref"] == str(cut["ref"]) and "not sent again" in result["reason"], result
+    assert standin.calls.count("CreateSubmission") == 2
+    refs = sorted(read_ledger(sub.parent / "ledger.csv")["ref"])
+    assert refs == sorted(str(s["ref"]) for s in standin.submissions)
+
+
+def test_a_send_that_cannot_be_noted_beside_its_csv_is_not_sent(kaggle_env, standin, sub, capsys):
+    """Probe 32: the send went on without its note, the only record of its id: a lost answer could then
+    never be settled, and a re-run sent it again without a word."""
+    from kit.submission import submitted_note
+
+    submitted_note(sub).mkdir()                             # a note that cannot be written
+    code, _, err = kit(capsys, *submit_args(sub, standin))
+    assert code == 2 and "its send could not be noted" in one_error_line(err), err
+    assert "CreateSubmission" not in standin.calls and "StartSubmissionUpload" not in standin.calls
+
+
+def test_kit_scores_from_another_folder_finds_the_note_beside_the_ledger(kaggle_env, standin, sub, monkeypatch,
+                                                                          capsys):
+    """Probe 32: the ledger names the CSV as `kit submit` was given it; `kit scores --ledger ../...` run from
+    another folder looked for its note there, and left the row FAILED without a word."""
+    from kit.kaggle.server_competitions import MADE
+
+    monkeypatch.chdir(sub.parent.parent)
+    standin.inject("ListSubmissions", 503, count=4)
+    standin.inject(MADE, 503)
+    assert kit(capsys, "submit", "submissions/sub.csv", "-m", "m", "--endpoint", standin.url,
+               "--ledger", "submissions/ledger.csv")[0] == 2
+    elsewhere = sub.parent.parent / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    code, _, err = kit(capsys, "scores", "--ledger", "../submissions/ledger.csv", "--endpoint", standin.url)
+    [row] = read_ledger(sub.parent / "ledger.csv").to_dict("records")
+    assert code == 0 and row["ref"] == str(standin.submissions[0]["ref"]), err
+
+
+def test_notes_and_ledgers_damaged_by_hand_or_a_kill_are_read_past(kaggle_env, standin, sub, tiny_data, capsys):
+    """Probe 32: a note line nested too deeply was a RecursionError traceback; a tagged note with a time
+    edited by hand stopped its lookup (the id needs no time); a ledger temp file a kill left stayed."""
+    from kit.fsio import sha256_file
+    from kit.kaggle import recipe_submit
+    from kit.submission import note_sending, submitted_note
+
+    described = tagged("kit recipe r")
+    note_sending(sub, sha256_file(sub), sub.parent / "ledger.csv", "yesterday", COMP, target(standin.url), described)
+    with submitted_note(sub).open("a") as f:
+        f.write("[" * 100000 + "]" * 100000 + "\n")
+    made = call("submit", {"competition": COMP, "file": str(sub), "message": described, "wait": False,
+                           "timeout": 10.0, "poll": 0.1}, standin.url)
+    left = sub.parent / ".ledger.csv.k1ll.tmp"
+    left.write_text("half a ledger")
+    result = recipe_submit(sub, "kit recipe r", tiny_data, submissions_dir=sub.parent, endpoint=standin.url)
+    assert result["ref"] == str(made["ref"]) and "not sent again" in result["reason"], result
+    assert not left.exists() and standin.calls.count("CreateSubmission") == 1

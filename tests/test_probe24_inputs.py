@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -157,3 +158,29 @@ def test_a_kit_progress_that_is_not_0_or_1_is_one_line(tiny_data, capsys, monkey
     one_error(*kit_cli(capsys, "data", "info", tiny_data)[::2], "KIT_PROGRESS='maybe': 0")
     monkeypatch.setenv("KIT_PROGRESS", "")                          # set empty: as if unset
     assert kit_cli(capsys, "data", "info", tiny_data)[0] == 0
+
+
+def test_a_synthetic_competition_whose_answer_key_is_gone_skips_its_submission_in_a_line(data, tmp_path, capsys):
+    """Probe 32: the recipe trained, voted, then died with a FileNotFoundError traceback starting its
+    stand-in; a marker of the wrong types was a TypeError traceback."""
+    from kit.kaggle import recipe_submit
+    from kit.kaggle.rehearsal import check_recipe_submissions
+    from kit.layout import SYNTH_MARKER, synth_marker
+
+    from conftest import write_submission
+
+    marker = data / SYNTH_MARKER                                     # `data`: this test's own copy
+    values = json.loads(marker.read_text())
+    sub = write_submission(tmp_path / "subs", Path(values["answers"]), data)
+    marker.write_text(json.dumps({**values, "answers": str(tmp_path / "moved" / "answers.csv")}))
+    said = []
+    check_recipe_submissions(tmp_path / "subs", "sub", {"ensemble": "auto", "submit": True}, True, data,
+                             log=said.append)
+    assert len(said) == 1 and "names no answer key that is there" in said[0] and "skipped" in said[0]
+    result = recipe_submit(sub, "m", data, submissions_dir=tmp_path / "subs")
+    assert result["status"] == "SKIPPED" and str(marker) in result["reason"], result
+    marker.write_text(json.dumps({**values, "answers": 7}))
+    one_error(*kit_cli(capsys, "kaggle", "serve", "--data", data, "--port", "0")[::2], str(marker),
+              "answers 7 is not text")
+    with pytest.raises(KitError, match="is not text"):
+        synth_marker(data)

@@ -61,3 +61,11 @@ def test_old_manifest_loads_and_a_missing_one_is_none(tmp_path):
     (tmp_path / "bad.json").write_text("[1, 2]")
     with pytest.raises(KitError, match="not a JSON object"):
         SubmissionManifest.beside(tmp_path / "bad.csv")
+
+
+def test_an_ids_json_naming_no_checkpoint_kit_has_is_refused_naming_it(tmp_path):
+    """Probe 32: `which: "foo"` surfaced as "checkpoint 'foo': choose ..." without the file's name."""
+    for which in ("foo", 5):
+        (tmp_path / "ids.json").write_text(json.dumps({**IDS, "which": which}))
+        with pytest.raises(KitError, match=r"ids.json: not prediction ids kit wrote \(which: wrong type\)"):
+            PredictionIds.load(tmp_path)

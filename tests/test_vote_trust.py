@@ -62,6 +62,13 @@ def _replace_a_test_file(data) -> None:
     os.utime(path, (later, later))
 
 
+def _refused_after_reading(code: int, err: str, *needles: str) -> None:
+    """The line that says the files are read again to compare (minutes at full size), then one error."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 2 and "reading them to compare contents" in lines[0], err
+    one_error(code, lines[1], *needles)
+
+
 def test_test_features_replaced_after_prediction_are_never_voted_from_old_predictions(two_runs, tmp_path, capsys,
                                                                                      monkeypatch):
     """`kit ensemble` voted old predictions of replaced test files, and a member predicted again on the new
@@ -71,14 +78,14 @@ def test_test_features_replaced_after_prediction_are_never_voted_from_old_predic
     _replace_a_test_file(data)
     FeatureStore.open(data, dtype="float32", progress=False)        # the recipe's own store, packed again
     code, _, err = _vote(capsys, tmp_path, a, b)
-    one_error(code, err, str(data), "feature files changed since", "kit predict")
+    _refused_after_reading(code, err, str(data), "feature files changed since", "kit predict")
     assert not list(data.rglob("store-*-float16"))                 # compared in it: no second copy packed
     # probe 30: distill read the members without it, and an older kit's member listed first hid it
     code, _, err = kit_cli(capsys, "distill", a, b, "--out", tmp_path / "student", "--minutes", "0.1")
-    one_error(code, err, str(data), "feature files changed since")
+    _refused_after_reading(code, err, str(data), "feature files changed since")
     older = json.loads((a / "ids.json").read_text())
     (a / "ids.json").write_text(json.dumps({k: v for k, v in older.items() if k not in ("data_features", "data_key")}))
-    one_error(*_vote(capsys, tmp_path, a, b)[::2], str(b), "feature files changed since")
+    _refused_after_reading(*_vote(capsys, tmp_path, a, b)[::2], str(b), "feature files changed since")
     (a / "ids.json").write_text(json.dumps(older))
     predict_run(a, progress=False)                                  # a on the new features, b on the old
     code, _, err = _vote(capsys, tmp_path, b, a)

@@ -145,12 +145,12 @@ def _note_resend(args: argparse.Namespace) -> Callable[[], str | None]:
     except KitError:            # a damaged ledger or pending file: submit names it
         return lambda: None
     def note() -> str | None:
-        if earlier is not None or cut is None:
-            return _resend_line(args, earlier)
-        found = _looked_up(args, cut)
-        if found is not None:           # it was made: kit said to look before sending again, and it looked
+        # a cut-off send is looked up even when an earlier send of these bytes is recorded (probe 32): made,
+        # it is recorded and nothing is sent; kit said to look before sending again, and it looked
+        found = _looked_up(args, cut) if cut is not None else None
+        if found is not None:
             raise AlreadyMade(found)
-        return None
+        return _resend_line(args, earlier)
 
     return note
 

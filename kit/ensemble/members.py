@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from kit.config import from_dict, load_toml
-from kit.env import cache_dir, progress_visible
+from kit.env import cache_dir, note_line, progress_visible
 from kit.errors import KitError
 from kit.identity import require_same_data
 from kit.layout import Layout, read_layout
@@ -132,12 +132,11 @@ def check_compatible(members: list[Member]) -> None:
 
 
 def _check_same_data(members: list[Member]) -> None:
-    """Every member's data as it trained (the first's is checked where its speakers are read,
-    member_speakers), and the feature contents each was predicted from: one vote, one version of
+    """Every member's data as it trained, and the feature contents each was predicted from: one vote, one version of
     the data (a member predicted again after the test files changed, beside one predicted before),
     and that version the data's now. Every reader of members comes here (kit ensemble, report,
     pseudo, distill, a recipe's vote)."""
-    for m in members[1:]:
+    for m in members:           # the layouts first: a changed mapping.json is said as that, not as changed features
         require_same_data(m.run_dir, _data_dir(m))
     by_contents = {m.ids.data_features: m for m in members if m.ids.data_features}
     if len(by_contents) > 1:
@@ -182,6 +181,8 @@ def _require_same_features(member: Member, layout: Layout, data_dir) -> None:
     key = store_key(layout)
     if not ids.data_features or not ids.data_key or key == ids.data_key:
         return
+    note_line(f"{data_dir}: feature files changed (sizes or times) since {member.run_dir} was predicted: "
+              "reading them to compare contents")
     cache = cache_dir(data_dir)[0]          # the dtype packed already, if one is: no second copy of several GB
     packed = [d for d in reversed(STORE_DTYPES) if (cache / f"store-{key}-{d}").is_dir()] or ["float16"]
     if FeatureStore.open(data_dir, packed[0], progress=progress_visible()).content_digest != ids.data_features:

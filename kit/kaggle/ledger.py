@@ -15,7 +15,7 @@ from pathlib import Path
 
 from kit import env
 from kit.errors import KitError
-from kit.fsio import copy_file, file_lock, sha256_file, write_csv
+from kit.fsio import copy_file, file_lock, remove_left_temps, sha256_file, write_csv
 from kit.kaggle.client import MAYBE_MADE
 from kit.submission import submitted_note
 
@@ -189,6 +189,7 @@ def _rewrite_ledger(path: Path, old, new) -> None:
         (new[c].iloc[:len(old)].to_numpy() != "")[old[c].to_numpy() != ""].all() for c in old.columns)
     if not kept:
         raise KitError(f"{path}: refusing to rewrite the ledger: the new version would lose fields (kit bug)")
+    remove_left_temps(path)         # a writer killed mid-rewrite left its temp file (every writer holds the lock)
     backed_up = path.is_file()
     if backed_up:
         stamp = datetime.now().strftime("%Y%m%dT%H%M%S%f")
@@ -364,7 +365,7 @@ def _note_line(line: str) -> dict | None:
     text; message '' in an older kit's note), or None for a line that is not one (damaged, edited by hand)."""
     try:
         value = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):        # RecursionError: nested too deeply to parse
         return None
     keys = ("sha256", "ref", "time", "ledger", "competition", "target", "message")
     if not isinstance(value, dict) or not all(isinstance(value.get(k, ""), str) for k in keys):

@@ -75,6 +75,19 @@ def _say_unlisted(rows, found, comp: str, where: str, ledger, log) -> None:
             f"(the newest): their scores in {ledger} stay as they are")
 
 
+def _sent_as(ledger, row: dict) -> str | None:
+    """The description the row's send carried, from the note beside its CSV: the file as `kit submit`
+    was given it, from this folder, else from the ledger's folder or its parent (`kit scores --ledger`
+    run elsewhere)."""
+    file = Path(row["file"])
+    folders = [Path.cwd()] if file.is_absolute() else [Path.cwd(), Path(ledger).parent, Path(ledger).parent.parent]
+    for folder in folders:
+        sent = sent_as(folder / file, row["sha256"], row["time"])
+        if sent:
+            return sent
+    return None
+
+
 def _resolve_maybe_made(ledger, rows, found: list[dict], known: set, log) -> int:
     """The FAILED sends that may have been made (`rows`) whose send id (from the note beside the CSV,
     kit.kaggle.ledger.sent_as) one listed submission carries: each row becomes that submission's, or,
@@ -82,7 +95,7 @@ def _resolve_maybe_made(ledger, rows, found: list[dict], known: set, log) -> int
     how many rows changed."""
     resolved = 0
     for row in rows.to_dict("records"):
-        sent = sent_as(row["file"], row["sha256"], row["time"])
+        sent = _sent_as(ledger, row)
         hits = [sub for sub in found if sub["ref"] and sent and is_tagged(sent) and same_send(sent, sub["description"])]
         if len(hits) != 1:
             continue

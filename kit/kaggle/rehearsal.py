@@ -21,7 +21,7 @@ from kit.kaggle.ledger import find_submitted, interrupted_send, ledger_problem, 
 from kit.kaggle.pending import kept_rows, merge_pending
 from kit.kaggle.server import StandIn
 from kit.kaggle.submissions import await_score, find_cut_off, submit
-from kit.layout import data_competition, is_synthetic, synth_marker
+from kit.layout import SYNTH_MARKER, data_competition, is_synthetic, synth_marker
 from kit.submission import refuse_ledger
 
 
@@ -47,6 +47,8 @@ def recipe_submit(csv_path, message: str, data_dir, competition: str | None = No
     if not (endpoint_or_env(endpoint) or is_synthetic(data_dir) or credential_source()):
         return _result("SKIPPED", None, None,
                        f"not submitted: {data_dir} is not a synthetic competition, and {CREDENTIALS_HELP}")
+    if not endpoint_or_env(endpoint) and is_synthetic(data_dir) and missing_answers(data_dir):
+        return _result("SKIPPED", None, None, f"not submitted: {missing_answers(data_dir)}")
     problem = ledger_problem(ledger)
     if problem:
         return _result("FAILED", None, None, f"{problem}; nothing was sent", recorded=False)
@@ -108,6 +110,8 @@ def _check_credentials(data_dir, endpoint: str | None, log) -> None:
     synthetic competition with no endpoint rehearses with credentials of its own."""
     url = endpoint_or_env(endpoint)
     if url is None and data_dir is not None and is_synthetic(data_dir):
+        if missing_answers(data_dir):
+            log(f"{missing_answers(data_dir)}: the recipe trains and votes, and its submission will be skipped")
         return
     source = credential_source()
     if url is None and source is None:
@@ -136,6 +140,16 @@ def _check_listening(url: str) -> None:
         why = getattr(e, "strerror", None) or str(e) or type(e).__name__
         raise KitError(f"nothing answers at {url} ({why}): start `kit kaggle serve` there first, or fix "
                        "--endpoint / KIT_KAGGLE_ENDPOINT; nothing was trained") from None
+
+
+def missing_answers(data_dir) -> str | None:
+    """Why a synthetic competition's own stand-in cannot score it (its answer key is not where its marker
+    says: moved, deleted, or data fetched from someone's stand-in), or None."""
+    answers = (synth_marker(data_dir) or {}).get("answers")
+    if answers and Path(answers).is_file():
+        return None
+    return (f"{Path(data_dir) / SYNTH_MARKER} names no answer key that is there ({answers or 'none'}), so the "
+            "recipe's own stand-in cannot score its vote (send it to a stand-in with --endpoint URL)")
 
 
 @contextlib.contextmanager
@@ -186,26 +200,29 @@ def _found_cut_off(csv_path, cut: dict, found: dict, ledger: Path, endpoint, env
 def _recipe_attempt(csv_path, message, data_dir, competition, ledger, endpoint, env, log, target) -> dict:
     log = log or (lambda line: None)
     earlier = find_submitted(ledger, csv_path, competition, target)
-    if earlier is not None:
-        said = f"identical file already submitted at {earlier['time']} (ref {earlier['ref']}); not sent again"
-        log(f"not submitting {csv_path}: {said}")
-        return _result(earlier["status"], target, earlier, said)
     # The stand-in scores at once, so poll it briskly; real Kaggle keeps the usual interval.
     poll = None if target == KAGGLE or "KIT_KAGGLE_POLL" in os.environ else 0.2
     cut = interrupted_send(ledger, csv_path, competition, target) if target != STAND_IN else None
     if cut is not None:         # (a rehearsal's own stand-in died with the recipe: sent again, as a LOST row is)
-        try:
+        try:                    # looked up even beside an earlier send of these bytes: made, it is recorded
             found = find_cut_off(csv_path, cut, competition, ledger, endpoint, env, log, target)
         except KitError as e:
-            return _result("FAILED", target, None,
-                           f"a send of these same bytes at {cut['time']} was cut off before the answer came back, so "
-                           f"it may have been made (and counted against the day's submissions), and kit could not "
-                           f"tell ({e}); not sent again: look at the competition's submissions, and if it is not "
-                           f"there send it with `kit submit {csv_path} -m ...`", recorded=False)
+            if earlier is None:
+                return _result("FAILED", target, None,
+                               f"a send of these same bytes at {cut['time']} was cut off before the answer came "
+                               f"back, so it may have been made (and counted against the day's submissions), and "
+                               f"kit could not tell ({e}); not sent again: look at the competition's submissions, "
+                               f"and if it is not there send it with `kit submit {csv_path} -m ...`", recorded=False)
+            found = None
         if found is not None:
             return _found_cut_off(csv_path, cut, found, ledger, endpoint, env, log, poll)
-        log(f"the send of {csv_path} at {cut['time']}, cut off before its answer, is not in the competition's "
-            "submissions: it never arrived, so it is sent now")
+        if earlier is None:
+            log(f"the send of {csv_path} at {cut['time']}, cut off before its answer, is not in the competition's "
+                "submissions: it never arrived, so it is sent now")
+    if earlier is not None:
+        said = f"identical file already submitted at {earlier['time']} (ref {earlier['ref']}); not sent again"
+        log(f"not submitting {csv_path}: {said}")
+        return _result(earlier["status"], target, earlier, said)
     before = len(read_ledger(ledger))
     kept_before = {row["ref"] for row in kept_rows(ledger)}
     try:

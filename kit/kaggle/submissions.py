@@ -281,8 +281,12 @@ def find_cut_off(csv_path, cut: dict, competition: str, ledger, endpoint: str | 
         raise KitError("its note, from an older kit, has no message to find it by in the competition's list")
     where, csv_path = where or target(endpoint), Path(csv_path)
     known = _refs_at(ledger, where)
-    since, size = _utc(cut["time"]) - CLOCKS_APART, csv_path.stat().st_size
-    recent = datetime.now(timezone.utc) - _utc(cut["time"]) < LIST_LAG
+    try:                        # a note's time edited by hand: the id needs none (an older note does)
+        noted: datetime | None = _utc(cut["time"])
+    except KitError:
+        noted = None
+    since, size = (noted - CLOCKS_APART if noted else None), csv_path.stat().st_size
+    recent = noted is not None and datetime.now(timezone.utc) - noted < LIST_LAG
     for look in range(3 if recent else 1):      # a list may lag a send made a moment ago
         if look:
             time.sleep(backoff() * 2 ** (look - 1))
@@ -290,7 +294,7 @@ def find_cut_off(csv_path, cut: dict, competition: str, ledger, endpoint: str | 
         hits = [sub for sub in subs if sub["ref"] and str(sub["ref"]) not in known and (
             same_send(cut["message"], sub["description"]) if is_tagged(cut["message"]) else  # its id: exact
             sub["description"] == cut["message"] and sub["file"] in ("", csv_path.name)  # an older kit's note
-            and sub.get("bytes") in (None, 0, size) and sub["date"] and _utc(sub["date"]) >= since)]
+            and sub.get("bytes") in (None, 0, size) and since and sub["date"] and _utc(sub["date"]) >= since)]
         if hits:
             break
     if len(hits) > 1:

@@ -57,7 +57,8 @@ def require_trained_config(run_dir: str | Path, cfg: RunConfig) -> None:
     recorded = read_identity(run_dir)
     if recorded is None:
         return
-    changes = config_changes(recorded["config"], config_identity(cfg), "model.")
+    changes = [c for c in config_changes(recorded["config"], config_identity(cfg), "model.")
+               if "dropout" not in c.split(" ", 1)[0]]      # off at prediction: the same model
     if changes:
         path = Path(run_dir) / "config.toml"
         raise KitError(f"{path}: edited since the run trained ({describe(changes)}; its identity.json records the "
