@@ -67,3 +67,10 @@ def test_infer_and_time_budget_edits_still_predict(run, capsys):
 def test_a_run_without_identity_json_still_predicts(run, capsys):
     (run / "identity.json").unlink()                    # a run of an older kit: nothing to compare with
     assert kit_cli(capsys, "predict", run, "--no-progress")[0] == 0
+
+
+def test_a_damaged_identity_json_names_a_way_to_predict_that_keeps_the_weights(run, capsys):
+    """Probe 32: the only advice was --fresh (a retrain), though a missing identity.json predicts."""
+    (run / "identity.json").write_text("{")
+    code, _, err = kit_cli(capsys, "predict", run, "--no-progress")
+    one_error(code, err, str(run / "identity.json"), "unreadable run identity", "move its identity.json aside")

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from kit.config import RunConfig, from_dict, load_toml
 from kit.data import FeatureStore
-from kit.errors import KitError
+from kit.errors import KitError, first_line
 from kit.fsio import atomic_path
 from kit.identity import START_OVER, config_changes, config_identity, describe, read_identity
 from kit.models import build_model
@@ -54,7 +54,12 @@ def require_trained_config(run_dir: str | Path, cfg: RunConfig) -> None:
     weights would load without a word into another model and predict worse. The other settings
     (training's, [infer]) do not change what the weights compute: free to change, as on a resume. A
     run from before identity.json is not checked."""
-    recorded = read_identity(run_dir)
+    try:
+        recorded = read_identity(run_dir)
+    except KitError as e:       # the weights are sound: moving the record aside predicts them (unchecked)
+        raise KitError(f"{first_line(e).split('; ')[0]}; to predict the run's weights without this check, move "
+                       "its identity.json aside (kit then cannot check its config.toml against what it trained "
+                       "as)") from None
     if recorded is None:
         return
     changes = [c for c in config_changes(recorded["config"], config_identity(cfg), "model.")
