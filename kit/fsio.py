@@ -59,6 +59,8 @@ def remove_left_temps(path: str | os.PathLike) -> None:
     Only for a caller holding a lock every writer of PATH takes: then no writer of them is alive."""
     path = Path(path)
     for left in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        if "." in left.name[len(path.name) + 2:-4]:     # another file's (NAME.pending's): mkstemp's part has none
+            continue
         with contextlib.suppress(OSError):
             if left.is_file():
                 left.unlink()

@@ -287,10 +287,11 @@ COURSE_SLUG = re.compile(r"ml20\d\d(spring|fall)-?hw4")
 
 
 def data_competition(data_dir) -> str | None:
-    """The competition data_dir is: the synthetic data's, the one `kit data download` fetched it from,
-    or the one a folder holding it is named after (a Kaggle notebook's /kaggle/input/<slug>/Dataset;
+    """The competition data_dir is: the one `kit data download` fetched it from (a stand-in's
+    synthetic competition included, whatever name its marker says), the synthetic data's, or the
+    one a folder holding it is named after (a Kaggle notebook's /kaggle/input/<slug>/Dataset;
     within three levels); None when none says."""
-    found = (synth_marker(data_dir) or {}).get("competition") or downloaded_from(data_dir)
+    found = downloaded_from(data_dir) or (synth_marker(data_dir) or {}).get("competition")   # fetched: from there
     if found:
         return found
     for path in (Path(data_dir).absolute(), Path(data_dir).resolve()):      # a link's own place first

@@ -16,6 +16,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+from kit import env as kit_env
 from kit.errors import KitError, first_line
 from kit.fsio import file_lock, sha256_file, write_text
 from kit.layout import read_layout
@@ -187,6 +188,10 @@ def snapshot_for_sending(csv_path: str | os.PathLike, folder: Path) -> tuple[Pat
     """A copy of CSV_PATH in FOLDER, taken under submission_lock, and its SHA-256: the bytes checked and
     uploaded are the bytes hashed, whatever replaces the CSV meanwhile."""
     csv_path = Path(csv_path)
+    if not kit_env.writable(csv_path.parent):       # its lock and the send's note go beside it
+        raise KitError(f"{csv_path}: its folder cannot be written, and kit notes each send beside the CSV (the "
+                       "note finds a send whose answer is lost); nothing was sent: submit a copy of it from a "
+                       "folder you can write")
     with submission_lock(csv_path):
         data = csv_path.read_bytes()
     copy = folder / csv_path.name
@@ -209,8 +214,7 @@ def note_sending(csv_path: str | os.PathLike, sha256: str, ledger, when: str, co
         except (OSError, KitError) as e:
             note = submitted_note(csv_path)
             raise KitError(f"{csv_path}: its send could not be noted in {note} ({first_line(e, 120)}), by which "
-                           "kit finds a send whose answer is lost; nothing was sent: submit a copy of the CSV "
-                           "from a folder you can write") from None
+                           "kit finds a send whose answer is lost; nothing was sent") from None
 
 
 def keep_submitted(csv_path: str | os.PathLike, new_sha256: str | None, ledgers=None) -> list[Path]:

@@ -166,3 +166,31 @@ def test_a_re_run_keeps_the_budget_its_members_trained_at(tiny_data, tmp_path, m
     budget, said = default_budget(real, False, root)
     assert budget == "full" and f"the members in {root} trained at it" in said
     assert default_budget(real, False, tmp_path / "none")[0] == "quick"
+
+
+def test_fresh_chooses_its_budget_afresh_not_from_the_members_it_moves_aside(tiny_data, tiny_recipe, tmp_path,
+                                                                              monkeypatch):
+    """Probe 33: `--fresh` took the budget of the members it was about to move aside (a demo's quick one
+    for the real data, or the reverse) and said they were the reason."""
+    import json
+
+    import torch
+
+    from kit.zoo import RecipeRun
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    recipe = tiny_recipe("mean", budget={"quick": {"train.max_steps": 5}, "full": {"train.max_steps": 5}})
+    root = tmp_path / "runs" / "tiny"
+    (root / "mean").mkdir(parents=True)
+    (root / "mean" / "identity.json").write_text(json.dumps({"config": {}, "data": {}, "budget": "full"}))
+    said = []
+
+    def opened(fresh: bool) -> str:
+        overrides = {"submit": None, "ensemble": None, "pseudo": None, "distill": None, "refit": None, "lmft": None,
+                     "audition": False, "timed": (None, None), "blocker": None, "fresh": fresh, "elsewhere": False}
+        run = RecipeRun.open(recipe, str(tiny_data), None, str(tmp_path / "runs"), None, False, said.append, 1,
+                             str(tmp_path / "subs"), overrides)
+        return run.budget
+
+    assert opened(fresh=False) == "full"                      # a re-run continues them
+    assert opened(fresh=True) == "quick"                      # synthetic data, chosen afresh

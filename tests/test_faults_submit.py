@@ -53,9 +53,17 @@ def ledger_refused_before_sending(capsys, standin, sub, *extra) -> str:
 def test_a_read_only_ledger_dir_is_refused_before_anything_is_sent(kaggle_env, standin, sub, read_only_dir,
                                                                    capsys):
     read_only_dir(sub.parent)
-    line = ledger_refused_before_sending(capsys, standin, sub)
-    assert f"{sub.parent} is not writable" in line
+    code, _, err = kit(capsys, *submit_args(sub, standin))         # its CSV there too: that is said first
+    assert code == 2 and "its folder cannot be written" in one_error_line(err) and standin.calls == []
     assert not (sub.parent / "ledger.csv").exists()
+    elsewhere = sub.parent.parent / "csvs"                          # the CSV in a folder kit can write
+    elsewhere.mkdir()
+    for f in (sub, sub.with_suffix(".json")):
+        (elsewhere / f.name).write_bytes(f.read_bytes())
+    code, _, err = kit(capsys, "submit", elsewhere / sub.name, "-m", "m", "--ledger", sub.parent / "ledger.csv",
+                       "--endpoint", standin.url)
+    line = one_error_line(err)
+    assert code == 2 and f"{sub.parent} is not writable" in line and "--ledger" in line and standin.calls == []
 
 
 def test_a_ledger_whose_lock_cannot_be_taken_is_refused_before_sending(kaggle_env, standin, sub, capsys):
@@ -210,3 +218,14 @@ def test_serving_with_another_competitions_answer_key_says_so(tiny_data, tiny_an
     code, _, err = kit(capsys, "kaggle", "serve", "--data", tiny_data, "--port", "0", "--answers", other)
     line = one_error_line(err)
     assert code == 2 and f"{other}: its Ids are not the test utterances of {tiny_data} (20 missing, 20 unknown)" in line
+
+
+def test_a_csv_in_a_folder_kit_cannot_write_is_refused_naming_what_to_do(kaggle_env, standin, sub, read_only_dir,
+                                                                         capsys):
+    """Probe 33: its lock failed first, advising --out, --runs or --cache, which `kit submit` has not."""
+    read_only_dir(sub.parent)
+    code, _, err = kit(capsys, "submit", sub, "-m", "m", "--ledger", sub.parent.parent / "ledger.csv",
+                       "--endpoint", standin.url)          # the ledger elsewhere, writable
+    line = one_error_line(err)
+    assert code == 2 and "its folder cannot be written" in line and "submit a copy" in line, err
+    assert "--cache" not in line and not standin.submissions

@@ -120,3 +120,17 @@ def test_a_hidden_folder_a_killed_writer_left_is_swept_and_no_other(tmp_path):
     assert not dead.exists()
     assert live.is_dir() and other_host.is_dir() and other_name.is_dir()
     assert (tmp_path / "store" / "done.json").is_file()
+
+
+def test_a_writers_left_temps_are_removed_but_not_another_files(tmp_path):
+    """Probe 33: the ledger's clean-up matched `.ledger.csv.pending.XXXX.tmp` too, another lock's file."""
+    from kit.fsio import atomic_path, remove_left_temps
+
+    mine, theirs = tmp_path / ".ledger.csv.k1ll3d.tmp", tmp_path / ".ledger.csv.pending.wr1t1ng.tmp"
+    mine.write_text("half")
+    theirs.write_text("being written")
+    remove_left_temps(tmp_path / "ledger.csv")
+    assert not mine.exists() and theirs.exists()
+    with atomic_path(tmp_path / "ledger.csv") as tmp:           # the pattern a writer's own temp file has
+        assert tmp.name.startswith(".ledger.csv.") and "." not in tmp.name[len(".ledger.csv."):-4]
+        tmp.write_text("x")

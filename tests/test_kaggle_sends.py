@@ -231,8 +231,9 @@ def test_a_send_that_cannot_be_noted_beside_its_csv_is_not_sent(kaggle_env, stan
     assert "CreateSubmission" not in standin.calls and "StartSubmissionUpload" not in standin.calls
 
 
+@pytest.mark.parametrize("where, ledger", [("elsewhere", "../submissions/ledger.csv"), ("submissions", "ledger.csv")])
 def test_kit_scores_from_another_folder_finds_the_note_beside_the_ledger(kaggle_env, standin, sub, monkeypatch,
-                                                                          capsys):
+                                                                          capsys, where, ledger):
     """Probe 32: the ledger names the CSV as `kit submit` was given it; `kit scores --ledger ../...` run from
     another folder looked for its note there, and left the row FAILED without a word."""
     from kit.kaggle.server_competitions import MADE
@@ -242,10 +243,9 @@ def test_kit_scores_from_another_folder_finds_the_note_beside_the_ledger(kaggle_
     standin.inject(MADE, 503)
     assert kit(capsys, "submit", "submissions/sub.csv", "-m", "m", "--endpoint", standin.url,
                "--ledger", "submissions/ledger.csv")[0] == 2
-    elsewhere = sub.parent.parent / "elsewhere"
-    elsewhere.mkdir()
-    monkeypatch.chdir(elsewhere)
-    code, _, err = kit(capsys, "scores", "--ledger", "../submissions/ledger.csv", "--endpoint", standin.url)
+    (sub.parent.parent / where).mkdir(exist_ok=True)
+    monkeypatch.chdir(sub.parent.parent / where)            # probe 33: a relative --ledger beside it too
+    code, _, err = kit(capsys, "scores", "--ledger", ledger, "--endpoint", standin.url)
     [row] = read_ledger(sub.parent / "ledger.csv").to_dict("records")
     assert code == 0 and row["ref"] == str(standin.submissions[0]["ref"]), err
 
@@ -268,3 +268,18 @@ def test_notes_and_ledgers_damaged_by_hand_or_a_kill_are_read_past(kaggle_env, s
     result = recipe_submit(sub, "kit recipe r", tiny_data, submissions_dir=sub.parent, endpoint=standin.url)
     assert result["ref"] == str(made["ref"]) and "not sent again" in result["reason"], result
     assert not left.exists() and standin.calls.count("CreateSubmission") == 1
+
+
+def test_data_fetched_from_a_stand_in_goes_back_to_the_competition_it_came_from(kaggle_env, tiny_data, tiny_answers,
+                                                                                tmp_path, monkeypatch, capsys):
+    """Probe 33: the zipped synthetic marker's competition overrode the one `kit data download` fetched
+    the data from, so a stand-in serving `hw4-custom` had its vote sent to ml2022spring-hw4 (404)."""
+    from kit.kaggle.server import StandIn
+    from kit.layout import data_competition, is_synthetic
+
+    with StandIn(tiny_data, tiny_answers, competition="hw4-custom") as server:
+        monkeypatch.setenv("KIT_KAGGLE_ENDPOINT", server.url)
+        code, out, err = kit(capsys, "data", "download", "--competition", "hw4-custom", "--out", tmp_path / "dl")
+    assert code == 0, err
+    fetched = tmp_path / "dl" / "Dataset"
+    assert is_synthetic(fetched) and data_competition(fetched) == "hw4-custom"

@@ -164,7 +164,7 @@ def test_a_synthetic_competition_whose_answer_key_is_gone_skips_its_submission_i
     """Probe 32: the recipe trained, voted, then died with a FileNotFoundError traceback starting its
     stand-in; a marker of the wrong types was a TypeError traceback."""
     from kit.kaggle import recipe_submit
-    from kit.kaggle.rehearsal import check_recipe_submissions
+    from kit.kaggle.rehearsal import check_recipe_submissions, rehearsal_stand_in
     from kit.layout import SYNTH_MARKER, synth_marker
 
     from conftest import write_submission
@@ -179,6 +179,8 @@ def test_a_synthetic_competition_whose_answer_key_is_gone_skips_its_submission_i
     assert len(said) == 1 and "names no answer key that is there" in said[0] and "skipped" in said[0]
     result = recipe_submit(sub, "m", data, submissions_dir=tmp_path / "subs")
     assert result["status"] == "SKIPPED" and str(marker) in result["reason"], result
+    with pytest.raises(KitError, match="names no answer key"), rehearsal_stand_in(data):   # --launcher kaggle's
+        pass
     marker.write_text(json.dumps({**values, "answers": 7}))
     one_error(*kit_cli(capsys, "kaggle", "serve", "--data", data, "--port", "0")[::2], str(marker),
               "answers 7 is not text")

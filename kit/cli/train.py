@@ -58,7 +58,8 @@ def register(sub) -> None:
     p.add_argument("--data", help="data dir (default: the competition under /kaggle/input in a Kaggle notebook, "
                    "else data/demo, generated when missing)")
     p.add_argument("--budget", choices=["quick", "full"],
-                   help="default: quick on synthetic data, full on real data")
+                   help="default: the one the recipe's members trained at (a re-run); else quick on synthetic "
+                        "data, full on real data where a GPU trains it (here, or --launcher's), quick without one")
     p.add_argument("--runs", default="runs", help="where run dirs go: RUNS/<recipe>/<member> (default: runs)")
     p.add_argument("--only", nargs="+", metavar="MEMBER", help="train and predict only these members (a,b or a b); "
                    "no vote or submission")

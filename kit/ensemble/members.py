@@ -181,8 +181,8 @@ def _require_same_features(member: Member, layout: Layout, data_dir) -> None:
     key = store_key(layout)
     if not ids.data_features or not ids.data_key or key == ids.data_key:
         return
-    note_line(f"{data_dir}: feature files changed (sizes or times) since {member.run_dir} was predicted: "
-              "reading them to compare contents")
+    note_line(f"{data_dir}: its feature files' sizes or times are not those {member.run_dir} was predicted "
+              "with (changed since, or another machine's copy): reading them to compare contents")
     cache = cache_dir(data_dir)[0]          # the dtype packed already, if one is: no second copy of several GB
     packed = [d for d in reversed(STORE_DTYPES) if (cache / f"store-{key}-{d}").is_dir()] or ["float16"]
     if FeatureStore.open(data_dir, packed[0], progress=progress_visible()).content_digest != ids.data_features:

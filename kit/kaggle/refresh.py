@@ -79,8 +79,8 @@ def _sent_as(ledger, row: dict) -> str | None:
     """The description the row's send carried, from the note beside its CSV: the file as `kit submit`
     was given it, from this folder, else from the ledger's folder or its parent (`kit scores --ledger`
     run elsewhere)."""
-    file = Path(row["file"])
-    folders = [Path.cwd()] if file.is_absolute() else [Path.cwd(), Path(ledger).parent, Path(ledger).parent.parent]
+    file, book = Path(row["file"]), Path(ledger).resolve()
+    folders = [Path.cwd()] if file.is_absolute() else [Path.cwd(), book.parent, book.parent.parent]
     for folder in folders:
         sent = sent_as(folder / file, row["sha256"], row["time"])
         if sent:

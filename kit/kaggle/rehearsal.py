@@ -111,7 +111,7 @@ def _check_credentials(data_dir, endpoint: str | None, log) -> None:
     url = endpoint_or_env(endpoint)
     if url is None and data_dir is not None and is_synthetic(data_dir):
         if missing_answers(data_dir):
-            log(f"{missing_answers(data_dir)}: the recipe trains and votes, and its submission will be skipped")
+            log(f"{missing_answers(data_dir)}: the recipe's submission will be skipped")
         return
     source = credential_source()
     if url is None and source is None:
@@ -149,7 +149,7 @@ def missing_answers(data_dir) -> str | None:
     if answers and Path(answers).is_file():
         return None
     return (f"{Path(data_dir) / SYNTH_MARKER} names no answer key that is there ({answers or 'none'}), so the "
-            "recipe's own stand-in cannot score its vote (send it to a stand-in with --endpoint URL)")
+            "recipe's own stand-in cannot score its vote (send it to a stand-in: KIT_KAGGLE_ENDPOINT=URL)")
 
 
 @contextlib.contextmanager
@@ -158,6 +158,8 @@ def rehearsal_stand_in(data_dir, competition: str | None = None, **options):
     marker names) for the block, as `competition` when given (else the synthetic data's name), and the
     environment the worker needs to reach it: rehearsal credentials in a private config dir, so nothing
     of the user's is read or written."""
+    if missing_answers(data_dir):           # a stand-in cannot score without it: one line, not a traceback
+        raise KitError(missing_answers(data_dir))
     synth = synth_marker(data_dir) or {}
     comp = competition or synth.get("competition") or DEFAULT_COMPETITION
     with tempfile.TemporaryDirectory(prefix="kit-rehearsal-") as home:
@@ -207,6 +209,8 @@ def _recipe_attempt(csv_path, message, data_dir, competition, ledger, endpoint, 
         try:                    # looked up even beside an earlier send of these bytes: made, it is recorded
             found = find_cut_off(csv_path, cut, competition, ledger, endpoint, env, log, target)
         except KitError as e:
+            log(f"a send of {csv_path} at {cut['time']} was cut off before its answer, and kit could not tell "
+                f"whether it was made ({e}): look at the competition's submissions")
             if earlier is None:
                 return _result("FAILED", target, None,
                                f"a send of these same bytes at {cut['time']} was cut off before the answer came "
