@@ -100,12 +100,14 @@ def check_configs(recipe: Recipe, names: list[str], budget: str, here: bool = Tr
                            '"last"; nothing was trained')
 
 
-def default_budget(data_dir: Path, elsewhere: bool, root: Path | None = None) -> tuple[str, str]:
+def default_budget(data_dir: Path, elsewhere: bool, root: Path | None = None, skip=()) -> tuple[str, str]:
     """The budget kit chooses, and the line saying why: the one the recipe's members in `root` trained
-    at (a re-run continues them, wherever it runs); else quick on synthetic data; full on real data
+    at, less those in `skip` (--fresh moves them aside; a re-run continues the others, wherever it
+    runs); else quick on synthetic data; full on real data
     where a GPU trains it (here, or a launcher's); quick on real data with no GPU here (the full
     budget is hours of GPU time: days of a CPU, its models too big for minutes)."""
-    trained = sorted({b for b in map(_trained_budget, root.iterdir() if root and root.is_dir() else []) if b})
+    runs = [d for d in (root.iterdir() if root and root.is_dir() else []) if d.name not in skip]
+    trained = sorted({b for b in map(_trained_budget, runs) if b})
     if len(trained) == 1:
         return trained[0], f"the {trained[0]} budget: the members in {root} trained at it (--budget chooses)"
     if is_synthetic(data_dir):

@@ -185,12 +185,15 @@ def test_fresh_chooses_its_budget_afresh_not_from_the_members_it_moves_aside(tin
     (root / "mean" / "identity.json").write_text(json.dumps({"config": {}, "data": {}, "budget": "full"}))
     said = []
 
-    def opened(fresh: bool) -> str:
+    def opened(fresh: bool, only=None) -> str:
         overrides = {"submit": None, "ensemble": None, "pseudo": None, "distill": None, "refit": None, "lmft": None,
                      "audition": False, "timed": (None, None), "blocker": None, "fresh": fresh, "elsewhere": False}
-        run = RecipeRun.open(recipe, str(tiny_data), None, str(tmp_path / "runs"), None, False, said.append, 1,
+        run = RecipeRun.open(recipe, str(tiny_data), None, str(tmp_path / "runs"), only, False, said.append, 1,
                              str(tmp_path / "subs"), overrides)
         return run.budget
 
     assert opened(fresh=False) == "full"                      # a re-run continues them
     assert opened(fresh=True) == "quick"                      # synthetic data, chosen afresh
+    (root / "kept").mkdir()                                   # probe 34: --fresh --only moves only its own aside
+    (root / "kept" / "identity.json").write_text(json.dumps({"config": {}, "data": {}, "budget": "full"}))
+    assert opened(fresh=True, only=["mean"]) == "full"

@@ -237,6 +237,7 @@ def test_kit_scores_from_another_folder_finds_the_note_beside_the_ledger(kaggle_
     """Probe 32: the ledger names the CSV as `kit submit` was given it; `kit scores --ledger ../...` run from
     another folder looked for its note there, and left the row FAILED without a word."""
     from kit.kaggle.server_competitions import MADE
+    from kit.submission import submitted_note
 
     monkeypatch.chdir(sub.parent.parent)
     standin.inject("ListSubmissions", 503, count=4)
@@ -248,6 +249,8 @@ def test_kit_scores_from_another_folder_finds_the_note_beside_the_ledger(kaggle_
     code, _, err = kit(capsys, "scores", "--ledger", ledger, "--endpoint", standin.url)
     [row] = read_ledger(sub.parent / "ledger.csv").to_dict("records")
     assert code == 0 and row["ref"] == str(standin.submissions[0]["ref"]), err
+    assert f'"ref": "{row["ref"]}"' in submitted_note(sub).read_text()     # probe 34: beside the CSV itself
+    assert not (sub.parent / "submissions").exists()
 
 
 def test_notes_and_ledgers_damaged_by_hand_or_a_kill_are_read_past(kaggle_env, standin, sub, tiny_data, capsys):

@@ -75,17 +75,19 @@ def _say_unlisted(rows, found, comp: str, where: str, ledger, log) -> None:
             f"(the newest): their scores in {ledger} stay as they are")
 
 
-def _sent_as(ledger, row: dict) -> str | None:
-    """The description the row's send carried, from the note beside its CSV: the file as `kit submit`
-    was given it, from this folder, else from the ledger's folder or its parent (`kit scores --ledger`
-    run elsewhere)."""
-    file, book = Path(row["file"]), Path(ledger).resolve()
-    folders = [Path.cwd()] if file.is_absolute() else [Path.cwd(), book.parent, book.parent.parent]
+def _sent_as(ledger, row: dict) -> tuple[str, Path] | tuple[None, None]:
+    """The description the row's send carried, from the note beside its CSV, and that CSV: the file as
+    `kit submit` was given it, from this folder, else from the ledger's folder or its parent (as
+    written, and with links followed: `kit scores --ledger` run elsewhere)."""
+    file = Path(row["file"])
+    books = dict.fromkeys([Path(ledger).absolute(), Path(ledger).resolve()])
+    near = [f for b in books for f in (b.parent, b.parent.parent)]
+    folders = [Path.cwd()] if file.is_absolute() else [Path.cwd(), *near]
     for folder in folders:
         sent = sent_as(folder / file, row["sha256"], row["time"])
         if sent:
-            return sent
-    return None
+            return sent, folder / file
+    return None, None
 
 
 def _resolve_maybe_made(ledger, rows, found: list[dict], known: set, log) -> int:
@@ -95,7 +97,7 @@ def _resolve_maybe_made(ledger, rows, found: list[dict], known: set, log) -> int
     how many rows changed."""
     resolved = 0
     for row in rows.to_dict("records"):
-        sent = _sent_as(ledger, row)
+        sent, csv = _sent_as(ledger, row)
         hits = [sub for sub in found if sub["ref"] and sent and is_tagged(sent) and same_send(sent, sub["description"])]
         if len(hits) != 1:
             continue
@@ -107,7 +109,7 @@ def _resolve_maybe_made(ledger, rows, found: list[dict], known: set, log) -> int
         made = {"ref": ref, **{k: sub[k] for k in ("status", "public", "private", "error")}}
         resolve_failed(ledger, row, made)
         known.add(ref)
-        note_accepted(Path(row["file"]), {**row, **made}, ledger, log)
+        note_accepted(csv or Path(row["file"]), {**row, **made}, ledger, log)
         if log:
             log(f"the send of {row['file']} at {row['time']} that may have been made was made: "
                 f"submission {ref} ({made['status']}), now in {ledger}")
