@@ -107,11 +107,11 @@ def check_same_teaching(out: Path, given: dict) -> None:
     if changed:
         raise KitError(f"{out}: cannot resume: the teachers' test_probs.npy changed since it was taught "
                        f"({', '.join(changed)}: predicted again); {fix}")
-    for key, flag, what in (("temperature", "--temperature", "temperature"),
-                            ("distill_weight", "--distill-weight", "distill weight")):
-        if key in old and old[key] != given[key]:
-            raise KitError(f"{out}: cannot resume: the interrupted student's {what} was {old[key]:g}, not "
-                           f"{given[key]:g}; resume with {flag} {old[key]:g}, or {START_OVER}")
+    flags = {"temperature": ("--temperature", "temperature"), "distill_weight": ("--distill-weight", "distill weight")}
+    for key, (was, now) in _teaching_changes(old, given).items():
+        flag, what = flags[key]
+        raise KitError(f"{out}: cannot resume: the interrupted student's {what} was {was:g}, not {now:g}; "
+                       f"resume with {flag} {was:g}, or {START_OVER}")
 
 
 def changed_settings(out: Path, temperature: float, distill_weight: float) -> dict[str, tuple[float, float]]:
@@ -122,9 +122,14 @@ def changed_settings(out: Path, temperature: float, distill_weight: float) -> di
     kit.rounds (teachers.json, by their predictions' digests)."""
     if not (out / TEACHER).is_file():
         return {}
-    old = recorded_teaching(out)
-    given = {"temperature": float(temperature), "distill_weight": float(distill_weight)}
-    return {key: (old[key], given[key]) for key in given if key in old and old[key] != given[key]}
+    return _teaching_changes(recorded_teaching(out), {"temperature": temperature, "distill_weight": distill_weight})
+
+
+def _teaching_changes(old: dict, given: dict) -> dict[str, tuple[float, float]]:
+    """{key: (old, new)} of the temperature and distill weight that differ between what a student was
+    taught with (recorded_teaching) and `given`; a setting with no record is not compared."""
+    keys = ("temperature", "distill_weight")
+    return {k: (old[k], float(given[k])) for k in keys if k in old and old[k] != float(given[k])}
 
 
 def student_config(best: Path, out, config: str | None = None, overrides=(), init: str = "best") -> RunConfig:

@@ -270,6 +270,15 @@ def manifest_path(csv_path: str | os.PathLike) -> Path:
     return csv_path.with_suffix(".json")
 
 
+def predicted_which(run_dir) -> str:
+    """The checkpoint (best | last | avg) a run was last predicted from; best when it has not been
+    predicted (or its ids.json is unusable)."""
+    try:
+        return PredictionIds.load(run_dir).which or "best"
+    except KitError:
+        return "best"
+
+
 def predicted_mode(run_dir, default: str = "auto") -> str:
     """The inference mode (full | sliding) a predicted run dir chose; `default` when it has not
     been predicted (or its ids.json is unusable)."""

@@ -329,22 +329,21 @@ def record_written(path: str | Path, digest: str | None = None, keep: bool = Fal
     write_json(path.parent / WRITTEN, written)
 
 
-def written_by_run(path: str | Path, digest: str) -> bool:
-    """Whether `digest` is the checkpoint `path` (its run dir's <which>.pt, on disk or not) as the run's
-    own training wrote it last (checkpoints.json); True for a run of an older kit (no record). An
-    unreadable record is the trainer's to mend: KitError."""
+def written_by_run(path: str | Path, digest: str | None = None) -> bool:
+    """Whether `digest` (the file at `path` hashed, when None and a record asks) is the checkpoint
+    `path` (its run dir's <which>.pt, on disk or not) as the run's own training wrote it last
+    (checkpoints.json); True for a run of an older kit (no record). An unreadable record is the
+    trainer's to mend: KitError."""
     path = Path(path)
     accepted = _accepted(_written(path.parent / WRITTEN).get(path.name))
-    return not accepted or digest in accepted
+    return not accepted or (digest or sha256_file(path)) in accepted
 
 
 def check_written(path: str | Path, digest: str | None = None) -> None:
     """KitError when the checkpoint `path` (SHA-256 `digest`, hashed when None) is not the one its run's
     training wrote: another run's best.pt copied in would be predicted, voted and sent as this member,
     or resumed as this run. A run of an older kit (no checkpoints.json) or a file outside a run dir passes."""
-    path = Path(path)
-    accepted = _accepted(_written(path.parent / WRITTEN).get(path.name))
-    if accepted and (digest or sha256_file(path)) not in accepted:
+    if not written_by_run(path, digest):
         raise KitError(f"{path}: not the checkpoint this run's training wrote (its SHA-256 differs from the one "
                        f"in {WRITTEN}: copied in, replaced or damaged since); put the run's own file back, "
                        f"or {START_OVER}")

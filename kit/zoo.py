@@ -159,9 +159,9 @@ class RecipeRun:
         data_dir = ensure_data(data, log)
         said = ""
         if budget is None:                  # kit's choice, said once the checks pass (_start)
-            moved = (only or None) if overrides["fresh"] else ()    # --fresh moves them aside (all, or --only's)
-            budget, said = default_budget(data_dir, overrides["elsewhere"], Path(runs) / recipe.name if moved
-                                          is not None else None, moved or ())
+            fresh = overrides["fresh"]      # --fresh moves the members aside: all of them, or --only's
+            root = None if fresh and not only else Path(runs) / recipe.name
+            budget, said = default_budget(data_dir, overrides["elsewhere"], root, skip=(only or ()) if fresh else ())
         if budget not in BUDGETS:
             raise KitError(f"budget {budget!r}: choose quick or full")
         mode = wants_audition(recipe, budget, overrides["audition"], only, overrides["blocker"],

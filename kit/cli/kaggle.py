@@ -20,10 +20,10 @@ from kit.errors import KitError
 from kit.fsio import sha256_file
 from kit.kaggle import KAGGLE, read_ledger, refresh_ledger, score_table, submit
 from kit.kaggle.client import check_timing, endpoint_or_env, target
-from kit.kaggle.ledger import find_submitted, interrupted_send
+from kit.kaggle.ledger import find_submitted, interrupted_send, maybe_made
 from kit.kaggle.ledger import sending as ledger_sending
 from kit.kaggle.pending import merge_pending
-from kit.kaggle.refresh import maybe_made, owed_scores
+from kit.kaggle.refresh import owed_scores
 from kit.kaggle.server import FAULT_TARGETS, StandIn
 from kit.kaggle.server_competitions import MADE
 from kit.kaggle.submissions import AlreadyMade, find_cut_off

@@ -7,13 +7,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from kit.cli import add_cache_option, progress_wanted
 from kit.config import CHECKPOINTS
-from kit.errors import KitError
 from kit.names import distinct_runs
-from kit.records import PredictionIds
+from kit.records import predicted_which
 from kit.runs import warn_in_sample
 from kit.submission import score_submission, validate_submission
 
@@ -108,15 +106,6 @@ def _pct(x) -> str:
     return "    -" if x is None else f"{100 * x:5.1f}%"
 
 
-def _predicted_which(run: str) -> str:
-    """The checkpoint a run was last predicted from (ids.json), so `kit predict RUN` again, as kit's
-    refusals advise, predicts the same one (a recipe's members: last); best when there is none."""
-    try:
-        return (PredictionIds.load(run).which or "best") if (Path(run) / "ids.json").is_file() else "best"
-    except KitError:
-        return "best"
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
     # deferred: brings torch; `kit --help` imports only the parsers
     from kit.infer import predict_run
@@ -124,9 +113,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     progress = not args.no_progress and progress_wanted()
     for n, run in enumerate(args.runs):
         r = predict_run(run, window=args.window, hop=args.hop, full=args.full, average=args.average,
-                        which=args.which or _predicted_which(run), batch_size=args.batch_size, progress=progress,
-                        mode=args.mode,
-                        compare=args.compare)
+                        # no --which: the one it was last predicted from, as kit's refusals advise (a recipe's: last)
+                        which=args.which or predicted_which(run), batch_size=args.batch_size, progress=progress,
+                        mode=args.mode, compare=args.compare)
         if n == 0:             # after the first run, so an early error is the only output
             print(f"{'run':<40} {'centre':>7} {'full':>8} {'sliding':>8}  {'val':>5} {'test':>5} {'test s':>7}")
         mark = {m: "*" if m == r["mode"] else " " for m in ("full", "sliding")}

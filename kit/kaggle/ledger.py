@@ -373,6 +373,11 @@ def _note_line(line: str) -> dict | None:
     return {k: value.get(k, "") for k in keys}
 
 
+def maybe_made(frame):
+    """Which ledger rows are FAILED sends that may have been made (their answer lost: MAYBE_MADE)."""
+    return (frame["status"] == "FAILED") & (frame["ref"] == "") & frame["error"].str.contains(MAYBE_MADE, regex=False)
+
+
 def _has_row(ledger: str, digest: str, time: str) -> bool:
     """Whether LEDGER holds a row that answers a send of these bytes at TIME; a ledger that cannot be
     read counts as holding it not (the send is then taken as cut off: nothing is sent again without a
@@ -382,6 +387,5 @@ def _has_row(ledger: str, digest: str, time: str) -> bool:
         frame = read_ledger(ledger)
     except KitError:
         return False
-    rows = frame[(frame["sha256"] == digest) & (frame["time"] == time)]
-    unsure = (rows["status"] == "FAILED") & rows["error"].str.contains(MAYBE_MADE, regex=False)
-    return bool((~unsure).any())
+    this = (frame["sha256"] == digest) & (frame["time"] == time)
+    return bool((this & ~maybe_made(frame)).any())

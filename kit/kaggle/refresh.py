@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kit.kaggle.client import MAYBE_MADE, call, is_tagged, same_send, target
-from kit.kaggle.ledger import merge_rows, read_ledger, resolve_failed, sent_as
+from kit.kaggle.client import call, is_tagged, same_send, target
+from kit.kaggle.ledger import maybe_made, merge_rows, read_ledger, resolve_failed, sent_as
 from kit.kaggle.pending import merge_pending
 from kit.kaggle.submissions import note_accepted
 
@@ -54,11 +54,6 @@ def refresh_ledger(ledger, competition: str | None = None, endpoint: str | None 
     return updated
 
 
-def maybe_made(frame):
-    """Which ledger rows are FAILED sends that may have been made (their answer lost: MAYBE_MADE)."""
-    return (frame["status"] == "FAILED") & (frame["ref"] == "") & frame["error"].str.contains(MAYBE_MADE, regex=False)
-
-
 def _say_unlisted(rows, found, comp: str, where: str, ledger, log) -> None:
     """One line for the rows owed a score that the list kit read does not hold: PENDING ones a stand-in
     started again forgot (never scored there), scored ones older than the newest it reads."""
@@ -98,7 +93,9 @@ def _resolve_maybe_made(ledger, rows, found: list[dict], known: set, log) -> int
     resolved = 0
     for row in rows.to_dict("records"):
         sent, csv = _sent_as(ledger, row)
-        hits = [sub for sub in found if sub["ref"] and sent and is_tagged(sent) and same_send(sent, sub["description"])]
+        if not sent or not is_tagged(sent):         # no note, or an older kit's: nothing to find it by
+            continue
+        hits = [sub for sub in found if sub["ref"] and same_send(sent, sub["description"])]
         if len(hits) != 1:
             continue
         sub, ref = hits[0], str(hits[0]["ref"])

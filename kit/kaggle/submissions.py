@@ -12,7 +12,6 @@ from pathlib import Path
 from kit import DEFAULT_COMPETITION
 from kit.errors import KitError
 from kit.kaggle.client import (
-    MAYBE_MADE,
     backoff,
     call,
     check_timing,
@@ -27,6 +26,7 @@ from kit.kaggle.credentials import kaggle_json_problem
 from kit.kaggle.ledger import (
     append_ledger,
     check_writable,
+    maybe_made,
     merge_rows,
     now,
     read_ledger,
@@ -274,9 +274,9 @@ def find_cut_off(csv_path, cut: dict, competition: str, ledger, endpoint: str | 
     ledger row yet (an older kit's note: its message, the CSV's file name and size, dated from the
     note on less CLOCKS_APART). Found: it is recorded in `ledger` (in place of the attempt's FAILED row
     when there is one) and beside the CSV as if the answer had come, and its row returned (a PENDING
-    one: await_score). None: it never
-    arrived (sending it spends nothing twice). KitError when the note has no message (an older kit's),
-    the list cannot be read, or more than one could be it (an older kit's untagged send: the user looks)."""
+    one: await_score). None: it never arrived (sending it spends nothing twice). KitError when the
+    note has no message (an older kit's), the list cannot be read, or more than one could be it (an
+    older kit's untagged send: the user looks)."""
     if not cut.get("message"):
         raise KitError("its note, from an older kit, has no message to find it by in the competition's list")
     where, csv_path = where or target(endpoint), Path(csv_path)
@@ -320,11 +320,8 @@ def find_cut_off(csv_path, cut: dict, competition: str, ledger, endpoint: str | 
 
 def _failed_row(ledger, cut: dict) -> dict | None:
     """The ledger's FAILED row of the send `cut` (a note line), saying it may have been made; None."""
-    frame = read_ledger(ledger) if Path(ledger).is_file() else None
-    if frame is None or not len(frame):
-        return None
-    rows = frame[(frame["sha256"] == cut["sha256"]) & (frame["time"] == cut["time"]) & (frame["status"] == "FAILED")
-                 & (frame["ref"] == "") & frame["error"].str.contains(MAYBE_MADE, regex=False)]
+    frame = read_ledger(ledger)
+    rows = frame[maybe_made(frame) & (frame["sha256"] == cut["sha256"]) & (frame["time"] == cut["time"])]
     return rows.iloc[0].to_dict() if len(rows) else None
 
 
