@@ -286,3 +286,23 @@ def test_data_fetched_from_a_stand_in_goes_back_to_the_competition_it_came_from(
     assert code == 0, err
     fetched = tmp_path / "dl" / "Dataset"
     assert is_synthetic(fetched) and data_competition(fetched) == "hw4-custom"
+
+
+def test_kit_submit_wait_waits_for_the_score_of_a_cut_off_send_it_finds(kaggle_env, standin, sub, capsys):
+    """Probe 33: `kit submit --wait` that found its cut-off send made recorded it PENDING and ended without
+    waiting for the score it was asked to wait for."""
+    from kit.fsio import sha256_file
+    from kit.kaggle.ledger import now
+    from kit.submission import note_sending
+
+    standin.pending_polls = 2                               # scored only after two polls
+    described = tagged("test run")
+    note_sending(sub, sha256_file(sub), sub.parent / "ledger.csv", now(), COMP, target(standin.url), described)
+    call("submit", {"competition": COMP, "file": str(sub), "message": described, "wait": False,
+                    "timeout": 10.0, "poll": 0.1}, standin.url)               # made; the answer lost to a kill
+    code, out, err = kit(capsys, *submit_args(sub, standin, "--wait"))
+    assert code == 0 and "not sent again" in err, err
+    assert standin.calls.count("CreateSubmission") == 1
+    [row] = read_ledger(sub.parent / "ledger.csv").to_dict("records")
+    assert row["status"] == "COMPLETE" and row["public"] != "", row
+    assert "COMPLETE" in out and f"public {row['public']}" in out, out

@@ -26,7 +26,7 @@ from kit.kaggle.pending import merge_pending
 from kit.kaggle.refresh import owed_scores
 from kit.kaggle.server import FAULT_TARGETS, StandIn
 from kit.kaggle.server_competitions import MADE
-from kit.kaggle.submissions import AlreadyMade, find_cut_off
+from kit.kaggle.submissions import AlreadyMade, await_score, find_cut_off
 from kit.layout import data_competition, is_synthetic, read_layout, synth_marker
 from kit.names import check_competition
 from kit.records import SubmissionManifest
@@ -113,6 +113,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
         row = made.row
         _log(f"not sent again: {args.csv}'s earlier send was made (ref {row['ref']}); run `kit submit` again to "
              "send it once more (another of the day's submissions)")
+        if args.wait and row["status"] == "PENDING":    # --wait waits for the score of the send it found too
+            try:
+                row = await_score(row, args.ledger, args.endpoint, log=_log, timeout=args.timeout)
+            except KitError as e:
+                raise KitError(f"{args.csv}: its send (ref {row['ref']}, PENDING in {args.ledger}) was made, but "
+                               f"waiting for its score failed ({e}); `kit scores` fetches it later") from None
     scores = f" public {row['public']} private {row['private']}" if row["public"] else ""
     print(f"submitted {args.csv} to {args.competition} ({row['target']}): ref {row['ref']} "
           f"{row['status']}{scores}")
