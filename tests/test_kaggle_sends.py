@@ -15,7 +15,7 @@ from kit.kaggle.client import MAYBE_MADE, same_send, tagged, target, untagged
 from conftest import COMP, one_error_line, submit_args
 from conftest import kit_cli as kit
 
-TAG = re.compile(r"^test run \[kit [0-9a-f]{10}\]$")
+TAG = re.compile(r"^\[kit [0-9a-f]{10}\] test run$")
 
 
 def test_a_send_is_listed_with_its_message_and_its_own_id(kaggle_env, standin, sub, capsys):
@@ -29,8 +29,11 @@ def test_a_send_is_listed_with_its_message_and_its_own_id(kaggle_env, standin, s
     assert untagged(made["description"]) == "test run" and same_send(made["description"], f"  {made['description']} ")
     assert not same_send(made["description"], "test run") and not same_send(made["description"], None)
     assert same_send("an older kit's", "an older kit's") and tagged("m") != tagged("m")    # never two alike
-    long = tagged("x" * 500)                            # the id within what a server may keep of it
-    assert len(long) < 230 and long.startswith("x" * 190) and same_send(long, long) and "[kit " in long[-20:]
+    long = tagged("x" * 500)                            # the id first: a server that cuts descriptions keeps it
+    assert len(long) < 230 and long.endswith("x" * 190 + "...") and same_send(long, long[:20])
+    older = "test run [kit 0123456789]"                 # an older kit's description: its id last
+    assert untagged(older) == "test run" and same_send(older, older) and not same_send(older, made["description"])
+    assert untagged("a [kit 0123456789] in the middle") == "a [kit 0123456789] in the middle"
 
 
 @pytest.mark.parametrize("theirs", ["plain", "tagged"])

@@ -41,7 +41,7 @@ def register(sub) -> None:
     p = sub.add_parser("submit", help="validate a submission CSV, send it to Kaggle, record it in the ledger")
     p.add_argument("csv", help="submission CSV (Id,Category); its manifest NAME.json beside it names the data dir")
     p.add_argument("-m", "--message", required=True,
-                   help="submission description shown on Kaggle (kit adds the send's id: ' [kit <10 hex>]')")
+                   help="submission description shown on Kaggle (kit puts the send's id first: '[kit <10 hex>] ')")
     p.add_argument("--competition", default=None,
                    help="where to send it (default: the competition the CSV's data was fetched from by `kit data "
                         f"download`, or the synthetic data's, else {DEFAULT_COMPETITION})")
@@ -119,10 +119,19 @@ def cmd_submit(args: argparse.Namespace) -> int:
             except KitError as e:
                 raise KitError(f"{args.csv}: its send (ref {row['ref']}, PENDING in {args.ledger}) was made, but "
                                f"waiting for its score failed ({e}); `kit scores` fetches it later") from None
-    scores = f" public {row['public']} private {row['private']}" if row["public"] else ""
     print(f"submitted {args.csv} to {args.competition} ({row['target']}): ref {row['ref']} "
-          f"{row['status']}{scores}")
+          f"{row['status']}{_scores_said(row)}")
     return 0
+
+
+def _scores_said(row: dict) -> str:
+    """' public X private Y' as far as Kaggle gave them: a COMPLETE submission whose private score is
+    hidden until the competition ends, or whose scores are not listed yet, says so."""
+    if row["status"] != "COMPLETE":
+        return ""
+    public = row["public"] if str(row["public"]) != "" else "(not given yet: `kit scores` asks again)"
+    private = row["private"] if str(row["private"]) != "" else "(hidden until the competition ends)"
+    return f" public {public} private {private}"
 
 
 def _voted_on(args: argparse.Namespace) -> tuple[str | None, list[str]]:

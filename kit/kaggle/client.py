@@ -102,37 +102,53 @@ def _worker_env(endpoint: str | None, overrides: dict | None) -> dict:
 STALLED = 120.0     # seconds past a wait's --timeout after which a worker stuck in one HTTP call is stopped
 MAYBE_MADE = "it may have been made"     # in a failed send's error: a re-run looks it up before sending again
 MESSAGE_SENT = 200      # characters of the message a description carries (the ledger keeps it whole)
-_SEND_TAG = re.compile(r" \[kit ([0-9a-f]{10})\]$")
+_SEND_TAG = re.compile(r"\[kit ([0-9a-f]{10})\]")
+_TAG_AROUND = re.compile(r"^\[kit [0-9a-f]{10}\] | \[kit [0-9a-f]{10}\]$")   # kit's (first) or an older kit's (last)
 
 
 def tagged(message: str) -> str:
-    """The description a send carries to Kaggle: the user's message and the send's own id, `[kit <10
-    hex>]`, random (the note beside the CSV keeps it: kit.kaggle.ledger.sent_as). A send whose answer
-    was lost, or that a kill cut off, is found in the competition's list by it: never a teammate's or
-    an earlier send of the same bytes and message, whatever the clocks say, and a server that trims
-    or reflows the message still matches. A message longer than MESSAGE_SENT is cut there in the
-    description (kit's ledger keeps it whole)."""
+    """The description a send carries to Kaggle: the send's own id, `[kit <10 hex>]`, random (the
+    note beside the CSV keeps it: kit.kaggle.ledger.sent_as), then the user's message. A send whose
+    answer was lost, or that a kill cut off, is found in the competition's list by it: never a
+    teammate's or an earlier send of the same bytes and message, whatever the clocks say. The id
+    goes first, so a server that cuts descriptions short keeps it (probe 35: one that kept 30
+    characters cut an id at the end, and the lost send was sent again); a message longer than
+    MESSAGE_SENT is cut there (kit's ledger keeps it whole)."""
     text = message.strip()
-    if len(text) > MESSAGE_SENT:        # the id must survive a server that cuts descriptions short
+    if len(text) > MESSAGE_SENT:
         text = text[:MESSAGE_SENT - 3].rstrip() + "..."
-    return f"{text} [kit {token_hex(5)}]"
+    return f"[kit {token_hex(5)}] {text}"
 
 
 def untagged(description: str) -> str:
-    """The user's message of a description `tagged` made (any other as it is)."""
-    return _SEND_TAG.sub("", description)
+    """The user's message of a description `tagged` made, or an older kit's (id last); any other as it is."""
+    return _TAG_AROUND.sub("", description, count=1)
 
 
 def is_tagged(description: str) -> bool:
     return bool(_SEND_TAG.search(description))
 
 
+def send_id(description) -> str | None:
+    """The send id a description carries (kit's, first, or an older kit's, last); None."""
+    found = _SEND_TAG.search(description) if isinstance(description, str) else None
+    return found.group(1) if found else None
+
+
 def same_send(sent: str, listed) -> bool:
     """Whether a listed submission's description is the send whose description was `sent`: by its id
     when `sent` has one; an older kit's untagged send by its whole message."""
-    tag = _SEND_TAG.search(sent)
+    tag = send_id(sent)
     listed = listed if isinstance(listed, str) else ""
-    return f"[kit {tag.group(1)}]" in listed if tag else listed == sent
+    return f"[kit {tag}]" in listed if tag else listed == sent
+
+
+def cut_short(sent: str, listed) -> bool:
+    """Whether a listed description could be `sent` cut short by a server (its id gone with it): empty,
+    or the start of `sent`, and carrying no send id of its own. Such a new submission might be the
+    send whose answer was lost: kit cannot tell, so it does not send again."""
+    listed = (listed if isinstance(listed, str) else "").strip()
+    return send_id(listed) is None and sent.startswith(listed)
 
 
 def call(op: str, params: dict, endpoint: str | None = None, env: dict | None = None, log=None,

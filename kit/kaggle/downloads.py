@@ -54,7 +54,7 @@ def extract_zip(zip_path, dest) -> int:
                         while block := src.read(1 << 20):
                             out.write(block)
                 written += 1
-    except (zipfile.BadZipFile, zipfile.LargeZipFile) as e:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError) as e:   # zlib, EOF: a member's data
         raise KitError(f"{zip_path}: not a valid zip ({e}); delete it and download again") from None
     return written
 

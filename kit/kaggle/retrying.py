@@ -67,7 +67,7 @@ def retry_after(response) -> float | None:
     return min(max(seconds, 0.0), max_retry_after()) if math.isfinite(seconds) else None
 
 
-def _server_says(response) -> str:
+def server_says(response) -> str:
     """The reason a server gave in its answer's body ({"message"} or {"error"} JSON, else its text), on
     one line and short; '' when it gave none."""
     if response is None:
@@ -82,9 +82,9 @@ def _server_says(response) -> str:
 
 
 def http_message(what: str, status, e, attempt: int) -> str:
-    says = _server_says(getattr(e, "response", None))
+    says = server_says(getattr(e, "response", None))
     detail = str(e).split(" for url:")[0]
-    if says and says not in detail:
+    if says and says.removesuffix("...")[:100] not in " ".join(detail.split()):    # a reason said once
         detail = f"{detail}: {says}" if detail else says
     if status == 401:
         return (f"Kaggle refused the credentials (HTTP 401) for {what}: check ~/.kaggle/kaggle.json or "

@@ -16,11 +16,13 @@ import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import requests
+
 from kit.errors import KitError
-from kit.kaggle.client import MAYBE_MADE, RETRY_STATUSES, backoff, retries, same_send
+from kit.kaggle.client import MAYBE_MADE, RETRY_STATUSES, backoff, cut_short, is_tagged, retries, same_send
 from kit.kaggle.credentials import CREDENTIALS_HELP, kaggle_json, kaggle_json_problem
 from kit.kaggle.kernel_ops import OPS as KERNEL_OPS
-from kit.kaggle.retrying import RetriesSpent, http_message, retry_after
+from kit.kaggle.retrying import RetriesSpent, http_message, retry_after, server_says
 from kit.kaggle.retrying import retrying as _retrying
 
 
@@ -38,10 +40,12 @@ def config_dir_ready() -> None:
 _STAMP = re.compile(r"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(\.\d+)?(Z|[+-]\d{2}:?\d{2})?")
 
 
-def iso_utc(text: str) -> datetime:
+def iso_utc(text) -> datetime:
     """An ISO 8601 time as kagglesdk's naive UTC datetime, its zone applied. kagglesdk's own reader drops
     a zone that follows fractional seconds (`...21.259-05:00` read as 21:11 UTC, five hours early), so a
     cut-off send dated so was taken for one before it was sent, and sent again."""
+    if not isinstance(text, str):   # a number (epoch seconds?) or an object: no date (probe 35: AttributeError)
+        return None                 # type: ignore[return-value]
     found = _STAMP.fullmatch(text.strip())
     if not found:               # a form of its own (a date alone) as kagglesdk reads it; none: no date
         try:
@@ -146,7 +150,6 @@ def _list_submissions(client, competition: str, want: set | None, log, max_pages
 
 def _op_submit(api, p: dict, log, emit) -> dict:
     # optional: kaggle and kagglesdk are imported only when talking to Kaggle
-    from kaggle.models.kaggle_models_extended import ResumableUploadResult
     from kagglesdk.competitions.types.competition_api_service import (
         ApiCreateSubmissionRequest,
         ApiStartSubmissionUploadRequest,
@@ -163,13 +166,12 @@ def _op_submit(api, p: dict, log, emit) -> dict:
         attempts = retries()
         for attempt in range(attempts + 1):
             upload = _retrying("StartSubmissionUpload", lambda: client.start_submission_upload(start), log)
-            # The client reports a failed PUT only as a result code (its CLI then exits 0).
-            if api.upload_complete(path, upload.create_url, quiet=True) == ResumableUploadResult.COMPLETE:
+            failed = _put(path, upload.create_url)
+            if not failed:
                 break
             if attempt == attempts:
-                raise KitError(f"upload of {os.path.basename(path)} failed {attempts + 1} times "
-                               f"(the upload URL refused the file)")
-            log(f"upload of {os.path.basename(path)} failed; retry {attempt + 1}/{attempts}")
+                raise KitError(f"upload of {os.path.basename(path)} failed {attempts + 1} times ({failed})")
+            log(f"upload of {os.path.basename(path)} failed ({failed}); retry {attempt + 1}/{attempts}")
             time.sleep(backoff() * 2 ** attempt)
         create = ApiCreateSubmissionRequest()
         create.competition_name = p["competition"]
@@ -186,6 +188,21 @@ def _op_submit(api, p: dict, log, emit) -> dict:
     if not p.get("wait"):
         return {"ref": ref, "message": message}
     return _op_wait(api, dict(p, ref=ref), log, emit)
+
+
+UPLOAD_TIMEOUT = (30.0, 300.0)      # seconds to connect, and between bytes of the answer
+
+
+def _put(path: str, url: str) -> str:
+    """PUT the file to the upload URL as the client's upload_complete does (one request from the start),
+    but once, bounded, and saying why it failed ('' when stored): the client's own retries (ten, their
+    waits growing to two minutes) sat several minutes a try without a word (probe 35)."""
+    try:
+        with open(path, "rb") as fp:
+            response = requests.put(url, data=fp, timeout=UPLOAD_TIMEOUT)
+    except requests.RequestException as e:
+        return f"{type(e).__name__}: the connection failed or dropped"
+    return "" if response.status_code in (200, 201) else f"HTTP {response.status_code}"
 
 
 def _create(client, create, file_name: str, before: set | None, log) -> tuple[str, str]:
@@ -207,16 +224,24 @@ def _create(client, create, file_name: str, before: set | None, log) -> tuple[st
                 if lost:            # a retry refused ("blob already used"): the first may well have been made
                     refused += f" after an answer lost ({lost}): {MAYBE_MADE}; look at the competition's submissions"
                 raise KitError(refused) from None
-            lost = f"HTTP {status}" if status else f"{type(e).__name__}"
-            made = status != 429 and _made(client, create, file_name, before, log, lost)
-            if made:
-                log(f"CreateSubmission: the answer was lost ({lost}), but the submission was made: ref {made['ref']}")
-                return made["ref"], "made (the answer was lost)"
-            if attempt == attempts:
-                raise KitError(f"CreateSubmission failed {attempts + 1} times ({lost}); no new submission of it is "
-                               "in the competition's list") from None
+            if status == 429 and _daily_limit(e):     # not a rate: waiting minutes will not bring it back
+                raise KitError(http_message("CreateSubmission", status, e, attempt)) from None
+            if status == 429:           # too many requests: refused, nothing made
+                refused = http_message("CreateSubmission", status, e, attempt)
+                if attempt == attempts:
+                    raise KitError(f"{refused}; nothing was made") from None
+            else:
+                lost = f"HTTP {status}" if status else f"{type(e).__name__}"
+                made = _made(client, create, file_name, before, log, lost)
+                if made:
+                    log(f"CreateSubmission: the answer was lost ({lost}), but the submission was made: "
+                        f"ref {made['ref']}")
+                    return made["ref"], "made (the answer was lost)"
+                if attempt == attempts:
+                    raise KitError(f"CreateSubmission failed {attempts + 1} times ({lost}); no new submission of "
+                                   "it is in the competition's list") from None
             delay = (retry_after(getattr(e, "response", None)) if status == 429 else None) or backoff() * 2 ** attempt
-            what = f"Kaggle answered {lost} to CreateSubmission" if status else f"CreateSubmission: {lost}"
+            what = f"Kaggle answered HTTP {status} to CreateSubmission" if status else f"CreateSubmission: {lost}"
             log(f"{what}; retry {attempt + 1}/{attempts} in {delay:.2g}s")
             time.sleep(delay)
             continue
@@ -227,6 +252,13 @@ def _create(client, create, file_name: str, before: set | None, log) -> tuple[st
                            "and no new submission of it is in the competition's list")
         return made["ref"], response.message or ""
     raise AssertionError("unreachable")
+
+
+def _daily_limit(e) -> bool:
+    """Whether a refusal says the day's submissions are spent (Kaggle: "...used its daily Submission
+    allowance..."), whatever its HTTP status: a 429 saying so is not retried."""
+    says = server_says(getattr(e, "response", None)).lower()
+    return "allowance" in says or "daily" in says and "limit" in says
 
 
 def _made(client, create, file_name: str, before: set | None, log, lost: str, looks: int = 6) -> dict | None:
@@ -249,13 +281,18 @@ def _made(client, create, file_name: str, before: set | None, log, lost: str, lo
             subs = _list_submissions(client, create.competition_name, None, log)
         except Exception as e:
             raise unsure(f"the list cannot tell ({e})") from None
-        new = [s for s in subs if s["ref"] and s["ref"] not in before
-               and same_send(create.submission_description, s["description"]) and s["file"] in ("", file_name)]
+        sent, fresh = create.submission_description, [s for s in subs if s["ref"] and s["ref"] not in before]
+        # its id says it is ours, whatever file name a server lists (probe 35: a renamed file was sent again)
+        new = [s for s in fresh if same_send(sent, s["description"])
+               and (is_tagged(sent) or s["file"] in ("", file_name))]
         if len(new) > 1:
             raise unsure(f"{len(new)} new submissions of that message are listed (refs "
                          f"{', '.join(str(s['ref']) for s in new)})")
         if new:
             return new[0]
+        if cut := [s for s in fresh if cut_short(sent, s["description"]) and s["file"] in ("", file_name)]:
+            raise unsure(f"a new submission of that file is listed whose description could be this one's cut "
+                         f"short (ref {cut[0]['ref']}: {cut[0]['description']!r})")
     return None
 
 

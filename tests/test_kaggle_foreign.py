@@ -1,0 +1,137 @@
+"""What a Kaggle-like server kit's authors did not write may do (probe 35): list a submission under another
+file name, cut descriptions short, date submissions in epoch seconds, answer the day's limit as a 429,
+drop the upload's connection, hide the private score; and a zip whose member's data is damaged."""
+from __future__ import annotations
+
+import zipfile
+
+import pytest
+
+from kit.kaggle import read_ledger
+from kit.kaggle.client import MAYBE_MADE
+
+from conftest import kit_cli as kit
+from conftest import one_error_line, submit_args
+
+
+def _listed_as(standin, **changes):
+    """The stand-in keeps each submission as `changes` say (a server's own file name or description)."""
+    real = standin.create_submission
+
+    def create(token: str, description: str, user: str) -> dict:
+        made = real(token, description, user)
+        for key, change in changes.items():
+            made[key] = change(made[key])
+        return made
+
+    standin.create_submission = create
+
+
+def test_a_lost_answer_is_found_by_the_send_id_whatever_file_name_the_list_shows(kaggle_env, standin, sub, capsys):
+    """The list showed the send (its own id) under another file name: kit sent it again."""
+    from kit.kaggle.server_competitions import MADE
+
+    _listed_as(standin, fileName=lambda name: "submission.csv")
+    standin.inject(MADE, 503)                                       # made, then the answer lost
+    code, out, err = kit(capsys, *submit_args(sub, standin, "--wait"))
+    assert code == 0, err
+    assert standin.calls.count("CreateSubmission") == 1
+    [row] = read_ledger(sub.parent / "ledger.csv").to_dict("records")
+    assert row["ref"] == str(standin.submissions[0]["ref"]) and row["status"] == "COMPLETE", row
+
+
+def test_a_server_that_cuts_descriptions_short_keeps_the_send_id(kaggle_env, standin, sub, capsys):
+    """The id went last and a server keeping 30 characters cut it: the lost send was sent again."""
+    from kit.kaggle.server_competitions import MADE
+
+    _listed_as(standin, description=lambda text: text[:30])
+    standin.inject(MADE, 503)
+    code, _, err = kit(capsys, "submit", sub, "-m", "a message longer than the server keeps", "--ledger",
+                       sub.parent / "ledger.csv", "--endpoint", standin.url, "--wait")
+    assert code == 0, err
+    assert standin.calls.count("CreateSubmission") == 1
+    [row] = read_ledger(sub.parent / "ledger.csv").to_dict("records")
+    assert row["ref"] == str(standin.submissions[0]["ref"]) and row["message"].startswith("a message longer"), row
+
+
+def test_a_description_cut_before_the_id_is_not_sent_again(kaggle_env, standin, sub, capsys):
+    """A server keeping 10 characters: nothing in the list says which send it is; a new one of that file
+    whose description is the start of ours may be it, so kit does not send again (one line says so)."""
+    from kit.kaggle.server_competitions import MADE
+
+    _listed_as(standin, description=lambda text: text[:10])
+    standin.inject(MADE, 503)
+    code, _, err = kit(capsys, *submit_args(sub, standin))
+    assert code == 2 and MAYBE_MADE in one_error_line(err) and "cut short" in err, err
+    assert standin.calls.count("CreateSubmission") == 1
+    [row] = read_ledger(sub.parent / "ledger.csv").to_dict("records")
+    assert row["status"] == "FAILED" and MAYBE_MADE in row["error"], row
+
+
+def test_a_list_dated_in_epoch_seconds_still_gives_the_score(kaggle_env, standin, sub, capsys):
+    real = standin.view
+    standin.view = lambda made, poll: {**real(made, poll), "date": 1764979200}
+    code, out, err = kit(capsys, *submit_args(sub, standin, "--wait"))
+    assert code == 0 and "COMPLETE public" in out, err
+    [row] = read_ledger(sub.parent / "ledger.csv").to_dict("records")
+    assert row["status"] == "COMPLETE" and row["public"] != "", row
+
+
+def test_the_days_limit_answered_as_429_is_said_and_not_retried(kaggle_env, standin, sub, capsys):
+    from kit.kaggle.server_competitions import DAILY_LIMIT, _ApiError
+
+    def spent(token: str, description: str, user: str) -> dict:
+        raise _ApiError(429, DAILY_LIMIT.format(5))
+
+    standin.create_submission = spent
+    code, _, err = kit(capsys, *submit_args(sub, standin))
+    line = one_error_line(err)
+    assert code == 2 and "daily submission allowance" in line and line.count("allowance") == 1, err
+    assert standin.calls.count("CreateSubmission") == 1
+    [row] = read_ledger(sub.parent / "ledger.csv").to_dict("records")
+    assert row["status"] == "FAILED" and "allowance" in row["error"] and MAYBE_MADE not in row["error"], row
+
+
+def test_a_reason_with_doubled_spaces_is_said_once(kaggle_env, standin, sub, capsys):
+    from kit.kaggle.server_competitions import _ApiError
+
+    def refused(token: str, description: str, user: str) -> dict:
+        raise _ApiError(400, "Submission not allowed:  your file  has the wrong columns")
+
+    standin.create_submission = refused
+    code, _, err = kit(capsys, *submit_args(sub, standin))
+    assert code == 2 and one_error_line(err).count("wrong columns") == 1, err
+
+
+def test_an_upload_refused_is_retried_by_kit_and_each_try_said(kaggle_env, standin, sub, capsys):
+    """The client's own upload retried out of sight (ten tries, their waits growing to two minutes: half an
+    hour without a word on a dropped connection); kit puts the file once a try and says why each failed."""
+    from kit.kaggle.server import UPLOAD
+
+    standin.inject(UPLOAD, 503, count=2, retry_after=0.1)
+    code, _, err = kit(capsys, *submit_args(sub, standin))
+    assert code == 0, err
+    assert "upload of sub.csv failed (HTTP 503); retry 1/" in err and "retry 2/" in err, err
+    assert standin.calls.count(UPLOAD) == 3 and standin.calls.count("CreateSubmission") == 1
+
+
+def test_a_hidden_private_score_is_said_so(kaggle_env, standin, sub, capsys):
+    real = standin.view
+    standin.view = lambda made, poll: {k: v for k, v in real(made, poll).items() if k != "privateScore"}
+    code, out, err = kit(capsys, *submit_args(sub, standin, "--wait"))
+    assert code == 0 and "private (hidden until the competition ends)" in out, out
+
+
+def test_a_zip_whose_member_data_is_damaged_is_one_line(tmp_path):
+    from kit.errors import KitError
+    from kit.kaggle.downloads import extract_zip
+
+    path = tmp_path / "data.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("Dataset/metadata.json", "{" + '"x": 1, ' * 5000 + '"y": 2}')
+    raw = bytearray(path.read_bytes())
+    start = 30 + len("Dataset/metadata.json")           # the member's data, after its local header
+    raw[start:start + 8] = b"\xff" * 8
+    path.write_bytes(bytes(raw))
+    with pytest.raises(KitError, match="not a valid zip"):
+        extract_zip(path, tmp_path / "out")
