@@ -13,11 +13,13 @@ from kit.budget import step_rate_note
 from kit.ensemble.calibration import calibrate, fit_temperature, log_probs, mean_nll
 from kit.ensemble.crossfit import DEFAULT_POOL, METHODS, auto_ensemble
 from kit.ensemble.members import check_compatible, load_member, member_speakers
+from kit.env import note_line
 from kit.errors import KitError
+from kit.fsio import sha256_file
 from kit.plots import plot_report
 from kit.records import SubmissionManifest
 from kit.rundir import RunDir
-from kit.submission import read_answer_key, score_predictions, score_submission
+from kit.submission import read_answer_key, score_predictions, score_submission, stale_vote
 
 
 # ---------------------------------------------------------------- pure numbers
@@ -65,7 +67,26 @@ def _load_ensemble(ensemble_result, run_dirs) -> SubmissionManifest:
     if members and [str(Path(m).resolve()) for m in members] != [str(Path(d).resolve()) for d in run_dirs]:
         raise KitError(f"{path}: made from other runs ({len(members)} members) than the ones given; "
                        "give the same run dirs in the same order")
+    manifest.csv = _voted_csv(Path(path), manifest)
+    for change in stale_vote(manifest):
+        note_line(f"note: {path}'s vote is older than its members ({change}): its figures are the vote's, "
+                  "the members' rows are theirs now")
     return manifest
+
+
+def _voted_csv(path: Path, manifest: SubmissionManifest) -> str | None:
+    """The CSV that holds the vote a manifest records (its csv_sha256): a manifest kept aside as
+    NAME.json.old-<time> holds the vote of NAME.csv.old-<time>, not the NAME.csv it names (probe 36:
+    the report scored the newer vote, and drew over its picture). KitError when neither holds it."""
+    if not manifest.csv or not manifest.csv_sha256:         # an older kit's manifest: as it says
+        return manifest.csv
+    stem, dot, suffix = path.name.partition(".json.old-")
+    kept = path.with_name(f"{stem}.csv.old-{suffix}") if dot else None
+    for csv in (kept, Path(manifest.csv)):
+        if csv is not None and csv.is_file() and sha256_file(csv) == manifest.csv_sha256:
+            return str(csv)
+    raise KitError(f"{path}: no CSV holds the vote it records ({manifest.csv} has other bytes now, or is gone); "
+                   "report it without --ensemble, or vote again with `kit ensemble`")
 
 
 # ---------------------------------------------------------------- the report
@@ -105,8 +126,8 @@ def report_runs(run_dirs, ensemble_result=None, png=None, answers=None, pool: st
               "mean_disagreement": mean_disagreement(matrix), "disagreement": matrix.tolist(),
               "n_val": int(len(labels)), "png": None}
     if png is None and ens is not None and ens.get("csv"):
-        csv = Path(ens["csv"])
-        png = csv.with_name(f"{csv.stem}_report.png")
+        csv = Path(ens["csv"])          # NAME.csv.old-<time>: NAME.csv.old-<time>_report.png, not NAME's
+        png = csv.with_name(f"{csv.stem if csv.suffix == '.csv' else csv.name}_report.png")
     if png:
         report["png"] = str(plot_report(report, png))
     return report

@@ -102,3 +102,31 @@ def test_report_says_which_member_lost_steps_to_a_shared_machine(runs, capsys):
     text = format_report(report_runs(runs, png=False, folds=3))
     lines = [line for line in text.splitlines() if "lost steps" in line]
     assert lines == ["r2: lost steps: 0.04 of a CPU core (CPU time / wall time) - was the machine shared?"]
+
+
+def test_report_of_a_vote_kept_aside_scores_and_draws_that_vote_not_the_newer_one(tmp_path, runs, answers):
+    """Probe 36: a manifest kept aside (NAME.json.old-<time>, when a submitted vote is replaced) names
+    NAME.csv, the newer vote's file: the report scored that one as its own and drew over its picture."""
+    subs = tmp_path / "subs"
+    ensemble_runs(runs, vote="hard", name="v", out_dir=subs)            # test [0,1,2,2]: public 1.0, private 0.5
+    stamp = ".old-20261206-101500"
+    for name in ("v.csv", "v.json"):                                    # as kit.submission.keep_submitted moves them
+        (subs / name).rename(subs / (name + stamp))
+    ensemble_runs(runs[2:], vote="hard", name="v", out_dir=subs)        # the newer vote: public 0.5, private 1.0
+    r = report_runs(runs, ensemble_result=subs / ("v.json" + stamp), answers=answers)
+    assert (r["ensemble"]["public"], r["ensemble"]["private"]) == (1.0, 0.5)
+    assert r["png"] == str(subs / f"v.csv{stamp}_report.png") and not (subs / "v_report.png").exists()
+    (subs / ("v.csv" + stamp)).write_text("Id,Category\n")              # its CSV changed since: said, not scored
+    with pytest.raises(KitError, match="no CSV holds the vote it records"):
+        report_runs(runs, ensemble_result=subs / ("v.json" + stamp), answers=answers)
+
+
+def test_a_home_folder_after_an_equals_sign_is_the_home_folder(tmp_path, runs, monkeypatch, capsys):
+    """Probe 36: `--out=~/subs` (the shell leaves that `~` as it is) made a folder named `~` in the current
+    one, while kit's lines read like the home folder."""
+    home, here = tmp_path / "home", tmp_path / "here"
+    home.mkdir(), here.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(here)
+    assert main(["ensemble", *map(str, runs), "--name", "h", "--out=~/subs"]) == 0
+    assert (home / "subs" / "h.csv").is_file() and not (here / "~").exists()

@@ -12,6 +12,7 @@ import importlib
 import os
 import signal
 import sys
+from pathlib import Path
 
 from kit import __version__
 from kit.env import die_with_parent, exit_on_signals, progress_visible
@@ -136,6 +137,18 @@ def _empty_option(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     return None
 
 
+PATH_OPTIONS = ("answers", "config", "data", "ensemble", "ledger", "out", "png", "recipe", "runs")
+
+
+def _expand_home(args: argparse.Namespace) -> None:
+    """`--runs=~/x`: the shell leaves a `~` after `=` as it is, and kit made a folder named `~` in the
+    current one while its lines read like the home folder (probe 36). Expanded, as `--cache` is."""
+    for dest in PATH_OPTIONS:
+        value = getattr(args, dest, None)
+        if isinstance(value, str | Path) and (str(value) == "~" or str(value).startswith("~/")):
+            setattr(args, dest, type(value)(os.path.expanduser(str(value))))
+
+
 def main(argv: list[str] | None = None) -> int:
     _end_with_the_kernel()
     parser = build_parser()
@@ -143,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(parsed, int):
         return parsed
     args, unknown = parsed
+    _expand_home(args)
     if unknown:                     # the usage of the command given (`recipe run`), not kit's
         chosen(parser, args).error(f"unrecognized arguments: {' '.join(unknown)}")
     if not getattr(args, "func", None):

@@ -163,7 +163,7 @@ class Trainer:
 
     def _init_from(self, net: torch.nn.Module, source: str) -> None:
         """Start from another run's weights (a fine-tune): a .pt file, or a run dir's last.pt."""
-        path = Path(source)
+        path = Path(source).expanduser()        # as the recipe's pre-flight check reads it (kit.members)
         path = path / "last.pt" if path.is_dir() else path
         if not path.is_file():
             raise KitError(f"{path}: checkpoint not found (train.init_from)")

@@ -120,6 +120,8 @@ def build_targets(store: FeatureStore, split: Split, pseudo_labels: str = "", te
     """The rows a run trains on and their targets; without pseudo-labels or a teacher, exactly the
     training split and its labels (with train_on_val, validation's too: a refit). allow_external_labels:
     accept pseudo-labels kit did not make."""
+    # `~/x` as the recipe's pre-flight check reads it (kit.members.check_configs)
+    pseudo_labels, teacher = (str(Path(p).expanduser()) if p else p for p in (pseudo_labels, teacher))
     labels = store.labels.astype(np.int64).copy()
     if not train_on_val:
         labels[split.val] = -1                  # never a target, whatever is added
