@@ -88,6 +88,9 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
         if launcher is not None and jobs:      # trained elsewhere; max_hours bounds each remote job, not this call
             launcher.train(run.recipe, [j[0] for j in jobs], run.root, run.budget, run.data_dir, run.log,
                            minutes=minutes, per_member_minutes=per_member_minutes, max_hours=max_hours, fresh=fresh)
+            # what came back is what the recipe asks for (probe 37: a kernel's output from before the recipe
+            # was edited, or two members' folders swapped, was voted and sent)
+            check_members(run.root, [j[0] for j in jobs], run.recipe, run.budget, run.data_dir, run.store, run.log)
             jobs, max_hours = [], None
         slots = slots_for(workers, len(jobs))
         run.plan_time(jobs, slots, minutes, per_member_minutes, max_hours, after)

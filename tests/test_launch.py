@@ -245,7 +245,7 @@ def test_members_stay_with_their_kernel_and_running_kernels_are_not_pushed_again
 def test_a_pulled_run_never_overwrites_another_run(tmp_path):
     """A local run not from this kernel is moved aside; an earlier pull of the same kernel is replaced;
     a pull that holds no checkpoint leaves the local run as it was."""
-    from kit.launch.kaggle_kernels import LAUNCH_MARK, Kernel, adopt
+    from kit.launch.kernel_pull import LAUNCH_MARK, Kernel, adopt
 
     def run_dir(path: Path, step: int) -> Path:           # a run as kit writes it: config.toml beside last.pt
         path.mkdir(parents=True)

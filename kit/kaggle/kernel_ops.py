@@ -14,12 +14,14 @@ import requests
 
 from kit.errors import KitError
 from kit.fsio import atomic_path
+from kit.kaggle.client import backoff
 from kit.kaggle.retrying import retrying as _retrying
 
 # KernelWorkerStatus names that end a session (a cancel asked for ends it: nothing more will come of it)
 ENDED = ("COMPLETE", "ERROR", "CANCEL_ACKNOWLEDGED", "CANCEL_REQUESTED")
 RUNNING = ("QUEUED", "RUNNING", "NEW_SCRIPT")      # the others: a status kit does not know ends the wait too
 PAGE_SIZE = 100
+GONE_GRACE = 120.0      # seconds a kernel this command pushed may be unknown to Kaggle before it counts as gone
 
 
 def _hours(delta) -> float:
@@ -44,9 +46,33 @@ def _op_quota(api, p: dict, log, emit=None) -> dict:
 
 
 def _op_kernel_push(api, p: dict, log, emit=None) -> dict:
-    """`kaggle kernels push` of the folder kit wrote; Kaggle's refusals become one line."""
+    """`kaggle kernels push` of the folder kit wrote; Kaggle's refusals become one line. SaveKernel is
+    not idempotent: an answer lost (5xx, a dropped connection) may come after Kaggle made the version,
+    so before a retry the kernel's status is asked: a session queued or running is that version
+    (kit pushes only kernels that run nothing: KernelRun.check_free), and is not pushed twice
+    (probe 37: a second GPU session, the first one unwatched)."""
     timeout = str(int(p["timeout"])) if p.get("timeout") else None
-    response = _retrying("SaveKernel", lambda: api.kernels_push(p["folder"], timeout=timeout), log)
+
+    def push():
+        try:
+            return api.kernels_push(p["folder"], timeout=timeout)
+        except (requests.HTTPError, requests.ConnectionError, requests.Timeout) as e:
+            status = getattr(getattr(e, "response", None), "status_code", None)
+            if status not in (None, 500, 502, 503, 504):    # refused (429 too): nothing was made
+                raise
+            with api.build_kaggle_client() as kaggle:
+                for look in range(3):               # a status may lag the push a moment
+                    time.sleep(backoff() * 2 ** look)
+                    now = _status(kaggle.kernels.kernels_api_client, p["ref"], log)[0]
+                    if now in RUNNING:
+                        log(f"SaveKernel's answer was lost ({f'HTTP {status}' if status else type(e).__name__}), "
+                            f"but kernel {p['ref']} is {now}: that is this push")
+                        return None
+            raise
+
+    response = _retrying("SaveKernel", push, log)
+    if response is None:
+        return {"ref": p["ref"], "url": "", "version": None}
     if response.error:
         raise KitError(f"Kaggle refused kernel {p['ref']}: {response.error}")
     if response.invalid_competition_sources:
@@ -103,12 +129,18 @@ def _op_kernels_wait(api, p: dict, log, emit) -> dict:
     """Poll the kernels' status every p["poll"] seconds until at least one has ended; each change of
     status is an event as it happens. Returns {ref: {status, message}} of those that ended."""
     seen: dict[str, str] = dict(p.get("seen") or {})        # what the caller already knows
+    gone_since: dict[str, float] = {}
     with api.build_kaggle_client() as kaggle:
         client = kaggle.kernels.kernels_api_client
         while True:
             ended = {}
             for ref in p["refs"]:
                 status, message = _status(client, ref, log)
+                if status == "GONE" and ref in (p.get("pushed") or []):    # just pushed: an index that lags
+                    if time.time() - gone_since.setdefault(ref, time.time()) < GONE_GRACE:
+                        continue                    # (probe 37: one 404 pushed a new version from scratch)
+                else:
+                    gone_since.pop(ref, None)
                 if seen.get(ref) != status:
                     seen[ref] = status
                     emit({"event": {"kind": "status", "ref": ref, "status": status, "message": message}})
@@ -128,11 +160,26 @@ def _safe_target(root: Path, name: str) -> Path:
     return target
 
 
+def _safe_files(root: Path, files: list, log) -> list:
+    """(file, target) of the output files that land inside root; one that would not is said and left
+    out (probe 37: one such name threw the good files away, and a new version was pushed)."""
+    safe = []
+    for f in files:
+        try:
+            safe.append((f, _safe_target(root, f.file_name)))
+        except KitError as e:
+            log(str(e))
+    return safe
+
+
 def _fetch(url: str, target: Path, log) -> None:
     """GET one output file (checked: an error page is never saved as the file), written atomically."""
     def get():
         response = requests.get(url, stream=True, timeout=60)
         response.raise_for_status()
+        if "text/html" in response.headers.get("Content-Type", "") and target.suffix not in (".html", ".htm"):
+            raise KitError(f"kernel output file {target.name}: the server sent a web page instead (a sign-in "
+                           "or error page?)")
         with atomic_path(target) as tmp, open(tmp, "wb") as f:
             for chunk in response.iter_content(1 << 20):
                 f.write(chunk)
@@ -157,7 +204,7 @@ def _op_kernel_output(api, p: dict, log, emit=None) -> dict:
 
     root = Path(p["path"])
     root.mkdir(parents=True, exist_ok=True)
-    files, log_text, token = [], "", ""
+    files, log_text, token, tokens = [], "", "", set()
     with api.build_kaggle_client() as kaggle:
         client = kaggle.kernels.kernels_api_client
         while True:
@@ -169,12 +216,13 @@ def _op_kernel_output(api, p: dict, log, emit=None) -> dict:
                                  _not_found_is(listing, f"kernel {p['ref']}: not found (HTTP 404)"), log)
             files += list(response.files or [])
             log_text = log_text or response.log or ""
-            token, last = response.next_page_token or "", token
-            if not token or token == last:          # the same page again: a server that never ends its list
+            token = response.next_page_token or ""
+            if not token or token in tokens:        # a page again: a server whose list never ends (probe 37)
                 break
-    wanted = [f for f in files if pulled(f.file_name, p["prefixes"], p.get("skip", []))]
-    for f in wanted:
-        _fetch(f.url, _safe_target(root, f.file_name), log)
+            tokens.add(token)
+    wanted = _safe_files(root, [f for f in files if pulled(f.file_name, p["prefixes"], p.get("skip", []))], log)
+    for f, target in wanted:
+        _fetch(f.url, target, log)
     (root / "kernel.log").write_text(log_text)
     return {"files": len(wanted), "listed": len(files)}
 

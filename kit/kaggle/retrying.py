@@ -36,7 +36,7 @@ def retrying(what: str, fn, log):
                 raise RetriesSpent(http_message(what, status, e, attempt)) from None
             delay = retry_after(e.response) or backoff() * 2 ** attempt
             log(f"Kaggle answered HTTP {status} to {what}; retry {attempt + 1}/{attempts} in {delay:.2g}s")
-        except (requests.ConnectionError, requests.Timeout) as e:
+        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as e:
             if attempt == attempts:
                 host = getattr(getattr(e, "request", None), "url", None) or "Kaggle"
                 raise RetriesSpent(f"{what}: cannot reach {_host(host)} after {attempts + 1} attempts "
@@ -91,6 +91,8 @@ def http_message(what: str, status, e, attempt: int) -> str:
                 f"KAGGLE_USERNAME/KAGGLE_KEY (or KAGGLE_API_TOKEN); a regenerated token replaces the old one")
     if status == 403:
         reason = f"HTTP 403: {says}" if says else "HTTP 403"
+        if "Kernel" in what or what.startswith("download of "):     # not a competition's: no rules to accept
+            return f"Kaggle denied {what} ({reason})"
         return (f"Kaggle denied {what} ({reason}); if it is the rules, accept them on the competition's Kaggle "
                 f"page (Rules tab) with the account of these credentials")
     if status == 404:

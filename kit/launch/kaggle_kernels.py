@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import shutil
 import tempfile
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
-from kit.config import dump_toml, load_toml
 from kit.errors import KitError
 from kit.fsio import file_lock, write_json, write_text
 from kit.kaggle.client import KAGGLE, STAND_IN, call, endpoint_or_env, kernel_poll
@@ -27,28 +24,19 @@ from kit.kaggle.kernel_ops import RUNNING
 from kit.kaggle.rehearsal import recipe_competition, rehearsal_stand_in
 from kit.launch.common import MAX_ROUNDS, member_args
 from kit.launch.kernel_package import kernel_slug, write_kernel
+from kit.launch.kernel_pull import Kernel, adopt, last_error, log_text
 from kit.layout import synth_marker
 from kit.rundir import RunDir
-from kit.runs import holds_run, move_aside, old_name
 from kit.timeplan import time_limits
 
 STATE, LOGS, PULLS = "kaggle-kernels.json", "kaggle-logs", ".kaggle-pull"
 LOCK = ".kaggle-kernels.lock"           # held by the one recipe run that pushes and follows the kernels
-LAUNCH_MARK = "launch.json"          # in a run dir pulled back: which kernel version it came from
 SESSION_HOURS = 12.0                 # Kaggle's limit on one GPU session
 LEFT_BEHIND = [".lock", ".*.tmp"]    # never pulled back: a dead trainer's lock, a killed save's temp file
-RAN_OUT = re.compile(r"time ?out|timed out|out of time|time limit|maximum .*time|exceeded", re.I)
-
-
-@dataclass
-class Kernel:
-    ref: str                  # owner/slug
-    members: list[str]
-    version: int = 0          # the last version pushed
-    status: str = ""          # its last known status
-    pending: bool = False     # pushed, its output not pulled back yet
-    url: str = ""
-    rounds: int = 0           # versions pushed by this command (not saved)
+# a session's time spent: never a memory, disk or output limit (probe 37: "exceeded the allowed memory" was
+# read as out of time, and the same failing kernel was pushed three times more)
+RAN_OUT = re.compile(r"time ?out|timed out|out of time|time limit|maximum .*time|exceeded .*time|time .*exceeded",
+                     re.I)
 
 
 class KaggleLauncher:
@@ -76,6 +64,12 @@ class KaggleLauncher:
                 if target["name"] == "kaggle":
                     log(f"interrupted: the kernels keep running on Kaggle; re-run the same command to pick "
                         f"them up ({root / STATE})")
+                raise
+            except KitError as e:       # an outage longer than the retries, mid-wait: the kernels go on
+                waiting = [k.ref for k in run.state.values() if k.pending]
+                if waiting and "re-run the same command" not in str(e):
+                    raise KitError(f"{e}; kernel(s) {', '.join(waiting)} keep running on Kaggle: re-run the same "
+                                   "command to pick them up") from None
                 raise
 
 
@@ -146,9 +140,15 @@ class KernelRun:
             for ref, end in self.wait(list(active)).items():
                 k = active.pop(ref)
                 k.status, k.pending = end["status"], False
-                if end["status"] != "GONE":
-                    self.pull(k)
-                verdict = self.verdict(k, end)
+                before = [RunDir.of(self.root / m).progress() for m in k.members]
+                unpulled = self.pull(k) if end["status"] != "GONE" else ""
+                if unpulled:                # pulled again by a re-run, never trained again (probe 37)
+                    k.pending = True
+                    failures.append(unpulled)
+                    self._save_state()
+                    continue
+                progressed = before != [RunDir.of(self.root / m).progress() for m in k.members]
+                verdict = self.verdict(k, end, progressed)
                 if verdict == "again":
                     try:
                         self.check_quota(1, self._quota())
@@ -226,10 +226,18 @@ class KernelRun:
     def push(self, k: Kernel, earlier: bool) -> None:
         args = member_args("@RECIPE", k.members, self.budget, "@RUNS", minutes=self.timing[0],
                            per_member_minutes=self.timing[1], max_hours=self.inner_hours)
-        with tempfile.TemporaryDirectory(prefix="kit-kernel-") as folder:
-            write_kernel(Path(folder), k.ref, Path(self.recipe.path), self.recipe.name, k.members, args,
-                         self.target["competition"], earlier)
-            pushed = self._call("kernel_push", {"folder": folder, "ref": k.ref, "timeout": self.hours * 3600})
+        was = (k.status, k.pending)
+        k.status, k.pending = "PUSHING", True       # a kill mid-push: the re-run waits for what it made
+        self._save_state()
+        try:
+            with tempfile.TemporaryDirectory(prefix="kit-kernel-") as folder:
+                write_kernel(Path(folder), k.ref, Path(self.recipe.path), self.recipe.name, k.members, args,
+                             self.target["competition"], earlier)
+                pushed = self._call("kernel_push", {"folder": folder, "ref": k.ref, "timeout": self.hours * 3600})
+        except KitError:                            # refused: nothing was pushed
+            k.status, k.pending = was
+            self._save_state()
+            raise
         k.version, k.url, k.status, k.pending = pushed["version"] or k.version + 1, pushed["url"], "QUEUED", True
         k.rounds += 1
         self._save_state()
@@ -245,11 +253,14 @@ class KernelRun:
 
         poll = kernel_poll(self.target["name"] != "kaggle")
         known = {ref: self.state[ref].status for ref in refs}
-        return self._call("kernels_wait", {"refs": refs, "poll": poll, "seen": known}, on_event=seen)["ended"]
+        pushed = [ref for ref in refs if self.state[ref].rounds or self.state[ref].status == "PUSHING"]
+        return self._call("kernels_wait", {"refs": refs, "poll": poll, "seen": known, "pushed": pushed},
+                          on_event=seen)["ended"]
 
-    def pull(self, k: Kernel) -> None:
-        """The kernel's output for its members into their run dirs, and its log into kaggle-logs/.
-        A failed pull is one line: local run dirs stay as they were."""
+    def pull(self, k: Kernel) -> str:
+        """The kernel's output for its members into their run dirs, and its log into kaggle-logs/;
+        '' when pulled, else the line saying why not (local run dirs stay as they were, and the kernel
+        stays pending: a re-run pulls it again, never pushes it again)."""
         slug = k.ref.split("/")[1]
         staging = self.root / PULLS / f"{slug}-v{k.version}"
         shutil.rmtree(staging, ignore_errors=True)        # what a pull cut short left
@@ -257,30 +268,43 @@ class KernelRun:
         try:
             got = self._call("kernel_output", {"ref": k.ref, "path": str(staging), "prefixes": prefixes,
                                                "skip": LEFT_BEHIND})
+            write_text(self.log_path(k), log_text(staging / "kernel.log"))
+            for m in k.members:
+                adopt(staging / "runs" / self.recipe.name / m, self.root / m, k, self.log, self.data_dir)
         except KitError as e:
-            self.log(f"{k.ref}: its output could not be pulled back ({e}); local run dirs kept as they were")
-            return
-        write_text(self.log_path(k), _log_text(staging / "kernel.log"))
-        for m in k.members:
-            adopt(staging / "runs" / self.recipe.name / m, self.root / m, k, self.log, self.data_dir)
-        shutil.rmtree(staging, ignore_errors=True)
+            return (f"{k.ref} version {k.version} ({k.status}): its output could not be pulled back ({e}); local "
+                    "run dirs kept as they were; re-run the same command to pull it again")
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+            with contextlib.suppress(OSError):      # empty once the last pull is done
+                (self.root / PULLS).rmdir()
         states = ", ".join(f"{m} {RunDir.of(self.root / m).progress()}" for m in k.members)
         self.log(f"{k.ref} version {k.version} {k.status}: pulled back {got['files']} file(s); {states}")
+        return ""
 
-    def verdict(self, k: Kernel, end: dict) -> str:
-        """"done", "again" (a new version continues it) or the line saying why it failed."""
+    def verdict(self, k: Kernel, end: dict, progressed: bool = True) -> str:
+        """"done", "again" (a new version continues it) or the line saying why it failed. A version
+        that ended COMPLETE with nothing new, or that Kaggle no longer knows though this command
+        pushed it, is not pushed again (probe 37: versions that could only fail the same way)."""
         if all(RunDir.of(self.root / m).finished for m in k.members):
             return "done"
         status, message = end["status"], end["message"]
+        last = " ".join(filter(None, [status, message]))
+        if status == "COMPLETE" and not progressed:
+            tail = last_error(self.log_path(k))
+            return (f"kernel {k.ref} version {k.version} ended COMPLETE but brought back nothing new for "
+                    f"{', '.join(k.members)}" + (f": {tail}" if tail else "") + f"; its log: {self.log_path(k)}")
+        if status == "GONE" and k.rounds:
+            return (f"{k.ref}: Kaggle does not know the kernel this run pushed (version {k.version}); "
+                    "look at it on Kaggle")
         if status == "COMPLETE" or status == "GONE" or RAN_OUT.search(message or ""):
             if k.rounds >= MAX_ROUNDS:
-                return (f"{k.ref}: members still unfinished after {k.rounds} versions in this run "
-                        f"(last: {status} {message})".rstrip())
+                return f"{k.ref}: members still unfinished after {k.rounds} versions in this run (last: {last})"
             why = "is unknown to Kaggle now" if status == "GONE" else "ran out of time" if status != "COMPLETE" \
                 else "stopped before its session limit"
             self.log(f"{k.ref} version {k.version} {why}: pushing a new version to continue")
             return "again"
-        tail = _last_error(self.log_path(k))
+        tail = last_error(self.log_path(k))
         return (f"kernel {k.ref} version {k.version} failed ({status}: {message or 'no message'})"
                 + (f": {tail}" if tail else "") + f"; its log: {self.log_path(k)}")
 
@@ -307,73 +331,3 @@ class KernelRun:
                    for ref, kernel in self.state.items()}
         write_json(self.root / STATE, {"target": self.target["name"], "competition": self.target["competition"],
                                        "kernels": kernels})
-
-
-def relocate(run_dir: Path, data_dir: Path) -> None:
-    """Point a pulled run at the data here: its config.toml, member.toml and ids.json name the
-    kernel's /kaggle/input copy. The data dir's path is not part of a run's identity (the data's
-    fingerprint is), so this changes nothing about what the run is."""
-    for name in ("config.toml", "member.toml"):
-        path = run_dir / name
-        if path.is_file():
-            values = load_toml(path)
-            values.setdefault("data", {})["data_dir"] = str(data_dir)
-            write_text(path, dump_toml(values))
-    ids = run_dir / "ids.json"
-    if ids.is_file():
-        values = json.loads(ids.read_text())
-        if values.get("data_dir"):
-            values["data_dir"] = str(data_dir.resolve())
-            write_json(ids, values)
-
-
-def adopt(pulled: Path, run_dir: Path, k: Kernel, log, data_dir: Path | None = None) -> None:
-    """Put a member's run dir pulled from kernel k in place of run_dir. An earlier pull of the same
-    kernel is superseded (the new version continued from it); any other run there is moved aside to
-    RUNS/<recipe>.old-<time>/ (nothing is deleted). Pulled files get one modification time, so
-    predictions made in the kernel count as made after their checkpoint."""
-    if holds_run(pulled) is None:
-        if holds_run(run_dir):
-            log(f"{run_dir.name}: {k.ref} version {k.version} left no checkpoint of it; {run_dir} kept as it was")
-        return
-    if data_dir is not None:
-        relocate(pulled, data_dir)
-    stamp = time.time()
-    for f in pulled.rglob("*"):
-        os.utime(f, (stamp, stamp))
-    write_json(pulled / LAUNCH_MARK, {"launcher": "kaggle", "kernel": k.ref, "version": k.version})
-    superseded = None
-    if run_dir.exists():
-        try:
-            mark = json.loads((run_dir / LAUNCH_MARK).read_text())
-        except (OSError, ValueError):
-            mark = {}
-        if mark.get("kernel") == k.ref:
-            superseded = run_dir.with_name(f".{run_dir.name}.superseded")
-            shutil.rmtree(superseded, ignore_errors=True)
-            os.rename(run_dir, superseded)
-        else:
-            moved = move_aside(run_dir, old_name(run_dir.parent) / run_dir.name)
-            log(f"{run_dir.name}: the run that was in {run_dir} moved to {moved} (trained by {k.ref} instead)")
-    os.rename(pulled, run_dir)
-    if superseded is not None:
-        shutil.rmtree(superseded, ignore_errors=True)
-
-
-def _log_text(path: Path) -> str:
-    """A kernel log as text: Kaggle's is a JSON list of {stream_name, time, data}."""
-    if not path.is_file():
-        return ""
-    raw = path.read_text(errors="replace")
-    try:
-        return "".join(part.get("data", "") for part in json.loads(raw))
-    except (ValueError, AttributeError, TypeError):
-        return raw
-
-
-def _last_error(log_path: Path) -> str:
-    """The kernel's own one-line reason: its last `kit: error:` line, else its last line."""
-    lines = [ln.strip() for ln in (log_path.read_text(errors="replace").splitlines() if log_path.is_file() else [])
-             if ln.strip()]
-    errors = [ln[len("kit: error:"):].strip() for ln in lines if ln.startswith("kit: error:")]
-    return (errors or lines or [""])[-1][:300]
