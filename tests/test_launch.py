@@ -322,3 +322,73 @@ def test_a_kernel_another_run_pushed_and_that_still_runs_is_not_pushed_over(env,
     line = error_line(err)
     assert code == 2 and f"kernel {ref} (" in line and "is running a version this run did not push" in line, line
     assert standin.kernels.sessions[ref] == [elsewhere] and not elsewhere.done.is_set()     # nothing pushed
+
+
+# ---------------------------------------------------------------- a server kit's authors did not write (probe 37)
+def test_out_of_memory_is_not_out_of_time():
+    from kit.launch.kaggle_kernels import RAN_OUT
+
+    assert not RAN_OUT.search("Your notebook exceeded the allowed memory (30 GB)")
+    assert not RAN_OUT.search("Output size exceeded 20 GB")
+    for timed in ("Your notebook exceeded its session time limit", "Kernel timed out", "maximum run time reached"):
+        assert RAN_OUT.search(timed), timed
+
+
+@pytest.mark.slow
+def test_output_that_cannot_be_pulled_is_pulled_again_never_pushed_again(env, standin, tiny_data, tmp_path, capsys):
+    """Every output file answered 404 (an expired URL): kit pushed new versions from scratch, up to four a
+    kernel. Now the kernels stay pending, and the re-run pulls them without pushing anything."""
+    standin.inject("kernel-output", 404, count=1000)
+    args = recipe_args(tmp_path, tiny_data, standin)
+    code, out, err = kit(capsys, *args)
+    line = error_line(err)
+    assert code == 2 and "could not be pulled back" in line and "re-run the same command" in line
+    assert standin.calls.count("SaveKernel") == 2
+    state = json.loads((tmp_path / "runs" / "zoo" / "kaggle-kernels.json").read_text())
+    assert all(k["pending"] for k in state["kernels"].values()), state
+    standin.faults.clear()
+    code, out, err = kit(capsys, *args)
+    assert code == 0, err
+    assert standin.calls.count("SaveKernel") == 2 and "was pushed earlier" in err
+    assert RunDir(tmp_path / "runs" / "zoo" / "a").finished and RunDir(tmp_path / "runs" / "zoo" / "b").finished
+
+
+@pytest.mark.slow
+def test_a_lost_answer_to_a_push_is_not_pushed_again(env, standin, tiny_data, tmp_path, capsys):
+    """SaveKernel made the version, then its answer was lost (502): kit pushed again, two GPU sessions."""
+    from kit.kaggle.server_competitions import _ApiError
+
+    real, lost = standin.kernels.save, set()
+
+    def save(request: dict, user: str, host: str) -> dict:
+        made = real(request, user, host)
+        if request.get("slug") not in lost:
+            lost.add(request.get("slug"))
+            raise _ApiError(502, "Bad Gateway")
+        return made
+
+    standin.kernels.save = save
+    code, out, err = kit(capsys, *recipe_args(tmp_path, tiny_data, standin))
+    assert code == 0, err
+    assert "SaveKernel's answer was lost (HTTP 502)" in err
+    assert {ref: len(s) for ref, s in standin.kernels.sessions.items()} == {f"{USER}/kit-zoo-1": 1,
+                                                                             f"{USER}/kit-zoo-2": 1}
+
+
+@pytest.mark.slow
+def test_runs_pulled_back_are_checked_against_the_recipes_members(env, standin, tiny_data, tmp_path, capsys,
+                                                                  monkeypatch):
+    """Members a and b swapped in one kernel's output (or one from before the recipe was edited) were voted
+    and sent: each pulled run is now compared with what the recipe asks of its member."""
+    from kit.launch import kaggle_kernels
+
+    real = kaggle_kernels.adopt
+
+    def swapped(pulled: Path, run_dir: Path, k, log, data_dir=None) -> None:
+        other = pulled.with_name({"a": "b", "b": "a"}[pulled.name])
+        real(other if other.exists() else pulled, run_dir, k, log, data_dir)
+
+    monkeypatch.setattr(kaggle_kernels, "adopt", swapped)
+    code, out, err = kit(capsys, *recipe_args(tmp_path, tiny_data, standin, "--kernels", "1"))
+    assert code == 2 and "not what the recipe now asks for" in error_line(err) and "pooling" in err, err
+    assert out == "" and not list(tmp_path.glob("submissions/*.csv"))
