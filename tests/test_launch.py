@@ -392,3 +392,61 @@ def test_runs_pulled_back_are_checked_against_the_recipes_members(env, standin, 
     code, out, err = kit(capsys, *recipe_args(tmp_path, tiny_data, standin, "--kernels", "1"))
     assert code == 2 and "not what the recipe now asks for" in error_line(err) and "pooling" in err, err
     assert out == "" and not list(tmp_path.glob("submissions/*.csv"))
+
+
+@pytest.mark.slow
+def test_a_web_page_is_not_saved_as_output_and_empty_output_is_not_pushed_again(env, standin, tiny_data, tmp_path,
+                                                                               capsys):
+    """A sign-in page served for each output file was saved as the member's files (the run then stopped on
+    'malformed TOML'); a COMPLETE version that left no output was pushed three times more."""
+    real_serve, real_list = standin.kernels.serve_file, standin.kernels.list_output
+    standin.kernels.serve_file = lambda handler, path: handler._send(200, b"<html>sign in</html>", "text/html")
+    args = recipe_args(tmp_path, tiny_data, standin, "--kernels", "1")
+    code, _, err = kit(capsys, *args)
+    assert code == 2 and "sent a web page instead" in error_line(err) and "malformed" not in err, err
+    standin.kernels.serve_file = real_serve
+    standin.kernels.list_output = lambda request, user, host: {**real_list(request, user, host), "files": []}
+    code, _, err = kit(capsys, *args)
+    line = error_line(err)
+    assert code == 2 and "ended COMPLETE but brought back nothing new for a, b" in line, err
+    assert standin.calls.count("SaveKernel") == 1
+
+
+def test_a_push_cut_off_by_a_kill_is_waited_for_by_the_re_run(tmp_path):
+    """Ctrl-C while SaveKernel was in flight left a version kaggle-kernels.json did not list: the re-run
+    blamed another clone, then trained from scratch beside it."""
+    from kit.launch.kaggle_kernels import STATE, KaggleLauncher, Kernel, KernelRun
+    from kit.recipe import load_recipe
+
+    root = tmp_path / "runs" / "zoo"
+    root.mkdir(parents=True)
+    target = {"endpoint": None, "env": None, "competition": COMP, "name": "kaggle"}
+    run = KernelRun(KaggleLauncher(kernels=1), target, load_recipe(recipe_file(tmp_path)), root, "quick", print,
+                    None, None, None)
+
+    def interrupted(op: str, params: dict, on_event=None) -> dict:
+        raise KeyboardInterrupt
+
+    run._call = interrupted
+    run.state["me/kit-zoo-1"] = k = Kernel("me/kit-zoo-1", ["a", "b"])
+    with pytest.raises(KeyboardInterrupt):
+        run.push(k, earlier=False)
+    saved = json.loads((root / STATE).read_text())["kernels"]["me/kit-zoo-1"]
+    assert saved["pending"] and saved["status"] == "PUSHING"
+    again = KernelRun(KaggleLauncher(kernels=1), target, load_recipe(recipe_file(tmp_path)), root, "quick", print,
+                      None, None, None)
+    again.user = "me"
+    assert [(k.ref, k.pending) for k in again.plan(["a", "b"], fresh=False)] == [("me/kit-zoo-1", True)]
+
+
+def test_a_refusal_of_a_kernel_call_is_not_blamed_on_the_competitions_rules():
+    import requests
+
+    from kit.kaggle.retrying import http_message
+
+    response = requests.Response()
+    response.status_code, response._content = 403, b'{"message": "Phone verification is required to use GPU"}'
+    error = requests.HTTPError("403 Client Error", response=response)
+    assert "Rules" not in http_message("SaveKernel", 403, error, 0)
+    assert "Phone verification" in http_message("SaveKernel", 403, error, 0)
+    assert "Rules" in http_message("CreateSubmission", 403, error, 0)
