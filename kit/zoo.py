@@ -86,11 +86,7 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
         _start(run, fresh, only, share)
         jobs, skipped = run.jobs()
         if launcher is not None and jobs:      # trained elsewhere; max_hours bounds each remote job, not this call
-            launcher.train(run.recipe, [j[0] for j in jobs], run.root, run.budget, run.data_dir, run.log,
-                           minutes=minutes, per_member_minutes=per_member_minutes, max_hours=max_hours, fresh=fresh)
-            # what came back is what the recipe asks for (probe 37: a kernel's output from before the recipe
-            # was edited, or two members' folders swapped, was voted and sent)
-            check_members(run.root, [j[0] for j in jobs], run.recipe, run.budget, run.data_dir, run.store, run.log)
+            _train_elsewhere(run, launcher, [j[0] for j in jobs], minutes, per_member_minutes, max_hours, fresh)
             jobs, max_hours = [], None
         slots = slots_for(workers, len(jobs))
         run.plan_time(jobs, slots, minutes, per_member_minutes, max_hours, after)
@@ -107,6 +103,16 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
             _after(run, result)
         result.minutes = (time.time() - run.began) / 60
     return result
+
+
+def _train_elsewhere(run: RecipeRun, launcher: Launcher, names: list[str], minutes, per_member_minutes, max_hours,
+                     fresh: bool) -> None:
+    """The members trained by a launcher, and what came back checked against what the recipe asks of
+    each (probe 37: a kernel's output from before the recipe was edited, or two members' folders
+    swapped, was voted and sent)."""
+    launcher.train(run.recipe, names, run.root, run.budget, run.data_dir, run.log, minutes=minutes,
+                   per_member_minutes=per_member_minutes, max_hours=max_hours, fresh=fresh)
+    check_members(run.root, names, run.recipe, run.budget, run.data_dir, run.store, run.log)
 
 
 def _start(run: RecipeRun, fresh: bool, only, share: Callable[[], None]) -> None:

@@ -450,3 +450,25 @@ def test_a_refusal_of_a_kernel_call_is_not_blamed_on_the_competitions_rules():
     assert "Rules" not in http_message("SaveKernel", 403, error, 0)
     assert "Phone verification" in http_message("SaveKernel", 403, error, 0)
     assert "Rules" in http_message("CreateSubmission", 403, error, 0)
+
+
+@pytest.mark.slow
+def test_a_checkpoint_cut_off_in_the_download_is_pulled_again_not_adopted(env, standin, tiny_data, tmp_path, capsys):
+    """A .pt file served cut off was adopted as a finished member: prediction then said "train the run
+    first" or "--fresh" (training again on the GPU quota), and re-runs skipped it as finished."""
+    real = standin.kernels.serve_file
+
+    def cut_off(handler, path: str) -> None:
+        if not path.endswith(".pt"):
+            return real(handler, path)
+        handler._send(200, b"PK\x03\x04 cut off", "application/octet-stream")
+
+    standin.kernels.serve_file = cut_off
+    args = recipe_args(tmp_path, tiny_data, standin, "--kernels", "1")
+    code, _, err = kit(capsys, *args)
+    assert code == 2 and "came back incomplete" in error_line(err) and "re-run the same command" in err, err
+    assert not (tmp_path / "runs" / "zoo" / "a" / "summary.json").exists()
+    standin.kernels.serve_file = real
+    code, _, err = kit(capsys, *args)
+    assert code == 0 and standin.calls.count("SaveKernel") == 1, err
+    assert RunDir(tmp_path / "runs" / "zoo" / "a").finished

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kit.config import dump_toml, load_toml
-from kit.fsio import write_json, write_text
-from kit.runs import holds_run, move_aside, old_name
+from kit.errors import KitError
+from kit.fsio import sha256_file, write_json, write_text
+from kit.runs import WRITTEN, holds_run, move_aside, old_name, written_by_run
 
 LAUNCH_MARK = "launch.json"          # in a run dir pulled back: which kernel version it came from
 
@@ -54,6 +55,8 @@ def adopt(pulled: Path, run_dir: Path, k: Kernel, log, data_dir: Path | None = N
         if holds_run(run_dir):
             log(f"{run_dir.name}: {k.ref} version {k.version} left no checkpoint of it; {run_dir} kept as it was")
         return
+    if why := incomplete(pulled):       # the pull fails, and the re-run pulls it again (probe 37)
+        raise KitError(f"{k.ref} version {k.version}: its run of {pulled.name} came back incomplete ({why})")
     if data_dir is not None:
         relocate(pulled, data_dir)
     stamp = time.time()
@@ -76,6 +79,30 @@ def adopt(pulled: Path, run_dir: Path, k: Kernel, log, data_dir: Path | None = N
     os.rename(pulled, run_dir)
     if superseded is not None:
         shutil.rmtree(superseded, ignore_errors=True)
+
+
+def incomplete(pulled: Path) -> str:
+    """'' when a pulled run holds every checkpoint its training recorded (checkpoints.json) as written,
+    and the test predictions its ids.json names; else what is missing or damaged. A download cut off,
+    or an output listing that left files out, was adopted as finished, then failed prediction or the
+    vote, and re-runs skipped it as done."""
+    try:
+        record = json.loads((pulled / WRITTEN).read_text()) if (pulled / WRITTEN).is_file() else {}
+        ids = json.loads((pulled / "ids.json").read_text()) if (pulled / "ids.json").is_file() else {}
+    except (OSError, ValueError):
+        return f"its {WRITTEN} or ids.json cannot be read"
+    if (pulled / "summary.json").is_file() and not record:
+        return f"finished, but no {WRITTEN}"
+    for name in record if isinstance(record, dict) else []:
+        if name in ("best.pt", "last.pt") and not (pulled / name).is_file():
+            return f"{name} missing"
+        if (pulled / name).is_file() and not written_by_run(pulled / name):
+            return f"{name} is not the file its training wrote: cut off or damaged"
+    probs = pulled / "test_probs.npy"
+    if isinstance(ids, dict) and ids.get("test_probs_sha256") and (
+            not probs.is_file() or sha256_file(probs) != ids["test_probs_sha256"]):
+        return "test_probs.npy missing or not the one its ids.json records"
+    return ""
 
 
 def log_text(path: Path) -> str:
