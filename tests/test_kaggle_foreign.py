@@ -135,3 +135,62 @@ def test_a_zip_whose_member_data_is_damaged_is_one_line(tmp_path):
     path.write_bytes(bytes(raw))
     with pytest.raises(KitError, match="not a valid zip"):
         extract_zip(path, tmp_path / "out")
+
+
+def _kernels_api(statuses: list):
+    """A kagglesdk-like api whose kernel status answers `statuses` in turn (an exception is raised)."""
+    import contextlib
+    from types import SimpleNamespace
+
+    class Client:
+        def get_kernel_session_status(self, request):
+            now = statuses.pop(0) if len(statuses) > 1 else statuses[0]
+            if isinstance(now, Exception):
+                raise now
+            return SimpleNamespace(status=now, failure_message="")
+
+    kaggle = SimpleNamespace(kernels=SimpleNamespace(kernels_api_client=Client()))
+    return SimpleNamespace(build_kaggle_client=lambda: contextlib.nullcontext(kaggle))
+
+
+def test_a_kernel_just_pushed_that_kaggle_does_not_know_yet_is_waited_for(monkeypatch):
+    """One 404 right after a push (an index that lags) was taken for a kernel gone, and kit pushed a new
+    version from scratch: up to four GPU sessions a kernel. Also: a status sent with its enum's name, and
+    a line now and then while kernels run for hours."""
+    import requests
+
+    from kit.kaggle import kernel_ops
+
+    monkeypatch.setenv("KIT_KAGGLE_RETRIES", "0")
+    missing = requests.Response()
+    missing.status_code = 404
+    lagging = requests.HTTPError("404", response=missing)
+    logs: list[str] = []
+    api = _kernels_api([lagging, "RUNNING", "RUNNING", "KernelWorkerStatus.COMPLETE"])
+    ended = kernel_ops._op_kernels_wait(api, {"refs": ["me/k"], "poll": 0.02, "heartbeat": 0.01, "pushed": ["me/k"]},
+                                        logs.append, lambda event: None)["ended"]
+    assert ended == {"me/k": {"status": "COMPLETE", "message": ""}}, ended
+    assert any(line.startswith("still waiting") and "me/k RUNNING" in line for line in logs), logs
+    earlier = kernel_ops._op_kernels_wait(_kernels_api([lagging]), {"refs": ["me/k"], "poll": 0.02},
+                                          logs.append, lambda event: None)["ended"]
+    assert earlier["me/k"]["status"] == "GONE"             # one this command did not push: gone at once
+
+
+def test_every_call_to_kaggle_has_a_timeout(monkeypatch):
+    """kagglesdk sets none: a server that never answered held kit without a word until it was killed."""
+    import socket
+
+    import requests
+
+    from kit.kaggle import worker
+
+    monkeypatch.setattr(requests.Session, "send", requests.Session.send)       # put back after the test
+    monkeypatch.setattr(worker, "HTTP_TIMEOUT", (0.5, 0.5))
+    worker._bounded_requests()
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        session = requests.Session()
+        session.trust_env = False
+        with pytest.raises(requests.Timeout):
+            session.get(f"http://127.0.0.1:{silent.getsockname()[1]}/")

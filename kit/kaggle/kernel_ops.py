@@ -21,6 +21,7 @@ from kit.kaggle.retrying import retrying as _retrying
 ENDED = ("COMPLETE", "ERROR", "CANCEL_ACKNOWLEDGED", "CANCEL_REQUESTED")
 RUNNING = ("QUEUED", "RUNNING", "NEW_SCRIPT")      # the others: a status kit does not know ends the wait too
 PAGE_SIZE = 100
+HEARTBEAT = 1800.0     # seconds between "still waiting" lines while kernels run
 GONE_GRACE = 120.0      # seconds a kernel this command pushed may be unknown to Kaggle before it counts as gone
 
 
@@ -115,7 +116,7 @@ def _status(client, ref: str, log) -> tuple[str, str]:
             raise
         return "GONE", gone
     status = getattr(response.status, "name", str(response.status)).upper()
-    return status, response.failure_message or ""
+    return status.rsplit(".", 1)[-1], response.failure_message or ""    # "KernelWorkerStatus.COMPLETE" too
 
 
 def _op_kernels_status(api, p: dict, log, emit=None) -> dict:
@@ -130,6 +131,7 @@ def _op_kernels_wait(api, p: dict, log, emit) -> dict:
     status is an event as it happens. Returns {ref: {status, message}} of those that ended."""
     seen: dict[str, str] = dict(p.get("seen") or {})        # what the caller already knows
     gone_since: dict[str, float] = {}
+    began = said = time.time()
     with api.build_kaggle_client() as kaggle:
         client = kaggle.kernels.kernels_api_client
         while True:
@@ -150,6 +152,10 @@ def _op_kernels_wait(api, p: dict, log, emit) -> dict:
                                   f"a status kit does not know{': ' + message if message else ''}"}
             if ended:
                 return {"ended": ended}
+            if time.time() - said >= float(p.get("heartbeat") or HEARTBEAT):    # hours of polls, not a word
+                said = time.time()
+                log(f"still waiting ({(said - began) / 60:.0f} min): "
+                    + ", ".join(f"{ref} {seen.get(ref, '?')}" for ref in p["refs"]))
             time.sleep(float(p["poll"]))
 
 

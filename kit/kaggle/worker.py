@@ -91,6 +91,25 @@ def _read_as_kaggle_might_send() -> None:
             raise
 
     EnumSerializer._from_str = staticmethod(enum_from)
+    _bounded_requests()
+
+
+HTTP_TIMEOUT = (30.0, 300.0)    # seconds to connect, and between bytes of an answer, for every call kit makes
+
+
+def _bounded_requests() -> None:
+    """Every request of this worker with a timeout: kagglesdk sets none, and a server that never answered
+    a status poll held `kit recipe run --launcher kaggle` without a word until killed (probe 37); a
+    timed-out call is retried like a dropped connection (kit.kaggle.retrying)."""
+    real = requests.Session.send            # what kagglesdk calls, and Session.request too
+
+    @functools.wraps(real)
+    def send(self, request, **kwargs):
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = HTTP_TIMEOUT
+        return real(self, request, **kwargs)
+
+    requests.Session.send = send            # type: ignore[method-assign]
 
 
 def _api(log):
