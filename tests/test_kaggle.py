@@ -810,7 +810,7 @@ def test_a_submission_dated_with_a_zone_after_its_fractional_seconds_is_read_in_
     as five hours before it was sent, so it was not found, and it was sent again (probe 26)."""
     from datetime import datetime
 
-    from kit.kaggle.worker import iso_utc
+    from kit.kaggle.sdk_reading import iso_utc
 
     utc = datetime(2026, 12, 6, 11, 11, 21, 259000)
     assert iso_utc("2026-12-06T06:11:21.259-05:00") == utc == iso_utc("2026-12-06T11:11:21.259Z")
@@ -825,11 +825,11 @@ def test_a_status_kagglesdk_does_not_know_is_pending_not_a_failed_list(monkeypat
     from kagglesdk.competitions.types.submission_status import SubmissionStatus
     from kagglesdk.kaggle_object import DateTimeSerializer, EnumSerializer
 
-    from kit.kaggle.worker import _read_as_kaggle_might_send
+    from kit.kaggle.sdk_reading import read_as_kaggle_might_send
 
     monkeypatch.setattr(EnumSerializer, "_from_str", EnumSerializer._from_str)       # restored after the test
     monkeypatch.setattr(DateTimeSerializer, "_from_str", DateTimeSerializer._from_str)
-    _read_as_kaggle_might_send()
+    read_as_kaggle_might_send()
     read = [ApiSubmission.from_dict({"ref": 7, "status": status}).status for status in ("RUNNING", 1, "complete")]
     assert read == [SubmissionStatus.PENDING, SubmissionStatus.COMPLETE, SubmissionStatus.COMPLETE]
 

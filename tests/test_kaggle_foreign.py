@@ -182,11 +182,11 @@ def test_every_call_to_kaggle_has_a_timeout(monkeypatch):
 
     import requests
 
-    from kit.kaggle import worker
+    from kit.kaggle import sdk_reading
 
     monkeypatch.setattr(requests.Session, "send", requests.Session.send)       # put back after the test
-    monkeypatch.setattr(worker, "HTTP_TIMEOUT", (0.5, 0.5))
-    worker._bounded_requests()
+    monkeypatch.setattr(sdk_reading, "HTTP_TIMEOUT", (0.5, 0.5))
+    sdk_reading.bounded_requests()
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(1)

@@ -123,11 +123,12 @@ def test_scores_of_zero_sent_as_numbers_and_a_kernel_status_kit_does_not_know(mo
     from kagglesdk.kernels.types.kernels_api_service import ApiGetKernelSessionStatusResponse
 
     from kit.kaggle.kernel_ops import _op_kernels_wait
-    from kit.kaggle.worker import _read_as_kaggle_might_send, _sub_dict
+    from kit.kaggle.sdk_reading import read_as_kaggle_might_send
+    from kit.kaggle.worker import _sub_dict
 
     monkeypatch.setattr(EnumSerializer, "_from_str", EnumSerializer._from_str)       # restored after the test
     monkeypatch.setattr(DateTimeSerializer, "_from_str", DateTimeSerializer._from_str)
-    _read_as_kaggle_might_send()
+    read_as_kaggle_might_send()
     scored = _sub_dict(ApiSubmission.from_dict({"ref": 7, "status": "COMPLETE", "publicScore": 0,
                                                 "privateScore": 0.0}))
     assert (scored["public"], scored["private"]) == ("0", "0.0")
