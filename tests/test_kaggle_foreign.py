@@ -194,3 +194,89 @@ def test_every_call_to_kaggle_has_a_timeout(monkeypatch):
         session.trust_env = False
         with pytest.raises(requests.Timeout):
             session.get(f"http://127.0.0.1:{silent.getsockname()[1]}/")
+
+
+def test_a_429_after_a_lost_answer_says_it_may_have_been_made(kaggle_env, standin, sub, capsys, monkeypatch):
+    """Probe 38: the first create made the submission and lost its answer; the list lagged; the retry got
+    429: the row said "nothing was made", and neither `kit scores` nor a re-run ever looked it up."""
+    from kit.kaggle.server_competitions import _ApiError
+
+    monkeypatch.setenv("KIT_KAGGLE_RETRIES", "1")
+    real = standin.create_submission
+
+    def lost_then_busy(token: str, description: str, user: str) -> dict:
+        if not standin.submissions:
+            real(token, description, user)["description"] = "listed later"     # a list that lags
+            raise _ApiError(502, "Bad Gateway")
+        raise _ApiError(429, "Too Many Requests")
+
+    standin.create_submission = lost_then_busy
+    code, _, err = kit(capsys, *submit_args(sub, standin))
+    line = one_error_line(err)
+    assert code == 2 and MAYBE_MADE in line and "nothing was made" not in line, err
+    [row] = read_ledger(sub.parent / "ledger.csv").to_dict("records")
+    assert MAYBE_MADE in row["error"], row
+
+
+def test_a_send_whose_description_the_server_dropped_is_not_sent_again_by_a_recipe(kaggle_env, standin, sub,
+                                                                                      tiny_data, capsys):
+    """Probe 38: the first run refused to send again (a new submission of that file, no description: maybe
+    the send); a recipe's re-run took "its id is not listed" for "it never arrived" and sent it again."""
+    from kit.kaggle import recipe_submit
+    from kit.kaggle.server_competitions import MADE
+
+    _listed_as(standin, description=lambda text: "")
+    standin.inject(MADE, 503)
+    assert kit(capsys, *submit_args(sub, standin))[0] == 2
+    again = recipe_submit(sub, "a re-run", tiny_data, submissions_dir=sub.parent, endpoint=standin.url)
+    assert again["status"] == "FAILED" and "not sent again" in again["reason"], again
+    assert standin.calls.count("CreateSubmission") == 1
+
+
+def test_a_teammates_submission_without_a_description_does_not_block_a_retry(kaggle_env, standin, sub, capsys):
+    """Probe 38: a teammate's submission of the same file name and no description, listed after our lost
+    answer, was taken for ours cut short: the retry was refused, and the row never settled."""
+    from kit.kaggle.server_competitions import _ApiError
+
+    real = standin.create_submission
+
+    def lost_beside_a_teammates(token: str, description: str, user: str) -> dict:
+        if not standin.submissions:
+            with standin.lock:
+                standin.uploads["theirs"] = dict(standin.uploads[token])
+            real("theirs", "", "teammate")
+            raise _ApiError(503, "Service Unavailable")             # ours: not made
+        return real(token, description, user)
+
+    standin.create_submission = lost_beside_a_teammates
+    code, _, err = kit(capsys, *submit_args(sub, standin))
+    assert code == 0, err
+    assert [s["submittedBy"] for s in standin.submissions] == ["teammate", "kit-test"]
+
+
+def test_a_daily_limit_in_other_words_is_not_retried():
+    import requests
+
+    from kit.kaggle.worker import _daily_limit
+
+    def refusal(text: str):
+        response = requests.Response()
+        response.status_code, response._content = 429, text.encode()
+        return requests.HTTPError("429", response=response)
+
+    assert _daily_limit(refusal("You have reached the maximum number of submissions for today"))
+    assert _daily_limit(refusal('{"message": "Daily submission limit reached"}'))
+    assert not _daily_limit(refusal("Too Many Requests"))
+
+
+@pytest.mark.parametrize("status, failed", [(200, ""), (201, ""), (204, ""), (403, "HTTP 403"), (503, "HTTP 503")])
+def test_an_upload_is_stored_on_any_success(tmp_path, monkeypatch, status, failed):
+    import requests
+
+    from kit.kaggle import worker
+
+    answer = requests.Response()
+    answer.status_code = status
+    monkeypatch.setattr(worker.requests, "put", lambda url, data, timeout: answer)
+    (tmp_path / "s.csv").write_text("Id,Category\n")
+    assert worker._put(str(tmp_path / "s.csv"), "http://upload") == failed

@@ -472,3 +472,31 @@ def test_a_checkpoint_cut_off_in_the_download_is_pulled_again_not_adopted(env, s
     code, _, err = kit(capsys, *args)
     assert code == 0 and standin.calls.count("SaveKernel") == 1, err
     assert RunDir(tmp_path / "runs" / "zoo" / "a").finished
+
+
+def test_a_re_run_gives_every_kernel_it_waits_for_the_grace_of_an_index_that_lags(tmp_path):
+    """Probe 38: after a kill right after the push, the re-run took the same lagging 404 for a kernel gone
+    and pushed every kernel again."""
+    from kit.launch.kaggle_kernels import KaggleLauncher, Kernel, KernelRun
+    from kit.recipe import load_recipe
+
+    root = tmp_path / "runs" / "zoo"
+    root.mkdir(parents=True)
+    target = {"endpoint": None, "env": None, "competition": COMP, "name": "kaggle"}
+    run = KernelRun(KaggleLauncher(kernels=1), target, load_recipe(recipe_file(tmp_path)), root, "quick", print,
+                    None, None, None)
+    run.state = {"me/kit-zoo-1": Kernel("me/kit-zoo-1", ["a", "b"], version=1, status="QUEUED", pending=True)}
+    asked: dict = {}
+    run._call = lambda op, params, on_event=None: asked.update(params) or {"ended": {}}
+    run.wait(["me/kit-zoo-1"])
+    assert asked["pushed"] == ["me/kit-zoo-1"]
+
+
+@pytest.mark.slow
+def test_a_version_out_of_time_with_nothing_new_is_not_pushed_again(env, standin, tiny_data, tmp_path, capsys):
+    """Probe 38: a version stopped out of time before any checkpoint was pushed three times more (four
+    sessions of up to 12 hours)."""
+    standin.kernels.time_out_next(4, when_file=None, seconds=0.2)
+    code, _, err = kit(capsys, *recipe_args(tmp_path, tiny_data, standin, "--kernels", "1"))
+    assert code == 2 and "but brought back nothing new for a, b" in error_line(err), err
+    assert standin.calls.count("SaveKernel") == 1

@@ -102,7 +102,7 @@ def _worker_env(endpoint: str | None, overrides: dict | None) -> dict:
 STALLED = 120.0     # seconds past a wait's --timeout after which a worker stuck in one HTTP call is stopped
 MAYBE_MADE = "it may have been made"     # in a failed send's error: a re-run looks it up before sending again
 MESSAGE_SENT = 200      # characters of the message a description carries (the ledger keeps it whole)
-_SEND_TAG = re.compile(r"\[kit ([0-9a-f]{10})\]")
+_SEND_TAG = re.compile(r"\[?kit ([0-9a-f]{10})\b\]?")     # a server may strip the brackets (probe 38)
 _TAG_AROUND = re.compile(r"^\[kit [0-9a-f]{10}\] | \[kit [0-9a-f]{10}\]$")   # kit's (first) or an older kit's (last)
 
 
@@ -140,7 +140,7 @@ def same_send(sent: str, listed) -> bool:
     when `sent` has one; an older kit's untagged send by its whole message."""
     tag = send_id(sent)
     listed = listed if isinstance(listed, str) else ""
-    return f"[kit {tag}]" in listed if tag else listed == sent
+    return send_id(listed) == tag if tag else listed == sent
 
 
 def cut_short(sent: str, listed) -> bool:

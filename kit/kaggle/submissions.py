@@ -15,6 +15,7 @@ from kit.kaggle.client import (
     backoff,
     call,
     check_timing,
+    cut_short,
     is_tagged,
     poll_interval,
     same_send,
@@ -301,6 +302,7 @@ def find_cut_off(csv_path, cut: dict, competition: str, ledger, endpoint: str | 
         raise KitError(f"{len(hits)} submissions in the list could be it (refs "
                        f"{', '.join(str(sub['ref']) for sub in hits)}: the same message, file name and size)")
     if not hits:
+        _refuse_cut_short(cut, subs, known, csv_path, since)
         return None
     sub = hits[0]
     manifest = SubmissionManifest.beside(csv_path) or SubmissionManifest()
@@ -316,6 +318,20 @@ def find_cut_off(csv_path, cut: dict, competition: str, ledger, endpoint: str | 
         row["message"] = failed["message"]
     note_accepted(csv_path, row, ledger, log)
     return row
+
+
+def _refuse_cut_short(cut: dict, subs: list[dict], known: set, csv_path: Path, since: datetime | None) -> None:
+    """KitError when a submission in no ledger row, of that file, sent after the note, has a description
+    that could be the send's cut short by the server (its id gone): kit cannot tell it is not the send
+    (probe 38: the re-run took "its id is not listed" for "it never arrived" and sent it again)."""
+    if not is_tagged(cut["message"]):
+        return
+    for sub in subs:
+        after = since is None or not sub["date"] or _utc(sub["date"]) >= since
+        if (sub["ref"] and str(sub["ref"]) not in known and cut_short(cut["message"], sub["description"])
+                and sub["file"] in ("", csv_path.name) and after):
+            raise KitError(f"submission {sub['ref']} in the list, of that file, has a description that could be this "
+                           f"send's cut short ({sub['description']!r}), so it may be the send")
 
 
 def _failed_row(ledger, cut: dict) -> dict | None:

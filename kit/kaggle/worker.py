@@ -66,7 +66,8 @@ def _sub_dict(s) -> dict:
     public, private = (getattr(s, f"_{name}_score", None) for name in ("public", "private"))
     return {"ref": _ref(s.ref), "status": s.status.name, "public": _score(public), "private": _score(private),
             "error": s.error_description or "", "description": s.description or "", "file": s.file_name or "",
-            "date": s.date.isoformat() if s.date else "", "bytes": s.total_bytes}
+            "date": s.date.isoformat() if s.date else "", "bytes": s.total_bytes,
+            "by": getattr(s, "submitted_by", "") or ""}
 
 
 def _list_submissions(client, competition: str, want: set | None, log, max_pages: int = 20) -> list[dict]:
@@ -126,7 +127,8 @@ def _op_submit(api, p: dict, log, emit) -> dict:
         except Exception as e:  # the list is down: the submission goes on; a lost answer is then not retried
             log(f"{e}; submitting without a list to look a lost answer up in")
             before = None
-        ref, message = _create(client, create, start.file_name, before, log)
+        user = api.get_config_value(api.CONFIG_NAME_USER) or ""
+        ref, message = _create(client, create, start.file_name, before, log, user)
     emit({"event": {"kind": "submitted", "ref": ref, "message": message}})
     if not p.get("wait"):
         return {"ref": ref, "message": message}
@@ -145,37 +147,30 @@ def _put(path: str, url: str) -> str:
             response = requests.put(url, data=fp, timeout=UPLOAD_TIMEOUT)
     except requests.RequestException as e:
         return f"{type(e).__name__}: the connection failed or dropped"
-    return "" if response.status_code in (200, 201) else f"HTTP {response.status_code}"
+    return "" if response.status_code in (200, 201, 204) else f"HTTP {response.status_code}"
 
 
-def _create(client, create, file_name: str, before: set | None, log) -> tuple[str, str]:
+def _create(client, create, file_name: str, before: set | None, log, user: str = "") -> tuple[str, str]:
     """CreateSubmission, which is not idempotent: an answer lost (a 5xx, a dropped connection, a body cut
     off or not JSON) may come after Kaggle made the submission, so before any retry the list is read
-    for a new one (a ref not among `before`, the list read just before) of this message and file name;
-    the one found is the answer. An answer without a ref is found the same way (never an older
-    submission of that message). When kit cannot tell (no `before`, two candidates, the list
-    unreadable), nothing is sent again and the error says MAYBE_MADE: a re-run looks it up first
-    (kit.kaggle.ledger.interrupted_send). Returns (ref, Kaggle's message)."""
+    for a new one (a ref not among `before`, the list read just before) of this send's id; the one
+    found is the answer. An answer without a ref is found the same way (never an older submission of
+    that message). When kit cannot tell (no `before`, two candidates, the list unreadable, a refusal
+    after an answer lost), nothing is sent again and the error says MAYBE_MADE: a re-run looks it up
+    first (kit.kaggle.ledger.interrupted_send). A 429 is retried (nothing was made), unless it says
+    the day's submissions are spent. Returns (ref, Kaggle's message)."""
     attempts, lost = retries(), ""
     for attempt in range(attempts + 1):
         try:
             response = client.create_submission(create)
         except Exception as e:      # requests' errors, and an answer cut off or not JSON (the client's own)
             status = getattr(getattr(e, "response", None), "status_code", None)
-            if status is not None and status not in RETRY_STATUSES:
-                refused = http_message("CreateSubmission", status, e, attempt)
-                if lost:            # a retry refused ("blob already used"): the first may well have been made
-                    refused += f" after an answer lost ({lost}): {MAYBE_MADE}; look at the competition's submissions"
-                raise KitError(refused) from None
-            if status == 429 and _daily_limit(e):     # not a rate: waiting minutes will not bring it back
-                raise KitError(http_message("CreateSubmission", status, e, attempt)) from None
-            if status == 429:           # too many requests: refused, nothing made
-                refused = http_message("CreateSubmission", status, e, attempt)
-                if attempt == attempts:
-                    raise KitError(f"{refused}; nothing was made") from None
-            else:
+            if status is not None and (status not in RETRY_STATUSES
+                                       or status == 429 and (_daily_limit(e) or attempt == attempts)):
+                raise KitError(_refused(status, e, attempt, lost)) from None
+            if status != 429:
                 lost = f"HTTP {status}" if status else f"{type(e).__name__}"
-                made = _made(client, create, file_name, before, log, lost)
+                made = _made(client, create, file_name, before, log, lost, user=user)
                 if made:
                     log(f"CreateSubmission: the answer was lost ({lost}), but the submission was made: "
                         f"ref {made['ref']}")
@@ -184,12 +179,14 @@ def _create(client, create, file_name: str, before: set | None, log) -> tuple[st
                     raise KitError(f"CreateSubmission failed {attempts + 1} times ({lost}); no new submission of "
                                    "it is in the competition's list") from None
             delay = (retry_after(getattr(e, "response", None)) if status == 429 else None) or backoff() * 2 ** attempt
+            says = server_says(getattr(e, "response", None))
             what = f"Kaggle answered HTTP {status} to CreateSubmission" if status else f"CreateSubmission: {lost}"
-            log(f"{what}; retry {attempt + 1}/{attempts} in {delay:.2g}s")
+            log(f"{what}{f' ({says})' if says else ''}; retry {attempt + 1}/{attempts} in {delay:.2g}s")
             time.sleep(delay)
             continue
         ref = _ref(response.ref)
-        made = {"ref": ref} if ref else _made(client, create, file_name, before, log, "no ref in the answer")
+        made = {"ref": ref} if ref else _made(client, create, file_name, before, log, "no ref in the answer",
+                                              user=user)
         if not made:
             raise KitError(f"Kaggle did not confirm the submission ({response.message or 'no reference returned'}), "
                            "and no new submission of it is in the competition's list")
@@ -197,14 +194,29 @@ def _create(client, create, file_name: str, before: set | None, log) -> tuple[st
     raise AssertionError("unreachable")
 
 
+def _refused(status: int, e, attempt: int, lost: str) -> str:
+    """The line for a refused CreateSubmission: after an answer lost, the first try may have been made
+    (probe 38: a 429 after a 502 was recorded "nothing was made", and the made submission never looked up)."""
+    refused = http_message("CreateSubmission", status, e, attempt)
+    if lost:
+        return f"{refused} after an answer lost ({lost}): {MAYBE_MADE}; look at the competition's submissions"
+    return refused + ("; nothing was made" if status == 429 else "")
+
+
+_SPENT = ("allowance", "per day", "daily", "today")
+
+
 def _daily_limit(e) -> bool:
     """Whether a refusal says the day's submissions are spent (Kaggle: "...used its daily Submission
-    allowance..."), whatever its HTTP status: a 429 saying so is not retried."""
+    allowance..."; others: "maximum number of submissions for today"), whatever its HTTP status: a
+    429 saying so is not retried."""
     says = server_says(getattr(e, "response", None)).lower()
-    return "allowance" in says or "daily" in says and "limit" in says
+    return "allowance" in says or (any(w in says for w in _SPENT)
+                                   and any(w in says for w in ("limit", "maximum", "max ")))
 
 
-def _made(client, create, file_name: str, before: set | None, log, lost: str, looks: int = 6) -> dict | None:
+def _made(client, create, file_name: str, before: set | None, log, lost: str, looks: int = 6,
+          user: str = "") -> dict | None:
     """The submission this CreateSubmission made, if the list shows it: new since `before`, of its
     send's id (kit.kaggle.client.tagged) and file name (a server may leave the name out); looked for
     `looks` times, the backoff doubling (a list may lag the create: about a minute at the default
@@ -233,7 +245,8 @@ def _made(client, create, file_name: str, before: set | None, log, lost: str, lo
                          f"{', '.join(str(s['ref']) for s in new)})")
         if new:
             return new[0]
-        if cut := [s for s in fresh if cut_short(sent, s["description"]) and s["file"] in ("", file_name)]:
+        if cut := [s for s in fresh if cut_short(sent, s["description"]) and s["file"] in ("", file_name)
+                   and s.get("by") in ("", None, user or s.get("by"))]:      # a teammate's is not ours
             raise unsure(f"a new submission of that file is listed whose description could be this one's cut "
                          f"short (ref {cut[0]['ref']}: {cut[0]['description']!r})")
     return None
