@@ -67,7 +67,7 @@ def _sub_dict(s) -> dict:
     return {"ref": _ref(s.ref), "status": s.status.name, "public": _score(public), "private": _score(private),
             "error": s.error_description or "", "description": s.description or "", "file": s.file_name or "",
             "date": s.date.isoformat() if s.date else "", "bytes": s.total_bytes,
-            "by": getattr(s, "submitted_by", "") or ""}
+            "by": getattr(s, "submitted_by_ref", "") or ""}    # the user name (submitted_by: a display name)
 
 
 def _list_submissions(client, competition: str, want: set | None, log, max_pages: int = 20) -> list[dict]:
