@@ -191,8 +191,7 @@ class StandIn:
                 raise _ApiError(400, DAILY_LIMIT.format(self.daily_limit))     # Kaggle's answer; nothing recorded
             sub = {"ref": self.first_ref + len(self.submissions) + 1, "date": _iso_now(), "description": description,
                    "fileName": upload["file_name"], "totalBytes": len(upload["data"]), "submittedBy": user,
-                   "submittedByRef": user,
-                   "teamName": user, "final": (status, public, private, error), "polls": 0}
+                   "submittedByRef": user, "teamName": user, "final": (status, public, private, error), "polls": 0}
             self.submissions.append(sub)
         return sub
 
@@ -220,8 +219,7 @@ class StandIn:
             status, public, private, error = sub["final"]
             if sub["polls"] <= self.pending_polls:
                 status, public, private, error = "PENDING", None, None, None
-        out = {k: sub[k] for k in ("ref", "date", "description", "fileName", "totalBytes", "submittedBy",
-                                   "submittedByRef", "teamName")}
+        out = {k: v for k, v in sub.items() if k not in ("final", "polls")}      # as ApiSubmission lists them
         out["status"] = status
         if public is not None:
             out["publicScore"], out["privateScore"] = public, private
