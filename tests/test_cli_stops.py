@@ -250,3 +250,21 @@ def test_a_recipe_stopped_in_a_callback_stops_before_it_submits(tiny_data, tmp_p
                            "--budget", "quick", "--no-progress")
     assert code == 143 and err.strip().endswith("kit: stopped by SIGTERM"), err
     assert "submitting" not in err and not (tmp_path / "submissions" / "ledger.csv").exists()
+
+
+def test_once_kit_stops_a_second_interrupt_is_ignored_while_it_exits(monkeypatch, capsys):
+    """Probe 39: `timeout -s INT` signals the process group too, so kit got SIGINT twice; the second landed
+    in torch's exit handler ("Exception ignored in atexit callback ... KeyboardInterrupt") and the exit
+    code became -2. Kit now ignores stop signals once it has begun to exit."""
+    import atexit
+
+    import kit.cli
+
+    handlers, set_to = [], {}
+    monkeypatch.setattr(atexit, "register", handlers.append)
+    monkeypatch.setattr(kit.cli, "one_line_errors", lambda run: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert kit.cli.main(["data", "info", "."]) == 130 and "kit: interrupted" in capsys.readouterr().err
+    monkeypatch.setattr(signal, "signal", lambda signum, handler: set_to.__setitem__(signum, handler))
+    for handler in handlers:
+        handler()
+    assert set_to.get(signal.SIGINT) is signal.SIG_IGN and set_to.get(signal.SIGTERM) is signal.SIG_IGN

@@ -310,3 +310,16 @@ def test_kit_submit_wait_waits_for_the_score_of_a_cut_off_send_it_finds(kaggle_e
     [row] = read_ledger(sub.parent / "ledger.csv").to_dict("records")
     assert row["status"] == "COMPLETE" and row["public"] != "", row
     assert "COMPLETE" in out and f"public {row['public']}" in out, out
+
+
+def test_a_message_of_its_own_kit_number_is_never_read_as_the_send_id():
+    """Probe 39: an older kit's note ("kit 2026120601 run [kit <id>]", the id last) was matched on the
+    message's own "kit 2026120601": `kit scores` settled a send never made as made."""
+    from kit.kaggle.client import send_id
+
+    older = "kit 2026120601 run [kit 0123456789]"
+    assert send_id(older) == "0123456789" and untagged(older) == "kit 2026120601 run"
+    assert not same_send(older, "kit 2026120601 run")               # the message alone is not the send
+    assert send_id("[kit 0123456789] kit 2026120601 run") == "0123456789"
+    assert send_id("kit 0123456789 run") == "0123456789"            # a server that stripped the brackets
+    assert send_id("a run [kit 0123456789] of mine") is None        # never from the middle

@@ -432,7 +432,7 @@ def test_a_push_cut_off_by_a_kill_is_waited_for_by_the_re_run(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run.push(k, earlier=False)
     saved = json.loads((root / STATE).read_text())["kernels"]["me/kit-zoo-1"]
-    assert saved["pending"] and saved["status"] == "PUSHING"
+    assert saved["pending"] and saved["status"] == "PUSHING" and saved["version"] == 1     # probe 39: not 0
     again = KernelRun(KaggleLauncher(kernels=1), target, load_recipe(recipe_file(tmp_path)), root, "quick", print,
                       None, None, None)
     again.user = "me"

@@ -6,12 +6,14 @@ logs and progress to stderr, a KitError becomes one line on stderr and exit code
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import errno
 import importlib
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 from kit import __version__
@@ -149,6 +151,19 @@ def _expand_home(args: argparse.Namespace) -> None:
             setattr(args, dest, type(value)(os.path.expanduser(str(value))))
 
 
+def _stopping() -> None:
+    """Once kit stops, a second Ctrl-C (or `timeout -s INT`, which signals the process group too) is
+    ignored while the interpreter exits: it landed in torch's exit handler as a traceback, and the exit
+    code became -2 (probe 39). Registered last, so it runs first of the exit handlers; a caller of
+    main() in-process (the tests) keeps its signals until it exits."""
+    def ignore_stops() -> None:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(signum, signal.SIG_IGN)
+
+    atexit.register(ignore_stops)
+
+
 def main(argv: list[str] | None = None) -> int:
     _end_with_the_kernel()
     parser = build_parser()
@@ -182,11 +197,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return one_line_errors(run)
     except KeyboardInterrupt:
+        _stopping()
         print("kit: interrupted", file=sys.stderr)
         return 130
     except SystemExit as e:
         if e.code not in (128 + signal.SIGTERM, 128 + signal.SIGHUP):
             raise
+        _stopping()
         print(f"kit: stopped by {signal.Signals(e.code - 128).name}", file=sys.stderr)
         return e.code
     except OSError as e:

@@ -102,7 +102,10 @@ def _worker_env(endpoint: str | None, overrides: dict | None) -> dict:
 STALLED = 120.0     # seconds past a wait's --timeout after which a worker stuck in one HTTP call is stopped
 MAYBE_MADE = "it may have been made"     # in a failed send's error: a re-run looks it up before sending again
 MESSAGE_SENT = 200      # characters of the message a description carries (the ledger keeps it whole)
-_SEND_TAG = re.compile(r"\[?kit ([0-9a-f]{10})\b\]?")     # a server may strip the brackets (probe 38)
+# where a send id is read: kit's (first) and an older kit's (last), bracketed before bare (a server may strip the
+# brackets: probe 38); never from the middle, where a message's own "kit 2026120601" is (probe 39)
+_SEND_TAGS = [re.compile(p) for p in (r"^\[kit ([0-9a-f]{10})\]", r"\[kit ([0-9a-f]{10})\]$",
+                                      r"^kit ([0-9a-f]{10})\b", r"\bkit ([0-9a-f]{10})$")]
 _TAG_AROUND = re.compile(r"^\[kit [0-9a-f]{10}\] | \[kit [0-9a-f]{10}\]$")   # kit's (first) or an older kit's (last)
 
 
@@ -126,12 +129,13 @@ def untagged(description: str) -> str:
 
 
 def is_tagged(description: str) -> bool:
-    return bool(_SEND_TAG.search(description))
+    return send_id(description) is not None
 
 
 def send_id(description) -> str | None:
     """The send id a description carries (kit's, first, or an older kit's, last); None."""
-    found = _SEND_TAG.search(description) if isinstance(description, str) else None
+    text = description.strip() if isinstance(description, str) else ""
+    found = next((m for tag in _SEND_TAGS if (m := tag.search(text))), None)
     return found.group(1) if found else None
 
 

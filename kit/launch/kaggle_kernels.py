@@ -226,8 +226,10 @@ class KernelRun:
     def push(self, k: Kernel, earlier: bool) -> None:
         args = member_args("@RECIPE", k.members, self.budget, "@RUNS", minutes=self.timing[0],
                            per_member_minutes=self.timing[1], max_hours=self.inner_hours)
-        was = (k.status, k.pending)
-        k.status, k.pending = "PUSHING", True       # a kill mid-push: the re-run waits for what it made
+        was = (k.status, k.pending, k.version)
+        # a kill mid-push: the re-run waits for what it made, and knows there is a version to continue from
+        # (probe 39: version 0 stayed, and the next version was pushed without the earlier output)
+        k.status, k.pending, k.version = "PUSHING", True, k.version + 1
         self._save_state()
         try:
             with tempfile.TemporaryDirectory(prefix="kit-kernel-") as folder:
@@ -235,10 +237,10 @@ class KernelRun:
                              self.target["competition"], earlier)
                 pushed = self._call("kernel_push", {"folder": folder, "ref": k.ref, "timeout": self.hours * 3600})
         except KitError:                            # refused: nothing was pushed
-            k.status, k.pending = was
+            k.status, k.pending, k.version = was
             self._save_state()
             raise
-        k.version, k.url, k.status, k.pending = pushed["version"] or k.version + 1, pushed["url"], "QUEUED", True
+        k.version, k.url, k.status, k.pending = pushed["version"] or k.version, pushed["url"], "QUEUED", True
         k.rounds += 1
         self._save_state()
         self.log(f"pushed {k.ref} version {k.version}: {', '.join(k.members)}"
