@@ -323,3 +323,19 @@ def test_a_message_of_its_own_kit_number_is_never_read_as_the_send_id():
     assert send_id("[kit 0123456789] kit 2026120601 run") == "0123456789"
     assert send_id("kit 0123456789 run") == "0123456789"            # a server that stripped the brackets
     assert send_id("a run [kit 0123456789] of mine") is None        # never from the middle
+
+
+def test_a_recipes_re_run_fetches_the_score_its_killed_wait_never_got(kaggle_env, standin, sub, tiny_data, capsys):
+    """Probe 39: a kill during the score wait left the row PENDING; every re-run showed "PENDING, public -
+    private -" and "not sent again", and nothing fetched the score or said how."""
+    from kit.kaggle import recipe_submit
+
+    standin.pending_polls = 1
+    assert kit(capsys, *submit_args(sub, standin))[0] == 0                 # sent; its wait cut short
+    [row] = read_ledger(sub.parent / "ledger.csv").to_dict("records")
+    assert row["status"] == "PENDING"
+    again = recipe_submit(sub, "test run", tiny_data, submissions_dir=sub.parent, endpoint=standin.url)
+    assert again["status"] == "COMPLETE" and again["public"] and "not sent again" in again["reason"], again
+    assert standin.calls.count("CreateSubmission") == 1
+    [row] = read_ledger(sub.parent / "ledger.csv").to_dict("records")
+    assert row["status"] == "COMPLETE", row

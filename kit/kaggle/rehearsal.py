@@ -185,6 +185,16 @@ def _mark_lost(ledger: Path, csv_path, competition: str) -> None:
         update_ledger(ledger, competition, ref, {"status": "FAILED", "error": LOST}, target=STAND_IN)
 
 
+def _score_of_earlier(earlier: dict, said: str, ledger: Path, endpoint, env, log, poll):
+    """The earlier send's score, waited for as a recipe's send is (a re-run after a kill during the wait
+    showed it PENDING for ever, without a word). A rehearsal's own stand-in's PENDING rows are LOST
+    before this (_mark_lost): it died with its run."""
+    try:
+        return await_score(earlier, ledger, endpoint, env, log, poll), said
+    except KitError as e:
+        return earlier, said + f"; waiting for its score failed ({e}): `kit scores` fetches it later"
+
+
 def _found_cut_off(csv_path, cut: dict, found: dict, ledger: Path, endpoint, env, log, poll) -> dict:
     """A cut-off send found in the competition's list (now in the ledger): not sent again; waited for
     until scored, as any recipe send is (a failed wait leaves its PENDING row for `kit scores`)."""
@@ -226,6 +236,8 @@ def _recipe_attempt(csv_path, message, data_dir, competition, ledger, endpoint, 
     if earlier is not None:
         said = f"identical file already submitted at {earlier['time']} (ref {earlier['ref']}); not sent again"
         log(f"not submitting {csv_path}: {said}")
+        if earlier["status"] == "PENDING" and earlier["ref"]:     # a kill cut its wait short (probe 39)
+            earlier, said = _score_of_earlier(earlier, said, ledger, endpoint, env, log, poll)
         return _result(earlier["status"], target, earlier, said)
     before = len(read_ledger(ledger))
     kept_before = {row["ref"] for row in kept_rows(ledger)}
