@@ -353,6 +353,12 @@ def _accepted(recorded) -> list:
     return [recorded] if isinstance(recorded, str) else list(recorded or [])
 
 
+def written_record(run_dir: str | Path) -> dict:
+    """{checkpoint file name: SHA-256 (or those accepted)} the run's own training wrote ({} without a
+    record); KitError when the record cannot be read."""
+    return _written(Path(run_dir) / WRITTEN)
+
+
 def _written(record: Path) -> dict:
     if not record.is_file():
         return {}

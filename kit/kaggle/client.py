@@ -155,6 +155,14 @@ def cut_short(sent: str, listed) -> bool:
     return send_id(listed) is None and sent.startswith(listed)
 
 
+def may_be_cut_short(sent: str, sub: dict, file_name: str, user: str = "") -> bool:
+    """Whether a listed submission (kit.kaggle.worker's dict) could be the send `sent` with its id cut
+    off: its description `cut_short`, of that file (a server may leave the name out), and not by
+    another account when `user` and the list both name one (a teammate's is not ours)."""
+    return (cut_short(sent, sub["description"]) and sub["file"] in ("", file_name)
+            and (not user or sub.get("by") in ("", None, user)))
+
+
 def call(op: str, params: dict, endpoint: str | None = None, env: dict | None = None, log=None,
          on_event=None) -> dict:
     """Run one operation in a worker process; its log lines go to `log`, its failure is a KitError.

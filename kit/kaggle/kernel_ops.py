@@ -14,7 +14,7 @@ import requests
 
 from kit.errors import KitError
 from kit.fsio import atomic_path
-from kit.kaggle.client import backoff
+from kit.kaggle.client import RETRY_STATUSES, backoff
 from kit.kaggle.retrying import retrying as _retrying
 
 # KernelWorkerStatus names that end a session (a cancel asked for ends it: nothing more will come of it)
@@ -59,7 +59,7 @@ def _op_kernel_push(api, p: dict, log, emit=None) -> dict:
             return api.kernels_push(p["folder"], timeout=timeout)
         except (requests.HTTPError, requests.ConnectionError, requests.Timeout) as e:
             status = getattr(getattr(e, "response", None), "status_code", None)
-            if status not in (None, 500, 502, 503, 504):    # refused (429 too): nothing was made
+            if status == 429 or status not in (None, *RETRY_STATUSES):     # refused: nothing was made
                 raise
             with api.build_kaggle_client() as kaggle:
                 for look in range(3):               # a status may lag the push a moment

@@ -15,8 +15,8 @@ from kit.kaggle.client import (
     backoff,
     call,
     check_timing,
-    cut_short,
     is_tagged,
+    may_be_cut_short,
     poll_interval,
     same_send,
     tagged,
@@ -328,8 +328,8 @@ def _refuse_cut_short(cut: dict, subs: list[dict], known: set, csv_path: Path, s
         return
     for sub in subs:
         after = since is None or not sub["date"] or _utc(sub["date"]) >= since
-        if (sub["ref"] and str(sub["ref"]) not in known and cut_short(cut["message"], sub["description"])
-                and sub["file"] in ("", csv_path.name) and after):
+        if sub["ref"] and str(sub["ref"]) not in known and may_be_cut_short(cut["message"], sub, csv_path.name) \
+                and after:
             raise KitError(f"submission {sub['ref']} in the list, of that file, has a description that could be this "
                            f"send's cut short ({sub['description']!r}), so it may be the send")
 

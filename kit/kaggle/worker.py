@@ -17,12 +17,12 @@ from pathlib import Path
 import requests
 
 from kit.errors import KitError
-from kit.kaggle.client import MAYBE_MADE, RETRY_STATUSES, backoff, cut_short, is_tagged, retries, same_send
+from kit.kaggle.client import MAYBE_MADE, RETRY_STATUSES, backoff, is_tagged, may_be_cut_short, retries, same_send
 from kit.kaggle.credentials import CREDENTIALS_HELP, kaggle_json, kaggle_json_problem
 from kit.kaggle.kernel_ops import OPS as KERNEL_OPS
 from kit.kaggle.retrying import RetriesSpent, http_message, retry_after, server_says
 from kit.kaggle.retrying import retrying as _retrying
-from kit.kaggle.sdk_reading import read_as_kaggle_might_send
+from kit.kaggle.sdk_reading import HTTP_TIMEOUT, read_as_kaggle_might_send
 
 
 def config_dir_ready() -> None:
@@ -135,16 +135,13 @@ def _op_submit(api, p: dict, log, emit) -> dict:
     return _op_wait(api, dict(p, ref=ref), log, emit)
 
 
-UPLOAD_TIMEOUT = (30.0, 300.0)      # seconds to connect, and between bytes of the answer
-
-
 def _put(path: str, url: str) -> str:
     """PUT the file to the upload URL as the client's upload_complete does (one request from the start),
     but once, bounded, and saying why it failed ('' when stored): the client's own retries (ten, their
     waits growing to two minutes) sat several minutes a try without a word (probe 35)."""
     try:
         with open(path, "rb") as fp:
-            response = requests.put(url, data=fp, timeout=UPLOAD_TIMEOUT)
+            response = requests.put(url, data=fp, timeout=HTTP_TIMEOUT)
     except requests.RequestException as e:
         return f"{type(e).__name__}: the connection failed or dropped"
     return "" if response.status_code in (200, 201, 204) else f"HTTP {response.status_code}"
@@ -245,8 +242,7 @@ def _made(client, create, file_name: str, before: set | None, log, lost: str, lo
                          f"{', '.join(str(s['ref']) for s in new)})")
         if new:
             return new[0]
-        if cut := [s for s in fresh if cut_short(sent, s["description"]) and s["file"] in ("", file_name)
-                   and s.get("by") in ("", None, user or s.get("by"))]:      # a teammate's is not ours
+        if cut := [s for s in fresh if may_be_cut_short(sent, s, file_name, user)]:
             raise unsure(f"a new submission of that file is listed whose description could be this one's cut "
                          f"short (ref {cut[0]['ref']}: {cut[0]['description']!r})")
     return None

@@ -12,7 +12,7 @@ from pathlib import Path
 from kit.config import dump_toml, load_toml
 from kit.errors import KitError
 from kit.fsio import sha256_file, write_json, write_text
-from kit.runs import WRITTEN, holds_run, move_aside, old_name, written_by_run
+from kit.runs import WRITTEN, holds_run, move_aside, old_name, written_by_run, written_record
 
 LAUNCH_MARK = "launch.json"          # in a run dir pulled back: which kernel version it came from
 
@@ -87,9 +87,9 @@ def incomplete(pulled: Path) -> str:
     or an output listing that left files out, was adopted as finished, then failed prediction or the
     vote, and re-runs skipped it as done."""
     try:
-        record = json.loads((pulled / WRITTEN).read_text()) if (pulled / WRITTEN).is_file() else {}
+        record = written_record(pulled)
         ids = json.loads((pulled / "ids.json").read_text()) if (pulled / "ids.json").is_file() else {}
-    except (OSError, ValueError):
+    except (KitError, OSError, ValueError):
         return f"its {WRITTEN} or ids.json cannot be read"
     if (pulled / "summary.json").is_file() and not record:
         return f"finished, but no {WRITTEN}"
