@@ -102,6 +102,7 @@ class TrainConfig:
     init_from: str = ""             # start from these weights (a .pt, or a run dir's last.pt): a fine-tune
     teacher: str = ""               # .npz of soft targets (ids, probs) on test utterances (`kit distill`)
     distill_weight: float = 0.5     # where a row has a label and a soft target: the soft target's weight
+    label_smoothing: float = 0.0    # cross-entropy's label smoothing (0 = off)
     log_with: str = ""              # an experiment tracker through accelerate (TRACKERS), e.g. tensorboard;
                                     # "" = off. Its files go in the run dir's trackers/ (kit.train.trackers)
 
@@ -187,7 +188,8 @@ RANGES = {
               "grad_clip": NON_NEGATIVE, "ema_decay": HALF_OPEN_UNIT, "eval_every": POSITIVE,
               "patience": NON_NEGATIVE, "average_last": NON_NEGATIVE, "seed": NON_NEGATIVE,
               "minutes": NON_NEGATIVE, "evals": POSITIVE, "max_minutes": NON_NEGATIVE, "stop_step": NON_NEGATIVE,
-              "cpu_threads": NON_NEGATIVE, "distill_weight": CLOSED_UNIT},
+              "cpu_threads": NON_NEGATIVE, "distill_weight": CLOSED_UNIT,
+              "label_smoothing": HALF_OPEN_UNIT},
     "infer": {"window": POSITIVE, "hop": POSITIVE, "batch_size": POSITIVE},
 }
 # Upper bounds on the sizes that decide memory: far above any useful value (the recipes use at

@@ -229,6 +229,7 @@ def test_ledger_rewrites_keep_a_backup_and_every_field(tmp_path):
     ("data.segment_len=0", "data.segment_len = 0: must be > 0"),
     ("data.val_fraction=0", "data.val_fraction = 0.0: must be in (0, 1)"),
     ("model.dropout=1", "model.dropout = 1.0: must be in [0, 1)"),
+    ("train.label_smoothing=1", "train.label_smoothing = 1.0: must be in [0, 1)"),
     ("train.minutes=-1", "train.minutes = -1.0: must be >= 0"),
     ("train.max_minutes=nan", "train.max_minutes = nan"),
 ])

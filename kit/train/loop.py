@@ -240,7 +240,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr
         logits = self.model(x, lengths, y).float()                  # (B, n_classes)
-        loss = loss_fn(logits, y, target)
+        loss = loss_fn(logits, y, target, cfg.train.label_smoothing)
         self.accelerator.backward(loss)
         if cfg.train.grad_clip > 0:
             self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)

@@ -49,9 +49,11 @@ class Targets:
         return y, torch.from_numpy(target).to(device)
 
 
-def loss_fn(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
-    """Cross-entropy against labels, or against target probabilities (labels mixed with soft targets)."""
-    return F.cross_entropy(logits, y if target is None else target)
+def loss_fn(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None,
+            smoothing: float = 0.0) -> torch.Tensor:
+    """Cross-entropy against labels, or against target probabilities (labels mixed with soft targets);
+    `smoothing` (train.label_smoothing) mixes either with the uniform distribution."""
+    return F.cross_entropy(logits, y if target is None else target, label_smoothing=smoothing)
 
 
 def _test_rows(store: FeatureStore, ids, source: Path) -> np.ndarray:
