@@ -124,15 +124,23 @@ def step_rate_note(rates: dict | None) -> str:
     steps_per_second): it trained well below the step rate measured at its start (a machine shared
     part way), or, on a CPU, had less than one core (shared from the start, when the rate measured
     then was already low). The recipe's table and `kit report` show it."""
-    if not rates or rates.get("probed", 0) <= 0 or rates.get("achieved", 0) <= 0:
+    if not isinstance(rates, dict):
+        return ""
+    given = {key: rates.get(key, default) for key, default in
+             (("probed", 0), ("achieved", 0), ("step", -1), ("planned_steps", 0), ("cpu_cores", None))}
+    if not all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
+               for v in given.values()):        # a summary.json edited or damaged by hand: no note
+        return ""
+    probed, achieved, planned = given["probed"] or 0, given["achieved"] or 0, given["planned_steps"] or 0
+    if probed <= 0 or achieved <= 0:
         return ""
     notes = []
-    ratio = rates["achieved"] / rates["probed"]
-    if ratio < SHARED_BELOW and rates.get("step", -1) < rates.get("planned_steps", 0):   # steps it did not do
-        notes.append(f"{rates['achieved']:.1f} steps/s against {rates['probed']:.1f} at its start "
-                     f"({math.floor(100 * ratio)}%; "
-                     f"{rates.get('planned_steps', 0):,} steps planned then)")
-    cores = rates.get("cpu_cores")
+    ratio = achieved / probed
+    step = given["step"] if given["step"] is not None else -1
+    if ratio < SHARED_BELOW and step < planned:                         # steps it did not do
+        notes.append(f"{achieved:.1f} steps/s against {probed:.1f} at its start "
+                     f"({math.floor(100 * ratio)}%; {int(planned):,} steps planned then)")
+    cores = given["cpu_cores"]
     if cores is not None and cores < SHARED_CORES:
         notes.append(f"{cores:.2f} of a CPU core (CPU time / wall time)")
     return f"lost steps: {'; '.join(notes)} - was the machine shared?" if notes else ""

@@ -297,8 +297,12 @@ def parse_overrides(items: list[str]) -> dict:
         dotted, value = item.split("=", 1)
         node = result
         *parents, leaf = dotted.split(".")
-        for p in parents:
+        for i, p in enumerate(parents):
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise KitError(f"override {item!r}: {'.'.join(parents[:i + 1])} is a value, not a table")
+        if isinstance(node.get(leaf), dict):
+            raise KitError(f"override {item!r}: {dotted} is a table, not a value")
         node[leaf] = value
     return result
 

@@ -132,7 +132,8 @@ def atomic_dir(path: str | os.PathLike, what: str = "files", done: str | None = 
         _sweep_orphans(path.parent, f".{path.name}.")      # a killed atomic_dir's hidden folders
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}@{socket.gethostname()}.", dir=path.parent))
     except OSError as e:
-        raise KitError(f"{path}: cannot write the {what} here ({e.strerror})") from None
+        why = "part of the path is a file, not a folder" if e.errno in (errno.EEXIST, errno.ENOTDIR) else e.strerror
+        raise KitError(f"{path}: cannot write the {what} here ({why})") from None
 
     def finished() -> bool:
         return done is not None and (path / done).is_file()

@@ -85,7 +85,12 @@ def require_same_data(run_dir: str | Path, data_dir: str | Path) -> None:
     # deferred: kit.data brings numpy and torch, which this module's light importers never need
     from kit.data import layout_hash
 
-    now = layout_hash(data_dir)
+    try:
+        now = layout_hash(data_dir)
+    except OSError as e:
+        why = "it is not there" if isinstance(e, FileNotFoundError) else f"{e.filename}: {e.strerror}"
+        raise KitError(f"{data_dir}: the data dir {run_dir} was trained and predicted on cannot be read ({why}: "
+                       "moved or deleted?); put the data back at that path") from None
     if now != recorded:
         raise KitError(f"{data_dir}: its metadata.json, mapping.json or testdata.json changed since {run_dir} "
                        f"trained on it (layout {recorded}, now {now}), so the model's classes would name other "

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kit.errors import KitError
+from kit.errors import KitError, path_problem
 from kit.fsio import atomic_path
 
 
@@ -26,16 +26,40 @@ def _pyplot():
     return plt
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def check_picture_path(png: str | os.PathLike) -> None:
+    """A picture is written only to a .png name and never over a file that is not a PNG (the ledger,
+    a submitted CSV or a checkpoint named by mistake): one line instead."""
+    path = Path(png)
+    if path.suffix.lower() != ".png":
+        raise KitError(f"{path}: a picture's name must end in .png (kit writes a PNG there)")
+    if path.is_dir():
+        raise KitError(f"{path}: is a folder; give the picture's file name")
+    if not path.exists():
+        return
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(PNG_SIGNATURE))
+    except OSError as e:
+        raise KitError(f"{path}: cannot read the file already there ({e.strerror})") from None
+    if head != PNG_SIGNATURE:
+        raise KitError(f"{path}: a file that is not a PNG picture is there; kit does not write over it "
+                       "(choose another name)")
+
+
 def _save(fig, png, dpi: int = 100) -> Path:
     """Write the figure atomically, so a full disk leaves no partial PNG; a write that fails is
     one line naming the PNG (KitError), not PIL's traceback."""
     plt = _pyplot()
     try:
+        check_picture_path(png)
         fig.tight_layout()
         with atomic_path(png) as tmp:
             fig.savefig(tmp, format="png", dpi=dpi)
     except OSError as e:
-        raise KitError(f"{png}: could not write the picture ({e.strerror or e})") from None
+        raise KitError(path_problem(e) or f"{png}: could not write the picture ({e.strerror or e})") from None
     finally:
         plt.close(fig)
     return Path(png)

@@ -16,7 +16,7 @@ from kit.ensemble.members import check_compatible, load_member, member_speakers
 from kit.env import note_line
 from kit.errors import KitError
 from kit.fsio import sha256_file
-from kit.plots import plot_report
+from kit.plots import check_picture_path, plot_report
 from kit.records import SubmissionManifest
 from kit.rundir import RunDir
 from kit.submission import read_answer_key, score_predictions, score_submission, stale_vote
@@ -107,6 +107,8 @@ def report_runs(run_dirs, ensemble_result=None, png=None, answers=None, pool: st
     """
     if not run_dirs:
         raise KitError("no run dirs given to report on")
+    if png:
+        check_picture_path(png)             # before the work: never over the ledger or a checkpoint
     members = [load_member(d) for d in run_dirs]
     check_compatible(members)
     labels = members[0].val_labels

@@ -103,7 +103,14 @@ def _register_checks(sub) -> None:
 
 
 def _pct(x) -> str:
-    return "    -" if x is None else f"{100 * x:5.1f}%"
+    return "    -" if x is None or x != x else f"{100 * x:5.1f}%"
+
+
+def _no_nan(value):
+    """The score's NaN (a key with no Public or no Private rows) as null: JSON has no NaN."""
+    if isinstance(value, dict):
+        return {k: _no_nan(v) for k, v in value.items()}
+    return None if isinstance(value, float) and value != value else value
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -181,12 +188,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_score(args: argparse.Namespace) -> int:
     r = score_submission(args.csv, args.answers)
     if args.json:
-        print(json.dumps(r, indent=2))
+        print(json.dumps(_no_nan(r), indent=2))
         return 0
     print(f"{'split':<8} {'acc':>7} {'95% CI (Wilson)':>17} {'correct':>9}")
     for name in ("public", "private", "overall"):
         s = r[name]
         print(f"{name:<8} {_pct(s['acc']):>7}   [{_pct(s['ci_low'])}, {_pct(s['ci_high'])}] "
               f"{s['correct']:>5}/{s['n']}")
-    print(f"gap public - private: {100 * r['gap']:+.1f} points")
+    gap = r["gap"]
+    print(f"gap public - private: {'-' if gap != gap else f'{100 * gap:+.1f} points'}")
     return 0

@@ -247,7 +247,9 @@ def cmd_recipe_run(args: argparse.Namespace) -> int:
         raise KitError(f"--member-minutes {args.member_minutes:g}: under {LEAST_MEMBER_SECONDS:g} seconds a member, "
                        f"too little to train one (the least --minutes gives); give at least "
                        f"{LEAST_MEMBER_SECONDS / 60:.2f}")
-    only = [m for part in args.only for m in part.split(",") if m] if args.only else None
+    only = [m.strip() for part in args.only for m in part.split(",") if m.strip()] if args.only else None
+    if args.only and not only:          # `--only ,`: no member named, never "every member, vote and send"
+        raise KitError(f"--only {' '.join(args.only)!r}: names no member (give them as a,b or a b)")
     result = run_recipe(args.file, data=args.data, budget=args.budget, runs=args.runs, only=only,
                         after=not args.no_after, workers=args.workers, minutes=args.minutes,
                         per_member_minutes=args.member_minutes, fresh=args.fresh, max_hours=args.max_hours,

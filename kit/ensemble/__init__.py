@@ -96,6 +96,7 @@ def ensemble_runs(run_dirs, vote: str = "hard", weights=None, name: str | None =
     _check_arguments(run_dirs, vote, weights, pool)
     name = _submission_name(name, vote, len(run_dirs))                         # before any work
     refuse_ledger(csv_path := Path(out_dir) / f"{name}.csv")
+    _refuse_others_files(csv_path)
     members = [load_member(d) for d in run_dirs]
     if val_from is not None:
         members = [_validated_by(m, load_member(src)) for m, src in zip(members, val_from, strict=True)]
@@ -263,7 +264,65 @@ def _publish(csv_path: Path, data: bytes, data_dir: str, manifest: SubmissionMan
                 raise KitError(f"{csv_path}: would be invalid for {data_dir}: {problems[0]}")
             # the CSV's bytes may stay while its manifest changes (another vote, the same labels):
             # a submitted pair then moves aside all the same, so its manifest is kept with it
-            return keep_submitted(csv_path, None)
+            kept = keep_submitted(csv_path, None)
+            _retire_report(csv_path, kept)
+            return kept
+
+
+def _retire_report(csv_path: Path, kept: list[Path]) -> None:
+    """The replaced vote's NAME_report.png (`kit report`'s picture of it): moved with a kept pair, as
+    NAME.csv.old-<time>_report.png, else removed, so no picture describes a vote no longer there."""
+    png = csv_path.with_name(f"{csv_path.stem}_report.png")
+    if not png.is_file():
+        return
+    kept_csv = next((p for p in kept if p.name.startswith(f"{csv_path.name}.old-")), None)
+    try:
+        if kept_csv is not None:
+            os.replace(png, kept_csv.with_name(f"{kept_csv.name}_report.png"))
+        else:
+            png.unlink()
+    except OSError:                             # another process moved it first: nothing stale is left
+        pass
+
+
+# Files that make a folder a kit run dir or a competition's data dir: a vote's pair is never written among them.
+_NOT_A_SUBMISSIONS_FOLDER = ("config.toml", "identity.json", "checkpoints.json", "summary.json", "metadata.json",
+                             "testdata.json", "mapping.json")
+
+
+def _refuse_others_files(csv_path: Path) -> None:
+    """NAME.csv and NAME.json replace only a vote's own pair: never files in a run dir or a data dir
+    (a run's metrics.csv or summary.json, the competition's metadata.json), nor a CSV that is not a
+    submission or a JSON file that is not a vote's manifest. One line before any work."""
+    folder = csv_path.parent
+    marks = [n for n in _NOT_A_SUBMISSIONS_FOLDER if (folder / n).is_file()]
+    if marks:
+        raise KitError(f"--out {folder}: a run dir or a data dir (it holds {marks[0]}), where the vote's "
+                       "files would go among its own: choose another --out; nothing was written")
+    json_path = csv_path.with_suffix(".json")
+    if json_path.is_file() and not _is_manifest(json_path):
+        raise KitError(f"{json_path}: a file that is not a vote's manifest is there, and the vote would "
+                       "replace it: choose another --name; nothing was written")
+    if csv_path.is_file() and not _is_submission(csv_path):
+        raise KitError(f"{csv_path}: a CSV that is not a submission (Id,Category) is there, and the vote "
+                       "would replace it: choose another --name; nothing was written")
+
+
+def _is_manifest(path: Path) -> bool:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and isinstance(data.get("members"), list) and "vote" in data
+
+
+def _is_submission(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8-sig", errors="replace") as f:
+            header = f.readline()
+    except OSError:
+        return False
+    return header.strip().replace(" ", "").lower() == "id,category"
 
 
 def _same_pair(csv_path: Path, digest: str, manifest: SubmissionManifest) -> bool:

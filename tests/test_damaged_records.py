@@ -1,0 +1,81 @@
+"""Records damaged or edited by hand, a data dir moved away, odd command lines: one line, exit 2,
+never a traceback, and never a check turned off by a record of the wrong shape."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import kit_cli, one_error
+from kit.budget import step_rate_note
+from kit.config import parse_overrides
+from kit.errors import KitError
+from kit.runs import written_by_run
+
+
+def test_a_moved_data_dir_is_one_line_for_every_reader_of_members(tmp_path, capsys, predicted):
+    runs = [predicted.run(n, [0, 1, 2, 0, 1, 0], [0, 1, 2, 2]) for n in ("r1", "r2")]
+    for run in runs:
+        (run / "identity.json").write_text(json.dumps({"version": 1, "config": {}, "data": {"layout": "0123456789abcdef"}}))
+    predicted.data_dir.rename(tmp_path / "moved")
+    for args in (("ensemble", *runs, "--out", tmp_path / "subs"), ("report", *runs),
+                 ("pseudo", *runs, "--out", tmp_path / "pseudo")):
+        one_error(*kit_cli(capsys, *args)[::2], str(predicted.data_dir), "moved or deleted")
+
+
+@pytest.mark.parametrize("rates", [
+    "x", [1, 2], {"probed": "1", "achieved": 1}, {"probed": 1, "achieved": 0.1, "cpu_cores": "a"},
+    {"probed": True, "achieved": 0.1}, {"probed": 10.0, "achieved": float("nan")},
+])
+def test_a_damaged_step_rate_record_gives_no_note_and_no_traceback(rates):
+    assert step_rate_note(rates) == ""
+
+
+def test_a_step_rate_record_without_its_step_still_says_the_lost_rate():
+    assert "0.1 steps/s against 1.0" in step_rate_note({"probed": 1, "achieved": 0.1, "step": None, "planned_steps": 5})
+
+
+def test_a_sound_step_rate_record_still_gives_its_note():
+    note = step_rate_note({"probed": 10.0, "achieved": 4.0, "step": 500, "planned_steps": 1200})
+    assert "4.0 steps/s against 10.0" in note and "1,200 steps planned" in note
+
+
+@pytest.mark.parametrize("record", [{"best.pt": 5}, {"best.pt": True}, {"best.pt": [1, 2]}, [1, 2], "x"])
+def test_a_checkpoint_record_of_the_wrong_shape_is_one_line(tmp_path, record):
+    (tmp_path / "best.pt").write_bytes(b"weights")
+    (tmp_path / "checkpoints.json").write_text(json.dumps(record))
+    with pytest.raises(KitError, match="checkpoints.json: .*; delete it to skip the check"):
+        written_by_run(tmp_path / "best.pt")
+
+
+@pytest.mark.parametrize("items,needle", [
+    (["train.lr=1", "train.lr.x=2"], "train.lr is a value, not a table"),
+    (["train.lr.x=2", "train.lr=1"], "train.lr is a table, not a value"),
+])
+def test_an_override_that_makes_a_value_a_table_is_one_line(items, needle):
+    with pytest.raises(KitError, match=needle):
+        parse_overrides(items)
+
+
+def test_a_train_command_with_such_overrides_exits_2(tmp_path, capsys):
+    one_error(*kit_cli(capsys, "train", "--data", tmp_path, "--out", tmp_path / "run",
+                       "--set", "train.lr=1", "--set", "train.lr.x=2")[::2], "train.lr is a value")
+
+
+def test_a_score_without_a_public_half_is_valid_json(tmp_path, capsys, predicted):
+    csv = tmp_path / "sub.csv"
+    csv.write_text("Id,Category\n" + "".join(f"{u},{predicted.SPEAKERS[0]}\n" for u in predicted.TEST_IDS))
+    key = tmp_path / "key.csv"
+    key.write_text("Id,Category,Usage\n" + "".join(f"{u},{predicted.SPEAKERS[0]},Private\n"
+                                                  for u in predicted.TEST_IDS))
+    code, out, _ = kit_cli(capsys, "score", csv, "--answers", key, "--json")
+    assert code == 0
+    r = json.loads(out, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+    assert r["public"]["acc"] is None and r["gap"] is None and r["private"]["acc"] == 1.0
+    code, out, _ = kit_cli(capsys, "score", csv, "--answers", key)
+    assert code == 0 and "nan" not in out.lower() and "gap public - private: -" in out
+
+
+def test_only_that_names_no_member_is_refused(tmp_path, capsys, tiny_recipe):
+    one_error(*kit_cli(capsys, "recipe", "run", tiny_recipe(), "--data", tmp_path, "--only", ",")[::2],
+              "names no member")
