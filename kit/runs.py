@@ -366,8 +366,8 @@ def _written(record: Path) -> dict:
         written = read_json(record, "a run's record of its checkpoints")
     except (KitError, OSError) as e:
         raise KitError(f"{first_line(e, 160)}; delete it to skip the check of the run's checkpoints") from None
-    if not isinstance(written, dict) or not all(
-            isinstance(v, str) or (isinstance(v, list) and all(isinstance(d, str) for d in v)) for v in written.values()):
+    if not isinstance(written, dict) or not all(isinstance(v, str) or (isinstance(v, list) and all(
+            isinstance(d, str) for d in v)) for v in written.values()):
         raise KitError(f"{record}: not a record of checkpoint digests (file name: SHA-256); delete it to skip "
                        "the check of the run's checkpoints")
     return written

@@ -6,17 +6,19 @@ import json
 
 import pytest
 
-from conftest import kit_cli, one_error
 from kit.budget import step_rate_note
 from kit.config import parse_overrides
 from kit.errors import KitError
 from kit.runs import written_by_run
 
+from conftest import kit_cli, one_error
+
 
 def test_a_moved_data_dir_is_one_line_for_every_reader_of_members(tmp_path, capsys, predicted):
     runs = [predicted.run(n, [0, 1, 2, 0, 1, 0], [0, 1, 2, 2]) for n in ("r1", "r2")]
+    identity = {"version": 1, "config": {}, "data": {"layout": "0123456789abcdef"}}
     for run in runs:
-        (run / "identity.json").write_text(json.dumps({"version": 1, "config": {}, "data": {"layout": "0123456789abcdef"}}))
+        (run / "identity.json").write_text(json.dumps(identity))
     predicted.data_dir.rename(tmp_path / "moved")
     for args in (("ensemble", *runs, "--out", tmp_path / "subs"), ("report", *runs),
                  ("pseudo", *runs, "--out", tmp_path / "pseudo")):

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import kit_cli, one_error
 from kit.ensemble import ensemble_runs
 from kit.errors import KitError
 from kit.report import report_runs
+
+from conftest import kit_cli, one_error
 
 
 @pytest.fixture
