@@ -144,3 +144,15 @@ def step_rate_note(rates: dict | None) -> str:
     if cores is not None and cores < SHARED_CORES:
         notes.append(f"{cores:.2f} of a CPU core (CPU time / wall time)")
     return f"lost steps: {'; '.join(notes)} - was the machine shared?" if notes else ""
+
+
+def lost_time_note(summary: dict, minutes: float) -> str:
+    """'' or what `kit train` warns of a time-budgeted run: steps lost to another process
+    (step_rate_note), or a run well past its minutes (its first steps, which set the plan, ran slow)."""
+    note = step_rate_note(summary.get("steps_per_second"))
+    seconds = summary.get("seconds")
+    if minutes > 0 and isinstance(seconds, (int, float)) and seconds > 1.5 * 60 * minutes + 30:
+        note = f"{note}; " if note else ""
+        note += (f"took {seconds / 60:.1f} minutes against its {minutes:g} (its first steps, which set the "
+                 "plan, ran slow: was the machine shared?)")
+    return note

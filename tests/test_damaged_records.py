@@ -81,3 +81,14 @@ def test_a_score_without_a_public_half_is_valid_json(tmp_path, capsys, predicted
 def test_only_that_names_no_member_is_refused(tmp_path, capsys, tiny_recipe):
     one_error(*kit_cli(capsys, "recipe", "run", tiny_recipe(), "--data", tmp_path, "--only", ",")[::2],
               "names no member")
+
+
+def test_a_run_far_past_its_minutes_says_so():
+    from kit.budget import lost_time_note
+
+    assert "took 2.0 minutes against its 0.3" in lost_time_note({"seconds": 120.3}, 0.3)
+    assert lost_time_note({"seconds": 20.0}, 0.3) == ""                 # within its time
+    assert lost_time_note({"seconds": 600.0}, 0.0) == ""                # no time budget: nothing to say
+    both = lost_time_note({"seconds": 120.3, "steps_per_second": {"probed": 10.0, "achieved": 2.0, "step": 10,
+                                                                 "planned_steps": 100}}, 0.3)
+    assert "2.0 steps/s against 10.0" in both and "took 2.0 minutes" in both

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from kit.budget import lost_time_note
 from kit.cli import add_cache_option, cache_from, one_line_errors, progress_wanted
 from kit.config import DataConfig, RunConfig, layered, load_toml, parse_overrides
 from kit.env import check_stopped, kaggle_data_dir
@@ -196,6 +197,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if PartialState().is_main_process:
         print(json.dumps(summary, indent=2))
+        note = lost_time_note(summary, cfg.train.minutes)
+        if note:
+            print(f"kit: warning: {note}", file=sys.stderr)
     return 0
 
 
