@@ -92,3 +92,10 @@ def test_a_run_far_past_its_minutes_says_so():
     both = lost_time_note({"seconds": 120.3, "steps_per_second": {"probed": 10.0, "achieved": 2.0, "step": 10,
                                                                  "planned_steps": 100}}, 0.3)
     assert "2.0 steps/s against 10.0" in both and "took 2.0 minutes" in both
+
+
+def test_a_first_kit_scores_before_any_submission_is_no_error(tmp_path, capsys):
+    code, out, err = kit_cli(capsys, "scores", "--ledger", tmp_path / "submissions" / "ledger.csv", "--no-refresh")
+    assert code == 0 and "no submissions yet" in out and not err.strip()
+    (tmp_path / "folder").mkdir()
+    one_error(*kit_cli(capsys, "scores", "--ledger", tmp_path / "folder", "--no-refresh")[::2], "not a file")

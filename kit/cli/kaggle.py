@@ -223,8 +223,11 @@ def cmd_scores(args: argparse.Namespace) -> int:
             _log(f"added {n} submission row(s) from {pending} to {ledger}")
     except KitError as e:                       # the ledger as it is is still worth showing
         _log(f"could not add pending submissions: {e}")
-    if not ledger.is_file():
-        raise KitError(f"{ledger}: no ledger yet (`kit submit` writes it)")
+    if not ledger.is_file():                    # a first `kit scores`: nothing sent yet is no error
+        if ledger.exists():
+            raise KitError(f"{ledger}: not a file (a ledger is a CSV that `kit submit` writes)")
+        print(f"no submissions yet: no ledger at {ledger} (`kit submit` writes it)")
+        return 0
     frame = read_ledger(ledger)
     if not args.no_refresh and (owed_scores(frame) | maybe_made(frame)).any():
         try:
