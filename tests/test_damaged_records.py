@@ -99,3 +99,12 @@ def test_a_first_kit_scores_before_any_submission_is_no_error(tmp_path, capsys):
     assert code == 0 and "no submissions yet" in out and not err.strip()
     (tmp_path / "folder").mkdir()
     one_error(*kit_cli(capsys, "scores", "--ledger", tmp_path / "folder", "--no-refresh")[::2], "not a file")
+
+
+@pytest.mark.parametrize("text", ["1_0,1", "\uff11,2"])
+def test_weights_python_reads_but_nobody_writes_are_refused(text):
+    from kit.ensemble import parse_weights
+
+    with pytest.raises(KitError, match="comma-separated numbers"):
+        parse_weights(text)
+    assert parse_weights("1,0.5,2e-1") == [1.0, 0.5, 0.2]

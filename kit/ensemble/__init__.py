@@ -61,6 +61,8 @@ def parse_weights(text: str | None):
     if text is None or text == "auto":
         return text
     try:
+        if not text.isascii() or "_" in text:   # float() takes 1_0 as 10 and full-width digits
+            raise ValueError(text)
         return [float(x) for x in text.split(",")]
     except ValueError:
         raise KitError(f"--weights {text!r}: give 'auto' or comma-separated numbers like 1,0.5,2") from None
