@@ -2,10 +2,10 @@
 the accuracy bench and the tests, instead of a dict read with `.get`.
 
 Two validation accuracies, named for what they are: `val_acc_crop` is what training scored
-(summary.json: centre crops of at most 2 x segment_len, the figure the best checkpoint was chosen
-by); `val_acc` is the prediction's own (ids.json: whole utterances or windows, the mode it chose),
-None until the member is predicted. The table prints the prediction's, or the crop figure marked
-"(crop)" when there is none yet.
+(summary.json: centre crops of infer.window frames in a timed run, whole utterances otherwise: the
+figure the best checkpoint was chosen by); `val_acc` is the prediction's own (ids.json: whole
+utterances or windows, the mode it chose), None until the member is predicted. The table prints
+the prediction's, or the crop figure marked "(crop)" when there is none yet.
 """
 from __future__ import annotations
 

@@ -219,10 +219,13 @@ class Trainer:
         self.bar = tqdm(total=st.plan.total, initial=st.step, desc=cfg.name, disable=not (self.progress and self.main),
                         leave=False, dynamic_ncols=True, mininterval=1.0)
         self.clock.begin_loop(st.step)
-        # A time-budgeted run evaluates centre crops of at most 2 x segment_len frames: whole long
-        # utterances through attention cost a 3.5-minute CPU run more than half its time (measured).
+        # A time-budgeted run evaluates centre crops of infer.window frames (at least segment_len): whole
+        # long utterances through attention cost a 3.5-minute CPU run more than half its time (measured).
+        # One length for every member whatever its crops, so an audition's cut compares them on the same
+        # frames (at 2 x segment_len, ecapa-s's 200-frame crops were scored on 400 frames and resnet-s's
+        # 128 on 256, and on tts (2026-12-06) ecapa-s went on instead of the suite's best member).
         seg, bs = cfg.data.segment_len, cfg.train.batch_size
-        self.eval_frames = 2 * seg if st.plan.is_timed else None
+        self.eval_frames = max(cfg.infer.window, seg) if st.plan.is_timed else None
         # Before the first evaluation is timed, guess its cost in training steps: a forward pass
         # over the validation frames is about a third of a training step over as many frames.
         frames = np.minimum(self.store.lengths[self.split.val], self.eval_frames or 10**9)
