@@ -97,8 +97,7 @@ def ensemble_runs(run_dirs, vote: str = "hard", weights=None, name: str | None =
     """
     _check_arguments(run_dirs, vote, weights, pool)
     name = _submission_name(name, vote, len(run_dirs))                         # before any work
-    refuse_ledger(csv_path := Path(out_dir) / f"{name}.csv")
-    _refuse_others_files(csv_path)
+    _refuse_others_files(csv_path := Path(out_dir) / f"{name}.csv")
     members = [load_member(d) for d in run_dirs]
     if val_from is not None:
         members = [_validated_by(m, load_member(src)) for m, src in zip(members, val_from, strict=True)]
@@ -295,7 +294,8 @@ _NOT_A_SUBMISSIONS_FOLDER = ("config.toml", "identity.json", "checkpoints.json",
 def _refuse_others_files(csv_path: Path) -> None:
     """NAME.csv and NAME.json replace only a vote's own pair: never files in a run dir or a data dir
     (a run's metrics.csv or summary.json, the competition's metadata.json), nor a CSV that is not a
-    submission or a JSON file that is not a vote's manifest. One line before any work."""
+    submission or a JSON file that is not a vote's manifest, nor a ledger. One line before any work."""
+    refuse_ledger(csv_path)
     folder = csv_path.parent
     marks = [n for n in _NOT_A_SUBMISSIONS_FOLDER if (folder / n).is_file()]
     if marks:
