@@ -1,5 +1,5 @@
 #!/bin/bash
-# resnet-s with and without SpecAugment, 6.5 min, one core each, two at a time (as the recipe trains survivors)
+# with and without label smoothing 0.1, 6.5 min, one core each, two at a time (as the recipe trains survivors)
 cd /work/main
 one() { comp=$1 tag=$2; shift 2; out=/work/exp/ls/transformer-s-$comp-$tag
   .venv/bin/kit train --config /work/exp/cfg/transformer-s.toml --data data/bench-$comp --out $out --minutes 6.5 --no-progress "$@" > $out.train.log 2>&1
