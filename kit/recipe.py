@@ -22,8 +22,10 @@ BUDGETS = ("full", "quick")
 # how close to the best score at the cut a candidate must be to go on, and whether the best of each
 # kind of network (attention, convolution) goes on first (kit.audition.survivors_of), and whether
 # survivors that share the recipe's minutes are at most one per slot (kit.audition).
+# `tie`: scores at the cut that many standard errors apart are a tie, and the candidate listed first
+# in the recipe goes on (kit.audition.tie_ranked; 0: by score alone).
 AUDITION_DEFAULTS = {"enabled": False, "budgets": ["quick"], "keep": 4, "rung": 0.3, "within": 0.5, "kinds": True,
-                     "per_slot": True}
+                     "per_slot": True, "tie": 0.0}
 
 
 @dataclass
@@ -179,7 +181,7 @@ def _check_after_types(path: Path, after: dict) -> None:
 
 def _audition(path: Path, table) -> dict:
     """The [audition] table with its defaults, checked; an [audition.full] or [audition.quick] table
-    in it sets keep, rung, within, kinds or per_slot for that budget (Recipe.audition_for)."""
+    in it sets keep, rung, within, kinds, per_slot or tie for that budget (Recipe.audition_for)."""
     if not isinstance(table, dict) or set(table) - set(AUDITION_DEFAULTS) - set(BUDGETS):
         known = ", ".join(AUDITION_DEFAULTS)
         unknown = f"unknown key(s) {', '.join(sorted(set(table) - set(AUDITION_DEFAULTS) - set(BUDGETS)))}; " \
@@ -194,7 +196,7 @@ def _audition(path: Path, table) -> dict:
             unknown = f"unknown key(s) {', '.join(sorted(set(own) - set(AUDITION_DEFAULTS)))}; " \
                 if isinstance(own, dict) and set(own) - set(AUDITION_DEFAULTS) else ""
             raise KitError(f"{path}: [audition.{budget}] {unknown}must be a table of keep, rung, within, kinds, "
-                           "per_slot")
+                           "per_slot, tie")
         _check_audition(path, {**out, **own}, f"[audition.{budget}]")
     return out
 
@@ -215,6 +217,10 @@ def _check_audition(path: Path, out: dict, where: str) -> None:
     if isinstance(within, bool) or not isinstance(within, (int, float)) or not 0 <= within <= 1:
         raise KitError(f"{path}: {where} within {within!r}: the share of the best score at the cut a "
                        "survivor needs, between 0 and 1")
+    tie = out["tie"]
+    if isinstance(tie, bool) or not isinstance(tie, (int, float)) or not 0 <= tie <= 10:
+        raise KitError(f"{path}: {where} tie {tie!r}: how many standard errors apart scores at the cut are a tie, "
+                       "between 0 and 10")
 
 
 def _members(path: Path, raw_members) -> tuple[list, dict, set, dict]:

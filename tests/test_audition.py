@@ -46,6 +46,8 @@ def test_the_best_candidates_at_the_cut_go_on_and_are_the_only_ones_voted(tiny_d
     # each candidate's score is its own last evaluation at the cut; the survivors are the best two of them
     decision = json.loads((root / "audition.json").read_text())
     assert decision["kinds"] == dict.fromkeys(cut.candidates, "attention")     # all Transformers: by rank
+    n_val = json.loads((root / cut.candidates[0] / "summary.json").read_text())["n_val"]
+    assert decision["n_val"] == n_val > 0 and decision["spec"]["tie"] == 0.0       # the tie's standard error's n
     for name in cut.pruned:
         rows = read_metrics(root / name / "metrics.csv")
         assert json.loads((root / name / "summary.json").read_text())["stopped_reason"] == "time"
@@ -114,7 +116,8 @@ def test_audition_minutes_fill_the_recipe_time():
 @pytest.mark.parametrize("table,message", [
     ("keep = 0", "keep 0"), ("rung = 1.5", "rung 1.5"), ("budgets = ['slow']", "budgets"),
     ("enabled = 'yes'", "enabled 'yes'"), ("cut = 2", "must be a table of"), ("within = 2", "within 2"),
-    ("kinds = 1", "kinds 1"), ("per_slot = 'no'", "per_slot 'no'"),
+    ("kinds = 1", "kinds 1"), ("per_slot = 'no'", "per_slot 'no'"), ("tie = -1", "tie -1"), ("tie = 'nan'", "tie 'nan'"),
+    ("quick = { tie = nan }", r"\[audition.quick\] tie nan"),
     ("quick = { keep = 0 }", r"\[audition.quick\] keep 0"), ("full = { rung = 0 }", r"\[audition.full\] rung 0"),
     ("quick = { enabled = false }", "must be a table of keep, rung"), ("quick = 3", r"\[audition.quick\] must be"),
     ("budgets = [['quick']]", "budgets"),
@@ -250,6 +253,31 @@ def test_survivors_are_the_best_of_each_kind_first_then_the_rest_by_rank():
     assert survivors_of(ranked, scores, keep=4, within=0.9, slots=1, kinds=kinds) == ["transformer-s"]
     one_kind = dict.fromkeys(scores, "attention")
     assert survivors_of(ranked, scores, keep=4, within=0.5, slots=2, kinds=one_kind) == ranked[:2]
+
+
+def test_a_tie_at_the_cut_goes_to_the_candidate_listed_first_in_the_recipe():
+    """tts-close, 2026-12-06 (800 validation utterances): ecapa-s went on over resnet-s, 0.010 apart,
+    a standard error of their difference being 0.023; resnet-s, listed first, was the better member at
+    the end everywhere. Scores further apart than `tie` standard errors are still ranked by score."""
+    from kit.audition import survivors_of, tie_ranked
+
+    order = ["resnet-s", "transformer-s", "ecapa-s", "conformer-s"]
+    scores = {"transformer-s": 0.3475, "ecapa-s": 0.3287, "conformer-s": 0.3237, "resnet-s": 0.3187}
+    by_score = ["transformer-s", "ecapa-s", "conformer-s", "resnet-s"]
+    assert tie_ranked(order, scores, 800, 0.0) == by_score                 # tie = 0: by score alone
+    assert tie_ranked(order, scores, 0, 1.0) == by_score                   # n unknown: by score alone
+    # resnet-s is 0.029 (1.2 standard errors) behind transformer-s: not a tie; 0.010 behind ecapa-s: a tie
+    assert tie_ranked(order, scores, 800, 1.0) == ["transformer-s", "resnet-s", "ecapa-s", "conformer-s"]
+    assert tie_ranked(order, scores, 800, 2.0) == order                    # all within two: the recipe's order
+    assert tie_ranked(order, scores, 80000, 1.0) == by_score               # many utterances: no ties
+    kinds = {"resnet-s": "convolution", "ecapa-s": "convolution", "transformer-s": "attention",
+             "conformer-s": "attention"}
+    ranked = tie_ranked(order, scores, 800, 1.0)
+    assert survivors_of(ranked, scores, keep=2, within=0.5, slots=2, kinds=kinds) == ["transformer-s", "resnet-s"]
+    # `within` is measured against the best score, whichever candidate ranks first
+    assert survivors_of(tie_ranked(["b", "a"], {"a": 0.50, "b": 0.48}, 800, 1.0), {"a": 0.50, "b": 0.48},
+                        keep=2, within=0.97, slots=1) == ["b"]
+    assert tie_ranked(order, {**scores, "ecapa-s": None}, 800, 1.0) == ["transformer-s", "resnet-s", "conformer-s"]
 
 
 def test_survivors_sharing_the_recipe_minutes_are_at_most_one_per_slot():
