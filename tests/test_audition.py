@@ -116,7 +116,8 @@ def test_audition_minutes_fill_the_recipe_time():
 @pytest.mark.parametrize("table,message", [
     ("keep = 0", "keep 0"), ("rung = 1.5", "rung 1.5"), ("budgets = ['slow']", "budgets"),
     ("enabled = 'yes'", "enabled 'yes'"), ("cut = 2", "must be a table of"), ("within = 2", "within 2"),
-    ("kinds = 1", "kinds 1"), ("per_slot = 'no'", "per_slot 'no'"), ("tie = -1", "tie -1"), ("tie = 'nan'", "tie 'nan'"),
+    ("kinds = 1", "kinds 1"), ("per_slot = 'no'", "per_slot 'no'"),
+    ("tie = -1", "tie -1"), ("tie = 'nan'", "tie 'nan'"),
     ("quick = { tie = nan }", r"\[audition.quick\] tie nan"),
     ("quick = { keep = 0 }", r"\[audition.quick\] keep 0"), ("full = { rung = 0 }", r"\[audition.full\] rung 0"),
     ("quick = { enabled = false }", "must be a table of keep, rung"), ("quick = 3", r"\[audition.quick\] must be"),
