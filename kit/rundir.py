@@ -37,6 +37,17 @@ class RunDir:
         except KitError:
             return None
 
+    def summary_problem(self) -> str | None:
+        """Why a summary.json that is there cannot be read (the run then counts as not finished and
+        resumes); None when it reads, or is absent."""
+        if not (self.path / SUMMARY).exists():
+            return None
+        try:
+            read_json(self.path / SUMMARY, "a run's summary.json")
+        except KitError as e:
+            return str(e)
+        return None
+
     @property
     def stopped_reason(self) -> str | None:
         """budget | time | diverged | ... (summary.json), or None before any session has ended."""

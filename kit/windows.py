@@ -23,8 +23,10 @@ def sliding_windows(lengths, window: int, hop: int):
     utterance consecutive and in time order.
     """
     lengths = np.asarray(lengths, dtype=np.int64)
-    if window < 1 or hop < 1:
-        raise KitError(f"window {window} and hop {hop} must both be at least 1 frame")
+    if window < 1:                  # named alone: a hop left to its default follows the window (probe 40)
+        raise KitError(f"window {window} must be at least 1 frame")
+    if hop < 1:
+        raise KitError(f"hop {hop} must be at least 1 frame")
     if hop > window:
         raise KitError(f"hop {hop} > window {window} would skip frames; use hop <= window")
     room = np.maximum(lengths - window, 0)                         # (N,) frames past one window

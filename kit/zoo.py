@@ -209,6 +209,10 @@ class RecipeRun:
                          if run.diverged else f"{name}: already finished in {run.path}, skipped")
                 skipped.add(name)
                 continue
+            problem = run.summary_problem()
+            if problem:                     # said, not silently resumed over (probe 40)
+                self.log(f"{name}: its summary.json cannot be read ({problem}): not counted as finished; "
+                         "it resumes from its checkpoint and writes a new one")
             jobs.append((name, self.config(name), run.path, run.has_checkpoint))
         return jobs, skipped
 

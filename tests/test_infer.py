@@ -1,5 +1,7 @@
 """Sliding-window prediction: window arithmetic, batched = one-by-one, a trained run predicted."""
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -119,6 +121,15 @@ def test_sliding_window_average_is_a_distribution(store, average):
 @pytest.fixture(scope="module")
 def trained_run(store, tmp_path_factory):
     return train_tiny_run(store, tmp_path_factory.mktemp("runs") / "tiny")
+
+
+def test_no_compare_without_a_mode_that_allows_it_is_said(trained_run, tmp_path, capsys):
+    """probe 40: --no-compare without --mode full or sliding was ignored without a word."""
+    run = Path(shutil.copytree(trained_run, tmp_path / "run"))          # predicted here, not in the module's run
+    assert main(["predict", str(run), "--no-compare", "--no-progress"]) == 0      # the run's mode: auto
+    assert "--no-compare ignored: its mode is auto" in capsys.readouterr().err
+    assert main(["predict", str(run), "--no-compare", "--mode", "full", "--no-progress"]) == 0
+    assert "--no-compare ignored" not in capsys.readouterr().err
 
 
 def test_predict_run_writes_probabilities_and_ids(trained_run, store):

@@ -7,9 +7,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from kit.cli import add_cache_option, progress_wanted
 from kit.config import CHECKPOINTS
+from kit.errors import KitError
 from kit.names import distinct_runs
 from kit.records import predicted_which
 from kit.runs import warn_in_sample
@@ -102,6 +104,23 @@ def _register_checks(sub) -> None:
     p.set_defaults(func=cmd_score)
 
 
+def _invalid_for_its_data(csv, answers) -> list[str]:
+    """What `kit validate` says of a scored CSV, against the data dir whose answer key `answers` is (a
+    synthetic competition's DATA_answers.csv beside DATA), so a file Kaggle would refuse is not scored
+    without a word (probe 40: an empty or unknown Category counted only as a wrong answer); [] when
+    it is valid, or no such data dir is beside the key."""
+    name = Path(answers).name
+    data = Path(answers).parent / name[:-len("_answers.csv")] if name.endswith("_answers.csv") else None
+    if data is None or not (data / "metadata.json").is_file():
+        return []
+    try:
+        problems = validate_submission(csv, data)
+    except KitError:                        # a damaged data dir beside the key: scoring goes on as before
+        return []
+    return [f"{csv} would not pass `kit validate {csv} {data}` (nor Kaggle): {problems[0]}"
+            + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")] if problems else []
+
+
 def _pct(x) -> str:
     return "    -" if x is None or x != x else f"{100 * x:5.1f}%"
 
@@ -132,6 +151,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         chosen = "full" if r["mode"] == "full" else f"sliding (window {r['window']}, hop {r['hop']})"
         if r["mode_requested"] == "auto":
             chosen += " chosen on validation"
+            if not args.compare:                    # said, not silently ignored (probe 40)
+                print(f"kit: warning: {run}: --no-compare ignored: its mode is auto, which compares full and "
+                      "sliding on validation; give --mode full or sliding to predict validation one way",
+                      file=sys.stderr)
         print(f"{run}: wrote val_probs.npy, test_probs.npy, ids.json ({chosen}, {r['average']} averaged, "
               f"{r['which']} checkpoint)", file=sys.stderr)
     print("val accuracy of centre-crop, full-length and sliding-window inference; * = saved")
@@ -187,6 +210,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_score(args: argparse.Namespace) -> int:
     r = score_submission(args.csv, args.answers)
+    for line in _invalid_for_its_data(args.csv, args.answers):
+        print(f"kit: warning: {line}", file=sys.stderr)
     if args.json:
         print(json.dumps(_no_nan(r), indent=2))
         return 0

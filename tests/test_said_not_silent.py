@@ -1,0 +1,73 @@
+"""What kit used to do without a word (probe 40's leftovers): score a CSV Kaggle would refuse, name a
+hop nobody gave, ignore --no-compare, resume over an unreadable summary.json. Each is now said."""
+import csv
+import json
+
+import pytest
+
+from kit.cli import main
+from kit.errors import KitError
+from kit.windows import sliding_windows
+
+
+def _answers_csv(answers, out, change=None):
+    """A submission of the answer key's own categories, one row changed by `change` (row -> row)."""
+    with open(answers, newline="") as f:
+        rows = [[r["Id"], r["Category"]] for r in csv.DictReader(f)]
+    if change:
+        rows[1] = change(rows[1])
+    with open(out, "w", newline="") as f:
+        csv.writer(f).writerows([["Id", "Category"], *rows])
+    return out
+
+
+@pytest.mark.parametrize("change,named", [
+    (lambda row: [row[0], "idZZZ"], "not a speaker"), (lambda row: [row[0], ""], "line 3"),
+    (lambda row: [row[0], row[1] + " "], "line 3"),
+])
+def test_kit_score_says_when_the_csv_would_not_pass_kit_validate(tiny_data, tiny_answers, tmp_path, capsys,
+                                                                  change, named):
+    good = _answers_csv(tiny_answers, tmp_path / "good.csv")
+    assert main(["score", str(good), "--answers", str(tiny_answers)]) == 0
+    assert capsys.readouterr().err == ""
+    bad = _answers_csv(tiny_answers, tmp_path / "bad.csv", change)
+    assert main(["score", str(bad), "--answers", str(tiny_answers)]) == 0        # still scored
+    out, err = capsys.readouterr()
+    assert "overall" in out
+    warning = [line for line in err.splitlines() if line.startswith("kit: warning:")]
+    assert len(warning) == 1 and "would not pass `kit validate" in warning[0] and str(bad) in warning[0]
+    assert str(tiny_data) in warning[0]
+
+
+def test_kit_score_with_a_key_that_has_no_data_dir_beside_it_scores_without_a_remark(tiny_answers, tmp_path,
+                                                                                      capsys):
+    key = tmp_path / "key.csv"
+    key.write_bytes(tiny_answers.read_bytes())
+    bad = _answers_csv(tiny_answers, tmp_path / "bad.csv", lambda row: [row[0], "idZZZ"])
+    assert main(["score", str(bad), "--answers", str(key)]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_a_bad_window_is_named_without_a_hop_nobody_gave():
+    with pytest.raises(KitError) as err:
+        sliding_windows([100], -5, -5)          # the hop left to its default follows the window
+    assert str(err.value) == "window -5 must be at least 1 frame"
+    with pytest.raises(KitError, match="^hop 0 must be at least 1 frame$"):
+        sliding_windows([100], 10, 0)
+
+
+def test_an_unreadable_summary_is_said_before_the_member_resumes(tiny_data, tiny_recipe, tmp_path):
+    from kit.zoo import run_recipe
+
+    recipe = tiny_recipe("a")
+    runs = tmp_path / "runs"
+    run_recipe(recipe, data=str(tiny_data), runs=str(runs), progress=False, workers=1, per_member_minutes=0.02)
+    summary = runs / "tiny" / "a" / "summary.json"
+    assert json.loads(summary.read_text())["stopped_reason"] == "budget"
+    summary.write_text('{"steps_per_second": ')
+    logs: list[str] = []
+    run_recipe(recipe, data=str(tiny_data), runs=str(runs), progress=False, workers=1, per_member_minutes=0.02,
+               log=logs.append)
+    said = [line for line in logs if "summary.json cannot be read" in line]
+    assert len(said) == 1 and said[0].startswith("a: ") and str(summary) in said[0]
+    assert json.loads(summary.read_text())["stopped_reason"]              # a new one written
