@@ -88,8 +88,8 @@ class AuditionResult:
         tie, top = float(self.spec.get("tie", 0.0)), max((v for v in self.scores.values() if v is not None), default=0)
         if tie > 0 and self.n_val:
             band = tie * _difference_error(top, top, self.n_val)
-            rows.append(f"  (a tie, scores within {tie:g} standard error(s) of the difference, {band:.3f} at the best "
-                        "here, went to the candidate listed first in the recipe)")
+            rows.append(f"  (scores within {tie:g} standard error(s) of their difference, {band:.3f} at the best here, "
+                        "are a tie: the candidate listed first in the recipe ranks first)")
         return [head, *rows]
 
 

@@ -140,9 +140,9 @@ def legacy_identity(run_dir: Path) -> dict | None:
             "config": config_identity(cfg)}
 
 
-def identity_changes(old: dict, new: dict, config_prefix: str = "") -> list[str]:
+def identity_changes(old: dict, new: dict, config_prefix: str | tuple[str, ...] = "") -> list[str]:
     """What differs between two identities, as short phrases ("data", "model.d_model 16 -> 32",
-    "budget quick -> full"). Only config keys starting with config_prefix are compared; a key
+    "budget quick -> full"). Only config keys starting with config_prefix (or one of them) are compared; a key
     the old identity lacks (a setting added to kit since) counts only if it is not the default."""
     changes = []
     was, now = old.get("data", {}), new["data"]
@@ -162,7 +162,7 @@ def identity_changes(old: dict, new: dict, config_prefix: str = "") -> list[str]
     return changes
 
 
-def config_changes(before: dict, after: dict, prefix: str = "") -> list[str]:
+def config_changes(before: dict, after: dict, prefix: str | tuple[str, ...] = "") -> list[str]:
     """What differs between two identities' configs ("model.n_heads 2 -> 4"), for the keys in
     `after` that start with prefix; a key `before` lacks (a setting added to kit since) counts only
     if it is not the default."""

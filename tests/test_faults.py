@@ -119,6 +119,13 @@ def test_resume_refuses_other_data_and_another_model_shape(trained, data, capsys
               "cannot resume", "data (", "--fresh")
     one_error(*kit_cli(capsys, "train", "--out", trained, "--resume", "--no-progress",
                        "--set", "model.d_model=32")[::2], "cannot resume", "model.d_model 16 -> 32")
+    # probe 41: another split made validation hold utterances the weights had trained on, without a word
+    split = (trained / "split.json").read_bytes()
+    for setting, said in (("data.split_seed=7", "data.split_seed 0 -> 7"),
+                          ("data.val_fraction=0.3", "data.val_fraction"), ("data.train_on_val=true", "train_on_val")):
+        one_error(*kit_cli(capsys, "train", "--out", trained, "--resume", "--no-progress",
+                           "--set", setting)[::2], "cannot resume", said, "validation split")
+    assert (trained / "split.json").read_bytes() == split
     assert (trained / "last.pt").read_bytes() == last          # nothing was touched
     code, out, _ = kit_cli(capsys, "train", "--out", trained, "--resume", "--no-progress",
                            "--set", "train.max_steps=15")        # a longer budget is still the same run
