@@ -153,13 +153,19 @@ def identity_changes(old: dict, new: dict, config_prefix: str | tuple[str, ...] 
     elif was.get("dir") != now["dir"]:
         changes.append(f"data ({was.get('dir')} -> {now['dir']})")
     changes += config_changes(old.get("config", {}), new["config"], config_prefix)
-    if not config_prefix and old.get("inputs", {}) != new.get("inputs", {}):
-        changed = sorted(k for k in set(old.get("inputs", {})) | set(new.get("inputs", {}))
-                         if old.get("inputs", {}).get(k) != new.get("inputs", {}).get(k))
-        changes.append(f"contents of {', '.join(changed)}")
+    if not config_prefix:
+        changes += input_changes(old, new)
     if not old.get("legacy") and not config_prefix and old.get("budget") != new.get("budget"):
         changes.append(f"budget {old.get('budget')} -> {new.get('budget')}")
     return changes
+
+
+def input_changes(old: dict, new: dict) -> list[str]:
+    """["contents of data.pseudo_labels"] when the files a run was made from (its pseudo-labels, its
+    teacher: the identity's inputs) hold other contents now; [] when they do not."""
+    was, now = old.get("inputs", {}), new.get("inputs", {})
+    changed = sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k))
+    return [f"contents of {', '.join(changed)}"] if changed else []
 
 
 def config_changes(before: dict, after: dict, prefix: str | tuple[str, ...] = "") -> list[str]:
@@ -174,3 +180,24 @@ def config_changes(before: dict, after: dict, prefix: str | tuple[str, ...] = ""
 def describe(changes: list[str], most: int = 4) -> str:
     shown = ", ".join(changes[:most])
     return shown + (f" and {len(changes) - most} more" if len(changes) > most else "")
+
+
+# The settings a run cannot resume under changed: the model's shape, and what its validation split is.
+RESUME_KEYS = ("model.", "data.split_seed", "data.val_fraction", "data.train_on_val")
+
+
+def check_resume(run_dir: str | Path, identity: dict) -> None:
+    """Refuse to resume run_dir on other data, with another model shape or another validation split
+    (probe 41: a resume with --set data.split_seed=7 wrote a new split.json, and validation then held
+    utterances the weights had trained on; the vote's calibration and its "honest" figure with them)."""
+    run_dir = Path(run_dir)
+    old = read_identity(run_dir) or legacy_identity(run_dir)
+    if old is None:
+        return
+    # the data, the model's shape, the split, and the pseudo-labels or teacher it trained from (probe 41:
+    # a round replaced by `kit pseudo --out` was trained on, and identity.json then named the new one)
+    changes = identity_changes(old, identity, RESUME_KEYS) + ([] if old.get("legacy") else input_changes(old, identity))
+    if changes:
+        raise KitError(f"{run_dir}: cannot resume: it was trained on other data, another model shape, another "
+                       f"validation split or other pseudo-labels ({describe(changes)}); {START_OVER}, or train "
+                       "into another --out")

@@ -16,7 +16,7 @@ from pathlib import Path
 from kit.config import dump_toml, load_toml
 from kit.errors import KitError, first_line
 from kit.fsio import read_json, sha256_file, write_json, write_text
-from kit.identity import IDENTITY, START_OVER, describe, identity_changes, legacy_identity, read_identity
+from kit.identity import IDENTITY, START_OVER, identity_changes, legacy_identity, read_identity
 from kit.layout import load_tensors
 from kit.names import old_suffix
 
@@ -137,24 +137,6 @@ def check_start(run_dir: str | Path, resume: bool) -> None:
         hint = "" if held == "finished" else "--resume to continue it, or "
         article = "an" if held[0] in "aeiou" else "a"
         raise KitError(f"{run_dir}: holds {article} {held} run; {hint}{START_OVER}, or train into another --out")
-
-
-# The settings a run cannot resume under changed: the model's shape, and what its validation split is.
-RESUME_KEYS = ("model.", "data.split_seed", "data.val_fraction", "data.train_on_val")
-
-
-def check_resume(run_dir: str | Path, identity: dict) -> None:
-    """Refuse to resume run_dir on other data, with another model shape or another validation split
-    (probe 41: a resume with --set data.split_seed=7 wrote a new split.json, and validation then held
-    utterances the weights had trained on; the vote's calibration and its "honest" figure with them)."""
-    run_dir = Path(run_dir)
-    old = read_identity(run_dir) or legacy_identity(run_dir)
-    if old is None:
-        return
-    changes = identity_changes(old, identity, RESUME_KEYS)  # the data, the model's shape, the split
-    if changes:
-        raise KitError(f"{run_dir}: cannot resume: it was trained on other data, another model shape or "
-                       f"another validation split ({describe(changes)}); {START_OVER}, or train into another --out")
 
 
 def move_aside(run_dir: str | Path, dest: str | Path) -> Path:

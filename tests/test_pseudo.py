@@ -382,8 +382,29 @@ def test_kit_pseudo_writes_over_nothing_but_an_earlier_kit_pseudo(members, tmp_p
     assert main(["pseudo", *map(str, members), "--out", str(members[0]), "--top-fraction", "0.5"]) == 2
     assert "holds files `kit pseudo` did not write" in capsys.readouterr().err      # a run dir
     ours = tmp_path / "pl"
-    for _ in range(2):                                          # an earlier round's folder is written again
-        assert main(["pseudo", *map(str, members), "--out", str(ours), "--top-fraction", "0.5"]) == 0
+    assert main(["pseudo", *map(str, members), "--out", str(ours), "--top-fraction", "0.5"]) == 0
+    first = (ours / "pseudo.csv").read_bytes()
+    capsys.readouterr()
+    # probe 41: an earlier round is moved aside, not written over (a run may have been made from it)
+    assert main(["pseudo", *map(str, members), "--out", str(ours), "--top-fraction", "0.8"]) == 0
+    err = capsys.readouterr().err
+    moved = [p for p in tmp_path.iterdir() if p.name.startswith("pl.old-")]
+    assert len(moved) == 1 and (moved[0] / "pseudo.csv").read_bytes() == first
+    assert f"moved to {moved[0]}" in err and (ours / "pseudo.csv").read_bytes() != first
+
+
+def test_a_fine_tune_refuses_to_resume_on_other_pseudo_labels(members, tiny_data, tmp_path):
+    """probe 41: resumed on a replaced round, it trained on labels it did not start from, and its
+    identity.json then named them as what the whole run was made from."""
+    make_pseudo_labels(members, tmp_path / "pl", top_fraction=0.5)
+    pl = tmp_path / "pl" / "pseudo.csv"
+    settings = [*SHORT, f"data.pseudo_labels={pl}", f"train.init_from={members[0]}", "train.max_steps=16"]
+    train(tiny_cfg(tiny_data, *settings), tmp_path / "ft", progress=False, stop_after=7)
+    identity = (tmp_path / "ft" / "identity.json").read_bytes()
+    make_pseudo_labels(members, tmp_path / "pl", top_fraction=0.8)        # another round in its place
+    with pytest.raises(KitError, match=r"cannot resume: .*contents of data.pseudo_labels"):
+        train(tiny_cfg(tiny_data, *settings), tmp_path / "ft", resume=True, progress=False)
+    assert (tmp_path / "ft" / "identity.json").read_bytes() == identity
 
 
 def test_pseudo_labels_of_other_data_are_refused_before_the_students_folder_is_made(members, tiny_answers,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -62,6 +63,7 @@ def cmd_pseudo(args: argparse.Namespace) -> int:
 
     distinct_runs(args.runs)
     _check_pseudo_out(Path(args.out), (PSEUDO_CSV, PSEUDO_JSON, TEACHER))
+    _keep_earlier_round(Path(args.out), PSEUDO_JSON)
     key = read_answer_key(args.answers) if args.answers else None       # a bad key fails before the work
     rec = make_pseudo_labels(args.runs, args.out, precision=args.precision, top_fraction=args.top_fraction)
     print(f"pseudo-labels: {rec.describe()}")
@@ -85,6 +87,17 @@ def _check_pseudo_out(out: Path, ours: tuple[str, ...]) -> None:
     if theirs:
         raise KitError(f"--out {out}: holds files `kit pseudo` did not write ({', '.join(theirs[:3])}); it would "
                        "write its own over them: choose a new or empty folder")
+
+
+def _keep_earlier_round(out: Path, record: str) -> None:
+    """An earlier round in --out is moved aside to OUT.old-<time>, not written over (probe 41: a run
+    fine-tuned on it then resumed on the new labels without a word; now its resume is refused, and
+    its labels are still there)."""
+    if (out / record).is_file():
+        moved = old_name(out)
+        os.rename(out, moved)
+        print(f"kit: --out {out} held an earlier round of pseudo-labels: moved to {moved} (a run made from it "
+              "refuses to resume on the new one)", file=sys.stderr, flush=True)
 
 
 def cmd_distill(args: argparse.Namespace) -> int:

@@ -28,9 +28,9 @@ from kit.data import FeatureStore
 from kit.env import check_stopped
 from kit.errors import KitError
 from kit.fsio import write_csv, write_json, write_text
-from kit.identity import run_identity
+from kit.identity import check_resume, run_identity
 from kit.models import build_model, check_model, count_params
-from kit.runs import check_out, check_resume, check_start, check_written, clean_leftovers, load_checkpoint, run_lock
+from kit.runs import check_out, check_start, check_written, clean_leftovers, load_checkpoint, run_lock
 from kit.split import save_split, split_for
 from kit.train.checkpoints import CheckpointSaver
 from kit.train.clock import Clock, StepTimer
