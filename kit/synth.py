@@ -152,6 +152,9 @@ def _check_target(out_dir: Path, force: bool) -> None:
     if foreign:
         raise KitError(f"{out_dir}: holds {foreign[0]!r}, which is not competition data; choose another "
                        "--out (kit data synth overwrites only a competition data dir, with --force)")
+    if not (out_dir / MARKER).is_file():      # a downloaded competition: 7 GB to fetch again (probe 41)
+        raise KitError(f"{out_dir}: a competition data dir kit data synth did not make (no {MARKER}: a download?); "
+                       "it is never replaced, --force or not: choose another --out, or delete it yourself")
     if not force:
         raise KitError(f"{out_dir}: exists and is not empty; pass --force to overwrite it")
 

@@ -307,6 +307,8 @@ def test_kit_pseudo_refuses_an_answer_key_for_another_test_set(members, tiny_ans
     [line] = err.strip().splitlines()
     assert "does not match" in line and "20 Id(s) missing, 20 unknown" in line, line
     assert "true precision" not in out
+    assert not (tmp_path / "pl").exists()           # probe 41: refused before the work, not after it
+    make_pseudo_labels(members, tmp_path / "pl", top_fraction=0.5)
     with pytest.raises(KitError, match=f"does not match {other}"):      # the same refusal as `kit score`
         true_precision(tmp_path / "pl" / "pseudo.csv", other)
 

@@ -139,11 +139,18 @@ def test_refuses_to_overwrite_a_non_empty_dir(tmp_path, capsys):
     out = tmp_path / "data"
     out.mkdir()
     (out / "metadata.json").write_text("{}")
+    (out / synth.MARKER).write_text("{}")                         # one kit data synth made
     with pytest.raises(KitError, match="not empty.*--force"):
         synth.generate(out, preset="tiny")
     assert main(["data", "synth", "--out", str(out), "--preset", "tiny"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(out) in err[0] and "--force" in err[0]
+    # probe 41: a competition data dir kit did not make (a download: no marker) is never replaced
+    (out / synth.MARKER).unlink()
+    for force in (False, True):
+        with pytest.raises(KitError, match=r"did not make \(no \.kit-synth\.json: a download\?\); it is never"):
+            synth.generate(out, preset="tiny", force=force)
+    assert (out / "metadata.json").read_text() == "{}"
     # Even --force will not wipe a folder that holds something other than competition data.
     (out / "thesis.tex").write_text("years of work")
     with pytest.raises(KitError, match="thesis.tex"):

@@ -37,7 +37,8 @@ def register(sub) -> None:
                         "tts-close (a check outside the suite: closer tts families, longer utterances), "
                         "full (real size)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--force", action="store_true", help="overwrite an existing data dir")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite a data dir an earlier kit data synth made (never a downloaded one)")
     p.add_argument("--workers", type=int, default=None,
                    help="processes rendering utterances (default: every core; the data does not depend on it)")
     p.set_defaults(func=cmd_synth)

@@ -65,6 +65,8 @@ def cmd_pseudo(args: argparse.Namespace) -> int:
     _check_pseudo_out(Path(args.out), (PSEUDO_CSV, PSEUDO_JSON, TEACHER))
     _keep_earlier_round(Path(args.out), PSEUDO_JSON)
     key = read_answer_key(args.answers) if args.answers else None       # a bad key fails before the work
+    if key is not None:                     # and so does a key for another test set (probe 41: after it)
+        _key_fits(args.runs[0], key, args.answers)
     rec = make_pseudo_labels(args.runs, args.out, precision=args.precision, top_fraction=args.top_fraction)
     print(f"pseudo-labels: {rec.describe()}")
     if args.answers:
@@ -87,6 +89,15 @@ def _check_pseudo_out(out: Path, ours: tuple[str, ...]) -> None:
     if theirs:
         raise KitError(f"--out {out}: holds files `kit pseudo` did not write ({', '.join(theirs[:3])}); it would "
                        "write its own over them: choose a new or empty folder")
+
+
+def _key_fits(run: str, key: dict, answers: str) -> None:
+    """KitError when the answer key is not of the test set `run` predicted (as `kit score` refuses it)."""
+    from kit.records import PredictionIds
+    from kit.submission import score_predictions
+
+    ids = PredictionIds.load(run).test
+    score_predictions(dict.fromkeys(ids, ""), key, f"{run}/ids.json (the test set it labels)", str(answers))
 
 
 def _keep_earlier_round(out: Path, record: str) -> None:
