@@ -201,3 +201,12 @@ def check_resume(run_dir: str | Path, identity: dict) -> None:
         raise KitError(f"{run_dir}: cannot resume: it was trained on other data, another model shape, another "
                        f"validation split or other pseudo-labels ({describe(changes)}); {START_OVER}, or train "
                        "into another --out")
+
+
+def check_resumed_step(run_dir: str | Path, step: int, train) -> None:
+    """Refuse a step-based resume whose train.max_steps is below the step the run has reached (probe 41:
+    at step 30, `--set train.max_steps=10` exited 0, and config.toml and identity.json then said 10, so a
+    recipe asking for 10 steps would take the 30-step run as its member). `train`: the run's TrainConfig."""
+    if not train.minutes and 0 < train.max_steps < step:
+        raise KitError(f"{run_dir}: cannot resume with train.max_steps {train.max_steps}: it has trained {step} "
+                       f"steps already; give at least {step}, or {START_OVER}")

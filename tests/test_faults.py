@@ -126,6 +126,11 @@ def test_resume_refuses_other_data_and_another_model_shape(trained, data, capsys
         one_error(*kit_cli(capsys, "train", "--out", trained, "--resume", "--no-progress",
                            "--set", setting)[::2], "cannot resume", said, "validation split")
     assert (trained / "split.json").read_bytes() == split
+    # probe 41: fewer steps than it has trained: refused, not recorded as a run of 5 steps
+    config = (trained / "config.toml").read_bytes()
+    one_error(*kit_cli(capsys, "train", "--out", trained, "--resume", "--no-progress",
+                       "--set", "train.max_steps=5")[::2], "cannot resume with train.max_steps 5", "trained 10 steps")
+    assert (trained / "config.toml").read_bytes() == config
     assert (trained / "last.pt").read_bytes() == last          # nothing was touched
     code, out, _ = kit_cli(capsys, "train", "--out", trained, "--resume", "--no-progress",
                            "--set", "train.max_steps=15")        # a longer budget is still the same run

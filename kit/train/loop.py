@@ -28,7 +28,7 @@ from kit.data import FeatureStore
 from kit.env import check_stopped
 from kit.errors import KitError
 from kit.fsio import write_csv, write_json, write_text
-from kit.identity import check_resume, run_identity
+from kit.identity import check_resume, check_resumed_step, run_identity
 from kit.models import build_model, check_model, count_params
 from kit.runs import check_out, check_start, check_written, clean_leftovers, load_checkpoint, run_lock
 from kit.split import save_split, split_for
@@ -198,6 +198,7 @@ class Trainer:
         if self.resuming and self.saver.resumable:
             check_resume(self.run_dir, self.identity)
             self.saver.resume(self.state, self.rank)
+            check_resumed_step(self.run_dir, self.state.step, self.cfg.train)
             self.clock.seconds_before = self.state.seconds_before
             self.metrics = [m for m in read_metrics(self.run_dir / "metrics.csv") if m["step"] <= self.state.step]
         elif self.main:
