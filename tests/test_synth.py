@@ -243,9 +243,11 @@ def test_a_synth_never_replaces_the_data_another_synth_writes_there(tmp_path, mo
         write_layout(tmp, plan, lens)
         out.mkdir()
         (out / "metadata.json").write_text('{"the other synth": true}')
+        (out / synth.MARKER).write_text("{}")
 
     monkeypatch.setattr(synth, "_write_layout", the_other_finishes_first)
     with pytest.raises(KitError, match="not empty"):
         synth.generate(out, preset="tiny")
-    assert [p.name for p in out.iterdir()] == ["metadata.json"] and "the other" in (out / "metadata.json").read_text()
+    assert sorted(p.name for p in out.iterdir()) == [synth.MARKER, "metadata.json"]
+    assert "the other" in (out / "metadata.json").read_text()
     assert not synth.answers_path(out).exists()                  # no answer key written over the other's

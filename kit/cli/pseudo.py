@@ -11,8 +11,9 @@ from pathlib import Path
 from kit.cli import add_cache_option, cache_from, progress_wanted
 from kit.errors import KitError
 from kit.names import distinct_runs, same_dir
+from kit.records import PredictionIds
 from kit.runs import check_out, move_aside, old_name, warn_in_sample
-from kit.submission import read_answer_key
+from kit.submission import read_answer_key, score_predictions
 
 
 def register(sub) -> None:
@@ -93,9 +94,6 @@ def _check_pseudo_out(out: Path, ours: tuple[str, ...]) -> None:
 
 def _key_fits(run: str, key: dict, answers: str) -> None:
     """KitError when the answer key is not of the test set `run` predicted (as `kit score` refuses it)."""
-    from kit.records import PredictionIds
-    from kit.submission import score_predictions
-
     ids = PredictionIds.load(run).test
     score_predictions(dict.fromkeys(ids, ""), key, f"{run}/ids.json (the test set it labels)", str(answers))
 
