@@ -309,6 +309,10 @@ def test_kit_pseudo_refuses_an_answer_key_for_another_test_set(members, tiny_ans
     assert "true precision" not in out
     assert not (tmp_path / "pl").exists()           # probe 41: refused before the work, not after it
     make_pseudo_labels(members, tmp_path / "pl", top_fraction=0.5)
+    assert main(["pseudo", *map(str, members), "--out", str(tmp_path / "pl"), "--top-fraction", "0.5",
+                 "--answers", str(other)]) == 2      # an earlier round stays where it is
+    assert (tmp_path / "pl" / "pseudo.json").is_file() and not list(tmp_path.glob("pl.old-*"))
+    capsys.readouterr()
     with pytest.raises(KitError, match=f"does not match {other}"):      # the same refusal as `kit score`
         true_precision(tmp_path / "pl" / "pseudo.csv", other)
 

@@ -64,10 +64,10 @@ def cmd_pseudo(args: argparse.Namespace) -> int:
 
     distinct_runs(args.runs)
     _check_pseudo_out(Path(args.out), (PSEUDO_CSV, PSEUDO_JSON, TEACHER))
-    _keep_earlier_round(Path(args.out), PSEUDO_JSON)
     key = read_answer_key(args.answers) if args.answers else None       # a bad key fails before the work
     if key is not None:                     # and so does a key for another test set (probe 41: after it)
         _key_fits(args.runs[0], key, args.answers)
+    _keep_earlier_round(Path(args.out), PSEUDO_JSON)            # last: a refused command moves nothing
     rec = make_pseudo_labels(args.runs, args.out, precision=args.precision, top_fraction=args.top_fraction)
     print(f"pseudo-labels: {rec.describe()}")
     if args.answers:
