@@ -73,8 +73,8 @@ class AuditionResult:
         value = read_json(path, "the audition's decision")
         problem = _shape_problem(value, [f.name for f in fields(cls)])
         if problem:
-            raise KitError(f"{path}: not an audition decision kit can read ({problem}); delete it to decide "
-                           "the cut again from the candidates' run dirs, or re-run with --fresh")
+            raise KitError(f"{path}: not an audition decision kit can read ({problem}); re-run with --fresh to "
+                           "audition again (or delete it, while no survivor has trained past the cut)")
         return cls(**value)                         # every key is a field: _shape_problem refuses others
 
     def lines(self) -> list[str]:
@@ -187,6 +187,11 @@ def _cut(run: RecipeRun, jobs: list, slots: list) -> AuditionResult:
     if plan.timed:
         minutes = plan.candidate_minutes([plan.prediction(n) for n in run.chosen], keep, rung, max(len(slots), 1))
     keep = most_kept(spec, plan, len(slots))
+    past = [n for n in run.chosen if _past_the_cut(run.root / n)]
+    if past:                # the decision is gone (deleted): its scores cannot be taken again (probe 42)
+        raise KitError(f"{run.root}: no {AUDITION_FILE}, but {', '.join(past)} trained past the audition's cut, so "
+                       "the cut cannot be taken again from their scores now; put the file back, or re-run with "
+                       "--fresh to audition again")
     rung_jobs = []
     for name, cfg, run_dir, resume in jobs:
         if RunDir(run_dir).summary() is None:       # not yet at the cut (a re-run after a kill resumes it)
@@ -265,6 +270,17 @@ def survivors_of(ranked: list[str], scores: dict, keep: int, within: float, slot
     return sorted(chosen, key=ranked.index)
 
 
+def _past_the_cut(run_dir: Path) -> bool:
+    """Whether a candidate trained on after its rung: it finished its schedule (no rung does), or
+    metrics.csv has evaluations after the step its summary names (resumed past the cut, then killed)."""
+    summary = RunDir(run_dir).summary()
+    if summary is None:                     # mid-rung (or no summary at all): decided() says the rest
+        return False
+    rows, step = read_metrics(run_dir / "metrics.csv"), summary.get("step")
+    step = step if isinstance(step, int) and not isinstance(step, bool) else 0
+    return summary.get("stopped_reason") == "budget" or bool(rows and int(rows[-1]["step"]) > step)
+
+
 def tie_ranked(order: list[str], scores: dict, n: int, tie: float) -> list[str]:
     """The candidates evaluated (score not None), best first, where a score at most `tie` standard
     errors below the best left is a tie, and of tied candidates the one earlier in `order` (the
@@ -315,8 +331,12 @@ def decided(root: Path, candidates: list[str], spec: dict) -> AuditionResult | N
     if not path.is_file():
         return None
     result = AuditionResult.read(path)
-    if any(RunDir(root / n).summary() is None for n in result.survivors):
+    if any(not (root / n).is_dir() for n in result.survivors):
         return None
+    lost = [n for n in result.survivors if RunDir(root / n).summary() is None]
+    if lost:                # every candidate had one at the cut: removed or damaged since (probe 42)
+        raise KitError(f"{path}: survivor(s) {', '.join(lost)} have no readable summary.json, so kit cannot tell "
+                       "where they stand against the cut; put it back, or re-run with --fresh to audition again")
     added, gone = sorted(set(candidates) - set(result.candidates)), sorted(set(result.candidates) - set(candidates))
     changes = ([f"candidate(s) added: {', '.join(added)}"] if added else []) + \
         ([f"candidate(s) gone: {', '.join(gone)}"] if gone else []) + \

@@ -79,12 +79,23 @@ def test_the_best_candidates_at_the_cut_go_on_and_are_the_only_ones_voted(tiny_d
     with pytest.raises(KitError, match=r"audition\.json: not an audition decision .*survivors that are not"):
         run_recipe(_recipe(tiny_recipe), data=str(tiny_data), runs=str(runs), progress=False, workers=1,
                    per_member_minutes=0.12, submissions=tmp_path / "subs")
+    # deleted, the cut is not taken again from the survivors' later scores (probe 42: it was, and the
+    # rung scores in audition.json and the journal became end-of-training ones): refused, nothing trains
     (root / "audition.json").unlink()
-    redone = run_recipe(_recipe(tiny_recipe), data=str(tiny_data), runs=str(runs), progress=False, workers=1,
-                        per_member_minutes=0.12, submissions=tmp_path / "subs")
-    # the same survivors; their order (best first) is by the scores read now, their last evaluations
-    assert redone.audition is not None and sorted(redone.audition.survivors) == sorted(cut.survivors)
-    assert {n: (root / n / "summary.json").stat().st_mtime_ns for n in cut.candidates} == before
+    with pytest.raises(KitError, match=r"no audition\.json, but .* trained past the audition's cut"):
+        run_recipe(_recipe(tiny_recipe), data=str(tiny_data), runs=str(runs), progress=False, workers=1,
+                   per_member_minutes=0.12, submissions=tmp_path / "subs")
+    (root / "audition.json").write_text(json.dumps(decision))
+    # a survivor's summary.json gone: kit cannot tell where it stands against the cut
+    survivor_summary = root / cut.survivors[0] / "summary.json"
+    kept = survivor_summary.read_bytes()
+    survivor_summary.unlink()
+    with pytest.raises(KitError, match=rf"survivor\(s\) {cut.survivors[0]} have no readable summary\.json"):
+        run_recipe(_recipe(tiny_recipe), data=str(tiny_data), runs=str(runs), progress=False, workers=1,
+                   per_member_minutes=0.12, submissions=tmp_path / "subs")
+    survivor_summary.write_bytes(kept)
+    assert {n: (root / n / "summary.json").stat().st_mtime_ns for n in cut.candidates if n != cut.survivors[0]} == {
+        n: t for n, t in before.items() if n != cut.survivors[0]}
 
 
 def test_no_audition_trains_the_fixed_members_only(tiny_data, tiny_recipe, tmp_path):
