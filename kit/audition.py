@@ -37,7 +37,7 @@ from kit.errors import KitError
 from kit.fsio import read_json, write_json
 from kit.rundir import RunDir
 from kit.timeplan import TimePlan, audition_minutes
-from kit.train.results import read_metrics
+from kit.train.results import load_config, read_metrics
 from kit.workers import slots_for
 
 if TYPE_CHECKING:
@@ -185,7 +185,8 @@ def _cut(run: RecipeRun, jobs: list, slots: list) -> AuditionResult:
     keep, rung = spec["keep"], float(spec["rung"])
     minutes = 0.0                                   # untimed: the cut is at rung x each one's max_steps
     if plan.timed:
-        minutes = plan.candidate_minutes([plan.prediction(n) for n in run.chosen], keep, rung, max(len(slots), 1))
+        minutes = _begun_rung(run, plan.candidate_minutes([plan.prediction(n) for n in run.chosen], keep, rung,
+                                                          max(len(slots), 1)))
     keep = most_kept(spec, plan, len(slots))
     past = [n for n in run.chosen if _past_the_cut(run.root / n)]
     if past:                # the decision is gone (deleted): its scores cannot be taken again (probe 42)
@@ -228,6 +229,24 @@ def _cut(run: RecipeRun, jobs: list, slots: list) -> AuditionResult:
     for line in result.lines():
         run.log(line)
     return result
+
+
+def _begun_rung(run: RecipeRun, minutes: float) -> float:
+    """Each candidate's training minutes for the rung: those of a rung already begun (a re-run after a
+    kill, with other --minutes, --member-minutes or --workers), so the cut compares candidates trained
+    alike (probe 42: 1-minute and 0.3-minute candidates were ranked together), else `minutes`."""
+    for name in run.chosen:
+        if (run.root / name / "config.toml").is_file():
+            try:
+                earlier = load_config(run.root / name).train.minutes
+            except KitError:
+                continue
+            if earlier and abs(earlier - minutes) > 1e-6:
+                run.log(f"audition: the rung was begun at {earlier:.2f} training minutes per candidate ({name}); the "
+                        f"others train as many, not this run's {minutes:.2f}, so that the cut compares like with like")
+                return earlier
+            return minutes
+    return minutes
 
 
 def most_kept(spec: dict, plan: TimePlan, slots: int) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -96,6 +97,26 @@ def test_the_best_candidates_at_the_cut_go_on_and_are_the_only_ones_voted(tiny_d
     survivor_summary.write_bytes(kept)
     assert {n: (root / n / "summary.json").stat().st_mtime_ns for n in cut.candidates if n != cut.survivors[0]} == {
         n: t for n, t in before.items() if n != cut.survivors[0]}
+
+
+def test_a_rung_begun_before_a_kill_is_finished_at_its_own_minutes(tiny_data, tiny_recipe, tmp_path):
+    """probe 42: a re-run with other minutes gave the candidates not yet at the cut the new minutes and
+    ranked them against those trained the old ones."""
+    runs, root = tmp_path / "runs", tmp_path / "runs" / "tiny"
+    run_recipe(_recipe(tiny_recipe, {"predict": False}), data=str(tiny_data), runs=str(runs), progress=False,
+               workers=1, per_member_minutes=0.08)
+    first = json.loads((root / "audition.json").read_text())
+    assert first["minutes"] == pytest.approx(0.08)
+    # as after a kill during the rung: the survivors (and the decision) are not there yet
+    (root / "audition.json").unlink()
+    for name in first["survivors"]:
+        shutil.rmtree(root / name)
+    logs: list[str] = []
+    run_recipe(_recipe(tiny_recipe, {"predict": False}), data=str(tiny_data), runs=str(runs), progress=False,
+               workers=1, per_member_minutes=0.2, log=logs.append)
+    again = json.loads((root / "audition.json").read_text())
+    assert again["minutes"] == pytest.approx(0.08)
+    assert any("the rung was begun at 0.08 training minutes" in line and "not this run's 0.20" in line for line in logs)
 
 
 def test_no_audition_trains_the_fixed_members_only(tiny_data, tiny_recipe, tmp_path):
