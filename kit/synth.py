@@ -159,10 +159,21 @@ def _check_target(out_dir: Path, force: bool) -> None:
         raise KitError(f"{out_dir}: exists and is not empty; pass --force to overwrite it")
 
 
+ANSWERS_SUFFIX = "_answers.csv"
+
+
 def answers_path(out_dir: str | os.PathLike) -> Path:
     """Where the answer key of a synthetic data dir lives: beside it, never inside."""
     out_dir = Path(out_dir).resolve()
-    return out_dir.parent / f"{out_dir.name}_answers.csv"
+    return out_dir.parent / f"{out_dir.name}{ANSWERS_SUFFIX}"
+
+
+def data_dir_of(answers: str | os.PathLike) -> Path | None:
+    """The data dir an answer key named as answers_path names it belongs to (None: another name)."""
+    answers = Path(answers)
+    if not answers.name.endswith(ANSWERS_SUFFIX):
+        return None
+    return answers.parent / answers.name[:-len(ANSWERS_SUFFIX)]
 
 
 def generate(out_dir: str | os.PathLike, preset: str = "tiny", seed: int = 0, force: bool = False,

@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from kit.cli import add_cache_option, progress_wanted
 from kit.config import CHECKPOINTS
@@ -109,8 +108,10 @@ def _invalid_for_its_data(csv, answers) -> list[str]:
     synthetic competition's DATA_answers.csv beside DATA), so a file Kaggle would refuse is not scored
     without a word (probe 40: an empty or unknown Category counted only as a wrong answer); [] when
     it is valid, or no such data dir is beside the key."""
-    name = Path(answers).name
-    data = Path(answers).parent / name[:-len("_answers.csv")] if name.endswith("_answers.csv") else None
+    # deferred: kit.synth brings numpy and the synthesizers; `kit --help` imports only the parsers
+    from kit.synth import data_dir_of
+
+    data = data_dir_of(answers)
     if data is None or not (data / "metadata.json").is_file():
         return []
     try:
