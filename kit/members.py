@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from kit.audition import AUDITION_FILE, JOURNAL_FILE
+from kit.audition_record import AUDITION_FILE, JOURNAL_FILE
 from kit.config import to_dict
 from kit.errors import KitError
 from kit.identity import describe, read_identity, run_identity

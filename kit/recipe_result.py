@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from kit.audition import AuditionResult
+from kit.audition_record import AuditionResult
 from kit.budget import step_rate_note
 from kit.rundir import RunDir
 

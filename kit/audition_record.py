@@ -1,0 +1,150 @@
+"""The audition's decision (kit.audition): what the cut chose, kept in RUNS/<recipe>/audition.json and
+read back by a re-run (refused when the recipe changed under it), and Optuna's record of it in
+RUNS/<recipe>/audition.optuna.journal."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from kit.errors import KitError
+from kit.fsio import read_json
+from kit.rundir import RunDir
+
+AUDITION_FILE = "audition.json"
+JOURNAL_FILE = "audition.optuna.journal"
+
+
+@dataclass
+class AuditionResult:
+    """The cut: candidates, each one's validation accuracy and step at it, the survivors (best first)."""
+    candidates: list[str]
+    keep: int
+    rung: float
+    minutes: float                               # each candidate's planned training minutes (0: step-based)
+    scores: dict[str, float | None] = field(default_factory=dict)   # None: diverged or never evaluated
+    steps: dict[str, int] = field(default_factory=dict)
+    survivors: list[str] = field(default_factory=list)
+    kinds: dict[str, str] = field(default_factory=dict)         # the kind of network (kit.config.ENCODER_KINDS)
+    spec: dict = field(default_factory=dict)     # the recipe's [audition] as the cut was taken ({}: an older kit's)
+    n_val: int = 0                               # validation utterances each score was taken on (0: not said)
+
+    @property
+    def pruned(self) -> list[str]:
+        return [n for n in self.candidates if n not in self.survivors]
+
+    @classmethod
+    def read(cls, path: Path) -> AuditionResult:
+        """The decision kit wrote to `path`; KitError naming the file when it is anything else (an
+        older kit's, or damaged), rather than a decision half read."""
+        value = read_json(path, "the audition's decision")
+        problem = _shape_problem(value, [f.name for f in fields(cls)])
+        if problem:
+            raise KitError(f"{path}: not an audition decision kit can read ({problem}); re-run with --fresh to "
+                           "audition again (or delete it, while no survivor has trained past the cut)")
+        return cls(**value)                         # every key is a field: _shape_problem refuses others
+
+    def lines(self) -> list[str]:
+        """The rung, one line per candidate, best first: what the CLI and the report print."""
+        of = f"{self.minutes:.2f} min each" if self.minutes else "their steps"
+        head = (f"audition: {len(self.candidates)} candidates trained {self.rung:.0%} of {of}; "
+                f"{len(self.survivors)} kept (at most {self.keep}; validation accuracy at the cut, centre crops):")
+        order = sorted(self.candidates, key=lambda n: -(self.scores.get(n) or -1.0))
+        rows = [f"  {n:16s} {_fmt(self.scores.get(n))}  step {self.steps.get(n, 0):>6}  "
+                f"{self.kinds.get(n, ''):11s}  {'kept' if n in self.survivors else 'pruned'}" for n in order]
+        tie, top = float(self.spec.get("tie", 0.0)), max((v for v in self.scores.values() if v is not None), default=0)
+        if tie > 0 and self.n_val:
+            band = tie * difference_error(top, top, self.n_val)
+            rows.append(f"  (scores within {tie:g} standard error(s) of their difference, {band:.3f} at the best here, "
+                        "are a tie: the candidate listed first in the recipe ranks first)")
+        return [head, *rows]
+
+
+def _shape_problem(value: dict, names: list[str]) -> str | None:
+    """What is wrong with a decision read from JSON, or None."""
+    missing = [k for k in ("candidates", "keep", "rung", "minutes", "survivors") if k not in value]
+    if missing:
+        return "missing " + ", ".join(missing)
+    unknown = sorted(set(value) - set(names))
+    if unknown:
+        return "unknown " + ", ".join(unknown)
+    names_ok = all(isinstance(value[k], list) and all(isinstance(n, str) for n in value[k])
+                   for k in ("candidates", "survivors"))
+    numbers_ok = all(isinstance(value[k], (int, float)) and not isinstance(value[k], bool)
+                     for k in ("keep", "rung", "minutes"))
+    maps_ok = all(isinstance(value.get(k, {}), dict) for k in ("scores", "steps", "kinds", "spec"))
+    if not (names_ok and numbers_ok and maps_ok):
+        return "a value of the wrong type"
+    if not value["survivors"] or set(value["survivors"]) - set(value["candidates"]):
+        return "survivors that are not among its candidates"
+    return None
+
+
+def _fmt(score: float | None) -> str:
+    return "  -   " if score is None else f"{score:.4f}"
+
+
+def difference_error(a: float, b: float, n: int) -> float:
+    """The standard error of the difference of accuracies a and b, each on n utterances (0: n unknown)."""
+    return math.sqrt((a * (1 - a) + b * (1 - b)) / n) if n > 0 else 0.0
+
+
+SPEC_KEYS = ("keep", "rung", "within", "kinds", "per_slot", "tie")     # the [audition] settings a cut depends on
+
+
+def decided(root: Path, candidates: list[str], spec: dict) -> AuditionResult | None:
+    """The decision of an earlier run, when every survivor's run dir is still there (--fresh moves
+    them aside: the audition runs again). Refused (KitError) when it was taken over other candidates
+    or [audition] settings than the recipe's now: its survivors have trained past the cut, so a new
+    cut would rank their later scores against a new candidate's early one."""
+    path = root / AUDITION_FILE
+    if not path.is_file():
+        return None
+    result = AuditionResult.read(path)
+    if any(not (root / n).is_dir() for n in result.survivors):
+        return None
+    lost = [n for n in result.survivors if RunDir(root / n).summary() is None]
+    if lost:                # every candidate had one at the cut: removed or damaged since (probe 42)
+        raise KitError(f"{path}: survivor(s) {', '.join(lost)} have no readable summary.json, so kit cannot tell "
+                       "where they stand against the cut; put it back, or re-run with --fresh to audition again")
+    added, gone = sorted(set(candidates) - set(result.candidates)), sorted(set(result.candidates) - set(candidates))
+    changes = ([f"candidate(s) added: {', '.join(added)}"] if added else []) + \
+        ([f"candidate(s) gone: {', '.join(gone)}"] if gone else []) + \
+        [f"[audition] {k} {result.spec[k]!r} -> {spec[k]!r}" for k in SPEC_KEYS
+         if k in result.spec and result.spec[k] != spec.get(k)]
+    if changes:
+        raise KitError(f"{path}: the audition was decided before the recipe changed ({'; '.join(changes)}), and "
+                       f"its survivors ({', '.join(result.survivors)}) have trained on since the cut; re-run with "
+                       f"--fresh to audition again (old members are moved to {root}.old-<time>), with "
+                       "--no-audition for the fixed members, or with --runs OTHER to keep both")
+    return result
+
+
+def record(root: Path, recipe: str, result: AuditionResult) -> None:
+    """The candidates as Optuna trials in RUNS/<recipe>/audition.optuna.journal: the rung score
+    reported at its step; kept trials COMPLETE with it, pruned ones PRUNED, diverged ones FAIL."""
+    # deferred: optuna (and its sqlalchemy) loads in about a second: only when a cut is recorded
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    from optuna.trial import TrialState
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    path = root / JOURNAL_FILE
+    path.unlink(missing_ok=True)                    # one decision, one record
+    storage = JournalStorage(JournalFileBackend(str(path)))
+    study = optuna.create_study(study_name=f"{recipe}-audition", storage=storage, direction="maximize")
+    study.set_user_attr("keep", result.keep)
+    study.set_user_attr("rung_minutes", result.rung * result.minutes)
+    for name in result.candidates:
+        trial = study.ask()
+        trial.set_user_attr("member", name)
+        score = result.scores.get(name)
+        if score is None:
+            study.tell(trial, state=TrialState.FAIL)
+            continue
+        trial.report(score, step=max(result.steps.get(name, 0), 0))
+        if name in result.survivors:
+            study.tell(trial, score)
+        else:
+            study.tell(trial, state=TrialState.PRUNED)
