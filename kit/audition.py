@@ -22,6 +22,10 @@ at its step, pruned or kept) in RUNS/<recipe>/audition.optuna.journal, readable 
 tools (`optuna.load_study`, its plots, optuna-dashboard); the decision is RUNS/<recipe>/audition.json
 (both kept and read by kit.audition_record).
 
+A twin (a member with `twin_of = "CANDIDATE"`: that candidate's settings with its own over them,
+another train.seed) never trains in the rung; when its candidate survives, the twin takes the last
+other survivor's place and trains from scratch for a survivor's share of the time (twinned).
+
 Honesty of the scores: the cut uses the validation split that the vote later calibrates on, so the
 vote's out-of-fold figure is slightly optimistic after a selection (8 candidates, 4 kept); the test
 scores of the accuracy bench are not affected.
@@ -149,8 +153,8 @@ def _cut(run: RecipeRun, jobs: list, slots: list) -> AuditionResult:
         raise KitError(f"{run.root}: no candidate of the audition was evaluated (every one diverged?); "
                        "see each member's train.log")
     kinds = {n: ENCODER_KINDS.get(run.config(n).model.encoder, "") for n in run.chosen}
-    survivors = survivors_of(ranked, scores, keep, float(spec["within"]), max(len(slots), 1),
-                             kinds if spec["kinds"] else None)
+    survivors = twinned(survivors_of(ranked, scores, keep, float(spec["within"]), max(len(slots), 1),
+                                     kinds if spec["kinds"] else None), spec["twins"])
     result = AuditionResult(list(run.chosen), keep, rung, minutes, scores, steps, survivors, kinds,
                             {k: spec[k] for k in SPEC_KEYS}, min(sizes.values(), default=0))
     write_json(run.root / AUDITION_FILE, asdict(result))
@@ -216,6 +220,22 @@ def survivors_of(ranked: list[str], scores: dict, keep: int, within: float, slot
     chosen = list(leaders.values())[:count]
     chosen += [n for n in ranked if n not in chosen][:count - len(chosen)]
     return sorted(chosen, key=ranked.index)
+
+
+def twinned(survivors: list[str], twins: dict[str, str]) -> list[str]:
+    """The survivors with the twins ({twin: candidate}, a recipe's `twin_of`) of those among them: each
+    twin goes on beside its candidate (after it) in the place of the last survivor that is neither a
+    candidate with a twin nor a twin; never more survivors, and none when its candidate is the only one.
+    Why (boss's quick budget, 2026-12-06, two replicates): resnet-s with a second seed of itself voted
+    as well as or better than resnet-s with transformer-s, the runner-up of another kind, on test on
+    all four competitions measured (bench-results/cpu-twin-resnet-2026-12-06/)."""
+    out = list(survivors)
+    for twin, of in twins.items():
+        others = [n for n in out if n != of and n not in twins and n not in twins.values()]
+        if of in out and others:
+            out.remove(others[-1])
+            out.insert(out.index(of) + 1, twin)
+    return out
 
 
 def _past_the_cut(run_dir: Path) -> bool:

@@ -33,6 +33,11 @@ class AuditionResult:
     def pruned(self) -> list[str]:
         return [n for n in self.candidates if n not in self.survivors]
 
+    @property
+    def twins(self) -> dict[str, str]:
+        """The survivors that are another seed of a candidate (kit.audition.twinned): {twin: candidate}."""
+        return {t: o for t, o in self.spec.get("twins", {}).items() if t in self.survivors}
+
     @classmethod
     def read(cls, path: Path) -> AuditionResult:
         """The decision kit wrote to `path`; KitError naming the file when it is anything else (an
@@ -52,6 +57,8 @@ class AuditionResult:
         order = sorted(self.candidates, key=lambda n: -(self.scores.get(n) or -1.0))
         rows = [f"  {n:16s} {_fmt(self.scores.get(n))}  step {self.steps.get(n, 0):>6}  "
                 f"{self.kinds.get(n, ''):11s}  {'kept' if n in self.survivors else 'pruned'}" for n in order]
+        rows += [f"  {t:16s}   -     not in the rung: another seed of {o}, trained from scratch in the place of the "
+                 "last other survivor" for t, o in self.twins.items()]
         tie, top = float(self.spec.get("tie", 0.0)), max((v for v in self.scores.values() if v is not None), default=0)
         if tie > 0 and self.n_val:
             band = tie * difference_error(top, top, self.n_val)
@@ -75,7 +82,10 @@ def _shape_problem(value: dict, names: list[str]) -> str | None:
     maps_ok = all(isinstance(value.get(k, {}), dict) for k in ("scores", "steps", "kinds", "spec"))
     if not (names_ok and numbers_ok and maps_ok):
         return "a value of the wrong type"
-    if not value["survivors"] or set(value["survivors"]) - set(value["candidates"]):
+    twins = value.get("spec", {}).get("twins", {})
+    if not isinstance(twins, dict) or not all(isinstance(o, str) for o in twins.values()):
+        return "a value of the wrong type"
+    if not value["survivors"] or set(value["survivors"]) - set(value["candidates"]) - set(twins):
         return "survivors that are not among its candidates"
     return None
 
@@ -89,7 +99,8 @@ def difference_error(a: float, b: float, n: int) -> float:
     return math.sqrt((a * (1 - a) + b * (1 - b)) / n) if n > 0 else 0.0
 
 
-SPEC_KEYS = ("keep", "rung", "within", "kinds", "per_slot", "tie")     # the [audition] settings a cut depends on
+# the [audition] settings a cut depends on, and the twins (kit.recipe.Recipe.audition_for)
+SPEC_KEYS = ("keep", "rung", "within", "kinds", "per_slot", "tie", "twins")
 
 
 def decided(root: Path, candidates: list[str], spec: dict) -> AuditionResult | None:
@@ -101,9 +112,10 @@ def decided(root: Path, candidates: list[str], spec: dict) -> AuditionResult | N
     if not path.is_file():
         return None
     result = AuditionResult.read(path)
-    if any(not (root / n).is_dir() for n in result.survivors):
+    ran = [n for n in result.survivors if n not in result.twins]       # a twin starts after the cut: maybe not yet
+    if any(not (root / n).is_dir() for n in ran):
         return None
-    lost = [n for n in result.survivors if RunDir(root / n).summary() is None]
+    lost = [n for n in ran if RunDir(root / n).summary() is None]
     if lost:                # every candidate had one at the cut: removed or damaged since (probe 42)
         raise KitError(f"{path}: survivor(s) {', '.join(lost)} have no readable summary.json, so kit cannot tell "
                        "where they stand against the cut; put it back, or re-run with --fresh to audition again")

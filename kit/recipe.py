@@ -42,16 +42,21 @@ class Recipe:
     audition: dict = field(default_factory=lambda: dict(AUDITION_DEFAULTS))
     candidates: set = field(default_factory=set)  # members with `candidate = true`: in an audition only
     auditions_in: dict = field(default_factory=dict)   # member -> the budgets it is a candidate in (absent: all)
+    twins: dict = field(default_factory=dict)     # member -> the candidate it is another seed of (`twin_of`)
 
     def audition_for(self, budget: str) -> dict:
-        """[audition] in `budget`: the table, with its [audition.<budget>] keys over it."""
+        """[audition] in `budget`: the table, with its [audition.<budget>] keys over it, and `twins`: the
+        members that train in `budget` as another seed of a candidate there (kit.audition.twinned)."""
         spec = {**self.audition, **self.audition.get(budget, {})}
-        return {k: v for k, v in spec.items() if k not in BUDGETS}
+        candidates = self.members_for(budget, audition=True)
+        twins = {t: o for t, o in self.twins.items() if budget in self.only_in.get(t, BUDGETS) and o in candidates}
+        return {**{k: v for k, v in spec.items() if k not in BUDGETS}, "twins": twins}
 
     def members_for(self, budget: str, audition: bool = False) -> list[str]:
         """The members that train in `budget`: the fixed zoo, or with `audition` every candidate (the
-        `candidate = true` members and the fixed ones whose `audition` allows that budget)."""
-        return [m[0] for m in self.members if budget in self.only_in.get(m[0], BUDGETS)
+        `candidate = true` members and the fixed ones whose `audition` allows that budget; never a twin,
+        which trains only after the cut, kit.audition.twinned)."""
+        return [m[0] for m in self.members if budget in self.only_in.get(m[0], BUDGETS) and m[0] not in self.twins
                 and (budget in self.auditions_in.get(m[0], BUDGETS) if audition else m[0] not in self.candidates)]
 
     def only_trains(self, budget: str, only: list[str] | None, chosen: list[str], log) -> None:
@@ -96,12 +101,13 @@ def load_recipe(path: str | Path) -> Recipe:
         raise KitError(f"{path}: [base] and [budget.*] must be tables")
     budgets, minutes = _budgets(path, raw.get("budget", {}))
     members, recipe_only, candidates, auditions_in = _members(path, raw.get("members", []))
+    twins = _twins(path, members)
     name = _recipe_name(path, raw.get("name", path.stem))
     if not isinstance(raw.get("description", ""), str):
         raise KitError(f"{path}: description {raw['description']!r}: expected a string")
     recipe = Recipe(path, name, base, members, budgets, _after(path, raw.get("after", {})),
                     raw.get("description", ""), minutes, recipe_only, _audition(path, raw.get("audition", {})),
-                    candidates, auditions_in)
+                    candidates | set(twins), auditions_in, twins)
     for member, _, _ in members:                 # refuse typos now, not after an hour of training
         for budget in BUDGETS:
             member_config(recipe, member, budget)
@@ -263,6 +269,25 @@ def _members(path: Path, raw_members) -> tuple[list, dict, set, dict]:
     return members, recipe_only, candidates, auditions_in
 
 
+def _twins(path: Path, members: list) -> dict[str, str]:
+    """{member: the candidate it is another seed of}, from the members' `twin_of` (taken out of their
+    config overrides): a twin never trains in the audition's rung; when its candidate goes on, the twin
+    goes on beside it, from scratch, in place of the last other survivor (kit.audition.twinned)."""
+    names, twins = {m[0] for m in members}, {}
+    for name, override, _ in members:
+        if "twin_of" not in override:
+            continue
+        of = override.pop("twin_of")
+        if not isinstance(of, str) or of not in names or of == name:
+            raise KitError(f"{path}: member {name}: twin_of {of!r}: the name of another member, a candidate of "
+                           "the audition whose second seed this member is")
+        twins[name] = of
+    for name, of in twins.items():
+        if of in twins:
+            raise KitError(f"{path}: member {name}: twin_of {of!r}: that member is itself a twin; name the candidate")
+    return twins
+
+
 def _check_budget_tables(path: Path, budgets, where: str) -> None:
     """The recipe's [budget] (where "") or a member's `budget` (where "member NAME: "): a table of
     [budget.full] / [budget.quick] tables, of the known budgets only."""
@@ -303,9 +328,14 @@ def member_config(recipe: Recipe, member: str, budget: str, data_dir: str | Path
         raise KitError(f"{recipe.path}: no member {member!r}; members: {', '.join(m[0] for m in recipe.members)}")
     _, override, member_budgets = found[0]
     where = f"{recipe.path}: member {member}"
-    cfg = layered((f"{recipe.path}: [base]", recipe.base), (where, override),
-                  (f"{recipe.path}: [budget.{budget}]", recipe.budgets.get(budget, {})),
-                  (f"{where}: budget.{budget}", member_budgets.get(budget, {})), (where, {"name": member}))
+    layers = [(where, override), (f"{recipe.path}: [budget.{budget}]", recipe.budgets.get(budget, {})),
+              (f"{where}: budget.{budget}", member_budgets.get(budget, {}))]
+    if member in recipe.twins:                  # a twin: its candidate's layers, then its own over them all
+        of = recipe.twins[member]
+        _, first, first_budgets = next(m for m in recipe.members if m[0] == of)
+        layers = [(f"{recipe.path}: member {of}", first), layers[1],
+                  (f"{recipe.path}: member {of}: budget.{budget}", first_budgets.get(budget, {})), layers[0], layers[2]]
+    cfg = layered((f"{recipe.path}: [base]", recipe.base), *layers, (where, {"name": member}))
     if data_dir is not None:
         cfg.data.data_dir = str(data_dir)
     return cfg

@@ -118,10 +118,11 @@ def _train_elsewhere(run: RecipeRun, launcher: Launcher, names: list[str], minut
 def _start(run: RecipeRun, fresh: bool, only, share: Callable[[], None]) -> None:
     """Before the members train: --fresh moves them aside (holding the recipe's lock alone, then
     sharing it), then every member is checked (kit.members.check_members)."""
-    if fresh:
-        start_over(run.root, run.chosen, run.log, decision=not only)
+    names = [*run.chosen, *(run.recipe.audition_for(run.budget)["twins"] if run.auditioning else ())]
+    if fresh:           # an audition's twins with its candidates: a twin of an earlier cut is never voted again
+        start_over(run.root, names, run.log, decision=not only)
         share()
-    check_members(run.root, run.chosen, run.recipe, run.budget, run.data_dir, run.store, run.log)
+    check_members(run.root, names, run.recipe, run.budget, run.data_dir, run.store, run.log)
     if run.budget_said:                 # the full budget on real data is hours of GPU time: said, not assumed
         run.log(run.budget_said)
 

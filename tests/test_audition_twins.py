@@ -1,0 +1,108 @@
+"""An audition's twins (`twin_of`, kit.audition.twinned): another seed of a candidate, never in the
+rung, that goes on beside its candidate in the place of the last other survivor, trains from scratch,
+and is voted; kept with the decision, moved aside by --fresh with the candidates."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kit.audition import twinned
+from kit.audition_record import AuditionResult, decided
+from kit.errors import KitError
+from kit.recipe import load_recipe, member_config
+from kit.train.results import read_metrics
+from kit.zoo import run_recipe
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+MEMBERS = ("mean", {"name": "sap", "model.pooling": "sap"}, {"name": "slow", "candidate": True, "train.lr": 1e-6},
+           {"name": "sap2", "twin_of": "sap", "train.seed": 5})
+# tie = 10: every score at the cut on 8 validation utterances is a tie, so the recipe's order decides
+# (mean and sap go on, slow is pruned) and the test does not hang on scores near chance
+AUDITION = "[audition]\nenabled = true\nkeep = 2\nrung = 0.5\nwithin = 0.0\nkinds = false\ntie = 10.0\n"
+
+
+def _recipe(tiny_recipe, *members):
+    path = tiny_recipe(*(members or MEMBERS), budget={"quick": {"train.max_steps": 16, "train.eval_every": 4}},
+                       after={"predict": True, "ensemble": "hard", "submit": False})
+    path.write_text(path.read_text() + AUDITION)
+    return path
+
+
+def test_a_twin_goes_on_beside_its_candidate_from_scratch_and_is_voted(tiny_data, tiny_recipe, tmp_path):
+    runs, root = tmp_path / "runs", tmp_path / "runs" / "tiny"
+
+    def run(**kw):
+        return run_recipe(_recipe(tiny_recipe), data=str(tiny_data), runs=str(runs), progress=False, workers=1,
+                          submissions=tmp_path / "subs", **kw)
+
+    result = run()
+    cut = result.audition
+    assert cut is not None and sorted(cut.candidates) == ["mean", "sap", "slow"]     # the twin is no candidate
+    assert cut.survivors == ["sap", "sap2"] and cut.twins == {"sap2": "sap"} and cut.pruned == ["mean", "slow"]
+    # the twin trained from its first step to the end of its own schedule, with its own seed, sap's settings
+    twin = [int(r["step"]) for r in read_metrics(root / "sap2" / "metrics.csv")]
+    assert twin[0] == 4 and twin[-1] == 16
+    summary = json.loads((root / "sap2" / "summary.json").read_text())
+    assert summary["stopped_reason"] == "budget"
+    config = (root / "sap2" / "config.toml").read_text()
+    assert 'pooling = "sap"' in config and "seed = 5" in config
+    # mean went on no further than the cut; the vote is of sap and its twin
+    assert max(int(r["step"]) for r in read_metrics(root / "mean" / "metrics.csv")) == 8
+    assert sorted(m.name for m in result.members) == ["sap", "sap2"]
+    assert result.ensemble is not None and sorted(
+        p.rsplit("/", 1)[-1] for p in result.ensemble.members) == ["sap", "sap2"]
+    assert any("sap2" in line and "another seed of sap" in line for line in cut.lines())
+    # a re-run reads the decision and trains nothing again
+    before = (root / "sap2" / "summary.json").stat().st_mtime_ns
+    again = run()
+    assert again.audition is not None and again.audition.survivors == ["sap", "sap2"]
+    assert (root / "sap2" / "summary.json").stat().st_mtime_ns == before
+    # --fresh moves the twin aside with the candidates: an earlier cut's twin is never voted again
+    run(fresh=True)
+    [old] = runs.glob("tiny.old-*")
+    assert (old / "sap2" / "summary.json").is_file() and (old / "sap" / "summary.json").is_file()
+
+
+def test_a_decision_whose_twin_has_not_started_is_read_and_a_changed_twin_refused(tmp_path):
+    root = tmp_path / "runs"
+    spec = {"keep": 2, "rung": 0.5, "within": 0.0, "kinds": False, "per_slot": True, "tie": 0.0,
+            "twins": {"sap2": "sap"}}
+    cut = AuditionResult(["mean", "sap"], 2, 0.5, 1.0, {"mean": 0.4, "sap": 0.5}, {"mean": 8, "sap": 8},
+                         ["sap", "sap2"], spec=spec)
+    (root / "sap").mkdir(parents=True)
+    (root / "sap" / "summary.json").write_text(json.dumps({"step": 8, "stopped_reason": "time"}))
+    (root / "audition.json").write_text(json.dumps(cut.__dict__))
+    # killed after the cut, before the twin's first step: no sap2 dir, and the decision still stands
+    found = decided(root, ["mean", "sap"], spec)
+    assert found is not None and found.survivors == ["sap", "sap2"]
+    with pytest.raises(KitError, match=r"\[audition\] twins \{'sap2': 'sap'\} -> \{\}"):
+        decided(root, ["mean", "sap"], {**spec, "twins": {}})
+
+
+def test_twinned_takes_the_last_other_survivors_place_and_never_adds_one():
+    assert twinned(["a", "b"], {"a2": "a"}) == ["a", "a2"]
+    assert twinned(["b", "a"], {"a2": "a"}) == ["a", "a2"]      # the other survivor goes, leader or not
+    assert twinned(["b", "a", "c"], {"a2": "a"}) == ["b", "a", "a2"]
+    assert twinned(["a"], {"a2": "a"}) == ["a"]                 # one survivor (one core): no room for a twin
+    assert twinned(["b", "c"], {"a2": "a"}) == ["b", "c"]       # its candidate pruned: the twin never trains
+
+
+def test_a_twin_has_its_candidates_settings_under_its_own(tiny_recipe):
+    recipe = load_recipe(_recipe(tiny_recipe, "mean", {"name": "sap", "model.pooling": "sap", "budget": {
+        "quick": {"train.lr": 0.004}}}, {"name": "sap2", "twin_of": "sap", "train.seed": 5}))
+    assert recipe.members_for("quick", audition=True) == ["mean", "sap"] and "sap2" not in recipe.members_for("quick")
+    assert recipe.audition_for("quick")["twins"] == {"sap2": "sap"}
+    twin, first = member_config(recipe, "sap2", "quick"), member_config(recipe, "sap", "quick")
+    assert (twin.model.pooling, twin.train.lr, twin.train.seed) == ("sap", 0.004, 5) and first.train.seed != 5
+
+
+@pytest.mark.parametrize("member, message", [
+    ({"name": "x", "twin_of": "nobody"}, r"member x: twin_of 'nobody': the name of another member"),
+    ({"name": "x", "twin_of": "x"}, r"member x: twin_of 'x'"),
+    ({"name": "x", "twin_of": 3}, r"member x: twin_of 3"),
+    ({"name": "x", "twin_of": "sap2"}, r"member x: twin_of 'sap2': that member is itself a twin")])
+def test_a_bad_twin_of_is_refused_naming_the_file(tiny_recipe, member, message):
+    with pytest.raises(KitError, match=r"tiny\.toml: " + message):
+        load_recipe(_recipe(tiny_recipe, *MEMBERS, member))
