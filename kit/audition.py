@@ -36,7 +36,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kit.audition_record import AUDITION_FILE, SPEC_KEYS, AuditionResult, decided, difference_error, record
+from kit.audition_record import (
+    AUDITION_FILE,
+    JOURNAL_FILE,
+    SPEC_KEYS,
+    AuditionResult,
+    decided,
+    difference_error,
+    record,
+)
 from kit.config import ENCODER_KINDS
 from kit.errors import KitError
 from kit.fsio import write_json
@@ -92,6 +100,9 @@ def run_audition(run: RecipeRun, jobs: list, slots: list) -> AuditionResult:
     result = decided(run.root, run.chosen, run.recipe.audition_for(run.budget))
     if result is None:
         result = _cut(run, jobs, slots)
+    elif not (run.root / JOURNAL_FILE).is_file():     # the record is rebuilt from the decision (probe 42 D3)
+        record(run.root, run.recipe.name, result)
+        run.log(f"audition: {run.root / JOURNAL_FILE} was missing: written again from {AUDITION_FILE}")
     run.chosen = list(result.survivors)
     left = []
     # the dearest prediction first, so that it is not the last thing the recipe waits for
@@ -100,7 +111,8 @@ def run_audition(run: RecipeRun, jobs: list, slots: list) -> AuditionResult:
         if not state.finished:              # its minutes: _survivor_share's, as it resumes
             left.append((name, run.config(name), state.path, state.has_checkpoint))
     if left:
-        run.log(f"audition: {', '.join(j[0] for j in left)} continue from the cut to the end of their schedule")
+        run.log("audition: " + "; ".join(f"{j[0]} {'on from its checkpoint' if j[3] else 'from its first step'} "
+                                         "to the end of its schedule" for j in left))
         run.train_jobs(left, slots, share=_survivor_share(run, result))
     return result
 

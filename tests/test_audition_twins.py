@@ -54,11 +54,20 @@ def test_a_twin_goes_on_beside_its_candidate_from_scratch_and_is_voted(tiny_data
     assert result.ensemble is not None and sorted(
         p.rsplit("/", 1)[-1] for p in result.ensemble.members) == ["sap", "sap2"]
     assert any("sap2" in line and "another seed of sap" in line for line in cut.lines())
-    # a re-run reads the decision and trains nothing again
+    # a re-run reads the decision and trains nothing again; Optuna's record, gone, is written again from it
+    # (probe 42: a missing journal was never noticed)
+    journal = (root / "audition.optuna.journal").read_bytes()
+    (root / "audition.optuna.journal").unlink()
     before = (root / "sap2" / "summary.json").stat().st_mtime_ns
     again = run()
     assert again.audition is not None and again.audition.survivors == ["sap", "sap2"]
     assert (root / "sap2" / "summary.json").stat().st_mtime_ns == before
+    import optuna
+
+    study = optuna.load_study(study_name="tiny-audition", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(root / "audition.optuna.journal"))))
+    assert {t.user_attrs["member"]: t.state.name for t in study.trials} == {
+        "mean": "PRUNED", "sap": "COMPLETE", "slow": "PRUNED"} and len(journal) > 0
     # --fresh moves the twin aside with the candidates: an earlier cut's twin is never voted again
     run(fresh=True)
     [old] = runs.glob("tiny.old-*")
