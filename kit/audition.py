@@ -256,8 +256,7 @@ def _past_the_cut(run_dir: Path) -> bool:
     summary = RunDir(run_dir).summary()
     if summary is None:                     # mid-rung (or no summary at all): decided() says the rest
         return False
-    rows, step = read_metrics(run_dir / "metrics.csv"), summary.get("step")
-    step = step if isinstance(step, int) and not isinstance(step, bool) else 0
+    rows, step = read_metrics(run_dir / "metrics.csv"), _integer(summary.get("step"))
     return summary.get("stopped_reason") == "budget" or bool(rows and int(rows[-1]["step"]) > step)
 
 
@@ -279,13 +278,17 @@ def tie_ranked(order: list[str], scores: dict, n: int, tie: float) -> list[str]:
     return ranked
 
 
+def _integer(value) -> int:
+    """A JSON integer read from a summary, else 0 (absent, a bool, a float or text: damaged by hand)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
 def _score(run_dir: Path) -> tuple[float | None, int, int]:
     """A candidate's validation accuracy at the cut (its last evaluation), its step there, and the
     number of validation utterances (0 when its summary does not say)."""
     state = RunDir(run_dir)
     summary = state.summary() or {}
-    size = summary.get("n_val", 0)
-    size = size if isinstance(size, int) and not isinstance(size, bool) else 0
+    size = _integer(summary.get("n_val"))
     if state.diverged:
         return None, summary.get("step", 0), size
     rows = read_metrics(run_dir / "metrics.csv")

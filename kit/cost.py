@@ -242,9 +242,10 @@ def audition_lines(costs: list[MemberCost], fixed: list[MemberCost], keep: int, 
     """The audition's projected hours (`costs`: its candidates) against the fixed members' (`fixed`:
     what `--no-audition` trains, candidates or not), per Kaggle GPU; with `rates` (kit recipe cost
     --measure, the candidates' measured step rates), also at this machine's rates."""
-    low, high = (audition_pieces(costs, keep, rung, d) for d in (False, True))
+    # the fewest kept: one (`within` keeps only those close to the best, never fewer than one per GPU)
+    low, high = audition_pieces(costs, 1, rung, False), audition_pieces(costs, keep, rung, True)
     head = (f"With the audition (`kit recipe run --audition`): {len(costs)} candidates to {rung:.0%} of their "
-            f"steps, the best {keep} on to the end (the cheapest {keep} kept .. the dearest {keep}); "
+            f"steps, at most the best {keep} on to the end (the cheapest one kept .. the dearest {keep}); "
             f"the fixed members ({len(fixed)}) beside it:")
     lines = [head]
     for g in GPUS[:2]:

@@ -149,6 +149,15 @@ def test_an_audition_costs_its_cut_for_every_candidate_and_the_rest_for_those_ke
     assert high == pytest.approx(0.3 * sum(train.values()) + 3 * 3 + 0.7 * train["a"] + 7 + 0.5)
     assert low == pytest.approx(0.3 * sum(train.values()) + 3 * 3 + 0.7 * train["c"] + 7 + 0.5)
     assert low < high < whole
+    # what `kit recipe cost --audition` prints: at most `keep` go on, and `within` may keep as few as one
+    # (probe 42 D5: the low end assumed `keep` survivors, the cheapest two here)
+    from kit.cost import audition_lines
+
+    line = audition_lines(costs, costs, 2, 0.3)[1]
+    printed = float(line.split(": ")[1].split(" ..")[0])
+    fewest = kaggle_hours(audition_pieces(costs, 1, 0.3, False), P100)
+    assert printed == pytest.approx(fewest, abs=0.05)
+    assert fewest < kaggle_hours(audition_pieces(costs, 2, 0.3, False), P100) - 0.1
 
 
 def test_recipe_cost_audition_prints_the_range_beside_the_fixed_members(tiny_recipe, capsys):
@@ -156,7 +165,7 @@ def test_recipe_cost_audition_prints_the_range_beside_the_fixed_members(tiny_rec
     recipe.write_text(recipe.read_text() + "[audition]\nkeep = 1\n")
     code, out, err = kit_cli(capsys, "recipe", "cost", recipe, "--audition")
     assert code == 0, err
-    assert "| c |" in out and "3 candidates to 30% of their steps, the best 1 on" in out
+    assert "| c |" in out and "3 candidates to 30% of their steps, at most the best 1 on" in out
     assert "fixed members (2)" in out and out.count("h of quota; fixed members") == 2
     code, out, _ = kit_cli(capsys, "recipe", "cost", recipe)
     assert "| c |" not in out and "audition" not in out
