@@ -75,7 +75,10 @@ def wants_audition(recipe: Recipe, budget: str, override: bool | None, only, blo
     total = minutes or recipe.minutes.get(budget)
     why = "--only names the members" if only else blocker
     if not why and n <= spec["keep"]:
-        log(f"audition: {n} candidate(s) and at most {spec['keep']} kept: no cut, every candidate trains to the end")
+        twins = f" (twin(s) {', '.join(spec['twins'])} not trained: a twin goes on only after a cut)" \
+            if spec["twins"] else ""
+        log(f"audition: {n} candidate(s) and at most {spec['keep']} kept: no cut, every candidate trains to the "
+            f"end{twins}")
         return "all"
     why = why or (None if per_member or not total else _too_short(total, n, spec, len(slots_for(workers, n))))
     if why:
@@ -108,6 +111,8 @@ def run_audition(run: RecipeRun, jobs: list, slots: list) -> AuditionResult:
     # the dearest prediction first, so that it is not the last thing the recipe waits for
     for name in sorted(result.survivors, key=lambda n: -run.plan.prediction(n)):
         state = RunDir(run.root / name)
+        if name in result.twins and (problem := state.summary_problem()):     # said, as RecipeRun.jobs does
+            run.log(f"{name}: its summary.json cannot be read ({problem}): not counted as finished; it resumes")
         if not state.finished:              # its minutes: _survivor_share's, as it resumes
             left.append((name, run.config(name), state.path, state.has_checkpoint))
     if left:

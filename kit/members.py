@@ -61,8 +61,10 @@ def check_members(root: Path, names: list[str], recipe: Recipe, budget: str, dat
         if changes:
             stale.append((run_dir, changes))
         elif holds_run(run_dir) == "unfinished" and not (run_dir / "last.pt").is_file():
-            raise KitError(f"{run_dir}/last.pt: missing, so member {name} cannot resume (its best.pt is kept); "
-                           f"re-run with --fresh --only {name} to train it again (the old run is moved aside)")
+            again = (f"move {run_dir} aside and re-run: a twin (twin_of) trains again from its first step"
+                     if name in recipe.twins else f"re-run with --fresh --only {name} to train it again (the old run "
+                     "is moved aside)")            # --only never names a twin (probe 43)
+            raise KitError(f"{run_dir}/last.pt: missing, so member {name} cannot resume (its best.pt is kept); {again}")
     if stale:
         run_dir, changes = stale[0]
         others = f" (and {len(stale) - 1} other member(s))" if len(stale) > 1 else ""

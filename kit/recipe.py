@@ -111,7 +111,26 @@ def load_recipe(path: str | Path) -> Recipe:
     for member, _, _ in members:                 # refuse typos now, not after an hour of training
         for budget in BUDGETS:
             member_config(recipe, member, budget)
+    _check_twins(recipe)
     return recipe
+
+
+def _check_twins(recipe: Recipe) -> None:
+    """A twin that could never train, or would train its candidate's very model, is refused (probe 43:
+    both were accepted; the second was voted as a two-member vote of one model): in every budget it
+    trains in, its candidate is an audition candidate there, and the two differ in train.seed."""
+    for twin, of in recipe.twins.items():
+        where = f"{recipe.path}: member {twin}: twin_of {of!r}"
+        if twin in recipe.auditions_in:
+            raise KitError(f"{where}: a twin trains only after an audition's cut; leave out its `audition`")
+        for budget in recipe.only_in.get(twin, BUDGETS):
+            if of not in recipe.members_for(budget, audition=True):
+                raise KitError(f"{where}: {of} is no audition candidate in the {budget} budget, where this twin "
+                               f"trains, so it would never train; give it `budgets` where {of} is a candidate")
+            seed = member_config(recipe, of, budget).train.seed
+            if member_config(recipe, twin, budget).train.seed == seed:
+                raise KitError(f"{where}: its train.seed is {of}'s ({seed}) in the {budget} budget, so it would "
+                               "train the same model; a twin is another seed: set train.seed")
 
 
 def _recipe_name(path: Path, name) -> str:

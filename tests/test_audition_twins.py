@@ -68,10 +68,21 @@ def test_a_twin_goes_on_beside_its_candidate_from_scratch_and_is_voted(tiny_data
         optuna.storages.journal.JournalFileBackend(str(root / "audition.optuna.journal"))))
     assert {t.user_attrs["member"]: t.state.name for t in study.trials} == {
         "mean": "PRUNED", "sap": "COMPLETE", "slow": "PRUNED"} and len(journal) > 0
+    # a twin's unreadable summary.json is said before it resumes (probe 43: silently, unlike a candidate's)
+    (root / "sap2" / "summary.json").write_text('{"step": "x"')
+    logs: list[str] = []
+    run(log=logs.append)
+    assert any(line.startswith("sap2: its summary.json cannot be read") for line in logs), logs
+    # a twin that cannot resume is told what works: --only never names a twin (probe 43: it was told to)
+    (root / "sap2" / "last.pt").unlink()
+    (root / "sap2" / "summary.json").unlink()
+    with pytest.raises(KitError, match=r"sap2/last\.pt: missing.*move .*sap2 aside and re-run: a twin"):
+        run()
     # --fresh moves the twin aside with the candidates: an earlier cut's twin is never voted again
     run(fresh=True)
     [old] = runs.glob("tiny.old-*")
-    assert (old / "sap2" / "summary.json").is_file() and (old / "sap" / "summary.json").is_file()
+    assert (old / "sap2" / "metrics.csv").is_file() and (old / "sap" / "summary.json").is_file()
+    assert [int(r["step"]) for r in read_metrics(root / "sap2" / "metrics.csv")][0] == 4    # a new twin, from scratch
 
 
 def test_a_decision_whose_twin_has_not_started_is_read_and_a_changed_twin_refused(tmp_path):
@@ -111,7 +122,21 @@ def test_a_twin_has_its_candidates_settings_under_its_own(tiny_recipe):
     ({"name": "x", "twin_of": "nobody"}, r"member x: twin_of 'nobody': the name of another member"),
     ({"name": "x", "twin_of": "x"}, r"member x: twin_of 'x'"),
     ({"name": "x", "twin_of": 3}, r"member x: twin_of 3"),
-    ({"name": "x", "twin_of": "sap2"}, r"member x: twin_of 'sap2': that member is itself a twin")])
+    ({"name": "x", "twin_of": "sap2"}, r"member x: twin_of 'sap2': that member is itself a twin"),
+    # probe 43: accepted, and never trained (the first two) or one model voted twice (the third)
+    ({"name": "x", "twin_of": "fixed", "train.seed": 2}, r"member x: twin_of 'fixed': fixed is no audition candidate"),
+    ({"name": "x", "twin_of": "sap", "train.seed": 2, "audition": False}, r"member x: .*leave out its `audition`"),
+    ({"name": "x", "twin_of": "sap"}, r"member x: twin_of 'sap': its train\.seed is sap's \(0\)")])
 def test_a_bad_twin_of_is_refused_naming_the_file(tiny_recipe, member, message):
     with pytest.raises(KitError, match=r"tiny\.toml: " + message):
-        load_recipe(_recipe(tiny_recipe, *MEMBERS, member))
+        load_recipe(_recipe(tiny_recipe, *MEMBERS, {"name": "fixed", "audition": False}, member))
+
+
+def test_with_no_cut_the_twins_left_untrained_are_said(tiny_recipe):
+    from kit.audition import wants_audition
+
+    path = _recipe(tiny_recipe)
+    path.write_text(path.read_text().replace("keep = 2", "keep = 3"))
+    lines: list[str] = []
+    assert wants_audition(load_recipe(path), "quick", None, None, None, (None, None), lines.append, 1) == "all"
+    assert "no cut, every candidate trains to the end (twin(s) sap2 not trained" in lines[-1]
