@@ -198,10 +198,11 @@ def full_lengths(n: int, seed: int = 0) -> np.ndarray:
 
 
 def member_configs(recipe, budget: str, n_classes: int = 600, audition: bool = False) -> dict[str, RunConfig]:
-    """Each member's config in `budget` (with `audition`, every candidate's), with the competition's
-    number of speakers."""
+    """Each member's config in `budget` (with `audition`, every candidate's and twin's), with the
+    competition's number of speakers."""
+    names = recipe.members_for(budget, audition) + (list(recipe.audition_for(budget)["twins"]) if audition else [])
     return {name: replace(cfg, model=replace(cfg.model, n_classes=n_classes))
-            for name in recipe.members_for(budget, audition) for cfg in [member_config(recipe, name, budget)]}
+            for name in names for cfg in [member_config(recipe, name, budget)]}
 
 
 def _sizes(data_dir: str | None) -> tuple[np.ndarray, np.ndarray, int]:
@@ -237,16 +238,22 @@ def audition_pieces(costs: list[MemberCost], keep: int, rung: float, dearest: bo
     return pieces + [replace(c, steps=c.steps - cut[c.name][0], evals=c.evals - cut[c.name][1]) for c in kept]
 
 
-def audition_lines(costs: list[MemberCost], fixed: list[MemberCost], keep: int, rung: float,
+def audition_lines(costs: list[MemberCost], fixed: list[MemberCost], spec: dict,
                    utilisation: float | None = None, rates: list[StepRate] | None = None) -> list[str]:
-    """The audition's projected hours (`costs`: its candidates) against the fixed members' (`fixed`:
-    what `--no-audition` trains, candidates or not), per Kaggle GPU; with `rates` (kit recipe cost
-    --measure, the candidates' measured step rates), also at this machine's rates."""
-    # the fewest kept: one (`within` keeps only those close to the best, never fewer than one per GPU)
-    low, high = audition_pieces(costs, 1, rung, False), audition_pieces(costs, keep, rung, True)
-    head = (f"With the audition (`kit recipe run --audition`): {len(costs)} candidates to {rung:.0%} of their "
-            f"steps, at most the best {keep} on to the end (the cheapest one kept .. the dearest {keep}); "
-            f"the fixed members ({len(fixed)}) beside it:")
+    """The audition's projected hours (`costs`: its candidates and twins; `spec`: Recipe.audition_for's)
+    against the fixed members' (`fixed`: what `--no-audition` trains, candidates or not), per Kaggle
+    GPU; with `rates` (kit recipe cost --measure, the measured step rates of `costs`), also at this
+    machine's rates."""
+    keep, rung, twins = spec["keep"], float(spec["rung"]), spec["twins"]
+    candidates = [c for c in costs if c.name not in twins]
+    # the fewest kept: one (`within` keeps only those close to the best, never fewer than one per GPU); the
+    # most: the dearest `keep`, and every twin's whole schedule besides (probe 43: twins were not counted)
+    low = audition_pieces(candidates, 1, rung, False)
+    high = audition_pieces(candidates, keep, rung, True) + [c for c in costs if c.name in twins]
+    head = (f"With the audition (`kit recipe run --audition`): {len(candidates)} candidates to {rung:.0%} of their "
+            f"steps, at most the best {keep} on to the end (the cheapest one kept .. the dearest {keep}"
+            + (f" and {len(twins)} twin(s) from their first step" if twins else "")
+            + f"); the fixed members ({len(fixed)}) beside it:")
     lines = [head]
     for g in GPUS[:2]:
         lines.append(f"  Kaggle {g.key}: {kaggle_hours(low, g, utilisation):.1f} .. "

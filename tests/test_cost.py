@@ -153,11 +153,18 @@ def test_an_audition_costs_its_cut_for_every_candidate_and_the_rest_for_those_ke
     # (probe 42 D5: the low end assumed `keep` survivors, the cheapest two here)
     from kit.cost import audition_lines
 
-    line = audition_lines(costs, costs, 2, 0.3)[1]
+    spec = {"keep": 2, "rung": 0.3, "twins": {}}
+    line = audition_lines(costs, costs, spec)[1]
     printed = float(line.split(": ")[1].split(" ..")[0])
     fewest = kaggle_hours(audition_pieces(costs, 1, 0.3, False), P100)
     assert printed == pytest.approx(fewest, abs=0.05)
     assert fewest < kaggle_hours(audition_pieces(costs, 2, 0.3, False), P100) - 0.1
+    # a twin (b2: another seed of b) trains its whole schedule when it goes on: counted at the high end
+    twin = member("b2", 3)
+    high = audition_lines([*costs, twin], costs, {**spec, "twins": {"b2": "b"}})[1]
+    assert float(high.split(".. ")[1].split(" h")[0]) == pytest.approx(
+        kaggle_hours(audition_pieces(costs, 2, 0.3, True) + [twin], P100), abs=0.05)
+    assert float(high.split(": ")[1].split(" ..")[0]) == pytest.approx(fewest, abs=0.05)
 
 
 def test_recipe_cost_audition_prints_the_range_beside_the_fixed_members(tiny_recipe, capsys):

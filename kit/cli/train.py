@@ -341,7 +341,7 @@ def cmd_recipe_cost(args: argparse.Namespace) -> int:
         spec = recipe.audition_for(args.budget)
         print()
         fixed = recipe_costs(recipe, args.budget, args.data)                # what --no-audition trains
-        print("\n".join(audition_lines(costs, fixed, spec["keep"], float(spec["rung"]), args.utilisation, rates)))
+        print("\n".join(audition_lines(costs, fixed, spec, args.utilisation, rates)))
     return 0
 
 
