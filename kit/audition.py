@@ -100,7 +100,7 @@ def run_audition(run: RecipeRun, jobs: list, slots: list) -> AuditionResult:
     """Train every candidate to the cut, choose the survivors, train them to the end (and predict
     them, in the workers, as the recipe's members are). Sets run.chosen to the survivors. A re-run
     reads the decision from audition.json and continues the survivors."""
-    result = decided(run.root, run.chosen, run.recipe.audition_for(run.budget))
+    result = earlier = decided(run.root, run.chosen, run.recipe.audition_for(run.budget))
     if result is None:
         result = _cut(run, jobs, slots)
     elif not (run.root / JOURNAL_FILE).is_file():     # the record is rebuilt from the decision (probe 42 D3)
@@ -115,11 +115,26 @@ def run_audition(run: RecipeRun, jobs: list, slots: list) -> AuditionResult:
             run.log(f"{name}: its summary.json cannot be read ({problem}): not counted as finished; it resumes")
         if not state.finished:              # its minutes: _survivor_share's, as it resumes
             left.append((name, run.config(name), state.path, state.has_checkpoint))
+    if left and earlier is not None:
+        _said_timing(run, earlier, [j[0] for j in left])
     if left:
         run.log("audition: " + "; ".join(f"{j[0]} {'on from its checkpoint' if j[3] else 'from its first step'} "
                                          "to the end of its schedule" for j in left))
         run.train_jobs(left, slots, share=_survivor_share(run, result))
     return result
+
+
+def _said_timing(run: RecipeRun, result: AuditionResult, names: list[str]) -> None:
+    """One line when survivors left to train after an earlier run's cut resume with other timing than
+    the cut was taken with (probe 43: a re-run without --member-minutes 0.25 gave a half-trained twin a
+    100,000-step schedule without a word): --member-minutes M against M, timed against step-based."""
+    plan, was = run.plan, result.minutes
+    now = plan.per_member_minutes or (-1.0 if plan.timed else 0.0)     # -1: the recipe's minutes, shared
+    if (was > 0) != (now != 0) or (now > 0 and was > 0 and abs(now - was) > 1e-6):
+        then = f"{was:.2f} training minutes per candidate" if was else "steps (train.max_steps)"
+        run.log(f"audition: the cut was taken with candidates timed by {then}; {', '.join(names)} now resume "
+                f"{'timed otherwise' if now else 'by steps'}, so their schedules change: re-run with the first run's "
+                "--minutes / --member-minutes to keep them")
 
 
 def _survivor_share(run: RecipeRun, result: AuditionResult):

@@ -140,3 +140,19 @@ def test_with_no_cut_the_twins_left_untrained_are_said(tiny_recipe):
     lines: list[str] = []
     assert wants_audition(load_recipe(path), "quick", None, None, None, (None, None), lines.append, 1) == "all"
     assert "no cut, every candidate trains to the end (twin(s) sap2 not trained" in lines[-1]
+
+
+def test_survivors_resumed_with_other_timing_than_the_cut_are_said(tiny_data, tiny_recipe, tmp_path):
+    """probe 43: after a --member-minutes run, a re-run without it gave a half-trained twin a step-based
+    schedule (config minutes 0.25 -> 0) without a word."""
+    runs, root = tmp_path / "runs", tmp_path / "runs" / "tiny"
+    common = {"data": str(tiny_data), "runs": str(runs), "progress": False, "workers": 1}
+    path = _recipe(tiny_recipe)
+    run_recipe(path, per_member_minutes=0.04, **common)
+    (root / "sap2" / "summary.json").unlink()          # as a twin killed while it trained: it resumes
+    logs: list[str] = []
+    run_recipe(path, per_member_minutes=0.04, log=logs.append, **common)
+    assert not any("their schedules change" in line for line in logs)      # the same timing: nothing to say
+    (root / "sap2" / "summary.json").unlink()
+    run_recipe(path, log=logs.append, **common)
+    assert any("timed by 0.04 training minutes per candidate; sap2 now resume by steps" in line for line in logs)
