@@ -46,10 +46,10 @@ class Recipe:
 
     def audition_for(self, budget: str) -> dict:
         """[audition] in `budget`: the table, with its [audition.<budget>] keys over it, and `twins`: the
-        members that train in `budget` as another seed of a candidate there (kit.audition.twinned)."""
+        members that train in `budget` as another seed of a candidate there (kit.audition.twinned; that
+        the candidate is one there, _check_twins makes sure as the recipe loads)."""
         spec = {**self.audition, **self.audition.get(budget, {})}
-        candidates = self.members_for(budget, audition=True)
-        twins = {t: o for t, o in self.twins.items() if budget in self.only_in.get(t, BUDGETS) and o in candidates}
+        twins = {t: o for t, o in self.twins.items() if budget in self.only_in.get(t, BUDGETS)}
         return {**{k: v for k, v in spec.items() if k not in BUDGETS}, "twins": twins}
 
     def members_for(self, budget: str, audition: bool = False) -> list[str]:
