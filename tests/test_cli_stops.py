@@ -182,6 +182,16 @@ def test_a_sigkilled_stand_in_takes_its_kernel_and_the_kernels_recipe_with_it(tm
                 os.kill(pid, signal.SIGKILL)
 
 
+@pytest.fixture
+def sigint_as_a_terminal_leaves_it():
+    """Python's own SIGINT handler for the test: a suite started in the background (`make test &` in a
+    script, some CI runners) inherits SIGINT ignored, and kit then leaves it ignored
+    (kit.env.exit_on_signals), so a raised SIGINT was lost and the test failed (session 30)."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 def _stop_lost_in_a_callback(sig: int) -> None:
     """A signal that arrives while a weakref callback runs: its handler's exception is raised there, and
     Python prints "Exception ignored" and goes on (probe 23: at the distilled student's start)."""
@@ -197,7 +207,8 @@ def _stop_lost_in_a_callback(sig: int) -> None:
 
 
 @pytest.mark.parametrize("sig, stop", [(signal.SIGTERM, SystemExit), (signal.SIGINT, KeyboardInterrupt)])
-def test_a_stop_python_loses_in_a_callback_is_raised_at_the_next_safe_point(capsys, sig, stop):
+def test_a_stop_python_loses_in_a_callback_is_raised_at_the_next_safe_point(capsys, sig, stop,
+                                                                            sigint_as_a_terminal_leaves_it):
     from kit.env import check_stopped, exit_on_signals
 
     went_on = False
