@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from kit.audition_record import AuditionResult
-from kit.budget import step_rate_note
+from kit.budget import lost_time_note
 from kit.rundir import RunDir
 
 
@@ -118,7 +118,7 @@ def member_result(name: str, run: RunDir, skipped: bool = False, not_started: bo
     """A member's row from its run dir's summary.json (before prediction: val_acc_crop only).
     skipped: kept from an earlier run; not_started: --max-hours left it no time."""
     s = run.summary() or {}
-    note = "; ".join(filter(None, [_note(s, skipped), step_rate_note(s.get("steps_per_second"))]))
+    note = "; ".join(filter(None, [_note(s, skipped), lost_time_note(s, run.planned_minutes) if s else ""]))
     if not_started and not s:
         note = "not started (--max-hours; re-run continues)"
     acc = s.get("best_val_acc")                 # -1: never evaluated

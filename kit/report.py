@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kit.budget import step_rate_note
+from kit.budget import lost_time_note
 from kit.ensemble.calibration import calibrate, fit_temperature, log_probs, mean_nll
 from kit.ensemble.crossfit import DEFAULT_POOL, METHODS, auto_ensemble
 from kit.ensemble.members import check_compatible, load_member, member_speakers
@@ -148,9 +148,11 @@ def _member_row(member, name: str, labels) -> dict:
 
 
 def _lost_steps(run_dir: Path) -> str:
-    """The run's lost-steps note (kit.budget.step_rate_note), as the recipe's table shows it."""
-    summary = RunDir.of(run_dir).summary()
-    return step_rate_note(summary.get("steps_per_second")) if summary else ""
+    """The run's lost-steps note (kit.budget.lost_time_note: steps lost to a shared machine, or a run
+    well past its minutes), as the recipe's table shows it."""
+    run = RunDir.of(run_dir)
+    summary = run.summary()
+    return lost_time_note(summary, run.planned_minutes) if summary else ""
 
 
 def _score_members(rows: list[dict], members, answers) -> None:

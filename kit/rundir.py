@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from kit.config import load_toml
 from kit.errors import KitError
 from kit.fsio import read_json
 from kit.records import predictions_current
@@ -78,6 +79,16 @@ class RunDir:
     def has_checkpoint(self) -> bool:
         """last.pt is there: a re-run resumes it."""
         return (self.path / "last.pt").is_file()
+
+    @property
+    def planned_minutes(self) -> float:
+        """The training minutes its config.toml gave it (train.minutes), 0.0 for a run without a time
+        budget or a config that cannot be read."""
+        try:
+            minutes = load_toml(self.path / "config.toml").get("train", {}).get("minutes", 0.0)
+        except (KitError, OSError, AttributeError):
+            return 0.0
+        return float(minutes) if isinstance(minutes, (int, float)) and not isinstance(minutes, bool) else 0.0
 
     def predicted(self, which: str | None = None) -> bool:
         """Its val/test probabilities came from the checkpoint <which>.pt now on disk (kit.records)."""

@@ -125,6 +125,32 @@ def test_the_recipe_table_notes_a_member_that_lost_steps(tmp_path):
     assert notes["kept"] == "" and notes["starved"].startswith("lost steps: 4.0 steps/s against 10.0 at its start")
 
 
+def test_the_recipe_table_notes_a_member_that_ran_well_past_its_minutes(tmp_path):
+    """Probe 42 D4: a member whose first steps ran slow (a starved machine) trained 2.7x its minutes, and
+    the recipe's table said only "lost steps"; it now says so, as `kit train` does, from the minutes its
+    config.toml gave it. A config that cannot be read gives no such note, never an error."""
+    import json
+
+    from kit.rundir import RunDir
+    from kit.zoo import RecipeRun
+
+    for name, seconds, config in (("on-time", 20.0, "[train]\nminutes = 0.3\n"),
+                                  ("overran", 120.3, "[train]\nminutes = 0.3\n"),
+                                  ("damaged", 120.3, "[train\nminutes = "), ("untimed", 120.3, "[train]\n")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.toml").write_text(config)
+        (tmp_path / name / "summary.json").write_text(json.dumps(
+            {"name": name, "step": 900, "seconds": seconds, "best_val_acc": 0.5, "stopped_reason": "budget"}))
+    run = RecipeRun(recipe=type("R", (), {"name": "r"})(), budget="quick", data_dir=tmp_path, store=None,
+                    root=tmp_path, chosen=["on-time", "overran", "damaged", "untimed"], log=print, progress=False,
+                    workers=1, submissions=tmp_path)
+    notes = {m.name: m.note for m in run.results(set(), None).members}
+    assert notes["overran"].startswith("took 2.0 minutes against its 0.3")
+    assert notes["on-time"] == notes["damaged"] == notes["untimed"] == ""
+    assert RunDir.of(tmp_path / "overran").planned_minutes == 0.3
+    assert RunDir.of(tmp_path / "damaged").planned_minutes == 0
+
+
 def test_real_data_without_a_gpu_gets_the_quick_budget_and_says_why(tiny_data, tmp_path, monkeypatch):
     """Probe 31: data with no synthetic marker (the real competition, or another generator's fetched
     through an emulator) got the full budget on a CPU: models sized for hours of GPU time."""
