@@ -150,8 +150,7 @@ def _cut(run: RecipeRun, jobs: list, slots: list) -> AuditionResult:
     keep, rung = spec["keep"], float(spec["rung"])
     minutes = 0.0                                   # untimed: the cut is at rung x each one's max_steps
     if plan.timed:
-        minutes = _begun_rung(run, plan.candidate_minutes([plan.prediction(n) for n in run.chosen], keep, rung,
-                                                          max(len(slots), 1)))
+        minutes = _rung_minutes(run, keep, rung, max(len(slots), 1))
     keep = most_kept(spec, plan, len(slots))
     past = [n for n in run.chosen if _past_the_cut(run.root / n)]
     if past:                # the decision is gone (deleted): its scores cannot be taken again (probe 42)
@@ -196,22 +195,39 @@ def _cut(run: RecipeRun, jobs: list, slots: list) -> AuditionResult:
     return result
 
 
-def _begun_rung(run: RecipeRun, minutes: float) -> float:
+def _rung_minutes(run: RecipeRun, keep: int, rung: float, slots: int) -> float:
     """Each candidate's training minutes for the rung: those of a rung already begun (a re-run after a
     kill, with other --minutes, --member-minutes or --workers), so the cut compares candidates trained
-    alike (probe 42: 1-minute and 0.3-minute candidates were ranked together), else `minutes`."""
+    alike (probe 42: 1-minute and 0.3-minute candidates were ranked together), else the time plan's.
+    A begun rung is finished at its own minutes even when this run's would be too few for a rung
+    (probe 44: the re-run of a killed rung with --minutes 4 was refused, its two finished rungs left)."""
+    plan, begun = run.plan, _begun_rung(run)
+    predictions = [plan.prediction(n) for n in run.chosen]
+    if begun is None:
+        return plan.candidate_minutes(predictions, keep, rung, slots)
+    name, earlier = begun
+    try:
+        minutes: float | None = plan.candidate_minutes(predictions, keep, rung, slots)
+    except KitError:                    # too few for a rung now: the begun one is finished all the same
+        minutes = None
+    if minutes is None or abs(earlier - minutes) > 1e-6:
+        now = "" if minutes is None else f", not this run's {minutes:.2f}"
+        run.log(f"audition: the rung was begun at {earlier:.2f} training minutes per candidate ({name}); the "
+                f"others train as many{now}, so that the cut compares like with like")
+    return earlier
+
+
+def _begun_rung(run: RecipeRun) -> tuple[str, float] | None:
+    """The first candidate with a config.toml of its own and the training minutes it gives (a rung
+    begun by an earlier run), or None."""
     for name in run.chosen:
         if (run.root / name / "config.toml").is_file():
             try:
                 earlier = load_config(run.root / name).train.minutes
             except KitError:
                 continue
-            if earlier and abs(earlier - minutes) > 1e-6:
-                run.log(f"audition: the rung was begun at {earlier:.2f} training minutes per candidate ({name}); the "
-                        f"others train as many, not this run's {minutes:.2f}, so that the cut compares like with like")
-                return earlier
-            return minutes
-    return minutes
+            return (name, earlier) if earlier else None
+    return None
 
 
 def most_kept(spec: dict, plan: TimePlan, slots: int) -> int:
@@ -255,16 +271,20 @@ def survivors_of(ranked: list[str], scores: dict, keep: int, within: float, slot
 
 
 def twinned(survivors: list[str], twins: dict[str, str]) -> list[str]:
-    """The survivors with the twins ({twin: candidate}, a recipe's `twin_of`) of those among them: each
-    twin goes on beside its candidate (after it) in the place of the last survivor that is neither a
-    candidate with a twin nor a twin; never more survivors, and none when its candidate is the only one.
-    Why (boss's quick budget, 2026-12-06, two replicates): resnet-s with a second seed of itself voted
-    as well as or better than resnet-s with transformer-s, the runner-up of another kind, on test on
-    all four competitions measured (bench-results/cpu-twin-resnet-2026-12-06/)."""
+    """The survivors (best first) with the twins ({twin: candidate}, a recipe's `twin_of`) of the
+    leader: a twin goes on beside its candidate (after it) in the place of the last survivor that is
+    neither a candidate with a twin nor a twin, only when its candidate is the first survivor (the best
+    at the cut, a tie going to the recipe's order); never more survivors, and none when its candidate
+    is the only one. Why (boss's quick budget, 2026-12-06, two replicates): where resnet-s led or tied
+    at the cut, resnet-s with a second seed of itself voted as well as or better than resnet-s with
+    transformer-s, the runner-up of another kind, on test on all four competitions measured
+    (bench-results/cpu-twin-resnet-2026-12-06/). Why only beside the leader (probe 44): resnet-s kept
+    as one per core at 0.25 took the place of transformer-s, the leader at 0.625, with its twin, and
+    the vote was two seeds of the weaker network (0.50 on test)."""
     out = list(survivors)
     for twin, of in twins.items():
         others = [n for n in out if n != of and n not in twins and n not in twins.values()]
-        if of in out and others:
+        if out and out[0] == of and others:
             out.remove(others[-1])
             out.insert(out.index(of) + 1, twin)
     return out

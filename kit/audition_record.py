@@ -59,6 +59,9 @@ class AuditionResult:
                 f"{self.kinds.get(n, ''):11s}  {'kept' if n in self.survivors else 'pruned'}" for n in order]
         rows += [f"  {t:16s}   -     not in the rung: another seed of {o}, trained from scratch in the place of the "
                  "last other survivor" for t, o in self.twins.items()]
+        rows += [f"  {t:16s}   -     not trained: {o} " + ("is the only survivor" if self.survivors == [o] else
+                 "was not the best at the cut (a twin goes on only beside the leader)")
+                 for t, o in self.spec.get("twins", {}).items() if t not in self.survivors and o in self.candidates]
         tie, top = float(self.spec.get("tie", 0.0)), max((v for v in self.scores.values() if v is not None), default=0)
         if tie > 0 and self.n_val:
             band = tie * difference_error(top, top, self.n_val)

@@ -119,6 +119,30 @@ def test_a_rung_begun_before_a_kill_is_finished_at_its_own_minutes(tiny_data, ti
     assert any("the rung was begun at 0.08 training minutes" in line and "not this run's 0.20" in line for line in logs)
 
 
+def test_a_begun_rung_is_finished_even_when_the_re_runs_minutes_are_too_few_for_one(tiny_data, tiny_recipe,
+                                                                                     tmp_path, monkeypatch):
+    """Probe 44: a re-run after a kill in the rung, with --minutes that passed the audition's first check
+    but, after the start-up, were too few for a rung, was refused ("too little time to audition"),
+    before kit looked at the rung already begun; its finished rungs were left."""
+    import kit.audition
+
+    runs, root = tmp_path / "runs", tmp_path / "runs" / "tiny"
+    run_recipe(_recipe(tiny_recipe, {"predict": False}), data=str(tiny_data), runs=str(runs), progress=False,
+               workers=1, per_member_minutes=0.08)
+    first = json.loads((root / "audition.json").read_text())
+    (root / "audition.json").unlink()               # killed in the rung: no decision, no survivors yet
+    for name in first["survivors"]:
+        shutil.rmtree(root / name)
+    monkeypatch.setattr(kit.audition, "_too_short", lambda *a: None)     # the first check passed (a slow start)
+    logs: list[str] = []
+    run_recipe(_recipe(tiny_recipe, {"predict": False}), data=str(tiny_data), runs=str(runs), progress=False,
+               workers=1, minutes=0.05, log=logs.append)
+    again = json.loads((root / "audition.json").read_text())
+    assert again["minutes"] == pytest.approx(0.08) and again["survivors"]
+    assert any("the rung was begun at 0.08 training minutes" in line and "not this run's" not in line
+               for line in logs)
+
+
 def test_no_audition_trains_the_fixed_members_only(tiny_data, tiny_recipe, tmp_path):
     runs = tmp_path / "runs"
     result = run_recipe(_recipe(tiny_recipe, {"predict": False}), data=str(tiny_data), runs=str(runs),

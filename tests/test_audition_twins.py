@@ -16,10 +16,11 @@ from kit.zoo import run_recipe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-MEMBERS = ("mean", {"name": "sap", "model.pooling": "sap"}, {"name": "slow", "candidate": True, "train.lr": 1e-6},
+MEMBERS = ({"name": "sap", "model.pooling": "sap"}, "mean", {"name": "slow", "candidate": True, "train.lr": 1e-6},
            {"name": "sap2", "twin_of": "sap", "train.seed": 5})
 # tie = 10: every score at the cut on 8 validation utterances is a tie, so the recipe's order decides
-# (mean and sap go on, slow is pruned) and the test does not hang on scores near chance
+# (sap leads, sap and mean go on, slow is pruned; sap2 then takes mean's place) and the test does not
+# hang on scores near chance
 AUDITION = "[audition]\nenabled = true\nkeep = 2\nrung = 0.5\nwithin = 0.0\nkinds = false\ntie = 10.0\n"
 
 
@@ -103,10 +104,23 @@ def test_a_decision_whose_twin_has_not_started_is_read_and_a_changed_twin_refuse
 
 def test_twinned_takes_the_last_other_survivors_place_and_never_adds_one():
     assert twinned(["a", "b"], {"a2": "a"}) == ["a", "a2"]
-    assert twinned(["b", "a"], {"a2": "a"}) == ["a", "a2"]      # the other survivor goes, leader or not
-    assert twinned(["b", "a", "c"], {"a2": "a"}) == ["b", "a", "a2"]
+    assert twinned(["a", "b", "c"], {"a2": "a"}) == ["a", "a2", "b"]
+    # probe 44: its candidate behind another at the cut (kept as one per core, or second of three): no twin,
+    # the leader is never pruned for a second seed of a weaker network
+    assert twinned(["b", "a"], {"a2": "a"}) == ["b", "a"]
+    assert twinned(["b", "a", "c"], {"a2": "a"}) == ["b", "a", "c"]
     assert twinned(["a"], {"a2": "a"}) == ["a"]                 # one survivor (one core): no room for a twin
     assert twinned(["b", "c"], {"a2": "a"}) == ["b", "c"]       # its candidate pruned: the twin never trains
+
+
+def test_the_cut_says_why_a_twin_did_not_go_on():
+    """Probe 44: the table said nothing of the twin when its candidate was kept but not the leader."""
+    spec = {"twins": {"a2": "a"}}
+    behind = AuditionResult(["b", "a"], 2, 0.1, 1.0, {"b": 0.625, "a": 0.25}, survivors=["b", "a"], spec=spec)
+    alone = AuditionResult(["b", "a"], 1, 0.1, 1.0, {"b": 0.2, "a": 0.25}, survivors=["a"], spec=spec)
+    said = [" ".join(line.split()) for line in behind.lines() + alone.lines() if line.split()[0] == "a2"]
+    assert said == ["a2 - not trained: a was not the best at the cut (a twin goes on only beside the leader)",
+                    "a2 - not trained: a is the only survivor"]
 
 
 def test_a_twin_has_its_candidates_settings_under_its_own(tiny_recipe):
