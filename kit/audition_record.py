@@ -108,15 +108,23 @@ SPEC_KEYS = ("keep", "rung", "within", "kinds", "per_slot", "tie", "twins")
 
 def decided(root: Path, candidates: list[str], spec: dict) -> AuditionResult | None:
     """The decision of an earlier run, when every survivor's run dir is still there (--fresh moves
-    them aside: the audition runs again). Refused (KitError) when it was taken over other candidates
-    or [audition] settings than the recipe's now: its survivors have trained past the cut, so a new
-    cut would rank their later scores against a new candidate's early one."""
+    them aside: the audition runs again; some gone and some still here is refused). Refused (KitError)
+    when it was taken over other candidates or [audition] settings than the recipe's now: its
+    survivors have trained past the cut, so a new cut would rank their later scores against a new
+    candidate's early one."""
     path = root / AUDITION_FILE
     if not path.is_file():
         return None
     result = AuditionResult.read(path)
     ran = [n for n in result.survivors if n not in result.twins]       # a twin starts after the cut: maybe not yet
-    if any(not (root / n).is_dir() for n in ran):
+    gone = [n for n in ran if not (root / n).is_dir()]
+    if gone:
+        here = [n for n in result.survivors if n not in gone and (root / n).is_dir()]
+        if here:            # a new cut beside members trained under this one (probe 45: a --fresh stopped part way)
+            raise KitError(f"{path}: survivor(s) {', '.join(gone)} of this decision are gone while {', '.join(here)} "
+                           "are still here (a --fresh stopped part way, or a folder moved?), so a new cut would be "
+                           "voted beside members of the old one; put them back, or re-run with --fresh to audition "
+                           "again")
         return None
     lost = [n for n in ran if RunDir(root / n).summary() is None]
     if lost:                # every candidate had one at the cut: removed or damaged since (probe 42)

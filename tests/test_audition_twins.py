@@ -100,6 +100,14 @@ def test_a_decision_whose_twin_has_not_started_is_read_and_a_changed_twin_refuse
     assert found is not None and found.survivors == ["sap", "sap2"]
     with pytest.raises(KitError, match=r"\[audition\] twins \{'sap2': 'sap'\} -> \{\}"):
         decided(root, ["mean", "sap"], {**spec, "twins": {}})
+    # probe 45: the candidate gone (a --fresh stopped part way) while its trained twin stays: refused, not a new
+    # cut voted beside the old cut's twin; every survivor gone: the audition runs again
+    (root / "sap2").mkdir()
+    (root / "sap").rename(tmp_path / "sap-aside")
+    with pytest.raises(KitError, match=r"survivor\(s\) sap of this decision are gone while sap2 are still here"):
+        decided(root, ["mean", "sap"], spec)
+    (root / "sap2").rmdir()
+    assert decided(root, ["mean", "sap"], spec) is None
 
 
 def test_twinned_takes_the_last_other_survivors_place_and_never_adds_one():
