@@ -183,6 +183,17 @@ def test_ensemble_refuses_a_member_with_nan_probabilities(predicted, tmp_path, c
     assert not (tmp_path / "subs").exists()
 
 
+def test_ensemble_names_a_cut_short_prediction_file(predicted, tmp_path, capsys):
+    """Probe 45 #5: a truncated test_probs.npy was refused naming its run dir, not the file."""
+    good = predicted.run("good", [0, 1, 2, 0, 1, 2], [0, 1, 2, 0])
+    cut = predicted.run("cut", [0, 1, 2, 0, 1, 2], [0, 1, 2, 0])
+    data = (cut / "test_probs.npy").read_bytes()
+    (cut / "test_probs.npy").write_bytes(data[:len(data) - 20])
+    code, _, err = kit_cli(capsys, "ensemble", good, cut, "--out", tmp_path / "subs")
+    assert code == 2 and err.startswith(f"kit: error: {cut / 'test_probs.npy'}: unreadable predictions ("), err
+    assert not (tmp_path / "subs").exists()
+
+
 def test_a_member_collapsed_to_one_speaker_and_a_vote_under_its_best_member_are_said(predicted, tmp_path, capsys):
     good = predicted.run("good", [0, 1, 2, 0, 1, 2], [0, 1, 2, 0])
     fair = predicted.run("fair", [0, 1, 2, 0, 2, 2], [0, 1, 2, 1])

@@ -70,7 +70,7 @@ def _read_probabilities(run_dir: Path, path: Path, ids: PredictionIds) -> tuple[
         data = path.read_bytes()
         probs = np.load(io.BytesIO(data), allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
-        raise KitError(f"{run_dir}: unreadable prediction files ({e}); {again}") from None
+        raise KitError(f"{path}: unreadable predictions ({e}); {again}") from None
     recorded, actual = ids.recorded_sha256(path.name), hashlib.sha256(data).hexdigest()
     if recorded is not None and actual != recorded:     # None: an ids.json from before kit recorded digests
         raise KitError(f"{path}: not the predictions ids.json recorded (sha256 {actual[:12]}, "
