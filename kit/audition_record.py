@@ -119,7 +119,7 @@ def decided(root: Path, candidates: list[str], spec: dict) -> AuditionResult | N
     ran = [n for n in result.survivors if n not in result.twins]       # a twin starts after the cut: maybe not yet
     gone = [n for n in ran if not (root / n).is_dir()]
     if gone:
-        here = [n for n in result.survivors if n not in gone and (root / n).is_dir()]
+        here = [n for n in result.survivors if (root / n).is_dir()]
         if here:            # a new cut beside members trained under this one (probe 45: a --fresh stopped part way)
             raise KitError(f"{path}: survivor(s) {', '.join(gone)} of this decision are gone while {', '.join(here)} "
                            "are still here (a --fresh stopped part way, or a folder moved?), so a new cut would be "

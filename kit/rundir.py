@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from kit.config import load_toml
+from kit.config import from_dict, load_toml
 from kit.errors import KitError
 from kit.fsio import read_json
 from kit.records import predictions_current
@@ -84,11 +84,11 @@ class RunDir:
     def planned_minutes(self) -> float:
         """The training minutes its config.toml gave it (train.minutes), 0.0 for a run without a time
         budget or a config that cannot be read."""
+        path = self.path / "config.toml"
         try:
-            minutes = load_toml(self.path / "config.toml").get("train", {}).get("minutes", 0.0)
-        except (KitError, OSError, AttributeError):
+            return from_dict(load_toml(path), where=str(path)).train.minutes    # as kit.train.results reads it
+        except (KitError, OSError):
             return 0.0
-        return float(minutes) if isinstance(minutes, (int, float)) and not isinstance(minutes, bool) else 0.0
 
     def predicted(self, which: str | None = None) -> bool:
         """Its val/test probabilities came from the checkpoint <which>.pt now on disk (kit.records)."""
