@@ -32,6 +32,7 @@ scores of the accuracy bench are not affected.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -111,8 +112,10 @@ def run_audition(run: RecipeRun, jobs: list, slots: list) -> AuditionResult:
     # the dearest prediction first, so that it is not the last thing the recipe waits for
     for name in sorted(result.survivors, key=lambda n: -run.plan.prediction(n)):
         state = RunDir(run.root / name)
-        if name in result.twins and (problem := state.summary_problem()):     # said, as RecipeRun.jobs does
-            run.log(f"{name}: its summary.json cannot be read ({problem}): not counted as finished; it resumes")
+        if problem := state.summary_problem():       # said, as RecipeRun.jobs does (a pruned one's is left)
+            run.log(f"{name}: its summary.json cannot be read ({problem}): not counted as finished; it resumes "
+                    + ("from its checkpoint (its minutes so far from metrics.csv)" if state.has_checkpoint
+                       else "from its first step"))
         if not state.finished:              # its minutes: _survivor_share's, as it resumes
             left.append((name, run.config(name), state.path, state.has_checkpoint))
     if left and earlier is not None:
@@ -141,8 +144,22 @@ def _survivor_share(run: RecipeRun, result: AuditionResult):
     """A survivor's training minutes as it resumes: what it trained before the cut plus its share of
     the time left (the time plan's, with the survivors' own predictions reserved, so an estimate
     made for the average candidate before the cut is corrected); with --member-minutes, those."""
-    return run.plan.resumed_sharer(
-        lambda name: (RunDir(run.root / name).summary() or {}).get("seconds", 0.0) / 60, result.minutes)
+    return run.plan.resumed_sharer(lambda name: trained_minutes(run.root / name), result.minutes)
+
+
+def trained_minutes(run_dir: Path) -> float:
+    """The training minutes a run has behind it: its summary's; else (summary.json damaged or gone,
+    probe 45) its last evaluation's in metrics.csv, the clock its last.pt was written with; else 0."""
+    summary = RunDir(run_dir).summary()
+    if summary is None:
+        try:
+            rows = read_metrics(run_dir / "metrics.csv")
+        except (OSError, ValueError):               # pandas' parser errors are ValueErrors
+            rows = []
+        summary = rows[-1] if rows else {}
+    seconds = summary.get("seconds")
+    ok = isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and math.isfinite(seconds)
+    return max(float(seconds), 0.0) / 60 if ok else 0.0
 
 
 def _cut(run: RecipeRun, jobs: list, slots: list) -> AuditionResult:
@@ -160,6 +177,9 @@ def _cut(run: RecipeRun, jobs: list, slots: list) -> AuditionResult:
     rung_jobs = []
     for name, cfg, run_dir, resume in jobs:
         if RunDir(run_dir).summary() is None:       # not yet at the cut (a re-run after a kill resumes it)
+            if problem := RunDir(run_dir).summary_problem():
+                run.log(f"{name}: its summary.json cannot be read ({problem}): it resumes the rung from its "
+                        + ("checkpoint" if resume else "first step"))
             if minutes:
                 cfg.train.minutes, cfg.train.max_minutes = minutes, rung * minutes
             elif cfg.train.minutes:                 # timed by its own train.minutes, not the recipe's

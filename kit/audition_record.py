@@ -126,10 +126,13 @@ def decided(root: Path, candidates: list[str], spec: dict) -> AuditionResult | N
                            "voted beside members of the old one; put them back, or re-run with --fresh to audition "
                            "again")
         return None
-    lost = [n for n in ran if RunDir(root / n).summary() is None]
-    if lost:                # every candidate had one at the cut: removed or damaged since (probe 42)
-        raise KitError(f"{path}: survivor(s) {', '.join(lost)} have no readable summary.json, so kit cannot tell "
-                       "where they stand against the cut; put it back, or re-run with --fresh to audition again")
+    # a survivor with no summary but its checkpoint resumes from it (probe 45); with neither, it never
+    # trained under this decision (probe 42: the folder made again), so where it stands is unknown
+    lost = [n for n in ran if RunDir(root / n).summary() is None and not RunDir(root / n).has_checkpoint]
+    if lost:
+        raise KitError(f"{path}: survivor(s) {', '.join(lost)} have neither a readable summary.json nor a checkpoint "
+                       "(last.pt), so kit cannot tell where they stand against the cut; put them back, or re-run "
+                       "with --fresh to audition again")
     added, gone = sorted(set(candidates) - set(result.candidates)), sorted(set(result.candidates) - set(candidates))
     changes = ([f"candidate(s) added: {', '.join(added)}"] if added else []) + \
         ([f"candidate(s) gone: {', '.join(gone)}"] if gone else []) + \

@@ -211,7 +211,7 @@ class RecipeRun:
                 skipped.add(name)
                 continue
             problem = run.summary_problem()
-            if problem:                     # said, not silently resumed over (probe 40)
+            if problem and not self.auditioning:    # said (probe 40); an audition says it (kit.audition)
                 self.log(f"{name}: its summary.json cannot be read ({problem}): not counted as finished; "
                          "it resumes from its checkpoint and writes a new one")
             jobs.append((name, self.config(name), run.path, run.has_checkpoint))

@@ -87,16 +87,45 @@ def test_the_best_candidates_at_the_cut_go_on_and_are_the_only_ones_voted(tiny_d
         run_recipe(_recipe(tiny_recipe), data=str(tiny_data), runs=str(runs), progress=False, workers=1,
                    per_member_minutes=0.12, submissions=tmp_path / "subs")
     (root / "audition.json").write_text(json.dumps(decision))
-    # a survivor's summary.json gone: kit cannot tell where it stands against the cut
-    survivor_summary = root / cut.survivors[0] / "summary.json"
-    kept = survivor_summary.read_bytes()
-    survivor_summary.unlink()
-    with pytest.raises(KitError, match=rf"survivor\(s\) {cut.survivors[0]} have no readable summary\.json"):
+    # a survivor's summary.json damaged: it resumes from its checkpoint under the same decision (probe 45:
+    # refused, with --fresh, which trains everything again, the only way on); the others are left alone
+    survivor, pruned = root / cut.survivors[0], root / cut.pruned[0]
+    (survivor / "summary.json").write_text('{"step": 3')
+    (pruned / "summary.json").write_text("{bad")       # not trained again, so not said to resume (probe 45 #4)
+    logs: list[str] = []
+    again = run_recipe(_recipe(tiny_recipe), data=str(tiny_data), runs=str(runs), progress=False, workers=1,
+                       per_member_minutes=0.12, submissions=tmp_path / "subs", log=logs.append)
+    assert again.audition is not None and again.audition.survivors == cut.survivors
+    said = [line for line in logs if "summary.json cannot be read" in line]
+    assert len(said) == 1 and said[0].startswith(f"{cut.survivors[0]}: ") and "from its checkpoint" in said[0]
+    assert json.loads((survivor / "summary.json").read_text())["stopped_reason"] == "budget"
+    assert (pruned / "summary.json").read_text() == "{bad"
+    assert {n: (root / n / "summary.json").stat().st_mtime_ns for n in cut.survivors[1:]} == {
+        n: before[n] for n in cut.survivors[1:]}
+    # with neither a summary nor a checkpoint (probe 42: the folder made again), where it stands is unknown
+    survivor.rename(tmp_path / "aside")
+    survivor.mkdir()
+    with pytest.raises(KitError, match=rf"survivor\(s\) {cut.survivors[0]} have neither a readable summary\.json"):
         run_recipe(_recipe(tiny_recipe), data=str(tiny_data), runs=str(runs), progress=False, workers=1,
                    per_member_minutes=0.12, submissions=tmp_path / "subs")
-    survivor_summary.write_bytes(kept)
-    assert {n: (root / n / "summary.json").stat().st_mtime_ns for n in cut.candidates if n != cut.survivors[0]} == {
-        n: t for n, t in before.items() if n != cut.survivors[0]}
+
+
+def test_a_survivors_minutes_so_far_come_from_metrics_csv_when_its_summary_is_damaged(tmp_path):
+    """Probe 45: a survivor whose summary.json is damaged resumes; the minutes it trained before the cut
+    (its share adds to them) are its last evaluation's, the clock its last.pt was written with."""
+    from kit.audition import trained_minutes
+
+    run = tmp_path / "m"
+    run.mkdir()
+    assert trained_minutes(run) == 0.0
+    (run / "metrics.csv").write_text("step,val_acc,seconds\n10,0.2,30.0\n20,0.4,90.0\n")
+    assert trained_minutes(run) == pytest.approx(1.5)
+    (run / "summary.json").write_text(json.dumps({"step": 20, "seconds": 120.0}))
+    assert trained_minutes(run) == pytest.approx(2.0)             # the summary, where it reads
+    (run / "summary.json").write_text('{"step": 2')
+    assert trained_minutes(run) == pytest.approx(1.5)
+    (run / "metrics.csv").write_bytes(b"\x00\xff step,,\n\"")          # damaged too: nothing to go on
+    assert trained_minutes(run) == 0.0
 
 
 def test_a_rung_begun_before_a_kill_is_finished_at_its_own_minutes(tiny_data, tiny_recipe, tmp_path):
