@@ -158,8 +158,9 @@ def trained_minutes(run_dir: Path) -> float:
             rows = []
         summary = rows[-1] if rows else {}
     seconds = summary.get("seconds")
-    ok = isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and math.isfinite(seconds)
-    return max(float(seconds), 0.0) / 60 if ok else 0.0
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not math.isfinite(seconds):
+        return 0.0
+    return max(float(seconds), 0.0) / 60
 
 
 def _cut(run: RecipeRun, jobs: list, slots: list) -> AuditionResult:
