@@ -148,8 +148,7 @@ def identity_changes(old: dict, new: dict, config_prefix: str | tuple[str, ...] 
     was, now = old.get("data", {}), new["data"]
     if "features" in was:
         if (was.get("layout"), was.get("features")) != (now["layout"], now["features"]):
-            where = "same dir, files changed" if was.get("dir") == now["dir"] else f"{was.get('dir')} -> {now['dir']}"
-            changes.append(f"data ({where})")
+            changes.append(f"data ({data_change(was, now)})")
     elif was.get("dir") != now["dir"]:
         changes.append(f"data ({was.get('dir')} -> {now['dir']})")
     changes += config_changes(old.get("config", {}), new["config"], config_prefix)
@@ -158,6 +157,19 @@ def identity_changes(old: dict, new: dict, config_prefix: str | tuple[str, ...] 
     if not old.get("legacy") and not config_prefix and old.get("budget") != new.get("budget"):
         changes.append(f"budget {old.get('budget')} -> {new.get('budget')}")
     return changes
+
+
+def data_change(was: dict, now: dict) -> str:
+    """What changed in the data, in a few words: its json files, or the contents of its feature files
+    (the identity keeps one digest of them all, so not which), and where it is when it moved too (probe
+    45: a copied dir with one file changed was reported as the two paths, as if the move were the change)."""
+    what = []
+    if was.get("layout") != now["layout"]:
+        what.append("its metadata.json, mapping.json or testdata.json changed")
+    if was.get("features") != now["features"]:
+        what.append("the contents of its feature files changed")
+    where = "" if was.get("dir") == now["dir"] else f"; the dir moved too: {was.get('dir')} -> {now['dir']}"
+    return " and ".join(what) + where
 
 
 def input_changes(old: dict, new: dict) -> list[str]:

@@ -74,9 +74,11 @@ def test_recipe_reuses_a_member_only_for_the_same_data_settings_and_budget(write
     code, out, err = kit_cli(capsys, *run, "--data", moved, "--member-minutes", 5)
     assert code == 0 and "finished earlier" in out      # same content elsewhere; a time budget is not identity
 
-    change_a_feature_file(moved)
-    line = one_error(*kit_cli(capsys, *run, "--data", moved)[::2], "runs/tiny/mean", "data (", "--fresh",
+    change_a_feature_file(moved)        # probe 45: said as the two paths, as if the move were the change
+    line = one_error(*kit_cli(capsys, *run, "--data", moved)[::2], "runs/tiny/mean", "data (the contents of its "
+                     f"feature files changed; the dir moved too: {data.resolve()} -> {moved.resolve()})", "--fresh",
                      "--runs OTHER")
+    assert "json" not in line
     assert "budget quick" not in line and "train." not in line
     one_error(*kit_cli(capsys, *run, "--data", data, "--budget", "full")[::2], "budget quick -> full")
     write_recipe(lr=1e-3, members=("mean",))
@@ -116,7 +118,7 @@ def test_resume_refuses_other_data_and_another_model_shape(trained, data, capsys
     last = (trained / "last.pt").read_bytes()
     change_a_feature_file(data)
     one_error(*kit_cli(capsys, "train", "--out", trained, "--resume", "--data", data, "--no-progress")[::2],
-              "cannot resume", "data (", "--fresh")
+              "cannot resume", "data (the contents of its feature files changed", "--fresh")
     one_error(*kit_cli(capsys, "train", "--out", trained, "--resume", "--no-progress",
                        "--set", "model.d_model=32")[::2], "cannot resume", "model.d_model 16 -> 32")
     # probe 41: another split made validation hold utterances the weights had trained on, without a word
@@ -396,3 +398,20 @@ def test_a_member_killed_by_a_signal_is_named_as_killed_not_by_its_logs_last_lin
         run_slots([("m", run_dir, [suicide])], [{"label": "cpu"}], lambda line: None, [])
     assert "member m failed (killed by signal 9, SIGKILL; out of memory?)" in str(e.value)
     assert "}" not in str(e.value).split("full log")[0]
+
+
+def test_a_data_change_says_what_changed_and_a_move_only_beside_it():
+    """Probe 45 #2: a copied data dir with one feature file changed was reported as `data (OLD -> NEW)`,
+    as if the move itself were the change (a moved dir with the same contents is the same data)."""
+    from kit.identity import identity_changes
+
+    def ident(where: str, layout: str, features: str) -> dict:
+        return {"data": {"dir": where, "layout": layout, "features": features}, "config": {}, "budget": "quick"}
+
+    assert identity_changes(ident("/a", "L", "F"), ident("/b", "L", "F")) == []
+    assert identity_changes(ident("/a", "L", "F"), ident("/a", "L", "G")) == [
+        "data (the contents of its feature files changed)"]
+    assert identity_changes(ident("/a", "L", "F"), ident("/b", "M", "F")) == [
+        "data (its metadata.json, mapping.json or testdata.json changed; the dir moved too: /a -> /b)"]
+    [both] = identity_changes(ident("/a", "L", "F"), ident("/a", "M", "G"))
+    assert "json changed and the contents of its feature files changed)" in both and "moved" not in both
