@@ -353,12 +353,16 @@ def _written(record: Path) -> dict:
     try:
         written = read_json(record, "a run's record of its checkpoints")
     except (KitError, OSError) as e:
-        raise KitError(f"{first_line(e, 160)}; delete it to skip the check of the run's checkpoints") from None
+        raise KitError(f"{first_line(e, 160)}; {_RECORD_WAYS}") from None
     if not isinstance(written, dict) or not all(isinstance(v, str) or (isinstance(v, list) and all(
             isinstance(d, str) for d in v)) for v in written.values()):
-        raise KitError(f"{record}: not a record of checkpoint digests (file name: SHA-256); delete it to skip "
-                       "the check of the run's checkpoints")
+        raise KitError(f"{record}: not a record of checkpoint digests (file name: SHA-256); {_RECORD_WAYS}")
     return written
+
+
+# a damaged record's ways on: the safe one first (probe 45: only "delete it", which turns the check off)
+_RECORD_WAYS = (f"{START_OVER}; or, only if you know its checkpoints are the run's own, delete the record to "
+                "skip their check")
 
 
 def trained_on_validation(run_dirs) -> list[str]:
