@@ -40,7 +40,6 @@ from kit.train import TrainingDiverged, load_config, train
 from kit.workers import member_task, run_parallel, slots_for
 
 if TYPE_CHECKING:
-    from kit.data import FeatureStore
     from kit.launch import Launcher
 
 
@@ -296,8 +295,9 @@ class RecipeRun:
 
     def ensemble(self, run_dirs: list[Path], name: str, val_from: list[Path] | None = None) -> dict:
         plan = self.recipe.after
-        vote = plan["ensemble"] if len(run_dirs) > 1 else "hard"     # one run: its own predictions
-        return ensemble_runs(run_dirs, vote=vote, weights="auto" if plan["weights"] == "auto" else None, name=name,
+        one = len(run_dirs) == 1        # its own predictions, labelled "single" as a vote that chose one is
+        weights = "auto" if one or plan["weights"] == "auto" else None
+        return ensemble_runs(run_dirs, vote="auto" if one else plan["ensemble"], weights=weights, name=name,
                              out_dir=self.submissions, log=self.log, val_from=val_from, competition=self.competition)
 
     def predict(self, run_dir: Path, which: str | None = None) -> dict | None:

@@ -20,6 +20,7 @@ from kit.kaggle import read_ledger, recipe_submit, update_ledger
 from kit.kaggle.ledger import append_ledger, sending_lock
 from kit.kaggle.pending import keep_pending
 from kit.layout import synth_marker
+from kit.records import SubmissionManifest
 from kit.zoo import run_recipe
 
 from conftest import one_error_line
@@ -95,9 +96,11 @@ def test_a_failed_submission_exits_2_after_the_table(trained, tiny_data, tmp_pat
     assert code == 2
     line = one_error_line(err)
     assert "tiny.csv FAILED" in line and "CSV is kept" in line and "ledger row records the failure" in line
-    assert "ensemble (hard) val acc" in out
+    assert "ensemble (single) val acc" in out           # one member: its own predictions (probe 45 #7)
     assert "FAILED on kaggle  public -  private -" in out and "None" not in out
     assert (tmp_path / "submissions" / "tiny.csv").is_file()
+    manifest = SubmissionManifest.load(tmp_path / "submissions" / "tiny.json")   # the ledger's vote and the report's
+    assert (manifest.voted, manifest.description) == ("auto: single", "single")
 
 
 def test_a_skipped_submission_is_no_failure(trained, tiny_data, tmp_path, monkeypatch, capsys):
