@@ -265,6 +265,26 @@ def write_csv(path: str | os.PathLike, frame) -> None:
         frame.to_csv(tmp, index=False)
 
 
+# A spreadsheet reads a cell that starts with one of these as a formula (CSV injection): a ledger's
+# message typed by a user, `=HYPERLINK(...)`, would run when the ledger is opened in one (probe 44 F3)
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(text: str) -> str:
+    """A CSV cell a spreadsheet shows as text: a leading apostrophe before a formula's first character
+    (and before an apostrophe that would read as one), which spreadsheet_text takes off again."""
+    if not isinstance(text, str):                   # a cell pandas left empty (NaN): as it is
+        return text
+    quoted = text.startswith(_FORMULA_STARTS) or (text.startswith("'") and text[1:].startswith(("'", *_FORMULA_STARTS)))
+    return "'" + text if quoted else text
+
+
+def spreadsheet_text(cell: str) -> str:
+    """The text spreadsheet_safe made `cell` from."""
+    quoted = isinstance(cell, str) and cell.startswith("'") and cell[1:].startswith(("'", *_FORMULA_STARTS))
+    return cell[1:] if quoted else cell
+
+
 def copy_file(src: str | os.PathLike, dst: str | os.PathLike, what: str = "copy") -> None:
     """Copy `src` (its bytes and times) to `dst` by way of a temp file beside it, renamed once whole: a
     full disk leaves no empty or partial `dst` (a backup rotation would keep it over a good one), only

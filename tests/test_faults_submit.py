@@ -5,7 +5,9 @@ refuses a fault it could never fire.
 """
 from __future__ import annotations
 
+import csv
 import errno
+import io
 import os
 import stat
 
@@ -15,7 +17,7 @@ from kit import env as kit_env
 from kit.errors import KitError
 from kit.fsio import sha256_file
 from kit.kaggle import read_ledger, submissions
-from kit.kaggle.ledger import merge_rows
+from kit.kaggle.ledger import merge_rows, update_ledger
 from kit.kaggle.pending import keep_pending, merge_pending, pending_files
 
 from conftest import COMP, one_error_line, submit_args, write_submission
@@ -209,6 +211,23 @@ def test_a_message_of_several_lines_is_one_row_of_the_scores_table(tmp_path, cap
                          "private": "0.5", "target": "kaggle"}])
     code, out, _ = kit(capsys, "scores", "--ledger", ledger, "--no-refresh")
     assert code == 0 and any(line.endswith("first line second line") for line in out.splitlines()), out
+
+
+@pytest.mark.parametrize("message", ['=HYPERLINK("http://x","y")', "+1", "-2", "@SUM(A1)", "\tx", "'=x", "''",
+                                     "'", "'a", "a=b", ""])
+def test_a_message_a_spreadsheet_would_run_is_written_as_text_and_read_back_as_given(tmp_path, capsys, message):
+    """Probe 44 F3: a `-m` message starting with `=` went into ledger.csv as it was, a formula when the
+    ledger is opened in a spreadsheet."""
+    ledger = tmp_path / "ledger.csv"
+    merge_rows(ledger, [{"time": "2026-12-05T00:00:00Z", "competition": COMP, "file": "a.csv", "sha256": "0" * 64,
+                         "message": message, "ref": "1", "status": "COMPLETE", "public": "0.5",
+                         "private": "0.5", "target": "kaggle"}])
+    [row] = list(csv.DictReader(io.StringIO(ledger.read_text())))
+    assert not row["message"].startswith(("=", "+", "-", "@", "\t"))        # what a spreadsheet reads
+    assert row["message"] in (message, "'" + message)
+    assert read_ledger(ledger)["message"].tolist() == [message]
+    update_ledger(ledger, COMP, "1", {"public": "0.6"})                       # a rewrite keeps it as it was
+    assert read_ledger(ledger)["message"].tolist() == [message]
 
 
 def test_serving_with_another_competitions_answer_key_says_so(tiny_data, tiny_answers, tmp_path, capsys):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from kit import env
 from kit.errors import KitError
-from kit.fsio import copy_file, file_lock, remove_left_temps, sha256_file, write_csv
+from kit.fsio import copy_file, file_lock, remove_left_temps, sha256_file, spreadsheet_safe, spreadsheet_text, write_csv
 from kit.kaggle.client import MAYBE_MADE
 from kit.submission import submitted_note
 
@@ -56,6 +56,7 @@ def read_ledger(path: str | os.PathLike, restore: str | None = None):
         frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
     except (ValueError, pd.errors.ParserError) as e:
         raise KitError(f"{path}: unreadable ledger ({e}); fix or remove that row, or {restore}") from None
+    frame = frame.map(spreadsheet_text)             # as _rewrite_ledger wrote it: see spreadsheet_safe
     for c in LEDGER_COLUMNS:        # an older ledger, without the columns added since: they start empty
         if c not in frame.columns:
             frame[c] = ""
@@ -194,7 +195,7 @@ def _rewrite_ledger(path: Path, old, new) -> None:
     if backed_up:
         stamp = datetime.now().strftime("%Y%m%dT%H%M%S%f")
         copy_file(path, path.with_name(f"{path.name}.bak-{stamp}"), "ledger backup")
-    write_csv(path, new)
+    write_csv(path, new.map(spreadsheet_safe))       # a message `=...` is no formula in a spreadsheet
     if backed_up:
         _prune_backups(path)
 
