@@ -339,3 +339,55 @@ def test_a_recipes_re_run_fetches_the_score_its_killed_wait_never_got(kaggle_env
     assert standin.calls.count("CreateSubmission") == 1
     [row] = read_ledger(sub.parent / "ledger.csv").to_dict("records")
     assert row["status"] == "COMPLETE", row
+
+
+@pytest.mark.parametrize("rerun", ["kit submit", "recipe"])
+def test_a_cut_off_send_of_an_earlier_version_of_the_csv_is_found_and_recorded(kaggle_env, standin, sub, tiny_data,
+                                                                                tiny_answers, capsys, rerun):
+    """Probe 46: a send killed after Kaggle accepted it, then the CSV changed (a new vote) before the
+    re-run: only the note lines of the bytes there now were looked up, so the accepted submission got
+    no ledger row and a day's slot was spent unseen. An earlier version found in the list is recorded
+    (its own sha256, the file its bytes are kept in); one that never arrived is said, once."""
+    from datetime import datetime, timedelta, timezone
+
+    from kit.fsio import sha256_file
+    from kit.kaggle import recipe_submit
+    from kit.kaggle.ledger import now
+    from kit.submission import note_sending
+
+    from conftest import write_submission
+
+    ledger, where, old = sub.parent / "ledger.csv", target(standin.url), sha256_file(sub)
+    described = tagged("test run")
+    note_sending(sub, old, ledger, now(), COMP, where, described)
+    made = call("submit", {"competition": COMP, "file": str(sub), "message": described, "wait": False,
+                           "timeout": 10.0, "poll": 0.1}, standin.url)         # Kaggle took it; the answer was lost
+    kept = sub.with_name(sub.name + ".old-20261207-000000")                    # as `kit ensemble` keeps it
+    sub.rename(kept)
+    sub.with_suffix(".json").rename(kept.with_name("sub.json.old-20261207-000000"))
+    write_submission(sub.parent, tiny_answers, tiny_data, "sub", wrong_every=3)           # the new vote
+    lines: list[str] = []
+    if rerun == "kit submit":
+        code, _, err = kit(capsys, *submit_args(sub, standin))
+        assert code == 0, err
+        lines = err.splitlines()
+    else:
+        result = recipe_submit(sub, "a re-run", tiny_data, submissions_dir=sub.parent, endpoint=standin.url,
+                               log=lines.append)
+        assert result["status"] == "COMPLETE" and result["ref"] != str(made["ref"]), result
+    assert any("an earlier version" in line and f"reached Kaggle: ref {made['ref']}" in line for line in lines), lines
+    rows = read_ledger(ledger).to_dict("records")
+    assert sorted((r["ref"], r["sha256"]) for r in rows) == sorted(
+        [(str(made["ref"]), old), (str(standin.submissions[-1]["ref"]), sha256_file(sub))])
+    assert [r["file"] for r in rows if r["sha256"] == old] == [str(kept)]
+    assert len(standin.submissions) == 2                                      # the new bytes, sent once
+
+    # an earlier version that never arrived (noted an hour ago): said, noted answered, not looked for again
+    hour_ago = (datetime.now(timezone.utc) - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    note_sending(sub, sha256_file(sub), ledger, hour_ago, COMP, where, tagged("lost"))
+    for wrong_every, said_never in ((5, 1), (6, 0)):
+        write_submission(sub.parent, tiny_answers, tiny_data, "sub", wrong_every=wrong_every)
+        said: list[str] = []
+        recipe_submit(sub, "again", tiny_data, submissions_dir=sub.parent, endpoint=standin.url, log=said.append)
+        assert sum("it never arrived" in line for line in said) == said_never, said
+    assert len(standin.submissions) == 4

@@ -26,7 +26,7 @@ from kit.kaggle.pending import merge_pending
 from kit.kaggle.refresh import owed_scores
 from kit.kaggle.server import FAULT_TARGETS, StandIn
 from kit.kaggle.server_competitions import MADE
-from kit.kaggle.submissions import AlreadyMade, await_score, find_cut_off
+from kit.kaggle.submissions import AlreadyMade, await_score, find_cut_off, look_up_earlier_versions
 from kit.layout import data_competition, is_synthetic, read_layout, synth_marker
 from kit.names import check_competition
 from kit.records import SubmissionManifest
@@ -160,6 +160,8 @@ def _note_resend(args: argparse.Namespace) -> Callable[[], str | None]:
     except KitError:            # a damaged ledger or pending file: submit names it
         return lambda: None
     def note() -> str | None:
+        # sends of the CSV's earlier versions cut off before their answer are looked up first (probe 46)
+        look_up_earlier_versions(args.csv, args.competition, args.ledger, args.endpoint, log=_log)
         # a cut-off send is looked up even when an earlier send of these bytes is recorded (probe 32): made,
         # it is recorded and nothing is sent; kit said to look before sending again, and it looked
         found = _looked_up(args, cut) if cut is not None else None

@@ -327,26 +327,29 @@ def find_submitted(ledger, csv_path, competition: str, target: str) -> dict | No
 def interrupted_send(ledger, csv_path, competition: str, target: str) -> dict | None:
     """A send of these very bytes to `competition` at `target` that was cut off (a kill, a lost session)
     after kit noted it beside the CSV (kit.submission.note_sending, just before the upload) and before
-    any answer was recorded: no note line with a ref, and no row of its time in `ledger` or in the
-    ledger the note names (a `kit submit --ledger` of one's own). Kaggle may have accepted it, so
-    sending again may spend another of the day's five. Returns that note line, or None."""
+    any answer was recorded (cut_off_sends). Kaggle may have accepted it, so sending again may spend
+    another of the day's five. Returns that note line, or None."""
     if not Path(csv_path).is_file():
         return None
+    digest = sha256_file(csv_path)
+    return next((n for n in cut_off_sends(ledger, csv_path, competition, target) if n["sha256"] == digest), None)
+
+
+def cut_off_sends(ledger, csv_path, competition: str, target: str) -> list[dict]:
+    """The note lines beside CSV_PATH of sends to `competition` at `target`, of any version of the file
+    (probe 46: one changed after the kill was never looked for), with no answer: no line of the same
+    bytes and time with a ref, and no row of its time in `ledger` or in the ledger the note names (a
+    `kit submit --ledger` of one's own). Latest first."""
     try:
         text = submitted_note(csv_path).read_text(encoding="utf-8", errors="replace")
     except OSError:
-        return None
+        return []
     notes = [n for n in map(_note_line, text.splitlines()) if n is not None]
-    digest = sha256_file(csv_path)
-    answered = {n["time"] for n in notes if n["sha256"] == digest and n["ref"]}
-    for noted in reversed(notes):
-        if noted["sha256"] != digest or noted["ref"] or noted["time"] in answered or \
-                (noted["competition"], noted["target"]) != (competition, target):
-            continue
-        if not any(_has_row(book, digest, noted["time"]) for book in dict.fromkeys([str(ledger), noted["ledger"]])
-                   if book):
-            return noted
-    return None
+    answered = {(n["sha256"], n["time"]) for n in notes if n["ref"]}
+    return [n for n in reversed(notes) if not n["ref"] and (n["sha256"], n["time"]) not in answered and
+            (n["competition"], n["target"]) == (competition, target) and
+            not any(_has_row(book, n["sha256"], n["time"]) for book in dict.fromkeys([str(ledger), n["ledger"]])
+                    if book)]
 
 
 def sent_as(csv_path, digest: str, time: str) -> str | None:

@@ -20,7 +20,7 @@ from kit.kaggle.credentials import CREDENTIALS_HELP, credential_source, kaggle_j
 from kit.kaggle.ledger import find_submitted, interrupted_send, ledger_problem, read_ledger, sending, update_ledger
 from kit.kaggle.pending import kept_rows, merge_pending
 from kit.kaggle.server import StandIn
-from kit.kaggle.submissions import await_score, find_cut_off, submit
+from kit.kaggle.submissions import await_score, find_cut_off, look_up_earlier_versions, submit
 from kit.layout import SYNTH_MARKER, data_competition, is_synthetic, synth_marker
 from kit.submission import refuse_ledger
 
@@ -215,6 +215,8 @@ def _recipe_attempt(csv_path, message, data_dir, competition, ledger, endpoint, 
     # The stand-in scores at once, so poll it briskly; real Kaggle keeps the usual interval.
     poll = None if target == KAGGLE or "KIT_KAGGLE_POLL" in os.environ else 0.2
     cut = interrupted_send(ledger, csv_path, competition, target) if target != STAND_IN else None
+    if target != STAND_IN:      # the sends of the CSV's earlier versions cut off before their answer (probe 46)
+        look_up_earlier_versions(csv_path, competition, ledger, endpoint, env, log, target)
     if cut is not None:         # (a rehearsal's own stand-in died with the recipe: sent again, as a LOST row is)
         try:                    # looked up even beside an earlier send of these bytes: made, it is recorded
             found = find_cut_off(csv_path, cut, competition, ledger, endpoint, env, log, target)

@@ -3,6 +3,7 @@ its score, and record every attempt in the ledger; kit.kaggle.refresh fetches sc
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from kit import DEFAULT_COMPETITION
 from kit.errors import KitError
+from kit.fsio import sha256_file
 from kit.kaggle.client import (
     backoff,
     call,
@@ -27,6 +29,7 @@ from kit.kaggle.credentials import kaggle_json_problem
 from kit.kaggle.ledger import (
     append_ledger,
     check_writable,
+    cut_off_sends,
     maybe_made,
     merge_rows,
     now,
@@ -304,9 +307,9 @@ def find_cut_off(csv_path, cut: dict, competition: str, ledger, endpoint: str | 
     if not hits:
         _refuse_cut_short(cut, subs, known, csv_path, since)
         return None
-    sub = hits[0]
-    manifest = SubmissionManifest.beside(csv_path) or SubmissionManifest()
-    row = {"time": cut["time"], "competition": competition, "file": str(csv_path), "sha256": cut["sha256"],
+    sub, held = hits[0], _holding(csv_path, cut["sha256"])     # an earlier version: moved aside, or gone
+    manifest = (SubmissionManifest.beside(held) if held else None) or SubmissionManifest()
+    row = {"time": cut["time"], "competition": competition, "file": str(held or csv_path), "sha256": cut["sha256"],
            "message": untagged(cut["message"]), "members": ";".join(map(str, manifest.members or [])),
            "vote": manifest.voted, "ref": str(sub["ref"]), "status": sub["status"], "public": sub["public"],
            "private": sub["private"], "target": where, "error": sub["error"]}
@@ -318,6 +321,45 @@ def find_cut_off(csv_path, cut: dict, competition: str, ledger, endpoint: str | 
         row["message"] = failed["message"]
     note_accepted(csv_path, row, ledger, log)
     return row
+
+
+def _holding(csv_path: Path, digest: str) -> Path | None:
+    """The file that holds these bytes now: CSV_PATH, or the NAME.csv.old-<time> `kit ensemble` moved an
+    earlier version to (its manifest beside it); None when none does."""
+    for path in [csv_path, *sorted(csv_path.parent.glob(f"{csv_path.name}.old-*"), reverse=True)]:
+        if path.is_file() and sha256_file(path) == digest:
+            return path
+    return None
+
+
+def look_up_earlier_versions(csv_path, competition: str, ledger, endpoint: str | None = None, env=None, log=None,
+                             where: str | None = None) -> None:
+    """The sends of CSV_PATH's earlier versions (other bytes) cut off before their answer, each looked up in
+    the competition's list by its send id and recorded when found (probe 46: a CSV changed after a killed
+    send left an accepted submission in no ledger row). One line each; never raised: the send of the
+    bytes there now goes on. One found not there is noted answered, once the list has had time to show it."""
+    where, log = where or target(endpoint), log or (lambda line: None)
+    digest = sha256_file(csv_path)
+    for cut in cut_off_sends(ledger, csv_path, competition, where):
+        if cut["sha256"] == digest or not is_tagged(cut["message"]):    # an older kit's: found by its bytes only
+            continue
+        what = f"a send of an earlier version of {csv_path} at {cut['time']}, cut off before its answer,"
+        try:
+            row = find_cut_off(csv_path, cut, competition, ledger, endpoint, env, log, where)
+        except KitError as e:
+            log(f"note: {what} may have been made, and kit could not tell ({e}): look at the competition's "
+                "submissions")
+            continue
+        if row is not None:
+            log(f"{what} reached Kaggle: ref {row['ref']} ({row['status']}), now in {ledger}")
+            continue
+        log(f"{what} is not in the competition's submissions: it never arrived")
+        with contextlib.suppress(KitError, OSError):       # a time edited by hand, a note not writable: looked again
+            if datetime.now(timezone.utc) - _utc(cut["time"]) >= LIST_LAG:
+                note_submitted(csv_path, cut["sha256"], NEVER_ARRIVED, ledger, cut["time"], competition, where)
+
+
+NEVER_ARRIVED = "never-arrived"     # a note's ref for a cut-off send the competition's list did not show
 
 
 def _refuse_cut_short(cut: dict, subs: list[dict], known: set, csv_path: Path, since: datetime | None) -> None:
