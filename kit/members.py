@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from kit.audition_record import AUDITION_FILE, JOURNAL_FILE
+from kit.audition_record import AUDITION_FILE, JOURNAL_FILE, AuditionResult
 from kit.config import to_dict
 from kit.errors import KitError
 from kit.identity import describe, read_identity, run_identity
@@ -45,13 +45,18 @@ def start_over(root: Path, names: list[str], log: Callable[[str], None], decisio
 
 
 def check_members(root: Path, names: list[str], recipe: Recipe, budget: str, data_dir: Path, store,
-                  log: Callable[[str], None]) -> None:
+                  log: Callable[[str], None], auditioning: bool = False) -> None:
     """Refuse, before any training, a member another process is training, one whose run was made
     from other data, settings or budget, and one that cannot resume (last.pt gone). A member whose
-    [infer] table the recipe has changed since is kept, and predicted again the new way."""
+    [infer] table the recipe has changed since is kept, and predicted again the new way. `auditioning`:
+    names are an audition's candidates; those its decision on record pruned are not checked (never
+    trained or voted again: probe 46, a pruned one without last.pt refused the vote of the survivors)."""
     stale, configs = [], {}
+    decision = _decision(root) if auditioning else None
     for name in names:
         run_dir = root / name
+        if decision is not None and name in decision.pruned:
+            continue
         pid = lock_holder(run_dir)
         if pid:
             raise KitError(f"{run_dir}: a trainer (pid {pid}) is working on this member now (another "
@@ -64,6 +69,9 @@ def check_members(root: Path, names: list[str], recipe: Recipe, budget: str, dat
             again = (f"move {run_dir} aside and re-run: a twin (twin_of) trains again from its first step"
                      if name in recipe.twins else f"re-run with --fresh --only {name} to train it again (the old run "
                      "is moved aside)")            # --only never names a twin (probe 43)
+            if decision is not None and name in decision.survivors and name not in recipe.twins:
+                again = ("put its last.pt back, or re-run with --fresh to audition again (the members are moved aside; "
+                         f"--only {name} would train it outside the audition, as a fixed member: probe 46)")
             raise KitError(f"{run_dir}/last.pt: missing, so member {name} cannot resume (its best.pt is kept); {again}")
     if stale:
         run_dir, changes = stale[0]
@@ -77,6 +85,15 @@ def check_members(root: Path, names: list[str], recipe: Recipe, budget: str, dat
             fate = "" if not predicted else "; its predictions stand (made as the new settings ask)" \
                 if predictions_current(root / name) else "; its predictions made the old way are not voted"
             log(f"{name}: {', '.join(changed)} (the recipe's [infer] changed): kept{fate}")
+
+
+def _decision(root: Path) -> AuditionResult | None:
+    """The audition's decision on record in root; None when there is none or it cannot be read
+    (kit.audition_record.decided refuses that, naming the file)."""
+    try:
+        return AuditionResult.read(root / AUDITION_FILE) if (root / AUDITION_FILE).is_file() else None
+    except KitError:
+        return None
 
 
 def check_configs(recipe: Recipe, names: list[str], budget: str, here: bool = True) -> None:

@@ -121,7 +121,7 @@ def _start(run: RecipeRun, fresh: bool, only, share: Callable[[], None]) -> None
     if fresh:           # an audition's twins with its candidates: a twin of an earlier cut is never voted again
         start_over(run.root, names, run.log, decision=not only)
         share()
-    check_members(run.root, names, run.recipe, run.budget, run.data_dir, run.store, run.log)
+    check_members(run.root, names, run.recipe, run.budget, run.data_dir, run.store, run.log, run.auditioning)
     if run.budget_said:                 # the full budget on real data is hours of GPU time: said, not assumed
         run.log(run.budget_said)
 

@@ -102,6 +102,23 @@ def test_the_best_candidates_at_the_cut_go_on_and_are_the_only_ones_voted(tiny_d
     assert (pruned / "summary.json").read_text() == "{bad"
     assert {n: (root / n / "summary.json").stat().st_mtime_ns for n in cut.survivors[1:]} == {
         n: before[n] for n in cut.survivors[1:]}
+    # a pruned candidate left without last.pt and summary.json (disk cleaned up): never trained or voted
+    # again, so not checked (probe 46: "cannot resume", and the vote of the survivors refused)
+    for f in ("last.pt", "summary.json"):
+        (pruned / f).unlink()
+    again = run_recipe(_recipe(tiny_recipe), data=str(tiny_data), runs=str(runs), progress=False, workers=1,
+                       per_member_minutes=0.12, submissions=tmp_path / "subs")
+    assert again.audition is not None and again.audition.survivors == cut.survivors
+    assert not (pruned / "summary.json").exists()
+    # a survivor without last.pt: the remedy keeps to the audition (--only would train it as a fixed member)
+    kept = (survivor / "last.pt").read_bytes()
+    (survivor / "last.pt").unlink()
+    (survivor / "summary.json").unlink()
+    with pytest.raises(KitError, match=r"last\.pt: missing, .*put its last\.pt back, or re-run with --fresh to "
+                                       r"audition again"):
+        run_recipe(_recipe(tiny_recipe), data=str(tiny_data), runs=str(runs), progress=False, workers=1,
+                   per_member_minutes=0.12, submissions=tmp_path / "subs")
+    (survivor / "last.pt").write_bytes(kept)
     # with neither a summary nor a checkpoint (probe 42: the folder made again), where it stands is unknown
     survivor.rename(tmp_path / "aside")
     survivor.mkdir()
