@@ -353,16 +353,18 @@ def _written(record: Path) -> dict:
     try:
         written = read_json(record, "a run's record of its checkpoints")
     except (KitError, OSError) as e:
-        raise KitError(f"{first_line(e, 160)}; {_RECORD_WAYS}") from None
+        raise KitError(f"{first_line(e, 160)}; {_record_ways(record)}") from None
     if not isinstance(written, dict) or not all(isinstance(v, str) or (isinstance(v, list) and all(
             isinstance(d, str) for d in v)) for v in written.values()):
-        raise KitError(f"{record}: not a record of checkpoint digests (file name: SHA-256); {_RECORD_WAYS}")
+        raise KitError(f"{record}: not a record of checkpoint digests (file name: SHA-256); {_record_ways(record)}")
     return written
 
 
-# a damaged record's ways on: the safe one first (probe 45: only "delete it", which turns the check off)
-_RECORD_WAYS = (f"{START_OVER}; or, only if you know its checkpoints are the run's own, delete the record to "
-                "skip their check")
+def _record_ways(record: Path) -> str:
+    """A damaged record's ways on, the safe one first (probe 45: only "delete it", which turns the check
+    off), a recipe member's alone named (probe 46: a plain --fresh trains every member again)."""
+    return (f"{START_OVER}; a recipe's member alone: --fresh --only {record.parent.name}; or, only if you know "
+            "its checkpoints are the run's own, delete the record to skip their check")
 
 
 def trained_on_validation(run_dirs) -> list[str]:

@@ -3,6 +3,7 @@ never a traceback, and never a check turned off by a record of the wrong shape."
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -47,8 +48,9 @@ def test_a_checkpoint_record_of_the_wrong_shape_is_one_line(tmp_path, record):
     (tmp_path / "best.pt").write_bytes(b"weights")
     (tmp_path / "checkpoints.json").write_text(json.dumps(record))
     # the safe way on first (probe 45 #6: only "delete it", which turns off the check of a foreign checkpoint)
-    with pytest.raises(KitError, match=r"checkpoints.json: .*; start over with --fresh .*; or, only if you know its "
-                                       r"checkpoints are the run's own, delete the record to skip their check"):
+    with pytest.raises(KitError, match=rf"checkpoints.json: .*; start over with --fresh .*; a recipe's member alone: "
+                                       rf"--fresh --only {re.escape(tmp_path.name)}; or, only if you know its checkpoints are "
+                                       r"the run's own, delete the record to skip their check"):
         written_by_run(tmp_path / "best.pt")
 
 
