@@ -10,6 +10,7 @@ the prediction's, or the crop figure marked "(crop)" when there is none yet.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from kit.audition_record import AuditionResult
@@ -136,3 +137,15 @@ def _note(summary: dict, skipped: bool) -> str:
     if reason == "time":
         return "stopped at its time limit (re-run continues)"
     return "" if reason == "budget" else reason
+
+
+def submission_message(template: str, recipe: str, budget: str, run_dirs: list, ens: dict) -> str:
+    """A recipe's submission message: {recipe}, {budget} and {members} filled in, {members} the run dirs
+    voted (" + "-joined), or, when the vote chose one of them alone (`single`), that one, said so (probe
+    46: Kaggle's list named both, as if both were voted)."""
+    names, weights = [Path(d).name for d in run_dirs], list(ens.get("weights") or [])
+    members = " + ".join(names)
+    if ens.get("method") == "single" and len(names) > 1 and len(weights) == len(names):
+        one = names[max(range(len(names)), key=lambda k: weights[k])]
+        members = f"{one} alone (the vote chose it over {' + '.join(n for n in names if n != one)})"
+    return template.replace("{recipe}", recipe).replace("{budget}", budget).replace("{members}", members)

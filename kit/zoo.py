@@ -20,7 +20,7 @@ from kit.infer import predict_run, source_mode
 from kit.kaggle import check_recipe_submissions, recipe_submit
 from kit.members import check_configs, check_members, default_budget, start_over
 from kit.recipe import BUDGETS, Recipe, ensure_data, load_recipe, member_config
-from kit.recipe_result import MemberResult, RecipeResult, VoteResult, member_result
+from kit.recipe_result import MemberResult, RecipeResult, VoteResult, member_result, submission_message
 from kit.records import PredictionIds
 from kit.report import format_report, report_runs
 from kit.rounds import (
@@ -313,11 +313,6 @@ class RecipeRun:
                            compare=not mode)
 
 
-def _message(template: str, recipe: str, budget: str, members: list[str]) -> str:
-    """The submission message: {recipe}, {budget}, {members} (the voted, " + "-joined) filled in."""
-    return template.replace("{recipe}", recipe).replace("{budget}", budget).replace("{members}", " + ".join(members))
-
-
 def _in_time(deadline: Deadline, result: RecipeResult, run_dirs: list[Path], which: str) -> bool:
     """--max-hours: whether predict, ensemble and submit go ahead now: only when every member has
     finished and their predictions and the end fit before the deadline; else result.resume says
@@ -388,8 +383,8 @@ def _after(run: RecipeRun, result: RecipeResult) -> None:
         distill_stage(run, plan["distill"], run_dirs, result)
     if not plan["submit"]:
         return
-    message = _message(plan["message"] or "kit recipe {recipe} ({budget} budget)", recipe.name, result.budget,
-                       [Path(d).name for d in run_dirs])
+    message = submission_message(plan["message"] or "kit recipe {recipe} ({budget} budget)", recipe.name,
+                                 result.budget, run_dirs, ens)
     # The ledger sits beside the vote's CSV (run.submissions/ledger.csv), where `kit scores --ledger` finds it.
     # It says "submitting CSV" once every check has passed, or why it sends nothing.
     send = partial(recipe_submit, data_dir=run.data_dir, submissions_dir=run.submissions, endpoint=run.endpoint,

@@ -169,15 +169,21 @@ def test_members_get_their_time_share_as_they_start(tmp_path):
 
 
 def test_boss_submission_message_names_the_members_it_voted():
-    from kit.zoo import _message
+    from kit.recipe_result import submission_message as message_of
 
     boss = load_recipe(RECIPES / "boss.toml")
     quick = boss.members_for("quick")
-    message = _message(boss.after["message"], "boss", "quick", quick)
+    voted = {"method": "weighted", "weights": [1 / len(quick)] * len(quick)}
+    message = message_of(boss.after["message"], "boss", "quick", [f"runs/boss/{m}" for m in quick], voted)
     assert "conformer" not in quick and "conformer" not in message.lower()      # the quick budget has none
     assert message == f"kit recipe boss (quick budget): {' + '.join(quick)}, calibrated cross-fitted vote"
-    assert "conformer" in _message(boss.after["message"], "boss", "full", boss.members_for("full"))
-    assert _message("{x} {recipe}/{budget}", "r", "full", ["a"]) == "{x} r/full"     # other braces kept
+    full = boss.members_for("full")
+    assert "conformer" in message_of(boss.after["message"], "boss", "full", full, {"weights": [1.0] * len(full)})
+    assert message_of("{x} {recipe}/{budget}", "r", "full", ["a"], {}) == "{x} r/full"     # other braces kept
+    # the vote chose one member alone: Kaggle's list says which, not both as if voted (probe 46)
+    chose = message_of("{members}, voted", "r", "quick", ["runs/r/a", "runs/r/b"], {"method": "single",
+                                                                                  "weights": [0.0, 1.0]})
+    assert chose == "b alone (the vote chose it over a), voted"
 
 
 def test_a_changed_infer_table_predicts_the_kept_member_again_that_way(tiny_data, tiny_recipe, tmp_path):
