@@ -186,3 +186,17 @@ def test_a_synthetic_competition_whose_answer_key_is_gone_skips_its_submission_i
               "answers 7 is not text")
     with pytest.raises(KitError, match="is not text"):
         synth_marker(data)
+
+
+@pytest.mark.parametrize("how", ["env", "flag"])
+def test_a_blank_cache_folder_is_one_line_not_a_folder_of_blanks(tiny_data, tmp_path, capsys, monkeypatch, how):
+    """Probe 46: KIT_CACHE="   " made a folder named three blanks in the current folder, without a word."""
+    monkeypatch.chdir(tmp_path)
+    if how == "env":
+        monkeypatch.setenv("KIT_CACHE", "   ")
+        one_error(*kit_cli(capsys, "data", "info", tiny_data)[::2], "KIT_CACHE='   ': a blank folder name")
+    else:
+        one_error(*kit_cli(capsys, "data", "info", tiny_data, "--cache", " ")[::2], "--cache ' ': a blank folder name")
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setenv("KIT_CACHE", "")                             # set empty: as if unset
+    assert kit_cli(capsys, "data", "info", tiny_data)[0] == 0

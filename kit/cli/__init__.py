@@ -67,7 +67,10 @@ def add_cache_option(p: argparse.ArgumentParser) -> None:
 def cache_from(args: argparse.Namespace):
     """Within the block, KIT_CACHE is `--cache DIR` (when given): the data layer reads it, and
     worker processes a command starts inherit it."""
-    chosen = getattr(args, "kit_cache", None)
+    chosen, env_cache = getattr(args, "kit_cache", None), os.environ.get("KIT_CACHE", "")
+    if chosen is not None and not chosen.strip() or env_cache and not env_cache.strip():   # probe 46: a folder "   "
+        which = f"--cache {chosen!r}" if chosen is not None and not chosen.strip() else f"KIT_CACHE={env_cache!r}"
+        raise KitError(f"{which}: a blank folder name; give a folder (or leave it out for the default)")
     if not chosen:
         yield
         return
