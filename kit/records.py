@@ -147,6 +147,7 @@ class PredictionIds:
 
 
 _DIGEST_KEYS = ("val_probs_sha256", "test_probs_sha256")
+_DIGESTED = ("val_probs.npy", "test_probs.npy")
 _OPTIONAL_KEYS = (*_DIGEST_KEYS, "data_features", "data_key")
 _IDS_CHECKS = {"val": _texts, "val_labels": _integers, "test": _texts, "window": _integer, "hop": _integer,
                "full": lambda v: isinstance(v, bool),
@@ -340,6 +341,8 @@ def predictions_current(run_dir, which: str | None = None) -> bool:
     which = which or ids.which or "best"
     if not (run_dir / f"{which}.pt").is_file() or stale_checkpoint(run_dir, ids, which) is not None:
         return False
+    if any(ids.recorded_sha256(f) not in (None, sha256_file(run_dir / f)) for f in _DIGESTED):
+        return False                            # not the files ids.json names (a kill between them: probe 46)
     try:
         if foreign_predictions(run_dir, ids, which):        # predicting again refuses the foreign file itself
             return False

@@ -82,6 +82,19 @@ def test_predictions_current_asks_for_the_checkpoint_named(trained, capsys):
     assert not predictions_current(trained, "avg")                  # no avg.pt: nothing came from it
 
 
+def test_prediction_files_that_are_not_the_ones_ids_json_names_are_not_current(trained, capsys):
+    """Probe 46: a kill between val_probs.npy and ids.json left files the vote refused; a recipe re-run
+    took the member as predicted (its checkpoint matched) and stopped at the vote, asking for a
+    `kit predict` by hand, where it could predict it again itself."""
+    assert kit_cli(capsys, "predict", trained, "--which", "last", "--no-progress")[0] == 0
+    assert predictions_current(trained)
+    kept = (trained / "val_probs.npy").read_bytes()
+    np.save(trained / "val_probs.npy", np.load(trained / "val_probs.npy")[::-1])      # another prediction's file
+    assert not predictions_current(trained)
+    (trained / "val_probs.npy").write_bytes(kept)
+    assert predictions_current(trained)
+
+
 def test_old_ids_json_without_a_hash_is_judged_by_time(predicted):
     run = predicted.run("old", [0, 1, 2, 0, 1, 2], [0, 1, 2, 0])
     assert load_member(run).ids.checkpoint_sha256 is None            # no checkpoint beside it: it still votes
