@@ -284,6 +284,9 @@ def _members(path: Path, raw_members) -> tuple[list, dict, set, dict]:
         if trains_in != list(BUDGETS):
             recipe_only[name] = trains_in
         _check_budget_tables(path, member_budgets, f"member {name}: ")
+        if unknown := sorted(set(m) - set(RunConfig.__dataclass_fields__) - {"twin_of"}):   # probe 46: its own too
+            raise KitError(f"{path}: member {name}: unknown key(s) {', '.join(unknown)}; known: name, candidate, "
+                           "audition, budgets, budget, twin_of, data, model, augment, train, infer")
         members.append((name, m, member_budgets))
     return members, recipe_only, candidates, auditions_in
 

@@ -69,6 +69,9 @@ def test_budgets_layer_in_order(tiny):
     ('[after]\nweights = "best"\n', "[after] weights 'best': choose equal or auto"),
     ('[budget.quick]\nminutes = -1\n', "[budget.quick] minutes -1: expected a positive number"),
     ('[[members]]\nname = "b"\nbudgets = ["slow"]\n', "member b: budgets ['slow']"),
+    # a member's own keys are in the known list too (probe 46: only the config's sections were)
+    ('[[members]]\nname = "c"\nauditon = ["full"]\n', "member c: unknown key(s) auditon; known: name, candidate, "
+                                                       "audition, budgets, budget, twin_of, data, model"),
 ])
 def test_typos_are_refused_naming_the_file(tmp_path, snippet, message):
     path = write(tmp_path, 'name = "t"\n[[members]]\nname = "a"\n' + snippet)
