@@ -83,7 +83,7 @@ def wants_audition(recipe: Recipe, budget: str, override: bool | None, only, blo
         return "all"
     why = why or (None if per_member or not total else _too_short(total, n, spec, len(slots_for(workers, n))))
     if why:
-        log(f"audition off: {why}; training the recipe's fixed members")
+        log(f"audition off: {why}" + ("" if only else "; training the recipe's fixed members"))   # --only: its own
         return ""
     return "cut"
 

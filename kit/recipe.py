@@ -45,9 +45,8 @@ class Recipe:
     twins: dict = field(default_factory=dict)     # member -> the candidate it is another seed of (`twin_of`)
 
     def audition_for(self, budget: str) -> dict:
-        """[audition] in `budget`: the table, with its [audition.<budget>] keys over it, and `twins`: the
-        members that train in `budget` as another seed of a candidate there (kit.audition.twinned; that
-        the candidate is one there, _check_twins makes sure as the recipe loads)."""
+        """[audition] in `budget`: the table, its [audition.<budget>] keys over it, and `twins`: the members
+        training in `budget` as another seed of a candidate there (kit.audition.twinned; _check_twins)."""
         spec = {**self.audition, **self.audition.get(budget, {})}
         twins = {t: o for t, o in self.twins.items() if budget in self.only_in.get(t, BUDGETS)}
         return {**{k: v for k, v in spec.items() if k not in BUDGETS}, "twins": twins}
@@ -60,16 +59,18 @@ class Recipe:
                 and (budget in self.auditions_in.get(m[0], BUDGETS) if audition else m[0] not in self.candidates)]
 
     def only_trains(self, budget: str, only: list[str] | None, chosen: list[str], log) -> None:
-        """--only naming some of the members trains and predicts those; the vote and its submission are
-        the recipe's, of all its members, so they wait for a run without --only (a vote of the few would
-        replace NAME.csv and spend a submission on what the recipe never meant): [after] ensemble is
-        set to "none" for this run, with a line saying so."""
-        members = self.members_for(budget)
+        """--only naming some members trains and predicts those; the vote and its submission wait for a run
+        without --only (a vote of the few would replace NAME.csv and spend a submission on what the recipe
+        never meant): [after] ensemble is "none" for this run, said in a line naming whose vote it is."""
+        members, spec = self.members_for(budget), self.audition_for(budget)
         if not only or chosen == members or not self.after["predict"] or self.after["ensemble"] == "none":
             return
+        whose = (f"the audition's survivors (of {', '.join(self.members_for(budget, audition=True))}; with "
+                 f"--no-audition, {', '.join(members)})" if spec["enabled"] and budget in spec["budgets"] else
+                 f"the recipe's members ({', '.join(members)})")
         log(f"--only {' '.join(chosen)}: trains and predicts {'it' if len(chosen) == 1 else 'them'} only; the vote "
-            f"and its submission are of the recipe's members ({', '.join(members)}): run it again without --only "
-            f"for them (finished members are kept), or vote these yourself with `kit ensemble`")
+            f"and its submission are of {whose}: run it again without --only for them (finished members are "
+            "kept), or vote these yourself with `kit ensemble`")
         self.after["ensemble"] = "none"
 
 

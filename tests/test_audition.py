@@ -524,3 +524,16 @@ def test_only_may_name_a_fixed_member_that_is_no_candidate_in_that_budget(tiny_d
     assert chosen(["resnet-s"]) == ["resnet-s"]                           # a candidate, as before
     with pytest.raises(KitError, match="--only conformer: no such member"):      # full budget only
         chosen(["conformer"])
+
+
+def test_only_in_an_auditioned_recipe_says_the_vote_is_the_survivors(tiny_data, tiny_recipe):
+    """Probe 46: `--only` of a survivor said "audition off ... training the recipe's fixed members" and that
+    the vote would be of the fixed members, where the next plain run votes the audition's survivors."""
+    from kit.audition import wants_audition
+
+    recipe, logs = load_recipe(_recipe(tiny_recipe)), []
+    assert wants_audition(recipe, "quick", None, ["sap"], None, (None, 0.2), logs.append) == ""
+    assert logs == ["audition off: --only names the members"]
+    recipe.only_trains("quick", ["sap"], ["sap"], logs.append)
+    assert "the vote and its submission are of the audition's survivors (of mean, sap, slow; with --no-audition, " \
+           "mean, sap)" in logs[-1], logs
