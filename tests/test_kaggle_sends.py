@@ -391,3 +391,34 @@ def test_a_cut_off_send_of_an_earlier_version_of_the_csv_is_found_and_recorded(k
         recipe_submit(sub, "again", tiny_data, submissions_dir=sub.parent, endpoint=standin.url, log=said.append)
         assert sum("it never arrived" in line for line in said) == said_never, said
     assert len(standin.submissions) == 4
+
+
+@pytest.mark.parametrize("rerun", ["kit submit", "recipe"])
+def test_a_ledger_row_deleted_by_hand_is_put_back_from_the_note_and_not_sent_again(kaggle_env, standin, sub, tiny_data,
+                                                                                   capsys, rerun):
+    """Probe 47: with its ledger row deleted (a spreadsheet edit), a recipe re-run sent the same bytes again,
+    and `kit submit` did not say that sending them again spends another of the day's submissions, though
+    the note beside the CSV had the send and its ref."""
+    from kit.kaggle import recipe_submit
+    from kit.kaggle.ledger import noted_sends
+
+    ledger = sub.parent / "ledger.csv"
+    assert kit(capsys, *submit_args(sub, standin))[0] == 0
+    [row] = read_ledger(ledger).to_dict("records")
+    header = ledger.read_text().splitlines()[0]
+    ledger.write_text(header + "\n")                                      # the row deleted by hand
+    assert any(n["ref"] == row["ref"] for n in noted_sends(sub))
+    if rerun == "kit submit":
+        code, _, err = kit(capsys, *submit_args(sub, standin))
+        assert code == 0 and f"submission {row['ref']} of {sub}" in err and "put back" in err, err
+        assert "spends another" in err and len(standin.submissions) == 2     # sent, as asked, and said
+    else:
+        lines: list[str] = []
+        again = recipe_submit(sub, "a re-run", tiny_data, submissions_dir=sub.parent, endpoint=standin.url,
+                              log=lines.append)
+        assert "already submitted" in again["reason"] and len(standin.submissions) == 1, again
+        assert any("put back" in line for line in lines), lines
+    rows = read_ledger(ledger).to_dict("records")
+    back = [r for r in rows if r["ref"] == row["ref"]]
+    assert len(back) == 1 and back[0]["sha256"] == row["sha256"] and back[0]["message"] == "test run"
+    assert back[0]["status"] in ("PENDING", "COMPLETE")                  # the recipe waits for its score

@@ -22,7 +22,7 @@ from kit.kaggle import KAGGLE, read_ledger, refresh_ledger, score_table, submit
 from kit.kaggle.client import check_timing, endpoint_or_env, target
 from kit.kaggle.ledger import find_submitted, interrupted_send, maybe_made
 from kit.kaggle.ledger import sending as ledger_sending
-from kit.kaggle.pending import merge_pending
+from kit.kaggle.pending import merge_pending, restore_noted
 from kit.kaggle.refresh import owed_scores
 from kit.kaggle.server import FAULT_TARGETS, StandIn
 from kit.kaggle.server_competitions import MADE
@@ -155,6 +155,7 @@ def _note_resend(args: argparse.Namespace) -> Callable[[], str | None]:
     found) only once the checks have passed."""
     try:
         merge_pending(args.ledger)      # a row only a pending file holds counts (submit merges them first too)
+        restore_noted(args.ledger, args.csv, args.competition, target(args.endpoint), _log)   # so does a noted one
         earlier = find_submitted(args.ledger, args.csv, args.competition, target(args.endpoint))
         cut = interrupted_send(args.ledger, args.csv, args.competition, target(args.endpoint))
     except KitError:            # a damaged ledger or pending file: submit names it

@@ -340,11 +340,7 @@ def cut_off_sends(ledger, csv_path, competition: str, target: str) -> list[dict]
     (probe 46: one changed after the kill was never looked for), with no answer: no line of the same
     bytes and time with a ref, and no row of its time in `ledger` or in the ledger the note names (a
     `kit submit --ledger` of one's own). Latest first."""
-    try:
-        text = submitted_note(csv_path).read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return []
-    notes = [n for n in map(_note_line, text.splitlines()) if n is not None]
+    notes = noted_sends(csv_path)
     answered = {(n["sha256"], n["time"]) for n in notes if n["ref"]}
     return [n for n in reversed(notes) if not n["ref"] and (n["sha256"], n["time"]) not in answered and
             (n["competition"], n["target"]) == (competition, target) and
@@ -355,13 +351,17 @@ def cut_off_sends(ledger, csv_path, competition: str, target: str) -> list[dict]
 def sent_as(csv_path, digest: str, time: str) -> str | None:
     """The description (message and send id, kit.kaggle.client.tagged) that the send of these bytes
     at TIME carried, from the note beside the CSV; None when the note is gone or does not hold it."""
+    said = [n["message"] for n in noted_sends(csv_path) if n["sha256"] == digest and n["time"] == time and n["message"]]
+    return said[-1] if said else None
+
+
+def noted_sends(csv_path) -> list[dict]:
+    """The lines kit can read of the note beside CSV_PATH (kit.submission.submitted_note), in order."""
     try:
         text = submitted_note(csv_path).read_text(encoding="utf-8", errors="replace")
     except OSError:
-        return None
-    said = [n["message"] for n in map(_note_line, text.splitlines())
-            if n is not None and n["sha256"] == digest and n["time"] == time and n["message"]]
-    return said[-1] if said else None
+        return []
+    return [n for n in map(_note_line, text.splitlines()) if n is not None]
 
 
 def _note_line(line: str) -> dict | None:

@@ -13,15 +13,18 @@ from pathlib import Path
 
 from kit import env
 from kit.errors import KitError
-from kit.fsio import file_lock, write_csv
+from kit.fsio import file_lock, sha256_file, write_csv
+from kit.kaggle.client import untagged
 from kit.kaggle.ledger import (
     LEDGER_COLUMNS,
     ledger_lock,
     ledger_problem,
     ledger_target,
     merge_rows,
+    noted_sends,
     read_ledger,
     same_row,
+    sent_as,
 )
 
 PENDING_SUFFIX = ".pending"
@@ -123,3 +126,36 @@ def _pending_rows(path: Path, ledger) -> list[dict]:
             raise KitError(f"{path}: row {number} has ref {row['ref']!r} (Kaggle's submission number; empty only "
                            f"for a FAILED attempt); fix it, or {restore}")
     return rows
+
+
+def restore_noted(ledger, csv_path, competition: str, target: str, log=None) -> list[dict]:
+    """The sends of the bytes now at CSV_PATH that Kaggle accepted (the note beside it has their ref) but
+    that neither `ledger` nor the ledger the note names holds (a row deleted by hand: probe 47, a recipe
+    re-run then sent the same bytes again, and `kit submit` did not say it spends another): put back in
+    `ledger` as PENDING, so they count as sent and `kit scores` fetches their scores; one line each."""
+    if not Path(csv_path).is_file():
+        return []
+    digest, rows = sha256_file(csv_path), []
+    for n in noted_sends(csv_path):
+        if n["sha256"] != digest or not n["ref"].isdigit() or (n["competition"], n["target"]) != (competition, target):
+            continue
+        row = {"time": n["time"], "competition": competition, "file": str(csv_path), "sha256": digest,
+               "message": untagged(sent_as(csv_path, digest, n["time"]) or ""), "ref": n["ref"], "status": "PENDING",
+               "target": target}
+        if not any(_holds(book, row) for book in dict.fromkeys([str(ledger_target(ledger)), n["ledger"]]) if book):
+            rows.append(row)
+    if rows:
+        merge_rows(ledger, rows)
+        for row in rows:
+            (log or (lambda line: None))(f"{ledger}: submission {row['ref']} of {csv_path} (sent at {row['time']}) "
+                                         "had no row; put back from the note beside the CSV, as PENDING (`kit "
+                                         "scores` fetches its score)")
+    return rows
+
+
+def _holds(ledger: str, row: dict) -> bool:
+    """Whether LEDGER (readable) has a row of this submission (same_row); an unreadable one holds none."""
+    try:
+        return bool(same_row(read_ledger(ledger), row).any())
+    except KitError:
+        return False

@@ -18,7 +18,7 @@ from kit.kaggle.client import KAGGLE, STAND_IN, endpoint_or_env
 from kit.kaggle.client import target as named_target
 from kit.kaggle.credentials import CREDENTIALS_HELP, credential_source, kaggle_json_problem
 from kit.kaggle.ledger import find_submitted, interrupted_send, ledger_problem, read_ledger, sending, update_ledger
-from kit.kaggle.pending import kept_rows, merge_pending
+from kit.kaggle.pending import kept_rows, merge_pending, restore_noted
 from kit.kaggle.server import StandIn
 from kit.kaggle.submissions import await_score, find_cut_off, look_up_earlier_versions, submit
 from kit.layout import SYNTH_MARKER, data_competition, is_synthetic, synth_marker
@@ -211,6 +211,8 @@ def _found_cut_off(csv_path, cut: dict, found: dict, ledger: Path, endpoint, env
 
 def _recipe_attempt(csv_path, message, data_dir, competition, ledger, endpoint, env, log, target) -> dict:
     log = log or (lambda line: None)
+    if target != STAND_IN:          # a row deleted by hand: sent all the same (a rehearsal's stand-in is gone)
+        restore_noted(ledger, csv_path, competition, target, log)
     earlier = find_submitted(ledger, csv_path, competition, target)
     # The stand-in scores at once, so poll it briskly; real Kaggle keeps the usual interval.
     poll = None if target == KAGGLE or "KIT_KAGGLE_POLL" in os.environ else 0.2
