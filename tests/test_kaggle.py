@@ -695,7 +695,7 @@ def test_a_send_answered_in_another_ledger_or_noted_by_hand_is_not_taken_as_cut_
     """Probe 22: a send Kaggle accepted (or refused) and recorded in a ledger of one's own (`kit submit
     --ledger`) was reported by the recipe as cut off, FAILED; a note line edited by hand gave a traceback."""
     from kit.kaggle.client import target
-    from kit.kaggle.ledger import interrupted_send
+    from kit.kaggle.notes import interrupted_send
     from kit.submission import note_sending, submitted_note
 
     mine = sub.parent / "hw4-mine.csv"

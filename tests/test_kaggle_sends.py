@@ -19,7 +19,7 @@ TAG = re.compile(r"^\[kit [0-9a-f]{10}\] test run$")
 
 
 def test_a_send_is_listed_with_its_message_and_its_own_id(kaggle_env, standin, sub, capsys):
-    from kit.kaggle.ledger import sent_as
+    from kit.kaggle.notes import sent_as
 
     assert kit(capsys, *submit_args(sub, standin, "--wait"))[0] == 0
     [made] = standin.submissions
@@ -400,7 +400,7 @@ def test_a_ledger_row_deleted_by_hand_is_put_back_from_the_note_and_not_sent_aga
     and `kit submit` did not say that sending them again spends another of the day's submissions, though
     the note beside the CSV had the send and its ref."""
     from kit.kaggle import recipe_submit
-    from kit.kaggle.ledger import noted_sends
+    from kit.kaggle.notes import noted_sends
 
     ledger = sub.parent / "ledger.csv"
     assert kit(capsys, *submit_args(sub, standin))[0] == 0
@@ -422,3 +422,26 @@ def test_a_ledger_row_deleted_by_hand_is_put_back_from_the_note_and_not_sent_aga
     back = [r for r in rows if r["ref"] == row["ref"]]
     assert len(back) == 1 and back[0]["sha256"] == row["sha256"] and back[0]["message"] == "test run"
     assert back[0]["status"] in ("PENDING", "COMPLETE")                  # the recipe waits for its score
+
+
+@pytest.mark.parametrize("rerun", ["kit submit", "recipe"])
+def test_a_send_recorded_in_another_folders_ledger_counts(kaggle_env, standin, sub, tiny_data, tmp_path, capsys,
+                                                          monkeypatch, rerun):
+    """Probe 47: run from another working folder (another submissions/ledger.csv), a recipe re-run sent the
+    same bytes again, and `kit submit` did not say it spends another, though the note beside the CSV names
+    the ledger that has the send."""
+    from kit.kaggle import recipe_submit
+
+    assert kit(capsys, *submit_args(sub, standin))[0] == 0          # recorded in sub's folder's ledger
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    if rerun == "kit submit":
+        code, _, err = kit(capsys, "submit", sub, "-m", "again", "--endpoint", standin.url)
+        assert code == 0 and "spends another" in err and f"recorded in {(sub.parent / 'ledger.csv').resolve()}" in err
+        assert len(standin.submissions) == 2                                     # sent, as asked, and said
+    else:
+        again = recipe_submit(sub, "a re-run", tiny_data, submissions_dir=elsewhere / "submissions",
+                              endpoint=standin.url)
+        assert "already submitted" in again["reason"] and "recorded in" in again["reason"], again
+        assert len(standin.submissions) == 1

@@ -20,8 +20,9 @@ from kit.errors import KitError
 from kit.fsio import sha256_file
 from kit.kaggle import KAGGLE, read_ledger, refresh_ledger, score_table, submit
 from kit.kaggle.client import check_timing, endpoint_or_env, target
-from kit.kaggle.ledger import find_submitted, interrupted_send, maybe_made
+from kit.kaggle.ledger import maybe_made
 from kit.kaggle.ledger import sending as ledger_sending
+from kit.kaggle.notes import find_submitted, interrupted_send
 from kit.kaggle.pending import merge_pending, restore_noted
 from kit.kaggle.refresh import owed_scores
 from kit.kaggle.server import FAULT_TARGETS, StandIn
@@ -194,8 +195,9 @@ def _resend_line(args: argparse.Namespace, earlier: dict | None) -> str | None:
         return None
     sent_as = "" if Path(str(earlier.get("file") or args.csv)).resolve() == Path(args.csv).resolve() \
         else f" as {earlier['file']}"
+    other = f", recorded in {earlier['ledger']}" if earlier.get("ledger") else ""        # another folder's ledger
     return (f"note: {args.csv} (these same bytes) was submitted{sent_as} at {earlier['time']} (ref {earlier['ref']}, "
-            f"{earlier['status']}); sending it again spends another of the day's submissions")
+            f"{earlier['status']}{other}); sending it again spends another of the day's submissions")
 
 
 def _elsewhere(ledger: Path, endpoint: str | None) -> None:

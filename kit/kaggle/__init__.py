@@ -14,11 +14,11 @@ from kit.kaggle.ledger import (
     LEDGER_BACKUPS,
     LEDGER_COLUMNS,
     append_ledger,
-    find_submitted,
     read_ledger,
     score_table,
     update_ledger,
 )
+from kit.kaggle.notes import find_submitted
 from kit.kaggle.pending import merge_pending
 from kit.kaggle.refresh import refresh_ledger
 from kit.kaggle.rehearsal import check_recipe_submissions, recipe_competition, recipe_submit

@@ -111,7 +111,7 @@ _TAG_AROUND = re.compile(r"^\[kit [0-9a-f]{10}\] | \[kit [0-9a-f]{10}\]$")   # k
 
 def tagged(message: str) -> str:
     """The description a send carries to Kaggle: the send's own id, `[kit <10 hex>]`, random (the
-    note beside the CSV keeps it: kit.kaggle.ledger.sent_as), then the user's message. A send whose
+    note beside the CSV keeps it: kit.kaggle.notes.sent_as), then the user's message. A send whose
     answer was lost, or that a kill cut off, is found in the competition's list by it: never a
     teammate's or an earlier send of the same bytes and message, whatever the clocks say. The id
     goes first, so a server that cuts descriptions short keeps it (probe 35: one that kept 30

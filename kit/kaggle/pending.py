@@ -21,11 +21,10 @@ from kit.kaggle.ledger import (
     ledger_problem,
     ledger_target,
     merge_rows,
-    noted_sends,
     read_ledger,
     same_row,
-    sent_as,
 )
+from kit.kaggle.notes import noted_sends, sent_as
 
 PENDING_SUFFIX = ".pending"
 

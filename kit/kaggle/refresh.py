@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from kit.kaggle.client import call, is_tagged, same_send, target
-from kit.kaggle.ledger import maybe_made, merge_rows, read_ledger, resolve_failed, sent_as
+from kit.kaggle.ledger import maybe_made, merge_rows, read_ledger, resolve_failed
+from kit.kaggle.notes import sent_as
 from kit.kaggle.pending import merge_pending
 from kit.kaggle.submissions import note_accepted
 
@@ -87,7 +88,7 @@ def _sent_as(ledger, row: dict) -> tuple[str, Path] | tuple[None, None]:
 
 def _resolve_maybe_made(ledger, rows, found: list[dict], known: set, log) -> int:
     """The FAILED sends that may have been made (`rows`) whose send id (from the note beside the CSV,
-    kit.kaggle.ledger.sent_as) one listed submission carries: each row becomes that submission's, or,
+    kit.kaggle.notes.sent_as) one listed submission carries: each row becomes that submission's, or,
     when another row already holds its ref (a re-run found it), says so and no longer asks. Returns
     how many rows changed."""
     resolved = 0

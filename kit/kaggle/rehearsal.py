@@ -17,7 +17,8 @@ from kit.fsio import sha256_file
 from kit.kaggle.client import KAGGLE, STAND_IN, endpoint_or_env
 from kit.kaggle.client import target as named_target
 from kit.kaggle.credentials import CREDENTIALS_HELP, credential_source, kaggle_json_problem
-from kit.kaggle.ledger import find_submitted, interrupted_send, ledger_problem, read_ledger, sending, update_ledger
+from kit.kaggle.ledger import ledger_problem, read_ledger, sending, update_ledger
+from kit.kaggle.notes import find_submitted, interrupted_send
 from kit.kaggle.pending import kept_rows, merge_pending, restore_noted
 from kit.kaggle.server import StandIn
 from kit.kaggle.submissions import await_score, find_cut_off, look_up_earlier_versions, submit
@@ -190,7 +191,7 @@ def _score_of_earlier(earlier: dict, said: str, ledger: Path, endpoint, env, log
     showed it PENDING for ever, without a word). A rehearsal's own stand-in's PENDING rows are LOST
     before this (_mark_lost): it died with its run."""
     try:
-        return await_score(earlier, ledger, endpoint, env, log, poll), said
+        return await_score(earlier, earlier.get("ledger") or ledger, endpoint, env, log, poll), said
     except KitError as e:
         return earlier, said + f"; waiting for its score failed ({e}): `kit scores` fetches it later"
 
@@ -238,7 +239,8 @@ def _recipe_attempt(csv_path, message, data_dir, competition, ledger, endpoint, 
             log(f"the send of {csv_path} at {cut['time']}, cut off before its answer, is not in the competition's "
                 "submissions: it never arrived, so it is sent now")
     if earlier is not None:
-        said = f"identical file already submitted at {earlier['time']} (ref {earlier['ref']}); not sent again"
+        other = f", recorded in {earlier['ledger']}" if earlier.get("ledger") else ""    # another folder's ledger
+        said = f"identical file already submitted at {earlier['time']} (ref {earlier['ref']}{other}); not sent again"
         log(f"not submitting {csv_path}: {said}")
         if earlier["status"] == "PENDING" and earlier["ref"]:     # a kill cut its wait short (probe 39)
             earlier, said = _score_of_earlier(earlier, said, ledger, endpoint, env, log, poll)

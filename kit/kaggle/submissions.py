@@ -29,7 +29,6 @@ from kit.kaggle.credentials import kaggle_json_problem
 from kit.kaggle.ledger import (
     append_ledger,
     check_writable,
-    cut_off_sends,
     maybe_made,
     merge_rows,
     now,
@@ -37,6 +36,7 @@ from kit.kaggle.ledger import (
     resolve_failed,
     update_ledger,
 )
+from kit.kaggle.notes import cut_off_sends
 from kit.kaggle.pending import keep_pending, merge_pending
 from kit.records import SubmissionManifest, manifest_path
 from kit.submission import (
@@ -273,7 +273,7 @@ def _utc(stamp: str) -> datetime:
 
 def find_cut_off(csv_path, cut: dict, competition: str, ledger, endpoint: str | None = None, env=None, log=None,
                  where: str | None = None) -> dict | None:
-    """Whether a send cut off before its answer (kit.kaggle.ledger.interrupted_send's note line `cut`)
+    """Whether a send cut off before its answer (kit.kaggle.notes.interrupted_send's note line `cut`)
     reached the competition: its submission list is read for one with the note's send id, in no
     ledger row yet (an older kit's note: its message, the CSV's file name and size, dated from the
     note on less CLOCKS_APART). Found: it is recorded in `ledger` (in place of the attempt's FAILED row

@@ -154,7 +154,7 @@ def _create(client, create, file_name: str, before: set | None, log, user: str =
     found is the answer. An answer without a ref is found the same way (never an older submission of
     that message). When kit cannot tell (no `before`, two candidates, the list unreadable, a refusal
     after an answer lost), nothing is sent again and the error says MAYBE_MADE: a re-run looks it up
-    first (kit.kaggle.ledger.interrupted_send). A 429 is retried (nothing was made), unless it says
+    first (kit.kaggle.notes.interrupted_send). A 429 is retried (nothing was made), unless it says
     the day's submissions are spent. Returns (ref, Kaggle's message)."""
     attempts, lost = retries(), ""
     for attempt in range(attempts + 1):

@@ -1,0 +1,105 @@
+"""The note kit keeps beside each CSV it sends (kit.submission.submitted_note, .NAME.csv.submitted: one
+line per send, noted before the upload and again with Kaggle's ref), read against the ledgers: which
+sends of a CSV's bytes were made (find_submitted), which were cut off before their answer
+(interrupted_send, cut_off_sends) and what each carried as its message (sent_as)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from kit.errors import KitError
+from kit.fsio import sha256_file
+from kit.kaggle.ledger import maybe_made, read_ledger
+from kit.submission import submitted_note
+
+
+def find_submitted(ledger, csv_path, competition: str, target: str) -> dict | None:
+    """The ledger row of an earlier successful submission of the same file bytes, if any: a
+    re-run recipe must not spend another of the day's Kaggle submissions on an identical CSV. Looked
+    for in `ledger`, then in the ledgers the note beside the CSV names (probe 47: a re-run from another
+    working folder, whose submissions/ledger.csv is another, sent the same bytes again); a row found
+    there has `ledger` set to it."""
+    if not Path(csv_path).is_file():
+        return None
+    digest = sha256_file(csv_path)
+    here = Path(ledger).resolve()
+    noted = [n["ledger"] for n in noted_sends(csv_path) if n["sha256"] == digest and n["ref"].isdigit()
+             and n["ledger"] and Path(n["ledger"]).resolve() != here]
+    for book in dict.fromkeys([str(ledger), *noted]):
+        try:
+            frame = read_ledger(book)
+        except KitError:
+            if book == str(ledger):             # the ledger asked for names its damage; another is a hint only
+                raise
+            continue
+        same = frame[(frame["sha256"] == digest) & (frame["competition"] == competition) &
+                     (frame["target"] == target) & frame["status"].isin(["COMPLETE", "PENDING"])]
+        if len(same):
+            return {**same.iloc[-1].to_dict(), **({} if book == str(ledger) else {"ledger": book})}
+    return None
+
+
+def interrupted_send(ledger, csv_path, competition: str, target: str) -> dict | None:
+    """A send of these very bytes to `competition` at `target` that was cut off (a kill, a lost session)
+    after kit noted it beside the CSV (kit.submission.note_sending, just before the upload) and before
+    any answer was recorded (cut_off_sends). Kaggle may have accepted it, so sending again may spend
+    another of the day's five. Returns that note line, or None."""
+    if not Path(csv_path).is_file():
+        return None
+    digest = sha256_file(csv_path)
+    return next((n for n in cut_off_sends(ledger, csv_path, competition, target) if n["sha256"] == digest), None)
+
+
+def cut_off_sends(ledger, csv_path, competition: str, target: str) -> list[dict]:
+    """The note lines beside CSV_PATH of sends to `competition` at `target`, of any version of the file
+    (probe 46: one changed after the kill was never looked for), with no answer: no line of the same
+    bytes and time with a ref, and no row of its time in `ledger` or in the ledger the note names (a
+    `kit submit --ledger` of one's own). Latest first."""
+    notes = noted_sends(csv_path)
+    answered = {(n["sha256"], n["time"]) for n in notes if n["ref"]}
+    return [n for n in reversed(notes) if not n["ref"] and (n["sha256"], n["time"]) not in answered and
+            (n["competition"], n["target"]) == (competition, target) and
+            not any(_has_row(book, n["sha256"], n["time"]) for book in dict.fromkeys([str(ledger), n["ledger"]])
+                    if book)]
+
+
+def sent_as(csv_path, digest: str, time: str) -> str | None:
+    """The description (message and send id, kit.kaggle.client.tagged) that the send of these bytes
+    at TIME carried, from the note beside the CSV; None when the note is gone or does not hold it."""
+    said = [n["message"] for n in noted_sends(csv_path) if n["sha256"] == digest and n["time"] == time and n["message"]]
+    return said[-1] if said else None
+
+
+def noted_sends(csv_path) -> list[dict]:
+    """The lines kit can read of the note beside CSV_PATH (kit.submission.submitted_note), in order."""
+    try:
+        text = submitted_note(csv_path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    return [n for n in map(_note_line, text.splitlines()) if n is not None]
+
+
+def _note_line(line: str) -> dict | None:
+    """One line of a submitted note as {sha256, ref, time, ledger, competition, target, message} (all
+    text; message '' in an older kit's note), or None for a line that is not one (damaged, edited by hand)."""
+    try:
+        value = json.loads(line)
+    except (ValueError, RecursionError):        # RecursionError: nested too deeply to parse
+        return None
+    keys = ("sha256", "ref", "time", "ledger", "competition", "target", "message")
+    if not isinstance(value, dict) or not all(isinstance(value.get(k, ""), str) for k in keys):
+        return None
+    return {k: value.get(k, "") for k in keys}
+
+
+def _has_row(ledger: str, digest: str, time: str) -> bool:
+    """Whether LEDGER holds a row that answers a send of these bytes at TIME; a ledger that cannot be
+    read counts as holding it not (the send is then taken as cut off: nothing is sent again without a
+    word), and so does a FAILED row whose error says the submission may have been made (MAYBE_MADE:
+    its answer was lost and kit could not tell)."""
+    try:
+        frame = read_ledger(ledger)
+    except KitError:
+        return False
+    this = (frame["sha256"] == digest) & (frame["time"] == time)
+    return bool((this & ~maybe_made(frame)).any())
