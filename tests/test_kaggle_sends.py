@@ -445,3 +445,25 @@ def test_a_send_recorded_in_another_folders_ledger_counts(kaggle_env, standin, s
                               endpoint=standin.url)
         assert "already submitted" in again["reason"] and "recorded in" in again["reason"], again
         assert len(standin.submissions) == 1
+
+
+def test_kit_scores_records_a_send_cut_off_before_its_answer_even_with_its_csv_gone(kaggle_env, standin, sub, capsys):
+    """Probe 47: a send killed after Kaggle accepted it became a ledger row only when that same CSV was
+    sent again; `kit scores` showed no trace of it, and with the CSV deleted it was never recorded."""
+    from kit.fsio import sha256_file
+    from kit.kaggle.ledger import now
+    from kit.submission import note_sending
+
+    ledger, described, digest = sub.parent / "ledger.csv", tagged("test run"), sha256_file(sub)
+    note_sending(sub, digest, ledger, now(), COMP, target(standin.url), described)
+    made = call("submit", {"competition": COMP, "file": str(sub), "message": described, "wait": False,
+                           "timeout": 10.0, "poll": 0.1}, standin.url)         # Kaggle took it; the answer was lost
+    sub.unlink()                                                               # and the CSV is gone since
+    assert not ledger.exists()                                                 # the first send: no ledger yet
+    code, out, err = kit(capsys, "scores", "--ledger", ledger, "--endpoint", standin.url)
+    assert code == 0 and f"reached Kaggle: ref {made['ref']}" in err, err
+    [row] = read_ledger(ledger).to_dict("records")
+    assert (row["ref"], row["sha256"], row["message"]) == (str(made["ref"]), digest, "test run")
+    assert "test run" in out and len(standin.submissions) == 1
+    code, _, err = kit(capsys, "scores", "--ledger", ledger, "--endpoint", standin.url)   # settled: said once
+    assert code == 0 and "reached Kaggle" not in err and len(read_ledger(ledger)) == 1

@@ -24,7 +24,7 @@ from kit.kaggle.ledger import maybe_made
 from kit.kaggle.ledger import sending as ledger_sending
 from kit.kaggle.notes import find_submitted, interrupted_send
 from kit.kaggle.pending import merge_pending, restore_noted
-from kit.kaggle.refresh import owed_scores
+from kit.kaggle.refresh import owed_scores, settle_cut_offs
 from kit.kaggle.server import FAULT_TARGETS, StandIn
 from kit.kaggle.server_competitions import MADE
 from kit.kaggle.submissions import AlreadyMade, await_score, find_cut_off, look_up_earlier_versions
@@ -228,13 +228,10 @@ def cmd_scores(args: argparse.Namespace) -> int:
             _log(f"added {n} submission row(s) from {pending} to {ledger}")
     except KitError as e:                       # the ledger as it is is still worth showing
         _log(f"could not add pending submissions: {e}")
-    if not ledger.is_file():                    # a first `kit scores`: nothing sent yet is no error
-        if ledger.exists():
-            raise KitError(f"{ledger}: not a file (a ledger is a CSV that `kit submit` writes)")
-        print(f"no submissions yet: no ledger at {ledger} (`kit submit` writes it)")
-        return 0
-    frame = read_ledger(ledger)
-    if not args.no_refresh and (owed_scores(frame) | maybe_made(frame)).any():
+    if ledger.exists() and not ledger.is_file():
+        raise KitError(f"{ledger}: not a file (a ledger is a CSV that `kit submit` writes)")
+    frame = read_ledger(ledger) if ledger.is_file() else None
+    if not args.no_refresh and frame is not None and (owed_scores(frame) | maybe_made(frame)).any():
         try:
             n = refresh_ledger(ledger, args.competition, args.endpoint, log=_log)
             if n:
@@ -242,6 +239,14 @@ def cmd_scores(args: argparse.Namespace) -> int:
             _elsewhere(ledger, args.endpoint)
         except KitError as e:   # the table is still worth showing
             _log(f"could not refresh the ledger's submissions: {e}")
+    try:                        # then sends cut off before any row, noted beside their CSVs (probe 47)
+        if not args.no_refresh:
+            settle_cut_offs(ledger, args.competition, args.endpoint, log=_log)
+    except KitError as e:       # the table is still worth showing
+        _log(f"could not look for sends cut off before their answer: {e}")
+    if not ledger.is_file():                    # a first `kit scores`: nothing sent yet is no error
+        print(f"no submissions yet: no ledger at {ledger} (`kit submit` writes it)")
+        return 0
     table = score_table(ledger, args.competition)
     if table.empty:
         print("no submissions in the ledger" + (f" for {args.competition}" if args.competition else ""))

@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from kit.kaggle.client import call, is_tagged, same_send, target
-from kit.kaggle.ledger import maybe_made, merge_rows, read_ledger, resolve_failed
-from kit.kaggle.notes import sent_as
+from kit.kaggle.ledger import maybe_made, merge_rows, read_ledger, resolve_failed, sending
+from kit.kaggle.notes import cut_off_sends, noted_sends, sent_as
 from kit.kaggle.pending import merge_pending
-from kit.kaggle.submissions import note_accepted
+from kit.kaggle.submissions import note_accepted, settle_cut_off
 
 
 def owed_scores(frame):
@@ -113,3 +113,22 @@ def _resolve_maybe_made(ledger, rows, found: list[dict], known: set, log) -> int
                 f"submission {ref} ({made['status']}), now in {ledger}")
         resolved += 1
     return resolved
+
+
+def settle_cut_offs(ledger, competition: str | None = None, endpoint: str | None = None, env=None, log=None) -> None:
+    """The sends noted beside the CSVs in the ledger's folder (`.NAME.csv.submitted`) that were cut off
+    before their answer, each looked up in its competition's list by its send id and recorded when found
+    (probe 47: `kit scores` showed no trace of one; it was found only when that CSV was sent again, and
+    never once the CSV was gone). One line each; KitError only for an endpoint that is not one."""
+    notes = sorted(Path(ledger).parent.glob(".*.csv.submitted"))
+    if not notes:
+        return
+    where, log = target(endpoint), log or (lambda line: None)
+    with sending(ledger, log):          # a send in flight holds it until its row is written: not taken for cut off
+        for note in notes:
+            csv_path = note.with_name(note.name[1:-len(".submitted")])
+            for comp in sorted({n["competition"] for n in noted_sends(csv_path) if not n["ref"]}):
+                for cut in cut_off_sends(ledger, csv_path, comp, where) if comp == (competition or comp) else []:
+                    if is_tagged(cut["message"]):       # an older kit's: found by its bytes, when they are sent again
+                        settle_cut_off(csv_path, cut, comp, ledger, endpoint, env, log, where,
+                                       f"a send of {csv_path} at {cut['time']}, cut off before its answer,")

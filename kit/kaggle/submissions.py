@@ -289,7 +289,7 @@ def find_cut_off(csv_path, cut: dict, competition: str, ledger, endpoint: str | 
         noted: datetime | None = _utc(cut["time"])
     except KitError:
         noted = None
-    since, size = (noted - CLOCKS_APART if noted else None), csv_path.stat().st_size
+    since, size = (noted - CLOCKS_APART if noted else None), csv_path.stat().st_size if csv_path.is_file() else -1
     recent = noted is not None and datetime.now(timezone.utc) - noted < LIST_LAG
     for look in range(3 if recent else 1):      # a list may lag a send made a moment ago
         if look:
@@ -341,22 +341,27 @@ def look_up_earlier_versions(csv_path, competition: str, ledger, endpoint: str |
     where, log = where or target(endpoint), log or (lambda line: None)
     digest = sha256_file(csv_path)
     for cut in cut_off_sends(ledger, csv_path, competition, where):
-        if cut["sha256"] == digest or not is_tagged(cut["message"]):    # an older kit's: found by its bytes only
-            continue
-        what = f"a send of an earlier version of {csv_path} at {cut['time']}, cut off before its answer,"
-        try:
-            row = find_cut_off(csv_path, cut, competition, ledger, endpoint, env, log, where)
-        except KitError as e:
-            log(f"note: {what} may have been made, and kit could not tell ({e}): look at the competition's "
-                "submissions")
-            continue
-        if row is not None:
-            log(f"{what} reached Kaggle: ref {row['ref']} ({row['status']}), now in {ledger}")
-            continue
-        log(f"{what} is not in the competition's submissions: it never arrived")
-        with contextlib.suppress(KitError, OSError):       # a time edited by hand, a note not writable: looked again
-            if datetime.now(timezone.utc) - _utc(cut["time"]) >= LIST_LAG:
-                note_submitted(csv_path, cut["sha256"], NEVER_ARRIVED, ledger, cut["time"], competition, where)
+        if cut["sha256"] != digest and is_tagged(cut["message"]):     # an older kit's: found by its bytes only
+            settle_cut_off(csv_path, cut, competition, ledger, endpoint, env, log, where,
+                           f"a send of an earlier version of {csv_path} at {cut['time']}, cut off before its answer,")
+
+
+def settle_cut_off(csv_path, cut: dict, competition: str, ledger, endpoint, env, log, where: str, what: str) -> None:
+    """A cut-off send (a note line with its send id) looked up and recorded when found (find_cut_off), one
+    line saying which (`what` names it); never raised. One the list does not show is noted answered,
+    once the list has had time to show it."""
+    try:
+        row = find_cut_off(csv_path, cut, competition, ledger, endpoint, env, log, where)
+    except KitError as e:
+        log(f"note: {what} may have been made, and kit could not tell ({e}): look at the competition's submissions")
+        return
+    if row is not None:
+        log(f"{what} reached Kaggle: ref {row['ref']} ({row['status']}), now in {ledger}")
+        return
+    log(f"{what} is not in the competition's submissions: it never arrived")
+    with contextlib.suppress(KitError, OSError):       # a time edited by hand, a note not writable: looked again
+        if datetime.now(timezone.utc) - _utc(cut["time"]) >= LIST_LAG:
+            note_submitted(csv_path, cut["sha256"], NEVER_ARRIVED, ledger, cut["time"], competition, where)
 
 
 NEVER_ARRIVED = "never-arrived"     # a note's ref for a cut-off send the competition's list did not show
