@@ -467,3 +467,20 @@ def test_kit_scores_records_a_send_cut_off_before_its_answer_even_with_its_csv_g
     assert "test run" in out and len(standin.submissions) == 1
     code, _, err = kit(capsys, "scores", "--ledger", ledger, "--endpoint", standin.url)   # settled: said once
     assert code == 0 and "reached Kaggle" not in err and len(read_ledger(ledger)) == 1
+
+
+def test_kit_scores_leaves_a_send_noted_with_another_ledger_to_that_ledger(kaggle_env, standin, sub, tmp_path, capsys):
+    """Probe 48: `kit scores` took a send still in flight with another ledger (whose lock it does not
+    hold) for one cut off, and recorded it in its own ledger, so the ref sat in two."""
+    from kit.fsio import sha256_file
+    from kit.kaggle.ledger import now
+    from kit.submission import note_sending
+
+    ours, theirs, described = sub.parent / "ledger.csv", tmp_path / "mine" / "ledger.csv", tagged("test run")
+    theirs.parent.mkdir()
+    note_sending(sub, sha256_file(sub), theirs, now(), COMP, target(standin.url), described)
+    made = call("submit", {"competition": COMP, "file": str(sub), "message": described, "wait": False,
+                           "timeout": 10.0, "poll": 0.1}, standin.url)
+    code, _, err = kit(capsys, "scores", "--ledger", ours, "--endpoint", standin.url)
+    assert code == 0 and "reached Kaggle" not in err and not ours.exists(), err
+    assert [str(s["ref"]) for s in standin.submissions] == [str(made["ref"])]

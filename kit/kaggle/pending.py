@@ -130,11 +130,12 @@ def _pending_rows(path: Path, ledger) -> list[dict]:
 def restore_noted(ledger, csv_path, competition: str, target: str, log=None) -> list[dict]:
     """The sends of the bytes now at CSV_PATH that Kaggle accepted (the note beside it has their ref) but
     that neither `ledger` nor the ledger the note names holds (a row deleted by hand: probe 47, a recipe
-    re-run then sent the same bytes again, and `kit submit` did not say it spends another): put back in
-    `ledger` as PENDING, so they count as sent and `kit scores` fetches their scores; one line each."""
+    re-run then sent the same bytes again, and `kit submit` did not say it spends another): put back as
+    PENDING in the ledger the note names (where it was; probe 48: not another folder's), else in `ledger`,
+    so they count as sent and `kit scores` fetches their scores; one line each."""
     if not Path(csv_path).is_file():
         return []
-    digest, rows = sha256_file(csv_path), []
+    digest, rows, log = sha256_file(csv_path), [], log or (lambda line: None)
     for n in noted_sends(csv_path):
         if n["sha256"] != digest or not n["ref"].isdigit() or (n["competition"], n["target"]) != (competition, target):
             continue
@@ -143,12 +144,10 @@ def restore_noted(ledger, csv_path, competition: str, target: str, log=None) -> 
                "target": target}
         if not any(_holds(book, row) for book in dict.fromkeys([str(ledger_target(ledger)), n["ledger"]]) if book):
             rows.append(row)
-    if rows:
-        merge_rows(ledger, rows)
-        for row in rows:
-            (log or (lambda line: None))(f"{ledger}: submission {row['ref']} of {csv_path} (sent at {row['time']}) "
-                                         "had no row; put back from the note beside the CSV, as PENDING (`kit "
-                                         "scores` fetches its score)")
+            book = n["ledger"] if n["ledger"] and Path(n["ledger"]).is_file() else ledger
+            merge_rows(book, [row])
+            log(f"{book}: submission {row['ref']} of {csv_path} (sent at {row['time']}) had no row; put back from "
+                "the note beside the CSV, as PENDING (`kit scores` fetches its score)")
     return rows
 
 

@@ -129,6 +129,8 @@ def settle_cut_offs(ledger, competition: str | None = None, endpoint: str | None
             csv_path = note.with_name(note.name[1:-len(".submitted")])
             for comp in sorted({n["competition"] for n in noted_sends(csv_path) if not n["ref"]}):
                 for cut in cut_off_sends(ledger, csv_path, comp, where) if comp == (competition or comp) else []:
-                    if is_tagged(cut["message"]):       # an older kit's: found by its bytes, when they are sent again
+                    # a send with another ledger holds that one's lock while in flight (probe 48): its own
+                    # `kit scores` looks; an older kit's is found by its bytes, when they are sent again
+                    if is_tagged(cut["message"]) and Path(cut["ledger"] or ledger).resolve() == Path(ledger).resolve():
                         settle_cut_off(csv_path, cut, comp, ledger, endpoint, env, log, where,
                                        f"a send of {csv_path} at {cut['time']}, cut off before its answer,")
