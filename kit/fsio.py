@@ -275,14 +275,17 @@ def spreadsheet_safe(text: str) -> str:
     (and before an apostrophe that would read as one), which spreadsheet_text takes off again."""
     if not isinstance(text, str):                   # a cell pandas left empty (NaN): as it is
         return text
-    quoted = text.startswith(_FORMULA_STARTS) or (text.startswith("'") and text[1:].startswith(("'", *_FORMULA_STARTS)))
-    return "'" + text if quoted else text
+    return "'" + text if text.startswith(_FORMULA_STARTS) or _escaped(text) else text
 
 
 def spreadsheet_text(cell: str) -> str:
     """The text spreadsheet_safe made `cell` from."""
-    quoted = isinstance(cell, str) and cell.startswith("'") and cell[1:].startswith(("'", *_FORMULA_STARTS))
-    return cell[1:] if quoted else cell
+    return cell[1:] if isinstance(cell, str) and _escaped(cell) else cell
+
+
+def _escaped(text: str) -> bool:
+    """An apostrophe before a formula's first character or before another apostrophe: spreadsheet_safe's."""
+    return text.startswith("'") and text[1:].startswith(("'", *_FORMULA_STARTS))
 
 
 def copy_file(src: str | os.PathLike, dst: str | os.PathLike, what: str = "copy") -> None:

@@ -341,7 +341,7 @@ def predictions_current(run_dir, which: str | None = None) -> bool:
     which = which or ids.which or "best"
     if not (run_dir / f"{which}.pt").is_file() or stale_checkpoint(run_dir, ids, which) is not None:
         return False
-    if any(ids.recorded_sha256(f) not in (None, sha256_file(run_dir / f)) for f in _DIGESTED):
+    if any((recorded := ids.recorded_sha256(f)) and recorded != sha256_file(run_dir / f) for f in _DIGESTED):
         return False                            # not the files ids.json names (a kill between them: probe 46)
     try:
         if foreign_predictions(run_dir, ids, which):        # predicting again refuses the foreign file itself

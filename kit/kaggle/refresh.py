@@ -123,14 +123,16 @@ def settle_cut_offs(ledger, competition: str | None = None, endpoint: str | None
     notes = sorted(Path(ledger).parent.glob(".*.csv.submitted"))
     if not notes:
         return
-    where, log = target(endpoint), log or (lambda line: None)
+    where, log, here = target(endpoint), log or (lambda line: None), Path(ledger).resolve()
     with sending(ledger, log):          # a send in flight holds it until its row is written: not taken for cut off
         for note in notes:
             csv_path = note.with_name(note.name[1:-len(".submitted")])
-            for comp in sorted({n["competition"] for n in noted_sends(csv_path) if not n["ref"]}):
-                for cut in cut_off_sends(ledger, csv_path, comp, where) if comp == (competition or comp) else []:
-                    # a send with another ledger holds that one's lock while in flight (probe 48): its own
-                    # `kit scores` looks; an older kit's is found by its bytes, when they are sent again
-                    if is_tagged(cut["message"]) and Path(cut["ledger"] or ledger).resolve() == Path(ledger).resolve():
-                        settle_cut_off(csv_path, cut, comp, ledger, endpoint, env, log, where,
-                                       f"a send of {csv_path} at {cut['time']}, cut off before its answer,")
+            comps = {n["competition"] for n in noted_sends(csv_path) if not n["ref"]}
+            # a send with another ledger holds that one's lock while in flight (probe 48): its own `kit
+            # scores` looks; an older kit's (no send id) is found by its bytes, when they are sent again
+            cuts = [(c, cut) for c in sorted(comps) if c == (competition or c)
+                    for cut in cut_off_sends(ledger, csv_path, c, where)
+                    if is_tagged(cut["message"]) and Path(cut["ledger"] or ledger).resolve() == here]
+            for comp, cut in cuts:
+                settle_cut_off(csv_path, cut, comp, ledger, endpoint, env, log, where,
+                               f"a send of {csv_path} at {cut['time']}, cut off before its answer,")
