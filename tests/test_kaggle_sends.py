@@ -484,3 +484,43 @@ def test_kit_scores_leaves_a_send_noted_with_another_ledger_to_that_ledger(kaggl
     code, _, err = kit(capsys, "scores", "--ledger", ours, "--endpoint", standin.url)
     assert code == 0 and "reached Kaggle" not in err and not ours.exists(), err
     assert [str(s["ref"]) for s in standin.submissions] == [str(made["ref"])]
+
+
+def test_kit_scores_records_a_cut_off_send_of_a_csv_outside_the_ledgers_folder(kaggle_env, standin, sub, tmp_path,
+                                                                                monkeypatch, capsys):
+    """Probe 48 F1: `kit submit ../csvs/x.csv --ledger submissions/ledger.csv` killed after Kaggle accepted
+    it: `kit scores` looked for notes only in the ledger's folder, so the accepted submission was in no
+    row until that CSV was sent again. The ledger's index of sent CSVs points it there."""
+    import shutil
+
+    from kit.kaggle import submissions
+    from kit.kaggle.notes import indexed_csvs
+
+    elsewhere = tmp_path / "csvs"
+    elsewhere.mkdir()
+    for name in ("sub.csv", "sub.json"):
+        shutil.copy(sub.parent / name, elsewhere / name)
+    sub.unlink()
+
+    def killed(*args, **kwargs):                # Kaggle took it; the process died before its row was written
+        raise SystemExit(137)
+
+    real = submissions._Recorder.add
+    monkeypatch.setattr(submissions._Recorder, "add", killed)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        kit(capsys, "submit", "csvs/sub.csv", "-m", "test run", "--ledger", "submissions/ledger.csv",
+            "--endpoint", standin.url)
+    monkeypatch.setattr(submissions._Recorder, "add", real)
+    monkeypatch.chdir(tmp_path / "submissions")           # `kit scores` run from the ledger's own folder
+    [made] = standin.submissions
+    assert indexed_csvs("ledger.csv") == [elsewhere / "sub.csv"] and not (sub.parent / "ledger.csv").exists()
+    code, out, err = kit(capsys, "scores", "--ledger", "ledger.csv", "--endpoint", standin.url)
+    assert code == 0 and f"reached Kaggle: ref {made['ref']}" in err, err
+    [row] = read_ledger(sub.parent / "ledger.csv").to_dict("records")
+    assert row["ref"] == str(made["ref"]) and row["message"] == "test run", row
+    code, _, err = kit(capsys, "scores", "--ledger", "ledger.csv", "--endpoint", standin.url)     # said once
+    assert code == 0 and "reached Kaggle" not in err and len(read_ledger("ledger.csv")) == 1
+    code, _, err = kit(capsys, "submit", elsewhere / "sub.csv", "-m", "again", "--ledger", "ledger.csv",
+                       "--endpoint", standin.url)
+    assert code == 0 and len(standin.submissions) == 2 and indexed_csvs("ledger.csv") == [elsewhere / "sub.csv"], err

@@ -20,6 +20,7 @@ from kit.errors import KitError
 from kit.fsio import sha256_file
 from kit.kaggle import KAGGLE, read_ledger, refresh_ledger, score_table, submit
 from kit.kaggle.client import check_timing, endpoint_or_env, target
+from kit.kaggle.cutoffs import find_cut_off, look_up_earlier_versions
 from kit.kaggle.ledger import maybe_made
 from kit.kaggle.ledger import sending as ledger_sending
 from kit.kaggle.notes import find_submitted, interrupted_send
@@ -27,7 +28,7 @@ from kit.kaggle.pending import merge_pending, restore_noted
 from kit.kaggle.refresh import owed_scores, settle_cut_offs
 from kit.kaggle.server import FAULT_TARGETS, StandIn
 from kit.kaggle.server_competitions import MADE
-from kit.kaggle.submissions import AlreadyMade, await_score, find_cut_off, look_up_earlier_versions
+from kit.kaggle.submissions import AlreadyMade, await_score
 from kit.layout import data_competition, is_synthetic, read_layout, synth_marker
 from kit.names import check_competition
 from kit.records import SubmissionManifest

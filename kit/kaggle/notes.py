@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 
 from kit.errors import KitError
-from kit.fsio import sha256_file
-from kit.kaggle.ledger import maybe_made, read_ledger
+from kit.fsio import sha256_file, write_text
+from kit.kaggle.ledger import ledger_target, maybe_made, read_ledger
 from kit.submission import submitted_note
 
 
@@ -77,6 +77,39 @@ def noted_sends(csv_path) -> list[dict]:
     except OSError:
         return []
     return [n for n in map(_note_line, text.splitlines()) if n is not None]
+
+
+def sent_index(ledger) -> Path:
+    """The hidden file beside a ledger, .NAME.csv.sent, listing (one absolute path a line) every CSV
+    sent with it: `kit scores` finds their notes wherever they are (probe 48: a `kit submit ../x.csv`
+    cut off after Kaggle accepted it was looked for only in the ledger's folder, so never found)."""
+    ledger = ledger_target(ledger)
+    return ledger.with_name(f".{ledger.name}.sent")
+
+
+def index_sent(ledger, csv_path) -> None:
+    """Add CSV_PATH to the ledger's sent_index (written whole, atomically; a path already there is not
+    added again). Called just after the send is noted beside the CSV, under the ledger's sending lock.
+    Never raised: the note beside the CSV is the record; the index only points `kit scores` at it."""
+    index, csv = sent_index(ledger), str(Path(csv_path).absolute())
+    if "\n" in csv or "\r" in csv:        # a name a line cannot hold: found in the ledger's folder only
+        return
+    try:
+        listed = indexed_csvs(ledger)
+        if csv not in map(str, listed):
+            write_text(index, "".join(f"{path}\n" for path in [*listed, csv]))
+    except (OSError, KitError):
+        pass
+
+
+def indexed_csvs(ledger) -> list[Path]:
+    """The CSVs the ledger's sent_index lists, in order (none when it is missing or cannot be read;
+    lines that are not absolute paths, as a hand edit may leave, are skipped)."""
+    try:
+        text = sent_index(ledger).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    return [Path(line) for line in dict.fromkeys(text.splitlines()) if line.strip() and Path(line).is_absolute()]
 
 
 def _note_line(line: str) -> dict | None:

@@ -6,10 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from kit.kaggle.client import call, is_tagged, same_send, target
+from kit.kaggle.cutoffs import settle_cut_off
 from kit.kaggle.ledger import maybe_made, merge_rows, read_ledger, resolve_failed, sending
-from kit.kaggle.notes import cut_off_sends, noted_sends, sent_as
+from kit.kaggle.notes import cut_off_sends, indexed_csvs, noted_sends, sent_as
 from kit.kaggle.pending import merge_pending
-from kit.kaggle.submissions import note_accepted, settle_cut_off
+from kit.kaggle.submissions import note_accepted
+from kit.submission import submitted_note
 
 
 def owed_scores(frame):
@@ -116,17 +118,20 @@ def _resolve_maybe_made(ledger, rows, found: list[dict], known: set, log) -> int
 
 
 def settle_cut_offs(ledger, competition: str | None = None, endpoint: str | None = None, env=None, log=None) -> None:
-    """The sends noted beside the CSVs in the ledger's folder (`.NAME.csv.submitted`) that were cut off
+    """The sends noted beside the CSVs in the ledger's folder (`.NAME.csv.submitted`), and beside those
+    its sent_index lists (sent from elsewhere: probe 48), that were cut off
     before their answer, each looked up in its competition's list by its send id and recorded when found
     (probe 47: `kit scores` showed no trace of one; it was found only when that CSV was sent again, and
     never once the CSV was gone). One line each; KitError only for an endpoint that is not one."""
-    notes = sorted(Path(ledger).parent.glob(".*.csv.submitted"))
-    if not notes:
+    here_csvs = [note.with_name(note.name[1:-len(".submitted")]) for note in
+                 sorted(Path(ledger).parent.glob(".*.csv.submitted"))]
+    csvs = list({c.absolute(): c for c in [*indexed_csvs(ledger), *here_csvs]
+                 if submitted_note(c).is_file()}.values())    # each once, as the folder's glob names it
+    if not csvs:
         return
     where, log, here = target(endpoint), log or (lambda line: None), Path(ledger).resolve()
     with sending(ledger, log):          # a send in flight holds it until its row is written: not taken for cut off
-        for note in notes:
-            csv_path = note.with_name(note.name[1:-len(".submitted")])
+        for csv_path in csvs:
             comps = {n["competition"] for n in noted_sends(csv_path) if not n["ref"]}
             # a send with another ledger holds that one's lock while in flight (probe 48): its own `kit
             # scores` looks; an older kit's (no send id) is found by its bytes, when they are sent again

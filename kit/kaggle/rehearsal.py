@@ -17,11 +17,12 @@ from kit.fsio import sha256_file
 from kit.kaggle.client import KAGGLE, STAND_IN, endpoint_or_env
 from kit.kaggle.client import target as named_target
 from kit.kaggle.credentials import CREDENTIALS_HELP, credential_source, kaggle_json_problem
+from kit.kaggle.cutoffs import find_cut_off, look_up_earlier_versions
 from kit.kaggle.ledger import ledger_problem, read_ledger, sending, update_ledger
 from kit.kaggle.notes import find_submitted, interrupted_send
 from kit.kaggle.pending import kept_rows, merge_pending, restore_noted
 from kit.kaggle.server import StandIn
-from kit.kaggle.submissions import await_score, find_cut_off, look_up_earlier_versions, submit
+from kit.kaggle.submissions import await_score, submit
 from kit.layout import SYNTH_MARKER, data_competition, is_synthetic, synth_marker
 from kit.submission import refuse_ledger
 
