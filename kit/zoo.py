@@ -388,7 +388,7 @@ def _after(run: RecipeRun, result: RecipeResult) -> None:
     # The ledger sits beside the vote's CSV (run.submissions/ledger.csv), where `kit scores --ledger` finds it.
     # It says "submitting CSV" once every check has passed, or why it sends nothing.
     send = partial(recipe_submit, data_dir=run.data_dir, submissions_dir=run.submissions, endpoint=run.endpoint,
-                   competition=run.competition, log=log)
+                   competition=run.competition, log=log, recipe_root=run.root)
     result.submission = send(ens["csv"], message)
     student = result.student
     if enabled(plan, "distill") and plan["distill"]["submit"] and student is not None and student.csv:

@@ -494,7 +494,7 @@ def test_kit_scores_records_a_cut_off_send_of_a_csv_outside_the_ledgers_folder(k
     import shutil
 
     from kit.kaggle import submissions
-    from kit.kaggle.notes import indexed_csvs
+    from kit.kaggle.notes import indexed_csvs, sent_index
 
     elsewhere = tmp_path / "csvs"
     elsewhere.mkdir()
@@ -514,7 +514,8 @@ def test_kit_scores_records_a_cut_off_send_of_a_csv_outside_the_ledgers_folder(k
     monkeypatch.setattr(submissions._Recorder, "add", real)
     monkeypatch.chdir(tmp_path / "submissions")           # `kit scores` run from the ledger's own folder
     [made] = standin.submissions
-    assert indexed_csvs("ledger.csv") == [elsewhere / "sub.csv"] and not (sub.parent / "ledger.csv").exists()
+    index = sent_index("ledger.csv")
+    assert indexed_csvs(index) == [elsewhere / "sub.csv"] and not (sub.parent / "ledger.csv").exists()
     code, out, err = kit(capsys, "scores", "--ledger", "ledger.csv", "--endpoint", standin.url)
     assert code == 0 and f"reached Kaggle: ref {made['ref']}" in err, err
     [row] = read_ledger(sub.parent / "ledger.csv").to_dict("records")
@@ -523,4 +524,35 @@ def test_kit_scores_records_a_cut_off_send_of_a_csv_outside_the_ledgers_folder(k
     assert code == 0 and "reached Kaggle" not in err and len(read_ledger("ledger.csv")) == 1
     code, _, err = kit(capsys, "submit", elsewhere / "sub.csv", "-m", "again", "--ledger", "ledger.csv",
                        "--endpoint", standin.url)
-    assert code == 0 and len(standin.submissions) == 2 and indexed_csvs("ledger.csv") == [elsewhere / "sub.csv"], err
+    assert code == 0 and len(standin.submissions) == 2 and indexed_csvs(index) == [elsewhere / "sub.csv"], err
+
+
+def test_a_recipes_vote_sent_from_another_working_folder_counts(kaggle_env, standin, sub, tiny_data, tiny_answers,
+                                                                 tmp_path):
+    """Probe 47 M2: a recipe re-run from another working folder writes its vote to another submissions/
+    (a new CSV path, no note beside it), so the same bytes were sent again into a new ledger. The
+    recipe's runs folder lists the CSVs its votes were sent as; their notes count."""
+    import shutil
+
+    from kit.kaggle import recipe_submit
+    from kit.kaggle.rehearsal import VOTES_SENT
+
+    from conftest import write_submission
+
+    root = tmp_path / "runs" / "r"
+    root.mkdir(parents=True)
+    first = recipe_submit(sub, "kit recipe r", tiny_data, submissions_dir=sub.parent, endpoint=standin.url,
+                          recipe_root=root)
+    assert first["status"] == "COMPLETE" and (root / VOTES_SENT).read_text() == f"{sub.absolute()}\n", first
+    other = tmp_path / "elsewhere" / "submissions"
+    other.mkdir(parents=True)
+    for name in ("sub.csv", "sub.json"):                    # the re-run's vote: the same bytes, a new path
+        shutil.copy(sub.parent / name, other / name)
+    again = recipe_submit(other / "sub.csv", "kit recipe r", tiny_data, submissions_dir=other, endpoint=standin.url,
+                          recipe_root=root)
+    assert "already submitted" in again["reason"] and str((sub.parent / "ledger.csv").resolve()) in again["reason"]
+    assert again["ref"] == first["ref"] and len(standin.submissions) == 1, again
+    write_submission(other, tiny_answers, tiny_data, "sub", wrong_every=3)            # another vote: sent
+    third = recipe_submit(other / "sub.csv", "kit recipe r", tiny_data, submissions_dir=other, endpoint=standin.url,
+                          recipe_root=root)
+    assert third["status"] == "COMPLETE" and len(standin.submissions) == 2, third["reason"]

@@ -80,6 +80,7 @@ def test_the_launchers_endpoint_and_the_recipes_folder_reach_the_submission(trai
                    progress=False, launcher=NothingToTrain(url), submissions=elsewhere, competition="ml2023springhw4")
     [(csv, kw)] = sent
     kw.pop("log")
+    assert Path(kw.pop("recipe_root")).parent == tmp_path / "runs"     # its votes' sends, seen from any folder
     assert kw == {"endpoint": url, "submissions_dir": elsewhere, "competition": "ml2023springhw4"}   # --competition
     assert Path(csv).parent == elsewhere
     # and the vote's manifest says so, for a later `kit submit` of it (probe 15)

@@ -13,18 +13,19 @@ from kit.kaggle.ledger import ledger_target, maybe_made, read_ledger
 from kit.submission import submitted_note
 
 
-def find_submitted(ledger, csv_path, competition: str, target: str) -> dict | None:
+def find_submitted(ledger, csv_path, competition: str, target: str, also=()) -> dict | None:
     """The ledger row of an earlier successful submission of the same file bytes, if any: a
     re-run recipe must not spend another of the day's Kaggle submissions on an identical CSV. Looked
     for in `ledger`, then in the ledgers the note beside the CSV names (probe 47: a re-run from another
-    working folder, whose submissions/ledger.csv is another, sent the same bytes again); a row found
-    there has `ledger` set to it."""
+    working folder, whose submissions/ledger.csv is another, sent the same bytes again), and in those
+    the notes beside the CSVs `also` names (the recipe's earlier votes, written to another folder's
+    submissions/); a row found there has `ledger` set to it."""
     if not Path(csv_path).is_file():
         return None
     digest = sha256_file(csv_path)
     here = Path(ledger).resolve()
-    noted = [n["ledger"] for n in noted_sends(csv_path) if n["sha256"] == digest and n["ref"].isdigit()
-             and n["ledger"] and Path(n["ledger"]).resolve() != here]
+    noted = [n["ledger"] for path in dict.fromkeys([Path(csv_path), *map(Path, also)]) for n in noted_sends(path)
+             if n["sha256"] == digest and n["ref"].isdigit() and n["ledger"] and Path(n["ledger"]).resolve() != here]
     for book in dict.fromkeys([str(ledger), *noted]):
         try:
             frame = read_ledger(book)
@@ -87,26 +88,26 @@ def sent_index(ledger) -> Path:
     return ledger.with_name(f".{ledger.name}.sent")
 
 
-def index_sent(ledger, csv_path) -> None:
-    """Add CSV_PATH to the ledger's sent_index (written whole, atomically; a path already there is not
-    added again). Called just after the send is noted beside the CSV, under the ledger's sending lock.
-    Never raised: the note beside the CSV is the record; the index only points `kit scores` at it."""
-    index, csv = sent_index(ledger), str(Path(csv_path).absolute())
-    if "\n" in csv or "\r" in csv:        # a name a line cannot hold: found in the ledger's folder only
+def index_sent(index, csv_path) -> None:
+    """Add CSV_PATH to INDEX (a ledger's sent_index, or a recipe's record of the CSVs its votes were sent
+    as), written whole and atomically; a path already there is not added again. Called as the send is
+    noted beside the CSV. Never raised: the note beside the CSV is the record; an index only points at it."""
+    csv = str(Path(csv_path).absolute())
+    if "\n" in csv or "\r" in csv:        # a name a line cannot hold: found beside the ledger only
         return
     try:
-        listed = indexed_csvs(ledger)
+        listed = indexed_csvs(index)
         if csv not in map(str, listed):
             write_text(index, "".join(f"{path}\n" for path in [*listed, csv]))
     except (OSError, KitError):
         pass
 
 
-def indexed_csvs(ledger) -> list[Path]:
-    """The CSVs the ledger's sent_index lists, in order (none when it is missing or cannot be read;
-    lines that are not absolute paths, as a hand edit may leave, are skipped)."""
+def indexed_csvs(index) -> list[Path]:
+    """The CSVs INDEX lists (index_sent), in order: none when it is missing or cannot be read; lines that
+    are not absolute paths, as a hand edit may leave, are skipped."""
     try:
-        text = sent_index(ledger).read_text(encoding="utf-8", errors="replace")
+        text = Path(index).read_text(encoding="utf-8", errors="replace")
     except OSError:
         return []
     return [Path(line) for line in dict.fromkeys(text.splitlines()) if line.strip() and Path(line).is_absolute()]

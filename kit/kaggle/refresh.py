@@ -8,7 +8,7 @@ from pathlib import Path
 from kit.kaggle.client import call, is_tagged, same_send, target
 from kit.kaggle.cutoffs import settle_cut_off
 from kit.kaggle.ledger import maybe_made, merge_rows, read_ledger, resolve_failed, sending
-from kit.kaggle.notes import cut_off_sends, indexed_csvs, noted_sends, sent_as
+from kit.kaggle.notes import cut_off_sends, indexed_csvs, noted_sends, sent_as, sent_index
 from kit.kaggle.pending import merge_pending
 from kit.kaggle.submissions import note_accepted
 from kit.submission import submitted_note
@@ -125,7 +125,7 @@ def settle_cut_offs(ledger, competition: str | None = None, endpoint: str | None
     never once the CSV was gone). One line each; KitError only for an endpoint that is not one."""
     here_csvs = [note.with_name(note.name[1:-len(".submitted")]) for note in
                  sorted(Path(ledger).parent.glob(".*.csv.submitted"))]
-    csvs = list({c.absolute(): c for c in [*indexed_csvs(ledger), *here_csvs]
+    csvs = list({c.absolute(): c for c in [*indexed_csvs(sent_index(ledger)), *here_csvs]
                  if submitted_note(c).is_file()}.values())    # each once, as the folder's glob names it
     if not csvs:
         return

@@ -19,7 +19,7 @@ from kit.kaggle.client import target as named_target
 from kit.kaggle.credentials import CREDENTIALS_HELP, credential_source, kaggle_json_problem
 from kit.kaggle.cutoffs import find_cut_off, look_up_earlier_versions
 from kit.kaggle.ledger import ledger_problem, read_ledger, sending, update_ledger
-from kit.kaggle.notes import find_submitted, interrupted_send
+from kit.kaggle.notes import find_submitted, index_sent, indexed_csvs, interrupted_send
 from kit.kaggle.pending import kept_rows, merge_pending, restore_noted
 from kit.kaggle.server import StandIn
 from kit.kaggle.submissions import await_score, submit
@@ -33,8 +33,11 @@ def recipe_competition(data_dir, competition: str | None = None) -> str:
     return competition or data_competition(data_dir) or DEFAULT_COMPETITION
 
 
+VOTES_SENT = ".votes.sent"     # in a recipe's runs folder: the CSVs its votes were sent as, one path a line
+
+
 def recipe_submit(csv_path, message: str, data_dir, competition: str | None = None,
-                  submissions_dir="submissions", log=None, endpoint: str | None = None) -> dict:
+                  submissions_dir="submissions", log=None, endpoint: str | None = None, recipe_root=None) -> dict:
     """Submit at the end of a recipe to `competition` (recipe_competition): to the stand-in at `endpoint`
     (or KIT_KAGGLE_ENDPOINT) when one is named, the one the kernels used; else real Kaggle with
     credentials, else a stand-in for synthetic data.
@@ -42,7 +45,9 @@ def recipe_submit(csv_path, message: str, data_dir, competition: str | None = No
     Returns {status, public, private, ref, target, row, reason, recorded} (_result). Never raises for a failed
     submission (status FAILED/ERROR, recorded in the ledger); SKIPPED writes no ledger row. From the
     check for an earlier submission of these bytes until the attempt's row is written, the ledger's
-    sending lock is held: two recipes sharing a ledger send a file once.
+    sending lock is held: two recipes sharing a ledger send a file once. recipe_root: the recipe's runs
+    folder (RUNS/NAME), whose VOTES_SENT lists the CSVs its votes were sent as (kit.kaggle.notes.index_sent):
+    a vote of the same bytes sent from another working folder (another submissions/, probe 47) counts as sent.
     """
     ledger = Path(submissions_dir) / "ledger.csv"
     competition = recipe_competition(data_dir, competition)
@@ -54,11 +59,15 @@ def recipe_submit(csv_path, message: str, data_dir, competition: str | None = No
     problem = ledger_problem(ledger)
     if problem:
         return _result("FAILED", None, None, f"{problem}; nothing was sent", recorded=False)
+    votes = Path(recipe_root) / VOTES_SENT if recipe_root else None
+    also = indexed_csvs(votes) if votes else []
+    if votes:
+        index_sent(votes, csv_path)
     with sending(ledger, log):        # ledger_problem made its folder
-        return _send(csv_path, message, data_dir, competition, ledger, log, endpoint)
+        return _send(csv_path, message, data_dir, competition, ledger, log, endpoint, also)
 
 
-def _send(csv_path, message, data_dir, competition, ledger, log, endpoint) -> dict:
+def _send(csv_path, message, data_dir, competition, ledger, log, endpoint, also) -> dict:
     # Rows only the pending file holds count as submitted (or lost) too; one that cannot be merged
     # stops submit() before it sends.
     with contextlib.suppress(KitError):
@@ -67,13 +76,13 @@ def _send(csv_path, message, data_dir, competition, ledger, log, endpoint) -> di
         # A rehearsal against `kit kaggle serve` must never spend a real submission, credentials or not.
         # (competition: recipe_competition's, --competition first, then the synthetic data's.)
         return _recipe_attempt(csv_path, message, data_dir, competition, ledger, endpoint_or_env(endpoint), None,
-                               log, named_target(endpoint))
+                               log, named_target(endpoint), also)
     if is_synthetic(data_dir):
         with rehearsal_stand_in(data_dir, competition) as (server, env):
             _mark_lost(ledger, csv_path, server.competition)
             return _recipe_attempt(csv_path, message, data_dir, server.competition, ledger, server.url, env,
-                                   log, STAND_IN)
-    return _recipe_attempt(csv_path, message, data_dir, competition, ledger, None, None, log, KAGGLE)
+                                   log, STAND_IN, also)
+    return _recipe_attempt(csv_path, message, data_dir, competition, ledger, None, None, log, KAGGLE, also)
 
 
 def _result(status: str, target: str | None, row: dict | None, reason: str | None, recorded: bool = True) -> dict:
@@ -211,11 +220,11 @@ def _found_cut_off(csv_path, cut: dict, found: dict, ledger: Path, endpoint, env
     return _result(found["status"], found["target"], found, said)
 
 
-def _recipe_attempt(csv_path, message, data_dir, competition, ledger, endpoint, env, log, target) -> dict:
+def _recipe_attempt(csv_path, message, data_dir, competition, ledger, endpoint, env, log, target, also=()) -> dict:
     log = log or (lambda line: None)
     if target != STAND_IN:          # a row deleted by hand: sent all the same (a rehearsal's stand-in is gone)
         restore_noted(ledger, csv_path, competition, target, log)
-    earlier = find_submitted(ledger, csv_path, competition, target)
+    earlier = find_submitted(ledger, csv_path, competition, target, also)
     # The stand-in scores at once, so poll it briskly; real Kaggle keeps the usual interval.
     poll = None if target == KAGGLE or "KIT_KAGGLE_POLL" in os.environ else 0.2
     cut = interrupted_send(ledger, csv_path, competition, target) if target != STAND_IN else None

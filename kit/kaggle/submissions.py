@@ -24,7 +24,7 @@ from kit.kaggle.ledger import (
     read_ledger,
     update_ledger,
 )
-from kit.kaggle.notes import index_sent
+from kit.kaggle.notes import index_sent, sent_index
 from kit.kaggle.pending import keep_pending, merge_pending
 from kit.records import SubmissionManifest, manifest_path
 from kit.submission import (
@@ -135,7 +135,7 @@ def _send(csv_path: Path, message, competition, data_dir, wait, ledger, endpoint
             f"(`kit ensemble` votes them as they are now)")
     described = tagged(message)                     # what Kaggle lists: the message and this send's id
     note_sending(csv_path, digest, ledger, when, competition, where, described)
-    index_sent(ledger, csv_path)                    # `kit scores` finds the note wherever the CSV is
+    index_sent(sent_index(ledger), csv_path)        # `kit scores` finds the note wherever the CSV is
     row = {"time": when, "competition": competition, "file": str(csv_path), "sha256": digest,
            "message": message, "members": ";".join(map(str, manifest.members or [])), "vote": manifest.voted,
            "ref": "", "status": "", "public": "", "private": "",
