@@ -556,3 +556,18 @@ def test_a_recipes_vote_sent_from_another_working_folder_counts(kaggle_env, stan
     third = recipe_submit(other / "sub.csv", "kit recipe r", tiny_data, submissions_dir=other, endpoint=standin.url,
                           recipe_root=root)
     assert third["status"] == "COMPLETE" and len(standin.submissions) == 2, third["reason"]
+
+
+def test_kit_scores_names_a_cut_off_send_to_another_server_and_how_to_look_it_up(kaggle_env, standin, sub, capsys):
+    """Probe 48 F4: `kit scores --endpoint A` passed over a send to server B cut off before its answer
+    without a word; it now says which command looks it up."""
+    from kit.fsio import sha256_file
+    from kit.kaggle.ledger import now
+    from kit.submission import note_sending
+
+    ledger, other = sub.parent / "ledger.csv", "http://127.0.0.1:9"
+    note_sending(sub, sha256_file(sub), ledger, now(), COMP, target(other), tagged("test run"))
+    code, _, err = kit(capsys, "scores", "--ledger", ledger, "--endpoint", standin.url)
+    [line] = [ln for ln in err.splitlines() if "cut off" in ln]
+    assert code == 0 and f"`kit scores --endpoint {other} --ledger {ledger}` looks it up" in line, err
+    assert standin.calls.count("ListSubmissions") == 0                  # nothing asked of this server for it

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kit.kaggle.client import call, is_tagged, same_send, target
+from kit.kaggle.client import KAGGLE, STAND_IN, call, is_tagged, same_send, target
 from kit.kaggle.cutoffs import settle_cut_off
 from kit.kaggle.ledger import maybe_made, merge_rows, read_ledger, resolve_failed, sending
 from kit.kaggle.notes import cut_off_sends, indexed_csvs, noted_sends, sent_as, sent_index
@@ -141,3 +141,20 @@ def settle_cut_offs(ledger, competition: str | None = None, endpoint: str | None
             for comp, cut in cuts:
                 settle_cut_off(csv_path, cut, comp, ledger, endpoint, env, log, where,
                                f"a send of {csv_path} at {cut['time']}, cut off before its answer,")
+            _say_cut_offs_elsewhere(csv_path, ledger, competition, where, log)
+
+
+def _say_cut_offs_elsewhere(csv_path, ledger, competition: str | None, where: str, log) -> None:
+    """One line for each send of CSV_PATH noted with this ledger, cut off before its answer, that went to
+    another server than `where` (probe 48: `kit scores` passed over it without a word): the command
+    that looks it up. A recipe's rehearsal stand-in is gone with it: nothing looks there."""
+    here = Path(ledger).resolve()
+    others = sorted({(n["competition"], n["target"]) for n in noted_sends(csv_path) if not n["ref"] and
+                     n["target"] not in (where, STAND_IN) and n["competition"] == (competition or n["competition"])})
+    for comp, there in others:
+        for cut in cut_off_sends(ledger, csv_path, comp, there):
+            if is_tagged(cut["message"]) and Path(cut["ledger"] or ledger).resolve() == here:
+                url = there.removeprefix(f"{STAND_IN} at ")
+                look = "kit scores" if there == KAGGLE else f"kit scores --endpoint {url}"
+                log(f"note: a send of {csv_path} to {there} at {cut['time']} was cut off before its answer; "
+                    f"`{look} --ledger {ledger}` looks it up")
