@@ -941,3 +941,16 @@ def test_a_retry_refused_after_a_lost_answer_says_it_may_have_been_made(kaggle_e
         _create(client, create, "sub.csv", set(), lambda line: None)
     assert client.creates == 2 and MAYBE_MADE in str(refused.value) and "blob already used" in str(refused.value)
     assert [_ref(v) for v in ("abc", -5, None, 0)] == ["", "", "", ""]
+
+
+def test_the_ledger_names_only_the_members_the_vote_uses(kaggle_env, standin, sub, capsys):
+    """Probe 47 L5: a vote that chose one member alone (weights 1, 0) was recorded with every member in
+    the ledger's `members` column; the Kaggle message named the one."""
+    import json
+
+    manifest = json.loads(sub.with_suffix(".json").read_text())
+    sub.with_suffix(".json").write_text(json.dumps({**manifest, "weights": [0.0, 1.0], "method": "single",
+                                                    "vote": "auto"}))
+    assert kit(capsys, *submit_args(sub, standin))[0] == 0
+    [row] = ledger_rows(sub)
+    assert row["members"] == "runs/simple/m1" and row["vote"] == "auto: single", row

@@ -13,7 +13,7 @@ from kit.fsio import sha256_file
 from kit.kaggle.client import backoff, call, is_tagged, may_be_cut_short, same_send, target, untagged
 from kit.kaggle.ledger import maybe_made, merge_rows, read_ledger, resolve_failed
 from kit.kaggle.notes import cut_off_sends
-from kit.kaggle.submissions import note_accepted, refs_at
+from kit.kaggle.submissions import note_accepted, refs_at, voting_members
 from kit.records import SubmissionManifest
 from kit.submission import note_submitted
 
@@ -70,7 +70,7 @@ def find_cut_off(csv_path, cut: dict, competition: str, ledger, endpoint: str | 
     sub, held = hits[0], _holding(csv_path, cut["sha256"])     # an earlier version: moved aside, or gone
     manifest = (SubmissionManifest.beside(held) if held else None) or SubmissionManifest()
     row = {"time": cut["time"], "competition": competition, "file": str(held or csv_path), "sha256": cut["sha256"],
-           "message": untagged(cut["message"]), "members": ";".join(map(str, manifest.members or [])),
+           "message": untagged(cut["message"]), "members": voting_members(manifest),
            "vote": manifest.voted, "ref": str(sub["ref"]), "status": sub["status"], "public": sub["public"],
            "private": sub["private"], "target": where, "error": sub["error"]}
     failed = _failed_row(ledger, cut)

@@ -137,7 +137,7 @@ def _send(csv_path: Path, message, competition, data_dir, wait, ledger, endpoint
     note_sending(csv_path, digest, ledger, when, competition, where, described)
     index_sent(sent_index(ledger), csv_path)        # `kit scores` finds the note wherever the CSV is
     row = {"time": when, "competition": competition, "file": str(csv_path), "sha256": digest,
-           "message": message, "members": ";".join(map(str, manifest.members or [])), "vote": manifest.voted,
+           "message": message, "members": voting_members(manifest), "vote": manifest.voted,
            "ref": "", "status": "", "public": "", "private": "",
            "target": where, "error": ""}
     record = _Recorder(ledger, log)
@@ -175,6 +175,15 @@ def _send(csv_path: Path, message, competition, data_dir, wait, ledger, endpoint
         raise KitError(f"Kaggle scored submission {row['ref']} of {csv_path} ERROR: "
                        f"{done['error'] or 'no reason given'} (recorded in {ledger})")
     return row
+
+
+def voting_members(manifest: SubmissionManifest) -> str:
+    """The ledger's `members` cell: the members whose predictions the vote uses, `;`-joined (probe 47
+    L5: a vote that chose one member alone listed them all); every member when the manifest gives no
+    weight per member."""
+    members, weights = manifest.members or [], manifest.weights or []
+    used = [m for m, w in zip(members, weights, strict=True) if w] if len(weights) == len(members) else members
+    return ";".join(map(str, used or members))
 
 
 def note_accepted(csv_path: Path, row: dict, ledger, log) -> None:
