@@ -488,3 +488,20 @@ def test_scores_of_a_file_named_in_cjk_draw_without_a_font_warning(tmp_path, cap
     code, out, err = kit(capsys, "scores", "--ledger", sub / "ledger.csv", "--no-refresh")
     assert code == 0 and "投票.csv" in out and (sub / "scores.png").is_file()
     assert "Glyph" not in err and not [w for w in recwarn if "Glyph" in str(w.message)]
+
+
+def test_scores_names_rows_owed_by_other_servers_when_this_one_cannot_be_asked(kaggle_env, standin, sub, capsys):
+    """Probe 47 L3: the hint for PENDING rows sent to another server was said only when the server asked
+    answered; asked one that cannot be reached, `kit scores` said nothing of them."""
+    import socket
+
+    ledger = sub.parent / "ledger.csv"
+    assert kit(capsys, "submit", sub, "-m", "one", "--ledger", ledger, "--endpoint", standin.url)[0] == 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        down = f"http://127.0.0.1:{s.getsockname()[1]}"          # closed again: nothing listens there
+    [row] = read_ledger(ledger).to_dict("records")
+    append_ledger(ledger, {**row, "ref": "77", "target": f"local stand-in at {down}"})
+    code, _, err = kit(capsys, "scores", "--ledger", ledger, "--endpoint", down)
+    assert code == 0 and "could not refresh" in err, err
+    assert f"were sent to local stand-in at {standin.url}, not here; refreshed by `kit scores --endpoint" in err

@@ -237,9 +237,9 @@ def cmd_scores(args: argparse.Namespace) -> int:
             n = refresh_ledger(ledger, args.competition, args.endpoint, log=_log)
             if n:
                 _log(f"updated {n} submission row(s) from the competition's list")
-            _elsewhere(ledger, args.endpoint)
         except KitError as e:   # the table is still worth showing
             _log(f"could not refresh the ledger's submissions: {e}")
+        _elsewhere(ledger, args.endpoint)       # also when this server could not be asked (probe 47 L3)
     try:                        # then sends cut off before any row, noted beside their CSVs (probe 47)
         if not args.no_refresh:
             settle_cut_offs(ledger, args.competition, args.endpoint, log=_log)
