@@ -505,3 +505,15 @@ def test_scores_names_rows_owed_by_other_servers_when_this_one_cannot_be_asked(k
     code, _, err = kit(capsys, "scores", "--ledger", ledger, "--endpoint", down)
     assert code == 0 and "could not refresh" in err, err
     assert f"were sent to local stand-in at {standin.url}, not here; refreshed by `kit scores --endpoint" in err
+
+
+def test_scores_lists_a_row_copied_by_hand_once_and_says_so(kaggle_env, standin, sub, capsys):
+    """Probe 47 L4: a ledger row duplicated by hand was listed as two submissions, without a word."""
+    ledger = sub.parent / "ledger.csv"
+    assert kit(capsys, "submit", sub, "-m", "one", "--ledger", ledger, "--endpoint", standin.url, "--wait")[0] == 0
+    lines = ledger.read_text().splitlines()
+    ledger.write_text("\n".join([*lines, lines[-1]]) + "\n")
+    ref = read_ledger(ledger).iloc[0]["ref"]
+    code, out, err = kit(capsys, "scores", "--ledger", ledger, "--endpoint", standin.url)
+    assert code == 0 and f"submission {ref} (local stand-in at {standin.url}) is in {ledger} 2 times" in err, err
+    assert sum(" one" in line for line in out.splitlines()) == 1 and len(read_ledger(ledger)) == 2, out
