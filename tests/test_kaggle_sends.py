@@ -12,7 +12,7 @@ import pytest
 from kit.kaggle import call, read_ledger
 from kit.kaggle.client import MAYBE_MADE, same_send, tagged, target, untagged
 
-from conftest import COMP, one_error_line, submit_args
+from conftest import COMP, one_error_line, submit_args, write_submission
 from conftest import kit_cli as kit
 
 TAG = re.compile(r"^\[kit [0-9a-f]{10}\] test run$")
@@ -571,3 +571,26 @@ def test_kit_scores_names_a_cut_off_send_to_another_server_and_how_to_look_it_up
     [line] = [ln for ln in err.splitlines() if "cut off" in ln]
     assert code == 0 and f"`kit scores --endpoint {other} --ledger {ledger}` looks it up" in line, err
     assert standin.calls.count("ListSubmissions") == 0                  # nothing asked of this server for it
+
+
+def test_a_refused_csv_names_its_cut_off_send_and_how_to_record_it(kaggle_env, standin, sub, tiny_data,
+                                                                   tiny_answers, capsys):
+    """Probe 47 L2: the CSV edited after a send cut off before its answer, `kit submit` refused it (its
+    manifest was written for other bytes) and said nothing of the send Kaggle may have accepted."""
+    from kit.fsio import sha256_file
+    from kit.kaggle.ledger import now
+    from kit.submission import note_sending
+
+    ledger, described = sub.parent / "ledger.csv", tagged("test run")
+    note_sending(sub, sha256_file(sub), ledger, now(), COMP, target(standin.url), described)
+    made = call("submit", {"competition": COMP, "file": str(sub), "message": described, "wait": False,
+                           "timeout": 10.0, "poll": 0.1}, standin.url)
+    manifest = sub.with_suffix(".json").read_text()
+    write_submission(sub.parent, tiny_answers, tiny_data, "sub", wrong_every=3)            # edited by hand
+    sub.with_suffix(".json").write_text(manifest[:-1] + f', "csv_sha256": "{"0" * 64}"}}')
+    code, _, err = kit(capsys, *submit_args(sub, standin))
+    line = one_error_line(err)
+    assert code == 2 and "manifest" in line and "was cut off before its answer" in line, err
+    assert f"`kit scores --endpoint {standin.url} --ledger {ledger}` looks it up" in line
+    code, _, err = kit(capsys, "scores", "--ledger", ledger, "--endpoint", standin.url)
+    assert code == 0 and list(read_ledger(ledger)["ref"]) == [str(made["ref"])], err

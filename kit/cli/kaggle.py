@@ -23,7 +23,7 @@ from kit.kaggle.client import check_timing, endpoint_or_env, target
 from kit.kaggle.cutoffs import find_cut_off, look_up_earlier_versions
 from kit.kaggle.ledger import maybe_made
 from kit.kaggle.ledger import sending as ledger_sending
-from kit.kaggle.notes import find_submitted, interrupted_send
+from kit.kaggle.notes import cut_off_sends, find_submitted, interrupted_send
 from kit.kaggle.pending import merge_pending, restore_noted
 from kit.kaggle.refresh import owed_scores, settle_cut_offs
 from kit.kaggle.server import FAULT_TARGETS, StandIn
@@ -111,6 +111,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
             row = submit(args.csv, args.message, args.competition, data_dir=args.data, wait=args.wait,
                          ledger=args.ledger, endpoint=args.endpoint, timeout=args.timeout, log=_log,
                          note=_note_resend(args), recorded=sending.close)     # its row is written: not the score
+    except KitError as e:       # a check refused the CSV: a cut-off send of it is still to be recorded (probe 47 L2)
+        raise KitError(f"{e}{_cut_off_hint(args)}") from None
     except AlreadyMade as made:
         row = made.row
         _log(f"not sent again: {args.csv}'s earlier send was made (ref {row['ref']}); run `kit submit` again to "
@@ -124,6 +126,20 @@ def cmd_submit(args: argparse.Namespace) -> int:
     print(f"submitted {args.csv} to {args.competition} ({row['target']}): ref {row['ref']} "
           f"{row['status']}{_scores_said(row)}")
     return 0
+
+
+def _cut_off_hint(args: argparse.Namespace) -> str:
+    """For an error line: the latest send of the CSV (any version) noted with this ledger and cut off
+    before its answer, and the `kit scores` that looks it up; '' when there is none."""
+    try:
+        cuts = cut_off_sends(args.ledger, args.csv, args.competition, target(args.endpoint))
+    except KitError:
+        return ""
+    if not cuts:
+        return ""
+    look = "kit scores" + (f" --endpoint {args.endpoint}" if args.endpoint else "") + f" --ledger {args.ledger}"
+    return (f" (a send of {args.csv} at {cuts[0]['time']} was cut off before its answer and may have reached "
+            f"Kaggle: `{look}` looks it up)")
 
 
 def _scores_said(row: dict) -> str:
