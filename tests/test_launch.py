@@ -502,3 +502,23 @@ def test_a_version_out_of_time_with_nothing_new_is_not_pushed_again(env, standin
     code, _, err = kit(capsys, *recipe_args(tmp_path, tiny_data, standin, "--kernels", "1"))
     assert code == 2 and "but brought back nothing new for a, b" in error_line(err), err
     assert standin.calls.count("SaveKernel") == 1
+
+
+def test_a_kernel_that_never_leaves_the_queue_is_given_up_on_in_one_line(env, standin, tiny_data, tmp_path,
+                                                                         monkeypatch, capsys):
+    """Probe 37 (c): a kernel left QUEUED was polled for ever, past its session limit, without an end.
+    kit now stops waiting at the limit plus a grace, in one line; the kernel stays pending for a re-run."""
+    import json
+
+    monkeypatch.setenv("KIT_KAGGLE_KERNEL_GRACE", "1")
+    held = [standin.kernels._slots.acquire(timeout=5) for _ in range(2)]      # every session slot taken
+    try:
+        code, _, err = kit(capsys, *recipe_args(tmp_path, tiny_data, standin, "--max-hours", "0.001"))
+    finally:
+        for _ in held:
+            standin.kernels._slots.release()
+    line = error_line(err)
+    assert code == 2 and "(QUEUED) not ended 0.001 h (their session limit) plus 0.0166667 min" in line, line
+    assert "re-run the same command to wait again" in line
+    state = json.loads((tmp_path / "runs" / "zoo" / "kaggle-kernels.json").read_text())
+    assert all(k["pending"] for k in state["kernels"].values()), state

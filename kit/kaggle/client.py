@@ -55,6 +55,13 @@ def kernel_poll(stand_in: bool) -> float:
     return _setting("KIT_KAGGLE_KERNEL_POLL", 1.0 if stand_in else 60.0, most=600.0, above=True)
 
 
+def kernel_grace() -> float:
+    """Seconds past a kernel's session limit that kit still waits for it (QUEUED, or a status that never
+    ends) before it stops waiting with one line (probe 37: a kernel left QUEUED was polled for ever);
+    KIT_KAGGLE_KERNEL_GRACE decides instead."""
+    return _setting("KIT_KAGGLE_KERNEL_GRACE", 3600.0, most=7 * 86400.0)
+
+
 def max_retry_after() -> float:
     return _setting("KIT_KAGGLE_MAX_RETRY_AFTER", 120.0, most=3600.0)   # bound on a server's Retry-After
 

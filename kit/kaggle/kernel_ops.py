@@ -128,7 +128,8 @@ def _op_kernels_status(api, p: dict, log, emit=None) -> dict:
 
 def _op_kernels_wait(api, p: dict, log, emit) -> dict:
     """Poll the kernels' status every p["poll"] seconds until at least one has ended; each change of
-    status is an event as it happens. Returns {ref: {status, message}} of those that ended."""
+    status is an event as it happens. Returns {"ended": {ref: {status, message}}} of those that ended,
+    or, when none has after p["limit"] seconds (when given), {"ended": {}, "overdue": {ref: status}}."""
     seen: dict[str, str] = dict(p.get("seen") or {})        # what the caller already knows
     gone_since: dict[str, float] = {}
     began = said = time.time()
@@ -152,6 +153,8 @@ def _op_kernels_wait(api, p: dict, log, emit) -> dict:
                                   f"a status kit does not know{': ' + message if message else ''}"}
             if ended:
                 return {"ended": ended}
+            if p.get("limit") and time.time() - began > float(p["limit"]):
+                return {"ended": {}, "overdue": {ref: seen.get(ref, "?") for ref in p["refs"]}}
             if time.time() - said >= float(p.get("heartbeat") or HEARTBEAT):    # hours of polls, not a word
                 said = time.time()
                 log(f"still waiting ({(said - began) / 60:.0f} min): "

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from kit.errors import KitError
 from kit.fsio import file_lock, write_json, write_text
-from kit.kaggle.client import KAGGLE, STAND_IN, call, endpoint_or_env, kernel_poll
+from kit.kaggle.client import KAGGLE, STAND_IN, call, endpoint_or_env, kernel_grace, kernel_poll
 from kit.kaggle.credentials import CREDENTIALS_HELP, credential_source
 from kit.kaggle.kernel_ops import RUNNING
 from kit.kaggle.rehearsal import recipe_competition, rehearsal_stand_in
@@ -257,8 +257,15 @@ class KernelRun:
         known = {ref: self.state[ref].status for ref in refs}
         # every kernel waited for was pushed, by this command or one a kill cut short: a 404 is given the
         # grace of an index that lags (probe 38: the re-run after a kill pushed both kernels again)
-        return self._call("kernels_wait", {"refs": refs, "poll": poll, "seen": known, "pushed": refs},
-                          on_event=seen)["ended"]
+        grace = kernel_grace()
+        waited = self._call("kernels_wait", {"refs": refs, "poll": poll, "seen": known, "pushed": refs,
+                                             "limit": self.hours * 3600 + grace}, on_event=seen)
+        if waited.get("overdue"):       # never ended: Kaggle stops a session at its limit (probe 37: QUEUED for ever)
+            late = ", ".join(f"{ref} ({status})" for ref, status in waited["overdue"].items())
+            raise KitError(f"kernel(s) {late} not ended {self.hours:g} h (their session limit) plus {grace / 60:g} "
+                           f"min after kit began waiting: kit stops waiting; on Kaggle they stay as they are: stop "
+                           "them there, or re-run the same command to wait again")
+        return waited["ended"]
 
     def pull(self, k: Kernel) -> str:
         """The kernel's output for its members into their run dirs, and its log into kaggle-logs/;
