@@ -594,3 +594,17 @@ def test_a_refused_csv_names_its_cut_off_send_and_how_to_record_it(kaggle_env, s
     assert f"`kit scores --endpoint {standin.url} --ledger {ledger}` looks it up" in line
     code, _, err = kit(capsys, "scores", "--ledger", ledger, "--endpoint", standin.url)
     assert code == 0 and list(read_ledger(ledger)["ref"]) == [str(made["ref"])], err
+
+
+def test_a_cut_off_send_with_a_time_edited_by_hand_that_never_arrived_is_said_once(kaggle_env, standin, sub, capsys):
+    """Probe 48 F5: a noted send whose time was edited by hand, not in the competition's list, was said
+    "never arrived" on every `kit scores` (its lag could not be told, so it was never noted answered)."""
+    from kit.fsio import sha256_file
+    from kit.submission import note_sending
+
+    ledger = sub.parent / "ledger.csv"
+    note_sending(sub, sha256_file(sub), ledger, "07/12/2026 07:58", COMP, target(standin.url), tagged("test run"))
+    code, _, err = kit(capsys, "scores", "--ledger", ledger, "--endpoint", standin.url)
+    assert code == 0 and "it never arrived" in err, err
+    code, _, err = kit(capsys, "scores", "--ledger", ledger, "--endpoint", standin.url)
+    assert code == 0 and "never arrived" not in err and not standin.submissions, err

@@ -119,8 +119,12 @@ def settle_cut_off(csv_path, cut: dict, competition: str, ledger, endpoint, env,
         log(f"{what} reached Kaggle: ref {row['ref']} ({row['status']}), now in {ledger}")
         return
     log(f"{what} is not in the competition's submissions: it never arrived")
-    with contextlib.suppress(KitError, OSError):       # a time edited by hand, a note not writable: looked again
-        if datetime.now(timezone.utc) - _utc(cut["time"]) >= LIST_LAG:
+    try:                # a time edited by hand: its lag cannot be told, and the id was looked for (probe 48 F5)
+        settled = datetime.now(timezone.utc) - _utc(cut["time"]) >= LIST_LAG
+    except KitError:
+        settled = True
+    with contextlib.suppress(KitError, OSError):       # a note not writable: looked for again next time
+        if settled:
             note_submitted(csv_path, cut["sha256"], NEVER_ARRIVED, ledger, cut["time"], competition, where)
 
 
