@@ -33,6 +33,7 @@ scores of the accuracy bench are not affected.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -50,7 +51,7 @@ from kit.config import ENCODER_KINDS
 from kit.errors import KitError
 from kit.fsio import write_json
 from kit.rundir import RunDir
-from kit.timeplan import TimePlan, audition_minutes
+from kit.timeplan import LEAST_RUNG_SECONDS, TimePlan, audition_minutes
 from kit.train.results import load_config, read_metrics
 from kit.workers import slots_for
 
@@ -225,7 +226,15 @@ def _rung_minutes(run: RecipeRun, keep: int, rung: float, slots: int) -> float:
     plan, begun = run.plan, _begun_rung(run)
     predictions = [plan.prediction(n) for n in run.chosen]
     if begun is None:
-        return plan.candidate_minutes(predictions, keep, rung, slots)
+        try:
+            return plan.candidate_minutes(predictions, keep, rung, slots)
+        except KitError:        # the first check passed; the start-up took the rest (probe 44 F2, a slow start)
+            least = LEAST_RUNG_SECONDS / rung / 60
+            run.log(f"audition: {time.time() - plan.began:.0f} s spent before it leave too few of the recipe's "
+                    f"{plan.minutes:g} minutes for every candidate's rung: each trains the shortest one "
+                    f"({least:.2f} training minutes), and the recipe runs past its minutes (more --minutes, "
+                    "or --no-audition, keeps to them)")
+            return least
     name, earlier = begun
     try:
         minutes: float | None = plan.candidate_minutes(predictions, keep, rung, slots)

@@ -42,6 +42,7 @@ PREDICT_GFLOPS = 13.0
 # stop (the last evaluation and checkpoint) and for error in the estimates (a GPU's prediction is
 # taken as negligible); a guess on the safe side.
 STOP_SHARE = 0.15
+LEAST_RUNG_SECONDS = 10.0  # an audition candidate's shortest rung (kit.audition)
 MIN_MEMBER_SECONDS = 60    # a member that would get less training time than this is not started
 # A launcher's job (a Kaggle kernel, a Slurm job):
 START_HOURS = 0.25         # a job's own time beyond training: start, installs, packing the data, predicting
@@ -80,7 +81,7 @@ def audition_minutes(total_minutes: float, spent_seconds: float, predicts: list[
     predict = keep * sum(predicts) / max(n, 1)
     work = left * n_slots - (n + keep) * START_SECONDS - n * CUT_SECONDS - predict
     seconds = work / (n * rung + keep * (1 - rung))
-    if seconds * rung < 10:
+    if seconds * rung < LEAST_RUNG_SECONDS:
         raise KitError(f"--minutes {total_minutes:g}: too little time to audition {n} candidates {n_slots} at a "
                        "time; give more minutes, or --no-audition")
     return seconds / 60

@@ -537,3 +537,22 @@ def test_only_in_an_auditioned_recipe_says_the_vote_is_the_survivors(tiny_data, 
     recipe.only_trains("quick", ["sap"], ["sap"], logs.append)
     assert "the vote and its submission are of the audition's survivors (of mean, sap, slow; with --no-audition, " \
            "mean, sap)" in logs[-1], logs
+
+
+def test_a_first_run_whose_start_up_left_too_few_minutes_trains_the_shortest_rung(tmp_path):
+    """Probe 44 F2: the audition's first check passed, then a slow start-up (packing, a loaded machine)
+    left too few of --minutes for a rung, and the first run stopped with exit 2 ("too little time to
+    audition") after its start-up was spent. Each candidate now trains the shortest rung, said."""
+    import time
+    from types import SimpleNamespace
+
+    from kit.audition import _rung_minutes
+    from kit.timeplan import LEAST_RUNG_SECONDS
+
+    logs: list[str] = []
+    plan = TimePlan(minutes=3.2, predict={"a": 5.0, "b": 5.0, "c": 5.0}, began=time.time() - 150)
+    run = SimpleNamespace(plan=plan, chosen=["a", "b", "c"], root=tmp_path, log=logs.append)
+    assert _rung_minutes(run, 2, 0.5, 2) == pytest.approx(LEAST_RUNG_SECONDS / 0.5 / 60)
+    assert len(logs) == 1 and "each trains the shortest one (0.33 training minutes)" in logs[0], logs
+    plan.began = time.time()                                   # a quick start: the plan's own minutes
+    assert _rung_minutes(run, 2, 0.5, 2) > LEAST_RUNG_SECONDS / 0.5 / 60 and len(logs) == 1
