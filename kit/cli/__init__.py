@@ -22,7 +22,7 @@ from kit.errors import KitError, path_problem
 from kit.names import check_competition
 
 # Each module defines register(subparsers) and attaches func=handler(args) -> int | None.
-GROUPS = ["data", "train", "predict", "pseudo", "kaggle", "bench"]
+GROUPS = ["data", "train", "predict", "pseudo", "kaggle", "serve", "bench"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -83,6 +83,11 @@ def cache_from(args: argparse.Namespace):
             os.environ.pop("KIT_CACHE", None)
         else:
             os.environ["KIT_CACHE"] = before
+
+
+def log_line(line: str) -> None:
+    """A log line of a command: `kit: ...` on stderr (stdout holds its results)."""
+    print(f"kit: {line}", file=sys.stderr, flush=True)
 
 
 def progress_wanted() -> bool:

@@ -1,21 +1,19 @@
-"""`kit submit`, `kit scores` and `kit kaggle serve`: send a CSV, read the ledger, rehearse offline.
+"""`kit submit` and `kit scores`: send a CSV, read the ledger (`kit kaggle serve`, the offline stand-in:
+kit.cli.serve).
 
-Argument parsing and printing only; the work is in kit.kaggle (client, ledger) and kit.kaggle.server (stand-in,
-with its kernels in kit.kaggle.server_kernels).
+Argument parsing and printing only; the work is in kit.kaggle (client, ledger, notes, cut-off sends).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import glob
-import math
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from kit import DEFAULT_COMPETITION, env
+from kit import DEFAULT_COMPETITION
+from kit.cli import log_line
 from kit.errors import KitError
 from kit.fsio import sha256_file
 from kit.kaggle import KAGGLE, read_ledger, refresh_ledger, score_table, submit
@@ -26,17 +24,11 @@ from kit.kaggle.ledger import sending as ledger_sending
 from kit.kaggle.notes import cut_off_sends, find_submitted, interrupted_send
 from kit.kaggle.pending import merge_pending, restore_noted
 from kit.kaggle.refresh import owed_scores, settle_cut_offs
-from kit.kaggle.server import FAULT_TARGETS, StandIn
-from kit.kaggle.server_competitions import MADE
 from kit.kaggle.submissions import AlreadyMade, await_score
-from kit.layout import data_competition, is_synthetic, read_layout, synth_marker
-from kit.names import check_competition
+from kit.layout import data_competition, is_synthetic
 from kit.records import SubmissionManifest
-from kit.submission import read_answer_key
 
-
-def _log(line: str) -> None:
-    print(f"kit: {line}", file=sys.stderr, flush=True)
+_log = log_line
 
 
 def register(sub) -> None:
@@ -65,32 +57,6 @@ def register(sub) -> None:
     p.add_argument("--endpoint", default=None, help="a local stand-in URL instead of Kaggle")
     p.set_defaults(func=cmd_scores)
 
-    k = sub.add_parser("kaggle", help="offline rehearsal: a local stand-in for the Kaggle API")
-    ksub = k.add_subparsers(dest="kaggle_command", metavar="ACTION", required=True)
-    p = ksub.add_parser("serve", help="serve a (synthetic) competition on 127.0.0.1 for the real client")
-    p.add_argument("--data", required=True, help="data dir to serve (zipped like the real download)")
-    p.add_argument("--answers", default=None,
-                   help="answer key Id,Category,Usage (default: the one `kit data synth` recorded)")
-    p.add_argument("--competition", default=None, help=f"competition name (default: from the synth marker, "
-                                                        f"else {DEFAULT_COMPETITION})")
-    p.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default 8765; 0: any free port)")
-    p.add_argument("--pending-polls", type=int, default=1, help="answer PENDING for a submission's first K polls")
-    p.add_argument("--fail", action="append", default=[], metavar="METHOD:STATUS[:COUNT[:RETRY_AFTER]]",
-                   help="inject faults, e.g. CreateSubmission:429:2:1, upload:500, GetKernelSessionStatus:503 or "
-                        "kernel-output:500 (repeatable)")
-    g = p.add_argument_group("kernels", "pushed scripts run here, one subprocess each, with the competition under "
-                                        "their input dir and their working dir as output")
-    g.add_argument("--kernel-slots", type=int, default=2, help="kernel sessions running at once (default 2)")
-    g.add_argument("--kernel-timeout", type=float, metavar="SECONDS",
-                   help="every session's time limit, as Kaggle's 12 hours (a shorter one rehearses resumption)")
-    g.add_argument("--kernel-errors", type=int, default=0, metavar="N", help="the next N sessions fail at their start")
-    g.add_argument("--gpu-quota-used", type=float, default=0.0, metavar="HOURS",
-                   help="GPU hours already used this week (of 30)")
-    p.add_argument("--daily-limit", type=int, default=5, metavar="N",
-                   help="submissions allowed a UTC day, as Kaggle's (default 5, HW4's; 0: no limit); the next "
-                        "is refused with Kaggle's 400")
-    p.set_defaults(func=cmd_serve)
-
 
 def cmd_submit(args: argparse.Namespace) -> int:
     if not args.timeout > 0:        # NaN too: a submission would be spent, then "still PENDING after -5s"
@@ -112,7 +78,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
                          ledger=args.ledger, endpoint=args.endpoint, timeout=args.timeout, log=_log,
                          note=_note_resend(args), recorded=sending.close)     # its row is written: not the score
     except KitError as e:       # a check refused the CSV: a cut-off send of it is still to be recorded (probe 47 L2)
-        raise KitError(f"{e}{_cut_off_hint(args)}") from None
+        raise KitError(f"{e}{'' if getattr(args, 'checked', False) else _cut_off_hint(args)}") from None
     except AlreadyMade as made:
         row = made.row
         _log(f"not sent again: {args.csv}'s earlier send was made (ref {row['ref']}); run `kit submit` again to "
@@ -129,8 +95,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _cut_off_hint(args: argparse.Namespace) -> str:
-    """For an error line: the latest send of the CSV (any version) noted with this ledger and cut off
-    before its answer, and the `kit scores` that looks it up; '' when there is none."""
+    """For the error line of a CSV a check refused (nothing sent): the latest send of the CSV (any version)
+    noted with this ledger and cut off before its answer, and the `kit scores` that looks it up; ''
+    when there is none."""
     try:
         cuts = cut_off_sends(args.ledger, args.csv, args.competition, target(args.endpoint))
     except KitError:
@@ -138,8 +105,7 @@ def _cut_off_hint(args: argparse.Namespace) -> str:
     if not cuts:
         return ""
     look = "kit scores" + (f" --endpoint {args.endpoint}" if args.endpoint else "") + f" --ledger {args.ledger}"
-    return (f" (a send of {args.csv} at {cuts[0]['time']} was cut off before its answer and may have reached "
-            f"Kaggle: `{look}` looks it up)")
+    return f" (a send of {args.csv} at {cuts[0]['time']} was cut off before its answer: `{look}` looks it up)"
 
 
 def _scores_said(row: dict) -> str:
@@ -179,6 +145,7 @@ def _note_resend(args: argparse.Namespace) -> Callable[[], str | None]:
     except KitError:            # a damaged ledger or pending file: submit names it
         return lambda: None
     def note() -> str | None:
+        args.checked = True         # every check passed: an error from here on is the send's, not the CSV's
         # sends of the CSV's earlier versions cut off before their answer are looked up first (probe 46)
         look_up_earlier_versions(args.csv, args.competition, args.ledger, args.endpoint, log=_log)
         # a cut-off send is looked up even when an earlier send of these bytes is recorded (probe 32): made,
@@ -255,7 +222,8 @@ def cmd_scores(args: argparse.Namespace) -> int:
                 _log(f"updated {n} submission row(s) from the competition's list")
         except KitError as e:   # the table is still worth showing
             _log(f"could not refresh the ledger's submissions: {e}")
-        _elsewhere(ledger, args.endpoint)       # also when this server could not be asked (probe 47 L3)
+        with contextlib.suppress(KitError):     # also when this server could not be asked (probe 47 L3); an
+            _elsewhere(ledger, args.endpoint)   # endpoint that is not one was said just above
     try:                        # then sends cut off before any row, noted beside their CSVs (probe 47)
         if not args.no_refresh:
             settle_cut_offs(ledger, args.competition, args.endpoint, log=_log)
@@ -325,88 +293,3 @@ def _said(row) -> str:
     """A row's message on one line, and why it failed when it did (a refusal past the daily limit)."""
     why = f"  [{row['error']}]" if row["status"] in ("FAILED", "ERROR") and row["error"] else ""
     return " ".join(f"{row['message']}{why}".split())
-
-
-def _parse_fault(spec: str):
-    parts = spec.split(":")
-    try:
-        method, status = parts[0], int(parts[1])
-        count = int(parts[2]) if len(parts) > 2 else 1
-        retry_after = float(parts[3]) if len(parts) > 3 else None
-    except (IndexError, ValueError):
-        raise KitError(f"--fail {spec!r}: expected METHOD:STATUS[:COUNT[:RETRY_AFTER]], "
-                       "e.g. CreateSubmission:429:2:1") from None
-    answered = method == MADE and status in (200, 204)      # an answer without its ref, or a "success" of nothing
-    if not ((400 <= status <= 599 or answered) and count >= 1 and (retry_after is None or 0 <= retry_after < math.inf)
-            and len(parts) <= 4):
-        raise KitError(f"--fail {spec!r}: STATUS an HTTP error (400-599; {MADE} also 200 or 204), COUNT 1 or "
-                       "more, RETRY_AFTER seconds (0 or more), nothing after them")
-    if method not in FAULT_TARGETS:     # a fault for a method nobody calls would never fire
-        raise KitError(f"--fail {spec!r}: unknown method {method!r}; known: {', '.join(FAULT_TARGETS)}")
-    return method, status, count, retry_after
-
-
-def _check_answers_fit(answers: Path, data) -> None:
-    """The answer key scores this data's test set: one made for another competition would score every
-    submission as wrong (or refuse it) without saying why."""
-    ids, test = set(read_answer_key(answers)), {u.path for u in read_layout(data).test}
-    if ids != test:
-        raise KitError(f"{answers}: its Ids are not the test utterances of {data} ({len(test - ids)} missing, "
-                       f"{len(ids - test)} unknown); pass the answer key made with this data (--answers)")
-
-
-def _announce(url: str, competition: str, data) -> None:
-    print(f"local Kaggle stand-in for {competition} on {url} (Ctrl-C to stop)", flush=True)
-    print("any credentials work, e.g. KAGGLE_USERNAME=rehearsal KAGGLE_KEY=anything", flush=True)
-    print(f"  kit submit SUB.csv -m MESSAGE --competition {competition} --wait --endpoint {url}", flush=True)
-    print(f"  KAGGLE_API_ENVIRONMENT=LOCALHOST HTTP_PROXY={url} NO_PROXY= kaggle competitions submit "
-          f"-c {competition} -f SUB.csv -m MESSAGE", flush=True)
-    print(f"  kit recipe run boss --data {data} --launcher kaggle --endpoint {url}", flush=True)
-
-
-def _check_serve_options(args: argparse.Namespace) -> None:
-    """Refuse a stand-in option that would make no sense (a slot count of 0 would wait forever)."""
-    bad = [(not 0 <= args.port <= 65535, f"--port {args.port}: 0 to 65535 (0: any free port)"),
-           (args.pending_polls < 0, f"--pending-polls {args.pending_polls}: 0 or more"),
-           (args.kernel_slots < 1, f"--kernel-slots {args.kernel_slots}: 1 or more"),
-           (args.kernel_timeout is not None and not args.kernel_timeout > 0,
-            f"--kernel-timeout {args.kernel_timeout}: seconds above 0"),
-           (args.kernel_errors < 0, f"--kernel-errors {args.kernel_errors}: 0 or more"),
-           (not 0 <= args.gpu_quota_used < math.inf, f"--gpu-quota-used {args.gpu_quota_used}: hours, 0 or more"),
-           (args.daily_limit < 0, f"--daily-limit {args.daily_limit}: 0 (no limit) or more")]
-    for wrong, message in bad:
-        if wrong:
-            raise KitError(message)
-    if not Path(args.data).is_dir():
-        raise KitError(f"{args.data}: no such data dir")
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    _check_serve_options(args)
-
-    synth = synth_marker(args.data) or {}
-    answers = args.answers or synth.get("answers")
-    if not answers:
-        raise KitError(f"{args.data}: no answer key; pass --answers KEY.csv (Id,Category,Usage)")
-    competition = args.competition or synth.get("competition") or DEFAULT_COMPETITION
-    check_competition(competition)
-    _check_answers_fit(Path(answers), args.data)
-    faults = [_parse_fault(f) for f in args.fail]
-    try:
-        server = StandIn(args.data, answers, competition=competition, port=args.port,
-                         pending_polls=args.pending_polls, faults=faults, log=_log, kernel_slots=args.kernel_slots,
-                         gpu_used_hours=args.gpu_quota_used, kernel_timeout=args.kernel_timeout,
-                         daily_limit=args.daily_limit or None)
-        server.kernels.fail_next(args.kernel_errors)
-    except (FileNotFoundError, OSError) as e:
-        where = f" on port {args.port}" if isinstance(e, OSError) and e.errno == errno.EADDRINUSE else ""
-        raise KitError(f"cannot start the stand-in{where}: {e}") from None
-    try:
-        with env.exit_on_signals():       # SIGTERM too stops its kernels and removes its temp folder
-            _announce(server.url, competition, args.data)
-            server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
-    return 0
