@@ -272,10 +272,28 @@ _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 def spreadsheet_safe(text: str) -> str:
     """A CSV cell a spreadsheet shows as text: a leading apostrophe before a formula's first character
-    (and before an apostrophe that would read as one), which spreadsheet_text takes off again."""
+    (and before an apostrophe that would read as one), which spreadsheet_text takes off again; in
+    UTF-8 (utf8_text)."""
     if not isinstance(text, str):                   # a cell pandas left empty (NaN): as it is
         return text
+    text = utf8_text(text)
     return "'" + text if text.startswith(_FORMULA_STARTS) or _escaped(text) else text
+
+
+def utf8_text(text: str) -> str:
+    """TEXT as UTF-8 can hold it: bytes of a name or argument that were not UTF-8 (Python keeps them as
+    lone surrogates) become U+FFFD (probe 49: a message typed in a Latin-1 terminal, or a folder named
+    so, made the ledger's write fail after Kaggle had accepted the submission)."""
+    if not isinstance(text, str):
+        return text
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        try:
+            return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        except UnicodeEncodeError:          # a surrogate no undecodable byte made
+            return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def spreadsheet_text(cell: str) -> str:

@@ -608,3 +608,45 @@ def test_a_cut_off_send_with_a_time_edited_by_hand_that_never_arrived_is_said_on
     assert code == 0 and "it never arrived" in err, err
     code, _, err = kit(capsys, "scores", "--ledger", ledger, "--endpoint", standin.url)
     assert code == 0 and "never arrived" not in err and not standin.submissions, err
+
+
+def test_a_message_that_is_not_utf8_is_refused_before_anything_is_sent(kaggle_env, standin, sub, capsys):
+    """Probe 49 F1: `-m "$(printf 'msg\\xff')"` was sent, then writing the ledger row failed (a traceback,
+    exit 1, no row, no pending file: a day's submission spent unrecorded)."""
+    from kit.submission import submitted_note
+
+    code, _, err = kit(capsys, "submit", sub, "-m", "msg\udcff", "--ledger", sub.parent / "ledger.csv",
+                       "--endpoint", standin.url)
+    line = one_error_line(err)
+    assert code == 2 and "not UTF-8" in line and "nothing was sent" in line and "Traceback" not in err, err
+    assert not standin.submissions and not submitted_note(sub).exists() and not (sub.parent / "ledger.csv").exists()
+
+
+def test_names_and_notes_that_are_not_utf8_are_recorded_not_a_traceback(kaggle_env, standin, sub, tmp_path, capsys):
+    """Probe 49 F1: a CSV in a folder whose name is not UTF-8 (a recipe's --runs, an ensemble's --name) was
+    sent, then its ledger row could not be written; every `kit scores` then failed on the note beside it."""
+    import shutil
+
+    from kit.fsio import sha256_file
+    from kit.kaggle.ledger import now
+    from kit.kaggle.notes import index_sent, sent_index
+    from kit.submission import note_sending
+
+    odd = tmp_path / "r\udce9"                              # the bytes b"r\xe9": Latin-1, not UTF-8
+    odd.mkdir()
+    for name in ("sub.csv", "sub.json"):
+        shutil.copy(sub.parent / name, odd / name)
+    ledger = tmp_path / "ledger.csv"
+    code, _, err = kit(capsys, "submit", odd / "sub.csv", "-m", "one", "--ledger", ledger, "--endpoint", standin.url)
+    assert code == 0 and "Traceback" not in err, err
+    [row] = read_ledger(ledger).to_dict("records")
+    assert row["file"].endswith("r\ufffd/sub.csv") and row["ref"] == str(standin.submissions[0]["ref"]), row
+    described = tagged("older kit \udcff")                  # a note an older kit wrote, its send cut off
+    note_sending(sub, sha256_file(sub), ledger, now(), COMP, target(standin.url), described)
+    call("submit", {"competition": COMP, "file": str(sub), "message": described, "wait": False,
+                    "timeout": 10.0, "poll": 0.1}, standin.url)
+    index_sent(sent_index(ledger), sub)                     # as the send noted it: its CSV sent with this ledger
+    for _ in range(2):
+        code, _, err = kit(capsys, "scores", "--ledger", ledger, "--endpoint", standin.url)
+        assert code == 0 and "Traceback" not in err, err
+    assert sorted(read_ledger(ledger)["message"]) == ["older kit \ufffd", "one"]

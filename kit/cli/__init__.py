@@ -174,6 +174,7 @@ def _stopping() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     _end_with_the_kernel()
+    _names_never_fail_output()
     parser = build_parser()
     parsed = _parse(parser, argv)
     if isinstance(parsed, int):
@@ -216,6 +217,15 @@ def main(argv: list[str] | None = None) -> int:
         return e.code
     except OSError as e:
         return _output_failed(e)
+
+
+def _names_never_fail_output() -> None:
+    """A name that is not UTF-8 (a folder named in another encoding: Python holds its bytes as lone
+    surrogates) is printed escaped, as stderr already does, never a traceback after the work is done
+    (probe 49: `submitted ...` failed once the submission was sent and recorded)."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError, OSError):      # a stream replaced by another kind
+            stream.reconfigure(errors="backslashreplace")      # type: ignore[union-attr]
 
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple[argparse.Namespace, list[str]] | int:

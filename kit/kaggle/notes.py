@@ -5,10 +5,11 @@ sends of a CSV's bytes were made (find_submitted), which were cut off before the
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from kit.errors import KitError
-from kit.fsio import sha256_file, write_text
+from kit.fsio import sha256_file, write_bytes
 from kit.kaggle.ledger import ledger_target, maybe_made, read_ledger
 from kit.submission import submitted_note
 
@@ -95,11 +96,11 @@ def index_sent(index, csv_path) -> None:
     csv = str(Path(csv_path).absolute())
     if "\n" in csv or "\r" in csv:        # a name a line cannot hold: found beside the ledger only
         return
-    try:
+    try:            # as the file system names them: a folder named in another encoding is found again
         listed = indexed_csvs(index)
         if csv not in map(str, listed):
-            write_text(index, "".join(f"{path}\n" for path in [*listed, csv]))
-    except (OSError, KitError):
+            write_bytes(index, b"".join(os.fsencode(str(path)) + b"\n" for path in [*listed, csv]))
+    except (OSError, KitError, UnicodeError):
         pass
 
 
@@ -107,10 +108,10 @@ def indexed_csvs(index) -> list[Path]:
     """The CSVs INDEX lists (index_sent), in order: none when it is missing or cannot be read; lines that
     are not absolute paths, as a hand edit may leave, are skipped."""
     try:
-        text = Path(index).read_text(encoding="utf-8", errors="replace")
+        lines = [os.fsdecode(line) for line in Path(index).read_bytes().splitlines()]
     except OSError:
         return []
-    return [Path(line) for line in dict.fromkeys(text.splitlines()) if line.strip() and Path(line).is_absolute()]
+    return [Path(line) for line in dict.fromkeys(lines) if line.strip() and Path(line).is_absolute()]
 
 
 def _note_line(line: str) -> dict | None:

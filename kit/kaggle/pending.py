@@ -13,7 +13,7 @@ from pathlib import Path
 
 from kit import env
 from kit.errors import KitError
-from kit.fsio import file_lock, sha256_file, write_csv
+from kit.fsio import file_lock, sha256_file, utf8_text, write_csv
 from kit.kaggle.client import untagged
 from kit.kaggle.ledger import (
     LEDGER_COLUMNS,
@@ -52,7 +52,7 @@ def keep_pending(ledger: str | os.PathLike, row: dict) -> Path:
             with file_lock(ledger_lock(path)):
                 frame = read_ledger(path)
                 frame = frame[~same_row(frame, row)] if len(frame) else frame
-                add = pd.DataFrame([{c: str(row.get(c) or "") for c in LEDGER_COLUMNS}])
+                add = pd.DataFrame([{c: utf8_text(str(row.get(c) or "")) for c in LEDGER_COLUMNS}])
                 write_csv(path, pd.concat([frame, add], ignore_index=True) if len(frame) else add)
             return path
         except (OSError, KitError) as e:

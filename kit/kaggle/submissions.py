@@ -9,6 +9,7 @@ from pathlib import Path
 
 from kit import DEFAULT_COMPETITION
 from kit.errors import KitError
+from kit.fsio import utf8_text
 from kit.kaggle.client import (
     call,
     check_timing,
@@ -212,6 +213,9 @@ def _checked(csv_path: Path, message: str, data_dir, ledger, env: dict,
         raise KitError(f"{csv_path}: submission file not found")
     if not message or not message.strip():
         raise KitError(f"{csv_path}: a submission message is required (-m MESSAGE)")
+    if utf8_text(message) != message:       # Kaggle would show U+FFFD in its place (probe 49)
+        raise KitError(f"-m {utf8_text(message)!r}: the message holds bytes that are not UTF-8 (a terminal in "
+                       "another encoding?); write it in UTF-8; nothing was sent")
     manifest = SubmissionManifest.beside(csv_path) or SubmissionManifest()
     folder, when, competition, where = snapshot
     sent, digest = snapshot_for_sending(csv_path, folder)
