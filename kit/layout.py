@@ -244,18 +244,25 @@ def feature_digest(x) -> bytes:
     return hashlib.sha1(np.ascontiguousarray(x, dtype=np.float32).tobytes()).digest()
 
 
-def check_data(data_dir: str | os.PathLike, workers: int | None = None, progress: bool = True) -> tuple[Layout, str]:
+def check_data(data_dir: str | os.PathLike, workers: int | None = None, progress: bool = True,
+               largest: dict | None = None) -> tuple[Layout, str]:
     """Read the layout and every feature file; raise KitError naming the first bad file. Returns the
-    layout and the files' content digest, as a packed store of them records it (`content`)."""
+    layout and the files' content digest, as a packed store of them records it (`content`). largest:
+    filled with the file holding the largest value and that value ({"path", "value"})."""
     layout = read_layout(data_dir)
     root = Path(data_dir)
 
-    def check(u: Utterance) -> bytes:
-        return feature_digest(load_feature(root / u.path, layout.n_mels, u.mel_len).numpy())
+    def check(u: Utterance) -> tuple[bytes, float, str]:
+        x = load_feature(root / u.path, layout.n_mels, u.mel_len).numpy()
+        return feature_digest(x), float(abs(x).max()) if x.size else 0.0, str(root / u.path)
 
-    content = hashlib.sha1()
-    for digest in parallel_map(check, layout.all, workers, "checking", progress):
+    content, top = hashlib.sha1(), {"path": "", "value": 0.0}
+    for digest, value, path in parallel_map(check, layout.all, workers, "checking", progress):
         content.update(digest)
+        if value > top["value"]:
+            top = {"path": path, "value": value}
+    if largest is not None:
+        largest.update(top)
     return layout, content.hexdigest()
 
 

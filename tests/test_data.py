@@ -304,3 +304,25 @@ def test_bfloat16_feature_files_are_read_as_float32(data, tmp_path):
     store = FeatureStore.open(data, dtype="float32", cache_dir=tmp_path / "cache", progress=False)
     x = torch.load(data / store.paths[0], weights_only=True).float().numpy()
     assert np.array_equal(store.utterance(0), x)
+
+
+def test_data_check_notes_values_the_default_store_cannot_hold(tiny_data, tmp_path, capsys):
+    """Probe 49 F2: `kit data check` said "ok" for a feature value of 1e6, and every training then
+    refused the data (the float16 packed store holds at most 65504)."""
+    import shutil
+
+    import torch
+
+    from kit.cli import main
+    from kit.layout import read_layout
+
+    data = tmp_path / "big"
+    shutil.copytree(tiny_data, data, ignore=shutil.ignore_patterns(".kit-cache"))
+    path = data / read_layout(data).train[0].path
+    x = torch.load(path)
+    x[1, 2] = 1e6
+    torch.save(x, path)
+    assert main(["data", "check", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert f"note: {path}: values up to 1000000 do not fit the default float16 packed store" in out, out
+    assert main(["data", "check", str(tiny_data)]) == 0 and "note:" not in capsys.readouterr().out

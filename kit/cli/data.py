@@ -11,6 +11,8 @@ from kit.kaggle import download
 from kit.layout import check_data
 from kit.synth import PRESETS, generate
 
+FLOAT16_MAX = 65504.0       # numpy.finfo("float16").max: the default packed store's largest value
+
 
 def register(sub) -> None:
     data = sub.add_parser("data", help="competition data: info, check, synth, download")
@@ -71,10 +73,14 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 1:
         raise KitError(f"--workers {args.workers}: at least 1")
-    layout, content = check_data(args.dir, workers=args.workers, progress=progress_wanted())
+    largest: dict = {}
+    layout, content = check_data(args.dir, workers=args.workers, progress=progress_wanted(), largest=largest)
     stores = verify_stores(args.dir, content, args.workers, progress_wanted())     # a damaged one: one line
     print(f"ok: {args.dir}: {len(layout.speakers)} speakers, {len(layout.train)} train and "
           f"{len(layout.test)} test utterances, n_mels {layout.n_mels}")
+    if largest["value"] > FLOAT16_MAX:      # probe 49: "ok", then every training refused the data
+        print(f"note: {largest['path']}: values up to {largest['value']:.7g} do not fit the default float16 packed "
+              f"store (at most {FLOAT16_MAX:g}): set data.store_dtype = \"float32\" to train on them as they are")
     for root, older in stores:
         print(f"ok: {root}: packed store verified" if older is None else
               f"note: {root}: {older}; packed again when next opened")
