@@ -36,7 +36,7 @@ def test_kit_score_says_when_the_csv_would_not_pass_kit_validate(tiny_data, tiny
     assert "overall" in out
     warning = [line for line in err.splitlines() if line.startswith("kit: warning:")]
     assert len(warning) == 1 and "would not pass `kit validate" in warning[0] and str(bad) in warning[0]
-    assert str(tiny_data) in warning[0]
+    assert f"`kit validate {bad} --data {tiny_data}`" in warning[0]       # probe 49 F3: a command line that parses
 
 
 def test_kit_score_with_a_key_that_has_no_data_dir_beside_it_scores_without_a_remark(tiny_answers, tmp_path,
@@ -71,3 +71,15 @@ def test_an_unreadable_summary_is_said_before_the_member_resumes(tiny_data, tiny
     said = [line for line in logs if "summary.json cannot be read" in line]
     assert len(said) == 1 and said[0].startswith("a: ") and str(summary) in said[0]
     assert json.loads(summary.read_text())["stopped_reason"]              # a new one written
+
+
+@pytest.mark.parametrize("flag", ["--minutes", "--max-minutes"])
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf"])
+def test_kit_train_refuses_minutes_that_are_no_time_budget(tmp_path, capsys, flag, value):
+    """Probe 49 F4: `kit train --minutes 0` trained train.max_steps (70,000 steps: hours on a CPU) without a
+    word, where `kit recipe run --minutes 0` is refused."""
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--out", str(tmp_path / "r"), flag, value])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and f"argument {flag}: {value}: must be a positive number of minutes" in err, err
+    assert not (tmp_path / "r").exists()

@@ -118,7 +118,7 @@ def _invalid_for_its_data(csv, answers) -> list[str]:
         problems = validate_submission(csv, data)
     except KitError:                        # a damaged data dir beside the key: scoring goes on as before
         return []
-    return [f"{csv} would not pass `kit validate {csv} {data}` (nor Kaggle): {problems[0]}"
+    return [f"{csv} would not pass `kit validate {csv} --data {data}` (nor Kaggle): {problems[0]}"
             + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")] if problems else []
 
 
