@@ -415,3 +415,12 @@ def test_a_data_change_says_what_changed_and_a_move_only_beside_it():
         "data (its metadata.json, mapping.json or testdata.json changed; the dir moved too: /a -> /b)"]
     [both] = identity_changes(ident("/a", "L", "F"), ident("/a", "M", "G"))
     assert "json changed and the contents of its feature files changed)" in both and "moved" not in both
+
+
+def test_resuming_a_finished_run_says_so_and_keeps_its_summary(trained, tiny_data, capsys):
+    """Probe 49 F5: `kit train --resume` on a finished run trained no step, said nothing, and rewrote
+    summary.json with its achieved step rate 0.0 (and other seconds and cores)."""
+    summary = (trained / "summary.json").read_bytes()
+    code, out, err = kit_cli(capsys, "train", "--out", trained, "--resume", "--data", tiny_data, "--no-progress")
+    assert code == 0 and f"{trained}: already finished at step 10" in err, err
+    assert (trained / "summary.json").read_bytes() == summary and json.loads(out) == json.loads(summary)

@@ -273,7 +273,7 @@ def test_only_some_members_trains_them_without_a_vote_of_the_few(tiny_recipe, ti
 
 def test_the_recipes_table_shows_the_students_submission_too(capsys):
     """Probe 11: a recipe that submitted its student said so only in the ledger."""
-    from kit.cli.train import print_recipe_table
+    from kit.cli.recipe_table import print_recipe_table
     from kit.recipe_result import RecipeResult, StudentResult
 
     sent = {"status": "COMPLETE", "target": "local stand-in", "public": "0.8", "private": "0.7"}

@@ -11,10 +11,13 @@ from typing import TYPE_CHECKING
 
 from kit.budget import lost_time_note
 from kit.cli import add_cache_option, cache_from, one_line_errors, positive_minutes, progress_wanted
+from kit.cli.recipe_table import print_recipe_table
 from kit.config import DataConfig, RunConfig, layered, load_toml, parse_overrides
 from kit.env import check_stopped, kaggle_data_dir
 from kit.errors import KitError
+from kit.fsio import write_json
 from kit.launch import make_launcher
+from kit.rundir import RunDir
 from kit.runs import check_out, is_run_dir, move_aside, old_name
 
 if TYPE_CHECKING:        # kit.recipe_result brings torch: `kit --help` would take seconds
@@ -186,12 +189,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise KitError(f"{args.out}: no run to resume (no such folder); leave out --resume to start one there")
     if args.resume and not is_run_dir(args.out):        # empty, or a trainer killed before its first save
         print(f"kit: {args.out}: nothing to resume yet (no checkpoint): training from step 0", file=sys.stderr)
+    done = RunDir.of(args.out).summary() if args.resume and RunDir.of(args.out).finished else None
     cfg = resolve_train_config(args)
     if args.fresh and is_run_dir(args.out):     # a folder of only kit's leftovers is trained into as it is
         print(f"kit: {args.out}: starting over; the old run moved to {move_aside(args.out, old_name(args.out))}",
               file=sys.stderr)
     summary = train(cfg, args.out, resume=args.resume, progress=not args.no_progress and progress_wanted(),
                     budget=args.budget)
+    if done is not None and summary.get("step") == done.get("step"):   # probe 49 F5: its rates were rewritten as 0
+        write_json(Path(args.out) / "summary.json", summary := done)
+        print(f"kit: {args.out}: already finished at step {done.get('step')} (stopped: {done.get('stopped_reason')}); "
+              "nothing trained, its summary.json kept (--fresh starts over)", file=sys.stderr)
     # deferred: accelerate brings torch; `kit --help` imports only the parsers
     from accelerate.state import PartialState
 
@@ -343,58 +351,3 @@ def cmd_recipe_cost(args: argparse.Namespace) -> int:
         fixed = recipe_costs(recipe, args.budget, args.data)                # what --no-audition trains
         print("\n".join(audition_lines(costs, fixed, spec, args.utilisation, rates)))
     return 0
-
-
-def _print_rounds(result: RecipeResult) -> None:
-    v0 = result.vote0
-    if v0 is not None:
-        oof = f"  (out-of-fold {v0.val_acc_oof:.4f})" if v0.val_acc_oof is not None else ""
-        print(f"vote before pseudo-labelling val acc: {v0.val_acc:.4f}{oof}   csv: {v0.csv}")
-    for r in result.rounds:
-        est = "-" if r.estimated_precision is None else f"{r.estimated_precision:.3f}"
-        print(f"pseudo-label round {r.round}: {r.count} test utterances, confidence >= {r.threshold:.3f}, "
-              f"estimated precision {est}; fine-tuned: {', '.join(Path(d).name for d in r.fine_tuned) or 'none'}"
-              + "".join(f"; diverged, its source voted instead: {Path(d).name} at step {v['step']}"
-                        for d, v in r.diverged.items()))
-
-
-def print_recipe_table(result: RecipeResult) -> None:
-    """The recipe's result as the table on stdout: members, rounds, the vote, its report, the submission.
-    val acc: the prediction's accuracy on validation (ids.json), or training's centre crops, marked."""
-    print(f"recipe {result.recipe}  budget {result.budget}  data {result.data}")
-    print(f"{'member':<22} {'params':>9} {'val acc':>8} {'mode':>8} {'steps':>7} {'minutes':>8}  note")
-    for m in result.members:
-        print(f"{m.name:<22} {m.params:>9,} {m.accuracy_text():>8} {m.mode:>8} {m.step:>7} {m.minutes:>8.1f}  {m.note}")
-    if result.audition is not None:
-        print("\n".join(result.audition.lines()))
-    _print_rounds(result)
-    ens = result.ensemble
-    if ens is not None:
-        if ens.weights:
-            picked = ", ".join(f"{Path(d).name} {w:.2f}" for d, w in zip(ens.members, ens.weights, strict=True)
-                              if w > 0)
-            print(f"weights (fitted on validation): {picked}")
-        honest = f"  (out-of-fold {ens.val_acc_oof:.4f})" if ens.val_acc_oof is not None else ""
-        print(f"ensemble ({ens.method or ens.vote}) val acc: {ens.val_acc:.4f}{honest}   csv: {ens.csv}")
-    if result.report:
-        print(result.report.rstrip())
-    st = result.student
-    if st is not None and st.diverged_at is not None:
-        print(f"distilled student: diverged at step {st.diverged_at} (no student CSV)")
-    elif st is not None:
-        acc = "- (it trained on validation too)" if st.val_acc is None else f"{st.val_acc:.4f}"
-        print(f"distilled student val acc: {acc}   csv: {st.csv}")
-    if result.submission and ens is not None:         # only a vote is submitted
-        _print_submission(ens.csv, result.submission)
-    if st is not None and st.csv and st.submission:     # and the student, when [after.distill] submit says so
-        _print_submission(st.csv, st.submission)
-    if result.resume:
-        print(f"to continue: {result.resume}")
-    print(f"wall time: {result.minutes:.1f} min")
-
-
-def _print_submission(csv, sub: dict) -> None:
-    print(f"submission: {csv}  {sub.get('status')} on {sub.get('target') or '-'}  "
-          f"public {sub.get('public') or '-'}  private {sub.get('private') or '-'}")
-    if sub.get("reason"):
-        print(f"submission note: {sub['reason']}")
