@@ -190,7 +190,7 @@ def load_feature(path: str | os.PathLike, n_mels: int | None = None, mel_len: in
 
     path = Path(path)
     if not path.is_file():
-        raise KitError(f"{path}: feature file is missing")
+        raise KitError(f"{path}: feature file {'is a folder, not a file' if path.is_dir() else 'is missing'}")
     try:
         x = load_tensors(path)
     except pickle.UnpicklingError as e:

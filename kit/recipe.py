@@ -86,8 +86,8 @@ def resolve_recipe(name: str | Path) -> Path:
     shipped = RECIPES_DIR / (path.stem + ".toml")
     if shipped.is_file() and path.suffix in ("", ".toml") and path.parent in (Path("."), Path("recipes")):
         return shipped
-    names = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.toml")))
-    raise KitError(f"{name}: file not found (recipes shipped with kit: {names})")
+    names, what = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.toml"))), "a folder, not a recipe file"
+    raise KitError(f"{name}: {what if path.is_dir() else 'file not found'} (recipes shipped with kit: {names})")
 
 
 def load_recipe(path: str | Path) -> Recipe:

@@ -26,13 +26,13 @@ HEADER = ["Id", "Category"]
 MAX_PROBLEMS = 10
 
 
-def _read_rows(path: Path, what: str) -> list[list[str]]:
+def _read_rows(path: Path, what: str, header: list[str] = HEADER) -> list[list[str]]:
     """Rows of a CSV file (header included); KitError with one line if it is not a readable CSV."""
     if not path.is_file():
         raise KitError(f"{path}: {what} {'is a folder, not a file' if path.is_dir() else 'not found'}")
     data = path.read_bytes()
     if not data.strip():
-        raise KitError(f"{path}: empty file, expected a CSV with header {','.join(HEADER)}")
+        raise KitError(f"{path}: empty file, expected a CSV with header {','.join(header)}")
     if b"\x00" in data:
         raise KitError(f"{path}: not a CSV (binary content)")
     try:
@@ -46,7 +46,7 @@ def _read_rows(path: Path, what: str) -> list[list[str]]:
     while rows and not rows[-1]:          # trailing blank lines are harmless
         rows.pop()
     if not rows:
-        raise KitError(f"{path}: empty file, expected a CSV with header {','.join(HEADER)}")
+        raise KitError(f"{path}: empty file, expected a CSV with header {','.join(header)}")
     return rows
 
 
@@ -306,7 +306,7 @@ def _summary(correct: int, n: int) -> dict:
 def read_answer_key(answers_path: str | os.PathLike) -> dict[str, tuple[str, str]]:
     """Id -> (Category, Usage) of a Kaggle-style answer key `Id,Category,Usage` (Public/Private)."""
     answers_path = Path(answers_path)
-    key_rows = _read_rows(answers_path, "answer key")
+    key_rows = _read_rows(answers_path, "answer key", ["Id", "Category", "Usage"])     # probe 49: named Id,Category
     if key_rows[0][:3] != ["Id", "Category", "Usage"]:
         raise KitError(f"{answers_path}: header is {','.join(key_rows[0])!r}, expected 'Id,Category,Usage'")
     key: dict[str, tuple[str, str]] = {}

@@ -83,3 +83,25 @@ def test_kit_train_refuses_minutes_that_are_no_time_budget(tmp_path, capsys, fla
     err = capsys.readouterr().err
     assert stop.value.code == 2 and f"argument {flag}: {value}: must be a positive number of minutes" in err, err
     assert not (tmp_path / "r").exists()
+
+
+def test_folders_and_empty_keys_are_named_for_what_they_are(tiny_data, tiny_answers, tmp_path, capsys):
+    """Probe 49 F6: a folder in place of a feature file was "missing", a folder given as a recipe "not
+    found", and an empty answer key was said to need the header of a submission (Id,Category)."""
+    import shutil
+
+    from kit.layout import read_layout
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data, ignore=shutil.ignore_patterns(".kit-cache"))
+    feature = data / read_layout(data).train[0].path
+    feature.unlink()
+    feature.mkdir()
+    assert main(["data", "check", str(data)]) == 2
+    assert f"{feature}: feature file is a folder, not a file" in capsys.readouterr().err
+    assert main(["recipe", "run", str(tmp_path)]) == 2
+    assert f"{tmp_path}: a folder, not a recipe file" in capsys.readouterr().err
+    empty = tmp_path / "key.csv"
+    empty.write_text("")
+    assert main(["score", str(tiny_answers), "--answers", str(empty)]) == 2
+    assert f"{empty}: empty file, expected a CSV with header Id,Category,Usage" in capsys.readouterr().err
