@@ -255,7 +255,7 @@ def test_out_of_range_settings_are_one_line(tiny_data, tmp_path, capsys, setting
 
 def test_out_of_range_flags_are_one_line(tiny_data, tmp_path, capsys):
     one_error(*kit_cli(capsys, "train", "--data", tiny_data, "--out", tmp_path / "run", "--max-minutes", -1)[::2],
-              "train.max_minutes = -1.0: must be >= 0")
+              "--max-minutes -1: must be a positive number of minutes")
 
 
 def test_a_file_where_a_folder_must_go_is_one_line(tiny_data, tmp_path, capsys):

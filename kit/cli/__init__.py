@@ -10,7 +10,6 @@ import atexit
 import contextlib
 import errno
 import importlib
-import math
 import os
 import signal
 import sys
@@ -54,18 +53,6 @@ def build_parser() -> argparse.ArgumentParser:
             raise
         module.register(sub)
     return parser
-
-
-def positive_minutes(text: str) -> float:
-    """An argparse type: a finite number of minutes above 0 (probe 49: `kit train --minutes 0` trained
-    train.max_steps, hours on a CPU, without a word, where `kit recipe run --minutes 0` is refused)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: not a number of minutes") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"{text}: must be a positive number of minutes (leave it out for none)")
-    return value
 
 
 def add_cache_option(p: argparse.ArgumentParser) -> None:

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kit.budget import lost_time_note
-from kit.cli import add_cache_option, cache_from, one_line_errors, positive_minutes, progress_wanted
+from kit.cli import add_cache_option, cache_from, one_line_errors, progress_wanted
 from kit.cli.recipe_table import print_recipe_table
 from kit.config import DataConfig, RunConfig, layered, load_toml, parse_overrides
 from kit.env import check_stopped, kaggle_data_dir
@@ -40,9 +41,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fresh", action="store_true", help="start over: move an existing RUN_DIR aside to "
                    "RUN_DIR.old-<time> first (nothing is deleted)")
     p.add_argument("--budget", help="the recipe budget's name, recorded in RUN_DIR/identity.json")
-    p.add_argument("--minutes", type=positive_minutes, help="time budget: the step total, warm-up and evaluations are "
+    p.add_argument("--minutes", type=float, help="time budget: the step total, warm-up and evaluations are "
                    "fitted to it, so the run ends annealed (train.minutes)")
-    p.add_argument("--max-minutes", type=positive_minutes, help="stop cleanly with a checkpoint after this long")
+    p.add_argument("--max-minutes", type=float, help="stop cleanly with a checkpoint after this long")
     p.add_argument("--allow-external-labels", action="store_true", help="train on a data.pseudo_labels CSV that "
                    "`kit pseudo` did not write (no pseudo.json beside it) (data.allow_external_labels)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -184,6 +185,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.fresh and args.resume:
         raise KitError("--fresh and --resume: choose one (start over, or continue)")
+    for flag, value in (("--minutes", args.minutes), ("--max-minutes", args.max_minutes)):
+        if value is not None and not (math.isfinite(value) and value > 0):      # probe 49: 0 trained max_steps
+            raise KitError(f"{flag} {value:g}: must be a positive number of minutes (leave it out for none)")
     check_out(args.out)         # before --resume reads its config.toml or --fresh moves anything
     if args.resume and not Path(args.out).exists():     # a typo in --out trained a whole run from step 0
         raise KitError(f"{args.out}: no run to resume (no such folder); leave out --resume to start one there")
