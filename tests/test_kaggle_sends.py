@@ -628,7 +628,6 @@ def test_names_and_notes_that_are_not_utf8_are_recorded_not_a_traceback(kaggle_e
     import shutil
 
     from kit.fsio import sha256_file
-    from kit.kaggle.ledger import now
     from kit.kaggle.notes import index_sent, sent_index
     from kit.submission import note_sending
 
@@ -642,7 +641,8 @@ def test_names_and_notes_that_are_not_utf8_are_recorded_not_a_traceback(kaggle_e
     [row] = read_ledger(ledger).to_dict("records")
     assert row["file"].endswith("r\ufffd/sub.csv") and row["ref"] == str(standin.submissions[0]["ref"]), row
     described = tagged("older kit \udcff")                  # a note an older kit wrote, its send cut off
-    note_sending(sub, sha256_file(sub), ledger, now(), COMP, target(standin.url), described)
+    # (another second than the send above: the same bytes at the same time would be that send's row)
+    note_sending(sub, sha256_file(sub), ledger, "2026-12-01T00:00:00Z", COMP, target(standin.url), described)
     call("submit", {"competition": COMP, "file": str(sub), "message": described, "wait": False,
                     "timeout": 10.0, "poll": 0.1}, standin.url)
     index_sent(sent_index(ledger), sub)                     # as the send noted it: its CSV sent with this ledger
