@@ -41,7 +41,7 @@ def _named(root: Path, data_dir: Path) -> Path:
     """A folder of its own per data dir under a shared cache root: a store's clean-up of older
     stores must not touch another data dir's."""
     full = str(Path(data_dir).resolve())
-    return root / f"{Path(full).name or 'data'}-{hashlib.sha256(full.encode()).hexdigest()[:12]}"
+    return root / f"{Path(full).name or 'data'}-{hashlib.sha256(os.fsencode(full)).hexdigest()[:12]}"
 
 
 def cache_dir(data_dir: str | os.PathLike) -> tuple[Path, str | None]:

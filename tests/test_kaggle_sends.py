@@ -556,6 +556,12 @@ def test_a_recipes_vote_sent_from_another_working_folder_counts(kaggle_env, stan
     third = recipe_submit(other / "sub.csv", "kit recipe r", tiny_data, submissions_dir=other, endpoint=standin.url,
                           recipe_root=root)
     assert third["status"] == "COMPLETE" and len(standin.submissions) == 2, third["reason"]
+    (root / VOTES_SENT).unlink()
+    (root / VOTES_SENT).mkdir()                             # probe 50: a record that cannot be read is said
+    lines: list[str] = []
+    recipe_submit(other / "sub.csv", "kit recipe r", tiny_data, submissions_dir=other, endpoint=standin.url,
+                  recipe_root=root, log=lines.append)
+    assert any(f"note: {root / VOTES_SENT} is not a file" in line for line in lines), lines
 
 
 def test_kit_scores_names_a_cut_off_send_to_another_server_and_how_to_look_it_up(kaggle_env, standin, sub, capsys):
@@ -650,3 +656,15 @@ def test_names_and_notes_that_are_not_utf8_are_recorded_not_a_traceback(kaggle_e
         code, _, err = kit(capsys, "scores", "--ledger", ledger, "--endpoint", standin.url)
         assert code == 0 and "Traceback" not in err, err
     assert sorted(read_ledger(ledger)["message"]) == ["older kit \ufffd", "one"]
+
+
+def test_a_ledger_in_a_folder_whose_name_is_not_utf8_records_its_sends(kaggle_env, standin, sub, tmp_path, capsys):
+    """Probe 50 F1: a ledger in a folder named in another encoding (run from it, or --ledger) made `kit
+    submit` and `kit scores` fail with a traceback (the pending file's name hashed the path as UTF-8)."""
+    ledger = tmp_path / "h\udce9" / "ledger.csv"
+    code, _, err = kit(capsys, "submit", sub, "-m", "one", "--ledger", ledger, "--endpoint", standin.url, "--wait")
+    assert code == 0 and "Traceback" not in err, err
+    [row] = read_ledger(ledger).to_dict("records")
+    assert row["ref"] == str(standin.submissions[0]["ref"]) and row["status"] == "COMPLETE", row
+    code, out, err = kit(capsys, "scores", "--ledger", ledger, "--endpoint", standin.url)
+    assert code == 0 and "Traceback" not in err and row["ref"] not in err and "one" in out, err

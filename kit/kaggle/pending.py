@@ -34,7 +34,7 @@ def pending_files(ledger: str | os.PathLike) -> list[Path]:
     target when it is a symlink: kit.kaggle.ledger.ledger_target), then the cache."""
     ledger = ledger_target(ledger)
     cache = env.user_cache() / "pending"
-    digest = hashlib.sha256(str(ledger.resolve()).encode()).hexdigest()[:12]
+    digest = hashlib.sha256(os.fsencode(str(ledger.resolve()))).hexdigest()[:12]     # a name in any encoding
     return [ledger.with_name(ledger.name + PENDING_SUFFIX), cache / f"{ledger.name}-{digest}{PENDING_SUFFIX}"]
 
 

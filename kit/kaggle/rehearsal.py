@@ -60,6 +60,9 @@ def recipe_submit(csv_path, message: str, data_dir, competition: str | None = No
     if problem:
         return _result("FAILED", None, None, f"{problem}; nothing was sent", recorded=False)
     votes = Path(recipe_root) / VOTES_SENT if recipe_root else None
+    if votes and votes.exists() and not votes.is_file() and log:      # probe 50: passed over without a word
+        log(f"note: {votes} is not a file (the CSVs this recipe's votes were sent as): a send of this vote from "
+            "another working folder is not looked for")
     also = indexed_csvs(votes) if votes else []
     if votes:
         index_sent(votes, csv_path)
