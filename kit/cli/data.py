@@ -4,14 +4,15 @@ from __future__ import annotations
 import argparse
 import json
 
+import numpy as np
+
 from kit.cli import add_cache_option, progress_wanted
+from kit.config import DataConfig
 from kit.data import data_info, verify_stores
 from kit.errors import KitError
 from kit.kaggle import download
 from kit.layout import check_data
 from kit.synth import PRESETS, generate
-
-FLOAT16_MAX = 65504.0       # numpy.finfo("float16").max: the default packed store's largest value
 
 
 def register(sub) -> None:
@@ -78,9 +79,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     stores = verify_stores(args.dir, content, args.workers, progress_wanted())     # a damaged one: one line
     print(f"ok: {args.dir}: {len(layout.speakers)} speakers, {len(layout.train)} train and "
           f"{len(layout.test)} test utterances, n_mels {layout.n_mels}")
-    if largest["value"] > FLOAT16_MAX:      # probe 49: "ok", then every training refused the data
-        print(f"note: {largest['path']}: values up to {largest['value']:.7g} do not fit the default float16 packed "
-              f"store (at most {FLOAT16_MAX:g}): set data.store_dtype = \"float32\" to train on them as they are")
+    dtype = DataConfig.store_dtype          # the packed store's default, as kit.data packs it
+    if largest["value"] > (top := float(np.finfo(dtype).max)):     # probe 49: "ok", then every training refused it
+        print(f"note: {largest['path']}: values up to {largest['value']:.7g} do not fit the default {dtype} packed "
+              f"store (at most {top:g}): set data.store_dtype = \"float32\" to train on them as they are")
     for root, older in stores:
         print(f"ok: {root}: packed store verified" if older is None else
               f"note: {root}: {older}; packed again when next opened")

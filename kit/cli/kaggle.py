@@ -17,7 +17,7 @@ from kit.cli import log_line
 from kit.errors import KitError
 from kit.fsio import sha256_file
 from kit.kaggle import KAGGLE, read_ledger, refresh_ledger, score_table, submit
-from kit.kaggle.client import check_timing, endpoint_or_env, target
+from kit.kaggle.client import check_timing, endpoint_or_env, stand_in_url, target
 from kit.kaggle.cutoffs import find_cut_off, look_up_earlier_versions
 from kit.kaggle.ledger import maybe_made
 from kit.kaggle.ledger import sending as ledger_sending
@@ -191,8 +191,8 @@ def _elsewhere(ledger: Path, endpoint: str | None) -> None:
     here = target(endpoint)
     owed = frame[(frame["status"] == "PENDING") & (frame["ref"] != "") & (frame["target"] != here)]
     for where, rows in owed.groupby("target"):
-        if " at " in where:
-            how = f"`kit scores --endpoint {where.split(' at ', 1)[1]}` while that stand-in runs"
+        if stand_in_url(where):
+            how = f"`kit scores --endpoint {stand_in_url(where)}` while that stand-in runs"
         elif where == KAGGLE:
             how = "`kit scores` without --endpoint"
         else:                   # a recipe's rehearsal stand-in (gone with it), or an older kit's row

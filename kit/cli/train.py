@@ -193,7 +193,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise KitError(f"{args.out}: no run to resume (no such folder); leave out --resume to start one there")
     if args.resume and not is_run_dir(args.out):        # empty, or a trainer killed before its first save
         print(f"kit: {args.out}: nothing to resume yet (no checkpoint): training from step 0", file=sys.stderr)
-    done = RunDir.of(args.out).summary() if args.resume and RunDir.of(args.out).finished else None
+    run = RunDir.of(args.out)
+    done = run.summary() if args.resume and run.finished else None
     cfg = resolve_train_config(args)
     if args.fresh and is_run_dir(args.out):     # a folder of only kit's leftovers is trained into as it is
         print(f"kit: {args.out}: starting over; the old run moved to {move_aside(args.out, old_name(args.out))}",

@@ -93,6 +93,13 @@ def target(endpoint: str | None) -> str:
     return f"{STAND_IN} at {url}" if url else KAGGLE
 
 
+def stand_in_url(where: str) -> str | None:
+    """The URL of the stand-in a ledger row's target names (target's inverse): the `--endpoint` that asks
+    it again; None for Kaggle, a recipe's rehearsal stand-in (gone with it) or an unrecorded target."""
+    prefix = f"{STAND_IN} at "
+    return where[len(prefix):] if where.startswith(prefix) else None
+
+
 def _worker_env(endpoint: str | None, overrides: dict | None) -> dict:
     env = dict(os.environ)
     env.update(overrides or {})

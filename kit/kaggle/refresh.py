@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kit.kaggle.client import KAGGLE, STAND_IN, call, is_tagged, same_send, target
+from kit.kaggle.client import KAGGLE, call, is_tagged, same_send, stand_in_url, target
 from kit.kaggle.cutoffs import settle_cut_off
 from kit.kaggle.ledger import maybe_made, merge_rows, read_ledger, resolve_failed, sending
 from kit.kaggle.notes import cut_off_sends, indexed_csvs, noted_sends, sent_as, sent_index
@@ -129,32 +129,27 @@ def settle_cut_offs(ledger, competition: str | None = None, endpoint: str | None
                  if submitted_note(c).is_file()}.values())    # each once, as the folder's glob names it
     if not csvs:
         return
-    where, log, here = target(endpoint), log or (lambda line: None), Path(ledger).resolve()
+    where, log = target(endpoint), log or (lambda line: None)
     with sending(ledger, log):          # a send in flight holds it until its row is written: not taken for cut off
         for csv_path in csvs:
-            comps = {n["competition"] for n in noted_sends(csv_path) if not n["ref"]}
-            # a send with another ledger holds that one's lock while in flight (probe 48): its own `kit
-            # scores` looks; an older kit's (no send id) is found by its bytes, when they are sent again
-            cuts = [(c, cut) for c in sorted(comps) if c == (competition or c)
-                    for cut in cut_off_sends(ledger, csv_path, c, where)
-                    if is_tagged(cut["message"]) and Path(cut["ledger"] or ledger).resolve() == here]
-            for comp, cut in cuts:
+            cuts = _our_cut_offs(csv_path, ledger, competition)
+            for comp, _, cut in (c for c in cuts if c[1] == where):
                 settle_cut_off(csv_path, cut, comp, ledger, endpoint, env, log, where,
                                f"a send of {csv_path} at {cut['time']}, cut off before its answer,")
-            _say_cut_offs_elsewhere(csv_path, ledger, competition, where, log)
-
-
-def _say_cut_offs_elsewhere(csv_path, ledger, competition: str | None, where: str, log) -> None:
-    """One line for each send of CSV_PATH noted with this ledger, cut off before its answer, that went to
-    another server than `where` (probe 48: `kit scores` passed over it without a word): the command
-    that looks it up. A recipe's rehearsal stand-in is gone with it: nothing looks there."""
-    here = Path(ledger).resolve()
-    others = sorted({(n["competition"], n["target"]) for n in noted_sends(csv_path) if not n["ref"] and
-                     n["target"] not in (where, STAND_IN) and n["competition"] == (competition or n["competition"])})
-    for comp, there in others:
-        for cut in cut_off_sends(ledger, csv_path, comp, there):
-            if is_tagged(cut["message"]) and Path(cut["ledger"] or ledger).resolve() == here:
-                url = there.removeprefix(f"{STAND_IN} at ")
-                look = "kit scores" if there == KAGGLE else f"kit scores --endpoint {url}"
+            for _, there, cut in (c for c in cuts if c[1] != where):     # probe 48: passed over without a word
+                look = "kit scores" if there == KAGGLE else f"kit scores --endpoint {stand_in_url(there)}"
                 log(f"note: a send of {csv_path} to {there} at {cut['time']} was cut off before its answer; "
                     f"`{look} --ledger {ledger}` looks it up")
+
+
+def _our_cut_offs(csv_path, ledger, competition: str | None) -> list[tuple[str, str, dict]]:
+    """(competition, target, note line) of each send of CSV_PATH (any version) noted with LEDGER and cut off
+    before its answer, that its send id can find (an older kit's, untagged, is found by its bytes when they
+    are sent again) on a server `kit scores` can still ask (a recipe's rehearsal stand-in is gone with it).
+    A send noted with another ledger is that ledger's: while in flight it holds that one's lock (probe 48)."""
+    here = Path(ledger).resolve()
+    groups = sorted({(n["competition"], n["target"]) for n in noted_sends(csv_path) if not n["ref"] and
+                     n["competition"] == (competition or n["competition"]) and
+                     (n["target"] == KAGGLE or stand_in_url(n["target"]))})
+    return [(comp, there, cut) for comp, there in groups for cut in cut_off_sends(ledger, csv_path, comp, there)
+            if is_tagged(cut["message"]) and Path(cut["ledger"] or ledger).resolve() == here]
