@@ -86,3 +86,17 @@ def test_minutes_and_member_minutes_together_are_refused(tmp_path, monkeypatch, 
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith("kit: error: --minutes and --member-minutes: give one"), line
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_name_that_is_not_utf8_is_shown_by_its_bytes(tmp_path):
+    """Probe 50 F4: a folder named in another encoding was shown as d\\udce9 (Python's lone surrogate,
+    which names no byte); it is shown as the byte it is, d\\xe9, on stdout and stderr alike."""
+    odd = os.fsdecode(b"d\xe9")
+    done = subprocess.run([sys.executable, "-m", "kit", "validate", f"{odd}/x.csv", "--data", odd], cwd=tmp_path,
+                          capture_output=True, env={**os.environ, "PYTHONIOENCODING": "utf-8"})
+    assert done.returncode == 2 and done.stderr.startswith(b"kit: error: d\\xe9: data dir not found"), done.stderr
+    assert b"udce9" not in done.stderr
+    from kit.cli import _as_bytes
+
+    error = UnicodeEncodeError("ascii", "r\udce9\u2713", 1, 3, "not ascii")
+    assert _as_bytes(error) == ("\\xe9\\u2713", 3)

@@ -562,6 +562,31 @@ def test_a_recipes_vote_sent_from_another_working_folder_counts(kaggle_env, stan
     recipe_submit(other / "sub.csv", "kit recipe r", tiny_data, submissions_dir=other, endpoint=standin.url,
                   recipe_root=root, log=lines.append)
     assert any(f"note: {root / VOTES_SENT} is not a file" in line for line in lines), lines
+    assert any(f"could not add {(other / 'sub.csv').absolute()} to {root / VOTES_SENT}" in line for line in lines)
+
+
+def test_an_index_of_sent_csvs_edited_by_hand_keeps_its_lines_and_says_what_it_skips(kaggle_env, standin, sub,
+                                                                                      tmp_path, capsys):
+    """Probe 50 F2: relative lines written by hand into a ledger's index of sent CSVs were skipped without a
+    word and dropped when the index was next written; a damaged index made `kit scores` say nothing."""
+    from kit.kaggle.notes import index_problem, index_sent, indexed_csvs, sent_index
+
+    index = sent_index(sub.parent / "ledger.csv")
+    index.write_bytes(b"../A/sub.csv\n\xff\xfe junk\n")
+    code, _, err = kit(capsys, "submit", sub, "-m", "x", "--ledger", sub.parent / "ledger.csv",
+                       "--endpoint", standin.url)
+    assert code == 0 and len(standin.submissions) == 1, err
+    assert index.read_bytes().splitlines() == [b"../A/sub.csv", b"\xff\xfe junk", bytes(sub.absolute())]
+    assert indexed_csvs(index) == [sub.absolute()] and "2 line(s)" in index_problem(index)
+    code, _, err = kit(capsys, "scores", "--ledger", sub.parent / "ledger.csv", "--endpoint", standin.url)
+    assert code == 0 and f"note: 2 line(s) of {index} are not absolute paths" in err, err
+    index.unlink()
+    index.mkdir()
+    code, _, err = kit(capsys, "scores", "--ledger", sub.parent / "ledger.csv", "--endpoint", standin.url)
+    assert code == 0 and f"note: {index} is not a file" in err, err
+    lines: list[str] = []
+    index_sent(index, tmp_path / "x.csv", lines.append)
+    assert index.is_dir() and len(lines) == 1 and f"could not add {tmp_path / 'x.csv'} to {index}" in lines[0]
 
 
 def test_kit_scores_names_a_cut_off_send_to_another_server_and_how_to_look_it_up(kaggle_env, standin, sub, capsys):
@@ -646,6 +671,9 @@ def test_names_and_notes_that_are_not_utf8_are_recorded_not_a_traceback(kaggle_e
     assert code == 0 and "Traceback" not in err, err
     [row] = read_ledger(ledger).to_dict("records")
     assert row["file"].endswith("r\ufffd/sub.csv") and row["ref"] == str(standin.submissions[0]["ref"]), row
+    code, _, err = kit(capsys, "submit", odd / "sub.csv", "-m", "two", "--ledger", ledger, "--endpoint", standin.url)
+    assert code == 0 and f"(these same bytes) was submitted at {row['time']}" in err, err     # probe 50 F4: not
+    # "submitted as" a name of its own
     described = tagged("older kit \udcff")                  # a note an older kit wrote, its send cut off
     # (another second than the send above: the same bytes at the same time would be that send's row)
     note_sending(sub, sha256_file(sub), ledger, "2026-12-01T00:00:00Z", COMP, target(standin.url), described)
@@ -655,7 +683,7 @@ def test_names_and_notes_that_are_not_utf8_are_recorded_not_a_traceback(kaggle_e
     for _ in range(2):
         code, _, err = kit(capsys, "scores", "--ledger", ledger, "--endpoint", standin.url)
         assert code == 0 and "Traceback" not in err, err
-    assert sorted(read_ledger(ledger)["message"]) == ["older kit \ufffd", "one"]
+    assert sorted(read_ledger(ledger)["message"]) == ["older kit \ufffd", "one", "two"]
 
 
 def test_a_ledger_in_a_folder_whose_name_is_not_utf8_records_its_sends(kaggle_env, standin, sub, tmp_path, capsys):

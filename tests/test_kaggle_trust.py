@@ -503,7 +503,8 @@ def test_scores_names_rows_owed_by_other_servers_when_this_one_cannot_be_asked(k
     [row] = read_ledger(ledger).to_dict("records")
     append_ledger(ledger, {**row, "ref": "77", "target": f"local stand-in at {down}"})
     code, _, err = kit(capsys, "scores", "--ledger", ledger, "--endpoint", down)
-    assert code == 0 and "could not refresh" in err, err
+    assert code == 0 and f"could not refresh the ledger's submissions: nothing answers at {down}" in err, err
+    assert "retry" not in err, err                              # probe 50 F5: said at once, not after a minute
     assert f"were sent to local stand-in at {standin.url}, not here; refreshed by `kit scores --endpoint" in err
 
 
@@ -517,3 +518,31 @@ def test_scores_lists_a_row_copied_by_hand_once_and_says_so(kaggle_env, standin,
     code, out, err = kit(capsys, "scores", "--ledger", ledger, "--endpoint", standin.url)
     assert code == 0 and f"submission {ref} (local stand-in at {standin.url}) is in {ledger} 2 times" in err, err
     assert sum(" one" in line for line in out.splitlines()) == 1 and len(read_ledger(ledger)) == 2, out
+
+
+def test_scores_find_a_file_sent_by_a_relative_or_odd_name_from_another_folder(kaggle_env, standin, sub, tmp_path,
+                                                                                tiny_data, tiny_answers,
+                                                                                monkeypatch, capsys):
+    """Probe 50 F3: the ledger keeps a CSV's name as typed (relative to the folder it was sent from) and a
+    name that is not UTF-8 with U+FFFD, so `kit scores` from elsewhere called both files gone while they
+    were there. The ledger's index of sent CSVs holds where each was."""
+    import shutil
+
+    work, odd = tmp_path / "w1", tmp_path / os.fsdecode(b"r\xe9")
+    for folder in (work, odd):
+        folder.mkdir()
+        shutil.copy(sub, folder / "a.csv")
+        shutil.copy(sub.with_suffix(".json"), folder / "a.json")
+    write_submission(odd, tiny_answers, tiny_data, "a", wrong_every=3)     # other bytes, the same name
+    monkeypatch.chdir(work)
+    ledger = tmp_path / "ledger.csv"
+    for csv, message in (("a.csv", "relative"), (odd / "a.csv", "odd")):
+        code, _, err = kit(capsys, "submit", csv, "-m", message, "--ledger", ledger, "--endpoint", standin.url)
+        assert code in (0, 1), err
+    monkeypatch.chdir(tmp_path / "submissions")
+    code, out, _ = kit(capsys, "scores", "--ledger", ledger, "--no-refresh")
+    rows = {line.split()[-1]: line for line in out.splitlines() if line.split() and line.split()[-1] in
+            ("relative", "odd")}
+    assert code == 0 and set(rows) == {"relative", "odd"}, out
+    assert "w1/a.csv" in rows["relative"] and "gone" not in rows["relative"], out
+    assert "gone" not in rows["odd"] and "a.csv" in rows["odd"], out

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import codecs
 import contextlib
 import errno
 import importlib
@@ -223,9 +224,22 @@ def _names_never_fail_output() -> None:
     """A name that is not UTF-8 (a folder named in another encoding: Python holds its bytes as lone
     surrogates) is printed escaped, as stderr already does, never a traceback after the work is done
     (probe 49: `submitted ...` failed once the submission was sent and recorded)."""
+
+    codecs.register_error("kit-bytes", _as_bytes)
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(AttributeError, ValueError, OSError):      # a stream replaced by another kind
-            stream.reconfigure(errors="backslashreplace")      # type: ignore[union-attr]
+            stream.reconfigure(errors="kit-bytes")      # type: ignore[union-attr]
+
+
+def _as_bytes(error: UnicodeError) -> tuple[str, int]:
+    """An encoding error handler: each byte of a name that was not UTF-8 (held as a lone surrogate, U+DC80
+    to U+DCFF) shown as the byte it was, r\\xe9 (probe 50 F4: shown as r\\udce9, which names no byte);
+    any other character the stream cannot hold as backslashreplace shows it."""
+    if not isinstance(error, UnicodeEncodeError):
+        raise error
+    text = error.object[error.start:error.end]
+    return "".join(f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF else
+                   c.encode("ascii", "backslashreplace").decode() for c in text), error.end
 
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple[argparse.Namespace, list[str]] | int:

@@ -15,15 +15,16 @@ from pathlib import Path
 from kit import DEFAULT_COMPETITION
 from kit.cli import log_line
 from kit.errors import KitError
-from kit.fsio import sha256_file
+from kit.fsio import sha256_file, utf8_text
 from kit.kaggle import KAGGLE, read_ledger, refresh_ledger, score_table, submit
 from kit.kaggle.client import check_timing, endpoint_or_env, stand_in_url, target
 from kit.kaggle.cutoffs import find_cut_off, look_up_earlier_versions
 from kit.kaggle.ledger import maybe_made
 from kit.kaggle.ledger import sending as ledger_sending
-from kit.kaggle.notes import cut_off_sends, find_submitted, interrupted_send
+from kit.kaggle.notes import cut_off_sends, find_submitted, indexed_csvs, interrupted_send, sent_index
 from kit.kaggle.pending import merge_pending, restore_noted
 from kit.kaggle.refresh import owed_scores, settle_cut_offs
+from kit.kaggle.rehearsal import not_listening
 from kit.kaggle.submissions import AlreadyMade, await_score
 from kit.layout import data_competition, is_synthetic
 from kit.records import SubmissionManifest
@@ -177,8 +178,9 @@ def _looked_up(args: argparse.Namespace, cut: dict) -> dict | None:
 def _resend_line(args: argparse.Namespace, earlier: dict | None) -> str | None:
     if earlier is None:
         return None
-    sent_as = "" if Path(str(earlier.get("file") or args.csv)).resolve() == Path(args.csv).resolve() \
-        else f" as {earlier['file']}"
+    same = utf8_text(str(Path(str(earlier.get("file") or args.csv)).resolve())) == \
+        utf8_text(str(Path(args.csv).resolve()))          # probe 50 F4: a name kept with U+FFFD is this one too
+    sent_as = "" if same else f" as {earlier['file']}"
     other = f", recorded in {earlier['ledger']}" if earlier.get("ledger") else ""        # another folder's ledger
     return (f"note: {args.csv} (these same bytes) was submitted{sent_as} at {earlier['time']} (ref {earlier['ref']}, "
             f"{earlier['status']}{other}); sending it again spends another of the day's submissions")
@@ -215,9 +217,13 @@ def cmd_scores(args: argparse.Namespace) -> int:
     if ledger.exists() and not ledger.is_file():
         raise KitError(f"{ledger}: not a file (a ledger is a CSV that `kit submit` writes)")
     frame = read_ledger(ledger) if ledger.is_file() else None
+    down = _down(args.endpoint) if not args.no_refresh else None
+    if down:                        # probe 50 F5: a minute of retries, for a stand-in that is not running
+        _log(f"could not refresh the ledger's submissions: nothing answers at {endpoint_or_env(args.endpoint)} "
+             f"({down}); start `kit kaggle serve` there, or fix --endpoint / KIT_KAGGLE_ENDPOINT")
     if not args.no_refresh and frame is not None and (owed_scores(frame) | maybe_made(frame)).any():
         try:
-            n = refresh_ledger(ledger, args.competition, args.endpoint, log=_log)
+            n = 0 if down else refresh_ledger(ledger, args.competition, args.endpoint, log=_log)
             if n:
                 _log(f"updated {n} submission row(s) from the competition's list")
         except KitError as e:   # the table is still worth showing
@@ -225,7 +231,7 @@ def cmd_scores(args: argparse.Namespace) -> int:
         with contextlib.suppress(KitError):     # also when this server could not be asked (probe 47 L3); an
             _elsewhere(ledger, args.endpoint)   # endpoint that is not one was said just above
     try:                        # then sends cut off before any row, noted beside their CSVs (probe 47)
-        if not args.no_refresh:
+        if not args.no_refresh and not down:
             settle_cut_offs(ledger, args.competition, args.endpoint, log=_log)
     except KitError as e:       # the table is still worth showing
         _log(f"could not look for sends cut off before their answer: {e}")
@@ -265,21 +271,31 @@ def _once(table, ledger: Path):
     return table[(table["ref"] == "") | ~table.duplicated(["target", "ref"], keep="first")]
 
 
+def _down(endpoint: str | None) -> str | None:
+    """Why the stand-in `kit scores` is pointed at (--endpoint, KIT_KAGGLE_ENDPOINT) does not answer, or None
+    (and None for Kaggle itself, whose outages are waited out). An endpoint that is not one is said later."""
+    with contextlib.suppress(KitError):
+        url = endpoint_or_env(endpoint)
+        return not_listening(url) if url else None
+    return None
+
+
 def _where_now(row, ledger: Path, digests: dict) -> str:
     """The file a row's bytes are in now: its name while it holds them; the `NAME.csv.old-<time>` copy
     `kit ensemble` kept when a later vote took the name; else the name, marked replaced (or gone)."""
-    path = Path(row["file"])
-    if not path.is_absolute() and not path.exists():
-        path = ledger.parent / path.name
     sha = str(row.get("sha256") or "")
-
-    def shown(p: Path) -> str:      # beside the ledger: its name; elsewhere (other/t3.csv) the way there
-        return p.name if p.parent.resolve() == ledger.parent.resolve() else os.path.relpath(p, ledger.parent)
 
     def digest(p: Path) -> str | None:
         if p not in digests:
             digests[p] = sha256_file(p) if p.is_file() else None
         return digests[p]
+
+    path = _sent_from(str(row["file"]), ledger, lambda p: digest(p) == sha)
+    if not path.is_absolute() and not path.exists():
+        path = ledger.parent / path.name
+
+    def shown(p: Path) -> str:      # beside the ledger: its name; elsewhere (other/t3.csv) the way there
+        return p.name if p.parent.resolve() == ledger.parent.resolve() else os.path.relpath(p, ledger.parent)
 
     if not sha or digest(path) == sha:
         return shown(path)
@@ -287,6 +303,20 @@ def _where_now(row, ledger: Path, digests: dict) -> str:
         if digest(old) == sha:
             return shown(old)
     return f"{shown(path)} ({'replaced' if path.exists() else 'gone'})"
+
+
+def _sent_from(name: str, ledger: Path, holds: Callable[[Path], bool]) -> Path:
+    """The CSV a ledger row's file names, as the ledger's index of sent CSVs (kit.kaggle.notes.sent_index)
+    holds it: the absolute path, in the file system's own bytes, of one sent as NAME, the one whose bytes
+    are the row's (`holds`) first (probe 50 F3: a name typed relative to another working folder, or one not
+    UTF-8 and so kept with U+FFFD, showed as gone although the file was there). NAME itself when the index
+    lists none that is there."""
+    if Path(name).is_absolute() and Path(name).exists():
+        return Path(name)
+    tail = name.replace(os.sep, "/").split("/")
+    found = [sent for sent in reversed(indexed_csvs(sent_index(ledger)))
+             if utf8_text(str(sent)).split(os.sep)[-len(tail):] == tail and sent.exists()]
+    return next((sent for sent in found if holds(sent)), found[0] if found else Path(name))
 
 
 def _said(row) -> str:

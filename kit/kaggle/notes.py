@@ -89,29 +89,58 @@ def sent_index(ledger) -> Path:
     return ledger.with_name(f".{ledger.name}.sent")
 
 
-def index_sent(index, csv_path) -> None:
+def index_sent(index, csv_path, log=None) -> None:
     """Add CSV_PATH to INDEX (a ledger's sent_index, or a recipe's record of the CSVs its votes were sent
-    as), written whole and atomically; a path already there is not added again. Called as the send is
-    noted beside the CSV. Never raised: the note beside the CSV is the record; an index only points at it."""
+    as), written whole and atomically; a path already there is not added again, and every line already
+    there is kept as it is (probe 50: a hand-written relative line was dropped on the rewrite). Called as
+    the send is noted beside the CSV. Never raised: the note beside the CSV is the record; an index only
+    points at it. One that cannot be written is said through `log`."""
     csv = str(Path(csv_path).absolute())
     if "\n" in csv or "\r" in csv:        # a name a line cannot hold: found beside the ledger only
         return
     try:            # as the file system names them: a folder named in another encoding is found again
-        listed = indexed_csvs(index)
-        if csv not in map(str, listed):
-            write_bytes(index, b"".join(os.fsencode(str(path)) + b"\n" for path in [*listed, csv]))
-    except (OSError, KitError, UnicodeError):
-        pass
+        lines = _index_lines(index)
+        if os.fsencode(csv) not in lines:
+            write_bytes(index, b"".join(line + b"\n" for line in [*lines, os.fsencode(csv)]))
+    except (OSError, KitError, UnicodeError) as e:
+        if log:
+            log(f"note: could not add {csv} to {index} ({getattr(e, 'strerror', None) or e}): a later look "
+                "for this send from another folder may miss it; the note beside the CSV keeps it")
 
 
 def indexed_csvs(index) -> list[Path]:
     """The CSVs INDEX lists (index_sent), in order: none when it is missing or cannot be read; lines that
-    are not absolute paths, as a hand edit may leave, are skipped."""
+    are not absolute paths, as a hand edit may leave, are skipped (index_problem says so)."""
     try:
-        lines = [os.fsdecode(line) for line in Path(index).read_bytes().splitlines()]
+        lines = [os.fsdecode(line) for line in _index_lines(index)]
     except OSError:
         return []
     return [Path(line) for line in dict.fromkeys(lines) if line.strip() and Path(line).is_absolute()]
+
+
+def index_problem(index) -> str | None:
+    """Why INDEX (index_sent's) points at fewer CSVs than it was written with, in words, or None: it is not
+    a file, cannot be read, or holds lines that are not absolute paths (probe 50: each was passed over
+    without a word, and a vote was sent again from a new folder)."""
+    index = Path(index)
+    if not index.exists():
+        return None
+    if not index.is_file():
+        return f"{index} is not a file"
+    try:
+        lines = [line for line in _index_lines(index) if line.strip()]
+    except OSError as e:
+        return f"{index} cannot be read ({e.strerror or e})"
+    odd = sum(1 for line in lines if not Path(os.fsdecode(line)).is_absolute())
+    return f"{odd} line(s) of {index} are not absolute paths and were skipped" if odd else None
+
+
+def _index_lines(index) -> list[bytes]:
+    """The lines of INDEX as bytes, none when it is missing; OSError when it cannot be read."""
+    try:
+        return Path(index).read_bytes().splitlines()
+    except FileNotFoundError:
+        return []
 
 
 def _note_line(line: str) -> dict | None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from kit.kaggle.client import KAGGLE, call, is_tagged, same_send, stand_in_url, target
 from kit.kaggle.cutoffs import settle_cut_off
 from kit.kaggle.ledger import maybe_made, merge_rows, read_ledger, resolve_failed, sending
-from kit.kaggle.notes import cut_off_sends, indexed_csvs, noted_sends, sent_as, sent_index
+from kit.kaggle.notes import cut_off_sends, index_problem, indexed_csvs, noted_sends, sent_as, sent_index
 from kit.kaggle.pending import merge_pending
 from kit.kaggle.submissions import note_accepted
 from kit.submission import submitted_note
@@ -123,6 +123,9 @@ def settle_cut_offs(ledger, competition: str | None = None, endpoint: str | None
     before their answer, each looked up in its competition's list by its send id and recorded when found
     (probe 47: `kit scores` showed no trace of one; it was found only when that CSV was sent again, and
     never once the CSV was gone). One line each; KitError only for an endpoint that is not one."""
+    if index_problem(sent_index(ledger)) and log:        # probe 50: passed over without a word
+        log(f"note: {index_problem(sent_index(ledger))} (the CSVs sent with {ledger}): a cut-off send of one "
+            "sent from another folder may not be found")
     here_csvs = [note.with_name(note.name[1:-len(".submitted")]) for note in
                  sorted(Path(ledger).parent.glob(".*.csv.submitted"))]
     csvs = list({c.absolute(): c for c in [*indexed_csvs(sent_index(ledger)), *here_csvs]

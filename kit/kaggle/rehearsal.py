@@ -19,7 +19,7 @@ from kit.kaggle.client import target as named_target
 from kit.kaggle.credentials import CREDENTIALS_HELP, credential_source, kaggle_json_problem
 from kit.kaggle.cutoffs import find_cut_off, look_up_earlier_versions
 from kit.kaggle.ledger import ledger_problem, read_ledger, sending, update_ledger
-from kit.kaggle.notes import find_submitted, index_sent, indexed_csvs, interrupted_send
+from kit.kaggle.notes import find_submitted, index_problem, index_sent, indexed_csvs, interrupted_send
 from kit.kaggle.pending import kept_rows, merge_pending, restore_noted
 from kit.kaggle.server import StandIn
 from kit.kaggle.submissions import await_score, submit
@@ -60,13 +60,13 @@ def recipe_submit(csv_path, message: str, data_dir, competition: str | None = No
     if problem:
         return _result("FAILED", None, None, f"{problem}; nothing was sent", recorded=False)
     votes = Path(recipe_root) / VOTES_SENT if recipe_root else None
-    if votes and votes.exists() and not votes.is_file() and log:      # probe 50: passed over without a word
-        log(f"note: {votes} is not a file (the CSVs this recipe's votes were sent as): a send of this vote from "
-            "another working folder is not looked for")
-    also = indexed_csvs(votes) if votes else []
-    if votes:
-        index_sent(votes, csv_path)
-    with sending(ledger, log):        # ledger_problem made its folder
+    with sending(ledger, log):        # ledger_problem made its folder; the index is read and written under it
+        if votes and index_problem(votes) and log:         # probe 50: passed over without a word
+            log(f"note: {index_problem(votes)} (the CSVs this recipe's votes were sent as): a send of this vote "
+                "from another working folder may not be found")
+        also = indexed_csvs(votes) if votes else []
+        if votes:
+            index_sent(votes, csv_path, log)
         return _send(csv_path, message, data_dir, competition, ledger, log, endpoint, also)
 
 
@@ -145,15 +145,22 @@ def _check_credentials(data_dir, endpoint: str | None, log) -> None:
 def _check_listening(url: str) -> None:
     """Something listens at the stand-in's address (a typo in its port, or `kit kaggle serve` not
     started, was found only after the whole budget, and a minute of retries)."""
+    why = not_listening(url)
+    if why:
+        raise KitError(f"nothing answers at {url} ({why}): start `kit kaggle serve` there first, or fix "
+                       "--endpoint / KIT_KAGGLE_ENDPOINT; nothing was trained")
+
+
+def not_listening(url: str) -> str | None:
+    """Why nothing answers at URL's host and port (connection refused, no such host), or None when
+    something does: a stand-in not started is said at once, not after a minute of retries."""
     parts = urllib.parse.urlsplit(url)
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
         with socket.create_connection((parts.hostname or "", port), timeout=10):
-            pass
+            return None
     except (OSError, ValueError) as e:
-        why = getattr(e, "strerror", None) or str(e) or type(e).__name__
-        raise KitError(f"nothing answers at {url} ({why}): start `kit kaggle serve` there first, or fix "
-                       "--endpoint / KIT_KAGGLE_ENDPOINT; nothing was trained") from None
+        return getattr(e, "strerror", None) or str(e) or type(e).__name__
 
 
 def missing_answers(data_dir) -> str | None:

@@ -136,7 +136,7 @@ def _send(csv_path: Path, message, competition, data_dir, wait, ledger, endpoint
             f"(`kit ensemble` votes them as they are now)")
     described = tagged(message)                     # what Kaggle lists: the message and this send's id
     note_sending(csv_path, digest, ledger, when, competition, where, described)
-    index_sent(sent_index(ledger), csv_path)        # `kit scores` finds the note wherever the CSV is
+    index_sent(sent_index(ledger), csv_path, log)   # `kit scores` finds the note wherever the CSV is
     row = {"time": when, "competition": competition, "file": str(csv_path), "sha256": digest,
            "message": message, "members": voting_members(manifest), "vote": manifest.voted,
            "ref": "", "status": "", "public": "", "private": "",
