@@ -142,6 +142,9 @@ def _coerce(value: Any, target_type: type, where: str) -> Any:
     if target_type in (int, float):
         if isinstance(value, bool):
             raise KitError(f"{where}: expected a number, got {value!r}")
+        if isinstance(value, str):      # probe 49 F6: segment_len = "64" was taken as 64 without a word
+            raise KitError(f"{where}: expected a number, got the text {value!r}"
+                           + (" (leave out the quotes)" if _number(value) else ""))
         try:
             number = float(value)
         except (TypeError, ValueError):
@@ -152,6 +155,22 @@ def _coerce(value: Any, target_type: type, where: str) -> Any:
             return int(number)
         return number
     return str(value)
+
+
+def _number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _typed(text: str) -> Any:
+    """A --set value as TOML reads it (3e-4 a number, true a boolean), else the text itself (conformer)."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except (tomllib.TOMLDecodeError, RecursionError):
+        return text
 
 
 def _fill(cls: type, values: dict, where: str):
@@ -303,7 +322,7 @@ def parse_overrides(items: list[str]) -> dict:
                 raise KitError(f"override {item!r}: {'.'.join(parents[:i + 1])} is a value, not a table")
         if isinstance(node.get(leaf), dict):
             raise KitError(f"override {item!r}: {dotted} is a table, not a value")
-        node[leaf] = value
+        node[leaf] = _typed(value)
     return result
 
 

@@ -24,7 +24,7 @@ def test_no_layers_is_the_defaults():
 @pytest.mark.parametrize("layers,message", [
     ((("recipe.toml: [base]", {"train": {"lr": "fast"}}), ("member", {})),
      "recipe.toml: [base].train.lr: expected a number"),
-    ((("base", {}), ("--set", {"train": {"batch_size": "0"}})), "--set: train.batch_size = 0: must be > 0"),
+    ((("base", {}), ("--set", {"train": {"batch_size": 0}})), "--set: train.batch_size = 0: must be > 0"),
     ((("base", {}), ("member m", {"model": {"d_modle": 3}})), "member m.model: unknown key(s) d_modle"),
 ])
 def test_an_error_names_the_layer_that_holds_it(layers, message):
@@ -41,10 +41,10 @@ def test_a_bad_value_in_a_layer_is_refused_even_when_a_later_layer_replaces_it()
 def test_sizes_that_decide_memory_have_an_upper_bound_at_load():
     from kit.config import MAXIMA
 
-    at_cap = {section: {key: str(cap) for key, cap in caps.items()} for section, caps in MAXIMA.items()}
+    at_cap = {section: {key: cap for key, cap in caps.items()} for section, caps in MAXIMA.items()}
     layered(("--set", at_cap))                                  # the bounds themselves are allowed
     with pytest.raises(KitError, match=r"--set: train\.batch_size = 65537: must be <= 65536"):
-        layered(("--set", {"train": {"batch_size": "65537"}}))
+        layered(("--set", {"train": {"batch_size": 65537}}))
     with pytest.raises(KitError, match=r"member m: data\.segment_len = 100001: must be <= 100000"):
         layered(("member m", {"data": {"segment_len": 100001}}))
 
@@ -52,6 +52,20 @@ def test_sizes_that_decide_memory_have_an_upper_bound_at_load():
 def test_a_seed_torch_could_not_take_is_refused_at_load():
     with pytest.raises(KitError, match=r"--set: train\.seed = \d+: must be <= 2147483647 "
                                        r"\(torch's seeds are 64-bit\)"):
-        layered(("--set", {"train": {"seed": "99999999999999999999"}}))
+        layered(("--set", {"train": {"seed": 99999999999999999999}}))
     with pytest.raises(KitError, match=r"data\.split_seed = 4294967296: must be <= 4294967295"):
-        layered(("--set", {"data": {"split_seed": str(2**32)}}))
+        layered(("--set", {"data": {"split_seed": 2**32}}))
+
+
+def test_a_quoted_number_in_a_toml_is_refused_and_a_set_value_is_read_as_toml_reads_it():
+    """Probe 49 F6: `segment_len = "64"` in a recipe was taken as 64 without a word; `--set` values are
+    text on the command line, read as TOML reads them, so `--set data.segment_len=64` is still the number."""
+    from kit.config import parse_overrides
+
+    with pytest.raises(KitError, match=r"member m\.data\.segment_len: expected a number, got the text '64' "
+                                       r"\(leave out the quotes\)"):
+        layered(("member m", {"data": {"segment_len": "64"}}))
+    assert parse_overrides(["data.segment_len=64", "train.lr=3e-4", "model.encoder=conformer"]) == \
+        {"data": {"segment_len": 64}, "train": {"lr": 3e-4}, "model": {"encoder": "conformer"}}
+    cfg = layered(("--set", parse_overrides(["data.segment_len=64", "train.compile=true", "train.log_with="])))
+    assert (cfg.data.segment_len, cfg.train.compile, cfg.train.log_with) == (64, True, "")

@@ -84,14 +84,6 @@ def test_kit_train_refuses_minutes_that_are_no_time_budget(tmp_path, capsys, fla
     assert not (tmp_path / "r").exists() and len(err.splitlines()) == 1
 
 
-def test_kit_train_refuses_minutes_too_short_to_train_as_a_recipe_does(tmp_path, capsys):
-    """Probe 50 F6: `kit train --minutes 1e-9` trained 24 steps where a recipe refuses a member under 10 s."""
-    code = main(["train", "--out", str(tmp_path / "r"), "--minutes", "1e-9"])
-    err = capsys.readouterr().err
-    assert code == 2 and "kit: error: --minutes 1e-09: under 10 seconds, too little to train" in err, err
-    assert not (tmp_path / "r").exists() and len(err.splitlines()) == 1
-
-
 def test_folders_and_empty_keys_are_named_for_what_they_are(tiny_data, tiny_answers, tmp_path, capsys):
     """Probe 49 F6: a folder in place of a feature file was "missing", a folder given as a recipe "not
     found", and an empty answer key was said to need the header of a submission (Id,Category)."""
@@ -112,3 +104,13 @@ def test_folders_and_empty_keys_are_named_for_what_they_are(tiny_data, tiny_answ
     empty.write_text("")
     assert main(["score", str(tiny_answers), "--answers", str(empty)]) == 2
     assert f"{empty}: empty file, expected a CSV with header Id,Category,Usage" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, value", [("--temperature", "0"), ("--temperature", "nan"),
+                                         ("--distill-weight", "1.5")])
+def test_a_refused_distill_leaves_no_empty_out_folder(tmp_path, capsys, flag, value):
+    """Probe 49 F6: `kit distill ... --temperature 0` was refused after its --out folder was made (left empty)."""
+    code = main(["distill", str(tmp_path / "t1"), str(tmp_path / "t2"), "--out", str(tmp_path / "st0"), flag, value])
+    err = capsys.readouterr().err
+    assert code == 2 and f"kit: error: {flag} {float(value):g}: must be" in err, err
+    assert not (tmp_path / "st0").exists() and len(err.splitlines()) == 1

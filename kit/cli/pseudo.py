@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -120,6 +121,10 @@ def cmd_distill(args: argparse.Namespace) -> int:
         raise KitError("--fresh and --resume: choose one (start over, or continue)")
     if args.minutes is not None and not args.minutes > 0:
         raise KitError(f"--minutes {args.minutes:g}: the student's time budget, in minutes above 0")
+    if not (math.isfinite(args.temperature) and args.temperature > 0):    # probe 49 F6: refused after --out was
+        raise KitError(f"--temperature {args.temperature:g}: must be a number above 0")       # made, left empty
+    if not 0 <= args.distill_weight <= 1:
+        raise KitError(f"--distill-weight {args.distill_weight:g}: must be between 0 and 1")
     if any(same_dir(args.out, run) for run in distinct_runs(args.runs)):
         raise KitError(f"--out {args.out}: is one of the teachers; give the student a run dir of its own")
     check_out(args.out)         # a folder of the user's files: refused before teacher.npz is written into it

@@ -181,7 +181,6 @@ def resolve_train_config(args: argparse.Namespace):
 
 def cmd_train(args: argparse.Namespace) -> int:
     # deferred: brings torch; `kit --help` imports only the parsers
-    from kit.timeplan import LEAST_MEMBER_SECONDS
     from kit.train import train
 
     if args.fresh and args.resume:
@@ -189,9 +188,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     for flag, value in (("--minutes", args.minutes), ("--max-minutes", args.max_minutes)):
         if value is not None and not (math.isfinite(value) and value > 0):      # probe 49: 0 trained max_steps
             raise KitError(f"{flag} {value:g}: must be a positive number of minutes (leave it out for none)")
-    if args.minutes is not None and args.minutes * 60 < LEAST_MEMBER_SECONDS:     # probe 50 F6: as a recipe's
-        raise KitError(f"--minutes {args.minutes:g}: under {LEAST_MEMBER_SECONDS:g} seconds, too little to train "
-                       f"a model (a recipe's members get at least that); give at least {LEAST_MEMBER_SECONDS / 60:.2f}")
     check_out(args.out)         # before --resume reads its config.toml or --fresh moves anything
     if args.resume and not Path(args.out).exists():     # a typo in --out trained a whole run from step 0
         raise KitError(f"{args.out}: no run to resume (no such folder); leave out --resume to start one there")
