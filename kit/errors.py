@@ -19,7 +19,8 @@ _PATH_ERRNOS = {errno.EEXIST: "a file is in the way (kit needs a folder there)",
                 errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
                 errno.EROFS: "read-only file system (give an --out, --runs or --cache on a writable disk)",
                 errno.ENOSPC: "no space left on the device",
-                errno.ENAMETOOLONG: "name too long for the file system (choose a shorter one)"}
+                errno.ENAMETOOLONG: "name too long for the file system (choose a shorter one)",
+                errno.ENOENT: "no such file or folder, or one cannot be made there"}    # probe 51: mkdir in /proc
 
 
 def path_problem(e: OSError) -> str | None:

@@ -4,6 +4,7 @@ change what its weights mean, its budget and input files; read, compared and des
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 from kit.config import RunConfig, from_dict, load_toml, to_dict
@@ -63,12 +64,16 @@ def data_identity(store) -> dict:
 
 def run_identity(cfg, store, budget: str | None = None, run_dir: str | Path | None = None) -> dict:
     """What defines a run trained from cfg on store's data. n_mels/n_classes come from the data
-    (as training fills them in). run_dir: keep its recorded budget name when budget is None."""
+    (as training fills them in). run_dir: keep its recorded budget name when budget is None, and its run id
+    ("run": made once, when the run starts; kit.written.record_written ties its checkpoints.json to it), which
+    identity_changes never compares."""
     cfg = from_dict(to_dict(cfg))
     cfg.model.n_mels, cfg.model.n_classes = store.n_mels, len(store.speakers)
-    if budget is None and run_dir is not None:
-        budget = (read_identity(run_dir) or {}).get("budget")
-    identity = {"version": 1, "data": data_identity(store), "config": config_identity(cfg), "budget": budget}
+    before = (read_identity(run_dir) or {}) if run_dir is not None else {}
+    if budget is None:
+        budget = before.get("budget")
+    identity = {"version": 1, "data": data_identity(store), "config": config_identity(cfg), "budget": budget,
+                "run": before.get("run") if isinstance(before.get("run"), str) else uuid.uuid4().hex}
     inputs = input_identity(cfg)
     if inputs:                          # pseudo-labels, a teacher, starting weights: their contents
         identity["inputs"] = inputs

@@ -22,10 +22,10 @@ from kit.errors import KitError
 from kit.fsio import save_numpy, sha256_file
 from kit.identity import require_same_data
 from kit.records import PredictionIds, refuse_while_training
-from kit.runs import check_written
 from kit.split import load_split
 from kit.train.results import load_model
 from kit.windows import centre_windows, length_batches, sliding_windows
+from kit.written import check_written
 
 __all__ = ["AVERAGES", "CPU_MAX_AREA", "MAX_AREA", "MAX_FULL_FRAMES", "MODES", "accuracy", "centre_windows",
            "choose_mode", "full_windows", "length_batches", "predict_index", "predict_one_by_one", "predict_run",

@@ -17,7 +17,8 @@ from kit.errors import KitError, first_line
 from kit.fsio import read_json, sha256_file, write_json
 from kit.identity import read_identity
 from kit.names import OLD_SUFFIX
-from kit.runs import lock_holder, written_by_run
+from kit.runs import lock_holder
+from kit.written import written_by_run
 
 
 def _read_json(path: Path, what: str, fix: str) -> dict:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from kit.config import dump_toml, load_toml
 from kit.errors import KitError, first_line
-from kit.fsio import read_json, sha256_file, write_json, write_text
+from kit.fsio import write_json, write_text
 from kit.identity import IDENTITY, START_OVER, identity_changes, legacy_identity, read_identity
 from kit.layout import load_tensors
 from kit.names import old_suffix
@@ -46,6 +46,20 @@ def is_run_dir(path: str | Path) -> bool:
     if (path / IDENTITY).is_file():
         return True
     return (path / "config.toml").is_file() and any((path / n).is_file() for n in ("split.json", *RUN_FILES))
+
+
+def check_runs_folder(runs: str | Path) -> None:
+    """`--runs`, the folder a recipe's run dirs go under, is never a run dir, a competition's data dir or a
+    folder holding a ledger (submissions/): probe 51, a recipe's training went into each without a word,
+    where `kit ensemble --out` and `kit train --out` refuse such folders. One line, before any work."""
+    path = Path(runs)
+    what = ("a run dir" if is_run_dir(path) or holds_run(path) else
+            "a competition's data dir" if any((path / n).is_file() for n in ("metadata.json", "mapping.json",
+                                                                              "testdata.json")) else
+            "a folder of submissions (it holds ledger.csv)" if (path / "ledger.csv").is_file() else None)
+    if what:
+        raise KitError(f"--runs {runs}: {what}; a recipe's run dirs go in a folder of their own (the default "
+                       "is runs/)")
 
 
 def users_files(path: str | Path) -> str | None:
@@ -297,74 +311,6 @@ def load_checkpoint(path: str | Path, fix: str = f"restore it or {START_OVER}") 
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
         raise KitError(f"{path}: not a kit checkpoint (no model weights in it)")
     return ckpt
-
-
-WRITTEN = "checkpoints.json"     # {checkpoint file name: SHA-256} of what the run's own training wrote
-
-
-def record_written(path: str | Path, digest: str | None = None, keep: bool = False) -> None:
-    """Record `digest` (the file at `path`'s SHA-256 when None) in its run dir's checkpoints.json: the
-    bytes its training wrote. keep: what was recorded stays accepted too (recorded before the new file
-    takes its place, so that a kill at any point leaves the file one the record accepts)."""
-    path = Path(path)
-    try:
-        written = _written(path.parent / WRITTEN)
-    except KitError:            # damaged by hand: the trainer owns the record, and writes it anew
-        written = {}
-    digest = digest or sha256_file(path)
-    earlier = _accepted(written.get(path.name)) if keep else []
-    written[path.name] = [*earlier, digest] if earlier else digest
-    write_json(path.parent / WRITTEN, written)
-
-
-def written_by_run(path: str | Path, digest: str | None = None) -> bool:
-    """Whether `digest` (the file at `path` hashed, when None and a record asks) is the checkpoint
-    `path` (its run dir's <which>.pt, on disk or not) as the run's own training wrote it last
-    (checkpoints.json); True for a run of an older kit (no record). An unreadable record is the
-    trainer's to mend: KitError."""
-    path = Path(path)
-    accepted = _accepted(_written(path.parent / WRITTEN).get(path.name))
-    return not accepted or (digest or sha256_file(path)) in accepted
-
-
-def check_written(path: str | Path, digest: str | None = None) -> None:
-    """KitError when the checkpoint `path` (SHA-256 `digest`, hashed when None) is not the one its run's
-    training wrote: another run's best.pt copied in would be predicted, voted and sent as this member,
-    or resumed as this run. A run of an older kit (no checkpoints.json) or a file outside a run dir passes."""
-    if not written_by_run(path, digest):
-        raise KitError(f"{path}: not the checkpoint this run's training wrote (its SHA-256 differs from the one "
-                       f"in {WRITTEN}: copied in, replaced or damaged since); put the run's own file back, "
-                       f"or {START_OVER}")
-
-
-def _accepted(recorded) -> list:
-    return [recorded] if isinstance(recorded, str) else list(recorded or [])
-
-
-def written_record(run_dir: str | Path) -> dict:
-    """{checkpoint file name: SHA-256 (or those accepted)} the run's own training wrote ({} without a
-    record); KitError when the record cannot be read."""
-    return _written(Path(run_dir) / WRITTEN)
-
-
-def _written(record: Path) -> dict:
-    if not record.is_file():
-        return {}
-    try:
-        written = read_json(record, "a run's record of its checkpoints")
-    except (KitError, OSError) as e:
-        raise KitError(f"{first_line(e, 160)}; {_record_ways(record)}") from None
-    if not isinstance(written, dict) or not all(isinstance(v, str) or (isinstance(v, list) and all(
-            isinstance(d, str) for d in v)) for v in written.values()):
-        raise KitError(f"{record}: not a record of checkpoint digests (file name: SHA-256); {_record_ways(record)}")
-    return written
-
-
-def _record_ways(record: Path) -> str:
-    """A damaged record's ways on, the safe one first (probe 45: only "delete it", which turns the check
-    off), a recipe member's alone named (probe 46: a plain --fresh trains every member again)."""
-    return (f"{START_OVER}; a recipe's member alone: --fresh --only {record.parent.name}; or, only if you know "
-            "its checkpoints are the run's own, delete the record to skip their check")
 
 
 def trained_on_validation(run_dirs) -> list[str]:

@@ -10,7 +10,7 @@ import pytest
 from kit.budget import step_rate_note
 from kit.config import parse_overrides
 from kit.errors import KitError
-from kit.runs import written_by_run
+from kit.written import written_by_run
 
 from conftest import kit_cli, one_error
 

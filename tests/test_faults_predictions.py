@@ -23,7 +23,8 @@ from kit.fsio import sha256_file
 from kit.infer import MAX_FULL_FRAMES, full_windows, predict_index
 from kit.models import build_model
 from kit.records import predictions_current
-from kit.runs import check_written, record_written, run_lock
+from kit.runs import run_lock
+from kit.written import check_written, record_written
 
 from conftest import kit_cli, one_error
 

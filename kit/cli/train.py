@@ -19,7 +19,7 @@ from kit.errors import KitError
 from kit.fsio import write_json
 from kit.launch import make_launcher
 from kit.rundir import RunDir
-from kit.runs import check_out, is_run_dir, move_aside, old_name
+from kit.runs import check_out, check_runs_folder, is_run_dir, move_aside, old_name
 
 if TYPE_CHECKING:        # kit.recipe_result brings torch: `kit --help` would take seconds
     from kit.recipe_result import RecipeResult
@@ -244,6 +244,7 @@ def cmd_recipe_run(args: argparse.Namespace) -> int:
     # chosen where it was launched, so it is not asked again there.
     if args.workers is not None and args.workers < 1:
         raise KitError(f"--workers {args.workers}: members trained at once, at least 1")
+    check_runs_folder(args.runs)
     if args.budget and not (args.only and args.no_ensemble):
         require_budget(load_recipe(args.file), args.budget)
     if args.rehearse:

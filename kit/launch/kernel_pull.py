@@ -12,7 +12,8 @@ from pathlib import Path
 from kit.config import dump_toml, load_toml
 from kit.errors import KitError
 from kit.fsio import sha256_file, write_json, write_text
-from kit.runs import WRITTEN, holds_run, move_aside, old_name, written_by_run, written_record
+from kit.runs import holds_run, move_aside, old_name
+from kit.written import WRITTEN, written_by_run, written_record
 
 LAUNCH_MARK = "launch.json"          # in a run dir pulled back: which kernel version it came from
 

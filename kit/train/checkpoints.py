@@ -6,8 +6,8 @@
              evaluation of centre crops, kit.train.results.evaluate), with its step
     avg.pt   the mean of the last train.average_last evaluated weights, scored at the end
 
-Each one's SHA-256 goes into checkpoints.json as it is written (kit.runs.record_written), so that a
-file copied in later is neither resumed nor predicted as this run's (kit.runs.check_written).
+Each one's SHA-256 goes into checkpoints.json as it is written (kit.written.record_written), so that a
+file copied in later is neither resumed nor predicted as this run's (kit.written.check_written).
 
 The counters that say what is best (TrainState.best_acc, best_step, bad_evals) and the weights kept
 for averaging (TrainState.avg_keep) live in the TrainState, so last.pt carries them across a resume.
@@ -21,8 +21,9 @@ import torch
 from accelerate.utils import gather_object
 
 from kit.fsio import save_torch, sha256_file
-from kit.runs import check_written, load_checkpoint, record_written
+from kit.runs import load_checkpoint
 from kit.train.state import TrainState, average_state_dicts, float_state
+from kit.written import check_written, record_written
 
 LAST, BEST, AVERAGED = "last.pt", "best.pt", "avg.pt"
 

@@ -30,7 +30,7 @@ from kit.errors import KitError
 from kit.fsio import write_csv, write_json, write_text
 from kit.identity import check_resume, check_resumed_step, run_identity
 from kit.models import build_model, check_model, count_params
-from kit.runs import check_out, check_start, check_written, clean_leftovers, load_checkpoint, run_lock
+from kit.runs import check_out, check_start, clean_leftovers, load_checkpoint, run_lock
 from kit.split import save_split, split_for
 from kit.train.checkpoints import CheckpointSaver
 from kit.train.clock import Clock, StepTimer
@@ -48,6 +48,7 @@ from kit.train.results import evaluate, load_weights, metrics_frame, plot_curves
 from kit.train.state import TrainState, weights_digest
 from kit.train.targets import build_targets, loss_fn
 from kit.train.trackers import TrackerLog, check_installed
+from kit.written import check_written
 
 # The devices and budgets (kit.train.devices) and the session's clock (kit.train.clock) moved out
 # of this module; the names callers imported from here still are.

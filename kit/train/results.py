@@ -138,6 +138,23 @@ def metrics_frame(metrics: list[dict]):
 
 
 def read_metrics(path: Path) -> list[dict]:
+    """The rows of a run's metrics.csv, none when it is missing. One that is damaged (empty, not a CSV,
+    without its step and val_acc columns, a value that is not a number) is one line naming it (probe 51:
+    a resume after a full disk or a hand edit ended in pandas' traceback)."""
     if not path.is_file():
         return []
-    return pd.read_csv(path).to_dict("records")
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, ValueError) as e:      # pandas' EmptyDataError and ParserError, UnicodeDecodeError
+        raise KitError(_damaged_metrics(path, first_line(e))) from None
+    missing = [c for c in ("step", "val_acc") if c not in frame.columns]
+    odd = [c for c in frame.columns if c in METRIC_COLUMNS and not pd.api.types.is_numeric_dtype(frame[c])]
+    if missing or odd:
+        raise KitError(_damaged_metrics(path, f"no {', '.join(missing)} column" if missing else
+                                        f"{', '.join(odd)} not numbers"))
+    return frame.to_dict("records")
+
+
+def _damaged_metrics(path: Path, why: str) -> str:
+    return (f"{path}: damaged ({why}); remove it and run again: the run resumes from its checkpoint, its "
+            "curves from there")

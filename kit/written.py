@@ -1,0 +1,105 @@
+"""The record of the checkpoints a run's own training wrote (checkpoints.json: each file's SHA-256, and
+the run id they were written under), and the checks that refuse a checkpoint it does not hold: another
+run's best.pt copied in is neither resumed, predicted nor voted as this run's. Moved out of kit.runs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from kit.errors import KitError, first_line
+from kit.fsio import read_json, sha256_file, write_json
+from kit.identity import IDENTITY, START_OVER, read_identity
+
+WRITTEN = "checkpoints.json"     # {checkpoint file name: SHA-256} of what the run's own training wrote
+RUN_KEY = ".run"                # in WRITTEN: the run id (identity.json's "run") the checkpoints were written under
+
+
+def record_written(path: str | Path, digest: str | None = None, keep: bool = False) -> None:
+    """Record `digest` (the file at `path`'s SHA-256 when None) in its run dir's checkpoints.json: the
+    bytes its training wrote. keep: what was recorded stays accepted too (recorded before the new file
+    takes its place, so that a kill at any point leaves the file one the record accepts)."""
+    path = Path(path)
+    try:
+        written = _written(path.parent / WRITTEN)
+    except KitError:            # damaged by hand: the trainer owns the record, and writes it anew
+        written = {}
+    digest = digest or sha256_file(path)
+    earlier = _accepted(written.get(path.name)) if keep else []
+    written[path.name] = [*earlier, digest] if earlier else digest
+    run = _run_id(path.parent)
+    if run:                     # the run these were written under: a record copied in from another run is not it
+        written[RUN_KEY] = run
+    write_json(path.parent / WRITTEN, written)
+
+
+def written_by_run(path: str | Path, digest: str | None = None) -> bool:
+    """Whether `digest` (the file at `path` hashed, when None and a record asks) is the checkpoint
+    `path` (its run dir's <which>.pt, on disk or not) as the run's own training wrote it last
+    (checkpoints.json); True for a run of an older kit (no record). An unreadable record is the
+    trainer's to mend: KitError."""
+    path = Path(path)
+    written = _written(path.parent / WRITTEN)
+    accepted = _accepted(written.get(path.name))
+    if accepted and foreign_record(path.parent, written):
+        return False
+    return not accepted or (digest or sha256_file(path)) in accepted
+
+
+def foreign_record(run_dir: Path, written: dict) -> bool:
+    """Whether checkpoints.json (`written`) was written under another run than identity.json's: another run's
+    checkpoints copied in with their record (probe 51: voted and sent as this member without a word). A
+    record or identity without a run id (an older kit's) is never foreign."""
+    run = _run_id(run_dir)
+    return bool(run and isinstance(written.get(RUN_KEY), str) and written[RUN_KEY] != run)
+
+
+def _run_id(run_dir: Path) -> str | None:
+    try:
+        run = (read_identity(run_dir) or {}).get("run")
+    except KitError:            # an unreadable identity is said by the checks that read it
+        return None
+    return run if isinstance(run, str) else None
+
+
+def check_written(path: str | Path, digest: str | None = None) -> None:
+    """KitError when the checkpoint `path` (SHA-256 `digest`, hashed when None) is not the one its run's
+    training wrote: another run's best.pt copied in would be predicted, voted and sent as this member,
+    or resumed as this run. A run of an older kit (no checkpoints.json) or a file outside a run dir passes."""
+    path = Path(path)
+    if foreign_record(path.parent, _written(path.parent / WRITTEN)):
+        raise KitError(f"{path.parent / WRITTEN}: written by another run than this one's {IDENTITY} (its run id "
+                       f"differs: another run's checkpoints copied in with their record); put the run's own files "
+                       f"back, or {START_OVER}")
+    if not written_by_run(path, digest):
+        raise KitError(f"{path}: not the checkpoint this run's training wrote (its SHA-256 differs from the one "
+                       f"in {WRITTEN}: copied in, replaced or damaged since); put the run's own file back, "
+                       f"or {START_OVER}")
+
+
+def _accepted(recorded) -> list:
+    return [recorded] if isinstance(recorded, str) else list(recorded or [])
+
+
+def written_record(run_dir: str | Path) -> dict:
+    """{checkpoint file name: SHA-256 (or those accepted)} the run's own training wrote ({} without a
+    record); KitError when the record cannot be read."""
+    return {k: v for k, v in _written(Path(run_dir) / WRITTEN).items() if k != RUN_KEY}
+
+
+def _written(record: Path) -> dict:
+    if not record.is_file():
+        return {}
+    try:
+        written = read_json(record, "a run's record of its checkpoints")
+    except (KitError, OSError) as e:
+        raise KitError(f"{first_line(e, 160)}; {_record_ways(record)}") from None
+    if not isinstance(written, dict) or not all(isinstance(v, str) or (isinstance(v, list) and all(
+            isinstance(d, str) for d in v)) for v in written.values()):
+        raise KitError(f"{record}: not a record of checkpoint digests (file name: SHA-256); {_record_ways(record)}")
+    return written
+
+
+def _record_ways(record: Path) -> str:
+    """A damaged record's ways on, the safe one first (probe 45: only "delete it", which turns the check
+    off), a recipe member's alone named (probe 46: a plain --fresh trains every member again)."""
+    return (f"{START_OVER}; a recipe's member alone: --fresh --only {record.parent.name}; or, only if you know "
+            "its checkpoints are the run's own, delete the record to skip their check")
