@@ -155,7 +155,7 @@ def trained_minutes(run_dir: Path) -> float:
     if summary is None:
         try:
             rows = read_metrics(run_dir / "metrics.csv")
-        except (OSError, ValueError):               # pandas' parser errors are ValueErrors
+        except (OSError, KitError):                 # damaged too (read_metrics names it): nothing to go on
             rows = []
         summary = rows[-1] if rows else {}
     seconds = summary.get("seconds")

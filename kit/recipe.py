@@ -267,9 +267,9 @@ def _members(path: Path, raw_members) -> tuple[list, dict, set, dict]:
             check_member_name(name)                # it becomes the run dir RUNS/<recipe>/NAME
         except KitError as e:
             raise KitError(f"{path}: members[{i}]: {e}") from None
-        if name in seen:
-            raise KitError(f"{path}: member name {name!r} is used twice")
-        seen.add(name)
+        if name.casefold() in seen:         # probe 51: a and A are one folder on macOS's and Windows' disks
+            raise KitError(f"{path}: member name {name!r} is used twice (names that differ only in case count once)")
+        seen.add(name.casefold())
         member_budgets = m.pop("budget", {})
         candidate = m.pop("candidate", False)
         if not isinstance(candidate, bool):

@@ -34,7 +34,7 @@ class RunDir:
     def summary(self) -> dict | None:
         """summary.json (written when a training session ends), or None when absent or unreadable."""
         try:
-            return read_json(self.path / SUMMARY, "a run's summary.json")
+            return _summary(self.path / SUMMARY)
         except KitError:
             return None
 
@@ -44,7 +44,7 @@ class RunDir:
         if not (self.path / SUMMARY).exists():
             return None
         try:
-            read_json(self.path / SUMMARY, "a run's summary.json")
+            _summary(self.path / SUMMARY)
         except KitError as e:
             return str(e)
         return None
@@ -99,3 +99,26 @@ class RunDir:
         if self.finished:
             return "finished"
         return "checkpointed, not finished" if self.has_checkpoint else "not started"
+
+
+def _summary(path: Path) -> dict:
+    """summary.json, read and of the shape training writes: KitError when it is not JSON, or its step or
+    stopped_reason is of another type (probe 51: {"stopped_reason": 5, "step": "x"} counted as finished,
+    and was voted)."""
+    value = read_json(path, "a run's summary.json")
+    step, reason = (value.get("step", 0), value.get("stopped_reason", "")) if isinstance(value, dict) else (0, 0)
+    if not isinstance(value, dict) or not isinstance(reason, str) or isinstance(step, bool) or \
+            not isinstance(step, int):
+        raise KitError(f"{path}: not a summary kit wrote (a JSON object whose step is a whole number and whose "
+                       "stopped_reason is text)")
+    return value
+
+
+def warn_diverged(run_dirs, log) -> None:
+    """One line for each of run_dirs whose training diverged (summary.json): voted by hand, its predictions
+    are of its last good checkpoint, where a recipe leaves such a member out (probe 51: said nothing)."""
+    for run_dir in run_dirs:
+        run = RunDir.of(run_dir)
+        if run.diverged:
+            log(f"warning: {run_dir}: its training diverged at step {run.diverged_at} (summary.json); it is voted "
+                "from its last good checkpoint, where a recipe leaves such a member out of the vote")

@@ -211,3 +211,18 @@ def test_a_diverged_student_leaves_the_vote_to_be_submitted(tiny_recipe, tiny_da
     # a re-run keeps the diverged student out without distilling it again, and submits the vote
     out, err = _run(recipe, tiny_data, tmp_path / "runs", capsys)
     assert err.count(line) == 1 and "distilling" not in err and len(sent) == 2, err
+
+
+def test_kit_ensemble_by_hand_says_a_run_diverged(predicted, tmp_path, capsys):
+    """Probe 51 F9: a run whose training diverged after a good checkpoint was voted by a hand-run `kit
+    ensemble` without a word, where a recipe marks it "diverged (not voted)"."""
+    import json
+
+    from conftest import kit_cli
+
+    good = predicted.run("good", [0, 1, 2, 0, 1, 0], [0, 1, 2, 2])
+    gone = predicted.run("gone", [0, 1, 2, 1, 1, 2], [0, 1, 1, 2])
+    (gone / "summary.json").write_text(json.dumps({"step": 150, "stopped_reason": "diverged"}))
+    code, _, err = kit_cli(capsys, "ensemble", good, gone, "--out", tmp_path / "subs", "--name", "v")
+    said = [line for line in err.splitlines() if "diverged" in line]
+    assert code == 0 and len(said) == 1 and f"{gone}: its training diverged at step 150" in said[0], err

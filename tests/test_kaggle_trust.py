@@ -546,3 +546,15 @@ def test_scores_find_a_file_sent_by_a_relative_or_odd_name_from_another_folder(k
     assert code == 0 and set(rows) == {"relative", "odd"}, out
     assert "w1/a.csv" in rows["relative"] and "gone" not in rows["relative"], out
     assert "gone" not in rows["odd"] and "a.csv" in rows["odd"], out
+
+
+def test_scores_shows_a_long_message_cut_and_keeps_it_whole_in_the_ledger(tmp_path, capsys):
+    """Probe 51 F8: a 3,000-character message filled the score table."""
+    ledger = tmp_path / "ledger.csv"
+    append_ledger(ledger, {"time": "2026-12-06T02:30:00Z", "competition": COMP, "file": "a.csv", "sha256": "0" * 64,
+                           "message": "long " * 600, "ref": "1", "status": "COMPLETE", "public": "0.5",
+                           "private": "0.5", "target": "local stand-in"})
+    code, out, _ = kit(capsys, "scores", "--ledger", ledger, "--no-refresh")
+    [row] = [line for line in out.splitlines() if "long long" in line]
+    assert code == 0 and row.endswith("...") and len(row) < 250, row
+    assert read_ledger(ledger)["message"].iloc[0] == "long " * 600

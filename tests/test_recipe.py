@@ -314,3 +314,10 @@ def test_the_recipe_lock_on_a_runs_folder_that_cannot_be_written(tmp_path):
     with pytest.raises(KitError, match="cannot be written .* so --fresh cannot move its members aside"):
         with recipe_lock(blocked / "tiny", alone=True):
             pass
+
+
+def test_member_names_that_differ_only_in_case_are_one_name(tiny_recipe):
+    """Probe 51 F5: members `a` and `A` were two run dirs on Linux and one folder on macOS and Windows."""
+    with pytest.raises(KitError, match=r"member name 'A' is used twice \(names that differ only in case"):
+        load_recipe(tiny_recipe("a", "A"))
+    assert [m[0] for m in load_recipe(tiny_recipe("a", "b")).members] == ["a", "b"]

@@ -32,6 +32,17 @@ def test_an_unreadable_summary_is_not_finished(tmp_path):
     assert RunDir.of(tmp_path / "m").summary() is None and not RunDir.of(tmp_path / "m").finished
 
 
+def test_a_summary_of_the_wrong_shape_is_not_finished(tmp_path):
+    """Probe 51 F7: {"stopped_reason": 5, "step": "x"} counted as finished (steps "x", params 0) and was voted."""
+    run = RunDir.of(tmp_path / "m")
+    for text in ('{"stopped_reason": 5, "step": "x"}', '{"stopped_reason": "budget", "step": true}'):
+        _summary(tmp_path / "m")
+        (tmp_path / "m" / "summary.json").write_text(text)
+        assert run.summary() is None and not run.finished and "not a summary kit wrote" in run.summary_problem()
+    _summary(tmp_path / "m", stopped_reason="budget")
+    assert run.finished and run.summary_problem() is None
+
+
 def test_the_synthetic_marker_is_read_in_one_place(tiny_data, tmp_path):
     marker = synth_marker(tiny_data)
     assert marker is not None and marker["preset"] == "tiny" and "answers" in marker

@@ -319,7 +319,13 @@ def _sent_from(name: str, ledger: Path, holds: Callable[[Path], bool]) -> Path:
     return next((sent for sent in found if holds(sent)), found[0] if found else Path(name))
 
 
+SHOWN_MESSAGE = 100     # characters of a submission's message the score table shows
+
+
 def _said(row) -> str:
     """A row's message on one line, and why it failed when it did (a refusal past the daily limit)."""
     why = f"  [{row['error']}]" if row["status"] in ("FAILED", "ERROR") and row["error"] else ""
-    return " ".join(f"{row['message']}{why}".split())
+    message = " ".join(str(row["message"]).split())
+    if len(message) > SHOWN_MESSAGE:        # probe 51: 3,000 characters flooded the table; the ledger keeps all
+        message = message[:SHOWN_MESSAGE - 3].rstrip() + "..."
+    return " ".join(f"{message}{why}".split())

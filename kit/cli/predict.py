@@ -165,12 +165,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_ensemble(args: argparse.Namespace) -> int:
     # deferred: brings pandas; `kit --help` imports only the parsers
     from kit.ensemble import DEFAULT_POOL, ensemble_runs, parse_weights, require_folds
+    from kit.rundir import warn_diverged
 
     def log(message: str) -> None:
         print(f"kit: {message}", file=sys.stderr, flush=True)
 
     require_folds(args.folds)     # refused whatever the vote, as any bad argument is
     warn_in_sample(args.runs, log)
+    warn_diverged(args.runs, log)
     r = ensemble_runs(args.runs, vote=args.vote, weights=parse_weights(args.weights), name=args.name,
                       out_dir=args.out, pool=args.pool or DEFAULT_POOL, folds=args.folds, log=log)
     width = max(len(row["member"]) for row in r["table"])

@@ -50,8 +50,7 @@ from kit.train.targets import build_targets, loss_fn
 from kit.train.trackers import TrackerLog, check_installed
 from kit.written import check_written
 
-# The devices and budgets (kit.train.devices) and the session's clock (kit.train.clock) moved out
-# of this module; the names callers imported from here still are.
+# kit.train.devices (devices, budgets) and kit.train.clock moved out; names imported from here still are.
 __all__ = ["LOSS_CHECK_EVERY", "Clock", "StepTimer", "Trainer", "TrainingDiverged", "cpu_has_bf16", "end_distributed",
            "resolve_precision", "step_bytes", "total_steps", "train"]
 
