@@ -8,8 +8,10 @@ from pathlib import Path
 from kit.errors import KitError, first_line
 from kit.fsio import read_json, sha256_file, write_json
 from kit.identity import IDENTITY, START_OVER, read_identity
+from kit.runs import RUN_FILES
 
 WRITTEN = "checkpoints.json"     # {checkpoint file name: SHA-256} of what the run's own training wrote
+CHECKPOINT_FILES = tuple(name for name in RUN_FILES if name.endswith(".pt"))
 RUN_KEY = ".run"                # in WRITTEN: the run id (identity.json's "run") the checkpoints were written under
 
 
@@ -27,6 +29,10 @@ def record_written(path: str | Path, digest: str | None = None, keep: bool = Fal
     written[path.name] = [*earlier, digest] if earlier else digest
     run = _run_id(path.parent)
     if run:                     # the run these were written under: a record copied in from another run is not it
+        if RUN_KEY not in written:      # from now on a checkpoint without an entry is not the run's: those an
+            for other in CHECKPOINT_FILES:  # older record (or none) let pass until now are entered as they are
+                if other != path.name and other not in written and (path.parent / other).is_file():
+                    written[other] = sha256_file(path.parent / other)
         written[RUN_KEY] = run
     write_json(path.parent / WRITTEN, written)
 
@@ -34,14 +40,18 @@ def record_written(path: str | Path, digest: str | None = None, keep: bool = Fal
 def written_by_run(path: str | Path, digest: str | None = None) -> bool:
     """Whether `digest` (the file at `path` hashed, when None and a record asks) is the checkpoint
     `path` (its run dir's <which>.pt, on disk or not) as the run's own training wrote it last
-    (checkpoints.json); True for a run of an older kit (no record). An unreadable record is the
-    trainer's to mend: KitError."""
+    (checkpoints.json); True for a run of an older kit (no record). A record that names its run (every
+    checkpoint is recorded before it takes its place) without an entry for `path`: False (probe 40: another
+    run's avg.pt copied into a run that never averaged passed). An unreadable record is the trainer's to
+    mend: KitError."""
     path = Path(path)
     written = _written(path.parent / WRITTEN)
     accepted = _accepted(written.get(path.name))
-    if accepted and foreign_record(path.parent, written):
+    if (accepted or RUN_KEY in written) and foreign_record(path.parent, written):
         return False
-    return not accepted or (digest or sha256_file(path)) in accepted
+    if not accepted:
+        return RUN_KEY not in written
+    return (digest or sha256_file(path)) in accepted
 
 
 def foreign_record(run_dir: Path, written: dict) -> bool:
@@ -69,6 +79,9 @@ def check_written(path: str | Path, digest: str | None = None) -> None:
         raise KitError(f"{path.parent / WRITTEN}: written by another run than this one's {IDENTITY} (its run id "
                        f"differs: another run's checkpoints copied in with their record); put the run's own files "
                        f"back, or {START_OVER}")
+    if Path(path).name not in written_record(path.parent) and not written_by_run(path, digest):
+        raise KitError(f"{path}: not a checkpoint this run's training wrote ({WRITTEN} has no entry for it: copied "
+                       f"in); put the run's own file back, or {START_OVER}")
     if not written_by_run(path, digest):
         raise KitError(f"{path}: not the checkpoint this run's training wrote (its SHA-256 differs from the one "
                        f"in {WRITTEN}: copied in, replaced or damaged since); put the run's own file back, "

@@ -81,3 +81,25 @@ def test_runs_that_is_a_data_dir_a_run_dir_or_submissions_is_refused(two_runs, d
     code, _, err = kit_cli(capsys, "recipe", "run", tiny_recipe, "--data", data, "--runs", runs)
     one_error(code, err, f"--runs {runs}: a ")
     assert sorted(p.name for p in Path(runs).iterdir()) == before
+
+
+def test_a_checkpoint_its_runs_record_has_no_entry_for_is_refused_and_an_older_record_is_entered(two_runs, tmp_path):
+    """Probe 40: a checkpoint on disk that checkpoints.json has no entry for passed (another run's avg.pt
+    copied into a run that never averaged). A record that names its run has an entry for every checkpoint
+    the run wrote; one of an older kit gains entries for those it let pass, when the run id is first added."""
+    import json
+
+    from kit.written import RUN_KEY, check_written, record_written
+
+    a, b = (Path(shutil.copytree(run, tmp_path / run.name)) for run in two_runs)
+    shutil.copy(b / "best.pt", a / "avg.pt")
+    with pytest.raises(KitError, match="checkpoints.json has no entry for it"):
+        check_written(a / "avg.pt")
+    (a / "avg.pt").unlink()
+    record = json.loads((a / "checkpoints.json").read_text())
+    (a / "checkpoints.json").write_text(json.dumps({"last.pt": record["last.pt"]}))    # an older kit's record
+    check_written(a / "best.pt")                        # no run id, no entry: passes, as it did
+    record_written(a / "last.pt")                       # the next write names the run
+    upgraded = json.loads((a / "checkpoints.json").read_text())
+    assert upgraded[RUN_KEY] == record[RUN_KEY] and upgraded["best.pt"] == record["best.pt"]
+    check_written(a / "best.pt")

@@ -124,9 +124,8 @@ def ensemble_runs(run_dirs, vote: str = "hard", weights=None, name: str | None =
     if not auto and not trained_on_validation(run_dirs):
         _warn_under_best(voted["table"], vote, max(1, len(members[0].val_labels)), say)
     if kept:
-        say(f"{csv_path}: its bytes were submitted (as this file or another: a ledger or the note "
-            f"{submitted_note(csv_path).name} has their sha256), so the old file is kept as "
-            f"{', '.join(p.name for p in kept)}")
+        say(f"{csv_path}: was submitted (its bytes, as it or another file: a ledger or {submitted_note(csv_path).name} "
+            f"has their sha256), so the old file is kept as {', '.join(p.name for p in kept)}")
     return {"csv": csv_path, "manifest": csv_path.with_suffix(".json"), "table": voted["table"],
             "val_acc": voted["val_acc"], "weights": [float(x) for x in w], "kept": [str(p) for p in kept], **extra}
 
