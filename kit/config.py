@@ -154,7 +154,10 @@ def _coerce(value: Any, target_type: type, where: str) -> Any:
                 raise KitError(f"{where}: expected an integer, got {value!r}")
             return int(number)
         return number
-    return str(value)
+    if not isinstance(value, str):      # probe 52: --set train.init_from=1e3 became the path "1000.0"
+        raise KitError(f"{where}: expected text, got {value} (a {type(value).__name__}); put it in quotes "
+                       "(in a file KEY = \"...\", on the command line --set 'SECTION.KEY=\"...\"')")
+    return value
 
 
 def _number(text: str) -> bool:

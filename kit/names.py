@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import time
+import unicodedata
 from pathlib import Path
 
 from kit.errors import KitError
@@ -94,6 +95,12 @@ def check_recipe_name(name) -> str:
     check_submission_name(name, "recipe")
     return _not_reserved(name, "recipe", _RECIPE_RESERVED, "for another recipe's stages in submissions/ "
                          "(RECIPE-vote0, RECIPE-before-refit, RECIPE-student)")
+
+
+def folded(name: str) -> str:
+    """NAME as a file system that ignores case and Unicode form (macOS's, Windows') sees it: two names that
+    fold alike are one folder there."""
+    return unicodedata.normalize("NFC", name).casefold()
 
 
 def check_member_name(name, what: str = "member") -> str:

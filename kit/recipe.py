@@ -9,7 +9,7 @@ from pathlib import Path
 from kit.config import CHECKPOINTS, RunConfig, layered, load_toml
 from kit.env import kaggle_data_dir
 from kit.errors import KitError
-from kit.names import check_member_name, check_recipe_name
+from kit.names import check_member_name, check_recipe_name, folded
 from kit.rounds import STAGE_DEFAULTS, STAGES, enabled, parse_stage, stages_share
 from kit.synth import generate
 
@@ -267,9 +267,9 @@ def _members(path: Path, raw_members) -> tuple[list, dict, set, dict]:
             check_member_name(name)                # it becomes the run dir RUNS/<recipe>/NAME
         except KitError as e:
             raise KitError(f"{path}: members[{i}]: {e}") from None
-        if name.casefold() in seen:         # probe 51: a and A are one folder on macOS's and Windows' disks
+        if folded(name) in seen:         # probe 51, 52: a and A (é and e + ´) are one folder on macOS's disks
             raise KitError(f"{path}: member name {name!r} is used twice (names that differ only in case count once)")
-        seen.add(name.casefold())
+        seen.add(folded(name))
         member_budgets = m.pop("budget", {})
         candidate = m.pop("candidate", False)
         if not isinstance(candidate, bool):

@@ -102,16 +102,23 @@ class RunDir:
 
 
 def _summary(path: Path) -> dict:
-    """summary.json, read and of the shape training writes: KitError when it is not JSON, or its step or
-    stopped_reason is of another type (probe 51: {"stopped_reason": 5, "step": "x"} counted as finished,
-    and was voted)."""
+    """summary.json, read and of the shape training writes: KitError when it is not a JSON object, or a field
+    kit reads is of another type (probe 51: {"stopped_reason": 5, "step": "x"} counted as finished and was
+    voted; probe 52: a text best_val_acc, or a diverged run with no step, ended a recipe in a traceback)."""
     value = read_json(path, "a run's summary.json")
-    step, reason = (value.get("step", 0), value.get("stopped_reason", "")) if isinstance(value, dict) else (0, 0)
-    if not isinstance(value, dict) or not isinstance(reason, str) or isinstance(step, bool) or \
-            not isinstance(step, int):
-        raise KitError(f"{path}: not a summary kit wrote (a JSON object whose step is a whole number and whose "
-                       "stopped_reason is text)")
+    if not isinstance(value, dict):
+        raise KitError(f"{path}: not a summary kit wrote (not a JSON object)")
+    wrong = [key for key, kinds in _SUMMARY_FIELDS.items() if key in value and
+             (isinstance(value[key], bool) or not isinstance(value[key], kinds))]
+    if value.get("stopped_reason") == "diverged" and "step" not in value:
+        wrong.append("step (a diverged run names it)")
+    if wrong:
+        raise KitError(f"{path}: not a summary kit wrote ({', '.join(wrong)} missing or of the wrong type)")
     return value
+
+
+_SUMMARY_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "step": int, "params": int, "stopped_reason": str, "best_val_acc": (int, float), "seconds": (int, float)}
 
 
 def warn_diverged(run_dirs, log) -> None:

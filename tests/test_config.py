@@ -69,3 +69,12 @@ def test_a_quoted_number_in_a_toml_is_refused_and_a_set_value_is_read_as_toml_re
         {"data": {"segment_len": 64}, "train": {"lr": 3e-4}, "model": {"encoder": "conformer"}}
     cfg = layered(("--set", parse_overrides(["data.segment_len=64", "train.compile=true", "train.log_with="])))
     assert (cfg.data.segment_len, cfg.train.compile, cfg.train.log_with) == (64, True, "")
+
+
+def test_a_number_where_text_belongs_is_refused_not_turned_into_other_text():
+    """Probe 52 F4: `--set train.init_from=1e3` (read as TOML, a number) became the path "1000.0"."""
+    from kit.config import parse_overrides
+
+    with pytest.raises(KitError, match=r"--set\.train\.init_from: expected text, got 1000\.0 \(a float\); put it"):
+        layered(("--set", parse_overrides(["train.init_from=1e3"])))
+    assert layered(("--set", parse_overrides(['train.init_from="1e3"']))).train.init_from == "1e3"

@@ -65,8 +65,12 @@ def test_a_stand_in_url_with_a_password_is_refused_and_never_shown(kaggle_env, s
     host = standin.url.split("//", 1)[1]
     code, out, err = kit_cli(capsys, "submit", sub, "-m", "x", "--ledger", sub.parent / "ledger.csv",
                              "--endpoint", f"http://probe:secretpw@{host}")
-    one_error(code, err, "a user or password in it")
+    one_error(code, err, "a user, password or query in it")
     assert "secretpw" not in out + err and not standin.submissions and not (sub.parent / "ledger.csv").exists()
+    code, out, err = kit_cli(capsys, "submit", sub, "-m", "x", "--ledger", sub.parent / "ledger.csv",
+                             "--endpoint", f"http://{host}/?key=SECRET")                  # probe 52 F6
+    one_error(code, err, "a user, password or query in it")
+    assert "SECRET" not in out + err and not standin.submissions
 
 
 @pytest.mark.parametrize("which", ["data", "run", "submissions"])

@@ -320,4 +320,6 @@ def test_member_names_that_differ_only_in_case_are_one_name(tiny_recipe):
     """Probe 51 F5: members `a` and `A` were two run dirs on Linux and one folder on macOS and Windows."""
     with pytest.raises(KitError, match=r"member name 'A' is used twice \(names that differ only in case"):
         load_recipe(tiny_recipe("a", "A"))
+    with pytest.raises(KitError, match="is used twice"):                  # probe 52: é written two ways
+        load_recipe(tiny_recipe("caf\u00e9", "cafe\u0301"))
     assert [m[0] for m in load_recipe(tiny_recipe("a", "b")).members] == ["a", "b"]

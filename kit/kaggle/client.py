@@ -81,11 +81,13 @@ def endpoint_or_env(endpoint: str | None) -> str | None:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             where = "--endpoint" if endpoint else "KIT_KAGGLE_ENDPOINT"
             raise KitError(f"{where} {url!r}: not a stand-in URL such as http://127.0.0.1:8765")
-        if parts.username is not None or parts.password is not None:     # probe 51: printed, and kept in ledgers
-            where = "--endpoint" if endpoint else "KIT_KAGGLE_ENDPOINT"
-            shown = urllib.parse.urlunsplit(parts._replace(netloc=f"***@{parts.netloc.rsplit('@', 1)[1]}"))
-            raise KitError(f"{where} {shown}: a stand-in URL with a user or password in it; kit's stand-in asks for "
-                           "none, and kit would print it and keep it in the ledger: give the URL without it")
+        if parts.username is not None or parts.password is not None or parts.query or parts.fragment:
+            where = "--endpoint" if endpoint else "KIT_KAGGLE_ENDPOINT"     # probe 51, 52: printed, kept in ledgers
+            shown = urllib.parse.urlunsplit(parts._replace(netloc=f"***@{parts.netloc.rsplit('@', 1)[-1]}"
+                                                           if "@" in parts.netloc else parts.netloc,
+                                                           query="***" if parts.query else "", fragment=""))
+            raise KitError(f"{where} {shown}: a stand-in URL with a user, password or query in it; kit's stand-in "
+                           "asks for none, and kit would print it and keep it in the ledger: give the URL without it")
         url = url.rstrip("/")           # one server, one spelling: a ledger row's target names it
     return url
 
