@@ -3,6 +3,7 @@ the run id they were written under), and the checks that refuse a checkpoint it 
 run's best.pt copied in is neither resumed, predicted nor voted as this run's. Moved out of kit.runs."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from kit.errors import KitError, first_line
@@ -56,10 +57,33 @@ def written_by_run(path: str | Path, digest: str | None = None) -> bool:
 
 def foreign_record(run_dir: Path, written: dict) -> bool:
     """Whether checkpoints.json (`written`) was written under another run than identity.json's: another run's
-    checkpoints copied in with their record (probe 51: voted and sent as this member without a word). A
-    record or identity without a run id (an older kit's) is never foreign."""
+    checkpoints copied in with their record (probe 51: voted and sent as this member without a word), or an
+    older kit's record, without a run id, that holds entries while identity.json has one (probe 52: a record
+    from before run ids, or one whose id was deleted by hand, let them pass). An identity without a run id
+    (an older kit's) makes no record foreign."""
     run = _run_id(run_dir)
-    return bool(run and isinstance(written.get(RUN_KEY), str) and written[RUN_KEY] != run)
+    if not run:
+        return False
+    if RUN_KEY not in written:      # write_identity names the record's run before identity.json gains its id
+        return any(key != RUN_KEY for key in written)
+    return written[RUN_KEY] != run
+
+
+def write_identity(run_dir: Path, identity: dict) -> None:
+    """Write identity.json (kit.identity.run_identity's, with its run id) as a training session starts. A
+    record without a run id (an older kit's run, resumed), or with another one while identity.json on disk
+    has none (a kill between the two writes), first takes this run's id, with an entry for each checkpoint on
+    disk that it let pass (the resume checked them just before), so that the run's own checkpoints are never
+    taken for another run's."""
+    record = run_dir / WRITTEN
+    with contextlib.suppress(KitError):         # damaged: the trainer writes it anew at its next checkpoint
+        written = _written(record)
+        if written and (RUN_KEY not in written or not _run_id(run_dir)) and written.get(RUN_KEY) != identity["run"]:
+            for name in CHECKPOINT_FILES:
+                if name not in written and (run_dir / name).is_file():
+                    written[name] = sha256_file(run_dir / name)
+            write_json(record, {**written, RUN_KEY: identity["run"]})
+    write_json(run_dir / IDENTITY, identity)
 
 
 def _run_id(run_dir: Path) -> str | None:
@@ -76,9 +100,9 @@ def check_written(path: str | Path, digest: str | None = None) -> None:
     or resumed as this run. A run of an older kit (no checkpoints.json) or a file outside a run dir passes."""
     path = Path(path)
     if foreign_record(path.parent, _written(path.parent / WRITTEN)):
-        raise KitError(f"{path.parent / WRITTEN}: written by another run than this one's {IDENTITY} (its run id "
-                       f"differs: another run's checkpoints copied in with their record); put the run's own files "
-                       f"back, or {START_OVER}")
+        raise KitError(f"{path.parent / WRITTEN}: written by another run than this one's {IDENTITY} (it names "
+                       f"another run, or none: another run's checkpoints copied in with their record); put the "
+                       f"run's own files back, or {START_OVER}")
     if Path(path).name not in written_record(path.parent) and not written_by_run(path, digest):
         raise KitError(f"{path}: not a checkpoint this run's training wrote ({WRITTEN} has no entry for it: copied "
                        f"in); put the run's own file back, or {START_OVER}")

@@ -89,21 +89,28 @@ def test_runs_that_is_a_data_dir_a_run_dir_or_submissions_is_refused(two_runs, d
 
 def test_a_checkpoint_its_runs_record_has_no_entry_for_is_refused_and_an_older_record_is_entered(two_runs, tmp_path):
     """Probe 40: a checkpoint on disk that checkpoints.json has no entry for passed (another run's avg.pt
-    copied into a run that never averaged). A record that names its run has an entry for every checkpoint
-    the run wrote; one of an older kit gains entries for those it let pass, when the run id is first added."""
+    copied into a run that never averaged). Probe 52: another run's checkpoints with an older kit's record
+    (no run id) passed. A record that names its run has an entry for every checkpoint the run wrote; an
+    older run, resumed, has its record named (with entries for what it let pass) before its identity.json
+    gains an id, so its own checkpoints are never refused."""
     import json
 
-    from kit.written import RUN_KEY, check_written, record_written
+    from kit.written import RUN_KEY, check_written, write_identity
 
     a, b = (Path(shutil.copytree(run, tmp_path / run.name)) for run in two_runs)
     shutil.copy(b / "best.pt", a / "avg.pt")
     with pytest.raises(KitError, match="checkpoints.json has no entry for it"):
         check_written(a / "avg.pt")
     (a / "avg.pt").unlink()
-    record = json.loads((a / "checkpoints.json").read_text())
+    record, identity = (json.loads((a / name).read_text()) for name in ("checkpoints.json", "identity.json"))
     (a / "checkpoints.json").write_text(json.dumps({"last.pt": record["last.pt"]}))    # an older kit's record
-    check_written(a / "best.pt")                        # no run id, no entry: passes, as it did
-    record_written(a / "last.pt")                       # the next write names the run
+    with pytest.raises(KitError, match="written by another run"):      # beside an identity with a run id: not
+        check_written(a / "best.pt")                                   # the run's own (copied in, or edited)
+    (a / "identity.json").write_text(json.dumps({k: v for k, v in identity.items() if k != "run"}))
+    check_written(a / "best.pt")                        # an older kit's run: no id, no entry: passes, as it did
+    write_identity(a, {**identity, "run": "0" * 32})    # resumed by this kit: the record is named first
     upgraded = json.loads((a / "checkpoints.json").read_text())
-    assert upgraded[RUN_KEY] == record[RUN_KEY] and upgraded["best.pt"] == record["best.pt"]
+    assert upgraded[RUN_KEY] == "0" * 32 and upgraded["best.pt"] == record["best.pt"]
+    assert json.loads((a / "identity.json").read_text())["run"] == "0" * 32
     check_written(a / "best.pt")
+    check_written(a / "last.pt")

@@ -48,7 +48,7 @@ from kit.train.results import evaluate, load_weights, metrics_frame, plot_curves
 from kit.train.state import TrainState, weights_digest
 from kit.train.targets import build_targets, loss_fn
 from kit.train.trackers import TrackerLog, check_installed
-from kit.written import check_written
+from kit.written import check_written, write_identity
 
 # kit.train.devices (devices, budgets) and kit.train.clock moved out; names imported from here still are.
 __all__ = ["LOSS_CHECK_EVERY", "Clock", "StepTimer", "Trainer", "TrainingDiverged", "cpu_has_bf16", "end_distributed",
@@ -207,7 +207,7 @@ class Trainer:
     def write_run_files(self) -> None:
         if self.main:
             write_text(self.run_dir / "config.toml", dump_toml(to_dict(self.cfg)))
-            write_json(self.run_dir / "identity.json", self.identity)
+            write_identity(self.run_dir, self.identity)        # names its checkpoints.json's run first
             save_split(self.split, self.run_dir / "split.json", self.store)
 
     def prepare(self) -> None:
