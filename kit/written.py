@@ -31,9 +31,7 @@ def record_written(path: str | Path, digest: str | None = None, keep: bool = Fal
     run = _run_id(path.parent)
     if run:                     # the run these were written under: a record copied in from another run is not it
         if RUN_KEY not in written:      # from now on a checkpoint without an entry is not the run's: those an
-            for other in CHECKPOINT_FILES:  # older record (or none) let pass until now are entered as they are
-                if other != path.name and other not in written and (path.parent / other).is_file():
-                    written[other] = sha256_file(path.parent / other)
+            _enter_unrecorded(path.parent, written)     # older record (or none) let pass are entered as they are
         written[RUN_KEY] = run
     write_json(path.parent / WRITTEN, written)
 
@@ -48,7 +46,7 @@ def written_by_run(path: str | Path, digest: str | None = None) -> bool:
     path = Path(path)
     written = _written(path.parent / WRITTEN)
     accepted = _accepted(written.get(path.name))
-    if (accepted or RUN_KEY in written) and foreign_record(path.parent, written):
+    if foreign_record(path.parent, written):
         return False
     if not accepted:
         return RUN_KEY not in written
@@ -79,11 +77,17 @@ def write_identity(run_dir: Path, identity: dict) -> None:
     with contextlib.suppress(KitError):         # damaged: the trainer writes it anew at its next checkpoint
         written = _written(record)
         if written and (RUN_KEY not in written or not _run_id(run_dir)) and written.get(RUN_KEY) != identity["run"]:
-            for name in CHECKPOINT_FILES:
-                if name not in written and (run_dir / name).is_file():
-                    written[name] = sha256_file(run_dir / name)
+            _enter_unrecorded(run_dir, written)
             write_json(record, {**written, RUN_KEY: identity["run"]})
     write_json(run_dir / IDENTITY, identity)
+
+
+def _enter_unrecorded(run_dir: Path, written: dict) -> None:
+    """Enter in `written` each checkpoint on disk it has no entry for, as it is: what a record without a run
+    id let pass, kept accepted once the record names its run."""
+    for name in CHECKPOINT_FILES:
+        if name not in written and (run_dir / name).is_file():
+            written[name] = sha256_file(run_dir / name)
 
 
 def _run_id(run_dir: Path) -> str | None:
