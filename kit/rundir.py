@@ -104,14 +104,13 @@ class RunDir:
 def _summary(path: Path) -> dict:
     """summary.json, read and of the shape training writes: KitError when it is not a JSON object, or a field
     kit reads is of another type (probe 51: {"stopped_reason": 5, "step": "x"} counted as finished and was
-    voted; probe 52: a text best_val_acc, or a diverged run with no step, ended a recipe in a traceback)."""
+    voted; probe 52: a text best_val_acc, or a diverged run with no step, ended a recipe in a traceback), or
+    one that every summary holds is missing (probe 52: "{}" counted as finished and was voted)."""
     value = read_json(path, "a run's summary.json")
     if not isinstance(value, dict):
         raise KitError(f"{path}: not a summary kit wrote (not a JSON object)")
-    wrong = [key for key, kinds in _SUMMARY_FIELDS.items() if key in value and
-             (isinstance(value[key], bool) or not isinstance(value[key], kinds))]
-    if value.get("stopped_reason") == "diverged" and "step" not in value:
-        wrong.append("step (a diverged run names it)")
+    wrong = [key for key, kinds in _SUMMARY_FIELDS.items() if (key in value or key in _WRITTEN_ALWAYS) and
+             (isinstance(value.get(key), bool) or not isinstance(value.get(key), kinds))]
     if wrong:
         raise KitError(f"{path}: not a summary kit wrote ({', '.join(wrong)} missing or of the wrong type)")
     return value
@@ -119,6 +118,7 @@ def _summary(path: Path) -> dict:
 
 _SUMMARY_FIELDS: dict[str, type | tuple[type, ...]] = {
     "step": int, "params": int, "stopped_reason": str, "best_val_acc": (int, float), "seconds": (int, float)}
+_WRITTEN_ALWAYS = ("step", "stopped_reason")      # kit.train.loop.Trainer.summary writes both, since the first kit
 
 
 def warn_diverged(run_dirs, log) -> None:

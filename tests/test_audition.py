@@ -137,7 +137,7 @@ def test_a_survivors_minutes_so_far_come_from_metrics_csv_when_its_summary_is_da
     assert trained_minutes(run) == 0.0
     (run / "metrics.csv").write_text("step,val_acc,seconds\n10,0.2,30.0\n20,0.4,90.0\n")
     assert trained_minutes(run) == pytest.approx(1.5)
-    (run / "summary.json").write_text(json.dumps({"step": 20, "seconds": 120.0}))
+    (run / "summary.json").write_text(json.dumps({"step": 20, "seconds": 120.0, "stopped_reason": "time"}))
     assert trained_minutes(run) == pytest.approx(2.0)             # the summary, where it reads
     (run / "summary.json").write_text('{"step": 2')
     assert trained_minutes(run) == pytest.approx(1.5)
@@ -312,7 +312,7 @@ def test_a_survivor_resumes_with_its_time_before_the_cut_plus_its_share_of_what_
     from kit.timeplan import TimePlan
 
     (tmp_path / "a").mkdir()
-    (tmp_path / "a" / "summary.json").write_text(json.dumps({"seconds": 42.0, "stopped_reason": "time"}))
+    (tmp_path / "a" / "summary.json").write_text(json.dumps({"step": 5, "seconds": 42.0, "stopped_reason": "time"}))
     plan = TimePlan(minutes=9.0, slots=2, predict={"a": 120.0, "b": 10.0}, began=time.time() - 240)
     run = SimpleNamespace(plan=plan, root=tmp_path)
     share = _survivor_share(run, AuditionResult(["a", "b", "c"], 2, 0.3, 2.0))

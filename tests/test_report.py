@@ -97,7 +97,8 @@ def test_report_says_which_member_lost_steps_to_a_shared_machine(runs, capsys):
     quiet, shared = {"probed": 10.0, "achieved": 9.8, "cpu_cores": 0.97}, {"probed": 6.9, "achieved": 6.8,
                                                                            "cpu_cores": 0.04}  # shared from the start
     for run, rates in zip(runs[:2], (quiet, shared), strict=True):
-        (run / "summary.json").write_text(json.dumps({"name": run.name, "steps_per_second": rates}))
+        (run / "summary.json").write_text(json.dumps({"name": run.name, "step": 40, "stopped_reason": "budget",
+                                                       "steps_per_second": rates}))
     (runs[2] / "summary.json").write_text("{damaged")                    # no summary to read: nothing said
     text = format_report(report_runs(runs, png=False, folds=3))
     lines = [line for line in text.splitlines() if "lost steps" in line]
