@@ -51,7 +51,7 @@ def run_accuracy_bench(recipe: str = "boss", preset: str = "hard", data: str | N
                        out: str | Path = ".", runs: str | Path = "runs-bench", cache: str | Path = "data",
                        course: bool = True, course_minutes: float | None = None, stages: str | bool | None = None,
                        stage_minutes: float | None = None, same_budget: bool = False, log=lambda m: None,
-                       audition: bool | None = None) -> dict:
+                       audition: bool | None = None, workers: int | None = None) -> dict:
     """Run `recipe` (its quick budget, or `minutes` of wall time for the whole recipe) on a fresh
     runs dir, score every member and the ensemble with the answer key, then train the course
     sample for the same wall time (or `course_minutes`) and score it. stages ("pseudo", "distill",
@@ -61,6 +61,7 @@ def run_accuracy_bench(recipe: str = "boss", preset: str = "hard", data: str | N
     minutes as the plain run (members and stages share them); score those too, with the
     pseudo-labels' true precision next to the estimate; stage_minutes: that second run's wall time
     (default: the recipe's). audition: the recipe's audition on or off (None: as the recipe says).
+    workers: members trained at once (kit.zoo.run_recipe's; 1: here, one after another).
     Writes bench_accuracy.json/.md into `out`."""
     data_dir = Path(data) if data else ensure_synth(preset, Path(cache), log)
     key = answers_path(data_dir)
@@ -70,7 +71,7 @@ def run_accuracy_bench(recipe: str = "boss", preset: str = "hard", data: str | N
     runs = Path(runs) / time.strftime("%Y%m%d-%H%M%S")        # never reuse members of another run
     recipe_path = resolve_recipe(recipe)
     args = dict(data=str(data_dir), budget="quick", progress=False, log=log, minutes=minutes,
-                per_member_minutes=per_member_minutes, submit=False, audition=audition)
+                per_member_minutes=per_member_minutes, submit=False, audition=audition, workers=workers)
     which = stage_set(stages)
     res, rows, wall = _recipe_rows(recipe_path, runs, key, args)
     result = {"recipe": res.recipe, "data": str(data_dir), "wall_minutes": wall / 60, "rows": rows,

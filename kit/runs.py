@@ -51,7 +51,8 @@ def is_run_dir(path: str | Path) -> bool:
 def check_runs_folder(runs: str | Path) -> None:
     """`--runs`, the folder a recipe's run dirs go under, is never a run dir, a competition's data dir or a
     folder holding a ledger (submissions/): probe 51, a recipe's training went into each without a word,
-    where `kit ensemble --out` and `kit train --out` refuse such folders. One line, before any work."""
+    where `kit ensemble --out` and `kit train --out` refuse such folders), nor a recipe's own folder under
+    it (RUNS/<recipe>). One line, before any work."""
     path = Path(runs)
     what = ("a run dir" if is_run_dir(path) or holds_run(path) else
             "a competition's data dir" if any((path / n).is_file() for n in ("metadata.json", "mapping.json",
@@ -60,6 +61,9 @@ def check_runs_folder(runs: str | Path) -> None:
     if what:
         raise KitError(f"--runs {runs}: {what}; a recipe's run dirs go in a folder of their own (the default "
                        "is runs/)")
+    if (path / RECIPE_LOCK).is_file():     # probe 52 F5: --runs runs/boss trained a second boss in runs/boss/boss
+        raise KitError(f"--runs {runs}: a recipe's own folder (it holds {RECIPE_LOCK}); --runs names the folder "
+                       f"above it, where each recipe has its own: --runs {path.parent}")
 
 
 def users_files(path: str | Path) -> str | None:

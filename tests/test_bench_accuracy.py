@@ -15,7 +15,7 @@ def test_accuracy_bench_scores_members_ensemble_and_course_sample(tiny_data, tin
                          base={"model": {"pooling": "stats", "head": "linear", "head_bn": True},
                                "train": {"max_steps": 40}})
     result = run_accuracy_bench(str(recipe), data=str(tiny_data), out=tmp_path, runs=tmp_path / "runs",
-                                per_member_minutes=0.02, course_minutes=0.05)
+                                per_member_minutes=0.02, course_minutes=0.05, workers=1)
     kinds = [r["kind"] for r in result["rows"]]
     assert kinds == ["member", "member", "ensemble", "baseline"]
     for row in result["rows"]:
@@ -37,7 +37,8 @@ def test_accuracy_bench_scores_each_refit_member_with_no_validation_figure(tiny_
                          base={"model": {"pooling": "stats", "head": "linear", "head_bn": True},
                                "train": {"max_steps": 30, "eval_every": 15}})
     result = run_accuracy_bench(str(recipe), data=str(tiny_data), out=tmp_path, runs=tmp_path / "runs",
-                                per_member_minutes=0.02, course=False, stages="refit", same_budget=True)
+                                per_member_minutes=0.02, course=False, stages="refit", same_budget=True,
+                                workers=1)          # in this process: worker processes are tested elsewhere
     refits = [r for r in result["rows"] if r["kind"] == "refit member"]
     assert [r["name"] for r in refits] == ["tfm-refit", "cnn-refit"]
     for row in refits:           # trained on validation: scored on test only

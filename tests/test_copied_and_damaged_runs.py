@@ -73,17 +73,22 @@ def test_a_stand_in_url_with_a_password_is_refused_and_never_shown(kaggle_env, s
     assert "SECRET" not in out + err and not standin.submissions
 
 
-@pytest.mark.parametrize("which", ["data", "run", "submissions"])
+@pytest.mark.parametrize("which", ["data", "run", "submissions", "recipe"])
 def test_runs_that_is_a_data_dir_a_run_dir_or_submissions_is_refused(two_runs, data, tmp_path, capsys,
                                                                      tiny_recipe, which):
-    """F4: `--runs` took the data dir, a member's run dir or submissions/ and trained into it without a word."""
+    """F4: `--runs` took the data dir, a member's run dir or submissions/ and trained into it without a word.
+    Probe 52 F5: `--runs runs/tiny`, a recipe's own folder, trained another recipe in runs/tiny/tiny."""
+    from kit.runs import RECIPE_LOCK
+
     sub = tmp_path / "submissions"
     sub.mkdir()
     (sub / "ledger.csv").write_text("time,competition,file,sha256,message,ref,status,public,private\n")
-    runs = {"data": data, "run": two_runs[0], "submissions": sub}[which]
+    (tmp_path / "runs" / "tiny").mkdir(parents=True)
+    (tmp_path / "runs" / "tiny" / RECIPE_LOCK).write_text("")
+    runs = {"data": data, "run": two_runs[0], "submissions": sub, "recipe": tmp_path / "runs" / "tiny"}[which]
     before = sorted(p.name for p in Path(runs).iterdir())
     code, _, err = kit_cli(capsys, "recipe", "run", tiny_recipe, "--data", data, "--runs", runs)
-    one_error(code, err, f"--runs {runs}: a ")
+    one_error(code, err, f"--runs {runs}: a ", *([f"--runs {tmp_path / 'runs'}"] if which == "recipe" else []))
     assert sorted(p.name for p in Path(runs).iterdir()) == before
 
 

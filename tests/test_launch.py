@@ -87,6 +87,7 @@ def test_members_train_in_kernels_and_are_ensembled_here(env, standin, tiny_data
         assert json.loads((runs / member / "launch.json").read_text())["kernel"] == f"{USER}/{slug}"
         log = (runs / "kaggle-logs" / f"{slug}-v1.log").read_text()
         assert f"kit-src{os.sep}zoo.toml --only {member}" in log       # kit ran from the source it was pushed with
+        assert "installing" not in log          # this Python has every requirement that applies to it
         assert not list((runs / member).glob(".lock"))
         config = (runs / member / "config.toml").read_text()           # pointed at the data here, not the kernel's
         assert f'data_dir = "{tiny_data}"' in config
@@ -135,6 +136,23 @@ def test_out_of_time_kernels_continue_failed_ones_are_one_line_and_a_rerun_finis
     assert "a: already finished" in err and "pushed kit-test/kit-zoo-2 version 2: b" in err
     assert "kit-zoo-1" not in err                                            # a is not trained again
     assert RunDir(runs / "a").finished and RunDir(runs / "b").finished
+
+
+def test_a_requirement_whose_marker_leaves_it_out_of_this_python_is_not_installed(monkeypatch):
+    """Every kernel started pip for "tomli>=1.1; python_version < '3.11'" on Python 3.11 and said it was
+    installing tomli. A marker the kernel cannot read is left to pip."""
+    from kit.launch import kernel_main
+
+    calls: list = []
+    monkeypatch.setattr(kernel_main.subprocess, "check_call", calls.append)
+    major, minor = sys.version_info[:2]
+    before = f"kit-gone-a; python_version < '{major}.{minor}'"
+    after = f"kit-gone-b; python_version<\"{major}.{minor + 1}\""
+    other = "kit-gone-c; sys_platform == 'nowhere'"
+    reqs = [["kit_gone_a", before], ["kit_gone_b", after], ["kit_gone_c", other], ["json", "json"]]
+    assert kernel_main.install_missing(reqs) == [after, other]
+    assert calls == [[sys.executable, "-m", "pip", "install", "-q", after, other]]
+    assert kernel_main.install_missing([["kit_gone_a", before], ["json", "json"]]) == [] and len(calls) == 1
 
 
 def test_no_gpu_quota_left_stops_before_pushing(env, tiny_data, tiny_answers, tmp_path, capsys):

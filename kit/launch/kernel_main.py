@@ -10,6 +10,7 @@ import base64
 import importlib.util
 import io
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -32,12 +33,27 @@ def unpack(source_b64: str, dest: Path) -> Path:
 
 
 def install_missing(requirements: list[list[str]]) -> list[str]:
-    """pip-install the requirements whose module the image lacks; the image's own torch is kept."""
-    missing = [req for module, req in requirements if importlib.util.find_spec(module) is None]
+    """pip-install the requirements whose module the image lacks; the image's own torch is kept. One whose
+    marker leaves it out of this Python (tomli before 3.11) is no requirement here: pip was started for
+    nothing, and the log said it was installing tomli."""
+    missing = [req for module, req in requirements
+               if applies_here(req) and importlib.util.find_spec(module) is None]
     if missing:
         print(f"kit kernel: installing {' '.join(missing)}", flush=True)
         subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", *missing])
     return missing
+
+
+def applies_here(requirement: str) -> bool:
+    """False for a requirement whose marker is a python_version comparison this Python fails; True for
+    any other (pip judges a marker this does not read)."""
+    marker = requirement.partition(";")[2]
+    found = re.fullmatch(r"\s*python_version\s*(<=|>=|==|!=|<|>)\s*['\"](\d+)\.(\d+)['\"]\s*", marker)
+    if not found:
+        return True
+    have, want = sys.version_info[:2], (int(found[2]), int(found[3]))
+    return {"<": have < want, "<=": have <= want, ">": have > want, ">=": have >= want, "==": have == want,
+            "!=": have != want}[found[1]]
 
 
 def earlier_run(input_root: Path, slug: str, recipe: str, member: str) -> Path | None:

@@ -44,6 +44,7 @@ from kit.train.devices import (
     step_plan,
     total_steps,
 )
+from kit.train.optim import WeightEma, adamw
 from kit.train.results import evaluate, load_weights, metrics_frame, plot_curves, read_metrics
 from kit.train.state import TrainState, weights_digest
 from kit.train.targets import build_targets, loss_fn
@@ -104,10 +105,6 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, run_dir: Path, store: FeatureStore | None, progress: bool,
                  budget: str | None, resume: bool, callbacks=()):
-        # deferred: timm takes ~2 s to import; only training needs it
-        from timm.optim import create_optimizer_v2
-        from timm.utils import ModelEmaV3
-
         self.cfg, self.run_dir, self.resuming, self.callbacks = cfg, run_dir, resume, list(callbacks)
         self.progress = progress
         self.clock = Clock(began=time.time())
@@ -132,9 +129,9 @@ class Trainer:
         if cfg.train.init_from and not (resume and self.saver.resumable):
             self._init_from(net, cfg.train.init_from)
         self.n_params = count_params(net)
-        optimizer = create_optimizer_v2(net, "adamw", lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
-                                        fused=cfg.train.fused_optimizer or None)
-        ema = ModelEmaV3(net, decay=cfg.train.ema_decay) if cfg.train.ema else None
+        optimizer = adamw(net, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
+                          fused=cfg.train.fused_optimizer or None)
+        ema = WeightEma(net, decay=cfg.train.ema_decay) if cfg.train.ema else None
         torch.manual_seed(cfg.train.seed * 1000 + self.rank)   # different dropout/SpecAugment draws per rank
         rng = np.random.default_rng([cfg.train.seed, self.rank])   # different crops per rank
         self.state = TrainState(net=net, optimizer=optimizer, plan=plan, rng=rng, ema=ema)

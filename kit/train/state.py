@@ -15,9 +15,8 @@ from kit.errors import KitError
 from kit.train.results import load_weights
 
 if TYPE_CHECKING:
-    from timm.utils import ModelEmaV3
-
     from kit.models import SpeakerNet
+    from kit.train.optim import WeightEma
 
 RESUMABLE = {"optimizer", "step", "rng_torch", "rng_numpy"}
 
@@ -55,7 +54,7 @@ class TrainState:
     optimizer: torch.optim.Optimizer
     plan: StepPlan
     rng: np.random.Generator
-    ema: ModelEmaV3 | None = None
+    ema: WeightEma | None = None
     step: int = 0
     best_acc: float = -1.0
     best_step: int = 0
