@@ -15,6 +15,7 @@ from kit.config import from_dict, load_toml
 from kit.errors import KitError
 from kit.fsio import read_json
 from kit.records import predictions_current
+from kit.written import summary_not_written
 
 SUMMARY = "summary.json"
 
@@ -113,12 +114,19 @@ def _summary(path: Path) -> dict:
              (isinstance(value.get(key), bool) or not isinstance(value.get(key), kinds))]
     if wrong:
         raise KitError(f"{path}: not a summary kit wrote ({', '.join(wrong)} missing or of the wrong type)")
+    odd = ([f"stopped_reason {value['stopped_reason']!r}"] if value["stopped_reason"] not in STOPPED_REASONS else []) \
+        + ([f"step {value['step']}"] if value["step"] < 0 else [])
+    if odd:         # probe 53: "interrupted" or "bogus" counted as finished, -5 steps were tabled
+        raise KitError(f"{path}: not a summary kit wrote ({', '.join(odd)})")
+    if problem := summary_not_written(path):
+        raise KitError(f"{path}: {problem}")
     return value
 
 
 _SUMMARY_FIELDS: dict[str, type | tuple[type, ...]] = {
     "step": int, "params": int, "stopped_reason": str, "best_val_acc": (int, float), "seconds": (int, float)}
 _WRITTEN_ALWAYS = ("step", "stopped_reason")      # kit.train.loop.Trainer.summary writes both, since the first kit
+STOPPED_REASONS = ("budget", "early_stop", "time", "diverged")    # every reason kit.train.loop has ever written
 
 
 def warn_diverged(run_dirs, log) -> None:

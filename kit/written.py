@@ -14,6 +14,8 @@ from kit.runs import RUN_FILES
 WRITTEN = "checkpoints.json"     # {checkpoint file name: SHA-256} of what the run's own training wrote
 CHECKPOINT_FILES = tuple(name for name in RUN_FILES if name.endswith(".pt"))
 RUN_KEY = ".run"                # in WRITTEN: the run id (identity.json's "run") the checkpoints were written under
+SUMMARY = "summary.json"
+SUMMARIES = ".summaries"        # in WRITTEN ("recorded"): every summary.json this run's training wrote has an entry
 
 
 def record_written(path: str | Path, digest: str | None = None, keep: bool = False) -> None:
@@ -28,6 +30,7 @@ def record_written(path: str | Path, digest: str | None = None, keep: bool = Fal
     digest = digest or sha256_file(path)
     earlier = _accepted(written.get(path.name)) if keep else []
     written[path.name] = [*earlier, digest] if earlier else digest
+    written[SUMMARIES] = "recorded"
     run = _run_id(path.parent)
     if run:                     # the run these were written under: a record copied in from another run is not it
         if RUN_KEY not in written:      # from now on a checkpoint without an entry is not the run's: those an
@@ -46,11 +49,33 @@ def written_by_run(path: str | Path, digest: str | None = None) -> bool:
     path = Path(path)
     written = _written(path.parent / WRITTEN)
     accepted = _accepted(written.get(path.name))
-    if foreign_record(path.parent, written):
+    if foreign_record(path.parent, written) or record_lost(path.parent, written):
         return False
     if not accepted:
         return RUN_KEY not in written
     return (digest or sha256_file(path)) in accepted
+
+
+def write_summary(run_dir: Path, summary: dict) -> None:
+    """summary.json, then its digest in checkpoints.json: a summary the run's training did not write is not
+    taken for the end of its training (probe 53: a hand-written one, well formed, made a run killed at step
+    235 of 400 "already finished" and voted). A kill between the two leaves a summary without an entry: the
+    run resumes and ends again."""
+    write_json(run_dir / SUMMARY, summary)
+    record_written(run_dir / SUMMARY)
+
+
+def summary_not_written(path: Path) -> str | None:
+    """Why the summary.json at `path` is not one its run's training wrote (checkpoints.json, when it records
+    summaries, has no entry for it or another digest), else None; an older kit's record says nothing."""
+    try:
+        written = _written(path.parent / WRITTEN)
+    except KitError:            # said where the checkpoints are read
+        return None
+    if SUMMARIES not in written or sha256_file(path) in _accepted(written.get(SUMMARY)):
+        return None
+    how = "another digest" if SUMMARY in written else "no entry"
+    return f"not the summary this run's training wrote ({WRITTEN} has {how} for it: written by hand or copied in)"
 
 
 def foreign_record(run_dir: Path, written: dict) -> bool:
@@ -67,6 +92,13 @@ def foreign_record(run_dir: Path, written: dict) -> bool:
     return written[RUN_KEY] != run
 
 
+def record_lost(run_dir: Path, written: dict) -> bool:
+    """No checkpoints.json (`written` empty) beside an identity.json with a run id: a kit that names its runs
+    records every checkpoint before it takes its place, so the checkpoints cannot be told from another run's
+    (probe 53: another run's best.pt and last.pt copied in, the record deleted, were voted as this member)."""
+    return not written and not (run_dir / WRITTEN).is_file() and bool(_run_id(run_dir))
+
+
 def write_identity(run_dir: Path, identity: dict) -> None:
     """Write identity.json (kit.identity.run_identity's, with its run id) as a training session starts. A
     record without a run id (an older kit's run, resumed), or with another one while identity.json on disk
@@ -76,7 +108,9 @@ def write_identity(run_dir: Path, identity: dict) -> None:
     record = run_dir / WRITTEN
     with contextlib.suppress(KitError):         # damaged: the trainer writes it anew at its next checkpoint
         written = _written(record)
-        if written and (RUN_KEY not in written or not _run_id(run_dir)) and written.get(RUN_KEY) != identity["run"]:
+        on_disk = any((run_dir / name).is_file() for name in CHECKPOINT_FILES)     # an older kit's, with no record
+        if (written or on_disk) and (RUN_KEY not in written or not _run_id(run_dir)) and \
+                written.get(RUN_KEY) != identity["run"]:
             _enter_unrecorded(run_dir, written)
             write_json(record, {**written, RUN_KEY: identity["run"]})
     write_json(run_dir / IDENTITY, identity)
@@ -103,6 +137,10 @@ def check_written(path: str | Path, digest: str | None = None) -> None:
     training wrote: another run's best.pt copied in would be predicted, voted and sent as this member,
     or resumed as this run. A run of an older kit (no checkpoints.json) or a file outside a run dir passes."""
     path = Path(path)
+    if record_lost(path.parent, _written(path.parent / WRITTEN)):
+        raise KitError(f"{path.parent / WRITTEN}: missing, while {IDENTITY} names the run (this kit records every "
+                       f"checkpoint it writes there): {path.name} cannot be told from another run's copied in; put "
+                       f"the run's own files back, or {START_OVER}")
     if foreign_record(path.parent, _written(path.parent / WRITTEN)):
         raise KitError(f"{path.parent / WRITTEN}: written by another run than this one's {IDENTITY} (it names "
                        f"another run, or none: another run's checkpoints copied in with their record); put the "
@@ -123,7 +161,7 @@ def _accepted(recorded) -> list:
 def written_record(run_dir: str | Path) -> dict:
     """{checkpoint file name: SHA-256 (or those accepted)} the run's own training wrote ({} without a
     record); KitError when the record cannot be read."""
-    return {k: v for k, v in _written(Path(run_dir) / WRITTEN).items() if k != RUN_KEY}
+    return {k: v for k, v in _written(Path(run_dir) / WRITTEN).items() if not k.startswith(".")}
 
 
 def _written(record: Path) -> dict:

@@ -119,3 +119,54 @@ def test_a_checkpoint_its_runs_record_has_no_entry_for_is_refused_and_an_older_r
     assert json.loads((a / "identity.json").read_text())["run"] == "0" * 32
     check_written(a / "best.pt")
     check_written(a / "last.pt")
+
+
+def test_a_summary_its_training_did_not_write_is_not_taken_for_the_end_of_training(tiny_data, tmp_path):
+    """Probe 53 F1: a well-formed summary.json written by hand into a member killed at step 235 of 400 made it
+    "already finished": predicted from its checkpoint, voted, tabled at 400 steps. checkpoints.json now holds
+    the digest of each summary its training wrote; any other is not the run's end, and the run resumes."""
+    import json
+
+    from kit.config import layered
+    from kit.rundir import RunDir
+    from kit.train import train
+    from kit.written import SUMMARIES, SUMMARY, WRITTEN
+
+    base = {"data": {"data_dir": str(tiny_data), "segment_len": 32, "store_dtype": "float32"},
+            "model": {"d_model": 16, "ffn_dim": 32, "n_heads": 2},
+            "train": {"batch_size": 8, "max_steps": 20, "eval_every": 5, "cpu_threads": 1}}
+    run_dir, run = tmp_path / "m", RunDir(tmp_path / "m")
+    train(layered(("test", base)), run_dir, progress=False, stop_after=7)
+    forged = {"name": "m", "step": 20, "total_steps": 20, "stopped_reason": "budget", "best_val_acc": 0.9}
+    (run_dir / SUMMARY).write_text(json.dumps(forged))
+    assert not run.finished and "not the summary this run's training wrote" in run.summary_problem()
+    assert "has no entry for it" in run.summary_problem()
+    assert train(layered(("test", base)), run_dir, resume=True, progress=False)["step"] == 20
+    assert run.finished and run.summary()["step"] == 20
+    (run_dir / SUMMARY).write_text(json.dumps({**run.summary(), "best_val_acc": 0.99}))
+    assert not run.finished and "has another digest for it" in run.summary_problem()
+    record = json.loads((run_dir / WRITTEN).read_text())           # an older kit's record: no word on summaries
+    (run_dir / WRITTEN).write_text(json.dumps({k: v for k, v in record.items() if k not in (SUMMARIES, SUMMARY)}))
+    assert run.finished and run.summary_problem() is None
+
+
+def test_checkpoints_copied_in_with_the_record_deleted_are_refused(two_runs, tmp_path, capsys):
+    """Probe 53 F3: another run's best.pt and last.pt copied in and checkpoints.json deleted passed as a run of an
+    older kit (no record) and were voted. identity.json's run id says this kit trained it, and this kit records
+    every checkpoint: no record is a lost one. An older kit's run (no run id, no record) still passes."""
+    import json
+
+    from kit.identity import IDENTITY
+    from kit.written import WRITTEN, check_written
+
+    a, b = (Path(shutil.copytree(run, tmp_path / run.name)) for run in two_runs)
+    for name in ("best.pt", "last.pt"):
+        shutil.copy(b / name, a / name)
+    (a / WRITTEN).unlink()
+    with pytest.raises(KitError, match="checkpoints.json: missing, while identity.json names the run"):
+        check_written(a / "best.pt")
+    code, _, err = kit_cli(capsys, "predict", a)
+    one_error(code, err, str(a / WRITTEN), "cannot be told from another run's")
+    identity = json.loads((a / IDENTITY).read_text())
+    (a / IDENTITY).write_text(json.dumps({k: v for k, v in identity.items() if k != "run"}))
+    check_written(a / "best.pt")                    # an older kit's run: nothing to tell it by

@@ -40,7 +40,8 @@ def test_a_summary_of_the_wrong_shape_is_not_finished(tmp_path):
         (tmp_path / "m" / "summary.json").write_text(text)
         assert run.summary() is None and not run.finished and "not a summary kit wrote" in run.summary_problem()
     for text in ('{"stopped_reason": "diverged"}', '{"step": 3, "best_val_acc": "high"}', "{}",      # probe 52
-                 '{"step": 3}', '{"stopped_reason": "budget", "step": null}'):
+                 '{"step": 3}', '{"stopped_reason": "budget", "step": null}',
+                 '{"stopped_reason": "interrupted", "step": 3}', '{"stopped_reason": "budget", "step": -5}'):
         (tmp_path / "m" / "summary.json").write_text(text)
         assert run.summary() is None and not run.finished and "not a summary kit wrote" in run.summary_problem()
     _summary(tmp_path / "m", stopped_reason="budget")

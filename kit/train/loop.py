@@ -27,7 +27,7 @@ from kit.config import RunConfig, dump_toml, to_dict, validate
 from kit.data import FeatureStore
 from kit.env import check_stopped
 from kit.errors import KitError
-from kit.fsio import write_csv, write_json, write_text
+from kit.fsio import write_csv, write_text
 from kit.identity import check_resume, check_resumed_step, run_identity
 from kit.models import build_model, check_model, count_params
 from kit.runs import check_out, check_start, clean_leftovers, load_checkpoint, run_lock
@@ -49,7 +49,7 @@ from kit.train.results import evaluate, load_weights, metrics_frame, plot_curves
 from kit.train.state import TrainState, weights_digest
 from kit.train.targets import build_targets, loss_fn
 from kit.train.trackers import TrackerLog, check_installed
-from kit.written import check_written, write_identity
+from kit.written import check_written, write_identity, write_summary
 
 # kit.train.devices (devices, budgets) and kit.train.clock moved out; names imported from here still are.
 __all__ = ["LOSS_CHECK_EVERY", "Clock", "StepTimer", "Trainer", "TrainingDiverged", "cpu_has_bf16", "end_distributed",
@@ -293,7 +293,7 @@ class Trainer:
         saved = self.saver.saved_step
         summary = {**self.summary("diverged"), "checkpoint_step": saved}
         if self.main:
-            write_json(self.run_dir / "summary.json", summary)
+            write_summary(self.run_dir, summary)
         self._call("on_train_end", summary)     # a recipe trains its next member in this process
         kept = "no checkpoint was written" if saved is None else f"the last good checkpoint (step {saved}) is kept"
         raise TrainingDiverged(f"{self.run_dir}: training diverged at step {st.step} ({what}); {kept}; lower "
@@ -386,7 +386,7 @@ class Trainer:
         if self.main:
             if self.metrics:
                 plot_curves(self.metrics, self.run_dir / "curves.png")
-            write_json(self.run_dir / "summary.json", summary)
+            write_summary(self.run_dir, summary)
         self._call("on_train_end", summary)
         self.accelerator.wait_for_everyone()
         return summary
