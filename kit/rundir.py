@@ -131,9 +131,13 @@ STOPPED_REASONS = ("budget", "early_stop", "time", "diverged")    # every reason
 
 def warn_diverged(run_dirs, log) -> None:
     """One line for each of run_dirs whose training diverged (summary.json): voted by hand, its predictions
-    are of its last good checkpoint, where a recipe leaves such a member out (probe 51: said nothing)."""
+    are of its last good checkpoint, where a recipe leaves such a member out (probe 51: said nothing); and
+    for each whose summary.json is there but not one its training wrote (probe 53: "{}" said nothing)."""
     for run_dir in run_dirs:
         run = RunDir.of(run_dir)
         if run.diverged:
             log(f"warning: {run_dir}: its training diverged at step {run.diverged_at} (summary.json); it is voted "
                 "from its last good checkpoint, where a recipe leaves such a member out of the vote")
+        elif problem := run.summary_problem():
+            log(f"warning: {problem}; it is voted from its checkpoint as it stands, where a recipe would resume "
+                "its training")

@@ -93,10 +93,10 @@ def foreign_record(run_dir: Path, written: dict) -> bool:
 
 
 def record_lost(run_dir: Path, written: dict) -> bool:
-    """No checkpoints.json (`written` empty) beside an identity.json with a run id: a kit that names its runs
-    records every checkpoint before it takes its place, so the checkpoints cannot be told from another run's
-    (probe 53: another run's best.pt and last.pt copied in, the record deleted, were voted as this member)."""
-    return not written and not (run_dir / WRITTEN).is_file() and bool(_run_id(run_dir))
+    """No checkpoints.json, or an empty one (`written`), beside an identity.json with a run id: a kit that names
+    its runs records every checkpoint before it takes its place, so the checkpoints cannot be told from another
+    run's (probe 53: another run's best.pt and last.pt copied in, the record deleted or emptied, were voted)."""
+    return not written and bool(_run_id(run_dir))
 
 
 def write_identity(run_dir: Path, identity: dict) -> None:
@@ -138,9 +138,9 @@ def check_written(path: str | Path, digest: str | None = None) -> None:
     or resumed as this run. A run of an older kit (no checkpoints.json) or a file outside a run dir passes."""
     path = Path(path)
     if record_lost(path.parent, _written(path.parent / WRITTEN)):
-        raise KitError(f"{path.parent / WRITTEN}: missing, while {IDENTITY} names the run (this kit records every "
-                       f"checkpoint it writes there): {path.name} cannot be told from another run's copied in; put "
-                       f"the run's own files back, or {START_OVER}")
+        raise KitError(f"{path.parent / WRITTEN}: missing or empty, while {IDENTITY} names the run (this kit "
+                       f"records every checkpoint it writes there): {path.name} cannot be told from another run's "
+                       f"copied in; put the run's own files back, or {START_OVER}")
     if foreign_record(path.parent, _written(path.parent / WRITTEN)):
         raise KitError(f"{path.parent / WRITTEN}: written by another run than this one's {IDENTITY} (it names "
                        f"another run, or none: another run's checkpoints copied in with their record); put the "

@@ -212,7 +212,8 @@ class RecipeRun:
             problem = run.summary_problem()
             if problem and not self.auditioning:    # said (probe 40); an audition says it (kit.audition)
                 self.log(f"{name}: its summary.json cannot be read ({problem}): not counted as finished; "
-                         "it resumes from its checkpoint and writes a new one")
+                         + ("it resumes from its checkpoint and writes a new one" if run.has_checkpoint else
+                            f"it has no checkpoint to resume from (--fresh --only {name} trains it again)"))
             jobs.append((name, self.config(name), run.path, run.has_checkpoint))
         return jobs, skipped
 

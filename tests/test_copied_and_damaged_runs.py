@@ -162,11 +162,15 @@ def test_checkpoints_copied_in_with_the_record_deleted_are_refused(two_runs, tmp
     a, b = (Path(shutil.copytree(run, tmp_path / run.name)) for run in two_runs)
     for name in ("best.pt", "last.pt"):
         shutil.copy(b / name, a / name)
-    (a / WRITTEN).unlink()
-    with pytest.raises(KitError, match="checkpoints.json: missing, while identity.json names the run"):
-        check_written(a / "best.pt")
-    code, _, err = kit_cli(capsys, "predict", a)
-    one_error(code, err, str(a / WRITTEN), "cannot be told from another run's")
+    for lost in ("deleted", "emptied"):
+        if lost == "deleted":
+            (a / WRITTEN).unlink()
+        else:
+            (a / WRITTEN).write_text("{}")
+        with pytest.raises(KitError, match="checkpoints.json: missing or empty, while identity.json names the run"):
+            check_written(a / "best.pt")
+        code, _, err = kit_cli(capsys, "predict", a)
+        one_error(code, err, str(a / WRITTEN), "cannot be told from another run's")
     identity = json.loads((a / IDENTITY).read_text())
     (a / IDENTITY).write_text(json.dumps({k: v for k, v in identity.items() if k != "run"}))
     check_written(a / "best.pt")                    # an older kit's run: nothing to tell it by

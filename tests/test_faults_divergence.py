@@ -226,3 +226,7 @@ def test_kit_ensemble_by_hand_says_a_run_diverged(predicted, tmp_path, capsys):
     code, _, err = kit_cli(capsys, "ensemble", good, gone, "--out", tmp_path / "subs", "--name", "v")
     said = [line for line in err.splitlines() if "diverged" in line]
     assert code == 0 and len(said) == 1 and f"{gone}: its training diverged at step 150" in said[0], err
+    (gone / "summary.json").write_text("{}")                           # probe 53 F6: said nothing
+    code, _, err = kit_cli(capsys, "ensemble", good, gone, "--out", tmp_path / "subs", "--name", "w")
+    said = [line for line in err.splitlines() if line.startswith("kit: warning:")]
+    assert code == 0 and len(said) == 1 and f"{gone / 'summary.json'}: not a summary kit wrote" in said[0], err

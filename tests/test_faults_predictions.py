@@ -125,8 +125,9 @@ def test_a_recorded_hash_beats_the_clock(predicted):
 
 def test_a_checkpoint_copied_into_a_finished_run_is_not_predicted_as_its_own(trained, tiny_data, tmp_path, capsys):
     written = json.loads((trained / "checkpoints.json").read_text())
-    assert written == {n: sha256_file(trained / n) for n in ("best.pt", "last.pt")} | {    # recorded as training
-        ".run": json.loads((trained / "identity.json").read_text())["run"]}               # wrote, under its run
+    assert written == {n: sha256_file(trained / n) for n in ("best.pt", "last.pt", "summary.json")} | {
+        ".run": json.loads((trained / "identity.json").read_text())["run"],       # recorded as training wrote
+        ".summaries": "recorded"}                                                 # them, under its run
     other = torch.load(trained / "best.pt", weights_only=True)
     other["model"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in other["model"].items()}
     torch.save(other, trained / "best.pt")                  # another run's weights of the same shape, copied in

@@ -79,6 +79,14 @@ def test_a_ledger_that_is_a_folder_is_refused_before_sending(kaggle_env, standin
     assert "the ledger is not a file" in ledger_refused_before_sending(capsys, standin, sub)
 
 
+def test_a_submission_that_is_a_folder_or_missing_is_named_so(kaggle_env, standin, sub, capsys):
+    """Probe 53 F4: a folder given as the CSV was "submission file not found"."""
+    for given, said in ((sub.parent, "a folder, not a submission CSV"),
+                        (sub.parent / "nope.csv", "submission file not found")):
+        code, _, err = kit(capsys, *submit_args(given, standin))
+        assert code == 2 and one_error_line(err) == f"kit: error: {given}: {said}" and standin.submissions == [], err
+
+
 def failing_append(monkeypatch, ledger):
     def append(path, row):
         raise OSError(errno.EROFS, "Read-only file system", str(ledger))

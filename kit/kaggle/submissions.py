@@ -209,8 +209,9 @@ def _checked(csv_path: Path, message: str, data_dir, ledger, env: dict,
     can record it; rows a failed recording left pending are merged first. snapshot: (folder, time,
     competition, target) for kit.submission.snapshot_for_sending. Returns the copy of the CSV to send,
     the CSV's manifest (empty when it has none) and the copy's SHA-256."""
-    if not csv_path.is_file():
-        raise KitError(f"{csv_path}: submission file not found")
+    if not csv_path.is_file():              # probe 53 F4: a folder was "not found"
+        raise KitError(f"{csv_path}: " + ("a folder, not a submission CSV" if csv_path.is_dir() else
+                                          "submission file not found"))
     if not message or not message.strip():
         raise KitError(f"{csv_path}: a submission message is required (-m MESSAGE)")
     if utf8_text(message) != message:       # Kaggle would show U+FFFD in its place (probe 49)
