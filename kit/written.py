@@ -4,10 +4,11 @@ run's best.pt copied in is neither resumed, predicted nor voted as this run's. M
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from pathlib import Path
 
 from kit.errors import KitError, first_line
-from kit.fsio import read_json, sha256_file, write_json
+from kit.fsio import json_bytes, read_json, sha256_file, write_bytes, write_json
 from kit.identity import IDENTITY, START_OVER, read_identity
 from kit.runs import RUN_FILES
 
@@ -56,13 +57,17 @@ def written_by_run(path: str | Path, digest: str | None = None) -> bool:
     return (digest or sha256_file(path)) in accepted
 
 
-def write_summary(run_dir: Path, summary: dict) -> None:
-    """summary.json, then its digest in checkpoints.json: a summary the run's training did not write is not
+def write_summary(run_dir: str | Path, summary: dict) -> None:
+    """summary.json with its digest in checkpoints.json: a summary the run's training did not write is not
     taken for the end of its training (probe 53: a hand-written one, well formed, made a run killed at step
-    235 of 400 "already finished" and voted). A kill between the two leaves a summary without an entry: the
-    run resumes and ends again."""
-    write_json(run_dir / SUMMARY, summary)
-    record_written(run_dir / SUMMARY)
+    235 of 400 "already finished" and voted). As for a checkpoint, the new digest is recorded beside the old
+    before the file takes its place and alone after (probe 54: a kill between the write and the record left
+    the run's own summary taken for one written by hand)."""
+    path = Path(run_dir) / SUMMARY
+    data = json_bytes(summary)
+    record_written(path, hashlib.sha256(data).hexdigest(), keep=True)
+    write_bytes(path, data)
+    record_written(path)
 
 
 def summary_not_written(path: Path) -> str | None:
@@ -181,4 +186,5 @@ def _record_ways(record: Path) -> str:
     """A damaged record's ways on, the safe one first (probe 45: only "delete it", which turns the check
     off), a recipe member's alone named (probe 46: a plain --fresh trains every member again)."""
     return (f"{START_OVER}; a recipe's member alone: --fresh --only {record.parent.name}; or, only if you know "
-            "its checkpoints are the run's own, delete the record to skip their check")
+            f"its checkpoints are the run's own, delete the record and the \"run\" entry of its {IDENTITY} to skip "
+            "their check")

@@ -174,3 +174,57 @@ def test_checkpoints_copied_in_with_the_record_deleted_are_refused(two_runs, tmp
     identity = json.loads((a / IDENTITY).read_text())
     (a / IDENTITY).write_text(json.dumps({k: v for k, v in identity.items() if k != "run"}))
     check_written(a / "best.pt")                    # an older kit's run: nothing to tell it by
+
+
+def test_a_damaged_records_last_way_on_leads_on(two_runs, tmp_path):
+    """Probe 54 F2: a damaged checkpoints.json said "delete the record to skip their check", and the run, whose
+    identity.json names it, was then refused as a lost record. The advice now names the run id too."""
+    import json
+
+    from kit.identity import IDENTITY
+    from kit.written import WRITTEN, check_written
+
+    a = Path(shutil.copytree(two_runs[0], tmp_path / "a"))
+    (a / WRITTEN).write_text("[]")
+    with pytest.raises(KitError, match="delete the record and the \"run\" entry of its identity.json") as said:
+        check_written(a / "best.pt")
+    assert str(said.value).startswith(f"{a / WRITTEN}: ")
+    (a / WRITTEN).unlink()                                       # the advice, followed
+    identity = json.loads((a / IDENTITY).read_text())
+    (a / IDENTITY).write_text(json.dumps({k: v for k, v in identity.items() if k != "run"}))
+    check_written(a / "best.pt")
+
+
+def test_a_kill_while_a_summary_is_written_leaves_one_the_record_accepts(tiny_data, tmp_path, monkeypatch):
+    """Probe 54 F3: a kill between summary.json and its record left the run's own summary taken for one
+    written by hand. The new digest is recorded beside the old before the file is written, alone after."""
+    import json
+
+    import kit.written
+    from kit.config import layered
+    from kit.rundir import RunDir
+    from kit.train import train
+
+    base = {"data": {"data_dir": str(tiny_data), "segment_len": 32, "store_dtype": "float32"},
+            "model": {"d_model": 16, "ffn_dim": 32, "n_heads": 2},
+            "train": {"batch_size": 8, "max_steps": 10, "eval_every": 5, "cpu_threads": 1}}
+    run_dir, run = tmp_path / "m", RunDir(tmp_path / "m")
+    train(layered(("test", base)), run_dir, progress=False)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    real_record = kit.written.record_written
+
+    def write_killed(path, data):
+        raise KeyboardInterrupt                     # killed before the new summary is in place
+
+    def record_killed(path, digest=None, keep=False):
+        if not keep:
+            raise KeyboardInterrupt                 # killed after it is in place, before its digest is alone
+        real_record(path, digest, keep)
+
+    for name, killed in (("write_bytes", write_killed), ("record_written", record_killed)):
+        with monkeypatch.context() as patch:
+            patch.setattr(kit.written, name, killed)
+            with pytest.raises(KeyboardInterrupt):
+                kit.written.write_summary(run_dir, {**summary, "seconds": summary["seconds"] + 1})
+        assert run.finished and run.summary_problem() is None, name       # the old summary, or the new one
+    assert run.summary()["seconds"] == summary["seconds"] + 1

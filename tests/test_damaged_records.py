@@ -50,7 +50,8 @@ def test_a_checkpoint_record_of_the_wrong_shape_is_one_line(tmp_path, record):
     # the safe way on first (probe 45 #6: only "delete it", which turns off the check of a foreign checkpoint)
     with pytest.raises(KitError, match=rf"checkpoints.json: .*; start over with --fresh .*; a recipe's member alone: "
                                        rf"--fresh --only {re.escape(tmp_path.name)}; or, only if you know its "
-                                       r"checkpoints are the run's own, delete the record to skip their check"):
+                                       r"checkpoints are the run's own, delete the record and the \"run\" entry of its "
+                                       r"identity.json to skip their check"):
         written_by_run(tmp_path / "best.pt")
 
 

@@ -16,10 +16,10 @@ from kit.cli.recipe_table import print_recipe_table
 from kit.config import DataConfig, RunConfig, layered, load_toml, parse_overrides
 from kit.env import check_stopped, kaggle_data_dir
 from kit.errors import KitError
-from kit.fsio import write_json
 from kit.launch import make_launcher
 from kit.rundir import RunDir
 from kit.runs import check_out, check_runs_folder, is_run_dir, move_aside, old_name
+from kit.written import write_summary
 
 if TYPE_CHECKING:        # kit.recipe_result brings torch: `kit --help` would take seconds
     from kit.recipe_result import RecipeResult
@@ -202,7 +202,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     summary = train(cfg, args.out, resume=args.resume, progress=not args.no_progress and progress_wanted(),
                     budget=args.budget)
     if done is not None and summary.get("step") == done.get("step"):   # probe 49 F5: its rates were rewritten as 0
-        write_json(Path(args.out) / "summary.json", summary := done)
+        write_summary(args.out, summary := done)           # recorded: probe 54, the next command refused it
         print(f"kit: {args.out}: already finished at step {done.get('step')} (stopped: {done.get('stopped_reason')}); "
               "nothing trained, its summary.json kept (--fresh starts over)", file=sys.stderr)
     # deferred: accelerate brings torch; `kit --help` imports only the parsers
