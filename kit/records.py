@@ -18,7 +18,7 @@ from kit.fsio import read_json, sha256_file, write_json
 from kit.identity import read_identity
 from kit.names import OLD_SUFFIX
 from kit.runs import lock_holder
-from kit.written import written_by_run
+from kit.written import lost_record, written_by_run
 
 
 def _read_json(path: Path, what: str, fix: str) -> dict:
@@ -321,6 +321,10 @@ def foreign_predictions(run_dir, ids: PredictionIds, which: str | None = None) -
     which = which or ids.which or "best"
     if not ids.checkpoint_sha256 or written_by_run(Path(run_dir) / f"{which}.pt", ids.checkpoint_sha256):
         return None
+    if lost_record(run_dir):        # probe 54 F4: said "records another" and sent to `kit predict`, refused too
+        return (f"{run_dir}: its checkpoints.json is missing or empty while its identity.json names the run, so "
+                f"its {which}.pt and predictions cannot be told from another run's copied in; put the run's own "
+                f"files back, or start the run over")
     return (f"{run_dir}: its predictions come from a {which}.pt that this run's training did not write last "
             f"(checkpoints.json records another: another run's checkpoint and predictions copied in, or "
             f"predictions older than its training); put the run's own files back, or run `kit predict "

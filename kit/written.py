@@ -77,8 +77,8 @@ def summary_not_written(path: Path) -> str | None:
         written = _written(path.parent / WRITTEN)
     except KitError:            # said where the checkpoints are read
         return None
-    if SUMMARIES not in written or sha256_file(path) in _accepted(written.get(SUMMARY)):
-        return None
+    if (SUMMARIES not in written and SUMMARY not in written) or sha256_file(path) in _accepted(written.get(SUMMARY)):
+        return None         # an entry alone says summaries are recorded (probe 54 F6: .summaries deleted by hand)
     how = "another digest" if SUMMARY in written else "no entry"
     return f"not the summary this run's training wrote ({WRITTEN} has {how} for it: written by hand or copied in)"
 
@@ -102,6 +102,14 @@ def record_lost(run_dir: Path, written: dict) -> bool:
     its runs records every checkpoint before it takes its place, so the checkpoints cannot be told from another
     run's (probe 53: another run's best.pt and last.pt copied in, the record deleted or emptied, were voted)."""
     return not written and bool(_run_id(run_dir))
+
+
+def lost_record(run_dir: str | Path) -> bool:
+    """record_lost for the record on disk (False when it cannot be read: its own error says so)."""
+    try:
+        return record_lost(Path(run_dir), _written(Path(run_dir) / WRITTEN))
+    except KitError:
+        return False
 
 
 def write_identity(run_dir: Path, identity: dict) -> None:

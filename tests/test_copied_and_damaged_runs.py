@@ -146,6 +146,8 @@ def test_a_summary_its_training_did_not_write_is_not_taken_for_the_end_of_traini
     (run_dir / SUMMARY).write_text(json.dumps({**run.summary(), "best_val_acc": 0.99}))
     assert not run.finished and "has another digest for it" in run.summary_problem()
     record = json.loads((run_dir / WRITTEN).read_text())           # an older kit's record: no word on summaries
+    (run_dir / WRITTEN).write_text(json.dumps({k: v for k, v in record.items() if k != SUMMARIES}))
+    assert not run.finished          # probe 54 F6: an entry for summary.json alone says summaries are recorded
     (run_dir / WRITTEN).write_text(json.dumps({k: v for k, v in record.items() if k not in (SUMMARIES, SUMMARY)}))
     assert run.finished and run.summary_problem() is None
 
@@ -157,9 +159,16 @@ def test_checkpoints_copied_in_with_the_record_deleted_are_refused(two_runs, tmp
     import json
 
     from kit.identity import IDENTITY
+    from kit.records import PredictionIds, foreign_predictions
     from kit.written import WRITTEN, check_written
 
     a, b = (Path(shutil.copytree(run, tmp_path / run.name)) for run in two_runs)
+    assert kit_cli(capsys, "predict", b, "--no-progress")[0] == 0
+    record = (b / WRITTEN).read_bytes()
+    (b / WRITTEN).unlink()          # a reader of predictions says the record is lost (probe 54 F4: "records another")
+    assert "checkpoints.json is missing or empty while its identity.json names the run" in \
+        foreign_predictions(b, PredictionIds.load(b))
+    (b / WRITTEN).write_bytes(record)
     for name in ("best.pt", "last.pt"):
         shutil.copy(b / name, a / name)
     for lost in ("deleted", "emptied"):
