@@ -316,19 +316,16 @@ def stale_checkpoint(run_dir, ids: PredictionIds, which: str | None = None) -> P
 def foreign_predictions(run_dir, ids: PredictionIds, which: str | None = None) -> str | None:
     """Why the run's predictions are not of a checkpoint its own training wrote, or None: ids.json's
     checkpoint digest is not the <which>.pt that checkpoints.json records (another run's checkpoint
-    and predictions copied in together; or predictions of a checkpoint trained on since). An older
-    kit's files (no digest, no record) pass."""
+    and predictions copied in together; or predictions of a checkpoint trained on since). An older kit's files
+    (no digest, no record) pass; a lost record is said as such (kit.written.lost_record)."""
     which = which or ids.which or "best"
     if not ids.checkpoint_sha256 or written_by_run(Path(run_dir) / f"{which}.pt", ids.checkpoint_sha256):
         return None
-    if lost_record(run_dir):        # probe 54 F4: said "records another" and sent to `kit predict`, refused too
-        return (f"{run_dir}: its checkpoints.json is missing or empty while its identity.json names the run, so "
-                f"its {which}.pt and predictions cannot be told from another run's copied in; put the run's own "
-                f"files back, or start the run over")
-    return (f"{run_dir}: its predictions come from a {which}.pt that this run's training did not write last "
-            f"(checkpoints.json records another: another run's checkpoint and predictions copied in, or "
-            f"predictions older than its training); put the run's own files back, or run `kit predict "
-            f"{run_dir}{'' if which == 'best' else ' --which ' + which}` on its own {which}.pt")
+    return lost_record(run_dir, f"its {which}.pt and predictions") or (
+        f"{run_dir}: its predictions come from a {which}.pt that this run's training did not write last "
+        f"(checkpoints.json records another: another run's checkpoint and predictions copied in, or "
+        f"predictions older than its training); put the run's own files back, or run `kit predict "
+        f"{run_dir}{'' if which == 'best' else ' --which ' + which}` on its own {which}.pt")
 
 
 def predictions_current(run_dir, which: str | None = None) -> bool:

@@ -104,12 +104,14 @@ def record_lost(run_dir: Path, written: dict) -> bool:
     return not written and bool(_run_id(run_dir))
 
 
-def lost_record(run_dir: str | Path) -> bool:
-    """record_lost for the record on disk (False when it cannot be read: its own error says so)."""
-    try:
-        return record_lost(Path(run_dir), _written(Path(run_dir) / WRITTEN))
-    except KitError:
-        return False
+def lost_record(run_dir: str | Path, what: str) -> str | None:
+    """What record_lost means for `what` (e.g. "its best.pt and predictions") when the record on disk is
+    lost, else None (also when it cannot be read: its own error says so)."""
+    with contextlib.suppress(KitError):
+        if record_lost(Path(run_dir), _written(Path(run_dir) / WRITTEN)):
+            return (f"{run_dir}: its {WRITTEN} is missing or empty while its {IDENTITY} names the run, so {what} "
+                    f"cannot be told from another run's copied in; put the run's own files back, or {START_OVER}")
+    return None
 
 
 def write_identity(run_dir: Path, identity: dict) -> None:
