@@ -15,9 +15,7 @@ from kit.config import from_dict, load_toml
 from kit.errors import KitError
 from kit.fsio import read_json
 from kit.records import predictions_current
-from kit.written import summary_not_written
-
-SUMMARY = "summary.json"
+from kit.written import SUMMARY, summary_not_written
 
 
 @dataclass(frozen=True)

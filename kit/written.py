@@ -48,7 +48,11 @@ def written_by_run(path: str | Path, digest: str | None = None) -> bool:
     run's avg.pt copied into a run that never averaged passed). An unreadable record is the trainer's to
     mend: KitError."""
     path = Path(path)
-    written = _written(path.parent / WRITTEN)
+    return _by_run(path, _written(path.parent / WRITTEN), digest)
+
+
+def _by_run(path: Path, written: dict, digest: str | None) -> bool:
+    """written_by_run, with the record (`written`) read."""
     accepted = _accepted(written.get(path.name))
     if foreign_record(path.parent, written) or record_lost(path.parent, written):
         return False
@@ -104,14 +108,20 @@ def record_lost(run_dir: Path, written: dict) -> bool:
     return not written and bool(_run_id(run_dir))
 
 
-def lost_record(run_dir: str | Path, what: str) -> str | None:
-    """What record_lost means for `what` (e.g. "its best.pt and predictions") when the record on disk is
-    lost, else None (also when it cannot be read: its own error says so)."""
-    with contextlib.suppress(KitError):
-        if record_lost(Path(run_dir), _written(Path(run_dir) / WRITTEN)):
-            return (f"{run_dir}: its {WRITTEN} is missing or empty while its {IDENTITY} names the run, so {what} "
-                    f"cannot be told from another run's copied in; put the run's own files back, or {START_OVER}")
-    return None
+def lost_record(run_dir: str | Path, what: str, written: dict | None = None) -> str | None:
+    """What record_lost means for `what` (e.g. "best.pt") when the record (`written`, read from disk when
+    None) is lost, else None (also when it cannot be read: its own error says so)."""
+    run_dir = Path(run_dir)
+    if written is None:
+        try:
+            written = _written(run_dir / WRITTEN)
+        except KitError:
+            return None
+    if not record_lost(run_dir, written):
+        return None
+    return (f"{run_dir / WRITTEN}: missing or empty, while {IDENTITY} names the run (this kit records every "
+            f"checkpoint it writes there): {what} cannot be told from another run's copied in; put the run's own "
+            f"files back, or {START_OVER}")
 
 
 def write_identity(run_dir: Path, identity: dict) -> None:
@@ -152,18 +162,17 @@ def check_written(path: str | Path, digest: str | None = None) -> None:
     training wrote: another run's best.pt copied in would be predicted, voted and sent as this member,
     or resumed as this run. A run of an older kit (no checkpoints.json) or a file outside a run dir passes."""
     path = Path(path)
-    if record_lost(path.parent, _written(path.parent / WRITTEN)):
-        raise KitError(f"{path.parent / WRITTEN}: missing or empty, while {IDENTITY} names the run (this kit "
-                       f"records every checkpoint it writes there): {path.name} cannot be told from another run's "
-                       f"copied in; put the run's own files back, or {START_OVER}")
-    if foreign_record(path.parent, _written(path.parent / WRITTEN)):
+    written = _written(path.parent / WRITTEN)           # read once for every check below
+    if lost := lost_record(path.parent, path.name, written):
+        raise KitError(lost)
+    if foreign_record(path.parent, written):
         raise KitError(f"{path.parent / WRITTEN}: written by another run than this one's {IDENTITY} (it names "
                        f"another run, or none: another run's checkpoints copied in with their record); put the "
                        f"run's own files back, or {START_OVER}")
-    if Path(path).name not in written_record(path.parent) and not written_by_run(path, digest):
+    if path.name not in written and not _by_run(path, written, digest):
         raise KitError(f"{path}: not a checkpoint this run's training wrote ({WRITTEN} has no entry for it: copied "
                        f"in); put the run's own file back, or {START_OVER}")
-    if not written_by_run(path, digest):
+    if not _by_run(path, written, digest):
         raise KitError(f"{path}: not the checkpoint this run's training wrote (its SHA-256 differs from the one "
                        f"in {WRITTEN}: copied in, replaced or damaged since); put the run's own file back, "
                        f"or {START_OVER}")

@@ -166,7 +166,7 @@ def test_checkpoints_copied_in_with_the_record_deleted_are_refused(two_runs, tmp
     assert kit_cli(capsys, "predict", b, "--no-progress")[0] == 0
     record = (b / WRITTEN).read_bytes()
     (b / WRITTEN).unlink()          # a reader of predictions says the record is lost (probe 54 F4: "records another")
-    assert "checkpoints.json is missing or empty while its identity.json names the run" in \
+    assert "checkpoints.json: missing or empty, while identity.json names the run" in \
         foreign_predictions(b, PredictionIds.load(b))
     (b / WRITTEN).write_bytes(record)
     for name in ("best.pt", "last.pt"):
