@@ -24,8 +24,10 @@ from kit.pseudo import (
     save_teacher,
 )
 from kit.records import predicted_mode
+from kit.rundir import RunDir
 from kit.runs import check_start
 from kit.train import train
+from kit.written import write_summary
 
 TEACHERS_JSON = "teachers.json"     # {teacher run dir: its test_probs.npy's SHA-256}, written by kit.rounds
 
@@ -60,6 +62,17 @@ def write_teacher(members, path, temperature: float = 1.0, folds: int = 5, recor
         "temperature": np.float64(record["temperature"]), "distill_weight": np.float64(record["distill_weight"])}
     save_teacher(path, members[0].ids.test, np.exp(fit["test_logp"]), temperature, kept)
     return {"method": fit["method"], "weights": fit["weights"], "temperatures": fit["temperatures"]}
+
+
+def finished_before(out: Path, log) -> dict | None:
+    """The summary of the student in `out` when it has finished training (a --resume then trains
+    nothing and keeps it); a summary.json that cannot be read is said, and the student resumes."""
+    run = RunDir.of(out)
+    problem = run.summary_problem()
+    if problem:
+        log(f"{out}: its summary.json cannot be read ({problem}): not counted as finished; the student resumes "
+            "from its checkpoint and writes a new one")
+    return run.summary() if run.finished else None
 
 
 def teaching(members, temperature: float, distill_weight: float) -> dict:
@@ -170,14 +183,16 @@ def distill(run_dirs, out, config: str | None = None, overrides=(), minutes: flo
                 "again since `kit pseudo`): these labels are the older model's; make them again with `kit pseudo`")
     cfg = student_config(best_member(members), out, config, overrides, init)
     check_start(out, resume)            # before teacher.npz is written: a finished student keeps its own
+    done = finished_before(out, log) if resume else None
     teacher = out / TEACHER
     given = teaching(members, temperature, distill_weight)
     if resume and teacher.is_file():
         check_same_teaching(out, given)
-        fit = {"method": "(kept from the interrupted run)"}
+        fit, taught = {"method": "kept"}, "the vote kept in its teacher.npz"
     else:
         out.mkdir(parents=True, exist_ok=True)
         fit = write_teacher(members, teacher, temperature, record=given)
+        taught = f"{fit['method']} vote"
     cfg.train.teacher = str(teacher.resolve())
     cfg.train.distill_weight = distill_weight
     if pseudo_labels:
@@ -186,9 +201,13 @@ def distill(run_dirs, out, config: str | None = None, overrides=(), minutes: flo
         cfg.data.allow_external_labels = True
     if minutes is not None:
         cfg.train.minutes = minutes
-    log(f"distilling {len(members)} member(s) ({fit['method']} vote) into {out}"
+    log(f"distilling {len(members)} member(s) ({taught}) into {out}"
         + (f", starting from {Path(cfg.train.init_from).parent.name}" if cfg.train.init_from else ""))
     summary = train(cfg, out, resume=resume, progress=progress)
+    if done is not None and summary.get("step") == done.get("step"):   # as `kit train --resume` (probe 54 F7)
+        write_summary(out, summary := done)
+        log(f"{out}: the student had already finished at step {done.get('step')} (stopped: "
+            f"{done.get('stopped_reason')}); nothing trained, its summary.json kept, predicted again")
     mode = source_mode(cfg)
     pred = predict_run(out, which="last", progress=progress, mode=mode, compare=not mode)
     return {"summary": summary, "pred": pred, "teacher": fit, "run_dir": str(out)}

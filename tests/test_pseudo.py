@@ -173,6 +173,26 @@ def test_distilled_student_is_an_ordinary_predicted_run(members, tmp_path):
         distill(members, tmp_path / "other", overrides=["model.d_model=16"], progress=False)
 
 
+def test_resuming_a_finished_student_trains_nothing_and_says_so(members, tmp_path):
+    """Probe 54 F7: `kit distill --resume` of a finished student said "((kept from the interrupted run)
+    vote)" and rewrote its summary without a word; a hand-edited summary.json retrained it silently."""
+    from kit.distill import distill
+
+    student, said = tmp_path / "student", []
+    steps = ["train.max_steps=20", "train.eval_every=10"]
+    distill(members, student, overrides=steps, progress=False)
+    kept = (student / "summary.json").read_bytes()
+    again = distill(members, student, overrides=steps, resume=True, progress=False, log=said.append)
+    assert (student / "summary.json").read_bytes() == kept and again["summary"]["step"] == 20
+    assert "kept in its teacher.npz" in said[0] and "((" not in said[0]
+    assert "already finished at step 20" in said[1] and "nothing trained" in said[1]
+    (student / "summary.json").write_text('{"step": 20, "stopped_reason": "budget", "val_acc": 1.0}')
+    said.clear()
+    distill(members, student, overrides=steps, resume=True, progress=False, log=said.append)
+    assert "summary.json cannot be read" in said[0] and "resumes" in said[0]
+    assert not any("already finished" in line for line in said)
+
+
 ROUNDS = recipe_toml(["a", {"name": "b", "train.seed": 1}], name="tinypl",
                      base={"train": {"max_steps": 30, "eval_every": 15}},
                      after={"predict": True, "which": "last", "ensemble": "auto",
