@@ -15,7 +15,7 @@ from kit.config import from_dict, load_toml
 from kit.errors import KitError
 from kit.fsio import read_json
 from kit.records import predictions_current
-from kit.written import SUMMARY, summary_not_written
+from kit.written import SUMMARY, check_own_record, summary_not_written
 
 
 @dataclass(frozen=True)
@@ -39,12 +39,15 @@ class RunDir:
 
     def summary_problem(self) -> str | None:
         """Why a summary.json that is there cannot be read (the run then counts as not finished and
-        resumes); None when it reads, or is absent."""
+        resumes); None when it reads, or is absent. KitError when the reason is the run's record, not its
+        summary: checkpoints.json written by another run (probe 54 F5: the summary was blamed and said to
+        resume before the record was refused), or unreadable."""
         if not (self.path / SUMMARY).exists():
             return None
         try:
             _summary(self.path / SUMMARY)
         except KitError as e:
+            check_own_record(self.path)
             return str(e)
         return None
 

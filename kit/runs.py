@@ -66,6 +66,20 @@ def check_runs_folder(runs: str | Path) -> None:
                        f"above it, where each recipe has its own: --runs {path.parent}")
 
 
+def check_not_recipes_folder(runs: str | Path, recipe: str, members) -> None:
+    """`--runs` at recipe `recipe`'s own folder without its lock (a hand copy of its member run dirs, an
+    older kit's runs): the folder is named as the recipe and holds a run dir named as one of its `members`
+    (probe 53 F2: a second recipe was trained in runs/zoo/zoo). One line, before any work."""
+    path = Path(runs)
+    if path.resolve().name != recipe:
+        return
+    held = [name for name in members if is_run_dir(path / name)]
+    if held:
+        raise KitError(f"--runs {runs}: recipe {recipe}'s own folder (it holds the run dir of its member "
+                       f"{held[0]}); --runs names the folder above it, where each recipe has its own: "
+                       f"--runs {path.parent}")
+
+
 def users_files(path: str | Path) -> str | None:
     """A few names of the files in folder path that kit did not put there, when it is not a run dir
     (KIT_BEFORE_RUN): "notes.txt, runs and 2 more"; None for a run dir, or a missing or empty folder."""

@@ -157,6 +157,16 @@ def _run_id(run_dir: Path) -> str | None:
     return run if isinstance(run, str) else None
 
 
+def check_own_record(run_dir: str | Path, written: dict | None = None) -> None:
+    """KitError when the run's checkpoints.json (`written`, read from disk when None) was written by another
+    run (foreign_record), or cannot be read."""
+    run_dir = Path(run_dir)
+    if foreign_record(run_dir, _written(run_dir / WRITTEN) if written is None else written):
+        raise KitError(f"{run_dir / WRITTEN}: written by another run than this one's {IDENTITY} (it names "
+                       f"another run, or none: another run's checkpoints copied in with their record); put the "
+                       f"run's own files back, or {START_OVER}")
+
+
 def check_written(path: str | Path, digest: str | None = None) -> None:
     """KitError when the checkpoint `path` (SHA-256 `digest`, hashed when None) is not the one its run's
     training wrote: another run's best.pt copied in would be predicted, voted and sent as this member,
@@ -165,10 +175,7 @@ def check_written(path: str | Path, digest: str | None = None) -> None:
     written = _written(path.parent / WRITTEN)           # read once for every check below
     if lost := lost_record(path.parent, path.name, written):
         raise KitError(lost)
-    if foreign_record(path.parent, written):
-        raise KitError(f"{path.parent / WRITTEN}: written by another run than this one's {IDENTITY} (it names "
-                       f"another run, or none: another run's checkpoints copied in with their record); put the "
-                       f"run's own files back, or {START_OVER}")
+    check_own_record(path.parent, written)
     if path.name not in written and not _by_run(path, written, digest):
         raise KitError(f"{path}: not a checkpoint this run's training wrote ({WRITTEN} has no entry for it: copied "
                        f"in); put the run's own file back, or {START_OVER}")

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from kit.errors import KitError, path_problem
+from kit.rundir import RunDir
 
 from conftest import kit_cli, one_error, train_tiny_run
 
@@ -35,6 +36,9 @@ def test_checkpoints_copied_in_with_their_record_are_refused(two_runs, tmp_path,
     with pytest.raises(KitError, match="written by another run than this one's identity.json"):
         check_written(a / "best.pt")
     check_written(b / "best.pt")                            # in their own run they still pass
+    assert (a / "summary.json").read_bytes() != (b / "summary.json").read_bytes()
+    with pytest.raises(KitError, match="written by another run"):      # probe 54 F5: a recipe said a's own
+        RunDir(a).summary_problem()                 # summary.json "cannot be read" and that a resumes, first
     code, _, err = kit_cli(capsys, "predict", a)
     one_error(code, err, str(a / "checkpoints.json"), "another run's checkpoints copied in")
 
@@ -73,11 +77,12 @@ def test_a_stand_in_url_with_a_password_is_refused_and_never_shown(kaggle_env, s
     assert "SECRET" not in out + err and not standin.submissions
 
 
-@pytest.mark.parametrize("which", ["data", "run", "submissions", "recipe"])
+@pytest.mark.parametrize("which", ["data", "run", "submissions", "recipe", "recipe's copy"])
 def test_runs_that_is_a_data_dir_a_run_dir_or_submissions_is_refused(two_runs, data, tmp_path, capsys,
                                                                      tiny_recipe, which):
     """F4: `--runs` took the data dir, a member's run dir or submissions/ and trained into it without a word.
-    Probe 52 F5: `--runs runs/tiny`, a recipe's own folder, trained another recipe in runs/tiny/tiny."""
+    Probe 52 F5: `--runs runs/tiny`, a recipe's own folder, trained another recipe in runs/tiny/tiny; probe 53
+    F2: the same folder without its lock (its member run dirs copied by hand) as well."""
     from kit.runs import RECIPE_LOCK
 
     sub = tmp_path / "submissions"
@@ -85,10 +90,13 @@ def test_runs_that_is_a_data_dir_a_run_dir_or_submissions_is_refused(two_runs, d
     (sub / "ledger.csv").write_text("time,competition,file,sha256,message,ref,status,public,private\n")
     (tmp_path / "runs" / "tiny").mkdir(parents=True)
     (tmp_path / "runs" / "tiny" / RECIPE_LOCK).write_text("")
-    runs = {"data": data, "run": two_runs[0], "submissions": sub, "recipe": tmp_path / "runs" / "tiny"}[which]
+    shutil.copytree(two_runs[0], tmp_path / "copy" / "tiny" / "mean")
+    runs = {"data": data, "run": two_runs[0], "submissions": sub, "recipe": tmp_path / "runs" / "tiny",
+            "recipe's copy": tmp_path / "copy" / "tiny"}[which]
     before = sorted(p.name for p in Path(runs).iterdir())
-    code, _, err = kit_cli(capsys, "recipe", "run", tiny_recipe, "--data", data, "--runs", runs)
-    one_error(code, err, f"--runs {runs}: a ", *([f"--runs {tmp_path / 'runs'}"] if which == "recipe" else []))
+    code, _, err = kit_cli(capsys, "recipe", "run", tiny_recipe(), "--data", data, "--runs", runs)
+    above = {"recipe": [f"--runs {tmp_path / 'runs'}"], "recipe's copy": ["member mean", f"--runs {tmp_path / 'copy'}"]}
+    one_error(code, err, f"--runs {runs}: ", *above.get(which, []))
     assert sorted(p.name for p in Path(runs).iterdir()) == before
 
 
@@ -128,7 +136,6 @@ def test_a_summary_its_training_did_not_write_is_not_taken_for_the_end_of_traini
     import json
 
     from kit.config import layered
-    from kit.rundir import RunDir
     from kit.train import train
     from kit.written import SUMMARIES, SUMMARY, WRITTEN
 
@@ -211,7 +218,6 @@ def test_a_kill_while_a_summary_is_written_leaves_one_the_record_accepts(tiny_da
 
     import kit.written
     from kit.config import layered
-    from kit.rundir import RunDir
     from kit.train import train
 
     base = {"data": {"data_dir": str(tiny_data), "segment_len": 32, "store_dtype": "float32"},

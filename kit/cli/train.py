@@ -18,7 +18,7 @@ from kit.env import check_stopped, kaggle_data_dir
 from kit.errors import KitError
 from kit.launch import make_launcher
 from kit.rundir import RunDir
-from kit.runs import check_out, check_runs_folder, is_run_dir, move_aside, old_name
+from kit.runs import check_not_recipes_folder, check_out, check_runs_folder, is_run_dir, move_aside, old_name
 from kit.written import write_summary
 
 if TYPE_CHECKING:        # kit.recipe_result brings torch: `kit --help` would take seconds
@@ -245,8 +245,10 @@ def cmd_recipe_run(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 1:
         raise KitError(f"--workers {args.workers}: members trained at once, at least 1")
     check_runs_folder(args.runs)
+    recipe = load_recipe(args.file)
+    check_not_recipes_folder(args.runs, recipe.name, [member[0] for member in recipe.members])
     if args.budget and not (args.only and args.no_ensemble):
-        require_budget(load_recipe(args.file), args.budget)
+        require_budget(recipe, args.budget)
     if args.rehearse:
         return _rehearse(args, log)
     if args.steps is not None:
