@@ -207,7 +207,7 @@ def _cut(run: RecipeRun, jobs: list, slots: list) -> AuditionResult:
                        "see each member's train.log")
     kinds = {n: ENCODER_KINDS.get(run.config(n).model.encoder, "") for n in run.chosen}
     survivors = twinned(survivors_of(ranked, scores, keep, float(spec["within"]), max(len(slots), 1),
-                                     kinds if spec["kinds"] else None), spec["twins"])
+                                     kinds if spec["kinds"] else None), spec["twins"], scores, float(spec["within"]))
     result = AuditionResult(list(run.chosen), keep, rung, minutes, scores, steps, survivors, kinds,
                             {k: spec[k] for k in SPEC_KEYS}, min(sizes.values(), default=0))
     write_json(run.root / AUDITION_FILE, asdict(result))
@@ -300,21 +300,28 @@ def survivors_of(ranked: list[str], scores: dict, keep: int, within: float, slot
     return sorted(chosen, key=ranked.index)
 
 
-def twinned(survivors: list[str], twins: dict[str, str]) -> list[str]:
-    """The survivors (best first) with the twins ({twin: candidate}, a recipe's `twin_of`) of the
-    leader: a twin goes on beside its candidate (after it) in the place of the last survivor that is
-    neither a candidate with a twin nor a twin, only when its candidate is the first survivor (the best
-    at the cut, a tie going to the recipe's order); never more survivors, and none when its candidate
-    is the only one. Why (boss's quick budget, 2026-12-06, two replicates): where resnet-s led or tied
-    at the cut, resnet-s with a second seed of itself voted as well as or better than resnet-s with
-    transformer-s, the runner-up of another kind, on test on all four competitions measured
-    (bench-results/cpu-twin-resnet-2026-12-06/). Why only beside the leader (probe 44): resnet-s kept
-    as one per core at 0.25 took the place of transformer-s, the leader at 0.625, with its twin, and
-    the vote was two seeds of the weaker network (0.50 on test)."""
-    out = list(survivors)
+def twinned(survivors: list[str], twins: dict[str, str], scores: dict | None = None,
+            within: float = 1.0) -> list[str]:
+    """The survivors (best first) with the twins ({twin: candidate}, a recipe's `twin_of`) of a candidate
+    close enough to go on by itself: its score at the cut at least `within` x the best's (`scores`; the
+    first survivor, the best at the cut or tied with it, always is). The twin goes on beside its candidate
+    (after it, which then leads) in the place of the last survivor that is neither a candidate with a twin
+    nor a twin; never more survivors, and none when its candidate is the only one.
+    Why twins (boss's quick budget, 2026-12-06, two replicates): resnet-s with a second seed of itself voted
+    as well as or better than resnet-s with transformer-s on test on all four competitions measured
+    (bench-results/cpu-twin-resnet-2026-12-06/). Why not only beside the leader (2026-12-07): in every run
+    recorded in bench-results/ (hard, tts, many and tts-close, 8 and 30 minutes) resnet-s ended the best
+    member, also in each of the six where transformer-s led the cut (by up to 0.118: at 10% of its minutes it
+    has taken 2.5-4x resnet-s's steps); tts-close, 2026-12-07: transformer-s 0.386 led resnet-s 0.330, they
+    went on together and the vote (0.679 private) fell below resnet-s alone (0.695). Why `within` (probe 44):
+    resnet-s kept as one per core at 0.25 took the place of transformer-s, the leader at 0.625, with its
+    twin, and the vote was two seeds of the weaker network (0.50 on test)."""
+    out, scores = list(survivors), scores or {}
+    best = max((scores.get(n) or 0.0 for n in out), default=0.0)
     for twin, of in twins.items():
         others = [n for n in out if n != of and n not in twins and n not in twins.values()]
-        if out and out[0] == of and others:
+        close = of in out and (out[0] == of or (scores.get(of) is not None and scores[of] >= within * best))
+        if close and others:
             out.remove(others[-1])
             out.insert(out.index(of) + 1, twin)
     return out

@@ -59,8 +59,7 @@ class AuditionResult:
                 f"{self.kinds.get(n, ''):11s}  {'kept' if n in self.survivors else 'pruned'}" for n in order]
         rows += [f"  {t:16s}   -     not in the rung: another seed of {o}, trained from scratch in the place of the "
                  "last other survivor" for t, o in self.twins.items()]
-        rows += [f"  {t:16s}   -     not trained: {o} " + ("is the only survivor" if self.survivors == [o] else
-                 "was not the best at the cut (a twin goes on only beside the leader)")
+        rows += [f"  {t:16s}   -     not trained: {o} {self._no_twin(o)}"
                  for t, o in self.spec.get("twins", {}).items() if t not in self.survivors and o in self.candidates]
         tie, top = float(self.spec.get("tie", 0.0)), max((v for v in self.scores.values() if v is not None), default=0)
         if tie > 0 and self.n_val:
@@ -68,6 +67,16 @@ class AuditionResult:
             rows.append(f"  (scores within {tie:g} standard error(s) of their difference, {band:.3f} at the best here, "
                         "are a tie: the candidate listed first in the recipe ranks first)")
         return [head, *rows]
+
+
+    def _no_twin(self, of: str) -> str:
+        """Why the twin of candidate `of` did not go on (kit.audition.twinned)."""
+        if of not in self.survivors:
+            return "was pruned"
+        if self.survivors == [of]:
+            return "is the only survivor"
+        return (f"scored under {float(self.spec.get('within', 1.0)):g} x the best at the cut (a twin goes on only "
+                "beside a candidate close enough to go on by itself)")
 
 
 def _shape_problem(value: dict, names: list[str]) -> str | None:
