@@ -23,8 +23,9 @@ tools (`optuna.load_study`, its plots, optuna-dashboard); the decision is RUNS/<
 (both kept and read by kit.audition_record).
 
 A twin (a member with `twin_of = "CANDIDATE"`: that candidate's settings with its own over them,
-another train.seed) never trains in the rung; when its candidate survives, the twin takes the last
-other survivor's place and trains from scratch for a survivor's share of the time (twinned).
+another train.seed) never trains in the rung; when its candidate survives at least `within` x the best's
+score, the twin takes the last other survivor's place and trains from scratch for a survivor's share of
+the time (twinned).
 
 Honesty of the scores: the cut uses the validation split that the vote later calibrates on, so the
 vote's out-of-fold figure is slightly optimistic after a selection (8 candidates, 4 kept); the test
@@ -309,10 +310,10 @@ def twinned(survivors: list[str], twins: dict[str, str], scores: dict | None = N
     nor a twin; never more survivors, and none when its candidate is the only one.
     Why twins (boss's quick budget, 2026-12-06, two replicates): resnet-s with a second seed of itself voted
     as well as or better than resnet-s with transformer-s on test on all four competitions measured
-    (bench-results/cpu-twin-resnet-2026-12-06/). Why not only beside the leader (2026-12-07): in every run
+    (bench-results/cpu-twin-resnet-2026-12-06/). Why not only beside the leader (2026-12-07): in every audition run
     recorded in bench-results/ (hard, tts, many and tts-close, 8 and 30 minutes) resnet-s ended the best
     member, also in each of the six where transformer-s led the cut (by up to 0.118: at 10% of its minutes it
-    has taken 2.5-4x resnet-s's steps); tts-close, 2026-12-07: transformer-s 0.386 led resnet-s 0.330, they
+    has taken 2.4-4x resnet-s's steps); tts-close, 2026-12-07: transformer-s 0.386 led resnet-s 0.330, they
     went on together and the vote (0.679 private) fell below resnet-s alone (0.695). Why `within` (probe 44):
     resnet-s kept as one per core at 0.25 took the place of transformer-s, the leader at 0.625, with its
     twin, and the vote was two seeds of the weaker network (0.50 on test)."""
