@@ -23,8 +23,8 @@ IDENTITY = "identity.json"
 NOT_IDENTITY = ("name", "data.data_dir", "data.store_on_gpu", "data.allow_external_labels", "train.minutes",
                 "train.max_minutes", "train.stop_step", "train.cpu_threads", "train.compile", "train.log_with", "infer",
                 "data.pseudo_labels", "train.teacher", "train.init_from")
-START_OVER = ("start over with --fresh (of `kit train` or `kit recipe run`: the old run is moved aside, nothing "
-              "is deleted)")
+START_OVER = ("start over with --fresh (of `kit train`, `kit distill` or `kit recipe run`: the old run is moved "
+              "aside, nothing is deleted)")
 
 
 def _flat(values: dict, prefix: str = "") -> dict:
