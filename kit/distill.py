@@ -27,7 +27,7 @@ from kit.records import predicted_mode
 from kit.rundir import RunDir
 from kit.runs import check_start
 from kit.train import train
-from kit.written import write_summary
+from kit.written import keep_finished
 
 TEACHERS_JSON = "teachers.json"     # {teacher run dir: its test_probs.npy's SHA-256}, written by kit.rounds
 
@@ -204,10 +204,10 @@ def distill(run_dirs, out, config: str | None = None, overrides=(), minutes: flo
     log(f"distilling {len(members)} member(s) ({taught}) into {out}"
         + (f", starting from {Path(cfg.train.init_from).parent.name}" if cfg.train.init_from else ""))
     summary = train(cfg, out, resume=resume, progress=progress)
-    if done is not None and summary.get("step") == done.get("step"):   # as `kit train --resume` (probe 54 F7)
-        write_summary(out, summary := done)
-        log(f"{out}: the student had already finished at step {done.get('step')} (stopped: "
-            f"{done.get('stopped_reason')}); nothing trained, its summary.json kept, predicted again")
+    if (kept := keep_finished(out, done, summary)) is not None:      # as `kit train --resume` (probe 54 F7)
+        summary = kept
+        log(f"{out}: the student had already finished at step {kept.get('step')} (stopped: "
+            f"{kept.get('stopped_reason')}); nothing trained, its summary.json kept, predicted again")
     mode = source_mode(cfg)
     pred = predict_run(out, which="last", progress=progress, mode=mode, compare=not mode)
     return {"summary": summary, "pred": pred, "teacher": fit, "run_dir": str(out)}

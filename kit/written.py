@@ -74,6 +74,16 @@ def write_summary(run_dir: str | Path, summary: dict) -> None:
     record_written(path)
 
 
+def keep_finished(run_dir: str | Path, done: dict | None, summary: dict) -> dict | None:
+    """After a --resume of a run that had finished (`done`: its summary before; None when it had not), given
+    what training returned (`summary`): when it trained nothing (the same step), summary.json written back as
+    it was (training rewrote it, its rates as 0: probe 49 F5) and returned; else None."""
+    if done is None or summary.get("step") != done.get("step"):
+        return None
+    write_summary(run_dir, done)
+    return done
+
+
 def summary_not_written(path: Path) -> str | None:
     """Why the summary.json at `path` is not one its run's training wrote (checkpoints.json, when it records
     summaries, has no entry for it or another digest), else None; an older kit's record says nothing."""

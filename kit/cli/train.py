@@ -19,7 +19,7 @@ from kit.errors import KitError
 from kit.launch import make_launcher
 from kit.rundir import RunDir
 from kit.runs import check_not_recipes_folder, check_out, check_runs_folder, is_run_dir, move_aside, old_name
-from kit.written import write_summary
+from kit.written import keep_finished
 
 if TYPE_CHECKING:        # kit.recipe_result brings torch: `kit --help` would take seconds
     from kit.recipe_result import RecipeResult
@@ -201,9 +201,9 @@ def cmd_train(args: argparse.Namespace) -> int:
               file=sys.stderr)
     summary = train(cfg, args.out, resume=args.resume, progress=not args.no_progress and progress_wanted(),
                     budget=args.budget)
-    if done is not None and summary.get("step") == done.get("step"):   # probe 49 F5: its rates were rewritten as 0
-        write_summary(args.out, summary := done)           # recorded: probe 54, the next command refused it
-        print(f"kit: {args.out}: already finished at step {done.get('step')} (stopped: {done.get('stopped_reason')}); "
+    if (kept := keep_finished(args.out, done, summary)) is not None:
+        summary = kept
+        print(f"kit: {args.out}: already finished at step {kept.get('step')} (stopped: {kept.get('stopped_reason')}); "
               "nothing trained, its summary.json kept (--fresh starts over)", file=sys.stderr)
     # deferred: accelerate brings torch; `kit --help` imports only the parsers
     from accelerate.state import PartialState
