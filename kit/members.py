@@ -13,11 +13,11 @@ import torch
 from kit.audition_record import AUDITION_FILE, JOURNAL_FILE, AuditionResult
 from kit.config import to_dict
 from kit.errors import KitError
-from kit.identity import describe, read_identity, run_identity
+from kit.identity import config_changes, config_identity, describe, read_identity, run_identity
 from kit.layout import is_synthetic
 from kit.models import check_model
 from kit.names import is_stage_run
-from kit.recipe import BUDGETS, Recipe, member_config
+from kit.recipe import BUDGETS, Recipe, has_budget, member_config
 from kit.records import predictions_current
 from kit.runs import holds_run, lock_holder, move_aside, old_name, reuse_changes, update_infer
 from kit.train.trackers import check_installed
@@ -135,6 +135,28 @@ def default_budget(data_dir: Path, elsewhere: bool, root: Path | None = None, sk
         return "full", f"the full budget: {data_dir} is real data (--budget chooses)"
     return "quick", (f"the quick budget: {data_dir} is real data, but no GPU is here (the full budget is hours "
                      "of GPU time; --budget full chooses it)")
+
+
+# Set from the data when a member trains (identity.json has them; a recipe's member config does not yet).
+_FROM_DATA = ("model.n_mels", "model.n_classes")
+
+
+def trained_as_members(folder: str | Path, recipe: Recipe) -> list[str]:
+    """The members of `recipe` whose run dirs `folder` holds as the recipe trained them: named as the member,
+    and their identity.json's settings are the member's at the budget it records (probe 55: a copy of a
+    recipe's folder under another name, given as --runs, trained a second recipe inside it). A `kit train`
+    run that only shares a member's name has other settings and is not listed."""
+    found = []
+    for name in (member[0] for member in recipe.members):
+        run_dir = Path(folder) / name
+        budget = _trained_budget(run_dir)
+        if budget is None or not has_budget(recipe, budget):
+            continue
+        identity = read_identity(run_dir) or {}
+        wanted = {k: v for k, v in config_identity(member_config(recipe, name, budget)).items() if k not in _FROM_DATA}
+        if isinstance(identity.get("config"), dict) and not config_changes(identity["config"], wanted):
+            found.append(name)
+    return found
 
 
 def _trained_budget(run_dir: Path) -> str | None:

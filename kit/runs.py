@@ -66,18 +66,34 @@ def check_runs_folder(runs: str | Path) -> None:
                        f"above it, where each recipe has its own: --runs {path.parent}")
 
 
-def check_not_recipes_folder(runs: str | Path, recipe: str, members) -> None:
+def check_not_recipes_folder(runs: str | Path, recipe: str, members, copied=()) -> None:
     """`--runs` at recipe `recipe`'s own folder without its lock (a hand copy of its member run dirs, an
     older kit's runs): the folder is named as the recipe and holds a run dir named as one of its `members`
-    (probe 53 F2: a second recipe was trained in runs/zoo/zoo). One line, before any work."""
+    (probe 53 F2: a second recipe was trained in runs/zoo/zoo), or, under any name, holds run dirs of its
+    members trained from its settings (`copied`, kit.members.trained_as_members: probe 55, a renamed copy).
+    One line, before any work."""
     path = Path(runs)
-    if path.resolve().name != recipe:
-        return
-    held = [name for name in members if is_run_dir(path / name)]
-    if held:
-        raise KitError(f"--runs {runs}: recipe {recipe}'s own folder (it holds the run dir of its member "
-                       f"{held[0]}); --runs names the folder above it, where each recipe has its own: "
-                       f"--runs {path.parent}")
+    if path.resolve().name == recipe:
+        held = [name for name in members if is_run_dir(path / name)]
+        if held:
+            raise KitError(f"--runs {runs}: recipe {recipe}'s own folder (it holds the run dir of its member "
+                           f"{held[0]}); --runs names the folder above it, where each recipe has its own: "
+                           f"--runs {path.parent}")
+    elif copied:
+        raise KitError(f"--runs {runs}: holds the run dirs of recipe {recipe}'s member(s) {', '.join(copied)}, "
+                       f"trained from its settings (a copy of its folder under another name?); kit keeps a recipe's "
+                       f"members in RUNS/{recipe}/: to go on with these, rename the folder to {recipe} and give "
+                       f"--runs {path.parent}, or give --runs a folder without them")
+
+
+def check_resume_target(out: str | Path, log: Callable[[str], None]) -> None:
+    """`--resume` of `kit train` or `kit distill` into --out: a missing folder is refused (a typo in --out
+    trained a whole run from step 0 without a word: probe 55 for the student); an empty one, or a trainer's
+    killed before its first save, trains from step 0 and says so."""
+    if not Path(out).exists():
+        raise KitError(f"{out}: no run to resume (no such folder); leave out --resume to start one there")
+    if not is_run_dir(out):
+        log(f"{out}: nothing to resume yet (no checkpoint): training from step 0")
 
 
 def users_files(path: str | Path) -> str | None:

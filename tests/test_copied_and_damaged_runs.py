@@ -243,3 +243,32 @@ def test_a_kill_while_a_summary_is_written_leaves_one_the_record_accepts(tiny_da
                 kit.written.write_summary(run_dir, {**summary, "seconds": summary["seconds"] + 1})
         assert run.finished and run.summary_problem() is None, name       # the old summary, or the new one
     assert run.summary()["seconds"] == summary["seconds"] + 1
+
+
+def test_a_renamed_copy_of_a_recipes_folder_is_refused_by_its_members_settings(two_runs, data, tmp_path, capsys,
+                                                                               tiny_recipe):
+    """Probe 55: `cp -r runs/zoo v2/other` (its .recipe.lock left out); `kit recipe run zoo --runs v2/other`
+    trained a second zoo in v2/other/zoo beside the copied members: the check went by the folder's name only.
+    The members' own identity.json (the recipe's settings at the budget they record) tells a copy under any
+    name; a `kit train` run that only shares a member's name is no copy and is not refused."""
+    from kit.members import trained_as_members
+    from kit.recipe import load_recipe
+
+    recipe_file = tiny_recipe("mean", {"name": "sap", "model.pooling": "sap"}, budget={"quick": {"train.max_steps": 4}},
+                              after={"predict": False})
+    code, _, err = kit_cli(capsys, "recipe", "run", recipe_file, "--data", data, "--runs", tmp_path / "runs",
+                           "--no-progress")
+    assert code == 0, err
+    recipe = load_recipe(recipe_file)
+    assert trained_as_members(tmp_path / "runs" / "tiny", recipe) == ["mean", "sap"]
+    renamed = tmp_path / "v2" / "other"
+    shutil.copytree(tmp_path / "runs" / "tiny", renamed, ignore=shutil.ignore_patterns(".*"))  # its lock left out
+    before = sorted(p.name for p in renamed.iterdir())
+    code, _, err = kit_cli(capsys, "recipe", "run", recipe_file, "--data", data, "--runs", renamed, "--no-progress")
+    one_error(code, err, f"--runs {renamed}: ", "member(s) mean, sap", "rename the folder to tiny",
+              f"--runs {tmp_path / 'v2'}")
+    assert sorted(p.name for p in renamed.iterdir()) == before
+    shutil.rmtree(renamed / "sap")
+    shutil.rmtree(renamed / "mean")
+    shutil.copytree(two_runs[0], renamed / "mean")          # a `kit train` run named as a member: other settings
+    assert trained_as_members(renamed, recipe) == []

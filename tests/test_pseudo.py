@@ -18,7 +18,7 @@ from kit.pseudo import check_pseudo_labels, choose_threshold, make_pseudo_labels
 from kit.rundir import RunDir
 from kit.train import train
 
-from conftest import recipe_toml
+from conftest import kit_cli, one_error, recipe_toml
 from test_train import tiny_cfg
 
 SHORT = ["train.max_steps=40", "train.eval_every=20"]
@@ -191,6 +191,15 @@ def test_resuming_a_finished_student_trains_nothing_and_says_so(members, tmp_pat
     distill(members, student, overrides=steps, resume=True, progress=False, log=said.append)
     assert "summary.json cannot be read" in said[0] and "resumes" in said[0]
     assert not any("already finished" in line for line in said)
+
+
+def test_distill_resume_into_a_missing_folder_is_refused_as_kit_train_refuses_it(members, tmp_path, capsys):
+    """Probe 55: `kit distill ... --out st --resume` with no st trained a new student from its first step without
+    a word (a typo in --out); `kit train --resume` refuses that, and now the student's resume does too."""
+    missing = tmp_path / "st"
+    code, out, err = kit_cli(capsys, "distill", *members, "--out", missing, "--resume", "--no-progress")
+    one_error(code, err, f"{missing}: no run to resume (no such folder)", "leave out --resume")
+    assert not missing.exists() and out == ""
 
 
 ROUNDS = recipe_toml(["a", {"name": "b", "train.seed": 1}], name="tinypl",

@@ -13,7 +13,7 @@ from kit.cli import add_cache_option, cache_from, progress_wanted
 from kit.errors import KitError
 from kit.names import distinct_runs, same_dir
 from kit.records import PredictionIds
-from kit.runs import check_out, move_aside, old_name, warn_in_sample
+from kit.runs import check_out, check_resume_target, move_aside, old_name, warn_in_sample
 from kit.submission import read_answer_key, score_predictions
 
 
@@ -128,6 +128,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
     if any(same_dir(args.out, run) for run in distinct_runs(args.runs)):
         raise KitError(f"--out {args.out}: is one of the teachers; give the student a run dir of its own")
     check_out(args.out)         # a folder of the user's files: refused before teacher.npz is written into it
+    if args.resume:
+        check_resume_target(args.out, log)
     warn_in_sample(args.runs, log)
     if args.fresh and Path(args.out).exists():
         log(f"{args.out}: starting over; the old student moved to {move_aside(args.out, old_name(args.out))}")

@@ -18,7 +18,15 @@ from kit.env import check_stopped, kaggle_data_dir
 from kit.errors import KitError
 from kit.launch import make_launcher
 from kit.rundir import RunDir
-from kit.runs import check_not_recipes_folder, check_out, check_runs_folder, is_run_dir, move_aside, old_name
+from kit.runs import (
+    check_not_recipes_folder,
+    check_out,
+    check_resume_target,
+    check_runs_folder,
+    is_run_dir,
+    move_aside,
+    old_name,
+)
 from kit.written import keep_finished
 
 if TYPE_CHECKING:        # kit.recipe_result brings torch: `kit --help` would take seconds
@@ -189,10 +197,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if value is not None and not (math.isfinite(value) and value > 0):      # probe 49: 0 trained max_steps
             raise KitError(f"{flag} {value:g}: must be a positive number of minutes (leave it out for none)")
     check_out(args.out)         # before --resume reads its config.toml or --fresh moves anything
-    if args.resume and not Path(args.out).exists():     # a typo in --out trained a whole run from step 0
-        raise KitError(f"{args.out}: no run to resume (no such folder); leave out --resume to start one there")
-    if args.resume and not is_run_dir(args.out):        # empty, or a trainer killed before its first save
-        print(f"kit: {args.out}: nothing to resume yet (no checkpoint): training from step 0", file=sys.stderr)
+    if args.resume:
+        check_resume_target(args.out, lambda line: print(f"kit: {line}", file=sys.stderr))
     run = RunDir.of(args.out)
     done = run.summary() if args.resume and run.finished else None
     cfg = resolve_train_config(args)
@@ -231,6 +237,7 @@ def train_main(argv: list[str]) -> int:
 
 def cmd_recipe_run(args: argparse.Namespace) -> int:
     # deferred: brings torch; `kit --help` imports only the parsers
+    from kit.members import trained_as_members
     from kit.recipe import load_recipe, require_budget
     from kit.timeplan import LEAST_MEMBER_SECONDS
     from kit.zoo import run_recipe
@@ -246,7 +253,8 @@ def cmd_recipe_run(args: argparse.Namespace) -> int:
         raise KitError(f"--workers {args.workers}: members trained at once, at least 1")
     check_runs_folder(args.runs)
     recipe = load_recipe(args.file)
-    check_not_recipes_folder(args.runs, recipe.name, [member[0] for member in recipe.members])
+    check_not_recipes_folder(args.runs, recipe.name, [member[0] for member in recipe.members],
+                             trained_as_members(args.runs, recipe))
     if args.budget and not (args.only and args.no_ensemble):
         require_budget(recipe, args.budget)
     if args.rehearse:
