@@ -199,9 +199,11 @@ def _cut(run: RecipeRun, jobs: list, slots: list) -> AuditionResult:
         run.train_jobs(rung_jobs, slots, share=(lambda names: minutes) if minutes else None)   # None: their own
     finally:
         run.after = after
-    scores, steps, sizes = {}, {}, {}
+    scores, steps, sizes, cores = {}, {}, {}, {}
     for name in run.chosen:
         scores[name], steps[name], sizes[name] = _score(run.root / name)
+        if (had := _cores(run.root / name)) is not None:
+            cores[name] = had
     ranked = tie_ranked(run.chosen, scores, min(sizes.values(), default=0), float(spec["tie"]))
     if not ranked:
         raise KitError(f"{run.root}: no candidate of the audition was evaluated (every one diverged?); "
@@ -210,7 +212,7 @@ def _cut(run: RecipeRun, jobs: list, slots: list) -> AuditionResult:
     survivors = twinned(survivors_of(ranked, scores, keep, float(spec["within"]), max(len(slots), 1),
                                      kinds if spec["kinds"] else None), spec["twins"], scores, float(spec["within"]))
     result = AuditionResult(list(run.chosen), keep, rung, minutes, scores, steps, survivors, kinds,
-                            {k: spec[k] for k in SPEC_KEYS}, min(sizes.values(), default=0))
+                            {k: spec[k] for k in SPEC_KEYS}, min(sizes.values(), default=0), cores)
     write_json(run.root / AUDITION_FILE, asdict(result))
     record(run.root, run.recipe.name, result)
     for line in result.lines():
@@ -359,6 +361,16 @@ def tie_ranked(order: list[str], scores: dict, n: int, tie: float) -> list[str]:
 def _integer(value) -> int:
     """A JSON integer read from a summary, else 0 (absent, a bool, a float or text: damaged by hand)."""
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _cores(run_dir: Path) -> float | None:
+    """The CPU cores a candidate had in the rung (its summary's steps_per_second.cpu_cores: CPU time / wall
+    time of its loop), None on a GPU or when its summary does not say."""
+    rates = (RunDir(run_dir).summary() or {}).get("steps_per_second")
+    value = rates.get("cpu_cores") if isinstance(rates, dict) else None
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        return None
+    return float(value)
 
 
 def _score(run_dir: Path) -> tuple[float | None, int, int]:

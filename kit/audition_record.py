@@ -12,6 +12,9 @@ from kit.fsio import read_json
 from kit.rundir import RunDir
 
 AUDITION_FILE = "audition.json"
+# CPU seconds per wall second under which a candidate lost steps in the rung: each had 0.97-0.98 on a quiet
+# 2-core machine (the suite's runs, 2026-12-07), 0.68-0.70 beside a test (bench-results/cpu-views-2026-12-07/).
+RUNG_CORES = 0.85
 JOURNAL_FILE = "audition.optuna.journal"
 
 
@@ -28,6 +31,7 @@ class AuditionResult:
     kinds: dict[str, str] = field(default_factory=dict)         # the kind of network (kit.config.ENCODER_KINDS)
     spec: dict = field(default_factory=dict)     # the recipe's [audition] as the cut was taken ({}: an older kit's)
     n_val: int = 0                               # validation utterances each score was taken on (0: not said)
+    cores: dict[str, float] = field(default_factory=dict)      # CPU cores each had in the rung ({}: a GPU's)
 
     @property
     def pruned(self) -> list[str]:
@@ -66,7 +70,19 @@ class AuditionResult:
             band = tie * difference_error(top, top, self.n_val)
             rows.append(f"  (scores within {tie:g} standard error(s) of their difference, {band:.3f} at the best here, "
                         "are a tie: the candidate listed first in the recipe ranks first)")
-        return [head, *rows]
+        return [head, *rows, *self._shared()]
+
+    def _shared(self) -> list[str]:
+        """The warning when another process took CPU from some candidates in the rung: the cut then compared
+        them on fewer steps than the others had in the same minutes (session 36: a test beside the rung cost
+        10-16% of its steps and changed hard's cut, without a word)."""
+        short = {n: c for n, c in self.cores.items() if isinstance(c, (int, float)) and c < RUNG_CORES}
+        if not short:
+            return []
+        had = ", ".join(f"{n} {c:.2f}" for n, c in sorted(short.items(), key=lambda item: item[1]))
+        return [f"  lost steps in the rung: {had} of a CPU core (CPU time / wall time; each has one of its own "
+                "on a quiet machine): another process shared the machine, so the cut compared these on fewer steps "
+                "than their minutes give; re-run with --fresh on a quiet machine to audition again"]
 
 
     def _no_twin(self, of: str) -> str:
@@ -91,7 +107,7 @@ def _shape_problem(value: dict, names: list[str]) -> str | None:
                    for k in ("candidates", "survivors"))
     numbers_ok = all(isinstance(value[k], (int, float)) and not isinstance(value[k], bool)
                      for k in ("keep", "rung", "minutes"))
-    maps_ok = all(isinstance(value.get(k, {}), dict) for k in ("scores", "steps", "kinds", "spec"))
+    maps_ok = all(isinstance(value.get(k, {}), dict) for k in ("scores", "steps", "kinds", "spec", "cores"))
     if not (names_ok and numbers_ok and maps_ok):
         return "a value of the wrong type"
     twins = value.get("spec", {}).get("twins", {})

@@ -53,6 +53,10 @@ def test_the_best_candidates_at_the_cut_go_on_and_are_the_only_ones_voted(tiny_d
         rows = read_metrics(root / name / "metrics.csv")
         assert json.loads((root / name / "summary.json").read_text())["stopped_reason"] == "time"
         assert decision["scores"][name] == pytest.approx(float(rows[-1]["val_acc"]))
+        rates = json.loads((root / name / "summary.json").read_text()).get("steps_per_second", {})
+        had = rates.get("cpu_cores")                                       # the rung's, on this CPU
+        assert decision["cores"].get(name) == (None if had is None else pytest.approx(had))
+    assert decision["cores"] and set(decision["cores"]) <= set(cut.candidates)   # none where no rate was taken
     worst_kept = min(decision["scores"][n] for n in cut.survivors)
     assert all(decision["scores"][n] <= worst_kept for n in cut.pruned)
     for name in cut.survivors:          # resumed past the cut to the end of its schedule, not restarted
@@ -381,6 +385,26 @@ def test_a_tie_at_the_cut_goes_to_the_candidate_listed_first_in_the_recipe():
     assert survivors_of(tie_ranked(["b", "a"], {"a": 0.50, "b": 0.48}, 800, 1.0), {"a": 0.50, "b": 0.48},
                         keep=2, within=0.97, slots=1) == ["b"]
     assert tie_ranked(order, {**scores, "ecapa-s": None}, 800, 1.0) == ["transformer-s", "resnet-s", "conformer-s"]
+
+
+def test_the_cut_says_which_candidates_lost_steps_in_the_rung_to_another_process(tmp_path):
+    """Session 36: a test at nice 19 beside the rung cost its candidates 10-16% of their steps and changed
+    hard's cut, and the table said nothing; a candidate with well under a core of its own is named now."""
+    from kit.audition_record import RUNG_CORES
+
+    spec = {"keep": 2, "rung": 0.1, "within": 0.5, "kinds": True, "per_slot": True, "tie": 0.0, "twins": {}}
+    shared = AuditionResult(["a", "b", "c"], 2, 0.1, 6.0, {"a": 0.5, "b": 0.4, "c": 0.3}, survivors=["a", "b"],
+                            spec=spec, cores={"a": 0.97, "b": RUNG_CORES - 0.01, "c": 0.68})
+    last = shared.lines()[-1]
+    assert last.startswith("  lost steps in the rung: c 0.68, b 0.84 of a CPU core") and "--fresh" in last
+    assert " a 0.97" not in last
+    (tmp_path / "audition.json").write_text(json.dumps(shared.__dict__))
+    assert AuditionResult.read(tmp_path / "audition.json").lines() == shared.lines()   # kept with the decision
+    quiet = AuditionResult(["a", "b"], 2, 0.1, 6.0, {"a": 0.5, "b": 0.4}, survivors=["a", "b"], spec=spec,
+                           cores={"a": 0.97, "b": RUNG_CORES})
+    assert not any("lost steps" in line for line in quiet.lines())
+    older = AuditionResult(["a", "b"], 2, 0.1, 6.0, {"a": 0.5, "b": 0.4}, survivors=["a", "b"], spec=spec)
+    assert not any("lost steps" in line for line in older.lines())         # a GPU's, or an older kit's decision
 
 
 def test_survivors_sharing_the_recipe_minutes_are_at_most_one_per_slot():
