@@ -15,7 +15,7 @@ from pathlib import Path
 
 from kit.config import dump_toml, load_toml
 from kit.errors import KitError, first_line
-from kit.fsio import write_json, write_text
+from kit.fsio import read_json, write_json, write_text
 from kit.identity import IDENTITY, START_OVER, identity_changes, legacy_identity, read_identity
 from kit.layout import load_tensors
 from kit.names import old_suffix
@@ -183,8 +183,13 @@ def check_start(run_dir: str | Path, resume: bool) -> None:
         return
     if held:
         hint = "" if held == "finished" else "--resume to continue it, or "
-        article = "an" if held[0] in "aeiou" else "a"
-        raise KitError(f"{run_dir}: holds {article} {held} run; {hint}{START_OVER}, or train into another --out")
+        what = f"{'an' if held[0] in 'aeiou' else 'a'} {held} run"
+        if held == "finished":
+            try:
+                read_json(run_dir / "summary.json", "the run's summary")
+            except KitError:        # not called finished: a resume would train it on (kit.rundir.RunDir.finished)
+                what, hint = "a run whose summary.json cannot be read", "--resume to continue it, or "
+        raise KitError(f"{run_dir}: holds {what}; {hint}{START_OVER}, or train into another --out")
 
 
 def move_aside(run_dir: str | Path, dest: str | Path) -> Path:

@@ -272,3 +272,19 @@ def test_a_renamed_copy_of_a_recipes_folder_is_refused_by_its_members_settings(t
     shutil.rmtree(renamed / "mean")
     shutil.copytree(two_runs[0], renamed / "mean")          # a `kit train` run named as a member: other settings
     assert trained_as_members(renamed, recipe) == []
+
+
+def test_a_fresh_start_over_a_run_whose_summary_cannot_be_read_does_not_call_it_finished(tmp_path):
+    """Left from session 36: `kit train` into a run whose summary.json is damaged was refused as "a finished
+    run" with no --resume offered, while that run is not finished (a resume trains it on)."""
+    from kit.runs import check_start
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.pt").write_bytes(b"weights")
+    (run / "summary.json").write_text("{bad")
+    with pytest.raises(KitError, match=r"holds a run whose summary.json cannot be read; --resume to continue it, or "):
+        check_start(run, resume=False)
+    (run / "summary.json").write_text('{"step": 4, "stopped_reason": "budget"}')
+    with pytest.raises(KitError, match=r"holds a finished run; start over with --fresh"):
+        check_start(run, resume=False)
