@@ -364,10 +364,12 @@ def _integer(value) -> int:
 
 
 def _cores(run_dir: Path) -> float | None:
-    """The CPU cores a candidate had in the rung (its summary's steps_per_second.cpu_cores: CPU time / wall
-    time of its loop), None on a GPU or when its summary does not say."""
-    rates = (RunDir(run_dir).summary() or {}).get("steps_per_second")
-    value = rates.get("cpu_cores") if isinstance(rates, dict) else None
+    """The CPU cores a candidate had in the rung: its summary's session_cpu_cores (CPU time / wall time of the
+    whole session, its set-up included, as the rung's minutes are counted), else an older kit's
+    steps_per_second.cpu_cores (its loop's); None on a GPU or when its summary does not say."""
+    summary = RunDir(run_dir).summary() or {}
+    rates = summary.get("steps_per_second")
+    value = summary.get("session_cpu_cores", rates.get("cpu_cores") if isinstance(rates, dict) else None)
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
         return None
     return float(value)

@@ -51,7 +51,8 @@ class AuditionResult:
         if problem:
             raise KitError(f"{path}: not an audition decision kit can read ({problem}); re-run with --fresh to "
                            "audition again (or delete it, while no survivor has trained past the cut)")
-        return cls(**value)                         # every key is a field: _shape_problem refuses others
+        # every key is a field (_shape_problem refuses others); "cores", shown only, is read leniently
+        return cls(**{**value, "cores": _cores_read(value.get("cores"), value["candidates"])})
 
     def lines(self) -> list[str]:
         """The rung, one line per candidate, best first: what the CLI and the report print."""
@@ -107,7 +108,7 @@ def _shape_problem(value: dict, names: list[str]) -> str | None:
                    for k in ("candidates", "survivors"))
     numbers_ok = all(isinstance(value[k], (int, float)) and not isinstance(value[k], bool)
                      for k in ("keep", "rung", "minutes"))
-    maps_ok = all(isinstance(value.get(k, {}), dict) for k in ("scores", "steps", "kinds", "spec", "cores"))
+    maps_ok = all(isinstance(value.get(k, {}), dict) for k in ("scores", "steps", "kinds", "spec"))
     if not (names_ok and numbers_ok and maps_ok):
         return "a value of the wrong type"
     twins = value.get("spec", {}).get("twins", {})
@@ -116,6 +117,16 @@ def _shape_problem(value: dict, names: list[str]) -> str | None:
     if not value["survivors"] or set(value["survivors"]) - set(value["candidates"]) - set(twins):
         return "survivors that are not among its candidates"
     return None
+
+
+def _cores_read(cores, candidates: list[str]) -> dict[str, float]:
+    """The decision's "cores" as read: only it is shown, never decided on, so a damaged value is dropped (a
+    non-number, one outside 0-64 cores, a name that is no candidate) rather than refuse the decision
+    (probe 56: "cores": "abc" stopped a finished recipe, whose only way out was to audition again)."""
+    if not isinstance(cores, dict):
+        return {}
+    return {n: float(c) for n, c in cores.items() if n in candidates and isinstance(c, (int, float))
+            and not isinstance(c, bool) and math.isfinite(c) and 0 <= c <= 64}
 
 
 def _fmt(score: float | None) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kit.audition_record import AUDITION_FILE, AuditionResult
 from kit.budget import lost_time_note
 from kit.ensemble.calibration import calibrate, fit_temperature, log_probs, mean_nll
 from kit.ensemble.crossfit import DEFAULT_POOL, METHODS, auto_ensemble
@@ -126,13 +127,27 @@ def report_runs(run_dirs, ensemble_result=None, png=None, answers=None, pool: st
     matrix = disagreement_matrix(preds)
     report = {"members": rows, "ensemble": ens, "best_member_acc": best, "oracle": oracle_accuracy(preds, labels),
               "mean_disagreement": mean_disagreement(matrix), "disagreement": matrix.tolist(),
-              "n_val": int(len(labels)), "png": None}
+              "n_val": int(len(labels)), "png": None, "audition": _audition(run_dirs)}
     if png is None and ens is not None and ens.get("csv"):
         csv = Path(ens["csv"])          # NAME.csv.old-<time>: NAME.csv.old-<time>_report.png, not NAME's
         png = csv.with_name(f"{csv.stem if csv.suffix == '.csv' else csv.name}_report.png")
     if png:
         report["png"] = str(plot_report(report, png))
     return report
+
+
+def _audition(run_dirs) -> list[str] | None:
+    """The cut of the audition the members came from (its table, with any lost-steps line): from audition.json
+    in their recipe's folder, when they share one and some of them are its candidates or survivors; None else."""
+    parents = {Path(d).resolve().parent for d in run_dirs}
+    if len(parents) != 1 or not (path := parents.pop() / AUDITION_FILE).is_file():
+        return None
+    try:
+        cut = AuditionResult.read(path)
+    except KitError as e:
+        return [f"audition: not shown: {e}"]
+    names = {Path(d).resolve().name for d in run_dirs}
+    return cut.lines() if names & (set(cut.candidates) | set(cut.survivors)) else None
 
 
 def _member_row(member, name: str, labels) -> dict:
@@ -202,6 +217,7 @@ def format_report(report: dict) -> str:
             line += f" {_pct(r.get('public')):>7} {_pct(r.get('private')):>7}"
         lines.append(line)
     lines += [f"{r['member']}: {r['note']}" for r in rows if r.get("note")]
+    lines += report.get("audition") or []
     ens = report["ensemble"]
     if ens is not None:
         lines.append(f"ensemble {ens['name']}: {ens['method']}")

@@ -63,7 +63,8 @@ def check_runs_folder(runs: str | Path) -> None:
                        "is runs/)")
     if (path / RECIPE_LOCK).is_file():     # probe 52 F5: --runs runs/boss trained a second boss in runs/boss/boss
         raise KitError(f"--runs {runs}: a recipe's own folder (it holds {RECIPE_LOCK}); --runs names the folder "
-                       f"above it, where each recipe has its own: --runs {path.parent}")
+                       f"above it, where each recipe has its own, named as the recipe: --runs {path.parent} (a copy "
+                       "under another name: rename it to the recipe's name first, or its runs are not used)")
 
 
 def check_not_recipes_folder(runs: str | Path, recipe: str, members, copied=()) -> None:
@@ -92,6 +93,8 @@ def check_resume_target(out: str | Path, log: Callable[[str], None]) -> None:
     killed before its first save, trains from step 0 and says so."""
     if not Path(out).exists():
         raise KitError(f"{out}: no run to resume (no such folder); leave out --resume to start one there")
+    if not Path(out).is_dir():          # probe 56: "nothing to resume yet" was said of a file first
+        raise KitError(f"{out}: a file, not a run dir; give --out the run's folder")
     if not is_run_dir(out):
         log(f"{out}: nothing to resume yet (no checkpoint): training from step 0")
 

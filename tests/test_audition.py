@@ -14,6 +14,7 @@ import pytest
 from kit.audition import AuditionResult
 from kit.errors import KitError
 from kit.recipe import load_recipe
+from kit.report import format_report, report_runs
 from kit.timeplan import AFTER_SECONDS, CUT_SECONDS, START_SECONDS, TimePlan, audition_minutes
 from kit.train.results import read_metrics
 from kit.zoo import run_recipe
@@ -53,10 +54,9 @@ def test_the_best_candidates_at_the_cut_go_on_and_are_the_only_ones_voted(tiny_d
         rows = read_metrics(root / name / "metrics.csv")
         assert json.loads((root / name / "summary.json").read_text())["stopped_reason"] == "time"
         assert decision["scores"][name] == pytest.approx(float(rows[-1]["val_acc"]))
-        rates = json.loads((root / name / "summary.json").read_text()).get("steps_per_second", {})
-        had = rates.get("cpu_cores")                                       # the rung's, on this CPU
-        assert decision["cores"].get(name) == (None if had is None else pytest.approx(had))
-    assert decision["cores"] and set(decision["cores"]) <= set(cut.candidates)   # none where no rate was taken
+        had = json.loads((root / name / "summary.json").read_text())["session_cpu_cores"]   # its set-up included
+        assert decision["cores"][name] == pytest.approx(had) and 0 < had < 2.5
+    assert sorted(decision["cores"]) == sorted(cut.candidates)       # on a CPU each one's, probed or not
     worst_kept = min(decision["scores"][n] for n in cut.survivors)
     assert all(decision["scores"][n] <= worst_kept for n in cut.pruned)
     for name in cut.survivors:          # resumed past the cut to the end of its schedule, not restarted
@@ -64,6 +64,8 @@ def test_the_best_candidates_at_the_cut_go_on_and_are_the_only_ones_voted(tiny_d
         assert steps == sorted(steps) and steps[-1] > decision["steps"][name]
         assert json.loads((root / name / "summary.json").read_text())["stopped_reason"] == "budget"
     assert sorted(m.name for m in result.members) == sorted(cut.survivors)
+    shown = report_runs([root / n for n in cut.survivors], png=False)     # `kit report` of them shows the cut
+    assert shown["audition"] == cut.lines() and "\n".join(cut.lines()) in format_report(shown)
     assert result.ensemble is not None and sorted(
         p.rsplit("/", 1)[-1] for p in result.ensemble.members) == sorted(cut.survivors)
     # Optuna's record: one trial per candidate, kept ones complete with their score, the other pruned
@@ -405,6 +407,11 @@ def test_the_cut_says_which_candidates_lost_steps_in_the_rung_to_another_process
     assert not any("lost steps" in line for line in quiet.lines())
     older = AuditionResult(["a", "b"], 2, 0.1, 6.0, {"a": 0.5, "b": 0.4}, survivors=["a", "b"], spec=spec)
     assert not any("lost steps" in line for line in older.lines())         # a GPU's, or an older kit's decision
+    # probe 56: "cores" is only shown, so a damaged one is read as what of it makes sense, never refused
+    for damaged, kept in (("abc", {}), ([0.5], {}), (-1, {}), ({"a": -1, "zz": 0.1, "b": False, "c": 0.5}, {"c": 0.5}),
+                          ({"a": float("inf"), "b": "0.3", "c": 70}, {})):
+        (tmp_path / "audition.json").write_text(json.dumps({**shared.__dict__, "cores": damaged}))
+        assert AuditionResult.read(tmp_path / "audition.json").cores == kept
 
 
 def test_survivors_sharing_the_recipe_minutes_are_at_most_one_per_slot():

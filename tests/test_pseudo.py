@@ -200,6 +200,10 @@ def test_distill_resume_into_a_missing_folder_is_refused_as_kit_train_refuses_it
     code, out, err = kit_cli(capsys, "distill", *members, "--out", missing, "--resume", "--no-progress")
     one_error(code, err, f"{missing}: no run to resume (no such folder)", "leave out --resume")
     assert not missing.exists() and out == ""
+    missing.write_text("hi")                            # probe 56: a file was first said to have nothing to resume
+    code, out, err = kit_cli(capsys, "distill", *members, "--out", missing, "--resume", "--no-progress")
+    one_error(code, err, f"{missing}: a file, not a run dir")
+    assert missing.read_text() == "hi"
 
 
 ROUNDS = recipe_toml(["a", {"name": "b", "train.seed": 1}], name="tinypl",

@@ -4,7 +4,7 @@ fitted to), and StepTimer, a train() callback for benchmarks.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kit.budget import StepPlan
 
@@ -41,6 +41,15 @@ class Clock:
     steps_before: int = 0
     timed_from: tuple = (0.0, 0.0)          # (time, eval seconds) when the timed steps began
     cpu_began: float = 0.0                  # the process's CPU seconds when the loop began
+    cpu_at_start: float = field(default_factory=time.process_time)     # ... when the session began
+
+    def session_cores(self) -> float:
+        """The CPU cores the whole session had so far, its set-up included: the process's CPU seconds per
+        wall second since the clock began (what an audition's rung, timed from there, compares candidates
+        on; probe 56: a candidate slowed in its set-up, or stopped before its step rate was measured,
+        showed no loss in the loop's own figure)."""
+        wall = time.time() - self.began
+        return (time.process_time() - self.cpu_at_start) / wall if wall > 0 else 0.0
 
     def seconds(self) -> float:
         return self.seconds_before + time.time() - self.began

@@ -372,7 +372,8 @@ class Trainer:
                 "n_val": int(len(self.split.val)), "device": str(self.device), "processes": self.world,
                 "mixed_precision": self.accelerator.mixed_precision,
                 **({"steps_per_second": self.clock.step_rates(st.plan, st.step, self.device.type == "cpu")}
-                   if st.plan.probe_rate else {})}
+                   if st.plan.probe_rate else {}),
+                **({"session_cpu_cores": self.clock.session_cores()} if self.device.type == "cpu" else {})}
 
     def finish(self) -> dict:
         """summary.json (+ avg.pt and curves.png)."""
