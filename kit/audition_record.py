@@ -12,8 +12,9 @@ from kit.fsio import read_json
 from kit.rundir import RunDir
 
 AUDITION_FILE = "audition.json"
-# CPU seconds per wall second under which a candidate lost steps in the rung: each had 0.97-0.98 on a quiet
-# 2-core machine (the suite's runs, 2026-12-07), 0.68-0.70 beside a test (bench-results/cpu-views-2026-12-07/).
+# CPU seconds per wall second (a session's, set-up included) under which a candidate lost steps in the rung:
+# 0.975-0.981 for two side by side on a quiet 2-core machine, 0.65 beside one busy loop, 0.68-0.70 (the loop's
+# figure) beside a test (bench-results/cpu-views-2026-12-07/).
 RUNG_CORES = 0.85
 JOURNAL_FILE = "audition.optuna.journal"
 
