@@ -377,7 +377,8 @@ def _after(run: RecipeRun, result: RecipeResult) -> None:
         ens = run.ensemble(run_dirs, voted)     # no round: the same vote
     result.ensemble = VoteResult.of(ens, plan, run_dirs)
     report = report_runs(run_dirs, ensemble_result=ens)       # also draws NAME_report.png beside the CSV
-    result.report = format_report(report)     # of the vote fitted on held-out validation, before any refit
+    # of the vote fitted on held-out validation, before any refit; the cut is in the recipe's own table already
+    result.report = format_report({**report, "audition": None})
     if enabled(plan, "refit") is not None:
         run_dirs, ens = refit_stage(run, plan, [m.name for m in members], run_dirs, result)
     if enabled(plan, "distill") is not None:

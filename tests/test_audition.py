@@ -66,6 +66,7 @@ def test_the_best_candidates_at_the_cut_go_on_and_are_the_only_ones_voted(tiny_d
     assert sorted(m.name for m in result.members) == sorted(cut.survivors)
     shown = report_runs([root / n for n in cut.survivors], png=False)     # `kit report` of them shows the cut
     assert shown["audition"] == cut.lines() and "\n".join(cut.lines()) in format_report(shown)
+    assert result.report and cut.lines()[0] not in result.report     # the recipe's table prints the cut, once
     assert result.ensemble is not None and sorted(
         p.rsplit("/", 1)[-1] for p in result.ensemble.members) == sorted(cut.survivors)
     # Optuna's record: one trial per candidate, kept ones complete with their score, the other pruned
