@@ -13,9 +13,8 @@ from pathlib import Path
 
 from kit.config import from_dict, load_toml
 from kit.errors import KitError
-from kit.fsio import read_json
 from kit.records import predictions_current
-from kit.written import SUMMARY, check_own_record, summary_not_written
+from kit.written import SUMMARY, check_own_record, read_summary
 
 
 @dataclass(frozen=True)
@@ -33,7 +32,7 @@ class RunDir:
     def summary(self) -> dict | None:
         """summary.json (written when a training session ends), or None when absent or unreadable."""
         try:
-            return _summary(self.path / SUMMARY)
+            return read_summary(self.path / SUMMARY)
         except KitError:
             return None
 
@@ -45,7 +44,7 @@ class RunDir:
         if not (self.path / SUMMARY).exists():
             return None
         try:
-            _summary(self.path / SUMMARY)
+            read_summary(self.path / SUMMARY)
         except KitError as e:
             check_own_record(self.path)
             return str(e)
@@ -101,33 +100,6 @@ class RunDir:
         if self.finished:
             return "finished"
         return "checkpointed, not finished" if self.has_checkpoint else "not started"
-
-
-def _summary(path: Path) -> dict:
-    """summary.json, read and of the shape training writes: KitError when it is not a JSON object, or a field
-    kit reads is of another type (probe 51: {"stopped_reason": 5, "step": "x"} counted as finished and was
-    voted; probe 52: a text best_val_acc, or a diverged run with no step, ended a recipe in a traceback), or
-    one that every summary holds is missing (probe 52: "{}" counted as finished and was voted)."""
-    value = read_json(path, "a run's summary.json")
-    if not isinstance(value, dict):
-        raise KitError(f"{path}: not a summary kit wrote (not a JSON object)")
-    wrong = [key for key, kinds in _SUMMARY_FIELDS.items() if (key in value or key in _WRITTEN_ALWAYS) and
-             (isinstance(value.get(key), bool) or not isinstance(value.get(key), kinds))]
-    if wrong:
-        raise KitError(f"{path}: not a summary kit wrote ({', '.join(wrong)} missing or of the wrong type)")
-    odd = ([f"stopped_reason {value['stopped_reason']!r}"] if value["stopped_reason"] not in STOPPED_REASONS else []) \
-        + ([f"step {value['step']}"] if value["step"] < 0 else [])
-    if odd:         # probe 53: "interrupted" or "bogus" counted as finished, -5 steps were tabled
-        raise KitError(f"{path}: not a summary kit wrote ({', '.join(odd)})")
-    if problem := summary_not_written(path):
-        raise KitError(f"{path}: {problem}")
-    return value
-
-
-_SUMMARY_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "step": int, "params": int, "stopped_reason": str, "best_val_acc": (int, float), "seconds": (int, float)}
-_WRITTEN_ALWAYS = ("step", "stopped_reason")      # kit.train.loop.Trainer.summary writes both, since the first kit
-STOPPED_REASONS = ("budget", "early_stop", "time", "diverged")    # every reason kit.train.loop has ever written
 
 
 def warn_diverged(run_dirs, log) -> None:

@@ -15,13 +15,13 @@ from pathlib import Path
 
 from kit.config import dump_toml, load_toml
 from kit.errors import KitError, first_line
-from kit.fsio import read_json, write_json, write_text
+from kit.fsio import write_json, write_text
 from kit.identity import IDENTITY, START_OVER, identity_changes, legacy_identity, read_identity
 from kit.layout import load_tensors
 from kit.names import old_suffix
+from kit.written import RUN_FILES, SUMMARY, read_summary
 
 LOCK = ".lock"
-RUN_FILES = ("summary.json", "best.pt", "last.pt", "avg.pt")     # a dir holding any of these holds a run
 # Kit trains into a run dir (is_run_dir), a missing or empty folder, or one holding only what kit puts
 # into a run dir before its marks: hidden files (.lock, temp files), kit.workers' member.toml and
 # train.log, a student's teacher.npz (kit.pseudo.TEACHER) and teachers.json (kit.rounds), the trackers
@@ -185,14 +185,24 @@ def check_start(run_dir: str | Path, resume: bool) -> None:
                            f"they are); to train again, {START_OVER}")
         return
     if held:
-        hint = "" if held == "finished" else "--resume to continue it, or "
-        what = f"{'an' if held[0] in 'aeiou' else 'a'} {held} run"
-        if held == "finished":
-            try:
-                read_json(run_dir / "summary.json", "the run's summary")
-            except KitError:        # not called finished: a resume would train it on (kit.rundir.RunDir.finished)
-                what, hint = "a run whose summary.json cannot be read", "--resume to continue it, or "
+        what, hint = _held(run_dir, held)
         raise KitError(f"{run_dir}: holds {what}; {hint}{START_OVER}, or train into another --out")
+
+
+def _held(run_dir: Path, held: str) -> tuple[str, str]:
+    """What a fresh start over run_dir would lose, in words, and the --resume hint when a resume would train it
+    on: a run whose summary.json is damaged, or says it stopped at a session's time limit, is not finished
+    (kit.rundir.RunDir.finished; the summary read by the same rule, kit.written.read_summary)."""
+    resume = "--resume to continue it, or "
+    if held != "finished":
+        return f"an {held} run", resume
+    try:
+        summary = read_summary(run_dir / SUMMARY)
+    except KitError:
+        return "a run whose summary.json cannot be read", resume
+    if summary["stopped_reason"] == "time":
+        return "an unfinished run (it stopped at its session's time limit)", resume
+    return "a finished run", ""
 
 
 def move_aside(run_dir: str | Path, dest: str | Path) -> Path:

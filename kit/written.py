@@ -10,8 +10,8 @@ from pathlib import Path
 from kit.errors import KitError, first_line
 from kit.fsio import json_bytes, read_json, sha256_file, write_bytes, write_json
 from kit.identity import IDENTITY, START_OVER, read_identity
-from kit.runs import RUN_FILES
 
+RUN_FILES = ("summary.json", "best.pt", "last.pt", "avg.pt")     # a dir holding any of these holds a run
 WRITTEN = "checkpoints.json"     # {checkpoint file name: SHA-256} of what the run's own training wrote
 CHECKPOINT_FILES = tuple(name for name in RUN_FILES if name.endswith(".pt"))
 RUN_KEY = ".run"                # in WRITTEN: the run id (identity.json's "run") the checkpoints were written under
@@ -224,3 +224,31 @@ def _record_ways(record: Path) -> str:
     return (f"{START_OVER}; a recipe's member alone: --fresh --only {record.parent.name}; or, only if you know "
             f"its checkpoints are the run's own, delete the record and the \"run\" entry of its {IDENTITY} to skip "
             "their check")
+
+
+def read_summary(path: Path) -> dict:
+    """summary.json, read and of the shape training writes (the one rule: kit.rundir.RunDir and
+    kit.runs.check_start both read a summary through it): KitError when it is not a JSON object, or a field
+    kit reads is of another type (probe 51: {"stopped_reason": 5, "step": "x"} counted as finished and was
+    voted; probe 52: a text best_val_acc, or a diverged run with no step, ended a recipe in a traceback), or
+    one that every summary holds is missing (probe 52: "{}" counted as finished and was voted)."""
+    value = read_json(path, "a run's summary.json")
+    if not isinstance(value, dict):
+        raise KitError(f"{path}: not a summary kit wrote (not a JSON object)")
+    wrong = [key for key, kinds in _SUMMARY_FIELDS.items() if (key in value or key in _WRITTEN_ALWAYS) and
+             (isinstance(value.get(key), bool) or not isinstance(value.get(key), kinds))]
+    if wrong:
+        raise KitError(f"{path}: not a summary kit wrote ({', '.join(wrong)} missing or of the wrong type)")
+    odd = ([f"stopped_reason {value['stopped_reason']!r}"] if value["stopped_reason"] not in STOPPED_REASONS else []) \
+        + ([f"step {value['step']}"] if value["step"] < 0 else [])
+    if odd:         # probe 53: "interrupted" or "bogus" counted as finished, -5 steps were tabled
+        raise KitError(f"{path}: not a summary kit wrote ({', '.join(odd)})")
+    if problem := summary_not_written(path):
+        raise KitError(f"{path}: {problem}")
+    return value
+
+
+_SUMMARY_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "step": int, "params": int, "stopped_reason": str, "best_val_acc": (int, float), "seconds": (int, float)}
+_WRITTEN_ALWAYS = ("step", "stopped_reason")      # kit.train.loop.Trainer.summary writes both, since the first kit
+STOPPED_REASONS = ("budget", "early_stop", "time", "diverged")    # every reason kit.train.loop has ever written

@@ -288,3 +288,9 @@ def test_a_fresh_start_over_a_run_whose_summary_cannot_be_read_does_not_call_it_
     (run / "summary.json").write_text('{"step": 4, "stopped_reason": "budget"}')
     with pytest.raises(KitError, match=r"holds a finished run; start over with --fresh"):
         check_start(run, resume=False)
+    # Session 38: a run that stopped at a session's time limit (--max-hours) is not finished either (a re-run
+    # resumes it, kit.rundir.RunDir.finished): it was called "a finished run", with no --resume offered.
+    (run / "summary.json").write_text('{"step": 4, "stopped_reason": "time"}')
+    with pytest.raises(KitError, match=r"holds an unfinished run \(it stopped at its session's time limit\); "
+                                       r"--resume to continue it, or "):
+        check_start(run, resume=False)
