@@ -71,7 +71,8 @@ def check_not_recipes_folder(runs: str | Path, recipe: str, members, copied=()) 
     """`--runs` at recipe `recipe`'s own folder without its lock (a hand copy of its member run dirs, an
     older kit's runs): the folder is named as the recipe and holds a run dir named as one of its `members`
     (probe 53 F2: a second recipe was trained in runs/zoo/zoo), or, under any name, holds run dirs of its
-    members trained from its settings (`copied`, kit.members.trained_as_members: probe 55, a renamed copy).
+    members trained from its settings (`copied`, kit.members.trained_as_members: probe 55, a renamed copy), or
+    holds any run dir a recipe trained (trained_by_a_recipe: a copy made before the recipe was edited).
     One line, before any work."""
     path = Path(runs)
     if path.resolve().name == recipe:
@@ -85,6 +86,22 @@ def check_not_recipes_folder(runs: str | Path, recipe: str, members, copied=()) 
                        f"trained from its settings (a copy of its folder under another name?); kit keeps a recipe's "
                        f"members in RUNS/{recipe}/: to go on with these, rename the folder to {recipe} and give "
                        f"--runs {path.parent}, or give --runs a folder without them")
+    if trained := trained_by_a_recipe(path):     # probe 56 MED 1 / LOW 1: a copy after the recipe was edited
+        raise KitError(f"--runs {runs}: a recipe's own folder or a copy of one (it holds run dirs a recipe trained: "
+                       f"{', '.join(trained[:3])}{', ...' if len(trained) > 3 else ''}, each with the member.toml "
+                       f"kit recipe run writes); --runs names the folder above a recipe's own: to go on with these, "
+                       f"rename the folder to the recipe's name and give --runs {path.parent}, or give --runs a "
+                       "folder without them")
+
+
+def trained_by_a_recipe(folder: str | Path) -> list[str]:
+    """The folders directly in `folder` that a recipe trained as its members: kit.workers writes member.toml
+    into each before its trainer starts (and the launchers' pulled runs keep it); `kit train` never does. A
+    recipe's runs are RUNS/<recipe>/<member>, so a --runs folder holding them is a recipe's own folder."""
+    path = Path(folder)
+    if not path.is_dir():
+        return []
+    return sorted(p.name for p in path.iterdir() if p.is_dir() and (p / "member.toml").is_file())
 
 
 def check_resume_target(out: str | Path, log: Callable[[str], None]) -> None:

@@ -268,10 +268,22 @@ def test_a_renamed_copy_of_a_recipes_folder_is_refused_by_its_members_settings(t
     one_error(code, err, f"--runs {renamed}: ", "member(s) mean, sap", "rename the folder to tiny",
               f"--runs {tmp_path / 'v2'}")
     assert sorted(p.name for p in renamed.iterdir()) == before
+    # Probe 56 MED 1: the recipe edited after the copy (no member's settings match the copied runs) trained a new
+    # zoo nested in the copy; the member.toml a recipe writes into each member's folder still tells it.
+    edited = tiny_recipe("mean", {"name": "sap", "model.pooling": "sap"}, budget={"quick": {"train.max_steps": 6}},
+                         after={"predict": False}, file="edited.toml")
+    assert trained_as_members(renamed, load_recipe(edited)) == []
+    code, _, err = kit_cli(capsys, "recipe", "run", edited, "--data", data, "--runs", renamed, "--no-progress")
+    one_error(code, err, f"--runs {renamed}: a recipe's own folder or a copy of one", "mean, sap",
+              "member.toml", f"--runs {tmp_path / 'v2'}")
+    assert sorted(p.name for p in renamed.iterdir()) == before
     shutil.rmtree(renamed / "sap")
     shutil.rmtree(renamed / "mean")
     shutil.copytree(two_runs[0], renamed / "mean")          # a `kit train` run named as a member: other settings
     assert trained_as_members(renamed, recipe) == []
+    code, _, err = kit_cli(capsys, "recipe", "run", recipe_file, "--data", data, "--runs", renamed, "--no-progress")
+    assert code == 0, err                                   # no member.toml: a folder of the user's own runs
+    assert (renamed / "tiny" / "mean" / "member.toml").is_file() and not (renamed / "mean" / "member.toml").exists()
 
 
 def test_a_fresh_start_over_a_run_whose_summary_cannot_be_read_does_not_call_it_finished(tmp_path):
