@@ -78,7 +78,7 @@ class AuditionResult:
         """The warning when another process took CPU from some candidates in the rung: the cut then compared
         them on fewer steps than the others had in the same minutes (session 36: a test beside the rung cost
         10-16% of its steps and changed hard's cut, without a word)."""
-        short = {n: c for n, c in self.cores.items() if isinstance(c, (int, float)) and c < RUNG_CORES}
+        short = {n: c for n, c in self.cores.items() if c < RUNG_CORES}     # numbers only (_cores_read)
         if not short:
             return []
         had = ", ".join(f"{n} {c:.2f}" for n, c in sorted(short.items(), key=lambda item: item[1]))

@@ -126,7 +126,7 @@ def default_budget(data_dir: Path, elsewhere: bool, root: Path | None = None, sk
     where a GPU trains it (here, or a launcher's); quick on real data with no GPU here (the full
     budget is hours of GPU time: days of a CPU, its models too big for minutes)."""
     runs = [d for d in (root.iterdir() if root and root.is_dir() else []) if d.name not in skip]
-    trained = sorted({b for b in map(_trained_budget, runs) if b})
+    trained = sorted({b for b in (_trained_identity(d).get("budget") for d in runs) if b in BUDGETS})
     if len(trained) == 1:
         return trained[0], f"the {trained[0]} budget: the members in {root} trained at it (--budget chooses)"
     if is_synthetic(data_dir):
@@ -148,21 +148,19 @@ def trained_as_members(folder: str | Path, recipe: Recipe) -> list[str]:
     run that only shares a member's name has other settings and is not listed."""
     found = []
     for name in (member[0] for member in recipe.members):
-        run_dir = Path(folder) / name
-        budget = _trained_budget(run_dir)
-        if budget is None or not has_budget(recipe, budget):
+        identity = _trained_identity(Path(folder) / name)
+        budget = identity.get("budget")
+        if budget not in BUDGETS or not has_budget(recipe, budget):
             continue
-        identity = read_identity(run_dir) or {}
         wanted = {k: v for k, v in config_identity(member_config(recipe, name, budget)).items() if k not in _FROM_DATA}
         if isinstance(identity.get("config"), dict) and not config_changes(identity["config"], wanted):
             found.append(name)
     return found
 
 
-def _trained_budget(run_dir: Path) -> str | None:
-    """The budget a member's identity.json records (None: not a run, or unreadable: its checks say so)."""
+def _trained_identity(run_dir: Path) -> dict:
+    """A member's identity.json ({}: not a run, or unreadable: its checks say so)."""
     try:
-        budget = (read_identity(run_dir) or {}).get("budget") if run_dir.is_dir() else None
+        return (read_identity(run_dir) or {}) if run_dir.is_dir() else {}
     except KitError:
-        return None
-    return budget if budget in BUDGETS else None
+        return {}

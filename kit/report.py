@@ -92,14 +92,15 @@ def _voted_csv(path: Path, manifest: SubmissionManifest) -> str | None:
 
 # ---------------------------------------------------------------- the report
 def report_runs(run_dirs, ensemble_result=None, png=None, answers=None, pool: str = DEFAULT_POOL,
-                folds: int = 5) -> dict:
+                folds: int = 5, audition: bool = True) -> dict:
     """Numbers that say whether an ensemble of predicted run dirs helps.
 
     ensemble_result: the dict ensemble_runs returned, or the path of its NAME.json; None:
     the calibrated cross-fitted ensemble is computed on validation here (nothing is written).
     png: where to draw the report; None: beside the ensemble CSV (NAME_report.png) if there is
     one; False: no picture. answers: a Kaggle-style key (Id,Category,Usage) to add each
-    member's and the ensemble's public/private test accuracy.
+    member's and the ensemble's public/private test accuracy. audition: the cut the members came from
+    (_audition) in the report; False where it is printed already (`kit recipe run`'s table).
 
     Returns {"members": [{member, run_dir, mode, temperature, val_acc, val_nll, val_acc_centre,
     val_acc_full, val_acc_sliding, public, private}], "ensemble": {name, method, val_acc,
@@ -127,7 +128,7 @@ def report_runs(run_dirs, ensemble_result=None, png=None, answers=None, pool: st
     matrix = disagreement_matrix(preds)
     report = {"members": rows, "ensemble": ens, "best_member_acc": best, "oracle": oracle_accuracy(preds, labels),
               "mean_disagreement": mean_disagreement(matrix), "disagreement": matrix.tolist(),
-              "n_val": int(len(labels)), "png": None, "audition": _audition(run_dirs)}
+              "n_val": int(len(labels)), "png": None, "audition": _audition(run_dirs) if audition else None}
     if png is None and ens is not None and ens.get("csv"):
         csv = Path(ens["csv"])          # NAME.csv.old-<time>: NAME.csv.old-<time>_report.png, not NAME's
         png = csv.with_name(f"{csv.stem if csv.suffix == '.csv' else csv.name}_report.png")

@@ -376,9 +376,10 @@ def _after(run: RecipeRun, result: RecipeResult) -> None:
             log(f"ensembling the {len(run_dirs)} fine-tuned member(s) by {plan['ensemble']} vote")
         ens = run.ensemble(run_dirs, voted)     # no round: the same vote
     result.ensemble = VoteResult.of(ens, plan, run_dirs)
-    report = report_runs(run_dirs, ensemble_result=ens)       # also draws NAME_report.png beside the CSV
-    # of the vote fitted on held-out validation, before any refit; the cut is in the recipe's own table already
-    result.report = format_report({**report, "audition": None})
+    # of the vote fitted on held-out validation, before any refit; also draws NAME_report.png beside the CSV.
+    # The cut is left out: the recipe's own table prints it (kit.cli.recipe_table).
+    report = report_runs(run_dirs, ensemble_result=ens, audition=False)
+    result.report = format_report(report)
     if enabled(plan, "refit") is not None:
         run_dirs, ens = refit_stage(run, plan, [m.name for m in members], run_dirs, result)
     if enabled(plan, "distill") is not None:
