@@ -19,6 +19,7 @@ from kit.models import check_model
 from kit.names import is_stage_run
 from kit.recipe import BUDGETS, Recipe, has_budget, member_config
 from kit.records import predictions_current
+from kit.rundir import RunDir
 from kit.runs import holds_run, lock_holder, move_aside, old_name, reuse_changes, update_infer
 from kit.train.trackers import check_installed
 
@@ -65,7 +66,7 @@ def check_members(root: Path, names: list[str], recipe: Recipe, budget: str, dat
         changes = reuse_changes(run_dir, run_identity(cfg, store, budget))
         if changes:
             stale.append((run_dir, changes))
-        elif holds_run(run_dir) == "unfinished" and not (run_dir / "last.pt").is_file():
+        elif holds_run(run_dir) and not RunDir.of(run_dir).finished and not (run_dir / "last.pt").is_file():
             again = (f"move {run_dir} aside and re-run: a twin (twin_of) trains again from its first step"
                      if name in recipe.twins else f"re-run with --fresh --only {name} to train it again (the old run "
                      "is moved aside)")            # --only never names a twin (probe 43)

@@ -31,11 +31,14 @@ NAME_MAX = 255              # bytes in one file name on the usual file systems (
 
 
 def holds_run(run_dir: str | Path) -> str | None:
-    """"finished" (summary.json), "unfinished" (checkpoints, no summary) or None (nothing to lose)."""
+    """What a start over run_dir would lose: "summary" (a session of its training ended: summary.json),
+    "checkpoints" (checkpoints, no summary) or None (nothing). Whether the run is finished is
+    kit.rundir.RunDir.finished's to say (a summary that says it stopped at a time limit, or cannot be read,
+    is not), never this."""
     run_dir = Path(run_dir)
-    if (run_dir / "summary.json").is_file():
-        return "finished"
-    return "unfinished" if any((run_dir / n).is_file() for n in RUN_FILES) else None
+    if (run_dir / SUMMARY).is_file():
+        return "summary"
+    return "checkpoints" if any((run_dir / n).is_file() for n in RUN_FILES) else None
 
 
 def is_run_dir(path: str | Path) -> bool:
@@ -211,8 +214,8 @@ def _held(run_dir: Path, held: str) -> tuple[str, str]:
     on: a run whose summary.json is damaged, or says it stopped at a session's time limit, is not finished
     (kit.rundir.RunDir.finished; the summary read by the same rule, kit.written.read_summary)."""
     resume = "--resume to continue it, or "
-    if held != "finished":
-        return f"an {held} run", resume
+    if held == "checkpoints":
+        return "an unfinished run", resume
     try:
         summary = read_summary(run_dir / SUMMARY)
     except KitError:

@@ -4,6 +4,7 @@ line naming the file, never voted, printed or kept."""
 from __future__ import annotations
 
 import errno
+import json
 import shutil
 from pathlib import Path
 
@@ -306,3 +307,24 @@ def test_a_fresh_start_over_a_run_whose_summary_cannot_be_read_does_not_call_it_
     with pytest.raises(KitError, match=r"holds an unfinished run \(it stopped at its session's time limit\); "
                                        r"--resume to continue it, or "):
         check_start(run, resume=False)
+
+
+def test_a_member_whose_summary_is_not_finished_and_has_no_last_pt_is_refused_before_training(data, tmp_path, capsys,
+                                                                                             tiny_recipe):
+    """Session 38: a member whose summary.json says it stopped at a session's time limit (or cannot be read)
+    is not finished, so the recipe resumes it; with its last.pt gone it cannot. The members' check said so only
+    of a run with no summary at all (it took any summary.json for "finished"), so the recipe went on to the
+    member's trainer."""
+    recipe_file = tiny_recipe("mean", budget={"quick": {"train.max_steps": 4}}, after={"predict": False})
+    code, _, err = kit_cli(capsys, "recipe", "run", recipe_file, "--data", data, "--runs", tmp_path / "runs",
+                           "--no-progress")
+    assert code == 0, err
+    member = tmp_path / "runs" / "tiny" / "mean"
+    summary = json.loads((member / "summary.json").read_text())
+    (member / "summary.json").write_text(json.dumps({**summary, "stopped_reason": "time"}))    # by hand: not read
+    (member / "last.pt").unlink()
+    kept = sorted(p.name for p in member.iterdir())
+    code, _, err = kit_cli(capsys, "recipe", "run", recipe_file, "--data", data, "--runs", tmp_path / "runs",
+                           "--no-progress")
+    one_error(code, err, f"{member}/last.pt: missing, so member mean cannot resume (its best.pt is kept)", "--fresh")
+    assert sorted(p.name for p in member.iterdir()) == kept
