@@ -18,15 +18,8 @@ from kit.env import check_stopped, kaggle_data_dir
 from kit.errors import KitError
 from kit.launch import make_launcher
 from kit.rundir import RunDir
-from kit.runs import (
-    check_not_recipes_folder,
-    check_out,
-    check_resume_target,
-    check_runs_folder,
-    is_run_dir,
-    move_aside,
-    old_name,
-)
+from kit.runs import check_out, check_resume_target, is_run_dir, move_aside, old_name
+from kit.runs_folder import check_not_recipes_folder, check_runs_folder
 from kit.written import keep_finished
 
 if TYPE_CHECKING:        # kit.recipe_result brings torch: `kit --help` would take seconds
