@@ -71,7 +71,10 @@ def plot_scores(table, png) -> Path | None:
     scored = table[pd.to_numeric(table["public"], errors="coerce").notna()]
     if scored.empty:
         return None
-    labels = [f"{Path(f).stem}\n{t[:16]}" for f, t in zip(scored["file"], scored["time"], strict=True)]
+    several = len(scored.groupby(["competition", "target"], dropna=False)) > 1     # whose row is whose (probe 57)
+    where = [f" ({c or '-'}, {w or '-'})" if several else "" for c, w in zip(scored["competition"], scored["target"],
+                                                                          strict=True)]
+    labels = [f"{Path(f).stem}{w}\n{t[:16]}" for f, w, t in zip(scored["file"], where, scored["time"], strict=True)]
     y = range(len(scored))
     fig, ax = plt.subplots(figsize=(8, 1.0 + 0.5 * len(scored)))
     ax.barh([i - 0.2 for i in y], pd.to_numeric(scored["public"]), height=0.4, label="public")

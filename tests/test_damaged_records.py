@@ -106,6 +106,38 @@ def test_a_first_kit_scores_before_any_submission_is_no_error(tmp_path, capsys):
     one_error(*kit_cli(capsys, "scores", "--ledger", tmp_path / "folder", "--no-refresh")[::2], "not a file")
 
 
+def test_kit_scores_keeps_each_competition_and_place_sent_to_in_a_table_of_its_own(tmp_path, capsys):
+    """Probe 57: a rehearsal's scores on the stand-in were ranked with another competition's in one table, with
+    nothing to tell them apart (a stand-in's 0.9 above Kaggle's 0.7)."""
+    import csv
+
+    from kit.kaggle.ledger import LEDGER_COLUMNS
+
+    rows = [("ml2022spring-hw4", "local stand-in", "rehearsal", "0.9", "0.8"),
+            ("ml2022spring-hw4", "kaggle", "real", "0.7", "0.6"),
+            ("ml2022spring-hw4", "local stand-in", "rehearsal2", "0.5", "0.5")]
+    ledger = tmp_path / "ledger.csv"
+    with ledger.open("w", newline="") as f:
+        writer = csv.DictWriter(f, LEDGER_COLUMNS)
+        writer.writeheader()
+        for i, (competition, target, name, public, private) in enumerate(rows):
+            writer.writerow({c: "" for c in LEDGER_COLUMNS} | {
+                "time": f"2026-12-08T00:0{i}:00Z", "competition": competition, "target": target, "file": f"{name}.csv",
+                "sha256": "0" * 64, "message": name, "status": "COMPLETE", "public": public, "private": private})
+    code, out, err = kit_cli(capsys, "scores", "--ledger", ledger, "--no-refresh")
+    assert code == 0, err
+    lines = out.splitlines()
+    stand_in = lines.index("ml2022spring-hw4 (local stand-in): 2 submission(s)")
+    kaggle = lines.index("ml2022spring-hw4 (kaggle): 1 submission(s)")
+    assert stand_in < kaggle                                     # the group of the best public score first
+    assert [line.split()[-1] for line in lines[stand_in + 2:stand_in + 4]] == ["rehearsal", "rehearsal2"]
+    assert lines[kaggle + 2].split()[-1] == "real"
+    one = tmp_path / "one.csv"
+    one.write_text("\n".join(ledger.read_text().splitlines()[:2]) + "\n")    # one competition: no heading
+    code, out, _ = kit_cli(capsys, "scores", "--ledger", one, "--no-refresh")
+    assert code == 0 and out.splitlines()[0].split()[:3] == ["public", "private", "gap"]
+
+
 @pytest.mark.parametrize("text", ["1_0,1", "\uff11,2"])
 def test_weights_python_reads_but_nobody_writes_are_refused(text):
     from kit.ensemble import parse_weights

@@ -242,13 +242,7 @@ def cmd_scores(args: argparse.Namespace) -> int:
     if table.empty:
         print("no submissions in the ledger" + (f" for {args.competition}" if args.competition else ""))
         return 0
-    print(f"{'public':>8} {'private':>8} {'gap':>8}  {'status':<8} {'time':<20} {'file':<28} message")
-    digests: dict[Path, str | None] = {}
-    for _, r in table.iterrows():
-        gap = f"{r['gap']:+.5f}" if r["gap"] == r["gap"] else ""
-        print(f"{r['public'] or '-':>8} {r['private'] or '-':>8} {gap or '-':>8}  {r['status']:<8} "
-              f"{r['time']:<20} {_where_now(r, ledger, digests):<28} {_said(r)}")
-    print("gap = public - private: positive means the public leaderboard flattered that submission")
+    _print_table(table, ledger)
     try:
         png = plot_scores(table, ledger.with_name("scores.png"))
     except KitError as e:           # the table is printed: the picture is only a view of it
@@ -257,6 +251,24 @@ def cmd_scores(args: argparse.Namespace) -> int:
     if png:
         _log(f"wrote {png}")            # a log line: stdout holds the table alone (`kit scores > f`)
     return 0
+
+
+def _print_table(table, ledger: Path) -> None:
+    """The ledger's rows on stdout, best public score first: one table per competition and place they were sent
+    to, each under a line naming both, when the ledger holds several (probe 57: a rehearsal's stand-in scores
+    were ranked with another competition's in one table, with nothing to tell them apart)."""
+    groups = list(table.groupby(["competition", "target"], sort=False, dropna=False))
+    digests: dict[Path, str | None] = {}
+    for i, ((competition, sent_to), rows) in enumerate(groups):
+        if len(groups) > 1:
+            where = f"{competition or 'no competition recorded'} ({sent_to or 'sent to: not recorded'})"
+            print(("\n" if i else "") + f"{where}: {len(rows)} submission(s)")
+        print(f"{'public':>8} {'private':>8} {'gap':>8}  {'status':<8} {'time':<20} {'file':<28} message")
+        for _, r in rows.iterrows():
+            gap = f"{r['gap']:+.5f}" if r["gap"] == r["gap"] else ""
+            print(f"{r['public'] or '-':>8} {r['private'] or '-':>8} {gap or '-':>8}  {r['status']:<8} "
+                  f"{r['time']:<20} {_where_now(r, ledger, digests):<28} {_said(r)}")
+    print("gap = public - private: positive means the public leaderboard flattered that submission")
 
 
 def _once(table, ledger: Path):
