@@ -91,6 +91,21 @@ class RunDir:
         except (KitError, OSError):
             return 0.0
 
+    def not_done(self) -> str | None:
+        """Why a run with a checkpoint has not finished training, in words (probe 57: one stopped at a session's
+        time limit, or killed before its summary, was predicted, voted and submitted by hand without a word);
+        None when it has finished, holds no checkpoint, or its summary.json cannot be read (summary_problem)."""
+        if self.finished or not any((self.path / n).is_file() for n in ("last.pt", "best.pt", "avg.pt")):
+            return None
+        summary = self.summary()
+        if summary is not None:             # not finished: stopped at a session's time limit
+            total = summary.get("total_steps")
+            of = f" of {total:,}" if isinstance(total, int) and not isinstance(total, bool) else ""
+            return f"its training stopped at a session's time limit at step {summary['step']:,}{of} (summary.json)"
+        if (self.path / SUMMARY).exists():
+            return None
+        return "its training has not finished (checkpoints, no summary.json: a session still training it, or killed)"
+
     def predicted(self, which: str | None = None) -> bool:
         """Its val/test probabilities came from the checkpoint <which>.pt now on disk (kit.records)."""
         return predictions_current(self.path, which)
@@ -102,15 +117,19 @@ class RunDir:
         return "checkpointed, not finished" if self.has_checkpoint else "not started"
 
 
-def warn_diverged(run_dirs, log) -> None:
-    """One line for each of run_dirs whose training diverged (summary.json): voted by hand, its predictions
-    are of its last good checkpoint, where a recipe leaves such a member out (probe 51: said nothing); and
-    for each whose summary.json is there but not one its training wrote (probe 53: "{}" said nothing)."""
+def warn_not_done(run_dirs, log, done: str = "voted") -> None:
+    """One line for each of run_dirs that a recipe would not vote as it stands, `done` (voted, predicted,
+    reported) by hand: its training diverged (summary.json): its predictions are of its last good checkpoint, where
+    a recipe leaves such a member out (probe 51: said nothing); its summary.json is there but not one its training
+    wrote (probe 53: "{}" said nothing); or its training has not finished (RunDir.not_done; probe 57)."""
     for run_dir in run_dirs:
         run = RunDir.of(run_dir)
         if run.diverged:
-            log(f"warning: {run_dir}: its training diverged at step {run.diverged_at} (summary.json); it is voted "
+            log(f"warning: {run_dir}: its training diverged at step {run.diverged_at} (summary.json); it is {done} "
                 "from its last good checkpoint, where a recipe leaves such a member out of the vote")
         elif problem := run.summary_problem():
-            log(f"warning: {problem}; it is voted from its checkpoint as it stands, where a recipe would resume "
+            log(f"warning: {problem}; it is {done} from its checkpoint as it stands, where a recipe would resume "
                 "its training")
+        elif why := run.not_done():
+            log(f"warning: {run_dir}: {why}; it is {done} from its checkpoint as it stands, where a recipe trains it "
+                "to the end first (re-run its training with --resume)")

@@ -144,3 +144,33 @@ def test_predicting_a_run_again_keeps_the_checkpoint_it_was_predicted_from(two_r
     assert code == 0 and "last checkpoint" in err and PredictionIds.load(a).which == "last", err
     assert kit_cli(capsys, "predict", a, "--which", "best", "--no-progress")[0] == 0
     assert PredictionIds.load(a).which == "best"
+
+
+def test_a_run_whose_training_has_not_finished_is_said_wherever_it_is_used_by_hand(two_runs, tmp_path, capsys,
+                                                                                 kaggle_env, tiny_answers):
+    """Probe 57: a run stopped at a session's time limit (`--max-minutes`), or killed before its first summary, was
+    predicted, voted, reported and submitted by hand without a word (a recipe trains its members to the end)."""
+    from kit import DEFAULT_COMPETITION
+    from kit.kaggle.server import StandIn
+
+    data, a, b = two_runs
+    stopped = tmp_path / "runs" / "stopped"
+    code, _, err = kit_cli(capsys, "train", "--config", a / "config.toml", "--out", stopped, "--max-minutes", "0.0001",
+                           "--set", "train.max_steps=40", "--no-progress")      # a's data and split
+    assert code == 0 and json.loads((stopped / "summary.json").read_text())["stopped_reason"] == "time", err
+    (b / "summary.json").unlink()                               # as a kill before the session's end leaves it
+    code, _, err = kit_cli(capsys, "predict", stopped, "--no-progress")
+    assert code == 0 and f"kit: warning: {stopped}: its training stopped at a session's time limit at step " in err
+    assert "of 40 (summary.json); it is predicted from its checkpoint as it stands" in err, err
+    for command, done in ((("ensemble", a, b, stopped, "--name", "v", "--out", tmp_path / "subs"), "voted"),
+                          (("report", a, b, stopped), "reported")):
+        code, _, err = kit_cli(capsys, *command)
+        said = [line for line in err.splitlines() if "not finished" in line or "time limit" in line]
+        assert code == 0 and len(said) == 2, err                # a finished run is not named
+        assert f"{b}: its training has not finished (checkpoints, no summary.json" in said[0]
+        assert f"{stopped}: its training stopped" in said[1] and f"it is {done} from its checkpoint" in said[1]
+    with StandIn(data, tiny_answers, competition=DEFAULT_COMPETITION) as standin:
+        code, _, err = kit_cli(capsys, "submit", tmp_path / "subs" / "v.csv", "-m", "m", "--ledger",
+                               tmp_path / "subs" / "ledger.csv", "--endpoint", standin.url)
+    assert code == 0 and "v.csv votes member(s) whose training has not finished" in err, err
+    assert f"{b}: its training has not finished" in err and f"{stopped}: its training stopped" in err

@@ -136,8 +136,10 @@ def _no_nan(value):
 def cmd_predict(args: argparse.Namespace) -> int:
     # deferred: brings torch; `kit --help` imports only the parsers
     from kit.infer import predict_run
+    from kit.rundir import warn_not_done
 
     progress = not args.no_progress and progress_wanted()
+    warn_not_done(args.runs, lambda message: print(f"kit: {message}", file=sys.stderr, flush=True), "predicted")
     for n, run in enumerate(args.runs):
         r = predict_run(run, window=args.window, hop=args.hop, full=args.full, average=args.average,
                         # no --which: the one it was last predicted from, as kit's refusals advise (a recipe's: last)
@@ -165,14 +167,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_ensemble(args: argparse.Namespace) -> int:
     # deferred: brings pandas; `kit --help` imports only the parsers
     from kit.ensemble import DEFAULT_POOL, ensemble_runs, parse_weights, require_folds
-    from kit.rundir import warn_diverged
+    from kit.rundir import warn_not_done
 
     def log(message: str) -> None:
         print(f"kit: {message}", file=sys.stderr, flush=True)
 
     require_folds(args.folds)     # refused whatever the vote, as any bad argument is
     warn_in_sample(args.runs, log)
-    warn_diverged(args.runs, log)
+    warn_not_done(args.runs, log)
     r = ensemble_runs(args.runs, vote=args.vote, weights=parse_weights(args.weights), name=args.name,
                       out_dir=args.out, pool=args.pool or DEFAULT_POOL, folds=args.folds, log=log)
     width = max(len(row["member"]) for row in r["table"])
@@ -194,8 +196,13 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     # deferred: brings pandas; `kit --help` imports only the parsers
     from kit.report import format_report, report_runs
+    from kit.rundir import warn_not_done
 
-    warn_in_sample(args.runs, lambda message: print(f"kit: {message}", file=sys.stderr, flush=True))
+    def log(message: str) -> None:
+        print(f"kit: {message}", file=sys.stderr, flush=True)
+
+    warn_in_sample(args.runs, log)
+    warn_not_done(distinct_runs(args.runs), log, "reported")
     r = report_runs(distinct_runs(args.runs), ensemble_result=args.ensemble, png=args.png, answers=args.answers)
     print(json.dumps(r, indent=2) if args.json else format_report(r))
     return 0

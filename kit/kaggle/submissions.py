@@ -28,6 +28,7 @@ from kit.kaggle.ledger import (
 from kit.kaggle.notes import index_sent, sent_index
 from kit.kaggle.pending import keep_pending, merge_pending
 from kit.records import SubmissionManifest, manifest_path
+from kit.rundir import RunDir
 from kit.submission import (
     note_sending,
     note_submitted,
@@ -134,6 +135,10 @@ def _send(csv_path: Path, message, competition, data_dir, wait, ledger, endpoint
     if stale and log:                       # a CSV of one's choosing is sent as asked: said, not refused
         log(f"note: {csv_path.name}'s vote is older than its members ({'; '.join(stale)}); sent as asked "
             f"(`kit ensemble` votes them as they are now)")
+    unfinished = [f"{m}: {why}" for m in manifest.members or [] if (why := RunDir.of(m).not_done())]
+    if unfinished and log:                  # probe 57: a half-trained member was submitted without a word
+        log(f"note: {csv_path.name} votes member(s) whose training has not finished ({'; '.join(unfinished)}); "
+            "sent as asked (a recipe trains its members to the end before it votes)")
     described = tagged(message)                     # what Kaggle lists: the message and this send's id
     note_sending(csv_path, digest, ledger, when, competition, where, described)
     index_sent(sent_index(ledger), csv_path, log)   # `kit scores` finds the note wherever the CSV is
