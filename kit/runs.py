@@ -229,17 +229,9 @@ def run_lock(run_dir: str | Path, primary: bool = True) -> Iterator[None]:
         run_dir.mkdir(parents=True, exist_ok=True)
         f = open(run_dir / LOCK, "a+")
     try:
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            pid = f.read().strip() or "unknown"
+        if pid := _taken_by(f):
             raise KitError(f"{run_dir}: another trainer (pid {pid}) is working in this run dir; "
-                           "wait for it to finish or stop it") from None
-        f.seek(0)
-        f.truncate()
-        f.write(str(os.getpid()))
-        f.flush()
+                           "wait for it to finish or stop it")
         try:
             yield
         except BaseException:
@@ -250,6 +242,21 @@ def run_lock(run_dir: str | Path, primary: bool = True) -> Iterator[None]:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
     finally:
         f.close()
+
+
+def _taken_by(f) -> str | None:
+    """Take the open file f's lock (fcntl.flock, exclusive) and write this process's pid in it; when another
+    process holds it, the pid it wrote ("unknown" if none) and nothing taken."""
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        return f.read().strip() or "unknown"
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    return None
 
 
 def _remove_if_bare(run_dir: Path) -> None:
@@ -308,6 +315,26 @@ def lock_holder(run_dir: str | Path) -> str | None:
             return f.read().strip() or "unknown"
         fcntl.flock(f.fileno(), fcntl.LOCK_UN)
     return None
+
+
+@contextlib.contextmanager
+def member_claims(root: str | Path) -> Iterator[Callable[[list[str]], None]]:
+    """claim(names): RUNS/<recipe>/.<name>.claim held by this `kit recipe run` for each member it may train, until
+    the block ends. A second run of the same members is refused at once, even one started before the first one's
+    trainers took their run dirs' .lock (probe 57 F1: its trainer's refusal went into the running member's train.log
+    and was reported as "member a failed")."""
+    root = Path(root)
+    with contextlib.ExitStack() as held:
+        def claim(names: list[str]) -> None:
+            for name in names:
+                try:
+                    f = held.enter_context(open(root / f".{name}.claim", "a+"))
+                except OSError:         # a read-only runs folder: nothing trains there
+                    continue
+                if pid := _taken_by(f):
+                    raise KitError(f"{root / name}: another `kit recipe run` (pid {pid}) is training this member now; "
+                                   "wait for it to end, or stop it")
+        yield claim
 
 
 # ---------------------------------------------------------------- checkpoints

@@ -34,7 +34,7 @@ from kit.rounds import (
     stages_share,
 )
 from kit.rundir import RunDir
-from kit.runs import recipe_lock
+from kit.runs import member_claims, recipe_lock
 from kit.timeplan import Deadline, TimePlan, predict_estimates
 from kit.train import TrainingDiverged, load_config, train
 from kit.workers import member_task, run_parallel, slots_for
@@ -81,8 +81,8 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
     run.competition = competition or getattr(launcher, "competition", None)
     check_recipe_submissions(run.submissions, run.recipe.name, run.recipe.after, after, run.data_dir, run.endpoint,
                              run.log)
-    with recipe_lock(run.root, fresh) as share:          # --fresh: alone while it moves members aside
-        _start(run, fresh, only, share)
+    with recipe_lock(run.root, fresh) as share, member_claims(run.root) as claim:    # --fresh: alone while it moves
+        _start(run, fresh, only, share, claim)                                          # members aside
         jobs, skipped = run.jobs()
         if launcher is not None and jobs:      # trained elsewhere; max_hours bounds each remote job, not this call
             _train_elsewhere(run, launcher, [j[0] for j in jobs], minutes, per_member_minutes, max_hours, fresh)
@@ -114,13 +114,14 @@ def _train_elsewhere(run: RecipeRun, launcher: Launcher, names: list[str], minut
     check_members(run.root, names, run.recipe, run.budget, run.data_dir, run.store, run.log)
 
 
-def _start(run: RecipeRun, fresh: bool, only, share: Callable[[], None]) -> None:
+def _start(run: RecipeRun, fresh: bool, only, share: Callable[[], None], claim) -> None:
     """Before the members train: --fresh moves them aside (holding the recipe's lock alone, then
     sharing it), then every member is checked (kit.members.check_members)."""
     names = [*run.chosen, *(run.recipe.audition_for(run.budget)["twins"] if run.auditioning else ())]
     if fresh:           # an audition's twins with its candidates: a twin of an earlier cut is never voted again
         start_over(run.root, names, run.log, decision=not only)
         share()
+    claim(names)                        # none of them trained by another `kit recipe run` (kit.runs.member_claims)
     check_members(run.root, names, run.recipe, run.budget, run.data_dir, run.store, run.log, run.auditioning)
     if run.budget_said:                 # the full budget on real data is hours of GPU time: said, not assumed
         run.log(run.budget_said)

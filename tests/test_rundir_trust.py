@@ -131,3 +131,23 @@ def test_fresh_beside_a_recipe_that_is_training_moves_nothing(tiny_recipe, tiny_
                       f"{root / 'b'}: a trainer (pid {os.getpid()}) is working on this member now", "nothing was moved")
     after = snapshot(tmp_path / "runs")
     assert after.pop("tiny/.recipe.lock", b"") == b"" and after == before    # only the recipe's (empty) lock file
+
+
+def test_a_second_recipe_run_of_the_same_members_is_refused_before_its_trainers_start(tiny_recipe, tiny_data,
+                                                                                        tmp_path, capsys):
+    """Probe 57 F1: a second `kit recipe run` started before the first one's trainers took their .lock passed its
+    checks; its trainer's refusal went into the running member's train.log, reported as "member a failed (exit 2)"."""
+    from kit.runs import member_claims
+
+    recipe = tiny_recipe("a", "b", base={"train": {"max_steps": 4, "eval_every": 2}})
+    root = tmp_path / "runs" / "tiny"
+    root.mkdir(parents=True)
+    with member_claims(root) as claim:          # the first run, its workers not yet started
+        claim(["a", "b"])
+        one_error(*kit_cli(capsys, "recipe", "run", recipe, "--data", tiny_data, "--runs", tmp_path / "runs",
+                           "--no-progress")[::2],
+                  f"{root / 'a'}: another `kit recipe run` (pid {os.getpid()}) is training this member now")
+        assert not (root / "a").exists() and not (root / "b").exists()        # no member.toml, no train.log
+    code, _, err = kit_cli(capsys, "recipe", "run", recipe, "--data", tiny_data, "--runs", tmp_path / "runs",
+                           "--no-progress")
+    assert code == 0 and (root / "a" / "summary.json").is_file(), err       # the first run gone: trained

@@ -114,3 +114,20 @@ def test_a_refused_distill_leaves_no_empty_out_folder(tmp_path, capsys, flag, va
     err = capsys.readouterr().err
     assert code == 2 and f"kit: error: {flag} {float(value):g}: must be" in err, err
     assert not (tmp_path / "st0").exists() and len(err.splitlines()) == 1
+
+
+def test_kit_train_says_it_stopped_at_the_time_limit_and_where_it_resumes_from(tiny_data, tmp_path, capsys):
+    """Probe 57 F4: `kit train --max-minutes` stopping at the session's limit printed nothing but its summary, and a
+    run resumed said nothing of the step it went on from (a recipe's member looked started over in its train.log)."""
+    run = tmp_path / "r"
+    code = main(["train", "--data", str(tiny_data), "--out", str(run), "--max-minutes", "0.0001", "--set",
+                 "train.max_steps=30", "--no-progress"])
+    err = capsys.readouterr().err
+    step = json.loads((run / "summary.json").read_text())["step"]
+    assert code == 0 and f"kit: {run}: stopped at this session's time limit (--max-minutes 0.0001) at step {step} " \
+                         f"of 30; `kit train --out {run} --resume` continues it" in err, err
+    assert "resuming" not in err
+    code = main(["train", "--out", str(run), "--resume", "--max-minutes", "30", "--no-progress"])   # a new session
+    err = capsys.readouterr().err
+    assert code == 0 and f"kit: {run}: resuming from step {step} of 30" in err, err
+    assert "time limit" not in err and json.loads((run / "summary.json").read_text())["step"] == 30

@@ -199,7 +199,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"kit: {args.out}: starting over; the old run moved to {move_aside(args.out, old_name(args.out))}",
               file=sys.stderr)
     summary = train(cfg, args.out, resume=args.resume, progress=not args.no_progress and progress_wanted(),
-                    budget=args.budget)
+                    budget=args.budget, callbacks=[_SaysResuming(args.out)])
     if (kept := keep_finished(args.out, done, summary)) is not None:
         summary = kept
         print(f"kit: {args.out}: already finished at step {kept.get('step')} (stopped: {kept.get('stopped_reason')}); "
@@ -212,7 +212,30 @@ def cmd_train(args: argparse.Namespace) -> int:
         note = lost_time_note(summary, cfg.train.minutes)
         if note:
             print(f"kit: warning: {note}", file=sys.stderr)
+        if kept is None and RunDir.of(args.out).stopped_at_time_limit:     # probe 57 F4: it said nothing
+            print(f"kit: {args.out}: stopped at this session's time limit (--max-minutes {cfg.train.max_minutes:g}) at "
+                  f"step {summary['step']:,} of {summary['total_steps']:,}; {_continues(args.out)}", file=sys.stderr)
     return 0
+
+
+def _continues(out: Path) -> str:
+    """How a run stopped at a session's time limit goes on: a recipe's member (its member.toml) with the recipe."""
+    if (Path(out) / "member.toml").is_file():
+        return "`kit recipe run ... --resume` continues it with the rest of its recipe"
+    return f"`kit train --out {out} --resume` continues it"
+
+
+class _SaysResuming:
+    """A train() callback: `kit train --resume` (and a recipe's member, whose train.log this is) says the step it
+    goes on from (probe 57 F4: a resumed member looked like one started over)."""
+
+    def __init__(self, out: Path):
+        self.out = out
+
+    def on_train_begin(self, trainer) -> None:
+        st = trainer.state
+        if trainer.main and st.step > 0:
+            print(f"kit: {self.out}: resuming from step {st.step:,} of {st.plan.total:,}", file=sys.stderr, flush=True)
 
 
 def train_main(argv: list[str]) -> int:
