@@ -29,6 +29,17 @@ NEW_PROCESS_GROUP: dict[str, Any] = ({"process_group": 0} if sys.version_info >=
 _noted: set[str] = set()
 
 
+def python_module(module: str) -> list[str]:
+    """The command that runs `python -m module` with this interpreter, the current folder left off its
+    import path: a folder named `kit` there (a clone of kit, seen from its parent; a Kaggle notebook's
+    working folder) was imported in place of the installed package, and every recipe member failed with an
+    ImportError (probe 58 F1). `-P` is Python 3.11's; on 3.10 the same is done before runpy starts it."""
+    if sys.version_info >= (3, 11):
+        return [sys.executable, "-P", "-m", module]
+    return [sys.executable, "-c", "import runpy, sys; del sys.path[0]; "
+            f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)"]
+
+
 def writable(path: str | os.PathLike) -> bool:
     """Can files be created in path (or, when it does not exist yet, in its nearest parent)?"""
     path = Path(path)

@@ -7,7 +7,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,7 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from kit.config import dump_toml, to_dict
-from kit.env import NEW_PROCESS_GROUP, die_with_parent, exit_on_signals
+from kit.env import NEW_PROCESS_GROUP, die_with_parent, exit_on_signals, python_module
 from kit.errors import KitError
 from kit.fsio import write_text
 from kit.infer import source_mode
@@ -45,11 +44,11 @@ def member_task(job, on_cpu: bool, predict: bool, which: str,
         cfg.train.cpu_threads = 1           # one core each; more threads only fight each other
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / "member.toml", dump_toml(to_dict(cfg)))
-    cmds = [[sys.executable, "-m", "kit.train", "--out", str(run_dir), "--config", str(run_dir / "member.toml"),
+    cmds = [[*python_module("kit.train"), "--out", str(run_dir), "--config", str(run_dir / "member.toml"),
              "--no-progress"] + (["--resume"] if resume else []) + (["--budget", budget] if budget else [])]
     if predict:
         mode = source_mode(cfg)
-        cmds.append([sys.executable, "-m", "kit", "predict", str(run_dir), "--which", which]
+        cmds.append([*python_module("kit"), "predict", str(run_dir), "--which", which]
                     + (["--mode", mode, "--no-compare"] if mode else []))
     return name, run_dir, cmds
 

@@ -100,3 +100,16 @@ def test_a_name_that_is_not_utf8_is_shown_by_its_bytes(tmp_path):
 
     error = UnicodeEncodeError("ascii", "r\udce9\u2713", 1, 3, "not ascii")
     assert _as_bytes(error) == ("\\xe9\\u2713", 3)
+
+
+@pytest.mark.parametrize("module", ["kit.train", "kit"])      # the recipe's workers (kit.kaggle's, the bench's alike)
+def test_the_processes_kit_starts_import_kit_not_a_kit_folder_where_they_start(tmp_path, module):
+    """Probe 58 F1: a folder named `kit` in the current folder (a clone seen from its parent, a notebook's
+    working folder) was imported by `python -m kit.train` in place of kit, and every recipe member failed."""
+    from kit.env import python_module
+
+    (tmp_path / "kit").mkdir()
+    (tmp_path / "kit" / "train").mkdir()
+    done = subprocess.run([*python_module(module), "--help"], cwd=tmp_path, capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=120)
+    assert done.returncode == 0 and done.stdout.startswith("usage: "), done.stderr

@@ -54,8 +54,9 @@ def test_divergence_after_good_steps_keeps_the_last_good_checkpoint(tiny_data, t
                   ("data", {"data": {"data_dir": str(tiny_data)}}))
     train(cfg, run, progress=False, stop_after=5)               # 5 good steps: last.pt and best.pt at step 5
     code = main(["train", "--out", str(run), "--resume", "--set", DIVERGES, "--no-progress"])
-    one_error(code, capsys.readouterr().err, "training diverged at step 10",
-              "the last good checkpoint (step 5) is kept")
+    said, err = f"kit: {run}: resuming from step 5 of 10\n", capsys.readouterr().err
+    assert err.startswith(said), err                            # the step it went on from, then the one error
+    one_error(code, err[len(said):], "training diverged at step 10", "the last good checkpoint (step 5) is kept")
     summary = json.loads((run / "summary.json").read_text())
     assert (summary["stopped_reason"], summary["step"], summary["checkpoint_step"]) == ("diverged", 10, 5)
     assert torch.load(run / "last.pt", weights_only=True)["step"] == 5
@@ -84,6 +85,7 @@ def _recipe(tiny_recipe, *members: str):
 def test_a_recipe_votes_without_its_diverged_member_and_says_so(tiny_recipe, tiny_data, tmp_path, capsys,
                                                                 monkeypatch, workers):
     monkeypatch.chdir(tmp_path)                  # the CSV lands in the test's own submissions/
+    (tmp_path / "kit").mkdir()                   # probe 58 F1: a `kit` folder here was imported by every worker
     recipe, runs = _recipe(tiny_recipe, "good", "bad"), tmp_path / "runs"
     code = main(["recipe", "run", str(recipe), "--data", str(tiny_data), "--runs", str(runs), "--workers",
                  str(workers), "--no-progress"])

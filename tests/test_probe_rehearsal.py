@@ -99,7 +99,7 @@ def test_a_ledger_saved_by_a_spreadsheet_with_a_byte_order_mark_is_read(tmp_path
 def test_hand_edited_statuses_and_scores_in_the_ledger(tmp_path, tiny_answers, tiny_data):
     ledger = _ledger(tmp_path, tiny_answers, tiny_data, status=" pending", public="", private="")
     assert list(read_ledger(ledger)["status"]) == ["PENDING"]          # still refreshed by `kit scores`
-    for bad in ("abc", "1.5"):
+    for bad in ("abc", "1.5", "\uff11"):                 # probe 58 F2: a full-width 1 passed float()
         ledger = _ledger(tmp_path / bad, tiny_answers, tiny_data, public=bad)
         with pytest.raises(KitError, match=f"row 1 has public score '{bad}', which is not a number from 0 to 1"):
             read_ledger(ledger)

@@ -9,7 +9,6 @@ import copy
 import json
 import resource
 import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +23,7 @@ from kit.bench.common import course_model, cycle, fixed_budget, row, strong_conf
 from kit.config import RunConfig
 from kit.course import course_loader
 from kit.data import FeatureStore
+from kit.env import python_module
 from kit.errors import KitError
 from kit.models import build_model, count_params
 from kit.train import StepTimer, resolve_precision, train
@@ -190,7 +190,7 @@ def bench_training(data_dir, store, cfg, steps: int, workers: int = 0, compile_t
 # ---------------------------------------------------------------- many members, long runs
 def _child(*args) -> dict:
     """Run `python -m kit.bench.child ARGS` and return the json it prints last."""
-    out = subprocess.run([sys.executable, "-m", "kit.bench.child", *map(str, args)], capture_output=True,
+    out = subprocess.run([*python_module("kit.bench.child"), *map(str, args)], capture_output=True,
                          text=True, check=False)
     if out.returncode != 0:
         raise KitError(f"benchmark subprocess {args[0]} failed: "

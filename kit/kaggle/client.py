@@ -10,13 +10,12 @@ import math
 import os
 import re
 import subprocess
-import sys
 import tempfile
 import threading
 import urllib.parse
 from secrets import token_hex
 
-from kit.env import check_stopped, die_with_parent
+from kit.env import check_stopped, die_with_parent, python_module
 from kit.errors import KitError
 from kit.kaggle.credentials import scrub, secrets
 
@@ -197,7 +196,7 @@ def call(op: str, params: dict, endpoint: str | None = None, env: dict | None = 
     hidden = secrets(wenv)
     log = log or (lambda line: None)
     with tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "kit.kaggle.worker"], stdin=subprocess.PIPE,
+        proc = subprocess.Popen(python_module("kit.kaggle.worker"), stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=err, text=True, env=wenv,
                                 preexec_fn=die_with_parent())     # killed with us: no unrecorded submission
         assert proc.stdin is not None and proc.stdout is not None     # both PIPE

@@ -73,6 +73,10 @@ def read_ledger(path: str | os.PathLike, restore: str | None = None):
 
 
 def _is_score(text: str) -> bool:
+    """A number from 0 to 1 in ASCII (probe 58 F2: float() read full-width digits, which the table and the
+    picture then took for no score)."""
+    if not text.isascii():
+        return False
     try:
         return 0.0 <= float(text) <= 1.0
     except ValueError:

@@ -110,7 +110,8 @@ def main(settings: dict, source_b64: str) -> int:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(src), os.environ.get("PYTHONPATH")])),
                KIT_CACHE=str(scratch / "kit-cache"),    # the packed store stays out of the kernel's output
                KIT_PROGRESS="0")
-    command = [sys.executable, "-m", "kit", *settings["args"]]
+    # -P (3.11+): a `kit` folder in the working folder is never imported in place of the source (probe 58 F1)
+    command = [sys.executable, *(["-P"] if sys.version_info >= (3, 11) else []), "-m", "kit", *settings["args"]]
     command[command.index("@RECIPE")] = str(src / settings["recipe_file"])
     command[command.index("@RUNS")] = str(working / "runs")
     print(f"kit kernel {settings['slug']}: {' '.join(command[1:])}", flush=True)
