@@ -277,7 +277,7 @@ def test_a_damaged_split_is_refused_as_such_and_a_damaged_cached_one_made_again(
     assert json.loads(cached.read_text())["val"] == [store.paths[i] for i in first.val]
 
 
-@pytest.mark.parametrize("damage", ["drop 5 from train", "3 in both"])
+@pytest.mark.parametrize("damage", ["drop 5 from train", "3 in both", "one swapped"])
 def test_a_split_that_does_not_partition_the_training_utterances_is_refused_and_a_cached_one_made_again(
         tiny_data, tmp_path, damage):
     store = FeatureStore.open(tiny_data, dtype="float32", cache_dir=tmp_path, progress=False)
@@ -286,13 +286,17 @@ def test_a_split_that_does_not_partition_the_training_utterances_is_refused_and_
     raw = json.loads(cached.read_text())
     if damage == "drop 5 from train":
         raw["train"] = raw["train"][5:]          # five utterances that would never train
-    else:
+    elif damage == "3 in both":
         raw["val"] = raw["val"] + raw["train"][:3]
+    else:       # probe 58 F3: still a partition, so it was used, and two runs of one seed validated on two splits
+        raw["train"][0], raw["val"][0] = raw["val"][0], raw["train"][0]
     cached.write_text(json.dumps(raw))
-    with pytest.raises(kit.data.KitError, match=f"{cached.name}: not a split of .* training utterances"):
-        load_split(cached, store)
+    if damage != "one swapped":
+        with pytest.raises(kit.data.KitError, match=f"{cached.name}: not a split of .* training utterances"):
+            load_split(cached, store)
     again = split_for(store, 0.25, seed=4)
     assert np.array_equal(again.val, first.val) and np.array_equal(again.train, first.train)
+    assert json.loads(cached.read_text())["val"] == [store.paths[i] for i in first.val]     # the cache mended
 
 
 def test_bfloat16_feature_files_are_read_as_float32(data, tmp_path):
