@@ -176,6 +176,12 @@ def _typed(text: str) -> Any:
         return text
 
 
+def _at(where: str, key: str) -> str:
+    """Where a key is: a layer's name and the key joined by a dot (member m.model), a file's by ': ' (probe 58
+    F6: t5/config.toml.model.d_model)."""
+    return f"{where}: {key}" if where.endswith((".toml", ".json")) else f"{where}.{key}"
+
+
 def _fill(cls: type, values: dict, where: str):
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(known))
@@ -187,10 +193,10 @@ def _fill(cls: type, values: dict, where: str):
         factory = f.default_factory
         if isinstance(factory, type) and dataclasses.is_dataclass(factory):
             if not isinstance(value, dict):
-                raise KitError(f"{where}.{name}: expected a table")
-            kwargs[name] = _fill(factory, value, f"{where}.{name}")
+                raise KitError(f"{_at(where, name)}: expected a table")
+            kwargs[name] = _fill(factory, value, _at(where, name))
         else:
-            kwargs[name] = _coerce(value, type(f.default), f"{where}.{name}")
+            kwargs[name] = _coerce(value, type(f.default), _at(where, name))
     return cls(**kwargs)
 
 

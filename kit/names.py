@@ -64,6 +64,8 @@ def _not_plain(name) -> str | None:
         return "'.' and '..' are folders"
     if name.startswith("."):
         return "no leading '.': kit keeps its hidden files under such names"
+    if name.startswith("-"):        # probe 58 F6: `--name -` wrote -.csv, which `kit submit -.csv` read as an option
+        return "no leading '-': a command would read the file's name as an option"
     if any(ord(c) < 32 or ord(c) == 127 for c in name):
         return "no control characters"
     if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
@@ -143,10 +145,15 @@ def _identity(path) -> tuple:
 _COMPETITION = re.compile(r"[a-z0-9][a-z0-9-]{0,99}")
 
 
+def valid_competition(name: str) -> bool:
+    """name can be a Kaggle competition's URL name: lower-case letters, digits and hyphens."""
+    return bool(_COMPETITION.fullmatch(name))
+
+
 def check_competition(name: str | None) -> None:
     """A --competition that cannot be a Kaggle competition's URL name (lower-case letters, digits and hyphens, as
     in ml2022spring-hw4) is refused before anything trains or is sent: a rehearsal's stand-in would
     take it, and real Kaggle would refuse it only at the end."""
-    if name is not None and not _COMPETITION.fullmatch(name):
+    if name is not None and not valid_competition(name):
         raise KitError(f"--competition {name!r}: a Kaggle competition's name is lower-case letters, digits "
                        "and hyphens, as in the address kaggle.com/competitions/ml2022spring-hw4")

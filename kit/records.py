@@ -170,11 +170,11 @@ def refuse_while_training(run_dir, then: str) -> None:
 
 # ---------------------------------------------------------------- a submission: NAME.json
 AUTO_KEYS = ("method", "pool", "folds", "temperatures", "oof_acc", "candidates",   # only for a chosen ensemble
-             "trained_on",                                                        # only with pseudo-labels/teachers
-             "fitted_on")                                                         # only for a refit's vote
+             "trained_on", "fitted_on")     # only with pseudo-labels/teachers; only for a refit's vote
 
 
-_MANIFEST_TEXT = ("name", "vote", "weights_mode", "method", "pool", "csv", "csv_sha256", "data_dir", "created")
+_MANIFEST_TEXT = ("name", "vote", "weights_mode", "method", "pool", "csv", "csv_sha256", "data_dir", "created",
+                  "competition")
 MANIFEST_CORE = ("vote", "members", "csv")        # in every manifest `kit ensemble` has written
 
 

@@ -168,6 +168,21 @@ def answers_path(out_dir: str | os.PathLike) -> Path:
     return out_dir.parent / f"{out_dir.name}{ANSWERS_SUFFIX}"
 
 
+def _check_answers(key: Path) -> None:
+    """Nothing is at the answer key's path, or an answer key kit data synth wrote there (its header): a file of
+    the user's there was written over without a word (probe 58 F4)."""
+    if not key.is_file():
+        return
+    try:
+        with open(key, newline="", encoding="utf-8") as f:
+            header = f.readline().strip()
+    except (OSError, UnicodeDecodeError):
+        header = ""
+    if header != "Id,Category,Usage":
+        raise KitError(f"{key}: exists and is not an answer key kit data synth wrote (the answer key of --out goes "
+                       "there, beside it); move it, or choose another --out")
+
+
 def data_dir_of(answers: str | os.PathLike) -> Path | None:
     """The data dir an answer key named as answers_path names it belongs to (None: another name)."""
     answers = Path(answers)
@@ -198,6 +213,7 @@ def generate(out_dir: str | os.PathLike, preset: str = "tiny", seed: int = 0, fo
         progress = progress_visible()
     out_dir = Path(out_dir).resolve()
     _check_target(out_dir, force)
+    _check_answers(answers_path(out_dir))
     _check_no_other_writer(out_dir)
     plan = _plan(cfg, seed)
     with atomic_dir(out_dir, "synthetic data") as tmp:
@@ -209,6 +225,7 @@ def generate(out_dir: str | os.PathLike, preset: str = "tiny", seed: int = 0, fo
         _write_layout(tmp, plan, lens)
         _check_target(out_dir, force)   # another synth finished there meanwhile: kept, unless --force
         key = answers_path(out_dir)
+        _check_answers(key)
         test = range(plan["n_train"], len(items))
         write_csv(key, pd.DataFrame({
             "Id": [plan["names"][i] for i in test],

@@ -26,6 +26,8 @@ def test_no_layers_is_the_defaults():
      "recipe.toml: [base].train.lr: expected a number"),
     ((("base", {}), ("--set", {"train": {"batch_size": 0}})), "--set: train.batch_size = 0: must be > 0"),
     ((("base", {}), ("member m", {"model": {"d_modle": 3}})), "member m.model: unknown key(s) d_modle"),
+    ((("t5/config.toml", {"model": {"d_model": "abc"}}),),        # probe 58 F6: t5/config.toml.model.d_model
+     "t5/config.toml: model.d_model: expected a number, got the text 'abc'"),
 ])
 def test_an_error_names_the_layer_that_holds_it(layers, message):
     with pytest.raises(KitError) as e:

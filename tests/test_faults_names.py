@@ -25,7 +25,8 @@ def files_under(root: Path) -> list[str]:
 @pytest.mark.parametrize("name, why", [
     ("../../x", "no '/'"), ("a/b", "no '/'"), ("a\\b", "no '/' or '\\'"), ("..", "'.' and '..'"),
     (".", "'.' and '..'"), (".hidden", "no leading '.'"), ("", "empty"), ("a\x00b", "control"),
-    ("a\nb", "control"), ("x" * 201, "at most 200 bytes"), (3, "not text")])
+    ("a\nb", "control"), ("x" * 201, "at most 200 bytes"), (3, "not text"), ("-", "no leading '-'"),
+    ("-v", "no leading '-'")])
 def test_a_name_with_a_folder_in_it_is_refused(name, why):
     with pytest.raises(KitError, match="recipe name .* is not a plain file name") as e:
         check_name(name, "recipe")

@@ -64,13 +64,26 @@ def test_a_manifest_naming_a_data_dir_that_is_gone_is_named(kaggle_env, sub, mon
 
 
 
-@pytest.mark.parametrize("field, value", [("csv_sha256", 5), ("data_dir", 5), ("members", "abc"), ("members", [1])])
+@pytest.mark.parametrize("field, value", [("csv_sha256", 5), ("data_dir", 5), ("members", "abc"), ("members", [1]),
+                                          ("competition", 5)])     # probe 58 F5: a TypeError and a FAILED row
 def test_a_manifest_field_of_the_wrong_type_is_one_line(kaggle_env, sub, monkeypatch, capsys, field, value):
     manifest = sub.with_suffix(".json")
     manifest.write_text(json.dumps({**json.loads(manifest.read_text()), field: value}))
     never_sent(monkeypatch)
     one_error(*kit(capsys, "submit", sub, "-m", "x")[::2], f"{manifest}: not a submission manifest kit wrote",
               f"{field}: wrong type")
+
+
+def test_a_manifest_naming_no_kaggle_competition_sends_nothing(kaggle_env, sub, monkeypatch, capsys):
+    """Probe 58 F5: a manifest's competition "Bad Name" was sent (HTTP 404) and recorded as a FAILED submission,
+    where --competition "Bad Name" is refused before anything runs."""
+    manifest = sub.with_suffix(".json")
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "competition": "Bad Name"}))
+    never_sent(monkeypatch)
+    one_error(*kit(capsys, "submit", sub, "-m", "x", "--endpoint", "http://127.0.0.1:9")[::2],
+              f"{sub}: voted for competition 'Bad Name'",
+              "no Kaggle competition's name", "nothing was sent", "--competition")
+    assert not (sub.parent / "ledger.csv").exists() and not list(sub.parent.glob("*ledger*"))
 
 
 @pytest.mark.parametrize("ref", ["abc", "1001.0"])

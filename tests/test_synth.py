@@ -251,3 +251,21 @@ def test_a_synth_never_replaces_the_data_another_synth_writes_there(tmp_path, mo
     assert sorted(p.name for p in out.iterdir()) == [synth.MARKER, "metadata.json"]
     assert "the other" in (out / "metadata.json").read_text()
     assert not synth.answers_path(out).exists()                  # no answer key written over the other's
+
+
+def test_a_file_of_the_users_where_the_answer_key_goes_is_never_written_over(tiny_data, tmp_path, capsys):
+    """Probe 58 F4: `kit data synth --out data/e5` wrote its answer key over a data/e5_answers.csv of the user's,
+    without --force and without a word; an answer key an earlier synth wrote there is still replaced."""
+    from kit.cli import main
+
+    out = tmp_path / "e5"
+    key = synth.answers_path(out)
+    key.write_text("precious,user,file\n")
+    assert main(["data", "synth", "--out", str(out), "--preset", "tiny"]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line == f"kit: error: {key}: exists and is not an answer key kit data synth wrote (the answer key of " \
+                   "--out goes there, beside it); move it, or choose another --out"
+    assert key.read_text() == "precious,user,file\n" and not out.exists()
+    key.write_bytes((tiny_data.parent / "tiny_answers.csv").read_bytes())       # an earlier synth's key, its dir gone
+    assert main(["data", "synth", "--out", str(out), "--preset", "tiny", "--seed", "3"]) == 0
+    assert key.read_bytes() != (tiny_data.parent / "tiny_answers.csv").read_bytes()

@@ -27,6 +27,7 @@ from kit.kaggle.refresh import owed_scores, settle_cut_offs
 from kit.kaggle.rehearsal import not_listening
 from kit.kaggle.submissions import AlreadyMade, await_score
 from kit.layout import data_competition, is_synthetic
+from kit.names import valid_competition
 from kit.records import SubmissionManifest
 
 _log = log_line
@@ -71,6 +72,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if args.competition and made_for and args.competition != made_for:
         _log(f"note: {args.csv} was voted on data of {made_for}; sending it to {args.competition}, as "
              "--competition says")
+    if made_for and not args.competition and not valid_competition(made_for):    # probe 58 F5: sent, then FAILED
+        raise KitError(f"{args.csv}: voted for competition {made_for!r} (its manifest or data dir says so), which is "
+                       "no Kaggle competition's name (lower-case letters, digits and hyphens); nothing was sent: "
+                       "fix it there, or pass --competition")
     args.competition = args.competition or made_for or DEFAULT_COMPETITION
     try:
         with contextlib.ExitStack() as sending:     # another kit submit waits, then sees this one's row (and note)
