@@ -63,8 +63,8 @@ def test_an_unknown_option_shows_the_usage_of_the_command_given(capsys):
 def test_an_empty_value_is_one_line_and_nothing_runs(argv, named, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(argv) == 2
-    assert capsys.readouterr().err.splitlines() == [
-        f"kit: error: {named} '': an empty value (a path '' would mean the current folder)"]
+    why = "a member's name, not ''" if named == "--only" else "a path '' would mean the current folder"
+    assert capsys.readouterr().err.splitlines() == [f"kit: error: {named} '': an empty value ({why})"]
     assert list(tmp_path.iterdir()) == []
 
 

@@ -47,13 +47,17 @@ def test_report_draws_over_its_own_picture(tmp_path, runs):
     assert png.read_bytes().startswith(b"\x89PNG")
 
 
-@pytest.mark.parametrize("mark", ["summary.json", "metadata.json", "config.toml"])
+@pytest.mark.parametrize("mark", ["summary.json", "metadata.json", "config.toml", ".recipe.lock", ".kit-cache"])
 def test_a_vote_is_never_written_into_a_run_dir_or_a_data_dir(tmp_path, runs, mark):
+    """Probe 58 F6: a recipe's folder (its .recipe.lock) and the packed store's cache were taken as --out."""
     folder = tmp_path / "somewhere"
-    folder.mkdir()
-    (folder / mark).write_text("{}")
+    if mark == ".kit-cache":
+        folder = tmp_path / ".kit-cache" / "store-x"
+    folder.mkdir(parents=True)
+    if mark != ".kit-cache":
+        (folder / mark).write_text("{}")
     (folder / "metrics.csv").write_text("step,loss\n1,2.0\n")
-    with pytest.raises(KitError, match="run dir or a data dir"):
+    with pytest.raises(KitError, match=f"a run dir, a recipe's folder, a data dir or its cache \\(it holds {mark}"):
         ensemble_runs(runs, vote="hard", name="metrics", out_dir=folder)
     assert (folder / "metrics.csv").read_text() == "step,loss\n1,2.0\n"
     assert not (folder / "metrics.json").exists()

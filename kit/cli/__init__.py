@@ -138,13 +138,16 @@ FREE_TEXT = {"message"}          # options where an empty string is a value (a s
 
 
 def _empty_option(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str | None:
-    """The first option or argument given as '' (`--data ""`, a shell variable that was not set): kit
-    would take it as absent, or as the current folder. None when there is none."""
+    """The line for the first option or argument given as '' (`--data ""`, a shell variable that was not set):
+    kit would take it as absent, or as the current folder. None when there is none."""
     for action in parser._actions:
         value = getattr(args, action.dest, None)
         if action.dest in FREE_TEXT or not (value == "" or (isinstance(value, list) and "" in value)):
             continue
-        return action.option_strings[-1] if action.option_strings else str(action.metavar or action.dest)
+        named = action.option_strings[-1] if action.option_strings else str(action.metavar or action.dest)
+        why = ("a member's name, not ''" if action.metavar == "MEMBER"      # probe 58 F6: `--only ''` was called a path
+               else "a path '' would mean the current folder")
+        return f"{named} '': an empty value ({why})"
     return None
 
 
@@ -189,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     empty = _empty_option(chosen(parser, args), args)
     if empty:
-        print(f"kit: error: {empty} '': an empty value (a path '' would mean the current folder)", file=sys.stderr)
+        print(f"kit: error: {empty}", file=sys.stderr)
         return 2
 
     def run() -> int:

@@ -38,12 +38,13 @@ from kit.ensemble.members import (
     same_predictions,
 )
 from kit.ensemble.votes import check_weights, hard_vote, select_weights, soft_vote, vote_predictions
+from kit.env import CACHE_DIRNAME
 from kit.errors import KitError
 from kit.fsio import json_bytes, remove_left_temps, sha256_file, staged
 from kit.layout import data_competition
 from kit.names import check_submission_name, distinct_runs
 from kit.records import SubmissionManifest, trained_on
-from kit.runs import trained_on_validation
+from kit.runs import RECIPE_LOCK, trained_on_validation
 from kit.submission import keep_submitted, refuse_ledger, submission_lock, submitted_note, validate_submission
 
 __all__ = ["AUTO_METHODS", "DEFAULT_POOL", "METHODS", "POOLS", "VOTES", "Member", "apply_method", "auto_ensemble",
@@ -288,7 +289,7 @@ def _retire_report(csv_path: Path, kept: list[Path]) -> None:
 
 # Files that make a folder a kit run dir or a competition's data dir: a vote's pair is never written among them.
 _NOT_A_SUBMISSIONS_FOLDER = ("config.toml", "identity.json", "checkpoints.json", "summary.json", "metadata.json",
-                             "testdata.json", "mapping.json")
+                             "testdata.json", "mapping.json", RECIPE_LOCK)     # probe 58 F6: a recipe's folder
 
 
 def _refuse_others_files(csv_path: Path) -> None:
@@ -298,9 +299,11 @@ def _refuse_others_files(csv_path: Path) -> None:
     refuse_ledger(csv_path)
     folder = csv_path.parent
     marks = [n for n in _NOT_A_SUBMISSIONS_FOLDER if (folder / n).is_file()]
+    marks += [CACHE_DIRNAME] if CACHE_DIRNAME in folder.resolve().parts else []     # the packed store's cache
     if marks:
-        raise KitError(f"--out {folder}: a run dir or a data dir (it holds {marks[0]}), where the vote's "
-                       "files would go among its own: choose another --out; nothing was written")
+        raise KitError(f"--out {folder}: a run dir, a recipe's folder, a data dir or its cache (it holds "
+                       f"{marks[0]}), where the vote's files would go among its own: choose another --out; nothing "
+                       "was written")
     json_path = csv_path.with_suffix(".json")
     if json_path.is_file() and not _is_manifest(json_path):
         raise KitError(f"{json_path}: a file that is not a vote's manifest is there, and the vote would "
