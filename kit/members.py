@@ -66,7 +66,7 @@ def check_members(root: Path, names: list[str], recipe: Recipe, budget: str, dat
         changes = reuse_changes(run_dir, run_identity(cfg, store, budget))
         if changes:
             stale.append((run_dir, changes))
-        elif holds_run(run_dir) and not RunDir.of(run_dir).finished and not (run_dir / "last.pt").is_file():
+        elif holds_run(run_dir) and not (run := RunDir.of(run_dir)).finished and not run.has_checkpoint:
             again = (f"move {run_dir} aside and re-run: a twin (twin_of) trains again from its first step"
                      if name in recipe.twins else f"re-run with --fresh --only {name} to train it again (the old run "
                      "is moved aside)")            # --only never names a twin (probe 43)

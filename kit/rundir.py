@@ -14,7 +14,7 @@ from pathlib import Path
 from kit.config import from_dict, load_toml
 from kit.errors import KitError
 from kit.records import predictions_current
-from kit.written import SUMMARY, check_own_record, read_summary
+from kit.written import CHECKPOINT_FILES, SUMMARY, check_own_record, read_summary
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ class RunDir:
         """Why a run with a checkpoint has not finished training, in words (probe 57: one stopped at a session's
         time limit, or killed before its summary, was predicted, voted and submitted by hand without a word);
         None when it has finished, holds no checkpoint, or its summary.json cannot be read (summary_problem)."""
-        if self.finished or not any((self.path / n).is_file() for n in ("last.pt", "best.pt", "avg.pt")):
+        if self.finished or not any((self.path / n).is_file() for n in CHECKPOINT_FILES):
             return None
         summary = self.summary()
         if summary is not None:             # not finished: stopped at a session's time limit

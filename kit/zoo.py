@@ -81,8 +81,8 @@ def run_recipe(path: str | Path, data: str | None = None, budget: str | None = N
     run.competition = competition or getattr(launcher, "competition", None)
     check_recipe_submissions(run.submissions, run.recipe.name, run.recipe.after, after, run.data_dir, run.endpoint,
                              run.log)
-    with recipe_lock(run.root, fresh) as share, member_claims(run.root) as claim:    # --fresh: alone while it moves
-        _start(run, fresh, only, share, claim if launcher is None else lambda names: None)  # members aside
+    with recipe_lock(run.root, fresh) as share, member_claims(run.root) as claim:    # --fresh: alone to move
+        _start(run, fresh, only, share, claim if launcher is None else lambda names: None)  # its jobs claim
         jobs, skipped = run.jobs()
         if launcher is not None and jobs:      # trained elsewhere; max_hours bounds each remote job, not this call
             _train_elsewhere(run, launcher, [j[0] for j in jobs], minutes, per_member_minutes, max_hours, fresh)
@@ -121,7 +121,7 @@ def _start(run: RecipeRun, fresh: bool, only, share: Callable[[], None], claim) 
     if fresh:           # an audition's twins with its candidates: a twin of an earlier cut is never voted again
         start_over(run.root, names, run.log, decision=not only)
         share()
-    claim(names)        # none trained by another `kit recipe run` (member_claims; a launcher's jobs claim theirs)
+    claim(names)                        # none trained by another `kit recipe run` (kit.runs.member_claims)
     check_members(run.root, names, run.recipe, run.budget, run.data_dir, run.store, run.log, run.auditioning)
     if run.budget_said:                 # the full budget on real data is hours of GPU time: said, not assumed
         run.log(run.budget_said)

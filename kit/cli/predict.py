@@ -8,7 +8,7 @@ import argparse
 import json
 import sys
 
-from kit.cli import add_cache_option, progress_wanted
+from kit.cli import add_cache_option, log_line, progress_wanted
 from kit.config import CHECKPOINTS
 from kit.errors import KitError
 from kit.names import distinct_runs
@@ -139,7 +139,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from kit.rundir import warn_not_done
 
     progress = not args.no_progress and progress_wanted()
-    warn_not_done(args.runs, lambda message: print(f"kit: {message}", file=sys.stderr, flush=True), "predicted")
+    warn_not_done(args.runs, log_line, "predicted")
     for n, run in enumerate(args.runs):
         r = predict_run(run, window=args.window, hop=args.hop, full=args.full, average=args.average,
                         # no --which: the one it was last predicted from, as kit's refusals advise (a recipe's: last)
@@ -169,14 +169,11 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     from kit.ensemble import DEFAULT_POOL, ensemble_runs, parse_weights, require_folds
     from kit.rundir import warn_not_done
 
-    def log(message: str) -> None:
-        print(f"kit: {message}", file=sys.stderr, flush=True)
-
     require_folds(args.folds)     # refused whatever the vote, as any bad argument is
-    warn_in_sample(args.runs, log)
-    warn_not_done(args.runs, log)
+    warn_in_sample(args.runs, log_line)
+    warn_not_done(args.runs, log_line)
     r = ensemble_runs(args.runs, vote=args.vote, weights=parse_weights(args.weights), name=args.name,
-                      out_dir=args.out, pool=args.pool or DEFAULT_POOL, folds=args.folds, log=log)
+                      out_dir=args.out, pool=args.pool or DEFAULT_POOL, folds=args.folds, log=log_line)
     width = max(len(row["member"]) for row in r["table"])
     auto = "method" in r
     print(f"{'member':<{width}} {'weight':>7} {'val acc':>8}" + (f" {'T':>6} {'oof acc':>8}" if auto else ""))
@@ -198,11 +195,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from kit.report import format_report, report_runs
     from kit.rundir import warn_not_done
 
-    def log(message: str) -> None:
-        print(f"kit: {message}", file=sys.stderr, flush=True)
-
-    warn_in_sample(args.runs, log)
-    warn_not_done(distinct_runs(args.runs), log, "reported")
+    warn_in_sample(args.runs, log_line)
+    warn_not_done(distinct_runs(args.runs), log_line, "reported")
     r = report_runs(distinct_runs(args.runs), ensemble_result=args.ensemble, png=args.png, answers=args.answers)
     print(json.dumps(r, indent=2) if args.json else format_report(r))
     return 0
